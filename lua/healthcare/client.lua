@@ -1,0 +1,214 @@
+-- SPDX-License-Identifier: MIT
+-- The client: one transport session (its connection pool), one credential, one endpoint.
+-- Every HTTP exchange of the module goes through Client:send, which adds credentials,
+-- the standard query parameters and the User-Agent, logs redacted debug lines, turns
+-- transport failures into error values and retries once with a fresh token after a 401.
+local core = require "healthcare.core"
+local auth = require "healthcare.auth"
+local errors = require "healthcare.errors"
+local params = require "healthcare.params"
+local util = require "healthcare.util"
+
+local M = {}
+
+M.DEFAULT_ENDPOINT = "https://healthcare.googleapis.com/v1"
+M.OPTIONS = {
+  "credentials", "access_token", "api_key", "scopes", "endpoint", "params", "timeout",
+  "connect_timeout", "idle_timeout", "retry", "concurrency", "ca_file", "insecure", "user_agent",
+  "debug", "http2", "self_signed_jwt", "subject", "token_cache", "refresh_margin", "quota_project",
+}
+
+local Client = {}
+Client.__index = Client
+M.Client = Client
+
+local function user_agent(extra)
+  local ua = "healthcare-lua/" .. core._VERSION .. " " .. core.curl_version
+  if extra then ua = extra .. " " .. ua end
+  return ua
+end
+
+local function debug_sink(d)
+  if d == true then
+    return function(line) io.stderr:write(line, "\n") end
+  elseif type(d) == "function" then
+    return d
+  end
+  return nil
+end
+
+--- Converts CLI-or-wire names of standard query parameters to wire names; unknown names are an
+--- error value (kind "usage") listing the valid ones.
+function M.normalize_params(p)
+  local out = {}
+  for k, v in pairs(p or {}) do
+    local wire = params.to_wire(k)
+    if not wire then
+      local names = {}
+      for _, d in ipairs(params.list()) do names[#names + 1] = d.cli end
+      return nil, errors.new("usage", string.format("unknown query parameter '%s'; valid: %s",
+        tostring(k), table.concat(names, ", ")))
+    end
+    if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
+      return nil, errors.new("usage", string.format("query parameter '%s' must be a string", tostring(k)))
+    end
+    out[wire] = tostring(v)
+  end
+  return out
+end
+
+--- Picks the credential from the options (see README, "Credentials").
+local function credential_from(opts)
+  if opts.credentials == false then
+    return auth.none()
+  elseif opts.access_token then
+    return auth.access_token(opts.access_token)
+  elseif opts.api_key then
+    return auth.api_key(opts.api_key)
+  end
+  local ok, credentials = pcall(require, "healthcare.credentials")
+  if ok then
+    return credentials.from_options(opts)
+  end
+  return auth.none()
+end
+
+function M.new(opts)
+  util.check_options(opts, M.OPTIONS, "healthcare.new", 3)
+  opts = opts or {}
+  for _, k in ipairs({ "access_token", "api_key", "user_agent", "endpoint" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      error(string.format("bad option '%s' to 'healthcare.new' (string expected, got %s)", k, type(opts[k])), 3)
+    end
+  end
+  for _, k in ipairs({ "access_token", "api_key", "user_agent" }) do
+    if opts[k] and core.has_ctl(opts[k]) then
+      return nil, errors.new("usage", string.format("option '%s' contains CR, LF or NUL", k))
+    end
+  end
+  local std, perr = M.normalize_params(opts.params)
+  if not std then return nil, perr end
+  local endpoint = opts.endpoint or os.getenv("HEALTHCARE_ENDPOINT") or M.DEFAULT_ENDPOINT
+  if not endpoint:match("^https?://[^/?#]+") then
+    return nil, errors.new("usage", "endpoint must be an http(s) URL, got '" .. endpoint .. "'")
+  end
+  local cred, cerr = credential_from(opts)
+  if not cred then return nil, cerr end
+  local self = setmetatable({
+    endpoint = endpoint:gsub("/+$", ""),
+    params = std,
+    scopes = opts.scopes or { params.DEFAULT_SCOPE },
+    credential = cred,
+    debug = debug_sink(opts.debug),
+    retry = opts.retry,
+    concurrency = opts.concurrency,
+    timeout = opts.timeout,
+    idle_timeout = opts.idle_timeout,
+  }, Client)
+  if type(self.scopes) == "string" then self.scopes = { self.scopes } end
+  self.session = core.session {
+    user_agent = user_agent(opts.user_agent),
+    connect_timeout = opts.connect_timeout or 30,
+    timeout = opts.timeout,
+    idle_timeout = opts.idle_timeout or 300,
+    ca_file = opts.ca_file,
+    insecure = opts.insecure == true,
+    http2 = opts.http2 ~= false,
+  }
+  return self
+end
+
+function Client:close()
+  if self.session then self.session:close() end
+end
+
+local function has_credential_param(q)
+  return q.access_token or q.oauth_token or q.key
+end
+
+--- Builds the transport request for req = { method, url, headers, query, body, timeout } and the
+--- credential. Returns the request table, or nil, err.
+function Client:prepare(req)
+  local query = {}
+  for k, v in pairs(self.params) do query[k] = v end
+  for k, v in pairs(req.query or {}) do query[k] = v end
+  local headers = {}
+  for i, h in ipairs(req.headers or {}) do headers[i] = h end
+  -- A token or key given as a query parameter (the CLI's -p access-token=...) is the credential.
+  if not has_credential_param(query) then
+    local a, err = self.credential:authorize(self.scopes)
+    if not a then return nil, err end
+    for _, h in ipairs(a.headers or {}) do headers[#headers + 1] = h end
+    for k, v in pairs(a.query or {}) do query[k] = v end
+  end
+  local qs = util.query_string(query)
+  return {
+    method = req.method or "GET",
+    url = qs ~= "" and (req.url .. "?" .. qs) or req.url,
+    headers = headers,
+    body = req.body,
+    timeout = req.timeout,
+    idle_timeout = req.idle_timeout,
+    max_response_bytes = req.max_response_bytes,
+  }
+end
+
+function Client:log_request(r)
+  if not self.debug then return end
+  self.debug("> " .. r.method .. " " .. util.redact_url(r.url))
+  for _, h in ipairs(r.headers) do self.debug("> " .. util.redact_header(h)) end
+end
+
+function Client:log_response(res, seconds)
+  if not self.debug then return end
+  self.debug(string.format("< HTTP/%s %d (%.3f s)", res.http_version or "1.1", res.status, seconds))
+  local names = {}
+  for k in pairs(res.headers) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do self.debug("< " .. util.redact_header(k .. ": " .. res.headers[k])) end
+end
+
+--- Sends one request synchronously. Returns the raw response { status, headers, body } (any
+--- HTTP status), or nil, err for transport failures. A 401 with a refreshable credential is
+--- retried once with a fresh token.
+function Client:send(req)
+  for attempt = 1, 2 do
+    local r, perr = self:prepare(req)
+    if not r then return nil, perr end
+    self:log_request(r)
+    local t0 = core.now()
+    local res, err = self.session:request(r)
+    if not res then
+      err = errors.from_transport(err)
+      if self.debug then self.debug("< error: " .. err.message) end
+      return nil, err
+    end
+    self:log_response(res, core.now() - t0)
+    if res.status == 401 and attempt == 1 and self.credential.refreshable
+      and not has_credential_param(r) then
+      self.credential:invalidate()
+    else
+      return res
+    end
+  end
+end
+
+--- The store object of a dicomStore resource name (see healthcare.dicomweb).
+function Client:dicom_store(parent)
+  local dicomweb = require "healthcare.dicomweb"
+  local ok, err = dicomweb.check_parent(parent)
+  if not ok then return nil, err end
+  return dicomweb.store(self, self.endpoint .. "/" .. parent .. "/dicomWeb", parent)
+end
+
+--- StoreInstances as the API states it: POST {endpoint}/{parent}/dicomWeb/{dicom_web_path}.
+function Client:store_instances(parent, dicom_web_path, body, params_)
+  if type(parent) ~= "string" then
+    error("bad argument #1 to 'store_instances' (string expected, got " .. type(parent) .. ")", 2)
+  end
+  local store, err = self:dicom_store(parent)
+  if not store then return nil, err end
+  return store:store_instances(dicom_web_path, body, params_)
+end
+
+return M

@@ -1,0 +1,103 @@
+-- SPDX-License-Identifier: MIT
+-- Error values. Every failed call returns nil and one of these tables:
+--   kind        "http" | "transport" | "auth" | "dicom" | "usage" | "io"
+--   message     one line a person can act on
+--   http_status the HTTP status, when a response came back
+--   status      Google's status string (e.g. "UNAUTHENTICATED"), or the transport reason
+--   retryable   whether sending the same request again may succeed
+--   retry_after seconds the server asked us to wait (Retry-After or RetryInfo), when it did
+--   details     Google's error details list, when present
+-- tostring(err) gives the message. Raised errors are kept for programming mistakes.
+local core = require "healthcare.core"
+local cjson = require "cjson.safe"
+
+local M = {}
+
+-- Written once; used by the retry logic, the docs and the specs.
+M.RETRYABLE_HTTP = { [408] = true, [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
+M.RETRYABLE_TRANSPORT = {
+  resolve = true, connect = true, timeout = true, send = true, recv = true,
+  empty_reply = true, partial = true, http2 = true, tls = true,
+}
+-- Google's canonical status for an HTTP status, used when a reply has no envelope.
+local STATUS_NAME = {
+  [400] = "INVALID_ARGUMENT", [401] = "UNAUTHENTICATED", [403] = "PERMISSION_DENIED",
+  [404] = "NOT_FOUND", [408] = "DEADLINE_EXCEEDED", [409] = "ALREADY_EXISTS",
+  [413] = "INVALID_ARGUMENT", [415] = "INVALID_ARGUMENT", [429] = "RESOURCE_EXHAUSTED",
+  [499] = "CANCELLED", [500] = "INTERNAL", [501] = "NOT_IMPLEMENTED", [502] = "UNAVAILABLE",
+  [503] = "UNAVAILABLE", [504] = "DEADLINE_EXCEEDED",
+}
+
+M.mt = core.Error
+
+function M.new(kind, message, fields)
+  local err = fields or {}
+  err.kind, err.message = kind, message
+  if err.retryable == nil then err.retryable = false end
+  return setmetatable(err, M.mt)
+end
+
+function M.is(v)
+  return getmetatable(v) == M.mt
+end
+
+--- Completes an error returned by the C transport (kind, message, code) with the policy fields.
+function M.from_transport(err)
+  -- The message names the URL; its query may carry a token or key.
+  err.message = require("healthcare.util").redact_url(err.message)
+  err.status = err.code
+  err.retryable = M.RETRYABLE_TRANSPORT[err.code] == true
+  return err
+end
+
+-- "3s", "1.5s" (google.protobuf.Duration in JSON) -> seconds
+local function duration(s)
+  local n = type(s) == "string" and tonumber(s:match("^(%d+%.?%d*)s$"))
+  return n
+end
+
+--- Reads Retry-After (delta-seconds form) from response headers.
+function M.retry_after(headers)
+  local v = headers and headers["retry-after"]
+  local n = v and tonumber(v:match("^%s*(%d+)%s*$"))
+  return n
+end
+
+--- Turns an HTTP response that is not a DICOM answer into an error: Google's JSON envelope
+--- {"error":{"code","message","status","details"}}, an OAuth error, or plain text.
+function M.from_response(res, what)
+  local status = res.status
+  local ctype = (res.headers and res.headers["content-type"] or ""):lower()
+  local err = {
+    http_status = status,
+    status = STATUS_NAME[status] or ("HTTP_" .. tostring(status)),
+    retryable = M.RETRYABLE_HTTP[status] == true,
+    retry_after = M.retry_after(res.headers),
+  }
+  local message
+  local doc = ctype:find("json", 1, true) and cjson.decode(res.body or "")
+  if type(doc) == "table" and type(doc.error) == "table" then
+    local e = doc.error
+    message = type(e.message) == "string" and e.message or nil
+    if type(e.status) == "string" then err.status = e.status end
+    if type(e.details) == "table" then
+      err.details = e.details
+      for _, d in ipairs(e.details) do
+        if type(d) == "table" and d["@type"] == "type.googleapis.com/google.rpc.RetryInfo" then
+          err.retry_after = duration(d.retryDelay) or err.retry_after
+        end
+      end
+    end
+  elseif type(doc) == "table" and type(doc.error) == "string" then
+    -- OAuth token endpoint: {"error": "invalid_grant", "error_description": "..."}
+    err.status = doc.error
+    message = doc.error .. (type(doc.error_description) == "string" and (": " .. doc.error_description) or "")
+  end
+  if not message then
+    local text = (res.body or ""):gsub("%s+", " "):sub(1, 200)
+    message = text ~= "" and text or "no details in the response"
+  end
+  return M.new("http", string.format("%s: HTTP %d %s: %s", what or "request", status, err.status, message), err)
+end
+
+return M

@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: MIT */
+/* Segment-list request bodies (see hc_body.h). Files are opened one at a time, at the moment
+ * their first byte is needed, and checked against the size they had when the body was built
+ * both when opened and when their last byte has been read: a file that changes between probe
+ * and send fails the request instead of producing a body that lies about its length. */
+#define _FILE_OFFSET_BITS 64
+#define _POSIX_C_SOURCE 200809L
+#include "hc_body.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+enum { HC_SEG_MEM, HC_SEG_FILE };
+
+typedef struct hc_segment {
+    int kind;
+    char *bytes;      /* owned: the data (MEM) or the path (FILE) */
+    int64_t length;   /* bytes this segment contributes */
+} hc_segment;
+
+struct hc_body {
+    hc_segment *segs; /* owned array */
+    size_t nsegs, cap;
+    int64_t total;
+    /* read position */
+    size_t cur;       /* segment index */
+    int64_t off;      /* offset inside segment cur */
+    int64_t pos;      /* offset from the start */
+    int fd;           /* open file of segment cur, or -1 */
+    char err[512];
+};
+
+/* ---- building ------------------------------------------------------------------------ */
+
+hc_body *hc_body_new(void)
+{
+    hc_body *b = calloc(1, sizeof *b);
+    if (b != NULL)
+        b->fd = -1;
+    return b;
+}
+
+void hc_body_free(hc_body *b)
+{
+    size_t i;
+    if (b == NULL)
+        return;
+    if (b->fd >= 0)
+        close(b->fd);
+    for (i = 0; i < b->nsegs; i++)
+        free(b->segs[i].bytes);
+    free(b->segs);
+    free(b);
+}
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 2, 3)))
+#endif
+static int seterr(hc_body *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(b->err, sizeof b->err, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+static int push(hc_body *b, int kind, char *bytes, int64_t length)
+{
+    if (b->nsegs == b->cap) {
+        size_t ncap = b->cap ? b->cap * 2 : 8;
+        hc_segment *n = realloc(b->segs, ncap * sizeof *n);
+        if (n == NULL) {
+            free(bytes);
+            return seterr(b, "out of memory");
+        }
+        b->segs = n;
+        b->cap = ncap;
+    }
+    b->segs[b->nsegs].kind = kind;
+    b->segs[b->nsegs].bytes = bytes;
+    b->segs[b->nsegs].length = length;
+    b->nsegs++;
+    b->total += length;
+    return 0;
+}
+
+int hc_body_add_mem(hc_body *b, const void *p, size_t n)
+{
+    char *copy;
+    if (n == 0)
+        return 0;
+    copy = malloc(n);
+    if (copy == NULL)
+        return seterr(b, "out of memory");
+    memcpy(copy, p, n);
+    return push(b, HC_SEG_MEM, copy, (int64_t)n);
+}
+
+int hc_body_add_file(hc_body *b, const char *path, int64_t size)
+{
+    char *copy;
+    if (size < 0) {
+        struct stat st;
+        if (stat(path, &st) != 0)
+            return seterr(b, "cannot open %s: %s", path, strerror(errno));
+        if (!S_ISREG(st.st_mode))
+            return seterr(b, "not a regular file: %s", path);
+        size = (int64_t)st.st_size;
+    }
+    copy = strdup(path);
+    if (copy == NULL)
+        return seterr(b, "out of memory");
+    return push(b, HC_SEG_FILE, copy, size);
+}
+
+static int is_bchar(unsigned char c)
+{
+    /* RFC 2046 bcharsnospace plus space */
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           strchr("'()+_,-./:=? ", c) != NULL;
+}
+
+int hc_body_check_boundary(hc_body *b, const char *boundary)
+{
+    size_t n = strlen(boundary), i;
+    if (n == 0 || n > 70 || boundary[n - 1] == ' ')
+        return seterr(b, "invalid multipart boundary (1 to 70 characters, not ending in a space)");
+    for (i = 0; i < n; i++)
+        if (!is_bchar((unsigned char)boundary[i]))
+            return seterr(b, "invalid character in multipart boundary");
+    return 0;
+}
+
+int hc_body_begin_part(hc_body *b, const char *boundary, const char *headers)
+{
+    /* The delimiter is CRLF "--" boundary; the CRLF of the first one is optional and left out so
+     * the body starts with "--". */
+    size_t bl = strlen(boundary), hl = strlen(headers), n = 0;
+    char *s;
+    if (hc_body_check_boundary(b, boundary) != 0)
+        return -1;
+    s = malloc(bl + hl + 8);
+    if (s == NULL)
+        return seterr(b, "out of memory");
+    if (b->total > 0) {
+        memcpy(s, "\r\n", 2);
+        n = 2;
+    }
+    memcpy(s + n, "--", 2);
+    memcpy(s + n + 2, boundary, bl);
+    memcpy(s + n + 2 + bl, "\r\n", 2);
+    memcpy(s + n + 4 + bl, headers, hl);
+    memcpy(s + n + 4 + bl + hl, "\r\n", 2);
+    return push(b, HC_SEG_MEM, s, (int64_t)(n + bl + hl + 6));
+}
+
+int hc_body_finish_multipart(hc_body *b, const char *boundary)
+{
+    size_t bl = strlen(boundary);
+    char *s;
+    if (hc_body_check_boundary(b, boundary) != 0)
+        return -1;
+    s = malloc(bl + 8);
+    if (s == NULL)
+        return seterr(b, "out of memory");
+    memcpy(s, "\r\n--", 4);
+    memcpy(s + 4, boundary, bl);
+    memcpy(s + 4 + bl, "--\r\n", 4);
+    return push(b, HC_SEG_MEM, s, (int64_t)(bl + 8));
+}
+
+/* ---- reading ------------------------------------------------------------------------- */
+
+int64_t hc_body_length(const hc_body *b) { return b->total; }
+const char *hc_body_error(const hc_body *b) { return b->err; }
+int64_t hc_body_position(const hc_body *b) { return b->pos; }
+
+static void close_current(hc_body *b)
+{
+    if (b->fd >= 0) {
+        close(b->fd);
+        b->fd = -1;
+    }
+}
+
+static int open_current(hc_body *b)
+{
+    hc_segment *s = &b->segs[b->cur];
+    struct stat st;
+    b->fd = open(s->bytes, O_RDONLY | O_CLOEXEC);
+    if (b->fd < 0) {
+        return seterr(b, "cannot open %s: %s", s->bytes, strerror(errno));
+    }
+    if (fstat(b->fd, &st) != 0 || (int64_t)st.st_size != s->length) {
+        long long now = (long long)st.st_size;
+        close_current(b);
+        return seterr(b, "file changed size after it was checked: %s (was %lld bytes, now %lld)",
+                      s->bytes, (long long)s->length, now);
+    }
+#ifdef POSIX_FADV_SEQUENTIAL
+    (void)posix_fadvise(b->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+#endif
+    if (b->off > 0 && lseek(b->fd, (off_t)b->off, SEEK_SET) < 0) {
+        snprintf(b->err, sizeof b->err, "cannot seek in %s: %s", s->bytes, strerror(errno));
+        close_current(b);
+        return -1;
+    }
+    return 0;
+}
+
+long hc_body_read(hc_body *b, char *buf, size_t n)
+{
+    size_t done = 0;
+    while (done < n && b->cur < b->nsegs) {
+        hc_segment *s = &b->segs[b->cur];
+        int64_t left = s->length - b->off;
+        size_t want = n - done;
+        if ((int64_t)want > left)
+            want = (size_t)left;
+        if (want > 0 && s->kind == HC_SEG_MEM) {
+            memcpy(buf + done, s->bytes + b->off, want);
+        } else if (want > 0) {
+            ssize_t got;
+            if (b->fd < 0 && open_current(b) != 0)
+                return -1;
+            do
+                got = read(b->fd, buf + done, want);
+            while (got < 0 && errno == EINTR);
+            if (got < 0) {
+                snprintf(b->err, sizeof b->err, "cannot read %s: %s", s->bytes, strerror(errno));
+                return -1;
+            }
+            if (got == 0)
+                return seterr(b, "file shrank while it was being sent: %s (%lld of %lld bytes)",
+                              s->bytes, (long long)b->off, (long long)s->length);
+            want = (size_t)got;
+        }
+        done += want;
+        b->off += (int64_t)want;
+        b->pos += (int64_t)want;
+        if (b->off == s->length) {
+            if (s->kind == HC_SEG_FILE && b->fd >= 0) {
+                struct stat st;
+                if (fstat(b->fd, &st) != 0 || (int64_t)st.st_size != s->length) {
+                    close_current(b);
+                    return seterr(b, "file changed size while it was being sent: %s (%lld bytes, now %lld)",
+                                  s->bytes, (long long)s->length, (long long)st.st_size);
+                }
+            }
+            close_current(b);
+            b->cur++;
+            b->off = 0;
+        }
+    }
+    return (long)done;
+}
+
+int hc_body_seek(hc_body *b, int64_t offset)
+{
+    size_t i = 0;
+    int64_t at = offset;
+    if (offset < 0 || offset > b->total)
+        return seterr(b, "seek outside the body");
+    close_current(b);
+    while (i < b->nsegs && at >= b->segs[i].length) {
+        at -= b->segs[i].length;
+        i++;
+    }
+    b->cur = i;
+    b->off = at;
+    b->pos = offset;
+    b->err[0] = '\0';
+    return 0;
+}

@@ -1,0 +1,623 @@
+/* SPDX-License-Identifier: MIT */
+/* Lua binding of the transport: `core.session(opts)` returns a "healthcare.Session" (one libcurl
+ * multi handle and its connection pool); `session:start(req)` a "healthcare.Transfer";
+ * `session:wait(seconds)` runs the loop and returns finished transfers; `session:request(req)`
+ * is the one-shot form. Failures of the network come back as `nil, err`; wrong arguments raise. */
+#define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <ctype.h>
+
+#include "hc_compat.h"
+#include "hc_http.h"
+#include "hc_lua.h"
+#include "hc_url.h"
+
+#define SESSION_MT "healthcare.Session"
+#define TRANSFER_MT "healthcare.Transfer"
+#define DEFAULT_MAX_RESPONSE (64u * 1024u * 1024u)
+
+typedef struct lsession {
+    hc_session *s;                 /* owned; NULL once closed */
+    hc_transfer_opts defaults;     /* strings below are owned copies */
+    char *user_agent, *ca_file;
+} lsession;
+
+typedef struct ltransfer {
+    hc_transfer t;
+    int live;                      /* t holds resources */
+    hc_body *building;             /* owned while the body is being built, then adopted by t */
+    char *url, *method;            /* owned copies kept for error messages */
+} ltransfer;
+
+/* ---- options ------------------------------------------------------------------------- */
+
+static long opt_ms(lua_State *L, int idx, const char *name, long dflt)
+{
+    long v = dflt;
+    lua_getfield(L, idx, name);
+    if (!lua_isnil(L, -1)) {
+        double secs;
+        if (!lua_isnumber(L, -1))
+            luaL_error(L, "option '%s' must be a number of seconds", name);
+        secs = lua_tonumber(L, -1);
+        if (secs < 0)
+            luaL_error(L, "option '%s' must not be negative", name);
+        v = (long)(secs * 1000.0 + 0.5);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static int opt_bool(lua_State *L, int idx, const char *name, int dflt)
+{
+    int v = dflt;
+    lua_getfield(L, idx, name);
+    if (!lua_isnil(L, -1))
+        v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+static char *opt_strdup(lua_State *L, int idx, const char *name)
+{
+    char *v = NULL;
+    lua_getfield(L, idx, name);
+    if (!lua_isnil(L, -1)) {
+        size_t n;
+        const char *s;
+        if (lua_type(L, -1) != LUA_TSTRING)
+            luaL_error(L, "option '%s' must be a string", name);
+        s = lua_tolstring(L, -1, &n);
+        if (hc_url_has_ctl(s, n))
+            luaL_error(L, "option '%s' contains CR, LF or NUL", name);
+        v = strdup(s);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* ---- sessions ------------------------------------------------------------------------ */
+
+static lsession *check_session(lua_State *L, int idx)
+{
+    lsession *ls = luaL_checkudata(L, idx, SESSION_MT);
+    if (ls->s == NULL)
+        luaL_error(L, "attempt to use a closed session");
+    return ls;
+}
+
+static int session_new(lua_State *L)
+{
+    lsession *ls;
+    if (!lua_isnoneornil(L, 1))
+        luaL_checktype(L, 1, LUA_TTABLE);
+    else {
+        lua_settop(L, 0);
+        lua_newtable(L);
+    }
+    ls = lua_newuserdata(L, sizeof *ls);
+    memset(ls, 0, sizeof *ls);
+    luaL_setmetatable(L, SESSION_MT);
+    hc_lua_global_init();
+    ls->user_agent = opt_strdup(L, 1, "user_agent");
+    ls->ca_file = opt_strdup(L, 1, "ca_file");
+    ls->defaults.user_agent = ls->user_agent;
+    ls->defaults.ca_file = ls->ca_file;
+    ls->defaults.insecure = opt_bool(L, 1, "insecure", 0);
+    ls->defaults.http2 = opt_bool(L, 1, "http2", 1);
+    ls->defaults.verbose = opt_bool(L, 1, "verbose", 0);
+    ls->defaults.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 30000);
+    ls->defaults.timeout_ms = opt_ms(L, 1, "timeout", 0);
+    ls->defaults.idle_timeout_ms = opt_ms(L, 1, "idle_timeout", 0);
+    ls->defaults.max_response_bytes = DEFAULT_MAX_RESPONSE;
+    ls->s = hc_session_new();
+    if (ls->s == NULL)
+        return luaL_error(L, "cannot create a libcurl multi handle");
+    return 1;
+}
+
+static void session_release(lua_State *L, lsession *ls)
+{
+    if (ls->s != NULL) {
+        hc_session *s = ls->s;
+        hc_transfer *t;
+        ls->s = NULL;
+        /* Running transfers end as "abandoned"; dropping their refs lets them be collected. */
+        while ((t = hc_session_first(s)) != NULL) {
+            int ref = t->ref;
+            hc_session_remove(s, t);
+            t->ref = LUA_NOREF;
+            luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        }
+        hc_session_free(s);
+    }
+    free(ls->user_agent);
+    free(ls->ca_file);
+    ls->user_agent = ls->ca_file = NULL;
+}
+
+static int session_close(lua_State *L)
+{
+    lsession *ls = luaL_checkudata(L, 1, SESSION_MT);
+    session_release(L, ls);
+    return 0;
+}
+
+/* ---- building a transfer from a request table ------------------------------------------ */
+
+/* Adds a body described by the value at idx: a string, or a list of segments
+ * { data = string } / { file = path, size = n }, or { multipart = { boundary = b, parts = {
+ * { headers = "Content-Type: ...\r\n", file = path, size = n } | { headers = ..., data = s } } } }.
+ * Returns the new body (owned by the caller) or NULL with a message pushed. */
+static int add_segment(lua_State *L, hc_body *b, int idx)
+{
+    int rc;
+    lua_getfield(L, idx, "data");
+    if (!lua_isnil(L, -1)) {
+        size_t n;
+        const char *p = luaL_checklstring(L, -1, &n);
+        rc = hc_body_add_mem(b, p, n);
+        lua_pop(L, 1);
+        return rc;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "file");
+    if (lua_type(L, -1) != LUA_TSTRING)
+        return luaL_error(L, "body part needs 'data' or 'file'");
+    lua_getfield(L, idx, "size");
+    rc = hc_body_add_file(b, lua_tostring(L, -2),
+                          lua_isnil(L, -1) ? -1 : (int64_t)luaL_checknumber(L, -1));
+    lua_pop(L, 2);
+    return rc;
+}
+
+static hc_body *build_body(lua_State *L, ltransfer *lt, int idx, const char **err)
+{
+    hc_body *b = lt->building = hc_body_new();
+    int rc = 0;
+    size_t i, n;
+    *err = NULL;
+    if (b == NULL) {
+        *err = "out of memory";
+        return NULL;
+    }
+    if (lua_type(L, idx) == LUA_TSTRING) {
+        const char *p = lua_tolstring(L, idx, &n);
+        rc = hc_body_add_mem(b, p, n);
+    } else if (lua_type(L, idx) == LUA_TTABLE) {
+        lua_getfield(L, idx, "multipart");
+        if (lua_istable(L, -1)) {
+            int mp = lua_gettop(L);
+            const char *boundary;
+            lua_getfield(L, mp, "boundary");
+            boundary = luaL_checkstring(L, -1);
+            lua_getfield(L, mp, "parts");
+            luaL_checktype(L, -1, LUA_TTABLE);
+            n = lua_rawlen(L, -1);
+            for (i = 1; rc == 0 && i <= n; i++) {
+                lua_rawgeti(L, -1, (int)i);
+                luaL_checktype(L, -1, LUA_TTABLE);
+                lua_getfield(L, -1, "headers");
+                {
+                    size_t hl = 0;
+                    const char *h = lua_isnil(L, -1) ? "" : lua_tolstring(L, -1, &hl);
+                    if (h == NULL || memchr(h, '\0', hl) != NULL)
+                        luaL_error(L, "part headers must be a string without NUL");
+                    rc = hc_body_begin_part(b, boundary, h);
+                }
+                lua_pop(L, 1);
+                if (rc == 0)
+                    rc = add_segment(L, b, lua_gettop(L));
+                lua_pop(L, 1);
+            }
+            if (rc == 0)
+                rc = hc_body_finish_multipart(b, boundary);
+            lua_settop(L, mp);
+        } else {
+            n = lua_rawlen(L, idx);
+            for (i = 1; rc == 0 && i <= n; i++) {
+                lua_rawgeti(L, idx, (int)i);
+                luaL_checktype(L, -1, LUA_TTABLE);
+                rc = add_segment(L, b, lua_gettop(L));
+                lua_pop(L, 1);
+            }
+        }
+        lua_pop(L, 1);
+    } else {
+        luaL_error(L, "body must be a string or a table");
+        return NULL;
+    }
+    if (rc != 0) {
+        lua_pushstring(L, hc_body_error(b));
+        *err = lua_tostring(L, -1);
+        hc_body_free(b);
+        lt->building = NULL;
+        return NULL;
+    }
+    return b;
+}
+
+/* Pushes a new Transfer for the request table at idx, or nil and an error table. */
+static int transfer_new(lua_State *L, lsession *ls, int idx)
+{
+    hc_transfer_opts o = ls->defaults;
+    const char **headers = NULL;
+    size_t nheaders = 0;
+    hc_body *body = NULL;
+    ltransfer *lt;
+    const char *berr = NULL;
+
+    luaL_checktype(L, idx, LUA_TTABLE);
+    lt = lua_newuserdata(L, sizeof *lt);
+    memset(lt, 0, sizeof *lt);
+    luaL_setmetatable(L, TRANSFER_MT);
+    lt->url = opt_strdup(L, idx, "url");
+    lt->method = opt_strdup(L, idx, "method");
+    if (lt->url == NULL)
+        return luaL_error(L, "request needs a 'url'");
+    if (lt->method == NULL)
+        lt->method = strdup("GET");
+    o.url = lt->url;
+    o.method = lt->method;
+    o.timeout_ms = opt_ms(L, idx, "timeout", o.timeout_ms);
+    o.idle_timeout_ms = opt_ms(L, idx, "idle_timeout", o.idle_timeout_ms);
+    o.connect_timeout_ms = opt_ms(L, idx, "connect_timeout", o.connect_timeout_ms);
+    lua_getfield(L, idx, "max_response_bytes");
+    if (!lua_isnil(L, -1))
+        o.max_response_bytes = (size_t)luaL_checknumber(L, -1);
+    lua_pop(L, 1);
+
+    /* Headers: a list of "Name: value" lines. The strings stay on the Lua stack (anchored in
+     * the request table) until hc_transfer_init has copied them. */
+    lua_getfield(L, idx, "headers");
+    if (!lua_isnil(L, -1)) {
+        size_t i, n;
+        luaL_checktype(L, -1, LUA_TTABLE);
+        n = lua_rawlen(L, -1);
+        /* A userdata, so a raised error cannot leak it. */
+        headers = lua_newuserdata(L, (n + 1) * sizeof *headers);
+        lua_insert(L, -2);
+        for (i = 1; i <= n; i++) {
+            size_t len;
+            const char *h;
+            lua_rawgeti(L, -1, (int)i);
+            h = lua_tolstring(L, -1, &len);
+            if (h == NULL || hc_url_has_ctl(h, len) || strchr(h, ':') == NULL)
+                return luaL_error(L, "header %d must be a \"Name: value\" string without CR, LF or NUL",
+                                  (int)i);
+            headers[nheaders++] = h;
+            lua_pop(L, 1);
+        }
+    }
+    lua_getfield(L, idx, "body");
+    if (!lua_isnil(L, -1)) {
+        body = build_body(L, lt, lua_gettop(L), &berr);
+        if (body == NULL) {
+            lua_pushnil(L);
+            hc_lua_push_error(L, "io", berr, NULL);
+            return 2;
+        }
+    }
+    lua_pop(L, 1);
+    lt->building = NULL; /* adopted by the transfer, even when init fails */
+    if (hc_transfer_init(&lt->t, &o, headers, nheaders, body) != 0) {
+        lt->live = 1;
+        lua_pushnil(L);
+        hc_lua_push_error(L, "transport", lt->t.errbuf, NULL);
+        return 2;
+    }
+    lua_settop(L, lua_gettop(L) - (headers ? 2 : 1)); /* headers table (+ array) */
+    lt->live = 1;
+    return 1;
+}
+
+static ltransfer *check_transfer(lua_State *L, int idx)
+{
+    ltransfer *lt = luaL_checkudata(L, idx, TRANSFER_MT);
+    if (!lt->live)
+        luaL_error(L, "attempt to use a closed transfer");
+    return lt;
+}
+
+/* session:start(req) -> transfer | nil, err */
+static int session_start(lua_State *L)
+{
+    lsession *ls = check_session(L, 1);
+    ltransfer *lt;
+    int nret = transfer_new(L, ls, 2);
+    if (nret != 1)
+        return nret;
+    lt = lua_touserdata(L, -1);
+    if (hc_session_start(ls->s, &lt->t) != 0) {
+        lua_pushnil(L);
+        hc_lua_push_error(L, "transport", lt->t.errbuf, NULL);
+        return 2;
+    }
+    lua_pushvalue(L, -1);
+    lt->t.ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    return 1;
+}
+
+/* Pushes the transfers on the done list as a Lua list, dropping their refs. */
+static void push_done(lua_State *L, hc_session *s)
+{
+    hc_transfer *t = hc_session_take_done(s);
+    int i = 0;
+    lua_newtable(L);
+    while (t != NULL) {
+        hc_transfer *next = t->next;
+        t->next = NULL;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, t->ref);
+        lua_rawseti(L, -2, ++i);
+        luaL_unref(L, LUA_REGISTRYINDEX, t->ref);
+        t->ref = LUA_NOREF;
+        t = next;
+    }
+}
+
+/* session:wait([seconds]) -> list of finished transfers (possibly empty) */
+static int session_wait(lua_State *L)
+{
+    lsession *ls = check_session(L, 1);
+    double secs = luaL_optnumber(L, 2, 0);
+    if (hc_session_poll(ls->s, (long)(secs * 1000.0)) < 0)
+        return luaL_error(L, "libcurl multi loop failed");
+    push_done(L, ls->s);
+    return 1;
+}
+
+/* session:pending() -> number of transfers started and not yet returned by wait */
+static int session_pending(lua_State *L)
+{
+    lsession *ls = check_session(L, 1);
+    lua_pushinteger(L, hc_session_pending(ls->s));
+    return 1;
+}
+
+/* ---- results ------------------------------------------------------------------------- */
+
+static const char *curl_code_name(CURLcode c)
+{
+    switch (c) {
+    case CURLE_COULDNT_RESOLVE_HOST: return "resolve";
+    case CURLE_COULDNT_RESOLVE_PROXY: return "resolve";
+    case CURLE_COULDNT_CONNECT: return "connect";
+    case CURLE_OPERATION_TIMEDOUT: return "timeout";
+    case CURLE_SEND_ERROR: return "send";
+    case CURLE_RECV_ERROR: return "recv";
+    case CURLE_GOT_NOTHING: return "empty_reply";
+    case CURLE_PARTIAL_FILE: return "partial";
+    case CURLE_HTTP2: case CURLE_HTTP2_STREAM: return "http2";
+    case CURLE_SSL_CONNECT_ERROR: return "tls";
+    case CURLE_PEER_FAILED_VERIFICATION: return "tls_verify";
+    case CURLE_SSL_CACERT_BADFILE: return "tls_ca_file";
+    case CURLE_READ_ERROR: case CURLE_ABORTED_BY_CALLBACK: return "body";
+    case CURLE_WRITE_ERROR: return "response_too_large";
+    case CURLE_URL_MALFORMAT: case CURLE_UNSUPPORTED_PROTOCOL: return "url";
+    default: return "other";
+    }
+}
+
+/* Parses the final response's header block into t[name:lower()] = value (repeats joined with
+ * ", "), and the status line into status. */
+static void push_headers(lua_State *L, const hc_buf *hb)
+{
+    const char *p = hb->data, *end = hb->data + hb->len;
+    lua_newtable(L);
+    while (p != NULL && p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = eol ? eol : end, *colon;
+        while (line_end > p && (line_end[-1] == '\r' || line_end[-1] == '\n'))
+            line_end--;
+        colon = memchr(p, ':', (size_t)(line_end - p));
+        if (colon != NULL && colon > p && memcmp(p, "HTTP/", 5) != 0) {
+            luaL_Buffer name;
+            const char *v = colon + 1;
+            size_t i;
+            while (v < line_end && (*v == ' ' || *v == '\t'))
+                v++;
+            luaL_buffinit(L, &name);
+            for (i = 0; i < (size_t)(colon - p); i++)
+                luaL_addchar(&name, (char)tolower((unsigned char)p[i]));
+            luaL_pushresult(&name);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(line_end - v));
+            } else {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(line_end - v));
+                lua_concat(L, 3);
+            }
+            lua_rawset(L, -3);
+        }
+        p = eol ? eol + 1 : NULL;
+    }
+}
+
+/* transfer:result() -> { status, headers, body } | nil, err */
+static int transfer_result(lua_State *L)
+{
+    ltransfer *lt = check_transfer(L, 1);
+    hc_transfer *t = &lt->t;
+    long status = 0;
+    if (t->state != HC_T_DONE)
+        return luaL_error(L, "transfer has not finished");
+    if (t->result != CURLE_OK) {
+        const char *code = curl_code_name(t->result);
+        const char *why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
+        if (t->body_error[0]) {
+            why = t->body_error;
+            code = "body";
+        } else if (t->response_too_large) {
+            why = "response larger than max_response_bytes";
+            code = "response_too_large";
+        }
+        lua_pushnil(L);
+        lua_pushfstring(L, "%s %s: %s", lt->method, lt->url, why);
+        hc_lua_push_error(L, strcmp(code, "body") == 0 ? "io" : "transport", lua_tostring(L, -1), code);
+        lua_remove(L, -2);
+        curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status > 0) {
+            lua_pushinteger(L, status);
+            lua_setfield(L, -2, "http_status");
+        }
+        return 2;
+    }
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    push_headers(L, &t->response_headers);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, t->response.data ? t->response.data : "", t->response.len);
+    lua_setfield(L, -2, "body");
+    {
+        long version = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
+        lua_pushstring(L, version == CURL_HTTP_VERSION_2_0 ? "2" :
+                          version == CURL_HTTP_VERSION_3 ? "3" :
+                          version == CURL_HTTP_VERSION_1_0 ? "1.0" : "1.1");
+        lua_setfield(L, -2, "http_version");
+    }
+    return 1;
+}
+
+/* transfer:progress() -> bytes sent, body length, bytes received */
+static int transfer_progress(lua_State *L)
+{
+    ltransfer *lt = check_transfer(L, 1);
+    curl_off_t up = 0, down = 0;
+    curl_easy_getinfo(lt->t.easy, CURLINFO_SIZE_UPLOAD_T, &up);
+    curl_easy_getinfo(lt->t.easy, CURLINFO_SIZE_DOWNLOAD_T, &down);
+    lua_pushnumber(L, (lua_Number)up);
+    lua_pushnumber(L, lt->t.body ? (lua_Number)hc_body_length(lt->t.body) : 0);
+    lua_pushnumber(L, (lua_Number)down);
+    return 3;
+}
+
+/* transfer:done() -> boolean */
+static int transfer_done(lua_State *L)
+{
+    ltransfer *lt = check_transfer(L, 1);
+    lua_pushboolean(L, lt->t.state == HC_T_DONE);
+    return 1;
+}
+
+static int transfer_close(lua_State *L)
+{
+    ltransfer *lt = luaL_checkudata(L, 1, TRANSFER_MT);
+    if (lt->live) {
+        lt->live = 0;
+        if (lt->t.session != NULL && lt->t.ref != LUA_NOREF && lt->t.ref != -2) {
+            int ref = lt->t.ref;
+            lt->t.ref = LUA_NOREF;
+            luaL_unref(L, LUA_REGISTRYINDEX, ref);
+        }
+        hc_transfer_cleanup(&lt->t);
+    }
+    hc_body_free(lt->building);
+    lt->building = NULL;
+    free(lt->url);
+    free(lt->method);
+    lt->url = lt->method = NULL;
+    return 0;
+}
+
+/* session:request(req) -> response | nil, err: start, then run the loop until this one ends. */
+static int session_request(lua_State *L)
+{
+    lsession *ls = check_session(L, 1);
+    ltransfer *lt;
+    int tidx;
+    int nret = transfer_new(L, ls, 2);
+    if (nret != 1)
+        return nret;
+    tidx = lua_gettop(L);
+    lt = lua_touserdata(L, tidx);
+    if (hc_session_start(ls->s, &lt->t) != 0) {
+        lua_pushnil(L);
+        hc_lua_push_error(L, "transport", lt->t.errbuf, NULL);
+        return 2;
+    }
+    lt->t.ref = LUA_NOREF;  /* anchored on this stack frame instead of the registry */
+    while (lt->t.state != HC_T_DONE)
+        if (hc_session_poll(ls->s, 1000) < 0)
+            return luaL_error(L, "libcurl multi loop failed");
+    hc_session_remove(ls->s, &lt->t);
+    lua_settop(L, tidx);
+    lua_pushcfunction(L, transfer_result);
+    lua_pushvalue(L, tidx);
+    lua_call(L, 1, 2);
+    /* The transfer's handle and buffers are released now rather than at collection. */
+    lua_pushcfunction(L, transfer_close);
+    lua_pushvalue(L, tidx);
+    lua_call(L, 1, 0);
+    return 2;
+}
+
+static int session_gc(lua_State *L)
+{
+    return session_close(L);
+}
+
+static int session_tostring(lua_State *L)
+{
+    lsession *ls = luaL_checkudata(L, 1, SESSION_MT);
+    lua_pushfstring(L, "healthcare.Session (%s)", ls->s ? "open" : "closed");
+    return 1;
+}
+
+static int transfer_tostring(lua_State *L)
+{
+    ltransfer *lt = luaL_checkudata(L, 1, TRANSFER_MT);
+    lua_pushfstring(L, "healthcare.Transfer (%s)",
+                    !lt->live ? "closed" : lt->t.state == HC_T_DONE ? "done" : "running");
+    return 1;
+}
+
+static const luaL_Reg session_methods[] = {
+    {"start", session_start},
+    {"wait", session_wait},
+    {"request", session_request},
+    {"pending", session_pending},
+    {"close", session_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg transfer_methods[] = {
+    {"result", transfer_result},
+    {"progress", transfer_progress},
+    {"done", transfer_done},
+    {"close", transfer_close},
+    {NULL, NULL}
+};
+
+static void new_class(lua_State *L, const char *name, const luaL_Reg *methods,
+                      lua_CFunction gc, lua_CFunction tostr)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, gc);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, tostr);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
+}
+
+void hc_lua_http_register(lua_State *L)
+{
+    new_class(L, SESSION_MT, session_methods, session_gc, session_tostring);
+    new_class(L, TRANSFER_MT, transfer_methods, transfer_close, transfer_tostring);
+    lua_pushcfunction(L, session_new);
+    lua_setfield(L, -2, "session");
+}
