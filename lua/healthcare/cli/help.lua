@@ -1,0 +1,253 @@
+-- SPDX-License-Identifier: MIT
+--[[
+healthcare.cli.help: the --help texts of the seed's command form, adapted from the seed
+page. Nothing is listed here by hand: options, methods, arguments and the request
+value's fields come from healthcare.cli.seed, the query parameters and scopes from
+healthcare.params, so a list changes in one place only.
+]]
+
+local params = require("healthcare.params")
+local seed = require("healthcare.cli.seed")
+
+local help = {}
+
+local format, concat = string.format, table.concat
+
+local WIDTH = 79
+
+-- Word-wraps `text` at WIDTH with every line starting with `indent`. Words longer than
+-- the line (URLs) stand alone rather than being cut. A '~' is a space that does not
+-- break, so that an example such as -r~f.s.o stays on one line.
+local function wrap(text, indent)
+  local lines, line = {}, nil
+  for word in text:gmatch("%S+") do
+    if line and #line + 1 + #word > WIDTH then
+      lines[#lines + 1] = line
+      line = nil
+    end
+    line = line and (line .. " " .. word) or (indent .. word)
+  end
+  lines[#lines + 1] = line or indent
+  return (concat(lines, "\n"):gsub("~", " "))
+end
+
+-- "-r . content-type=<type> data=<value>": the first field after `-r .`, as the seed does.
+local function request_usage(struct)
+  local parts = {}
+  for i, f in ipairs(struct.fields) do
+    parts[i] = (i == 1 and "-r . " or "") .. f.name .. "=" .. (f.placeholder or "<value>")
+  end
+  return concat(parts, " ")
+end
+
+local function method_usage(m)
+  local args = {}
+  for i, a in ipairs(m.args) do args[i] = a.name end
+  return format("healthcare [global options] %s %s %s %s [-o <out>] [-p <key>=<value>]... "
+    .. "[--scope <url>]...", seed.COMMAND, m.name, concat(args, " "), request_usage(m.request))
+end
+
+local function option_lines(list)
+  local out = {}
+  for _, o in ipairs(list) do
+    local names = o.short and o.long and (o.short .. ", " .. o.long) or (o.long or o.short)
+    out[#out + 1] = "  " .. names .. (o.arg and (" " .. o.arg) or "")
+    out[#out + 1] = wrap(o.help, "      ")
+  end
+  return concat(out, "\n")
+end
+
+local function methods_list()
+  local out = {}
+  for _, m in ipairs(seed.methods) do
+    out[#out + 1] = "  " .. m.name
+    out[#out + 1] = wrap("StoreInstances (" .. m.api .. ").", "      ")
+  end
+  return concat(out, "\n")
+end
+
+local function top()
+  return concat({
+    "healthcare: the Cloud Healthcare API's DICOMweb StoreInstances (STOW-RS).",
+    "",
+    "Usage:",
+    "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
+      .. request_usage(seed.HttpBody) .. " [-o <out>] [-p <key>=<value>]...",
+    "  healthcare " .. seed.COMMAND .. " --help",
+    "  healthcare " .. seed.COMMAND .. " <method> --help",
+    "",
+    "Commands:",
+    "  " .. seed.COMMAND,
+    "      Methods on projects/{project}/locations/{location}/... resources.",
+    "",
+    "Global options (before the command or after the method's arguments):",
+    option_lines(seed.global_options),
+    "",
+    wrap("Exit status: 0 on success, 1 when the call (or some instance) failed, 2 for a "
+      .. "usage or configuration error.", ""),
+  }, "\n") .. "\n"
+end
+
+local function command()
+  return concat({
+    "Usage:",
+    "  healthcare [global options] " .. seed.COMMAND .. " <method> ...",
+    "  healthcare " .. seed.COMMAND .. " <method> --help",
+    "",
+    "Methods:",
+    methods_list(),
+    "",
+    "Global options:",
+    option_lines(seed.global_options),
+  }, "\n") .. "\n"
+end
+
+local function cursor_rules(struct)
+  local rules = {
+    "The cursor position is always set relative to the current one, unless the field "
+      .. "name starts with the '.' character. Fields can be nested: -r~f.s.o moves the "
+      .. "cursor into f, then s, then o.",
+    "The cursor position is set relative to the top-level structure if it starts "
+      .. "with '.', e.g. -r~.s.s; a lone '.' moves the cursor back to the top (-r~.).",
+    "You can also set nested fields without setting the cursor explicitly. For "
+      .. "example, to set a value relative to the current cursor position, you would "
+      .. "specify -r~struct.sub_struct=bar. Setting a field does not move the cursor.",
+    "You can move the cursor one level up by using '..'. Each additional '.' moves it "
+      .. "up one additional level, e.g. '...' goes two levels up.",
+    "A field set twice keeps the value given last.",
+  }
+  local nested = false
+  for _, f in ipairs(struct.fields) do
+    if type(f.type) == "table" then nested = true end
+  end
+  if not nested then
+    rules[#rules + 1] = struct.name .. " has no nested structures, so for this method "
+      .. "the cursor only ever stands at the top."
+  end
+  local out = {}
+  for _, r in ipairs(rules) do out[#out + 1] = "  - " .. wrap(r, "    "):sub(5) end
+  return concat(out, "\n")
+end
+
+local function request_section(struct)
+  local out = {
+    wrap("The request value is a data-structure with various fields. Each field may be "
+      .. "a simple scalar or another data-structure. In the latter case it is advised to "
+      .. "set the field-cursor to the data-structure's field to specify values more "
+      .. "concisely.", "  "),
+    "",
+    "  " .. struct.name .. ":",
+  }
+  for _, f in ipairs(struct.fields) do
+    local t = type(f.type) == "table" and f.type.name or f.type
+    out[#out + 1] = "    " .. f.name .. ": " .. t
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = wrap("It can be set completely with the following arguments, "
+    .. "executed in the given order:", "  ")
+  out[#out + 1] = ""
+  for i, f in ipairs(struct.fields) do
+    out[#out + 1] = "  " .. (i == 1 and "-r . " or "") .. f.name .. "="
+      .. (f.placeholder or "<value>")
+    out[#out + 1] = wrap(f.help, "      ")
+  end
+  out[#out + 1] = ""
+  out[#out + 1] = wrap("data=<value> sends the literal string; data=@<file> sends the "
+    .. "file's bytes, data=@- standard input, and data=@@<text> the literal @<text>.", "  ")
+  local sep, rel, abs = {}, {}, {}
+  for i, f in ipairs(struct.fields) do
+    local v = f.name .. "=" .. (f.placeholder or "<value>")
+    sep[i], rel[i], abs[i] = v, "-r " .. v, "-r ." .. v
+  end
+  out[#out + 1] = "  These spellings are equivalent:"
+  out[#out + 1] = "    -r " .. concat(sep, " ")
+  out[#out + 1] = "    " .. concat(rel, " ")
+  out[#out + 1] = "    " .. concat(abs, " ")
+  out[#out + 1] = "  Example: -r . content-type=application/dicom data=@image.dcm"
+  return concat(out, "\n")
+end
+
+local function properties()
+  local out = {
+    wrap("The following properties can configure any call, and are not specific to this "
+      .. "method. The API's own (wire) names are accepted too, e.g. -p~prettyPrint=false.",
+      "  "),
+    "",
+  }
+  for _, p in ipairs(params.list()) do
+    out[#out + 1] = format("  -p %s=%s", p.cli, p.type)
+    out[#out + 1] = wrap(p.help, "      ")
+  end
+  return concat(out, "\n")
+end
+
+local function method(m)
+  local args = {}
+  for _, a in ipairs(m.args) do
+    args[#args + 1] = format("  %s (%s)", a.name, a.type)
+    args[#args + 1] = wrap(a.help, "      ")
+  end
+  local scopes = {}
+  for _, s in ipairs(params.SCOPES) do scopes[#scopes + 1] = "    " .. s end
+  return concat({
+    "healthcare " .. seed.COMMAND .. " " .. m.name,
+    "",
+    wrap(m.description, ""),
+    "",
+    "Usage:",
+    "  " .. method_usage(m),
+    "",
+    "Scopes",
+    wrap("You will need authorization for at least one of the following scopes to make "
+      .. "a valid call:", "  "),
+    concat(scopes, "\n"),
+    wrap("If unset, the scope for this method defaults to " .. params.DEFAULT_SCOPE
+      .. ". You can set the scope for this method like this: healthcare --scope <scope> "
+      .. seed.COMMAND .. " " .. m.name .. " ...", "  "),
+    "",
+    "Required scalar arguments",
+    concat(args, "\n"),
+    "",
+    "Required request value",
+    request_section(m.request),
+    "",
+    "About cursors",
+    cursor_rules(m.request),
+    "",
+    "Optional output flags",
+    wrap("The server's response (DICOM JSON for a store) is written to standard output "
+      .. "by default.", "  "),
+    "  -o <out>",
+    wrap("<out> specifies the destination to which to write the server's result. The "
+      .. "destination may be - to indicate standard output, or a filepath that is to "
+      .. "contain the received bytes. If unset, it defaults to standard output.", "      "),
+    "",
+    "Optional general properties",
+    properties(),
+    "",
+    "Global options",
+    option_lines(seed.global_options),
+  }, "\n") .. "\n"
+end
+
+-- The help text for a topic of a help command from seed.parse: "top", "projects", or
+-- a method id ("store-instances", "studies-store-instances") or CLI method name. Raises
+-- for an unknown topic (a programming error, since seed.parse only returns valid ones).
+function help.text(topic)
+  if topic == "top" then return top() end
+  if topic == seed.COMMAND then return command() end
+  local m = seed.find_method(topic)
+  if not m then error(format("bad argument #1 to 'text' (unknown help topic '%s')",
+    tostring(topic)), 2) end
+  return method(m)
+end
+
+-- The one-line usage of a method (id or CLI name), for short messages after an error.
+function help.usage(topic)
+  local m = seed.find_method(topic or "studies-store-instances")
+  if not m then error(format("bad argument #1 to 'usage' (unknown method '%s')",
+    tostring(topic)), 2) end
+  return "usage: " .. method_usage(m)
+end
+
+return help
