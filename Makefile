@@ -1,0 +1,39 @@
+# healthcare: build, test, demo and install. Everything goes through CMake; this file only
+# strings the steps together and installs missing Debian packages first.
+PREFIX ?= /usr/local
+BUILD ?= build
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$(CURDIR)/$(BUILD)/?.so;;'
+
+.PHONY: all deps build test demo install lint clean
+
+all: build
+
+deps:
+	@scripts/install-deps
+
+$(BUILD)/CMakeCache.txt:
+	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
+
+build: deps $(BUILD)/CMakeCache.txt
+	cmake -S . -B $(BUILD) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+
+# Every spec and C test, inside a private network namespace with Orthanc and the Google
+# emulator started (spec/support/testbed), then stopped whatever happens.
+test: build
+	spec/support/testbed ctest --test-dir $(BUILD) --output-on-failure -j 2
+
+# Start Orthanc, store sample DICOM files with the `healthcare` command, show the study.
+demo: build
+	spec/support/testbed env $(LUA_ENV) PATH='$(CURDIR)/$(BUILD)/bin:$(PATH)' scripts/demo
+
+install: build
+	cmake --install $(BUILD) --prefix $(PREFIX)
+
+lint: deps
+	luacheck lua spec bench examples
+	clang-tidy --quiet src/*.c -- -I/usr/include/lua5.4 -std=c99
+
+clean:
+	rm -rf $(BUILD)
