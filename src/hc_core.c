@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/rand.h>
@@ -123,7 +124,15 @@ static int core_sleep(lua_State *L)
     return 0;
 }
 
+/* isatty(fd) -> whether the descriptor is a terminal (progress bars only go to terminals) */
+static int core_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
 static const luaL_Reg core_functions[] = {
+    {"isatty", core_isatty},
     {"now", core_now},
     {"sleep", core_sleep},
     {"escape", core_escape},

@@ -193,6 +193,30 @@ function Client:send(req)
   end
 end
 
+--- Starts a request on the client's session without waiting (see healthcare.batch). Returns
+--- the transfer, or nil, err.
+function Client:start(req)
+  local r, perr = self:prepare(req)
+  if not r then return nil, perr end
+  self:log_request(r)
+  local t, err = self.session:start(r)
+  if not t then return nil, errors.from_transport(err) end
+  return t
+end
+
+--- The outcome of a finished transfer: the raw response, or nil, err. Closes the transfer.
+function Client:finish(t, started_at)
+  local res, err = t:result()
+  t:close()
+  if not res then
+    err = errors.from_transport(err)
+    if self.debug then self.debug("< error: " .. err.message) end
+    return nil, err
+  end
+  self:log_response(res, started_at and (core.now() - started_at) or 0)
+  return res
+end
+
 --- The store object of a dicomStore resource name (see healthcare.dicomweb).
 function Client:dicom_store(parent)
   local dicomweb = require "healthcare.dicomweb"

@@ -81,19 +81,21 @@ end
 --- PS3.18 and Google use 202 and 409 with per-instance detail; anything else is an error.
 function M.read_store_response(res, what)
   local ct = (res.headers["content-type"] or ""):lower()
-  local is_json = ct:find("application/dicom+json", 1, true) ~= nil
   local is_xml = ct:find("application/dicom+xml", 1, true) ~= nil
   local doc
-  if is_json or (ct:find("application/json", 1, true) and (res.status == 200 or res.status == 202 or res.status == 409)) then
+  -- DICOM JSON is also recognised by its shape: Orthanc answers a request with an unreadable
+  -- part with 400, DICOM JSON and no Content-Type, and what it lists there IS stored.
+  if not is_xml and (ct == "" or ct:find("json", 1, true)) then
     doc = cjson.decode(res.body)
-    if type(doc) ~= "table" or (doc.error ~= nil and not is_json) then
+    if type(doc) ~= "table" or doc.error ~= nil then
       doc = nil
-      is_json = false
-    else
-      is_json = true
+    elseif not ct:find("application/dicom+json", 1, true) then
+      for k in pairs(doc) do
+        if type(k) ~= "string" or not k:match("^%x%x%x%x%x%x%x%x$") then doc = nil break end
+      end
     end
   end
-  if not is_json and not is_xml then
+  if not doc and not is_xml then
     return nil, errors.from_response(res, what)
   end
   local failed = doc and doc["00081198"] and doc["00081198"].Value
@@ -124,6 +126,14 @@ function Store:store_instances(dicom_web_path, body, params_)
   }
   if not res then return nil, err end
   return M.read_store_response(res, "StoreInstances")
+end
+
+--- DICOM-aware storing of files and folders (see healthcare.batch and README "Storing files").
+function Store:store(files, opts)
+  if type(files) ~= "string" and type(files) ~= "table" then
+    error("bad argument #1 to 'store' (path or list of paths expected, got " .. type(files) .. ")", 2)
+  end
+  return require("healthcare.batch").run(self, files, opts)
 end
 
 return M

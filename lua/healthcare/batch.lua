@@ -1,0 +1,313 @@
+-- SPDX-License-Identifier: MIT
+-- store:store(files, opts): the DICOM-aware workflow. Files are probed in C, checked, grouped
+-- into multipart/related requests streamed from disk, sent with up to `concurrency` requests in
+-- flight on one libcurl multi session, retried when the failure is transient, and every
+-- instance is accounted for from the server's answer (a 200 alone proves nothing).
+local core = require "healthcare.core"
+local dicomjson = require "healthcare.dicomjson"
+local dicomweb = require "healthcare.dicomweb"
+local errors = require "healthcare.errors"
+local files = require "healthcare.files"
+local util = require "healthcare.util"
+
+local M = {}
+
+-- Defaults, written once (README "Storing files" explains them).
+-- Google ends a Store request after one hour. 256 MiB takes about 4.5 minutes at 1 MB/s, the
+-- slowest hospital uplink we plan for, and caps what one failure re-sends; Orthanc holds a whole
+-- request in memory (about 1.6x), so this also keeps a test server small. 500 instances per
+-- request keeps the multipart framing and the answer small while small instances still share
+-- one round trip.
+M.DEFAULTS = {
+  max_request_bytes = 256 * 1024 * 1024,
+  max_instances_per_request = 500,
+  concurrency = 4,
+}
+M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60, deadline = 3600 }
+M.OPTIONS = {
+  "study_uid", "concurrency", "journal", "on_progress", "max_request_bytes",
+  "max_instances_per_request", "retry", "shard", "count_first", "on_instance",
+}
+
+local PART_HEADERS = "Content-Type: application/dicom\r\n"
+
+local function entry_of(f, probe)
+  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime,
+    sop_instance_uid = probe and probe.sop_instance_uid, study_uid = probe and probe.study_uid,
+    sop_class_uid = probe and probe.sop_class_uid }
+end
+
+local function record(e, reason, extra)
+  local r = { path = e.path, sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid, reason = reason }
+  if extra then for k, v in pairs(extra) do r[k] = v end end
+  return r
+end
+
+--- A pipeline: pulls files, probes and checks them, and hands out groups ready to send.
+local function new_source(inputs, opts, report, journal)
+  local it = files.iterate(inputs)
+  local pending = nil   -- an entry that did not fit in the previous group
+  local shard = opts.shard
+  local source = { exhausted = false }
+
+  local function skip(e, reason)
+    report.skipped[#report.skipped + 1] = record(e, reason)
+  end
+
+  -- Next sendable entry, or nil when no file is left.
+  local function next_entry()
+    while true do
+      local f = it()
+      if not f then return nil end
+      if shard and not shard.includes(f.rel) then
+        -- another machine's share: not ours to report
+      elseif f.skip then
+        skip(f, f.skip)
+      else
+        local done = journal and journal:lookup(f)
+        if done then
+          report.already_stored[#report.already_stored + 1] = record(done, "stored in an earlier run", { path = f.path })
+        else
+          local probe, why = core.dicom_probe(f.path)
+          if not probe then
+            skip(f, why)
+          else
+            local e = entry_of(f, probe)
+            e.size = probe.size or f.size
+            if opts.study_uid and e.study_uid ~= opts.study_uid then
+              skip(e, string.format("Study Instance UID %s does not match the requested study %s",
+                tostring(e.study_uid ~= "" and e.study_uid or "(none)"), opts.study_uid))
+            else
+              return e
+            end
+          end
+        end
+      end
+    end
+  end
+
+  --- The next group of entries for one request, or nil.
+  function source.next_group()
+    local group, bytes, uids = {}, 0, {}
+    while #group < opts.max_instances_per_request do
+      local e = pending or next_entry()
+      pending = nil
+      if not e then source.exhausted = true break end
+      -- Two files with one SOP Instance UID in one request cannot be told apart in the answer.
+      if uids[e.sop_instance_uid] or (#group > 0 and bytes + e.size > opts.max_request_bytes) then
+        pending = e
+        break
+      end
+      uids[e.sop_instance_uid] = true
+      group[#group + 1] = e
+      bytes = bytes + e.size
+    end
+    if #group == 0 then return nil end
+    return { entries = group, bytes = bytes, attempts = 0 }
+  end
+
+  return source
+end
+
+local function multipart_body(group, boundary)
+  local parts = {}
+  for i, e in ipairs(group.entries) do
+    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size }
+  end
+  return { multipart = { boundary = boundary, parts = parts } }
+end
+
+-- Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"), at least what the
+-- server asked for.
+local function backoff(retry, attempt, asked)
+  local cap = math.min(retry.max_delay, retry.initial * retry.multiplier ^ (attempt - 1))
+  local d = math.random() * cap
+  if asked and asked > d then d = math.min(asked, retry.max_delay) end
+  return d
+end
+
+--- Runs the workflow. Returns the report (see README "Storing files").
+function M.run(store, inputs, opts)
+  util.check_options(opts, M.OPTIONS, "store", 3)
+  opts = opts or {}
+  local o = {}
+  for k, v in pairs(M.DEFAULTS) do o[k] = v end
+  for k, v in pairs(opts) do o[k] = v end
+  o.concurrency = o.concurrency or (store.client.concurrency) or M.DEFAULTS.concurrency
+  if o.study_uid ~= nil and not dicomweb.valid_uid(o.study_uid) then
+    return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid) .. "'")
+  end
+  local retry = {}
+  for k, v in pairs(M.RETRY_DEFAULTS) do retry[k] = v end
+  for k, v in pairs(o.retry or store.client.retry or {}) do retry[k] = v end
+
+  local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
+    seconds = 0, requests = 0, retries = 0 }
+  local journal
+  if o.journal then
+    local jerr
+    journal, jerr = require("healthcare.journal").open(o.journal, report)
+    if not journal then return nil, jerr end
+  end
+  if o.shard then
+    local s, serr = require("healthcare.shard").parse(o.shard)
+    if not s then return nil, serr end
+    o.shard = s
+  end
+
+  local client = store.client
+  local path = o.study_uid and ("studies/" .. o.study_uid) or "studies"
+  local url = store.base_url .. "/" .. path
+  local source = new_source(inputs, o, report, journal)
+  local t0 = core.now()
+  local inflight = {}      -- transfer -> group
+  local ninflight = 0
+  local waiting = {}       -- groups due for a retry: { group, due }
+  local progress = { files_done = 0, bytes_done = 0 }
+
+  local function finish_group(group, outcome_of)
+    local recs = {}
+    for _, e in ipairs(group.entries) do
+      local oc = outcome_of(e)
+      local r
+      if oc.outcome == "stored" then
+        r = record(e, oc.warning, { warning = oc.warning })
+        report.stored[#report.stored + 1] = r
+        report.bytes = report.bytes + e.size
+      else
+        r = record(e, oc.reason)
+        report.failed[#report.failed + 1] = r
+      end
+      recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
+      if o.on_instance then o.on_instance(r, oc.outcome) end
+    end
+    if journal then
+      local ok, jerr = journal:record(recs)
+      if not ok then error(jerr) end
+    end
+    progress.files_done = progress.files_done + #group.entries
+    progress.bytes_done = progress.bytes_done + group.bytes
+  end
+
+  local function fail_group(group, reason)
+    finish_group(group, function() return { outcome = "failed", reason = reason } end)
+  end
+
+  local function start(group)
+    group.attempts = group.attempts + 1
+    group.boundary = group.boundary or ("healthcare-" .. core.random_hex(16))
+    group.started = core.now()
+    group.first_started = group.first_started or group.started
+    local t, err = client:start {
+      method = "POST",
+      url = url,
+      headers = { 'Content-Type: multipart/related; type="application/dicom"; boundary=' .. group.boundary,
+        "Accept: " .. dicomweb.ACCEPT },
+      body = multipart_body(group, group.boundary),
+    }
+    if not t then
+      fail_group(group, err.message)
+      return
+    end
+    report.requests = report.requests + 1
+    inflight[t] = group
+    ninflight = ninflight + 1
+  end
+
+  local function schedule_retry(group, err)
+    local elapsed = core.now() - group.first_started
+    if group.attempts >= retry.max_attempts or elapsed >= retry.deadline then
+      fail_group(group, string.format("%s (after %d attempts)", err.message, group.attempts))
+      return
+    end
+    report.retries = report.retries + 1
+    waiting[#waiting + 1] = { group = group, due = core.now() + backoff(retry, group.attempts, err.retry_after) }
+  end
+
+  local function handle(t, group)
+    local res, err = client:finish(t, group.started)
+    if res and res.status == 401 and client.credential.refreshable and not group.refreshed then
+      -- An expired token: refresh once, send again; not counted as a retry.
+      group.refreshed = true
+      client.credential:invalidate()
+      group.attempts = group.attempts - 1
+      return start(group)
+    end
+    local answer
+    if res then
+      answer, err = dicomweb.read_store_response(res, "StoreInstances")
+    end
+    if not answer then
+      if err.retryable then return schedule_retry(group, err) end
+      return fail_group(group, err.message)
+    end
+    local ds = answer.json
+    if not ds then
+      local perr
+      ds, perr = dicomjson.from_xml(answer.body)
+      if not ds then return fail_group(group, perr) end
+    end
+    local outcomes = dicomjson.outcomes(ds)
+    finish_group(group, function(e)
+      return outcomes[e.sop_instance_uid] or {
+        outcome = "failed",
+        reason = string.format("not in response (HTTP %d)", answer.status) }
+    end)
+  end
+
+  local function report_progress()
+    if not o.on_progress then return end
+    local sending = 0
+    for t in pairs(inflight) do sending = sending + (t:progress()) end
+    o.on_progress {
+      files_done = progress.files_done, bytes_done = progress.bytes_done,
+      bytes_sending = sending, stored = #report.stored, failed = #report.failed,
+      skipped = #report.skipped, already_stored = #report.already_stored,
+      in_flight = ninflight, retries = report.retries, seconds = core.now() - t0,
+    }
+  end
+
+  local ok, perr = pcall(function()
+    while true do
+      local now = core.now()
+      -- retries that are due go first
+      for i = #waiting, 1, -1 do
+        if ninflight < o.concurrency and waiting[i].due <= now then
+          local w = table.remove(waiting, i)
+          start(w.group)
+        end
+      end
+      while ninflight < o.concurrency and not source.exhausted do
+        local g = source.next_group()
+        if not g then break end
+        start(g)
+      end
+      if ninflight == 0 and #waiting == 0 and source.exhausted then break end
+      local timeout = 0.2
+      for _, w in ipairs(waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
+      if ninflight > 0 then
+        for _, t in ipairs(client.session:wait(timeout)) do
+          local g = inflight[t]
+          inflight[t] = nil
+          ninflight = ninflight - 1
+          handle(t, g)
+        end
+      else
+        core.sleep(timeout)
+      end
+      report_progress()
+    end
+  end)
+  if journal then journal:close() end
+  report.seconds = core.now() - t0
+  if not ok then
+    -- An error raised by a callback of the caller, or a journal that cannot be written: stop
+    -- sending; what finished is in the journal.
+    for t in pairs(inflight) do t:close() end
+    error(perr, 0)
+  end
+  report_progress()
+  return report
+end
+
+return M

@@ -1,0 +1,182 @@
+-- SPDX-License-Identifier: MIT
+-- `healthcare store <store> <file-or-dir>...`: the friendly form. Probes, groups and streams the
+-- files (healthcare.batch), shows a progress bar on a terminal, prints a summary (or the JSON
+-- report with --json) and exits 0 when nothing failed, 1 when something did, 2 on usage errors.
+local argparse = require "argparse"
+local cjson = require("cjson.safe").new()
+cjson.encode_empty_table_as_object(false)
+local core = require "healthcare.core"
+local healthcare = require "healthcare"
+local batch = require "healthcare.batch"
+
+local M = {}
+
+local function parser()
+  local p = argparse("healthcare store", "Store DICOM files in a DICOM store (STOW-RS), many per request, streamed from disk.")
+    :add_help_command(false)
+  p:argument("store", "A dicomStore name (projects/P/locations/L/datasets/D/dicomStores/S, through the "
+    .. "endpoint) or a DICOMweb base URL (e.g. http://127.0.0.1:8042/dicom-web).")
+  p:argument("files", "DICOM files or directories (walked recursively).", nil, nil, "*")
+  p:option("--study", "Store under studies/UID; files of another study are skipped.")
+  p:option("--concurrency", "Requests in flight at once.", tostring(batch.DEFAULTS.concurrency)):convert(tonumber)
+  p:option("--max-request-bytes", "Most bytes of DICOM per request.", tostring(batch.DEFAULTS.max_request_bytes)):convert(tonumber)
+  p:option("--max-instances", "Most instances per request.", tostring(batch.DEFAULTS.max_instances_per_request)):convert(tonumber)
+  p:option("--retry-max", "Attempts per request before its instances count as failed.",
+    tostring(batch.RETRY_DEFAULTS.max_attempts)):convert(tonumber)
+  p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored.")
+  p:option("--shard", "K/N: take only this machine's share of the files (stable by path).")
+  p:option("--from-list", "Read more paths from FILE, one per line ('-' for standard input).")
+  p:option("--endpoint", "API endpoint (default $HEALTHCARE_ENDPOINT, else " .. healthcare.DEFAULT_ENDPOINT .. ").")
+  p:option("--credentials", "Service account or authorized_user JSON key file.")
+  p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
+  p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
+  p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
+  p:flag("--insecure", "Do not verify the server's TLS certificate (testing only).")
+  p:flag("--no-token-cache", "Do not keep tokens between runs.")
+  p:flag("--json", "Print the report as JSON on standard output.")
+  p:flag("--no-progress", "No progress bar, even on a terminal.")
+  p:flag("--debug", "Print request and response lines (secrets redacted) on standard error.")
+  return p
+end
+
+local function human_bytes(n)
+  local units = { "B", "KB", "MB", "GB", "TB" }
+  local i = 1
+  while n >= 1000 and i < #units do n, i = n / 1000, i + 1 end
+  return string.format(i == 1 and "%d %s" or "%.1f %s", n, units[i])
+end
+
+local function progress_bar(totals)
+  local last = 0
+  return function(p)
+    local now = core.now()
+    if now - last < 0.2 then return end
+    last = now
+    local done = p.bytes_done + p.bytes_sending
+    local rate = p.seconds > 0 and done / p.seconds or 0
+    local line
+    if totals.bytes > 0 then
+      local frac = math.min(1, done / totals.bytes)
+      local width = 24
+      local filled = math.floor(frac * width + 0.5)
+      local eta = rate > 0 and (totals.bytes - done) / rate or 0
+      line = string.format("[%s%s] %3d%%  %d/%d files  %s  %s/s  ETA %ds",
+        string.rep("#", filled), string.rep(".", width - filled), math.floor(frac * 100),
+        p.files_done + p.already_stored, totals.files, human_bytes(done), human_bytes(rate), math.floor(eta))
+    else
+      line = string.format("%d files  %s  %s/s", p.files_done, human_bytes(done), human_bytes(rate))
+    end
+    if p.failed > 0 then line = line .. string.format("  %d failed", p.failed) end
+    io.stderr:write("\r", line, "\27[K")
+  end
+end
+
+-- Counts files and bytes first, so the bar can show a share and an ETA.
+local function count(inputs)
+  local files = require "healthcare.files"
+  local n, bytes = 0, 0
+  for f in files.iterate(inputs) do
+    if not f.skip then n, bytes = n + 1, bytes + f.size end
+  end
+  return { files = n, bytes = bytes }
+end
+
+local function read_list(path)
+  local f, err
+  if path == "-" then f = io.stdin else f, err = io.open(path, "r") end
+  if not f then return nil, err end
+  local out = {}
+  for line in f:lines() do
+    line = line:gsub("\r$", "")
+    if line ~= "" then out[#out + 1] = line end
+  end
+  if f ~= io.stdin then f:close() end
+  return out
+end
+
+local function summary(report)
+  local rate = report.seconds > 0 and report.bytes / report.seconds or 0
+  local w = io.stderr
+  w:write(string.format("stored %d, already stored %d, failed %d, skipped %d; %s in %.1f s (%s/s); %d requests, %d retries\n",
+    #report.stored, #report.already_stored, #report.failed, #report.skipped, human_bytes(report.bytes),
+    report.seconds, human_bytes(rate), report.requests, report.retries))
+  local by_reason = {}
+  for _, f in ipairs(report.failed) do
+    w:write("failed  ", f.path, ": ", tostring(f.reason), "\n")
+    by_reason[f.reason] = (by_reason[f.reason] or 0) + 1
+  end
+  for _, s in ipairs(report.skipped) do
+    w:write("skipped ", s.path, ": ", tostring(s.reason), "\n")
+  end
+end
+
+function M.main(argv)
+  local args = {}
+  for i = 2, #argv do args[i - 1] = argv[i] end
+  local p = parser()
+  local ok, a = p:pparse(args)
+  if not ok then
+    io.stderr:write("healthcare store: ", a, "\n", p:get_usage(), "\n")
+    return 2
+  end
+  local inputs = a.files
+  if a.from_list then
+    local list, err = read_list(a.from_list)
+    if not list then
+      io.stderr:write("healthcare store: cannot read --from-list: ", tostring(err), "\n")
+      return 2
+    end
+    for _, l in ipairs(list) do inputs[#inputs + 1] = l end
+  end
+  if #inputs == 0 then
+    io.stderr:write("healthcare store: no files given\n", p:get_usage(), "\n")
+    return 2
+  end
+  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_instances", "retry_max" }) do
+    if not a[k] or a[k] < 1 or a[k] ~= math.floor(a[k]) then
+      io.stderr:write("healthcare store: --", k:gsub("_", "-"), " must be a whole number of at least 1\n")
+      return 2
+    end
+  end
+
+  local copts = {
+    endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
+    scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
+    token_cache = not a.no_token_cache, debug = a.debug or nil,
+  }
+  local store, err
+  if a.store:match("^https?://") then
+    store, err = healthcare.dicomweb(a.store, copts)
+  else
+    local client
+    client, err = healthcare.new(copts)
+    if client then store, err = client:dicom_store(a.store) end
+  end
+  if not store then
+    io.stderr:write("healthcare store: ", tostring(err), "\n")
+    return 2
+  end
+
+  local show = not a.json and not a.no_progress and core.isatty(2)
+  local on_progress
+  if show then on_progress = progress_bar(count(inputs)) end
+  local report, rerr = store:store(inputs, {
+    study_uid = a.study, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
+    max_instances_per_request = a.max_instances, retry = { max_attempts = a.retry_max },
+    journal = a.journal, shard = a.shard, on_progress = on_progress,
+  })
+  if show then io.stderr:write("\r\27[K") end
+  store.client:close()
+  if not report then
+    io.stderr:write("healthcare store: ", tostring(rerr), "\n")
+    return 2
+  end
+  if a.json then
+    io.stdout:write(cjson.encode(report), "\n")
+  else
+    summary(report)
+  end
+  return #report.failed > 0 and 1 or 0
+end
+
+return M

@@ -1,0 +1,63 @@
+-- SPDX-License-Identifier: MIT
+-- Which files a store call sends: paths, lists of paths and directories walked recursively
+-- (sorted, following symbolic links, each directory entered once so link loops end), lazily so
+-- an archive of millions of files is never listed in memory at once.
+local lfs = require "lfs"
+
+local M = {}
+
+local function join(dir, name)
+  if dir:sub(-1) == "/" then return dir .. name end
+  return dir .. "/" .. name
+end
+
+--- Returns an iterator of entries, in order:
+---   { path, rel, size, mtime }      a regular file (rel: its path below the input it came from)
+---   { path, rel, skip = reason }    something that cannot be sent, with the reason
+--- inputs: a path or a list of paths.
+function M.iterate(inputs)
+  if type(inputs) == "string" then inputs = { inputs } end
+  return coroutine.wrap(function()
+    local seen = {}  -- "dev:ino" of directories entered
+    local function walk(path, rel)
+      local a, err = lfs.attributes(path)
+      if not a then
+        local l = lfs.symlinkattributes(path)
+        coroutine.yield { path = path, rel = rel, skip = l and "broken symbolic link" or ("cannot read: " .. tostring(err)) }
+        return
+      end
+      if a.mode == "file" then
+        coroutine.yield { path = path, rel = rel, size = a.size, mtime = a.modification }
+      elseif a.mode == "directory" then
+        local key = a.dev .. ":" .. a.ino
+        if seen[key] then
+          coroutine.yield { path = path, rel = rel, skip = "directory already visited (symbolic link loop)" }
+          return
+        end
+        seen[key] = true
+        local names = {}
+        local ok, iter, state = pcall(lfs.dir, path)
+        if not ok then
+          coroutine.yield { path = path, rel = rel, skip = "cannot list directory: " .. tostring(iter) }
+          return
+        end
+        for name in iter, state do
+          if name ~= "." and name ~= ".." then names[#names + 1] = name end
+        end
+        table.sort(names)
+        for _, name in ipairs(names) do
+          walk(join(path, name), rel == "" and name or (rel .. "/" .. name))
+        end
+      else
+        coroutine.yield { path = path, rel = rel, skip = "not a regular file (" .. tostring(a.mode) .. ")" }
+      end
+    end
+    for _, p in ipairs(inputs) do
+      if type(p) ~= "string" then error("file list must hold strings", 3) end
+      local a = lfs.attributes(p)
+      walk(p, (a and a.mode == "directory") and "" or p)
+    end
+  end)
+end
+
+return M
