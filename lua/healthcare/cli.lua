@@ -16,17 +16,28 @@ local function say(fmt, ...)
   io.stderr:write("healthcare: ", string.format(fmt, ...), "\n")
 end
 
---- The exit code for an error value: configuration and usage mistakes are 2.
+-- Answers that mean the command line or the configuration is wrong, not the data.
+local CONFIG_HTTP = { [401] = true, [403] = true, [404] = true }
+
+--- The exit code for an error value: usage and configuration mistakes (bad arguments, a file
+--- named on the command line that cannot be read, no or wrong credentials, no such store) are
+--- 2; everything else that failed is 1.
 function M.exit_code_for(err)
-  if err.kind == "usage" or err.kind == "auth" then return M.EXIT_USAGE end
+  if err.kind == "usage" or err.kind == "auth" or err.kind == "io" then return M.EXIT_USAGE end
+  if err.kind == "http" and CONFIG_HTTP[err.http_status] then return M.EXIT_USAGE end
   return M.EXIT_FAILED
 end
 
 -- JSON with sorted keys and two-space indentation, for people reading the output. cjson
 -- encodes the scalars (escaping included); only the layout is ours.
+local function scalar(v)
+  -- Debian's lua-cjson escapes "/" as "\/": valid JSON, but URLs should read as URLs.
+  return (cjson.encode(v):gsub("\\/", "/"))
+end
+
 local function pretty(v, indent)
   indent = indent or ""
-  if type(v) ~= "table" then return cjson.encode(v) end
+  if type(v) ~= "table" then return scalar(v) end
   local inner = indent .. "  "
   if next(v) == nil then
     return getmetatable(v) == cjson.empty_array_mt and "[]" or "{}"
@@ -41,7 +52,7 @@ local function pretty(v, indent)
   table.sort(keys)
   local parts = {}
   for i, k in ipairs(keys) do
-    parts[i] = inner .. cjson.encode(k) .. ": " .. pretty(v[k], inner)
+    parts[i] = inner .. scalar(k) .. ": " .. pretty(v[k], inner)
   end
   return "{\n" .. table.concat(parts, ",\n") .. "\n" .. indent .. "}"
 end

@@ -57,6 +57,27 @@ function M.normalize_params(p)
   return out
 end
 
+-- Application Default Credentials are looked for at the first request that needs them, not
+-- when the client is made: a call that carries its own token or key as a query parameter (the
+-- CLI's -p access-token=...) must work on a machine that has no Google credentials at all.
+local function lazy_default(credentials, opts)
+  local found
+  local lazy = { kind = "default", refreshable = true }
+  function lazy.authorize(_, scopes)
+    if not found then
+      local c, err = credentials.default(opts)
+      if not c then return nil, err end
+      found = c
+      lazy.refreshable = c.refreshable
+    end
+    return found:authorize(scopes)
+  end
+  function lazy.invalidate()
+    if found then found:invalidate() end
+  end
+  return lazy
+end
+
 --- Picks the credential from the options (see README, "Credentials").
 local function credential_from(opts)
   if opts.credentials == false then
@@ -67,10 +88,12 @@ local function credential_from(opts)
     return auth.api_key(opts.api_key)
   end
   local ok, credentials = pcall(require, "healthcare.credentials")
-  if ok then
-    return credentials.from_options(opts)
+  if not ok then
+    return auth.none()
+  elseif opts.credentials == nil then
+    return lazy_default(credentials, opts)
   end
-  return auth.none()
+  return credentials.from_options(opts)
 end
 
 function M.new(opts)

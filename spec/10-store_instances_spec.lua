@@ -1,0 +1,293 @@
+-- StoreInstances through the Lua API: against the Google emulator (which forwards to Orthanc)
+-- and against Orthanc directly, then read back from Orthanc and compared byte for byte.
+local H = require "helpers"
+if not H.need_testbed() then return end
+local healthcare = require "healthcare"
+local dicomjson = require "healthcare.dicomjson"
+
+local E = H.env
+
+local function stored_uids(res)
+  local out = {}
+  for _, item in ipairs(dicomjson.items(res.json, dicomjson.REFERENCED_SOP_SEQUENCE)) do
+    out[#out + 1] = dicomjson.value(item, dicomjson.REFERENCED_SOP_INSTANCE_UID)
+  end
+  return out
+end
+
+local function multipart(paths, boundary)
+  local parts = {}
+  for _, p in ipairs(paths) do
+    parts[#parts + 1] = "--" .. boundary .. "\r\nContent-Type: application/dicom\r\n\r\n" .. H.file_bytes(p) .. "\r\n"
+  end
+  return table.concat(parts) .. "--" .. boundary .. "--\r\n"
+end
+
+local function store_requests()
+  return H.emulator_stats().store_requests_total or 0
+end
+
+describe("healthcare.new", function()
+  it("raises on an unknown option, naming it and the valid ones", function()
+    local ok, err = pcall(healthcare.new, { acess_token = "x" })
+    assert.is_false(ok)
+    assert.matches("unknown option 'acess_token' to 'healthcare.new'; valid options: .*access_token", err)
+  end)
+
+  it("has a version", function()
+    assert.matches("^%d+%.%d+%.%d+$", healthcare._VERSION)
+  end)
+
+  it("refuses an endpoint that is not an http(s) URL", function()
+    local c, err = healthcare.new { endpoint = "ftp://x" }
+    assert.is_nil(c)
+    assert.equal("usage", err.kind)
+  end)
+
+  it("takes the endpoint from HEALTHCARE_ENDPOINT when none is given", function()
+    local c = assert(healthcare.new { access_token = "t" })
+    assert.equal(os.getenv("HEALTHCARE_ENDPOINT") or healthcare.DEFAULT_ENDPOINT, c.endpoint)
+  end)
+end)
+
+describe("client:store_instances", function()
+  local client
+
+  before_each(function()
+    client = assert(healthcare.new { endpoint = E.endpoint, access_token = E.token })
+  end)
+  after_each(function() client:close() end)
+
+  it("stores one instance sent as application/dicom, byte for byte", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local res, err = client:store_instances(E.store, "studies",
+      { content_type = "application/dicom", data = H.file_bytes(f.path) })
+    assert.is_nil(err)
+    assert.equal(200, res.status)
+    assert.is_true(res.ok)
+    assert.same({ f.sop_instance_uid }, stored_uids(res))
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+
+  it("streams a file given as { file = path }", function()
+    local files = H.gen_dicom { count = 2, size = 3 * 1024 * 1024 }
+    local boundary = "b" .. math.random(1, 1e9)
+    local body_path = H.tmpdir() .. "/body"
+    H.write_file(body_path, multipart({ files[1].path, files[2].path }, boundary))
+    local res = assert(client:store_instances(E.store, "studies", {
+      content_type = 'multipart/related; type="application/dicom"; boundary=' .. boundary,
+      data = { file = body_path } }))
+    assert.is_true(res.ok)
+    for _, f in ipairs(files) do
+      assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+    end
+  end)
+
+  it("stores under studies/{uid} when the instances belong to that study", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local res = assert(client:store_instances(E.store, "studies/" .. f.study_uid,
+      { content_type = "application/dicom", data = H.file_bytes(f.path) }))
+    assert.is_true(res.ok)
+    assert.same({ f.sop_instance_uid }, stored_uids(res))
+  end)
+
+  it("returns the server's DICOM answer, not an error, when the study does not match", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local res, err = client:store_instances(E.store, "studies/1.2.3.4",
+      { content_type = "application/dicom", data = H.file_bytes(f.path) })
+    assert.is_nil(err)
+    assert.is_false(res.ok)
+    assert.equal(409, res.status)
+    local oc = dicomjson.outcomes(res.json)[f.sop_instance_uid]
+    assert.equal("failed", oc.outcome)
+    assert.equal(0x0110, oc.failure_reason)
+    assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
+  end)
+
+  it("returns 409 with Google's FailureDetail for changed bytes under an existing SOP Instance UID", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    assert(client:store_instances(E.store, "studies", { content_type = "application/dicom", data = H.file_bytes(f.path) }))
+    local changed = H.gen_dicom { count = 1, sop = f.sop_instance_uid, study = f.study_uid }[1]
+    local res = assert(client:store_instances(E.store, "studies",
+      { content_type = "application/dicom", data = H.file_bytes(changed.path) }))
+    assert.equal(409, res.status)
+    assert.is_false(res.ok)
+    local oc = dicomjson.outcomes(res.json)[f.sop_instance_uid]
+    assert.equal("failed", oc.outcome)
+    assert.truthy(oc.detail and oc.detail:find("already exists", 1, true))
+    -- the original bytes are still the stored ones
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+
+  it("authenticates with an API key", function()
+    local c = assert(healthcare.new { endpoint = E.endpoint, api_key = E.api_key })
+    local f = H.gen_dicom { count = 1 }[1]
+    local res = assert(c:store_instances(E.store, "studies", { content_type = "application/dicom", data = H.file_bytes(f.path) }))
+    assert.is_true(res.ok)
+    c:close()
+  end)
+
+  it("authenticates with the access_token query parameter, under its CLI or wire name", function()
+    local c = assert(healthcare.new { endpoint = E.endpoint, credentials = false })
+    for _, name in ipairs({ "access-token", "access_token" }) do
+      local f = H.gen_dicom { count = 1 }[1]
+      local res = assert(c:store_instances(E.store, "studies",
+        { content_type = "application/dicom", data = H.file_bytes(f.path) }, { [name] = E.token }))
+      assert.is_true(res.ok)
+    end
+    c:close()
+  end)
+
+  it("returns UNAUTHENTICATED without credentials", function()
+    local c = assert(healthcare.new { endpoint = E.endpoint, credentials = false })
+    local f = H.gen_dicom { count = 1 }[1]
+    local res, err = c:store_instances(E.store, "studies", { content_type = "application/dicom", data = H.file_bytes(f.path) })
+    assert.is_nil(res)
+    assert.equal("http", err.kind)
+    assert.equal(401, err.http_status)
+    assert.equal("UNAUTHENTICATED", err.status)
+    assert.is_false(err.retryable)
+    assert.matches("UNAUTHENTICATED", tostring(err))
+    c:close()
+  end)
+
+  it("returns NOT_FOUND for an unknown store", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local res, err = client:store_instances("projects/test-project/locations/us-central1/datasets/test-dataset/dicomStores/nope",
+      "studies", { content_type = "application/dicom", data = H.file_bytes(f.path) })
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+    assert.equal("NOT_FOUND", err.status)
+  end)
+
+  local bad_parents = {
+    "", "projects/p", "projects/p/locations/l/datasets/d/dicomStores/",
+    "projects//locations/l/datasets/d/dicomStores/s",
+    "projects/p/locations/l/datasets/d/dicomStores/s/extra",
+    "projects/p/locations/l/datasets/../dicomStores/s",
+    "projects/p/locations/l/datasets/d/dicomStores/s?x=1",
+    "projects/p/locations/l/datasets/d/dicomStores/s#f",
+    "projects/p/locations/l/datasets/d%2F/dicomStores/s",
+    "projects/p/locations/l/datasets/d/dicomStores/s t",
+    "projects/p/locations/l/datasets/d/dicomStores/s\r\nX: y",
+    "projects/p/locations/l/datasets/dé/dicomStores/s",
+    "folders/p/locations/l/datasets/d/dicomStores/s",
+  }
+  for _, parent in ipairs(bad_parents) do
+    it("refuses the malformed parent " .. string.format("%q", parent) .. " and sends nothing", function()
+      local before = store_requests()
+      local res, err = client:store_instances(parent, "studies", { content_type = "application/dicom", data = "x" })
+      assert.is_nil(res)
+      assert.equal("usage", err.kind)
+      assert.matches("invalid dicomStore name", err.message)
+      assert.equal(before, store_requests())
+    end)
+  end
+
+  local bad_paths = { "", "study", "studies/", "studies/1.2.x", "studies/1..2", "studies/.1", "series",
+    "studies/1.2/series", "studies/" .. string.rep("1", 65), "studies/1.2?x", "../studies" }
+  for _, path in ipairs(bad_paths) do
+    it("refuses the DICOMweb path " .. string.format("%q", path) .. " and sends nothing", function()
+      local before = store_requests()
+      local res, err = client:store_instances(E.store, path, { content_type = "application/dicom", data = "x" })
+      assert.is_nil(res)
+      assert.equal("usage", err.kind)
+      assert.matches("invalid DICOMweb path", err.message)
+      assert.equal(before, store_requests())
+    end)
+  end
+
+  for _, ct in ipairs({ "application/dicom\r\nX-Injected: 1", "application/dicom\nX: 1", "application/dicom\r" }) do
+    it("refuses CR or LF in the content type " .. string.format("%q", ct), function()
+      local before = store_requests()
+      local res, err = client:store_instances(E.store, "studies", { content_type = ct, data = "x" })
+      assert.is_nil(res)
+      assert.equal("usage", err.kind)
+      assert.matches("CR, LF", err.message)
+      assert.equal(before, store_requests())
+    end)
+  end
+
+  it("returns an io error for a data file that does not exist", function()
+    local before = store_requests()
+    local res, err = client:store_instances(E.store, "studies",
+      { content_type = "application/dicom", data = { file = "/nonexistent/x.dcm" } })
+    assert.is_nil(res)
+    assert.equal("io", err.kind)
+    assert.matches("/nonexistent/x.dcm", err.message)
+    assert.equal(before, store_requests())
+  end)
+
+  it("refuses an unknown query parameter", function()
+    local res, err = client:store_instances(E.store, "studies", { content_type = "application/dicom", data = "x" }, { bogus = "1" })
+    assert.is_nil(res)
+    assert.equal("usage", err.kind)
+    assert.matches("unknown", err.message)
+  end)
+
+  it("raises for a parent that is not a string (a programming mistake)", function()
+    assert.has_error(function() client:store_instances(nil, "studies", {}) end)
+  end)
+
+  it("returns a retryable transport error when the server is unreachable", function()
+    local c = assert(healthcare.new { endpoint = "http://127.0.0.1:9/v1", access_token = "t" })
+    local res, err = c:store_instances(E.store, "studies", { content_type = "application/dicom", data = "x" })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.equal("connect", err.status)
+    assert.is_true(err.retryable)
+    c:close()
+  end)
+
+  it("sends the User-Agent, Accept and an empty Expect, and never shows the token in debug output", function()
+    local debug_lines = {}
+    local c = assert(healthcare.new { endpoint = E.endpoint, access_token = E.token,
+      debug = function(l) debug_lines[#debug_lines + 1] = l end })
+    local f = H.gen_dicom { count = 1 }[1]
+    assert(c:store_instances(E.store, "studies", { content_type = "application/dicom", data = H.file_bytes(f.path) }))
+    c:close()
+    local reqs = H.emulator_stats().requests
+    local last = reqs[#reqs]
+    assert.matches("^healthcare%-lua/%d+%.%d+%.%d+ libcurl/%d", last["user-agent"])
+    assert.equal("application/dicom+json", last.accept)
+    assert.is_nil(last.expect)
+    for _, l in ipairs(debug_lines) do assert.is_nil(l:find(E.token, 1, true)) end
+    local all = table.concat(debug_lines, "\n")
+    assert.truthy(all:find("Authorization: REDACTED", 1, true))
+    assert.truthy(all:find("< HTTP/1.1 200", 1, true))
+  end)
+end)
+
+describe("healthcare.dicomweb (Orthanc directly)", function()
+  it("stores a multipart body and Orthanc holds the same bytes", function()
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    local files = H.gen_dicom { count = 3 }
+    local boundary = "hc" .. math.random(1, 1e9)
+    local res = assert(store:store_instances("studies", {
+      content_type = 'multipart/related; type="application/dicom"; boundary=' .. boundary,
+      data = multipart({ files[1].path, files[2].path, files[3].path }, boundary) }))
+    assert.equal(200, res.status)
+    assert.is_true(res.ok)
+    assert.equal(3, #stored_uids(res))
+    for _, f in ipairs(files) do
+      assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+    end
+    store.client:close()
+  end)
+
+  it("reports Orthanc's 415 for a single application/dicom body as an http error", function()
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    local f = H.gen_dicom { count = 1 }[1]
+    local res, err = store:store_instances("studies", { content_type = "application/dicom", data = H.file_bytes(f.path) })
+    assert.is_nil(res)
+    assert.equal("http", err.kind)
+    assert.equal(415, err.http_status)
+    assert.is_false(err.retryable)
+  end)
+
+  it("refuses a base URL that is not http(s)", function()
+    local s, err = healthcare.dicomweb("file:///etc")
+    assert.is_nil(s)
+    assert.equal("usage", err.kind)
+  end)
+end)

@@ -1,0 +1,174 @@
+-- The `healthcare` command in the seed's form, run as a user runs it, against the Google
+-- emulator (forwarding to Orthanc); results read back from Orthanc with curl.
+local H = require "helpers"
+if not H.need_testbed() then return end
+local cjson = require "cjson.safe"
+
+local E = H.env
+local METHOD = "locations-datasets-dicom-stores-studies-store-instances"
+local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+
+local function healthcare(args, stdin, env)
+  return H.run((env or "") .. " " .. H.q(BIN) .. " " .. args, stdin)
+end
+
+local function q(s) return H.q(s) end
+
+local function store_requests()
+  return H.emulator_stats().store_requests_total or 0
+end
+
+describe("healthcare projects " .. METHOD, function()
+  it("stores a file given as data=@path and prints the server's answer as JSON", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local out, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path),
+      "-p", "access-token=" .. q(E.token), "--endpoint", q(E.endpoint) }, " "))
+    assert.equal(0, code, err)
+    local doc = assert(cjson.decode(out))
+    assert.equal(f.sop_instance_uid, doc["00081199"].Value[1]["00081155"].Value[1])
+    assert.truthy(out:find('\n  "00081199": {', 1, true), "pretty-printed")
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+
+  local spellings = {
+    { "-r", ".content-type=application/dicom", "-r", "data=@FILE" },
+    { "-r", ".", "content-type=application/dicom", "data=@FILE" },
+    { "-r", "content-type=application/dicom", "-r", "data=@FILE" },
+    { "-r", "content-type=application/dicom", "data=@FILE" },
+  }
+  for _, sp in ipairs(spellings) do
+    it("accepts the request value spelled " .. table.concat(sp, " "), function()
+      local f = H.gen_dicom { count = 1 }[1]
+      local words = {}
+      for i, w in ipairs(sp) do words[i] = q((w:gsub("FILE", f.path))) end
+      local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+        table.concat(words, " "), "-p", "access-token=" .. q(E.token), "--endpoint", q(E.endpoint) }, " "))
+      assert.equal(0, code, err)
+      assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+    end)
+  end
+
+  it("takes global options before 'projects', the sibling method, HEALTHCARE_ENDPOINT and -o", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local out_file = H.tmpdir() .. "/answer.json"
+    local out, err, code = healthcare(table.concat({ "--scope", "https://www.googleapis.com/auth/cloud-platform",
+      "projects", "locations-datasets-dicom-stores-store-instances", q(E.store), "studies/" .. f.study_uid,
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "oauth-token=" .. q(E.token),
+      "-o", q(out_file) }, " "), nil, "HEALTHCARE_ENDPOINT=" .. q(E.endpoint))
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    local doc = assert(cjson.decode(H.file_bytes(out_file)))
+    assert.equal(f.sop_instance_uid, doc["00081199"].Value[1]["00081155"].Value[1])
+  end)
+
+  it("reads the body from standard input with data=@-", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@-", "-p", "key=" .. q(E.api_key),
+      "--endpoint", q(E.endpoint) }, " "), H.file_bytes(f.path))
+    assert.equal(0, code, err)
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+
+  it("prints request and response lines with --debug, with the token redacted", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local out, err, code = healthcare(table.concat({ "--debug", "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(E.token),
+      "--endpoint", q(E.endpoint) }, " "))
+    assert.equal(0, code, err)
+    assert.matches("> POST " .. E.endpoint:gsub("%p", "%%%0") .. "/" .. E.store:gsub("%p", "%%%0")
+      .. "/dicomWeb/studies%?access_token=REDACTED", err)
+    assert.matches("< HTTP/1.1 200", err)
+    assert.is_nil((out .. err):find(E.token, 1, true))
+  end)
+
+  it("exits 2 naming every place it looked when no credential is found", function()
+    local before = store_requests()
+    local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=x", "--endpoint", q(E.endpoint) }, " "),
+      nil, "GOOGLE_APPLICATION_CREDENTIALS= CLOUDSDK_CONFIG=/nonexistent GCE_METADATA_HOST=127.0.0.1:9")
+    assert.equal(2, code)
+    assert.matches("no Google credentials found", err)
+    assert.matches("/nonexistent/application_default_credentials.json", err)
+    assert.matches("metadata server", err)
+    assert.equal(before, store_requests())
+  end)
+
+  it("exits 2 with UNAUTHENTICATED when the server refuses the token", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=wrong-token",
+      "--endpoint", q(E.endpoint) }, " "))
+    assert.equal(2, code)
+    assert.matches("UNAUTHENTICATED", err)
+    assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
+  end)
+
+  it("exits 2 with NOT_FOUND for an unknown store", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local _, err, code = healthcare(table.concat({ "projects", METHOD,
+      "projects/test-project/locations/us-central1/datasets/test-dataset/dicomStores/missing", "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(E.token),
+      "--endpoint", q(E.endpoint) }, " "))
+    assert.equal(2, code)
+    assert.matches("NOT_FOUND", err)
+  end)
+
+  local usage_cases = {
+    { "a malformed parent", { "projects/p/datasets/d", "studies", "-r", ".", "content-type=application/dicom", "data=x" }, "invalid dicomStore name" },
+    { "a malformed path", { E.store, "studies/abc", "-r", ".", "content-type=application/dicom", "data=x" }, "invalid DICOMweb path" },
+    { "an unknown -r field", { E.store, "studies", "-r", ".", "contnt-type=application/dicom", "data=x" },
+      "unknown field 'contnt%-type' in HttpBody; valid fields: content%-type, data" },
+    { "a cursor above the top", { E.store, "studies", "-r", "..", "content-type=application/dicom", "data=x" }, "above" },
+    { "a missing data file", { E.store, "studies", "-r", ".", "content-type=application/dicom", "data=@/nonexistent/f.dcm" }, "/nonexistent/f.dcm" },
+    { "CR/LF in the content type", { E.store, "studies", "-r", ".", "content-type=application/dicom\r\nX-Evil: 1", "data=x" }, "CR, LF" },
+    { "an unknown -p parameter", { E.store, "studies", "-r", ".", "content-type=application/dicom", "data=x", "-p", "bogus=1" }, "unknown parameter 'bogus'" },
+    { "a missing request value", { E.store, "studies" }, "missing request value" },
+  }
+  for _, case in ipairs(usage_cases) do
+    it("exits 2 and sends nothing for " .. case[1], function()
+      local before = store_requests()
+      local words = {}
+      for i, w in ipairs(case[2]) do words[i] = q(w) end
+      local _, err, code = healthcare(table.concat({ "projects", METHOD, table.concat(words, " "),
+        "-p", "access-token=" .. q(E.token), "--endpoint", q(E.endpoint) }, " "))
+      assert.equal(2, code, err)
+      assert.matches(case[3], err)
+      assert.equal(before, store_requests())
+    end)
+  end
+
+  it("exits 2 and sends nothing when -o cannot be written", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local before = store_requests()
+    local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(E.token),
+      "--endpoint", q(E.endpoint), "-o", "/nonexistent-dir/out.json" }, " "))
+    assert.equal(2, code)
+    assert.matches("cannot write the output", err)
+    assert.equal(before, store_requests())
+    assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
+  end)
+
+  it("exits 1 with a transport error when the server is unreachable", function()
+    local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=x", "-p", "access-token=secret-xyz",
+      "--endpoint", "http://127.0.0.1:9/v1" }, " "))
+    assert.equal(1, code)
+    assert.matches("Couldn't connect", err)
+    assert.is_nil(err:find("secret-xyz", 1, true))
+  end)
+
+  it("prints help at every level and exits 0", function()
+    for _, args in ipairs({ "--help", "projects --help", "projects " .. METHOD .. " --help" }) do
+      local out, err, code = healthcare(args)
+      assert.equal(0, code, err)
+      assert.matches("healthcare", out)
+    end
+    local out = healthcare("projects " .. METHOD .. " --help")
+    assert.matches("cloud%-healthcare", out)
+    assert.matches("content%-type", out)
+    assert.matches("quota%-user", out)
+  end)
+end)
