@@ -28,8 +28,10 @@ test: build
 demo: build
 	spec/support/testbed env $(LUA_ENV) PATH='$(CURDIR)/$(BUILD)/bin:$(PATH)' scripts/demo
 
-install: build
-	cmake --install $(BUILD) --prefix $(PREFIX)
+install: deps
+	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build $(BUILD) -j $(JOBS)
+	cmake --install $(BUILD)
 
 lint: deps
 	luacheck lua spec bench examples

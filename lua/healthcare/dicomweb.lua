@@ -25,7 +25,8 @@ function M.check_parent(parent)
   if type(parent) ~= "string" then
     return nil, errors.new("usage", "dicomStore name must be a string")
   end
-  local p, l, d, s = parent:match("^projects/([^/]*)/locations/([^/]*)/datasets/([^/]*)/dicomStores/([^/]*)$")
+  local p, l, d, s = parent:match(
+    "^projects/([^/]*)/locations/([^/]*)/datasets/([^/]*)/dicomStores/([^/]*)$")
   if not p or not (valid_segment(p) and valid_segment(l) and valid_segment(d) and valid_segment(s)) then
     return nil, errors.new("usage", string.format(
       "invalid dicomStore name '%s': expected projects/{project}/locations/{location}/datasets/{dataset}/dicomStores/{store}"

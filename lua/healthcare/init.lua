@@ -24,7 +24,8 @@ function M.dicomweb(base_url, opts)
     error("bad argument #1 to 'dicomweb' (string expected, got " .. type(base_url) .. ")", 2)
   end
   if not base_url:match("^https?://[^/?#]+") then
-    return nil, require("healthcare.errors").new("usage", "DICOMweb base URL must be an http(s) URL, got '" .. base_url .. "'")
+    return nil, require("healthcare.errors").new("usage",
+      "DICOMweb base URL must be an http(s) URL, got '" .. base_url .. "'")
   end
   opts = opts or {}
   local o = {}
