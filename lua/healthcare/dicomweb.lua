@@ -29,8 +29,8 @@ function M.check_parent(parent)
     "^projects/([^/]*)/locations/([^/]*)/datasets/([^/]*)/dicomStores/([^/]*)$")
   if not p or not (valid_segment(p) and valid_segment(l) and valid_segment(d) and valid_segment(s)) then
     return nil, errors.new("usage", string.format(
-      "invalid dicomStore name '%s': expected projects/{project}/locations/{location}/datasets/{dataset}/dicomStores/{store}"
-      .. " with each ID made of letters, digits, '-', '_' and '.'", (parent:gsub("[%c]", "?"))))
+      "invalid dicomStore name '%s': expected projects/{project}/locations/{location}/"
+      .. "datasets/{dataset}/dicomStores/{store} with each ID made of letters, digits, '-', '_' and '.'", (parent:gsub("[%c]", "?"))))
   end
   return true
 end
