@@ -30,7 +30,8 @@ function M.check_parent(parent)
   if not p or not (valid_segment(p) and valid_segment(l) and valid_segment(d) and valid_segment(s)) then
     return nil, errors.new("usage", string.format(
       "invalid dicomStore name '%s': expected projects/{project}/locations/{location}/"
-      .. "datasets/{dataset}/dicomStores/{store} with each ID made of letters, digits, '-', '_' and '.'", (parent:gsub("[%c]", "?"))))
+      .. "datasets/{dataset}/dicomStores/{store} with each ID made of letters, digits, '-', '_' and '.'",
+      (parent:gsub("[%c]", "?"))))
   end
   return true
 end
