@@ -1,0 +1,394 @@
+-- SPDX-License-Identifier: MIT
+--
+-- Helpers for the busted specs: the test bed's addresses (HC_TEST_*), shell
+-- commands, the curl COMMAND (never our library) to look at Orthanc and the
+-- emulator, generated and sample DICOM files. Run specs inside the test bed:
+--
+--   spec/support/testbed lua5.4 /usr/bin/busted
+--
+-- local H = require "spec.helpers"
+-- if not H.need_testbed() then return end   -- at the top of a spec file
+
+local cjson = require "cjson.safe"
+
+local H = {}
+
+local PY = "/usr/bin/python3"
+
+local function getenv(name)
+  local v = os.getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+-- The test bed's addresses; nil fields outside the test bed.
+H.env = {
+  orthanc = getenv("HC_TEST_ORTHANC"),
+  dicomweb = getenv("HC_TEST_DICOMWEB"),
+  emulator = getenv("HC_TEST_EMULATOR"),
+  store = getenv("HC_TEST_STORE"),
+  token = getenv("HC_TEST_TOKEN"),
+  api_key = getenv("HC_TEST_API_KEY"),
+  tmp = getenv("HC_TEST_TMP"),
+  samples = getenv("HC_TEST_SAMPLES"),
+  metadata_host = getenv("HC_TEST_METADATA_HOST"),
+  support = getenv("HC_TEST_SUPPORT") or "spec/support",
+  netns = getenv("HC_TEST_NETNS") == "1",
+}
+local E = H.env
+if E.emulator then
+  E.endpoint = E.emulator .. "/v1"             -- what healthcare.new{endpoint=} takes
+  E.token_uri = E.emulator .. "/token"          -- a key file's token_uri
+  E.store_url = E.endpoint .. "/" .. E.store .. "/dicomWeb"
+end
+
+H.NOT_IN_TESTBED = "not inside the test bed: run `spec/support/testbed lua5.4 /usr/bin/busted`"
+
+-- True inside the test bed. Outside it raises, unless HC_TEST_ALLOW_SKIP=1,
+-- in which case the calling spec is marked pending and false is returned.
+function H.in_testbed()
+  return E.netns and E.orthanc ~= nil and E.emulator ~= nil
+end
+
+function H.need_testbed()
+  if H.in_testbed() then return true end
+  if getenv("HC_TEST_ALLOW_SKIP") == "1" and pending then
+    pending(H.NOT_IN_TESTBED)
+    return false
+  end
+  error(H.NOT_IN_TESTBED, 2)
+end
+
+-- Quote one word for /bin/sh.
+function H.q(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+
+local function read_all(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+local function write_all(path, data)
+  local f = assert(io.open(path, "wb"))
+  f:write(data)
+  f:close()
+end
+
+local tmp_count = 0
+local function tmpname()
+  tmp_count = tmp_count + 1
+  local base = E.tmp or os.getenv("TMPDIR") or "/tmp"
+  return string.format("%s/h-%d-%d-%d", base, os.time(), tmp_count, math.random(1, 1e9))
+end
+
+-- run(cmd [, stdin_string]) -> stdout, stderr, exit code (a number; 128+n for a signal).
+function H.run(cmd, stdin)
+  local out, err = tmpname(), tmpname()
+  if stdin then
+    local inp = tmpname()
+    write_all(inp, stdin)
+    cmd = "(" .. cmd .. ") <" .. H.q(inp) .. "; rc=$?; rm -f " .. H.q(inp) .. "; exit $rc"
+  end
+  local ok, how, code = os.execute("(" .. cmd .. ") >" .. H.q(out) .. " 2>" .. H.q(err))
+  local so, se = read_all(out) or "", read_all(err) or ""
+  os.remove(out)
+  os.remove(err)
+  if how == "signal" then code = 128 + code end
+  if ok == true and code == nil then code = 0 end
+  return so, se, code
+end
+
+-- run(cmd) that must succeed: stdout, or an error with stderr in it.
+function H.check_run(cmd, stdin)
+  local so, se, code = H.run(cmd, stdin)
+  if code ~= 0 then
+    error(string.format("command failed (%s): %s\n%s", tostring(code), cmd, se), 2)
+  end
+  return so, se
+end
+
+local function parse_headers(raw)
+  -- With redirects or 100 Continue there are several blocks: keep the last.
+  local last = raw
+  for block in raw:gmatch("HTTP/[^\r\n]*\r?\n.-\r?\n\r?\n") do last = block end
+  local h = {}
+  for name, value in last:gmatch("([%w%-]+):%s*([^\r\n]*)") do
+    h[name:lower()] = value
+  end
+  return h
+end
+
+-- curl(args) with args a list of curl arguments (each quoted for you) or a
+-- raw string. Sends an empty Expect: (Orthanc never answers 100-continue).
+-- Returns { status = n, body = s, headers = {lower-case name = value},
+-- json = decoded body or nil, stderr = s, exit = curl's exit code }.
+function H.curl(args)
+  local words = args
+  if type(args) == "table" then
+    local t = {}
+    for i, a in ipairs(args) do t[i] = H.q(a) end
+    words = table.concat(t, " ")
+  end
+  local body, hdr = tmpname(), tmpname()
+  local so, se, code = H.run("curl -sS -H 'Expect:' -o " .. H.q(body) .. " -D " .. H.q(hdr) ..
+    " -w '%{http_code}' " .. words)
+  local r = {
+    status = tonumber(so:match("(%d+)%s*$")),
+    body = read_all(body) or "",
+    raw_headers = read_all(hdr) or "",
+    stderr = se,
+    exit = code,
+  }
+  os.remove(body)
+  os.remove(hdr)
+  r.headers = parse_headers(r.raw_headers)
+  if r.status == 0 then r.status = nil end
+  r.json = cjson.decode(r.body)
+  return r
+end
+
+-- Orthanc's id of the instance with this SOP Instance UID, or nil.
+function H.orthanc_find_instance(sop_uid)
+  local r = H.curl({ "-X", "POST", "--data-binary",
+    cjson.encode({ Level = "Instance", Query = { SOPInstanceUID = sop_uid } }),
+    E.orthanc .. "/tools/find" })
+  if r.status ~= 200 or type(r.json) ~= "table" then
+    error("Orthanc /tools/find failed: " .. tostring(r.status) .. " " .. r.body .. r.stderr, 2)
+  end
+  return r.json[1]
+end
+
+-- The bytes Orthanc stored for this SOP Instance UID, or nil if it has none.
+function H.orthanc_instance_file(sop_uid)
+  local id = H.orthanc_find_instance(sop_uid)
+  if not id then return nil end
+  local r = H.curl({ E.orthanc .. "/instances/" .. id .. "/file" })
+  if r.status ~= 200 then error("Orthanc GET file failed: " .. tostring(r.status), 2) end
+  return r.body
+end
+
+-- Number of instances Orthanc holds.
+function H.orthanc_count()
+  local r = H.curl({ E.orthanc .. "/statistics" })
+  return r.json and r.json.CountInstances
+end
+
+function H.file_bytes(path)
+  return read_all(path)
+end
+
+function H.write_file(path, data)
+  write_all(path, data)
+  return path
+end
+
+-- Hex SHA-256 of a file (sha256sum), or of a string with sha256_string.
+function H.sha256(path)
+  local so = H.check_run("sha256sum " .. H.q(path))
+  return so:match("^(%x+)")
+end
+
+function H.sha256_string(s)
+  local p = tmpname()
+  write_all(p, s)
+  local h = H.sha256(p)
+  os.remove(p)
+  return h
+end
+
+-- A fresh directory under HC_TEST_TMP (removed with the test bed).
+function H.tmpdir()
+  local so = H.check_run("mktemp -d " .. H.q((E.tmp or "/tmp") .. "/spec.XXXXXX"))
+  return (so:gsub("%s+$", ""))
+end
+
+local function json_lines(s)
+  local list = {}
+  for line in s:gmatch("[^\n]+") do
+    list[#list + 1] = assert(cjson.decode(line), "bad JSON line: " .. line)
+  end
+  return list
+end
+
+-- gen_dicom{ count=1, dir=tmpdir(), study=uid, series=uid, sop=uid, size=4096,
+--   ts="explicit"|"implicit"|"big"|"deflated", no_preamble=bool, no_meta=bool,
+--   sequence_before_uids=bool, frames=n, fill="random"|"zero", prefix=s }
+-- -> list of { path, sop_instance_uid, study_uid, series_uid, sop_class_uid,
+--   transfer_syntax, size }
+function H.gen_dicom(opts)
+  opts = opts or {}
+  local known = { count = 1, dir = 1, study = 1, series = 1, sop = 1, size = 1, ts = 1,
+    no_preamble = 1, no_meta = 1, sequence_before_uids = 1, frames = 1, fill = 1, prefix = 1 }
+  for k in pairs(opts) do
+    if not known[k] then error("gen_dicom: unknown option '" .. tostring(k) .. "'", 2) end
+  end
+  local cmd = { PY, E.support .. "/gen_dicom.py", tostring(opts.count or 1),
+    "-o", opts.dir or H.tmpdir() }
+  local function opt(flag, v) if v ~= nil then cmd[#cmd + 1] = flag; cmd[#cmd + 1] = tostring(v) end end
+  opt("--study", opts.study)
+  opt("--series", opts.series)
+  opt("--sop", opts.sop)
+  opt("--size", opts.size)
+  opt("--ts", opts.ts)
+  opt("--frames", opts.frames)
+  opt("--fill", opts.fill)
+  opt("--prefix", opts.prefix)
+  if opts.no_preamble then cmd[#cmd + 1] = "--no-preamble" end
+  if opts.no_meta then cmd[#cmd + 1] = "--no-meta" end
+  if opts.sequence_before_uids then cmd[#cmd + 1] = "--sequence-before-uids" end
+  for i, w in ipairs(cmd) do cmd[i] = H.q(w) end
+  return json_lines(H.check_run(table.concat(cmd, " ")))
+end
+
+-- POST /_control/<path> with tbl as JSON -> decoded answer, status.
+function H.emulator_control(path, tbl)
+  local body = tbl == nil and "{}" or cjson.encode(tbl)
+  -- cjson encodes an empty table as {}; fault lists want [].
+  if type(tbl) == "table" and next(tbl) == nil and path == "faults" then body = "[]" end
+  local r = H.curl({ "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", body,
+    E.emulator .. "/_control/" .. path:gsub("^/", "") })
+  if r.status ~= 200 then
+    error("emulator control " .. path .. " -> " .. tostring(r.status) .. " " .. r.body .. r.stderr, 2)
+  end
+  return r.json, r.status
+end
+
+function H.emulator_stats()
+  local r = H.curl({ E.emulator .. "/_control/stats" })
+  assert(r.status == 200, "emulator stats -> " .. tostring(r.status))
+  return r.json
+end
+
+function H.emulator_reset()
+  return H.emulator_control("reset", {})
+end
+
+-- A new RSA service-account identity registered with the emulator:
+-- { key_file = path of a service_account JSON key (token_uri = the emulator),
+--   private_key_pem, public_key_pem, client_email, kid }.
+function H.service_account(opts)
+  opts = opts or {}
+  local dir = H.tmpdir()
+  local kid = opts.kid or ("kid-" .. math.random(1, 1e9))
+  local email = opts.client_email or (kid .. "@test-project.iam.gserviceaccount.com")
+  H.check_run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " ..
+    H.q(dir .. "/key.pem") .. " 2>/dev/null && openssl pkey -in " .. H.q(dir .. "/key.pem") ..
+    " -pubout -out " .. H.q(dir .. "/pub.pem"))
+  local sa = {
+    kid = kid, client_email = email,
+    private_key_pem = read_all(dir .. "/key.pem"), public_key_pem = read_all(dir .. "/pub.pem"),
+  }
+  if opts.register ~= false then
+    H.emulator_control("keys", { kid = kid, client_email = email, public_key_pem = sa.public_key_pem })
+  end
+  sa.key_file = dir .. "/service_account.json"
+  write_all(sa.key_file, cjson.encode({
+    type = "service_account", project_id = "test-project", private_key_id = kid,
+    private_key = sa.private_key_pem, client_email = email, client_id = "1234567890",
+    token_uri = E.token_uri,
+  }))
+  return sa
+end
+
+-- base64url without padding (openssl CLI).
+function H.b64url(s)
+  local so = H.check_run("openssl base64 -A | tr '+/' '-_' | tr -d '='", s)
+  return so
+end
+
+-- An RS256 JWT signed with the openssl CLI (not our code). claims: a table
+-- (defaults: iss = sa.client_email, iat = now, exp = iat + 3600, aud = the
+-- emulator's token URI, scope = cloud-healthcare; set a field to false to
+-- leave it out). header: overrides of { alg = "RS256", typ = "JWT", kid = sa.kid }.
+function H.sign_jwt(sa, claims, header)
+  local now = os.time()
+  local c = { iss = sa.client_email, iat = now, exp = now + 3600, aud = E.token_uri,
+    scope = "https://www.googleapis.com/auth/cloud-healthcare" }
+  for k, v in pairs(claims or {}) do c[k] = v end
+  local h = { alg = "RS256", typ = "JWT", kid = sa.kid }
+  for k, v in pairs(header or {}) do h[k] = v end
+  for _, t in ipairs({ c, h }) do
+    for k, v in pairs(t) do if v == false then t[k] = nil end end
+  end
+  local input = H.b64url(cjson.encode(h)) .. "." .. H.b64url(cjson.encode(c))
+  local keyfile = H.tmpdir() .. "/key.pem"
+  write_all(keyfile, sa.private_key_pem)
+  local sig = H.check_run("openssl dgst -sha256 -binary -sign " .. H.q(keyfile) ..
+    " | openssl base64 -A | tr '+/' '-_' | tr -d '='", input)
+  os.remove(keyfile)
+  return input .. "." .. sig
+end
+
+-- An authorized_user registered with the emulator: { key_file, client_id, client_secret, refresh_token }.
+function H.authorized_user(opts)
+  opts = opts or {}
+  local n = math.random(1, 1e9)
+  local u = { client_id = opts.client_id or ("client-" .. n ..  ".apps.googleusercontent.com"),
+    client_secret = opts.client_secret or ("secret-" .. n),
+    refresh_token = opts.refresh_token or ("refresh-" .. n) }
+  H.emulator_control("authorized_users", u)
+  u.key_file = H.tmpdir() .. "/authorized_user.json"
+  write_all(u.key_file, cjson.encode({ type = "authorized_user", client_id = u.client_id,
+    client_secret = u.client_secret, refresh_token = u.refresh_token, token_uri = E.token_uri }))
+  return u
+end
+
+local samples_cache
+-- pydicom's real test files that are valid Part-10 (preamble, DICM, meta with a
+-- transfer syntax and the data set's SOP Instance UID, readable to the end,
+-- accepted by Orthanc over STOW-RS), as { path, sop_instance_uid, study_uid,
+-- transfer_syntax, size }. With unique=true, the first file of each SOP Instance
+-- UID only (several samples share one UID with different bytes).
+function H.sample_info(opts)
+  if not samples_cache then
+    local script = [[
+import glob, json, os, sys
+import pydicom
+# Orthanc 1.10.1 answers STOW-RS 400 for these (seen on Debian 12).
+REFUSED = {"SC_rgb_jpeg.dcm", "rtdose_rle.dcm", "rtdose_rle_1frame.dcm"}
+for p in sorted(glob.glob(os.path.join(sys.argv[1], "*.dcm"))):
+    if os.path.basename(p) in REFUSED:
+        continue
+    with open(p, "rb") as f:
+        head = f.read(132)
+    if len(head) < 132 or head[128:] != b"DICM":
+        continue
+    try:
+        ds = pydicom.dcmread(p)
+        ds.get("PixelData")
+        ts = str(ds.file_meta.TransferSyntaxUID)
+        sop, study = str(ds.SOPInstanceUID), str(ds.StudyInstanceUID)
+        if ds.file_meta.MediaStorageSOPInstanceUID != sop:
+            continue
+    except Exception:
+        continue
+    print(json.dumps({"path": p, "sop_instance_uid": sop, "study_uid": study,
+                      "transfer_syntax": ts, "size": os.path.getsize(p)}))
+]]
+    local dir = E.samples or "/usr/lib/python3/dist-packages/pydicom/data/test_files"
+    samples_cache = json_lines(H.check_run(H.q(PY) .. " - " .. H.q(dir), script))
+  end
+  local list, seen = {}, {}
+  for _, s in ipairs(samples_cache) do
+    if not (opts and opts.unique) or not seen[s.sop_instance_uid] then
+      seen[s.sop_instance_uid] = true
+      list[#list + 1] = s
+    end
+  end
+  return list
+end
+
+-- Paths of those files (see sample_info).
+function H.sample_files(opts)
+  local paths = {}
+  for i, s in ipairs(H.sample_info(opts)) do paths[i] = s.path end
+  return paths
+end
+
+H.json = cjson
+
+return H

@@ -1,0 +1,78 @@
+-- SPDX-License-Identifier: MIT
+-- A private instance of spec/support/emulator.py for the credential specs, in front of the test
+-- bed's Orthanc. The test bed's own emulator is shared by every spec file, and ctest runs spec
+-- files in parallel: its token counters, its `expires_in` setting and its fault rules would be
+-- seen (and consumed) by other files. This instance is this file's alone.
+--   local emulator = require "support.emulator_instance"
+--   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host
+--   em:control("keys", {...}); em:stats(); em:stop()
+local H = require "helpers"
+
+local M = {}
+local PY = "/usr/bin/python3"
+
+local Instance = {}
+Instance.__index = Instance
+
+--- Starts an emulator on free ports of 127.0.0.1 (with a metadata-only port) and waits for it.
+function M.start()
+  local E = H.env
+  local dir = H.tmpdir()
+  local out = dir .. "/out"
+  local pid = H.check_run(table.concat({
+    H.q(PY), H.q(E.support .. "/emulator.py"), "--port 0 --metadata-port 0",
+    "--orthanc", H.q(E.orthanc), "--store", H.q(E.store), "--token", H.q(E.token .. "-private"),
+    "--api-key", H.q(E.api_key .. "-private"), "--tmp", H.q(dir),
+    ">", H.q(out), "2>", H.q(dir .. "/err"), "& echo $!",
+  }, " ")):match("%d+")
+  local url, info
+  for _ = 1, 600 do
+    local text = H.file_bytes(out) or ""
+    url, info = text:match("^(%S+)\n(%b{})\n")
+    if url then break end
+    os.execute("sleep 0.05")
+  end
+  assert(url, "the private emulator did not start: " .. (H.file_bytes(dir .. "/err") or ""))
+  local self = setmetatable({ pid = pid, dir = dir, url = url }, Instance)
+  self.metadata_host = H.json.decode(info).metadata_host
+  self.token_uri = url .. "/token"
+  self.endpoint = url .. "/v1"
+  self.store_url = self.endpoint .. "/" .. E.store .. "/dicomWeb"
+  return self
+end
+
+--- POST /_control/<what> with t as JSON; returns the decoded answer (raises on failure).
+function Instance:control(what, t)
+  local r = H.curl({ "-X", "POST", "-H", "Content-Type: application/json", "--data-binary",
+    H.json.encode(t or {}), self.url .. "/_control/" .. what })
+  assert(r.status == 200, "emulator control " .. what .. " -> " .. tostring(r.status) .. " " .. r.body)
+  return r.json
+end
+
+function Instance:stats()
+  local r = H.curl({ self.url .. "/_control/stats" })
+  assert(r.status == 200, "emulator stats -> " .. tostring(r.status))
+  return r.json
+end
+
+--- An authorized_user registered here: { key_file, client_id, client_secret, refresh_token }.
+function Instance:authorized_user()
+  local n = math.random(1, 1e9)
+  local u = { client_id = "client-" .. n .. ".apps.googleusercontent.com", client_secret = "secret-" .. n,
+    refresh_token = "refresh-" .. n }
+  self:control("authorized_users", u)
+  u.key_file = H.write_file(H.tmpdir() .. "/authorized_user.json", H.json.encode({ type = "authorized_user",
+    client_id = u.client_id, client_secret = u.client_secret, refresh_token = u.refresh_token,
+    token_uri = self.token_uri }))
+  return u
+end
+
+function Instance:stop()
+  if self.pid then
+    H.run("kill " .. self.pid .. "; for i in $(seq 100); do kill -0 " .. self.pid
+      .. " 2>/dev/null || exit 0; sleep 0.05; done; kill -9 " .. self.pid)
+    self.pid = nil
+  end
+end
+
+return M
