@@ -115,8 +115,10 @@ static int core_sleep(lua_State *L)
 {
     double secs = luaL_checknumber(L, 1);
     struct timespec ts;
-    if (secs <= 0)
+    if (!(secs > 0)) /* also NaN */
         return 0;
+    if (secs > 1e9)  /* (time_t) of a larger double may be undefined */
+        secs = 1e9;
     ts.tv_sec = (time_t)secs;
     ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
     while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
@@ -161,6 +163,7 @@ HC_API int luaopen_healthcare_core(lua_State *L)
     lua_setfield(L, -2, "http2");
 
     hc_lua_http_register(L);
+    hc_lua_journal_register(L);
 #ifdef HC_WITH_DICOM
     hc_lua_dicom_register(L);
 #endif

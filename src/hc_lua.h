@@ -25,5 +25,6 @@ void hc_lua_global_init(void);
 void hc_lua_http_register(lua_State *L);
 void hc_lua_dicom_register(lua_State *L);
 void hc_lua_jwt_register(lua_State *L);
+void hc_lua_journal_register(lua_State *L);
 
 #endif

@@ -1,0 +1,197 @@
+-- SPDX-License-Identifier: MIT
+-- The journal of a migration (store:store{journal = FILE}, `healthcare store --journal FILE`):
+-- an append-only file of JSON lines that says what became of every instance sent, so that a
+-- run killed at any moment can be started again and skip what is already stored.
+--
+-- Lines (README "Migrating an archive"):
+--   {"journal":"healthcare","version":1,"time":...,"store":...,"shard":...}   one per run
+--   {"time":...,"outcome":"stored"|"failed","path":...,"size":...,"mtime":...,
+--    "sop_instance_uid":...,"study_uid":...,"reason":...}                    one per instance
+-- time is UTC (ISO 8601); size and mtime are what the file had when it was read; reason is
+-- why it failed, or the server's warning for a stored one.
+--
+-- The lines of one finished request are written in one write and fsynced (in C) before the
+-- request counts as done. A crash can leave at most a torn last line: it is cut off when the
+-- journal is opened again. The latest line of a path wins: a path recorded as stored with the
+-- size and mtime it has now is skipped without being read; everything else is sent again
+-- (storing the same bytes twice is harmless, so a crash between "stored by the server" and
+-- "written here" costs a re-send, never a loss). One process at a time: the file is locked.
+local core = require "healthcare.core"
+local cjson = require("cjson.safe").new()
+local errors = require "healthcare.errors"
+
+local M = {}
+
+M.MAGIC = "healthcare"
+M.VERSION = 1
+M.OUTCOMES = { stored = true, failed = true }
+-- Written once: the order of the fields on a line (people read journals with grep and jq).
+M.FIELDS = { "time", "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason" }
+
+local Journal = {}
+Journal.__index = Journal
+M.Journal = Journal
+
+local function now_utc()
+  return os.date("!%Y-%m-%dT%H:%M:%SZ")
+end
+
+-- cjson writes "/" as "\/"; paths read better (and grep) without. Safe: cjson never writes a
+-- bare "/", so every "\/" in its output is that escape.
+local function encode(v)
+  return (cjson.encode(v):gsub("\\/", "/"))
+end
+
+-- One JSON line with the fields in the given order; nil values are left out.
+local function line(fields, t)
+  local out = {}
+  for _, k in ipairs(fields) do
+    local v = t[k]
+    if v ~= nil then out[#out + 1] = encode(k) .. ":" .. encode(v) end
+  end
+  return "{" .. table.concat(out, ",") .. "}\n"
+end
+
+local function usage(fmt, ...)
+  return nil, errors.new("usage", string.format(fmt, ...))
+end
+
+-- Reads the journal at path into j (index, counts) and returns the length of its valid part
+-- and the number of bytes of a torn last line, or nil, err.
+local function load(j, path)
+  local f, oerr = io.open(path, "rb")
+  if not f then return nil, errors.new("io", "cannot read journal: " .. tostring(oerr)) end
+  local first = f:read(1)
+  if first == nil then
+    f:close()
+    return 0, 0
+  end
+  if first ~= "{" then
+    f:close()
+    return usage("'%s' is not a journal of this program (it does not start with a JSON line);"
+      .. " name a new file, or remove this one if a crash left it empty of records", path)
+  end
+  f:seek("set", 0)
+  local offset, good_end = 0, 0
+  local latest = j.index
+  for l in f:lines("L") do
+    offset = offset + #l
+    if l:sub(-1) ~= "\n" then break end   -- torn: the crash came in the middle of this line
+    good_end = offset
+    local rec = cjson.decode(l)
+    if type(rec) ~= "table" then
+      j.ignored_lines = j.ignored_lines + 1
+    elseif rec.journal == M.MAGIC then
+      j.earlier_runs = j.earlier_runs + 1
+      if type(rec.store) == "string" then j.stores[rec.store] = true end
+    elseif M.OUTCOMES[rec.outcome] and type(rec.path) == "string" then
+      if rec.outcome == "stored" then
+        latest[rec.path] = { size = rec.size, mtime = rec.mtime,
+          sop_instance_uid = rec.sop_instance_uid, study_uid = rec.study_uid }
+      else
+        latest[rec.path] = false
+      end
+    else
+      j.ignored_lines = j.ignored_lines + 1
+    end
+  end
+  f:close()
+  return good_end, offset - good_end
+end
+
+--- Opens (creating it if needed) and locks the journal at path, reads what earlier runs
+--- recorded and starts this run's part. report (may be nil) gets report.journal = { path,
+--- earlier_runs, earlier_stored, earlier_failed, ignored_lines, torn_bytes }, the totals of
+--- earlier runs (distinct paths, latest outcome). opts: { store = name or URL the run sends
+--- to (a journal of another store is refused), shard = "K/N" (noted) }.
+--- Returns the journal, or nil, err (kind "io": cannot open, write or lock; kind "usage": not
+--- a journal, or one written for another store).
+function M.open(path, report, opts)
+  if type(path) ~= "string" or path == "" then
+    return usage("journal must be a file name")
+  end
+  opts = opts or {}
+  -- Lock first, then read: no other process can append between our reading and writing.
+  local w, err = core.appender(path)
+  if not w then return nil, err end
+  local j = setmetatable({ path = path, w = w, index = {}, stores = {}, earlier_runs = 0,
+    ignored_lines = 0 }, Journal)
+  local good_end, torn = load(j, path)
+  if not good_end then
+    w:close()
+    return nil, torn
+  end
+  if opts.store then
+    for s in pairs(j.stores) do
+      if s ~= opts.store then
+        w:close()
+        return usage("journal '%s' records a migration to %s, not to %s: use another journal file",
+          path, s, opts.store)
+      end
+    end
+  end
+  if torn > 0 then
+    local ok, terr = w:truncate(good_end)
+    if not ok then
+      w:close()
+      return nil, terr
+    end
+  end
+  local ok, aerr = w:append(line({ "journal", "version", "time", "store", "shard" }, {
+    journal = M.MAGIC, version = M.VERSION, time = now_utc(), store = opts.store,
+    shard = opts.shard and tostring(opts.shard) or nil }))
+  if not ok then
+    w:close()
+    return nil, aerr
+  end
+  local stored, failed = 0, 0
+  for _, r in pairs(j.index) do
+    if r then stored = stored + 1 else failed = failed + 1 end
+  end
+  j.summary = { path = path, earlier_runs = j.earlier_runs, earlier_stored = stored,
+    earlier_failed = failed, ignored_lines = j.ignored_lines, torn_bytes = torn }
+  if report then report.journal = j.summary end
+  return j
+end
+
+--- entry = { path, size, mtime }. The record of an earlier run that stored this path with the
+--- same size and mtime ({ path, size, mtime, sop_instance_uid, study_uid }), or nil.
+function Journal:lookup(entry)
+  local r = self.index[entry.path]
+  if r and r.size == entry.size and r.mtime == entry.mtime then
+    return { path = entry.path, size = r.size, mtime = r.mtime,
+      sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
+  end
+  return nil
+end
+
+--- Appends one line per item of list = { { entry = { path, size, mtime, sop_instance_uid,
+--- study_uid }, outcome = "stored" | "failed", reason = s or nil }, ... }, written in one go and
+--- on disk when this returns true. Returns true, or nil, err (kind "io").
+function Journal:record(list)
+  if not self.w then error("attempt to use a closed journal", 2) end
+  local t = now_utc()
+  local lines = {}
+  for i, item in ipairs(list) do
+    local e = item.entry
+    if not M.OUTCOMES[item.outcome] then
+      error("bad outcome '" .. tostring(item.outcome) .. "' for the journal", 2)
+    end
+    lines[i] = line(M.FIELDS, { time = t, outcome = item.outcome, path = e.path, size = e.size,
+      mtime = e.mtime, sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid,
+      reason = item.reason })
+  end
+  if #lines == 0 then return true end
+  return self.w:append(table.concat(lines))
+end
+
+--- Releases the file and its lock. Safe to call twice.
+function Journal:close()
+  if self.w then
+    self.w:close()
+    self.w = nil
+  end
+  return true
+end
+
+return M

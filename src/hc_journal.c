@@ -1,0 +1,301 @@
+/* SPDX-License-Identifier: MIT */
+/* What a long migration needs from the operating system and cannot get from portable Lua:
+ * an append-only file whose lines are on disk (fsync) before a request counts as done, locked
+ * so that two processes never write one journal (healthcare.journal keeps the format); a
+ * stable 32-bit hash of a path for splitting work over machines (healthcare.shard; Lua 5.1 and
+ * LuaJIT have no bit operators); and a flag set by SIGINT or SIGTERM that the batch loop polls
+ * so an upload stops between requests instead of dying in the middle of one. Registered into
+ * healthcare.core by hc_lua_journal_register. Uses only API common to Lua 5.1 and 5.4. */
+#define _DEFAULT_SOURCE /* flock(2), which follows the open file, not the process as fcntl does */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <lauxlib.h>
+
+#include "hc_lua.h"
+
+#define HC_APPENDER_MT "healthcare.Appender"
+
+typedef struct hc_appender {
+    int fd;      /* -1 when closed */
+    char path[]; /* for messages */
+} hc_appender;
+
+/* ---- errors -------------------------------------------------------------------------- */
+
+/* Pushes nil and an io error "what 'path': strerror(err)" with code (may be NULL); returns 2. */
+static int hc_journal_fail(lua_State *L, const char *what, const char *path, int err,
+                           const char *code)
+{
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s '%s': %s", what, path, strerror(err));
+    lua_pushnil(L);
+    hc_lua_push_error(L, "io", msg, code);
+    return 2;
+}
+
+/* ---- the appender -------------------------------------------------------------------- */
+
+/* Makes a new file's directory entry durable too: fsync of the file alone does not. Returns 0
+ * or an errno value. */
+static int hc_journal_sync_parent(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    char *dir;
+    int fd, err = 0;
+    if (slash == NULL) {
+        dir = strdup(".");
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        dir = malloc(n + 1);
+        if (dir != NULL) {
+            memcpy(dir, path, n);
+            dir[n] = '\0';
+        }
+    }
+    if (dir == NULL)
+        return ENOMEM;
+    fd = open(dir, O_RDONLY | O_CLOEXEC);
+    free(dir);
+    if (fd < 0)
+        return errno;
+    /* Some file systems cannot sync a directory; the file's own fsync still holds. */
+    if (fsync(fd) != 0 && errno != EINVAL)
+        err = errno;
+    close(fd);
+    return err;
+}
+
+/* appender(path) -> a userdata owned by Lua (closed by close() or the collector), or nil, err.
+ * Opens path for appending (created with mode 0600: a journal names files that may name
+ * patients), takes an exclusive lock that is never waited for (code "busy" when another
+ * process holds it), and makes a newly created file's directory entry durable. */
+static int hc_journal_open(lua_State *L)
+{
+    size_t len;
+    const char *path = luaL_checklstring(L, 1, &len);
+    hc_appender *a = (hc_appender *)lua_newuserdata(L, sizeof *a + len + 1);
+    struct stat st;
+    int fd, created = 1, err;
+    a->fd = -1;
+    memcpy(a->path, path, len + 1);
+    luaL_getmetatable(L, HC_APPENDER_MT);
+    lua_setmetatable(L, -2);
+    fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_EXCL | O_CLOEXEC | O_NONBLOCK, 0600);
+    if (fd < 0 && errno == EEXIST) {
+        created = 0;
+        fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block us */
+    }
+    if (fd < 0)
+        return hc_journal_fail(L, "cannot open journal", path, errno, NULL);
+    err = fstat(fd, &st) != 0 ? errno : !S_ISREG(st.st_mode) ? EINVAL : 0;
+    if (err != 0) {
+        close(fd);
+        return hc_journal_fail(L, "cannot use journal", path, err, NULL);
+    }
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        err = errno;
+        close(fd);
+        if (err == EWOULDBLOCK) {
+            char msg[512];
+            snprintf(msg, sizeof msg, "journal '%s' is in use by another process", path);
+            lua_pushnil(L);
+            hc_lua_push_error(L, "io", msg, "busy");
+            return 2;
+        }
+        return hc_journal_fail(L, "cannot lock journal", path, err, NULL);
+    }
+    if (created && (err = hc_journal_sync_parent(path)) != 0) {
+        close(fd);
+        return hc_journal_fail(L, "cannot sync the directory of journal", path, err, NULL);
+    }
+    a->fd = fd;
+    return 1;
+}
+
+/* Checks argument 1 is an open appender; raises otherwise (a programming mistake). */
+static hc_appender *hc_journal_check(lua_State *L)
+{
+    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, HC_APPENDER_MT);
+    if (a->fd < 0)
+        luaL_error(L, "attempt to use a closed journal");
+    return a;
+}
+
+/* a:append(s) -> true, or nil, err. s is written whole and fsynced before this returns; when
+ * that fails the file is cut back to its previous length so no half line stays behind. */
+static int hc_journal_append(lua_State *L)
+{
+    hc_appender *a = hc_journal_check(L);
+    size_t n, off = 0;
+    const char *s = luaL_checklstring(L, 2, &n);
+    struct stat st;
+    int err;
+    if (fstat(a->fd, &st) != 0)
+        return hc_journal_fail(L, "cannot write journal", a->path, errno, NULL);
+    while (off < n) {
+        ssize_t w = write(a->fd, s + off, n - off);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            goto fail;
+        }
+        off += (size_t)w;
+    }
+    if (fsync(a->fd) != 0)
+        goto fail;
+    lua_pushboolean(L, 1);
+    return 1;
+fail:
+    err = errno;
+    if (ftruncate(a->fd, st.st_size) != 0) {
+        /* Nothing more to do: the next open cuts the torn tail off. */
+    }
+    return hc_journal_fail(L, "cannot write journal", a->path, err, NULL);
+}
+
+/* a:truncate(len) -> true, or nil, err: cuts a torn last line off before appending. */
+static int hc_journal_truncate(lua_State *L)
+{
+    hc_appender *a = hc_journal_check(L);
+    lua_Integer len = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, len >= 0, 2, "must not be negative");
+    if (ftruncate(a->fd, (off_t)len) != 0 || fsync(a->fd) != 0)
+        return hc_journal_fail(L, "cannot truncate journal", a->path, errno, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* a:close() -> true; releases the lock. Safe to call twice. */
+static int hc_journal_close(lua_State *L)
+{
+    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, HC_APPENDER_MT);
+    if (a->fd >= 0) {
+        close(a->fd);
+        a->fd = -1;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int hc_journal_tostring(lua_State *L)
+{
+    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, HC_APPENDER_MT);
+    lua_pushstring(L, a->fd < 0 ? "healthcare.Appender (closed)" : "healthcare.Appender");
+    return 1;
+}
+
+/* ---- hashing ------------------------------------------------------------------------- */
+
+/* hash32(s) -> an integer in [0, 2^32): FNV-1a 64 of the bytes of s, xor-folded to 32 bits
+ * (the folding FNV's authors recommend for shorter hashes; the low bits of plain FNV-1a follow
+ * the low bits of the input too closely for `hash % n`). Part of the shard contract: never
+ * change it. */
+static int hc_journal_hash32(lua_State *L)
+{
+    size_t n, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    uint64_t h = 14695981039346656037ULL;
+    for (i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 1099511628211ULL;
+    }
+    lua_pushinteger(L, (lua_Integer)((uint32_t)(h >> 32) ^ (uint32_t)h));
+    return 1;
+}
+
+/* ---- interrupts ---------------------------------------------------------------------- */
+
+/* The one piece of state outside an object: a signal handler can only tell the program
+ * something through a static volatile sig_atomic_t. */
+static volatile sig_atomic_t hc_journal_signal = 0;
+
+static void hc_journal_on_signal(int sig)
+{
+    hc_journal_signal = sig;
+}
+
+/* trap_interrupts([on]): from now on SIGINT and SIGTERM set a flag (read by interrupted())
+ * instead of ending the process. The handler is reset after one delivery (SA_RESETHAND), so a
+ * second Ctrl-C ends the process at once. trap_interrupts(false) gives both signals their
+ * default action back. Either way the flag is cleared. Only a program's main loop should call
+ * this, never a library inside a host (nginx) that owns its signals. */
+static int hc_journal_trap(lua_State *L)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sigemptyset(&sa.sa_mask);
+    if (lua_isnoneornil(L, 1) || lua_toboolean(L, 1)) {
+        sa.sa_handler = hc_journal_on_signal;
+        sa.sa_flags = SA_RESETHAND; /* no SA_RESTART: a blocking poll returns early */
+    } else {
+        sa.sa_handler = SIG_DFL;
+    }
+    hc_journal_signal = 0;
+    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
+        return luaL_error(L, "sigaction: %s", strerror(errno));
+    return 0;
+}
+
+/* interrupted() -> the number of the signal caught since trap_interrupts(), or false. */
+static int hc_journal_interrupted(lua_State *L)
+{
+    int sig = (int)hc_journal_signal;
+    if (sig == 0)
+        lua_pushboolean(L, 0);
+    else
+        lua_pushinteger(L, sig);
+    return 1;
+}
+
+/* ---- registration -------------------------------------------------------------------- */
+
+static const luaL_Reg hc_journal_methods[] = {
+    {"append", hc_journal_append},
+    {"truncate", hc_journal_truncate},
+    {"close", hc_journal_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg hc_journal_functions[] = {
+    {"appender", hc_journal_open},
+    {"hash32", hc_journal_hash32},
+    {"trap_interrupts", hc_journal_trap},
+    {"interrupted", hc_journal_interrupted},
+    {NULL, NULL}
+};
+
+/* Sets the functions of l into the table on top (luaL_setfuncs is not in Lua 5.1; this file
+ * keeps off hc_compat.h, whose unused static shims break -Werror under LuaJIT). */
+static void hc_journal_setfuncs(lua_State *L, const luaL_Reg *l)
+{
+    for (; l->name != NULL; l++) {
+        lua_pushcfunction(L, l->func);
+        lua_setfield(L, -2, l->name);
+    }
+}
+
+/* Adds appender, hash32, trap_interrupts and interrupted to the module table on top. */
+void hc_lua_journal_register(lua_State *L)
+{
+    luaL_newmetatable(L, HC_APPENDER_MT);
+    lua_createtable(L, 0, 3);
+    hc_journal_setfuncs(L, hc_journal_methods);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, hc_journal_close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, hc_journal_close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, hc_journal_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pop(L, 1);
+    hc_journal_setfuncs(L, hc_journal_functions);
+}
