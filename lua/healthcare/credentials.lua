@@ -1,0 +1,645 @@
+-- SPDX-License-Identifier: MIT
+-- Google credentials, found and kept fresh the way Google's own client libraries do it
+-- (Application Default Credentials). Kinds:
+--   service_account   a JSON key: a JWT signed in the C core, exchanged at the key's token_uri
+--                     (with `subject`, a token for that user: domain-wide delegation)
+--   self_signed_jwt   the same key, `self_signed_jwt = true`: the signed JWT is the bearer token
+--                     (audience https://healthcare.googleapis.com/), no token request
+--   authorized_user   gcloud's ADC file: the refresh-token grant
+--   metadata          the metadata server of a Google Cloud VM or container
+-- (static access tokens and API keys are in healthcare.auth). Every kind has
+--   cred:token(scopes)   -> access token, seconds left | nil, err
+--   cred:authorize(scopes), cred:invalidate(), cred.refreshable  (see healthcare.auth)
+-- Tokens are cached per scope set and refreshed `refresh_margin` seconds before they expire
+-- (never later than half-way through a short lifetime); a refresh is synchronous, so all the
+-- transfers of a client wait for the one refresh and then share its token.
+-- No token, key, assertion or refresh token ever goes into an error or a debug line.
+local core = require "healthcare.core"
+local cjson = require "cjson.safe"
+local auth = require "healthcare.auth"
+local errors = require "healthcare.errors"
+local params = require "healthcare.params"
+local util = require "healthcare.util"
+
+local M = {}
+
+-- Written once; used by the code, the errors and the docs.
+M.DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token"
+M.SELF_SIGNED_AUDIENCE = "https://healthcare.googleapis.com/"
+M.DEFAULT_METADATA_HOST = "metadata.google.internal"
+M.METADATA_TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
+M.DEFAULT_REFRESH_MARGIN = 225   -- Google's Python library: 3 min 45 s
+M.METADATA_PROBE_TIMEOUT = 3     -- Google's libraries: 3 s to decide there is no metadata server
+M.TOKEN_TIMEOUT = 30
+M.TOKEN_ATTEMPTS = 3             -- token requests that fail with 5xx, 429 or a transport error
+M.JWT_LIFETIME = 3600
+M.MAX_KEY_FILE = 1024 * 1024
+M.WELL_KNOWN_FILE = "application_default_credentials.json"
+M.JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+-- Key file types and the fields each needs.
+M.TYPES = { "service_account", "authorized_user" }
+M.REQUIRED = {
+  service_account = { "client_email", "private_key" },
+  authorized_user = { "client_id", "client_secret", "refresh_token" },
+}
+-- What to do about a token endpoint's error code.
+M.HINTS = {
+  invalid_grant = {
+    service_account = "check that the key is current (not deleted or disabled), that the service "
+      .. "account exists, and that this machine's clock is right",
+    authorized_user = "the refresh token was revoked or has expired: run "
+      .. "'gcloud auth application-default login' again",
+  },
+  invalid_client = {
+    service_account = "check the key file's client_email",
+    authorized_user = "check the file's client_id and client_secret",
+  },
+  unauthorized_client = {
+    service_account = "the service account may not act for this subject (domain-wide delegation) "
+      .. "or for these scopes",
+  },
+  invalid_scope = { service_account = "check the scopes asked for" },
+}
+
+-- The environment, behind a seam so specs can run discovery without touching the real one.
+M.getenv = os.getenv
+
+local function fail(message, fields)
+  return nil, errors.new("auth", message, fields)
+end
+
+-- Replaces every secret (plain text) in s by REDACTED.
+local function scrub(s, secrets)
+  for _, secret in ipairs(secrets or {}) do
+    if type(secret) == "string" and #secret >= 8 then
+      local i = s:find(secret, 1, true)
+      while i do
+        s = s:sub(1, i - 1) .. "REDACTED" .. s:sub(i + #secret)
+        i = s:find(secret, i + 8, true)
+      end
+    end
+  end
+  return s
+end
+M.scrub = scrub
+
+-- A value from a key file, shown in an error: short and printable.
+local function shown(v)
+  return (tostring(v):gsub("[%c\128-\255]", "?"):sub(1, 60))
+end
+
+--- The sorted, de-duplicated scope list for scopes (a list, a string or nil: the default).
+function M.scope_list(scopes)
+  if type(scopes) == "string" then scopes = { scopes } end
+  if scopes == nil or #scopes == 0 then scopes = { params.DEFAULT_SCOPE } end
+  local seen, list = {}, {}
+  for _, s in ipairs(scopes) do
+    if type(s) ~= "string" then error("scopes must be strings", 3) end
+    if not seen[s] then
+      seen[s] = true
+      list[#list + 1] = s
+    end
+  end
+  table.sort(list)
+  return list
+end
+
+local function debug_sink(d)
+  if d == true then
+    return function(line) io.stderr:write(line, "\n") end
+  elseif type(d) == "function" then
+    return d
+  end
+  return nil
+end
+
+-- ---- the cache every kind shares ------------------------------------------------------------
+
+local Credential = {}
+Credential.__index = Credential
+M.Credential = Credential
+
+-- opts: the client's options (refresh_margin, quota_project, timeouts, TLS, debug, token_cache).
+local function new_credential(kind, opts, fields)
+  local self = setmetatable(fields, Credential)
+  self.kind = kind
+  self.refreshable = true
+  self.margin = opts.refresh_margin or M.DEFAULT_REFRESH_MARGIN
+  self.cache = {}        -- scope key -> { token, expires_at, refresh_at } on core.now()'s clock
+  self.refreshing = {}   -- scope key -> true while a refresh runs
+  self.refreshes = 0     -- token requests made (or JWTs signed), for tests and --debug
+  self.debug = debug_sink(opts.debug)
+  self.timeout = M.TOKEN_TIMEOUT
+  self.session_opts = {
+    user_agent = "healthcare-lua/" .. core._VERSION .. " " .. core.curl_version .. " auth",
+    connect_timeout = opts.connect_timeout or M.TOKEN_TIMEOUT,
+    ca_file = opts.ca_file,
+    insecure = opts.insecure == true,
+    http2 = opts.http2 ~= false,
+  }
+  if opts.token_cache and self.identity then
+    local token_cache = require "healthcare.token_cache"
+    local dir = type(opts.token_cache) == "string" and opts.token_cache or token_cache.dir(M.getenv)
+    self.disk = dir and token_cache.open(dir, self.debug)
+  end
+  return self
+end
+
+function Credential:log(line)
+  if self.debug then self.debug(line) end
+end
+
+-- The token requests' own session (connection pool), made on first use.
+function Credential:http()
+  if not self.session then self.session = core.session(self.session_opts) end
+  return self.session
+end
+
+function Credential:remember(key, token, seconds_left, lifetime)
+  local now = core.now()
+  local margin = math.min(self.margin, lifetime / 2)
+  local e = { token = token, expires_at = now + seconds_left, refresh_at = now + seconds_left - margin }
+  self.cache[key] = e
+  return e
+end
+
+--- Returns a valid access token for scopes and the seconds it has left, or nil, err.
+function Credential:token(scopes)
+  local list = M.scope_list(scopes)
+  local key = self.scoped and table.concat(list, " ") or ""
+  local now = core.now()
+  local e = self.cache[key]
+  if e and now < e.refresh_at then return e.token, e.expires_at - now end
+  if self.refreshing[key] then
+    -- Only reachable from code that runs while the refresh waits (a coroutine scheduler).
+    if e and now < e.expires_at then return e.token, e.expires_at - now end
+    return fail(self.label .. ": a token refresh is already running")
+  end
+  if self.disk and not self.disk_stale then
+    local token, expires_at, lifetime = self.disk:get(self.identity, key)
+    if token then
+      e = self:remember(key, token, expires_at - os.time(), lifetime)
+      if now < e.refresh_at then
+        self:log("token cache: using the cached token of " .. self.label)
+        return e.token, e.expires_at - now
+      end
+    end
+  end
+  self.refreshing[key] = true
+  local ok, token, seconds = pcall(self.fetch, self, list)
+  self.refreshing[key] = nil
+  if not ok then error(token, 0) end
+  if not token then
+    -- A refresh inside the margin failed: the old token still works until it expires.
+    if e and core.now() < e.expires_at then
+      self:log("token refresh failed, keeping the current token: " .. seconds.message)
+      return e.token, e.expires_at - core.now()
+    end
+    return nil, seconds
+  end
+  self.refreshes = self.refreshes + 1
+  e = self:remember(key, token, seconds, seconds)
+  if self.disk then self.disk:put(self.identity, key, token, os.time() + seconds, seconds) end
+  return e.token, seconds
+end
+
+function Credential:authorize(scopes)
+  local token, err = self:token(scopes)
+  if not token then return nil, err end
+  local headers = { "Authorization: Bearer " .. token }
+  if self.quota_project then headers[2] = "x-goog-user-project: " .. self.quota_project end
+  return { headers = headers }
+end
+
+--- Forgets every token (the API refused one); the next authorize fetches a fresh one.
+function Credential:invalidate()
+  if self.disk then
+    for key in pairs(self.cache) do self.disk:remove(self.identity, key) end
+  end
+  self.cache = {}
+  self.disk_stale = true
+end
+
+function Credential:close()
+  if self.session then self.session:close() end
+  self.session = nil
+end
+
+-- ---- token requests -------------------------------------------------------------------------
+
+-- Reads {access_token, expires_in} from a token reply; returns token, seconds or nil, err.
+local function read_token(self, res, secrets)
+  local doc = cjson.decode(res.body or "")
+  local token = type(doc) == "table" and doc.access_token
+  if type(token) ~= "string" or token == "" then
+    return fail(string.format("%s: the token endpoint %s answered HTTP %d without an access_token",
+      self.label, self.token_url_shown, res.status))
+  end
+  if core.has_ctl(token) then
+    return fail(self.label .. ": the token endpoint returned a token with control characters")
+  end
+  local seconds = tonumber(doc.expires_in) or M.JWT_LIFETIME
+  if seconds <= 0 then seconds = 1 end
+  secrets[#secrets + 1] = token
+  return token, seconds
+end
+
+-- The error of a token reply that is not 200: OAuth's {error, error_description}, else
+-- whatever errors.from_response makes of it.
+local function token_error(res, url)
+  local doc = cjson.decode(res.body or "")
+  if type(doc) ~= "table" or type(doc.error) ~= "string" then
+    return errors.from_response(res, "token endpoint " .. url)
+  end
+  local desc = type(doc.error_description) == "string" and doc.error_description or nil
+  desc = desc and (": " .. desc:gsub("%c", " "):sub(1, 300)) or ""
+  return {
+    http_status = res.status, status = doc.error, retryable = errors.RETRYABLE_HTTP[res.status] == true,
+    message = string.format("token endpoint %s: HTTP %d %s%s", url, res.status, shown(doc.error), desc),
+  }
+end
+
+-- Sends one token request (req: a transport request table) with a few tries for failures worth
+-- another try; when probing, a transport failure ends it at once (nobody is there). Returns the
+-- 200 reply, or nil, err (kind "auth", err.reason a short cause) and the last reply if any.
+function Credential:request_token(req, secrets, probing)
+  local res, err
+  for attempt = 1, M.TOKEN_ATTEMPTS do
+    if attempt > 1 then core.sleep(0.5 * 2 ^ (attempt - 2)) end
+    self:log("> " .. req.method .. " " .. util.redact_url(req.url) .. " (token for " .. self.label .. ")")
+    for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h)) end
+    local t0 = core.now()
+    res, err = self:http():request(req)
+    if not res then
+      err = errors.from_transport(err)
+      local reason = scrub(err.message, secrets):gsub("^%u+ %S+: ", "")
+      self:log("< error: " .. reason)
+      err = errors.new("auth", string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown, reason),
+        { status = err.status, retryable = err.retryable, reason = reason })
+      if probing or not err.retryable then break end
+    else
+      self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))
+      if res.status == 200 then return res end
+      local e = token_error(res, self.token_url_shown)
+      local hint = (M.HINTS[e.status] or {})[self.kind]
+      err = errors.new("auth", scrub(self.label .. ": " .. e.message .. (hint and ("; " .. hint) or ""), secrets),
+        { http_status = e.http_status, status = e.status, retryable = e.retryable,
+          reason = "HTTP " .. res.status })
+      if not e.retryable then break end
+    end
+  end
+  return nil, err, res
+end
+
+-- A form POST to the token endpoint.
+function Credential:post_form(form, secrets)
+  return self:request_token({
+    method = "POST",
+    url = self.token_uri,
+    headers = { "Content-Type: application/x-www-form-urlencoded", "Accept: application/json" },
+    body = util.query_string(form),
+    timeout = self.timeout,
+  }, secrets)
+end
+
+-- ---- service accounts -----------------------------------------------------------------------
+
+--- A service account's signed JWT for scopes (a list): the assertion of the token request, or
+--- for self_signed_jwt the bearer token itself. Signed in the C core. Returns jwt or nil, err.
+function Credential:assertion(scopes)
+  if not self.key then error("assertion: not a service account credential", 2) end
+  local now = os.time()
+  local claims
+  if self.kind == "self_signed_jwt" then
+    claims = { iss = self.email, sub = self.email, aud = M.SELF_SIGNED_AUDIENCE, iat = now,
+      exp = now + M.JWT_LIFETIME }
+  else
+    claims = { iss = self.email, scope = table.concat(M.scope_list(scopes), " "), aud = self.token_uri,
+      iat = now, exp = now + M.JWT_LIFETIME, sub = self.subject }
+  end
+  local header = { alg = "RS256", typ = "JWT", kid = self.key_id }
+  local jwt, err = self.key:sign(cjson.encode(header), cjson.encode(claims))
+  if not jwt then return fail(self.label .. ": " .. err.message) end
+  return jwt
+end
+
+local function fetch_service_account(self, scopes)
+  local assertion, err = self:assertion(scopes)
+  if not assertion then return nil, err end
+  local secrets = { assertion }
+  local res, rerr = self:post_form({ grant_type = M.JWT_GRANT, assertion = assertion }, secrets)
+  if not res then return nil, rerr end
+  return read_token(self, res, secrets)
+end
+
+local function fetch_self_signed(self)
+  local jwt, err = self:assertion()
+  if not jwt then return nil, err end
+  self:log("signed a self-signed JWT for " .. self.label)
+  return jwt, M.JWT_LIFETIME
+end
+
+local function fetch_authorized_user(self)
+  local secrets = { self.refresh_token, self.client_secret }
+  local res, err = self:post_form({
+    grant_type = "refresh_token", client_id = self.client_id,
+    client_secret = self.client_secret, refresh_token = self.refresh_token,
+  }, secrets)
+  if not res then return nil, err end
+  return read_token(self, res, secrets)
+end
+
+local function fetch_metadata(self, scopes)
+  local url = self.metadata_url .. "?scopes=" .. core.escape(table.concat(scopes, ","), ",")
+  local res, err, reply = self:request_token({
+    method = "GET", url = url, headers = { "Metadata-Flavor: Google" },
+    timeout = self.timeout, connect_timeout = math.min(self.timeout, M.TOKEN_TIMEOUT),
+  }, {}, self.probing)
+  -- Anything else listening there is not the metadata server (and must not get our trust).
+  reply = res or reply
+  if reply and (reply.headers["metadata-flavor"] or ""):lower() ~= "google" then
+    return fail(self.label .. " is not a metadata server: its reply has no 'Metadata-Flavor: Google'",
+      { absent = true, reason = "the reply has no 'Metadata-Flavor: Google'" })
+  end
+  if not res then
+    err.absent = reply == nil
+    return nil, err
+  end
+  return read_token(self, res, {})
+end
+
+local function check_string(info, field, source)
+  local v = info[field]
+  if v == nil or v == "" then return nil end
+  if type(v) ~= "string" then
+    return false, errors.new("auth", string.format("%s: '%s' must be a string", source, field))
+  end
+  return v
+end
+
+local function check_url(url, source, field)
+  if not url:match("^https?://[^/?#]+") or core.has_ctl(url) then
+    return fail(string.format("%s: '%s' must be an http(s) URL, got '%s'", source, field, shown(url)))
+  end
+  return true
+end
+
+local function quota_project(opts, info, source)
+  local q = opts.quota_project or (info and info.quota_project_id) or M.getenv("GOOGLE_CLOUD_QUOTA_PROJECT")
+  if q == nil or q == "" then return nil end
+  if type(q) ~= "string" or core.has_ctl(q) then
+    return false, errors.new("auth", (source or "quota_project") .. ": the quota project must be a string "
+      .. "without CR, LF or NUL")
+  end
+  return q
+end
+
+-- Checks the fields REQUIRED[type] and returns the string values, or nil, err naming every
+-- missing one.
+local function required(info, kind, source)
+  local out, missing = {}, {}
+  for _, field in ipairs(M.REQUIRED[kind]) do
+    local v, err = check_string(info, field, source)
+    if v == false then return nil, err end
+    if v == nil then missing[#missing + 1] = "'" .. field .. "'" end
+    out[field] = v
+  end
+  if #missing > 0 then
+    return fail(string.format("%s: missing %s (required for type '%s')", source, table.concat(missing, ", "), kind))
+  end
+  return out
+end
+
+local function service_account(info, opts, source)
+  local f, err = required(info, "service_account", source)
+  if not f then return nil, err end
+  local key_id, uri
+  key_id, err = check_string(info, "private_key_id", source)
+  if key_id == false then return nil, err end
+  uri, err = check_string(info, "token_uri", source)
+  if uri == false then return nil, err end
+  uri = uri or M.DEFAULT_TOKEN_URI
+  local ok, uerr = check_url(uri, source, "token_uri")
+  if not ok then return nil, uerr end
+  local key, kerr = core.private_key(f.private_key)
+  if not key then
+    return fail(string.format("%s: 'private_key' is not a usable RSA private key: %s. Use the key file "
+      .. "as downloaded from the Google Cloud console, unchanged", source, kerr.message))
+  end
+  local qp, qerr = quota_project(opts, info, source)
+  if qp == false then return nil, qerr end
+  local subject = opts.subject
+  if subject ~= nil and (type(subject) ~= "string" or subject == "" or core.has_ctl(subject)) then
+    return fail("subject must be a non-empty string (the user's email address)")
+  end
+  local self_signed = opts.self_signed_jwt == true
+  if self_signed and subject then
+    return fail(source .. ": self_signed_jwt cannot be used with subject; domain-wide delegation "
+      .. "needs a token from the token endpoint (leave self_signed_jwt unset)")
+  end
+  local label = string.format("service account %s", shown(f.client_email))
+  local fields = {
+    label = label, email = f.client_email, key = key, key_id = key_id, token_uri = uri,
+    token_url_shown = util.redact_url(uri), subject = subject, quota_project = qp, source = source,
+  }
+  if self_signed then
+    fields.fetch, fields.scoped = fetch_self_signed, false
+    return new_credential("self_signed_jwt", opts, fields)
+  end
+  fields.fetch, fields.scoped = fetch_service_account, true
+  fields.identity = table.concat({ "service_account", f.client_email,
+    key_id or core.sha256_hex(f.private_key), uri, subject or "" }, "\n")
+  return new_credential("service_account", opts, fields)
+end
+
+local function authorized_user(info, opts, source)
+  local f, err = required(info, "authorized_user", source)
+  if not f then return nil, err end
+  if opts.self_signed_jwt then
+    return fail(source .. ": self_signed_jwt needs a service account key, not an authorized_user file")
+  end
+  if opts.subject then
+    return fail(source .. ": subject (domain-wide delegation) needs a service account key, not an "
+      .. "authorized_user file")
+  end
+  local uri
+  uri, err = check_string(info, "token_uri", source)
+  if uri == false then return nil, err end
+  uri = uri or M.DEFAULT_TOKEN_URI
+  local ok, uerr = check_url(uri, source, "token_uri")
+  if not ok then return nil, uerr end
+  local qp, qerr = quota_project(opts, info, source)
+  if qp == false then return nil, qerr end
+  return new_credential("authorized_user", opts, {
+    label = "authorized user of client " .. shown(f.client_id), source = source,
+    client_id = f.client_id, client_secret = f.client_secret, refresh_token = f.refresh_token,
+    token_uri = uri, token_url_shown = util.redact_url(uri), quota_project = qp,
+    -- The user's consent fixed the scopes; Google's libraries do not ask for others.
+    fetch = fetch_authorized_user, scoped = false,
+    identity = table.concat({ "authorized_user", f.client_id, core.sha256_hex(f.refresh_token), uri }, "\n"),
+  })
+end
+
+--- A credential from a decoded key file (source names it in errors), or nil, err.
+function M.from_info(info, opts, source)
+  opts = opts or {}
+  source = source or "credentials"
+  if type(info) ~= "table" or info[1] ~= nil then
+    return fail(source .. " must hold a JSON object (a service account key or an authorized_user file)")
+  end
+  local t = info.type
+  if t == "service_account" then return service_account(info, opts, source) end
+  if t == "authorized_user" then return authorized_user(info, opts, source) end
+  if t == nil then
+    return fail(string.format("%s has no 'type'; expected %s", source, "'" .. table.concat(M.TYPES, "' or '") .. "'"))
+  end
+  return fail(string.format("%s has type '%s', which is not supported; expected %s", source, shown(t),
+    "'" .. table.concat(M.TYPES, "' or '") .. "'"))
+end
+
+--- A credential from a key file, or nil, err. label says where the path came from.
+function M.from_file(path, opts, label)
+  local source = string.format("%s '%s'", label or "credentials file", path)
+  local f, oerr = io.open(path, "rb")
+  if not f then
+    local reason = tostring(oerr):gsub("^.-: ", "")
+    return fail(string.format("cannot read %s: %s", source, reason), { path = path })
+  end
+  local text = f:read(M.MAX_KEY_FILE + 1) or ""
+  f:close()
+  if #text > M.MAX_KEY_FILE then
+    return fail(source .. " is larger than 1 MiB; it is not a key file")
+  end
+  local info, jerr = cjson.decode(text)
+  if info == nil then
+    -- cjson's messages name a token kind and a position, never the text itself.
+    return fail(string.format("%s is not valid JSON (%s); expected a service account key or an "
+      .. "authorized_user file", source, tostring(jerr)))
+  end
+  return M.from_info(info, opts, source)
+end
+
+-- ---- the metadata server --------------------------------------------------------------------
+
+--- The metadata server's host ($GCE_METADATA_HOST, else metadata.google.internal).
+function M.metadata_host()
+  local h = M.getenv("GCE_METADATA_HOST")
+  if h and h ~= "" then return h end
+  return M.DEFAULT_METADATA_HOST
+end
+
+--- A credential of the metadata server. With probe, it first fetches a token for opts.scopes
+--- with a short timeout (that token is kept): nil, err with err.absent when nothing answers.
+function M.metadata(opts, probe)
+  opts = opts or {}
+  if opts.self_signed_jwt then
+    return fail("self_signed_jwt needs a service account key, not the metadata server")
+  end
+  if opts.subject then
+    return fail("subject (domain-wide delegation) needs a service account key, not the metadata server")
+  end
+  local host = M.metadata_host()
+  if core.has_ctl(host) or host:find("[/?#@%s]") then
+    return fail("GCE_METADATA_HOST must be a host name or host:port, got '" .. shown(host) .. "'")
+  end
+  local qp, qerr = quota_project(opts, nil, "quota_project")
+  if qp == false then return nil, qerr end
+  local base = "http://" .. host
+  local cred = new_credential("metadata", opts, {
+    label = "the metadata server at " .. base, metadata_url = base .. M.METADATA_TOKEN_PATH,
+    token_url_shown = base .. M.METADATA_TOKEN_PATH, quota_project = qp,
+    fetch = fetch_metadata, scoped = true,
+  })
+  if probe then
+    cred.probing, cred.timeout = true, M.METADATA_PROBE_TIMEOUT
+    local token, err = cred:token(opts.scopes)
+    cred.probing, cred.timeout = nil, M.TOKEN_TIMEOUT
+    if not token then
+      cred:close()
+      return nil, err
+    end
+  end
+  return cred
+end
+
+-- ---- Application Default Credentials --------------------------------------------------------
+
+--- The gcloud well-known file ($CLOUDSDK_CONFIG or ~/.config/gcloud), or nil when neither
+--- CLOUDSDK_CONFIG nor HOME is set.
+function M.well_known_file()
+  local dir = M.getenv("CLOUDSDK_CONFIG")
+  if not dir or dir == "" then
+    local home = M.getenv("HOME")
+    if not home or home == "" then return nil end
+    dir = home .. "/.config/gcloud"
+  end
+  return dir .. "/" .. M.WELL_KNOWN_FILE
+end
+
+--- Application Default Credentials, in Google's order: the file named by
+--- GOOGLE_APPLICATION_CREDENTIALS, gcloud's well-known file, the metadata server. A source that
+--- is there but broken is an error (as in Google's libraries); when none is there the error
+--- names every place looked at.
+function M.default(opts)
+  opts = opts or {}
+  local looked = {}
+  local env = M.getenv("GOOGLE_APPLICATION_CREDENTIALS")
+  if env and env ~= "" then
+    return M.from_file(env, opts, "GOOGLE_APPLICATION_CREDENTIALS file")
+  end
+  looked[#looked + 1] = "GOOGLE_APPLICATION_CREDENTIALS (not set)"
+  local wk = M.well_known_file()
+  if wk then
+    local f, oerr, code = io.open(wk, "rb")
+    if f then
+      f:close()
+      return M.from_file(wk, opts, "gcloud credentials file")
+    end
+    if code ~= 2 then -- ENOENT: not there; anything else is worth saying
+      return fail(string.format("cannot read gcloud credentials file: %s", tostring(oerr)))
+    end
+    looked[#looked + 1] = wk .. " (no such file)"
+  else
+    looked[#looked + 1] = "gcloud's " .. M.WELL_KNOWN_FILE .. " (neither CLOUDSDK_CONFIG nor HOME is set)"
+  end
+  local cred, err = M.metadata(opts, true)
+  if cred then return cred end
+  if not err.absent then return nil, err end
+  looked[#looked + 1] = string.format("the metadata server at http://%s (%s)", M.metadata_host(),
+    err.reason or err.message)
+  return fail("no Google credentials found; looked at: " .. table.concat(looked, "; ") .. ". "
+    .. "Set GOOGLE_APPLICATION_CREDENTIALS to a service account key file, run 'gcloud auth "
+    .. "application-default login', or give credentials (--credentials FILE), an access token or an API key",
+    { status = "NO_CREDENTIALS" })
+end
+
+--- The credential the client options ask for (healthcare.new's credentials, access_token,
+--- api_key, self_signed_jwt, subject, scopes, refresh_margin, quota_project, token_cache).
+--- Returns a credential, or nil, err (kind "auth"). Wrong option types raise.
+function M.from_options(opts)
+  opts = opts or {}
+  if opts.refresh_margin ~= nil and (type(opts.refresh_margin) ~= "number" or opts.refresh_margin < 0) then
+    error("bad option 'refresh_margin' (a number of seconds >= 0 expected)", 3)
+  end
+  for _, k in ipairs({ "subject", "quota_project" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      error(string.format("bad option '%s' (string expected, got %s)", k, type(opts[k])), 3)
+    end
+  end
+  if opts.token_cache ~= nil and type(opts.token_cache) ~= "boolean" and type(opts.token_cache) ~= "string" then
+    error("bad option 'token_cache' (boolean or directory expected, got " .. type(opts.token_cache) .. ")", 3)
+  end
+  if opts.access_token then return auth.access_token(opts.access_token) end
+  if opts.api_key then return auth.api_key(opts.api_key) end
+  local c = opts.credentials
+  if c == false then return auth.none() end
+  if type(c) == "table" and type(c.authorize) == "function" then return c end
+  if type(c) == "string" then return M.from_file(c, opts, "credentials file") end
+  if type(c) == "table" then return M.from_info(c, opts, "credentials table") end
+  if c ~= nil then
+    error("bad option 'credentials' (path, table or false expected, got " .. type(c) .. ")", 3)
+  end
+  return M.default(opts)
+end
+
+return M
