@@ -6,7 +6,7 @@
 --
 --   spec/support/testbed lua5.4 /usr/bin/busted
 --
--- local H = require "spec.helpers"
+-- local H = require "helpers"   (spec/ is on LUA_PATH)
 -- if not H.need_testbed() then return end   -- at the top of a spec file
 
 local cjson = require "cjson.safe"
