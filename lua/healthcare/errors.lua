@@ -90,8 +90,8 @@ function M.from_response(res, what)
     end
   elseif type(doc) == "table" and type(doc.error) == "string" then
     -- OAuth token endpoint: {"error": "invalid_grant", "error_description": "..."}
-    err.status = doc.error
-    message = doc.error .. (type(doc.error_description) == "string" and (": " .. doc.error_description) or "")
+    err.status = doc.error -- already in the message's prefix
+    message = type(doc.error_description) == "string" and doc.error_description or doc.error
   end
   if not message then
     local text = (res.body or ""):gsub("%s+", " "):sub(1, 200)
