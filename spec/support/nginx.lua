@@ -137,16 +137,20 @@ end
 
 --- The directory holding the LuaJIT build of healthcare.core (nginx runs LuaJIT): this ctest's
 --- own build when it is one, else build-luajit/ of the source tree, configured and built if needed.
+local luajit_dir
 function N.luajit_cpath_dir()
+  if luajit_dir then return luajit_dir end
   local src = os.getenv("HC_SOURCE_DIR") or "."
   if (os.getenv("HC_LUA") or ""):match("luajit") and os.getenv("HC_BUILD_DIR") then
-    return os.getenv("HC_BUILD_DIR")
+    luajit_dir = os.getenv("HC_BUILD_DIR")
+    return luajit_dir
   end
   local dir = src .. "/build-luajit"
   if not read_all(dir .. "/CMakeCache.txt") then
     H.check_run("cmake -S " .. H.q(src) .. " -B " .. H.q(dir) .. " -DHC_LUAJIT=ON >/dev/null")
   end
   H.check_run("cmake --build " .. H.q(dir) .. " --target healthcare_core >/dev/null")
+  luajit_dir = dir
   return dir
 end
 
