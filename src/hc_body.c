@@ -73,6 +73,10 @@ static int seterr(hc_body *b, const char *fmt, ...)
 
 static int push(hc_body *b, int kind, char *bytes, int64_t length)
 {
+    if (length < 0 || length > INT64_MAX - b->total) {
+        free(bytes);
+        return seterr(b, "request body too large");
+    }
     if (b->nsegs == b->cap) {
         size_t ncap = b->cap ? b->cap * 2 : 8;
         hc_segment *n = realloc(b->segs, ncap * sizeof *n);
@@ -138,13 +142,34 @@ int hc_body_check_boundary(hc_body *b, const char *boundary)
     return 0;
 }
 
+/* A part's header block must be "Name: value" lines, each ended by CRLF, and nothing else: a
+ * blank line or a bare CR or LF would end the headers early and turn the rest into content. */
+static int check_part_headers(hc_body *b, const char *h)
+{
+    while (*h != '\0') {
+        const char *eol = strstr(h, "\r\n"), *c;
+        if (eol == NULL)
+            return seterr(b, "invalid part headers: each line must end with CRLF");
+        for (c = h; c < eol && *c != ':'; c++)
+            if ((unsigned char)*c <= ' ' || (unsigned char)*c >= 127)
+                return seterr(b, "invalid part headers: a line needs a header name and a colon");
+        if (c == h || c == eol)
+            return seterr(b, "invalid part headers: a line needs a header name and a colon");
+        for (; c < eol; c++)
+            if (*c == '\r' || *c == '\n')
+                return seterr(b, "invalid part headers: CR or LF inside a line");
+        h = eol + 2;
+    }
+    return 0;
+}
+
 int hc_body_begin_part(hc_body *b, const char *boundary, const char *headers)
 {
     /* The delimiter is CRLF "--" boundary; the CRLF of the first one is optional and left out so
      * the body starts with "--". */
     size_t bl = strlen(boundary), hl = strlen(headers), n = 0;
     char *s;
-    if (hc_body_check_boundary(b, boundary) != 0)
+    if (hc_body_check_boundary(b, boundary) != 0 || check_part_headers(b, headers) != 0)
         return -1;
     s = malloc(bl + hl + 8);
     if (s == NULL)
@@ -194,15 +219,25 @@ static int open_current(hc_body *b)
 {
     hc_segment *s = &b->segs[b->cur];
     struct stat st;
-    b->fd = open(s->bytes, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: a path swapped for a FIFO since it was checked must not block the open; it
+     * changes nothing for the reads of a regular file. */
+    b->fd = open(s->bytes, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (b->fd < 0) {
         return seterr(b, "cannot open %s: %s", s->bytes, strerror(errno));
     }
-    if (fstat(b->fd, &st) != 0 || (int64_t)st.st_size != s->length) {
-        long long now = (long long)st.st_size;
+    if (fstat(b->fd, &st) != 0) {
+        seterr(b, "cannot stat %s: %s", s->bytes, strerror(errno));
+        close_current(b);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        close_current(b);
+        return seterr(b, "not a regular file any more: %s", s->bytes);
+    }
+    if ((int64_t)st.st_size != s->length) {
         close_current(b);
         return seterr(b, "file changed size after it was checked: %s (was %lld bytes, now %lld)",
-                      s->bytes, (long long)s->length, now);
+                      s->bytes, (long long)s->length, (long long)st.st_size);
     }
 #ifdef POSIX_FADV_SEQUENTIAL
     (void)posix_fadvise(b->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -248,7 +283,12 @@ long hc_body_read(hc_body *b, char *buf, size_t n)
         if (b->off == s->length) {
             if (s->kind == HC_SEG_FILE && b->fd >= 0) {
                 struct stat st;
-                if (fstat(b->fd, &st) != 0 || (int64_t)st.st_size != s->length) {
+                if (fstat(b->fd, &st) != 0) {
+                    seterr(b, "cannot stat %s: %s", s->bytes, strerror(errno));
+                    close_current(b);
+                    return -1;
+                }
+                if ((int64_t)st.st_size != s->length) {
                     close_current(b);
                     return seterr(b, "file changed size while it was being sent: %s (%lld bytes, now %lld)",
                                   s->bytes, (long long)s->length, (long long)st.st_size);

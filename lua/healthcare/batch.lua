@@ -14,15 +14,19 @@ local M = {}
 
 -- Defaults, written once (README "Storing files" explains them).
 -- Google ends a Store request after one hour. 256 MiB takes about 4.5 minutes at 1 MB/s, the
--- slowest hospital uplink we plan for, and caps what one failure re-sends; Orthanc holds a whole
--- request in memory (about 1.6x), so this also keeps a test server small. 500 instances per
--- request keeps the multipart framing and the answer small while small instances still share
--- one round trip.
+-- slowest hospital uplink we plan for, and 18 minutes when the 4 requests in flight share it:
+-- well inside the hour, and it caps what one failure re-sends. Orthanc holds a whole request
+-- in memory (about 1.6x), so 4 x 256 MiB also keeps a test server near 1.6 GB. 500 instances
+-- per request: a CT slice is about 0.5 MB, so for the commonest archive both limits bind near
+-- the same point; the answer (one item per instance) stays small, and small instances still
+-- share one round trip. An instance larger than max_request_bytes is sent alone.
 M.DEFAULTS = {
   max_request_bytes = 256 * 1024 * 1024,
   max_instances_per_request = 500,
   concurrency = 4,
 }
+-- Seconds the requests in flight get to finish after an interrupt (a second Ctrl-C ends at once).
+M.INTERRUPT_GRACE = 10
 M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60, deadline = 3600 }
 M.OPTIONS = {
   "study_uid", "concurrency", "journal", "on_progress", "max_request_bytes",
@@ -48,10 +52,13 @@ local function new_source(inputs, opts, report, journal)
   local it = files.iterate(inputs)
   local pending = nil   -- an entry that did not fit in the previous group
   local shard = opts.shard
-  local source = { exhausted = false }
+  -- bytes_not_sent: sizes of the regular files skipped or already stored, so that a progress
+  -- display can reach 100% of the bytes it counted up front.
+  local source = { exhausted = false, bytes_not_sent = 0 }
 
   local function skip(e, reason)
     report.skipped[#report.skipped + 1] = record(e, reason)
+    source.bytes_not_sent = source.bytes_not_sent + (e.size or 0)
   end
 
   -- Next sendable entry, or nil when no file is left.
@@ -59,14 +66,16 @@ local function new_source(inputs, opts, report, journal)
     while true do
       local f = it()
       if not f then return nil end
-      if shard and not shard.includes(f.rel) then
+      if shard and not shard.includes(f.rel) then -- luacheck: ignore 542
         -- another machine's share: not ours to report
       elseif f.skip then
         skip(f, f.skip)
       else
         local done = journal and journal:lookup(f)
         if done then
-          report.already_stored[#report.already_stored + 1] = record(done, "stored in an earlier run", { path = f.path })
+          report.already_stored[#report.already_stored + 1] =
+            record(done, "stored in an earlier run", { path = f.path })
+          source.bytes_not_sent = source.bytes_not_sent + (f.size or 0)
         else
           local probe, why = core.dicom_probe(f.path)
           if not probe then
@@ -143,16 +152,17 @@ function M.run(store, inputs, opts)
 
   local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
     seconds = 0, requests = 0, retries = 0 }
-  local journal
-  if o.journal then
-    local jerr
-    journal, jerr = require("healthcare.journal").open(o.journal, report)
-    if not journal then return nil, jerr end
-  end
   if o.shard then
     local s, serr = require("healthcare.shard").parse(o.shard)
     if not s then return nil, serr end
     o.shard = s
+  end
+  local journal
+  if o.journal then
+    local jerr
+    journal, jerr = require("healthcare.journal").open(o.journal, report,
+      { store = store.name, shard = o.shard and tostring(o.shard) })
+    if not journal then return nil, jerr end
   end
 
   local client = store.client
@@ -261,30 +271,46 @@ function M.run(store, inputs, opts)
     for t in pairs(inflight) do sending = sending + (t:progress()) end
     o.on_progress {
       files_done = progress.files_done, bytes_done = progress.bytes_done,
-      bytes_sending = sending, stored = #report.stored, failed = #report.failed,
+      bytes_sending = sending, bytes_not_sent = source.bytes_not_sent,
+      stored = #report.stored, failed = #report.failed,
       skipped = #report.skipped, already_stored = #report.already_stored,
       in_flight = ninflight, retries = report.retries, seconds = core.now() - t0,
     }
   end
 
+  -- Set by SIGINT/SIGTERM once the caller called core.trap_interrupts() (the CLI does): no new
+  -- request starts, those in flight get INTERRUPT_GRACE seconds to finish, then are abandoned.
+  local interrupted = core.interrupted or function() return false end
+  local stopping
+
   local ok, perr = pcall(function()
     while true do
       local now = core.now()
-      -- retries that are due go first
-      for i = #waiting, 1, -1 do
-        if ninflight < o.concurrency and waiting[i].due <= now then
-          local w = table.remove(waiting, i)
-          start(w.group)
+      if not stopping and interrupted() then
+        stopping = now
+        report.interrupted = true
+      end
+      if stopping then
+        if ninflight == 0 or now - stopping >= M.INTERRUPT_GRACE then break end
+      else
+        -- retries that are due go first
+        for i = #waiting, 1, -1 do
+          if ninflight < o.concurrency and waiting[i].due <= now then
+            local w = table.remove(waiting, i)
+            start(w.group)
+          end
         end
+        while ninflight < o.concurrency and not source.exhausted do
+          local g = source.next_group()
+          if not g then break end
+          start(g)
+        end
+        if ninflight == 0 and #waiting == 0 and source.exhausted then break end
       end
-      while ninflight < o.concurrency and not source.exhausted do
-        local g = source.next_group()
-        if not g then break end
-        start(g)
-      end
-      if ninflight == 0 and #waiting == 0 and source.exhausted then break end
       local timeout = 0.2
-      for _, w in ipairs(waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
+      if not stopping then
+        for _, w in ipairs(waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
+      end
       if ninflight > 0 then
         for _, t in ipairs(client.session:wait(timeout)) do
           local g = inflight[t]
@@ -304,7 +330,18 @@ function M.run(store, inputs, opts)
     -- An error raised by a callback of the caller, or a journal that cannot be written: stop
     -- sending; what finished is in the journal.
     for t in pairs(inflight) do t:close() end
+    if errors.is(perr) then return nil, perr, report end
     error(perr, 0)
+  end
+  if stopping then
+    -- Not in the report's lists nor in the journal: a resume sends these again.
+    report.abandoned = 0
+    for t, g in pairs(inflight) do
+      t:close()
+      report.abandoned = report.abandoned + #g.entries
+    end
+    inflight, ninflight = {}, 0
+    for _, w in ipairs(waiting) do report.abandoned = report.abandoned + #w.group.entries end
   end
   report_progress()
   return report

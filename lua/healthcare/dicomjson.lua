@@ -58,6 +58,29 @@ function M.reason_text(code)
   return string.format("0x%04X%s", code, name and (" " .. name) or "")
 end
 
+-- PS3.19 writes a private attribute with its creator as an XML attribute and the block as 00
+-- (Google: tag="00090097" privateCreator="GOOGLE"). DICOM JSON has no such field, so the
+-- attribute is given a block of the data set, with the creator element (gggg,00xx) that
+-- private_text looks for. Returns the JSON key for the attribute.
+local function private_key(ds, tag, creator)
+  local group, block, element = tag:match("^(%x%x%x%x)(%x%x)(%x%x)$")
+  if not group or tonumber(group, 16) % 2 == 0 then return tag end
+  if block == "00" then
+    for xx = 0x10, 0xFF do
+      local ctag = string.format("%s00%02X", group, xx)
+      local have = M.value(ds, ctag)
+      if have == nil or have == creator then
+        block = string.format("%02X", xx)
+        break
+      end
+    end
+    if block == "00" then return tag end
+  end
+  local ctag = group .. "00" .. block
+  if ds[ctag] == nil then ds[ctag] = { vr = "LO", Value = { creator } } end
+  return group .. block .. element
+end
+
 --- Parses NativeDicomModel XML into the DICOM JSON shape. Returns the data set or nil, message.
 function M.from_xml(xml)
   local ok, lxp = pcall(require, "lxp")
@@ -71,6 +94,7 @@ function M.from_xml(xml)
       if name == "DicomAttribute" then
         local a = { vr = attrs.vr, Value = {} }
         local tag = attrs.tag and attrs.tag:upper()
+        if tag and attrs.privateCreator then tag = private_key(stack[#stack], tag, attrs.privateCreator) end
         if tag then stack[#stack][tag] = a end
         attr_stack[#attr_stack + 1] = a
       elseif name == "Item" then
@@ -109,7 +133,8 @@ function M.from_xml(xml)
   }
   local good, err = parser:parse(xml)
   if good then good, err = parser:parse() end
-  parser:close()
+  -- lxp's close raises when the document was not complete; the parse error says more.
+  pcall(parser.close, parser)
   if not good then return nil, "malformed XML answer: " .. tostring(err) end
   return root
 end

@@ -23,7 +23,11 @@ function M.iterate(inputs)
       local a, err = lfs.attributes(path)
       if not a then
         local l = lfs.symlinkattributes(path)
-        coroutine.yield { path = path, rel = rel, skip = l and "broken symbolic link" or ("cannot read: " .. tostring(err)) }
+        -- lfs says "cannot obtain information from file '<path>': <strerror>"; the path is
+        -- in the record already
+        err = tostring(err):match(": ([^:]+)$") or tostring(err)
+        coroutine.yield { path = path, rel = rel,
+          skip = l and "broken symbolic link" or ("cannot read: " .. err) }
         return
       end
       if a.mode == "file" then

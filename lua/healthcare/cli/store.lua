@@ -3,8 +3,7 @@
 -- files (healthcare.batch), shows a progress bar on a terminal, prints a summary (or the JSON
 -- report with --json) and exits 0 when nothing failed, 1 when something did, 2 on usage errors.
 local argparse = require "argparse"
-local cjson = require("cjson.safe").new()
-cjson.encode_empty_table_as_object(false)
+local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
 local batch = require "healthcare.batch"
@@ -12,15 +11,17 @@ local batch = require "healthcare.batch"
 local M = {}
 
 local function parser()
-  local p = argparse("healthcare store", "Store DICOM files in a DICOM store (STOW-RS), many per request, streamed from disk.")
-    :add_help_command(false)
+  local p = argparse("healthcare store",
+    "Store DICOM files in a DICOM store (STOW-RS), many per request, streamed from disk.")
   p:argument("store", "A dicomStore name (projects/P/locations/L/datasets/D/dicomStores/S, through the "
     .. "endpoint) or a DICOMweb base URL (e.g. http://127.0.0.1:8042/dicom-web).")
   p:argument("files", "DICOM files or directories (walked recursively).", nil, nil, "*")
   p:option("--study", "Store under studies/UID; files of another study are skipped.")
   p:option("--concurrency", "Requests in flight at once.", tostring(batch.DEFAULTS.concurrency)):convert(tonumber)
-  p:option("--max-request-bytes", "Most bytes of DICOM per request.", tostring(batch.DEFAULTS.max_request_bytes)):convert(tonumber)
-  p:option("--max-instances", "Most instances per request.", tostring(batch.DEFAULTS.max_instances_per_request)):convert(tonumber)
+  p:option("--max-request-bytes", "Most bytes of DICOM per request.",
+    tostring(batch.DEFAULTS.max_request_bytes)):convert(tonumber)
+  p:option("--max-instances", "Most instances per request.",
+    tostring(batch.DEFAULTS.max_instances_per_request)):convert(tonumber)
   p:option("--retry-max", "Attempts per request before its instances count as failed.",
     tostring(batch.RETRY_DEFAULTS.max_attempts)):convert(tonumber)
   p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored.")
@@ -43,7 +44,8 @@ local function human_bytes(n)
   local units = { "B", "KB", "MB", "GB", "TB" }
   local i = 1
   while n >= 1000 and i < #units do n, i = n / 1000, i + 1 end
-  return string.format(i == 1 and "%d %s" or "%.1f %s", n, units[i])
+  if i == 1 then return string.format("%d %s", math.floor(n), units[i]) end
+  return string.format("%.1f %s", n, units[i])
 end
 
 local function progress_bar(totals)
@@ -52,31 +54,39 @@ local function progress_bar(totals)
     local now = core.now()
     if now - last < 0.2 then return end
     last = now
-    local done = p.bytes_done + p.bytes_sending
-    local rate = p.seconds > 0 and done / p.seconds or 0
+    local sent = p.bytes_done + p.bytes_sending
+    local done = sent + p.bytes_not_sent
+    local files = p.files_done + p.already_stored + p.skipped
+    local rate = p.seconds > 0 and sent / p.seconds or 0
     local line
     if totals.bytes > 0 then
       local frac = math.min(1, done / totals.bytes)
       local width = 24
       local filled = math.floor(frac * width + 0.5)
-      local eta = rate > 0 and (totals.bytes - done) / rate or 0
+      local eta = rate > 0 and math.max(0, totals.bytes - done) / rate or 0
       line = string.format("[%s%s] %3d%%  %d/%d files  %s  %s/s  ETA %ds",
         string.rep("#", filled), string.rep(".", width - filled), math.floor(frac * 100),
-        p.files_done + p.already_stored, totals.files, human_bytes(done), human_bytes(rate), math.floor(eta))
+        files, totals.files, human_bytes(sent), human_bytes(rate), math.floor(eta))
     else
-      line = string.format("%d files  %s  %s/s", p.files_done, human_bytes(done), human_bytes(rate))
+      line = string.format("%d files  %s  %s/s", files, human_bytes(sent), human_bytes(rate))
     end
     if p.failed > 0 then line = line .. string.format("  %d failed", p.failed) end
     io.stderr:write("\r", line, "\27[K")
   end
 end
 
--- Counts files and bytes first, so the bar can show a share and an ETA.
-local function count(inputs)
+-- Counts files and bytes first, so the bar can show a share and an ETA. Every entry counts, as
+-- every entry ends up in the report (a link loop or a FIFO as skipped).
+-- Only this machine's share with --shard; a Ctrl-C stops the count too.
+local function count(inputs, shard_spec)
   local files = require "healthcare.files"
+  local s = shard_spec and require("healthcare.shard").parse(shard_spec)
   local n, bytes = 0, 0
   for f in files.iterate(inputs) do
-    if not f.skip then n, bytes = n + 1, bytes + f.size end
+    if core.interrupted and core.interrupted() then break end
+    if not s or s.includes(f.rel) then
+      n, bytes = n + 1, bytes + (f.size or 0)
+    end
   end
   return { files = n, bytes = bytes }
 end
@@ -94,19 +104,62 @@ local function read_list(path)
   return out
 end
 
+-- The report as JSON. Debian's lua-cjson (2.1.0) encodes an empty table as {}, so the four
+-- lists are written here to stay arrays when empty.
+local REPORT_LISTS = { stored = true, already_stored = true, failed = true, skipped = true }
+local function report_json(report)
+  local keys, out = {}, {}
+  for k in pairs(report) do keys[#keys + 1] = k end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = report[k]
+    local enc
+    if REPORT_LISTS[k] then
+      local items = {}
+      for i, r in ipairs(v) do items[i] = cjson.encode(r) end
+      enc = "[" .. table.concat(items, ",") .. "]"
+    else
+      enc = cjson.encode(v)
+    end
+    out[#out + 1] = cjson.encode(k) .. ":" .. enc
+  end
+  return "{" .. table.concat(out, ",") .. "}"
+end
+
 local function summary(report)
   local rate = report.seconds > 0 and report.bytes / report.seconds or 0
   local w = io.stderr
-  w:write(string.format("stored %d, already stored %d, failed %d, skipped %d; %s in %.1f s (%s/s); %d requests, %d retries\n",
+  w:write(string.format(
+    "stored %d, already stored %d, failed %d, skipped %d; %s in %.1f s (%.2f MB/s); %d requests, %d retries\n",
     #report.stored, #report.already_stored, #report.failed, #report.skipped, human_bytes(report.bytes),
-    report.seconds, human_bytes(rate), report.requests, report.retries))
-  local by_reason = {}
+    report.seconds, rate / 1e6, report.requests, report.retries))
+  for _, f in ipairs(report.stored) do
+    if f.warning then w:write("warning ", f.path, ": ", tostring(f.warning), "\n") end
+  end
   for _, f in ipairs(report.failed) do
     w:write("failed  ", f.path, ": ", tostring(f.reason), "\n")
-    by_reason[f.reason] = (by_reason[f.reason] or 0) + 1
   end
   for _, s in ipairs(report.skipped) do
     w:write("skipped ", s.path, ": ", tostring(s.reason), "\n")
+  end
+  -- Failures by reason, most frequent first: what a person fixes before the next run.
+  local counts, reasons = {}, {}
+  for _, f in ipairs(report.failed) do
+    local r = tostring(f.reason)
+    if not counts[r] then reasons[#reasons + 1] = r end
+    counts[r] = (counts[r] or 0) + 1
+  end
+  table.sort(reasons, function(x, y) return counts[x] > counts[y] or (counts[x] == counts[y] and x < y) end)
+  for _, r in ipairs(reasons) do w:write(string.format("failed %d: %s\n", counts[r], r)) end
+  local j = report.journal
+  if j then
+    w:write(string.format("journal %s: %d of these files stored (%d now, %d by %d earlier runs)%s\n", j.path,
+      #report.stored + #report.already_stored, #report.stored, #report.already_stored, j.earlier_runs,
+      j.torn_bytes > 0 and string.format("; a torn last line (%d bytes) was dropped", j.torn_bytes) or ""))
+  end
+  if report.interrupted then
+    w:write(string.format("interrupted: %d instances in flight abandoned; run the same command again%s to resume\n",
+      report.abandoned or 0, j and "" or " with --journal FILE"))
   end
 end
 
@@ -157,9 +210,11 @@ function M.main(argv)
     return 2
   end
 
+  -- Ctrl-C (or a scheduler's SIGTERM) stops between requests; the journal stays whole.
+  if core.trap_interrupts then core.trap_interrupts() end
   local show = not a.json and not a.no_progress and core.isatty(2)
   local on_progress
-  if show then on_progress = progress_bar(count(inputs)) end
+  if show then on_progress = progress_bar(count(inputs, a.shard)) end
   local report, rerr = store:store(inputs, {
     study_uid = a.study, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
     max_instances_per_request = a.max_instances, retry = { max_attempts = a.retry_max },
@@ -172,10 +227,11 @@ function M.main(argv)
     return 2
   end
   if a.json then
-    io.stdout:write(cjson.encode(report), "\n")
+    io.stdout:write(report_json(report), "\n")
   else
     summary(report)
   end
+  if report.interrupted then return 128 + (core.interrupted() or 2) end
   return #report.failed > 0 and 1 or 0
 end
 
