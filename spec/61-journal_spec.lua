@@ -1,0 +1,324 @@
+-- SPDX-License-Identifier: MIT
+-- The journal (healthcare.journal on core.appender): its lines, lookups, the latest line of a
+-- path winning, a torn last line cut off, locking, refusals (not a journal, another store),
+-- odd paths; then against the test bed's Orthanc: a rerun skips stored files without reading
+-- them, and a 500-file upload killed with SIGKILL at random moments three times, then resumed
+-- with the same journal (and a torn line added), ends with every valid instance stored
+-- exactly once and a report that adds up.
+-- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/61-journal_spec.lua
+local H = require "helpers"
+local cjson = require "cjson"
+local journal = require "healthcare.journal"
+
+local E = H.env
+
+local function read_all(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- The journal's lines, each checked: complete, JSON, and either a run line or a record.
+local function lines_of(path)
+  local s = read_all(path)
+  assert.equal("\n", s:sub(-1), "journal does not end with a newline")
+  local out = {}
+  for l in s:gmatch("([^\n]*)\n") do
+    local t = cjson.decode(l)
+    assert.is_table(t)
+    assert.is_true(t.journal == "healthcare" or t.outcome == "stored" or t.outcome == "failed", l)
+    out[#out + 1] = t
+  end
+  return out
+end
+
+local function records_of(path)
+  local out = {}
+  for _, t in ipairs(lines_of(path)) do
+    if t.outcome then out[#out + 1] = t end
+  end
+  return out
+end
+
+local function entry(path, size, mtime, sop)
+  return { path = path, size = size, mtime = mtime, sop_instance_uid = sop or ("1.2.3." .. size),
+    study_uid = "1.2.9" }
+end
+
+describe("journal.open", function()
+  local dir
+  before_each(function() dir = H.tmpdir() end)
+
+  it("creates the file (mode 0600) with a run line and reports no earlier runs", function()
+    local report = {}
+    local j = assert(journal.open(dir .. "/j", report, { store = "S", shard = "2/3" }))
+    j:close()
+    local so = H.check_run("stat -c %a " .. H.q(dir .. "/j"))
+    assert.equal("600", so:match("%d+"))
+    local lines = lines_of(dir .. "/j")
+    assert.equal(1, #lines)
+    assert.same({ "healthcare", 1, "S", "2/3" }, { lines[1].journal, lines[1].version, lines[1].store, lines[1].shard })
+    assert.truthy(lines[1].time:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$"))
+    assert.same({ path = dir .. "/j", earlier_runs = 0, earlier_stored = 0, earlier_failed = 0,
+      ignored_lines = 0, torn_bytes = 0 }, report.journal)
+  end)
+
+  it("writes one line per instance with the documented fields, in order", function()
+    local j = assert(journal.open(dir .. "/j"))
+    assert.is_true(j:record({
+      { entry = entry("/data/a b/1.dcm", 10, 1700000000), outcome = "stored" },
+      { entry = entry("/data/2.dcm", 20, 1700000001), outcome = "failed", reason = "HTTP 400" },
+    }))
+    assert.is_true(j:record({}))
+    j:close()
+    local s = read_all(dir .. "/j")
+    local second = s:match("\n([^\n]*)\n")
+    assert.truthy(second:match('^{"time":"[^"]+","outcome":"stored","path":"/data/a b/1.dcm","size":10,'
+      .. '"mtime":1700000000,"sop_instance_uid":"1.2.3.10","study_uid":"1.2.9"}$'), second)
+    local recs = records_of(dir .. "/j")
+    assert.equal(2, #recs)
+    assert.same({ "failed", "/data/2.dcm", 20, 1700000001, "HTTP 400" },
+      { recs[2].outcome, recs[2].path, recs[2].size, recs[2].mtime, recs[2].reason })
+  end)
+
+  it("finds what earlier runs stored, only with the same size and mtime; the latest line wins", function()
+    local j = assert(journal.open(dir .. "/j"))
+    assert(j:record({
+      { entry = entry("/a", 1, 100), outcome = "stored" },
+      { entry = entry("/b", 2, 200), outcome = "stored" },
+      { entry = entry("/c", 3, 300), outcome = "failed", reason = "x" },
+      { entry = entry("/d", 4, 400), outcome = "stored" },
+    }))
+    assert(j:record({
+      { entry = entry("/c", 3, 300), outcome = "stored" },
+      { entry = entry("/d", 4, 400), outcome = "failed", reason = "y" },
+    }))
+    assert.is_nil(j:lookup({ path = "/a", size = 1, mtime = 100 }), "a run sees earlier runs only")
+    j:close()
+    local report = {}
+    j = assert(journal.open(dir .. "/j", report))
+    assert.same({ path = "/a", size = 1, mtime = 100, sop_instance_uid = "1.2.3.1", study_uid = "1.2.9" },
+      j:lookup({ path = "/a", size = 1, mtime = 100 }))
+    assert.is_nil(j:lookup({ path = "/a", size = 2, mtime = 100 }))
+    assert.is_nil(j:lookup({ path = "/a", size = 1, mtime = 101 }))
+    assert.is_nil(j:lookup({ path = "/x", size = 1, mtime = 100 }))
+    assert.truthy(j:lookup({ path = "/c", size = 3, mtime = 300 }))
+    assert.is_nil(j:lookup({ path = "/d", size = 4, mtime = 400 }))
+    assert.same({ 1, 3, 1 }, { report.journal.earlier_runs, report.journal.earlier_stored, report.journal.earlier_failed })
+    j:close()
+    assert.is_true(j:close())
+    assert.error_matches(function() j:record({}) end, "attempt to use a closed journal$")
+  end)
+
+  it("keeps odd paths intact (spaces, quotes, backslashes, newlines, bytes that are not UTF-8)", function()
+    local odd = { "/d/quote\"q.dcm", "/d/back\\slash/x", "/d/new\nline", "/d/\255\254latin", "/d/\\/both" }
+    local j = assert(journal.open(dir .. "/j"))
+    local list = {}
+    for i, p in ipairs(odd) do list[i] = { entry = entry(p, i, i), outcome = "stored" } end
+    assert(j:record(list))
+    j:close()
+    j = assert(journal.open(dir .. "/j"))
+    for i, p in ipairs(odd) do assert.truthy(j:lookup({ path = p, size = i, mtime = i }), p) end
+    j:close()
+  end)
+
+  it("ignores a torn last line and cuts it off, so later lines stay whole", function()
+    local j = assert(journal.open(dir .. "/j"))
+    assert(j:record({ { entry = entry("/a", 1, 1), outcome = "stored" } }))
+    j:close()
+    local torn = '{"time":"2024-01-01T00:00:00Z","outcome":"stored","path":"/b","si'
+    local f = assert(io.open(dir .. "/j", "ab"))
+    f:write(torn)
+    f:close()
+    local report = {}
+    j = assert(journal.open(dir .. "/j", report))
+    assert.equal(#torn, report.journal.torn_bytes)
+    assert.truthy(j:lookup({ path = "/a", size = 1, mtime = 1 }))
+    assert.is_nil(j:lookup({ path = "/b", size = 2, mtime = 2 }))
+    assert(j:record({ { entry = entry("/b", 2, 2), outcome = "stored" } }))
+    j:close()
+    local lines = lines_of(dir .. "/j")   -- every line whole and valid
+    assert.equal(4, #lines)
+    j = assert(journal.open(dir .. "/j", report))
+    assert.truthy(j:lookup({ path = "/b", size = 2, mtime = 2 }))
+    assert.equal(0, report.journal.torn_bytes)
+    j:close()
+  end)
+
+  it("counts and skips a whole line that is not a record", function()
+    H.write_file(dir .. "/j", '{"journal":"healthcare","version":1}\nnot json\n{"outcome":"odd","path":"/z"}\n'
+      .. '{"outcome":"stored","path":"/a","size":1,"mtime":1}\n')
+    local report = {}
+    local j = assert(journal.open(dir .. "/j", report))
+    assert.equal(2, report.journal.ignored_lines)
+    assert.truthy(j:lookup({ path = "/a", size = 1, mtime = 1 }))
+    j:close()
+  end)
+
+  it("refuses a file that is not a journal, and leaves it unchanged", function()
+    local f = H.gen_dicom({ count = 1, size = 64, dir = dir })[1]
+    local before = H.sha256(f.path)
+    local j, err = journal.open(f.path)
+    assert.is_nil(j)
+    assert.equal("usage", err.kind)
+    assert.equal("'" .. f.path .. "' is not a journal of this program (it does not start with a JSON line);"
+      .. " name a new file, or remove this one if a crash left it empty of records", err.message)
+    assert.equal(before, H.sha256(f.path))
+  end)
+
+  it("refuses a journal of another store", function()
+    assert(journal.open(dir .. "/j", nil, { store = "http://a/dicom-web" })):close()
+    local j, err = journal.open(dir .. "/j", nil, { store = "http://b/dicom-web" })
+    assert.is_nil(j)
+    assert.equal("usage", err.kind)
+    assert.equal("journal '" .. dir .. "/j' records a migration to http://a/dicom-web, not to http://b/dicom-web:"
+      .. " use another journal file", err.message)
+    assert(journal.open(dir .. "/j", nil, { store = "http://a/dicom-web" })):close()
+  end)
+
+  it("is used by one process at a time", function()
+    local j = assert(journal.open(dir .. "/j"))
+    local j2, err = journal.open(dir .. "/j")
+    assert.is_nil(j2)
+    assert.same({ "io", "busy", "journal '" .. dir .. "/j' is in use by another process" },
+      { err.kind, err.code, err.message })
+    -- another process too (flock(1) tries the same lock)
+    local _, _, code = H.run("flock -n " .. H.q(dir .. "/j") .. " true")
+    assert.equal(1, code)
+    j:close()
+    _, _, code = H.run("flock -n " .. H.q(dir .. "/j") .. " true")
+    assert.equal(0, code)
+    assert(journal.open(dir .. "/j")):close()
+  end)
+
+  it("returns io errors for paths it cannot use", function()
+    local j, err = journal.open(dir)
+    assert.is_nil(j)
+    assert.same({ "io", "cannot open journal '" .. dir .. "': Is a directory" }, { err.kind, err.message })
+    j, err = journal.open(dir .. "/no/such/j")
+    assert.is_nil(j)
+    assert.same({ "io", "cannot open journal '" .. dir .. "/no/such/j': No such file or directory" },
+      { err.kind, err.message })
+    H.check_run("mkfifo " .. H.q(dir .. "/fifo"))
+    j, err = journal.open(dir .. "/fifo")
+    assert.is_nil(j)
+    assert.equal("io", err.kind)
+    j, err = journal.open("")
+    assert.is_nil(j)
+    assert.same({ "usage", "journal must be a file name" }, { err.kind, err.message })
+  end)
+end)
+
+describe("store with a journal", function()
+  if not H.need_testbed() then return end
+  local healthcare = require "healthcare"
+
+  -- SOP Instance UID -> number of instances Orthanc holds with it, for one study.
+  local function orthanc_sops(study_uid)
+    local r = H.curl({ "-X", "POST", "--data-binary",
+      cjson.encode({ Level = "Instance", Query = { StudyInstanceUID = study_uid }, Expand = true }),
+      E.orthanc .. "/tools/find" })
+    assert.equal(200, r.status)
+    local out, n = {}, 0
+    for _, inst in ipairs(r.json) do
+      local uid = inst.MainDicomTags.SOPInstanceUID
+      out[uid] = (out[uid] or 0) + 1
+      n = n + 1
+    end
+    return out, n
+  end
+
+  it("skips stored files without reading them, and sends changed ones again", function()
+    local dir = H.tmpdir()
+    local files = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in" })
+    local jpath = dir .. "/journal"
+    local st = assert(healthcare.dicomweb(E.dicomweb))
+    local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_instances_per_request = 2 }))
+    assert.same({ 6, 0, 0, 0 }, { #r1.stored, #r1.already_stored, #r1.failed, #r1.skipped })
+    assert.equal(0, r1.journal.earlier_runs)
+    -- Same size and mtime, other bytes (not even DICOM): trusted, so not read, so not skipped.
+    local a = files[1].path
+    local so = H.check_run("stat -c '%s %Y' " .. H.q(a))
+    local size, mtime = so:match("(%d+) (%d+)")
+    H.write_file(a, string.rep("x", tonumber(size)))
+    H.check_run("touch -d @" .. mtime .. " " .. H.q(a))
+    -- A newer mtime: sent again.
+    H.check_run("touch -d @" .. (tonumber(mtime) + 5) .. " " .. H.q(files[2].path))
+    local r2 = assert(st:store(dir .. "/in", { journal = jpath }))
+    assert.same({ 1, 5, 0, 0 }, { #r2.stored, #r2.already_stored, #r2.failed, #r2.skipped })
+    assert.equal(files[2].path, r2.stored[1].path)
+    assert.same({ 1, 6, 0 }, { r2.journal.earlier_runs, r2.journal.earlier_stored, r2.journal.earlier_failed })
+    local skipped = {}
+    for _, r in ipairs(r2.already_stored) do
+      skipped[r.path] = r
+      assert.equal("stored in an earlier run", r.reason)
+    end
+    assert.equal(files[1].sop_instance_uid, skipped[a].sop_instance_uid)
+    assert.equal(files[1].study_uid, skipped[a].study_uid)
+    st.client:close()
+  end)
+
+  it("resumes a 500-file upload killed three times with SIGKILL: each valid instance stored once", function()
+    local dir = H.tmpdir()
+    local files = H.gen_dicom({ count = 500, size = 256, dir = dir .. "/in", prefix = "im" })
+    for i = 1, 5 do H.write_file(dir .. "/in/junk" .. i .. ".dcm", string.rep("not dicom ", 30 + i)) end
+    local study = files[1].study_uid
+    local jpath = dir .. "/journal"
+    local cmd = "healthcare store " .. H.q(E.dicomweb) .. " " .. H.q(dir .. "/in") .. " --journal " .. H.q(jpath)
+      .. " --max-instances 2 --concurrency 1"
+    local progress = {}
+    for kill = 1, 3 do
+      local after = 0.2 + math.random() * 0.4
+      local _, se, code = H.run(string.format("%s & pid=$!; sleep %.2f; kill -KILL $pid; wait $pid", cmd, after))
+      assert.equal(137, code, "run " .. kill .. " ended before it was killed: " .. se)
+      local stored = 0
+      for _, r in ipairs(records_of(jpath)) do if r.outcome == "stored" then stored = stored + 1 end end
+      progress[kill] = stored
+    end
+    -- The crash of a write: half a line at the end.
+    local f = assert(io.open(jpath, "ab"))
+    local torn = '{"time":"2024-01-01T00:00:00Z","outcome":"stored","path":"' .. files[500].path:sub(1, 20)
+    f:write(torn)
+    f:close()
+
+    local so, se, code = H.run(cmd .. " --json")
+    assert.equal(0, code, se)
+    local report = assert(H.json.decode(so), so)
+    -- The report adds up: each input file once, in exactly one list.
+    assert.equal(0, #report.failed)
+    assert.equal(5, #report.skipped)
+    assert.equal(500, #report.stored + #report.already_stored)
+    assert.equal(progress[3], #report.already_stored)
+    assert.equal(report.journal.earlier_stored, #report.already_stored)
+    assert.equal(3, report.journal.earlier_runs)
+    assert.equal(#torn, report.journal.torn_bytes)
+    local seen = {}
+    for _, list in ipairs({ report.stored, report.already_stored }) do
+      for _, r in ipairs(list) do
+        assert.is_nil(seen[r.path], r.path .. " twice in the report")
+        seen[r.path] = r.sop_instance_uid
+      end
+    end
+    for _, fl in ipairs(files) do assert.equal(fl.sop_instance_uid, seen[fl.path]) end
+    -- The journal: whole lines only; each path stored exactly once over all runs (nothing a
+    -- run had journaled was sent again).
+    local stored_lines = {}
+    for _, r in ipairs(records_of(jpath)) do
+      assert.equal("stored", r.outcome)
+      assert.is_nil(stored_lines[r.path], r.path .. " journaled as stored twice")
+      stored_lines[r.path] = true
+    end
+    for _, fl in ipairs(files) do assert.truthy(stored_lines[fl.path], fl.path .. " not journaled") end
+    -- Orthanc: every valid instance, each once, nothing else in the study.
+    local held, n = orthanc_sops(study)
+    assert.equal(500, n)
+    for _, fl in ipairs(files) do assert.equal(1, held[fl.sop_instance_uid]) end
+    -- A fourth run finds everything done.
+    so, se, code = H.run(cmd .. " --json")
+    assert.equal(0, code, se)
+    report = H.json.decode(so)
+    assert.same({ 0, 500, 4 }, { #report.stored, #report.already_stored, report.journal.earlier_runs })
+    print(string.format("\n  journaled as stored after each SIGKILL: %s", table.concat(progress, ", ")))
+  end)
+end)
