@@ -208,6 +208,7 @@ function M.run(store, inputs, opts)
     group.boundary = group.boundary or ("healthcare-" .. core.random_hex(16))
     group.started = core.now()
     group.first_started = group.first_started or group.started
+    group.token_generation = client:token_generation()
     local t, err = client:start {
       method = "POST",
       url = url,
@@ -239,7 +240,9 @@ function M.run(store, inputs, opts)
     if res and res.status == 401 and client.credential.refreshable and not group.refreshed then
       -- An expired token: refresh once, send again; not counted as a retry.
       group.refreshed = true
-      client.credential:invalidate()
+      -- Requests that were in flight together all get their 401: only the first to come back
+      -- drops the token; the others find a fresh one already there.
+      if client:token_generation() == group.token_generation then client.credential:invalidate() end
       group.attempts = group.attempts - 1
       return start(group)
     end

@@ -75,6 +75,9 @@ local function lazy_default(credentials, opts)
   function lazy.invalidate()
     if found then found:invalidate() end
   end
+  function lazy.generation()
+    return found and found.refreshes or 0
+  end
   return lazy
 end
 
@@ -214,6 +217,14 @@ function Client:send(req)
       return res
     end
   end
+end
+
+--- A number that changes whenever the credential fetches a new token (for telling a 401 for
+--- a token already replaced from one for the current token).
+function Client:token_generation()
+  local c = self.credential
+  if c.generation then return c.generation() end
+  return c.refreshes or 0
 end
 
 --- Starts a request on the client's session without waiting (see healthcare.batch). Returns
