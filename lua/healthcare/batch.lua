@@ -30,7 +30,7 @@ M.INTERRUPT_GRACE = 10
 M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60, deadline = 3600 }
 M.OPTIONS = {
   "study_uid", "concurrency", "journal", "on_progress", "max_request_bytes",
-  "max_instances_per_request", "retry", "shard", "count_first", "on_instance",
+  "max_instances_per_request", "retry", "shard", "on_instance",
 }
 
 local PART_HEADERS = "Content-Type: application/dicom\r\n"
