@@ -253,7 +253,7 @@ describe("store:store options", function()
   it("raises on an unknown option or a files argument of the wrong type (programming mistakes)", function()
     local store = orthanc_store()
     assert.has_error(function() store:store(H.tmpdir(), { studyuid = "1.2" }) end,
-      "unknown option 'studyuid' to 'store'; valid options: concurrency, count_first, journal, "
+      "unknown option 'studyuid' to 'store'; valid options: concurrency, journal, "
       .. "max_instances_per_request, max_request_bytes, on_instance, on_progress, retry, shard, study_uid")
     assert.has_error(function() store:store(42) end,
       "bad argument #1 to 'store' (path or list of paths expected, got number)")
