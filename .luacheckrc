@@ -1,7 +1,7 @@
 -- luacheck configuration (Debian package lua-check): `make lint`.
 std = "lua54"
 max_line_length = 120
-files["lua/healthcare/ngx.lua"] = { std = "luajit", read_globals = { "ngx" } }
+files["lua/healthcare/ngx.lua"] = { std = "luajit", globals = { "ngx" } }
 files["spec"] = { std = "+busted", max_line_length = false }
-files["examples/openresty"] = { std = "luajit", read_globals = { "ngx" } }
+files["examples/openresty"] = { std = "luajit", globals = { "ngx" } }
 exclude_files = { "build", "build-*", "bench/out" }

@@ -11,11 +11,11 @@ local LUA = os.getenv("HC_LUA") or "lua5.4"
 local SOURCE = os.getenv("HC_SOURCE_DIR") or "."
 local EXAMPLE = SOURCE .. "/examples/store_folder.lua"
 
-local function example(env, args)
+local function example(env, args, script)
   local words = { "env" }
   for k, v in pairs(env) do words[#words + 1] = H.q(k .. "=" .. v) end
   words[#words + 1] = H.q(LUA)
-  words[#words + 1] = H.q(EXAMPLE)
+  words[#words + 1] = H.q(script or EXAMPLE)
   for _, a in ipairs(args) do words[#words + 1] = H.q(a) end
   return H.run(table.concat(words, " "))
 end
@@ -86,5 +86,33 @@ describe("examples/store_folder.lua", function()
     local _, err, code = example({}, { "projects/x", dir })
     assert.equal(2, code)
     assert.matches("^store_folder: invalid dicomStore name 'projects/x'", err)
+  end)
+end)
+
+describe("examples/store_file.lua", function()
+  it("stores one file by dicomStore name with Application Default Credentials", function()
+    local em = require("support.emulator_instance").start()
+    finally(function() em:stop() end)
+    local sa = H.service_account { register = false }
+    em:control("keys", { kid = sa.kid, client_email = sa.client_email, public_key_pem = sa.public_key_pem })
+    local key = H.json.decode(H.file_bytes(sa.key_file))
+    key.token_uri = em.token_uri
+    H.write_file(sa.key_file, H.json.encode(key))
+    local f = H.gen_dicom { count = 1 }[1]
+    local home = H.tmpdir()
+    local out, err, code = example({
+      GOOGLE_APPLICATION_CREDENTIALS = sa.key_file, HEALTHCARE_ENDPOINT = em.endpoint,
+      HOME = home, XDG_CACHE_HOME = home .. "/cache", CLOUDSDK_CONFIG = home .. "/gcloud",
+    }, { E.store, f.path }, SOURCE .. "/examples/store_file.lua")
+    assert.equal(0, code, err)
+    assert.equal("stored " .. f.sop_instance_uid .. "\n", out)
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+
+  it("exits 2 with the reason for a file that does not exist", function()
+    local _, err, code = example({ HEALTHCARE_ENDPOINT = "http://127.0.0.1:9/v1" },
+      { E.store, "/nonexistent.dcm" }, SOURCE .. "/examples/store_file.lua")
+    assert.equal(2, code)
+    assert.matches("^store_file: cannot open /nonexistent.dcm", err)
   end)
 end)

@@ -72,6 +72,12 @@ local function transport_body(body)
   if type(data) == "string" then
     return ct, data
   elseif type(data) == "table" and type(data.file) == "string" then
+    -- A file that cannot be read is the caller's to fix: say so before fetching any token.
+    local f, why = io.open(data.file, "rb")
+    if not f then
+      return nil, errors.new("io", "cannot open " .. why) -- why: "<path>: <reason>"
+    end
+    f:close()
     return ct, { { file = data.file } }
   elseif type(data) == "table" and data.multipart then
     return ct, data
