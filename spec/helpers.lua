@@ -78,6 +78,15 @@ local function write_all(path, data)
   f:close()
 end
 
+-- LuaJIT starts math.random from the same seed in every process (Lua 5.4 seeds it at random):
+-- specs running side by side would pick the same temporary names and UIDs.
+if jit then
+  local f = io.open("/proc/self/stat")
+  local pid = f and tonumber(f:read("*l"):match("^%d+")) or 0
+  if f then f:close() end
+  math.randomseed(os.time() * 1000 + pid)
+end
+
 local tmp_count = 0
 local function tmpname()
   tmp_count = tmp_count + 1
@@ -97,6 +106,10 @@ function H.run(cmd, stdin)
   local so, se = read_all(out) or "", read_all(err) or ""
   os.remove(out)
   os.remove(err)
+  if type(ok) == "number" then
+    -- Lua 5.1 / LuaJIT: os.execute returns system(3)'s wait status.
+    if ok % 256 == 0 then code = math.floor(ok / 256) else code = 128 + ok % 128 end
+  end
   if how == "signal" then code = 128 + code end
   if ok == true and code == nil then code = 0 end
   return so, se, code

@@ -23,8 +23,9 @@
 #endif
 
 #ifdef HC_NEED_SETFUNCS
-/* LuaJIT 2.1 exports luaL_setfuncs; plain Lua 5.1 does not. Ours is static so the two never clash. */
-static void hc_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
+/* LuaJIT 2.1 exports luaL_setfuncs; plain Lua 5.1 does not. Ours is static so the two never clash,
+ * and inline so a file that calls none of these shims gets no unused-function warning. */
+static inline void hc_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 {
     luaL_checkstack(L, nup, "too many upvalues");
     for (; l->name != NULL; l++) {
@@ -41,7 +42,7 @@ static void hc_compat_setfuncs(lua_State *L, const luaL_Reg *l, int nup)
 #endif
 
 #ifdef HC_NEED_TESTUDATA
-static void *hc_compat_testudata(lua_State *L, int ud, const char *tname)
+static inline void *hc_compat_testudata(lua_State *L, int ud, const char *tname)
 {
     void *p = lua_touserdata(L, ud);
     if (p != NULL && lua_getmetatable(L, ud)) {
@@ -55,7 +56,7 @@ static void *hc_compat_testudata(lua_State *L, int ud, const char *tname)
 }
 #  undef luaL_testudata
 #  define luaL_testudata hc_compat_testudata
-static void hc_compat_setmetatable(lua_State *L, const char *tname)
+static inline void hc_compat_setmetatable(lua_State *L, const char *tname)
 {
     luaL_getmetatable(L, tname);
     lua_setmetatable(L, -2);

@@ -130,7 +130,9 @@ end
 -- server asked for.
 local function backoff(retry, attempt, asked)
   local cap = math.min(retry.max_delay, retry.initial * retry.multiplier ^ (attempt - 1))
-  local d = math.random() * cap
+  -- OpenSSL's generator, not math.random: LuaJIT seeds that the same in every process, and
+  -- shards retrying in step are what jitter is for.
+  local d = tonumber(core.random_hex(4), 16) / 4294967296 * cap
   if asked and asked > d then d = math.min(asked, retry.max_delay) end
   return d
 end

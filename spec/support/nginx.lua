@@ -141,6 +141,12 @@ local luajit_dir
 function N.luajit_cpath_dir()
   if luajit_dir then return luajit_dir end
   local src = os.getenv("HC_SOURCE_DIR") or "."
+  -- the main build makes a LuaJIT module too (CMakeLists.txt) when a LuaJIT is installed
+  local beside = os.getenv("HC_LUAJIT_DIR")
+  if beside and read_all(beside .. "/healthcare/core.so") then
+    luajit_dir = beside
+    return beside
+  end
   if (os.getenv("HC_LUA") or ""):match("luajit") and os.getenv("HC_BUILD_DIR") then
     luajit_dir = os.getenv("HC_BUILD_DIR")
     return luajit_dir

@@ -1,0 +1,369 @@
+-- SPDX-License-Identifier: MIT
+-- healthcare.ngx: an nginx (OpenResty, ngx_http_lua) gateway that adds Google credentials to
+-- DICOMweb requests. Modalities and PACS send plain STOW-RS to the gateway; for each request
+-- `access()` puts a service account's access token in `Authorization` and rewrites the path
+-- to the dicomStore's, and nginx's own proxy_pass streams the body to the Cloud Healthcare API.
+-- Lua never reads the body. See examples/openresty/nginx.conf and the README.
+--
+--   init_by_lua_block   { require("healthcare.ngx").configure { credentials = ..., parent = ... } }
+--   access_by_lua_block { require("healthcare.ngx").access() }
+--   header_filter_by_lua_block { require("healthcare.ngx").header_filter() }
+--
+-- Tokens: one per key and scope set, kept in a lua_shared_dict so every worker uses the same
+-- one. A token is refreshed `refresh_margin` seconds before it expires (at most half-way through
+-- its life) by one request at a time (a lock in the dict); the others keep using the old token,
+-- or, when there is none, wait for the refresh. The JWT is signed in the C core (the credential
+-- of healthcare.credentials) and exchanged at the token endpoint through an internal location
+-- (`ngx.location.capture`), so no worker ever blocks on the network. A failed refresh is
+-- remembered for `retry_after` seconds: meanwhile clients get 503 at once, the token endpoint
+-- is not hammered, and an old token that is still valid keeps being used.
+-- No token, key or assertion ever goes into a log line or a response.
+local cjson = require "cjson.safe"
+local core = require "healthcare.core"
+local credentials = require "healthcare.credentials"
+local dicomweb = require "healthcare.dicomweb"
+local util = require "healthcare.util"
+
+local M = {}
+
+-- Every default, written once (the README's OpenResty section lists them).
+M.DEFAULTS = {
+  shared_dict = "healthcare",            -- lua_shared_dict holding tokens, locks and failures
+  token_location = "/_healthcare/token", -- internal location that proxies to the key's token_uri
+  prefix = "/dicomWeb",                  -- the gateway's path that stands for {parent}/dicomWeb
+  api_path = "/v1",                      -- path of the API version on the upstream
+  methods = { "POST" },                  -- what clients may do: STOW-RS only
+  refresh_margin = credentials.DEFAULT_REFRESH_MARGIN,
+  token_wait = 15,                       -- seconds a request waits for another one's refresh
+  retry_after = 2,                       -- seconds a failed refresh is remembered
+}
+M.OPTIONS = { "name", "credentials", "parent", "scopes", "subject", "quota_project", "self_signed_jwt",
+  "shared_dict", "token_location", "prefix", "api_path", "methods", "refresh_margin", "token_wait",
+  "retry_after" }
+-- Seconds a refresher holds the lock at most (a worker that dies mid-refresh frees it then).
+M.LOCK_SLACK = 5
+
+-- Google's status names for the errors the gateway itself answers.
+local STATUS = { [404] = "NOT_FOUND", [405] = "METHOD_NOT_ALLOWED", [503] = "UNAVAILABLE" }
+
+local gateways = {}   -- name -> Gateway, made by configure (in the master, before workers fork)
+
+local Gateway = {}
+Gateway.__index = Gateway
+M.Gateway = Gateway
+
+local function log(level, ...)
+  ngx.log(level, "healthcare.ngx: ", ...)
+end
+
+-- ---- paths ----------------------------------------------------------------------------------
+
+-- One path segment a DICOMweb path may hold: UIDs, resource names, frame lists.
+local function safe_segment(s)
+  return s ~= "" and s ~= "." and s ~= ".." and s:match("^[%w._,-]+$") ~= nil
+end
+
+--- The upstream path for a gateway request, or nil, status, message. uri is nginx's decoded and
+--- normalised $uri; prefix, api_path and parent as configured. POST (StoreInstances) takes
+--- `{prefix}/studies` and `{prefix}/studies/{StudyInstanceUID}` only; other methods any path
+--- of safe segments under the prefix.
+function M.map_path(uri, method, prefix, api_path, parent)
+  if uri:sub(1, #prefix) ~= prefix then
+    return nil, 404, "the gateway serves DICOMweb under " .. prefix .. "/"
+  end
+  local rest = uri:sub(#prefix + 1)
+  if method == "POST" then
+    local uid = rest:match("^/studies/([^/]+)/?$")
+    if not (rest == "/studies" or rest == "/studies/" or (uid and dicomweb.valid_uid(uid))) then
+      return nil, 404, "StoreInstances takes " .. prefix .. "/studies or " .. prefix
+        .. "/studies/{StudyInstanceUID} (digits and dots, at most 64 characters)"
+    end
+    rest = uid and ("/studies/" .. uid) or "/studies"
+  else
+    local ok = rest:sub(1, 1) == "/"
+    for seg in rest:gmatch("[^/]+") do
+      if not safe_segment(seg) then ok = false end
+    end
+    if not ok or rest:find("//", 1, true) then
+      return nil, 404, "not a DICOMweb path under " .. prefix .. "/"
+    end
+    rest = rest:gsub("/$", "")
+  end
+  return api_path .. "/" .. parent .. "/dicomWeb" .. rest
+end
+
+-- ---- answers --------------------------------------------------------------------------------
+
+--- The body of an error in Google's JSON envelope.
+function M.envelope(status, message)
+  return cjson.encode({ error = { code = status, message = message, status = STATUS[status] or "UNKNOWN" } })
+end
+
+-- Ends the request with an error of our own (nothing of the body is read: nginx discards it).
+local function answer(status, message, retry_after)
+  ngx.status = status
+  ngx.header["Content-Type"] = "application/json; charset=UTF-8"
+  if retry_after then ngx.header["Retry-After"] = tostring(math.ceil(retry_after)) end
+  ngx.print(M.envelope(status, message), "\n")
+  return ngx.exit(ngx.HTTP_OK)
+end
+
+-- ---- configuration --------------------------------------------------------------------------
+
+local function check_number(opts, k)
+  local v = opts[k]
+  if v ~= nil and (type(v) ~= "number" or v < 0) then
+    error(string.format("healthcare.ngx.configure: bad option '%s' (a number >= 0 expected)", k), 3)
+  end
+end
+
+--- Sets up a gateway (in init_by_lua: the key is read once, by the master, before workers drop
+--- privileges). opts: credentials (path of a service account JSON key, or its decoded table),
+--- parent (projects/{p}/locations/{l}/datasets/{d}/dicomStores/{s}), and optionally name
+--- (default "default", for several gateways in one nginx), scopes, subject, quota_project,
+--- self_signed_jwt and the M.DEFAULTS. Mistakes in the configuration raise (nginx refuses to
+--- start and says why); a key that cannot be used is logged and the gateway answers 503 until
+--- nginx is reloaded with a good one. Returns the gateway.
+function M.configure(opts)
+  util.check_options(opts, M.OPTIONS, "healthcare.ngx.configure")
+  opts = opts or {}
+  local ok, perr = dicomweb.check_parent(opts.parent)
+  if not ok then error("healthcare.ngx.configure: " .. perr.message, 2) end
+  for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after" }) do check_number(opts, k) end
+  for _, k in ipairs({ "name", "shared_dict", "token_location", "prefix", "api_path" }) do
+    if opts[k] ~= nil and type(opts[k]) ~= "string" then
+      error(string.format("healthcare.ngx.configure: bad option '%s' (string expected, got %s)", k,
+        type(opts[k])), 2)
+    end
+  end
+  if opts.methods ~= nil and type(opts.methods) ~= "table" then
+    error("healthcare.ngx.configure: bad option 'methods' (a list like { \"POST\" } expected)", 2)
+  end
+  local g = setmetatable({}, Gateway)
+  for k, v in pairs(M.DEFAULTS) do g[k] = v end
+  for k, v in pairs(opts) do g[k] = v end
+  g.name = opts.name or "default"
+  g.dict = ngx.shared[g.shared_dict]
+  if not g.dict then
+    error(string.format("healthcare.ngx.configure: no lua_shared_dict '%s' (add `lua_shared_dict %s 1m;` "
+      .. "to the http block)", g.shared_dict, g.shared_dict), 2)
+  end
+  g.allowed = {}
+  for _, m in ipairs(g.methods) do g.allowed[m] = true end
+  g.scopes = credentials.scope_list(opts.scopes)
+  local cred, err
+  if type(opts.credentials) ~= "string" and type(opts.credentials) ~= "table" then
+    err = "no credentials configured (credentials = the path of a service account JSON key)"
+  else
+    local copts = { subject = opts.subject, quota_project = opts.quota_project,
+      self_signed_jwt = opts.self_signed_jwt }
+    if type(opts.credentials) == "string" then
+      cred, err = credentials.from_file(opts.credentials, copts, "credentials file")
+    else
+      cred, err = credentials.from_info(opts.credentials, copts, "credentials table")
+    end
+    if cred and cred.kind ~= "service_account" and cred.kind ~= "self_signed_jwt" then
+      cred, err = nil, string.format("%s holds an %s (%s); the gateway needs a service account key",
+        cred.source or "credentials", cred.kind, cred.label)
+    end
+    err = err and tostring(err)
+  end
+  if cred then
+    g.cred = cred
+    -- The cache key names the key, token endpoint, subject and scopes, never a secret.
+    local identity = cred.identity or ("self_signed_jwt\n" .. cred.email .. "\n" .. (cred.key_id or ""))
+    local id = core.sha256_hex(identity .. "\n" .. table.concat(g.scopes, " "))
+    g.token_key, g.lock_key, g.fail_key = "token:" .. id, "lock:" .. id, "fail:" .. id
+    log(ngx.NOTICE, "gateway '", g.name, "' for ", g.parent, " uses ", cred.label)
+  else
+    g.unusable = err
+    log(ngx.ERR, "gateway '", g.name, "' has no usable credentials and answers 503 until nginx is ",
+      "reloaded with a good key: ", err)
+  end
+  gateways[g.name] = g
+  return g
+end
+
+--- The gateway configured under name (default "default"); raises when there is none.
+function M.gateway(name)
+  local g = gateways[name or "default"]
+  if not g then
+    error(string.format("healthcare.ngx: no gateway '%s'; call require('healthcare.ngx').configure{...} "
+      .. "in init_by_lua_block", tostring(name or "default")), 3)
+  end
+  return g
+end
+
+-- ---- tokens ---------------------------------------------------------------------------------
+
+-- The dict entry "refresh_at expires_at token" -> token, refresh_at, expires_at (ngx.now() clock).
+function Gateway:cached()
+  local v = self.dict:get(self.token_key)
+  if not v then return nil end
+  local r, e, t = v:match("^(%S+) (%S+) (.+)$")
+  return t, tonumber(r), tonumber(e)
+end
+
+-- Reads {access_token, expires_in} from the token endpoint's 200 reply: token, lifetime or nil, err.
+local function read_reply(body)
+  local doc = cjson.decode(body or "")
+  local token = type(doc) == "table" and doc.access_token
+  if type(token) ~= "string" or token == "" or core.has_ctl(token) then
+    return nil, "the token endpoint answered 200 without a usable access_token"
+  end
+  local lifetime = tonumber(doc.expires_in) or credentials.JWT_LIFETIME
+  return token, math.max(lifetime, 1)
+end
+
+-- What a token endpoint's failure was, without any secret: "HTTP 400 invalid_grant: ...".
+local function reply_error(res)
+  local doc = cjson.decode(res.body or "")
+  local what = "HTTP " .. res.status
+  if type(doc) == "table" and type(doc.error) == "string" then
+    what = what .. " " .. doc.error
+    if type(doc.error_description) == "string" then
+      what = what .. ": " .. doc.error_description:gsub("%c", " "):sub(1, 200)
+    end
+  elseif res.status == 502 or res.status == 504 then
+    what = what .. " from nginx (the token endpoint is unreachable or slow; see the lines above)"
+  end
+  return what
+end
+
+-- One token request (or, for self_signed_jwt, one signature): token, lifetime or nil, err.
+function Gateway:fetch()
+  local cred = self.cred
+  if cred.kind == "self_signed_jwt" then
+    local jwt, err = cred:assertion()
+    if not jwt then return nil, tostring(err) end
+    return jwt, credentials.JWT_LIFETIME
+  end
+  local assertion, err = cred:assertion(self.scopes)
+  if not assertion then return nil, tostring(err) end
+  local res = ngx.location.capture(self.token_location, {
+    method = ngx.HTTP_POST,
+    body = util.query_string({ grant_type = credentials.JWT_GRANT, assertion = assertion }),
+  })
+  if res.status ~= 200 then
+    return nil, string.format("token request for %s at %s failed: %s", cred.label, cred.token_url_shown,
+      credentials.scrub(reply_error(res), { assertion }))
+  end
+  return read_reply(res.body)
+end
+
+-- Fetches a token while holding the lock, stores it (or the failure) in the dict, frees the lock.
+-- Returns token or nil, err.
+function Gateway:refresh()
+  -- Another worker may have stored a token between our look at the cache and taking the lock.
+  local fresh, fresh_until = self:cached()
+  if fresh and ngx.now() < fresh_until then
+    self.dict:delete(self.lock_key)
+    return fresh
+  end
+  local ok, token, lifetime_or_err = pcall(self.fetch, self)
+  if not ok then token, lifetime_or_err = nil, "error while refreshing the token: " .. tostring(token) end
+  local dict = self.dict
+  if token then
+    local lifetime, now = lifetime_or_err, ngx.now()
+    -- Used until a little before Google's expiry, refreshed from `margin` seconds before it.
+    local expires_at = now + lifetime - math.min(10, lifetime / 10)
+    local refresh_at = now + lifetime - math.min(self.refresh_margin, lifetime / 2)
+    local sok, serr = dict:set(self.token_key, string.format("%.3f %.3f %s", refresh_at, expires_at, token),
+      expires_at - now)
+    if not sok then log(ngx.ERR, "cannot keep the token in lua_shared_dict ", self.shared_dict, ": ", serr) end
+    dict:delete(self.fail_key)
+    log(ngx.INFO, "new access token for ", self.cred.label, ", valid ", lifetime, " s")
+  else
+    log(ngx.ERR, lifetime_or_err)
+    dict:set(self.fail_key, lifetime_or_err, self.retry_after)
+  end
+  dict:delete(self.lock_key)
+  return token, lifetime_or_err
+end
+
+--- A valid access token, or nil, err, retry_after. May wait (ngx.sleep) for another request's
+--- refresh; never blocks the worker.
+function Gateway:token()
+  local dict = self.dict
+  local lock_ttl = self.token_wait + M.LOCK_SLACK
+  local deadline = ngx.now() + self.token_wait
+  local delay = 0.005
+  while true do
+    local now = ngx.now()
+    local token, refresh_at, expires_at = self:cached()
+    if token and now < refresh_at then return token end
+    local failure = dict:get(self.fail_key)
+    if token and now < expires_at then
+      -- Due for refresh but still good: one request refreshes, the others go on with this one.
+      if not failure and dict:add(self.lock_key, ngx.worker.pid(), lock_ttl) then
+        return self:refresh() or token
+      end
+      return token
+    end
+    if failure then return nil, failure, self.retry_after end
+    if dict:add(self.lock_key, ngx.worker.pid(), lock_ttl) then
+      local t, err = self:refresh()
+      if t then return t end
+      return nil, err, self.retry_after
+    end
+    if now >= deadline then
+      return nil, string.format("no access token after waiting %g s for another request's token refresh",
+        self.token_wait), self.retry_after
+    end
+    ngx.sleep(delay)
+    delay = math.min(delay * 2, 0.05)
+    ngx.update_time()
+  end
+end
+
+-- ---- the phases -----------------------------------------------------------------------------
+
+--- access_by_lua: checks the method and path, sets Authorization (and x-goog-user-project) and
+--- the upstream path, or ends the request with an error in Google's JSON envelope.
+function Gateway:access()
+  if self.unusable then
+    log(ngx.WARN, "503 for ", ngx.var.request_method, " ", ngx.var.uri, ": gateway '", self.name,
+      "' has no usable credentials (see the error at start-up)")
+    return answer(503, "The gateway cannot authenticate to the Cloud Healthcare API: its credentials "
+      .. "are not usable (see the gateway's error log).", self.retry_after)
+  end
+  local method = ngx.req.get_method()
+  if not self.allowed[method] then
+    ngx.header["Allow"] = table.concat(self.methods, ", ")
+    return answer(405, "Method " .. method .. " is not allowed by this gateway.")
+  end
+  local path, status, message = M.map_path(ngx.var.uri, method, self.prefix, self.api_path, self.parent)
+  if not path then return answer(status, message) end
+  local token, err, retry_after = self:token()
+  if not token then
+    log(ngx.WARN, "503 for ", method, " ", ngx.var.uri, ": ", err)
+    return answer(503, "The gateway could not get an access token for the Cloud Healthcare API: "
+      .. err, retry_after)
+  end
+  ngx.req.set_header("Authorization", "Bearer " .. token)
+  if self.cred.quota_project then ngx.req.set_header("x-goog-user-project", self.cred.quota_project) end
+  ngx.req.set_uri(path)
+  ngx.ctx.healthcare_token = token
+end
+
+--- header_filter_by_lua: when the API refuses the token this request carried (401), forgets it,
+--- so the next request fetches a new one instead of failing until the old one expires.
+function Gateway:header_filter()
+  local sent = ngx.ctx.healthcare_token
+  if sent and ngx.status == 401 and self:cached() == sent then
+    self.dict:delete(self.token_key)
+    log(ngx.WARN, "the API refused the access token of ", self.cred.label, " (401); fetching a new one")
+  end
+end
+
+--- Module-level shortcuts: access(name) and header_filter(name) for the gateway named name.
+function M.access(name)
+  return M.gateway(name):access()
+end
+
+function M.header_filter(name)
+  local g = gateways[name or "default"]
+  if g and g.cred then return g:header_filter() end
+end
+
+return M
