@@ -5,7 +5,11 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$(CURDIR)/$(BUILD)/?.so;;'
 
-.PHONY: all deps build test demo install lint clean
+# The sanitizer suite in `make test` reruns the specs that drive the C core hardest (ctest -R).
+SANITIZE_SPECS ?= ^(c_|10-|30-|40-|50-|60-|8[0-3]-)
+FUZZ_SECONDS ?= 60
+
+.PHONY: all deps build test demo install lint clean fuzz valgrind
 
 all: build
 
@@ -21,8 +25,19 @@ build: deps $(BUILD)/CMakeCache.txt
 
 # Every spec and C test, inside a private network namespace with Orthanc and the Google
 # emulator started (spec/support/testbed), then stopped whatever happens.
+# The specs under ASan+UBSan first (scripts/test-sanitize), then the whole suite, whose ctest
+# summary ends the output. Lua 5.4 and LuaJIT specs are both in the ctest run (CMakeLists.txt).
 test: build
+	scripts/test-sanitize '$(SANITIZE_SPECS)'
 	spec/support/testbed ctest --test-dir $(BUILD) --output-on-failure -j 2
+
+# Each libFuzzer target for FUZZ_SECONDS (fuzz/README.md); crashes become spec/fixtures/fuzz inputs.
+fuzz: deps
+	scripts/fuzz $(FUZZ_SECONDS)
+
+# valgrind memcheck of `healthcare store` against Orthanc: no errors, no definite leaks.
+valgrind: build
+	scripts/valgrind-store $(BUILD)
 
 # Start Orthanc, store sample DICOM files with the `healthcare` command, show the study.
 demo: build
@@ -38,4 +53,4 @@ lint: deps
 	clang-tidy --quiet src/*.c -- -I/usr/include/lua5.4 -std=c99
 
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) build-asan build-luajit fuzz/build

@@ -42,18 +42,33 @@ static long opt_ms(lua_State *L, int idx, const char *name, long dflt)
         if (!lua_isnumber(L, -1))
             luaL_error(L, "option '%s' must be a number of seconds", name);
         secs = lua_tonumber(L, -1);
-        if (secs < 0)
-            luaL_error(L, "option '%s' must not be negative", name);
+        /* Also refuses NaN and values a long of milliseconds cannot hold (converting those is
+         * undefined behaviour). */
+        if (!(secs >= 0 && secs <= 1e9))
+            luaL_error(L, "option '%s' must be 0 to 1e9 seconds", name);
         v = (long)(secs * 1000.0 + 0.5);
     }
     lua_pop(L, 1);
     return v;
 }
 
+/* A byte count at idx: a whole number from 0 to 2^53 (what a double holds exactly), so the
+ * conversion is defined; anything else raises, naming the field. */
+static int64_t opt_size(lua_State *L, int idx, const char *name)
+{
+    lua_Number v = luaL_checknumber(L, idx);
+    if (!(v >= 0 && v <= 9007199254740992.0) || v != (lua_Number)(int64_t)v)
+        luaL_error(L, "'%s' must be a whole number of bytes from 0 to 2^53", name);
+    return (int64_t)v;
+}
+
 static int opt_bool(lua_State *L, int idx, const char *name, int dflt)
 {
     int v = dflt;
     lua_getfield(L, idx, name);
+    /* Strict, so that insecure = "no" cannot turn TLS verification off. */
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        luaL_error(L, "option '%s' must be a boolean", name);
     if (!lua_isnil(L, -1))
         v = lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -168,17 +183,18 @@ static int add_segment(lua_State *L, hc_body *b, int idx)
         return luaL_error(L, "body part needs 'data' or 'file'");
     lua_getfield(L, idx, "size");
     rc = hc_body_add_file(b, lua_tostring(L, -2),
-                          lua_isnil(L, -1) ? -1 : (int64_t)luaL_checknumber(L, -1));
+                          lua_isnil(L, -1) ? -1 : opt_size(L, -1, "size"));
     lua_pop(L, 2);
     return rc;
 }
 
-static hc_body *build_body(lua_State *L, ltransfer *lt, int idx, const char **err)
+static hc_body *build_body(lua_State *L, ltransfer *lt, int idx, const char **err, const char **kind)
 {
     hc_body *b = lt->building = hc_body_new();
     int rc = 0;
     size_t i, n;
     *err = NULL;
+    *kind = "io";
     if (b == NULL) {
         *err = "out of memory";
         return NULL;
@@ -206,14 +222,16 @@ static hc_body *build_body(lua_State *L, ltransfer *lt, int idx, const char **er
                     if (h == NULL || memchr(h, '\0', hl) != NULL)
                         luaL_error(L, "part headers must be a string without NUL");
                     rc = hc_body_begin_part(b, boundary, h);
+                    if (rc != 0)
+                        *kind = "usage"; /* a bad boundary or header block, not the disk */
                 }
                 lua_pop(L, 1);
                 if (rc == 0)
                     rc = add_segment(L, b, lua_gettop(L));
                 lua_pop(L, 1);
             }
-            if (rc == 0)
-                rc = hc_body_finish_multipart(b, boundary);
+            if (rc == 0 && (rc = hc_body_finish_multipart(b, boundary)) != 0)
+                *kind = "usage";
             lua_settop(L, mp);
         } else {
             n = lua_rawlen(L, idx);
@@ -247,7 +265,7 @@ static int transfer_new(lua_State *L, lsession *ls, int idx)
     size_t nheaders = 0;
     hc_body *body = NULL;
     ltransfer *lt;
-    const char *berr = NULL;
+    const char *berr = NULL, *bkind = NULL;
 
     luaL_checktype(L, idx, LUA_TTABLE);
     lt = lua_newuserdata(L, sizeof *lt);
@@ -266,7 +284,7 @@ static int transfer_new(lua_State *L, lsession *ls, int idx)
     o.connect_timeout_ms = opt_ms(L, idx, "connect_timeout", o.connect_timeout_ms);
     lua_getfield(L, idx, "max_response_bytes");
     if (!lua_isnil(L, -1))
-        o.max_response_bytes = (size_t)luaL_checknumber(L, -1);
+        o.max_response_bytes = (size_t)opt_size(L, -1, "max_response_bytes");
     lua_pop(L, 1);
 
     /* Headers: a list of "Name: value" lines. The strings stay on the Lua stack (anchored in
@@ -293,10 +311,10 @@ static int transfer_new(lua_State *L, lsession *ls, int idx)
     }
     lua_getfield(L, idx, "body");
     if (!lua_isnil(L, -1)) {
-        body = build_body(L, lt, lua_gettop(L), &berr);
+        body = build_body(L, lt, lua_gettop(L), &berr, &bkind);
         if (body == NULL) {
             lua_pushnil(L);
-            hc_lua_push_error(L, "io", berr, NULL);
+            hc_lua_push_error(L, bkind, berr, "body");
             return 2;
         }
     }
@@ -362,6 +380,7 @@ static int session_wait(lua_State *L)
 {
     lsession *ls = check_session(L, 1);
     double secs = luaL_optnumber(L, 2, 0);
+    luaL_argcheck(L, secs >= 0 && secs <= 1e9, 2, "must be 0 to 1e9 seconds");
     if (hc_session_poll(ls->s, (long)(secs * 1000.0)) < 0)
         return luaL_error(L, "libcurl multi loop failed");
     push_done(L, ls->s);
@@ -401,40 +420,30 @@ static const char *curl_code_name(CURLcode c)
 }
 
 /* Parses the final response's header block into t[name:lower()] = value (repeats joined with
- * ", "), and the status line into status. */
+ * ", "); the splitting is hc_url_next_field's, fuzzed on its own (fuzz/fuzz_headers.c). */
 static void push_headers(lua_State *L, const hc_buf *hb)
 {
-    const char *p = hb->data, *end = hb->data + hb->len;
+    const char *p = hb->data, *end = hb->data != NULL ? hb->data + hb->len : NULL;
+    hc_url_field f;
     lua_newtable(L);
-    while (p != NULL && p < end) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        const char *line_end = eol ? eol : end, *colon;
-        while (line_end > p && (line_end[-1] == '\r' || line_end[-1] == '\n'))
-            line_end--;
-        colon = memchr(p, ':', (size_t)(line_end - p));
-        if (colon != NULL && colon > p && memcmp(p, "HTTP/", 5) != 0) {
-            luaL_Buffer name;
-            const char *v = colon + 1;
-            size_t i;
-            while (v < line_end && (*v == ' ' || *v == '\t'))
-                v++;
-            luaL_buffinit(L, &name);
-            for (i = 0; i < (size_t)(colon - p); i++)
-                luaL_addchar(&name, (char)tolower((unsigned char)p[i]));
-            luaL_pushresult(&name);
-            lua_pushvalue(L, -1);
-            lua_rawget(L, -3);
-            if (lua_isnil(L, -1)) {
-                lua_pop(L, 1);
-                lua_pushlstring(L, v, (size_t)(line_end - v));
-            } else {
-                lua_pushliteral(L, ", ");
-                lua_pushlstring(L, v, (size_t)(line_end - v));
-                lua_concat(L, 3);
-            }
-            lua_rawset(L, -3);
+    while (p != NULL && hc_url_next_field(&p, end, &f)) {
+        luaL_Buffer name;
+        size_t i;
+        luaL_buffinit(L, &name);
+        for (i = 0; i < f.name_len; i++)
+            luaL_addchar(&name, (char)tolower((unsigned char)f.name[i]));
+        luaL_pushresult(&name);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, -3);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            lua_pushlstring(L, f.value, f.value_len);
+        } else {
+            lua_pushliteral(L, ", ");
+            lua_pushlstring(L, f.value, f.value_len);
+            lua_concat(L, 3);
         }
-        p = eol ? eol + 1 : NULL;
+        lua_rawset(L, -3);
     }
 }
 

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Percent-encoding (see hc_url.h). */
+/* Percent-encoding and header text (see hc_url.h). */
 #include "hc_url.h"
 
 #include <string.h>
@@ -37,5 +37,38 @@ int hc_url_has_ctl(const char *s, size_t n)
     for (i = 0; i < n; i++)
         if (s[i] == '\r' || s[i] == '\n' || s[i] == '\0')
             return 1;
+    return 0;
+}
+
+/* RFC 9110 tchar: what a field name is made of. */
+static int tchar(unsigned char c)
+{
+    return unreserved(c) || (c != 0 && strchr("!#$%&'*+^`|", c) != NULL);
+}
+
+int hc_url_next_field(const char **p, const char *end, hc_url_field *f)
+{
+    while (*p < end) {
+        const char *line = *p, *eol = memchr(line, '\n', (size_t)(end - line));
+        const char *stop = eol != NULL ? eol : end, *v = line;
+        *p = eol != NULL ? eol + 1 : end;
+        while (stop > line && stop[-1] == '\r')
+            stop--;
+        /* A status line has '/' and spaces before any colon, so it is no token either. */
+        while (v < stop && tchar((unsigned char)*v))
+            v++;
+        if (v == line || v == stop || *v != ':')
+            continue;
+        f->name = line;
+        f->name_len = (size_t)(v - line);
+        v++;
+        while (v < stop && (*v == ' ' || *v == '\t'))
+            v++;
+        while (stop > v && (stop[-1] == ' ' || stop[-1] == '\t'))
+            stop--;
+        f->value = v;
+        f->value_len = (size_t)(stop - v);
+        return 1;
+    }
     return 0;
 }

@@ -146,7 +146,7 @@ function M.run(store, inputs, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.concurrency = o.concurrency or (store.client.concurrency) or M.DEFAULTS.concurrency
   if o.study_uid ~= nil and not dicomweb.valid_uid(o.study_uid) then
-    return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid) .. "'")
+    return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid):gsub("%c", "?") .. "'")
   end
   local retry = {}
   for k, v in pairs(M.RETRY_DEFAULTS) do retry[k] = v end

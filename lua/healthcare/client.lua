@@ -115,8 +115,9 @@ function M.new(opts)
   local std, perr = M.normalize_params(opts.params)
   if not std then return nil, perr end
   local endpoint = opts.endpoint or os.getenv("HEALTHCARE_ENDPOINT") or M.DEFAULT_ENDPOINT
-  if not endpoint:match("^https?://[^/?#]+") then
-    return nil, errors.new("usage", "endpoint must be an http(s) URL, got '" .. endpoint .. "'")
+  if not util.is_base_url(endpoint) then
+    return nil, errors.new("usage", "endpoint must be an http(s) URL without spaces, control characters, "
+      .. "non-ASCII, '?' or '#', got '" .. endpoint:gsub("%c", "?") .. "'")
   end
   local cred, cerr = credential_from(opts)
   if not cred then return nil, cerr end

@@ -23,9 +23,9 @@ function M.dicomweb(base_url, opts)
   if type(base_url) ~= "string" then
     error("bad argument #1 to 'dicomweb' (string expected, got " .. type(base_url) .. ")", 2)
   end
-  if not base_url:match("^https?://[^/?#]+") then
-    return nil, require("healthcare.errors").new("usage",
-      "DICOMweb base URL must be an http(s) URL, got '" .. base_url .. "'")
+  if not require("healthcare.util").is_base_url(base_url) then
+    return nil, require("healthcare.errors").new("usage", "DICOMweb base URL must be an http(s) URL without "
+      .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. base_url:gsub("%c", "?") .. "'")
   end
   opts = opts or {}
   local o = {}

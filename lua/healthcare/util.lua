@@ -26,6 +26,12 @@ function M.check_options(opts, valid, fname, level)
   return opts
 end
 
+--- An http(s) base URL with a host, and nothing that could change what the path appends mean
+--- or reach a request line: no spaces, control characters, non-ASCII, '?' or '#'.
+function M.is_base_url(s)
+  return type(s) == "string" and s:match("^https?://[^/?#]+") ~= nil and not s:find("[%s%c?#\128-\255]")
+end
+
 --- Builds "a=1&b=2" from a table, keys sorted so URLs are reproducible.
 function M.query_string(q)
   local keys = {}

@@ -1,0 +1,304 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Tests of request bodies (src/hc_body.c): the exact bytes of multipart
+ * framing, boundary and part-header validation with their messages, files
+ * that vanish, grow or shrink between building and reading (each with its
+ * message), seeks, the length limit, and a replay of every file in the
+ * directories named on the command line (fuzz regressions and seeds) through
+ * the fuzz target's own checks (fuzz/fuzz_body.c is compiled in).
+ * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
+ * Run from the repository root: test_body spec/fixtures/fuzz/body fuzz/corpus/body
+ */
+#define LLVMFuzzerTestOneInput hc_test_fuzz_body
+#include "../../fuzz/fuzz_body.c"
+#undef LLVMFuzzerTestOneInput
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+
+/* Counters, passed around. */
+typedef struct tstate {
+    int passed, failed;
+    char dir[64];   /* scratch directory */
+} tstate;
+
+/* Counts one assertion; prints the message when it fails. */
+static void check(tstate *t, int ok, const char *fmt, ...)
+{
+    va_list ap;
+    if (ok) {
+        t->passed++;
+        return;
+    }
+    t->failed++;
+    printf("FAIL ");
+    va_start(ap, fmt);
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+}
+
+/* Writes n bytes to dir/name; returns the path in a static buffer (valid until the next call). */
+static const char *put_file(tstate *t, const char *name, const char *data, size_t n)
+{
+    static char path[128];
+    FILE *f;
+    snprintf(path, sizeof path, "%s/%s", t->dir, name);
+    f = fopen(path, "wb");
+    if (f == NULL || fwrite(data, 1, n, f) != n || fclose(f) != 0) {
+        perror(path);
+        exit(2);
+    }
+    return path;
+}
+
+/* Reads the whole body from the current position in chunks of k into out (cap bytes); returns the
+ * count, or -1 when a read failed. */
+static long read_all(hc_body *b, char *out, size_t cap, size_t k)
+{
+    long total = 0, r;
+    while ((size_t)total < cap && (r = hc_body_read(b, out + total, k < cap - (size_t)total ? k : cap - (size_t)total)) > 0)
+        total += r;
+    return r < 0 ? -1 : total;
+}
+
+static void test_framing(tstate *t)
+{
+    static const char want[] =
+        "--b1\r\nContent-Type: application/dicom\r\n\r\nDATA"
+        "\r\n--b1\r\nContent-Type: application/dicom\r\n\r\nFILE-BYTES"
+        "\r\n--b1\r\n\r\n"
+        "\r\n--b1--\r\n";
+    const char *h = "Content-Type: application/dicom\r\n";
+    char got[256];
+    size_t k;
+    hc_body *b = hc_body_new();
+    const char *path = put_file(t, "part", "FILE-BYTES", 10);
+    check(t, hc_body_begin_part(b, "b1", h) == 0 && hc_body_add_mem(b, "DATA", 4) == 0
+                 && hc_body_begin_part(b, "b1", h) == 0 && hc_body_add_file(b, path, -1) == 0
+                 && hc_body_begin_part(b, "b1", "") == 0 && hc_body_finish_multipart(b, "b1") == 0,
+          "framing builds: %s", hc_body_error(b));
+    check(t, hc_body_length(b) == (int64_t)sizeof want - 1, "framing length %lld", (long long)hc_body_length(b));
+    /* Every chunk size gives the same bytes, and a rewind gives them again. */
+    for (k = 1; k <= sizeof want; k += 7) {
+        long n;
+        hc_body_seek(b, 0);
+        n = read_all(b, got, sizeof got, k);
+        check(t, n == (long)sizeof want - 1 && memcmp(got, want, sizeof want - 1) == 0,
+              "framing bytes with chunks of %zu: %ld", k, n);
+    }
+    /* A seek into the file segment reads from there. */
+    check(t, hc_body_seek(b, strstr(want, "BYTES") - want) == 0 && hc_body_read(b, got, 5) == 5
+                 && memcmp(got, "BYTES", 5) == 0,
+          "seek into a file segment: '%.5s'", got);
+    check(t, hc_body_seek(b, -1) == -1 && strcmp(hc_body_error(b), "seek outside the body") == 0,
+          "seek before the start: %s", hc_body_error(b));
+    check(t, hc_body_seek(b, hc_body_length(b) + 1) == -1, "seek past the end");
+    check(t, hc_body_seek(b, hc_body_length(b)) == 0 && hc_body_read(b, got, 10) == 0, "read at the end");
+    hc_body_free(b);
+}
+
+static void test_boundaries(tstate *t)
+{
+    static const struct { const char *b; int ok; } cases[] = {
+        { "a", 1 }, { " a", 1 }, { "healthcare-0123456789abcdef", 1 },
+        { "0123456789'()+_,-./:=? ABCXYZabcxyz", 1 },
+        { "1234567890123456789012345678901234567890123456789012345678901234567890", 1 },
+        { "", 0 }, { "a ", 0 }, { "a\"b", 0 }, { "a\r\nb", 0 }, { "a;b", 0 }, { "a\tb", 0 },
+        { "\xc3\xa9", 0 }, { "12345678901234567890123456789012345678901234567890123456789012345678901", 0 },
+    };
+    size_t i;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        hc_body *b = hc_body_new();
+        int rc = hc_body_begin_part(b, cases[i].b, "");
+        const char *e = hc_body_error(b);
+        check(t, (rc == 0) == cases[i].ok && (rc == 0 ? hc_body_length(b) > 0 : hc_body_length(b) == 0),
+              "boundary '%s': rc %d", cases[i].b, rc);
+        if (!cases[i].ok)
+            check(t, strcmp(e, "invalid multipart boundary (1 to 70 characters, not ending in a space)") == 0
+                         || strcmp(e, "invalid character in multipart boundary") == 0,
+                  "boundary '%s' message: %s", cases[i].b, e);
+        check(t, (hc_body_finish_multipart(b, cases[i].b) == 0) == cases[i].ok, "close delimiter '%s'", cases[i].b);
+        hc_body_free(b);
+    }
+}
+
+static void test_part_headers(tstate *t)
+{
+    static const struct { const char *h, *err; } cases[] = {
+        { "", NULL },
+        { "Content-Type: application/dicom\r\n", NULL },
+        { "A: b\r\nContent-Location: x:y\r\n", NULL },
+        { "A:\r\n", NULL },
+        { "A: b", "invalid part headers: each line must end with CRLF" },
+        { "A: b\r\n\r\nforged content", "invalid part headers: a line needs a header name and a colon" },
+        { "\r\n", "invalid part headers: a line needs a header name and a colon" },
+        { ": b\r\n", "invalid part headers: a line needs a header name and a colon" },
+        { "A b: c\r\n", "invalid part headers: a line needs a header name and a colon" },
+        { "A\r\n", "invalid part headers: a line needs a header name and a colon" },
+        { "A: b\nC: d\r\n", "invalid part headers: CR or LF inside a line" },
+        { "A: b\rc\r\n", "invalid part headers: CR or LF inside a line" },
+        { "\xc3\xa9: b\r\n", "invalid part headers: a line needs a header name and a colon" },
+    };
+    size_t i;
+    for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        hc_body *b = hc_body_new();
+        int rc = hc_body_begin_part(b, "bnd", cases[i].h);
+        if (cases[i].err == NULL)
+            check(t, rc == 0, "headers '%s' refused: %s", cases[i].h, hc_body_error(b));
+        else
+            check(t, rc == -1 && strcmp(hc_body_error(b), cases[i].err) == 0 && hc_body_length(b) == 0,
+                  "headers '%s': %d '%s'", cases[i].h, rc, hc_body_error(b));
+        hc_body_free(b);
+    }
+}
+
+static void test_files(tstate *t)
+{
+    char got[64], want[128];
+    const char *path;
+    hc_body *b;
+    FILE *f;
+
+    /* Vanished between building and reading. */
+    path = put_file(t, "gone", "0123456789", 10);
+    b = hc_body_new();
+    check(t, hc_body_add_file(b, path, -1) == 0 && hc_body_length(b) == 10, "stat size");
+    remove(path);
+    snprintf(want, sizeof want, "cannot open %s: No such file or directory", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "vanished file: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Changed size before its first byte was read. */
+    path = put_file(t, "short", "01234", 5);
+    b = hc_body_new();
+    hc_body_add_mem(b, "head", 4);
+    hc_body_add_file(b, path, 10);
+    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 5)", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "shorter at open: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Grew while it was being read: caught at its last byte. */
+    path = put_file(t, "grows", "0123456789", 10);
+    b = hc_body_new();
+    hc_body_add_file(b, path, -1);
+    check(t, hc_body_read(b, got, 4) == 4, "first bytes of a growing file");
+    f = fopen(path, "ab");
+    fputs("more", f);
+    fclose(f);
+    snprintf(want, sizeof want, "file changed size while it was being sent: %s (10 bytes, now 14)", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "grown file: %s", hc_body_error(b));
+    /* A rewind reads it again and fails again, at open this time. */
+    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 14)", path);
+    check(t, hc_body_seek(b, 0) == 0 && hc_body_error(b)[0] == '\0' && hc_body_read(b, got, 1) == -1
+                 && strcmp(hc_body_error(b), want) == 0,
+          "grown file after a rewind: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Shrank while it was open. */
+    path = put_file(t, "shrinks", "0123456789", 10);
+    b = hc_body_new();
+    hc_body_add_file(b, path, -1);
+    check(t, hc_body_read(b, got, 4) == 4, "first bytes of a shrinking file");
+    if (truncate(path, 6) != 0)
+        perror("truncate");
+    snprintf(want, sizeof want, "file shrank while it was being sent: %s (6 of 10 bytes)", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "shrunk file: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Not a regular file, and no such file, when the size is asked for at build time. */
+    b = hc_body_new();
+    snprintf(want, sizeof want, "not a regular file: %s", t->dir);
+    check(t, hc_body_add_file(b, t->dir, -1) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "directory: %s", hc_body_error(b));
+    check(t, hc_body_add_file(b, "/nonexistent/x.dcm", -1) == -1
+                 && strcmp(hc_body_error(b), "cannot open /nonexistent/x.dcm: No such file or directory") == 0,
+          "missing: %s", hc_body_error(b));
+    check(t, hc_body_length(b) == 0, "refused files add nothing");
+
+    /* The total length has a ceiling instead of an overflow. */
+    check(t, hc_body_add_file(b, "/nonexistent/big", INT64_MAX) == 0 && hc_body_add_file(b, "/nonexistent/one", 1) == -1
+                 && strcmp(hc_body_error(b), "request body too large") == 0 && hc_body_length(b) == INT64_MAX,
+          "length overflow: %s", hc_body_error(b));
+    check(t, hc_body_add_mem(b, "x", 1) == -1, "memory past the ceiling");
+    hc_body_free(b);
+}
+
+/* Replays every file under dir through the fuzz target. */
+static void run_replay(tstate *t, const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *de;
+    int n = 0;
+    if (d == NULL) {
+        printf("note: no replay directory %s\n", dir);
+        return;
+    }
+    while ((de = readdir(d)) != NULL) {
+        char path[1536];
+        unsigned char *buf;
+        long len;
+        FILE *f;
+        if (de->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        f = fopen(path, "rb");
+        if (f == NULL)
+            continue;
+        fseek(f, 0, SEEK_END);
+        len = ftell(f);
+        rewind(f);
+        buf = malloc(len > 0 ? (size_t)len : 1);
+        if (buf == NULL || fread(buf, 1, (size_t)len, f) != (size_t)len) {
+            check(t, 0, "cannot read %s", path);
+        } else {
+            /* A failed check aborts inside the target: say which input first. */
+            printf("replay %s\n", path);
+            fflush(stdout);
+            hc_test_fuzz_body(buf, (size_t)len);
+            t->passed++;
+        }
+        free(buf);
+        fclose(f);
+        n++;
+    }
+    closedir(d);
+    printf("note: replayed %d files from %s\n", n, dir);
+}
+
+int main(int argc, char **argv)
+{
+    tstate t;
+    int a;
+    memset(&t, 0, sizeof t);
+    strcpy(t.dir, "/tmp/hc_test_body_XXXXXX");
+    if (mkdtemp(t.dir) == NULL) {
+        perror("mkdtemp");
+        return 2;
+    }
+    test_framing(&t);
+    test_boundaries(&t);
+    test_part_headers(&t);
+    test_files(&t);
+    for (a = 1; a < argc; a++)
+        run_replay(&t, argv[a]);
+    {
+        static const char *made[] = { "part", "gone", "short", "grows", "shrinks" };
+        char path[128];
+        size_t i;
+        for (i = 0; i < sizeof made / sizeof made[0]; i++) {
+            snprintf(path, sizeof path, "%s/%s", t.dir, made[i]);
+            remove(path);
+        }
+        if (rmdir(t.dir) != 0)
+            printf("note: could not remove %s\n", t.dir);
+    }
+    printf("%d passed, %d failed\n", t.passed, t.failed);
+    return t.failed ? 1 : 0;
+}
