@@ -62,6 +62,16 @@ static void label_error(char *err, const char *name)
              "(expected '-----BEGIN PRIVATE KEY-----' or '-----BEGIN RSA PRIVATE KEY-----')", shown);
 }
 
+/* Whether the private key's components agree (n = p*q, d and e inverse, CRT values), the check
+ * OpenSSL calls pairwise; cheap next to a signature. */
+static int key_is_consistent(EVP_PKEY *key)
+{
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    int ok = ctx != NULL && EVP_PKEY_pairwise_check(ctx) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    return ok;
+}
+
 EVP_PKEY *hc_jwt_key_load(const char *pem, size_t len, char *err)
 {
     BIO *bio;
@@ -118,6 +128,11 @@ EVP_PKEY *hc_jwt_key_load(const char *pem, size_t len, char *err)
             ERR_clear_error();
             snprintf(err, HC_JWT_ERRLEN, "the RSA key has %d bits; RS256 needs at least %d", bits,
                      HC_JWT_MIN_BITS);
+            EVP_PKEY_free(key);
+            key = NULL;
+        } else if (!key_is_consistent(key)) {
+            /* A damaged key can parse and still not sign ("no inverse"): say so at load. */
+            ssl_error(err, "the private key is damaged (its parts do not belong together)");
             EVP_PKEY_free(key);
             key = NULL;
         }

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -325,7 +326,44 @@ static void test_refusals(tstate *t, EVP_PKEY *rsa)
     EVP_PKEY_free(ec);
 }
 
-int main(void)
+/* Every file in dir (fuzz regression inputs and seeds): a key that loads must sign, one that
+ * does not load must say why, and the OpenSSL error queue is left empty either way. */
+static void replay(tstate *t, const char *dir)
+{
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    if (d == NULL)
+        return;
+    while ((e = readdir(d)) != NULL) {
+        char path[4096], err[HC_JWT_ERRLEN];
+        static char data[1 << 20];
+        FILE *f;
+        size_t n;
+        EVP_PKEY *key;
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        if ((f = fopen(path, "rb")) == NULL)
+            continue;
+        n = fread(data, 1, sizeof data, f);
+        fclose(f);
+        err[0] = '\0';
+        key = hc_jwt_key_load(data, n, err);
+        if (key == NULL) {
+            check(t, err[0] != '\0' && ERR_peek_error() == 0, "replay %s: refused with a reason", path);
+        } else {
+            hc_buf b;
+            hc_buf_init(&b, 64 * 1024);
+            check(t, hc_jwt_sign(key, "{}", 2, "{}", 2, &b, err) == 0 && ERR_peek_error() == 0,
+                  "replay %s: a key that loads signs (%s)", path, err);
+            hc_buf_free(&b);
+            hc_jwt_key_free(key);
+        }
+    }
+    closedir(d);
+}
+
+int main(int argc, char **argv)
 {
     tstate t = {0, 0};
     EVP_PKEY *rsa = EVP_PKEY_Q_keygen(NULL, NULL, "RSA", (size_t)2048);
@@ -339,6 +377,8 @@ int main(void)
     test_sign(&t, rsa, 1);
     test_refusals(&t, rsa);
     EVP_PKEY_free(rsa);
+    for (int i = 1; i < argc; i++)
+        replay(&t, argv[i]);
     printf("%d passed, %d failed\n", t.passed, t.failed);
     return t.failed ? 1 : 0;
 }
