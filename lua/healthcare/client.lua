@@ -28,15 +28,6 @@ local function user_agent(extra)
   return ua
 end
 
-local function debug_sink(d)
-  if d == true then
-    return function(line) io.stderr:write(line, "\n") end
-  elseif type(d) == "function" then
-    return d
-  end
-  return nil
-end
-
 --- Converts CLI-or-wire names of standard query parameters to wire names; unknown names are an
 --- error value (kind "usage") listing the valid ones.
 function M.normalize_params(p)
@@ -126,7 +117,7 @@ function M.new(opts)
     params = std,
     scopes = opts.scopes or { params.DEFAULT_SCOPE },
     credential = cred,
-    debug = debug_sink(opts.debug),
+    debug = util.debug_sink(opts.debug),
     retry = opts.retry,
     concurrency = opts.concurrency,
     timeout = opts.timeout,

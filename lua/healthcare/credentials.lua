@@ -104,15 +104,6 @@ function M.scope_list(scopes)
   return list
 end
 
-local function debug_sink(d)
-  if d == true then
-    return function(line) io.stderr:write(line, "\n") end
-  elseif type(d) == "function" then
-    return d
-  end
-  return nil
-end
-
 -- ---- the cache every kind shares ------------------------------------------------------------
 
 local Credential = {}
@@ -128,7 +119,7 @@ local function new_credential(kind, opts, fields)
   self.cache = {}        -- scope key -> { token, expires_at, refresh_at } on core.now()'s clock
   self.refreshing = {}   -- scope key -> true while a refresh runs
   self.refreshes = 0     -- token requests made (or JWTs signed), for tests and --debug
-  self.debug = debug_sink(opts.debug)
+  self.debug = util.debug_sink(opts.debug)
   self.timeout = M.TOKEN_TIMEOUT
   self.session_opts = {
     user_agent = "healthcare-lua/" .. core._VERSION .. " " .. core.curl_version .. " auth",

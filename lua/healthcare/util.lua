@@ -32,6 +32,16 @@ function M.is_base_url(s)
   return type(s) == "string" and s:match("^https?://[^/?#]+") ~= nil and not s:find("[%s%c?#\128-\255]")
 end
 
+--- The `debug` option made callable: true writes lines to stderr, a function gets them, else nil.
+function M.debug_sink(d)
+  if d == true then
+    return function(line) io.stderr:write(line, "\n") end
+  elseif type(d) == "function" then
+    return d
+  end
+  return nil
+end
+
 --- Builds "a=1&b=2" from a table, keys sorted so URLs are reproducible.
 function M.query_string(q)
   local keys = {}
