@@ -9,7 +9,7 @@ LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$
 SANITIZE_SPECS ?= ^(c_|10-|30-|40-|50-|60-|8[0-3]-)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo install lint clean fuzz valgrind
+.PHONY: all deps build test demo install lint clean fuzz valgrind bench
 
 all: build
 
@@ -42,6 +42,11 @@ valgrind: build
 # Start Orthanc, store sample DICOM files with the `healthcare` command, show the study.
 demo: build
 	spec/support/testbed env $(LUA_ENV) PATH='$(CURDIR)/$(BUILD)/bin:$(PATH)' scripts/demo
+
+# healthcare store vs curl and npm dicomweb-client, into a discard sink and into Orthanc (quick
+# sizes; FULL=1 for the full corpora, which rewrites bench/RESULTS.md and bench/results.png).
+bench: build
+	FULL=$(FULL) bench/run
 
 install: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
