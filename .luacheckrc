@@ -2,6 +2,6 @@
 std = "lua54"
 max_line_length = 120
 files["lua/healthcare/ngx.lua"] = { std = "luajit", globals = { "ngx" } }
-files["spec"] = { std = "+busted", max_line_length = false }
+files["spec"] = { std = "+busted", max_line_length = false, read_globals = { "jit" } }
 files["examples/openresty"] = { std = "luajit", globals = { "ngx" } }
 exclude_files = { "build", "build-*", "bench/out" }
