@@ -616,6 +616,7 @@ describe("store:store when a file changes between probe and send", function()
       body = stow_json({ big.sop_instance_uid, small.sop_instance_uid }) }
     local changed = false
     local report = assert(assert(healthcare.dicomweb(srv.url)):store(dir, {
+      max_request_bytes = 256 * 1024 * 1024, -- both files in one request, whatever the default
       on_progress = function(p)
         if not changed and p.in_flight == 1 and p.bytes_sending > 0 then
           changed = true
@@ -676,6 +677,7 @@ describe("store:store when a file changes between probe and send", function()
     local dir, big, small = next_pair()
     local sent_then
     local report = assert(orthanc_store():store(dir, {
+      max_request_bytes = 256 * 1024 * 1024, -- both files in one request, whatever the default
       on_progress = function(p)
         if not sent_then and p.in_flight == 1 and p.bytes_sending > 0 then
           sent_then = p.bytes_sending
