@@ -168,6 +168,7 @@ function Client:prepare(req)
     timeout = req.timeout,
     idle_timeout = req.idle_timeout,
     max_response_bytes = req.max_response_bytes,
+    sink = req.sink,
   }
 end
 

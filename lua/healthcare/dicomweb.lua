@@ -144,4 +144,23 @@ function Store:store(files, opts)
   return require("healthcare.batch").run(self, files, opts)
 end
 
+-- Search (QIDO-RS), retrieve (WADO-RS) and delete live in their own modules; the store object
+-- is the one place users call them from (see README, "Search, retrieve, delete").
+local function delegate(module, fn)
+  return function(self, ...) return require(module)[fn](self, ...) end
+end
+Store.search_studies = delegate("healthcare.search", "search_studies")
+Store.search_series = delegate("healthcare.search", "search_series")
+Store.search_instances = delegate("healthcare.search", "search_instances")
+Store.retrieve_study = delegate("healthcare.retrieve", "retrieve_study")
+Store.retrieve_series = delegate("healthcare.retrieve", "retrieve_series")
+Store.retrieve_instance = delegate("healthcare.retrieve", "retrieve_instance")
+Store.retrieve_metadata = delegate("healthcare.retrieve", "retrieve_metadata")
+Store.retrieve_rendered = delegate("healthcare.retrieve", "retrieve_rendered")
+Store.retrieve_frames = delegate("healthcare.retrieve", "retrieve_frames")
+Store.delete_study = delegate("healthcare.delete", "delete_study")
+Store.delete_series = delegate("healthcare.delete", "delete_series")
+Store.delete_instance = delegate("healthcare.delete", "delete_instance")
+Store.verify = delegate("healthcare.verify", "verify")
+
 return M
