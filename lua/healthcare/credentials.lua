@@ -218,19 +218,38 @@ end
 
 -- ---- token requests -------------------------------------------------------------------------
 
--- Reads {access_token, expires_in} from a token reply; returns token, seconds or nil, err.
-local function read_token(self, res, secrets)
-  local doc = cjson.decode(res.body or "")
+--- Reads {access_token, expires_in} from a token endpoint's reply body: token, seconds, or nil
+--- and the reason. Shared with healthcare.ngx, which fetches tokens through nginx.
+function M.parse_token_reply(body)
+  local doc = cjson.decode(body or "")
   local token = type(doc) == "table" and doc.access_token
   if type(token) ~= "string" or token == "" then
-    return fail(string.format("%s: the token endpoint %s answered HTTP %d without an access_token",
-      self.label, self.token_url_shown, res.status))
+    return nil, "without an access_token"
   end
   if core.has_ctl(token) then
-    return fail(self.label .. ": the token endpoint returned a token with control characters")
+    return nil, "with a token containing control characters"
   end
   local seconds = tonumber(doc.expires_in) or M.JWT_LIFETIME
   if seconds <= 0 then seconds = 1 end
+  return token, seconds
+end
+
+--- OAuth's {error, error_description} of a failed token reply as text ("invalid_grant: ..."),
+--- control characters removed and the description shortened; nil when the body is not one.
+function M.token_error_text(body)
+  local doc = cjson.decode(body or "")
+  if type(doc) ~= "table" or type(doc.error) ~= "string" then return nil end
+  local desc = type(doc.error_description) == "string" and doc.error_description or nil
+  desc = desc and (": " .. desc:gsub("%c", " "):sub(1, 300)) or ""
+  return shown(doc.error) .. desc, doc.error
+end
+
+local function read_token(self, res, secrets)
+  local token, seconds = M.parse_token_reply(res.body)
+  if not token then
+    return fail(string.format("%s: the token endpoint %s answered HTTP %d %s",
+      self.label, self.token_url_shown, res.status, seconds))
+  end
   secrets[#secrets + 1] = token
   return token, seconds
 end
@@ -238,15 +257,13 @@ end
 -- The error of a token reply that is not 200: OAuth's {error, error_description}, else
 -- whatever errors.from_response makes of it.
 local function token_error(res, url)
-  local doc = cjson.decode(res.body or "")
-  if type(doc) ~= "table" or type(doc.error) ~= "string" then
+  local text, code = M.token_error_text(res.body)
+  if not text then
     return errors.from_response(res, "token endpoint " .. url)
   end
-  local desc = type(doc.error_description) == "string" and doc.error_description or nil
-  desc = desc and (": " .. desc:gsub("%c", " "):sub(1, 300)) or ""
   return {
-    http_status = res.status, status = doc.error, retryable = errors.RETRYABLE_HTTP[res.status] == true,
-    message = string.format("token endpoint %s: HTTP %d %s%s", url, res.status, shown(doc.error), desc),
+    http_status = res.status, status = code, retryable = errors.RETRYABLE_HTTP[res.status] == true,
+    message = string.format("token endpoint %s: HTTP %d %s", url, res.status, text),
   }
 end
 

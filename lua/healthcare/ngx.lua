@@ -204,26 +204,20 @@ function Gateway:cached()
   return t, tonumber(r), tonumber(e)
 end
 
--- Reads {access_token, expires_in} from the token endpoint's 200 reply: token, lifetime or nil, err.
 local function read_reply(body)
-  local doc = cjson.decode(body or "")
-  local token = type(doc) == "table" and doc.access_token
-  if type(token) ~= "string" or token == "" or core.has_ctl(token) then
-    return nil, "the token endpoint answered 200 without a usable access_token"
+  local token, lifetime = credentials.parse_token_reply(body)
+  if not token then
+    return nil, "the token endpoint answered 200 " .. lifetime
   end
-  local lifetime = tonumber(doc.expires_in) or credentials.JWT_LIFETIME
-  return token, math.max(lifetime, 1)
+  return token, lifetime
 end
 
 -- What a token endpoint's failure was, without any secret: "HTTP 400 invalid_grant: ...".
 local function reply_error(res)
-  local doc = cjson.decode(res.body or "")
   local what = "HTTP " .. res.status
-  if type(doc) == "table" and type(doc.error) == "string" then
-    what = what .. " " .. doc.error
-    if type(doc.error_description) == "string" then
-      what = what .. ": " .. doc.error_description:gsub("%c", " "):sub(1, 200)
-    end
+  local text = credentials.token_error_text(res.body)
+  if text then
+    what = what .. " " .. text
   elseif res.status == 502 or res.status == 504 then
     what = what .. " from nginx (the token endpoint is unreachable or slow; see the lines above)"
   end
