@@ -185,6 +185,21 @@ describe("store retries", function()
     c:close()
   end)
 
+  it("does not wait for a retry that would start past the deadline", function()
+    local files = take(2)
+    local c, st = client()
+    -- The server asks for 30 s; the deadline is 2 s: failing now beats sleeping 30 s for nothing.
+    faults({ { status = 429, retry_after = 30, times = 1, message = "slow down" } })
+    local t0 = core.now()
+    local report = assert(st:store(paths(files), { retry = { initial = 0.01, max_delay = 60, deadline = 2 } }))
+    local elapsed = core.now() - t0
+    assert.same({ 0, 2, 0, 1 }, { #report.stored, #report.failed, report.retries, report.requests })
+    assert.truthy(report.failed[1].reason:find("past the 2 s retry deadline", 1, true), report.failed[1].reason)
+    assert.is_true(elapsed < 20, string.format("waited %.1f s", elapsed))
+    assert.is_nil(H.orthanc_find_instance(files[1].sop_instance_uid))
+    c:close()
+  end)
+
   for _, status in ipairs({ 400, 403, 404, 409, 413 }) do
     it("never retries HTTP " .. status, function()
       local files = take(2)

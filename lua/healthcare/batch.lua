@@ -234,8 +234,16 @@ function M.run(store, inputs, opts)
       fail_group(group, string.format("%s (after %d attempts)", err.message, group.attempts))
       return
     end
+    -- A wait that would end past the deadline is not taken: failing now lets the caller (or a
+    -- resumed run) decide, instead of sleeping for an attempt that is not allowed anyway.
+    local delay = backoff(retry, group.attempts, err.retry_after)
+    if elapsed + delay >= retry.deadline then
+      fail_group(group, string.format("%s (after %d attempts; the next would start past the %g s retry deadline)",
+        err.message, group.attempts, retry.deadline))
+      return
+    end
     report.retries = report.retries + 1
-    waiting[#waiting + 1] = { group = group, due = core.now() + backoff(retry, group.attempts, err.retry_after) }
+    waiting[#waiting + 1] = { group = group, due = core.now() + delay }
   end
 
   local function handle(t, group)
