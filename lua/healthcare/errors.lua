@@ -1,12 +1,14 @@
 -- SPDX-License-Identifier: MIT
 -- Error values. Every failed call returns nil and one of these tables:
---   kind        "http" | "transport" | "auth" | "dicom" | "usage" | "io"
+--   kind        "http" | "transport" | "auth" | "dicom" | "usage" | "io" | "timeout"
+--               ("timeout": a long-running operation was not done in time; it may still finish)
 --   message     one line a person can act on
 --   http_status the HTTP status, when a response came back
 --   status      Google's status string (e.g. "UNAUTHENTICATED"), or the transport reason
 --   retryable   whether sending the same request again may succeed
 --   retry_after seconds the server asked us to wait (Retry-After or RetryInfo), when it did
 --   details     Google's error details list, when present
+--   operation   the long-running operation's name, for errors about one (delete)
 -- tostring(err) gives the message. Raised errors are kept for programming mistakes.
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"

@@ -8,7 +8,9 @@ Google does (bearer tokens it issued, a static token, self-signed RS256 JWTs,
 API keys), answers errors in Google's JSON envelope, adds what Orthanc lacks
 (409 for a SOP Instance UID stored with different bytes, a single
 application/dicom body, XML when dicom+json is not asked for) and forwards
-the DICOM to Orthanc's DICOMweb plugin. It also plays the OAuth token endpoint
+the DICOM to Orthanc's DICOMweb plugin. Reads pass through to Orthanc, streamed.
+Google's delete (studies and series as long-running operations, instances at
+once) is done with Orthanc's REST API. It also plays the OAuth token endpoint
 (/token), the GCE metadata server (/computeMetadata/v1/...), and takes test
 orders under /_control/ (keys, users, stores, config, faults, stats).
 
@@ -49,6 +51,12 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 STORE_RE = re.compile(
     r"^/v1/(projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/:]+)"
     r"/dicomWeb/(.*)$")
+OPERATION_RE = re.compile(
+    r"^/v1/(projects/[^/]+/locations/[^/]+/datasets/[^/]+)/operations/([^/]+)$")
+DELETE_RE = re.compile(r"^studies/([^/]+)(?:/series/([^/]+)(?:/instances/([^/]+))?)?/?$")
+UID_RE = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
+OPERATION_METADATA = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
+DELETE_METHODS = {"Study": "DeleteStudy", "Series": "DeleteSeries"}
 MSG_MISSING = ("Request is missing required authentication credential. Expected OAuth 2 access "
                "token, login cookie or other valid authentication credential. See "
                "https://developers.google.com/identity/sign-in/web/devconsole-project.")
@@ -71,6 +79,8 @@ DEFAULT_CONFIG = {
     "check_conflicts": True,     # 409 for same SOP Instance UID with different bytes
     "metadata_email": "default@test-project.iam.gserviceaccount.com",
     "project_id": "test-project",
+    "operation_polls": 1,        # polls of a delete operation answered without "done"
+    "operation_error": None,     # {"code", "message"}: new operations end with this error
 }
 
 
@@ -111,8 +121,10 @@ class State:
                 "store_requests_total": 0, "tokens_issued": 0, "bytes_received": 0,
                 "faults_fired": 0, "bearer_credentials": [], "api_keys": [],
                 "auth_kinds": {}, "instances_forwarded": 0, "conflicts": 0,
-                "requests": [],
+                "requests": [], "operations_created": 0, "operation_polls": 0,
+                "deleted": {},
             }
+            self.operations = {}      # operation name -> {"polls_left", "method", "error", ...}
 
     def bump(self, key, sub=None, n=1):
         with self.lock:
@@ -568,6 +580,9 @@ class Handler(BaseHTTPRequestHandler):
         m = STORE_RE.match(path)
         if m:
             return self.dicomweb(m.group(1), m.group(2))
+        m = OPERATION_RE.match(path)
+        if m and self.command in ("GET", "HEAD"):
+            return self.operation(m.group(1), path[len("/v1/"):])
         self.send_envelope(404, "The requested URL %s was not found on this server." % path)
 
     def apply_fault(self, kind, parent=None):
@@ -679,8 +694,9 @@ class Handler(BaseHTTPRequestHandler):
         if what == "faults":
             rules = arg if isinstance(arg, list) else arg.get("rules", [arg])
             for r in rules:
-                if r.get("match", "store") not in ("store", "token", "metadata"):
-                    return self.send_json(400, {"error": "match must be store, token or metadata"})
+                if r.get("match", "store") not in ("store", "token", "metadata", "operation"):
+                    return self.send_json(400, {"error": "match must be store, token, metadata "
+                                                "or operation"})
             with st.lock:
                 if isinstance(arg, dict) and arg.get("replace"):
                     st.faults = []
@@ -834,23 +850,35 @@ class Handler(BaseHTTPRequestHandler):
             st.stats["requests"].append(entry)
             del st.stats["requests"][:-200]
 
-    def dicomweb(self, parent, rest):
+    def authorize(self):
+        """The config when the request's credential may use the API; else answers 401/403
+        and returns None."""
         st = self.server.state
         www = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
         verdict, scopes = self.authenticate()
         if verdict != "ok":
             self.record(401)
-            return self.send_envelope(401, MSG_MISSING if verdict == "missing" else MSG_INVALID,
-                                      headers=www)
+            self.send_envelope(401, MSG_MISSING if verdict == "missing" else MSG_INVALID,
+                               headers=www)
+            return None
         with st.lock:
             cfg = dict(st.config)
-            known = parent in st.stores
         if cfg["require_scope"] and not scopes & {SCOPE_HEALTHCARE, SCOPE_PLATFORM}:
             self.record(403)
-            return self.send_envelope(403, "Request had insufficient authentication scopes.",
-                                      [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
-                                        "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
-                                        "domain": "googleapis.com"}])
+            self.send_envelope(403, "Request had insufficient authentication scopes.",
+                               [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                 "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT",
+                                 "domain": "googleapis.com"}])
+            return None
+        return cfg
+
+    def dicomweb(self, parent, rest):
+        st = self.server.state
+        cfg = self.authorize()
+        if cfg is None:
+            return
+        with st.lock:
+            known = parent in st.stores
         if not known:
             self.record(404)
             return self.send_envelope(404, "DICOM store not found: %s" % parent)
@@ -864,6 +892,9 @@ class Handler(BaseHTTPRequestHandler):
         if self.command in ("GET", "HEAD"):
             status = self.forward_get(parent, rest)
             return self.record(status)
+        m = DELETE_RE.match(rest)
+        if self.command == "DELETE" and m:
+            return self.record(self.delete(parent, [u for u in m.groups() if u], cfg))
         self.record(405)
         self.send_envelope(405 if self.command != "POST" else 404,
                            "Method %s not allowed on %s" % (self.command, rest))
@@ -1054,7 +1085,9 @@ class Handler(BaseHTTPRequestHandler):
             self.send(status, to_xml(result), "application/dicom+xml")
 
     def forward_get(self, parent, rest):
-        """QIDO/WADO reads pass through to Orthanc (handy to check what was stored)."""
+        """QIDO/WADO reads pass through to Orthanc (handy to check what was stored). DICOM JSON
+        is rewritten (RetrieveURLs); anything else is copied in CHUNK pieces as it arrives, so a
+        large study goes through with flat memory."""
         conn, root = self.orthanc()
         try:
             headers = self.orthanc_headers()
@@ -1066,19 +1099,165 @@ class Handler(BaseHTTPRequestHandler):
             conn.request(self.command, root + "/dicom-web/" + rest + ("?" + q if q else ""),
                          headers=headers)
             r = conn.getresponse()
-            body = r.read()
             ctype = r.getheader("Content-Type")
+            if ctype and "json" in ctype:
+                body = r.read()
+                try:
+                    obj = json.loads(body)
+                    rewrite_urls(obj, "%s/v1/%s/dicomWeb/" % (self.server.public_url, parent))
+                    body = json.dumps(obj).encode()
+                except ValueError:
+                    pass
+                self.send(r.status, body, ctype)
+            else:
+                self.send_stream(r, ctype)
         finally:
             conn.close()
-        if ctype and "json" in ctype:
-            try:
-                obj = json.loads(body)
-                rewrite_urls(obj, "%s/v1/%s/dicomWeb/" % (self.server.public_url, parent))
-                body = json.dumps(obj).encode()
-            except ValueError:
-                pass
-        self.send(r.status, body, ctype)
         return r.status
+
+    def send_stream(self, r, ctype):
+        """Answers with Orthanc's response r, its body copied CHUNK by CHUNK: with its
+        Content-Length when it gave one, else chunked."""
+        if not self._body_done and self.has_body():
+            self.drain()
+        length = r.getheader("Content-Length")
+        bodiless = self.command == "HEAD" or r.status in (204, 304)
+        self.send_response(r.status)
+        if ctype:
+            self.send_header("Content-Type", ctype)
+        if length is not None:
+            self.send_header("Content-Length", length)
+        elif not bodiless:
+            self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self._status = r.status
+        if bodiless:
+            self.wfile.flush()
+            return
+        try:
+            while True:
+                data = r.read(CHUNK)
+                if not data:
+                    break
+                if length is None:
+                    self.wfile.write(b"%x\r\n" % len(data))
+                    self.wfile.write(data)
+                    self.wfile.write(b"\r\n")
+                else:
+                    self.wfile.write(data)
+                self._sent += len(data)
+        except (http.client.HTTPException, OSError) as e:
+            # Orthanc cut the answer: cut ours too, so the client sees a transport error and
+            # not a shorter body that looks complete.
+            log("Orthanc's answer ended early: %s" % e)
+            self.close_connection = True
+            raise Dropped("upstream cut") from None
+        if length is None:
+            self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    # -- delete (Google's own methods; Orthanc's DICOMweb plugin has no DELETE)
+
+    def orthanc_json(self, method, path, body=None):
+        """(status, decoded JSON or None) of one call to Orthanc's REST API."""
+        conn, root = self.orthanc()
+        try:
+            conn.request(method, root + path, body=body, headers=self.orthanc_headers())
+            r = conn.getresponse()
+            data = r.read()
+        finally:
+            conn.close()
+        try:
+            return r.status, json.loads(data) if data else None
+        except ValueError:
+            return r.status, None
+
+    def orthanc_resource(self, level, uids):
+        """Orthanc's ID of the study/series/instance with these UIDs (the last one the
+        resource's own, those before it its parents'), or None."""
+        _, found = self.orthanc_json("POST", "/tools/lookup", uids[-1].encode())
+        plural = {"Study": "studies", "Series": "series", "Instance": "instances"}[level]
+        parents = [("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")][:len(uids) - 1]
+        for hit in found if isinstance(found, list) else []:
+            if not isinstance(hit, dict) or hit.get("Type") != level:
+                continue
+            ok = True
+            for (sub, tag), want in zip(parents, uids):
+                status, info = self.orthanc_json("GET", "/%s/%s/%s" % (plural, hit["ID"], sub))
+                tags = info.get("MainDicomTags", {}) if isinstance(info, dict) else {}
+                ok = ok and status == 200 and tags.get(tag) == want
+            if ok:
+                return hit["ID"]
+        return None
+
+    def delete(self, parent, uids, cfg):
+        """DeleteStudy / DeleteSeries (a long-running operation) and DeleteInstance
+        (synchronous, an empty JSON object), done on Orthanc's REST API."""
+        st = self.server.state
+        level = ("Study", "Series", "Instance")[len(uids) - 1]
+        bad = [u for u in uids if len(u) > 64 or not UID_RE.match(u)]
+        if bad:
+            self.send_envelope(400, "Invalid UID: %s" % bad[0])
+            return 400
+        oid = self.orthanc_resource(level, uids)
+        if oid is None:
+            self.send_envelope(404, "%s not found: %s" % (level, "/".join(uids)))
+            return 404
+        failure = cfg.get("operation_error") if level != "Instance" else None
+        if not failure:
+            plural = {"Study": "studies", "Series": "series", "Instance": "instances"}[level]
+            status, _ = self.orthanc_json("DELETE", "/%s/%s" % (plural, oid))
+            if status != 200:
+                self.send_envelope(500, "Orthanc answered %d to the delete" % status)
+                return 500
+            st.bump("deleted", level.lower())
+        if level == "Instance":
+            self.send_json(200, {})
+            return 200
+        dataset = parent.split("/dicomStores/")[0]
+        name = "%s/operations/%d" % (dataset, secrets.randbits(62))
+        with st.lock:
+            st.operations[name] = {"polls_left": int(cfg["operation_polls"]),
+                                   "method": DELETE_METHODS[level], "error": failure,
+                                   "created": time.time()}
+            st.stats["operations_created"] += 1
+        self.send_json(200, {"name": name})
+        return 200
+
+    def operation(self, dataset, name):
+        """GET of a long-running operation: not done for `operation_polls` polls, then done
+        with an empty response, or with the error it was created with."""
+        st = self.server.state
+        if self.authorize() is None:
+            return
+        st.bump("operation_polls")
+        status = self.apply_fault("operation")
+        if status:
+            return self.record(status)
+        with st.lock:
+            op = st.operations.get(name)
+            if op is not None:
+                op["polls_left"] -= 1
+                op = dict(op)
+        if op is None:
+            self.send_envelope(404, "Operation not found: %s" % name)
+            return self.record(404)
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(op["created"]))
+        body = {"name": name, "metadata": {
+            "@type": OPERATION_METADATA,
+            "apiMethodName": "google.cloud.healthcare.v1.dicomweb.DicomWebService." + op["method"],
+            "createTime": stamp}}
+        if op["polls_left"] < 0:
+            body["done"] = True
+            body["metadata"]["endTime"] = stamp
+            if op["error"]:
+                err = op["error"]
+                body["error"] = {"code": int(err.get("code", 13)),
+                                 "message": str(err.get("message", "operation failed"))}
+            else:
+                body["response"] = {"@type": "type.googleapis.com/google.protobuf.Empty"}
+        self.send_json(200, body)
+        return self.record(200)
 
 
 class Server(ThreadingHTTPServer):

@@ -213,5 +213,63 @@ check "stats hold hashes, not the token" bash -c "! grep -q '$HC_TEST_TOKEN' '$w
 check "emulator log holds no token nor key" \
     bash -c "! grep -q -e '$HC_TEST_TOKEN' -e '$HC_TEST_API_KEY' -e '$tok' '$HC_TEST_EMULATOR_LOG'"
 
+# ---- delete: Google's own method, done in Orthanc
+auth=(-H "Authorization: Bearer $HC_TEST_TOKEN")
+six=$(gen --size 1000)
+f6=$(field path "$six"); sop6=$(field sop_instance_uid "$six")
+study6=$(field study_uid "$six"); series6=$(field series_uid "$six")
+seven=$(gen --size 1000 --study "$study6")
+f7=$(field path "$seven"); sop7=$(field sop_instance_uid "$seven"); series7=$(field series_uid "$seven")
+for f in "$f6" "$f7"; do post "$api/studies" "$f" application/dicom "${auth[@]}" > /dev/null; done
+in_orthanc() { curl -s -X POST -d "$1" "$HC_TEST_ORTHANC/tools/lookup" | grep -c '"Instance"'; }
+check "delete: both instances stored" [ "$(in_orthanc "$sop6")$(in_orthanc "$sop7")" = 11 ]
+del() { curl -sS -o "$w/body" -D "$w/headers" -w '%{http_code}' -X DELETE "$@"; }
+s=$(del "$api/studies/$study6/series/$series6/instances/$sop6")
+check "delete: no credential -> 401" [ "$s" = 401 ]
+s=$(del "${auth[@]}" "$api/studies/$study6/series/$series7/instances/$sop6")
+check "delete: instance under another series -> 404" [ "$s" = 404 ]
+check "delete: 404 is Google's envelope" jtrue "d['error']['status']=='NOT_FOUND'"
+s=$(del "${auth[@]}" "$api/studies/$study6/series/$series6/instances/$sop6")
+check "delete: instance -> 200 {}" bash -c "[ $s = 200 ] && [ \"\$(tr -d ' \n' < '$w/body')\" = '{}' ]"
+check "delete: that instance is gone from Orthanc, the other remains" \
+    [ "$(in_orthanc "$sop6")$(in_orthanc "$sop7")" = 01 ]
+s=$(del "${auth[@]}" "$api/studies/$study6/series/$series7")
+check "delete: series -> 200" [ "$s" = 200 ]
+op=$(json "d['name']" 2>/dev/null)
+check "delete: series answers an operation name" \
+    bash -c "[[ '$op' =~ ^projects/test-project/locations/us-central1/datasets/test-dataset/operations/[0-9]+$ ]]"
+curl -sS -o "$w/body" "${auth[@]}" "$HC_TEST_EMULATOR/v1/$op"
+check "delete: first poll is not done, metadata says DeleteSeries" \
+    jtrue "('done' not in d and d['metadata']['apiMethodName'].endswith('.DeleteSeries'))"
+curl -sS -o "$w/body" "${auth[@]}" "$HC_TEST_EMULATOR/v1/$op"
+check "delete: second poll is done with an Empty response" \
+    jtrue "(d['done'] is True and d['response']['@type']=='type.googleapis.com/google.protobuf.Empty')"
+check "delete: the series is gone from Orthanc" [ "$(in_orthanc "$sop7")" = 0 ]
+s=$(del "${auth[@]}" "$api/studies/$study6")
+check "delete: a study that is gone -> 404" [ "$s" = 404 ]
+s=$(del "${auth[@]}" "$api/studies/1.2..3")
+check "delete: bad UID -> 400" [ "$s" = 400 ]
+s=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$HC_TEST_DICOMWEB/studies/$study1")
+check "delete: Orthanc's own DICOMweb has no DELETE (405)" [ "$s" = 405 ]
+
+# ---- reads through the emulator are streamed: a 64 MiB instance, the emulator's peak RSS flat
+big=$(gen --size 67108864 --fill zero)
+fb=$(field path "$big"); sopb=$(field sop_instance_uid "$big")
+studyb=$(field study_uid "$big"); seriesb=$(field series_uid "$big")
+multipart "$fb"
+post "$HC_TEST_DICOMWEB/studies" "$w/mp.bin" "$mp_type" > /dev/null
+rm -f "$w/mp.bin"
+hwm() { awk '/^VmHWM/ {print $2}' "/proc/$emu_pid/status"; }
+before=$(hwm)
+curl -sS -o "$w/big.out" "${auth[@]}" "$api/studies/$studyb/series/$seriesb/instances/$sopb"
+after=$(hwm)
+check "retrieve through the emulator: all of it ($(stat -c %s "$w/big.out") bytes)" \
+    [ "$(stat -c %s "$w/big.out")" -gt "$(stat -c %s "$fb")" ]
+check "retrieve through the emulator: peak RSS grew $((after - before)) kB (< 16 MiB)" \
+    [ $((after - before)) -lt 16384 ]
+s=$(del "${auth[@]}" "$api/studies/$studyb")
+check "delete: the big study -> 200" [ "$s" = 200 ]
+rm -f "$w/big.out" "$fb"
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

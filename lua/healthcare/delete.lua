@@ -1,0 +1,241 @@
+-- SPDX-License-Identifier: MIT
+-- Deleting studies, series and instances: Google's proprietary DELETE on DICOMweb paths.
+-- Google answers a study or series delete with a long-running Operation, which is polled
+-- here until it is done; an instance delete (and other servers' deletes) answers at once.
+local core = require "healthcare.core"
+local cjson = require "cjson.safe"
+local errors = require "healthcare.errors"
+local util = require "healthcare.util"
+local dicomweb = require "healthcare.dicomweb"
+
+local M = {}
+
+M.OPTIONS = { "params", "poll_interval", "timeout", "retry" }
+M.DEFAULT_TIMEOUT = 600     -- seconds an operation may take before we stop waiting
+M.POLL_INTERVAL = 1         -- first wait between polls, seconds; doubles up to ten times this
+M.POLL_GROWTH = 2
+M.POLL_MAX_FACTOR = 10
+-- Throttling and unavailability while deleting or polling: the same names as client.retry.
+M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60 }
+
+-- google.rpc.Code names, for an Operation's error.code.
+local RPC_STATUS = {
+  [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_ARGUMENT", [4] = "DEADLINE_EXCEEDED",
+  [5] = "NOT_FOUND", [6] = "ALREADY_EXISTS", [7] = "PERMISSION_DENIED", [8] = "RESOURCE_EXHAUSTED",
+  [9] = "FAILED_PRECONDITION", [10] = "ABORTED", [11] = "OUT_OF_RANGE", [12] = "UNIMPLEMENTED",
+  [13] = "INTERNAL", [14] = "UNAVAILABLE", [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
+}
+
+-- Transport failures where the DELETE cannot have reached the server, so sending it again
+-- cannot delete twice (a second DELETE of a deleted study would answer 404).
+local NOT_SENT = { resolve = true, connect = true }
+
+local LEVELS = {
+  { what = "DeleteStudy", fn = "delete_study", noun = "study", keyword = "StudyInstanceUID" },
+  { what = "DeleteSeries", fn = "delete_series", noun = "series", keyword = "SeriesInstanceUID" },
+  { what = "DeleteInstance", fn = "delete_instance", noun = "instance", keyword = "SOPInstanceUID" },
+}
+
+local function printable(s)
+  return (tostring(s):gsub("[%c]", "?"))
+end
+
+--- An Operation name we are willing to append to the endpoint: Google's shape, and nothing
+--- that could leave the path (query, fragment, dot segments, spaces, control characters).
+function M.valid_operation_name(name)
+  return type(name) == "string" and name:match("^projects/[^?#]+/operations/[^/?#]+$") ~= nil
+    and not name:find("[%s%c\128-\255]") and not name:find("/%.%.?/") and not name:find("/%.%.?$")
+    and not name:find("//", 1, true)
+end
+
+local function retry_policy(store, opts)
+  local r = {}
+  for k, v in pairs(M.RETRY_DEFAULTS) do r[k] = v end
+  for k, v in pairs(opts.retry or store.client.retry or {}) do r[k] = v end
+  return r
+end
+
+local function backoff(retry, attempt, asked)
+  local d = math.min(retry.max_delay, retry.initial * retry.multiplier ^ (attempt - 1))
+  if asked and asked > d then d = math.min(asked, retry.max_delay) end
+  return d
+end
+
+-- Sends req, again after a wait while the answer is a retryable HTTP status (or a transport
+-- failure that `resend_transport(err)` allows), at most retry.max_attempts times and never
+-- past deadline. Returns the response (any status) or nil, err.
+local function send_with_retry(store, req, retry, deadline, resend_transport)
+  local attempt = 0
+  while true do
+    attempt = attempt + 1
+    local res, err = store.client:send(req)
+    local asked
+    if res then
+      if not errors.RETRYABLE_HTTP[res.status] then return res end
+      asked = errors.retry_after(res.headers)
+    elseif not (err.retryable and resend_transport(err)) then
+      return nil, err
+    end
+    local wait = backoff(retry, attempt, asked)
+    if attempt >= retry.max_attempts or (deadline and core.now() + wait > deadline) then
+      if res then return res end
+      return nil, err
+    end
+    core.sleep(wait)
+  end
+end
+
+local function operation_failed(what, name, e)
+  local code = tonumber(e.code)
+  if code and code == math.floor(code) then code = math.floor(code) end -- 13, not 13.0
+  local status = RPC_STATUS[code] or ("CODE_" .. tostring(e.code))
+  local message = type(e.message) == "string" and e.message or "no message"
+  return errors.new("http", string.format("%s: operation %s failed: %s (code %s %s)", what, name,
+    printable(message), tostring(code or e.code), status), {
+      status = status, code = code, operation = name, details = type(e.details) == "table" and e.details or nil,
+    })
+end
+
+-- Polls GET {endpoint}/{name} until done. Returns the number of polls, or nil, err.
+local function poll(store, what, name, query, opts, retry)
+  local interval = opts.poll_interval or M.POLL_INTERVAL
+  local max_interval = interval * M.POLL_MAX_FACTOR
+  local timeout = opts.timeout or M.DEFAULT_TIMEOUT
+  local deadline = core.now() + timeout
+  local url = store.client.endpoint .. "/" .. name
+  local polls = 0
+  while true do
+    local left = deadline - core.now()
+    if left <= 0 then
+      return nil, errors.new("timeout", string.format(
+        "%s: operation %s not done after %g s; it may still finish: check it with GET %s",
+        what, name, timeout, url), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
+    end
+    core.sleep(math.min(interval, left))
+    interval = math.min(max_interval, interval * M.POLL_GROWTH)
+    polls = polls + 1
+    local res, err = send_with_retry(store, {
+      method = "GET", url = url, headers = { "Accept: application/json" }, query = query,
+    }, retry, deadline, function() return true end)
+    if not res then
+      err.operation = name
+      return nil, err
+    end
+    if res.status ~= 200 then
+      err = errors.from_response(res, what .. " (polling operation " .. name .. ")")
+      err.operation = name
+      return nil, err
+    end
+    local op = cjson.decode(res.body)
+    if type(op) ~= "table" then
+      return nil, errors.new("http", string.format("%s: operation %s: the answer is not JSON: %s", what, name,
+        printable(res.body:sub(1, 200))), { http_status = res.status, operation = name })
+    end
+    if type(op.error) == "table" then
+      return nil, operation_failed(what, name, op.error)
+    end
+    if op.done == true then return polls end
+  end
+end
+
+-- DELETE {base}/studies/{uid}[/series/{uid}[/instances/{uid}]], then the operation if any.
+local function delete(store, depth, uids, opts)
+  local level = LEVELS[depth]
+  util.check_options(opts, M.OPTIONS, level.fn, 4)
+  opts = opts or {}
+  for i = 1, depth do
+    local uid = uids[i]
+    if not dicomweb.valid_uid(uid) then
+      return nil, errors.new("usage", string.format(
+        "invalid %s '%s': a UID is digits and dots, at most %d characters", LEVELS[i].keyword,
+        printable(uid), dicomweb.MAX_UID))
+    end
+  end
+  -- A zero interval would poll as fast as the server answers, for up to `timeout`; x ~= x is NaN.
+  local p, t = opts.poll_interval, opts.timeout
+  if p ~= nil and (type(p) ~= "number" or p ~= p or p <= 0) then
+    return nil, errors.new("usage", "option 'poll_interval' must be a number of seconds > 0")
+  end
+  if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
+    return nil, errors.new("usage", "option 'timeout' must be a number of seconds >= 0")
+  end
+  if opts.retry ~= nil and type(opts.retry) ~= "table" then
+    return nil, errors.new("usage", "option 'retry' must be a table { max_attempts, initial, multiplier, max_delay }")
+  end
+  local client_mod = require "healthcare.client"
+  local query, qerr = client_mod.normalize_params(opts.params)
+  if not query then return nil, qerr end
+  local retry = retry_policy(store, opts)
+
+  local path = "/studies/" .. uids[1]
+  if depth >= 2 then path = path .. "/series/" .. uids[2] end
+  if depth == 3 then path = path .. "/instances/" .. uids[3] end
+  -- Google answers in JSON. Orthanc's DICOMweb plugin looks at Accept before the method on
+  -- series and instance paths, and answers an Accept it cannot produce with 400 instead of
+  -- 405: a plain DICOMweb server gets "*/*" so that it can say it has no DELETE.
+  local accept = store.name ~= store.base_url and "application/json" or "*/*"
+  local res, err = send_with_retry(store, {
+    method = "DELETE", url = store.base_url .. path, headers = { "Accept: " .. accept }, query = query,
+  }, retry, nil, function(e) return NOT_SENT[e.code] end)
+  if not res then return nil, err end
+
+  local named = level.noun .. " " .. table.concat(uids, "/", 1, depth)
+  if res.status == 404 then
+    return nil, errors.from_response(res, level.what .. ": " .. named .. " not found")
+  elseif res.status == 405 or res.status == 501 then
+    -- Orthanc's DICOMweb plugin answers 405 with "Allow: GET,POST": deleting is not part of
+    -- DICOMweb itself, and such servers delete through their own API.
+    err = errors.from_response(res, level.what)
+    local allow = res.headers.allow
+    err.message = string.format("%s: the server does not support deleting through DICOMweb "
+      .. "(HTTP %d%s); delete the %s with the server's own tools", level.what, res.status,
+      allow and (", Allow: " .. printable(allow)) or "", named)
+    err.status = "UNIMPLEMENTED"
+    return nil, err
+  elseif res.status < 200 or res.status >= 300 then
+    return nil, errors.from_response(res, level.what)
+  end
+
+  local op = cjson.decode(res.body or "")
+  if type(op) ~= "table" or op.name == nil then
+    return { status = res.status }
+  end
+  if not M.valid_operation_name(op.name) then
+    return nil, errors.new("http", string.format(
+      "%s: the server answered with an operation name that is not projects/.../operations/{id}: '%s'",
+      level.what, printable(op.name):sub(1, 200)), { http_status = res.status })
+  end
+  if type(op.error) == "table" then
+    return nil, operation_failed(level.what, op.name, op.error)
+  end
+  if op.done == true then
+    return { status = res.status, operation = op.name, polls = 0 }
+  end
+  local polls, perr = poll(store, level.what, op.name, query, opts, retry)
+  if not polls then return nil, perr end
+  return { status = res.status, operation = op.name, polls = polls }
+end
+
+local function check_store(store, fname)
+  if type(store) ~= "table" or type(store.client) ~= "table" then
+    error("bad argument #1 to '" .. fname .. "' (store expected, got " .. type(store) .. ")", 3)
+  end
+end
+
+--- Deletes a study; returns { status, operation = name or nil, polls } or nil, err.
+function M.delete_study(store, study, opts)
+  check_store(store, "delete_study")
+  return delete(store, 1, { study }, opts)
+end
+
+function M.delete_series(store, study, series, opts)
+  check_store(store, "delete_series")
+  return delete(store, 2, { study, series }, opts)
+end
+
+function M.delete_instance(store, study, series, instance, opts)
+  check_store(store, "delete_instance")
+  return delete(store, 3, { study, series, instance }, opts)
+end
+
+return M
