@@ -229,13 +229,18 @@ end
 
 -- gen_dicom{ count=1, dir=tmpdir(), study=uid, series=uid, sop=uid, size=4096,
 --   ts="explicit"|"implicit"|"big"|"deflated", no_preamble=bool, no_meta=bool,
---   sequence_before_uids=bool, frames=n, fill="random"|"zero", prefix=s }
+--   sequence_before_uids=bool, frames=n, fill="random"|"zero", prefix=s,
+--   patient_id="HC-TEST", patient_name="Test^Healthcare", study_date="20240101",
+--   study_time="120000", modality="OT", study_description=s, series_description=s,
+--   accession_number=s, series_number=1 }
 -- -> list of { path, sop_instance_uid, study_uid, series_uid, sop_class_uid,
 --   transfer_syntax, size }
 function H.gen_dicom(opts)
   opts = opts or {}
   local known = { count = 1, dir = 1, study = 1, series = 1, sop = 1, size = 1, ts = 1,
-    no_preamble = 1, no_meta = 1, sequence_before_uids = 1, frames = 1, fill = 1, prefix = 1 }
+    no_preamble = 1, no_meta = 1, sequence_before_uids = 1, frames = 1, fill = 1, prefix = 1,
+    patient_id = 1, patient_name = 1, study_date = 1, study_time = 1, modality = 1,
+    study_description = 1, series_description = 1, accession_number = 1, series_number = 1 }
   for k in pairs(opts) do
     if not known[k] then error("gen_dicom: unknown option '" .. tostring(k) .. "'", 2) end
   end
@@ -250,11 +255,62 @@ function H.gen_dicom(opts)
   opt("--frames", opts.frames)
   opt("--fill", opts.fill)
   opt("--prefix", opts.prefix)
+  opt("--patient-id", opts.patient_id)
+  opt("--patient-name", opts.patient_name)
+  opt("--study-date", opts.study_date)
+  opt("--study-time", opts.study_time)
+  opt("--modality", opts.modality)
+  opt("--study-description", opts.study_description)
+  opt("--series-description", opts.series_description)
+  opt("--accession-number", opts.accession_number)
+  opt("--series-number", opts.series_number)
   if opts.no_preamble then cmd[#cmd + 1] = "--no-preamble" end
   if opts.no_meta then cmd[#cmd + 1] = "--no-meta" end
   if opts.sequence_before_uids then cmd[#cmd + 1] = "--sequence-before-uids" end
   for i, w in ipairs(cmd) do cmd[i] = H.q(w) end
   return json_lines(H.check_run(table.concat(cmd, " ")))
+end
+
+-- Stores one file in Orthanc through its REST API (curl, not our library); raises on failure.
+function H.orthanc_put_file(path)
+  local r = H.curl({ "-X", "POST", "-H", "Content-Type: application/dicom", "--data-binary", "@" .. path,
+    E.orthanc .. "/instances" })
+  if r.status ~= 200 or type(r.json) ~= "table" then
+    error("Orthanc POST /instances failed: " .. tostring(r.status) .. " " .. r.body .. r.stderr, 2)
+  end
+  return r.json
+end
+
+-- A study with fresh UIDs, stored in Orthanc (so also seen through the emulator), for search,
+-- retrieve and delete specs:
+-- make_study{ patient_id = "P-1" (required: a prefix of your own keeps other specs' data out
+--   of your searches), patient_name, study_date, study_time, study_description,
+--   accession_number, size = 1024, dir = tmpdir(),
+--   series = { { modality = "CT", count = 2, description = s }, ... } (default one OT series of 1) }
+-- -> { study_uid, patient_id, dir, series = { { series_uid, modality, instances = { sop uids } } },
+--   files = { gen_dicom entries } }
+function H.make_study(opts)
+  assert(type(opts) == "table" and opts.patient_id, "make_study: patient_id is required")
+  local dir = opts.dir or H.tmpdir()
+  local study = { patient_id = opts.patient_id, dir = dir, series = {}, files = {} }
+  for i, s in ipairs(opts.series or { { modality = "OT", count = 1 } }) do
+    local files = H.gen_dicom {
+      dir = dir, count = s.count or 1, study = study.study_uid, size = opts.size or 1024,
+      prefix = "s" .. i, patient_id = opts.patient_id, patient_name = opts.patient_name,
+      study_date = opts.study_date, study_time = opts.study_time, modality = s.modality,
+      study_description = opts.study_description, accession_number = opts.accession_number,
+      series_description = s.description, series_number = i,
+    }
+    study.study_uid = files[1].study_uid
+    local entry = { series_uid = files[1].series_uid, modality = s.modality or "OT", instances = {} }
+    for _, f in ipairs(files) do
+      H.orthanc_put_file(f.path)
+      entry.instances[#entry.instances + 1] = f.sop_instance_uid
+      study.files[#study.files + 1] = f
+    end
+    study.series[i] = entry
+  end
+  return study
 end
 
 -- POST /_control/<path> with tbl as JSON -> decoded answer, status.

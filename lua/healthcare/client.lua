@@ -162,7 +162,8 @@ function Client:prepare(req)
   local qs = util.query_string(query)
   return {
     method = req.method or "GET",
-    url = qs ~= "" and (req.url .. "?" .. qs) or req.url,
+    -- A URL may already carry a query (QIDO-RS builds its own: servers differ in what they decode).
+    url = qs ~= "" and (req.url .. (req.url:find("?", 1, true) and "&" or "?") .. qs) or req.url,
     headers = headers,
     body = req.body,
     timeout = req.timeout,

@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
--- Reading STOW-RS answers. DICOM JSON (PS3.18 F.2) is the working form; an XML answer
--- (NativeDicomModel, PS3.19 A.1, which Google sends without an Accept header) is turned into
--- the same shape with lua-expat, so one code path reads both.
+-- Reading DICOM JSON (PS3.18 F.2): STOW-RS answers, and data sets wrapped for keyword access
+-- (search results, metadata). An XML answer (NativeDicomModel, PS3.19 A.1, which Google sends
+-- to STOW-RS without an Accept header) is turned into the same shape with lua-expat, so one
+-- code path reads both.
 local M = {}
 
 M.RETRIEVE_URL = "00081190"
@@ -161,6 +162,159 @@ function M.outcomes(ds)
     end
   end
   return out
+end
+
+-- Keywords ------------------------------------------------------------------------------
+
+-- healthcare.dictionary is large (pydicom's whole dictionary): read on the first lookup only.
+local by_tag, by_keyword, repeaters
+
+local function load_dictionary()
+  if by_tag then return end
+  local d = require "healthcare.dictionary"
+  by_tag, repeaters, by_keyword = d.tags, {}, {}
+  for tag, e in pairs(by_tag) do by_keyword[e[2]] = tag end
+  for mask, e in pairs(d.repeaters) do
+    -- "60xx0010" -> a Lua pattern, and the group's first instance (60000010) for its keyword
+    repeaters[#repeaters + 1] = { pattern = "^" .. mask:gsub("x", "%%x") .. "$", entry = e }
+    if not by_keyword[e[2]] then by_keyword[e[2]] = (mask:gsub("x", "0")) end
+  end
+  table.sort(repeaters, function(a, b) return a.pattern < b.pattern end)
+end
+
+local function entry_of(tag)
+  if type(tag) ~= "string" or not tag:match("^%x%x%x%x%x%x%x%x$") then return nil end
+  load_dictionary()
+  tag = tag:upper()
+  local e = by_tag[tag]
+  if e then return e end
+  for _, r in ipairs(repeaters) do
+    if tag:match(r.pattern) then return r.entry end
+  end
+  return nil
+end
+
+--- The tag ("ggggeeee", upper-case hex) of a DICOM keyword, or nil if the dictionary has none.
+function M.tag_of(keyword)
+  if type(keyword) ~= "string" then return nil end
+  load_dictionary()
+  return by_keyword[keyword]
+end
+
+--- The keyword of a tag ("ggggeeee", any case), or nil (private and unknown tags).
+function M.keyword_of(tag)
+  local e = entry_of(tag)
+  return e and e[2]
+end
+
+--- The dictionary's VR of a tag ("US or SS" where the standard allows several), or nil.
+function M.vr_of(tag)
+  local e = entry_of(tag)
+  return e and e[1]
+end
+
+--- "PatientID" or "00100020" (any case) -> "00100020"; nil for anything else.
+function M.to_tag(key)
+  if type(key) ~= "string" then return nil end
+  if key:match("^%x%x%x%x%x%x%x%x$") then return key:upper() end
+  return M.tag_of(key)
+end
+
+-- Data sets ------------------------------------------------------------------------------
+-- dataset(raw) wraps one DICOM JSON object. Indexing it with a keyword or a tag gives the
+-- element's value in Lua terms (see element_value); methods are lower-case, keywords never are.
+
+local Dataset = {}
+-- The wrapped table and the values already converted, kept off the object so that no field
+-- can shadow a keyword. Weak keys: a dataset that is dropped takes its state with it.
+local state = setmetatable({}, { __mode = "k" })
+local NONE = {} -- cache marker for an absent value
+
+--- One element as a Lua value:
+---  * absent element, no Value, or an empty Value list -> nil
+---  * one value -> that value (string or number); several -> a list (a copy)
+---  * PN -> the Alphabetic form of each name ("" when a name has none)
+---  * SQ -> always a list of wrapped data sets, even for one item
+---  * BulkDataURI / InlineBinary elements -> the element table as it came ({ vr =, BulkDataURI = }
+---    or { vr =, InlineBinary = base64 }): the bytes are not fetched nor decoded here
+--- A JSON null inside a multi-valued element stays cjson's null (a hole would cut the list).
+local function element_value(e)
+  if type(e) ~= "table" then return nil end
+  if e.Value == nil and (e.BulkDataURI ~= nil or e.InlineBinary ~= nil) then return e end
+  local v = e.Value
+  if type(v) ~= "table" or #v == 0 then return nil end
+  if e.vr == "SQ" then
+    local items = {}
+    for i, item in ipairs(v) do items[i] = M.dataset(item) end
+    return items
+  end
+  local out = {}
+  for i = 1, #v do
+    local x = v[i]
+    if e.vr == "PN" and type(x) == "table" then x = x.Alphabetic or "" end
+    out[i] = x
+  end
+  if #out == 1 then
+    if type(out[1]) ~= "string" and type(out[1]) ~= "number" and type(out[1]) ~= "table" then return nil end
+    return out[1]
+  end
+  return out
+end
+
+Dataset.__index = function(self, key)
+  local method = Dataset[key]
+  if method then return method end
+  local st = state[self]
+  local cached = st.cache[key]
+  if cached ~= nil then
+    if cached == NONE then return nil end
+    return cached
+  end
+  local tag = M.to_tag(key)
+  local value = tag and element_value(st.raw[tag])
+  -- only tags and keywords are cached: an unknown key must not grow the cache without bound
+  if tag then st.cache[key] = value == nil and NONE or value end
+  return value
+end
+
+Dataset.__tostring = function(self)
+  local n = 0
+  for _ in pairs(state[self].raw) do n = n + 1 end
+  return string.format("DICOM data set (%d elements)", n)
+end
+
+-- Lower-case names only: a DICOM keyword starts with a capital letter, so none can be hidden.
+Dataset.raw = function(self) return state[self].raw end
+
+--- Keywords of the elements present, in tag order; a tag without keyword (private) as its tag.
+Dataset.keywords = function(self)
+  local tags = {}
+  for tag in pairs(state[self].raw) do tags[#tags + 1] = tag end
+  table.sort(tags)
+  for i, tag in ipairs(tags) do tags[i] = M.keyword_of(tag) or tag end
+  return tags
+end
+
+--- The VR the element came with (from the data set, not the dictionary), or nil.
+Dataset.vr = function(self, key)
+  local tag = M.to_tag(key)
+  local e = tag and state[self].raw[tag]
+  return type(e) == "table" and e.vr or nil
+end
+
+--- Wraps a decoded DICOM JSON object (a table keyed by "ggggeeee"); see element_value.
+function M.dataset(raw)
+  if type(raw) ~= "table" then
+    error("bad argument #1 to 'dataset' (DICOM JSON object expected, got " .. type(raw) .. ")", 2)
+  end
+  local ds = setmetatable({}, Dataset)
+  state[ds] = { raw = raw, cache = {} }
+  return ds
+end
+
+--- True for a value made by dataset().
+function M.is_dataset(v)
+  return getmetatable(v) == Dataset
 end
 
 return M

@@ -1093,7 +1093,7 @@ class Handler(BaseHTTPRequestHandler):
             headers = self.orthanc_headers()
             if self.headers.get("Accept"):
                 headers["Accept"] = self.headers["Accept"]
-            q = "&".join("%s=%s" % (urllib.parse.quote(k), urllib.parse.quote(v))
+            q = "&".join("%s=%s" % (urllib.parse.quote(k), urllib.parse.quote(v, safe="*?,^:@/!$'();"))
                          for k, vs in self.query.items()
                          if k not in ("access_token", "oauth_token", "key") for v in vs)
             conn.request(self.command, root + "/dicom-web/" + rest + ("?" + q if q else ""),

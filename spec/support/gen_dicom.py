@@ -103,16 +103,22 @@ def build(args, study_uid, series_uid, sop_uid):
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
-    ds.StudyDate = "20240101"
-    ds.StudyTime = "120000"
-    ds.Modality = "OT"
+    ds.StudyDate = args.study_date
+    ds.StudyTime = args.study_time
+    ds.Modality = args.modality
+    if args.study_description is not None:
+        ds.StudyDescription = args.study_description
+    if args.series_description is not None:
+        ds.SeriesDescription = args.series_description
+    if args.accession_number is not None:
+        ds.AccessionNumber = args.accession_number
     ds.ConversionType = "WSD"
     ds.PatientName = args.patient_name
     ds.PatientID = args.patient_id
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.StudyID = "1"
-    ds.SeriesNumber = 1
+    ds.SeriesNumber = args.series_number
     ds.InstanceNumber = 1
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
@@ -180,6 +186,13 @@ def main():
     p.add_argument("--prefix", default="gen", help="file name prefix")
     p.add_argument("--patient-id", default="HC-TEST")
     p.add_argument("--patient-name", default="Test^Healthcare")
+    p.add_argument("--study-date", default="20240101", help="StudyDate, YYYYMMDD")
+    p.add_argument("--study-time", default="120000", help="StudyTime, HHMMSS")
+    p.add_argument("--modality", default="OT", help="Modality (default OT)")
+    p.add_argument("--study-description", help="StudyDescription (default: none)")
+    p.add_argument("--series-description", help="SeriesDescription (default: none)")
+    p.add_argument("--accession-number", help="AccessionNumber (default: none)")
+    p.add_argument("--series-number", type=int, default=1, help="SeriesNumber (default 1)")
     args = p.parse_args()
     count = args.count_opt if args.count_opt is not None else args.count
     if args.sop and count != 1:

@@ -1,0 +1,297 @@
+-- SPDX-License-Identifier: MIT
+-- Search (QIDO-RS, PS3.18 10.6): SearchForStudies, SearchForSeries, SearchForInstances.
+-- The query is checked whole before anything is sent; results come page by page (limit and
+-- offset) as the caller iterates, each item a DICOM JSON data set wrapped for keyword access.
+local dicomjson = require "healthcare.dicomjson"
+local errors = require "healthcare.errors"
+local util = require "healthcare.util"
+local cjson = require "cjson.safe"
+
+local M = {}
+
+M.DEFAULT_PAGE_SIZE = 100
+M.OPTIONS = { "page_size", "params", "timeout" }
+
+local STUDY_UID, SERIES_UID = "0020000D", "0020000E"
+local MODALITIES_IN_STUDY = "00080061"
+
+-- Characters sent as they are in attribute values. Orthanc (1.10, DICOMweb plugin 1.7) does
+-- not percent-decode QIDO values (only "%2C"): "PatientID=AB%2A" looks for "AB%2A", so the
+-- DICOM matching characters (* ? , - . ^ : /) must reach it raw. They are legal in a query
+-- (RFC 3986 pchar, plus "^" which servers accept), so Google reads them alike. Everything
+-- else (space, & = + # % \ and non-ASCII) is percent-encoded; Orthanc then matches the
+-- encoded text, which only a wildcard can get around.
+local function escape_value(s)
+  return (s:gsub("[^%w%-._~*?,^:@/!$'();]", function(c) return string.format("%%%02X", c:byte()) end))
+end
+
+local function usage(what, fmt, ...)
+  return nil, errors.new("usage", what .. ": " .. string.format(fmt, ...))
+end
+
+local function shown(v)
+  return (tostring(v):gsub("%c", "?"))
+end
+
+-- A count (limit, offset, page_size): a non-negative integer, as a number or a string.
+local function count_of(v)
+  local n = tonumber(v)
+  if type(v) ~= "number" and not (type(v) == "string" and v:match("^%d+$")) then return nil end
+  if not n or n < 0 or n ~= math.floor(n) or n >= 2 ^ 53 then return nil end
+  return n
+end
+
+local function int_string(n)
+  return string.format("%d", n)
+end
+
+-- "PatientID", "00100020" or a sequence path "ReferencedSeriesSequence.SeriesInstanceUID"
+-- -> the wire form with tags ("00081115.0020000E"), the last tag; or nil.
+local function attribute_path(key)
+  local tags, last = {}, nil
+  for part in (key .. "."):gmatch("([^.]*)%.") do
+    last = dicomjson.to_tag(part)
+    if not last then return nil end
+    tags[#tags + 1] = last
+  end
+  if #tags == 0 then return nil end
+  return table.concat(tags, "."), last
+end
+
+-- One attribute value as sent: a string, a number, or a list (UID list matching, joined with
+-- ","). Returns the text or nil, reason.
+local function attribute_value(v, tag)
+  local list = type(v) == "table" and v or { v }
+  if type(v) == "table" and #v == 0 then return nil, "an empty list matches nothing" end
+  local out = {}
+  for i, x in ipairs(list) do
+    if type(x) == "number" then
+      x = x == math.floor(x) and int_string(x) or tostring(x)
+    elseif type(x) ~= "string" then
+      return nil, "must be a string, a number or a list of them, got " .. type(x)
+    end
+    if x:find("%c") then return nil, "contains a control character" end
+    if #list > 1 and x:find(",", 1, true) then
+      return nil, "a list item contains ','"
+    end
+    if dicomjson.vr_of(tag) == "UI" and not (x == "" and #list == 1) then
+      if not require("healthcare.dicomweb").valid_uid(x) then
+        return nil, "'" .. shown(x) .. "' is not a UID (digits and dots, at most 64 characters)"
+      end
+    end
+    out[i] = x
+  end
+  return table.concat(out, ",")
+end
+
+--- Checks a query and turns it into { pairs = { {name, value}... }, study =, series =, limit =,
+--- offset = }. level: "studies" | "series" | "instances". Returns it or nil, err.
+function M.compile(query, level, what)
+  if query == nil then query = {} end
+  if type(query) ~= "table" then
+    -- level 3: the caller of store:search_* (the delegating calls are tail calls)
+    error(string.format("bad argument #1 to '%s' (query table expected, got %s)", what, type(query)), 3)
+  end
+  local q = { attrs = {}, includefield = {} }
+  local seen = {}
+  local keys = {}
+  for k in pairs(query) do
+    if type(k) ~= "string" then return usage(what, "query keys must be strings, got %s", type(k)) end
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    local v = query[k]
+    if k == "limit" or k == "offset" then
+      local n = count_of(v)
+      if not n or (k == "limit" and n == 0) then
+        local kind = k == "limit" and "positive" or "non-negative"
+        return usage(what, "%s must be a %s integer, got '%s'", k, kind, shown(v))
+      end
+      q[k] = n
+    elseif k == "fuzzymatching" then
+      if v == "true" or v == "false" then v = v == "true" end
+      if type(v) ~= "boolean" then return usage(what, "fuzzymatching must be true or false, got '%s'", shown(v)) end
+      q.fuzzymatching = v
+    elseif k == "includefield" then
+      local list = type(v) == "table" and v or { v }
+      for _, f in ipairs(list) do
+        if type(f) ~= "string" then return usage(what, "includefield must be a string or a list of strings") end
+        local wire = f == "all" and "all" or attribute_path(f)
+        if not wire then return usage(what, "includefield: unknown attribute '%s'", shown(f)) end
+        q.includefield[#q.includefield + 1] = wire
+      end
+    else
+      local wire, tag = attribute_path(k)
+      if not wire then
+        return usage(what, "unknown attribute '%s' (a DICOM keyword such as PatientID, or a tag such as 00100020)",
+          shown(k))
+      end
+      if seen[wire] then return usage(what, "attribute %s is given twice ('%s' and '%s')", wire, seen[wire], k) end
+      seen[wire] = k
+      local text, why = attribute_value(v, tag)
+      if not text then return usage(what, "%s %s", k, why) end
+      q.attrs[wire] = { value = text, raw = v }
+    end
+  end
+  -- A single UID scopes the path (studies/{uid}/series...); a list stays a matching key.
+  local function scope(tag)
+    local a = q.attrs[tag]
+    if a and type(a.raw) == "string" and a.raw ~= "" then
+      q.attrs[tag] = nil
+      return a.raw
+    end
+  end
+  if level == "series" or level == "instances" then q.study = scope(STUDY_UID) end
+  if level == "instances" and q.study then q.series = scope(SERIES_UID) end
+  return q
+end
+
+local function path_of(q, level)
+  if level == "studies" then return "studies" end
+  if level == "series" then
+    return q.study and ("studies/" .. q.study .. "/series") or "series"
+  end
+  if q.series then return "studies/" .. q.study .. "/series/" .. q.series .. "/instances" end
+  return q.study and ("studies/" .. q.study .. "/instances") or "instances"
+end
+
+local function query_text(q, limit, offset)
+  local names = {}
+  for name in pairs(q.attrs) do names[#names + 1] = name end
+  table.sort(names)
+  local out = {}
+  for _, name in ipairs(names) do out[#out + 1] = name .. "=" .. escape_value(q.attrs[name].value) end
+  if #q.includefield > 0 then out[#out + 1] = "includefield=" .. table.concat(q.includefield, ",") end
+  if q.fuzzymatching ~= nil then out[#out + 1] = "fuzzymatching=" .. tostring(q.fuzzymatching) end
+  if limit then out[#out + 1] = "limit=" .. int_string(limit) end
+  if offset and offset > 0 then out[#out + 1] = "offset=" .. int_string(offset) end
+  return table.concat(out, "&")
+end
+
+-- Results ----------------------------------------------------------------------------------
+
+local Results = {}
+Results.__index = Results
+M.Results = Results
+
+-- One page: the list of raw data sets, or nil, err. Sets self.warning from a Warning header.
+function Results:fetch(limit, offset)
+  local qs = query_text(self.q, limit, offset)
+  local res, err = self.store.client:send {
+    method = "GET",
+    url = self.url .. (qs ~= "" and ("?" .. qs) or ""),
+    headers = { "Accept: application/dicom+json" },
+    query = self.params,
+    timeout = self.timeout,
+  }
+  self.requests = self.requests + 1
+  if not res then return nil, err end
+  if res.status == 204 then return {} end
+  if res.status < 200 or res.status > 299 then return nil, errors.from_response(res, self.what) end
+  -- Google says so when it returned fewer results than asked (its cap on limit).
+  if res.headers.warning then self.warning = res.headers.warning end
+  if (res.body or ""):match("^%s*$") then return {} end
+  local list = cjson.decode(res.body)
+  if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
+    return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a DICOM JSON list: %s",
+      self.what, res.status, (res.body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
+  end
+  for _, item in ipairs(list) do
+    if type(item) ~= "table" then
+      return nil, errors.new("http", self.what .. ": a result is not a DICOM JSON object",
+        { http_status = res.status })
+    end
+  end
+  return list, res
+end
+
+--- Iterates over every result, fetching pages as needed. A failed page ends the loop and
+--- sets results.error. Each call starts over from the first page (nothing is kept).
+function Results:each()
+  self.error, self.warning = nil, nil
+  local q = self.q
+  local want = q.limit   -- nil: all there are
+  local got = 0          -- results handed out
+  local skip = 0         -- results to drop before handing out (an offset applied here)
+  local at = q.offset or 0 -- the next page's offset on the server
+  -- Orthanc (1.10 with DICOMweb 1.7) gets offset wrong when filtering on ModalitiesInStudy
+  -- (offset=1&limit=2 gives the 2nd match only: the slice [offset, limit)), so such a query
+  -- asks for the first offset+limit matches in one request and drops the offset here. A
+  -- server that caps an answer (Google) says so in a Warning header; paging goes on from there.
+  local whole = q.attrs[MODALITIES_IN_STUDY] ~= nil
+  if whole then skip, at = at, 0 end
+  local page, i = {}, 0
+  local done = false
+  return function()
+    while true do
+      if want and got >= want then return nil end
+      i = i + 1
+      local raw = page[i]
+      if raw and skip > 0 then
+        skip = skip - 1
+      elseif raw then
+        got = got + 1
+        return dicomjson.dataset(raw)
+      else
+        if done then return nil end
+        local ask -- nil: no limit
+        if whole and not self.warning then
+          ask = want and (want - got + skip)
+        else
+          ask = self.page_size
+          if want then ask = math.min(ask, want - got + skip) end
+        end
+        local list, res = self:fetch(ask, at)
+        if not list then
+          self.error, done = res, true
+          page, i = {}, 0
+          return nil
+        end
+        local capped = res ~= nil and res.headers.warning ~= nil
+        at = at + #list
+        -- A short page is the last one, unless the server said it cut it short; a page longer
+        -- than asked comes from a server that ignored limit: it held everything from offset.
+        if #list == 0 or (not capped and (ask == nil or #list ~= ask)) then done = true end
+        page, i = list, 0
+      end
+    end
+  end
+end
+
+--- Every result in a list, or nil, err.
+function Results:all()
+  local out = {}
+  for item in self:each() do out[#out + 1] = item end
+  if self.error then return nil, self.error end
+  return out
+end
+
+local WHAT = { studies = "SearchForStudies", series = "SearchForSeries", instances = "SearchForInstances" }
+
+local function search(store, level, query, opts)
+  local what = WHAT[level]
+  opts = util.check_options(opts, M.OPTIONS, "search_" .. level)
+  local page_size = M.DEFAULT_PAGE_SIZE
+  if opts.page_size ~= nil then
+    page_size = count_of(opts.page_size)
+    if not page_size or page_size == 0 then
+      return usage(what, "page_size must be a positive integer, got '%s'", shown(opts.page_size))
+    end
+  end
+  local q, err = M.compile(query, level, what)
+  if not q then return nil, err end
+  local params, perr = require("healthcare.client").normalize_params(opts.params)
+  if not params then return nil, perr end
+  return setmetatable({
+    store = store, what = what, q = q, page_size = page_size, params = params,
+    timeout = opts.timeout, url = store.base_url .. "/" .. path_of(q, level), requests = 0,
+  }, Results)
+end
+
+--- store:search_studies(query, opts) -> Results, or nil, err (a bad query; nothing sent).
+function M.search_studies(store, query, opts) return search(store, "studies", query, opts) end
+function M.search_series(store, query, opts) return search(store, "series", query, opts) end
+function M.search_instances(store, query, opts) return search(store, "instances", query, opts) end
+
+return M
