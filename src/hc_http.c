@@ -5,10 +5,16 @@
 #define _POSIX_C_SOURCE 200809L
 #include "hc_http.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/types.h>
 #include <time.h>
+#include <unistd.h>
 
 struct hc_session {
     CURLM *multi;            /* owned */
@@ -38,15 +44,357 @@ static int on_seek(void *ud, curl_off_t offset, int origin)
     return CURL_SEEKFUNC_OK;
 }
 
+
+/* ---- the sink: 2xx bodies to files ----------------------------------------------------- */
+
+static int sink_io_error(hc_transfer *t, const char *what, const char *path)
+{
+    int e = errno;
+    if (t->sink.error == HC_SINKERR_NONE) {
+        t->sink.error = HC_SINKERR_IO;
+        snprintf(t->sink.message, sizeof t->sink.message, "%s %s: %s", what, path, strerror(e));
+    }
+    return -1;
+}
+
+/* "(2 complete parts received)" */
+static const char *parts_note(const hc_sink *k, char *buf, size_t size)
+{
+    snprintf(buf, size, "(%lu complete part%s received)", (unsigned long)k->nparts,
+             k->nparts == 1 ? "" : "s");
+    return buf;
+}
+
+static int sink_multipart_error(hc_transfer *t, int code)
+{
+    hc_sink *k = &t->sink;
+    char note[64];
+    const char *what;
+    if (k->error != HC_SINKERR_NONE)
+        return -1;
+    switch (code) {
+    case HC_MP_ERR_NO_BOUNDARY: what = "does not start with its boundary delimiter"; break;
+    case HC_MP_ERR_HEADERS_TOO_LARGE: what = "has a part header block larger than 64 KiB"; break;
+    case HC_MP_ERR_HEADERS_MALFORMED: what = "has a malformed part header block"; break;
+    case HC_MP_ERR_DELIMITER: what = "has a boundary delimiter followed by something other than CRLF or \"--\""; break;
+    case HC_MP_ERR_TRUNCATED:
+        what = k->mp.in_part ? "ended inside a part" : "ended before the close delimiter";
+        break;
+    default: what = hc_multipart_strerror(code); break;
+    }
+    k->error = HC_SINKERR_MULTIPART;
+    snprintf(k->message, sizeof k->message, "the %s response %s %s", k->media, what,
+             parts_note(k, note, sizeof note));
+    return -1;
+}
+
+/* Creates a new file <prefix>XXXXXX (mode 0666 less the umask, unlike mkstemp's 0600) as the
+ * sink's current file. Returns 0 or -1. */
+static int open_temp(hc_transfer *t, const char *prefix)
+{
+    static const char chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    size_t n = strlen(prefix);
+    char *path = malloc(n + 7);
+    struct timespec ts;
+    uint64_t x;
+    int tries;
+    if (path == NULL) {
+        errno = ENOMEM;
+        return sink_io_error(t, "cannot create", prefix);
+    }
+    memcpy(path, prefix, n);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 40)
+        ^ (uint64_t)(uintptr_t)t;
+    for (tries = 0; tries < 100; tries++) {
+        int i, fd;
+        uint64_t z;
+        /* splitmix64: O_EXCL makes the names safe, this only makes clashes rare. */
+        x += 0x9E3779B97F4A7C15ull;
+        z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        for (i = 0; i < 6; i++, z /= 62)
+            path[n + (size_t)i] = chars[z % 62];
+        path[n + 6] = '\0';
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            t->sink.fd = fd;
+            t->sink.tmp = path;
+            t->sink.cur_size = 0;
+            return 0;
+        }
+        if (errno != EEXIST)
+            break;
+    }
+    memcpy(path + n, "XXXXXX", 7);
+    sink_io_error(t, "cannot create", path);
+    free(path);
+    return -1;
+}
+
+static int write_all(hc_transfer *t, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(t->sink.fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return sink_io_error(t, "cannot write", t->sink.tmp);
+        }
+        p += w;
+        n -= (size_t)w;
+        t->sink.cur_size += w;
+    }
+    return 0;
+}
+
+/* Closes the current file; keep = 0 (or a failed close) removes it. Returns 0 or -1. */
+static int close_current(hc_transfer *t, int keep)
+{
+    hc_sink *k = &t->sink;
+    int rc = 0;
+    if (k->fd >= 0) {
+        if (close(k->fd) != 0 && keep)
+            rc = sink_io_error(t, "cannot write", k->tmp);
+        k->fd = -1;
+    }
+    if (k->tmp != NULL && (!keep || rc != 0)) {
+        unlink(k->tmp);
+        free(k->tmp);
+        k->tmp = NULL;
+    }
+    if (!keep || rc != 0) {
+        free(k->cur_headers);
+        k->cur_headers = NULL;
+    }
+    return rc;
+}
+
+/* Closes the current file and records it as a complete part. Returns 0 or -1. */
+static int finish_part(hc_transfer *t)
+{
+    hc_sink *k = &t->sink;
+    if (close_current(t, 1) != 0)
+        return -1;
+    if (k->nparts == k->parts_size) {
+        size_t want = k->parts_size ? 2 * k->parts_size : 16;
+        hc_part *grown = realloc(k->parts, want * sizeof *grown);
+        if (grown == NULL) {
+            errno = ENOMEM;
+            sink_io_error(t, "cannot record", k->tmp);
+            close_current(t, 0);
+            return -1;
+        }
+        k->parts = grown;
+        k->parts_size = want;
+    }
+    k->parts[k->nparts].path = k->tmp;
+    k->parts[k->nparts].headers = k->cur_headers;
+    k->parts[k->nparts].headers_len = k->cur_headers_len;
+    k->parts[k->nparts].size = k->cur_size;
+    k->nparts++;
+    k->tmp = NULL;
+    k->cur_headers = NULL;
+    k->cur_headers_len = 0;
+    return 0;
+}
+
+static int set_cur_headers(hc_transfer *t, const char *h, size_t n)
+{
+    hc_sink *k = &t->sink;
+    free(k->cur_headers);
+    k->cur_headers = malloc(n + 1);
+    k->cur_headers_len = 0;
+    if (k->cur_headers == NULL) {
+        errno = ENOMEM;
+        return sink_io_error(t, "cannot record a part of", k->path);
+    }
+    memcpy(k->cur_headers, h, n);
+    k->cur_headers[n] = '\0';
+    k->cur_headers_len = n;
+    return 0;
+}
+
+static int part_prefix_open(hc_transfer *t)
+{
+    hc_sink *k = &t->sink;
+    char prefix[4096];
+    if ((size_t)snprintf(prefix, sizeof prefix, "%s/.hc-part-", k->path) >= sizeof prefix) {
+        errno = ENAMETOOLONG;
+        return sink_io_error(t, "cannot create a file in", k->path);
+    }
+    return open_temp(t, prefix);
+}
+
+static int on_part_begin(void *ud, const char *headers, size_t len)
+{
+    hc_transfer *t = ud;
+    if (set_cur_headers(t, headers, len) != 0)
+        return -1;
+    return part_prefix_open(t);
+}
+
+static int on_part_data(void *ud, const char *p, size_t n)
+{
+    return write_all(ud, p, n);
+}
+
+static int on_part_end(void *ud)
+{
+    return finish_part(ud);
+}
+
+static const hc_multipart_callbacks part_callbacks = { on_part_begin, on_part_data, on_part_end };
+
+/* At the final response's first body byte (or its end): memory, or which files. Returns 0 or -1
+ * (the sink's error set). */
+static int sink_decide(hc_transfer *t)
+{
+    hc_sink *k = &t->sink;
+    long status = 0;
+    char *ct = NULL;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (k->kind == HC_SINK_NONE || status < 200 || status > 299) {
+        k->mode = HC_MODE_MEMORY;
+        return 0;
+    }
+    if (k->kind == HC_SINK_FILE) {
+        char prefix[4096];
+        k->mode = HC_MODE_FILE;
+        if ((size_t)snprintf(prefix, sizeof prefix, "%s.partial-", k->path) >= sizeof prefix) {
+            errno = ENAMETOOLONG;
+            return sink_io_error(t, "cannot create", k->path);
+        }
+        return open_temp(t, prefix);
+    }
+    curl_easy_getinfo(t->easy, CURLINFO_CONTENT_TYPE, &ct);
+    if (ct != NULL) {
+        char boundary[HC_MP_MAX_BOUNDARY + 1];
+        size_t blen = 0, i;
+        int r = hc_multipart_content_type(ct, strlen(ct), boundary, &blen);
+        if (r != 0) {
+            /* The media type, for messages: "multipart/related" */
+            for (i = 0; ct[i] == ' ' || ct[i] == '\t'; i++)
+                ;
+            snprintf(k->media, sizeof k->media, "%.*s", (int)strcspn(ct + i, "; \t"), ct + i);
+            for (i = 0; k->media[i]; i++)
+                if (k->media[i] >= 'A' && k->media[i] <= 'Z')
+                    k->media[i] = (char)(k->media[i] - 'A' + 'a');
+            k->mode = HC_MODE_MULTIPART;
+            if (r < 0) {
+                k->error = HC_SINKERR_MULTIPART;
+                snprintf(k->message, sizeof k->message,
+                         "the %s response has no valid boundary parameter (Content-Type: %.200s)",
+                         k->media, ct);
+                return -1;
+            }
+            if (hc_multipart_init(&k->mp, boundary, blen, &part_callbacks, t) != 0)
+                return sink_multipart_error(t, HC_MP_ERR_NO_BOUNDARY);
+            k->mp_live = 1;
+            return 0;
+        }
+    }
+    k->mode = HC_MODE_SINGLE;
+    if (ct != NULL) {
+        char h[1024];
+        int n = snprintf(h, sizeof h, "content-type: %.900s\r\n", ct);
+        if (strpbrk(ct, "\r\n") == NULL && set_cur_headers(t, h, (size_t)n) != 0)
+            return -1;
+    }
+    return part_prefix_open(t);
+}
+
+/* Removes every file of the sink not handed to the caller and forgets the response. */
+static void sink_discard(hc_transfer *t)
+{
+    hc_sink *k = &t->sink;
+    size_t i;
+    close_current(t, 0);
+    for (i = 0; i < k->nparts; i++) {
+        if (!k->parts_taken)
+            unlink(k->parts[i].path);
+        free(k->parts[i].path);
+        free(k->parts[i].headers);
+    }
+    free(k->parts);
+    k->parts = NULL;
+    k->nparts = k->parts_size = 0;
+    k->parts_taken = 0;
+    if (k->mp_live)
+        hc_multipart_free(&k->mp);
+    k->mp_live = 0;
+    k->mode = HC_MODE_UNDECIDED;
+    k->bytes = 0;
+    k->error = HC_SINKERR_NONE;
+    k->message[0] = '\0';
+}
+
+/* The transfer ended (ok: libcurl says it succeeded): completes or abandons the files. Returns
+ * 0, or -1 when the sink turned a success into a failure. */
+static int sink_end(hc_transfer *t, int ok)
+{
+    hc_sink *k = &t->sink;
+    int rc = 0;
+    if (!ok || k->kind == HC_SINK_NONE) {
+        close_current(t, 0);
+        return 0;
+    }
+    if (k->mode == HC_MODE_UNDECIDED && sink_decide(t) != 0)
+        rc = -1;
+    else if (k->mode == HC_MODE_FILE) {
+        if (close_current(t, 1) != 0)
+            rc = -1;
+        else if (rename(k->tmp, k->path) != 0) {
+            rc = sink_io_error(t, "cannot rename the download to", k->path);
+            unlink(k->tmp);
+        }
+        free(k->tmp);
+        k->tmp = NULL;
+    } else if (k->mode == HC_MODE_SINGLE) {
+        /* An empty body (a 204, say) is no part at all. */
+        if (k->bytes == 0)
+            close_current(t, 0);
+        else
+            rc = finish_part(t);
+    } else if (k->mode == HC_MODE_MULTIPART) {
+        int r = hc_multipart_finish(&k->mp);
+        if (r != HC_MP_OK)
+            rc = sink_multipart_error(t, r);
+    }
+    close_current(t, 0);
+    return rc;
+}
+
 static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
 {
     hc_transfer *t = ud;
+    hc_sink *k = &t->sink;
     size_t n = size * nmemb;
-    if (hc_buf_append(&t->response, p, n) != 0) {
-        t->response_too_large = 1;
+    int r;
+    if (k->mode == HC_MODE_UNDECIDED && sink_decide(t) != 0)
         return 0;
+    switch (k->mode) {
+    case HC_MODE_FILE:
+    case HC_MODE_SINGLE:
+        k->bytes += (int64_t)n;
+        return write_all(t, p, n) == 0 ? n : 0;
+    case HC_MODE_MULTIPART:
+        k->bytes += (int64_t)n;
+        r = hc_multipart_feed(&k->mp, p, n);
+        if (r != HC_MP_OK) {
+            sink_multipart_error(t, r);
+            return 0;
+        }
+        return n;
+    default:
+        if (hc_buf_append(&t->response, p, n) != 0) {
+            t->response_too_large = 1;
+            return 0;
+        }
+        return n;
     }
-    return n;
 }
 
 static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
@@ -58,6 +406,7 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
         hc_buf_free(&t->response_headers);
         hc_buf_free(&t->response);
+        sink_discard(t);
     }
     if (hc_buf_append(&t->response_headers, p, n) != 0) {
         t->response_too_large = 1;
@@ -84,6 +433,13 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
     memset(t, 0, sizeof *t);
     t->ref = -2;
     t->body = body;
+    t->sink.fd = -1;
+    if (o->sink_kind != HC_SINK_NONE) {
+        t->sink.kind = o->sink_kind;
+        t->sink.path = strdup(o->sink_path);
+        if (t->sink.path == NULL)
+            return fail(t, "out of memory");
+    }
     hc_buf_init(&t->response, o->max_response_bytes);
     hc_buf_init(&t->response_headers, 256 * 1024);
     t->easy = e = curl_easy_init();
@@ -141,6 +497,9 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
     curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     if (o->verbose)
         curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
+    /* Fewer, larger writes to disk. */
+    if (o->sink_kind != HC_SINK_NONE)
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024L);
 
     if (body != NULL) {
         curl_easy_setopt(e, CURLOPT_POST, 1L);
@@ -181,6 +540,14 @@ void hc_transfer_cleanup(hc_transfer *t)
     t->body = NULL;
     hc_buf_free(&t->response);
     hc_buf_free(&t->response_headers);
+    sink_discard(t);
+    free(t->sink.path);
+    t->sink.path = NULL;
+}
+
+void hc_transfer_take_parts(hc_transfer *t)
+{
+    t->sink.parts_taken = 1;
 }
 
 /* ---- sessions ------------------------------------------------------------------------ */
@@ -218,6 +585,7 @@ void hc_session_remove(hc_session *s, hc_transfer *t)
         unlink_from(&s->running, t);
         t->result = CURLE_ABORTED_BY_CALLBACK;
         snprintf(t->errbuf, sizeof t->errbuf, "request abandoned");
+        sink_end(t, 0);
         t->state = HC_T_DONE;
     } else {
         unlink_from(&s->done, t);
@@ -265,6 +633,8 @@ static int collect(hc_session *s)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&t);
         t->result = m->data.result;
         curl_multi_remove_handle(s->multi, t->easy);
+        if (sink_end(t, t->result == CURLE_OK) != 0)
+            t->result = CURLE_WRITE_ERROR;
         unlink_from(&s->running, t);
         t->state = HC_T_DONE;
         for (tail = &s->done; *tail != NULL; tail = &(*tail)->next)

@@ -10,11 +10,47 @@
 
 #include "hc_body.h"
 #include "hc_buf.h"
+#include "hc_multipart.h"
 
 typedef struct hc_session hc_session;
 typedef struct hc_transfer hc_transfer;
 
 enum { HC_T_NEW, HC_T_RUNNING, HC_T_DONE };
+
+/* Where a 2xx response body goes (see hc_transfer_opts.sink_*). */
+enum { HC_SINK_NONE, HC_SINK_FILE, HC_SINK_DIR };
+/* What was decided at the final response's first body byte (or its end, when it had none). */
+enum { HC_MODE_UNDECIDED, HC_MODE_MEMORY, HC_MODE_FILE, HC_MODE_MULTIPART, HC_MODE_SINGLE };
+/* Why a sink stopped a transfer. */
+enum { HC_SINKERR_NONE, HC_SINKERR_IO, HC_SINKERR_MULTIPART };
+
+/* A part written to disk by a directory sink. */
+typedef struct hc_part {
+    char *path;                    /* owned */
+    char *headers;                 /* owned: the part's checked header block (hc_multipart.h) */
+    size_t headers_len;
+    int64_t size;
+} hc_part;
+
+typedef struct hc_sink {
+    int kind;                      /* HC_SINK_* */
+    char *path;                    /* owned: the file, or the directory */
+    int mode;                      /* HC_MODE_* */
+    int fd;                        /* the file being written, or -1 */
+    char *tmp;                     /* owned: its path, NULL when none */
+    char *cur_headers;             /* owned: header block of the part being written */
+    size_t cur_headers_len;
+    int64_t cur_size;              /* bytes in the file being written */
+    int64_t bytes;                 /* body bytes of the final response received */
+    hc_part *parts;                /* owned: completed parts, in stream order */
+    size_t nparts, parts_size;
+    int parts_taken;               /* the caller has been given the parts: they are its files */
+    hc_multipart mp;
+    int mp_live;                   /* mp is initialised */
+    int error;                     /* HC_SINKERR_* */
+    char message[512];
+    char media[64];                /* "multipart/related", for messages */
+} hc_sink;
 
 struct hc_transfer {
     CURL *easy;                    /* owned */
@@ -27,6 +63,7 @@ struct hc_transfer {
     int state;
     int response_too_large;
     CURLcode result;
+    hc_sink sink;
     hc_session *session;           /* not owned; set while running */
     hc_transfer *next;             /* links in the session's running or done list */
     int ref;                       /* owner's handle (the Lua registry ref) while running */
@@ -44,6 +81,11 @@ typedef struct hc_transfer_opts {
     int insecure;                  /* turns TLS verification off */
     int http2;
     int verbose;
+    /* HC_SINK_FILE: a 2xx body goes to sink_path (through a temporary file beside it, renamed
+     * when the transfer succeeds). HC_SINK_DIR: a 2xx body goes to files in the directory
+     * sink_path, one per multipart part (or one for a body that is not multipart). */
+    int sink_kind;
+    const char *sink_path;         /* copied */
 } hc_transfer_opts;
 
 /* Returns a new session owned by the caller (free with hc_session_free), or NULL. */
@@ -56,8 +98,12 @@ void hc_session_free(hc_session *s);
  * (freed with the transfer, even on failure). Returns 0 or -1 with a message in t->errbuf. */
 int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *const *headers,
                      size_t nheaders, hc_body *body);
-/* Releases what the transfer holds; it must not be running. */
+/* Releases what the transfer holds (stopping it when it runs). Temporary files of its sink
+ * that were not handed to the caller (parts before hc_transfer_take_parts) are removed. */
 void hc_transfer_cleanup(hc_transfer *t);
+
+/* The caller now owns the files of t->sink.parts: cleanup leaves them. */
+void hc_transfer_take_parts(hc_transfer *t);
 
 /* Starts t on s. Returns 0 or -1. */
 int hc_session_start(hc_session *s, hc_transfer *t);

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <strings.h>
 #include <ctype.h>
+#include <errno.h>
+#include <sys/stat.h>
 
 #include "hc_compat.h"
 #include "hc_http.h"
@@ -29,6 +31,7 @@ typedef struct ltransfer {
     int live;                      /* t holds resources */
     hc_body *building;             /* owned while the body is being built, then adopted by t */
     char *url, *method;            /* owned copies kept for error messages */
+    char *sink_path;               /* owned copy of sink.file or sink.dir */
 } ltransfer;
 
 /* ---- options ------------------------------------------------------------------------- */
@@ -257,6 +260,61 @@ static hc_body *build_body(lua_State *L, ltransfer *lt, int idx, const char **er
     return b;
 }
 
+/* Reads the request's sink = { file = path } | { dir = path } into o (the path owned by lt).
+ * Raises for a malformed option; returns 0, or -1 with nil and an error table pushed when the
+ * directory does not exist. */
+static int read_sink(lua_State *L, ltransfer *lt, int idx, hc_transfer_opts *o)
+{
+    static const char *const keys[] = { "file", "dir" };
+    static const int kinds[] = { HC_SINK_FILE, HC_SINK_DIR };
+    int i, sink;
+    lua_getfield(L, idx, "sink");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    if (!lua_istable(L, -1))
+        return luaL_error(L, "option 'sink' must be a table { file = path } or { dir = path }");
+    sink = lua_gettop(L);
+    for (i = 0; i < 2; i++) {
+        size_t n;
+        const char *p;
+        lua_getfield(L, sink, keys[i]);
+        if (lua_isnil(L, -1)) {
+            lua_pop(L, 1);
+            continue;
+        }
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "sink.%s must be a string", keys[i]);
+        p = lua_tolstring(L, -1, &n);
+        if (n == 0 || memchr(p, '\0', n) != NULL)
+            return luaL_error(L, "sink.%s must be a non-empty path without NUL", keys[i]);
+        if (lt->sink_path != NULL)
+            return luaL_error(L, "sink takes 'file' or 'dir', not both");
+        lt->sink_path = strdup(p);
+        if (lt->sink_path == NULL)
+            return luaL_error(L, "out of memory");
+        o->sink_kind = kinds[i];
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (lt->sink_path == NULL)
+        return luaL_error(L, "option 'sink' must be a table { file = path } or { dir = path }");
+    o->sink_path = lt->sink_path;
+    if (o->sink_kind == HC_SINK_DIR) {
+        struct stat st;
+        int e = stat(lt->sink_path, &st) != 0 ? errno : !S_ISDIR(st.st_mode) ? ENOTDIR : 0;
+        if (e != 0) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "sink dir %s: %s", lt->sink_path, strerror(e));
+            hc_lua_push_error(L, "io", lua_tostring(L, -1), "sink");
+            lua_remove(L, -2);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* Pushes a new Transfer for the request table at idx, or nil and an error table. */
 static int transfer_new(lua_State *L, lsession *ls, int idx)
 {
@@ -286,6 +344,8 @@ static int transfer_new(lua_State *L, lsession *ls, int idx)
     if (!lua_isnil(L, -1))
         o.max_response_bytes = (size_t)opt_size(L, -1, "max_response_bytes");
     lua_pop(L, 1);
+    if (read_sink(L, lt, idx, &o) != 0)
+        return 2;
 
     /* Headers: a list of "Name: value" lines. The strings stay on the Lua stack (anchored in
      * the request table) until hc_transfer_init has copied them. */
@@ -447,7 +507,44 @@ static void push_headers(lua_State *L, const hc_buf *hb)
     }
 }
 
-/* transfer:result() -> { status, headers, body } | nil, err */
+/* Pushes the sink's completed parts { { path, size, headers = { name = value } } ... }; from now
+ * on their files are the caller's. */
+static void push_parts(lua_State *L, hc_transfer *t)
+{
+    const hc_sink *k = &t->sink;
+    size_t i;
+    lua_createtable(L, (int)k->nparts, 0);
+    for (i = 0; i < k->nparts; i++) {
+        const hc_part *part = &k->parts[i];
+        const char *p = part->headers, *end = p != NULL ? p + part->headers_len : NULL;
+        hc_multipart_header h;
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, part->path);
+        lua_setfield(L, -2, "path");
+        lua_pushinteger(L, (lua_Integer)part->size);
+        lua_setfield(L, -2, "size");
+        lua_newtable(L);
+        while (p != NULL && hc_multipart_next_header(&p, end, &h)) {
+            lua_pushlstring(L, h.name, h.name_len);
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isnil(L, -1)) {
+                lua_pop(L, 1);
+                lua_pushlstring(L, h.value, h.value_len);
+            } else {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, h.value, h.value_len);
+                lua_concat(L, 3);
+            }
+            lua_rawset(L, -3);
+        }
+        lua_setfield(L, -2, "headers");
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    hc_transfer_take_parts(t);
+}
+
+/* transfer:result() -> { status, headers, body [, file, bytes | parts, bytes] } | nil, err */
 static int transfer_result(lua_State *L)
 {
     ltransfer *lt = check_transfer(L, 1);
@@ -458,17 +555,34 @@ static int transfer_result(lua_State *L)
     if (t->result != CURLE_OK) {
         const char *code = curl_code_name(t->result);
         const char *why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
+        const char *kind = "transport";
+        char note[80] = "";
         if (t->body_error[0]) {
             why = t->body_error;
             code = "body";
+            kind = "io";
+        } else if (t->sink.error == HC_SINKERR_IO) {
+            why = t->sink.message;
+            code = "sink";
+            kind = "io";
+        } else if (t->sink.error == HC_SINKERR_MULTIPART) {
+            why = t->sink.message;
+            code = "multipart";
         } else if (t->response_too_large) {
             why = "response larger than max_response_bytes";
             code = "response_too_large";
+        } else if (t->sink.mode == HC_MODE_MULTIPART) {
+            snprintf(note, sizeof note, " (%lu complete part%s received)",
+                     (unsigned long)t->sink.nparts, t->sink.nparts == 1 ? "" : "s");
         }
         lua_pushnil(L);
-        lua_pushfstring(L, "%s %s: %s", lt->method, lt->url, why);
-        hc_lua_push_error(L, strcmp(code, "body") == 0 ? "io" : "transport", lua_tostring(L, -1), code);
+        lua_pushfstring(L, "%s %s: %s%s", lt->method, lt->url, why, note);
+        hc_lua_push_error(L, kind, lua_tostring(L, -1), code);
         lua_remove(L, -2);
+        if (t->sink.kind == HC_SINK_DIR) {
+            push_parts(L, t);
+            lua_setfield(L, -2, "parts");
+        }
         curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
         if (status > 0) {
             lua_pushinteger(L, status);
@@ -484,6 +598,17 @@ static int transfer_result(lua_State *L)
     lua_setfield(L, -2, "headers");
     lua_pushlstring(L, t->response.data ? t->response.data : "", t->response.len);
     lua_setfield(L, -2, "body");
+    if (t->sink.mode == HC_MODE_FILE) {
+        lua_pushstring(L, t->sink.path);
+        lua_setfield(L, -2, "file");
+    } else if (t->sink.mode == HC_MODE_MULTIPART || t->sink.mode == HC_MODE_SINGLE) {
+        push_parts(L, t);
+        lua_setfield(L, -2, "parts");
+    }
+    if (t->sink.mode != HC_MODE_MEMORY && t->sink.mode != HC_MODE_UNDECIDED) {
+        lua_pushinteger(L, (lua_Integer)t->sink.bytes);
+        lua_setfield(L, -2, "bytes");
+    }
     {
         long version = 0;
         curl_easy_getinfo(t->easy, CURLINFO_HTTP_VERSION, &version);
@@ -532,7 +657,8 @@ static int transfer_close(lua_State *L)
     lt->building = NULL;
     free(lt->url);
     free(lt->method);
-    lt->url = lt->method = NULL;
+    free(lt->sink_path);
+    lt->url = lt->method = lt->sink_path = NULL;
     return 0;
 }
 
