@@ -13,32 +13,16 @@
 #include "../../fuzz/fuzz_body.c"
 #undef LLVMFuzzerTestOneInput
 
-#include <dirent.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <sys/stat.h>
 
 /* Counters, passed around. */
-typedef struct tstate {
+struct tstate {
     int passed, failed;
     char dir[64];   /* scratch directory */
-} tstate;
+};
+#include "hc_test.h"
 
-/* Counts one assertion; prints the message when it fails. */
-static void check(tstate *t, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    if (ok) {
-        t->passed++;
-        return;
-    }
-    t->failed++;
-    printf("FAIL ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
 
 /* Writes n bytes to dir/name; returns the path in a static buffer (valid until the next call). */
 static const char *put_file(tstate *t, const char *name, const char *data, size_t n)
@@ -231,45 +215,11 @@ static void test_files(tstate *t)
 }
 
 /* Replays every file under dir through the fuzz target. */
-static void run_replay(tstate *t, const char *dir)
+static void replay_body(tstate *t, const char *path, const unsigned char *p, size_t n)
 {
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    int n = 0;
-    if (d == NULL) {
-        printf("note: no replay directory %s\n", dir);
-        return;
-    }
-    while ((de = readdir(d)) != NULL) {
-        char path[1536];
-        unsigned char *buf;
-        long len;
-        FILE *f;
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        f = fopen(path, "rb");
-        if (f == NULL)
-            continue;
-        fseek(f, 0, SEEK_END);
-        len = ftell(f);
-        rewind(f);
-        buf = malloc(len > 0 ? (size_t)len : 1);
-        if (buf == NULL || fread(buf, 1, (size_t)len, f) != (size_t)len) {
-            check(t, 0, "cannot read %s", path);
-        } else {
-            /* A failed check aborts inside the target: say which input first. */
-            printf("replay %s\n", path);
-            fflush(stdout);
-            hc_test_fuzz_body(buf, (size_t)len);
-            t->passed++;
-        }
-        free(buf);
-        fclose(f);
-        n++;
-    }
-    closedir(d);
-    printf("note: replayed %d files from %s\n", n, dir);
+    (void)path;
+    hc_test_fuzz_body(p, n);
+    t->passed++;
 }
 
 int main(int argc, char **argv)
@@ -287,7 +237,7 @@ int main(int argc, char **argv)
     test_part_headers(&t);
     test_files(&t);
     for (a = 1; a < argc; a++)
-        run_replay(&t, argv[a]);
+        hc_test_replay(&t, argv[a], replay_body);
     {
         static const char *made[] = { "part", "gone", "short", "grows", "shrinks" };
         char path[128];
@@ -299,6 +249,5 @@ int main(int argc, char **argv)
         if (rmdir(t.dir) != 0)
             printf("note: could not remove %s\n", t.dir);
     }
-    printf("%d passed, %d failed\n", t.passed, t.failed);
-    return t.failed ? 1 : 0;
+    return hc_test_summary(&t);
 }

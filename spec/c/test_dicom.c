@@ -11,8 +11,6 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
-#include <dirent.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,28 +31,13 @@
 #define UNDEF 0xFFFFFFFFul
 
 /* Counters and the scratch file live here and are passed around. */
-typedef struct tstate {
+struct tstate {
     int passed;
     int failed;
     char tmp[64];
-} tstate;
+};
+#include "hc_test.h"
 
-/* Counts one assertion; prints the message when it fails. */
-static void check(tstate *t, int ok, const char *fmt, ...)
-{
-    va_list ap;
-
-    if (ok) {
-        t->passed++;
-        return;
-    }
-    t->failed++;
-    printf("FAIL ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
 
 /* ------------------------------------------------------------- builders */
 
@@ -822,39 +805,11 @@ static void run_io(tstate *t)
 }
 
 /* Replays every file under dir; each must not crash and mem == file. */
-static void run_replay(tstate *t, const char *dir)
+static void replay_dicom(tstate *t, const char *path, const unsigned char *p, size_t n)
 {
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    int n = 0;
-
-    if (!d) {
-        printf("note: no replay directory %s\n", dir);
-        return;
-    }
-    while ((de = readdir(d)) != NULL) {
-        char path[1024], err[256];
-        hc_dicom_info info;
-        FILE *f;
-        tb b = { 0 };
-        unsigned char chunk[4096];
-        size_t got;
-
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        f = fopen(path, "rb");
-        if (!f)
-            continue;
-        while ((got = fread(chunk, 1, sizeof chunk, f)) > 0)
-            tb_put(&b, chunk, got);
-        fclose(f);
-        probe_both(t, path, b.p, b.len, &info, err, sizeof err);
-        free(b.p);
-        n++;
-    }
-    closedir(d);
-    printf("note: replayed %d files from %s\n", n, dir);
+    char err[256];
+    hc_dicom_info info;
+    probe_both(t, path, p, n, &info, err, sizeof err);
 }
 
 int main(int argc, char **argv)
@@ -881,10 +836,9 @@ int main(int argc, char **argv)
     run_bounds(&t);
     run_io(&t);
     for (a = 1; a < argc; a++)
-        run_replay(&t, argv[a]);
+        hc_test_replay(&t, argv[a], replay_dicom);
     remove(t.tmp);
-    printf("%d passed, %d failed\n", t.passed, t.failed);
-    return t.failed ? 1 : 0;
+    return hc_test_summary(&t);
 }
 
 /*

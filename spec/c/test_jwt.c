@@ -7,11 +7,9 @@
  * and "N passed, N failed"; exits 1 on failure. */
 #define _POSIX_C_SOURCE 200809L
 
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <dirent.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -20,25 +18,12 @@
 
 #include "hc_jwt.h"
 
-typedef struct tstate {
+struct tstate {
     int passed;
     int failed;
-} tstate;
+};
+#include "hc_test.h"
 
-static void check(tstate *t, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    if (ok) {
-        t->passed++;
-        return;
-    }
-    t->failed++;
-    printf("FAIL ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
 
 /* ---- fixtures ------------------------------------------------------------------------ */
 
@@ -328,39 +313,22 @@ static void test_refusals(tstate *t, EVP_PKEY *rsa)
 
 /* Every file in dir (fuzz regression inputs and seeds): a key that loads must sign, one that
  * does not load must say why, and the OpenSSL error queue is left empty either way. */
-static void replay(tstate *t, const char *dir)
+static void replay_key(tstate *t, const char *path, const unsigned char *data, size_t n)
 {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    if (d == NULL)
-        return;
-    while ((e = readdir(d)) != NULL) {
-        char path[4096], err[HC_JWT_ERRLEN];
-        static char data[1 << 20];
-        FILE *f;
-        size_t n;
-        EVP_PKEY *key;
-        if (e->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        if ((f = fopen(path, "rb")) == NULL)
-            continue;
-        n = fread(data, 1, sizeof data, f);
-        fclose(f);
-        err[0] = '\0';
-        key = hc_jwt_key_load(data, n, err);
-        if (key == NULL) {
-            check(t, err[0] != '\0' && ERR_peek_error() == 0, "replay %s: refused with a reason", path);
-        } else {
-            hc_buf b;
-            hc_buf_init(&b, 64 * 1024);
-            check(t, hc_jwt_sign(key, "{}", 2, "{}", 2, &b, err) == 0 && ERR_peek_error() == 0,
-                  "replay %s: a key that loads signs (%s)", path, err);
-            hc_buf_free(&b);
-            hc_jwt_key_free(key);
-        }
+    char err[HC_JWT_ERRLEN];
+    EVP_PKEY *key;
+    err[0] = '\0';
+    key = hc_jwt_key_load((const char *)data, n, err);
+    if (key == NULL) {
+        check(t, err[0] != '\0' && ERR_peek_error() == 0, "replay %s: refused with a reason", path);
+    } else {
+        hc_buf b;
+        hc_buf_init(&b, 64 * 1024);
+        check(t, hc_jwt_sign(key, "{}", 2, "{}", 2, &b, err) == 0 && ERR_peek_error() == 0,
+              "replay %s: a key that loads signs (%s)", path, err);
+        hc_buf_free(&b);
+        hc_jwt_key_free(key);
     }
-    closedir(d);
 }
 
 int main(int argc, char **argv)
@@ -378,7 +346,6 @@ int main(int argc, char **argv)
     test_refusals(&t, rsa);
     EVP_PKEY_free(rsa);
     for (int i = 1; i < argc; i++)
-        replay(&t, argv[i]);
-    printf("%d passed, %d failed\n", t.passed, t.failed);
-    return t.failed ? 1 : 0;
+        hc_test_replay(&t, argv[i], replay_key);
+    return hc_test_summary(&t);
 }

@@ -17,28 +17,12 @@
 #include "../../fuzz/fuzz_multipart.c"
 #undef LLVMFuzzerTestOneInput
 
-#include <dirent.h>
-#include <stdarg.h>
 
-typedef struct tstate {
+struct tstate {
     int passed, failed;
-} tstate;
+};
+#include "hc_test.h"
 
-/* Counts one assertion; prints the message when it fails. */
-static void check(tstate *t, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    if (ok) {
-        t->passed++;
-        return;
-    }
-    t->failed++;
-    printf("FAIL ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
 
 #define B "hc-b"
 #define D "\r\n--" B
@@ -355,46 +339,12 @@ static void test_header_walk(tstate *t)
     check(t, !hc_multipart_next_header(&p, end, &h) && p == end, "end of block");
 }
 
-/* Replays every file under dir through the fuzz target. */
-static void run_replay(tstate *t, const char *dir)
+/* The fuzz target's own checks abort on a failure. */
+static void replay_multipart(tstate *t, const char *path, const unsigned char *p, size_t n)
 {
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    int n = 0;
-    if (d == NULL) {
-        printf("note: no replay directory %s\n", dir);
-        return;
-    }
-    while ((de = readdir(d)) != NULL) {
-        char path[1536];
-        unsigned char *buf;
-        long len;
-        FILE *f;
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        f = fopen(path, "rb");
-        if (f == NULL)
-            continue;
-        fseek(f, 0, SEEK_END);
-        len = ftell(f);
-        rewind(f);
-        /* An exact-size copy, so reading one byte too far is caught by ASan. */
-        buf = malloc(len > 0 ? (size_t)len : 1);
-        if (buf == NULL || fread(buf, 1, (size_t)len, f) != (size_t)len) {
-            check(t, 0, "cannot read %s", path);
-        } else {
-            printf("replay %s\n", path);
-            fflush(stdout);
-            hc_test_fuzz_multipart(buf, (size_t)len);
-            t->passed++;
-        }
-        free(buf);
-        fclose(f);
-        n++;
-    }
-    closedir(d);
-    printf("note: replayed %d files from %s\n", n, dir);
+    (void)path;
+    hc_test_fuzz_multipart(p, n);
+    t->passed++;
 }
 
 int main(int argc, char **argv)
@@ -410,7 +360,6 @@ int main(int argc, char **argv)
     test_content_type(&t);
     test_header_walk(&t);
     for (a = 1; a < argc; a++)
-        run_replay(&t, argv[a]);
-    printf("%d passed, %d failed\n", t.passed, t.failed);
-    return t.failed ? 1 : 0;
+        hc_test_replay(&t, argv[a], replay_multipart);
+    return hc_test_summary(&t);
 }

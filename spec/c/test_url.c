@@ -17,29 +17,13 @@
 #include "../../fuzz/fuzz_headers.c"
 #undef LLVMFuzzerTestOneInput
 
-#include <dirent.h>
-#include <stdarg.h>
 #include <stdio.h>
 
-typedef struct tstate {
+struct tstate {
     int passed, failed;
-} tstate;
+};
+#include "hc_test.h"
 
-/* Counts one assertion; prints the message when it fails. */
-static void check(tstate *t, int ok, const char *fmt, ...)
-{
-    va_list ap;
-    if (ok) {
-        t->passed++;
-        return;
-    }
-    t->failed++;
-    printf("FAIL ");
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
 
 static void test_escape(tstate *t)
 {
@@ -127,45 +111,18 @@ static void test_fields(tstate *t)
 }
 
 /* Replays every file under dir through one(data, size). */
-static void run_replay(tstate *t, const char *dir, int (*one)(const unsigned char *, size_t))
+static void replay_url(tstate *t, const char *path, const unsigned char *p, size_t n)
 {
-    DIR *d = opendir(dir);
-    struct dirent *de;
-    int n = 0;
-    if (d == NULL) {
-        printf("note: no replay directory %s\n", dir);
-        return;
-    }
-    while ((de = readdir(d)) != NULL) {
-        char path[1536];
-        unsigned char *buf;
-        long len;
-        FILE *f;
-        if (de->d_name[0] == '.')
-            continue;
-        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
-        f = fopen(path, "rb");
-        if (f == NULL)
-            continue;
-        fseek(f, 0, SEEK_END);
-        len = ftell(f);
-        rewind(f);
-        /* An exact-size copy, so reading one byte too far is caught by ASan. */
-        buf = malloc(len > 0 ? (size_t)len : 1);
-        if (buf == NULL || fread(buf, 1, (size_t)len, f) != (size_t)len) {
-            check(t, 0, "cannot read %s", path);
-        } else {
-            printf("replay %s\n", path);
-            fflush(stdout);
-            one(buf, (size_t)len);
-            t->passed++;
-        }
-        free(buf);
-        fclose(f);
-        n++;
-    }
-    closedir(d);
-    printf("note: replayed %d files from %s\n", n, dir);
+    (void)path;
+    hc_test_fuzz_url(p, n);
+    t->passed++;
+}
+
+static void replay_headers(tstate *t, const char *path, const unsigned char *p, size_t n)
+{
+    (void)path;
+    hc_test_fuzz_headers(p, n);
+    t->passed++;
 }
 
 int main(int argc, char **argv)
@@ -179,12 +136,11 @@ int main(int argc, char **argv)
     for (a = 1; a < argc; a++) {
         size_t n = strlen(argv[a]);
         char sibling[1024];
-        run_replay(&t, argv[a], hc_test_fuzz_url);
+        hc_test_replay(&t, argv[a], replay_url);
         if (n >= 3 && strcmp(argv[a] + n - 3, "url") == 0 && n + 5 < sizeof sibling) {
             snprintf(sibling, sizeof sibling, "%.*sheaders", (int)(n - 3), argv[a]);
-            run_replay(&t, sibling, hc_test_fuzz_headers);
+            hc_test_replay(&t, sibling, replay_headers);
         }
     }
-    printf("%d passed, %d failed\n", t.passed, t.failed);
-    return t.failed ? 1 : 0;
+    return hc_test_summary(&t);
 }
