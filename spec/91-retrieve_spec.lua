@@ -1,0 +1,658 @@
+-- SPDX-License-Identifier: MIT
+-- Retrieve (WADO-RS) end to end: a study of our own (fresh UIDs, three series, every transfer
+-- syntax gen_dicom.py writes) is stored in the test bed's Orthanc, then retrieved from Orthanc
+-- and through the Google-shaped emulator, and every file is compared byte for byte with what
+-- was stored. Orthanc 1.10 with DICOMweb 1.7 sends the stored bytes when asked for
+-- transfer-syntax=* (the default here); without it, or with a UID, it transcodes (implicit, big
+-- endian and deflated instances then come back as Explicit VR Little Endian; tested below).
+-- A 200 MB multi-frame instance is retrieved by a separate lua5.4 process whose peak memory is
+-- measured.
+local H = require "helpers"
+if not H.need_testbed() then return end
+local healthcare = require "healthcare"
+local core = require "healthcare.core"
+local lfs = require "lfs"
+local cjson = require "cjson"
+local E = H.env
+
+local MiB = 1024 * 1024
+local unpack_ = table.unpack or unpack -- luacheck: ignore 113 (LuaJIT)
+local EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+local function orthanc_store(opts)
+  return assert(healthcare.dicomweb(E.dicomweb, opts))
+end
+
+local function google_store()
+  local client = assert(healthcare.new { endpoint = E.endpoint, access_token = E.token })
+  return assert(client:dicom_store(E.store))
+end
+
+-- A store that counts the requests it sends (the client's debug lines), for "nothing was sent".
+local function counting_store()
+  local sent = { n = 0 }
+  local store = orthanc_store { debug = function(line)
+    if line:match("^> %u+ ") then sent.n = sent.n + 1 end
+  end }
+  return store, sent
+end
+
+-- Names in a directory, sorted, without . and ..
+local function listing(dir)
+  local names = {}
+  if lfs.attributes(dir, "mode") ~= "directory" then return names end
+  for name in lfs.dir(dir) do
+    if name ~= "." and name ~= ".." then names[#names + 1] = name end
+  end
+  table.sort(names)
+  return names
+end
+
+local function fresh_uid()
+  return "2.25.1" .. core.random_hex(12):gsub("%x", function(c) return tostring(tonumber(c, 16) % 10) end)
+end
+
+-- Many generated files from one Python process (pydicom takes a second to import); options as
+-- H.gen_dicom's. Returns the files in order.
+local GEN_MANY = [[
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("gen_dicom", sys.argv[1])
+gen = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gen)
+for line in sys.stdin:
+    sys.argv = ["gen_dicom.py"] + json.loads(line)
+    gen.main()
+]]
+local GEN_FLAGS = { count = "--count", study = "--study", series = "--series", size = "--size", ts = "--ts",
+  frames = "--frames", fill = "--fill", prefix = "--prefix" }
+local function gen_many(dir, list)
+  local lines = {}
+  for i, o in ipairs(list) do
+    local argv = { "-o", dir }
+    for k, v in pairs(o) do
+      if k == "no_preamble" then
+        argv[#argv + 1] = "--no-preamble"
+      else
+        argv[#argv + 1] = assert(GEN_FLAGS[k], k)
+        argv[#argv + 1] = tostring(v)
+      end
+    end
+    lines[i] = cjson.encode(argv)
+  end
+  local out = H.check_run("/usr/bin/python3 -c " .. H.q(GEN_MANY) .. " " .. H.q(E.support .. "/gen_dicom.py"),
+    table.concat(lines, "\n") .. "\n")
+  local files = {}
+  for line in out:gmatch("[^\n]+") do files[#files + 1] = cjson.decode(line) end
+  return files
+end
+
+-- The study every test reads: three series; in each, instances of several transfer syntaxes
+-- (explicit and implicit little endian, big endian, deflated; one without a preamble) and a
+-- small multi-frame instance. Stored once, through the library, in Orthanc.
+local study = {}
+local function stored_study()
+  if study.uid then return study end
+  study.uid = fresh_uid()
+  study.series = { fresh_uid(), fresh_uid(), fresh_uid() }
+  local s1, s2, s3 = study.series[1], study.series[2], study.series[3]
+  local files = gen_many(H.tmpdir(), {
+    { study = study.uid, series = s1, ts = "explicit", prefix = "a1" },
+    { study = study.uid, series = s1, ts = "implicit", prefix = "a2" },
+    { study = study.uid, series = s1, ts = "big", prefix = "a3" },
+    { study = study.uid, series = s2, ts = "deflated", prefix = "b1" },
+    { study = study.uid, series = s2, ts = "implicit", no_preamble = true, prefix = "b2" },
+    { study = study.uid, series = s3, ts = "explicit", frames = 4, size = 40000, prefix = "c1" },
+  })
+  study.files, study.by_uid, study.in_series = files, {}, { [s1] = {}, [s2] = {}, [s3] = {} }
+  for _, f in ipairs(files) do
+    f.sha256 = H.sha256(f.path)
+    study.by_uid[f.sop_instance_uid] = f
+    table.insert(study.in_series[f.series_uid], f)
+  end
+  study.multiframe = files[6]
+  local paths = {}
+  for i, f in ipairs(files) do paths[i] = f.path end
+  local report = assert(orthanc_store():store(paths))
+  assert.equal(#files, #report.stored, cjson.encode(report.failed) .. cjson.encode(report.skipped))
+  return study
+end
+
+-- Checks a retrieval's result and the directory against the expected originals: every file
+-- named <SOP Instance UID>.dcm, identical bytes, nothing else in the directory.
+local function assert_same_files(res, dir, expected)
+  assert.equal(200, res.status)
+  assert.equal(#expected, #res.files)
+  local names, bytes = {}, 0
+  for _, f in ipairs(expected) do names[#names + 1] = f.sop_instance_uid .. ".dcm" end
+  table.sort(names)
+  assert.same(names, listing(dir))
+  for _, got in ipairs(res.files) do
+    local want = study.by_uid[got.sop_instance_uid]
+    assert.is_table(want, "unexpected instance " .. tostring(got.sop_instance_uid))
+    assert.equal(dir .. "/" .. want.sop_instance_uid .. ".dcm", got.path)
+    assert.is_nil(got.warning)
+    assert.equal(want.size, got.size)
+    assert.equal(want.sha256, H.sha256(got.path), "bytes differ for " .. want.sop_instance_uid)
+    bytes = bytes + want.size
+  end
+  assert.equal(bytes, res.bytes)
+end
+
+describe("store:retrieve_study", function()
+  lazy_setup(stored_study)
+
+  it("writes every instance of the study as <SOP Instance UID>.dcm, byte for byte as stored", function()
+    local dir = H.tmpdir() .. "/study"   -- made by retrieve_study (the parent exists)
+    local res = assert(orthanc_store():retrieve_study(study.uid, { to = dir }))
+    assert_same_files(res, dir, study.files)
+  end)
+
+  it("does the same through the Google-shaped API", function()
+    local dir = H.tmpdir()
+    local res = assert(google_store():retrieve_study(study.uid, { to = dir }))
+    assert_same_files(res, dir, study.files)
+  end)
+
+  it("replaces files of an earlier retrieval in the same directory", function()
+    local dir = H.tmpdir()
+    local f = study.files[1]
+    H.write_file(dir .. "/" .. f.sop_instance_uid .. ".dcm", "stale")
+    local res = assert(orthanc_store():retrieve_study(study.uid, { to = dir }))
+    assert_same_files(res, dir, study.files)
+  end)
+end)
+
+describe("store:retrieve_series", function()
+  lazy_setup(stored_study)
+
+  it("writes only the instances of the series", function()
+    for i = 1, 2 do
+      local dir = H.tmpdir()
+      local res = assert(orthanc_store():retrieve_series(study.uid, study.series[i], { to = dir }))
+      assert_same_files(res, dir, study.in_series[study.series[i]])
+    end
+  end)
+
+  it("does the same through the Google-shaped API", function()
+    local dir = H.tmpdir()
+    local res = assert(google_store():retrieve_series(study.uid, study.series[2], { to = dir }))
+    assert_same_files(res, dir, study.in_series[study.series[2]])
+  end)
+end)
+
+describe("store:retrieve_instance", function()
+  lazy_setup(stored_study)
+
+  it("writes the instance to the file given, byte for byte", function()
+    local f = study.by_uid[study.files[3].sop_instance_uid]   -- big endian
+    local dir = H.tmpdir()
+    local res = assert(orthanc_store():retrieve_instance(study.uid, f.series_uid, f.sop_instance_uid,
+      { to = dir .. "/mine.dcm" }))
+    assert.equal(1, #res.files)
+    assert.equal(dir .. "/mine.dcm", res.files[1].path)
+    assert.equal(f.sop_instance_uid, res.files[1].sop_instance_uid)
+    assert.equal(f.sha256, H.sha256(dir .. "/mine.dcm"))
+    assert.same({ "mine.dcm" }, listing(dir))
+  end)
+
+  it("writes into an existing directory as <SOP Instance UID>.dcm, and through the Google-shaped API", function()
+    for _, store in ipairs({ orthanc_store(), google_store() }) do
+      local f = study.files[4]   -- deflated
+      local dir = H.tmpdir()
+      local res = assert(store:retrieve_instance(study.uid, f.series_uid, f.sop_instance_uid, { to = dir }))
+      assert_same_files(res, dir, { f })
+    end
+  end)
+
+  it("transcodes when a transfer syntax is asked for: the data set is the same, the encoding explicit LE", function()
+    local f = study.files[3]   -- big endian
+    local dir = H.tmpdir()
+    local res = assert(orthanc_store():retrieve_instance(study.uid, f.series_uid, f.sop_instance_uid,
+      { to = dir, transfer_syntax = EXPLICIT_LE }))
+    local info = assert(core.dicom_probe(res.files[1].path))
+    assert.equal(EXPLICIT_LE, info.transfer_syntax)
+    assert.equal(f.sop_instance_uid, info.sop_instance_uid)
+    assert.equal(study.uid, info.study_uid)
+    assert.are_not.equal(f.sha256, H.sha256(res.files[1].path))
+  end)
+end)
+
+describe("store:retrieve_metadata", function()
+  lazy_setup(stored_study)
+
+  local function uids_of(list)
+    local out = {}
+    for i, ds in ipairs(list) do out[i] = ds.SOPInstanceUID end
+    table.sort(out)
+    return out
+  end
+
+  local function sorted_uids(files)
+    local out = {}
+    for i, f in ipairs(files) do out[i] = f.sop_instance_uid end
+    table.sort(out)
+    return out
+  end
+
+  it("returns one wrapped data set per instance of a study, series or instance", function()
+    local store = orthanc_store()
+    local list = assert(store:retrieve_metadata(study.uid))
+    assert.same(sorted_uids(study.files), uids_of(list))
+    for _, ds in ipairs(list) do
+      assert.equal(study.uid, ds.StudyInstanceUID)
+      assert.equal(study.uid, ds["0020000D"])
+      assert.equal(ds.SOPInstanceUID, ds:raw()["00080018"].Value[1])
+    end
+    list = assert(store:retrieve_metadata(study.uid, study.series[1], { params = {} }))
+    assert.same(sorted_uids(study.in_series[study.series[1]]), uids_of(list))
+    local mf = study.multiframe
+    list = assert(store:retrieve_metadata(study.uid, mf.series_uid, mf.sop_instance_uid))
+    assert.equal(1, #list)
+    assert.equal(mf.sop_instance_uid, list[1].SOPInstanceUID)
+    assert.equal(4, list[1].NumberOfFrames)
+  end)
+
+  it("does the same through the Google-shaped API", function()
+    local list = assert(google_store():retrieve_metadata(study.uid))
+    assert.same(sorted_uids(study.files), uids_of(list))
+  end)
+
+  it("names what was not found on a 404", function()
+    local missing = fresh_uid()
+    local list, err = orthanc_store():retrieve_metadata(missing)
+    assert.is_nil(list)
+    assert.equal("http", err.kind)
+    assert.equal(404, err.http_status)
+    assert.matches("^study " .. missing:gsub("%.", "%%.") .. " not found: RetrieveMetadata: HTTP 404", err.message)
+  end)
+end)
+
+describe("store:retrieve_rendered and store:retrieve_frames", function()
+  lazy_setup(stored_study)
+
+  it("writes a rendered JPEG or PNG of an instance or of one frame", function()
+    local mf = study.multiframe
+    local store = orthanc_store()
+    local dir = H.tmpdir()
+    local res = assert(store:retrieve_rendered(study.uid, mf.series_uid, mf.sop_instance_uid,
+      { to = dir .. "/r.jpg" }))
+    assert.equal("image/jpeg", res.content_type)
+    assert.equal("\255\216\255", H.file_bytes(dir .. "/r.jpg"):sub(1, 3))
+    assert.equal(res.bytes, #H.file_bytes(dir .. "/r.jpg"))
+    res = assert(store:retrieve_rendered(study.uid, mf.series_uid, mf.sop_instance_uid,
+      { to = dir, accept = "image/png", frame = 2 }))
+    local png = dir .. "/" .. mf.sop_instance_uid .. "-frame-2.png"
+    assert.equal(png, res.files[1].path)
+    assert.equal("\137PNG", H.file_bytes(png):sub(1, 4))
+    assert.same({ mf.sop_instance_uid .. "-frame-2.png", "r.jpg" }, listing(dir))
+  end)
+
+  it("writes the frames asked for as frame-<n>.raw, each the frame's pixel bytes of the stored file", function()
+    local mf = study.multiframe
+    local dir = H.tmpdir()
+    local res = assert(orthanc_store():retrieve_frames(study.uid, mf.series_uid, mf.sop_instance_uid,
+      { 3, 1 }, { to = dir }))
+    assert.same({ "frame-1.raw", "frame-3.raw" }, listing(dir))
+    assert.equal(3, res.files[1].frame)
+    assert.equal(dir .. "/frame-3.raw", res.files[1].path)
+    -- 8-bit pixels, frames one after the other at the end of the file (no odd-length padding:
+    -- gen_dicom.py's columns are a power of two)
+    local original = H.file_bytes(mf.path)
+    local frame_size = res.files[1].size
+    assert.is_true(frame_size * 4 < #original)
+    local pixels = #original - 4 * frame_size
+    for _, f in ipairs(res.files) do
+      local want = original:sub(pixels + (f.frame - 1) * frame_size + 1, pixels + f.frame * frame_size)
+      assert.equal(frame_size, f.size)
+      assert.is_true(want == H.file_bytes(f.path), "frame " .. f.frame .. " differs")
+    end
+    assert.equal(2 * frame_size, res.bytes)
+  end)
+
+  it("answers a frame number beyond the instance with the server's error and writes nothing", function()
+    local mf = study.multiframe
+    local dir = H.tmpdir()
+    local res, err = orthanc_store():retrieve_frames(study.uid, mf.series_uid, mf.sop_instance_uid, 9, { to = dir })
+    assert.is_nil(res)
+    assert.equal("http", err.kind)
+    assert.equal(400, err.http_status)   -- Orthanc: "Parameter out of range"
+    assert.same({}, listing(dir))
+  end)
+end)
+
+describe("retrieve errors", function()
+  lazy_setup(stored_study)
+
+  it("names the study, series or instance not found on a 404, and leaves no file", function()
+    local store = orthanc_store()
+    local missing = fresh_uid()
+    local s1 = study.series[1]
+    local cases = {
+      { "retrieve_study", { missing }, "^study " .. missing:gsub("%.", "%%.") .. " not found: RetrieveStudy: HTTP 404" },
+      { "retrieve_series", { study.uid, missing },
+        "^series " .. missing:gsub("%.", "%%.") .. " of study " .. study.uid:gsub("%.", "%%.")
+          .. " not found: RetrieveSeries: HTTP 404" },
+      { "retrieve_instance", { study.uid, s1, missing },
+        "^instance " .. missing:gsub("%.", "%%.") .. " of series .* not found: RetrieveInstance: HTTP 404" },
+      { "retrieve_rendered", { study.uid, s1, missing }, "^instance .* not found: RetrieveRendered: HTTP 404" },
+    }
+    for _, c in ipairs(cases) do
+      local dir = H.tmpdir()
+      local args = { store }
+      for _, a in ipairs(c[2]) do args[#args + 1] = a end
+      args[#args + 1] = { to = dir }
+      local res, err = store[c[1]](unpack_(args))
+      assert.is_nil(res, c[1])
+      assert.equal("http", err.kind)
+      assert.equal(404, err.http_status)
+      assert.matches(c[3], err.message)
+      assert.same({}, listing(dir), c[1])
+    end
+    local res, err = store:retrieve_frames(study.uid, s1, missing, 1, { to = H.tmpdir() })
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+  end)
+
+  it("returns a usage error for a bad UID and sends nothing", function()
+    local store, sent = counting_store()
+    local good = study.uid
+    local bad = { "", "1.2/../3", "..", "../etc", "1..2", ".1.2", "1.2.", "1.2.a", "1.2 3", "1.2\r\nX: y",
+      "1." .. string.rep("2", 64) }
+    for _, uid in ipairs(bad) do
+      local dir = H.tmpdir() .. "/not-made"
+      local calls = {
+        function() return store:retrieve_study(uid, { to = dir }) end,
+        function() return store:retrieve_series(good, uid, { to = dir }) end,
+        function() return store:retrieve_instance(good, good, uid, { to = dir }) end,
+        function() return store:retrieve_metadata(uid) end,
+        function() return store:retrieve_metadata(good, good, uid) end,
+        function() return store:retrieve_rendered(uid, good, good, { to = dir }) end,
+        function() return store:retrieve_frames(good, uid, good, 1, { to = dir }) end,
+      }
+      for i, call in ipairs(calls) do
+        local res, err = call()
+        assert.is_nil(res, "call " .. i .. " with " .. uid)
+        assert.equal("usage", err.kind)
+        assert.matches("^invalid %a+ UID '", err.message)
+        assert.is_nil(err.message:find("[\r\n]"))
+        assert.is_nil(lfs.attributes(dir), "made " .. dir)
+      end
+    end
+    assert.equal(0, sent.n)
+  end)
+
+  it("returns a usage error for a bad transfer syntax, frame number or media type and sends nothing", function()
+    local store, sent = counting_store()
+    local mf = study.multiframe
+    local dir = H.tmpdir()
+    local function check(pattern, res, err)
+      assert.is_nil(res)
+      assert.equal("usage", err.kind)
+      assert.matches(pattern, err.message)
+    end
+    check("^invalid transfer syntax 'explicit'", store:retrieve_study(study.uid, { to = dir, transfer_syntax = "explicit" }))
+    for _, frames in ipairs({ 0, -1, 1.5, { 1, 0 }, {}, { 2, 2 }, 2 ^ 40 }) do
+      local res, err = store:retrieve_frames(study.uid, mf.series_uid, mf.sop_instance_uid, frames, { to = dir })
+      assert.is_nil(res)
+      assert.equal("usage", err.kind)
+    end
+    check("^invalid accept 'image/jpeg%?%?X%-Evil: 1'", store:retrieve_rendered(study.uid, mf.series_uid, mf.sop_instance_uid,
+      { to = dir, accept = "image/jpeg\r\nX-Evil: 1" }))
+    check("^invalid frame media type", store:retrieve_frames(study.uid, mf.series_uid, mf.sop_instance_uid, 1,
+      { to = dir, accept = "image/jpeg; q=1" }))
+    assert.equal(0, sent.n)
+    assert.same({}, listing(dir))
+  end)
+
+  it("returns an io error before any request for a target in a missing parent or an unwritable directory", function()
+    local store, sent = counting_store()
+    local s1 = study.series[1]
+    local f = study.in_series[s1][1]
+    local base = H.tmpdir()
+    local file = H.write_file(base .. "/a-file", "x")
+    local cases = {
+      { function() return store:retrieve_study(study.uid, { to = base .. "/missing/child" }) end,
+        "^cannot create the directory " .. base:gsub("%p", "%%%0") .. "/missing/child: .*No such file or directory" },
+      { function() return store:retrieve_series(study.uid, s1, { to = file }) end,
+        "exists and is not a directory$" },
+      -- /proc takes no new files, even from root (the test bed runs as root, so modes prove nothing)
+      { function() return store:retrieve_study(study.uid, { to = "/proc" }) end,
+        "^cannot write in the directory /proc: " },
+      { function() return store:retrieve_instance(study.uid, s1, f.sop_instance_uid, { to = base .. "/no/x.dcm" }) end,
+        "^cannot write " .. base:gsub("%p", "%%%0") .. "/no/x%.dcm: the directory .* does not exist$" },
+      { function() return store:retrieve_instance(study.uid, s1, f.sop_instance_uid, { to = "/proc/x.dcm" }) end,
+        "^cannot write in the directory /proc: " },
+      { function() return store:retrieve_rendered(study.uid, s1, f.sop_instance_uid, { to = "/proc/x.jpg" }) end,
+        "^cannot write in the directory /proc: " },
+      { function() return store:retrieve_frames(study.uid, s1, f.sop_instance_uid, 1, { to = "/proc" }) end,
+        "^cannot write in the directory /proc: " },
+    }
+    for i, c in ipairs(cases) do
+      local res, err = c[1]()
+      assert.is_nil(res, "case " .. i)
+      assert.equal("io", err.kind, "case " .. i)
+      assert.matches(c[2], err.message)
+    end
+    assert.equal(0, sent.n)
+    assert.same({ "a-file" }, listing(base))
+  end)
+
+  it("raises on wrong argument types and unknown options (programming mistakes)", function()
+    local store = orthanc_store()
+    local ok, err = pcall(store.retrieve_study, store, nil, { to = "x" })
+    assert.is_false(ok)
+    assert.matches("bad argument #1 to 'retrieve_study' %(string expected, got nil%)", err)
+    ok, err = pcall(store.retrieve_study, store, study.uid, { to = "x", transfer = "*" })
+    assert.is_false(ok)
+    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: params, to, transfer_syntax", err)
+    ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
+    assert.is_false(ok)
+    assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)
+    ok, err = pcall(store.retrieve_frames, store, study.uid, study.uid, study.uid, "1", { to = "x" })
+    assert.is_false(ok)
+    assert.matches("bad argument #4 to 'retrieve_frames'", err)
+  end)
+end)
+
+-- spec/support/raw_server.py (helper cstream's) answers by path and query. Our store appends
+-- the DICOMweb path to its base URL and takes no arbitrary query, so this wrapper reads the
+-- canned answer's options from path segments (/multipart/sizes=1,2/cut=300/studies/..., each
+-- percent-encoded) and
+-- sends the bytes of the DICOM files given on its command line as the parts' contents.
+local RAW_WRAPPER = [[
+import importlib.util, sys, urllib.parse
+spec = importlib.util.spec_from_file_location("raw_server", sys.argv[1])
+rs = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(rs)
+files = sys.argv[2:]
+canned_content = rs.content
+
+def urlsplit(target):
+    u = urllib.parse.urlsplit(target)
+    segments = u.path.split("/")
+    query = [urllib.parse.unquote(s) for s in segments[2:] if "=" in s]
+    return u._replace(path="/" + segments[1], query="&".join(
+        k + "=" + urllib.parse.quote(v, safe="") for k, v in (q.split("=", 1) for q in query)))
+
+def content(i, n, prefix=b""):
+    if i <= len(files):
+        with open(files[i - 1], "rb") as f:
+            data = f.read()
+        assert len(data) == n, "sizes= must be the files' sizes"
+        yield data
+    else:
+        yield from canned_content(i, n, prefix)
+
+rs.urlsplit, rs.content = urlsplit, content
+rs.main()
+]]
+
+describe("a cut or malformed stream", function()
+  local server, parts
+  lazy_setup(function()
+    stored_study()
+    local dir = H.tmpdir()
+    -- two instances of the study, a large third one (cut in its middle), and a text file
+    local made = gen_many(dir, { { study = study.uid, series = study.series[1], count = 2, prefix = "raw" },
+      { study = study.uid, series = study.series[1], size = 300000, prefix = "rawbig" } })
+    parts = { made[1], made[2], made[3] }
+    for _, f in ipairs(parts) do f.sha256 = H.sha256(f.path) end
+    local text = H.write_file(dir .. "/notes.txt", string.rep("not DICOM\n", 30))
+    parts[4] = { path = text, size = 300 }
+    local words = { "/usr/bin/python3", "-c", RAW_WRAPPER, E.support .. "/raw_server.py" }
+    for _, f in ipairs(parts) do words[#words + 1] = f.path end
+    for i, w in ipairs(words) do words[i] = H.q(w) end
+    local out = dir .. "/out"
+    local pid = H.check_run(table.concat(words, " ") .. " >" .. H.q(out) .. " 2>" .. H.q(dir .. "/err")
+      .. " & echo $!"):match("%d+")
+    server = { pid = pid }
+    for _ = 1, 200 do
+      server.url = (H.file_bytes(out) or ""):match("^(%S+)\n")
+      if server.url then break end
+      os.execute("sleep 0.05")
+    end
+    assert(server.url, "raw server did not start: " .. (H.file_bytes(dir .. "/err") or ""))
+  end)
+  lazy_teardown(function()
+    if server and server.pid then H.run("kill " .. server.pid) end
+  end)
+
+  -- A store whose answers are the raw server's multipart of the first n parts, with options.
+  local function raw_store(n, options)
+    local sizes = {}
+    for i = 1, n do sizes[i] = string.format("%d", parts[i].size) end
+    local path = "/multipart/sizes=" .. table.concat(sizes, ",")
+    for _, o in ipairs(options or {}) do path = path .. "/" .. o end
+    return assert(healthcare.dicomweb(server.url .. path))
+  end
+
+  local function assert_kept(files, dir, n)
+    assert.equal(n, #files)
+    local names = {}
+    for i = 1, n do
+      local f = parts[i]
+      assert.equal(dir .. "/" .. f.sop_instance_uid .. ".dcm", files[i].path)
+      assert.equal(f.sop_instance_uid, files[i].sop_instance_uid)
+      assert.equal(f.sha256, H.sha256(files[i].path))
+      names[i] = f.sop_instance_uid .. ".dcm"
+    end
+    table.sort(names)
+    assert.same(names, listing(dir))   -- no temporary or partial file
+  end
+
+  it("names the parts of a whole stream, a part that is not DICOM as part-<n>.dcm with a warning", function()
+    local dir = H.tmpdir()
+    local res = assert(raw_store(4):retrieve_study(study.uid, { to = dir }))
+    assert.equal(4, #res.files)
+    assert.equal(dir .. "/part-4.dcm", res.files[4].path)
+    assert.is_nil(res.files[4].sop_instance_uid)
+    assert.matches("^part 4 is not a readable DICOM file", res.files[4].warning)
+    assert.equal(string.rep("not DICOM\n", 30), H.file_bytes(dir .. "/part-4.dcm"))
+    for i = 1, 3 do assert.is_nil(res.files[i].warning) end
+    local names = { "part-4.dcm" }
+    for i = 1, 3 do names[#names + 1] = parts[i].sop_instance_uid .. ".dcm" end
+    table.sort(names)
+    assert.same(names, listing(dir))
+  end)
+
+  it("keeps the complete instances of a stream cut inside a part, and no partial file", function()
+    local dir = H.tmpdir()
+    local cut = string.format("%d", parts[1].size + parts[2].size + 2000 + math.floor(parts[3].size / 2))
+    for _, chunked in ipairs({ "chunked=0", "chunked=1" }) do
+      local res, err = raw_store(3, { "cut=" .. cut, chunked }):retrieve_study(study.uid, { to = dir })
+      assert.is_nil(res)
+      assert.equal("transport", err.kind)
+      assert_kept(err.files, dir, 2)
+    end
+  end)
+
+  it("keeps the complete instances when the stream ends without its closing delimiter", function()
+    local dir = H.tmpdir()
+    local res, err = raw_store(3, { "noclose=1" }):retrieve_series(study.uid, study.series[1], { to = dir })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.equal("multipart", err.code)
+    assert_kept(err.files, dir, 2)
+  end)
+
+  it("writes nothing for a multipart answer without a boundary or with a malformed part header", function()
+    for _, options in ipairs({ { "ct=multipart%2Frelated" }, { "badhead=1" } }) do
+      local dir = H.tmpdir()
+      local res, err = raw_store(2, options):retrieve_study(study.uid, { to = dir })
+      assert.is_nil(res)
+      assert.equal("transport", err.kind)
+      assert.equal("multipart", err.code)
+      assert.same({}, err.files)
+      assert.same({}, listing(dir))
+    end
+  end)
+
+  it("leaves no file at the target of an instance whose stream is cut", function()
+    local dir = H.tmpdir()
+    local f = parts[1]
+    local res, err = raw_store(1, { "cut=" .. math.floor(f.size / 2) }):retrieve_instance(study.uid,
+      f.series_uid, f.sop_instance_uid, { to = dir .. "/x.dcm" })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.same({}, listing(dir))
+  end)
+end)
+
+describe("retrieving a 200 MB multi-frame instance", function()
+  -- The child is lua5.4 in both runs of this file; under LuaJIT it would measure the same thing.
+  if jit then return end
+
+  local CHILD = [[
+package.path = arg[1] .. "/lua/?.lua;" .. arg[1] .. "/lua/?/init.lua;" .. package.path
+package.cpath = arg[2] .. "/?.so;" .. package.cpath
+local healthcare = require "healthcare"
+local store = assert(healthcare.dicomweb(arg[3]))
+local res, err = store:retrieve_instance(arg[4], arg[5], arg[6], { to = arg[7] })
+if not res then io.stderr:write(tostring(err), "\n") os.exit(1) end
+io.write(require("cjson").encode(res))
+]]
+
+  -- Runs the child under /usr/bin/time -v: its result and its peak RSS in bytes.
+  local function retrieve_measured(f, dir)
+    local script = H.write_file(H.tmpdir() .. "/child.lua", CHILD)
+    local out, err, code = H.run("/usr/bin/time -v lua5.4 " .. table.concat({ H.q(script),
+      H.q(os.getenv("HC_SOURCE_DIR") or "."), H.q(os.getenv("HC_BUILD_DIR") or "build"), H.q(E.dicomweb),
+      H.q(f.study_uid), H.q(f.series_uid), H.q(f.sop_instance_uid), H.q(dir) }, " "))
+    assert.equal(0, code, err)
+    local kb = tonumber(err:match("Maximum resident set size %(kbytes%): (%d+)"))
+    assert.is_number(kb, err)
+    return cjson.decode(out), kb * 1024
+  end
+
+  it("keeps the memory of the retrieving process flat and the bytes whole", function()
+    local made = gen_many(H.tmpdir(), {
+      { size = 4096, prefix = "small" },
+      { size = 200 * 1000 * 1000, frames = 50, prefix = "big" },
+    })
+    local small, big = made[1], made[2]
+    local report = assert(orthanc_store():store({ small.path, big.path }))
+    assert.equal(2, #report.stored)
+
+    local t0 = core.now()
+    local _, small_rss = retrieve_measured(small, H.tmpdir())
+    local dir = H.tmpdir()
+    local res, big_rss = retrieve_measured(big, dir)
+    local seconds = core.now() - t0
+    assert.equal(big.size, res.bytes)
+    assert.same({ big.sop_instance_uid .. ".dcm" }, listing(dir))
+    print(string.format("\npeak RSS: %.1f MiB for %d bytes, %.1f MiB for %d bytes; %.1f s",
+      small_rss / MiB, small.size, big_rss / MiB, big.size, seconds))
+    assert.is_true(big_rss < 64 * MiB, string.format("peak RSS %.1f MiB", big_rss / MiB))
+    assert.is_true(big_rss < small_rss + 16 * MiB,
+      string.format("peak RSS grew with the file: %.1f MiB vs %.1f MiB", big_rss / MiB, small_rss / MiB))
+    assert.equal(H.sha256(big.path), H.sha256(dir .. "/" .. big.sop_instance_uid .. ".dcm"))
+
+    -- free Orthanc's disk and the test bed's
+    for _, f in ipairs({ small, big }) do
+      local id = assert(H.orthanc_find_instance(f.sop_instance_uid))
+      assert.equal(200, H.curl { "-X", "DELETE", E.orthanc .. "/instances/" .. id }.status)
+    end
+    os.remove(big.path)
+    os.remove(dir .. "/" .. big.sop_instance_uid .. ".dcm")
+  end)
+end)
