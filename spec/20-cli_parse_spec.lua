@@ -345,7 +345,10 @@ describe("healthcare.cli.seed.parse", function()
     local MISSING_VALUE = " (e.g. -r . content-type=application/dicom data=@file.dcm)"
     local OPTIONS = "valid options: --scope, --endpoint, --credentials, --no-token-cache, "
       .. "--debug, -h, --help, -r, -p, -o"
-    local METHODS = "valid methods: " .. STORE .. ", " .. STUDIES
+    local names = {}
+    for i, m in ipairs(seed.methods) do names[i] = m.name end
+    assert.are.same({ STORE, STUDIES }, { names[1], names[2] })
+    local METHODS = "valid methods: " .. table.concat(names, ", ")
     local ERRORS = {
       { {}, "missing command; usage: healthcare [global options] projects <method> <parent> "
         .. "<dicom-web-path> -r . content-type=<type> data=<value>; see healthcare --help" },
@@ -431,9 +434,161 @@ describe("healthcare.cli.seed.parse", function()
     end
 
     it("still refuses an unknown method", function()
-      assert.are.same({ nil, "unknown method 'x'; valid methods: " .. STORE .. ", " .. STUDIES },
+      local names = {}
+      for i, m in ipairs(seed.methods) do names[i] = m.name end
+      assert.are.same({ nil, "unknown method 'x'; valid methods: " .. table.concat(names, ", ") },
         { seed.parse({ "projects", "x", "--help" }) })
     end)
+  end)
+end)
+
+describe("healthcare.cli.seed.parse of the read and delete methods", function()
+  local P = "locations-datasets-dicom-stores-"
+  local S, R, I = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+  local function parse(method, path, ...)
+    local argv = { "projects", P .. method, PARENT, path }
+    for _, a in ipairs({ ... }) do argv[#argv + 1] = a end
+    return seed.parse(argv)
+  end
+
+  -- { method id, a path it takes }
+  local GOOD = {
+    { "search-for-studies", "studies" },
+    { "search-for-series", "series" },
+    { "search-for-series", "studies/" .. S .. "/series" },
+    { "search-for-instances", "instances" },
+    { "search-for-instances", "studies/" .. S .. "/instances" },
+    { "search-for-instances", "studies/" .. S .. "/series/" .. R .. "/instances" },
+    { "studies-search-for-series", "studies/" .. S .. "/series" },
+    { "studies-search-for-instances", "studies/" .. S .. "/instances" },
+    { "studies-retrieve-study", "studies/" .. S },
+    { "studies-retrieve-metadata", "studies/" .. S .. "/metadata" },
+    { "studies-delete", "studies/" .. S },
+    { "studies-series-retrieve-series", "studies/" .. S .. "/series/" .. R },
+    { "studies-series-retrieve-metadata", "studies/" .. S .. "/series/" .. R .. "/metadata" },
+    { "studies-series-search-for-instances", "studies/" .. S .. "/series/" .. R .. "/instances" },
+    { "studies-series-delete", "studies/" .. S .. "/series/" .. R },
+    { "studies-series-instances-retrieve-instance", "studies/" .. S .. "/series/" .. R .. "/instances/" .. I },
+    { "studies-series-instances-retrieve-metadata",
+      "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/metadata" },
+    { "studies-series-instances-retrieve-rendered",
+      "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/rendered" },
+    { "studies-series-instances-delete", "studies/" .. S .. "/series/" .. R .. "/instances/" .. I },
+    { "studies-series-instances-frames-retrieve-frames",
+      "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/frames/1,2,10" },
+    { "studies-series-instances-frames-retrieve-rendered",
+      "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/frames/3/rendered" },
+  }
+  for _, g in ipairs(GOOD) do
+    it("takes " .. g[2] .. " for " .. g[1], function()
+      assert.are.same({ action = "call", method = g[1], parent = PARENT, dicom_web_path = g[2], params = {},
+        scopes = { HEALTHCARE }, debug = false, token_cache = true, output = "o" },
+        assert(parse(g[1], g[2], "-o", "o")))
+    end)
+  end
+
+  it("has a method of each name in the brief, in pairs of GOOD", function()
+    local seen = {}
+    for _, g in ipairs(GOOD) do seen[g[1]] = true end
+    for _, m in ipairs(seed.methods) do
+      if not m.request then assert.is_true(seen[m.id], m.id) end
+    end
+  end)
+
+  -- Each method with a path of another shape: the shapes of all the others, plus broken UIDs.
+  local BAD_PATHS = { "", "studies/", "studies/1.2/", "/studies", "studies/abc", "studies/1..2",
+    "studies/" .. S .. "/series/../../x", "studies/" .. string.rep("1", 65), "studies/" .. S .. "/frames/0",
+    "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/frames/0",
+    "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/frames/1,,2",
+    "studies/" .. S .. "/series/" .. R .. "/instances/" .. I .. "/frames/a" }
+  for _, g in ipairs(GOOD) do BAD_PATHS[#BAD_PATHS + 1] = g[2] end
+  for _, m in ipairs(seed.methods) do
+    if not m.request then
+      it("refuses every other shape for " .. m.id, function()
+        local n = 0
+        for _, path in ipairs(BAD_PATHS) do
+          local fits = false
+          for _, g in ipairs(GOOD) do
+            if g[1] == m.id and g[2] == path then fits = true end
+          end
+          if not fits then
+            n = n + 1
+            local cmd, err = parse(m.id, path)
+            assert.is_nil(cmd, path)
+            assert.are.equal("invalid DICOMweb path '" .. path .. "' for " .. m.what .. ": expected",
+              err:sub(1, #("invalid DICOMweb path '" .. path .. "' for " .. m.what .. ": expected")), err)
+          end
+        end
+        assert.is_true(n > 10)
+      end)
+    end
+  end
+
+  describe("a ?query on a search path", function()
+    local QUERIES = { "PatientID=P-1&limit=10", "StudyDate=20200101-20201231",
+      "PatientName=Doe%5EJohn&00080060=CT", "PatientName=Doe^John", "includefield=a&includefield=b",
+      "x=", "a=b=c", "&a=1&", "ModalitiesInStudy=CT,MR&fuzzymatching=true" }
+    for _, q in ipairs(QUERIES) do
+      it("keeps studies?" .. q .. " as typed", function()
+        local cmd = assert(parse("search-for-studies", "studies?" .. q))
+        assert.are.equal("studies", cmd.dicom_web_path)
+        assert.are.equal(q, cmd.query)
+      end)
+    end
+
+    it("drops an empty query", function()
+      local cmd = assert(parse("search-for-studies", "studies?"))
+      assert.are.equal("studies", cmd.dicom_web_path)
+      assert.is_nil(cmd.query)
+    end)
+
+    local BAD = {
+      { "studies?PatientID", "invalid query 'PatientID' in 'studies?PatientID': expected name=value pairs "
+        .. "separated by '&'" },
+      { "studies?=x", "invalid query '=x' in 'studies?=x': expected name=value pairs separated by '&'" },
+      { "studies?a=%zz", "invalid percent-escape in 'a=%zz' in 'studies?a=%zz'" },
+      { "studies?a=%4", "invalid percent-escape in 'a=%4' in 'studies?a=%4'" },
+      { "studies?a=%0A", "the query of 'studies?a=%0A' has a control character after decoding" },
+      { "studies?%00=1", "the query of 'studies?%00=1' has a control character after decoding" },
+      { "studies?a=\195\169", "the query of 'studies?a=\195\169' has a non-ASCII character; percent-encode it" },
+      { "studies?a=x\r\nHost: evil", "invalid DICOMweb path 'studies?a=x??Host: evil' for SearchForStudies: it "
+        .. "has a space, a control character or '#'" },
+      { "studies?a=1#frag", "invalid DICOMweb path 'studies?a=1#frag' for SearchForStudies: it has a space, "
+        .. "a control character or '#'" },
+      { "series?a=1", "invalid DICOMweb path 'series?a=1' for SearchForStudies: expected 'studies'" },
+    }
+    for _, b in ipairs(BAD) do
+      it("refuses " .. string.format("%q", b[1]), function()
+        local cmd, err = parse("search-for-studies", b[1])
+        assert.is_nil(cmd)
+        assert.are.equal(b[2], err:sub(1, #b[2]))
+      end)
+    end
+
+    it("is refused on a path that is not a search", function()
+      local cmd, err = parse("studies-retrieve-study", "studies/1.2?a=1")
+      assert.is_nil(cmd)
+      assert.truthy(err:find("only search methods take a ?query", 1, true), err)
+    end)
+  end)
+
+  it("takes -p, global options and --help", function()
+    local cmd = assert(parse("studies-delete", "studies/1.2", "-p", "quota-user=q", "--debug",
+      "--endpoint", "http://127.0.0.1:9/v1"))
+    assert.are.same({ quotaUser = "q" }, cmd.params)
+    assert.is_true(cmd.debug)
+    assert.are.equal("http://127.0.0.1:9/v1", cmd.endpoint)
+    assert.are.same({ action = "help", help_topic = "studies-delete", method = "studies-delete" },
+      assert(parse("studies-delete", "bad path", "--help")))
+  end)
+
+  it("refuses a request value and a missing path", function()
+    assert.are.same({ nil, P .. "studies-delete takes no request value (-r); it is a DELETE of "
+      .. "<dicom-web-path>" }, { parse("studies-delete", "studies/1.2", "-r", ".", "data=x") })
+    assert.are.same({ nil, "missing argument <dicom-web-path>" },
+      { seed.parse({ "projects", P .. "search-for-studies", PARENT }) })
+    assert.are.same({ nil, "unexpected argument 'PatientID=x'" },
+      { parse("search-for-studies", "studies", "PatientID=x") })
   end)
 end)
 
@@ -450,14 +605,25 @@ describe("healthcare.cli.help", function()
       assert.truthy(text:find("-h, --help", 1, true))
     end)
 
-    it("lists both methods for projects", function()
+    it("lists every method for projects", function()
       local text = help.text("projects")
       assert.truthy(text:find("\n  " .. STORE .. "\n", 1, true))
       assert.truthy(text:find("\n  " .. STUDIES .. "\n", 1, true))
+      for _, m in ipairs(seed.methods) do
+        assert.truthy(text:find("\n  " .. m.name .. "\n", 1, true), m.name)
+      end
+    end)
+
+    it("lists the friendly commands at the top", function()
+      local text = help.text("top")
+      for _, c in ipairs({ "store", "search", "retrieve", "delete" }) do
+        assert.truthy(text:find("\n  " .. c .. "\n", 1, true), c)
+        assert.truthy(text:find("\n  healthcare " .. c .. " <store> ", 1, true), c)
+      end
     end)
 
     for _, m in ipairs(seed.methods) do
-      it("adapts the seed page for " .. m.name, function()
+      if m.request then it("adapts the seed page for " .. m.name, function()
         assert.are.equal(help.text(m.id), help.text(m.name))
         local text = help.text(m.id)
         local flat = normalize_ws(text)
@@ -490,7 +656,27 @@ describe("healthcare.cli.help", function()
           has("-p " .. p.cli .. "=" .. p.type .. " " .. p.help)
         end
         for _, o in ipairs(seed.global_options) do has(o.help) end
-      end)
+      end) end
+    end
+
+    for _, m in ipairs(seed.methods) do
+      if not m.request then it("describes " .. m.name .. " without a request value", function()
+        assert.are.equal(help.text(m.id), help.text(m.name))
+        local text = help.text(m.id)
+        local flat = normalize_ws(text)
+        local function has(s) assert.truthy(flat:find(normalize_ws(s), 1, true), s) end
+        has("healthcare projects " .. m.name)
+        has("healthcare [global options] projects " .. m.name .. " <parent> <dicom-web-path>"
+          .. (m.kind == "search" and "[?<query>]" or "") .. " [-o <out>] [-p <key>=<value>]... [--scope <url>]...")
+        has(m.what .. ": ")
+        has("If unset, the scope for this method defaults to " .. HEALTHCARE)
+        for _, a in ipairs(m.args) do has(a.help) end
+        for _, shape in ipairs(m.paths) do has(shape) end
+        has("-o <out>")
+        for _, p in ipairs(params.list()) do has("-p " .. p.cli .. "=" .. p.type .. " " .. p.help) end
+        assert.is_nil(text:find("About cursors", 1, true))
+        assert.is_nil(text:find("content-type=", 1, true))
+      end) end
     end
 
     it("raises for an unknown topic", function()
@@ -499,10 +685,12 @@ describe("healthcare.cli.help", function()
     end)
 
     it("wraps prose at 79 columns", function()
-      for _, topic in ipairs({ "top", "projects", "studies-store-instances" }) do
+      for _, topic in ipairs({ "top", "projects", "studies-store-instances", "search-for-instances",
+        "studies-series-instances-frames-retrieve-rendered" }) do
         for line in help.text(topic):gmatch("[^\n]+") do
           -- Only usage lines and unbreakable words (URLs, resource names) may be longer.
-          if #line > 79 and not line:find("^  healthcare ") then
+          -- (and a method's title, "healthcare projects <method>")
+          if #line > 79 and not line:find("^  healthcare ") and not line:find("^healthcare projects %S+$") then
             assert.is_nil(line:match("^%s*%S+%s"), line)
           end
         end

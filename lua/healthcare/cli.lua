@@ -1,32 +1,29 @@
 -- SPDX-License-Identifier: MIT
 -- The `healthcare` command. Two forms:
---   the seed's:   healthcare projects locations-datasets-dicom-stores-studies-store-instances ...
---   the friendly: healthcare store <store> <file-or-dir>... (see healthcare.cli.store)
--- Exit codes: 0 all stored, 1 something failed, 2 usage or configuration error.
+--   the seed's:   healthcare projects locations-datasets-dicom-stores-<method> <parent> <dicom-web-path> ...
+--   the friendly: healthcare store|search|retrieve|delete <store> ... (see healthcare.cli.<command>)
+-- Exit codes: 0 all done, 1 something failed, 2 usage or configuration error.
 local cjson = require "cjson.safe"
+local lfs = require "lfs"
 local healthcare = require "healthcare"
+local dicomweb = require "healthcare.dicomweb"
+local errors = require "healthcare.errors"
 local seed = require "healthcare.cli.seed"
 local help = require "healthcare.cli.help"
+local common = require "healthcare.cli.common"
 
 local M = {}
 
-M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE = 0, 1, 2
+M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE = common.EXIT_OK, common.EXIT_FAILED, common.EXIT_USAGE
+
+-- The friendly commands, each a module healthcare.cli.<name> with main(argv).
+M.COMMANDS = { store = true, search = true, retrieve = true, delete = true }
 
 local function say(fmt, ...)
   io.stderr:write("healthcare: ", string.format(fmt, ...), "\n")
 end
 
--- Answers that mean the command line or the configuration is wrong, not the data.
-local CONFIG_HTTP = { [401] = true, [403] = true, [404] = true }
-
---- The exit code for an error value: usage and configuration mistakes (bad arguments, a file
---- named on the command line that cannot be read, no or wrong credentials, no such store) are
---- 2; everything else that failed is 1.
-function M.exit_code_for(err)
-  if err.kind == "usage" or err.kind == "auth" or err.kind == "io" then return M.EXIT_USAGE end
-  if err.kind == "http" and CONFIG_HTTP[err.http_status] then return M.EXIT_USAGE end
-  return M.EXIT_FAILED
-end
+M.exit_code_for = common.exit_code_for
 
 -- JSON with sorted keys and two-space indentation, for people reading the output. cjson
 -- encodes the scalars (escaping included); only the layout is ours.
@@ -128,13 +125,141 @@ local function run_seed(cmd)
   return M.EXIT_OK
 end
 
+-- What a read or delete method asks for, by kind.
+local ACCEPT = {
+  search = "application/dicom+json",
+  metadata = "application/dicom+json",
+  retrieve = 'multipart/related; type="application/dicom"; transfer-syntax=*',
+  rendered = "image/jpeg",
+  frames = 'multipart/related; type="application/octet-stream"; transfer-syntax=*',
+  delete = "application/json",
+}
+local BINARY = { retrieve = true, rendered = true, frames = true }
+-- An answer written to standard output is held in memory first (-o FILE streams instead).
+local MAX_STDOUT_BYTES = 1024 * 1024 * 1024
+
+-- A file the answer can be written to later: its directory exists, and it is not a directory.
+-- Checked before the call so that a typo costs no request; not opened yet, so that a failed
+-- call leaves an existing file as it was.
+local function check_output(out)
+  if lfs.attributes(out, "mode") == "directory" then
+    return nil, out .. " is a directory"
+  end
+  local dir = out:match("^(.*)/[^/]*$") or "."
+  if dir == "" then dir = "/" end
+  if lfs.attributes(dir, "mode") ~= "directory" then
+    return nil, "the directory " .. dir .. " does not exist"
+  end
+  return true
+end
+
+local function write_output(out, data)
+  if out == nil or out == "-" then
+    io.stdout:write(data)
+    return true
+  end
+  local f, err = io.open(out, "wb")
+  if not f then return nil, err end
+  local ok, werr = f:write(data)
+  local cok, cerr = f:close()
+  if not ok or not cok then return nil, tostring(werr or cerr) end
+  return true
+end
+
+-- JSON answers, pretty-printed; an empty answer (204) is an empty list, or {} for a delete.
+local function json_text(kind, res)
+  local body = res.body or ""
+  if body:match("^%s*$") then return kind == "delete" and "{}\n" or "[]\n" end
+  local doc = cjson.decode(body)
+  if doc == nil then return nil end
+  if type(doc) == "table" and next(doc) == nil then
+    return (body:match("^%s*%[") and "[]" or "{}") .. "\n"
+  end
+  return pretty(doc) .. "\n"
+end
+
+-- The read and delete methods of the seed form: one raw call, its answer printed or written.
+local function run_call(cmd)
+  local m = seed.find_method(cmd.method)
+  local ok, perr = dicomweb.check_parent(cmd.parent)
+  if not ok then
+    say("%s", tostring(perr))
+    return M.EXIT_USAGE
+  end
+  local out = cmd.output ~= "-" and cmd.output or nil
+  if out then
+    local fine, why = check_output(out)
+    if not fine then
+      say("cannot write the output: %s", why)
+      return M.EXIT_USAGE
+    end
+  end
+  local client, cerr = healthcare.new {
+    endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
+    token_cache = cmd.token_cache, debug = cmd.debug or nil,
+  }
+  if not client then
+    say("%s", tostring(cerr))
+    return M.exit_code_for(cerr)
+  end
+  local store = assert(client:dicom_store(cmd.parent))
+  local binary = BINARY[m.kind]
+  -- A search's query goes as typed (seed.check_path checked it); -p parameters follow it.
+  local res, err = client:send {
+    method = m.http_method,
+    url = store.base_url .. "/" .. cmd.dicom_web_path .. (cmd.query and ("?" .. cmd.query) or ""),
+    headers = { "Accept: " .. ACCEPT[m.kind] },
+    query = cmd.params,
+    sink = binary and out and { file = out } or nil,
+    max_response_bytes = binary and not out and MAX_STDOUT_BYTES or nil,
+  }
+  if res and (res.status < 200 or res.status > 299) then
+    res, err = nil, errors.from_response(res, m.what)
+  end
+  if not res then
+    say("%s", tostring(err))
+    local code = m.kind == "search" and M.exit_code_for(err) or common.exit_code_for_uid(store, err)
+    client:close()
+    return code
+  end
+  client:close()
+  local werr
+  ok = true
+  if binary then
+    if res.file then
+      io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", res.bytes or 0,
+        common.printable(res.headers["content-type"] or "no Content-Type"), res.file))
+    else
+      -- a transport without the streaming sink: the answer came in memory
+      ok, werr = write_output(out, res.body)
+      if ok and out then
+        io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", #res.body,
+          common.printable(res.headers["content-type"] or "no Content-Type"), out))
+      end
+    end
+  else
+    local text = json_text(m.kind, res)
+    if not text then
+      say("%s: the answer (HTTP %d, %s) is not JSON", m.what, res.status,
+        common.printable(res.headers["content-type"] or "no Content-Type"))
+      return M.EXIT_FAILED
+    end
+    ok, werr = write_output(out, text)
+  end
+  if not ok then
+    say("cannot write the output: %s", tostring(werr))
+    return M.EXIT_FAILED
+  end
+  return M.EXIT_OK
+end
+
 --- Runs the command with argv (a list of strings, as `arg`) and returns the exit code.
 function M.main(argv)
   local args = {}
   for i = 1, #(argv or {}) do args[i] = argv[i] end
   local ok, code = xpcall(function()
-    if args[1] == "store" then
-      return require("healthcare.cli.store").main(args)
+    if M.COMMANDS[args[1]] then
+      return require("healthcare.cli." .. args[1]).main(args)
     end
     local cmd, err = seed.parse(args)
     if not cmd then
@@ -142,6 +267,7 @@ function M.main(argv)
       io.stderr:write("Try 'healthcare --help'.\n")
       return M.EXIT_USAGE
     end
+    if cmd.action == "call" and not cmd.body then return run_call(cmd) end
     return run_seed(cmd)
   end, debug.traceback)
   if not ok then

@@ -43,8 +43,10 @@ end
 local function method_usage(m)
   local args = {}
   for i, a in ipairs(m.args) do args[i] = a.name end
-  return format("healthcare [global options] %s %s %s %s [-o <out>] [-p <key>=<value>]... "
-    .. "[--scope <url>]...", seed.COMMAND, m.name, concat(args, " "), request_usage(m.request))
+  if m.kind == "search" then args[#args] = args[#args] .. "[?<query>]" end
+  return format("healthcare [global options] %s %s %s%s [-o <out>] [-p <key>=<value>]... "
+    .. "[--scope <url>]...", seed.COMMAND, m.name, concat(args, " "),
+    m.request and (" " .. request_usage(m.request)) or "")
 end
 
 local function option_lines(list)
@@ -61,28 +63,43 @@ local function methods_list()
   local out = {}
   for _, m in ipairs(seed.methods) do
     out[#out + 1] = "  " .. m.name
-    out[#out + 1] = wrap("StoreInstances (" .. m.api .. ").", "      ")
+    out[#out + 1] = wrap(m.what .. " (" .. m.api .. ").", "      ")
   end
   return concat(out, "\n")
 end
 
 local function top()
   return concat({
-    "healthcare: the Cloud Healthcare API's DICOMweb StoreInstances (STOW-RS).",
+    wrap("healthcare: the Cloud Healthcare API's DICOMweb: store (STOW-RS), search (QIDO-RS), "
+      .. "retrieve (WADO-RS) and delete; any DICOMweb server for the friendly commands.", ""),
     "",
     "Usage:",
     "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
       .. request_usage(seed.HttpBody) .. " [-o <out>] [-p <key>=<value>]...",
+    "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
+      .. "[-o <out>] [-p <key>=<value>]...",
     "  healthcare " .. seed.COMMAND .. " --help",
     "  healthcare " .. seed.COMMAND .. " <method> --help",
-    "  healthcare store <store> <file-or-dir>... [options]",
+    "  healthcare store <store> <file-or-dir>... [--verify] [options]",
+    "  healthcare search <store> [studies|series|instances] [-q <key>=<value>]... [options]",
+    "  healthcare retrieve <store> <study>[/<series>[/<instance>]] -o <dir> [options]",
+    "  healthcare delete <store> <study>[/<series>[/<instance>]]... --yes [options]",
     "",
     "Commands:",
     "  " .. seed.COMMAND,
-    "      Methods on projects/{project}/locations/{location}/... resources.",
+    "      Methods on projects/{project}/locations/{location}/... resources: the",
+    "      API's calls as they are (healthcare " .. seed.COMMAND .. " --help lists them).",
     "  store",
     "      Store DICOM files and folders: probed, many per request, streamed, with a",
-    "      report per instance (healthcare store --help).",
+    "      report per instance; --verify searches the store for them afterwards.",
+    "  search",
+    "      Search for studies, series or instances: a table, or JSON with --json.",
+    "  retrieve",
+    "      Retrieve a study, series or instance: one file per instance.",
+    "  delete",
+    "      Delete studies, series or instances (asks for --yes).",
+    "  Each friendly command takes --help; <store> is a dicomStore name (through",
+    "  --endpoint) or a DICOMweb base URL.",
     "",
     "Global options (before the command or after the method's arguments):",
     option_lines(seed.global_options),
@@ -185,6 +202,29 @@ local function properties()
   return concat(out, "\n")
 end
 
+local function output_flags(m)
+  local says = {
+    store = "The server's response (DICOM JSON for a store) is written to standard output by default.",
+    search = "The server's answer, a DICOM JSON array, is written pretty-printed to standard output "
+      .. "by default ([] when nothing matches).",
+    metadata = "The server's answer, a DICOM JSON array, is written pretty-printed to standard "
+      .. "output by default.",
+    delete = "The server's answer (Google's long-running Operation, as JSON) is written to standard "
+      .. "output by default.",
+  }
+  local text = says[m.kind] or ("The server's answer is written as received, byte for byte, to "
+    .. "standard output by default; with -o <file> it is streamed to a temporary file that becomes "
+    .. "<file> only when the answer arrived whole.")
+  return {
+    "Optional output flags",
+    wrap(text, "  "),
+    "  -o <out>",
+    wrap("<out> specifies the destination to which to write the server's result. The "
+      .. "destination may be - to indicate standard output, or a filepath that is to "
+      .. "contain the received bytes. If unset, it defaults to standard output.", "      "),
+  }
+end
+
 local function method(m)
   local args = {}
   for _, a in ipairs(m.args) do
@@ -193,7 +233,7 @@ local function method(m)
   end
   local scopes = {}
   for _, s in ipairs(params.SCOPES) do scopes[#scopes + 1] = "    " .. s end
-  return concat({
+  local lines = {
     "healthcare " .. seed.COMMAND .. " " .. m.name,
     "",
     wrap(m.description, ""),
@@ -212,26 +252,15 @@ local function method(m)
     "Required scalar arguments",
     concat(args, "\n"),
     "",
-    "Required request value",
-    request_section(m.request),
-    "",
-    "About cursors",
-    cursor_rules(m.request),
-    "",
-    "Optional output flags",
-    wrap("The server's response (DICOM JSON for a store) is written to standard output "
-      .. "by default.", "  "),
-    "  -o <out>",
-    wrap("<out> specifies the destination to which to write the server's result. The "
-      .. "destination may be - to indicate standard output, or a filepath that is to "
-      .. "contain the received bytes. If unset, it defaults to standard output.", "      "),
-    "",
-    "Optional general properties",
-    properties(),
-    "",
-    "Global options",
-    option_lines(seed.global_options),
-  }, "\n") .. "\n"
+  }
+  if m.request then
+    for _, l in ipairs({ "Required request value", request_section(m.request), "",
+      "About cursors", cursor_rules(m.request), "" }) do lines[#lines + 1] = l end
+  end
+  for _, l in ipairs(output_flags(m)) do lines[#lines + 1] = l end
+  for _, l in ipairs({ "", "Optional general properties", properties(), "", "Global options",
+    option_lines(seed.global_options) }) do lines[#lines + 1] = l end
+  return concat(lines, "\n") .. "\n"
 end
 
 -- The help text for a topic of a help command from seed.parse: "top", "projects", or

@@ -3,6 +3,8 @@
 healthcare.cli.seed: parses the seed's command form,
   healthcare [global options] projects <method> <parent> <dicom-web-path>
              -r . content-type=<type> data=<value> [-o <out>] [-p <key>=<value>]...
+(the store methods) or, for the read and delete methods, without the request value:
+  healthcare [global options] projects <method> <parent> <dicom-web-path>[?<query>] [-o <out>] ...
 into a plain command table for healthcare.cli to run. Pure Lua, no I/O: files named by
 data=@path are not opened here, and parent / dicom-web-path are checked by the client so
 that the Lua API and the CLI share one check. The option list, the methods and the
@@ -202,13 +204,95 @@ local ARGS = {
 -- Both methods take the same arguments and send the same request.
 seed.methods = {
   { name = "locations-datasets-dicom-stores-store-instances", id = "store-instances",
-    api = "projects.locations.datasets.dicomStores.storeInstances",
-    description = DESCRIPTION, args = ARGS, request = seed.HttpBody },
+    api = "projects.locations.datasets.dicomStores.storeInstances", what = "StoreInstances",
+    kind = "store", description = DESCRIPTION, args = ARGS, request = seed.HttpBody },
   { name = "locations-datasets-dicom-stores-studies-store-instances",
     id = "studies-store-instances",
-    api = "projects.locations.datasets.dicomStores.studies.storeInstances",
-    description = DESCRIPTION, args = ARGS, request = seed.HttpBody },
+    api = "projects.locations.datasets.dicomStores.studies.storeInstances", what = "StoreInstances",
+    kind = "store", description = DESCRIPTION, args = ARGS, request = seed.HttpBody },
 }
+
+-- The DICOMweb read and delete methods: raw calls, GET or DELETE
+-- {endpoint}/{parent}/dicomWeb/{dicom-web-path}, with no request value. `kind` says what is
+-- asked for and what the answer is (JSON printed, or bytes written as received); `paths` are the
+-- dicom-web-path shapes the method accepts, `{..._uid}` standing for a UID and `{frame_list}`
+-- for frame numbers (1,2,3). Search paths may end in ?<query> (QIDO-RS parameters).
+local SEARCH_HELP = "Query parameters (QIDO-RS) follow a '?', e.g. %s?PatientID=P-1&limit=10."
+local KIND_SUMMARY = {
+  search = "Searches (QIDO-RS) for %s; the answer is a DICOM JSON array (an empty one when "
+    .. "nothing matches).",
+  metadata = "Retrieves the metadata (WADO-RS) of %s as a DICOM JSON array; bulk data such as "
+    .. "pixel data is left out.",
+  retrieve = "Retrieves %s (WADO-RS) as a multipart/related answer of DICOM instances "
+    .. "(application/dicom, in the transfer syntax they are stored in).",
+  rendered = "Retrieves %s rendered as a consumer image (WADO-RS, image/jpeg).",
+  frames = "Retrieves %s (WADO-RS) as a multipart/related answer of uncompressed frames "
+    .. "(application/octet-stream).",
+  delete = "Deletes %s. Google answers with a long-running operation (its name in JSON), "
+    .. "which finishes the deletion in the background.",
+}
+local READS = {
+  { "search-for-studies", "searchForStudies", "SearchForStudies", "search", "the studies of a DICOM store",
+    { "studies" } },
+  { "search-for-series", "searchForSeries", "SearchForSeries", "search", "series in a DICOM store",
+    { "series", "studies/{study_uid}/series" } },
+  { "search-for-instances", "searchForInstances", "SearchForInstances", "search",
+    "instances in a DICOM store",
+    { "instances", "studies/{study_uid}/instances", "studies/{study_uid}/series/{series_uid}/instances" } },
+  { "studies-search-for-series", "studies.searchForSeries", "SearchForSeries", "search",
+    "the series of a study", { "studies/{study_uid}/series" } },
+  { "studies-search-for-instances", "studies.searchForInstances", "SearchForInstances", "search",
+    "the instances of a study", { "studies/{study_uid}/instances" } },
+  { "studies-retrieve-study", "studies.retrieveStudy", "RetrieveStudy", "retrieve",
+    "every instance of a study", { "studies/{study_uid}" } },
+  { "studies-retrieve-metadata", "studies.retrieveMetadata", "RetrieveStudyMetadata", "metadata",
+    "every instance of a study", { "studies/{study_uid}/metadata" } },
+  { "studies-delete", "studies.delete", "DeleteStudy", "delete", "a study and all its series and instances",
+    { "studies/{study_uid}" } },
+  { "studies-series-retrieve-series", "studies.series.retrieveSeries", "RetrieveSeries", "retrieve",
+    "every instance of a series", { "studies/{study_uid}/series/{series_uid}" } },
+  { "studies-series-retrieve-metadata", "studies.series.retrieveMetadata", "RetrieveSeriesMetadata",
+    "metadata", "every instance of a series", { "studies/{study_uid}/series/{series_uid}/metadata" } },
+  { "studies-series-search-for-instances", "studies.series.searchForInstances", "SearchForInstances",
+    "search", "the instances of a series", { "studies/{study_uid}/series/{series_uid}/instances" } },
+  { "studies-series-delete", "studies.series.delete", "DeleteSeries", "delete",
+    "a series and all its instances", { "studies/{study_uid}/series/{series_uid}" } },
+  { "studies-series-instances-retrieve-instance", "studies.series.instances.retrieveInstance",
+    "RetrieveInstance", "retrieve", "one instance",
+    { "studies/{study_uid}/series/{series_uid}/instances/{instance_uid}" } },
+  { "studies-series-instances-retrieve-metadata", "studies.series.instances.retrieveMetadata",
+    "RetrieveInstanceMetadata", "metadata", "one instance",
+    { "studies/{study_uid}/series/{series_uid}/instances/{instance_uid}/metadata" } },
+  { "studies-series-instances-retrieve-rendered", "studies.series.instances.retrieveRendered",
+    "RetrieveRenderedInstance", "rendered", "one instance",
+    { "studies/{study_uid}/series/{series_uid}/instances/{instance_uid}/rendered" } },
+  { "studies-series-instances-delete", "studies.series.instances.delete", "DeleteInstance", "delete",
+    "one instance", { "studies/{study_uid}/series/{series_uid}/instances/{instance_uid}" } },
+  { "studies-series-instances-frames-retrieve-frames", "studies.series.instances.frames.retrieveFrames",
+    "RetrieveFrames", "frames", "frames of an instance",
+    { "studies/{study_uid}/series/{series_uid}/instances/{instance_uid}/frames/{frame_list}" } },
+  { "studies-series-instances-frames-retrieve-rendered", "studies.series.instances.frames.retrieveRendered",
+    "RetrieveRenderedFrames", "rendered", "frames of an instance",
+    { "studies/{study_uid}/series/{series_uid}/instances/{instance_uid}/frames/{frame_list}/rendered" } },
+}
+
+for _, r in ipairs(READS) do
+  local id, api, what, kind, object, paths = r[1], r[2], r[3], r[4], r[5], r[6]
+  local examples = #paths == 1 and paths[1]
+    or (concat(paths, ", ", 1, #paths - 1) .. " or " .. paths[#paths])
+  local path_help = format("Required. The path of the %s DICOMweb request: %s.", what, examples)
+  if kind == "search" then path_help = path_help .. " " .. format(SEARCH_HELP, paths[1]) end
+  seed.methods[#seed.methods + 1] = {
+    name = "locations-datasets-dicom-stores-" .. id, id = id,
+    api = "projects.locations.datasets.dicomStores." .. api, what = what, kind = kind,
+    http_method = kind == "delete" and "DELETE" or "GET",
+    paths = paths,
+    description = what .. ": " .. format(KIND_SUMMARY[kind], object)
+      .. " See the Cloud Healthcare API's DICOM conformance statement for what the server supports.",
+    args = { ARGS[1], { name = "<dicom-web-path>", key = "dicom_web_path", type = "string",
+      help = path_help } },
+  }
+end
 
 -- The method entry for a CLI name ("locations-...") or an id ("store-instances").
 function seed.find_method(name)
@@ -260,6 +344,110 @@ for _, list in ipairs({ seed.global_options, seed.method_options }) do
       end
     end
   end
+end
+
+--------------------------------------------------------------------------------------
+-- dicom-web-paths of the read and delete methods
+--------------------------------------------------------------------------------------
+
+local MAX_UID = 64
+
+-- A DICOM UID (as healthcare.dicomweb.valid_uid, which this pure module does not load).
+local function is_uid(s)
+  return #s > 0 and #s <= MAX_UID and s:match("^[%d.]+$") ~= nil and not s:find("..", 1, true)
+    and s:sub(1, 1) ~= "." and s:sub(-1) ~= "."
+end
+
+-- 1 or 1,2,3: frame numbers start at 1.
+local function is_frame_list(s)
+  for n in (s .. ","):gmatch("([^,]*),") do
+    if not n:match("^[1-9]%d*$") or #n > 9 then return false end
+  end
+  return true
+end
+
+local function matches_shape(path, shape)
+  local got, want = {}, {}
+  for seg in (path .. "/"):gmatch("([^/]*)/") do got[#got + 1] = seg end
+  for seg in (shape .. "/"):gmatch("([^/]*)/") do want[#want + 1] = seg end
+  if #got ~= #want then return false end
+  for i, w in ipairs(want) do
+    local g = got[i]
+    if w == "{frame_list}" then
+      if not is_frame_list(g) then return false end
+    elseif w:match("^{.*_uid}$") then
+      if not is_uid(g) then return false end
+    elseif g ~= w then
+      return false
+    end
+  end
+  return true
+end
+
+local function hex_value(h) return string.char(tonumber(h, 16)) end
+
+-- Decodes one component of a query (percent-escapes); nil for a malformed escape.
+local function unescape(s)
+  if s:find("%%%X") or s:find("%%.%X") or s:find("%%.?$") then return nil end
+  return (s:gsub("%%(%x%x)", hex_value))
+end
+
+-- Checks the query of a search path: name=value pairs separated by '&', percent-escapes well
+-- formed, no control character even once decoded. The query is sent as typed: QIDO-RS servers
+-- differ in what they decode (Orthanc does not decode values), so re-escaping it would change
+-- what some of them match.
+local function check_query(q, raw)
+  if q:find("[\128-\255]") then
+    return nil, format("the query of '%s' has a non-ASCII character; percent-encode it", raw)
+  end
+  for item in (q .. "&"):gmatch("([^&]*)&") do
+    if item ~= "" then
+      local k, v = item:match("^([^=]*)=(.*)$")
+      if not k or k == "" then
+        return nil, format("invalid query '%s' in '%s': expected name=value pairs separated by '&'",
+          item, raw)
+      end
+      local dk, dv = unescape(k), unescape(v)
+      if not dk or not dv then
+        return nil, format("invalid percent-escape in '%s' in '%s'", item, raw)
+      end
+      if dk:find("%c") or dv:find("%c") then
+        return nil, format("the query of '%s' has a control character after decoding", raw)
+      end
+    end
+  end
+  return true
+end
+
+-- Checks a dicom-web-path against the method's shapes. Returns the path (without the query)
+-- and, for a search, the query as typed after '?' (or nil); or nil and a message.
+function seed.check_path(m, path)
+  local shown = path:gsub("%c", "?")
+  if path:find("[%c%s#]") then
+    return nil, format("invalid DICOMweb path '%s' for %s: it has a space, a control character or "
+      .. "'#'", shown, m.what)
+  end
+  local base, q = path:match("^([^?]*)%?(.*)$")
+  base = base or path
+  local function bad(extra)
+    local shapes = {}
+    for i, sh in ipairs(m.paths) do shapes[i] = "'" .. sh .. "'" end
+    local frames = m.paths[1]:find("{frame_list}", 1, true) and "; frames are numbers from 1, comma-separated"
+    return nil, format("invalid DICOMweb path '%s' for %s: expected %s (UIDs are digits and dots, at "
+      .. "most %d characters%s)%s", shown, m.what, concat(shapes, " or "), MAX_UID, frames or "", extra or "")
+  end
+  if q and m.kind ~= "search" then
+    return bad("; only search methods take a ?query")
+  end
+  local ok = false
+  for _, shape in ipairs(m.paths) do
+    if matches_shape(base, shape) then ok = true break end
+  end
+  if not ok then return bad() end
+  if not q or q == "" then return base end
+  local fine, qerr = check_query(q, shown)
+  if not fine then return nil, qerr end
+  return base, q
 end
 
 --------------------------------------------------------------------------------------
@@ -381,6 +569,9 @@ nil and a message for a usage error (the caller exits with 2):
     params = { [wire name] = value }, scopes = { url, ... } (default: cloud-healthcare),
     output = path or "-" or nil, endpoint = url or nil, credentials = path or nil,
     debug = boolean, token_cache = boolean }
+  For a read or delete method (no request value): { action = "call", method = <id>, parent,
+    dicom_web_path = the path without its query, query = what followed '?' or nil (search
+    methods only), params, scopes, output, endpoint, credentials, debug, token_cache }.
 ]]
 function seed.parse(argv)
   local items, err = tokenize(argv)
@@ -388,7 +579,7 @@ function seed.parse(argv)
 
   local rv = seed.request_value(seed.HttpBody)
   local cmd = { action = "call", params = {}, scopes = {}, debug = false, token_cache = true }
-  local words, seen_scope, seen_r, want_help = {}, {}, false, false
+  local words, seen_scope, seen_r, want_help, has_r = {}, {}, false, false, false
   for _, item in ipairs(items) do
     local key, value = item.opt and item.opt.key, item.value
     if item.word then
@@ -415,6 +606,7 @@ function seed.parse(argv)
       cmd.token_cache = false
     elseif key == "request" then
       seen_r = true
+      has_r = true
       local ok, msg = rv:apply(value)
       if not ok then fail(msg) end
     elseif key == "param" then
@@ -448,12 +640,25 @@ function seed.parse(argv)
   if #words > 2 + nargs then
     local extra = words[3 + nargs]
     local hint = ""
-    if extra:find("=", 1, true) then
+    if extra:find("=", 1, true) and method.request then
       hint = "; request value fields go after -r, e.g. -r . content-type=<type> data=<value>"
     end
     return nil, format("unexpected argument '%s'%s", extra, hint)
   end
   for k, a in ipairs(method.args) do cmd[a.key] = words[2 + k] end
+
+  if not method.request then
+    if has_r then
+      return nil, format("%s takes no request value (-r); it is a %s of <dicom-web-path>", method.name,
+        method.http_method)
+    end
+    local path, query = seed.check_path(method, cmd.dicom_web_path)
+    if not path then return nil, query end
+    cmd.dicom_web_path, cmd.query = path, query
+    cmd.method = method.id
+    if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
+    return cmd
+  end
 
   local missing = missing_fields(seed.HttpBody, rv.value)
   if missing then

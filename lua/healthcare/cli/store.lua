@@ -5,16 +5,15 @@
 local argparse = require "argparse"
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
-local healthcare = require "healthcare"
 local batch = require "healthcare.batch"
+local common = require "healthcare.cli.common"
 
 local M = {}
 
 local function parser()
   local p = argparse("healthcare store",
     "Store DICOM files in a DICOM store (STOW-RS), many per request, streamed from disk.")
-  p:argument("store", "A dicomStore name (projects/P/locations/L/datasets/D/dicomStores/S, through the "
-    .. "endpoint) or a DICOMweb base URL (e.g. http://127.0.0.1:8042/dicom-web).")
+  common.add_store_options(p)
   p:argument("files", "DICOM files or directories (walked recursively).", nil, nil, "*")
   p:option("--study", "Store under studies/UID; files of another study are skipped.")
   p:option("--concurrency", "Requests in flight at once.", tostring(batch.DEFAULTS.concurrency)):convert(tonumber)
@@ -27,26 +26,14 @@ local function parser()
   p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored.")
   p:option("--shard", "K/N: take only this machine's share of the files (stable by path).")
   p:option("--from-list", "Read more paths from FILE, one per line ('-' for standard input).")
-  p:option("--endpoint", "API endpoint (default $HEALTHCARE_ENDPOINT, else " .. healthcare.DEFAULT_ENDPOINT .. ").")
-  p:option("--credentials", "Service account or authorized_user JSON key file.")
-  p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
-  p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
-  p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
-  p:flag("--insecure", "Do not verify the server's TLS certificate (testing only).")
-  p:flag("--no-token-cache", "Do not keep tokens between runs.")
+  p:flag("--verify", "After storing, search the store for every instance reported stored and report "
+    .. "those it does not list (exit 1 if any).")
   p:flag("--json", "Print the report as JSON on standard output.")
   p:flag("--no-progress", "No progress bar, even on a terminal.")
-  p:flag("--debug", "Print request and response lines (secrets redacted) on standard error.")
   return p
 end
 
-local function human_bytes(n)
-  local units = { "B", "KB", "MB", "GB", "TB" }
-  local i = 1
-  while n >= 1000 and i < #units do n, i = n / 1000, i + 1 end
-  if i == 1 then return string.format("%d %s", math.floor(n), units[i]) end
-  return string.format("%.1f %s", n, units[i])
-end
+local human_bytes = common.human_bytes
 
 local function progress_bar(totals)
   local last = 0
@@ -107,6 +94,12 @@ end
 -- The report as JSON. Debian's lua-cjson (2.1.0) encodes an empty table as {}, so the four
 -- lists are written here to stay arrays when empty.
 local REPORT_LISTS = { stored = true, already_stored = true, failed = true, skipped = true }
+local function json_list(list)
+  local items = {}
+  for i, r in ipairs(list) do items[i] = cjson.encode(r) end
+  return "[" .. table.concat(items, ",") .. "]"
+end
+
 local function report_json(report)
   local keys, out = {}, {}
   for k in pairs(report) do keys[#keys + 1] = k end
@@ -115,9 +108,9 @@ local function report_json(report)
     local v = report[k]
     local enc
     if REPORT_LISTS[k] then
-      local items = {}
-      for i, r in ipairs(v) do items[i] = cjson.encode(r) end
-      enc = "[" .. table.concat(items, ",") .. "]"
+      enc = json_list(v)
+    elseif k == "verify" then
+      enc = '{"checked":' .. cjson.encode(v.checked) .. ',"missing":' .. json_list(v.missing) .. "}"
     else
       enc = cjson.encode(v)
     end
@@ -163,15 +156,23 @@ local function summary(report)
   end
 end
 
-function M.main(argv)
-  local args = {}
-  for i = 2, #argv do args[i - 1] = argv[i] end
-  local p = parser()
-  local ok, a = p:pparse(args)
-  if not ok then
-    io.stderr:write("healthcare store: ", a, "\n", p:get_usage(), "\n")
-    return 2
+-- What --verify found, after the summary.
+local function verify_summary(v)
+  local w = io.stderr
+  if #v.missing == 0 then
+    w:write(string.format("verified %d instances: the server lists every one\n", v.checked))
+    return
   end
+  w:write(string.format("verified %d instances: the server does not list %d\n", v.checked, #v.missing))
+  for _, m in ipairs(v.missing) do
+    w:write("missing ", tostring(m.path), ": SOP Instance UID ", m.sop_instance_uid, " in study ", m.study, "\n")
+  end
+end
+
+function M.main(argv)
+  local p = parser()
+  local a, code = common.parse(p, argv)
+  if not a then return code end
   local inputs = a.files
   if a.from_list then
     local list, err = read_list(a.from_list)
@@ -192,19 +193,7 @@ function M.main(argv)
     end
   end
 
-  local copts = {
-    endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
-    scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
-    token_cache = not a.no_token_cache, debug = a.debug or nil,
-  }
-  local store, err
-  if a.store:match("^https?://") then
-    store, err = healthcare.dicomweb(a.store, copts)
-  else
-    local client
-    client, err = healthcare.new(copts)
-    if client then store, err = client:dicom_store(a.store) end
-  end
+  local store, err = common.open_store(a)
   if not store then
     io.stderr:write("healthcare store: ", tostring(err), "\n")
     return 2
@@ -221,18 +210,26 @@ function M.main(argv)
     journal = a.journal, shard = a.shard, on_progress = on_progress,
   })
   if show then io.stderr:write("\r\27[K") end
-  store.client:close()
   if not report then
+    store.client:close()
     io.stderr:write("healthcare store: ", tostring(rerr), "\n")
     return 2
   end
+  local verr
+  if a.verify and not report.interrupted then
+    report.verify, verr = store:verify(report)
+  end
+  store.client:close()
   if a.json then
     io.stdout:write(report_json(report), "\n")
   else
     summary(report)
+    if report.verify then verify_summary(report.verify) end
   end
+  if verr then io.stderr:write("healthcare store: cannot verify: ", tostring(verr), "\n") end
   if report.interrupted then return 128 + (core.interrupted() or 2) end
-  return #report.failed > 0 and 1 or 0
+  if #report.failed > 0 or verr or (report.verify and #report.verify.missing > 0) then return 1 end
+  return 0
 end
 
 return M

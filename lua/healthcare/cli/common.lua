@@ -1,0 +1,136 @@
+-- SPDX-License-Identifier: MIT
+-- What the friendly commands (store, search, retrieve, delete) share: the <store> argument and
+-- the credential, endpoint and TLS options, written once; turning them into a store object; the
+-- exit code for an error value; and small output helpers.
+local healthcare = require "healthcare"
+local dicomweb = require "healthcare.dicomweb"
+
+local M = {}
+
+M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE = 0, 1, 2
+
+-- Answers that mean the command line or the configuration is wrong, not the data.
+local CONFIG_HTTP = { [401] = true, [403] = true, [404] = true }
+
+--- The exit code for an error value: usage and configuration mistakes (bad arguments, a file
+--- named on the command line that cannot be read, no or wrong credentials, no such store) are
+--- 2; everything else that failed is 1.
+function M.exit_code_for(err)
+  if err.kind == "usage" or err.kind == "auth" or err.kind == "io" then return M.EXIT_USAGE end
+  if err.kind == "http" and CONFIG_HTTP[err.http_status] then return M.EXIT_USAGE end
+  return M.EXIT_FAILED
+end
+
+--- Adds the <store> argument and the options that reach a store to an argparse parser.
+function M.add_store_options(p)
+  p:argument("store", "A dicomStore name (projects/P/locations/L/datasets/D/dicomStores/S, through the "
+    .. "endpoint) or a DICOMweb base URL (e.g. http://127.0.0.1:8042/dicom-web).")
+  p:option("--endpoint", "API endpoint (default $HEALTHCARE_ENDPOINT, else " .. healthcare.DEFAULT_ENDPOINT .. ").")
+  p:option("--credentials", "Service account or authorized_user JSON key file.")
+  p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
+  p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
+  p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
+  p:flag("--insecure", "Do not verify the server's TLS certificate (testing only).")
+  p:flag("--no-token-cache", "Do not keep tokens between runs.")
+  p:flag("--debug", "Print request and response lines (secrets redacted) on standard error.")
+  return p
+end
+
+--- The store object for parsed arguments `a` (from a parser given add_store_options), or nil,
+--- err. Nothing is sent: a dicomStore name is checked for its shape only.
+function M.open_store(a)
+  local copts = {
+    endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
+    scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
+    token_cache = not a.no_token_cache, debug = a.debug or nil,
+  }
+  if a.store:match("^https?://") then
+    return healthcare.dicomweb(a.store, copts)
+  end
+  local client, err = healthcare.new(copts)
+  if not client then return nil, err end
+  local store
+  store, err = client:dicom_store(a.store)
+  if not store then client:close() end
+  return store, err
+end
+
+--- Parses argv (the whole command line, argv[1] being the command's name) with parser p.
+--- Returns the arguments, or nil and the exit code after saying what is wrong.
+function M.parse(p, argv)
+  local args = {}
+  for i = 2, #argv do args[i - 1] = argv[i] end
+  local ok, a = p:pparse(args)
+  if not ok then
+    io.stderr:write(p._name, ": ", a, "\n", p:get_usage(), "\n")
+    return nil, M.EXIT_USAGE
+  end
+  return a
+end
+
+--- A complainer for one command: say("x %s", y) writes "healthcare <cmd>: x y" on stderr.
+function M.sayer(name)
+  return function(fmt, ...)
+    io.stderr:write(name, ": ", string.format(fmt, ...), "\n")
+  end
+end
+
+function M.human_bytes(n)
+  local units = { "B", "KB", "MB", "GB", "TB" }
+  local i = 1
+  while n >= 1000 and i < #units do n, i = n / 1000, i + 1 end
+  if i == 1 then return string.format("%d %s", math.floor(n), units[i]) end
+  return string.format("%.1f %s", n, units[i])
+end
+
+--- Text from a server made safe for a terminal: control characters (escape sequences) shown as '?'.
+function M.printable(s)
+  return (tostring(s):gsub("%c", "?"))
+end
+
+--- Splits "<study>[/<series>[/<instance>]]" into its UIDs, or nil and a message.
+function M.split_target(s)
+  local uids = {}
+  for part in (s .. "/"):gmatch("([^/]*)/") do uids[#uids + 1] = part end
+  if #uids > 3 then
+    return nil, string.format("'%s' has more than three parts: expected <study>[/<series>[/<instance>]]",
+      M.printable(s))
+  end
+  for _, uid in ipairs(uids) do
+    if not dicomweb.valid_uid(uid) then
+      return nil, string.format("invalid UID '%s' in '%s': expected <study>[/<series>[/<instance>]], each "
+        .. "digits and dots, at most %d characters", M.printable(uid), M.printable(s), dicomweb.MAX_UID)
+    end
+  end
+  return { study = uids[1], series = uids[2], instance = uids[3] }
+end
+
+local LEVELS = { "study", "series", "instance" }
+
+--- "study 1.2", "series 1.2/3.4", "instance 1.2/3.4/5.6"
+function M.describe_target(t)
+  local uids = { t.study, t.series, t.instance }
+  return LEVELS[#uids] .. " " .. table.concat(uids, "/")
+end
+
+--- Whether the store answers at all: a one-result study search. A 404 there means the store
+--- itself does not exist, so a 404 for a UID is a usage error (2), not a missing object (1).
+function M.store_exists(store)
+  local results, err = store:search_studies({ limit = 1 })
+  if results then
+    local _
+    _, err = results:all()
+  end
+  return not (err and err.kind == "http" and err.http_status == 404)
+end
+
+--- The exit code for an error of a call that names UIDs: a 404 is a missing object (1) when
+--- the store exists, a missing store (2) otherwise.
+function M.exit_code_for_uid(store, err)
+  if err.kind == "http" and err.http_status == 404 then
+    return M.store_exists(store) and M.EXIT_FAILED or M.EXIT_USAGE
+  end
+  return M.exit_code_for(err)
+end
+
+return M

@@ -1,0 +1,93 @@
+-- SPDX-License-Identifier: MIT
+-- `healthcare delete <store> <study>[/<series>[/<instance>]]... --yes`: deletes through
+-- store:delete_* (Google's long-running operations are waited for). Nothing is deleted without
+-- --yes: on a terminal the command asks, elsewhere it says what it would delete and exits 2.
+local argparse = require "argparse"
+local core = require "healthcare.core"
+local common = require "healthcare.cli.common"
+
+local M = {}
+
+local say = common.sayer("healthcare delete")
+
+local function parser()
+  local p = argparse("healthcare delete",
+    "Delete studies, series or instances from a DICOM store (Google's DICOMweb DELETE; the "
+    .. "long-running operation is waited for).")
+  p:epilog("Example:\n"
+    .. "  healthcare delete projects/P/locations/L/datasets/D/dicomStores/S 1.2.3 1.2.4/1.2.4.5 --yes")
+  common.add_store_options(p)
+  p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete.", nil, nil, "+")
+  p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal, and "
+    .. "elsewhere refuses (exit 2), saying what would be deleted.")
+  p:option("--timeout", "Seconds to wait for each deletion to finish.", "600"):argname("<seconds>"):convert(tonumber)
+  return p
+end
+
+local function confirm(targets)
+  if not (core.isatty(0) and core.isatty(2)) then return false end
+  io.stderr:write("Delete ", targets, "? This cannot be undone. [y/N] ")
+  io.stderr:flush()
+  local answer = io.stdin:read("l")
+  return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
+end
+
+local function delete(store, t, timeout)
+  local opts = { timeout = timeout }
+  if t.instance then return store:delete_instance(t.study, t.series, t.instance, opts) end
+  if t.series then return store:delete_series(t.study, t.series, opts) end
+  return store:delete_study(t.study, opts)
+end
+
+function M.main(argv)
+  local p = parser()
+  local a, code = common.parse(p, argv)
+  if not a then return code end
+  local targets, names = {}, {}
+  for _, s in ipairs(a.targets) do
+    local t, terr = common.split_target(s)
+    if not t then
+      say("%s", terr)
+      return common.EXIT_USAGE
+    end
+    targets[#targets + 1] = t
+    names[#names + 1] = common.describe_target(t)
+  end
+  if not a.timeout or a.timeout < 0 then
+    say("--timeout must be a number of seconds >= 0")
+    return common.EXIT_USAGE
+  end
+  local store, err = common.open_store(a)
+  if not store then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  local listed = table.concat(names, ", ")
+  if not a.yes and not confirm(listed) then
+    store.client:close()
+    say("not deleting without --yes; this would delete %s from %s", listed, common.printable(store.name))
+    return common.EXIT_USAGE
+  end
+
+  local exit, deleted = common.EXIT_OK, 0
+  for i, t in ipairs(targets) do
+    local res, derr = delete(store, t, a.timeout)
+    if res then
+      deleted = deleted + 1
+      io.stdout:write("deleted ", names[i], res.operation and (" (operation " .. res.operation .. ")") or "", "\n")
+    else
+      say("%s", tostring(derr))
+      local c = common.exit_code_for_uid(store, derr)
+      exit = math.max(exit, c)
+      -- no such store, or credentials refused: every other target would fail the same way
+      if c == common.EXIT_USAGE then break end
+    end
+  end
+  store.client:close()
+  if #targets > 1 then
+    io.stderr:write(string.format("deleted %d of %d\n", deleted, #targets))
+  end
+  return exit
+end
+
+return M

@@ -1,0 +1,149 @@
+-- SPDX-License-Identifier: MIT
+-- `healthcare retrieve <store> <study>[/<series>[/<instance>]] -o <dir>`: WADO-RS through
+-- store:retrieve_*, every instance streamed to <dir>/<SOPInstanceUID>.dcm. Prints each file
+-- written on standard output and a summary on standard error (or a JSON report with --json).
+-- When the transfer breaks, the instances that arrived whole are kept and the command says
+-- which instances of the request are missing (found by a search), then exits 1.
+local argparse = require "argparse"
+local cjson = require "cjson.safe"
+local core = require "healthcare.core"
+local common = require "healthcare.cli.common"
+
+local M = {}
+
+local say = common.sayer("healthcare retrieve")
+
+local function parser()
+  local p = argparse("healthcare retrieve",
+    "Retrieve a study, a series or an instance (WADO-RS) into a directory, one file per instance "
+    .. "named <SOPInstanceUID>.dcm, streamed to disk.")
+  p:epilog("Examples:\n"
+    .. "  healthcare retrieve http://127.0.0.1:8042/dicom-web 1.2.3 -o study-1.2.3\n"
+    .. "  healthcare retrieve STORE 1.2.3/1.2.3.4/1.2.3.4.5 -o out --transfer-syntax 1.2.840.10008.1.2.1")
+  common.add_store_options(p)
+  p:argument("target", "<study>[/<series>[/<instance>]]: the UIDs of what to retrieve.")
+  p:option("-o --output", "The directory to write to (created if missing; its parent must exist)."):argname("<dir>")
+  p:option("--transfer-syntax", "Transfer syntax UID to ask for, or '*' for as stored.", "*"):argname("<uid>")
+  p:flag("--json", "Print the report as JSON on standard output: files (path, sop_instance_uid, size), "
+    .. "bytes, seconds, missing.")
+  return p
+end
+
+local function call(store, t, dir, ts)
+  local opts = { to = dir, transfer_syntax = ts }
+  if t.instance then
+    -- a trailing "/" makes `to` a directory even before it exists
+    opts.to = dir:sub(-1) == "/" and dir or (dir .. "/")
+    return store:retrieve_instance(t.study, t.series, t.instance, opts)
+  elseif t.series then
+    return store:retrieve_series(t.study, t.series, opts)
+  end
+  return store:retrieve_study(t.study, opts)
+end
+
+-- The SOP Instance UIDs of the target that are not among `files`, from a search; nil when the
+-- search itself fails (the caller then says so instead).
+local function missing_instances(store, t, files)
+  local have = {}
+  for _, f in ipairs(files) do
+    if f.sop_instance_uid then have[f.sop_instance_uid] = true end
+  end
+  if t.instance then
+    return have[t.instance] and {} or { t.instance }
+  end
+  local results = store:search_instances({ StudyInstanceUID = t.study, SeriesInstanceUID = t.series })
+  if not results then return nil end
+  local missing = {}
+  for item in results:each() do
+    local uid = item.SOPInstanceUID
+    if type(uid) == "string" and not have[uid] then missing[#missing + 1] = uid end
+  end
+  if results.error then return nil end
+  table.sort(missing)
+  return missing
+end
+
+local function json_list(list)
+  local items = {}
+  for i, v in ipairs(list) do items[i] = cjson.encode(v) end
+  return "[" .. table.concat(items, ",") .. "]"
+end
+
+local function report_json(files, bytes, seconds, missing, err)
+  local list = {}
+  for i, f in ipairs(files) do
+    list[i] = { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
+  end
+  local parts = {
+    '"files":' .. json_list(list),
+    '"bytes":' .. cjson.encode(bytes),
+    '"seconds":' .. cjson.encode(seconds),
+  }
+  if missing then parts[#parts + 1] = '"missing":' .. json_list(missing) end
+  if err then parts[#parts + 1] = '"error":' .. cjson.encode(tostring(err)) end
+  return ("{" .. table.concat(parts, ",") .. "}"):gsub("\\/", "/")
+end
+
+function M.main(argv)
+  local p = parser()
+  local a, code = common.parse(p, argv)
+  if not a then return code end
+  local t, terr = common.split_target(a.target)
+  if not t then
+    say("%s", terr)
+    return common.EXIT_USAGE
+  end
+  if not a.output then
+    say("-o <dir> is required: the directory to write the files to")
+    return common.EXIT_USAGE
+  end
+  local store, err = common.open_store(a)
+  if not store then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+
+  local t0 = core.now()
+  local res
+  res, err = call(store, t, a.output, a.transfer_syntax)
+  local seconds = core.now() - t0
+  local files = res and res.files or (err and err.files) or {}
+  local bytes = 0
+  for _, f in ipairs(files) do bytes = bytes + (f.size or 0) end
+
+  local exit, missing = common.EXIT_OK, nil
+  if not res then
+    exit = common.exit_code_for_uid(store, err)
+    -- Only a transfer that broke after it began leaves something to name.
+    if err.kind == "transport" or err.kind == "dicom" or (err.kind == "io" and err.files) then
+      missing = missing_instances(store, t, files)
+      exit = math.max(exit, common.EXIT_FAILED)
+    end
+  end
+  store.client:close()
+
+  if a.json then
+    io.stdout:write(report_json(files, bytes, seconds, missing, err), "\n")
+  else
+    for _, f in ipairs(files) do io.stdout:write(f.path, "\n") end
+  end
+  for _, f in ipairs(files) do
+    if f.warning then say("warning %s: %s", f.path, common.printable(f.warning)) end
+  end
+  if not a.json then
+    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s\n", #files,
+      #files == 1 and "" or "s", common.human_bytes(bytes), seconds, a.output))
+  end
+  if err then
+    say("%s", tostring(err))
+    if missing and #missing > 0 then
+      say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
+        table.concat(missing, " "))
+    elseif err.files and #files > 0 then
+      say("the rest of %s is missing", common.describe_target(t))
+    end
+  end
+  return exit
+end
+
+return M

@@ -1,0 +1,198 @@
+-- SPDX-License-Identifier: MIT
+-- `healthcare search <store> [studies|series|instances] [-q key=value]...`: QIDO-RS through
+-- store:search_*. Prints an aligned table of the columns people look at for each level, or with
+-- --json the DICOM JSON array. Results are printed as the pages arrive, so memory stays flat
+-- with --json; the table waits for all rows to size its columns.
+local argparse = require "argparse"
+local cjson = require "cjson.safe"
+local common = require "healthcare.cli.common"
+
+local M = {}
+
+local say = common.sayer("healthcare search")
+
+-- Per level: { keyword, heading }. UIDs last: they are long and the same width.
+M.COLUMNS = {
+  studies = {
+    { "StudyDate", "Date" }, { "PatientID", "Patient ID" }, { "PatientName", "Patient name" },
+    { "ModalitiesInStudy", "Modalities" }, { "NumberOfStudyRelatedSeries", "Series" },
+    { "NumberOfStudyRelatedInstances", "Instances" }, { "StudyDescription", "Description" },
+    { "StudyInstanceUID", "Study UID" },
+  },
+  series = {
+    { "Modality", "Modality" }, { "SeriesNumber", "Number" },
+    { "NumberOfSeriesRelatedInstances", "Instances" }, { "SeriesDescription", "Description" },
+    { "StudyInstanceUID", "Study UID" }, { "SeriesInstanceUID", "Series UID" },
+  },
+  instances = {
+    { "InstanceNumber", "Number" }, { "Rows", "Rows" }, { "Columns", "Columns" },
+    { "NumberOfFrames", "Frames" }, { "SeriesInstanceUID", "Series UID" },
+    { "SOPInstanceUID", "SOP Instance UID" },
+  },
+}
+
+local SINGULAR = { studies = "study", series = "series", instances = "instance" }
+local FUNCTION = { studies = "search_studies", series = "search_series", instances = "search_instances" }
+
+local function parser()
+  local p = argparse("healthcare search", "Search a DICOM store (QIDO-RS) for studies, series or instances.")
+  p:epilog("Examples:\n"
+    .. "  healthcare search http://127.0.0.1:8042/dicom-web -q PatientID=P-1 -q StudyDate=20240101-20241231\n"
+    .. "  healthcare search STORE series --study 1.2.3 --json\n"
+    .. "  healthcare search STORE instances -q 00080060=CT --include all --limit 10")
+  common.add_store_options(p)
+  p:argument("level", "What to search for.", "studies"):choices({ "studies", "series", "instances" })
+  p:option("-q --query", "Match an attribute: KEYWORD=VALUE or TAG=VALUE (e.g. PatientID=P-1, "
+    .. "StudyDate=20240101-20241231, 00080060=CT); repeatable. A key given twice matches any of "
+    .. "its values.", nil, nil, 1, "*"):count("*"):argname("<key=value>")
+  p:option("--study", "Only in this study (Study Instance UID)."):argname("<uid>")
+  p:option("--series", "Only in this series (Series Instance UID; series and instances)."):argname("<uid>")
+  p:option("--limit", "At most N results in all."):argname("<n>"):convert(tonumber)
+  p:option("--offset", "Skip the first N results."):argname("<n>"):convert(tonumber)
+  p:option("--include", "Also return this attribute (keyword or tag; 'all' for all); repeatable, "
+    .. "and shown as a column.", nil, nil, 1, "*"):count("*"):argname("<field>")
+  p:flag("--fuzzy", "Fuzzy matching of person names (where the server offers it).")
+  p:flag("--json", "Print the DICOM JSON array of the results on standard output.")
+  return p
+end
+
+-- The query table for store:search_*, or nil and a message.
+local function build_query(a)
+  local query = {}
+  for _, q in ipairs(a.query) do
+    local key, value = q:match("^([^=]+)=(.*)$")
+    if not key then return nil, string.format("-q needs KEY=VALUE, got '%s'", common.printable(q)) end
+    local old = query[key]
+    if old == nil then
+      query[key] = value
+    elseif type(old) == "table" then
+      old[#old + 1] = value
+    else
+      query[key] = { old, value }
+    end
+  end
+  if a.study then query.StudyInstanceUID = a.study end
+  if a.series then
+    if a.level == "studies" then return nil, "--series needs the series or instances level" end
+    query.SeriesInstanceUID = a.series
+  end
+  for _, k in ipairs({ "limit", "offset" }) do
+    local n = a[k]
+    if n ~= nil then
+      if n < 0 or n ~= math.floor(n) or (k == "limit" and n < 1) then
+        return nil, string.format("--%s must be a whole number of at least %d", k, k == "limit" and 1 or 0)
+      end
+      query[k] = math.floor(n)
+    end
+  end
+  if #a.include > 0 then query.includefield = a.include end
+  if a.fuzzy then query.fuzzymatching = true end
+  return query
+end
+
+-- Numbers as DICOM writes them: JSON decoding gives floats, and 3 should not read "3.0".
+local function text(x)
+  if type(x) == "number" then return string.format("%.14g", x) end
+  if type(x) == "table" then return "(item)" end   -- a sequence item
+  return tostring(x)
+end
+
+-- A cell: lists joined with ',', control characters hidden.
+local function cell(v)
+  if v == nil then return "" end
+  if type(v) == "table" then
+    local parts = {}
+    for i, x in ipairs(v) do parts[i] = text(x) end
+    return common.printable(table.concat(parts, ","))
+  end
+  return common.printable(text(v))
+end
+
+local function print_table(columns, rows)
+  local widths = {}
+  for i, c in ipairs(columns) do widths[i] = #c[2] end
+  for _, r in ipairs(rows) do
+    for i, v in ipairs(r) do widths[i] = math.max(widths[i], #v) end
+  end
+  local function line(values)
+    local parts = {}
+    for i, v in ipairs(values) do
+      parts[i] = i < #values and (v .. string.rep(" ", widths[i] - #v)) or v
+    end
+    io.stdout:write((table.concat(parts, "  "):gsub("%s+$", "")), "\n")
+  end
+  local heads = {}
+  for i, c in ipairs(columns) do heads[i] = c[2] end
+  line(heads)
+  for _, r in ipairs(rows) do line(r) end
+end
+
+-- The level's columns, then one per --include that is not already shown.
+local function columns_for(level, includes)
+  local cols, shown = {}, {}
+  for i, c in ipairs(M.COLUMNS[level]) do
+    cols[i] = c
+    shown[c[1]] = true
+  end
+  for _, f in ipairs(includes) do
+    if f ~= "all" and not shown[f] then
+      shown[f] = true
+      cols[#cols + 1] = { f, f }
+    end
+  end
+  return cols
+end
+
+function M.main(argv)
+  local p = parser()
+  local a, code = common.parse(p, argv)
+  if not a then return code end
+  local query, qerr = build_query(a)
+  if not query then
+    say("%s", qerr)
+    return common.EXIT_USAGE
+  end
+  local store, err = common.open_store(a)
+  if not store then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  local results
+  results, err = store[FUNCTION[a.level]](store, query)
+  if not results then
+    store.client:close()
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+
+  local n = 0
+  local columns = columns_for(a.level, a.include)
+  local rows = {}
+  if a.json then io.stdout:write("[") end
+  for item in results:each() do
+    n = n + 1
+    if a.json then
+      io.stdout:write(n > 1 and ",\n" or "\n", (cjson.encode(item:raw()):gsub("\\/", "/")))
+    else
+      local r = {}
+      for i, c in ipairs(columns) do r[i] = cell(item[c[1]]) end
+      rows[#rows + 1] = r
+    end
+  end
+  if a.json then
+    io.stdout:write(n > 0 and "\n]\n" or "]\n")
+  elseif n > 0 then
+    print_table(columns, rows)
+  end
+  store.client:close()
+  if results.error then
+    say("%s (after %d %s)", tostring(results.error), n, n == 1 and "result" or "results")
+    return common.exit_code_for(results.error)
+  end
+  if not a.json then
+    io.stderr:write(string.format("%d %s\n", n, n == 1 and SINGULAR[a.level] or a.level))
+  end
+  return common.EXIT_OK
+end
+
+return M
