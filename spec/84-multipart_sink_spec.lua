@@ -404,6 +404,42 @@ describe("a transfer that stops early", function()
     assert.same(basenames(err.parts), listdir(dir))
   end)
 
+  it("stops a request when its on_progress returns false, removing every file it made", function()
+    local dir = H.tmpdir()
+    local calls, last = 0, -1
+    local res, err = request(PATH, { dir = dir }, {
+      on_progress = function(received, sent, to_send)
+        calls = calls + 1
+        assert.is_true(received >= last)
+        assert.same({ 0, 0 }, { sent, to_send })
+        last = received
+        if received >= 590000 then return false end
+      end,
+    })
+    assert.is_nil(res)
+    assert.same({ "transport", "aborted" }, { err.kind, err.code })
+    assert.is_true(calls >= 1)
+    assert.same({}, listdir(dir))
+    assert.equal(0, session:pending())
+  end)
+
+  it("removes every file when on_progress raises, once the transfer is collected", function()
+    local dir = H.tmpdir()
+    local ok, err = pcall(request, PATH, { dir = dir }, {
+      on_progress = function(received) if received >= 590000 then error("stop here") end end,
+    })
+    assert.is_false(ok)
+    assert.matches("stop here", err)
+    for _ = 1, 4 do collectgarbage() end
+    assert.same({}, listdir(dir))
+    assert.equal(0, session:pending())
+  end)
+
+  it("refuses an on_progress that is not a function", function()
+    assert.has_error(function() request("/multipart?sizes=1", nil, { on_progress = 1 }) end,
+      "bad request field 'on_progress' (function expected, got number)")
+  end)
+
   it("leaves reported parts alone when the transfer is collected after its result", function()
     local dir = H.tmpdir()
     local res = assert(request("/multipart?sizes=10,20", { dir = dir }))

@@ -444,7 +444,7 @@ describe("retrieve errors", function()
     assert.matches("bad argument #1 to 'retrieve_study' %(string expected, got nil%)", err)
     ok, err = pcall(store.retrieve_study, store, study.uid, { to = "x", transfer = "*" })
     assert.is_false(ok)
-    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: params, to, transfer_syntax", err)
+    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: on_progress, params, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
     assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)
@@ -585,6 +585,39 @@ describe("a cut or malformed stream", function()
       assert.same({}, err.files)
       assert.same({}, listing(dir))
     end
+  end)
+
+  it("stops when on_progress says so, and keeps nothing of the stopped transfer", function()
+    local dir = H.tmpdir()
+    -- Two whole parts, then the server goes silent: only the progress function can end it.
+    local cut = string.format("%d", parts[1].size + parts[2].size + 2000 + math.floor(parts[3].size / 2))
+    local seen = {}
+    local res, err = raw_store(3, { "cut=" .. cut, "hang=1" }):retrieve_study(study.uid, {
+      to = dir,
+      on_progress = function(received)
+        seen[#seen + 1] = received
+        if received >= tonumber(cut) then return false end
+      end,
+    })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.equal("aborted", err.code)
+    assert.equal(tonumber(cut), seen[#seen])
+    for i = 2, #seen do assert.is_true(seen[i] >= seen[i - 1]) end
+    assert.same({}, listing(dir))
+  end)
+
+  it("healthcare retrieve: Ctrl-C abandons the transfer, exits 130 and leaves no file", function()
+    local dir = H.tmpdir() .. "/out"
+    local cut = string.format("%d", parts[1].size + parts[2].size + 2000)
+    local bin = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+    local base = server.url .. "/multipart/sizes=" .. string.format("%d,%d,%d", parts[1].size, parts[2].size,
+      parts[3].size) .. "/cut=" .. cut .. "/hang=1"
+    local _, stderr, code = H.run(table.concat({ "timeout --preserve-status -s INT 2", H.q(bin), "retrieve",
+      H.q(base), H.q(study.uid), "-o", H.q(dir) }, " "))
+    assert.equal(130, code, stderr)
+    assert.matches("interrupted", stderr)
+    assert.same({}, listing(dir))
   end)
 
   it("leaves no file at the target of an instance whose stream is cut", function()

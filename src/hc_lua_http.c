@@ -662,13 +662,25 @@ static int transfer_close(lua_State *L)
     return 0;
 }
 
-/* session:request(req) -> response | nil, err: start, then run the loop until this one ends. */
+/* session:request(req) -> response | nil, err: start, then run the loop until this one ends.
+ * req.on_progress(received, sent, to_send), when given, is called about five times a second
+ * between turns of the loop (never from inside libcurl); returning false stops the transfer,
+ * which then ends as kind "transport", code "aborted", its temporary files removed. */
 static int session_request(lua_State *L)
 {
     lsession *ls = check_session(L, 1);
     ltransfer *lt;
-    int tidx;
-    int nret = transfer_new(L, ls, 2);
+    int tidx, cbidx = 0;
+    int nret;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "on_progress");
+    if (lua_isfunction(L, -1))
+        cbidx = lua_gettop(L);
+    else if (!lua_isnil(L, -1))
+        return luaL_error(L, "bad request field 'on_progress' (function expected, got %s)", luaL_typename(L, -1));
+    else
+        lua_pop(L, 1);
+    nret = transfer_new(L, ls, 2);
     if (nret != 1)
         return nret;
     tidx = lua_gettop(L);
@@ -679,9 +691,32 @@ static int session_request(lua_State *L)
         return 2;
     }
     lt->t.ref = LUA_NOREF;  /* anchored on this stack frame instead of the registry */
-    while (lt->t.state != HC_T_DONE)
-        if (hc_session_poll(ls->s, 1000) < 0)
+    while (lt->t.state != HC_T_DONE) {
+        curl_off_t up = 0, down = 0;
+        if (hc_session_poll(ls->s, cbidx ? 200 : 1000) < 0)
             return luaL_error(L, "libcurl multi loop failed");
+        if (!cbidx || lt->t.state == HC_T_DONE)
+            continue;
+        curl_easy_getinfo(lt->t.easy, CURLINFO_SIZE_UPLOAD_T, &up);
+        curl_easy_getinfo(lt->t.easy, CURLINFO_SIZE_DOWNLOAD_T, &down);
+        lua_pushvalue(L, cbidx);
+        lua_pushnumber(L, (lua_Number)down);
+        lua_pushnumber(L, (lua_Number)up);
+        lua_pushnumber(L, lt->t.body ? (lua_Number)hc_body_length(lt->t.body) : 0);
+        /* A Lua error raised here leaves the transfer to __gc, which detaches it and removes
+         * its temporary files. */
+        lua_call(L, 3, 1);
+        if (lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+            lua_settop(L, tidx);
+            lua_pushcfunction(L, transfer_close);
+            lua_pushvalue(L, tidx);
+            lua_call(L, 1, 0);
+            lua_pushnil(L);
+            hc_lua_push_error(L, "transport", "the transfer was stopped by its progress function", "aborted");
+            return 2;
+        }
+        lua_pop(L, 1);
+    }
     hc_session_remove(ls->s, &lt->t);
     lua_settop(L, tidx);
     lua_pushcfunction(L, transfer_result);

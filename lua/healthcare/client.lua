@@ -170,6 +170,7 @@ function Client:prepare(req)
     idle_timeout = req.idle_timeout,
     max_response_bytes = req.max_response_bytes,
     sink = req.sink,
+    on_progress = req.on_progress,
   }
 end
 

@@ -26,10 +26,10 @@ local IDENTITY = "Accept-Encoding: identity"
 -- default cap of an answer in memory.
 M.MAX_METADATA_BYTES = 1024 * 1024 * 1024
 
-local INSTANCE_OPTIONS = { "to", "transfer_syntax", "params" }
+local INSTANCE_OPTIONS = { "to", "transfer_syntax", "params", "on_progress" }
 local METADATA_OPTIONS = { "params" }
 local RENDERED_OPTIONS = { "to", "accept", "frame", "params" }
-local FRAMES_OPTIONS = { "to", "accept", "transfer_syntax", "params" }
+local FRAMES_OPTIONS = { "to", "accept", "transfer_syntax", "params", "on_progress" }
 
 -- File name extensions of the media types a frame or a rendered image comes as.
 local EXTENSIONS = {
@@ -131,6 +131,9 @@ local function send(store, method_path, headers, opts, sink, max_bytes)
     query = query,
     sink = sink,
     max_response_bytes = max_bytes,
+    -- on_progress(bytes_received) about five times a second; false stops the transfer (and
+    -- removes what it wrote).
+    on_progress = opts.on_progress,
   }
 end
 

@@ -26,11 +26,28 @@ local function parser()
   p:option("--transfer-syntax", "Transfer syntax UID to ask for, or '*' for as stored.", "*"):argname("<uid>")
   p:flag("--json", "Print the report as JSON on standard output: files (path, sop_instance_uid, size), "
     .. "bytes, seconds, missing.")
+  p:flag("--no-progress", "No progress line, even on a terminal.")
   return p
 end
 
-local function call(store, t, dir, ts)
-  local opts = { to = dir, transfer_syntax = ts }
+-- Called between turns of the transfer loop: draws the received bytes on a terminal and stops
+-- the transfer after Ctrl-C (its temporary files go with it).
+local function progress(show)
+  local t0, last = core.now(), 0
+  return function(received)
+    if core.interrupted() then return false end
+    local now = core.now()
+    if show and now - last >= 0.2 then
+      last = now
+      local rate = now > t0 and received / (now - t0) or 0
+      io.stderr:write("\r", string.format("received %s  %s/s", common.human_bytes(received),
+        common.human_bytes(rate)), "\27[K")
+    end
+  end
+end
+
+local function call(store, t, dir, ts, on_progress)
+  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress }
   if t.instance then
     -- a trailing "/" makes `to` a directory even before it exists
     opts.to = dir:sub(-1) == "/" and dir or (dir .. "/")
@@ -103,10 +120,20 @@ function M.main(argv)
     return common.exit_code_for(err)
   end
 
+  local show = not a.no_progress and not a.json and core.isatty(2)
+  core.trap_interrupts()
   local t0 = core.now()
   local res
-  res, err = call(store, t, a.output, a.transfer_syntax)
+  res, err = call(store, t, a.output, a.transfer_syntax, progress(show))
   local seconds = core.now() - t0
+  if show then io.stderr:write("\r\27[K") end
+  local signal = core.interrupted()
+  core.trap_interrupts(false)
+  if signal then
+    store.client:close()
+    say("interrupted: the transfer was abandoned and nothing partial was kept; run the same command again")
+    return 128 + signal
+  end
   local files = res and res.files or (err and err.files) or {}
   local bytes = 0
   for _, f in ipairs(files) do bytes = bytes + (f.size or 0) end
