@@ -103,6 +103,15 @@ end
 
 local function series(s, i) return s.series[s.series[i]] end
 
+-- The SOP Instance UIDs of study s that a search (QIDO-RS, through the emulator) lists, sorted.
+local function searched(store, s)
+  local items = assert(assert(store:search_instances({ StudyInstanceUID = s.uid })):all())
+  local list = {}
+  for i, item in ipairs(items) do list[i] = item.SOPInstanceUID end
+  table.sort(list)
+  return list
+end
+
 describe("delete", function()
   before_each(function()
     faults({})
@@ -119,6 +128,7 @@ describe("delete", function()
     assert.is_nil(err)
     assert.same({ status = 200 }, res)
     assert.same(all_but(s, { a[1] }), in_orthanc(s))
+    assert.same(all_but(s, { a[1] }), searched(store, s))
 
     config({ operation_polls = 2 })
     local polls_before = em:stats().operation_polls
@@ -130,11 +140,13 @@ describe("delete", function()
     assert.equal(3, res.polls)
     assert.equal(3, em:stats().operation_polls - polls_before)
     assert.same(all_but(s, { a[1], b[1], b[2] }), in_orthanc(s))
+    assert.same(all_but(s, { a[1], b[1], b[2] }), searched(store, s))
 
     res, err = store:delete_study(s.uid, { poll_interval = 0.02 })
     assert.is_nil(err)
     assert.matches(OPERATION, res.operation)
     assert.same({}, in_orthanc(s))
+    assert.same({}, searched(store, s))
 
     -- what went on the wire: DELETE with Accept: application/json, polls of the operation
     local seen = {}
