@@ -175,6 +175,28 @@ local function assert_mixed_report(report, valid, others)
   assert.equal(0, report.retries)
 end
 
+describe("store:store and a part the server cannot read", function()
+  it("sends each instance a 400 left unlisted again alone: only the bad file fails", function()
+    local dir = H.tmpdir()
+    local good = gen_many { { dir = dir, count = 4, prefix = "good" } }
+    -- pydicom's MR_truncated.dcm: a header our probe accepts, pixel data Orthanc cannot read.
+    -- Orthanc answers the request with 400 and lists only what it stored before that part.
+    local bad = dir .. "/m_truncated.dcm"
+    sh("cp " .. H.q(E.samples .. "/MR_truncated.dcm") .. " " .. H.q(bad))
+    local report = assert(orthanc_store():store(dir))
+    assert.equal(4, #report.stored)
+    for _, g in ipairs(good) do
+      assert.is_string(H.orthanc_find_instance(g.sop_instance_uid), "Orthanc has no " .. g.path)
+    end
+    assert.equal(1, #report.failed)
+    assert.equal(bad, report.failed[1].path)
+    assert.equal("not in response (HTTP 400)", report.failed[1].reason)
+    assert.is_true(report.sent_alone >= 1)
+    assert.equal(1 + report.sent_alone, report.requests)
+    assert.equal(0, report.retries)
+  end)
+end)
+
 describe("store:store on a mixed folder", function()
   local dir, valid, others
   lazy_setup(function() dir, valid, others = mixed_folder() end)
@@ -262,7 +284,7 @@ describe("store:store options", function()
   it("sends nothing for an empty folder and says so", function()
     local report = assert(orthanc_store():store(H.tmpdir()))
     assert.same({ stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
-      requests = 0, retries = 0, seconds = report.seconds }, report)
+      requests = 0, retries = 0, sent_alone = 0, seconds = report.seconds }, report)
   end)
 end)
 
@@ -504,9 +526,11 @@ describe("store:store reading answers", function()
     assert.same({ { path = b.path, sop_instance_uid = b.sop_instance_uid, study_uid = b.study_uid,
       reason = "not in response (HTTP 200)" } }, report.failed)
     assert.equal(a.size, report.bytes)
+    -- b was sent again alone before it counted as failed
     local reqs = srv.requests()
-    assert.equal(1, #reqs)
-    assert.equal(2, reqs[1].parts)
+    assert.equal(2, #reqs)
+    assert.same({ 2, 1 }, { reqs[1].parts, reqs[2].parts })
+    assert.same({ 2, 1 }, { report.requests, report.sent_alone })
     assert.is_true(reqs[1].closed)
     assert.equal("application/dicom+json", reqs[1].accept)
   end)
@@ -517,6 +541,7 @@ describe("store:store reading answers", function()
     assert.equal(0, #report.stored)
     assert.equal(2, #report.failed)
     assert.equal("not in response (HTTP 200)", report.failed[1].reason)
+    assert.same({ 3, 2 }, { report.requests, report.sent_alone })
   end)
 
   it("reads an XML (NativeDicomModel) answer: a warning and Google's FailureDetail", function()

@@ -154,7 +154,7 @@ function M.run(store, inputs, opts)
   for k, v in pairs(o.retry or store.client.retry or {}) do retry[k] = v end
 
   local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
-    seconds = 0, requests = 0, retries = 0 }
+    seconds = 0, requests = 0, retries = 0, sent_alone = 0 }
   if o.shard then
     local s, serr = require("healthcare.shard").parse(o.shard)
     if not s then return nil, serr end
@@ -178,9 +178,11 @@ function M.run(store, inputs, opts)
   local waiting = {}       -- groups due for a retry: { group, due }
   local progress = { files_done = 0, bytes_done = 0 }
 
-  local function finish_group(group, outcome_of)
-    local recs = {}
-    for _, e in ipairs(group.entries) do
+  -- Records the outcome of entries (all of the group's by default) in the report and journal.
+  local function finish_group(group, outcome_of, entries)
+    local recs, bytes = {}, 0
+    for _, e in ipairs(entries or group.entries) do
+      bytes = bytes + e.size
       local oc = outcome_of(e)
       local r
       if oc.outcome == "stored" then
@@ -198,8 +200,8 @@ function M.run(store, inputs, opts)
       local ok, jerr = journal:record(recs)
       if not ok then error(jerr) end
     end
-    progress.files_done = progress.files_done + #group.entries
-    progress.bytes_done = progress.bytes_done + group.bytes
+    progress.files_done = progress.files_done + #recs
+    progress.bytes_done = progress.bytes_done + bytes
   end
 
   local function fail_group(group, reason)
@@ -272,6 +274,24 @@ function M.run(store, inputs, opts)
       if not ds then return fail_group(group, perr) end
     end
     local outcomes = dicomjson.outcomes(ds)
+    -- An instance the answer does not mention may never have been read: Orthanc stops at a part
+    -- it cannot parse and answers 400 for the request, listing only what it stored before. Each
+    -- unlisted instance is sent again alone, so that one bad file costs only itself.
+    if #group.entries > 1 then
+      local listed, unlisted = {}, {}
+      for _, e in ipairs(group.entries) do
+        local list = outcomes[e.sop_instance_uid] and listed or unlisted
+        list[#list + 1] = e
+      end
+      if #unlisted > 0 then
+        finish_group(group, function(e) return outcomes[e.sop_instance_uid] end, listed)
+        for _, e in ipairs(unlisted) do
+          waiting[#waiting + 1] = { group = { entries = { e }, bytes = e.size, attempts = 0 }, due = core.now() }
+        end
+        report.sent_alone = report.sent_alone + #unlisted
+        return
+      end
+    end
     finish_group(group, function(e)
       return outcomes[e.sop_instance_uid] or {
         outcome = "failed",
