@@ -328,7 +328,10 @@ describe("retrieve errors", function()
     local missing = fresh_uid()
     local s1 = study.series[1]
     local cases = {
-      { "retrieve_study", { missing }, "^study " .. missing:gsub("%.", "%%.") .. " not found: RetrieveStudy: HTTP 404" },
+      -- Orthanc's JSON error is read for its "Details", not shown raw
+      { "retrieve_study", { missing }, "^study " .. missing:gsub("%.", "%%.")
+        .. " not found: RetrieveStudy: HTTP 404 NOT_FOUND: Accessing an inexistent study with WADO%-RS: "
+        .. missing:gsub("%.", "%%.") .. "$" },
       { "retrieve_series", { study.uid, missing },
         "^series " .. missing:gsub("%.", "%%.") .. " of study " .. study.uid:gsub("%.", "%%.")
           .. " not found: RetrieveSeries: HTTP 404" },

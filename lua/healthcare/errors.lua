@@ -77,7 +77,8 @@ function M.from_response(res, what)
     retry_after = M.retry_after(res.headers),
   }
   local message
-  local doc = ctype:find("json", 1, true) and cjson.decode(res.body or "")
+  -- Orthanc's DICOMweb plugin sends its JSON errors without a JSON Content-Type.
+  local doc = (ctype:find("json", 1, true) or (res.body or ""):match("^%s*{")) and cjson.decode(res.body or "")
   if type(doc) == "table" and type(doc.error) == "table" then
     local e = doc.error
     message = type(e.message) == "string" and e.message or nil
@@ -94,6 +95,15 @@ function M.from_response(res, what)
     -- OAuth token endpoint: {"error": "invalid_grant", "error_description": "..."}
     err.status = doc.error -- already in the message's prefix
     message = type(doc.error_description) == "string" and doc.error_description or doc.error
+  end
+  if not message and type(doc) == "table" then
+    -- Orthanc's REST errors: {"Message": "Accessing an inexistent item", "Details": "..."}
+    for _, k in ipairs({ "Details", "Message", "message" }) do
+      if type(doc[k]) == "string" and doc[k] ~= "" then
+        message = doc[k]:gsub("%c", " "):sub(1, 300)
+        break
+      end
+    end
   end
   if not message then
     local text = (res.body or ""):gsub("%s+", " "):sub(1, 200)

@@ -157,7 +157,8 @@ function M.main(argv)
   for _, f in ipairs(files) do
     if f.warning then say("warning %s: %s", f.path, common.printable(f.warning)) end
   end
-  if not a.json then
+  -- After an error with nothing kept, the error alone says it all.
+  if not a.json and (#files > 0 or not err) then
     io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s\n", #files,
       #files == 1 and "" or "s", common.human_bytes(bytes), seconds, a.output))
   end
