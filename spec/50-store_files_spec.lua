@@ -275,16 +275,39 @@ describe("store:store options", function()
   it("raises on an unknown option or a files argument of the wrong type (programming mistakes)", function()
     local store = orthanc_store()
     assert.has_error(function() store:store(H.tmpdir(), { studyuid = "1.2" }) end,
-      "unknown option 'studyuid' to 'store'; valid options: concurrency, journal, "
+      "unknown option 'studyuid' to 'store'; valid options: concurrency, journal, keep_stored, "
       .. "max_instances_per_request, max_request_bytes, on_instance, on_progress, retry, shard, study_uid")
     assert.has_error(function() store:store(42) end,
       "bad argument #1 to 'store' (path or list of paths expected, got number)")
   end)
 
+  it("keeps counts, not a record per stored file, with keep_stored = false", function()
+    local dir = H.tmpdir()
+    gen_many { { dir = dir, count = 5, prefix = "k" } }
+    H.write_file(dir .. "/notes.txt", "not DICOM\n")
+    local journal = H.tmpdir() .. "/journal"
+    local seen = 0
+    local report = assert(orthanc_store():store(dir, { keep_stored = false, journal = journal,
+      on_instance = function() seen = seen + 1 end }))
+    assert.same({ stored = 5, already_stored = 0, failed = 0, skipped = 1 }, report.counts)
+    assert.same({}, report.stored)
+    assert.equal(1, #report.skipped)
+    assert.equal(5, seen)
+    -- a rerun finds them in the journal: counted, not listed
+    report = assert(orthanc_store():store(dir, { keep_stored = false, journal = journal }))
+    assert.same({ stored = 0, already_stored = 5, failed = 0, skipped = 1 }, report.counts)
+    assert.same({}, report.already_stored)
+    -- the default keeps the records, and the counts agree with them
+    report = assert(orthanc_store():store(dir, { journal = journal }))
+    assert.equal(5, #report.already_stored)
+    assert.same({ stored = 0, already_stored = 5, failed = 0, skipped = 1 }, report.counts)
+  end)
+
   it("sends nothing for an empty folder and says so", function()
     local report = assert(orthanc_store():store(H.tmpdir()))
     assert.same({ stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
-      requests = 0, retries = 0, sent_alone = 0, seconds = report.seconds }, report)
+      requests = 0, retries = 0, sent_alone = 0, seconds = report.seconds,
+      counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }, report)
   end)
 end)
 

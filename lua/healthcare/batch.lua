@@ -31,7 +31,7 @@ M.INTERRUPT_GRACE = 10
 M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60, deadline = 3600 }
 M.OPTIONS = {
   "study_uid", "concurrency", "journal", "on_progress", "max_request_bytes",
-  "max_instances_per_request", "retry", "shard", "on_instance",
+  "max_instances_per_request", "retry", "shard", "on_instance", "keep_stored",
 }
 
 local PART_HEADERS = "Content-Type: application/dicom\r\n"
@@ -59,6 +59,7 @@ local function new_source(inputs, opts, report, journal)
 
   local function skip(e, reason)
     report.skipped[#report.skipped + 1] = record(e, reason)
+    report.counts.skipped = report.counts.skipped + 1
     source.bytes_not_sent = source.bytes_not_sent + (e.size or 0)
   end
 
@@ -74,8 +75,11 @@ local function new_source(inputs, opts, report, journal)
       else
         local done = journal and journal:lookup(f)
         if done then
-          report.already_stored[#report.already_stored + 1] =
-            record(done, "stored in an earlier run", { path = f.path })
+          report.counts.already_stored = report.counts.already_stored + 1
+          if opts.keep_stored then
+            report.already_stored[#report.already_stored + 1] =
+              record(done, "stored in an earlier run", { path = f.path })
+          end
           source.bytes_not_sent = source.bytes_not_sent + (f.size or 0)
         else
           local probe, why = core.dicom_probe(f.path)
@@ -145,6 +149,9 @@ function M.run(store, inputs, opts)
   local o = {}
   for k, v in pairs(M.DEFAULTS) do o[k] = v end
   for k, v in pairs(opts) do o[k] = v end
+  -- keep_stored = false: a migration of millions of files keeps counts, not a record per file
+  -- (about 1 KB each); what failed, what was skipped and stored files with a warning are kept.
+  if o.keep_stored == nil then o.keep_stored = true end
   o.concurrency = o.concurrency or (store.client.concurrency) or M.DEFAULTS.concurrency
   if o.study_uid ~= nil and not dicomweb.valid_uid(o.study_uid) then
     return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid):gsub("%c", "?") .. "'")
@@ -154,7 +161,8 @@ function M.run(store, inputs, opts)
   for k, v in pairs(o.retry or store.client.retry or {}) do retry[k] = v end
 
   local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
-    seconds = 0, requests = 0, retries = 0, sent_alone = 0 }
+    seconds = 0, requests = 0, retries = 0, sent_alone = 0,
+    counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
   if o.shard then
     local s, serr = require("healthcare.shard").parse(o.shard)
     if not s then return nil, serr end
@@ -187,10 +195,12 @@ function M.run(store, inputs, opts)
       local r
       if oc.outcome == "stored" then
         r = record(e, oc.warning, { warning = oc.warning })
-        report.stored[#report.stored + 1] = r
+        report.counts.stored = report.counts.stored + 1
+        if o.keep_stored or oc.warning then report.stored[#report.stored + 1] = r end
         report.bytes = report.bytes + e.size
       else
         r = record(e, oc.reason)
+        report.counts.failed = report.counts.failed + 1
         report.failed[#report.failed + 1] = r
       end
       recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
@@ -306,8 +316,8 @@ function M.run(store, inputs, opts)
     o.on_progress {
       files_done = progress.files_done, bytes_done = progress.bytes_done,
       bytes_sending = sending, bytes_not_sent = source.bytes_not_sent,
-      stored = #report.stored, failed = #report.failed,
-      skipped = #report.skipped, already_stored = #report.already_stored,
+      stored = report.counts.stored, failed = report.counts.failed,
+      skipped = report.counts.skipped, already_stored = report.counts.already_stored,
       in_flight = ninflight, retries = report.retries, seconds = core.now() - t0,
     }
   end

@@ -124,7 +124,8 @@ local function summary(report)
   local w = io.stderr
   w:write(string.format(
     "stored %d, already stored %d, failed %d, skipped %d; %s in %.1f s (%.2f MB/s); %d requests, %d retries\n",
-    #report.stored, #report.already_stored, #report.failed, #report.skipped, human_bytes(report.bytes),
+    report.counts.stored, report.counts.already_stored, report.counts.failed, report.counts.skipped,
+    human_bytes(report.bytes),
     report.seconds, rate / 1e6, report.requests, report.retries))
   for _, f in ipairs(report.stored) do
     if f.warning then w:write("warning ", f.path, ": ", tostring(f.warning), "\n") end
@@ -147,7 +148,8 @@ local function summary(report)
   local j = report.journal
   if j then
     w:write(string.format("journal %s: %d of these files stored (%d now, %d by %d earlier runs)%s\n", j.path,
-      #report.stored + #report.already_stored, #report.stored, #report.already_stored, j.earlier_runs,
+      report.counts.stored + report.counts.already_stored, report.counts.stored, report.counts.already_stored,
+      j.earlier_runs,
       j.torn_bytes > 0 and string.format("; a torn last line (%d bytes) was dropped", j.torn_bytes) or ""))
   end
   if report.interrupted then
@@ -208,6 +210,8 @@ function M.main(argv)
     study_uid = a.study, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
     max_instances_per_request = a.max_instances, retry = { max_attempts = a.retry_max },
     journal = a.journal, shard = a.shard, on_progress = on_progress,
+    -- Only --json and --verify need a record of every stored file; a summary needs counts.
+    keep_stored = a.json or a.verify or false,
   })
   if show then io.stderr:write("\r\27[K") end
   if not report then
