@@ -54,36 +54,9 @@ end
 
 -- Many generated files from one Python process (pydicom takes a second to import); options as
 -- H.gen_dicom's. Returns the files in order.
-local GEN_MANY = [[
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("gen_dicom", sys.argv[1])
-gen = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gen)
-for line in sys.stdin:
-    sys.argv = ["gen_dicom.py"] + json.loads(line)
-    gen.main()
-]]
-local GEN_FLAGS = { count = "--count", study = "--study", series = "--series", size = "--size", ts = "--ts",
-  frames = "--frames", fill = "--fill", prefix = "--prefix" }
 local function gen_many(dir, list)
-  local lines = {}
-  for i, o in ipairs(list) do
-    local argv = { "-o", dir }
-    for k, v in pairs(o) do
-      if k == "no_preamble" then
-        argv[#argv + 1] = "--no-preamble"
-      else
-        argv[#argv + 1] = assert(GEN_FLAGS[k], k)
-        argv[#argv + 1] = tostring(v)
-      end
-    end
-    lines[i] = cjson.encode(argv)
-  end
-  local out = H.check_run("/usr/bin/python3 -c " .. H.q(GEN_MANY) .. " " .. H.q(E.support .. "/gen_dicom.py"),
-    table.concat(lines, "\n") .. "\n")
-  local files = {}
-  for line in out:gmatch("[^\n]+") do files[#files + 1] = cjson.decode(line) end
-  return files
+  for _, o in ipairs(list) do o.dir = dir end
+  return H.gen_many(list)
 end
 
 -- The study every test reads: three series; in each, instances of several transfer syntaxes

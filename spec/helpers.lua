@@ -235,40 +235,57 @@ end
 --   accession_number=s, series_number=1 }
 -- -> list of { path, sop_instance_uid, study_uid, series_uid, sop_class_uid,
 --   transfer_syntax, size }
-function H.gen_dicom(opts)
-  opts = opts or {}
-  local known = { count = 1, dir = 1, study = 1, series = 1, sop = 1, size = 1, ts = 1,
-    no_preamble = 1, no_meta = 1, sequence_before_uids = 1, frames = 1, fill = 1, prefix = 1,
-    patient_id = 1, patient_name = 1, study_date = 1, study_time = 1, modality = 1,
-    study_description = 1, series_description = 1, accession_number = 1, series_number = 1 }
-  for k in pairs(opts) do
-    if not known[k] then error("gen_dicom: unknown option '" .. tostring(k) .. "'", 2) end
+-- gen_dicom.py's flags for the options below (true: a switch).
+local GEN_OPTIONS = {
+  count = "--count", study = "--study", series = "--series", sop = "--sop", size = "--size",
+  ts = "--ts", frames = "--frames", fill = "--fill", prefix = "--prefix", patient_id = "--patient-id",
+  patient_name = "--patient-name", study_date = "--study-date", study_time = "--study-time",
+  modality = "--modality", study_description = "--study-description",
+  series_description = "--series-description", accession_number = "--accession-number",
+  series_number = "--series-number",
+  no_preamble = true, no_meta = true, sequence_before_uids = true,
+}
+
+-- gen_dicom.py's arguments (without the program) for one option table.
+local function gen_argv(opts, who)
+  local argv = { "-o", opts.dir or H.tmpdir() }
+  for k, v in pairs(opts) do
+    local flag = GEN_OPTIONS[k]
+    if flag == true then
+      if v then argv[#argv + 1] = "--" .. k:gsub("_", "-") end
+    elseif flag then
+      argv[#argv + 1] = flag
+      argv[#argv + 1] = tostring(v)
+    elseif k ~= "dir" then
+      error(who .. ": unknown option '" .. tostring(k) .. "'", 3)
+    end
   end
-  local cmd = { PY, E.support .. "/gen_dicom.py", tostring(opts.count or 1),
-    "-o", opts.dir or H.tmpdir() }
-  local function opt(flag, v) if v ~= nil then cmd[#cmd + 1] = flag; cmd[#cmd + 1] = tostring(v) end end
-  opt("--study", opts.study)
-  opt("--series", opts.series)
-  opt("--sop", opts.sop)
-  opt("--size", opts.size)
-  opt("--ts", opts.ts)
-  opt("--frames", opts.frames)
-  opt("--fill", opts.fill)
-  opt("--prefix", opts.prefix)
-  opt("--patient-id", opts.patient_id)
-  opt("--patient-name", opts.patient_name)
-  opt("--study-date", opts.study_date)
-  opt("--study-time", opts.study_time)
-  opt("--modality", opts.modality)
-  opt("--study-description", opts.study_description)
-  opt("--series-description", opts.series_description)
-  opt("--accession-number", opts.accession_number)
-  opt("--series-number", opts.series_number)
-  if opts.no_preamble then cmd[#cmd + 1] = "--no-preamble" end
-  if opts.no_meta then cmd[#cmd + 1] = "--no-meta" end
-  if opts.sequence_before_uids then cmd[#cmd + 1] = "--sequence-before-uids" end
+  return argv
+end
+
+function H.gen_dicom(opts)
+  local cmd = { PY, E.support .. "/gen_dicom.py" }
+  for _, w in ipairs(gen_argv(opts or {}, "gen_dicom")) do cmd[#cmd + 1] = w end
   for i, w in ipairs(cmd) do cmd[i] = H.q(w) end
   return json_lines(H.check_run(table.concat(cmd, " ")))
+end
+
+-- gen_many{ opts1, opts2, ... }: what gen_dicom makes for each option table, in one Python run
+-- (importing pydicom costs about a second per run) -> one list of all the files made.
+local GEN_MANY = [[
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("gen_dicom", sys.argv[1])
+gen = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gen)
+for line in sys.stdin:
+    sys.argv = ["gen_dicom.py"] + json.loads(line)
+    gen.main()
+]]
+function H.gen_many(list)
+  local lines = {}
+  for i, o in ipairs(list) do lines[i] = cjson.encode(gen_argv(o, "gen_many")) end
+  return json_lines(H.check_run(PY .. " -c " .. H.q(GEN_MANY) .. " " .. H.q(E.support .. "/gen_dicom.py"),
+    table.concat(lines, "\n") .. "\n"))
 end
 
 -- Stores one file in Orthanc through its REST API (curl, not our library); raises on failure.

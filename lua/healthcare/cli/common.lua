@@ -55,6 +55,16 @@ function M.open_store(a)
   return store, err
 end
 
+--- open_store for a command: the store, or nil and the exit code after say(...) told why.
+function M.open_store_or_say(a, say)
+  local store, err = M.open_store(a)
+  if not store then
+    say("%s", tostring(err))
+    return nil, M.exit_code_for(err)
+  end
+  return store
+end
+
 --- Parses argv (the whole command line, argv[1] being the command's name) with parser p.
 --- Returns the arguments, or nil and the exit code after saying what is wrong.
 function M.parse(p, argv)

@@ -57,11 +57,9 @@ function M.main(argv)
     say("--timeout must be a number of seconds >= 0")
     return common.EXIT_USAGE
   end
-  local store, err = common.open_store(a)
-  if not store then
-    say("%s", tostring(err))
-    return common.exit_code_for(err)
-  end
+  local store
+  store, code = common.open_store_or_say(a, say)
+  if not store then return code end
   local listed = table.concat(names, ", ")
   if not a.yes and not confirm(listed) then
     store.client:close()

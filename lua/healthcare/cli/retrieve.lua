@@ -114,11 +114,9 @@ function M.main(argv)
     say("-o <dir> is required: the directory to write the files to")
     return common.EXIT_USAGE
   end
-  local store, err = common.open_store(a)
-  if not store then
-    say("%s", tostring(err))
-    return common.exit_code_for(err)
-  end
+  local store, err
+  store, code = common.open_store_or_say(a, say)
+  if not store then return code end
 
   local show = not a.no_progress and not a.json and core.isatty(2)
   core.trap_interrupts()

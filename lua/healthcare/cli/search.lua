@@ -152,11 +152,9 @@ function M.main(argv)
     say("%s", qerr)
     return common.EXIT_USAGE
   end
-  local store, err = common.open_store(a)
-  if not store then
-    say("%s", tostring(err))
-    return common.exit_code_for(err)
-  end
+  local store, err
+  store, code = common.open_store_or_say(a, say)
+  if not store then return code end
   local results
   results, err = store[FUNCTION[a.level]](store, query)
   if not results then
