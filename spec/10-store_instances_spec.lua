@@ -133,6 +133,18 @@ describe("client:store_instances", function()
     c:close()
   end)
 
+  it("reports a bad API key as a credential error (Google answers 400 API_KEY_INVALID), not retried", function()
+    local c = assert(healthcare.new { endpoint = E.endpoint, api_key = "not-" .. E.api_key })
+    local f = H.gen_dicom { count = 1 }[1]
+    local res, err = c:store_instances(E.store, "studies", { content_type = "application/dicom", data = H.file_bytes(f.path) })
+    assert.is_nil(res)
+    assert.same({ "auth", 400, "INVALID_ARGUMENT", "API_KEY_INVALID", false },
+      { err.kind, err.http_status, err.status, err.reason, err.retryable })
+    assert.equal("StoreInstances: HTTP 400 INVALID_ARGUMENT: API key not valid. Please pass a valid API key.", err.message)
+    assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
+    c:close()
+  end)
+
   it("authenticates with the access_token query parameter, under its CLI or wire name", function()
     local c = assert(healthcare.new { endpoint = E.endpoint, credentials = false })
     for _, name in ipairs({ "access-token", "access_token" }) do

@@ -8,6 +8,7 @@
 --   retryable   whether sending the same request again may succeed
 --   retry_after seconds the server asked us to wait (Retry-After or RetryInfo), when it did
 --   details     Google's error details list, when present
+--   reason      the ErrorInfo reason among them (e.g. "API_KEY_INVALID"), when present
 --   operation   the long-running operation's name, for errors about one (delete)
 -- tostring(err) gives the message. Raised errors are kept for programming mistakes.
 local core = require "healthcare.core"
@@ -21,6 +22,8 @@ M.RETRYABLE_TRANSPORT = {
   resolve = true, connect = true, timeout = true, send = true, recv = true,
   empty_reply = true, partial = true, http2 = true, tls = true,
 }
+-- google.rpc.ErrorInfo reasons that say the credential is wrong, whatever the HTTP status.
+M.CREDENTIAL_REASONS = { API_KEY_INVALID = true, API_KEY_EXPIRED = true, API_KEY_SERVICE_BLOCKED = true }
 -- Google's canonical status for an HTTP status, used when a reply has no envelope.
 local STATUS_NAME = {
   [400] = "INVALID_ARGUMENT", [401] = "UNAUTHENTICATED", [403] = "PERMISSION_DENIED",
@@ -88,6 +91,9 @@ function M.from_response(res, what)
       for _, d in ipairs(e.details) do
         if type(d) == "table" and d["@type"] == "type.googleapis.com/google.rpc.RetryInfo" then
           err.retry_after = duration(d.retryDelay) or err.retry_after
+        elseif type(d) == "table" and d["@type"] == "type.googleapis.com/google.rpc.ErrorInfo"
+          and type(d.reason) == "string" then
+          err.reason = d.reason
         end
       end
     end
@@ -109,7 +115,9 @@ function M.from_response(res, what)
     local text = (res.body or ""):gsub("%s+", " "):sub(1, 200)
     message = text ~= "" and text or "no details in the response"
   end
-  return M.new("http", string.format("%s: HTTP %d %s: %s", what or "request", status, err.status, message), err)
+  -- Google answers a bad API key with 400 INVALID_ARGUMENT: a credential problem all the same.
+  local kind = M.CREDENTIAL_REASONS[err.reason] and "auth" or "http"
+  return M.new(kind, string.format("%s: HTTP %d %s: %s", what or "request", status, err.status, message), err)
 end
 
 return M

@@ -832,7 +832,7 @@ class Handler(BaseHTTPRequestHandler):
                 st.bump("auth_kinds", "api_key")
                 return "ok", {SCOPE_PLATFORM}
             st.bump("auth_kinds", "invalid_key")
-            return "invalid", None
+            return "invalid_key", None
         st.bump("auth_kinds", "none")
         return "missing", None
 
@@ -856,6 +856,15 @@ class Handler(BaseHTTPRequestHandler):
         st = self.server.state
         www = {"WWW-Authenticate": 'Bearer realm="https://accounts.google.com/"'}
         verdict, scopes = self.authenticate()
+        if verdict == "invalid_key":
+            # Google answers a bad API key with 400, not 401 (observed; Google's client
+            # libraries see the same envelope).
+            self.record(400)
+            self.send_envelope(400, "API key not valid. Please pass a valid API key.",
+                               [{"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                 "reason": "API_KEY_INVALID", "domain": "googleapis.com",
+                                 "metadata": {"service": "healthcare.googleapis.com"}}])
+            return None
         if verdict != "ok":
             self.record(401)
             self.send_envelope(401, MSG_MISSING if verdict == "missing" else MSG_INVALID,
