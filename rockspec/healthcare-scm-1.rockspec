@@ -4,7 +4,7 @@ package = "healthcare"
 version = "scm-1"
 source = { url = "git+file:///dev/null" } -- built from the working tree with `luarocks make`
 description = {
-  summary = "Google Cloud Healthcare API DICOMweb (STOW-RS) client with a C core, for any DICOMweb server",
+  summary = "Google Cloud Healthcare API DICOMweb client (store, search, retrieve, delete) with a C core, for any DICOMweb server",
   license = "MIT",
 }
 dependencies = {
