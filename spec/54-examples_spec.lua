@@ -116,3 +116,35 @@ describe("examples/store_file.lua", function()
     assert.matches("^store_file: cannot open /nonexistent.dcm", err)
   end)
 end)
+
+describe("examples/fetch_patient.lua", function()
+  local FETCH = SOURCE .. "/examples/fetch_patient.lua"
+
+  it("finds a patient's studies in Orthanc and brings each home byte for byte", function()
+    local patient = "SPEC54-" .. core.random_hex(4)
+    local made = H.gen_many { { count = 2, patient_id = patient }, { count = 1, patient_id = patient } }
+    for _, f in ipairs(made) do H.orthanc_put_file(f.path) end
+    local dir = H.tmpdir()
+    local out, err, code = example({}, { E.dicomweb, patient, dir }, FETCH)
+    assert.equal(0, code, err)
+    assert.matches("\n2 studies fetched, 0 failed\n$", out)
+    for _, f in ipairs(made) do
+      local back = dir .. "/" .. f.study_uid .. "/" .. f.sop_instance_uid .. ".dcm"
+      assert.is_true(H.file_bytes(back) == H.file_bytes(f.path), "differs or missing: " .. back)
+      assert.is_truthy(out:find("study " .. f.study_uid, 1, true), out)
+    end
+  end)
+
+  it("says so when the patient has no study, and exits 0", function()
+    local out, err, code = example({}, { E.dicomweb, "SPEC54-NOBODY-" .. core.random_hex(4), H.tmpdir() }, FETCH)
+    assert.equal(0, code, err)
+    assert.equal("0 studies fetched, 0 failed\n", out)
+  end)
+
+  it("exits 2 with a usage line when arguments are missing", function()
+    local out, err, code = example({}, { E.dicomweb }, FETCH)
+    assert.equal(2, code)
+    assert.equal("", out)
+    assert.equal("usage: fetch_patient.lua <DICOMweb URL | dicomStore name> <PatientID> <folder>\n", err)
+  end)
+end)

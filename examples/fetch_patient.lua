@@ -1,0 +1,59 @@
+-- SPDX-License-Identifier: MIT
+-- Find a patient's studies and bring each one home, one file per instance.
+--
+--   lua5.4 examples/fetch_patient.lua <DICOMweb URL | dicomStore name> <PatientID> <folder>
+--
+-- The store argument is as in store_folder.lua (a DICOMweb base URL without credentials, or a
+-- dicomStore name with Application Default Credentials). Each study goes to <folder>/<StudyUID>/,
+-- its instances named <SOPInstanceUID>.dcm. Exits 0 when every study came back, 1 when one did
+-- not, 2 on a usage error.
+local healthcare = require "healthcare"
+
+local target, patient, folder = arg[1], arg[2], arg[3]
+if not target or not patient or not folder then
+  io.stderr:write("usage: fetch_patient.lua <DICOMweb URL | dicomStore name> <PatientID> <folder>\n")
+  os.exit(2)
+end
+
+local store, err
+if target:match("^https?://") then
+  store, err = healthcare.dicomweb(target)
+else
+  local client
+  client, err = healthcare.new()
+  if client then store, err = client:dicom_store(target) end
+end
+if not store then
+  io.stderr:write("fetch_patient: ", tostring(err), "\n")
+  os.exit(2)
+end
+
+-- QIDO-RS, page by page as the loop asks; items are read by keyword.
+local studies
+studies, err = store:search_studies { PatientID = patient }
+if not studies then
+  io.stderr:write("fetch_patient: ", tostring(err), "\n")
+  os.exit(2)
+end
+local fetched, failed = 0, 0
+for study in studies:each() do
+  local uid = study.StudyInstanceUID
+  print(string.format("study %s  %s  %s  %s instance(s)", uid, study.StudyDate or "-",
+    study.PatientName or "-", tostring(study.NumberOfStudyRelatedInstances or "?")))
+  -- WADO-RS, streamed to disk as it arrives; a broken transfer keeps only whole instances.
+  local got, rerr = store:retrieve_study(uid, { to = folder .. "/" .. uid })
+  if got then
+    fetched = fetched + 1
+    print(string.format("  %d file(s), %d bytes", #got.files, got.bytes))
+  else
+    failed = failed + 1
+    print(string.format("  failed: %s (%d whole instance(s) kept)", tostring(rerr), #(rerr.files or {})))
+  end
+end
+if studies.error then
+  io.stderr:write("fetch_patient: search stopped: ", tostring(studies.error), "\n")
+  failed = failed + 1
+end
+print(string.format("%d stud%s fetched, %d failed", fetched, fetched == 1 and "y" or "ies", failed))
+store.client:close()
+os.exit(failed == 0 and 0 or 1)
