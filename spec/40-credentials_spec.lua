@@ -29,13 +29,6 @@ local USE_AS_DOWNLOADED = ". Use the key file as downloaded from the Google Clou
 
 -- ---- helpers --------------------------------------------------------------------------------
 
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 local function b64url_decode(s)
   local bits, out = {}, {}
@@ -58,17 +51,6 @@ local function jwt_parts(jwt)
   return cjson.decode(b64url_decode(h)), cjson.decode(b64url_decode(c)), b64url_decode(s)
 end
 
--- A new RSA key made by openssl: form "pkcs8" (genpkey) or "pkcs1" (genrsa -traditional).
-local function new_key(form, bits)
-  local dir = H.tmpdir()
-  local key, pub = dir .. "/key.pem", dir .. "/pub.pem"
-  local gen = form == "pkcs1"
-    and ("openssl genrsa -traditional -out " .. H.q(key) .. " " .. (bits or 2048))
-    or ("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:" .. (bits or 2048) .. " -out " .. H.q(key))
-  H.check_run(gen .. " 2>/dev/null && openssl pkey -in " .. H.q(key) .. " -pubout -out " .. H.q(pub))
-  return { pem = read_all(key), pub = read_all(pub), dir = dir }
-end
-
 -- The first ten lines of a PEM key and its END line: valid PEM, a cut DER structure.
 local function truncated(pem)
   local lines = {}
@@ -79,34 +61,14 @@ local function truncated(pem)
   return table.concat(lines, "\n") .. "\n"
 end
 
-local function write_json(path, t)
-  H.write_file(path, cjson.encode(t))
-  return path
-end
-
 -- A service account with a new key of the given form, registered with the emulator unless
--- register == false: { key_file, info, email, kid, pem }.
-local function service_account(form, register, extra)
-  local k = new_key(form or "pkcs8")
-  local kid = "kid-" .. core.random_hex(6)
-  local email = kid .. "@test-project.iam.gserviceaccount.com"
-  if register ~= false then
-    em:control("keys", { kid = kid, client_email = email, public_key_pem = k.pub })
-  end
-  local info = { type = "service_account", project_id = "test-project", private_key_id = kid,
-    private_key = k.pem, client_email = email, client_id = "1234567890", token_uri = em.token_uri }
-  for key, v in pairs(extra or {}) do info[key] = v end
-  return { key_file = write_json(k.dir .. "/sa.json", info), info = info, email = email, kid = kid, pem = k.pem }
+-- register == false (see H.service_account).
+local function service_account(form, register, fields)
+  return em:service_account({ form = form, register = register, fields = fields })
 end
 
-local function stats() return em:stats() end
-local function count(s, field, sub)
-  local v = s[field]
-  if sub then v = type(v) == "table" and v[sub] or nil end
-  return tonumber(v) or 0
-end
-local function token_requests(grant) return count(stats(), "token_requests", grant) end
-local function auth_kind(kind) return count(stats(), "auth_kinds", kind) end
+local function token_requests(grant) return em:count("token_requests", grant) end
+local function auth_kind(kind) return em:count("auth_kinds", kind) end
 
 -- Runs fn with the environment credentials.getenv sees set to env (nothing else is set).
 local function with_env(env, fn)
@@ -118,12 +80,7 @@ local function with_env(env, fn)
   return a, b
 end
 
--- A new DICOM file (fresh UIDs) from a pool generated in batches: one python start per batch.
-local pool = {}
-local function new_file()
-  if #pool == 0 then pool = H.gen_dicom({ count = 30 }) end
-  return table.remove(pool)
-end
+local new_file = H.fresh_files(30)
 
 -- A client of the emulator. opts.env, when given, is the environment credentials.getenv sees
 -- from now until the end of the test: Application Default Credentials are looked for at the
@@ -171,20 +128,17 @@ local function store_concurrently(client, files)
   return statuses
 end
 
+-- The keys of t, sorted (to compare the fields a document has).
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do keys[#keys + 1] = k end
+  table.sort(keys)
+  return keys
+end
+
 local function all_equal(list, v)
   for _, x in ipairs(list) do if x ~= v then return false end end
   return #list > 0
-end
-
--- Every 16-character run of the base64 lines of a PEM (the key bytes).
-local function pem_runs(pem)
-  local runs = {}
-  for line in pem:gmatch("[^\n]+") do
-    if not line:find("-----", 1, true) then
-      for i = 1, #line - 15, 8 do runs[#runs + 1] = line:sub(i, i + 15) end
-    end
-  end
-  return runs
 end
 
 -- Fails when text holds any of the secrets (strings) or a JWT ("eyJ": base64 of '{"').
@@ -235,7 +189,7 @@ end)
 describe("core.private_key and core.jwt_sign", function()
   for _, form in ipairs({ "pkcs8", "pkcs1" }) do
     it("signs with a " .. form .. " key that openssl made, verified by python cryptography", function()
-      local k = new_key(form)
+      local k = H.rsa_key(form)
       assert.equal(form == "pkcs8" and "-----BEGIN PRIVATE KEY-----" or "-----BEGIN RSA PRIVATE KEY-----",
         k.pem:match("^[^\n]+"))
       local key = assert(core.private_key(k.pem))
@@ -266,8 +220,8 @@ print("verified")
   end
 
   it("refuses what is not an unencrypted RSA key of 2048 bits or more, without quoting it", function()
-    local good = new_key("pkcs8")
-    local small = new_key("pkcs1", 1024)
+    local good = H.rsa_key("pkcs8")
+    local small = H.rsa_key("pkcs1", 1024)
     local ec = H.tmpdir() .. "/ec.pem"
     H.check_run("openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out " .. H.q(ec))
     local enc = H.tmpdir() .. "/enc.pem"
@@ -280,8 +234,8 @@ print("verified")
         .. "or '-----BEGIN RSA PRIVATE KEY-----')" },
       { truncated(good.pem), "the PEM block does not hold a valid private key: too long" },
       { small.pem, "the RSA key has 1024 bits; RS256 needs at least 2048" },
-      { read_all(ec), "the private key is not an RSA key; RS256 needs RSA" },
-      { read_all(enc), "the private key is encrypted; use the unencrypted key Google issues (or decrypt it with 'openssl pkey')" },
+      { H.file_bytes(ec), "the private key is not an RSA key; RS256 needs RSA" },
+      { H.file_bytes(enc), "the private key is encrypted; use the unencrypted key Google issues (or decrypt it with 'openssl pkey')" },
     }
     for _, case in ipairs(cases) do
       local key, err = core.private_key(case[1])
@@ -289,7 +243,7 @@ print("verified")
       assert.equal("auth", err.kind)
       assert.equal(case[2], err.message)
       assert.equal(case[2], tostring(err))
-      assert_no_secrets(err.message, pem_runs(good.pem), "error")
+      assert_no_secrets(err.message, H.pem_runs(good.pem), "error")
       local jwt, jerr = core.jwt_sign("{}", "{}", case[1])
       assert.is_nil(jwt)
       assert.equal(case[2], jerr.message)
@@ -319,7 +273,7 @@ describe("service account credentials", function()
     local now = os.time()
     local h, c = jwt_parts(assert(cred:assertion({ PLATFORM, HEALTHCARE, PLATFORM })))
     assert.same({ alg = "RS256", typ = "JWT", kid = sa.kid }, h)
-    assert.equal(sa.email, c.iss)
+    assert.equal(sa.client_email, c.iss)
     assert.equal(em.token_uri, c.aud)
     assert.equal(HEALTHCARE .. " " .. PLATFORM, c.scope)
     assert.is_true(math.abs(c.iat - now) <= 2)
@@ -353,14 +307,14 @@ describe("service account credentials", function()
     local client = assert(new_client({ credentials = sa.key_file, subject = "user@example.com" }))
     local _, c = jwt_parts(assert(client.credential:assertion()))
     assert.equal("user@example.com", c.sub)
-    assert.equal(sa.email, c.iss)
+    assert.equal(sa.client_email, c.iss)
     store_one(client)
   end)
 
   it("send x-goog-user-project from quota_project or the key's quota_project_id", function()
     local sa = service_account("pkcs8", true, { quota_project_id = "billing-one" })
     local function last_project()
-      local reqs = stats().requests
+      local reqs = em:stats().requests
       return reqs[#reqs]["x-goog-user-project"]
     end
     store_one(assert(new_client({ credentials = sa.key_file })))
@@ -383,15 +337,10 @@ describe("self-signed JWT credentials", function()
     assert.equal(1, client.credential.refreshes)
     local h, c = jwt_parts(assert(client.credential:token()))
     assert.same({ alg = "RS256", typ = "JWT", kid = sa.kid }, h)
-    assert.same({ "aud", "exp", "iat", "iss", "sub" }, (function()
-      local keys = {}
-      for k in pairs(c) do keys[#keys + 1] = k end
-      table.sort(keys)
-      return keys
-    end)())
+    assert.same({ "aud", "exp", "iat", "iss", "sub" }, sorted_keys(c))
     assert.equal("https://healthcare.googleapis.com/", c.aud)
-    assert.equal(sa.email, c.iss)
-    assert.equal(sa.email, c.sub)
+    assert.equal(sa.client_email, c.iss)
+    assert.equal(sa.client_email, c.sub)
   end)
 
   it("are refused with subject", function()
@@ -425,9 +374,9 @@ describe("authorized_user credentials", function()
         tail = "HTTP 401 invalid_client: Unauthorized; check the file's client_id and client_secret" },
     }
     for _, case in ipairs(cases) do
-      local file = write_json(H.tmpdir() .. "/au.json", { type = "authorized_user", client_id = u.client_id,
-        client_secret = case.client_secret or u.client_secret, refresh_token = case.refresh_token or u.refresh_token,
-        token_uri = em.token_uri })
+      local file = H.write_file(H.tmpdir() .. "/au.json", cjson.encode({ type = "authorized_user",
+        client_id = u.client_id, client_secret = case.client_secret or u.client_secret,
+        refresh_token = case.refresh_token or u.refresh_token, token_uri = em.token_uri }))
       local lines = {}
       local client = assert(new_client({ credentials = file, debug = function(l) lines[#lines + 1] = l end }))
       local res, err = client:store_instances(E.store, "studies", { content_type = "application/dicom", data = "x" })
@@ -457,11 +406,11 @@ end)
 describe("metadata server credentials", function()
   it("are found last, send Metadata-Flavor: Google and ?scopes=, and store a DICOM file", function()
     local home = H.tmpdir()
-    local before = count(stats(), "metadata_requests")
+    local before = em:count("metadata_requests")
     local client = assert(new_client({ env = { HOME = home, GCE_METADATA_HOST = em.metadata_host } }))
     store_one(client)
     store_one(client)
-    assert.equal(1, count(stats(), "metadata_requests") - before) -- the probe's token is kept
+    assert.equal(1, em:count("metadata_requests") - before) -- the probe's token is kept
   end)
 
   it("ask for the client's scopes (a token without a Healthcare scope is refused by the API)", function()
@@ -476,10 +425,10 @@ describe("metadata server credentials", function()
 
   it("retries a metadata server that fails once", function()
     em:control("faults", { match = "metadata", status = 503, times = 1 })
-    local before = count(stats(), "metadata_requests")
+    local before = em:count("metadata_requests")
     local client = assert(new_client({ env = { HOME = H.tmpdir(), GCE_METADATA_HOST = em.metadata_host } }))
     store_one(client)
-    assert.equal(2, count(stats(), "metadata_requests") - before)
+    assert.equal(2, em:count("metadata_requests") - before)
   end)
 
   it("give up on a silent metadata server after the short probe timeout", function()
@@ -515,7 +464,7 @@ describe("discovery", function()
 
   local function put_well_known(dir, file)
     H.check_run("mkdir -p " .. H.q(dir))
-    H.write_file(dir .. "/application_default_credentials.json", read_all(file))
+    H.write_file(dir .. "/application_default_credentials.json", H.file_bytes(file))
   end
 
   local function discover(env)
@@ -524,12 +473,12 @@ describe("discovery", function()
 
   it("takes GOOGLE_APPLICATION_CREDENTIALS first", function()
     put_well_known(gcloud, u.key_file)
-    local m = count(stats(), "metadata_requests")
+    local m = em:count("metadata_requests")
     local cred = assert(discover({ GOOGLE_APPLICATION_CREDENTIALS = sa.key_file, HOME = home,
       GCE_METADATA_HOST = em.metadata_host }))
     assert.equal("service_account", cred.kind)
     assert.equal("GOOGLE_APPLICATION_CREDENTIALS file '" .. sa.key_file .. "'", cred.source)
-    assert.equal(0, count(stats(), "metadata_requests") - m)
+    assert.equal(0, em:count("metadata_requests") - m)
   end)
 
   it("does not fall through when GOOGLE_APPLICATION_CREDENTIALS names a missing file", function()
@@ -543,11 +492,11 @@ describe("discovery", function()
 
   it("takes ~/.config/gcloud/application_default_credentials.json next", function()
     put_well_known(gcloud, u.key_file)
-    local m = count(stats(), "metadata_requests")
+    local m = em:count("metadata_requests")
     local cred = assert(discover({ HOME = home, GCE_METADATA_HOST = em.metadata_host }))
     assert.equal("authorized_user", cred.kind)
     assert.equal("gcloud credentials file '" .. gcloud .. "/application_default_credentials.json'", cred.source)
-    assert.equal(0, count(stats(), "metadata_requests") - m)
+    assert.equal(0, em:count("metadata_requests") - m)
     store_one(assert(new_client({ env = { HOME = home } })))
   end)
 
@@ -697,7 +646,7 @@ describe("token lifetime", function()
     local tok, err = client.credential:token()
     assert.is_nil(tok)
     assert.equal(1, token_requests(JWT_GRANT) - before)
-    assert.equal("service account " .. sa.email .. ": token endpoint " .. em.token_uri .. ": HTTP 400 "
+    assert.equal("service account " .. sa.client_email .. ": token endpoint " .. em.token_uri .. ": HTTP 400 "
       .. "invalid_scope: Invalid OAuth scope or ID token audience provided.; check the scopes asked for", err.message)
   end)
 end)
@@ -721,15 +670,10 @@ describe("token cache", function()
     local name = files:match("^(token%-%x+%.json)\n$")
     assert.truthy(name, files)
     assert.equal("600", mode(dir .. "/" .. name))
-    local doc = cjson.decode(read_all(dir .. "/" .. name))
-    assert.same({ "access_token", "expires_at", "lifetime" }, (function()
-      local keys = {}
-      for k in pairs(doc) do keys[#keys + 1] = k end
-      table.sort(keys)
-      return keys
-    end)())
+    local doc = cjson.decode(H.file_bytes(dir .. "/" .. name))
+    assert.same({ "access_token", "expires_at", "lifetime" }, sorted_keys(doc))
     assert.equal(c1.credential:token(), doc.access_token)
-    assert_no_secrets(read_all(dir .. "/" .. name), pem_runs(sa.pem), "cache file")
+    assert_no_secrets(H.file_bytes(dir .. "/" .. name), H.pem_runs(sa.private_key_pem), "cache file")
     -- A second client (a second run of the command) uses it.
     store_one(assert(new_client({ credentials = sa.key_file, token_cache = dir })))
     assert.equal(1, token_requests(JWT_GRANT) - before)
@@ -745,7 +689,7 @@ describe("token cache", function()
     local dir = H.tmpdir() .. "/c"
     store_one(assert(new_client({ credentials = u.key_file, token_cache = dir })))
     local name = H.check_run("ls " .. H.q(dir)):match("(token%-%x+%.json)")
-    local text = read_all(dir .. "/" .. name)
+    local text = H.file_bytes(dir .. "/" .. name)
     assert_no_secrets(text, { u.refresh_token, u.client_secret }, "cache file")
     H.check_run("chmod 644 " .. H.q(dir .. "/" .. name))
     local before = token_requests("refresh_token")
@@ -805,7 +749,7 @@ describe("bad credentials", function()
       { file("garbage.json", "{ not json"),
         "credentials file '%s' is not valid JSON (Expected object key string but found invalid token at "
           .. "character 3); expected a service account key or an authorized_user file" },
-      { file("pem.json", good.pem), "credentials file '%s' is not valid JSON (Expected value but found "
+      { file("pem.json", good.private_key_pem), "credentials file '%s' is not valid JSON (Expected value but found "
           .. "invalid number at character 1); expected a service account key or an authorized_user file" },
       { file("array.json", "[1, 2]"),
         "credentials file '%s' must hold a JSON object (a service account key or an authorized_user file)" },
@@ -821,12 +765,12 @@ describe("bad credentials", function()
       { file("sa-nokey.json", sa_with({ private_key = false })),
         "credentials file '%s': missing 'private_key' (required for type 'service_account')" },
       { file("sa-number.json", sa_with({ client_email = 5 })), "credentials file '%s': 'client_email' must be a string" },
-      { file("sa-escaped.json", sa_with({ private_key = good.pem:gsub("\n", "\\n") })),
+      { file("sa-escaped.json", sa_with({ private_key = good.private_key_pem:gsub("\n", "\\n") })),
         "credentials file '%s': 'private_key' is not a usable RSA private key: " .. NO_PEM .. USE_AS_DOWNLOADED },
-      { file("sa-cut.json", sa_with({ private_key = truncated(good.pem) })),
+      { file("sa-cut.json", sa_with({ private_key = truncated(good.private_key_pem) })),
         "credentials file '%s': 'private_key' is not a usable RSA private key: the PEM block does not hold a "
           .. "valid private key: too long" .. USE_AS_DOWNLOADED },
-      { file("sa-ec.json", sa_with({ private_key = read_all(ec) })),
+      { file("sa-ec.json", sa_with({ private_key = H.file_bytes(ec) })),
         "credentials file '%s': 'private_key' is not a usable RSA private key: the private key is not an RSA "
           .. "key; RS256 needs RSA" .. USE_AS_DOWNLOADED },
       { file("sa-uri.json", sa_with({ token_uri = "ftp://example.com/token" })),
@@ -834,7 +778,7 @@ describe("bad credentials", function()
       { file("au-half.json", '{"type": "authorized_user", "client_id": "c", "refresh_token": "r-1234567890"}'),
         "credentials file '%s': missing 'client_secret' (required for type 'authorized_user')" },
     }
-    local secrets = pem_runs(good.pem)
+    local secrets = H.pem_runs(good.private_key_pem)
     secrets[#secrets + 1] = "r-1234567890"
     for _, case in ipairs(cases) do
       local client, err = new_client({ credentials = case[1] })
@@ -856,10 +800,10 @@ describe("bad credentials", function()
     assert.is_nil(res)
     assert.equal("auth", err.kind)
     assert.equal(400, err.http_status)
-    assert.equal("service account " .. sa.email .. ": token endpoint " .. em.token_uri .. ": HTTP 400 invalid_grant: "
+    assert.equal("service account " .. sa.client_email .. ": token endpoint " .. em.token_uri .. ": HTTP 400 invalid_grant: "
       .. "Invalid JWT Signature.; check that the key is current (not deleted or disabled), that the service account "
       .. "exists, and that this machine's clock is right", err.message)
-    assert_no_secrets(err.message .. table.concat(lines, "\n"), pem_runs(sa.pem), "error and debug output")
+    assert_no_secrets(err.message .. table.concat(lines, "\n"), H.pem_runs(sa.private_key_pem), "error and debug output")
   end)
 
   it("wrong option types raise", function()
@@ -887,11 +831,11 @@ describe("debug output", function()
     local c4 = assert(new_client({ env = { HOME = H.tmpdir(), GCE_METADATA_HOST = em.metadata_host }, debug = sink }))
     store_one(c4)
     local text = table.concat(lines, "\n")
-    assert.truthy(text:find("> POST " .. em.token_uri .. " (token for service account " .. sa.email .. ")", 1, true))
+    assert.truthy(text:find("> POST " .. em.token_uri .. " (token for service account " .. sa.client_email .. ")", 1, true))
     assert.truthy(text:find("> Content-Type: application/x-www-form-urlencoded", 1, true))
     assert.truthy(text:find("> Metadata-Flavor: Google", 1, true))
     assert.truthy(text:find("> Authorization: REDACTED", 1, true))
-    local secrets = pem_runs(sa.pem)
+    local secrets = H.pem_runs(sa.private_key_pem)
     for _, s in ipairs({ u.refresh_token, u.client_secret, (c1.credential:token()), (c2.credential:token()),
       (c3.credential:token()) }) do
       secrets[#secrets + 1] = s

@@ -24,36 +24,6 @@ local CLOSED = "127.0.0.1:1"
 local em = require("support.emulator_instance").start()
 teardown(function() em:stop() end)
 
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
--- A service account registered with the emulator, its key made by openssl: `genpkey`
--- (PKCS#8), or `genrsa -traditional` (PKCS#1) when form == "pkcs1". { key_file, pem, email }.
-local function service_account(form)
-  local dir = H.tmpdir()
-  local gen = form == "pkcs1" and ("openssl genrsa -traditional -out " .. H.q(dir .. "/k.pem") .. " 2048")
-    or ("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " .. H.q(dir .. "/k.pem"))
-  H.check_run(gen .. " 2>/dev/null && openssl pkey -in " .. H.q(dir .. "/k.pem") .. " -pubout -out "
-    .. H.q(dir .. "/p.pem"))
-  local kid = "kid-" .. core.random_hex(6)
-  local email = kid .. "@test-project.iam.gserviceaccount.com"
-  em:control("keys", { kid = kid, client_email = email, public_key_pem = read_all(dir .. "/p.pem") })
-  local pem = read_all(dir .. "/k.pem")
-  local file = H.write_file(dir .. "/sa.json", cjson.encode({ type = "service_account", private_key_id = kid,
-    private_key = pem, client_email = email, token_uri = em.token_uri }))
-  return { key_file = file, pem = pem, email = email }
-end
-
-local function count(field, sub)
-  local v = em:stats()[field]
-  if sub then v = type(v) == "table" and v[sub] or nil end
-  return tonumber(v) or 0
-end
-
 -- Runs the command in an environment holding only env (plus PATH and the Lua paths):
 -- stdout, stderr, exit code.
 local function healthcare(env, args)
@@ -67,12 +37,7 @@ local function healthcare(env, args)
   return H.run(table.concat(words, " "))
 end
 
--- A new DICOM file (fresh UIDs) from a pool generated in batches: one python start per batch.
-local pool = {}
-local function new_file()
-  if #pool == 0 then pool = H.gen_dicom({ count = 30 }) end
-  return table.remove(pool)
-end
+local new_file = H.fresh_files(30)
 
 -- The seed's StoreInstances of one new DICOM file, with extra options; returns stdout, stderr,
 -- exit code and the file's info.
@@ -108,34 +73,24 @@ local function assert_no_secrets(text, secrets)
   assert.is_nil(text:find("tok-", 1, true), "output holds an issued token")
 end
 
-local function pem_runs(pem)
-  local runs = {}
-  for line in pem:gmatch("[^\n]+") do
-    if not line:find("-----", 1, true) then
-      for i = 1, #line - 15, 8 do runs[#runs + 1] = line:sub(i, i + 15) end
-    end
-  end
-  return runs
-end
-
 describe("healthcare --credentials FILE", function()
   for _, form in ipairs({ "pkcs8", "pkcs1" }) do
     it("stores with a service account key (" .. form .. ")", function()
-      local sa = service_account(form)
+      local sa = em:service_account({ form = form })
       local home = H.tmpdir()
-      local before = count("token_requests", JWT_GRANT)
+      local before = em:count("token_requests", JWT_GRANT)
       local so, se, code, f = store({ HOME = home, GCE_METADATA_HOST = CLOSED }, { "--credentials", sa.key_file })
       assert_stored(so, se, code, f)
-      assert.equal(1, count("token_requests", JWT_GRANT) - before)
+      assert.equal(1, em:count("token_requests", JWT_GRANT) - before)
     end)
   end
 
   it("stores with an authorized_user file", function()
     local u = em:authorized_user()
-    local before = count("token_requests", "refresh_token")
+    local before = em:count("token_requests", "refresh_token")
     local so, se, code, f = store({ HOME = H.tmpdir(), GCE_METADATA_HOST = CLOSED }, { "--credentials", u.key_file })
     assert_stored(so, se, code, f)
-    assert.equal(1, count("token_requests", "refresh_token") - before)
+    assert.equal(1, em:count("token_requests", "refresh_token") - before)
   end)
 
   it("exits 2 with what to fix when the file is bad or refused", function()
@@ -164,22 +119,22 @@ end)
 
 describe("healthcare without --credentials", function()
   it("finds GOOGLE_APPLICATION_CREDENTIALS, then the gcloud file, then the metadata server", function()
-    local sa, u = service_account("pkcs8"), em:authorized_user()
+    local sa, u = em:service_account(), em:authorized_user()
     local home = H.tmpdir()
     H.check_run("mkdir -p " .. H.q(home .. "/.config/gcloud") .. " && cp " .. H.q(u.key_file) .. " "
       .. H.q(home .. "/.config/gcloud/application_default_credentials.json"))
     local env = { HOME = home, GCE_METADATA_HOST = em.metadata_host, GOOGLE_APPLICATION_CREDENTIALS = sa.key_file }
-    local jwt, rt, md = count("token_requests", JWT_GRANT), count("token_requests", "refresh_token"),
-      count("metadata_requests")
+    local jwt, rt, md = em:count("token_requests", JWT_GRANT), em:count("token_requests", "refresh_token"),
+      em:count("metadata_requests")
     assert_stored(store(env))
-    assert.equal(1, count("token_requests", JWT_GRANT) - jwt)
+    assert.equal(1, em:count("token_requests", JWT_GRANT) - jwt)
     env.GOOGLE_APPLICATION_CREDENTIALS = nil
     assert_stored(store(env))
-    assert.equal(1, count("token_requests", "refresh_token") - rt)
-    assert.equal(0, count("metadata_requests") - md)
+    assert.equal(1, em:count("token_requests", "refresh_token") - rt)
+    assert.equal(0, em:count("metadata_requests") - md)
     H.check_run("rm " .. H.q(home .. "/.config/gcloud/application_default_credentials.json"))
     assert_stored(store(env))
-    assert.equal(1, count("metadata_requests") - md)
+    assert.equal(1, em:count("metadata_requests") - md)
     env.GCE_METADATA_HOST = CLOSED
     local _, se, code = store(env)
     assert.equal(2, code)
@@ -191,35 +146,35 @@ end)
 
 describe("healthcare's token cache", function()
   it("reuses a token between runs, per scope set, and --no-token-cache skips it", function()
-    local sa = service_account("pkcs8")
+    local sa = em:service_account()
     local xdg = H.tmpdir()
     local env = { HOME = H.tmpdir(), XDG_CACHE_HOME = xdg, GCE_METADATA_HOST = CLOSED }
     local creds = { "--credentials", sa.key_file }
-    local before = count("token_requests", JWT_GRANT)
+    local before = em:count("token_requests", JWT_GRANT)
     assert_stored(store(env, creds))
     assert_stored(store(env, creds))
-    assert.equal(1, count("token_requests", JWT_GRANT) - before)
+    assert.equal(1, em:count("token_requests", JWT_GRANT) - before)
     local dir = xdg .. "/healthcare"
     assert.equal("700", (H.check_run("stat -c %a " .. H.q(dir)):gsub("%s", "")))
     local files = cache_files(dir)
     assert.equal(1, #files)
     assert.equal("600", (H.check_run("stat -c %a " .. H.q(dir .. "/" .. files[1])):gsub("%s", "")))
-    local text = read_all(dir .. "/" .. files[1])
-    for _, run in ipairs(pem_runs(sa.pem)) do assert.is_nil(text:find(run, 1, true)) end
+    local text = H.file_bytes(dir .. "/" .. files[1])
+    for _, run in ipairs(H.pem_runs(sa.private_key_pem)) do assert.is_nil(text:find(run, 1, true)) end
     -- --scope repeats; another scope set is another cache entry (order does not matter).
     local scoped = { "--credentials", sa.key_file, "--scope", params.SCOPE_CLOUD_PLATFORM,
       "--scope", params.SCOPE_CLOUD_HEALTHCARE }
     assert_stored(store(env, scoped))
-    assert.equal(2, count("token_requests", JWT_GRANT) - before)
+    assert.equal(2, em:count("token_requests", JWT_GRANT) - before)
     scoped[4], scoped[6] = scoped[6], scoped[4]
     assert_stored(store(env, scoped))
-    assert.equal(2, count("token_requests", JWT_GRANT) - before)
+    assert.equal(2, em:count("token_requests", JWT_GRANT) - before)
     assert.equal(2, #cache_files(dir))
     -- Off: a token request per run, nothing read or written.
     local off = { "--credentials", sa.key_file, "--no-token-cache" }
     assert_stored(store(env, off))
     assert_stored(store(env, off))
-    assert.equal(4, count("token_requests", JWT_GRANT) - before)
+    assert.equal(4, em:count("token_requests", JWT_GRANT) - before)
     assert.equal(2, #cache_files(dir))
     local env2 = { HOME = H.tmpdir(), XDG_CACHE_HOME = H.tmpdir(), GCE_METADATA_HOST = CLOSED }
     assert_stored(store(env2, off))
@@ -231,7 +186,7 @@ describe("healthcare's token cache", function()
   end)
 
   it("replaces a cached token the API refuses (401), with one retry", function()
-    local sa = service_account("pkcs8")
+    local sa = em:service_account()
     local xdg = H.tmpdir()
     local env = { HOME = H.tmpdir(), XDG_CACHE_HOME = xdg, GCE_METADATA_HOST = CLOSED }
     -- Plant a token the emulator issued and let expire where the command will look for it.
@@ -240,19 +195,19 @@ describe("healthcare's token cache", function()
     assert(token_cache.open(xdg .. "/healthcare"):put(cred.identity, params.SCOPE_CLOUD_HEALTHCARE, stale,
       os.time() + 3000, 3600))
     core.sleep(1.2)
-    local before, expired = count("token_requests", JWT_GRANT), count("auth_kinds", "expired_token")
+    local before, expired = em:count("token_requests", JWT_GRANT), em:count("auth_kinds", "expired_token")
     assert_stored(store(env, { "--credentials", sa.key_file }))
-    assert.equal(1, count("auth_kinds", "expired_token") - expired)
-    assert.equal(1, count("token_requests", JWT_GRANT) - before)
+    assert.equal(1, em:count("auth_kinds", "expired_token") - expired)
+    assert.equal(1, em:count("token_requests", JWT_GRANT) - before)
     local files = cache_files(xdg .. "/healthcare")
     assert.equal(1, #files)
-    assert.is_nil(read_all(xdg .. "/healthcare/" .. files[1]):find(stale, 1, true))
+    assert.is_nil(H.file_bytes(xdg .. "/healthcare/" .. files[1]):find(stale, 1, true))
   end)
 end)
 
 describe("healthcare --debug", function()
   it("prints no token, key, assertion, refresh token or client secret", function()
-    local sa, u = service_account("pkcs1"), em:authorized_user()
+    local sa, u = em:service_account({ form = "pkcs1" }), em:authorized_user()
     local out = {}
     local function run(env, extra)
       local so, se, code, f = store(env, extra)
@@ -267,12 +222,12 @@ describe("healthcare --debug", function()
     run({ HOME = H.tmpdir(), GCE_METADATA_HOST = em.metadata_host }, { "--debug" })
     local text = table.concat(out, "\n")
     assert.truthy(text:find("Authorization: REDACTED", 1, true))
-    assert.truthy(text:find("token cache: using the cached token of service account " .. sa.email, 1, true))
-    local secrets = pem_runs(sa.pem)
+    assert.truthy(text:find("token cache: using the cached token of service account " .. sa.client_email, 1, true))
+    local secrets = H.pem_runs(sa.private_key_pem)
     secrets[#secrets + 1] = u.refresh_token
     secrets[#secrets + 1] = u.client_secret
     for _, name in ipairs(cache_files(xdg .. "/healthcare")) do
-      secrets[#secrets + 1] = cjson.decode(read_all(xdg .. "/healthcare/" .. name)).access_token
+      secrets[#secrets + 1] = cjson.decode(H.file_bytes(xdg .. "/healthcare/" .. name)).access_token
     end
     assert.is_true(#secrets > 3)
     assert_no_secrets(text, secrets)

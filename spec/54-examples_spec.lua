@@ -50,11 +50,7 @@ describe("examples/store_folder.lua", function()
     -- and a service account key it knows, whose token_uri is its token endpoint
     local em = require("support.emulator_instance").start()
     finally(function() em:stop() end)
-    local sa = H.service_account { register = false }
-    em:control("keys", { kid = sa.kid, client_email = sa.client_email, public_key_pem = sa.public_key_pem })
-    local key = H.json.decode(H.file_bytes(sa.key_file))
-    key.token_uri = em.token_uri
-    H.write_file(sa.key_file, H.json.encode(key))
+    local sa = em:service_account()
     local store = "projects/test-project/locations/us-central1/datasets/test-dataset/dicomStores/spec54-"
       .. core.random_hex(4)
     em:control("stores", { name = store })
@@ -93,11 +89,7 @@ describe("examples/store_file.lua", function()
   it("stores one file by dicomStore name with Application Default Credentials", function()
     local em = require("support.emulator_instance").start()
     finally(function() em:stop() end)
-    local sa = H.service_account { register = false }
-    em:control("keys", { kid = sa.kid, client_email = sa.client_email, public_key_pem = sa.public_key_pem })
-    local key = H.json.decode(H.file_bytes(sa.key_file))
-    key.token_uri = em.token_uri
-    H.write_file(sa.key_file, H.json.encode(key))
+    local sa = em:service_account()
     local f = H.gen_dicom { count = 1 }[1]
     local home = H.tmpdir()
     local out, err, code = example({

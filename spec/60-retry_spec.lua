@@ -9,7 +9,6 @@
 local H = require "helpers"
 if not H.need_testbed() then return end
 
-local cjson = require "cjson"
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
 
@@ -18,10 +17,6 @@ local JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 -- Short waits: backoff starts at 10 ms, so a wait of a second can only come from the server.
 local FAST = { initial = 0.01, multiplier = 2, max_delay = 5, max_attempts = 5 }
 
-local function faults(rules)
-  H.emulator_control("faults", { replace = true, rules = rules })
-end
-
 local function client(opts)
   opts = opts or {}
   local o = { endpoint = E.endpoint, access_token = E.token }
@@ -29,21 +24,6 @@ local function client(opts)
   if o.credentials then o.access_token = nil end
   local c = assert(healthcare.new(o))
   return c, assert(c:dicom_store(E.store))
-end
-
--- SOP Instance UID -> number of instances Orthanc holds with it, for one study.
-local function orthanc_sops(study_uid)
-  local r = H.curl({ "-X", "POST", "--data-binary",
-    cjson.encode({ Level = "Instance", Query = { StudyInstanceUID = study_uid }, Expand = true }),
-    E.orthanc .. "/tools/find" })
-  assert.equal(200, r.status)
-  local out, n = {}, 0
-  for _, inst in ipairs(r.json) do
-    local uid = inst.MainDicomTags.SOPInstanceUID
-    out[uid] = (out[uid] or 0) + 1
-    n = n + 1
-  end
-  return out, n
 end
 
 -- Every generated file stored exactly once: once in the report, once in Orthanc.
@@ -55,7 +35,7 @@ local function assert_stored_once(files, report)
     assert.is_nil(seen[r.sop_instance_uid], "reported twice")
     seen[r.sop_instance_uid] = true
   end
-  local held = orthanc_sops(files[1].study_uid)
+  local held = H.orthanc_sops(files[1].study_uid)
   for _, f in ipairs(files) do
     assert.truthy(seen[f.sop_instance_uid])
     assert.equal(1, held[f.sop_instance_uid])
@@ -85,14 +65,14 @@ end
 
 describe("store retries", function()
   after_each(function()
-    faults({})
+    H.emulator_faults({})
     H.emulator_control("config", { expires_in = 3600 })
   end)
 
   it("stores everything after 503 twice, with two retries", function()
     local files = take(6)
     local c, st = client()
-    faults({ { status = 503, times = 2 } })
+    H.emulator_faults({ { status = 503, times = 2 } })
     local before = fired()
     local report = assert(st:store(paths(files), { retry = FAST, max_instances_per_request = 2, concurrency = 2 }))
     assert_stored_once(files, report)
@@ -110,7 +90,7 @@ describe("store retries", function()
     it("waits as the server asks (" .. case.name .. ") before retrying", function()
       local files = take(3)
       local c, st = client()
-      faults({ case.rule })
+      H.emulator_faults({ case.rule })
       local t0 = core.now()
       local report = assert(st:store(paths(files), { retry = FAST, concurrency = 1 }))
       local elapsed = core.now() - t0
@@ -125,7 +105,7 @@ describe("store retries", function()
   it("sends again, from disk, after the connection is dropped mid-body", function()
     local files = take(4)
     local c, st = client()
-    faults({ { drop_after_bytes = 2500 } })
+    H.emulator_faults({ { drop_after_bytes = 2500 } })
     local before = H.emulator_stats()
     local report = assert(st:store(paths(files), { retry = FAST, concurrency = 1 }))
     local after = H.emulator_stats()
@@ -141,7 +121,7 @@ describe("store retries", function()
   it("gives up on a server slower than the timeout and sends again", function()
     local files = take(3)
     local c, st = client({ timeout = 1 })
-    faults({ { delay = 2 } })
+    H.emulator_faults({ { delay = 2 } })
     local t0 = core.now()
     local report = assert(st:store(paths(files), { retry = FAST, concurrency = 1 }))
     assert_stored_once(files, report)
@@ -156,7 +136,7 @@ describe("store retries", function()
     local sa = H.service_account()
     local files = take(8)
     local c, st = client({ credentials = sa.key_file, token_cache = false })
-    faults({ { delay = 0.4, times = 3 }, { status = 401, times = 1 }, { delay = 0.4, times = 5 } })
+    H.emulator_faults({ { delay = 0.4, times = 3 }, { status = 401, times = 1 }, { delay = 0.4, times = 5 } })
     local stats0 = H.emulator_stats()
     local report = assert(st:store(paths(files), { retry = FAST, concurrency = 1, max_instances_per_request = 1 }))
     local stats1 = H.emulator_stats()
@@ -174,7 +154,7 @@ describe("store retries", function()
   it("stops after max_attempts and reports the instances as failed", function()
     local files = take(2)
     local c, st = client()
-    faults({ { status = 503, times = 3, message = "backend overloaded" } })
+    H.emulator_faults({ { status = 503, times = 3, message = "backend overloaded" } })
     local report = assert(st:store(paths(files), { retry = { initial = 0.01, max_attempts = 3 } }))
     assert.equal(0, #report.stored)
     assert.equal(2, #report.failed)
@@ -189,7 +169,7 @@ describe("store retries", function()
     local files = take(2)
     local c, st = client()
     -- The server asks for 30 s; the deadline is 2 s: failing now beats sleeping 30 s for nothing.
-    faults({ { status = 429, retry_after = 30, times = 1, message = "slow down" } })
+    H.emulator_faults({ { status = 429, retry_after = 30, times = 1, message = "slow down" } })
     local t0 = core.now()
     local report = assert(st:store(paths(files), { retry = { initial = 0.01, max_delay = 60, deadline = 2 } }))
     local elapsed = core.now() - t0
@@ -204,7 +184,7 @@ describe("store retries", function()
     it("never retries HTTP " .. status, function()
       local files = take(2)
       local c, st = client()
-      faults({ { status = status, times = 1 } })
+      H.emulator_faults({ { status = status, times = 1 } })
       local report = assert(st:store(paths(files), { retry = FAST }))
       assert.same({ 0, 2, 0, 1 }, { #report.stored, #report.failed, report.retries, report.requests })
       assert.truthy(report.failed[1].reason:find("HTTP " .. status, 1, true), report.failed[1].reason)
@@ -215,7 +195,7 @@ describe("store retries", function()
   it("never retries a 401 it cannot refresh (a static token)", function()
     local files = take(1)
     local c, st = client()
-    faults({ { status = 401, times = 1 } })
+    H.emulator_faults({ { status = 401, times = 1 } })
     local report = assert(st:store(paths(files), { retry = FAST }))
     assert.same({ 0, 1, 0, 1 }, { #report.stored, #report.failed, report.retries, report.requests })
     c:close()

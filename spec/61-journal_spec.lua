@@ -12,16 +12,9 @@ local journal = require "healthcare.journal"
 
 local E = H.env
 
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 -- The journal's lines, each checked: complete, JSON, and either a run line or a record.
 local function lines_of(path)
-  local s = read_all(path)
+  local s = H.file_bytes(path)
   assert.equal("\n", s:sub(-1), "journal does not end with a newline")
   local out = {}
   for l in s:gmatch("([^\n]*)\n") do
@@ -72,7 +65,7 @@ describe("journal.open", function()
     }))
     assert.is_true(j:record({}))
     j:close()
-    local s = read_all(dir .. "/j")
+    local s = H.file_bytes(dir .. "/j")
     local second = s:match("\n([^\n]*)\n")
     assert.truthy(second:match('^{"time":"[^"]+","outcome":"stored","path":"/data/a b/1.dcm","size":10,'
       .. '"mtime":1700000000,"sop_instance_uid":"1.2.3.10","study_uid":"1.2.9"}$'), second)
@@ -214,21 +207,6 @@ describe("store with a journal", function()
   if not H.need_testbed() then return end
   local healthcare = require "healthcare"
 
-  -- SOP Instance UID -> number of instances Orthanc holds with it, for one study.
-  local function orthanc_sops(study_uid)
-    local r = H.curl({ "-X", "POST", "--data-binary",
-      cjson.encode({ Level = "Instance", Query = { StudyInstanceUID = study_uid }, Expand = true }),
-      E.orthanc .. "/tools/find" })
-    assert.equal(200, r.status)
-    local out, n = {}, 0
-    for _, inst in ipairs(r.json) do
-      local uid = inst.MainDicomTags.SOPInstanceUID
-      out[uid] = (out[uid] or 0) + 1
-      n = n + 1
-    end
-    return out, n
-  end
-
   it("skips stored files without reading them, and sends changed ones again", function()
     local dir = H.tmpdir()
     local files = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in" })
@@ -265,8 +243,8 @@ describe("store with a journal", function()
     for i = 1, 5 do H.write_file(dir .. "/in/junk" .. i .. ".dcm", string.rep("not dicom ", 30 + i)) end
     local study = files[1].study_uid
     local jpath = dir .. "/journal"
-    local cmd = "healthcare store " .. H.q(E.dicomweb) .. " " .. H.q(dir .. "/in") .. " --journal " .. H.q(jpath)
-      .. " --max-instances 2 --concurrency 1"
+    local cmd = H.healthcare_command({ "store", E.dicomweb, dir .. "/in", "--journal", jpath,
+      "--max-instances", "2", "--concurrency", "1" })
     local progress = {}
     for kill = 1, 3 do
       local after = 0.2 + math.random() * 0.4
@@ -311,7 +289,7 @@ describe("store with a journal", function()
     end
     for _, fl in ipairs(files) do assert.truthy(stored_lines[fl.path], fl.path .. " not journaled") end
     -- Orthanc: every valid instance, each once, nothing else in the study.
-    local held, n = orthanc_sops(study)
+    local held, n = H.orthanc_sops(study)
     assert.equal(500, n)
     for _, fl in ipairs(files) do assert.equal(1, held[fl.sop_instance_uid]) end
     -- A fourth run finds everything done.

@@ -120,20 +120,6 @@ describe("healthcare store --shard", function()
 
   local root, files, study
 
-  -- Instances Orthanc holds for a study: SOP Instance UID -> count.
-  local function orthanc_sops(study_uid)
-    local r = H.curl({ "-X", "POST", "--data-binary",
-      H.json.encode({ Level = "Instance", Query = { StudyInstanceUID = study_uid }, Expand = true }),
-      E.orthanc .. "/tools/find" })
-    assert.equal(200, r.status)
-    local out = {}
-    for _, inst in ipairs(r.json) do
-      local uid = inst.MainDicomTags.SOPInstanceUID
-      out[uid] = (out[uid] or 0) + 1
-    end
-    return out
-  end
-
   local function run_shard(spec, dir)
     local so, se, code = H.run("healthcare store " .. H.q(E.dicomweb) .. " " .. H.q(dir)
       .. " --shard " .. spec .. " --json --max-instances 4")
@@ -169,7 +155,7 @@ describe("healthcare store --shard", function()
       end
       assert.equal(#files, total)
       for _, f in ipairs(files) do assert.truthy(seen[f.path], f.path .. " in no shard") end
-      local held = orthanc_sops(study)
+      local held = H.orthanc_sops(study)
       for _, f in ipairs(files) do assert.equal(1, held[f.sop_instance_uid]) end
     end)
   end

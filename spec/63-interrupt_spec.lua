@@ -16,20 +16,9 @@ local batch = require "healthcare.batch"
 
 local E = H.env
 
-local function faults(rules)
-  H.emulator_control("faults", { replace = true, rules = rules })
-end
-
-local function read_all(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
 -- The journal's records; fails unless every line is whole and valid.
 local function records_of(path)
-  local s = read_all(path)
+  local s = H.file_bytes(path)
   assert.equal("\n", s:sub(-1), "journal does not end with a newline")
   local out = {}
   for l in s:gmatch("([^\n]*)\n") do
@@ -45,25 +34,19 @@ local function records_of(path)
   return out
 end
 
-local function orthanc_sops(study_uid)
-  local r = H.curl({ "-X", "POST", "--data-binary",
-    cjson.encode({ Level = "Instance", Query = { StudyInstanceUID = study_uid }, Expand = true }),
-    E.orthanc .. "/tools/find" })
-  assert.equal(200, r.status)
-  local out = {}
-  for _, inst in ipairs(r.json) do
-    local uid = inst.MainDicomTags.SOPInstanceUID
-    out[uid] = (out[uid] or 0) + 1
-  end
-  return out
+-- `healthcare store` of dir/in to the emulator's store, with the static token and the journal
+-- dir/journal, and args.
+local function store_command(dir, args)
+  local words = { "store", E.store, dir .. "/in", "--endpoint", E.endpoint, "--access-token", E.token,
+    "--no-token-cache", "--journal", dir .. "/journal" }
+  for _, a in ipairs(args) do words[#words + 1] = a end
+  return H.healthcare_command(words)
 end
 
 -- The CLI against the emulator, started in the background; once its journal has its first
 -- line, the signals are sent, each after its delay (seconds): { {"INT", 0.6}, ... }.
-local function signalled(dir, signals, extra)
-  local cmd = string.format("healthcare store %s %s --endpoint %s --access-token %s --no-token-cache"
-    .. " --journal %s --max-instances 2 --concurrency 2 %s",
-    H.q(E.store), H.q(dir .. "/in"), H.q(E.endpoint), H.q(E.token), H.q(dir .. "/journal"), extra or "")
+local function signalled(dir, signals)
+  local cmd = store_command(dir, { "--max-instances", "2", "--concurrency", "2" })
   local script = { cmd .. " & pid=$!",
     "for i in $(seq 200); do [ -s " .. H.q(dir .. "/journal") .. " ] && break; sleep 0.02; done" }
   for _, s in ipairs(signals) do
@@ -93,14 +76,14 @@ describe("an interrupted store", function()
   end
 
   after_each(function()
-    faults({})
+    H.emulator_faults({})
     batch.INTERRUPT_GRACE = 10
   end)
 
   for _, case in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
     it("stops on SIG" .. case[1] .. " after the requests in flight, journal valid, exit " .. case[2], function()
       local dir, files = fresh(12)
-      faults({ { delay = 0.5, times = 100 } })   -- 6 requests, 2 at a time: about 1.5 s
+      H.emulator_faults({ { delay = 0.5, times = 100 } })   -- 6 requests, 2 at a time: about 1.5 s
       local code, se = signalled(dir, { { case[1], 0.6 } })
       assert.equal(case[2], code, se)
       assert.truthy(se:find("interrupted: 0 instances in flight abandoned; run the same command again to resume",
@@ -110,23 +93,21 @@ describe("an interrupted store", function()
       assert.is_true(stored > 0 and stored < 12, se)
       assert.equal(stored, #records_of(dir .. "/journal"))
       -- Resume: everything, each once.
-      faults({})
-      local so, se2, code2 = H.run(string.format("healthcare store %s %s --endpoint %s --access-token %s"
-        .. " --no-token-cache --journal %s --json", H.q(E.store), H.q(dir .. "/in"), H.q(E.endpoint),
-        H.q(E.token), H.q(dir .. "/journal")))
+      H.emulator_faults({})
+      local so, se2, code2 = H.run(store_command(dir, { "--json" }))
       assert.equal(0, code2, se2)
       local report = cjson.decode(so)
       assert.same({ 12 - stored, stored, 0, 1 },
         { #report.stored, #report.already_stored, #report.failed, report.journal.earlier_runs })
       assert.equal(12, #records_of(dir .. "/journal"))
-      local held = orthanc_sops(files[1].study_uid)
+      local held = H.orthanc_sops(files[1].study_uid)
       for _, f in ipairs(files) do assert.equal(1, held[f.sop_instance_uid]) end
     end)
   end
 
   it("ends at once on a second SIGINT, and the journal stays valid", function()
     local dir, files = fresh(8)
-    faults({ { times = 2 }, { delay = 4, times = 100 } })   -- two quick requests, then slow ones
+    H.emulator_faults({ { times = 2 }, { delay = 4, times = 100 } })   -- two quick requests, then slow ones
     local code, se, elapsed = signalled(dir, { { "INT", 1.0 }, { "INT", 0.3 } })
     assert.equal(130, code, se)
     assert.is_nil(se:find("interrupted:", 1, true), se)   -- killed by the signal, no summary
@@ -134,12 +115,12 @@ describe("an interrupted store", function()
     local recs = records_of(dir .. "/journal")
     assert.equal(4, #recs)
     -- Resume finds the 4 and sends the rest.
-    faults({})
+    H.emulator_faults({})
     local c = assert(healthcare.new({ endpoint = E.endpoint, access_token = E.token }))
     local st = assert(c:dicom_store(E.store))
     local report = assert(st:store(dir .. "/in", { journal = dir .. "/journal" }))
     assert.same({ 4, 4, 0 }, { #report.stored, #report.already_stored, #report.failed })
-    local held = orthanc_sops(files[1].study_uid)
+    local held = H.orthanc_sops(files[1].study_uid)
     for _, f in ipairs(files) do assert.equal(1, held[f.sop_instance_uid]) end
     c:close()
   end)
@@ -149,7 +130,7 @@ describe("an interrupted store", function()
     local pid = assert(io.open("/proc/self/stat")):read("n")
     local c = assert(healthcare.new({ endpoint = E.endpoint, access_token = E.token }))
     local st = assert(c:dicom_store(E.store))
-    faults({ { times = 1 }, { delay = 3, times = 100 } })   -- the first request quick, the rest slow
+    H.emulator_faults({ { times = 1 }, { delay = 3, times = 100 } })   -- the first request quick, the rest slow
     batch.INTERRUPT_GRACE = 0.3
     local sent = false
     core.trap_interrupts()

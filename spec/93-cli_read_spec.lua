@@ -9,19 +9,13 @@ local cjson = require "cjson.safe"
 local lfs = require "lfs"
 
 local E = H.env
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
-local PY = "/usr/bin/python3"
 
 -- This file's own emulator: it counts requests ("nothing was sent").
 local em = require("support.emulator_instance").start()
 teardown(function() em:stop() end)
 local TOKEN = E.token .. "-private"
 
-local function hc(args, stdin)
-  local words = { H.q(BIN) }
-  for _, a in ipairs(args) do words[#words + 1] = H.q(a) end
-  return H.run(table.concat(words, " "), stdin)
-end
+local hc = H.healthcare
 
 -- args for the dicomStore through this file's emulator
 local function google(args, store)
@@ -36,23 +30,6 @@ local function requests()
   return #em:stats().requests
 end
 
--- gen_dicom.py with a patient ID (H.gen_dicom does not pass one).
-local function gen(count, patient, extra)
-  local cmd = { PY, E.support .. "/gen_dicom.py", tostring(count), "-o", H.tmpdir(), "--patient-id", patient }
-  for _, w in ipairs(extra or {}) do cmd[#cmd + 1] = w end
-  for i, w in ipairs(cmd) do cmd[i] = H.q(w) end
-  local list = {}
-  for line in H.check_run(table.concat(cmd, " ")):gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
-  return list
-end
-
-local function store_all(files)
-  local args = { "store", E.dicomweb }
-  for _, f in ipairs(files) do args[#args + 1] = f.path end
-  local _, err, code = hc(args)
-  assert(code == 0, err)
-end
-
 local function dir_of(path) return path:match("^(.*)/[^/]+$") end
 
 local function files_in(dir)
@@ -64,13 +41,11 @@ local function files_in(dir)
   return t
 end
 
-local function fresh_uid() return "2.25." .. math.random(1, 1e9) .. math.random(1, 1e9) end
-
 local patient, study   -- three instances in one study, stored in Orthanc
 lazy_setup(function()
   patient = "HC93-" .. math.random(1, 1e9)
-  study = gen(3, patient)
-  store_all(study)
+  study = H.gen_dicom({ count = 3, patient_id = patient })
+  H.store_with_cli(study)
 end)
 
 describe("healthcare search", function()
@@ -210,12 +185,12 @@ describe("healthcare retrieve", function()
 
   it("exits 1 naming the study for an unknown UID, and leaves no file", function()
     local dir = H.tmpdir() .. "/none"
-    local uid = fresh_uid()
+    local uid = H.fresh_uid()
     local _, err, code = hc { "retrieve", E.dicomweb, uid, "-o", dir }
     assert.equal(1, code, err)
     assert.matches("study " .. uid:gsub("%p", "%%%0") .. " not found", err)
     assert.same({}, lfs.attributes(dir) and files_in(dir) or {})
-    _, err, code = hc(google { "retrieve", uid .. "/" .. fresh_uid(), "-o", dir })
+    _, err, code = hc(google { "retrieve", uid .. "/" .. H.fresh_uid(), "-o", dir })
     assert.equal(1, code, err)
     assert.matches("not found", err)
   end)
@@ -261,8 +236,8 @@ describe("healthcare delete", function()
   end)
 
   it("deletes a study and an instance with --yes through the emulator", function()
-    local other = gen(2, patient .. "-del")
-    store_all(other)
+    local other = H.gen_dicom({ count = 2, patient_id = patient .. "-del" })
+    H.store_with_cli(other)
     local x = other[1]
     local out, err, code = hc(google { "delete", x.study_uid .. "/" .. x.series_uid .. "/" .. x.sop_instance_uid, "--yes" })
     assert.equal(0, code, err)
@@ -280,7 +255,7 @@ describe("healthcare delete", function()
   end)
 
   it("exits 1 for an unknown study, 2 for a bad UID or an unknown store", function()
-    local uid = fresh_uid()
+    local uid = H.fresh_uid()
     local _, err, code = hc(google { "delete", uid, "--yes" })
     assert.equal(1, code, err)
     assert.matches("not found", err)
@@ -297,7 +272,7 @@ end)
 
 describe("healthcare store --verify", function()
   it("reports every instance listed by Orthanc and by the emulator, exit 0", function()
-    local files = gen(2, patient .. "-v")
+    local files = H.gen_dicom({ count = 2, patient_id = patient .. "-v" })
     local dir = dir_of(files[1].path)
     local out, err, code = hc { "store", E.dicomweb, dir, "--verify" }
     assert.equal(0, code, err)
@@ -312,7 +287,7 @@ describe("healthcare store --verify", function()
 
   it("names an instance the server does not list and exits 1", function()
     -- The journal says both files were stored; Orthanc then loses one (deleted with its own API).
-    local files = gen(2, patient .. "-lost")
+    local files = H.gen_dicom({ count = 2, patient_id = patient .. "-lost" })
     local dir = dir_of(files[1].path)
     local journal = H.tmpdir() .. "/journal.jsonl"
     local _, err, code = hc { "store", E.dicomweb, dir, "--journal", journal }
@@ -337,10 +312,10 @@ describe("healthcare store --verify", function()
     local healthcare = require "healthcare"
     local s = assert(healthcare.dicomweb(E.dicomweb))
     local f = study[1]
-    local never = fresh_uid()
+    local never = H.fresh_uid()
     local v = assert(s:verify({ { study_uid = f.study_uid, sop_instance_uid = f.sop_instance_uid, path = "a" },
       { study_uid = f.study_uid, sop_instance_uid = never, path = "b" },
-      { study = fresh_uid(), sop_instance_uid = never } }))
+      { study = H.fresh_uid(), sop_instance_uid = never } }))
     assert.equal(3, v.checked)
     assert.equal(2, #v.missing)
     assert.equal(never, v.missing[1].sop_instance_uid)

@@ -7,8 +7,6 @@ if not H.need_testbed() then return end
 local cjson = require "cjson.safe"
 
 local E = H.env
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
-local PY = "/usr/bin/python3"
 local P = "locations-datasets-dicom-stores-"
 
 -- This file's own emulator: it counts requests ("nothing was sent").
@@ -18,38 +16,22 @@ local TOKEN = E.token .. "-private"
 
 -- healthcare projects <P..method> <store> <path> <args...> with this file's endpoint and token
 local function call(method, path, args, parent)
-  local words = { H.q(BIN), "projects", H.q(P .. method), H.q(parent or E.store), H.q(path),
-    "-p", H.q("access-token=" .. TOKEN), "--endpoint", H.q(em.endpoint) }
-  for _, a in ipairs(args or {}) do words[#words + 1] = H.q(a) end
-  return H.run(table.concat(words, " "))
+  local words = { "projects", P .. method, parent or E.store, path, "-p", "access-token=" .. TOKEN,
+    "--endpoint", em.endpoint }
+  for _, a in ipairs(args or {}) do words[#words + 1] = a end
+  return H.healthcare(words)
 end
 
 local function requests()
   return #em:stats().requests
 end
 
-local function gen(count, patient)
-  local cmd = { PY, E.support .. "/gen_dicom.py", tostring(count), "-o", H.tmpdir(), "--patient-id", patient }
-  for i, w in ipairs(cmd) do cmd[i] = H.q(w) end
-  local list = {}
-  for line in H.check_run(table.concat(cmd, " ")):gmatch("[^\n]+") do list[#list + 1] = cjson.decode(line) end
-  return list
-end
-
-local function store_all(files)
-  local words = { H.q(BIN), "store", H.q(E.dicomweb) }
-  for _, f in ipairs(files) do words[#words + 1] = H.q(f.path) end
-  H.check_run(table.concat(words, " "))
-end
-
-local function fresh_uid() return "2.25." .. math.random(1, 1e9) .. math.random(1, 1e9) end
-
 local patient, files, f
 lazy_setup(function()
   patient = "HC94-" .. math.random(1, 1e9)
-  files = gen(2, patient)
+  files = H.gen_dicom({ count = 2, patient_id = patient })
   f = files[1]
-  store_all(files)
+  H.store_with_cli(files)
 end)
 
 local function tag(item, t) return item[t] and item[t].Value and item[t].Value[1] end
@@ -99,7 +81,7 @@ describe("healthcare projects search methods", function()
   end)
 
   it("prints [] when nothing matches, and honours limit in the query", function()
-    local out, err, code = call("search-for-studies", "studies?PatientID=nobody-" .. fresh_uid())
+    local out, err, code = call("search-for-studies", "studies?PatientID=nobody-" .. H.fresh_uid())
     assert.equal(0, code, err)
     assert.equal("[]\n", out)
     out, err, code = call("search-for-instances", "instances?StudyInstanceUID=" .. f.study_uid .. "&limit=1")
@@ -167,7 +149,7 @@ describe("healthcare projects retrieve methods", function()
 
   it("exits 1 for an unknown study and leaves an existing -o file as it was", function()
     local out_file = H.write_file(H.tmpdir() .. "/keep", "old")
-    local _, err, code = call("studies-retrieve-study", "studies/" .. fresh_uid(), { "-o", out_file })
+    local _, err, code = call("studies-retrieve-study", "studies/" .. H.fresh_uid(), { "-o", out_file })
     assert.equal(1, code, err)
     assert.matches("NOT_FOUND", err)
     assert.equal("old", H.file_bytes(out_file))
@@ -176,8 +158,8 @@ end)
 
 describe("healthcare projects delete methods", function()
   it("deletes an instance, a series and a study through the emulator and prints the answer", function()
-    local del = gen(2, patient .. "-del")
-    store_all(del)
+    local del = H.gen_dicom({ count = 2, patient_id = patient .. "-del" })
+    H.store_with_cli(del)
     local x = del[1]
     local out, err, code = call("studies-series-instances-delete",
       "studies/" .. x.study_uid .. "/series/" .. x.series_uid .. "/instances/" .. x.sop_instance_uid)
@@ -188,8 +170,8 @@ describe("healthcare projects delete methods", function()
     out, err, code = call("studies-series-delete", "studies/" .. x.study_uid .. "/series/" .. x.series_uid)
     assert.equal(0, code, err)
     assert.is_table(cjson.decode(out), out)
-    local more = gen(1, patient .. "-del2")[1]
-    store_all({ more })
+    local more = H.gen_dicom({ count = 1, patient_id = patient .. "-del2" })[1]
+    H.store_with_cli({ more })
     out, err, code = call("studies-delete", "studies/" .. more.study_uid)
     assert.equal(0, code, err)
     local op = assert(cjson.decode(out), out)
@@ -198,7 +180,7 @@ describe("healthcare projects delete methods", function()
 
   it("exits 1 for an unknown instance", function()
     local _, err, code = call("studies-series-instances-delete",
-      "studies/" .. fresh_uid() .. "/series/" .. fresh_uid() .. "/instances/" .. fresh_uid())
+      "studies/" .. H.fresh_uid() .. "/series/" .. H.fresh_uid() .. "/instances/" .. H.fresh_uid())
     assert.equal(1, code, err)
     assert.matches("NOT_FOUND", err)
   end)
@@ -269,7 +251,7 @@ describe("healthcare projects read and delete methods, bad input", function()
 
   it("prints each method's help", function()
     for _, m in ipairs(seed.methods) do
-      local out, err, code = H.run(H.q(BIN) .. " projects " .. H.q(m.name) .. " --help")
+      local out, err, code = H.healthcare({ "projects", m.name, "--help" })
       assert.equal(0, code, err)
       assert.truthy(out:find("healthcare projects " .. m.name, 1, true))
     end

@@ -124,6 +124,20 @@ function H.check_run(cmd, stdin)
   return so, se
 end
 
+-- The `healthcare` command of this build (ctest sets HC_BUILD_DIR) with args, each quoted: a shell
+-- command, for specs that run it in the background or add redirections.
+local BIN = (getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+function H.healthcare_command(args)
+  local words = { H.q(BIN) }
+  for _, a in ipairs(args) do words[#words + 1] = H.q(a) end
+  return table.concat(words, " ")
+end
+
+-- healthcare(args [, stdin]) -> stdout, stderr, exit code of the command (see run).
+function H.healthcare(args, stdin)
+  return H.run(H.healthcare_command(args), stdin)
+end
+
 local function parse_headers(raw)
   -- With redirects or 100 Continue there are several blocks: keep the last.
   local last = raw
@@ -173,6 +187,24 @@ function H.orthanc_find_instance(sop_uid)
     error("Orthanc /tools/find failed: " .. tostring(r.status) .. " " .. r.body .. r.stderr, 2)
   end
   return r.json[1]
+end
+
+-- What Orthanc holds of one study: SOP Instance UID -> number of instances with it, and the
+-- number of instances (a store that sent one twice shows a 2, or an n too large).
+function H.orthanc_sops(study_uid)
+  local r = H.curl({ "-X", "POST", "--data-binary",
+    cjson.encode({ Level = "Instance", Query = { StudyInstanceUID = study_uid }, Expand = true }),
+    E.orthanc .. "/tools/find" })
+  if r.status ~= 200 or type(r.json) ~= "table" then
+    error("Orthanc /tools/find failed: " .. tostring(r.status) .. " " .. r.body .. r.stderr, 2)
+  end
+  local out, n = {}, 0
+  for _, inst in ipairs(r.json) do
+    local uid = inst.MainDicomTags.SOPInstanceUID
+    out[uid] = (out[uid] or 0) + 1
+    n = n + 1
+  end
+  return out, n
 end
 
 -- The bytes Orthanc stored for this SOP Instance UID, or nil if it has none.
@@ -288,6 +320,21 @@ function H.gen_many(list)
     table.concat(lines, "\n") .. "\n"))
 end
 
+-- A UID of our own that nothing holds (2.25 and random digits), for "not found" cases.
+function H.fresh_uid()
+  return "2.25." .. math.random(1, 1e9) .. math.random(1, 1e9)
+end
+
+-- fresh_files(n) -> a function returning one new generated file (a gen_dicom entry, fresh UIDs)
+-- at each call. They are made n at a time: each Python start costs about a second.
+function H.fresh_files(n)
+  local pool = {}
+  return function()
+    if #pool == 0 then pool = H.gen_dicom({ count = n }) end
+    return table.remove(pool)
+  end
+end
+
 -- Stores one file in Orthanc through its REST API (curl, not our library); raises on failure.
 function H.orthanc_put_file(path)
   local r = H.curl({ "-X", "POST", "-H", "Content-Type: application/dicom", "--data-binary", "@" .. path,
@@ -330,6 +377,14 @@ function H.make_study(opts)
   return study
 end
 
+-- Stores gen_dicom entries in Orthanc (by its DICOMweb URL) with `healthcare store`, for specs
+-- that then read them back; raises on failure.
+function H.store_with_cli(files)
+  local args = { "store", E.dicomweb }
+  for _, f in ipairs(files) do args[#args + 1] = f.path end
+  H.check_run(H.healthcare_command(args))
+end
+
 -- POST /_control/<path> with tbl as JSON -> decoded answer, status.
 function H.emulator_control(path, tbl)
   local body = tbl == nil and "{}" or cjson.encode(tbl)
@@ -353,31 +408,56 @@ function H.emulator_reset()
   return H.emulator_control("reset", {})
 end
 
--- A new RSA service-account identity registered with the emulator:
--- { key_file = path of a service_account JSON key (token_uri = the emulator),
---   private_key_pem, public_key_pem, client_email, kid }.
+-- Replaces the shared emulator's pending fault rules with rules ({} clears them).
+function H.emulator_faults(rules)
+  return H.emulator_control("faults", { replace = true, rules = rules })
+end
+
+-- A new RSA key made by the openssl CLI (not our code): form "pkcs8" (`genpkey`, the default) or
+-- "pkcs1" (`genrsa -traditional`), bits 2048 unless given.
+-- -> { pem = the private key, pub = the public key, dir = where they are, as key.pem and pub.pem }.
+function H.rsa_key(form, bits)
+  local dir = H.tmpdir()
+  local key, pub = dir .. "/key.pem", dir .. "/pub.pem"
+  local gen = form == "pkcs1"
+    and ("openssl genrsa -traditional -out " .. H.q(key) .. " " .. (bits or 2048))
+    or ("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:" .. (bits or 2048) .. " -out " .. H.q(key))
+  H.check_run(gen .. " 2>/dev/null && openssl pkey -in " .. H.q(key) .. " -pubout -out " .. H.q(pub))
+  return { pem = read_all(key), pub = read_all(pub), dir = dir }
+end
+
+-- A new service-account identity, its key registered with the shared emulator unless
+-- opts.register == false: opts.form is rsa_key's; opts.fields are added to (or replace those of)
+-- the key file. A private emulator has its own (emulator_instance's service_account).
+-- -> { key_file = path of the service_account JSON key (token_uri = the emulator), info = what
+--   the key file holds, private_key_pem, public_key_pem, client_email, kid }.
 function H.service_account(opts)
   opts = opts or {}
-  local dir = H.tmpdir()
+  local key = H.rsa_key(opts.form)
   local kid = opts.kid or ("kid-" .. math.random(1, 1e9))
   local email = opts.client_email or (kid .. "@test-project.iam.gserviceaccount.com")
-  H.check_run("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out " ..
-    H.q(dir .. "/key.pem") .. " 2>/dev/null && openssl pkey -in " .. H.q(dir .. "/key.pem") ..
-    " -pubout -out " .. H.q(dir .. "/pub.pem"))
-  local sa = {
-    kid = kid, client_email = email,
-    private_key_pem = read_all(dir .. "/key.pem"), public_key_pem = read_all(dir .. "/pub.pem"),
-  }
+  local sa = { kid = kid, client_email = email, private_key_pem = key.pem, public_key_pem = key.pub }
   if opts.register ~= false then
     H.emulator_control("keys", { kid = kid, client_email = email, public_key_pem = sa.public_key_pem })
   end
-  sa.key_file = dir .. "/service_account.json"
-  write_all(sa.key_file, cjson.encode({
-    type = "service_account", project_id = "test-project", private_key_id = kid,
-    private_key = sa.private_key_pem, client_email = email, client_id = "1234567890",
-    token_uri = E.token_uri,
-  }))
+  sa.info = { type = "service_account", project_id = "test-project", private_key_id = kid,
+    private_key = sa.private_key_pem, client_email = email, client_id = "1234567890", token_uri = E.token_uri }
+  for k, v in pairs(opts.fields or {}) do sa.info[k] = v end
+  sa.key_file = key.dir .. "/service_account.json"
+  write_all(sa.key_file, cjson.encode(sa.info))
   return sa
+end
+
+-- Every 16-character run of the base64 lines of a PEM key: the pieces to look for in output
+-- that must not quote the key.
+function H.pem_runs(pem)
+  local runs = {}
+  for line in pem:gmatch("[^\n]+") do
+    if not line:find("-----", 1, true) then
+      for i = 1, #line - 15, 8 do runs[#runs + 1] = line:sub(i, i + 15) end
+    end
+  end
+  return runs
 end
 
 -- base64url without padding (openssl CLI).

@@ -5,7 +5,8 @@
 -- seen (and consumed) by other files. This instance is this file's alone.
 --   local emulator = require "support.emulator_instance"
 --   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host
---   em:control("keys", {...}); em:stats(); em:stop()
+--   em:control("keys", {...}); em:stats(); em:count("token_requests", grant); em:stop()
+--   em:service_account(); em:authorized_user()   -- credentials it knows
 local H = require "helpers"
 
 local M = {}
@@ -53,6 +54,26 @@ function Instance:stats()
   local r = H.curl({ self.url .. "/_control/stats" })
   assert(r.status == 200, "emulator stats -> " .. tostring(r.status))
   return r.json
+end
+
+--- One counter of stats (stats()[field], or stats()[field][sub]) as a number: 0 until counted.
+function Instance:count(field, sub)
+  local v = self:stats()[field]
+  if sub then v = type(v) == "table" and v[sub] or nil end
+  return tonumber(v) or 0
+end
+
+--- A service account whose key file's token_uri is here, registered here unless opts.register ==
+--- false; opts.form and opts.fields as H.service_account's, and its fields.
+function Instance:service_account(opts)
+  opts = opts or {}
+  local fields = { token_uri = self.token_uri }
+  for k, v in pairs(opts.fields or {}) do fields[k] = v end
+  local sa = H.service_account({ form = opts.form, fields = fields, register = false })
+  if opts.register ~= false then
+    self:control("keys", { kid = sa.kid, client_email = sa.client_email, public_key_pem = sa.public_key_pem })
+  end
+  return sa
 end
 
 --- An authorized_user registered here: { key_file, client_id, client_secret, refresh_token }.
