@@ -124,11 +124,8 @@ end
 --- A service account registered with this emulator: H.service_account's fields, with a key file
 --- whose token_uri is this emulator's.
 function Emulator:service_account()
-  local sa = H.service_account({ register = false })
+  local sa = H.service_account({ register = false, fields = { token_uri = self.token_uri } })
   self:control("keys", { kid = sa.kid, client_email = sa.client_email, public_key_pem = sa.public_key_pem })
-  local info = cjson.decode(read_all(sa.key_file))
-  info.token_uri = self.token_uri
-  H.write_file(sa.key_file, cjson.encode(info))
   H.check_run("chmod 600 " .. H.q(sa.key_file))
   return sa
 end
