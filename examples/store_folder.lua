@@ -16,14 +16,8 @@ if not target or not folder then
   os.exit(2)
 end
 
-local store, err
-if target:match("^https?://") then
-  store, err = healthcare.dicomweb(target)
-else
-  local client
-  client, err = healthcare.new()
-  if client then store, err = client:dicom_store(target) end
-end
+-- A URL is used as it is; a dicomStore name goes through the API endpoint with credentials.
+local store, err = healthcare.dicom_store(target)
 if not store then
   io.stderr:write("store_folder: ", tostring(err), "\n")
   os.exit(2)

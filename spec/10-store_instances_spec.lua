@@ -309,3 +309,33 @@ describe("healthcare.dicomweb (Orthanc directly)", function()
     assert.equal("usage", err.kind)
   end)
 end)
+
+describe("healthcare.dicom_store (a URL or a dicomStore name)", function()
+  it("makes a DICOMweb store of a URL and a Google store of a dicomStore name", function()
+    local plain = assert(healthcare.dicom_store(E.dicomweb))
+    assert.equal(E.dicomweb, plain.base_url)
+    local google = assert(healthcare.dicom_store(E.store, { endpoint = E.endpoint, access_token = E.token }))
+    assert.equal(E.endpoint .. "/" .. E.store .. "/dicomWeb", google.base_url)
+    assert.equal(E.store, google.name)
+    -- both work: the same file through each
+    for _, store in ipairs({ plain, google }) do
+      local f = H.gen_dicom { count = 1 }[1]
+      local report = assert(store:store(f.path))
+      assert.equal(1, #report.stored)
+      assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+      store.client:close()
+    end
+  end)
+
+  it("refuses a malformed dicomStore name and a non-http URL, and raises for a non-string", function()
+    local s, err = healthcare.dicom_store("projects/p/datasets/d", { access_token = "t" })
+    assert.is_nil(s)
+    assert.equal("usage", err.kind)
+    assert.matches("^invalid dicomStore name", err.message)
+    s, err = healthcare.dicom_store("ftp://host/dicom-web")
+    assert.is_nil(s)
+    assert.equal("usage", err.kind)
+    assert.has_error(function() healthcare.dicom_store(nil) end,
+      "bad argument #1 to 'dicom_store' (string expected, got nil)")
+  end)
+end)

@@ -40,4 +40,23 @@ function M.dicomweb(base_url, opts)
   return dicomweb.store(c, (base_url:gsub("/+$", "")))
 end
 
+--- The store object for a DICOMweb base URL (http:// or https://, as healthcare.dicomweb) or a
+--- dicomStore name (projects/P/locations/L/datasets/D/dicomStores/S, through healthcare.new with
+--- the same options): what a program that takes "a store" from its user wants. Returns the
+--- store, or nil, err; nothing is sent.
+function M.dicom_store(target, opts)
+  if type(target) ~= "string" then
+    error("bad argument #1 to 'dicom_store' (string expected, got " .. type(target) .. ")", 2)
+  end
+  if target:match("^https?://") then
+    return M.dicomweb(target, opts)
+  end
+  local c, err = client.new(opts)
+  if not c then return nil, err end
+  local store
+  store, err = c:dicom_store(target)
+  if not store then c:close() end
+  return store, err
+end
+
 return M

@@ -44,15 +44,7 @@ function M.open_store(a)
     scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
     token_cache = not a.no_token_cache, debug = a.debug or nil,
   }
-  if a.store:match("^https?://") then
-    return healthcare.dicomweb(a.store, copts)
-  end
-  local client, err = healthcare.new(copts)
-  if not client then return nil, err end
-  local store
-  store, err = client:dicom_store(a.store)
-  if not store then client:close() end
-  return store, err
+  return healthcare.dicom_store(a.store, copts)
 end
 
 --- open_store for a command: the store, or nil and the exit code after say(...) told why.
