@@ -9,7 +9,7 @@ LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$
 SANITIZE_SPECS ?= ^(c_|10-|30-|40-|50-|60-|8[0-4]-)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo install lint clean fuzz valgrind bench
+.PHONY: all deps build test demo install lint clean fuzz valgrind bench bench-retrieve
 
 all: build
 
@@ -47,6 +47,11 @@ demo: build
 # sizes; FULL=1 for the full corpora, which rewrites bench/RESULTS.md and bench/results.png).
 bench: build
 	FULL=$(FULL) bench/run
+
+# healthcare retrieve vs curl, WADO-RS from Orthanc (quick sizes, about 3 minutes; FULL=1 for the
+# full corpora); rewrites bench/RESULTS-retrieve.md.
+bench-retrieve: build
+	FULL=$(FULL) bench/run --retrieve
 
 install: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
