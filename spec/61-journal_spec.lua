@@ -104,6 +104,15 @@ describe("journal.open", function()
     assert.error_matches(function() j:record({}) end, "attempt to use a closed journal$")
   end)
 
+  it("keys files by absolute path, without '.' segments or repeated slashes", function()
+    for _, case in ipairs({
+      { "a/b.dcm", "/w/a/b.dcm" }, { "./a//./b.dcm", "/w/a/b.dcm" }, { "/x/./y/", "/x/y" },
+      { "/x/../y", "/x/../y" }, { "a/.", "/w/a" }, { ".", "/w" }, { "/", "/" }, { "a/./././b", "/w/a/b" },
+    }) do
+      assert.equal(case[2], journal.key(case[1], "/w"), case[1])
+    end
+  end)
+
   it("keeps odd paths intact (spaces, quotes, backslashes, newlines, bytes that are not UTF-8)", function()
     local odd = { "/d/quote\"q.dcm", "/d/back\\slash/x", "/d/new\nline", "/d/\255\254latin", "/d/\\/both" }
     local j = assert(journal.open(dir .. "/j"))
@@ -234,6 +243,29 @@ describe("store with a journal", function()
     end
     assert.equal(files[1].sop_instance_uid, skipped[a].sop_instance_uid)
     assert.equal(files[1].study_uid, skipped[a].study_uid)
+    st.client:close()
+  end)
+
+  it("finds files stored by a relative path when resumed from elsewhere with an absolute one", function()
+    local lfs = require "lfs"
+    local dir = H.tmpdir()
+    local files = H.gen_dicom({ count = 3, size = 300, dir = dir .. "/in" })
+    local jpath = dir .. "/journal"
+    local st = assert(healthcare.dicomweb(E.dicomweb))
+    local here = assert(lfs.currentdir())
+    assert(lfs.chdir(dir))
+    local ok, r1 = pcall(st.store, st, "./in/", { journal = jpath })
+    assert(lfs.chdir(here))
+    assert(ok, r1)
+    assert.same({ 3, 0 }, { #r1.stored, #r1.already_stored })
+    for _, rec in ipairs(records_of(jpath)) do
+      assert.equal(dir .. "/in/", rec.path:sub(1, #dir + 4), rec.path)
+    end
+    local r2 = assert(st:store(dir .. "/in", { journal = jpath }))
+    assert.same({ 0, 3, 0 }, { #r2.stored, #r2.already_stored, r2.requests })
+    local skipped = {}
+    for _, r in ipairs(r2.already_stored) do skipped[r.path] = true end
+    for _, f in ipairs(files) do assert.truthy(skipped[f.path], f.path) end
     st.client:close()
   end)
 

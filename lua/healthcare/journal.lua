@@ -7,8 +7,8 @@
 --   {"journal":"healthcare","version":1,"time":...,"store":...,"shard":...}   one per run
 --   {"time":...,"outcome":"stored"|"failed","path":...,"size":...,"mtime":...,
 --    "sop_instance_uid":...,"study_uid":...,"reason":...}                    one per instance
--- time is UTC (ISO 8601); size and mtime are what the file had when it was read; reason is
--- why it failed, or the server's warning for a stored one.
+-- time is UTC (ISO 8601); path is absolute (M.key); size and mtime are what the file had when
+-- it was read; reason is why it failed, or the server's warning for a stored one.
 --
 -- The lines of one finished request are written in one write and fsynced (in C) before the
 -- request counts as done. A crash can leave at most a torn last line: it is cut off when the
@@ -17,6 +17,7 @@
 -- (storing the same bytes twice is harmless, so a crash between "stored by the server" and
 -- "written here" costs a re-send, never a loss). One process at a time: the file is locked.
 local core = require "healthcare.core"
+local lfs = require "lfs"
 local cjson = require("cjson.safe").new()
 local errors = require "healthcare.errors"
 
@@ -99,6 +100,22 @@ local function load(j, path)
   return good_end, offset - good_end
 end
 
+--- The key of a file in the journal: its absolute path (against cwd when relative), with "."
+--- segments and repeated slashes removed, so that a run resumed from another directory, or
+--- with the folder named another way, finds what an earlier run stored. ".." is kept: through
+--- a symbolic link it does not mean the parent.
+function M.key(path, cwd)
+  if path:sub(1, 1) ~= "/" then path = cwd .. "/" .. path end
+  path = path:gsub("/+", "/")
+  repeat
+    local n
+    path, n = path:gsub("/%./", "/")
+  until n == 0
+  path = path:gsub("/%.$", "")
+  if #path > 1 then path = path:gsub("/$", "") end
+  return path
+end
+
 --- Opens (creating it if needed) and locks the journal at path, reads what earlier runs
 --- recorded and starts this run's part. report (may be nil) gets report.journal = { path,
 --- earlier_runs, earlier_stored, earlier_failed, ignored_lines, torn_bytes }, the totals of
@@ -115,7 +132,7 @@ function M.open(path, report, opts)
   local w, err = core.appender(path)
   if not w then return nil, err end
   local j = setmetatable({ path = path, w = w, index = {}, stores = {}, earlier_runs = 0,
-    ignored_lines = 0 }, Journal)
+    ignored_lines = 0, cwd = lfs.currentdir() or "/" }, Journal)
   local good_end, torn = load(j, path)
   if not good_end then
     w:close()
@@ -157,7 +174,7 @@ end
 --- entry = { path, size, mtime }. The record of an earlier run that stored this path with the
 --- same size and mtime ({ path, size, mtime, sop_instance_uid, study_uid }), or nil.
 function Journal:lookup(entry)
-  local r = self.index[entry.path]
+  local r = self.index[M.key(entry.path, self.cwd)]
   if r and r.size == entry.size and r.mtime == entry.mtime then
     return { path = entry.path, size = r.size, mtime = r.mtime,
       sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
@@ -177,7 +194,7 @@ function Journal:record(list)
     if not M.OUTCOMES[item.outcome] then
       error("bad outcome '" .. tostring(item.outcome) .. "' for the journal", 2)
     end
-    lines[i] = line(M.FIELDS, { time = t, outcome = item.outcome, path = e.path, size = e.size,
+    lines[i] = line(M.FIELDS, { time = t, outcome = item.outcome, path = M.key(e.path, self.cwd), size = e.size,
       mtime = e.mtime, sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid,
       reason = item.reason })
   end
