@@ -135,6 +135,85 @@ describe("store:retrieve_study", function()
   end)
 end)
 
+describe("skip_existing: a retrieve that was interrupted, run again", function()
+  lazy_setup(stored_study)
+
+  -- Every request line the store sends: method and path below the base URL.
+  local function logging_store()
+    local lines = {}
+    local store = orthanc_store { debug = function(line)
+      local m, path = line:match("^> (%u+) (%S+)")
+      if m then lines[#lines + 1] = m .. " " .. path:gsub("^" .. E.dicomweb:gsub("%p", "%%%0"), "") end
+    end }
+    return store, lines
+  end
+
+  it("keeps the instances already there and fetches the rest: a whole series at once, others alone", function()
+    local dir = H.tmpdir() .. "/study"
+    assert(orthanc_store():retrieve_study(study.uid, { to = dir }))
+    local s1, s2 = study.series[1], study.series[2]
+    local a1, a2 = study.in_series[s1][1], study.in_series[s1][2]
+    -- series 2 gone entirely, one instance of series 1 gone, another replaced by the wrong content
+    for _, f in ipairs(study.in_series[s2]) do assert(os.remove(dir .. "/" .. f.sop_instance_uid .. ".dcm")) end
+    assert(os.remove(dir .. "/" .. a1.sop_instance_uid .. ".dcm"))
+    H.write_file(dir .. "/" .. a2.sop_instance_uid .. ".dcm", H.file_bytes(study.multiframe.path))
+    local store, lines = logging_store()
+    local res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true }))
+    local fetched, kept = {}, {}
+    for _, f in ipairs(res.files) do fetched[#fetched + 1] = f.sop_instance_uid end
+    for _, f in ipairs(res.kept) do kept[#kept + 1] = f.path:match("([^/]+)%.dcm$") end
+    table.sort(fetched)
+    local want = { a1.sop_instance_uid, a2.sop_instance_uid }
+    for _, f in ipairs(study.in_series[s2]) do want[#want + 1] = f.sop_instance_uid end
+    table.sort(want)
+    assert.same(want, fetched)
+    assert.equal(#study.files - #want, #kept)
+    -- one search, series 2 in one request, the two instances of series 1 alone
+    assert.equal(4, #lines, table.concat(lines, "\n"))
+    assert.matches("^GET /studies/" .. study.uid:gsub("%p", "%%%0") .. "/instances%?", lines[1])
+    local rest = { lines[2], lines[3], lines[4] }
+    table.sort(rest)
+    local expect = {
+      "GET /studies/" .. study.uid .. "/series/" .. s1 .. "/instances/" .. a1.sop_instance_uid,
+      "GET /studies/" .. study.uid .. "/series/" .. s1 .. "/instances/" .. a2.sop_instance_uid,
+      "GET /studies/" .. study.uid .. "/series/" .. s2,
+    }
+    table.sort(expect)
+    assert.same(expect, rest)
+    -- the directory is the whole study again, byte for byte
+    for _, f in ipairs(study.files) do
+      assert.equal(f.sha256, H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"), f.sop_instance_uid)
+    end
+    assert.equal(#study.files, #listing(dir))
+  end)
+
+  it("only searches when everything is there, and retrieves as usual into an empty directory", function()
+    local dir = H.tmpdir() .. "/study"
+    local store, lines = logging_store()
+    local res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true }))
+    assert.equal(#study.files, #res.files)
+    assert.equal(1, #lines)
+    res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true }))
+    assert.same({}, res.files)
+    assert.equal(#study.files, #res.kept)
+    assert.equal(2, #lines)
+    assert.matches("/instances%?", lines[2])
+  end)
+
+  it("applies to a series too", function()
+    local dir = H.tmpdir() .. "/series"
+    local s1 = study.series[1]
+    assert(orthanc_store():retrieve_series(study.uid, s1, { to = dir }))
+    local gone = study.in_series[s1][3]
+    assert(os.remove(dir .. "/" .. gone.sop_instance_uid .. ".dcm"))
+    local res = assert(orthanc_store():retrieve_series(study.uid, s1, { to = dir, skip_existing = true }))
+    assert.equal(1, #res.files)
+    assert.equal(gone.sop_instance_uid, res.files[1].sop_instance_uid)
+    assert.equal(#study.in_series[s1] - 1, #res.kept)
+    assert.equal(gone.sha256, H.sha256(res.files[1].path))
+  end)
+end)
+
 describe("store:retrieve_series", function()
   lazy_setup(stored_study)
 
@@ -420,7 +499,7 @@ describe("retrieve errors", function()
     assert.matches("bad argument #1 to 'retrieve_study' %(string expected, got nil%)", err)
     ok, err = pcall(store.retrieve_study, store, study.uid, { to = "x", transfer = "*" })
     assert.is_false(ok)
-    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: on_progress, params, to, transfer_syntax", err)
+    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: on_progress, params, skip_existing, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
     assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)
@@ -589,8 +668,12 @@ describe("a cut or malformed stream", function()
     local bin = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
     local base = server.url .. "/multipart/sizes=" .. string.format("%d,%d,%d", parts[1].size, parts[2].size,
       parts[3].size) .. "/cut=" .. cut .. "/hang=1"
-    local _, stderr, code = H.run(table.concat({ "timeout --preserve-status -s INT 2", H.q(bin), "retrieve",
-      H.q(base), H.q(study.uid), "-o", H.q(dir) }, " "))
+    -- SIGINT once the command has made the directory: by then it traps interrupts and the
+    -- transfer is under way (the server answers part of the body, then goes silent).
+    local script = table.concat({ H.q(bin), "retrieve", H.q(base), H.q(study.uid), "-o", H.q(dir), "&",
+      "pid=$!; n=0; while [ ! -d", H.q(dir), "] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done;",
+      "sleep 0.5; kill -INT $pid; wait $pid" }, " ")
+    local _, stderr, code = H.run(script)
     assert.equal(130, code, stderr)
     assert.matches("interrupted", stderr)
     assert.same({}, listing(dir))

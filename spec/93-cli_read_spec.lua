@@ -164,6 +164,29 @@ describe("healthcare retrieve", function()
     assert.matches("^retrieved 3 instances, [%d.]+ [KM]?B in [%d.]+ s, to " .. dir:gsub("%p", "%%%0") .. "\n$", err)
   end)
 
+  it("run again into the same directory, fetches only what is missing; --refetch fetches all", function()
+    local dir = H.tmpdir() .. "/out"
+    local _, err, code = hc { "retrieve", E.dicomweb, study[1].study_uid, "-o", dir }
+    assert.equal(0, code, err)
+    local gone = study[2]
+    assert(os.remove(dir .. "/" .. gone.sop_instance_uid .. ".dcm"))
+    local out
+    out, err, code = hc { "retrieve", E.dicomweb, study[1].study_uid, "-o", dir, "--json" }
+    assert.equal(0, code, err)
+    local report = assert(cjson.decode(out), out)
+    assert.equal(1, #report.files)
+    assert.equal(gone.sop_instance_uid, report.files[1].sop_instance_uid)
+    assert.equal(2, #report.kept)
+    assert.equal(H.sha256(gone.path), H.sha256(dir .. "/" .. gone.sop_instance_uid .. ".dcm"))
+    _, err, code = hc { "retrieve", E.dicomweb, study[1].study_uid, "-o", dir }
+    assert.equal(0, code, err)
+    assert.matches("^retrieved 0 instances, 0 B in [%d.]+ s, to .* %(kept 3 already there%)\n$", err)
+    out, err, code = hc { "retrieve", E.dicomweb, study[1].study_uid, "-o", dir, "--refetch", "--json" }
+    assert.equal(0, code, err)
+    report = assert(cjson.decode(out), out)
+    assert.same({ 3, 0 }, { #report.files, #report.kept })
+  end)
+
   it("retrieves one instance, and a series with --json, through the emulator", function()
     local f = study[2]
     local dir = H.tmpdir()

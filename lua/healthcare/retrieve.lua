@@ -27,6 +27,7 @@ local IDENTITY = "Accept-Encoding: identity"
 M.MAX_METADATA_BYTES = 1024 * 1024 * 1024
 
 local INSTANCE_OPTIONS = { "to", "transfer_syntax", "params", "on_progress" }
+local COLLECTION_OPTIONS = { "to", "transfer_syntax", "params", "on_progress", "skip_existing" }
 local METADATA_OPTIONS = { "params" }
 local RENDERED_OPTIONS = { "to", "accept", "frame", "params" }
 local FRAMES_OPTIONS = { "to", "accept", "transfer_syntax", "params", "on_progress" }
@@ -294,11 +295,97 @@ local function check_to(opts, fname)
   end
 end
 
+-- The instances already in dir, by SOP Instance UID: <uid>.dcm files whose content carries that
+-- UID (a file only gets that name once it arrived whole). Returns uid -> { path, size }.
+local function already_in(dir)
+  local have = {}
+  if not is_dir(dir) then return have end
+  for name in lfs.dir(dir) do
+    local uid = name:match("^(.+)%.dcm$")
+    if uid and dicomweb.valid_uid(uid) then
+      local path = join(dir, name)
+      local info = core.dicom_probe(path)
+      if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid then
+        have[uid] = { path = path, size = info.size or lfs.attributes(path, "size") }
+      end
+    end
+  end
+  return have
+end
+
+-- skip_existing: what the server lists (a search) less what dir already holds, retrieved series
+-- by series when none of a series is there, else instance by instance. Returns the result of a
+-- retrieve with `kept` (the files dir already held) added, or nil, err (err.files: what did arrive).
+local function retrieve_missing(store, study, series, opts, what, have)
+  local query = { StudyInstanceUID = study, SeriesInstanceUID = series,
+    includefield = { "SOPInstanceUID", "SeriesInstanceUID" } }
+  local results, serr = store:search_instances(query, { params = opts.params, page_size = 1000 })
+  if not results then return nil, serr end
+  local by_series, order = {}, {}
+  for item in results:each() do
+    local se, sop = item.SeriesInstanceUID, item.SOPInstanceUID
+    if type(se) == "string" and type(sop) == "string" then
+      if not by_series[se] then
+        by_series[se] = { all = 0, missing = {} }
+        order[#order + 1] = se
+      end
+      local entry = by_series[se]
+      entry.all = entry.all + 1
+      if not have[sop] then entry.missing[#entry.missing + 1] = sop end
+    end
+  end
+  if results.error then return nil, results.error end
+  local out = { files = {}, kept = {}, bytes = 0, status = 200 }
+  for _, f in pairs(have) do out.kept[#out.kept + 1] = f end
+  table.sort(out.kept, function(a, b) return a.path < b.path end)
+  if #order == 0 and next(have) == nil then
+    -- Nothing listed and nothing here: let the server say why (404 for an unknown study).
+    return retrieve_instances(store, { { "study", study }, series and { "series", series } or nil },
+      opts, what)
+  end
+  local sub = { to = opts.to, transfer_syntax = opts.transfer_syntax, params = opts.params,
+    on_progress = opts.on_progress }
+  local function add(res)
+    for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
+    out.bytes = out.bytes + res.bytes
+  end
+  local function failed(err)
+    local files = out.files
+    for _, f in ipairs(err.files or {}) do files[#files + 1] = f end
+    err.files, err.kept = files, out.kept
+    return nil, err
+  end
+  for _, se in ipairs(order) do
+    local entry = by_series[se]
+    if #entry.missing == entry.all then
+      local res, err = retrieve_instances(store, { { "study", study }, { "series", se } }, sub, "RetrieveSeries")
+      if not res then return failed(err) end
+      add(res)
+    else
+      for _, sop in ipairs(entry.missing) do
+        local res, err = retrieve_instances(store, { { "study", study }, { "series", se }, { "instance", sop } },
+          { to = join(opts.to, ""), transfer_syntax = opts.transfer_syntax, params = opts.params,
+            on_progress = opts.on_progress }, "RetrieveInstance")
+        if not res then return failed(err) end
+        add(res)
+      end
+    end
+  end
+  return out
+end
+
 --- store:retrieve_study(study, opts): every instance of the study into the directory opts.to.
+--- opts.skip_existing: keep the instances opts.to already holds and fetch only the others.
 function M.retrieve_study(store, study, opts)
   check_string(study, 1, "retrieve_study")
-  opts = util.check_options(opts, INSTANCE_OPTIONS, "retrieve_study", 2)
+  opts = util.check_options(opts, COLLECTION_OPTIONS, "retrieve_study", 2)
   check_to(opts, "retrieve_study")
+  if opts.skip_existing then
+    local _, perr = resource_path({ { "study", study } })
+    if perr then return nil, perr end
+    local have = already_in(opts.to)
+    if next(have) then return retrieve_missing(store, study, nil, opts, "RetrieveStudy", have) end
+  end
   return retrieve_instances(store, { { "study", study } }, opts, "RetrieveStudy")
 end
 
@@ -306,8 +393,14 @@ end
 function M.retrieve_series(store, study, series, opts)
   check_string(study, 1, "retrieve_series")
   check_string(series, 2, "retrieve_series")
-  opts = util.check_options(opts, INSTANCE_OPTIONS, "retrieve_series", 2)
+  opts = util.check_options(opts, COLLECTION_OPTIONS, "retrieve_series", 2)
   check_to(opts, "retrieve_series")
+  if opts.skip_existing then
+    local _, perr = resource_path({ { "study", study }, { "series", series } })
+    if perr then return nil, perr end
+    local have = already_in(opts.to)
+    if next(have) then return retrieve_missing(store, study, series, opts, "RetrieveSeries", have) end
+  end
   return retrieve_instances(store, { { "study", study }, { "series", series } }, opts, "RetrieveSeries")
 end
 

@@ -27,6 +27,8 @@ local function parser()
   p:flag("--json", "Print the report as JSON on standard output: files (path, sop_instance_uid, size), "
     .. "bytes, seconds, missing.")
   p:flag("--no-progress", "No progress line, even on a terminal.")
+  p:flag("--refetch", "Fetch every instance again. By default the <SOPInstanceUID>.dcm files <dir> "
+    .. "already holds (a run that was interrupted) are kept and only the others fetched.")
   return p
 end
 
@@ -46,13 +48,15 @@ local function progress(show)
   end
 end
 
-local function call(store, t, dir, ts, on_progress)
+local function call(store, t, dir, ts, on_progress, refetch)
   local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress }
   if t.instance then
     -- a trailing "/" makes `to` a directory even before it exists
     opts.to = dir:sub(-1) == "/" and dir or (dir .. "/")
     return store:retrieve_instance(t.study, t.series, t.instance, opts)
-  elseif t.series then
+  end
+  opts.skip_existing = not refetch
+  if t.series then
     return store:retrieve_series(t.study, t.series, opts)
   end
   return store:retrieve_study(t.study, opts)
@@ -60,10 +64,13 @@ end
 
 -- The SOP Instance UIDs of the target that are not among `files`, from a search; nil when the
 -- search itself fails (the caller then says so instead).
-local function missing_instances(store, t, files)
+local function missing_instances(store, t, files, kept)
   local have = {}
-  for _, f in ipairs(files) do
-    if f.sop_instance_uid then have[f.sop_instance_uid] = true end
+  for _, list in ipairs({ files, kept }) do
+    for _, f in ipairs(list) do
+      local uid = f.sop_instance_uid or f.path:match("([^/]+)%.dcm$")
+      if uid then have[uid] = true end
+    end
   end
   if t.instance then
     return have[t.instance] and {} or { t.instance }
@@ -86,13 +93,14 @@ local function json_list(list)
   return "[" .. table.concat(items, ",") .. "]"
 end
 
-local function report_json(files, bytes, seconds, missing, err)
+local function report_json(files, kept, bytes, seconds, missing, err)
   local list = {}
   for i, f in ipairs(files) do
     list[i] = { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
   end
   local parts = {
     '"files":' .. json_list(list),
+    '"kept":' .. json_list(kept),
     '"bytes":' .. cjson.encode(bytes),
     '"seconds":' .. cjson.encode(seconds),
   }
@@ -122,17 +130,21 @@ function M.main(argv)
   core.trap_interrupts()
   local t0 = core.now()
   local res
-  res, err = call(store, t, a.output, a.transfer_syntax, progress(show))
+  res, err = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch)
   local seconds = core.now() - t0
   if show then io.stderr:write("\r\27[K") end
   local signal = core.interrupted()
   core.trap_interrupts(false)
   if signal then
     store.client:close()
-    say("interrupted: the transfer was abandoned and nothing partial was kept; run the same command again")
+    say("interrupted: the transfer was abandoned and nothing partial was kept; run the same command "
+      .. "again to fetch the rest")
     return 128 + signal
   end
   local files = res and res.files or (err and err.files) or {}
+  -- instances <dir> already held, kept (see --refetch): paths
+  local kept = {}
+  for i, f in ipairs(res and res.kept or (err and err.kept) or {}) do kept[i] = f.path end
   local bytes = 0
   for _, f in ipairs(files) do bytes = bytes + (f.size or 0) end
 
@@ -141,14 +153,14 @@ function M.main(argv)
     exit = common.exit_code_for_uid(store, err)
     -- Only a transfer that broke after it began leaves something to name.
     if err.kind == "transport" or err.kind == "dicom" or (err.kind == "io" and err.files) then
-      missing = missing_instances(store, t, files)
+      missing = missing_instances(store, t, files, res and res.kept or err.kept or {})
       exit = math.max(exit, common.EXIT_FAILED)
     end
   end
   store.client:close()
 
   if a.json then
-    io.stdout:write(report_json(files, bytes, seconds, missing, err), "\n")
+    io.stdout:write(report_json(files, kept, bytes, seconds, missing, err), "\n")
   else
     for _, f in ipairs(files) do io.stdout:write(f.path, "\n") end
   end
@@ -157,8 +169,9 @@ function M.main(argv)
   end
   -- After an error with nothing kept, the error alone says it all.
   if not a.json and (#files > 0 or not err) then
-    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s\n", #files,
-      #files == 1 and "" or "s", common.human_bytes(bytes), seconds, a.output))
+    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s\n", #files,
+      #files == 1 and "" or "s", common.human_bytes(bytes), seconds, a.output,
+      #kept > 0 and string.format(" (kept %d already there)", #kept) or ""))
   end
   if err then
     say("%s", tostring(err))
