@@ -9,6 +9,7 @@ if not H.need_testbed() then return end
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
 local cjson = require "cjson"
+local lfs = require "lfs"
 local E = H.env
 
 -- This file's own emulator: ctest runs spec files two at a time in one test bed, and the shared
@@ -602,25 +603,31 @@ describe("store:store reading answers", function()
 end)
 
 describe("store:store when a file changes between probe and send", function()
-  -- Pairs of files, each pair in a folder of its own: a big file (5 of 16 MiB, then one of
-  -- 64 MiB for Orthanc) and a small one after it.
-  local srv, pairs_ = nil, {}
+  -- Pairs of files, each pair in a folder of its own: a big file (16 MiB for the canned server,
+  -- 64 MiB for Orthanc) and a small one after it; and one pair of small files.
+  local N16, N64 = 8, 3
+  local srv, pairs_, pairs64, small_pair = nil, {}, {}, nil
   lazy_setup(function()
     srv = start_canned()
     local list = {}
-    for i = 1, 6 do
+    for i = 1, N16 + N64 + 1 do
       local dir = H.tmpdir()
-      list[#list + 1] = { dir = dir, prefix = "a", size = (i < 6 and 16 or 64) * 1024 * 1024, fill = "zero" }
+      local size = i <= N16 and 16 * 1024 * 1024 or i <= N16 + N64 and 64 * 1024 * 1024 or nil
+      list[#list + 1] = { dir = dir, prefix = "a", size = size, fill = "zero" }
       list[#list + 1] = { dir = dir, prefix = "b" }
     end
     local made = gen_many(list)
-    for i = 1, 6 do pairs_[i] = { made[2 * i - 1], made[2 * i] } end
+    for i = 1, N16 + N64 + 1 do
+      local p = { made[2 * i - 1], made[2 * i] }
+      if i <= N16 then pairs_[#pairs_ + 1] = p elseif i <= N16 + N64 then pairs64[#pairs64 + 1] = p else small_pair = p end
+    end
   end)
   lazy_teardown(function() if srv then srv.stop() end end)
-  local function next_pair()
-    local p = table.remove(pairs_, 1)
+  local function take(list)
+    local p = assert(table.remove(list, 1), "no pair of files left: make more in lazy_setup")
     return p[1].path:match("^(.*)/"), p[1], p[2]
   end
+  local function next_pair() return take(pairs_) end
 
   -- A group of two: a 16 MiB file first, so that the body stalls on the unread socket long
   -- before the second file is opened; `change` runs once the request is under way.
@@ -658,6 +665,45 @@ describe("store:store when a file changes between probe and send", function()
 
   local function append(path) sh("printf x >> " .. H.q(path)) end
 
+  local function escaped(str) return (str:gsub("%p", "%%%0")) end
+  local function utc(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
+
+  -- The bytes of f with its SOP Instance UID changed to another of the same length (the last
+  -- digit): a valid instance of the same size that is not the one probed. -> bytes, new UID
+  local function same_size_other(f)
+    local uid = f.sop_instance_uid
+    local new = uid:sub(1, -2) .. tostring((tonumber(uid:sub(-1)) + 1) % 10)
+    local bytes = assert(H.file_bytes(f.path))
+    local out, n = bytes:gsub(escaped(uid), new)
+    assert(n >= 2 and #out == #bytes and #out == f.size)
+    return out, new
+  end
+
+  -- What an anonymizer does: writes a new file beside the old one and renames it over it.
+  -- -> the new UID, the inode numbers before and after
+  local function rename_over(f)
+    local bytes, uid = same_size_other(f)
+    local ino = lfs.attributes(f.path).ino
+    H.write_file(f.path .. ".new", bytes)
+    assert(os.rename(f.path .. ".new", f.path))
+    local now = lfs.attributes(f.path)
+    assert(now.ino ~= ino and now.size == f.size)
+    return uid, ino, now.ino
+  end
+
+  -- Writes new bytes over f in place (same inode, same size) and gives it the mtime `when`, so
+  -- that it differs from the probed one even within the same second. -> the new UID, the mtime
+  -- before
+  local function rewrite_in_place(f, bytes, when)
+    local mtime = lfs.attributes(f.path).modification
+    local h = assert(io.open(f.path, "r+b"))
+    assert(h:write(bytes))
+    assert(h:close())
+    sh("touch -d @" .. when .. " " .. H.q(f.path))
+    assert(lfs.attributes(f.path).size == f.size)
+    return mtime
+  end
+
   it("fails the request when a file not yet sent has grown", function()
     local reason, _, small = run(function(_, s) append(s.path) end)
     assert.equal(string.format("file changed size after it was checked: %s (was %d bytes, now %d)",
@@ -686,9 +732,121 @@ describe("store:store when a file changes between probe and send", function()
       .. string.format(" %%(%%d+ of %d bytes%%)$", big.size), reason)
   end)
 
+  it("fails the request when a file not yet sent was replaced by another of the same size", function()
+    local new_uid, ino, now_ino
+    local reason, _, small = run(function(_, s) new_uid, ino, now_ino = rename_over(s) end)
+    assert.equal(string.format("file replaced after it was checked: %s (inode %d, now %d)",
+      small.path, ino, now_ino), reason)
+    assert.is_string(new_uid)
+  end)
+
+  it("fails the request when a file not yet sent was rewritten in place with the same size", function()
+    local mtime
+    local reason, _, small = run(function(_, s) mtime = rewrite_in_place(s, (same_size_other(s)), 1000000000) end)
+    assert.equal(string.format("file modified after it was checked: %s (mtime %s, now 2001-09-09T01:46:40Z)",
+      small.path, utc(mtime)), reason)
+  end)
+
+  it("fails the request when the file being sent is rewritten in place with the same size", function()
+    local mtime
+    local reason, big = run(function(b)
+      mtime = lfs.attributes(b.path).modification
+      local h = assert(io.open(b.path, "r+b"))
+      assert(h:seek("end", -1))
+      assert(h:write("y"))
+      assert(h:close())
+      sh("touch -d @1000000000 " .. H.q(b.path))
+    end)
+    assert.equal(string.format("file modified while it was being sent: %s (mtime %s, now 2001-09-09T01:46:40Z)",
+      big.path, utc(mtime)), reason)
+  end)
+
+  it("checks again on a retry: a file replaced between two attempts fails the second", function()
+    local dir = small_pair[1].path:match("^(.*)/")
+    local first, second = small_pair[1], small_pair[2]
+    srv.answer { status = 503, content_type = "text/plain", body = "busy" }
+    local ino, now_ino
+    local report = assert(assert(healthcare.dicomweb(srv.url)):store(dir, {
+      retry = { initial = 0.01, max_delay = 0.05 },
+      on_progress = function(p)
+        if not ino and p.retries == 1 then
+          -- the first attempt read both files whole: this one now differs from the checked one
+          ino, now_ino = select(2, rename_over(second))
+          srv.answer { status = 200, content_type = "application/dicom+json",
+            body = stow_json({ first.sop_instance_uid, second.sop_instance_uid }) }
+        end
+      end,
+    }))
+    assert.is_number(ino, "the request was never retried")
+    assert.same({}, report.stored)
+    assert.equal(1, report.retries)
+    assert.equal(2, #report.failed)
+    local reqs = srv.requests(1)
+    assert.equal(1, #reqs, "the second attempt was not cut short")
+    assert.is_true(reqs[1].received < reqs[1].length)
+    for _, r in ipairs(report.failed) do
+      assert.equal(string.format("POST %s/studies: file replaced after it was checked: %s (inode %d, now %d)",
+        srv.url, second.path, ino, now_ino), r.reason)
+    end
+  end)
+
+  -- Against Orthanc with a journal: neither the old content nor the new is stored, and the journal
+  -- records both instances of the request as failed (a resume sends them again).
+  for _, case in ipairs {
+    { what = "replaced by another file of the same size", reason = "file replaced after it was checked: ",
+      change = function(f) return (rename_over(f)) end },
+    { what = "rewritten in place with the same size", reason = "file modified after it was checked: ",
+      change = function(f)
+        local bytes, uid = same_size_other(f)
+        rewrite_in_place(f, bytes, 1000000000)
+        return uid
+      end },
+  } do
+    it("leaves nothing in Orthanc and journals the request as failed when a file is " .. case.what, function()
+      local dir, big, small = take(pairs64)
+      local journal = H.tmpdir() .. "/journal.jsonl"
+      local sent_then, new_uid
+      local report = assert(orthanc_store():store(dir, {
+        journal = journal,
+        max_request_bytes = 256 * 1024 * 1024, -- both files in one request, whatever the default
+        on_progress = function(p)
+          if not sent_then and p.in_flight == 1 and p.bytes_sending > 0 then
+            sent_then = p.bytes_sending
+            new_uid = case.change(small)
+          end
+        end,
+      }))
+      assert.is_number(sent_then)
+      assert.is_true(sent_then < big.size, "the first file was already sent when the second changed")
+      assert.same({}, report.stored)
+      assert.equal(0, report.retries)
+      local failed = by_path(report.failed)
+      assert.equal(2, count(failed))
+      local pattern = "^POST [^ ]+/studies: " .. escaped(case.reason .. small.path) .. " %("
+      for _, f in ipairs({ big, small }) do
+        -- the UIDs the probe read, with the reason
+        assert.equal(f.sop_instance_uid, failed[f.path].sop_instance_uid)
+        assert.matches(pattern, failed[f.path].reason)
+      end
+      assert.is_nil(H.orthanc_find_instance(big.sop_instance_uid))
+      assert.is_nil(H.orthanc_find_instance(small.sop_instance_uid))
+      assert.is_nil(H.orthanc_find_instance(new_uid))
+      local lines = {}
+      for line in assert(H.file_bytes(journal)):gmatch("[^\n]+") do
+        local rec = cjson.decode(line)
+        if rec.outcome then lines[rec.path] = rec end
+      end
+      assert.equal(2, count(lines))
+      for _, f in ipairs({ big, small }) do
+        assert.equal("failed", lines[f.path].outcome)
+        assert.equal(f.sop_instance_uid, lines[f.path].sop_instance_uid)
+        assert.equal(failed[f.path].reason, lines[f.path].reason)
+      end
+    end)
+  end
+
   it("leaves nothing in Orthanc when a file changes during a real upload", function()
-    pairs_ = { pairs_[#pairs_] }
-    local dir, big, small = next_pair()
+    local dir, big, small = take(pairs64)
     local sent_then
     local report = assert(orthanc_store():store(dir, {
       max_request_bytes = 256 * 1024 * 1024, -- both files in one request, whatever the default

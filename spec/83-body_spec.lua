@@ -1,6 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- The streaming request body through the real transport (core.session, libcurl): files that
 -- vanish, grow or shrink between building the body and sending it, or while they are being sent,
+-- or that are replaced or rewritten in place when the segment carries their identity (dev, ino,
+-- mtime),
 -- end the request with err.kind "io", code "body" and a message naming the file, and nothing is
 -- stored from that request, in Orthanc, nor half of it; multipart boundaries and part headers are
 -- checked before anything is sent; byte counts that are not whole numbers are refused. A "slow
@@ -11,6 +13,7 @@ local H = require "helpers"
 if not H.need_testbed() then return end
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
+local lfs = require "lfs"
 
 local E = H.env
 local CLOSED = "http://127.0.0.1:1/"
@@ -81,7 +84,9 @@ teardown(function() os.execute("kill " .. sink_pid .. " 2>/dev/null") end)
 
 local function multipart(boundary, files)
   local parts = {}
-  for i, f in ipairs(files) do parts[i] = { headers = PART, file = f.path, size = f.size } end
+  for i, f in ipairs(files) do
+    parts[i] = { headers = PART, file = f.path, size = f.size, dev = f.dev, ino = f.ino, mtime = f.mtime }
+  end
   return { multipart = { boundary = boundary, parts = parts } }
 end
 
@@ -141,6 +146,33 @@ describe("a file changed between building the body and sending it", function()
   }) do
     it("fails the request when the second file " .. case.what .. ", and Orthanc stores neither file", function()
       local files = H.gen_dicom({ count = 2, size = 300000 })
+      local t = assert(session:start(stow(files)))
+      case.change(files[2].path)
+      local res, err = finish(session, t)
+      assert_body_error(res, err, case.message(files[2].path))
+      t:close()
+      os.execute("sleep 0.3")
+      nothing_stored(files)
+    end)
+  end
+
+  -- With the identity lfs.attributes gives (as store:store passes it), a file of the same size
+  -- that is not the one checked fails the request too.
+  for _, case in ipairs({
+    { what = "is replaced by a copy of the same size",
+      change = function(p) sh("cp " .. H.q(p) .. " " .. H.q(p .. ".new") .. " && mv " .. H.q(p .. ".new") .. " " .. H.q(p)) end,
+      message = function(p) return "file replaced after it was checked: " .. escaped(p) .. " %(inode %d+, now %d+%)$" end },
+    { what = "is rewritten in place", change = function(p) sh("touch -d @1000000000 " .. H.q(p)) end,
+      message = function(p)
+        return "file modified after it was checked: " .. escaped(p) .. " %(mtime [-0-9T:]+Z, now 2001%-09%-09T01:46:40Z%)$"
+      end },
+  }) do
+    it("fails the request when the second file " .. case.what .. ", given its identity", function()
+      local files = H.gen_dicom({ count = 2, size = 300000 })
+      for _, f in ipairs(files) do
+        local a = assert(lfs.attributes(f.path))
+        f.dev, f.ino, f.mtime = a.dev, a.ino, a.modification
+      end
       local t = assert(session:start(stow(files)))
       case.change(files[2].path)
       local res, err = finish(session, t)
@@ -315,6 +347,14 @@ describe("byte counts", function()
     for _, secs in ipairs({ -1, 0 / 0, 1e300 }) do
       assert.has_error(function() s:request { url = CLOSED, timeout = secs } end,
         "option 'timeout' must be 0 to 1e9 seconds")
+    end
+    -- A file's identity: whole numbers, or absent (not checked).
+    for _, field in ipairs({ "dev", "ino", "mtime" }) do
+      for _, v in ipairs({ 1.5, 0 / 0, math.huge, "1", true }) do
+        assert.has_error(function()
+          s:request { method = "POST", url = CLOSED, body = { { file = f.path, [field] = v } } }
+        end, "'" .. field .. "' must be a whole number")
+      end
     end
     -- A size the file does not have is caught when it is opened (the sink reads whatever comes).
     H.write_file(GO, "")

@@ -2,7 +2,10 @@
 /* Segment-list request bodies (see hc_body.h). Files are opened one at a time, at the moment
  * their first byte is needed, and checked against the size they had when the body was built
  * both when opened and when their last byte has been read: a file that changes between probe
- * and send fails the request instead of producing a body that lies about its length. */
+ * and send fails the request instead of producing a body that lies about its length. When the
+ * caller gave the file's identity (device, inode, mtime), a file replaced by another of the same
+ * size, or rewritten in place, fails the same way instead of being sent under the UIDs that were
+ * read from the file that was checked. */
 #define _FILE_OFFSET_BITS 64
 #define _POSIX_C_SOURCE 200809L
 #include "hc_body.h"
@@ -14,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { HC_SEG_MEM, HC_SEG_FILE };
@@ -22,6 +26,7 @@ typedef struct hc_segment {
     int kind;
     char *bytes;      /* owned: the data (MEM) or the path (FILE) */
     int64_t length;   /* bytes this segment contributes */
+    hc_file_identity id; /* FILE: what the file must still be when sent (id.have 0: nothing) */
 } hc_segment;
 
 struct hc_body {
@@ -90,6 +95,7 @@ static int push(hc_body *b, int kind, char *bytes, int64_t length)
     b->segs[b->nsegs].kind = kind;
     b->segs[b->nsegs].bytes = bytes;
     b->segs[b->nsegs].length = length;
+    memset(&b->segs[b->nsegs].id, 0, sizeof b->segs[b->nsegs].id);
     b->nsegs++;
     b->total += length;
     return 0;
@@ -109,6 +115,11 @@ int hc_body_add_mem(hc_body *b, const void *p, size_t n)
 
 int hc_body_add_file(hc_body *b, const char *path, int64_t size)
 {
+    return hc_body_add_file_checked(b, path, size, NULL);
+}
+
+int hc_body_add_file_checked(hc_body *b, const char *path, int64_t size, const hc_file_identity *id)
+{
     char *copy;
     if (size < 0) {
         struct stat st;
@@ -121,7 +132,11 @@ int hc_body_add_file(hc_body *b, const char *path, int64_t size)
     copy = strdup(path);
     if (copy == NULL)
         return seterr(b, "out of memory");
-    return push(b, HC_SEG_FILE, copy, size);
+    if (push(b, HC_SEG_FILE, copy, size) != 0)
+        return -1;
+    if (id != NULL)
+        b->segs[b->nsegs - 1].id = *id;
+    return 0;
 }
 
 static int is_bchar(unsigned char c)
@@ -215,6 +230,51 @@ static void close_current(hc_body *b)
     }
 }
 
+/* Seconds since the epoch as UTC ISO 8601 into out (at least 32 bytes), or the bare number
+ * when it is out of gmtime's range. */
+static const char *utc(char *out, size_t n, int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    if ((int64_t)tt != t || gmtime_r(&tt, &tm) == NULL || strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        snprintf(out, n, "%lld", (long long)t);
+    return out;
+}
+
+/* Whether st's mtime differs from what the segment expects; if so, sets the error ("after it was
+ * checked" or "while it was being sent", per when). */
+static int mtime_differs(hc_body *b, const hc_segment *s, const struct stat *st, const char *when)
+{
+    char was[32], now[32];
+    if (!(s->id.have & HC_FILE_MTIME) || (int64_t)st->st_mtime == s->id.mtime)
+        return 0;
+    seterr(b, "file modified %s: %s (mtime %s, now %s)", when, s->bytes, utc(was, sizeof was, s->id.mtime),
+           utc(now, sizeof now, (int64_t)st->st_mtime));
+    return 1;
+}
+
+/* Whether the file open as st is another file than the one checked (device or inode number
+ * differs: something was renamed over the path) or was modified since; if so, sets the error. */
+static int identity_differs(hc_body *b, const hc_segment *s, const struct stat *st)
+{
+    uint64_t dev = (uint64_t)st->st_dev, ino = (uint64_t)st->st_ino;
+    int dev_differs = (s->id.have & HC_FILE_DEV) && dev != s->id.dev;
+    if (dev_differs || ((s->id.have & HC_FILE_INO) && ino != s->id.ino)) {
+        if (dev_differs && (s->id.have & HC_FILE_INO))
+            seterr(b, "file replaced after it was checked: %s (device %llu inode %llu, now device %llu inode %llu)",
+                   s->bytes, (unsigned long long)s->id.dev, (unsigned long long)s->id.ino,
+                   (unsigned long long)dev, (unsigned long long)ino);
+        else if (dev_differs)
+            seterr(b, "file replaced after it was checked: %s (device %llu, now %llu)", s->bytes,
+                   (unsigned long long)s->id.dev, (unsigned long long)dev);
+        else
+            seterr(b, "file replaced after it was checked: %s (inode %llu, now %llu)", s->bytes,
+                   (unsigned long long)s->id.ino, (unsigned long long)ino);
+        return 1;
+    }
+    return mtime_differs(b, s, st, "after it was checked");
+}
+
 static int open_current(hc_body *b)
 {
     hc_segment *s = &b->segs[b->cur];
@@ -238,6 +298,12 @@ static int open_current(hc_body *b)
         close_current(b);
         return seterr(b, "file changed size after it was checked: %s (was %lld bytes, now %lld)",
                       s->bytes, (long long)s->length, (long long)st.st_size);
+    }
+    /* Checked at every open, so a rewind (libcurl seeks back to send a body again) or a new
+     * body for a retry checks again. */
+    if (identity_differs(b, s, &st)) {
+        close_current(b);
+        return -1;
     }
 #ifdef POSIX_FADV_SEQUENTIAL
     (void)posix_fadvise(b->fd, 0, 0, POSIX_FADV_SEQUENTIAL);
@@ -292,6 +358,11 @@ long hc_body_read(hc_body *b, char *buf, size_t n)
                     close_current(b);
                     return seterr(b, "file changed size while it was being sent: %s (%lld bytes, now %lld)",
                                   s->bytes, (long long)s->length, (long long)st.st_size);
+                }
+                /* Rewritten in place while it was read (same inode, same size). */
+                if (mtime_differs(b, s, &st, "while it was being sent")) {
+                    close_current(b);
+                    return -1;
                 }
             }
             close_current(b);

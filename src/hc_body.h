@@ -22,6 +22,20 @@ int hc_body_add_mem(hc_body *b, const void *p, size_t n);
  * with hc_body_error set (e.g. the file cannot be stat'ed). */
 int hc_body_add_file(hc_body *b, const char *path, int64_t size);
 
+/* What a file must still be when it is sent, besides its size: the device and inode numbers and
+ * the modification time (whole seconds) that stat(2) gave when it was checked. Only the fields
+ * whose bit is in `have` are compared, so that a file renamed over the checked one, or rewritten
+ * in place with the same size, fails the read instead of being sent in its place. */
+enum { HC_FILE_DEV = 1, HC_FILE_INO = 2, HC_FILE_MTIME = 4 };
+typedef struct hc_file_identity {
+    unsigned have;   /* HC_FILE_* bits */
+    uint64_t dev, ino;
+    int64_t mtime;   /* seconds since the epoch */
+} hc_file_identity;
+/* hc_body_add_file, and the file must still be id (NULL: not checked) when it is opened to be
+ * sent, and still have id's mtime when its last byte has been read. */
+int hc_body_add_file_checked(hc_body *b, const char *path, int64_t size, const hc_file_identity *id);
+
 /* Multipart/related framing (RFC 2046/2387, PS3.18 8.6.1.2). A boundary is 1-70 characters of
  * the RFC's bchars, not ending in a space. Returns 0 or -1 with hc_body_error set. */
 int hc_body_check_boundary(hc_body *b, const char *boundary);
@@ -34,7 +48,8 @@ int hc_body_finish_multipart(hc_body *b, const char *boundary);
 /* Total length in bytes of the body as it will be sent. */
 int64_t hc_body_length(const hc_body *b);
 /* Copies up to n bytes at the current position. Returns the count (0 at the end), or -1 with
- * hc_body_error set: a file that vanished, changed size or failed to read. */
+ * hc_body_error set: a file that vanished, changed size, was replaced or modified (see
+ * hc_body_add_file_checked) or failed to read. */
 long hc_body_read(hc_body *b, char *buf, size_t n);
 /* Moves the read position to offset from the start. Returns 0 or -1. */
 int hc_body_seek(hc_body *b, int64_t offset);

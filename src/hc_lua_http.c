@@ -168,10 +168,15 @@ static int session_close(lua_State *L)
 /* Adds a body described by the value at idx: a string, or a list of segments
  * { data = string } / { file = path, size = n }, or { multipart = { boundary = b, parts = {
  * { headers = "Content-Type: ...\r\n", file = path, size = n } | { headers = ..., data = s } } } }.
+ * A file segment may also carry dev, ino and mtime (whole numbers, as lfs.attributes gives them):
+ * the file must still be that one, unmodified, when it is sent (hc_body_add_file_checked).
  * Returns the new body (owned by the caller) or NULL with a message pushed. */
 static int add_segment(lua_State *L, hc_body *b, int idx)
 {
-    int rc;
+    static const char *const id_fields[] = { "dev", "ino", "mtime" };
+    static const unsigned id_bits[] = { HC_FILE_DEV, HC_FILE_INO, HC_FILE_MTIME };
+    hc_file_identity id;
+    int rc, k;
     lua_getfield(L, idx, "data");
     if (!lua_isnil(L, -1)) {
         size_t n;
@@ -184,9 +189,47 @@ static int add_segment(lua_State *L, hc_body *b, int idx)
     lua_getfield(L, idx, "file");
     if (lua_type(L, -1) != LUA_TSTRING)
         return luaL_error(L, "body part needs 'data' or 'file'");
+    memset(&id, 0, sizeof id);
+    for (k = 0; k < 3; k++) {
+        int64_t v = 0;
+        int have = 1;
+        lua_getfield(L, idx, id_fields[k]);
+        if (lua_isnil(L, -1)) {
+            have = 0;
+        } else if (lua_type(L, -1) != LUA_TNUMBER) {
+            return luaL_error(L, "'%s' must be a whole number", id_fields[k]);
+#if LUA_VERSION_NUM >= 503
+        } else if (lua_isinteger(L, -1)) {
+            v = (int64_t)lua_tointeger(L, -1);
+#endif
+        } else {
+            lua_Number x = lua_tonumber(L, -1);
+            if (x >= -9007199254740992.0 && x <= 9007199254740992.0) {
+                if (x != (lua_Number)(int64_t)x)
+                    return luaL_error(L, "'%s' must be a whole number", id_fields[k]);
+                v = (int64_t)x;
+            } else if (x != x || x - x != 0) {
+                return luaL_error(L, "'%s' must be a whole number", id_fields[k]);
+            } else {
+                /* Beyond 2^53 a double (LuaJIT) may hold a rounded device or inode number:
+                 * it cannot be compared exactly, so it is not compared. */
+                have = 0;
+            }
+        }
+        lua_pop(L, 1);
+        if (!have)
+            continue;
+        id.have |= id_bits[k];
+        if (k == 0)
+            id.dev = (uint64_t)v;
+        else if (k == 1)
+            id.ino = (uint64_t)v;
+        else
+            id.mtime = v;
+    }
     lua_getfield(L, idx, "size");
-    rc = hc_body_add_file(b, lua_tostring(L, -2),
-                          lua_isnil(L, -1) ? -1 : opt_size(L, -1, "size"));
+    rc = hc_body_add_file_checked(b, lua_tostring(L, -2),
+                                  lua_isnil(L, -1) ? -1 : opt_size(L, -1, "size"), &id);
     lua_pop(L, 2);
     return rc;
 }

@@ -37,7 +37,7 @@ M.OPTIONS = {
 local PART_HEADERS = "Content-Type: application/dicom\r\n"
 
 local function entry_of(f, probe)
-  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime,
+  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, dev = f.dev, ino = f.ino,
     sop_instance_uid = probe and probe.sop_instance_uid, study_uid = probe and probe.study_uid,
     sop_class_uid = probe and probe.sop_class_uid }
 end
@@ -123,10 +123,13 @@ local function new_source(inputs, opts, report, journal)
   return source
 end
 
+-- Each file goes with what it was when probed (size, device, inode, mtime): one replaced or
+-- rewritten since fails its request rather than being sent under the UIDs the probe read. The
+-- body is built again for every attempt, so a retry checks again.
 local function multipart_body(group, boundary)
   local parts = {}
   for i, e in ipairs(group.entries) do
-    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size }
+    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime }
   end
   return { multipart = { boundary = boundary, parts = parts } }
 end

@@ -12,7 +12,9 @@ local function join(dir, name)
 end
 
 --- Returns an iterator of entries, in order:
----   { path, rel, size, mtime }      a regular file (rel: its path below the input it came from)
+---   { path, rel, size, mtime, dev, ino }  a regular file (rel: its path below the input it came
+---                                    from; dev, ino: its device and inode numbers, so that a file
+---                                    replaced before it is sent can be told from the one checked)
 ---   { path, rel, skip = reason }    something that cannot be sent, with the reason
 --- inputs: a path or a list of paths.
 function M.iterate(inputs)
@@ -31,7 +33,8 @@ function M.iterate(inputs)
         return
       end
       if a.mode == "file" then
-        coroutine.yield { path = path, rel = rel, size = a.size, mtime = a.modification }
+        coroutine.yield { path = path, rel = rel, size = a.size, mtime = a.modification,
+          dev = a.dev, ino = a.ino }
       elseif a.mode == "directory" then
         local key = a.dev .. ":" .. a.ino
         if seen[key] then

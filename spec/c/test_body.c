@@ -3,7 +3,8 @@
  * Tests of request bodies (src/hc_body.c): the exact bytes of multipart
  * framing, boundary and part-header validation with their messages, files
  * that vanish, grow or shrink between building and reading (each with its
- * message), seeks, the length limit, and a replay of every file in the
+ * message), files replaced by another of the same size or modified in place
+ * when their identity (device, inode, mtime) was given, seeks, the length limit, and a replay of every file in the
  * directories named on the command line (fuzz regressions and seeds) through
  * the fuzz target's own checks (fuzz/fuzz_body.c is compiled in).
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
@@ -214,6 +215,145 @@ static void test_files(tstate *t)
     hc_body_free(b);
 }
 
+/* Sets path's mtime to t seconds. */
+static void set_mtime(const char *path, time_t t)
+{
+    struct timespec ts[2];
+    ts[0].tv_sec = ts[1].tv_sec = t;
+    ts[0].tv_nsec = ts[1].tv_nsec = 0;
+    if (utimensat(AT_FDCWD, path, ts, 0) != 0)
+        perror(path);
+}
+
+/* The identity stat gives path now. */
+static hc_file_identity identity_of(const char *path)
+{
+    struct stat st;
+    hc_file_identity id;
+    memset(&id, 0, sizeof id);
+    if (stat(path, &st) != 0) {
+        perror(path);
+        exit(2);
+    }
+    id.have = HC_FILE_DEV | HC_FILE_INO | HC_FILE_MTIME;
+    id.dev = (uint64_t)st.st_dev;
+    id.ino = (uint64_t)st.st_ino;
+    id.mtime = (int64_t)st.st_mtime;
+    return id;
+}
+
+static void test_identity(tstate *t)
+{
+    char got[64], want[320], path[128], other[128];
+    hc_file_identity id, now;
+    hc_body *b;
+    long n;
+
+    /* The same file, unchanged: read, and read again after a rewind. */
+    snprintf(path, sizeof path, "%s", put_file(t, "same", "0123456789", 10));
+    id = identity_of(path);
+    b = hc_body_new();
+    check(t, hc_body_add_mem(b, "head", 4) == 0 && hc_body_add_file_checked(b, path, 10, &id) == 0
+                 && hc_body_length(b) == 14, "identity builds: %s", hc_body_error(b));
+    n = read_all(b, got, sizeof got, 3);
+    check(t, n == 14 && memcmp(got, "head0123456789", 14) == 0, "unchanged file reads: %ld %s", n, hc_body_error(b));
+    check(t, hc_body_seek(b, 6) == 0 && read_all(b, got, sizeof got, 64) == 8 && memcmp(got, "23456789", 8) == 0,
+          "unchanged file reads after a seek back: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Another file of the same size renamed over it after it was checked (an anonymizer's
+     * output): caught when it is opened, also after a rewind once it had been read whole. */
+    snprintf(path, sizeof path, "%s", put_file(t, "renamed", "0123456789", 10));
+    id = identity_of(path);
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, read_all(b, got, sizeof got, 64) == 10, "renamed-over file read before: %s", hc_body_error(b));
+    snprintf(other, sizeof other, "%s", put_file(t, "renamed.new", "ABCDEFGHIJ", 10));
+    if (rename(other, path) != 0)
+        perror(other);
+    now = identity_of(path);
+    check(t, now.ino != id.ino, "a new file has a new inode number");
+    snprintf(want, sizeof want, "file replaced after it was checked: %s (inode %llu, now %llu)", path,
+             (unsigned long long)id.ino, (unsigned long long)now.ino);
+    check(t, hc_body_seek(b, 0) == 0 && hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "renamed over, after a rewind: %s", hc_body_error(b));
+    hc_body_free(b);
+    /* The same with a body built anew (a retry), and the device number named when it differs. */
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "renamed over, new body: %s", hc_body_error(b));
+    hc_body_free(b);
+    id = now;
+    id.dev++;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    snprintf(want, sizeof want, "file replaced after it was checked: %s (device %llu inode %llu, now device %llu inode %llu)",
+             path, (unsigned long long)id.dev, (unsigned long long)id.ino, (unsigned long long)now.dev,
+             (unsigned long long)now.ino);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "other device: %s", hc_body_error(b));
+    hc_body_free(b);
+    /* Without an identity (hc_body_add_file) the replaced file is read as before. */
+    b = hc_body_new();
+    hc_body_add_file(b, path, 10);
+    check(t, read_all(b, got, sizeof got, 64) == 10 && memcmp(got, "ABCDEFGHIJ", 10) == 0,
+          "no identity, not checked: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Rewritten in place with the same size: the inode is the same, the mtime is not. */
+    snprintf(path, sizeof path, "%s", put_file(t, "rewritten", "0123456789", 10));
+    set_mtime(path, 1000000000);
+    id = identity_of(path);
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    put_file(t, "rewritten", "ABCDEFGHIJ", 10);
+    set_mtime(path, 1700000000);
+    snprintf(want, sizeof want,
+             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40Z, now 2023-11-14T22:13:20Z)", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "rewritten in place: %s", hc_body_error(b));
+    hc_body_free(b);
+    /* Only the fields asked for are compared. */
+    id.have = HC_FILE_DEV | HC_FILE_INO;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, read_all(b, got, sizeof got, 64) == 10, "mtime not asked for: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Modified in place while it was being read: caught at its last byte, then at open after a
+     * rewind. */
+    snprintf(path, sizeof path, "%s", put_file(t, "modified", "0123456789", 10));
+    set_mtime(path, 1000000000);
+    id = identity_of(path);
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, hc_body_read(b, got, 4) == 4, "first bytes of a file modified while read");
+    set_mtime(path, 1700000000);
+    snprintf(want, sizeof want,
+             "file modified while it was being sent: %s (mtime 2001-09-09T01:46:40Z, now 2023-11-14T22:13:20Z)", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "modified while read: %s", hc_body_error(b));
+    snprintf(want, sizeof want,
+             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40Z, now 2023-11-14T22:13:20Z)", path);
+    check(t, hc_body_seek(b, 0) == 0 && hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "modified, after a rewind: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* A size change is still named as such when the identity differs too. */
+    snprintf(path, sizeof path, "%s", put_file(t, "regrown", "0123456789", 10));
+    id = identity_of(path);
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    snprintf(other, sizeof other, "%s", put_file(t, "regrown.new", "0123456789AB", 12));
+    if (rename(other, path) != 0)
+        perror(other);
+    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 12)", path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "size named first: %s", hc_body_error(b));
+    hc_body_free(b);
+}
+
 /* Replays every file under dir through the fuzz target. */
 static void replay_body(tstate *t, const char *path, const unsigned char *p, size_t n)
 {
@@ -236,10 +376,12 @@ int main(int argc, char **argv)
     test_boundaries(&t);
     test_part_headers(&t);
     test_files(&t);
+    test_identity(&t);
     for (a = 1; a < argc; a++)
         hc_test_replay(&t, argv[a], replay_body);
     {
-        static const char *made[] = { "part", "gone", "short", "grows", "shrinks" };
+        static const char *made[] = { "part", "gone", "short", "grows", "shrinks", "same", "renamed", "rewritten",
+                                        "modified", "regrown" };
         char path[128];
         size_t i;
         for (i = 0; i < sizeof made / sizeof made[0]; i++) {
