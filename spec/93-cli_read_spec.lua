@@ -347,4 +347,18 @@ describe("healthcare store --verify", function()
     assert.equal("usage", verr.kind)
     s.client:close()
   end)
+
+  it("store:verify refuses a report that kept counts only (keep_stored = false)", function()
+    local healthcare = require "healthcare"
+    local s = assert(healthcare.dicomweb(E.dicomweb))
+    local dir = H.tmpdir()
+    H.gen_dicom { count = 2, dir = dir }
+    local report = assert(s:store(dir, { keep_stored = false }))
+    assert.equal(2, report.counts.stored)
+    local v, err = s:verify(report)
+    assert.is_nil(v)
+    assert.equal("usage", err.kind)
+    assert.matches("keep_stored = false", err.message)
+    s.client:close()
+  end)
 end)

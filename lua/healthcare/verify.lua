@@ -18,6 +18,12 @@ M.PAGE_SIZE = 1000
 -- server holds them) or a list of { study_uid | study, sop_instance_uid, path }.
 local function entries_of(input)
   local lists
+  local counts = input.counts
+  if type(counts) == "table" and ((counts.stored or 0) > #(input.stored or {})
+    or (counts.already_stored or 0) > #(input.already_stored or {})) then
+    return nil, errors.new("usage", "the report lists counts, not the files stored (store:store was given "
+      .. "keep_stored = false): nothing to verify")
+  end
   if type(input.stored) == "table" or type(input.already_stored) == "table" then
     lists = { input.stored or {}, input.already_stored or {} }
   else
