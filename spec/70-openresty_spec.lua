@@ -44,8 +44,74 @@ describe("healthcare.ngx.map_path", function()
   end)
 end)
 
+describe("healthcare.ngx.rewrite_urls", function()
+  local ngxmod = require "healthcare.ngx"
+  local api = "https://healthcare.googleapis.com/v1/projects/p/locations/l/datasets/d/dicomStores/s/dicomWeb"
+  local gw = "http://gw.example:8080/dicomWeb"
+
+  it("puts the gateway's root in place of the API's at the start of JSON strings", function()
+    local text = '{"00081190":{"vr":"UR","Value":["' .. api .. '/studies/1.2.3"]},'
+      .. '"00081199":{"vr":"SQ","Value":[{"00081190":{"vr":"UR","Value":["' .. api
+      .. '/studies/1.2.3/series/4/instances/5"]}}]},"0040E010":{"vr":"UR","Value":["' .. api .. '"]},'
+      .. '"x":"' .. api .. '?a=1"}'
+    local out, n = ngxmod.rewrite_urls(text, api, gw)
+    assert.equal(4, n)
+    assert.equal('{"00081190":{"vr":"UR","Value":["' .. gw .. '/studies/1.2.3"]},'
+      .. '"00081199":{"vr":"SQ","Value":[{"00081190":{"vr":"UR","Value":["' .. gw
+      .. '/studies/1.2.3/series/4/instances/5"]}}]},"0040E010":{"vr":"UR","Value":["' .. gw .. '"]},'
+      .. '"x":"' .. gw .. '?a=1"}', out)
+    -- JSON may spell '/' as '\/'.
+    local esc = api:gsub("/", "\\/")
+    out, n = ngxmod.rewrite_urls('["' .. esc .. '\\/studies\\/1.2"]', api, gw)
+    assert.equal(1, n)
+    assert.equal('["' .. gw:gsub("/", "\\/") .. '\\/studies\\/1.2"]', out)
+  end)
+
+  it("leaves everything else alone", function()
+    for _, text in ipairs({
+      '["' .. api .. 'X/studies"]',                       -- another root that starts the same
+      '["' .. api:gsub("/s/dicomWeb", "/s2/dicomWeb") .. '/studies"]', -- another store
+      '["see ' .. api .. '/studies"]',                    -- not at the start of the string
+      '["' .. api:gsub("^https", "http") .. '/studies"]', -- another origin
+      '{"' .. api:sub(1, -2) .. '":1}', "", "[]",
+    }) do
+      local out, n = ngxmod.rewrite_urls(text, api, gw)
+      assert.equal(text, out)
+      assert.equal(0, n, text)
+    end
+  end)
+
+  it("writes the gateway's root as JSON", function()
+    local out = ngxmod.rewrite_urls('["' .. api .. '/studies"]', api, 'http://h/"x\\')
+    assert.equal('["http://h/\\"x\\\\/studies"]', out)
+  end)
+
+  it("rewrites DICOM JSON and JSON answers only", function()
+    assert.is_true(ngxmod.rewritable("application/dicom+json"))
+    assert.is_true(ngxmod.rewritable("Application/DICOM+JSON; charset=utf-8"))
+    assert.is_true(ngxmod.rewritable("application/json; charset=UTF-8"))
+    assert.is_true(ngxmod.rewritable({ "application/json" }))
+    for _, t in ipairs({ 'multipart/related; type="application/dicom+json"', "application/dicom",
+      "application/dicom+xml", "text/html", "image/jpeg", "" }) do
+      assert.is_false(ngxmod.rewritable(t), t)
+    end
+    assert.is_false(ngxmod.rewritable(nil))
+  end)
+
+  it("checks the options of rewriting", function()
+    local parent = "projects/p/locations/l/datasets/d/dicomStores/s"
+    for opt, v in pairs({ rewrite_urls = "yes", max_rewrite_size = -1, api_origin = "healthcare.googleapis.com",
+      public_url = "gateway/dicomWeb" }) do
+      local ok, err = pcall(ngxmod.configure, { parent = parent, [opt] = v })
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("bad option '" .. opt .. "'", 1, true), tostring(err))
+    end
+  end)
+end)
+
 if not H.need_testbed() then return end
 local N = require "support.nginx"
+local healthcare = require "healthcare"
 
 local JSON = H.json
 local E = H.env
@@ -323,6 +389,215 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       print(string.format("\n1 GiB upload: %d RSS samples, largest growth of a worker %d kB", n, grew))
       H.curl({ "-X", "DELETE", E.orthanc .. "/instances/" .. id })
       os.remove(g.path)
+    end)
+  end)
+
+  describe("reads (QIDO-RS, WADO-RS) and the URLs in answers", function()
+    local emu, gw, study
+    local GET = 'methods = { "POST", "GET" },'
+    local WADO = 'Accept: multipart/related; type="application/dicom"; transfer-syntax=*'
+    setup(function()
+      emu = N.emulator()
+      local sa = emu:service_account()
+      gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, configure_extra = GET })
+      study = H.make_study({ patient_id = "NGX-" .. math.random(1, 1e9), size = 20000,
+        series = { { modality = "CT", count = 3 }, { modality = "MR", count = 2 } } })
+      gw.sa = sa
+    end)
+    teardown(function()
+      if gw then gw:stop() end
+      if emu then emu:stop() end
+    end)
+
+    -- The API's DICOMweb root in the emulator's answers, and the gateway's.
+    local function api_root() return emu.url .. "/v1/" .. E.store .. "/dicomWeb" end
+    local function gw_root() return gw.url .. "/dicomWeb" end
+
+    -- A JSON answer whose length is right (curl checks a Content-Length; none is fine too).
+    local function assert_json(r)
+      assert.equal(200, r.status, r.body .. gw:log())
+      assert.is_table(r.json, r.body)
+      local len = r.headers["content-length"]
+      assert.truthy(len == nil or tonumber(len) == #r.body, r.raw_headers)
+      assert.falsy(r.body:find(emu.url, 1, true), "the API's URL is in the answer: " .. r.body)
+    end
+
+    local function url_of(item)
+      return item["00081190"] and item["00081190"].Value[1]
+    end
+
+    it("answers a STOW with RetrieveURLs on the gateway", function()
+      local files = H.gen_dicom({ count = 2 })
+      local body, ctype = multipart({ files[1].path, files[2].path })
+      local r = stow(gw, "/dicomWeb/studies", body, ctype)
+      assert_json(r)
+      local study_url = gw_root() .. "/studies/" .. files[1].study_uid
+      assert.equal(study_url, url_of(r.json))
+      local seen = 0
+      for _, item in ipairs(r.json["00081199"].Value) do
+        local sop = item["00081155"].Value[1]
+        assert.equal(study_url .. "/series/" .. files[1].series_uid .. "/instances/" .. sop, url_of(item))
+        seen = seen + 1
+      end
+      assert.equal(2, seen)
+    end)
+
+    it("searches, with RetrieveURLs on the gateway as the client reached it, and follows them", function()
+      local r = H.curl({ "-H", "Accept: application/dicom+json", gw_root() .. "/studies?PatientID=" .. study.patient_id })
+      assert_json(r)
+      assert.equal(1, #r.json)
+      assert.equal(study.study_uid, r.json[1]["0020000D"].Value[1])
+      local study_url = gw_root() .. "/studies/" .. study.study_uid
+      assert.equal(study_url, url_of(r.json[1]))
+      -- Another name for the gateway: the URLs follow the client's Host.
+      r = H.curl({ "-H", "Host: pacs.example:8443", gw_root() .. "/studies?PatientID=" .. study.patient_id })
+      assert_json(r)
+      assert.equal("http://pacs.example:8443/dicomWeb/studies/" .. study.study_uid, url_of(r.json[1]))
+      r = H.curl({ gw_root() .. "/studies/" .. study.study_uid .. "/series" })
+      assert_json(r)
+      assert.equal(2, #r.json)
+      for _, s in ipairs(r.json) do
+        assert.equal(study_url .. "/series/" .. s["0020000E"].Value[1], url_of(s))
+      end
+      -- Following the study's RetrieveURL: every instance, through the gateway.
+      r = H.curl({ "-H", WADO, study_url })
+      assert.equal(200, r.status, r.body)
+      assert.truthy(r.headers["content-type"]:find("multipart/related", 1, true), r.raw_headers)
+      for _, f in ipairs(study.files) do
+        assert.truthy(r.body:find(assert(H.file_bytes(f.path)), 1, true), f.path)
+      end
+      -- The API saw our token and the dicomStore's paths only.
+      local stats = emu:stats()
+      assert.is_nil(stats.auth_kinds.none)
+      assert.equal("/v1/" .. E.store .. "/dicomWeb/studies/" .. study.study_uid, stats.requests[#stats.requests].path)
+    end)
+
+    it("retrieves a study with healthcare.dicomweb through the gateway, byte for byte", function()
+      local store = assert(healthcare.dicomweb(gw_root()))
+      local dir = H.tmpdir()
+      local res = assert(store:retrieve_study(study.study_uid, { to = dir }))
+      assert.equal(#study.files, #res.files)
+      for _, f in ipairs(study.files) do
+        local got = dir .. "/" .. f.sop_instance_uid .. ".dcm"
+        assert.equal(H.sha256(f.path), H.sha256(got), f.path)
+      end
+      local meta = assert(store:retrieve_metadata(study.study_uid))
+      assert.equal(#study.files, #meta)
+      store.client:close()
+    end)
+
+    it("rewrites a JSON answer read in many pieces, to public_url, and nothing else in it", function()
+      -- Reference: a gateway that passes JSON answers over 100 bytes through unchanged.
+      local plain = N.gateway({ emulator = emu, key_file = gw.sa.key_file, workers = 1,
+        configure_extra = GET .. " max_rewrite_size = 100," })
+      -- And one that reads the API's answers 1 KiB at a time, for clients behind a TLS proxy.
+      local public = "https://pacs.example/dicom/web"
+      local small = N.gateway({ emulator = emu, key_file = gw.sa.key_file, workers = 1,
+        configure_extra = GET .. string.format(" public_url = %q,", public .. "/"),
+        edits = { { "proxy_buffer_size 64k;", "proxy_buffer_size 1k;" } } })
+      finally(function()
+        plain:stop()
+        small:stop()
+      end)
+      local path = "/dicomWeb/studies/" .. study.study_uid .. "/instances?includefield=all"
+      local before = H.curl({ plain.url .. path })
+      assert.equal(200, before.status, before.body)
+      assert.truthy(#before.body > 4 * 1024, #before.body)
+      assert.truthy(before.body:find('"' .. api_root() .. "/studies/", 1, true), before.body)
+      assert.equal(#before.body, tonumber(before.headers["content-length"]))
+      local log = plain:log()
+      assert.truthy(log:find("is over max_rewrite_size (100)", 1, true), log)
+      local after = H.curl({ small.url .. path })
+      assert.equal(200, after.status, after.body)
+      local want = before.body
+      local from, n = api_root(), 0
+      local i = want:find(from, 1, true)
+      while i do
+        want = want:sub(1, i - 1) .. public .. want:sub(i + #from)
+        n = n + 1
+        i = want:find(from, i + #public, true)
+      end
+      assert.truthy(n >= #study.files, n)
+      assert.equal(want, after.body)
+    end)
+
+    it("rewrites a chunked JSON answer, or passes it on unchanged past max_rewrite_size", function()
+      -- An API that answers in 1000-byte chunks: URLs are cut across them.
+      local items = {}
+      for i = 1, 150 do
+        items[i] = string.format('{"00081190":{"vr":"UR","Value":["http://127.0.0.1:{PORT}/v1/%s/dicomWeb'
+          .. '/studies/1.2.%d"]}}', E.store, i)
+      end
+      local api = N.canned("[" .. table.concat(items, ",") .. "]", "application/dicom+json")
+      local function gateway(extra)
+        return N.gateway({ emulator = emu, key_file = gw.sa.key_file, workers = 1, api_port = api.port,
+          token_port = emu.port, configure_extra = GET .. extra })
+      end
+      local fits, over = gateway(""), gateway(" max_rewrite_size = 20000,")
+      finally(function()
+        fits:stop()
+        over:stop()
+        api:stop()
+      end)
+      assert.truthy(#api.body > 20000, #api.body)
+      local r = H.curl({ fits.url .. "/dicomWeb/studies" })
+      assert.equal(200, r.status, r.body .. fits:log())
+      assert.equal(150, #r.json)
+      for i, item in ipairs(r.json) do
+        assert.equal(fits.url .. "/dicomWeb/studies/1.2." .. i, item["00081190"].Value[1])
+      end
+      r = H.curl({ over.url .. "/dicomWeb/studies" })
+      assert.equal(200, r.status, r.body)
+      assert.equal(api.body, r.body)
+      local log = over:log()
+      assert.truthy(log:find("is over max_rewrite_size (20000 bytes)", 1, true), log)
+    end)
+
+    it("streams a large retrieve with the worker's memory flat", function()
+      local size = 120 * 1000 * 1000
+      local g = H.gen_dicom({ count = 1, size = size, frames = 30, fill = "zero" })[1]
+      local r = H.curl({ "-X", "POST", "-H", "Content-Type: application/dicom", "-H", "Accept: application/dicom+json",
+        "-T", g.path, gw_root() .. "/studies" })
+      assert.equal(200, r.status, r.body)
+      local id = assert(H.orthanc_find_instance(g.sop_instance_uid))
+      finally(function()
+        H.curl({ "-X", "DELETE", E.orthanc .. "/instances/" .. id })
+        os.remove(g.path)
+      end)
+      local workers = gw:workers()
+      assert.equal(1, #workers)
+      local base = N.rss_kb(workers[1])
+      local samples = H.tmpdir() .. "/rss"
+      local out = H.tmpdir() .. "/out"
+      local url = gw_root() .. "/studies/" .. g.study_uid .. "/series/" .. g.series_uid .. "/instances/"
+        .. g.sop_instance_uid
+      local t0 = now()
+      local so, se, code = H.run(table.concat({ H.q(E.support .. "/nginx_rss.sh"), gw.pid, H.q(samples),
+        "curl", "-sS", "-H", H.q(WADO), "-o", H.q(out), "-w", "'%{http_code}'", H.q(url) }, " "))
+      local took = now() - t0
+      finally(function() os.remove(out) end)
+      assert.equal(0, code, se)
+      assert.equal("200", so, gw:log())
+      local grew, n = 0, 0
+      for line in (H.file_bytes(samples) or ""):gmatch("[^\n]+") do
+        local pid, kb = line:match("^(%d+) (%d+)$")
+        if tonumber(pid) == workers[1] then
+          grew = math.max(grew, tonumber(kb) - base)
+          n = n + 1
+        end
+      end
+      assert.truthy(n >= 5, "too few memory samples: " .. n)
+      -- The instance is the one part of the answer, byte for byte.
+      local f = assert(io.open(out, "rb"))
+      local head = f:read(4096)
+      f:close()
+      local skip = assert(head:find("\r\n\r\n", 1, true), "no part header") + 3
+      assert.equal(H.sha256(g.path), H.check_run(string.format("tail -c +%d %s | head -c %d | sha256sum",
+        skip + 1, H.q(out), g.size)):match("^%x+"))
+      assert.falsy(gw:log():find("temporary file", 1, true), gw:log())
+      print(string.format("\n%d MB retrieve through the gateway in %.1f s: %d RSS samples, worker grew %d kB",
+        math.floor(g.size / 1000000), took, n, grew))
+      assert.truthy(grew < 4 * 1024, string.format("the worker's RSS grew by %d kB", grew))
     end)
   end)
 

@@ -3,11 +3,21 @@
 -- DICOMweb requests. Modalities and PACS send plain STOW-RS to the gateway; for each request
 -- `access()` puts a service account's access token in `Authorization` and rewrites the path
 -- to the dicomStore's, and nginx's own proxy_pass streams the body to the Cloud Healthcare API.
--- Lua never reads the body. See examples/openresty/nginx.conf and the README.
+-- Lua never reads a request body. See examples/openresty/nginx.conf and the README.
 --
 --   init_by_lua_block   { require("healthcare.ngx").configure { credentials = ..., parent = ... } }
 --   access_by_lua_block { require("healthcare.ngx").access() }
 --   header_filter_by_lua_block { require("healthcare.ngx").header_filter() }
+--   body_filter_by_lua_block { require("healthcare.ngx").body_filter() }
+--
+-- URLs in answers: DICOM JSON (STOW-RS answers, QIDO-RS results, WADO-RS metadata) names
+-- resources by URLs on the API (RetrieveURL 00081190 and other UR values). With rewrite_urls
+-- (the default) the gateway puts its own DICOMweb root, as the client reached it, in place of
+-- the API's ({api_origin}{api_path}/{parent}/dicomWeb) at the start of every JSON string, so a
+-- client that follows them comes back through the gateway. Only application/dicom+json and
+-- application/json answers are held (up to max_rewrite_size bytes; a larger one goes through
+-- unchanged, with a warning); everything else (multipart/related instances, frames, rendered
+-- images) streams through untouched: the body filter does not even look at it.
 --
 -- Tokens: one per key and scope set, kept in a lua_shared_dict so every worker uses the same
 -- one. A token is refreshed `refresh_margin` seconds before it expires (at most half-way through
@@ -32,6 +42,9 @@ M.DEFAULTS = {
   token_location = "/_healthcare/token", -- internal location that proxies to the key's token_uri
   prefix = "/dicomWeb",                  -- the gateway's path that stands for {parent}/dicomWeb
   api_path = "/v1",                      -- path of the API version on the upstream
+  api_origin = "https://healthcare.googleapis.com", -- scheme://host[:port] of the API's own URLs
+  rewrite_urls = true,                   -- the API's URLs in JSON answers -> the gateway's
+  max_rewrite_size = 64 * 1024 * 1024,   -- bytes of a JSON answer held for that, at most
   methods = { "POST" },                  -- what clients may do: STOW-RS only
   refresh_margin = credentials.DEFAULT_REFRESH_MARGIN,
   token_wait = 15,                       -- seconds a request waits for another one's refresh
@@ -39,7 +52,7 @@ M.DEFAULTS = {
 }
 M.OPTIONS = { "name", "credentials", "parent", "scopes", "subject", "quota_project", "self_signed_jwt",
   "shared_dict", "token_location", "prefix", "api_path", "methods", "refresh_margin", "token_wait",
-  "retry_after" }
+  "retry_after", "api_origin", "rewrite_urls", "max_rewrite_size", "public_url" }
 -- Seconds a refresher holds the lock at most (a worker that dies mid-refresh frees it then).
 M.LOCK_SLACK = 5
 
@@ -108,6 +121,64 @@ local function answer(status, message, retry_after)
   return ngx.exit(ngx.HTTP_OK)
 end
 
+-- ---- URLs in answers ------------------------------------------------------------------------
+
+-- s as the inside of a JSON string.
+local function json_escape(s)
+  return (s:gsub('[%c"\\]', function(c)
+    if c == '"' or c == "\\" then return "\\" .. c end
+    return string.format("\\u%04x", c:byte())
+  end))
+end
+
+-- Replaces `from` where a JSON string starts with it and the URL goes on with '/', '?', '#' or
+-- ends there (so ".../dicomWebX" is left alone). Returns the text and the count.
+local function replace_prefix(text, from, to)
+  local pat = '"' .. from
+  local parts, pos, n = {}, 1, 0
+  while true do
+    local i, j = text:find(pat, pos, true)
+    if not i then break end
+    local nxt = text:sub(j + 1, j + 1)
+    if nxt == "/" or nxt == '"' or nxt == "?" or nxt == "#" or text:sub(j + 1, j + 2) == "\\/" then
+      parts[#parts + 1] = text:sub(pos, i)
+      parts[#parts + 1] = to
+      n = n + 1
+    else
+      parts[#parts + 1] = text:sub(pos, j)
+    end
+    pos = j + 1
+  end
+  if n == 0 then return text, 0 end
+  parts[#parts + 1] = text:sub(pos)
+  return table.concat(parts), n
+end
+
+--- A JSON text with every string that starts with the URL `from` (a DICOMweb root: the API's)
+--- made to start with `to` instead (the gateway's), in both JSON spellings of '/' ("/" and
+--- "\/"); nothing else changes. Returns the text and the number of URLs replaced.
+function M.rewrite_urls(text, from, to)
+  local out, n = replace_prefix(text, json_escape(from), json_escape(to))
+  local escaped_from = json_escape(from):gsub("/", "\\/")
+  local m = 0
+  if text:find(escaped_from, 1, true) then
+    out, m = replace_prefix(out, escaped_from, (json_escape(to):gsub("/", "\\/")))
+  end
+  return out, n + m
+end
+
+-- The media type of a Content-Type value, lower case, without parameters.
+local function media_type(v)
+  if type(v) == "table" then v = v[1] end
+  return type(v) == "string" and v:lower():match("^%s*([^;%s]+)") or nil
+end
+
+--- Whether an answer of this Content-Type is rewritten: DICOM JSON and JSON.
+function M.rewritable(content_type)
+  local t = media_type(content_type)
+  return t == "application/dicom+json" or t == "application/json"
+end
+
 -- ---- configuration --------------------------------------------------------------------------
 
 local function check_number(opts, k)
@@ -129,8 +200,11 @@ function M.configure(opts)
   opts = opts or {}
   local ok, perr = dicomweb.check_parent(opts.parent)
   if not ok then error("healthcare.ngx.configure: " .. perr.message, 2) end
-  for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after" }) do check_number(opts, k) end
-  for _, k in ipairs({ "name", "shared_dict", "token_location", "prefix", "api_path" }) do
+  for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
+    check_number(opts, k)
+  end
+  for _, k in ipairs({ "name", "shared_dict", "token_location", "prefix", "api_path", "api_origin",
+    "public_url" }) do
     if opts[k] ~= nil and type(opts[k]) ~= "string" then
       error(string.format("healthcare.ngx.configure: bad option '%s' (string expected, got %s)", k,
         type(opts[k])), 2)
@@ -139,10 +213,26 @@ function M.configure(opts)
   if opts.methods ~= nil and type(opts.methods) ~= "table" then
     error("healthcare.ngx.configure: bad option 'methods' (a list like { \"POST\" } expected)", 2)
   end
+  if opts.rewrite_urls ~= nil and type(opts.rewrite_urls) ~= "boolean" then
+    error("healthcare.ngx.configure: bad option 'rewrite_urls' (true or false expected)", 2)
+  end
+  for _, k in ipairs({ "api_origin", "public_url" }) do
+    local v = opts[k]
+    local re = k == "api_origin" and "^https?://[^/?#%s%c\"\\]+/?$" or "^https?://[^?#%s%c\"\\]+$"
+    if v ~= nil and not v:match(re) then
+      error(string.format("healthcare.ngx.configure: bad option '%s' (%s expected, got '%s')", k,
+        k == "api_origin" and "scheme://host[:port], like https://healthcare.googleapis.com"
+          or "the gateway's DICOMweb root as clients reach it, like https://gateway.example/dicomWeb",
+        (v:gsub("%c", "?"))), 2)
+    end
+  end
   local g = setmetatable({}, Gateway)
   for k, v in pairs(M.DEFAULTS) do g[k] = v end
   for k, v in pairs(opts) do g[k] = v end
   g.name = opts.name or "default"
+  -- The DICOMweb root in the API's own URLs, and (when configured) the gateway's.
+  g.upstream_root = g.api_origin:gsub("/$", "") .. g.api_path .. "/" .. g.parent .. "/dicomWeb"
+  g.public_url = opts.public_url and opts.public_url:gsub("/+$", "")
   g.dict = ngx.shared[g.shared_dict]
   if not g.dict then
     error(string.format("healthcare.ngx.configure: no lua_shared_dict '%s' (add `lua_shared_dict %s 1m;` "
@@ -336,21 +426,101 @@ function Gateway:access()
   end
   ngx.req.set_header("Authorization", "Bearer " .. token)
   if self.cred.quota_project then ngx.req.set_header("x-goog-user-project", self.cred.quota_project) end
+  -- A compressed JSON answer could not be rewritten: the API's answers come as they are.
+  if self.rewrite_urls then ngx.req.clear_header("Accept-Encoding") end
   ngx.req.set_uri(path)
   ngx.ctx.healthcare_token = token
 end
 
+-- The gateway's DICOMweb root as this request's client reached it: public_url when configured,
+-- else $scheme://$http_host{prefix} (the server's address when the Host header is missing or
+-- holds more than a host and port).
+local function plain_host(h)
+  return h ~= nil and (h:match("^[%w.%-_]+:?%d*$") or h:match("^%[[%x:.]+%]:?%d*$")) ~= nil
+end
+
+function Gateway:client_root()
+  if self.public_url then return self.public_url end
+  local host = ngx.var.http_host
+  if not plain_host(host) then
+    local addr = ngx.var.server_addr
+    if addr:find(":", 1, true) then addr = "[" .. addr .. "]" end
+    host = addr .. ":" .. ngx.var.server_port
+  end
+  return ngx.var.scheme .. "://" .. host .. self.prefix
+end
+
+-- "GET /dicomWeb/studies" of this request, as the client sent it but without its query.
+local function request_line()
+  return ngx.var.request_method .. " " .. (ngx.var.request_uri:gsub("%?.*", ""))
+end
+
+-- Decides whether this answer's body is rewritten (see rewrite_urls): sets ngx.ctx's plan and
+-- drops Content-Length (the length changes) when it is.
+function Gateway:plan_rewrite()
+  local status = ngx.status
+  if ngx.req.get_method() == "HEAD" or status == 204 or status == 304 then return end
+  local h = ngx.header
+  if not M.rewritable(h["Content-Type"]) then return end
+  local enc = h["Content-Encoding"]
+  if type(enc) == "table" then enc = table.concat(enc, ", ") end
+  if enc and enc:lower() ~= "identity" then
+    log(ngx.WARN, "a ", enc, " JSON answer to ", request_line(),
+      " goes out with the API's URLs (a compressed body is not rewritten)")
+    return
+  end
+  local length = tonumber(h["Content-Length"])
+  if length and length > self.max_rewrite_size then
+    log(ngx.WARN, "the JSON answer to ", request_line(), " (", length,
+      " bytes) is over max_rewrite_size (", self.max_rewrite_size, "): it goes out with the API's URLs")
+    return
+  end
+  h["Content-Length"] = nil
+  ngx.ctx.healthcare_rewrite = { buf = {}, size = 0, to = self:client_root() }
+end
+
 --- header_filter_by_lua: when the API refuses the token this request carried (401), forgets it,
---- so the next request fetches a new one instead of failing until the old one expires.
+--- so the next request fetches a new one instead of failing until the old one expires. With
+--- rewrite_urls, chooses the API's JSON answers whose URLs are rewritten (see body_filter).
 function Gateway:header_filter()
   local sent = ngx.ctx.healthcare_token
-  if sent and ngx.status == 401 and self:cached() == sent then
+  if not sent then return end   -- not an answer of the API (an error of the gateway's own)
+  if ngx.status == 401 and self:cached() == sent then
     self.dict:delete(self.token_key)
     log(ngx.WARN, "the API refused the access token of ", self.cred.label, " (401); fetching a new one")
   end
+  if self.rewrite_urls then self:plan_rewrite() end
 end
 
---- Module-level shortcuts: access(name) and header_filter(name) for the gateway named name.
+--- body_filter_by_lua: holds a JSON answer chosen by header_filter until its end, then sends it
+--- with the API's URLs replaced by the gateway's. Any other body is not touched (not even
+--- read). Past max_rewrite_size, what was held and the rest go out unchanged, with a warning.
+function Gateway:body_filter()
+  local plan = ngx.ctx.healthcare_rewrite
+  if not plan or plan.passing then return end
+  local chunk, eof = ngx.arg[1], ngx.arg[2]
+  local buf = plan.buf
+  if chunk ~= "" then
+    plan.size = plan.size + #chunk
+    buf[#buf + 1] = chunk
+    if plan.size > self.max_rewrite_size then
+      log(ngx.WARN, "the JSON answer to ", request_line(), " is over ",
+        "max_rewrite_size (", self.max_rewrite_size, " bytes): it goes out with the API's URLs")
+      plan.passing, plan.buf = true, nil
+      ngx.arg[1] = table.concat(buf)
+      return
+    end
+  end
+  if not eof then
+    ngx.arg[1] = nil
+    return
+  end
+  plan.buf = nil
+  ngx.arg[1] = M.rewrite_urls(table.concat(buf), self.upstream_root, plan.to)
+end
+
+--- Module-level shortcuts: access(name), header_filter(name) and body_filter(name) for the
+--- gateway named name.
 function M.access(name)
   return M.gateway(name):access()
 end
@@ -358,6 +528,10 @@ end
 function M.header_filter(name)
   local g = gateways[name or "default"]
   if g and g.cred then return g:header_filter() end
+end
+
+function M.body_filter(name)
+  if ngx.ctx.healthcare_rewrite then return gateways[name or "default"]:body_filter() end
 end
 
 return M

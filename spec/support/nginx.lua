@@ -130,6 +130,54 @@ function Emulator:service_account()
   return sa
 end
 
+-- ---- a canned API ------------------------------------------------------------------------
+
+local CANNED = [[
+import http.server, sys
+body = open(sys.argv[1], "rb").read()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Type", sys.argv[2])
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for i in range(0, len(body), 1000):
+            piece = body[i:i + 1000]
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+body = body.replace(b"{PORT}", b"%d" % s.server_address[1])
+print(s.server_address[1], flush=True)
+s.serve_forever()
+]]
+
+--- An API that answers every GET with body (of type ctype; "{PORT}" in it stands for its port),
+--- chunked, 1000 bytes a chunk (the emulator sends JSON with a Content-Length). Returns
+--- { port, body (as sent), stop() }.
+function N.canned(body, ctype)
+  local dir = H.tmpdir()
+  H.write_file(dir .. "/body", body)
+  H.write_file(dir .. "/canned.py", CANNED)
+  local c = { stop = function(self) stop_pid(self.pid, "TERM", 2) end }
+  c.pid = spawn(table.concat({ PY, H.q(dir .. "/canned.py"), H.q(dir .. "/body"), H.q(ctype) }, " "), dir, "canned")
+  running[#running + 1] = c
+  for _ = 1, 200 do
+    c.port = tonumber((read_all(dir .. "/canned.out") or ""):match("^(%d+)\n"))
+    if c.port or not alive(c.pid) then break end
+    sleep(0.05)
+  end
+  if not c.port then
+    c:stop()
+    error("the canned API did not start: " .. (read_all(dir .. "/canned.err") or ""), 2)
+  end
+  c.body = body:gsub("{PORT}", tostring(c.port))
+  return c
+end
+
 -- ---- the gateway --------------------------------------------------------------------------
 
 --- The directory holding the LuaJIT build of healthcare.core (nginx runs LuaJIT): this ctest's
@@ -168,7 +216,9 @@ end
 N.replace_once = replace_once
 
 --- The example configuration pointed at the test bed. o: dir, port, api_port, token_port,
---- key_file, store, workers, lua_cpath_dir, configure_extra (Lua text added to configure{}).
+--- key_file, store, workers, lua_cpath_dir, configure_extra (Lua text added to configure{}),
+--- edits (more { from, to } replacements of the example's text). configure{} gets api_origin
+--- = the emulator's URL (the origin of the URLs in its answers).
 function N.config(o)
   local src = os.getenv("HC_SOURCE_DIR") or "."
   local conf = assert(read_all(N.EXAMPLE), "cannot read " .. N.EXAMPLE)
@@ -181,7 +231,8 @@ function N.config(o)
     { 'lua_package_cpath "/usr/local/lib/lua/5.1/?.so;;";', 'lua_package_cpath "' .. o.lua_cpath_dir .. '/?.so;;";' },
     { '"/etc/healthcare/service-account.json"', string.format("%q", o.key_file) },
     { '"projects/PROJECT/locations/LOCATION/datasets/DATASET/dicomStores/STORE",',
-      string.format("%q,", o.store or N.STORE) .. (o.configure_extra and ("\n" .. o.configure_extra) or "") },
+      string.format("%q,", o.store or N.STORE) .. string.format("\napi_origin = %q,", "http://127.0.0.1:" .. o.api_port)
+        .. (o.configure_extra and ("\n" .. o.configure_extra) or "") },
     { "server healthcare.googleapis.com:443;", "server 127.0.0.1:" .. o.api_port .. ";" },
     { "server oauth2.googleapis.com:443;", "server 127.0.0.1:" .. o.token_port .. ";" },
     { "proxy_pass https://healthcare_api;", "proxy_pass http://healthcare_api;" },
@@ -190,6 +241,7 @@ function N.config(o)
       "access_log " .. o.dir .. "/access.log healthcare;" },
     { "listen 127.0.0.1:8080;", "listen 127.0.0.1:" .. o.port .. ";" },
   }
+  for _, e in ipairs(o.edits or {}) do edits[#edits + 1] = e end
   for _, e in ipairs(edits) do conf = replace_once(conf, e[1], e[2]) end
   return conf
 end
