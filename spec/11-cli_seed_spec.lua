@@ -12,7 +12,7 @@ teardown(function() em:stop() end)
 E.emulator, E.endpoint, E.store_url = em.url, em.endpoint, em.store_url
 E.token, E.api_key = E.token .. "-private", E.api_key .. "-private"
 local METHOD = "locations-datasets-dicom-stores-studies-store-instances"
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+local BIN = H.BIN
 
 local function healthcare(args, stdin, env)
   return H.run((env or "") .. " " .. H.q(BIN) .. " " .. args, stdin)

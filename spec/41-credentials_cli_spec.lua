@@ -15,7 +15,6 @@ local token_cache = require "healthcare.token_cache"
 local params = require "healthcare.params"
 
 local E = H.env
-local BUILD = os.getenv("HC_BUILD_DIR") or "build"
 local LUA = os.getenv("HC_LUA") or "lua5.4"
 local METHOD = "locations-datasets-dicom-stores-studies-store-instances"
 local JWT_GRANT = credentials.JWT_GRANT
@@ -31,7 +30,7 @@ local function healthcare(env, args)
     "LUA_PATH=" .. (os.getenv("LUA_PATH") or ""), "LUA_CPATH=" .. (os.getenv("LUA_CPATH") or "") }
   for k, v in pairs(env) do words[#words + 1] = k .. "=" .. v end
   words[#words + 1] = LUA
-  words[#words + 1] = BUILD .. "/bin/healthcare"
+  words[#words + 1] = H.BIN
   for _, a in ipairs(args) do words[#words + 1] = a end
   for i, w in ipairs(words) do words[i] = H.q(w) end
   return H.run(table.concat(words, " "))

@@ -9,7 +9,7 @@ local cjson = require "cjson"
 local E = H.env
 
 local LUA = os.getenv("HC_LUA") or "lua5.4"
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+local BIN = H.BIN
 
 -- This file's own emulator: the shared one's fault rules (set by the retry specs running at the
 -- same time) and counters are not ours.

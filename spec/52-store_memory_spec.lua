@@ -9,7 +9,7 @@ local cjson = require "cjson"
 local E = H.env
 
 local LUA = os.getenv("HC_LUA") or "lua5.4"
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+local BIN = H.BIN
 local GiB, MiB = 1024 * 1024 * 1024, 1024 * 1024
 
 -- Runs `healthcare store` on path under /usr/bin/time -v: the report and the peak RSS in bytes.

@@ -12,7 +12,7 @@ local core = require "healthcare.core"
 local healthcare = require "healthcare"
 
 local E = H.env
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+local BIN = H.BIN
 local NGINX = "/usr/sbin/nginx"
 
 local function sh(cmd) return H.check_run(cmd) end

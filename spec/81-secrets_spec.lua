@@ -15,7 +15,7 @@ local core = require "healthcare.core"
 local healthcare = require "healthcare"
 
 local E = H.env
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+local BIN = H.BIN
 local METHOD = "locations-datasets-dicom-stores-studies-store-instances"
 local CLOSED = "http://127.0.0.1:1"
 local em = require("support.emulator_instance").start()

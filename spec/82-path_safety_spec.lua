@@ -12,7 +12,7 @@ local core = require "healthcare.core"
 local healthcare = require "healthcare"
 
 local E = H.env
-local BIN = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+local BIN = H.BIN
 local METHOD = "locations-datasets-dicom-stores-studies-store-instances"
 local em = require("support.emulator_instance").start()
 teardown(function() em:stop() end)

@@ -665,12 +665,11 @@ describe("a cut or malformed stream", function()
   it("healthcare retrieve: Ctrl-C abandons the transfer, exits 130 and leaves no file", function()
     local dir = H.tmpdir() .. "/out"
     local cut = string.format("%d", parts[1].size + parts[2].size + 2000)
-    local bin = (os.getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
     local base = server.url .. "/multipart/sizes=" .. string.format("%d,%d,%d", parts[1].size, parts[2].size,
       parts[3].size) .. "/cut=" .. cut .. "/hang=1"
     -- SIGINT once the command has made the directory: by then it traps interrupts and the
     -- transfer is under way (the server answers part of the body, then goes silent).
-    local script = table.concat({ H.q(bin), "retrieve", H.q(base), H.q(study.uid), "-o", H.q(dir), "&",
+    local script = table.concat({ H.q(H.BIN), "retrieve", H.q(base), H.q(study.uid), "-o", H.q(dir), "&",
       "pid=$!; n=0; while [ ! -d", H.q(dir), "] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done;",
       "sleep 0.5; kill -INT $pid; wait $pid" }, " ")
     local _, stderr, code = H.run(script)

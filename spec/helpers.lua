@@ -126,9 +126,10 @@ end
 
 -- The `healthcare` command of this build (ctest sets HC_BUILD_DIR) with args, each quoted: a shell
 -- command, for specs that run it in the background or add redirections.
-local BIN = (getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
+-- The build's `healthcare` command (runs this checkout's Lua files).
+H.BIN = (getenv("HC_BUILD_DIR") or "build") .. "/bin/healthcare"
 function H.healthcare_command(args)
-  local words = { H.q(BIN) }
+  local words = { H.q(H.BIN) }
   for _, a in ipairs(args) do words[#words + 1] = H.q(a) end
   return table.concat(words, " ")
 end

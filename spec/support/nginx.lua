@@ -18,13 +18,7 @@ N.NGINX = "/usr/sbin/nginx"
 N.EXAMPLE = (os.getenv("HC_SOURCE_DIR") or (H.env.support .. "/../..")) .. "/examples/openresty/nginx.conf"
 N.STORE = H.env.store
 
-local function read_all(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local read_all = H.file_bytes -- nil for a file that cannot be read
 
 local function sleep(s)
   os.execute("sleep " .. tostring(s))
