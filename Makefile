@@ -9,7 +9,7 @@ LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$
 SANITIZE_SPECS ?= ^(c_|10-|30-|40-|50-|60-|8[0-4]-|9[0-2]-)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo install lint clean fuzz valgrind bench bench-retrieve
+.PHONY: all deps build test demo install lint clean fuzz valgrind bench bench-retrieve api api-check
 
 all: build
 
@@ -52,6 +52,25 @@ bench: build
 # full corpora); rewrites bench/RESULTS-retrieve.md.
 bench-retrieve: build
 	FULL=$(FULL) bench/run --retrieve
+
+# The method table of the whole API (lua/healthcare/api/v1.lua) and the oracle's captured requests
+# (spec/fixtures/api/oracle-v1.json), both from Google's Node client pinned in
+# scripts/api/package-lock.json. Needs node and npm; `make test` does not (both files are committed).
+API_FILES = lua/healthcare/api/v1.lua spec/fixtures/api/oracle-v1.json
+scripts/api/node_modules/.package-lock.json: scripts/api/package.json scripts/api/package-lock.json
+	cd scripts/api && npm ci --no-audit --no-fund
+
+api: scripts/api/node_modules/.package-lock.json
+	scripts/gen-api
+	scripts/api-oracle
+
+# Fails when the committed files are not what the pinned package gives.
+api-check: api
+	@if [ -n "$$(git status --porcelain -- $(API_FILES))" ]; then \
+	  git diff --stat -- $(API_FILES); \
+	  echo "make api-check: $(API_FILES) differ from what scripts/gen-api and scripts/api-oracle write; commit them"; \
+	  exit 1; \
+	fi
 
 install: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
