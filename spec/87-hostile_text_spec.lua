@@ -113,7 +113,7 @@ describe("util.printable", function()
   it("is what tostring gives for an error, while err.message keeps the server's text", function()
     local store = assert(healthcare.dicomweb(URL .. "/esc/dicom-web"))
     local results, err = store:search_studies({})
-    if results then _, err = results:all() end
+    if results then err = select(2, results:all()) end
     store.client:close()
     assert.truthy(err.message:find(HOSTILE, 1, true))
     assert.truthy(tostring(err):find(HOSTILE_SHOWN, 1, true))
@@ -262,7 +262,7 @@ describe("secrets echoed by a server", function()
     assert_no_secret(report.failed[1].reason, "the reason")
     assert_no_secret(H.file_bytes(journal), "the journal")
     local results, err = store:search_studies({})
-    if results then _, err = results:all() end
+    if results then err = select(2, results:all()) end
     assert.truthy(err.message:find("REDACTED", 1, true), err.message)
     assert_no_secret(err.message, "err.message")
     client:close()
