@@ -10,7 +10,7 @@
 --   * with http_proxy set, a credential is not sent to a plain-http endpoint or token endpoint
 --     through the proxy (Debian's tinyproxy, on 127.0.0.1, its log read) unless --insecure;
 --     NO_PROXY and libcurl's other rules are followed.
--- The hostile server is spec/support/hostile_server.py.
+-- The hostile server is spec/support/hostile_text_server.py.
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/87-hostile_text_spec.lua
 local H = require "helpers"
 if not H.need_testbed() then return end
@@ -25,7 +25,7 @@ local PARENT = "projects/p/locations/l/datasets/d/dicomStores/s"
 local STORE_METHOD = "locations-datasets-dicom-stores-studies-store-instances"
 local SEARCH_METHOD = "locations-datasets-dicom-stores-search-for-studies"
 
--- The bytes hostile_server.py puts in its messages (HOSTILE there).
+-- The bytes hostile_text_server.py puts in its messages (HOSTILE there).
 local HOSTILE = "evil\27]0;pwned\7 \27[31mred\27[0m\r\nFAKE: second line\194\155" .. "31m c1 \255 end"
 -- How it must be shown.
 local HOSTILE_SHOWN = [[evil\x1b]0;pwned\x07 \x1b[31mred\x1b[0m\r\nFAKE: second line\u009b31m c1 \xff end]]
@@ -57,7 +57,7 @@ local function start(cmd, dir)
   error("did not start: " .. cmd .. "\n" .. (H.file_bytes(dir .. "/err") or ""))
 end
 
-local URL = start(H.q(PY) .. " " .. H.q(E.support .. "/hostile_server.py"), H.tmpdir())
+local URL = start(H.q(PY) .. " " .. H.q(E.support .. "/hostile_text_server.py"), H.tmpdir())
 
 -- ---- checks ----------------------------------------------------------------------------------
 
