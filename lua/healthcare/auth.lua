@@ -3,6 +3,8 @@
 --   cred:authorize(scopes) -> { headers = { "Name: value", ... }, query = { k = v } } | nil, err
 --   cred:invalidate()      -- after a 401: the next authorize fetches a fresh token
 --   cred.refreshable       -- whether a 401 is worth one retry with a fresh token
+--   cred:secrets()         -- the secret values it holds now (a list of strings), so that a
+--                          -- server that echoes one gets it replaced by REDACTED (optional)
 -- Static tokens and API keys live here; Google's credential kinds plug in through the same
 -- interface (see healthcare.credentials).
 local M = {}
@@ -20,6 +22,10 @@ end
 
 function Static.invalidate() end
 
+function Static:secrets()
+  return { self.token }
+end
+
 local ApiKey = {}
 ApiKey.__index = ApiKey
 
@@ -33,9 +39,14 @@ end
 
 function ApiKey.invalidate() end
 
+function ApiKey:secrets()
+  return { self.key }
+end
+
 --- A credential that sends nothing (a DICOMweb server without authentication).
 function M.none()
-  return { kind = "none", refreshable = false, authorize = function() return {} end, invalidate = function() end }
+  return { kind = "none", refreshable = false, authorize = function() return {} end, invalidate = function() end,
+    secrets = function() return {} end }
 end
 
 return M

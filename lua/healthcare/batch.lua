@@ -157,7 +157,7 @@ function M.run(store, inputs, opts)
   if o.keep_stored == nil then o.keep_stored = true end
   o.concurrency = o.concurrency or (store.client.concurrency) or M.DEFAULTS.concurrency
   if o.study_uid ~= nil and not dicomweb.valid_uid(o.study_uid) then
-    return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid):gsub("%c", "?") .. "'")
+    return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid) .. "'")
   end
   local retry = {}
   for k, v in pairs(M.RETRY_DEFAULTS) do retry[k] = v end
@@ -235,6 +235,9 @@ function M.run(store, inputs, opts)
       body = multipart_body(group, group.boundary),
     }
     if not t then
+      -- A usage error holds for every request (a credential refused to a proxy over plain
+      -- http): the run stops with it instead of failing every file.
+      if err.kind == "usage" then error(err, 0) end
       fail_group(group, err.message)
       return
     end

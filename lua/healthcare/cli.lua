@@ -84,7 +84,7 @@ local function run_seed(cmd)
   -- Open the output first: a mistake in -o should not cost an upload.
   local out, oerr = open_output(cmd.output)
   if not out then
-    say("cannot write the output: %s", oerr)
+    say("cannot write the output: %s", common.printable(oerr))
     return M.EXIT_USAGE
   end
   local client, cerr = healthcare.new {
@@ -190,7 +190,7 @@ local function run_call(cmd)
   if out then
     local fine, why = check_output(out)
     if not fine then
-      say("cannot write the output: %s", why)
+      say("cannot write the output: %s", common.printable(why))
       return M.EXIT_USAGE
     end
   end
@@ -228,13 +228,13 @@ local function run_call(cmd)
   if binary then
     if res.file then
       io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", res.bytes or 0,
-        common.printable(res.headers["content-type"] or "no Content-Type"), res.file))
+        common.printable(res.headers["content-type"] or "no Content-Type"), common.printable(res.file)))
     else
       -- a transport without the streaming sink: the answer came in memory
       ok, werr = write_output(out, res.body)
       if ok and out then
         io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", #res.body,
-          common.printable(res.headers["content-type"] or "no Content-Type"), out))
+          common.printable(res.headers["content-type"] or "no Content-Type"), common.printable(out)))
       end
     end
   else
@@ -247,7 +247,7 @@ local function run_call(cmd)
     ok, werr = write_output(out, text)
   end
   if not ok then
-    say("cannot write the output: %s", tostring(werr))
+    say("cannot write the output: %s", common.printable(werr))
     return M.EXIT_FAILED
   end
   return M.EXIT_OK
@@ -263,7 +263,7 @@ function M.main(argv)
     end
     local cmd, err = seed.parse(args)
     if not cmd then
-      say("%s", err)
+      say("%s", common.printable(err))
       io.stderr:write("Try 'healthcare --help'.\n")
       return M.EXIT_USAGE
     end
@@ -271,7 +271,7 @@ function M.main(argv)
     return run_seed(cmd)
   end, debug.traceback)
   if not ok then
-    say("internal error: %s", tostring(code))
+    say("internal error: %s", common.printable(code))
     return M.EXIT_FAILED
   end
   io.stdout:flush()

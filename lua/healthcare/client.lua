@@ -1,8 +1,10 @@
 -- SPDX-License-Identifier: MIT
 -- The client: one transport session (its connection pool), one credential, one endpoint.
--- Every HTTP exchange of the module goes through Client:send, which adds credentials,
--- the standard query parameters and the User-Agent, logs redacted debug lines, turns
--- transport failures into error values and retries once with a fresh token after a 401.
+-- Every HTTP exchange of the module goes through Client:send (or start and finish), which adds
+-- credentials, the standard query parameters and the User-Agent, refuses to hand a credential to
+-- a proxy over plain http, logs redacted debug lines, turns transport failures into error values,
+-- retries once with a fresh token after a 401, and takes the client's own secrets out of every
+-- text a server sends back (a hostile server may echo them) before anyone keeps or prints it.
 local core = require "healthcare.core"
 local auth = require "healthcare.auth"
 local errors = require "healthcare.errors"
@@ -69,6 +71,9 @@ local function lazy_default(credentials, opts)
   function lazy.generation()
     return found and found.refreshes or 0
   end
+  function lazy.secrets()
+    return found and found.secrets and found:secrets() or {}
+  end
   return lazy
 end
 
@@ -108,7 +113,7 @@ function M.new(opts)
   local endpoint = opts.endpoint or os.getenv("HEALTHCARE_ENDPOINT") or M.DEFAULT_ENDPOINT
   if not util.is_base_url(endpoint) then
     return nil, errors.new("usage", "endpoint must be an http(s) URL without spaces, control characters, "
-      .. "non-ASCII, '?' or '#', got '" .. endpoint:gsub("%c", "?") .. "'")
+      .. "non-ASCII, '?' or '#', got '" .. endpoint .. "'")
   end
   local cred, cerr = credential_from(opts)
   if not cred then return nil, cerr end
@@ -122,6 +127,10 @@ function M.new(opts)
     concurrency = opts.concurrency,
     timeout = opts.timeout,
     idle_timeout = opts.idle_timeout,
+    insecure = opts.insecure == true,
+    -- The credential values the last requests carried (a ring of SENT_KEPT): an answer to a
+    -- request made with a token since replaced may still echo that token.
+    sent = {},
   }, Client)
   if type(self.scopes) == "string" then self.scopes = { self.scopes } end
   self.session = core.session {
@@ -144,6 +153,110 @@ local function has_credential_param(q)
   return q.access_token or q.oauth_token or q.key
 end
 
+local SENT_KEPT = 8
+-- Headers whose value is a credential.
+local CREDENTIAL_HEADERS = { authorization = true, ["x-goog-api-key"] = true, ["proxy-authorization"] = true }
+
+-- What credential a prepared request carries ("a bearer token", "an API key", ...), or nil.
+local function credential_carried(headers, query)
+  for _, h in ipairs(headers) do
+    local name = (h:match("^([^:]+):") or ""):lower()
+    if name == "authorization" then return "the Authorization header (a bearer token)" end
+    if CREDENTIAL_HEADERS[name] then return "the " .. name .. " header" end
+  end
+  if query.key then return "an API key (key=)" end
+  if query.access_token or query.oauth_token then return "an access token (access_token=)" end
+  return nil
+end
+
+-- Remembers the credential values a request carries, for Client:secrets.
+function Client:remember_sent(headers, query)
+  local function add(v)
+    if type(v) ~= "string" or #v < util.MIN_SECRET then return end
+    for _, have in ipairs(self.sent) do if have == v then return end end
+    table.insert(self.sent, 1, v)
+    self.sent[SENT_KEPT + 1] = nil
+  end
+  for _, h in ipairs(headers) do
+    local name, value = h:match("^([^:]+):%s*(.-)%s*$")
+    if name and CREDENTIAL_HEADERS[name:lower()] then
+      add(value)
+      add(value:match("^%a+%s+(.+)$")) -- the token of "Bearer <token>"
+    end
+  end
+  for k, v in pairs(query) do
+    if util.SECRET_PARAMS[k] then add(v) end
+  end
+end
+
+--- The secrets in use by this client: the values its last requests carried, its credential's
+--- own (tokens, keys, refresh token, client secret, an assertion being exchanged) and secret
+--- standard parameters. A list of strings, for redaction by value (util.redact); never printed.
+function Client:secrets()
+  local list = {}
+  for _, v in ipairs(self.sent) do list[#list + 1] = v end
+  local c = self.credential
+  if c.secrets then
+    for _, v in ipairs(c:secrets()) do list[#list + 1] = v end
+  end
+  for k, v in pairs(self.params) do
+    if util.SECRET_PARAMS[k] then list[#list + 1] = v end
+  end
+  return list
+end
+
+--- text with the client's secrets replaced by REDACTED (see util.redact).
+function Client:redact(text)
+  return util.redact(text, self:secrets())
+end
+
+-- Media types whose body is text a person may read, where an echoed secret is taken out even in
+-- a successful answer (search results, metadata, STOW-RS answers); other bodies are data.
+local function is_text(headers)
+  local ct = (headers and headers["content-type"] or ""):lower()
+  return ct == "" or ct:find("json", 1, true) ~= nil or ct:find("xml", 1, true) ~= nil
+    or ct:find("^%s*text/") ~= nil
+end
+
+-- Takes the client's secrets out of a response: header values, and a body kept in memory when
+-- it is an error or text. Binary answers (instances, frames, images) are left byte for byte.
+function Client:scrub_response(res)
+  local secrets = self:secrets()
+  if #secrets == 0 then return res end
+  for k, v in pairs(res.headers or {}) do
+    if type(v) == "string" then res.headers[k] = util.redact(v, secrets) end
+  end
+  if type(res.body) == "string" and res.body ~= ""
+    and (res.status < 200 or res.status > 299 or is_text(res.headers)) then
+    res.body = util.redact(res.body, secrets)
+  end
+  return res
+end
+
+-- The proxy policy: a credential does not go through a proxy over plain http (the proxy, and
+-- anyone between, would read it) unless `insecure`. libcurl takes its proxy from the
+-- environment; util.proxy_for reads the same variables by the same rules. Returns nil, err
+-- (kind "usage": configuration to change) when the request must not be sent.
+function Client:check_proxy(url, headers, query)
+  if self.insecure or not url:lower():match("^http://") then return true end
+  local proxy, variable = util.proxy_for(url)
+  if not proxy then return true end
+  local carried = credential_carried(headers, query)
+  if not carried then return true end
+  return nil, errors.new("usage", M.proxy_refusal(url, carried, proxy, variable), { status = "CLEARTEXT_PROXY" })
+end
+
+--- The message refusing to send `carried` (what credential) to url through proxy (named by the
+--- environment variable) over plain http. Shared with healthcare.credentials' token requests.
+function M.proxy_refusal(url, carried, proxy, variable)
+  local origin = url:match("^(%a+://[^/?#]*)") or url
+  -- A proxy URL may carry its own user:password.
+  local shown_proxy = proxy:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1REDACTED@"):gsub("^[^/@]*@", "REDACTED@")
+  return string.format("refusing to send %s to %s through the proxy %s (from %s) over plain http, where "
+    .. "the proxy can read it: use https, add the host to NO_PROXY, or allow it with insecure = true "
+    .. "(--insecure)", carried, util.redact_url(origin), shown_proxy, variable)
+end
+
 --- Builds the transport request for req = { method, url, headers, query, body, timeout } and the
 --- credential. Returns the request table, or nil, err.
 function Client:prepare(req)
@@ -159,6 +272,9 @@ function Client:prepare(req)
     for _, h in ipairs(a.headers or {}) do headers[#headers + 1] = h end
     for k, v in pairs(a.query or {}) do query[k] = v end
   end
+  local ok, perr = self:check_proxy(req.url, headers, query)
+  if not ok then return nil, perr end
+  self:remember_sent(headers, query)
   local qs = util.query_string(query)
   return {
     method = req.method or "GET",
@@ -176,8 +292,9 @@ end
 
 function Client:log_request(r)
   if not self.debug then return end
-  self.debug("> " .. r.method .. " " .. util.redact_url(r.url))
-  for _, h in ipairs(r.headers) do self.debug("> " .. util.redact_header(h)) end
+  local secrets = self:secrets()
+  self.debug("> " .. r.method .. " " .. util.redact_url(r.url, secrets))
+  for _, h in ipairs(r.headers) do self.debug("> " .. util.redact_header(h, secrets)) end
 end
 
 function Client:log_response(res, seconds)
@@ -186,7 +303,8 @@ function Client:log_response(res, seconds)
   local names = {}
   for k in pairs(res.headers) do names[#names + 1] = k end
   table.sort(names)
-  for _, k in ipairs(names) do self.debug("< " .. util.redact_header(k .. ": " .. res.headers[k])) end
+  local secrets = self:secrets()
+  for _, k in ipairs(names) do self.debug("< " .. util.redact_header(k .. ": " .. res.headers[k], secrets)) end
 end
 
 --- Sends one request synchronously. Returns the raw response { status, headers, body } (any
@@ -201,9 +319,11 @@ function Client:send(req)
     local res, err = self.session:request(r)
     if not res then
       err = errors.from_transport(err)
+      err.message = self:redact(err.message) -- it may quote a server's header
       if self.debug then self.debug("< error: " .. err.message) end
       return nil, err
     end
+    self:scrub_response(res)
     self:log_response(res, core.now() - t0)
     if res.status == 401 and attempt == 1 and self.credential.refreshable
       and not has_credential_param(r) then
@@ -229,7 +349,11 @@ function Client:start(req)
   if not r then return nil, perr end
   self:log_request(r)
   local t, err = self.session:start(r)
-  if not t then return nil, errors.from_transport(err) end
+  if not t then
+    err = errors.from_transport(err)
+    err.message = self:redact(err.message)
+    return nil, err
+  end
   return t
 end
 
@@ -239,9 +363,11 @@ function Client:finish(t, started_at)
   t:close()
   if not res then
     err = errors.from_transport(err)
+    err.message = self:redact(err.message)
     if self.debug then self.debug("< error: " .. err.message) end
     return nil, err
   end
+  self:scrub_response(res)
   self:log_response(res, started_at and (core.now() - started_at) or 0)
   return res
 end

@@ -13,7 +13,10 @@
 -- Tokens are cached per scope set and refreshed `refresh_margin` seconds before they expire
 -- (never later than half-way through a short lifetime); a refresh is synchronous, so all the
 -- transfers of a client wait for the one refresh and then share its token.
--- No token, key, assertion or refresh token ever goes into an error or a debug line.
+-- No token, key, assertion or refresh token ever goes into an error or a debug line: a token
+-- endpoint's answer is searched for every secret the credential holds (cred:secrets()) and
+-- each is replaced by REDACTED. A credential is not sent to a token endpoint or asked of a
+-- metadata server through a proxy over plain http, unless `insecure` (see healthcare.client).
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
 local auth = require "healthcare.auth"
@@ -68,24 +71,15 @@ local function fail(message, fields)
   return nil, errors.new("auth", message, fields)
 end
 
--- Replaces every secret (plain text) in s by REDACTED.
-local function scrub(s, secrets)
-  for _, secret in ipairs(secrets or {}) do
-    if type(secret) == "string" and #secret >= 8 then
-      local i = s:find(secret, 1, true)
-      while i do
-        s = s:sub(1, i - 1) .. "REDACTED" .. s:sub(i + #secret)
-        i = s:find(secret, i + 8, true)
-      end
-    end
-  end
-  return s
-end
+-- Replaces every secret of the list in s by REDACTED (util.redact: raw, percent-encoded and
+-- JSON-escaped forms). Kept under this name for healthcare.ngx.
+local scrub = util.redact
 M.scrub = scrub
 
--- A value from a key file, shown in an error: short and printable.
+-- A value from a key file, quoted in an error: short. As it is otherwise: tostring(err) makes
+-- a message printable.
 local function shown(v)
-  return (tostring(v):gsub("[%c\128-\255]", "?"):sub(1, 60))
+  return (tostring(v):sub(1, 60))
 end
 
 --- The sorted, de-duplicated scope list for scopes (a list, a string or nil: the default).
@@ -120,6 +114,7 @@ local function new_credential(kind, opts, fields)
   self.refreshing = {}   -- scope key -> true while a refresh runs
   self.refreshes = 0     -- token requests made (or JWTs signed), for tests and --debug
   self.debug = util.debug_sink(opts.debug)
+  self.insecure = opts.insecure == true
   self.timeout = M.TOKEN_TIMEOUT
   self.session_opts = {
     user_agent = "healthcare-lua/" .. core._VERSION .. " " .. core.curl_version .. " auth",
@@ -211,6 +206,18 @@ function Credential:invalidate()
   self.disk_stale = true
 end
 
+--- The secrets this credential holds now: its access tokens (a self-signed JWT among them), a
+--- refresh token and client secret, and the assertion of a token request under way. A list of
+--- strings for redaction by value; never written anywhere.
+function Credential:secrets()
+  local list = {}
+  for _, e in pairs(self.cache) do list[#list + 1] = e.token end
+  for _, k in ipairs({ "refresh_token", "client_secret", "pending_assertion" }) do
+    if type(self[k]) == "string" then list[#list + 1] = self[k] end
+  end
+  return list
+end
+
 function Credential:close()
   if self.session then self.session:close() end
   self.session = nil
@@ -235,12 +242,13 @@ function M.parse_token_reply(body)
 end
 
 --- OAuth's {error, error_description} of a failed token reply as text ("invalid_grant: ..."),
---- control characters removed and the description shortened; nil when the body is not one.
+--- the description shortened; nil when the body is not one. The text is the server's, as it is:
+--- tostring(err) makes it printable.
 function M.token_error_text(body)
   local doc = cjson.decode(body or "")
   if type(doc) ~= "table" or type(doc.error) ~= "string" then return nil end
   local desc = type(doc.error_description) == "string" and doc.error_description or nil
-  desc = desc and (": " .. desc:gsub("%c", " "):sub(1, 300)) or ""
+  desc = desc and (": " .. desc:sub(1, 300)) or ""
   return shown(doc.error) .. desc, doc.error
 end
 
@@ -271,11 +279,25 @@ end
 -- another try; when probing, a transport failure ends it at once (nobody is there). Returns the
 -- 200 reply, or nil, err (kind "auth", err.reason a short cause) and the last reply if any.
 function Credential:request_token(req, secrets, probing)
+  local all = self:secrets()
+  for _, v in ipairs(secrets) do all[#all + 1] = v end
+  secrets = all
+  -- The answer carries a token, and the request an assertion, refresh token or client secret:
+  -- none of them through a proxy over plain http (see healthcare.client).
+  local proxy, variable = util.proxy_for(req.url)
+  if proxy and not self.insecure and req.url:lower():match("^http://") then
+    local message = require("healthcare.client").proxy_refusal(req.url,
+      req.method == "GET" and "a token request (its answer is a token)"
+        or "a token request (it carries a signed assertion or a refresh token)", proxy, variable)
+    -- While probing for a metadata server, it counts as not found (and says why).
+    return fail(self.label .. ": " .. message, { status = "CLEARTEXT_PROXY", absent = probing or nil,
+      reason = probing and ("not asked: " .. variable .. " names a proxy; add the host to NO_PROXY") or nil })
+  end
   local res, err
   for attempt = 1, M.TOKEN_ATTEMPTS do
     if attempt > 1 then core.sleep(0.5 * 2 ^ (attempt - 2)) end
-    self:log("> " .. req.method .. " " .. util.redact_url(req.url) .. " (token for " .. self.label .. ")")
-    for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h)) end
+    self:log("> " .. req.method .. " " .. util.redact_url(req.url, secrets) .. " (token for " .. self.label .. ")")
+    for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h, secrets)) end
     local t0 = core.now()
     res, err = self:http():request(req)
     if not res then
@@ -288,6 +310,8 @@ function Credential:request_token(req, secrets, probing)
     else
       self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))
       if res.status == 200 then return res end
+      -- Before anything is cut short for a message: a secret cut in two is no longer found.
+      res.body = scrub(res.body or "", secrets)
       local e = token_error(res, self.token_url_shown)
       local hint = (M.HINTS[e.status] or {})[self.kind]
       err = errors.new("auth", scrub(self.label .. ": " .. e.message .. (hint and ("; " .. hint) or ""), secrets),
@@ -335,7 +359,9 @@ local function fetch_service_account(self, scopes)
   local assertion, err = self:assertion(scopes)
   if not assertion then return nil, err end
   local secrets = { assertion }
+  self.pending_assertion = assertion
   local res, rerr = self:post_form({ grant_type = M.JWT_GRANT, assertion = assertion }, secrets)
+  self.pending_assertion = nil
   if not res then return nil, rerr end
   return read_token(self, res, secrets)
 end

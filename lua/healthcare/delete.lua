@@ -36,9 +36,8 @@ local LEVELS = {
   { what = "DeleteInstance", fn = "delete_instance", noun = "instance", keyword = "SOPInstanceUID" },
 }
 
-local function printable(s)
-  return (tostring(s):gsub("[%c]", "?"))
-end
+-- Values quoted in error messages go in as they are: tostring(err) makes the message printable.
+local shown = tostring
 
 --- An Operation name we are willing to append to the endpoint: Google's shape, and nothing
 --- that could leave the path (query, fragment, dot segments, spaces, control characters).
@@ -91,7 +90,7 @@ local function operation_failed(what, name, e)
   local status = RPC_STATUS[code] or ("CODE_" .. tostring(e.code))
   local message = type(e.message) == "string" and e.message or "no message"
   return errors.new("http", string.format("%s: operation %s failed: %s (code %s %s)", what, name,
-    printable(message), tostring(code or e.code), status), {
+    shown(message), tostring(code or e.code), status), {
       status = status, code = code, operation = name, details = type(e.details) == "table" and e.details or nil,
     })
 end
@@ -129,7 +128,7 @@ local function poll(store, what, name, query, opts, retry)
     local op = cjson.decode(res.body)
     if type(op) ~= "table" then
       return nil, errors.new("http", string.format("%s: operation %s: the answer is not JSON: %s", what, name,
-        printable(res.body:sub(1, 200))), { http_status = res.status, operation = name })
+        shown(res.body:sub(1, 200))), { http_status = res.status, operation = name })
     end
     if type(op.error) == "table" then
       return nil, operation_failed(what, name, op.error)
@@ -148,7 +147,7 @@ local function delete(store, depth, uids, opts)
     if not dicomweb.valid_uid(uid) then
       return nil, errors.new("usage", string.format(
         "invalid %s '%s': a UID is digits and dots, at most %d characters", LEVELS[i].keyword,
-        printable(uid), dicomweb.MAX_UID))
+        shown(uid), dicomweb.MAX_UID))
     end
   end
   -- A zero interval would poll as fast as the server answers, for up to `timeout`; x ~= x is NaN.
@@ -189,7 +188,7 @@ local function delete(store, depth, uids, opts)
     local allow = res.headers.allow
     err.message = string.format("%s: the server does not support deleting through DICOMweb "
       .. "(HTTP %d%s); delete the %s with the server's own tools", level.what, res.status,
-      allow and (", Allow: " .. printable(allow)) or "", named)
+      allow and (", Allow: " .. shown(allow)) or "", named)
     err.status = "UNIMPLEMENTED"
     return nil, err
   elseif res.status < 200 or res.status >= 300 then
@@ -203,7 +202,7 @@ local function delete(store, depth, uids, opts)
   if not M.valid_operation_name(op.name) then
     return nil, errors.new("http", string.format(
       "%s: the server answered with an operation name that is not projects/.../operations/{id}: '%s'",
-      level.what, printable(op.name):sub(1, 200)), { http_status = res.status })
+      level.what, shown(op.name):sub(1, 200)), { http_status = res.status })
   end
   if type(op.error) == "table" then
     return nil, operation_failed(level.what, op.name, op.error)

@@ -31,7 +31,7 @@ function M.check_parent(parent)
     return nil, errors.new("usage", string.format(
       "invalid dicomStore name '%s': expected projects/{project}/locations/{location}/"
       .. "datasets/{dataset}/dicomStores/{store} with each ID made of letters, digits, '-', '_' and '.'",
-      (parent:gsub("[%c]", "?"))))
+      parent))
   end
   return true
 end
@@ -49,7 +49,7 @@ function M.check_store_path(path)
   if uid and M.valid_uid(uid) then return uid end
   return nil, errors.new("usage", string.format(
     "invalid DICOMweb path '%s' for StoreInstances: expected 'studies' or 'studies/{StudyInstanceUID}'"
-    .. " (digits and dots, at most 64 characters)", (tostring(path):gsub("[%c]", "?"))))
+    .. " (digits and dots, at most 64 characters)", tostring(path)))
 end
 
 function M.store(client, base_url, name)

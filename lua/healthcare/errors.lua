@@ -2,7 +2,8 @@
 -- Error values. Every failed call returns nil and one of these tables:
 --   kind        "http" | "transport" | "auth" | "dicom" | "usage" | "io" | "timeout"
 --               ("timeout": a long-running operation was not done in time; it may still finish)
---   message     one line a person can act on
+--   message     what a person can act on; it may quote a server's text exactly as sent (our own
+--               secrets in it replaced by REDACTED), control characters included
 --   http_status the HTTP status, when a response came back
 --   status      Google's status string (e.g. "UNAUTHENTICATED"), or the transport reason
 --   retryable   whether sending the same request again may succeed
@@ -10,9 +11,11 @@
 --   details     Google's error details list, when present
 --   reason      the ErrorInfo reason among them (e.g. "API_KEY_INVALID"), when present
 --   operation   the long-running operation's name, for errors about one (delete)
--- tostring(err) gives the message. Raised errors are kept for programming mistakes.
+-- tostring(err) gives the message made printable (util.printable): one line, safe for a terminal.
+-- Raised errors are kept for programming mistakes.
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -34,6 +37,14 @@ local STATUS_NAME = {
 }
 
 M.mt = core.Error
+-- The C core's __tostring gives the message as it is; what a person sees goes through the one
+-- printable() of the module, so a server's ESC sequence or CR/LF never reaches a terminal raw.
+-- Errors the core makes share this metatable.
+M.mt.__tostring = function(err)
+  local message = rawget(err, "message")
+  local t = type(message)
+  return util.printable((t == "string" or t == "number") and message or "unknown error")
+end
 
 function M.new(kind, message, fields)
   local err = fields or {}
@@ -49,7 +60,7 @@ end
 --- Completes an error returned by the C transport (kind, message, code) with the policy fields.
 function M.from_transport(err)
   -- The message names the URL; its query may carry a token or key.
-  err.message = require("healthcare.util").redact_url(err.message)
+  err.message = util.redact_url(err.message)
   err.status = err.code
   err.retryable = M.RETRYABLE_TRANSPORT[err.code] == true
   return err

@@ -25,7 +25,7 @@ function M.dicomweb(base_url, opts)
   end
   if not require("healthcare.util").is_base_url(base_url) then
     return nil, require("healthcare.errors").new("usage", "DICOMweb base URL must be an http(s) URL without "
-      .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. base_url:gsub("%c", "?") .. "'")
+      .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. base_url .. "'")
   end
   opts = opts or {}
   local o = {}

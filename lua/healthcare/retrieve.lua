@@ -40,9 +40,9 @@ local EXTENSIONS = {
   ["video/mpeg"] = "mpg", ["video/mp4"] = "mp4", ["application/dicom"] = "dcm",
 }
 
-local function printable(s)
-  return (tostring(s):gsub("%c", "?"))
-end
+-- Values quoted in messages go in as they are: tostring(err) makes a message printable, and the
+-- command prints a file's warning through common.printable.
+local shown = tostring
 
 local function check_string(v, n, fname)
   if type(v) ~= "string" then
@@ -59,7 +59,7 @@ local function resource_path(uids)
     local what, uid = pair[1], pair[2]
     if not dicomweb.valid_uid(uid) then
       return nil, errors.new("usage", string.format(
-        "invalid %s UID '%s': expected digits and dots, at most %d characters", what, printable(uid),
+        "invalid %s UID '%s': expected digits and dots, at most %d characters", what, shown(uid),
         dicomweb.MAX_UID))
     end
     path[#path + 1] = segments[what] .. "/" .. uid
@@ -143,14 +143,14 @@ local function transfer_syntax_of(opts)
   if ts == nil then return M.DEFAULT_TRANSFER_SYNTAX end
   if ts == "*" or dicomweb.valid_uid(ts) then return ts end
   return nil, errors.new("usage", string.format(
-    "invalid transfer syntax '%s': expected '*' (as stored) or a transfer syntax UID", printable(ts)))
+    "invalid transfer syntax '%s': expected '*' (as stored) or a transfer syntax UID", shown(ts)))
 end
 
 -- A media type for an Accept header or a file name: type/subtype, nothing else.
 local function check_media_type(v, what)
   if type(v) ~= "string" or not v:match("^[%w!#$&^_.+-]+/[%w!#$&^_.+-]+$") then
     return nil, errors.new("usage", string.format("invalid %s '%s': expected a media type such as %s",
-      what, printable(v), what == "accept" and M.DEFAULT_RENDERED_ACCEPT or M.DEFAULT_FRAME_TYPE))
+      what, shown(v), what == "accept" and M.DEFAULT_RENDERED_ACCEPT or M.DEFAULT_FRAME_TYPE))
   end
   return v
 end
@@ -187,7 +187,7 @@ local function name_instances(parts, dir, scope, fixed_path)
       uid = nil
     elseif not dicomweb.valid_uid(uid) then
       warning = string.format("part %d has %s", i, uid and ("an invalid SOP Instance UID '"
-        .. printable(uid) .. "'") or "no SOP Instance UID")
+        .. shown(uid) .. "'") or "no SOP Instance UID")
       uid = nil
     elseif used[uid] then
       warning = string.format("part %d repeats SOP Instance UID %s", i, uid)

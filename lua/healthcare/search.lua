@@ -29,9 +29,8 @@ local function usage(what, fmt, ...)
   return nil, errors.new("usage", what .. ": " .. string.format(fmt, ...))
 end
 
-local function shown(v)
-  return (tostring(v):gsub("%c", "?"))
-end
+-- A value quoted in an error message goes in as it is: tostring(err) makes the message printable.
+local shown = tostring
 
 -- A count (limit, offset, page_size): a non-negative integer, as a number or a string.
 local function count_of(v)

@@ -17,7 +17,7 @@ local function bad(spec)
     or tostring(spec)
   return nil, errors.new("usage", string.format(
     "invalid shard '%s': expected K/N with whole numbers 1 <= K <= N <= %d (e.g. 1/4)",
-    (shown:gsub("%c", "?")), M.MAX_N))
+    shown, M.MAX_N))
 end
 
 local function whole(v)

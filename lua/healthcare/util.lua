@@ -1,6 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- Small helpers shared by the Lua modules: option tables checked against their documented keys,
--- query strings, and redaction of secrets for debug output and error messages.
+-- query strings, text made safe for a terminal, redaction of secrets for debug output and error
+-- messages, and the proxy libcurl takes from the environment.
 local core = require "healthcare.core"
 
 local M = {}
@@ -32,10 +33,11 @@ function M.is_base_url(s)
   return type(s) == "string" and s:match("^https?://[^/?#]+") ~= nil and not s:find("[%s%c?#\128-\255]")
 end
 
---- The `debug` option made callable: true writes lines to stderr, a function gets them, else nil.
+--- The `debug` option made callable: true writes lines to stderr (made printable: they hold
+--- server text), a function gets them as they are (secrets redacted), else nil.
 function M.debug_sink(d)
   if d == true then
-    return function(line) io.stderr:write(line, "\n") end
+    return function(line) io.stderr:write(M.printable(line), "\n") end
   elseif type(d) == "function" then
     return d
   end
@@ -56,29 +58,241 @@ function M.query_string(q)
   return table.concat(out, "&")
 end
 
--- Query parameters and headers that carry secrets (see REFERENCE.md).
+-- ---- text for a terminal ---------------------------------------------------------------------
+
+-- Code points that are valid UTF-8 yet act on a terminal or on how a line reads: the C1
+-- controls (U+009B is CSI, U+009D OSC on terminals that decode them), the line and paragraph
+-- separators, and the bidirectional overrides and isolates that reorder what is shown.
+local function unsafe_code_point(cp)
+  return (cp >= 0x80 and cp <= 0x9F) or cp == 0x061C or cp == 0x200E or cp == 0x200F
+    or (cp >= 0x2028 and cp <= 0x202E) or (cp >= 0x2066 and cp <= 0x2069)
+end
+
+-- A run of bytes >= 0x80: valid UTF-8 sequences kept (unless unsafe_code_point: \uXXXX), every
+-- other byte shown as \xNN (overlong forms, surrogates, stray continuation bytes, cut sequences).
+local function non_ascii(run)
+  local out, i, n = {}, 1, #run
+  while i <= n do
+    local c = run:byte(i)
+    local len, cp, min
+    if c >= 0xC2 and c <= 0xDF then len, cp, min = 2, c - 0xC0, 0x80
+    elseif c >= 0xE0 and c <= 0xEF then len, cp, min = 3, c - 0xE0, 0x800
+    elseif c >= 0xF0 and c <= 0xF4 then len, cp, min = 4, c - 0xF0, 0x10000
+    end
+    local ok = len ~= nil and i + len - 1 <= n
+    if ok then
+      for k = i + 1, i + len - 1 do
+        local b = run:byte(k)
+        if b > 0xBF then ok = false break end -- every byte of the run is >= 0x80
+        cp = cp * 64 + (b - 0x80)
+      end
+      ok = ok and cp >= min and cp <= 0x10FFFF and not (cp >= 0xD800 and cp <= 0xDFFF)
+    end
+    if not ok then
+      out[#out + 1] = string.format("\\x%02x", c)
+      i = i + 1
+    else
+      out[#out + 1] = unsafe_code_point(cp) and string.format("\\u%04x", cp) or run:sub(i, i + len - 1)
+      i = i + len
+    end
+  end
+  return table.concat(out)
+end
+
+local ASCII_ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t", ["\\"] = "\\\\" }
+
+--- Any text (a server's message, a header, a DICOM value, a file name) made safe to write on a
+--- terminal as one line: control characters (ESC, CR, LF, ...) become \xNN (\n, \r, \t), C1
+--- controls and bidirectional overrides \uXXXX, bytes that are not UTF-8 \xNN, and "\" itself
+--- "\\", so that what is shown says what was there. Printable ASCII and UTF-8 pass unchanged.
+--- Applied once, where the text is written (tostring of an error does it for its message).
+function M.printable(s)
+  s = tostring(s)
+  if not s:find("[%c\\\128-\255]") then return s end
+  s = s:gsub("[%c\\]", function(ch)
+    return ASCII_ESCAPES[ch] or string.format("\\x%02x", ch:byte())
+  end)
+  return (s:gsub("[\128-\255]+", non_ascii))
+end
+
+-- ---- secrets ------------------------------------------------------------------------------------
+
+-- Query parameters and headers that carry secrets.
 local SECRET_PARAMS = { access_token = true, oauth_token = true, key = true, assertion = true,
   refresh_token = true, client_secret = true }
 M.SECRET_PARAMS = SECRET_PARAMS
 
---- The URL with the values of secret query parameters replaced by "REDACTED".
--- Values in our URLs are percent-encoded, so a raw ":" or space ends one (as in error messages).
-function M.redact_url(url)
-  return (url:gsub("([?&])([^=&#%s?]+)=([^&#%s:]*)", function(sep, k, v)
-    if SECRET_PARAMS[k] then v = "REDACTED" end
-    return sep .. k .. "=" .. v
-  end))
+-- Secrets shorter than this are not looked for in text: replacing "abc" everywhere would garble
+-- messages, and no token or key is that short.
+M.MIN_SECRET = 8
+
+-- The forms in which a server may echo a secret it was sent: as is, percent-encoded (a query
+-- value, a form body; hex in either case) and JSON-escaped ("/" as "\/").
+local function secret_forms(secret, into)
+  into[#into + 1] = secret
+  local escaped = core.escape(secret)
+  if escaped ~= secret then
+    into[#into + 1] = escaped
+    into[#into + 1] = (escaped:gsub("%%%x%x", string.lower))
+  end
+  if secret:find("/", 1, true) then into[#into + 1] = (secret:gsub("/", "\\/")) end
 end
 
---- A header line with the value of Authorization (and the like) replaced.
-function M.redact_header(line)
+local function replace_plain(s, needle, by)
+  local i = s:find(needle, 1, true)
+  if not i then return s end
+  local out, from = {}, 1
+  while i do
+    out[#out + 1] = s:sub(from, i - 1)
+    out[#out + 1] = by
+    from = i + #needle
+    i = s:find(needle, from, true)
+  end
+  out[#out + 1] = s:sub(from)
+  return table.concat(out)
+end
+
+--- text with every secret of the list (strings; shorter than MIN_SECRET ignored) replaced by
+--- "REDACTED", in each form a server may echo it (see secret_forms). The one redaction by value
+--- of the module: error messages, report reasons, answers and debug lines all go through it.
+function M.redact(text, secrets)
+  if type(text) ~= "string" or not secrets or #secrets == 0 then return text end
+  local forms, seen = {}, {}
+  for _, secret in ipairs(secrets) do
+    if type(secret) == "string" and #secret >= M.MIN_SECRET and not seen[secret] then
+      seen[secret] = true
+      secret_forms(secret, forms)
+    end
+  end
+  -- The longest first: a secret that holds another is replaced whole.
+  table.sort(forms, function(a, b) return #a > #b end)
+  for _, f in ipairs(forms) do text = replace_plain(text, f, "REDACTED") end
+  return text
+end
+
+--- The URL with the values of secret query parameters replaced by "REDACTED", and any of the
+--- secrets (a list, optional) wherever else they appear (see M.redact).
+-- Values in our URLs are percent-encoded, so a raw ":" or space ends one (as in error messages).
+function M.redact_url(url, secrets)
+  url = url:gsub("([?&])([^=&#%s?]+)=([^&#%s:]*)", function(sep, k, v)
+    if SECRET_PARAMS[k] then v = "REDACTED" end
+    return sep .. k .. "=" .. v
+  end)
+  return M.redact(url, secrets)
+end
+
+--- A header line with the value of Authorization (and the like) replaced, and any of the
+--- secrets (a list, optional) in another header's value (a server that echoes one).
+function M.redact_header(line, secrets)
   local name = line:match("^([^:]+):")
   local lname = name and name:lower()
   if lname == "authorization" or lname == "proxy-authorization" or lname == "x-goog-api-key"
     or lname == "cookie" or lname == "set-cookie" then
     return name .. ": REDACTED"
   end
-  return line
+  return M.redact(line, secrets)
+end
+
+-- ---- proxies ------------------------------------------------------------------------------------
+
+-- "a.b.c.d" as a 32-bit number, or nil when s is not a dotted quad (what inet_pton accepts).
+local function ipv4(s)
+  local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+  if not a then return nil end
+  local n = 0
+  for _, part in ipairs({ a, b, c, d }) do
+    local v = tonumber(part)
+    if #part > 3 or v > 255 then return nil end
+    n = n * 256 + v
+  end
+  return n
+end
+
+-- Whether one NO_PROXY entry covers host (lower case, no port, no brackets), as libcurl's
+-- Curl_check_noproxy decides: names match exactly or as a domain suffix (a leading or trailing
+-- "." ignored); IPv4 addresses exactly or by CIDR ("10.0.0.0/8"). IPv6 addresses match only as
+-- written: where libcurl would see the same address written another way, this says no, and the
+-- caller then assumes a proxy (the safe mistake).
+local function no_proxy_entry(host, entry)
+  entry = entry:lower()
+  local h4 = ipv4(host)
+  if h4 then
+    local addr, bits = entry:match("^([^/]*)/?(.*)$")
+    local e4 = ipv4(addr)
+    local nbits = tonumber(bits:match("^%d*")) or 0
+    if not e4 or nbits > 32 then return false end
+    if nbits == 0 or nbits == 32 then return e4 == h4 end
+    local size = 2 ^ (32 - nbits)
+    return math.floor(e4 / size) == math.floor(h4 / size)
+  elseif host:find(":", 1, true) then
+    return entry == host or entry == "[" .. host .. "]"
+  end
+  entry = entry:gsub("%.$", ""):gsub("^%.", "")
+  if entry == "" then return false end
+  if entry == host then return true end
+  return #entry < #host and host:sub(-#entry - 1) == "." .. entry
+end
+
+--- Whether the NO_PROXY list (libcurl's syntax: "*" alone, or entries separated by commas,
+--- blanks around them) covers host. libcurl 7.88 also splits entries at blanks, later versions
+--- stop at an entry with a blank inside: the later rule is taken, as it covers less (a proxy
+--- assumed where there is none only costs a refusal).
+function M.no_proxy_covers(host, list)
+  if list == "*" then return true end
+  local p, n = 1, #list
+  while p <= n do
+    p = select(2, list:find("^[ \t]*", p)) + 1
+    local entry = list:match("^[^ \t,]*", p)
+    p = p + #entry
+    if entry ~= "" and no_proxy_entry(host, entry) then return true end
+    p = select(2, list:find("^[ \t]*", p)) + 1
+    if list:sub(p, p) ~= "," then break end
+    p = select(2, list:find("^,*", p)) + 1
+  end
+  return false
+end
+
+--- The proxy libcurl will use for url, from the environment and by libcurl's rules, or nil:
+--- returns the proxy and the variable that named it. no_proxy (else NO_PROXY) first; then
+--- http_proxy for http (libcurl ignores HTTP_PROXY: a CGI program gets that from a request
+--- header), <scheme>_proxy else <SCHEME>_PROXY for other schemes; then all_proxy, ALL_PROXY. A
+--- variable set to "" counts as unset, as curl_getenv makes it (checked with curl 7.88: an empty
+--- http_proxy lets ALL_PROXY through). getenv defaults to os.getenv.
+function M.proxy_for(url, getenv)
+  local raw = getenv or os.getenv
+  getenv = function(name)
+    local v = raw(name)
+    if v == "" then return nil end
+    return v
+  end
+  local scheme, authority = url:match("^(%a[%w+.-]*)://([^/?#]*)")
+  if not scheme then return nil end
+  scheme = scheme:lower()
+  local host = authority:gsub("^.*@", ""):lower()
+  if host:sub(1, 1) == "[" then
+    host = host:match("^%[([^%]]*)%]") or host
+  else
+    host = host:gsub(":%d*$", ""):gsub("%.$", "")
+  end
+  local no_proxy = getenv("no_proxy")
+  if no_proxy == nil then no_proxy = getenv("NO_PROXY") end
+  if no_proxy and M.no_proxy_covers(host, no_proxy) then return nil end
+  local name = scheme .. "_proxy"
+  local proxy = getenv(name)
+  if proxy == nil and scheme ~= "http" then
+    name = name:upper()
+    proxy = getenv(name)
+  end
+  if proxy == nil then
+    name = "all_proxy"
+    proxy = getenv(name)
+    if proxy == nil then
+      name = "ALL_PROXY"
+      proxy = getenv(name)
+    end
+  end
+  if proxy == nil then return nil end
+  return proxy, name
 end
 
 return M

@@ -39,7 +39,7 @@ local function entries_of(input)
       for _, uid in ipairs({ study, sop }) do
         if not dicomweb.valid_uid(uid) then
           return nil, errors.new("usage", string.format("invalid UID '%s' in the entry for %s",
-            (tostring(uid):gsub("%c", "?")), tostring(e.path or ("entry " .. i))))
+            tostring(uid), tostring(e.path or ("entry " .. i))))
         end
       end
       local key = study .. "/" .. sop

@@ -4,6 +4,7 @@
 -- exit code for an error value; and small output helpers.
 local healthcare = require "healthcare"
 local dicomweb = require "healthcare.dicomweb"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -30,7 +31,8 @@ function M.add_store_options(p)
   p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
   p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
   p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
-  p:flag("--insecure", "Do not verify the server's TLS certificate (testing only).")
+  p:flag("--insecure", "Allow insecure transport: do not verify TLS certificates, and let a credential "
+    .. "go to a plain-http server through a proxy (testing only).")
   p:flag("--no-token-cache", "Do not keep tokens between runs.")
   p:flag("--debug", "Print request and response lines (secrets redacted) on standard error.")
   return p
@@ -64,7 +66,7 @@ function M.parse(p, argv)
   for i = 2, #argv do args[i - 1] = argv[i] end
   local ok, a = p:pparse(args)
   if not ok then
-    io.stderr:write(p._name, ": ", a, "\n", p:get_usage(), "\n")
+    io.stderr:write(p._name, ": ", M.printable(a), "\n", p:get_usage(), "\n")
     return nil, M.EXIT_USAGE
   end
   return a
@@ -85,10 +87,10 @@ function M.human_bytes(n)
   return string.format("%.1f %s", n, units[i])
 end
 
---- Text from a server made safe for a terminal: control characters (escape sequences) shown as '?'.
-function M.printable(s)
-  return (tostring(s):gsub("%c", "?"))
-end
+--- Text from a server or the file system made safe for a terminal, once, where it is written:
+--- control characters, ESC and CR/LF shown escaped (\x1b, \n, \r), see util.printable. Error
+--- values need none: tostring(err) does it.
+M.printable = util.printable
 
 --- Splits "<study>[/<series>[/<instance>]]" into its UIDs, or nil and a message.
 function M.split_target(s)

@@ -72,7 +72,8 @@ function M.main(argv)
     local res, derr = delete(store, t, a.timeout)
     if res then
       deleted = deleted + 1
-      io.stdout:write("deleted ", names[i], res.operation and (" (operation " .. res.operation .. ")") or "", "\n")
+      io.stdout:write("deleted ", names[i],
+        res.operation and (" (operation " .. common.printable(res.operation) .. ")") or "", "\n")
     else
       say("%s", tostring(derr))
       local c = common.exit_code_for_uid(store, derr)

@@ -105,7 +105,7 @@ local function report_json(files, kept, bytes, seconds, missing, err)
     '"seconds":' .. cjson.encode(seconds),
   }
   if missing then parts[#parts + 1] = '"missing":' .. json_list(missing) end
-  if err then parts[#parts + 1] = '"error":' .. cjson.encode(tostring(err)) end
+  if err then parts[#parts + 1] = '"error":' .. cjson.encode(err.message or tostring(err)) end
   return ("{" .. table.concat(parts, ",") .. "}"):gsub("\\/", "/")
 end
 
@@ -162,22 +162,22 @@ function M.main(argv)
   if a.json then
     io.stdout:write(report_json(files, kept, bytes, seconds, missing, err), "\n")
   else
-    for _, f in ipairs(files) do io.stdout:write(f.path, "\n") end
+    for _, f in ipairs(files) do io.stdout:write(common.printable(f.path), "\n") end
   end
   for _, f in ipairs(files) do
-    if f.warning then say("warning %s: %s", f.path, common.printable(f.warning)) end
+    if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
   end
   -- After an error with nothing kept, the error alone says it all.
   if not a.json and (#files > 0 or not err) then
     io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s\n", #files,
-      #files == 1 and "" or "s", common.human_bytes(bytes), seconds, a.output,
+      #files == 1 and "" or "s", common.human_bytes(bytes), seconds, common.printable(a.output),
       #kept > 0 and string.format(" (kept %d already there)", #kept) or ""))
   end
   if err then
     say("%s", tostring(err))
     if missing and #missing > 0 then
       say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
-        table.concat(missing, " "))
+        common.printable(table.concat(missing, " ")))
     elseif err.files and #files > 0 then
       say("the rest of %s is missing", common.describe_target(t))
     end

@@ -422,7 +422,7 @@ end
 -- Checks a dicom-web-path against the method's shapes. Returns the path (without the query)
 -- and, for a search, the query as typed after '?' (or nil); or nil and a message.
 function seed.check_path(m, path)
-  local shown = path:gsub("%c", "?")
+  local shown = path -- as it is: the command prints a parse error through common.printable
   if path:find("[%c%s#]") then
     return nil, format("invalid DICOMweb path '%s' for %s: it has a space, a control character or "
       .. "'#'", shown, m.what)

@@ -34,6 +34,7 @@ local function parser()
 end
 
 local human_bytes = common.human_bytes
+local printable = common.printable
 
 local function progress_bar(totals)
   local last = 0
@@ -128,13 +129,13 @@ local function summary(report)
     human_bytes(report.bytes),
     report.seconds, rate / 1e6, report.requests, report.retries))
   for _, f in ipairs(report.stored) do
-    if f.warning then w:write("warning ", f.path, ": ", tostring(f.warning), "\n") end
+    if f.warning then w:write("warning ", printable(f.path), ": ", printable(f.warning), "\n") end
   end
   for _, f in ipairs(report.failed) do
-    w:write("failed  ", f.path, ": ", tostring(f.reason), "\n")
+    w:write("failed  ", printable(f.path), ": ", printable(f.reason), "\n")
   end
   for _, s in ipairs(report.skipped) do
-    w:write("skipped ", s.path, ": ", tostring(s.reason), "\n")
+    w:write("skipped ", printable(s.path), ": ", printable(s.reason), "\n")
   end
   -- Failures by reason, most frequent first: what a person fixes before the next run.
   local counts, reasons = {}, {}
@@ -144,10 +145,10 @@ local function summary(report)
     counts[r] = (counts[r] or 0) + 1
   end
   table.sort(reasons, function(x, y) return counts[x] > counts[y] or (counts[x] == counts[y] and x < y) end)
-  for _, r in ipairs(reasons) do w:write(string.format("failed %d: %s\n", counts[r], r)) end
+  for _, r in ipairs(reasons) do w:write(string.format("failed %d: %s\n", counts[r], printable(r))) end
   local j = report.journal
   if j then
-    w:write(string.format("journal %s: %d of these files stored (%d now, %d by %d earlier runs)%s\n", j.path,
+    w:write(string.format("journal %s: %d of these files stored (%d now, %d by %d earlier runs)%s\n", printable(j.path),
       report.counts.stored + report.counts.already_stored, report.counts.stored, report.counts.already_stored,
       j.earlier_runs,
       j.torn_bytes > 0 and string.format("; a torn last line (%d bytes) was dropped", j.torn_bytes) or ""))
@@ -167,7 +168,8 @@ local function verify_summary(v)
   end
   w:write(string.format("verified %d instances: the server does not list %d\n", v.checked, #v.missing))
   for _, m in ipairs(v.missing) do
-    w:write("missing ", tostring(m.path), ": SOP Instance UID ", m.sop_instance_uid, " in study ", m.study, "\n")
+    w:write("missing ", printable(m.path), ": SOP Instance UID ", printable(m.sop_instance_uid), " in study ",
+      printable(m.study), "\n")
   end
 end
 
@@ -179,7 +181,7 @@ function M.main(argv)
   if a.from_list then
     local list, err = read_list(a.from_list)
     if not list then
-      io.stderr:write("healthcare store: cannot read --from-list: ", tostring(err), "\n")
+      io.stderr:write("healthcare store: cannot read --from-list: ", printable(err), "\n")
       return 2
     end
     for _, l in ipairs(list) do inputs[#inputs + 1] = l end
