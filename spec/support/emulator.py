@@ -10,7 +10,9 @@ API keys), answers errors in Google's JSON envelope, adds what Orthanc lacks
 application/dicom body, XML when dicom+json is not asked for) and forwards
 the DICOM to Orthanc's DICOMweb plugin. Reads pass through to Orthanc, streamed.
 Google's delete (studies and series as long-running operations, instances at
-once) is done with Orthanc's REST API. It also plays the OAuth token endpoint
+once) is done with Orthanc's REST API. The admin surface (datasets, DICOM, FHIR
+and HL7v2 stores, IAM policies, long-running operations) is emulator_admin.py's.
+It also plays the OAuth token endpoint
 (/token), the GCE metadata server (/computeMetadata/v1/...), and takes test
 orders under /_control/ (keys, users, stores, config, faults, stats).
 
@@ -44,6 +46,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
+import emulator_admin as admin
+
 SCOPE_HEALTHCARE = "https://www.googleapis.com/auth/cloud-healthcare"
 SCOPE_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 SELF_SIGNED_AUD = "https://healthcare.googleapis.com/"
@@ -51,11 +55,8 @@ JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 STORE_RE = re.compile(
     r"^/v1/(projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/:]+)"
     r"/dicomWeb/(.*)$")
-OPERATION_RE = re.compile(
-    r"^/v1/(projects/[^/]+/locations/[^/]+/datasets/[^/]+)/operations/([^/]+)$")
 DELETE_RE = re.compile(r"^studies/([^/]+)(?:/series/([^/]+)(?:/instances/([^/]+))?)?/?$")
 UID_RE = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
-OPERATION_METADATA = "type.googleapis.com/google.cloud.healthcare.v1.OperationMetadata"
 DELETE_METHODS = {"Study": "DeleteStudy", "Series": "DeleteSeries"}
 MSG_MISSING = ("Request is missing required authentication credential. Expected OAuth 2 access "
                "token, login cookie or other valid authentication credential. See "
@@ -79,8 +80,10 @@ DEFAULT_CONFIG = {
     "check_conflicts": True,     # 409 for same SOP Instance UID with different bytes
     "metadata_email": "default@test-project.iam.gserviceaccount.com",
     "project_id": "test-project",
-    "operation_polls": 1,        # polls of a delete operation answered without "done"
+    "operation_polls": 1,        # polls of a new operation answered without "done"
     "operation_error": None,     # {"code", "message"}: new operations end with this error
+    "operation_units": 10,       # size of the progress counter of import/export/... operations
+    "locations": ["asia-southeast1", "europe-west4", "us-central1", "us-east4"],
 }
 
 
@@ -113,7 +116,6 @@ class State:
             self.config = dict(DEFAULT_CONFIG)
             self.keys = {}            # kid -> {"key": public key, "email": str}
             self.users = {}           # client_id -> {secret, refresh_token, scopes}
-            self.stores = set(self.args.store)
             self.tokens = {}          # token -> {"scopes": set, "expiry": float}
             self.faults = []
             self.stats = {
@@ -122,9 +124,12 @@ class State:
                 "faults_fired": 0, "bearer_credentials": [], "api_keys": [],
                 "auth_kinds": {}, "instances_forwarded": 0, "conflicts": 0,
                 "requests": [], "operations_created": 0, "operation_polls": 0,
-                "deleted": {},
+                "deleted": {}, "admin_requests": {}, "operations_cancelled": 0,
+                "iam_policies_set": 0,
             }
-            self.operations = {}      # operation name -> {"polls_left", "method", "error", ...}
+            # datasets, stores (DICOM stores: those --store names and those made since),
+            # IAM policies, operations.
+            admin.init_state(self)
 
     def bump(self, key, sub=None, n=1):
         with self.lock:
@@ -142,13 +147,16 @@ class State:
             self.stats["tokens_issued"] += 1
             return token, expires_in
 
-    def take_fault(self, kind, parent=None):
-        """The first pending rule for kind (and this dicomStore, when the rule
-        names one in "parent"), with one use consumed, or None."""
+    def take_fault(self, kind, parent=None, method=None, makes_operation=False):
+        """The first pending rule for kind (and this dicomStore, when the rule names one in
+        "parent"; this admin method, when it names one in "method"; a method that makes an
+        operation, when it sets "operation_error"), with one use consumed, or None."""
         with self.lock:
             for rule in self.faults:
                 if rule.get("match", "store") == kind and rule.get("times", 1) > 0 \
-                        and rule.get("parent") in (None, parent):
+                        and rule.get("parent") in (None, parent) \
+                        and rule.get("method") in (None, method) \
+                        and (makes_operation or not rule.get("operation_error")):
                     rule["times"] = rule.get("times", 1) - 1
                     self.stats["faults_fired"] += 1
                     if rule["times"] <= 0:
@@ -392,7 +400,7 @@ class Dropped(Exception):
     """The connection was closed on purpose (a fault rule) or by the client."""
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "hc-emulator"
     sys_version = ""
@@ -422,6 +430,7 @@ class Handler(BaseHTTPRequestHandler):
         self._status = None
         self._sent = 0
         self._t0 = time.monotonic()
+        self._api_method = None     # the admin method's id once routed (request log)
         self.url = urllib.parse.urlsplit(self.path)
         self.query = urllib.parse.parse_qs(self.url.query, keep_blank_values=True)
 
@@ -528,9 +537,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send(status, json.dumps(obj, indent=2) + "\n", "application/json; charset=UTF-8",
                   headers)
 
-    def send_envelope(self, status, message, details=None, headers=None):
+    def send_envelope(self, status, message, details=None, headers=None, status_name=None):
         err = {"code": status, "message": message,
-               "status": STATUS_NAMES.get(status, "UNKNOWN")}
+               "status": status_name or STATUS_NAMES.get(status, "UNKNOWN")}
         if details:
             err["details"] = details
         self.send_json(status, {"error": err}, headers)
@@ -563,7 +572,7 @@ class Handler(BaseHTTPRequestHandler):
             self.finish_log()
             self._expect = False
 
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = dispatch
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = dispatch
 
     # -- routing
 
@@ -580,9 +589,8 @@ class Handler(BaseHTTPRequestHandler):
         m = STORE_RE.match(path)
         if m:
             return self.dicomweb(m.group(1), m.group(2))
-        m = OPERATION_RE.match(path)
-        if m and self.command in ("GET", "HEAD"):
-            return self.operation(m.group(1), path[len("/v1/"):])
+        if path.startswith("/v1/") and self.admin():
+            return
         self.send_envelope(404, "The requested URL %s was not found on this server." % path)
 
     def apply_fault(self, kind, parent=None):
@@ -590,6 +598,11 @@ class Handler(BaseHTTPRequestHandler):
         rule = self.server.state.take_fault(kind, parent)
         if rule is None:
             return False
+        return self.answer_fault(kind, rule)
+
+    def answer_fault(self, kind, rule):
+        """Apply a rule taken for this request; the status it answered with, or False (a
+        delay only, or an operation_error the admin method applies)."""
         if rule.get("delay"):
             time.sleep(float(rule["delay"]))
         if "drop_after_bytes" in rule:
@@ -603,7 +616,7 @@ class Handler(BaseHTTPRequestHandler):
                     self.connection.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
-            if kind == "store":
+            if kind in ("store", "admin"):
                 self.record("dropped")
             raise Dropped("fault: dropped after %d bytes" % n)
         status = rule.get("status")
@@ -640,6 +653,8 @@ class Handler(BaseHTTPRequestHandler):
         if what == "stats" and self.command == "GET":
             with st.lock:
                 return self.send_json(200, json.loads(json.dumps(st.stats)))
+        if what == "methods" and self.command == "GET":
+            return self.send_json(200, admin.served_methods())
         if self.command != "POST":
             if what == "faults":
                 with st.lock:
@@ -667,10 +682,18 @@ class Handler(BaseHTTPRequestHandler):
                         "scopes": u.get("scopes") or [SCOPE_PLATFORM]}
             return self.send_json(200, {"ok": True})
         if what == "stores":
-            for s in arg if isinstance(arg, list) else [arg]:
-                with st.lock:
-                    st.stores.add(s["name"])
-            return self.send_json(200, {"ok": True, "stores": sorted(st.stores)})
+            names = [s.get("name") if isinstance(s, dict) else None
+                     for s in (arg if isinstance(arg, list) else [arg])]
+            for name in names:
+                if not isinstance(name, str) or not re.match(
+                        r"^projects/[^/]+/locations/[^/]+/datasets/[^/]+/dicomStores/[^/:]+$",
+                        name):
+                    return self.send_json(400, {"error": "not a dicomStore name: %r" % (name,)})
+            with st.lock:
+                for name in names:
+                    admin.add_dicom_store(st, name)
+                known = sorted(n for n, e in st.stores.items() if e["kind"] == "dicomStores")
+            return self.send_json(200, {"ok": True, "stores": known})
         if what == "tokens":
             token = arg.get("token")
             scopes = arg.get("scopes") or [SCOPE_HEALTHCARE]
@@ -694,9 +717,15 @@ class Handler(BaseHTTPRequestHandler):
         if what == "faults":
             rules = arg if isinstance(arg, list) else arg.get("rules", [arg])
             for r in rules:
-                if r.get("match", "store") not in ("store", "token", "metadata", "operation"):
-                    return self.send_json(400, {"error": "match must be store, token, metadata "
-                                                "or operation"})
+                if r.get("match", "store") not in ("store", "token", "metadata", "operation",
+                                                   "admin"):
+                    return self.send_json(400, {"error": "match must be store, token, metadata, "
+                                                "operation or admin"})
+                err = r.get("operation_error")
+                if err is not None and not (isinstance(err, dict) and
+                                            isinstance(err.get("code"), int)):
+                    return self.send_json(400, {"error": "operation_error must be "
+                                                "{\"code\": <int>, \"message\": ...}"})
             with st.lock:
                 if isinstance(arg, dict) and arg.get("replace"):
                     st.faults = []
@@ -842,6 +871,8 @@ class Handler(BaseHTTPRequestHandler):
         st.bump("store_requests_total")
         entry = {"method": self.command, "path": self.url.path,
                  "query": sorted(self.query), "status": status}
+        if self._api_method:
+            entry["api_method"] = self._api_method
         for h in ("Content-Type", "Content-Length", "Transfer-Encoding", "Expect", "Accept",
                   "User-Agent", "Content-Encoding", "X-Goog-User-Project"):
             if h in self.headers:
@@ -887,7 +918,7 @@ class Handler(BaseHTTPRequestHandler):
         if cfg is None:
             return
         with st.lock:
-            known = parent in st.stores
+            known = st.stores.get(parent, {}).get("kind") == "dicomStores"
         if not known:
             self.record(404)
             return self.send_envelope(404, "DICOM store not found: %s" % parent)
@@ -1223,50 +1254,12 @@ class Handler(BaseHTTPRequestHandler):
         if level == "Instance":
             self.send_json(200, {})
             return 200
-        dataset = parent.split("/dicomStores/")[0]
-        name = "%s/operations/%d" % (dataset, secrets.randbits(62))
         with st.lock:
-            st.operations[name] = {"polls_left": int(cfg["operation_polls"]),
-                                   "method": DELETE_METHODS[level], "error": failure,
-                                   "created": time.time()}
-            st.stats["operations_created"] += 1
+            name = admin.new_operation(st, parent.split("/dicomStores/")[0],
+                                       "dicomweb.DicomWebService." + DELETE_METHODS[level],
+                                       cfg["operation_polls"], failure)
         self.send_json(200, {"name": name})
         return 200
-
-    def operation(self, dataset, name):
-        """GET of a long-running operation: not done for `operation_polls` polls, then done
-        with an empty response, or with the error it was created with."""
-        st = self.server.state
-        if self.authorize() is None:
-            return
-        st.bump("operation_polls")
-        status = self.apply_fault("operation")
-        if status:
-            return self.record(status)
-        with st.lock:
-            op = st.operations.get(name)
-            if op is not None:
-                op["polls_left"] -= 1
-                op = dict(op)
-        if op is None:
-            self.send_envelope(404, "Operation not found: %s" % name)
-            return self.record(404)
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(op["created"]))
-        body = {"name": name, "metadata": {
-            "@type": OPERATION_METADATA,
-            "apiMethodName": "google.cloud.healthcare.v1.dicomweb.DicomWebService." + op["method"],
-            "createTime": stamp}}
-        if op["polls_left"] < 0:
-            body["done"] = True
-            body["metadata"]["endTime"] = stamp
-            if op["error"]:
-                err = op["error"]
-                body["error"] = {"code": int(err.get("code", 13)),
-                                 "message": str(err.get("message", "operation failed"))}
-            else:
-                body["response"] = {"@type": "type.googleapis.com/google.protobuf.Empty"}
-        self.send_json(200, body)
-        return self.record(200)
 
 
 class Server(ThreadingHTTPServer):

@@ -252,6 +252,24 @@ check "delete: bad UID -> 400" [ "$s" = 400 ]
 s=$(curl -s -o /dev/null -w '%{http_code}' -X DELETE "$HC_TEST_DICOMWEB/studies/$study1")
 check "delete: Orthanc's own DICOMweb has no DELETE (405)" [ "$s" = 405 ]
 
+# ---- admin surface: a dataset and a DICOM store made through the API take DICOMweb
+v1="$HC_TEST_EMULATOR/v1/projects/test-project/locations/us-central1"
+adm() { curl -sS -o "$w/body" -w '%{http_code}' -H 'Expect:' "${auth[@]}" "$@"; }
+s=$(adm -X POST --data-binary '{}' "$v1/datasets?datasetId=selftest")
+check "admin: datasets.create -> 200, an operation" \
+    bash -c "[ $s = 200 ] && [[ \"\$(tr -d ' \n' < '$w/body')\" =~ \"datasets/selftest/operations/\"[0-9]+ ]]"
+s=$(adm -X POST --data-binary '{"labels": {"team": "imaging"}}' "$v1/datasets/selftest/dicomStores?dicomStoreId=s1")
+check "admin: dicomStores.create -> 200, the store" jtrue "d['labels']=={'team':'imaging'}"
+s=$(adm -X POST --data-binary '{}' "$v1/datasets/selftest/dicomStores?dicomStoreId=s1")
+check "admin: a second create -> 409 ALREADY_EXISTS" jtrue "d['error']['status']=='ALREADY_EXISTS'"
+s=$(adm -X PATCH --data-binary '{}' "$v1/datasets/selftest/dicomStores/s1?updateMask=colour")
+check "admin: an unknown updateMask field -> 400 naming it" \
+    jtrue "d['error']['status']=='INVALID_ARGUMENT' and 'colour' in d['error']['message']"
+one=$(gen --size 1024)
+s=$(post "$v1/datasets/selftest/dicomStores/s1/dicomWeb/studies" "$(field path "$one")" application/dicom \
+    "${auth[@]}" -H 'Accept: application/dicom+json')
+check "admin: the new store takes a STOW (-> $s)" [ "$s" = 200 ]
+
 # ---- reads through the emulator are streamed: a 64 MiB instance, the emulator's peak RSS flat
 big=$(gen --size 67108864 --fill zero)
 fb=$(field path "$big"); sopb=$(field sop_instance_uid "$big")
