@@ -628,6 +628,16 @@ describe("store:store when a file changes between probe and send", function()
     return p[1].path:match("^(.*)/"), p[1], p[2]
   end
   local function next_pair() return take(pairs_) end
+  -- The emulator (which forwards to Orthanc) waits before reading the next store request's body,
+  -- so the upload stalls on a full socket with the big file partly sent, however fast the machine
+  -- is: the change then always lands while the request is under way, before the small file is read.
+  local function hold_next_store()
+    em:control("faults", { rules = { { match = "store", delay = 1.5, times = 1 } }, replace = true })
+    local fired = em:stats().faults_fired or 0
+    finally(function()
+      assert.equal(fired + 1, em:stats().faults_fired, "the emulator did not hold the request")
+    end)
+  end
 
   -- A group of two: a 16 MiB file first, so that the body stalls on the unread socket long
   -- before the second file is opened; `change` runs once the request is under way.
@@ -806,7 +816,8 @@ describe("store:store when a file changes between probe and send", function()
       local dir, big, small = take(pairs64)
       local journal = H.tmpdir() .. "/journal.jsonl"
       local sent_then, new_uid
-      local report = assert(orthanc_store():store(dir, {
+      hold_next_store()
+      local report = assert(google_store():store(dir, {
         journal = journal,
         max_request_bytes = 256 * 1024 * 1024, -- both files in one request, whatever the default
         on_progress = function(p)
@@ -845,10 +856,11 @@ describe("store:store when a file changes between probe and send", function()
     end)
   end
 
-  it("leaves nothing in Orthanc when a file changes during a real upload", function()
+  it("leaves nothing in Orthanc when a file changes during a real upload (through the emulator)", function()
     local dir, big, small = take(pairs64)
     local sent_then
-    local report = assert(orthanc_store():store(dir, {
+    hold_next_store()
+    local report = assert(google_store():store(dir, {
       max_request_bytes = 256 * 1024 * 1024, -- both files in one request, whatever the default
       on_progress = function(p)
         if not sent_then and p.in_flight == 1 and p.bytes_sending > 0 then
