@@ -226,6 +226,51 @@ describe("healthcare store --journal", function()
   end)
 end)
 
+describe("journal.open reading through the checked descriptor", function()
+  local journal = require "healthcare.journal"
+
+  it("reads a 3 MB journal line by line across buffer edges, a 300 KB line too, and cuts a torn tail", function()
+    local path = H.tmpdir() .. "/journal.jsonl"
+    -- about 3 MB, with line lengths that shift every edge of the 64 KiB reads; a line larger
+    -- than the buffer (it grows)
+    local lines = { cjson.encode({ journal = "healthcare", version = 1 }),
+      cjson.encode({ outcome = "failed", path = "/d/long", reason = string.rep("r", 300000) }) }
+    local n = 12000
+    for i = 1, n do
+      lines[#lines + 1] = cjson.encode({ outcome = "stored", path = "/d/" .. string.rep("x", i % 97) .. "/" .. i,
+        size = i, mtime = i })
+    end
+    local torn = '{"outcome":"stored","path":"/d/torn","si'
+    H.write_file(path, table.concat(lines, "\n") .. "\n" .. torn)
+    local report = {}
+    local j = assert(journal.open(path, report))
+    j:close()
+    assert.same({ 1, n, 1, 0, #torn }, { report.journal.earlier_runs, report.journal.earlier_stored,
+      report.journal.earlier_failed, report.journal.ignored_lines, report.journal.torn_bytes })
+    for _, i in ipairs({ 1, 2, 4999, 5000, 5001, n - 1, n }) do
+      assert.truthy(j:lookup({ path = "/d/" .. string.rep("x", i % 97) .. "/" .. i, size = i, mtime = i }), i)
+    end
+    -- the torn tail cut off, this run's line after the whole ones
+    local body = table.concat(lines, "\n") .. "\n"
+    local now = H.file_bytes(path)
+    assert.equal(body, now:sub(1, #body))
+    assert.matches('^{"journal":"healthcare","version":1,[^\n]*}\n$', now:sub(#body + 1))
+  end)
+
+  it("returns kind io, code unsafe, for a journal it refuses", function()
+    local dir = H.tmpdir()
+    local target = H.write_file(dir .. "/t", "{}\n")
+    H.check_run("ln -s " .. H.q(target) .. " " .. H.q(dir .. "/j") .. " && chmod 666 " .. H.q(target))
+    for _, p in ipairs({ dir .. "/j", target }) do
+      local j, err = journal.open(p)
+      assert.is_nil(j)
+      assert.same({ "io", "unsafe" }, { err.kind, err.code })
+      assert.matches("^refusing journal '" .. p:gsub("%p", "%%%0") .. "': ", err.message)
+    end
+    assert.equal("{}\n", H.file_bytes(target))
+  end)
+end)
+
 describe("healthcare store: files named on the command line", function()
   local function store(args, opts)
     local words = { "store", E.dicomweb }

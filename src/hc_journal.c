@@ -26,8 +26,13 @@
 #define HC_APPENDER_MT "healthcare.Appender"
 
 typedef struct hc_appender {
-    int fd;      /* -1 when closed */
-    char path[]; /* for messages */
+    int fd;       /* -1 when closed */
+    char *rbuf;   /* read_line's buffer: owned, NULL until the first read_line, freed by close */
+    size_t rcap;  /* its size */
+    size_t rpos;  /* rbuf[rpos, rlen): read from the file, not yet returned */
+    size_t rlen;
+    off_t roff;   /* the file offset of rbuf[rlen], where the next read starts */
+    char path[];  /* for messages */
 } hc_appender;
 
 /* ---- errors -------------------------------------------------------------------------- */
@@ -142,6 +147,9 @@ static int hc_journal_open(lua_State *L)
     char why[256];
     int fd, created = 1, err;
     a->fd = -1;
+    a->rbuf = NULL;
+    a->rcap = a->rpos = a->rlen = 0;
+    a->roff = 0;
     memcpy(a->path, path, len + 1);
     luaL_getmetatable(L, HC_APPENDER_MT);
     lua_setmetatable(L, -2);
@@ -233,12 +241,14 @@ fail:
     return hc_journal_fail(L, "cannot write journal", a->path, err, NULL);
 }
 
-/* Most bytes one read() returns: the journal is read in chunks, never whole. */
-#define HC_JOURNAL_MAX_READ (16 * 1024 * 1024)
+/* Most bytes read() returns, and the longest line read_line() returns: a journal line is well
+ * under 1 KiB; a longer one is not of this program. */
+#define HC_JOURNAL_MAX_READ (1024 * 1024)
+#define HC_JOURNAL_MAX_LINE (64 * 1024 * 1024)
 
-/* a:read(offset, n) -> up to n bytes of the journal from offset ("" at its end), or nil, err.
- * Reads through the descriptor the checks of appender() were made on (pread: the append
- * position is not moved). */
+/* a:read(offset, n) -> up to n (at most 1 MiB) bytes of the journal from offset ("" at its
+ * end), or nil, err. Reads through the descriptor the checks of appender() were made on (pread:
+ * the append position does not move). */
 static int hc_journal_read(lua_State *L)
 {
     hc_appender *a = hc_journal_check(L);
@@ -247,7 +257,7 @@ static int hc_journal_read(lua_State *L)
     size_t got = 0;
     char *buf;
     luaL_argcheck(L, off >= 0, 2, "must not be negative");
-    luaL_argcheck(L, want >= 0 && want <= HC_JOURNAL_MAX_READ, 3, "must be 0 to 16 MiB");
+    luaL_argcheck(L, want >= 0 && want <= HC_JOURNAL_MAX_READ, 3, "must be 0 to 1 MiB");
     buf = (char *)lua_newuserdata(L, want > 0 ? (size_t)want : 1); /* owned by Lua */
     while (got < (size_t)want) {
         ssize_t r = pread(a->fd, buf + got, (size_t)want - got, (off_t)off + (off_t)got);
@@ -261,6 +271,56 @@ static int hc_journal_read(lua_State *L)
     }
     lua_pushlstring(L, buf, got);
     return 1;
+}
+
+/* a:read_line() -> the next whole line of the journal (with its "\n"), from the start of the
+ * file on; at the end: false, the offset where the last whole line ends, and the number of
+ * bytes after it (a torn line); or nil, err. Reads through the checked descriptor, in 64 KiB
+ * or larger pieces into a buffer the appender owns, so loading a journal allocates only its
+ * lines (as io.lines would). */
+static int hc_journal_read_line(lua_State *L)
+{
+    hc_appender *a = hc_journal_check(L);
+    for (;;) {
+        char *nl = a->rpos < a->rlen ? memchr(a->rbuf + a->rpos, '\n', a->rlen - a->rpos) : NULL;
+        ssize_t r;
+        if (nl != NULL) {
+            size_t n = (size_t)(nl - (a->rbuf + a->rpos)) + 1;
+            lua_pushlstring(L, a->rbuf + a->rpos, n);
+            a->rpos += n;
+            return 1;
+        }
+        if (a->rpos > 0) { /* keep the line begun at the front */
+            memmove(a->rbuf, a->rbuf + a->rpos, a->rlen - a->rpos);
+            a->rlen -= a->rpos;
+            a->rpos = 0;
+        }
+        if (a->rlen == a->rcap) {
+            size_t want = a->rcap ? 2 * a->rcap : 64 * 1024;
+            char *grown;
+            if (a->rcap >= HC_JOURNAL_MAX_LINE)
+                return hc_journal_fail(L, "cannot read journal (a line longer than 64 MiB)", a->path,
+                                       EFBIG, NULL);
+            grown = realloc(a->rbuf, want);
+            if (grown == NULL)
+                return hc_journal_fail(L, "cannot read journal", a->path, ENOMEM, NULL);
+            a->rbuf = grown;
+            a->rcap = want;
+        }
+        r = pread(a->fd, a->rbuf + a->rlen, a->rcap - a->rlen, a->roff);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return hc_journal_fail(L, "cannot read journal", a->path, errno, NULL);
+        if (r == 0) {
+            lua_pushboolean(L, 0);
+            lua_pushinteger(L, (lua_Integer)(a->roff - (off_t)a->rlen));
+            lua_pushinteger(L, (lua_Integer)a->rlen);
+            return 3;
+        }
+        a->rlen += (size_t)r;
+        a->roff += r;
+    }
 }
 
 /* a:truncate(len) -> true, or nil, err: cuts a torn last line off before appending. */
@@ -283,6 +343,9 @@ static int hc_journal_close(lua_State *L)
         close(a->fd);
         a->fd = -1;
     }
+    free(a->rbuf);
+    a->rbuf = NULL;
+    a->rcap = a->rpos = a->rlen = 0;
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -362,6 +425,7 @@ static int hc_journal_interrupted(lua_State *L)
 static const luaL_Reg hc_journal_methods[] = {
     {"append", hc_journal_append},
     {"read", hc_journal_read},
+    {"read_line", hc_journal_read_line},
     {"truncate", hc_journal_truncate},
     {"close", hc_journal_close},
     {NULL, NULL}
@@ -389,7 +453,7 @@ static void hc_journal_setfuncs(lua_State *L, const luaL_Reg *l)
 void hc_lua_journal_register(lua_State *L)
 {
     luaL_newmetatable(L, HC_APPENDER_MT);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 5);
     hc_journal_setfuncs(L, hc_journal_methods);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, hc_journal_close);

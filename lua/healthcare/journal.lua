@@ -59,10 +59,6 @@ local function usage(fmt, ...)
   return nil, errors.new("usage", string.format(fmt, ...))
 end
 
--- Bytes read from the journal at a time: lines are handled as they come, so a journal of
--- millions of records never sits in memory whole.
-local CHUNK = 1024 * 1024
-
 -- Reads the journal through the appender w (the descriptor its safety checks were made on,
 -- never the path again) into j (index, counts) and returns the length of its valid part and the
 -- number of bytes of a torn last line, or nil, err.
@@ -75,7 +71,12 @@ local function load(j, w, path)
       .. " name a new file, or remove this one if a crash left it empty of records", path)
   end
   local latest = j.index
-  local function take(l)
+  while true do
+    -- l: a whole line; false at the end, with where the whole lines end and the bytes after
+    -- them (torn: the crash came in the middle of that line)
+    local l, good_end, torn = w:read_line()
+    if l == nil then return nil, good_end end
+    if not l then return good_end, torn end
     local rec = cjson.decode(l)
     if type(rec) ~= "table" then
       j.ignored_lines = j.ignored_lines + 1
@@ -93,24 +94,6 @@ local function load(j, w, path)
       j.ignored_lines = j.ignored_lines + 1
     end
   end
-  -- base: the offset in the file of rest, the bytes read but not yet taken (a line begun).
-  local base, rest = 0, ""
-  while true do
-    local chunk, err = w:read(base + #rest, CHUNK)
-    if not chunk then return nil, err end
-    if chunk == "" then break end
-    local data = rest .. chunk
-    local at = 1
-    while true do
-      local nl = data:find("\n", at, true)
-      if not nl then break end
-      take(data:sub(at, nl))
-      at = nl + 1
-    end
-    base, rest = base + at - 1, data:sub(at)
-  end
-  -- What follows the last newline is a torn line: the crash came in the middle of it.
-  return base, #rest
 end
 
 --- The key of a file in the journal: its absolute path (against cwd when relative), with "."
