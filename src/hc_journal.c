@@ -135,7 +135,7 @@ static int hc_journal_distrust(const struct stat *st, char *why, size_t n)
  * written or locked (kind "io", code "unsafe"): a symbolic link (O_NOFOLLOW: never the file
  * at its other end), anything but a regular file (a FIFO or device is not even opened), a file
  * owned by another user than the effective one, or one the group or others may write. The
- * checks are made on the open descriptor, which is the one read (read()) and written: nothing
+ * checks are made on the open descriptor, which is the one read (read(), read_line()) and written: nothing
  * opens the path a second time. The directory is not checked: a file that passes was written
  * by this user alone, wherever it is (README, "Migrating an archive"). */
 static int hc_journal_open(lua_State *L)
@@ -241,8 +241,8 @@ fail:
     return hc_journal_fail(L, "cannot write journal", a->path, err, NULL);
 }
 
-/* Most bytes read() returns, and the longest line read_line() returns: a journal line is well
- * under 1 KiB; a longer one is not of this program. */
+/* Most bytes read() returns, and the longest line read_line() returns: a journal line is under
+ * 1 KiB, or a few KiB with a server's long reason; 64 MiB is no line this program wrote. */
 #define HC_JOURNAL_MAX_READ (1024 * 1024)
 #define HC_JOURNAL_MAX_LINE (64 * 1024 * 1024)
 
