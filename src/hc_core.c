@@ -13,6 +13,7 @@
 
 #include "hc_buf.h"
 #include "hc_compat.h"
+#include "hc_file.h"
 #include "hc_lua.h"
 #include "hc_url.h"
 
@@ -133,7 +134,55 @@ static int core_isatty(lua_State *L)
     return 1;
 }
 
+/* ---- files at paths a user named ----------------------------------------------------- */
+
+/* Pushes nil and an io error "what path: strerror(err)" with code; returns 2. */
+static int core_file_error(lua_State *L, const char *what, const char *path, int err, const char *code)
+{
+    lua_pushnil(L);
+    lua_pushfstring(L, "%s %s: %s", what, path, strerror(err));
+    hc_lua_push_error(L, "io", lua_tostring(L, -1), code);
+    lua_remove(L, -2);
+    return 2;
+}
+
+/* write_file(path, data) -> true | nil, err (kind "io", code "write"): data becomes the file at
+ * path atomically, through a temporary file next to it (hc_file_replace, mode 0666 less the
+ * umask, like any new file); a symbolic link at path is replaced, never followed. */
+static int core_write_file(lua_State *L)
+{
+    size_t plen, n;
+    const char *path = luaL_checklstring(L, 1, &plen);
+    const char *data = luaL_checklstring(L, 2, &n);
+    int err;
+    if (plen == 0 || memchr(path, '\0', plen) != NULL)
+        return luaL_argerror(L, 1, "must be a non-empty path without NUL");
+    err = hc_file_replace(path, data, n, 0666);
+    if (err != 0)
+        return core_file_error(L, "cannot write", path, err, "write");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* dir_writable(dir) -> true | nil, err (kind "io", code "write"): whether files can be created
+ * in dir, checked before a call whose answer goes there. */
+static int core_dir_writable(lua_State *L)
+{
+    size_t n;
+    const char *dir = luaL_checklstring(L, 1, &n);
+    int err;
+    if (n == 0 || memchr(dir, '\0', n) != NULL)
+        return luaL_argerror(L, 1, "must be a non-empty path without NUL");
+    err = hc_file_dir_writable(dir);
+    if (err != 0)
+        return core_file_error(L, "cannot create files in", dir, err, "write");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static const luaL_Reg core_functions[] = {
+    {"write_file", core_write_file},
+    {"dir_writable", core_dir_writable},
     {"isatty", core_isatty},
     {"now", core_now},
     {"sleep", core_sleep},

@@ -16,9 +16,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
-#include <openssl/rand.h>
-
 #include "hc_compat.h"
+#include "hc_file.h"
 #include "hc_jwt.h"
 #include "hc_lua.h"
 
@@ -209,45 +208,19 @@ static int core_private_mkdir(lua_State *L)
 }
 
 /* private_write(path, data) -> true | nil, err: writes a mode 0600 file next to path, then
- * renames it over path, so readers never see half a file and the mode never widens. */
+ * renames it over path (hc_file_replace), so readers never see half a file and the mode never
+ * widens. */
 static int core_private_write(lua_State *L)
 {
-    size_t plen, n, off = 0;
+    size_t plen, n;
     const char *path = luaL_checklstring(L, 1, &plen);
     const char *data = luaL_checklstring(L, 2, &n);
-    unsigned char rnd[8];
-    char hex[2 * sizeof rnd + 1], *tmp;
-    int fd, i, saved;
+    int err;
     if (memchr(path, '\0', plen) != NULL)
         return luaL_argerror(L, 1, "path contains NUL");
-    if (RAND_bytes(rnd, sizeof rnd) != 1)
-        return luaL_error(L, "OpenSSL RAND_bytes failed");
-    for (i = 0; i < (int)sizeof rnd; i++) {
-        hex[2 * i] = "0123456789abcdef"[rnd[i] >> 4];
-        hex[2 * i + 1] = "0123456789abcdef"[rnd[i] & 15];
-    }
-    hex[2 * sizeof rnd] = '\0';
-    tmp = (char *)lua_pushfstring(L, "%s.tmp-%s", path, hex);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return push_io_error(L, "cannot write", path, errno, "write");
-    while (off < n) {
-        ssize_t w = write(fd, data + off, n - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
-            saved = w < 0 ? errno : EIO;
-            close(fd);
-            unlink(tmp);
-            return push_io_error(L, "cannot write", path, saved, "write");
-        }
-        off += (size_t)w;
-    }
-    if (close(fd) != 0 || rename(tmp, path) != 0) {
-        saved = errno;
-        unlink(tmp);
-        return push_io_error(L, "cannot write", path, saved, "write");
-    }
+    err = hc_file_replace(path, data, n, 0600);
+    if (err != 0)
+        return push_io_error(L, "cannot write", path, err, "write");
     lua_pushboolean(L, 1);
     return 1;
 }

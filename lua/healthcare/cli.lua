@@ -4,8 +4,8 @@
 --   the friendly: healthcare store|search|retrieve|delete <store> ... (see healthcare.cli.<command>)
 -- Exit codes: 0 all done, 1 something failed, 2 usage or configuration error.
 local cjson = require "cjson.safe"
-local lfs = require "lfs"
 local healthcare = require "healthcare"
+local core = require "healthcare.core"
 local dicomweb = require "healthcare.dicomweb"
 local errors = require "healthcare.errors"
 local seed = require "healthcare.cli.seed"
@@ -69,22 +69,16 @@ local function stdin_to_file()
   return path
 end
 
-local function open_output(out)
-  if out == nil or out == "-" then return io.stdout, false end
-  local f, err = io.open(out, "wb")
-  if not f then return nil, err end
-  return f, true
-end
-
 local function run_seed(cmd)
   if cmd.action == "help" then
     io.stdout:write(help.text(cmd.help_topic), "\n")
     return M.EXIT_OK
   end
-  -- Open the output first: a mistake in -o should not cost an upload.
-  local out, oerr = open_output(cmd.output)
-  if not out then
-    say("cannot write the output: %s", common.printable(oerr))
+  -- Check the output first: a mistake in -o should not cost an upload. It is written only
+  -- once the answer is in, so a failed call leaves an existing file as it was.
+  local fine, why = common.check_output(cmd.output)
+  if not fine then
+    say("cannot write the output: %s", why)
     return M.EXIT_USAGE
   end
   local client, cerr = healthcare.new {
@@ -107,17 +101,16 @@ local function run_seed(cmd)
   if tmp then os.remove(tmp) end
   client:close()
   if not res then
-    if out ~= io.stdout then out:close() end
     say("%s", tostring(err))
     return M.exit_code_for(err)
   end
-  if res.json then
-    out:write(pretty(res.json), "\n")
-  else
-    out:write(res.body)
-    if res.body:sub(-1) ~= "\n" then out:write("\n") end
+  local text = res.json and (pretty(res.json) .. "\n")
+    or (res.body:sub(-1) == "\n" and res.body or res.body .. "\n")
+  local wrote, werr = common.write_output(cmd.output, text)
+  if not wrote then
+    say("cannot write the output: %s", werr)
+    return M.EXIT_FAILED
   end
-  if out ~= io.stdout then out:close() end
   if not res.ok then
     say("the server did not store every instance (HTTP %d)", res.status)
     return M.EXIT_FAILED
@@ -137,34 +130,6 @@ local ACCEPT = {
 local BINARY = { retrieve = true, rendered = true, frames = true }
 -- An answer written to standard output is held in memory first (-o FILE streams instead).
 local MAX_STDOUT_BYTES = 1024 * 1024 * 1024
-
--- A file the answer can be written to later: its directory exists, and it is not a directory.
--- Checked before the call so that a typo costs no request; not opened yet, so that a failed
--- call leaves an existing file as it was.
-local function check_output(out)
-  if lfs.attributes(out, "mode") == "directory" then
-    return nil, out .. " is a directory"
-  end
-  local dir = out:match("^(.*)/[^/]*$") or "."
-  if dir == "" then dir = "/" end
-  if lfs.attributes(dir, "mode") ~= "directory" then
-    return nil, "the directory " .. dir .. " does not exist"
-  end
-  return true
-end
-
-local function write_output(out, data)
-  if out == nil or out == "-" then
-    io.stdout:write(data)
-    return true
-  end
-  local f, err = io.open(out, "wb")
-  if not f then return nil, err end
-  local ok, werr = f:write(data)
-  local cok, cerr = f:close()
-  if not ok or not cok then return nil, tostring(werr or cerr) end
-  return true
-end
 
 -- JSON answers, pretty-printed; an empty answer (204) is an empty list, or {} for a delete.
 local function json_text(kind, res)
@@ -188,9 +153,9 @@ local function run_call(cmd)
   end
   local out = cmd.output ~= "-" and cmd.output or nil
   if out then
-    local fine, why = check_output(out)
+    local fine, why = common.check_output(out)
     if not fine then
-      say("cannot write the output: %s", common.printable(why))
+      say("cannot write the output: %s", why)
       return M.EXIT_USAGE
     end
   end
@@ -204,6 +169,9 @@ local function run_call(cmd)
   end
   local store = assert(client:dicom_store(cmd.parent))
   local binary = BINARY[m.kind]
+  -- Ctrl-C or SIGTERM abandons the transfer (the sink removes its temporary file, so an
+  -- existing -o file stays as it was) and exits 130 or 143.
+  core.trap_interrupts()
   -- A search's query goes as typed (seed.check_path checked it); -p parameters follow it.
   local res, err = client:send {
     method = m.http_method,
@@ -212,7 +180,15 @@ local function run_call(cmd)
     query = cmd.params,
     sink = binary and out and { file = out } or nil,
     max_response_bytes = binary and not out and MAX_STDOUT_BYTES or nil,
+    on_progress = function() return not core.interrupted() end,
   }
+  local sig = core.interrupted()
+  core.trap_interrupts(false)
+  if sig then
+    client:close()
+    say("interrupted%s", res and res.file and "" or "; nothing written")
+    return 128 + sig
+  end
   if res and (res.status < 200 or res.status > 299) then
     res, err = nil, errors.from_response(res, m.what)
   end
@@ -231,7 +207,7 @@ local function run_call(cmd)
         common.printable(res.headers["content-type"] or "no Content-Type"), common.printable(res.file)))
     else
       -- a transport without the streaming sink: the answer came in memory
-      ok, werr = write_output(out, res.body)
+      ok, werr = common.write_output(out, res.body)
       if ok and out then
         io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", #res.body,
           common.printable(res.headers["content-type"] or "no Content-Type"), common.printable(out)))
@@ -244,10 +220,10 @@ local function run_call(cmd)
         common.printable(res.headers["content-type"] or "no Content-Type"))
       return M.EXIT_FAILED
     end
-    ok, werr = write_output(out, text)
+    ok, werr = common.write_output(out, text)
   end
   if not ok then
-    say("cannot write the output: %s", common.printable(werr))
+    say("cannot write the output: %s", werr)
     return M.EXIT_FAILED
   end
   return M.EXIT_OK

@@ -67,4 +67,34 @@ function M.iterate(inputs)
   end)
 end
 
+-- lfs says "cannot obtain information from file '<path>': <strerror>" and io.open
+-- "<path>: <strerror>": the reason alone, the path being said by the caller.
+local function reason_of(err)
+  err = tostring(err)
+  return err:match(": ([^:]+)$") or err
+end
+
+--- Why a path the user named (a command-line argument) cannot be stored from, or nil when it
+--- can: it must be a regular file this process may read or a directory it may list. A FIFO, a
+--- device or a socket is not opened (opening one may block or have effects). Entries met while
+--- walking a directory are not judged here: iterate yields them with skip = reason.
+function M.unreadable(path)
+  local a, err = lfs.attributes(path)
+  if not a then
+    return lfs.symlinkattributes(path) and "broken symbolic link" or reason_of(err)
+  end
+  if a.mode == "directory" then
+    local ok, iter, dir = pcall(lfs.dir, path)
+    if not ok then return "cannot list directory: " .. reason_of(iter) end
+    if dir and dir.close then dir:close() end
+    return nil
+  elseif a.mode == "file" then
+    local f, why = io.open(path, "rb")
+    if not f then return reason_of(why) end
+    f:close()
+    return nil
+  end
+  return "not a regular file (" .. tostring(a.mode) .. ")"
+end
+
 return M

@@ -16,6 +16,8 @@
 -- size and mtime it has now is skipped without being read; everything else is sent again
 -- (storing the same bytes twice is harmless, so a crash between "stored by the server" and
 -- "written here" costs a re-send, never a loss). One process at a time: the file is locked.
+-- Since a "stored" line makes a file be skipped unread, only a journal that this user alone
+-- could have written is used, and it is read through the descriptor those checks were made on.
 local core = require "healthcare.core"
 local lfs = require "lfs"
 local cjson = require("cjson.safe").new()
@@ -57,28 +59,24 @@ local function usage(fmt, ...)
   return nil, errors.new("usage", string.format(fmt, ...))
 end
 
--- Reads the journal at path into j (index, counts) and returns the length of its valid part
--- and the number of bytes of a torn last line, or nil, err.
-local function load(j, path)
-  local f, oerr = io.open(path, "rb")
-  if not f then return nil, errors.new("io", "cannot read journal: " .. tostring(oerr)) end
-  local first = f:read(1)
-  if first == nil then
-    f:close()
-    return 0, 0
-  end
+-- Reads the journal through the appender w (the descriptor its safety checks were made on,
+-- never the path again) into j (index, counts) and returns the length of its valid part and the
+-- number of bytes of a torn last line, or nil, err.
+local function load(j, w, path)
+  local first, rerr = w:read(0, 1)
+  if not first then return nil, rerr end
+  if first == "" then return 0, 0 end
   if first ~= "{" then
-    f:close()
     return usage("'%s' is not a journal of this program (it does not start with a JSON line);"
       .. " name a new file, or remove this one if a crash left it empty of records", path)
   end
-  f:seek("set", 0)
-  local offset, good_end = 0, 0
   local latest = j.index
-  for l in f:lines("L") do
-    offset = offset + #l
-    if l:sub(-1) ~= "\n" then break end   -- torn: the crash came in the middle of this line
-    good_end = offset
+  while true do
+    -- l: a whole line; false at the end, with where the whole lines end and the bytes after
+    -- them (torn: the crash came in the middle of that line)
+    local l, good_end, torn = w:read_line()
+    if l == nil then return nil, good_end end
+    if not l then return good_end, torn end
     local rec = cjson.decode(l)
     if type(rec) ~= "table" then
       j.ignored_lines = j.ignored_lines + 1
@@ -96,8 +94,6 @@ local function load(j, path)
       j.ignored_lines = j.ignored_lines + 1
     end
   end
-  f:close()
-  return good_end, offset - good_end
 end
 
 --- The key of a file in the journal: its absolute path (against cwd when relative), with "."
@@ -121,19 +117,22 @@ end
 --- earlier_runs, earlier_stored, earlier_failed, ignored_lines, torn_bytes }, the totals of
 --- earlier runs (distinct paths, latest outcome). opts: { store = name or URL the run sends
 --- to (a journal of another store is refused), shard = "K/N" (noted) }.
---- Returns the journal, or nil, err (kind "io": cannot open, write or lock; kind "usage": not
---- a journal, or one written for another store).
+--- Returns the journal, or nil, err (kind "io": cannot open, read, write or lock, or refused
+--- with code "unsafe" because someone else could have written it: a symbolic link, not a
+--- regular file, another user's, or writable by group or others (core.appender); kind "usage":
+--- not a journal, or one written for another store).
 function M.open(path, report, opts)
   if type(path) ~= "string" or path == "" then
     return usage("journal must be a file name")
   end
   opts = opts or {}
-  -- Lock first, then read: no other process can append between our reading and writing.
+  -- Check and lock first, then read through the same descriptor: no other process can append
+  -- between our reading and writing, and what is read is the file that was checked.
   local w, err = core.appender(path)
   if not w then return nil, err end
   local j = setmetatable({ path = path, w = w, index = {}, stores = {}, earlier_runs = 0,
     ignored_lines = 0, cwd = lfs.currentdir() or "/" }, Journal)
-  local good_end, torn = load(j, path)
+  local good_end, torn = load(j, w, path)
   if not good_end then
     w:close()
     return nil, torn

@@ -1,7 +1,9 @@
 -- SPDX-License-Identifier: MIT
 -- What the friendly commands (store, search, retrieve, delete) share: the <store> argument and
 -- the credential, endpoint and TLS options, written once; turning them into a store object; the
--- exit code for an error value; and small output helpers.
+-- exit code for an error value; writing files at paths the user named; and small output helpers.
+local lfs = require "lfs"
+local core = require "healthcare.core"
 local healthcare = require "healthcare"
 local dicomweb = require "healthcare.dicomweb"
 local util = require "healthcare.util"
@@ -135,6 +137,40 @@ function M.exit_code_for_uid(store, err)
     return M.store_exists(store) and M.EXIT_FAILED or M.EXIT_USAGE
   end
   return M.exit_code_for(err)
+end
+
+--- Whether out, a file the user named for an answer (-o; nil or "-" is standard output), can be
+--- written once the answer is in: not a directory, in a directory this user may create files
+--- in. Checked before any request, so a typo costs no upload; nothing is created or opened, so a
+--- call that fails leaves an existing file as it was. Returns true, or nil and why not.
+function M.check_output(out)
+  if out == nil or out == "-" then return true end
+  if lfs.attributes(out, "mode") == "directory" then
+    return nil, M.printable(out) .. " is a directory"
+  end
+  local dir = out:match("^(.*)/[^/]*$") or "."
+  if dir == "" then dir = "/" end
+  if lfs.attributes(dir, "mode") ~= "directory" then
+    return nil, "the directory " .. M.printable(dir) .. " does not exist"
+  end
+  local ok, err = core.dir_writable(dir)
+  if not ok then return nil, M.printable(err.message) end
+  return true
+end
+
+--- Writes data (a string) as the file out the user named, or to standard output for nil or "-".
+--- The one way the command writes such a file: a temporary file in the same directory renamed
+--- into place (core.write_file), so a failure or an interrupt leaves what was there as it was
+--- and no temporary file behind, and a symbolic link at out is replaced, never written through.
+--- Returns true, or nil and why not.
+function M.write_output(out, data)
+  if out == nil or out == "-" then
+    io.stdout:write(data)
+    return true
+  end
+  local ok, err = core.write_file(out, data)
+  if not ok then return nil, M.printable(err.message) end
+  return true
 end
 
 return M

@@ -221,7 +221,10 @@ local function output_flags(m)
     "  -o <out>",
     wrap("<out> specifies the destination to which to write the server's result. The "
       .. "destination may be - to indicate standard output, or a filepath that is to "
-      .. "contain the received bytes. If unset, it defaults to standard output.", "      "),
+      .. "contain the received bytes. If unset, it defaults to standard output. A file is "
+      .. "replaced only once the whole answer is in (written next to it, then renamed over it; "
+      .. "a symbolic link there is replaced, not followed), so a failed call leaves it as it was.",
+      "      "),
   }
 end
 

@@ -14,7 +14,8 @@ local function parser()
   local p = argparse("healthcare store",
     "Store DICOM files in a DICOM store (STOW-RS), many per request, streamed from disk.")
   common.add_store_options(p)
-  p:argument("files", "DICOM files or directories (walked recursively).", nil, nil, "*")
+  p:argument("files", "DICOM files or directories (walked recursively); one that cannot be read is an error "
+    .. "(exit 2, nothing sent).", nil, nil, "*")
   p:option("--study", "Store under studies/UID; files of another study are skipped.")
   p:option("--concurrency", "Requests in flight at once.", tostring(batch.DEFAULTS.concurrency)):convert(tonumber)
   p:option("--max-request-bytes", "Most bytes of DICOM per request.",
@@ -23,7 +24,8 @@ local function parser()
     tostring(batch.DEFAULTS.max_instances_per_request)):convert(tonumber)
   p:option("--retry-max", "Attempts per request before its instances count as failed.",
     tostring(batch.RETRY_DEFAULTS.max_attempts)):convert(tonumber)
-  p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored.")
+  p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored. "
+    .. "Refused if it is a symbolic link, not a regular file, another user's, or writable by group or others.")
   p:option("--shard", "K/N: take only this machine's share of the files (stable by path).")
   p:option("--from-list", "Read more paths from FILE, one per line ('-' for standard input).")
   p:flag("--verify", "After storing, search the store for every instance reported stored and report "
@@ -178,6 +180,21 @@ function M.main(argv)
   local a, code = common.parse(p, argv)
   if not a then return code end
   local inputs = a.files
+  -- A file or folder named here that cannot be read is a mistake in the command (exit 2, nothing
+  -- sent), unlike what a folder holds, or a --from-list (often made long before the run, and a
+  -- file gone since should not stop a migration of millions): those are skipped with the reason.
+  local unreadable = false
+  for _, path in ipairs(inputs) do
+    local why = require("healthcare.files").unreadable(path)
+    if why then
+      io.stderr:write("healthcare store: cannot read ", common.printable(path), ": ", common.printable(why), "\n")
+      unreadable = true
+    end
+  end
+  if unreadable then
+    io.stderr:write("healthcare store: nothing was sent\n")
+    return 2
+  end
   if a.from_list then
     local list, err = read_list(a.from_list)
     if not list then
