@@ -279,8 +279,14 @@ describe("store with a journal", function()
       "--max-instances", "2", "--concurrency", "1" })
     local progress = {}
     for kill = 1, 3 do
-      local after = 0.2 + math.random() * 0.4
-      local _, se, code = H.run(string.format("%s & pid=$!; sleep %.2f; kill -KILL $pid; wait $pid", cmd, after))
+      -- Killed at a random moment once this run has journaled at least one instance of its own
+      -- (on a loaded machine a fixed delay could fall before the journal is even opened).
+      local lines_before = 0
+      for _ in (H.file_bytes(jpath) or ""):gmatch("\n") do lines_before = lines_before + 1 end
+      local after = math.random() * 0.3
+      local _, se, code = H.run(string.format("%s & pid=$!; n=0; "
+        .. "while [ \"$(cat %s 2>/dev/null | wc -l)\" -lt %d ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
+        .. "sleep %.2f; kill -KILL $pid; wait $pid", cmd, H.q(jpath), lines_before + 2, after))
       assert.equal(137, code, "run " .. kill .. " ended before it was killed: " .. se)
       local stored = 0
       for _, r in ipairs(records_of(jpath)) do if r.outcome == "stored" then stored = stored + 1 end end

@@ -78,13 +78,14 @@ local function write_all(path, data)
   f:close()
 end
 
--- LuaJIT starts math.random from the same seed in every process (Lua 5.4 seeds it at random):
--- specs running side by side would pick the same temporary names and UIDs.
-if jit then
+-- LuaJIT starts math.random from the same seed in every process, and Lua 5.4's own seed (time
+-- and an address) repeats under the ASan wrapper, whose addresses are fixed: specs running side
+-- by side would pick the same temporary names and UIDs. The process id tells them apart.
+do
   local f = io.open("/proc/self/stat")
   local pid = f and tonumber(f:read("*l"):match("^%d+")) or 0
   if f then f:close() end
-  math.randomseed(os.time() * 1000 + pid)
+  math.randomseed((os.time() % 1000000) * 100000 + pid % 100000 + math.floor(os.clock() * 1e6) % 1000)
 end
 
 local tmp_count = 0
