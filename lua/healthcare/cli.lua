@@ -93,6 +93,7 @@ local function run_seed(cmd)
     credentials = cmd.credentials,
     token_cache = cmd.token_cache,
     debug = cmd.debug or nil,
+    timeout = cmd.timeout,
   }
   if not client then
     say("%s", tostring(cerr))
@@ -196,7 +197,7 @@ local function run_call(cmd)
   end
   local client, cerr = healthcare.new {
     endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
-    token_cache = cmd.token_cache, debug = cmd.debug or nil,
+    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
   }
   if not client then
     say("%s", tostring(cerr))
@@ -205,6 +206,8 @@ local function run_call(cmd)
   local store = assert(client:dicom_store(cmd.parent))
   local binary = BINARY[m.kind]
   -- A search's query goes as typed (seed.check_path checked it); -p parameters follow it.
+  -- JSON answers are asked for gzip-compressed (decoded as they come, within the transport's
+  -- caps); binary ones as they are: an encoded answer to those is refused.
   local res, err = client:send {
     method = m.http_method,
     url = store.base_url .. "/" .. cmd.dicom_web_path .. (cmd.query and ("?" .. cmd.query) or ""),
@@ -212,6 +215,7 @@ local function run_call(cmd)
     query = cmd.params,
     sink = binary and out and { file = out } or nil,
     max_response_bytes = binary and not out and MAX_STDOUT_BYTES or nil,
+    compressed = not binary,
   }
   if res and (res.status < 200 or res.status > 299) then
     res, err = nil, errors.from_response(res, m.what)
