@@ -186,6 +186,17 @@ describe("a retrieve answered with Content-Encoding: gzip", function()
     assert.equal("identity", last_accept_encoding("/gzip-files/studies/" .. STUDY))
   end)
 
+  it("with a coding other than one gzip or deflate, is refused even when compressed = true", function()
+    local dir = H.tmpdir()
+    local res, err = store_at("odd-coding"):retrieve_study(STUDY, { to = dir, compressed = true })
+    assert.is_nil(res)
+    assert.equal("encoding", err.code)
+    assert.is_nil(err.option)
+    assert.matches("Content%-Encoding 'br, gzip%?%]0;pwned%?'; only gzip or deflate, applied once, is decoded",
+      err.message)
+    assert.same({}, listing(dir))
+  end)
+
   it("is decoded when the caller opted in (compressed = true): the instances arrive whole", function()
     local dir = H.tmpdir()
     local res = assert(store_at("gzip-files"):retrieve_study(STUDY, { to = dir, compressed = true }))

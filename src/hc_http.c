@@ -516,6 +516,10 @@ static void note_content_encoding(hc_transfer *t, const char *p, size_t n)
     /* Too long to be one coding: kept cut, and refused as unknown. */
     snprintf(t->content_encoding + len, sizeof t->content_encoding - len, "%s%.*s",
              len > 0 ? ", " : "", (int)(n - i), p + i);
+    /* It may reach a message, and a terminal: no control or non-ASCII byte from the server. */
+    for (; t->content_encoding[len] != '\0'; len++)
+        if (t->content_encoding[len] < 0x20 || t->content_encoding[len] > 0x7e)
+            t->content_encoding[len] = '?';
 }
 
 static size_t on_header(char *p, size_t size, size_t nitems, void *ud)

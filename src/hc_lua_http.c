@@ -683,7 +683,8 @@ static int transfer_result(lua_State *L)
         } else if (t->result == CURLE_OPERATION_TIMEDOUT && t->timeout_ms > 0
                    && strncmp(why, "Operation timed out", 19) == 0) {
             /* The whole request's deadline (CURLOPT_TIMEOUT), not a connect or resolve timeout. */
-            snprintf(buf, sizeof buf, "not done within the timeout of %.3g s", (double)t->timeout_ms / 1000.0);
+            snprintf(buf, sizeof buf, "Operation timed out: not done within the timeout of %.3g s",
+                     (double)t->timeout_ms / 1000.0);
             why = buf;
         }
         if (!noted && t->sink.mode == HC_MODE_MULTIPART) {

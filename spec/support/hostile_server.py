@@ -18,6 +18,8 @@ answer to every request made through it.
                             part of mib MiB of zeros
   /gzip-files               200 multipart/related, Content-Encoding: gzip: the DICOM files given
                             on the command line, one part each (an honest compressed answer)
+  /odd-coding               200 multipart/related with Content-Encoding "br, gzip" and an ESC
+                            sequence (a coding stack nobody decodes, text a terminal would obey)
   /endless                  200 multipart/related: one part that never ends (256 KiB writes as
                             fast as the client reads; no Content-Length, ends when the client goes)
   /trickle/every=0.5        200 multipart/related: a part's header, then one byte every `every` s
@@ -102,7 +104,7 @@ def send_head(conn, status, headers, length=None):
     if length is not None:
         lines.append("Content-Length: %d" % length)
     lines.append("Connection: close")
-    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    conn.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
 
 
 def send_whole(conn, ctype, body, extra=()):
@@ -136,6 +138,9 @@ def answer(conn, scenario, q, path):
     elif scenario == "gzip-files":
         plain = multipart_of([(b"application/dicom", read_file(i)) for i in range(len(FILES))])
         send_whole(conn, MULTIPART, gzip_of(plain), [("Content-Encoding", "gzip")])
+    elif scenario == "odd-coding":
+        body = multipart_of([(b"application/dicom", b"x" * 100)])
+        send_whole(conn, MULTIPART, body, [("Content-Encoding", "br, gzip\x1b]0;pwned\x07")])
     elif scenario == "endless":
         send_head(conn, "200 OK", [("Content-Type", MULTIPART)])
         conn.sendall(part_head())
