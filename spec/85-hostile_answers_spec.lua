@@ -170,6 +170,23 @@ describe("a gzip bomb (1 MB on the wire, 1 GiB decoded)", function()
   end)
 end)
 
+describe("a gzip bomb as Transfer-Encoding: gzip (libcurl would decode it unasked)", function()
+  it("is refused at its header, for a retrieve (no file) and a search alike", function()
+    local dir = H.tmpdir()
+    for _, compressed in ipairs({ false, true }) do
+      local res, err = store_at("gzip-te"):retrieve_study(STUDY, { to = dir, compressed = compressed })
+      assert.is_nil(res)
+      assert.equal("encoding", err.code)
+      assert.matches("Transfer%-Encoding 'gzip'; only chunked is accepted", err.message)
+      assert.same({}, listing(dir))
+    end
+    local results = assert(store_at("gzip-te"):search_studies {})
+    local list, err = results:all()
+    assert.is_nil(list)
+    assert.equal("encoding", err.code)
+  end)
+end)
+
 -- ---- content codings on a retrieve -----------------------------------------------------------
 
 describe("a retrieve answered with Content-Encoding: gzip", function()

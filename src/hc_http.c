@@ -522,6 +522,38 @@ static void note_content_encoding(hc_transfer *t, const char *p, size_t n)
             t->content_encoding[len] = '?';
 }
 
+/* A Transfer-Encoding other than chunked (gzip, deflate, ...): libcurl would decode it whatever
+ * was asked, before on_write counts a byte, so it is refused. Returns 0, or -1 with the reason. */
+static int check_transfer_encoding(hc_transfer *t, const char *p, size_t n)
+{
+    static const char name[] = "transfer-encoding:";
+    size_t i = sizeof name - 1;
+    if (n < i || strncasecmp(p, name, i) != 0)
+        return 0;
+    while (i < n) {
+        size_t start, end;
+        while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == ','))
+            i++;
+        start = i;
+        while (i < n && p[i] != ',' && p[i] != '\r' && p[i] != '\n')
+            i++;
+        end = i;
+        while (end > start && (p[end - 1] == ' ' || p[end - 1] == '\t'))
+            end--;
+        if (end > start && !(end - start == 7 && strncasecmp(p + start, "chunked", 7) == 0)) {
+            char shown[64];
+            size_t k, len = end - start < sizeof shown - 1 ? end - start : sizeof shown - 1;
+            for (k = 0; k < len; k++)
+                shown[k] = p[start + k] >= 0x20 && p[start + k] <= 0x7e ? p[start + k] : '?';
+            shown[len] = '\0';
+            return stop(t, "encoding", "the answer has Transfer-Encoding '%s'; only chunked is accepted", shown);
+        }
+        if (i < n && (p[i] == '\r' || p[i] == '\n'))
+            break;
+    }
+    return 0;
+}
+
 static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
 {
     hc_transfer *t = ud;
@@ -535,6 +567,8 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
         coding_reset(t);
     }
     note_content_encoding(t, p, n);
+    if (check_transfer_encoding(t, p, n) != 0)
+        return 0;
     if (hc_buf_append(&t->response_headers, p, n) != 0) {
         t->response_too_large = 1;
         return 0;

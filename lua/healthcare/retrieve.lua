@@ -198,9 +198,12 @@ local function spent(what, code, option, text)
 end
 
 -- The error of a stopped transfer, naming the option behind the bound it passed.
-local function name_option(err, what, opts, bounds)
+local function name_option(err, what, bounds, compressed)
   local option = BOUND_OPTION[err.code]
-  if err.code == "encoding" and not opts.compressed then option = "compressed" end
+  -- an unasked coding; asked (compressed), a coding that is not decoded names no option
+  if err.code == "encoding" and not compressed and err.message:find("identity was asked for", 1, true) then
+    option = "compressed"
+  end
   if err.code == "timeout" then
     -- the deadline (not a connect timeout); the transport knew only what was left of it
     local at = err.message:find("within the timeout of", 1, true)
@@ -228,6 +231,7 @@ local function send(store, method_path, headers, opts, how)
   local query, qerr = client_mod.normalize_params(opts.params)
   if not query then return nil, qerr end
   local bounds, sink, what = how.bounds, how.sink, how.what
+  local compressed = how.compressed or opts.compressed == true
   local timeout = opts.timeout
   -- math.huge (no bound) is 0 (none) to the transport
   local function finite(v) return v < 2 ^ 53 and v or 0 end
@@ -261,7 +265,7 @@ local function send(store, method_path, headers, opts, how)
     timeout = timeout,
     idle_timeout = opts.idle_timeout,
     min_speed = opts.min_speed,
-    compressed = how.compressed or opts.compressed == true,
+    compressed = compressed,
     max_compression_ratio = opts.max_compression_ratio,
     -- on_progress(bytes_received) about five times a second; false stops the transfer (and
     -- removes what it wrote).
@@ -271,7 +275,7 @@ local function send(store, method_path, headers, opts, how)
     bounds.bytes = bounds.bytes - (res.bytes or 0)
     bounds.parts = bounds.parts - #(res.parts or {})
   end
-  if not res then return nil, name_option(err, what, opts, bounds) end
+  if not res then return nil, name_option(err, what, bounds, compressed) end
   return res
 end
 

@@ -16,6 +16,8 @@ answer to every request made through it.
                             "[", then mib MiB of spaces, then "]" (about 1 KB on the wire per MiB)
   /gzip-multipart/mib=1024  200 multipart/related (application/dicom), Content-Encoding: gzip: one
                             part of mib MiB of zeros
+  /gzip-te/mib=1024         the gzip-multipart bomb as Transfer-Encoding: gzip, chunked (which
+                            libcurl decodes unasked)
   /gzip-files               200 multipart/related, Content-Encoding: gzip: the DICOM files given
                             on the command line, one part each (an honest compressed answer)
   /odd-coding               200 multipart/related with Content-Encoding "br, gzip" and an ESC
@@ -135,6 +137,13 @@ def answer(conn, scenario, q, path):
     elif scenario == "gzip-multipart":
         body = gzip_bomb(part_head(), b"\0", int(q.get("mib", "1024")), CLOSE)
         send_whole(conn, MULTIPART, body, [("Content-Encoding", "gzip")])
+    elif scenario == "gzip-te":
+        body = gzip_bomb(part_head(), b"\0", int(q.get("mib", "1024")), CLOSE)
+        send_head(conn, "200 OK", [("Content-Type", MULTIPART), ("Transfer-Encoding", "gzip, chunked")])
+        for i in range(0, len(body), 65536):
+            piece = body[i:i + 65536]
+            conn.sendall(b"%x\r\n" % len(piece) + piece + b"\r\n")
+        conn.sendall(b"0\r\n\r\n")
     elif scenario == "gzip-files":
         plain = multipart_of([(b"application/dicom", read_file(i)) for i in range(len(FILES))])
         send_whole(conn, MULTIPART, gzip_of(plain), [("Content-Encoding", "gzip")])
