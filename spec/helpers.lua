@@ -80,7 +80,9 @@ end
 
 -- LuaJIT starts math.random from the same seed in every process (Lua 5.4 seeds it at random):
 -- specs running side by side would pick the same temporary names and UIDs.
-if jit then
+-- Lua 5.4 under scripts/test-sanitize (ld.so --preload, no address randomization) does the same:
+-- its seed is the time and addresses that no longer vary. So every interpreter is seeded here.
+do
   local f = io.open("/proc/self/stat")
   local pid = f and tonumber(f:read("*l"):match("^%d+")) or 0
   if f then f:close() end
