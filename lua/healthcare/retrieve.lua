@@ -57,7 +57,9 @@ end
 local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected")
 local COLLECTION_OPTIONS = with(INSTANCE_OPTIONS, "skip_existing")
 local METADATA_OPTIONS = { "params", "max_bytes", "timeout" }
-local RENDERED_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "frame", "params", "on_progress")
+-- (one image to one file: no parts to count)
+local RENDERED_OPTIONS = with({ "timeout", "idle_timeout", "min_speed", "max_bytes", "max_part_bytes", "compressed",
+  "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress")
 local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress")
 
 -- File name extensions of the media types a frame or a rendered image comes as.
