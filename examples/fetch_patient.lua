@@ -37,8 +37,12 @@ for study in studies:each() do
   -- WADO-RS, streamed to disk as it arrives; a broken transfer keeps only whole instances.
   local got, rerr = store:retrieve_study(uid, { to = folder .. "/" .. uid })
   if got then
-    fetched = fetched + 1
     print(string.format("  %d file(s), %d bytes", #got.files, got.bytes))
+    -- parts of the answer that were not DICOM instances: reported, not written
+    for _, r in ipairs(got.rejected) do
+      print(string.format("  part %d rejected: %s", r.part, (r.reason:gsub("%c", "?"))))
+    end
+    if #got.rejected == 0 then fetched = fetched + 1 else failed = failed + 1 end
   else
     failed = failed + 1
     print(string.format("  failed: %s (%d whole instance(s) kept)", tostring(rerr), #(rerr.files or {})))

@@ -344,7 +344,7 @@ describe("healthcare.cli.seed.parse", function()
   describe("usage errors", function()
     local MISSING_VALUE = " (e.g. -r . content-type=application/dicom data=@file.dcm)"
     local OPTIONS = "valid options: --scope, --endpoint, --credentials, --no-token-cache, "
-      .. "--debug, -h, --help, -r, -p, -o"
+      .. "--timeout, --debug, -h, --help, -r, -p, -o"
     local names = {}
     for i, m in ipairs(seed.methods) do names[i] = m.name end
     assert.are.same({ STORE, STUDIES }, { names[1], names[2] })

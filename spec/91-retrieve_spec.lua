@@ -499,7 +499,9 @@ describe("retrieve errors", function()
     assert.matches("bad argument #1 to 'retrieve_study' %(string expected, got nil%)", err)
     ok, err = pcall(store.retrieve_study, store, study.uid, { to = "x", transfer = "*" })
     assert.is_false(ok)
-    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: on_progress, params, skip_existing, to, transfer_syntax", err)
+    assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: compressed, idle_timeout, "
+      .. "keep_rejected, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_progress, "
+      .. "params, skip_existing, timeout, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
     assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)
@@ -595,16 +597,22 @@ describe("a cut or malformed stream", function()
     assert.same(names, listing(dir))   -- no temporary or partial file
   end
 
-  it("names the parts of a whole stream, a part that is not DICOM as part-<n>.dcm with a warning", function()
+  it("names the parts of a whole stream; a part that is not DICOM is rejected, written only when asked", function()
     local dir = H.tmpdir()
     local res = assert(raw_store(4):retrieve_study(study.uid, { to = dir }))
-    assert.equal(4, #res.files)
-    assert.equal(dir .. "/part-4.dcm", res.files[4].path)
-    assert.is_nil(res.files[4].sop_instance_uid)
-    assert.matches("^part 4 is not a readable DICOM file", res.files[4].warning)
-    assert.equal(string.rep("not DICOM\n", 30), H.file_bytes(dir .. "/part-4.dcm"))
+    assert_kept(res.files, dir, 3)
     for i = 1, 3 do assert.is_nil(res.files[i].warning) end
-    local names = { "part-4.dcm" }
+    assert.equal(1, #res.rejected)
+    assert.equal(4, res.rejected[1].part)
+    assert.equal(300, res.rejected[1].size)
+    assert.matches("^not a DICOM file", res.rejected[1].reason)
+    assert.is_nil(res.rejected[1].path)
+    dir = H.tmpdir()
+    res = assert(raw_store(4):retrieve_study(study.uid, { to = dir, keep_rejected = true }))
+    assert.equal(3, #res.files)
+    assert.equal(dir .. "/part-4.rejected", res.rejected[1].path)
+    assert.equal(string.rep("not DICOM\n", 30), H.file_bytes(dir .. "/part-4.rejected"))
+    local names = { "part-4.rejected" }
     for i = 1, 3 do names[#names + 1] = parts[i].sop_instance_uid .. ".dcm" end
     table.sort(names)
     assert.same(names, listing(dir))

@@ -5,8 +5,10 @@
 #define _POSIX_C_SOURCE 200809L
 #include "hc_http.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,6 +59,20 @@ static int sink_io_error(hc_transfer *t, const char *what, const char *path)
     return -1;
 }
 
+/* The transport stops the answer for a reason of its own (a cap passed, a content coding it
+ * will not decode): code is a fixed reason string; the first reason given is kept. Returns -1. */
+static int stop(hc_transfer *t, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    if (t->stop_code != NULL || t->sink.error != HC_SINKERR_NONE)
+        return -1;
+    t->stop_code = code;
+    va_start(ap, fmt);
+    vsnprintf(t->stop_message, sizeof t->stop_message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
 /* "(2 complete parts received)" */
 static const char *parts_note(const hc_sink *k, char *buf, size_t size)
 {
@@ -70,7 +86,7 @@ static int sink_multipart_error(hc_transfer *t, int code)
     hc_sink *k = &t->sink;
     char note[64];
     const char *what;
-    if (k->error != HC_SINKERR_NONE)
+    if (k->error != HC_SINKERR_NONE || t->stop_code != NULL)
         return -1;
     switch (code) {
     case HC_MP_ERR_NO_BOUNDARY: what = "does not start with its boundary delimiter"; break;
@@ -136,6 +152,14 @@ static int open_temp(hc_transfer *t, const char *prefix)
 
 static int write_all(hc_transfer *t, const char *p, size_t n)
 {
+    hc_sink *k = &t->sink;
+    if (k->max_part_bytes > 0 && (int64_t)n > k->max_part_bytes - k->cur_size) {
+        if (k->mode == HC_MODE_MULTIPART)
+            return stop(t, "part_too_large", "part %lu of the answer is larger than %lld bytes",
+                        (unsigned long)k->nparts + 1, (long long)k->max_part_bytes);
+        return stop(t, "part_too_large", "the answer is larger than %lld bytes",
+                    (long long)k->max_part_bytes);
+    }
     while (n > 0) {
         ssize_t w = write(t->sink.fd, p, n);
         if (w < 0) {
@@ -231,6 +255,14 @@ static int part_prefix_open(hc_transfer *t)
 static int on_part_begin(void *ud, const char *headers, size_t len)
 {
     hc_transfer *t = ud;
+    hc_sink *k = &t->sink;
+    /* Checked as a part begins, before its file exists: one part too many makes no file. */
+    if (k->max_parts > 0 && (int64_t)k->nparts >= k->max_parts)
+        return stop(t, "too_many_parts", "the answer has more than %lld parts", (long long)k->max_parts);
+    if (len > HC_MAX_PART_HEADERS_TOTAL - k->headers_total)
+        return stop(t, "too_many_parts", "the part header blocks of the answer total more than %d MiB "
+                    "(after %lu parts)", HC_MAX_PART_HEADERS_TOTAL / (1024 * 1024), (unsigned long)k->nparts);
+    k->headers_total += len;
     if (set_cur_headers(t, headers, len) != 0)
         return -1;
     return part_prefix_open(t);
@@ -327,8 +359,19 @@ static void sink_discard(hc_transfer *t)
     k->mp_live = 0;
     k->mode = HC_MODE_UNDECIDED;
     k->bytes = 0;
+    k->headers_total = 0;
     k->error = HC_SINKERR_NONE;
     k->message[0] = '\0';
+}
+
+/* Forgets the body decoding state of a response (a new one starts, or the transfer ends). */
+static void coding_reset(hc_transfer *t)
+{
+    if (t->inflating)
+        hc_inflate_free(&t->inflater);
+    t->inflating = 0;
+    t->body_started = 0;
+    t->content_encoding[0] = '\0';
 }
 
 /* The transfer ended (ok: libcurl says it succeeded): completes or abandons the files. Returns
@@ -337,9 +380,19 @@ static int sink_end(hc_transfer *t, int ok)
 {
     hc_sink *k = &t->sink;
     int rc = 0;
+    if (ok && t->inflating && hc_inflate_finish(&t->inflater) != HC_INFLATE_OK) {
+        stop(t, "encoding", "the %s-encoded answer %s", t->content_encoding,
+             hc_inflate_strerror(HC_INFLATE_ERR_TRUNCATED));
+        ok = 0;
+        rc = -1;
+    }
+    if (t->inflating) {
+        hc_inflate_free(&t->inflater);
+        t->inflating = 0;
+    }
     if (!ok || k->kind == HC_SINK_NONE) {
         close_current(t, 0);
-        return 0;
+        return rc;
     }
     if (k->mode == HC_MODE_UNDECIDED && sink_decide(t) != 0)
         rc = -1;
@@ -367,34 +420,138 @@ static int sink_end(hc_transfer *t, int ok)
     return rc;
 }
 
-static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
+/* Decoded body bytes of the final response, to memory or to the sink's files, within the caps.
+ * Returns 0, or -1 with the reason set. */
+static int deliver(hc_transfer *t, const char *p, size_t n)
 {
-    hc_transfer *t = ud;
     hc_sink *k = &t->sink;
-    size_t n = size * nmemb;
     int r;
-    if (k->mode == HC_MODE_UNDECIDED && sink_decide(t) != 0)
-        return 0;
+    if (k->mode != HC_MODE_MEMORY && k->max_bytes > 0 && (int64_t)n > k->max_bytes - k->bytes)
+        return stop(t, "too_large", "the answer is larger than %lld bytes", (long long)k->max_bytes);
     switch (k->mode) {
     case HC_MODE_FILE:
     case HC_MODE_SINGLE:
         k->bytes += (int64_t)n;
-        return write_all(t, p, n) == 0 ? n : 0;
+        return write_all(t, p, n);
     case HC_MODE_MULTIPART:
         k->bytes += (int64_t)n;
         r = hc_multipart_feed(&k->mp, p, n);
-        if (r != HC_MP_OK) {
-            sink_multipart_error(t, r);
-            return 0;
-        }
-        return n;
+        if (r != HC_MP_OK)
+            return sink_multipart_error(t, r);
+        return 0;
     default:
         if (hc_buf_append(&t->response, p, n) != 0) {
             t->response_too_large = 1;
-            return 0;
+            return -1;
         }
-        return n;
+        return 0;
     }
+}
+
+static int deliver_decoded(void *ud, const char *p, size_t n)
+{
+    return deliver(ud, p, n);
+}
+
+/* At the final response's first body byte: how it is coded, and where it goes. A content coding
+ * is decoded only when it was asked for, and only gzip or deflate, applied once: anything else
+ * would reach a file or a JSON parser as something it is not. Returns 0 or -1. */
+static int start_body(hc_transfer *t)
+{
+    const char *ce = t->content_encoding;
+    t->body_started = 1;
+    if (ce[0] != '\0' && strcasecmp(ce, "identity") != 0) {
+        int r;
+        if (!t->compressed)
+            return stop(t, "encoding", "the answer is %.60s-encoded (Content-Encoding) although "
+                        "identity was asked for (Accept-Encoding: identity)", ce);
+        if (strcasecmp(ce, "gzip") != 0 && strcasecmp(ce, "x-gzip") != 0 && strcasecmp(ce, "deflate") != 0)
+            return stop(t, "encoding", "the answer has Content-Encoding '%.60s'; only gzip or deflate, "
+                        "applied once, is decoded", ce);
+        r = hc_inflate_init(&t->inflater, t->max_compression_ratio);
+        t->inflating = 1;
+        if (r != HC_INFLATE_OK)
+            return stop(t, "encoding", "the %s-encoded answer %s", ce, hc_inflate_strerror(r));
+    }
+    if (t->sink.mode == HC_MODE_UNDECIDED && sink_decide(t) != 0)
+        return -1;
+    return 0;
+}
+
+static size_t on_write(char *p, size_t size, size_t nmemb, void *ud)
+{
+    hc_transfer *t = ud;
+    size_t n = size * nmemb;
+    int r;
+    if (!t->body_started && start_body(t) != 0)
+        return 0;
+    if (!t->inflating)
+        return deliver(t, p, n) == 0 ? n : 0;
+    r = hc_inflate_feed(&t->inflater, p, n, deliver_decoded, t);
+    if (r == HC_INFLATE_OK)
+        return n;
+    if (r == HC_INFLATE_ERR_RATIO)
+        stop(t, "compression_ratio", "the %s-encoded answer decodes to more than %g bytes per byte "
+             "received (%lld bytes from %lld): a compression bomb?", t->content_encoding,
+             t->max_compression_ratio, (long long)t->inflater.decoded, (long long)t->inflater.in);
+    else if (r != HC_INFLATE_ERR_CALLBACK)
+        stop(t, "encoding", "the %s-encoded answer %s", t->content_encoding, hc_inflate_strerror(r));
+    return 0;
+}
+
+/* Keeps the Content-Encoding of the response being received (repeated fields joined with
+ * ", ", as HTTP reads them), trimmed. */
+static void note_content_encoding(hc_transfer *t, const char *p, size_t n)
+{
+    static const char name[] = "content-encoding:";
+    size_t len = strlen(t->content_encoding), i = sizeof name - 1;
+    if (n < i || strncasecmp(p, name, i) != 0)
+        return;
+    while (i < n && (p[i] == ' ' || p[i] == '\t'))
+        i++;
+    while (n > i && isspace((unsigned char)p[n - 1]))
+        n--;
+    if (n == i)
+        return;
+    /* Too long to be one coding: kept cut, and refused as unknown. */
+    snprintf(t->content_encoding + len, sizeof t->content_encoding - len, "%s%.*s",
+             len > 0 ? ", " : "", (int)(n - i), p + i);
+    /* It may reach a message, and a terminal: no control or non-ASCII byte from the server. */
+    for (; t->content_encoding[len] != '\0'; len++)
+        if (t->content_encoding[len] < 0x20 || t->content_encoding[len] > 0x7e)
+            t->content_encoding[len] = '?';
+}
+
+/* A Transfer-Encoding other than chunked (gzip, deflate, ...): libcurl would decode it whatever
+ * was asked, before on_write counts a byte, so it is refused. Returns 0, or -1 with the reason. */
+static int check_transfer_encoding(hc_transfer *t, const char *p, size_t n)
+{
+    static const char name[] = "transfer-encoding:";
+    size_t i = sizeof name - 1;
+    if (n < i || strncasecmp(p, name, i) != 0)
+        return 0;
+    while (i < n) {
+        size_t start, end;
+        while (i < n && (p[i] == ' ' || p[i] == '\t' || p[i] == ','))
+            i++;
+        start = i;
+        while (i < n && p[i] != ',' && p[i] != '\r' && p[i] != '\n')
+            i++;
+        end = i;
+        while (end > start && (p[end - 1] == ' ' || p[end - 1] == '\t'))
+            end--;
+        if (end > start && !(end - start == 7 && strncasecmp(p + start, "chunked", 7) == 0)) {
+            char shown[64];
+            size_t k, len = end - start < sizeof shown - 1 ? end - start : sizeof shown - 1;
+            for (k = 0; k < len; k++)
+                shown[k] = p[start + k] >= 0x20 && p[start + k] <= 0x7e ? p[start + k] : '?';
+            shown[len] = '\0';
+            return stop(t, "encoding", "the answer has Transfer-Encoding '%s'; only chunked is accepted", shown);
+        }
+        if (i < n && (p[i] == '\r' || p[i] == '\n'))
+            break;
+    }
+    return 0;
 }
 
 static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
@@ -407,7 +564,11 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
         hc_buf_free(&t->response_headers);
         hc_buf_free(&t->response);
         sink_discard(t);
+        coding_reset(t);
     }
+    note_content_encoding(t, p, n);
+    if (check_transfer_encoding(t, p, n) != 0)
+        return 0;
     if (hc_buf_append(&t->response_headers, p, n) != 0) {
         t->response_too_large = 1;
         return 0;
@@ -428,12 +589,20 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
 {
     CURL *e;
     size_t i;
-    int has_expect = 0;
+    int has_expect = 0, has_accept_encoding = 0;
 
     memset(t, 0, sizeof *t);
     t->ref = -2;
     t->body = body;
     t->sink.fd = -1;
+    t->sink.max_bytes = o->sink_max_bytes;
+    t->sink.max_parts = o->sink_max_parts;
+    t->sink.max_part_bytes = o->sink_max_part_bytes;
+    t->compressed = o->compressed;
+    t->max_compression_ratio = o->max_compression_ratio;
+    t->timeout_ms = o->timeout_ms;
+    t->idle_timeout_ms = o->idle_timeout_ms;
+    t->min_speed = o->min_speed > 0 ? o->min_speed : 1;
     if (o->sink_kind != HC_SINK_NONE) {
         t->sink.kind = o->sink_kind;
         t->sink.path = strdup(o->sink_path);
@@ -450,6 +619,8 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
         struct curl_slist *n;
         if (strncasecmp(headers[i], "expect:", 7) == 0)
             has_expect = 1;
+        if (strncasecmp(headers[i], "accept-encoding:", 16) == 0)
+            has_accept_encoding = 1;
         n = curl_slist_append(t->headers, headers[i]);
         if (n == NULL)
             return fail(t, "out of memory");
@@ -459,6 +630,14 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
      * second before each body over 1 MiB. */
     if (body != NULL && !has_expect) {
         struct curl_slist *n = curl_slist_append(t->headers, "Expect:");
+        if (n == NULL)
+            return fail(t, "out of memory");
+        t->headers = n;
+    }
+    /* Said either way: with no Accept-Encoding a server may pick any coding (RFC 9110 12.5.3). */
+    if (!has_accept_encoding) {
+        struct curl_slist *n = curl_slist_append(t->headers, o->compressed ? "Accept-Encoding: gzip, deflate"
+                                                                          : "Accept-Encoding: identity");
         if (n == NULL)
             return fail(t, "out of memory");
         t->headers = n;
@@ -474,7 +653,9 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
     curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
-    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    /* Content codings are decoded in on_write (hc_inflate.h), where the caps count the decoded
+     * bytes as they come; libcurl would decode a whole network read first. */
+    curl_easy_setopt(e, CURLOPT_HTTP_CONTENT_DECODING, 0L);
     if (o->user_agent)
         curl_easy_setopt(e, CURLOPT_USERAGENT, o->user_agent);
     if (o->timeout_ms > 0)
@@ -483,7 +664,7 @@ int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *cons
         curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, o->connect_timeout_ms);
     if (o->idle_timeout_ms > 0) {
         long secs = (o->idle_timeout_ms + 999) / 1000;
-        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+        curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, t->min_speed);
         curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, secs);
     }
     if (o->ca_file)
@@ -541,6 +722,7 @@ void hc_transfer_cleanup(hc_transfer *t)
     hc_buf_free(&t->response);
     hc_buf_free(&t->response_headers);
     sink_discard(t);
+    coding_reset(t);
     free(t->sink.path);
     t->sink.path = NULL;
 }

@@ -10,6 +10,7 @@
 
 #include "hc_body.h"
 #include "hc_buf.h"
+#include "hc_inflate.h"
 #include "hc_multipart.h"
 
 typedef struct hc_session hc_session;
@@ -23,6 +24,9 @@ enum { HC_SINK_NONE, HC_SINK_FILE, HC_SINK_DIR };
 enum { HC_MODE_UNDECIDED, HC_MODE_MEMORY, HC_MODE_FILE, HC_MODE_MULTIPART, HC_MODE_SINGLE };
 /* Why a sink stopped a transfer. */
 enum { HC_SINKERR_NONE, HC_SINKERR_IO, HC_SINKERR_MULTIPART };
+/* Retained part header blocks of one answer, in all: each is at most 64 KiB (hc_multipart.h), and
+ * a server must not make many of them cost gigabytes. */
+#define HC_MAX_PART_HEADERS_TOTAL (32 * 1024 * 1024)
 
 /* A part written to disk by a directory sink. */
 typedef struct hc_part {
@@ -41,7 +45,11 @@ typedef struct hc_sink {
     char *cur_headers;             /* owned: header block of the part being written */
     size_t cur_headers_len;
     int64_t cur_size;              /* bytes in the file being written */
-    int64_t bytes;                 /* body bytes of the final response received */
+    int64_t bytes;                 /* body bytes of the final response received (decoded) */
+    int64_t max_bytes;             /* caps on the decoded body, 0 = none: in all, */
+    int64_t max_parts;             /* parts (a directory sink), */
+    int64_t max_part_bytes;        /* bytes of one part or file */
+    size_t headers_total;          /* bytes of the retained part header blocks */
     hc_part *parts;                /* owned: completed parts, in stream order */
     size_t nparts, parts_size;
     int parts_taken;               /* the caller has been given the parts: they are its files */
@@ -62,6 +70,19 @@ struct hc_transfer {
     char body_error[512];          /* why the request body could not be read */
     int state;
     int response_too_large;
+    /* Why the transport itself stopped the answer (a cap, an unasked or broken content coding):
+     * a fixed short reason callers branch on ("too_large", "encoding", ...), NULL when none. */
+    const char *stop_code;
+    char stop_message[512];
+    /* Content coding of the final response: what it said, whether it may be decoded, the
+     * decoder once its body started. */
+    char content_encoding[64];
+    int compressed;                /* asked for gzip/deflate (Accept-Encoding), so they are decoded */
+    double max_compression_ratio;
+    int body_started;
+    int inflating;
+    hc_inflate inflater;           /* owned while inflating */
+    long timeout_ms, min_speed, idle_timeout_ms;  /* copies, for messages */
     CURLcode result;
     hc_sink sink;
     hc_session *session;           /* not owned; set while running */
@@ -73,9 +94,15 @@ typedef struct hc_transfer_opts {
     const char *method;            /* "GET", "POST", ... */
     const char *url;
     long timeout_ms;               /* whole request; 0 = none */
-    long idle_timeout_ms;          /* abort when no byte moves for this long; 0 = none */
+    long idle_timeout_ms;          /* abort when fewer than min_speed bytes/s move this long; 0 = none */
+    long min_speed;                /* bytes per second, averaged over idle_timeout_ms; >= 1 */
     long connect_timeout_ms;
-    size_t max_response_bytes;
+    size_t max_response_bytes;     /* a body held in memory, counted decoded */
+    /* 0: "Accept-Encoding: identity" is sent and an encoded answer is refused. 1: gzip and
+     * deflate are asked for and decoded here, the caps counting decoded bytes, and decoding
+     * stops past max_compression_ratio decoded bytes per received byte (0: no ratio check). */
+    int compressed;
+    double max_compression_ratio;
     const char *user_agent;
     const char *ca_file;           /* NULL = system store */
     int insecure;                  /* turns TLS verification off */
@@ -86,6 +113,9 @@ typedef struct hc_transfer_opts {
      * sink_path, one per multipart part (or one for a body that is not multipart). */
     int sink_kind;
     const char *sink_path;         /* copied */
+    /* Caps of a sink, counted on decoded bytes, 0 = none: the body in all, the parts of a
+     * directory sink, the bytes of one part (or of the file). Passing one stops the transfer. */
+    int64_t sink_max_bytes, sink_max_parts, sink_max_part_bytes;
 } hc_transfer_opts;
 
 /* Returns a new session owned by the caller (free with hc_session_free), or NULL. */

@@ -19,6 +19,12 @@
 #define SESSION_MT "healthcare.Session"
 #define TRANSFER_MT "healthcare.Transfer"
 #define DEFAULT_MAX_RESPONSE (64u * 1024u * 1024u)
+/* A transfer that moves fewer bytes per second than this for its idle_timeout is cut. */
+#define DEFAULT_MIN_SPEED 1024L
+/* Decoded bytes per received byte past which a compressed answer is cut (hc_inflate.h). DICOM
+ * JSON from Orthanc compresses about 40:1 (a study of 200 instances: 425 KB into 9 KB); deflate
+ * cannot pass about 1032:1, where a "bomb" sits. */
+#define DEFAULT_MAX_COMPRESSION_RATIO 250.0
 
 typedef struct lsession {
     hc_session *s;                 /* owned; NULL once closed */
@@ -63,6 +69,36 @@ static int64_t opt_size(lua_State *L, int idx, const char *name)
     if (!(v >= 0 && v <= 9007199254740992.0) || v != (lua_Number)(int64_t)v)
         luaL_error(L, "'%s' must be a whole number of bytes from 0 to 2^53", name);
     return (int64_t)v;
+}
+
+/* A whole number of bytes (or parts) in field name of the table at idx, or dflt when absent. */
+static int64_t opt_count(lua_State *L, int idx, const char *name, int64_t dflt)
+{
+    int64_t v = dflt;
+    lua_getfield(L, idx, name);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "option '%s' must be a number", name);
+        v = opt_size(L, -1, name);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* A ratio >= 1 (or 0: none) in field name of the table at idx, or dflt when absent. */
+static double opt_ratio(lua_State *L, int idx, const char *name, double dflt)
+{
+    double v = dflt;
+    lua_getfield(L, idx, name);
+    if (!lua_isnil(L, -1)) {
+        if (lua_type(L, -1) != LUA_TNUMBER)
+            luaL_error(L, "option '%s' must be a number", name);
+        v = lua_tonumber(L, -1);
+        if (!(v == 0 || (v >= 1 && v <= 1e9)))
+            luaL_error(L, "option '%s' must be 0 (no limit) or from 1 to 1e9", name);
+    }
+    lua_pop(L, 1);
+    return v;
 }
 
 static int opt_bool(lua_State *L, int idx, const char *name, int dflt)
@@ -129,6 +165,9 @@ static int session_new(lua_State *L)
     ls->defaults.connect_timeout_ms = opt_ms(L, 1, "connect_timeout", 30000);
     ls->defaults.timeout_ms = opt_ms(L, 1, "timeout", 0);
     ls->defaults.idle_timeout_ms = opt_ms(L, 1, "idle_timeout", 0);
+    ls->defaults.min_speed = (long)opt_count(L, 1, "min_speed", DEFAULT_MIN_SPEED);
+    ls->defaults.compressed = opt_bool(L, 1, "compressed", 0);
+    ls->defaults.max_compression_ratio = opt_ratio(L, 1, "max_compression_ratio", DEFAULT_MAX_COMPRESSION_RATIO);
     ls->defaults.max_response_bytes = DEFAULT_MAX_RESPONSE;
     ls->s = hc_session_new();
     if (ls->s == NULL)
@@ -303,7 +342,8 @@ static hc_body *build_body(lua_State *L, ltransfer *lt, int idx, const char **er
     return b;
 }
 
-/* Reads the request's sink = { file = path } | { dir = path } into o (the path owned by lt).
+/* Reads the request's sink = { file = path } | { dir = path } into o (the path owned by lt), with
+ * its caps max_bytes, max_parts, max_part_bytes (whole numbers, absent or 0: none).
  * Raises for a malformed option; returns 0, or -1 with nil and an error table pushed when the
  * directory does not exist. */
 static int read_sink(lua_State *L, ltransfer *lt, int idx, hc_transfer_opts *o)
@@ -340,9 +380,12 @@ static int read_sink(lua_State *L, ltransfer *lt, int idx, hc_transfer_opts *o)
         o->sink_kind = kinds[i];
         lua_pop(L, 1);
     }
-    lua_pop(L, 1);
     if (lt->sink_path == NULL)
         return luaL_error(L, "option 'sink' must be a table { file = path } or { dir = path }");
+    o->sink_max_bytes = opt_count(L, sink, "max_bytes", 0);
+    o->sink_max_parts = opt_count(L, sink, "max_parts", 0);
+    o->sink_max_part_bytes = opt_count(L, sink, "max_part_bytes", 0);
+    lua_pop(L, 1);
     o->sink_path = lt->sink_path;
     if (o->sink_kind == HC_SINK_DIR) {
         struct stat st;
@@ -383,6 +426,9 @@ static int transfer_new(lua_State *L, lsession *ls, int idx)
     o.timeout_ms = opt_ms(L, idx, "timeout", o.timeout_ms);
     o.idle_timeout_ms = opt_ms(L, idx, "idle_timeout", o.idle_timeout_ms);
     o.connect_timeout_ms = opt_ms(L, idx, "connect_timeout", o.connect_timeout_ms);
+    o.min_speed = (long)opt_count(L, idx, "min_speed", o.min_speed);
+    o.compressed = opt_bool(L, idx, "compressed", o.compressed);
+    o.max_compression_ratio = opt_ratio(L, idx, "max_compression_ratio", o.max_compression_ratio);
     lua_getfield(L, idx, "max_response_bytes");
     if (!lua_isnil(L, -1))
         o.max_response_bytes = (size_t)opt_size(L, -1, "max_response_bytes");
@@ -587,7 +633,11 @@ static void push_parts(lua_State *L, hc_transfer *t)
     hc_transfer_take_parts(t);
 }
 
-/* transfer:result() -> { status, headers, body [, file, bytes | parts, bytes] } | nil, err */
+/* transfer:result() -> { status, headers, body [, file, bytes | parts, bytes] } | nil, err.
+ * err.code says why: libcurl's reason (curl_code_name), or the transport's own: "too_large",
+ * "too_many_parts", "part_too_large" (a sink's caps), "response_too_large" (max_response_bytes),
+ * "encoding" (a content coding not asked for, unknown or broken), "compression_ratio",
+ * "too_slow" (min_speed over idle_timeout), "timeout", "multipart", "sink", "body". */
 static int transfer_result(lua_State *L)
 {
     ltransfer *lt = check_transfer(L, 1);
@@ -599,22 +649,45 @@ static int transfer_result(lua_State *L)
         const char *code = curl_code_name(t->result);
         const char *why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
         const char *kind = "transport";
-        char note[80] = "";
+        char note[80] = "", buf[256];
+        int noted = 0;  /* the message already says what arrived, or need not */
         if (t->body_error[0]) {
             why = t->body_error;
             code = "body";
             kind = "io";
+            noted = 1;
         } else if (t->sink.error == HC_SINKERR_IO) {
             why = t->sink.message;
             code = "sink";
             kind = "io";
+            noted = 1;
+        } else if (t->stop_code != NULL) {
+            why = t->stop_message;
+            code = t->stop_code;
         } else if (t->sink.error == HC_SINKERR_MULTIPART) {
             why = t->sink.message;
             code = "multipart";
+            noted = 1;
         } else if (t->response_too_large) {
-            why = "response larger than max_response_bytes";
+            snprintf(buf, sizeof buf, "the answer is larger than max_response_bytes (%lu bytes)",
+                     (unsigned long)t->response.cap);
+            why = buf;
             code = "response_too_large";
-        } else if (t->sink.mode == HC_MODE_MULTIPART) {
+            noted = 1;
+        } else if (t->result == CURLE_OPERATION_TIMEDOUT && strncmp(why, "Operation too slow", 18) == 0) {
+            /* libcurl's low-speed check (CURLOPT_LOW_SPEED_LIMIT/TIME), not the deadline. */
+            snprintf(buf, sizeof buf, "fewer than %ld bytes per second moved for %ld s (min_speed, "
+                     "idle_timeout)", t->min_speed, (t->idle_timeout_ms + 999) / 1000);
+            why = buf;
+            code = "too_slow";
+        } else if (t->result == CURLE_OPERATION_TIMEDOUT && t->timeout_ms > 0
+                   && strncmp(why, "Operation timed out", 19) == 0) {
+            /* The whole request's deadline (CURLOPT_TIMEOUT), not a connect or resolve timeout. */
+            snprintf(buf, sizeof buf, "Operation timed out: not done within the timeout of %.3g s",
+                     (double)t->timeout_ms / 1000.0);
+            why = buf;
+        }
+        if (!noted && t->sink.mode == HC_MODE_MULTIPART) {
             snprintf(note, sizeof note, " (%lu complete part%s received)",
                      (unsigned long)t->sink.nparts, t->sink.nparts == 1 ? "" : "s");
         }

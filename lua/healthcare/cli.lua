@@ -87,6 +87,7 @@ local function run_seed(cmd)
     credentials = cmd.credentials,
     token_cache = cmd.token_cache,
     debug = cmd.debug or nil,
+    timeout = cmd.timeout,
   }
   if not client then
     say("%s", tostring(cerr))
@@ -161,7 +162,7 @@ local function run_call(cmd)
   end
   local client, cerr = healthcare.new {
     endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
-    token_cache = cmd.token_cache, debug = cmd.debug or nil,
+    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
   }
   if not client then
     say("%s", tostring(cerr))
@@ -173,6 +174,8 @@ local function run_call(cmd)
   -- existing -o file stays as it was) and exits 130 or 143.
   core.trap_interrupts()
   -- A search's query goes as typed (seed.check_path checked it); -p parameters follow it.
+  -- JSON answers are asked for gzip-compressed (decoded as they come, within the transport's
+  -- caps); binary ones as they are: an encoded answer to those is refused.
   local res, err = client:send {
     method = m.http_method,
     url = store.base_url .. "/" .. cmd.dicom_web_path .. (cmd.query and ("?" .. cmd.query) or ""),
@@ -181,6 +184,7 @@ local function run_call(cmd)
     sink = binary and out and { file = out } or nil,
     max_response_bytes = binary and not out and MAX_STDOUT_BYTES or nil,
     on_progress = function() return not core.interrupted() end,
+    compressed = not binary,
   }
   local sig = core.interrupted()
   core.trap_interrupts(false)

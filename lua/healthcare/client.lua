@@ -18,6 +18,7 @@ M.OPTIONS = {
   "credentials", "access_token", "api_key", "scopes", "endpoint", "params", "timeout",
   "connect_timeout", "idle_timeout", "retry", "concurrency", "ca_file", "insecure", "user_agent",
   "debug", "http2", "self_signed_jwt", "subject", "token_cache", "refresh_margin", "quota_project",
+  "min_speed", "max_compression_ratio",
 }
 
 local Client = {}
@@ -138,6 +139,8 @@ function M.new(opts)
     connect_timeout = opts.connect_timeout or 30,
     timeout = opts.timeout,
     idle_timeout = opts.idle_timeout or 300,
+    min_speed = opts.min_speed,
+    max_compression_ratio = opts.max_compression_ratio,
     ca_file = opts.ca_file,
     insecure = opts.insecure == true,
     http2 = opts.http2 ~= false,
@@ -257,8 +260,9 @@ function M.proxy_refusal(url, carried, proxy, variable)
     .. "(--insecure)", carried, util.redact_url(origin), shown_proxy, variable)
 end
 
---- Builds the transport request for req = { method, url, headers, query, body, timeout } and the
---- credential. Returns the request table, or nil, err.
+--- Builds the transport request for req = { method, url, headers, query, body, timeout,
+--- idle_timeout, min_speed, max_response_bytes, compressed, max_compression_ratio, sink,
+--- on_progress } and the credential. Returns the request table, or nil, err.
 function Client:prepare(req)
   local query = {}
   for k, v in pairs(self.params) do query[k] = v end
@@ -284,7 +288,10 @@ function Client:prepare(req)
     body = req.body,
     timeout = req.timeout,
     idle_timeout = req.idle_timeout,
+    min_speed = req.min_speed,
     max_response_bytes = req.max_response_bytes,
+    compressed = req.compressed,
+    max_compression_ratio = req.max_compression_ratio,
     sink = req.sink,
     on_progress = req.on_progress,
   }

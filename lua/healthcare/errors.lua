@@ -23,7 +23,7 @@ local M = {}
 M.RETRYABLE_HTTP = { [408] = true, [429] = true, [500] = true, [502] = true, [503] = true, [504] = true }
 M.RETRYABLE_TRANSPORT = {
   resolve = true, connect = true, timeout = true, send = true, recv = true,
-  empty_reply = true, partial = true, http2 = true, tls = true,
+  empty_reply = true, partial = true, http2 = true, tls = true, too_slow = true,
 }
 -- google.rpc.ErrorInfo reasons that say the credential is wrong, whatever the HTTP status.
 M.CREDENTIAL_REASONS = { API_KEY_INVALID = true, API_KEY_EXPIRED = true, API_KEY_SERVICE_BLOCKED = true }

@@ -5,6 +5,9 @@
 -- A file is named from what it contains (the SOP Instance UID read by core.dicom_probe and
 -- checked as a UID), never from anything the server says about it, so a server cannot choose
 -- where a file lands. Temporary files are always renamed or removed before returning.
+-- Every answer is bounded (M.BOUNDS): bytes in all, parts, bytes per part, a deadline, a floor
+-- speed, content codings; a part that is not a DICOM instance is reported (res.rejected), not
+-- counted among the instances, and written only when asked (keep_rejected).
 local core = require "healthcare.core"
 local lfs = require "lfs"
 local dicomweb = require "healthcare.dicomweb"
@@ -17,20 +20,47 @@ M.DEFAULT_TRANSFER_SYNTAX = "*"   -- as stored: Orthanc and Google then send the
 M.DEFAULT_RENDERED_ACCEPT = "image/jpeg"
 M.DEFAULT_FRAME_TYPE = "application/octet-stream"
 M.METADATA_ACCEPT = "application/dicom+json"
--- Instances, frames and rendered images are asked for without content coding. The transport
--- accepts gzip by default, and Orthanc then compresses on the fly: a 100 MB instance took 6.6 s
--- against 3.8 s uncompressed on loopback. Pixel data is either compressed already or large,
--- and what the server saves in bytes it pays in time; metadata (JSON) keeps gzip.
-local IDENTITY = "Accept-Encoding: identity"
--- A study's metadata is held in memory; a very large study's JSON exceeds the transport's
--- default cap of an answer in memory.
-M.MAX_METADATA_BYTES = 1024 * 1024 * 1024
+-- Instances, frames and rendered images are asked for without content coding (the transport
+-- sends "Accept-Encoding: identity" and refuses an encoded answer): Orthanc compresses on the
+-- fly when allowed, and a 100 MB instance took 6.6 s against 3.8 s uncompressed on loopback.
+-- Pixel data is either compressed already or large, and what the server saves in bytes it pays
+-- in time. `compressed = true` opts in (gzip or deflate, decoded as it comes). Metadata (JSON)
+-- is asked for compressed.
+-- A study's metadata is decoded into Lua tables several times its size: this cap on the JSON
+-- (counted decoded) bounds the memory; max_bytes raises it.
+M.MAX_METADATA_BYTES = 256 * 1024 * 1024
 
-local INSTANCE_OPTIONS = { "to", "transfer_syntax", "params", "on_progress" }
-local COLLECTION_OPTIONS = { "to", "transfer_syntax", "params", "on_progress", "skip_existing" }
-local METADATA_OPTIONS = { "params" }
-local RENDERED_OPTIONS = { "to", "accept", "frame", "params" }
-local FRAMES_OPTIONS = { "to", "accept", "transfer_syntax", "params", "on_progress" }
+-- Bounds of a retrieve, with defaults a real study does not reach; each passed bound stops the
+-- transfer at once (its partial file removed) and the error names the option (err.option).
+M.BOUNDS = {
+  max_bytes = 1024 * 1024 * 1024 * 1024,  -- 1 TiB: the decoded body, in all
+  max_parts = 100000,                       -- parts (instances, frames) of the answer(s)
+  max_part_bytes = 64 * 1024 * 1024 * 1024, -- 64 GiB: one instance, frame or rendered image
+  timeout = 24 * 3600,                      -- seconds for the whole retrieve
+  -- idle_timeout and min_speed: the client's (300 s, 1024 bytes/s) unless given
+}
+-- The option behind each reason a transfer is stopped for (err.code).
+local BOUND_OPTION = {
+  too_large = "max_bytes", too_many_parts = "max_parts", part_too_large = "max_part_bytes",
+  timeout = "timeout", too_slow = "min_speed", compression_ratio = "max_compression_ratio",
+}
+local BOUND_OPTIONS = { "timeout", "idle_timeout", "min_speed", "max_bytes", "max_parts", "max_part_bytes",
+  "compressed", "max_compression_ratio" }
+
+local function with(list, ...)
+  local out = {}
+  for _, v in ipairs(list) do out[#out + 1] = v end
+  for _, v in ipairs({ ... }) do out[#out + 1] = v end
+  return out
+end
+
+local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected")
+local COLLECTION_OPTIONS = with(INSTANCE_OPTIONS, "skip_existing")
+local METADATA_OPTIONS = { "params", "max_bytes", "timeout" }
+-- (one image to one file: no parts to count)
+local RENDERED_OPTIONS = with({ "timeout", "idle_timeout", "min_speed", "max_bytes", "max_part_bytes", "compressed",
+  "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress")
+local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress")
 
 -- File name extensions of the media types a frame or a rendered image comes as.
 local EXTENSIONS = {
@@ -121,21 +151,134 @@ local function ready_dir(dir)
   return true
 end
 
-local function send(store, method_path, headers, opts, sink, max_bytes)
+-- A whole number >= 0 (a count of bytes or parts) or a number of seconds >= 0, or nil.
+local function check_bound(opts, name, fname, whole)
+  local v = opts[name]
+  if v == nil then return end
+  if type(v) ~= "number" or not (v >= 0 and v < 2 ^ 53) or (whole and v ~= math.floor(v)) then
+    error(string.format("bad option '%s' to '%s' (%s expected, got %s)", name, fname,
+      whole and "a whole number >= 0" or "a number of seconds >= 0",
+      type(v) == "number" and tostring(v) or type(v)), 4)
+  end
+end
+
+-- The bounds of one retrieve (opts checked, defaults filled): what is left of them is carried
+-- from one request to the next (skip_existing makes several).
+local function bounds_of(store, opts, fname)
+  for _, name in ipairs({ "max_bytes", "max_parts", "max_part_bytes", "min_speed" }) do
+    check_bound(opts, name, fname, true)
+  end
+  for _, name in ipairs({ "timeout", "idle_timeout", "max_compression_ratio" }) do
+    check_bound(opts, name, fname, false)
+  end
+  for _, name in ipairs({ "compressed", "keep_rejected" }) do
+    if opts[name] ~= nil and type(opts[name]) ~= "boolean" then
+      error(string.format("bad option '%s' to '%s' (boolean expected, got %s)", name, fname, type(opts[name])), 3)
+    end
+  end
+  local b = M.BOUNDS
+  -- 0 turns a bound off
+  local function bound(v, default)
+    if v == 0 then return math.huge end
+    return v or default
+  end
+  local bounds = {
+    bytes = bound(opts.max_bytes, b.max_bytes), parts = bound(opts.max_parts, b.max_parts),
+    part_bytes = bound(opts.max_part_bytes, b.max_part_bytes),
+    timeout = bound(opts.timeout, store.client.timeout or b.timeout),
+  }
+  -- the limits as given, for messages
+  bounds.max_bytes, bounds.max_parts = bounds.bytes, bounds.parts
+  bounds.deadline = core.now() + bounds.timeout
+  return bounds
+end
+
+-- An error for a bound already used up by earlier requests of the same retrieve.
+local function spent(what, code, option, text)
+  return nil, errors.new("transport", string.format("%s: %s (option %s)", what, text, option),
+    { code = code, status = code, option = option, files = {}, rejected = {} })
+end
+
+-- The error of a stopped transfer, naming the option behind the bound it passed.
+local function name_option(err, what, bounds, compressed)
+  local option = BOUND_OPTION[err.code]
+  -- an unasked coding; asked (compressed), a coding that is not decoded names no option
+  if err.code == "encoding" and not compressed and err.message:find("identity was asked for", 1, true) then
+    option = "compressed"
+  end
+  if err.code == "timeout" then
+    -- the deadline (not a connect timeout); the transport knew only what was left of it
+    local at = err.message:find("within the timeout of", 1, true)
+    option = at and option or nil
+    if at and bounds then
+      err.message = err.message:sub(1, at - 1) .. string.format("within the timeout of %g s", bounds.timeout)
+        .. err.message:sub(at):gsub("^within the timeout of [^s]* s", "")
+    end
+  end
+  if option then
+    err.option = option
+    if not err.message:find(option, 1, true) then
+      err.message = string.format("%s (option %s)", err.message, option)
+    end
+    err.message = what .. ": " .. err.message
+  end
+  return err
+end
+
+-- One GET of the retrieve. how = { what = the method's name for messages, sink = the transport's
+-- sink (files) or nil (an answer in memory of at most max_bytes), compressed = whether gzip is
+-- asked for (else opts.compressed), bounds = bounds_of's (what is left of them is updated) }.
+local function send(store, method_path, headers, opts, how)
   local client_mod = require "healthcare.client"
   local query, qerr = client_mod.normalize_params(opts.params)
   if not query then return nil, qerr end
-  return store.client:send {
+  local bounds, sink, what = how.bounds, how.sink, how.what
+  local compressed = how.compressed or opts.compressed == true
+  local timeout = opts.timeout
+  -- math.huge (no bound) is 0 (none) to the transport
+  local function finite(v) return v < 2 ^ 53 and v or 0 end
+  if bounds then
+    timeout = bounds.deadline < math.huge and bounds.deadline - core.now() or 0
+    if timeout <= 0 and bounds.deadline < math.huge then
+      return spent(what, "timeout", "timeout", string.format("not done within the timeout of %g s", bounds.timeout))
+    end
+    if sink then
+      if bounds.bytes <= 0 then
+        return spent(what, "too_large", "max_bytes", string.format("the answers are larger than %.0f bytes",
+          bounds.max_bytes))
+      end
+      sink.max_bytes, sink.max_part_bytes = finite(bounds.bytes), finite(bounds.part_bytes)
+      if sink.dir then
+        if bounds.parts <= 0 then
+          return spent(what, "too_many_parts", "max_parts", string.format("the answers have more than %.0f parts",
+            bounds.max_parts))
+        end
+        sink.max_parts = finite(bounds.parts)
+      end
+    end
+  end
+  local res, err = store.client:send {
     method = "GET",
     url = store.base_url .. "/" .. method_path,
     headers = headers,
     query = query,
     sink = sink,
-    max_response_bytes = max_bytes,
+    max_response_bytes = how.max_bytes,
+    timeout = timeout,
+    idle_timeout = opts.idle_timeout,
+    min_speed = opts.min_speed,
+    compressed = compressed,
+    max_compression_ratio = opts.max_compression_ratio,
     -- on_progress(bytes_received) about five times a second; false stops the transfer (and
     -- removes what it wrote).
     on_progress = opts.on_progress,
   }
+  if bounds and res then
+    bounds.bytes = bounds.bytes - (res.bytes or 0)
+    bounds.parts = bounds.parts - #(res.parts or {})
+  end
+  if not res then return nil, name_option(err, what, bounds, compressed) end
+  return res
 end
 
 local function transfer_syntax_of(opts)
@@ -172,52 +315,68 @@ local function place(tmp, path)
   return nil, errors.new("io", string.format("cannot rename a received file to %s: %s", path, tostring(why)))
 end
 
+-- Why a part cannot be kept as a DICOM instance, or nil with its SOP Instance UID and the probe.
+local function instance_of(part, used)
+  local info, why = core.dicom_probe(part.path)
+  local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
+  if not info then
+    local ctype = media_type(part.headers)
+    return string.format("not a DICOM file (%s)%s", tostring(why), (ctype ~= "application/dicom" and ctype ~= "")
+      and (", Content-Type " .. shown(ctype)) or "")
+  elseif uid == nil then
+    return "a DICOM file without a SOP Instance UID"
+  elseif not dicomweb.valid_uid(uid) then
+    return "a DICOM file with an invalid SOP Instance UID '" .. shown(uid) .. "'"
+  elseif used[uid] then
+    return string.format("a second copy of SOP Instance UID %s (part %d)", uid, used[uid])
+  end
+  return nil, uid, info
+end
+
 -- Names the received DICOM parts in dir after their SOP Instance UIDs. scope = { study =,
--- series =, instance = } the UIDs asked for, checked against what came. Returns the list of
--- files, or nil, err with err.files (the parts already named) when a rename fails; every
--- temporary file is gone either way.
-local function name_instances(parts, dir, scope, fixed_path)
-  local files, used = {}, {}
+-- series =, instance = } the UIDs asked for, checked against what came (a mismatch is a
+-- warning). A part that is not an instance of its own (not DICOM, no valid SOP Instance UID,
+-- a UID already received) is rejected: { part = i, reason, size, path = dir/part-<i>.rejected
+-- when keep_rejected, else removed }. Returns files, rejected; or nil, err with err.files and
+-- err.rejected (what was done) when a rename fails. Every temporary file is gone either way.
+local function name_instances(parts, dir, scope, fixed_path, keep_rejected)
+  local files, rejected, used = {}, {}, {}
   for i, part in ipairs(parts) do
-    local info, why = core.dicom_probe(part.path)
-    local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
-    local warning
-    if not info then
-      warning = string.format("part %d is not a readable DICOM file (%s)", i, tostring(why))
-      uid = nil
-    elseif not dicomweb.valid_uid(uid) then
-      warning = string.format("part %d has %s", i, uid and ("an invalid SOP Instance UID '"
-        .. shown(uid) .. "'") or "no SOP Instance UID")
-      uid = nil
-    elseif used[uid] then
-      warning = string.format("part %d repeats SOP Instance UID %s", i, uid)
-    elseif scope.instance and uid ~= scope.instance then
-      warning = string.format("SOP Instance UID %s is not the instance asked for (%s)", uid, scope.instance)
-    elseif scope.series and info.series_uid ~= scope.series then
-      warning = string.format("instance %s belongs to series %s, not %s", uid, tostring(info.series_uid),
-        scope.series)
-    elseif scope.study and info.study_uid ~= scope.study then
-      warning = string.format("instance %s belongs to study %s, not %s", uid, tostring(info.study_uid),
-        scope.study)
+    local reason, uid, info = instance_of(part, used)
+    local warning, path
+    if reason then
+      local entry = { part = i, reason = reason, size = part.size }
+      rejected[#rejected + 1] = entry
+      if keep_rejected then path = join(dir, string.format("part-%d.rejected", i)) end
+      if not path then os.remove(part.path) end
+    else
+      used[uid] = i
+      if scope.instance and uid ~= scope.instance then
+        warning = string.format("SOP Instance UID %s is not the instance asked for (%s)", uid, scope.instance)
+      elseif scope.series and info.series_uid ~= scope.series then
+        warning = string.format("instance %s belongs to series %s, not %s", uid, tostring(info.series_uid),
+          scope.series)
+      elseif scope.study and info.study_uid ~= scope.study then
+        warning = string.format("instance %s belongs to study %s, not %s", uid, tostring(info.study_uid),
+          scope.study)
+      end
+      path = fixed_path or join(dir, uid .. ".dcm")
     end
-    local path = fixed_path
-    if not path then
-      if uid and not used[uid] then
-        path = join(dir, uid .. ".dcm")
+    if path then
+      local ok, err = place(part.path, path)
+      if not ok then
+        remove_parts(parts, i + 1)
+        err.files, err.rejected = files, rejected
+        return nil, err
+      end
+      if reason then
+        rejected[#rejected].path = path
       else
-        path = join(dir, string.format("part-%d.dcm", i))
+        files[#files + 1] = { path = path, sop_instance_uid = uid, size = part.size, warning = warning }
       end
     end
-    local ok, err = place(part.path, path)
-    if not ok then
-      remove_parts(parts, i + 1)
-      err.files = files
-      return nil, err
-    end
-    if uid then used[uid] = true end
-    files[#files + 1] = { path = path, sop_instance_uid = uid, size = part.size, warning = warning }
   end
-  return files
+  return files, rejected
 end
 
 local function total_bytes(files)
@@ -226,27 +385,28 @@ local function total_bytes(files)
   return n
 end
 
--- A failed streaming transfer: the parts that completed are kept, named, in err.files.
+-- A failed streaming transfer: the parts that completed are kept, named, in err.files (and
+-- err.rejected).
 local function keep_completed(err, name)
   local parts = err.parts
   err.parts = nil
+  err.files, err.rejected = {}, {}
   if parts and #parts > 0 then
-    local files, nerr = name(parts)
+    local files, rejected_or_err = name(parts)
     if not files then
-      err.files = nerr.files
+      local nerr = rejected_or_err
+      err.files, err.rejected = nerr.files or {}, nerr.rejected or {}
       err.message = err.message .. "; " .. nerr.message
     else
-      err.files = files
+      err.files, err.rejected = files, rejected_or_err or {}
     end
-  else
-    err.files = {}
   end
   return err
 end
 
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
---- method's name for messages (a RetrieveInstance's `to` may be a file path).
-local function retrieve_instances(store, uids, opts, what)
+--- method's name for messages (a RetrieveInstance's `to` may be a file path); bounds: bounds_of's.
+local function retrieve_instances(store, uids, opts, what, bounds)
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
   local ts, terr = transfer_syntax_of(opts)
@@ -269,13 +429,13 @@ local function retrieve_instances(store, uids, opts, what)
     if fixed_path and #parts ~= 1 then
       remove_parts(parts)
       return nil, errors.new("dicom", string.format("%s: expected one instance, the server sent %d parts",
-        what, #parts), { files = {} })
+        what, #parts), { files = {}, rejected = {} })
     end
-    return name_instances(parts, dir, scope, fixed_path)
+    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected)
   end
   local res, err = send(store, path,
-    { 'Accept: multipart/related; type="application/dicom"; transfer-syntax=' .. ts, IDENTITY }, opts,
-    { dir = dir })
+    { 'Accept: multipart/related; type="application/dicom"; transfer-syntax=' .. ts }, opts,
+    { what = what, sink = { dir = dir }, bounds = bounds })
   if not res then
     return nil, keep_completed(err, name)
   end
@@ -283,9 +443,9 @@ local function retrieve_instances(store, uids, opts, what)
     remove_parts(res.parts)
     return nil, not_found_or(res, what, uids)
   end
-  local files, nerr = name(res.parts or {})
-  if not files then return nil, nerr end
-  return { files = files, bytes = total_bytes(files), status = res.status }
+  local files, rejected = name(res.parts or {})
+  if not files then return nil, rejected end
+  return { files = files, rejected = rejected, bytes = total_bytes(files), status = res.status }
 end
 
 local function check_to(opts, fname)
@@ -313,13 +473,25 @@ local function already_in(dir)
   return have
 end
 
+-- The options of a retrieve that its sub-retrieves (skip_existing) pass on, with `to`.
+local SUB_OPTIONS = { "transfer_syntax", "params", "on_progress", "keep_rejected", "idle_timeout", "min_speed",
+  "compressed", "max_compression_ratio" }
+
+local function sub_options(opts, to)
+  local sub = { to = to }
+  for _, k in ipairs(SUB_OPTIONS) do sub[k] = opts[k] end
+  return sub
+end
+
 -- skip_existing: what the server lists (a search) less what dir already holds, retrieved series
--- by series when none of a series is there, else instance by instance. Returns the result of a
--- retrieve with `kept` (the files dir already held) added, or nil, err (err.files: what did arrive).
-local function retrieve_missing(store, study, series, opts, what, have)
+-- by series when none of a series is there, else instance by instance, all within one set of
+-- bounds. Returns the result of a retrieve with `kept` (the files dir already held) added, or
+-- nil, err (err.files, err.rejected: what did arrive).
+local function retrieve_missing(store, study, series, opts, what, have, bounds)
   local query = { StudyInstanceUID = study, SeriesInstanceUID = series,
     includefield = { "SOPInstanceUID", "SeriesInstanceUID" } }
-  local results, serr = store:search_instances(query, { params = opts.params, page_size = 1000 })
+  local left = bounds.deadline < math.huge and math.max(bounds.deadline - core.now(), 0.001) or nil
+  local results, serr = store:search_instances(query, { params = opts.params, page_size = 1000, timeout = left })
   if not results then return nil, serr end
   local by_series, order = {}, {}
   for item in results:each() do
@@ -335,37 +507,35 @@ local function retrieve_missing(store, study, series, opts, what, have)
     end
   end
   if results.error then return nil, results.error end
-  local out = { files = {}, kept = {}, bytes = 0, status = 200 }
+  local out = { files = {}, rejected = {}, kept = {}, bytes = 0, status = 200 }
   for _, f in pairs(have) do out.kept[#out.kept + 1] = f end
   table.sort(out.kept, function(a, b) return a.path < b.path end)
   if #order == 0 and next(have) == nil then
     -- Nothing listed and nothing here: let the server say why (404 for an unknown study).
     return retrieve_instances(store, { { "study", study }, series and { "series", series } or nil },
-      opts, what)
+      opts, what, bounds)
   end
-  local sub = { to = opts.to, transfer_syntax = opts.transfer_syntax, params = opts.params,
-    on_progress = opts.on_progress }
   local function add(res)
     for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
+    for _, r in ipairs(res.rejected or {}) do out.rejected[#out.rejected + 1] = r end
     out.bytes = out.bytes + res.bytes
   end
   local function failed(err)
-    local files = out.files
-    for _, f in ipairs(err.files or {}) do files[#files + 1] = f end
-    err.files, err.kept = files, out.kept
+    add({ files = err.files or {}, rejected = err.rejected, bytes = 0 })
+    err.files, err.rejected, err.kept = out.files, out.rejected, out.kept
     return nil, err
   end
   for _, se in ipairs(order) do
     local entry = by_series[se]
     if #entry.missing == entry.all then
-      local res, err = retrieve_instances(store, { { "study", study }, { "series", se } }, sub, "RetrieveSeries")
+      local res, err = retrieve_instances(store, { { "study", study }, { "series", se } },
+        sub_options(opts, opts.to), "RetrieveSeries", bounds)
       if not res then return failed(err) end
       add(res)
     else
       for _, sop in ipairs(entry.missing) do
         local res, err = retrieve_instances(store, { { "study", study }, { "series", se }, { "instance", sop } },
-          { to = join(opts.to, ""), transfer_syntax = opts.transfer_syntax, params = opts.params,
-            on_progress = opts.on_progress }, "RetrieveInstance")
+          sub_options(opts, join(opts.to, "")), "RetrieveInstance", bounds)
         if not res then return failed(err) end
         add(res)
       end
@@ -380,13 +550,14 @@ function M.retrieve_study(store, study, opts)
   check_string(study, 1, "retrieve_study")
   opts = util.check_options(opts, COLLECTION_OPTIONS, "retrieve_study", 2)
   check_to(opts, "retrieve_study")
+  local bounds = bounds_of(store, opts, "retrieve_study")
   if opts.skip_existing then
     local _, perr = resource_path({ { "study", study } })
     if perr then return nil, perr end
     local have = already_in(opts.to)
-    if next(have) then return retrieve_missing(store, study, nil, opts, "RetrieveStudy", have) end
+    if next(have) then return retrieve_missing(store, study, nil, opts, "RetrieveStudy", have, bounds) end
   end
-  return retrieve_instances(store, { { "study", study } }, opts, "RetrieveStudy")
+  return retrieve_instances(store, { { "study", study } }, opts, "RetrieveStudy", bounds)
 end
 
 --- store:retrieve_series(study, series, opts): every instance of the series into opts.to.
@@ -395,13 +566,14 @@ function M.retrieve_series(store, study, series, opts)
   check_string(series, 2, "retrieve_series")
   opts = util.check_options(opts, COLLECTION_OPTIONS, "retrieve_series", 2)
   check_to(opts, "retrieve_series")
+  local bounds = bounds_of(store, opts, "retrieve_series")
   if opts.skip_existing then
     local _, perr = resource_path({ { "study", study }, { "series", series } })
     if perr then return nil, perr end
     local have = already_in(opts.to)
-    if next(have) then return retrieve_missing(store, study, series, opts, "RetrieveSeries", have) end
+    if next(have) then return retrieve_missing(store, study, series, opts, "RetrieveSeries", have, bounds) end
   end
-  return retrieve_instances(store, { { "study", study }, { "series", series } }, opts, "RetrieveSeries")
+  return retrieve_instances(store, { { "study", study }, { "series", series } }, opts, "RetrieveSeries", bounds)
 end
 
 --- store:retrieve_instance(study, series, instance, opts): one instance to the file opts.to,
@@ -412,8 +584,9 @@ function M.retrieve_instance(store, study, series, instance, opts)
   check_string(instance, 3, "retrieve_instance")
   opts = util.check_options(opts, INSTANCE_OPTIONS, "retrieve_instance", 2)
   check_to(opts, "retrieve_instance")
+  local bounds = bounds_of(store, opts, "retrieve_instance")
   return retrieve_instances(store, { { "study", study }, { "series", series }, { "instance", instance } },
-    opts, "RetrieveInstance")
+    opts, "RetrieveInstance", bounds)
 end
 
 --- store:retrieve_metadata(study[, series[, instance]][, opts]) -> list of datasets.
@@ -433,9 +606,19 @@ function M.retrieve_metadata(store, study, series, instance, opts)
   if instance then uids[3] = { "instance", instance } end
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
-  local res, err = send(store, path .. "/metadata", { "Accept: " .. M.METADATA_ACCEPT }, opts, nil,
-    M.MAX_METADATA_BYTES)
-  if not res then return nil, err end
+  check_bound(opts, "max_bytes", "retrieve_metadata", true)
+  check_bound(opts, "timeout", "retrieve_metadata", false)
+  local max_bytes = opts.max_bytes or M.MAX_METADATA_BYTES
+  local res, err = send(store, path .. "/metadata", { "Accept: " .. M.METADATA_ACCEPT }, opts,
+    { what = "RetrieveMetadata", max_bytes = max_bytes, compressed = true })
+  if not res then
+    if err.code == "response_too_large" then
+      err.option = "max_bytes"
+      err.message = string.format("RetrieveMetadata: the metadata of %s is larger than %.0f bytes (option "
+        .. "max_bytes)", describe(uids), max_bytes)
+    end
+    return nil, err
+  end
   if res.status < 200 or res.status > 299 then
     return nil, not_found_or(res, "RetrieveMetadata", uids)
   end
@@ -480,6 +663,7 @@ function M.retrieve_rendered(store, study, series, instance, opts)
   check_string(instance, 3, "retrieve_rendered")
   opts = util.check_options(opts, RENDERED_OPTIONS, "retrieve_rendered", 2)
   check_to(opts, "retrieve_rendered")
+  local bounds = bounds_of(store, opts, "retrieve_rendered")
   local uids = { { "study", study }, { "series", series }, { "instance", instance } }
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
@@ -501,7 +685,8 @@ function M.retrieve_rendered(store, study, series, instance, opts)
     local ok, derr = ready_dir(parent_of(to))
     if not ok then return nil, derr end
   end
-  local res, err = send(store, path .. "/rendered", { "Accept: " .. accept, IDENTITY }, opts, { file = to })
+  local res, err = send(store, path .. "/rendered", { "Accept: " .. accept }, opts,
+    { what = "RetrieveRendered", sink = { file = to }, bounds = bounds })
   if not res then return nil, err end
   if res.status < 200 or res.status > 299 then
     return nil, not_found_or(res, "RetrieveRendered", uids)
@@ -540,6 +725,7 @@ function M.retrieve_frames(store, study, series, instance, frames, opts)
   end
   opts = util.check_options(opts, FRAMES_OPTIONS, "retrieve_frames", 2)
   check_to(opts, "retrieve_frames")
+  local bounds = bounds_of(store, opts, "retrieve_frames")
   local uids = { { "study", study }, { "series", series }, { "instance", instance } }
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
@@ -568,8 +754,8 @@ function M.retrieve_frames(store, study, series, instance, frames, opts)
   local function name(parts)
     return name_frames(parts, dir, numbers)
   end
-  local res, err = send(store, path .. "/frames/" .. table.concat(numbers, ","), { accept, IDENTITY }, opts,
-    { dir = dir })
+  local res, err = send(store, path .. "/frames/" .. table.concat(numbers, ","), { accept }, opts,
+    { what = "RetrieveFrames", sink = { dir = dir }, bounds = bounds })
   if not res then return nil, keep_completed(err, name) end
   if res.status < 200 or res.status > 299 then
     remove_parts(res.parts)

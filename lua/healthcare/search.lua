@@ -10,7 +10,10 @@ local cjson = require "cjson.safe"
 local M = {}
 
 M.DEFAULT_PAGE_SIZE = 100
-M.OPTIONS = { "page_size", "params", "timeout" }
+-- A page of results is held in memory, then decoded into tables: its JSON (counted decoded, as it
+-- arrives; pages are asked for gzip-compressed) is capped.
+M.DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
+M.OPTIONS = { "page_size", "params", "timeout", "max_page_bytes" }
 
 local STUDY_UID, SERIES_UID = "0020000D", "0020000E"
 local MODALITIES_IN_STUDY = "00080061"
@@ -183,9 +186,18 @@ function Results:fetch(limit, offset)
     headers = { "Accept: application/dicom+json" },
     query = self.params,
     timeout = self.timeout,
+    compressed = true,
+    max_response_bytes = self.max_page_bytes,
   }
   self.requests = self.requests + 1
-  if not res then return nil, err end
+  if not res then
+    if err.code == "response_too_large" then
+      err.option = "max_page_bytes"
+      err.message = string.format("%s: a page of results is larger than %.0f bytes (option max_page_bytes; "
+        .. "or a smaller page_size)", self.what, self.max_page_bytes)
+    end
+    return nil, err
+  end
   if res.status == 204 then return {} end
   if res.status < 200 or res.status > 299 then return nil, errors.from_response(res, self.what) end
   -- Google says so when it returned fewer results than asked (its cap on limit).
@@ -278,13 +290,22 @@ local function search(store, level, query, opts)
       return usage(what, "page_size must be a positive integer, got '%s'", shown(opts.page_size))
     end
   end
+  local max_page_bytes = M.DEFAULT_MAX_PAGE_BYTES
+  if opts.max_page_bytes ~= nil then
+    max_page_bytes = count_of(opts.max_page_bytes)
+    if not max_page_bytes or max_page_bytes == 0 or type(opts.max_page_bytes) ~= "number" then
+      return usage(what, "max_page_bytes must be a positive whole number of bytes, got '%s'",
+        shown(opts.max_page_bytes))
+    end
+  end
   local q, err = M.compile(query, level, what)
   if not q then return nil, err end
   local params, perr = require("healthcare.client").normalize_params(opts.params)
   if not params then return nil, perr end
   return setmetatable({
     store = store, what = what, q = q, page_size = page_size, params = params,
-    timeout = opts.timeout, url = store.base_url .. "/" .. path_of(q, level), requests = 0,
+    timeout = opts.timeout, max_page_bytes = max_page_bytes,
+    url = store.base_url .. "/" .. path_of(q, level), requests = 0,
   }, Results)
 end
 

@@ -3,7 +3,9 @@
 -- store:retrieve_*, every instance streamed to <dir>/<SOPInstanceUID>.dcm. Prints each file
 -- written on standard output and a summary on standard error (or a JSON report with --json).
 -- When the transfer breaks, the instances that arrived whole are kept and the command says
--- which instances of the request are missing (found by a search), then exits 1.
+-- which instances of the request are missing (found by a search), then exits 1. Parts of the
+-- answer that are not DICOM instances are reported one by one (exit 1), and written only with
+-- --keep-rejected. Every bound of the Lua API (healthcare.retrieve.BOUNDS) is an option here.
 local argparse = require "argparse"
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
@@ -12,6 +14,50 @@ local common = require "healthcare.cli.common"
 local M = {}
 
 local say = common.sayer("healthcare retrieve")
+local retrieve = require "healthcare.retrieve"
+
+local UNITS = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
+
+-- "1000", "64K", "10M", "2G", "1T" (powers of 1024; "KiB", "MB" and the like are read alike).
+local function bytes_arg(s)
+  local digits, unit = s:upper():match("^(%d+)([KMGT]?)I?B?$")
+  local n = digits and tonumber(digits) * UNITS[unit]
+  if not n or n < 1 or n >= 2 ^ 53 then
+    return nil, "expected a size in bytes greater than 0, such as 1000, 64K, 10M, 2G or 1T, got '" .. s .. "'"
+  end
+  return n
+end
+
+local function count_arg(s)
+  local n = s:match("^%d+$") and tonumber(s)
+  if not n or n < 1 or n >= 2 ^ 53 then return nil, "expected a whole number greater than 0, got '" .. s .. "'" end
+  return n
+end
+
+local function seconds_arg(s)
+  local n = s:match("^%d+%.?%d*$") and tonumber(s)
+  if not n or n <= 0 or n > 1e9 then return nil, "expected a number of seconds greater than 0, got '" .. s .. "'" end
+  return n
+end
+
+local function human_size(n)
+  for _, u in ipairs({ "T", "G", "M", "K" }) do
+    if n >= UNITS[u] and n % UNITS[u] == 0 then return string.format("%d%s", n / UNITS[u], u) end
+  end
+  return string.format("%d", n)
+end
+
+-- What raises the bound an error passed (err.option, set by healthcare.retrieve).
+local HINTS = {
+  max_bytes = "--max-bytes raises this limit",
+  max_parts = "--max-parts raises this limit",
+  max_part_bytes = "--max-part-bytes raises this limit",
+  timeout = "--timeout raises this limit",
+  min_speed = "--min-speed and --idle-timeout set this floor",
+  compressed = "--compressed asks for and accepts a gzip-compressed answer",
+  max_compression_ratio = "a compressed answer that expands this much is refused; without --compressed "
+    .. "none is asked for",
+}
 
 local function parser()
   local p = argparse("healthcare retrieve",
@@ -25,10 +71,27 @@ local function parser()
   p:option("-o --output", "The directory to write to (created if missing; its parent must exist)."):argname("<dir>")
   p:option("--transfer-syntax", "Transfer syntax UID to ask for, or '*' for as stored.", "*"):argname("<uid>")
   p:flag("--json", "Print the report as JSON on standard output: files (path, sop_instance_uid, size), "
-    .. "bytes, seconds, missing.")
+    .. "rejected (part, reason, size, path), bytes, seconds, missing.")
   p:flag("--no-progress", "No progress line, even on a terminal.")
   p:flag("--refetch", "Fetch every instance again. By default the <SOPInstanceUID>.dcm files <dir> "
     .. "already holds (a run that was interrupted) are kept and only the others fetched.")
+  local b = retrieve.BOUNDS
+  p:option("--max-bytes", "Stop when the answers pass this size in all (decoded), default "
+    .. human_size(b.max_bytes) .. ".", nil, bytes_arg):argname("<size>")
+  p:option("--max-parts", string.format("Stop when the answers have more parts than this, default %d.",
+    b.max_parts), nil, count_arg):argname("<n>")
+  p:option("--max-part-bytes", "Stop when one part (instance) passes this size, default "
+    .. human_size(b.max_part_bytes) .. ".", nil, bytes_arg):argname("<size>")
+  p:option("--timeout", string.format("Stop when the retrieve is not done after this many seconds, default %d.",
+    b.timeout), nil, seconds_arg):argname("<seconds>")
+  p:option("--idle-timeout", "Stop when fewer than --min-speed bytes a second arrive for this many seconds, "
+    .. "default 300.", nil, seconds_arg):argname("<seconds>")
+  p:option("--min-speed", "The floor speed of --idle-timeout in bytes a second, default 1024.", nil,
+    count_arg):argname("<bytes>")
+  p:flag("--compressed", "Ask for a gzip-compressed answer and decode it. By default none is asked for "
+    .. "and an encoded answer is refused.")
+  p:flag("--keep-rejected", "Write parts of the answer that are not DICOM instances as <dir>/part-<n>.rejected "
+    .. "(by default they are reported and not written).")
   return p
 end
 
@@ -48,8 +111,11 @@ local function progress(show)
   end
 end
 
-local function call(store, t, dir, ts, on_progress, refetch)
-  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress }
+local function call(store, t, dir, ts, on_progress, refetch, a)
+  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress, max_bytes = a.max_bytes,
+    max_parts = a.max_parts, max_part_bytes = a.max_part_bytes, timeout = a.timeout,
+    idle_timeout = a.idle_timeout, min_speed = a.min_speed, compressed = a.compressed or nil,
+    keep_rejected = a.keep_rejected or nil }
   if t.instance then
     -- a trailing "/" makes `to` a directory even before it exists
     opts.to = dir:sub(-1) == "/" and dir or (dir .. "/")
@@ -93,14 +159,17 @@ local function json_list(list)
   return "[" .. table.concat(items, ",") .. "]"
 end
 
-local function report_json(files, kept, bytes, seconds, missing, err)
+local function report_json(files, kept, rejected, bytes, seconds, missing, err)
   local list = {}
   for i, f in ipairs(files) do
     list[i] = { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
   end
+  local rlist = {}
+  for i, r in ipairs(rejected) do rlist[i] = { part = r.part, reason = r.reason, size = r.size, path = r.path } end
   local parts = {
     '"files":' .. json_list(list),
     '"kept":' .. json_list(kept),
+    '"rejected":' .. json_list(rlist),
     '"bytes":' .. cjson.encode(bytes),
     '"seconds":' .. cjson.encode(seconds),
   }
@@ -130,7 +199,7 @@ function M.main(argv)
   core.trap_interrupts()
   local t0 = core.now()
   local res
-  res, err = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch)
+  res, err = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a)
   local seconds = core.now() - t0
   if show then io.stderr:write("\r\27[K") end
   local signal = core.interrupted()
@@ -142,6 +211,8 @@ function M.main(argv)
     return 128 + signal
   end
   local files = res and res.files or (err and err.files) or {}
+  -- parts of the answer that are not DICOM instances (not counted among the files)
+  local rejected = res and res.rejected or (err and err.rejected) or {}
   -- instances <dir> already held, kept (see --refetch): paths
   local kept = {}
   for i, f in ipairs(res and res.kept or (err and err.kept) or {}) do kept[i] = f.path end
@@ -156,25 +227,38 @@ function M.main(argv)
       missing = missing_instances(store, t, files, res and res.kept or err.kept or {})
       exit = math.max(exit, common.EXIT_FAILED)
     end
+  elseif #rejected > 0 then
+    missing = missing_instances(store, t, files, res.kept or {})
+    exit = common.EXIT_FAILED
   end
   store.client:close()
 
   if a.json then
-    io.stdout:write(report_json(files, kept, bytes, seconds, missing, err), "\n")
+    io.stdout:write(report_json(files, kept, rejected, bytes, seconds, missing, err), "\n")
   else
     for _, f in ipairs(files) do io.stdout:write(common.printable(f.path), "\n") end
   end
   for _, f in ipairs(files) do
     if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
   end
+  for _, r in ipairs(rejected) do
+    say("part %d of the answer is not kept as an instance: %s%s", r.part, common.printable(r.reason),
+      r.path and (" (written to " .. common.printable(r.path) .. ")") or "")
+  end
   -- After an error with nothing kept, the error alone says it all.
-  if not a.json and (#files > 0 or not err) then
-    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s\n", #files,
+  if not a.json and (#files > 0 or #rejected > 0 or not err) then
+    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s\n", #files,
       #files == 1 and "" or "s", common.human_bytes(bytes), seconds, common.printable(a.output),
-      #kept > 0 and string.format(" (kept %d already there)", #kept) or ""))
+      #kept > 0 and string.format(" (kept %d already there)", #kept) or "",
+      #rejected > 0 and string.format("; %d part%s rejected", #rejected, #rejected == 1 and "" or "s") or ""))
+  end
+  if not err and #rejected > 0 and missing and #missing > 0 then
+    say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
+      common.printable(table.concat(missing, " ")))
   end
   if err then
     say("%s", tostring(err))
+    if err.option and HINTS[err.option] then say("%s", HINTS[err.option]) end
     if missing and #missing > 0 then
       say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
         common.printable(table.concat(missing, " ")))

@@ -320,6 +320,9 @@ seed.global_options = {
       .. "Default Credentials." },
   { long = "--no-token-cache", key = "no_token_cache",
     help = "Neither read nor write cached access tokens." },
+  { long = "--timeout", arg = "<seconds>", key = "timeout",
+    help = "Give up on a request not done within this many seconds. Default: none; a request "
+      .. "moving fewer than 1024 bytes a second for 300 s is cut." },
   { long = "--debug", key = "debug", help = "Print requests and responses to standard error." },
   { long = "--help", short = "-h", key = "help",
     help = "Show help for the command or method named before it." },
@@ -568,7 +571,7 @@ nil and a message for a usage error (the caller exits with 2):
     body = { content_type = ..., data = <string> | { file = path } | { stdin = true } },
     params = { [wire name] = value }, scopes = { url, ... } (default: cloud-healthcare),
     output = path or "-" or nil, endpoint = url or nil, credentials = path or nil,
-    debug = boolean, token_cache = boolean }
+    debug = boolean, token_cache = boolean, timeout = seconds or nil }
   For a read or delete method (no request value): { action = "call", method = <id>, parent,
     dicom_web_path = the path without its query, query = what followed '?' or nil (search
     methods only), params, scopes, output, endpoint, credentials, debug, token_cache }.
@@ -600,6 +603,13 @@ function seed.parse(argv)
       end
     elseif key == "endpoint" or key == "credentials" or key == "output" then
       cmd[key] = value
+    elseif key == "timeout" then
+      local n = value:match("^%d+%.?%d*$") and tonumber(value)
+      if not n or n <= 0 or n > 1e9 then
+        fail(format("--timeout needs a number of seconds greater than 0, got '%s'", value))
+      else
+        cmd.timeout = n
+      end
     elseif key == "debug" then
       cmd.debug = true
     elseif key == "no_token_cache" then

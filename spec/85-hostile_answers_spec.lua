@@ -1,0 +1,465 @@
+-- SPDX-License-Identifier: MIT
+-- Bounded answers: a hostile DICOMweb server (spec/support/hostile_server.py) tries to exhaust
+-- the client's memory with gzip bombs (metadata, search, the seed form's JSON, retrieve), to
+-- fill its disk with an answer encoded though identity was asked for or with an endless one, to
+-- hold it forever with a trickle, to make 100,000 files of 100,000 tiny parts, and to pass junk
+-- off as instances. Each is stopped early, with an error naming the option that bounds it, and
+-- leaves no partial file; the peak memory of the command (or of a Lua process) is measured with
+-- /usr/bin/time -v and stays under 64 MiB. Honest compressed JSON from Orthanc still works.
+-- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/85-hostile_answers_spec.lua
+local H = require "helpers"
+if not H.need_testbed() then return end
+local cjson = require "cjson.safe"
+local core = require "healthcare.core"
+local healthcare = require "healthcare"
+local retrieve = require "healthcare.retrieve"
+
+local E = H.env
+local PY = "/usr/bin/python3"
+local RSS_LIMIT_KB = 64 * 1024
+-- Under AddressSanitizer (scripts/test-sanitize) memory numbers mean nothing: the bombs must still
+-- be stopped early (asserted from the errors), the peak RSS is not compared.
+local ASAN = (os.getenv("HC_LUA") or ""):find("asan", 1, true) ~= nil
+local STUDY = "1.2.826.0.1.3680043.8.498.85"
+local SEED_SEARCH = "locations-datasets-dicom-stores-search-for-studies"
+
+-- ---- the hostile server, serving three real DICOM files of one study -----------------------
+
+local dicom = H.gen_dicom { count = 3, study = STUDY, size = 2048 }
+local server_dir = H.tmpdir()
+local words = { H.q(PY), H.q(E.support .. "/hostile_server.py") }
+for _, f in ipairs(dicom) do words[#words + 1] = H.q(f.path) end
+local server_pid = tonumber(H.check_run(string.format("%s >%s 2>%s </dev/null & echo $!", table.concat(words, " "),
+  H.q(server_dir .. "/out"), H.q(server_dir .. "/err"))):match("%d+"))
+local URL
+for _ = 1, 200 do
+  URL = (H.file_bytes(server_dir .. "/out") or ""):match("^(http://%S+)\n")
+  if URL then break end
+  os.execute("sleep 0.05")
+end
+local function stop_server()
+  if server_pid then
+    os.execute("kill " .. server_pid .. " 2>/dev/null")
+    server_pid = nil
+  end
+end
+teardown(stop_server)
+if not URL then
+  stop_server()
+  error("the hostile server did not start: " .. (H.file_bytes(server_dir .. "/err") or ""))
+end
+
+-- ---- helpers -------------------------------------------------------------------------------
+
+local function store_at(scenario)
+  return assert(healthcare.dicomweb(URL .. "/" .. scenario))
+end
+
+-- The names in dir, hidden ones too, sorted.
+local function listing(dir)
+  local names = {}
+  for name in H.check_run("ls -A " .. H.q(dir)):gmatch("[^\n]+") do names[#names + 1] = name end
+  table.sort(names)
+  return names
+end
+
+-- The Accept-Encoding of the server's last request for path.
+local function last_accept_encoding(path)
+  local r = H.curl { URL .. "/_requests" }
+  local found
+  for _, q in ipairs(r.json or {}) do
+    if q.path == path then found = q end
+  end
+  assert(found, "no request for " .. path)
+  return found.accept_encoding
+end
+
+-- A shell command run under /usr/bin/time -v: stdout, stderr, exit code, peak RSS in KiB.
+local function measured(cmd)
+  local out, err, code = H.run("/usr/bin/time -v " .. cmd)
+  local kb = tonumber(err:match("Maximum resident set size %(kbytes%): (%d+)"))
+  assert(kb, "no RSS in: " .. err)
+  return out, err, code, kb
+end
+
+-- The peak RSS of a run under a bomb: printed, and under 64 MiB.
+local function assert_rss(kb, what)
+  print(string.format("\npeak RSS under a gzip bomb, %s: %.1f MiB", what, kb / 1024))
+  if not ASAN then assert.is_true(kb < RSS_LIMIT_KB, string.format("peak RSS %.1f MiB", kb / 1024)) end
+end
+
+-- `healthcare args...` as a process, measured.
+local function healthcare_measured(args)
+  return measured(H.healthcare_command(args))
+end
+
+-- A Lua process (the interpreter running these specs) that runs `code` with `store` bound to
+-- healthcare.dicomweb(url), measured. It prints what code returns.
+local function lua_measured(url, code)
+  local script = H.write_file(H.tmpdir() .. "/child.lua", [[
+package.path = arg[1] .. "/lua/?.lua;" .. arg[1] .. "/lua/?/init.lua;" .. package.path
+package.cpath = arg[2] .. "/?.so;" .. package.cpath
+local healthcare = require "healthcare"
+local store = assert(healthcare.dicomweb(arg[3]))
+local function run() ]] .. code .. [[ end
+local res, err = run()
+io.write(tostring(res), "\n", err and tostring(err.code) or "", "\n", err and tostring(err) or "", "\n")
+]])
+  local lua = os.getenv("HC_LUA") or "lua5.4"
+  local cdir = jit and (os.getenv("HC_LUAJIT_DIR") or "build/luajit") or (os.getenv("HC_BUILD_DIR") or "build")
+  return measured(table.concat({ H.q(lua), H.q(script), H.q(os.getenv("HC_SOURCE_DIR") or "."), H.q(cdir),
+    H.q(url) }, " "))
+end
+
+-- ---- gzip bombs ----------------------------------------------------------------------------
+
+describe("a gzip bomb (1 MB on the wire, 1 GiB decoded)", function()
+  it("against retrieve_metadata is cut early: kind transport, code compression_ratio, < 64 MiB", function()
+    local out, err, _, kb = lua_measured(URL .. "/gzip-json", "return store:retrieve_metadata('1.2.3')")
+    local lines = {}
+    for l in out:gmatch("([^\n]*)\n") do lines[#lines + 1] = l end
+    assert.equal("nil", lines[1], out .. err)
+    assert.equal("compression_ratio", lines[2], out)
+    assert.matches("compression bomb", out)
+    assert.matches("max_compression_ratio", out)
+    -- stopped after a few MiB decoded from a few KB: "(4259840 bytes from 4249)"
+    local decoded, wire = out:match("%((%d+) bytes from (%d+)%)")
+    assert.is_true(tonumber(decoded) < 8 * 1024 * 1024 and tonumber(wire) < 64 * 1024, out)
+    assert_rss(kb, "retrieve_metadata")
+    -- metadata is JSON: asked for compressed
+    assert.equal("gzip, deflate", last_accept_encoding("/gzip-json/studies/1.2.3/metadata"))
+  end)
+
+  it("against a search (healthcare search) is cut early, exit 1, < 64 MiB", function()
+    local _, err, code, kb = healthcare_measured { "search", URL .. "/gzip-json", "studies" }
+    assert.equal(1, code, err)
+    assert.matches("compression bomb", err)
+    assert_rss(kb, "healthcare search")
+    assert.equal("gzip, deflate", last_accept_encoding("/gzip-json/studies"))
+  end)
+
+  it("against the seed form's JSON answer is cut early, exit 1, nothing written, < 64 MiB", function()
+    local out_file = H.tmpdir() .. "/answer.json"
+    local out, err, code, kb = healthcare_measured { "projects", SEED_SEARCH, E.store, "studies",
+      "--endpoint", URL .. "/gzip-json", "-p", "access-token=x", "-o", out_file }
+    assert.equal(1, code, err)
+    assert.equal("", out)
+    assert.matches("compression bomb", err)
+    assert.is_nil(H.file_bytes(out_file))
+    assert_rss(kb, "healthcare projects ..." .. SEED_SEARCH)
+  end)
+
+  it("against healthcare retrieve is refused (identity was asked), or cut with --compressed; no file", function()
+    for _, extra in ipairs({ {}, { "--compressed" } }) do
+      local dir = H.tmpdir() .. "/out"
+      local args = { "retrieve", URL .. "/gzip-multipart", STUDY, "-o", dir }
+      for _, a in ipairs(extra) do args[#args + 1] = a end
+      local _, err, code, kb = healthcare_measured(args)
+      assert.equal(1, code, err)
+      if extra[1] then
+        assert.matches("compression bomb", err)
+        assert.equal("gzip, deflate", last_accept_encoding("/gzip-multipart/studies/" .. STUDY))
+      else
+        assert.matches("gzip%-encoded %(Content%-Encoding%) although identity was asked for", err)
+        assert.matches("%-%-compressed asks for and accepts", err)
+        assert.equal("identity", last_accept_encoding("/gzip-multipart/studies/" .. STUDY))
+      end
+      assert.same({}, listing(dir))
+      assert_rss(kb, "healthcare retrieve " .. (extra[1] or ""))
+    end
+  end)
+end)
+
+describe("a gzip bomb as Transfer-Encoding: gzip (libcurl would decode it unasked)", function()
+  it("is refused at its header, for a retrieve (no file) and a search alike", function()
+    local dir = H.tmpdir()
+    for _, compressed in ipairs({ false, true }) do
+      local res, err = store_at("gzip-te"):retrieve_study(STUDY, { to = dir, compressed = compressed })
+      assert.is_nil(res)
+      assert.equal("encoding", err.code)
+      assert.matches("Transfer%-Encoding 'gzip'; only chunked is accepted", err.message)
+      assert.same({}, listing(dir))
+    end
+    local results = assert(store_at("gzip-te"):search_studies {})
+    local list, err = results:all()
+    assert.is_nil(list)
+    assert.equal("encoding", err.code)
+  end)
+end)
+
+-- ---- content codings on a retrieve -----------------------------------------------------------
+
+describe("a retrieve answered with Content-Encoding: gzip", function()
+  it("fails with code 'encoding' naming the option when identity was asked for, and writes nothing", function()
+    local dir = H.tmpdir()
+    local res, err = store_at("gzip-files"):retrieve_study(STUDY, { to = dir })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.equal("encoding", err.code)
+    assert.equal("compressed", err.option)
+    assert.matches("^RetrieveStudy: .*gzip%-encoded .*identity was asked for.*%(option compressed%)$", err.message)
+    assert.same({}, err.files)
+    assert.same({}, listing(dir))
+    assert.equal("identity", last_accept_encoding("/gzip-files/studies/" .. STUDY))
+  end)
+
+  it("with a coding other than one gzip or deflate, is refused even when compressed = true", function()
+    local dir = H.tmpdir()
+    local res, err = store_at("odd-coding"):retrieve_study(STUDY, { to = dir, compressed = true })
+    assert.is_nil(res)
+    assert.equal("encoding", err.code)
+    assert.is_nil(err.option)
+    assert.matches("Content%-Encoding 'br, gzip%?%]0;pwned%?'; only gzip or deflate, applied once, is decoded",
+      err.message)
+    assert.same({}, listing(dir))
+  end)
+
+  it("is decoded when the caller opted in (compressed = true): the instances arrive whole", function()
+    local dir = H.tmpdir()
+    local res = assert(store_at("gzip-files"):retrieve_study(STUDY, { to = dir, compressed = true }))
+    assert.equal(3, #res.files)
+    assert.same({}, res.rejected)
+    local want = {}
+    for _, f in ipairs(dicom) do
+      want[#want + 1] = f.sop_instance_uid .. ".dcm"
+      assert.equal(H.sha256(f.path), H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"))
+    end
+    table.sort(want)
+    assert.same(want, listing(dir))
+    assert.equal("gzip, deflate", last_accept_encoding("/gzip-files/studies/" .. STUDY))
+  end)
+end)
+
+-- ---- bounds of a retrieve --------------------------------------------------------------------
+
+describe("retrieve bounds", function()
+  it("an endless answer stops at max_bytes (code too_large), no partial file", function()
+    local dir = H.tmpdir()
+    local res, err = store_at("endless"):retrieve_study(STUDY, { to = dir, max_bytes = 20 * 1024 * 1024 })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.equal("too_large", err.code)
+    assert.equal("max_bytes", err.option)
+    assert.matches("larger than 20971520 bytes.*%(option max_bytes%)", err.message)
+    assert.same({}, listing(dir))
+  end)
+
+  it("an endless part stops at max_part_bytes (code part_too_large), no partial file", function()
+    local dir = H.tmpdir()
+    local res, err = store_at("endless"):retrieve_series(STUDY, STUDY .. ".1", { to = dir,
+      max_part_bytes = 5 * 1024 * 1024 })
+    assert.is_nil(res)
+    assert.equal("part_too_large", err.code)
+    assert.equal("max_part_bytes", err.option)
+    assert.matches("part 1 of the answer is larger than 5242880 bytes", err.message)
+    assert.same({}, listing(dir))
+  end)
+
+  it("healthcare retrieve: an endless answer stops at --max-bytes, exit 1, nothing left", function()
+    local dir = H.tmpdir() .. "/out"
+    local t0 = core.now()
+    local _, err, code = H.healthcare { "retrieve", URL .. "/endless", STUDY, "-o", dir, "--max-bytes", "30M" }
+    assert.equal(1, code, err)
+    assert.matches("larger than 31457280 bytes", err)
+    assert.matches("%-%-max%-bytes raises this limit", err)
+    assert.same({}, listing(dir))
+    assert.is_true(core.now() - t0 < 60)
+  end)
+
+  it("a trickle is cut by the floor speed (code too_slow) and by the deadline (code timeout)", function()
+    local dir = H.tmpdir()
+    local store = store_at("trickle/every=0.3")
+    local t0 = core.now()
+    local res, err = store:retrieve_study(STUDY, { to = dir, idle_timeout = 2, min_speed = 100 })
+    assert.is_nil(res)
+    assert.equal("too_slow", err.code)
+    assert.equal("min_speed", err.option)
+    assert.is_true(err.retryable)
+    assert.matches("fewer than 100 bytes per second moved for 2 s", err.message)
+    res, err = store:retrieve_study(STUDY, { to = dir, timeout = 1.5 })
+    assert.is_nil(res)
+    assert.equal("timeout", err.code)
+    assert.equal("timeout", err.option)
+    assert.matches("not done within the timeout of 1.5 s", err.message)
+    assert.is_true(core.now() - t0 < 30)
+    assert.same({}, listing(dir))
+  end)
+
+  it("healthcare retrieve --timeout cuts a trickle, exit 1, nothing left", function()
+    local dir = H.tmpdir() .. "/out"
+    local _, err, code = H.healthcare { "retrieve", URL .. "/trickle/every=0.3", STUDY, "-o", dir, "--timeout", "1.5" }
+    assert.equal(1, code, err)
+    assert.matches("not done within the timeout of 1.5 s", err)
+    assert.matches("%-%-timeout raises this limit", err)
+    assert.same({}, listing(dir))
+  end)
+
+  it("the seed form's --timeout cuts a trickle (exit 1); a bad value is a usage error (exit 2)", function()
+    local t0 = core.now()
+    local _, err, code = H.healthcare { "projects", SEED_SEARCH, E.store, "studies", "--timeout", "1.5",
+      "--endpoint", URL .. "/trickle/every=0.3", "-p", "access-token=x" }
+    assert.equal(1, code, err)
+    assert.matches("not done within the timeout of 1.5 s", err)
+    assert.is_true(core.now() - t0 < 30)
+    _, err, code = H.healthcare { "projects", SEED_SEARCH, E.store, "studies", "--timeout", "soon" }
+    assert.equal(2, code, err)
+    assert.matches("%-%-timeout needs a number of seconds greater than 0, got 'soon'", err)
+  end)
+
+  it("100,000 tiny parts stop at the parts bound, and no file is left", function()
+    local dir = H.tmpdir() .. "/out"
+    local _, err, code = H.healthcare { "retrieve", URL .. "/parts/n=100000", STUDY, "-o", dir, "--max-parts", "2000" }
+    assert.equal(1, code, err)
+    assert.matches("the answer has more than 2000 parts", err)
+    assert.matches("%-%-max%-parts raises this limit", err)
+    assert.same({}, listing(dir))
+    -- The default bound applies when none is given (lowered here: the real one is 100,000).
+    local saved = retrieve.BOUNDS.max_parts
+    retrieve.BOUNDS.max_parts = 500
+    local ok, res, rerr = pcall(store_at("parts/n=100000").retrieve_study, store_at("parts/n=100000"), STUDY,
+      { to = H.tmpdir() })
+    retrieve.BOUNDS.max_parts = saved
+    assert.is_true(ok, res)
+    assert.is_nil(res)
+    assert.equal("too_many_parts", rerr.code)
+    assert.equal("max_parts", rerr.option)
+    assert.matches("more than 500 parts", rerr.message)
+    -- the 500 parts that did arrive are one byte each: not instances, not written
+    assert.same({}, rerr.files)
+    assert.equal(500, #rerr.rejected)
+  end)
+
+  it("bounds are shared by the requests of a skip_existing retrieve", function()
+    -- The first instance is there: the two others are fetched one request each, and each answer
+    -- has 3 (tiny) parts. max_parts = 4 lets the first through and leaves 1 for the second.
+    local dir = H.tmpdir()
+    H.check_run("cp " .. H.q(dicom[1].path) .. " " .. H.q(dir .. "/" .. dicom[1].sop_instance_uid .. ".dcm"))
+    local store = store_at("parts/n=3")
+    local res, err = store:retrieve_study(STUDY, { to = dir, skip_existing = true, max_parts = 4 })
+    assert.is_nil(res)
+    assert.equal("too_many_parts", err.code)
+    assert.equal("max_parts", err.option)
+    assert.matches("the answer has more than 1 parts", err.message)
+    assert.equal(4, #err.rejected)  -- 3 of the first answer, 1 of the second
+    assert.same({ dicom[1].sop_instance_uid .. ".dcm" }, listing(dir))
+    -- with room for both, both answers are taken (and their parts rejected: not DICOM)
+    res = assert(store:retrieve_study(STUDY, { to = dir, skip_existing = true, max_parts = 6 }))
+    assert.equal(6, #res.rejected)
+    assert.equal(1, #res.kept)
+  end)
+
+  it("raises on bounds of the wrong type or sign (programming mistakes)", function()
+    local store = store_at("endless")
+    for _, case in ipairs({ { max_bytes = -1 }, { max_parts = 1.5 }, { timeout = "5" }, { compressed = 1 } }) do
+      case.to = H.tmpdir()
+      local ok, err = pcall(store.retrieve_study, store, STUDY, case)
+      assert.is_false(ok)
+      assert.matches("bad option '[%w_]+' to 'retrieve_study'", err)
+    end
+  end)
+end)
+
+-- ---- parts that are not DICOM ---------------------------------------------------------------
+
+describe("parts that are not DICOM instances", function()
+  -- D: a DICOM file, X: text, E: an empty part, H: an HTML page, R: a DICOM file repeated
+  local PATTERN = "DXDEHRD"
+
+  it("are rejected with a reason, not counted, and not written by default", function()
+    local dir = H.tmpdir()
+    local res = assert(store_at("mixed/pattern=" .. PATTERN):retrieve_study(STUDY, { to = dir }))
+    local want = {}
+    for i, f in ipairs(dicom) do
+      assert.equal(dir .. "/" .. f.sop_instance_uid .. ".dcm", res.files[i].path)
+      assert.equal(f.sop_instance_uid, res.files[i].sop_instance_uid)
+      assert.equal(H.sha256(f.path), H.sha256(res.files[i].path))
+      want[i] = f.sop_instance_uid .. ".dcm"
+    end
+    assert.equal(3, #res.files)
+    table.sort(want)
+    assert.same(want, listing(dir))
+    local reasons = {}
+    for _, r in ipairs(res.rejected) do
+      reasons[#reasons + 1] = r.part
+      assert.is_nil(r.path)
+    end
+    assert.same({ 2, 4, 5, 6 }, reasons)
+    assert.matches("^not a DICOM file", res.rejected[1].reason)
+    assert.matches("^not a DICOM file", res.rejected[2].reason)
+    assert.matches("Content%-Type text/html", res.rejected[3].reason)
+    assert.equal("a second copy of SOP Instance UID " .. dicom[2].sop_instance_uid .. " (part 3)",
+      res.rejected[4].reason)
+  end)
+
+  it("are written as part-<n>.rejected with keep_rejected", function()
+    local dir = H.tmpdir()
+    local res = assert(store_at("mixed/pattern=" .. PATTERN):retrieve_study(STUDY, { to = dir, keep_rejected = true }))
+    assert.equal(3, #res.files)
+    assert.equal(4, #res.rejected)
+    assert.equal(dir .. "/part-2.rejected", res.rejected[1].path)
+    assert.equal(string.rep("not DICOM\n", 30), H.file_bytes(dir .. "/part-2.rejected"))
+    assert.equal("", H.file_bytes(dir .. "/part-4.rejected"))
+    assert.equal(H.sha256(dicom[2].path), H.sha256(dir .. "/part-6.rejected"))
+    assert.equal(7, #listing(dir))
+  end)
+
+  it("healthcare retrieve: each is reported with its reason, exit 1; --json lists them", function()
+    local dir = H.tmpdir() .. "/out"
+    local out, err, code = H.healthcare { "retrieve", URL .. "/mixed/pattern=XDXXXXXXXXX", STUDY, "-o", dir,
+      "--no-progress" }
+    assert.equal(1, code, err)
+    assert.equal(dir .. "/" .. dicom[1].sop_instance_uid .. ".dcm\n", out)
+    local n = 0
+    for part, reason in err:gmatch("part (%d+) of the answer is not kept as an instance: ([^\n]*)") do
+      n = n + 1
+      assert.not_equal("2", part)
+      assert.matches("^not a DICOM file", reason)
+    end
+    assert.equal(10, n, err)
+    assert.matches("retrieved 1 instance, .*; 10 parts rejected", err)
+    assert.same({ dicom[1].sop_instance_uid .. ".dcm" }, listing(dir))
+
+    dir = H.tmpdir() .. "/out"
+    out, err, code = H.healthcare { "retrieve", URL .. "/mixed/pattern=DX", STUDY, "-o", dir, "--json",
+      "--keep-rejected" }
+    assert.equal(1, code, err)
+    local report = assert(cjson.decode(out), out)
+    assert.equal(1, #report.files)
+    assert.equal(1, #report.rejected)
+    assert.equal(2, report.rejected[1].part)
+    assert.equal(dir .. "/part-2.rejected", report.rejected[1].path)
+    assert.matches("^not a DICOM file", report.rejected[1].reason)
+  end)
+end)
+
+-- ---- honest compressed JSON (Orthanc) --------------------------------------------------------
+
+describe("gzip-compressed JSON from Orthanc", function()
+  local study
+  lazy_setup(function()
+    study = H.make_study { patient_id = "HC85-" .. math.random(1, 1e9), series = { { count = 3 } } }
+  end)
+
+  it("is asked for, received compressed and decoded for metadata and searches", function()
+    local lines = {}
+    local store = assert(healthcare.dicomweb(E.dicomweb, { debug = function(l) lines[#lines + 1] = l end }))
+    local list = assert(store:retrieve_metadata(study.study_uid))
+    assert.equal(3, #list)
+    local results = assert(store:search_instances({ StudyInstanceUID = study.study_uid }))
+    assert.equal(3, #assert(results:all()))
+    local gz = 0
+    for _, l in ipairs(lines) do
+      if l:lower() == "< content-encoding: gzip" then gz = gz + 1 end
+    end
+    assert.equal(2, gz, table.concat(lines, "\n"))
+  end)
+
+  it("metadata larger than max_bytes fails naming the option", function()
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    local list, err = store:retrieve_metadata(study.study_uid, { max_bytes = 1000 })
+    assert.is_nil(list)
+    assert.equal("response_too_large", err.code)
+    assert.equal("max_bytes", err.option)
+    assert.matches("larger than 1000 bytes %(option max_bytes%)", err.message)
+  end)
+end)
