@@ -279,14 +279,15 @@ describe("store with a journal", function()
       "--max-instances", "2", "--concurrency", "1" })
     local progress = {}
     for kill = 1, 3 do
-      -- Killed at a random moment once this run has journaled at least one instance of its own
-      -- (on a loaded machine a fixed delay could fall before the journal is even opened).
+      -- Killed at a random moment: once this run has journaled between 1 and 100 instances of its
+      -- own (a fixed delay falls before the journal is opened on a loaded machine, and after the
+      -- run's end on an idle one: 500 small files take well under a second).
       local lines_before = 0
       for _ in (H.file_bytes(jpath) or ""):gmatch("\n") do lines_before = lines_before + 1 end
-      local after = math.random() * 0.3
+      local target = lines_before + 1 + math.random(1, 100) -- this run's header, then records
       local _, se, code = H.run(string.format("%s & pid=$!; n=0; "
-        .. "while [ \"$(cat %s 2>/dev/null | wc -l)\" -lt %d ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done; "
-        .. "sleep %.2f; kill -KILL $pid; wait $pid", cmd, H.q(jpath), lines_before + 2, after))
+        .. "while [ \"$(cat %s 2>/dev/null | wc -l)\" -lt %d ] && [ $n -lt 6000 ]; do sleep 0.005; n=$((n+1)); done; "
+        .. "kill -KILL $pid; wait $pid", cmd, H.q(jpath), target))
       assert.equal(137, code, "run " .. kill .. " ended before it was killed: " .. se)
       local stored = 0
       for _, r in ipairs(records_of(jpath)) do if r.outcome == "stored" then stored = stored + 1 end end
