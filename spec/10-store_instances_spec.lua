@@ -3,7 +3,7 @@
 local H = require "helpers"
 if not H.need_testbed() then return end
 local healthcare = require "healthcare"
-local dicomjson = require "healthcare.dicomjson"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
 
 local E = H.env
 -- This file counts the emulator's requests ("nothing was sent"): a private emulator keeps other

@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: MIT
--- Google credentials (healthcare.credentials, healthcare.token_cache, RS256 signing in the C
+-- Google credentials (healthcare.auth.credentials, healthcare.auth.token_cache, RS256 signing in the C
 -- core) against the test bed's emulator, whose token endpoint checks every JWT with Python's
 -- cryptography (not our code). Keys are made by openssl in this run: `openssl genpkey`
 -- (PKCS#8) and `openssl genrsa -traditional` (PKCS#1). Each credential kind gets a token and
@@ -13,8 +13,8 @@ if not H.need_testbed() then return end
 local core = require "healthcare.core"
 local cjson = require "cjson"
 local healthcare = require "healthcare"
-local credentials = require "healthcare.credentials"
-local token_cache = require "healthcare.token_cache"
+local credentials = require "healthcare.auth.credentials"
+local token_cache = require "healthcare.auth.token_cache"
 local params = require "healthcare.params"
 
 local E = H.env

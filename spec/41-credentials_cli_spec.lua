@@ -10,8 +10,8 @@ if not H.need_testbed() then return end
 
 local cjson = require "cjson"
 local core = require "healthcare.core"
-local credentials = require "healthcare.credentials"
-local token_cache = require "healthcare.token_cache"
+local credentials = require "healthcare.auth.credentials"
+local token_cache = require "healthcare.auth.token_cache"
 local params = require "healthcare.params"
 
 local E = H.env

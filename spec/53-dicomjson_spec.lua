@@ -1,10 +1,10 @@
 -- SPDX-License-Identifier: MIT
--- healthcare.dicomjson: reading STOW-RS answers. Table-driven cases for DICOM JSON (stored,
+-- healthcare.dicomweb.dicomjson: reading STOW-RS answers. Table-driven cases for DICOM JSON (stored,
 -- warnings, failures, Google's private FailureDetail in each form it may take), NativeDicomModel
 -- XML written here by hand, and XML answers captured from the emulator (which writes private
 -- attributes the way Google does: tag="00090097" privateCreator="GOOGLE").
 local H = require "helpers"
-local dicomjson = require "healthcare.dicomjson"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
 
 local SOP1 = "1.2.3.4.5.6.7.8.1"
 local SOP2 = "1.2.3.4.5.6.7.8.2"

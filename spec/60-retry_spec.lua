@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: MIT
--- Retries of store:store (healthcare.batch) against the emulator's fault injection, in front of
+-- Retries of store:store (healthcare.dicomweb.batch) against the emulator's fault injection, in front of
 -- the test bed's real Orthanc: 503 twice then success, 429 with Retry-After: 1 and with
 -- RetryInfo, a connection dropped mid-body, a server slower than the timeout, a token that
 -- expires mid-batch (service account, short lifetime, and a 401), the attempt limit, and the

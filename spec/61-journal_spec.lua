@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: MIT
--- The journal (healthcare.journal on core.appender): its lines, lookups, the latest line of a
+-- The journal (healthcare.dicomweb.journal on core.appender): its lines, lookups, the latest line of a
 -- path winning, a torn last line cut off, locking, refusals (not a journal, another store),
 -- odd paths; then against the test bed's Orthanc: a rerun skips stored files without reading
 -- them, and a 500-file upload killed with SIGKILL at random moments three times, then resumed
@@ -8,7 +8,7 @@
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/61-journal_spec.lua
 local H = require "helpers"
 local cjson = require "cjson"
-local journal = require "healthcare.journal"
+local journal = require "healthcare.dicomweb.journal"
 
 local E = H.env
 

@@ -1,5 +1,5 @@
 -- SPDX-License-Identifier: MIT
--- Shards (healthcare.shard, core.hash32, `healthcare store --shard K/N`): the parser and its
+-- Shards (healthcare.dicomweb.shard, core.hash32, `healthcare store --shard K/N`): the parser and its
 -- errors, the hash checked against Python's arithmetic (not our C), a partition property over
 -- many synthetic paths, and two and three shards of one real folder stored into the test bed's
 -- Orthanc: together they cover the folder exactly, without overlap, and a shard's share does
@@ -7,7 +7,7 @@
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/62-shard_spec.lua
 local H = require "helpers"
 local core = require "healthcare.core"
-local shard = require "healthcare.shard"
+local shard = require "healthcare.dicomweb.shard"
 local healthcare = require "healthcare"
 
 local E = H.env

@@ -12,7 +12,7 @@ if not H.need_testbed() then return end
 local cjson = require "cjson"
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
-local batch = require "healthcare.batch"
+local batch = require "healthcare.dicomweb.batch"
 
 local E = H.env
 

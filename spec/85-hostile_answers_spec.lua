@@ -12,7 +12,7 @@ if not H.need_testbed() then return end
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
-local retrieve = require "healthcare.retrieve"
+local retrieve = require "healthcare.dicomweb.retrieve"
 
 local E = H.env
 local PY = "/usr/bin/python3"

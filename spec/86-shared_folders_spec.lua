@@ -227,7 +227,7 @@ describe("healthcare store --journal", function()
 end)
 
 describe("journal.open reading through the checked descriptor", function()
-  local journal = require "healthcare.journal"
+  local journal = require "healthcare.dicomweb.journal"
 
   it("reads a 3 MB journal line by line across buffer edges, a 300 KB line too, and cuts a torn tail", function()
     local path = H.tmpdir() .. "/journal.jsonl"

@@ -6,7 +6,7 @@
 -- scripted server started here.
 local H = require "helpers"
 local hc = require "healthcare"
-local dicomjson = require "healthcare.dicomjson"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
 
 if not H.need_testbed() then return end
 local E = H.env
@@ -355,7 +355,7 @@ describe("dicomjson keyword dictionary and data sets", function()
     assert.equal("OverlayRows", dicomjson.keyword_of("60020010"))
     assert.equal("US", dicomjson.vr_of("60020010"))
     -- generated from pydicom: every keyword maps back to its tag
-    local d = require "healthcare.dictionary"
+    local d = require "healthcare.dicomweb.dictionary"
     local n = 0
     for tag, e in pairs(d.tags) do
       n = n + 1

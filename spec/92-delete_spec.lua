@@ -365,7 +365,7 @@ describe("delete", function()
 end)
 
 describe("delete.valid_operation_name", function()
-  local valid_operation_name = require("healthcare.delete").valid_operation_name
+  local valid_operation_name = require("healthcare.dicomweb.delete").valid_operation_name
   it("accepts Google's operation names and nothing that could leave the path", function()
     for _, name in ipairs({
       "projects/p/locations/us-central1/datasets/d/operations/123",

@@ -2,8 +2,8 @@
 /* What a long migration needs from the operating system and cannot get from portable Lua:
  * an append-only file whose lines are on disk (fsync) before a request counts as done, locked
  * so that two processes never write one journal, and refused when someone else could have
- * written it (healthcare.journal keeps the format); a
- * stable 32-bit hash of a path for splitting work over machines (healthcare.shard; Lua 5.1 and
+ * written it (healthcare.dicomweb.journal keeps the format); a
+ * stable 32-bit hash of a path for splitting work over machines (healthcare.dicomweb.shard; Lua 5.1 and
  * LuaJIT have no bit operators); and a flag set by SIGINT or SIGTERM that the batch loop polls
  * so an upload stops between requests instead of dying in the middle of one. Registered into
  * healthcare.core by hc_lua_journal_register. Uses only API common to Lua 5.1 and 5.4. */

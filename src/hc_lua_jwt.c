@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Lua binding of the signing core, for healthcare.credentials: `core.private_key(pem)` parses a
+/* Lua binding of the signing core, for healthcare.auth.credentials: `core.private_key(pem)` parses a
  * PEM RSA key once into a "healthcare.PrivateKey" (the PEM text is not kept), `key:sign(header,
  * claims)` and `core.jwt_sign(header, claims, key_or_pem)` return a compact RS256 JWT,
  * `core.base64url(s)` and `core.sha256_hex(s)` encode and hash. It also holds the three file

@@ -87,7 +87,7 @@ local function credential_from(opts)
   elseif opts.api_key then
     return auth.api_key(opts.api_key)
   end
-  local ok, credentials = pcall(require, "healthcare.credentials")
+  local ok, credentials = pcall(require, "healthcare.auth.credentials")
   if not ok then
     return auth.none()
   elseif opts.credentials == nil then
@@ -250,7 +250,7 @@ function Client:check_proxy(url, headers, query)
 end
 
 --- The message refusing to send `carried` (what credential) to url through proxy (named by the
---- environment variable) over plain http. Shared with healthcare.credentials' token requests.
+--- environment variable) over plain http. Shared with healthcare.auth.credentials' token requests.
 function M.proxy_refusal(url, carried, proxy, variable)
   local origin = url:match("^(%a+://[^/?#]*)") or url
   -- A proxy URL may carry its own user:password.
@@ -349,7 +349,7 @@ function Client:token_generation()
   return c.refreshes or 0
 end
 
---- Starts a request on the client's session without waiting (see healthcare.batch). Returns
+--- Starts a request on the client's session without waiting (see healthcare.dicomweb.batch). Returns
 --- the transfer, or nil, err.
 function Client:start(req)
   local r, perr = self:prepare(req)

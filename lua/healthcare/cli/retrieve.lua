@@ -5,7 +5,7 @@
 -- When the transfer breaks, the instances that arrived whole are kept and the command says
 -- which instances of the request are missing (found by a search), then exits 1. Parts of the
 -- answer that are not DICOM instances are reported one by one (exit 1), and written only with
--- --keep-rejected. Every bound of the Lua API (healthcare.retrieve.BOUNDS) is an option here.
+-- --keep-rejected. Every bound of the Lua API (healthcare.dicomweb.retrieve.BOUNDS) is an option here.
 local argparse = require "argparse"
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
@@ -14,7 +14,7 @@ local common = require "healthcare.cli.common"
 local M = {}
 
 local say = common.sayer("healthcare retrieve")
-local retrieve = require "healthcare.retrieve"
+local retrieve = require "healthcare.dicomweb.retrieve"
 
 local UNITS = { [""] = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3, T = 1024 ^ 4 }
 
@@ -47,7 +47,7 @@ local function human_size(n)
   return string.format("%d", n)
 end
 
--- What raises the bound an error passed (err.option, set by healthcare.retrieve).
+-- What raises the bound an error passed (err.option, set by healthcare.dicomweb.retrieve).
 local HINTS = {
   max_bytes = "--max-bytes raises this limit",
   max_parts = "--max-parts raises this limit",

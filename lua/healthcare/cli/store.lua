@@ -1,11 +1,11 @@
 -- SPDX-License-Identifier: MIT
 -- `healthcare store <store> <file-or-dir>...`: the friendly form. Probes, groups and streams the
--- files (healthcare.batch), shows a progress bar on a terminal, prints a summary (or the JSON
+-- files (healthcare.dicomweb.batch), shows a progress bar on a terminal, prints a summary (or the JSON
 -- report with --json) and exits 0 when nothing failed, 1 when something did, 2 on usage errors.
 local argparse = require "argparse"
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
-local batch = require "healthcare.batch"
+local batch = require "healthcare.dicomweb.batch"
 local common = require "healthcare.cli.common"
 
 local M = {}
@@ -69,8 +69,8 @@ end
 -- every entry ends up in the report (a link loop or a FIFO as skipped).
 -- Only this machine's share with --shard; a Ctrl-C stops the count too.
 local function count(inputs, shard_spec)
-  local files = require "healthcare.files"
-  local s = shard_spec and require("healthcare.shard").parse(shard_spec)
+  local files = require "healthcare.dicomweb.files"
+  local s = shard_spec and require("healthcare.dicomweb.shard").parse(shard_spec)
   local n, bytes = 0, 0
   for f in files.iterate(inputs) do
     if core.interrupted and core.interrupted() then break end
@@ -185,7 +185,7 @@ function M.main(argv)
   -- file gone since should not stop a migration of millions): those are skipped with the reason.
   local unreadable = false
   for _, path in ipairs(inputs) do
-    local why = require("healthcare.files").unreadable(path)
+    local why = require("healthcare.dicomweb.files").unreadable(path)
     if why then
       io.stderr:write("healthcare store: cannot read ", common.printable(path), ": ", common.printable(why), "\n")
       unreadable = true

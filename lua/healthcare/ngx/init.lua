@@ -23,14 +23,14 @@
 -- one. A token is refreshed `refresh_margin` seconds before it expires (at most half-way through
 -- its life) by one request at a time (a lock in the dict); the others keep using the old token,
 -- or, when there is none, wait for the refresh. The JWT is signed in the C core (the credential
--- of healthcare.credentials) and exchanged at the token endpoint through an internal location
+-- of healthcare.auth.credentials) and exchanged at the token endpoint through an internal location
 -- (`ngx.location.capture`), so no worker ever blocks on the network. A failed refresh is
 -- remembered for `retry_after` seconds: meanwhile clients get 503 at once, the token endpoint
 -- is not hammered, and an old token that is still valid keeps being used.
 -- No token, key or assertion ever goes into a log line or a response.
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
-local credentials = require "healthcare.credentials"
+local credentials = require "healthcare.auth.credentials"
 local dicomweb = require "healthcare.dicomweb"
 local util = require "healthcare.util"
 

@@ -124,7 +124,7 @@ local function new_credential(kind, opts, fields)
     http2 = opts.http2 ~= false,
   }
   if opts.token_cache and self.identity then
-    local token_cache = require "healthcare.token_cache"
+    local token_cache = require "healthcare.auth.token_cache"
     local dir = type(opts.token_cache) == "string" and opts.token_cache or token_cache.dir(M.getenv)
     self.disk = dir and token_cache.open(dir, self.debug)
   end

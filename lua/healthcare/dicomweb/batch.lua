@@ -4,10 +4,10 @@
 -- flight on one libcurl multi session, retried when the failure is transient, and every
 -- instance is accounted for from the server's answer (a 200 alone proves nothing).
 local core = require "healthcare.core"
-local dicomjson = require "healthcare.dicomjson"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
 local dicomweb = require "healthcare.dicomweb"
 local errors = require "healthcare.errors"
-local files = require "healthcare.files"
+local files = require "healthcare.dicomweb.files"
 local util = require "healthcare.util"
 
 local M = {}
@@ -167,14 +167,14 @@ function M.run(store, inputs, opts)
     seconds = 0, requests = 0, retries = 0, sent_alone = 0,
     counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
   if o.shard then
-    local s, serr = require("healthcare.shard").parse(o.shard)
+    local s, serr = require("healthcare.dicomweb.shard").parse(o.shard)
     if not s then return nil, serr end
     o.shard = s
   end
   local journal
   if o.journal then
     local jerr
-    journal, jerr = require("healthcare.journal").open(o.journal, report,
+    journal, jerr = require("healthcare.dicomweb.journal").open(o.journal, report,
       { store = store.name, shard = o.shard and tostring(o.shard) })
     if not journal then return nil, jerr end
   end

@@ -6,7 +6,7 @@
 --   cred:secrets()         -- the secret values it holds now (a list of strings), so that a
 --                          -- server that echoes one gets it replaced by REDACTED (optional)
 -- Static tokens and API keys live here; Google's credential kinds plug in through the same
--- interface (see healthcare.credentials).
+-- interface (see healthcare.auth.credentials).
 local M = {}
 
 local Static = {}

@@ -627,7 +627,7 @@ function M.retrieve_metadata(store, study, series, instance, opts)
     return nil, errors.new("dicom", string.format("RetrieveMetadata: the answer is not a DICOM JSON list "
       .. "(HTTP %d, %s)", res.status, res.headers["content-type"] or "no Content-Type"))
   end
-  local dicomjson = require "healthcare.dicomjson"
+  local dicomjson = require "healthcare.dicomweb.dicomjson"
   local out = {}
   for i, raw in ipairs(list) do
     if type(raw) ~= "table" then

@@ -166,12 +166,12 @@ end
 
 -- Keywords ------------------------------------------------------------------------------
 
--- healthcare.dictionary is large (pydicom's whole dictionary): read on the first lookup only.
+-- healthcare.dicomweb.dictionary is large (pydicom's whole dictionary): read on the first lookup only.
 local by_tag, by_keyword, repeaters
 
 local function load_dictionary()
   if by_tag then return end
-  local d = require "healthcare.dictionary"
+  local d = require "healthcare.dicomweb.dictionary"
   by_tag, repeaters, by_keyword = d.tags, {}, {}
   for tag, e in pairs(by_tag) do by_keyword[e[2]] = tag end
   for mask, e in pairs(d.repeaters) do

@@ -2,7 +2,7 @@
 -- Search (QIDO-RS, PS3.18 10.6): SearchForStudies, SearchForSeries, SearchForInstances.
 -- The query is checked whole before anything is sent; results come page by page (limit and
 -- offset) as the caller iterates, each item a DICOM JSON data set wrapped for keyword access.
-local dicomjson = require "healthcare.dicomjson"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
 local util = require "healthcare.util"
 local cjson = require "cjson.safe"

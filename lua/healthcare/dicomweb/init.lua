@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- DICOMweb store objects: a base URL ({endpoint}/{parent}/dicomWeb for Google, any DICOMweb root
 -- elsewhere) and the client that carries the credentials. StoreInstances (STOW-RS) lives here;
--- the DICOM-aware workflow is in healthcare.batch.
+-- the DICOM-aware workflow is in healthcare.dicomweb.batch.
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
 local errors = require "healthcare.errors"
@@ -136,12 +136,12 @@ function Store:store_instances(dicom_web_path, body, params_)
   return M.read_store_response(res, "StoreInstances")
 end
 
---- DICOM-aware storing of files and folders (see healthcare.batch and README "Storing files").
+--- DICOM-aware storing of files and folders (see healthcare.dicomweb.batch and README "Storing files").
 function Store:store(files, opts)
   if type(files) ~= "string" and type(files) ~= "table" then
     error("bad argument #1 to 'store' (path or list of paths expected, got " .. type(files) .. ")", 2)
   end
-  return require("healthcare.batch").run(self, files, opts)
+  return require("healthcare.dicomweb.batch").run(self, files, opts)
 end
 
 -- Search (QIDO-RS), retrieve (WADO-RS) and delete live in their own modules; the store object
@@ -149,18 +149,18 @@ end
 local function delegate(module, fn)
   return function(self, ...) return require(module)[fn](self, ...) end
 end
-Store.search_studies = delegate("healthcare.search", "search_studies")
-Store.search_series = delegate("healthcare.search", "search_series")
-Store.search_instances = delegate("healthcare.search", "search_instances")
-Store.retrieve_study = delegate("healthcare.retrieve", "retrieve_study")
-Store.retrieve_series = delegate("healthcare.retrieve", "retrieve_series")
-Store.retrieve_instance = delegate("healthcare.retrieve", "retrieve_instance")
-Store.retrieve_metadata = delegate("healthcare.retrieve", "retrieve_metadata")
-Store.retrieve_rendered = delegate("healthcare.retrieve", "retrieve_rendered")
-Store.retrieve_frames = delegate("healthcare.retrieve", "retrieve_frames")
-Store.delete_study = delegate("healthcare.delete", "delete_study")
-Store.delete_series = delegate("healthcare.delete", "delete_series")
-Store.delete_instance = delegate("healthcare.delete", "delete_instance")
-Store.verify = delegate("healthcare.verify", "verify")
+Store.search_studies = delegate("healthcare.dicomweb.search", "search_studies")
+Store.search_series = delegate("healthcare.dicomweb.search", "search_series")
+Store.search_instances = delegate("healthcare.dicomweb.search", "search_instances")
+Store.retrieve_study = delegate("healthcare.dicomweb.retrieve", "retrieve_study")
+Store.retrieve_series = delegate("healthcare.dicomweb.retrieve", "retrieve_series")
+Store.retrieve_instance = delegate("healthcare.dicomweb.retrieve", "retrieve_instance")
+Store.retrieve_metadata = delegate("healthcare.dicomweb.retrieve", "retrieve_metadata")
+Store.retrieve_rendered = delegate("healthcare.dicomweb.retrieve", "retrieve_rendered")
+Store.retrieve_frames = delegate("healthcare.dicomweb.retrieve", "retrieve_frames")
+Store.delete_study = delegate("healthcare.dicomweb.delete", "delete_study")
+Store.delete_series = delegate("healthcare.dicomweb.delete", "delete_series")
+Store.delete_instance = delegate("healthcare.dicomweb.delete", "delete_instance")
+Store.verify = delegate("healthcare.dicomweb.verify", "verify")
 
 return M

@@ -3,7 +3,7 @@
 -- tags:       "ggggeeee" (upper-case hex) = { vr, keyword } for every entry with a keyword
 -- repeaters:  "ggggeeee" masks where x stands for any hex digit (repeating groups such as 60xx)
 -- A VR of "US or SS" (and the like) is pydicom's: the element's own VR comes with each value.
--- Loaded by healthcare.dicomjson only when a keyword or VR is looked up.
+-- Loaded by healthcare.dicomweb.dicomjson only when a keyword or VR is looked up.
 
 local tags = {
 ["00000000"]={"UL","CommandGroupLength"},
