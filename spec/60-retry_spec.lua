@@ -146,7 +146,7 @@ describe("store retries", function()
     assert.equal(9, stats1.faults_fired - stats0.faults_fired)
     local grants = (stats1.token_requests[JWT_GRANT] or 0) - (stats0.token_requests[JWT_GRANT] or 0)
     assert.is_true(grants >= 3, grants .. " tokens")  -- the first, at least one refresh, the 401's
-    assert.equal(grants, c.credential.refreshes)
+    assert.equal(grants, c:credential().refreshes)
     assert.equal((stats0.auth_kinds.expired_token or 0), (stats1.auth_kinds.expired_token or 0))
     c:close()
   end)

@@ -657,9 +657,9 @@ describe("a cut or malformed stream", function()
     local seen = {}
     local res, err = raw_store(3, { "cut=" .. cut, "hang=1" }):retrieve_study(study.uid, {
       to = dir,
-      on_progress = function(received)
-        seen[#seen + 1] = received
-        if received >= tonumber(cut) then return false end
+      on_progress = function(p)
+        seen[#seen + 1] = p.bytes_received
+        if p.bytes_received >= tonumber(cut) then return false end
       end,
     })
     assert.is_nil(res)
