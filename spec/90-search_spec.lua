@@ -503,6 +503,13 @@ describe("search through the Google-shaped emulator", function()
     assert.matches("^SearchForStudies: HTTP 503 UNAVAILABLE: backend busy", err.message)
     assert.is_nil(it_()) -- stays ended, no new request
     assert.equal(before + 1, gets())
+    -- all() returns the error, and the results before it (none: its first page fails) as the
+    -- partial result
+    em:control("faults", { { match = "store", status = 503, message = "backend busy" } })
+    local list, aerr, partial = r:all()
+    assert.is_nil(list)
+    assert.equal(503, aerr.http_status)
+    assert.same({}, partial)
     -- a new iteration starts over and succeeds
     assert.equal(3, #all(r))
     assert.is_nil(r.error)

@@ -208,6 +208,13 @@ describe("delete", function()
     local r = H.curl({ "-H", "Authorization: Bearer " .. TOKEN, em.endpoint .. "/" .. err.operation })
     assert.equal(200, r.status)
     assert.equal(err.operation, r.json.name)
+    -- `timeout`, the old name of operation_timeout (README "Lua API"), still means it
+    t0 = os.time()
+    res, err = google_store():delete_series(s.uid, s.series[2], { poll_interval = 0.02, timeout = 0.5 })
+    assert.is_nil(res)
+    assert.equal("timeout", err.kind)
+    assert.truthy(err.message:find("not done after 0.5 s", 1, true), err.message)
+    assert.truthy(os.time() - t0 <= 3)
   end)
 
   it("answers unknown UIDs with a 404 error naming them, and deletes nothing", function()
