@@ -18,19 +18,14 @@ local util = require "healthcare.util"
 local M = {}
 
 M.DEFAULT_ENDPOINT = "https://healthcare.googleapis.com/v1"
-M.OPTIONS = {
-  "credentials", "access_token", "api_key", "scopes", "endpoint", "params", "timeout",
-  "connect_timeout", "idle_timeout", "retry", "concurrency", "ca_file", "insecure", "user_agent",
-  "debug", "http2", "self_signed_jwt", "subject", "token_cache", "refresh_margin", "quota_project",
-  "min_speed", "max_compression_ratio",
-}
 
 local Client = {}
 Client.__index = Client
 Client.__name = "healthcare.Client"
 M.Client = Client
 
--- What each option of healthcare.new must be (a wrong type raises at the caller's line).
+-- The options of healthcare.new (README "Lua API") and what each must be (a wrong type raises at
+-- the caller's line).
 local OPTION_TYPES = {
   credentials = "string|table|boolean", access_token = "string", api_key = "string", scopes = "string|table",
   endpoint = "string", params = "table", timeout = "number", connect_timeout = "number",
@@ -40,6 +35,9 @@ local OPTION_TYPES = {
   min_speed = "number", max_compression_ratio = "number",
 }
 local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory" }
+M.OPTIONS = {}
+for name in pairs(OPTION_TYPES) do M.OPTIONS[#M.OPTIONS + 1] = name end
+table.sort(M.OPTIONS)
 
 local function user_agent(extra)
   local ua = "healthcare-lua/" .. core._VERSION .. " " .. core.curl_version
@@ -145,24 +143,7 @@ function M.create(opts, fname, level)
   end
   local cred, owned = credential_from(opts)
   if not cred then return nil, owned end
-  local self = setmetatable({
-    endpoint = endpoint:gsub("/+$", ""),
-    params = std,
-    scopes = type(opts.scopes) == "string" and { opts.scopes } or opts.scopes or { params.DEFAULT_SCOPE },
-    debug = util.debug_sink(opts.debug),
-    retry = opts.retry,
-    concurrency = opts.concurrency,
-    timeout = opts.timeout,
-    idle_timeout = opts.idle_timeout,
-    insecure = opts.insecure == true,
-    _credential = cred,
-    _owns_credential = owned,
-    _pending = {},      -- core transfer -> its Request, for the requests in flight
-    -- The credential values the last requests carried (a ring of SENT_KEPT): an answer to a
-    -- request made with a token since replaced may still echo that token.
-    _sent = {},
-  }, Client)
-  self._session = core.session {
+  local session = core.session {
     user_agent = user_agent(opts.user_agent),
     connect_timeout = opts.connect_timeout or 30,
     timeout = opts.timeout,
@@ -173,7 +154,24 @@ function M.create(opts, fname, level)
     insecure = opts.insecure == true,
     http2 = opts.http2 ~= false,
   }
-  return self
+  return setmetatable({
+    endpoint = endpoint:gsub("/+$", ""),
+    params = std,
+    scopes = type(opts.scopes) == "string" and { opts.scopes } or opts.scopes or { params.DEFAULT_SCOPE },
+    debug = util.debug_sink(opts.debug),
+    retry = opts.retry,
+    concurrency = opts.concurrency,
+    timeout = opts.timeout,
+    idle_timeout = opts.idle_timeout,
+    insecure = opts.insecure == true,
+    _session = session,
+    _credential = cred,
+    _owns_credential = owned,
+    _pending = {},      -- core transfer -> its Request, for the requests in flight
+    -- The credential values the last requests carried (a ring of SENT_KEPT): an answer to a
+    -- request made with a token since replaced may still echo that token.
+    _sent = {},
+  }, Client)
 end
 
 --- Closes the session (requests in flight are abandoned) and the credential the client made,
