@@ -54,6 +54,10 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       "bad option 'timeout' to 'healthcare.new' (number expected, got string)")
     raises_at_call(function() local _ = healthcare.new { credentials = 42 } end,
       "bad option 'credentials' to 'healthcare.new' (path, table or false expected, got number)")
+    raises_at_call(function() local _ = healthcare.new { timeout = -1 } end,
+      "bad option 'timeout' to 'healthcare.new' (a number >= 0 expected, got -1)")
+    raises_at_call(function() local _ = healthcare.new { concurrency = 0 } end,
+      "bad option 'concurrency' to 'healthcare.new' (a whole number >= 1 expected, got 0)")
     raises_at_call(function() local _ = healthcare.new { retry = { max_attempts = 0 } } end,
       "bad option 'retry.max_attempts' to 'healthcare.new' (a whole number >= 1 expected, got 0)")
     raises_at_call(function() local _ = healthcare.dicomweb(42) end,
@@ -95,6 +99,16 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       { function() local _ = store:store({}, { concurrency = "4" }) end,
         "bad option 'concurrency' to 'store' (number expected, got string)" },
       { function() local _ = store:store({}, { retry = 5 }) end, "bad option 'retry' to 'store' (table expected, got number)" },
+      { function() local _ = store:store({}, { concurrency = 0 }) end,
+        "bad option 'concurrency' to 'store' (a whole number >= 1 expected, got 0)" },
+      { function() local _ = store:store({}, { max_request_bytes = 0.5 }) end,
+        "bad option 'max_request_bytes' to 'store' (a whole number >= 1 expected, got 0.5)" },
+      { function() local _ = store:search_studies({}, { page_size = 0 }) end,
+        "bad option 'page_size' to 'search_studies' (a whole number >= 1 expected, got 0)" },
+      { function() local _ = store:delete_study("1.2", { poll_interval = 0 }) end,
+        "bad option 'poll_interval' to 'delete_study' (a number > 0 expected, got 0)" },
+      { function() local _ = store:verify({}, { page_size = -1 }) end,
+        "bad option 'page_size' to 'verify' (a whole number >= 1 expected, got -1)" },
       { function() local _ = store:store_instances(42) end, "bad argument #1 to 'store_instances' (string expected, got number)" },
       { function() local _ = store:search_studies(42) end,
         "bad argument #1 to 'search_studies' (query table expected, got number)" },
@@ -273,9 +287,8 @@ describe("deprecated option names (README 'Lua API') still work", function()
     local res, err = store:delete_study("abc", { timeout = 5 })
     assert.is_nil(res)
     assert.matches("^invalid StudyInstanceUID 'abc'", err.message)
-    res, err = store:delete_study("1.2", { timeout = -1 })
-    assert.is_nil(res)
-    assert.equal("option 'operation_timeout' must be a number of seconds >= 0", err.message)
+    raises_at_call(function() local _ = store:delete_study("1.2", { timeout = -1 }) end,
+      "bad option 'operation_timeout' to 'delete_study' (a number >= 0 expected, got -1)")
   end)
 
   it("verify takes entries with `study` and gives each missing one both study_uid and study", function()

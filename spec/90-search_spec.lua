@@ -319,10 +319,13 @@ describe("search: bad input is refused before any request", function()
     end)
   end
 
-  it("refuses a bad page_size and raises for programming mistakes", function()
-    local r, err = store:search_studies({}, { page_size = 0 })
-    assert.is_nil(r)
-    assert.matches("page_size must be a positive integer", err.message, 1, true)
+  it("raises for programming mistakes: a bad page_size, a query that is not a table, an unknown option", function()
+    for _, v in ipairs({ 0, -1, 1.5, "x", "0" }) do
+      assert.has_error(function() store:search_studies({}, { page_size = v }) end,
+        "bad option 'page_size' to 'search_studies' (a whole number >= 1 expected, got "
+        .. (type(v) == "string" and ("'" .. v .. "'") or tostring(v)) .. ")")
+    end
+    assert.truthy(store:search_studies({}, { page_size = "5" })) -- its digits as a string
     local ok, msg = pcall(function() store:search_studies("PatientID=x") end)
     assert.is_false(ok)
     -- raised at the caller's line

@@ -278,21 +278,21 @@ describe("delete", function()
     end
     assert.has_error(function() store:delete_study(nil) end,
       "bad argument #1 to 'delete_study' (string expected, got nil)")
-    local res, err
+    -- settings out of range, or of a wrong type: raised (a zero poll interval would poll as fast
+    -- as the server answers)
     for _, v in ipairs({ 0, -1, 0 / 0 }) do
-      res, err = store:delete_study(good, { poll_interval = v })
-      assert.is_nil(res)
-      assert.equal("option 'poll_interval' must be a number of seconds > 0", err.message)
+      assert.has_error(function() store:delete_study(good, { poll_interval = v }) end,
+        "bad option 'poll_interval' to 'delete_study' (a number > 0 expected, got " .. tostring(v) .. ")")
     end
     for _, v in ipairs({ -1, 0 / 0 }) do
-      res, err = store:delete_study(good, { operation_timeout = v })
-      assert.is_nil(res)
-      assert.equal("option 'operation_timeout' must be a number of seconds >= 0", err.message)
+      assert.has_error(function() store:delete_study(good, { operation_timeout = v }) end,
+        "bad option 'operation_timeout' to 'delete_study' (a number >= 0 expected, got " .. tostring(v) .. ")")
     end
-    assert.has_error(function() store:delete_study(good, { poll_interval = "1" }) end,
-      "bad option 'poll_interval' to 'delete_study' (number expected, got string)")
-    assert.has_error(function() store:delete_study(good, { operation_timeout = "1" }) end,
-      "bad option 'operation_timeout' to 'delete_study' (number expected, got string)")
+    for _, name in ipairs({ "poll_interval", "operation_timeout" }) do
+      assert.has_error(function() store:delete_study(good, { [name] = "1" }) end,
+        "bad option '" .. name .. "' to 'delete_study' (number expected, got string)")
+    end
+    local res, err
     assert.has_error(function() store:delete_study(good, { retry = 3 }) end,
       "bad option 'retry' to 'delete_study' (table expected, got number)")
     res, err = store:delete_study(good, { params = { nope = "1" } })

@@ -114,6 +114,11 @@ local function check_new_options(opts, fname, level)
   if opts.credentials == true then
     error(string.format("bad option 'credentials' to '%s' (path, table or false expected, got true)", fname), level)
   end
+  for _, k in ipairs({ "timeout", "connect_timeout", "idle_timeout", "min_speed", "max_compression_ratio",
+    "refresh_margin" }) do
+    util.check_number(opts[k], k, fname, ">= 0", level)
+  end
+  util.check_number(opts.concurrency, "concurrency", fname, "whole >= 1", level)
   if opts.retry then require("healthcare.retry").check(opts.retry, fname, level) end
   return opts
 end

@@ -38,6 +38,24 @@ function M.check_option(v, name, fname, types, level, shown)
     shown or types:gsub("|", " or "), t), (level or 2) + 1)
 end
 
+--- Raises unless v (the value of option `name`) is nil or a number in `range`: "whole >= 1",
+--- ">= 0", "> 0" (a whole number, and the bound). A setting out of its range is a programming
+--- mistake like a wrong type; what names or queries something on a server (a UID, a store name,
+--- a query value) is content, and a bad one is returned (kind "usage").
+function M.check_number(v, name, fname, range, level)
+  if v == nil then return nil end
+  M.check_option(v, name, fname, "number", (level or 2) + 1)
+  local whole = range:find("whole", 1, true) ~= nil
+  local op, bound = range:match("([<>]=?)%s*(%S+)$")
+  bound = tonumber(bound)
+  local ok = v == v and (not whole or v == math.floor(v)) and (op == ">=" and v >= bound or op == ">" and v > bound)
+  if not ok then
+    error(string.format("bad option '%s' to '%s' (%s %s %s expected, got %s)", name, fname,
+      whole and "a whole number" or "a number", op, range:match("%S+$"), tostring(v)), (level or 2) + 1)
+  end
+  return v
+end
+
 --- Checks an options table: nil or a table whose keys are all in `valid` (a list of names) or
 --- in `aliases` (old name -> current name: a deprecated spelling still accepted, README "Lua
 --- API"). Raises (a programming mistake) naming an unknown key and listing the valid ones, or

@@ -168,6 +168,9 @@ local function check_call(store, inputs, opts)
   for k, v in pairs(opts) do
     if OPTION_TYPES[k] then util.check_option(v, k, "store", OPTION_TYPES[k], 3) end
   end
+  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_request_instances" }) do
+    util.check_number(opts[k], k, "store", "whole >= 1", 3)
+  end
   retry.check(opts.retry, "store", 3)
   return opts
 end

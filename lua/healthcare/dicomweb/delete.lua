@@ -138,8 +138,8 @@ local function delete_answer(res, level, named)
   return res
 end
 
--- The option values (their types are checked already): nil, err (kind "usage") for a bad one.
-local function check_values(uids, depth, opts)
+-- The UIDs (strings already): nil, err (kind "usage") for a bad one.
+local function check_uids(uids, depth)
   for i = 1, depth do
     if not names.valid_uid(uids[i]) then
       return nil, errors.new("usage", string.format(
@@ -147,22 +147,13 @@ local function check_values(uids, depth, opts)
         shown(uids[i]), names.MAX_UID))
     end
   end
-  -- A zero interval would poll as fast as the server answers, for up to the operation timeout;
-  -- x ~= x is NaN.
-  local p, t = opts.poll_interval, opts.operation_timeout
-  if p ~= nil and (p ~= p or p <= 0) then
-    return nil, errors.new("usage", "option 'poll_interval' must be a number of seconds > 0")
-  end
-  if t ~= nil and (t ~= t or t < 0) then
-    return nil, errors.new("usage", "option 'operation_timeout' must be a number of seconds >= 0")
-  end
   return true
 end
 
 -- DELETE {base}/studies/{uid}[/series/{uid}[/instances/{uid}]], then the operation if any.
 local function delete(store, depth, uids, opts)
   local level = LEVELS[depth]
-  local ok, verr = check_values(uids, depth, opts)
+  local ok, verr = check_uids(uids, depth)
   if not ok then return nil, verr end
   local query, qerr = params.query(opts.params)
   if not query then return nil, qerr end
@@ -206,8 +197,9 @@ local function check_call(store, fname, uids, depth, opts)
   for i = 1, depth do util.check_arg(uids[i], i, fname, "string", 3) end
   opts = util.check_options(opts, M.OPTIONS, fname, 3, M.ALIASES)
   util.check_option(opts.params, "params", fname, "table", 3)
-  util.check_option(opts.poll_interval, "poll_interval", fname, "number", 3)
-  util.check_option(opts.operation_timeout, "operation_timeout", fname, "number", 3)
+  -- A zero interval would poll as fast as the server answers, for up to the operation timeout.
+  util.check_number(opts.poll_interval, "poll_interval", fname, "> 0", 3)
+  util.check_number(opts.operation_timeout, "operation_timeout", fname, ">= 0", 3)
   retry.check(opts.retry, fname, 3)
   return opts
 end

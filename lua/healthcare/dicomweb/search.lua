@@ -294,30 +294,22 @@ local function check_call(store, query, opts, fname)
   util.check_self(store, "healthcare.Store", fname, 3)
   util.check_arg(query, 1, fname, "table|nil", 3, "query table")
   opts = util.check_options(opts, M.OPTIONS, fname, 3)
-  util.check_option(opts.page_size, "page_size", fname, "number|string", 3)
   util.check_option(opts.params, "params", fname, "table", 3)
-  util.check_option(opts.timeout, "timeout", fname, "number", 3)
-  util.check_option(opts.max_page_bytes, "max_page_bytes", fname, "number", 3)
+  util.check_number(opts.timeout, "timeout", fname, ">= 0", 3)
+  util.check_number(opts.max_page_bytes, "max_page_bytes", fname, "whole >= 1", 3)
+  -- a count, as a number or its digits
+  local page_size = opts.page_size
+  if page_size ~= nil and (count_of(page_size) or 0) < 1 then
+    error(string.format("bad option 'page_size' to '%s' (a whole number >= 1 expected, got %s)", fname,
+      type(page_size) == "string" and ("'" .. page_size .. "'") or tostring(page_size)), 3)
+  end
   return opts
 end
 
 local function search(store, level, query, opts)
   local what = WHAT[level]
-  local page_size = M.DEFAULT_PAGE_SIZE
-  if opts.page_size ~= nil then
-    page_size = count_of(opts.page_size)
-    if not page_size or page_size == 0 then
-      return usage(what, "page_size must be a positive integer, got '%s'", shown(opts.page_size))
-    end
-  end
-  local max_page_bytes = M.DEFAULT_MAX_PAGE_BYTES
-  if opts.max_page_bytes ~= nil then
-    max_page_bytes = count_of(opts.max_page_bytes)
-    if not max_page_bytes or max_page_bytes == 0 then
-      return usage(what, "max_page_bytes must be a positive whole number of bytes, got '%s'",
-        shown(opts.max_page_bytes))
-    end
-  end
+  local page_size = opts.page_size and count_of(opts.page_size) or M.DEFAULT_PAGE_SIZE
+  local max_page_bytes = opts.max_page_bytes or M.DEFAULT_MAX_PAGE_BYTES
   local q, err = M.compile(query, level, what)
   if not q then return nil, err end
   local query_params, perr = params.query(opts.params)

@@ -79,7 +79,7 @@ function M.verify(store, input, opts)
   util.check_self(store, "healthcare.Store", "verify")
   util.check_arg(input, 1, "verify", "table", nil, "report or list")
   opts = util.check_options(opts, M.OPTIONS, "verify")
-  util.check_option(opts.page_size, "page_size", "verify", "number")
+  util.check_number(opts.page_size, "page_size", "verify", "whole >= 1")
   util.check_option(opts.params, "params", "verify", "table")
   local entries, err = entries_of(input)
   if not entries then return nil, err end
