@@ -54,8 +54,8 @@ bench-retrieve: build
 	FULL=$(FULL) bench/run --retrieve
 
 # A migration's cost against its size: healthcare store of 1,000 to 100,000 files of 2 KB
-# (1,000,000 with FULL=1) into the sink, with a journal, resumed, and by shards; about 2 minutes
-# (FULL=1: about 15); rewrites bench/RESULTS-scale.md and bench/results-scale.png.
+# (1,000,000 with FULL=1) into the sink, with a journal, resumed, and by shards; about a minute
+# (FULL=1: about 7); rewrites bench/RESULTS-scale.md and bench/results-scale.png.
 bench-scale: build
 	FULL=$(FULL) bench/run --scale
 
