@@ -89,6 +89,7 @@ BASIC_PROFILE_EMPTY = (
     "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID")
 
 BINARY_VRS = ("OB", "OD", "OF", "OL", "OV", "OW", "UN")
+UID_RE = re.compile(r"^(?:0|[1-9][0-9]*)(?:\.(?:0|[1-9][0-9]*))*$")
 
 
 class GcsError(Exception):
@@ -355,6 +356,8 @@ class Root:
         into a temporary file of the same directory, then renamed over the name, so a reader
         never sees half an object and a link in the way is replaced, not followed."""
         parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts):
+            raise OSError("invalid object name %s" % shown(name))
         d = self.open_dir([bucket] + parts[:-1], create=True)
         try:
             replace_in(d, parts[-1], source)
@@ -885,8 +888,13 @@ class ExportGcsWork(InstanceWork):
                 ds = read_header(spool)
             except ValueError as e:
                 return str(e)
-            name = "%s%s/%s/%s.dcm" % (self.prefix, str(ds.StudyInstanceUID).strip("\0 "),
-                                       str(ds.SeriesInstanceUID).strip("\0 "), sop)
+            uids = [str(ds.get(k) or "").strip("\0 ") for k in ("StudyInstanceUID",
+                                                                 "SeriesInstanceUID")] + [sop]
+            # The names come from the data: only UIDs (digits and dots) become path segments.
+            bad = [u for u in uids if len(u) > 64 or not UID_RE.match(u)]
+            if bad:
+                return "cannot name the object: %s is not a UID" % shown(bad[0])
+            name = "%s%s/%s/%s.dcm" % (self.prefix, uids[0], uids[1], uids[2])
             spool.seek(0)
             self.ctx["root"].write_object(self.bucket, name, spool)
             self.bump("gcs_objects_written")
