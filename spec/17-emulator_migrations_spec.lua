@@ -391,6 +391,23 @@ describe("emulator migrations: export", function()
     assert.same({}, files_under(outside))
   end)
 
+  it("names no object from an instance whose UIDs are not UIDs ('..' as its study): that instance fails, nothing lands outside", function()
+    local _, store = new_store()
+    local escape = "escape-" .. math.random(1, 1e9)
+    local good = H.gen_dicom({ count = 1, size = 256 })[1]
+    local evil = H.gen_dicom({ count = 1, size = 256, study = "..", series = "../../" .. escape })[1]
+    stow(store, { good, evil })   -- the emulator and Orthanc take it as it is
+    local bucket, dir = new_bucket()
+    local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket .. "/x" } }))
+    assert.same({ success = "1", failure = "1" }, o.metadata.counter)
+    assert.same({ "x/" .. good.study_uid .. "/" .. good.series_uid .. "/" .. good.sop_instance_uid .. ".dcm" },
+      files_under(dir))
+    local entries = logs(o.name)
+    assert.matches("is not a UID", entries[1].error.message)
+    local found = H.check_run("find " .. H.q(em.gcs .. "/..") .. " -name " .. H.q(escape .. "*"))
+    assert.equal("", found)
+  end)
+
   it("writes one JSON line per instance into bq://P.D.T, honouring each write disposition", function()
     local store, files = filled_store()
     local function export(tbl, dest, polls)
