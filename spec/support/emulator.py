@@ -1261,13 +1261,18 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
         failure = cfg.get("operation_error") if level != "Instance" else None
         if not failure:
             plural = {"Study": "studies", "Series": "series", "Instance": "instances"}[level]
+            gone = [uids[-1]]
+            if level != "Instance" and st.gcs is not None:
+                _, found = self.orthanc_json("GET", "/%s/%s/instances" % (plural, oid))
+                gone = [x["MainDicomTags"].get("SOPInstanceUID") for x in found or []
+                        if isinstance(x, dict) and isinstance(x.get("MainDicomTags"), dict)]
             status, _ = self.orthanc_json("DELETE", "/%s/%s" % (plural, oid))
             if status != 200:
                 self.send_envelope(500, "Orthanc answered %d to the delete" % status)
                 return 500
             st.bump("deleted", level.lower())
-            if level == "Instance":
-                admin.drop_holding(st, parent, uids[-1])
+            # Gone from the one Orthanc: gone from every store that held it.
+            admin.drop_holdings(st, gone)
         if level == "Instance":
             self.send_json(200, {})
             return 200

@@ -284,7 +284,8 @@ def init_state(st):
     st.page_tokens = {}   # nextPageToken -> (list scope, last key given): opaque to clients
     # DICOM store -> {SOP Instance UID: True}, in the order stored: what a store holds for
     # export and de-identify (stored through it by STOW, import or de-identify). Orthanc holds
-    # the bytes, shared by every store; an instance Orthanc no longer has is skipped.
+    # the bytes, shared by every store: a DICOMweb delete forgets the instances in every store;
+    # one deleted behind the emulator's back is a failed item of the work that needs it.
     st.holdings = {}
     gcs_root = getattr(st.args, "gcs_root", None)
     st.gcs = gcs.Root(gcs_root) if gcs_root else None
@@ -341,9 +342,12 @@ def add_holdings(st, store, sops):
             held[sop] = True
 
 
-def drop_holding(st, store, sop):
+def drop_holdings(st, sops):
+    """Forgets SOP Instance UIDs deleted from Orthanc, in every store (st.lock not held)."""
     with st.lock:
-        st.holdings.get(store, {}).pop(sop, None)
+        for held in st.holdings.values():
+            for sop in sops:
+                held.pop(sop, None)
 
 
 def operation_logs(st, name):
