@@ -391,6 +391,22 @@ describe("emulator migrations: export", function()
     assert.same({}, files_under(outside))
   end)
 
+  it("forgets what a DICOMweb delete removed: the export holds the rest, without failures", function()
+    local store, files = filled_store()
+    local function delete(path)
+      return ok(em:api("DELETE", store .. "/dicomWeb/" .. path))
+    end
+    -- files[3] is alone in its series; files[1] and files[2] share one
+    delete("studies/" .. files[3].study_uid .. "/series/" .. files[3].series_uid)
+    delete("studies/" .. files[1].study_uid .. "/series/" .. files[1].series_uid .. "/instances/" .. files[1].sop_instance_uid)
+    local bucket, dir = new_bucket()
+    local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket } }))
+    assert.is_nil(o.error)
+    assert.same({ success = "1" }, o.metadata.counter)
+    assert.same({ files[2].study_uid .. "/" .. files[2].series_uid .. "/" .. files[2].sop_instance_uid .. ".dcm" },
+      files_under(dir))
+  end)
+
   it("names no object from an instance whose UIDs are not UIDs ('..' as its study): that instance fails, nothing lands outside", function()
     local _, store = new_store()
     local escape = "escape-" .. math.random(1, 1e9)
