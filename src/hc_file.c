@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Files at a path someone named (hc_file.h): written atomically and never through a symbolic
  * link, private directories and files for the token cache. Used by the command's -o
- * (core.write_file) and the token cache (core.private_*, hc_lua_file.c). The name of the temporary file is random (OpenSSL's CSPRNG, as every
- * other random name of the module), so another user cannot guess it; O_EXCL makes it safe
- * anyway. */
+ * (core.write_file) and the token cache (core.private_*, hc_lua_file.c). The name of the temporary
+ * file is random (OpenSSL's CSPRNG, as every other random name of the module), so another user
+ * cannot guess it; O_EXCL makes it safe anyway. */
 #define _DEFAULT_SOURCE /* faccessat's AT_EACCESS */
 #include "hc_file.h"
 

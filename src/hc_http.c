@@ -51,7 +51,7 @@ struct hc_transfer {
     /* Content coding of the final response: what it said, whether it may be decoded, the
      * decoder once its body started. */
     char content_encoding[64];
-    int compressed;                /* asked for gzip/deflate (Accept-Encoding), so they are decoded */
+    int compressed;                /* gzip/deflate asked for (Accept-Encoding): decoded */
     double max_compression_ratio;
     int body_started;
     int inflating;
@@ -553,12 +553,14 @@ static int find_failure(hc_transfer *t, hc_failure *f)
     if (t->body_error[0] || sink_error == HC_SINKERR_IO) {
         f->kind = "io";
         f->status = t->body_error[0] ? "body" : "sink";
-        snprintf(f->message, sizeof f->message, "%s", t->body_error[0] ? t->body_error : sink_message);
+        snprintf(f->message, sizeof f->message, "%s",
+                 t->body_error[0] ? t->body_error : sink_message);
         return 1;
     }
     if (t->stop_code != NULL || sink_error == HC_SINKERR_CAP) {
         f->status = t->stop_code != NULL ? t->stop_code : cap_code;
-        snprintf(f->message, sizeof f->message, "%s", t->stop_code ? t->stop_message : sink_message);
+        snprintf(f->message, sizeof f->message, "%s",
+                 t->stop_code ? t->stop_message : sink_message);
         return 0;
     }
     if (sink_error == HC_SINKERR_MULTIPART) {

@@ -21,7 +21,7 @@ typedef struct hc_transfer_opts {
     const char *method;            /* "GET", "POST", ... */
     const char *url;
     long timeout_ms;               /* whole request; 0 = none */
-    long idle_timeout_ms;          /* abort when fewer than min_speed bytes/s move this long; 0 = none */
+    long idle_timeout_ms;          /* cut when under min_speed bytes/s this long; 0 = none */
     long min_speed;                /* bytes per second, averaged over idle_timeout_ms; >= 1 */
     long connect_timeout_ms;
     size_t max_response_bytes;     /* a body held in memory, counted decoded */

@@ -121,9 +121,9 @@ static int distrust(const struct stat *st, char *why, size_t n)
  * written or locked (kind "io", status "unsafe"): a symbolic link (O_NOFOLLOW: never the file
  * at its other end), anything but a regular file (a FIFO or device is not even opened), a file
  * owned by another user than the effective one, or one the group or others may write. The
- * checks are made on the open descriptor, which is the one read (read(), read_line()) and written: nothing
- * opens the path a second time. The directory is not checked: a file that passes was written
- * by this user alone, wherever it is (README, "Migrating an archive"). */
+ * checks are made on the open descriptor, which is the one read (read(), read_line()) and written:
+ * nothing opens the path a second time. The directory is not checked: a file that passes was
+ * written by this user alone, wherever it is (README, "Migrating an archive"). */
 static int l_appender_open(lua_State *L)
 {
     size_t len;

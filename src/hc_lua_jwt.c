@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Lua binding of the signing core, for healthcare.auth.credentials: `core.private_key(pem)` parses a
- * PEM RSA key once into a "healthcare.PrivateKey" (the PEM text is not kept), `key:sign(header,
+/* Lua binding of the signing core, for healthcare.auth.credentials: `core.private_key(pem)` parses
+ * a PEM RSA key once into a "healthcare.PrivateKey" (the PEM text is not kept), `key:sign(header,
  * claims)` and `core.jwt_sign(header, claims, key_or_pem)` return a compact RS256 JWT,
  * `core.base64url(s)` and `core.sha256_hex(s)` encode and hash. A bad key or a failed signature
  * comes back as `nil, err` (kind "auth", status "key" or "sign"); wrong argument types raise.

@@ -151,7 +151,8 @@ static int write_all(hc_sink *k, const char *p, size_t n)
 {
     if (k->max_part_bytes > 0 && (int64_t)n > k->max_part_bytes - k->cur_size) {
         if (k->mode == HC_SINK_TO_PARTS)
-            return cap_error(k, "part_too_large", "part %lu of the answer is larger than %lld bytes",
+            return cap_error(k, "part_too_large",
+                             "part %lu of the answer is larger than %lld bytes",
                              (unsigned long)k->nparts + 1, (long long)k->max_part_bytes);
         return cap_error(k, "part_too_large", "the answer is larger than %lld bytes",
                          (long long)k->max_part_bytes);

@@ -76,7 +76,8 @@ static void test_replace(tstate *t)
     mode_t old = umask(022);
     path_in(t, a, sizeof a, "a");
     check(t, hc_file_replace(a, "one", 3, 0666) == 0, "new file written");
-    check(t, strcmp(content(a, buf, sizeof buf), "one") == 0, "new file holds 'one', got '%s'", buf);
+    check(t, strcmp(content(a, buf, sizeof buf), "one") == 0, "new file holds 'one', got '%s'",
+          buf);
     check(t, stat(a, &st) == 0 && (st.st_mode & 07777) == 0644, "mode 0666 less umask 022 is 0644");
     check(t, hc_file_replace(a, "two\0bytes", 9, 0600) == 0 && stat(a, &st) == 0 && st.st_size == 9
                  && (st.st_mode & 07777) == 0600, "existing file replaced, binary-safe, mode 0600");
@@ -89,7 +90,8 @@ static void test_replace(tstate *t)
     check(t, hc_file_replace(link, "answer", 6, 0666) == 0, "write at a symbolic link");
     check(t, lstat(link, &st) == 0 && S_ISREG(st.st_mode), "the link is now a regular file");
     check(t, strcmp(content(link, buf, sizeof buf), "answer") == 0, "it holds the answer");
-    check(t, strcmp(content(target, buf, sizeof buf), "precious") == 0, "the target is untouched: '%s'", buf);
+    check(t, strcmp(content(target, buf, sizeof buf), "precious") == 0,
+          "the target is untouched: '%s'", buf);
     umask(old);
 }
 

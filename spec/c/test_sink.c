@@ -105,7 +105,8 @@ static void test_file_sink(tstate *t)
     hc_sink_free(k);
 
     k = hc_sink_new(HC_SINK_FILE, path, 0, 0, 0);
-    check(t, hc_sink_decide(k, 404, "application/json") == 0 && hc_sink_mode(k) == HC_SINK_TO_MEMORY,
+    check(t,
+          hc_sink_decide(k, 404, "application/json") == 0 && hc_sink_mode(k) == HC_SINK_TO_MEMORY,
           "a 404 body is left to memory");
     check(t, hc_sink_end(k, 1) == 0 && entries(dir) == 1, "and makes no file");
     hc_sink_free(k);
@@ -123,7 +124,9 @@ static void test_multipart(tstate *t)
     check(t, feed_bytes(k, BODY2) == 0 && hc_sink_end(k, 1) == 0, "fed a byte at a time");
     check(t, hc_sink_nparts(k) == 2 && entries(dir) == 2, "two parts, two files");
     p = hc_sink_part(k, 1);
-    check(t, p != NULL && p->size == 11 && strcmp(content(p->path, buf, sizeof buf), "second part") == 0,
+    check(t,
+          p != NULL && p->size == 11
+              && strcmp(content(p->path, buf, sizeof buf), "second part") == 0,
           "part 2 holds its content: '%s'", buf);
     check(t, p != NULL && strstr(p->headers, "x-n: 2\r\n") != NULL, "with its header block");
     check(t, hc_sink_part(k, 2) == NULL, "no part 3");
@@ -197,8 +200,10 @@ static void test_errors(tstate *t)
     hc_sink_decide(k, 200, "multipart/related; boundary=other");
     check(t, hc_sink_write(k, BODY2, strlen(BODY2)) != 0 || hc_sink_end(k, 1) != 0,
           "another boundary fails");
-    check(t, error_of(k, &message, &code) == HC_SINKERR_MULTIPART
-              && strstr(message, "does not start with its boundary delimiter") != NULL, "%s", message);
+    check(t,
+          error_of(k, &message, &code) == HC_SINKERR_MULTIPART
+              && strstr(message, "does not start with its boundary delimiter") != NULL,
+          "%s", message);
     hc_sink_reset(k);
     hc_sink_decide(k, 200, MULTIPART);
     hc_sink_write(k, BODY2, 100);
