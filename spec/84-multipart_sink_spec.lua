@@ -477,6 +477,19 @@ describe("a transfer that stops early", function()
     s:close()
   end)
 
+  it("ends as abandoned when on_progress closes the session", function()
+    local dir = H.tmpdir()
+    local s = core.session { http2 = false }
+    local res, err = s:request { url = URL .. PATH, sink = { dir = dir }, timeout = 30,
+      on_progress = function(received) if received >= 590000 then s:close() end end }
+    assert.is_nil(res)
+    assert.same({ "transport", "abandoned" }, { err.kind, err.status })
+    -- The complete part is reported (the caller's file now), the partial one removed.
+    assert.equal(1, #err.parts)
+    assert.same(basenames(err.parts), listdir(dir))
+    assert.equal("healthcare.Session (closed)", tostring(s))
+  end)
+
   it("refuses an on_progress that is not a function", function()
     assert.error_matches(function() request("/multipart?sizes=1", nil, { on_progress = 1 }) end,
       "(option 'on_progress' must be a function, got number)", nil, true)

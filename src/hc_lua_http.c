@@ -653,6 +653,8 @@ static int l_session_request(lua_State *L)
         }
         if (!cb || hc_transfer_done(lt->t))
             continue;
+        /* on_progress may close the session: its transfers, this one too, are then abandoned
+         * (done), and the loop ends. */
         if (call_progress(L, cb, lt) != 0) {
             transfer_release(L, lt); /* detached, its files removed */
             return lua_error(L);
@@ -664,7 +666,8 @@ static int l_session_request(lua_State *L)
         }
         lua_pop(L, 1);
     }
-    hc_session_remove(ls->s, lt->t);
+    if (ls->s != NULL) /* else on_progress closed the session: the transfer was abandoned */
+        hc_session_remove(ls->s, lt->t);
     lua_settop(L, tidx);
     lua_pushcfunction(L, l_transfer_result);
     lua_pushvalue(L, tidx);
