@@ -729,12 +729,12 @@ static void push_headers(lua_State *L, const hc_buf *hb)
 
 /* Pushes the sink's completed parts { { path, size, headers = { name = value } } ... }; from now
  * on their files are the caller's. */
-static void push_parts(lua_State *L, hc_sink *k)
+static void push_parts(lua_State *L, hc_sink *sink)
 {
-    size_t i, n = hc_sink_nparts(k);
+    size_t i, n = hc_sink_nparts(sink);
     lua_createtable(L, (int)n, 0);
     for (i = 0; i < n; i++) {
-        const hc_part *part = hc_sink_part(k, i);
+        const hc_part *part = hc_sink_part(sink, i);
         lua_createtable(L, 0, 3);
         lua_pushstring(L, part->path);
         lua_setfield(L, -2, "path");
@@ -745,7 +745,7 @@ static void push_parts(lua_State *L, hc_sink *k)
         lua_setfield(L, -2, "headers");
         lua_rawseti(L, -2, (int)i + 1);
     }
-    hc_sink_take_parts(k);
+    hc_sink_take_parts(sink);
 }
 
 /* nil, err for a failed transfer: err.status says why (hc_transfer_failure lists the reasons),
@@ -772,8 +772,8 @@ static int l_transfer_result(lua_State *L)
 {
     ltransfer *lt = transfer_check(L, 1);
     hc_failure f;
-    hc_sink *k = hc_transfer_sink(lt->t);
-    int mode = k != NULL ? hc_sink_mode(k) : HC_SINK_TO_MEMORY;
+    hc_sink *sink = hc_transfer_sink(lt->t);
+    int mode = sink != NULL ? hc_sink_mode(sink) : HC_SINK_TO_MEMORY;
     const hc_buf *body = hc_transfer_body(lt->t);
     if (!hc_transfer_done(lt->t))
         return luaL_error(L, "transfer has not finished");
@@ -787,14 +787,14 @@ static int l_transfer_result(lua_State *L)
     lua_pushlstring(L, body->data ? body->data : "", body->len);
     lua_setfield(L, -2, "body");
     if (mode == HC_SINK_TO_FILE) {
-        lua_pushstring(L, hc_sink_path(k));
+        lua_pushstring(L, hc_sink_path(sink));
         lua_setfield(L, -2, "file");
     } else if (mode == HC_SINK_TO_PARTS || mode == HC_SINK_TO_PART) {
-        push_parts(L, k);
+        push_parts(L, sink);
         lua_setfield(L, -2, "parts");
     }
     if (mode != HC_SINK_TO_MEMORY && mode != HC_SINK_UNDECIDED) {
-        lua_pushinteger(L, (lua_Integer)hc_sink_bytes(k));
+        lua_pushinteger(L, (lua_Integer)hc_sink_bytes(sink));
         lua_setfield(L, -2, "bytes");
     }
     lua_pushstring(L, hc_transfer_http_version(lt->t));
