@@ -6,9 +6,10 @@
  * House rules of src/ (see also .clang-format: 4 spaces, lines of at most 100 columns):
  *  - Files: hc_<area>.c is plain C (no Lua header, testable in spec/c and fuzzable);
  *    hc_lua_<area>.c is its Lua binding; hc_core.c opens the module.
- *  - Names: what a header exports is hc_<area>_<verb>. Static functions Lua calls (registered
- *    in a luaL_Reg) are l_<class>_<name> (l_session_wait, l_core_escape); every other static
- *    is <area>_<name> or a plain verb, never hc_ (kept for exports) nor l_.
+ *  - Names: what a header exports is hc_<area>_<verb>. In a .c file, static functions Lua calls
+ *    (registered in a luaL_Reg) are l_<class>_<name> (l_session_wait, l_core_escape); every
+ *    other static is <area>_<name> or a plain verb (sink_decide, open_temp), never hc_ (kept
+ *    for exports) nor l_. Types and macros private to a file need no prefix either.
  *  - Errors: a failure of the world returns nil, err through hc_lua_fail; misuse raises through
  *    luaL_argerror / hc_lua_argerror ("bad argument #2 to 'request' (...)"). */
 #ifndef HC_LUA_H
