@@ -82,9 +82,9 @@ local function new_source(inputs, opts, report, journal)
           end
           source.bytes_not_sent = source.bytes_not_sent + (f.size or 0)
         else
-          local probe, why = core.dicom_probe(f.path)
+          local probe, perr = core.dicom_probe(f.path)
           if not probe then
-            skip(f, why)
+            skip(f, perr.message)
           else
             local e = entry_of(f, probe)
             e.size = probe.size or f.size

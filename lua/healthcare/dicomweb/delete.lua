@@ -175,7 +175,7 @@ local function delete(store, depth, uids, opts)
   local accept = store.name ~= store.base_url and "application/json" or "*/*"
   local res, err = send_with_retry(store, {
     method = "DELETE", url = store.base_url .. path, headers = { "Accept: " .. accept }, query = query,
-  }, retry, nil, function(e) return NOT_SENT[e.code] end)
+  }, retry, nil, function(e) return NOT_SENT[e.status] end)
   if not res then return nil, err end
 
   local named = level.noun .. " " .. table.concat(uids, "/", 1, depth)

@@ -39,7 +39,7 @@ M.BOUNDS = {
   timeout = 24 * 3600,                      -- seconds for the whole retrieve
   -- idle_timeout and min_speed: the client's (300 s, 1024 bytes/s) unless given
 }
--- The option behind each reason a transfer is stopped for (err.code).
+-- The option behind each reason a transfer is stopped for (err.status).
 local BOUND_OPTION = {
   too_large = "max_bytes", too_many_parts = "max_parts", part_too_large = "max_part_bytes",
   timeout = "timeout", too_slow = "min_speed", compression_ratio = "max_compression_ratio",
@@ -194,19 +194,19 @@ local function bounds_of(store, opts, fname)
 end
 
 -- An error for a bound already used up by earlier requests of the same retrieve.
-local function spent(what, code, option, text)
+local function spent(what, status, option, text)
   return nil, errors.new("transport", string.format("%s: %s (option %s)", what, text, option),
-    { code = code, status = code, option = option, files = {}, rejected = {} })
+    { status = status, option = option, files = {}, rejected = {} })
 end
 
 -- The error of a stopped transfer, naming the option behind the bound it passed.
 local function name_option(err, what, bounds, compressed)
-  local option = BOUND_OPTION[err.code]
+  local option = BOUND_OPTION[err.status]
   -- an unasked coding; asked (compressed), a coding that is not decoded names no option
-  if err.code == "encoding" and not compressed and err.message:find("identity was asked for", 1, true) then
+  if err.status == "encoding" and not compressed and err.message:find("identity was asked for", 1, true) then
     option = "compressed"
   end
-  if err.code == "timeout" then
+  if err.status == "timeout" then
     -- the deadline (not a connect timeout); the transport knew only what was left of it
     local at = err.message:find("within the timeout of", 1, true)
     option = at and option or nil
@@ -317,11 +317,11 @@ end
 
 -- Why a part cannot be kept as a DICOM instance, or nil with its SOP Instance UID and the probe.
 local function instance_of(part, used)
-  local info, why = core.dicom_probe(part.path)
+  local info, perr = core.dicom_probe(part.path)
   local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
   if not info then
     local ctype = media_type(part.headers)
-    return string.format("not a DICOM file (%s)%s", tostring(why), (ctype ~= "application/dicom" and ctype ~= "")
+    return string.format("not a DICOM file (%s)%s", perr.message, (ctype ~= "application/dicom" and ctype ~= "")
       and (", Content-Type " .. shown(ctype)) or "")
   elseif uid == nil then
     return "a DICOM file without a SOP Instance UID"
@@ -612,7 +612,7 @@ function M.retrieve_metadata(store, study, series, instance, opts)
   local res, err = send(store, path .. "/metadata", { "Accept: " .. M.METADATA_ACCEPT }, opts,
     { what = "RetrieveMetadata", max_bytes = max_bytes, compressed = true })
   if not res then
-    if err.code == "response_too_large" then
+    if err.status == "response_too_large" then
       err.option = "max_bytes"
       err.message = string.format("RetrieveMetadata: the metadata of %s is larger than %.0f bytes (option "
         .. "max_bytes)", describe(uids), max_bytes)

@@ -191,7 +191,7 @@ function Results:fetch(limit, offset)
   }
   self.requests = self.requests + 1
   if not res then
-    if err.code == "response_too_large" then
+    if err.status == "response_too_large" then
       err.option = "max_page_bytes"
       err.message = string.format("%s: a page of results is larger than %.0f bytes (option max_page_bytes; "
         .. "or a smaller page_size)", self.what, self.max_page_bytes)
