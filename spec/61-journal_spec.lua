@@ -184,7 +184,7 @@ describe("journal.open", function()
     local j2, err = journal.open(dir .. "/j")
     assert.is_nil(j2)
     assert.same({ "io", "busy", "journal '" .. dir .. "/j' is in use by another process" },
-      { err.kind, err.code, err.message })
+      { err.kind, err.status, err.message })
     -- another process too (flock(1) tries the same lock)
     local _, _, code = H.run("flock -n " .. H.q(dir .. "/j") .. " true")
     assert.equal(1, code)

@@ -136,7 +136,7 @@ end
 local function assert_refused(reason, res, err)
   assert.is_nil(res)
   assert.equal("transport", err.kind)
-  assert.equal("tls_verify", err.code)
+  assert.equal("tls_verify", err.status)
   assert.truthy(err.message:find(reason, 1, true), err.message)
 end
 
@@ -170,7 +170,7 @@ describe("core.session", function()
     local res, err = get("good", { ca_file = dir .. "/no-such-ca.pem" })
     assert.is_nil(res)
     assert.equal("transport", err.kind)
-    assert.equal("tls_ca_file", err.code)
+    assert.equal("tls_ca_file", err.status)
   end)
 
   it("turns verification off only with insecure = true", function()
@@ -180,8 +180,9 @@ describe("core.session", function()
     end
     assert_refused(REASON.expired, get("expired", { ca_file = CA, insecure = false }))
     -- Not a boolean: a mistake, never a way to turn verification off.
-    assert.has_error(function() core.session { insecure = "no" } end, "option 'insecure' must be a boolean")
-    assert.has_error(function() core.session { insecure = 1 } end, "option 'insecure' must be a boolean")
+    local refused = "bad argument #1 to 'session' (option 'insecure' must be a boolean)"
+    assert.error_matches(function() core.session { insecure = "no" } end, refused, nil, true)
+    assert.error_matches(function() core.session { insecure = 1 } end, refused, nil, true)
   end)
 end)
 

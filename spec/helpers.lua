@@ -33,6 +33,7 @@ H.env = {
   samples = getenv("HC_TEST_SAMPLES"),
   metadata_host = getenv("HC_TEST_METADATA_HOST"),
   support = getenv("HC_TEST_SUPPORT") or "spec/support",
+  gcs = getenv("HC_TEST_GCS"),                 -- the directory standing for Cloud Storage
   netns = getenv("HC_TEST_NETNS") == "1",
 }
 local E = H.env

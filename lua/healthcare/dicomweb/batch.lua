@@ -101,8 +101,8 @@ function Source:take(f)
     self.bytes_not_sent = self.bytes_not_sent + (f.size or 0)
     return nil
   end
-  local probe, why = core.dicom_probe(f.path)
-  if not probe then return self:skip(f, why) end
+  local probe, perr = core.dicom_probe(f.path)
+  if not probe then return self:skip(f, perr.message) end
   local e = entry_of(f, probe)
   e.size = probe.size or f.size
   if opts.study_uid and e.study_uid ~= opts.study_uid then

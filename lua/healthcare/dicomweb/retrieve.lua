@@ -221,9 +221,9 @@ local function bounds_of(store, opts, fname)
 end
 
 -- An error for a bound already used up by earlier requests of the same retrieve.
-local function spent(what, code, option, text)
+local function spent(what, status, option, text)
   return nil, errors.new("transport", string.format("%s: %s (option %s)", what, text, option),
-    { code = code, status = code, option = option, files = {}, rejected = {} })
+    { status = status, option = option, files = {}, rejected = {} })
 end
 
 -- The error of a stopped transfer, naming the option behind the bound it passed.
@@ -343,11 +343,11 @@ end
 
 -- Why a part cannot be kept as a DICOM instance, or nil with its SOP Instance UID and the probe.
 local function instance_of(part, used)
-  local info, why = core.dicom_probe(part.path)
+  local info, perr = core.dicom_probe(part.path)
   local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
   if not info then
     local ctype = media_type(part.headers)
-    return string.format("not a DICOM file (%s)%s", tostring(why), (ctype ~= "application/dicom" and ctype ~= "")
+    return string.format("not a DICOM file (%s)%s", perr.message, (ctype ~= "application/dicom" and ctype ~= "")
       and (", Content-Type " .. shown(ctype)) or "")
   elseif uid == nil then
     return "a DICOM file without a SOP Instance UID"

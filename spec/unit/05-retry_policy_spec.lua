@@ -1,8 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- healthcare.retry, the one retry policy (store, delete, token requests): full jitter within the
 -- exponential cap, a server's Retry-After honoured even past max_delay, max_attempts, and a
--- deadline that fails a wait at once instead of sleeping past it; option checking. A unit spec:
--- no test bed (core.now, core.sleep and OpenSSL's generator are all it needs).
+-- deadline that fails a wait at once instead of sleeping past it; option checking. No test bed:
+-- core.now, core.sleep and OpenSSL's generator are all it needs.
 local core = require "healthcare.core"
 local retry = require "healthcare.retry"
 
@@ -156,7 +156,7 @@ describe("retry.check", function()
       -- level 1: blame the function that called check (as a public function calling it would)
       local ok, err = pcall(function() retry.check(case[1], "store", 1) end)
       assert.is_false(ok)
-      assert.equal("spec/05-retry_policy_spec.lua:" .. line .. ": " .. case[2], err:match("(spec/.*)$"))
+      assert.equal("spec/unit/05-retry_policy_spec.lua:" .. line .. ": " .. case[2], err:match("(spec/.*)$"))
     end)
   end
 end)

@@ -4,14 +4,21 @@
 -- content returns a "usage" error; closed objects say so; a store and a client own what they made
 -- and close it (sessions observed as the file descriptors of their libcurl handles), with <close>
 -- under Lua 5.4; a credentials module that does not load is an error naming it; old option names
--- still work. Nothing here listens: a store's URL is 127.0.0.1:9, which refuses connections.
-local H = require "helpers"
+-- still work. Nothing here sends a request (spec/42 has the partial results of failed ones).
 local lfs = require "lfs"
 local healthcare = require "healthcare"
 
 local URL = "http://127.0.0.1:9/dicom-web"
 local PARENT = "projects/p/locations/l/datasets/d/dicomStores/s"
-local THIS_FILE = "spec/06-lua_contract_spec.lua"
+local THIS_FILE = "spec/unit/06-lua_contract_spec.lua"
+
+-- A new empty directory under os.tmpname()'s.
+local function tmpdir()
+  local path = os.tmpname()
+  os.remove(path)
+  assert(lfs.mkdir(path))
+  return path
+end
 
 -- Open file descriptors of this process: a client's session holds two (libcurl's wakeup pair).
 local function fds()
@@ -36,7 +43,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
   setup(function()
     client = assert(healthcare.new { credentials = false, endpoint = "http://127.0.0.1:9/v1" })
     store = assert(healthcare.dicomweb(URL))
-    dir = H.tmpdir()
+    dir = tmpdir()
   end)
   teardown(function()
     client:close()
@@ -160,7 +167,7 @@ describe("bad content returns a usage error, never raises", function()
   it("for names, UIDs, queries and URLs", function()
     local client = assert(healthcare.new { credentials = false })
     local store = assert(healthcare.dicomweb(URL))
-    local dir = H.tmpdir()
+    local dir = tmpdir()
     for _, call in ipairs({
       function() return client:dicom_store("projects/p/datasets/d") end,
       function() return healthcare.dicom_store("projects/p/datasets/d", { credentials = false }) end,
@@ -289,35 +296,5 @@ describe("deprecated option names (README 'Lua API') still work", function()
     assert.matches("^invalid StudyInstanceUID 'abc'", err.message)
     raises_at_call(function() local _ = store:delete_study("1.2", { timeout = -1 }) end,
       "bad option 'operation_timeout' to 'delete_study' (a number >= 0 expected, got -1)")
-  end)
-
-  it("verify takes entries with `study` and gives each missing one both study_uid and study", function()
-    -- nothing listens: the search fails, the entry was taken
-    local res, err, partial = store:verify({ { study = "1.2.3", sop_instance_uid = "1.2.3.4", path = "a.dcm" } })
-    assert.is_nil(res)
-    assert.equal("transport", err.kind)
-    assert.same({ checked = 0, missing = {} }, partial)
-  end)
-end)
-
-describe("partial results come back as nil, err, partial", function()
-  it("from retrieve_*, search's all() and verify, in the shape of their results", function()
-    local store = assert(healthcare.dicomweb(URL))
-    local dir = H.tmpdir()
-    local res, err, partial = store:retrieve_study("1.2.3", { to = dir })
-    assert.is_nil(res)
-    assert.equal("transport", err.kind)
-    assert.same({ files = {}, rejected = {}, bytes = 0 }, partial)
-    res, err, partial = store:retrieve_frames("1.2.3", "1.2.4", "1.2.5", { 1, 2 }, { to = dir })
-    assert.is_nil(res)
-    assert.equal("transport", err.kind)
-    assert.same({ files = {}, rejected = {}, bytes = 0 }, partial)
-    local results = assert(store:search_studies({ PatientID = "x" }))
-    res, err, partial = results:all()
-    assert.is_nil(res)
-    assert.equal("transport", err.kind)
-    assert.same({}, partial)
-    assert.equal(err, results.error) -- what each() leaves for a loop, which cannot return it
-    store:close()
   end)
 end)
