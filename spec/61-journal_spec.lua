@@ -221,7 +221,7 @@ describe("store with a journal", function()
     local files = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in" })
     local jpath = dir .. "/journal"
     local st = assert(healthcare.dicomweb(E.dicomweb))
-    local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_instances_per_request = 2 }))
+    local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_request_instances = 2 }))
     assert.same({ 6, 0, 0, 0 }, { #r1.stored, #r1.already_stored, #r1.failed, #r1.skipped })
     assert.equal(0, r1.journal.earlier_runs)
     -- Same size and mtime, other bytes (not even DICOM): trusted, so not read, so not skipped.
