@@ -9,7 +9,6 @@
 local H = require "helpers"
 if not H.need_testbed() then return end
 
-local lfs = require "lfs"
 local healthcare = require "healthcare"
 
 local E = H.env
@@ -25,14 +24,7 @@ local function faults(rules)
   em:control("faults", { replace = true, rules = rules })
 end
 
--- Open file descriptors of this process (sessions and their connections among them).
-local function fds()
-  local n = 0
-  for name in lfs.dir("/proc/self/fd") do
-    if name ~= "." and name ~= ".." then n = n + 1 end
-  end
-  return n
-end
+local fds = H.open_fds
 
 local function new_client(opts)
   local o = { endpoint = em.endpoint, credentials = em:service_account().key_file, token_cache = false }

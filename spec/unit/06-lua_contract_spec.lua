@@ -5,6 +5,7 @@
 -- and close it (sessions observed as the file descriptors of their libcurl handles), with <close>
 -- under Lua 5.4; a credentials module that does not load is an error naming it; old option names
 -- still work. Nothing here sends a request (spec/42 has the partial results of failed ones).
+local H = require "helpers"
 local lfs = require "lfs"
 local healthcare = require "healthcare"
 
@@ -20,14 +21,7 @@ local function tmpdir()
   return path
 end
 
--- Open file descriptors of this process: a client's session holds two (libcurl's wakeup pair).
-local function fds()
-  local n = 0
-  for name in lfs.dir("/proc/self/fd") do
-    if name ~= "." and name ~= ".." then n = n + 1 end
-  end
-  return n
-end
+local fds = H.open_fds
 
 -- Calls f, which must raise `message` at the line where f is written (its one call is on that
 -- line, and is not a tail call: `local _ = ...`).
