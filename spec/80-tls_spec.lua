@@ -198,7 +198,7 @@ describe("the client and store:store over https", function()
     assert.truthy(report.failed[1].reason:find(REASON.expired, 1, true), report.failed[1].reason)
     assert.equal(0, report.retries)
     assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
-    store.client:close()
+    store:close()
   end)
 
   it("stores through the proxy with ca_file", function()
@@ -209,19 +209,22 @@ describe("the client and store:store over https", function()
     for _, f in ipairs(files) do
       assert.equal(H.sha256(f.path), H.sha256_string(assert(H.orthanc_instance_file(f.sop_instance_uid))))
     end
-    store.client:close()
+    store:close()
   end)
 
   it("stores through a bad certificate only with insecure = true", function()
     local f = fresh()[1]
-    local store = assert(healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = "yes" }))
+    -- anything but true is a mistake, not a way to turn verification off
+    assert.has_error(function() healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = "yes" }) end,
+      "bad option 'insecure' to 'dicomweb' (boolean expected, got string)")
+    local store = assert(healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = false }))
     local report = assert(store:store({ f.path }))
     assert.equal(1, #report.failed)
-    store.client:close()
+    store:close()
     store = assert(healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = true }))
     report = assert(store:store({ f.path }))
     assert.equal(1, #report.stored, report.failed[1] and report.failed[1].reason)
-    store.client:close()
+    store:close()
   end)
 
   it("reports a TLS failure of store_instances as a transport error", function()

@@ -263,7 +263,7 @@ describe("a file changed while it is being sent", function()
       report.failed[1].reason)
     assert.equal(0, report.retries)
     assert.is_nil((H.file_bytes(journal) or ""):find('"outcome":"stored"', 1, true))
-    store.client:close()
+    store:close()
   end)
 end)
 

@@ -249,6 +249,16 @@ function H.sha256_string(s)
 end
 
 -- A fresh directory under HC_TEST_TMP (removed with the test bed).
+-- How many file descriptors this process has open (sessions hold libcurl's wakeup pair, and
+-- their connections a socket each): a count that comes back down when something is closed.
+function H.open_fds()
+  local n = 0
+  for name in require("lfs").dir("/proc/self/fd") do
+    if name ~= "." and name ~= ".." then n = n + 1 end
+  end
+  return n
+end
+
 function H.tmpdir()
   local so = H.check_run("mktemp -d " .. H.q((E.tmp or "/tmp") .. "/spec.XXXXXX"))
   return (so:gsub("%s+$", ""))
