@@ -40,6 +40,24 @@ function M.add_store_options(p)
   return p
 end
 
+--- p:option(name, ...) (argparse), also taking the older spellings of the flag that `deprecated`
+--- lists ({ old, current } pairs): hidden from --help's list of options, named in its epilog
+--- (deprecated_epilog). Returns the option.
+function M.option(p, deprecated, name, ...)
+  local o = p:option(name, ...)
+  for _, d in ipairs(deprecated) do
+    if d[2] == name then o:hidden_name(d[1]) end
+  end
+  return o
+end
+
+--- The --help paragraph naming the deprecated spellings ({ old, current } pairs) of a command.
+function M.deprecated_epilog(deprecated)
+  local names = {}
+  for i, d in ipairs(deprecated) do names[i] = d[1] .. " (now " .. d[2] .. ")" end
+  return "Deprecated spellings, still taken until the release after 0.1.0: " .. table.concat(names, ", ") .. "."
+end
+
 --- The store object for parsed arguments `a` (from a parser given add_store_options), or nil,
 --- err. Nothing is sent: a dicomStore name is checked for its shape only.
 function M.open_store(a)
