@@ -6,7 +6,6 @@
 -- as it was sent, to be printed (JSON answers, pretty) or written byte for byte (-o FILE streams
 -- it to a temporary file renamed over FILE once whole).
 local core = require "healthcare.core"
-local healthcare = require "healthcare"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
@@ -37,15 +36,10 @@ local function open_store(cmd, out)
     say("cannot write the output: %s", why)
     return nil, common.EXIT_USAGE
   end
-  local store, err = healthcare.dicom_store(cmd.parent, {
+  return common.dicom_store_or_say(cmd.parent, {
     endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
     token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
-  })
-  if not store then
-    say("%s", tostring(err))
-    return nil, common.exit_code_for(err)
-  end
-  return store
+  }, say)
 end
 
 -- Copies standard input to a temporary file in chunks so it can be sent with a length (and
