@@ -92,6 +92,7 @@ install: deps
 
 lint: deps
 	luacheck lua spec bench examples
+	scripts/long-functions
 	clang-tidy --quiet src/*.c -- -I/usr/include/lua5.4 -std=c99
 
 clean:

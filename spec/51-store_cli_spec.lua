@@ -133,18 +133,25 @@ describe("healthcare store", function()
     assert.is_nil(err:find("ETA", 1, true))
   end)
 
-  it("splits requests with --max-instances and --max-request-bytes", function()
-    local out, err, code = hc { E.dicomweb, dir, "--json", "--max-instances", "2" }
-    assert.equal(0, code, err)
-    assert.equal(3, cjson.decode(out).requests)
+  it("splits requests with --max-request-instances (or its old spelling --max-instances) and --max-request-bytes",
+    function()
+    local out, err, code
+    for _, flag in ipairs({ "--max-request-instances", "--max-instances" }) do
+      out, err, code = hc { E.dicomweb, dir, "--json", flag, "2" }
+      assert.equal(0, code, err)
+      assert.equal(3, cjson.decode(out).requests, flag)
+    end
     out, err, code = hc { E.dicomweb, generated[1].path, generated[2].path, "--json", "--max-request-bytes", "1000" }
     assert.equal(0, code, err)
     assert.equal(2, cjson.decode(out).requests)   -- each file alone, none dropped
   end)
 
-  it("skips files of another study with --study", function()
+  it("skips files of another study with --study-uid (or its old spelling --study)", function()
     local study = generated[1].study_uid
     local out, err, code = hc(google { dir, "--json", "--study", study })
+    assert.equal(0, code, err)
+    assert.equal(2, #cjson.decode(out).stored)
+    out, err, code = hc(google { dir, "--json", "--study-uid", study })
     assert.equal(0, code, err)
     local report = cjson.decode(out)
     assert.equal(2, #report.stored)

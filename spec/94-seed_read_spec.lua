@@ -257,3 +257,49 @@ describe("healthcare projects read and delete methods, bad input", function()
     end
   end)
 end)
+
+describe("store:fetch, the store's raw request the seed form uses", function()
+  local healthcare = require "healthcare"
+  local media = require "healthcare.dicomweb.media"
+  local store
+  lazy_setup(function()
+    store = assert(healthcare.dicom_store(E.store, { endpoint = em.endpoint, access_token = TOKEN }))
+  end)
+  lazy_teardown(function() if store then store:close() end end)
+
+  local function last_request()
+    local list = em:stats().requests
+    return list[#list]
+  end
+
+  it("asks for what the path names, as media.lua says, and gives the answer of any status as it came", function()
+    local base = "studies/" .. f.study_uid .. "/series/" .. f.series_uid .. "/instances/" .. f.sop_instance_uid
+    for _, c in ipairs({ { "instances", "search" }, { "studies/" .. f.study_uid .. "/series", "search" },
+      { base .. "/metadata", "metadata" }, { base .. "/rendered", "rendered" }, { base .. "/frames/1", "frames" },
+      { base, "retrieve" } }) do
+      local res = assert(store:fetch(c[1], { query = c[2] == "search" and ("StudyInstanceUID=" .. f.study_uid)
+        or nil }))
+      assert.equal(200, res.status, c[1])
+      assert.equal(media.ACCEPT[c[2]], last_request().accept, c[1])
+    end
+    local res = assert(store:fetch("studies/" .. H.fresh_uid() .. "/metadata"))
+    assert.equal(404, res.status)
+    assert.matches("inexistent", res.body)  -- the server's own words, not an error value
+  end)
+
+  it("streams an answer byte for byte to the file `to`, or cuts one held in memory at max_bytes", function()
+    local path = "studies/" .. f.study_uid .. "/series/" .. f.series_uid .. "/instances/" .. f.sop_instance_uid
+    local out = H.tmpdir() .. "/answer"
+    local res = assert(store:fetch(path, { to = out }))
+    assert.equal(200, res.status)
+    local body = H.file_bytes(out)
+    assert.equal(#body, res.bytes)
+    assert.truthy(body:find(H.file_bytes(f.path), 1, true))
+    local inmem = assert(store:fetch(path))
+    assert.is_nil(inmem.file)
+    assert.truthy(inmem.body:find(H.file_bytes(f.path), 1, true))
+    local cut, err = store:fetch(path .. "/metadata", { max_bytes = 10 })
+    assert.is_nil(cut)
+    assert.equal("response_too_large", err.status)
+  end)
+end)

@@ -9,6 +9,7 @@
 #define _FILE_OFFSET_BITS 64
 #define _POSIX_C_SOURCE 200809L
 #include "hc_body.h"
+#include "hc_multipart.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -139,22 +140,14 @@ int hc_body_add_file_checked(hc_body *b, const char *path, int64_t size, const h
     return 0;
 }
 
-static int is_bchar(unsigned char c)
-{
-    /* RFC 2046 bcharsnospace plus space */
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           strchr("'()+_,-./:=? ", c) != NULL;
-}
-
 int hc_body_check_boundary(hc_body *b, const char *boundary)
 {
-    size_t n = strlen(boundary), i;
-    if (n == 0 || n > 70 || boundary[n - 1] == ' ')
+    switch (hc_multipart_check_boundary(boundary, strlen(boundary))) {
+    case HC_MP_BOUNDARY_OK: return 0;
+    case HC_MP_BOUNDARY_LENGTH:
         return seterr(b, "invalid multipart boundary (1 to 70 characters, not ending in a space)");
-    for (i = 0; i < n; i++)
-        if (!is_bchar((unsigned char)boundary[i]))
-            return seterr(b, "invalid character in multipart boundary");
-    return 0;
+    default: return seterr(b, "invalid character in multipart boundary");
+    }
 }
 
 /* A part's header block must be "Name: value" lines, each ended by CRLF, and nothing else: a

@@ -42,3 +42,14 @@ void hc_buf_free(hc_buf *b)
     free(b->data);
     hc_buf_init(b, b->cap);
 }
+
+void hc_buf_hex(const void *p, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    const unsigned char *b = p;
+    size_t i;
+    for (i = 0; i < n; i++) {
+        out[2 * i] = digits[b[i] >> 4];
+        out[2 * i + 1] = digits[b[i] & 15];
+    }
+}

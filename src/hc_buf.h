@@ -22,4 +22,8 @@ int hc_buf_append(hc_buf *b, const void *p, size_t n);
 /* Frees the storage and leaves an empty buffer with the same cap. */
 void hc_buf_free(hc_buf *b);
 
+/* Writes the n bytes at p as 2n lower-case hex digits to out (2n bytes, no NUL added): the one
+ * hex encoder of the module (random names, digests). */
+void hc_buf_hex(const void *p, size_t n, char *out);
+
 #endif

@@ -140,17 +140,12 @@ static int l_core_has_ctl(lua_State *L)
 static int l_core_random_hex(lua_State *L)
 {
     unsigned char raw[64];
-    char hex[129];
-    static const char digits[] = "0123456789abcdef";
+    char hex[128];
     lua_Integer n = luaL_checkinteger(L, 1);
-    int i;
     luaL_argcheck(L, n > 0 && n <= 64, 1, "must be 1 to 64");
     if (RAND_bytes(raw, (int)n) != 1)
         return luaL_error(L, "OpenSSL RAND_bytes failed");
-    for (i = 0; i < n; i++) {
-        hex[2 * i] = digits[raw[i] >> 4];
-        hex[2 * i + 1] = digits[raw[i] & 15];
-    }
+    hc_buf_hex(raw, (size_t)n, hex);
     lua_pushlstring(L, hex, (size_t)(2 * n));
     return 1;
 }

@@ -19,6 +19,8 @@
 
 #include <openssl/rand.h>
 
+#include "hc_buf.h"
+
 /* The signals whose default action ends the process: held back while a temporary file exists. */
 static void hold_signals(sigset_t *saved)
 {
@@ -31,31 +33,58 @@ static void hold_signals(sigset_t *saved)
     sigprocmask(SIG_BLOCK, &set, saved);
 }
 
+int hc_file_create_temp(const char *prefix, mode_t mode, char **path)
+{
+    enum { RANDOM_BYTES = 8 };
+    size_t plen = strlen(prefix);
+    unsigned char rnd[RANDOM_BYTES];
+    char *name = malloc(plen + 2 * RANDOM_BYTES + 1); /* *path, or freed here */
+    int tries, fd = -1;
+    *path = NULL;
+    if (name == NULL) {
+        errno = ENOMEM;
+        return -1;
+    }
+    memcpy(name, prefix, plen);
+    name[plen + 2 * RANDOM_BYTES] = '\0';
+    /* Another file of the same name is a 2^-64 chance: a few tries cover a clash, not an attacker. */
+    for (tries = 0; tries < 4 && fd < 0; tries++) {
+        if (RAND_bytes(rnd, sizeof rnd) != 1) {
+            errno = EIO;
+            break;
+        }
+        hc_buf_hex(rnd, sizeof rnd, name + plen);
+        fd = open(name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+        if (fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (fd < 0) {
+        int e = errno;
+        free(name);
+        errno = e;
+        return -1;
+    }
+    *path = name;
+    return fd;
+}
+
 int hc_file_replace(const char *path, const void *data, size_t n, mode_t mode)
 {
-    static const char digits[] = "0123456789abcdef";
     const unsigned char *p = data;
-    unsigned char rnd[8];
-    size_t plen = strlen(path), i;
-    char *tmp;
+    size_t plen = strlen(path);
+    char *prefix, *tmp = NULL;
     sigset_t saved;
     int fd, err = 0;
     if (plen == 0)
         return ENOENT;
-    if (RAND_bytes(rnd, sizeof rnd) != 1)
-        return EIO;
-    tmp = malloc(plen + sizeof ".tmp-" - 1 + 2 * sizeof rnd + 1); /* freed below */
-    if (tmp == NULL)
+    prefix = malloc(plen + sizeof ".tmp-"); /* freed below */
+    if (prefix == NULL)
         return ENOMEM;
-    memcpy(tmp, path, plen);
-    memcpy(tmp + plen, ".tmp-", 5);
-    for (i = 0; i < sizeof rnd; i++) {
-        tmp[plen + 5 + 2 * i] = digits[rnd[i] >> 4];
-        tmp[plen + 5 + 2 * i + 1] = digits[rnd[i] & 15];
-    }
-    tmp[plen + 5 + 2 * sizeof rnd] = '\0';
+    memcpy(prefix, path, plen);
+    memcpy(prefix + plen, ".tmp-", sizeof ".tmp-");
     hold_signals(&saved);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+    fd = hc_file_create_temp(prefix, mode, &tmp); /* tmp: freed below */
+    free(prefix);
     if (fd < 0) {
         err = errno;
         goto done;

@@ -18,6 +18,13 @@
  * path untouched. data is only read; nothing is allocated that outlives the call. */
 int hc_file_replace(const char *path, const void *data, size_t n, mode_t mode);
 
+/* Creates a new file "<prefix><16 hex digits>", the digits random (OpenSSL's generator, so another
+ * user cannot guess the name; O_EXCL makes it safe anyway), opened for writing with O_EXCL,
+ * O_NOFOLLOW and O_CLOEXEC, mode `mode` less the umask: the one way the module names a temporary
+ * file (hc_file_replace, a transfer's sink). Returns the descriptor and sets *path to the name
+ * (malloc'd: the caller's to free); or -1 with errno set and *path NULL. prefix is only read. */
+int hc_file_create_temp(const char *prefix, mode_t mode, char **path);
+
 /* Whether this process (its effective user) may create files in the directory dir: 0, or an
  * errno value (ENOENT, ENOTDIR, EACCES, EROFS, ...). */
 int hc_file_dir_writable(const char *dir);

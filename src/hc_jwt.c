@@ -187,18 +187,14 @@ int hc_jwt_base64url(const void *p, size_t n, hc_buf *out)
 
 int hc_jwt_sha256_hex(const void *p, size_t n, char hex[65], char *err)
 {
-    static const char digits[] = "0123456789abcdef";
     unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0, i;
+    unsigned int mdlen = 0;
     ERR_clear_error();
     if (!EVP_Digest(p, n, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32) {
         ssl_error(err, "SHA-256 failed");
         return -1;
     }
-    for (i = 0; i < mdlen; i++) {
-        hex[2 * i] = digits[md[i] >> 4];
-        hex[2 * i + 1] = digits[md[i] & 15];
-    }
+    hc_buf_hex(md, mdlen, hex);
     hex[64] = '\0';
     return 0;
 }

@@ -23,15 +23,20 @@ static const char BCHARS[] =
 static const char TCHARS[] =
     "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
-static int valid_boundary(const char *b, size_t n)
+int hc_multipart_check_boundary(const char *b, size_t n)
 {
     size_t i;
     if (n < 1 || n > HC_MP_MAX_BOUNDARY || b[n - 1] == ' ')
-        return 0;
+        return HC_MP_BOUNDARY_LENGTH;
     for (i = 0; i < n; i++)
         if (b[i] == '\0' || strchr(BCHARS, b[i]) == NULL)
-            return 0;
-    return 1;
+            return HC_MP_BOUNDARY_CHARACTER;
+    return HC_MP_BOUNDARY_OK;
+}
+
+static int valid_boundary(const char *b, size_t n)
+{
+    return hc_multipart_check_boundary(b, n) == HC_MP_BOUNDARY_OK;
 }
 
 int hc_multipart_init(hc_multipart *m, const char *boundary, size_t len,

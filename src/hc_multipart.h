@@ -81,6 +81,15 @@ typedef struct hc_multipart_header {
  * its line. Returns 1, or 0 at the end. */
 int hc_multipart_next_header(const char **p, const char *end, hc_multipart_header *h);
 
+/* What hc_multipart_check_boundary finds wrong with a boundary. */
+enum { HC_MP_BOUNDARY_OK = 0, HC_MP_BOUNDARY_LENGTH, HC_MP_BOUNDARY_CHARACTER };
+
+/* Checks a multipart boundary of n bytes (RFC 2046 5.1.1: 1 to 70 bchars, not ending in a space;
+ * no NUL): HC_MP_BOUNDARY_OK, HC_MP_BOUNDARY_LENGTH (empty, too long or ending in a space) or
+ * HC_MP_BOUNDARY_CHARACTER. The one boundary rule of the module: answers parsed here, request
+ * bodies built by hc_body.c. */
+int hc_multipart_check_boundary(const char *b, size_t n);
+
 /* Reads a Content-Type value (n bytes). Returns 1 when its media type is multipart/<any> and it
  * has a valid boundary parameter (quoted or not), copied NUL-terminated into out (at least
  * HC_MP_MAX_BOUNDARY + 1 bytes) with its length in *len; -1 when it is multipart but the boundary

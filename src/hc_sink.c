@@ -10,9 +10,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "hc_file.h"
 #include "hc_multipart.h"
 
 #if defined(__GNUC__)
@@ -48,13 +48,14 @@ struct hc_sink {
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
-/* Records "what path: strerror(errno)" as an I/O error. Returns -1. */
+/* Records "what path: strerror(errno)" as an I/O error (a path past 300 bytes cut: the message
+ * holds 512). Returns -1. */
 static int io_error(hc_sink *k, const char *what, const char *path)
 {
     int e = errno;
     if (k->error == HC_SINKERR_NONE) {
         k->error = HC_SINKERR_IO;
-        snprintf(k->message, sizeof k->message, "%s %s: %s", what, path, strerror(e));
+        snprintf(k->message, sizeof k->message, "%s %.300s: %s", what, path, strerror(e));
     }
     return -1;
 }
@@ -100,50 +101,19 @@ static int multipart_error(hc_sink *k, int code)
 
 /* ---- files -------------------------------------------------------------------------------- */
 
-/* Creates a new file <prefix>XXXXXX (mode 0666 less the umask, unlike mkstemp's 0600) as the
- * sink's current file. Returns 0 or -1. */
+/* Creates a new file <prefix><random hex> (mode 0666 less the umask, unlike mkstemp's 0600: what
+ * becomes an answer's file gets the mode of any new file) as the sink's current file, named by
+ * hc_file_create_temp like every temporary file of the module. Returns 0 or -1. */
 static int open_temp(hc_sink *k, const char *prefix)
 {
-    static const char chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    size_t n = strlen(prefix);
-    char *path = malloc(n + 7); /* becomes k->tmp, or is freed here */
-    struct timespec ts;
-    uint64_t x;
-    int tries;
-    if (path == NULL) {
-        errno = ENOMEM;
-        return io_error(k, "cannot create", prefix);
-    }
-    memcpy(path, prefix, n);
-    clock_gettime(CLOCK_REALTIME, &ts);
-    x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 40)
-        ^ (uint64_t)(uintptr_t)k;
-    for (tries = 0; tries < 100; tries++) {
-        int i, fd;
-        uint64_t z;
-        /* splitmix64: O_EXCL makes the names safe, this only makes clashes rare. */
-        x += 0x9E3779B97F4A7C15ull;
-        z = x;
-        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-        z ^= z >> 31;
-        for (i = 0; i < 6; i++, z /= 62)
-            path[n + (size_t)i] = chars[z % 62];
-        path[n + 6] = '\0';
-        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-        if (fd >= 0) {
-            k->fd = fd;
-            k->tmp = path;
-            k->cur_size = 0;
-            return 0;
-        }
-        if (errno != EEXIST)
-            break;
-    }
-    memcpy(path + n, "XXXXXX", 7);
-    io_error(k, "cannot create", path);
-    free(path);
-    return -1;
+    char *path;
+    int fd = hc_file_create_temp(prefix, 0666, &path); /* path: becomes k->tmp */
+    if (fd < 0)
+        return io_error(k, "cannot create a temporary file", prefix);
+    k->fd = fd;
+    k->tmp = path;
+    k->cur_size = 0;
+    return 0;
 }
 
 /* Writes n bytes to the current file, within the cap on one part. Returns 0 or -1. */

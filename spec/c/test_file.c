@@ -136,6 +136,46 @@ static void test_private(tstate *t)
           (unsigned long)strlen(below));
 }
 
+/* hc_file_create_temp: <prefix><16 hex digits>, new each time, the mode asked for less the umask;
+ * a prefix in a missing directory fails with its errno and no name. */
+static void test_create_temp(tstate *t)
+{
+    char prefix[600], *a = NULL, *b = NULL;
+    struct stat st;
+    size_t plen, i;
+    int fa, fb, hex = 1;
+    mode_t old = umask(022);
+    path_in(t, prefix, sizeof prefix, "answer.tmp-");
+    plen = strlen(prefix);
+    fa = hc_file_create_temp(prefix, 0666, &a);
+    fb = hc_file_create_temp(prefix, 0600, &b);
+    check(t, fa >= 0 && fb >= 0 && a != NULL && b != NULL, "two temporary files created");
+    if (a != NULL && b != NULL) {
+        check(t, strlen(a) == plen + 16 && strncmp(a, prefix, plen) == 0, "named <prefix><16>: %s", a);
+        for (i = plen; a[i] != '\0'; i++)
+            hex = hex && strchr("0123456789abcdef", a[i]) != NULL;
+        check(t, hex, "the suffix is lower-case hex: %s", a);
+        check(t, strcmp(a, b) != 0, "each name is new");
+        check(t, stat(a, &st) == 0 && (st.st_mode & 0777) == 0644, "mode 0666 less the umask 022");
+        check(t, stat(b, &st) == 0 && (st.st_mode & 0777) == 0600, "mode 0600 as asked");
+        check(t, write(fa, "x", 1) == 1, "opened for writing");
+        unlink(a);
+        unlink(b);
+    }
+    if (fa >= 0)
+        close(fa);
+    if (fb >= 0)
+        close(fb);
+    free(a);
+    free(b);
+    a = (char *)"untouched";
+    path_in(t, prefix, sizeof prefix, "missing/answer.tmp-");
+    errno = 0;
+    check(t, hc_file_create_temp(prefix, 0666, &a) == -1 && errno == ENOENT && a == NULL,
+          "a missing directory: -1, ENOENT, no name");
+    umask(old);
+}
+
 int main(void)
 {
     tstate t;
@@ -150,6 +190,7 @@ int main(void)
     test_replace(&t);
     test_failures(&t);
     test_private(&t);
+    test_create_temp(&t);
     {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", t.dir);

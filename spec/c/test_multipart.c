@@ -345,20 +345,24 @@ static void test_consumer_stops(tstate *t)
 
 static void test_boundaries(tstate *t)
 {
-    static const struct { const char *b; int ok; } bs[] = {
-        { "b", 1 }, { "a b", 1 }, { "'()+_,-./:=?", 1 }, { "", 0 }, { "ends in space ", 0 },
-        { "semi;colon", 0 }, { "quote\"", 0 }, { "cr\r", 0 }, { "tab\t", 0 },
-        { "0123456789012345678901234567890123456789012345678901234567890123456789", 1 },
-        { "0123456789012345678901234567890123456789012345678901234567890123456789X", 0 },
+    enum { OK = HC_MP_BOUNDARY_OK, LEN = HC_MP_BOUNDARY_LENGTH, CHR = HC_MP_BOUNDARY_CHARACTER };
+    static const struct { const char *b; int why; } bs[] = {
+        { "b", OK }, { "a b", OK }, { "'()+_,-./:=?", OK }, { "", LEN }, { "ends in space ", LEN },
+        { "semi;colon", CHR }, { "quote\"", CHR }, { "cr\r", CHR }, { "tab\t", CHR }, { "\xc3\xa9", CHR },
+        { "0123456789012345678901234567890123456789012345678901234567890123456789", OK },
+        { "0123456789012345678901234567890123456789012345678901234567890123456789X", LEN },
     };
     size_t i;
     for (i = 0; i < sizeof bs / sizeof bs[0]; i++) {
         hc_multipart m;
         int rc = hc_multipart_init(&m, bs[i].b, strlen(bs[i].b), &hc_fuzz_mp_callbacks, NULL);
-        check(t, (rc == 0) == bs[i].ok, "boundary '%s' %s", bs[i].b,
-              bs[i].ok ? "accepted" : "refused");
+        check(t, (rc == 0) == (bs[i].why == OK), "boundary '%s' %s", bs[i].b,
+              bs[i].why == OK ? "accepted" : "refused");
+        check(t, hc_multipart_check_boundary(bs[i].b, strlen(bs[i].b)) == bs[i].why,
+              "boundary '%s': reason %d", bs[i].b, bs[i].why);
         hc_multipart_free(&m);
     }
+    check(t, hc_multipart_check_boundary("a\0b", 3) == CHR, "a NUL inside a boundary is refused");
 }
 
 static void test_content_type(tstate *t)

@@ -143,6 +143,16 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       { function() local _ = store:verify(42) end, "bad argument #1 to 'verify' (report or list expected, got number)" },
       { function() local _ = store:verify({}, { bogus = 1 }) end, "unknown option 'bogus' to 'verify'; "
         .. "valid options: page_size, params" },
+      { function() local _ = store:fetch(42) end, "bad argument #1 to 'fetch' (string expected, got number)" },
+      { function() local _ = store:fetch("studies", { method = "POST" }) end,
+        "bad option 'method' to 'fetch' ('GET' or 'DELETE' expected, got 'POST')" },
+      { function() local _ = store:fetch("studies", { query = { PatientID = "x" } }) end,
+        "bad option 'query' to 'fetch' (string expected, got table)" },
+      { function() local _ = store:fetch("studies", { max_bytes = 0 }) end,
+        "bad option 'max_bytes' to 'fetch' (a whole number >= 1 expected, got 0)" },
+      { function() local _ = store:fetch("studies", { accept = "image/png" }) end, "unknown option 'accept' to "
+        .. "'fetch'; valid options: compressed, idle_timeout, max_bytes, max_compression_ratio, method, min_speed, "
+        .. "on_progress, params, query, timeout, to" },
       { function() local _ = store.retrieve_study(client, "1.2", to) end,
         "bad self to 'retrieve_study' (healthcare.Store expected, got healthcare.Client)" },
     }) do
@@ -171,6 +181,13 @@ describe("bad content returns a usage error, never raises", function()
       function() return store:search_studies({ NoSuchKeyword = "x" }) end,
       function() return store:store_instances("series", { content_type = "application/dicom", data = "x" }) end,
       function() return store:store({}, { study_uid = "1.2.x" }) end,
+      function() return store:fetch("studies/1.2/../1.3") end,
+      function() return store:fetch("studies/1.2/frames/1") end,
+      function() return store:fetch("studies/1.2/series/1.3/instances/1.4/frames/0") end,
+      function() return store:fetch("studies/1.2 ") end,
+      function() return store:fetch("studies", { query = "PatientID=%0d%0aX" }) end,
+      function() return store:fetch("studies", { query = "PatientID=%zz" }) end,
+      function() return store:fetch("studies", { query = "=x" }) end,
     }) do
       local res, err = call()
       assert.is_nil(res)
@@ -197,6 +214,7 @@ describe("closed objects", function()
     store:close()
     assert.equal("healthcare.Store " .. URL .. " (closed)", tostring(store))
     raises_at_call(function() local _ = store:retrieve_study("1.2", { to = "x" }) end, "attempt to use a closed store")
+    raises_at_call(function() local _ = store:fetch("studies") end, "attempt to use a closed store")
   end)
 end)
 

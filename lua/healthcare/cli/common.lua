@@ -40,25 +40,44 @@ function M.add_store_options(p)
   return p
 end
 
---- The store object for parsed arguments `a` (from a parser given add_store_options), or nil,
---- err. Nothing is sent: a dicomStore name is checked for its shape only.
-function M.open_store(a)
-  local copts = {
-    endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
-    scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
-    token_cache = not a.no_token_cache, debug = a.debug or nil,
-  }
-  return healthcare.dicom_store(a.store, copts)
+--- p:option(name, ...) (argparse), also taking the older spellings of the flag that `deprecated`
+--- lists ({ old, current } pairs): hidden from --help's list of options, named in its epilog
+--- (deprecated_epilog). Returns the option.
+function M.option(p, deprecated, name, ...)
+  local o = p:option(name, ...)
+  for _, d in ipairs(deprecated) do
+    if d[2] == name then o:hidden_name(d[1]) end
+  end
+  return o
 end
 
---- open_store for a command: the store, or nil and the exit code after say(...) told why.
-function M.open_store_or_say(a, say)
-  local store, err = M.open_store(a)
+--- The --help paragraph naming the deprecated spellings ({ old, current } pairs) of a command.
+function M.deprecated_epilog(deprecated)
+  local names = {}
+  for i, d in ipairs(deprecated) do names[i] = d[1] .. " (now " .. d[2] .. ")" end
+  return "Deprecated spellings, still taken until the release after 0.1.0: " .. table.concat(names, ", ") .. "."
+end
+
+--- healthcare.dicom_store(target, copts) for a command (the seed form's too): the store, which
+--- owns its client, or nil and the exit code after say(...) told why. Nothing is sent: a
+--- dicomStore name is checked for its shape only.
+function M.dicom_store_or_say(target, copts, say)
+  local store, err = healthcare.dicom_store(target, copts)
   if not store then
     say("%s", tostring(err))
     return nil, M.exit_code_for(err)
   end
   return store
+end
+
+--- The store for parsed arguments `a` (from a parser given add_store_options), as
+--- dicom_store_or_say.
+function M.open_store_or_say(a, say)
+  return M.dicom_store_or_say(a.store, {
+    endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
+    scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
+    token_cache = not a.no_token_cache, debug = a.debug or nil,
+  }, say)
 end
 
 --- Parses argv (the whole command line, argv[1] being the command's name) with parser p.

@@ -5,22 +5,28 @@
 local argparse = require "argparse"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
+local delete_module = require "healthcare.dicomweb.delete"
 
 local M = {}
 
 local say = common.sayer("healthcare delete")
+
+-- Older spellings of flags, still taken (README "The healthcare command"): old -> current.
+M.DEPRECATED_FLAGS = { { "--timeout", "--operation-timeout" } }
 
 local function parser()
   local p = argparse("healthcare delete",
     "Delete studies, series or instances from a DICOM store (Google's DICOMweb DELETE; the "
     .. "long-running operation is waited for).")
   p:epilog("Example:\n"
-    .. "  healthcare delete projects/P/locations/L/datasets/D/dicomStores/S 1.2.3 1.2.4/1.2.4.5 --yes")
+    .. "  healthcare delete projects/P/locations/L/datasets/D/dicomStores/S 1.2.3 1.2.4/1.2.4.5 --yes\n\n"
+    .. common.deprecated_epilog(M.DEPRECATED_FLAGS))
   common.add_store_options(p)
   p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete.", nil, nil, "+")
   p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal, and "
     .. "elsewhere refuses (exit 2), saying what would be deleted.")
-  p:option("--timeout", "Seconds to wait for each deletion to finish.", "600"):argname("<seconds>"):convert(tonumber)
+  common.option(p, M.DEPRECATED_FLAGS, "--operation-timeout", "Seconds to wait for each deletion to finish.",
+    tostring(delete_module.DEFAULT_OPERATION_TIMEOUT)):argname("<seconds>"):convert(tonumber)
   return p
 end
 
@@ -32,8 +38,8 @@ local function confirm(targets)
   return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
 end
 
-local function delete(store, t, timeout)
-  local opts = { operation_timeout = timeout }
+local function delete(store, t, operation_timeout)
+  local opts = { operation_timeout = operation_timeout }
   if t.instance then return store:delete_instance(t.study, t.series, t.instance, opts) end
   if t.series then return store:delete_series(t.study, t.series, opts) end
   return store:delete_study(t.study, opts)
@@ -53,8 +59,8 @@ function M.main(argv)
     targets[#targets + 1] = t
     names[#names + 1] = common.describe_target(t)
   end
-  if not a.timeout or a.timeout < 0 then
-    say("--timeout must be a number of seconds >= 0")
+  if not a.operation_timeout or a.operation_timeout < 0 then
+    say("--operation-timeout must be a number of seconds >= 0")
     return common.EXIT_USAGE
   end
   local store
@@ -69,7 +75,7 @@ function M.main(argv)
 
   local exit, deleted = common.EXIT_OK, 0
   for i, t in ipairs(targets) do
-    local res, derr = delete(store, t, a.timeout)
+    local res, derr = delete(store, t, a.operation_timeout)
     if res then
       deleted = deleted + 1
       io.stdout:write("deleted ", names[i],

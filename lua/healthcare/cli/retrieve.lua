@@ -7,9 +7,9 @@
 -- answer that are not DICOM instances are reported one by one (exit 1), and written only with
 -- --keep-rejected. Every bound of the Lua API (healthcare.dicomweb.retrieve.BOUNDS) is an option here.
 local argparse = require "argparse"
-local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
+local json = require "healthcare.cli.json"
 
 local M = {}
 
@@ -154,29 +154,98 @@ local function missing_instances(store, t, files, kept)
   return missing
 end
 
-local function json_list(list)
-  local items = {}
-  for i, v in ipairs(list) do items[i] = cjson.encode(v) end
-  return "[" .. table.concat(items, ",") .. "]"
-end
-
-local function report_json(files, kept, rejected, bytes, seconds, missing, err)
-  local list = {}
-  for i, f in ipairs(files) do
+local function report_json(r)
+  local list, rlist = {}, {}
+  for i, f in ipairs(r.files) do
     list[i] = { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
   end
-  local rlist = {}
-  for i, r in ipairs(rejected) do rlist[i] = { part = r.part, reason = r.reason, size = r.size, path = r.path } end
-  local parts = {
-    '"files":' .. json_list(list),
-    '"kept":' .. json_list(kept),
-    '"rejected":' .. json_list(rlist),
-    '"bytes":' .. cjson.encode(bytes),
-    '"seconds":' .. cjson.encode(seconds),
-  }
-  if missing then parts[#parts + 1] = '"missing":' .. json_list(missing) end
-  if err then parts[#parts + 1] = '"error":' .. cjson.encode(err.message or tostring(err)) end
-  return ("{" .. table.concat(parts, ",") .. "}"):gsub("\\/", "/")
+  for i, x in ipairs(r.rejected) do rlist[i] = { part = x.part, reason = x.reason, size = x.size, path = x.path } end
+  return json.encode({
+    files = json.array(list), kept = json.array(r.kept), rejected = json.array(rlist), bytes = r.bytes,
+    seconds = r.seconds, missing = r.missing and json.array(r.missing),
+    error = r.err and (r.err.message or tostring(r.err)),
+  })
+end
+
+-- The retrieve, Ctrl-C or SIGTERM abandoning it. Returns the outcome { res, err, files, rejected,
+-- kept (paths), kept_files, bytes, seconds }, or nil and the signal.
+local function run(store, t, a)
+  local show = not a.no_progress and not a.json and core.isatty(2)
+  core.trap_interrupts()
+  local t0 = core.now()
+  local res, err, partial = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a)
+  local seconds = core.now() - t0
+  if show then io.stderr:write("\r\27[K") end
+  local signal = core.interrupted()
+  core.trap_interrupts(false)
+  if signal then return nil, signal end
+  local got = res or partial
+  -- rejected: parts of the answer that are not DICOM instances (not counted among the files);
+  -- kept: the instances <dir> already held (see --refetch)
+  local r = { res = res, err = err, files = got.files or {}, rejected = got.rejected or {}, kept = {},
+    kept_files = got.kept or {}, bytes = 0, seconds = seconds }
+  for i, f in ipairs(got.kept or {}) do r.kept[i] = f.path end
+  for _, f in ipairs(r.files) do r.bytes = r.bytes + (f.size or 0) end
+  return r
+end
+
+-- The exit code of an outcome, and the instances of the target found missing (r.missing).
+local function account(store, t, r)
+  local err = r.err
+  if not r.res then
+    local exit = common.exit_code_for_uid(store, err)
+    -- Only a transfer that broke after it began leaves something to name (err.files: it began).
+    if err.kind == "transport" or err.kind == "dicom" or (err.kind == "io" and err.files) then
+      r.missing = missing_instances(store, t, r.files, r.kept_files)
+      exit = math.max(exit, common.EXIT_FAILED)
+    end
+    return exit
+  elseif #r.rejected > 0 then
+    r.missing = missing_instances(store, t, r.files, r.kept_files)
+    return common.EXIT_FAILED
+  end
+  return common.EXIT_OK
+end
+
+local function say_missing(t, missing)
+  say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
+    common.printable(table.concat(missing, " ")))
+end
+
+-- What the outcome says: the files (or the JSON report) on standard output, the rest on stderr.
+local function report(t, r, a)
+  local files, rejected, err = r.files, r.rejected, r.err
+  if a.json then
+    io.stdout:write(report_json(r), "\n")
+  else
+    for _, f in ipairs(files) do io.stdout:write(common.printable(f.path), "\n") end
+  end
+  for _, f in ipairs(files) do
+    if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
+  end
+  for _, x in ipairs(rejected) do
+    say("part %d of the answer is not kept as an instance: %s%s", x.part, common.printable(x.reason),
+      x.path and (" (written to " .. common.printable(x.path) .. ")") or "")
+  end
+  -- After an error with nothing kept, the error alone says it all.
+  if not a.json and (#files > 0 or #rejected > 0 or not err) then
+    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s\n", #files,
+      #files == 1 and "" or "s", common.human_bytes(r.bytes), r.seconds, common.printable(a.output),
+      #r.kept > 0 and string.format(" (kept %d already there)", #r.kept) or "",
+      #rejected > 0 and string.format("; %d part%s rejected", #rejected, #rejected == 1 and "" or "s") or ""))
+  end
+  local missing = r.missing
+  if not err then
+    if #rejected > 0 and missing and #missing > 0 then say_missing(t, missing) end
+    return
+  end
+  say("%s", tostring(err))
+  if err.option and HINTS[err.option] then say("%s", HINTS[err.option]) end
+  if missing and #missing > 0 then
+    say_missing(t, missing)
+  elseif #files > 0 then
+    say("the rest of %s is missing", common.describe_target(t))
+  end
 end
 
 function M.main(argv)
@@ -192,82 +261,20 @@ function M.main(argv)
     say("-o <dir> is required: the directory to write the files to")
     return common.EXIT_USAGE
   end
-  local store, err
+  local store
   store, code = common.open_store_or_say(a, say)
   if not store then return code end
-
-  local show = not a.no_progress and not a.json and core.isatty(2)
-  core.trap_interrupts()
-  local t0 = core.now()
-  local res
-  res, err = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a)
-  local seconds = core.now() - t0
-  if show then io.stderr:write("\r\27[K") end
-  local signal = core.interrupted()
-  core.trap_interrupts(false)
-  if signal then
+  local r, signal = run(store, t, a)
+  if not r then
     store:close()
     say("interrupted: the transfer was abandoned and nothing partial was kept; run the same command "
       .. "again to fetch the rest")
     return 128 + signal
   end
-  local files = res and res.files or (err and err.files) or {}
-  -- parts of the answer that are not DICOM instances (not counted among the files)
-  local rejected = res and res.rejected or (err and err.rejected) or {}
-  -- instances <dir> already held, kept (see --refetch): paths
-  local kept = {}
-  for i, f in ipairs(res and res.kept or (err and err.kept) or {}) do kept[i] = f.path end
-  local bytes = 0
-  for _, f in ipairs(files) do bytes = bytes + (f.size or 0) end
-
-  local exit, missing = common.EXIT_OK, nil
-  if not res then
-    exit = common.exit_code_for_uid(store, err)
-    -- Only a transfer that broke after it began leaves something to name.
-    if err.kind == "transport" or err.kind == "dicom" or (err.kind == "io" and err.files) then
-      missing = missing_instances(store, t, files, res and res.kept or err.kept or {})
-      exit = math.max(exit, common.EXIT_FAILED)
-    end
-  elseif #rejected > 0 then
-    missing = missing_instances(store, t, files, res.kept or {})
-    exit = common.EXIT_FAILED
-  end
+  code = account(store, t, r)
   store:close()
-
-  if a.json then
-    io.stdout:write(report_json(files, kept, rejected, bytes, seconds, missing, err), "\n")
-  else
-    for _, f in ipairs(files) do io.stdout:write(common.printable(f.path), "\n") end
-  end
-  for _, f in ipairs(files) do
-    if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
-  end
-  for _, r in ipairs(rejected) do
-    say("part %d of the answer is not kept as an instance: %s%s", r.part, common.printable(r.reason),
-      r.path and (" (written to " .. common.printable(r.path) .. ")") or "")
-  end
-  -- After an error with nothing kept, the error alone says it all.
-  if not a.json and (#files > 0 or #rejected > 0 or not err) then
-    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s\n", #files,
-      #files == 1 and "" or "s", common.human_bytes(bytes), seconds, common.printable(a.output),
-      #kept > 0 and string.format(" (kept %d already there)", #kept) or "",
-      #rejected > 0 and string.format("; %d part%s rejected", #rejected, #rejected == 1 and "" or "s") or ""))
-  end
-  if not err and #rejected > 0 and missing and #missing > 0 then
-    say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
-      common.printable(table.concat(missing, " ")))
-  end
-  if err then
-    say("%s", tostring(err))
-    if err.option and HINTS[err.option] then say("%s", HINTS[err.option]) end
-    if missing and #missing > 0 then
-      say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
-        common.printable(table.concat(missing, " ")))
-    elseif err.files and #files > 0 then
-      say("the rest of %s is missing", common.describe_target(t))
-    end
-  end
-  return exit
+  report(t, r, a)
+  return code
 end
 
 return M

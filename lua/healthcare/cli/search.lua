@@ -4,8 +4,8 @@
 -- --json the DICOM JSON array. Results are printed as the pages arrive, so memory stays flat
 -- with --json; the table waits for all rows to size its columns.
 local argparse = require "argparse"
-local cjson = require "cjson.safe"
 local common = require "healthcare.cli.common"
+local json = require "healthcare.cli.json"
 
 local M = {}
 
@@ -170,7 +170,7 @@ function M.main(argv)
   for item in results:each() do
     n = n + 1
     if a.json then
-      io.stdout:write(n > 1 and ",\n" or "\n", (cjson.encode(item:raw()):gsub("\\/", "/")))
+      io.stdout:write(n > 1 and ",\n" or "\n", json.encode(item:raw()))
     else
       local r = {}
       for i, c in ipairs(columns) do r[i] = cell(item[c[1]]) end

@@ -6,11 +6,12 @@ healthcare.cli.seed: parses the seed's command form,
 (the store methods) or, for the read and delete methods, without the request value:
   healthcare [global options] projects <method> <parent> <dicom-web-path>[?<query>] [-o <out>] ...
 into a plain command table for healthcare.cli to run. Pure Lua, no I/O: files named by
-data=@path are not opened here, and parent / dicom-web-path are checked by the client so
-that the Lua API and the CLI share one check. The option list, the methods and the
+data=@path are not opened here; UIDs, frame lists and queries are checked by
+healthcare.dicomweb.names, so that the Lua API and the CLI share one check. The option list, the methods and the
 request value's schema are written once here; healthcare.cli.help renders them.
 ]]
 
+local dicomweb_names = require("healthcare.dicomweb.names")
 local params = require("healthcare.params")
 
 local seed = {}
@@ -353,75 +354,6 @@ end
 -- dicom-web-paths of the read and delete methods
 --------------------------------------------------------------------------------------
 
-local MAX_UID = 64
-
--- A DICOM UID (as healthcare.dicomweb.valid_uid, which this pure module does not load).
-local function is_uid(s)
-  return #s > 0 and #s <= MAX_UID and s:match("^[%d.]+$") ~= nil and not s:find("..", 1, true)
-    and s:sub(1, 1) ~= "." and s:sub(-1) ~= "."
-end
-
--- 1 or 1,2,3: frame numbers start at 1.
-local function is_frame_list(s)
-  for n in (s .. ","):gmatch("([^,]*),") do
-    if not n:match("^[1-9]%d*$") or #n > 9 then return false end
-  end
-  return true
-end
-
-local function matches_shape(path, shape)
-  local got, want = {}, {}
-  for seg in (path .. "/"):gmatch("([^/]*)/") do got[#got + 1] = seg end
-  for seg in (shape .. "/"):gmatch("([^/]*)/") do want[#want + 1] = seg end
-  if #got ~= #want then return false end
-  for i, w in ipairs(want) do
-    local g = got[i]
-    if w == "{frame_list}" then
-      if not is_frame_list(g) then return false end
-    elseif w:match("^{.*_uid}$") then
-      if not is_uid(g) then return false end
-    elseif g ~= w then
-      return false
-    end
-  end
-  return true
-end
-
-local function hex_value(h) return string.char(tonumber(h, 16)) end
-
--- Decodes one component of a query (percent-escapes); nil for a malformed escape.
-local function unescape(s)
-  if s:find("%%%X") or s:find("%%.%X") or s:find("%%.?$") then return nil end
-  return (s:gsub("%%(%x%x)", hex_value))
-end
-
--- Checks the query of a search path: name=value pairs separated by '&', percent-escapes well
--- formed, no control character even once decoded. The query is sent as typed: QIDO-RS servers
--- differ in what they decode (Orthanc does not decode values), so re-escaping it would change
--- what some of them match.
-local function check_query(q, raw)
-  if q:find("[\128-\255]") then
-    return nil, format("the query of '%s' has a non-ASCII character; percent-encode it", raw)
-  end
-  for item in (q .. "&"):gmatch("([^&]*)&") do
-    if item ~= "" then
-      local k, v = item:match("^([^=]*)=(.*)$")
-      if not k or k == "" then
-        return nil, format("invalid query '%s' in '%s': expected name=value pairs separated by '&'",
-          item, raw)
-      end
-      local dk, dv = unescape(k), unescape(v)
-      if not dk or not dv then
-        return nil, format("invalid percent-escape in '%s' in '%s'", item, raw)
-      end
-      if dk:find("%c") or dv:find("%c") then
-        return nil, format("the query of '%s' has a control character after decoding", raw)
-      end
-    end
-  end
-  return true
-end
-
 -- Checks a dicom-web-path against the method's shapes. Returns the path (without the query)
 -- and, for a search, the query as typed after '?' (or nil); or nil and a message.
 function seed.check_path(m, path)
@@ -437,18 +369,19 @@ function seed.check_path(m, path)
     for i, sh in ipairs(m.paths) do shapes[i] = "'" .. sh .. "'" end
     local frames = m.paths[1]:find("{frame_list}", 1, true) and "; frames are numbers from 1, comma-separated"
     return nil, format("invalid DICOMweb path '%s' for %s: expected %s (UIDs are digits and dots, at "
-      .. "most %d characters%s)%s", shown, m.what, concat(shapes, " or "), MAX_UID, frames or "", extra or "")
+      .. "most %d characters%s)%s", shown, m.what, concat(shapes, " or "), dicomweb_names.MAX_UID, frames or "",
+      extra or "")
   end
   if q and m.kind ~= "search" then
     return bad("; only search methods take a ?query")
   end
   local ok = false
   for _, shape in ipairs(m.paths) do
-    if matches_shape(base, shape) then ok = true break end
+    if dicomweb_names.matches_path(base, shape) then ok = true break end
   end
   if not ok then return bad() end
   if not q or q == "" then return base end
-  local fine, qerr = check_query(q, shown)
+  local fine, qerr = dicomweb_names.check_query(q, shown)
   if not fine then return nil, qerr end
   return base, q
 end
@@ -562,85 +495,81 @@ local function missing_fields(struct, value)
   return #missing > 0 and concat(missing, ", ") or nil
 end
 
---[[
-Parses argv (a list of strings, without the program name). Returns a command table, or
-nil and a message for a usage error (the caller exits with 2):
-  { action = "help", help_topic = "top" | "projects" | <method id>, method = <id> or nil }
-  { action = "call", method = "store-instances" | "studies-store-instances",
-    parent = ..., dicom_web_path = ...,
-    body = { content_type = ..., data = <string> | { file = path } | { stdin = true } },
-    params = { [wire name] = value }, scopes = { url, ... } (default: cloud-healthcare),
-    output = path or "-" or nil, endpoint = url or nil, credentials = path or nil,
-    debug = boolean, token_cache = boolean, timeout = seconds or nil }
-  For a read or delete method (no request value): { action = "call", method = <id>, parent,
-    dicom_web_path = the path without its query, query = what followed '?' or nil (search
-    methods only), params, scopes, output, endpoint, credentials, debug, token_cache }.
-]]
-function seed.parse(argv)
-  local items, err = tokenize(argv)
-  local function fail(msg) err = err or msg end
+-- Reads the --timeout value: seconds, or nil and a message.
+local function timeout_value(value)
+  local n = value:match("^%d+%.?%d*$") and tonumber(value)
+  if not n or n <= 0 or n > 1e9 then
+    return nil, format("--timeout needs a number of seconds greater than 0, got '%s'", value)
+  end
+  return n
+end
 
+-- Reads one -p key=value into cmd.params (a later -p wins). Returns true, or nil and a message.
+local function set_param(cmd, value)
+  local name, v = value:match("^([^=]*)=(.*)$")
+  if not name then return nil, format("-p needs <key>=<value>, got '%s'", value) end
+  if name == "" then return nil, format("missing parameter name before '=' in '%s'", value) end
+  local wire_value, msg = params.check(name, v)
+  if not wire_value then return nil, msg end
+  cmd.params[params.to_wire(name)] = wire_value
+  return true
+end
+
+-- Applies one option item (tokenize's) to the command table `cmd` and the request value `rv`;
+-- `state` carries what parse needs after the loop (scopes seen, -r seen, --help asked for).
+-- Returns true, or nil and a message.
+local function apply_option(cmd, rv, state, key, value)
+  if key == "help" then
+    state.want_help = true
+  elseif key == "scope" then
+    if not state.seen_scope[value] then
+      state.seen_scope[value] = true
+      cmd.scopes[#cmd.scopes + 1] = value
+    end
+  elseif key == "endpoint" or key == "credentials" or key == "output" then
+    cmd[key] = value
+  elseif key == "timeout" then
+    local n, msg = timeout_value(value)
+    if not n then return nil, msg end
+    cmd.timeout = n
+  elseif key == "debug" then
+    cmd.debug = true
+  elseif key == "no_token_cache" then
+    cmd.token_cache = false
+  elseif key == "request" then
+    state.has_r = true
+    return rv:apply(value)
+  elseif key == "param" then
+    return set_param(cmd, value)
+  end
+  return true
+end
+
+-- The positional words and the rest of argv applied to a new command table and request value.
+-- Returns words, cmd, rv, state and the first message, if any (--help must still work then).
+local function read_items(argv)
+  local items, err = tokenize(argv)
   local rv = seed.request_value(seed.HttpBody)
   local cmd = { action = "call", params = {}, scopes = {}, debug = false, token_cache = true }
-  local words, seen_scope, seen_r, want_help, has_r = {}, {}, false, false, false
+  local words, state = {}, { seen_scope = {}, has_r = false, want_help = false }
   for _, item in ipairs(items) do
-    local key, value = item.opt and item.opt.key, item.value
-    if item.word then
-      -- After a -r, bare name=value words continue the request value, as in the seed's
-      -- `-r . content-type=x data=y`; other words are positional arguments.
-      if seen_r and item.word:find("=", 1, true) then
-        local ok, msg = rv:apply(item.word)
-        if not ok then fail(msg) end
-      else
-        words[#words + 1] = item.word
-      end
-    elseif key == "help" then
-      want_help = true
-    elseif key == "scope" then
-      if not seen_scope[value] then
-        seen_scope[value] = true
-        cmd.scopes[#cmd.scopes + 1] = value
-      end
-    elseif key == "endpoint" or key == "credentials" or key == "output" then
-      cmd[key] = value
-    elseif key == "timeout" then
-      local n = value:match("^%d+%.?%d*$") and tonumber(value)
-      if not n or n <= 0 or n > 1e9 then
-        fail(format("--timeout needs a number of seconds greater than 0, got '%s'", value))
-      else
-        cmd.timeout = n
-      end
-    elseif key == "debug" then
-      cmd.debug = true
-    elseif key == "no_token_cache" then
-      cmd.token_cache = false
-    elseif key == "request" then
-      seen_r = true
-      has_r = true
-      local ok, msg = rv:apply(value)
-      if not ok then fail(msg) end
-    elseif key == "param" then
-      local name, v = value:match("^([^=]*)=(.*)$")
-      if not name then
-        fail(format("-p needs <key>=<value>, got '%s'", value))
-      elseif name == "" then
-        fail(format("missing parameter name before '=' in '%s'", value))
-      else
-        local wire_value, msg = params.check(name, v)
-        if wire_value then
-          cmd.params[params.to_wire(name)] = wire_value  -- a later -p wins
-        else
-          fail(msg)
-        end
-      end
+    local ok, msg = true, nil
+    -- After a -r, bare name=value words continue the request value, as in the seed's
+    -- `-r . content-type=x data=y`; other words are positional arguments.
+    if item.word and state.has_r and item.word:find("=", 1, true) then
+      ok, msg = rv:apply(item.word)
+    elseif item.word then
+      words[#words + 1] = item.word
+    else
+      ok, msg = apply_option(cmd, rv, state, item.opt.key, item.value)
     end
+    if not ok then err = err or msg end
   end
+  return words, cmd, rv, state, err
+end
 
-  if want_help then return help_command(words) end
-  local method, merr = resolve(words)
-  if not method then return nil, merr end
-  if err then return nil, err end
-
+-- The method's positional arguments into cmd. Returns true, or nil and a message.
+local function take_args(method, words, cmd)
   local nargs = #method.args
   if #words < 2 + nargs then
     local missing = {}
@@ -656,20 +585,23 @@ function seed.parse(argv)
     return nil, format("unexpected argument '%s'%s", extra, hint)
   end
   for k, a in ipairs(method.args) do cmd[a.key] = words[2 + k] end
+  return true
+end
 
-  if not method.request then
-    if has_r then
-      return nil, format("%s takes no request value (-r); it is a %s of <dicom-web-path>", method.name,
-        method.http_method)
-    end
-    local path, query = seed.check_path(method, cmd.dicom_web_path)
-    if not path then return nil, query end
-    cmd.dicom_web_path, cmd.query = path, query
-    cmd.method = method.id
-    if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
-    return cmd
+-- A read or delete method's command: its path checked, no request value.
+local function read_command(method, cmd, has_r)
+  if has_r then
+    return nil, format("%s takes no request value (-r); it is a %s of <dicom-web-path>", method.name,
+      method.http_method)
   end
+  local path, query = seed.check_path(method, cmd.dicom_web_path)
+  if not path then return nil, query end
+  cmd.dicom_web_path, cmd.query = path, query
+  return cmd
+end
 
+-- A store method's command: the request value complete, its data read as data_value says.
+local function store_command(cmd, rv)
   local missing = missing_fields(seed.HttpBody, rv.value)
   if missing then
     return nil, format("missing request value: %s (e.g. -r . content-type=application/dicom "
@@ -678,11 +610,36 @@ function seed.parse(argv)
   if rv.value.content_type == "" then return nil, "content-type must not be empty" end
   local data, derr = data_value(rv.value.data)
   if data == nil then return nil, derr end
-
-  cmd.method = method.id
   cmd.body = { content_type = rv.value.content_type, data = data }
-  if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
   return cmd
+end
+
+--[[
+Parses argv (a list of strings, without the program name). Returns a command table, or
+nil and a message for a usage error (the caller exits with 2):
+  { action = "help", help_topic = "top" | "projects" | <method id>, method = <id> or nil }
+  { action = "call", method = "store-instances" | "studies-store-instances",
+    parent = ..., dicom_web_path = ...,
+    body = { content_type = ..., data = <string> | { file = path } | { stdin = true } },
+    params = { [wire name] = value }, scopes = { url, ... } (default: cloud-healthcare),
+    output = path or "-" or nil, endpoint = url or nil, credentials = path or nil,
+    debug = boolean, token_cache = boolean, timeout = seconds or nil }
+  For a read or delete method (no request value): { action = "call", method = <id>, parent,
+    dicom_web_path = the path without its query, query = what followed '?' or nil (search
+    methods only), params, scopes, output, endpoint, credentials, debug, token_cache }.
+]]
+function seed.parse(argv)
+  local words, cmd, rv, state, err = read_items(argv)
+  if state.want_help then return help_command(words) end
+  local method, merr = resolve(words)
+  if not method then return nil, merr end
+  if err then return nil, err end
+  local ok, aerr = take_args(method, words, cmd)
+  if not ok then return nil, aerr end
+  cmd.method = method.id
+  if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
+  if not method.request then return read_command(method, cmd, state.has_r) end
+  return store_command(cmd, rv)
 end
 
 return seed

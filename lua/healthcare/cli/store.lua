@@ -3,12 +3,21 @@
 -- files (healthcare.dicomweb.batch), shows a progress bar on a terminal, prints a summary (or the JSON
 -- report with --json) and exits 0 when nothing failed, 1 when something did, 2 on usage errors.
 local argparse = require "argparse"
-local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local batch = require "healthcare.dicomweb.batch"
 local common = require "healthcare.cli.common"
+local json = require "healthcare.cli.json"
 
 local M = {}
+
+local say = common.sayer("healthcare store")
+
+-- Older spellings of flags, still taken (README "The healthcare command"): old -> current.
+M.DEPRECATED_FLAGS = {
+  { "--study", "--study-uid" },
+  { "--max-instances", "--max-request-instances" },
+  { "--retry-max", "--retry-max-attempts" },
+}
 
 local function parser()
   local p = argparse("healthcare store",
@@ -16,13 +25,15 @@ local function parser()
   common.add_store_options(p)
   p:argument("files", "DICOM files or directories (walked recursively); one that cannot be read is an error "
     .. "(exit 2, nothing sent).", nil, nil, "*")
-  p:option("--study", "Store under studies/UID; files of another study are skipped.")
+  common.option(p, M.DEPRECATED_FLAGS, "--study-uid",
+    "Store under studies/UID; files of another study are skipped."):argname("<uid>")
   p:option("--concurrency", "Requests in flight at once.", tostring(batch.DEFAULTS.concurrency)):convert(tonumber)
   p:option("--max-request-bytes", "Most bytes of DICOM per request.",
     tostring(batch.DEFAULTS.max_request_bytes)):convert(tonumber)
-  p:option("--max-instances", "Most instances per request.",
+  common.option(p, M.DEPRECATED_FLAGS, "--max-request-instances", "Most instances per request.",
     tostring(batch.DEFAULTS.max_request_instances)):convert(tonumber)
-  p:option("--retry-max", "Attempts per request before its instances count as failed.",
+  common.option(p, M.DEPRECATED_FLAGS, "--retry-max-attempts",
+    "Attempts per request before its instances count as failed.",
     tostring(batch.RETRY_DEFAULTS.max_attempts)):convert(tonumber)
   p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored. "
     .. "Refused if it is a symbolic link, not a regular file, another user's, or writable by group or others.")
@@ -32,6 +43,7 @@ local function parser()
     .. "those it does not list (exit 1 if any).")
   p:flag("--json", "Print the report as JSON on standard output.")
   p:flag("--no-progress", "No progress bar, even on a terminal.")
+  p:epilog(common.deprecated_epilog(M.DEPRECATED_FLAGS))
   return p
 end
 
@@ -73,7 +85,7 @@ local function count(inputs, shard_spec)
   local s = shard_spec and require("healthcare.dicomweb.shard").parse(shard_spec)
   local n, bytes = 0, 0
   for f in files.iterate(inputs) do
-    if core.interrupted and core.interrupted() then break end
+    if core.interrupted() then break end
     if not s or s.includes(f.rel) then
       n, bytes = n + 1, bytes + (f.size or 0)
     end
@@ -94,32 +106,16 @@ local function read_list(path)
   return out
 end
 
--- The report as JSON. Debian's lua-cjson (2.1.0) encodes an empty table as {}, so the four
--- lists are written here to stay arrays when empty.
-local REPORT_LISTS = { stored = true, already_stored = true, failed = true, skipped = true }
-local function json_list(list)
-  local items = {}
-  for i, r in ipairs(list) do items[i] = cjson.encode(r) end
-  return "[" .. table.concat(items, ",") .. "]"
-end
-
+-- The report as JSON: its lists stay arrays when empty.
+local REPORT_LISTS = { "stored", "already_stored", "failed", "skipped" }
 local function report_json(report)
-  local keys, out = {}, {}
-  for k in pairs(report) do keys[#keys + 1] = k end
-  table.sort(keys)
-  for _, k in ipairs(keys) do
-    local v = report[k]
-    local enc
-    if REPORT_LISTS[k] then
-      enc = json_list(v)
-    elseif k == "verify" then
-      enc = '{"checked":' .. cjson.encode(v.checked) .. ',"missing":' .. json_list(v.missing) .. "}"
-    else
-      enc = cjson.encode(v)
-    end
-    out[#out + 1] = cjson.encode(k) .. ":" .. enc
+  local view = {}
+  for k, v in pairs(report) do view[k] = v end
+  for _, k in ipairs(REPORT_LISTS) do view[k] = json.array(report[k]) end
+  if report.verify then
+    view.verify = { checked = report.verify.checked, missing = json.array(report.verify.missing) }
   end
-  return "{" .. table.concat(out, ",") .. "}"
+  return json.encode(view)
 end
 
 local function summary(report)
@@ -175,10 +171,9 @@ local function verify_summary(v)
   end
 end
 
-function M.main(argv)
-  local p = parser()
-  local a, code = common.parse(p, argv)
-  if not a then return code end
+-- The paths to store: those named (each readable, else exit 2 with nothing sent) and those of
+-- --from-list. Returns the list, or nil and the exit code after saying why.
+local function inputs_of(a, p)
   local inputs = a.files
   -- A file or folder named here that cannot be read is a mistake in the command (exit 2, nothing
   -- sent), unlike what a folder holds, or a --from-list (often made long before the run, and a
@@ -187,72 +182,91 @@ function M.main(argv)
   for _, path in ipairs(inputs) do
     local why = require("healthcare.dicomweb.files").unreadable(path)
     if why then
-      io.stderr:write("healthcare store: cannot read ", common.printable(path), ": ", common.printable(why), "\n")
+      say("cannot read %s: %s", printable(path), printable(why))
       unreadable = true
     end
   end
   if unreadable then
-    io.stderr:write("healthcare store: nothing was sent\n")
-    return 2
+    say("nothing was sent")
+    return nil, common.EXIT_USAGE
   end
   if a.from_list then
     local list, err = read_list(a.from_list)
     if not list then
-      io.stderr:write("healthcare store: cannot read --from-list: ", printable(err), "\n")
-      return 2
+      say("cannot read --from-list: %s", printable(err))
+      return nil, common.EXIT_USAGE
     end
     for _, l in ipairs(list) do inputs[#inputs + 1] = l end
   end
   if #inputs == 0 then
-    io.stderr:write("healthcare store: no files given\n", p:get_usage(), "\n")
-    return 2
+    say("no files given\n%s", p:get_usage())
+    return nil, common.EXIT_USAGE
   end
-  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_instances", "retry_max" }) do
-    if not a[k] or a[k] < 1 or a[k] ~= math.floor(a[k]) then
-      io.stderr:write("healthcare store: --", k:gsub("_", "-"), " must be a whole number of at least 1\n")
-      return 2
-    end
-  end
+  return inputs
+end
 
-  local store, err = common.open_store(a)
-  if not store then
-    io.stderr:write("healthcare store: ", tostring(err), "\n")
-    return 2
-  end
+-- The settings that must be whole numbers of at least 1 (argparse converts, not checks).
+local COUNTS = { "concurrency", "max_request_bytes", "max_request_instances", "retry_max_attempts" }
 
+-- Stores the inputs with a progress bar on a terminal. Returns the report and verify's error, if
+-- any; or nil, nil and the exit code after saying why.
+local function run(store, inputs, a)
   -- Ctrl-C (or a scheduler's SIGTERM) stops between requests; the journal stays whole.
-  if core.trap_interrupts then core.trap_interrupts() end
+  core.trap_interrupts()
   local show = not a.json and not a.no_progress and core.isatty(2)
   local on_progress
   if show then on_progress = progress_bar(count(inputs, a.shard)) end
-  local report, rerr = store:store(inputs, {
-    study_uid = a.study, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
-    max_request_instances = a.max_instances, retry = { max_attempts = a.retry_max },
+  local report, err = store:store(inputs, {
+    study_uid = a.study_uid, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
+    max_request_instances = a.max_request_instances, retry = { max_attempts = a.retry_max_attempts },
     journal = a.journal, shard = a.shard, on_progress = on_progress,
     -- Only --json and --verify need a record of every stored file; a summary needs counts.
     keep_stored = a.json or a.verify or false,
   })
   if show then io.stderr:write("\r\27[K") end
   if not report then
-    store:close()
-    io.stderr:write("healthcare store: ", tostring(rerr), "\n")
-    return 2
+    say("%s", tostring(err))
+    return nil, nil, common.EXIT_USAGE
   end
   local verr
   if a.verify and not report.interrupted then
     report.verify, verr = store:verify(report)
   end
+  return report, verr
+end
+
+function M.main(argv)
+  local p = parser()
+  local a, code = common.parse(p, argv)
+  if not a then return code end
+  local inputs
+  inputs, code = inputs_of(a, p)
+  if not inputs then return code end
+  for _, k in ipairs(COUNTS) do
+    if not a[k] or a[k] < 1 or a[k] ~= math.floor(a[k]) then
+      say("--%s must be a whole number of at least 1", (k:gsub("_", "-")))
+      return common.EXIT_USAGE
+    end
+  end
+  local store
+  store, code = common.open_store_or_say(a, say)
+  if not store then return code end
+  local report, verr
+  report, verr, code = run(store, inputs, a)
   store:close()
+  if not report then return code end
   if a.json then
     io.stdout:write(report_json(report), "\n")
   else
     summary(report)
     if report.verify then verify_summary(report.verify) end
   end
-  if verr then io.stderr:write("healthcare store: cannot verify: ", tostring(verr), "\n") end
+  if verr then say("cannot verify: %s", tostring(verr)) end
   if report.interrupted then return 128 + (core.interrupted() or 2) end
-  if #report.failed > 0 or verr or (report.verify and #report.verify.missing > 0) then return 1 end
-  return 0
+  if #report.failed > 0 or verr or (report.verify and #report.verify.missing > 0) then
+    return common.EXIT_FAILED
+  end
+  return common.EXIT_OK
 end
 
 return M

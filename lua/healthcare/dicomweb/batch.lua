@@ -10,6 +10,7 @@ local core = require "healthcare.core"
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
 local files = require "healthcare.dicomweb.files"
+local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local retry = require "healthcare.retry"
 local stow = require "healthcare.dicomweb.stow"
@@ -46,7 +47,7 @@ local OPTION_TYPES = {
   on_instance = "function", keep_stored = "boolean",
 }
 
-local PART_HEADERS = "Content-Type: application/dicom\r\n"
+local PART_HEADERS = "Content-Type: " .. media.DICOM .. "\r\n"
 
 local function entry_of(f, probe)
   return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, dev = f.dev, ino = f.ino,
@@ -270,7 +271,7 @@ function Batch:start(group)
   local request, err = self.client:start {
     method = "POST",
     url = self.url,
-    headers = { 'Content-Type: multipart/related; type="application/dicom"; boundary=' .. group.boundary,
+    headers = { "Content-Type: " .. media.multipart(media.DICOM) .. "; boundary=" .. group.boundary,
       "Accept: " .. stow.ACCEPT },
     body = multipart_body(group, group.boundary),
   }

@@ -5,6 +5,7 @@
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
 local errors = require "healthcare.errors"
+local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
 local retry = require "healthcare.retry"
@@ -95,7 +96,7 @@ local function poll(store, what, name, query, opts, policy)
     interval = math.min(max_interval, interval * M.POLL_GROWTH)
     polls = polls + 1
     local res, err = send_with_retry(store, {
-      method = "GET", url = url, headers = { "Accept: application/json" }, query = query,
+      method = "GET", url = url, headers = { "Accept: " .. media.ACCEPT.delete }, query = query,
     }, policy, deadline, function() return true end)
     if not res then
       err.operation = name
@@ -164,7 +165,7 @@ local function delete(store, depth, uids, opts)
   -- Google answers in JSON. Orthanc's DICOMweb plugin looks at Accept before the method on
   -- series and instance paths, and answers an Accept it cannot produce with 400 instead of
   -- 405: a plain DICOMweb server gets "*/*" so that it can say it has no DELETE.
-  local accept = store.name ~= store.base_url and "application/json" or "*/*"
+  local accept = store.name ~= store.base_url and media.ACCEPT.delete or "*/*"
   local res, err = send_with_retry(store, {
     method = "DELETE", url = store.base_url .. path, headers = { "Accept: " .. accept }, query = query,
   }, policy, nil, function(e) return NOT_SENT[e.status] end)

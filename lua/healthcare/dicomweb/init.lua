@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- The store object: a DICOMweb base URL ({endpoint}/{parent}/dicomWeb for Google, any DICOMweb
 -- root elsewhere) and the client that carries its requests. Its methods live in one module per
--- concern (stow: StoreInstances; batch: store; search; retrieve; delete; verify) and are put in
+-- concern (stow: StoreInstances; batch: store; search; retrieve; delete; verify; fetch: one raw
+-- request) and are put in
 -- the class as they are: a method IS the module's function, with no wrapper between the user's
 -- call and the checks that blame the user's line for a misuse.
 -- Ownership: a store made by healthcare.dicomweb or healthcare.dicom_store owns the client it
@@ -9,6 +10,7 @@
 -- which store:close() leaves open.
 local batch = require "healthcare.dicomweb.batch"
 local delete = require "healthcare.dicomweb.delete"
+local fetch = require "healthcare.dicomweb.fetch"
 local names = require "healthcare.dicomweb.names"
 local retrieve = require "healthcare.dicomweb.retrieve"
 local search = require "healthcare.dicomweb.search"
@@ -74,6 +76,7 @@ Store.retrieve_frames = retrieve.retrieve_frames
 Store.delete_study = delete.delete_study
 Store.delete_series = delete.delete_series
 Store.delete_instance = delete.delete_instance
+Store.fetch = fetch.fetch
 Store.verify = verify.verify
 
 return M

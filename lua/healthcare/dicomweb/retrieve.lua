@@ -11,6 +11,7 @@
 local core = require "healthcare.core"
 local lfs = require "lfs"
 local errors = require "healthcare.errors"
+local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
 local util = require "healthcare.util"
@@ -18,9 +19,9 @@ local util = require "healthcare.util"
 local M = {}
 
 M.DEFAULT_TRANSFER_SYNTAX = "*"   -- as stored: Orthanc and Google then send the stored bytes
-M.DEFAULT_RENDERED_ACCEPT = "image/jpeg"
-M.DEFAULT_FRAME_TYPE = "application/octet-stream"
-M.METADATA_ACCEPT = "application/dicom+json"
+M.DEFAULT_RENDERED_ACCEPT = media.ACCEPT.rendered
+M.DEFAULT_FRAME_TYPE = media.OCTET_STREAM
+M.METADATA_ACCEPT = media.ACCEPT.metadata
 -- Instances, frames and rendered images are asked for without content coding (the transport
 -- sends "Accept-Encoding: identity" and refuses an encoded answer): Orthanc compresses on the
 -- fly when allowed, and a 100 MB instance took 6.6 s against 3.8 s uncompressed on loopback.
@@ -62,14 +63,6 @@ local METADATA_OPTIONS = { "params", "max_bytes", "timeout" }
 local RENDERED_OPTIONS = with({ "timeout", "idle_timeout", "min_speed", "max_bytes", "max_part_bytes", "compressed",
   "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress")
 local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress")
-
--- File name extensions of the media types a frame or a rendered image comes as.
-local EXTENSIONS = {
-  ["application/octet-stream"] = "raw", ["image/jpeg"] = "jpg", ["image/png"] = "png",
-  ["image/gif"] = "gif", ["image/jp2"] = "jp2", ["image/jpx"] = "jpx", ["image/jls"] = "jls",
-  ["image/x-jls"] = "jls", ["image/dicom-rle"] = "rle", ["image/x-dicom-rle"] = "rle",
-  ["video/mpeg"] = "mpg", ["video/mp4"] = "mp4", ["application/dicom"] = "dcm",
-}
 
 -- Values quoted in messages go in as they are: tostring(err) makes a message printable, and the
 -- command prints a file's warning through common.printable.
@@ -325,8 +318,7 @@ local function check_media_type(v, what)
 end
 
 local function media_type(headers)
-  local ct = headers and headers["content-type"] or ""
-  return (ct:match("^%s*([^;%s]+)") or ""):lower()
+  return media.of(headers and headers["content-type"])
 end
 
 local function remove_parts(parts, from)
@@ -347,7 +339,7 @@ local function instance_of(part, used)
   local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
   if not info then
     local ctype = media_type(part.headers)
-    return string.format("not a DICOM file (%s)%s", perr.message, (ctype ~= "application/dicom" and ctype ~= "")
+    return string.format("not a DICOM file (%s)%s", perr.message, (ctype ~= media.DICOM and ctype ~= "")
       and (", Content-Type " .. shown(ctype)) or "")
   elseif uid == nil then
     return "a DICOM file without a SOP Instance UID"
@@ -460,7 +452,7 @@ local function retrieve_instances(store, uids, opts, what, bounds)
     return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected)
   end
   local res, err = send(store, path,
-    { 'Accept: multipart/related; type="application/dicom"; transfer-syntax=' .. ts }, opts,
+    { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
     { what = what, sink = { dir = dir }, bounds = bounds })
   if not res then
     return nil, keep_completed(err, name)
@@ -660,10 +652,6 @@ function M.retrieve_metadata(store, study, series, instance, opts)
   return out
 end
 
-local function extension_of(mtype)
-  return EXTENSIONS[mtype] or "bin"
-end
-
 local function check_frame(n, what)
   if math.type then
     if math.type(n) ~= "integer" and not (type(n) == "number" and n == math.floor(n)) then n = nil end
@@ -693,7 +681,7 @@ local function rendered(store, study, series, instance, opts, bounds)
   if to:sub(-1) == "/" or is_dir(to) then
     local ok, derr = ready_dir(to)
     if not ok then return nil, derr end
-    to = join(to, instance .. suffix .. "." .. extension_of(accept:lower()))
+    to = join(to, instance .. suffix .. "." .. media.extension(accept:lower()))
   else
     local ok, derr = ready_dir(parent_of(to))
     if not ok then return nil, derr end
@@ -725,7 +713,7 @@ local function name_frames(parts, dir, numbers)
   local files = {}
   for i, part in ipairs(parts) do
     local ctype = media_type(part.headers)
-    local path = join(dir, string.format("frame-%s.%s", numbers[i], extension_of(ctype)))
+    local path = join(dir, string.format("frame-%s.%s", numbers[i], media.extension(ctype)))
     local ok, err = place(part.path, path)
     if not ok then
       remove_parts(parts, i + 1)
@@ -759,10 +747,9 @@ local function frames_to(store, study, series, instance, frames, opts, bounds)
   local dir = opts.to
   local ok, derr = ready_dir(dir)
   if not ok then return nil, derr end
-  local accept = string.format('Accept: multipart/related; type="%s"', mtype)
   -- Without a transfer-syntax, PS3.18 (8.7.3.5.2) means Explicit VR Little Endian for
   -- application/octet-stream: uncompressed pixels, what most callers of frames want.
-  if opts.transfer_syntax then accept = accept .. "; transfer-syntax=" .. ts end
+  local accept = "Accept: " .. media.multipart(mtype, opts.transfer_syntax and ts or nil)
   local function name(parts)
     return name_frames(parts, dir, numbers)
   end

@@ -4,6 +4,7 @@
 -- offset) as the caller iterates, each item a DICOM JSON data set wrapped for keyword access.
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
+local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
 local util = require "healthcare.util"
@@ -183,7 +184,7 @@ local function fetch(self, limit, offset)
   local res, err = self.store.client:send {
     method = "GET",
     url = self.url .. (qs ~= "" and ("?" .. qs) or ""),
-    headers = { "Accept: application/dicom+json" },
+    headers = { "Accept: " .. media.ACCEPT.search },
     query = self.params,
     timeout = self.timeout,
     compressed = true,

@@ -4,13 +4,14 @@
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
 local errors = require "healthcare.errors"
+local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
 local util = require "healthcare.util"
 
 local M = {}
 
-M.ACCEPT = "application/dicom+json"
+M.ACCEPT = media.ACCEPT.store
 
 -- The request body of an HttpBody: { content_type = ..., data = string | { file = path } }.
 local function transport_body(body)
@@ -42,7 +43,7 @@ end
 --- PS3.18 and Google use 202 and 409 with per-instance detail; anything else is an error.
 function M.read_store_response(res, what)
   local ct = (res.headers["content-type"] or ""):lower()
-  local is_xml = ct:find("application/dicom+xml", 1, true) ~= nil
+  local is_xml = ct:find(media.DICOM_XML, 1, true) ~= nil
   local doc
   -- DICOM JSON is also recognised by its shape: Orthanc answers a request with an unreadable
   -- part with 400, DICOM JSON and no Content-Type, and what it lists there IS stored.
@@ -50,7 +51,7 @@ function M.read_store_response(res, what)
     doc = cjson.decode(res.body)
     if type(doc) ~= "table" or doc.error ~= nil then
       doc = nil
-    elseif not ct:find("application/dicom+json", 1, true) then
+    elseif not ct:find(media.DICOM_JSON, 1, true) then
       for k in pairs(doc) do
         if type(k) ~= "string" or not k:match("^%x%x%x%x%x%x%x%x$") then doc = nil break end
       end

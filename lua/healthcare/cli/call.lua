@@ -1,0 +1,178 @@
+-- SPDX-License-Identifier: MIT
+-- The seed form's calls (healthcare.cli.seed parses them): `healthcare projects
+-- locations-datasets-dicom-stores-<method> <parent> <dicom-web-path> ...`. StoreInstances goes
+-- through store:store_instances; the read and delete methods through store:fetch, the store's
+-- raw request: the store picks the Accept value and the content coding, and its answer comes back
+-- as it was sent, to be printed (JSON answers, pretty) or written byte for byte (-o FILE streams
+-- it to a temporary file renamed over FILE once whole).
+local core = require "healthcare.core"
+local errors = require "healthcare.errors"
+local media = require "healthcare.dicomweb.media"
+local names = require "healthcare.dicomweb.names"
+local common = require "healthcare.cli.common"
+local json = require "healthcare.cli.json"
+local seed = require "healthcare.cli.seed"
+
+local M = {}
+
+local say = common.sayer("healthcare")
+
+-- An answer written to standard output is held in memory first (-o FILE streams instead).
+M.MAX_STDOUT_BYTES = 1024 * 1024 * 1024
+
+-- The store of the call's <parent> (a store of its own, which store:close() closes with its client),
+-- once <parent> and the output are known to be right: a mistake there should not cost a request.
+-- out: the -o file, nil for standard output. Returns the store, or nil and the exit code after
+-- saying why.
+local function open_store(cmd, out)
+  local ok, perr = names.check_parent(cmd.parent)
+  if not ok then
+    say("%s", tostring(perr))
+    return nil, common.EXIT_USAGE
+  end
+  -- Written only once the answer is in, so a failed call leaves an existing file as it was.
+  local fine, why = common.check_output(out)
+  if not fine then
+    say("cannot write the output: %s", why)
+    return nil, common.EXIT_USAGE
+  end
+  return common.dicom_store_or_say(cmd.parent, {
+    endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
+    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
+  }, say)
+end
+
+-- Copies standard input to a temporary file in chunks so it can be sent with a length (and
+-- re-sent on a retry) without holding it in memory.
+local function stdin_to_file()
+  local path = os.tmpname()
+  local f = assert(io.open(path, "wb"))
+  while true do
+    local chunk = io.stdin:read(1024 * 1024)
+    if not chunk then break end
+    f:write(chunk)
+  end
+  f:close()
+  return path
+end
+
+-- Writes text to -o (or standard output); the exit code.
+local function write_or_say(out, text)
+  local ok, err = common.write_output(out, text)
+  if not ok then
+    say("cannot write the output: %s", err)
+    return common.EXIT_FAILED
+  end
+  return common.EXIT_OK
+end
+
+--- StoreInstances (the store-instances methods): the request value's body posted, the DICOM JSON
+--- answer printed pretty (another answer as it came). Returns the exit code.
+function M.store_instances(cmd)
+  local store, code = open_store(cmd, cmd.output)
+  if not store then return code end
+  local body, tmp = cmd.body, nil
+  if type(body.data) == "table" and body.data.stdin then
+    tmp = stdin_to_file()
+    body = { content_type = body.content_type, data = { file = tmp } }
+  end
+  local res, err = store:store_instances(cmd.dicom_web_path, body, cmd.params)
+  if tmp then os.remove(tmp) end
+  store:close()
+  if not res then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  local text = res.json and (json.pretty(res.json) .. "\n")
+    or (res.body:sub(-1) == "\n" and res.body or res.body .. "\n")
+  code = write_or_say(cmd.output, text)
+  if code ~= common.EXIT_OK then return code end
+  if not res.ok then
+    say("the server did not store every instance (HTTP %d)", res.status)
+    return common.EXIT_FAILED
+  end
+  return common.EXIT_OK
+end
+
+-- JSON answers, pretty-printed; an empty answer (204) is an empty list, or {} for a delete.
+local function json_text(kind, res)
+  local body = res.body or ""
+  if body:match("^%s*$") then return kind == "delete" and "{}\n" or "[]\n" end
+  local doc = json.decode(body)
+  if doc == nil then return nil end
+  if type(doc) == "table" and next(doc) == nil then
+    return (body:match("^%s*%[") and "[]" or "{}") .. "\n"
+  end
+  return json.pretty(doc) .. "\n"
+end
+
+local function content_type(res)
+  return common.printable(res.headers["content-type"] or "no Content-Type")
+end
+
+-- Prints or writes a read or delete method's answer (a 2xx); the exit code.
+local function write_answer(m, res, out)
+  if media.JSON_KINDS[m.kind] then
+    local text = json_text(m.kind, res)
+    if not text then
+      say("%s: the answer (HTTP %d, %s) is not JSON", m.what, res.status, content_type(res))
+      return common.EXIT_FAILED
+    end
+    return write_or_say(out, text)
+  end
+  if res.file then
+    io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", res.bytes or 0, content_type(res),
+      common.printable(res.file)))
+    return common.EXIT_OK
+  end
+  -- to standard output, or a transport without the streaming sink: the answer came in memory
+  local code = write_or_say(out, res.body)
+  if code == common.EXIT_OK and out then
+    io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", #res.body, content_type(res),
+      common.printable(out)))
+  end
+  return code
+end
+
+-- store:fetch of the method's path, Ctrl-C or SIGTERM abandoning the transfer (the sink removes
+-- its temporary file, so an existing -o file stays as it was). Returns res, err and the signal.
+local function fetch(store, m, cmd, out)
+  local binary = not media.JSON_KINDS[m.kind]
+  core.trap_interrupts()
+  local res, err = store:fetch(cmd.dicom_web_path, {
+    method = m.http_method, query = cmd.query, params = cmd.params,
+    to = binary and out or nil,
+    max_bytes = binary and not out and M.MAX_STDOUT_BYTES or nil,
+    on_progress = function() return not core.interrupted() end,
+  })
+  local sig = core.interrupted()
+  core.trap_interrupts(false)
+  return res, err, sig
+end
+
+--- The read and delete methods: one request, its answer printed or written. Returns the exit code.
+function M.read_or_delete(cmd)
+  local m = seed.find_method(cmd.method)
+  local out = cmd.output ~= "-" and cmd.output or nil
+  local store, code = open_store(cmd, out)
+  if not store then return code end
+  local res, err, sig = fetch(store, m, cmd, out)
+  if sig then
+    store:close()
+    say("interrupted%s", res and res.file and "" or "; nothing written")
+    return 128 + sig
+  end
+  if res and (res.status < 200 or res.status > 299) then
+    res, err = nil, errors.from_response(res, m.what)
+  end
+  if not res then
+    say("%s", tostring(err))
+    code = m.kind == "search" and common.exit_code_for(err) or common.exit_code_for_uid(store, err)
+    store:close()
+    return code
+  end
+  store:close()
+  return write_answer(m, res, out)
+end
+
+return M

@@ -1,0 +1,101 @@
+-- SPDX-License-Identifier: MIT
+-- The friendly commands' flags and the command's JSON writer, without a server: a flag is the Lua
+-- option's name with '-' (README "One name, one meaning") and its older spelling is still taken,
+-- hidden from --help's list and named in its epilog; what is checked before any request answers
+-- alike under both spellings (a closed port as the store: anything sent would fail otherwise).
+-- healthcare.cli.json: sorted keys, [] for marked lists, "/" unescaped, the pretty layout.
+local H = require "helpers"
+local json = require "healthcare.cli.json"
+
+local STORE = "http://127.0.0.1:9/dicom-web"
+
+describe("healthcare.cli.json", function()
+  local cases = {
+    { "a scalar", "x/y", '"x/y"', '"x/y"' },
+    { "a number", 3, "3", "3" },
+    { "an empty table", {}, "{}", "{}" },
+    { "an empty marked list", json.array({}), "[]", "[]" },
+    { "a list", { 1, "a", true }, '[1,"a",true]', '[\n  1,\n  "a",\n  true\n]' },
+    { "keys sorted, nested", { b = { 2 }, a = { c = json.array({}) } }, '{"a":{"c":[]},"b":[2]}',
+      '{\n  "a": {\n    "c": []\n  },\n  "b": [\n    2\n  ]\n}' },
+    { "a list with a hole is an object", { [1] = "x", [3] = "z" }, '{"1":"x","3":"z"}',
+      '{\n  "1": "x",\n  "3": "z"\n}' },
+    { "escapes kept, but '/'", { path = "a/b\n\"c\"\\/" }, '{"path":"a/b\\n\\"c\\"\\\\/"}',
+      '{\n  "path": "a/b\\n\\"c\\"\\\\/"\n}' },
+  }
+  for _, c in ipairs(cases) do
+    it("writes " .. c[1], function()
+      assert.equal(c[3], json.encode(c[2]))
+      assert.equal(c[4], json.pretty(c[2]))
+      -- what it writes reads back as the value
+      local back = json.decode(json.encode(c[2]))
+      if type(c[2]) ~= "table" then assert.equal(c[2], back) end
+    end)
+  end
+
+  it("marks a list without changing a table that has a metatable of its own", function()
+    local mt = {}
+    local t = setmetatable({ 1 }, mt)
+    local marked = json.array(t)
+    assert.equal(mt, getmetatable(t))
+    assert.equal("[1]", json.encode(marked))
+    assert.equal("[]", json.encode(json.array(setmetatable({}, mt))))
+  end)
+
+  it("raises for what JSON cannot hold", function()
+    assert.has_error(function() json.encode({ f = print }) end)
+  end)
+end)
+
+describe("flags and their older spellings", function()
+  local dir, file
+  setup(function()
+    dir = os.tmpname()
+    os.remove(dir)
+    assert(require("lfs").mkdir(dir))
+    file = H.write_file(dir .. "/a.dcm", "not DICOM")
+  end)
+  teardown(function()
+    os.remove(file)
+    os.remove(dir)
+  end)
+
+  -- { command words, the flag now, its old spelling, a value it refuses, the message }
+  local cases = {
+    { { "store", STORE }, "--max-request-instances", "--max-instances", "0",
+      "healthcare store: --max-request-instances must be a whole number of at least 1\n" },
+    { { "store", STORE }, "--retry-max-attempts", "--retry-max", "0",
+      "healthcare store: --retry-max-attempts must be a whole number of at least 1\n" },
+    { { "store", STORE }, "--study-uid", "--study", "1.2.x", "healthcare store: invalid study UID '1.2.x'\n" },
+    { { "delete", STORE, "1.2.3", "--yes" }, "--operation-timeout", "--timeout", "-1",
+      "healthcare delete: --operation-timeout must be a number of seconds >= 0\n" },
+  }
+  for _, c in ipairs(cases) do
+    it(c[2] .. " and " .. c[3] .. " (" .. c[1][1] .. ") refuse " .. c[4] .. " alike, before any request", function()
+      for _, flag in ipairs({ c[2], c[3] }) do
+        local args = {}
+        for i, w in ipairs(c[1]) do args[i] = w end
+        if c[1][1] == "store" then args[#args + 1] = dir end
+        args[#args + 1] = flag .. "=" .. c[4]
+        local out, err, code = H.healthcare(args)
+        assert.equal(2, code, flag .. ": " .. err)
+        assert.equal("", out)
+        assert.equal(c[5], err, flag)
+      end
+    end)
+  end
+
+  it("--help lists the current spellings and names the old ones in its epilog only", function()
+    for _, c in ipairs({ { "store", { "--max-instances", "--retry-max", "--study" } }, { "delete", { "--timeout" } } }) do
+      local out, err, code = H.healthcare({ c[1], "--help" })
+      assert.equal(0, code, err)
+      local options, epilog = out:match("^(.*)\nDeprecated spellings, still taken until the release after 0%.1%.0: "
+        .. "([^\n]*)\n$")
+      assert.is_string(epilog, out)
+      for _, old in ipairs(c[2]) do
+        assert.is_nil(options:find("\n%s*" .. old:gsub("%-", "%%-") .. "[%s,]"), old)
+        assert.truthy(epilog:find(old .. " (now --", 1, true), old)
+      end
+    end
+  end)
+end)
