@@ -213,6 +213,7 @@ HC_API int luaopen_healthcare_core(lua_State *L)
 
     hc_lua_http_register(L);
     hc_lua_journal_register(L);
+    hc_lua_sigv4_register(L);
 #ifdef HC_WITH_DICOM
     hc_lua_dicom_register(L);
 #endif

@@ -26,5 +26,6 @@ void hc_lua_http_register(lua_State *L);
 void hc_lua_dicom_register(lua_State *L);
 void hc_lua_jwt_register(lua_State *L);
 void hc_lua_journal_register(lua_State *L);
+void hc_lua_sigv4_register(lua_State *L);
 
 #endif
