@@ -4,7 +4,8 @@
 -- files in parallel: its token counters, its `expires_in` setting and its fault rules would be
 -- seen (and consumed) by other files. This instance is this file's alone.
 --   local emulator = require "support.emulator_instance"
---   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host
+--   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host,
+--                                 -- em.sts_url, em.iam_url, em.aws_metadata (the EC2 metadata service)
 --   em:control("keys", {...}); em:stats(); em:count("token_requests", grant); em:stop()
 --   em:service_account(); em:authorized_user()   -- credentials it knows
 local H = require "helpers"
@@ -21,7 +22,7 @@ function M.start()
   local dir = H.tmpdir()
   local out = dir .. "/out"
   local pid = H.check_run(table.concat({
-    H.q(PY), H.q(E.support .. "/emulator.py"), "--port 0 --metadata-port 0",
+    H.q(PY), H.q(E.support .. "/emulator.py"), "--port 0 --metadata-port 0 --aws-metadata-port 0",
     "--orthanc", H.q(E.orthanc), "--store", H.q(E.store), "--token", H.q(E.token .. "-private"),
     "--api-key", H.q(E.api_key .. "-private"), "--tmp", H.q(dir),
     ">", H.q(out), "2>", H.q(dir .. "/err"), "& echo $!",
@@ -36,6 +37,9 @@ function M.start()
   assert(url, "the private emulator did not start: " .. (H.file_bytes(dir .. "/err") or ""))
   local self = setmetatable({ pid = pid, dir = dir, url = url }, Instance)
   self.metadata_host = H.json.decode(info).metadata_host
+  self.aws_metadata = H.json.decode(info).aws_metadata
+  self.sts_url = url .. "/v1/token"                  -- an external_account file's token_url
+  self.iam_url = url .. "/v1/projects/-/serviceAccounts/"   -- .. email .. ":generateAccessToken"
   self.token_uri = url .. "/token"
   self.endpoint = url .. "/v1"
   self.store_url = self.endpoint .. "/" .. E.store .. "/dicomWeb"
