@@ -6,7 +6,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$(CURDIR)/$(BUILD)/?.so;;'
 
 # The sanitizer suite in `make test` reruns the specs that drive the C core hardest (ctest -R).
-SANITIZE_SPECS ?= ^(c_|10-|18-|30-|40-|50-|60-|8[0-6]-|9[0-2]-)
+SANITIZE_SPECS ?= ^(c_|10-|18-|30-|40-|43-|50-|60-|8[0-6]-|9[0-2]-)
 FUZZ_SECONDS ?= 60
 
 .PHONY: all deps build test demo install lint clean fuzz valgrind bench bench-retrieve bench-scale api api-check
