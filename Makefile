@@ -5,11 +5,12 @@ BUILD ?= build
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$(CURDIR)/$(BUILD)/?.so;;'
 
-# The sanitizer suite in `make test` reruns the specs that drive the C core hardest (ctest -R).
-SANITIZE_SPECS ?= ^(c_|10-|18-|30-|40-|43-|50-|60-|8[0-6]-|9[0-2]-)
+# The sanitizer suite in `make test` reruns the C tests, the unit lane and the specs that drive the
+# C core hardest (ctest -R).
+SANITIZE_SPECS ?= ^(c_|unit/|10-|30-|4[023]-|50-|60-|8[0-6]-|9[0-2]-)
 FUZZ_SECONDS ?= 60
 
-.PHONY: all deps build test demo install lint clean fuzz valgrind bench bench-retrieve bench-scale api api-check
+.PHONY: all deps build check test demo install lint clean fuzz valgrind bench bench-retrieve bench-scale api api-check
 
 all: build
 
@@ -23,13 +24,19 @@ build: deps $(BUILD)/CMakeCache.txt
 	cmake -S . -B $(BUILD) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 
-# Every spec and C test, inside a private network namespace with Orthanc and the Google
-# emulator started (spec/support/testbed), then stopped whatever happens.
-# The specs under ASan+UBSan first (scripts/test-sanitize), then the whole suite, whose ctest
-# summary ends the output. Lua 5.4 and LuaJIT specs are both in the ctest run (CMakeLists.txt).
-test: build
+# The fast unit lane: the C tests and the specs of spec/unit/ (ctest label "unit"), under Lua 5.4
+# and LuaJIT, outside the test bed: no network namespace, no Orthanc, no Python. Seconds.
+check: build
+	ctest --test-dir $(BUILD) --output-on-failure -L unit -j 2
+
+# Every spec and C test. The unit lane first (make check); then, inside a private network
+# namespace with Orthanc and the Google emulator started (spec/support/testbed) and stopped
+# whatever happens, the specs under ASan+UBSan (scripts/test-sanitize) and the integration
+# specs, whose ctest summary ends the output. Lua 5.4 and LuaJIT specs are both in each run
+# (CMakeLists.txt).
+test: check
 	scripts/test-sanitize '$(SANITIZE_SPECS)'
-	spec/support/testbed ctest --test-dir $(BUILD) --output-on-failure -j 2
+	spec/support/testbed ctest --test-dir $(BUILD) --output-on-failure -j 2 -LE unit
 
 # Each libFuzzer target for FUZZ_SECONDS (fuzz/README.md); crashes become spec/fixtures/fuzz inputs.
 fuzz: deps

@@ -540,9 +540,10 @@ static int hc_sink_request(hc_sink_conn *c)
         }
         {
             hc_sink_text out = { NULL, 0, 0 };
-            if (hc_sink_text_add(&out, "{\"00081190\":{\"vr\":\"UR\",\"Value\":[\"http://127.0.0.1:%d/"
-                                       "studies/%s\"]},\"00081199\":{\"vr\":\"SQ\",\"Value\":[%.*s]}}",
-                                 c->sink->port, c->study, (int)c->items.n,
+            static const char answer[] = "{\"00081190\":{\"vr\":\"UR\",\"Value\":"
+                "[\"http://127.0.0.1:%d/studies/%s\"]},"
+                "\"00081199\":{\"vr\":\"SQ\",\"Value\":[%.*s]}}";
+            if (hc_sink_text_add(&out, answer, c->sink->port, c->study, (int)c->items.n,
                                  c->items.p ? c->items.p : "") != 0) {
                 free(out.p);
                 return 0;

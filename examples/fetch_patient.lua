@@ -35,7 +35,7 @@ for study in studies:each() do
   print(string.format("study %s  %s  %s  %s instance(s)", uid, study.StudyDate or "-",
     study.PatientName or "-", tostring(study.NumberOfStudyRelatedInstances or "?")))
   -- WADO-RS, streamed to disk as it arrives; a broken transfer keeps only whole instances.
-  local got, rerr = store:retrieve_study(uid, { to = folder .. "/" .. uid })
+  local got, rerr, partial = store:retrieve_study(uid, { to = folder .. "/" .. uid })
   if got then
     print(string.format("  %d file(s), %d bytes", #got.files, got.bytes))
     -- parts of the answer that were not DICOM instances: reported, not written
@@ -45,13 +45,15 @@ for study in studies:each() do
     if #got.rejected == 0 then fetched = fetched + 1 else failed = failed + 1 end
   else
     failed = failed + 1
-    print(string.format("  failed: %s (%d whole instance(s) kept)", tostring(rerr), #(rerr.files or {})))
+    -- partial: what arrived whole before the failure, in the shape of a result
+    print(string.format("  failed: %s (%d whole instance(s) kept)", tostring(rerr), #partial.files))
   end
 end
+-- A loop cannot return an error: a failed page ends it and sets studies.error.
 if studies.error then
   io.stderr:write("fetch_patient: search stopped: ", tostring(studies.error), "\n")
   failed = failed + 1
 end
 print(string.format("%d stud%s fetched, %d failed", fetched, fetched == 1 and "y" or "ies", failed))
-store.client:close()
+store:close()
 os.exit(failed == 0 and 0 or 1)

@@ -39,5 +39,5 @@ for _, s in ipairs(report.skipped) do
 end
 print(string.format("%d stored, %d failed, %d skipped: %d bytes in %.1f s, %d request(s)",
   #report.stored, #report.failed, #report.skipped, report.bytes, report.seconds, report.requests))
-store.client:close()
+store:close() -- and the client it made
 os.exit(#report.failed == 0 and 0 or 1)

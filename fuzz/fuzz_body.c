@@ -231,98 +231,134 @@ static int hc_fuzz_unknown(const hc_fuzz *z, int64_t off)
     return 0;
 }
 
-static void hc_fuzz_build(hc_fuzz *z, hc_body *b, hc_fuzz_in *in, const char *boundary)
+/* Adds n (from the input) bytes held in memory. */
+static void hc_fuzz_op_mem(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
+{
+    unsigned char bytes[256];
+    unsigned n = hc_fuzz_u8(in), i;
+    for (i = 0; i < n; i++)
+        bytes[i] = (unsigned char)hc_fuzz_u8(in);
+    if (hc_body_add_mem(b, bytes, n) != 0)
+        abort();
+    hc_fuzz_seg_add(z, z->len, n, -1);
+    hc_fuzz_ref(z, bytes, n);
+}
+
+/* Adds a new file, given its size, no size, or a wrong one. */
+static void hc_fuzz_op_file(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
+{
+    char path[64];
+    int64_t n = hc_fuzz_u16(in) % 5000, given;
+    unsigned how = hc_fuzz_u8(in) % 4;
+    int k = hc_fuzz_file_new(z, n, hc_fuzz_u8(in));
+    if (k < 0)
+        return;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", z->files[k].fd);
+    given = how == 0 ? -1 : how == 1 ? n + 1 + hc_fuzz_u8(in) % 8 :
+            how == 2 && n > 0 ? n - 1 - (int64_t)(hc_fuzz_u8(in) % (unsigned)n) : n;
+    if (hc_body_add_file(b, path, given) != 0)
+        abort();
+    z->files[k].recorded = given < 0 ? n : given;
+    hc_fuzz_seg_add(z, z->len, z->files[k].recorded, k);
+    /* The reference holds what the file has, as far as the recorded size reaches. */
+    hc_fuzz_file_bytes(z, k, z->files[k].recorded < n ? z->files[k].recorded : n);
+    if (z->files[k].recorded > n) {
+        static const unsigned char zero[16];
+        int64_t pad = z->files[k].recorded - n;
+        while (pad > 0) {
+            hc_fuzz_ref(z, zero, pad > 16 ? 16 : (size_t)pad);
+            pad -= 16;
+        }
+    }
+}
+
+/* Begins a part with canned headers, or headers from the input (any bytes). */
+static void hc_fuzz_op_part(hc_fuzz *z, hc_body *b, hc_fuzz_in *in, const char *boundary,
+                            int canned_headers)
 {
     static const char *canned[] = {
-        "Content-Type: application/dicom\r\n", "", "Content-Type: application/dicom+json\r\nX-A: b\r\n",
-        "Content-Type: x\r\n\r\n", "A: b\n", "Content-Type: a\rb\r\n",
+        "Content-Type: application/dicom\r\n",
+        "",
+        "Content-Type: application/dicom+json\r\nX-A: b\r\n",
+        "Content-Type: x\r\n\r\n",
+        "A: b\n",
+        "Content-Type: a\rb\r\n",
     };
+    char headers[80];
+    int64_t before = hc_body_length(b);
+    const char *h;
+    int ok, rc;
+    if (canned_headers) {
+        h = canned[hc_fuzz_u8(in) % (sizeof canned / sizeof canned[0])];
+    } else {
+        unsigned n = hc_fuzz_u8(in) % (sizeof headers - 1), i;
+        for (i = 0; i < n; i++)
+            headers[i] = (char)hc_fuzz_u8(in);
+        headers[n] = '\0';
+        h = headers;
+    }
+    ok = hc_fuzz_boundary_ok(boundary) && hc_fuzz_headers_ok(h);
+    rc = hc_body_begin_part(b, boundary, h);
+    if ((rc == 0) != ok
+        || (rc != 0 && (hc_body_error(b)[0] == '\0' || hc_body_length(b) != before)))
+        abort();
+    if (ok) {
+        hc_fuzz_seg_add(z, z->len, hc_body_length(b) - before, -1);
+        if (z->len > 0)
+            hc_fuzz_ref(z, "\r\n", 2);
+        hc_fuzz_ref(z, "--", 2);
+        hc_fuzz_ref(z, boundary, strlen(boundary));
+        hc_fuzz_ref(z, "\r\n", 2);
+        hc_fuzz_ref(z, h, strlen(h));
+        hc_fuzz_ref(z, "\r\n", 2);
+    }
+}
+
+/* Adds the close delimiter. */
+static void hc_fuzz_op_close(hc_fuzz *z, hc_body *b, const char *boundary)
+{
+    int64_t before = hc_body_length(b);
+    int ok = hc_fuzz_boundary_ok(boundary);
+    int rc = hc_body_finish_multipart(b, boundary);
+    if ((rc == 0) != ok || (rc != 0 && hc_body_length(b) != before))
+        abort();
+    if (ok) {
+        hc_fuzz_seg_add(z, z->len, hc_body_length(b) - before, -1);
+        hc_fuzz_ref(z, "\r\n--", 4);
+        hc_fuzz_ref(z, boundary, strlen(boundary));
+        hc_fuzz_ref(z, "--\r\n", 4);
+    }
+}
+
+/* A file that is not there: refused at once without a size, at read time with one. */
+static void hc_fuzz_op_missing(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
+{
+    int64_t given = hc_fuzz_u8(in) % 4 == 0 ? -1 : (int64_t)hc_fuzz_u8(in);
+    int rc = hc_body_add_file(b, "/nonexistent/hc-fuzz-body", given);
+    if ((rc != 0) != (given < 0))
+        abort();
+    if (rc == 0) {
+        static const unsigned char zero[256];
+        hc_fuzz_seg_add(z, z->len, given, -2);
+        hc_fuzz_ref(z, zero, (size_t)given);
+    }
+}
+
+static void hc_fuzz_build(hc_fuzz *z, hc_body *b, hc_fuzz_in *in, const char *boundary)
+{
     unsigned nops = hc_fuzz_u8(in) % 24, op;
-    char path[64], headers[80];
     for (op = 0; op < nops; op++) {
         unsigned kind = hc_fuzz_u8(in) % 6;
-        int64_t before = hc_body_length(b);
-        if (kind == 0) {
-            unsigned char bytes[256];
-            unsigned n = hc_fuzz_u8(in), i;
-            for (i = 0; i < n; i++)
-                bytes[i] = (unsigned char)hc_fuzz_u8(in);
-            if (hc_body_add_mem(b, bytes, n) != 0)
-                abort();
-            hc_fuzz_seg_add(z, z->len, n, -1);
-            hc_fuzz_ref(z, bytes, n);
-        } else if (kind == 1) {
-            int64_t n = hc_fuzz_u16(in) % 5000, given;
-            unsigned how = hc_fuzz_u8(in) % 4;
-            int k = hc_fuzz_file_new(z, n, hc_fuzz_u8(in));
-            if (k < 0)
-                continue;
-            snprintf(path, sizeof path, "/proc/self/fd/%d", z->files[k].fd);
-            given = how == 0 ? -1 : how == 1 ? n + 1 + hc_fuzz_u8(in) % 8 :
-                    how == 2 && n > 0 ? n - 1 - (int64_t)(hc_fuzz_u8(in) % (unsigned)n) : n;
-            if (hc_body_add_file(b, path, given) != 0)
-                abort();
-            z->files[k].recorded = given < 0 ? n : given;
-            hc_fuzz_seg_add(z, z->len, z->files[k].recorded, k);
-            /* The reference holds what the file has, as far as the recorded size reaches. */
-            hc_fuzz_file_bytes(z, k, z->files[k].recorded < n ? z->files[k].recorded : n);
-            if (z->files[k].recorded > n) {
-                static const unsigned char zero[16];
-                int64_t pad = z->files[k].recorded - n;
-                while (pad > 0) {
-                    hc_fuzz_ref(z, zero, pad > 16 ? 16 : (size_t)pad);
-                    pad -= 16;
-                }
-            }
-        } else if (kind == 2 || kind == 3) {
-            const char *h;
-            int ok, rc;
-            if (kind == 2) {
-                h = canned[hc_fuzz_u8(in) % (sizeof canned / sizeof canned[0])];
-            } else {
-                unsigned n = hc_fuzz_u8(in) % (sizeof headers - 1), i;
-                for (i = 0; i < n; i++)
-                    headers[i] = (char)hc_fuzz_u8(in);
-                headers[n] = '\0';
-                h = headers;
-            }
-            ok = hc_fuzz_boundary_ok(boundary) && hc_fuzz_headers_ok(h);
-            rc = hc_body_begin_part(b, boundary, h);
-            if ((rc == 0) != ok || (rc != 0 && (hc_body_error(b)[0] == '\0' || hc_body_length(b) != before)))
-                abort();
-            if (ok) {
-                hc_fuzz_seg_add(z, z->len, hc_body_length(b) - before, -1);
-                if (z->len > 0)
-                    hc_fuzz_ref(z, "\r\n", 2);
-                hc_fuzz_ref(z, "--", 2);
-                hc_fuzz_ref(z, boundary, strlen(boundary));
-                hc_fuzz_ref(z, "\r\n", 2);
-                hc_fuzz_ref(z, h, strlen(h));
-                hc_fuzz_ref(z, "\r\n", 2);
-            }
-        } else if (kind == 4) {
-            int ok = hc_fuzz_boundary_ok(boundary);
-            int rc = hc_body_finish_multipart(b, boundary);
-            if ((rc == 0) != ok || (rc != 0 && hc_body_length(b) != before))
-                abort();
-            if (ok) {
-                hc_fuzz_seg_add(z, z->len, hc_body_length(b) - before, -1);
-                hc_fuzz_ref(z, "\r\n--", 4);
-                hc_fuzz_ref(z, boundary, strlen(boundary));
-                hc_fuzz_ref(z, "--\r\n", 4);
-            }
-        } else {
-            /* A file that is not there: refused at once without a size, at read time with one. */
-            int64_t given = hc_fuzz_u8(in) % 4 == 0 ? -1 : (int64_t)hc_fuzz_u8(in);
-            int rc = hc_body_add_file(b, "/nonexistent/hc-fuzz-body", given);
-            if ((rc != 0) != (given < 0))
-                abort();
-            if (rc == 0) {
-                static const unsigned char zero[256];
-                hc_fuzz_seg_add(z, z->len, given, -2);
-                hc_fuzz_ref(z, zero, (size_t)given);
-            }
-        }
+        if (kind == 0)
+            hc_fuzz_op_mem(z, b, in);
+        else if (kind == 1)
+            hc_fuzz_op_file(z, b, in);
+        else if (kind == 2 || kind == 3)
+            hc_fuzz_op_part(z, b, in, boundary, kind == 2);
+        else if (kind == 4)
+            hc_fuzz_op_close(z, b, boundary);
+        else
+            hc_fuzz_op_missing(z, b, in);
         if (hc_body_length(b) != z->len)
             abort();
     }

@@ -73,7 +73,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         /* In order, inside the input, and the walk moves past the field. */
         if (got.name < last || got.value + got.value_len > end || p <= got.name || p > end)
             abort();
-        if (memchr(got.value, '\n', got.value_len) != NULL || memchr(got.name, ':', got.name_len) != NULL)
+        if (memchr(got.value, '\n', got.value_len) != NULL
+            || memchr(got.name, ':', got.name_len) != NULL)
             abort();
         if (got.value_len > 0 && (got.value[0] == ' ' || got.value[0] == '\t'
                                   || got.value[got.value_len - 1] == ' '

@@ -20,6 +20,8 @@
 
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size);
 
+#define B64URL "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
 /* Aborts unless b holds the base64url form of n bytes. */
 static void hc_fuzz_check_b64(const hc_buf *b, size_t n)
 {
@@ -27,7 +29,7 @@ static void hc_fuzz_check_b64(const hc_buf *b, size_t n)
     if (b->len != want)
         abort();
     for (i = 0; i < b->len; i++)
-        if (strchr("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", b->data[i]) == NULL)
+        if (strchr(B64URL, b->data[i]) == NULL)
             abort();
 }
 

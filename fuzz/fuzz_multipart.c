@@ -70,8 +70,9 @@ static int hc_fuzz_mp_begin(void *ud, const char *h, size_t n)
                 abort();
         if (memchr(f.value, '\r', f.value_len) || memchr(f.value, '\n', f.value_len))
             abort();
-        if (f.value_len > 0 && (f.value[0] == ' ' || f.value[0] == '\t'
-                                || f.value[f.value_len - 1] == ' ' || f.value[f.value_len - 1] == '\t'))
+        if (f.value_len > 0
+            && (f.value[0] == ' ' || f.value[0] == '\t' || f.value[f.value_len - 1] == ' '
+                || f.value[f.value_len - 1] == '\t'))
             abort();
     }
     if (p != end)

@@ -31,8 +31,8 @@ static void hc_fuzz_check_encoded(const char *s, size_t n, const char *extra)
     size_t i;
     for (i = 0; i < n; i++) {
         if (s[i] == '%') {
-            if (i + 2 >= n || strchr("0123456789ABCDEF", s[i + 1]) == NULL || s[i + 1] == '\0' ||
-                strchr("0123456789ABCDEF", s[i + 2]) == NULL || s[i + 2] == '\0')
+            if (i + 2 >= n || strchr("0123456789ABCDEF", s[i + 1]) == NULL || s[i + 1] == '\0'
+                || strchr("0123456789ABCDEF", s[i + 2]) == NULL || s[i + 2] == '\0')
                 abort();
             i += 2;
         } else if (s[i] == '\0' || (strchr(ok, s[i]) == NULL && strchr(extra, s[i]) == NULL)) {
@@ -72,7 +72,7 @@ static char *hc_fuzz_line(const unsigned char **p, const unsigned char *end, siz
 /* data is owned by libFuzzer; everything allocated here is freed before returning. */
 int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 {
-    static const char *const methods[] = {"GET", "POST", "PUT", "get"};
+    static const char *const methods[] = { "GET", "POST", "PUT", "get" };
     const unsigned char *p = data + 1, *end = data + size;
     char *path, *query, *lines[HC_SIGV4_MAX_HEADERS + 2], err[HC_SIGV4_ERRLEN];
     hc_sigv4_header headers[HC_SIGV4_MAX_HEADERS + 2];
@@ -117,20 +117,21 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 
     err[0] = '\0';
     if (hc_sigv4_sign(&r, &a, err) != 0) {
-        if (err[0] == '\0' || memchr(err, '\0', sizeof err) == NULL || ERR_peek_error() != 0 ||
-            a.authorization.data != NULL || a.canonical_request.data != NULL)
+        if (err[0] == '\0' || memchr(err, '\0', sizeof err) == NULL || ERR_peek_error() != 0
+            || a.authorization.data != NULL || a.canonical_request.data != NULL)
             abort();
     } else {
-        if (ERR_peek_error() != 0 || strlen(a.signature) != 64 ||
-            strspn(a.signature, "0123456789abcdef") != 64 ||
-            strncmp(a.authorization.data, "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/", 40) != 0 ||
-            strstr(a.authorization.data, ", Signature=") == NULL ||
-            strcmp(strstr(a.authorization.data, ", Signature=") + 12, a.signature) != 0)
+        if (ERR_peek_error() != 0 || strlen(a.signature) != 64
+            || strspn(a.signature, "0123456789abcdef") != 64
+            || strncmp(a.authorization.data, "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/", 40) != 0
+            || strstr(a.authorization.data, ", Signature=") == NULL
+            || strcmp(strstr(a.authorization.data, ", Signature=") + 12, a.signature) != 0)
             abort();
         /* Signed header names: lower case, strictly sorted, host and x-amz-date among them. */
-        if (strspn(a.signed_headers.data, "abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~;") !=
-                a.signed_headers.len ||
-            strstr(a.signed_headers.data, "host") == NULL || strstr(a.signed_headers.data, "x-amz-date") == NULL)
+        if (strspn(a.signed_headers.data, "abcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~;")
+                != a.signed_headers.len
+            || strstr(a.signed_headers.data, "host") == NULL
+            || strstr(a.signed_headers.data, "x-amz-date") == NULL)
             abort();
         /* Lines 2 and 3 of the canonical request: the path and the query. */
         nl = strchr(a.canonical_request.data, '\n');
@@ -159,7 +160,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
             free(canon);
         }
         hc_sigv4_result_free(&a);
-        hc_sigv4_result_free(&a);  /* twice is fine */
+        hc_sigv4_result_free(&a); /* twice is fine */
     }
     for (i = 0; i < nh; i++)
         free(lines[i]);

@@ -290,7 +290,7 @@ describe("healthcare.dicomweb (Orthanc directly)", function()
     for _, f in ipairs(files) do
       assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
     end
-    store.client:close()
+    store:close()
   end)
 
   it("reports Orthanc's 415 for a single application/dicom body as an http error", function()
@@ -323,7 +323,7 @@ describe("healthcare.dicom_store (a URL or a dicomStore name)", function()
       local report = assert(store:store(f.path))
       assert.equal(1, #report.stored)
       assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
-      store.client:close()
+      store:close()
     end
   end)
 

@@ -106,23 +106,24 @@ local function store_one(client)
   return res
 end
 
--- Starts one StoreInstances transfer per file on the client's session at once and waits for
+-- Starts one StoreInstances request per file on the client at once (client:start) and waits for
 -- all; returns the statuses.
 local function store_concurrently(client, files)
   local left = 0
   for _, f in ipairs(files) do
-    local r = assert(client:prepare({ method = "POST", url = em.store_url .. "/studies",
+    assert(client:start({ method = "POST", url = em.store_url .. "/studies",
       headers = { "Content-Type: application/dicom", "Accept: application/dicom+json" },
       body = { { file = f.path } } }))
-    assert(client.session:start(r))
     left = left + 1
   end
   local statuses = {}
   while left > 0 do
-    for _, t in ipairs(client.session:wait(1)) do
-      local res, err = t:result()
-      statuses[#statuses + 1] = res and res.status or tostring(err)
-      left = left - 1
+    for _, request in ipairs(client:wait(1)) do
+      local res, err = client:finish(request)
+      if res ~= false then
+        statuses[#statuses + 1] = res and res.status or tostring(err)
+        left = left - 1
+      end
     end
   end
   return statuses
@@ -258,7 +259,7 @@ describe("service account credentials", function()
     it("get a token with a " .. form .. " key and store a DICOM file", function()
       local sa = service_account(form)
       local client = assert(new_client({ credentials = sa.key_file }))
-      assert.equal("service_account", client.credential.kind)
+      assert.equal("service_account", client:credential().kind)
       local before, issued = token_requests(JWT_GRANT), auth_kind("issued_token")
       store_one(client)
       store_one(client)
@@ -305,7 +306,7 @@ describe("service account credentials", function()
   it("ask for a subject's token (domain-wide delegation)", function()
     local sa = service_account("pkcs8")
     local client = assert(new_client({ credentials = sa.key_file, subject = "user@example.com" }))
-    local _, c = jwt_parts(assert(client.credential:assertion()))
+    local _, c = jwt_parts(assert(client:credential():assertion()))
     assert.equal("user@example.com", c.sub)
     assert.equal(sa.client_email, c.iss)
     store_one(client)
@@ -328,14 +329,14 @@ describe("self-signed JWT credentials", function()
   it("store without any token request, audience https://healthcare.googleapis.com/", function()
     local sa = service_account("pkcs1")
     local client = assert(new_client({ credentials = sa.key_file, self_signed_jwt = true }))
-    assert.equal("self_signed_jwt", client.credential.kind)
+    assert.equal("self_signed_jwt", client:credential().kind)
     local before, kind = token_requests(JWT_GRANT), auth_kind("self_signed_jwt")
     store_one(client)
     store_one(client)
     assert.equal(0, token_requests(JWT_GRANT) - before)
     assert.equal(2, auth_kind("self_signed_jwt") - kind)
-    assert.equal(1, client.credential.refreshes)
-    local h, c = jwt_parts(assert(client.credential:token()))
+    assert.equal(1, client:credential().refreshes)
+    local h, c = jwt_parts(assert(client:credential():token()))
     assert.same({ alg = "RS256", typ = "JWT", kid = sa.kid }, h)
     assert.same({ "aud", "exp", "iat", "iss", "sub" }, sorted_keys(c))
     assert.equal("https://healthcare.googleapis.com/", c.aud)
@@ -357,7 +358,7 @@ describe("authorized_user credentials", function()
   it("use the refresh-token grant and store a DICOM file", function()
     local u = em:authorized_user()
     local client = assert(new_client({ credentials = u.key_file }))
-    assert.equal("authorized_user", client.credential.kind)
+    assert.equal("authorized_user", client:credential().kind)
     local before = token_requests("refresh_token")
     store_one(client)
     store_one(client)
@@ -582,7 +583,7 @@ describe("token lifetime", function()
     assert.equal(2, token_requests(JWT_GRANT) - before)
     assert.is_true(all_equal(store_concurrently(client, batch(17)), 200))
     assert.equal(2, token_requests(JWT_GRANT) - before)
-    assert.equal(2, client.credential.refreshes)
+    assert.equal(2, client:credential().refreshes)
   end)
 
   it("refreshes refresh_margin seconds before expiry", function()
@@ -590,11 +591,11 @@ describe("token lifetime", function()
     em:control("config", { expires_in = 6 })
     local client = assert(new_client({ credentials = u.key_file, refresh_margin = 1 }))
     local before = token_requests("refresh_token")
-    local first = assert(client.credential:token())
+    local first = assert(client:credential():token())
     core.sleep(3.5) -- past half-life, before expiry - margin
-    assert.equal(first, client.credential:token())
+    assert.equal(first, client:credential():token())
     core.sleep(1.8)
-    local second = assert(client.credential:token())
+    local second = assert(client:credential():token())
     assert.are_not.equal(first, second)
     assert.equal(2, token_requests("refresh_token") - before)
     store_one(client)
@@ -604,13 +605,13 @@ describe("token lifetime", function()
     local u = em:authorized_user()
     em:control("config", { expires_in = 6 })
     local client = assert(new_client({ credentials = u.key_file }))
-    local first = assert(client.credential:token())
+    local first = assert(client:credential():token())
     core.sleep(3.2) -- past half of 6 s: time to refresh
     em:control("faults", { match = "token", status = 400, error = "invalid_grant", times = 1 })
     local before = token_requests("refresh_token")
-    assert.equal(first, client.credential:token())
+    assert.equal(first, client:credential():token())
     assert.equal(1, token_requests("refresh_token") - before)
-    local second = assert(client.credential:token())
+    local second = assert(client:credential():token())
     assert.are_not.equal(first, second)
     store_one(client)
   end)
@@ -621,7 +622,7 @@ describe("token lifetime", function()
     -- A token the emulator issued and has let expire, still fresh in our cache.
     local stale = em:control("tokens", { expires_in = 1 }).access_token
     local client = assert(new_client({ credentials = sa.key_file, token_cache = dir }))
-    local cred, key = client.credential, HEALTHCARE
+    local cred, key = client:credential(), HEALTHCARE
     assert(token_cache.open(dir):put(cred.identity, key, stale, os.time() + 3000, 3600))
     core.sleep(1.2)
     local before, expired = token_requests(JWT_GRANT), auth_kind("expired_token")
@@ -643,7 +644,7 @@ describe("token lifetime", function()
       message = "Invalid OAuth scope or ID token audience provided.", times = 1 })
     before = token_requests(JWT_GRANT)
     local client = assert(new_client({ credentials = sa.key_file }))
-    local tok, err = client.credential:token()
+    local tok, err = client:credential():token()
     assert.is_nil(tok)
     assert.equal(1, token_requests(JWT_GRANT) - before)
     assert.equal("service account " .. sa.client_email .. ": token endpoint " .. em.token_uri .. ": HTTP 400 "
@@ -672,7 +673,7 @@ describe("token cache", function()
     assert.equal("600", mode(dir .. "/" .. name))
     local doc = cjson.decode(H.file_bytes(dir .. "/" .. name))
     assert.same({ "access_token", "expires_at", "lifetime" }, sorted_keys(doc))
-    assert.equal(c1.credential:token(), doc.access_token)
+    assert.equal(c1:credential():token(), doc.access_token)
     assert_no_secrets(H.file_bytes(dir .. "/" .. name), H.pem_runs(sa.private_key_pem), "cache file")
     -- A second client (a second run of the command) uses it.
     store_one(assert(new_client({ credentials = sa.key_file, token_cache = dir })))
@@ -836,8 +837,8 @@ describe("debug output", function()
     assert.truthy(text:find("> Metadata-Flavor: Google", 1, true))
     assert.truthy(text:find("> Authorization: REDACTED", 1, true))
     local secrets = H.pem_runs(sa.private_key_pem)
-    for _, s in ipairs({ u.refresh_token, u.client_secret, (c1.credential:token()), (c2.credential:token()),
-      (c3.credential:token()) }) do
+    for _, s in ipairs({ u.refresh_token, u.client_secret, (c1:credential():token()), (c2:credential():token()),
+      (c3:credential():token()) }) do
       secrets[#secrets + 1] = s
     end
     assert_no_secrets(text, secrets, "debug output")

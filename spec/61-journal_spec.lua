@@ -184,7 +184,7 @@ describe("journal.open", function()
     local j2, err = journal.open(dir .. "/j")
     assert.is_nil(j2)
     assert.same({ "io", "busy", "journal '" .. dir .. "/j' is in use by another process" },
-      { err.kind, err.code, err.message })
+      { err.kind, err.status, err.message })
     -- another process too (flock(1) tries the same lock)
     local _, _, code = H.run("flock -n " .. H.q(dir .. "/j") .. " true")
     assert.equal(1, code)
@@ -221,7 +221,7 @@ describe("store with a journal", function()
     local files = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in" })
     local jpath = dir .. "/journal"
     local st = assert(healthcare.dicomweb(E.dicomweb))
-    local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_instances_per_request = 2 }))
+    local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_request_instances = 2 }))
     assert.same({ 6, 0, 0, 0 }, { #r1.stored, #r1.already_stored, #r1.failed, #r1.skipped })
     assert.equal(0, r1.journal.earlier_runs)
     -- Same size and mtime, other bytes (not even DICOM): trusted, so not read, so not skipped.
@@ -243,7 +243,7 @@ describe("store with a journal", function()
     end
     assert.equal(files[1].sop_instance_uid, skipped[a].sop_instance_uid)
     assert.equal(files[1].study_uid, skipped[a].study_uid)
-    st.client:close()
+    st:close()
   end)
 
   it("finds files stored by a relative path when resumed from elsewhere with an absolute one", function()
@@ -266,7 +266,7 @@ describe("store with a journal", function()
     local skipped = {}
     for _, r in ipairs(r2.already_stored) do skipped[r.path] = true end
     for _, f in ipairs(files) do assert.truthy(skipped[f.path], f.path) end
-    st.client:close()
+    st:close()
   end)
 
   it("resumes a 500-file upload killed three times with SIGKILL: each valid instance stored once", function()

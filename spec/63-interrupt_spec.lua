@@ -136,7 +136,7 @@ describe("an interrupted store", function()
     core.trap_interrupts()
     local t0 = core.now()
     local report = assert(st:store(dir .. "/in", {
-      journal = dir .. "/journal", max_instances_per_request = 2, concurrency = 2,
+      journal = dir .. "/journal", max_request_instances = 2, concurrency = 2,
       on_progress = function(p)
         if p.files_done >= 2 and not sent then
           sent = true

@@ -483,7 +483,7 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       end
       local meta = assert(store:retrieve_metadata(study.study_uid))
       assert.equal(#study.files, #meta)
-      store.client:close()
+      store:close()
     end)
 
     it("rewrites a JSON answer read in many pieces, to public_url, and nothing else in it", function()

@@ -136,7 +136,7 @@ end
 local function assert_refused(reason, res, err)
   assert.is_nil(res)
   assert.equal("transport", err.kind)
-  assert.equal("tls_verify", err.code)
+  assert.equal("tls_verify", err.status)
   assert.truthy(err.message:find(reason, 1, true), err.message)
 end
 
@@ -170,7 +170,7 @@ describe("core.session", function()
     local res, err = get("good", { ca_file = dir .. "/no-such-ca.pem" })
     assert.is_nil(res)
     assert.equal("transport", err.kind)
-    assert.equal("tls_ca_file", err.code)
+    assert.equal("tls_ca_file", err.status)
   end)
 
   it("turns verification off only with insecure = true", function()
@@ -180,8 +180,9 @@ describe("core.session", function()
     end
     assert_refused(REASON.expired, get("expired", { ca_file = CA, insecure = false }))
     -- Not a boolean: a mistake, never a way to turn verification off.
-    assert.has_error(function() core.session { insecure = "no" } end, "option 'insecure' must be a boolean")
-    assert.has_error(function() core.session { insecure = 1 } end, "option 'insecure' must be a boolean")
+    local refused = "bad argument #1 to 'session' (option 'insecure' must be a boolean)"
+    assert.error_matches(function() core.session { insecure = "no" } end, refused, nil, true)
+    assert.error_matches(function() core.session { insecure = 1 } end, refused, nil, true)
   end)
 end)
 
@@ -197,7 +198,7 @@ describe("the client and store:store over https", function()
     assert.truthy(report.failed[1].reason:find(REASON.expired, 1, true), report.failed[1].reason)
     assert.equal(0, report.retries)
     assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
-    store.client:close()
+    store:close()
   end)
 
   it("stores through the proxy with ca_file", function()
@@ -208,19 +209,22 @@ describe("the client and store:store over https", function()
     for _, f in ipairs(files) do
       assert.equal(H.sha256(f.path), H.sha256_string(assert(H.orthanc_instance_file(f.sop_instance_uid))))
     end
-    store.client:close()
+    store:close()
   end)
 
   it("stores through a bad certificate only with insecure = true", function()
     local f = fresh()[1]
-    local store = assert(healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = "yes" }))
+    -- anything but true is a mistake, not a way to turn verification off
+    assert.has_error(function() healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = "yes" }) end,
+      "bad option 'insecure' to 'dicomweb' (boolean expected, got string)")
+    local store = assert(healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = false }))
     local report = assert(store:store({ f.path }))
     assert.equal(1, #report.failed)
-    store.client:close()
+    store:close()
     store = assert(healthcare.dicomweb(url("wrong_host", "/dicom-web"), { insecure = true }))
     report = assert(store:store({ f.path }))
     assert.equal(1, #report.stored, report.failed[1] and report.failed[1].reason)
-    store.client:close()
+    store:close()
   end)
 
   it("reports a TLS failure of store_instances as a transport error", function()

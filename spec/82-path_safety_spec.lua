@@ -152,7 +152,7 @@ describe("a DICOMweb store object", function()
       assert.equal("usage", err.kind, shown(uid))
       assert.truthy(err.message:find("invalid study UID", 1, true), err.message)
     end
-    store.client:close()
+    store:close()
   end)
 end)
 

@@ -264,7 +264,7 @@ describe("journal.open reading through the checked descriptor", function()
     for _, p in ipairs({ dir .. "/j", target }) do
       local j, err = journal.open(p)
       assert.is_nil(j)
-      assert.same({ "io", "unsafe" }, { err.kind, err.code })
+      assert.same({ "io", "unsafe" }, { err.kind, err.status })
       assert.matches("^refusing journal '" .. p:gsub("%p", "%%%0") .. "': ", err.message)
     end
     assert.equal("{}\n", H.file_bytes(target))

@@ -114,7 +114,7 @@ describe("util.printable", function()
     local store = assert(healthcare.dicomweb(URL .. "/esc/dicom-web"))
     local results, err = store:search_studies({})
     if results then err = select(2, results:all()) end
-    store.client:close()
+    store:close()
     assert.truthy(err.message:find(HOSTILE, 1, true))
     assert.truthy(tostring(err):find(HOSTILE_SHOWN, 1, true))
   end)

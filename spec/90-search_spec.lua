@@ -319,14 +319,17 @@ describe("search: bad input is refused before any request", function()
     end)
   end
 
-  it("refuses a bad page_size and raises for programming mistakes", function()
-    local r, err = store:search_studies({}, { page_size = 0 })
-    assert.is_nil(r)
-    assert.matches("page_size must be a positive integer", err.message, 1, true)
+  it("raises for programming mistakes: a bad page_size, a query that is not a table, an unknown option", function()
+    for _, v in ipairs({ 0, -1, 1.5, "x", "0" }) do
+      assert.has_error(function() store:search_studies({}, { page_size = v }) end,
+        "bad option 'page_size' to 'search_studies' (a whole number >= 1 expected, got "
+        .. (type(v) == "string" and ("'" .. v .. "'") or tostring(v)) .. ")")
+    end
+    assert.truthy(store:search_studies({}, { page_size = "5" })) -- its digits as a string
     local ok, msg = pcall(function() store:search_studies("PatientID=x") end)
     assert.is_false(ok)
     -- raised at the caller's line
-    assert.matches("90%-search_spec%.lua:%d+: bad argument #1 to 'SearchForStudies' %(query table expected, got string%)", msg)
+    assert.matches("90%-search_spec%.lua:%d+: bad argument #1 to 'search_studies' %(query table expected, got string%)", msg)
     ok, msg = pcall(function() store:search_studies({}, { pagesize = 5 }) end)
     assert.is_false(ok)
     assert.matches("90%-search_spec%.lua:%d+: unknown option 'pagesize' to 'search_studies'", msg)
@@ -336,7 +339,7 @@ describe("search: bad input is refused before any request", function()
   it("refuses an unknown standard query parameter", function()
     local r, err = store:search_studies({}, { params = { nope = "1" } })
     assert.is_nil(r)
-    assert.matches("unknown query parameter 'nope'", err.message, 1, true)
+    assert.matches("unknown parameter 'nope'", err.message, 1, true)
   end)
 end)
 
@@ -503,6 +506,13 @@ describe("search through the Google-shaped emulator", function()
     assert.matches("^SearchForStudies: HTTP 503 UNAVAILABLE: backend busy", err.message)
     assert.is_nil(it_()) -- stays ended, no new request
     assert.equal(before + 1, gets())
+    -- all() returns the error, and the results before it (none: its first page fails) as the
+    -- partial result
+    em:control("faults", { { match = "store", status = 503, message = "backend busy" } })
+    local list, aerr, partial = r:all()
+    assert.is_nil(list)
+    assert.equal(503, aerr.http_status)
+    assert.same({}, partial)
     -- a new iteration starts over and succeeds
     assert.equal(3, #all(r))
     assert.is_nil(r.error)

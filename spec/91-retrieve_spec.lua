@@ -622,10 +622,14 @@ describe("a cut or malformed stream", function()
     local dir = H.tmpdir()
     local cut = string.format("%d", parts[1].size + parts[2].size + 2000 + math.floor(parts[3].size / 2))
     for _, chunked in ipairs({ "chunked=0", "chunked=1" }) do
-      local res, err = raw_store(3, { "cut=" .. cut, chunked }):retrieve_study(study.uid, { to = dir })
+      local res, err, partial = raw_store(3, { "cut=" .. cut, chunked }):retrieve_study(study.uid, { to = dir })
       assert.is_nil(res)
       assert.equal("transport", err.kind)
-      assert_kept(err.files, dir, 2)
+      -- the partial result, in a result's shape; err.files says the same (the older form)
+      assert_kept(partial.files, dir, 2)
+      assert.equal(partial.files, err.files)
+      assert.same({}, partial.rejected)
+      assert.equal(parts[1].size + parts[2].size, partial.bytes)
     end
   end)
 
@@ -634,7 +638,7 @@ describe("a cut or malformed stream", function()
     local res, err = raw_store(3, { "noclose=1" }):retrieve_series(study.uid, study.series[1], { to = dir })
     assert.is_nil(res)
     assert.equal("transport", err.kind)
-    assert.equal("multipart", err.code)
+    assert.equal("multipart", err.status)
     assert_kept(err.files, dir, 2)
   end)
 
@@ -644,7 +648,7 @@ describe("a cut or malformed stream", function()
       local res, err = raw_store(2, options):retrieve_study(study.uid, { to = dir })
       assert.is_nil(res)
       assert.equal("transport", err.kind)
-      assert.equal("multipart", err.code)
+      assert.equal("multipart", err.status)
       assert.same({}, err.files)
       assert.same({}, listing(dir))
     end
@@ -657,14 +661,14 @@ describe("a cut or malformed stream", function()
     local seen = {}
     local res, err = raw_store(3, { "cut=" .. cut, "hang=1" }):retrieve_study(study.uid, {
       to = dir,
-      on_progress = function(received)
-        seen[#seen + 1] = received
-        if received >= tonumber(cut) then return false end
+      on_progress = function(p)
+        seen[#seen + 1] = p.bytes_received
+        if p.bytes_received >= tonumber(cut) then return false end
       end,
     })
     assert.is_nil(res)
     assert.equal("transport", err.kind)
-    assert.equal("aborted", err.code)
+    assert.equal("aborted", err.status)
     assert.equal(tonumber(cut), seen[#seen])
     for i = 2, #seen do assert.is_true(seen[i] >= seen[i - 1]) end
     assert.same({}, listing(dir))

@@ -191,11 +191,11 @@ describe("delete", function()
     assert.same(all_but(s), in_orthanc(s))
   end)
 
-  it("stops waiting at opts.timeout and names the operation to check later", function()
+  it("stops waiting at opts.operation_timeout and names the operation to check later", function()
     local s = studies[3]
     config({ operation_polls = 100000 })
     local t0 = os.time()
-    local res, err = google_store():delete_series(s.uid, s.series[1], { poll_interval = 0.02, timeout = 0.5 })
+    local res, err = google_store():delete_series(s.uid, s.series[1], { poll_interval = 0.02, operation_timeout = 0.5 })
     assert.is_nil(res)
     assert.equal("timeout", err.kind)
     assert.equal("DEADLINE_EXCEEDED", err.status)
@@ -208,6 +208,13 @@ describe("delete", function()
     local r = H.curl({ "-H", "Authorization: Bearer " .. TOKEN, em.endpoint .. "/" .. err.operation })
     assert.equal(200, r.status)
     assert.equal(err.operation, r.json.name)
+    -- `timeout`, the old name of operation_timeout (README "Lua API"), still means it
+    t0 = os.time()
+    res, err = google_store():delete_series(s.uid, s.series[2], { poll_interval = 0.02, timeout = 0.5 })
+    assert.is_nil(res)
+    assert.equal("timeout", err.kind)
+    assert.truthy(err.message:find("not done after 0.5 s", 1, true), err.message)
+    assert.truthy(os.time() - t0 <= 3)
   end)
 
   it("answers unknown UIDs with a 404 error naming them, and deletes nothing", function()
@@ -241,17 +248,19 @@ describe("delete", function()
     local before = api_requests()
     local good = s.uid
     local bad = { "", "1..2", ".1.2", "1.2.", "1.2/3", "../1.2", "1.2.3?x=1", "1.2.3#x", "1.2 3",
-      "1.2\n3", "1.2.3%2F4", string.rep("1", 65), "abc", 123, true, {} }
+      "1.2\n3", "1.2.3%2F4", string.rep("1", 65), "abc" }
+    local calls = {
+      { "delete_study", function(uid) return { uid } end, "StudyInstanceUID", 1 },
+      { "delete_series", function(uid) return { good, uid } end, "SeriesInstanceUID", 2 },
+      { "delete_series", function(uid) return { uid, good } end, "StudyInstanceUID", 1 },
+      { "delete_instance", function(uid) return { good, good, uid } end, "SOPInstanceUID", 3 },
+      { "delete_instance", function(uid) return { good, uid, good } end, "SeriesInstanceUID", 2 },
+    }
+    -- bad content: returned, kind "usage"
     for _, uid in ipairs(bad) do
       local shown = require("healthcare.util").printable(uid)
-      for _, call in ipairs({
-        { "delete_study", { uid }, "StudyInstanceUID" },
-        { "delete_series", { good, uid }, "SeriesInstanceUID" },
-        { "delete_series", { uid, good }, "StudyInstanceUID" },
-        { "delete_instance", { good, good, uid }, "SOPInstanceUID" },
-        { "delete_instance", { good, uid, good }, "SeriesInstanceUID" },
-      }) do
-        local a = call[2]
+      for _, call in ipairs(calls) do
+        local a = call[2](uid)
         local res, err = store[call[1]](store, a[1], a[2], a[3])
         assert.is_nil(res)
         assert.equal("usage", err.kind)
@@ -259,28 +268,39 @@ describe("delete", function()
           tostring(err))
       end
     end
-    local res, err = store:delete_study(nil)
-    assert.is_nil(res)
-    assert.equal("invalid StudyInstanceUID 'nil': a UID is digits and dots, at most 64 characters", err.message)
-    for _, v in ipairs({ "1", 0, -1, 0 / 0 }) do
-      res, err = store:delete_study(good, { poll_interval = v })
-      assert.is_nil(res)
-      assert.equal("option 'poll_interval' must be a number of seconds > 0", err.message)
+    -- wrong types: raised, naming the argument
+    for _, uid in ipairs({ 123, true, {}, false }) do
+      for _, call in ipairs(calls) do
+        local a = call[2](uid)
+        assert.has_error(function() store[call[1]](store, a[1], a[2], a[3]) end,
+          string.format("bad argument #%d to '%s' (string expected, got %s)", call[4], call[1], type(uid)))
+      end
     end
-    for _, v in ipairs({ "1", -1, 0 / 0 }) do
-      res, err = store:delete_study(good, { timeout = v })
-      assert.is_nil(res)
-      assert.equal("option 'timeout' must be a number of seconds >= 0", err.message)
+    assert.has_error(function() store:delete_study(nil) end,
+      "bad argument #1 to 'delete_study' (string expected, got nil)")
+    -- settings out of range, or of a wrong type: raised (a zero poll interval would poll as fast
+    -- as the server answers)
+    for _, v in ipairs({ 0, -1, 0 / 0 }) do
+      assert.has_error(function() store:delete_study(good, { poll_interval = v }) end,
+        "bad option 'poll_interval' to 'delete_study' (a number > 0 expected, got " .. tostring(v) .. ")")
     end
-    res, err = store:delete_study(good, { retry = 3 })
-    assert.is_nil(res)
-    assert.equal("usage", err.kind)
+    for _, v in ipairs({ -1, 0 / 0 }) do
+      assert.has_error(function() store:delete_study(good, { operation_timeout = v }) end,
+        "bad option 'operation_timeout' to 'delete_study' (a number >= 0 expected, got " .. tostring(v) .. ")")
+    end
+    for _, name in ipairs({ "poll_interval", "operation_timeout" }) do
+      assert.has_error(function() store:delete_study(good, { [name] = "1" }) end,
+        "bad option '" .. name .. "' to 'delete_study' (number expected, got string)")
+    end
+    local res, err
+    assert.has_error(function() store:delete_study(good, { retry = 3 }) end,
+      "bad option 'retry' to 'delete_study' (table expected, got number)")
     res, err = store:delete_study(good, { params = { nope = "1" } })
     assert.is_nil(res)
     assert.equal("usage", err.kind)
-    assert.matches("unknown query parameter 'nope'", err.message)
+    assert.matches("unknown parameter 'nope'", err.message)
     assert.has_error(function() store:delete_study(good, { polling = 1 }) end,
-      "unknown option 'polling' to 'delete_study'; valid options: params, poll_interval, retry, timeout")
+      "unknown option 'polling' to 'delete_study'; valid options: operation_timeout, params, poll_interval, retry")
     assert.equal(before, api_requests())
     assert.same(all_but(s), in_orthanc(s))
   end)

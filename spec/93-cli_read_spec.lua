@@ -327,8 +327,8 @@ describe("healthcare store --verify", function()
     out, _, code = hc { "store", E.dicomweb, dir, "--journal", journal, "--verify", "--json" }
     assert.equal(1, code)
     local report = cjson.decode(out)
-    assert.same({ { path = files[2].path, sop_instance_uid = files[2].sop_instance_uid, study = files[2].study_uid } },
-      report.verify.missing)
+    assert.same({ { path = files[2].path, sop_instance_uid = files[2].sop_instance_uid, study_uid = files[2].study_uid,
+      study = files[2].study_uid } }, report.verify.missing)
   end)
 
   it("store:verify names a UID that was never stored", function()
@@ -345,7 +345,7 @@ describe("healthcare store --verify", function()
     assert.equal("b", v.missing[1].path)
     local _, verr = s:verify({ { study_uid = "1.2/..", sop_instance_uid = never } })
     assert.equal("usage", verr.kind)
-    s.client:close()
+    s:close()
   end)
 
   it("store:verify refuses a report that kept counts only (keep_stored = false)", function()
@@ -359,6 +359,6 @@ describe("healthcare store --verify", function()
     assert.is_nil(v)
     assert.equal("usage", err.kind)
     assert.matches("keep_stored = false", err.message)
-    s.client:close()
+    s:close()
   end)
 end)

@@ -34,6 +34,7 @@ H.env = {
   metadata_host = getenv("HC_TEST_METADATA_HOST"),
   aws_metadata = getenv("HC_TEST_AWS_METADATA"),   -- the EC2 instance metadata service's URL
   support = getenv("HC_TEST_SUPPORT") or "spec/support",
+  gcs = getenv("HC_TEST_GCS"),                 -- the directory standing for Cloud Storage
   netns = getenv("HC_TEST_NETNS") == "1",
 }
 local E = H.env
@@ -249,6 +250,16 @@ function H.sha256_string(s)
 end
 
 -- A fresh directory under HC_TEST_TMP (removed with the test bed).
+-- How many file descriptors this process has open (sessions hold libcurl's wakeup pair, and
+-- their connections a socket each): a count that comes back down when something is closed.
+function H.open_fds()
+  local n = 0
+  for name in require("lfs").dir("/proc/self/fd") do
+    if name ~= "." and name ~= ".." then n = n + 1 end
+  end
+  return n
+end
+
 function H.tmpdir()
   local so = H.check_run("mktemp -d " .. H.q((E.tmp or "/tmp") .. "/spec.XXXXXX"))
   return (so:gsub("%s+$", ""))

@@ -236,7 +236,8 @@ static const char *utc(char *out, size_t n, int64_t t)
 {
     time_t tt = (time_t)t;
     struct tm tm;
-    if ((int64_t)tt != t || gmtime_r(&tt, &tm) == NULL || strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+    if ((int64_t)tt != t || gmtime_r(&tt, &tm) == NULL
+        || strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
         snprintf(out, n, "%lld", (long long)t);
     return out;
 }
@@ -248,8 +249,8 @@ static int mtime_differs(hc_body *b, const hc_segment *s, const struct stat *st,
     char was[32], now[32];
     if (!(s->id.have & HC_FILE_MTIME) || (int64_t)st->st_mtime == s->id.mtime)
         return 0;
-    seterr(b, "file modified %s: %s (mtime %s, now %s)", when, s->bytes, utc(was, sizeof was, s->id.mtime),
-           utc(now, sizeof now, (int64_t)st->st_mtime));
+    seterr(b, "file modified %s: %s (mtime %s, now %s)", when, s->bytes,
+           utc(was, sizeof was, s->id.mtime), utc(now, sizeof now, (int64_t)st->st_mtime));
     return 1;
 }
 
@@ -261,7 +262,9 @@ static int identity_differs(hc_body *b, const hc_segment *s, const struct stat *
     int dev_differs = (s->id.have & HC_FILE_DEV) && dev != s->id.dev;
     if (dev_differs || ((s->id.have & HC_FILE_INO) && ino != s->id.ino)) {
         if (dev_differs && (s->id.have & HC_FILE_INO))
-            seterr(b, "file replaced after it was checked: %s (device %llu inode %llu, now device %llu inode %llu)",
+            seterr(b,
+                   "file replaced after it was checked: %s (device %llu inode %llu, now device "
+                   "%llu inode %llu)",
                    s->bytes, (unsigned long long)s->id.dev, (unsigned long long)s->id.ino,
                    (unsigned long long)dev, (unsigned long long)ino);
         else if (dev_differs)
@@ -356,8 +359,9 @@ long hc_body_read(hc_body *b, char *buf, size_t n)
                 }
                 if ((int64_t)st.st_size != s->length) {
                     close_current(b);
-                    return seterr(b, "file changed size while it was being sent: %s (%lld bytes, now %lld)",
-                                  s->bytes, (long long)s->length, (long long)st.st_size);
+                    return seterr(
+                        b, "file changed size while it was being sent: %s (%lld bytes, now %lld)",
+                        s->bytes, (long long)s->length, (long long)st.st_size);
                 }
                 /* Rewritten in place while it was read (same inode, same size). */
                 if (mtime_differs(b, s, &st, "while it was being sent")) {

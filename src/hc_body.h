@@ -34,7 +34,8 @@ typedef struct hc_file_identity {
 } hc_file_identity;
 /* hc_body_add_file, and the file must still be id (NULL: not checked) when it is opened to be
  * sent, and still have id's mtime when its last byte has been read. */
-int hc_body_add_file_checked(hc_body *b, const char *path, int64_t size, const hc_file_identity *id);
+int hc_body_add_file_checked(hc_body *b, const char *path, int64_t size,
+                             const hc_file_identity *id);
 
 /* Multipart/related framing (RFC 2046/2387, PS3.18 8.6.1.2). A boundary is 1-70 characters of
  * the RFC's bchars, not ending in a space. Returns 0 or -1 with hc_body_error set. */

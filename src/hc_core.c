@@ -1,27 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /* healthcare.core: the C half of the module. It gathers the areas (transport, DICOM probe,
- * signing) into one table, and holds what they share: the error metatable, percent-encoding,
- * random bytes and the library versions for the User-Agent. Policy lives in lua/healthcare/. */
+ * signing, files, journal, signals) into one table, and holds what their bindings share: the
+ * error builder and metatable, the class helper, and small string functions (percent-encoding,
+ * random hex, the shard hash). Policy lives in lua/healthcare/. */
 #define _POSIX_C_SOURCE 200809L
-#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <curl/curl.h>
 #include <openssl/rand.h>
 
 #include "hc_buf.h"
-#include "hc_compat.h"
-#include "hc_file.h"
 #include "hc_lua.h"
 #include "hc_url.h"
 
 HC_API int luaopen_healthcare_core(lua_State *L);
 
-/* ---- shared -------------------------------------------------------------------------- */
+/* ---- shared by the bindings ------------------------------------------------------------ */
 
-static int error_tostring(lua_State *L)
+static int l_error_tostring(lua_State *L)
 {
     lua_getfield(L, 1, "message");
     if (!lua_isstring(L, -1)) {
@@ -31,18 +30,72 @@ static int error_tostring(lua_State *L)
     return 1;
 }
 
-void hc_lua_push_error(lua_State *L, const char *kind, const char *message, const char *code)
+/* Pushes the string fmt/ap formats, of any length. */
+static void push_vformat(lua_State *L, const char *fmt, va_list ap)
 {
+    char small[512];
+    va_list again;
+    int n;
+    va_copy(again, ap);
+    n = vsnprintf(small, sizeof small, fmt, ap);
+    if (n < 0) {
+        lua_pushliteral(L, "unknown error");
+    } else if ((size_t)n < sizeof small) {
+        lua_pushlstring(L, small, (size_t)n);
+    } else {
+        /* A userdata, so a memory error raised by lua_pushlstring cannot leak it. */
+        char *big = lua_newuserdata(L, (size_t)n + 1);
+        vsnprintf(big, (size_t)n + 1, fmt, again);
+        lua_pushlstring(L, big, (size_t)n);
+        lua_remove(L, -2);
+    }
+    va_end(again);
+}
+
+int hc_lua_fail(lua_State *L, const char *kind, const char *status, const char *fmt, ...)
+{
+    va_list ap;
+    lua_pushnil(L);
     lua_createtable(L, 0, 4);
     lua_pushstring(L, kind);
     lua_setfield(L, -2, "kind");
-    lua_pushstring(L, message ? message : "unknown error");
+    va_start(ap, fmt);
+    push_vformat(L, fmt, ap);
+    va_end(ap);
     lua_setfield(L, -2, "message");
-    if (code != NULL) {
-        lua_pushstring(L, code);
-        lua_setfield(L, -2, "code");
-    }
+    lua_pushstring(L, status);
+    lua_setfield(L, -2, "status");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "retryable");
     luaL_setmetatable(L, HC_ERROR_MT);
+    return 2;
+}
+
+int hc_lua_argerror(lua_State *L, int arg, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    push_vformat(L, fmt, ap);
+    va_end(ap);
+    return luaL_argerror(L, arg, lua_tostring(L, -1));
+}
+
+void hc_lua_newclass(lua_State *L, const char *name, const luaL_Reg *methods, lua_CFunction close,
+                     lua_CFunction tostring)
+{
+    luaL_newmetatable(L, name);
+    lua_newtable(L);
+    luaL_setfuncs(L, methods, 0);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, close);
+    lua_setfield(L, -2, "__close");
+    lua_pushcfunction(L, tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushstring(L, name);
+    lua_setfield(L, -2, "__name");
+    lua_pop(L, 1);
 }
 
 void hc_lua_global_init(void)
@@ -55,10 +108,10 @@ void hc_lua_global_init(void)
     }
 }
 
-/* ---- small helpers ------------------------------------------------------------------- */
+/* ---- strings ------------------------------------------------------------------------------ */
 
 /* escape(s [, keep]) -> s percent-encoded, leaving unreserved characters and those in keep */
-static int core_escape(lua_State *L)
+static int l_core_escape(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
@@ -75,7 +128,7 @@ static int core_escape(lua_State *L)
 }
 
 /* has_ctl(s) -> true when s holds CR, LF or NUL (never allowed in a header value) */
-static int core_has_ctl(lua_State *L)
+static int l_core_has_ctl(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
@@ -84,7 +137,7 @@ static int core_has_ctl(lua_State *L)
 }
 
 /* random_hex(nbytes) -> 2*nbytes hex digits from OpenSSL's CSPRNG (boundaries, nonces) */
-static int core_random_hex(lua_State *L)
+static int l_core_random_hex(lua_State *L)
 {
     unsigned char raw[64];
     char hex[129];
@@ -102,93 +155,29 @@ static int core_random_hex(lua_State *L)
     return 1;
 }
 
-/* now() -> seconds on a monotonic clock (for durations, never dates) */
-static int core_now(lua_State *L)
+/* hash32(s) -> an integer in [0, 2^32): FNV-1a 64 of the bytes of s, xor-folded to 32 bits
+ * (the folding FNV's authors recommend for shorter hashes; the low bits of plain FNV-1a follow
+ * the low bits of the input too closely for `hash % n`). healthcare.dicomweb.shard splits work
+ * over machines with it (Lua 5.1 and LuaJIT have no bit operators). Part of the shard
+ * contract: never change it. */
+static int l_core_hash32(lua_State *L)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
-    return 1;
-}
-
-/* sleep(seconds): for back-off between retries outside an event loop */
-static int core_sleep(lua_State *L)
-{
-    double secs = luaL_checknumber(L, 1);
-    struct timespec ts;
-    if (!(secs > 0)) /* also NaN */
-        return 0;
-    if (secs > 1e9)  /* (time_t) of a larger double may be undefined */
-        secs = 1e9;
-    ts.tv_sec = (time_t)secs;
-    ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-    return 0;
-}
-
-/* isatty(fd) -> whether the descriptor is a terminal (progress bars only go to terminals) */
-static int core_isatty(lua_State *L)
-{
-    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
-    return 1;
-}
-
-/* ---- files at paths a user named ----------------------------------------------------- */
-
-/* Pushes nil and an io error "what path: strerror(err)" with code; returns 2. */
-static int core_file_error(lua_State *L, const char *what, const char *path, int err, const char *code)
-{
-    lua_pushnil(L);
-    lua_pushfstring(L, "%s %s: %s", what, path, strerror(err));
-    hc_lua_push_error(L, "io", lua_tostring(L, -1), code);
-    lua_remove(L, -2);
-    return 2;
-}
-
-/* write_file(path, data) -> true | nil, err (kind "io", code "write"): data becomes the file at
- * path atomically, through a temporary file next to it (hc_file_replace, mode 0666 less the
- * umask, like any new file); a symbolic link at path is replaced, never followed. */
-static int core_write_file(lua_State *L)
-{
-    size_t plen, n;
-    const char *path = luaL_checklstring(L, 1, &plen);
-    const char *data = luaL_checklstring(L, 2, &n);
-    int err;
-    if (plen == 0 || memchr(path, '\0', plen) != NULL)
-        return luaL_argerror(L, 1, "must be a non-empty path without NUL");
-    err = hc_file_replace(path, data, n, 0666);
-    if (err != 0)
-        return core_file_error(L, "cannot write", path, err, "write");
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* dir_writable(dir) -> true | nil, err (kind "io", code "write"): whether files can be created
- * in dir, checked before a call whose answer goes there. */
-static int core_dir_writable(lua_State *L)
-{
-    size_t n;
-    const char *dir = luaL_checklstring(L, 1, &n);
-    int err;
-    if (n == 0 || memchr(dir, '\0', n) != NULL)
-        return luaL_argerror(L, 1, "must be a non-empty path without NUL");
-    err = hc_file_dir_writable(dir);
-    if (err != 0)
-        return core_file_error(L, "cannot create files in", dir, err, "write");
-    lua_pushboolean(L, 1);
+    size_t n, i;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
+    uint64_t h = 14695981039346656037ULL;
+    for (i = 0; i < n; i++) {
+        h ^= s[i];
+        h *= 1099511628211ULL;
+    }
+    lua_pushinteger(L, (lua_Integer)((uint32_t)(h >> 32) ^ (uint32_t)h));
     return 1;
 }
 
 static const luaL_Reg core_functions[] = {
-    {"write_file", core_write_file},
-    {"dir_writable", core_dir_writable},
-    {"isatty", core_isatty},
-    {"now", core_now},
-    {"sleep", core_sleep},
-    {"escape", core_escape},
-    {"has_ctl", core_has_ctl},
-    {"random_hex", core_random_hex},
+    {"escape", l_core_escape},
+    {"has_ctl", l_core_has_ctl},
+    {"random_hex", l_core_random_hex},
+    {"hash32", l_core_hash32},
     {NULL, NULL}
 };
 
@@ -199,8 +188,10 @@ HC_API int luaopen_healthcare_core(lua_State *L)
     luaL_newlib(L, core_functions);
 
     luaL_newmetatable(L, HC_ERROR_MT);
-    lua_pushcfunction(L, error_tostring);
+    lua_pushcfunction(L, l_error_tostring);
     lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, HC_ERROR_MT);
+    lua_setfield(L, -2, "__name");
     lua_setfield(L, -2, "Error");
 
     lua_pushliteral(L, HC_VERSION);
@@ -212,13 +203,11 @@ HC_API int luaopen_healthcare_core(lua_State *L)
     lua_setfield(L, -2, "http2");
 
     hc_lua_http_register(L);
-    hc_lua_journal_register(L);
-    hc_lua_sigv4_register(L);
-#ifdef HC_WITH_DICOM
     hc_lua_dicom_register(L);
-#endif
-#ifdef HC_WITH_JWT
     hc_lua_jwt_register(L);
-#endif
+    hc_lua_journal_register(L);
+    hc_lua_file_register(L);
+    hc_lua_os_register(L);
+    hc_lua_sigv4_register(L);
     return 1;
 }

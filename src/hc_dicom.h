@@ -90,12 +90,4 @@ int hc_dicom_probe_mem(const unsigned char *buf, size_t len, hc_dicom_info *out,
 int hc_dicom_probe_file(const char *path, hc_dicom_info *out, char *err,
                         size_t errlen);
 
-/*
- * Lua binding (hc_lua_dicom.c): sets dicom_probe(path) and
- * dicom_probe_string(bytes) on the table at the top of L's stack.
- * Declared here with an incomplete type so this header needs no Lua headers.
- */
-struct lua_State;
-void hc_lua_dicom_register(struct lua_State *L);
-
 #endif

@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
-/* Files written whole at a path someone named (the command's -o, the token cache): the bytes go
+/* Files at a path someone named (the command's -o, the token cache). Written whole: the bytes go
  * to a new temporary file next to the path, which is then renamed over it. A reader never sees
  * half a file, a failure leaves what was at the path as it was, and nothing is ever written
- * through a symbolic link planted at the path (the link itself is replaced). */
+ * through a symbolic link planted at the path (the link itself is replaced). Private files (the
+ * token cache) live in a directory only this user may write, and are read only when only this
+ * user could have written or read them. Plain C: no Lua (hc_lua_file.c is the binding). */
 #ifndef HC_FILE_H
 #define HC_FILE_H
 
@@ -19,5 +21,21 @@ int hc_file_replace(const char *path, const void *data, size_t n, mode_t mode);
 /* Whether this process (its effective user) may create files in the directory dir: 0, or an
  * errno value (ENOENT, ENOTDIR, EACCES, EROFS, ...). */
 int hc_file_dir_writable(const char *dir);
+
+/* What the private-file functions return when the file or directory is there but cannot be
+ * trusted (another user owns it, or others may write to it or read it): not an errno value. */
+#define HC_FILE_UNSAFE (-1)
+
+/* Creates the directory path and its missing parents with mode 0700 (less the umask), then
+ * checks path: a directory owned by the effective user that neither group nor others may write.
+ * Returns 0, HC_FILE_UNSAFE, or an errno value; *failed is then the length of the prefix of path
+ * that failed (a parent that could not be made, or path itself). path is only read. */
+int hc_file_private_mkdir(const char *path, size_t *failed);
+
+/* Reads the file at path whole into buf (cap bytes, owned by the caller), *len its size; the
+ * file is opened once (O_NOFOLLOW: never through a symbolic link) and read only when it is a
+ * regular file of the effective user that group and others can neither read nor write.
+ * Returns 0, HC_FILE_UNSAFE, EFBIG (larger than cap), or an errno value (ENOENT: no file). */
+int hc_file_private_read(const char *path, char *buf, size_t cap, size_t *len);
 
 #endif

@@ -1,100 +1,27 @@
 /* SPDX-License-Identifier: MIT */
 /* The transport: a session is one libcurl multi handle (its connection pool, HTTP/2 multiplexing
  * and event loop); a transfer is one request on it. Synchronous calls are a transfer run alone on
- * the session, so one client reuses its connections whether it sends one request or many. */
+ * the session, so one client reuses its connections whether it sends one request or many. Both
+ * are opaque: their owner (the Lua binding, hc_lua_http.c) reads them through the functions
+ * below. No Lua here: a transfer carries an owner pointer its owner sets and reads back. */
 #ifndef HC_HTTP_H
 #define HC_HTTP_H
 
-#include <curl/curl.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "hc_body.h"
 #include "hc_buf.h"
-#include "hc_inflate.h"
-#include "hc_multipart.h"
+#include "hc_sink.h"
 
 typedef struct hc_session hc_session;
 typedef struct hc_transfer hc_transfer;
-
-enum { HC_T_NEW, HC_T_RUNNING, HC_T_DONE };
-
-/* Where a 2xx response body goes (see hc_transfer_opts.sink_*). */
-enum { HC_SINK_NONE, HC_SINK_FILE, HC_SINK_DIR };
-/* What was decided at the final response's first body byte (or its end, when it had none). */
-enum { HC_MODE_UNDECIDED, HC_MODE_MEMORY, HC_MODE_FILE, HC_MODE_MULTIPART, HC_MODE_SINGLE };
-/* Why a sink stopped a transfer. */
-enum { HC_SINKERR_NONE, HC_SINKERR_IO, HC_SINKERR_MULTIPART };
-/* Retained part header blocks of one answer, in all: each is at most 64 KiB (hc_multipart.h), and
- * a server must not make many of them cost gigabytes. */
-#define HC_MAX_PART_HEADERS_TOTAL (32 * 1024 * 1024)
-
-/* A part written to disk by a directory sink. */
-typedef struct hc_part {
-    char *path;                    /* owned */
-    char *headers;                 /* owned: the part's checked header block (hc_multipart.h) */
-    size_t headers_len;
-    int64_t size;
-} hc_part;
-
-typedef struct hc_sink {
-    int kind;                      /* HC_SINK_* */
-    char *path;                    /* owned: the file, or the directory */
-    int mode;                      /* HC_MODE_* */
-    int fd;                        /* the file being written, or -1 */
-    char *tmp;                     /* owned: its path, NULL when none */
-    char *cur_headers;             /* owned: header block of the part being written */
-    size_t cur_headers_len;
-    int64_t cur_size;              /* bytes in the file being written */
-    int64_t bytes;                 /* body bytes of the final response received (decoded) */
-    int64_t max_bytes;             /* caps on the decoded body, 0 = none: in all, */
-    int64_t max_parts;             /* parts (a directory sink), */
-    int64_t max_part_bytes;        /* bytes of one part or file */
-    size_t headers_total;          /* bytes of the retained part header blocks */
-    hc_part *parts;                /* owned: completed parts, in stream order */
-    size_t nparts, parts_size;
-    int parts_taken;               /* the caller has been given the parts: they are its files */
-    hc_multipart mp;
-    int mp_live;                   /* mp is initialised */
-    int error;                     /* HC_SINKERR_* */
-    char message[512];
-    char media[64];                /* "multipart/related", for messages */
-} hc_sink;
-
-struct hc_transfer {
-    CURL *easy;                    /* owned */
-    struct curl_slist *headers;    /* owned */
-    hc_body *body;                 /* owned, NULL for no body */
-    hc_buf response;               /* body of the final response */
-    hc_buf response_headers;       /* header lines of the final response */
-    char errbuf[CURL_ERROR_SIZE];
-    char body_error[512];          /* why the request body could not be read */
-    int state;
-    int response_too_large;
-    /* Why the transport itself stopped the answer (a cap, an unasked or broken content coding):
-     * a fixed short reason callers branch on ("too_large", "encoding", ...), NULL when none. */
-    const char *stop_code;
-    char stop_message[512];
-    /* Content coding of the final response: what it said, whether it may be decoded, the
-     * decoder once its body started. */
-    char content_encoding[64];
-    int compressed;                /* asked for gzip/deflate (Accept-Encoding), so they are decoded */
-    double max_compression_ratio;
-    int body_started;
-    int inflating;
-    hc_inflate inflater;           /* owned while inflating */
-    long timeout_ms, min_speed, idle_timeout_ms;  /* copies, for messages */
-    CURLcode result;
-    hc_sink sink;
-    hc_session *session;           /* not owned; set while running */
-    hc_transfer *next;             /* links in the session's running or done list */
-    int ref;                       /* owner's handle (the Lua registry ref) while running */
-};
 
 typedef struct hc_transfer_opts {
     const char *method;            /* "GET", "POST", ... */
     const char *url;
     long timeout_ms;               /* whole request; 0 = none */
-    long idle_timeout_ms;          /* abort when fewer than min_speed bytes/s move this long; 0 = none */
+    long idle_timeout_ms;          /* cut when under min_speed bytes/s this long; 0 = none */
     long min_speed;                /* bytes per second, averaged over idle_timeout_ms; >= 1 */
     long connect_timeout_ms;
     size_t max_response_bytes;     /* a body held in memory, counted decoded */
@@ -108,9 +35,7 @@ typedef struct hc_transfer_opts {
     int insecure;                  /* turns TLS verification off */
     int http2;
     int verbose;
-    /* HC_SINK_FILE: a 2xx body goes to sink_path (through a temporary file beside it, renamed
-     * when the transfer succeeds). HC_SINK_DIR: a 2xx body goes to files in the directory
-     * sink_path, one per multipart part (or one for a body that is not multipart). */
+    /* 0, or HC_SINK_FILE / HC_SINK_DIR: a 2xx body goes to sink_path (hc_sink.h). */
     int sink_kind;
     const char *sink_path;         /* copied */
     /* Caps of a sink, counted on decoded bytes, 0 = none: the body in all, the parts of a
@@ -118,35 +43,71 @@ typedef struct hc_transfer_opts {
     int64_t sink_max_bytes, sink_max_parts, sink_max_part_bytes;
 } hc_transfer_opts;
 
+/* Why a transfer failed, from hc_transfer_failure. */
+typedef struct hc_failure {
+    const char *kind;              /* "transport", or "io" for the request body or the sink */
+    const char *status;            /* a fixed short reason (hc_transfer_failure lists them) */
+    char message[1024];
+} hc_failure;
+
+/* ---- sessions ----------------------------------------------------------------------------- */
+
 /* Returns a new session owned by the caller (free with hc_session_free), or NULL. */
 hc_session *hc_session_new(void);
-/* Stops every running transfer (their result becomes "aborted") and frees the session. Transfers
- * stay owned by their owners. */
+/* Stops every running transfer (their result becomes "abandoned") and frees the session.
+ * Transfers stay owned by their owners. */
 void hc_session_free(hc_session *s);
-
-/* Initialises t (which the caller owns) for a request; headers are copied; body is adopted
- * (freed with the transfer, even on failure). Returns 0 or -1 with a message in t->errbuf. */
-int hc_transfer_init(hc_transfer *t, const hc_transfer_opts *o, const char *const *headers,
-                     size_t nheaders, hc_body *body);
-/* Releases what the transfer holds (stopping it when it runs). Temporary files of its sink
- * that were not handed to the caller (parts before hc_transfer_take_parts) are removed. */
-void hc_transfer_cleanup(hc_transfer *t);
-
-/* The caller now owns the files of t->sink.parts: cleanup leaves them. */
-void hc_transfer_take_parts(hc_transfer *t);
-
-/* Starts t on s. Returns 0 or -1. */
+/* Starts t on s. Returns 0, or -1 with the reason in hc_transfer_errmsg(t). */
 int hc_session_start(hc_session *s, hc_transfer *t);
 /* Runs the event loop until a transfer finishes or timeout_ms passes (0: only what is ready).
  * Finished transfers move to the session's done list. Returns how many finished, or -1. */
 int hc_session_poll(hc_session *s, long timeout_ms);
-/* Takes the done list (linked through next, in finishing order), leaving it empty. */
-hc_transfer *hc_session_take_done(hc_session *s);
-/* Removes t from the session (running or done) without waiting. */
+/* Takes the oldest finished transfer off the session (it is no longer attached), or NULL. */
+hc_transfer *hc_session_next_done(hc_session *s);
+/* Removes t from the session (running or done) without waiting; a running one is abandoned. */
 void hc_session_remove(hc_session *s, hc_transfer *t);
 /* Any transfer still attached to s (running or done), or NULL: for tearing a session down. */
 hc_transfer *hc_session_first(hc_session *s);
-/* Number of transfers started and not yet taken from the done list. */
+/* Number of transfers attached to s: started and not yet taken off or removed. */
 int hc_session_pending(const hc_session *s);
+
+/* ---- transfers ---------------------------------------------------------------------------- */
+
+/* Returns a new transfer for a request (owned by the caller: hc_transfer_free), not started;
+ * headers are copied, body is adopted (freed with the transfer, or here on failure). On failure
+ * returns NULL with the reason in err (errlen bytes). */
+hc_transfer *hc_transfer_new(const hc_transfer_opts *o, const char *const *headers,
+                             size_t nheaders, hc_body *body, char *err, size_t errlen);
+/* Stops t when it runs (removing it from its session) and frees it with what it holds. Files
+ * of its sink not handed to the caller (parts before hc_sink_take_parts) are removed. */
+void hc_transfer_free(hc_transfer *t);
+
+/* The owner's handle on t (the Lua binding's userdata), NULL until set. */
+void hc_transfer_set_owner(hc_transfer *t, void *owner);
+void *hc_transfer_owner(const hc_transfer *t);
+/* Whether t has finished (successfully or not). */
+int hc_transfer_done(const hc_transfer *t);
+/* Why hc_session_start refused t. */
+const char *hc_transfer_errmsg(const hc_transfer *t);
+/* Bytes sent, the request body's length, bytes received (on the wire) so far. */
+void hc_transfer_progress(hc_transfer *t, int64_t *sent, int64_t *to_send, int64_t *received);
+
+/* Once done: 0 when t succeeded; else 1 with why in *f. Reasons (f->status): libcurl's
+ * ("resolve", "connect", "timeout", "send", "recv", "empty_reply", "partial", "http2", "tls",
+ * "tls_verify", "tls_ca_file", "url", "other"), "abandoned" (removed before it ended), the
+ * caps ("too_large", "too_many_parts", "part_too_large" of the sink, "response_too_large" of
+ * max_response_bytes, "too_slow": min_speed over idle_timeout), "encoding" (a content coding
+ * not asked for, unknown or broken), "compression_ratio", "multipart" (a malformed multipart
+ * answer), and kind "io": "body" (the request body could not be read), "sink" (its files). A
+ * message of a failure while parts were being written ends with how many were complete. */
+int hc_transfer_failure(hc_transfer *t, hc_failure *f);
+/* The final response: HTTP status (0 when none came), version ("1.0", "1.1", "2", "3"), header
+ * lines and the body held in memory (not what went to a sink). Owned by t. */
+long hc_transfer_http_status(hc_transfer *t);
+const char *hc_transfer_http_version(hc_transfer *t);
+const hc_buf *hc_transfer_headers(const hc_transfer *t);
+const hc_buf *hc_transfer_body(const hc_transfer *t);
+/* The transfer's sink (owned by t), NULL when none was asked for. */
+hc_sink *hc_transfer_sink(hc_transfer *t);
 
 #endif

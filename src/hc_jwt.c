@@ -58,8 +58,10 @@ static void label_error(char *err, const char *name)
         shown[i] = (name[i] >= 0x20 && name[i] < 0x7f) ? name[i] : '?';
     shown[i] = '\0';
     ERR_clear_error();
-    snprintf(err, HC_JWT_ERRLEN, "the PEM block is '%s', not a private key "
-             "(expected '-----BEGIN PRIVATE KEY-----' or '-----BEGIN RSA PRIVATE KEY-----')", shown);
+    snprintf(err, HC_JWT_ERRLEN,
+             "the PEM block is '%s', not a private key "
+             "(expected '-----BEGIN PRIVATE KEY-----' or '-----BEGIN RSA PRIVATE KEY-----')",
+             shown);
 }
 
 /* Whether the private key's components agree (n = p*q, d and e inverse, CRT values), the check
@@ -84,7 +86,8 @@ EVP_PKEY *hc_jwt_key_load(const char *pem, size_t len, char *err)
 
     ERR_clear_error();
     if (len == 0 || len > 64 * 1024) {
-        plain_error(err, len == 0 ? "the private key is empty" : "the private key is larger than 64 KiB");
+        plain_error(
+            err, len == 0 ? "the private key is empty" : "the private key is larger than 64 KiB");
         return NULL;
     }
     bio = BIO_new_mem_buf(pem, (int)len);
@@ -94,11 +97,13 @@ EVP_PKEY *hc_jwt_key_load(const char *pem, size_t len, char *err)
     }
     /* PEM_FLAG_SECURE: the decoded bytes (and OpenSSL's working copies) live in the secure
      * heap, which is cleared on free. */
-    if (!PEM_read_bio_ex(bio, &name, &header, &data, &dlen, PEM_FLAG_SECURE | PEM_FLAG_EAY_COMPATIBLE)) {
+    if (!PEM_read_bio_ex(bio, &name, &header, &data, &dlen,
+                         PEM_FLAG_SECURE | PEM_FLAG_EAY_COMPATIBLE)) {
         unsigned long e = ERR_peek_error();
         BIO_free(bio);
         if (ERR_GET_LIB(e) == ERR_LIB_PEM && ERR_GET_REASON(e) == PEM_R_NO_START_LINE)
-            plain_error(err, "no PEM private key found (expected a '-----BEGIN PRIVATE KEY-----' block "
+            plain_error(err,
+                        "no PEM private key found (expected a '-----BEGIN PRIVATE KEY-----' block "
                         "with real line breaks)");
         else
             ssl_error(err, "the private key is not valid PEM");
@@ -106,7 +111,8 @@ EVP_PKEY *hc_jwt_key_load(const char *pem, size_t len, char *err)
     }
     BIO_free(bio);
 
-    if (strcmp(name, "ENCRYPTED PRIVATE KEY") == 0 || (header != NULL && strstr(header, "ENCRYPTED") != NULL)) {
+    if (strcmp(name, "ENCRYPTED PRIVATE KEY") == 0
+        || (header != NULL && strstr(header, "ENCRYPTED") != NULL)) {
         plain_error(err, "the private key is encrypted; use the unencrypted key Google issues "
                     "(or decrypt it with 'openssl pkey')");
     } else if (strcmp(name, "PRIVATE KEY") != 0 && strcmp(name, "RSA PRIVATE KEY") != 0) {
@@ -203,6 +209,7 @@ int hc_jwt_sign(EVP_PKEY *key, const char *header, size_t hlen, const char *clai
                 hc_buf *out, char *err)
 {
     size_t start = out->len, siglen = 0;
+    const unsigned char *signed_part;
     unsigned char *sig = NULL;
     EVP_MD_CTX *ctx = NULL;
     int rc = -1;
@@ -213,9 +220,11 @@ int hc_jwt_sign(EVP_PKEY *key, const char *header, size_t hlen, const char *clai
         plain_error(err, "cannot sign the JWT: it is too large");
         return -1;
     }
+    /* header.claims, as appended to out (which does not move until the signature goes on). */
+    signed_part = (const unsigned char *)out->data + start;
     ctx = EVP_MD_CTX_new();
-    if (ctx == NULL || EVP_DigestSignInit_ex(ctx, NULL, "SHA256", NULL, NULL, key, NULL) != 1 ||
-        EVP_DigestSign(ctx, NULL, &siglen, (const unsigned char *)out->data + start, out->len - start) != 1) {
+    if (ctx == NULL || EVP_DigestSignInit_ex(ctx, NULL, "SHA256", NULL, NULL, key, NULL) != 1
+        || EVP_DigestSign(ctx, NULL, &siglen, signed_part, out->len - start) != 1) {
         ssl_error(err, "cannot sign the JWT");
         goto done;
     }
@@ -224,7 +233,7 @@ int hc_jwt_sign(EVP_PKEY *key, const char *header, size_t hlen, const char *clai
         plain_error(err, "cannot sign the JWT: out of memory");
         goto done;
     }
-    if (EVP_DigestSign(ctx, sig, &siglen, (const unsigned char *)out->data + start, out->len - start) != 1) {
+    if (EVP_DigestSign(ctx, sig, &siglen, signed_part, out->len - start) != 1) {
         ssl_error(err, "cannot sign the JWT");
         goto done;
     }

@@ -3,27 +3,29 @@
  * external_account credentials: `core.sigv4_sign(t)` signs one request and returns the headers
  * to add to it. Wrong types, a missing field and an unknown one raise; a request the signer
  * refuses (a control character in a header value, a bad '%' escape in the query, ...) comes back
- * as nil and an error (kind "auth", code "sigv4"). The secret is read in place from the Lua
+ * as nil and an error (kind "auth", status "sigv4"). The secret is read in place from the Lua
  * string; the signer's copies of it are wiped (see hc_sigv4.h). */
 #include <stdio.h>
 #include <string.h>
 
-#include "hc_compat.h"
 #include "hc_lua.h"
 #include "hc_sigv4.h"
 
 /* The fields of t, written once: checked by name, and listed when one is unknown. */
 static const char *const FIELDS[] = {
-    "method", "host", "path", "query", "headers", "payload", "region", "service", "date",
-    "access_key_id", "secret_access_key", "session_token", NULL
+    "method", "host",    "path", "query",         "headers",           "payload",
+    "region", "service", "date", "access_key_id", "secret_access_key", "session_token",
+    NULL
 };
-#define VALID_FIELDS "method, host, path, query, headers, payload, region, service, date, " \
-                     "access_key_id, secret_access_key, session_token"
+#define VALID_FIELDS                                                                               \
+  "method, host, path, query, headers, payload, region, service, date, "                           \
+  "access_key_id, secret_access_key, session_token"
 
 /* t[name] as a string (its bytes stay owned by t), NULL when absent and optional; raises when
  * it is another type or absent and required. A text field (len NULL) holding a NUL byte, which
  * would cut it short without a word, sets *nul to its name. */
-static const char *field(lua_State *L, const char *name, int required, size_t *len, const char **nul)
+static const char *field(lua_State *L, const char *name, int required, size_t *len,
+                         const char **nul)
 {
     const char *s;
     size_t n;
@@ -31,14 +33,13 @@ static const char *field(lua_State *L, const char *name, int required, size_t *l
     if (lua_isnil(L, -1)) {
         lua_pop(L, 1);
         if (required)
-            luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' is required", name));
+            hc_lua_argerror(L, 1, "field '%s' is required", name);
         if (len)
             *len = 0;
         return NULL;
     }
     if (lua_type(L, -1) != LUA_TSTRING)
-        luaL_argerror(L, 1, lua_pushfstring(L, "field '%s' must be a string, not %s", name,
-                                            luaL_typename(L, -1)));
+        hc_lua_argerror(L, 1, "field '%s' must be a string, not %s", name, luaL_typename(L, -1));
     s = lua_tolstring(L, -1, &n);
     lua_pop(L, 1); /* t still holds the string: the pointer stays valid during the call */
     if (len)
@@ -58,13 +59,17 @@ static void check_fields(lua_State *L)
             for (i = 0; FIELDS[i] != NULL && !known; i++)
                 known = strcmp(lua_tostring(L, -2), FIELDS[i]) == 0;
         if (!known && lua_type(L, -2) == LUA_TSTRING)
-            luaL_argerror(L, 1, lua_pushfstring(L, "unknown field '%s' (valid: " VALID_FIELDS ")",
-                                                lua_tostring(L, -2)));
+            hc_lua_argerror(L, 1, "unknown field '%s' (valid: " VALID_FIELDS ")",
+                            lua_tostring(L, -2));
         if (!known)
-            luaL_argerror(L, 1, lua_pushfstring(L, "unknown %s key (valid: " VALID_FIELDS ")",
-                                                luaL_typename(L, -2)));
+            hc_lua_argerror(L, 1, "unknown %s key (valid: " VALID_FIELDS ")", luaL_typename(L, -2));
         lua_pop(L, 1);
     }
+}
+
+static char lower(char c)
+{
+    return (char)(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
 }
 
 /* Reads t.headers (a table of name = value strings) into h; returns how many. Raises on a
@@ -79,25 +84,24 @@ static size_t read_headers(lua_State *L, hc_sigv4_header *h)
         return 0;
     }
     if (!lua_istable(L, -1))
-        luaL_argerror(L, 1, lua_pushfstring(L, "field 'headers' must be a table, not %s",
-                                            luaL_typename(L, -1)));
+        hc_lua_argerror(L, 1, "field 'headers' must be a table, not %s", luaL_typename(L, -1));
     lua_pushnil(L);
     while (lua_next(L, -2) != 0) {
         if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-            luaL_argerror(L, 1, "field 'headers' must map header names to string values");
+            hc_lua_argerror(L, 1, "field 'headers' must map header names to string values");
         if (n == HC_SIGV4_MAX_HEADERS)
-            luaL_argerror(L, 1, "field 'headers' has more than 64 headers");
+            hc_lua_argerror(L, 1, "field 'headers' has more than %d headers", HC_SIGV4_MAX_HEADERS);
         h[n].name = lua_tolstring(L, -2, &h[n].name_len);
         h[n].value = lua_tolstring(L, -1, &h[n].value_len);
         for (i = 0; i < n; i++) {
             int same = h[i].name_len == h[n].name_len;
-            for (k = 0; same && k < h[n].name_len; k++) {
-                char a = h[i].name[k], b = h[n].name[k];
-                same = (a >= 'A' && a <= 'Z' ? a - 'A' + 'a' : a) == (b >= 'A' && b <= 'Z' ? b - 'A' + 'a' : b);
-            }
+            for (k = 0; same && k < h[n].name_len; k++)
+                same = lower(h[i].name[k]) == lower(h[n].name[k]);
             if (same)
-                luaL_argerror(L, 1, lua_pushfstring(L, "field 'headers' names '%s' twice "
-                                                    "(header names are case-insensitive)", h[n].name));
+                hc_lua_argerror(L, 1,
+                                "field 'headers' names '%s' twice (header names are "
+                                "case-insensitive)",
+                                h[n].name);
         }
         n++;
         lua_pop(L, 1);
@@ -111,7 +115,7 @@ static size_t read_headers(lua_State *L, hc_sigv4_header *h)
  *   secret_access_key, session_token }
  * -> { Authorization = "AWS4-HMAC-SHA256 ...", ["x-amz-date"] = date,
  *      ["x-amz-security-token"] = session_token (when one was given) } | nil, err */
-static int core_sigv4_sign(lua_State *L)
+static int l_core_sigv4_sign(lua_State *L)
 {
     hc_sigv4_header headers[HC_SIGV4_MAX_HEADERS];
     hc_sigv4_request r;
@@ -138,13 +142,8 @@ static int core_sigv4_sign(lua_State *L)
 
     if (nul != NULL)
         snprintf(err, sizeof err, "the %s holds a NUL byte", nul);
-    if (nul != NULL || hc_sigv4_sign(&r, &out, err) != 0) {
-        lua_pushnil(L);
-        lua_pushfstring(L, "cannot sign the AWS request: %s", err);
-        hc_lua_push_error(L, "auth", lua_tostring(L, -1), "sigv4");
-        lua_remove(L, -2);
-        return 2;
-    }
+    if (nul != NULL || hc_sigv4_sign(&r, &out, err) != 0)
+        return hc_lua_fail(L, "auth", "sigv4", "cannot sign the AWS request: %s", err);
     lua_createtable(L, 0, 3);
     lua_pushlstring(L, out.authorization.data, out.authorization.len);
     lua_setfield(L, -2, "Authorization");
@@ -161,6 +160,6 @@ static int core_sigv4_sign(lua_State *L)
 /* Sets sigv4_sign on the module table at the top of L's stack. */
 void hc_lua_sigv4_register(lua_State *L)
 {
-    lua_pushcfunction(L, core_sigv4_sign);
+    lua_pushcfunction(L, l_core_sigv4_sign);
     lua_setfield(L, -2, "sigv4_sign");
 }

@@ -67,7 +67,8 @@ const char *hc_multipart_strerror(int code)
     case HC_MP_ERR_NO_BOUNDARY: return "the body does not start with the boundary delimiter";
     case HC_MP_ERR_HEADERS_TOO_LARGE: return "a part's header block is larger than 64 KiB";
     case HC_MP_ERR_HEADERS_MALFORMED: return "a part's header block is malformed";
-    case HC_MP_ERR_DELIMITER: return "a boundary delimiter is followed by something other than CRLF or \"--\"";
+    case HC_MP_ERR_DELIMITER:
+        return "a boundary delimiter is followed by something other than CRLF or \"--\"";
     case HC_MP_ERR_TRUNCATED: return "the body ended before the close delimiter";
     case HC_MP_ERR_CALLBACK: return "stopped by the consumer";
     default: return "unknown error";
@@ -148,7 +149,8 @@ static int check_headers(char *b, size_t n)
     char *p = b, *end = b + n;
     while (p < end) {
         char *eol = memchr(p, '\r', (size_t)(end - p)), *c;
-        if (eol == NULL || eol + 1 >= end || eol[1] != '\n' || memchr(p, '\n', (size_t)(eol - p)) != NULL)
+        if (eol == NULL || eol + 1 >= end || eol[1] != '\n'
+            || memchr(p, '\n', (size_t)(eol - p)) != NULL)
             return -1;
         for (c = p; c < eol && *c != ':'; c++) {
             if (*c == '\0' || strchr(TCHARS, *c) == NULL)

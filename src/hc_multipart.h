@@ -24,7 +24,8 @@ enum {
     HC_MP_ERR_NO_BOUNDARY,     /* the body does not start with the boundary delimiter */
     HC_MP_ERR_HEADERS_TOO_LARGE,
     HC_MP_ERR_HEADERS_MALFORMED,
-    HC_MP_ERR_DELIMITER,       /* a delimiter followed by something other than padding, CRLF or "--" */
+    /* a delimiter followed by something other than padding, CRLF or "--" */
+    HC_MP_ERR_DELIMITER,
     HC_MP_ERR_TRUNCATED,       /* the body ended before the close delimiter */
     HC_MP_ERR_CALLBACK         /* a callback returned non-zero */
 };

@@ -39,15 +39,15 @@ static int fail(char *err, const char *what)
 /* RFC 9110 tchar: what a header name may hold. */
 static int is_tchar(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+        || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
 /* RFC 3986 unreserved: the only bytes SigV4 leaves unencoded. */
 static int is_unreserved(unsigned char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-           c == '-' || c == '.' || c == '_' || c == '~';
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-'
+        || c == '.' || c == '_' || c == '~';
 }
 
 /* 1 when the n bytes hold a control character other than a tab (CR, LF and NUL included):
@@ -328,9 +328,9 @@ static int put_query(hc_buf *b, const char *q)
 typedef struct hentry {
     size_t name, name_len;
     const char *np;
-    const char *value;          /* the caller's bytes, trimmed when appended */
+    const char *value; /* the caller's bytes, trimmed when appended */
     size_t value_len;
-    size_t order;               /* position given: repeated names keep their order */
+    size_t order; /* position given: repeated names keep their order */
 } hentry;
 
 static int compare_headers(const void *x, const void *y)
@@ -365,7 +365,8 @@ static int put_trimmed(hc_buf *b, const char *v, size_t n)
 
 static int is_reserved_name(const char *lower, size_t n)
 {
-    static const char *const names[] = {"host", "authorization", "x-amz-date", "x-amz-security-token"};
+    static const char *const names[] = { "host", "authorization", "x-amz-date",
+                                         "x-amz-security-token" };
     size_t i;
     for (i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strlen(names[i]) == n && memcmp(names[i], lower, n) == 0)
@@ -402,18 +403,23 @@ static int check_request(const hc_sigv4_request *r, char *err)
     if (!all_of(r->method, 32, is_upper_tchar))
         return fail(err, "the method must be an upper-case HTTP token");
     if (!all_of(r->host, 270, is_host_char))
-        return fail(err, "the host must be a host name (and port), without spaces or control characters");
+        return fail(
+            err, "the host must be a host name (and port), without spaces or control characters");
     if (!all_of(r->region, 64, is_scope_char))
         return fail(err, "the region must be letters, digits, '-', '.', '_' or '~' (1 to 64)");
     if (!all_of(r->service, 64, is_scope_char))
         return fail(err, "the service must be letters, digits, '-', '.', '_' or '~' (1 to 64)");
     if (!all_of(r->access_key, 128, is_key_char))
-        return fail(err, "the access key id must be 1 to 128 printable characters without '/', ',', '=' or space");
+        return fail(err,
+                    "the access key id must be 1 to 128 printable characters without '/', ',', '=' "
+                    "or space");
     if (r->secret == NULL || r->secret_len == 0 || r->secret_len > 1024)
         return fail(err, "the secret access key must be 1 to 1024 bytes");
-    if (r->session_token != NULL && (strlen(r->session_token) > 16384 ||
-                                     has_ctl(r->session_token, strlen(r->session_token))))
-        return fail(err, "the session token must be at most 16384 bytes without control characters");
+    if (r->session_token != NULL
+        && (strlen(r->session_token) > 16384
+            || has_ctl(r->session_token, strlen(r->session_token))))
+        return fail(err,
+                    "the session token must be at most 16384 bytes without control characters");
     if (r->path != NULL && r->path[0] != '\0' && r->path[0] != '/')
         return fail(err, "the path must start with '/'");
     if (r->path != NULL && (strlen(r->path) > 8192 || has_ctl(r->path, strlen(r->path))))
@@ -446,14 +452,16 @@ static int check_request(const hc_sigv4_request *r, char *err)
         if (h->value == NULL && h->value_len != 0)
             return fail(err, "a header value length without a value");
         if (h->value_len > 16384 || (h->value != NULL && has_ctl(h->value, h->value_len)))
-            return fail(err, "a header value must be at most 16384 bytes without control characters");
+            return fail(err,
+                        "a header value must be at most 16384 bytes without control characters");
         if (h->name_len < sizeof lower) {
             for (k = 0; k < h->name_len; k++)
                 lower[k] = (char)((h->name[k] >= 'A' && h->name[k] <= 'Z') ? h->name[k] - 'A' + 'a'
                                                                            : h->name[k]);
             if (is_reserved_name(lower, h->name_len))
-                return fail(err, "host, authorization, x-amz-date and x-amz-security-token are "
-                                 "set by the signer, not given as headers");
+                return fail(err,
+                            "host, authorization, x-amz-date and x-amz-security-token are "
+                            "set by the signer, not given as headers");
         }
     }
     return 0;
@@ -462,8 +470,8 @@ static int check_request(const hc_sigv4_request *r, char *err)
 /* An upper bound of the canonical request's length, so that it is allocated once. */
 static size_t canonical_bound(const hc_sigv4_request *r)
 {
-    size_t n = 512 + strlen(r->method) + strlen(r->host) + 3 * (r->path ? strlen(r->path) : 0) +
-               3 * (r->query ? strlen(r->query) : 0) + (r->session_token ? strlen(r->session_token) : 0);
+    size_t n = 512 + strlen(r->method) + strlen(r->host) + 3 * (r->path ? strlen(r->path) : 0)
+        + 3 * (r->query ? strlen(r->query) : 0) + (r->session_token ? strlen(r->session_token) : 0);
     size_t i;
     for (i = 0; i < r->nheaders; i++)
         n += 2 * r->headers[i].name_len + r->headers[i].value_len + 3;
@@ -476,8 +484,8 @@ static int hmac(const unsigned char *key, size_t klen, const void *data, size_t 
                 unsigned char out[32], char *err)
 {
     size_t outlen = 0;
-    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, klen, data, n, out, 32, &outlen) == NULL ||
-        outlen != 32) {
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, klen, data, n, out, 32, &outlen) == NULL
+        || outlen != 32) {
         ssl_error(err, "HMAC-SHA256 failed");
         return -1;
     }
@@ -510,11 +518,11 @@ static int compute_signature(const hc_sigv4_request *r, const char *date8, const
         return fail(err, "out of memory");
     memcpy(secret_key, "AWS4", 4);
     memcpy(secret_key + 4, r->secret, r->secret_len);
-    if (hmac(secret_key, klen, date8, 8, k1, err) == 0 &&
-        hmac(k1, 32, r->region, strlen(r->region), k2, err) == 0 &&
-        hmac(k2, 32, r->service, strlen(r->service), k1, err) == 0 &&
-        hmac(k1, 32, TERMINATOR, strlen(TERMINATOR), k2, err) == 0 &&
-        hmac(k2, 32, to_sign->data, to_sign->len, k1, err) == 0) {
+    if (hmac(secret_key, klen, date8, 8, k1, err) == 0
+        && hmac(k1, 32, r->region, strlen(r->region), k2, err) == 0
+        && hmac(k2, 32, r->service, strlen(r->service), k1, err) == 0
+        && hmac(k1, 32, TERMINATOR, strlen(TERMINATOR), k2, err) == 0
+        && hmac(k2, 32, to_sign->data, to_sign->len, k1, err) == 0) {
         to_hex(k1, 32, sig);
         rc = 0;
     }
@@ -549,8 +557,8 @@ void hc_sigv4_result_free(hc_sigv4_result *r)
 
 /* Appends the canonical headers ("name:v1,v2\n" each, sorted) to cr and the signed header list
  * to signed_list. */
-static int put_headers(const hc_sigv4_request *r, const char *amz_date, hc_buf *cr, hc_buf *signed_list,
-                       char *err)
+static int put_headers(const hc_sigv4_request *r, const char *amz_date, hc_buf *cr,
+                       hc_buf *signed_list, char *err)
 {
     size_t n = r->nheaders + 3, count = 0, i;
     hentry *t = malloc(n * sizeof *t);
@@ -597,97 +605,102 @@ static int put_headers(const hc_sigv4_request *r, const char *amz_date, hc_buf *
     return rc ? fail(err, "the headers are too large to sign") : 0;
 }
 
+/* Writes the x-amz-date to sign into amz (the one given, or now in UTC). */
+static int pick_date(const hc_sigv4_request *r, char amz[17], char *err)
+{
+    time_t now;
+    struct tm tm;
+    if (r->amz_date != NULL) {
+        memcpy(amz, r->amz_date, 17);
+        return 0;
+    }
+    now = time(NULL);
+    if (gmtime_r(&now, &tm) == NULL || strftime(amz, 17, "%Y%m%dT%H%M%SZ", &tm) != 16)
+        return fail(err, "cannot read the clock");
+    return 0;
+}
+
+/* Fills out->canonical_request and out->signed_headers: method, path, query, headers, signed
+ * headers and payload hash, one per line. */
+static int build_canonical(const hc_sigv4_request *r, hc_sigv4_result *out, char *err)
+{
+    hc_buf *cr = &out->canonical_request;
+    char payload_hash[65];
+    int rc = 0, q;
+    if (sha256_hex(r->payload ? r->payload : "", r->payload_len, payload_hash, err) != 0)
+        return -1;
+    if (reserve(cr, canonical_bound(r)) != 0)
+        return fail(err, "out of memory");
+    rc |= puts0(cr, r->method);
+    rc |= puts0(cr, "\n");
+    rc |= put_path(cr, r->path);
+    rc |= puts0(cr, "\n");
+    if (rc == 0) {
+        q = put_query(cr, r->query);
+        if (q == -2)
+            return fail(err, "the query has a '%' not followed by two hex digits");
+        rc |= q;
+        rc |= puts0(cr, "\n");
+    }
+    if (rc != 0)
+        return fail(err, "the request is too large to sign");
+    if (put_headers(r, out->amz_date, cr, &out->signed_headers, err) != 0)
+        return -1;
+    rc |= puts0(cr, "\n");
+    rc |= put(cr, out->signed_headers.data, out->signed_headers.len);
+    rc |= puts0(cr, "\n");
+    rc |= put(cr, payload_hash, 64);
+    return rc ? fail(err, "the request is too large to sign") : 0;
+}
+
+/* Appends "date8/region/service/aws4_request", the credential scope, to b. */
+static int put_scope(hc_buf *b, const hc_sigv4_request *r, const char *date8)
+{
+    int rc = puts0(b, date8);
+    rc |= puts0(b, "/");
+    rc |= puts0(b, r->region);
+    rc |= puts0(b, "/");
+    rc |= puts0(b, r->service);
+    rc |= puts0(b, "/" TERMINATOR);
+    return rc;
+}
+
 int hc_sigv4_sign(const hc_sigv4_request *r, hc_sigv4_result *out, char *err)
 {
-    char date8[9], payload_hash[65], cr_hash[65];
-    int rc = 0, q;
+    char date8[9], cr_hash[65];
+    hc_buf *sts = &out->string_to_sign, *auth = &out->authorization;
+    int rc = 0;
 
     result_init(out);
     ERR_clear_error();
-    if (check_request(r, err) != 0)
+    if (check_request(r, err) != 0 || pick_date(r, out->amz_date, err) != 0)
         return -1;
-    if (r->amz_date != NULL) {
-        memcpy(out->amz_date, r->amz_date, 17);
-    } else {
-        time_t now = time(NULL);
-        struct tm tm;
-        if (gmtime_r(&now, &tm) == NULL || strftime(out->amz_date, sizeof out->amz_date,
-                                                    "%Y%m%dT%H%M%SZ", &tm) != 16)
-            return fail(err, "cannot read the clock");
-    }
     memcpy(date8, out->amz_date, 8);
     date8[8] = '\0';
-
-    if (sha256_hex(r->payload ? r->payload : "", r->payload_len, payload_hash, err) != 0)
-        return -1;
-    if (reserve(&out->canonical_request, canonical_bound(r)) != 0)
-        return fail(err, "out of memory");
-    /* Method, path, query, headers, signed headers, payload hash: one per line. */
-    rc |= puts0(&out->canonical_request, r->method);
-    rc |= puts0(&out->canonical_request, "\n");
-    rc |= put_path(&out->canonical_request, r->path);
-    rc |= puts0(&out->canonical_request, "\n");
-    if (rc == 0) {
-        q = put_query(&out->canonical_request, r->query);
-        if (q == -2) {
-            hc_sigv4_result_free(out);
-            return fail(err, "the query has a '%' not followed by two hex digits");
-        }
-        rc |= q;
-        rc |= puts0(&out->canonical_request, "\n");
-    }
-    if (rc != 0) {
-        hc_sigv4_result_free(out);
-        return fail(err, "the request is too large to sign");
-    }
-    if (put_headers(r, out->amz_date, &out->canonical_request, &out->signed_headers, err) != 0) {
+    if (build_canonical(r, out, err) != 0
+        || sha256_hex(out->canonical_request.data, out->canonical_request.len, cr_hash, err) != 0) {
         hc_sigv4_result_free(out);
         return -1;
     }
-    rc |= puts0(&out->canonical_request, "\n");
-    rc |= put(&out->canonical_request, out->signed_headers.data, out->signed_headers.len);
-    rc |= puts0(&out->canonical_request, "\n");
-    rc |= put(&out->canonical_request, payload_hash, 64);
-    if (rc != 0) {
+    /* The string to sign: algorithm, date, scope, hash of the canonical request. */
+    rc |= puts0(sts, ALGORITHM "\n");
+    rc |= put(sts, out->amz_date, 16);
+    rc |= puts0(sts, "\n");
+    rc |= put_scope(sts, r, date8);
+    rc |= puts0(sts, "\n");
+    rc |= put(sts, cr_hash, 64);
+    if (rc != 0 || compute_signature(r, date8, sts, out->signature, err) != 0) {
         hc_sigv4_result_free(out);
-        return fail(err, "the request is too large to sign");
+        return rc ? fail(err, "out of memory") : -1;
     }
-
-    if (sha256_hex(out->canonical_request.data, out->canonical_request.len, cr_hash, err) != 0) {
-        hc_sigv4_result_free(out);
-        return -1;
-    }
-    rc |= puts0(&out->string_to_sign, ALGORITHM "\n");
-    rc |= put(&out->string_to_sign, out->amz_date, 16);
-    rc |= puts0(&out->string_to_sign, "\n");
-    rc |= puts0(&out->string_to_sign, date8);
-    rc |= puts0(&out->string_to_sign, "/");
-    rc |= puts0(&out->string_to_sign, r->region);
-    rc |= puts0(&out->string_to_sign, "/");
-    rc |= puts0(&out->string_to_sign, r->service);
-    rc |= puts0(&out->string_to_sign, "/" TERMINATOR "\n");
-    rc |= put(&out->string_to_sign, cr_hash, 64);
-    if (rc != 0) {
-        hc_sigv4_result_free(out);
-        return fail(err, "out of memory");
-    }
-    if (compute_signature(r, date8, &out->string_to_sign, out->signature, err) != 0) {
-        hc_sigv4_result_free(out);
-        return -1;
-    }
-
-    rc |= puts0(&out->authorization, ALGORITHM " Credential=");
-    rc |= puts0(&out->authorization, r->access_key);
-    rc |= puts0(&out->authorization, "/");
-    rc |= puts0(&out->authorization, date8);
-    rc |= puts0(&out->authorization, "/");
-    rc |= puts0(&out->authorization, r->region);
-    rc |= puts0(&out->authorization, "/");
-    rc |= puts0(&out->authorization, r->service);
-    rc |= puts0(&out->authorization, "/" TERMINATOR ", SignedHeaders=");
-    rc |= put(&out->authorization, out->signed_headers.data, out->signed_headers.len);
-    rc |= puts0(&out->authorization, ", Signature=");
-    rc |= put(&out->authorization, out->signature, 64);
+    rc |= puts0(auth, ALGORITHM " Credential=");
+    rc |= puts0(auth, r->access_key);
+    rc |= puts0(auth, "/");
+    rc |= put_scope(auth, r, date8);
+    rc |= puts0(auth, ", SignedHeaders=");
+    rc |= put(auth, out->signed_headers.data, out->signed_headers.len);
+    rc |= puts0(auth, ", Signature=");
+    rc |= put(auth, out->signature, 64);
     if (rc != 0) {
         hc_sigv4_result_free(out);
         return fail(err, "out of memory");

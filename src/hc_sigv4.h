@@ -42,33 +42,33 @@ typedef struct hc_sigv4_header {
 /* A request to sign. Every pointer belongs to the caller and is only read during the call; the
  * strings are NUL-terminated unless a length is given. */
 typedef struct hc_sigv4_request {
-    const char *method;         /* "GET", "POST", ... (upper case, as sent) */
-    const char *host;           /* the Host header: "sts.us-east-1.amazonaws.com" (":port" if any) */
-    const char *path;           /* wire form, "/" when NULL or empty */
-    const char *query;          /* wire form without '?', NULL or "" for none */
-    const hc_sigv4_header *headers;  /* more headers to sign; none may be host, authorization,
-                                      * x-amz-date or x-amz-security-token */
+    const char *method; /* "GET", "POST", ... (upper case, as sent) */
+    const char *host;   /* the Host header: "sts.us-east-1.amazonaws.com" (":port" if any) */
+    const char *path;   /* wire form, "/" when NULL or empty */
+    const char *query;  /* wire form without '?', NULL or "" for none */
+    const hc_sigv4_header *headers; /* more headers to sign; none may be host, authorization,
+                                     * x-amz-date or x-amz-security-token */
     size_t nheaders;
-    const void *payload;        /* the body (NULL with payload_len 0 for none) */
+    const void *payload; /* the body (NULL with payload_len 0 for none) */
     size_t payload_len;
-    const char *region;         /* "us-east-1" */
-    const char *service;        /* "sts" */
-    const char *amz_date;       /* "YYYYMMDDTHHMMSSZ"; NULL: now (UTC) */
-    const char *access_key;     /* the access key id */
-    const char *secret;         /* the secret access key, secret_len bytes */
+    const char *region;     /* "us-east-1" */
+    const char *service;    /* "sts" */
+    const char *amz_date;   /* "YYYYMMDDTHHMMSSZ"; NULL: now (UTC) */
+    const char *access_key; /* the access key id */
+    const char *secret;     /* the secret access key, secret_len bytes */
     size_t secret_len;
-    const char *session_token;  /* NULL or "" when the credentials have none */
+    const char *session_token; /* NULL or "" when the credentials have none */
 } hc_sigv4_request;
 
 /* What signing gives. The buffers are owned by the result: free it with hc_sigv4_result_free.
  * canonical_request holds the session token when there is one: it is for tests, never for a
  * log. */
 typedef struct hc_sigv4_result {
-    char amz_date[17];          /* the x-amz-date value signed */
-    char signature[65];         /* hex HMAC-SHA256 */
-    hc_buf authorization;       /* "AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/
-                                 * aws4_request, SignedHeaders=a;b, Signature=hex" */
-    hc_buf signed_headers;      /* "host;x-amz-date;..." */
+    char amz_date[17];     /* the x-amz-date value signed */
+    char signature[65];    /* hex HMAC-SHA256 */
+    hc_buf authorization;  /* "AWS4-HMAC-SHA256 Credential=AKID/DATE/REGION/SERVICE/
+                            * aws4_request, SignedHeaders=a;b, Signature=hex" */
+    hc_buf signed_headers; /* "host;x-amz-date;..." */
     hc_buf canonical_request;
     hc_buf string_to_sign;
 } hc_sigv4_result;

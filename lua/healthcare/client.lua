@@ -1,10 +1,14 @@
 -- SPDX-License-Identifier: MIT
--- The client: one transport session (its connection pool), one credential, one endpoint.
--- Every HTTP exchange of the module goes through Client:send (or start and finish), which adds
--- credentials, the standard query parameters and the User-Agent, refuses to hand a credential to
--- a proxy over plain http, logs redacted debug lines, turns transport failures into error values,
--- retries once with a fresh token after a 401, and takes the client's own secrets out of every
--- text a server sends back (a hostile server may echo them) before anyone keeps or prints it.
+-- The client: one transport session (its connection pool), one credential, one endpoint, and the
+-- one request path of the module. Every HTTP exchange goes through Client:send (synchronous) or
+-- Client:start, Client:wait and Client:finish (many in flight: store's Batch), which share every
+-- step: credentials, the standard query parameters and the User-Agent are added, a credential is
+-- refused to a proxy over plain http, redacted debug lines are logged, transport failures become
+-- error values, a 401 with a refreshable credential is sent again once with a fresh token, and
+-- the client's own secrets are taken out of every text a server sends back (a hostile server may
+-- echo them) before anyone keeps or prints it.
+-- A client owns its session and the credential it made (with the credential's own session for
+-- token requests): close() closes them all; a credential object passed in is the caller's.
 local core = require "healthcare.core"
 local auth = require "healthcare.auth"
 local errors = require "healthcare.errors"
@@ -14,41 +18,31 @@ local util = require "healthcare.util"
 local M = {}
 
 M.DEFAULT_ENDPOINT = "https://healthcare.googleapis.com/v1"
-M.OPTIONS = {
-  "credentials", "access_token", "api_key", "scopes", "endpoint", "params", "timeout",
-  "connect_timeout", "idle_timeout", "retry", "concurrency", "ca_file", "insecure", "user_agent",
-  "debug", "http2", "self_signed_jwt", "subject", "token_cache", "refresh_margin", "quota_project",
-  "min_speed", "max_compression_ratio",
-}
 
 local Client = {}
 Client.__index = Client
+Client.__name = "healthcare.Client"
 M.Client = Client
+
+-- The options of healthcare.new (README "Lua API") and what each must be (a wrong type raises at
+-- the caller's line).
+local OPTION_TYPES = {
+  credentials = "string|table|boolean", access_token = "string", api_key = "string", scopes = "string|table",
+  endpoint = "string", params = "table", timeout = "number", connect_timeout = "number",
+  idle_timeout = "number", retry = "table", concurrency = "number", ca_file = "string", insecure = "boolean",
+  user_agent = "string", debug = "boolean|function", http2 = "boolean", self_signed_jwt = "boolean",
+  subject = "string", token_cache = "boolean|string", refresh_margin = "number", quota_project = "string",
+  min_speed = "number", max_compression_ratio = "number",
+}
+local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory" }
+M.OPTIONS = {}
+for name in pairs(OPTION_TYPES) do M.OPTIONS[#M.OPTIONS + 1] = name end
+table.sort(M.OPTIONS)
 
 local function user_agent(extra)
   local ua = "healthcare-lua/" .. core._VERSION .. " " .. core.curl_version
   if extra then ua = extra .. " " .. ua end
   return ua
-end
-
---- Converts CLI-or-wire names of standard query parameters to wire names; unknown names are an
---- error value (kind "usage") listing the valid ones.
-function M.normalize_params(p)
-  local out = {}
-  for k, v in pairs(p or {}) do
-    local wire = params.to_wire(k)
-    if not wire then
-      local names = {}
-      for _, d in ipairs(params.list()) do names[#names + 1] = d.cli end
-      return nil, errors.new("usage", string.format("unknown query parameter '%s'; valid: %s",
-        tostring(k), table.concat(names, ", ")))
-    end
-    if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
-      return nil, errors.new("usage", string.format("query parameter '%s' must be a string", tostring(k)))
-    end
-    out[wire] = tostring(v)
-  end
-  return out
 end
 
 -- Application Default Credentials are looked for at the first request that needs them, not
@@ -75,66 +69,86 @@ local function lazy_default(credentials, opts)
   function lazy.secrets()
     return found and found.secrets and found:secrets() or {}
   end
+  function lazy.close()
+    if found and found.close then found:close() end
+  end
   return lazy
 end
 
---- Picks the credential from the options (see README, "Credentials").
+--- Picks the credential from the options (see README, "Credentials"). Returns it and whether the
+--- client made it (and so owns it), or nil, err.
 local function credential_from(opts)
-  if opts.credentials == false then
-    return auth.none()
+  local c = opts.credentials
+  if c == false then
+    return auth.none(), true
   elseif opts.access_token then
-    return auth.access_token(opts.access_token)
+    return auth.access_token(opts.access_token), true
   elseif opts.api_key then
-    return auth.api_key(opts.api_key)
+    return auth.api_key(opts.api_key), true
+  elseif type(c) == "table" and type(c.authorize) == "function" then
+    return c, false -- the caller's object: the caller closes it
   end
   local ok, credentials = pcall(require, "healthcare.auth.credentials")
   if not ok then
-    return auth.none()
-  elseif opts.credentials == nil then
-    return lazy_default(credentials, opts)
+    -- Not a silent fallback to no credentials: the first symptom would be a 401 far from here.
+    return nil, errors.new("auth", "cannot load the module healthcare.auth.credentials, which Google "
+      .. "credentials need: " .. tostring(credentials), { status = "NO_CREDENTIALS" })
   end
-  return credentials.from_options(opts)
+  local cred, err
+  if c == nil then
+    cred = lazy_default(credentials, opts)
+  else
+    cred, err = credentials.from_options(opts)
+  end
+  if not cred then return nil, err end
+  return cred, true
 end
 
-function M.new(opts)
-  util.check_options(opts, M.OPTIONS, "healthcare.new", 3)
-  opts = opts or {}
-  for _, k in ipairs({ "access_token", "api_key", "user_agent", "endpoint" }) do
-    if opts[k] ~= nil and type(opts[k]) ~= "string" then
-      error(string.format("bad option '%s' to 'healthcare.new' (string expected, got %s)", k, type(opts[k])), 3)
-    end
+-- Raises for a wrong option (unknown, or of a wrong type); `level` as util.check_options'.
+local function check_new_options(opts, fname, level)
+  level = level + 1
+  opts = util.check_options(opts, M.OPTIONS, fname, level)
+  for k, v in pairs(opts) do
+    util.check_option(v, k, fname, OPTION_TYPES[k], level, SHOWN_TYPES[k])
   end
+  if opts.credentials == true then
+    error(string.format("bad option 'credentials' to '%s' (path, table or false expected, got true)", fname), level)
+  end
+  for _, k in ipairs({ "timeout", "connect_timeout", "idle_timeout", "min_speed", "max_compression_ratio",
+    "refresh_margin" }) do
+    util.check_number(opts[k], k, fname, ">= 0", level)
+  end
+  util.check_number(opts.concurrency, "concurrency", fname, "whole >= 1", level)
+  if opts.retry then require("healthcare.retry").check(opts.retry, fname, level) end
+  return opts
+end
+
+--- healthcare.new(opts): see README "Lua API". Returns the client, or nil, err.
+function M.new(opts)
+  local c, err = M.create(opts, "healthcare.new", 2)
+  return c, err
+end
+
+--- healthcare.new for the module's other constructors: `fname` names the public function and
+--- `level` its caller (error()'s level as seen from the caller of create, as util.check_options
+--- takes it), so a wrong option is blamed on the user's line.
+function M.create(opts, fname, level)
+  opts = check_new_options(opts, fname, level + 1)
   for _, k in ipairs({ "access_token", "api_key", "user_agent" }) do
     if opts[k] and core.has_ctl(opts[k]) then
       return nil, errors.new("usage", string.format("option '%s' contains CR, LF or NUL", k))
     end
   end
-  local std, perr = M.normalize_params(opts.params)
+  local std, perr = params.query(opts.params)
   if not std then return nil, perr end
   local endpoint = opts.endpoint or os.getenv("HEALTHCARE_ENDPOINT") or M.DEFAULT_ENDPOINT
   if not util.is_base_url(endpoint) then
     return nil, errors.new("usage", "endpoint must be an http(s) URL without spaces, control characters, "
       .. "non-ASCII, '?' or '#', got '" .. endpoint .. "'")
   end
-  local cred, cerr = credential_from(opts)
-  if not cred then return nil, cerr end
-  local self = setmetatable({
-    endpoint = endpoint:gsub("/+$", ""),
-    params = std,
-    scopes = opts.scopes or { params.DEFAULT_SCOPE },
-    credential = cred,
-    debug = util.debug_sink(opts.debug),
-    retry = opts.retry,
-    concurrency = opts.concurrency,
-    timeout = opts.timeout,
-    idle_timeout = opts.idle_timeout,
-    insecure = opts.insecure == true,
-    -- The credential values the last requests carried (a ring of SENT_KEPT): an answer to a
-    -- request made with a token since replaced may still echo that token.
-    sent = {},
-  }, Client)
-  if type(self.scopes) == "string" then self.scopes = { self.scopes } end
-  self.session = core.session {
+  local cred, owned = credential_from(opts)
+  if not cred then return nil, owned end
+  local session = core.session {
     user_agent = user_agent(opts.user_agent),
     connect_timeout = opts.connect_timeout or 30,
     timeout = opts.timeout,
@@ -145,11 +159,59 @@ function M.new(opts)
     insecure = opts.insecure == true,
     http2 = opts.http2 ~= false,
   }
-  return self
+  return setmetatable({
+    endpoint = endpoint:gsub("/+$", ""),
+    params = std,
+    scopes = type(opts.scopes) == "string" and { opts.scopes } or opts.scopes or { params.DEFAULT_SCOPE },
+    debug = util.debug_sink(opts.debug),
+    retry = opts.retry,
+    concurrency = opts.concurrency,
+    timeout = opts.timeout,
+    idle_timeout = opts.idle_timeout,
+    insecure = opts.insecure == true,
+    _session = session,
+    _credential = cred,
+    _owns_credential = owned,
+    _pending = {},      -- core transfer -> its Request, for the requests in flight
+    -- The credential values the last requests carried (a ring of SENT_KEPT): an answer to a
+    -- request made with a token since replaced may still echo that token.
+    _sent = {},
+  }, Client)
 end
 
+--- Closes the session (requests in flight are abandoned) and the credential the client made,
+--- with its own session. Safe to call twice; a closed client raises "attempt to use a closed
+--- client" from every method but close, is_closed and tostring.
 function Client:close()
-  if self.session then self.session:close() end
+  if self._closed then return end
+  self._closed = true
+  for t, request in pairs(self._pending) do
+    request.transfer = nil
+    t:close()
+  end
+  self._pending = {}
+  self._session:close()
+  if self._owns_credential and self._credential.close then self._credential:close() end
+end
+
+function Client:is_closed()
+  return self._closed == true, "client"
+end
+
+Client.__close = Client.close
+-- Lua 5.4 collects tables with __gc (LuaJIT does not: close() is the way there; the session and
+-- the credential's session are userdata that close themselves when collected anyway).
+Client.__gc = Client.close
+
+function Client:__tostring()
+  return "healthcare.Client (" .. (self._closed and "closed" or "open") .. ")"
+end
+
+--- The credential object (kind, token(scopes), secrets(); see README "Credentials"); owned by
+--- the client unless it was passed in as `credentials`.
+function Client:credential()
+  util.check_self(self, "healthcare.Client", "credential")
+  return self._credential
 end
 
 local function has_credential_param(q)
@@ -173,12 +235,13 @@ local function credential_carried(headers, query)
 end
 
 -- Remembers the credential values a request carries, for Client:secrets.
-function Client:remember_sent(headers, query)
+local function remember_sent(self, headers, query)
+  local sent = self._sent
   local function add(v)
     if type(v) ~= "string" or #v < util.MIN_SECRET then return end
-    for _, have in ipairs(self.sent) do if have == v then return end end
-    table.insert(self.sent, 1, v)
-    self.sent[SENT_KEPT + 1] = nil
+    for _, have in ipairs(sent) do if have == v then return end end
+    table.insert(sent, 1, v)
+    sent[SENT_KEPT + 1] = nil
   end
   for _, h in ipairs(headers) do
     local name, value = h:match("^([^:]+):%s*(.-)%s*$")
@@ -197,8 +260,8 @@ end
 --- standard parameters. A list of strings, for redaction by value (util.redact); never printed.
 function Client:secrets()
   local list = {}
-  for _, v in ipairs(self.sent) do list[#list + 1] = v end
-  local c = self.credential
+  for _, v in ipairs(self._sent) do list[#list + 1] = v end
+  local c = self._credential
   if c.secrets then
     for _, v in ipairs(c:secrets()) do list[#list + 1] = v end
   end
@@ -223,7 +286,7 @@ end
 
 -- Takes the client's secrets out of a response: header values, and a body kept in memory when
 -- it is an error or text. Binary answers (instances, frames, images) are left byte for byte.
-function Client:scrub_response(res)
+local function scrub_response(self, res)
   local secrets = self:secrets()
   if #secrets == 0 then return res end
   for k, v in pairs(res.headers or {}) do
@@ -234,19 +297,6 @@ function Client:scrub_response(res)
     res.body = util.redact(res.body, secrets)
   end
   return res
-end
-
--- The proxy policy: a credential does not go through a proxy over plain http (the proxy, and
--- anyone between, would read it) unless `insecure`. libcurl takes its proxy from the
--- environment; util.proxy_for reads the same variables by the same rules. Returns nil, err
--- (kind "usage": configuration to change) when the request must not be sent.
-function Client:check_proxy(url, headers, query)
-  if self.insecure or not url:lower():match("^http://") then return true end
-  local proxy, variable = util.proxy_for(url)
-  if not proxy then return true end
-  local carried = credential_carried(headers, query)
-  if not carried then return true end
-  return nil, errors.new("usage", M.proxy_refusal(url, carried, proxy, variable), { status = "CLEARTEXT_PROXY" })
 end
 
 --- The message refusing to send `carried` (what credential) to url through proxy (named by the
@@ -260,51 +310,34 @@ function M.proxy_refusal(url, carried, proxy, variable)
     .. "(--insecure)", carried, util.redact_url(origin), shown_proxy, variable)
 end
 
---- Builds the transport request for req = { method, url, headers, query, body, timeout,
---- idle_timeout, min_speed, max_response_bytes, compressed, max_compression_ratio, sink,
---- on_progress } and the credential. Returns the request table, or nil, err.
-function Client:prepare(req)
-  local query = {}
-  for k, v in pairs(self.params) do query[k] = v end
-  for k, v in pairs(req.query or {}) do query[k] = v end
-  local headers = {}
-  for i, h in ipairs(req.headers or {}) do headers[i] = h end
-  -- A token or key given as a query parameter (the CLI's -p access-token=...) is the credential.
-  if not has_credential_param(query) then
-    local a, err = self.credential:authorize(self.scopes)
-    if not a then return nil, err end
-    for _, h in ipairs(a.headers or {}) do headers[#headers + 1] = h end
-    for k, v in pairs(a.query or {}) do query[k] = v end
-  end
-  local ok, perr = self:check_proxy(req.url, headers, query)
-  if not ok then return nil, perr end
-  self:remember_sent(headers, query)
-  local qs = util.query_string(query)
-  return {
-    method = req.method or "GET",
-    -- A URL may already carry a query (QIDO-RS builds its own: servers differ in what they decode).
-    url = qs ~= "" and (req.url .. (req.url:find("?", 1, true) and "&" or "?") .. qs) or req.url,
-    headers = headers,
-    body = req.body,
-    timeout = req.timeout,
-    idle_timeout = req.idle_timeout,
-    min_speed = req.min_speed,
-    max_response_bytes = req.max_response_bytes,
-    compressed = req.compressed,
-    max_compression_ratio = req.max_compression_ratio,
-    sink = req.sink,
-    on_progress = req.on_progress,
-  }
+-- The proxy policy: a credential does not go through a proxy over plain http (the proxy, and
+-- anyone between, would read it) unless `insecure`. libcurl takes its proxy from the
+-- environment; util.proxy_for reads the same variables by the same rules. Returns nil, err
+-- (kind "usage": configuration to change) when the request must not be sent.
+local function check_proxy(self, url, headers, query)
+  if self.insecure or not url:lower():match("^http://") then return true end
+  local proxy, variable = util.proxy_for(url)
+  if not proxy then return true end
+  local carried = credential_carried(headers, query)
+  if not carried then return true end
+  return nil, errors.new("usage", M.proxy_refusal(url, carried, proxy, variable), { status = "CLEARTEXT_PROXY" })
 end
 
-function Client:log_request(r)
+-- A number that changes whenever the credential fetches a new token: a 401 for a token already
+-- replaced (requests in flight together all get theirs) must not drop the fresh one.
+local function token_generation(c)
+  if c.generation then return c.generation() end
+  return c.refreshes or 0
+end
+
+local function log_request(self, r)
   if not self.debug then return end
   local secrets = self:secrets()
   self.debug("> " .. r.method .. " " .. util.redact_url(r.url, secrets))
   for _, h in ipairs(r.headers) do self.debug("> " .. util.redact_header(h, secrets)) end
 end
 
-function Client:log_response(res, seconds)
+local function log_response(self, res, seconds)
   if not self.debug then return end
   self.debug(string.format("< HTTP/%s %d (%.3f s)", res.http_version or "1.1", res.status, seconds))
   local names = {}
@@ -314,87 +347,227 @@ function Client:log_response(res, seconds)
   for _, k in ipairs(names) do self.debug("< " .. util.redact_header(k .. ": " .. res.headers[k], secrets)) end
 end
 
---- Sends one request synchronously. Returns the raw response { status, headers, body } (any
---- HTTP status), or nil, err for transport failures. A 401 with a refreshable credential is
---- retried once with a fresh token.
-function Client:send(req)
-  for attempt = 1, 2 do
-    local r, perr = self:prepare(req)
-    if not r then return nil, perr end
-    self:log_request(r)
-    local t0 = core.now()
-    local res, err = self.session:request(r)
-    if not res then
-      err = errors.from_transport(err)
-      err.message = self:redact(err.message) -- it may quote a server's header
-      if self.debug then self.debug("< error: " .. err.message) end
-      return nil, err
-    end
-    self:scrub_response(res)
-    self:log_response(res, core.now() - t0)
-    if res.status == 401 and attempt == 1 and self.credential.refreshable
-      and not has_credential_param(r) then
-      self.credential:invalidate()
-    else
-      return res
-    end
+-- ---- the request path: build, then conclude (for send and for start/finish alike) -------------
+
+-- The fields of a request (README "Lua API", client:send) and what each must be. check_request
+-- raises at the line that called send or start.
+local REQUEST_FIELDS = {
+  method = "string", url = "string", headers = "table", query = "table", body = "string|table",
+  timeout = "number", idle_timeout = "number", min_speed = "number", max_response_bytes = "number",
+  compressed = "boolean", max_compression_ratio = "number", sink = "table", on_progress = "function",
+}
+local REQUEST_NAMES = {}
+for k in pairs(REQUEST_FIELDS) do REQUEST_NAMES[#REQUEST_NAMES + 1] = k end
+
+local function check_request(req, fname)
+  util.check_arg(req, 1, fname, "table", 3)
+  util.check_options(req, REQUEST_NAMES, fname, 3)
+  for k, v in pairs(req) do util.check_option(v, k, fname, REQUEST_FIELDS[k], 3) end
+  if type(req.url) ~= "string" then
+    error("bad option 'url' to '" .. fname .. "' (string expected, got " .. type(req.url) .. ")", 3)
   end
 end
 
---- A number that changes whenever the credential fetches a new token (for telling a 401 for
---- a token already replaced from one for the current token).
-function Client:token_generation()
-  local c = self.credential
-  if c.generation then return c.generation() end
-  return c.refreshes or 0
+-- A request of the client: the caller's table (`request`), and what its path needs to know
+-- between attempts. start() hands it out; wait() gives it back once its transfer is done.
+local Request = {}
+Request.__index = Request
+Request.__name = "healthcare.Request"
+M.Request = Request
+
+--- Bytes sent, bytes of the body to send, bytes received so far (0s once done).
+function Request:progress()
+  if not self.transfer then return 0, 0, 0 end
+  return self.transfer:progress()
 end
 
---- Starts a request on the client's session without waiting (see healthcare.dicomweb.batch). Returns
---- the transfer, or nil, err.
-function Client:start(req)
-  local r, perr = self:prepare(req)
-  if not r then return nil, perr end
-  self:log_request(r)
-  local t, err = self.session:start(r)
+--- Abandons the request: its transfer stops, its temporary files are removed.
+function Request:close()
+  local t = self.transfer
+  if not t then return end
+  self.transfer = nil
+  self.client._pending[t] = nil
+  t:close()
+end
+
+-- The transport request for `request` (see REQUEST_FIELDS), with the credential, the standard
+-- parameters and the query string; logged. Returns it, or nil, err.
+local function build(self, request)
+  local req = request.request
+  local query = {}
+  for k, v in pairs(self.params) do query[k] = v end
+  for k, v in pairs(req.query or {}) do query[k] = v end
+  local headers = {}
+  for i, h in ipairs(req.headers or {}) do headers[i] = h end
+  -- A token or key given as a query parameter (the CLI's -p access-token=...) is the credential.
+  request.authorized = not has_credential_param(query)
+  if request.authorized then
+    local a, err = self._credential:authorize(self.scopes)
+    if not a then return nil, err end
+    for _, h in ipairs(a.headers or {}) do headers[#headers + 1] = h end
+    for k, v in pairs(a.query or {}) do query[k] = v end
+  end
+  -- After authorize, which may have fetched the token this request carries.
+  request.generation = token_generation(self._credential)
+  local ok, perr = check_proxy(self, req.url, headers, query)
+  if not ok then return nil, perr end
+  remember_sent(self, headers, query)
+  local qs = util.query_string(query)
+  local r = {
+    method = req.method or "GET",
+    -- A URL may already carry a query (QIDO-RS builds its own: servers differ in what they decode).
+    url = qs ~= "" and (req.url .. (req.url:find("?", 1, true) and "&" or "?") .. qs) or req.url,
+    headers = headers,
+  }
+  for _, k in ipairs({ "body", "timeout", "idle_timeout", "min_speed", "max_response_bytes", "compressed",
+    "max_compression_ratio", "sink" }) do
+    r[k] = req[k]
+  end
+  log_request(self, r)
+  request.started = core.now()
+  return r
+end
+
+-- The outcome of a transport call for `request`: the response (any HTTP status), or nil, err
+-- for a failure of the transport; or nil, nil, true when it must go again: a 401 with a
+-- refreshable credential, once per request, the token dropped unless another request already
+-- replaced it.
+local function conclude(self, request, res, err)
+  if not res then
+    err = errors.from_transport(err)
+    err.message = self:redact(err.message) -- it may quote a server's header
+    if self.debug then self.debug("< error: " .. err.message) end
+    return nil, err
+  end
+  scrub_response(self, res)
+  log_response(self, res, core.now() - request.started)
+  local cred = self._credential
+  if res.status == 401 and request.authorized and cred.refreshable and not request.refreshed then
+    request.refreshed = true
+    if token_generation(cred) == request.generation then cred:invalidate() end
+    return nil, nil, true
+  end
+  return res
+end
+
+-- on_progress(p) of the library, p a table (README "Lua API"), as the transport's
+-- on_progress(received, sent, to_send).
+local function progress_of(on_progress)
+  if not on_progress then return nil end
+  return function(received, sent, to_send)
+    return on_progress { bytes_received = received, bytes_sent = sent, bytes_to_send = to_send }
+  end
+end
+
+--- Sends one request and waits for its answer. req = { method, url, headers, query, body,
+--- timeout, idle_timeout, min_speed, max_response_bytes, compressed, max_compression_ratio, sink,
+--- on_progress }. Returns the raw response { status, headers, body, ... } (any HTTP status), or
+--- nil, err for a failure of the transport.
+function Client:send(req)
+  util.check_self(self, "healthcare.Client", "send")
+  check_request(req, "send")
+  local request = { request = req }
+  while true do
+    local r, err = build(self, request)
+    if not r then return nil, err end
+    r.on_progress = progress_of(req.on_progress)
+    local res, again
+    res, err = self._session:request(r)
+    res, err, again = conclude(self, request, res, err)
+    if not again then return res, err end
+  end
+end
+
+-- Starts the transfer of a Request on the session. Returns true, or nil, err.
+local function launch(self, request)
+  local r, err = build(self, request)
+  if not r then return nil, err end
+  local t
+  t, err = self._session:start(r)
   if not t then
     err = errors.from_transport(err)
     err.message = self:redact(err.message)
     return nil, err
   end
-  return t
+  request.transfer, request.done = t, false
+  self._pending[t] = request
+  return true
 end
 
---- The outcome of a finished transfer: the raw response, or nil, err. Closes the transfer.
-function Client:finish(t, started_at)
+--- Starts a request (the fields of send's, but on_progress: poll request:progress()) without
+--- waiting. Returns a Request, or nil, err when it could not start.
+function Client:start(req)
+  util.check_self(self, "healthcare.Client", "start")
+  check_request(req, "start")
+  if req.on_progress ~= nil then
+    error("bad option 'on_progress' to 'start' (not taken: call request:progress() between waits)", 2)
+  end
+  local request = setmetatable({ request = req, client = self }, Request)
+  local ok, err = launch(self, request)
+  if not ok then return nil, err end
+  return request
+end
+
+--- Runs the transfers for up to `seconds` (default 0: what is ready now) and returns the list of
+--- Requests whose transfer is done, for finish().
+function Client:wait(seconds)
+  util.check_self(self, "healthcare.Client", "wait")
+  util.check_arg(seconds, 1, "wait", "number|nil")
+  local out = {}
+  -- pairs, not ipairs: the list is walked whole even if a slot were empty.
+  for _, t in pairs(self._session:wait(seconds or 0)) do
+    local request = self._pending[t]
+    if request then
+      request.done = true
+      out[#out + 1] = request
+    end
+  end
+  return out
+end
+
+--- The outcome of a Request that wait() returned: the raw response (any HTTP status), or nil,
+--- err for a failure of the transport; or false when it was sent again (a 401 answered with a
+--- fresh token): it is in flight again, and a later wait() returns it.
+function Client:finish(request)
+  util.check_self(self, "healthcare.Client", "finish")
+  if getmetatable(request) ~= Request or request.client ~= self or not request.done or not request.transfer then
+    error("bad argument #1 to 'finish' (a request of this client that wait returned expected)", 2)
+  end
+  local t = request.transfer
+  self._pending[t], request.transfer = nil, nil
   local res, err = t:result()
   t:close()
-  if not res then
-    err = errors.from_transport(err)
-    err.message = self:redact(err.message)
-    if self.debug then self.debug("< error: " .. err.message) end
-    return nil, err
-  end
-  self:scrub_response(res)
-  self:log_response(res, started_at and (core.now() - started_at) or 0)
-  return res
+  local again
+  res, err, again = conclude(self, request, res, err)
+  if not again then return res, err end
+  local ok, lerr = launch(self, request)
+  if not ok then return nil, lerr end
+  return false
 end
 
---- The store object of a dicomStore resource name (see healthcare.dicomweb).
+--- The store object of a dicomStore resource name (see healthcare.dicomweb); it uses this client
+--- and leaves it open when closed. Returns the store, or nil, err for a malformed name.
 function Client:dicom_store(parent)
+  util.check_self(self, "healthcare.Client", "dicom_store")
+  util.check_arg(parent, 1, "dicom_store", "string")
   local dicomweb = require "healthcare.dicomweb"
   local ok, err = dicomweb.check_parent(parent)
   if not ok then return nil, err end
-  return dicomweb.store(self, self.endpoint .. "/" .. parent .. "/dicomWeb", parent)
+  return dicomweb.store(self, self.endpoint .. "/" .. parent .. "/dicomWeb", parent, false)
 end
 
 --- StoreInstances as the API states it: POST {endpoint}/{parent}/dicomWeb/{dicom_web_path}.
-function Client:store_instances(parent, dicom_web_path, body, params_)
-  if type(parent) ~= "string" then
-    error("bad argument #1 to 'store_instances' (string expected, got " .. type(parent) .. ")", 2)
-  end
+function Client:store_instances(parent, dicom_web_path, body, query_params)
+  util.check_self(self, "healthcare.Client", "store_instances")
+  util.check_arg(parent, 1, "store_instances", "string")
+  util.check_arg(dicom_web_path, 2, "store_instances", "string")
+  util.check_arg(body, 3, "store_instances", "table")
+  util.check_arg(query_params, 4, "store_instances", "table|nil")
   local store, err = self:dicom_store(parent)
   if not store then return nil, err end
-  return store:store_instances(dicom_web_path, body, params_)
+  local res
+  res, err = store:store_instances(dicom_web_path, body, query_params)
+  return res, err
 end
 
 return M

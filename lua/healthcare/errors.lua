@@ -5,7 +5,8 @@
 --   message     what a person can act on; it may quote a server's text exactly as sent (our own
 --               secrets in it replaced by REDACTED), control characters included
 --   http_status the HTTP status, when a response came back
---   status      Google's status string (e.g. "UNAUTHENTICATED"), or the transport reason
+--   status      Google's status string (e.g. "UNAUTHENTICATED"), or the reason the C core gives
+--               (the transport's "connect", "timeout", ...; the files' "busy", "unsafe", ...)
 --   retryable   whether sending the same request again may succeed
 --   retry_after seconds the server asked us to wait (Retry-After or RetryInfo), when it did
 --   details     Google's error details list, when present
@@ -57,12 +58,12 @@ function M.is(v)
   return getmetatable(v) == M.mt
 end
 
---- Completes an error returned by the C transport (kind, message, code) with the policy fields.
+--- Completes an error returned by the C transport ({ kind, message, status, retryable = false },
+--- hc_lua_fail) with the policy: whether its status is worth a retry, and the URL redacted.
 function M.from_transport(err)
   -- The message names the URL; its query may carry a token or key.
   err.message = util.redact_url(err.message)
-  err.status = err.code
-  err.retryable = M.RETRYABLE_TRANSPORT[err.code] == true
+  err.retryable = M.RETRYABLE_TRANSPORT[err.status] == true
   return err
 end
 

@@ -121,4 +121,12 @@ function params.normalize(t)
   return out
 end
 
+--- params.normalize for a call: the wire table, or nil and an error value (kind "usage"). The one
+--- normalisation of standard query parameters (the client's `params`, every method's).
+function params.query(t)
+  local out, message = params.normalize(t)
+  if not out then return nil, require("healthcare.errors").new("usage", message) end
+  return out
+end
+
 return params

@@ -1,30 +1,109 @@
 -- SPDX-License-Identifier: MIT
--- Small helpers shared by the Lua modules: option tables checked against their documented keys,
--- query strings, text made safe for a terminal, redaction of secrets for debug output and error
--- messages, and the proxy libcurl takes from the environment.
+-- Small helpers shared by the Lua modules: arguments and option tables checked at every public
+-- entry point (misuse raises with the caller's position), query strings, text made safe for a
+-- terminal, redaction of secrets for debug output and error messages, and the proxy libcurl
+-- takes from the environment.
 local core = require "healthcare.core"
 
 local M = {}
 
---- Raises (a programming mistake) when opts has a key that is not in valid; names the key and
---- lists the valid ones.
-function M.check_options(opts, valid, fname, level)
+-- ---- misuse: raised with the caller's position ------------------------------------------------
+-- Every public entry point checks its arguments and options with these two, first thing, so a
+-- programming mistake raises "bad argument #1 to 'retrieve_study' (string expected, got number)"
+-- at the line of the user that made it. `level` is error()'s level as seen from the function that
+-- calls the check: 2 (the default) blames that function's caller, which is right when a public
+-- function checks its own arguments; a helper one call further in passes 3.
+
+--- Raises unless type(v) is one of `types` ("string", "string|table", "table|nil", ...).
+--- Returns v. `shown` replaces the list of types in the message ("path or list of paths").
+function M.check_arg(v, n, fname, types, level, shown)
+  local t = type(v)
+  for name in types:gmatch("[^|]+") do
+    if name == t then return v end
+  end
+  if not shown then
+    shown = types:gsub("|nil$", ""):gsub("|", " or ")
+  end
+  error(string.format("bad argument #%d to '%s' (%s expected, got %s)", n, fname, shown, t), (level or 2) + 1)
+end
+
+--- Raises unless v (the value of option `name`) is nil or of one of `types` (as check_arg).
+function M.check_option(v, name, fname, types, level, shown)
+  if v == nil then return nil end
+  local t = type(v)
+  for tname in types:gmatch("[^|]+") do
+    if tname == t then return v end
+  end
+  error(string.format("bad option '%s' to '%s' (%s expected, got %s)", name, fname,
+    shown or types:gsub("|", " or "), t), (level or 2) + 1)
+end
+
+--- Raises unless v (the value of option `name`) is nil or a number in `range`: "whole >= 1",
+--- ">= 0", "> 0" (a whole number, and the bound). A setting out of its range is a programming
+--- mistake like a wrong type; what names or queries something on a server (a UID, a store name,
+--- a query value) is content, and a bad one is returned (kind "usage").
+function M.check_number(v, name, fname, range, level)
+  if v == nil then return nil end
+  M.check_option(v, name, fname, "number", (level or 2) + 1)
+  local whole = range:find("whole", 1, true) ~= nil
+  local op, bound = range:match("([<>]=?)%s*(%S+)$")
+  bound = tonumber(bound)
+  local ok = v == v and (not whole or v == math.floor(v)) and (op == ">=" and v >= bound or op == ">" and v > bound)
+  if not ok then
+    error(string.format("bad option '%s' to '%s' (%s %s %s expected, got %s)", name, fname,
+      whole and "a whole number" or "a number", op, range:match("%S+$"), tostring(v)), (level or 2) + 1)
+  end
+  return v
+end
+
+--- Checks an options table: nil or a table whose keys are all in `valid` (a list of names) or
+--- in `aliases` (old name -> current name: a deprecated spelling still accepted, README "Lua
+--- API"). Raises (a programming mistake) naming an unknown key and listing the valid ones, or
+--- naming an option given under both its names. Returns the options with the current names
+--- (a new table when an alias was used), {} for nil.
+function M.check_options(opts, valid, fname, level, aliases)
+  level = (level or 2) + 1
   if opts == nil then return {} end
   if type(opts) ~= "table" then
-    error(string.format("bad argument to '%s' (options table expected, got %s)", fname, type(opts)), (level or 2) + 1)
+    error(string.format("bad argument to '%s' (options table expected, got %s)", fname, type(opts)), level)
   end
   local set = {}
   for _, k in ipairs(valid) do set[k] = true end
+  local renamed
   for k in pairs(opts) do
-    if not set[k] then
+    local current = aliases and aliases[k]
+    if current then
+      if opts[current] ~= nil then
+        error(string.format("option '%s' to '%s' given twice (as '%s' and its old name '%s')", current, fname,
+          current, k), level)
+      end
+      renamed = true
+    elseif not set[k] then
       local names = {}
       for _, v in ipairs(valid) do names[#names + 1] = v end
       table.sort(names)
       error(string.format("unknown option '%s' to '%s'; valid options: %s", tostring(k), fname,
-        table.concat(names, ", ")), (level or 2) + 1)
+        table.concat(names, ", ")), level)
     end
   end
-  return opts
+  if not renamed then return opts end
+  local out = {}
+  for k, v in pairs(opts) do out[aliases[k] or k] = v end
+  return out
+end
+
+--- Raises "bad self to 'fname'" unless obj's metatable is named `class` (its __name), and
+--- "attempt to use a closed <noun>" when obj:is_closed() says so (liolib's rule for files).
+function M.check_self(obj, class, fname, level)
+  level = (level or 2) + 1
+  local mt = getmetatable(obj)
+  if type(mt) ~= "table" or mt.__name ~= class then
+    error(string.format("bad self to '%s' (%s expected, got %s)", fname, class,
+      type(mt) == "table" and mt.__name or type(obj)), level)
+  end
+  local closed, what = obj:is_closed()
+  if closed then error("attempt to use a closed " .. what, level) end
+  return obj
 end
 
 --- An http(s) base URL with a host, and nothing that could change what the path appends mean

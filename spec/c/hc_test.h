@@ -31,7 +31,8 @@ static void check(tstate *t, int ok, const char *fmt, ...)
     printf("\n");
 }
 
-typedef void (*hc_test_replay_fn)(tstate *t, const char *path, const unsigned char *data, size_t len);
+typedef void (*hc_test_replay_fn)(tstate *t, const char *path, const unsigned char *data,
+                                  size_t len);
 
 /* Calls one() with every file of dir (dot files skipped). The data is an exact-size heap copy,
  * so reading one byte too far is caught by ASan. The path is printed first: a failed check

@@ -4,11 +4,11 @@
  * framing, boundary and part-header validation with their messages, files
  * that vanish, grow or shrink between building and reading (each with its
  * message), files replaced by another of the same size or modified in place
- * when their identity (device, inode, mtime) was given, seeks, the length limit, and a replay of every file in the
- * directories named on the command line (fuzz regressions and seeds) through
- * the fuzz target's own checks (fuzz/fuzz_body.c is compiled in).
- * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
- * Run from the repository root: test_body spec/fixtures/fuzz/body fuzz/corpus/body
+ * when their identity (device, inode, mtime) was given, seeks, the length limit, and a replay of
+ * every file in the directories named on the command line (fuzz regressions and seeds) through the
+ * fuzz target's own checks (fuzz/fuzz_body.c is compiled in). Prints one line per failure and "N
+ * passed, N failed"; exits 1 on failure. Run from the repository root: test_body
+ * spec/fixtures/fuzz/body fuzz/corpus/body
  */
 #define LLVMFuzzerTestOneInput hc_test_fuzz_body
 #include "../../fuzz/fuzz_body.c"
@@ -24,6 +24,9 @@ struct tstate {
 };
 #include "hc_test.h"
 
+/* hc_body's two messages for a boundary it refuses. */
+#define BAD_LENGTH "invalid multipart boundary (1 to 70 characters, not ending in a space)"
+#define BAD_CHARACTER "invalid character in multipart boundary"
 
 /* Writes n bytes to dir/name; returns the path in a static buffer (valid until the next call). */
 static const char *put_file(tstate *t, const char *name, const char *data, size_t n)
@@ -44,7 +47,9 @@ static const char *put_file(tstate *t, const char *name, const char *data, size_
 static long read_all(hc_body *b, char *out, size_t cap, size_t k)
 {
     long total = 0, r;
-    while ((size_t)total < cap && (r = hc_body_read(b, out + total, k < cap - (size_t)total ? k : cap - (size_t)total)) > 0)
+    while ((size_t)total < cap
+           && (r = hc_body_read(b, out + total, k < cap - (size_t)total ? k : cap - (size_t)total))
+               > 0)
         total += r;
     return r < 0 ? -1 : total;
 }
@@ -65,7 +70,8 @@ static void test_framing(tstate *t)
                  && hc_body_begin_part(b, "b1", h) == 0 && hc_body_add_file(b, path, -1) == 0
                  && hc_body_begin_part(b, "b1", "") == 0 && hc_body_finish_multipart(b, "b1") == 0,
           "framing builds: %s", hc_body_error(b));
-    check(t, hc_body_length(b) == (int64_t)sizeof want - 1, "framing length %lld", (long long)hc_body_length(b));
+    check(t, hc_body_length(b) == (int64_t)sizeof want - 1, "framing length %lld",
+          (long long)hc_body_length(b));
     /* Every chunk size gives the same bytes, and a rewind gives them again. */
     for (k = 1; k <= sizeof want; k += 7) {
         long n;
@@ -81,44 +87,58 @@ static void test_framing(tstate *t)
     check(t, hc_body_seek(b, -1) == -1 && strcmp(hc_body_error(b), "seek outside the body") == 0,
           "seek before the start: %s", hc_body_error(b));
     check(t, hc_body_seek(b, hc_body_length(b) + 1) == -1, "seek past the end");
-    check(t, hc_body_seek(b, hc_body_length(b)) == 0 && hc_body_read(b, got, 10) == 0, "read at the end");
+    check(t, hc_body_seek(b, hc_body_length(b)) == 0 && hc_body_read(b, got, 10) == 0,
+          "read at the end");
     hc_body_free(b);
 }
 
 static void test_boundaries(tstate *t)
 {
-    static const struct { const char *b; int ok; } cases[] = {
-        { "a", 1 }, { " a", 1 }, { "healthcare-0123456789abcdef", 1 },
+    static const struct { const char *b; int ok;
+    } cases[] = {
+        { "a", 1 },
+        { " a", 1 },
+        { "healthcare-0123456789abcdef", 1 },
         { "0123456789'()+_,-./:=? ABCXYZabcxyz", 1 },
         { "1234567890123456789012345678901234567890123456789012345678901234567890", 1 },
-        { "", 0 }, { "a ", 0 }, { "a\"b", 0 }, { "a\r\nb", 0 }, { "a;b", 0 }, { "a\tb", 0 },
-        { "\xc3\xa9", 0 }, { "12345678901234567890123456789012345678901234567890123456789012345678901", 0 },
+        { "", 0 },
+        { "a ", 0 },
+        { "a\"b", 0 },
+        { "a\r\nb", 0 },
+        { "a;b", 0 },
+        { "a\tb", 0 },
+        { "\xc3\xa9", 0 },
+        { "12345678901234567890123456789012345678901234567890123456789012345678901", 0 },
     };
     size_t i;
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         hc_body *b = hc_body_new();
         int rc = hc_body_begin_part(b, cases[i].b, "");
         const char *e = hc_body_error(b);
-        check(t, (rc == 0) == cases[i].ok && (rc == 0 ? hc_body_length(b) > 0 : hc_body_length(b) == 0),
+        check(t,
+              (rc == 0) == cases[i].ok
+                  && (rc == 0 ? hc_body_length(b) > 0 : hc_body_length(b) == 0),
               "boundary '%s': rc %d", cases[i].b, rc);
         if (!cases[i].ok)
-            check(t, strcmp(e, "invalid multipart boundary (1 to 70 characters, not ending in a space)") == 0
-                         || strcmp(e, "invalid character in multipart boundary") == 0,
+            check(t, strcmp(e, BAD_LENGTH) == 0 || strcmp(e, BAD_CHARACTER) == 0,
                   "boundary '%s' message: %s", cases[i].b, e);
-        check(t, (hc_body_finish_multipart(b, cases[i].b) == 0) == cases[i].ok, "close delimiter '%s'", cases[i].b);
+        check(t, (hc_body_finish_multipart(b, cases[i].b) == 0) == cases[i].ok,
+              "close delimiter '%s'", cases[i].b);
         hc_body_free(b);
     }
 }
 
 static void test_part_headers(tstate *t)
 {
-    static const struct { const char *h, *err; } cases[] = {
+    static const struct { const char *h, *err;
+    } cases[] = {
         { "", NULL },
         { "Content-Type: application/dicom\r\n", NULL },
         { "A: b\r\nContent-Location: x:y\r\n", NULL },
         { "A:\r\n", NULL },
         { "A: b", "invalid part headers: each line must end with CRLF" },
-        { "A: b\r\n\r\nforged content", "invalid part headers: a line needs a header name and a colon" },
+        { "A: b\r\n\r\nforged content",
+          "invalid part headers: a line needs a header name and a colon" },
         { "\r\n", "invalid part headers: a line needs a header name and a colon" },
         { ": b\r\n", "invalid part headers: a line needs a header name and a colon" },
         { "A b: c\r\n", "invalid part headers: a line needs a header name and a colon" },
@@ -134,7 +154,8 @@ static void test_part_headers(tstate *t)
         if (cases[i].err == NULL)
             check(t, rc == 0, "headers '%s' refused: %s", cases[i].h, hc_body_error(b));
         else
-            check(t, rc == -1 && strcmp(hc_body_error(b), cases[i].err) == 0 && hc_body_length(b) == 0,
+            check(t,
+                  rc == -1 && strcmp(hc_body_error(b), cases[i].err) == 0 && hc_body_length(b) == 0,
                   "headers '%s': %d '%s'", cases[i].h, rc, hc_body_error(b));
         hc_body_free(b);
     }
@@ -162,7 +183,8 @@ static void test_files(tstate *t)
     b = hc_body_new();
     hc_body_add_mem(b, "head", 4);
     hc_body_add_file(b, path, 10);
-    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 5)", path);
+    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 5)",
+             path);
     check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
           "shorter at open: %s", hc_body_error(b));
     hc_body_free(b);
@@ -175,11 +197,13 @@ static void test_files(tstate *t)
     f = fopen(path, "ab");
     fputs("more", f);
     fclose(f);
-    snprintf(want, sizeof want, "file changed size while it was being sent: %s (10 bytes, now 14)", path);
+    snprintf(want, sizeof want, "file changed size while it was being sent: %s (10 bytes, now 14)",
+             path);
     check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
           "grown file: %s", hc_body_error(b));
     /* A rewind reads it again and fails again, at open this time. */
-    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 14)", path);
+    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 14)",
+             path);
     check(t, hc_body_seek(b, 0) == 0 && hc_body_error(b)[0] == '\0' && hc_body_read(b, got, 1) == -1
                  && strcmp(hc_body_error(b), want) == 0,
           "grown file after a rewind: %s", hc_body_error(b));
@@ -203,13 +227,17 @@ static void test_files(tstate *t)
     check(t, hc_body_add_file(b, t->dir, -1) == -1 && strcmp(hc_body_error(b), want) == 0,
           "directory: %s", hc_body_error(b));
     check(t, hc_body_add_file(b, "/nonexistent/x.dcm", -1) == -1
-                 && strcmp(hc_body_error(b), "cannot open /nonexistent/x.dcm: No such file or directory") == 0,
+                 && strcmp(hc_body_error(b),
+                           "cannot open /nonexistent/x.dcm: No such file or directory") == 0,
           "missing: %s", hc_body_error(b));
     check(t, hc_body_length(b) == 0, "refused files add nothing");
 
     /* The total length has a ceiling instead of an overflow. */
-    check(t, hc_body_add_file(b, "/nonexistent/big", INT64_MAX) == 0 && hc_body_add_file(b, "/nonexistent/one", 1) == -1
-                 && strcmp(hc_body_error(b), "request body too large") == 0 && hc_body_length(b) == INT64_MAX,
+    check(t,
+          hc_body_add_file(b, "/nonexistent/big", INT64_MAX) == 0
+              && hc_body_add_file(b, "/nonexistent/one", 1) == -1
+              && strcmp(hc_body_error(b), "request body too large") == 0
+              && hc_body_length(b) == INT64_MAX,
           "length overflow: %s", hc_body_error(b));
     check(t, hc_body_add_mem(b, "x", 1) == -1, "memory past the ceiling");
     hc_body_free(b);
@@ -242,10 +270,10 @@ static hc_file_identity identity_of(const char *path)
     return id;
 }
 
-static void test_identity(tstate *t)
+static void test_identity_unchanged(tstate *t)
 {
-    char got[64], want[320], path[128], other[128];
-    hc_file_identity id, now;
+    char got[64], path[128];
+    hc_file_identity id;
     hc_body *b;
     long n;
 
@@ -256,10 +284,20 @@ static void test_identity(tstate *t)
     check(t, hc_body_add_mem(b, "head", 4) == 0 && hc_body_add_file_checked(b, path, 10, &id) == 0
                  && hc_body_length(b) == 14, "identity builds: %s", hc_body_error(b));
     n = read_all(b, got, sizeof got, 3);
-    check(t, n == 14 && memcmp(got, "head0123456789", 14) == 0, "unchanged file reads: %ld %s", n, hc_body_error(b));
-    check(t, hc_body_seek(b, 6) == 0 && read_all(b, got, sizeof got, 64) == 8 && memcmp(got, "23456789", 8) == 0,
+    check(t, n == 14 && memcmp(got, "head0123456789", 14) == 0, "unchanged file reads: %ld %s", n,
+          hc_body_error(b));
+    check(t,
+          hc_body_seek(b, 6) == 0 && read_all(b, got, sizeof got, 64) == 8
+              && memcmp(got, "23456789", 8) == 0,
           "unchanged file reads after a seek back: %s", hc_body_error(b));
     hc_body_free(b);
+}
+
+static void test_identity_replaced(tstate *t)
+{
+    char got[64], want[320], path[128], other[128];
+    hc_file_identity id, now;
+    hc_body *b;
 
     /* Another file of the same size renamed over it after it was checked (an anonymizer's
      * output): caught when it is opened, also after a rewind once it had been read whole. */
@@ -267,15 +305,18 @@ static void test_identity(tstate *t)
     id = identity_of(path);
     b = hc_body_new();
     hc_body_add_file_checked(b, path, 10, &id);
-    check(t, read_all(b, got, sizeof got, 64) == 10, "renamed-over file read before: %s", hc_body_error(b));
+    check(t, read_all(b, got, sizeof got, 64) == 10, "renamed-over file read before: %s",
+          hc_body_error(b));
     snprintf(other, sizeof other, "%s", put_file(t, "renamed.new", "ABCDEFGHIJ", 10));
     if (rename(other, path) != 0)
         perror(other);
     now = identity_of(path);
     check(t, now.ino != id.ino, "a new file has a new inode number");
-    snprintf(want, sizeof want, "file replaced after it was checked: %s (inode %llu, now %llu)", path,
-             (unsigned long long)id.ino, (unsigned long long)now.ino);
-    check(t, hc_body_seek(b, 0) == 0 && hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+    snprintf(want, sizeof want, "file replaced after it was checked: %s (inode %llu, now %llu)",
+             path, (unsigned long long)id.ino, (unsigned long long)now.ino);
+    check(t,
+          hc_body_seek(b, 0) == 0 && hc_body_read(b, got, sizeof got) == -1
+              && strcmp(hc_body_error(b), want) == 0,
           "renamed over, after a rewind: %s", hc_body_error(b));
     hc_body_free(b);
     /* The same with a body built anew (a retry), and the device number named when it differs. */
@@ -288,9 +329,11 @@ static void test_identity(tstate *t)
     id.dev++;
     b = hc_body_new();
     hc_body_add_file_checked(b, path, 10, &id);
-    snprintf(want, sizeof want, "file replaced after it was checked: %s (device %llu inode %llu, now device %llu inode %llu)",
-             path, (unsigned long long)id.dev, (unsigned long long)id.ino, (unsigned long long)now.dev,
-             (unsigned long long)now.ino);
+    snprintf(want, sizeof want,
+             "file replaced after it was checked: %s (device %llu inode %llu, now device %llu "
+             "inode %llu)",
+             path, (unsigned long long)id.dev, (unsigned long long)id.ino,
+             (unsigned long long)now.dev, (unsigned long long)now.ino);
     check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
           "other device: %s", hc_body_error(b));
     hc_body_free(b);
@@ -300,6 +343,13 @@ static void test_identity(tstate *t)
     check(t, read_all(b, got, sizeof got, 64) == 10 && memcmp(got, "ABCDEFGHIJ", 10) == 0,
           "no identity, not checked: %s", hc_body_error(b));
     hc_body_free(b);
+}
+
+static void test_identity_rewritten(tstate *t)
+{
+    char got[64], want[320], path[128];
+    hc_file_identity id;
+    hc_body *b;
 
     /* Rewritten in place with the same size: the inode is the same, the mtime is not. */
     snprintf(path, sizeof path, "%s", put_file(t, "rewritten", "0123456789", 10));
@@ -310,7 +360,9 @@ static void test_identity(tstate *t)
     put_file(t, "rewritten", "ABCDEFGHIJ", 10);
     set_mtime(path, 1700000000);
     snprintf(want, sizeof want,
-             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40Z, now 2023-11-14T22:13:20Z)", path);
+             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40Z, now "
+             "2023-11-14T22:13:20Z)",
+             path);
     check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
           "rewritten in place: %s", hc_body_error(b));
     hc_body_free(b);
@@ -320,6 +372,13 @@ static void test_identity(tstate *t)
     hc_body_add_file_checked(b, path, 10, &id);
     check(t, read_all(b, got, sizeof got, 64) == 10, "mtime not asked for: %s", hc_body_error(b));
     hc_body_free(b);
+}
+
+static void test_identity_modified(tstate *t)
+{
+    char got[64], want[320], path[128], other[128];
+    hc_file_identity id;
+    hc_body *b;
 
     /* Modified in place while it was being read: caught at its last byte, then at open after a
      * rewind. */
@@ -331,12 +390,18 @@ static void test_identity(tstate *t)
     check(t, hc_body_read(b, got, 4) == 4, "first bytes of a file modified while read");
     set_mtime(path, 1700000000);
     snprintf(want, sizeof want,
-             "file modified while it was being sent: %s (mtime 2001-09-09T01:46:40Z, now 2023-11-14T22:13:20Z)", path);
+             "file modified while it was being sent: %s (mtime 2001-09-09T01:46:40Z, now "
+             "2023-11-14T22:13:20Z)",
+             path);
     check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
           "modified while read: %s", hc_body_error(b));
     snprintf(want, sizeof want,
-             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40Z, now 2023-11-14T22:13:20Z)", path);
-    check(t, hc_body_seek(b, 0) == 0 && hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40Z, now "
+             "2023-11-14T22:13:20Z)",
+             path);
+    check(t,
+          hc_body_seek(b, 0) == 0 && hc_body_read(b, got, sizeof got) == -1
+              && strcmp(hc_body_error(b), want) == 0,
           "modified, after a rewind: %s", hc_body_error(b));
     hc_body_free(b);
 
@@ -348,10 +413,19 @@ static void test_identity(tstate *t)
     snprintf(other, sizeof other, "%s", put_file(t, "regrown.new", "0123456789AB", 12));
     if (rename(other, path) != 0)
         perror(other);
-    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 12)", path);
+    snprintf(want, sizeof want, "file changed size after it was checked: %s (was 10 bytes, now 12)",
+             path);
     check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
           "size named first: %s", hc_body_error(b));
     hc_body_free(b);
+}
+
+static void test_identity(tstate *t)
+{
+    test_identity_unchanged(t);
+    test_identity_replaced(t);
+    test_identity_rewritten(t);
+    test_identity_modified(t);
 }
 
 /* Replays every file under dir through the fuzz target. */
@@ -380,8 +454,8 @@ int main(int argc, char **argv)
     for (a = 1; a < argc; a++)
         hc_test_replay(&t, argv[a], replay_body);
     {
-        static const char *made[] = { "part", "gone", "short", "grows", "shrinks", "same", "renamed", "rewritten",
-                                        "modified", "regrown" };
+        static const char *made[] = { "part", "gone",    "short",     "grows",    "shrinks",
+                                      "same", "renamed", "rewritten", "modified", "regrown" };
         char path[128];
         size_t i;
         for (i = 0; i < sizeof made / sizeof made[0]; i++) {

@@ -311,22 +311,45 @@ static void tb_deflate(tb *b, const unsigned char *data, size_t n)
 
 /* ------------------------------------------------------------- the cases */
 
+/* A file: preamble, meta with transfer syntax ts (NULL: none), a data set in mode m. Returns the
+ * header end. */
+static size_t tb_file(tb *b, const char *ts, mode m, int flags)
+{
+    tb_preamble(b);
+    tb_meta(b, ts);
+    return tb_dataset(b, m, flags);
+}
+
+/* The same with a group length off by gl_delta (-1: none). */
+static size_t tb_file_gl(tb *b, long gl_delta)
+{
+    tb_preamble(b);
+    tb_meta_gl(b, TS_EXPL_LE, gl_delta);
+    return tb_dataset(b, EXPL_LE, 0);
+}
+
 /* Each builder fills b and returns the header end (0 when not meaningful). */
 
-static size_t b_expl_le(tb *b) { tb_preamble(b); tb_meta(b, TS_EXPL_LE); return tb_dataset(b, EXPL_LE, DS_PIXELS); }
-static size_t b_impl_le(tb *b) { tb_preamble(b); tb_meta(b, TS_IMPL_LE); return tb_dataset(b, IMPL_LE, DS_PIXELS); }
-static size_t b_expl_be(tb *b) { tb_preamble(b); tb_meta(b, TS_EXPL_BE); return tb_dataset(b, EXPL_BE, DS_PIXELS); }
-static size_t b_jpeg(tb *b) { tb_preamble(b); tb_meta(b, TS_JPEG); return tb_dataset(b, EXPL_LE, DS_PIXELS); }
-static size_t b_no_preamble(tb *b) { tb_meta(b, TS_EXPL_LE); return tb_dataset(b, EXPL_LE, DS_SEQ); }
-static size_t b_seq_le(tb *b) { tb_preamble(b); tb_meta(b, TS_EXPL_LE); return tb_dataset(b, EXPL_LE, DS_SEQ | DS_UN | DS_DEF_SQ | DS_ENCAP); }
-static size_t b_seq_impl(tb *b) { tb_preamble(b); tb_meta(b, TS_IMPL_LE); return tb_dataset(b, IMPL_LE, DS_SEQ | DS_DEF_SQ); }
-static size_t b_seq_be(tb *b) { tb_preamble(b); tb_meta(b, TS_EXPL_BE); return tb_dataset(b, EXPL_BE, DS_SEQ | DS_UN | DS_DEF_SQ | DS_ENCAP); }
-static size_t b_gl_none(tb *b) { tb_preamble(b); tb_meta_gl(b, TS_EXPL_LE, -1); return tb_dataset(b, EXPL_LE, 0); }
-static size_t b_gl_big(tb *b) { tb_preamble(b); tb_meta_gl(b, TS_EXPL_LE, 500); return tb_dataset(b, EXPL_LE, 0); }
-static size_t b_gl_small(tb *b) { tb_preamble(b); tb_meta_gl(b, TS_EXPL_LE, -30); return tb_dataset(b, EXPL_LE, 0); }
+static size_t b_expl_le(tb *b) { return tb_file(b, TS_EXPL_LE, EXPL_LE, DS_PIXELS); }
+static size_t b_impl_le(tb *b) { return tb_file(b, TS_IMPL_LE, IMPL_LE, DS_PIXELS); }
+static size_t b_expl_be(tb *b) { return tb_file(b, TS_EXPL_BE, EXPL_BE, DS_PIXELS); }
+static size_t b_jpeg(tb *b) { return tb_file(b, TS_JPEG, EXPL_LE, DS_PIXELS); }
+static size_t b_no_preamble(tb *b)
+{
+    tb_meta(b, TS_EXPL_LE);
+    return tb_dataset(b, EXPL_LE, DS_SEQ);
+}
+/* Every kind of sequence before the UIDs. */
+#define DS_SEQS (DS_SEQ | DS_UN | DS_DEF_SQ | DS_ENCAP)
+static size_t b_seq_le(tb *b) { return tb_file(b, TS_EXPL_LE, EXPL_LE, DS_SEQS); }
+static size_t b_seq_impl(tb *b) { return tb_file(b, TS_IMPL_LE, IMPL_LE, DS_SEQ | DS_DEF_SQ); }
+static size_t b_seq_be(tb *b) { return tb_file(b, TS_EXPL_BE, EXPL_BE, DS_SEQS); }
+static size_t b_gl_none(tb *b) { return tb_file_gl(b, -1); }
+static size_t b_gl_big(tb *b) { return tb_file_gl(b, 500); }
+static size_t b_gl_small(tb *b) { return tb_file_gl(b, -30); }
 
 /* Declared explicit VR, written implicit (pydicom's test SC_rgb_jpeg.dcm). */
-static size_t b_ts_lies(tb *b) { tb_preamble(b); tb_meta(b, TS_JPEG); return tb_dataset(b, IMPL_LE, DS_SEQ); }
+static size_t b_ts_lies(tb *b) { return tb_file(b, TS_JPEG, IMPL_LE, DS_SEQ); }
 
 /* An explicit VR sequence whose item is written in implicit VR. */
 static size_t b_item_implicit(tb *b)
@@ -514,11 +537,11 @@ static size_t b_bare(tb *b) { return tb_dataset(b, EXPL_LE, 0), 0; }
 static size_t b_bare_be(tb *b) { return tb_dataset(b, EXPL_BE, 0), 0; }
 static size_t b_dicm_no_meta(tb *b) { tb_preamble(b); tb_dataset(b, EXPL_LE, 0); return 0; }
 static size_t b_dicm_only(tb *b) { tb_preamble(b); return 0; }
-static size_t b_no_ts(tb *b) { tb_preamble(b); tb_meta(b, NULL); tb_dataset(b, EXPL_LE, 0); return 0; }
-static size_t b_bad_ts(tb *b) { tb_preamble(b); tb_meta(b, "1.2.3.4"); tb_dataset(b, EXPL_LE, 0); return 0; }
+static size_t b_no_ts(tb *b) { tb_file(b, NULL, EXPL_LE, 0); return 0; }
+static size_t b_bad_ts(tb *b) { tb_file(b, "1.2.3.4", EXPL_LE, 0); return 0; }
 static size_t b_private_ts(tb *b) { tb_preamble(b); tb_meta(b, "1.2.840.113619.5.2"); return 0; }
-static size_t b_no_sop(tb *b) { tb_preamble(b); tb_meta(b, TS_EXPL_LE); tb_dataset(b, EXPL_LE, DS_NO_SOP); return 0; }
-static size_t b_no_series(tb *b) { tb_preamble(b); tb_meta(b, TS_EXPL_LE); tb_dataset(b, EXPL_LE, DS_NO_SERIES); return 0; }
+static size_t b_no_sop(tb *b) { tb_file(b, TS_EXPL_LE, EXPL_LE, DS_NO_SOP); return 0; }
+static size_t b_no_series(tb *b) { tb_file(b, TS_EXPL_LE, EXPL_LE, DS_NO_SERIES); return 0; }
 
 static size_t b_no_study(tb *b)
 {
@@ -624,11 +647,13 @@ static const tcase cases[] = {
     { "65-byte UID", b_uid65, "UID over 64 bytes in (0008,0018)", NULL, 0, 0, NULL },
     { "999-byte UID", b_uid_huge, "UID over 64 bytes in (0020,000E)", NULL, 0, 0, NULL },
     { "UID with letters", b_uid_letters, "invalid UID in (0008,0018)", NULL, 0, 0, NULL },
-    { "UID with empty component", b_uid_empty_comp, "invalid UID in (0008,0018)", NULL, 0, 0, NULL },
+    { "UID with empty component", b_uid_empty_comp,
+      "invalid UID in (0008,0018)", NULL, 0, 0, NULL },
     { "UID ending in a dot", b_uid_trailing_dot, "invalid UID in (0020,000D)", NULL, 0, 0, NULL },
     { "invalid TS UID", b_ts_invalid, "invalid UID in (0002,0010)", NULL, 0, 0, NULL },
     { "odd length", b_odd, "odd length 7 at tag (0008,0008)", NULL, 0, 0, NULL },
-    { "odd length implicit", b_odd_implicit, "odd length 65537 at tag (0010,0010)", NULL, 0, 0, NULL },
+    { "odd length implicit", b_odd_implicit,
+      "odd length 65537 at tag (0010,0010)", NULL, 0, 0, NULL },
     { "text", b_text, "not a DICOM file (no DICM prefix)", NULL, 0, 0, NULL },
     { "empty", b_empty, "not a DICOM file (empty)", NULL, 0, 0, NULL },
     { "two bytes", b_short, "not a DICOM file (no DICM prefix)", NULL, 0, 0, NULL },
@@ -637,13 +662,17 @@ static const tcase cases[] = {
     { "DICM then data set", b_dicm_no_meta, "no File Meta Information", NULL, 0, 0, NULL },
     { "DICM then nothing", b_dicm_only, "no File Meta Information", NULL, 0, 0, NULL },
     { "no transfer syntax", b_no_ts, "missing Transfer Syntax UID (0002,0010)", NULL, 0, 0, NULL },
-    { "unknown transfer syntax", b_bad_ts, "unsupported transfer syntax 1.2.3.4", NULL, 0, 0, NULL },
-    { "private transfer syntax", b_private_ts, "unsupported transfer syntax 1.2.840.113619.5.2", NULL, 0, 0, NULL },
+    { "unknown transfer syntax", b_bad_ts,
+      "unsupported transfer syntax 1.2.3.4", NULL, 0, 0, NULL },
+    { "private transfer syntax", b_private_ts,
+      "unsupported transfer syntax 1.2.840.113619.5.2", NULL, 0, 0, NULL },
     { "no SOP Instance UID", b_no_sop, "missing SOP Instance UID", NULL, 0, 0, NULL },
     { "no Series Instance UID", b_no_series, "missing Series Instance UID", NULL, 0, 0, NULL },
     { "no Study Instance UID", b_no_study, "missing Study Instance UID", NULL, 0, 0, NULL },
-    { "40 nested sequences", b_deep, "sequences nested deeper than 32 at offset 936", NULL, 0, 0, NULL },
-    { "element where an item belongs", b_bad_item, "malformed sequence at offset 308", NULL, 0, 0, NULL },
+    { "40 nested sequences", b_deep,
+      "sequences nested deeper than 32 at offset 936", NULL, 0, 0, NULL },
+    { "element where an item belongs", b_bad_item,
+      "malformed sequence at offset 308", NULL, 0, 0, NULL },
     { "VR not letters", b_bad_vr, "invalid VR at tag (0008,0008)", NULL, 0, 0, NULL },
     { "read limit", b_limit, "header exceeds the read limit of 1048576 bytes", NULL, 0, 0, NULL },
 };
@@ -695,17 +724,22 @@ static void run_case(tstate *t, const tcase *c)
         check(t, 0, "%s: want success, got %d '%s'", c->name, rc, err);
     } else {
         const char *sop = c->sop ? c->sop : SOP_INST;
-        check(t, strcmp(info.transfer_syntax, c->ts) == 0, "%s: ts '%s'", c->name, info.transfer_syntax);
-        check(t, strcmp(info.sop_instance_uid, sop) == 0, "%s: sop instance '%s'", c->name, info.sop_instance_uid);
-        check(t, strcmp(info.sop_class_uid, SOP_CLASS) == 0, "%s: sop class '%s'", c->name, info.sop_class_uid);
+        check(t, strcmp(info.transfer_syntax, c->ts) == 0, "%s: ts '%s'", c->name,
+              info.transfer_syntax);
+        check(t, strcmp(info.sop_instance_uid, sop) == 0, "%s: sop instance '%s'", c->name,
+              info.sop_instance_uid);
+        check(t, strcmp(info.sop_class_uid, SOP_CLASS) == 0, "%s: sop class '%s'", c->name,
+              info.sop_class_uid);
         check(t, strcmp(info.media_sop_instance_uid, SOP_INST) == 0, "%s: media instance", c->name);
         check(t, strcmp(info.media_sop_class_uid, SOP_CLASS) == 0, "%s: media class", c->name);
         check(t, info.preamble == c->preamble, "%s: preamble %d", c->name, info.preamble);
-        check(t, info.deflated_fallback == c->fallback, "%s: fallback %d", c->name, info.deflated_fallback);
+        check(t, info.deflated_fallback == c->fallback, "%s: fallback %d", c->name,
+              info.deflated_fallback);
         check(t, info.size == b.len, "%s: size %llu", c->name, (unsigned long long)info.size);
         if (!c->fallback) {
             check(t, strcmp(info.study_uid, STUDY) == 0, "%s: study '%s'", c->name, info.study_uid);
-            check(t, strcmp(info.series_uid, SERIES) == 0, "%s: series '%s'", c->name, info.series_uid);
+            check(t, strcmp(info.series_uid, SERIES) == 0, "%s: series '%s'", c->name,
+                  info.series_uid);
         } else {
             check(t, info.study_uid[0] == '\0' && info.series_uid[0] == '\0',
                   "%s: fallback invents study/series", c->name);
@@ -781,7 +815,8 @@ static void run_bounds(tstate *t)
     free(b.p);
     check(t, hc_dicom_probe_mem(NULL, 0, &info, err, sizeof err) == HC_DICOM_ERR_FORMAT,
           "NULL buffer accepted");
-    check(t, hc_dicom_probe_mem((const unsigned char *)"x", 1, &info, NULL, 0) == HC_DICOM_ERR_FORMAT,
+    check(t,
+          hc_dicom_probe_mem((const unsigned char *)"x", 1, &info, NULL, 0) == HC_DICOM_ERR_FORMAT,
           "NULL err buffer");
     check(t, hc_dicom_probe_mem((const unsigned char *)"x", 1, &info, err, 8) == HC_DICOM_ERR_FORMAT
                  && strcmp(err, "not a D") == 0,

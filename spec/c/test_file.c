@@ -4,7 +4,9 @@
  * a new file gets the bytes and the mode asked for less the umask; an existing file is replaced;
  * a symbolic link at the path is replaced by the file, its target left as it was; a failure (a
  * directory at the path, a missing directory) returns the errno value, keeps what was at the
- * path and leaves no temporary file; dir_writable tells a writable directory from others.
+ * path and leaves no temporary file; dir_writable tells a writable directory from others; the
+ * token cache's private directory is made with its parents and refused when others may write to
+ * it, a private file is read only when it is this user's and nobody else may read it.
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  */
 #define _DEFAULT_SOURCE
@@ -74,7 +76,8 @@ static void test_replace(tstate *t)
     mode_t old = umask(022);
     path_in(t, a, sizeof a, "a");
     check(t, hc_file_replace(a, "one", 3, 0666) == 0, "new file written");
-    check(t, strcmp(content(a, buf, sizeof buf), "one") == 0, "new file holds 'one', got '%s'", buf);
+    check(t, strcmp(content(a, buf, sizeof buf), "one") == 0, "new file holds 'one', got '%s'",
+          buf);
     check(t, stat(a, &st) == 0 && (st.st_mode & 07777) == 0644, "mode 0666 less umask 022 is 0644");
     check(t, hc_file_replace(a, "two\0bytes", 9, 0600) == 0 && stat(a, &st) == 0 && st.st_size == 9
                  && (st.st_mode & 07777) == 0600, "existing file replaced, binary-safe, mode 0600");
@@ -87,7 +90,8 @@ static void test_replace(tstate *t)
     check(t, hc_file_replace(link, "answer", 6, 0666) == 0, "write at a symbolic link");
     check(t, lstat(link, &st) == 0 && S_ISREG(st.st_mode), "the link is now a regular file");
     check(t, strcmp(content(link, buf, sizeof buf), "answer") == 0, "it holds the answer");
-    check(t, strcmp(content(target, buf, sizeof buf), "precious") == 0, "the target is untouched: '%s'", buf);
+    check(t, strcmp(content(target, buf, sizeof buf), "precious") == 0,
+          "the target is untouched: '%s'", buf);
     umask(old);
 }
 
@@ -108,6 +112,30 @@ static void test_failures(tstate *t)
     check(t, hc_file_dir_writable(missing) == ENOENT, "a missing directory is not");
 }
 
+static void test_private(tstate *t)
+{
+    char dir[600], file[700], below[800], buf[16];
+    size_t failed, len;
+    snprintf(dir, sizeof dir, "%s/cache/a/b", t->dir);
+    check(t, hc_file_private_mkdir(dir, &failed) == 0, "private directory and parents made");
+    check(t, hc_file_private_mkdir(dir, &failed) == 0, "and taken again");
+    check(t, chmod(dir, 0777) == 0 && hc_file_private_mkdir(dir, &failed) == HC_FILE_UNSAFE,
+          "refused once others may write to it");
+    chmod(dir, 0700);
+    snprintf(file, sizeof file, "%s/token", dir);
+    check(t, hc_file_private_read(file, buf, sizeof buf, &len) == ENOENT, "absent: ENOENT");
+    check(t, hc_file_replace(file, "secret", 6, 0600) == 0, "private file written");
+    check(t, hc_file_private_read(file, buf, sizeof buf, &len) == 0 && len == 6
+                 && memcmp(buf, "secret", 6) == 0, "and read back");
+    check(t, hc_file_private_read(file, buf, 4, &len) == EFBIG, "larger than the buffer: EFBIG");
+    check(t, chmod(file, 0644) == 0 && hc_file_private_read(file, buf, sizeof buf, &len)
+                 == HC_FILE_UNSAFE, "refused once others may read it");
+    snprintf(below, sizeof below, "%s/sub", file);
+    check(t, hc_file_private_mkdir(below, &failed) == ENOTDIR && failed == strlen(below),
+          "a file on the way: ENOTDIR (at %lu of %lu)", (unsigned long)failed,
+          (unsigned long)strlen(below));
+}
+
 int main(void)
 {
     tstate t;
@@ -121,6 +149,7 @@ int main(void)
     }
     test_replace(&t);
     test_failures(&t);
+    test_private(&t);
     {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", t.dir);

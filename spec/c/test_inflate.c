@@ -97,8 +97,8 @@ static void test_roundtrip(tstate *t)
             int fin, r = run(c, clen, steps[k], 250, &s, &fin);
             check(t, r == HC_INFLATE_OK, "wbits %d step %zu: code %d", wbits[i], steps[k], r);
             check(t, fin == HC_INFLATE_OK, "wbits %d step %zu: finish %d", wbits[i], steps[k], fin);
-            check(t, s.len == n && memcmp(s.data, data, n) == 0, "wbits %d step %zu: output differs (%zu bytes)",
-                  wbits[i], steps[k], s.len);
+            check(t, s.len == n && memcmp(s.data, data, n) == 0,
+                  "wbits %d step %zu: output differs (%zu bytes)", wbits[i], steps[k], s.len);
             free(s.data);
         }
         free(c);
@@ -133,7 +133,8 @@ static void test_members_and_errors(tstate *t)
     for (i = 1; i < l1; i += 97) {
         s.len = 0;
         r = run(c1, i, 0, 250, &s, &fin);
-        check(t, r == HC_INFLATE_OK && fin == HC_INFLATE_ERR_TRUNCATED, "prefix %zu: code %d finish %d", i, r, fin);
+        check(t, r == HC_INFLATE_OK && fin == HC_INFLATE_ERR_TRUNCATED,
+              "prefix %zu: code %d finish %d", i, r, fin);
     }
 
     /* not compressed at all */
@@ -146,15 +147,17 @@ static void test_members_and_errors(tstate *t)
     both[l1 / 2] ^= 0x55;
     s.len = 0;
     r = run(both, l1, 0, 250, &s, &fin);
-    check(t, r == HC_INFLATE_ERR_DATA || fin != HC_INFLATE_OK, "corrupt: code %d finish %d", r, fin);
+    check(t, r == HC_INFLATE_ERR_DATA || fin != HC_INFLATE_OK, "corrupt: code %d finish %d", r,
+          fin);
 
     /* nothing fed: finished */
     s.len = 0;
     r = run(c1, 0, 0, 250, &s, &fin);
-    check(t, r == HC_INFLATE_OK && fin == HC_INFLATE_OK && s.len == 0, "empty: code %d finish %d", r, fin);
+    check(t, r == HC_INFLATE_OK && fin == HC_INFLATE_OK && s.len == 0, "empty: code %d finish %d",
+          r, fin);
 
-    check(t, strcmp(hc_inflate_strerror(HC_INFLATE_ERR_RATIO), "decodes to too many bytes for its size") == 0,
-          "strerror");
+    check(t, strcmp(hc_inflate_strerror(HC_INFLATE_ERR_RATIO),
+                    "decodes to too many bytes for its size") == 0, "strerror");
     free(s.data);
     free(both);
     free(c1);
@@ -175,7 +178,9 @@ static void test_bomb(tstate *t)
     r = run(c, clen, 4096, 250, &s, &fin);
     check(t, r == HC_INFLATE_ERR_RATIO, "bomb: code %d", r);
     /* stopped a few chunks past the floor, and never handed on past the point it was judged */
-    check(t, s.total >= HC_INFLATE_RATIO_FLOOR - HC_INFLATE_CHUNK && s.total < 2 * HC_INFLATE_RATIO_FLOOR,
+    check(t,
+          s.total >= HC_INFLATE_RATIO_FLOOR - HC_INFLATE_CHUNK
+              && s.total < 2 * HC_INFLATE_RATIO_FLOOR,
           "bomb: %lld bytes handed on", (long long)s.total);
 
     s.total = 0;

@@ -81,15 +81,19 @@ static void test_base64url(tstate *t)
     for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         hc_buf b;
         hc_buf_init(&b, 64);
-        check(t, hc_jwt_base64url(cases[i].in, cases[i].n, &b) == 0, "base64url case %zu returns 0", i);
-        check(t, b.len == strlen(cases[i].out) && (b.len == 0 || memcmp(b.data, cases[i].out, b.len) == 0),
+        check(t, hc_jwt_base64url(cases[i].in, cases[i].n, &b) == 0, "base64url case %zu returns 0",
+              i);
+        check(t,
+              b.len == strlen(cases[i].out)
+                  && (b.len == 0 || memcmp(b.data, cases[i].out, b.len) == 0),
               "base64url case %zu: want '%s', got '%s'", i, cases[i].out, b.data ? b.data : "");
         hc_buf_free(&b);
     }
     {
         hc_buf b;
         hc_buf_init(&b, 3);
-        check(t, hc_jwt_base64url("foobar", 6, &b) == -1, "base64url refuses to pass the buffer's cap");
+        check(t, hc_jwt_base64url("foobar", 6, &b) == -1,
+              "base64url refuses to pass the buffer's cap");
         hc_buf_free(&b);
     }
 }
@@ -125,7 +129,8 @@ static int verify_jwt(EVP_PKEY *pub, const char *jwt, const char *header, const 
     hc_buf_append(&expect, ".", 1);
     hc_jwt_base64url(claims, strlen(claims), &expect);
     dot2 = strrchr(jwt, '.');
-    if (dot2 == NULL || (size_t)(dot2 - jwt) != expect.len || memcmp(jwt, expect.data, expect.len) != 0) {
+    if (dot2 == NULL || (size_t)(dot2 - jwt) != expect.len
+        || memcmp(jwt, expect.data, expect.len) != 0) {
         hc_buf_free(&expect);
         return 0;
     }
@@ -161,7 +166,8 @@ static int verify_jwt(EVP_PKEY *pub, const char *jwt, const char *header, const 
 static void test_sign(tstate *t, EVP_PKEY *gen, int form)
 {
     const char *header = "{\"alg\":\"RS256\",\"typ\":\"JWT\",\"kid\":\"k1\"}";
-    const char *claims = "{\"iss\":\"sa@example.iam.gserviceaccount.com\",\"scope\":\"s\",\"iat\":1,\"exp\":3601}";
+    const char *claims =
+        "{\"iss\":\"sa@example.iam.gserviceaccount.com\",\"scope\":\"s\",\"iat\":1,\"exp\":3601}";
     char err[HC_JWT_ERRLEN];
     char *pem = pem_of(gen, form);
     EVP_PKEY *key;
@@ -170,7 +176,10 @@ static void test_sign(tstate *t, EVP_PKEY *gen, int form)
     check(t, pem != NULL, "PEM form %d written", form);
     if (pem == NULL)
         return;
-    check(t, strncmp(pem, form == 8 ? "-----BEGIN PRIVATE KEY-----" : "-----BEGIN RSA PRIVATE KEY-----", 27) == 0,
+    check(t,
+          strncmp(pem,
+                  form == 8 ? "-----BEGIN PRIVATE KEY-----" : "-----BEGIN RSA PRIVATE KEY-----", 27)
+              == 0,
           "PEM form %d has the expected label", form);
     key = hc_jwt_key_load(pem, strlen(pem), err);
     check(t, key != NULL, "form %d key loads (%s)", form, key ? "" : err);
@@ -180,21 +189,26 @@ static void test_sign(tstate *t, EVP_PKEY *gen, int form)
         check(t, hc_jwt_sign(key, header, strlen(header), claims, strlen(claims), &out, err) == 0,
               "form %d signs", form);
         check(t, ERR_peek_error() == 0, "form %d: error queue empty after signing", form);
-        check(t, out.data != NULL && strchr(out.data, '=') == NULL && strchr(out.data, '+') == NULL &&
-              strchr(out.data, '/') == NULL, "form %d: JWT is base64url without padding", form);
+        check(t,
+              out.data != NULL && strchr(out.data, '=') == NULL && strchr(out.data, '+') == NULL
+                  && strchr(out.data, '/') == NULL,
+              "form %d: JWT is base64url without padding", form);
         check(t, out.data != NULL && verify_jwt(gen, out.data, header, claims),
               "form %d: OpenSSL verifies the signature", form);
         if (out.data != NULL) {
             /* The verifier must be able to say no: flip one signature character. */
             char *last = out.data + out.len - 5;
             *last = *last == 'A' ? 'B' : 'A';
-            check(t, !verify_jwt(gen, out.data, header, claims), "form %d: a tampered signature fails", form);
+            check(t, !verify_jwt(gen, out.data, header, claims),
+                  "form %d: a tampered signature fails", form);
         }
         hc_buf_free(&out);
         /* Too small a buffer is an error, not a truncated token. */
         hc_buf_init(&out, 100);
-        check(t, hc_jwt_sign(key, header, strlen(header), claims, strlen(claims), &out, err) == -1 &&
-              strcmp(err, "cannot sign the JWT: it is too large") == 0, "form %d: cap reported (%s)", form, err);
+        check(t,
+              hc_jwt_sign(key, header, strlen(header), claims, strlen(claims), &out, err) == -1
+                  && strcmp(err, "cannot sign the JWT: it is too large") == 0,
+              "form %d: cap reported (%s)", form, err);
         hc_buf_free(&out);
         hc_jwt_key_free(key);
     }
@@ -235,13 +249,16 @@ static void test_refusals(tstate *t, EVP_PKEY *rsa)
     EVP_PKEY *ec = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     char *p, *enc = pem_of(rsa, 'e'), *good = pem_of(rsa, 8);
     static const char cert[] = "-----BEGIN CERTIFICATE-----\nMIIBVQ==\n-----END CERTIFICATE-----\n";
-    static const char junk_b64[] = "-----BEGIN PRIVATE KEY-----\nMII*not base64*\n-----END PRIVATE KEY-----\n";
+    static const char junk_b64[] =
+        "-----BEGIN PRIVATE KEY-----\nMII*not base64*\n-----END PRIVATE KEY-----\n";
     static const char junk_der[] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n";
     char big[70000];
 
     expect_refused(t, "empty", "", 0, "the private key is empty", NULL);
     expect_refused(t, "not PEM", "hello", 5,
-                   "no PEM private key found (expected a '-----BEGIN PRIVATE KEY-----' block with real line breaks)", NULL);
+                   "no PEM private key found (expected a '-----BEGIN PRIVATE KEY-----' block with "
+                   "real line breaks)",
+                   NULL);
     /* A key whose newlines were escaped twice in JSON ("\\n"): one long line. */
     {
         size_t i, j = 0, n = strlen(good);
@@ -255,28 +272,33 @@ static void test_refusals(tstate *t, EVP_PKEY *rsa)
         }
         flat[j] = '\0';
         expect_refused(t, "escaped newlines", flat, j,
-                       "no PEM private key found (expected a '-----BEGIN PRIVATE KEY-----' block with real line breaks)",
+                       "no PEM private key found (expected a '-----BEGIN PRIVATE KEY-----' block "
+                       "with real line breaks)",
                        good);
         free(flat);
     }
     expect_refused(t, "certificate", cert, sizeof cert - 1,
-                   "the PEM block is 'CERTIFICATE', not a private key (expected '-----BEGIN PRIVATE KEY-----' "
-                   "or '-----BEGIN RSA PRIVATE KEY-----')", NULL);
+                   "the PEM block is 'CERTIFICATE', not a private key (expected "
+                   "'-----BEGIN PRIVATE KEY-----' or '-----BEGIN RSA PRIVATE KEY-----')", NULL);
     expect_refused(t, "bad base64", junk_b64, sizeof junk_b64 - 1,
                    "the private key is not valid PEM: bad base64 decode", NULL);
     expect_refused(t, "not a key inside", junk_der, sizeof junk_der - 1,
                    "the PEM block does not hold a valid private key: wrong tag", NULL);
     expect_refused(t, "encrypted PKCS#8", enc, strlen(enc),
-                   "the private key is encrypted; use the unencrypted key Google issues (or decrypt it with 'openssl pkey')",
+                   "the private key is encrypted; use the unencrypted key Google issues (or "
+                   "decrypt it with 'openssl pkey')",
                    enc);
     p = pem_of(small, 8);
-    expect_refused(t, "RSA 1024", p, strlen(p), "the RSA key has 1024 bits; RS256 needs at least 2048", p);
+    expect_refused(t, "RSA 1024", p, strlen(p),
+                   "the RSA key has 1024 bits; RS256 needs at least 2048", p);
     free(p);
     p = pem_of(ec, 8);
-    expect_refused(t, "EC as PKCS#8", p, strlen(p), "the private key is not an RSA key; RS256 needs RSA", p);
+    expect_refused(t, "EC as PKCS#8", p, strlen(p),
+                   "the private key is not an RSA key; RS256 needs RSA", p);
     free(p);
     p = pem_of(ec, 1);
-    expect_refused(t, "EC as SEC1", p, strlen(p), "the private key is not an RSA key; RS256 needs RSA", p);
+    expect_refused(t, "EC as SEC1", p, strlen(p),
+                   "the private key is not an RSA key; RS256 needs RSA", p);
     free(p);
     /* A truncated key: the first half of a good one, with its END line. */
     {

@@ -38,55 +38,120 @@ typedef struct mp_case {
 } mp_case;
 
 static const mp_case cases[] = {
-    { "two parts", "--" B "\r\n" CT "\r\nabc" D "\r\n" CT "X-Y: z\r\n\r\nde" D "--\r\n", 0, HC_MP_OK,
+    { "two parts",
+      "--" B "\r\n" CT "\r\nabc" D "\r\n" CT "X-Y: z\r\n\r\nde" D "--\r\n",
+      0,
+      HC_MP_OK,
       { "content-type: application/dicom\r\n|abc",
         "content-type: application/dicom\r\nx-y: z\r\n|de", NULL } },
-    { "empty parts and no headers", "--" B "\r\n\r\n" D "\r\n\r\n" D "\r\nA: 1\r\n\r\n" D "--", 0, HC_MP_OK,
+    { "empty parts and no headers",
+      "--" B "\r\n\r\n" D "\r\n\r\n" D "\r\nA: 1\r\n\r\n" D "--",
+      0,
+      HC_MP_OK,
       { "|", "|", "a: 1\r\n|", NULL } },
     { "zero parts", "--" B "--\r\n", 0, HC_MP_OK, { NULL } },
     { "look-alikes in content",
-      "--" B "\r\n\r\n\r\n--hc-\r\n--hc-x\n--" B "\r\r\n--hc\r\n-\r\n--\r" D "\r\n\r\n--" B "x" D "--", 0,
-      HC_MP_OK, { "|\r\n--hc-\r\n--hc-x\n--" B "\r\r\n--hc\r\n-\r\n--\r", "|--" B "x", NULL } },
-    { "content ends in CR, CRLF, CRLFCR", "--" B "\r\n\r\na\r" D "\r\n\r\nb\r\n" D "\r\n\r\nc\r\n\r" D "--",
-      0, HC_MP_OK, { "|a\r", "|b\r\n", "|c\r\n\r", NULL } },
+      "--" B "\r\n\r\n\r\n--hc-\r\n--hc-x\n--" B "\r\r\n--hc\r\n-\r\n--\r" D "\r\n\r\n--" B "x" D
+      "--",
+      0,
+      HC_MP_OK,
+      { "|\r\n--hc-\r\n--hc-x\n--" B "\r\r\n--hc\r\n-\r\n--\r", "|--" B "x", NULL } },
+    { "content ends in CR, CRLF, CRLFCR",
+      "--" B "\r\n\r\na\r" D "\r\n\r\nb\r\n" D "\r\n\r\nc\r\n\r" D "--",
+      0,
+      HC_MP_OK,
+      { "|a\r", "|b\r\n", "|c\r\n\r", NULL } },
     { "content is a lone CRLF", "--" B "\r\n\r\n\r\n" D "--", 0, HC_MP_OK, { "|\r\n", NULL } },
-    { "delimiter right after the header block", "--" B "\r\nA: b\r\n\r\n--" B "--", 0, HC_MP_ERR_TRUNCATED,
+    { "delimiter right after the header block",
+      "--" B "\r\nA: b\r\n\r\n--" B "--",
+      0,
+      HC_MP_ERR_TRUNCATED,
       { NULL } },
-    { "padding after delimiters", "--" B " \t\r\n\r\nx" D "\t\r\n\r\ny" D "-- \r\n", 0, HC_MP_OK,
+    { "padding after delimiters",
+      "--" B " \t\r\n\r\nx" D "\t\r\n\r\ny" D "-- \r\n",
+      0,
+      HC_MP_OK,
       { "|x", "|y", NULL } },
-    { "preamble and epilogue", "junk --" B "\r\n--hc-\r\n" D "\r\n\r\nq" D "--\r\nepilogue" D "\r\n\r\nx", 0,
-      HC_MP_OK, { "|q", NULL } },
+    { "preamble and epilogue",
+      "junk --" B "\r\n--hc-\r\n" D "\r\n\r\nq" D "--\r\nepilogue" D "\r\n\r\nx",
+      0,
+      HC_MP_OK,
+      { "|q", NULL } },
     { "preamble ending in CR", "junk\r" D "\r\n\r\nq" D "--", 0, HC_MP_OK, { "|q", NULL } },
-    { "values trimmed, names lower-cased", "--" B "\r\nContent-LOCATION:\t /a b \t\r\nX:\r\n\r\n" D "--",
-      0, HC_MP_OK, { "content-location:\t /a b \t\r\nx:\r\n|", NULL } },
-    { "no close delimiter", "--" B "\r\n\r\nabc" D "\r\n\r\nde", 0, HC_MP_ERR_TRUNCATED, { "|abc", NULL } },
+    { "values trimmed, names lower-cased",
+      "--" B "\r\nContent-LOCATION:\t /a b \t\r\nX:\r\n\r\n" D "--",
+      0,
+      HC_MP_OK,
+      { "content-location:\t /a b \t\r\nx:\r\n|", NULL } },
+    { "no close delimiter",
+      "--" B "\r\n\r\nabc" D "\r\n\r\nde",
+      0,
+      HC_MP_ERR_TRUNCATED,
+      { "|abc", NULL } },
     { "ends right after a delimiter", "--" B "\r\n\r\nabc" D, 0, HC_MP_ERR_TRUNCATED, { NULL } },
     { "ends after one dash", "--" B "\r\n\r\nabc" D "-", 0, HC_MP_ERR_TRUNCATED, { NULL } },
     { "ends inside padding", "--" B "\r\n\r\nabc" D "  \r", 0, HC_MP_ERR_TRUNCATED, { NULL } },
     { "ends inside headers", "--" B "\r\nA: b\r\n", 0, HC_MP_ERR_TRUNCATED, { NULL } },
-    { "ends inside a partial delimiter", "--" B "\r\n\r\nabc\r\n--hc", 0, HC_MP_ERR_TRUNCATED, { NULL } },
+    { "ends inside a partial delimiter",
+      "--" B "\r\n\r\nabc\r\n--hc",
+      0,
+      HC_MP_ERR_TRUNCATED,
+      { NULL } },
     { "empty body", "", 0, HC_MP_ERR_NO_BOUNDARY, { NULL } },
     { "garbage", "<html>not multipart</html>\r\n", 0, HC_MP_ERR_NO_BOUNDARY, { NULL } },
     { "another boundary", "--other\r\n\r\nx\r\n--other--", 0, HC_MP_ERR_NO_BOUNDARY, { NULL } },
-    { "boundary without CRLF before it", "x--" B "\r\n\r\nq--" B "--", 0, HC_MP_ERR_NO_BOUNDARY, { NULL } },
+    { "boundary without CRLF before it",
+      "x--" B "\r\n\r\nq--" B "--",
+      0,
+      HC_MP_ERR_NO_BOUNDARY,
+      { NULL } },
     { "bare LF after the delimiter", "--" B "\n\nx" D "--", 0, HC_MP_ERR_DELIMITER, { NULL } },
-    { "CR without LF after the delimiter", "--" B "\r\r\n\r\nx" D "--", 0, HC_MP_ERR_DELIMITER, { NULL } },
-    { "delimiter followed by a letter", "--" B "\r\n\r\nx" D "x\r\n\r\n" D "--", 0, HC_MP_ERR_DELIMITER,
+    { "CR without LF after the delimiter",
+      "--" B "\r\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_DELIMITER,
+      { NULL } },
+    { "delimiter followed by a letter",
+      "--" B "\r\n\r\nx" D "x\r\n\r\n" D "--",
+      0,
+      HC_MP_ERR_DELIMITER,
       { NULL } },
     { "padding then --", "--" B "\r\n\r\nx" D " --", 0, HC_MP_ERR_DELIMITER, { NULL } },
     { "one dash then a letter", "--" B "\r\n\r\nx" D "-x", 0, HC_MP_ERR_DELIMITER, { NULL } },
-    { "header without a colon", "--" B "\r\nno colon\r\n\r\nx" D "--", 0, HC_MP_ERR_HEADERS_MALFORMED,
+    { "header without a colon",
+      "--" B "\r\nno colon\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_HEADERS_MALFORMED,
       { NULL } },
-    { "header with an empty name", "--" B "\r\n: v\r\n\r\nx" D "--", 0, HC_MP_ERR_HEADERS_MALFORMED, { NULL } },
-    { "header name with a space", "--" B "\r\nA b: v\r\n\r\nx" D "--", 0, HC_MP_ERR_HEADERS_MALFORMED,
+    { "header with an empty name",
+      "--" B "\r\n: v\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_HEADERS_MALFORMED,
       { NULL } },
-    { "folded header line", "--" B "\r\nA: b\r\n c\r\n\r\nx" D "--", 0, HC_MP_ERR_HEADERS_MALFORMED,
+    { "header name with a space",
+      "--" B "\r\nA b: v\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_HEADERS_MALFORMED,
       { NULL } },
-    { "bare LF in a header block", "--" B "\r\nA: b\nC: d\r\n\r\nx" D "--", 0, HC_MP_ERR_HEADERS_MALFORMED,
+    { "folded header line",
+      "--" B "\r\nA: b\r\n c\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_HEADERS_MALFORMED,
       { NULL } },
-    { "bad second part keeps the first", "--" B "\r\n\r\nok" D "\r\nbad\r\n\r\nx" D "--", 0,
-      HC_MP_ERR_HEADERS_MALFORMED, { "|ok", NULL } },
-    { "NUL bytes in content", "--" B "\r\n\r\n\0\0\r\0" D "--", 10 + 4 + 8 + 2, HC_MP_OK,
+    { "bare LF in a header block",
+      "--" B "\r\nA: b\nC: d\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_HEADERS_MALFORMED,
+      { NULL } },
+    { "bad second part keeps the first",
+      "--" B "\r\n\r\nok" D "\r\nbad\r\n\r\nx" D "--",
+      0,
+      HC_MP_ERR_HEADERS_MALFORMED,
+      { "|ok", NULL } },
+    { "NUL bytes in content",
+      "--" B "\r\n\r\n\0\0\r\0" D "--",
+      10 + 4 + 8 + 2,
+      HC_MP_OK,
       { NULL } /* checked by length below */ },
 };
 
@@ -145,7 +210,8 @@ static void test_cases(tstate *t)
         /* The reference reading of the fuzz target agrees. */
         hc_fuzz_mp_result_init(&ref, n);
         ref.error = hc_fuzz_mp_reference(B, strlen(B), c->body, n, &ref);
-        check(t, matches(c, &ref), "%s: the fuzz target's reference disagrees (error %d)", c->name, ref.error);
+        check(t, matches(c, &ref), "%s: the fuzz target's reference disagrees (error %d)", c->name,
+              ref.error);
         free(ref.bytes);
         for (a = 0; a <= n && !bad; a++) {
             parse_split(c->body, n, a, a, &r);
@@ -157,8 +223,8 @@ static void test_cases(tstate *t)
             for (b = a; n <= 80 && b <= n && !bad; b++) {
                 parse_split(c->body, n, a, b, &r);
                 if (!matches(c, &r)) {
-                    check(t, 0, "%s: split at %zu and %zu: error %d, %zu parts", c->name, a, b, r.error,
-                          r.nparts);
+                    check(t, 0, "%s: split at %zu and %zu: error %d, %zu parts", c->name, a, b,
+                          r.error, r.nparts);
                     bad = 1;
                 }
                 free(r.bytes);
@@ -267,9 +333,12 @@ static void test_consumer_stops(tstate *t)
     hc_multipart m;
     int ended = 0;
     hc_multipart_init(&m, B, strlen(B), &cb, &ended);
-    check(t, hc_multipart_feed(&m, body, sizeof body - 1) == HC_MP_ERR_CALLBACK, "stopped by the consumer");
+    check(t, hc_multipart_feed(&m, body, sizeof body - 1) == HC_MP_ERR_CALLBACK,
+          "stopped by the consumer");
     check(t, ended == 2 && m.parts == 2, "stopped at the second part end (%d)", ended);
-    check(t, hc_multipart_feed(&m, "x", 1) == HC_MP_ERR_CALLBACK && hc_multipart_finish(&m) == HC_MP_ERR_CALLBACK,
+    check(t,
+          hc_multipart_feed(&m, "x", 1) == HC_MP_ERR_CALLBACK
+              && hc_multipart_finish(&m) == HC_MP_ERR_CALLBACK,
           "the error is sticky");
     hc_multipart_free(&m);
 }
@@ -286,18 +355,20 @@ static void test_boundaries(tstate *t)
     for (i = 0; i < sizeof bs / sizeof bs[0]; i++) {
         hc_multipart m;
         int rc = hc_multipart_init(&m, bs[i].b, strlen(bs[i].b), &hc_fuzz_mp_callbacks, NULL);
-        check(t, (rc == 0) == bs[i].ok, "boundary '%s' %s", bs[i].b, bs[i].ok ? "accepted" : "refused");
+        check(t, (rc == 0) == bs[i].ok, "boundary '%s' %s", bs[i].b,
+              bs[i].ok ? "accepted" : "refused");
         hc_multipart_free(&m);
     }
 }
 
 static void test_content_type(tstate *t)
 {
-    static const struct { const char *ct; int want; const char *b; } cts[] = {
+    static const struct { const char *ct; int want; const char *b;
+    } cts[] = {
         { "multipart/related; type=\"application/dicom\"; boundary=abc", 1, "abc" },
         { "multipart/related; boundary=\"a b:c\"; type=application/dicom", 1, "a b:c" },
         { "Multipart/Related;boundary=x;type=y", 1, "x" },
-        { "  multipart/related ; BOUNDARY = \"q\\\"\" ", -1, NULL },  /* '"' is not a bchar */
+        { "  multipart/related ; BOUNDARY = \"q\\\"\" ", -1, NULL }, /* '"' is not a bchar */
         { "multipart/related; Boundary=\"a\\b\"", 1, "ab" },
         { "multipart/related; type=\"x;boundary=no\"; boundary=yes", 1, "yes" },
         { "multipart/mixed; boundary=m", 1, "m" },
@@ -308,7 +379,9 @@ static void test_content_type(tstate *t)
         { "multipart/related; boundary=\"unterminated", -1, NULL },
         { "multipart/related; boundary=a; boundary=a", -1, NULL },
         { "multipart/related; boundary=\"ends in space \"", -1, NULL },
-        { "multipart/related; boundary=0123456789012345678901234567890123456789012345678901234567890123456789X", -1, NULL },
+        { "multipart/related; "
+          "boundary=0123456789012345678901234567890123456789012345678901234567890123456789X",
+          -1, NULL },
         { "multipart/related; boundary=a b", -1, NULL },
         { "application/dicom", 0, NULL },
         { "application/dicom; boundary=x", 0, NULL },
@@ -320,9 +393,11 @@ static void test_content_type(tstate *t)
         char out[HC_MP_MAX_BOUNDARY + 1] = "";
         size_t len = 0;
         int r = hc_multipart_content_type(cts[i].ct, strlen(cts[i].ct), out, &len);
-        check(t, r == cts[i].want && (r != 1 || (len == strlen(cts[i].b) && strcmp(out, cts[i].b) == 0)),
-              "Content-Type '%s': got %d '%s', want %d '%s'", cts[i].ct, r, r == 1 ? out : "", cts[i].want,
-              cts[i].b ? cts[i].b : "");
+        check(t,
+              r == cts[i].want
+                  && (r != 1 || (len == strlen(cts[i].b) && strcmp(out, cts[i].b) == 0)),
+              "Content-Type '%s': got %d '%s', want %d '%s'", cts[i].ct, r, r == 1 ? out : "",
+              cts[i].want, cts[i].b ? cts[i].b : "");
     }
 }
 
@@ -331,10 +406,16 @@ static void test_header_walk(tstate *t)
     const char block[] = "content-type: application/dicom\r\nx-empty:\r\nx-pad: \t v a \t\r\n";
     const char *p = block, *end = block + sizeof block - 1;
     hc_multipart_header h;
-    check(t, hc_multipart_next_header(&p, end, &h) && h.name_len == 12 && memcmp(h.name, "content-type", 12) == 0
-             && h.value_len == 17 && memcmp(h.value, "application/dicom", 17) == 0, "first field");
-    check(t, hc_multipart_next_header(&p, end, &h) && h.name_len == 7 && h.value_len == 0, "empty value");
-    check(t, hc_multipart_next_header(&p, end, &h) && h.value_len == 3 && memcmp(h.value, "v a", 3) == 0,
+    check(t,
+          hc_multipart_next_header(&p, end, &h) && h.name_len == 12
+              && memcmp(h.name, "content-type", 12) == 0 && h.value_len == 17
+              && memcmp(h.value, "application/dicom", 17) == 0,
+          "first field");
+    check(t, hc_multipart_next_header(&p, end, &h) && h.name_len == 7 && h.value_len == 0,
+          "empty value");
+    check(t,
+          hc_multipart_next_header(&p, end, &h) && h.value_len == 3
+              && memcmp(h.value, "v a", 3) == 0,
           "value trimmed");
     check(t, !hc_multipart_next_header(&p, end, &h) && p == end, "end of block");
 }

@@ -215,7 +215,8 @@ static void test_texts(tstate *t)
 /* ---- Google's GetCallerIdentity request ---------------------------------------------- */
 
 #define AUDIENCE                                                                                   \
-    "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/pool/providers/aws"
+  "//iam.googleapis.com/projects/123456789/locations/global/workloadIdentityPools/pool/providers/" \
+  "aws"
 #define SESSION "IQoJb3JpZ2luX2VjEXAMPLETOKEN/+="
 
 static hc_sigv4_request caller_identity(hc_sigv4_header *h)
@@ -249,34 +250,43 @@ static void test_caller_identity(tstate *t)
     hc_sigv4_result out;
     char err[HC_SIGV4_ERRLEN];
     check(t, hc_sigv4_sign(&r, &out, err) == 0, "GetCallerIdentity signs (%s)", err);
-    check(t, strcmp(out.canonical_request.data,
-                    "POST\n/\nAction=GetCallerIdentity&Version=2011-06-15\n"
-                    "host:sts.us-east-1.amazonaws.com\nx-amz-date:20150830T123600Z\n"
-                    "x-amz-security-token:" SESSION "\n"
-                    "x-goog-cloud-target-resource:" AUDIENCE "\n\n"
-                    "host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource\n" EMPTY_SHA256) == 0,
+    check(t,
+          strcmp(out.canonical_request.data,
+                 "POST\n/\nAction=GetCallerIdentity&Version=2011-06-15\n"
+                 "host:sts.us-east-1.amazonaws.com\nx-amz-date:20150830T123600Z\n"
+                 "x-amz-security-token:" SESSION "\n"
+                 "x-goog-cloud-target-resource:" AUDIENCE "\n\n"
+                 "host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource\n" EMPTY_SHA256)
+              == 0,
           "GetCallerIdentity: canonical request\n%s", out.canonical_request.data);
     check(t, strcmp(out.string_to_sign.data,
                     "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/sts/aws4_request\n"
                     "7c6c07570c588ff357a8413b64da46ffc73ddd217be33f818ae81e548c2000cd") == 0,
           "GetCallerIdentity: string to sign\n%s", out.string_to_sign.data);
-    check(t, strcmp(out.authorization.data,
-                    "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/sts/aws4_request, "
-                    "SignedHeaders=host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource, "
-                    "Signature=30baae3c9352a868cb58d084a688028a290c276d67f75bfe10cf0e109c81c8cb") == 0,
+    check(t,
+          strcmp(out.authorization.data,
+                 "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/sts/aws4_request, "
+                 "SignedHeaders=host;x-amz-date;x-amz-security-token;x-goog-cloud-target-resource, "
+                 "Signature=30baae3c9352a868cb58d084a688028a290c276d67f75bfe10cf0e109c81c8cb")
+              == 0,
           "GetCallerIdentity: Authorization %s", out.authorization.data);
     hc_sigv4_result_free(&out);
 
     r.session_token = NULL;
     check(t, hc_sigv4_sign(&r, &out, err) == 0, "GetCallerIdentity without a token signs");
-    check(t, strcmp(out.signature, "3af9138d6484ba46189f1bdf8229261d0c29e40b1837154a5f5fadda48cbb85f") == 0,
+    check(t,
+          strcmp(out.signature, "3af9138d6484ba46189f1bdf8229261d0c29e40b1837154a5f5fadda48cbb85f")
+              == 0,
           "GetCallerIdentity without a token: signature %s", out.signature);
     check(t, strstr(out.canonical_request.data, "x-amz-security-token") == NULL,
           "no token, no x-amz-security-token");
     hc_sigv4_result_free(&out);
     r.session_token = "";
-    check(t, hc_sigv4_sign(&r, &out, err) == 0 &&
-             strcmp(out.signature, "3af9138d6484ba46189f1bdf8229261d0c29e40b1837154a5f5fadda48cbb85f") == 0,
+    check(t,
+          hc_sigv4_sign(&r, &out, err) == 0
+              && strcmp(out.signature,
+                        "3af9138d6484ba46189f1bdf8229261d0c29e40b1837154a5f5fadda48cbb85f")
+                  == 0,
           "an empty token is no token");
     hc_sigv4_result_free(&out);
 }
@@ -322,8 +332,9 @@ static void test_clock(tstate *t)
     r.amz_date = NULL;
     check(t, hc_sigv4_sign(&r, &a, err) == 0, "signs at the clock's time");
     for (i = 0; i < 16; i++)
-        shape &= i == 8 ? a.amz_date[i] == 'T' : i == 15 ? a.amz_date[i] == 'Z'
-                                                         : (a.amz_date[i] >= '0' && a.amz_date[i] <= '9');
+        shape &= i == 8 ? a.amz_date[i] == 'T'
+            : i == 15   ? a.amz_date[i] == 'Z'
+                        : (a.amz_date[i] >= '0' && a.amz_date[i] <= '9');
     check(t, shape && a.amz_date[16] == '\0' && strncmp(a.amz_date, "20", 2) == 0,
           "the clock's date %s", a.amz_date);
     r.amz_date = a.amz_date;
@@ -361,11 +372,18 @@ static void test_refusals(tstate *t)
         case 4:
             h[0].name = "X-Amz-Date";
             h[0].name_len = 10;
-            want = "host, authorization, x-amz-date and x-amz-security-token are set by the signer, "
-                   "not given as headers";
+            want =
+                "host, authorization, x-amz-date and x-amz-security-token are set by the signer, "
+                "not given as headers";
             break;
-        case 5: r.query = "a=%zz"; want = "the query has a '%' not followed by two hex digits"; break;
-        case 6: r.query = "a=%4"; want = "the query has a '%' not followed by two hex digits"; break;
+        case 5:
+            r.query = "a=%zz";
+            want = "the query has a '%' not followed by two hex digits";
+            break;
+        case 6:
+            r.query = "a=%4";
+            want = "the query has a '%' not followed by two hex digits";
+            break;
         case 7: r.secret_len = 0; want = "the secret access key must be 1 to 1024 bytes"; break;
         case 8: r.method = "post"; want = "the method must be an upper-case HTTP token"; break;
         case 9:
@@ -374,7 +392,8 @@ static void test_refusals(tstate *t)
             break;
         case 10:
             r.access_key = "AKID/EXAMPLE";
-            want = "the access key id must be 1 to 128 printable characters without '/', ',', '=' or space";
+            want = "the access key id must be 1 to 128 printable characters without '/', ',', '=' "
+                   "or space";
             break;
         case 11: r.path = "example"; want = "the path must start with '/'"; break;
         case 12:

@@ -53,7 +53,8 @@ static void test_escape(tstate *t)
     {
         hc_buf out;
         hc_buf_init(&out, 4);
-        check(t, hc_url_escape("a b", 3, NULL, &out) == -1 && out.len <= 4, "cap 4 refuses 'a%%20b'");
+        check(t, hc_url_escape("a b", 3, NULL, &out) == -1 && out.len <= 4,
+              "cap 4 refuses 'a%%20b'");
         hc_buf_free(&out);
         hc_buf_init(&out, 5);
         check(t, hc_url_escape("a b", 3, NULL, &out) == 0 && out.len == 5, "cap 5 takes 'a%%20b'");
@@ -71,7 +72,8 @@ static void test_has_ctl(tstate *t)
     check(t, !hc_url_has_ctl("", 0), "empty");
 }
 
-/* Checks that the block splits into exactly the fields of want ("name=value" strings, NULL-ended). */
+/* Checks that the block splits into exactly the fields of want ("name=value" strings, NULL
+ * ended). */
 static void expect_fields(tstate *t, const char *what, const char *block, const char *const *want)
 {
     const char *p = block, *end = block + strlen(block);
@@ -80,8 +82,8 @@ static void expect_fields(tstate *t, const char *what, const char *block, const 
     char got[256];
     while (hc_url_next_field(&p, end, &f)) {
         snprintf(got, sizeof got, "%.*s=%.*s", (int)f.name_len, f.name, (int)f.value_len, f.value);
-        check(t, want[i] != NULL && strcmp(got, want[i]) == 0, "%s: field %zu is '%s', want '%s'", what, i,
-              got, want[i] ? want[i] : "(none)");
+        check(t, want[i] != NULL && strcmp(got, want[i]) == 0, "%s: field %zu is '%s', want '%s'",
+              what, i, got, want[i] ? want[i] : "(none)");
         if (want[i] != NULL)
             i++;
     }
@@ -102,7 +104,8 @@ static void test_fields(tstate *t)
                   "Content-Type: application/dicom+json\r\nContent-Length: 859\r\n\r\n", orthanc);
     expect_fields(t, "odd lines",
                   "HTTP/2 200 \r\nX-Empty:\r\nRetry-After: \t 3 \t\r\nBad Name: x\r\n: nothing\r\n"
-                  "  folded: line\r\nNoColon\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nLast:v", odd);
+                  "  folded: line\r\nNoColon\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nLast:v",
+                  odd);
     expect_fields(t, "LF-only lines", "HTTP/1.0 200 OK\na: 1\nb: 2\n\n", lf);
     expect_fields(t, "status line with a colon", "HTTP/1.1 500 Error: x\r\n", none);
     expect_fields(t, "empty block", "", none);

@@ -11,7 +11,10 @@ application/dicom body, XML when dicom+json is not asked for) and forwards
 the DICOM to Orthanc's DICOMweb plugin. Reads pass through to Orthanc, streamed.
 Google's delete (studies and series as long-running operations, instances at
 once) is done with Orthanc's REST API. The admin surface (datasets, DICOM, FHIR
-and HL7v2 stores, IAM policies, long-running operations) is emulator_admin.py's.
+and HL7v2 stores, IAM policies, long-running operations) is emulator_admin.py's;
+with a directory standing for Cloud Storage (--gcs-root), DICOM import, export
+(to it, or to a file standing for a BigQuery table) and de-identification do
+their work for real (emulator_gcs.py).
 Credentials without key files (STS token exchange and refresh, IAM Credentials'
 generateAccessToken, an EC2 instance metadata service on its own port, the
 check of a signed AWS GetCallerIdentity request) are emulator_federation.py's.
@@ -131,7 +134,8 @@ class State:
                 "auth_kinds": {}, "instances_forwarded": 0, "conflicts": 0,
                 "requests": [], "operations_created": 0, "operation_polls": 0,
                 "deleted": {}, "admin_requests": {}, "operations_cancelled": 0,
-                "iam_policies_set": 0,
+                "iam_policies_set": 0, "gcs_objects_read": 0, "gcs_objects_written": 0,
+                "bigquery_rows_written": 0, "instances_deidentified": 0,
             }
             # datasets, stores (DICOM stores: those --store names and those made since),
             # IAM policies, operations.
@@ -669,6 +673,11 @@ class Handler(admin.AdminMixin, federation.FederationMixin, BaseHTTPRequestHandl
                 return self.send_json(200, json.loads(json.dumps(st.stats)))
         if what == "methods" and self.command == "GET":
             return self.send_json(200, admin.served_methods())
+        if what == "logs" and self.command == "GET":
+            logs = admin.operation_logs(st, (self.query.get("operation") or [""])[0])
+            if logs is None:
+                return self.send_json(404, {"error": "no such operation"})
+            return self.send_json(200, logs)
         if self.command != "POST":
             if what == "faults":
                 with st.lock:
@@ -1131,6 +1140,12 @@ class Handler(admin.AdminMixin, federation.FederationMixin, BaseHTTPRequestHandl
             self.send(status, body, rctype or None)
             return status
         rewrite_urls(result, "%s/v1/%s/dicomWeb/" % (self.server.public_url, parent))
+        if st.gcs is not None:
+            # What the store holds, for its export and de-identification.
+            admin.add_holdings(st, parent, [
+                str(item["00081155"]["Value"][0])
+                for item in (result.get("00081199") or {}).get("Value") or []
+                if isinstance(item, dict) and (item.get("00081155") or {}).get("Value")])
         if failures:
             seq = result.setdefault("00081198", {"vr": "SQ"})
             seq["Value"] = list(seq.get("Value") or []) + failures
@@ -1268,11 +1283,18 @@ class Handler(admin.AdminMixin, federation.FederationMixin, BaseHTTPRequestHandl
         failure = cfg.get("operation_error") if level != "Instance" else None
         if not failure:
             plural = {"Study": "studies", "Series": "series", "Instance": "instances"}[level]
+            gone = [uids[-1]]
+            if level != "Instance" and st.gcs is not None:
+                _, found = self.orthanc_json("GET", "/%s/%s/instances" % (plural, oid))
+                gone = [x["MainDicomTags"].get("SOPInstanceUID") for x in found or []
+                        if isinstance(x, dict) and isinstance(x.get("MainDicomTags"), dict)]
             status, _ = self.orthanc_json("DELETE", "/%s/%s" % (plural, oid))
             if status != 200:
                 self.send_envelope(500, "Orthanc answered %d to the delete" % status)
                 return 500
             st.bump("deleted", level.lower())
+            # Gone from the one Orthanc: gone from every store that held it.
+            admin.drop_holdings(st, gone)
         if level == "Instance":
             self.send_json(200, {})
             return 200
@@ -1343,6 +1365,9 @@ def main():
                    help="also serve an EC2 instance metadata service on this port (0 = free one)")
     p.add_argument("--public-url", help="base of RetrieveURLs (default: this server's URL)")
     p.add_argument("--tmp", default=os.environ.get("HC_TEST_TMP"), help="where bodies are spooled")
+    p.add_argument("--gcs-root", metavar="DIR",
+                   help="a directory standing for Cloud Storage (gs://bucket/x is DIR/bucket/x): "
+                        "DICOM import, export and de-identification then do their work")
     args = p.parse_args()
     if not args.store:
         args.store = ["projects/test-project/locations/us-central1/datasets/test-dataset/"
@@ -1355,6 +1380,8 @@ def main():
     srv.state = State(args)
     srv.meta = None
     info = {"url": srv.url, "stores": args.store}
+    if srv.state.gcs is not None:
+        info["gcs_root"] = srv.state.gcs.path
     if args.metadata_port is not None:
         srv.meta = MetadataListener(srv, args.metadata_port)
         info["metadata_host"] = "127.0.0.1:%d" % srv.meta.port

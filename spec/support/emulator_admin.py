@@ -5,10 +5,12 @@ updateMask, delete), IAM policies (etag checked), long-running operations (get, 
 progress metadata, a configurable number of polls, a final error when asked) and locations,
 answered the way Google answers them, errors in Google's envelope.
 
-Nothing here moves data: import/export/de-identify answer an operation whose counter moves with
-the polls (import from gs:// is Google's alone). Resources are made at once, at the request:
-the operation only reports. Every DICOM store, however made, forwards its DICOMweb to the one
-Orthanc (emulator.py), so stores share their instances.
+Without a Cloud Storage directory (emulator.py --gcs-root) nothing here moves data:
+import/export/de-identify answer an operation whose counter moves with the polls. With one, the
+DICOM store import/export and the de-identifications do their work for real, a step at each poll
+(emulator_gcs.py). Resources are made at once, at the request: the operation only reports. Every
+DICOM store, however made, forwards its DICOMweb to the one Orthanc (emulator.py), so stores share
+their instances; what a store holds for export and de-identify is what was stored through it.
 
 `AdminMixin` is mixed into emulator.py's request handler, whose plumbing it uses (authorize,
 record, send_envelope, body_chunks, apply_fault); the state lives in its State (one lock).
@@ -23,6 +25,9 @@ import secrets
 import time
 import unicodedata
 import urllib.parse
+
+import emulator_gcs as gcs
+from emulator_gcs import shown
 
 TYPE = "type.googleapis.com/"
 HC = "google.cloud.healthcare.v1."
@@ -111,6 +116,11 @@ LRO = {
                                 "dataset.DeidentifySummary"),
 }
 
+# The long-running methods done for real when the emulator has a Cloud Storage directory
+# (--gcs-root); the others only report.
+MIGRATIONS = {("dicomStores", "import"), ("dicomStores", "export"), ("dicomStores", "deidentify"),
+              ("dataset", "deidentify")}
+
 # Methods on these paths the emulator knows of and does not serve: 501 UNIMPLEMENTED naming
 # the method, rather than a 404 that reads like a missing store.
 NOT_SERVED = {
@@ -139,7 +149,6 @@ MEMBER_RE = re.compile(r"^(?:allUsers|allAuthenticatedUsers|(?:user|serviceAccou
                        r"deleted:user|deleted:serviceAccount|deleted:group):\S+|"
                        r"principal(?:Set)?://\S+)$")
 PERMISSION_RE = re.compile(r"^[a-z][a-zA-Z0-9]*\.[a-zA-Z0-9]+\.[a-zA-Z0-9]+$")
-GS_RE = re.compile(r"^gs://[a-z0-9][a-z0-9._-]{1,221}[a-z0-9](?:/.*)?$")
 BODY_CAP = 1 << 20
 PAGE_TOKENS_KEPT = 100000                      # the oldest go first
 
@@ -195,12 +204,6 @@ def now_stamp(t=None):
 def camel(name):
     """A FieldMask path element in either spelling (labels, notification_config) -> JSON name."""
     return re.sub(r"_([a-z0-9])", lambda m: m.group(1).upper(), name)
-
-
-def shown(value, n=80):
-    """A value quoted in a message: JSON-escaped and cut, so no control character passes."""
-    s = value if isinstance(value, str) else json.dumps(value)
-    return json.dumps(s[:n] + ("..." if len(s) > n else ""))
 
 
 def violation(field, description):
@@ -279,6 +282,13 @@ def init_state(st):
     st.operations = {}    # name -> operation record (see new_operation)
     st.op_seq = 0
     st.page_tokens = {}   # nextPageToken -> (list scope, last key given): opaque to clients
+    # DICOM store -> {SOP Instance UID: True}, in the order stored: what a store holds for
+    # export and de-identify (stored through it by STOW, import or de-identify). Orthanc holds
+    # the bytes, shared by every store: a DICOMweb delete forgets the instances in every store;
+    # one deleted behind the emulator's back is a failed item of the work that needs it.
+    st.holdings = {}
+    gcs_root = getattr(st.args, "gcs_root", None)
+    st.gcs = gcs.Root(gcs_root) if gcs_root else None
     for name in st.args.store:
         add_dicom_store(st, name)
 
@@ -293,10 +303,14 @@ def add_dicom_store(st, name):
         st.stores[name] = {"kind": "dicomStores", "resource": {"name": name}}
 
 
-def new_operation(st, dataset, api_method, polls, error=None, response=None, units=None):
+def new_operation(st, dataset, api_method, polls, error=None, response=None, units=None,
+                  work=None):
     """A long-running operation under dataset, with st.lock held; its name. It answers
     `polls` polls without done, then done with `response` (an Any: {"@type": ...}) or with
-    `error` ({"code", "message"}). `units`: the size of its progress counter (None: none)."""
+    `error` ({"code", "message"}). `units`: the size of its simulated progress counter (None:
+    none). `work` (an emulator_gcs.Work): real work, done in steps on the polls: after poll k
+    of `polls`, k/(polls + 1) of its items; the next poll finishes it, and the operation is
+    done when its work is (its counter and error are the work's)."""
     st.op_seq += 1
     if error and not isinstance(error, dict):
         error = {"code": 13, "message": str(error)}
@@ -306,14 +320,45 @@ def new_operation(st, dataset, api_method, polls, error=None, response=None, uni
         "polls": max(0, int(polls)), "answered": 0, "ended": None, "cancelled": False,
         "error": dict(error) if error else None,
         "response": response or {"@type": TYPE + "google.protobuf.Empty"},
-        "units": units,
+        "units": units, "work": work,
     }
     st.stats["operations_created"] += 1
     return name
 
 
 def op_done(op):
-    return op["cancelled"] or op["answered"] >= op["polls"]
+    if op["cancelled"]:
+        return True
+    if op.get("work") is not None:
+        return op["work"].finished
+    return op["answered"] >= op["polls"]
+
+
+def add_holdings(st, store, sops):
+    """Records SOP Instance UIDs stored through a DICOM store (st.lock not held)."""
+    with st.lock:
+        held = st.holdings.setdefault(store, {})
+        for sop in sops:
+            held[sop] = True
+
+
+def drop_holdings(st, sops):
+    """Forgets SOP Instance UIDs deleted from Orthanc, in every store (st.lock not held)."""
+    with st.lock:
+        for held in st.holdings.values():
+            for sop in sops:
+                held.pop(sop, None)
+
+
+def operation_logs(st, name):
+    """What Cloud Logging would hold of an operation: its per-item errors, or None when the
+    operation is unknown."""
+    with st.lock:
+        op = st.operations.get(name)
+        if op is None:
+            return None
+        work = op.get("work")
+        return {"entries": list(work.log) if work is not None else []}
 
 
 def op_json(op, project, running=False):
@@ -330,7 +375,13 @@ def op_json(op, project, running=False):
         meta["cancelRequested"] = True
     meta["logsUrl"] = ("https://console.cloud.google.com/logs/query/query=operation.id%%3D%%22%s"
                        "%%22?project=%s" % (urllib.parse.quote(op["name"], safe=""), project))
-    if op["units"] is not None:
+    work = op.get("work")
+    if work is not None:
+        counter = work.counter()
+        if done:
+            counter.pop("pending")
+        meta["counter"] = {k: str(v) for k, v in counter.items() if v}
+    elif op["units"] is not None:
         total = int(op["units"])
         success = total * op["answered"] // (op["polls"] + 1)
         if done and not op["error"] and not op["cancelled"]:
@@ -343,11 +394,12 @@ def op_json(op, project, running=False):
         # int64 fields are strings in JSON; zero values are left out (proto3).
         meta["counter"] = {k: str(v) for k, v in counter.items() if v}
     body = {"name": op["name"], "metadata": meta}
+    error = op["error"] or (work.error if work is not None else None)
     if done:
         body["done"] = True
-        if op["error"]:
-            body["error"] = {"code": int(op["error"].get("code", 13)),
-                             "message": str(op["error"].get("message", "operation failed"))}
+        if error:
+            body["error"] = {"code": int(error.get("code", 13)),
+                             "message": str(error.get("message", "operation failed"))}
         else:
             body["response"] = op["response"]
     return body
@@ -643,18 +695,36 @@ class AdminMixin:
             if loc not in cfg["locations"]:
                 raise AdminError(404, "Location not found: %s" % names["name"])
             return 200, self.location("/".join(names["name"].split("/")[:2]), loc)
+        if mid == DS + "operations.get":
+            return self.poll(names["name"])
         with st.lock:
-            if mid == DS + "operations.get":
-                op = st.operations.get(names["name"])
-                if op is None:
-                    raise AdminError(404, "Operation not found: %s" % names["name"])
-                if not op_done(op):
-                    op["answered"] += 1
-                    return 200, op_json(op, names["name"].split("/")[1], running=True)
-                return 200, op_json(op, names["name"].split("/")[1])
             if mid == DS + "get":
                 return 200, copy.deepcopy(self.need_dataset(names["name"]))
             return 200, copy.deepcopy(self.need_store(names["name"], names["kind"])["resource"])
+
+    def poll(self, name):
+        """operations.get: a poll. A simulated operation answers its polls without done, then
+        done; one with work does a step of it first (outside the state's lock: it talks to
+        Orthanc and the file system), so its counter moves with the polls."""
+        st = self.server.state
+        project = name.split("/")[1]
+        with st.lock:
+            op = st.operations.get(name)
+            if op is None:
+                raise AdminError(404, "Operation not found: %s" % name)
+            work = op.get("work")
+            if work is None or op_done(op):
+                if not op_done(op):
+                    op["answered"] += 1
+                    return 200, op_json(op, project, running=True)
+                return 200, op_json(op, project)
+            op["answered"] += 1
+            polls, answered = op["polls"], op["answered"]
+        total = len(work.items)
+        target = total if answered > polls else total * answered // (polls + 1)
+        work.advance(target, lambda: op["cancelled"])
+        with st.lock:
+            return 200, op_json(op, project)
 
     def check_id(self, param, value):
         if value is None or value == "":
@@ -767,12 +837,14 @@ class AdminMixin:
                 for inner in [n for n in list(st.stores) + list(st.policies) + list(st.operations)
                               if n.startswith(name + "/")]:
                     st.stores.pop(inner, None)
+                    st.holdings.pop(inner, None)
                     st.policies.pop(inner, None)
                     st.operations.pop(inner, None)
                 del st.datasets[name]
             else:
                 self.need_store(name, names["kind"])
                 del st.stores[name]
+                st.holdings.pop(name, None)
             st.policies.pop(name, None)
             st.stats["deleted"][mid.split(".")[-2]] = st.stats["deleted"].get(
                 mid.split(".")[-2], 0) + 1
@@ -887,10 +959,15 @@ class AdminMixin:
                 op["cancelled"] = True
                 op["error"] = {"code": 1, "message": "Operation cancelled by the caller."}
                 st.stats["operations_cancelled"] += 1
+            work = op.get("work")
+        if work is not None:
+            work.try_abort()   # a step running now stops before its next item
         return 200, {}
 
     def a_lro(self, mid, names, cfg, _query, rule):
-        """import, export, deidentify, rollback: the request checked, then an operation."""
+        """import, export, deidentify, rollback: the request checked, then an operation (with
+        its work, when the emulator has a Cloud Storage directory and the method is one of
+        MIGRATIONS)."""
         st = self.server.state
         verb = mid.split(".")[-1]
         kind = names.get("kind", "dataset")
@@ -903,27 +980,44 @@ class AdminMixin:
             response["fhirStore"] = names["name"]
         if kind == "hl7V2Stores" and verb == "rollback":
             response["hl7v2Store"] = names["name"]
+        real = st.gcs is not None and not error and (kind, verb) in MIGRATIONS
+        with st.lock:
+            source = self.need_resource(names)
+            if verb == "deidentify":
+                self.make_deidentified(kind, names, source, body, make=False)
+        make_work, units = None, int(cfg["operation_units"])
+        if real:
+            try:
+                make_work = self.plan_work(kind, verb, names, body, cfg)
+            except gcs.GcsError as e:
+                raise AdminError(e.status, e.message, e.field if e.status == 400 else None) \
+                    from None
+            except gcs.OpError as e:
+                # Found while listing (no bucket, no file): the operation ends with it.
+                error, units = {"code": e.code, "message": e.message}, None
         with st.lock:
             source = self.need_resource(names)
             if verb == "deidentify":
                 self.make_deidentified(kind, names, source, body, make=not error)
+            work = make_work(st) if make_work else None
             op = new_operation(st, names.get("dataset", names["name"]), api_method,
                                cfg["operation_polls"], error, response,
-                               units=int(cfg["operation_units"]))
+                               units=None if work else units, work=work)
         return 200, {"name": op}
 
     a_import = a_export = a_deidentify = a_rollback = a_lro
 
     @staticmethod
     def check_lro_body(kind, verb, body):
-        def need_gs(obj, field):
+        def need_gs(obj, field, **how):
             """obj[the field's last name] is a gs:// URI (obj: the object holding it)."""
             value = obj.get(field.split(".")[-1]) if isinstance(obj, dict) else None
-            if not isinstance(value, str) or not GS_RE.match(value):
-                raise bad("%s must be a Cloud Storage URI gs://BUCKET/PATH, not %s"
-                          % (field, shown(value)), field)
+            try:
+                gcs.parse_gs(value, field, **how)
+            except gcs.GcsError as e:
+                raise bad(e.message, e.field) from None
         if verb == "import":
-            need_gs(body.get("gcsSource"), "gcsSource.uri")
+            need_gs(body.get("gcsSource"), "gcsSource.uri", wildcards=True, need_object=True)
         elif verb == "export":
             if "bigqueryDestination" in body and "gcsDestination" not in body:
                 dest = body["bigqueryDestination"]
@@ -950,6 +1044,83 @@ class AdminMixin:
         elif verb == "deidentify":
             if "config" in body and "gcsConfigUri" in body:
                 raise bad("Only one of config and gcsConfigUri can be specified", "gcsConfigUri")
+
+    def plan_work(self, kind, verb, names, body, cfg):
+        """Checks what only real work needs (raising GcsError), reads what must be read
+        before the operation is made (the import's file list, a gcsConfigUri), and answers a
+        function of the state (its lock held) making the operation's Work."""
+        st = self.server.state
+        ctx = {"state": st, "root": st.gcs,
+               "orthanc": gcs.Orthanc(st.args.orthanc, st.args.orthanc_auth)}
+        store = names["name"]
+
+        def held(name):
+            return list(st.holdings.get(name, {}))
+        if verb == "import":
+            gcs.known_fields(body["gcsSource"], ("uri",), "gcsSource")
+            bucket, pattern = gcs.parse_gs(body["gcsSource"]["uri"], "gcsSource.uri",
+                                           wildcards=True, need_object=True)
+            files = st.gcs.list(bucket, pattern)
+            if not files:
+                raise gcs.OpError(gcs.NOT_FOUND, "No files found matching %s"
+                                  % body["gcsSource"]["uri"])
+            return lambda _: gcs.ImportWork(ctx, store, bucket, files,
+                                            bool(cfg["check_conflicts"]))
+        if verb == "export":
+            if "gcsDestination" in body and "bigqueryDestination" in body:
+                raise gcs.GcsError("bigqueryDestination", "Only one of gcsDestination and "
+                                   "bigqueryDestination can be specified")
+            if "gcsDestination" in body:
+                dest = body["gcsDestination"]
+                gcs.known_fields(dest, ("mimeType", "uriPrefix"), "gcsDestination")
+                bucket, prefix = gcs.parse_gs(dest["uriPrefix"], "gcsDestination.uriPrefix")
+                ts = gcs.parse_export_mime(dest.get("mimeType"), "gcsDestination.mimeType")
+                # "If there is no trailing slash, the service appends one".
+                prefix = prefix + "/" if prefix and not prefix.endswith("/") else prefix
+                return lambda _: gcs.ExportGcsWork(ctx, held(store), bucket, prefix, ts)
+            dest = body["bigqueryDestination"]
+            gcs.known_fields(dest, ("force", "tableUri", "writeDisposition"),
+                             "bigqueryDestination")
+            table = ".".join(gcs.parse_bq(dest.get("tableUri"), "bigqueryDestination.tableUri"))
+            force = dest.get("force", False)
+            if not isinstance(force, bool):
+                raise gcs.GcsError("bigqueryDestination.force",
+                                   "bigqueryDestination.force must be true or false")
+            disposition = dest.get("writeDisposition", gcs.WRITE_DISPOSITIONS[0])
+            if disposition not in gcs.WRITE_DISPOSITIONS:
+                raise gcs.GcsError("bigqueryDestination.writeDisposition",
+                                   "Invalid value at 'bigqueryDestination.write_disposition' "
+                                   "(TYPE_ENUM), %s: one of %s" % (shown(disposition), ", ".join(
+                                       gcs.WRITE_DISPOSITIONS)))
+            # "If write_disposition is specified, this parameter [force] is ignored.
+            # force=false is equivalent to write_disposition=WRITE_EMPTY and force=true is
+            # equivalent to write_disposition=WRITE_TRUNCATE" -- except that force=false also
+            # refuses an existing empty table (the BigQuery export how-to).
+            if disposition == gcs.WRITE_DISPOSITIONS[0]:
+                disposition = "WRITE_TRUNCATE" if force else "FORCE_FALSE"
+            return lambda _: gcs.ExportBigQueryWork(ctx, held(store), table, disposition)
+        # deidentify
+        if "filterConfig" in body:
+            raise gcs.GcsError("filterConfig", "filterConfig is not served by the test bed's "
+                               "emulator", 501)
+        config = body.get("config")
+        if "gcsConfigUri" in body:
+            config = gcs.read_config_object(st.gcs, body["gcsConfigUri"], "gcsConfigUri")
+        plan = gcs.DeidPlan(config, "config")
+        if kind == "dataset":
+            dest = body["destinationDataset"]
+
+            def items(_):
+                out = []
+                for name, entry in sorted(st.stores.items()):
+                    if entry["kind"] == "dicomStores" and name.startswith(store + "/"):
+                        target = dest + name[len(store):]
+                        out += [(name, target, sop) for sop in held(name)]
+                return out
+        else:
+            def items(_):
+                return [(store, body["destinationStore"], sop) for sop in held(store)]
+        return lambda _: gcs.DeidentifyWork(ctx, items(_), plan)
 
     def make_deidentified(self, kind, names, source, body, make=True):
         """The de-identified copy (st.lock held): a new dataset holding a copy of each store

@@ -6,6 +6,7 @@
 --   local emulator = require "support.emulator_instance"
 --   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host,
 --                                 -- em.sts_url, em.iam_url, em.aws_metadata (the EC2 metadata service)
+--   local em = emulator.start({ gcs = true })   -- with a Cloud Storage directory of its own: em.gcs
 --   em:control("keys", {...}); em:stats(); em:count("token_requests", grant); em:stop()
 --   em:service_account(); em:authorized_user()   -- credentials it knows
 local H = require "helpers"
@@ -17,14 +18,19 @@ local Instance = {}
 Instance.__index = Instance
 
 --- Starts an emulator on free ports of 127.0.0.1 (with a metadata-only port) and waits for it.
-function M.start()
+--- opts.gcs: true for a directory of its own standing for Cloud Storage (--gcs-root), or that
+--- directory's path; without it import/export/de-identify only report (see the README).
+function M.start(opts)
+  opts = opts or {}
   local E = H.env
   local dir = H.tmpdir()
   local out = dir .. "/out"
+  local gcs = opts.gcs == true and dir .. "/gcs" or opts.gcs or nil
   local pid = H.check_run(table.concat({
     H.q(PY), H.q(E.support .. "/emulator.py"), "--port 0 --metadata-port 0 --aws-metadata-port 0",
     "--orthanc", H.q(E.orthanc), "--store", H.q(E.store), "--token", H.q(E.token .. "-private"),
     "--api-key", H.q(E.api_key .. "-private"), "--tmp", H.q(dir),
+    gcs and "--gcs-root " .. H.q(gcs) or "",
     ">", H.q(out), "2>", H.q(dir .. "/err"), "& echo $!",
   }, " ")):match("%d+")
   local url, info
@@ -35,7 +41,8 @@ function M.start()
     os.execute("sleep 0.05")
   end
   assert(url, "the private emulator did not start: " .. (H.file_bytes(dir .. "/err") or ""))
-  local self = setmetatable({ pid = pid, dir = dir, url = url }, Instance)
+  local self = setmetatable({ pid = pid, dir = dir, url = url, gcs = gcs, token = E.token .. "-private" },
+    Instance)
   self.metadata_host = H.json.decode(info).metadata_host
   self.aws_metadata = H.json.decode(info).aws_metadata
   self.sts_url = url .. "/v1/token"                  -- an external_account file's token_url
@@ -44,6 +51,34 @@ function M.start()
   self.endpoint = url .. "/v1"
   self.store_url = self.endpoint .. "/" .. E.store .. "/dicomWeb"
   return self
+end
+
+--- One API call at /v1/<path> with the curl command: verb, path, query (a map, sent sorted),
+--- body (a table sent as JSON, or a string as it is), opts.token (false: no credential) ->
+--- H.curl's result.
+function Instance:api(verb, path, query, body, opts)
+  opts = opts or {}
+  local args = { "--path-as-is", "-X", verb }
+  if opts.token ~= false then
+    args[#args + 1] = "-H"
+    args[#args + 1] = "Authorization: Bearer " .. (opts.token or self.token)
+  end
+  if body ~= nil then
+    args[#args + 1] = "-H"
+    args[#args + 1] = "Content-Type: application/json"
+    args[#args + 1] = "--data-binary"
+    args[#args + 1] = type(body) == "string" and body or H.json.encode(body)
+  end
+  local names, parts = {}, {}
+  for k in pairs(query or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    parts[#parts + 1] = k .. "=" .. (tostring(query[k]):gsub("[^%w%-%._~]", function(c)
+      return string.format("%%%02X", c:byte())
+    end))
+  end
+  args[#args + 1] = self.endpoint .. "/" .. path .. (#parts > 0 and "?" .. table.concat(parts, "&") or "")
+  return H.curl(args)
 end
 
 --- POST /_control/<what> with t as JSON; returns the decoded answer (raises on failure).

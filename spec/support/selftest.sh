@@ -15,12 +15,13 @@ w=$(mktemp -d "$HC_TEST_TMP/selftest.XXXXXX")
 
 # A private emulator (in front of the test bed's Orthanc): this test changes
 # config and faults, which must not touch specs running beside it. It also
-# shows that emulator.py runs on its own.
+# shows that emulator.py runs on its own, with a Cloud Storage directory of its own.
+testbed_gcs=${HC_TEST_GCS:-}
 HC_TEST_TOKEN=selftest-token-$RANDOM
 HC_TEST_API_KEY=selftest-key-$RANDOM
 "$py" "$here/emulator.py" --port 0 --metadata-port 0 --orthanc "$HC_TEST_ORTHANC" \
     --store "$HC_TEST_STORE" --token "$HC_TEST_TOKEN" --api-key "$HC_TEST_API_KEY" --tmp "$w" \
-    > "$w/emulator.out" 2> "$w/emulator.err" &
+    --gcs-root "$w/gcs" > "$w/emulator.out" 2> "$w/emulator.err" &
 emu_pid=$!
 trap 'kill $emu_pid 2>/dev/null; wait $emu_pid 2>/dev/null; rm -rf "$w"' EXIT
 for _ in $(seq 200); do [ "$(wc -l < "$w/emulator.out")" -ge 2 ] && break; sleep 0.05; done
@@ -269,6 +270,34 @@ one=$(gen --size 1024)
 s=$(post "$v1/datasets/selftest/dicomStores/s1/dicomWeb/studies" "$(field path "$one")" application/dicom \
     "${auth[@]}" -H 'Accept: application/dicom+json')
 check "admin: the new store takes a STOW (-> $s)" [ "$s" = 200 ]
+
+# ---- server-side routes: the directory standing for Cloud Storage
+check "test bed: HC_TEST_GCS is the test bed emulator's Cloud Storage directory" [ -d "$testbed_gcs" ]
+check "emulator: --gcs-root shown in its start line" \
+    bash -c "sed -n 2p '$w/emulator.out' | grep -q '\"gcs_root\": \"$w/gcs\"'"
+mkdir -p "$w/gcs/selftest-bkt/in" "$w/gcs/selftest-out"
+one=$(gen --size 1024)
+cp "$(field path "$one")" "$w/gcs/selftest-bkt/in/one.dcm"
+echo "not DICOM" > "$w/gcs/selftest-bkt/in/two.dcm"
+s=$(adm -X POST --data-binary '{"gcsSource": {"uri": "gs://selftest-bkt/in/**.dcm"}}' \
+    "$v1/datasets/selftest/dicomStores/s1:import")
+op=$(json "d['name']" 2>/dev/null)
+adm "$HC_TEST_EMULATOR/v1/$op" > /dev/null   # the first poll: half done
+adm "$HC_TEST_EMULATOR/v1/$op" > /dev/null
+check "import: 1 success, 1 failure, an error" \
+    jtrue "d['done'] and d['metadata']['counter']=={'success':'1','failure':'1'} and d['error']['code']==3"
+check "import: the instance is in Orthanc" [ "$(in_orthanc "$(field sop_instance_uid "$one")")" = 1 ]
+s=$(adm -X POST --data-binary '{"gcsSource": {"uri": "gs://selftest-bkt/../x.dcm"}}' \
+    "$v1/datasets/selftest/dicomStores/s1:import")
+check "import: a .. segment -> 400 naming gcsSource.uri" \
+    jtrue "d['error']['details'][0]['fieldViolations'][0]['field']=='gcsSource.uri'"
+s=$(adm -X POST --data-binary '{"gcsDestination": {"uriPrefix": "gs://selftest-out/x"}}' \
+    "$v1/datasets/selftest/dicomStores/s1:export")
+op=$(json "d['name']" 2>/dev/null)
+adm "$HC_TEST_EMULATOR/v1/$op" > /dev/null
+adm "$HC_TEST_EMULATOR/v1/$op" > /dev/null
+check "export: both instances the store holds written under gs://selftest-out/x/" \
+    [ "$(find "$w/gcs/selftest-out/x" -name '*.dcm' | wc -l)" = 2 ]
 
 # ---- reads through the emulator are streamed: a 64 MiB instance, the emulator's peak RSS flat
 big=$(gen --size 67108864 --fill zero)

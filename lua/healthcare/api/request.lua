@@ -32,6 +32,7 @@ Usage errors (kind "usage", nothing to send) name the valid choices, closest fir
 
 local errors = require("healthcare.errors")
 local api = require("healthcare.api")
+local util = require("healthcare.util")
 
 local M = {}
 
@@ -493,60 +494,40 @@ local function extra_pairs(q, known)
   return out
 end
 
---- The request for one call of `method_id`, or nil and a usage error (see the top of the file).
-function M.build(method_id, params, body, opts)
-  if type(method_id) ~= "string" then
-    error(format("bad argument #1 to 'build' (string expected, got %s)", type(method_id)), 2)
-  end
-  if params ~= nil and type(params) ~= "table" then
-    error(format("bad argument #2 to 'build' (table expected, got %s)", type(params)), 2)
-  end
-  if opts ~= nil and type(opts) ~= "table" then
-    error(format("bad argument #4 to 'build' (table expected, got %s)", type(opts)), 2)
-  end
-  params, opts = params or {}, opts or {}
-  for k in pairs(opts) do
-    if k ~= "query" then error(format("unknown option '%s' to 'build'; valid options: query", tostring(k)), 2) end
-  end
-  local t = api.table()
-  local m = t.methods[method_id]
-  if not m then
-    return usage(format("unknown method '%s'; closest: %s (healthcare.api.ids() lists all %d)", shown(method_id),
-      concat(closest(method_id, api.ids(), SUGGESTIONS), ", "), #api.ids()), { method = method_id })
-  end
-
-  -- Unknown names first: a misspelt required parameter is reported as what it is.
-  local by_name = {}
-  for _, p in ipairs(m.path_params) do by_name[p.name] = p end
-  for _, p in ipairs(m.query) do by_name[p.name] = p end
-  for _, p in ipairs(t.standard_params) do by_name[p.name] = by_name[p.name] or p end
+-- Nil, or the usage error for the first unknown name in params (a misspelt required parameter
+-- is reported as what it is), else for the first required one missing. by_name: name -> entry.
+local function check_names(m, t, params, by_name)
   local unknown = {}
   for k in pairs(params) do
     if type(k) ~= "string" or not by_name[k] then unknown[#unknown + 1] = tostring(k) end
   end
   if #unknown > 0 then
     sort(unknown)
-    return usage(format("unknown parameter '%s' for %s; valid parameters: %s", shown(unknown[1]), m.id,
-      concat(closest(unknown[1], all_param_names(m, t.standard_params)), ", ")), { method = m.id })
+    return format("unknown parameter '%s' for %s; valid parameters: %s", shown(unknown[1]), m.id,
+      concat(closest(unknown[1], all_param_names(m, t.standard_params)), ", "))
   end
   for _, r in ipairs(m.required) do
     if params[r] == nil then
-      return usage(format("missing required parameter '%s' for %s (required, in order: %s)", r, m.id,
-        concat(m.required, ", ")), { method = m.id })
+      return format("missing required parameter '%s' for %s (required, in order: %s)", r, m.id,
+        concat(m.required, ", "))
     end
   end
+end
 
-  -- The path, from the template.
+-- The path, from the template; or nil and the reason.
+local function build_path(m, params)
   local values = {}
   for _, p in ipairs(m.path_params) do
     local v, err = path_value(m, p, params[p.name])
-    if not v then return usage(err, { method = m.id }) end
+    if not v then return nil, err end
     values[p.name] = v
   end
-  local path = m.path:gsub("{%+?([^}]+)}", values)
+  return (m.path:gsub("{%+?([^}]+)}", values))
+end
 
-  -- The query: the method's parameters, then the standard ones, in the table's order, then
-  -- opts.query as given.
+-- The query: the method's parameters, then the standard ones, in the table's order, then
+-- opts.query as given. A list of { name, text }, or nil and the reason.
+local function build_query(m, t, params, extra_query, by_name)
   local query = {}
   local function add(p)
     local v = params[p.name]
@@ -558,37 +539,68 @@ function M.build(method_id, params, body, opts)
   end
   for _, p in ipairs(m.query) do
     local ok, err = add(p)
-    if not ok then return usage(err .. " (" .. m.id .. ")", { method = m.id }) end
+    if not ok then return nil, err .. " (" .. m.id .. ")" end
   end
   for _, p in ipairs(t.standard_params) do
     if by_name[p.name] == p then
       local ok, err = add(p)
-      if not ok then return usage(err .. " (" .. m.id .. ")", { method = m.id }) end
+      if not ok then return nil, err .. " (" .. m.id .. ")" end
     end
   end
-  local extra, xerr = extra_pairs(opts.query, by_name)
-  if not extra then return usage(xerr .. " (" .. m.id .. ")", { method = m.id }) end
+  local extra, xerr = extra_pairs(extra_query, by_name)
+  if not extra then return nil, xerr .. " (" .. m.id .. ")" end
   for _, pair in ipairs(extra) do query[#query + 1] = pair end
+  return query
+end
+
+-- Sets req.body and req.content_type from body (an HttpBody, or a JSON request); or nil and the
+-- reason.
+local function build_body(m, body, req)
+  if not m.request then return nil, format("%s takes no request body", m.id) end
+  if m.http_body then
+    local b, err = http_body(m, body)
+    if not b then return nil, err end
+    req.body, req.content_type = b, b.content_type
+  else
+    local json, err = M.encode(body, m.request)
+    if not json then return nil, err .. " (" .. m.id .. " takes a " .. m.request .. ")" end
+    req.body, req.content_type = json, "application/json"
+  end
+  return true
+end
+
+--- The request for one call of `method_id`, or nil and a usage error (see the top of the file).
+function M.build(method_id, params, body, opts)
+  util.check_arg(method_id, 1, "build", "string")
+  util.check_arg(params, 2, "build", "table|nil")
+  util.check_arg(opts, 4, "build", "table|nil")
+  opts = util.check_options(opts, { "query" }, "build")
+  params = params or {}
+  local t = api.table()
+  local m = t.methods[method_id]
+  if not m then
+    return usage(format("unknown method '%s'; closest: %s (healthcare.api.ids() lists all %d)", shown(method_id),
+      concat(closest(method_id, api.ids(), SUGGESTIONS), ", "), #api.ids()), { method = method_id })
+  end
+  local by_name = {}
+  for _, p in ipairs(m.path_params) do by_name[p.name] = p end
+  for _, p in ipairs(m.query) do by_name[p.name] = p end
+  for _, p in ipairs(t.standard_params) do by_name[p.name] = by_name[p.name] or p end
+  local bad = check_names(m, t, params, by_name)
+  if bad then return usage(bad, { method = m.id }) end
+  local path, perr = build_path(m, params)
+  if not path then return usage(perr, { method = m.id }) end
+  local query, qerr = build_query(m, t, params, opts.query, by_name)
+  if not query then return usage(qerr, { method = m.id }) end
   local parts = {}
   for i, pair in ipairs(query) do parts[i] = M.escape(pair[1]) .. "=" .. M.escape(pair[2]) end
-
   local req = {
     method_id = m.id, method = m.http_method, path = path,
     query = query, query_string = concat(parts, "&"),
   }
   if body ~= nil then
-    if not m.request then
-      return usage(format("%s takes no request body", m.id), { method = m.id })
-    end
-    if m.http_body then
-      local b, err = http_body(m, body)
-      if not b then return usage(err, { method = m.id }) end
-      req.body, req.content_type = b, b.content_type
-    else
-      local json, err = M.encode(body, m.request)
-      if not json then return usage(err .. " (" .. m.id .. " takes a " .. m.request .. ")", { method = m.id }) end
-      req.body, req.content_type = json, "application/json"
-    end
+    local ok, berr = build_body(m, body, req)
+    if not ok then return usage(berr, { method = m.id }) end
   end
   return req
 end

@@ -34,7 +34,10 @@ M.METADATA_TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/t
 M.DEFAULT_REFRESH_MARGIN = 225   -- Google's Python library: 3 min 45 s
 M.METADATA_PROBE_TIMEOUT = 3     -- Google's libraries: 3 s to decide there is no metadata server
 M.TOKEN_TIMEOUT = 30
-M.TOKEN_ATTEMPTS = 3             -- token requests that fail with 5xx, 429 or a transport error
+-- Token requests that fail with 5xx, 429 or a transport error are tried again, by the module's one
+-- retry policy (healthcare.retry: full jitter, the server's Retry-After honoured): three attempts
+-- within two minutes, about 0.5 s then 1 s apart.
+M.TOKEN_RETRY = { max_attempts = 3, initial = 1, multiplier = 2, max_delay = 2, deadline = 120 }
 M.JWT_LIFETIME = 3600
 M.MAX_KEY_FILE = 1024 * 1024
 M.WELL_KNOWN_FILE = "application_default_credentials.json"
@@ -102,7 +105,12 @@ end
 
 local Credential = {}
 Credential.__index = Credential
+Credential.__name = "healthcare.Credential"
 M.Credential = Credential
+
+function Credential:__tostring()
+  return string.format("healthcare.Credential %s (%s)", self.kind, self.closed and "closed" or "open")
+end
 
 -- opts: the client's options (refresh_margin, quota_project, timeouts, TLS, debug, token_cache).
 local function new_credential(kind, opts, fields)
@@ -137,6 +145,7 @@ end
 
 -- The token requests' own session (connection pool), made on first use.
 function Credential:http()
+  if self.closed then error("attempt to use a closed credential", 3) end
   if not self.session then self.session = core.session(self.session_opts) end
   return self.session
 end
@@ -151,6 +160,7 @@ end
 
 --- Returns a valid access token for scopes and the seconds it has left, or nil, err.
 function Credential:token(scopes)
+  if self.closed then error("attempt to use a closed credential", 2) end
   local list = M.scope_list(scopes)
   local key = self.scoped and table.concat(list, " ") or ""
   local now = core.now()
@@ -190,6 +200,7 @@ function Credential:token(scopes)
 end
 
 function Credential:authorize(scopes)
+  if self.closed then error("attempt to use a closed credential", 2) end
   local token, err = self:token(scopes)
   if not token then return nil, err end
   local headers = { "Authorization: Bearer " .. token }
@@ -218,9 +229,11 @@ function Credential:secrets()
   return list
 end
 
+--- Closes the token requests' session; safe twice. A closed credential raises "attempt to use a
+--- closed credential" when it would need a token request. The client that made it closes it.
 function Credential:close()
+  self.closed = true
   if self.session then self.session:close() end
-  self.session = nil
 end
 
 -- ---- token requests -------------------------------------------------------------------------
@@ -271,8 +284,34 @@ local function token_error(res, url)
   end
   return {
     http_status = res.status, status = code, retryable = errors.RETRYABLE_HTTP[res.status] == true,
+    retry_after = errors.retry_after(res.headers),
     message = string.format("token endpoint %s: HTTP %d %s", url, res.status, text),
   }
+end
+
+-- One token request: the 200 reply, or the reply (if any) and an error value (kind "auth",
+-- err.reason a short cause, err.retryable, err.retry_after).
+local function token_attempt(self, req, secrets)
+  self:log("> " .. req.method .. " " .. util.redact_url(req.url, secrets) .. " (token for " .. self.label .. ")")
+  for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h, secrets)) end
+  local t0 = core.now()
+  local res, err = self:http():request(req)
+  if not res then
+    err = errors.from_transport(err)
+    local reason = scrub(err.message, secrets):gsub("^%u+ %S+: ", "")
+    self:log("< error: " .. reason)
+    return nil, errors.new("auth", string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown,
+      reason), { status = err.status, retryable = err.retryable, reason = reason })
+  end
+  self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))
+  if res.status == 200 then return res end
+  -- Before anything is cut short for a message: a secret cut in two is no longer found.
+  res.body = scrub(res.body or "", secrets)
+  local e = token_error(res, self.token_url_shown)
+  local hint = (M.HINTS[e.status] or {})[self.kind]
+  return res, errors.new("auth", scrub(self.label .. ": " .. e.message .. (hint and ("; " .. hint) or ""), secrets),
+    { http_status = e.http_status, status = e.status, retryable = e.retryable, retry_after = e.retry_after,
+      reason = "HTTP " .. res.status })
 end
 
 -- Sends one token request (req: a transport request table) with a few tries for failures worth
@@ -294,33 +333,16 @@ function Credential:request_token(req, secrets, probing)
       reason = probing and ("not asked: " .. variable .. " names a proxy; add the host to NO_PROXY") or nil })
   end
   local res, err
-  for attempt = 1, M.TOKEN_ATTEMPTS do
-    if attempt > 1 then core.sleep(0.5 * 2 ^ (attempt - 2)) end
-    self:log("> " .. req.method .. " " .. util.redact_url(req.url, secrets) .. " (token for " .. self.label .. ")")
-    for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h, secrets)) end
-    local t0 = core.now()
-    res, err = self:http():request(req)
-    if not res then
-      err = errors.from_transport(err)
-      local reason = scrub(err.message, secrets):gsub("^%u+ %S+: ", "")
-      self:log("< error: " .. reason)
-      err = errors.new("auth", string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown, reason),
-        { status = err.status, retryable = err.retryable, reason = reason })
-      if probing or not err.retryable then break end
-    else
-      self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))
-      if res.status == 200 then return res end
-      -- Before anything is cut short for a message: a secret cut in two is no longer found.
-      res.body = scrub(res.body or "", secrets)
-      local e = token_error(res, self.token_url_shown)
-      local hint = (M.HINTS[e.status] or {})[self.kind]
-      err = errors.new("auth", scrub(self.label .. ": " .. e.message .. (hint and ("; " .. hint) or ""), secrets),
-        { http_status = e.http_status, status = e.status, retryable = e.retryable,
-          reason = "HTTP " .. res.status })
-      if not e.retryable then break end
-    end
-  end
-  return nil, err, res
+  local policy = require("healthcare.retry").new(M.TOKEN_RETRY)
+  policy:run(function()
+    res, err = token_attempt(self, req, secrets)
+    return err
+  end, function(e)
+    -- while probing, a transport failure ends it at once (nobody is there)
+    return e ~= nil and e.retryable and not (probing and e.http_status == nil), e and e.retry_after
+  end)
+  if err then return nil, err, res end
+  return res
 end
 
 -- A form POST to the token endpoint.

@@ -52,7 +52,7 @@ function Cache:get(identity, scope_key)
   local path = self:path(identity, scope_key)
   local text, err = core.private_read(path)
   if not text then
-    if err.code ~= "absent" then self:log(err.message) end
+    if err.status ~= "absent" then self:log(err.message) end
     return nil
   end
   local doc = cjson.decode(text)

@@ -33,7 +33,7 @@ local function confirm(targets)
 end
 
 local function delete(store, t, timeout)
-  local opts = { timeout = timeout }
+  local opts = { operation_timeout = timeout }
   if t.instance then return store:delete_instance(t.study, t.series, t.instance, opts) end
   if t.series then return store:delete_series(t.study, t.series, opts) end
   return store:delete_study(t.study, opts)
@@ -62,7 +62,7 @@ function M.main(argv)
   if not store then return code end
   local listed = table.concat(names, ", ")
   if not a.yes and not confirm(listed) then
-    store.client:close()
+    store:close()
     say("not deleting without --yes; this would delete %s from %s", listed, common.printable(store.name))
     return common.EXIT_USAGE
   end
@@ -82,7 +82,7 @@ function M.main(argv)
       if c == common.EXIT_USAGE then break end
     end
   end
-  store.client:close()
+  store:close()
   if #targets > 1 then
     io.stderr:write(string.format("deleted %d of %d\n", deleted, #targets))
   end

@@ -99,8 +99,9 @@ end
 -- the transfer after Ctrl-C (its temporary files go with it).
 local function progress(show)
   local t0, last = core.now(), 0
-  return function(received)
+  return function(p)
     if core.interrupted() then return false end
+    local received = p.bytes_received
     local now = core.now()
     if show and now - last >= 0.2 then
       last = now
@@ -205,7 +206,7 @@ function M.main(argv)
   local signal = core.interrupted()
   core.trap_interrupts(false)
   if signal then
-    store.client:close()
+    store:close()
     say("interrupted: the transfer was abandoned and nothing partial was kept; run the same command "
       .. "again to fetch the rest")
     return 128 + signal
@@ -231,7 +232,7 @@ function M.main(argv)
     missing = missing_instances(store, t, files, res.kept or {})
     exit = common.EXIT_FAILED
   end
-  store.client:close()
+  store:close()
 
   if a.json then
     io.stdout:write(report_json(files, kept, rejected, bytes, seconds, missing, err), "\n")

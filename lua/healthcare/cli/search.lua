@@ -158,7 +158,7 @@ function M.main(argv)
   local results
   results, err = store[FUNCTION[a.level]](store, query)
   if not results then
-    store.client:close()
+    store:close()
     say("%s", tostring(err))
     return common.exit_code_for(err)
   end
@@ -182,7 +182,7 @@ function M.main(argv)
   elseif n > 0 then
     print_table(columns, rows)
   end
-  store.client:close()
+  store:close()
   if results.error then
     say("%s (after %d %s)", tostring(results.error), n, n == 1 and "result" or "results")
     return common.exit_code_for(results.error)

@@ -21,7 +21,7 @@ local function parser()
   p:option("--max-request-bytes", "Most bytes of DICOM per request.",
     tostring(batch.DEFAULTS.max_request_bytes)):convert(tonumber)
   p:option("--max-instances", "Most instances per request.",
-    tostring(batch.DEFAULTS.max_instances_per_request)):convert(tonumber)
+    tostring(batch.DEFAULTS.max_request_instances)):convert(tonumber)
   p:option("--retry-max", "Attempts per request before its instances count as failed.",
     tostring(batch.RETRY_DEFAULTS.max_attempts)):convert(tonumber)
   p:option("--journal", "Append each finished instance to FILE; a rerun skips what it records as stored. "
@@ -171,7 +171,7 @@ local function verify_summary(v)
   w:write(string.format("verified %d instances: the server does not list %d\n", v.checked, #v.missing))
   for _, m in ipairs(v.missing) do
     w:write("missing ", printable(m.path), ": SOP Instance UID ", printable(m.sop_instance_uid), " in study ",
-      printable(m.study), "\n")
+      printable(m.study_uid), "\n")
   end
 end
 
@@ -227,14 +227,14 @@ function M.main(argv)
   if show then on_progress = progress_bar(count(inputs, a.shard)) end
   local report, rerr = store:store(inputs, {
     study_uid = a.study, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
-    max_instances_per_request = a.max_instances, retry = { max_attempts = a.retry_max },
+    max_request_instances = a.max_instances, retry = { max_attempts = a.retry_max },
     journal = a.journal, shard = a.shard, on_progress = on_progress,
     -- Only --json and --verify need a record of every stored file; a summary needs counts.
     keep_stored = a.json or a.verify or false,
   })
   if show then io.stderr:write("\r\27[K") end
   if not report then
-    store.client:close()
+    store:close()
     io.stderr:write("healthcare store: ", tostring(rerr), "\n")
     return 2
   end
@@ -242,7 +242,7 @@ function M.main(argv)
   if a.verify and not report.interrupted then
     report.verify, verr = store:verify(report)
   end
-  store.client:close()
+  store:close()
   if a.json then
     io.stdout:write(report_json(report), "\n")
   else

@@ -1,13 +1,18 @@
 -- SPDX-License-Identifier: MIT
 -- store:store(files, opts): the DICOM-aware workflow. Files are probed in C, checked, grouped
 -- into multipart/related requests streamed from disk, sent with up to `concurrency` requests in
--- flight on one libcurl multi session, retried when the failure is transient, and every
--- instance is accounted for from the server's answer (a 200 alone proves nothing).
+-- flight on the client's session (client:start, wait, finish), retried when the failure is
+-- transient (healthcare.retry), and every instance is accounted for from the server's answer (a
+-- 200 alone proves nothing). A run is a Batch: a Source hands out groups of files, and the
+-- Batch's methods share the run's state (report, requests in flight, retries waiting) through
+-- self.
 local core = require "healthcare.core"
 local dicomjson = require "healthcare.dicomweb.dicomjson"
-local dicomweb = require "healthcare.dicomweb"
 local errors = require "healthcare.errors"
 local files = require "healthcare.dicomweb.files"
+local names = require "healthcare.dicomweb.names"
+local retry = require "healthcare.retry"
+local stow = require "healthcare.dicomweb.stow"
 local util = require "healthcare.util"
 
 local M = {}
@@ -23,15 +28,22 @@ local M = {}
 -- the answer small. An instance larger than max_request_bytes is sent alone.
 M.DEFAULTS = {
   max_request_bytes = 8 * 1024 * 1024,
-  max_instances_per_request = 500,
+  max_request_instances = 500,
   concurrency = 4,
 }
 -- Seconds the requests in flight get to finish after an interrupt (a second Ctrl-C ends at once).
 M.INTERRUPT_GRACE = 10
-M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60, deadline = 3600 }
+M.RETRY_DEFAULTS = retry.DEFAULTS
 M.OPTIONS = {
   "study_uid", "concurrency", "journal", "on_progress", "max_request_bytes",
-  "max_instances_per_request", "retry", "shard", "on_instance", "keep_stored",
+  "max_request_instances", "retry", "shard", "on_instance", "keep_stored",
+}
+-- Old spellings still taken (README "Lua API": deprecated).
+M.ALIASES = { max_instances_per_request = "max_request_instances" }
+local OPTION_TYPES = {
+  study_uid = "string", concurrency = "number", journal = "string", on_progress = "function",
+  max_request_bytes = "number", max_request_instances = "number", shard = "string|table",
+  on_instance = "function", keep_stored = "boolean",
 }
 
 local PART_HEADERS = "Content-Type: application/dicom\r\n"
@@ -48,79 +60,87 @@ local function record(e, reason, extra)
   return r
 end
 
---- A pipeline: pulls files, probes and checks them, and hands out groups ready to send.
+-- ---- the Source: files in, groups of checked instances out --------------------------------------
+
+local Source = {}
+Source.__index = Source
+
+-- report: the run's (skipped and already stored files go there); journal: the run's, or nil.
 local function new_source(inputs, opts, report, journal)
-  local it = files.iterate(inputs)
-  local pending = nil   -- an entry that did not fit in the previous group
-  local shard = opts.shard
-  -- bytes_not_sent: sizes of the regular files skipped or already stored, so that a progress
-  -- display can reach 100% of the bytes it counted up front.
-  local source = { exhausted = false, bytes_not_sent = 0 }
+  return setmetatable({
+    it = files.iterate(inputs), opts = opts, report = report, journal = journal,
+    pending = nil,        -- an entry that did not fit in the previous group
+    exhausted = false,
+    -- sizes of the regular files skipped or already stored, so that a progress display can
+    -- reach 100% of the bytes it counted up front
+    bytes_not_sent = 0,
+  }, Source)
+end
 
-  local function skip(e, reason)
-    report.skipped[#report.skipped + 1] = record(e, reason)
-    report.counts.skipped = report.counts.skipped + 1
-    source.bytes_not_sent = source.bytes_not_sent + (e.size or 0)
+function Source:skip(e, reason)
+  local report = self.report
+  report.skipped[#report.skipped + 1] = record(e, reason)
+  report.counts.skipped = report.counts.skipped + 1
+  self.bytes_not_sent = self.bytes_not_sent + (e.size or 0)
+end
+
+-- What becomes of one file: an entry to send, or nil (skipped, already stored, another shard's).
+function Source:take(f)
+  local opts, report = self.opts, self.report
+  if opts.shard and not opts.shard.includes(f.rel) then
+    return nil -- another machine's share: not ours to report
+  elseif f.skip then
+    return self:skip(f, f.skip)
   end
-
-  -- Next sendable entry, or nil when no file is left.
-  local function next_entry()
-    while true do
-      local f = it()
-      if not f then return nil end
-      if shard and not shard.includes(f.rel) then -- luacheck: ignore 542
-        -- another machine's share: not ours to report
-      elseif f.skip then
-        skip(f, f.skip)
-      else
-        local done = journal and journal:lookup(f)
-        if done then
-          report.counts.already_stored = report.counts.already_stored + 1
-          if opts.keep_stored then
-            report.already_stored[#report.already_stored + 1] =
-              record(done, "stored in an earlier run", { path = f.path })
-          end
-          source.bytes_not_sent = source.bytes_not_sent + (f.size or 0)
-        else
-          local probe, why = core.dicom_probe(f.path)
-          if not probe then
-            skip(f, why)
-          else
-            local e = entry_of(f, probe)
-            e.size = probe.size or f.size
-            if opts.study_uid and e.study_uid ~= opts.study_uid then
-              skip(e, string.format("Study Instance UID %s does not match the requested study %s",
-                tostring(e.study_uid ~= "" and e.study_uid or "(none)"), opts.study_uid))
-            else
-              return e
-            end
-          end
-        end
-      end
+  local done = self.journal and self.journal:lookup(f)
+  if done then
+    report.counts.already_stored = report.counts.already_stored + 1
+    if opts.keep_stored then
+      report.already_stored[#report.already_stored + 1] = record(done, "stored in an earlier run", { path = f.path })
     end
+    self.bytes_not_sent = self.bytes_not_sent + (f.size or 0)
+    return nil
   end
+  local probe, perr = core.dicom_probe(f.path)
+  if not probe then return self:skip(f, perr.message) end
+  local e = entry_of(f, probe)
+  e.size = probe.size or f.size
+  if opts.study_uid and e.study_uid ~= opts.study_uid then
+    return self:skip(e, string.format("Study Instance UID %s does not match the requested study %s",
+      tostring(e.study_uid ~= "" and e.study_uid or "(none)"), opts.study_uid))
+  end
+  return e
+end
 
-  --- The next group of entries for one request, or nil.
-  function source.next_group()
-    local group, bytes, uids = {}, 0, {}
-    while #group < opts.max_instances_per_request do
-      local e = pending or next_entry()
-      pending = nil
-      if not e then source.exhausted = true break end
-      -- Two files with one SOP Instance UID in one request cannot be told apart in the answer.
-      if uids[e.sop_instance_uid] or (#group > 0 and bytes + e.size > opts.max_request_bytes) then
-        pending = e
-        break
-      end
-      uids[e.sop_instance_uid] = true
-      group[#group + 1] = e
-      bytes = bytes + e.size
+-- The next sendable entry, or nil when no file is left.
+function Source:next_entry()
+  while true do
+    local f = self.it()
+    if not f then return nil end
+    local e = self:take(f)
+    if e then return e end
+  end
+end
+
+--- The next group of entries for one request, or nil.
+function Source:next_group()
+  local opts = self.opts
+  local group, bytes, uids = {}, 0, {}
+  while #group < opts.max_request_instances do
+    local e = self.pending or self:next_entry()
+    self.pending = nil
+    if not e then self.exhausted = true break end
+    -- Two files with one SOP Instance UID in one request cannot be told apart in the answer.
+    if uids[e.sop_instance_uid] or (#group > 0 and bytes + e.size > opts.max_request_bytes) then
+      self.pending = e
+      break
     end
-    if #group == 0 then return nil end
-    return { entries = group, bytes = bytes, attempts = 0 }
+    uids[e.sop_instance_uid] = true
+    group[#group + 1] = e
+    bytes = bytes + e.size
   end
-
-  return source
+  if #group == 0 then return nil end
+  return { entries = group, bytes = bytes, attempts = 0 }
 end
 
 -- Each file goes with what it was when probed (size, device, inode, mtime): one replaced or
@@ -134,43 +154,55 @@ local function multipart_body(group, boundary)
   return { multipart = { boundary = boundary, parts = parts } }
 end
 
--- Full jitter (AWS architecture blog, "Exponential Backoff And Jitter"), at least what the
--- server asked for.
-local function backoff(retry, attempt, asked)
-  local cap = math.min(retry.max_delay, retry.initial * retry.multiplier ^ (attempt - 1))
-  -- OpenSSL's generator, not math.random: LuaJIT seeds that the same in every process, and
-  -- shards retrying in step are what jitter is for.
-  local d = tonumber(core.random_hex(4), 16) / 4294967296 * cap
-  if asked and asked > d then d = math.min(asked, retry.max_delay) end
-  return d
+-- ---- the Batch: one run -----------------------------------------------------------------------
+
+local Batch = {}
+Batch.__index = Batch
+
+-- Raises for a misuse of store:store (level 3 from here: the user's line); returns the options
+-- with their current names.
+local function check_call(store, inputs, opts)
+  util.check_self(store, "healthcare.Store", "store", 3)
+  util.check_arg(inputs, 1, "store", "string|table", 3, "path or list of paths")
+  opts = util.check_options(opts, M.OPTIONS, "store", 3, M.ALIASES)
+  for k, v in pairs(opts) do
+    if OPTION_TYPES[k] then util.check_option(v, k, "store", OPTION_TYPES[k], 3) end
+  end
+  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_request_instances" }) do
+    util.check_number(opts[k], k, "store", "whole >= 1", 3)
+  end
+  retry.check(opts.retry, "store", 3)
+  return opts
 end
 
---- Runs the workflow. Returns the report (see README "Storing files").
-function M.run(store, inputs, opts)
-  util.check_options(opts, M.OPTIONS, "store", 3)
-  opts = opts or {}
+-- A run's options: defaults filled in, the shard parsed, the study UID checked. Or nil, err.
+local function run_options(store, opts)
   local o = {}
   for k, v in pairs(M.DEFAULTS) do o[k] = v end
   for k, v in pairs(opts) do o[k] = v end
   -- keep_stored = false: a migration of millions of files keeps counts, not a record per file
   -- (about 1 KB each); what failed, what was skipped and stored files with a warning are kept.
   if o.keep_stored == nil then o.keep_stored = true end
-  o.concurrency = o.concurrency or (store.client.concurrency) or M.DEFAULTS.concurrency
-  if o.study_uid ~= nil and not dicomweb.valid_uid(o.study_uid) then
+  o.concurrency = opts.concurrency or store.client.concurrency or M.DEFAULTS.concurrency
+  if o.study_uid ~= nil and not names.valid_uid(o.study_uid) then
     return nil, errors.new("usage", "invalid study UID '" .. tostring(o.study_uid) .. "'")
   end
-  local retry = {}
-  for k, v in pairs(M.RETRY_DEFAULTS) do retry[k] = v end
-  for k, v in pairs(o.retry or store.client.retry or {}) do retry[k] = v end
-
-  local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
-    seconds = 0, requests = 0, retries = 0, sent_alone = 0,
-    counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
   if o.shard then
     local s, serr = require("healthcare.dicomweb.shard").parse(o.shard)
     if not s then return nil, serr end
     o.shard = s
   end
+  return o
+end
+
+-- A run of store(inputs, opts) on store, ready to go; or nil, err (a bad option value, a
+-- journal that cannot be used).
+function Batch.new(store, inputs, opts)
+  local o, oerr = run_options(store, opts)
+  if not o then return nil, oerr end
+  local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
+    seconds = 0, requests = 0, retries = 0, sent_alone = 0,
+    counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
   local journal
   if o.journal then
     local jerr
@@ -178,223 +210,262 @@ function M.run(store, inputs, opts)
       { store = store.name, shard = o.shard and tostring(o.shard) })
     if not journal then return nil, jerr end
   end
+  return setmetatable({
+    store = store, client = store.client, opts = o, report = report, journal = journal,
+    policy = retry.new(retry.DEFAULTS, o.retry, store.client.retry),
+    url = store.base_url .. "/" .. (o.study_uid and ("studies/" .. o.study_uid) or "studies"),
+    source = new_source(inputs, o, report, journal),
+    t0 = core.now(),
+    inflight = {},      -- client request -> group
+    ninflight = 0,
+    waiting = {},       -- groups due for a retry: { group, due }
+    progress = { files_done = 0, bytes_done = 0 },
+    stopping = nil,     -- core.now() when the run began to stop (interrupt, on_progress false)
+  }, Batch)
+end
 
-  local client = store.client
-  local path = o.study_uid and ("studies/" .. o.study_uid) or "studies"
-  local url = store.base_url .. "/" .. path
-  local source = new_source(inputs, o, report, journal)
-  local t0 = core.now()
-  local inflight = {}      -- transfer -> group
-  local ninflight = 0
-  local waiting = {}       -- groups due for a retry: { group, due }
-  local progress = { files_done = 0, bytes_done = 0 }
-
-  -- Records the outcome of entries (all of the group's by default) in the report and journal.
-  local function finish_group(group, outcome_of, entries)
-    local recs, bytes = {}, 0
-    for _, e in ipairs(entries or group.entries) do
-      bytes = bytes + e.size
-      local oc = outcome_of(e)
-      local r
-      if oc.outcome == "stored" then
-        r = record(e, oc.warning, { warning = oc.warning })
-        report.counts.stored = report.counts.stored + 1
-        if o.keep_stored or oc.warning then report.stored[#report.stored + 1] = r end
-        report.bytes = report.bytes + e.size
-      else
-        r = record(e, oc.reason)
-        report.counts.failed = report.counts.failed + 1
-        report.failed[#report.failed + 1] = r
-      end
-      recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
-      if o.on_instance then o.on_instance(r, oc.outcome) end
+-- Records the outcome of entries (all of the group's by default) in the report and journal.
+function Batch:finish_group(group, outcome_of, entries)
+  local report, o = self.report, self.opts
+  local recs, bytes = {}, 0
+  for _, e in ipairs(entries or group.entries) do
+    bytes = bytes + e.size
+    local oc = outcome_of(e)
+    local r
+    if oc.outcome == "stored" then
+      r = record(e, oc.warning, { warning = oc.warning })
+      report.counts.stored = report.counts.stored + 1
+      if o.keep_stored or oc.warning then report.stored[#report.stored + 1] = r end
+      report.bytes = report.bytes + e.size
+    else
+      r = record(e, oc.reason)
+      report.counts.failed = report.counts.failed + 1
+      report.failed[#report.failed + 1] = r
     end
-    if journal then
-      local ok, jerr = journal:record(recs)
-      if not ok then error(jerr) end
-    end
-    progress.files_done = progress.files_done + #recs
-    progress.bytes_done = progress.bytes_done + bytes
+    recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
+    if o.on_instance then o.on_instance(r, oc.outcome) end
   end
-
-  local function fail_group(group, reason)
-    finish_group(group, function() return { outcome = "failed", reason = reason } end)
+  if self.journal then
+    local ok, jerr = self.journal:record(recs)
+    if not ok then error(jerr) end
   end
+  self.progress.files_done = self.progress.files_done + #recs
+  self.progress.bytes_done = self.progress.bytes_done + bytes
+end
 
-  local function start(group)
-    group.attempts = group.attempts + 1
-    group.boundary = group.boundary or ("healthcare-" .. core.random_hex(16))
-    group.started = core.now()
-    group.first_started = group.first_started or group.started
-    group.token_generation = client:token_generation()
-    local t, err = client:start {
-      method = "POST",
-      url = url,
-      headers = { 'Content-Type: multipart/related; type="application/dicom"; boundary=' .. group.boundary,
-        "Accept: " .. dicomweb.ACCEPT },
-      body = multipart_body(group, group.boundary),
-    }
-    if not t then
-      -- A usage error holds for every request (a credential refused to a proxy over plain
-      -- http): the run stops with it instead of failing every file.
-      if err.kind == "usage" then error(err, 0) end
-      fail_group(group, err.message)
-      return
-    end
-    report.requests = report.requests + 1
-    inflight[t] = group
-    ninflight = ninflight + 1
+function Batch:fail_group(group, reason)
+  self:finish_group(group, function() return { outcome = "failed", reason = reason } end)
+end
+
+-- A usage error holds for every request (a credential refused to a proxy over plain http): the
+-- run stops with it instead of failing every file.
+local function stop_on_usage(err)
+  if err.kind == "usage" then error(err, 0) end
+end
+
+function Batch:start(group)
+  group.attempts = group.attempts + 1
+  group.boundary = group.boundary or ("healthcare-" .. core.random_hex(16))
+  group.first_started = group.first_started or core.now()
+  local request, err = self.client:start {
+    method = "POST",
+    url = self.url,
+    headers = { 'Content-Type: multipart/related; type="application/dicom"; boundary=' .. group.boundary,
+      "Accept: " .. stow.ACCEPT },
+    body = multipart_body(group, group.boundary),
+  }
+  if not request then
+    stop_on_usage(err)
+    return self:fail_group(group, err.message)
   end
+  self:track(request, group)
+end
 
-  local function schedule_retry(group, err)
-    local elapsed = core.now() - group.first_started
-    if group.attempts >= retry.max_attempts or elapsed >= retry.deadline then
-      fail_group(group, string.format("%s (after %d attempts)", err.message, group.attempts))
-      return
-    end
+-- A request in flight for group (counted in the report).
+function Batch:track(request, group)
+  self.report.requests = self.report.requests + 1
+  self.inflight[request] = group
+  self.ninflight = self.ninflight + 1
+end
+
+function Batch:schedule_retry(group, err)
+  local wait, why = self.policy:next_wait(group.attempts, group.first_started, err.retry_after)
+  if not wait then
     -- A wait that would end past the deadline is not taken: failing now lets the caller (or a
     -- resumed run) decide, instead of sleeping for an attempt that is not allowed anyway.
-    local delay = backoff(retry, group.attempts, err.retry_after)
-    if elapsed + delay >= retry.deadline then
-      fail_group(group, string.format("%s (after %d attempts; the next would start past the %g s retry deadline)",
-        err.message, group.attempts, retry.deadline))
+    if why == "deadline" then
+      return self:fail_group(group, string.format("%s (after %d attempts; the next would start past the %g s retry "
+        .. "deadline)", err.message, group.attempts, self.policy.deadline))
+    end
+    return self:fail_group(group, string.format("%s (after %d attempts)", err.message, group.attempts))
+  end
+  self.report.retries = self.report.retries + 1
+  self.waiting[#self.waiting + 1] = { group = group, due = core.now() + wait }
+end
+
+-- What the server said of each instance of group: recorded; the unlisted ones sent again alone.
+function Batch:record_answer(group, answer)
+  local ds = answer.json
+  if not ds then
+    local perr
+    ds, perr = dicomjson.from_xml(answer.body)
+    if not ds then return self:fail_group(group, perr) end
+  end
+  local outcomes = dicomjson.outcomes(ds)
+  -- An instance the answer does not mention may never have been read: Orthanc stops at a part
+  -- it cannot parse and answers 400 for the request, listing only what it stored before. Each
+  -- unlisted instance is sent again alone, so that one bad file costs only itself.
+  if #group.entries > 1 then
+    local listed, unlisted = {}, {}
+    for _, e in ipairs(group.entries) do
+      local list = outcomes[e.sop_instance_uid] and listed or unlisted
+      list[#list + 1] = e
+    end
+    if #unlisted > 0 then
+      self:finish_group(group, function(e) return outcomes[e.sop_instance_uid] end, listed)
+      for _, e in ipairs(unlisted) do
+        local alone = { entries = { e }, bytes = e.size, attempts = 0 }
+        self.waiting[#self.waiting + 1] = { group = alone, due = core.now() }
+      end
+      self.report.sent_alone = self.report.sent_alone + #unlisted
       return
     end
-    report.retries = report.retries + 1
-    waiting[#waiting + 1] = { group = group, due = core.now() + delay }
   end
-
-  local function handle(t, group)
-    local res, err = client:finish(t, group.started)
-    if res and res.status == 401 and client.credential.refreshable and not group.refreshed then
-      -- An expired token: refresh once, send again; not counted as a retry.
-      group.refreshed = true
-      -- Requests that were in flight together all get their 401: only the first to come back
-      -- drops the token; the others find a fresh one already there.
-      if client:token_generation() == group.token_generation then client.credential:invalidate() end
-      group.attempts = group.attempts - 1
-      return start(group)
-    end
-    local answer
-    if res then
-      answer, err = dicomweb.read_store_response(res, "StoreInstances")
-    end
-    if not answer then
-      if err.retryable then return schedule_retry(group, err) end
-      return fail_group(group, err.message)
-    end
-    local ds = answer.json
-    if not ds then
-      local perr
-      ds, perr = dicomjson.from_xml(answer.body)
-      if not ds then return fail_group(group, perr) end
-    end
-    local outcomes = dicomjson.outcomes(ds)
-    -- An instance the answer does not mention may never have been read: Orthanc stops at a part
-    -- it cannot parse and answers 400 for the request, listing only what it stored before. Each
-    -- unlisted instance is sent again alone, so that one bad file costs only itself.
-    if #group.entries > 1 then
-      local listed, unlisted = {}, {}
-      for _, e in ipairs(group.entries) do
-        local list = outcomes[e.sop_instance_uid] and listed or unlisted
-        list[#list + 1] = e
-      end
-      if #unlisted > 0 then
-        finish_group(group, function(e) return outcomes[e.sop_instance_uid] end, listed)
-        for _, e in ipairs(unlisted) do
-          waiting[#waiting + 1] = { group = { entries = { e }, bytes = e.size, attempts = 0 }, due = core.now() }
-        end
-        report.sent_alone = report.sent_alone + #unlisted
-        return
-      end
-    end
-    finish_group(group, function(e)
-      return outcomes[e.sop_instance_uid] or {
-        outcome = "failed",
-        reason = string.format("not in response (HTTP %d)", answer.status) }
-    end)
-  end
-
-  local function report_progress()
-    if not o.on_progress then return end
-    local sending = 0
-    for t in pairs(inflight) do sending = sending + (t:progress()) end
-    o.on_progress {
-      files_done = progress.files_done, bytes_done = progress.bytes_done,
-      bytes_sending = sending, bytes_not_sent = source.bytes_not_sent,
-      stored = report.counts.stored, failed = report.counts.failed,
-      skipped = report.counts.skipped, already_stored = report.counts.already_stored,
-      in_flight = ninflight, retries = report.retries, seconds = core.now() - t0,
-    }
-  end
-
-  -- Set by SIGINT/SIGTERM once the caller called core.trap_interrupts() (the CLI does): no new
-  -- request starts, those in flight get INTERRUPT_GRACE seconds to finish, then are abandoned.
-  local interrupted = core.interrupted or function() return false end
-  local stopping
-
-  local ok, perr = pcall(function()
-    while true do
-      local now = core.now()
-      if not stopping and interrupted() then
-        stopping = now
-        report.interrupted = true
-      end
-      if stopping then
-        if ninflight == 0 or now - stopping >= M.INTERRUPT_GRACE then break end
-      else
-        -- retries that are due go first
-        for i = #waiting, 1, -1 do
-          if ninflight < o.concurrency and waiting[i].due <= now then
-            local w = table.remove(waiting, i)
-            start(w.group)
-          end
-        end
-        while ninflight < o.concurrency and not source.exhausted do
-          local g = source.next_group()
-          if not g then break end
-          start(g)
-        end
-        if ninflight == 0 and #waiting == 0 and source.exhausted then break end
-      end
-      local timeout = 0.2
-      if not stopping then
-        for _, w in ipairs(waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
-      end
-      if ninflight > 0 then
-        for _, t in ipairs(client.session:wait(timeout)) do
-          local g = inflight[t]
-          inflight[t] = nil
-          ninflight = ninflight - 1
-          handle(t, g)
-        end
-      else
-        core.sleep(timeout)
-      end
-      report_progress()
-    end
+  self:finish_group(group, function(e)
+    return outcomes[e.sop_instance_uid] or {
+      outcome = "failed",
+      reason = string.format("not in response (HTTP %d)", answer.status) }
   end)
-  if journal then journal:close() end
-  report.seconds = core.now() - t0
+end
+
+-- A request wait() returned: its answer read and recorded, or a retry scheduled.
+function Batch:handle(request, group)
+  local res, err = self.client:finish(request)
+  if res == false then
+    -- sent again with a fresh token after a 401: not counted as a retry
+    return self:track(request, group)
+  end
+  local answer
+  if res then
+    answer, err = stow.read_store_response(res, "StoreInstances")
+  end
+  if not answer then
+    stop_on_usage(err)
+    if err.retryable then return self:schedule_retry(group, err) end
+    return self:fail_group(group, err.message)
+  end
+  self:record_answer(group, answer)
+end
+
+-- Calls on_progress with the run's counters; returning false stops the run (as an interrupt).
+function Batch:report_progress()
+  local o, report = self.opts, self.report
+  if not o.on_progress then return end
+  local sending = 0
+  for request in pairs(self.inflight) do sending = sending + (request:progress()) end
+  local go_on = o.on_progress {
+    files_done = self.progress.files_done, bytes_done = self.progress.bytes_done,
+    bytes_sending = sending, bytes_not_sent = self.source.bytes_not_sent,
+    stored = report.counts.stored, failed = report.counts.failed,
+    skipped = report.counts.skipped, already_stored = report.counts.already_stored,
+    in_flight = self.ninflight, retries = report.retries, seconds = core.now() - self.t0,
+  }
+  if go_on == false and not self.stopping then
+    self.stopping = core.now()
+    report.stopped = true
+  end
+end
+
+-- Starts what may start now: retries that are due first, then new groups.
+function Batch:launch()
+  local now, waiting = core.now(), self.waiting
+  for i = #waiting, 1, -1 do
+    if self.ninflight < self.opts.concurrency and waiting[i].due <= now then
+      self:start(table.remove(waiting, i).group)
+    end
+  end
+  while self.ninflight < self.opts.concurrency and not self.source.exhausted do
+    local g = self.source:next_group()
+    if not g then break end
+    self:start(g)
+  end
+end
+
+-- Set by SIGINT/SIGTERM once the caller called core.trap_interrupts() (the CLI does).
+local interrupted = core.interrupted or function() return false end
+
+-- One turn of the loop; false when the run is over. Once stopping, no new request starts and
+-- those in flight get INTERRUPT_GRACE seconds to finish, then are abandoned.
+function Batch:step()
+  local now = core.now()
+  if not self.stopping and interrupted() then
+    self.stopping = now
+    self.report.interrupted = true
+  end
+  if self.stopping then
+    if self.ninflight == 0 or now - self.stopping >= M.INTERRUPT_GRACE then return false end
+  else
+    self:launch()
+    if self.ninflight == 0 and #self.waiting == 0 and self.source.exhausted then return false end
+  end
+  local timeout = 0.2
+  if not self.stopping then
+    for _, w in ipairs(self.waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
+  end
+  if self.ninflight > 0 then
+    for _, request in ipairs(self.client:wait(timeout)) do
+      local g = self.inflight[request]
+      self.inflight[request] = nil
+      self.ninflight = self.ninflight - 1
+      self:handle(request, g)
+    end
+  else
+    core.sleep(timeout)
+  end
+  self:report_progress()
+  return true
+end
+
+-- Requests in flight and retries waiting when the run stops: not in the report's lists nor in
+-- the journal, so a resume sends them again. Returns how many instances they held.
+function Batch:abandon()
+  local n = 0
+  for request, g in pairs(self.inflight) do
+    request:close()
+    n = n + #g.entries
+  end
+  self.inflight, self.ninflight = {}, 0
+  for _, w in ipairs(self.waiting) do n = n + #w.group.entries end
+  return n
+end
+
+--- Runs the workflow. Returns the report (see README "Storing files"), or nil, err, report (the
+--- partial report: what finished is also in the journal) when a callback raised an error value
+--- or the journal could not be written. Any other error raised by a callback is raised again.
+function Batch:run()
+  local ok, perr = pcall(function()
+    while self:step() do end
+  end)
+  if self.journal then self.journal:close() end
+  local report = self.report
+  report.seconds = core.now() - self.t0
   if not ok then
-    -- An error raised by a callback of the caller, or a journal that cannot be written: stop
-    -- sending; what finished is in the journal.
-    for t in pairs(inflight) do t:close() end
+    self:abandon()
     if errors.is(perr) then return nil, perr, report end
     error(perr, 0)
   end
-  if stopping then
-    -- Not in the report's lists nor in the journal: a resume sends these again.
-    report.abandoned = 0
-    for t, g in pairs(inflight) do
-      t:close()
-      report.abandoned = report.abandoned + #g.entries
-    end
-    inflight, ninflight = {}, 0
-    for _, w in ipairs(waiting) do report.abandoned = report.abandoned + #w.group.entries end
-  end
-  report_progress()
+  if self.stopping then report.abandoned = self:abandon() end
+  self:report_progress()
   return report
+end
+
+--- store:store(files, opts): see Batch:run and README "Storing files".
+function M.store(store, inputs, opts)
+  opts = check_call(store, inputs, opts)
+  local batch, err = Batch.new(store, inputs, opts)
+  if not batch then return nil, err end
+  local report, rerr, partial = batch:run()
+  return report, rerr, partial
 end
 
 return M

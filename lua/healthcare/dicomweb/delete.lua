@@ -5,18 +5,22 @@
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
 local errors = require "healthcare.errors"
+local names = require "healthcare.dicomweb.names"
+local params = require "healthcare.params"
+local retry = require "healthcare.retry"
 local util = require "healthcare.util"
-local dicomweb = require "healthcare.dicomweb"
 
 local M = {}
 
-M.OPTIONS = { "params", "poll_interval", "timeout", "retry" }
-M.DEFAULT_TIMEOUT = 600     -- seconds an operation may take before we stop waiting
+M.OPTIONS = { "params", "poll_interval", "operation_timeout", "retry" }
+-- Old spellings still taken (README "Lua API": deprecated): `timeout` was the operation wait,
+-- where everywhere else it bounds a request.
+M.ALIASES = { timeout = "operation_timeout" }
+M.DEFAULT_OPERATION_TIMEOUT = 600 -- seconds an operation may take before we stop waiting
+M.DEFAULT_TIMEOUT = M.DEFAULT_OPERATION_TIMEOUT
 M.POLL_INTERVAL = 1         -- first wait between polls, seconds; doubles up to ten times this
 M.POLL_GROWTH = 2
 M.POLL_MAX_FACTOR = 10
--- Throttling and unavailability while deleting or polling: the same names as client.retry.
-M.RETRY_DEFAULTS = { max_attempts = 5, initial = 1, multiplier = 2, max_delay = 60 }
 
 -- google.rpc.Code names, for an Operation's error.code.
 local RPC_STATUS = {
@@ -47,41 +51,18 @@ function M.valid_operation_name(name)
     and not name:find("//", 1, true)
 end
 
-local function retry_policy(store, opts)
-  local r = {}
-  for k, v in pairs(M.RETRY_DEFAULTS) do r[k] = v end
-  for k, v in pairs(opts.retry or store.client.retry or {}) do r[k] = v end
-  return r
-end
-
-local function backoff(retry, attempt, asked)
-  local d = math.min(retry.max_delay, retry.initial * retry.multiplier ^ (attempt - 1))
-  if asked and asked > d then d = math.min(asked, retry.max_delay) end
-  return d
-end
-
--- Sends req, again after a wait while the answer is a retryable HTTP status (or a transport
--- failure that `resend_transport(err)` allows), at most retry.max_attempts times and never
--- past deadline. Returns the response (any status) or nil, err.
-local function send_with_retry(store, req, retry, deadline, resend_transport)
-  local attempt = 0
-  while true do
-    attempt = attempt + 1
-    local res, err = store.client:send(req)
-    local asked
+-- Sends req, again after a wait (the module's retry policy) while the answer is a retryable
+-- HTTP status, or a transport failure that `resend_transport(err)` allows, never past stop_at
+-- (a core.now() time, or nil). Returns the response (any status) or nil, err.
+local function send_with_retry(store, req, policy, stop_at, resend_transport)
+  return policy:run(function()
+    return store.client:send(req)
+  end, function(res, err)
     if res then
-      if not errors.RETRYABLE_HTTP[res.status] then return res end
-      asked = errors.retry_after(res.headers)
-    elseif not (err.retryable and resend_transport(err)) then
-      return nil, err
+      return errors.RETRYABLE_HTTP[res.status] == true, errors.retry_after(res.headers)
     end
-    local wait = backoff(retry, attempt, asked)
-    if attempt >= retry.max_attempts or (deadline and core.now() + wait > deadline) then
-      if res then return res end
-      return nil, err
-    end
-    core.sleep(wait)
-  end
+    return err.retryable and resend_transport(err), err.retry_after
+  end, stop_at)
 end
 
 local function operation_failed(what, name, e)
@@ -96,10 +77,10 @@ local function operation_failed(what, name, e)
 end
 
 -- Polls GET {endpoint}/{name} until done. Returns the number of polls, or nil, err.
-local function poll(store, what, name, query, opts, retry)
+local function poll(store, what, name, query, opts, policy)
   local interval = opts.poll_interval or M.POLL_INTERVAL
   local max_interval = interval * M.POLL_MAX_FACTOR
-  local timeout = opts.timeout or M.DEFAULT_TIMEOUT
+  local timeout = opts.operation_timeout or M.DEFAULT_OPERATION_TIMEOUT
   local deadline = core.now() + timeout
   local url = store.client.endpoint .. "/" .. name
   local polls = 0
@@ -115,7 +96,7 @@ local function poll(store, what, name, query, opts, retry)
     polls = polls + 1
     local res, err = send_with_retry(store, {
       method = "GET", url = url, headers = { "Accept: application/json" }, query = query,
-    }, retry, deadline, function() return true end)
+    }, policy, deadline, function() return true end)
     if not res then
       err.operation = name
       return nil, err
@@ -137,54 +118,14 @@ local function poll(store, what, name, query, opts, retry)
   end
 end
 
--- DELETE {base}/studies/{uid}[/series/{uid}[/instances/{uid}]], then the operation if any.
-local function delete(store, depth, uids, opts)
-  local level = LEVELS[depth]
-  util.check_options(opts, M.OPTIONS, level.fn, 4)
-  opts = opts or {}
-  for i = 1, depth do
-    local uid = uids[i]
-    if not dicomweb.valid_uid(uid) then
-      return nil, errors.new("usage", string.format(
-        "invalid %s '%s': a UID is digits and dots, at most %d characters", LEVELS[i].keyword,
-        shown(uid), dicomweb.MAX_UID))
-    end
-  end
-  -- A zero interval would poll as fast as the server answers, for up to `timeout`; x ~= x is NaN.
-  local p, t = opts.poll_interval, opts.timeout
-  if p ~= nil and (type(p) ~= "number" or p ~= p or p <= 0) then
-    return nil, errors.new("usage", "option 'poll_interval' must be a number of seconds > 0")
-  end
-  if t ~= nil and (type(t) ~= "number" or t ~= t or t < 0) then
-    return nil, errors.new("usage", "option 'timeout' must be a number of seconds >= 0")
-  end
-  if opts.retry ~= nil and type(opts.retry) ~= "table" then
-    return nil, errors.new("usage", "option 'retry' must be a table { max_attempts, initial, multiplier, max_delay }")
-  end
-  local client_mod = require "healthcare.client"
-  local query, qerr = client_mod.normalize_params(opts.params)
-  if not query then return nil, qerr end
-  local retry = retry_policy(store, opts)
-
-  local path = "/studies/" .. uids[1]
-  if depth >= 2 then path = path .. "/series/" .. uids[2] end
-  if depth == 3 then path = path .. "/instances/" .. uids[3] end
-  -- Google answers in JSON. Orthanc's DICOMweb plugin looks at Accept before the method on
-  -- series and instance paths, and answers an Accept it cannot produce with 400 instead of
-  -- 405: a plain DICOMweb server gets "*/*" so that it can say it has no DELETE.
-  local accept = store.name ~= store.base_url and "application/json" or "*/*"
-  local res, err = send_with_retry(store, {
-    method = "DELETE", url = store.base_url .. path, headers = { "Accept: " .. accept }, query = query,
-  }, retry, nil, function(e) return NOT_SENT[e.code] end)
-  if not res then return nil, err end
-
-  local named = level.noun .. " " .. table.concat(uids, "/", 1, depth)
+-- What a DELETE's answer means: the response of a delete that took, or nil, err.
+local function delete_answer(res, level, named)
   if res.status == 404 then
     return nil, errors.from_response(res, level.what .. ": " .. named .. " not found")
   elseif res.status == 405 or res.status == 501 then
     -- Orthanc's DICOMweb plugin answers 405 with "Allow: GET,POST": deleting is not part of
     -- DICOMweb itself, and such servers delete through their own API.
-    err = errors.from_response(res, level.what)
+    local err = errors.from_response(res, level.what)
     local allow = res.headers.allow
     err.message = string.format("%s: the server does not support deleting through DICOMweb "
       .. "(HTTP %d%s); delete the %s with the server's own tools", level.what, res.status,
@@ -194,7 +135,41 @@ local function delete(store, depth, uids, opts)
   elseif res.status < 200 or res.status >= 300 then
     return nil, errors.from_response(res, level.what)
   end
+  return res
+end
 
+-- The UIDs (strings already): nil, err (kind "usage") for a bad one.
+local function check_uids(uids, depth)
+  for i = 1, depth do
+    if not names.valid_uid(uids[i]) then
+      return nil, errors.new("usage", string.format(
+        "invalid %s '%s': a UID is digits and dots, at most %d characters", LEVELS[i].keyword,
+        shown(uids[i]), names.MAX_UID))
+    end
+  end
+  return true
+end
+
+-- DELETE {base}/studies/{uid}[/series/{uid}[/instances/{uid}]], then the operation if any.
+local function delete(store, depth, uids, opts)
+  local level = LEVELS[depth]
+  local ok, verr = check_uids(uids, depth)
+  if not ok then return nil, verr end
+  local query, qerr = params.query(opts.params)
+  if not query then return nil, qerr end
+  local policy = retry.new(nil, opts.retry, store.client.retry)
+  local path = "/studies/" .. uids[1]
+  if depth >= 2 then path = path .. "/series/" .. uids[2] end
+  if depth == 3 then path = path .. "/instances/" .. uids[3] end
+  -- Google answers in JSON. Orthanc's DICOMweb plugin looks at Accept before the method on
+  -- series and instance paths, and answers an Accept it cannot produce with 400 instead of
+  -- 405: a plain DICOMweb server gets "*/*" so that it can say it has no DELETE.
+  local accept = store.name ~= store.base_url and "application/json" or "*/*"
+  local res, err = send_with_retry(store, {
+    method = "DELETE", url = store.base_url .. path, headers = { "Accept: " .. accept }, query = query,
+  }, policy, nil, function(e) return NOT_SENT[e.status] end)
+  if res then res, err = delete_answer(res, level, level.noun .. " " .. table.concat(uids, "/", 1, depth)) end
+  if not res then return nil, err end
   local op = cjson.decode(res.body or "")
   if type(op) ~= "table" or op.name == nil then
     return { status = res.status }
@@ -210,31 +185,43 @@ local function delete(store, depth, uids, opts)
   if op.done == true then
     return { status = res.status, operation = op.name, polls = 0 }
   end
-  local polls, perr = poll(store, level.what, op.name, query, opts, retry)
+  local polls, perr = poll(store, level.what, op.name, query, opts, policy)
   if not polls then return nil, perr end
   return { status = res.status, operation = op.name, polls = polls }
 end
 
-local function check_store(store, fname)
-  if type(store) ~= "table" or type(store.client) ~= "table" then
-    error("bad argument #1 to '" .. fname .. "' (store expected, got " .. type(store) .. ")", 3)
-  end
+-- Raises for a misuse of store:delete_* (level 3 from here: the user's line): self, the UID
+-- arguments (strings), the options. Returns the options, with their current names.
+local function check_call(store, fname, uids, depth, opts)
+  util.check_self(store, "healthcare.Store", fname, 3)
+  for i = 1, depth do util.check_arg(uids[i], i, fname, "string", 3) end
+  opts = util.check_options(opts, M.OPTIONS, fname, 3, M.ALIASES)
+  util.check_option(opts.params, "params", fname, "table", 3)
+  -- A zero interval would poll as fast as the server answers, for up to the operation timeout.
+  util.check_number(opts.poll_interval, "poll_interval", fname, "> 0", 3)
+  util.check_number(opts.operation_timeout, "operation_timeout", fname, ">= 0", 3)
+  retry.check(opts.retry, fname, 3)
+  return opts
 end
 
---- Deletes a study; returns { status, operation = name or nil, polls } or nil, err.
+--- store:delete_study(study, opts): deletes a study; returns { status, operation = name or nil,
+--- polls } or nil, err.
 function M.delete_study(store, study, opts)
-  check_store(store, "delete_study")
-  return delete(store, 1, { study }, opts)
+  opts = check_call(store, "delete_study", { study }, 1, opts)
+  local res, err = delete(store, 1, { study }, opts)
+  return res, err
 end
 
 function M.delete_series(store, study, series, opts)
-  check_store(store, "delete_series")
-  return delete(store, 2, { study, series }, opts)
+  opts = check_call(store, "delete_series", { study, series }, 2, opts)
+  local res, err = delete(store, 2, { study, series }, opts)
+  return res, err
 end
 
 function M.delete_instance(store, study, series, instance, opts)
-  check_store(store, "delete_instance")
-  return delete(store, 3, { study, series, instance }, opts)
+  opts = check_call(store, "delete_instance", { study, series, instance }, 3, opts)
+  local res, err = delete(store, 3, { study, series, instance }, opts)
+  return res, err
 end
 
 return M

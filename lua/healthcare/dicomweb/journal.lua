@@ -118,7 +118,7 @@ end
 --- earlier runs (distinct paths, latest outcome). opts: { store = name or URL the run sends
 --- to (a journal of another store is refused), shard = "K/N" (noted) }.
 --- Returns the journal, or nil, err (kind "io": cannot open, read, write or lock, or refused
---- with code "unsafe" because someone else could have written it: a symbolic link, not a
+--- with status "unsafe" because someone else could have written it: a symbolic link, not a
 --- regular file, another user's, or writable by group or others (core.appender); kind "usage":
 --- not a journal, or one written for another store).
 function M.open(path, report, opts)

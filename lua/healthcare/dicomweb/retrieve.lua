@@ -10,8 +10,9 @@
 -- counted among the instances, and written only when asked (keep_rejected).
 local core = require "healthcare.core"
 local lfs = require "lfs"
-local dicomweb = require "healthcare.dicomweb"
 local errors = require "healthcare.errors"
+local names = require "healthcare.dicomweb.names"
+local params = require "healthcare.params"
 local util = require "healthcare.util"
 
 local M = {}
@@ -39,7 +40,7 @@ M.BOUNDS = {
   timeout = 24 * 3600,                      -- seconds for the whole retrieve
   -- idle_timeout and min_speed: the client's (300 s, 1024 bytes/s) unless given
 }
--- The option behind each reason a transfer is stopped for (err.code).
+-- The option behind each reason a transfer is stopped for (err.status).
 local BOUND_OPTION = {
   too_large = "max_bytes", too_many_parts = "max_parts", part_too_large = "max_part_bytes",
   timeout = "timeout", too_slow = "min_speed", compression_ratio = "max_compression_ratio",
@@ -74,10 +75,35 @@ local EXTENSIONS = {
 -- command prints a file's warning through common.printable.
 local shown = tostring
 
-local function check_string(v, n, fname)
-  if type(v) ~= "string" then
-    error(string.format("bad argument #%d to '%s' (string expected, got %s)", n, fname, type(v)), 3)
-  end
+-- Raises for a misuse of store:retrieve_* (level 3 from here: the user's line): self, the UID
+-- arguments (strings; n of them), the options (of the list `valid`). Returns the options.
+local function check_call(store, fname, uids, n, opts, valid)
+  util.check_self(store, "healthcare.Store", fname, 3)
+  for i = 1, n do util.check_arg(uids[i], i, fname, "string", 3) end
+  opts = util.check_options(opts, valid, fname, 3)
+  util.check_option(opts.params, "params", fname, "table", 3)
+  util.check_option(opts.on_progress, "on_progress", fname, "function", 3)
+  util.check_option(opts.skip_existing, "skip_existing", fname, "boolean", 3)
+  util.check_option(opts.transfer_syntax, "transfer_syntax", fname, "string", 3)
+  util.check_option(opts.accept, "accept", fname, "string", 3)
+  return opts
+end
+
+-- What a failed retrieve returns: nil, err and the partial result, in the shape of a result
+-- (files, rejected, kept, bytes): the instances that arrived whole before the failure, and those
+-- `to` already held (skip_existing). err.files, err.rejected and err.kept, where a failure after
+-- the transfer began sets them, say the same (the form before the partial result; kept for one
+-- release, README "Lua API").
+local function failed(err)
+  local partial = { files = err.files or {}, rejected = err.rejected or {}, kept = err.kept, bytes = 0 }
+  for _, f in ipairs(partial.files) do partial.bytes = partial.bytes + (f.size or 0) end
+  return nil, err, partial
+end
+
+-- The return of a public retrieve: res, or failed(err).
+local function outcome(res, err)
+  if res then return res end
+  return failed(err)
 end
 
 -- The UIDs of a request path, checked before anything is sent: a UID lands in the URL path.
@@ -87,10 +113,10 @@ local function resource_path(uids)
   local path = {}
   for _, pair in ipairs(uids) do
     local what, uid = pair[1], pair[2]
-    if not dicomweb.valid_uid(uid) then
+    if not names.valid_uid(uid) then
       return nil, errors.new("usage", string.format(
         "invalid %s UID '%s': expected digits and dots, at most %d characters", what, shown(uid),
-        dicomweb.MAX_UID))
+        names.MAX_UID))
     end
     path[#path + 1] = segments[what] .. "/" .. uid
   end
@@ -152,13 +178,14 @@ local function ready_dir(dir)
 end
 
 -- A whole number >= 0 (a count of bytes or parts) or a number of seconds >= 0, or nil.
-local function check_bound(opts, name, fname, whole)
+-- level: as util.check_arg's (2: the caller of the function that calls check_bound).
+local function check_bound(opts, name, fname, whole, level)
   local v = opts[name]
   if v == nil then return end
   if type(v) ~= "number" or not (v >= 0 and v < 2 ^ 53) or (whole and v ~= math.floor(v)) then
     error(string.format("bad option '%s' to '%s' (%s expected, got %s)", name, fname,
       whole and "a whole number >= 0" or "a number of seconds >= 0",
-      type(v) == "number" and tostring(v) or type(v)), 4)
+      type(v) == "number" and tostring(v) or type(v)), level + 1)
   end
 end
 
@@ -166,10 +193,10 @@ end
 -- from one request to the next (skip_existing makes several).
 local function bounds_of(store, opts, fname)
   for _, name in ipairs({ "max_bytes", "max_parts", "max_part_bytes", "min_speed" }) do
-    check_bound(opts, name, fname, true)
+    check_bound(opts, name, fname, true, 3)
   end
   for _, name in ipairs({ "timeout", "idle_timeout", "max_compression_ratio" }) do
-    check_bound(opts, name, fname, false)
+    check_bound(opts, name, fname, false, 3)
   end
   for _, name in ipairs({ "compressed", "keep_rejected" }) do
     if opts[name] ~= nil and type(opts[name]) ~= "boolean" then
@@ -194,19 +221,19 @@ local function bounds_of(store, opts, fname)
 end
 
 -- An error for a bound already used up by earlier requests of the same retrieve.
-local function spent(what, code, option, text)
+local function spent(what, status, option, text)
   return nil, errors.new("transport", string.format("%s: %s (option %s)", what, text, option),
-    { code = code, status = code, option = option, files = {}, rejected = {} })
+    { status = status, option = option, files = {}, rejected = {} })
 end
 
 -- The error of a stopped transfer, naming the option behind the bound it passed.
 local function name_option(err, what, bounds, compressed)
-  local option = BOUND_OPTION[err.code]
+  local option = BOUND_OPTION[err.status]
   -- an unasked coding; asked (compressed), a coding that is not decoded names no option
-  if err.code == "encoding" and not compressed and err.message:find("identity was asked for", 1, true) then
+  if err.status == "encoding" and not compressed and err.message:find("identity was asked for", 1, true) then
     option = "compressed"
   end
-  if err.code == "timeout" then
+  if err.status == "timeout" then
     -- the deadline (not a connect timeout); the transport knew only what was left of it
     local at = err.message:find("within the timeout of", 1, true)
     option = at and option or nil
@@ -229,8 +256,7 @@ end
 -- sink (files) or nil (an answer in memory of at most max_bytes), compressed = whether gzip is
 -- asked for (else opts.compressed), bounds = bounds_of's (what is left of them is updated) }.
 local function send(store, method_path, headers, opts, how)
-  local client_mod = require "healthcare.client"
-  local query, qerr = client_mod.normalize_params(opts.params)
+  local query, qerr = params.query(opts.params)
   if not query then return nil, qerr end
   local bounds, sink, what = how.bounds, how.sink, how.what
   local compressed = how.compressed or opts.compressed == true
@@ -269,8 +295,8 @@ local function send(store, method_path, headers, opts, how)
     min_speed = opts.min_speed,
     compressed = compressed,
     max_compression_ratio = opts.max_compression_ratio,
-    -- on_progress(bytes_received) about five times a second; false stops the transfer (and
-    -- removes what it wrote).
+    -- on_progress{ bytes_received, ... } about five times a second; false stops the transfer
+    -- (and removes what it wrote).
     on_progress = opts.on_progress,
   }
   if bounds and res then
@@ -284,7 +310,7 @@ end
 local function transfer_syntax_of(opts)
   local ts = opts.transfer_syntax
   if ts == nil then return M.DEFAULT_TRANSFER_SYNTAX end
-  if ts == "*" or dicomweb.valid_uid(ts) then return ts end
+  if ts == "*" or names.valid_uid(ts) then return ts end
   return nil, errors.new("usage", string.format(
     "invalid transfer syntax '%s': expected '*' (as stored) or a transfer syntax UID", shown(ts)))
 end
@@ -317,15 +343,15 @@ end
 
 -- Why a part cannot be kept as a DICOM instance, or nil with its SOP Instance UID and the probe.
 local function instance_of(part, used)
-  local info, why = core.dicom_probe(part.path)
+  local info, perr = core.dicom_probe(part.path)
   local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
   if not info then
     local ctype = media_type(part.headers)
-    return string.format("not a DICOM file (%s)%s", tostring(why), (ctype ~= "application/dicom" and ctype ~= "")
+    return string.format("not a DICOM file (%s)%s", perr.message, (ctype ~= "application/dicom" and ctype ~= "")
       and (", Content-Type " .. shown(ctype)) or "")
   elseif uid == nil then
     return "a DICOM file without a SOP Instance UID"
-  elseif not dicomweb.valid_uid(uid) then
+  elseif not names.valid_uid(uid) then
     return "a DICOM file with an invalid SOP Instance UID '" .. shown(uid) .. "'"
   elseif used[uid] then
     return string.format("a second copy of SOP Instance UID %s (part %d)", uid, used[uid])
@@ -462,7 +488,7 @@ local function already_in(dir)
   if not is_dir(dir) then return have end
   for name in lfs.dir(dir) do
     local uid = name:match("^(.+)%.dcm$")
-    if uid and dicomweb.valid_uid(uid) then
+    if uid and names.valid_uid(uid) then
       local path = join(dir, name)
       local info = core.dicom_probe(path)
       if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid then
@@ -488,11 +514,24 @@ end
 -- bounds. Returns the result of a retrieve with `kept` (the files dir already held) added, or
 -- nil, err (err.files, err.rejected: what did arrive).
 local function retrieve_missing(store, study, series, opts, what, have, bounds)
+  local out = { files = {}, rejected = {}, kept = {}, bytes = 0, status = 200 }
+  for _, f in pairs(have) do out.kept[#out.kept + 1] = f end
+  table.sort(out.kept, function(a, b) return a.path < b.path end)
+  local function add(res)
+    for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
+    for _, r in ipairs(res.rejected or {}) do out.rejected[#out.rejected + 1] = r end
+    out.bytes = out.bytes + res.bytes
+  end
+  local function fail_with(err)
+    add({ files = err.files or {}, rejected = err.rejected, bytes = 0 })
+    err.files, err.rejected, err.kept = out.files, out.rejected, out.kept
+    return nil, err
+  end
   local query = { StudyInstanceUID = study, SeriesInstanceUID = series,
     includefield = { "SOPInstanceUID", "SeriesInstanceUID" } }
   local left = bounds.deadline < math.huge and math.max(bounds.deadline - core.now(), 0.001) or nil
   local results, serr = store:search_instances(query, { params = opts.params, page_size = 1000, timeout = left })
-  if not results then return nil, serr end
+  if not results then return fail_with(serr) end
   local by_series, order = {}, {}
   for item in results:each() do
     local se, sop = item.SeriesInstanceUID, item.SOPInstanceUID
@@ -506,37 +545,24 @@ local function retrieve_missing(store, study, series, opts, what, have, bounds)
       if not have[sop] then entry.missing[#entry.missing + 1] = sop end
     end
   end
-  if results.error then return nil, results.error end
-  local out = { files = {}, rejected = {}, kept = {}, bytes = 0, status = 200 }
-  for _, f in pairs(have) do out.kept[#out.kept + 1] = f end
-  table.sort(out.kept, function(a, b) return a.path < b.path end)
+  if results.error then return fail_with(results.error) end
   if #order == 0 and next(have) == nil then
     -- Nothing listed and nothing here: let the server say why (404 for an unknown study).
     return retrieve_instances(store, { { "study", study }, series and { "series", series } or nil },
       opts, what, bounds)
-  end
-  local function add(res)
-    for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
-    for _, r in ipairs(res.rejected or {}) do out.rejected[#out.rejected + 1] = r end
-    out.bytes = out.bytes + res.bytes
-  end
-  local function failed(err)
-    add({ files = err.files or {}, rejected = err.rejected, bytes = 0 })
-    err.files, err.rejected, err.kept = out.files, out.rejected, out.kept
-    return nil, err
   end
   for _, se in ipairs(order) do
     local entry = by_series[se]
     if #entry.missing == entry.all then
       local res, err = retrieve_instances(store, { { "study", study }, { "series", se } },
         sub_options(opts, opts.to), "RetrieveSeries", bounds)
-      if not res then return failed(err) end
+      if not res then return fail_with(err) end
       add(res)
     else
       for _, sop in ipairs(entry.missing) do
         local res, err = retrieve_instances(store, { { "study", study }, { "series", se }, { "instance", sop } },
           sub_options(opts, join(opts.to, "")), "RetrieveInstance", bounds)
-        if not res then return failed(err) end
+        if not res then return fail_with(err) end
         add(res)
       end
     end
@@ -544,49 +570,46 @@ local function retrieve_missing(store, study, series, opts, what, have, bounds)
   return out
 end
 
---- store:retrieve_study(study, opts): every instance of the study into the directory opts.to.
---- opts.skip_existing: keep the instances opts.to already holds and fetch only the others.
-function M.retrieve_study(store, study, opts)
-  check_string(study, 1, "retrieve_study")
-  opts = util.check_options(opts, COLLECTION_OPTIONS, "retrieve_study", 2)
-  check_to(opts, "retrieve_study")
-  local bounds = bounds_of(store, opts, "retrieve_study")
+-- retrieve_study and retrieve_series: uids = { { "study", uid } [, { "series", uid }] }.
+local function retrieve_collection(store, uids, opts, what, bounds)
   if opts.skip_existing then
-    local _, perr = resource_path({ { "study", study } })
+    local _, perr = resource_path(uids)
     if perr then return nil, perr end
     local have = already_in(opts.to)
-    if next(have) then return retrieve_missing(store, study, nil, opts, "RetrieveStudy", have, bounds) end
+    if next(have) then
+      return retrieve_missing(store, uids[1][2], uids[2] and uids[2][2], opts, what, have, bounds)
+    end
   end
-  return retrieve_instances(store, { { "study", study } }, opts, "RetrieveStudy", bounds)
+  return retrieve_instances(store, uids, opts, what, bounds)
+end
+
+--- store:retrieve_study(study, opts): every instance of the study into the directory opts.to.
+--- opts.skip_existing: keep the instances opts.to already holds and fetch only the others.
+--- Returns the result, or nil, err, partial.
+function M.retrieve_study(store, study, opts)
+  opts = check_call(store, "retrieve_study", { study }, 1, opts, COLLECTION_OPTIONS)
+  check_to(opts, "retrieve_study")
+  local bounds = bounds_of(store, opts, "retrieve_study")
+  return outcome(retrieve_collection(store, { { "study", study } }, opts, "RetrieveStudy", bounds))
 end
 
 --- store:retrieve_series(study, series, opts): every instance of the series into opts.to.
 function M.retrieve_series(store, study, series, opts)
-  check_string(study, 1, "retrieve_series")
-  check_string(series, 2, "retrieve_series")
-  opts = util.check_options(opts, COLLECTION_OPTIONS, "retrieve_series", 2)
+  opts = check_call(store, "retrieve_series", { study, series }, 2, opts, COLLECTION_OPTIONS)
   check_to(opts, "retrieve_series")
   local bounds = bounds_of(store, opts, "retrieve_series")
-  if opts.skip_existing then
-    local _, perr = resource_path({ { "study", study }, { "series", series } })
-    if perr then return nil, perr end
-    local have = already_in(opts.to)
-    if next(have) then return retrieve_missing(store, study, series, opts, "RetrieveSeries", have, bounds) end
-  end
-  return retrieve_instances(store, { { "study", study }, { "series", series } }, opts, "RetrieveSeries", bounds)
+  return outcome(retrieve_collection(store, { { "study", study }, { "series", series } }, opts, "RetrieveSeries",
+    bounds))
 end
 
 --- store:retrieve_instance(study, series, instance, opts): one instance to the file opts.to,
 --- or into opts.to when it is an existing directory (or ends with "/").
 function M.retrieve_instance(store, study, series, instance, opts)
-  check_string(study, 1, "retrieve_instance")
-  check_string(series, 2, "retrieve_instance")
-  check_string(instance, 3, "retrieve_instance")
-  opts = util.check_options(opts, INSTANCE_OPTIONS, "retrieve_instance", 2)
+  opts = check_call(store, "retrieve_instance", { study, series, instance }, 3, opts, INSTANCE_OPTIONS)
   check_to(opts, "retrieve_instance")
   local bounds = bounds_of(store, opts, "retrieve_instance")
-  return retrieve_instances(store, { { "study", study }, { "series", series }, { "instance", instance } },
-    opts, "RetrieveInstance", bounds)
+  return outcome(retrieve_instances(store, { { "study", study }, { "series", series }, { "instance", instance } },
+    opts, "RetrieveInstance", bounds))
 end
 
 --- store:retrieve_metadata(study[, series[, instance]][, opts]) -> list of datasets.
@@ -594,25 +617,24 @@ function M.retrieve_metadata(store, study, series, instance, opts)
   -- the optional UIDs may be left out before the options
   if type(series) == "table" then series, instance, opts = nil, nil, series end
   if type(instance) == "table" then instance, opts = nil, instance end
-  check_string(study, 1, "retrieve_metadata")
-  if series ~= nil then check_string(series, 2, "retrieve_metadata") end
-  if instance ~= nil then
-    check_string(instance, 3, "retrieve_metadata")
-    if series == nil then error("bad argument #2 to 'retrieve_metadata' (series UID expected with an instance)", 2) end
+  opts = check_call(store, "retrieve_metadata", { study }, 1, opts, METADATA_OPTIONS)
+  util.check_arg(series, 2, "retrieve_metadata", "string|nil")
+  util.check_arg(instance, 3, "retrieve_metadata", "string|nil")
+  if instance ~= nil and series == nil then
+    error("bad argument #2 to 'retrieve_metadata' (series UID expected with an instance)", 2)
   end
-  opts = util.check_options(opts, METADATA_OPTIONS, "retrieve_metadata", 2)
+  check_bound(opts, "max_bytes", "retrieve_metadata", true, 2)
+  check_bound(opts, "timeout", "retrieve_metadata", false, 2)
   local uids = { { "study", study } }
   if series then uids[2] = { "series", series } end
   if instance then uids[3] = { "instance", instance } end
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
-  check_bound(opts, "max_bytes", "retrieve_metadata", true)
-  check_bound(opts, "timeout", "retrieve_metadata", false)
   local max_bytes = opts.max_bytes or M.MAX_METADATA_BYTES
   local res, err = send(store, path .. "/metadata", { "Accept: " .. M.METADATA_ACCEPT }, opts,
     { what = "RetrieveMetadata", max_bytes = max_bytes, compressed = true })
   if not res then
-    if err.code == "response_too_large" then
+    if err.status == "response_too_large" then
       err.option = "max_bytes"
       err.message = string.format("RetrieveMetadata: the metadata of %s is larger than %.0f bytes (option "
         .. "max_bytes)", describe(uids), max_bytes)
@@ -654,16 +676,7 @@ local function check_frame(n, what)
   return string.format("%d", n)
 end
 
---- store:retrieve_rendered(study, series, instance, opts): the rendered image (opts.accept,
---- default image/jpeg) of the instance, or of its frame opts.frame, to the file opts.to (or
---- into the existing directory opts.to as <instance>[-frame-<n>].<ext>).
-function M.retrieve_rendered(store, study, series, instance, opts)
-  check_string(study, 1, "retrieve_rendered")
-  check_string(series, 2, "retrieve_rendered")
-  check_string(instance, 3, "retrieve_rendered")
-  opts = util.check_options(opts, RENDERED_OPTIONS, "retrieve_rendered", 2)
-  check_to(opts, "retrieve_rendered")
-  local bounds = bounds_of(store, opts, "retrieve_rendered")
+local function rendered(store, study, series, instance, opts, bounds)
   local uids = { { "study", study }, { "series", series }, { "instance", instance } }
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
@@ -696,6 +709,17 @@ function M.retrieve_rendered(store, study, series, instance, opts)
     status = res.status, content_type = ctype }
 end
 
+--- store:retrieve_rendered(study, series, instance, opts): the rendered image (opts.accept,
+--- default image/jpeg) of the instance, or of its frame opts.frame, to the file opts.to (or
+--- into the existing directory opts.to as <instance>[-frame-<n>].<ext>).
+function M.retrieve_rendered(store, study, series, instance, opts)
+  opts = check_call(store, "retrieve_rendered", { study, series, instance }, 3, opts, RENDERED_OPTIONS)
+  util.check_option(opts.frame, "frame", "retrieve_rendered", "number")
+  check_to(opts, "retrieve_rendered")
+  local bounds = bounds_of(store, opts, "retrieve_rendered")
+  return outcome(rendered(store, study, series, instance, opts, bounds))
+end
+
 -- Names received frame parts frame-<n>.<ext> in dir, in the order the frames were asked for.
 local function name_frames(parts, dir, numbers)
   local files = {}
@@ -713,19 +737,7 @@ local function name_frames(parts, dir, numbers)
   return files
 end
 
---- store:retrieve_frames(study, series, instance, frames, opts): frames (a number or a list)
---- of the instance into the directory opts.to as frame-<n>.<ext>. opts.accept: the frames'
---- media type (default application/octet-stream: uncompressed pixel data); opts.transfer_syntax.
-function M.retrieve_frames(store, study, series, instance, frames, opts)
-  check_string(study, 1, "retrieve_frames")
-  check_string(series, 2, "retrieve_frames")
-  check_string(instance, 3, "retrieve_frames")
-  if type(frames) ~= "number" and type(frames) ~= "table" then
-    error("bad argument #4 to 'retrieve_frames' (frame number or list expected, got " .. type(frames) .. ")", 2)
-  end
-  opts = util.check_options(opts, FRAMES_OPTIONS, "retrieve_frames", 2)
-  check_to(opts, "retrieve_frames")
-  local bounds = bounds_of(store, opts, "retrieve_frames")
+local function frames_to(store, study, series, instance, frames, opts, bounds)
   local uids = { { "study", study }, { "series", series }, { "instance", instance } }
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
@@ -770,6 +782,17 @@ function M.retrieve_frames(store, study, series, instance, frames, opts)
   local files, nerr = name(parts)
   if not files then return nil, nerr end
   return { files = files, bytes = total_bytes(files), status = res.status }
+end
+
+--- store:retrieve_frames(study, series, instance, frames, opts): frames (a number or a list)
+--- of the instance into the directory opts.to as frame-<n>.<ext>. opts.accept: the frames'
+--- media type (default application/octet-stream: uncompressed pixel data); opts.transfer_syntax.
+function M.retrieve_frames(store, study, series, instance, frames, opts)
+  opts = check_call(store, "retrieve_frames", { study, series, instance }, 3, opts, FRAMES_OPTIONS)
+  util.check_arg(frames, 4, "retrieve_frames", "number|table", nil, "frame number or list")
+  check_to(opts, "retrieve_frames")
+  local bounds = bounds_of(store, opts, "retrieve_frames")
+  return outcome(frames_to(store, study, series, instance, frames, opts, bounds))
 end
 
 return M

@@ -4,6 +4,8 @@
 -- offset) as the caller iterates, each item a DICOM JSON data set wrapped for keyword access.
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
+local names = require "healthcare.dicomweb.names"
+local params = require "healthcare.params"
 local util = require "healthcare.util"
 local cjson = require "cjson.safe"
 
@@ -77,7 +79,7 @@ local function attribute_value(v, tag)
       return nil, "a list item contains ','"
     end
     if dicomjson.vr_of(tag) == "UI" and not (x == "" and #list == 1) then
-      if not require("healthcare.dicomweb").valid_uid(x) then
+      if not names.valid_uid(x) then
         return nil, "'" .. shown(x) .. "' is not a UID (digits and dots, at most 64 characters)"
       end
     end
@@ -90,10 +92,7 @@ end
 --- offset = }. level: "studies" | "series" | "instances". Returns it or nil, err.
 function M.compile(query, level, what)
   if query == nil then query = {} end
-  if type(query) ~= "table" then
-    -- level 3: the caller of store:search_* (the delegating calls are tail calls)
-    error(string.format("bad argument #1 to '%s' (query table expected, got %s)", what, type(query)), 3)
-  end
+  if type(query) ~= "table" then return usage(what, "the query must be a table, got %s", type(query)) end
   local q = { attrs = {}, includefield = {} }
   local seen = {}
   local keys = {}
@@ -159,11 +158,11 @@ local function path_of(q, level)
 end
 
 local function query_text(q, limit, offset)
-  local names = {}
-  for name in pairs(q.attrs) do names[#names + 1] = name end
-  table.sort(names)
+  local keys = {}
+  for name in pairs(q.attrs) do keys[#keys + 1] = name end
+  table.sort(keys)
   local out = {}
-  for _, name in ipairs(names) do out[#out + 1] = name .. "=" .. escape_value(q.attrs[name].value) end
+  for _, name in ipairs(keys) do out[#out + 1] = name .. "=" .. escape_value(q.attrs[name].value) end
   if #q.includefield > 0 then out[#out + 1] = "includefield=" .. table.concat(q.includefield, ",") end
   if q.fuzzymatching ~= nil then out[#out + 1] = "fuzzymatching=" .. tostring(q.fuzzymatching) end
   if limit then out[#out + 1] = "limit=" .. int_string(limit) end
@@ -175,10 +174,11 @@ end
 
 local Results = {}
 Results.__index = Results
+Results.__name = "healthcare.Results"
 M.Results = Results
 
 -- One page: the list of raw data sets, or nil, err. Sets self.warning from a Warning header.
-function Results:fetch(limit, offset)
+local function fetch(self, limit, offset)
   local qs = query_text(self.q, limit, offset)
   local res, err = self.store.client:send {
     method = "GET",
@@ -191,7 +191,7 @@ function Results:fetch(limit, offset)
   }
   self.requests = self.requests + 1
   if not res then
-    if err.code == "response_too_large" then
+    if err.status == "response_too_large" then
       err.option = "max_page_bytes"
       err.message = string.format("%s: a page of results is larger than %.0f bytes (option max_page_bytes; "
         .. "or a smaller page_size)", self.what, self.max_page_bytes)
@@ -218,8 +218,10 @@ function Results:fetch(limit, offset)
 end
 
 --- Iterates over every result, fetching pages as needed. A failed page ends the loop and
---- sets results.error. Each call starts over from the first page (nothing is kept).
+--- sets results.error (an iterator has no other way to say why it ended: all() returns it).
+--- Each call starts over from the first page (nothing is kept).
 function Results:each()
+  util.check_self(self, "healthcare.Results", "each")
   self.error, self.warning = nil, nil
   local q = self.q
   local want = q.limit   -- nil: all there are
@@ -253,7 +255,7 @@ function Results:each()
           ask = self.page_size
           if want then ask = math.min(ask, want - got + skip) end
         end
-        local list, res = self:fetch(ask, at)
+        local list, res = fetch(self, ask, at)
         if not list then
           self.error, done = res, true
           page, i = {}, 0
@@ -270,48 +272,72 @@ function Results:each()
   end
 end
 
---- Every result in a list, or nil, err.
+--- Every result in a list, or nil, err and the list of the results that came before the failed
+--- page (the partial result, as every call of the module returns it).
 function Results:all()
+  util.check_self(self, "healthcare.Results", "all")
   local out = {}
   for item in self:each() do out[#out + 1] = item end
-  if self.error then return nil, self.error end
+  if self.error then return nil, self.error, out end
   return out
+end
+
+-- Results live as long as their store: a closed store's results cannot fetch pages.
+function Results:is_closed()
+  return self.store:is_closed()
 end
 
 local WHAT = { studies = "SearchForStudies", series = "SearchForSeries", instances = "SearchForInstances" }
 
+-- Raises for a misuse of store:search_* (level 3 from here: the user's line); returns the options.
+local function check_call(store, query, opts, fname)
+  util.check_self(store, "healthcare.Store", fname, 3)
+  util.check_arg(query, 1, fname, "table|nil", 3, "query table")
+  opts = util.check_options(opts, M.OPTIONS, fname, 3)
+  util.check_option(opts.params, "params", fname, "table", 3)
+  util.check_number(opts.timeout, "timeout", fname, ">= 0", 3)
+  util.check_number(opts.max_page_bytes, "max_page_bytes", fname, "whole >= 1", 3)
+  -- a count, as a number or its digits
+  local page_size = opts.page_size
+  if page_size ~= nil and (count_of(page_size) or 0) < 1 then
+    error(string.format("bad option 'page_size' to '%s' (a whole number >= 1 expected, got %s)", fname,
+      type(page_size) == "string" and ("'" .. page_size .. "'") or tostring(page_size)), 3)
+  end
+  return opts
+end
+
 local function search(store, level, query, opts)
   local what = WHAT[level]
-  opts = util.check_options(opts, M.OPTIONS, "search_" .. level)
-  local page_size = M.DEFAULT_PAGE_SIZE
-  if opts.page_size ~= nil then
-    page_size = count_of(opts.page_size)
-    if not page_size or page_size == 0 then
-      return usage(what, "page_size must be a positive integer, got '%s'", shown(opts.page_size))
-    end
-  end
-  local max_page_bytes = M.DEFAULT_MAX_PAGE_BYTES
-  if opts.max_page_bytes ~= nil then
-    max_page_bytes = count_of(opts.max_page_bytes)
-    if not max_page_bytes or max_page_bytes == 0 or type(opts.max_page_bytes) ~= "number" then
-      return usage(what, "max_page_bytes must be a positive whole number of bytes, got '%s'",
-        shown(opts.max_page_bytes))
-    end
-  end
+  local page_size = opts.page_size and count_of(opts.page_size) or M.DEFAULT_PAGE_SIZE
+  local max_page_bytes = opts.max_page_bytes or M.DEFAULT_MAX_PAGE_BYTES
   local q, err = M.compile(query, level, what)
   if not q then return nil, err end
-  local params, perr = require("healthcare.client").normalize_params(opts.params)
-  if not params then return nil, perr end
+  local query_params, perr = params.query(opts.params)
+  if not query_params then return nil, perr end
   return setmetatable({
-    store = store, what = what, q = q, page_size = page_size, params = params,
+    store = store, what = what, q = q, page_size = page_size, params = query_params,
     timeout = opts.timeout, max_page_bytes = max_page_bytes,
     url = store.base_url .. "/" .. path_of(q, level), requests = 0,
   }, Results)
 end
 
 --- store:search_studies(query, opts) -> Results, or nil, err (a bad query; nothing sent).
-function M.search_studies(store, query, opts) return search(store, "studies", query, opts) end
-function M.search_series(store, query, opts) return search(store, "series", query, opts) end
-function M.search_instances(store, query, opts) return search(store, "instances", query, opts) end
+function M.search_studies(store, query, opts)
+  opts = check_call(store, query, opts, "search_studies")
+  local results, err = search(store, "studies", query, opts)
+  return results, err
+end
+
+function M.search_series(store, query, opts)
+  opts = check_call(store, query, opts, "search_series")
+  local results, err = search(store, "series", query, opts)
+  return results, err
+end
+
+function M.search_instances(store, query, opts)
+  opts = check_call(store, query, opts, "search_instances")
+  local results, err = search(store, "instances", query, opts)
+  return results, err
+end
 
 return M

@@ -3,8 +3,8 @@
 -- reported stored. A 200 (even per-instance success) only says the server accepted them; a
 -- migration that must prove itself checks what the store answers afterwards. One paged search
 -- per study (search_instances scoped to the study), so the cost grows with studies, not files.
-local dicomweb = require "healthcare.dicomweb"
 local errors = require "healthcare.errors"
+local names = require "healthcare.dicomweb.names"
 local util = require "healthcare.util"
 
 local M = {}
@@ -15,7 +15,8 @@ M.OPTIONS = { "page_size", "params" }
 M.PAGE_SIZE = 1000
 
 -- The entries to check, from a store() report (stored and already_stored: both say the
--- server holds them) or a list of { study_uid | study, sop_instance_uid, path }.
+-- server holds them) or a list of { study_uid, sop_instance_uid, path } (`study` is the old name
+-- of study_uid, still taken).
 local function entries_of(input)
   local lists
   local counts = input.counts
@@ -37,7 +38,7 @@ local function entries_of(input)
       end
       local study, sop = e.study_uid or e.study, e.sop_instance_uid
       for _, uid in ipairs({ study, sop }) do
-        if not dicomweb.valid_uid(uid) then
+        if not names.valid_uid(uid) then
           return nil, errors.new("usage", string.format("invalid UID '%s' in the entry for %s",
             tostring(uid), tostring(e.path or ("entry " .. i))))
         end
@@ -45,7 +46,8 @@ local function entries_of(input)
       local key = study .. "/" .. sop
       if not seen[key] then
         seen[key] = true
-        out[#out + 1] = { study = study, sop_instance_uid = sop, path = e.path }
+        -- study: the old name of study_uid, kept one release (README "Lua API")
+        out[#out + 1] = { study_uid = study, study = study, sop_instance_uid = sop, path = e.path }
       end
     end
   end
@@ -70,33 +72,36 @@ local function listed_in(store, study, opts)
   return set
 end
 
---- Returns { checked = n, missing = { { study, sop_instance_uid, path }, ... } } or nil, err.
+--- store:verify(report_or_list, opts): returns { checked = n, missing = { { study_uid,
+--- sop_instance_uid, path }, ... } }, or nil, err and the same for the studies checked before
+--- the failure (the partial result).
 function M.verify(store, input, opts)
-  if type(input) ~= "table" then
-    error("bad argument #1 to 'verify' (report or list expected, got " .. type(input) .. ")", 3)
-  end
-  util.check_options(opts, M.OPTIONS, "verify", 3)
-  opts = opts or {}
+  util.check_self(store, "healthcare.Store", "verify")
+  util.check_arg(input, 1, "verify", "table", nil, "report or list")
+  opts = util.check_options(opts, M.OPTIONS, "verify")
+  util.check_number(opts.page_size, "page_size", "verify", "whole >= 1")
+  util.check_option(opts.params, "params", "verify", "table")
   local entries, err = entries_of(input)
   if not entries then return nil, err end
   local by_study, studies = {}, {}
   for _, e in ipairs(entries) do
-    if not by_study[e.study] then
-      by_study[e.study] = {}
-      studies[#studies + 1] = e.study
+    if not by_study[e.study_uid] then
+      by_study[e.study_uid] = {}
+      studies[#studies + 1] = e.study_uid
     end
-    local list = by_study[e.study]
+    local list = by_study[e.study_uid]
     list[#list + 1] = e
   end
-  local missing = {}
+  local result = { checked = 0, missing = {} }
   for _, study in ipairs(studies) do
     local listed, lerr = listed_in(store, study, opts)
-    if not listed then return nil, lerr end
+    if not listed then return nil, lerr, result end
     for _, e in ipairs(by_study[study]) do
-      if not listed[e.sop_instance_uid] then missing[#missing + 1] = e end
+      if not listed[e.sop_instance_uid] then result.missing[#result.missing + 1] = e end
     end
+    result.checked = result.checked + #by_study[study]
   end
-  return { checked = #entries, missing = missing }
+  return result
 end
 
 return M

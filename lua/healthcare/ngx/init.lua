@@ -31,7 +31,7 @@
 local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local credentials = require "healthcare.auth.credentials"
-local dicomweb = require "healthcare.dicomweb"
+local names = require "healthcare.dicomweb.names"
 local util = require "healthcare.util"
 
 local M = {}
@@ -87,7 +87,7 @@ function M.map_path(uri, method, prefix, api_path, parent)
   local rest = uri:sub(#prefix + 1)
   if method == "POST" then
     local uid = rest:match("^/studies/([^/]+)/?$")
-    if not (rest == "/studies" or rest == "/studies/" or (uid and dicomweb.valid_uid(uid))) then
+    if not (rest == "/studies" or rest == "/studies/" or (uid and names.valid_uid(uid))) then
       return nil, 404, "StoreInstances takes " .. prefix .. "/studies or " .. prefix
         .. "/studies/{StudyInstanceUID} (digits and dots, at most 64 characters)"
     end
@@ -198,7 +198,7 @@ end
 function M.configure(opts)
   util.check_options(opts, M.OPTIONS, "healthcare.ngx.configure")
   opts = opts or {}
-  local ok, perr = dicomweb.check_parent(opts.parent)
+  local ok, perr = names.check_parent(opts.parent)
   if not ok then error("healthcare.ngx.configure: " .. perr.message, 2) end
   for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
     check_number(opts, k)

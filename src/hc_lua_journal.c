@@ -1,17 +1,13 @@
 /* SPDX-License-Identifier: MIT */
-/* What a long migration needs from the operating system and cannot get from portable Lua:
- * an append-only file whose lines are on disk (fsync) before a request counts as done, locked
- * so that two processes never write one journal, and refused when someone else could have
- * written it (healthcare.dicomweb.journal keeps the format); a
- * stable 32-bit hash of a path for splitting work over machines (healthcare.dicomweb.shard; Lua 5.1 and
- * LuaJIT have no bit operators); and a flag set by SIGINT or SIGTERM that the batch loop polls
- * so an upload stops between requests instead of dying in the middle of one. Registered into
- * healthcare.core by hc_lua_journal_register. Uses only API common to Lua 5.1 and 5.4. */
+/* The journal's file, `core.appender(path)`: what a long migration needs from the operating
+ * system and cannot get from portable Lua. An append-only file whose lines are on disk (fsync)
+ * before a request counts as done, locked so that two processes never write one journal, and
+ * refused when someone else could have written it. healthcare.dicomweb.journal keeps the
+ * format. Failures come back as nil, err (kind "io"; status "busy", "unsafe", "open", "lock",
+ * "read", "write" or "truncate"). Registered into healthcare.core by hc_lua_journal_register. */
 #define _DEFAULT_SOURCE /* flock(2), which follows the open file, not the process as fcntl does */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,11 +15,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <lauxlib.h>
-
 #include "hc_lua.h"
 
-#define HC_APPENDER_MT "healthcare.Appender"
+#define APPENDER_MT "healthcare.Appender"
 
 typedef struct hc_appender {
     int fd;       /* -1 when closed */
@@ -37,22 +31,18 @@ typedef struct hc_appender {
 
 /* ---- errors -------------------------------------------------------------------------- */
 
-/* Pushes nil and an io error "what 'path': strerror(err)" with code (may be NULL); returns 2. */
-static int hc_journal_fail(lua_State *L, const char *what, const char *path, int err,
-                           const char *code)
+/* Pushes nil and an io error "what 'path': strerror(err)" with status; returns 2. */
+static int appender_fail(lua_State *L, const char *status, const char *what, const char *path,
+                         int err)
 {
-    char msg[512];
-    snprintf(msg, sizeof msg, "%s '%s': %s", what, path, strerror(err));
-    lua_pushnil(L);
-    hc_lua_push_error(L, "io", msg, code);
-    return 2;
+    return hc_lua_fail(L, "io", status, "%s '%s': %s", what, path, strerror(err));
 }
 
 /* ---- the appender -------------------------------------------------------------------- */
 
 /* Makes a new file's directory entry durable too: fsync of the file alone does not. Returns 0
  * or an errno value. */
-static int hc_journal_sync_parent(const char *path)
+static int sync_parent(const char *path)
 {
     const char *slash = strrchr(path, '/');
     char *dir;
@@ -80,18 +70,14 @@ static int hc_journal_sync_parent(const char *path)
     return err;
 }
 
-/* Pushes nil and an io error "refusing journal 'path': why" with code "unsafe"; returns 2. */
-static int hc_journal_refuse(lua_State *L, const char *path, const char *why)
+/* Pushes nil and an io error "refusing journal 'path': why" with status "unsafe"; returns 2. */
+static int appender_refuse(lua_State *L, const char *path, const char *why)
 {
-    char msg[768];
-    snprintf(msg, sizeof msg, "refusing journal '%s': %s", path, why);
-    lua_pushnil(L);
-    hc_lua_push_error(L, "io", msg, "unsafe");
-    return 2;
+    return hc_lua_fail(L, "io", "unsafe", "refusing journal '%s': %s", path, why);
 }
 
 /* What a file that is not a regular file is, for messages. */
-static const char *hc_journal_file_type(mode_t mode)
+static const char *file_type(mode_t mode)
 {
     if (S_ISDIR(mode))
         return "a directory";
@@ -112,10 +98,10 @@ static const char *hc_journal_file_type(mode_t mode)
  * lines decide which files a run skips without reading them, so only this user may have
  * written them: a regular file, owned by the effective user, that neither group nor others
  * may write. */
-static int hc_journal_distrust(const struct stat *st, char *why, size_t n)
+static int distrust(const struct stat *st, char *why, size_t n)
 {
     if (!S_ISREG(st->st_mode))
-        snprintf(why, n, "it is %s, not a regular file", hc_journal_file_type(st->st_mode));
+        snprintf(why, n, "it is %s, not a regular file", file_type(st->st_mode));
     else if (st->st_uid != geteuid())
         snprintf(why, n, "it belongs to another user (uid %lu; this process runs as uid %lu)",
                  (unsigned long)st->st_uid, (unsigned long)geteuid());
@@ -129,16 +115,16 @@ static int hc_journal_distrust(const struct stat *st, char *why, size_t n)
 
 /* appender(path) -> a userdata owned by Lua (closed by close() or the collector), or nil, err.
  * Opens path for reading and appending (created with mode 0600: a journal names files that may
- * name patients), takes an exclusive lock that is never waited for (code "busy" when another
+ * name patients), takes an exclusive lock that is never waited for (status "busy" when another
  * process holds it), and makes a newly created file's directory entry durable.
  * A journal that could hold lines written by someone else is refused before anything is read,
- * written or locked (kind "io", code "unsafe"): a symbolic link (O_NOFOLLOW: never the file
+ * written or locked (kind "io", status "unsafe"): a symbolic link (O_NOFOLLOW: never the file
  * at its other end), anything but a regular file (a FIFO or device is not even opened), a file
  * owned by another user than the effective one, or one the group or others may write. The
- * checks are made on the open descriptor, which is the one read (read(), read_line()) and written: nothing
- * opens the path a second time. The directory is not checked: a file that passes was written
- * by this user alone, wherever it is (README, "Migrating an archive"). */
-static int hc_journal_open(lua_State *L)
+ * checks are made on the open descriptor, which is the one read (read(), read_line()) and written:
+ * nothing opens the path a second time. The directory is not checked: a file that passes was
+ * written by this user alone, wherever it is (README, "Migrating an archive"). */
+static int l_appender_open(lua_State *L)
 {
     size_t len;
     const char *path = luaL_checklstring(L, 1, &len);
@@ -151,7 +137,7 @@ static int hc_journal_open(lua_State *L)
     a->rcap = a->rpos = a->rlen = 0;
     a->roff = 0;
     memcpy(a->path, path, len + 1);
-    luaL_getmetatable(L, HC_APPENDER_MT);
+    luaL_getmetatable(L, APPENDER_MT);
     lua_setmetatable(L, -2);
     /* O_EXCL does not follow a symbolic link either: one at path (dangling or not) is EEXIST. */
     fd = open(path, O_RDWR | O_APPEND | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY, 0600);
@@ -160,50 +146,45 @@ static int hc_journal_open(lua_State *L)
         /* Refused by name first, so a FIFO or a device is never opened (opening some has effects);
          * a directory is left to open() (EISDIR). The checks on the descriptor below decide. */
         if (lstat(path, &st) == 0 && !S_ISREG(st.st_mode) && !S_ISDIR(st.st_mode)) {
-            snprintf(why, sizeof why, "it is %s, not a regular file%s", hc_journal_file_type(st.st_mode),
+            snprintf(why, sizeof why, "it is %s, not a regular file%s", file_type(st.st_mode),
                      S_ISLNK(st.st_mode) ? " (name the file itself, if it is yours)" : "");
-            return hc_journal_refuse(L, path, why);
+            return appender_refuse(L, path, why);
         }
         /* O_NONBLOCK: a FIFO swapped in since lstat must not block us (it is refused below). */
         fd = open(path, O_RDWR | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
         if (fd < 0 && errno == ELOOP)
-            return hc_journal_refuse(L, path, "it is a symbolic link, not a regular file");
+            return appender_refuse(L, path, "it is a symbolic link, not a regular file");
     }
     if (fd < 0)
-        return hc_journal_fail(L, "cannot open journal", path, errno, NULL);
+        return appender_fail(L, "open", "cannot open journal", path, errno);
     if (fstat(fd, &st) != 0) {
         err = errno;
         close(fd);
-        return hc_journal_fail(L, "cannot use journal", path, err, NULL);
+        return appender_fail(L, "open", "cannot use journal", path, err);
     }
-    if (hc_journal_distrust(&st, why, sizeof why)) {
+    if (distrust(&st, why, sizeof why)) {
         close(fd);
-        return hc_journal_refuse(L, path, why);
+        return appender_refuse(L, path, why);
     }
     if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
         err = errno;
         close(fd);
-        if (err == EWOULDBLOCK) {
-            char msg[512];
-            snprintf(msg, sizeof msg, "journal '%s' is in use by another process", path);
-            lua_pushnil(L);
-            hc_lua_push_error(L, "io", msg, "busy");
-            return 2;
-        }
-        return hc_journal_fail(L, "cannot lock journal", path, err, NULL);
+        if (err == EWOULDBLOCK)
+            return hc_lua_fail(L, "io", "busy", "journal '%s' is in use by another process", path);
+        return appender_fail(L, "lock", "cannot lock journal", path, err);
     }
-    if (created && (err = hc_journal_sync_parent(path)) != 0) {
+    if (created && (err = sync_parent(path)) != 0) {
         close(fd);
-        return hc_journal_fail(L, "cannot sync the directory of journal", path, err, NULL);
+        return appender_fail(L, "open", "cannot sync the directory of journal", path, err);
     }
     a->fd = fd;
     return 1;
 }
 
 /* Checks argument 1 is an open appender; raises otherwise (a programming mistake). */
-static hc_appender *hc_journal_check(lua_State *L)
+static hc_appender *appender_check(lua_State *L)
 {
-    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, HC_APPENDER_MT);
+    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, APPENDER_MT);
     if (a->fd < 0)
         luaL_error(L, "attempt to use a closed journal");
     return a;
@@ -211,15 +192,15 @@ static hc_appender *hc_journal_check(lua_State *L)
 
 /* a:append(s) -> true, or nil, err. s is written whole and fsynced before this returns; when
  * that fails the file is cut back to its previous length so no half line stays behind. */
-static int hc_journal_append(lua_State *L)
+static int l_appender_append(lua_State *L)
 {
-    hc_appender *a = hc_journal_check(L);
+    hc_appender *a = appender_check(L);
     size_t n, off = 0;
     const char *s = luaL_checklstring(L, 2, &n);
     struct stat st;
     int err;
     if (fstat(a->fd, &st) != 0)
-        return hc_journal_fail(L, "cannot write journal", a->path, errno, NULL);
+        return appender_fail(L, "write", "cannot write journal", a->path, errno);
     while (off < n) {
         ssize_t w = write(a->fd, s + off, n - off);
         if (w < 0) {
@@ -238,33 +219,33 @@ fail:
     if (ftruncate(a->fd, st.st_size) != 0) {
         /* Nothing more to do: the next open cuts the torn tail off. */
     }
-    return hc_journal_fail(L, "cannot write journal", a->path, err, NULL);
+    return appender_fail(L, "write", "cannot write journal", a->path, err);
 }
 
 /* Most bytes read() returns, and the longest line read_line() returns: a journal line is under
  * 1 KiB, or a few KiB with a server's long reason; 64 MiB is no line this program wrote. */
-#define HC_JOURNAL_MAX_READ (1024 * 1024)
-#define HC_JOURNAL_MAX_LINE (64 * 1024 * 1024)
+#define MAX_READ (1024 * 1024)
+#define MAX_LINE (64 * 1024 * 1024)
 
 /* a:read(offset, n) -> up to n (at most 1 MiB) bytes of the journal from offset ("" at its
  * end), or nil, err. Reads through the descriptor the checks of appender() were made on (pread:
  * the append position does not move). */
-static int hc_journal_read(lua_State *L)
+static int l_appender_read(lua_State *L)
 {
-    hc_appender *a = hc_journal_check(L);
+    hc_appender *a = appender_check(L);
     lua_Integer off = luaL_checkinteger(L, 2);
     lua_Integer want = luaL_checkinteger(L, 3);
     size_t got = 0;
     char *buf;
     luaL_argcheck(L, off >= 0, 2, "must not be negative");
-    luaL_argcheck(L, want >= 0 && want <= HC_JOURNAL_MAX_READ, 3, "must be 0 to 1 MiB");
+    luaL_argcheck(L, want >= 0 && want <= MAX_READ, 3, "must be 0 to 1 MiB");
     buf = (char *)lua_newuserdata(L, want > 0 ? (size_t)want : 1); /* owned by Lua */
     while (got < (size_t)want) {
         ssize_t r = pread(a->fd, buf + got, (size_t)want - got, (off_t)off + (off_t)got);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return hc_journal_fail(L, "cannot read journal", a->path, errno, NULL);
+            return appender_fail(L, "read", "cannot read journal", a->path, errno);
         if (r == 0)
             break;
         got += (size_t)r;
@@ -278,9 +259,9 @@ static int hc_journal_read(lua_State *L)
  * bytes after it (a torn line); or nil, err. Reads through the checked descriptor, in 64 KiB
  * or larger pieces into a buffer the appender owns, so loading a journal allocates only its
  * lines (as io.lines would). */
-static int hc_journal_read_line(lua_State *L)
+static int l_appender_read_line(lua_State *L)
 {
-    hc_appender *a = hc_journal_check(L);
+    hc_appender *a = appender_check(L);
     for (;;) {
         char *nl = a->rpos < a->rlen ? memchr(a->rbuf + a->rpos, '\n', a->rlen - a->rpos) : NULL;
         ssize_t r;
@@ -298,12 +279,12 @@ static int hc_journal_read_line(lua_State *L)
         if (a->rlen == a->rcap) {
             size_t want = a->rcap ? 2 * a->rcap : 64 * 1024;
             char *grown;
-            if (a->rcap >= HC_JOURNAL_MAX_LINE)
-                return hc_journal_fail(L, "cannot read journal (a line longer than 64 MiB)", a->path,
-                                       EFBIG, NULL);
+            if (a->rcap >= MAX_LINE)
+                return appender_fail(L, "read", "cannot read journal (a line longer than 64 MiB)",
+                                     a->path, EFBIG);
             grown = realloc(a->rbuf, want);
             if (grown == NULL)
-                return hc_journal_fail(L, "cannot read journal", a->path, ENOMEM, NULL);
+                return appender_fail(L, "read", "cannot read journal", a->path, ENOMEM);
             a->rbuf = grown;
             a->rcap = want;
         }
@@ -311,7 +292,7 @@ static int hc_journal_read_line(lua_State *L)
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
-            return hc_journal_fail(L, "cannot read journal", a->path, errno, NULL);
+            return appender_fail(L, "read", "cannot read journal", a->path, errno);
         if (r == 0) {
             lua_pushboolean(L, 0);
             lua_pushinteger(L, (lua_Integer)(a->roff - (off_t)a->rlen));
@@ -324,21 +305,21 @@ static int hc_journal_read_line(lua_State *L)
 }
 
 /* a:truncate(len) -> true, or nil, err: cuts a torn last line off before appending. */
-static int hc_journal_truncate(lua_State *L)
+static int l_appender_truncate(lua_State *L)
 {
-    hc_appender *a = hc_journal_check(L);
+    hc_appender *a = appender_check(L);
     lua_Integer len = luaL_checkinteger(L, 2);
     luaL_argcheck(L, len >= 0, 2, "must not be negative");
     if (ftruncate(a->fd, (off_t)len) != 0 || fsync(a->fd) != 0)
-        return hc_journal_fail(L, "cannot truncate journal", a->path, errno, NULL);
+        return appender_fail(L, "truncate", "cannot truncate journal", a->path, errno);
     lua_pushboolean(L, 1);
     return 1;
 }
 
 /* a:close() -> true; releases the lock. Safe to call twice. */
-static int hc_journal_close(lua_State *L)
+static int l_appender_close(lua_State *L)
 {
-    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, HC_APPENDER_MT);
+    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, APPENDER_MT);
     if (a->fd >= 0) {
         close(a->fd);
         a->fd = -1;
@@ -350,118 +331,32 @@ static int hc_journal_close(lua_State *L)
     return 1;
 }
 
-static int hc_journal_tostring(lua_State *L)
+static int l_appender_tostring(lua_State *L)
 {
-    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, HC_APPENDER_MT);
+    hc_appender *a = (hc_appender *)luaL_checkudata(L, 1, APPENDER_MT);
     lua_pushstring(L, a->fd < 0 ? "healthcare.Appender (closed)" : "healthcare.Appender");
-    return 1;
-}
-
-/* ---- hashing ------------------------------------------------------------------------- */
-
-/* hash32(s) -> an integer in [0, 2^32): FNV-1a 64 of the bytes of s, xor-folded to 32 bits
- * (the folding FNV's authors recommend for shorter hashes; the low bits of plain FNV-1a follow
- * the low bits of the input too closely for `hash % n`). Part of the shard contract: never
- * change it. */
-static int hc_journal_hash32(lua_State *L)
-{
-    size_t n, i;
-    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &n);
-    uint64_t h = 14695981039346656037ULL;
-    for (i = 0; i < n; i++) {
-        h ^= s[i];
-        h *= 1099511628211ULL;
-    }
-    lua_pushinteger(L, (lua_Integer)((uint32_t)(h >> 32) ^ (uint32_t)h));
-    return 1;
-}
-
-/* ---- interrupts ---------------------------------------------------------------------- */
-
-/* The one piece of state outside an object: a signal handler can only tell the program
- * something through a static volatile sig_atomic_t. */
-static volatile sig_atomic_t hc_journal_signal = 0;
-
-static void hc_journal_on_signal(int sig)
-{
-    hc_journal_signal = sig;
-}
-
-/* trap_interrupts([on]): from now on SIGINT and SIGTERM set a flag (read by interrupted())
- * instead of ending the process. The handler is reset after one delivery (SA_RESETHAND), so a
- * second Ctrl-C ends the process at once. trap_interrupts(false) gives both signals their
- * default action back. Either way the flag is cleared. Only a program's main loop should call
- * this, never a library inside a host (nginx) that owns its signals. */
-static int hc_journal_trap(lua_State *L)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sigemptyset(&sa.sa_mask);
-    if (lua_isnoneornil(L, 1) || lua_toboolean(L, 1)) {
-        sa.sa_handler = hc_journal_on_signal;
-        sa.sa_flags = SA_RESETHAND; /* no SA_RESTART: a blocking poll returns early */
-    } else {
-        sa.sa_handler = SIG_DFL;
-    }
-    hc_journal_signal = 0;
-    if (sigaction(SIGINT, &sa, NULL) != 0 || sigaction(SIGTERM, &sa, NULL) != 0)
-        return luaL_error(L, "sigaction: %s", strerror(errno));
-    return 0;
-}
-
-/* interrupted() -> the number of the signal caught since trap_interrupts(), or false. */
-static int hc_journal_interrupted(lua_State *L)
-{
-    int sig = (int)hc_journal_signal;
-    if (sig == 0)
-        lua_pushboolean(L, 0);
-    else
-        lua_pushinteger(L, sig);
     return 1;
 }
 
 /* ---- registration -------------------------------------------------------------------- */
 
-static const luaL_Reg hc_journal_methods[] = {
-    {"append", hc_journal_append},
-    {"read", hc_journal_read},
-    {"read_line", hc_journal_read_line},
-    {"truncate", hc_journal_truncate},
-    {"close", hc_journal_close},
+static const luaL_Reg appender_methods[] = {
+    {"append", l_appender_append},
+    {"read", l_appender_read},
+    {"read_line", l_appender_read_line},
+    {"truncate", l_appender_truncate},
+    {"close", l_appender_close},
     {NULL, NULL}
 };
 
-static const luaL_Reg hc_journal_functions[] = {
-    {"appender", hc_journal_open},
-    {"hash32", hc_journal_hash32},
-    {"trap_interrupts", hc_journal_trap},
-    {"interrupted", hc_journal_interrupted},
+static const luaL_Reg journal_functions[] = {
+    {"appender", l_appender_open},
     {NULL, NULL}
 };
 
-/* Sets the functions of l into the table on top (luaL_setfuncs is not in Lua 5.1; this file
- * keeps off hc_compat.h, whose unused static shims break -Werror under LuaJIT). */
-static void hc_journal_setfuncs(lua_State *L, const luaL_Reg *l)
-{
-    for (; l->name != NULL; l++) {
-        lua_pushcfunction(L, l->func);
-        lua_setfield(L, -2, l->name);
-    }
-}
-
-/* Adds appender, hash32, trap_interrupts and interrupted to the module table on top. */
+/* Adds appender to the module table on top. */
 void hc_lua_journal_register(lua_State *L)
 {
-    luaL_newmetatable(L, HC_APPENDER_MT);
-    lua_createtable(L, 0, 5);
-    hc_journal_setfuncs(L, hc_journal_methods);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, hc_journal_close);
-    lua_setfield(L, -2, "__gc");
-    lua_pushcfunction(L, hc_journal_close);
-    lua_setfield(L, -2, "__close");
-    lua_pushcfunction(L, hc_journal_tostring);
-    lua_setfield(L, -2, "__tostring");
-    lua_pop(L, 1);
-    hc_journal_setfuncs(L, hc_journal_functions);
+    hc_lua_newclass(L, APPENDER_MT, appender_methods, l_appender_close, l_appender_tostring);
+    luaL_setfuncs(L, journal_functions, 0);
 }

@@ -5,7 +5,7 @@
 -- suite (key AKIDEXAMPLE, 2015-08-30, us-east-1, service "service") and, for Google's
 -- GetCallerIdentity request, botocore's (spec/support/sigv4_botocore.py); spec 43 signs random
 -- requests against botocore and has the emulator check a signed request end to end.
--- Run: lua5.4 /usr/bin/busted spec/18-sigv4_spec.lua (LUA_PATH/LUA_CPATH as in the README).
+-- Run: ctest --test-dir build -R sigv4 (or make check: spec/unit/README.md).
 local core = require "healthcare.core"
 
 local KEY = "AKIDEXAMPLE"
@@ -146,7 +146,7 @@ describe("core.sigv4_sign", function()
         local h, err = core.sigv4_sign(caller_identity(c[2]))
         assert.is_nil(h)
         assert.are.equal("auth", err.kind)
-        assert.are.equal("sigv4", err.code)
+        assert.are.equal("sigv4", err.status)
         assert.are.equal("cannot sign the AWS request: " .. c[3], err.message)
         assert.are.equal(err.message, tostring(err))
         assert.falsy(err.message:find(SECRET, 1, true))

@@ -1,0 +1,96 @@
+-- SPDX-License-Identifier: MIT
+-- STOW-RS: store:store_instances (a body the caller built, as the API states StoreInstances) and
+-- the reading of a STOW-RS answer, which store:store (healthcare.dicomweb.batch) shares.
+local core = require "healthcare.core"
+local cjson = require "cjson.safe"
+local errors = require "healthcare.errors"
+local names = require "healthcare.dicomweb.names"
+local params = require "healthcare.params"
+local util = require "healthcare.util"
+
+local M = {}
+
+M.ACCEPT = "application/dicom+json"
+
+-- The request body of an HttpBody: { content_type = ..., data = string | { file = path } }.
+local function transport_body(body)
+  local ct = body.content_type
+  if type(ct) ~= "string" or ct == "" then
+    return nil, errors.new("usage", "body.content_type is required")
+  end
+  if core.has_ctl(ct) then
+    return nil, errors.new("usage", "body.content_type contains CR, LF or NUL; refusing to send it as a header")
+  end
+  local data = body.data
+  if type(data) == "string" then
+    return ct, data
+  elseif type(data) == "table" and type(data.file) == "string" then
+    -- A file that cannot be read is the caller's to fix: say so before fetching any token.
+    local f, why = io.open(data.file, "rb")
+    if not f then
+      return nil, errors.new("io", "cannot open " .. why) -- why: "<path>: <reason>"
+    end
+    f:close()
+    return ct, { { file = data.file } }
+  elseif type(data) == "table" and data.multipart then
+    return ct, data
+  end
+  return nil, errors.new("usage", "body.data must be a string or { file = path }")
+end
+
+--- Reads a STOW-RS answer. A DICOM body (JSON or XML) is a result whatever the status, as
+--- PS3.18 and Google use 202 and 409 with per-instance detail; anything else is an error.
+function M.read_store_response(res, what)
+  local ct = (res.headers["content-type"] or ""):lower()
+  local is_xml = ct:find("application/dicom+xml", 1, true) ~= nil
+  local doc
+  -- DICOM JSON is also recognised by its shape: Orthanc answers a request with an unreadable
+  -- part with 400, DICOM JSON and no Content-Type, and what it lists there IS stored.
+  if not is_xml and (ct == "" or ct:find("json", 1, true)) then
+    doc = cjson.decode(res.body)
+    if type(doc) ~= "table" or doc.error ~= nil then
+      doc = nil
+    elseif not ct:find("application/dicom+json", 1, true) then
+      for k in pairs(doc) do
+        if type(k) ~= "string" or not k:match("^%x%x%x%x%x%x%x%x$") then doc = nil break end
+      end
+    end
+  end
+  if not doc and not is_xml then
+    return nil, errors.from_response(res, what)
+  end
+  local failed = doc and doc["00081198"] and doc["00081198"].Value
+  return {
+    status = res.status,
+    ok = res.status == 200 and (failed == nil or #failed == 0),
+    headers = res.headers,
+    body = res.body,
+    json = doc,
+  }
+end
+
+--- store:store_instances(dicom_web_path, body, params): STOW-RS with a body the caller built,
+--- POST {base}/{dicom_web_path}. Returns { status, ok, headers, body, json } or nil, err.
+function M.store_instances(store, dicom_web_path, body, query_params)
+  util.check_self(store, "healthcare.Store", "store_instances")
+  util.check_arg(dicom_web_path, 1, "store_instances", "string")
+  util.check_arg(body, 2, "store_instances", "table")
+  util.check_arg(query_params, 3, "store_instances", "table|nil")
+  local _, perr = names.check_store_path(dicom_web_path)
+  if perr then return nil, perr end
+  local ct, data = transport_body(body)
+  if not ct then return nil, data end
+  local query, qerr = params.query(query_params)
+  if not query then return nil, qerr end
+  local res, err = store.client:send {
+    method = "POST",
+    url = store.base_url .. "/" .. dicom_web_path,
+    headers = { "Content-Type: " .. ct, "Accept: " .. M.ACCEPT },
+    query = query,
+    body = data,
+  }
+  if not res then return nil, err end
+  return M.read_store_response(res, "StoreInstances")
+end
+
+return M

@@ -1,0 +1,294 @@
+-- SPDX-License-Identifier: MIT
+-- The contract of the Lua API (README "Lua API"), checked without a server: a misuse raises at
+-- the line of the caller, through the store's methods too, naming the public function; bad
+-- content returns a "usage" error; closed objects say so; a store and a client own what they made
+-- and close it (sessions observed as the file descriptors of their libcurl handles), with <close>
+-- under Lua 5.4; a credentials module that does not load is an error naming it; old option names
+-- still work. Nothing here sends a request (spec/42 has the partial results of failed ones).
+local H = require "helpers"
+local lfs = require "lfs"
+local healthcare = require "healthcare"
+
+local URL = "http://127.0.0.1:9/dicom-web"
+local PARENT = "projects/p/locations/l/datasets/d/dicomStores/s"
+local THIS_FILE = "spec/unit/06-lua_contract_spec.lua"
+
+-- A new empty directory under os.tmpname()'s.
+local function tmpdir()
+  local path = os.tmpname()
+  os.remove(path)
+  assert(lfs.mkdir(path))
+  return path
+end
+
+local fds = H.open_fds
+
+-- Calls f, which must raise `message` at the line where f is written (its one call is on that
+-- line, and is not a tail call: `local _ = ...`).
+local function raises_at_call(f, message)
+  local line = debug.getinfo(f, "S").linedefined
+  local ok, err = pcall(f)
+  assert.is_false(ok, "did not raise: " .. message)
+  assert.equal(THIS_FILE .. ":" .. line .. ": " .. message, tostring(err):match("(spec/.*)$"))
+end
+
+describe("a misuse raises at the caller's line, naming the public function", function()
+  local client, store, dir
+  setup(function()
+    client = assert(healthcare.new { credentials = false, endpoint = "http://127.0.0.1:9/v1" })
+    store = assert(healthcare.dicomweb(URL))
+    dir = tmpdir()
+  end)
+  teardown(function()
+    client:close()
+    store:close()
+  end)
+
+  it("in the constructors", function()
+    raises_at_call(function() local _ = healthcare.new { bogus = 1 } end, "unknown option 'bogus' to 'healthcare.new'; "
+      .. "valid options: access_token, api_key, ca_file, concurrency, connect_timeout, credentials, debug, endpoint, "
+      .. "http2, idle_timeout, insecure, max_compression_ratio, min_speed, params, quota_project, refresh_margin, "
+      .. "retry, scopes, self_signed_jwt, subject, timeout, token_cache, user_agent")
+    raises_at_call(function() local _ = healthcare.new(42) end,
+      "bad argument to 'healthcare.new' (options table expected, got number)")
+    raises_at_call(function() local _ = healthcare.new { timeout = "10" } end,
+      "bad option 'timeout' to 'healthcare.new' (number expected, got string)")
+    raises_at_call(function() local _ = healthcare.new { credentials = 42 } end,
+      "bad option 'credentials' to 'healthcare.new' (path, table or false expected, got number)")
+    raises_at_call(function() local _ = healthcare.new { timeout = -1 } end,
+      "bad option 'timeout' to 'healthcare.new' (a number >= 0 expected, got -1)")
+    raises_at_call(function() local _ = healthcare.new { concurrency = 0 } end,
+      "bad option 'concurrency' to 'healthcare.new' (a whole number >= 1 expected, got 0)")
+    raises_at_call(function() local _ = healthcare.new { retry = { max_attempts = 0 } } end,
+      "bad option 'retry.max_attempts' to 'healthcare.new' (a whole number >= 1 expected, got 0)")
+    raises_at_call(function() local _ = healthcare.dicomweb(42) end,
+      "bad argument #1 to 'dicomweb' (string expected, got number)")
+    raises_at_call(function() local _ = healthcare.dicomweb(URL, { insecure = "yes" }) end,
+      "bad option 'insecure' to 'dicomweb' (boolean expected, got string)")
+    raises_at_call(function() local _ = healthcare.dicom_store(nil) end,
+      "bad argument #1 to 'dicom_store' (string expected, got nil)")
+    raises_at_call(function() local _ = healthcare.dicom_store(PARENT, { scopes = 1 }) end,
+      "bad option 'scopes' to 'dicom_store' (string or table expected, got number)")
+  end)
+
+  it("in the client's methods", function()
+    raises_at_call(function() local _ = client:send(42) end, "bad argument #1 to 'send' (table expected, got number)")
+    raises_at_call(function() local _ = client:send { url = 1 } end,
+      "bad option 'url' to 'send' (string expected, got number)")
+    raises_at_call(function() local _ = client:send { url = URL, bogus = 1 } end, "unknown option 'bogus' to 'send'; "
+      .. "valid options: body, compressed, headers, idle_timeout, max_compression_ratio, max_response_bytes, method, "
+      .. "min_speed, on_progress, query, sink, timeout, url")
+    raises_at_call(function() local _ = client:start { url = URL, on_progress = print } end,
+      "bad option 'on_progress' to 'start' (not taken: call request:progress() between waits)")
+    raises_at_call(function() local _ = client:wait("1") end, "bad argument #1 to 'wait' (number expected, got string)")
+    raises_at_call(function() local _ = client:finish({}) end,
+      "bad argument #1 to 'finish' (a request of this client that wait returned expected)")
+    raises_at_call(function() local _ = client:dicom_store(nil) end,
+      "bad argument #1 to 'dicom_store' (string expected, got nil)")
+    raises_at_call(function() local _ = client:store_instances(nil, "studies", {}) end,
+      "bad argument #1 to 'store_instances' (string expected, got nil)")
+    raises_at_call(function() local _ = client:store_instances(PARENT, "studies", 42) end,
+      "bad argument #3 to 'store_instances' (table expected, got number)")
+    raises_at_call(function() local _ = client.send(store, {}) end,
+      "bad self to 'send' (healthcare.Client expected, got healthcare.Store)")
+  end)
+
+  it("through the store's methods, which are the modules' functions themselves", function()
+    local to = { to = dir }
+    for _, case in ipairs({
+      { function() local _ = store:store(42) end, "bad argument #1 to 'store' (path or list of paths expected, got number)" },
+      { function() local _ = store:store({}, { concurrency = "4" }) end,
+        "bad option 'concurrency' to 'store' (number expected, got string)" },
+      { function() local _ = store:store({}, { retry = 5 }) end, "bad option 'retry' to 'store' (table expected, got number)" },
+      { function() local _ = store:store({}, { concurrency = 0 }) end,
+        "bad option 'concurrency' to 'store' (a whole number >= 1 expected, got 0)" },
+      { function() local _ = store:store({}, { max_request_bytes = 0.5 }) end,
+        "bad option 'max_request_bytes' to 'store' (a whole number >= 1 expected, got 0.5)" },
+      { function() local _ = store:search_studies({}, { page_size = 0 }) end,
+        "bad option 'page_size' to 'search_studies' (a whole number >= 1 expected, got 0)" },
+      { function() local _ = store:delete_study("1.2", { poll_interval = 0 }) end,
+        "bad option 'poll_interval' to 'delete_study' (a number > 0 expected, got 0)" },
+      { function() local _ = store:verify({}, { page_size = -1 }) end,
+        "bad option 'page_size' to 'verify' (a whole number >= 1 expected, got -1)" },
+      { function() local _ = store:store_instances(42) end, "bad argument #1 to 'store_instances' (string expected, got number)" },
+      { function() local _ = store:search_studies(42) end,
+        "bad argument #1 to 'search_studies' (query table expected, got number)" },
+      { function() local _ = store:search_series({}, { pagesize = 1 }) end, "unknown option 'pagesize' to 'search_series'; "
+        .. "valid options: max_page_bytes, page_size, params, timeout" },
+      { function() local _ = store:search_instances({}, { timeout = "1" }) end,
+        "bad option 'timeout' to 'search_instances' (number expected, got string)" },
+      { function() local _ = store:retrieve_study(42, to) end, "bad argument #1 to 'retrieve_study' (string expected, got number)" },
+      { function() local _ = store:retrieve_study("1.2", { to = dir, bogus = 1 }) end, "unknown option 'bogus' to "
+        .. "'retrieve_study'; valid options: compressed, idle_timeout, keep_rejected, max_bytes, max_compression_ratio, "
+        .. "max_part_bytes, max_parts, min_speed, on_progress, params, skip_existing, timeout, to, transfer_syntax" },
+      { function() local _ = store:retrieve_study("1.2", { to = dir, on_progress = true }) end,
+        "bad option 'on_progress' to 'retrieve_study' (function expected, got boolean)" },
+      { function() local _ = store:retrieve_study("1.2", { to = dir, max_bytes = -1 }) end,
+        "bad option 'max_bytes' to 'retrieve_study' (a whole number >= 0 expected, got -1)" },
+      { function() local _ = store:retrieve_series("1.2", 3, to) end,
+        "bad argument #2 to 'retrieve_series' (string expected, got number)" },
+      { function() local _ = store:retrieve_instance("1.2", "1.3", "1.4") end, "bad option 'to' to 'retrieve_instance' "
+        .. "(path expected, got nil)" },
+      { function() local _ = store:retrieve_metadata("1.2", { timeout = -1 }) end,
+        "bad option 'timeout' to 'retrieve_metadata' (a number of seconds >= 0 expected, got -1)" },
+      { function() local _ = store:retrieve_rendered("1", "2", 3, to) end,
+        "bad argument #3 to 'retrieve_rendered' (string expected, got number)" },
+      { function() local _ = store:retrieve_frames("1", "2", "3", "1", to) end,
+        "bad argument #4 to 'retrieve_frames' (frame number or list expected, got string)" },
+      { function() local _ = store:delete_study(42) end, "bad argument #1 to 'delete_study' (string expected, got number)" },
+      { function() local _ = store:delete_series("1.2", nil) end,
+        "bad argument #2 to 'delete_series' (string expected, got nil)" },
+      { function() local _ = store:delete_instance("1.2", "1.3", "1.4", { poll_interval = "1" }) end,
+        "bad option 'poll_interval' to 'delete_instance' (number expected, got string)" },
+      { function() local _ = store:verify(42) end, "bad argument #1 to 'verify' (report or list expected, got number)" },
+      { function() local _ = store:verify({}, { bogus = 1 }) end, "unknown option 'bogus' to 'verify'; "
+        .. "valid options: page_size, params" },
+      { function() local _ = store.retrieve_study(client, "1.2", to) end,
+        "bad self to 'retrieve_study' (healthcare.Store expected, got healthcare.Client)" },
+    }) do
+      raises_at_call(case[1], case[2])
+    end
+  end)
+
+  it("on a search's results", function()
+    local results = assert(store:search_studies({}))
+    raises_at_call(function() local _ = results.all(store) end, "bad self to 'all' (healthcare.Results expected, got "
+      .. "healthcare.Store)")
+  end)
+end)
+
+describe("bad content returns a usage error, never raises", function()
+  it("for names, UIDs, queries and URLs", function()
+    local client = assert(healthcare.new { credentials = false })
+    local store = assert(healthcare.dicomweb(URL))
+    local dir = tmpdir()
+    for _, call in ipairs({
+      function() return client:dicom_store("projects/p/datasets/d") end,
+      function() return healthcare.dicom_store("projects/p/datasets/d", { credentials = false }) end,
+      function() return healthcare.dicomweb("ftp://host/dicom-web") end,
+      function() return store:retrieve_study("1..2", { to = dir }) end,
+      function() return store:delete_study("abc") end,
+      function() return store:search_studies({ NoSuchKeyword = "x" }) end,
+      function() return store:store_instances("series", { content_type = "application/dicom", data = "x" }) end,
+      function() return store:store({}, { study_uid = "1.2.x" }) end,
+    }) do
+      local res, err = call()
+      assert.is_nil(res)
+      assert.equal("usage", err.kind, tostring(err))
+    end
+    client:close()
+    store:close()
+  end)
+end)
+
+describe("closed objects", function()
+  it("raise 'attempt to use a closed client/store' at the caller's line", function()
+    local client = assert(healthcare.new { credentials = false })
+    local borrowed = assert(client:dicom_store(PARENT))
+    client:close()
+    client:close() -- twice is fine
+    assert.equal("healthcare.Client (closed)", tostring(client))
+    assert.is_true(client:is_closed())
+    raises_at_call(function() local _ = client:send { url = URL } end, "attempt to use a closed client")
+    raises_at_call(function() local _ = client:dicom_store(PARENT) end, "attempt to use a closed client")
+    raises_at_call(function() local _ = borrowed:search_studies({}) end, "attempt to use a closed client")
+    local store = assert(healthcare.dicomweb(URL))
+    store:close()
+    store:close()
+    assert.equal("healthcare.Store " .. URL .. " (closed)", tostring(store))
+    raises_at_call(function() local _ = store:retrieve_study("1.2", { to = "x" }) end, "attempt to use a closed store")
+  end)
+end)
+
+describe("ownership", function()
+  it("a store made by healthcare.dicomweb or dicom_store closes the client it made", function()
+    local n0 = fds()
+    local a = assert(healthcare.dicomweb(URL))
+    local b = assert(healthcare.dicom_store(PARENT, { credentials = false }))
+    assert.equal(n0 + 4, fds())
+    a:close()
+    b:close()
+    assert.equal(n0, fds())
+  end)
+
+  it("a store from client:dicom_store leaves the caller's client open", function()
+    local client = assert(healthcare.new { credentials = false })
+    local n1 = fds()
+    local store = assert(client:dicom_store(PARENT))
+    store:close()
+    assert.equal(n1, fds())
+    assert.is_false(client:is_closed())
+    assert.truthy(client:dicom_store(PARENT))
+    client:close()
+    assert.equal(n1 - 2, fds())
+  end)
+
+  it("a credential object passed in stays the caller's", function()
+    local closed = 0
+    local cred = { kind = "mine", refreshable = false, authorize = function() return {} end,
+      invalidate = function() end, close = function() closed = closed + 1 end }
+    local client = assert(healthcare.new { credentials = cred })
+    assert.equal(cred, client:credential())
+    client:close()
+    assert.equal(0, closed)
+  end)
+
+  if _VERSION == "Lua 5.4" and not rawget(_G, "jit") then
+    it("<close> closes a client and a store at the end of their scope (Lua 5.4)", function()
+      -- load(): LuaJIT cannot parse <close>, and this file runs there too
+      local run = assert(load([[
+        local healthcare, fds, url = ...
+        local n0 = fds()
+        do
+          local client <close> = assert(healthcare.new { credentials = false })
+          local store <close> = assert(healthcare.dicomweb(url))
+          assert(fds() == n0 + 4)
+        end
+        return fds() - n0
+      ]]))
+      assert.equal(0, run(healthcare, fds, URL))
+    end)
+  end
+end)
+
+describe("a credentials module that does not load", function()
+  it("is an error naming the module, not a silent fall back to no credentials", function()
+    local saved = package.loaded["healthcare.auth.credentials"]
+    package.loaded["healthcare.auth.credentials"] = nil
+    package.preload["healthcare.auth.credentials"] = function() error("broken on purpose") end
+    local ok, c, err = pcall(healthcare.new, { endpoint = "http://127.0.0.1:9/v1" })
+    package.preload["healthcare.auth.credentials"] = nil
+    package.loaded["healthcare.auth.credentials"] = saved
+    assert.is_true(ok, tostring(c))
+    assert.is_nil(c)
+    assert.equal("auth", err.kind)
+    assert.truthy(err.message:find("cannot load the module healthcare.auth.credentials", 1, true), err.message)
+    assert.truthy(err.message:find("broken on purpose", 1, true), err.message)
+    -- what does not need the module still works
+    local static = assert(healthcare.new { access_token = "token-1234567890" })
+    static:close()
+  end)
+end)
+
+describe("deprecated option names (README 'Lua API') still work", function()
+  local store
+  setup(function() store = assert(healthcare.dicomweb(URL)) end)
+  teardown(function() store:close() end)
+
+  it("store's max_instances_per_request is max_request_instances", function()
+    local report = assert(store:store({}, { max_instances_per_request = 2 }))
+    assert.equal(0, report.requests)
+    raises_at_call(function() local _ = store:store({}, { max_instances_per_request = 2, max_request_instances = 3 }) end,
+      "option 'max_request_instances' to 'store' given twice (as 'max_request_instances' and its old name "
+      .. "'max_instances_per_request')")
+  end)
+
+  it("delete's timeout is operation_timeout", function()
+    -- taken (a bad UID is what comes back), and checked as operation_timeout
+    local res, err = store:delete_study("abc", { timeout = 5 })
+    assert.is_nil(res)
+    assert.matches("^invalid StudyInstanceUID 'abc'", err.message)
+    raises_at_call(function() local _ = store:delete_study("1.2", { timeout = -1 }) end,
+      "bad option 'operation_timeout' to 'delete_study' (a number >= 0 expected, got -1)")
+  end)
+end)

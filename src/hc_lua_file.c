@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: MIT */
+/* Lua binding of hc_file.c: files at paths a user named. `core.write_file` and
+ * `core.dir_writable` serve the command's -o; `core.private_mkdir`, `core.private_write` and
+ * `core.private_read` the token cache (a 0700 directory, 0600 files written atomically, files
+ * read only when no other user can read or own them), which plain Lua cannot do. Failures come
+ * back as nil, err (kind "io", status "write", "mkdir", "read", "absent" or "unsafe"); a path
+ * that is not a non-empty string without NUL raises. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <string.h>
+
+#include "hc_file.h"
+#include "hc_lua.h"
+
+/* The token cache holds a few hundred bytes per entry. */
+#define PRIVATE_FILE_CAP (64 * 1024)
+
+/* Argument arg as a path: a non-empty string without NUL; raises otherwise. */
+static const char *check_path(lua_State *L, int arg)
+{
+    size_t n;
+    const char *path = luaL_checklstring(L, arg, &n);
+    if (n == 0 || memchr(path, '\0', n) != NULL)
+        luaL_argerror(L, arg, "must be a non-empty path without NUL");
+    return path;
+}
+
+/* Pushes nil and an io error "what path: strerror(err)" with status; returns 2. */
+static int file_fail(lua_State *L, const char *status, const char *what, const char *path, int err)
+{
+    return hc_lua_fail(L, "io", status, "%s %s: %s", what, path, strerror(err));
+}
+
+/* write_file(path, data) -> true | nil, err (status "write"): data becomes the file at path
+ * atomically, through a temporary file next to it (hc_file_replace, mode 0666 less the umask,
+ * like any new file); a symbolic link at path is replaced, never followed. */
+static int l_file_write_file(lua_State *L)
+{
+    size_t n;
+    const char *path = check_path(L, 1);
+    const char *data = luaL_checklstring(L, 2, &n);
+    int err = hc_file_replace(path, data, n, 0666);
+    if (err != 0)
+        return file_fail(L, "write", "cannot write", path, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* dir_writable(dir) -> true | nil, err (status "write"): whether files can be created in dir,
+ * checked before a call whose answer goes there. */
+static int l_file_dir_writable(lua_State *L)
+{
+    const char *dir = check_path(L, 1);
+    int err = hc_file_dir_writable(dir);
+    if (err != 0)
+        return file_fail(L, "write", "cannot create files in", dir, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* private_mkdir(path) -> true | nil, err: creates path and its missing parents with mode 0700,
+ * and refuses (status "unsafe") a final directory that another user owns or others may write
+ * to; any other failure has status "mkdir". */
+static int l_file_private_mkdir(lua_State *L)
+{
+    const char *path = check_path(L, 1);
+    size_t failed;
+    int err = hc_file_private_mkdir(path, &failed);
+    if (err == HC_FILE_UNSAFE)
+        return hc_lua_fail(L, "io", "unsafe", "refusing the directory (another user owns it or "
+                           "may write to it) %s: %s", path, strerror(EPERM));
+    if (err != 0 && failed < strlen(path))
+        return hc_lua_fail(L, "io", "mkdir", "cannot create the directory %.*s: %s", (int)failed,
+                           path, strerror(err));
+    if (err != 0)
+        return file_fail(L, "mkdir", "cannot use the directory", path, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* private_write(path, data) -> true | nil, err (status "write"): writes a mode 0600 file next
+ * to path, then renames it over path (hc_file_replace), so readers never see half a file and
+ * the mode never widens. */
+static int l_file_private_write(lua_State *L)
+{
+    size_t n;
+    const char *path = check_path(L, 1);
+    const char *data = luaL_checklstring(L, 2, &n);
+    int err = hc_file_replace(path, data, n, 0600);
+    if (err != 0)
+        return file_fail(L, "write", "cannot write", path, err);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* private_read(path) -> data | nil, err: status "absent" when there is no file, "unsafe" when
+ * another user owns it or others may read it (then it is not read), "read" otherwise. */
+static int l_file_private_read(lua_State *L)
+{
+    const char *path = check_path(L, 1);
+    char *buf = lua_newuserdata(L, PRIVATE_FILE_CAP); /* owned by Lua */
+    size_t len;
+    int err = hc_file_private_read(path, buf, PRIVATE_FILE_CAP, &len);
+    if (err == HC_FILE_UNSAFE)
+        return file_fail(L, "unsafe", "refusing to read (not a private file of this user)", path,
+                         EPERM);
+    if (err == EFBIG)
+        return file_fail(L, "read", "refusing to read", path, err);
+    if (err != 0)
+        return file_fail(L, err == ENOENT ? "absent" : "read", "cannot read", path, err);
+    lua_pushlstring(L, buf, len);
+    return 1;
+}
+
+static const luaL_Reg file_functions[] = {
+    {"write_file", l_file_write_file},
+    {"dir_writable", l_file_dir_writable},
+    {"private_mkdir", l_file_private_mkdir},
+    {"private_write", l_file_private_write},
+    {"private_read", l_file_private_read},
+    {NULL, NULL}
+};
+
+/* Adds write_file, dir_writable and the private_* functions to the module table on top. */
+void hc_lua_file_register(lua_State *L)
+{
+    luaL_setfuncs(L, file_functions, 0);
+}

@@ -1,0 +1,481 @@
+/* SPDX-License-Identifier: MIT */
+/* The on-disk sink of a transfer (hc_sink.h): temporary files, multipart routing through the
+ * push parser, caps, and the rename into place. */
+#define _POSIX_C_SOURCE 200809L
+#include "hc_sink.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "hc_multipart.h"
+
+#if defined(__GNUC__)
+#  define PRINTF_LIKE(f, a) __attribute__((format(printf, f, a)))
+#else
+#  define PRINTF_LIKE(f, a)
+#endif
+
+struct hc_sink {
+    int kind;                      /* HC_SINK_FILE or HC_SINK_DIR */
+    char *path;                    /* owned: the file, or the directory */
+    int mode;                      /* HC_SINK_UNDECIDED, HC_SINK_TO_* */
+    int fd;                        /* the file being written, or -1 */
+    char *tmp;                     /* owned: its path, NULL when none */
+    char *cur_headers;             /* owned: header block of the part being written */
+    size_t cur_headers_len;
+    int64_t cur_size;              /* bytes in the file being written */
+    int64_t bytes;                 /* body bytes of the final response received (decoded) */
+    int64_t max_bytes;             /* caps on the decoded body, 0 = none: in all, */
+    int64_t max_parts;             /* parts (a directory sink), */
+    int64_t max_part_bytes;        /* bytes of one part or file */
+    size_t headers_total;          /* bytes of the retained part header blocks */
+    hc_part *parts;                /* owned: completed parts, in stream order */
+    size_t nparts, parts_size;
+    int parts_taken;               /* the caller has been given the parts: they are its files */
+    hc_multipart mp;
+    int mp_live;                   /* mp is initialised */
+    int error;                     /* HC_SINKERR_*; the first one is kept */
+    const char *cap_code;          /* static: the reason of an HC_SINKERR_CAP */
+    char message[512];
+    char media[64];                /* "multipart/related", for messages */
+};
+
+/* ---- errors ------------------------------------------------------------------------------- */
+
+/* Records "what path: strerror(errno)" as an I/O error. Returns -1. */
+static int io_error(hc_sink *k, const char *what, const char *path)
+{
+    int e = errno;
+    if (k->error == HC_SINKERR_NONE) {
+        k->error = HC_SINKERR_IO;
+        snprintf(k->message, sizeof k->message, "%s %s: %s", what, path, strerror(e));
+    }
+    return -1;
+}
+
+/* Records a cap passed, with its fixed reason code. Returns -1. */
+static int cap_error(hc_sink *k, const char *code, const char *fmt, ...) PRINTF_LIKE(3, 4);
+static int cap_error(hc_sink *k, const char *code, const char *fmt, ...)
+{
+    va_list ap;
+    if (k->error != HC_SINKERR_NONE)
+        return -1;
+    k->error = HC_SINKERR_CAP;
+    k->cap_code = code;
+    va_start(ap, fmt);
+    vsnprintf(k->message, sizeof k->message, fmt, ap);
+    va_end(ap);
+    return -1;
+}
+
+/* Records the multipart parser's error code (hc_multipart.h) in words. Returns -1. */
+static int multipart_error(hc_sink *k, int code)
+{
+    const char *what;
+    if (k->error != HC_SINKERR_NONE)
+        return -1;
+    switch (code) {
+    case HC_MP_ERR_NO_BOUNDARY: what = "does not start with its boundary delimiter"; break;
+    case HC_MP_ERR_HEADERS_TOO_LARGE: what = "has a part header block larger than 64 KiB"; break;
+    case HC_MP_ERR_HEADERS_MALFORMED: what = "has a malformed part header block"; break;
+    case HC_MP_ERR_DELIMITER:
+        what = "has a boundary delimiter followed by something other than CRLF or \"--\"";
+        break;
+    case HC_MP_ERR_TRUNCATED:
+        what = k->mp.in_part ? "ended inside a part" : "ended before the close delimiter";
+        break;
+    default: what = hc_multipart_strerror(code); break;
+    }
+    k->error = HC_SINKERR_MULTIPART;
+    snprintf(k->message, sizeof k->message, "the %s response %s (%lu complete part%s received)",
+             k->media, what, (unsigned long)k->nparts, k->nparts == 1 ? "" : "s");
+    return -1;
+}
+
+/* ---- files -------------------------------------------------------------------------------- */
+
+/* Creates a new file <prefix>XXXXXX (mode 0666 less the umask, unlike mkstemp's 0600) as the
+ * sink's current file. Returns 0 or -1. */
+static int open_temp(hc_sink *k, const char *prefix)
+{
+    static const char chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    size_t n = strlen(prefix);
+    char *path = malloc(n + 7); /* becomes k->tmp, or is freed here */
+    struct timespec ts;
+    uint64_t x;
+    int tries;
+    if (path == NULL) {
+        errno = ENOMEM;
+        return io_error(k, "cannot create", prefix);
+    }
+    memcpy(path, prefix, n);
+    clock_gettime(CLOCK_REALTIME, &ts);
+    x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ ((uint64_t)getpid() << 40)
+        ^ (uint64_t)(uintptr_t)k;
+    for (tries = 0; tries < 100; tries++) {
+        int i, fd;
+        uint64_t z;
+        /* splitmix64: O_EXCL makes the names safe, this only makes clashes rare. */
+        x += 0x9E3779B97F4A7C15ull;
+        z = x;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        for (i = 0; i < 6; i++, z /= 62)
+            path[n + (size_t)i] = chars[z % 62];
+        path[n + 6] = '\0';
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (fd >= 0) {
+            k->fd = fd;
+            k->tmp = path;
+            k->cur_size = 0;
+            return 0;
+        }
+        if (errno != EEXIST)
+            break;
+    }
+    memcpy(path + n, "XXXXXX", 7);
+    io_error(k, "cannot create", path);
+    free(path);
+    return -1;
+}
+
+/* Writes n bytes to the current file, within the cap on one part. Returns 0 or -1. */
+static int write_all(hc_sink *k, const char *p, size_t n)
+{
+    if (k->max_part_bytes > 0 && (int64_t)n > k->max_part_bytes - k->cur_size) {
+        if (k->mode == HC_SINK_TO_PARTS)
+            return cap_error(k, "part_too_large",
+                             "part %lu of the answer is larger than %lld bytes",
+                             (unsigned long)k->nparts + 1, (long long)k->max_part_bytes);
+        return cap_error(k, "part_too_large", "the answer is larger than %lld bytes",
+                         (long long)k->max_part_bytes);
+    }
+    while (n > 0) {
+        ssize_t w = write(k->fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return io_error(k, "cannot write", k->tmp);
+        }
+        p += w;
+        n -= (size_t)w;
+        k->cur_size += w;
+    }
+    return 0;
+}
+
+/* Closes the current file; keep = 0 (or a failed close) removes it. Returns 0 or -1. */
+static int close_current(hc_sink *k, int keep)
+{
+    int rc = 0;
+    if (k->fd >= 0) {
+        if (close(k->fd) != 0 && keep)
+            rc = io_error(k, "cannot write", k->tmp);
+        k->fd = -1;
+    }
+    if (k->tmp != NULL && (!keep || rc != 0)) {
+        unlink(k->tmp);
+        free(k->tmp);
+        k->tmp = NULL;
+    }
+    if (!keep || rc != 0) {
+        free(k->cur_headers);
+        k->cur_headers = NULL;
+    }
+    return rc;
+}
+
+/* Closes the current file and records it as a complete part. Returns 0 or -1. */
+static int finish_part(hc_sink *k)
+{
+    hc_part *part;
+    if (close_current(k, 1) != 0)
+        return -1;
+    if (k->nparts == k->parts_size) {
+        size_t want = k->parts_size ? 2 * k->parts_size : 16;
+        hc_part *grown = realloc(k->parts, want * sizeof *grown);
+        if (grown == NULL) {
+            errno = ENOMEM;
+            io_error(k, "cannot record", k->tmp);
+            close_current(k, 0);
+            return -1;
+        }
+        k->parts = grown;
+        k->parts_size = want;
+    }
+    part = &k->parts[k->nparts++];
+    part->path = k->tmp;
+    part->headers = k->cur_headers;
+    part->headers_len = k->cur_headers_len;
+    part->size = k->cur_size;
+    k->tmp = NULL;
+    k->cur_headers = NULL;
+    k->cur_headers_len = 0;
+    return 0;
+}
+
+/* Keeps a copy of the header block of the part being written. Returns 0 or -1. */
+static int set_cur_headers(hc_sink *k, const char *h, size_t n)
+{
+    free(k->cur_headers);
+    k->cur_headers = malloc(n + 1); /* owned by the sink, then by its part */
+    k->cur_headers_len = 0;
+    if (k->cur_headers == NULL) {
+        errno = ENOMEM;
+        return io_error(k, "cannot record a part of", k->path);
+    }
+    memcpy(k->cur_headers, h, n);
+    k->cur_headers[n] = '\0';
+    k->cur_headers_len = n;
+    return 0;
+}
+
+/* Opens the next part's file in the directory. Returns 0 or -1. */
+static int open_part(hc_sink *k)
+{
+    char prefix[4096];
+    if ((size_t)snprintf(prefix, sizeof prefix, "%s/.hc-part-", k->path) >= sizeof prefix) {
+        errno = ENAMETOOLONG;
+        return io_error(k, "cannot create a file in", k->path);
+    }
+    return open_temp(k, prefix);
+}
+
+/* ---- the multipart parser's callbacks ----------------------------------------------------- */
+
+static int on_part_begin(void *ud, const char *headers, size_t len)
+{
+    hc_sink *k = ud;
+    /* Checked as a part begins, before its file exists: one part too many makes no file. */
+    if (k->max_parts > 0 && (int64_t)k->nparts >= k->max_parts)
+        return cap_error(k, "too_many_parts", "the answer has more than %lld parts",
+                         (long long)k->max_parts);
+    if (len > HC_SINK_MAX_HEADERS_TOTAL - k->headers_total)
+        return cap_error(k, "too_many_parts", "the part header blocks of the answer total more "
+                         "than %d MiB (after %lu parts)", HC_SINK_MAX_HEADERS_TOTAL / (1024 * 1024),
+                         (unsigned long)k->nparts);
+    k->headers_total += len;
+    if (set_cur_headers(k, headers, len) != 0)
+        return -1;
+    return open_part(k);
+}
+
+static int on_part_data(void *ud, const char *p, size_t n)
+{
+    return write_all(ud, p, n);
+}
+
+static int on_part_end(void *ud)
+{
+    return finish_part(ud);
+}
+
+static const hc_multipart_callbacks part_callbacks = { on_part_begin, on_part_data, on_part_end };
+
+/* ---- the sink ----------------------------------------------------------------------------- */
+
+hc_sink *hc_sink_new(int kind, const char *path, int64_t max_bytes, int64_t max_parts,
+                     int64_t max_part_bytes)
+{
+    hc_sink *k = calloc(1, sizeof *k);
+    if (k == NULL)
+        return NULL;
+    k->kind = kind;
+    k->fd = -1;
+    k->max_bytes = max_bytes;
+    k->max_parts = max_parts;
+    k->max_part_bytes = max_part_bytes;
+    k->path = strdup(path);
+    if (k->path == NULL) {
+        free(k);
+        return NULL;
+    }
+    return k;
+}
+
+/* A multipart body (Content-Type ct, hc_multipart_content_type gave r): its media type kept for
+ * messages, the parser started. Returns 0 or -1. */
+static int decide_multipart(hc_sink *k, const char *ct, int r, const char *boundary, size_t blen)
+{
+    size_t i;
+    for (i = 0; ct[i] == ' ' || ct[i] == '\t'; i++)
+        ;
+    snprintf(k->media, sizeof k->media, "%.*s", (int)strcspn(ct + i, "; \t"), ct + i);
+    for (i = 0; k->media[i]; i++)
+        if (k->media[i] >= 'A' && k->media[i] <= 'Z')
+            k->media[i] = (char)(k->media[i] - 'A' + 'a');
+    k->mode = HC_SINK_TO_PARTS;
+    if (r < 0) {
+        k->error = HC_SINKERR_MULTIPART;
+        snprintf(k->message, sizeof k->message,
+                 "the %s response has no valid boundary parameter (Content-Type: %.200s)",
+                 k->media, ct);
+        return -1;
+    }
+    if (hc_multipart_init(&k->mp, boundary, blen, &part_callbacks, k) != 0)
+        return multipart_error(k, HC_MP_ERR_NO_BOUNDARY);
+    k->mp_live = 1;
+    return 0;
+}
+
+int hc_sink_decide(hc_sink *k, long http_status, const char *ct)
+{
+    char prefix[4096];
+    if (http_status < 200 || http_status > 299) {
+        k->mode = HC_SINK_TO_MEMORY;
+        return 0;
+    }
+    if (k->kind == HC_SINK_FILE) {
+        k->mode = HC_SINK_TO_FILE;
+        if ((size_t)snprintf(prefix, sizeof prefix, "%s.partial-", k->path) >= sizeof prefix) {
+            errno = ENAMETOOLONG;
+            return io_error(k, "cannot create", k->path);
+        }
+        return open_temp(k, prefix);
+    }
+    if (ct != NULL) {
+        char boundary[HC_MP_MAX_BOUNDARY + 1];
+        size_t blen = 0;
+        int r = hc_multipart_content_type(ct, strlen(ct), boundary, &blen);
+        if (r != 0)
+            return decide_multipart(k, ct, r, boundary, blen);
+    }
+    k->mode = HC_SINK_TO_PART;
+    if (ct != NULL && strpbrk(ct, "\r\n") == NULL) {
+        char h[1024];
+        int n = snprintf(h, sizeof h, "content-type: %.900s\r\n", ct);
+        if (set_cur_headers(k, h, (size_t)n) != 0)
+            return -1;
+    }
+    return open_part(k);
+}
+
+int hc_sink_mode(const hc_sink *k)
+{
+    return k->mode;
+}
+
+int hc_sink_write(hc_sink *k, const char *p, size_t n)
+{
+    int r;
+    if (k->max_bytes > 0 && (int64_t)n > k->max_bytes - k->bytes)
+        return cap_error(k, "too_large", "the answer is larger than %lld bytes",
+                         (long long)k->max_bytes);
+    k->bytes += (int64_t)n;
+    if (k->mode != HC_SINK_TO_PARTS)
+        return write_all(k, p, n);
+    r = hc_multipart_feed(&k->mp, p, n);
+    return r == HC_MP_OK ? 0 : multipart_error(k, r);
+}
+
+/* A successful end of a file sink: the file renamed into place. Returns 0 or -1. */
+static int end_file(hc_sink *k)
+{
+    int rc = 0;
+    if (close_current(k, 1) != 0) {
+        rc = -1;
+    } else if (rename(k->tmp, k->path) != 0) {
+        rc = io_error(k, "cannot rename the download to", k->path);
+        unlink(k->tmp);
+    }
+    free(k->tmp);
+    k->tmp = NULL;
+    return rc;
+}
+
+int hc_sink_end(hc_sink *k, int ok)
+{
+    int rc = 0;
+    if (!ok) {
+        close_current(k, 0);
+        return 0;
+    }
+    if (k->mode == HC_SINK_TO_FILE) {
+        rc = end_file(k);
+    } else if (k->mode == HC_SINK_TO_PART) {
+        /* An empty body (a 204, say) is no part at all. */
+        if (k->bytes == 0)
+            close_current(k, 0);
+        else
+            rc = finish_part(k);
+    } else if (k->mode == HC_SINK_TO_PARTS) {
+        int r = hc_multipart_finish(&k->mp);
+        if (r != HC_MP_OK)
+            rc = multipart_error(k, r);
+    }
+    close_current(k, 0);
+    return rc;
+}
+
+void hc_sink_reset(hc_sink *k)
+{
+    size_t i;
+    close_current(k, 0);
+    for (i = 0; i < k->nparts; i++) {
+        if (!k->parts_taken)
+            unlink(k->parts[i].path);
+        free(k->parts[i].path);
+        free(k->parts[i].headers);
+    }
+    free(k->parts);
+    k->parts = NULL;
+    k->nparts = k->parts_size = 0;
+    k->parts_taken = 0;
+    if (k->mp_live)
+        hc_multipart_free(&k->mp);
+    k->mp_live = 0;
+    k->mode = HC_SINK_UNDECIDED;
+    k->bytes = 0;
+    k->headers_total = 0;
+    k->error = HC_SINKERR_NONE;
+    k->cap_code = NULL;
+    k->message[0] = '\0';
+}
+
+void hc_sink_free(hc_sink *k)
+{
+    if (k == NULL)
+        return;
+    hc_sink_reset(k);
+    free(k->path);
+    free(k);
+}
+
+int hc_sink_error(const hc_sink *k, const char **message, const char **code)
+{
+    *message = k->message;
+    *code = k->cap_code;
+    return k->error;
+}
+
+int64_t hc_sink_bytes(const hc_sink *k)
+{
+    return k->bytes;
+}
+
+const char *hc_sink_path(const hc_sink *k)
+{
+    return k->path;
+}
+
+size_t hc_sink_nparts(const hc_sink *k)
+{
+    return k->nparts;
+}
+
+const hc_part *hc_sink_part(const hc_sink *k, size_t i)
+{
+    return i < k->nparts ? &k->parts[i] : NULL;
+}
+
+void hc_sink_take_parts(hc_sink *k)
+{
+    k->parts_taken = 1;
+}
