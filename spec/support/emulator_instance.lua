@@ -43,8 +43,9 @@ function M.start(opts)
   assert(url, "the private emulator did not start: " .. (H.file_bytes(dir .. "/err") or ""))
   local self = setmetatable({ pid = pid, dir = dir, url = url, gcs = gcs, token = E.token .. "-private" },
     Instance)
-  self.metadata_host = H.json.decode(info).metadata_host
-  self.aws_metadata = H.json.decode(info).aws_metadata
+  local details = H.json.decode(info)
+  self.metadata_host = details.metadata_host
+  self.aws_metadata = details.aws_metadata
   self.sts_url = url .. "/v1/token"                  -- an external_account file's token_url
   self.iam_url = url .. "/v1/projects/-/serviceAccounts/"   -- .. email .. ":generateAccessToken"
   self.token_uri = url .. "/token"
