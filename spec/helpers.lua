@@ -32,6 +32,7 @@ H.env = {
   tmp = getenv("HC_TEST_TMP"),
   samples = getenv("HC_TEST_SAMPLES"),
   metadata_host = getenv("HC_TEST_METADATA_HOST"),
+  aws_metadata = getenv("HC_TEST_AWS_METADATA"),   -- the EC2 instance metadata service's URL
   support = getenv("HC_TEST_SUPPORT") or "spec/support",
   gcs = getenv("HC_TEST_GCS"),                 -- the directory standing for Cloud Storage
   netns = getenv("HC_TEST_NETNS") == "1",

@@ -203,5 +203,6 @@ HC_API int luaopen_healthcare_core(lua_State *L)
     hc_lua_journal_register(L);
     hc_lua_file_register(L);
     hc_lua_os_register(L);
+    hc_lua_sigv4_register(L);
     return 1;
 }

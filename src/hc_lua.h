@@ -55,5 +55,6 @@ void hc_lua_jwt_register(lua_State *L);
 void hc_lua_journal_register(lua_State *L);
 void hc_lua_file_register(lua_State *L);
 void hc_lua_os_register(lua_State *L);
+void hc_lua_sigv4_register(lua_State *L);
 
 #endif

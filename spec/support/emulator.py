@@ -15,6 +15,9 @@ and HL7v2 stores, IAM policies, long-running operations) is emulator_admin.py's;
 with a directory standing for Cloud Storage (--gcs-root), DICOM import, export
 (to it, or to a file standing for a BigQuery table) and de-identification do
 their work for real (emulator_gcs.py).
+Credentials without key files (STS token exchange and refresh, IAM Credentials'
+generateAccessToken, an EC2 instance metadata service on its own port, the
+check of a signed AWS GetCallerIdentity request) are emulator_federation.py's.
 It also plays the OAuth token endpoint
 (/token), the GCE metadata server (/computeMetadata/v1/...), and takes test
 orders under /_control/ (keys, users, stores, config, faults, stats).
@@ -50,6 +53,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 
 import emulator_admin as admin
+import emulator_federation as federation
 
 SCOPE_HEALTHCARE = "https://www.googleapis.com/auth/cloud-healthcare"
 SCOPE_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -67,6 +71,7 @@ MSG_MISSING = ("Request is missing required authentication credential. Expected 
 MSG_INVALID = ("Request had invalid authentication credentials. Expected OAuth 2 access token, "
                "login cookie or other valid authentication credential. See "
                "https://developers.google.com/identity/sign-in/web/devconsole-project.")
+federation.MESSAGES.update(missing=MSG_MISSING, invalid=MSG_INVALID)
 STATUS_NAMES = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
                 404: "NOT_FOUND", 408: "DEADLINE_EXCEEDED", 409: "ALREADY_EXISTS",
                 413: "FAILED_PRECONDITION", 429: "RESOURCE_EXHAUSTED", 499: "CANCELLED",
@@ -88,6 +93,7 @@ DEFAULT_CONFIG = {
     "operation_units": 10,       # size of the progress counter of import/export/... operations
     "locations": ["asia-southeast1", "europe-west4", "us-central1", "us-east4"],
 }
+DEFAULT_CONFIG.update(federation.DEFAULT_CONFIG)   # aws_zone, aws_imdsv2
 
 
 def log(line):
@@ -134,6 +140,8 @@ class State:
             # datasets, stores (DICOM stores: those --store names and those made since),
             # IAM policies, operations.
             admin.init_state(self)
+            # audiences, subject tokens, service accounts, AWS credentials and their stats.
+            federation.init_state(self)
 
     def bump(self, key, sub=None, n=1):
         with self.lock:
@@ -143,11 +151,14 @@ class State:
                 d = self.stats[key]
                 d[sub] = d.get(sub, 0) + n
 
-    def issue_token(self, scopes, expires_in=None):
+    def issue_token(self, scopes, expires_in=None, principal=None):
+        """A new access token for scopes; principal is who it stands for (serviceAccount:...,
+        user:..., principal://...), what impersonation checks."""
         with self.lock:
             expires_in = int(self.config["expires_in"] if expires_in is None else expires_in)
             token = "tok-" + secrets.token_urlsafe(24)
-            self.tokens[token] = {"scopes": set(scopes), "expiry": time.time() + expires_in}
+            self.tokens[token] = {"scopes": set(scopes), "expiry": time.time() + expires_in,
+                                  "principal": principal}
             self.stats["tokens_issued"] += 1
             return token, expires_in
 
@@ -404,7 +415,7 @@ class Dropped(Exception):
     """The connection was closed on purpose (a fault rule) or by the client."""
 
 
-class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
+class Handler(admin.AdminMixin, federation.FederationMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "hc-emulator"
     sys_version = ""
@@ -584,6 +595,8 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
         path = self.url.path
         if self.metadata_only:
             return self.metadata()
+        if self.aws_metadata_only:
+            return self.aws_metadata()
         if path.startswith("/_control/"):
             return self.control(path[len("/_control/"):])
         if path == "/token":
@@ -593,7 +606,7 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
         m = STORE_RE.match(path)
         if m:
             return self.dicomweb(m.group(1), m.group(2))
-        if path.startswith("/v1/") and self.admin():
+        if path.startswith("/v1/") and (self.federation_route(path) or self.admin()):
             return
         self.send_envelope(404, "The requested URL %s was not found on this server." % path)
 
@@ -630,10 +643,11 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
         headers = {}
         if rule.get("retry_after") is not None:
             headers["Retry-After"] = str(rule["retry_after"])
-        if kind == "metadata":
-            headers["Metadata-Flavor"] = "Google"
+        if kind in ("metadata", "aws_metadata"):
+            if kind == "metadata":
+                headers["Metadata-Flavor"] = "Google"
             self.send(status, rule.get("message", "fault injected\n"), "text/plain", headers)
-        elif kind == "token":
+        elif kind in ("token", "sts"):
             self.send_json(status, {"error": rule.get("error", "temporarily_unavailable"),
                                     "error_description": rule.get("message", "fault injected")},
                            headers)
@@ -688,7 +702,7 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
                 with st.lock:
                     st.users[u["client_id"]] = {
                         "secret": u["client_secret"], "refresh_token": u["refresh_token"],
-                        "scopes": u.get("scopes") or [SCOPE_PLATFORM]}
+                        "scopes": u.get("scopes") or [SCOPE_PLATFORM], "email": u.get("email")}
             return self.send_json(200, {"ok": True})
         if what == "stores":
             names = [s.get("name") if isinstance(s, dict) else None
@@ -710,7 +724,8 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
                 if token is None:
                     token = "tok-" + secrets.token_urlsafe(24)
                 st.tokens[token] = {"scopes": set(scopes),
-                                    "expiry": time.time() + float(arg.get("expires_in", 3600))}
+                                    "expiry": time.time() + float(arg.get("expires_in", 3600)),
+                                    "principal": arg.get("principal")}
             return self.send_json(200, {"access_token": token})
         if what == "config":
             unknown = set(arg) - set(DEFAULT_CONFIG)
@@ -727,9 +742,11 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
             rules = arg if isinstance(arg, list) else arg.get("rules", [arg])
             for r in rules:
                 if r.get("match", "store") not in ("store", "token", "metadata", "operation",
-                                                   "admin"):
+                                                   "admin", "sts", "impersonation",
+                                                   "aws_metadata"):
                     return self.send_json(400, {"error": "match must be store, token, metadata, "
-                                                "operation or admin"})
+                                                "operation, admin, sts, impersonation or "
+                                                "aws_metadata"})
                 err = r.get("operation_error")
                 if err is not None and not (isinstance(err, dict) and
                                             isinstance(err.get("code"), int)):
@@ -740,6 +757,8 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
                     st.faults = []
                 st.faults.extend(dict(r) for r in rules)
                 return self.send_json(200, {"pending": len(st.faults)})
+        if self.federation_control(what, arg):
+            return None
         return self.send_json(404, {"error": "unknown control endpoint %s" % what})
 
     # -- token endpoint
@@ -771,6 +790,7 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
             if "sub" in claims and not isinstance(claims["sub"], str):
                 return self.send_json(400, {"error": "invalid_grant",
                                             "error_description": "Invalid JWT: sub"})
+            principal = "serviceAccount:" + str(claims["iss"])
         elif grant == "refresh_token":
             with st.lock:
                 user = st.users.get(f.get("client_id"))
@@ -781,10 +801,11 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
                 return self.send_json(400, {"error": "invalid_grant",
                                             "error_description": "Bad Request"})
             scopes = f.get("scope", "").split() or user["scopes"]
+            principal = "user:" + (user.get("email") or f["client_id"])
         else:
             return self.send_json(400, {"error": "unsupported_grant_type",
                                         "error_description": "Invalid grant_type: %s" % grant})
-        token, expires_in = st.issue_token(scopes)
+        token, expires_in = st.issue_token(scopes, principal=principal)
         self.send_json(200, {"access_token": token, "expires_in": expires_in,
                              "token_type": "Bearer"})
 
@@ -809,7 +830,8 @@ class Handler(admin.AdminMixin, BaseHTTPRequestHandler):
         base = "/computeMetadata/v1/instance/service-accounts/default/"
         if path == base + "token":
             scopes = [s for s in ",".join(self.query.get("scopes", [])).split(",") if s]
-            token, expires_in = st.issue_token(scopes or [SCOPE_PLATFORM])
+            token, expires_in = st.issue_token(scopes or [SCOPE_PLATFORM],
+                                               principal="serviceAccount:" + cfg["metadata_email"])
             return self.send(200, json.dumps({"access_token": token, "expires_in": expires_in,
                                               "token_type": "Bearer"}),
                              "application/json", flavor)
@@ -1299,18 +1321,23 @@ class MetadataHandler(Handler):
     metadata_only = True
 
 
+class AwsMetadataHandler(Handler):
+    aws_metadata_only = True
+
+
 class MetadataListener:
     """A second port that serves only the metadata paths and can be closed
     (connection refused) and reopened, for 'no metadata server' tests."""
 
-    def __init__(self, main, port):
+    def __init__(self, main, port, handler=MetadataHandler):
         self.main, self.port, self.srv, self.lock = main, port, None, threading.Lock()
+        self.handler = handler
         self.switch(True)
 
     def switch(self, enabled):
         with self.lock:
             if enabled and self.srv is None:
-                srv = Server(("127.0.0.1", self.port), MetadataHandler)
+                srv = Server(("127.0.0.1", self.port), self.handler)
                 srv.state, srv.url, srv.public_url, srv.args = \
                     self.main.state, self.main.url, self.main.public_url, self.main.args
                 srv.meta = None
@@ -1334,6 +1361,8 @@ def main():
     p.add_argument("--api-key", default="test-api-key", help="an API key always accepted")
     p.add_argument("--metadata-port", type=int, default=None,
                    help="also serve the metadata server alone on this port (0 = free one)")
+    p.add_argument("--aws-metadata-port", type=int, default=None,
+                   help="also serve an EC2 instance metadata service on this port (0 = free one)")
     p.add_argument("--public-url", help="base of RetrieveURLs (default: this server's URL)")
     p.add_argument("--tmp", default=os.environ.get("HC_TEST_TMP"), help="where bodies are spooled")
     p.add_argument("--gcs-root", metavar="DIR",
@@ -1356,6 +1385,9 @@ def main():
     if args.metadata_port is not None:
         srv.meta = MetadataListener(srv, args.metadata_port)
         info["metadata_host"] = "127.0.0.1:%d" % srv.meta.port
+    if args.aws_metadata_port is not None:
+        srv.aws_meta = MetadataListener(srv, args.aws_metadata_port, AwsMetadataHandler)
+        info["aws_metadata"] = "http://127.0.0.1:%d" % srv.aws_meta.port
     sys.stdout.write(srv.url + "\n" + json.dumps(info) + "\n")
     sys.stdout.flush()
     log("listening on %s, forwarding to %s" % (srv.url, args.orthanc))

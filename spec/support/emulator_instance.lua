@@ -4,7 +4,8 @@
 -- files in parallel: its token counters, its `expires_in` setting and its fault rules would be
 -- seen (and consumed) by other files. This instance is this file's alone.
 --   local emulator = require "support.emulator_instance"
---   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host
+--   local em = emulator.start()   -- em.url, em.token_uri, em.endpoint, em.store_url, em.metadata_host,
+--                                 -- em.sts_url, em.iam_url, em.aws_metadata (the EC2 metadata service)
 --   local em = emulator.start({ gcs = true })   -- with a Cloud Storage directory of its own: em.gcs
 --   em:control("keys", {...}); em:stats(); em:count("token_requests", grant); em:stop()
 --   em:service_account(); em:authorized_user()   -- credentials it knows
@@ -26,7 +27,7 @@ function M.start(opts)
   local out = dir .. "/out"
   local gcs = opts.gcs == true and dir .. "/gcs" or opts.gcs or nil
   local pid = H.check_run(table.concat({
-    H.q(PY), H.q(E.support .. "/emulator.py"), "--port 0 --metadata-port 0",
+    H.q(PY), H.q(E.support .. "/emulator.py"), "--port 0 --metadata-port 0 --aws-metadata-port 0",
     "--orthanc", H.q(E.orthanc), "--store", H.q(E.store), "--token", H.q(E.token .. "-private"),
     "--api-key", H.q(E.api_key .. "-private"), "--tmp", H.q(dir),
     gcs and "--gcs-root " .. H.q(gcs) or "",
@@ -42,7 +43,11 @@ function M.start(opts)
   assert(url, "the private emulator did not start: " .. (H.file_bytes(dir .. "/err") or ""))
   local self = setmetatable({ pid = pid, dir = dir, url = url, gcs = gcs, token = E.token .. "-private" },
     Instance)
-  self.metadata_host = H.json.decode(info).metadata_host
+  local details = H.json.decode(info)
+  self.metadata_host = details.metadata_host
+  self.aws_metadata = details.aws_metadata
+  self.sts_url = url .. "/v1/token"                  -- an external_account file's token_url
+  self.iam_url = url .. "/v1/projects/-/serviceAccounts/"   -- .. email .. ":generateAccessToken"
   self.token_uri = url .. "/token"
   self.endpoint = url .. "/v1"
   self.store_url = self.endpoint .. "/" .. E.store .. "/dicomWeb"
