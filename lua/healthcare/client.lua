@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- The client: one transport session (its connection pool), one credential, one endpoint, and the
 -- one request path of the module. Every HTTP exchange goes through Client:send (synchronous) or
--- Client:start, Client:wait and Client:finish (many in flight: store's Batch), which share every
+-- Client:start, Client:poll and Client:finish (many in flight: store's Batch), which share every
 -- step: credentials, the standard query parameters and the User-Agent are added, a credential is
 -- refused to a proxy over plain http, redacted debug lines are logged, transport failures become
 -- error values, a 401 with a refreshable credential is sent again once with a fresh token, and
@@ -369,7 +369,7 @@ local function check_request(req, fname)
 end
 
 -- A request of the client: the caller's table (`request`), and what its path needs to know
--- between attempts. start() hands it out; wait() gives it back once its transfer is done.
+-- between attempts. start() hands it out; poll() gives it back once its transfer is done.
 local Request = {}
 Request.__index = Request
 Request.__name = "healthcare.Request"
@@ -510,9 +510,9 @@ end
 
 --- Runs the transfers for up to `seconds` (default 0: what is ready now) and returns the list of
 --- Requests whose transfer is done, for finish().
-function Client:wait(seconds)
-  util.check_self(self, "healthcare.Client", "wait")
-  util.check_arg(seconds, 1, "wait", "number|nil")
+function Client:poll(seconds)
+  util.check_self(self, "healthcare.Client", "poll")
+  util.check_arg(seconds, 1, "poll", "number|nil")
   local out = {}
   -- pairs, not ipairs: the list is walked whole even if a slot were empty.
   for _, t in pairs(self._session:wait(seconds or 0)) do
@@ -525,13 +525,13 @@ function Client:wait(seconds)
   return out
 end
 
---- The outcome of a Request that wait() returned: the raw response (any HTTP status), or nil,
+--- The outcome of a Request that poll() returned: the raw response (any HTTP status), or nil,
 --- err for a failure of the transport; or false when it was sent again (a 401 answered with a
---- fresh token): it is in flight again, and a later wait() returns it.
+--- fresh token): it is in flight again, and a later poll() returns it.
 function Client:finish(request)
   util.check_self(self, "healthcare.Client", "finish")
   if getmetatable(request) ~= Request or request.client ~= self or not request.done or not request.transfer then
-    error("bad argument #1 to 'finish' (a request of this client that wait returned expected)", 2)
+    error("bad argument #1 to 'finish' (a request of this client that poll returned expected)", 2)
   end
   local t = request.transfer
   self._pending[t], request.transfer = nil, nil

@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- store:store(files, opts): the DICOM-aware workflow. Files are probed in C, checked, grouped
 -- into multipart/related requests streamed from disk, sent with up to `concurrency` requests in
--- flight on the client's session (client:start, wait, finish), retried when the failure is
+-- flight on the client's session (client:start, poll, finish), retried when the failure is
 -- transient (healthcare.retry), and every instance is accounted for from the server's answer (a
 -- 200 alone proves nothing). A run is a Batch: a Source hands out groups of files, and the
 -- Batch's methods share the run's state (report, requests in flight, retries waiting) through
@@ -338,7 +338,7 @@ function Batch:record_answer(group, answer)
   end)
 end
 
--- A request wait() returned: its answer read and recorded, or a retry scheduled.
+-- A request poll() returned: its answer read and recorded, or a retry scheduled.
 function Batch:handle(request, group)
   local res, err = self.client:finish(request)
   if res == false then
@@ -413,7 +413,7 @@ function Batch:step()
     for _, w in ipairs(self.waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
   end
   if self.ninflight > 0 then
-    for _, request in ipairs(self.client:wait(timeout)) do
+    for _, request in ipairs(self.client:poll(timeout)) do
       local g = self.inflight[request]
       self.inflight[request] = nil
       self.ninflight = self.ninflight - 1
