@@ -14,6 +14,9 @@ local auth = require "healthcare.auth"
 local errors = require "healthcare.errors"
 local params = require "healthcare.params"
 local util = require "healthcare.util"
+local api_call = require "healthcare.api.call"
+local api_operation = require "healthcare.api.operation"
+local api_pages = require "healthcare.api.pages"
 
 local M = {}
 
@@ -543,6 +546,28 @@ function Client:finish(request)
   local ok, lerr = launch(self, request)
   if not ok then return nil, lerr end
   return false
+end
+
+-- ---- the whole API: any method by Google's name (README "The whole API") ---------------------
+
+-- Methods that are the modules' functions themselves (no wrapper between the user's line and the
+-- checks that blame it).
+Client.call = api_call.call
+Client.pages = api_pages.pages
+
+--- Waits for a long-running operation (an Operation table, or its name) to be done: polls
+--- operations.get with a growing interval. Returns the operation's response and the final
+--- Operation, or nil, err (kind "operation": Google's error; "timeout": not done in time).
+function Client:wait(operation, opts)
+  util.check_self(self, "healthcare.Client", "wait")
+  if type(operation) == "number" then -- the name wait had before it meant operations
+    error("bad argument #1 to 'wait' (operation or operation name expected, got number; the requests in "
+      .. "flight are poll(seconds)'s)", 2)
+  end
+  util.check_arg(operation, 1, "wait", "table|string", nil, "operation or operation name")
+  opts = api_operation.check(opts, "wait", 2)
+  local response, op = api_operation.wait(self, operation, opts)
+  return response, op
 end
 
 --- The store object of a dicomStore resource name (see healthcare.dicomweb); it uses this client
