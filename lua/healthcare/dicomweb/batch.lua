@@ -12,6 +12,7 @@ local errors = require "healthcare.errors"
 local files = require "healthcare.dicomweb.files"
 local names = require "healthcare.dicomweb.names"
 local retry = require "healthcare.retry"
+local route = require "healthcare.dicomweb.route"
 local stow = require "healthcare.dicomweb.stow"
 local util = require "healthcare.util"
 
@@ -200,6 +201,8 @@ end
 function Batch.new(store, inputs, opts)
   local o, oerr = run_options(store, opts)
   if not o then return nil, oerr end
+  local url, uerr = route.url(store, "POST", o.study_uid and ("studies/" .. o.study_uid) or "studies")
+  if not url then return nil, uerr end
   local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
     seconds = 0, requests = 0, retries = 0, sent_alone = 0,
     counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
@@ -213,7 +216,7 @@ function Batch.new(store, inputs, opts)
   return setmetatable({
     store = store, client = store.client, opts = o, report = report, journal = journal,
     policy = retry.new(retry.DEFAULTS, o.retry, store.client.retry),
-    url = store.base_url .. "/" .. (o.study_uid and ("studies/" .. o.study_uid) or "studies"),
+    url = url,
     source = new_source(inputs, o, report, journal),
     t0 = core.now(),
     inflight = {},      -- client request -> group
