@@ -23,8 +23,10 @@ local STORE = "projects/p/locations/l/datasets/d/dicomStores/s"
 
 local dir = H.tmpdir()
 local LOG = dir .. "/captured.jsonl"
-local server_pid = tonumber(H.check_run(string.format("%s %s %s >%s 2>%s </dev/null & echo $!", H.q(PY),
-  H.q(E.support .. "/capture_server.py"), H.q(LOG), H.q(dir .. "/out"), H.q(dir .. "/err"))):match("%d+"))
+local ANSWERS = dir .. "/answers.json"
+local server_pid = tonumber(H.check_run(string.format("%s %s %s %s >%s 2>%s </dev/null & echo $!", H.q(PY),
+  H.q(E.support .. "/capture_server.py"), H.q(LOG), H.q(ANSWERS), H.q(dir .. "/out"), H.q(dir .. "/err")))
+  :match("%d+"))
 local URL
 for _ = 1, 200 do
   URL = (H.file_bytes(dir .. "/out") or ""):match("^(http://%S+)\n")
@@ -55,6 +57,11 @@ local function last()
   return list[#list], #list
 end
 
+-- The next requests get these answers ({ status, content_type, body }), in order; then {} again.
+local function answers(list)
+  H.write_file(ANSWERS, cjson.encode(list))
+end
+
 local function unhex(s)
   return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
 end
@@ -63,7 +70,7 @@ local function new_client(opts)
   opts = opts or {}
   opts.endpoint = URL .. "/v1"
   if opts.credentials == nil then opts.access_token = opts.access_token or TOKEN end
-  opts.retry = { max_attempts = 1 }
+  opts.retry = opts.retry or { max_attempts = 1 }
   return assert(healthcare.new(opts))
 end
 
@@ -252,5 +259,112 @@ describe("client:call's request path", function()
     local _, after = last()
     assert.equal(before, after)
     client:close()
+  end)
+end)
+
+describe("client:call, pages and wait against a server that answers badly", function()
+  local client
+  before_each(function() client = new_client({ retry = { max_attempts = 3, initial = 0.01, max_delay = 0.02 } }) end)
+  after_each(function()
+    answers({})
+    client:close()
+  end)
+  local GET = { name = "projects/p/locations/l/datasets/d" }
+  local OP = "projects/p/locations/l/datasets/d/operations/1"
+
+  it("an answer that is not JSON, or not an object, for a JSON method is an error naming the method", function()
+    answers({ { content_type = "text/html", body = "<html>\27[31mproxy error</html>" }, { body = "null" } })
+    local res, err = client:call("projects.locations.datasets.get", GET)
+    assert.is_nil(res)
+    assert.equal("http", err.kind)
+    assert.equal("projects.locations.datasets.get: HTTP 200: the answer is not a JSON object (text/html): "
+      .. "<html>\\x1b[31mproxy error</html>", tostring(err))
+    res, err = client:call("projects.locations.datasets.get", GET)
+    assert.is_nil(res)
+    assert.matches("the answer is not a JSON object", err.message)
+  end)
+
+  it("an answer over max_bytes is cut, in memory or to a file (the file not left behind)", function()
+    local big = cjson.encode({ name = string.rep("x", 5000) })
+    answers({ { body = big }, { body = big }, { body = big } })
+    local res, err = client:call("projects.locations.datasets.get", GET, nil, { max_bytes = 1000 })
+    assert.is_nil(res)
+    assert.equal("max_bytes", err.option)
+    assert.equal("projects.locations.datasets.get: the answer is larger than 1000 bytes (option max_bytes)", err.message)
+    local to = dir .. "/big.json"
+    res, err = client:call("projects.locations.datasets.get", GET, nil, { max_bytes = 1000, to = to })
+    assert.is_nil(res)
+    assert.equal("max_bytes", err.option)
+    assert.is_nil(H.file_bytes(to))
+    assert.equal("", H.run("ls " .. H.q(dir) .. " | grep big || true"))
+    assert.equal(big, (select(2, client:call("projects.locations.datasets.get", GET, nil, { max_bytes = 0 }))).body)
+  end)
+
+  it("sends a POST again after 503, not after 500; a GET after both", function()
+    local create = { parent = "projects/p/locations/l", datasetId = "d" }
+    local envelope = '{"error": {"code": %d, "status": "%s", "message": "busy"}}'
+    answers({ { status = 503, body = envelope:format(503, "UNAVAILABLE") } })
+    local _, before = last()
+    assert(client:call("projects.locations.datasets.create", create, {}))
+    local _, now = last()
+    assert.equal(2, now - before)
+    answers({ { status = 500, body = envelope:format(500, "INTERNAL") } })
+    local res, err = client:call("projects.locations.datasets.create", create, {})
+    assert.is_nil(res)
+    assert.equal("projects.locations.datasets.create: HTTP 500 INTERNAL: busy", tostring(err))
+    local _, after = last()
+    assert.equal(1, after - now)
+    answers({ { status = 500, body = envelope:format(500, "INTERNAL") }, { status = 503, body = "" } })
+    assert(client:call("projects.locations.datasets.get", GET))
+    local _, final = last()
+    assert.equal(3, final - after)
+  end)
+
+  it("a list field that is not a list, or a page token given twice, ends the pages with an error", function()
+    local parent = { parent = "projects/p/locations/l/datasets/d" }
+    answers({ { body = '{"dicomStores": 3}' } })
+    local pages = assert(client:pages("projects.locations.datasets.dicomStores.list", parent))
+    local list, err, partial = pages:all()
+    assert.is_nil(list)
+    assert.equal("projects.locations.datasets.dicomStores.list: HTTP 200: the answer's dicomStores is not a list, or "
+      .. "its nextPageToken not a string", tostring(err))
+    assert.same({}, partial)
+    answers({ { body = '{"dicomStores": [{"name": "a"}], "nextPageToken": "t1"}' },
+      { body = '{"dicomStores": [{"name": "b"}], "nextPageToken": "t1"}' } })
+    local names = {}
+    for s in pages:each() do names[#names + 1] = s.name end
+    assert.same({ "a", "b" }, names) -- the items that came, then the end
+    assert.equal("repeated_page_token", pages.error.status)
+    assert.equal("projects.locations.datasets.dicomStores.list: the server answered the page token 't1' a second "
+      .. "time; stopping", pages.error.message)
+    assert.matches("pageToken=t1$", last().target)
+  end)
+
+  it("a poll that is not an Operation, an operation name that is not one, a poll's error: named errors", function()
+    local create = { parent = "projects/p/locations/l", datasetId = "d" }
+    answers({ { body = '{"name": "' .. OP .. '"}' }, { content_type = "text/plain", body = "maintenance" } })
+    local res, err = client:call("projects.locations.datasets.create", create, {}, { wait = true, poll_interval = 0.01 })
+    assert.is_nil(res)
+    assert.equal(OP, err.operation)
+    assert.equal("polling operation " .. OP .. ": HTTP 200: the answer is not a JSON object (text/plain): maintenance",
+      tostring(err))
+    answers({ { body = '{"name": "../../x"}' } })
+    res, err = client:call("projects.locations.datasets.create", create, {}, { wait = true })
+    assert.is_nil(res)
+    assert.equal("http", err.kind)
+    assert.equal("projects.locations.datasets.create: HTTP 200: the answer is not an Operation to wait for (no name "
+      .. "projects/.../operations/{id}): ../../x", tostring(err))
+    answers({ { status = 404, body = '{"error": {"code": 404, "status": "NOT_FOUND", "message": "no such operation"}}' } })
+    res, err = client:wait(OP, { poll_interval = 0.01 })
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+    assert.equal(OP, err.operation)
+    assert.equal("polling operation " .. OP .. ": HTTP 404 NOT_FOUND: no such operation", tostring(err))
+    -- metadata that is not a table reaches on_progress as {}
+    answers({ { body = '{"name": "' .. OP .. '", "metadata": 7, "done": true, "response": {"ok": true}}' } })
+    local seen
+    res = assert(client:wait(OP, { poll_interval = 0.01, on_progress = function(m) seen = m end }))
+    assert.same({ ok = true }, res)
+    assert.same({}, seen)
   end)
 end)

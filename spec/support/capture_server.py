@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: MIT
 """A capture server for spec/44-api_call_spec.lua: records what a client sends, answers {}.
 
-    capture_server.py LOG
+    capture_server.py LOG [ANSWERS]
 
 Binds 127.0.0.1 on a free port and prints "http://127.0.0.1:PORT" as its first line of standard
 output. Every request, whatever its verb and path, is read whole (Content-Length or chunked) and
@@ -14,13 +14,34 @@ recorded as one JSON line appended to LOG, before the answer goes out:
 
 then answered 200, Content-Type: application/json, body {} (the oracle's capture server in
 scripts/api-oracle answers the same). HTTP/1.1 with keep-alive; runs until killed.
+
+ANSWERS, when given, is a file the spec writes: a JSON list of answers, {"status": 200,
+"content_type": "application/json", "body": "..."}, each given once, to the next requests in
+order (the list rewritten without it); when it is absent or empty, {} again. This is how a spec
+plays a hostile or failing server: bodies that are not JSON, lists that are not lists, page
+tokens that come back, 503 then 200.
 """
 import http.server
 import json
+import os
 import sys
 import threading
 
 LOCK = threading.Lock()
+
+
+def next_answer():
+    """The next canned answer of the ANSWERS file (taken out of it), or None."""
+    if len(sys.argv) < 3 or not os.path.exists(sys.argv[2]):
+        return None
+    with open(sys.argv[2], encoding="utf-8") as f:
+        answers = json.load(f)
+    if not answers:
+        return None
+    with open(sys.argv[2] + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(answers[1:], f)
+    os.replace(sys.argv[2] + ".tmp", sys.argv[2])
+    return answers[0]
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -55,9 +76,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with LOCK:
             with open(sys.argv[1], "a", encoding="utf-8") as log:
                 log.write(line + "\n")
-        answer = b"{}"
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
+        status, content_type, answer = 200, "application/json", b"{}"
+        with LOCK:
+            canned = next_answer()
+        if canned is not None:
+            status = canned.get("status", 200)
+            content_type = canned.get("content_type", "application/json")
+            answer = canned.get("body", "").encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)

@@ -108,6 +108,14 @@ function M.call(client, method, params, body, opts)
   answer, err = send.answer(m, res, opts.to)
   if not answer then return nil, err end
   if not opts.wait then return answer, res end
+  -- The name to poll comes from the server: one that is not an operation's is its fault (kind
+  -- "http"), not a usage error of the caller's.
+  if answer.done ~= true and type(answer.error) ~= "table"
+    and not (type(answer.name) == "string" and request.build(operation.GET, { name = answer.name })) then
+    return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not an Operation to wait for (no name "
+      .. "projects/.../operations/{id}): %s", m.id, res.status, tostring(answer.name):sub(1, 200)),
+      { http_status = res.status })
+  end
   local response, op = operation.wait(client, answer, {
     operation_timeout = opts.operation_timeout, poll_interval = opts.poll_interval, on_progress = opts.on_progress,
     timeout = opts.timeout, retry = opts.retry, params = standard_params(params),
