@@ -340,3 +340,24 @@ describe("the DICOMweb methods through client:call", function()
     assert.same({}, assert(assert(store:search_studies({ StudyInstanceUID = file.study_uid })):all()))
   end)
 end)
+
+describe("the README's example of \"The whole API\"", function()
+  it("runs word for word: a dataset and a DICOM store made, patched, listed, an import waited for", function()
+    local text = assert(H.file_bytes((os.getenv("HC_SOURCE_DIR") or ".") .. "/README.md"))
+    local at = assert(text:find("<!-- whole-api-example:", 1, true), "no whole-api-example marker in README.md")
+    local script = assert(text:match("\n```lua\n(.-\n)```", at), "no ```lua block after the marker")
+    -- as a user would run it: a key file named service-account.json in the current directory,
+    -- the endpoint from the environment
+    local dir = H.tmpdir()
+    H.write_file(dir .. "/example.lua", script)
+    H.write_file(dir .. "/service-account.json", assert(H.file_bytes(em:service_account().key_file)))
+    config({ operation_polls = 1, operation_error = cjson.null, operation_units = 10 })
+    local out, err, code = H.run(string.format("cd %s && env HEALTHCARE_ENDPOINT=%s HOME=%s %s example.lua", H.q(dir),
+      H.q(em.endpoint), H.q(dir), H.q(os.getenv("HC_LUA") or "lua5.4")))
+    assert.equal(0, code, err)
+    local name = "projects/my-project/locations/us-central1/datasets/imaging/dicomStores/ct"
+    -- the store listed, the import's counter after each poll: half done, then all
+    assert.equal(name .. "\n5\t0\t5\n10\t0\t0\n", out)
+    assert.same({ team = "imaging" }, assert(client:call(DS .. "dicomStores.get", { name = name })).labels)
+  end)
+end)
