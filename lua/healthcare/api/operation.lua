@@ -28,11 +28,11 @@ M.RPC_STATUS = {
   [13] = "INTERNAL", [14] = "UNAVAILABLE", [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
 }
 
---- Raises for a misuse of the waiting options (as given to `fname`, checked with `valid`, the
---- list of names the function takes); `level` as util.check_arg's. Returns the options.
-function M.check(opts, fname, level, valid, aliases)
+--- Raises for a misuse of client:wait's options (M.OPTIONS) as given to `fname`; `level` as
+--- util.check_arg's. Returns the options.
+function M.check(opts, fname, level)
   level = (level or 2) + 1
-  opts = util.check_options(opts, valid or M.OPTIONS, fname, level, aliases)
+  opts = util.check_options(opts, M.OPTIONS, fname, level)
   util.check_option(opts.params, "params", fname, "table", level)
   util.check_option(opts.on_progress, "on_progress", fname, "function", level)
   -- A zero interval would poll as fast as the server answers, for up to the operation timeout.

@@ -14,6 +14,7 @@ local M = {}
 
 -- An answer held in memory is capped by the transport (64 MiB, README "Bounded answers"); one
 -- streamed to a file (opts.to) as a retrieve's is, at 1 TiB.
+M.MAX_MEMORY_BYTES = 64 * 1024 * 1024
 M.MAX_FILE_BYTES = 1024 * 1024 * 1024 * 1024
 
 -- What is sent again, by verb (README "The whole API"):
@@ -133,13 +134,13 @@ function M.send(client, req, opts, policy, stop_at, json)
   if not res and (err.status == "response_too_large" or err.status == "too_large") then
     err.option = "max_bytes"
     err.message = string.format("%s: the answer is larger than %.0f bytes (option max_bytes)", req.method_id,
-      opts.to and (opts.max_bytes or M.MAX_FILE_BYTES) or opts.max_bytes or 64 * 1024 * 1024)
+      opts.to and (opts.max_bytes or M.MAX_FILE_BYTES) or opts.max_bytes or M.MAX_MEMORY_BYTES)
   end
   return res, err
 end
 
 local function media_type(headers)
-  return headers["content-type"] or ""
+  return headers and headers["content-type"] or ""
 end
 
 --- An answer that must be a JSON object (the method's response schema), decoded; {} for an
