@@ -118,7 +118,7 @@ local function store_concurrently(client, files)
   end
   local statuses = {}
   while left > 0 do
-    for _, request in ipairs(client:wait(1)) do
+    for _, request in ipairs(client:poll(1)) do
       local res, err = client:finish(request)
       if res ~= false then
         statuses[#statuses + 1] = res and res.status or tostring(err)

@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- A client owns its session and its credential, with the credential's own session for token
 -- requests: close() closes all three (their sockets are gone from /proc/self/fd), and a closed
--- client or credential says so. One request path for client:send and for client:start / wait /
+-- client or credential says so. One request path for client:send and for client:start / poll /
 -- finish: a 401 is answered with one token refresh and one resend on either, and requests that
 -- get their 401 together share one refresh (counted as the token requests of a private
 -- emulator). on_progress gets one table.
@@ -66,7 +66,7 @@ describe("client:close", function()
     local client = new_client()
     faults({ { match = "store", delay = 3, times = 1 } })
     local request = assert(client:start(search_request()))
-    assert.same({}, client:wait(0.3))
+    assert.same({}, client:poll(0.3))
     client:close()
     assert.equal(n0, fds())
     assert.equal(0, (request:progress()))
@@ -91,7 +91,7 @@ describe("client:close", function()
   end)
 end)
 
-describe("one request path for send and start/wait/finish", function()
+describe("one request path for send and start/poll/finish", function()
   after_each(function() faults({}) end)
 
   it("send answers a 401 with one refresh and one resend", function()
@@ -110,7 +110,7 @@ describe("one request path for send and start/wait/finish", function()
     client:close()
   end)
 
-  it("finish answers a 401 the same way: the request is sent again and comes back from wait", function()
+  it("finish answers a 401 the same way: the request is sent again and comes back from poll", function()
     local client = new_client()
     assert(client:send(search_request()))
     local before = token_requests()
@@ -118,7 +118,7 @@ describe("one request path for send and start/wait/finish", function()
     local request = assert(client:start(search_request()))
     local outcomes = {}
     while #outcomes == 0 or outcomes[#outcomes] == false do
-      for _, done in ipairs(client:wait(1)) do
+      for _, done in ipairs(client:poll(1)) do
         assert.equal(request, done)
         outcomes[#outcomes + 1] = client:finish(done)
       end
@@ -138,7 +138,7 @@ describe("one request path for send and start/wait/finish", function()
     for _ = 1, 3 do left[assert(client:start(search_request()))] = true end
     local statuses, resent = {}, 0
     while next(left) do
-      for _, done in ipairs(client:wait(1)) do
+      for _, done in ipairs(client:poll(1)) do
         local res, err = client:finish(done)
         if res == false then
           resent = resent + 1

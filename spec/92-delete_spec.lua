@@ -174,13 +174,13 @@ describe("delete", function()
     assert.matches("DeleteStudy: study " .. s.uid:gsub("%.", "%%.") .. " not found: HTTP 404", err.message)
   end)
 
-  it("returns the operation's error, with its code and message", function()
+  it("returns the operation's error (kind \"operation\", as client:wait's), with its status and message", function()
     local s = studies[2]
     config({ operation_error = { code = 13, message = "internal error while deleting" } })
     local res, err = google_store():delete_study(s.uid, { poll_interval = 0.02 })
     assert.is_nil(res)
-    assert.equal("http", err.kind)
-    assert.equal(13, err.code)
+    assert.equal("operation", err.kind)
+    assert.is_nil(err.code) -- no code field (README "The error value"): the status names it
     assert.equal("INTERNAL", err.status)
     assert.matches(OPERATION, err.operation)
     assert.equal("DeleteStudy: operation " .. err.operation .. " failed: internal error while deleting "

@@ -569,6 +569,82 @@ function H.sample_files(opts)
   return paths
 end
 
+-- JSON text in one canonical form (keys sorted, numbers and strings written one way), telling
+-- [] from {}: cjson decodes both to an empty table, which would hide the difference.
+function H.canonical_json(text)
+  local pos = 1
+  local function ws() pos = text:find("[^ \t\r\n]", pos) or #text + 1 end
+  local function fail(what) error(string.format("bad JSON at %d (%s): %s", pos, what, text:sub(pos, pos + 20)), 0) end
+  local value
+  local function string_token()
+    local i = pos + 1
+    while true do
+      local c = text:find('["\\]', i)
+      if not c then fail("unterminated string") end
+      if text:sub(c, c) == '"' then
+        local tok = text:sub(pos, c)
+        pos = c + 1
+        return cjson.encode(cjson.decode(tok))
+      end
+      i = c + 2
+    end
+  end
+  function value()
+    ws()
+    local c = text:sub(pos, pos)
+    if c == "{" then
+      pos = pos + 1
+      local members = {}
+      ws()
+      if text:sub(pos, pos) == "}" then pos = pos + 1 return "{}" end
+      while true do
+        ws()
+        if text:sub(pos, pos) ~= '"' then fail("key") end
+        local k = string_token()
+        ws()
+        if text:sub(pos, pos) ~= ":" then fail(":") end
+        pos = pos + 1
+        members[#members + 1] = k .. ":" .. value()
+        ws()
+        local d = text:sub(pos, pos)
+        pos = pos + 1
+        if d == "}" then break end
+        if d ~= "," then fail(",") end
+      end
+      table.sort(members)
+      return "{" .. table.concat(members, ",") .. "}"
+    elseif c == "[" then
+      pos = pos + 1
+      local items = {}
+      ws()
+      if text:sub(pos, pos) == "]" then pos = pos + 1 return "[]" end
+      while true do
+        items[#items + 1] = value()
+        ws()
+        local d = text:sub(pos, pos)
+        pos = pos + 1
+        if d == "]" then break end
+        if d ~= "," then fail(",") end
+      end
+      return "[" .. table.concat(items, ",") .. "]"
+    elseif c == '"' then
+      return string_token()
+    end
+    local tok = text:match("^[%w%.%+%-]+", pos)
+    if not tok then fail("value") end
+    pos = pos + #tok
+    if tok == "true" or tok == "false" or tok == "null" then return tok end
+    local n = tonumber(tok)
+    if not n then fail("number") end
+    if n == math.floor(n) and math.abs(n) < 2 ^ 53 then return string.format("%d", n) end
+    return string.format("%.17g", n)
+  end
+  local out = value()
+  ws()
+  if pos <= #text then fail("trailing text") end
+  return out
+end
+
 H.json = cjson
 
 return H

@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- The client: one transport session (its connection pool), one credential, one endpoint, and the
 -- one request path of the module. Every HTTP exchange goes through Client:send (synchronous) or
--- Client:start, Client:wait and Client:finish (many in flight: store's Batch), which share every
+-- Client:start, Client:poll and Client:finish (many in flight: store's Batch), which share every
 -- step: credentials, the standard query parameters and the User-Agent are added, a credential is
 -- refused to a proxy over plain http, redacted debug lines are logged, transport failures become
 -- error values, a 401 with a refreshable credential is sent again once with a fresh token, and
@@ -14,6 +14,9 @@ local auth = require "healthcare.auth"
 local errors = require "healthcare.errors"
 local params = require "healthcare.params"
 local util = require "healthcare.util"
+local api_call = require "healthcare.api.call"
+local api_operation = require "healthcare.api.operation"
+local api_pages = require "healthcare.api.pages"
 
 local M = {}
 
@@ -369,7 +372,7 @@ local function check_request(req, fname)
 end
 
 -- A request of the client: the caller's table (`request`), and what its path needs to know
--- between attempts. start() hands it out; wait() gives it back once its transfer is done.
+-- between attempts. start() hands it out; poll() gives it back once its transfer is done.
 local Request = {}
 Request.__index = Request
 Request.__name = "healthcare.Request"
@@ -510,9 +513,9 @@ end
 
 --- Runs the transfers for up to `seconds` (default 0: what is ready now) and returns the list of
 --- Requests whose transfer is done, for finish().
-function Client:wait(seconds)
-  util.check_self(self, "healthcare.Client", "wait")
-  util.check_arg(seconds, 1, "wait", "number|nil")
+function Client:poll(seconds)
+  util.check_self(self, "healthcare.Client", "poll")
+  util.check_arg(seconds, 1, "poll", "number|nil")
   local out = {}
   -- pairs, not ipairs: the list is walked whole even if a slot were empty.
   for _, t in pairs(self._session:wait(seconds or 0)) do
@@ -525,13 +528,13 @@ function Client:wait(seconds)
   return out
 end
 
---- The outcome of a Request that wait() returned: the raw response (any HTTP status), or nil,
+--- The outcome of a Request that poll() returned: the raw response (any HTTP status), or nil,
 --- err for a failure of the transport; or false when it was sent again (a 401 answered with a
---- fresh token): it is in flight again, and a later wait() returns it.
+--- fresh token): it is in flight again, and a later poll() returns it.
 function Client:finish(request)
   util.check_self(self, "healthcare.Client", "finish")
   if getmetatable(request) ~= Request or request.client ~= self or not request.done or not request.transfer then
-    error("bad argument #1 to 'finish' (a request of this client that wait returned expected)", 2)
+    error("bad argument #1 to 'finish' (a request of this client that poll returned expected)", 2)
   end
   local t = request.transfer
   self._pending[t], request.transfer = nil, nil
@@ -543,6 +546,28 @@ function Client:finish(request)
   local ok, lerr = launch(self, request)
   if not ok then return nil, lerr end
   return false
+end
+
+-- ---- the whole API: any method by Google's name (README "The whole API") ---------------------
+
+-- Methods that are the modules' functions themselves (no wrapper between the user's line and the
+-- checks that blame it).
+Client.call = api_call.call
+Client.pages = api_pages.pages
+
+--- Waits for a long-running operation (an Operation table, or its name) to be done: polls
+--- operations.get with a growing interval. Returns the operation's response and the final
+--- Operation, or nil, err (kind "operation": Google's error; "timeout": not done in time).
+function Client:wait(operation, opts)
+  util.check_self(self, "healthcare.Client", "wait")
+  if type(operation) == "number" then -- the name wait had before it meant operations
+    error("bad argument #1 to 'wait' (operation or operation name expected, got number; the requests in "
+      .. "flight are poll(seconds)'s)", 2)
+  end
+  util.check_arg(operation, 1, "wait", "table|string", nil, "operation or operation name")
+  opts = api_operation.check(opts, "wait", 2)
+  local response, op = api_operation.wait(self, operation, opts)
+  return response, op
 end
 
 --- The store object of a dicomStore resource name (see healthcare.dicomweb); it uses this client

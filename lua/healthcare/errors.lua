@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- Error values. Every failed call returns nil and one of these tables:
---   kind        "http" | "transport" | "auth" | "dicom" | "usage" | "io" | "timeout"
---               ("timeout": a long-running operation was not done in time; it may still finish)
+--   kind        "http" | "transport" | "auth" | "dicom" | "usage" | "io" | "timeout" | "operation"
+--               ("timeout": a long-running operation was not done in time, or its waiter was told
+--               to stop; it may still finish. "operation": one ended with Google's error)
 --   message     what a person can act on; it may quote a server's text exactly as sent (our own
 --               secrets in it replaced by REDACTED), control characters included
 --   http_status the HTTP status, when a response came back
@@ -11,7 +12,7 @@
 --   retry_after seconds the server asked us to wait (Retry-After or RetryInfo), when it did
 --   details     Google's error details list, when present
 --   reason      the ErrorInfo reason among them (e.g. "API_KEY_INVALID"), when present
---   operation   the long-running operation's name, for errors about one (delete)
+--   operation   the long-running operation's name, for errors about one (client:wait, delete)
 -- tostring(err) gives the message made printable (util.printable): one line, safe for a terminal.
 -- Raised errors are kept for programming mistakes.
 local core = require "healthcare.core"

@@ -80,9 +80,11 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       .. "min_speed, on_progress, query, sink, timeout, url")
     raises_at_call(function() local _ = client:start { url = URL, on_progress = print } end,
       "bad option 'on_progress' to 'start' (not taken: call request:progress() between waits)")
-    raises_at_call(function() local _ = client:wait("1") end, "bad argument #1 to 'wait' (number expected, got string)")
+    raises_at_call(function() local _ = client:poll("1") end, "bad argument #1 to 'poll' (number expected, got string)")
+    raises_at_call(function() local _ = client:wait(1) end, "bad argument #1 to 'wait' (operation or operation name "
+      .. "expected, got number; the requests in flight are poll(seconds)'s)")
     raises_at_call(function() local _ = client:finish({}) end,
-      "bad argument #1 to 'finish' (a request of this client that wait returned expected)")
+      "bad argument #1 to 'finish' (a request of this client that poll returned expected)")
     raises_at_call(function() local _ = client:dicom_store(nil) end,
       "bad argument #1 to 'dicom_store' (string expected, got nil)")
     raises_at_call(function() local _ = client:store_instances(nil, "studies", {}) end,

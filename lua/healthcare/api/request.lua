@@ -16,6 +16,7 @@ no transport; the client sends what this returns.
           query = { { name, value }, ... } (strings, in order; repeated parameters repeat),
           query_string = "dicomStoreId=s1" (escaped; "" when none),
           body = JSON text | the HttpBody table | nil, content_type = ... | nil }
+  request.url(endpoint, req.path) -> the URL under a client's endpoint (".../v1")
 
 Escaping follows Google's Node client (RFC 6570 through url-template, query strings through qs),
 checked request by request against it in spec/15-api_request_spec.lua:
@@ -567,6 +568,13 @@ local function build_body(m, body, req)
     req.body, req.content_type = json, "application/json"
   end
   return true
+end
+
+--- The URL of a path of the table ("v1/projects/..."; build's req.path) under a client's endpoint,
+--- which stands for the API's root and version (https://healthcare.googleapis.com/v1, or an
+--- emulator's .../v1): the "v1/" of the path is the endpoint's.
+function M.url(endpoint, path)
+  return endpoint .. "/" .. (path:gsub("^v1/", "", 1))
 end
 
 --- The request for one call of `method_id`, or nil and a usage error (see the top of the file).

@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- store:store(files, opts): the DICOM-aware workflow. Files are probed in C, checked, grouped
 -- into multipart/related requests streamed from disk, sent with up to `concurrency` requests in
--- flight on the client's session (client:start, wait, finish), retried when the failure is
+-- flight on the client's session (client:start, poll, finish), retried when the failure is
 -- transient (healthcare.retry), and every instance is accounted for from the server's answer (a
 -- 200 alone proves nothing). A run is a Batch: a Source hands out groups of files, and the
 -- Batch's methods share the run's state (report, requests in flight, retries waiting) through
@@ -13,6 +13,7 @@ local files = require "healthcare.dicomweb.files"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local retry = require "healthcare.retry"
+local route = require "healthcare.dicomweb.route"
 local stow = require "healthcare.dicomweb.stow"
 local util = require "healthcare.util"
 
@@ -201,6 +202,8 @@ end
 function Batch.new(store, inputs, opts)
   local o, oerr = run_options(store, opts)
   if not o then return nil, oerr end
+  local url, uerr = route.url(store, "POST", o.study_uid and ("studies/" .. o.study_uid) or "studies")
+  if not url then return nil, uerr end
   local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
     seconds = 0, requests = 0, retries = 0, sent_alone = 0,
     counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
@@ -214,7 +217,7 @@ function Batch.new(store, inputs, opts)
   return setmetatable({
     store = store, client = store.client, opts = o, report = report, journal = journal,
     policy = retry.new(retry.DEFAULTS, o.retry, store.client.retry),
-    url = store.base_url .. "/" .. (o.study_uid and ("studies/" .. o.study_uid) or "studies"),
+    url = url,
     source = new_source(inputs, o, report, journal),
     t0 = core.now(),
     inflight = {},      -- client request -> group
@@ -339,7 +342,7 @@ function Batch:record_answer(group, answer)
   end)
 end
 
--- A request wait() returned: its answer read and recorded, or a retry scheduled.
+-- A request poll() returned: its answer read and recorded, or a retry scheduled.
 function Batch:handle(request, group)
   local res, err = self.client:finish(request)
   if res == false then
@@ -414,7 +417,7 @@ function Batch:step()
     for _, w in ipairs(self.waiting) do timeout = math.min(timeout, math.max(0, w.due - now)) end
   end
   if self.ninflight > 0 then
-    for _, request in ipairs(self.client:wait(timeout)) do
+    for _, request in ipairs(self.client:poll(timeout)) do
       local g = self.inflight[request]
       self.inflight[request] = nil
       self.ninflight = self.ninflight - 1

@@ -1,14 +1,16 @@
 -- SPDX-License-Identifier: MIT
 -- Deleting studies, series and instances: Google's proprietary DELETE on DICOMweb paths.
--- Google answers a study or series delete with a long-running Operation, which is polled
--- here until it is done; an instance delete (and other servers' deletes) answers at once.
-local core = require "healthcare.core"
+-- Google answers a study or series delete with a long-running Operation, which is waited for
+-- through the module's one poller (healthcare.api.operation, client:wait's); an instance delete
+-- (and other servers' deletes) answers at once.
 local cjson = require "cjson.safe"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
+local operation = require "healthcare.api.operation"
 local params = require "healthcare.params"
 local retry = require "healthcare.retry"
+local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 
 local M = {}
@@ -17,19 +19,8 @@ M.OPTIONS = { "params", "poll_interval", "operation_timeout", "retry" }
 -- Old spellings still taken (README "Lua API": deprecated): `timeout` was the operation wait,
 -- where everywhere else it bounds a request.
 M.ALIASES = { timeout = "operation_timeout" }
-M.DEFAULT_OPERATION_TIMEOUT = 600 -- seconds an operation may take before we stop waiting
+M.DEFAULT_OPERATION_TIMEOUT = operation.DEFAULT_OPERATION_TIMEOUT
 M.DEFAULT_TIMEOUT = M.DEFAULT_OPERATION_TIMEOUT
-M.POLL_INTERVAL = 1         -- first wait between polls, seconds; doubles up to ten times this
-M.POLL_GROWTH = 2
-M.POLL_MAX_FACTOR = 10
-
--- google.rpc.Code names, for an Operation's error.code.
-local RPC_STATUS = {
-  [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_ARGUMENT", [4] = "DEADLINE_EXCEEDED",
-  [5] = "NOT_FOUND", [6] = "ALREADY_EXISTS", [7] = "PERMISSION_DENIED", [8] = "RESOURCE_EXHAUSTED",
-  [9] = "FAILED_PRECONDITION", [10] = "ABORTED", [11] = "OUT_OF_RANGE", [12] = "UNIMPLEMENTED",
-  [13] = "INTERNAL", [14] = "UNAVAILABLE", [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
-}
 
 -- Transport failures where the DELETE cannot have reached the server, so sending it again
 -- cannot delete twice (a second DELETE of a deleted study would answer 404).
@@ -64,59 +55,6 @@ local function send_with_retry(store, req, policy, stop_at, resend_transport)
     end
     return err.retryable and resend_transport(err), err.retry_after
   end, stop_at)
-end
-
-local function operation_failed(what, name, e)
-  local code = tonumber(e.code)
-  if code and code == math.floor(code) then code = math.floor(code) end -- 13, not 13.0
-  local status = RPC_STATUS[code] or ("CODE_" .. tostring(e.code))
-  local message = type(e.message) == "string" and e.message or "no message"
-  return errors.new("http", string.format("%s: operation %s failed: %s (code %s %s)", what, name,
-    shown(message), tostring(code or e.code), status), {
-      status = status, code = code, operation = name, details = type(e.details) == "table" and e.details or nil,
-    })
-end
-
--- Polls GET {endpoint}/{name} until done. Returns the number of polls, or nil, err.
-local function poll(store, what, name, query, opts, policy)
-  local interval = opts.poll_interval or M.POLL_INTERVAL
-  local max_interval = interval * M.POLL_MAX_FACTOR
-  local timeout = opts.operation_timeout or M.DEFAULT_OPERATION_TIMEOUT
-  local deadline = core.now() + timeout
-  local url = store.client.endpoint .. "/" .. name
-  local polls = 0
-  while true do
-    local left = deadline - core.now()
-    if left <= 0 then
-      return nil, errors.new("timeout", string.format(
-        "%s: operation %s not done after %g s; it may still finish: check it with GET %s",
-        what, name, timeout, url), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
-    end
-    core.sleep(math.min(interval, left))
-    interval = math.min(max_interval, interval * M.POLL_GROWTH)
-    polls = polls + 1
-    local res, err = send_with_retry(store, {
-      method = "GET", url = url, headers = { "Accept: " .. media.ACCEPT.delete }, query = query,
-    }, policy, deadline, function() return true end)
-    if not res then
-      err.operation = name
-      return nil, err
-    end
-    if res.status ~= 200 then
-      err = errors.from_response(res, what .. " (polling operation " .. name .. ")")
-      err.operation = name
-      return nil, err
-    end
-    local op = cjson.decode(res.body)
-    if type(op) ~= "table" then
-      return nil, errors.new("http", string.format("%s: operation %s: the answer is not JSON: %s", what, name,
-        shown(res.body:sub(1, 200))), { http_status = res.status, operation = name })
-    end
-    if type(op.error) == "table" then
-      return nil, operation_failed(what, name, op.error)
-    end
-    if op.done == true then return polls end
-  end
 end
 
 -- What a DELETE's answer means: the response of a delete that took, or nil, err.
@@ -159,15 +97,17 @@ local function delete(store, depth, uids, opts)
   local query, qerr = params.query(opts.params)
   if not query then return nil, qerr end
   local policy = retry.new(nil, opts.retry, store.client.retry)
-  local path = "/studies/" .. uids[1]
+  local path = "studies/" .. uids[1]
   if depth >= 2 then path = path .. "/series/" .. uids[2] end
   if depth == 3 then path = path .. "/instances/" .. uids[3] end
+  local url, uerr = route.url(store, "DELETE", path)
+  if not url then return nil, uerr end
   -- Google answers in JSON. Orthanc's DICOMweb plugin looks at Accept before the method on
   -- series and instance paths, and answers an Accept it cannot produce with 400 instead of
   -- 405: a plain DICOMweb server gets "*/*" so that it can say it has no DELETE.
-  local accept = store.name ~= store.base_url and media.ACCEPT.delete or "*/*"
+  local accept = store.parent and media.ACCEPT.delete or "*/*"
   local res, err = send_with_retry(store, {
-    method = "DELETE", url = store.base_url .. path, headers = { "Accept: " .. accept }, query = query,
+    method = "DELETE", url = url, headers = { "Accept: " .. accept }, query = query,
   }, policy, nil, function(e) return NOT_SENT[e.status] end)
   if res then res, err = delete_answer(res, level, level.noun .. " " .. table.concat(uids, "/", 1, depth)) end
   if not res then return nil, err end
@@ -180,14 +120,10 @@ local function delete(store, depth, uids, opts)
       "%s: the server answered with an operation name that is not projects/.../operations/{id}: '%s'",
       level.what, shown(op.name):sub(1, 200)), { http_status = res.status })
   end
-  if type(op.error) == "table" then
-    return nil, operation_failed(level.what, op.name, op.error)
-  end
-  if op.done == true then
-    return { status = res.status, operation = op.name, polls = 0 }
-  end
-  local polls, perr = poll(store, level.what, op.name, query, opts, policy)
-  if not polls then return nil, perr end
+  local response, perr, polls = operation.wait(store.client, op, { -- response, the Operation, polls; or nil, err
+    params = query, poll_interval = opts.poll_interval, operation_timeout = opts.operation_timeout, retry = opts.retry,
+  }, level.what)
+  if not response then return nil, perr end
   return { status = res.status, operation = op.name, polls = polls }
 end
 

@@ -9,6 +9,7 @@ local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 
 local M = {}
@@ -83,9 +84,11 @@ function M.fetch(store, dicom_web_path, opts)
   local compressed = opts.compressed
   if compressed == nil then compressed = media.JSON_KINDS[kind] == true end
   local q = opts.query ~= nil and opts.query ~= "" and ("?" .. opts.query) or ""
+  local url, uerr = route.url(store, method, dicom_web_path)
+  if not url then return nil, uerr end
   return store.client:send {
     method = method,
-    url = store.base_url .. "/" .. dicom_web_path .. q,
+    url = url .. q,
     headers = { "Accept: " .. media.ACCEPT[kind] },
     query = query,
     sink = opts.to and { file = opts.to, max_bytes = opts.max_bytes } or nil,

@@ -33,9 +33,10 @@ M.check_store_path = names.check_store_path
 M.read_store_response = stow.read_store_response
 
 --- A store over `client` at base_url; `name` is the dicomStore name (nil for a plain DICOMweb
---- server); `owns_client`: whether store:close() closes the client.
+--- server: its requests then go to base_url/<path>, and a dicomStore's through the method table,
+--- healthcare.dicomweb.route); `owns_client`: whether store:close() closes the client.
 function M.store(client, base_url, name, owns_client)
-  return setmetatable({ client = client, base_url = base_url, name = name or base_url,
+  return setmetatable({ client = client, base_url = base_url, name = name or base_url, parent = name,
     _owns_client = owns_client == true }, Store)
 end
 

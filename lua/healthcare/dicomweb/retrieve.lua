@@ -14,6 +14,7 @@ local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 
 local M = {}
@@ -251,6 +252,8 @@ end
 local function send(store, method_path, headers, opts, how)
   local query, qerr = params.query(opts.params)
   if not query then return nil, qerr end
+  local url, uerr = route.url(store, "GET", method_path)
+  if not url then return nil, uerr end
   local bounds, sink, what = how.bounds, how.sink, how.what
   local compressed = how.compressed or opts.compressed == true
   local timeout = opts.timeout
@@ -278,7 +281,7 @@ local function send(store, method_path, headers, opts, how)
   end
   local res, err = store.client:send {
     method = "GET",
-    url = store.base_url .. "/" .. method_path,
+    url = url,
     headers = headers,
     query = query,
     sink = sink,

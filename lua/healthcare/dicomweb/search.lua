@@ -7,6 +7,7 @@ local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 local cjson = require "cjson.safe"
 
@@ -315,10 +316,11 @@ local function search(store, level, query, opts)
   if not q then return nil, err end
   local query_params, perr = params.query(opts.params)
   if not query_params then return nil, perr end
+  local url, uerr = route.url(store, "GET", path_of(q, level))
+  if not url then return nil, uerr end
   return setmetatable({
     store = store, what = what, q = q, page_size = page_size, params = query_params,
-    timeout = opts.timeout, max_page_bytes = max_page_bytes,
-    url = store.base_url .. "/" .. path_of(q, level), requests = 0,
+    timeout = opts.timeout, max_page_bytes = max_page_bytes, url = url, requests = 0,
   }, Results)
 end
 

@@ -7,6 +7,7 @@ local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 
 local M = {}
@@ -83,9 +84,11 @@ function M.store_instances(store, dicom_web_path, body, query_params)
   if not ct then return nil, data end
   local query, qerr = params.query(query_params)
   if not query then return nil, qerr end
+  local url, uerr = route.url(store, "POST", dicom_web_path)
+  if not url then return nil, uerr end
   local res, err = store.client:send {
     method = "POST",
-    url = store.base_url .. "/" .. dicom_web_path,
+    url = url,
     headers = { "Content-Type: " .. ct, "Accept: " .. M.ACCEPT },
     query = query,
     body = data,

@@ -1,0 +1,146 @@
+-- SPDX-License-Identifier: MIT
+-- Google's long-running operations: client:wait(operation, opts) polls operations.get until the
+-- operation is done, and returns its response, or its error as an error value (kind
+-- "operation"). The one poller of the module: client:call's `wait = true` and the DICOMweb
+-- deletes (healthcare.dicomweb.delete) wait through it.
+local core = require "healthcare.core"
+local errors = require "healthcare.errors"
+local params = require "healthcare.params"
+local request = require "healthcare.api.request"
+local retry = require "healthcare.retry"
+local send = require "healthcare.api.send"
+local util = require "healthcare.util"
+
+local M = {}
+
+M.OPTIONS = { "operation_timeout", "poll_interval", "on_progress", "params", "timeout", "retry" }
+M.DEFAULT_OPERATION_TIMEOUT = 600 -- seconds an operation may take before we stop waiting
+M.POLL_INTERVAL = 1               -- first wait before a poll, seconds; doubles up to ten times this
+M.POLL_GROWTH = 2
+M.POLL_MAX_FACTOR = 10
+M.GET = "projects.locations.datasets.operations.get"
+
+-- google.rpc.Code names, for an Operation's error.code.
+M.RPC_STATUS = {
+  [0] = "OK", [1] = "CANCELLED", [2] = "UNKNOWN", [3] = "INVALID_ARGUMENT", [4] = "DEADLINE_EXCEEDED",
+  [5] = "NOT_FOUND", [6] = "ALREADY_EXISTS", [7] = "PERMISSION_DENIED", [8] = "RESOURCE_EXHAUSTED",
+  [9] = "FAILED_PRECONDITION", [10] = "ABORTED", [11] = "OUT_OF_RANGE", [12] = "UNIMPLEMENTED",
+  [13] = "INTERNAL", [14] = "UNAVAILABLE", [15] = "DATA_LOSS", [16] = "UNAUTHENTICATED",
+}
+
+--- Raises for a misuse of client:wait's options (M.OPTIONS) as given to `fname`; `level` as
+--- util.check_arg's. Returns the options.
+function M.check(opts, fname, level)
+  level = (level or 2) + 1
+  opts = util.check_options(opts, M.OPTIONS, fname, level)
+  util.check_option(opts.params, "params", fname, "table", level)
+  util.check_option(opts.on_progress, "on_progress", fname, "function", level)
+  -- A zero interval would poll as fast as the server answers, for up to the operation timeout.
+  util.check_number(opts.poll_interval, "poll_interval", fname, "> 0", level)
+  util.check_number(opts.operation_timeout, "operation_timeout", fname, ">= 0", level)
+  util.check_number(opts.timeout, "timeout", fname, ">= 0", level)
+  retry.check(opts.retry, fname, level)
+  return opts
+end
+
+-- "operation NAME" or "WHAT: operation NAME", how messages name what they are about.
+local function named(what, name)
+  return (what and (what .. ": ") or "") .. "operation " .. name
+end
+
+--- The error value of an Operation's `error` (a google.rpc.Status: code, message, details):
+--- kind "operation", status the code's canonical name, and the operation's name.
+function M.failed(name, e, what)
+  local code = tonumber(e.code)
+  if code and code == math.floor(code) then code = math.floor(code) end -- 13, not 13.0
+  local status = M.RPC_STATUS[code] or ("CODE_" .. tostring(e.code))
+  -- The message goes in as it is: tostring(err) makes it printable.
+  local message = type(e.message) == "string" and e.message or "no message"
+  return errors.new("operation", string.format("%s failed: %s (code %s %s)", named(what, name), message,
+    tostring(code or e.code), status), {
+      status = status, operation = name, details = type(e.details) == "table" and e.details or nil,
+    })
+end
+
+-- The outcome of a done operation: its response ({} when it has none), or nil, err.
+local function outcome(op, name, what)
+  if type(op.error) == "table" then return nil, M.failed(name, op.error, what) end
+  if type(op.response) == "table" then return op.response end
+  return {}
+end
+
+-- One poll: the operation as the server has it now, or nil, err.
+local function poll(client, req, name, opts, policy, deadline, what)
+  local res, err = send.send(client, req, { timeout = opts.timeout }, policy, deadline, true)
+  if not res then
+    err.operation = name
+    return nil, err
+  end
+  local doing = what and string.format("%s (polling operation %s)", what, name) or ("polling operation " .. name)
+  if res.status ~= 200 then
+    err = errors.from_response(res, doing)
+    err.operation = name
+    return nil, err
+  end
+  local op
+  op, err = send.json_object(res, doing)
+  if not op then
+    err.operation = name
+    return nil, err
+  end
+  return op
+end
+
+--- Waits for `operation` (an Operation table, or its name) to be done. opts are M.OPTIONS
+--- (checked by the caller). Returns the operation's response, the final Operation and the
+--- number of polls made; or nil, err: kind "operation" (Google's error), "timeout" (not done by
+--- operation_timeout, or on_progress returned false: it may still finish), or the error of a
+--- poll. `what` prefixes messages ("DeleteStudy").
+function M.wait(client, operation, opts, what)
+  local op = type(operation) == "table" and operation or { name = operation }
+  local name = op.name
+  if op.done == true or type(op.error) == "table" then
+    local response, err = outcome(op, tostring(name), what)
+    if not response then return nil, err end
+    return response, op, 0
+  end
+  if type(name) ~= "string" then
+    return nil, errors.new("usage", (what and (what .. ": ") or "") .. "not an operation: no name to poll")
+  end
+  local query, qerr = params.query(opts.params)
+  if not query then return nil, qerr end
+  local req, berr = request.build(M.GET, { name = name }, nil, nil)
+  if not req then return nil, berr end
+  for k, v in pairs(query) do req.query[#req.query + 1] = { k, v } end
+  local policy = retry.new(nil, opts.retry, client.retry)
+  local interval = opts.poll_interval or M.POLL_INTERVAL
+  local max_interval = interval * M.POLL_MAX_FACTOR
+  local timeout = opts.operation_timeout or M.DEFAULT_OPERATION_TIMEOUT
+  local deadline = core.now() + timeout
+  local polls = 0
+  while true do
+    local left = deadline - core.now()
+    if left <= 0 then
+      return nil, errors.new("timeout", string.format(
+        "%s not done after %g s; it may still finish: check it with GET %s", named(what, name), timeout,
+        request.url(client.endpoint, req.path)), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
+    end
+    core.sleep(math.min(interval, left))
+    interval = math.min(max_interval, interval * M.POLL_GROWTH)
+    polls = polls + 1
+    local now, err = poll(client, req, name, opts, policy, deadline, what)
+    if not now then return nil, err end
+    op = now
+    if opts.on_progress and opts.on_progress(type(op.metadata) == "table" and op.metadata or {}) == false then
+      return nil, errors.new("timeout", string.format("%s: stopped waiting (on_progress returned false); it may "
+        .. "still finish", named(what, name)), { status = "aborted", operation = name, polls = polls })
+    end
+    if op.done == true or type(op.error) == "table" then
+      local response, oerr = outcome(op, name, what)
+      if not response then return nil, oerr end
+      return response, op, polls
+    end
+  end
+end
+
+return M
