@@ -30,6 +30,6 @@ external_dependencies = {
 }
 build = {
   type = "command",
-  build_command = [[sh scripts/rock-build "$(LUA)" "$(LUA_INCDIR)" "$(PREFIX)" "$(LUADIR)" "$(LIBDIR)" "$(BINDIR)" "$(ROCKS_TREE)" "$(CURL_INCDIR)" "$(CURL_LIBDIR)" "$(OPENSSL_INCDIR)" "$(OPENSSL_LIBDIR)" "$(ZLIB_INCDIR)" "$(ZLIB_LIBDIR)"]],
+  build_command = [[sh scripts/rock-build "$(LUA)" "$(LUA_INCDIR)" "$(PREFIX)" "$(LUADIR)" "$(LIBDIR)" "$(BINDIR)" "$(CURL_INCDIR)" "$(CURL_LIBDIR)" "$(OPENSSL_INCDIR)" "$(OPENSSL_LIBDIR)" "$(ZLIB_INCDIR)" "$(ZLIB_LIBDIR)"]],
 }
 test = { type = "command", command = "make test" }
