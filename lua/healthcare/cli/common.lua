@@ -87,7 +87,11 @@ function M.parse(p, argv)
   for i = 2, #argv do args[i - 1] = argv[i] end
   local ok, a = p:pparse(args)
   if not ok then
-    io.stderr:write(p._name, ": ", M.printable(a), "\n", p:get_usage(), "\n")
+    -- argparse's message may carry its suggestion on a line of its own ("Did you mean ...?"):
+    -- each line made printable, the line breaks kept.
+    local lines = {}
+    for line in (a .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = M.printable(line) end
+    io.stderr:write(p._name, ": ", table.concat(lines, "\n"), "\n", p:get_usage(), "\n")
     return nil, M.EXIT_USAGE
   end
   return a

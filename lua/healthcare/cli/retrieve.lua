@@ -94,6 +94,7 @@ local function parser()
     .. "(by default they are reported and not written).")
   return p
 end
+M.parser = parser -- the bash completion reads its options
 
 -- Called between turns of the transfer loop: draws the received bytes on a terminal and stops
 -- the transfer after Ctrl-C (its temporary files go with it).
