@@ -9,8 +9,9 @@ LUA_ENV = LUA_PATH='$(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;;' LUA_CPATH='$
 # C core hardest (ctest -R).
 SANITIZE_SPECS ?= ^(c_|unit/|10-|30-|4[0234]-|50-|60-|8[0-6]-|9[0-2]-)
 FUZZ_SECONDS ?= 60
+ROCK_LUA ?= 5.4
 
-.PHONY: all deps build check test demo install lint clean fuzz valgrind bench bench-retrieve bench-scale api api-check
+.PHONY: all deps build check test demo install install-luajit rock lint clean fuzz valgrind bench bench-retrieve bench-scale api api-check
 
 all: build
 
@@ -85,10 +86,23 @@ api-check: api
 	  exit 1; \
 	fi
 
+# The Lua 5.4 install: the Lua files, healthcare/core.so, the `healthcare` command and its bash
+# completion under PREFIX (README, "Install").
 install: deps
 	cmake -S . -B $(BUILD) -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
 	cmake --build $(BUILD) -j $(JOBS)
 	cmake --install $(BUILD)
+
+# The LuaJIT (OpenResty) install beside it: the module for LuaJIT and `healthcare-luajit`, never
+# `healthcare` (built in build-luajit, without the tests).
+install-luajit: deps
+	cmake -S . -B build-luajit -DHC_LUAJIT=ON -DHC_TESTS=OFF -DCMAKE_INSTALL_PREFIX=$(PREFIX) >/dev/null
+	cmake --build build-luajit -j $(JOBS)
+	cmake --install build-luajit
+
+# dist/: a .src.rock of the committed source and a binary .rock for Lua $(ROCK_LUA) (5.4).
+rock: deps
+	ROCK_LUA=$(ROCK_LUA) scripts/make-rock
 
 lint: deps
 	luacheck lua spec bench examples
@@ -96,4 +110,4 @@ lint: deps
 	clang-tidy --quiet src/*.c -- -I/usr/include/lua5.4 -std=c99
 
 clean:
-	rm -rf $(BUILD) build-asan build-luajit fuzz/build
+	rm -rf $(BUILD) build-asan build-luajit fuzz/build dist

@@ -150,9 +150,9 @@ describe("healthcare projects " .. METHOD, function()
     local before = store_requests()
     local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
       "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(E.token),
-      "--endpoint", q(E.endpoint), "-o", "/nonexistent-dir/out.json" }, " "))
+      "--endpoint", q(E.endpoint), "-o", q(H.write_file(H.tmpdir() .. "/a-file", "x") .. "/out.json") }, " "))
     assert.equal(2, code)
-    assert.matches("cannot write the output", err)
+    assert.matches("cannot write the output: .*/a%-file exists and is not a directory", err)
     assert.equal(before, store_requests())
     assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
   end)

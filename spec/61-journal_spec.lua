@@ -9,6 +9,7 @@
 local H = require "helpers"
 local cjson = require "cjson"
 local journal = require "healthcare.dicomweb.journal"
+local lfs = require "lfs"
 
 local E = H.env
 
@@ -194,13 +195,20 @@ describe("journal.open", function()
     assert(journal.open(dir .. "/j")):close()
   end)
 
+  it("creates the journal's folder, with its parents", function()
+    local j = assert(journal.open(dir .. "/new/sub/j"))
+    j:close()
+    assert.equal("file", lfs.attributes(dir .. "/new/sub/j", "mode"))
+  end)
+
   it("returns io errors for paths it cannot use", function()
     local j, err = journal.open(dir)
     assert.is_nil(j)
     assert.same({ "io", "cannot open journal '" .. dir .. "': Is a directory" }, { err.kind, err.message })
-    j, err = journal.open(dir .. "/no/such/j")
+    H.write_file(dir .. "/a-file", "x")
+    j, err = journal.open(dir .. "/a-file/sub/j")
     assert.is_nil(j)
-    assert.same({ "io", "cannot open journal '" .. dir .. "/no/such/j': No such file or directory" },
+    assert.same({ "io", "journal " .. dir .. "/a-file/sub/j: " .. dir .. "/a-file exists and is not a directory" },
       { err.kind, err.message })
     H.check_run("mkfifo " .. H.q(dir .. "/fifo"))
     j, err = journal.open(dir .. "/fifo")
@@ -247,7 +255,6 @@ describe("store with a journal", function()
   end)
 
   it("finds files stored by a relative path when resumed from elsewhere with an absolute one", function()
-    local lfs = require "lfs"
     local dir = H.tmpdir()
     local files = H.gen_dicom({ count = 3, size = 300, dir = dir .. "/in" })
     local jpath = dir .. "/journal"

@@ -235,6 +235,28 @@ end)
 describe("store:retrieve_instance", function()
   lazy_setup(stored_study)
 
+  it("creates the folder it writes to, with its parents (Lua 5.4 and LuaJIT alike)", function()
+    local store = orthanc_store()
+    local s1 = study.series[1]
+    local f = study.in_series[s1][1]
+    local base = H.tmpdir()
+    local res = assert(store:retrieve_series(study.uid, s1, { to = base .. "/a/b/c" }))
+    assert.equal(#study.in_series[s1], #res.files)
+    assert.equal(#study.in_series[s1], #listing(base .. "/a/b/c"))
+    res = assert(store:retrieve_instance(study.uid, s1, f.sop_instance_uid, { to = base .. "/d/e/one.dcm" }))
+    assert.equal(base .. "/d/e/one.dcm", res.files[1].path)
+    assert.equal(H.sha256(f.path), H.sha256(base .. "/d/e/one.dcm"))
+    local mf = study.multiframe
+    res = assert(store:retrieve_rendered(study.uid, mf.series_uid, mf.sop_instance_uid, { to = base .. "/f/g/one.jpg" }))
+    assert.equal(base .. "/f/g/one.jpg", res.files[1].path)
+    res = assert(store:retrieve_frames(study.uid, mf.series_uid, mf.sop_instance_uid, 1, { to = base .. "/j/k" }))
+    assert.same({ res.files[1].path:match("[^/]+$") }, listing(base .. "/j/k"))
+    res = assert(store:fetch("studies/" .. study.uid .. "/metadata", { to = base .. "/h/i/meta.json" }))
+    assert.equal(200, res.status)
+    assert.same({ "meta.json" }, listing(base .. "/h/i"))
+    store:close()
+  end)
+
   it("writes the instance to the file given, byte for byte", function()
     local f = study.by_uid[study.files[3].sop_instance_uid]   -- big endian
     local dir = H.tmpdir()
@@ -401,11 +423,39 @@ describe("retrieve errors", function()
       assert.equal("http", err.kind)
       assert.equal(404, err.http_status)
       assert.matches(c[3], err.message)
+      assert.equal(c[1] == "retrieve_study" and "study" or c[1] == "retrieve_series" and "series" or "instance",
+        err.not_found, c[1])
       assert.same({}, listing(dir), c[1])
     end
     local res, err = store:retrieve_frames(study.uid, s1, missing, 1, { to = H.tmpdir() })
     assert.is_nil(res)
     assert.equal(404, err.http_status)
+  end)
+
+  it("names the store, not the study, when the store does not exist (here, a Google dataset or a path)", function()
+    local gone = E.store:gsub("test%-store$", "missing-store")
+    local client = assert(healthcare.new { endpoint = E.endpoint, access_token = E.token })
+    local s1 = study.series[1]
+    local stores = {
+      { assert(client:dicom_store(gone)), gone },
+      -- Orthanc under a path it does not serve answers 404 to every DICOMweb request
+      { assert(healthcare.dicomweb(E.orthanc .. "/no-such-dicom-web")), E.orthanc .. "/no-such-dicom-web" },
+    }
+    for _, st in ipairs(stores) do
+      local store, name = st[1], st[2]
+      local pattern = "^store " .. name:gsub("%p", "%%%0") .. " not found: "
+      local res, err = store:retrieve_study(study.uid, { to = H.tmpdir() })
+      assert.is_nil(res)
+      assert.equal(404, err.http_status)
+      assert.equal("store", err.not_found)
+      assert.matches(pattern .. "RetrieveStudy: HTTP 404", err.message)
+      assert.is_nil(err.message:find("study " .. study.uid, 1, true), err.message)
+      res, err = store:retrieve_metadata(study.uid, s1)
+      assert.is_nil(res)
+      assert.matches(pattern .. "RetrieveMetadata: HTTP 404", err.message)
+      store:close()
+    end
+    client:close()
   end)
 
   it("returns a usage error for a bad UID and sends nothing", function()
@@ -459,22 +509,24 @@ describe("retrieve errors", function()
     assert.same({}, listing(dir))
   end)
 
-  it("returns an io error before any request for a target in a missing parent or an unwritable directory", function()
+  it("returns an io error before any request for a target under a file or in an unwritable directory", function()
     local store, sent = counting_store()
     local s1 = study.series[1]
     local f = study.in_series[s1][1]
     local base = H.tmpdir()
     local file = H.write_file(base .. "/a-file", "x")
     local cases = {
-      { function() return store:retrieve_study(study.uid, { to = base .. "/missing/child" }) end,
-        "^cannot create the directory " .. base:gsub("%p", "%%%0") .. "/missing/child: .*No such file or directory" },
+      { function() return store:retrieve_study(study.uid, { to = file .. "/child/grandchild" }) end,
+        "^" .. file:gsub("%p", "%%%0") .. " exists and is not a directory$" },
       { function() return store:retrieve_series(study.uid, s1, { to = file }) end,
         "exists and is not a directory$" },
       -- /proc takes no new files, even from root (the test bed runs as root, so modes prove nothing)
       { function() return store:retrieve_study(study.uid, { to = "/proc" }) end,
         "^cannot write in the directory /proc: " },
-      { function() return store:retrieve_instance(study.uid, s1, f.sop_instance_uid, { to = base .. "/no/x.dcm" }) end,
-        "^cannot write " .. base:gsub("%p", "%%%0") .. "/no/x%.dcm: the directory .* does not exist$" },
+      { function() return store:retrieve_instance(study.uid, s1, f.sop_instance_uid, { to = file .. "/x.dcm" }) end,
+        "^" .. file:gsub("%p", "%%%0") .. " exists and is not a directory$" },
+      { function() return store:retrieve_frames(study.uid, s1, f.sop_instance_uid, 1, { to = "/proc/a/b" }) end,
+        "^cannot create the directory /proc/a: " },
       { function() return store:retrieve_instance(study.uid, s1, f.sop_instance_uid, { to = "/proc/x.dcm" }) end,
         "^cannot write in the directory /proc: " },
       { function() return store:retrieve_rendered(study.uid, s1, f.sop_instance_uid, { to = "/proc/x.jpg" }) end,

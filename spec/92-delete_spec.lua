@@ -174,6 +174,17 @@ describe("delete", function()
     assert.matches("DeleteStudy: study " .. s.uid:gsub("%.", "%%.") .. " not found: HTTP 404", err.message)
   end)
 
+  it("names the store, not the study, when the store does not exist", function()
+    local gone = E.store:gsub("test%-store$", "missing-store")
+    local client = assert(healthcare.new { endpoint = em.endpoint, access_token = TOKEN, retry = FAST_RETRY })
+    local res, err = assert(client:dicom_store(gone)):delete_study(studies[3].uid)
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+    assert.equal("store", err.not_found)
+    assert.matches("^DeleteStudy: store " .. gone:gsub("%p", "%%%0") .. " not found: HTTP 404", err.message)
+    client:close()
+  end)
+
   it("returns the operation's error (kind \"operation\", as client:wait's), with its status and message", function()
     local s = studies[2]
     config({ operation_error = { code = 13, message = "internal error while deleting" } })

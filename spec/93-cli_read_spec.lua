@@ -222,7 +222,7 @@ describe("healthcare retrieve", function()
     { "a bad UID", { "1.2/abc", "-o", "OUT" }, "invalid UID 'abc' in '1%.2/abc'" },
     { "a path of four UIDs", { "1/2/3/4", "-o", "OUT" }, "more than three parts" },
     { "no -o", { "1.2" }, "%-o <dir> is required" },
-    { "an -o whose parent does not exist", { "1.2", "-o", "/nonexistent/dir" }, "/nonexistent/dir" },
+    { "an -o under a file", { "1.2", "-o", "FILE/dir" }, "a%-file exists and is not a directory" },
     { "a bad transfer syntax", { "1.2", "-o", "OUT", "--transfer-syntax", "x/y" }, "x/y" },
   }
   for _, c in ipairs(usage) do
@@ -230,7 +230,10 @@ describe("healthcare retrieve", function()
       local before = requests()
       local args = google { "retrieve" }
       local tmp = H.tmpdir()
-      for _, a in ipairs(c[2]) do args[#args + 1] = a == "OUT" and (tmp .. "/out") or a end
+      local a_file = H.write_file(tmp .. "/a-file", "x")
+      for _, a in ipairs(c[2]) do
+        args[#args + 1] = a == "OUT" and (tmp .. "/out") or a:gsub("^FILE/", a_file .. "/")
+      end
       local _, err, code = hc(args)
       assert.equal(2, code, err)
       assert.matches(c[3], err)
@@ -238,10 +241,24 @@ describe("healthcare retrieve", function()
     end)
   end
 
-  it("exits 2 for a store that does not exist", function()
-    local _, err, code = hc(google({ "retrieve", study[1].study_uid, "-o", H.tmpdir() }, E.store:gsub("test%-store$", "missing")))
+  it("exits 2 for a store that does not exist, naming the store, not the study", function()
+    local gone = E.store:gsub("test%-store$", "missing")
+    local _, err, code = hc(google({ "retrieve", study[1].study_uid, "-o", H.tmpdir() }, gone))
     assert.equal(2, code, err)
-    assert.matches("NOT_FOUND", err)
+    assert.matches("^healthcare retrieve: store " .. gone:gsub("%p", "%%%0") .. " not found: RetrieveStudy: HTTP 404 "
+      .. "NOT_FOUND", err)
+    assert.is_nil(err:find("study " .. study[1].study_uid, 1, true), err)
+    _, err, code = hc { "retrieve", E.orthanc .. "/no-such-dicom-web", study[1].study_uid, "-o", H.tmpdir() }
+    assert.equal(2, code, err)
+    assert.matches("^healthcare retrieve: store " .. (E.orthanc .. "/no-such-dicom-web"):gsub("%p", "%%%0")
+      .. " not found", err)
+  end)
+
+  it("creates -o's folder with its parents", function()
+    local dir = H.tmpdir() .. "/a/b/c"
+    local _, err, code = hc { "retrieve", E.dicomweb, study[1].study_uid, "-o", dir }
+    assert.equal(0, code, err)
+    assert.equal(#study, #files_in(dir))
   end)
 end)
 
@@ -287,9 +304,10 @@ describe("healthcare delete", function()
     assert.equal(2, code, err)
     assert.matches("invalid UID '1%.2%.x'", err)
     assert.equal(before, requests())
-    _, err, code = hc(google({ "delete", uid, "--yes" }, E.store:gsub("test%-store$", "missing")))
+    local gone = E.store:gsub("test%-store$", "missing")
+    _, err, code = hc(google({ "delete", uid, "--yes" }, gone))
     assert.equal(2, code, err)
-    assert.matches("NOT_FOUND", err)
+    assert.matches("DeleteStudy: store " .. gone:gsub("%p", "%%%0") .. " not found: HTTP 404 NOT_FOUND", err)
   end)
 end)
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include <curl/curl.h>
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 
 #include "hc_buf.h"
@@ -196,6 +197,14 @@ HC_API int luaopen_healthcare_core(lua_State *L)
     lua_setfield(L, -2, "curl_version");
     lua_pushboolean(L, (cv->features & CURL_VERSION_HTTP2) != 0);
     lua_setfield(L, -2, "http2");
+    /* What `healthcare --version` names: libcurl's TLS library, the libcrypto this module signs
+     * and draws random bytes with, and the Lua headers it was built against. */
+    lua_pushstring(L, cv->ssl_version ? cv->ssl_version : "none");
+    lua_setfield(L, -2, "curl_ssl_version");
+    lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
+    lua_setfield(L, -2, "openssl_version");
+    lua_pushliteral(L, LUA_RELEASE);
+    lua_setfield(L, -2, "lua_release");
 
     hc_lua_http_register(L);
     hc_lua_dicom_register(L);

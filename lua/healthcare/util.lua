@@ -374,4 +374,33 @@ function M.proxy_for(url, getenv)
   return proxy, name
 end
 
+--- Creates the directory `path` and the parents it lacks, as `mkdir -p` (mode 0777 less the
+--- umask): true, or nil and why not ("x exists and is not a directory", "cannot create the
+--- directory x: Permission denied"). An existing directory, or one another process creates
+--- meanwhile, is fine. Every folder the module writes answers or a journal to goes through this.
+function M.make_dirs(path)
+  local lfs = require "lfs"
+  local mode = lfs.attributes(path, "mode")
+  if mode == "directory" then return true end
+  if mode ~= nil then return nil, path .. " exists and is not a directory" end
+  local parent = path:match("^(.*[^/])/+[^/]+/*$")
+  if parent then
+    local ok, why = M.make_dirs(parent)
+    if not ok then return nil, why end
+  end
+  local ok, why = lfs.mkdir(path)
+  if not ok and lfs.attributes(path, "mode") ~= "directory" then
+    return nil, "cannot create the directory " .. path .. ": " .. tostring(why)
+  end
+  return true
+end
+
+--- The directory part of a file path: "a/b" for "a/b/c", "." for "c", "/" for "/c".
+function M.parent_dir(path)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir == nil then return "." end
+  if dir == "" then return "/" end
+  return dir
+end
+
 return M

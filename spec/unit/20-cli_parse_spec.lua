@@ -400,8 +400,9 @@ describe("healthcare.cli.seed.parse", function()
       { full("--debug=1"), "option --debug takes no value" },
       { full("--bogus"), "unknown option '--bogus'; " .. OPTIONS },
       { full("-x"), "unknown option '-x'; " .. OPTIONS },
-      { full("-hx"), "unknown option '-hx'; " .. OPTIONS },
-      { full("-scope", "a"), "unknown option '-scope'; " .. OPTIONS },
+      { full("-hx"), "unknown option '-hx' (did you mean '-h'?); " .. OPTIONS },
+      { full("-scope", "a"), "unknown option '-scope' (did you mean '--scope'?); " .. OPTIONS },
+      { full("--endpont", "a"), "unknown option '--endpont' (did you mean '--endpoint'?); " .. OPTIONS },
     }
     for _, e in ipairs(ERRORS) do
       it("says \"" .. e[2] .. "\" for " .. describe_argv(e[1]), function()
@@ -615,12 +616,15 @@ describe("healthcare.cli.help", function()
       end
     end)
 
-    it("lists the friendly commands at the top", function()
+    it("lists every command at the top, one line each, and the friendly commands' usage", function()
       local text = help.text("top")
+      for _, c in ipairs({ "projects", "store", "search", "retrieve", "delete" }) do
+        assert.truthy(text:find("\n  " .. c .. " +[a-z][^\n]+\n"), c)
+      end
       for _, c in ipairs({ "store", "search", "retrieve", "delete" }) do
-        assert.truthy(text:find("\n  " .. c .. "\n", 1, true), c)
         assert.truthy(text:find("\n  healthcare " .. c .. " <store> ", 1, true), c)
       end
+      assert.truthy(text:find("healthcare --version", 1, true))
     end)
 
     for _, m in ipairs(seed.methods) do

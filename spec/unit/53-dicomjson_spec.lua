@@ -266,6 +266,19 @@ describe("dicomjson.dataset", function()
     end)
   end
 
+  it("gives whole-number VRs as integers, as JSON decoding leaves them floats (3.0 under Lua 5.4)", function()
+    -- cjson's own numbers: what a search answer carries
+    local decoded = dicomjson.dataset(cjson.decode('{"00201208":{"vr":"IS","Value":[3]},'
+      .. '"00280010":{"vr":"US","Value":[512,256]},"00181050":{"vr":"DS","Value":[2]}}'))
+    assert.equal("3", tostring(decoded.NumberOfStudyRelatedInstances))
+    assert.equal("3 instance(s)", string.format("%s instance(s)", decoded.NumberOfStudyRelatedInstances))
+    assert.equal("512 256", tostring(decoded.Rows[1]) .. " " .. tostring(decoded.Rows[2]))
+    if math.type then
+      assert.equal("integer", math.type(decoded.NumberOfStudyRelatedInstances))
+      assert.equal("float", math.type(decoded["00181050"])) -- DS is a decimal: left as it came
+    end
+  end)
+
   it("gives several numbers as a list, a JSON null kept in its place", function()
     assert.same({ 0.5, 1.25 }, ds["00181050"])
     assert.same({ "A", cjson.null }, ds.IssuerOfPatientID)

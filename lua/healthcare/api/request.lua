@@ -102,6 +102,7 @@ local function closest(wanted, names, max)
   return out
 end
 M.closest = closest
+M.distance = distance
 
 --------------------------------------------------------------------------------------
 -- Escaping

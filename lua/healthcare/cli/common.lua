@@ -87,7 +87,11 @@ function M.parse(p, argv)
   for i = 2, #argv do args[i - 1] = argv[i] end
   local ok, a = p:pparse(args)
   if not ok then
-    io.stderr:write(p._name, ": ", M.printable(a), "\n", p:get_usage(), "\n")
+    -- argparse's message may carry its suggestion on a line of its own ("Did you mean ...?"):
+    -- each line made printable, the line breaks kept.
+    local lines = {}
+    for line in (a .. "\n"):gmatch("([^\n]*)\n") do lines[#lines + 1] = M.printable(line) end
+    io.stderr:write(p._name, ": ", table.concat(lines, "\n"), "\n", p:get_usage(), "\n")
     return nil, M.EXIT_USAGE
   end
   return a
@@ -150,9 +154,11 @@ function M.store_exists(store)
 end
 
 --- The exit code for an error of a call that names UIDs: a 404 is a missing object (1) when
---- the store exists, a missing store (2) otherwise.
+--- the store exists, a missing store (2) otherwise (err.not_found says which when the store
+--- method found out; else the store is asked).
 function M.exit_code_for_uid(store, err)
   if err.kind == "http" and err.http_status == 404 then
+    if err.not_found then return err.not_found == "store" and M.EXIT_USAGE or M.EXIT_FAILED end
     return M.store_exists(store) and M.EXIT_FAILED or M.EXIT_USAGE
   end
   return M.exit_code_for(err)
@@ -160,18 +166,17 @@ end
 
 --- Whether out, a file the user named for an answer (-o; nil or "-" is standard output), can be
 --- written once the answer is in: not a directory, in a directory this user may create files
---- in. Checked before any request, so a typo costs no upload; nothing is created or opened, so a
---- call that fails leaves an existing file as it was. Returns true, or nil and why not.
+--- in, created with its parents if missing (util.make_dirs). Checked before any request, so a
+--- typo costs no upload; the file itself is neither created nor opened, so a call that fails
+--- leaves an existing file as it was. Returns true, or nil and why not.
 function M.check_output(out)
   if out == nil or out == "-" then return true end
   if lfs.attributes(out, "mode") == "directory" then
     return nil, M.printable(out) .. " is a directory"
   end
-  local dir = out:match("^(.*)/[^/]*$") or "."
-  if dir == "" then dir = "/" end
-  if lfs.attributes(dir, "mode") ~= "directory" then
-    return nil, "the directory " .. M.printable(dir) .. " does not exist"
-  end
+  local dir = util.parent_dir(out)
+  local made, why = util.make_dirs(dir)
+  if not made then return nil, M.printable(why) end
   local ok, err = core.dir_writable(dir)
   if not ok then return nil, M.printable(err.message) end
   return true

@@ -29,6 +29,7 @@ local function parser()
     tostring(delete_module.DEFAULT_OPERATION_TIMEOUT)):argname("<seconds>"):convert(tonumber)
   return p
 end
+M.parser = parser -- the bash completion reads its options
 
 local function confirm(targets)
   if not (core.isatty(0) and core.isatty(2)) then return false end

@@ -6,6 +6,7 @@ value's fields come from healthcare.cli.seed, the query parameters and scopes fr
 healthcare.params, so a list changes in one place only.
 ]]
 
+local commands = require("healthcare.cli.commands")
 local params = require("healthcare.params")
 local seed = require("healthcare.cli.seed")
 
@@ -86,20 +87,10 @@ local function top()
     "  healthcare delete <store> <study>[/<series>[/<instance>]]... --yes [options]",
     "",
     "Commands:",
-    "  " .. seed.COMMAND,
-    "      Methods on projects/{project}/locations/{location}/... resources: the",
-    "      API's calls as they are (healthcare " .. seed.COMMAND .. " --help lists them).",
-    "  store",
-    "      Store DICOM files and folders: probed, many per request, streamed, with a",
-    "      report per instance; --verify searches the store for them afterwards.",
-    "  search",
-    "      Search for studies, series or instances: a table, or JSON with --json.",
-    "  retrieve",
-    "      Retrieve a study, series or instance: one file per instance.",
-    "  delete",
-    "      Delete studies, series or instances (asks for --yes).",
-    "  Each friendly command takes --help; <store> is a dicomStore name (through",
-    "  --endpoint) or a DICOMweb base URL.",
+    concat(commands.lines(), "\n"),
+    "  Each takes --help; <store> is a dicomStore name (through --endpoint) or a",
+    "  DICOMweb base URL. healthcare --version names the versions of the module,",
+    "  Lua, libcurl and OpenSSL.",
     "",
     "Global options (before the command or after the method's arguments):",
     option_lines(seed.global_options),

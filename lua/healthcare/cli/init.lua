@@ -3,10 +3,14 @@
 --   the seed's:   healthcare projects locations-datasets-dicom-stores-<method> <parent> <dicom-web-path> ...
 --                 (parsed by healthcare.cli.seed, run by healthcare.cli.call, --help by healthcare.cli.help)
 --   the friendly: healthcare store|search|retrieve|delete <store> ... (see healthcare.cli.<command>)
+-- and what introduces the command: bare `healthcare` (the commands, one line each),
+-- --version, a suggestion for a mistyped command, and `__complete` for the bash completion
+-- (healthcare.cli.complete). The commands are listed once, in healthcare.cli.commands.
 -- Exit codes (healthcare.cli.common): 0 all done, 1 something failed, 2 usage or configuration error.
 local seed = require "healthcare.cli.seed"
 local help = require "healthcare.cli.help"
 local common = require "healthcare.cli.common"
+local commands = require "healthcare.cli.commands"
 
 local M = {}
 
@@ -14,7 +18,10 @@ M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE = common.EXIT_OK, common.EXIT_FAILED, com
 M.exit_code_for = common.exit_code_for
 
 -- The friendly commands, each a module healthcare.cli.<name> with main(argv).
-M.COMMANDS = { store = true, search = true, retrieve = true, delete = true }
+M.COMMANDS = commands.FRIENDLY
+
+-- The hidden word the bash completion runs the command with (bin/healthcare.bash-completion).
+M.COMPLETE = "__complete"
 
 local say = common.sayer("healthcare")
 
@@ -35,16 +42,85 @@ local function run_seed(args)
   return call.read_or_delete(cmd)
 end
 
+-- Bare `healthcare`: the commands, one line each, on standard error (a missing command is a
+-- usage error: exit 2).
+local function overview()
+  io.stderr:write("usage: healthcare <command> [<arguments>] [<options>]\n\nCommands:\n",
+    table.concat(commands.lines(), "\n"), "\n\n",
+    "healthcare --help shows every command's usage and the global options, healthcare <command>\n",
+    "--help one command's options, healthcare --version the versions.\n")
+  return M.EXIT_USAGE
+end
+
+-- `healthcare --version`: this module's version, the Lua running it, libcurl (and its TLS
+-- library), the libcrypto the module signs with, and where the module was loaded from.
+local function version()
+  local core = require "healthcare.core"
+  local healthcare = require "healthcare"
+  local lua = rawget(_G, "jit") and (_G.jit.version .. " (" .. _VERSION .. " API)")
+    or (_VERSION .. " (module built with " .. core.lua_release .. "'s headers)")
+  local function found(name, path)
+    return package.searchpath and package.searchpath(name, path) or "?"
+  end
+  io.stdout:write(table.concat({
+    "healthcare " .. healthcare._VERSION,
+    "Lua      " .. lua,
+    "libcurl  " .. core.curl_version:gsub("^libcurl/", "") .. " (" .. core.curl_ssl_version
+      .. (core.http2 and ", HTTP/2" or "") .. ")",
+    "OpenSSL  " .. core.openssl_version,
+    "module   " .. found("healthcare", package.path) .. ", " .. found("healthcare.core", package.cpath),
+  }, "\n"), "\n")
+  return M.EXIT_OK
+end
+
+-- The first word of args that is not a global option of the seed form nor its value (global
+-- options may stand before `projects`), or nil.
+local function first_word(args)
+  local takes_value = {}
+  for _, o in ipairs(seed.global_options) do
+    if o.arg then takes_value[o.long] = true end
+  end
+  local i = 1
+  while args[i] do
+    local a = args[i]
+    if a == "--" then return args[i + 1] end
+    if a == "-" or a:sub(1, 1) ~= "-" then return a end
+    i = i + (takes_value[a] and 2 or 1)
+  end
+  return nil
+end
+
+-- A word that names no command: the closest ones, and the list.
+local function unknown_command(word)
+  local names = commands.names()
+  if commands.FRIENDLY[word] then
+    say("the options of %s go after it: healthcare %s <store> ... [<options>] (healthcare %s --help)",
+      word, word, word)
+  else
+    say("unknown command '%s'%s; commands: %s", common.printable(word), commands.suggestion(word, names),
+      table.concat(names, ", "))
+  end
+  io.stderr:write("Try 'healthcare --help'.\n")
+  return M.EXIT_USAGE
+end
+
+local function dispatch(args)
+  if args[1] == nil then return overview() end
+  if args[1] == "--version" then return version() end
+  if args[1] == M.COMPLETE then return require("healthcare.cli.complete").main(args) end
+  if M.COMMANDS[args[1]] then
+    return require("healthcare.cli." .. args[1]).main(args)
+  end
+  local word = first_word(args)
+  if word and word ~= seed.COMMAND then return unknown_command(word) end
+  return run_seed(args)
+end
+
 --- Runs the command with argv (a list of strings, as `arg`) and returns the exit code.
 function M.main(argv)
   local args = {}
   for i = 1, #(argv or {}) do args[i] = argv[i] end
-  local ok, code = xpcall(function()
-    if M.COMMANDS[args[1]] then
-      return require("healthcare.cli." .. args[1]).main(args)
-    end
-    return run_seed(args)
-  end, debug.traceback)
+  local ok, code = xpcall(function() return dispatch(args) end, debug.traceback)
   if not ok then
     say("internal error: %s", common.printable(code))
     return M.EXIT_FAILED

@@ -68,7 +68,7 @@ local function parser()
     .. "  healthcare retrieve STORE 1.2.3/1.2.3.4/1.2.3.4.5 -o out --transfer-syntax 1.2.840.10008.1.2.1")
   common.add_store_options(p)
   p:argument("target", "<study>[/<series>[/<instance>]]: the UIDs of what to retrieve.")
-  p:option("-o --output", "The directory to write to (created if missing; its parent must exist)."):argname("<dir>")
+  p:option("-o --output", "The directory to write to (created with its parents if missing)."):argname("<dir>")
   p:option("--transfer-syntax", "Transfer syntax UID to ask for, or '*' for as stored.", "*"):argname("<uid>")
   p:flag("--json", "Print the report as JSON on standard output: files (path, sop_instance_uid, size), "
     .. "rejected (part, reason, size, path), bytes, seconds, missing.")
@@ -94,6 +94,7 @@ local function parser()
     .. "(by default they are reported and not written).")
   return p
 end
+M.parser = parser -- the bash completion reads its options
 
 -- Called between turns of the transfer loop: draws the received bytes on a terminal and stops
 -- the transfer after Ctrl-C (its temporary files go with it).

@@ -55,6 +55,7 @@ local function parser()
   p:flag("--json", "Print the DICOM JSON array of the results on standard output.")
   return p
 end
+M.parser = parser -- the bash completion reads its options
 
 -- The query table for store:search_*, or nil and a message.
 local function build_query(a)

@@ -11,6 +11,7 @@ healthcare.dicomweb.names, so that the Lua API and the CLI share one check. The 
 request value's schema are written once here; healthcare.cli.help renders them.
 ]]
 
+local commands = require("healthcare.cli.commands")
 local dicomweb_names = require("healthcare.dicomweb.names")
 local params = require("healthcare.params")
 
@@ -418,7 +419,8 @@ local function tokenize(argv)
       end
       local o = OPTIONS[name]
       if not o or (value and not long and not o.arg) then
-        fail(format("unknown option '%s'; valid options: %s", t, concat(OPTION_NAMES, ", ")))
+        fail(format("unknown option '%s'%s; valid options: %s", t,
+          commands.suggestion(long and name or t, OPTION_NAMES), concat(OPTION_NAMES, ", ")))
       elseif o.arg then
         if not value then
           value = argv[i]

@@ -46,6 +46,7 @@ local function parser()
   p:epilog(common.deprecated_epilog(M.DEPRECATED_FLAGS))
   return p
 end
+M.parser = parser -- the bash completion reads its options
 
 local human_bytes = common.human_bytes
 local printable = common.printable

@@ -11,6 +11,7 @@ local operation = require "healthcare.api.operation"
 local params = require "healthcare.params"
 local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
+local search = require "healthcare.dicomweb.search"
 local util = require "healthcare.util"
 
 local M = {}
@@ -58,9 +59,14 @@ local function send_with_retry(store, req, policy, stop_at, resend_transport)
 end
 
 -- What a DELETE's answer means: the response of a delete that took, or nil, err.
-local function delete_answer(res, level, named)
+local function delete_answer(store, res, level, named, opts)
   if res.status == 404 then
-    return nil, errors.from_response(res, level.what .. ": " .. named .. " not found")
+    -- what was not found: the store itself, or what was asked for (err.not_found)
+    local missing = search.store_missing(store, opts.params)
+    local err = errors.from_response(res, level.what .. ": "
+      .. (missing and ("store " .. store.name) or named) .. " not found")
+    err.not_found = missing and "store" or level.noun
+    return nil, err
   elseif res.status == 405 or res.status == 501 then
     -- Orthanc's DICOMweb plugin answers 405 with "Allow: GET,POST": deleting is not part of
     -- DICOMweb itself, and such servers delete through their own API.
@@ -109,7 +115,9 @@ local function delete(store, depth, uids, opts)
   local res, err = send_with_retry(store, {
     method = "DELETE", url = url, headers = { "Accept: " .. accept }, query = query,
   }, policy, nil, function(e) return NOT_SENT[e.status] end)
-  if res then res, err = delete_answer(res, level, level.noun .. " " .. table.concat(uids, "/", 1, depth)) end
+  if res then
+    res, err = delete_answer(store, res, level, level.noun .. " " .. table.concat(uids, "/", 1, depth), opts)
+  end
   if not res then return nil, err end
   local op = cjson.decode(res.body or "")
   if type(op) ~= "table" or op.name == nil then

@@ -232,12 +232,19 @@ local NONE = {} -- cache marker for an absent value
 
 --- One element as a Lua value:
 ---  * absent element, no Value, or an empty Value list -> nil
----  * one value -> that value (string or number); several -> a list (a copy)
+---  * one value -> that value (string or number; an integer for IS, SL, SS, UL, US, SV, UV under
+---    Lua 5.4); several -> a list (a copy)
 ---  * PN -> the Alphabetic form of each name ("" when a name has none)
 ---  * SQ -> always a list of wrapped data sets, even for one item
 ---  * BulkDataURI / InlineBinary elements -> the element table as it came ({ vr =, BulkDataURI = }
 ---    or { vr =, InlineBinary = base64 }): the bytes are not fetched nor decoded here
 --- A JSON null inside a multi-valued element stays cjson's null (a hole would cut the list).
+-- Value Representations whose values are whole numbers. JSON decoding gives floats, which Lua
+-- 5.4 prints as "3.0": their values become integers there (LuaJIT has one number type, and
+-- prints 3 as "3" already).
+local INTEGER_VRS = { IS = true, SL = true, SS = true, UL = true, US = true, SV = true, UV = true }
+local to_integer = math.tointeger or function() return nil end
+
 local function element_value(e)
   if type(e) ~= "table" then return nil end
   if e.Value == nil and (e.BulkDataURI ~= nil or e.InlineBinary ~= nil) then return e end
@@ -252,6 +259,7 @@ local function element_value(e)
   for i = 1, #v do
     local x = v[i]
     if e.vr == "PN" and type(x) == "table" then x = x.Alphabetic or "" end
+    if INTEGER_VRS[e.vr] and type(x) == "number" then x = to_integer(x) or x end
     out[i] = x
   end
   if #out == 1 then

@@ -84,6 +84,10 @@ function M.fetch(store, dicom_web_path, opts)
   local compressed = opts.compressed
   if compressed == nil then compressed = media.JSON_KINDS[kind] == true end
   local q = opts.query ~= nil and opts.query ~= "" and ("?" .. opts.query) or ""
+  if opts.to then
+    local made, why = util.make_dirs(util.parent_dir(opts.to))
+    if not made then return nil, errors.new("io", why) end
+  end
   local url, uerr = route.url(store, method, dicom_web_path)
   if not url then return nil, uerr end
   return store.client:send {

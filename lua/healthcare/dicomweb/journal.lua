@@ -22,6 +22,7 @@ local core = require "healthcare.core"
 local lfs = require "lfs"
 local cjson = require("cjson.safe").new()
 local errors = require "healthcare.errors"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -128,6 +129,8 @@ function M.open(path, report, opts)
   opts = opts or {}
   -- Check and lock first, then read through the same descriptor: no other process can append
   -- between our reading and writing, and what is read is the file that was checked.
+  local made, why = util.make_dirs(util.parent_dir(path))
+  if not made then return nil, errors.new("io", "journal " .. path .. ": " .. why) end
   local w, err = core.appender(path)
   if not w then return nil, err end
   local j = setmetatable({ path = path, w = w, index = {}, stores = {}, earlier_runs = 0,

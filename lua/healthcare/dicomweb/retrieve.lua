@@ -16,6 +16,7 @@ local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
 local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
+local search = require "healthcare.dicomweb.search"
 
 local M = {}
 
@@ -124,10 +125,18 @@ local function describe(uids)
   return table.concat(words, " of ")
 end
 
-local function not_found_or(res, what, uids)
+-- The error of an answer that is not a success; a 404 names what was not found (err.not_found:
+-- "store" when the store itself does not exist, else the level asked for).
+local function not_found_or(store, res, what, uids, opts)
   local err = errors.from_response(res, what)
   if res.status == 404 then
-    err.message = string.format("%s not found: %s", describe(uids), err.message)
+    if search.store_missing(store, opts.params) then
+      err.message = string.format("store %s not found: %s", store.name, err.message)
+      err.not_found = "store"
+    else
+      err.message = string.format("%s not found: %s", describe(uids), err.message)
+      err.not_found = uids[#uids][1]
+    end
   end
   return err
 end
@@ -136,30 +145,18 @@ local function is_dir(path)
   return lfs.attributes(path, "mode") == "directory"
 end
 
-local function parent_of(path)
-  local dir = path:match("^(.*)/[^/]*$")
-  if dir == nil then return "." end
-  if dir == "" then return "/" end
-  return dir
-end
+local parent_of = util.parent_dir
 
 local function join(dir, name)
   if dir:sub(-1) == "/" then return dir .. name end
   return dir .. "/" .. name
 end
 
--- A directory the sink can write to: found, or made (one level; the parent must exist), and
--- proven writable by creating a file in it, so that a bad `to` fails before the request.
+-- A directory the sink can write to: found, or made with its parents, and proven writable by
+-- creating a file in it, so that a bad `to` fails before the request.
 local function ready_dir(dir)
-  local mode = lfs.attributes(dir, "mode")
-  if mode == nil then
-    local ok, why = lfs.mkdir(dir)
-    if not ok and not is_dir(dir) then
-      return nil, errors.new("io", string.format("cannot create the directory %s: %s", dir, tostring(why)))
-    end
-  elseif mode ~= "directory" then
-    return nil, errors.new("io", string.format("%s exists and is not a directory", dir))
-  end
+  local made, merr = util.make_dirs(dir)
+  if not made then return nil, errors.new("io", merr) end
   local probe = join(dir, ".hc-probe-" .. core.random_hex(8))
   local f, why = io.open(probe, "wb")
   if not f then
@@ -436,9 +433,6 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   local dir, fixed_path
   if what == "RetrieveInstance" and not (to:sub(-1) == "/" or is_dir(to)) then
     fixed_path, dir = to, parent_of(to)
-    if not is_dir(dir) then
-      return nil, errors.new("io", string.format("cannot write %s: the directory %s does not exist", to, dir))
-    end
   else
     dir = to
   end
@@ -462,7 +456,7 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   end
   if res.status < 200 or res.status > 299 then
     remove_parts(res.parts)
-    return nil, not_found_or(res, what, uids)
+    return nil, not_found_or(store, res, what, uids, opts)
   end
   local files, rejected = name(res.parts or {})
   if not files then return nil, rejected end
@@ -637,7 +631,7 @@ function M.retrieve_metadata(store, study, series, instance, opts)
     return nil, err
   end
   if res.status < 200 or res.status > 299 then
-    return nil, not_found_or(res, "RetrieveMetadata", uids)
+    return nil, not_found_or(store, res, "RetrieveMetadata", uids, opts)
   end
   local list = require("cjson.safe").decode(res.body)
   if type(list) ~= "table" or (next(list) ~= nil and list[1] == nil) then
@@ -693,7 +687,7 @@ local function rendered(store, study, series, instance, opts, bounds)
     { what = "RetrieveRendered", sink = { file = to }, bounds = bounds })
   if not res then return nil, err end
   if res.status < 200 or res.status > 299 then
-    return nil, not_found_or(res, "RetrieveRendered", uids)
+    return nil, not_found_or(store, res, "RetrieveRendered", uids, opts)
   end
   local ctype = media_type(res.headers)
   return { files = { { path = res.file or to, size = res.bytes, content_type = ctype } }, bytes = res.bytes,
@@ -761,7 +755,7 @@ local function frames_to(store, study, series, instance, frames, opts, bounds)
   if not res then return nil, keep_completed(err, name) end
   if res.status < 200 or res.status > 299 then
     remove_parts(res.parts)
-    return nil, not_found_or(res, "RetrieveFrames", uids)
+    return nil, not_found_or(store, res, "RetrieveFrames", uids, opts)
   end
   local parts = res.parts or {}
   if #parts ~= #numbers then

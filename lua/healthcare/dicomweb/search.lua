@@ -343,4 +343,17 @@ function M.search_instances(store, query, opts)
   return results, err
 end
 
+--- After a 404 for something in the store (a study, series or instance): whether the store
+--- itself is what is missing, so that the error names the right thing. One study search of one
+--- result: a 404 there too means no such store; any other answer, or a failure, counts as a
+--- store that is there.
+function M.store_missing(store, query_params)
+  local results, err = M.search_studies(store, { limit = 1 }, { page_size = 1, params = query_params })
+  if results then
+    local _
+    _, err = results:all()
+  end
+  return err ~= nil and err.kind == "http" and err.http_status == 404
+end
+
 return M
