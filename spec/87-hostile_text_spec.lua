@@ -78,7 +78,7 @@ local function assert_no_secret(text, where)
   for _, s in ipairs(SECRETS) do
     assert.is_nil(text:find(s, 1, true), where .. " holds a secret: " .. s:sub(1, 8) .. "...")
   end
-  assert.is_nil(text:find("eyJ", 1, true), where .. " holds a JWT")
+  assert.is_nil(H.find_jwt(text), where .. " holds a JWT")
 end
 
 -- Runs the command with a clean proxy environment plus env (a table); returns stdout, stderr, code.

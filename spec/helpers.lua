@@ -260,6 +260,12 @@ function H.open_fds()
   return n
 end
 
+-- Where text holds a JWT (three base64url pieces joined by dots, the first a JSON header: "eyJ"),
+-- or nil. Not "eyJ" alone: random folder names (mktemp's XXXXXX) can hold that.
+function H.find_jwt(text)
+  return text:find("eyJ[%w_-]*%.[%w_-]+%.")
+end
+
 function H.tmpdir()
   local so = H.check_run("mktemp -d " .. H.q((E.tmp or "/tmp") .. "/spec.XXXXXX"))
   return (so:gsub("%s+$", ""))
