@@ -13,10 +13,15 @@ M.list = {
   { name = "search", summary = "search for studies, series or instances (a table, or --json)" },
   { name = "retrieve", summary = "retrieve a study, series or instance: one file per instance" },
   { name = "delete", summary = "delete studies, series or instances (asks for --yes)" },
+  { name = "import", summary = "import from Cloud Storage on Google's side, and wait with progress" },
+  { name = "export", summary = "export a store to Cloud Storage or BigQuery on Google's side" },
+  { name = "deidentify", summary = "de-identify a store or dataset into a new one (--config FILE)" },
+  { name = "operations", summary = "list, show, wait for or cancel long-running operations" },
 }
 
 -- The friendly commands: modules healthcare.cli.<name> with main(argv) and parser().
-M.FRIENDLY = { store = true, search = true, retrieve = true, delete = true }
+M.FRIENDLY = { store = true, search = true, retrieve = true, delete = true,
+  import = true, export = true, deidentify = true, operations = true }
 
 --- The command names, in order.
 function M.names()
