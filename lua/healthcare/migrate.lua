@@ -121,10 +121,11 @@ local function one_of(value, list, what)
   return usage("%s '%s' is not one of %s", what, util.printable(value), table.concat(list, ", "))
 end
 
--- client:call of the method with wait as opts say (default true).
-local function start(client, method, name, body, opts)
+-- client:call of the method on the resource `name` (the parameter `param`: "name" unless
+-- said) with wait as opts say (default true).
+local function start(client, method, name, body, opts, param)
   local wait = opts.wait ~= false
-  local res, other = client:call(method, { name = name }, body, {
+  local res, other = client:call(method, { [param or "name"] = name }, body, {
     wait = wait, on_progress = wait and opts.on_progress or nil, timeout = opts.timeout, retry = opts.retry,
     operation_timeout = wait and opts.operation_timeout or nil, poll_interval = wait and opts.poll_interval or nil,
   })
@@ -234,7 +235,8 @@ local function run_deidentify(client, source, destination, opts)
   end
   local body = { config = opts.config, gcsConfigUri = opts.gcs_config_uri }
   if kind == "dataset" then body.destinationDataset = destination else body.destinationStore = destination end
-  return start(client, (kind == "dataset" and DS or DS .. kind .. ".") .. "deidentify", source, body, opts)
+  return start(client, (kind == "dataset" and DS or DS .. kind .. ".") .. "deidentify", source, body, opts,
+    kind == "dataset" and "sourceDataset" or "sourceStore")
 end
 
 -- The routes as the README states them: misuse raises at the caller's line.
