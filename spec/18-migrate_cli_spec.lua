@@ -154,7 +154,7 @@ describe("healthcare import", function()
     local op = so:match("^(projects/%S+/operations/%d+)\n$")
     assert.truthy(op, so)
     assert.is_nil(poll(op).done)   -- not waited for: still running
-    so, se, code = hc({ "operations", "wait", op })
+    _, se, code = hc({ "operations", "wait", op })
     assert.equal(0, code, se)
     assert.matches("operation done in %d+ s: success 4, failure 0\n", se)
     local _, n = H.orthanc_sops(study)
@@ -162,11 +162,11 @@ describe("healthcare import", function()
     -- a FHIR store: --content-structure goes into the request
     local dataset = store:match("^(.*)/dicomStores/")
     ok(em:api("POST", dataset .. "/fhirStores", { fhirStoreId = "f" }, { version = "R4" }))
-    so, se, code = hc({ "import", dataset .. "/fhirStores/f", "gs://" .. bucket .. "/x.ndjson",
+    _, se, code = hc({ "import", dataset .. "/fhirStores/f", "gs://" .. bucket .. "/x.ndjson",
       "--content-structure", "RESOURCE" })
     assert.equal(0, code, se)
     assert.matches("import done", se)
-    so, se, code = hc({ "import", dataset .. "/fhirStores/f", "gs://" .. bucket .. "/x.ndjson",
+    _, se, code = hc({ "import", dataset .. "/fhirStores/f", "gs://" .. bucket .. "/x.ndjson",
       "--content-structure", "LINES" })
     assert.equal(2, code, se)
     assert.matches("content structure 'LINES' is not one of BUNDLE", se)
@@ -352,7 +352,8 @@ describe("healthcare operations", function()
     local dataset, store = new_store()
     local bucket, dir = new_bucket()
     H.gen_dicom({ count = 8, dir = dir, size = 256 })
-    local so, se, code = hc({ "import", store, "gs://" .. bucket .. "/*.dcm", "--no-wait" })
+    local _, so, se, code
+    so, se, code = hc({ "import", store, "gs://" .. bucket .. "/*.dcm", "--no-wait" })
     assert.equal(0, code, se)
     local op = so:match("^(%S+)\n$")
     so, se, code = hc({ "operations", "list", dataset })

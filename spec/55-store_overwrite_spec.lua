@@ -69,13 +69,13 @@ describe("healthcare store --overwrite", function()
     end
     assert.equal("replaced", outcomes[new.path])
     assert.equal("stored", outcomes[same.path])
-    so, se, code = store_cli({ new.path, "--overwrite", "--journal", journal })
+    _, se, code = store_cli({ new.path, "--overwrite", "--journal", journal })
     assert.equal(0, code, se)
     assert.matches("stored 0, already stored 1, failed 0", se)
     -- the summary without --json names it
     local again = H.gen_dicom({ count = 1, dir = dir .. "/again", size = 1200, study = old.study_uid,
       series = old.series_uid, sop = old.sop_instance_uid })[1]
-    so, se, code = store_cli({ again.path, "--overwrite" })
+    _, se, code = store_cli({ again.path, "--overwrite" })
     assert.equal(0, code, se)
     assert.matches("\nreplaced 1 %(the store held other bytes", se)
     assert.truthy(se:find("replaced " .. again.path .. "\n", 1, true), se)
