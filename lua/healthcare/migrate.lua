@@ -50,10 +50,10 @@ local function bucket_problem(bucket)
   if not bucket:match("^[a-z0-9][a-z0-9._%-]*[a-z0-9]$") then
     return "a bucket name has lowercase letters, digits, -, _ and ., and starts and ends with a letter or digit"
   end
+  if not bucket:find(".", 1, true) and #bucket > 63 then return "a bucket name has 3 to 63 characters" end
   for part in (bucket .. "."):gmatch("([^.]*)%.") do
     if #part == 0 or #part > 63 then return "a bucket name has dot-separated parts of 1 to 63 characters" end
   end
-  if not bucket:find(".", 1, true) and #bucket > 63 then return "a bucket name has 3 to 63 characters" end
   return nil
 end
 
