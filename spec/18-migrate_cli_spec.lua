@@ -207,6 +207,7 @@ describe("healthcare import", function()
       { { "export", store, "gs://bkt/x", "--transfer-syntax", "jpeg" }, "is not a UID" },
       { { "deidentify", store, dataset .. "/dicomStores/t", "--config", "/no/such/file.json" }, "cannot read --config" },
       { { "deidentify", store, dataset, "--config", "/dev/null" }, "is not a JSON object" },
+      { { "deidentify", store, dataset .. "/dicomStores/t", "--config", H.tmpdir() }, "cannot read --config" },
       { { "deidentify", store, dataset }, "is not a dicomStore name, as the source is" },
       { { "import", store, "gs://bkt/x.dcm", "--poll-interval", "0" }, "--poll-interval must be" },
       { { "operations", "list", dataset, "--operation-timeout=-1" }, "--operation-timeout must be" },
@@ -399,6 +400,11 @@ describe("healthcare operations", function()
     assert.equal(2, code, se)
     _, se, code = hc({ "operations", "cancel", "x" })
     assert.equal(2, code, se)
+    for _, name in ipairs({ "x", dataset .. "/dicomStores/s", dataset .. "/operations" }) do
+      _, se, code = hc({ "operations", "list", name })
+      assert.equal(2, code, se)
+      assert.matches("does not match", se)
+    end
     _, se, code = hc({ "operations", "remove", op })
     assert.equal(2, code, se)
     assert.equal(before, admin_requests())

@@ -37,8 +37,11 @@ M.parser = parser -- the bash completion reads its options
 local function read_config(path)
   local f, err = io.open(path, "rb")
   if not f then return nil, "cannot read --config: " .. common.printable(err) end
-  local text = f:read(M.MAX_CONFIG_BYTES + 1)
+  local text, rerr = f:read(M.MAX_CONFIG_BYTES + 1)
   f:close()
+  if not text and rerr then
+    return nil, string.format("cannot read --config %s: %s", common.printable(path), common.printable(rerr))
+  end
   if text and #text > M.MAX_CONFIG_BYTES then
     return nil, string.format("--config %s is larger than %d bytes", common.printable(path), M.MAX_CONFIG_BYTES)
   end

@@ -53,8 +53,9 @@ local function method_of(op)
 end
 
 local function list(client, a)
-  local pages = client:pages(DS .. "operations.list", { name = a.name, filter = a.filter })
-  local ops, err = pages:all()
+  local pages, err = client:pages(DS .. "operations.list", { name = a.name, filter = a.filter })
+  local ops
+  if pages then ops, err = pages:all() end
   if not ops then
     say("%s", tostring(err))
     return common.exit_code_for(err)
