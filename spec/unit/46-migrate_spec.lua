@@ -114,6 +114,25 @@ describe("healthcare.cli.wait: the lines", function()
     assert.same({ "import failed in 0 s: no counters", "operation n" }, wait.summary_lines("import", "n", nil, 0, "failed"))
   end)
 
+  it("an answer that names no operation is the server's fault (exit 1), found before any poll", function()
+    local client = assert(healthcare.new({ endpoint = ENDPOINT, credentials = false }))
+    local said = {}
+    local function say(fmt, ...) said[#said + 1] = string.format(fmt, ...) end
+    for _, op in ipairs({ {}, { name = 42 }, { name = "projects/p/locations/l/datasets/d" },
+      { name = "../../x" }, { name = "projects/p/locations/l/datasets/d/operations/1\27[2J" } }) do
+      assert.equal(1, (wait.wait(client, op, { what = "import", say = say, poll_interval = 0.01 })))
+    end
+    assert.equal(5, #said)
+    for _, line in ipairs(said) do
+      assert.matches("^the server answered no operation to wait for", line)
+      assert.is_nil(line:find("\27", 1, true), line)
+    end
+    -- done already: no poll, its outcome
+    assert.equal(0, (wait.wait(client, { name = "x", done = true, response = {} }, { say = say })))
+    assert.equal(1, (wait.wait(client, { name = "x", done = true, error = { code = 13, message = "m" } }, { say = say })))
+    client:close()
+  end)
+
   it("checks --operation-timeout and --poll-interval", function()
     assert.is_true(wait.check_options({ operation_timeout = 0, poll_interval = 0.01 }))
     for _, a in ipairs({ { operation_timeout = -1, poll_interval = 1 }, { operation_timeout = 0 / 0, poll_interval = 1 },

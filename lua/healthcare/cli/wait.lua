@@ -9,6 +9,8 @@
 -- an operation a success while instances failed: the counters say so); 2 for usage and
 -- credential errors (an operation that does not exist is a 404: 2).
 local core = require "healthcare.core"
+local api_operation = require "healthcare.api.operation"
+local request = require "healthcare.api.request"
 local common = require "healthcare.cli.common"
 
 local M = {}
@@ -128,6 +130,12 @@ end
 function M.wait(client, operation, opts)
   local what, say = opts.what or "operation", opts.say or common.sayer("healthcare")
   local name = type(operation) == "table" and operation.name or operation
+  -- A start call's answer names what to poll: one that names no operation is the server's fault.
+  if type(operation) == "table" and operation.done ~= true and type(operation.error) ~= "table"
+    and not (type(name) == "string" and request.build(api_operation.GET, { name = name })) then
+    say("the server answered no operation to wait for (name %s)", common.printable(tostring(name):sub(1, 200)))
+    return common.EXIT_FAILED
+  end
   name = type(name) == "string" and name or "(no name)"
   local t0 = core.now()
   local last = type(operation) == "table" and operation.metadata or nil
