@@ -243,7 +243,7 @@ describe("store:store options", function()
     local store = orthanc_store()
     assert.has_error(function() store:store(H.tmpdir(), { studyuid = "1.2" }) end,
       "unknown option 'studyuid' to 'store'; valid options: concurrency, journal, keep_stored, "
-      .. "max_request_bytes, max_request_instances, on_instance, on_progress, retry, shard, study_uid")
+      .. "max_request_bytes, max_request_instances, on_instance, on_progress, overwrite, retry, shard, study_uid")
     assert.has_error(function() store:store(42) end,
       "bad argument #1 to 'store' (path or list of paths expected, got number)")
   end)

@@ -62,11 +62,31 @@ function M.failed(name, e, what)
     })
 end
 
--- The outcome of a done operation: its response ({} when it has none), or nil, err.
+-- The outcome of a done operation: its response ({} when it has none), or nil, err (with the
+-- operation's metadata: its counters say what was done before the error).
 local function outcome(op, name, what)
-  if type(op.error) == "table" then return nil, M.failed(name, op.error, what) end
+  if type(op.error) == "table" then
+    local err = M.failed(name, op.error, what)
+    err.metadata = type(op.metadata) == "table" and op.metadata or nil
+    return nil, err
+  end
   if type(op.response) == "table" then return op.response end
   return {}
+end
+
+-- Set by SIGINT/SIGTERM once the program called core.trap_interrupts() (the command does).
+local interrupted = core.interrupted or function() return false end
+M.INTERRUPT_CHECK = 0.1 -- seconds between two looks at the interrupt flag while sleeping
+
+-- Sleeps `secs`, waking early when an interrupt was trapped: whether one was.
+local function sleep(secs)
+  local wake = core.now() + secs
+  while not interrupted() do
+    local left = wake - core.now()
+    if left <= 0 then return false end
+    core.sleep(math.min(left, M.INTERRUPT_CHECK))
+  end
+  return true
 end
 
 -- One poll: the operation as the server has it now, or nil, err.
@@ -93,8 +113,9 @@ end
 
 --- Waits for `operation` (an Operation table, or its name) to be done. opts are M.OPTIONS
 --- (checked by the caller). Returns the operation's response, the final Operation and the
---- number of polls made; or nil, err: kind "operation" (Google's error), "timeout" (not done by
---- operation_timeout, or on_progress returned false: it may still finish), or the error of a
+--- number of polls made; or nil, err: kind "operation" (Google's error, err.metadata the
+--- operation's), "timeout" (not done by operation_timeout, on_progress returned false, or a
+--- trapped interrupt (status "interrupted"): it may still finish), or the error of a
 --- poll. `what` prefixes messages ("DeleteStudy").
 function M.wait(client, operation, opts, what)
   local op = type(operation) == "table" and operation or { name = operation }
@@ -125,7 +146,10 @@ function M.wait(client, operation, opts, what)
         "%s not done after %g s; it may still finish: check it with GET %s", named(what, name), timeout,
         request.url(client.endpoint, req.path)), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
     end
-    core.sleep(math.min(interval, left))
+    if sleep(math.min(interval, left)) then
+      return nil, errors.new("timeout", string.format("%s: stopped waiting (interrupted); it goes on running on "
+        .. "the server", named(what, name)), { status = "interrupted", operation = name, polls = polls })
+    end
     interval = math.min(max_interval, interval * M.POLL_GROWTH)
     polls = polls + 1
     local now, err = poll(client, req, name, opts, policy, deadline, what)

@@ -8,15 +8,20 @@ local request = require "healthcare.api.request"
 local M = {}
 
 M.list = {
-  { name = "projects", summary = "the API's methods as Google names them (healthcare projects --help)" },
-  { name = "store", summary = "store DICOM files and folders: many per request, streamed, reported" },
+  { name = "projects", summary = "the API's methods by Google's names (healthcare projects --help)" },
+  { name = "store", summary = "store DICOM files and folders: batched, streamed, reported" },
   { name = "search", summary = "search for studies, series or instances (a table, or --json)" },
   { name = "retrieve", summary = "retrieve a study, series or instance: one file per instance" },
   { name = "delete", summary = "delete studies, series or instances (asks for --yes)" },
+  { name = "import", summary = "import from Cloud Storage on Google's side, with progress" },
+  { name = "export", summary = "export a store to Cloud Storage or BigQuery on Google's side" },
+  { name = "deidentify", summary = "de-identify a store or dataset into a new one (--config FILE)" },
+  { name = "operations", summary = "list, show, wait for or cancel long-running operations" },
 }
 
 -- The friendly commands: modules healthcare.cli.<name> with main(argv) and parser().
-M.FRIENDLY = { store = true, search = true, retrieve = true, delete = true }
+M.FRIENDLY = { store = true, search = true, retrieve = true, delete = true,
+  import = true, export = true, deidentify = true, operations = true }
 
 --- The command names, in order.
 function M.names()

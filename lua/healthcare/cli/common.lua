@@ -28,6 +28,11 @@ end
 function M.add_store_options(p)
   p:argument("store", "A dicomStore name (projects/P/locations/L/datasets/D/dicomStores/S, through the "
     .. "endpoint) or a DICOMweb base URL (e.g. http://127.0.0.1:8042/dicom-web).")
+  return M.add_client_options(p)
+end
+
+--- Adds the options that make a client (credentials, endpoint, TLS) to an argparse parser.
+function M.add_client_options(p)
   p:option("--endpoint", "API endpoint (default $HEALTHCARE_ENDPOINT, else " .. healthcare.DEFAULT_ENDPOINT .. ").")
   p:option("--credentials", "Service account or authorized_user JSON key file.")
   p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")

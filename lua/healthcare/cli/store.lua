@@ -41,6 +41,8 @@ local function parser()
   p:option("--from-list", "Read more paths from FILE, one per line ('-' for standard input).")
   p:flag("--verify", "After storing, search the store for every instance reported stored and report "
     .. "those it does not list (exit 1 if any).")
+  p:flag("--overwrite", "An instance the store holds with other bytes under the same SOP Instance UID (409) "
+    .. "is deleted, stored again and read back to check it: reported \"replaced\". Without it that is a failure.")
   p:flag("--json", "Print the report as JSON on standard output.")
   p:flag("--no-progress", "No progress bar, even on a terminal.")
   p:epilog(common.deprecated_epilog(M.DEPRECATED_FLAGS))
@@ -113,6 +115,7 @@ local function report_json(report)
   local view = {}
   for k, v in pairs(report) do view[k] = v end
   for _, k in ipairs(REPORT_LISTS) do view[k] = json.array(report[k]) end
+  if report.replaced then view.replaced = json.array(report.replaced) end
   if report.verify then
     view.verify = { checked = report.verify.checked, missing = json.array(report.verify.missing) }
   end
@@ -127,6 +130,11 @@ local function summary(report)
     report.counts.stored, report.counts.already_stored, report.counts.failed, report.counts.skipped,
     human_bytes(report.bytes),
     report.seconds, rate / 1e6, report.requests, report.retries))
+  if report.counts.replaced then
+    w:write(string.format("replaced %d (the store held other bytes under their SOP Instance UIDs: deleted, stored "
+      .. "again, read back equal to the file)\n", report.counts.replaced))
+    for _, f in ipairs(report.replaced) do w:write("replaced ", printable(f.path), "\n") end
+  end
   for _, f in ipairs(report.stored) do
     if f.warning then w:write("warning ", printable(f.path), ": ", printable(f.warning), "\n") end
   end
@@ -220,7 +228,7 @@ local function run(store, inputs, a)
   local report, err = store:store(inputs, {
     study_uid = a.study_uid, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
     max_request_instances = a.max_request_instances, retry = { max_attempts = a.retry_max_attempts },
-    journal = a.journal, shard = a.shard, on_progress = on_progress,
+    journal = a.journal, shard = a.shard, on_progress = on_progress, overwrite = a.overwrite or nil,
     -- Only --json and --verify need a record of every stored file; a summary needs counts.
     keep_stored = a.json or a.verify or false,
   })

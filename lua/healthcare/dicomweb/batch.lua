@@ -12,6 +12,7 @@ local errors = require "healthcare.errors"
 local files = require "healthcare.dicomweb.files"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
+local overwrite = require "healthcare.dicomweb.overwrite"
 local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
 local stow = require "healthcare.dicomweb.stow"
@@ -38,14 +39,14 @@ M.INTERRUPT_GRACE = 10
 M.RETRY_DEFAULTS = retry.DEFAULTS
 M.OPTIONS = {
   "study_uid", "concurrency", "journal", "on_progress", "max_request_bytes",
-  "max_request_instances", "retry", "shard", "on_instance", "keep_stored",
+  "max_request_instances", "retry", "shard", "on_instance", "keep_stored", "overwrite",
 }
 -- Old spellings still taken (README "Lua API": deprecated).
 M.ALIASES = { max_instances_per_request = "max_request_instances" }
 local OPTION_TYPES = {
   study_uid = "string", concurrency = "number", journal = "string", on_progress = "function",
   max_request_bytes = "number", max_request_instances = "number", shard = "string|table",
-  on_instance = "function", keep_stored = "boolean",
+  on_instance = "function", keep_stored = "boolean", overwrite = "boolean",
 }
 
 local PART_HEADERS = "Content-Type: " .. media.DICOM .. "\r\n"
@@ -53,7 +54,7 @@ local PART_HEADERS = "Content-Type: " .. media.DICOM .. "\r\n"
 local function entry_of(f, probe)
   return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, dev = f.dev, ino = f.ino,
     sop_instance_uid = probe and probe.sop_instance_uid, study_uid = probe and probe.study_uid,
-    sop_class_uid = probe and probe.sop_class_uid }
+    series_uid = probe and probe.series_uid, sop_class_uid = probe and probe.sop_class_uid }
 end
 
 local function record(e, reason, extra)
@@ -207,6 +208,9 @@ function Batch.new(store, inputs, opts)
   local report = { stored = {}, already_stored = {}, failed = {}, skipped = {}, bytes = 0,
     seconds = 0, requests = 0, retries = 0, sent_alone = 0,
     counts = { stored = 0, already_stored = 0, failed = 0, skipped = 0 } }
+  if o.overwrite then -- only then: the report of a run without it stays as it was
+    report.replaced, report.counts.replaced = {}, 0
+  end
   local journal
   if o.journal then
     local jerr
@@ -225,29 +229,25 @@ function Batch.new(store, inputs, opts)
     waiting = {},       -- groups due for a retry: { group, due }
     progress = { files_done = 0, bytes_done = 0 },
     stopping = nil,     -- core.now() when the run began to stop (interrupt, on_progress false)
+    conflicts = {},     -- entries answered "already exists with other bytes", to replace (overwrite)
   }, Batch)
 end
 
 -- Records the outcome of entries (all of the group's by default) in the report and journal.
 function Batch:finish_group(group, outcome_of, entries)
-  local report, o = self.report, self.opts
+  local o = self.opts
   local recs, bytes = {}, 0
   for _, e in ipairs(entries or group.entries) do
-    bytes = bytes + e.size
     local oc = outcome_of(e)
-    local r
-    if oc.outcome == "stored" then
-      r = record(e, oc.warning, { warning = oc.warning })
-      report.counts.stored = report.counts.stored + 1
-      if o.keep_stored or oc.warning then report.stored[#report.stored + 1] = r end
-      report.bytes = report.bytes + e.size
+    if o.overwrite and overwrite.is_conflict(oc) then
+      -- replaced once the run's requests are done (Batch:replace_conflicts), recorded then
+      self.conflicts[#self.conflicts + 1] = e
     else
-      r = record(e, oc.reason)
-      report.counts.failed = report.counts.failed + 1
-      report.failed[#report.failed + 1] = r
+      bytes = bytes + e.size
+      local r = self:count_outcome(e, oc)
+      recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
+      if o.on_instance then o.on_instance(r, oc.outcome) end
     end
-    recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
-    if o.on_instance then o.on_instance(r, oc.outcome) end
   end
   if self.journal then
     local ok, jerr = self.journal:record(recs)
@@ -255,6 +255,28 @@ function Batch:finish_group(group, outcome_of, entries)
   end
   self.progress.files_done = self.progress.files_done + #recs
   self.progress.bytes_done = self.progress.bytes_done + bytes
+end
+
+-- The outcome oc of entry e counted in the report; returns the record.
+function Batch:count_outcome(e, oc)
+  local report, o = self.report, self.opts
+  local r
+  if oc.outcome == "replaced" then
+    r = record(e, nil)
+    report.counts.replaced = report.counts.replaced + 1
+    report.replaced[#report.replaced + 1] = r
+    report.bytes = report.bytes + e.size
+  elseif oc.outcome == "stored" then
+    r = record(e, oc.warning, { warning = oc.warning })
+    report.counts.stored = report.counts.stored + 1
+    if o.keep_stored or oc.warning then report.stored[#report.stored + 1] = r end
+    report.bytes = report.bytes + e.size
+  else
+    r = record(e, oc.reason)
+    report.counts.failed = report.counts.failed + 1
+    report.failed[#report.failed + 1] = r
+  end
+  return r
 end
 
 function Batch:fail_group(group, reason)
@@ -443,12 +465,34 @@ function Batch:abandon()
   return n
 end
 
+-- The conflicts of the run, each replaced (overwrite.replace) and recorded as "replaced" or
+-- "failed"; an interrupt leaves the rest out of the report and the journal (a resume sends
+-- them again). Returns how many were left.
+function Batch:replace_conflicts()
+  local list = self.conflicts
+  self.conflicts = {}
+  for i, e in ipairs(list) do
+    if self.stopping or interrupted() then
+      if interrupted() then self.report.interrupted = true end
+      return #list - i + 1
+    end
+    local ok, why = overwrite.replace(self.store, e)
+    self:finish_group({ entries = { e } }, function()
+      return ok and { outcome = "replaced" } or { outcome = "failed", reason = why }
+    end)
+    self:report_progress()
+  end
+  return 0
+end
+
 --- Runs the workflow. Returns the report (see README "Storing files"), or nil, err, report (the
 --- partial report: what finished is also in the journal) when a callback raised an error value
 --- or the journal could not be written. Any other error raised by a callback is raised again.
 function Batch:run()
+  local left = 0
   local ok, perr = pcall(function()
     while self:step() do end
+    left = self:replace_conflicts()
   end)
   if self.journal then self.journal:close() end
   local report = self.report
@@ -458,7 +502,7 @@ function Batch:run()
     if errors.is(perr) then return nil, perr, report end
     error(perr, 0)
   end
-  if self.stopping then report.abandoned = self:abandon() end
+  if self.stopping or left > 0 then report.abandoned = self:abandon() + left end
   self:report_progress()
   return report
 end

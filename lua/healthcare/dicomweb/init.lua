@@ -2,15 +2,16 @@
 -- The store object: a DICOMweb base URL ({endpoint}/{parent}/dicomWeb for Google, any DICOMweb
 -- root elsewhere) and the client that carries its requests. Its methods live in one module per
 -- concern (stow: StoreInstances; batch: store; search; retrieve; delete; verify; fetch: one raw
--- request) and are put in
--- the class as they are: a method IS the module's function, with no wrapper between the user's
--- call and the checks that blame the user's line for a misuse.
+-- request; healthcare.migrate: import, export, deidentify) and are put in the class as they
+-- are: a method IS the module's function, with no wrapper between the user's call and the
+-- checks that blame the user's line for a misuse.
 -- Ownership: a store made by healthcare.dicomweb or healthcare.dicom_store owns the client it
 -- made, and store:close() closes it; a store from client:dicom_store uses the caller's client,
 -- which store:close() leaves open.
 local batch = require "healthcare.dicomweb.batch"
 local delete = require "healthcare.dicomweb.delete"
 local fetch = require "healthcare.dicomweb.fetch"
+local migrate = require "healthcare.migrate"
 local names = require "healthcare.dicomweb.names"
 local retrieve = require "healthcare.dicomweb.retrieve"
 local search = require "healthcare.dicomweb.search"
@@ -79,5 +80,8 @@ Store.delete_series = delete.delete_series
 Store.delete_instance = delete.delete_instance
 Store.fetch = fetch.fetch
 Store.verify = verify.verify
+Store.import = migrate.store_import
+Store.export = migrate.store_export
+Store.deidentify = migrate.store_deidentify
 
 return M

@@ -28,7 +28,7 @@ local M = {}
 
 M.MAGIC = "healthcare"
 M.VERSION = 1
-M.OUTCOMES = { stored = true, failed = true }
+M.OUTCOMES = { stored = true, failed = true, replaced = true } -- replaced: stored over a conflict (--overwrite)
 -- Written once: the order of the fields on a line (people read journals with grep and jq).
 M.FIELDS = { "time", "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason" }
 
@@ -85,7 +85,7 @@ local function load(j, w, path)
       j.earlier_runs = j.earlier_runs + 1
       if type(rec.store) == "string" then j.stores[rec.store] = true end
     elseif M.OUTCOMES[rec.outcome] and type(rec.path) == "string" then
-      if rec.outcome == "stored" then
+      if rec.outcome ~= "failed" then
         latest[rec.path] = { size = rec.size, mtime = rec.mtime,
           sop_instance_uid = rec.sop_instance_uid, study_uid = rec.study_uid }
       else

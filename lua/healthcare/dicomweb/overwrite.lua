@@ -1,0 +1,94 @@
+-- SPDX-License-Identifier: MIT
+-- store:store's overwrite = true (`healthcare store --overwrite`): an instance the server refused
+-- because it holds other bytes under the same SOP Instance UID (Google: 409, FailureReason 272
+-- with the detail "... already exists ...") is deleted, stored again, then read back by its UID
+-- and compared byte for byte with the file, so that "replaced" means the store now gives back
+-- exactly the new file. Done one instance at a time after the run's other requests, on the
+-- store's own synchronous calls (delete_instance, store_instances, retrieve_instance).
+local core = require "healthcare.core"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
+local media = require "healthcare.dicomweb.media"
+
+local M = {}
+
+-- Google's FailureDetail for a conflict ("an instance with the same SOP Instance UID already
+-- exists with different content"), matched without regard to case.
+M.CONFLICT_DETAIL = "already exists"
+local CHUNK = 1024 * 1024
+
+--- Whether a STOW-RS outcome (dicomjson.outcomes') is a conflict that overwrite replaces.
+function M.is_conflict(oc)
+  return oc ~= nil and oc.outcome == "failed" and type(oc.detail) == "string"
+    and oc.detail:lower():find(M.CONFLICT_DETAIL, 1, true) ~= nil
+end
+
+-- Whether the files at a and b hold the same bytes (read a chunk at a time), or nil and why.
+local function same_bytes(a, b)
+  local fa, ea = io.open(a, "rb")
+  if not fa then return nil, ea end
+  local fb, eb = io.open(b, "rb")
+  if not fb then
+    fa:close()
+    return nil, eb
+  end
+  local same = true
+  while same do
+    local x, y = fa:read(CHUNK), fb:read(CHUNK)
+    if x ~= y then same = false end
+    if not x then break end
+  end
+  fa:close()
+  fb:close()
+  return same
+end
+
+-- Stores the one file of entry e again; true, or nil and why not.
+local function store_again(store, e)
+  local boundary = "healthcare-" .. core.random_hex(16)
+  local res, err = store:store_instances("studies", {
+    content_type = media.multipart(media.DICOM) .. "; boundary=" .. boundary,
+    data = { multipart = { boundary = boundary, parts = { { headers = "Content-Type: " .. media.DICOM .. "\r\n",
+      file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime } } } },
+  })
+  if not res then return nil, err.message end
+  local ds = res.json or dicomjson.from_xml(res.body)
+  local oc = ds and dicomjson.outcomes(ds)[e.sop_instance_uid]
+  if not oc then return nil, string.format("not in the answer (HTTP %d)", res.status) end
+  if oc.outcome ~= "stored" then return nil, oc.reason end
+  return true
+end
+
+-- Reads the instance back by its UIDs and compares it with the file: true, or nil and why not.
+local function read_back(store, e)
+  local tmp = os.tmpname()
+  local res, err = store:retrieve_instance(e.study_uid, e.series_uid, e.sop_instance_uid, { to = tmp })
+  if not res then
+    os.remove(tmp)
+    return nil, err.message
+  end
+  local same, why = same_bytes(e.path, tmp)
+  os.remove(tmp)
+  if same == nil then return nil, why end
+  if not same then return nil, "the store gives back other bytes than the file's" end
+  return true
+end
+
+--- Replaces the instance of entry e (path, size, study_uid, series_uid, sop_instance_uid):
+--- deleted (a 404 there: already gone, fine), stored again, read back and compared. Returns
+--- true, or nil and the reason it failed, naming the step.
+function M.replace(store, e)
+  if not e.series_uid or e.series_uid == "" then
+    return nil, "conflict not replaced: the file has no Series Instance UID to delete the stored instance by"
+  end
+  local res, err = store:delete_instance(e.study_uid, e.series_uid, e.sop_instance_uid)
+  if not res and not (err.kind == "http" and err.http_status == 404) then
+    return nil, "conflict not replaced: deleting the stored instance failed: " .. err.message
+  end
+  local ok, why = store_again(store, e)
+  if not ok then return nil, "deleted the stored instance, but storing the file again failed: " .. why end
+  ok, why = read_back(store, e)
+  if not ok then return nil, "stored the file again, but reading it back failed: " .. why end
+  return true
+end
+
+return M
