@@ -36,6 +36,7 @@ local OPTION_TYPES = {
   user_agent = "string", debug = "boolean|function", http2 = "boolean", self_signed_jwt = "boolean",
   subject = "string", token_cache = "boolean|string", refresh_margin = "number", quota_project = "string",
   min_speed = "number", max_compression_ratio = "number", impersonate = "string", delegates = "table",
+  iam_endpoint = "string",
   proxy = "string", no_proxy = "string",
 }
 local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory" }

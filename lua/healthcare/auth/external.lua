@@ -170,7 +170,7 @@ local function executable_answer(self, doc, where, need_expiry)
   if type(doc) ~= "table" then return fail(string.format("%s: %s is not a JSON object", self.label, where)) end
   if doc.version ~= 1 then
     return fail(string.format("%s: %s has version %s; version 1 is supported", self.label, where,
-      tostring(doc.version)))
+      type(doc.version) == "number" and string.format("%g", doc.version) or tostring(doc.version)))
   end
   if doc.success == false then
     return fail(string.format("%s: %s says it failed: %s: %s", self.label, where, tostring(doc.code),
@@ -220,7 +220,7 @@ local function run_executable(self)
   local words = {}
   for i, w in ipairs(self.command) do words[i] = shell_quote(w) end
   local seconds = self.timeout_ms / 1000
-  local line = string.format("env %s timeout -k 1 %.3f %s </dev/null 2>/dev/null; echo; echo \"#exit $?\"",
+  local line = string.format("env %s timeout -k 1 %.3f %s </dev/null 2>/dev/null; s=$?; echo; echo \"#exit $s\"",
     executable_env(self), seconds, table.concat(words, " "))
   self:log(string.format("running the executable %s (timeout %.3f s) for %s", util.printable(self.command[1]),
     seconds, self.label))
@@ -535,7 +535,9 @@ local function external_account(info, opts, where)
   local qp, qerr = C.internal.quota_project(opts, info, where)
   if qp == false then return nil, qerr end
   local impersonation = f.service_account_impersonation_url
-  local fields = { label = "external account " .. C.internal.shown(f.audience), audience = f.audience,
+  -- The pool and provider: what tells one configuration from another.
+  local provider = f.audience:match("([^/]+/[^/]+/providers/[^/]+)$") or f.audience
+  local fields = { label = "external account " .. C.internal.shown(provider), audience = f.audience,
     subject_token_type = f.subject_token_type, token_uri = token_url, token_url_shown = util.redact_url(token_url),
     client_id = f.client_id, client_secret = f.client_secret, user_project = f.workforce_pool_user_project,
     quota_project = qp, fetch = fetch_sts, scoped = true, held = {}, source = nil,

@@ -17,7 +17,8 @@ local util = require "healthcare.util"
 
 local M = {}
 
-M.IAM_URL = "https://iamcredentials.googleapis.com/v1/projects/-/serviceAccounts/%s:generateAccessToken"
+M.IAM_ENDPOINT = "https://iamcredentials.googleapis.com/v1"
+M.IAM_PATH = "/projects/-/serviceAccounts/%s:generateAccessToken"
 M.SOURCE_SCOPE = params.SCOPE_CLOUD_PLATFORM
 M.LIFETIME = 3600          -- seconds: IAM's default and, without the org policy extension, its limit
 M.MAX_LIFETIME = 43200
@@ -165,7 +166,13 @@ function M.over(source, opts, owns_source)
   if source.kind == "api_key" then
     return give_up("impersonate needs a credential that sends a bearer token, not an API key")
   end
-  local cred, err = M.wrap(source, string.format(M.IAM_URL, email), opts,
+  local endpoint = opts.iam_endpoint or C.getenv("HEALTHCARE_IAM_ENDPOINT") or M.IAM_ENDPOINT
+  if endpoint == "" then endpoint = M.IAM_ENDPOINT end
+  if not util.is_base_url(endpoint) then
+    return give_up("iam_endpoint must be an http(s) URL (the IAM Credentials API's, with its /v1), got '"
+      .. C.internal.shown(endpoint) .. "'")
+  end
+  local cred, err = M.wrap(source, endpoint:gsub("/+$", "") .. string.format(M.IAM_PATH, email), opts,
     { delegates = opts.delegates, owns_source = owns_source ~= false }, "impersonate")
   if not cred and owns_source ~= false and source.close then source:close() end
   return cred, err
@@ -181,13 +188,13 @@ function M.from_info(info, opts, source)
       .. "'impersonated_service_account')")
   end
   local src = info.source_credentials
+  if type(src) == "table" and src.type == "impersonated_service_account" then
+    return C.internal.fail(source .. ": 'source_credentials' cannot itself be impersonated")
+  end
   if type(src) ~= "table" or not M.SOURCE_TYPES[src.type] then
     return C.internal.fail(source .. ": 'source_credentials' must be an object of type 'authorized_user' or "
       .. "'service_account' (got " .. (type(src) == "table" and "type '" .. C.internal.shown(src.type) .. "'"
       or type(src)) .. ")")
-  end
-  if src.type == "impersonated_service_account" then
-    return C.internal.fail(source .. ": 'source_credentials' cannot itself be impersonated")
   end
   local qp, qerr = C.internal.quota_project(opts, info, source)
   if qp == false then return nil, qerr end
