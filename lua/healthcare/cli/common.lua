@@ -32,8 +32,9 @@ function M.add_store_options(p)
   p:option("--credentials", "An Application Default Credentials JSON file (service_account, authorized_user, "
     .. "impersonated_service_account, external_account, external_account_authorized_user).")
   p:option("--impersonate-service-account", "Act as this service account (EMAIL), with a token asked of IAM "
-    .. "Credentials with the credential given (as gcloud's flag).")
+    .. "Credentials with the credential given (as gcloud's flag)."):argname("<email>")
   p:option("--proxy", "HTTP(S) proxy URL for every request (instead of the *_proxy variables; '' for none).")
+    :argname("<url>")
   p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
   p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
   p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
