@@ -190,7 +190,7 @@ describe("the command", function()
     assert.truthy(se:find("refusing to send", 1, true), se)
     assert.is_nil((so .. se):find(TOKEN, 1, true))
     args[#args + 1] = "--insecure"
-    _, se, code = healthcare_cmd({}, args)
+    so, se, code = healthcare_cmd({}, args)
     assert.are.equal(0, code, se)
   end)
 end)
