@@ -192,5 +192,6 @@ describe("the command", function()
     args[#args + 1] = "--insecure"
     so, se, code = healthcare_cmd({}, args)
     assert.are.equal(0, code, se)
+    assert.is_nil((so .. se):find(TOKEN, 1, true))
   end)
 end)
