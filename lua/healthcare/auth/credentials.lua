@@ -569,11 +569,11 @@ function M.from_info(info, opts, source)
   if t == "external_account" or t == "external_account_authorized_user" then
     return require("healthcare.auth.external").from_info(info, opts, source)
   end
+  local expected = "'" .. table.concat(M.TYPES, "', '", 1, #M.TYPES - 1) .. "' or '" .. M.TYPES[#M.TYPES] .. "'"
   if t == nil then
-    return fail(string.format("%s has no 'type'; expected %s", source, "'" .. table.concat(M.TYPES, "' or '") .. "'"))
+    return fail(string.format("%s has no 'type'; expected %s", source, expected))
   end
-  return fail(string.format("%s has type '%s', which is not supported; expected %s", source, shown(t),
-    "'" .. table.concat(M.TYPES, "' or '") .. "'"))
+  return fail(string.format("%s has type '%s', which is not supported; expected %s", source, shown(t), expected))
 end
 
 --- A credential from a key file, or nil, err. label says where the path came from.
@@ -592,8 +592,8 @@ function M.from_file(path, opts, label)
   local info, jerr = cjson.decode(text)
   if info == nil then
     -- cjson's messages name a token kind and a position, never the text itself.
-    return fail(string.format("%s is not valid JSON (%s); expected a service account key or an "
-      .. "authorized_user file", source, tostring(jerr)))
+    return fail(string.format("%s is not valid JSON (%s); expected a service account key or another "
+      .. "Application Default Credentials file", source, tostring(jerr)))
   end
   return M.from_info(info, opts, source)
 end
