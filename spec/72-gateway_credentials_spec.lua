@@ -209,6 +209,15 @@ describe("the gateway without a key file", function()
     gw:stop()
   end)
 
+  it("an external_account the gateway cannot use (executable source): 503 from the start, said once", function()
+    local gw = gateway(external_file({ executable = { command = "/bin/true" } }))
+    local r = stow(gw)
+    assert.are.equal(503, r.status, r.body)
+    assert.truthy(gw:log():find("the gateway takes external_account files with a file or url source, not executable",
+      1, true), gw:log())
+    gw:stop()
+  end)
+
   it("STS refusing the audience: 503, STS's words in the log", function()
     local path = token_file(subject_token("gw-bad"))
     local gw = gateway(external_file({ file = path }, { audience = "//iam.googleapis.com/" .. POOL .. "/providers/gone" }))
