@@ -185,6 +185,10 @@ function M.credential(g, opts)
   for k, v in pairs(M.DEFAULTS) do if g[k] == nil then g[k] = v end end
   local where = type(opts.credentials) == "string" and ("credentials file '" .. opts.credentials .. "'")
     or "credentials table"
+  if opts.self_signed_jwt then
+    return nil, "self_signed_jwt needs a service account key alone (not with impersonate, the metadata server "
+      .. "or an external_account file)"
+  end
   local label
   if opts.credentials == "metadata" then
     g.source_kind, label = "metadata", "the metadata server"
@@ -197,7 +201,8 @@ function M.credential(g, opts)
       g.source_kind, g.external, label = "external", x, x.label
       if imp then g.target, g.lifetime, g.delegates = imp.target, imp.lifetime, imp.delegates end
     elseif info.type == "service_account" then
-      local key, err = credentials.from_info(info, { quota_project = opts.quota_project }, where)
+      local key, err = credentials.from_info(info, { quota_project = opts.quota_project, subject = opts.subject },
+        where)
       if not key then return nil, tostring(err) end
       g.source_kind, g.source_key, label = "key", key, key.label
     else
