@@ -7,6 +7,10 @@
 --                     (audience https://healthcare.googleapis.com/), no token request
 --   authorized_user   gcloud's ADC file: the refresh-token grant
 --   metadata          the metadata server of a Google Cloud VM or container
+--   impersonated_service_account, external_account, external_account_authorized_user:
+--                     credentials without key files, in healthcare.auth.impersonate and
+--                     healthcare.auth.external (from_info hands those files over; the `impersonate`
+--                     option wraps any credential)
 -- (static access tokens and API keys are in healthcare.auth). Every kind has
 --   cred:token(scopes)   -> access token, seconds left | nil, err
 --   cred:authorize(scopes), cred:invalidate(), cred.refreshable  (see healthcare.auth)
