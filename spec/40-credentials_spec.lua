@@ -745,22 +745,23 @@ describe("bad credentials", function()
       if changes.private_key == false then t.private_key = nil end
       return cjson.encode(t)
     end
+    local KNOWN_TYPES = "'service_account', 'authorized_user', 'impersonated_service_account', 'external_account' "
+      .. "or 'external_account_authorized_user'"
     local cases = {
       { dir .. "/none.json", "cannot read credentials file '%s': No such file or directory" },
       { file("garbage.json", "{ not json"),
         "credentials file '%s' is not valid JSON (Expected object key string but found invalid token at "
-          .. "character 3); expected a service account key or an authorized_user file" },
+          .. "character 3); expected a service account key or another Application Default Credentials file" },
       { file("pem.json", good.private_key_pem), "credentials file '%s' is not valid JSON (Expected value but found "
-          .. "invalid number at character 1); expected a service account key or an authorized_user file" },
+          .. "invalid number at character 1); expected a service account key or another Application Default Credentials file" },
       { file("array.json", "[1, 2]"),
-        "credentials file '%s' must hold a JSON object (a service account key or an authorized_user file)" },
+        "credentials file '%s' must hold a JSON object (a service account key or another Application Default Credentials file)" },
       { file("string.json", '"key"'),
-        "credentials file '%s' must hold a JSON object (a service account key or an authorized_user file)" },
+        "credentials file '%s' must hold a JSON object (a service account key or another Application Default Credentials file)" },
       { file("notype.json", '{"client_email": "a@b"}'),
-        "credentials file '%s' has no 'type'; expected 'service_account' or 'authorized_user'" },
-      { file("external.json", '{"type": "external_account"}'),
-        "credentials file '%s' has type 'external_account', which is not supported; expected "
-          .. "'service_account' or 'authorized_user'" },
+        "credentials file '%s' has no 'type'; expected " .. KNOWN_TYPES },
+      { file("gdch.json", '{"type": "gdch_service_account"}'),
+        "credentials file '%s' has type 'gdch_service_account', which is not supported; expected " .. KNOWN_TYPES },
       { file("sa-empty.json", '{"type": "service_account"}'),
         "credentials file '%s': missing 'client_email', 'private_key' (required for type 'service_account')" },
       { file("sa-nokey.json", sa_with({ private_key = false })),

@@ -365,6 +365,11 @@ static void set_options(hc_transfer *t, const hc_transfer_opts *o)
     }
     if (o->ca_file)
         curl_easy_setopt(e, CURLOPT_CAINFO, o->ca_file);
+    /* Set, they replace the environment's proxy variables, as `curl --proxy` does. */
+    if (o->proxy)
+        curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
+    if (o->no_proxy)
+        curl_easy_setopt(e, CURLOPT_NOPROXY, o->no_proxy);
     if (o->insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);

@@ -32,6 +32,8 @@ typedef struct hc_transfer_opts {
     double max_compression_ratio;
     const char *user_agent;
     const char *ca_file;           /* NULL = system store */
+    const char *proxy;             /* NULL = libcurl's environment variables; "" = none */
+    const char *no_proxy;          /* NULL = $no_proxy / $NO_PROXY */
     int insecure;                  /* turns TLS verification off */
     int http2;
     int verbose;

@@ -31,7 +31,7 @@
 typedef struct lsession {
     hc_session *s;                 /* owned; NULL once closed */
     hc_transfer_opts defaults;     /* strings below are owned copies */
-    char *user_agent, *ca_file;
+    char *user_agent, *ca_file, *proxy, *no_proxy;
 } lsession;
 
 typedef struct ltransfer {
@@ -164,6 +164,10 @@ static int l_session_new(lua_State *L)
     ls->ca_file = opt_strdup(L, 1, 1, "ca_file");
     ls->defaults.user_agent = ls->user_agent;
     ls->defaults.ca_file = ls->ca_file;
+    ls->proxy = opt_strdup(L, 1, 1, "proxy");
+    ls->no_proxy = opt_strdup(L, 1, 1, "no_proxy");
+    ls->defaults.proxy = ls->proxy;
+    ls->defaults.no_proxy = ls->no_proxy;
     ls->defaults.insecure = opt_bool(L, 1, 1, "insecure", 0);
     ls->defaults.http2 = opt_bool(L, 1, 1, "http2", 1);
     ls->defaults.verbose = opt_bool(L, 1, 1, "verbose", 0);
@@ -205,7 +209,9 @@ static int l_session_close(lua_State *L)
     }
     free(ls->user_agent);
     free(ls->ca_file);
-    ls->user_agent = ls->ca_file = NULL;
+    free(ls->proxy);
+    free(ls->no_proxy);
+    ls->user_agent = ls->ca_file = ls->proxy = ls->no_proxy = NULL;
     return 0;
 }
 

@@ -35,7 +35,9 @@ local OPTION_TYPES = {
   idle_timeout = "number", retry = "table", concurrency = "number", ca_file = "string", insecure = "boolean",
   user_agent = "string", debug = "boolean|function", http2 = "boolean", self_signed_jwt = "boolean",
   subject = "string", token_cache = "boolean|string", refresh_margin = "number", quota_project = "string",
-  min_speed = "number", max_compression_ratio = "number",
+  min_speed = "number", max_compression_ratio = "number", impersonate = "string", delegates = "table",
+  iam_endpoint = "string",
+  proxy = "string", no_proxy = "string",
 }
 local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory" }
 M.OPTIONS = {}
@@ -84,6 +86,12 @@ local function credential_from(opts)
   local c = opts.credentials
   if c == false then
     return auth.none(), true
+  elseif opts.impersonate and c ~= nil or opts.impersonate and (opts.access_token or opts.api_key) then
+    -- impersonation over the credential named: healthcare.auth.credentials makes both
+    local credentials = require "healthcare.auth.credentials"
+    local cred, err = credentials.from_options(opts)
+    if not cred then return nil, err end
+    return cred, true
   elseif opts.access_token then
     return auth.access_token(opts.access_token), true
   elseif opts.api_key then
@@ -161,8 +169,11 @@ function M.create(opts, fname, level)
     ca_file = opts.ca_file,
     insecure = opts.insecure == true,
     http2 = opts.http2 ~= false,
+    proxy = opts.proxy,
+    no_proxy = opts.no_proxy,
   }
   return setmetatable({
+    proxy_settings = { proxy = opts.proxy, no_proxy = opts.no_proxy },
     endpoint = endpoint:gsub("/+$", ""),
     params = std,
     scopes = type(opts.scopes) == "string" and { opts.scopes } or opts.scopes or { params.DEFAULT_SCOPE },
@@ -307,7 +318,7 @@ end
 function M.proxy_refusal(url, carried, proxy, variable)
   local origin = url:match("^(%a+://[^/?#]*)") or url
   -- A proxy URL may carry its own user:password.
-  local shown_proxy = proxy:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1REDACTED@"):gsub("^[^/@]*@", "REDACTED@")
+  local shown_proxy = util.redact_proxy(proxy)
   return string.format("refusing to send %s to %s through the proxy %s (from %s) over plain http, where "
     .. "the proxy can read it: use https, add the host to NO_PROXY, or allow it with insecure = true "
     .. "(--insecure)", carried, util.redact_url(origin), shown_proxy, variable)
@@ -319,7 +330,7 @@ end
 -- (kind "usage": configuration to change) when the request must not be sent.
 local function check_proxy(self, url, headers, query)
   if self.insecure or not url:lower():match("^http://") then return true end
-  local proxy, variable = util.proxy_for(url)
+  local proxy, variable = util.proxy_for(url, nil, self.proxy_settings)
   if not proxy then return true end
   local carried = credential_carried(headers, query)
   if not carried then return true end
@@ -337,6 +348,8 @@ local function log_request(self, r)
   if not self.debug then return end
   local secrets = self:secrets()
   self.debug("> " .. r.method .. " " .. util.redact_url(r.url, secrets))
+  local proxy, variable = util.proxy_for(r.url, nil, self.proxy_settings)
+  if proxy then self.debug("* through the proxy " .. util.redact_proxy(proxy) .. " (from " .. variable .. ")") end
   for _, h in ipairs(r.headers) do self.debug("> " .. util.redact_header(h, secrets)) end
 end
 

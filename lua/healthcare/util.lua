@@ -336,8 +336,12 @@ end
 --- http_proxy for http (libcurl ignores HTTP_PROXY: a CGI program gets that from a request
 --- header), <scheme>_proxy else <SCHEME>_PROXY for other schemes; then all_proxy, ALL_PROXY. A
 --- variable set to "" counts as unset, as curl_getenv makes it (checked with curl 7.88: an empty
---- http_proxy lets ALL_PROXY through). getenv defaults to os.getenv.
-function M.proxy_for(url, getenv)
+--- http_proxy lets ALL_PROXY through). getenv defaults to os.getenv. settings: the `proxy` and
+--- `no_proxy` options, which win over the environment as CURLOPT_PROXY and CURLOPT_NOPROXY do
+--- (proxy "" means no proxy; a no_proxy option replaces the variables); the proxy they name is
+--- returned with "the proxy option".
+function M.proxy_for(url, getenv, settings)
+  settings = settings or {}
   local raw = getenv or os.getenv
   getenv = function(name)
     local v = raw(name)
@@ -353,9 +357,14 @@ function M.proxy_for(url, getenv)
   else
     host = host:gsub(":%d*$", ""):gsub("%.$", "")
   end
-  local no_proxy = getenv("no_proxy")
+  local no_proxy = settings.no_proxy
+  if no_proxy == nil then no_proxy = getenv("no_proxy") end
   if no_proxy == nil then no_proxy = getenv("NO_PROXY") end
   if no_proxy and M.no_proxy_covers(host, no_proxy) then return nil end
+  if settings.proxy ~= nil then
+    if settings.proxy == "" then return nil end
+    return settings.proxy, "the proxy option"
+  end
   local name = scheme .. "_proxy"
   local proxy = getenv(name)
   if proxy == nil and scheme ~= "http" then
@@ -372,6 +381,11 @@ function M.proxy_for(url, getenv)
   end
   if proxy == nil then return nil end
   return proxy, name
+end
+
+--- A proxy URL as shown in messages and debug lines: its user:password (if any) replaced.
+function M.redact_proxy(proxy)
+  return (proxy:gsub("^(%a[%w+.-]*://)[^/@]*@", "%1REDACTED@"):gsub("^[^/@]*@", "REDACTED@"))
 end
 
 --- Creates the directory `path` and the parents it lacks, as `mkdir -p` (mode 0777 less the

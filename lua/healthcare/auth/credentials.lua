@@ -7,6 +7,10 @@
 --                     (audience https://healthcare.googleapis.com/), no token request
 --   authorized_user   gcloud's ADC file: the refresh-token grant
 --   metadata          the metadata server of a Google Cloud VM or container
+--   impersonated_service_account, external_account, external_account_authorized_user:
+--                     credentials without key files, in healthcare.auth.impersonate and
+--                     healthcare.auth.external (from_info hands those files over; the `impersonate`
+--                     option wraps any credential)
 -- (static access tokens and API keys are in healthcare.auth). Every kind has
 --   cred:token(scopes)   -> access token, seconds left | nil, err
 --   cred:authorize(scopes), cred:invalidate(), cred.refreshable  (see healthcare.auth)
@@ -43,7 +47,8 @@ M.MAX_KEY_FILE = 1024 * 1024
 M.WELL_KNOWN_FILE = "application_default_credentials.json"
 M.JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 -- Key file types and the fields each needs.
-M.TYPES = { "service_account", "authorized_user" }
+M.TYPES = { "service_account", "authorized_user", "impersonated_service_account", "external_account",
+  "external_account_authorized_user" }
 M.REQUIRED = {
   service_account = { "client_email", "private_key" },
   authorized_user = { "client_id", "client_secret", "refresh_token" },
@@ -130,7 +135,10 @@ local function new_credential(kind, opts, fields)
     ca_file = opts.ca_file,
     insecure = opts.insecure == true,
     http2 = opts.http2 ~= false,
+    proxy = opts.proxy,
+    no_proxy = opts.no_proxy,
   }
+  self.proxy_settings = { proxy = opts.proxy, no_proxy = opts.no_proxy }
   if opts.token_cache and self.identity then
     local token_cache = require "healthcare.auth.token_cache"
     local dir = type(opts.token_cache) == "string" and opts.token_cache or token_cache.dir(M.getenv)
@@ -226,6 +234,14 @@ function Credential:secrets()
   for _, k in ipairs({ "refresh_token", "client_secret", "pending_assertion" }) do
     if type(self[k]) == "string" then list[#list + 1] = self[k] end
   end
+  -- The kinds of healthcare.auth.impersonate and healthcare.auth.external: the secrets they
+  -- hold (subject tokens, AWS keys, ...) and those of the credential they stand on.
+  for _, v in pairs(self.held or {}) do
+    if type(v) == "string" then list[#list + 1] = v end
+  end
+  if self.source and self.source.secrets then
+    for _, v in ipairs(self.source:secrets()) do list[#list + 1] = v end
+  end
   return list
 end
 
@@ -234,6 +250,7 @@ end
 function Credential:close()
   self.closed = true
   if self.session then self.session:close() end
+  if self.source and self.owns_source and self.source.close then self.source:close() end
 end
 
 -- ---- token requests -------------------------------------------------------------------------
@@ -293,6 +310,8 @@ end
 -- err.reason a short cause, err.retryable, err.retry_after).
 local function token_attempt(self, req, secrets)
   self:log("> " .. req.method .. " " .. util.redact_url(req.url, secrets) .. " (token for " .. self.label .. ")")
+  local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
+  if proxy then self:log("* through the proxy " .. util.redact_proxy(proxy) .. " (from " .. variable .. ")") end
   for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h, secrets)) end
   local t0 = core.now()
   local res, err = self:http():request(req)
@@ -323,7 +342,7 @@ function Credential:request_token(req, secrets, probing)
   secrets = all
   -- The answer carries a token, and the request an assertion, refresh token or client secret:
   -- none of them through a proxy over plain http (see healthcare.client).
-  local proxy, variable = util.proxy_for(req.url)
+  local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
   if proxy and not self.insecure and req.url:lower():match("^http://") then
     local message = require("healthcare.client").proxy_refusal(req.url,
       req.method == "GET" and "a token request (its answer is a token)"
@@ -541,16 +560,24 @@ function M.from_info(info, opts, source)
   opts = opts or {}
   source = source or "credentials"
   if type(info) ~= "table" or info[1] ~= nil then
-    return fail(source .. " must hold a JSON object (a service account key or an authorized_user file)")
+    return fail(source .. " must hold a JSON object (a service account key or another Application Default "
+      .. "Credentials file)")
   end
   local t = info.type
   if t == "service_account" then return service_account(info, opts, source) end
   if t == "authorized_user" then return authorized_user(info, opts, source) end
-  if t == nil then
-    return fail(string.format("%s has no 'type'; expected %s", source, "'" .. table.concat(M.TYPES, "' or '") .. "'"))
+  -- Credentials without key files: their own modules.
+  if t == "impersonated_service_account" then
+    return require("healthcare.auth.impersonate").from_info(info, opts, source)
   end
-  return fail(string.format("%s has type '%s', which is not supported; expected %s", source, shown(t),
-    "'" .. table.concat(M.TYPES, "' or '") .. "'"))
+  if t == "external_account" or t == "external_account_authorized_user" then
+    return require("healthcare.auth.external").from_info(info, opts, source)
+  end
+  local expected = "'" .. table.concat(M.TYPES, "', '", 1, #M.TYPES - 1) .. "' or '" .. M.TYPES[#M.TYPES] .. "'"
+  if t == nil then
+    return fail(string.format("%s has no 'type'; expected %s", source, expected))
+  end
+  return fail(string.format("%s has type '%s', which is not supported; expected %s", source, shown(t), expected))
 end
 
 --- A credential from a key file, or nil, err. label says where the path came from.
@@ -569,8 +596,8 @@ function M.from_file(path, opts, label)
   local info, jerr = cjson.decode(text)
   if info == nil then
     -- cjson's messages name a token kind and a position, never the text itself.
-    return fail(string.format("%s is not valid JSON (%s); expected a service account key or an "
-      .. "authorized_user file", source, tostring(jerr)))
+    return fail(string.format("%s is not valid JSON (%s); expected a service account key or another "
+      .. "Application Default Credentials file", source, tostring(jerr)))
   end
   return M.from_info(info, opts, source)
 end
@@ -618,6 +645,12 @@ function M.metadata(opts, probe)
   return cred
 end
 
+-- What healthcare.auth.impersonate and healthcare.auth.external build on (not a public API).
+M.internal = {
+  new_credential = new_credential, fail = fail, shown = shown, check_string = check_string,
+  check_url = check_url, quota_project = quota_project, read_token = read_token, token_error = token_error,
+}
+
 -- ---- Application Default Credentials --------------------------------------------------------
 
 --- The gcloud well-known file ($CLOUDSDK_CONFIG or ~/.config/gcloud), or nil when neither
@@ -636,8 +669,21 @@ end
 --- GOOGLE_APPLICATION_CREDENTIALS, gcloud's well-known file, the metadata server. A source that
 --- is there but broken is an error (as in Google's libraries); when none is there the error
 --- names every place looked at.
+-- The `impersonate` option over a credential just found (nil, err passes through).
+local function impersonating(cred, err, opts)
+  if not cred or not opts.impersonate then return cred, err end
+  return require("healthcare.auth.impersonate").over(cred, opts)
+end
+
+local find_default
+
 function M.default(opts)
   opts = opts or {}
+  local cred, err = find_default(opts)
+  return impersonating(cred, err, opts)
+end
+
+find_default = function(opts)
   local looked = {}
   local env = M.getenv("GOOGLE_APPLICATION_CREDENTIALS")
   if env and env ~= "" then
@@ -685,17 +731,32 @@ function M.from_options(opts)
   if opts.token_cache ~= nil and type(opts.token_cache) ~= "boolean" and type(opts.token_cache) ~= "string" then
     error("bad option 'token_cache' (boolean or directory expected, got " .. type(opts.token_cache) .. ")", 3)
   end
-  if opts.access_token then return auth.access_token(opts.access_token) end
-  if opts.api_key then return auth.api_key(opts.api_key) end
+  if opts.impersonate ~= nil and type(opts.impersonate) ~= "string" then
+    error("bad option 'impersonate' (a service account email expected, got " .. type(opts.impersonate) .. ")", 3)
+  end
+  if opts.delegates ~= nil and type(opts.delegates) ~= "table" then
+    error("bad option 'delegates' (a list of service account emails expected, got " .. type(opts.delegates) .. ")", 3)
+  end
   local c = opts.credentials
+  if c == nil and not opts.access_token and not opts.api_key then return M.default(opts) end
   if c == false then return auth.none() end
-  if type(c) == "table" and type(c.authorize) == "function" then return c end
-  if type(c) == "string" then return M.from_file(c, opts, "credentials file") end
-  if type(c) == "table" then return M.from_info(c, opts, "credentials table") end
-  if c ~= nil then
+  local cred, err
+  if opts.access_token then
+    cred = auth.access_token(opts.access_token)
+  elseif opts.api_key then
+    cred = auth.api_key(opts.api_key)
+  elseif type(c) == "table" and type(c.authorize) == "function" then
+    -- The caller's object: an impersonation over it must not close it.
+    if opts.impersonate then return require("healthcare.auth.impersonate").over(c, opts, false) end
+    return c
+  elseif type(c) == "string" then
+    cred, err = M.from_file(c, opts, "credentials file")
+  elseif type(c) == "table" then
+    cred, err = M.from_info(c, opts, "credentials table")
+  else
     error("bad option 'credentials' (path, table or false expected, got " .. type(c) .. ")", 3)
   end
-  return M.default(opts)
+  return impersonating(cred, err, opts)
 end
 
 return M

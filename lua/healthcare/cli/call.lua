@@ -39,6 +39,7 @@ local function open_store(cmd, out)
   return common.dicom_store_or_say(cmd.parent, {
     endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
     token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
+    impersonate = cmd.impersonate, proxy = cmd.proxy,
   }, say)
 end
 

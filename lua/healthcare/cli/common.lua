@@ -34,7 +34,12 @@ end
 --- Adds the options that make a client (credentials, endpoint, TLS) to an argparse parser.
 function M.add_client_options(p)
   p:option("--endpoint", "API endpoint (default $HEALTHCARE_ENDPOINT, else " .. healthcare.DEFAULT_ENDPOINT .. ").")
-  p:option("--credentials", "Service account or authorized_user JSON key file.")
+  p:option("--credentials", "An Application Default Credentials JSON file (service_account, authorized_user, "
+    .. "impersonated_service_account, external_account, external_account_authorized_user).")
+  p:option("--impersonate-service-account", "Act as this service account (EMAIL), with a token asked of IAM "
+    .. "Credentials with the credential given (as gcloud's flag)."):argname("<email>")
+  p:option("--proxy", "HTTP(S) proxy URL for every request (instead of the *_proxy variables; '' for none).")
+    :argname("<url>")
   p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
   p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
   p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
@@ -82,6 +87,7 @@ function M.open_store_or_say(a, say)
     endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
     scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
     token_cache = not a.no_token_cache, debug = a.debug or nil,
+    impersonate = a.impersonate_service_account, proxy = a.proxy,
   }, say)
 end
 

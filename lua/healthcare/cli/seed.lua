@@ -320,6 +320,10 @@ seed.global_options = {
   { long = "--credentials", arg = "<file>", key = "credentials",
     help = "A service_account or authorized_user JSON key file. Default: Application "
       .. "Default Credentials." },
+  { long = "--impersonate-service-account", arg = "<email>", key = "impersonate",
+    help = "Act as this service account, with a token asked of IAM Credentials with the credential given." },
+  { long = "--proxy", arg = "<url>", key = "proxy",
+    help = "HTTP(S) proxy for every request, instead of the *_proxy variables ('' for none)." },
   { long = "--no-token-cache", key = "no_token_cache",
     help = "Neither read nor write cached access tokens." },
   { long = "--timeout", arg = "<seconds>", key = "timeout",
@@ -528,7 +532,7 @@ local function apply_option(cmd, rv, state, key, value)
       state.seen_scope[value] = true
       cmd.scopes[#cmd.scopes + 1] = value
     end
-  elseif key == "endpoint" or key == "credentials" or key == "output" then
+  elseif key == "endpoint" or key == "credentials" or key == "output" or key == "impersonate" or key == "proxy" then
     cmd[key] = value
   elseif key == "timeout" then
     local n, msg = timeout_value(value)

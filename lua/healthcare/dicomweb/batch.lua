@@ -283,10 +283,11 @@ function Batch:fail_group(group, reason)
   self:finish_group(group, function() return { outcome = "failed", reason = reason } end)
 end
 
--- A usage error holds for every request (a credential refused to a proxy over plain http): the
--- run stops with it instead of failing every file.
+-- A usage error holds for every request (a credential refused to a proxy over plain http), and so
+-- does a credential that cannot get a token for a reason another try will not change (refused,
+-- not allowed, not there): the run stops with it instead of failing every file.
 local function stop_on_usage(err)
-  if err.kind == "usage" then error(err, 0) end
+  if err.kind == "usage" or (err.kind == "auth" and not err.retryable) then error(err, 0) end
 end
 
 function Batch:start(group)

@@ -53,6 +53,9 @@ M.DEFAULTS = {
 M.OPTIONS = { "name", "credentials", "parent", "scopes", "subject", "quota_project", "self_signed_jwt",
   "shared_dict", "token_location", "prefix", "api_path", "methods", "refresh_margin", "token_wait",
   "retry_after", "api_origin", "rewrite_urls", "max_rewrite_size", "public_url" }
+-- Credentials without key files (metadata server, impersonation, external_account): their module.
+local token_sources = require "healthcare.ngx.token_sources"
+for _, k in ipairs(token_sources.OPTIONS) do M.OPTIONS[#M.OPTIONS + 1] = k end
 -- Seconds a refresher holds the lock at most (a worker that dies mid-refresh frees it then).
 M.LOCK_SLACK = 5
 
@@ -242,7 +245,9 @@ function M.configure(opts)
   for _, m in ipairs(g.methods) do g.allowed[m] = true end
   g.scopes = credentials.scope_list(opts.scopes)
   local cred, err
-  if type(opts.credentials) ~= "string" and type(opts.credentials) ~= "table" then
+  if token_sources.handles(opts) then
+    cred, err = token_sources.credential(g, opts)
+  elseif type(opts.credentials) ~= "string" and type(opts.credentials) ~= "table" then
     err = "no credentials configured (credentials = the path of a service account JSON key)"
   else
     local copts = { subject = opts.subject, quota_project = opts.quota_project,
@@ -317,6 +322,7 @@ end
 -- One token request (or, for self_signed_jwt, one signature): token, lifetime or nil, err.
 function Gateway:fetch()
   local cred = self.cred
+  if cred.gateway_fetch then return cred.gateway_fetch(self) end
   if cred.kind == "self_signed_jwt" then
     local jwt, err = cred:assertion()
     if not jwt then return nil, tostring(err) end

@@ -1,0 +1,605 @@
+-- SPDX-License-Identifier: MIT
+-- Workload and workforce identity federation: credentials without key files, from ADC files of
+--   external_account                   a subject token (OIDC, SAML or AWS) exchanged at Google's
+--                                      STS (`token_url`, RFC 8693), then, with
+--                                      `service_account_impersonation_url`, a service account's
+--                                      token (healthcare.auth.impersonate)
+--   external_account_authorized_user   a workforce user's refresh token (`gcloud auth login
+--                                      --login-config`), refreshed at its `token_url`
+-- The subject token comes from credential_source, as Google's client libraries read it:
+--   file        a file's text, or a JSON field of it (format.type "json", subject_token_field_name)
+--   url         a GET of url with `headers`, text or JSON the same way
+--   executable  a command run without a shell (only when GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES
+--               is 1), within timeout_millis, its JSON answer kept in output_file when named
+--   aws         the AWS region and role credentials (environment, else the instance metadata
+--               with an IMDSv2 session token), and a GetCallerIdentity request signed with SigV4
+--               (core.sigv4_sign) as the subject token
+-- Every secret met on the way (subject tokens, AWS keys and session tokens, IMDSv2 tokens,
+-- refresh tokens, client secrets) is held in cred.held, so redaction finds it; none is written
+-- anywhere (the token cache keeps the access token only).
+local cjson = require "cjson.safe"
+local core = require "healthcare.core"
+local errors = require "healthcare.errors"
+local util = require "healthcare.util"
+
+local M = {}
+
+M.TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+M.ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+M.AWS_TOKEN_TYPE = "urn:ietf:params:aws:token-type:aws4_request"
+M.DEFAULT_TOKEN_URL = "https://sts.googleapis.com/v1/token"
+M.AWS_VERIFICATION_URL = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15"
+M.ALLOW_EXECUTABLES = "GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES"
+-- Google's libraries: 30 s unless timeout_millis says otherwise, 5 s to 120 s.
+M.EXECUTABLE_TIMEOUT_MS, M.EXECUTABLE_MIN_MS, M.EXECUTABLE_MAX_MS = 30000, 5000, 120000
+M.MAX_SUBJECT_TOKEN = 1024 * 1024
+M.IMDSV2_TTL = 300
+M.WORKFORCE_AUDIENCE = "^//iam%.googleapis%.com/locations/[^/]+/workforcePools/"
+M.EXECUTABLE_TOKEN_TYPES = { ["urn:ietf:params:oauth:token-type:jwt"] = "id_token",
+  ["urn:ietf:params:oauth:token-type:id_token"] = "id_token",
+  ["urn:ietf:params:oauth:token-type:saml2"] = "saml_response" }
+
+local function creds() return require "healthcare.auth.credentials" end
+local function fail(message, fields) return nil, errors.new("auth", message, fields) end
+local function getenv(name)
+  local v = creds().getenv(name)
+  if v == "" then return nil end
+  return v
+end
+
+-- s quoted for /bin/sh: one word, nothing expanded.
+local function shell_quote(s)
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+-- RFC 4648 base64 (with padding) of s, for a Basic Authorization header.
+local function base64(s)
+  local b = core.base64url(s):gsub("-", "+"):gsub("_", "/")
+  return b .. string.rep("=", (4 - #b % 4) % 4)
+end
+
+-- Keeps a secret in cred.held, where redaction finds it; returns it.
+local function hold(self, value)
+  if type(value) == "string" and value ~= "" then self.held[#self.held + 1] = value end
+  -- A long-lived credential refreshes many times: keep the latest few only.
+  while #self.held > 32 do table.remove(self.held, 1) end
+  return value
+end
+
+-- ---- plain requests (the url and aws sources) ------------------------------------------------
+
+-- One request for a source (not a token endpoint): the reply's body when it is 200, or nil,
+-- err (kind "auth") naming what was asked.
+local function source_request(self, req, what)
+  req.timeout = req.timeout or self.timeout
+  local secrets = self:secrets()
+  local shown = util.redact_url(req.url, secrets)
+  local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
+  if proxy and not self.insecure and req.url:lower():match("^http://") then
+    return fail(self.label .. ": " .. require("healthcare.client").proxy_refusal(req.url, what, proxy, variable),
+      { status = "CLEARTEXT_PROXY" })
+  end
+  self:log("> " .. req.method .. " " .. shown .. " (" .. what .. " for " .. self.label .. ")")
+  for _, h in ipairs(req.headers or {}) do self:log("> " .. util.redact_header(h, secrets)) end
+  local res, err = self:http():request(req)
+  if not res then
+    err = errors.from_transport(err)
+    return fail(string.format("%s: cannot get %s from %s: %s", self.label, what, shown,
+      util.redact(err.message, secrets)), { status = err.status })
+  end
+  self:log(string.format("< HTTP %d", res.status))
+  if res.status ~= 200 then
+    local body = util.redact(res.body or "", self:secrets()):sub(1, 200)
+    return fail(string.format("%s: cannot get %s: %s answered HTTP %d%s", self.label, what, shown, res.status,
+      body ~= "" and (": " .. body) or ""), { http_status = res.status })
+  end
+  return res.body or ""
+end
+
+-- ---- subject tokens ------------------------------------------------------------------------
+
+-- The subject token in text (a file's or a URL's), by the source's format.
+local function from_format(self, text, where)
+  if self.format == "json" then
+    local doc = cjson.decode(text)
+    local v = type(doc) == "table" and doc[self.field_name]
+    if type(v) ~= "string" or v == "" then
+      return fail(string.format("%s: %s is not JSON with a string field '%s' (subject_token_field_name)",
+        self.label, where, self.field_name))
+    end
+    return v
+  end
+  if text == "" then return fail(string.format("%s: %s is empty: no subject token", self.label, where)) end
+  return text
+end
+
+local function file_token(self)
+  local f, oerr = io.open(self.source_file, "rb")
+  if not f then
+    return fail(string.format("%s: cannot read the subject token file: %s", self.label,
+      tostring(oerr):gsub("^.-: ", "")), { path = self.source_file })
+  end
+  local text = f:read(M.MAX_SUBJECT_TOKEN + 1) or ""
+  f:close()
+  if #text > M.MAX_SUBJECT_TOKEN then
+    return fail(self.label .. ": the subject token file is larger than 1 MiB")
+  end
+  return from_format(self, text, "the subject token file '" .. self.source_file .. "'")
+end
+
+local function url_token(self)
+  local body, err = source_request(self, { method = "GET", url = self.source_url, headers = self.source_headers },
+    "the subject token")
+  if not body then return nil, err end
+  return from_format(self, body, "the answer of " .. util.redact_url(self.source_url))
+end
+
+-- ---- the executable source ---------------------------------------------------------------
+
+-- Splits a command line into words as a POSIX shell would split plain words and quotes (no
+-- expansion of any kind): Google's libraries run the command without a shell too.
+function M.split_command(s)
+  local words, cur, i, quote, have = {}, {}, 1, nil, false
+  while i <= #s do
+    local c = s:sub(i, i)
+    if quote then
+      if c == quote then quote = nil
+      elseif c == "\\" and quote == '"' and s:sub(i + 1, i + 1):match('["\\$`]') then
+        i = i + 1
+        cur[#cur + 1] = s:sub(i, i)
+      else cur[#cur + 1] = c end
+    elseif c == "'" or c == '"' then quote, have = c, true
+    elseif c == "\\" and i < #s then
+      i = i + 1
+      cur[#cur + 1], have = s:sub(i, i), true
+    elseif c:match("%s") then
+      if have or #cur > 0 then words[#words + 1] = table.concat(cur) end
+      cur, have = {}, false
+    else cur[#cur + 1], have = c, true end
+    i = i + 1
+  end
+  if quote then return nil, "an unclosed quote" end
+  if have or #cur > 0 then words[#words + 1] = table.concat(cur) end
+  if #words == 0 then return nil, "no command" end
+  return words
+end
+
+-- The subject token of an executable's answer (a decoded table), or nil, err; checks the
+-- version, success, token type and expiry as Google's libraries do. where names it.
+local function executable_answer(self, doc, where, need_expiry)
+  if type(doc) ~= "table" then return fail(string.format("%s: %s is not a JSON object", self.label, where)) end
+  if doc.version ~= 1 then
+    return fail(string.format("%s: %s has version %s; version 1 is supported", self.label, where,
+      type(doc.version) == "number" and string.format("%g", doc.version) or tostring(doc.version)))
+  end
+  if doc.success == false then
+    return fail(string.format("%s: %s says it failed: %s: %s", self.label, where, tostring(doc.code),
+      tostring(doc.message)), { status = "EXECUTABLE_FAILED" })
+  end
+  if doc.success ~= true then return fail(string.format("%s: %s has no 'success'", self.label, where)) end
+  local field = M.EXECUTABLE_TOKEN_TYPES[doc.token_type]
+  if not field then
+    return fail(string.format("%s: %s has token_type '%s'; expected a jwt, id_token or saml2 token type",
+      self.label, where, tostring(doc.token_type)))
+  end
+  local exp = doc.expiration_time
+  if exp ~= nil and type(exp) ~= "number" then
+    return fail(string.format("%s: %s has a non-numeric expiration_time", self.label, where))
+  end
+  if exp == nil and need_expiry then
+    return fail(string.format("%s: %s has no expiration_time, which an output_file needs", self.label, where))
+  end
+  if exp and exp <= os.time() then return nil, "expired" end
+  local token = doc[field]
+  if type(token) ~= "string" or token == "" then
+    return fail(string.format("%s: %s has no %s", self.label, where, field))
+  end
+  return hold(self, token)
+end
+
+local function executable_env(self)
+  local env = {
+    GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE = self.audience,
+    GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE = self.subject_token_type,
+    GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE = "0",
+    GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL = self.impersonated_email,
+    GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE = self.output_file,
+  }
+  local parts = {}
+  for _, k in ipairs({ "GOOGLE_EXTERNAL_ACCOUNT_AUDIENCE", "GOOGLE_EXTERNAL_ACCOUNT_TOKEN_TYPE",
+    "GOOGLE_EXTERNAL_ACCOUNT_INTERACTIVE", "GOOGLE_EXTERNAL_ACCOUNT_IMPERSONATED_EMAIL",
+    "GOOGLE_EXTERNAL_ACCOUNT_OUTPUT_FILE" }) do
+    if env[k] then parts[#parts + 1] = k .. "=" .. shell_quote(env[k]) end
+  end
+  return table.concat(parts, " ")
+end
+
+-- Runs the executable with its timeout (coreutils' timeout, then KILL a second later); returns
+-- its standard output and exit status.
+local function run_executable(self)
+  local words = {}
+  for i, w in ipairs(self.command) do words[i] = shell_quote(w) end
+  local seconds = self.timeout_ms / 1000
+  local line = string.format("env %s timeout -k 1 %.3f %s </dev/null 2>/dev/null; s=$?; echo; echo \"#exit $s\"",
+    executable_env(self), seconds, table.concat(words, " "))
+  self:log(string.format("running the executable %s (timeout %.3f s) for %s", util.printable(self.command[1]),
+    seconds, self.label))
+  local p = io.popen(line, "r")
+  if not p then return nil, nil end
+  local out = p:read("*a") or ""
+  p:close()
+  local body, status = out:match("^(.-)\n#exit (%d+)\n?$")
+  return body, tonumber(status)
+end
+
+local function executable_token(self)
+  if getenv(M.ALLOW_EXECUTABLES) ~= "1" then
+    return fail(self.label .. ": executables need to be explicitly allowed (set " .. M.ALLOW_EXECUTABLES
+      .. " to '1') to run", { status = "EXECUTABLE_NOT_ALLOWED" })
+  end
+  if self.output_file then
+    local f = io.open(self.output_file, "rb")
+    if f then
+      local text = f:read(M.MAX_SUBJECT_TOKEN) or ""
+      f:close()
+      local token = executable_answer(self, cjson.decode(text), "the output_file", true)
+      -- An expired or unusable cached answer: run the executable again, as Google's libraries do.
+      if type(token) == "string" then
+        self:log("using the executable's answer cached in its output_file for " .. self.label)
+        return token
+      end
+    end
+  end
+  local out, status = run_executable(self)
+  if status == 124 or status == 137 then
+    return fail(string.format("%s: the executable timed out after %d ms", self.label, self.timeout_ms),
+      { status = "EXECUTABLE_TIMEOUT" })
+  end
+  if status ~= 0 then
+    return fail(string.format("%s: the executable failed (exit status %s)", self.label, tostring(status)),
+      { status = "EXECUTABLE_FAILED" })
+  end
+  local doc = cjson.decode(out or "")
+  if out and not doc then hold(self, (out:gsub("%s+$", ""))) end
+  local token, err = executable_answer(self, doc, "the executable's answer", self.output_file ~= nil)
+  if token == nil and err == "expired" then
+    return fail(self.label .. ": the executable's answer has already expired")
+  end
+  return token, err
+end
+
+-- ---- the aws source -----------------------------------------------------------------------
+
+-- The IMDSv2 session token, when the source names its URL and the metadata is needed.
+local function imds_headers(self)
+  if not self.aws.imdsv2_session_token_url then return {} end
+  local token, err = source_request(self, { method = "PUT", url = self.aws.imdsv2_session_token_url,
+    headers = { "X-aws-ec2-metadata-token-ttl-seconds: " .. M.IMDSV2_TTL } }, "an IMDSv2 session token")
+  if not token then return nil, err end
+  hold(self, token)
+  return { "X-aws-ec2-metadata-token: " .. token }
+end
+
+local function aws_region(self, headers)
+  local region = getenv("AWS_REGION") or getenv("AWS_DEFAULT_REGION")
+  if region then return region end
+  if not self.aws.region_url then return fail(self.label .. ": no AWS region: set AWS_REGION or region_url") end
+  local zone, err = source_request(self, { method = "GET", url = self.aws.region_url, headers = headers },
+    "the AWS region")
+  if not zone then return nil, err end
+  zone = zone:gsub("%s+$", "")
+  if not zone:match("^[a-z0-9-]+[a-z]$") then
+    return fail(self.label .. ": the AWS metadata answered an availability zone that is not one")
+  end
+  return zone:sub(1, -2)
+end
+
+local function aws_keys(self, headers)
+  local id, secret = getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
+  if id and secret then
+    return { id = id, secret = hold(self, secret), token = hold(self, getenv("AWS_SESSION_TOKEN")) }
+  end
+  if not self.aws.url then return fail(self.label .. ": no AWS credentials: no url in credential_source") end
+  local role, err = source_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
+  if not role then return nil, err end
+  role = role:gsub("%s+$", "")
+  if role == "" or role:find("[/%s?#]") then return fail(self.label .. ": the AWS metadata named no usable role") end
+  local body
+  body, err = source_request(self, { method = "GET", url = self.aws.url:gsub("/$", "") .. "/" .. role,
+    headers = headers }, "the AWS role's credentials")
+  if not body then return nil, err end
+  local doc = cjson.decode(body)
+  if type(doc) ~= "table" or type(doc.AccessKeyId) ~= "string" or type(doc.SecretAccessKey) ~= "string" then
+    return fail(self.label .. ": the AWS role's credentials are not JSON with AccessKeyId and SecretAccessKey")
+  end
+  return { id = doc.AccessKeyId, secret = hold(self, doc.SecretAccessKey), token = hold(self, doc.Token) }
+end
+
+local function aws_token(self)
+  local needs_metadata = not (getenv("AWS_REGION") or getenv("AWS_DEFAULT_REGION"))
+    or not (getenv("AWS_ACCESS_KEY_ID") and getenv("AWS_SECRET_ACCESS_KEY"))
+  local headers, err = {}
+  if needs_metadata then
+    headers, err = imds_headers(self)
+    if not headers then return nil, err end
+  end
+  local region
+  region, err = aws_region(self, headers)
+  if not region then return nil, err end
+  local keys
+  keys, err = aws_keys(self, headers)
+  if not keys then return nil, err end
+  local url = self.aws.verification_url:gsub("{region}", region)
+  local host, query = url:match("^https://([^/?#]+)/?%??(.*)$")
+  if not host then return fail(self.label .. ": regional_cred_verification_url must be an https URL") end
+  local target = self.audience
+  local signed, serr = core.sigv4_sign({ method = "POST", host = host, path = "/", query = query,
+    headers = { ["x-goog-cloud-target-resource"] = target }, region = region, service = "sts",
+    access_key_id = keys.id, secret_access_key = keys.secret, session_token = keys.token })
+  if not signed then return fail(self.label .. ": " .. serr.message) end
+  local list = {
+    { key = "Authorization", value = signed.Authorization }, { key = "Host", value = host },
+    { key = "X-Amz-Date", value = signed["x-amz-date"] }, { key = "X-Goog-Cloud-Target-Resource", value = target },
+  }
+  if signed["x-amz-security-token"] then list[#list + 1] = { key = "X-Amz-Security-Token", value = keys.token } end
+  hold(self, signed.Authorization)
+  return core.escape(cjson.encode({ url = url, method = "POST", headers = list }))
+end
+
+M.SOURCES = { file = file_token, url = url_token, executable = executable_token, aws = aws_token }
+
+-- ---- the STS exchange ---------------------------------------------------------------------
+
+local function client_auth(self, headers)
+  if self.client_id and self.client_secret then
+    headers[#headers + 1] = "Authorization: Basic " .. base64(core.escape(self.client_id) .. ":"
+      .. core.escape(self.client_secret))
+  end
+  return headers
+end
+
+local function fetch_sts(self, scopes)
+  local subject, err = M.SOURCES[self.source_kind](self)
+  if not subject then return nil, err end
+  hold(self, subject)
+  local form = { grant_type = M.TOKEN_EXCHANGE, requested_token_type = M.ACCESS_TOKEN_TYPE,
+    audience = self.audience, scope = table.concat(scopes, " "), subject_token_type = self.subject_token_type,
+    subject_token = subject }
+  -- Google's libraries: not with client authentication (the client names the project then).
+  if self.user_project and not self.client_id then form.options = cjson.encode({ userProject = self.user_project }) end
+  local res
+  res, err = self:request_token({ method = "POST", url = self.token_uri, timeout = self.timeout,
+    headers = client_auth(self, { "Content-Type: application/x-www-form-urlencoded", "Accept: application/json" }),
+    body = util.query_string(form) }, { subject })
+  if not res then return nil, err end
+  return creds().internal.read_token(self, res, {})
+end
+
+local function fetch_refresh(self, scopes)
+  local form = { grant_type = "refresh_token", refresh_token = self.refresh_token }
+  if self.scoped then form.scope = table.concat(scopes, " ") end
+  local res, err = self:request_token({ method = "POST", url = self.token_uri, timeout = self.timeout,
+    headers = client_auth(self, { "Content-Type: application/x-www-form-urlencoded", "Accept: application/json" }),
+    body = util.query_string(form) }, {})
+  if not res then return nil, err end
+  local doc = cjson.decode(res.body or "")
+  -- A rotated refresh token replaces the old one (kept for redaction: an answer may echo it).
+  if type(doc) == "table" and type(doc.refresh_token) == "string" and doc.refresh_token ~= "" then
+    hold(self, self.refresh_token)
+    self.refresh_token = doc.refresh_token
+  end
+  return creds().internal.read_token(self, res, {})
+end
+
+-- ---- reading the files --------------------------------------------------------------------
+
+local function text_field(t, k, where)
+  local v = t[k]
+  if v == nil or v == "" then return nil end
+  if type(v) ~= "string" then return false, errors.new("auth", string.format("%s: '%s' must be a string", where, k)) end
+  return v
+end
+
+local function read_format(self, cs, where)
+  local fmt = cs.format
+  if fmt == nil then self.format = "text" return true end
+  if type(fmt) ~= "table" or (fmt.type ~= nil and fmt.type ~= "text" and fmt.type ~= "json") then
+    return fail(where .. ": credential_source.format.type must be 'text' or 'json'")
+  end
+  self.format = fmt.type or "text"
+  if self.format == "json" then
+    if type(fmt.subject_token_field_name) ~= "string" or fmt.subject_token_field_name == "" then
+      return fail(where .. ": credential_source.format.subject_token_field_name is needed for the json format")
+    end
+    self.field_name = fmt.subject_token_field_name
+  end
+  return true
+end
+
+local function read_url_source(self, cs, where)
+  local ok, err = creds().internal.check_url(cs.url, where, "credential_source.url")
+  if not ok then return nil, err end
+  self.source_url, self.source_headers = cs.url, {}
+  if cs.headers ~= nil and type(cs.headers) ~= "table" then
+    return fail(where .. ": credential_source.headers must be an object")
+  end
+  local names = {}
+  for k in pairs(cs.headers or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do
+    local v = cs.headers[k]
+    if type(k) ~= "string" or type(v) ~= "string" or core.has_ctl(k .. v) or not k:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+      return fail(where .. ": credential_source.headers must map header names to strings without CR, LF or NUL")
+    end
+    self.source_headers[#self.source_headers + 1] = k .. ": " .. v
+  end
+  return read_format(self, cs, where)
+end
+
+local function read_executable(self, cs, where)
+  local ex = cs.executable
+  if type(ex) ~= "table" or type(ex.command) ~= "string" then
+    return fail(where .. ": credential_source.executable.command must be a string")
+  end
+  local words, why = M.split_command(ex.command)
+  if not words then return fail(where .. ": credential_source.executable.command: " .. why) end
+  self.command = words
+  local t = ex.timeout_millis or M.EXECUTABLE_TIMEOUT_MS
+  if type(t) ~= "number" or t < M.EXECUTABLE_MIN_MS or t > M.EXECUTABLE_MAX_MS then
+    return fail(string.format("%s: credential_source.executable.timeout_millis must be %d to %d", where,
+      M.EXECUTABLE_MIN_MS, M.EXECUTABLE_MAX_MS))
+  end
+  self.timeout_ms = math.floor(t)
+  local out, err = text_field(ex, "output_file", where)
+  if out == false then return nil, err end
+  self.output_file = out
+  return true
+end
+
+local function read_aws(self, cs, where)
+  local env = cs.environment_id
+  local version = type(env) == "string" and env:match("^aws(%d+)$")
+  if version ~= "1" then
+    return fail(where .. ": credential_source.environment_id must be 'aws1' (got '"
+      .. creds().internal.shown(env) .. "')")
+  end
+  self.aws = { verification_url = cs.regional_cred_verification_url or M.AWS_VERIFICATION_URL }
+  for _, k in ipairs({ "region_url", "url", "imdsv2_session_token_url" }) do
+    if cs[k] ~= nil then
+      local ok, err = creds().internal.check_url(cs[k], where, "credential_source." .. k)
+      if not ok then return nil, err end
+      self.aws[k] = cs[k]
+    end
+  end
+  if type(self.aws.verification_url) ~= "string" or not self.aws.verification_url:match("^https://") then
+    return fail(where .. ": credential_source.regional_cred_verification_url must be an https URL")
+  end
+  return true
+end
+
+local function read_source(self, cs, where)
+  if type(cs) ~= "table" then return fail(where .. ": 'credential_source' must be an object") end
+  if cs.environment_id ~= nil then
+    self.source_kind = "aws"
+    return read_aws(self, cs, where)
+  end
+  if cs.executable ~= nil then
+    self.source_kind = "executable"
+    return read_executable(self, cs, where)
+  end
+  if cs.file ~= nil and cs.url ~= nil then
+    return fail(where .. ": credential_source has both 'file' and 'url'; give one")
+  end
+  if cs.file ~= nil then
+    if type(cs.file) ~= "string" or cs.file == "" then
+      return fail(where .. ": credential_source.file must be a path")
+    end
+    self.source_kind, self.source_file = "file", cs.file
+    return read_format(self, cs, where)
+  end
+  if cs.url ~= nil then
+    self.source_kind = "url"
+    return read_url_source(self, cs, where)
+  end
+  return fail(where .. ": credential_source needs one of file, url, executable or environment_id (aws)")
+end
+
+-- The fields every external kind shares, checked: strings or absent.
+local function strings(info, names, where)
+  local out = {}
+  for _, k in ipairs(names) do
+    local v, err = text_field(info, k, where)
+    if v == false then return nil, err end
+    out[k] = v
+  end
+  return out
+end
+
+local function external_account(info, opts, where)
+  local C = creds()
+  local f, err = strings(info, { "audience", "subject_token_type", "token_url", "service_account_impersonation_url",
+    "client_id", "client_secret", "workforce_pool_user_project" }, where)
+  if not f then return nil, err end
+  for _, k in ipairs({ "audience", "subject_token_type" }) do
+    if not f[k] then return fail(string.format("%s: missing '%s' (required for type 'external_account')", where, k)) end
+  end
+  local token_url = f.token_url or M.DEFAULT_TOKEN_URL
+  local ok, uerr = C.internal.check_url(token_url, where, "token_url")
+  if not ok then return nil, uerr end
+  if f.workforce_pool_user_project and not f.audience:match(M.WORKFORCE_AUDIENCE) then
+    return fail(where .. ": workforce_pool_user_project is only for a workforce pool audience")
+  end
+  if (f.client_id == nil) ~= (f.client_secret == nil) then
+    return fail(where .. ": client_id and client_secret go together")
+  end
+  local qp, qerr = C.internal.quota_project(opts, info, where)
+  if qp == false then return nil, qerr end
+  local impersonation = f.service_account_impersonation_url
+  -- The pool and provider: what tells one configuration from another.
+  local provider = f.audience:match("([^/]+/[^/]+/providers/[^/]+)$") or f.audience
+  local fields = { label = "external account " .. C.internal.shown(provider), audience = f.audience,
+    subject_token_type = f.subject_token_type, token_uri = token_url, token_url_shown = util.redact_url(token_url),
+    client_id = f.client_id, client_secret = f.client_secret, user_project = f.workforce_pool_user_project,
+    quota_project = qp, fetch = fetch_sts, scoped = true, held = {}, source = nil,
+    impersonated_email = impersonation and require("healthcare.auth.impersonate").target_of(impersonation) }
+  local rok, rerr = read_source(fields, info.credential_source, where)
+  if not rok then return nil, rerr end
+  fields.identity = table.concat({ "external_account", f.audience, token_url, f.subject_token_type,
+    core.sha256_hex(cjson.encode(info.credential_source) or ""), f.client_id or "" }, "\n")
+  -- Behind an impersonation the STS token is an intermediate: not cached on disk.
+  local sopts = opts
+  if impersonation then
+    sopts = {}
+    for k, v in pairs(opts) do sopts[k] = v end
+    sopts.token_cache = nil
+  end
+  local cred = C.internal.new_credential("external_account", sopts, fields)
+  if not impersonation then return cred end
+  local lifetime = type(info.service_account_impersonation) == "table"
+    and info.service_account_impersonation.token_lifetime_seconds or nil
+  local imp, ierr = require("healthcare.auth.impersonate").wrap(cred, impersonation, opts,
+    { lifetime = lifetime, quota_project = qp }, where)
+  if not imp then cred:close() end
+  return imp, ierr
+end
+
+local function authorized_user(info, opts, where)
+  local C = creds()
+  local f, err = strings(info, { "audience", "refresh_token", "token_url", "client_id", "client_secret" }, where)
+  if not f then return nil, err end
+  local missing = {}
+  for _, k in ipairs({ "refresh_token", "token_url", "client_id", "client_secret" }) do
+    if not f[k] then missing[#missing + 1] = "'" .. k .. "'" end
+  end
+  if #missing > 0 then
+    return fail(string.format("%s: missing %s (required for type 'external_account_authorized_user')", where,
+      table.concat(missing, ", ")))
+  end
+  local ok, uerr = C.internal.check_url(f.token_url, where, "token_url")
+  if not ok then return nil, uerr end
+  local qp, qerr = C.internal.quota_project(opts, info, where)
+  if qp == false then return nil, qerr end
+  return C.internal.new_credential("external_account_authorized_user", opts, {
+    label = "workforce user of client " .. C.internal.shown(f.client_id), audience = f.audience,
+    client_id = f.client_id, client_secret = f.client_secret, refresh_token = f.refresh_token,
+    token_uri = f.token_url, token_url_shown = util.redact_url(f.token_url), quota_project = qp, held = {},
+    -- As authorized_user: the sign-in fixed the scopes.
+    fetch = fetch_refresh, scoped = false,
+    identity = table.concat({ "external_account_authorized_user", f.client_id, core.sha256_hex(f.refresh_token),
+      f.token_url }, "\n"),
+  })
+end
+
+--- A credential from an external_account or external_account_authorized_user ADC file
+--- (decoded; where names it in errors), or nil, err.
+function M.from_info(info, opts, where)
+  for _, k in ipairs({ "subject", "self_signed_jwt" }) do
+    if opts[k] then
+      return fail(string.format("%s: %s needs a service account key, not an %s file", where, k, info.type))
+    end
+  end
+  if info.type == "external_account" then return external_account(info, opts, where) end
+  return authorized_user(info, opts, where)
+end
+
+return M

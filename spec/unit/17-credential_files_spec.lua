@@ -1,0 +1,126 @@
+-- SPDX-License-Identifier: MIT
+-- Without a test bed: the proxy libcurl will use (util.proxy_for, by libcurl's rules, with the
+-- `proxy` and `no_proxy` options on top), a proxy URL as shown, and the checks of credential
+-- files without key files (impersonated_service_account, external_account,
+-- external_account_authorized_user): every bad field a clear credential error, nothing sent
+-- (no file here names a reachable host).
+local util = require "healthcare.util"
+local credentials = require "healthcare.auth.credentials"
+local external = require "healthcare.auth.external"
+local impersonate = require "healthcare.auth.impersonate"
+
+local function env(t) return function(k) return t[k] end end
+
+describe("util.proxy_for", function()
+  local cases = {
+    -- url, environment, settings, proxy, where it came from
+    { "https://h.example/x", {}, nil, nil },
+    { "https://h.example/x", { https_proxy = "http://p:1" }, nil, "http://p:1", "https_proxy" },
+    { "https://h.example/x", { HTTPS_PROXY = "http://P:1" }, nil, "http://P:1", "HTTPS_PROXY" },
+    { "http://h.example/x", { HTTP_PROXY = "http://p:1" }, nil, nil },   -- libcurl ignores HTTP_PROXY
+    { "http://h.example/x", { http_proxy = "", ALL_PROXY = "http://a:1" }, nil, "http://a:1", "ALL_PROXY" },
+    { "https://h.example/x", { https_proxy = "http://p:1", no_proxy = ".example" }, nil, nil },
+    { "https://h.example/x", { https_proxy = "http://p:1", NO_PROXY = "*" }, nil, nil },
+    -- The options win over the environment.
+    { "https://h.example/x", { https_proxy = "http://p:1" }, { proxy = "http://o:2" }, "http://o:2", "the proxy option" },
+    { "https://h.example/x", { https_proxy = "http://p:1" }, { proxy = "" }, nil },
+    { "https://h.example/x", {}, { proxy = "http://o:2", no_proxy = "h.example" }, nil },
+    { "https://h.example/x", { no_proxy = "h.example" }, { proxy = "http://o:2", no_proxy = "" }, "http://o:2",
+      "the proxy option" },
+    { "https://h.example/x", { https_proxy = "http://p:1", no_proxy = "h.example" }, { no_proxy = "other" },
+      "http://p:1", "https_proxy" },
+    { "http://127.0.0.1:8080/x", { http_proxy = "http://p:1" }, { no_proxy = "127.0.0.0/8" }, nil },
+  }
+  for i, c in ipairs(cases) do
+    it("case " .. i .. ": " .. c[1], function()
+      local proxy, from = util.proxy_for(c[1], env(c[2]), c[3])
+      assert.are.equal(c[4], proxy)
+      assert.are.equal(c[5], from)
+    end)
+  end
+
+  it("shows a proxy URL without its user and password", function()
+    assert.are.equal("http://REDACTED@p:3128", util.redact_proxy("http://alice:s3cret@p:3128"))
+    assert.are.equal("REDACTED@p:3128", util.redact_proxy("alice:s3cret@p:3128"))
+    assert.are.equal("http://p:3128", util.redact_proxy("http://p:3128"))
+  end)
+end)
+
+describe("credential files without key files", function()
+  local AUD = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/q"
+  local JWT = "urn:ietf:params:oauth:token-type:jwt"
+  local function ext(fields)
+    local t = { type = "external_account", audience = AUD, subject_token_type = JWT,
+      token_url = "https://sts.invalid/v1/token", credential_source = { file = "/nonexistent" } }
+    for k, v in pairs(fields) do
+      if v == false then t[k] = nil else t[k] = v end
+    end
+    return t
+  end
+  local cases = {
+    { ext({ audience = false }), "missing 'audience' (required for type 'external_account')" },
+    { ext({ subject_token_type = 7 }), "'subject_token_type' must be a string" },
+    { ext({ token_url = "ftp://x" }), "'token_url' must be an http(s) URL" },
+    { ext({ credential_source = false }), "'credential_source' must be an object" },
+    { ext({ credential_source = {} }), "credential_source needs one of file, url, executable or environment_id" },
+    { ext({ credential_source = { file = "/a", url = "https://b" } }), "has both 'file' and 'url'" },
+    { ext({ credential_source = { file = "/a", format = { type = "xml" } } }), "format.type must be 'text' or 'json'" },
+    { ext({ credential_source = { file = "/a", format = { type = "json" } } }), "subject_token_field_name is needed" },
+    { ext({ credential_source = { url = "https://b", headers = { ["Bad Name"] = "x" } } }),
+      "credential_source.headers must map header names" },
+    { ext({ credential_source = { executable = { command = "x 'open" } } }), "an unclosed quote" },
+    { ext({ credential_source = { executable = { command = "x", timeout_millis = 200000 } } }),
+      "timeout_millis must be 5000 to 120000" },
+    { ext({ credential_source = { environment_id = "aws1", regional_cred_verification_url = "http://x" } }),
+      "regional_cred_verification_url must be an https URL" },
+    { ext({ workforce_pool_user_project = "p" }), "workforce_pool_user_project is only for a workforce pool audience" },
+    { ext({ client_id = "c" }), "client_id and client_secret go together" },
+    { ext({ service_account_impersonation_url = "https://iam.invalid/v1/nothing" }),
+      "must end in serviceAccounts/EMAIL:generateAccessToken" },
+    { ext({ service_account_impersonation_url = "https://iam.invalid/v1/projects/-/serviceAccounts/a@b:generateAccessToken",
+      service_account_impersonation = { token_lifetime_seconds = 50000 } }), "the token lifetime must be 1 to 43200 seconds" },
+    { { type = "external_account_authorized_user", client_id = "c" },
+      "missing 'refresh_token', 'token_url', 'client_secret'" },
+    { { type = "impersonated_service_account", service_account_impersonation_url = "https://x/y",
+      source_credentials = { type = "metadata" } }, "(got type 'metadata')" },
+    { { type = "gdch_service_account" }, "has type 'gdch_service_account', which is not supported" },
+  }
+  for i, c in ipairs(cases) do
+    it("refuses case " .. i .. ": " .. c[2], function()
+      local cred, err = credentials.from_info(c[1], {}, "credentials table")
+      assert.is_nil(cred)
+      assert.are.equal("auth", err.kind)
+      assert.truthy(tostring(err):find(c[2], 1, true), tostring(err))
+    end)
+  end
+
+  it("subject and self_signed_jwt need a service account key", function()
+    local cred, err = credentials.from_info(ext({}), { subject = "u@x" }, "f")
+    assert.is_nil(cred)
+    assert.truthy(tostring(err):find("subject needs a service account key", 1, true))
+  end)
+
+  it("reads the files it takes into credentials of the right kind, asking nothing yet", function()
+    local cred = assert(credentials.from_info(ext({}), {}, "f"))
+    assert.are.equal("external_account", cred.kind)
+    assert.are.equal(0, cred.refreshes)
+    cred:close()
+    cred = assert(credentials.from_info(ext({
+      service_account_impersonation_url = "https://iam.invalid/v1/projects/-/serviceAccounts/a@b.iam:generateAccessToken" }),
+      {}, "f"))
+    assert.are.equal("impersonated_service_account", cred.kind)
+    assert.are.equal("a@b.iam", cred.target)
+    assert.are.equal("external_account", cred.source.kind)
+    cred:close()
+  end)
+
+  it("completes delegates given as emails", function()
+    assert.are.equal("projects/-/serviceAccounts/a@b", impersonate.delegate_name("a@b"))
+    assert.are.equal("projects/-/serviceAccounts/a@b", impersonate.delegate_name("projects/-/serviceAccounts/a@b"))
+  end)
+
+  it("splits an executable's command line as a shell splits words, expanding nothing", function()
+    assert.are.same({ "/bin/t", "a b", "$X", "c'd", "" }, external.split_command([[/bin/t "a b" '$X' c\'d '']]))
+    assert.is_nil(external.split_command("   "))
+  end)
+end)
