@@ -893,12 +893,13 @@ local function api_command(method, cmd, rv, has_r)
     return nil, format("%s takes no request value (-r): it is a %s of its arguments and -p parameters",
       method.name, method.method.http_method)
   end
+  -- Without -r no body is sent, as Google's client sends none without a request value.
   local body
-  if method.request == seed.HttpBody then
+  if method.request == seed.HttpBody and has_r then
     local hcmd, herr = store_command(cmd, rv)
     if not hcmd then return nil, herr end
     body = cmd.body
-  elseif method.request then
+  elseif method.request and has_r then
     body = rv.value
     cmd.body = body
   end
