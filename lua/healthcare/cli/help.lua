@@ -267,7 +267,7 @@ end
 -- The method's own query parameters (-p), with Google's descriptions.
 local function method_params(m)
   local out = {}
-  for _, q in ipairs(m.method.query) do
+  for _, q in ipairs(seed.table_entry(m).query) do
     local t = q.type == "repeated" and "string (repeatable)" or q.type
     out[#out + 1] = format("  -p %s=%s", seed.kebab(q.name), t)
     out[#out + 1] = wrap(q.description ~= "" and q.description or "(no description)", "      ")
@@ -372,7 +372,7 @@ local function method(m)
       lines[#lines + 1] = l
     end
   end
-  if m.kind == "api" and #m.method.query > 0 then
+  if #seed.table_entry(m).query > 0 then
     for _, l in ipairs({ "Optional method properties", method_params(m), "" }) do lines[#lines + 1] = l end
   end
   for _, l in ipairs(output_flags(m)) do lines[#lines + 1] = l end

@@ -449,6 +449,11 @@ local function api_entry(m)
     description = m.description, args = args, request = request_struct, method = m }
 end
 
+--- The method table's entry of a method entry (the seed's own DICOMweb methods are in it too).
+function seed.table_entry(m)
+  return m.method or api.method(m.api)
+end
+
 -- The method entry for a CLI name ("locations-...") or an id ("store-instances"): the seed's
 -- own DICOMweb methods first (they keep their checks and their answers), then the table's.
 function seed.find_method(name)
@@ -515,7 +520,7 @@ seed.method_options = {
   { short = "-r", arg = "<kv>", key = "request",
     help = "Move the field cursor (-r <field>) or set a field (-r <field>=<value>)." },
   { short = "-p", arg = "<key>=<value>", key = "param",
-    help = "Set a standard query parameter; repeatable." },
+    help = "Set a query parameter, the method's own (kebab-case) or a standard one; repeatable." },
   { short = "-o", arg = "<out>", key = "output",
     help = "Write the server's response to <out> ('-' for standard output)." },
   { long = "--wait", key = "wait",
@@ -695,8 +700,8 @@ end
 
 -- The method's own query parameter named `name` (kebab-case or the API's name), or nil.
 local function method_param(method, name)
-  if method == nil or method.kind ~= "api" then return nil end
-  for _, q in ipairs(method.method.query) do
+  if method == nil then return nil end
+  for _, q in ipairs(seed.table_entry(method).query) do
     if q.name == name or seed.kebab(q.name) == name then return q end
   end
   return nil
@@ -720,7 +725,15 @@ local function set_method_param(cmd, q, v)
   elseif q.type == "boolean" and v ~= "true" and v ~= "false" then
     return nil, format("parameter %s must be true or false, got '%s'", shown_name, v)
   end
-  if q.type == "repeated" then
+  if cmd.method_query then -- a seed method's: sent in its query, in the order given
+    for _, pair in ipairs(cmd.method_query) do
+      if pair[1] == q.name then
+        pair[2] = v
+        return true
+      end
+    end
+    cmd.method_query[#cmd.method_query + 1] = { q.name, v }
+  elseif q.type == "repeated" then
     cmd.params[q.name] = cmd.params[q.name] or {}
     cmd.params[q.name][#cmd.params[q.name] + 1] = v
   else
@@ -736,7 +749,10 @@ local function set_param(cmd, value, method)
   if not name then return nil, format("-p needs <key>=<value>, got '%s'", value) end
   if name == "" then return nil, format("missing parameter name before '=' in '%s'", value) end
   local q = method_param(method, name)
-  if q then return set_method_param(cmd, q, v) end
+  if q then
+    if method.kind ~= "api" then cmd.method_query = cmd.method_query or {} end
+    return set_method_param(cmd, q, v)
+  end
   if method and method.kind == "api" and not params.find(name) then return nil, unknown_param(method, name) end
   local wire_value, msg = params.check(name, v)
   if not wire_value then return nil, msg end
@@ -846,7 +862,13 @@ local function read_command(method, cmd, has_r)
   end
   local path, query = seed.check_path(method, cmd.dicom_web_path)
   if not path then return nil, query end
-  cmd.dicom_web_path, cmd.query = path, query
+  -- The method's own query parameters (-p viewport=...), escaped as client:call escapes them.
+  local parts = { query }
+  for _, pair in ipairs(cmd.method_query or {}) do
+    parts[#parts + 1] = request.escape(pair[1]) .. "=" .. request.escape(pair[2])
+  end
+  cmd.method_query = nil
+  cmd.dicom_web_path, cmd.query = path, #parts > 0 and concat(parts, "&") or nil
   return cmd
 end
 
