@@ -176,7 +176,9 @@ function Request:walk(spec, assigning)
         return nil, format("unknown field '%s' in %s; valid fields: %s", step.name,
           struct.name, seed.field_names(struct))
       end
-      if assigning and i == #steps and (assigning == "json" or not struct_of(f)) then return path, f end
+      if assigning and i == #steps and (assigning == "json" or not struct_of(f) or f.type == "array") then
+        return path, f
+      end
       if not struct_of(f) then
         return nil, format("cannot move the cursor into '%s': it is a %s field of %s, "
           .. "not a structure; valid fields: %s", f.name, seed.type_text(f), struct.name,
@@ -782,6 +784,11 @@ local function apply_option(cmd, rv, state, key, value)
   elseif key == "no_token_cache" then
     cmd.token_cache = false
   elseif key == "request" then
+    local m = state.method
+    if m and m.kind == "api" and not m.request then
+      return nil, format("%s takes no request value (-r): it is a %s of its arguments and -p parameters",
+        m.name, m.method.http_method)
+    end
     state.has_r = true
     return rv:apply(value)
   elseif key == "param" then
