@@ -403,6 +403,32 @@ describe("healthcare projects <method> against the emulator", function()
   end)
 end)
 
+describe("README's command example", function()
+  it("runs word for word against the emulator", function()
+    local text = assert(H.file_bytes("README.md"))
+    local at = assert(text:find("spec/46 runs this block word for word", 1, true), "no marker in README.md")
+    local script = assert(text:match("\n```sh\n(.-\n)```", at), "no ```sh block after the marker")
+    -- as a user would run it: Application Default Credentials, the endpoint from the environment
+    local home = H.tmpdir()
+    local key = H.write_file(home .. "/service-account.json", assert(H.file_bytes(em:service_account().key_file)))
+    H.write_file(home .. "/example.sh", script)
+    config({ operation_polls = 0, operation_error = cjson.null, operation_units = 10 })
+    local bin_dir = H.BIN:match("^(.*)/[^/]+$")
+    local out, err, code = H.run(string.format("cd %s && env HOME=%s HEALTHCARE_ENDPOINT=%s "
+      .. "GOOGLE_APPLICATION_CREDENTIALS=%s PATH=%s:\"$PATH\" sh -e example.sh", H.q(home), H.q(home),
+      H.q(em.endpoint), H.q(key), H.q(bin_dir)))
+    assert.equal(0, code, err)
+    local ds = "projects/my-project/locations/us-central1/datasets/imaging"
+    local store = ok_json(projects("locations-datasets-dicom-stores-get", ds .. "/dicomStores/ct"))
+    assert.same({ team = "imaging" }, store.labels)
+    local policy = ok_json(projects("locations-datasets-get-iam-policy", ds))
+    assert.same({ { role = "roles/healthcare.datasetViewer", members = { "user:ana@example.com" } } }, policy.bindings)
+    -- what it printed: the dataset, the store twice, the list, the policy
+    assert.truthy(out:find('"timeZone": "UTC"', 1, true), out)
+    assert.truthy(out:find('"dicomStores": [', 1, true), out)
+  end)
+end)
+
 -- ---- --help ------------------------------------------------------------------------------
 
 -- Text with its runs of white space made one space, as the help's wrapping leaves it.
