@@ -364,6 +364,28 @@ describe("healthcare projects <method> against the emulator", function()
     assert.falsy(err:find("\r", 1, true))
   end)
 
+  it("--wait rewrites one progress line on a terminal", function()
+    config({ operation_polls = 1 })
+    local ds = new_dataset()
+    local cmd = H.healthcare_command({ "projects", "locations-datasets-deidentify", ds, "-r",
+      ".destination-dataset=" .. LOCATION .. "/datasets/" .. fresh("deid"), "--wait", "-p", "access-token=" .. em.token,
+      "--endpoint", em.endpoint })
+    -- script(1) gives the command a terminal; what it wrote comes back as the terminal saw it
+    local out, err, code = H.run("script -qec " .. H.q(cmd) .. " /dev/null")
+    assert.equal(0, code, err)
+    assert.truthy(out:find("\r\27[Koperation " .. ds, 1, true), out)
+    assert.truthy(out:find("DeidentifySummary", 1, true), out)
+  end)
+
+  it("Ctrl-C stops waiting, not the operation: exit 130, the operation named", function()
+    config({ operation_polls = 1000 })
+    local cmd = H.healthcare_command({ "projects", "locations-datasets-create", LOCATION, "-p",
+      "dataset-id=" .. fresh("ds"), "--wait", "-p", "access-token=" .. em.token, "--endpoint", em.endpoint })
+    local out, err = H.run(cmd .. " & pid=$!; sleep 1.5; kill -INT $pid; wait $pid; echo \"exit=$?\"")
+    assert.truthy(out:find("exit=130", 1, true), out .. err)
+    assert.matches("interrupted; operation " .. LOCATION:gsub("%-", "%%-") .. "/datasets/[^/]+/operations/%d+ goes on", err)
+  end)
+
   it("--wait on an operation that fails: exit 1 and Google's message, made printable", function()
     config({ operation_error = { code = 8, message = "quota exceeded for datasets\27[31m" } })
     local out, err, code = projects("locations-datasets-create", LOCATION, "-p", "dataset-id=" .. fresh("ds"), "--wait")

@@ -95,13 +95,16 @@ end
 local function top()
   return concat({
     wrap("healthcare: the Cloud Healthcare API's DICOMweb: store (STOW-RS), search (QIDO-RS), "
-      .. "retrieve (WADO-RS) and delete; any DICOMweb server for the friendly commands.", ""),
+      .. "retrieve (WADO-RS) and delete; any DICOMweb server for the friendly commands; every other "
+      .. "method of the API (datasets, stores, FHIR, HL7v2, IAM, operations) in the seed's form.", ""),
     "",
     "Usage:",
     "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
       .. request_usage(seed.HttpBody) .. " [-o <out>] [-p <key>=<value>]...",
     "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
       .. "[-o <out>] [-p <key>=<value>]...",
+    "  healthcare [global options] " .. seed.COMMAND .. " <method> <argument>... [-r <field>=<value>]... "
+      .. "[-p <name>=<value>]... [--wait] [--all]",
     "  healthcare " .. seed.COMMAND .. " --help",
     "  healthcare " .. seed.COMMAND .. " <method> --help",
     "  healthcare store <store> <file-or-dir>... [--verify] [options]",
