@@ -246,6 +246,49 @@ describe("healthcare projects <method> against Google's Node client", function()
   end)
 end)
 
+describe("healthcare projects <method>'s answers", function()
+  local ANSWERS = dir .. "/answers.json"
+  local RESOURCE = "projects/p/locations/l/datasets/d/fhirStores/f/fhir/Patient/1"
+
+  local function against_capture(...)
+    local argv = { "projects", ... }
+    for _, w in ipairs({ "--endpoint", URL .. "/v1", "--credentials", sa.key_file }) do argv[#argv + 1] = w end
+    return H.run("XDG_CACHE_HOME=" .. H.q(CACHE) .. " " .. H.healthcare_command(argv))
+  end
+
+  it("prints an HttpBody answer as it came (JSON pretty), or streams it to -o FILE", function()
+    local bytes = "line 1\r\n\0binary é"
+    H.write_file(ANSWERS, cjson.encode({ { content_type = "application/octet-stream", body = bytes },
+      { content_type = "application/fhir+json", body = '{"resourceType":"Patient","id":"1"}' },
+      { content_type = "application/octet-stream", body = bytes } }))
+    local out, err, code = against_capture("locations-datasets-fhir-stores-fhir-read", RESOURCE)
+    assert.equal(0, code, err)
+    assert.equal(bytes .. "\n", out)
+    out, err, code = against_capture("locations-datasets-fhir-stores-fhir-read", RESOURCE)
+    assert.equal(0, code, err)
+    assert.equal('{\n  "id": "1",\n  "resourceType": "Patient"\n}\n', out)
+    local file = dir .. "/deep/er/patient.bin"
+    out, err, code = against_capture("locations-datasets-fhir-stores-fhir-read", RESOURCE, "-o", file)
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    assert.equal(bytes, H.file_bytes(file))
+    assert.matches("wrote " .. #bytes .. " bytes %(application/octet%-stream%) to ", err)
+  end)
+
+  it("a non-2xx answer is Google's envelope, exit 1; -o FILE left as it was", function()
+    local file = H.write_file(dir .. "/kept.json", "old")
+    H.write_file(ANSWERS, cjson.encode({ { status = 409, body = cjson.encode({ error = { code = 409,
+      status = "ALREADY_EXISTS", message = "already exists\27[2J" } }) } }))
+    local out, err, code = against_capture("locations-datasets-dicom-stores-create", "projects/p/locations/l/datasets/d",
+      "-p", "dicom-store-id=s", "-o", file)
+    assert.equal(1, code, err)
+    assert.equal("", out)
+    assert.matches("ALREADY_EXISTS", err)
+    assert.falsy(err:find("\27", 1, true))
+    assert.equal("old", H.file_bytes(file))
+  end)
+end)
+
 -- ---- against the emulator ------------------------------------------------------------------
 
 local LOCATION = "projects/test-project/locations/us-central1"

@@ -261,7 +261,9 @@ local function run_api(client, entry, cmd)
     tmp = stdin_to_file()
     body = { content_type = body.content_type, data = { file = tmp } }
   end
-  local answer, err = client:call(m.id, cmd.params, body)
+  -- An HttpBody answer (FHIR, HL7v2 reads) for -o FILE is streamed there, renamed into place once whole.
+  local to = m.response == "HttpBody" and not cmd.wait and cmd.output ~= "-" and cmd.output or nil
+  local answer, err = client:call(m.id, cmd.params, body, { to = to })
   if tmp then os.remove(tmp) end
   if not answer or not cmd.wait then return answer, err end
   local response, werr, sig = wait_for(client, answer, cmd)
@@ -293,6 +295,11 @@ function M.api_method(cmd)
   if not answer then
     say("%s", tostring(aerr))
     return common.exit_code_for(aerr)
+  end
+  if answer.file then
+    io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", answer.bytes or 0,
+      common.printable(answer.content_type or "no Content-Type"), common.printable(answer.file)))
+    return common.EXIT_OK
   end
   local m = cmd.wait and { response = "Operation's response" } or entry.method
   return write_or_say(out, answer_text(answer, m))

@@ -90,11 +90,11 @@ function seed.type_text(t)
   return t.type
 end
 
--- "content-type, data"
+-- "content-type, data" ("none" for a structure without fields)
 function seed.field_names(struct)
   local names = {}
   for i, f in ipairs(struct.fields) do names[i] = f.name end
-  return concat(names, ", ")
+  return #names > 0 and concat(names, ", ") or "none"
 end
 
 local function find_field(struct, name)
