@@ -66,6 +66,10 @@ describe("healthcare projects <method> of the table", function()
     body = body_of("locations-datasets-set-iam-policy", DS, "-r", ".policy.bindings.role=r",
       "-r", ".policy.bindings.members=m")
     assert.same({ policy = { bindings = { { role = "r", members = { "m" } } } } }, body)
+    -- after a list given as JSON, fields through it go to its last element (a new one after a scalar)
+    body = body_of("locations-datasets-set-iam-policy", DS, "-r", '.policy.bindings:=[{"role":"a"}]',
+      "-r", ".policy.bindings.members=m", "-r", ".policy.etag:=1", "-r", ".policy.etag=e")
+    assert.same({ policy = { bindings = { { role = "a", members = { "m" } } }, etag = "e" } }, body)
     body = body_of("locations-datasets-patch", DS, "-p", "update-mask=satisfiesPzs", "-r", ".satisfies-pzs=true")
     assert.same({ satisfiesPzs = true }, body)
     body = body_of("locations-datasets-dicom-stores-patch", DS .. "/dicomStores/s", "-r", ".labels=a=b=c",

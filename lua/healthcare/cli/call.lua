@@ -180,14 +180,21 @@ end
 -- Every other method of the API
 --------------------------------------------------------------------------------------
 
--- The answer as people read it: JSON pretty-printed; an HttpBody's bytes as they came (its JSON
--- pretty-printed).
-local function answer_text(answer, m)
-  if m.response == "HttpBody" and answer.json == nil then
+-- The answer as people read it: JSON pretty-printed; an HttpBody's (http_body) bytes as they came,
+-- its JSON pretty-printed.
+local function answer_text(answer, http_body)
+  if http_body and answer.json == nil then
     local data = answer.data or ""
     return (data == "" or data:sub(-1) == "\n") and data or (data .. "\n")
   end
-  return json.pretty(m.response == "HttpBody" and answer.json or answer) .. "\n"
+  return json.pretty(http_body and answer.json or answer) .. "\n"
+end
+
+-- The file an HttpBody answer (FHIR, HL7v2 reads) is streamed to, renamed into place once whole:
+-- -o FILE; nil for standard output and for the other answers.
+local function stream_to(entry, cmd)
+  if entry.method.response ~= "HttpBody" or cmd.wait or cmd.output == "-" then return nil end
+  return cmd.output
 end
 
 -- A line about a running operation: its name, what it does and its counters when it has them.
@@ -261,9 +268,7 @@ local function run_api(client, entry, cmd)
     tmp = stdin_to_file()
     body = { content_type = body.content_type, data = { file = tmp } }
   end
-  -- An HttpBody answer (FHIR, HL7v2 reads) for -o FILE is streamed there, renamed into place once whole.
-  local to = m.response == "HttpBody" and not cmd.wait and cmd.output ~= "-" and cmd.output or nil
-  local answer, err = client:call(m.id, cmd.params, body, { to = to })
+  local answer, err = client:call(m.id, cmd.params, body, { to = stream_to(entry, cmd) })
   if tmp then os.remove(tmp) end
   if not answer or not cmd.wait then return answer, err end
   local response, werr, sig = wait_for(client, answer, cmd)
@@ -296,13 +301,12 @@ function M.api_method(cmd)
     say("%s", tostring(aerr))
     return common.exit_code_for(aerr)
   end
-  if answer.file then
+  if stream_to(entry, cmd) then
     io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", answer.bytes or 0,
       common.printable(answer.content_type or "no Content-Type"), common.printable(answer.file)))
     return common.EXIT_OK
   end
-  local m = cmd.wait and { response = "Operation's response" } or entry.method
-  return write_or_say(out, answer_text(answer, m))
+  return write_or_say(out, answer_text(answer, not cmd.wait and entry.method.response == "HttpBody"))
 end
 
 return M

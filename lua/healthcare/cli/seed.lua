@@ -205,7 +205,7 @@ function Request:node(path, fresh)
     if type(node[f.key]) ~= "table" then node[f.key] = {} end
     node = node[f.key]
     if f.type == "array" then
-      if #node == 0 or (fresh and i == #path) then node[#node + 1] = {} end
+      if #node == 0 or (fresh and i == #path) or type(node[#node]) ~= "table" then node[#node + 1] = {} end
       node = node[#node]
     end
   end
