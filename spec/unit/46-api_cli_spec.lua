@@ -122,9 +122,13 @@ describe("healthcare projects <method> of the table", function()
     { { "locations-datasets-dicom-stores-create", DS, "x" }, "unexpected argument 'x'" },
     { { "locations-datasets-dicom-stores-create", DS, "name=x" },
       "unexpected argument 'name=x'; request value fields go after -r, e.g. -r . labels=<value>" },
-    { { "locations-datasets-dicom-stores-create", "projects/p/locations/l" }, "parameter 'parent' of "
-      .. "projects.locations.datasets.dicomStores.create is 'projects/p/locations/l', which does not match "
+    { { "locations-datasets-dicom-stores-create", "projects/p/locations/l" }, "argument <parent> of "
+      .. "locations-datasets-dicom-stores-create is 'projects/p/locations/l', which does not match "
       .. "^projects/[^/]+/locations/[^/]+/datasets/[^/]+$" },
+    { { "locations-datasets-dicom-stores-get", DS .. "/dicomStores/.." }, "argument <name> of "
+      .. "locations-datasets-dicom-stores-get has a '.' or '..' segment: '" .. DS .. "/dicomStores/..'" },
+    { { "locations-datasets-get", DS .. "?fields=x" }, "argument <name> of locations-datasets-get contains '?': "
+      .. "query parameters go in -p, not in the argument ('" .. DS .. "?fields=x')" },
     { { "locations-datasets-dicom-stores-create", DS, "-r", ".lables=a=b" },
       "unknown field 'lables' in DicomStore; valid fields: labels, name, notification-config, stream-configs" },
     { { "locations-datasets-dicom-stores-create", DS, "-r", ".notification-config.topic=x" },

@@ -938,7 +938,19 @@ local function api_command(method, cmd, rv, has_r)
     check_body = { content_type = body.content_type, data = "" }
   end
   local req, err = request.build(method.api, cmd.params, check_body)
-  if not req then return nil, err.message end
+  if not req then
+    -- request.build names the Lua call's parameter; the command's is an argument
+    local message = err.message
+    for _, a in ipairs(method.args) do
+      local lua_name = format("parameter '%s' of %s ", a.key, method.api)
+      if message:sub(1, #lua_name) == lua_name then
+        message = format("argument %s of %s ", a.name, method.name) .. message:sub(#lua_name + 1)
+        message = message:gsub("query parameters go in params or opts%.query, not in the path",
+          "query parameters go in -p, not in the argument")
+      end
+    end
+    return nil, message
+  end
   local ok, ferr = check_flags(method, cmd)
   if not ok then return nil, ferr end
   return cmd
