@@ -420,6 +420,25 @@ describe("healthcare projects <method> against the emulator", function()
     assert.truthy(out:find("DeidentifySummary", 1, true), out)
   end)
 
+  it("--wait follows a seed DICOMweb delete's operation (the study gone from Orthanc)", function()
+    local f = H.gen_dicom({ count = 1 })[1]
+    H.store_with_cli({ f })
+    assert.is_string(H.orthanc_find_instance(f.sop_instance_uid))
+    local polls = em:count("operation_polls")
+    local out, err, code = projects("locations-datasets-dicom-stores-studies-delete", E.store,
+      "studies/" .. f.study_uid, "--wait")
+    assert.equal(0, code, err)
+    assert.is_table(cjson.decode(out), out)
+    assert.is_true(em:count("operation_polls") > polls)
+    assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
+    -- an instance's delete answers no Operation: --wait is refused before any request
+    local before = requests()
+    out, err, code = projects("locations-datasets-dicom-stores-studies-series-instances-delete", E.store,
+      "studies/1.2/series/1.3/instances/1.4", "--wait")
+    assert.equal(2, code, err)
+    assert.equal(before, requests())
+  end)
+
   it("Ctrl-C stops waiting, not the operation: exit 130, the operation named", function()
     config({ operation_polls = 1000 })
     local cmd = H.healthcare_command({ "projects", "locations-datasets-create", LOCATION, "-p",

@@ -678,7 +678,8 @@ describe("healthcare.cli.help", function()
         local function has(s) assert.truthy(flat:find(normalize_ws(s), 1, true), s) end
         has("healthcare projects " .. m.name)
         has("healthcare [global options] projects " .. m.name .. " <parent> <dicom-web-path>"
-          .. (m.kind == "search" and "[?<query>]" or "") .. " [-o <out>] [-p <key>=<value>]... [--scope <url>]...")
+          .. (m.kind == "search" and "[?<query>]" or "") .. " [-o <out>] [-p <key>=<value>]..."
+          .. (seed.table_entry(m).response == "Operation" and " [--wait]" or "") .. " [--scope <url>]...")
         has(m.what .. ": ")
         has("If unset, the scope for this method defaults to " .. HEALTHCARE)
         for _, a in ipairs(m.args) do has(a.help) end

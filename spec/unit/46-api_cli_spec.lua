@@ -106,6 +106,8 @@ describe("healthcare projects <method> of the table", function()
 
   it("takes --wait for a method answering an Operation, --all for a list method", function()
     assert.is_true(assert(parse("locations-datasets-create", "projects/p/locations/l", "--wait")).wait)
+    assert.is_true(assert(parse("locations-datasets-dicom-stores-studies-delete", DS .. "/dicomStores/s",
+      "studies/1.2", "--wait")).wait)
     assert.is_true(assert(parse("locations-datasets-list", "projects/p/locations/l", "--all")).all)
   end)
 
@@ -168,9 +170,12 @@ describe("healthcare projects <method> of the table", function()
       "locations-datasets-get takes no request value (-r): it is a GET of its arguments and -p parameters" },
     { { "locations-datasets-fhir-stores-fhir-create", DS .. "/fhirStores/f", "Patient", "-r", "data=x" },
       "missing request value: content-type (e.g. -r . content-type=application/dicom data=@file.dcm)" },
-    { { "locations-datasets-dicom-stores-studies-delete", DS .. "/dicomStores/s", "studies/1.2", "--wait" },
+    { { "locations-datasets-dicom-stores-studies-retrieve-study", DS .. "/dicomStores/s", "studies/1.2", "--wait" },
       "--wait is for the methods answering an Operation (--wait) or a list (--all); "
-      .. "locations-datasets-dicom-stores-studies-delete prints its answer as it comes" },
+      .. "locations-datasets-dicom-stores-studies-retrieve-study prints its answer as it comes" },
+    { { "locations-datasets-dicom-stores-search-for-studies", DS .. "/dicomStores/s", "studies", "--all" },
+      "--all is for the methods answering an Operation (--wait) or a list (--all); "
+      .. "locations-datasets-dicom-stores-search-for-studies prints its answer as it comes" },
   }
   for _, e in ipairs(ERRORS) do
     it("says \"" .. e[2] .. "\"", function()
@@ -195,9 +200,7 @@ describe("healthcare projects --help", function()
       if m.request and not m.http_body then
         assert.truthy(text:find("\n  " .. m.request .. ":\n", 1, true), id)
       end
-      if seed.find_method(m.cli).kind == "api" then
-        assert.equal(m.response == "Operation", text:find("[--wait]", 1, true) ~= nil, id)
-      end
+      assert.equal(m.response == "Operation", text:find("[--wait]", 1, true) ~= nil, id)
       n = n + 1
     end
     assert.equal(152, n)

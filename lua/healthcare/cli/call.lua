@@ -151,6 +151,30 @@ local function fetch(store, m, cmd, out)
   return res, err, sig
 end
 
+local wait_for
+
+-- A seed delete with --wait: the Operation it answered followed to its end (wait_for), the
+-- operation's response printed. Closes the store. Returns the exit code.
+local function wait_for_delete(store, m, cmd, res, out)
+  local op = json.decode(res.body or "")
+  if type(op) ~= "table" or type(op.name) ~= "string" then
+    store:close()
+    say("%s: the answer (HTTP %d, %s) is not an Operation to wait for", m.what, res.status, content_type(res))
+    return common.EXIT_FAILED
+  end
+  local response, err, sig = wait_for(store.client, op, cmd)
+  store:close()
+  if sig then
+    say("interrupted; operation %s goes on without us", common.printable(op.name))
+    return 128 + sig
+  end
+  if not response then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  return write_or_say(out, json.pretty(response) .. "\n")
+end
+
 --- The read and delete methods: one request, its answer printed or written. Returns the exit code.
 function M.read_or_delete(cmd)
   local m = seed.find_method(cmd.method)
@@ -172,6 +196,7 @@ function M.read_or_delete(cmd)
     store:close()
     return code
   end
+  if cmd.wait then return wait_for_delete(store, m, cmd, res, out) end
   store:close()
   return write_answer(m, res, out)
 end
@@ -224,7 +249,7 @@ end
 -- --wait: the operation followed to its end; progress on standard error (one line rewritten on a
 -- terminal, a line per poll otherwise); Ctrl-C or SIGTERM stops waiting (the operation goes on).
 -- Returns the response, or nil, err and the signal.
-local function wait_for(client, op, cmd)
+function wait_for(client, op, cmd)
   local tty = core.isatty(2)
   local shown = false
   core.trap_interrupts()

@@ -60,9 +60,9 @@ local function method_usage(m)
   local args = {}
   for i, a in ipairs(m.args) do args[i] = a.name end
   if m.kind == "search" then args[#args] = args[#args] .. "[?<query>]" end
-  return format("healthcare [global options] %s %s %s%s [-o <out>] [-p <key>=<value>]... "
+  return format("healthcare [global options] %s %s %s%s [-o <out>] [-p <key>=<value>]...%s "
     .. "[--scope <url>]...", seed.COMMAND, m.name, concat(args, " "),
-    m.request and (" " .. request_usage(m.request)) or "")
+    m.request and (" " .. request_usage(m.request)) or "", seed.table_entry(m).response == "Operation" and " [--wait]" or "")
 end
 
 local function option_lines(list)
@@ -323,6 +323,11 @@ local function output_flags(m)
     delete = "The server's answer (Google's long-running Operation, as JSON) is written to standard "
       .. "output by default.",
   }
+  if seed.table_entry(m).response == "Operation" then
+    says.delete = says.delete .. " With --wait the command waits for the operation to end, showing its "
+      .. "progress on standard error, and prints its response instead; an operation that ends in an error "
+      .. "prints Google's message and exits with 1."
+  end
   says.api = m.kind == "api" and api_output_text(m) or nil
   local text = says[m.kind] or ("The server's answer is written as received, byte for byte, to "
     .. "standard output by default; with -o <file> it is streamed to a temporary file that becomes "

@@ -982,7 +982,7 @@ function seed.parse(argv)
   if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
   if method.kind == "api" then return api_command(method, cmd, rv, state.has_r) end
   for _, flag in ipairs({ "wait", "all" }) do
-    if cmd[flag] then
+    if cmd[flag] and not (flag == "wait" and seed.table_entry(method).response == "Operation") then
       return nil, format("--%s is for the methods answering an Operation (--wait) or a list (--all); %s "
         .. "prints its answer as it comes", flag, method.name)
     end
