@@ -436,6 +436,7 @@ describe("healthcare projects <method> against the emulator", function()
     out, err, code = projects("locations-datasets-dicom-stores-studies-series-instances-delete", E.store,
       "studies/1.2/series/1.3/instances/1.4", "--wait")
     assert.equal(2, code, err)
+    assert.equal("", out)
     assert.equal(before, requests())
   end)
 

@@ -62,7 +62,8 @@ local function method_usage(m)
   if m.kind == "search" then args[#args] = args[#args] .. "[?<query>]" end
   return format("healthcare [global options] %s %s %s%s [-o <out>] [-p <key>=<value>]...%s "
     .. "[--scope <url>]...", seed.COMMAND, m.name, concat(args, " "),
-    m.request and (" " .. request_usage(m.request)) or "", seed.table_entry(m).response == "Operation" and " [--wait]" or "")
+    m.request and (" " .. request_usage(m.request)) or "",
+    seed.table_entry(m).response == "Operation" and " [--wait]" or "")
 end
 
 local function option_lines(list)
