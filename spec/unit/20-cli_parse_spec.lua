@@ -344,20 +344,25 @@ describe("healthcare.cli.seed.parse", function()
   describe("usage errors", function()
     local MISSING_VALUE = " (e.g. -r . content-type=application/dicom data=@file.dcm)"
     local OPTIONS = "valid options: --scope, --endpoint, --credentials, --impersonate-service-account, --proxy, --no-token-cache, "
-      .. "--timeout, --debug, -h, --help, -r, -p, -o"
+      .. "--timeout, --debug, -h, --help, -r, -p, -o, --wait, --all"
     local names = {}
     for i, m in ipairs(seed.methods) do names[i] = m.name end
     assert.are.same({ STORE, STUDIES }, { names[1], names[2] })
-    local METHODS = "valid methods: " .. table.concat(names, ", ")
+    -- every method of the table (152), so a mistyped one gets its closest five
+    local ALL = " (healthcare projects --help lists all 152)"
     local ERRORS = {
       { {}, "missing command; usage: healthcare [global options] projects <method> <parent> "
         .. "<dicom-web-path> -r . content-type=<type> data=<value>; see healthcare --help" },
       { { "--debug" }, "missing command; usage: healthcare [global options] projects <method> "
         .. "<parent> <dicom-web-path> -r . content-type=<type> data=<value>; see healthcare --help" },
       { { "project" }, "unknown command 'project'; valid commands: projects" },
-      { { "projects" }, "missing method after 'projects'; " .. METHODS },
-      { { "projects", "store" }, "unknown method 'store'; " .. METHODS },
-      { { "projects", "store-instances" }, "unknown method 'store-instances'; " .. METHODS },
+      { { "projects" }, "missing method after 'projects'; healthcare projects --help lists all 152, e.g. "
+        .. "locations-datasets-create, locations-datasets-dicom-stores-create, " .. STUDIES },
+      { { "projects", "store" }, "unknown method 'store'; closest: locations-datasets-fhir-stores-get, "
+        .. "locations-datasets-dicom-stores-get, locations-datasets-fhir-stores-list, "
+        .. "locations-datasets-dicom-stores-list, locations-datasets-fhir-stores-patch" .. ALL },
+      { { "projects", "store-instances" }, "unknown method 'store-instances'; closest: " .. STORE .. ", "
+        .. STUDIES .. ", locations-get, locations-list, locations-datasets-get" .. ALL },
       { { "projects", STUDIES }, "missing arguments <parent> <dicom-web-path>" },
       { { "projects", STUDIES, PARENT, "-r", ".", "content-type=t", "data=x" },
         "missing argument <dicom-web-path>" },
@@ -435,9 +440,10 @@ describe("healthcare.cli.seed.parse", function()
     end
 
     it("still refuses an unknown method", function()
-      local names = {}
-      for i, m in ipairs(seed.methods) do names[i] = m.name end
-      assert.are.same({ nil, "unknown method 'x'; valid methods: " .. table.concat(names, ", ") },
+      assert.are.same({ nil, "unknown method 'x'; closest: locations-datasets-fhir-stores-export, "
+        .. "locations-datasets-dicom-stores-export, locations-datasets-hl7-v2-stores-export, "
+        .. "locations-datasets-fhir-stores-fhir-bulk-export, locations-datasets-fhir-stores-bulk-export-group "
+        .. "(healthcare projects --help lists all 152)" },
         { seed.parse({ "projects", "x", "--help" }) })
     end)
   end)
@@ -672,7 +678,8 @@ describe("healthcare.cli.help", function()
         local function has(s) assert.truthy(flat:find(normalize_ws(s), 1, true), s) end
         has("healthcare projects " .. m.name)
         has("healthcare [global options] projects " .. m.name .. " <parent> <dicom-web-path>"
-          .. (m.kind == "search" and "[?<query>]" or "") .. " [-o <out>] [-p <key>=<value>]... [--scope <url>]...")
+          .. (m.kind == "search" and "[?<query>]" or "") .. " [-o <out>] [-p <key>=<value>]..."
+          .. (seed.table_entry(m).response == "Operation" and " [--wait]" or "") .. " [--scope <url>]...")
         has(m.what .. ": ")
         has("If unset, the scope for this method defaults to " .. HEALTHCARE)
         for _, a in ipairs(m.args) do has(a.help) end

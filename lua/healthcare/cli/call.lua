@@ -4,7 +4,8 @@
 -- through store:store_instances; the read and delete methods through store:fetch, the store's
 -- raw request: the store picks the Accept value and the content coding, and its answer comes back
 -- as it was sent, to be printed (JSON answers, pretty) or written byte for byte (-o FILE streams
--- it to a temporary file renamed over FILE once whole).
+-- it to a temporary file renamed over FILE once whole). Every other method of the API
+-- (api_method) goes through client:call, client:pages (--all) and client:wait (--wait).
 local core = require "healthcare.core"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
@@ -151,6 +152,30 @@ local function fetch(store, m, cmd, out)
   return res, err, sig
 end
 
+local wait_for
+
+-- A seed delete with --wait: the Operation it answered followed to its end (wait_for), the
+-- operation's response printed. Closes the store. Returns the exit code.
+local function wait_for_delete(store, m, cmd, res, out)
+  local op = json.decode(res.body or "")
+  if type(op) ~= "table" or type(op.name) ~= "string" then
+    store:close()
+    say("%s: the answer (HTTP %d, %s) is not an Operation to wait for", m.what, res.status, content_type(res))
+    return common.EXIT_FAILED
+  end
+  local response, err, sig = wait_for(store.client, op, cmd)
+  store:close()
+  if sig then
+    say("interrupted; operation %s goes on without us", common.printable(op.name))
+    return 128 + sig
+  end
+  if not response then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  return write_or_say(out, json.pretty(response) .. "\n")
+end
+
 --- The read and delete methods: one request, its answer printed or written. Returns the exit code.
 function M.read_or_delete(cmd)
   local m = seed.find_method(cmd.method)
@@ -172,8 +197,142 @@ function M.read_or_delete(cmd)
     store:close()
     return code
   end
+  if cmd.wait then return wait_for_delete(store, m, cmd, res, out) end
   store:close()
   return write_answer(m, res, out)
+end
+
+--------------------------------------------------------------------------------------
+-- Every other method of the API
+--------------------------------------------------------------------------------------
+
+-- The answer as people read it: JSON pretty-printed; an HttpBody's (http_body) bytes as they came,
+-- its JSON pretty-printed.
+local function answer_text(answer, http_body)
+  if http_body and answer.json == nil then
+    local data = answer.data or ""
+    return (data == "" or data:sub(-1) == "\n") and data or (data .. "\n")
+  end
+  return json.pretty(http_body and answer.json or answer) .. "\n"
+end
+
+-- The file an HttpBody answer (FHIR, HL7v2 reads) is streamed to, renamed into place once whole:
+-- -o FILE; nil for standard output and for the other answers.
+local function stream_to(entry, cmd)
+  if entry.method.response ~= "HttpBody" or cmd.wait or cmd.output == "-" then return nil end
+  return cmd.output
+end
+
+-- A line about a running operation: its name, what it does and its counters when it has them.
+local function progress_line(name, metadata)
+  local parts = { "operation " .. common.printable(tostring(name)) }
+  if type(metadata.apiMethodName) == "string" then
+    parts[#parts + 1] = common.printable(metadata.apiMethodName:match("[^.]+$"))
+  end
+  local c = type(metadata.counter) == "table" and metadata.counter or nil
+  if c then
+    parts[#parts + 1] = string.format("%s done, %s failed, %s pending", tostring(c.success or 0),
+      tostring(c.failure or 0), tostring(c.pending or 0))
+  end
+  return table.concat(parts, ": ")
+end
+
+-- The standard parameters of a call, sent on the polls too (a token given with -p is the
+-- credential of the polls as well).
+local function standard_params(params)
+  local out = {}
+  for _, p in ipairs(require("healthcare.params").list()) do
+    if params[p.wire] ~= nil then out[p.wire] = params[p.wire] end
+  end
+  return out
+end
+
+-- --wait: the operation followed to its end; progress on standard error (one line rewritten on a
+-- terminal, a line per poll otherwise); Ctrl-C or SIGTERM stops waiting (the operation goes on).
+-- Returns the response, or nil, err and the signal.
+function wait_for(client, op, cmd)
+  local tty = core.isatty(2)
+  local shown = false
+  core.trap_interrupts()
+  local response, err = client:wait(op, { params = standard_params(cmd.params), timeout = cmd.timeout,
+    on_progress = function(metadata)
+      local line = progress_line(op.name, metadata)
+      io.stderr:write(tty and ("\r\27[K" .. line) or (line .. "\n"))
+      shown = true
+      return not core.interrupted()
+    end })
+  local sig = core.interrupted()
+  core.trap_interrupts(false)
+  if tty and shown then io.stderr:write("\n") end
+  return response, err, sig
+end
+
+-- The client of the seed form's options.
+local function new_client(cmd)
+  local healthcare = require "healthcare"
+  return healthcare.new({ endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
+    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout })
+end
+
+-- --all: every item of every page, as one answer { <items field> = [...] }.
+local function all_pages(client, m, cmd)
+  local list, err = client:pages(m.id, cmd.params)
+  if not list then return nil, err end
+  local items
+  items, err = list:all()
+  if not items then return nil, err end
+  return { [require("healthcare.api.pages").items_field(m)] = json.array(items) }
+end
+
+-- One call, or its pages, or the operation it starts waited for. Returns the answer, or nil, err
+-- and the signal that interrupted a wait.
+local function run_api(client, entry, cmd)
+  local m = entry.method
+  if cmd.all then return all_pages(client, m, cmd) end
+  local body, tmp = cmd.body, nil
+  if type(body) == "table" and type(body.data) == "table" and body.data.stdin then
+    tmp = stdin_to_file()
+    body = { content_type = body.content_type, data = { file = tmp } }
+  end
+  local answer, err = client:call(m.id, cmd.params, body, { to = stream_to(entry, cmd) })
+  if tmp then os.remove(tmp) end
+  if not answer or not cmd.wait then return answer, err end
+  local response, werr, sig = wait_for(client, answer, cmd)
+  if sig then return nil, answer, sig end
+  return response, werr
+end
+
+--- A method of the API's table (healthcare.cli.seed's kind "api"): the call, its answer printed
+--- (or written to -o). Returns the exit code.
+function M.api_method(cmd)
+  local entry = seed.find_method(cmd.method)
+  local out = cmd.output ~= "-" and cmd.output or nil
+  local fine, why = common.check_output(out)
+  if not fine then
+    say("cannot write the output: %s", why)
+    return common.EXIT_USAGE
+  end
+  local client, err = new_client(cmd)
+  if not client then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  local answer, aerr, sig = run_api(client, entry, cmd)
+  client:close()
+  if sig then
+    say("interrupted; operation %s goes on without us", common.printable(tostring(aerr.name)))
+    return 128 + sig
+  end
+  if not answer then
+    say("%s", tostring(aerr))
+    return common.exit_code_for(aerr)
+  end
+  if stream_to(entry, cmd) then
+    io.stderr:write(string.format("wrote %d bytes (%s) to %s\n", answer.bytes or 0,
+      common.printable(answer.content_type or "no Content-Type"), common.printable(answer.file)))
+    return common.EXIT_OK
+  end
+  return write_or_say(out, answer_text(answer, not cmd.wait and entry.method.response == "HttpBody"))
 end
 
 return M

@@ -8,6 +8,7 @@ healthcare.params, so a list changes in one place only.
 
 local commands = require("healthcare.cli.commands")
 local params = require("healthcare.params")
+local pages = require("healthcare.api.pages")
 local seed = require("healthcare.cli.seed")
 
 local help = {}
@@ -15,6 +16,8 @@ local help = {}
 local format, concat = string.format, table.concat
 
 local WIDTH = 79
+
+local api_output_text
 
 -- Word-wraps `text` at WIDTH with every line starting with `indent`. Words longer than
 -- the line (URLs) stand alone rather than being cut. A '~' is a space that does not
@@ -42,12 +45,25 @@ local function request_usage(struct)
 end
 
 local function method_usage(m)
+  if m.kind == "api" then
+    local args = {}
+    for i, a in ipairs(m.args) do args[i] = a.name end
+    local flags = {}
+    if m.method.response == "Operation" then flags[#flags + 1] = "[--wait]" end
+    if pages.items_field(m.method) then flags[#flags + 1] = "[--all]" end
+    return format("healthcare [global options] %s %s%s%s [-p <name>=<value>]... [-o <out>]%s [--scope <url>]...",
+      seed.COMMAND, m.name, #args > 0 and (" " .. concat(args, " ")) or "",
+      m.request == seed.HttpBody and (" " .. request_usage(m.request))
+        or m.request and " [-r <field>=<value>]..." or "",
+      #flags > 0 and (" " .. concat(flags, " ")) or "")
+  end
   local args = {}
   for i, a in ipairs(m.args) do args[i] = a.name end
   if m.kind == "search" then args[#args] = args[#args] .. "[?<query>]" end
-  return format("healthcare [global options] %s %s %s%s [-o <out>] [-p <key>=<value>]... "
+  return format("healthcare [global options] %s %s %s%s [-o <out>] [-p <key>=<value>]...%s "
     .. "[--scope <url>]...", seed.COMMAND, m.name, concat(args, " "),
-    m.request and (" " .. request_usage(m.request)) or "")
+    m.request and (" " .. request_usage(m.request)) or "",
+    seed.table_entry(m).response == "Operation" and " [--wait]" or "")
 end
 
 local function option_lines(list)
@@ -60,11 +76,19 @@ local function option_lines(list)
   return concat(out, "\n")
 end
 
+-- The first sentence of a description.
+local function summary(text)
+  return text:match("^(.-%.)%s") or text
+end
+
+-- Every method: its command name, then what it does and Google's name for it.
 local function methods_list()
   local out = {}
-  for _, m in ipairs(seed.methods) do
+  for _, name in ipairs(seed.method_names()) do
+    local m = seed.find_method(name)
     out[#out + 1] = "  " .. m.name
-    out[#out + 1] = wrap(m.what .. " (" .. m.api .. ").", "      ")
+    local what = m.kind == "api" and summary(m.description):gsub("%.$", "") or m.what
+    out[#out + 1] = wrap(what .. " (" .. m.api .. ").", "      ")
   end
   return concat(out, "\n")
 end
@@ -72,13 +96,16 @@ end
 local function top()
   return concat({
     wrap("healthcare: the Cloud Healthcare API's DICOMweb: store (STOW-RS), search (QIDO-RS), "
-      .. "retrieve (WADO-RS) and delete; any DICOMweb server for the friendly commands.", ""),
+      .. "retrieve (WADO-RS) and delete; any DICOMweb server for the friendly commands; every other "
+      .. "method of the API (datasets, stores, FHIR, HL7v2, IAM, operations) in the seed's form.", ""),
     "",
     "Usage:",
     "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
       .. request_usage(seed.HttpBody) .. " [-o <out>] [-p <key>=<value>]...",
     "  healthcare [global options] " .. seed.COMMAND .. " <method> <parent> <dicom-web-path> "
       .. "[-o <out>] [-p <key>=<value>]...",
+    "  healthcare [global options] " .. seed.COMMAND .. " <method> <argument>... [-r <field>=<value>]... "
+      .. "[-p <name>=<value>]... [--wait] [--all]",
     "  healthcare " .. seed.COMMAND .. " --help",
     "  healthcare " .. seed.COMMAND .. " <method> --help",
     "  healthcare store <store> <file-or-dir>... [--verify] [options]",
@@ -110,7 +137,7 @@ local function command()
     "  healthcare [global options] " .. seed.COMMAND .. " <method> ...",
     "  healthcare " .. seed.COMMAND .. " <method> --help",
     "",
-    "Methods:",
+    format("Methods (%d, every method of the Cloud Healthcare API v1):", #seed.method_names()),
     methods_list(),
     "",
     "Global options:",
@@ -132,9 +159,19 @@ local function cursor_rules(struct)
       .. "up one additional level, e.g. '...' goes two levels up.",
     "A field set twice keeps the value given last.",
   }
+  if struct ~= seed.HttpBody then
+    for _, r in ipairs({
+      "A list field takes one more element each time it is set (-r~.members=user:a -r~.members=user:b). "
+        .. "Moving the cursor into a list of structures starts a new element of it; setting a field "
+        .. "through it (-r~bindings.role=x) sets it in the last element.",
+      "A map field takes <key>=<value>, one more entry each time: -r~.labels=team=imaging.",
+      "Numbers and true/false are checked. Any field can also be given as JSON with :=, e.g. "
+        .. "-r~.policy.bindings:=[] or -r~.labels:={\"team\":\"imaging\"}.",
+    }) do rules[#rules + 1] = r end
+  end
   local nested = false
   for _, f in ipairs(struct.fields) do
-    if type(f.type) == "table" then nested = true end
+    if seed.struct_of(f) then nested = true end
   end
   if not nested then
     rules[#rules + 1] = struct.name .. " has no nested structures, so for this method "
@@ -183,6 +220,69 @@ local function request_section(struct)
   return concat(out, "\n")
 end
 
+-- The request value's structure, nested: each field with its type; a structure's fields below
+-- it, a structure already being shown (schemas refer to themselves) by its name only.
+local function structure_lines(struct, indent, seen, out)
+  for _, f in ipairs(struct.fields) do
+    out[#out + 1] = indent .. f.name .. ": " .. seed.type_text(f)
+    local sub = seed.struct_of(f)
+    if sub and not seen[sub.name] then
+      seen[sub.name] = true
+      structure_lines(sub, indent .. "  ", seen, out)
+      seen[sub.name] = nil
+    end
+  end
+  return out
+end
+
+-- Every field as -r sets it from the top, with its description.
+local function field_lines(struct, prefix, seen, out)
+  for _, f in ipairs(struct.fields) do
+    local sub = seed.struct_of(f)
+    if not sub then
+      local placeholder = f.type == "map" and "<key>=<value>" or ("<" .. seed.type_text(f) .. ">")
+      out[#out + 1] = "  -r " .. prefix .. f.name .. "=" .. placeholder
+      out[#out + 1] = wrap(f.help ~= "" and f.help or "(no description)", "      ")
+    elseif not seen[sub.name] then
+      out[#out + 1] = "  -r " .. prefix .. f.name .. (f.type == "array" and "   (a new element)" or "")
+      out[#out + 1] = wrap(f.help ~= "" and f.help or "(no description)", "      ")
+      seen[sub.name] = true
+      field_lines(sub, prefix .. f.name .. ".", seen, out)
+      seen[sub.name] = nil
+    end
+  end
+  return out
+end
+
+-- "Request value" for a method of the table with a JSON request.
+local function api_request_section(struct)
+  local out = {
+    wrap("The request value is a data-structure with various fields. Each field may be a simple scalar "
+      .. "or another data-structure. In the latter case it is advised to set the field-cursor to the "
+      .. "data-structure's field to specify values more concisely. Fields left unset are not sent.", "  "),
+    "",
+    "  " .. struct.name .. ":",
+  }
+  structure_lines(struct, "    ", { [struct.name] = true }, out)
+  out[#out + 1] = ""
+  out[#out + 1] = wrap("Its fields, set from the top (the API's own names, e.g. -r~.notificationConfig, are "
+    .. "taken too):", "  ")
+  out[#out + 1] = ""
+  field_lines(struct, ".", { [struct.name] = true }, out)
+  return concat(out, "\n")
+end
+
+-- The method's own query parameters (-p), with Google's descriptions.
+local function method_params(m)
+  local out = {}
+  for _, q in ipairs(seed.table_entry(m).query) do
+    local t = q.type == "repeated" and "string (repeatable)" or q.type
+    out[#out + 1] = format("  -p %s=%s", seed.kebab(q.name), t)
+    out[#out + 1] = wrap(q.description ~= "" and q.description or "(no description)", "      ")
+  end
+  return concat(out, "\n")
+end
+
 local function properties()
   local out = {
     wrap("The following properties can configure any call, and are not specific to this "
@@ -197,6 +297,27 @@ local function properties()
   return concat(out, "\n")
 end
 
+-- What a method of the table prints.
+api_output_text = function(m)
+  local t = m.method
+  local parts = { t.response == "HttpBody"
+    and "The server's answer is written as received to standard output by default (JSON pretty-printed)."
+    or format("The server's answer (%s, as JSON) is written pretty-printed to standard output by default.",
+      t.response or "empty") }
+  if t.response == "Operation" then
+    parts[#parts + 1] = "It is a long-running operation: with --wait the command waits for it to end, "
+      .. "showing its progress on standard error (one line rewritten on a terminal, a line per poll "
+      .. "otherwise), and prints the operation's response instead; an operation that ends in an error "
+      .. "prints Google's message and exits with 1. Ctrl-C stops waiting, not the operation."
+  end
+  local field = pages.items_field(t)
+  if field then
+    parts[#parts + 1] = format("With --all, every page is fetched (nextPageToken) and all the items printed "
+      .. "at once as { \"%s\": [...] }.", field)
+  end
+  return concat(parts, " ")
+end
+
 local function output_flags(m)
   local says = {
     store = "The server's response (DICOM JSON for a store) is written to standard output by default.",
@@ -207,6 +328,12 @@ local function output_flags(m)
     delete = "The server's answer (Google's long-running Operation, as JSON) is written to standard "
       .. "output by default.",
   }
+  if seed.table_entry(m).response == "Operation" then
+    says.delete = says.delete .. " With --wait the command waits for the operation to end, showing its "
+      .. "progress on standard error, and prints its response instead; an operation that ends in an error "
+      .. "prints Google's message and exits with 1."
+  end
+  says.api = m.kind == "api" and api_output_text(m) or nil
   local text = says[m.kind] or ("The server's answer is written as received, byte for byte, to "
     .. "standard output by default; with -o <file> it is streamed to a temporary file that becomes "
     .. "<file> only when the answer arrived whole.")
@@ -252,8 +379,14 @@ local function method(m)
     "",
   }
   if m.request then
-    for _, l in ipairs({ "Required request value", request_section(m.request), "",
-      "About cursors", cursor_rules(m.request), "" }) do lines[#lines + 1] = l end
+    local section = (m.kind == "api" and m.request ~= seed.HttpBody) and api_request_section(m.request)
+      or request_section(m.request)
+    for _, l in ipairs({ "Required request value", section, "", "About cursors", cursor_rules(m.request), "" }) do
+      lines[#lines + 1] = l
+    end
+  end
+  if #seed.table_entry(m).query > 0 then
+    for _, l in ipairs({ "Optional method properties", method_params(m), "" }) do lines[#lines + 1] = l end
   end
   for _, l in ipairs(output_flags(m)) do lines[#lines + 1] = l end
   for _, l in ipairs({ "", "Optional general properties", properties(), "", "Global options",

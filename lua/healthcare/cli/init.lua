@@ -38,6 +38,7 @@ local function run_seed(args)
     return M.EXIT_OK
   end
   local call = require "healthcare.cli.call"
+  if cmd.api then return call.api_method(cmd) end
   if cmd.body then return call.store_instances(cmd) end
   return call.read_or_delete(cmd)
 end

@@ -11,9 +11,13 @@ healthcare.dicomweb.names, so that the Lua API and the CLI share one check. The 
 request value's schema are written once here; healthcare.cli.help renders them.
 ]]
 
+local api = require("healthcare.api")
+local cjson = require("cjson.safe")
 local commands = require("healthcare.cli.commands")
 local dicomweb_names = require("healthcare.dicomweb.names")
 local params = require("healthcare.params")
+local pages = require("healthcare.api.pages")
+local request = require("healthcare.api.request")
 
 local seed = {}
 
@@ -39,18 +43,63 @@ seed.HttpBody = {
   },
 }
 
-local function is_struct(field) return type(field.type) == "table" end
+-- The API's schemas as structures of the same form (healthcare.api's table, generated from
+-- Google's description): a field's `name` is the API's in kebab-case, as the seed spells
+-- content-type (the API's own name is taken too), `key` the API's; `type` is "string",
+-- "number", "boolean", "any", "object" (ref: the schema), "array" (items) or "map" (values).
+-- Built on first use and kept: schemas refer to each other, some to themselves.
+local structs = {}
 
--- "content-type, data"
+--- "dicomStoreId" -> "dicom-store-id", as the seed writes names on the command line.
+function seed.kebab(name)
+  return (name:gsub("(%l)(%u)", "%1-%2"):gsub("(%d)(%u)", "%1-%2"):gsub("(%u)(%u%l)", "%1-%2"):lower())
+end
+
+--- The structure of the API schema `schema_name`, or nil when there is none of that name.
+function seed.struct(schema_name)
+  local s = structs[schema_name]
+  if s then return s end
+  local schema = api.schema(schema_name)
+  if not schema then return nil end
+  s = { name = schema_name, description = schema.description, fields = {} }
+  structs[schema_name] = s
+  for i, f in ipairs(schema.fields) do
+    s.fields[i] = { name = seed.kebab(f.name), key = f.name, type = f.type, ref = f.ref, items = f.items,
+      values = f.values, help = f.description or "" }
+  end
+  return s
+end
+
+-- The structure a cursor can move into through `field`: an object's, or the elements' of a list
+-- of objects; nil for a value field. (The seed's HttpBody fields have type "string".)
+local function struct_of(field)
+  if type(field.type) == "table" then return field.type end
+  if field.type == "object" then return seed.struct(field.ref) end
+  if field.type == "array" and field.items.type == "object" then return seed.struct(field.items.ref) end
+  return nil
+end
+seed.struct_of = struct_of
+
+--- A field's type as help and messages name it: "string", "list of string", "map of string",
+--- "list of Binding", "DicomStore".
+function seed.type_text(t)
+  if type(t.type) == "table" then return t.type.name end
+  if t.type == "object" then return t.ref end
+  if t.type == "array" then return "list of " .. seed.type_text(t.items) end
+  if t.type == "map" then return "map of " .. seed.type_text(t.values) end
+  return t.type
+end
+
+-- "content-type, data" ("none" for a structure without fields)
 function seed.field_names(struct)
   local names = {}
   for i, f in ipairs(struct.fields) do names[i] = f.name end
-  return concat(names, ", ")
+  return #names > 0 and concat(names, ", ") or "none"
 end
 
 local function find_field(struct, name)
   for _, f in ipairs(struct.fields) do
-    if f.name == name then return f end
+    if f.name == name or f.key == name then return f end
   end
   return nil
 end
@@ -97,12 +146,13 @@ function seed.request_value(schema)
 end
 
 function Request:struct_at(path)
-  return #path == 0 and self.schema or path[#path].type
+  return #path == 0 and self.schema or struct_of(path[#path])
 end
 
 -- Follows `spec` from the cursor. For a move, returns the new path. For an assignment
--- (`assigning`), the spec must end on a value field: returns the path of the structure
--- holding it and the field. Otherwise nil and a message listing the valid fields.
+-- (`assigning`), the spec must end on a value field (on any field when assigning is "json"):
+-- returns the path of the structure holding it and the field. Otherwise nil and a message
+-- listing the valid fields.
 function Request:walk(spec, assigning)
   local steps, err = split_steps(spec)
   if not steps then
@@ -126,10 +176,12 @@ function Request:walk(spec, assigning)
         return nil, format("unknown field '%s' in %s; valid fields: %s", step.name,
           struct.name, seed.field_names(struct))
       end
-      if not is_struct(f) then
-        if assigning and i == #steps then return path, f end
+      if assigning and i == #steps and (assigning == "json" or not struct_of(f) or f.type == "array") then
+        return path, f
+      end
+      if not struct_of(f) then
         return nil, format("cannot move the cursor into '%s': it is a %s field of %s, "
-          .. "not a structure; valid fields: %s", f.name, f.type, struct.name,
+          .. "not a structure; valid fields: %s", f.name, seed.type_text(f), struct.name,
           seed.field_names(struct))
       end
       path[#path + 1] = f
@@ -144,31 +196,114 @@ function Request:walk(spec, assigning)
   return nil, format("'%s' names no field; valid fields: %s", spec, seed.field_names(struct))
 end
 
--- Moves the cursor (`-r f.s.o`, `-r .`, `-r ..`). Returns true, or nil and a message.
+-- The table of the request value at `path`, made as needed. A list of structures stands for its
+-- last element (made when the list is empty); with `fresh`, a new element is added to the list
+-- the path ends on.
+function Request:node(path, fresh)
+  local node = self.value
+  for i, f in ipairs(path) do
+    if type(node[f.key]) ~= "table" then node[f.key] = {} end
+    node = node[f.key]
+    if f.type == "array" then
+      if #node == 0 or (fresh and i == #path) or type(node[#node]) ~= "table" then node[#node + 1] = {} end
+      node = node[#node]
+    end
+  end
+  return node
+end
+
+-- Moves the cursor (`-r f.s.o`, `-r .`, `-r ..`); moving into a list of structures starts a new
+-- element of it. Returns true, or nil and a message.
 function Request:move(spec)
   local path, err = self:walk(spec, false)
   if not path then return nil, err end
   self.cursor = path
+  local last = path[#path]
+  if last and last.type == "array" and spec:sub(-1) ~= "." then self:node(path, true) end
   return true
+end
+
+-- A value typed on the command line as a field of type t wants: a string, a number, true or
+-- false; or nil and a message.
+local function scalar_value(t, value, f, struct)
+  if t == "number" then
+    local n = not value:find("[xX]") and tonumber(value)
+    if n and n == n and n ~= math.huge and n ~= -math.huge then return n end
+    return nil, format("field '%s' of %s is a number, got '%s'", f.name, struct.name, value)
+  elseif t == "boolean" then
+    if value == "true" or value == "false" then return value == "true" end
+    return nil, format("field '%s' of %s is true or false, got '%s'", f.name, struct.name, value)
+  elseif t == "string" or t == "any" then
+    return value
+  end
+  return nil, format("field '%s' of %s is a %s: give it as JSON, -r %s:=<json>", f.name, struct.name,
+    seed.type_text(f), f.name)
+end
+
+-- Sets field f of the structure `struct` in `node` from the typed `value`: a scalar replaces,
+-- a list element is appended, a map entry is key=value. Returns true, or nil and a message.
+local function assign(node, f, struct, value)
+  if f.type == "array" then
+    if f.items.type == "object" then
+      return nil, format("field '%s' of %s is a %s: move the cursor into it (-r %s) to add an element, or "
+        .. "give it as JSON, -r %s:=[...]", f.name, struct.name, seed.type_text(f), f.name, f.name)
+    end
+    local v, err = scalar_value(f.items.type, value, f, struct)
+    if v == nil then return nil, err end
+    if type(node[f.key]) ~= "table" then node[f.key] = {} end
+    node[f.key][#node[f.key] + 1] = v
+  elseif f.type == "map" then
+    local k, text = value:match("^([^=]+)=(.*)$")
+    if not k then
+      return nil, format("field '%s' of %s is a %s: give <key>=<value>, e.g. -r %s=team=imaging", f.name,
+        struct.name, seed.type_text(f), f.name)
+    end
+    local v, err = scalar_value(f.values.type, text, f, struct)
+    if v == nil then return nil, err end
+    if type(node[f.key]) ~= "table" then node[f.key] = {} end
+    node[f.key][k] = v
+  else
+    local v, err = scalar_value(f.type, value, f, struct)
+    if v == nil then return nil, err end
+    node[f.key] = v
+  end
+  return true
+end
+
+-- A value given as JSON text (-r f:=<json>), or nil and a message.
+local function json_value(key, text)
+  local v, err = cjson.decode(text)
+  if v == nil then return nil, format("'%s:=' needs a JSON value, got '%s' (%s)", key, text, tostring(err)) end
+  if type(v) == "table" and next(v) == nil and text:match("^%s*%[") then setmetatable(v, request.array_mt) end
+  return v
 end
 
 -- Sets the field named by `key` relative to the cursor (or the top with a leading
 -- '.'), without moving the cursor. A field set twice keeps the later value, as a
--- later option overrides an earlier one. Returns true, or nil and a message.
+-- later option overrides an earlier one; a list field takes one more element each time, a map
+-- field one more key=value. `key:` (as in f:=<json>) sets the field to a JSON value.
+-- Returns true, or nil and a message.
 function Request:set(key, value)
+  local json = key:sub(-1) == ":" and key ~= ":"
+  if json then key = key:sub(1, -2) end
   if key == "" then
     return nil, format("missing field name before '=' in '=%s'; valid fields: %s", value,
       seed.field_names(self:struct_at(self.cursor)))
   end
-  local path, field = self:walk(key, true)
+  local path, field = self:walk(key, json and "json" or true)
   if not path then return nil, field end
-  local node = self.value
-  for _, f in ipairs(path) do
-    node[f.key] = node[f.key] or {}
-    node = node[f.key]
+  local node = self:node(path)
+  if json then
+    local v, err = json_value(key, value)
+    if v == nil then return nil, err end
+    node[field.key] = v
+    return true
   end
-  node[field.key] = value
-  return true
+  if type(field.type) ~= "string" or self.schema == seed.HttpBody then
+    node[field.key] = value
+    return true
+  end
+  return assign(node, field, self:struct_at(path), value)
 end
 
 -- One `-r` item: `name=value` sets a field (split at the first '=', so values may hold
@@ -279,14 +414,14 @@ local READS = {
 }
 
 for _, r in ipairs(READS) do
-  local id, api, what, kind, object, paths = r[1], r[2], r[3], r[4], r[5], r[6]
+  local id, api_name, what, kind, object, paths = r[1], r[2], r[3], r[4], r[5], r[6]
   local examples = #paths == 1 and paths[1]
     or (concat(paths, ", ", 1, #paths - 1) .. " or " .. paths[#paths])
   local path_help = format("Required. The path of the %s DICOMweb request: %s.", what, examples)
   if kind == "search" then path_help = path_help .. " " .. format(SEARCH_HELP, paths[1]) end
   seed.methods[#seed.methods + 1] = {
     name = "locations-datasets-dicom-stores-" .. id, id = id,
-    api = "projects.locations.datasets.dicomStores." .. api, what = what, kind = kind,
+    api = "projects.locations.datasets.dicomStores." .. api_name, what = what, kind = kind,
     http_method = kind == "delete" and "DELETE" or "GET",
     paths = paths,
     description = what .. ": " .. format(KIND_SUMMARY[kind], object)
@@ -296,18 +431,71 @@ for _, r in ipairs(READS) do
   }
 end
 
--- The method entry for a CLI name ("locations-...") or an id ("store-instances").
+-- Every other method of the API, from the method table: its required parameters in Google's
+-- order are the arguments, its query parameters -p's, its request schema the request value.
+-- kind "api"; run by healthcare.cli.call.api_method through client:call.
+local api_entries = {}
+
+local function api_entry(m)
+  local args = {}
+  for _, r in ipairs(m.required) do
+    local help, patterns = "Required.", nil
+    for _, p in ipairs(m.path_params) do
+      if p.name == r then help, patterns = p.description, p.patterns end
+    end
+    args[#args + 1] = { name = "<" .. seed.kebab(r) .. ">", key = r, type = "string", help = help, patterns = patterns }
+  end
+  local request_struct
+  if m.request then request_struct = m.http_body and seed.HttpBody or seed.struct(m.request) end
+  return { name = m.cli, id = m.cli, api = m.id, what = m.id:match("[^.]+$"), kind = "api",
+    description = m.description, args = args, request = request_struct, method = m }
+end
+
+--- The method table's entry of a method entry (the seed's own DICOMweb methods are in it too).
+function seed.table_entry(m)
+  return m.method or api.method(m.api)
+end
+
+-- The method entry for a CLI name ("locations-...") or an id ("store-instances"): the seed's
+-- own DICOMweb methods first (they keep their checks and their answers), then the table's.
 function seed.find_method(name)
   for _, m in ipairs(seed.methods) do
     if m.name == name or m.id == name then return m end
   end
-  return nil
+  if type(name) ~= "string" then return nil end
+  if api_entries[name] then return api_entries[name] end
+  local m = api.by_cli(name)
+  if not m then return nil end
+  api_entries[name] = api_entry(m)
+  return api_entries[name]
 end
 
-local function method_names()
+--- Every method's command name, sorted.
+function seed.method_names()
   local names = {}
-  for i, m in ipairs(seed.methods) do names[i] = m.name end
-  return concat(names, ", ")
+  for _, m in pairs(api.table().methods) do names[#names + 1] = m.cli end
+  table.sort(names)
+  return names
+end
+
+local SUGGESTIONS = 5
+
+-- "closest: a, b, c (healthcare projects --help lists all 152)": the names holding the word
+-- (shortest first: "store-instances" finds the two store methods), then the nearest by edits.
+local function closest_methods(word)
+  local names = seed.method_names()
+  local holding, others = {}, {}
+  for _, n in ipairs(names) do
+    if n:find(word, 1, true) then holding[#holding + 1] = n else others[#others + 1] = n end
+  end
+  table.sort(holding, function(a, b)
+    if #a ~= #b then return #a < #b end
+    return a < b
+  end)
+  local pick = {}
+  for i = 1, math.min(SUGGESTIONS, #holding) do pick[i] = holding[i] end
+  for _, n in ipairs(request.closest(word, others, SUGGESTIONS - #pick)) do pick[#pick + 1] = n end
+  return format("closest: %s (healthcare %s --help lists all %d)", concat(pick, ", "), seed.COMMAND, #names)
 end
 
 -- Global options may stand before `projects` or after the method's arguments.
@@ -338,9 +526,14 @@ seed.method_options = {
   { short = "-r", arg = "<kv>", key = "request",
     help = "Move the field cursor (-r <field>) or set a field (-r <field>=<value>)." },
   { short = "-p", arg = "<key>=<value>", key = "param",
-    help = "Set a standard query parameter; repeatable." },
+    help = "Set a query parameter, the method's own (kebab-case) or a standard one; repeatable." },
   { short = "-o", arg = "<out>", key = "output",
     help = "Write the server's response to <out> ('-' for standard output)." },
+  { long = "--wait", key = "wait",
+    help = "For a method that answers a long-running Operation: wait for it to end (a progress line on "
+      .. "a terminal) and print its response; its error is exit status 1." },
+  { long = "--all", key = "all",
+    help = "For a list method: follow nextPageToken through every page and print all the items." },
 }
 
 local OPTIONS, OPTION_NAMES = {}, {}
@@ -458,12 +651,13 @@ local function resolve(words)
     return nil, format("unknown command '%s'; valid commands: %s", words[1], seed.COMMAND)
   end
   if words[2] == nil then
-    return nil, format("missing method after '%s'; valid methods: %s", seed.COMMAND,
-      method_names())
+    return nil, format("missing method after '%s'; healthcare %s --help lists all %d, e.g. %s",
+      seed.COMMAND, seed.COMMAND, #seed.method_names(), concat({ "locations-datasets-create",
+        "locations-datasets-dicom-stores-create", seed.methods[2].name }, ", "))
   end
   local m = seed.find_method(words[2])
   if not m or m.name ~= words[2] then
-    return nil, format("unknown method '%s'; valid methods: %s", words[2], method_names())
+    return nil, format("unknown method '%s'; %s", words[2], closest_methods(words[2]))
   end
   return m
 end
@@ -510,11 +704,62 @@ local function timeout_value(value)
   return n
 end
 
--- Reads one -p key=value into cmd.params (a later -p wins). Returns true, or nil and a message.
-local function set_param(cmd, value)
+-- The method's own query parameter named `name` (kebab-case or the API's name), or nil.
+local function method_param(method, name)
+  if method == nil then return nil end
+  for _, q in ipairs(seed.table_entry(method).query) do
+    if q.name == name or seed.kebab(q.name) == name then return q end
+  end
+  return nil
+end
+
+-- "unknown parameter 'x' for M (did you mean 'y'?); valid parameters: <the method's>, <standard>"
+local function unknown_param(method, name)
+  local names = {}
+  for _, q in ipairs(method.method.query) do names[#names + 1] = seed.kebab(q.name) end
+  for _, p in ipairs(params.list()) do names[#names + 1] = p.cli end
+  return format("unknown parameter '%s' for %s%s; valid parameters: %s", name, method.name,
+    commands.suggestion(name, names), concat(names, ", "))
+end
+
+-- One value of the method's own query parameter q into cmd.params: integers and booleans
+-- checked, a repeated parameter's values kept in order. Returns true, or nil and a message.
+local function set_method_param(cmd, q, v)
+  local shown_name = seed.kebab(q.name)
+  if q.type == "integer" and not (v:match("^%-?%d+$") and #v <= 16) then
+    return nil, format("parameter %s must be an integer, got '%s'", shown_name, v)
+  elseif q.type == "boolean" and v ~= "true" and v ~= "false" then
+    return nil, format("parameter %s must be true or false, got '%s'", shown_name, v)
+  end
+  if cmd.method_query then -- a seed method's: sent in its query, in the order given
+    for _, pair in ipairs(cmd.method_query) do
+      if pair[1] == q.name then
+        pair[2] = v
+        return true
+      end
+    end
+    cmd.method_query[#cmd.method_query + 1] = { q.name, v }
+  elseif q.type == "repeated" then
+    cmd.params[q.name] = cmd.params[q.name] or {}
+    cmd.params[q.name][#cmd.params[q.name] + 1] = v
+  else
+    cmd.params[q.name] = v
+  end
+  return true
+end
+
+-- Reads one -p key=value into cmd.params (a later -p wins; a repeated parameter of the method
+-- takes every value). Returns true, or nil and a message.
+local function set_param(cmd, value, method)
   local name, v = value:match("^([^=]*)=(.*)$")
   if not name then return nil, format("-p needs <key>=<value>, got '%s'", value) end
   if name == "" then return nil, format("missing parameter name before '=' in '%s'", value) end
+  local q = method_param(method, name)
+  if q then
+    if method.kind ~= "api" then cmd.method_query = cmd.method_query or {} end
+    return set_method_param(cmd, q, v)
+  end
+  if method and method.kind == "api" and not params.find(name) then return nil, unknown_param(method, name) end
   local wire_value, msg = params.check(name, v)
   if not wire_value then return nil, msg end
   cmd.params[params.to_wire(name)] = wire_value
@@ -538,35 +783,59 @@ local function apply_option(cmd, rv, state, key, value)
     local n, msg = timeout_value(value)
     if not n then return nil, msg end
     cmd.timeout = n
-  elseif key == "debug" then
-    cmd.debug = true
+  elseif key == "debug" or key == "wait" or key == "all" then
+    cmd[key] = true
   elseif key == "no_token_cache" then
     cmd.token_cache = false
   elseif key == "request" then
+    local m = state.method
+    if m and m.kind == "api" and not m.request then
+      return nil, format("%s takes no request value (-r): it is a %s of its arguments and -p parameters",
+        m.name, m.method.http_method)
+    end
     state.has_r = true
     return rv:apply(value)
   elseif key == "param" then
-    return set_param(cmd, value)
+    return set_param(cmd, value, state.method)
   end
   return true
 end
 
--- The positional words and the rest of argv applied to a new command table and request value.
+-- The positional words among tokenize's items: what is not an option, its value, nor a bare
+-- name=value word after a -r (those continue the request value, as in the seed's
+-- `-r . content-type=x data=y`).
+local function positional_words(items)
+  local words, has_r = {}, false
+  for _, item in ipairs(items) do
+    if item.word and not (has_r and item.word:find("=", 1, true)) then
+      words[#words + 1] = item.word
+    elseif item.opt and item.opt.key == "request" then
+      has_r = true
+    end
+  end
+  return words
+end
+
+-- A structure without fields, for a method that takes no request value.
+local NO_REQUEST = { name = "(no request value)", fields = {} }
+
+-- The positional words and the rest of argv applied to a new command table and request value
+-- (built against the named method's request schema, so the words are read first).
 -- Returns words, cmd, rv, state and the first message, if any (--help must still work then).
 local function read_items(argv)
   local items, err = tokenize(argv)
-  local rv = seed.request_value(seed.HttpBody)
+  local words = positional_words(items)
+  local method = words[1] == seed.COMMAND and words[2] and seed.find_method(words[2]) or nil
+  local schema = seed.HttpBody
+  if method and method.kind == "api" then schema = method.request or NO_REQUEST end
+  local rv = seed.request_value(schema)
   local cmd = { action = "call", params = {}, scopes = {}, debug = false, token_cache = true }
-  local words, state = {}, { seen_scope = {}, has_r = false, want_help = false }
+  local state = { seen_scope = {}, has_r = false, want_help = false, method = method }
   for _, item in ipairs(items) do
     local ok, msg = true, nil
-    -- After a -r, bare name=value words continue the request value, as in the seed's
-    -- `-r . content-type=x data=y`; other words are positional arguments.
     if item.word and state.has_r and item.word:find("=", 1, true) then
       ok, msg = rv:apply(item.word)
-    elseif item.word then
-      words[#words + 1] = item.word
-    else
+    elseif item.opt then
       ok, msg = apply_option(cmd, rv, state, item.opt.key, item.value)
     end
     if not ok then err = err or msg end
@@ -586,7 +855,9 @@ local function take_args(method, words, cmd)
     local extra = words[3 + nargs]
     local hint = ""
     if extra:find("=", 1, true) and method.request then
-      hint = "; request value fields go after -r, e.g. -r . content-type=<type> data=<value>"
+      hint = "; request value fields go after -r, e.g. -r . "
+        .. (method.request == seed.HttpBody and "content-type=<type> data=<value>"
+          or (method.request.fields[1] or { name = "<field>" }).name .. "=<value>")
     end
     return nil, format("unexpected argument '%s'%s", extra, hint)
   end
@@ -602,7 +873,13 @@ local function read_command(method, cmd, has_r)
   end
   local path, query = seed.check_path(method, cmd.dicom_web_path)
   if not path then return nil, query end
-  cmd.dicom_web_path, cmd.query = path, query
+  -- The method's own query parameters (-p viewport=...), escaped as client:call escapes them.
+  local parts = { query }
+  for _, pair in ipairs(cmd.method_query or {}) do
+    parts[#parts + 1] = request.escape(pair[1]) .. "=" .. request.escape(pair[2])
+  end
+  cmd.method_query = nil
+  cmd.dicom_web_path, cmd.query = path, #parts > 0 and concat(parts, "&") or nil
   return cmd
 end
 
@@ -617,6 +894,69 @@ local function store_command(cmd, rv)
   local data, derr = data_value(rv.value.data)
   if data == nil then return nil, derr end
   cmd.body = { content_type = rv.value.content_type, data = data }
+  return cmd
+end
+
+-- The methods answering an Operation, or a list method's: which -- flags fit.
+local function check_flags(method, cmd)
+  local m = method.method
+  if cmd.wait and m.response ~= "Operation" then
+    return nil, format("--wait is for methods answering an Operation; %s answers %s", method.name,
+      tostring(m.response or "nothing"))
+  end
+  if cmd.all and not pages.items_field(m) then
+    return nil, format("--all is for list methods (pageToken in, nextPageToken out); %s is not one", method.name)
+  end
+  if cmd.all and cmd.params.pageToken then
+    return nil, "--all starts at the first page: not with -p page-token"
+  end
+  return true
+end
+
+-- A method of the table: its arguments as parameters, its request value as the body (JSON, or
+-- an HttpBody), the whole call checked as client:call checks it, so that a mistake costs no
+-- request. cmd.api is Google's name of the method.
+local function api_command(method, cmd, rv, has_r)
+  for _, a in ipairs(method.args) do
+    cmd.params[a.key] = cmd[a.key]
+    cmd[a.key] = nil
+  end
+  cmd.api = method.api
+  if not method.request and has_r then
+    return nil, format("%s takes no request value (-r): it is a %s of its arguments and -p parameters",
+      method.name, method.method.http_method)
+  end
+  -- Without -r no body is sent, as Google's client sends none without a request value.
+  local body
+  if method.request == seed.HttpBody and has_r then
+    local hcmd, herr = store_command(cmd, rv)
+    if not hcmd then return nil, herr end
+    body = cmd.body
+  elseif method.request and has_r then
+    body = rv.value
+    cmd.body = body
+  end
+  -- data=@- (standard input) is read when the call runs: a placeholder for the check.
+  local check_body = body
+  if body and type(body.data) == "table" and body.data.stdin then
+    check_body = { content_type = body.content_type, data = "" }
+  end
+  local req, err = request.build(method.api, cmd.params, check_body)
+  if not req then
+    -- request.build names the Lua call's parameter; the command's is an argument
+    local message = err.message
+    for _, a in ipairs(method.args) do
+      local lua_name = format("parameter '%s' of %s ", a.key, method.api)
+      if message:sub(1, #lua_name) == lua_name then
+        message = format("argument %s of %s ", a.name, method.name) .. message:sub(#lua_name + 1)
+        message = message:gsub("query parameters go in params or opts%.query, not in the path",
+          "query parameters go in -p, not in the argument")
+      end
+    end
+    return nil, message
+  end
+  local ok, ferr = check_flags(method, cmd)
+  if not ok then return nil, ferr end
   return cmd
 end
 
@@ -644,6 +984,13 @@ function seed.parse(argv)
   if not ok then return nil, aerr end
   cmd.method = method.id
   if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
+  if method.kind == "api" then return api_command(method, cmd, rv, state.has_r) end
+  for _, flag in ipairs({ "wait", "all" }) do
+    if cmd[flag] and not (flag == "wait" and seed.table_entry(method).response == "Operation") then
+      return nil, format("--%s is for the methods answering an Operation (--wait) or a list (--all); %s "
+        .. "prints its answer as it comes", flag, method.name)
+    end
+  end
   if not method.request then return read_command(method, cmd, state.has_r) end
   return store_command(cmd, rv)
 end
