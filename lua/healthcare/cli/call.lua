@@ -13,6 +13,7 @@ local names = require "healthcare.dicomweb.names"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
 local seed = require "healthcare.cli.seed"
+local cli_wait = require "healthcare.cli.wait"
 
 local M = {}
 
@@ -96,6 +97,14 @@ function M.store_instances(cmd)
   return common.EXIT_OK
 end
 
+-- The end of a --wait: the operation's response printed when it ended without an error (exit
+-- `code` of healthcare.cli.wait: 1 when its counters name failures); else `code` alone.
+local function print_response(code, response, out)
+  if response == nil then return code end
+  local written = write_or_say(out, json.pretty(response) .. "\n")
+  return code ~= common.EXIT_OK and code or written
+end
+
 -- JSON answers, pretty-printed; an empty answer (204) is an empty list, or {} for a delete.
 local function json_text(kind, res)
   local body = res.body or ""
@@ -163,17 +172,9 @@ local function wait_for_delete(store, m, cmd, res, out)
     say("%s: the answer (HTTP %d, %s) is not an Operation to wait for", m.what, res.status, content_type(res))
     return common.EXIT_FAILED
   end
-  local response, err, sig = wait_for(store.client, op, cmd)
+  local code, response = wait_for(store.client, op, cmd, "delete")
   store:close()
-  if sig then
-    say("interrupted; operation %s goes on without us", common.printable(op.name))
-    return 128 + sig
-  end
-  if not response then
-    say("%s", tostring(err))
-    return common.exit_code_for(err)
-  end
-  return write_or_say(out, json.pretty(response) .. "\n")
+  return print_response(code, response, out)
 end
 
 --- The read and delete methods: one request, its answer printed or written. Returns the exit code.
@@ -219,22 +220,8 @@ end
 -- The file an HttpBody answer (FHIR, HL7v2 reads) is streamed to, renamed into place once whole:
 -- -o FILE; nil for standard output and for the other answers.
 local function stream_to(entry, cmd)
-  if entry.method.response ~= "HttpBody" or cmd.wait or cmd.output == "-" then return nil end
+  if entry.method.response ~= "HttpBody" or cmd.output == "-" then return nil end
   return cmd.output
-end
-
--- A line about a running operation: its name, what it does and its counters when it has them.
-local function progress_line(name, metadata)
-  local parts = { "operation " .. common.printable(tostring(name)) }
-  if type(metadata.apiMethodName) == "string" then
-    parts[#parts + 1] = common.printable(metadata.apiMethodName:match("[^.]+$"))
-  end
-  local c = type(metadata.counter) == "table" and metadata.counter or nil
-  if c then
-    parts[#parts + 1] = string.format("%s done, %s failed, %s pending", tostring(c.success or 0),
-      tostring(c.failure or 0), tostring(c.pending or 0))
-  end
-  return table.concat(parts, ": ")
 end
 
 -- The standard parameters of a call, sent on the polls too (a token given with -p is the
@@ -247,24 +234,12 @@ local function standard_params(params)
   return out
 end
 
--- --wait: the operation followed to its end; progress on standard error (one line rewritten on a
--- terminal, a line per poll otherwise); Ctrl-C or SIGTERM stops waiting (the operation goes on).
--- Returns the response, or nil, err and the signal.
-function wait_for(client, op, cmd)
-  local tty = core.isatty(2)
-  local shown = false
-  core.trap_interrupts()
-  local response, err = client:wait(op, { params = standard_params(cmd.params), timeout = cmd.timeout,
-    on_progress = function(metadata)
-      local line = progress_line(op.name, metadata)
-      io.stderr:write(tty and ("\r\27[K" .. line) or (line .. "\n"))
-      shown = true
-      return not core.interrupted()
-    end })
-  local sig = core.interrupted()
-  core.trap_interrupts(false)
-  if tty and shown then io.stderr:write("\n") end
-  return response, err, sig
+-- --wait: the operation followed to its end as import and export follow theirs (healthcare.cli.wait:
+-- a progress line, a summary, Ctrl-C stops the waiting only). `what` starts the lines. Returns the
+-- exit code, and the response when the operation ended without an error.
+function wait_for(client, op, cmd, what)
+  return cli_wait.wait(client, op, { what = what, say = say, params = standard_params(cmd.params),
+    timeout = cmd.timeout })
 end
 
 -- The client of the seed form's options.
@@ -296,10 +271,7 @@ local function run_api(client, entry, cmd)
   end
   local answer, err = client:call(m.id, cmd.params, body, { to = stream_to(entry, cmd) })
   if tmp then os.remove(tmp) end
-  if not answer or not cmd.wait then return answer, err end
-  local response, werr, sig = wait_for(client, answer, cmd)
-  if sig then return nil, answer, sig end
-  return response, werr
+  return answer, err
 end
 
 --- A method of the API's table (healthcare.cli.seed's kind "api"): the call, its answer printed
@@ -317,12 +289,13 @@ function M.api_method(cmd)
     say("%s", tostring(err))
     return common.exit_code_for(err)
   end
-  local answer, aerr, sig = run_api(client, entry, cmd)
-  client:close()
-  if sig then
-    say("interrupted; operation %s goes on without us", common.printable(tostring(aerr.name)))
-    return 128 + sig
+  local answer, aerr = run_api(client, entry, cmd)
+  if answer and cmd.wait then
+    local code, response = wait_for(client, answer, cmd, entry.method.id:match("[^.]+$"))
+    client:close()
+    return print_response(code, response, out)
   end
+  client:close()
   if not answer then
     say("%s", tostring(aerr))
     return common.exit_code_for(aerr)
@@ -332,7 +305,7 @@ function M.api_method(cmd)
       common.printable(answer.content_type or "no Content-Type"), common.printable(answer.file)))
     return common.EXIT_OK
   end
-  return write_or_say(out, answer_text(answer, not cmd.wait and entry.method.response == "HttpBody"))
+  return write_or_say(out, answer_text(answer, entry.method.response == "HttpBody"))
 end
 
 return M

@@ -125,8 +125,9 @@ end
 
 --- Waits for `operation` (the Operation a start call answered, or an operation's name) on
 --- `client`, showing the progress and then the summary. opts: what (the word the lines start
---- with: "import"), say (the command's sayer), operation_timeout, poll_interval. Returns the
---- exit code, and the operation's response when it ended without an error.
+--- with: "import"), say (the command's sayer), operation_timeout, poll_interval, and for each poll
+--- params (standard parameters) and timeout. Returns the exit code, and the operation's
+--- response when it ended without an error.
 function M.wait(client, operation, opts)
   local what, say = opts.what or "operation", opts.say or common.sayer("healthcare")
   local name = type(operation) == "table" and operation.name or operation
@@ -144,6 +145,7 @@ function M.wait(client, operation, opts)
   local response, op_or_err = client:wait(operation, {
     operation_timeout = opts.operation_timeout or M.DEFAULT_OPERATION_TIMEOUT,
     poll_interval = opts.poll_interval or M.DEFAULT_POLL_INTERVAL,
+    params = opts.params, timeout = opts.timeout,
     on_progress = function(metadata)
       last = metadata
       show(metadata)
