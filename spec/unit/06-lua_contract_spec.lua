@@ -48,7 +48,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
     raises_at_call(function() local _ = healthcare.new { bogus = 1 } end, "unknown option 'bogus' to 'healthcare.new'; "
       .. "valid options: access_token, api_key, ca_file, concurrency, connect_timeout, credentials, debug, endpoint, "
       .. "http2, idle_timeout, insecure, max_compression_ratio, min_speed, params, quota_project, refresh_margin, "
-      .. "retry, scopes, self_signed_jwt, subject, timeout, token_cache, user_agent")
+      .. "retry, scopes, self_signed_jwt, subject, timeout, token_cache, transport, user_agent")
     raises_at_call(function() local _ = healthcare.new(42) end,
       "bad argument to 'healthcare.new' (options table expected, got number)")
     raises_at_call(function() local _ = healthcare.new { timeout = "10" } end,

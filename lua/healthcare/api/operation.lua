@@ -125,7 +125,7 @@ function M.wait(client, operation, opts, what)
         "%s not done after %g s; it may still finish: check it with GET %s", named(what, name), timeout,
         request.url(client.endpoint, req.path)), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
     end
-    core.sleep(math.min(interval, left))
+    util.sleep(math.min(interval, left))
     interval = math.min(max_interval, interval * M.POLL_GROWTH)
     polls = polls + 1
     local now, err = poll(client, req, name, opts, policy, deadline, what)

@@ -274,6 +274,11 @@ function M.configure(opts)
   return g
 end
 
+--- Whether a gateway is configured under name (default "default").
+function M.configured(name)
+  return gateways[name or "default"] ~= nil
+end
+
 --- The gateway configured under name (default "default"); raises when there is none.
 function M.gateway(name)
   local g = gateways[name or "default"]
