@@ -410,6 +410,10 @@ Session.__index = Session
 Session.__name = "healthcare.NgxSession"
 M.Session = Session
 
+function Session:__tostring()
+  return "healthcare.NgxSession (" .. (self.closed and "closed" or "open") .. ")"
+end
+
 --- A session with core.session's options that are meaningful here: user_agent,
 --- connect_timeout, timeout, idle_timeout, insecure (ca_file, http2, min_speed, compression:
 --- see the header). With cred (the client's credential): nil, err unless it can authorize
@@ -571,6 +575,7 @@ function M.credential(name)
   local last
   local c = { kind = "ngx_gateway", refreshable = true, label = "gateway '" .. g.name .. "'" }
   function c.authorize()
+    if not M.can_yield() then return M.phase_error("a token from " .. c.label) end
     if g.unusable then
       return nil, errors.new("auth", "the gateway's credentials are not usable: " .. g.unusable,
         { status = "NO_CREDENTIALS" })

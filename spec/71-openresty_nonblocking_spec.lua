@@ -1,0 +1,229 @@
+-- SPDX-License-Identifier: MIT
+-- The library inside OpenResty handlers (healthcare.ngx.transport): Debian's nginx + ngx_http_lua
+-- running examples/openresty/nginx.conf with one worker, against a private Google emulator. A
+-- handler's call held 2 s by the emulator leaves the worker free for 50 other requests; the same
+-- handler with libcurl forced (transport = "curl") blocks them all (the control). The example
+-- handler (examples/openresty/patient_studies.lua: a search and each study's metadata), a 100 MB
+-- retrieve streamed to a file with flat worker memory, and a call from a phase that cannot yield.
+-- nginx runs LuaJIT: this spec runs under nginx's LuaJIT whatever Lua runs busted.
+local H = require "helpers"
+local N = require "support.nginx"
+local E = H.env
+local now = require("healthcare.core").now
+
+-- Test locations beside the example's own, in front of its catch-all `location /`.
+local HANDLERS = [[
+        location = /t/ping {
+            content_by_lua_block { ngx.update_time() ngx.print(string.format("%.3f", ngx.now())) }
+        }
+        location = /t/held {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local g = require("healthcare.ngx").gateway()
+                ngx.update_time()
+                local started = ngx.now()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path,
+                  transport = ngx.var.arg_transport, credentials = require("healthcare.ngx.transport").credential() })
+                local store = assert(client:dicom_store(g.parent))
+                local results, err = store:search_studies({ PatientID = ngx.var.arg_patient })
+                local list = results and results:all()
+                err = err or (results and results.error)
+                client:close()
+                ngx.update_time()
+                ngx.print(cjson.encode { started = started, done = ngx.now(), count = list and #list,
+                  session = tostring(client._session):match("^[%w.]+"), error = err and tostring(err) })
+            }
+        }
+        location = /t/retrieve {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local g = require("healthcare.ngx").gateway()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path })
+                local store = assert(client:dicom_store(g.parent))
+                local a = ngx.req.get_uri_args()
+                local got, err = store:retrieve_instance(a.study, a.series, a.instance, { to = a.to })
+                client:close()
+                ngx.print(cjson.encode { files = got and got.files, bytes = got and got.bytes,
+                  error = err and tostring(err), status = err and err.status })
+            }
+        }
+        location = /t/set_phase {
+            set_by_lua_block $outcome {
+                local g = require("healthcare.ngx").gateway()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path })
+                local res, err = client:send { url = g.api_origin .. g.api_path .. "/" .. g.parent .. "/dicomWeb/studies" }
+                return (res and "sent " .. res.status) or (err.kind .. " " .. err.status .. " " .. err.message)
+            }
+            return 200 $outcome;
+        }
+        location ~ ^/patients/[^/]+/studies$ {
+            content_by_lua_file EXAMPLES/patient_studies.lua;
+        }
+        location / {]]
+
+local function start(emu, sa)
+  local examples = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty"
+  return N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+    edits = { { "        location / {", (HANDLERS:gsub("EXAMPLES", examples)) } } })
+end
+
+-- n requests to /t/ping one after the other (one curl, one connection): their worker times.
+local function pings(gw, n)
+  local args = { "curl", "-sS", "-m", "20", "-w", "' %{http_code}\\n'" }
+  for _ = 1, n do args[#args + 1] = H.q(gw.url .. "/t/ping") end
+  local out = H.check_run(table.concat(args, " "))
+  local times = {}
+  for t, code in out:gmatch("([%d.]+) (%d+)\n") do
+    assert.equal("200", code)
+    times[#times + 1] = tonumber(t)
+  end
+  return times
+end
+
+-- Starts /t/held in the background; returns a function that waits for its JSON.
+local function held(gw, query)
+  local dir = H.tmpdir()
+  H.check_run(string.format("curl -sS -m 30 -o %s %s >/dev/null 2>&1 &", H.q(dir .. "/body"),
+    H.q(gw.url .. "/t/held?" .. query)))
+  return function()
+    for _ = 1, 300 do
+      local body = H.file_bytes(dir .. "/body")
+      local doc = body and H.json.decode(body)
+      if doc then return doc end
+      os.execute("sleep 0.1")
+    end
+    error("no answer from /t/held")
+  end
+end
+
+describe("the library in OpenResty handlers (healthcare.ngx.transport)", function()
+  local emu, sa, gw, study
+  setup(function()
+    emu = N.emulator()
+    sa = emu:service_account()
+    gw = start(emu, sa)
+    study = H.make_study({ patient_id = "NB-" .. math.random(1, 1e9), study_description = "held",
+      series = { { modality = "CT", count = 2 }, { modality = "MR", count = 1 } } })
+  end)
+  teardown(function()
+    N.stop_all()
+  end)
+
+  it("answers 50 other requests while a handler's call is held 2 s, then the call succeeds", function()
+    assert.equal(1, #gw:workers())
+    emu:control("faults", { match = "store", delay = 2, times = 1 })
+    local wait = held(gw, "patient=" .. study.patient_id)
+    os.execute("sleep 0.4")
+    local t0 = now()
+    local times = pings(gw, 50)
+    local took = now() - t0
+    local doc = wait()
+    assert.is_nil(doc.error)
+    assert.equal(1, doc.count)
+    assert.equal("healthcare.NgxSession", doc.session)
+    assert.truthy(doc.done - doc.started >= 1.9, "the call was not held: " .. (doc.done - doc.started))
+    assert.equal(50, #times)
+    local inside = 0
+    for _, t in ipairs(times) do
+      if t > doc.started and t < doc.done then inside = inside + 1 end
+    end
+    assert.equal(50, inside, "pings answered while the call was held")
+    assert.truthy(took < 2, string.format("50 pings took %.2f s", took))
+    print(string.format("\n50 requests answered in %.3f s while the held call took %.2f s", took, doc.done - doc.started))
+  end)
+
+  it("with libcurl forced (the control), the held call blocks the worker: no request answered meanwhile", function()
+    emu:control("faults", { match = "store", delay = 2, times = 1 })
+    local wait = held(gw, "transport=curl&patient=" .. study.patient_id)
+    os.execute("sleep 0.4")
+    local times = pings(gw, 50)
+    local doc = wait()
+    assert.is_nil(doc.error)
+    assert.equal(1, doc.count)
+    assert.equal("healthcare.Session", doc.session)
+    assert.equal(50, #times)
+    for _, t in ipairs(times) do
+      assert.truthy(t >= doc.done - 0.01, string.format("a ping at %.3f, before the call ended at %.3f", t, doc.done))
+    end
+  end)
+
+  it("the example handler: a patient's studies (search, then each study's metadata) as JSON", function()
+    local patient = "PS-" .. math.random(1, 1e9)
+    local a = H.make_study({ patient_id = patient, study_date = "20230105", study_description = "chest",
+      accession_number = "A1", series = { { modality = "CT", count = 2 }, { modality = "PT", count = 1 } } })
+    local b = H.make_study({ patient_id = patient, study_date = "20240210",
+      series = { { modality = "MR", count = 1 } } })
+    local r = H.curl({ gw.url .. "/patients/" .. patient .. "/studies" })
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.same({ patient_id = patient, count = 2, studies = {
+      { study_uid = a.study_uid, date = "20230105", description = "chest", accession = "A1", series = 2,
+        instances = 3, modalities = { "CT", "PT" } },
+      { study_uid = b.study_uid, date = "20240210", series = 1, instances = 1, modalities = { "MR" } },
+    } }, r.json)
+    -- Nobody's studies: an empty list, not an error; a wildcard is refused.
+    r = H.curl({ gw.url .. "/patients/NOBODY-" .. math.random(1, 1e9) .. "/studies" })
+    assert.equal(200, r.status, r.body)
+    assert.equal(0, r.json.count)
+    assert.equal("[]", r.body:match('"studies":(%[%])'))
+    r = H.curl({ gw.url .. "/patients/A*/studies" })
+    assert.equal(400, r.status, r.body)
+    -- The API's error comes back as the handler's, with its status.
+    emu:control("faults", { match = "store", status = 503, times = 5 })
+    r = H.curl({ gw.url .. "/patients/" .. patient .. "/studies" })
+    emu:control("faults", { replace = true, rules = {} })
+    assert.equal(503, r.status, r.body)
+    assert.equal("UNAVAILABLE", r.json.error.status)
+  end)
+
+  it("streams a 100 MB retrieve to a file with the worker's memory flat", function()
+    local size = 100 * 1000 * 1000
+    local g = H.gen_dicom({ count = 1, size = size, frames = 25, fill = "zero" })[1]
+    local stored = H.orthanc_put_file(g.path)
+    -- nginx's worker runs as www-data: a folder of its own, outside the test's private ones.
+    local dir = H.check_run("mktemp -d /tmp/hc-ngx-retrieve.XXXXXX"):match("[^\n]+")
+    H.check_run("chmod 777 " .. H.q(dir))
+    local out = dir .. "/instance.dcm"
+    finally(function()
+      H.curl({ "-X", "DELETE", E.orthanc .. "/instances/" .. stored.ID })
+      os.remove(g.path)
+      H.run("rm -rf " .. H.q(dir))
+    end)
+    local worker = gw:workers()[1]
+    local base = N.rss_kb(worker)
+    local samples = H.tmpdir() .. "/rss"
+    local url = string.format("%s/t/retrieve?study=%s&series=%s&instance=%s&to=%s", gw.url, g.study_uid,
+      g.series_uid, g.sop_instance_uid, out)
+    local t0 = now()
+    local so, se, code = H.run(table.concat({ H.q(E.support .. "/nginx_rss.sh"), gw.pid, H.q(samples),
+      "curl", "-sS", "-m", "300", H.q(url) }, " "))
+    local took = now() - t0
+    assert.equal(0, code, se)
+    local doc = assert(H.json.decode(so), so)
+    assert.is_nil(doc.error, doc.error)
+    assert.equal(1, #doc.files)
+    assert.equal(out, doc.files[1].path)
+    assert.equal(g.sop_instance_uid, doc.files[1].sop_instance_uid)
+    assert.equal(H.sha256(g.path), H.sha256(out))
+    local grew, n = 0, 0
+    for line in (H.file_bytes(samples) or ""):gmatch("[^\n]+") do
+      local pid, kb = line:match("^(%d+) (%d+)$")
+      if tonumber(pid) == worker then
+        grew = math.max(grew, tonumber(kb) - base)
+        n = n + 1
+      end
+    end
+    assert.truthy(n >= 3, "too few memory samples: " .. n)
+    print(string.format("\n%d MB retrieve in a handler in %.1f s: %d RSS samples, worker grew %d kB",
+      math.floor(g.size / 1000000), took, n, grew))
+    assert.truthy(grew < 5 * 1024, string.format("the worker's RSS grew by %d kB", grew))
+  end)
+
+  it("refuses a call from a phase that cannot yield with a clear error, at once", function()
+    local t0 = now()
+    local r = H.curl({ gw.url .. "/t/set_phase" })
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.truthy(r.body:find("^usage phase "), r.body)
+    assert.truthy(r.body:find("nginx's set phase cannot wait for the network", 1, true), r.body)
+    assert.truthy(now() - t0 < 2)
+  end)
+end)
