@@ -47,6 +47,34 @@ local HANDLERS = [[
                   error = err and tostring(err), status = err and err.status })
             }
         }
+        location = /t/same {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local g = require("healthcare.ngx").gateway()
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path,
+                  transport = a.transport, credentials = require("healthcare.ngx.transport").credential() })
+                local store = assert(client:dicom_store(g.parent))
+                local out = { session = tostring(client._session):match("^[%w.]+") }
+                local got, res = client:call("projects.locations.datasets.dicomStores.get", { name = g.parent })
+                out.get = got and { name = got.name, status = res.status } or tostring(res)
+                local report, rerr = store:store(a.dir, { concurrency = 3, max_request_instances = 1 })
+                out.store = report and { stored = #report.stored, failed = #report.failed } or tostring(rerr)
+                local list = assert(store:search_studies({ StudyInstanceUID = a.study })):all()
+                out.found = list and #list
+                local meta = store:retrieve_metadata(a.study)
+                out.metadata = meta and #meta
+                local _, merr = store:retrieve_metadata(a.missing)
+                out.missing = { kind = merr.kind, status = merr.status, http_status = merr.http_status,
+                  not_found = merr.not_found, message = merr.message }
+                local _, berr = store:search_studies({ Bogus = "x" })
+                out.bad = berr and (berr.kind .. " " .. berr.message)
+                local _, cerr = client:call("projects.locations.datasets.dicomStores.get", { name = g.parent .. "-none" })
+                out.call_error = cerr and { kind = cerr.kind, status = cerr.status, http_status = cerr.http_status }
+                client:close()
+                ngx.print(cjson.encode(out))
+            }
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -216,6 +244,37 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     print(string.format("\n%d MB retrieve in a handler in %.1f s: %d RSS samples, worker grew %d kB",
       math.floor(g.size / 1000000), took, n, grew))
     assert.truthy(grew < 5 * 1024, string.format("the worker's RSS grew by %d kB", grew))
+  end)
+
+  it("gives the same answers and error values as libcurl: call, store (several in flight), search, metadata", function()
+    local outs = {}
+    for _, transport in ipairs({ "ngx", "curl" }) do
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-store.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      local files = H.gen_dicom({ count = 4, dir = dir })
+      H.check_run("chmod -R a+rwX " .. H.q(dir))
+      local r = H.curl({ string.format("%s/t/same?transport=%s&dir=%s&study=%s&missing=%s", gw.url, transport, dir,
+        files[1].study_uid, H.fresh_uid()) })
+      assert.equal(200, r.status, r.body .. gw:log())
+      outs[transport] = assert(r.json, r.body)
+    end
+    local ngx_out, curl_out = outs.ngx, outs.curl
+    assert.equal("healthcare.NgxSession", ngx_out.session)
+    assert.equal("healthcare.Session", curl_out.session)
+    ngx_out.session, curl_out.session = nil, nil
+    assert.same({ stored = 4, failed = 0 }, ngx_out.store)
+    assert.equal(1, ngx_out.found)
+    assert.equal(4, ngx_out.metadata)
+    assert.equal(N.STORE, ngx_out.get.name)
+    assert.same({ kind = "http", status = "NOT_FOUND", http_status = 404, not_found = "study" },
+      { kind = ngx_out.missing.kind, status = ngx_out.missing.status, http_status = ngx_out.missing.http_status,
+        not_found = ngx_out.missing.not_found })
+    assert.truthy(ngx_out.bad:find("^usage "), ngx_out.bad)
+    assert.equal(404, ngx_out.call_error.http_status)
+    -- Messages name the study each run looked for: the same once that is taken out.
+    ngx_out.missing.message = ngx_out.missing.message:gsub("2%.25%.%d+", "UID")
+    curl_out.missing.message = curl_out.missing.message:gsub("2%.25%.%d+", "UID")
+    assert.same(curl_out, ngx_out)
   end)
 
   it("refuses a call from a phase that cannot yield with a clear error, at once", function()
