@@ -84,15 +84,14 @@ local HANDLERS = [[
             }
             return 200 $outcome;
         }
-        location ~ ^/patients/[^/]+/studies$ {
-            content_by_lua_file EXAMPLES/patient_studies.lua;
-        }
         location / {]]
 
 local function start(emu, sa)
   local examples = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty"
   return N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
-    edits = { { "        location / {", (HANDLERS:gsub("EXAMPLES", examples)) } } })
+    edits = { { "        location / {", HANDLERS },
+      { "content_by_lua_file /etc/healthcare/patient_studies.lua;",
+        "content_by_lua_file " .. examples .. "/patient_studies.lua;" } } })
 end
 
 -- n requests to /t/ping one after the other (one curl, one connection): their worker times.
