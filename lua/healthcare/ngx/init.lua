@@ -195,6 +195,13 @@ local function check_number(opts, k)
   end
 end
 
+-- The dicomStore, which a gateway for FHIR or HL7v2 alone (ngx/routes.lua) does not need.
+local function check_parent(opts)
+  if opts.parent == nil and (opts.fhir_store or opts.hl7v2_store) then return end
+  local ok, perr = names.check_parent(opts.parent)
+  if not ok then error("healthcare.ngx.configure: " .. perr.message, 3) end
+end
+
 --- Sets up a gateway (in init_by_lua: the key is read once, by the master, before workers drop
 --- privileges). opts: credentials (path of a service account JSON key, or its decoded table),
 --- parent (projects/{p}/locations/{l}/datasets/{d}/dicomStores/{s}), and optionally name
@@ -205,11 +212,7 @@ end
 function M.configure(opts)
   util.check_options(opts, M.OPTIONS, "healthcare.ngx.configure")
   opts = opts or {}
-  -- A gateway for FHIR or HL7v2 alone needs no dicomStore.
-  if opts.parent ~= nil or not (opts.fhir_store or opts.hl7v2_store) then
-    local ok, perr = names.check_parent(opts.parent)
-    if not ok then error("healthcare.ngx.configure: " .. perr.message, 2) end
-  end
+  check_parent(opts)
   for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
     check_number(opts, k)
   end

@@ -99,7 +99,7 @@ local function fhir_path(rest, method)
   return rest
 end
 
-local HL7V2_PATHS = { "^/messages$", "^/messages:ingest$", "^/messages/[%w._=-]+$" }
+local HL7V2_PATHS = { "^/messages$", "^/messages:ingest$", "^/messages/[%w_=-]+$" }
 
 --- The upstream path for a request of route r, or nil, status, message.
 function M.map_path(r, rest, method, api_path)

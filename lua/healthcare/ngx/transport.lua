@@ -146,6 +146,10 @@ function Exchange:progress()
   return cb(self.received, self.sent, self.to_send) ~= false
 end
 
+function Exchange:aborted()
+  return fail("transport", "aborted", self.r, "the transfer was stopped by its progress function")
+end
+
 -- A failure of the socket at `step` (the request's own timeout when it is past).
 function Exchange:socket_fail(step, why)
   if self.deadline and ngx.now() >= self.deadline then
@@ -217,7 +221,7 @@ function Exchange:send_request()
       ok, err = self:send_all(piece)
       if not ok then return nil, err end
       self.sent = self.sent + #piece
-      if not self:progress() then return fail("transport", "aborted", self.r, "the transfer was stopped by its progress function") end
+      if not self:progress() then return self:aborted() end
     end
   end
   return true
@@ -272,7 +276,7 @@ function Exchange:deliver(piece)
     end
     self.memory[#self.memory + 1] = piece
   end
-  if not self:progress() then return fail("transport", "aborted", self.r, "the transfer was stopped by its progress function") end
+  if not self:progress() then return self:aborted() end
   return true
 end
 
