@@ -75,6 +75,29 @@ local HANDLERS = [[
                 ngx.print(cjson.encode(out))
             }
         }
+        location = /t/timer {
+            content_by_lua_block {
+                local dict = ngx.shared.healthcare
+                dict:delete("spec71:timer")
+                local patient = ngx.var.arg_patient
+                local ok, err = ngx.timer.at(0, function(premature)
+                    if premature then return end
+                    local g = require("healthcare.ngx").gateway()
+                    local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path })
+                    local store = assert(client:dicom_store(g.parent))
+                    local results, serr = store:search_studies({ PatientID = patient })
+                    local list = results and results:all()
+                    serr = serr or (results and results.error)
+                    dict:set("spec71:timer", list and ("found " .. #list .. " " .. tostring(client._session))
+                      or ("error " .. tostring(serr)))
+                    client:close()
+                end)
+                ngx.print(ok and "started" or err)
+            }
+        }
+        location = /t/timer_result {
+            content_by_lua_block { ngx.print(ngx.shared.healthcare:get("spec71:timer") or "") }
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -274,6 +297,21 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     ngx_out.missing.message = ngx_out.missing.message:gsub("2%.25%.%d+", "UID")
     curl_out.missing.message = curl_out.missing.message:gsub("2%.25%.%d+", "UID")
     assert.same(curl_out, ngx_out)
+  end)
+
+  it("runs the same calls from a timer (ngx.timer.at), over cosockets, with the gateway's cached token", function()
+    local patient = "TIMER-" .. math.random(1, 1e9)
+    H.make_study({ patient_id = patient })
+    H.make_study({ patient_id = patient })
+    local r = H.curl({ gw.url .. "/t/timer?patient=" .. patient })
+    assert.equal("started", r.body)
+    local result = ""
+    for _ = 1, 100 do
+      result = H.curl({ gw.url .. "/t/timer_result" }).body
+      if result ~= "" then break end
+      os.execute("sleep 0.1")
+    end
+    assert.truthy(result:find("^found 2 healthcare.NgxSession"), result)
   end)
 
   it("refuses a call from a phase that cannot yield with a clear error, at once", function()

@@ -584,7 +584,20 @@ function M.credential(name)
       return nil, errors.new("auth", "the gateway's credentials are not usable: " .. g.unusable,
         { status = "NO_CREDENTIALS" })
     end
-    local token, err, retry_after = g:token()
+    local token, err, retry_after
+    if M.phase() == "timer" then
+      -- ngx.location.capture, which refreshes the gateway's token, is not available in timers:
+      -- the token the requests keep fresh is used while it is valid.
+      local cached, _, expires_at = g:cached()
+      if cached and ngx.now() < expires_at then
+        token = cached
+      else
+        err = "the gateway's token cannot be refreshed from a timer (ngx.location.capture is not available "
+          .. "there) and no valid one is cached yet: let a request through the gateway first"
+      end
+    else
+      token, err, retry_after = g:token()
+    end
     if not token then
       return nil, errors.new("auth", "no access token from the gateway: " .. tostring(err),
         { status = "UNAVAILABLE", retryable = true, retry_after = retry_after })
