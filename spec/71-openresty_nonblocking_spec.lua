@@ -98,6 +98,25 @@ local HANDLERS = [[
         location = /t/timer_result {
             content_by_lua_block { ngx.print(ngx.shared.healthcare:get("spec71:timer") or "") }
         }
+        location = /t/send {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { credentials = false, transport = a.transport,
+                  idle_timeout = tonumber(a.idle) })
+                local req = { url = a.url, max_response_bytes = tonumber(a.max) }
+                if a.dir then req.sink = { dir = a.dir, max_parts = tonumber(a.max_parts) } end
+                if a.file then req.sink = { file = a.file } end
+                local res, err = client:send(req)
+                client:close()
+                local parts = res and res.parts
+                ngx.print(cjson.encode(res and { status = res.status, bytes = res.bytes, body = #res.body,
+                  file = res.file, parts = parts and #parts, sizes = parts and table.concat((function()
+                    local t = {} for i, p in ipairs(parts) do t[i] = p.size os.remove(p.path) end return t end)(), ",") }
+                  or { kind = err.kind, status = err.status, http_status = err.http_status,
+                    kept = err.parts and #err.parts }))
+            }
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -333,6 +352,59 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
       os.execute("sleep 0.1")
     end
     assert.truthy(result:find("^found 2 healthcare.NgxSession"), result)
+  end)
+
+  it("meets bad answers with the errors libcurl gives: cut, malformed parts, caps, codings, silence", function()
+    local dir = H.tmpdir()
+    local pid = tonumber(H.check_run(string.format("/usr/bin/python3 %s >%s 2>%s </dev/null & echo $!",
+      H.q(E.support .. "/raw_server.py"), H.q(dir .. "/out"), H.q(dir .. "/err"))):match("%d+"))
+    local hostile = tonumber(H.check_run(string.format("/usr/bin/python3 %s >%s 2>%s </dev/null & echo $!",
+      H.q(E.support .. "/hostile_server.py"), H.q(dir .. "/hout"), H.q(dir .. "/herr"))):match("%d+"))
+    local sinkdir = H.check_run("mktemp -d /tmp/hc-ngx-sink.XXXXXX"):match("[^\n]+")
+    H.check_run("chmod 777 " .. H.q(sinkdir))
+    finally(function()
+      os.execute("kill " .. pid .. " " .. hostile .. " 2>/dev/null")
+      H.run("rm -rf " .. H.q(sinkdir))
+    end)
+    local url, hurl
+    for _ = 1, 200 do
+      url = (H.file_bytes(dir .. "/out") or ""):match("^(http://%S+)\n")
+      hurl = (H.file_bytes(dir .. "/hout") or ""):match("^(http://%S+)\n")
+      if url and hurl then break end
+      os.execute("sleep 0.05")
+    end
+    assert(url and hurl, "the raw or hostile server did not start")
+    local function escape(v)
+      return (tostring(v):gsub("[^%w._~-]", function(c) return string.format("%%%02X", c:byte()) end))
+    end
+    local cases = {
+      { "/multipart?sizes=10,0,5000&chunked=1", { dir = sinkdir } },
+      { "/multipart?sizes=10,0,5000", { dir = sinkdir } },
+      { "/multipart?sizes=10,70000,5&cut=30000", { dir = sinkdir } },
+      { "/multipart?sizes=10,70000,5&cut=30000&chunked=1", { dir = sinkdir } },
+      { "/multipart?sizes=10,20&badhead=1", { dir = sinkdir } },
+      { "/multipart?sizes=1,1,1,1", { dir = sinkdir, max_parts = 2 } },
+      { "/dicom?size=100000", { file = sinkdir .. "/one.dcm" } },
+      { "/dicom?size=100000&chunked=1&drip=999", {} },
+      { "/dicom?size=100000", { max = 1000 } },
+      { "/status?code=404", { dir = sinkdir } },
+      { "/empty?code=204", {} },
+      { "/dicom?size=100000&cut=10&hang=1", { idle = 1 } },
+      { hurl .. "/gzip-json/mib=1", {} },
+      { hurl .. "/odd-coding", { dir = sinkdir } },
+    }
+    for _, c in ipairs(cases) do
+      local target = c[1]:find("^http") and c[1] or url .. c[1]
+      local outs = {}
+      for _, transport in ipairs({ "ngx", "curl" }) do
+        local q = { "transport=" .. transport, "url=" .. escape(target) }
+        for k, v in pairs(c[2]) do q[#q + 1] = k .. "=" .. escape(v) end
+        local r = H.curl({ "-m", "30", gw.url .. "/t/send?" .. table.concat(q, "&") })
+        assert.equal(200, r.status, r.body .. gw:log())
+        outs[transport] = assert(r.json, r.body)
+      end
+      assert.same(outs.curl, outs.ngx, c[1])
+    end
   end)
 
   it("refuses a call from a phase that cannot yield with a clear error, at once", function()

@@ -155,6 +155,9 @@ function Exchange:socket_fail(step, why)
   if self.deadline and ngx.now() >= self.deadline then
     return fail("transport", "timeout", self.r, "the request took more than its timeout (%g s)", self.r.timeout)
   end
+  if why == "closed" and step == "recv" and self.status then
+    return fail("transport", "partial", self.r, "the connection closed before the end of the answer")
+  end
   if why == "timeout" and step ~= "connect" then
     return fail("transport", "too_slow", self.r, "nothing moved for %g s (idle_timeout)", self.session.idle_ms / 1000)
   end
@@ -400,7 +403,8 @@ function Exchange:run()
   self:release(res ~= nil and keep == true)
   if not res and self.sink then
     local left = self.sink:finish(false)
-    if left and left.parts and #left.parts > 0 then err.parts = left.parts end
+    -- As libcurl's transfers: a directory sink's failure lists its complete parts (the caller's).
+    if self.r.sink.dir then err.parts = left and left.parts or {} end
     self.sink:close()
   end
   if not res and self.status then err.http_status = self.status end
