@@ -117,6 +117,13 @@ local HANDLERS = [[
                     kept = err.parts and #err.parts }))
             }
         }
+        location = /t/blocking_credential {
+            content_by_lua_block {
+                local c, err = require("healthcare").new { credentials = { type = "authorized_user",
+                  client_id = "id.apps.googleusercontent.com", client_secret = "not-a-secret", refresh_token = "1//x" } }
+                ngx.print(c and "made" or (err.kind .. " " .. err.status .. " " .. err.message))
+            }
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -405,6 +412,13 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
       end
       assert.same(outs.curl, outs.ngx, c[1])
     end
+  end)
+
+  it("refuses a credential that would fetch its tokens through libcurl inside nginx", function()
+    local r = H.curl({ gw.url .. "/t/blocking_credential" })
+    assert.equal(200, r.status, r.body)
+    assert.truthy(r.body:find("^usage NO_CREDENTIALS inside nginx, a credential of kind authorized_user would fetch", 1), r.body)
+    assert.truthy(r.body:find('require("healthcare.ngx.transport").credential()', 1, true), r.body)
   end)
 
   it("refuses a call from a phase that cannot yield with a clear error, at once", function()

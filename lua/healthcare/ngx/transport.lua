@@ -569,7 +569,7 @@ end
 --- nil, err unless the credential can authorize without blocking the worker.
 function M.check_credential(cred)
   if NON_BLOCKING[cred.kind] then return true end
-  return nil, errors.new("usage", string.format("inside nginx a %s credential would fetch its tokens through "
+  return nil, errors.new("usage", string.format("inside nginx, a credential of kind %s would fetch its tokens through "
     .. "libcurl and block the worker: pass credentials = require(\"healthcare.ngx.transport\").credential() "
     .. "(the gateway's token, kept in its lua_shared_dict), or access_token / api_key", tostring(cred.kind)),
     { status = "NO_CREDENTIALS" })
