@@ -103,7 +103,7 @@ local HANDLERS = [[
                 local cjson = require "cjson.safe"
                 local a = ngx.req.get_uri_args()
                 local client = assert(require("healthcare").new { credentials = false, transport = a.transport,
-                  idle_timeout = tonumber(a.idle) })
+                  idle_timeout = tonumber(a.idle), insecure = a.insecure == "1" })
                 local req = { url = a.url, max_response_bytes = tonumber(a.max) }
                 if a.dir then req.sink = { dir = a.dir, max_parts = tonumber(a.max_parts) } end
                 if a.file then req.sink = { file = a.file } end
@@ -114,7 +114,7 @@ local HANDLERS = [[
                   file = res.file, parts = parts and #parts, sizes = parts and table.concat((function()
                     local t = {} for i, p in ipairs(parts) do t[i] = p.size os.remove(p.path) end return t end)(), ",") }
                   or { kind = err.kind, status = err.status, http_status = err.http_status,
-                    kept = err.parts and #err.parts }))
+                    kept = err.parts and #err.parts, message = a.message and err.message or nil }))
             }
         }
         location = /t/blocking_credential {
@@ -428,5 +428,59 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     assert.truthy(r.body:find("^usage phase "), r.body)
     assert.truthy(r.body:find("nginx's set phase cannot wait for the network", 1, true), r.body)
     assert.truthy(now() - t0 < 2)
+  end)
+
+  describe("over TLS (nginx's lua_ssl_trusted_certificate)", function()
+    local tls, gw2
+    setup(function()
+      tls = require("support.tls_server").start { upstream = emu.url }
+      -- Trusts a CA that did not sign the server's certificate.
+      gw2 = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "        location / {", HANDLERS },
+          { "lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;",
+            "lua_ssl_trusted_certificate " .. tls.other_ca_file .. ";" } } })
+    end)
+    teardown(function()
+      if tls then tls:stop() end
+    end)
+
+    local function send(query)
+      local r = H.curl({ "-m", "30", gw2.url .. "/t/send?message=1&url="
+        .. (tls.url .. "/v1/" .. N.STORE .. "/dicomWeb/studies"):gsub(":", "%%3A") .. query })
+      assert.equal(200, r.status, r.body .. gw2:log())
+      return assert(r.json, r.body)
+    end
+
+    it("verifies the server's certificate by default, and refuses one it cannot trust", function()
+      local out = send("")
+      assert.equal("transport", out.kind)
+      assert.equal("tls", out.status)
+      assert.truthy(out.message:find("certificate", 1, true), out.message)
+      assert.is_nil(out.message:find("Bearer", 1, true))
+    end)
+
+    it("checks the certificate's names too: trusted CA, but the host (an IP address) not among its DNS names", function()
+      local gw3 = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "        location / {", HANDLERS },
+          { "lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;",
+            "lua_ssl_trusted_certificate " .. tls.ca_file .. ";" } } })
+      finally(function() gw3:stop() end)
+      local r = H.curl({ "-m", "30", gw3.url .. "/t/send?message=1&url="
+        .. (tls.url .. "/v1/" .. N.STORE .. "/dicomWeb/studies"):gsub(":", "%%3A") })
+      -- The CA is trusted: the name is what fails ("certificate host mismatch" in the message or,
+      -- when resty.core raises instead of returning it, "does not match host" in nginx's error log).
+      assert.equal("tls", r.json.status, r.body)
+      assert.truthy(r.json.message:find("certificate", 1, true), r.json.message)
+      local log = gw3:log()
+      assert.truthy(r.json.message:find("host mismatch", 1, true) or log:find("certificate does not match host", 1, true),
+        r.json.message)
+    end)
+
+    it("speaks HTTP over TLS (insecure = true: no verification), a connection kept between requests", function()
+      for _ = 1, 2 do
+        local out = send("&insecure=1")
+        assert.equal(401, out.status)    -- no credentials sent: the emulator's answer, through TLS
+      end
+    end)
   end)
 end)

@@ -173,9 +173,15 @@ function Exchange:connect()
   local ok, why = sock:connect(self.host, self.port, { pool = pool, pool_size = M.POOL_SIZE })
   if not ok then return self:socket_fail("connect", why) end
   if self.scheme == "https" and sock:getreusedtimes() == 0 then
-    local sess
-    sess, why = sock:sslhandshake(nil, self.host, not s.insecure)
-    if not sess then return self:socket_fail("tls", why) end
+    -- lua-resty-core 0.1.25 (Debian 12) raises "assertion failed!" instead of returning the
+    -- error when a verification fails during a handshake that completed at once: that is a
+    -- refusal too (OpenSSL's reason is in nginx's error log).
+    local called, sess, herr = pcall(sock.sslhandshake, sock, nil, self.host, not s.insecure)
+    if not called then
+      herr = "certificate verification failed (nginx's error log gives OpenSSL's reason; " .. tostring(sess) .. ")"
+      sess = nil
+    end
+    if not sess then return self:socket_fail("tls", herr) end
   end
   return true
 end
