@@ -254,6 +254,8 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     emu:control("faults", { replace = true, rules = {} })
     assert.equal(503, r.status, r.body)
     assert.equal("UNAVAILABLE", r.json.error.status)
+    -- The library was loaded in init_by_lua: no handler set a global.
+    assert.falsy(gw:log():find("writing a global Lua variable", 1, true), gw:log())
   end)
 
   it("sends a handler's request again with a fresh gateway token after a 401, once", function()
