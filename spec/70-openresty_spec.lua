@@ -86,13 +86,15 @@ describe("healthcare.ngx.rewrite_urls", function()
     assert.equal('["http://h/\\"x\\\\/studies"]', out)
   end)
 
-  it("rewrites DICOM JSON and JSON answers only", function()
+  it("rewrites DICOM JSON, JSON, FHIR JSON and DICOM XML answers only", function()
     assert.is_true(ngxmod.rewritable("application/dicom+json"))
+    assert.is_true(ngxmod.rewritable("application/fhir+json; charset=utf-8"))
+    assert.same({ true, true }, { ngxmod.rewritable("application/dicom+xml") }) -- the second: XML
     assert.is_true(ngxmod.rewritable("Application/DICOM+JSON; charset=utf-8"))
     assert.is_true(ngxmod.rewritable("application/json; charset=UTF-8"))
     assert.is_true(ngxmod.rewritable({ "application/json" }))
     for _, t in ipairs({ 'multipart/related; type="application/dicom+json"', "application/dicom",
-      "application/dicom+xml", "text/html", "image/jpeg", "" }) do
+      "text/html", "image/jpeg", "" }) do
       assert.is_false(ngxmod.rewritable(t), t)
     end
     assert.is_false(ngxmod.rewritable(nil))

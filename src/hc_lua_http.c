@@ -828,6 +828,232 @@ static int l_transfer_tostring(lua_State *L)
     return 1;
 }
 
+/* ---- bodies and sinks for another transport ------------------------------------------------ */
+/* healthcare.ngx.transport speaks HTTP over nginx's cosockets, not libcurl; it sends the same
+ * bodies and writes answers through the same sinks, so files are checked, framed, parsed, capped
+ * and removed the same way:
+ *   core.body_reader(body) -> reader: reader:length(), reader:read(n) -> bytes ("" at the end)
+ *     | nil, err; reader:close(). body as a request's (a string, segments, { multipart = ... }).
+ *   core.sink({ file = path } | { dir = path } [, caps]) -> sink: sink:decide(status,
+ *     content_type), sink:mode(), sink:write(bytes), sink:finish(ok) -> { file | parts, bytes }
+ *     | nil, err; sink:close() removes what was not handed over. */
+#define BODY_READER_MT "healthcare.BodyReader"
+#define SINK_MT "healthcare.Sink"
+#define BODY_READ_MAX (1024 * 1024)
+
+/* The reader is an ltransfer holding only `building`: build_body fills it, its __gc frees it. */
+static ltransfer *body_reader_check(lua_State *L)
+{
+    ltransfer *lt = luaL_checkudata(L, 1, BODY_READER_MT);
+    if (lt->building == NULL)
+        luaL_error(L, "attempt to use a closed body reader");
+    return lt;
+}
+
+static int l_body_reader_new(lua_State *L)
+{
+    ltransfer *lt;
+    luaL_checkany(L, 1);
+    lt = lua_newuserdata(L, sizeof *lt);
+    memset(lt, 0, sizeof *lt);
+    lt->ref = LUA_NOREF;
+    luaL_setmetatable(L, BODY_READER_MT);
+    if (build_body(L, 1, lt, 1) != 0)
+        return 2;
+    lua_pushvalue(L, -1);
+    return 1;
+}
+
+static int l_body_reader_length(lua_State *L)
+{
+    lua_pushnumber(L, (lua_Number)hc_body_length(body_reader_check(L)->building));
+    return 1;
+}
+
+static int l_body_reader_read(lua_State *L)
+{
+    ltransfer *lt = body_reader_check(L);
+    lua_Integer want = luaL_checkinteger(L, 2);
+    size_t n = want < 1 ? 1 : want > BODY_READ_MAX ? BODY_READ_MAX : (size_t)want;
+    char *buf = malloc(n);
+    long got;
+    if (buf == NULL)
+        return luaL_error(L, "out of memory");
+    got = hc_body_read(lt->building, buf, n);
+    if (got < 0) {
+        free(buf);
+        return hc_lua_fail(L, "io", "body", "%s", hc_body_error(lt->building));
+    }
+    lua_pushlstring(L, buf, (size_t)got);
+    free(buf);
+    return 1;
+}
+
+static int l_body_reader_close(lua_State *L)
+{
+    ltransfer *lt = luaL_checkudata(L, 1, BODY_READER_MT);
+    hc_body_free(lt->building);
+    lt->building = NULL;
+    return 0;
+}
+
+static int l_body_reader_tostring(lua_State *L)
+{
+    ltransfer *lt = luaL_checkudata(L, 1, BODY_READER_MT);
+    lua_pushfstring(L, "healthcare.BodyReader (%s)", lt->building == NULL ? "closed" : "open");
+    return 1;
+}
+
+typedef struct lsink {
+    hc_sink *k;                    /* owned; NULL once closed */
+    int kind;                      /* HC_SINK_FILE or HC_SINK_DIR */
+} lsink;
+
+static lsink *sink_check(lua_State *L)
+{
+    lsink *ls = luaL_checkudata(L, 1, SINK_MT);
+    if (ls->k == NULL)
+        luaL_error(L, "attempt to use a closed sink");
+    return ls;
+}
+
+static int l_sink_new(lua_State *L)
+{
+    static const char *const keys[] = { "file", "dir" };
+    static const int kinds[] = { HC_SINK_FILE, HC_SINK_DIR };
+    const char *path = NULL;
+    int i, kind = 0;
+    lsink *ls;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    for (i = 0; i < 2; i++) {
+        lua_getfield(L, 1, keys[i]);
+        if (!lua_isnil(L, -1)) {
+            size_t len;
+            const char *p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+            if (p == NULL || len == 0 || strlen(p) != len)
+                return hc_lua_argerror(L, 1, "sink.%s must be a non-empty path without NUL", keys[i]);
+            if (path != NULL)
+                return hc_lua_argerror(L, 1, "sink takes 'file' or 'dir', not both");
+            path = p; /* anchored in the table */
+            kind = kinds[i];
+        }
+        lua_pop(L, 1);
+    }
+    if (path == NULL)
+        return hc_lua_argerror(L, 1, "a sink needs { file = path } or { dir = path }");
+    ls = lua_newuserdata(L, sizeof *ls);
+    ls->k = NULL;
+    ls->kind = kind;
+    luaL_setmetatable(L, SINK_MT);
+    ls->k = hc_sink_new(kind, path, opt_count(L, 1, 1, "max_bytes", 0),
+                        opt_count(L, 1, 1, "max_parts", 0), opt_count(L, 1, 1, "max_part_bytes", 0));
+    if (ls->k == NULL)
+        return luaL_error(L, "out of memory");
+    return 1;
+}
+
+/* nil, err for the sink's error (as a transfer's: io/sink, the cap's code, multipart), with the
+ * complete parts of a directory sink in err.parts (the caller's files from now on). */
+static int sink_fail(lua_State *L, lsink *ls)
+{
+    const char *message = "", *code = NULL;
+    int e = hc_sink_error(ls->k, &message, &code);
+    if (e == HC_SINKERR_IO)
+        hc_lua_fail(L, "io", "sink", "%s", message);
+    else if (e == HC_SINKERR_CAP)
+        hc_lua_fail(L, "transport", code != NULL ? code : "too_large", "%s", message);
+    else
+        hc_lua_fail(L, "transport", "multipart", "%s", message[0] ? message : "the sink failed");
+    if (ls->kind == HC_SINK_DIR) {
+        push_parts(L, ls->k);
+        lua_setfield(L, -2, "parts");
+    }
+    return 2;
+}
+
+static int l_sink_decide(lua_State *L)
+{
+    lsink *ls = sink_check(L);
+    long status = (long)luaL_checkinteger(L, 2);
+    const char *ct = luaL_optstring(L, 3, NULL);
+    if (hc_sink_decide(ls->k, status, ct) != 0)
+        return sink_fail(L, ls);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_sink_mode(lua_State *L)
+{
+    static const char *const names[] = { "undecided", "memory", "file", "parts", "part" };
+    int m = hc_sink_mode(sink_check(L)->k);
+    lua_pushstring(L, m >= 0 && m <= HC_SINK_TO_PART ? names[m] : "undecided");
+    return 1;
+}
+
+static int l_sink_write(lua_State *L)
+{
+    lsink *ls = sink_check(L);
+    size_t n;
+    const char *p = luaL_checklstring(L, 2, &n);
+    if (hc_sink_write(ls->k, p, n) != 0)
+        return sink_fail(L, ls);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* sink:finish(ok) -> { file = path | parts = {...}, bytes = n } | nil, err */
+static int l_sink_finish(lua_State *L)
+{
+    lsink *ls = sink_check(L);
+    int ok = lua_toboolean(L, 2);
+    int mode;
+    if (hc_sink_end(ls->k, ok) != 0)
+        return sink_fail(L, ls);
+    mode = hc_sink_mode(ls->k);
+    lua_createtable(L, 0, 2);
+    if (mode == HC_SINK_TO_FILE) {
+        lua_pushstring(L, hc_sink_path(ls->k));
+        lua_setfield(L, -2, "file");
+    } else if (mode == HC_SINK_TO_PARTS || mode == HC_SINK_TO_PART) {
+        push_parts(L, ls->k);
+        lua_setfield(L, -2, "parts");
+    }
+    lua_pushnumber(L, (lua_Number)hc_sink_bytes(ls->k));
+    lua_setfield(L, -2, "bytes");
+    return 1;
+}
+
+static int l_sink_close(lua_State *L)
+{
+    lsink *ls = luaL_checkudata(L, 1, SINK_MT);
+    hc_sink_free(ls->k);
+    ls->k = NULL;
+    return 0;
+}
+
+static int l_sink_tostring(lua_State *L)
+{
+    lsink *ls = luaL_checkudata(L, 1, SINK_MT);
+    lua_pushfstring(L, "healthcare.Sink (%s)", ls->k == NULL ? "closed" : "open");
+    return 1;
+}
+
+static const luaL_Reg body_reader_methods[] = {
+    {"length", l_body_reader_length},
+    {"read", l_body_reader_read},
+    {"close", l_body_reader_close},
+    {NULL, NULL}
+};
+
+static const luaL_Reg sink_methods[] = {
+    {"decide", l_sink_decide},
+    {"mode", l_sink_mode},
+    {"write", l_sink_write},
+    {"finish", l_sink_finish},
+    {"close", l_sink_close},
+    {NULL, NULL}
+};
+
 /* ---- registration ------------------------------------------------------------------------- */
 
 static const luaL_Reg session_methods[] = {
@@ -852,4 +1078,11 @@ void hc_lua_http_register(lua_State *L)
     hc_lua_newclass(L, TRANSFER_MT, transfer_methods, l_transfer_close, l_transfer_tostring);
     lua_pushcfunction(L, l_session_new);
     lua_setfield(L, -2, "session");
+    hc_lua_newclass(L, BODY_READER_MT, body_reader_methods, l_body_reader_close,
+                    l_body_reader_tostring);
+    hc_lua_newclass(L, SINK_MT, sink_methods, l_sink_close, l_sink_tostring);
+    lua_pushcfunction(L, l_body_reader_new);
+    lua_setfield(L, -2, "body_reader");
+    lua_pushcfunction(L, l_sink_new);
+    lua_setfield(L, -2, "sink");
 }

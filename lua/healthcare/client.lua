@@ -36,7 +36,7 @@ local OPTION_TYPES = {
   user_agent = "string", debug = "boolean|function", http2 = "boolean", self_signed_jwt = "boolean",
   subject = "string", token_cache = "boolean|string", refresh_margin = "number", quota_project = "string",
   min_speed = "number", max_compression_ratio = "number", impersonate = "string", delegates = "table",
-  iam_endpoint = "string",
+  iam_endpoint = "string", transport = "string",
   proxy = "string", no_proxy = "string",
 }
 local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory" }
@@ -130,6 +130,11 @@ local function check_new_options(opts, fname, level)
     util.check_number(opts[k], k, fname, ">= 0", level)
   end
   util.check_number(opts.concurrency, "concurrency", fname, "whole >= 1", level)
+  local t = opts.transport
+  if t ~= nil and t ~= "auto" and t ~= "ngx" and t ~= "curl" then
+    error(string.format("bad option 'transport' to '%s' (\"auto\", \"ngx\" or \"curl\" expected, got '%s')",
+      fname, t), level)
+  end
   if opts.retry then require("healthcare.retry").check(opts.retry, fname, level) end
   return opts
 end
@@ -157,9 +162,13 @@ function M.create(opts, fname, level)
     return nil, errors.new("usage", "endpoint must be an http(s) URL without spaces, control characters, "
       .. "non-ASCII, '?' or '#', got '" .. endpoint .. "'")
   end
+  -- Inside OpenResty the requests go over nginx's cosockets (README "OpenResty"), never libcurl.
+  local ngx_transport, terr = require("healthcare.ngx.transport").wanted(opts.transport)
+  if terr then return nil, terr end
+  if ngx_transport then opts = ngx_transport.options(opts) end
   local cred, owned = credential_from(opts)
   if not cred then return nil, owned end
-  local session = core.session {
+  local session_opts = {
     user_agent = user_agent(opts.user_agent),
     connect_timeout = opts.connect_timeout or 30,
     timeout = opts.timeout,
@@ -172,6 +181,11 @@ function M.create(opts, fname, level)
     proxy = opts.proxy,
     no_proxy = opts.no_proxy,
   }
+  local session, serr = (ngx_transport or core).session(session_opts, cred)
+  if not session then
+    if owned and cred.close then cred:close() end
+    return nil, serr
+  end
   return setmetatable({
     proxy_settings = { proxy = opts.proxy, no_proxy = opts.no_proxy },
     endpoint = endpoint:gsub("/+$", ""),

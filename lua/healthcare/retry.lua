@@ -113,7 +113,7 @@ function Policy:run(attempt, retry_of, stop_at)
     if not again then return a, b, c end
     local wait = self:next_wait(n, started, asked, nil, stop_at)
     if not wait then return a, b, c end
-    core.sleep(wait)
+    util.sleep(wait)
   end
 end
 

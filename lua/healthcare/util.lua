@@ -7,6 +7,17 @@ local core = require "healthcare.core"
 
 local M = {}
 
+--- Sleeps `seconds`: inside OpenResty without blocking the worker where nginx allows it
+--- (healthcare.ngx.transport), else in the C core. Every wait of the module (retries, polling)
+--- goes through here.
+function M.sleep(seconds)
+  local n = rawget(_G, "ngx")
+  if type(n) == "table" and type(n.get_phase) == "function" then
+    return require("healthcare.ngx.transport").sleep(seconds)
+  end
+  return core.sleep(seconds)
+end
+
 -- ---- misuse: raised with the caller's position ------------------------------------------------
 -- Every public entry point checks its arguments and options with these two, first thing, so a
 -- programming mistake raises "bad argument #1 to 'retrieve_study' (string expected, got number)"

@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 import emulator_admin as admin
 import emulator_federation as federation
+import emulator_fhir as fhir
 
 SCOPE_HEALTHCARE = "https://www.googleapis.com/auth/cloud-healthcare"
 SCOPE_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
@@ -415,7 +416,7 @@ class Dropped(Exception):
     """The connection was closed on purpose (a fault rule) or by the client."""
 
 
-class Handler(admin.AdminMixin, federation.FederationMixin, BaseHTTPRequestHandler):
+class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "hc-emulator"
     sys_version = ""
@@ -606,7 +607,8 @@ class Handler(admin.AdminMixin, federation.FederationMixin, BaseHTTPRequestHandl
         m = STORE_RE.match(path)
         if m:
             return self.dicomweb(m.group(1), m.group(2))
-        if path.startswith("/v1/") and (self.federation_route(path) or self.admin()):
+        if path.startswith("/v1/") and (self.federation_route(path) or self.fhir_route(path)
+                                        or self.admin()):
             return
         self.send_envelope(404, "The requested URL %s was not found on this server." % path)
 

@@ -65,10 +65,11 @@ Emulator.__index = Emulator
 function N.emulator()
   local dir = H.tmpdir()
   H.check_run("mkdir -p " .. H.q(dir .. "/spool"))
+  local static_token = "static-" .. math.random(1, 1e9)
   local cmd = table.concat({ PY, H.q(H.env.support .. "/emulator.py"), "--port 0",
-    "--orthanc", H.q(H.env.orthanc), "--store", H.q(N.STORE), "--token", "static-" .. math.random(1, 1e9),
+    "--orthanc", H.q(H.env.orthanc), "--store", H.q(N.STORE), "--token", static_token,
     "--tmp", H.q(dir .. "/spool") }, " ")
-  local e = setmetatable({ dir = dir }, Emulator)
+  local e = setmetatable({ dir = dir, static_token = static_token }, Emulator)
   e.pid = spawn(cmd, dir, "emulator")
   running[#running + 1] = e
   for _ = 1, 400 do
@@ -215,7 +216,8 @@ N.replace_once = replace_once
 --- = the emulator's URL (the origin of the URLs in its answers).
 function N.config(o)
   local src = os.getenv("HC_SOURCE_DIR") or "."
-  local conf = assert(read_all(N.EXAMPLE), "cannot read " .. N.EXAMPLE)
+  local example = o.example or N.EXAMPLE
+  local conf = assert(read_all(example), "cannot read " .. example)
   local edits = {
     { "worker_processes auto;", "worker_processes " .. (o.workers or 4) .. ";" },
     { "pid /run/healthcare-gateway.pid;", "pid " .. o.dir .. "/nginx.pid;" },

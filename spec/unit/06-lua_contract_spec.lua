@@ -49,7 +49,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       .. "valid options: access_token, api_key, ca_file, concurrency, connect_timeout, credentials, debug, delegates, "
       .. "endpoint, http2, iam_endpoint, idle_timeout, impersonate, insecure, max_compression_ratio, min_speed, "
       .. "no_proxy, params, proxy, quota_project, refresh_margin, "
-      .. "retry, scopes, self_signed_jwt, subject, timeout, token_cache, user_agent")
+      .. "retry, scopes, self_signed_jwt, subject, timeout, token_cache, transport, user_agent")
     raises_at_call(function() local _ = healthcare.new(42) end,
       "bad argument to 'healthcare.new' (options table expected, got number)")
     raises_at_call(function() local _ = healthcare.new { timeout = "10" } end,

@@ -84,7 +84,7 @@ local function sleep(secs)
   while not interrupted() do
     local left = wake - core.now()
     if left <= 0 then return false end
-    core.sleep(math.min(left, M.INTERRUPT_CHECK))
+    util.sleep(math.min(left, M.INTERRUPT_CHECK)) -- ngx.sleep inside nginx
   end
   return true
 end

@@ -447,7 +447,7 @@ function Batch:step()
       self:handle(request, g)
     end
   else
-    core.sleep(timeout)
+    util.sleep(timeout)
   end
   self:report_progress()
   return true

@@ -32,6 +32,7 @@ local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local credentials = require "healthcare.auth.credentials"
 local names = require "healthcare.dicomweb.names"
+local routes = require "healthcare.ngx.routes"
 local util = require "healthcare.util"
 
 local M = {}
@@ -56,6 +57,7 @@ M.OPTIONS = { "name", "credentials", "parent", "scopes", "subject", "quota_proje
 -- Credentials without key files (metadata server, impersonation, external_account): their module.
 local token_sources = require "healthcare.ngx.token_sources"
 for _, k in ipairs(token_sources.OPTIONS) do M.OPTIONS[#M.OPTIONS + 1] = k end
+for _, k in ipairs(routes.OPTIONS) do M.OPTIONS[#M.OPTIONS + 1] = k end -- FHIR, HL7v2 (ngx/routes.lua)
 -- Seconds a refresher holds the lock at most (a worker that dies mid-refresh frees it then).
 M.LOCK_SLACK = 5
 
@@ -176,10 +178,15 @@ local function media_type(v)
   return type(v) == "string" and v:lower():match("^%s*([^;%s]+)") or nil
 end
 
---- Whether an answer of this Content-Type is rewritten: DICOM JSON and JSON.
+--- Whether an answer of this Content-Type is rewritten: DICOM JSON and JSON, DICOM XML and XML
+--- (healthcare.ngx.rewrite); the second value says it is XML.
 function M.rewritable(content_type)
   local t = media_type(content_type)
-  return t == "application/dicom+json" or t == "application/json"
+  if t == "application/dicom+json" or t == "application/json" or t == "application/fhir+json" then
+    return true, false
+  end
+  if require("healthcare.ngx.rewrite").is_xml(t) then return true, true end
+  return false
 end
 
 -- ---- configuration --------------------------------------------------------------------------
@@ -189,6 +196,13 @@ local function check_number(opts, k)
   if v ~= nil and (type(v) ~= "number" or v < 0) then
     error(string.format("healthcare.ngx.configure: bad option '%s' (a number >= 0 expected)", k), 3)
   end
+end
+
+-- The dicomStore, which a gateway for FHIR or HL7v2 alone (ngx/routes.lua) does not need.
+local function check_parent(opts)
+  if opts.parent == nil and (opts.fhir_store or opts.hl7v2_store) then return end
+  local ok, perr = names.check_parent(opts.parent)
+  if not ok then error("healthcare.ngx.configure: " .. perr.message, 3) end
 end
 
 --- Sets up a gateway (in init_by_lua: the key is read once, by the master, before workers drop
@@ -201,8 +215,7 @@ end
 function M.configure(opts)
   util.check_options(opts, M.OPTIONS, "healthcare.ngx.configure")
   opts = opts or {}
-  local ok, perr = names.check_parent(opts.parent)
-  if not ok then error("healthcare.ngx.configure: " .. perr.message, 2) end
+  check_parent(opts)
   for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
     check_number(opts, k)
   end
@@ -234,7 +247,8 @@ function M.configure(opts)
   for k, v in pairs(opts) do g[k] = v end
   g.name = opts.name or "default"
   -- The DICOMweb root in the API's own URLs, and (when configured) the gateway's.
-  g.upstream_root = g.api_origin:gsub("/$", "") .. g.api_path .. "/" .. g.parent .. "/dicomWeb"
+  g.upstream_root = g.parent and (g.api_origin:gsub("/$", "") .. g.api_path .. "/" .. g.parent .. "/dicomWeb")
+  g.routes = routes.configure(opts, g.api_origin, g.api_path, g.prefix)
   g.public_url = opts.public_url and opts.public_url:gsub("/+$", "")
   g.dict = ngx.shared[g.shared_dict]
   if not g.dict then
@@ -277,6 +291,11 @@ function M.configure(opts)
   end
   gateways[g.name] = g
   return g
+end
+
+--- Whether a gateway is configured under name (default "default").
+function M.configured(name)
+  return gateways[name or "default"] ~= nil
 end
 
 --- The gateway configured under name (default "default"); raises when there is none.
@@ -418,11 +437,20 @@ function Gateway:access()
       .. "are not usable (see the gateway's error log).", self.retry_after)
   end
   local method = ngx.req.get_method()
-  if not self.allowed[method] then
-    ngx.header["Allow"] = table.concat(self.methods, ", ")
+  local route, rest = routes.find(self.routes, ngx.var.uri)
+  local methods = route and route.methods or self.methods
+  if not (route or self).allowed[method] then
+    ngx.header["Allow"] = table.concat(methods, ", ")
     return answer(405, "Method " .. method .. " is not allowed by this gateway.")
   end
-  local path, status, message = M.map_path(ngx.var.uri, method, self.prefix, self.api_path, self.parent)
+  local path, status, message
+  if route then
+    path, status, message = routes.map_path(route, rest, method, self.api_path)
+  elseif not self.parent then
+    path, status, message = nil, 404, "this gateway serves no DICOMweb (no parent configured)"
+  else
+    path, status, message = M.map_path(ngx.var.uri, method, self.prefix, self.api_path, self.parent)
+  end
   if not path then return answer(status, message) end
   local token, err, retry_after = self:token()
   if not token then
@@ -436,6 +464,7 @@ function Gateway:access()
   if self.rewrite_urls then ngx.req.clear_header("Accept-Encoding") end
   ngx.req.set_uri(path)
   ngx.ctx.healthcare_token = token
+  ngx.ctx.healthcare_route = route
 end
 
 -- The gateway's DICOMweb root as this request's client reached it: public_url when configured,
@@ -452,6 +481,8 @@ function Gateway:client_root()
     local addr = ngx.var.server_addr
     if addr:find(":", 1, true) then addr = "[" .. addr .. "]" end
     host = addr .. ":" .. ngx.var.server_port
+  else
+    host = require("healthcare.ngx.rewrite").host_with_port(host, ngx.var.scheme, ngx.var.server_port)
   end
   return ngx.var.scheme .. "://" .. host .. self.prefix
 end
@@ -467,7 +498,8 @@ function Gateway:plan_rewrite()
   local status = ngx.status
   if ngx.req.get_method() == "HEAD" or status == 204 or status == 304 then return end
   local h = ngx.header
-  if not M.rewritable(h["Content-Type"]) then return end
+  local rewritable, xml = M.rewritable(h["Content-Type"])
+  if not rewritable then return end
   local enc = h["Content-Encoding"]
   if type(enc) == "table" then enc = table.concat(enc, ", ") end
   if enc and enc:lower() ~= "identity" then
@@ -482,7 +514,10 @@ function Gateway:plan_rewrite()
     return
   end
   h["Content-Length"] = nil
-  ngx.ctx.healthcare_rewrite = { buf = {}, size = 0, to = self:client_root() }
+  local route = ngx.ctx.healthcare_route
+  ngx.ctx.healthcare_rewrite = { buf = {}, size = 0, xml = xml,
+    from = route and route.upstream_root or self.upstream_root,
+    to = route and routes.client_root(route, self:client_root(), self.prefix) or self:client_root() }
 end
 
 --- header_filter_by_lua: when the API refuses the token this request carried (401), forgets it,
@@ -495,7 +530,13 @@ function Gateway:header_filter()
     self.dict:delete(self.token_key)
     log(ngx.WARN, "the API refused the access token of ", self.cred.label, " (401); fetching a new one")
   end
-  if self.rewrite_urls then self:plan_rewrite() end
+  if not self.rewrite_urls then return end
+  local route = ngx.ctx.healthcare_route
+  if route and ngx.header["Location"] then -- a FHIR create's: {api}/{store}/fhir/{type}/{id}/_history/{v}
+    ngx.header["Location"] = routes.rewrite_location(ngx.header["Location"], route.upstream_root,
+      routes.client_root(route, self:client_root(), self.prefix))
+  end
+  self:plan_rewrite()
 end
 
 --- body_filter_by_lua: holds a JSON answer chosen by header_filter until its end, then sends it
@@ -522,7 +563,8 @@ function Gateway:body_filter()
     return
   end
   plan.buf = nil
-  ngx.arg[1] = M.rewrite_urls(table.concat(buf), self.upstream_root, plan.to)
+  local rewrite = plan.xml and require("healthcare.ngx.rewrite").rewrite_xml_urls or M.rewrite_urls
+  ngx.arg[1] = rewrite(table.concat(buf), plan.from, plan.to)
 end
 
 --- Module-level shortcuts: access(name), header_filter(name) and body_filter(name) for the

@@ -1,0 +1,633 @@
+-- SPDX-License-Identifier: MIT
+-- healthcare.ngx.transport: the client's transport inside OpenResty request handlers. Under
+-- ngx_lua, in a phase that may yield (rewrite, access, content, timers), a Client's requests go
+-- over nginx's cosockets (ngx.socket.tcp): the worker's event loop runs every other connection
+-- while one waits for Google. libcurl would block the whole worker for the length of each call.
+--
+-- Why cosockets and not ngx.location.capture: a subrequest's answer is handed to Lua whole, in
+-- memory (a 1 GB retrieve would sit in the worker), and its request body must be a Lua string.
+-- Over a cosocket the body is sent from its files in 64 KiB pieces and the answer is read in
+-- 64 KiB pieces into the same sinks libcurl's transfers use (healthcare.core's body_reader and
+-- sink: the same multipart framing, part parsing, caps and temporary files), so memory stays flat.
+--
+-- The session has the libcurl session's shape (request, start, wait, close; transfers with
+-- result, progress, close) and its answers and errors are the same values, so Client, the store,
+-- client:call and everything above them do not know which one runs. HTTP/1.1 only, connections
+-- kept in nginx's cosocket pool; TLS verified against lua_ssl_trusted_certificate; hostnames
+-- resolved by nginx's `resolver`; no proxies (HTTPS_PROXY is libcurl's). Compression is not
+-- asked for (Accept-Encoding: identity).
+--
+-- A phase that cannot yield (init, init_worker, set, header_filter, body_filter, log, balancer)
+-- gets nil, err (kind "usage", status "phase") at once: never a silent block of the worker.
+local core = require "healthcare.core"
+local errors = require "healthcare.errors"
+
+local M = {}
+
+-- Phases where cosockets and ngx.sleep work (ngx_lua's documentation, "Context" of each).
+M.YIELDABLE = { rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
+  ssl_session_fetch = true, ssl_client_hello = true }
+M.CHUNK = 64 * 1024
+M.MAX_HEADER_BYTES = 64 * 1024
+M.DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
+M.POOL_SIZE = 16
+M.PROGRESS_INTERVAL = 0.2
+
+-- ---- where we are ---------------------------------------------------------------------------
+
+--- Whether this Lua runs inside ngx_lua (OpenResty, nginx with the Lua module, resty).
+function M.in_nginx()
+  local n = rawget(_G, "ngx")
+  return type(n) == "table" and type(n.get_phase) == "function" and type(n.socket) == "table"
+end
+
+--- nginx's current phase, or nil outside nginx.
+function M.phase()
+  return M.in_nginx() and ngx.get_phase() or nil
+end
+
+--- Whether a request may wait here without blocking the worker.
+function M.can_yield()
+  return M.YIELDABLE[M.phase() or ""] == true
+end
+
+--- nil, err for a request from a phase that cannot yield (what = "GET https://...").
+function M.phase_error(what)
+  return nil, errors.new("usage", string.format("%s: nginx's %s phase cannot wait for the network without "
+    .. "blocking the worker; make Cloud Healthcare calls from rewrite_by_lua, access_by_lua, content_by_lua "
+    .. "or a timer (ngx.timer.at)", what, tostring(M.phase())), { status = "phase" })
+end
+
+--- Sleeps without blocking the worker where nginx allows it, else with the C core.
+function M.sleep(seconds)
+  if M.can_yield() then return ngx.sleep(seconds) end
+  return core.sleep(seconds)
+end
+
+-- ---- URLs and errors ------------------------------------------------------------------------
+
+-- scheme, host (brackets off), port, authority (for Host), path+query of an http(s) URL.
+local function split_url(url)
+  local scheme, authority, rest = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
+  scheme = scheme and scheme:lower()
+  if scheme ~= "http" and scheme ~= "https" then return nil end
+  if authority:find("@", 1, true) then return nil end
+  local host, port = authority:match("^%[([%x:.]+)%]:?(%d*)$")
+  if not host then host, port = authority:match("^([^:]+):?(%d*)$") end
+  if not host or host == "" then return nil end
+  port = tonumber(port) or (scheme == "https" and 443 or 80)
+  rest = rest:gsub("#.*$", "")
+  if rest == "" or rest:sub(1, 1) == "?" then rest = "/" .. rest end
+  return scheme, host, port, authority, rest
+end
+
+-- The C transport's error shape: { kind, status, message = "METHOD URL: why", retryable = false }.
+local function fail(kind, status, r, fmt, ...)
+  return nil, setmetatable({ kind = kind, status = status, retryable = false,
+    message = string.format("%s %s: " .. fmt, r.method or "GET", r.url, ...) }, errors.mt)
+end
+
+-- The status of a cosocket failure: "timeout", "closed", "connection refused", ...
+local function socket_status(step, why)
+  why = tostring(why)
+  if why == "timeout" then return step == "connect" and "connect" or "timeout" end
+  if step == "connect" then
+    if why:find("resolve", 1, true) or why:find("not found", 1, true) or why:find("resolver", 1, true) then
+      return "resolve"
+    end
+    return "connect"
+  end
+  if step == "tls" then return "tls" end
+  if step == "send" then return "send" end
+  return "recv"
+end
+
+-- ---- one exchange ---------------------------------------------------------------------------
+
+local Exchange = {}
+Exchange.__index = Exchange
+
+-- The request head: request line, Host, User-Agent, the caller's headers, framing.
+function Exchange:head(length)
+  local r = self.r
+  local lines = { string.format("%s %s HTTP/1.1", r.method or "GET", self.target), "Host: " .. self.authority }
+  local have = {}
+  for _, h in ipairs(r.headers or {}) do
+    if h:find("[\r\n%z]") then return nil end
+    local name = (h:match("^([^:]+):") or ""):lower()
+    have[name] = true
+    lines[#lines + 1] = h
+  end
+  if not have["user-agent"] then lines[#lines + 1] = "User-Agent: " .. self.session.user_agent end
+  if not have["accept-encoding"] then lines[#lines + 1] = "Accept-Encoding: identity" end
+  if length then lines[#lines + 1] = string.format("Content-Length: %.0f", length) end
+  lines[#lines + 1] = "\r\n"
+  return table.concat(lines, "\r\n")
+end
+
+-- The seconds left before the request's own timeout, or the idle timeout, in ms for a cosocket.
+function Exchange:arm()
+  local ms = self.session.idle_ms
+  if self.deadline then
+    local left = self.deadline - ngx.now()
+    if left <= 0 then return nil end
+    ms = math.min(ms, math.max(1, math.floor(left * 1000)))
+  end
+  self.sock:settimeouts(self.session.connect_ms, ms, ms)
+  return true
+end
+
+function Exchange:progress()
+  local cb = self.on_progress
+  if not cb then return true end
+  local now = ngx.now()
+  if self.last_progress and now - self.last_progress < M.PROGRESS_INTERVAL then return true end
+  self.last_progress = now
+  return cb(self.received, self.sent, self.to_send) ~= false
+end
+
+function Exchange:aborted()
+  return fail("transport", "aborted", self.r, "the transfer was stopped by its progress function")
+end
+
+-- A failure of the socket at `step` (the request's own timeout when it is past).
+function Exchange:socket_fail(step, why)
+  if self.deadline and ngx.now() >= self.deadline then
+    return fail("transport", "timeout", self.r, "the request took more than its timeout (%g s)", self.r.timeout)
+  end
+  if why == "closed" and step == "recv" and self.status then
+    return fail("transport", "partial", self.r, "the connection closed before the end of the answer")
+  end
+  if why == "timeout" and step ~= "connect" then
+    return fail("transport", "too_slow", self.r, "nothing moved for %g s (idle_timeout)", self.session.idle_ms / 1000)
+  end
+  return fail("transport", socket_status(step, why), self.r, "%s failed: %s", step, tostring(why))
+end
+
+function Exchange:connect()
+  local s = self.session
+  local sock = ngx.socket.tcp()
+  self.sock = sock
+  sock:settimeouts(s.connect_ms, s.idle_ms, s.idle_ms)
+  local pool = string.format("healthcare:%s:%s:%d:%s", self.scheme, self.host, self.port, s.insecure and "i" or "v")
+  local ok, why = sock:connect(self.host, self.port, { pool = pool, pool_size = M.POOL_SIZE })
+  if not ok then return self:socket_fail("connect", why) end
+  if self.scheme == "https" and sock:getreusedtimes() == 0 then
+    -- lua-resty-core 0.1.25 (Debian 12) raises "assertion failed!" instead of returning the
+    -- error when a verification fails during a handshake that completed at once: that is a
+    -- refusal too (OpenSSL's reason is in nginx's error log).
+    local called, sess, herr = pcall(sock.sslhandshake, sock, nil, self.host, not s.insecure)
+    if not called then
+      herr = "certificate verification failed (nginx's error log gives OpenSSL's reason; " .. tostring(sess) .. ")"
+      sess = nil
+    end
+    if not sess then return self:socket_fail("tls", herr) end
+  end
+  return true
+end
+
+function Exchange:send_all(data)
+  if not self:arm() then return self:socket_fail("send", "timeout") end
+  local ok, why = self.sock:send(data)
+  if not ok then return self:socket_fail("send", why) end
+  return true
+end
+
+-- Sends the head and the body (a string, or read from its files by the C core).
+function Exchange:send_request()
+  local body, reader, length = self.r.body, nil, nil
+  if type(body) == "table" then
+    local err
+    reader, err = core.body_reader(body)
+    if not reader then
+      err.message = string.format("%s %s: %s", self.r.method or "GET", self.r.url, err.message)
+      return nil, err
+    end
+    self.reader = reader
+    length = reader:length()
+  elseif type(body) == "string" then
+    length = #body
+  elseif self.r.method == "POST" or self.r.method == "PUT" or self.r.method == "PATCH" then
+    length = 0
+  end
+  self.to_send = length or 0
+  local head = self:head(length)
+  if not head then return fail("usage", "header", self.r, "a header holds CR, LF or NUL") end
+  local ok, err = self:send_all(head)
+  if not ok then return nil, err end
+  if type(body) == "string" and #body > 0 then
+    ok, err = self:send_all(body)
+    if not ok then return nil, err end
+    self.sent = #body
+  elseif reader then
+    while true do
+      local piece, rerr = reader:read(M.CHUNK)
+      if not piece then
+        rerr.message = string.format("%s %s: %s", self.r.method or "GET", self.r.url, rerr.message)
+        return nil, rerr
+      end
+      if piece == "" then break end
+      ok, err = self:send_all(piece)
+      if not ok then return nil, err end
+      self.sent = self.sent + #piece
+      if not self:progress() then return self:aborted() end
+    end
+  end
+  return true
+end
+
+-- Reads the status line and header block of the final response (1xx skipped).
+function Exchange:read_head()
+  while true do
+    if not self:arm() then return self:socket_fail("recv", "timeout") end
+    local line, why = self.sock:receive("*l")
+    if not line then
+      return self:socket_fail("recv", why == "closed" and "the server closed the connection without an answer" or why)
+    end
+    local version, status = line:match("^HTTP/(%d%.?%d?) (%d%d%d)")
+    if not status then return fail("transport", "recv", self.r, "not an HTTP answer: %q", line:sub(1, 80)) end
+    local headers, size = {}, 0
+    while true do
+      local h
+      h, why = self.sock:receive("*l")
+      if not h then return self:socket_fail("recv", why) end
+      if h == "" then break end
+      size = size + #h
+      if size > M.MAX_HEADER_BYTES then return fail("transport", "recv", self.r, "the answer's header is too long") end
+      local name, value = h:match("^([^:%s]+)%s*:%s*(.-)%s*$")
+      if name then
+        name = name:lower()
+        headers[name] = headers[name] and (headers[name] .. ", " .. value) or value
+      end
+    end
+    status = tonumber(status)
+    if status >= 200 or status == 101 then
+      self.status, self.headers, self.http_version = status, headers, version
+      return true
+    end
+  end
+end
+
+-- Where body bytes go: the sink's files (a 2xx answer to a request with a sink) or memory.
+function Exchange:deliver(piece)
+  self.received = self.received + #piece
+  if self.sink and self.sink_mode ~= "memory" then
+    local ok, err = self.sink:write(piece)
+    if not ok then
+      err.message = string.format("%s %s: %s", self.r.method or "GET", self.r.url, err.message)
+      return nil, err
+    end
+  else
+    self.memory_bytes = self.memory_bytes + #piece
+    if self.memory_bytes > self.max_response then
+      return fail("transport", "response_too_large", self.r, "the answer is larger than max_response_bytes (%d bytes)",
+        self.max_response)
+    end
+    self.memory[#self.memory + 1] = piece
+  end
+  if not self:progress() then return self:aborted() end
+  return true
+end
+
+-- Reads n bytes (a Content-Length body or a chunk) and delivers them.
+function Exchange:read_exactly(n)
+  while n > 0 do
+    if not self:arm() then return self:socket_fail("recv", "timeout") end
+    local piece, why, partial = self.sock:receive(math.min(n, M.CHUNK))
+    if not piece then
+      if partial and partial ~= "" then self:deliver(partial) end
+      if why == "closed" then
+        return fail("transport", "partial", self.r, "the answer ended %d bytes early", n - #(partial or ""))
+      end
+      return self:socket_fail("recv", why)
+    end
+    n = n - #piece
+    local ok, err = self:deliver(piece)
+    if not ok then return nil, err end
+  end
+  return true
+end
+
+function Exchange:read_chunked()
+  while true do
+    if not self:arm() then return self:socket_fail("recv", "timeout") end
+    local line, why = self.sock:receive("*l")
+    if not line then return self:socket_fail("recv", why) end
+    local size = tonumber(line:match("^%s*(%x+)") or "", 16)
+    if not size then return fail("transport", "recv", self.r, "a malformed chunk size: %q", line:sub(1, 40)) end
+    if size == 0 then
+      repeat
+        line, why = self.sock:receive("*l")
+        if not line then return self:socket_fail("recv", why) end
+      until line == ""
+      return true
+    end
+    local ok, err = self:read_exactly(size)
+    if not ok then return nil, err end
+    local crlf
+    crlf, why = self.sock:receive(2)
+    if crlf ~= "\r\n" then return fail("transport", "recv", self.r, "a chunk without its CRLF (%s)", tostring(why)) end
+  end
+end
+
+function Exchange:read_to_close()
+  while true do
+    if not self:arm() then return self:socket_fail("recv", "timeout") end
+    local piece, why = self.sock:receiveany(M.CHUNK)
+    if not piece then
+      if why == "closed" then return true end
+      return self:socket_fail("recv", why)
+    end
+    local ok, err = self:deliver(piece)
+    if not ok then return nil, err end
+  end
+end
+
+-- Reads the body by its framing; returns true and whether the connection can be kept.
+function Exchange:read_body()
+  local h, status = self.headers, self.status
+  local ce = h["content-encoding"]
+  if ce and ce:lower() ~= "identity" then
+    return fail("transport", "encoding", self.r, "the answer is %s-encoded (Content-Encoding) although identity "
+      .. "was asked for (Accept-Encoding: identity)", ce:sub(1, 60))
+  end
+  if self.sink then
+    local ok, err = self.sink:decide(status, h["content-type"])
+    if not ok then return nil, err end
+    self.sink_mode = self.sink:mode()
+  end
+  if self.r.method == "HEAD" or status == 204 or status == 304 then return true, true end
+  local te, cl = (h["transfer-encoding"] or ""):lower(), h["content-length"]
+  local ok, err
+  if te:find("chunked", 1, true) then
+    ok, err = self:read_chunked()
+  elseif cl then
+    local n = tonumber(cl:match("^%s*(%d+)%s*$") or "")
+    if not n then return fail("transport", "recv", self.r, "a malformed Content-Length: %q", cl:sub(1, 40)) end
+    ok, err = self:read_exactly(n)
+  else
+    ok, err = self:read_to_close()
+    return ok, false, err
+  end
+  if not ok then return nil, err end
+  return true, not (h["connection"] or ""):lower():find("close", 1, true)
+end
+
+-- The answer in the libcurl transport's shape.
+function Exchange:result()
+  local res = { status = self.status, headers = self.headers, body = table.concat(self.memory),
+    http_version = self.http_version }
+  self.memory = {}
+  if self.sink then
+    local done, err = self.sink:finish(true)
+    if not done then return nil, err end
+    res.file, res.parts, res.bytes = done.file, done.parts, done.bytes
+    if self.sink_mode == "memory" then res.file, res.parts, res.bytes = nil, nil, nil end
+  end
+  return res
+end
+
+-- Frees the socket (kept in the pool when the answer was read whole) and the files not handed over.
+function Exchange:release(keep)
+  if self.reader then self.reader:close() end
+  if self.sock then
+    if keep then self.sock:setkeepalive(self.session.idle_ms, M.POOL_SIZE) else self.sock:close() end
+    self.sock = nil
+  end
+end
+
+-- The whole exchange; the answer or nil, err (with err.parts for a directory sink, as libcurl's).
+function Exchange:run()
+  local ok, err = self:connect()
+  if ok then ok, err = self:send_request() end
+  if ok then ok, err = self:read_head() end
+  local keep
+  if ok then ok, keep, err = self:read_body() end
+  if not ok and err == nil then err = keep end
+  local res
+  if ok then res, err = self:result() end
+  self:release(res ~= nil and keep == true)
+  if not res and self.sink then
+    local left = self.sink:finish(false)
+    -- As libcurl's transfers: a directory sink's failure lists its complete parts (the caller's).
+    if self.r.sink.dir then err.parts = left and left.parts or {} end
+    self.sink:close()
+  end
+  if not res and self.status then err.http_status = self.status end
+  return res, err
+end
+
+-- ---- the session ----------------------------------------------------------------------------
+
+local Session = {}
+Session.__index = Session
+Session.__name = "healthcare.NgxSession"
+M.Session = Session
+
+function Session:__tostring()
+  return "healthcare.NgxSession (" .. (self.closed and "closed" or "open") .. ")"
+end
+
+--- A session with core.session's options that are meaningful here: user_agent,
+--- connect_timeout, timeout, idle_timeout, insecure (ca_file, http2, min_speed, compression:
+--- see the header). With cred (the client's credential): nil, err unless it can authorize
+--- without blocking the worker.
+function M.session(opts, cred)
+  if cred then
+    local ok, err = M.check_credential(cred)
+    if not ok then return nil, err end
+  end
+  return setmetatable({
+    user_agent = opts.user_agent or ("healthcare-lua/" .. core._VERSION .. " ngx_lua"),
+    connect_ms = math.floor((opts.connect_timeout or 30) * 1000),
+    idle_ms = math.floor((opts.idle_timeout and opts.idle_timeout > 0 and opts.idle_timeout or 300) * 1000),
+    timeout = opts.timeout,
+    insecure = opts.insecure == true,
+    running = {},
+  }, Session)
+end
+
+local function new_exchange(self, r)
+  local scheme, host, port, authority, target = split_url(r.url)
+  local x = setmetatable({ session = self, r = r, scheme = scheme, host = host, port = port,
+    authority = authority, target = target, sent = 0, to_send = 0, received = 0, memory = {},
+    memory_bytes = 0, max_response = r.max_response_bytes or M.DEFAULT_MAX_RESPONSE }, Exchange)
+  local timeout = r.timeout or self.timeout
+  if timeout and timeout > 0 then x.deadline = ngx.now() + timeout end
+  if r.sink then x.sink = core.sink(r.sink) end
+  return x
+end
+
+-- nil, err when this request cannot go (closed session, a phase that cannot yield, a URL that is not http(s)).
+local function refuse(self, r)
+  if self.closed then return fail("transport", "abandoned", r, "the session is closed") end
+  if not M.can_yield() then return M.phase_error((r.method or "GET") .. " " .. r.url) end
+  if not split_url(r.url) then return fail("usage", "url", r, "not an http(s) URL this transport can reach") end
+  return nil
+end
+
+--- One request, waited for (the running coroutine yields to nginx meanwhile). r as core's.
+function Session:request(r)
+  local _, err = refuse(self, r)
+  if err then return nil, err end
+  ngx.update_time()
+  local x = new_exchange(self, r)
+  x.on_progress = r.on_progress
+  return x:run()
+end
+
+local Transfer = {}
+Transfer.__index = Transfer
+Transfer.__name = "healthcare.NgxTransfer"
+
+--- Starts a request in a light thread (ngx.thread): poll it with wait().
+function Session:start(r)
+  local _, err = refuse(self, r)
+  if err then return nil, err end
+  ngx.update_time()
+  local t = setmetatable({ session = self, x = new_exchange(self, r) }, Transfer)
+  self.running[t] = true
+  self.sema = self.sema or require("ngx.semaphore").new()
+  t.thread = ngx.thread.spawn(function()
+    local res, rerr = t.x:run()
+    t.res, t.err, t.done = res, rerr, true
+    if self.running[t] then self.sema:post(1) end
+  end)
+  return t
+end
+
+--- Transfers done (within `seconds`, 0: those done now), each returned once.
+function Session:wait(seconds)
+  local out = {}
+  local function collect()
+    for t in pairs(self.running) do
+      if t.done then
+        self.running[t] = nil
+        out[#out + 1] = t
+      end
+    end
+  end
+  collect()
+  if #out == 0 and next(self.running) and (seconds or 0) > 0 then
+    self.sema:wait(seconds)
+    collect()
+  end
+  return out
+end
+
+function Session:close()
+  self.closed = true
+  for t in pairs(self.running) do t:close() end
+end
+
+function Transfer:result()
+  if not self.done then error("transfer has not finished", 2) end
+  return self.res, self.err
+end
+
+function Transfer:progress()
+  if self.done or not self.x then return 0, 0, 0 end
+  return self.x.sent, self.x.to_send, self.x.received
+end
+
+function Transfer:close()
+  local s = self.session
+  s.running[self] = nil
+  if not self.done and self.thread then
+    pcall(ngx.thread.kill, self.thread)
+    local x = self.x
+    if x.sock then pcall(x.sock.close, x.sock) end
+    if x.sink then x.sink:close() end
+    if x.reader then x.reader:close() end
+    self.done = true
+  end
+end
+
+-- ---- the client's side: which transport, which credential -----------------------------------
+
+-- Credential kinds that never fetch a token over the network (or do it without blocking).
+local NON_BLOCKING = { none = true, access_token = true, api_key = true, ngx_gateway = true }
+
+--- This module when healthcare.new's `transport` option (nil, "auto", "ngx", "curl"; checked by
+--- the client) picks it, else false; nil, err for "ngx" outside nginx.
+function M.wanted(choice)
+  if choice == "curl" then return false end
+  if choice == "ngx" and not M.in_nginx() then
+    return nil, errors.new("usage", "transport = \"ngx\" needs OpenResty (ngx_lua); here there is no ngx")
+  end
+  -- Inside nginx whatever the phase: the session refuses requests from a phase that cannot
+  -- yield when they are made (a client made in init_by_lua serves content handlers later).
+  return M.in_nginx() and M
+end
+
+--- healthcare.new's options for this transport: with no credential named, the gateway's
+--- (require("healthcare.ngx").configure{...}) when there is one.
+function M.options(opts)
+  if opts.credentials ~= nil or opts.access_token or opts.api_key then return opts end
+  local ok, gw = pcall(require, "healthcare.ngx")
+  if not ok or not gw.configured(nil) then return opts end
+  local copy = {}
+  for k, v in pairs(opts) do copy[k] = v end
+  copy.credentials = M.credential()
+  return copy
+end
+
+--- nil, err unless the credential can authorize without blocking the worker.
+function M.check_credential(cred)
+  if NON_BLOCKING[cred.kind] then return true end
+  return nil, errors.new("usage", string.format("inside nginx, a credential of kind %s would fetch its tokens through "
+    .. "libcurl and block the worker: pass credentials = require(\"healthcare.ngx.transport\").credential() "
+    .. "(the gateway's token, kept in its lua_shared_dict), or access_token / api_key", tostring(cred.kind)),
+    { status = "NO_CREDENTIALS" })
+end
+
+--- The credential of the gateway named `name` (default "default"): its access token from the
+--- lua_shared_dict every worker shares, refreshed through its internal token location (see
+--- healthcare.ngx). The client's scopes are the gateway's.
+function M.credential(name)
+  local g = require("healthcare.ngx").gateway(name)
+  local last
+  local c = { kind = "ngx_gateway", refreshable = true, label = "gateway '" .. g.name .. "'" }
+  function c.authorize()
+    if not M.can_yield() then return M.phase_error("a token from " .. c.label) end
+    if g.unusable then
+      return nil, errors.new("auth", "the gateway's credentials are not usable: " .. g.unusable,
+        { status = "NO_CREDENTIALS" })
+    end
+    local token, err, retry_after
+    if M.phase() == "timer" then
+      -- ngx.location.capture, which refreshes the gateway's token, is not available in timers:
+      -- the token the requests keep fresh is used while it is valid.
+      local cached, _, expires_at = g:cached()
+      if cached and ngx.now() < expires_at then
+        token = cached
+      else
+        err = "the gateway's token cannot be refreshed from a timer (ngx.location.capture is not available "
+          .. "there) and no valid one is cached yet: let a request through the gateway first"
+      end
+    else
+      token, err, retry_after = g:token()
+    end
+    if not token then
+      return nil, errors.new("auth", "no access token from the gateway: " .. tostring(err),
+        { status = "UNAVAILABLE", retryable = true, retry_after = retry_after })
+    end
+    last = token
+    local headers = { "Authorization: Bearer " .. token }
+    if g.cred.quota_project then headers[2] = "x-goog-user-project: " .. g.cred.quota_project end
+    return { headers = headers }
+  end
+  function c.invalidate()
+    if last and g:cached() == last then g.dict:delete(g.token_key) end
+  end
+  function c.generation()
+    return last or ""
+  end
+  function c.secrets()
+    return { last }
+  end
+  function c.close() end
+  return c
+end
+
+return M

@@ -1,0 +1,488 @@
+-- SPDX-License-Identifier: MIT
+-- The library inside OpenResty handlers (healthcare.ngx.transport): Debian's nginx + ngx_http_lua
+-- running examples/openresty/nginx.conf with one worker, against a private Google emulator. A
+-- handler's call held 2 s by the emulator leaves the worker free for 50 other requests; the same
+-- handler with libcurl forced (transport = "curl") blocks them all (the control). The example
+-- handler (examples/openresty/patient_studies.lua: a search and each study's metadata), a 100 MB
+-- retrieve streamed to a file with flat worker memory, and a call from a phase that cannot yield.
+-- nginx runs LuaJIT: this spec runs under nginx's LuaJIT whatever Lua runs busted.
+local H = require "helpers"
+local N = require "support.nginx"
+local E = H.env
+local now = require("healthcare.core").now
+
+-- Test locations beside the example's own, in front of its catch-all `location /`.
+local HANDLERS = [[
+        location = /t/ping {
+            content_by_lua_block { ngx.update_time() ngx.print(string.format("%.3f", ngx.now())) }
+        }
+        location = /t/held {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local g = require("healthcare.ngx").gateway()
+                ngx.update_time()
+                local started = ngx.now()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path,
+                  transport = ngx.var.arg_transport, credentials = require("healthcare.ngx.transport").credential() })
+                local store = assert(client:dicom_store(g.parent))
+                local results, err = store:search_studies({ PatientID = ngx.var.arg_patient })
+                local list = results and results:all()
+                err = err or (results and results.error)
+                client:close()
+                ngx.update_time()
+                ngx.print(cjson.encode { started = started, done = ngx.now(), count = list and #list,
+                  session = tostring(client._session):match("^[%w.]+"), error = err and tostring(err) })
+            }
+        }
+        location = /t/retrieve {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local g = require("healthcare.ngx").gateway()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path })
+                local store = assert(client:dicom_store(g.parent))
+                local a = ngx.req.get_uri_args()
+                local got, err = store:retrieve_instance(a.study, a.series, a.instance, { to = a.to })
+                client:close()
+                ngx.print(cjson.encode { files = got and got.files, bytes = got and got.bytes,
+                  error = err and tostring(err), status = err and err.status })
+            }
+        }
+        location = /t/same {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local g = require("healthcare.ngx").gateway()
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path,
+                  transport = a.transport, credentials = require("healthcare.ngx.transport").credential() })
+                local store = assert(client:dicom_store(g.parent))
+                local out = { session = tostring(client._session):match("^[%w.]+") }
+                local got, res = client:call("projects.locations.datasets.dicomStores.get", { name = g.parent })
+                out.get = got and { name = got.name, status = res.status } or tostring(res)
+                local report, rerr = store:store(a.dir, { concurrency = 3, max_request_instances = 1 })
+                out.store = report and { stored = #report.stored, failed = #report.failed } or tostring(rerr)
+                local list = assert(store:search_studies({ StudyInstanceUID = a.study })):all()
+                out.found = list and #list
+                local meta = store:retrieve_metadata(a.study)
+                out.metadata = meta and #meta
+                local _, merr = store:retrieve_metadata(a.missing)
+                out.missing = { kind = merr.kind, status = merr.status, http_status = merr.http_status,
+                  not_found = merr.not_found, message = merr.message }
+                local _, berr = store:search_studies({ Bogus = "x" })
+                out.bad = berr and (berr.kind .. " " .. berr.message)
+                local _, cerr = client:call("projects.locations.datasets.dicomStores.get", { name = g.parent .. "-none" })
+                out.call_error = cerr and { kind = cerr.kind, status = cerr.status, http_status = cerr.http_status }
+                client:close()
+                ngx.print(cjson.encode(out))
+            }
+        }
+        location = /t/timer {
+            content_by_lua_block {
+                local dict = ngx.shared.healthcare
+                dict:delete("spec71:timer")
+                local patient = ngx.var.arg_patient
+                local ok, err = ngx.timer.at(0, function(premature)
+                    if premature then return end
+                    local g = require("healthcare.ngx").gateway()
+                    local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path })
+                    local store = assert(client:dicom_store(g.parent))
+                    local results, serr = store:search_studies({ PatientID = patient })
+                    local list = results and results:all()
+                    serr = serr or (results and results.error)
+                    dict:set("spec71:timer", list and ("found " .. #list .. " " .. tostring(client._session))
+                      or ("error " .. tostring(serr)))
+                    client:close()
+                end)
+                ngx.print(ok and "started" or err)
+            }
+        }
+        location = /t/timer_result {
+            content_by_lua_block { ngx.print(ngx.shared.healthcare:get("spec71:timer") or "") }
+        }
+        location = /t/send {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { credentials = false, transport = a.transport,
+                  idle_timeout = tonumber(a.idle), insecure = a.insecure == "1" })
+                local req = { url = a.url, max_response_bytes = tonumber(a.max) }
+                if a.dir then req.sink = { dir = a.dir, max_parts = tonumber(a.max_parts) } end
+                if a.file then req.sink = { file = a.file } end
+                local res, err = client:send(req)
+                client:close()
+                local parts = res and res.parts
+                ngx.print(cjson.encode(res and { status = res.status, bytes = res.bytes, body = #res.body,
+                  file = res.file, parts = parts and #parts, sizes = parts and table.concat((function()
+                    local t = {} for i, p in ipairs(parts) do t[i] = p.size os.remove(p.path) end return t end)(), ",") }
+                  or { kind = err.kind, status = err.status, http_status = err.http_status,
+                    kept = err.parts and #err.parts, message = a.message and err.message or nil }))
+            }
+        }
+        location = /t/blocking_credential {
+            content_by_lua_block {
+                local c, err = require("healthcare").new { credentials = { type = "authorized_user",
+                  client_id = "id.apps.googleusercontent.com", client_secret = "not-a-secret", refresh_token = "1//x" } }
+                ngx.print(c and "made" or (err.kind .. " " .. err.status .. " " .. err.message))
+            }
+        }
+        location = /t/set_phase {
+            set_by_lua_block $outcome {
+                local g = require("healthcare.ngx").gateway()
+                local client = assert(require("healthcare").new { endpoint = g.api_origin .. g.api_path })
+                local res, err = client:send { url = g.api_origin .. g.api_path .. "/" .. g.parent .. "/dicomWeb/studies" }
+                return (res and "sent " .. res.status) or (err.kind .. " " .. err.status .. " " .. err.message)
+            }
+            return 200 $outcome;
+        }
+        location / {]]
+
+local function start(emu, sa)
+  local examples = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty"
+  return N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+    edits = { { "        location / {", HANDLERS },
+      { "content_by_lua_file /etc/healthcare/patient_studies.lua;",
+        "content_by_lua_file " .. examples .. "/patient_studies.lua;" } } })
+end
+
+-- n requests to /t/ping one after the other (one curl, one connection): their worker times, and
+-- the time (the same clock: seconds since the epoch) the first one was sent.
+local function pings(gw, n)
+  local args = { "date +%s.%N;", "curl", "-sS", "-m", "20", "-w", "' %{http_code}\\n'" }
+  for _ = 1, n do args[#args + 1] = H.q(gw.url .. "/t/ping") end
+  local out = H.check_run(table.concat(args, " "))
+  local sent = tonumber(out:match("^([%d.]+)\n"))
+  out = out:gsub("^[^\n]*\n", "")
+  local times = {}
+  for t, code in out:gmatch("([%d.]+) (%d+)\n") do
+    assert.equal("200", code)
+    times[#times + 1] = tonumber(t)
+  end
+  return times, sent
+end
+
+-- Starts /t/held in the background; returns a function that waits for its JSON.
+local function held(gw, query)
+  local dir = H.tmpdir()
+  H.check_run(string.format("curl -sS -m 30 -o %s %s >/dev/null 2>&1 &", H.q(dir .. "/body"),
+    H.q(gw.url .. "/t/held?" .. query)))
+  return function()
+    for _ = 1, 300 do
+      local body = H.file_bytes(dir .. "/body")
+      local doc = body and H.json.decode(body)
+      if doc then return doc end
+      os.execute("sleep 0.1")
+    end
+    error("no answer from /t/held")
+  end
+end
+
+describe("the library in OpenResty handlers (healthcare.ngx.transport)", function()
+  local emu, sa, gw, study
+  setup(function()
+    emu = N.emulator()
+    sa = emu:service_account()
+    gw = start(emu, sa)
+    study = H.make_study({ patient_id = "NB-" .. math.random(1, 1e9), study_description = "held",
+      series = { { modality = "CT", count = 2 }, { modality = "MR", count = 1 } } })
+  end)
+  teardown(function()
+    N.stop_all()
+  end)
+
+  it("answers 50 other requests while a handler's call is held 2 s, then the call succeeds", function()
+    assert.equal(1, #gw:workers())
+    emu:control("faults", { match = "store", delay = 2, times = 1 })
+    local wait = held(gw, "patient=" .. study.patient_id)
+    os.execute("sleep 0.4")
+    local t0 = now()
+    local times, sent = pings(gw, 50)
+    local took = now() - t0
+    local doc = wait()
+    assert.truthy(sent > doc.started and sent < doc.done, "the pings were not sent while the call was held")
+    assert.is_nil(doc.error)
+    assert.equal(1, doc.count)
+    assert.equal("healthcare.NgxSession", doc.session)
+    assert.truthy(doc.done - doc.started >= 1.9, "the call was not held: " .. (doc.done - doc.started))
+    assert.equal(50, #times)
+    local inside = 0
+    for _, t in ipairs(times) do
+      if t > doc.started and t < doc.done then inside = inside + 1 end
+    end
+    assert.equal(50, inside, "pings answered while the call was held")
+    print(string.format("\n50 requests answered in %.3f s while the held call took %.2f s", took, doc.done - doc.started))
+  end)
+
+  it("with libcurl forced (the control), the held call blocks the worker: no request answered meanwhile", function()
+    emu:control("faults", { match = "store", delay = 2, times = 1 })
+    local wait = held(gw, "transport=curl&patient=" .. study.patient_id)
+    os.execute("sleep 0.4")
+    local times, sent = pings(gw, 50)
+    local doc = wait()
+    assert.is_nil(doc.error)
+    assert.equal(1, doc.count)
+    assert.equal("healthcare.Session", doc.session)
+    -- Sent while the call was held (well before its end), answered only once it was over.
+    assert.truthy(sent > doc.started and sent < doc.done - 0.5, "the pings were not sent while the call was held")
+    assert.equal(50, #times)
+    for _, t in ipairs(times) do
+      assert.truthy(t >= doc.done - 0.01, string.format("a ping at %.3f, before the call ended at %.3f", t, doc.done))
+    end
+  end)
+
+  it("the example handler: a patient's studies (search, then each study's metadata) as JSON", function()
+    local patient = "PS-" .. math.random(1, 1e9)
+    local a = H.make_study({ patient_id = patient, study_date = "20230105", study_description = "chest",
+      accession_number = "A1", series = { { modality = "CT", count = 2 }, { modality = "PT", count = 1 } } })
+    local b = H.make_study({ patient_id = patient, study_date = "20240210",
+      series = { { modality = "MR", count = 1 } } })
+    local r = H.curl({ gw.url .. "/patients/" .. patient .. "/studies" })
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.same({ patient_id = patient, count = 2, studies = {
+      { study_uid = a.study_uid, date = "20230105", description = "chest", accession = "A1", series = 2,
+        instances = 3, modalities = { "CT", "PT" } },
+      { study_uid = b.study_uid, date = "20240210", series = 1, instances = 1, modalities = { "MR" } },
+    } }, r.json)
+    -- Nobody's studies: an empty list, not an error; a wildcard is refused.
+    r = H.curl({ gw.url .. "/patients/NOBODY-" .. math.random(1, 1e9) .. "/studies" })
+    assert.equal(200, r.status, r.body)
+    assert.equal(0, r.json.count)
+    assert.equal("[]", r.body:match('"studies":(%[%])'))
+    r = H.curl({ gw.url .. "/patients/A*/studies" })
+    assert.equal(400, r.status, r.body)
+    -- The API's error comes back as the handler's, with its status.
+    emu:control("faults", { match = "store", status = 503, times = 5 })
+    r = H.curl({ gw.url .. "/patients/" .. patient .. "/studies" })
+    emu:control("faults", { replace = true, rules = {} })
+    assert.equal(503, r.status, r.body)
+    assert.equal("UNAVAILABLE", r.json.error.status)
+    -- The library was loaded in init_by_lua: no handler set a global.
+    assert.falsy(gw:log():find("writing a global Lua variable", 1, true), gw:log())
+  end)
+
+  it("sends a handler's request again with a fresh gateway token after a 401, once", function()
+    local patient = "R401-" .. math.random(1, 1e9)
+    H.make_study({ patient_id = patient })
+    assert.equal(200, H.curl({ gw.url .. "/patients/" .. patient .. "/studies" }).status)
+    -- The emulator forgets every token it issued (and the keys: register ours again).
+    emu:control("reset", {})
+    emu:control("keys", { kid = sa.kid, client_email = sa.client_email, public_key_pem = sa.public_key_pem })
+    local r = H.curl({ gw.url .. "/patients/" .. patient .. "/studies" })
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.equal(1, r.json.count)
+    assert.equal(1, emu:token_requests())
+    local statuses = {}
+    for _, q in ipairs(emu:stats().requests or {}) do statuses[#statuses + 1] = q.status end
+    assert.equal(401, statuses[1])
+  end)
+
+  it("streams a 100 MB retrieve to a file with the worker's memory flat", function()
+    local size = 100 * 1000 * 1000
+    local g = H.gen_dicom({ count = 1, size = size, frames = 25, fill = "zero" })[1]
+    local stored = H.orthanc_put_file(g.path)
+    -- nginx's worker runs as www-data: a folder of its own, outside the test's private ones.
+    local dir = H.check_run("mktemp -d /tmp/hc-ngx-retrieve.XXXXXX"):match("[^\n]+")
+    H.check_run("chmod 777 " .. H.q(dir))
+    local out = dir .. "/instance.dcm"
+    finally(function()
+      H.curl({ "-X", "DELETE", E.orthanc .. "/instances/" .. stored.ID })
+      os.remove(g.path)
+      H.run("rm -rf " .. H.q(dir))
+    end)
+    local worker = gw:workers()[1]
+    local base = N.rss_kb(worker)
+    local samples = H.tmpdir() .. "/rss"
+    local url = string.format("%s/t/retrieve?study=%s&series=%s&instance=%s&to=%s", gw.url, g.study_uid,
+      g.series_uid, g.sop_instance_uid, out)
+    local t0 = now()
+    local so, se, code = H.run(table.concat({ H.q(E.support .. "/nginx_rss.sh"), gw.pid, H.q(samples),
+      "curl", "-sS", "-m", "300", H.q(url) }, " "))
+    local took = now() - t0
+    assert.equal(0, code, se)
+    local doc = assert(H.json.decode(so), so)
+    assert.is_nil(doc.error, doc.error)
+    assert.equal(1, #doc.files)
+    assert.equal(out, doc.files[1].path)
+    assert.equal(g.sop_instance_uid, doc.files[1].sop_instance_uid)
+    assert.equal(H.sha256(g.path), H.sha256(out))
+    local grew, n = 0, 0
+    for line in (H.file_bytes(samples) or ""):gmatch("[^\n]+") do
+      local pid, kb = line:match("^(%d+) (%d+)$")
+      if tonumber(pid) == worker then
+        grew = math.max(grew, tonumber(kb) - base)
+        n = n + 1
+      end
+    end
+    assert.truthy(n >= 3, "too few memory samples: " .. n)
+    print(string.format("\n%d MB retrieve in a handler in %.1f s: %d RSS samples, worker grew %d kB",
+      math.floor(g.size / 1000000), took, n, grew))
+    assert.truthy(grew < 5 * 1024, string.format("the worker's RSS grew by %d kB", grew))
+  end)
+
+  it("gives the same answers and error values as libcurl: call, store (several in flight), search, metadata", function()
+    local outs = {}
+    for _, transport in ipairs({ "ngx", "curl" }) do
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-store.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      local files = H.gen_dicom({ count = 4, dir = dir })
+      H.check_run("chmod -R a+rwX " .. H.q(dir))
+      local r = H.curl({ string.format("%s/t/same?transport=%s&dir=%s&study=%s&missing=%s", gw.url, transport, dir,
+        files[1].study_uid, H.fresh_uid()) })
+      assert.equal(200, r.status, r.body .. gw:log())
+      outs[transport] = assert(r.json, r.body)
+    end
+    local ngx_out, curl_out = outs.ngx, outs.curl
+    assert.equal("healthcare.NgxSession", ngx_out.session)
+    assert.equal("healthcare.Session", curl_out.session)
+    ngx_out.session, curl_out.session = nil, nil
+    assert.same({ stored = 4, failed = 0 }, ngx_out.store)
+    assert.equal(1, ngx_out.found)
+    assert.equal(4, ngx_out.metadata)
+    assert.equal(N.STORE, ngx_out.get.name)
+    assert.same({ kind = "http", status = "NOT_FOUND", http_status = 404, not_found = "study" },
+      { kind = ngx_out.missing.kind, status = ngx_out.missing.status, http_status = ngx_out.missing.http_status,
+        not_found = ngx_out.missing.not_found })
+    assert.truthy(ngx_out.bad:find("^usage "), ngx_out.bad)
+    assert.equal(404, ngx_out.call_error.http_status)
+    -- Messages name the study each run looked for: the same once that is taken out.
+    ngx_out.missing.message = ngx_out.missing.message:gsub("2%.25%.%d+", "UID")
+    curl_out.missing.message = curl_out.missing.message:gsub("2%.25%.%d+", "UID")
+    assert.same(curl_out, ngx_out)
+  end)
+
+  it("runs the same calls from a timer (ngx.timer.at), over cosockets, with the gateway's cached token", function()
+    local patient = "TIMER-" .. math.random(1, 1e9)
+    H.make_study({ patient_id = patient })
+    H.make_study({ patient_id = patient })
+    local r = H.curl({ gw.url .. "/t/timer?patient=" .. patient })
+    assert.equal("started", r.body)
+    local result = ""
+    for _ = 1, 100 do
+      result = H.curl({ gw.url .. "/t/timer_result" }).body
+      if result ~= "" then break end
+      os.execute("sleep 0.1")
+    end
+    assert.truthy(result:find("^found 2 healthcare.NgxSession"), result)
+  end)
+
+  it("meets bad answers with the errors libcurl gives: cut, malformed parts, caps, codings, silence", function()
+    local dir = H.tmpdir()
+    local pid = tonumber(H.check_run(string.format("/usr/bin/python3 %s >%s 2>%s </dev/null & echo $!",
+      H.q(E.support .. "/raw_server.py"), H.q(dir .. "/out"), H.q(dir .. "/err"))):match("%d+"))
+    local hostile = tonumber(H.check_run(string.format("/usr/bin/python3 %s >%s 2>%s </dev/null & echo $!",
+      H.q(E.support .. "/hostile_server.py"), H.q(dir .. "/hout"), H.q(dir .. "/herr"))):match("%d+"))
+    local sinkdir = H.check_run("mktemp -d /tmp/hc-ngx-sink.XXXXXX"):match("[^\n]+")
+    H.check_run("chmod 777 " .. H.q(sinkdir))
+    finally(function()
+      os.execute("kill " .. pid .. " " .. hostile .. " 2>/dev/null")
+      H.run("rm -rf " .. H.q(sinkdir))
+    end)
+    local url, hurl
+    for _ = 1, 200 do
+      url = (H.file_bytes(dir .. "/out") or ""):match("^(http://%S+)\n")
+      hurl = (H.file_bytes(dir .. "/hout") or ""):match("^(http://%S+)\n")
+      if url and hurl then break end
+      os.execute("sleep 0.05")
+    end
+    assert(url and hurl, "the raw or hostile server did not start")
+    local function escape(v)
+      return (tostring(v):gsub("[^%w._~-]", function(c) return string.format("%%%02X", c:byte()) end))
+    end
+    local cases = {
+      { "/multipart?sizes=10,0,5000&chunked=1", { dir = sinkdir } },
+      { "/multipart?sizes=10,0,5000", { dir = sinkdir } },
+      { "/multipart?sizes=10,70000,5&cut=30000", { dir = sinkdir } },
+      { "/multipart?sizes=10,70000,5&cut=30000&chunked=1", { dir = sinkdir } },
+      { "/multipart?sizes=10,20&badhead=1", { dir = sinkdir } },
+      { "/multipart?sizes=1,1,1,1", { dir = sinkdir, max_parts = 2 } },
+      { "/dicom?size=100000", { file = sinkdir .. "/one.dcm" } },
+      { "/dicom?size=100000&chunked=1&drip=999", {} },
+      { "/dicom?size=100000", { max = 1000 } },
+      { "/status?code=404", { dir = sinkdir } },
+      { "/empty?code=204", {} },
+      { "/dicom?size=100000&cut=10&hang=1", { idle = 1 } },
+      { hurl .. "/gzip-json/mib=1", {} },
+      { hurl .. "/odd-coding", { dir = sinkdir } },
+    }
+    for _, c in ipairs(cases) do
+      local target = c[1]:find("^http") and c[1] or url .. c[1]
+      local outs = {}
+      for _, transport in ipairs({ "ngx", "curl" }) do
+        local q = { "transport=" .. transport, "url=" .. escape(target) }
+        for k, v in pairs(c[2]) do q[#q + 1] = k .. "=" .. escape(v) end
+        local r = H.curl({ "-m", "30", gw.url .. "/t/send?" .. table.concat(q, "&") })
+        assert.equal(200, r.status, r.body .. gw:log())
+        outs[transport] = assert(r.json, r.body)
+      end
+      assert.same(outs.curl, outs.ngx, c[1])
+    end
+  end)
+
+  it("refuses a credential that would fetch its tokens through libcurl inside nginx", function()
+    local r = H.curl({ gw.url .. "/t/blocking_credential" })
+    assert.equal(200, r.status, r.body)
+    assert.truthy(r.body:find("^usage NO_CREDENTIALS inside nginx, a credential of kind authorized_user would fetch", 1), r.body)
+    assert.truthy(r.body:find('require("healthcare.ngx.transport").credential()', 1, true), r.body)
+  end)
+
+  it("refuses a call from a phase that cannot yield with a clear error, at once", function()
+    local t0 = now()
+    local r = H.curl({ gw.url .. "/t/set_phase" })
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.truthy(r.body:find("^usage phase "), r.body)
+    assert.truthy(r.body:find("nginx's set phase cannot wait for the network", 1, true), r.body)
+    assert.truthy(now() - t0 < 2)
+  end)
+
+  describe("over TLS (nginx's lua_ssl_trusted_certificate)", function()
+    local tls, gw2
+    setup(function()
+      tls = require("support.tls_server").start { upstream = emu.url }
+      -- Trusts a CA that did not sign the server's certificate.
+      gw2 = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "        location / {", HANDLERS },
+          { "lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;",
+            "lua_ssl_trusted_certificate " .. tls.other_ca_file .. ";" } } })
+    end)
+    teardown(function()
+      if tls then tls:stop() end
+    end)
+
+    local function send(query)
+      local r = H.curl({ "-m", "30", gw2.url .. "/t/send?message=1&url="
+        .. (tls.url .. "/v1/" .. N.STORE .. "/dicomWeb/studies"):gsub(":", "%%3A") .. query })
+      assert.equal(200, r.status, r.body .. gw2:log())
+      return assert(r.json, r.body)
+    end
+
+    it("verifies the server's certificate by default, and refuses one it cannot trust", function()
+      local out = send("")
+      assert.equal("transport", out.kind)
+      assert.equal("tls", out.status)
+      assert.truthy(out.message:find("certificate", 1, true), out.message)
+      assert.is_nil(out.message:find("Bearer", 1, true))
+    end)
+
+    it("checks the certificate's names too: trusted CA, but the host (an IP address) not among its DNS names", function()
+      local gw3 = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "        location / {", HANDLERS },
+          { "lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;",
+            "lua_ssl_trusted_certificate " .. tls.ca_file .. ";" } } })
+      finally(function() gw3:stop() end)
+      local r = H.curl({ "-m", "30", gw3.url .. "/t/send?message=1&url="
+        .. (tls.url .. "/v1/" .. N.STORE .. "/dicomWeb/studies"):gsub(":", "%%3A") })
+      -- The CA is trusted: the name is what fails ("certificate host mismatch" in the message or,
+      -- when resty.core raises instead of returning it, "does not match host" in nginx's error log).
+      assert.equal("tls", r.json.status, r.body)
+      assert.truthy(r.json.message:find("certificate", 1, true), r.json.message)
+      local log = gw3:log()
+      assert.truthy(r.json.message:find("host mismatch", 1, true) or log:find("certificate does not match host", 1, true),
+        r.json.message)
+    end)
+
+    it("speaks HTTP over TLS (insecure = true: no verification), a connection kept between requests", function()
+      for _ = 1, 2 do
+        local out = send("&insecure=1")
+        assert.equal(401, out.status)    -- no credentials sent: the emulator's answer, through TLS
+      end
+    end)
+  end)
+end)
