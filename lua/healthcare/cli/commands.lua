@@ -10,13 +10,14 @@ local M = {}
 M.list = {
   { name = "projects", summary = "the API's methods as Google names them (healthcare projects --help)" },
   { name = "store", summary = "store DICOM files and folders: many per request, streamed, reported" },
+  { name = "watch", summary = "store every complete DICOM file that appears in a spool folder (storescp's)" },
   { name = "search", summary = "search for studies, series or instances (a table, or --json)" },
   { name = "retrieve", summary = "retrieve a study, series or instance: one file per instance" },
   { name = "delete", summary = "delete studies, series or instances (asks for --yes)" },
 }
 
 -- The friendly commands: modules healthcare.cli.<name> with main(argv) and parser().
-M.FRIENDLY = { store = true, search = true, retrieve = true, delete = true }
+M.FRIENDLY = { store = true, watch = true, search = true, retrieve = true, delete = true }
 
 --- The command names, in order.
 function M.names()

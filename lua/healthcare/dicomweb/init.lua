@@ -16,6 +16,7 @@ local retrieve = require "healthcare.dicomweb.retrieve"
 local search = require "healthcare.dicomweb.search"
 local stow = require "healthcare.dicomweb.stow"
 local verify = require "healthcare.dicomweb.verify"
+local watch = require "healthcare.dicomweb.watch"
 
 local M = {}
 
@@ -79,5 +80,6 @@ Store.delete_series = delete.delete_series
 Store.delete_instance = delete.delete_instance
 Store.fetch = fetch.fetch
 Store.verify = verify.verify
+Store.watch = watch.new
 
 return M
