@@ -58,7 +58,7 @@ local function check_numbers(a)
     end
   end
   for _, k in ipairs(SECONDS) do
-    if not a[k] or not (a[k] >= 0) or a[k] == math.huge then
+    if not a[k] or a[k] ~= a[k] or a[k] < 0 or a[k] == math.huge then
       say("--%s must be a number of seconds, 0 or more", (k:gsub("_", "-")))
       return false
     end

@@ -72,7 +72,7 @@ local function check_call(store, spool, opts)
     util.check_number(opts[k], k, "watch", "whole >= 1", 3)
   end
   for _, k in ipairs({ "settle", "rescan", "requeue_delay" }) do
-    if opts[k] ~= nil and not (opts[k] >= 0) then
+    if opts[k] ~= nil and (opts[k] ~= opts[k] or opts[k] < 0) then
       error(string.format("bad option '%s' to 'watch' (seconds >= 0 expected, got %s)", k, tostring(opts[k])), 3)
     end
   end
@@ -95,7 +95,9 @@ function Watcher:settle_journal()
   end)
   j:close()
   local ok, rerr = os.rename(path, path .. ".1")
-  if not ok then return nil, require("healthcare.errors").new("io", "cannot move the journal aside: " .. tostring(rerr)) end
+  if not ok then
+    return nil, require("healthcare.errors").new("io", "cannot move the journal aside: " .. tostring(rerr))
+  end
   return true
 end
 
