@@ -52,25 +52,34 @@ printf 'direct  storescu -> Orthanc C-STORE:               %d instances in %.1f 
     "$N" "$(echo "$t1 - $t0" | bc -l)" "$direct"
 
 # --- watch: storescu -> storescp -> spool -> healthcare watch -> Orthanc STOW-RS
-run_watch() { # LABEL FILES...
-    local label=$1; shift
-    local p2; p2=$(free_port); start_orthanc "$tmp/o-$label" "$(free_port)"
+# run_watch LABEL CHUNK FILES...: storescu sends CHUNK files at a time and waits until Orthanc
+# holds them before the next (CHUNK = all: one burst, the spool's backlog as large as it gets).
+run_watch() {
+    local label=$1 chunk=$2; shift 2
+    start_orthanc "$tmp/o-$label" "$(free_port)"
     local spool="$tmp/spool-$label"; mkdir -p "$spool"
     local sp; sp=$(free_port)
     storescp -dhl -od "$spool" "$sp" 2>/dev/null & pids+=($!)
     /usr/bin/time -f '%M' -o "$tmp/rss-$label" "$HC" watch "$URL/dicom-web" "$spool" --status-interval 3600 \
         2> "$tmp/watch-$label.err" & local w=$!; pids+=($w)
     sleep 1
-    local n=$#
+    local files=("$@") n=$# i=0
     t0=$(now)
-    printf '%s\0' "$@" | xargs -0 storescu -aec STORESCP 127.0.0.1 "$sp"
+    while [ "$i" -lt "$n" ]; do
+        printf '%s\0' "${files[@]:$i:$chunk}" | xargs -0 storescu -aec STORESCP 127.0.0.1 "$sp"
+        i=$((i + chunk))
+        [ "$i" -lt "$n" ] && wait_count "$URL" "$i"
+    done
     wait_count "$URL" "$n"
     t1=$(now)
-    # /usr/bin/time's child is the watcher: SIGTERM reaches it through time's process group
+    # /usr/bin/time's child is the watcher: SIGTERM to it, then time writes the peak RSS
     pkill -TERM -P "$w" || true; wait "$w" || true
-    printf 'watch   storescu -> storescp -> watch -> Orthanc: %d instances in %.1f s: %.0f instances/s; watcher peak RSS %s KB\n' \
-        "$n" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$(tail -1 "$tmp/rss-$label")"
+    printf '%-7s storescu -> storescp -> watch -> Orthanc: %d instances in %.1f s: %.0f instances/s; watcher peak RSS %s KB\n' \
+        "$label" "$n" "$(echo "$t1 - $t0" | bc -l)" "$(echo "$n / ($t1 - $t0)" | bc -l)" "$(tail -1 "$tmp/rss-$label")"
 }
 mapfile -d '' all < <(find "$tmp/src" -name '*.dcm' -print0)
-run_watch small "${all[@]:0:$small}"
-run_watch all "${all[@]}"
+run_watch burst-n10 "$small" "${all[@]:0:$small}"
+run_watch burst "$N" "${all[@]}"
+# paced: at most 500 files waiting in the spool, so what grows with N is not the backlog
+run_watch paced-n10 500 "${all[@]:0:$small}"
+run_watch paced 500 "${all[@]}"

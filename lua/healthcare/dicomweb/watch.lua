@@ -138,6 +138,7 @@ function M.new(store, spool, opts)
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
     queue = {}, qhead = 1, qtail = 0,
     deferred = {},       -- path -> when it is sent again
+    settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
     wds = {}, nwatched = 0,
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
@@ -177,7 +178,12 @@ end
 function Watcher:on_event(ev)
   if ev.overflow then
     self.last_scan = -math.huge -- events were dropped: scan at once
-    for _, k in pairs(self.known) do if k.state == "writing" then k.state = "pending" end end
+    for path, k in pairs(self.known) do
+      if k.state == "writing" then
+        k.state, k.since = "pending", core.now()
+        self.settling[path] = true
+      end
+    end
     return
   end
   local dir = self.wds[ev.wd]
@@ -240,19 +246,48 @@ function Watcher:scan(dir, fn)
   end
 end
 
--- A file seen by a scan: taken once unchanged for opts.settle seconds.
+-- A file seen by a scan: taken once unchanged for opts.settle seconds (by its mtime, or watched
+-- from now on: check_settling looks again every SETTLE_CHECK seconds).
 function Watcher:found(f)
   local k = self.known[f.path]
   local now = core.now()
   if not k then
-    self.known[f.path] = { state = "pending", size = f.size, mtime = f.mtime, since = now }
+    k = { state = "pending", size = f.size, mtime = f.mtime, since = now }
+    self.known[f.path] = k
+    -- mtime has whole seconds: older than settle + 1 is unchanged for settle at least
+    if os.time() - (f.mtime or 0) > self.opts.settle then return self:enqueue(f.path) end
+    self.settling[f.path] = true
     return
   end
   if k.state ~= "pending" or k.queued then return end
   if k.size ~= f.size or k.mtime ~= f.mtime then
     k.size, k.mtime, k.since = f.size, f.mtime, now
-  elseif now - k.since >= self.opts.settle then
+    self.settling[f.path] = true
+  elseif now - (k.since or now) >= self.opts.settle then
     self:enqueue(f.path)
+  else
+    self.settling[f.path] = true
+  end
+end
+
+local SETTLE_CHECK = 0.5
+
+-- The files found by a scan that are not yet taken: looked at again.
+function Watcher:check_settling()
+  local now = core.now()
+  if now - (self.last_settle_check or 0) < SETTLE_CHECK or next(self.settling) == nil then return end
+  self.last_settle_check = now
+  local paths = {}
+  for path in pairs(self.settling) do paths[#paths + 1] = path end
+  for _, path in ipairs(paths) do
+    self.settling[path] = nil
+    local a = lfs.symlinkattributes(path)
+    local k = self.known[path]
+    if not a or a.mode ~= "file" then
+      if k and k.state == "pending" and not k.queued then self.known[path] = nil end
+    elseif k then
+      self:found { path = path, size = a.size, mtime = a.modification }
+    end
   end
 end
 
@@ -269,6 +304,7 @@ function Watcher:maybe_scan()
       end
     end
   end
+  self:check_settling()
   if now - self.last_scan < self.opts.rescan then return end
   self.last_scan = now
   local seen = {}
@@ -287,6 +323,7 @@ end
 
 function Watcher:enqueue(path)
   local k = self.known[path]
+  self.settling[path] = nil
   if k.queued then return end
   k.queued = true
   self.qtail = self.qtail + 1
