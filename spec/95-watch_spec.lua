@@ -342,3 +342,125 @@ with open(sys.argv[2], "wb") as out:
     end)
   end
 end)
+
+describe("healthcare watch: restarts and mistakes", function()
+  it("a file the journal records as stored is not sent again after a restart", function()
+    local dir = H.tmpdir()
+    local spool, done = dir .. "/spool", dir .. "/done"
+    lfs.mkdir(spool)
+    local o = new_orthanc(dir)
+    o:start()
+    finally(function() o:stop() end)
+    local f = corpus(dir .. "/src", 1, 1)[1]
+    H.check_run("cp -p " .. H.q(f.path) .. " " .. H.q(spool .. "/a.dcm"))
+    local w = start_watch(o, spool, dir, { "--done", done, "--settle", "0" }, "first")
+    assert.truthy(wait_for(30, function() return lfs.attributes(done .. "/a.dcm") end))
+    stop(w)
+    assert.equal(143, exit_code(dir .. "/watch-first.jsonl"))
+    -- The same file back under the same name, size and mtime, as after a crash between the
+    -- journal's line and the move: taken as stored, moved, not sent.
+    H.check_run("cp -p " .. H.q(f.path) .. " " .. H.q(spool .. "/a.dcm"))
+    w = start_watch(o, spool, dir, { "--done", done, "--settle", "0" }, "second")
+    assert.truthy(wait_for(30, function() return lfs.attributes(done .. "/a.dcm.1") end))
+    stop(w)
+    local evs = events(dir .. "/watch-second.jsonl")
+    assert.equal(1, #evs)
+    assert.equal("already_stored", evs[1].outcome)
+    assert.equal(f.sop_instance_uid, evs[1].sop_instance_uid)
+    local _, n = o:received_counts()
+    assert.equal(1, n)
+    assert.truthy(lfs.attributes(spool .. "/.healthcare-watch.jsonl.1"))
+  end)
+
+  it("exits 2 on bad arguments, saying why", function()
+    local dir = H.tmpdir()
+    local cases = {
+      { { "watch", E.dicomweb, dir .. "/missing" }, "is not a folder" },
+      { { "watch", E.dicomweb, dir, "--settle", "-1" }, "--settle must be" },
+      { { "watch", E.dicomweb, dir, "--settle", "nan" }, "--settle must be" },
+      { { "watch", E.dicomweb, dir, "--concurrency", "0" }, "--concurrency must be" },
+      { { "watch", "not a store", dir }, "invalid dicomStore name" },
+      { { "watch", E.dicomweb }, "missing argument" },
+    }
+    for _, c in ipairs(cases) do
+      local _, se, code = H.healthcare(c[1])
+      assert.equal(2, code, table.concat(c[1], " ") .. ": " .. se)
+      assert.matches(c[2], se, 1, true)
+    end
+    -- a journal that is a symbolic link is refused before anything is touched
+    H.write_file(dir .. "/real.jsonl", "")
+    H.check_run("ln -s real.jsonl " .. H.q(dir .. "/link.jsonl"))
+    local _, se, code = H.healthcare({ "watch", E.dicomweb, dir, "--journal", dir .. "/link.jsonl" })
+    assert.equal(2, code, se)
+    assert.matches("symbolic link", se)
+  end)
+
+  it("two watchers of one spool: the second is refused (the journal is locked)", function()
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local first = spawn("exec " .. H.healthcare_command({ "watch", E.dicomweb, spool }), dir .. "/w1.out", dir .. "/w1.err")
+    finally(function() stop(first) end)
+    assert.truthy(wait_for(10, function() return (H.file_bytes(dir .. "/w1.err") or ""):find("watching") end))
+    local _, se, code = H.healthcare({ "watch", E.dicomweb, spool })
+    assert.equal(2, code, se)
+    assert.matches("in use by another process", se)
+  end)
+end)
+
+describe("store:watch (Lua API)", function()
+  local healthcare = require "healthcare"
+  local store
+  before_each(function() store = assert(healthcare.dicomweb(E.dicomweb)) end)
+  after_each(function() store:close() end)
+
+  it("raises for misuse at the caller's line", function()
+    local dir = H.tmpdir()
+    assert.error_matches(function() store:watch(42) end, "bad argument #1 to 'watch' (string expected, got number)", 1, true)
+    assert.error_matches(function() store:watch(dir, { bogus = 1 }) end, "unknown option 'bogus' to 'watch'")
+    assert.error_matches(function() store:watch(dir, { settle = -1 }) end, "settle")
+    assert.error_matches(function() store:watch(dir, { settle = 0 / 0 }) end, "settle")
+    assert.error_matches(function() store:watch(dir, { concurrency = 0 }) end, "concurrency")
+    assert.error_matches(function() store:watch(dir, { on_file = "x" }) end, "on_file")
+  end)
+
+  it("returns nil, err for a spool that is not a folder or a failed folder that cannot be made", function()
+    local dir = H.tmpdir()
+    local w, err = store:watch(dir .. "/missing")
+    assert.is_nil(w)
+    assert.equal("usage", err.kind)
+    H.write_file(dir .. "/file", "x")
+    w, err = store:watch(dir, { failed_dir = dir .. "/file/failed" })
+    assert.is_nil(w)
+    assert.equal("io", err.kind)
+  end)
+
+  it("runs from a loop of the caller's: step, on_file, status, stop, close", function()
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local files = H.gen_dicom { dir = spool, count = 3 }
+    H.write_file(spool .. "/junk.bin", "junk")
+    local seen = {}
+    local w = assert(store:watch(spool, { settle = 0, journal = dir .. "/journal.jsonl",
+      on_file = function(ev) seen[#seen + 1] = ev end }))
+    assert.matches("healthcare.Watcher", tostring(w))
+    local deadline = os.time() + 30
+    while #seen < 4 and os.time() < deadline do assert.is_true(w:step(0.1)) end
+    local outcomes = {}
+    for _, ev in ipairs(seen) do outcomes[ev.path:match("[^/]+$")] = ev.outcome end
+    for _, f in ipairs(files) do assert.equal("stored", outcomes[f.path:match("[^/]+$")]) end
+    assert.equal("failed", outcomes["junk.bin"])
+    local s = w:status()
+    assert.equal(3, s.stored)
+    assert.equal(1, s.failed)
+    assert.equal(0, s.in_flight)
+    w:stop()
+    assert.is_false(w:step(0.1))
+    w:close()
+    w:close()
+    assert.error_matches(function() w:step() end, "attempt to use a closed watcher")
+    for _, f in ipairs(files) do assert.truthy(H.orthanc_find_instance(f.sop_instance_uid)) end
+    assert.same({}, spool_files(spool))
+  end)
+end)
