@@ -376,8 +376,9 @@ describe("healthcare watch: restarts and mistakes", function()
     local dir = H.tmpdir()
     local cases = {
       { { "watch", E.dicomweb, dir .. "/missing" }, "is not a folder" },
-      { { "watch", E.dicomweb, dir, "--settle", "-1" }, "--settle must be" },
-      { { "watch", E.dicomweb, dir, "--settle", "nan" }, "--settle must be" },
+      { { "watch", E.dicomweb, dir, "--settle=-1" }, "--settle must be" },
+      { { "watch", E.dicomweb, dir, "--settle", "nan" }, "malformed argument" },
+      { { "watch", E.dicomweb, dir, "--rescan=1e999" }, "--rescan must be" },
       { { "watch", E.dicomweb, dir, "--concurrency", "0" }, "--concurrency must be" },
       { { "watch", "not a store", dir }, "invalid dicomStore name" },
       { { "watch", E.dicomweb }, "missing argument" },

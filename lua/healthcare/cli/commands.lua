@@ -10,7 +10,7 @@ local M = {}
 M.list = {
   { name = "projects", summary = "the API's methods as Google names them (healthcare projects --help)" },
   { name = "store", summary = "store DICOM files and folders: many per request, streamed, reported" },
-  { name = "watch", summary = "store every complete DICOM file that appears in a spool folder (storescp's)" },
+  { name = "watch", summary = "store each complete DICOM file that lands in a spool folder" },
   { name = "search", summary = "search for studies, series or instances (a table, or --json)" },
   { name = "retrieve", summary = "retrieve a study, series or instance: one file per instance" },
   { name = "delete", summary = "delete studies, series or instances (asks for --yes)" },
