@@ -465,3 +465,30 @@ describe("store:watch (Lua API)", function()
     assert.same({}, spool_files(spool))
   end)
 end)
+
+describe("healthcare watch: its own files", function()
+  it("never takes its failed folder or a journal kept in the spool, however they are named", function()
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    H.write_file(spool .. "/junk.txt", "junk")
+    local f = H.gen_dicom { dir = spool, count = 1 }[1]
+    H.check_run("ln -s " .. H.q(f.path) .. " " .. H.q(spool .. "/link.dcm"))
+    -- named another way than the spool: ./spool/failed is SPOOL/failed all the same
+    local w = spawn("cd " .. H.q(dir) .. " && exec " .. H.healthcare_command({ "watch", E.dicomweb, "spool",
+      "--failed", "./spool//failed", "--journal", "spool/journal.jsonl", "--settle", "0", "--rescan", "0.5", "--json" }),
+      dir .. "/w.jsonl", dir .. "/w.err")
+    finally(function() stop(w) end)
+    assert.truthy(wait_for(30, function() return H.orthanc_find_instance(f.sop_instance_uid) end))
+    assert.truthy(wait_for(10, function() return lfs.attributes(spool .. "/failed/junk.txt.reason") end))
+    sleep(2) -- a few rescans
+    stop(w)
+    local outcomes = {}
+    for _, ev in ipairs(events(dir .. "/w.jsonl")) do outcomes[#outcomes + 1] = ev.outcome .. " " .. ev.path end
+    table.sort(outcomes)
+    assert.same({ "failed spool/junk.txt", "stored " .. "spool/" .. f.path:match("[^/]+$") }, outcomes)
+    assert.same({ "junk.txt", "junk.txt.reason" }, dir_files(spool .. "/failed"))
+    assert.truthy(lfs.attributes(spool .. "/journal.jsonl"))
+    assert.equal("link", lfs.symlinkattributes(spool .. "/link.dcm").mode) -- a link is never taken
+  end)
+end)

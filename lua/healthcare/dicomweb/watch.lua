@@ -55,7 +55,8 @@ local function ignored_name(name)
 end
 
 local function strip_slash(p)
-  if #p > 1 then p = p:gsub("/+$", "") end
+  p = p:gsub("/+", "/")
+  if #p > 1 then p = p:gsub("/$", "") end
   return p
 end
 
@@ -140,16 +141,23 @@ function M.new(store, spool, opts)
     deferred = {},       -- path -> when it is sent again
     settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
-    wds = {}, nwatched = 0,
+    wds = {}, watched = {}, -- inotify watch number -> folder, folder -> watch number
+    own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
+  self:exclude(o.failed_dir)
+  if o.done_dir then self:exclude(o.done_dir) end
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
   if not ok then self:close() return nil, err end
   ok, err = self:start_batch()
   if not ok then self:close() return nil, err end
+  if o.journal then
+    self:exclude(o.journal)
+    self:exclude(o.journal .. ".1")
+  end
   return self
 end
 
@@ -164,14 +172,22 @@ function Watcher:start_inotify()
 end
 
 function Watcher:watch_dir(dir)
-  if not self.inotify then return end
-  for _, d in pairs(self.wds) do if d == dir then return end end
+  if not self.inotify or self.watched[dir] then return end
   local wd = self.inotify:add(dir)
-  if wd then self.wds[wd] = dir end
+  if wd then
+    self.wds[wd], self.watched[dir] = dir, wd
+  end
 end
 
-function Watcher:excluded_dir(path)
-  return path == self.opts.failed_dir or path == self.opts.done_dir
+-- Told apart by device and inode, not by name: `--failed ./spool/failed` is SPOOL/failed too.
+function Watcher:exclude(path)
+  local a = lfs.attributes(path)
+  if a then self.own[a.dev .. ":" .. a.ino] = true end
+end
+
+-- Whether the file or folder with attributes a (lfs) is the watcher's own.
+function Watcher:excluded(a)
+  return a ~= nil and self.own[a.dev .. ":" .. a.ino] == true
 end
 
 -- What one event says: a file complete, a folder to watch, events lost.
@@ -189,13 +205,13 @@ function Watcher:on_event(ev)
   local dir = self.wds[ev.wd]
   if not dir then return end
   if ev.gone then
-    self.wds[ev.wd] = nil
+    self.wds[ev.wd], self.watched[dir] = nil, nil
     return
   end
   if not ev.name or ignored_name(ev.name) then return end
   local path = join(dir, ev.name)
   if ev.dir then
-    if (ev.created or ev.moved_in) and not self:excluded_dir(path) then
+    if (ev.created or ev.moved_in) and not self:excluded(lfs.symlinkattributes(path)) then
       self:watch_dir(path)
       self:scan(path, function(f) self:found(f) end)
     end
@@ -224,7 +240,7 @@ end
 -- ---- scanning ---------------------------------------------------------------------------------
 
 -- Calls fn{ path, rel, size, mtime, dev, ino } for every regular file below dir (not the failed
--- and done folders, nor ignored names).
+-- and done folders, nor the journal, nor ignored names; symbolic links are never followed).
 function Watcher:scan(dir, fn)
   local ok, iter, state = pcall(lfs.dir, dir)
   if not ok then return end
@@ -236,7 +252,10 @@ function Watcher:scan(dir, fn)
   for _, name in ipairs(names) do
     local path = join(dir, name)
     local a = lfs.symlinkattributes(path)
-    if a and a.mode == "directory" and not self:excluded_dir(path) then
+    if self:excluded(a) then
+      a = nil -- the watcher's own folder or journal
+    end
+    if a and a.mode == "directory" then
       self:watch_dir(path)
       self:scan(path, fn)
     elseif a and a.mode == "file" then
@@ -342,8 +361,8 @@ function Watcher:next_ready()
     self.qhead = self.qhead + 1
     local k = self.known[path]
     local a = lfs.symlinkattributes(path)
-    if not a or a.mode ~= "file" then
-      self.known[path] = nil -- gone (or replaced by something else) before its turn
+    if not a or a.mode ~= "file" or self:excluded(a) then
+      self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
     elseif k then
       k.queued, k.state = nil, "sending"
       local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
