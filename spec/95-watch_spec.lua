@@ -492,3 +492,44 @@ describe("healthcare watch: its own files", function()
     assert.equal("link", lfs.symlinkattributes(spool .. "/link.dcm").mode) -- a link is never taken
   end)
 end)
+
+describe("healthcare watch: SIGTERM", function()
+  after_each(function() H.emulator_faults({}) end)
+
+  -- The watcher against the emulator's store (Google's form), its first STOW-RS answer held back
+  -- `delay` seconds; SIGTERM once that request is in flight.
+  local function sigterm_during(delay)
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    H.emulator_faults({ { delay = delay, times = 1 } })
+    local w = spawn("exec " .. H.healthcare_command({ "watch", E.store, spool, "--endpoint", E.endpoint,
+      "--access-token", E.token, "--no-token-cache", "--settle", "0", "--json", "--status-interval", "0.2" }),
+      dir .. "/w.jsonl", dir .. "/w.err")
+    local f = H.gen_dicom { dir = spool, count = 1 }[1]
+    assert.truthy(wait_for(10, function()
+      return (H.file_bytes(dir .. "/w.jsonl") or ""):find('"in_flight":1', 1, true)
+    end))
+    local t0 = os.time()
+    stop(w, "TERM")
+    return f, exit_code(dir .. "/w.jsonl"), os.time() - t0, events(dir .. "/w.jsonl"), spool
+  end
+
+  it("lets the request in flight finish, then exits 143", function()
+    local f, code, secs, evs, spool = sigterm_during(2)
+    assert.equal(143, code)
+    assert.is_true(secs <= 8, secs .. " s")
+    assert.equal(1, #evs)
+    assert.equal("stored", evs[1].outcome)
+    assert.truthy(H.orthanc_find_instance(f.sop_instance_uid))
+    assert.same({}, spool_files(spool))
+  end)
+
+  it("abandons a request still in flight after 10 s: the file stays for the next start", function()
+    local f, code, secs, evs, spool = sigterm_during(14)
+    assert.equal(143, code)
+    assert.is_true(secs >= 9 and secs <= 14, secs .. " s")
+    assert.same({}, evs)
+    assert.same({ f.path:match("[^/]+$") }, spool_files(spool))
+  end)
+end)
