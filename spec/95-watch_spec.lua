@@ -533,3 +533,37 @@ describe("healthcare watch: SIGTERM", function()
     assert.same({ f.path:match("[^/]+$") }, spool_files(spool))
   end)
 end)
+
+describe("store:watch's journal", function()
+  it("starts afresh once it holds journal_max_records records and nothing is in flight", function()
+    local healthcare = require "healthcare"
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    finally(function() store:close() end)
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local journal = dir .. "/journal.jsonl"
+    local stored = 0
+    local w = assert(store:watch(spool, { settle = 0, journal = journal, journal_max_records = 2,
+      on_file = function(ev) if ev.outcome == "stored" then stored = stored + 1 end end }))
+    finally(function() w:close() end)
+    for i = 1, 5 do
+      H.gen_dicom { dir = spool, count = 1, prefix = "r" .. i }
+      local deadline = os.time() + 20
+      while stored < i and os.time() < deadline do assert.is_true(w:step(0.1)) end
+      assert.equal(i, stored)
+    end
+    assert.is_true(w:step(0.1))
+    assert.equal(2, w.rotations)
+    local function records(path)
+      local n = 0
+      for l in (H.file_bytes(path) or ""):gmatch("[^\n]+") do
+        if cjson.decode(l).outcome then n = n + 1 end
+      end
+      return n
+    end
+    assert.equal(1, records(journal))   -- the fifth
+    assert.equal(2, records(journal .. ".1"))
+    assert.same({}, spool_files(spool))
+  end)
+end)

@@ -25,6 +25,8 @@ local function parser()
   common.add_store_options(p)
   p:argument("spool", "The folder to watch (and the folders below it).")
   p:option("--journal", "The journal (exactly once across restarts); default SPOOL/" .. M.JOURNAL_NAME .. ".")
+  p:option("--journal-max-records", "Records after which the journal starts afresh (the old one kept as FILE.1), "
+    .. "once nothing is in flight.", tostring(watch.DEFAULTS.journal_max_records)):convert(tonumber)
   p:option("--done", "Move stored files to this folder instead of removing them.")
   p:option("--failed", "Move files that cannot be stored here, each with FILE.reason (default SPOOL/failed).")
   p:option("--settle", "Seconds a file found by a scan (not announced by inotify) must stay unchanged.",
@@ -47,7 +49,8 @@ local function parser()
 end
 M.parser = parser -- the bash completion reads its options
 
-local COUNTS = { "concurrency", "max_request_bytes", "max_request_instances", "retry_max_attempts" }
+local COUNTS = { "concurrency", "max_request_bytes", "max_request_instances", "retry_max_attempts",
+  "journal_max_records" }
 local SECONDS = { "settle", "rescan", "requeue_delay", "status_interval" }
 
 local function check_numbers(a)
@@ -114,6 +117,7 @@ local function open_watcher(store, a)
     requeue_delay = a.requeue_delay, inotify = not a.no_inotify, concurrency = a.concurrency,
     max_request_bytes = a.max_request_bytes, max_request_instances = a.max_request_instances,
     retry = { max_attempts = a.retry_max_attempts }, on_file = on_file(a),
+    journal_max_records = a.journal_max_records,
   })
 end
 

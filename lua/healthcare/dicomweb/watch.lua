@@ -28,15 +28,19 @@ M.DEFAULTS = {
   rescan = 60,           -- seconds between scans with inotify (a safety net); 2 s without it
   requeue_delay = 10,    -- seconds before a file whose request failed is sent again
   max_request_strikes = 3, -- refused requests (not transient) before a file counts as failed
+  -- records after which the journal starts afresh (FILE.1) once nothing is in flight: a service
+  -- that runs for months keeps a journal of about 30 MB at most, read whole at each start
+  journal_max_records = 100000,
 }
 M.OPTIONS = {
   "journal", "done_dir", "failed_dir", "settle", "rescan", "requeue_delay", "inotify",
-  "concurrency", "max_request_bytes", "max_request_instances", "retry", "on_file",
+  "concurrency", "max_request_bytes", "max_request_instances", "retry", "on_file", "journal_max_records",
 }
 local OPTION_TYPES = {
   journal = "string", done_dir = "string", failed_dir = "string", settle = "number",
   rescan = "number", requeue_delay = "number", inotify = "boolean", concurrency = "number",
   max_request_bytes = "number", max_request_instances = "number", on_file = "function",
+  journal_max_records = "number",
 }
 
 local Watcher = {}
@@ -69,7 +73,7 @@ local function check_call(store, spool, opts)
   for k, v in pairs(opts) do
     if OPTION_TYPES[k] then util.check_option(v, k, "watch", OPTION_TYPES[k], 3) end
   end
-  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_request_instances" }) do
+  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_request_instances", "journal_max_records" }) do
     util.check_number(opts[k], k, "watch", "whole >= 1", 3)
   end
   for _, k in ipairs({ "settle", "rescan", "requeue_delay" }) do
@@ -95,10 +99,43 @@ function Watcher:settle_journal()
     end
   end)
   j:close()
+  return self:move_journal_aside()
+end
+
+function Watcher:move_journal_aside()
+  local path = self.opts.journal
   local ok, rerr = os.rename(path, path .. ".1")
   if not ok then
     return nil, require("healthcare.errors").new("io", "cannot move the journal aside: " .. tostring(rerr))
   end
+  return true
+end
+
+-- The journal started afresh once it holds journal_max_records records and nothing is in
+-- flight, waiting or kept: every file its records name is then gone from the spool, so none of
+-- them can matter to a restart. Returns true, or nil, err.
+function Watcher:maybe_rotate_journal()
+  local b, o = self.batch, self.opts
+  if not b.journal or b.stopping then return true end
+  local c = self.counters
+  local records = c.stored + c.failed + c.requeued
+  if records - (self.records_at_rotation or 0) < o.journal_max_records then return true end
+  if b.ninflight > 0 or #b.waiting > 0 or self:queued() > 0 or b.source.pending or next(self.deferred) then
+    return true
+  end
+  for _, k in pairs(self.known) do
+    if k.state == "kept" or k.state == "sending" then return true end
+  end
+  b.journal:close()
+  local ok, err = self:move_journal_aside()
+  if not ok then return nil, err end
+  local j
+  j, err = journal_mod.open(o.journal, nil, { store = self.store.name })
+  if not j then return nil, err end
+  b.journal, b.source.journal = j, j
+  self:mark_own()
+  self.records_at_rotation = records
+  self.rotations = (self.rotations or 0) + 1
   return true
 end
 
@@ -146,18 +183,14 @@ function M.new(store, spool, opts)
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
-  self:exclude(o.failed_dir)
-  if o.done_dir then self:exclude(o.done_dir) end
+  self:mark_own()
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
   if not ok then self:close() return nil, err end
   ok, err = self:start_batch()
   if not ok then self:close() return nil, err end
-  if o.journal then
-    self:exclude(o.journal)
-    self:exclude(o.journal .. ".1")
-  end
+  self:mark_own()
   return self
 end
 
@@ -183,6 +216,17 @@ end
 function Watcher:exclude(path)
   local a = lfs.attributes(path)
   if a then self.own[a.dev .. ":" .. a.ino] = true end
+end
+
+-- What is the watcher's own, afresh (an inode freed by a journal moved over can be a new
+-- spool file's).
+function Watcher:mark_own()
+  local o = self.opts
+  self.own = {}
+  local list = { o.failed_dir, o.done_dir or false, o.journal or false, o.journal and o.journal .. ".1" or false }
+  for _, p in ipairs(list) do
+    if p then self:exclude(p) end
+  end
 end
 
 -- Whether the file or folder with attributes a (lfs) is the watcher's own.
@@ -518,6 +562,13 @@ function Watcher:step(timeout)
     error(more, 0)
   end
   self:act()
+  local rotated, rerr = self:maybe_rotate_journal()
+  if not rotated then
+    self.stopped = true
+    b.stopping = b.stopping or core.now()
+    b.journal = nil
+    return nil, rerr
+  end
   if b.stopping and not more then
     self.abandoned = b:abandon()
     self.stopped = true
