@@ -82,8 +82,12 @@ local function json_line(t)
   io.stdout:flush()
 end
 
+-- Files waiting to be sent again, by reason, since the last status line: while a server is away
+-- every file in the spool waits again every --requeue-delay, too many for a line each.
+local requeued = {}
+
 -- What each finished file prints: a JSON line, or a line on stderr for what a person must see
--- (failures, files that wait for a second try, files that could not be moved).
+-- (failures, files that could not be moved); files that wait for a second try are counted.
 local function on_file(a)
   return function(ev)
     if a.json then
@@ -94,7 +98,8 @@ local function on_file(a)
       io.stderr:write("failed ", printable(ev.path), ": ", printable(ev.reason or "?"),
         ev.moved_to and (" (moved to " .. printable(ev.moved_to) .. ")") or "", "\n")
     elseif ev.outcome == "requeued" then
-      io.stderr:write("will send again ", printable(ev.path), ": ", printable(ev.reason or "?"), "\n")
+      local r = tostring(ev.reason)
+      requeued[r] = (requeued[r] or 0) + 1
     end
     if ev.warning then io.stderr:write("warning ", printable(ev.path), ": ", printable(ev.warning), "\n") end
   end
@@ -107,6 +112,10 @@ local function on_status(a)
       return json_line(s)
     end
     io.stderr:write(status_text(s), "\n")
+    for reason, n in pairs(requeued) do
+      io.stderr:write(string.format("%d files wait to be sent again: %s\n", n, printable(reason)))
+    end
+    requeued = {}
   end
 end
 
