@@ -451,8 +451,9 @@ function Watcher:finish(path, outcome, info)
     ev.moved_to = destination(self, path, o.failed_dir)
     ok, err = os.rename(path, ev.moved_to)
     if ok then
-      core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n", os.date("!%Y-%m-%dT%H:%M:%SZ"),
-        tostring(info.reason)))
+      local wrote, werr = core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n",
+        os.date("!%Y-%m-%dT%H:%M:%SZ"), tostring(info.reason)))
+      if not wrote then ev.warning = "cannot write the reason file: " .. tostring(werr) end
     end
   elseif o.done_dir then
     ev.moved_to = destination(self, path, o.done_dir)
@@ -464,7 +465,8 @@ function Watcher:finish(path, outcome, info)
     ev.moved_to = nil
     ev.warning = "cannot " .. (ev.outcome == "failed" and "move" or (o.done_dir and "move" or "remove")) .. ": "
       .. tostring(err)
-    -- Kept as it is, not sent again this run; a restart acts on it (the journal says stored).
+    -- Kept as it is, not sent again this run; a restart acts on it again (a stored one is in the
+    -- journal: removed or moved then, not sent).
     self.known[path] = { state = "kept" }
   else
     self.known[path] = nil
