@@ -123,7 +123,9 @@ end
 -- algorithm on, which costs about 90 ms per instance on loopback.
 local function start_storescp(spool, dir)
   local port = free_port()
-  local pid = spawn("TCP_NODELAY=1 exec storescp -dhl -od " .. H.q(spool) .. " " .. port, dir .. "/storescp.out",
+  -- the flags of the README's recipe and examples/dimse/storescp.service
+  local pid = spawn("TCP_NODELAY=1 exec storescp --fork -dhl -aet STORESCP -od " .. H.q(spool) .. " " .. port,
+    dir .. "/storescp.out",
     dir .. "/storescp.err")
   assert(wait_for(10, function() return select(3, H.run("echoscu 127.0.0.1 " .. port)) == 0 end), "storescp did not start")
   return pid, port
@@ -565,5 +567,45 @@ describe("store:watch's journal", function()
     assert.equal(1, records(journal))   -- the fifth
     assert.equal(2, records(journal .. ".1"))
     assert.same({}, spool_files(spool))
+  end)
+end)
+
+describe("examples/dimse", function()
+  local source = os.getenv("HC_SOURCE_DIR") or "."
+
+  it("run.sh receives with storescp and stores with healthcare watch; a TERM to the group stops both", function()
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    local port = free_port()
+    local files = corpus(dir .. "/src", 2, 5)
+    -- its own process group (setsid), as a terminal's Ctrl-C or systemd's stop reaches it
+    local pid = spawn("exec setsid " .. H.q(source .. "/examples/dimse/run.sh") .. " " .. H.q(E.dicomweb) .. " "
+      .. H.q(spool) .. " " .. port, dir .. "/run.out", dir .. "/run.err")
+    assert.truthy(wait_for(10, function() return select(3, H.run("echoscu 127.0.0.1 " .. port)) == 0 end))
+    H.check_run(storescu_command(port, files))
+    assert.truthy(wait_for(30, function()
+      for _, f in ipairs(files) do
+        if not H.orthanc_find_instance(f.sop_instance_uid) then return false end
+      end
+      return #spool_files(spool) == 0
+    end), H.file_bytes(dir .. "/run.err"))
+    H.run("/bin/kill -TERM -- -" .. pid)
+    assert.truthy(wait_for(20, function() return not alive(pid) end))
+    assert.is_not_equal(0, select(3, H.run("echoscu 127.0.0.1 " .. port)), "storescp still listens")
+  end)
+
+  it("the systemd units pass systemd-analyze verify", function()
+    if select(3, H.run("command -v systemd-analyze")) ~= 0 then
+      pending("no systemd-analyze")
+      return
+    end
+    local dir = H.tmpdir()
+    H.check_run("cp " .. H.q(source .. "/examples/dimse/storescp.service") .. " " .. H.q(dir))
+    -- the watcher's unit with this build's command where the recipe installs it
+    local unit = H.file_bytes(source .. "/examples/dimse/healthcare-watch.service")
+    H.write_file(dir .. "/healthcare-watch.service", (unit:gsub("/usr/local/bin/healthcare", H.BIN)))
+    local so, se, code = H.run("cd " .. H.q(dir) .. " && systemd-analyze verify storescp.service healthcare-watch.service")
+    assert.equal(0, code, so .. se)
+    assert.equal("", so .. se)
   end)
 end)
