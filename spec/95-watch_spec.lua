@@ -609,3 +609,30 @@ describe("examples/dimse", function()
     assert.equal("", so .. se)
   end)
 end)
+
+describe("store:watch and a file never written in the spool", function()
+  it("takes a hard link made into the spool once it stayed unchanged (WRITING_QUIET)", function()
+    local healthcare = require "healthcare"
+    local watch = require "healthcare.dicomweb.watch"
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    local quiet = watch.WRITING_QUIET
+    watch.WRITING_QUIET = 1
+    finally(function()
+      watch.WRITING_QUIET = quiet
+      store:close()
+    end)
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local w = assert(store:watch(spool, { settle = 0, rescan = 0.3 }))
+    finally(function() w:close() end)
+    assert.is_true(w:step(0.1))
+    local f = H.gen_dicom { dir = dir, count = 1 }[1]
+    H.check_run("ln " .. H.q(f.path) .. " " .. H.q(spool .. "/linked.dcm"))
+    local deadline = os.time() + 20
+    while w:status().stored < 1 and os.time() < deadline do assert.is_true(w:step(0.1)) end
+    assert.equal(1, w:status().stored)
+    assert.truthy(H.orthanc_find_instance(f.sop_instance_uid))
+    assert.is_nil(lfs.attributes(spool .. "/linked.dcm"))
+  end)
+end)

@@ -322,6 +322,7 @@ function Watcher:found(f)
     self.settling[f.path] = true
     return
   end
+  if k.state == "writing" then return self:quiet_writer(k, f, now) end
   if k.state ~= "pending" or k.queued then return end
   if k.size ~= f.size or k.mtime ~= f.mtime then
     k.size, k.mtime, k.since = f.size, f.mtime, now
@@ -334,6 +335,19 @@ function Watcher:found(f)
 end
 
 local SETTLE_CHECK = 0.5
+
+-- Seconds a file announced as created, and never closed after writing, must stay unchanged
+-- before a scan takes it: a hard link made into the spool (ln) is never written. Long, as a
+-- writer may hold a file open and idle for a while.
+M.WRITING_QUIET = 60
+
+function Watcher:quiet_writer(k, f, now)
+  if k.size ~= f.size or k.mtime ~= f.mtime then
+    k.size, k.mtime, k.since = f.size, f.mtime, now
+  elseif now - k.since >= math.max(self.opts.settle, M.WRITING_QUIET) then
+    self:enqueue(f.path)
+  end
+end
 
 -- The files found by a scan that are not yet taken: looked at again.
 function Watcher:check_settling()
