@@ -6,7 +6,11 @@
 -- empty at the end; SIGKILL three times mid-run and restarts: every instance stored, sent once
 -- (but for what was in flight at a kill, which the journal cannot know the server stored);
 -- Orthanc away for 10 s: retries, nothing lost; bad files to failed/ with their reasons; a
--- writer that pauses mid-file is not taken early (inotify, and scans with a settle time).
+-- writer that pauses mid-file is not taken early (inotify, and scans with a settle time). Also:
+-- a restart does not send what the journal records; bad arguments (exit 2); one watcher per
+-- spool; its own folders and journal never taken; SIGTERM with a request in flight (finished, or
+-- abandoned after 10 s); the Lua API from the caller's loop and its misuse; the journal started
+-- afresh; a hard link into the spool; examples/dimse (run.sh as written, the systemd units).
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/95-watch_spec.lua
 local H = require "helpers"
 if not H.need_testbed() then return end
