@@ -10,6 +10,7 @@ local M = {}
 M.list = {
   { name = "projects", summary = "the API's methods by Google's names (healthcare projects --help)" },
   { name = "store", summary = "store DICOM files and folders: batched, streamed, reported" },
+  { name = "watch", summary = "store each complete DICOM file that lands in a spool folder" },
   { name = "search", summary = "search for studies, series or instances (a table, or --json)" },
   { name = "retrieve", summary = "retrieve a study, series or instance: one file per instance" },
   { name = "delete", summary = "delete studies, series or instances (asks for --yes)" },
@@ -20,7 +21,7 @@ M.list = {
 }
 
 -- The friendly commands: modules healthcare.cli.<name> with main(argv) and parser().
-M.FRIENDLY = { store = true, search = true, retrieve = true, delete = true,
+M.FRIENDLY = { store = true, watch = true, search = true, retrieve = true, delete = true,
   import = true, export = true, deidentify = true, operations = true }
 
 --- The command names, in order.

@@ -2,7 +2,7 @@
 -- The `healthcare` command: dispatch only. Two forms:
 --   the seed's:   healthcare projects locations-datasets-dicom-stores-<method> <parent> <dicom-web-path> ...
 --                 (parsed by healthcare.cli.seed, run by healthcare.cli.call, --help by healthcare.cli.help)
---   the friendly: healthcare store|search|retrieve|delete <store> ... (see healthcare.cli.<command>)
+--   the friendly: healthcare store|watch|search|retrieve|delete <store> ... (see healthcare.cli.<command>)
 -- and what introduces the command: bare `healthcare` (the commands, one line each),
 -- --version, a suggestion for a mistyped command, and `__complete` for the bash completion
 -- (healthcare.cli.complete). The commands are listed once, in healthcare.cli.commands.

@@ -272,15 +272,19 @@ function Batch:count_outcome(e, oc)
     if o.keep_stored or oc.warning then report.stored[#report.stored + 1] = r end
     report.bytes = report.bytes + e.size
   else
-    r = record(e, oc.reason)
+    r = record(e, oc.reason, oc.scope and { scope = oc.scope })
     report.counts.failed = report.counts.failed + 1
     report.failed[#report.failed + 1] = r
   end
   return r
 end
 
-function Batch:fail_group(group, reason)
-  self:finish_group(group, function() return { outcome = "failed", reason = reason } end)
+-- scope says why the whole request failed, for a caller that sends again later (healthcare
+-- watch): "transient" (a retryable failure outlived its attempts: the server or network may come
+-- back) or "request" (the request as a whole was refused or could not be sent; the instance may be
+-- innocent). A failure the server's answer gives per instance has no scope.
+function Batch:fail_group(group, reason, scope)
+  self:finish_group(group, function() return { outcome = "failed", reason = reason, scope = scope } end)
 end
 
 -- A usage error holds for every request (a credential refused to a proxy over plain http), and so
@@ -303,7 +307,7 @@ function Batch:start(group)
   }
   if not request then
     stop_on_usage(err)
-    return self:fail_group(group, err.message)
+    return self:fail_group(group, err.message, err.retryable and "transient" or "request")
   end
   self:track(request, group)
 end
@@ -322,9 +326,9 @@ function Batch:schedule_retry(group, err)
     -- resumed run) decide, instead of sleeping for an attempt that is not allowed anyway.
     if why == "deadline" then
       return self:fail_group(group, string.format("%s (after %d attempts; the next would start past the %g s retry "
-        .. "deadline)", err.message, group.attempts, self.policy.deadline))
+        .. "deadline)", err.message, group.attempts, self.policy.deadline), "transient")
     end
-    return self:fail_group(group, string.format("%s (after %d attempts)", err.message, group.attempts))
+    return self:fail_group(group, string.format("%s (after %d attempts)", err.message, group.attempts), "transient")
   end
   self.report.retries = self.report.retries + 1
   self.waiting[#self.waiting + 1] = { group = group, due = core.now() + wait }
@@ -336,7 +340,7 @@ function Batch:record_answer(group, answer)
   if not ds then
     local perr
     ds, perr = dicomjson.from_xml(answer.body)
-    if not ds then return self:fail_group(group, perr) end
+    if not ds then return self:fail_group(group, perr, "request") end
   end
   local outcomes = dicomjson.outcomes(ds)
   -- An instance the answer does not mention may never have been read: Orthanc stops at a part
@@ -379,7 +383,7 @@ function Batch:handle(request, group)
   if not answer then
     stop_on_usage(err)
     if err.retryable then return self:schedule_retry(group, err) end
-    return self:fail_group(group, err.message)
+    return self:fail_group(group, err.message, "request")
   end
   self:record_answer(group, answer)
 end
@@ -507,6 +511,9 @@ function Batch:run()
   self:report_progress()
   return report
 end
+
+-- healthcare.dicomweb.watch runs a Batch of its own, feeding its Source as files arrive.
+M.Batch = Batch
 
 --- store:store(files, opts): see Batch:run and README "Storing files".
 function M.store(store, inputs, opts)

@@ -17,6 +17,7 @@ local retrieve = require "healthcare.dicomweb.retrieve"
 local search = require "healthcare.dicomweb.search"
 local stow = require "healthcare.dicomweb.stow"
 local verify = require "healthcare.dicomweb.verify"
+local watch = require "healthcare.dicomweb.watch"
 
 local M = {}
 
@@ -83,5 +84,6 @@ Store.verify = verify.verify
 Store.import = migrate.store_import
 Store.export = migrate.store_export
 Store.deidentify = migrate.store_deidentify
+Store.watch = watch.new
 
 return M

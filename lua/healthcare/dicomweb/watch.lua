@@ -1,0 +1,639 @@
+-- SPDX-License-Identifier: MIT
+-- store:watch(spool, opts): a long-running ingest of a spool folder (README "Classic DICOM
+-- senders"). Every complete file that appears in the spool (or in a folder below it) is stored
+-- through one long-lived Batch (healthcare.dicomweb.batch: grouping, concurrency, retries,
+-- journal), then removed or moved to opts.done_dir; a file that cannot be stored is moved to
+-- opts.failed_dir with a reason file beside it.
+--
+-- When a file counts as complete: its writer closed it (inotify IN_CLOSE_WRITE) or renamed it
+-- into the spool (IN_MOVED_TO). A file found by a scan instead (those present at start, after the
+-- kernel dropped events, or every file where inotify is not available) is taken once its size and
+-- mtime stayed the same for opts.settle seconds. Names starting with "." or ending in ".tmp" or
+-- ".part" are never taken: a writer may use them for a file it renames when done.
+--
+-- Exactly once: the journal says what the server confirmed; at start, a file it records as stored
+-- (same path, size and mtime) is removed or moved to done_dir without being sent, then the journal
+-- starts afresh (the previous one is kept as FILE.1), so it only ever holds one run.
+local core = require "healthcare.core"
+local lfs = require "lfs"
+local batch_mod = require "healthcare.dicomweb.batch"
+local journal_mod = require "healthcare.dicomweb.journal"
+local retry = require "healthcare.retry"
+local util = require "healthcare.util"
+
+local M = {}
+
+M.DEFAULTS = {
+  settle = 5,            -- seconds a file found by a scan must stay unchanged
+  rescan = 60,           -- seconds between scans with inotify (a safety net); 2 s without it
+  requeue_delay = 10,    -- seconds before a file whose request failed is sent again
+  max_request_strikes = 3, -- refused requests (not transient) before a file counts as failed
+  -- records after which the journal starts afresh (FILE.1) once nothing is in flight: a service
+  -- that runs for months keeps a journal of about 30 MB at most, read whole at each start
+  journal_max_records = 100000,
+}
+M.OPTIONS = {
+  "journal", "done_dir", "failed_dir", "settle", "rescan", "requeue_delay", "inotify",
+  "concurrency", "max_request_bytes", "max_request_instances", "retry", "on_file", "journal_max_records",
+}
+local OPTION_TYPES = {
+  journal = "string", done_dir = "string", failed_dir = "string", settle = "number",
+  rescan = "number", requeue_delay = "number", inotify = "boolean", concurrency = "number",
+  max_request_bytes = "number", max_request_instances = "number", on_file = "function",
+  journal_max_records = "number",
+}
+
+local Watcher = {}
+Watcher.__index = Watcher
+Watcher.__name = "healthcare.Watcher"
+M.Watcher = Watcher
+
+local function join(dir, name)
+  if dir:sub(-1) == "/" then return dir .. name end
+  return dir .. "/" .. name
+end
+
+-- Names a writer uses while it writes (rsync, curl -o x.part, storescp's own tools).
+local function ignored_name(name)
+  return name:sub(1, 1) == "." or name:match("%.tmp$") ~= nil or name:match("%.part$") ~= nil
+end
+
+local function strip_slash(p)
+  p = p:gsub("/+", "/")
+  if #p > 1 then p = p:gsub("/$", "") end
+  return p
+end
+
+-- ---- construction -----------------------------------------------------------------------------
+
+local function check_call(store, spool, opts)
+  util.check_self(store, "healthcare.Store", "watch", 3)
+  util.check_arg(spool, 1, "watch", "string", 3)
+  opts = util.check_options(opts, M.OPTIONS, "watch", 3)
+  for k, v in pairs(opts) do
+    if OPTION_TYPES[k] then util.check_option(v, k, "watch", OPTION_TYPES[k], 3) end
+  end
+  for _, k in ipairs({ "concurrency", "max_request_bytes", "max_request_instances", "journal_max_records" }) do
+    util.check_number(opts[k], k, "watch", "whole >= 1", 3)
+  end
+  for _, k in ipairs({ "settle", "rescan", "requeue_delay" }) do
+    if opts[k] ~= nil and (opts[k] ~= opts[k] or opts[k] < 0) then
+      error(string.format("bad option '%s' to 'watch' (seconds >= 0 expected, got %s)", k, tostring(opts[k])), 3)
+    end
+  end
+  retry.check(opts.retry, "watch", 3)
+  return opts
+end
+
+-- Files of the spool the journal of an earlier run records as stored: finished without being
+-- sent. Then the journal is moved aside (FILE.1), so that the run's own starts empty.
+function Watcher:settle_journal()
+  local path = self.opts.journal
+  if not path then return true end
+  local j, err = journal_mod.open(path, nil, { store = self.store.name })
+  if not j then return nil, err end
+  self:scan(self.spool, function(f)
+    local done = j:lookup(f)
+    if done then
+      self:finish(f.path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+    end
+  end)
+  j:close()
+  return self:move_journal_aside()
+end
+
+function Watcher:move_journal_aside()
+  local path = self.opts.journal
+  local ok, rerr = os.rename(path, path .. ".1")
+  if not ok then
+    return nil, require("healthcare.errors").new("io", "cannot move the journal aside: " .. tostring(rerr))
+  end
+  return true
+end
+
+-- The journal started afresh once it holds journal_max_records records and nothing is in
+-- flight, waiting or kept: every file its records name is then gone from the spool, so none of
+-- them can matter to a restart. Returns true, or nil, err.
+function Watcher:maybe_rotate_journal()
+  local b, o = self.batch, self.opts
+  if not b.journal or b.stopping then return true end
+  local c = self.counters
+  local records = c.stored + c.failed + c.requeued
+  if records - (self.records_at_rotation or 0) < o.journal_max_records then return true end
+  if b.ninflight > 0 or #b.waiting > 0 or self:queued() > 0 or b.source.pending or next(self.deferred) then
+    return true
+  end
+  for _, k in pairs(self.known) do
+    if k.state == "kept" or k.state == "sending" then return true end
+  end
+  b.journal:close()
+  local ok, err = self:move_journal_aside()
+  if not ok then return nil, err end
+  local j
+  j, err = journal_mod.open(o.journal, nil, { store = self.store.name })
+  if not j then return nil, err end
+  b.journal, b.source.journal = j, j
+  self:mark_own()
+  self.records_at_rotation = records
+  self.rotations = (self.rotations or 0) + 1
+  return true
+end
+
+-- The Batch that sends: its Source reads the watcher's queue instead of walking paths.
+function Watcher:start_batch()
+  local o = self.opts
+  local b, err = batch_mod.Batch.new(self.store, {}, {
+    journal = o.journal, concurrency = o.concurrency, max_request_bytes = o.max_request_bytes,
+    max_request_instances = o.max_request_instances, retry = o.retry, keep_stored = false,
+    on_instance = function(r, outcome) self:on_instance(r, outcome) end,
+  })
+  if not b then return nil, err end
+  b.source.it = function() return self:next_ready() end
+  self.batch = b
+  return true
+end
+
+--- healthcare.dicomweb.watch.new(store, spool, opts) (also store:watch(spool, opts)): a watcher,
+--- or nil, err (a spool that is not a folder, a failed or done folder that cannot be made, a
+--- journal that cannot be used). Run it with watcher:run() or call watcher:step() from a loop.
+function M.new(store, spool, opts)
+  opts = check_call(store, spool, opts)
+  local errors = require "healthcare.errors"
+  spool = strip_slash(spool)
+  if lfs.attributes(spool, "mode") ~= "directory" then
+    return nil, errors.new("usage", "spool " .. spool .. " is not a folder")
+  end
+  local o = {}
+  for k, v in pairs(M.DEFAULTS) do o[k] = v end
+  for k, v in pairs(opts) do o[k] = v end
+  o.failed_dir = strip_slash(o.failed_dir or join(spool, "failed"))
+  if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
+  for _, d in ipairs({ o.failed_dir, o.done_dir }) do
+    local ok, why = util.make_dirs(d)
+    if not ok then return nil, errors.new("io", why) end
+  end
+  local self = setmetatable({ store = store, spool = spool, opts = o,
+    known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
+    queue = {}, qhead = 1, qtail = 0,
+    deferred = {},       -- path -> when it is sent again
+    settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
+    finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
+    wds = {}, watched = {}, -- inotify watch number -> folder, folder -> watch number
+    own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
+    counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
+    t0 = core.now(), last_scan = -math.huge,
+  }, Watcher)
+  self:mark_own()
+  if o.inotify ~= false then self:start_inotify() end
+  if not self.inotify then o.rescan = math.min(o.rescan, 2) end
+  local ok, err = self:settle_journal()
+  if not ok then self:close() return nil, err end
+  ok, err = self:start_batch()
+  if not ok then self:close() return nil, err end
+  self:mark_own()
+  return self
+end
+
+-- ---- inotify ----------------------------------------------------------------------------------
+
+function Watcher:start_inotify()
+  if not core.inotify then return end
+  local h = core.inotify()
+  if not h then return end -- no inotify here (or the instance limit): scans alone
+  self.inotify = h
+  self:watch_dir(self.spool)
+end
+
+function Watcher:watch_dir(dir)
+  if not self.inotify or self.watched[dir] then return end
+  local wd = self.inotify:add(dir)
+  if wd then
+    self.wds[wd], self.watched[dir] = dir, wd
+  end
+end
+
+-- Told apart by device and inode, not by name: `--failed ./spool/failed` is SPOOL/failed too.
+function Watcher:exclude(path)
+  local a = lfs.attributes(path)
+  if a then self.own[a.dev .. ":" .. a.ino] = true end
+end
+
+-- What is the watcher's own, afresh (an inode freed by a journal moved over can be a new
+-- spool file's).
+function Watcher:mark_own()
+  local o = self.opts
+  self.own = {}
+  local list = { o.failed_dir, o.done_dir or false, o.journal or false, o.journal and o.journal .. ".1" or false }
+  for _, p in ipairs(list) do
+    if p then self:exclude(p) end
+  end
+end
+
+-- Whether the file or folder with attributes a (lfs) is the watcher's own.
+function Watcher:excluded(a)
+  return a ~= nil and self.own[a.dev .. ":" .. a.ino] == true
+end
+
+-- What one event says: a file complete, a folder to watch, events lost.
+function Watcher:on_event(ev)
+  if ev.overflow then
+    self.last_scan = -math.huge -- events were dropped: scan at once
+    for path, k in pairs(self.known) do
+      if k.state == "writing" then
+        k.state, k.since = "pending", core.now()
+        self.settling[path] = true
+      end
+    end
+    return
+  end
+  local dir = self.wds[ev.wd]
+  if not dir then return end
+  if ev.gone then
+    self.wds[ev.wd], self.watched[dir] = nil, nil
+    return
+  end
+  if not ev.name or ignored_name(ev.name) then return end
+  local path = join(dir, ev.name)
+  if ev.dir then
+    if (ev.created or ev.moved_in) and not self:excluded(lfs.symlinkattributes(path)) then
+      self:watch_dir(path)
+      self:scan(path, function(f) self:found(f) end)
+    end
+    return
+  end
+  local k = self.known[path]
+  if ev.created then
+    if not k then self.known[path] = { state = "writing", since = core.now() } end
+  elseif ev.closed or ev.moved_in then
+    if not k or k.state == "writing" or k.state == "pending" then
+      self.known[path] = { state = "pending" }
+      self:enqueue(path)
+    end
+  end
+end
+
+function Watcher:read_events(timeout)
+  if not self.inotify then
+    if timeout > 0 then core.sleep(timeout) end
+    return
+  end
+  local events = self.inotify:read(timeout)
+  for _, ev in ipairs(events or {}) do self:on_event(ev) end
+end
+
+-- ---- scanning ---------------------------------------------------------------------------------
+
+-- Calls fn{ path, rel, size, mtime, dev, ino } for every regular file below dir (not the failed
+-- and done folders, nor the journal, nor ignored names; symbolic links are never followed).
+function Watcher:scan(dir, fn)
+  local ok, iter, state = pcall(lfs.dir, dir)
+  if not ok then return end
+  local names = {}
+  for name in iter, state do
+    if name ~= "." and name ~= ".." and not ignored_name(name) then names[#names + 1] = name end
+  end
+  table.sort(names)
+  for _, name in ipairs(names) do
+    local path = join(dir, name)
+    local a = lfs.symlinkattributes(path)
+    if self:excluded(a) then
+      a = nil -- the watcher's own folder or journal
+    end
+    if a and a.mode == "directory" then
+      self:watch_dir(path)
+      self:scan(path, fn)
+    elseif a and a.mode == "file" then
+      fn { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification, dev = a.dev,
+        ino = a.ino }
+    end
+  end
+end
+
+-- A file seen by a scan: taken once unchanged for opts.settle seconds (by its mtime, or watched
+-- from now on: check_settling looks again every SETTLE_CHECK seconds).
+function Watcher:found(f)
+  local k = self.known[f.path]
+  local now = core.now()
+  if not k then
+    k = { state = "pending", size = f.size, mtime = f.mtime, since = now }
+    self.known[f.path] = k
+    -- mtime has whole seconds: older than settle + 1 is unchanged for settle at least
+    if os.time() - (f.mtime or 0) > self.opts.settle then return self:enqueue(f.path) end
+    self.settling[f.path] = true
+    return
+  end
+  if k.state == "writing" then return self:quiet_writer(k, f, now) end
+  if k.state ~= "pending" or k.queued then return end
+  if k.size ~= f.size or k.mtime ~= f.mtime then
+    k.size, k.mtime, k.since = f.size, f.mtime, now
+    self.settling[f.path] = true
+  elseif now - (k.since or now) >= self.opts.settle then
+    self:enqueue(f.path)
+  else
+    self.settling[f.path] = true
+  end
+end
+
+local SETTLE_CHECK = 0.5
+
+-- Seconds a file announced as created, and never closed after writing, must stay unchanged
+-- before a scan takes it: a hard link made into the spool (ln) is never written. Long, as a
+-- writer may hold a file open and idle for a while.
+M.WRITING_QUIET = 60
+
+function Watcher:quiet_writer(k, f, now)
+  if k.size ~= f.size or k.mtime ~= f.mtime then
+    k.size, k.mtime, k.since = f.size, f.mtime, now
+  elseif now - k.since >= math.max(self.opts.settle, M.WRITING_QUIET) then
+    self:enqueue(f.path)
+  end
+end
+
+-- The files found by a scan that are not yet taken: looked at again.
+function Watcher:check_settling()
+  local now = core.now()
+  if now - (self.last_settle_check or 0) < SETTLE_CHECK or next(self.settling) == nil then return end
+  self.last_settle_check = now
+  local paths = {}
+  for path in pairs(self.settling) do paths[#paths + 1] = path end
+  for _, path in ipairs(paths) do
+    self.settling[path] = nil
+    local a = lfs.symlinkattributes(path)
+    local k = self.known[path]
+    if not a or a.mode ~= "file" then
+      if k and k.state == "pending" and not k.queued then self.known[path] = nil end
+    elseif k then
+      self:found { path = path, size = a.size, mtime = a.modification }
+    end
+  end
+end
+
+-- Scans when due; files not seen by the scan are forgotten (removed by someone else).
+function Watcher:maybe_scan()
+  local now = core.now()
+  for path, due in pairs(self.deferred) do
+    if now >= due then
+      self.deferred[path] = nil
+      local k = self.known[path]
+      if k and k.state == "deferred" then
+        k.state = "pending"
+        self:enqueue(path)
+      end
+    end
+  end
+  self:check_settling()
+  if now - self.last_scan < self.opts.rescan then return end
+  self.last_scan = now
+  local seen = {}
+  self:scan(self.spool, function(f)
+    seen[f.path] = true
+    self:found(f)
+  end)
+  for path, k in pairs(self.known) do
+    if not seen[path] and not k.queued and (k.state == "pending" or k.state == "writing" or k.state == "kept") then
+      self.known[path] = nil
+    end
+  end
+end
+
+-- ---- the queue the Batch reads ----------------------------------------------------------------
+
+function Watcher:enqueue(path)
+  local k = self.known[path]
+  self.settling[path] = nil
+  if k.queued then return end
+  k.queued = true
+  self.qtail = self.qtail + 1
+  self.queue[self.qtail] = path
+end
+
+function Watcher:queued()
+  return self.qtail - self.qhead + 1
+end
+
+-- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready.
+function Watcher:next_ready()
+  while self.qhead <= self.qtail do
+    local path = self.queue[self.qhead]
+    self.queue[self.qhead] = nil
+    self.qhead = self.qhead + 1
+    local k = self.known[path]
+    local a = lfs.symlinkattributes(path)
+    if not a or a.mode ~= "file" or self:excluded(a) then
+      self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
+    elseif k then
+      k.queued, k.state = nil, "sending"
+      local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
+        dev = a.dev, ino = a.ino }
+      local done = self.batch and self.batch.journal and self.batch.journal:lookup(f)
+      if not done then return f end
+      self:finish(path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+    end
+  end
+  self.qhead, self.qtail = 1, 0
+  return nil
+end
+
+-- ---- outcomes ---------------------------------------------------------------------------------
+
+function Watcher:on_instance(r, outcome)
+  self.finished[#self.finished + 1] = { path = r.path, outcome = outcome, reason = r.reason, scope = r.scope,
+    sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
+end
+
+-- path under dir, keeping its folders below the spool; an existing name gets .1, .2, ...
+local function destination(self, path, dir)
+  local rel = path:sub(#self.spool + 2)
+  local dest = join(dir, rel)
+  util.make_dirs(util.parent_dir(dest))
+  local n, try = 0, dest
+  while lfs.symlinkattributes(try) or lfs.symlinkattributes(try .. ".reason") do
+    n = n + 1
+    try = dest .. "." .. n
+  end
+  return try
+end
+
+-- The end of a file: removed or moved to done_dir (stored), or moved to failed_dir with
+-- FILE.reason (failed). Tells on_file. info: { reason, sop_instance_uid, study_uid, size }.
+function Watcher:finish(path, outcome, info)
+  local o = self.opts
+  local ev = { outcome = outcome, path = path, reason = info.reason, sop_instance_uid = info.sop_instance_uid,
+    study_uid = info.study_uid }
+  local ok, err
+  if outcome == "failed" then
+    ev.moved_to = destination(self, path, o.failed_dir)
+    ok, err = os.rename(path, ev.moved_to)
+    if ok then
+      local wrote, werr = core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n",
+        os.date("!%Y-%m-%dT%H:%M:%SZ"), tostring(info.reason)))
+      if not wrote then ev.warning = "cannot write the reason file: " .. tostring(werr) end
+    end
+  elseif o.done_dir then
+    ev.moved_to = destination(self, path, o.done_dir)
+    ok, err = os.rename(path, ev.moved_to)
+  else
+    ok, err = os.remove(path)
+  end
+  if not ok then
+    ev.moved_to = nil
+    ev.warning = "cannot " .. (ev.outcome == "failed" and "move" or (o.done_dir and "move" or "remove")) .. ": "
+      .. tostring(err)
+    -- Kept as it is, not sent again this run; a restart acts on it again (a stored one is in the
+    -- journal: removed or moved then, not sent).
+    self.known[path] = { state = "kept" }
+  else
+    self.known[path] = nil
+  end
+  self.counters[outcome] = self.counters[outcome] + 1
+  if o.on_file then o.on_file(ev) end
+end
+
+-- A failed request: the file waits opts.requeue_delay and is sent again; after
+-- max_request_strikes refusals of whole requests it counts as failed. A transient failure (the
+-- server or the network away) never strikes: the file waits for them.
+function Watcher:defer(f)
+  local k = self.known[f.path] or {}
+  self.known[f.path] = k
+  if f.scope == "request" then k.strikes = (k.strikes or 0) + 1 end
+  if (k.strikes or 0) >= self.opts.max_request_strikes then
+    return self:finish(f.path, "failed", f)
+  end
+  k.state, k.queued = "deferred", nil
+  self.deferred[f.path] = core.now() + self.opts.requeue_delay
+  self.counters.requeued = self.counters.requeued + 1
+  if self.opts.on_file then
+    self.opts.on_file { outcome = "requeued", path = f.path, reason = f.reason,
+      sop_instance_uid = f.sop_instance_uid, study_uid = f.study_uid }
+  end
+end
+
+-- What the Batch's last turn finished: acted on once its journal lines are written.
+function Watcher:act()
+  local list = self.finished
+  if #list > 0 then
+    self.finished = {}
+    for _, f in ipairs(list) do
+      if f.outcome == "stored" then
+        self:finish(f.path, "stored", f)
+      elseif f.scope then
+        self:defer(f)
+      else
+        self:finish(f.path, "failed", f)
+      end
+    end
+  end
+  local report = self.batch.report
+  -- Files the probe refused (not DICOM, truncated): failed at once. The report's lists are
+  -- emptied each turn so a run of months keeps no record per file.
+  local skipped = report.skipped
+  if #skipped > 0 then
+    report.skipped = {}
+    for _, s in ipairs(skipped) do
+      if self.known[s.path] then self:finish(s.path, "failed", s) end
+    end
+  end
+  report.failed, report.stored, report.already_stored = {}, {}, {}
+end
+
+-- ---- running ----------------------------------------------------------------------------------
+
+--- The counters: stored, already_stored, failed, requeued, bytes, requests, retries, in_flight,
+--- queued (ready, not yet sent), waiting (seen, not yet complete, or waiting to be sent again),
+--- seconds.
+function Watcher:status()
+  local c, report = self.counters, self.batch and self.batch.report
+  local waiting = 0
+  for _, k in pairs(self.known) do
+    if k.state == "writing" or k.state == "deferred" or (k.state == "pending" and not k.queued) then
+      waiting = waiting + 1
+    end
+  end
+  return { stored = c.stored, already_stored = c.already_stored, failed = c.failed, requeued = c.requeued,
+    bytes = report and report.bytes or 0, requests = report and report.requests or 0,
+    retries = report and report.retries or 0, in_flight = self.batch and self.batch.ninflight or 0,
+    queued = self:queued(), waiting = waiting, seconds = core.now() - self.t0,
+    inotify = self.inotify ~= nil }
+end
+
+--- One turn: events read (waiting up to timeout seconds when nothing is being sent), scans when
+--- due, requests started and finished, files finished. Returns true while the watcher runs,
+--- false once it was stopped (watcher:stop(), or SIGINT/SIGTERM after core.trap_interrupts())
+--- and what was in flight finished (or was abandoned after the batch's grace). Raises nothing
+--- for failures of the world; returns nil, err when the journal cannot be written.
+function Watcher:step(timeout)
+  if self.closed then error("attempt to use a closed watcher", 2) end
+  local b = self.batch
+  timeout = timeout or 0.2
+  if not b.stopping then
+    self:maybe_scan()
+    if self:queued() > 0 then b.source.exhausted = false end
+  end
+  local ok, more = pcall(b.step, b)
+  if not ok then
+    self:act()
+    self.stopped = true
+    b.stopping = b.stopping or core.now()
+    if type(more) == "table" then return nil, more end
+    error(more, 0)
+  end
+  self:act()
+  local rotated, rerr = self:maybe_rotate_journal()
+  if not rotated then
+    self.stopped = true
+    b.stopping = b.stopping or core.now()
+    b.journal = nil
+    return nil, rerr
+  end
+  if b.stopping and not more then
+    self.abandoned = b:abandon()
+    self.stopped = true
+    return false
+  end
+  local busy = b.ninflight > 0 or self:queued() > 0
+  self:read_events(busy and 0 or timeout)
+  return true
+end
+
+--- Stops taking files: requests in flight get the batch's grace (10 s) to finish.
+function Watcher:stop()
+  if self.batch and not self.batch.stopping then self.batch.stopping = core.now() end
+end
+
+--- Runs until stopped (watcher:stop() from a callback, or SIGINT/SIGTERM once the program
+--- called core.trap_interrupts()). on_status(status) is called every interval seconds.
+--- Returns the final status, or nil, err.
+function Watcher:run(on_status, interval)
+  interval = interval or 60
+  local last = core.now()
+  while true do
+    local more, err = self:step(0.2)
+    if more == nil then return nil, err end
+    if on_status and core.now() - last >= interval then
+      last = core.now()
+      on_status(self:status())
+    end
+    if not more then break end
+  end
+  return self:status()
+end
+
+--- Closes the journal and the inotify handle. Safe to call twice.
+function Watcher:close()
+  if self.closed then return end
+  self.closed = true
+  if self.batch then
+    if not self.stopped then self.batch:abandon() end
+    if self.batch.journal then self.batch.journal:close() end
+  end
+  if self.inotify then self.inotify:close() end
+end
+
+Watcher.__close = Watcher.close
+Watcher.__gc = Watcher.close
+
+function Watcher:__tostring()
+  return string.format("healthcare.Watcher %s (%s)", self.spool, self.closed and "closed" or "open")
+end
+
+return M
