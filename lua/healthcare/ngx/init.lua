@@ -32,6 +32,7 @@ local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local credentials = require "healthcare.auth.credentials"
 local names = require "healthcare.dicomweb.names"
+local rewrite = require "healthcare.ngx.rewrite"
 local routes = require "healthcare.ngx.routes"
 local util = require "healthcare.util"
 
@@ -136,27 +137,15 @@ local function json_escape(s)
   end))
 end
 
+-- Where a URL in a JSON string may go on after the DICOMweb root ("\/" is JSON's other '/').
+local function json_boundary(c, c2)
+  return c == "/" or c == '"' or c == "?" or c == "#" or c2 == "\\/"
+end
+
 -- Replaces `from` where a JSON string starts with it and the URL goes on with '/', '?', '#' or
 -- ends there (so ".../dicomWebX" is left alone). Returns the text and the count.
 local function replace_prefix(text, from, to)
-  local pat = '"' .. from
-  local parts, pos, n = {}, 1, 0
-  while true do
-    local i, j = text:find(pat, pos, true)
-    if not i then break end
-    local nxt = text:sub(j + 1, j + 1)
-    if nxt == "/" or nxt == '"' or nxt == "?" or nxt == "#" or text:sub(j + 1, j + 2) == "\\/" then
-      parts[#parts + 1] = text:sub(pos, i)
-      parts[#parts + 1] = to
-      n = n + 1
-    else
-      parts[#parts + 1] = text:sub(pos, j)
-    end
-    pos = j + 1
-  end
-  if n == 0 then return text, 0 end
-  parts[#parts + 1] = text:sub(pos)
-  return table.concat(parts), n
+  return rewrite.replace_url_prefix(text, '"', from, to, json_boundary)
 end
 
 --- A JSON text with every string that starts with the URL `from` (a DICOMweb root: the API's)
@@ -185,7 +174,7 @@ function M.rewritable(content_type)
   if t == "application/dicom+json" or t == "application/json" or t == "application/fhir+json" then
     return true, false
   end
-  if require("healthcare.ngx.rewrite").is_xml(t) then return true, true end
+  if rewrite.is_xml(t) then return true, true end
   return false
 end
 
@@ -482,7 +471,7 @@ function Gateway:client_root()
     if addr:find(":", 1, true) then addr = "[" .. addr .. "]" end
     host = addr .. ":" .. ngx.var.server_port
   else
-    host = require("healthcare.ngx.rewrite").host_with_port(host, ngx.var.scheme, ngx.var.server_port)
+    host = rewrite.host_with_port(host, ngx.var.scheme, ngx.var.server_port)
   end
   return ngx.var.scheme .. "://" .. host .. self.prefix
 end
@@ -563,8 +552,8 @@ function Gateway:body_filter()
     return
   end
   plan.buf = nil
-  local rewrite = plan.xml and require("healthcare.ngx.rewrite").rewrite_xml_urls or M.rewrite_urls
-  ngx.arg[1] = rewrite(table.concat(buf), plan.from, plan.to)
+  local rewrite_urls = plan.xml and rewrite.rewrite_xml_urls or M.rewrite_urls
+  ngx.arg[1] = rewrite_urls(table.concat(buf), plan.from, plan.to)
 end
 
 --- Module-level shortcuts: access(name), header_filter(name) and body_filter(name) for the

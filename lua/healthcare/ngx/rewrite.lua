@@ -11,19 +11,16 @@ local function xml_escape(s)
     ["'"] = "&apos;" }))
 end
 
---- A DICOM XML text with every element text (a <Value> of RetrieveURL 00081190 or any other UR
---- attribute) that starts with the URL `from` (the API's DICOMweb root) made to start with `to`
---- (the gateway's), when the URL goes on with '/', '?', '#' or ends there; nothing else changes.
---- Returns the text and the number of URLs replaced.
-function M.rewrite_xml_urls(text, from, to)
-  local pat = ">" .. xml_escape(from)
-  local repl = ">" .. xml_escape(to)
+--- `text` with every `delim .. from` that the URL's boundary ends (boundary(c, c2): the character
+--- after the match and the two after it) made `delim .. to`; `from` and `to` already in the
+--- text's escaping. The one loop of the JSON and XML rewrites. Returns the text and the count.
+function M.replace_url_prefix(text, delim, from, to, boundary)
+  local pat, repl = delim .. from, delim .. to
   local parts, pos, n = {}, 1, 0
   while true do
     local i, j = text:find(pat, pos, true)
     if not i then break end
-    local nxt = text:sub(j + 1, j + 1)
-    if nxt == "/" or nxt == "<" or nxt == "?" or nxt == "#" then
+    if boundary(text:sub(j + 1, j + 1), text:sub(j + 1, j + 2)) then
       parts[#parts + 1] = text:sub(pos, i - 1)
       parts[#parts + 1] = repl
       n = n + 1
@@ -35,6 +32,19 @@ function M.rewrite_xml_urls(text, from, to)
   if n == 0 then return text, 0 end
   parts[#parts + 1] = text:sub(pos)
   return table.concat(parts), n
+end
+
+-- Where a URL in XML character data may go on after the DICOMweb root.
+local function xml_boundary(c)
+  return c == "/" or c == "<" or c == "?" or c == "#"
+end
+
+--- A DICOM XML text with every element text (a <Value> of RetrieveURL 00081190 or any other UR
+--- attribute) that starts with the URL `from` (the API's DICOMweb root) made to start with `to`
+--- (the gateway's), when the URL goes on with '/', '?', '#' or ends there; nothing else changes.
+--- Returns the text and the number of URLs replaced.
+function M.rewrite_xml_urls(text, from, to)
+  return M.replace_url_prefix(text, ">", xml_escape(from), xml_escape(to), xml_boundary)
 end
 
 --- Whether a media type (lower case, no parameters) is DICOM XML or XML.
