@@ -227,6 +227,14 @@ describe("journal format 2", function()
     j:close()
   end)
 
+  it("keys paths that are keys already as themselves, and others as before", function()
+    for _, case in ipairs({ { "/a/b.dcm", "/a/b.dcm" }, { "/", "/" }, { "/.", "/" }, { "//", "/" }, { "/a/", "/a" },
+      { "/a/.", "/a" }, { "/a/./", "/a" }, { "/./a", "/a" }, { "/a//b", "/a/b" }, { "/a/..", "/a/.." },
+      { "/a/.b", "/a/.b" }, { "/a.", "/a." }, { "a", "/w/a" }, { "", "/w" } }) do
+      assert.equal(case[2], journal.key(case[1], "/w"), case[1])
+    end
+  end)
+
   it("core.journal_index: put, get, counts, close; misuse raises", function()
     local ix = core.journal_index()
     assert.is_nil(ix:get("/a"))

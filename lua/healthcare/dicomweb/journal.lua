@@ -164,6 +164,12 @@ end
 --- with the folder named another way, finds what an earlier run stored. ".." is kept: through
 --- a symbolic link it does not mean the parent.
 function M.key(path, cwd)
+  -- Most paths are already keys (every one a directory walk gives for an absolute folder):
+  -- a resume looks up every file, so those skip the four substitutions.
+  if path:byte(1) == 47 and not path:find("//", 1, true) and not path:find("/./", 1, true)
+      and path:sub(-2) ~= "/." and (path:byte(-1) ~= 47 or #path == 1) then
+    return path
+  end
   if path:sub(1, 1) ~= "/" then path = cwd .. "/" .. path end
   path = path:gsub("/+", "/")
   repeat
@@ -171,6 +177,7 @@ function M.key(path, cwd)
     path, n = path:gsub("/%./", "/")
   until n == 0
   path = path:gsub("/%.$", "")
+  if path == "" then path = "/" end   -- "/." is the root
   if #path > 1 then path = path:gsub("/$", "") end
   return path
 end
