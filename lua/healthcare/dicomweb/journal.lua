@@ -92,7 +92,8 @@ local function is_integer(v)
 end
 
 -- The outcome, path, size and mtime of a decoded record line of either format, or nil when it
--- is not a record this program can use.
+-- is not a record (no known outcome or no path). A size or mtime that is not an integer is kept
+-- as -1 and 0: the record counts, but no file (whose size is never -1) matches it.
 local function record_key(rec)
   local outcome, path, size, mtime
   if rec[1] ~= nil then   -- format 2: an array
@@ -100,7 +101,8 @@ local function record_key(rec)
   else                    -- format 1: an object
     outcome, path, size, mtime = rec.outcome, rec.path, rec.size, rec.mtime
   end
-  if M.OUTCOMES[outcome] and type(path) == "string" and is_integer(size) and is_integer(mtime) then
+  if M.OUTCOMES[outcome] and type(path) == "string" then
+    if not (is_integer(size) and is_integer(mtime)) then size, mtime = -1, 0 end
     return outcome, path, size, mtime
   end
   return nil
