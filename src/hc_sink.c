@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hc_dicom.h"
 #include "hc_file.h"
 #include "hc_multipart.h"
 
@@ -44,6 +45,11 @@ struct hc_sink {
     const char *cap_code;          /* static: the reason of an HC_SINKERR_CAP */
     char message[512];
     char media[64];                /* "multipart/related", for messages */
+    int name_by_uid;               /* hc_sink_name_by_uid */
+    unsigned char *prefix;         /* owned: the current part's first bytes (PROBE_BYTES), */
+    size_t prefix_len;             /* NULL when it could not be had */
+    uint32_t *uid_slots;           /* owned: the named parts by UID (index + 1), open addressing */
+    size_t uid_nslots, uid_n;      /* a power of two, at least twice uid_n */
 };
 
 /* ---- errors ------------------------------------------------------------------------------- */
@@ -127,6 +133,12 @@ static int write_all(hc_sink *k, const char *p, size_t n)
         return cap_error(k, "part_too_large", "the answer is larger than %lld bytes",
                          (long long)k->max_part_bytes);
     }
+    if (k->prefix != NULL && k->mode == HC_SINK_TO_PARTS && k->prefix_len < HC_SINK_PROBE_BYTES) {
+        size_t keep = HC_SINK_PROBE_BYTES - k->prefix_len;
+        keep = n < keep ? n : keep;
+        memcpy(k->prefix + k->prefix_len, p, keep);
+        k->prefix_len += keep;
+    }
     while (n > 0) {
         ssize_t w = write(k->fd, p, n);
         if (w < 0) {
@@ -162,6 +174,114 @@ static int close_current(hc_sink *k, int keep)
     return rc;
 }
 
+/* ---- parts named by their UID (hc_sink_name_by_uid) --------------------------------------- */
+
+/* names.valid_uid's rule: 1 to 64 digits and dots, no empty component. */
+static int valid_uid(const char *u)
+{
+    size_t i, n = strlen(u);
+    if (n == 0 || n > 64 || u[0] == '.' || u[n - 1] == '.')
+        return 0;
+    for (i = 0; i < n; i++) {
+        if (!((u[i] >= '0' && u[i] <= '9') || u[i] == '.') || (u[i] == '.' && u[i + 1] == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static uint64_t uid_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a, */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    /* then mixed down: FNV's low bits, the ones the table uses, depend on few input bits */
+    h ^= h >> 31;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    return h ^ (h >> 29);
+}
+
+/* The slot of the named part with this UID, or the empty slot where it would go. */
+static size_t uid_find(const hc_sink *k, const uint32_t *slots, size_t nslots, const char *uid)
+{
+    size_t i = (size_t)(uid_hash(uid) & (nslots - 1));
+    while (slots[i] != 0 && strcmp(k->parts[slots[i] - 1].sop_instance_uid, uid) != 0)
+        i = (i + 1) & (nslots - 1);
+    return i;
+}
+
+/* Room in the UID table for one more. Returns 0 or -1 (out of memory: the table unchanged). */
+static int uid_reserve(hc_sink *k)
+{
+    size_t i, nslots;
+    uint32_t *slots;
+    if (2 * (k->uid_n + 1) <= k->uid_nslots)
+        return 0;
+    nslots = k->uid_nslots ? 2 * k->uid_nslots : 64;
+    slots = calloc(nslots, sizeof *slots); /* owned by the sink */
+    if (slots == NULL)
+        return -1;
+    for (i = 0; i < k->uid_nslots; i++) {
+        uint32_t s = k->uid_slots[i];
+        if (s != 0)
+            slots[uid_find(k, slots, nslots, k->parts[s - 1].sop_instance_uid)] = s;
+    }
+    free(k->uid_slots);
+    k->uid_slots = slots;
+    k->uid_nslots = nslots;
+    return 0;
+}
+
+/* Names part i (just completed) <dir>/<UID>.dcm when its kept prefix says which instance it is
+ * (hc_sink_name_by_uid); otherwise leaves it as it is. */
+static void name_part(hc_sink *k, size_t i)
+{
+    hc_part *part = &k->parts[i];
+    hc_dicom_info info;
+    const char *uid;
+    char *block, *path;
+    size_t ul, stl, sel, dl = strlen(k->path);
+    if (k->prefix == NULL
+        || hc_dicom_probe_mem(k->prefix, k->prefix_len, &info, NULL, 0) != HC_DICOM_OK)
+        return;
+    /* A deflated data set cut by the prefix may fall back to the meta UIDs where the whole
+     * file would not: that one is left to the caller's probe of the file. */
+    if (info.deflated_fallback && part->size > (int64_t)k->prefix_len)
+        return;
+    uid = info.sop_instance_uid[0] ? info.sop_instance_uid : info.media_sop_instance_uid;
+    if (!valid_uid(uid) || i > 0xfffffffeu || uid_reserve(k) != 0
+        || k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] != 0)
+        return;
+    ul = strlen(uid);
+    stl = strlen(info.study_uid);
+    sel = strlen(info.series_uid);
+    block = malloc(ul + stl + sel + 3);      /* owned by the part */
+    path = malloc(dl + ul + sizeof "/.dcm"); /* becomes part->path */
+    if (block != NULL && path != NULL)
+        snprintf(path, dl + ul + sizeof "/.dcm", "%s/%s.dcm", k->path, uid);
+    if (block == NULL || path == NULL || rename(part->path, path) != 0) {
+        free(block);
+        free(path);
+        return;
+    }
+    memcpy(block, uid, ul + 1);
+    memcpy(block + ul + 1, info.study_uid, stl + 1);
+    memcpy(block + ul + 1 + stl + 1, info.series_uid, sel + 1);
+    free(part->path);
+    part->path = path;
+    part->sop_instance_uid = block;
+    part->study_uid = block + ul + 1;
+    part->series_uid = block + ul + 1 + stl + 1;
+    k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] = (uint32_t)(i + 1);
+    k->uid_n++;
+}
+
+void hc_sink_name_by_uid(hc_sink *k)
+{
+    k->name_by_uid = 1;
+}
+
 /* Closes the current file and records it as a complete part. Returns 0 or -1. */
 static int finish_part(hc_sink *k)
 {
@@ -185,9 +305,13 @@ static int finish_part(hc_sink *k)
     part->headers = k->cur_headers;
     part->headers_len = k->cur_headers_len;
     part->size = k->cur_size;
+    part->sop_instance_uid = NULL;
+    part->study_uid = part->series_uid = NULL;
     k->tmp = NULL;
     k->cur_headers = NULL;
     k->cur_headers_len = 0;
+    if (k->name_by_uid && k->mode == HC_SINK_TO_PARTS)
+        name_part(k, k->nparts - 1);
     return 0;
 }
 
@@ -234,6 +358,9 @@ static int on_part_begin(void *ud, const char *headers, size_t len)
     k->headers_total += len;
     if (set_cur_headers(k, headers, len) != 0)
         return -1;
+    if (k->name_by_uid && k->prefix == NULL)
+        k->prefix = malloc(HC_SINK_PROBE_BYTES); /* owned by the sink; NULL: no part is named */
+    k->prefix_len = 0;
     return open_part(k);
 }
 
@@ -393,7 +520,12 @@ void hc_sink_reset(hc_sink *k)
             unlink(k->parts[i].path);
         free(k->parts[i].path);
         free(k->parts[i].headers);
+        free(k->parts[i].sop_instance_uid);
     }
+    free(k->uid_slots);
+    k->uid_slots = NULL;
+    k->uid_nslots = k->uid_n = 0;
+    k->prefix_len = 0;
     free(k->parts);
     k->parts = NULL;
     k->nparts = k->parts_size = 0;
@@ -414,6 +546,7 @@ void hc_sink_free(hc_sink *k)
     if (k == NULL)
         return;
     hc_sink_reset(k);
+    free(k->prefix);
     free(k->path);
     free(k);
 }
