@@ -745,7 +745,12 @@ static void set_nonempty(lua_State *L, const char *name, const char *s)
 static void push_parts(lua_State *L, hc_sink *sink)
 {
     size_t i, n = hc_sink_nparts(sink);
+    const char *study = NULL, *series = NULL; /* the last ones pushed, kept at list - 2, - 1 */
+    int list;
+    lua_pushnil(L);
+    lua_pushnil(L);
     lua_createtable(L, (int)n, 0);
+    list = lua_gettop(L);
     for (i = 0; i < n; i++) {
         const hc_part *part = hc_sink_part(sink, i);
         lua_createtable(L, 0, 3);
@@ -753,8 +758,25 @@ static void push_parts(lua_State *L, hc_sink *sink)
             lua_pushboolean(L, 1);
             lua_setfield(L, -2, "named");
             set_nonempty(L, "sop_instance_uid", part->sop_instance_uid);
-            set_nonempty(L, "study_uid", part->study_uid);
-            set_nonempty(L, "series_uid", part->series_uid);
+            /* the sink shares one pointer between parts in a row: so do their Lua strings */
+            if (part->study_uid != study) {
+                study = part->study_uid;
+                lua_pushstring(L, study);
+                lua_replace(L, list - 2);
+            }
+            if (part->series_uid != series) {
+                series = part->series_uid;
+                lua_pushstring(L, series);
+                lua_replace(L, list - 1);
+            }
+            if (study[0] != '\0') {
+                lua_pushvalue(L, list - 2);
+                lua_setfield(L, -2, "study_uid");
+            }
+            if (series[0] != '\0') {
+                lua_pushvalue(L, list - 1);
+                lua_setfield(L, -2, "series_uid");
+            }
         }
         lua_pushstring(L, part->path);
         lua_setfield(L, -2, "path");
@@ -768,6 +790,8 @@ static void push_parts(lua_State *L, hc_sink *sink)
         }
         lua_rawseti(L, -2, (int)i + 1);
     }
+    lua_replace(L, list - 2); /* the list where the study was, then the series slot gone */
+    lua_pop(L, 1);
     hc_sink_take_parts(sink);
 }
 

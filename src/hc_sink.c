@@ -50,6 +50,8 @@ struct hc_sink {
     size_t prefix_len;             /* NULL when it could not be had */
     uint32_t *uid_slots;           /* owned: the named parts by UID (index + 1), open addressing */
     size_t uid_nslots, uid_n;      /* a power of two, at least twice uid_n */
+    char **shared;                 /* owned: the study and series UIDs of named parts, each */
+    size_t nshared, shared_size;   /* kept once while parts in a row repeat it (they do) */
 };
 
 /* ---- errors ------------------------------------------------------------------------------- */
@@ -233,15 +235,39 @@ static int uid_reserve(hc_sink *k)
     return 0;
 }
 
+/* uid as a string the sink owns, the same pointer as the last few times it came (the parts of
+ * one series share their study and series UIDs: one copy, not one per part); NULL when out of
+ * memory. */
+static const char *shared_uid(hc_sink *k, const char *uid)
+{
+    size_t i;
+    char *copy;
+    for (i = k->nshared; i > 0 && i + 4 > k->nshared; i--)
+        if (strcmp(k->shared[i - 1], uid) == 0)
+            return k->shared[i - 1];
+    if (k->nshared == k->shared_size) {
+        size_t want = k->shared_size ? 2 * k->shared_size : 8;
+        char **grown = realloc(k->shared, want * sizeof *grown);
+        if (grown == NULL)
+            return NULL;
+        k->shared = grown;
+        k->shared_size = want;
+    }
+    if ((copy = strdup(uid)) == NULL) /* owned by the sink */
+        return NULL;
+    k->shared[k->nshared++] = copy;
+    return copy;
+}
+
 /* Names part i (just completed) <dir>/<UID>.dcm when its kept prefix says which instance it is
  * (hc_sink_name_by_uid); otherwise leaves it as it is. */
 static void name_part(hc_sink *k, size_t i)
 {
     hc_part *part = &k->parts[i];
     hc_dicom_info info;
-    const char *uid;
-    char *block, *path;
-    size_t ul, stl, sel, dl = strlen(k->path);
+    const char *uid, *study, *series;
+    char *copy, *path;
+    size_t ul, dl = strlen(k->path);
     if (k->prefix == NULL
         || hc_dicom_probe_mem(k->prefix, k->prefix_len, &info, NULL, 0) != HC_DICOM_OK)
         return;
@@ -254,25 +280,23 @@ static void name_part(hc_sink *k, size_t i)
         || k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] != 0)
         return;
     ul = strlen(uid);
-    stl = strlen(info.study_uid);
-    sel = strlen(info.series_uid);
-    block = malloc(ul + stl + sel + 3);      /* owned by the part */
+    study = shared_uid(k, info.study_uid);
+    series = shared_uid(k, info.series_uid);
+    copy = strdup(uid);                      /* owned by the part */
     path = malloc(dl + ul + sizeof "/.dcm"); /* becomes part->path */
-    if (block != NULL && path != NULL)
+    if (copy != NULL && path != NULL)
         snprintf(path, dl + ul + sizeof "/.dcm", "%s/%s.dcm", k->path, uid);
-    if (block == NULL || path == NULL || rename(part->path, path) != 0) {
-        free(block);
+    if (study == NULL || series == NULL || copy == NULL || path == NULL
+        || rename(part->path, path) != 0) {
+        free(copy);
         free(path);
         return;
     }
-    memcpy(block, uid, ul + 1);
-    memcpy(block + ul + 1, info.study_uid, stl + 1);
-    memcpy(block + ul + 1 + stl + 1, info.series_uid, sel + 1);
     free(part->path);
     part->path = path;
-    part->sop_instance_uid = block;
-    part->study_uid = block + ul + 1;
-    part->series_uid = block + ul + 1 + stl + 1;
+    part->sop_instance_uid = copy;
+    part->study_uid = study;
+    part->series_uid = series;
     k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] = (uint32_t)(i + 1);
     k->uid_n++;
 }
@@ -525,6 +549,11 @@ void hc_sink_reset(hc_sink *k)
     free(k->uid_slots);
     k->uid_slots = NULL;
     k->uid_nslots = k->uid_n = 0;
+    for (i = 0; i < k->nshared; i++)
+        free(k->shared[i]);
+    free(k->shared);
+    k->shared = NULL;
+    k->nshared = k->shared_size = 0;
     k->prefix_len = 0;
     free(k->parts);
     k->parts = NULL;

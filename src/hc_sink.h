@@ -32,9 +32,10 @@ typedef struct hc_part {
     char *headers;                 /* owned: the part's checked header block (hc_multipart.h) */
     size_t headers_len;
     int64_t size;
-    /* Named by its UID (hc_sink_name_by_uid): path is <dir>/<sop_instance_uid>.dcm. The three
-     * UIDs share one owned block (sop_instance_uid); "" when the probe found none. NULL when
-     * the part was not named: its file is still the temporary one. */
+    /* Named by its UID (hc_sink_name_by_uid): path is <dir>/<sop_instance_uid>.dcm (owned);
+     * NULL when the part was not named: its file is still the temporary one. The study and
+     * series UIDs ("" when the probe found none) are the sink's, one pointer shared by the parts
+     * in a row that have the same. */
     char *sop_instance_uid;
     const char *study_uid;
     const char *series_uid;
