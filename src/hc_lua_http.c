@@ -769,11 +769,11 @@ static void push_parts(lua_State *L, hc_sink *sink)
                 lua_pushstring(L, series);
                 lua_replace(L, list - 1);
             }
-            if (study[0] != '\0') {
+            if (study != NULL && study[0] != '\0') {
                 lua_pushvalue(L, list - 2);
                 lua_setfield(L, -2, "study_uid");
             }
-            if (series[0] != '\0') {
+            if (series != NULL && series[0] != '\0') {
                 lua_pushvalue(L, list - 1);
                 lua_setfield(L, -2, "series_uid");
             }
