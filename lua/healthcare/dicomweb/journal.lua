@@ -35,7 +35,8 @@ M.VERSION = 2
 -- The outcomes a record may have, the one table to extend: code is the outcome's number in the
 -- in-memory index (core.journal_index; unique, 1 to 255, never reused); done: a file whose latest
 -- line has this outcome, with the size and mtime it has now, is skipped on resume; counted_as:
--- the total of report.journal it adds to.
+-- the total of report.journal it adds to (a new name there becomes a new total). A new outcome
+-- is one line here: format 2 reads and writes any outcome of this table.
 M.OUTCOMES = {
   stored = { code = 1, done = true, counted_as = "earlier_stored" },
   failed = { code = 2, done = false, counted_as = "earlier_failed" },
@@ -234,8 +235,8 @@ function M.open(path, report, opts)
     journal = M.MAGIC, version = M.VERSION, time = j.last_time, store = opts.store,
     shard = opts.shard and tostring(opts.shard) or nil }))
   if not ok then return abandon(j, aerr) end
-  j.summary = { path = path, earlier_runs = j.earlier_runs, earlier_stored = 0, earlier_failed = 0,
-    ignored_lines = j.ignored_lines, torn_bytes = torn }
+  j.summary = { path = path, earlier_runs = j.earlier_runs, ignored_lines = j.ignored_lines, torn_bytes = torn }
+  for _, o in pairs(M.OUTCOMES) do j.summary[o.counted_as] = 0 end
   for code, n in pairs(j.index:counts()) do
     local field = M.OUTCOMES[OUTCOME_OF_CODE[code]].counted_as
     j.summary[field] = j.summary[field] + n
