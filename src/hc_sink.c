@@ -294,6 +294,9 @@ static void name_part(hc_sink *k, size_t i)
     }
     free(part->path);
     part->path = path;
+    free(part->headers); /* a named part is an instance: its headers are not handed on */
+    part->headers = NULL;
+    part->headers_len = 0;
     part->sop_instance_uid = copy;
     part->study_uid = study;
     part->series_uid = series;

@@ -33,7 +33,8 @@ typedef struct hc_part {
     size_t headers_len;
     int64_t size;
     /* Named by its UID (hc_sink_name_by_uid): path is <dir>/<sop_instance_uid>.dcm (owned);
-     * NULL when the part was not named: its file is still the temporary one. The study and
+     * NULL when the part was not named: its file is still the temporary one. A named part has
+     * no headers (NULL) any more: it is an instance, whatever they said. The study and
      * series UIDs ("" when the probe found none) are the sink's, one pointer shared by the parts
      * in a row that have the same. */
     char *sop_instance_uid;

@@ -336,6 +336,7 @@ static void test_name_by_uid(tstate *t)
                  && strcmp(p->sop_instance_uid, "1.2.3.4.5.1") == 0
                  && strcmp(p->study_uid, "1.2.3.4") == 0 && strcmp(p->series_uid, "1.2.3.4.5") == 0,
           "part 1 named %s with its UIDs", p != NULL ? p->path : "(none)");
+    check(t, p != NULL && p->headers == NULL, "and no headers kept");
     check(t, stat(path, &st) == 0 && st.st_size == p->size, "its file is whole under its name");
     for (i = 1; i <= 4; i++) {
         p = hc_sink_part(k, i);
