@@ -284,8 +284,9 @@ static void name_part(hc_sink *k, size_t i)
     series = shared_uid(k, info.series_uid);
     copy = strdup(uid);                      /* owned by the part */
     path = malloc(dl + ul + sizeof "/.dcm"); /* becomes part->path */
-    if (copy != NULL && path != NULL)
-        snprintf(path, dl + ul + sizeof "/.dcm", "%s/%s.dcm", k->path, uid);
+    if (copy != NULL && path != NULL) /* one "/" between them, as Lua's join makes it */
+        snprintf(path, dl + ul + sizeof "/.dcm", "%s%s%s.dcm", k->path,
+                 dl > 0 && k->path[dl - 1] == '/' ? "" : "/", uid);
     if (study == NULL || series == NULL || copy == NULL || path == NULL
         || rename(part->path, path) != 0) {
         free(copy);

@@ -352,6 +352,23 @@ static void test_name_by_uid(tstate *t)
     check(t, entries(dir) == 6, "six files: %d", entries(dir));
     hc_sink_free(k);
     check(t, entries(dir) == 0, "parts not taken are removed with the sink, named or not");
+
+    /* a directory given with a trailing "/": one "/" before the name */
+    len = 0;
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.7", 0);
+    add_part(body, &len, file, n);
+    memcpy(body + len, "--b0--\r\n", 8);
+    len += 8;
+    snprintf(path, sizeof path, "%s/", dir);
+    k = hc_sink_new(HC_SINK_DIR, path, 0, 0, 0);
+    hc_sink_name_by_uid(k);
+    hc_sink_decide(k, 200, MULTIPART);
+    hc_sink_write(k, body, len);
+    check(t, hc_sink_end(k, 1) == 0 && hc_sink_nparts(k) == 1, "one part");
+    p = hc_sink_part(k, 0);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.7.dcm", dir);
+    check(t, p != NULL && strcmp(p->path, path) == 0, "named %s", p != NULL ? p->path : "(none)");
+    hc_sink_free(k);
 }
 
 int main(void)

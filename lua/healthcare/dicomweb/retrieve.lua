@@ -388,7 +388,8 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected)
         warning = string.format("instance %s belongs to study %s, not %s", uid, tostring(info.study_uid),
           scope.study)
       end
-      path = fixed_path or join(dir, uid .. ".dcm")
+      -- a named part is at dir/<uid>.dcm already (the sink joins them as join does)
+      path = fixed_path or (part.named and part.path) or join(dir, uid .. ".dcm")
     end
     local ok, err = true, nil
     if path and not part.named then ok, err = place(part.path, path) end
