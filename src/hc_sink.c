@@ -48,6 +48,9 @@ struct hc_sink {
     int name_by_uid;               /* hc_sink_name_by_uid */
     unsigned char *prefix;         /* owned: the current part's first bytes (PROBE_BYTES), */
     size_t prefix_len;             /* NULL when it could not be had */
+    size_t probe_at;               /* prefix_len at which to probe it next while it streams */
+    int probed;                    /* the part's UIDs are known (info): keep no more of it */
+    hc_dicom_info info;
     uint32_t *uid_slots;           /* owned: the named parts by UID (index + 1), open addressing */
     size_t uid_nslots, uid_n;      /* a power of two, at least twice uid_n */
     char **shared;                 /* owned: the study and series UIDs of named parts, each */
@@ -124,6 +127,30 @@ static int open_temp(hc_sink *k, const char *prefix)
     return 0;
 }
 
+/* Whether the probe of the kept prefix tells the part's UIDs as the whole part would: a success
+ * within the prefix (it stops at the first tag past the Series Instance UID), but not a deflated
+ * data set's fallback to the meta UIDs while more of the part may follow. Fills k->info. */
+static int probe_prefix(hc_sink *k, int whole)
+{
+    return hc_dicom_probe_mem(k->prefix, k->prefix_len, &k->info, NULL, 0) == HC_DICOM_OK
+           && (whole || !k->info.deflated_fallback);
+}
+
+/* Keeps the part's first bytes as they are written, probing them at 4, 16 and 64 KiB: once the
+ * probe succeeds nothing more is kept (a header is a few KiB; the rest of a large part is not
+ * copied). */
+static void keep_prefix(hc_sink *k, const char *p, size_t n)
+{
+    size_t keep = HC_SINK_PROBE_BYTES - k->prefix_len;
+    keep = n < keep ? n : keep;
+    memcpy(k->prefix + k->prefix_len, p, keep);
+    k->prefix_len += keep;
+    if (k->prefix_len >= k->probe_at) {
+        k->probed = probe_prefix(k, 0);
+        k->probe_at *= 4;
+    }
+}
+
 /* Writes n bytes to the current file, within the cap on one part. Returns 0 or -1. */
 static int write_all(hc_sink *k, const char *p, size_t n)
 {
@@ -135,12 +162,9 @@ static int write_all(hc_sink *k, const char *p, size_t n)
         return cap_error(k, "part_too_large", "the answer is larger than %lld bytes",
                          (long long)k->max_part_bytes);
     }
-    if (k->prefix != NULL && k->mode == HC_SINK_TO_PARTS && k->prefix_len < HC_SINK_PROBE_BYTES) {
-        size_t keep = HC_SINK_PROBE_BYTES - k->prefix_len;
-        keep = n < keep ? n : keep;
-        memcpy(k->prefix + k->prefix_len, p, keep);
-        k->prefix_len += keep;
-    }
+    if (k->prefix != NULL && !k->probed && k->mode == HC_SINK_TO_PARTS
+        && k->prefix_len < HC_SINK_PROBE_BYTES)
+        keep_prefix(k, p, n);
     while (n > 0) {
         ssize_t w = write(k->fd, p, n);
         if (w < 0) {
@@ -264,24 +288,21 @@ static const char *shared_uid(hc_sink *k, const char *uid)
 static void name_part(hc_sink *k, size_t i)
 {
     hc_part *part = &k->parts[i];
-    hc_dicom_info info;
+    const hc_dicom_info *info = &k->info;
     const char *uid, *study, *series;
     char *copy, *path;
     size_t ul, dl = strlen(k->path);
-    if (k->prefix == NULL
-        || hc_dicom_probe_mem(k->prefix, k->prefix_len, &info, NULL, 0) != HC_DICOM_OK)
+    /* Probed while it streamed, or now on what was kept; a deflated data set cut by the prefix
+     * may fall back to the meta UIDs where the whole file would not: left to the caller. */
+    if (k->prefix == NULL || (!k->probed && !probe_prefix(k, part->size <= (int64_t)k->prefix_len)))
         return;
-    /* A deflated data set cut by the prefix may fall back to the meta UIDs where the whole
-     * file would not: that one is left to the caller's probe of the file. */
-    if (info.deflated_fallback && part->size > (int64_t)k->prefix_len)
-        return;
-    uid = info.sop_instance_uid[0] ? info.sop_instance_uid : info.media_sop_instance_uid;
+    uid = info->sop_instance_uid[0] ? info->sop_instance_uid : info->media_sop_instance_uid;
     if (!valid_uid(uid) || i > 0xfffffffeu || uid_reserve(k) != 0
         || k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] != 0)
         return;
     ul = strlen(uid);
-    study = shared_uid(k, info.study_uid);
-    series = shared_uid(k, info.series_uid);
+    study = shared_uid(k, info->study_uid);
+    series = shared_uid(k, info->series_uid);
     copy = strdup(uid);                      /* owned by the part */
     path = malloc(dl + ul + sizeof "/.dcm"); /* becomes part->path */
     if (copy != NULL && path != NULL) /* one "/" between them, as Lua's join makes it */
@@ -389,6 +410,8 @@ static int on_part_begin(void *ud, const char *headers, size_t len)
     if (k->name_by_uid && k->prefix == NULL)
         k->prefix = malloc(HC_SINK_PROBE_BYTES); /* owned by the sink; NULL: no part is named */
     k->prefix_len = 0;
+    k->probe_at = 4096;
+    k->probed = 0;
     return open_part(k);
 }
 
