@@ -653,4 +653,31 @@ end
 
 H.json = cjson
 
+-- ---- the journal's lines (issue 20, journal format 2) --------------------------------------------
+
+-- The run lines and records of the journal at path, in order, each line checked whole and valid:
+-- a run line ({ journal = "healthcare", ... }), a time line ({ time } alone: left out) or a
+-- record, of format 2 (an array in the order of journal.FIELDS) or format 1 (an object); records
+-- come back as tables by field name. Fails on anything else or a last line without "\n".
+function H.journal_lines(path)
+  local fields = require("healthcare.dicomweb.journal").FIELDS
+  local s = assert(H.file_bytes(path), "no journal at " .. path)
+  assert(s == "" or s:sub(-1) == "\n", "journal " .. path .. " does not end with a newline")
+  local out = {}
+  for l in s:gmatch("([^\n]*)\n") do
+    local t = cjson.decode(l)
+    assert(type(t) == "table", "not a JSON line in " .. path .. ": " .. l)
+    if t[1] ~= nil then
+      local r = {}
+      for i, k in ipairs(fields) do if t[i] ~= cjson.null then r[k] = t[i] end end
+      t = r
+    end
+    local time_line = type(t.time) == "string" and next(t, next(t)) == nil
+    assert(t.journal == "healthcare" or (type(t.outcome) == "string" and type(t.path) == "string") or time_line,
+      "not a journal line in " .. path .. ": " .. l)
+    if not time_line then out[#out + 1] = t end
+  end
+  return out
+end
+
 return H

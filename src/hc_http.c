@@ -437,6 +437,8 @@ hc_transfer *hc_transfer_new(const hc_transfer_opts *o, const char *const *heade
             hc_transfer_free(t);
             return NULL;
         }
+        if (o->sink_name_by_uid)
+            hc_sink_name_by_uid(t->sink);
     }
     t->easy = curl_easy_init();
     if (t->easy == NULL || add_headers(t, headers, nheaders, body != NULL) != 0) {

@@ -43,6 +43,7 @@ typedef struct hc_transfer_opts {
     /* Caps of a sink, counted on decoded bytes, 0 = none: the body in all, the parts of a
      * directory sink, the bytes of one part (or of the file). Passing one stops the transfer. */
     int64_t sink_max_bytes, sink_max_parts, sink_max_part_bytes;
+    int sink_name_by_uid;          /* a directory sink names parts by UID (hc_sink_name_by_uid) */
 } hc_transfer_opts;
 
 /* Why a transfer failed, from hc_transfer_failure. */

@@ -395,7 +395,8 @@ static int build_body(lua_State *L, int arg, ltransfer *lt, int idx)
 /* ---- building a transfer from a request table --------------------------------------------- */
 
 /* Reads the request's sink = { file = path } | { dir = path } into o (the path owned by lt),
- * with its caps max_bytes, max_parts, max_part_bytes (whole numbers, absent or 0: none).
+ * with its caps max_bytes, max_parts, max_part_bytes (whole numbers, absent or 0: none) and
+ * name_by_uid (a directory sink names DICOM parts <dir>/<SOP Instance UID>.dcm as they end).
  * Raises for a malformed option; returns 0, or 2 with nil and an error (kind "io", status
  * "sink") pushed when the directory is not there. */
 static int read_sink(lua_State *L, int arg, ltransfer *lt, hc_transfer_opts *o)
@@ -435,7 +436,9 @@ static int read_sink(lua_State *L, int arg, ltransfer *lt, hc_transfer_opts *o)
     o->sink_max_bytes = opt_count(L, arg, sink, "max_bytes", 0);
     o->sink_max_parts = opt_count(L, arg, sink, "max_parts", 0);
     o->sink_max_part_bytes = opt_count(L, arg, sink, "max_part_bytes", 0);
-    lua_pop(L, 1);
+    lua_getfield(L, sink, "name_by_uid");
+    o->sink_name_by_uid = lua_toboolean(L, -1);
+    lua_pop(L, 2);
     o->sink_path = lt->sink_path;
     if (o->sink_kind != HC_SINK_DIR)
         return 0;
@@ -733,24 +736,68 @@ static void push_headers(lua_State *L, const hc_buf *hb)
                 next_response_field);
 }
 
-/* Pushes the sink's completed parts { { path, size, headers = { name = value } } ... }; from now
- * on their files are the caller's. */
+/* Sets t[name] = s unless s is NULL or "". */
+static void set_nonempty(lua_State *L, const char *name, const char *s)
+{
+    if (s != NULL && s[0] != '\0') {
+        lua_pushstring(L, s);
+        lua_setfield(L, -2, name);
+    }
+}
+
+/* Pushes the sink's completed parts { { path, size, headers = { name = value } } | { path, size,
+ * named = true, sop_instance_uid, study_uid, series_uid } ... } (named: the sink named it by its
+ * UID, hc_sink_name_by_uid); from now on their files are the caller's. */
 static void push_parts(lua_State *L, hc_sink *sink)
 {
     size_t i, n = hc_sink_nparts(sink);
+    const char *study = NULL, *series = NULL; /* the last ones pushed, kept at list - 2, - 1 */
+    int list;
+    lua_pushnil(L);
+    lua_pushnil(L);
     lua_createtable(L, (int)n, 0);
+    list = lua_gettop(L);
     for (i = 0; i < n; i++) {
         const hc_part *part = hc_sink_part(sink, i);
         lua_createtable(L, 0, 3);
+        if (part->sop_instance_uid != NULL) {
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, "named");
+            set_nonempty(L, "sop_instance_uid", part->sop_instance_uid);
+            /* the sink shares one pointer between parts in a row: so do their Lua strings */
+            if (part->study_uid != study) {
+                study = part->study_uid;
+                lua_pushstring(L, study);
+                lua_replace(L, list - 2);
+            }
+            if (part->series_uid != series) {
+                series = part->series_uid;
+                lua_pushstring(L, series);
+                lua_replace(L, list - 1);
+            }
+            if (study != NULL && study[0] != '\0') {
+                lua_pushvalue(L, list - 2);
+                lua_setfield(L, -2, "study_uid");
+            }
+            if (series != NULL && series[0] != '\0') {
+                lua_pushvalue(L, list - 1);
+                lua_setfield(L, -2, "series_uid");
+            }
+        }
         lua_pushstring(L, part->path);
         lua_setfield(L, -2, "path");
         lua_pushinteger(L, (lua_Integer)part->size);
         lua_setfield(L, -2, "size");
-        push_fields(L, part->headers, part->headers ? part->headers + part->headers_len : NULL,
-                    0, hc_multipart_next_header);
-        lua_setfield(L, -2, "headers");
+        /* A named part is a checked instance: its headers would only cost a table each. */
+        if (part->sop_instance_uid == NULL) {
+            push_fields(L, part->headers, part->headers ? part->headers + part->headers_len : NULL,
+                        0, hc_multipart_next_header);
+            lua_setfield(L, -2, "headers");
+        }
         lua_rawseti(L, -2, (int)i + 1);
     }
+    lua_replace(L, list - 2); /* the list where the study was, then the series slot gone */
+    lua_pop(L, 1);
     hc_sink_take_parts(sink);
 }
 

@@ -15,9 +15,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hc_jindex.h"
 #include "hc_lua.h"
 
 #define APPENDER_MT "healthcare.Appender"
+#define INDEX_MT "healthcare.JournalIndex"
 
 typedef struct hc_appender {
     int fd;       /* -1 when closed */
@@ -254,8 +256,8 @@ static int l_appender_read(lua_State *L)
     return 1;
 }
 
-/* a:read_line() -> the next whole line of the journal (with its "\n"), from the start of the
- * file on; at the end: false, the offset where the last whole line ends, and the number of
+/* a:read_line() -> the next whole line of the journal (with its "\n") and its offset in the
+ * file, from the start of the file on; at the end: false, the offset where the last whole line ends, and the number of
  * bytes after it (a torn line); or nil, err. Reads through the checked descriptor, in 64 KiB
  * or larger pieces into a buffer the appender owns, so loading a journal allocates only its
  * lines (as io.lines would). */
@@ -268,8 +270,9 @@ static int l_appender_read_line(lua_State *L)
         if (nl != NULL) {
             size_t n = (size_t)(nl - (a->rbuf + a->rpos)) + 1;
             lua_pushlstring(L, a->rbuf + a->rpos, n);
+            lua_pushinteger(L, (lua_Integer)(a->roff - (off_t)(a->rlen - a->rpos)));
             a->rpos += n;
-            return 1;
+            return 2;
         }
         if (a->rpos > 0) { /* keep the line begun at the front */
             memmove(a->rbuf, a->rbuf + a->rpos, a->rlen - a->rpos);
@@ -338,6 +341,103 @@ static int l_appender_tostring(lua_State *L)
     return 1;
 }
 
+/* ---- the index ------------------------------------------------------------------------ */
+
+/* core.journal_index() -> an empty index (hc_jindex.h) owned by Lua (freed by close() or the
+ * collector): what the journal keeps of each earlier file in memory, a fixed 40 bytes and a
+ * hash slot per distinct path. Raises when memory is missing (as a Lua allocation would). */
+static int l_index_new(lua_State *L)
+{
+    hc_jindex *ix = (hc_jindex *)lua_newuserdata(L, sizeof *ix);
+    memset(ix, 0, sizeof *ix);
+    luaL_getmetatable(L, INDEX_MT);
+    lua_setmetatable(L, -2);
+    if (hc_jindex_init(ix) != 0)
+        return luaL_error(L, "not enough memory for the journal's index");
+    return 1;
+}
+
+static hc_jindex *index_check(lua_State *L)
+{
+    hc_jindex *ix = (hc_jindex *)luaL_checkudata(L, 1, INDEX_MT);
+    if (ix->md_ctx == NULL)
+        luaL_error(L, "attempt to use a closed journal index");
+    return ix;
+}
+
+/* ix:put(key, size, mtime, offset, code) -> true: key's entry is now these (the latest line
+ * wins). size and mtime are integers, offset the line's (0 to 2^56), code 0 to 255. Raises
+ * when memory is missing. */
+static int l_index_put(lua_State *L)
+{
+    hc_jindex *ix = index_check(L);
+    size_t n;
+    const char *key = luaL_checklstring(L, 2, &n);
+    lua_Integer size = luaL_checkinteger(L, 3);
+    lua_Integer mtime = luaL_checkinteger(L, 4);
+    lua_Integer offset = luaL_checkinteger(L, 5);
+    lua_Integer code = luaL_checkinteger(L, 6);
+    luaL_argcheck(L, offset >= 0 && (uint64_t)offset < ((uint64_t)1 << 56), 5, "out of range");
+    luaL_argcheck(L, code >= 0 && code < HC_JINDEX_CODES, 6, "must be 0 to 255");
+    if (hc_jindex_put(ix, key, n, (int64_t)size, (int64_t)mtime, (uint64_t)offset,
+                      (unsigned)code) != 0)
+        return luaL_error(L, "not enough memory for the journal's index (%d paths)", (int)ix->n);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* ix:get(key) -> code, size, mtime, offset of key's latest line; or nil. */
+static int l_index_get(lua_State *L)
+{
+    hc_jindex *ix = index_check(L);
+    size_t n;
+    const char *key = luaL_checklstring(L, 2, &n);
+    const hc_jindex_entry *e = hc_jindex_get(ix, key, n);
+    if (e == NULL) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_pushinteger(L, (lua_Integer)hc_jindex_code(e));
+    lua_pushinteger(L, (lua_Integer)e->size);
+    lua_pushinteger(L, (lua_Integer)e->mtime);
+    lua_pushinteger(L, (lua_Integer)hc_jindex_offset(e));
+    return 4;
+}
+
+/* ix:counts() -> { [code] = number of distinct paths whose latest outcome has it }. */
+static int l_index_counts(lua_State *L)
+{
+    hc_jindex *ix = index_check(L);
+    int code;
+    lua_newtable(L);
+    for (code = 0; code < HC_JINDEX_CODES; code++) {
+        if (ix->counts[code] > 0) {
+            lua_pushinteger(L, (lua_Integer)ix->counts[code]);
+            lua_rawseti(L, -2, code);
+        }
+    }
+    return 1;
+}
+
+/* ix:close() -> true; frees the entries. Safe to call twice. */
+static int l_index_close(lua_State *L)
+{
+    hc_jindex *ix = (hc_jindex *)luaL_checkudata(L, 1, INDEX_MT);
+    hc_jindex_free(ix);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int l_index_tostring(lua_State *L)
+{
+    hc_jindex *ix = (hc_jindex *)luaL_checkudata(L, 1, INDEX_MT);
+    if (ix->md_ctx == NULL)
+        lua_pushstring(L, "healthcare.JournalIndex (closed)");
+    else
+        lua_pushfstring(L, "healthcare.JournalIndex (%d paths)", (int)ix->n);
+    return 1;
+}
+
 /* ---- registration -------------------------------------------------------------------- */
 
 static const luaL_Reg appender_methods[] = {
@@ -349,8 +449,17 @@ static const luaL_Reg appender_methods[] = {
     {NULL, NULL}
 };
 
+static const luaL_Reg index_methods[] = {
+    {"put", l_index_put},
+    {"get", l_index_get},
+    {"counts", l_index_counts},
+    {"close", l_index_close},
+    {NULL, NULL}
+};
+
 static const luaL_Reg journal_functions[] = {
     {"appender", l_appender_open},
+    {"journal_index", l_index_new},
     {NULL, NULL}
 };
 
@@ -358,5 +467,6 @@ static const luaL_Reg journal_functions[] = {
 void hc_lua_journal_register(lua_State *L)
 {
     hc_lua_newclass(L, APPENDER_MT, appender_methods, l_appender_close, l_appender_tostring);
+    hc_lua_newclass(L, INDEX_MT, index_methods, l_index_close, l_index_tostring);
     luaL_setfuncs(L, journal_functions, 0);
 }

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "hc_dicom.h"
 #include "hc_file.h"
 #include "hc_multipart.h"
 
@@ -44,6 +45,16 @@ struct hc_sink {
     const char *cap_code;          /* static: the reason of an HC_SINKERR_CAP */
     char message[512];
     char media[64];                /* "multipart/related", for messages */
+    int name_by_uid;               /* hc_sink_name_by_uid */
+    unsigned char *prefix;         /* owned: the current part's first bytes (PROBE_BYTES), */
+    size_t prefix_len;             /* NULL when it could not be had */
+    size_t probe_at;               /* prefix_len at which to probe it next while it streams */
+    int probed;                    /* the part's UIDs are known (info): keep no more of it */
+    hc_dicom_info info;
+    uint32_t *uid_slots;           /* owned: the named parts by UID (index + 1), open addressing */
+    size_t uid_nslots, uid_n;      /* a power of two, at least twice uid_n */
+    char **shared;                 /* owned: the study and series UIDs of named parts, each */
+    size_t nshared, shared_size;   /* kept once while parts in a row repeat it (they do) */
 };
 
 /* ---- errors ------------------------------------------------------------------------------- */
@@ -116,6 +127,30 @@ static int open_temp(hc_sink *k, const char *prefix)
     return 0;
 }
 
+/* Whether the probe of the kept prefix tells the part's UIDs as the whole part would: a success
+ * within the prefix (it stops at the first tag past the Series Instance UID), but not a deflated
+ * data set's fallback to the meta UIDs while more of the part may follow. Fills k->info. */
+static int probe_prefix(hc_sink *k, int whole)
+{
+    return hc_dicom_probe_mem(k->prefix, k->prefix_len, &k->info, NULL, 0) == HC_DICOM_OK
+           && (whole || !k->info.deflated_fallback);
+}
+
+/* Keeps the part's first bytes as they are written, probing them at 4, 16 and 64 KiB: once the
+ * probe succeeds nothing more is kept (a header is a few KiB; the rest of a large part is not
+ * copied). */
+static void keep_prefix(hc_sink *k, const char *p, size_t n)
+{
+    size_t keep = HC_SINK_PROBE_BYTES - k->prefix_len;
+    keep = n < keep ? n : keep;
+    memcpy(k->prefix + k->prefix_len, p, keep);
+    k->prefix_len += keep;
+    if (k->prefix_len >= k->probe_at) {
+        k->probed = probe_prefix(k, 0);
+        k->probe_at *= 4;
+    }
+}
+
 /* Writes n bytes to the current file, within the cap on one part. Returns 0 or -1. */
 static int write_all(hc_sink *k, const char *p, size_t n)
 {
@@ -127,6 +162,9 @@ static int write_all(hc_sink *k, const char *p, size_t n)
         return cap_error(k, "part_too_large", "the answer is larger than %lld bytes",
                          (long long)k->max_part_bytes);
     }
+    if (k->prefix != NULL && !k->probed && k->mode == HC_SINK_TO_PARTS
+        && k->prefix_len < HC_SINK_PROBE_BYTES)
+        keep_prefix(k, p, n);
     while (n > 0) {
         ssize_t w = write(k->fd, p, n);
         if (w < 0) {
@@ -162,6 +200,137 @@ static int close_current(hc_sink *k, int keep)
     return rc;
 }
 
+/* ---- parts named by their UID (hc_sink_name_by_uid) --------------------------------------- */
+
+/* names.valid_uid's rule: 1 to 64 digits and dots, no empty component. */
+static int valid_uid(const char *u)
+{
+    size_t i, n = strlen(u);
+    if (n == 0 || n > 64 || u[0] == '.' || u[n - 1] == '.')
+        return 0;
+    for (i = 0; i < n; i++) {
+        if (!((u[i] >= '0' && u[i] <= '9') || u[i] == '.') || (u[i] == '.' && u[i + 1] == '.'))
+            return 0;
+    }
+    return 1;
+}
+
+static uint64_t uid_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a, */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    /* then mixed down: FNV's low bits, the ones the table uses, depend on few input bits */
+    h ^= h >> 31;
+    h *= 0xbf58476d1ce4e5b9ULL;
+    return h ^ (h >> 29);
+}
+
+/* The slot of the named part with this UID, or the empty slot where it would go. */
+static size_t uid_find(const hc_sink *k, const uint32_t *slots, size_t nslots, const char *uid)
+{
+    size_t i = (size_t)(uid_hash(uid) & (nslots - 1));
+    while (slots[i] != 0 && strcmp(k->parts[slots[i] - 1].sop_instance_uid, uid) != 0)
+        i = (i + 1) & (nslots - 1);
+    return i;
+}
+
+/* Room in the UID table for one more. Returns 0 or -1 (out of memory: the table unchanged). */
+static int uid_reserve(hc_sink *k)
+{
+    size_t i, nslots;
+    uint32_t *slots;
+    if (2 * (k->uid_n + 1) <= k->uid_nslots)
+        return 0;
+    nslots = k->uid_nslots ? 2 * k->uid_nslots : 64;
+    slots = calloc(nslots, sizeof *slots); /* owned by the sink */
+    if (slots == NULL)
+        return -1;
+    for (i = 0; i < k->uid_nslots; i++) {
+        uint32_t s = k->uid_slots[i];
+        if (s != 0)
+            slots[uid_find(k, slots, nslots, k->parts[s - 1].sop_instance_uid)] = s;
+    }
+    free(k->uid_slots);
+    k->uid_slots = slots;
+    k->uid_nslots = nslots;
+    return 0;
+}
+
+/* uid as a string the sink owns, the same pointer as the last few times it came (the parts of
+ * one series share their study and series UIDs: one copy, not one per part); NULL when out of
+ * memory. */
+static const char *shared_uid(hc_sink *k, const char *uid)
+{
+    size_t i;
+    char *copy;
+    for (i = k->nshared; i > 0 && i + 4 > k->nshared; i--)
+        if (strcmp(k->shared[i - 1], uid) == 0)
+            return k->shared[i - 1];
+    if (k->nshared == k->shared_size) {
+        size_t want = k->shared_size ? 2 * k->shared_size : 8;
+        char **grown = realloc(k->shared, want * sizeof *grown);
+        if (grown == NULL)
+            return NULL;
+        k->shared = grown;
+        k->shared_size = want;
+    }
+    if ((copy = strdup(uid)) == NULL) /* owned by the sink */
+        return NULL;
+    k->shared[k->nshared++] = copy;
+    return copy;
+}
+
+/* Names part i (just completed) <dir>/<UID>.dcm when its kept prefix says which instance it is
+ * (hc_sink_name_by_uid); otherwise leaves it as it is. */
+static void name_part(hc_sink *k, size_t i)
+{
+    hc_part *part = &k->parts[i];
+    const hc_dicom_info *info = &k->info;
+    const char *uid, *study, *series;
+    char *copy, *path;
+    size_t ul, dl = strlen(k->path);
+    /* Probed while it streamed, or now on what was kept; a deflated data set cut by the prefix
+     * may fall back to the meta UIDs where the whole file would not: left to the caller. */
+    if (k->prefix == NULL || (!k->probed && !probe_prefix(k, part->size <= (int64_t)k->prefix_len)))
+        return;
+    uid = info->sop_instance_uid[0] ? info->sop_instance_uid : info->media_sop_instance_uid;
+    if (!valid_uid(uid) || i > 0xfffffffeu || uid_reserve(k) != 0
+        || k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] != 0)
+        return;
+    ul = strlen(uid);
+    study = shared_uid(k, info->study_uid);
+    series = shared_uid(k, info->series_uid);
+    copy = strdup(uid);                      /* owned by the part */
+    path = malloc(dl + ul + sizeof "/.dcm"); /* becomes part->path */
+    if (copy != NULL && path != NULL) /* one "/" between them, as Lua's join makes it */
+        snprintf(path, dl + ul + sizeof "/.dcm", "%s%s%s.dcm", k->path,
+                 dl > 0 && k->path[dl - 1] == '/' ? "" : "/", uid);
+    if (study == NULL || series == NULL || copy == NULL || path == NULL
+        || rename(part->path, path) != 0) {
+        free(copy);
+        free(path);
+        return;
+    }
+    free(part->path);
+    part->path = path;
+    free(part->headers); /* a named part is an instance: its headers are not handed on */
+    part->headers = NULL;
+    part->headers_len = 0;
+    part->sop_instance_uid = copy;
+    part->study_uid = study;
+    part->series_uid = series;
+    k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] = (uint32_t)(i + 1);
+    k->uid_n++;
+}
+
+void hc_sink_name_by_uid(hc_sink *k)
+{
+    k->name_by_uid = 1;
+}
+
 /* Closes the current file and records it as a complete part. Returns 0 or -1. */
 static int finish_part(hc_sink *k)
 {
@@ -185,9 +354,13 @@ static int finish_part(hc_sink *k)
     part->headers = k->cur_headers;
     part->headers_len = k->cur_headers_len;
     part->size = k->cur_size;
+    part->sop_instance_uid = NULL;
+    part->study_uid = part->series_uid = NULL;
     k->tmp = NULL;
     k->cur_headers = NULL;
     k->cur_headers_len = 0;
+    if (k->name_by_uid && k->mode == HC_SINK_TO_PARTS)
+        name_part(k, k->nparts - 1);
     return 0;
 }
 
@@ -234,6 +407,11 @@ static int on_part_begin(void *ud, const char *headers, size_t len)
     k->headers_total += len;
     if (set_cur_headers(k, headers, len) != 0)
         return -1;
+    if (k->name_by_uid && k->prefix == NULL)
+        k->prefix = malloc(HC_SINK_PROBE_BYTES); /* owned by the sink; NULL: no part is named */
+    k->prefix_len = 0;
+    k->probe_at = 4096;
+    k->probed = 0;
     return open_part(k);
 }
 
@@ -393,7 +571,17 @@ void hc_sink_reset(hc_sink *k)
             unlink(k->parts[i].path);
         free(k->parts[i].path);
         free(k->parts[i].headers);
+        free(k->parts[i].sop_instance_uid);
     }
+    free(k->uid_slots);
+    k->uid_slots = NULL;
+    k->uid_nslots = k->uid_n = 0;
+    for (i = 0; i < k->nshared; i++)
+        free(k->shared[i]);
+    free(k->shared);
+    k->shared = NULL;
+    k->nshared = k->shared_size = 0;
+    k->prefix_len = 0;
     free(k->parts);
     k->parts = NULL;
     k->nparts = k->parts_size = 0;
@@ -414,6 +602,7 @@ void hc_sink_free(hc_sink *k)
     if (k == NULL)
         return;
     hc_sink_reset(k);
+    free(k->prefix);
     free(k->path);
     free(k);
 }

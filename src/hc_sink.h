@@ -32,6 +32,14 @@ typedef struct hc_part {
     char *headers;                 /* owned: the part's checked header block (hc_multipart.h) */
     size_t headers_len;
     int64_t size;
+    /* Named by its UID (hc_sink_name_by_uid): path is <dir>/<sop_instance_uid>.dcm (owned);
+     * NULL when the part was not named: its file is still the temporary one. A named part has
+     * no headers (NULL) any more: it is an instance, whatever they said. The study and
+     * series UIDs ("" when the probe found none) are the sink's, one pointer shared by the parts
+     * in a row that have the same. */
+    char *sop_instance_uid;
+    const char *study_uid;
+    const char *series_uid;
 } hc_part;
 
 /* Returns a new sink (owned by the caller: hc_sink_free) of kind HC_SINK_FILE or HC_SINK_DIR for
@@ -39,6 +47,18 @@ typedef struct hc_part {
  * the bytes of one part or of the file (0: none); NULL when out of memory. Creates no file. */
 hc_sink *hc_sink_new(int kind, const char *path, int64_t max_bytes, int64_t max_parts,
                      int64_t max_part_bytes);
+/* A directory sink that names each part of a multipart answer by its SOP Instance UID as the
+ * part ends, while the answer streams: the part's first bytes (up to HC_SINK_PROBE_BYTES) are
+ * kept as they are written and probed in memory (hc_dicom_probe_mem); when the probe succeeds
+ * within them, the UID (the data set's, else the File Meta's) is a valid UID (digits and dots,
+ * 1 to 64 characters, no empty component) and no earlier part of this answer had it, the
+ * part's temporary file is renamed to <dir>/<UID>.dcm (replacing a file of that name, never
+ * writing through a link: rename replaces the entry itself). Any other part keeps its temporary
+ * file for the caller to judge (not DICOM, a header past the prefix, a second copy, a rename
+ * refused). Saves the caller a reopen, a read and a rename per instance after the transfer. */
+#define HC_SINK_PROBE_BYTES (64 * 1024)
+void hc_sink_name_by_uid(hc_sink *k);
+
 /* Removes every file not handed to the caller and frees the sink; NULL is ignored. */
 void hc_sink_free(hc_sink *k);
 

@@ -5,7 +5,10 @@
  * writes one file per multipart part (fed a byte at a time) or one for a single body, hands them
  * over with their header blocks, and removes what it was not asked to keep; each cap stops it
  * with its reason and no file past the cap; malformed multipart bodies and unwritable
- * directories are errors with a message. Prints one line per failure and "N passed, N failed".
+ * directories are errors with a message; with hc_sink_name_by_uid, a DICOM part is renamed
+ * <UID>.dcm as it ends (replacing a symbolic link at that name, never writing through it) and
+ * the parts it cannot vouch for (not DICOM, a second copy, UIDs past the kept prefix, an
+ * invalid UID) are left as they were. Prints one line per failure and "N passed, N failed".
  */
 #define _DEFAULT_SOURCE
 #include <dirent.h>
@@ -16,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "hc_dicom.h"
 #include "hc_sink.h"
 
 struct tstate {
@@ -222,6 +226,151 @@ static void test_errors(tstate *t)
     hc_sink_free(k);
 }
 
+/* ---- parts named by their UID (hc_sink_name_by_uid) ------------------------------------ */
+
+/* A Part-10 file, explicit VR little endian, in buf (at most size bytes): preamble, "DICM", the
+ * Transfer Syntax, then SOP Class, an OB element of pad bytes (0: none), SOP Instance, Study
+ * and Series UIDs. Returns its length. */
+static size_t dicom_file(unsigned char *buf, size_t size, const char *sop, size_t pad)
+{
+    static const char *const uids[][2] = { { "\x08\x00\x16\x00", "1.2.840.10008.5.1.4.1.1.7" },
+                                           { NULL, NULL },
+                                           { "\x08\x00\x18\x00", NULL },
+                                           { "\x20\x00\x0d\x00", "1.2.3.4" },
+                                           { "\x20\x00\x0e\x00", "1.2.3.4.5" } };
+    size_t n = 0, i;
+    memset(buf, 0, 128);
+    memcpy(buf + 128, "DICM", 4);
+    n = 132;
+    for (i = 0; i < 6; i++) {
+        const char *tag = i == 0 ? "\x02\x00\x10\x00" : uids[i - 1][0];
+        const char *v = i == 0 ? "1.2.840.10008.1.2.1" : i == 3 ? sop : uids[i - 1][1];
+        size_t len;
+        if (i == 2) { /* the OB element: tag, "OB", 2 reserved bytes, a 32-bit length */
+            if (pad == 0)
+                continue;
+            memcpy(buf + n, "\x08\x00\x20\x00OB\0\0", 8);
+            buf[n + 8] = (unsigned char)(pad & 0xff);
+            buf[n + 9] = (unsigned char)((pad >> 8) & 0xff);
+            buf[n + 10] = (unsigned char)((pad >> 16) & 0xff);
+            buf[n + 11] = 0;
+            memset(buf + n + 12, 0x55, pad);
+            n += 12 + pad;
+            continue;
+        }
+        len = strlen(v) + (strlen(v) & 1);
+        if (n + 8 + len > size)
+            return 0;
+        memcpy(buf + n, tag, 4);
+        memcpy(buf + n + 4, "UI", 2);
+        buf[n + 6] = (unsigned char)len;
+        buf[n + 7] = 0;
+        memset(buf + n + 8, 0, len);
+        memcpy(buf + n + 8, v, strlen(v));
+        n += 8 + len;
+    }
+    return n;
+}
+
+/* Appends a part holding data[0, n) to the body b (at *len). */
+static void add_part(char *b, size_t *len, const void *data, size_t n)
+{
+    static const char head[] = "--b0\r\nContent-Type: application/dicom\r\n\r\n";
+    memcpy(b + *len, head, sizeof head - 1);
+    *len += sizeof head - 1;
+    memcpy(b + *len, data, n);
+    *len += n;
+    memcpy(b + *len, "\r\n", 2);
+    *len += 2;
+}
+
+static void test_name_by_uid(tstate *t)
+{
+    static unsigned char file[100 * 1024];
+    static char body[600 * 1024];
+    char dir[600], path[800], outside[800], buf[64];
+    size_t len = 0, n, i;
+    const hc_part *p;
+    struct stat st;
+    hc_sink *k;
+    FILE *f;
+    fresh_dir(t, "named", dir, sizeof dir);
+    /* 1: named; 2: not DICOM; 3: a second copy of 1; 4: its UIDs past the 64 KiB kept;
+     * 5: an invalid UID; 6: named through the symbolic link planted at its name */
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.1", 0);
+    add_part(body, &len, file, n);
+    add_part(body, &len, "not DICOM", 9);
+    add_part(body, &len, file, n);
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.4", 70000);
+    {
+        hc_dicom_info info;
+        check(t, hc_dicom_probe_mem(file, n, &info, NULL, 0) == HC_DICOM_OK
+                     && strcmp(info.sop_instance_uid, "1.2.3.4.5.4") == 0,
+              "part 4 is a valid file whose UIDs lie past the first 64 KiB");
+    }
+    add_part(body, &len, file, n);
+    n = dicom_file(file, sizeof file, "1.2..3", 0);
+    add_part(body, &len, file, n);
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.6", 0);
+    add_part(body, &len, file, n);
+    memcpy(body + len, "--b0--\r\n", 8);
+    len += 8;
+    snprintf(outside, sizeof outside, "%s/outside", t->dir);
+    f = fopen(outside, "wb");
+    if (f != NULL) {
+        fputs("keep me", f);
+        fclose(f);
+    }
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.6.dcm", dir);
+    check(t, symlink(outside, path) == 0, "symlink planted");
+
+    k = hc_sink_new(HC_SINK_DIR, dir, 0, 0, 0);
+    hc_sink_name_by_uid(k);
+    check(t, hc_sink_decide(k, 200, MULTIPART) == 0, "decided");
+    for (i = 0; i < len; i += 1000) /* in pieces that cut parts and delimiters anywhere */
+        hc_sink_write(k, body + i, len - i < 1000 ? len - i : 1000);
+    check(t, hc_sink_end(k, 1) == 0 && hc_sink_nparts(k) == 6, "six parts");
+    p = hc_sink_part(k, 0);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.1.dcm", dir);
+    check(t, p != NULL && p->sop_instance_uid != NULL && strcmp(p->path, path) == 0
+                 && strcmp(p->sop_instance_uid, "1.2.3.4.5.1") == 0
+                 && strcmp(p->study_uid, "1.2.3.4") == 0 && strcmp(p->series_uid, "1.2.3.4.5") == 0,
+          "part 1 named %s with its UIDs", p != NULL ? p->path : "(none)");
+    check(t, p != NULL && p->headers == NULL, "and no headers kept");
+    check(t, stat(path, &st) == 0 && st.st_size == p->size, "its file is whole under its name");
+    for (i = 1; i <= 4; i++) {
+        p = hc_sink_part(k, i);
+        check(t, p != NULL && p->sop_instance_uid == NULL && strstr(p->path, "/.hc-part-") != NULL,
+              "part %zu left to the caller: %s", i + 1, p != NULL ? p->path : "(none)");
+    }
+    p = hc_sink_part(k, 5);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.6.dcm", dir);
+    check(t, p != NULL && p->sop_instance_uid != NULL && strcmp(p->path, path) == 0,
+          "part 6 named in place of the link");
+    check(t, lstat(path, &st) == 0 && S_ISREG(st.st_mode), "the link replaced by the file");
+    check(t, strcmp(content(outside, buf, sizeof buf), "keep me") == 0, "nothing written through it");
+    check(t, entries(dir) == 6, "six files: %d", entries(dir));
+    hc_sink_free(k);
+    check(t, entries(dir) == 0, "parts not taken are removed with the sink, named or not");
+
+    /* a directory given with a trailing "/": one "/" before the name */
+    len = 0;
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.7", 0);
+    add_part(body, &len, file, n);
+    memcpy(body + len, "--b0--\r\n", 8);
+    len += 8;
+    snprintf(path, sizeof path, "%s/", dir);
+    k = hc_sink_new(HC_SINK_DIR, path, 0, 0, 0);
+    hc_sink_name_by_uid(k);
+    hc_sink_decide(k, 200, MULTIPART);
+    hc_sink_write(k, body, len);
+    check(t, hc_sink_end(k, 1) == 0 && hc_sink_nparts(k) == 1, "one part");
+    p = hc_sink_part(k, 0);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.7.dcm", dir);
+    check(t, p != NULL && strcmp(p->path, path) == 0, "named %s", p != NULL ? p->path : "(none)");
+    hc_sink_free(k);
+}
+
 int main(void)
 {
     tstate t;
@@ -237,6 +386,7 @@ int main(void)
     test_multipart(&t);
     test_caps(&t);
     test_errors(&t);
+    test_name_by_uid(&t);
     {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", t.dir);

@@ -41,10 +41,29 @@ local function scalar(v)
   return (text:gsub("\\/", "/"))
 end
 
+-- The JSON of an object's keys, kept: a report repeats the same few keys thousands of times
+-- (bounded: only short string keys are kept, and at most 4096 of them).
+local key_cache, key_count = {}, 0
+local function key_text(k)
+  local text = key_cache[k]
+  if text then return text end
+  text = scalar(tostring(k))
+  if type(k) == "string" and #k <= 64 and key_count < 4096 then
+    key_cache[k], key_count = text, key_count + 1
+  end
+  return text
+end
+
+local function by_text(a, b) return tostring(a) < tostring(b) end
+
 local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do keys[#keys + 1] = k end
-  table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+  local keys, all_strings = {}, true
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+    if type(k) ~= "string" then all_strings = false end
+  end
+  -- string keys (nearly always) sort by <, the same order, with no function call per comparison
+  if all_strings then table.sort(keys) else table.sort(keys, by_text) end
   return keys
 end
 
@@ -62,7 +81,7 @@ local function write(v, indent)
   end
   if next(v) == nil then return "{}" end
   for i, k in ipairs(sorted_keys(v)) do
-    parts[i] = scalar(tostring(k)) .. colon .. write(v[k], inner)
+    parts[i] = key_text(k) .. colon .. write(v[k], inner)
   end
   return "{" .. open .. table.concat(parts, sep) .. close .. "}"
 end

@@ -95,10 +95,11 @@ function Source:take(f)
   elseif f.skip then
     return self:skip(f, f.skip)
   end
-  local done = self.journal and self.journal:lookup(f)
-  if done then
+  if self.journal and self.journal:is_stored(f) then
     report.counts.already_stored = report.counts.already_stored + 1
     if opts.keep_stored then
+      -- the UIDs are read back from the journal's line only when the report lists the file
+      local done = self.journal:lookup(f) or f
       report.already_stored[#report.already_stored + 1] = record(done, "stored in an earlier run", { path = f.path })
     end
     self.bytes_not_sent = self.bytes_not_sent + (f.size or 0)

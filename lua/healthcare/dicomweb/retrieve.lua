@@ -359,8 +359,18 @@ end
 -- err.rejected (what was done) when a rename fails. Every temporary file is gone either way.
 local function name_instances(parts, dir, scope, fixed_path, keep_rejected)
   local files, rejected, used = {}, {}, {}
+  -- Parts the sink already named by their UID as they arrived (sink.name_by_uid) hold their UID
+  -- first, whatever their place: another part with it is the second copy.
   for i, part in ipairs(parts) do
-    local reason, uid, info = instance_of(part, used)
+    if part.named then used[part.sop_instance_uid] = i end
+  end
+  for i, part in ipairs(parts) do
+    local reason, uid, info
+    if part.named then
+      uid, info = part.sop_instance_uid, part
+    else
+      reason, uid, info = instance_of(part, used)
+    end
     local warning, path
     if reason then
       local entry = { part = i, reason = reason, size = part.size }
@@ -378,20 +388,29 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected)
         warning = string.format("instance %s belongs to study %s, not %s", uid, tostring(info.study_uid),
           scope.study)
       end
-      path = fixed_path or join(dir, uid .. ".dcm")
+      -- a named part is at dir/<uid>.dcm already (the sink joins them as join does)
+      path = fixed_path or (part.named and part.path) or join(dir, uid .. ".dcm")
     end
-    if path then
-      local ok, err = place(part.path, path)
-      if not ok then
-        remove_parts(parts, i + 1)
-        err.files, err.rejected = files, rejected
-        return nil, err
+    local ok, err = true, nil
+    if path and not part.named then ok, err = place(part.path, path) end
+    if not ok then
+      -- the later parts: those the sink named are in place and listed, the others removed
+      for j = i + 1, #parts do
+        local p = parts[j]
+        if p.named then
+          files[#files + 1] = { path = join(dir, p.sop_instance_uid .. ".dcm"), sop_instance_uid = p.sop_instance_uid,
+            size = p.size }
+        else
+          os.remove(p.path)
+        end
       end
-      if reason then
-        rejected[#rejected].path = path
-      else
-        files[#files + 1] = { path = path, sop_instance_uid = uid, size = part.size, warning = warning }
-      end
+      err.files, err.rejected = files, rejected
+      return nil, err
+    end
+    if reason then
+      if path then rejected[#rejected].path = path end
+    else
+      files[#files + 1] = { path = path, sop_instance_uid = uid, size = part.size, warning = warning }
     end
   end
   return files, rejected
@@ -450,7 +469,10 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   end
   local res, err = send(store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
-    { what = what, sink = { dir = dir }, bounds = bounds })
+    -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
+    -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
+    -- is named below as before.
+    { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds })
   if not res then
     return nil, keep_completed(err, name)
   end

@@ -1,0 +1,320 @@
+-- SPDX-License-Identifier: MIT
+-- The journal's format 2 and its in-memory index (core.journal_index): records written as
+-- arrays with a time line when the second changes; a format 1 journal (as versions before
+-- format 2 wrote it) read, resumed and continued in format 2; a journal of a newer format
+-- refused; torn and broken lines of either format; the UIDs read back from the line; paths
+-- that collide in nothing but their first bytes; an index of 100,000 paths kept out of the Lua
+-- heap; then against the test bed's Orthanc a real store resumed from a format 2 journal and
+-- from the same journal rewritten in format 1: nothing sent again either way.
+-- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/65-journal_v2_spec.lua
+local H = require "helpers"
+local cjson = require "cjson"
+local core = require "healthcare.core"
+local journal = require "healthcare.dicomweb.journal"
+
+local E = H.env
+
+local function lines(path)
+  local out = {}
+  for l in H.file_bytes(path):gmatch("([^\n]*)\n") do out[#out + 1] = l end
+  return out
+end
+
+-- A format 1 journal's text, as versions before format 2 wrote it.
+local V1 = table.concat({
+  '{"journal":"healthcare","version":1,"time":"2026-01-01T00:00:00Z","store":"S"}',
+  '{"time":"2026-01-01T00:00:01Z","outcome":"stored","path":"/v1/a.dcm","size":10,"mtime":100,'
+    .. '"sop_instance_uid":"1.2.3.1","study_uid":"1.2.9"}',
+  '{"time":"2026-01-01T00:00:01Z","outcome":"failed","path":"/v1/b.dcm","size":20,"mtime":200,'
+    .. '"sop_instance_uid":"1.2.3.2","study_uid":"1.2.9","reason":"HTTP 400"}',
+  '{"time":"2026-01-01T00:00:02Z","outcome":"stored","path":"/v1/c \\"q\\".dcm","size":30,"mtime":300,'
+    .. '"sop_instance_uid":"1.2.3.3","study_uid":"1.2.9"}',
+  '{"time":"2026-01-01T00:00:03Z","outcome":"failed","path":"/v1/a.dcm","size":10,"mtime":100,'
+    .. '"sop_instance_uid":"1.2.3.1","study_uid":"1.2.9","reason":"later"}',
+  '{"time":"2026-01-01T00:00:04Z","outcome":"stored","path":"/v1/b.dcm","size":20,"mtime":200,'
+    .. '"sop_instance_uid":"1.2.3.2","study_uid":"1.2.9"}',
+}, "\n") .. "\n"
+
+local function entry(path, size, mtime, sop, study)
+  return { path = path, size = size, mtime = mtime, sop_instance_uid = sop, study_uid = study }
+end
+
+describe("journal format 2", function()
+  local dir
+  before_each(function() dir = H.tmpdir() end)
+
+  it("writes records as arrays in the order of journal.FIELDS, after a run line of version 2", function()
+    assert.same({ "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason" }, journal.FIELDS)
+    local j = assert(journal.open(dir .. "/j", nil, { store = "http://h/dicom-web" }))
+    assert(j:record({
+      { entry = entry("/d/a.dcm", 10, 1700000000, "1.2.3.10", "1.2.9"), outcome = "stored" },
+      { entry = entry("/d/b.dcm", 20, 1700000001, "1.2.3.20", "1.2.9"), outcome = "failed", reason = "HTTP 400" },
+      { entry = entry("/d/c.dcm", 30, 1700000002, nil, nil), outcome = "failed", reason = "no UID" },
+      { entry = entry("/d/q\"\\/x.dcm", 40, 1700000003, "1.2.3.40", ""), outcome = "stored" },
+    }))
+    j:close()
+    local ls = lines(dir .. "/j")
+    local head = cjson.decode(ls[1])
+    assert.same({ "healthcare", 2, "http://h/dicom-web" }, { head.journal, head.version, head.store })
+    local recs = {}
+    for i = 2, #ls do
+      local t = cjson.decode(ls[i])
+      if t[1] == nil then
+        -- a time line: only when the second changed since the run line
+        assert.same({ "time" }, { next(t) }, ls[i])
+        assert.truthy(t.time:match("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%dZ$"))
+      else
+        recs[#recs + 1] = ls[i]
+      end
+    end
+    assert.same({
+      '["stored","/d/a.dcm",10,1700000000,"1.2.3.10","1.2.9"]',
+      '["failed","/d/b.dcm",20,1700000001,"1.2.3.20","1.2.9","HTTP 400"]',
+      '["failed","/d/c.dcm",30,1700000002,null,null,"no UID"]',
+      '["stored","/d/q\\"\\\\/x.dcm",40,1700000003,"1.2.3.40",""]',
+    }, recs)
+    -- Read back: the latest line per path, the UIDs from the line.
+    local report = {}
+    j = assert(journal.open(dir .. "/j", report))
+    assert.same({ 1, 2, 2, 0 }, { report.journal.earlier_runs, report.journal.earlier_stored,
+      report.journal.earlier_failed, report.journal.ignored_lines })
+    assert.same({ path = "/d/q\"\\/x.dcm", size = 40, mtime = 1700000003, sop_instance_uid = "1.2.3.40",
+      study_uid = "" }, j:lookup({ path = "/d/q\"\\/x.dcm", size = 40, mtime = 1700000003 }))
+    assert.is_true(j:is_stored({ path = "/d/a.dcm", size = 10, mtime = 1700000000 }))
+    assert.is_false(j:is_stored({ path = "/d/b.dcm", size = 20, mtime = 1700000001 }))
+    assert.is_false(j:is_stored({ path = "/d/c.dcm", size = 30, mtime = 1700000002 }))
+    j:close()
+    assert.error_matches(function() j:is_stored({ path = "/d/a.dcm", size = 10, mtime = 1 }) end,
+      "attempt to use a closed journal$")
+  end)
+
+  it("writes a time line before records when the second has changed, and not otherwise", function()
+    local j = assert(journal.open(dir .. "/j"))
+    j.last_time = "2000-01-01T00:00:00Z"   -- as if the run line were written long ago
+    assert(j:record({ { entry = entry("/a", 1, 1, "1.1", "1"), outcome = "stored" } }))
+    assert(j:record({ { entry = entry("/b", 2, 2, "1.2", "1"), outcome = "stored" } }))
+    j:close()
+    local ls = lines(dir .. "/j")
+    local times = 0
+    for _, l in ipairs(ls) do if l:match('^{"time":') then times = times + 1 end end
+    -- one after the old time; the second record gets one only if the clock ticked meanwhile
+    assert.truthy(times == 1 or times == 2, table.concat(ls, "\n"))
+    assert.truthy(ls[2]:match('^{"time":"%d%d%d%d%-[^"]+"}$'), ls[2])
+    assert.equal('["stored","/a",1,1,"1.1","1"]', ls[3])
+  end)
+
+  it("reads a format 1 journal (the latest line of a path winning) and goes on in format 2", function()
+    H.write_file(dir .. "/j", V1)
+    local report = {}
+    local j = assert(journal.open(dir .. "/j", report, { store = "S" }))
+    assert.same({ 1, 2, 1, 0, 0 }, { report.journal.earlier_runs, report.journal.earlier_stored,
+      report.journal.earlier_failed, report.journal.ignored_lines, report.journal.torn_bytes })
+    assert.is_nil(j:lookup({ path = "/v1/a.dcm", size = 10, mtime = 100 }), "stored, then failed: sent again")
+    assert.same({ path = "/v1/b.dcm", size = 20, mtime = 200, sop_instance_uid = "1.2.3.2", study_uid = "1.2.9" },
+      j:lookup({ path = "/v1/b.dcm", size = 20, mtime = 200 }))
+    assert.same({ path = "/v1/c \"q\".dcm", size = 30, mtime = 300, sop_instance_uid = "1.2.3.3",
+      study_uid = "1.2.9" }, j:lookup({ path = "/v1/c \"q\".dcm", size = 30, mtime = 300 }))
+    assert(j:record({ { entry = entry("/v1/a.dcm", 10, 100, "1.2.3.1", "1.2.9"), outcome = "stored" } }))
+    j:close()
+    -- The format 1 part is untouched; what follows is format 2.
+    local text = H.file_bytes(dir .. "/j")
+    assert.equal(V1, text:sub(1, #V1))
+    local rest = lines(dir .. "/j")
+    assert.equal(2, cjson.decode(rest[7]).version)
+    assert.equal('["stored","/v1/a.dcm",10,100,"1.2.3.1","1.2.9"]', rest[#rest])
+    -- Mixed: the format 2 line is the latest for /v1/a.dcm.
+    j = assert(journal.open(dir .. "/j", report, { store = "S" }))
+    assert.same({ 2, 3, 0 }, { report.journal.earlier_runs, report.journal.earlier_stored, report.journal.earlier_failed })
+    assert.same({ path = "/v1/a.dcm", size = 10, mtime = 100, sop_instance_uid = "1.2.3.1", study_uid = "1.2.9" },
+      j:lookup({ path = "/v1/a.dcm", size = 10, mtime = 100 }))
+    j:close()
+    -- A format 1 journal of another store is refused as before.
+    local j2, err = journal.open(dir .. "/j", nil, { store = "T" })
+    assert.is_nil(j2)
+    assert.equal("usage", err.kind)
+  end)
+
+  it("refuses a journal written in a newer format, and leaves it unchanged", function()
+    local text = '{"journal":"healthcare","version":3}\n["stored","/a",1,1]\n'
+    H.write_file(dir .. "/j", text)
+    local j, err = journal.open(dir .. "/j")
+    assert.is_nil(j)
+    assert.same({ "usage", "journal '" .. dir .. "/j' was written by a newer version of this program (format 3;"
+      .. " this one reads up to 2): resume with that version, or use another journal file" },
+      { err.kind, err.message })
+    assert.equal(text, H.file_bytes(dir .. "/j"))
+    assert(journal.open(dir .. "/j2")):close()   -- and the lock was released: nothing left open
+  end)
+
+  it("cuts a torn format 2 line off, and counts lines that are not records it can use", function()
+    local j = assert(journal.open(dir .. "/j"))
+    assert(j:record({ { entry = entry("/a", 1, 1, "1.1", "1"), outcome = "stored" } }))
+    j:close()
+    local whole = H.file_bytes(dir .. "/j")
+    local bad = table.concat({
+      '["stored","/s",1.5,1,"1.1","1"]',       -- size not an integer: a record no file matches
+      '["stored","/m",1,"1","1.1","1"]',       -- mtime a string: the same
+      '["odd","/o",1,1]',                      -- an outcome this version does not know
+      '[]',
+      '[null,"/n",1,1]',
+      '["stored"]',
+      '{"time":"2026-01-01T00:00:00Z","x":1}', -- a time line with more in it
+      '"a string"',
+      '["stored","/b",2,2,"1.2","1"]',
+    }, "\n") .. "\n"
+    local torn = '["stored","/c",3,3,"1.3'
+    H.write_file(dir .. "/j", whole .. bad .. torn)
+    local report = {}
+    j = assert(journal.open(dir .. "/j", report))
+    assert.same({ 6, #torn, 4 }, { report.journal.ignored_lines, report.journal.torn_bytes,
+      report.journal.earlier_stored })
+    assert.is_true(j:is_stored({ path = "/b", size = 2, mtime = 2 }))
+    for _, p in ipairs({ "/s", "/m", "/o", "/n", "/c" }) do
+      assert.is_false(j:is_stored({ path = p, size = 1, mtime = 1 }), p)
+    end
+    assert.is_false(j:is_stored({ path = "/c", size = 3, mtime = 3 }))
+    j:close()
+    local text = H.file_bytes(dir .. "/j")
+    assert.equal(whole .. bad, text:sub(1, #whole + #bad))
+    assert.equal("\n", text:sub(-1))   -- the torn line is gone, the new run line whole
+  end)
+
+  it("reads back a line longer than one read (a server's long reason) and odd paths", function()
+    local long = string.rep("r", 5000)
+    local odd = { "/d/new\nline", "/d/\255\254latin", "/d/tab\tx", "/d/\0nul" }
+    local j = assert(journal.open(dir .. "/j"))
+    local list = { { entry = entry("/d/long", 1, 1, "1.9", "1"), outcome = "stored", reason = long } }
+    for i, p in ipairs(odd) do list[#list + 1] = { entry = entry(p, i, i, "1." .. i, "1"), outcome = "stored" } end
+    assert(j:record(list))
+    j:close()
+    j = assert(journal.open(dir .. "/j"))
+    assert.same({ path = "/d/long", size = 1, mtime = 1, sop_instance_uid = "1.9", study_uid = "1" },
+      j:lookup({ path = "/d/long", size = 1, mtime = 1 }))
+    for i, p in ipairs(odd) do
+      assert.equal("1." .. i, (j:lookup({ path = p, size = i, mtime = i }) or {}).sop_instance_uid, p)
+    end
+    assert.is_nil(j:lookup({ path = "/d/", size = 1, mtime = 1 }))
+    j:close()
+  end)
+
+  it("keeps 100,000 paths in the index, out of the Lua heap, each found with its latest values", function()
+    local n = 100000
+    local function p(i) return string.format("/archive/%03d/series/im%07d.dcm", i % 101, i) end
+    local j = assert(journal.open(dir .. "/j"))
+    local list = {}
+    for i = 1, n do
+      list[#list + 1] = { entry = entry(p(i), i, 1, "2.25." .. i, "2.25.1"), outcome = i % 10 == 0 and "failed" or "stored" }
+      if #list == 1000 then assert(j:record(list)) list = {} end
+    end
+    j:close()
+    collectgarbage()
+    collectgarbage()
+    local heap_before = collectgarbage("count")
+    local report = {}
+    j = assert(journal.open(dir .. "/j", report))
+    collectgarbage()
+    collectgarbage()
+    -- 100,000 paths of 37 bytes as Lua strings in a table would take well over 8 MB of heap.
+    assert.truthy(collectgarbage("count") - heap_before < 1024, "the index grew the Lua heap")
+    assert.same({ n * 9 / 10, n / 10 }, { report.journal.earlier_stored, report.journal.earlier_failed })
+    local wrong = 0
+    for i = 1, n do
+      if j:is_stored({ path = p(i), size = i, mtime = 1 }) ~= (i % 10 ~= 0) then wrong = wrong + 1 end
+      if j:is_stored({ path = p(i), size = i + 1, mtime = 1 }) then wrong = wrong + 1 end
+    end
+    assert.equal(0, wrong)
+    assert.equal("2.25.77777", j:lookup({ path = p(77777), size = 77777, mtime = 1 }).sop_instance_uid)
+    j:close()
+  end)
+
+  it("keys paths that are keys already as themselves, and others as before", function()
+    for _, case in ipairs({ { "/a/b.dcm", "/a/b.dcm" }, { "/", "/" }, { "/.", "/" }, { "//", "/" }, { "/a/", "/a" },
+      { "/a/.", "/a" }, { "/a/./", "/a" }, { "/./a", "/a" }, { "/a//b", "/a/b" }, { "/a/..", "/a/.." },
+      { "/a/.b", "/a/.b" }, { "/a.", "/a." }, { "a", "/w/a" }, { "", "/w" } }) do
+      assert.equal(case[2], journal.key(case[1], "/w"), case[1])
+    end
+  end)
+
+  it("core.journal_index: put, get, counts, close; misuse raises", function()
+    local ix = core.journal_index()
+    assert.is_nil(ix:get("/a"))
+    assert.is_true(ix:put("/a", 1, 2, 3, 1))
+    assert.is_true(ix:put("/b", 4, 5, 6, 2))
+    assert.is_true(ix:put("/a", 7, 8, 9, 2))
+    assert.same({ 2, 7, 8, 9 }, { ix:get("/a") })
+    assert.same({ [2] = 2 }, ix:counts())
+    assert.truthy(tostring(ix):match("2 paths"))
+    assert.error_matches(function() ix:put("/c", 1, 1, -1, 1) end, "out of range")
+    assert.error_matches(function() ix:put("/c", 1, 1, 0, 256) end, "must be 0 to 255")
+    assert.error_matches(function() ix:put("/c", "x", 1, 0, 1) end, "number expected")
+    assert.is_true(ix:close())
+    assert.is_true(ix:close())
+    assert.error_matches(function() ix:get("/a") end, "attempt to use a closed journal index")
+    assert.truthy(tostring(ix):match("closed"))
+    -- Left to the collector: its __gc frees it.
+    for _ = 1, 50 do core.journal_index():put("/x", 1, 1, 1, 1) end
+    collectgarbage()
+    collectgarbage()
+  end)
+end)
+
+describe("a store resumed from each format", function()
+  if not H.need_testbed() then return end
+  local healthcare = require "healthcare"
+
+  -- The journal at path rewritten as format 1 wrote it: objects with names, a time on each.
+  local function to_v1(path)
+    local out = {}
+    for _, l in ipairs(lines(path)) do
+      local t = cjson.decode(l)
+      if t.journal then
+        out[#out + 1] = string.format('{"journal":"healthcare","version":1,"time":"%s","store":%s}', t.time,
+          cjson.encode(t.store))
+      elseif t[1] then
+        local fields = { '"time":"2026-01-01T00:00:00Z"' }
+        for i, k in ipairs(journal.FIELDS) do
+          if t[i] ~= nil and t[i] ~= cjson.null then
+            fields[#fields + 1] = cjson.encode(k) .. ":" .. cjson.encode(t[i])
+          end
+        end
+        out[#out + 1] = "{" .. table.concat(fields, ",") .. "}"
+      end
+    end
+    local v1 = path .. ".v1"
+    H.write_file(v1, table.concat(out, "\n") .. "\n")
+    return v1
+  end
+
+  it("skips every stored file unread, from a format 2 journal and from the same journal in format 1", function()
+    local dir = H.tmpdir()
+    local files = H.gen_dicom({ count = 12, size = 300, dir = dir .. "/in" })
+    local jpath = dir .. "/journal"
+    local st = assert(healthcare.dicomweb(E.dicomweb))
+    local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_request_instances = 5 }))
+    assert.same({ 12, 0 }, { #r1.stored, #r1.already_stored })
+    local v1 = to_v1(jpath)
+    assert.truthy(H.file_bytes(v1):match('"version":1'))
+    -- Same size and mtime, other bytes: a file skipped unread keeps them; one read would fail.
+    local so = H.check_run("stat -c '%s %Y' " .. H.q(files[1].path))
+    local size, mtime = so:match("(%d+) (%d+)")
+    H.write_file(files[1].path, string.rep("x", tonumber(size)))
+    H.check_run("touch -d @" .. mtime .. " " .. H.q(files[1].path))
+    for _, jp in ipairs({ jpath, v1 }) do
+      local r = assert(st:store(dir .. "/in", { journal = jp }))
+      assert.same({ 0, 12, 0, 0, 0 }, { #r.stored, #r.already_stored, #r.failed, #r.skipped, r.requests }, jp)
+      assert.same({ 1, 12, 0 }, { r.journal.earlier_runs, r.journal.earlier_stored, r.journal.earlier_failed })
+      local seen = {}
+      for _, a in ipairs(r.already_stored) do seen[a.path] = a end
+      for _, f in ipairs(files) do
+        assert.equal(f.sop_instance_uid, seen[f.path] and seen[f.path].sop_instance_uid, f.path)
+        assert.equal(f.study_uid, seen[f.path].study_uid)
+      end
+    end
+    -- The format 1 journal went on in format 2, and resumes again.
+    local last = lines(v1)
+    assert.equal(2, cjson.decode(last[#last]).version)
+    local r = assert(st:store(dir .. "/in", { journal = v1 }))
+    assert.same({ 0, 12, 2 }, { #r.stored, #r.already_stored, r.journal.earlier_runs })
+    st:close()
+  end)
+end)
