@@ -34,12 +34,6 @@ local function stored_and_changed()
   return old, new, dir
 end
 
-local function journal_lines(path)
-  local out = {}
-  for line in (H.file_bytes(path) or ""):gmatch("[^\n]+") do out[#out + 1] = cjson.decode(line) end
-  return out
-end
-
 describe("healthcare store --overwrite", function()
   it("replaces a changed instance (read back equal to the new file) and leaves an unchanged one alone", function()
     local old, new, dir = stored_and_changed()
@@ -64,7 +58,7 @@ describe("healthcare store --overwrite", function()
     assert.equal(H.sha256(same.path), H.sha256_string(H.orthanc_instance_file(same.sop_instance_uid)))
     -- the journal says "replaced", and a rerun skips the file as stored
     local outcomes = {}
-    for _, rec in ipairs(journal_lines(journal)) do
+    for _, rec in ipairs(H.journal_lines(journal)) do
       if rec.path then outcomes[rec.path] = rec.outcome end
     end
     assert.equal("replaced", outcomes[new.path])
