@@ -182,6 +182,38 @@ describe("the command", function()
     assert.is_nil(se:find("through the proxy", 1, true), se)
   end)
 
+  it("--proxy reaches every command: projects <method>, operations, import (a plain-http endpoint refused)",
+    function()
+      local dataset = E.store:match("^(.-)/dicomStores/")
+      local runs = {
+        { "projects", "locations-datasets-dicom-stores-get", E.store, "--endpoint", em.endpoint, "-p",
+          "access-token=" .. TOKEN },
+        { "operations", "list", dataset, "--endpoint", em.endpoint, "--access-token", TOKEN },
+        { "import", E.store, "gs://bucket/x/*.dcm", "--endpoint", em.endpoint, "--access-token", TOKEN },
+      }
+      for _, args in ipairs(runs) do
+        if args[1] ~= "import" then -- without the proxy they work
+          local _, se, code = healthcare_cmd({}, args)
+          assert.are.equal(0, code, se)
+        end
+        local with = {}
+        for i, a in ipairs(args) do with[i] = a end
+        with[#with + 1] = "--proxy"
+        with[#with + 1] = p.url
+        local so, se, code = healthcare_cmd({}, with)
+        -- the proxy option applied: the token is kept off plain http through it
+        assert.are.equal(2, code, args[1] .. " " .. args[2] .. ": " .. se)
+        assert.truthy(se:find("refusing to send", 1, true), se)
+        assert.is_nil((so .. se):find(TOKEN, 1, true))
+      end
+      -- and with --insecure it goes, through the proxy
+      local before = p:count()
+      local _, se, code = healthcare_cmd({}, { "operations", "list", dataset, "--endpoint", em.endpoint,
+        "--access-token", TOKEN, "--proxy", p.url, "--insecure" })
+      assert.are.equal(0, code, se)
+      assert.is_true(p:count() > before)
+    end)
+
   it("a token to a plain-http endpoint through --proxy: exit 2 unless --insecure", function()
     local args = { "search", E.store, "--endpoint", em.endpoint, "--access-token", TOKEN, "--limit", "1", "--json",
       "--proxy", p.url }

@@ -22,6 +22,13 @@ local say = common.sayer("healthcare")
 -- An answer written to standard output is held in memory first (-o FILE streams instead).
 M.MAX_STDOUT_BYTES = 1024 * 1024 * 1024
 
+-- The client options of the seed form's command line (healthcare.cli.seed's cmd).
+local function client_options(cmd)
+  return { endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
+    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
+    impersonate = cmd.impersonate, proxy = cmd.proxy }
+end
+
 -- The store of the call's <parent> (a store of its own, which store:close() closes with its client),
 -- once <parent> and the output are known to be right: a mistake there should not cost a request.
 -- out: the -o file, nil for standard output. Returns the store, or nil and the exit code after
@@ -38,11 +45,7 @@ local function open_store(cmd, out)
     say("cannot write the output: %s", why)
     return nil, common.EXIT_USAGE
   end
-  return common.dicom_store_or_say(cmd.parent, {
-    endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
-    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
-    impersonate = cmd.impersonate, proxy = cmd.proxy,
-  }, say)
+  return common.dicom_store_or_say(cmd.parent, client_options(cmd), say)
 end
 
 -- Copies standard input to a temporary file in chunks so it can be sent with a length (and
@@ -245,8 +248,7 @@ end
 -- The client of the seed form's options.
 local function new_client(cmd)
   local healthcare = require "healthcare"
-  return healthcare.new({ endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
-    token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout })
+  return healthcare.new(client_options(cmd))
 end
 
 -- --all: every item of every page, as one answer { <items field> = [...] }.

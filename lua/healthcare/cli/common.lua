@@ -83,12 +83,17 @@ end
 --- The store for parsed arguments `a` (from a parser given add_store_options), as
 --- dicom_store_or_say.
 function M.open_store_or_say(a, say)
-  return M.dicom_store_or_say(a.store, {
+  return M.dicom_store_or_say(a.store, M.client_options(a), say)
+end
+
+--- healthcare.new's options from parsed arguments `a` (a parser given add_client_options).
+function M.client_options(a)
+  return {
     endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
     scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
     token_cache = not a.no_token_cache, debug = a.debug or nil,
     impersonate = a.impersonate_service_account, proxy = a.proxy,
-  }, say)
+  }
 end
 
 --- Parses argv (the whole command line, argv[1] being the command's name) with parser p.

@@ -23,11 +23,7 @@ end
 --- The client for parsed arguments `a` (common.add_client_options' options), or nil and the
 --- exit code after say(...) told why. Nothing is sent.
 function M.open_client(a, say)
-  local client, err = healthcare.new({
-    endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
-    scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
-    token_cache = not a.no_token_cache, debug = a.debug or nil,
-  })
+  local client, err = healthcare.new(common.client_options(a))
   if not client then
     say("%s", tostring(err))
     return nil, common.exit_code_for(err)
