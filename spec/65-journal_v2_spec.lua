@@ -374,9 +374,9 @@ describe("a store resumed from a journal whose last records are 'sending' (a cra
     -- one request, with the two the server did not hold; the three it held never sent
     assert.same({ instances = 2, posts = 1 }, since(before))
     assert.same({ 2, 3, 0, 1 }, { #r.stored, #r.already_stored, #r.failed, r.requests })
-    local sent = {}
-    for _, s in ipairs(r.stored) do sent[s.path] = true end
-    for _, f in ipairs(new) do assert.truthy(sent[f.path], f.path) end
+    local stored_now = {}
+    for _, s in ipairs(r.stored) do stored_now[s.path] = true end
+    for _, f in ipairs(new) do assert.truthy(stored_now[f.path], f.path) end
     local found = {}
     for _, s in ipairs(r.already_stored) do found[s.path] = s.sop_instance_uid end
     for _, f in ipairs(held) do assert.equal(f.sop_instance_uid, found[f.path]) end

@@ -87,7 +87,8 @@ local function check_call(store, spool, opts)
 end
 
 -- Files of the spool the journal of an earlier run records as stored, or that it records as in
--- flight and the server holds: finished without being sent. Then the journal is moved aside (FILE.1), so that the run's own starts empty.
+-- flight and the server holds: finished without being sent. Then the journal is moved aside
+-- (FILE.1), so that the run's own starts empty.
 function Watcher:settle_journal()
   local path = self.opts.journal
   if not path then return true end
@@ -100,7 +101,7 @@ function Watcher:settle_journal()
     j:close()
     return nil, serr
   end
-  self.in_flight_at_start = settled
+  self.in_flight_at_start = settled -- { in_flight, found, error }: the CLI says it
   self:scan(self.spool, function(f)
     local done = j:lookup(f)
     if done then
