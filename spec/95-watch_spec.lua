@@ -512,10 +512,16 @@ describe("healthcare watch: SIGTERM", function()
     local w = spawn("exec " .. H.healthcare_command({ "watch", E.store, spool, "--endpoint", E.endpoint,
       "--access-token", E.token, "--no-token-cache", "--settle", "0", "--json", "--status-interval", "0.2" }),
       dir .. "/w.jsonl", dir .. "/w.err")
-    local f = H.gen_dicom { dir = spool, count = 1 }[1]
+    -- written elsewhere and renamed in, as a writer that is done does: with --settle 0 a file
+    -- written in place can be taken half written (its request then fails and waits 10 s)
+    local f = H.gen_dicom { dir = dir .. "/src", count = 1 }[1]
+    local name = f.path:match("[^/]+$")
+    assert(os.rename(f.path, spool .. "/" .. name))
+    f.path = spool .. "/" .. name
     assert.truthy(wait_for(10, function()
       return (H.file_bytes(dir .. "/w.jsonl") or ""):find('"in_flight":1', 1, true)
-    end))
+    end), "never in flight:\n" .. tostring(H.file_bytes(dir .. "/w.jsonl")):sub(1, 1500) .. "\n"
+      .. tostring(H.file_bytes(dir .. "/w.err")))
     local t0 = os.time()
     stop(w, "TERM")
     return f, exit_code(dir .. "/w.jsonl"), os.time() - t0, events(dir .. "/w.jsonl"), spool
