@@ -5,7 +5,9 @@
 -- refused; torn and broken lines of either format; the UIDs read back from the line; paths
 -- that collide in nothing but their first bytes; an index of 100,000 paths kept out of the Lua
 -- heap; then against the test bed's Orthanc a real store resumed from a format 2 journal and
--- from the same journal rewritten in format 1: nothing sent again either way.
+-- from the same journal rewritten in format 1: nothing sent again either way; a journal whose last
+-- records are "sending" (a run killed with requests in flight) resumed through a private emulator:
+-- what the server holds is not sent again, the rest is, and all is sent when it cannot be asked.
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/65-journal_v2_spec.lua
 local H = require "helpers"
 local cjson = require "cjson"
@@ -315,6 +317,119 @@ describe("a store resumed from each format", function()
     assert.equal(2, cjson.decode(last[#last]).version)
     local r = assert(st:store(dir .. "/in", { journal = v1 }))
     assert.same({ 0, 12, 2 }, { #r.stored, #r.already_stored, r.journal.earlier_runs })
+    st:close()
+  end)
+end)
+
+describe("a store resumed from a journal whose last records are 'sending' (a crash in flight)", function()
+  if not H.need_testbed() then return end
+  local healthcare = require "healthcare"
+  local lfs = require "lfs"
+  -- A private emulator (in front of the test bed's Orthanc): its count of store requests is this
+  -- file's alone, whatever other spec files run meanwhile.
+  local em
+  setup(function() em = require("support.emulator_instance").start() end)
+  teardown(function() if em then em:stop() end end)
+
+  -- What the emulator was sent: instances (forwarded to Orthanc) and STOW requests (POSTs; its
+  -- store_requests count the searches too).
+  local function sent()
+    local s, posts = em:stats(), 0
+    for _, q in ipairs(s.requests or {}) do if q.method == "POST" then posts = posts + 1 end end
+    return { instances = tonumber(s.instances_forwarded) or 0, posts = posts }
+  end
+  local function since(before)
+    local now = sent()
+    return { instances = now.instances - before.instances, posts = now.posts - before.posts }
+  end
+
+  -- A journal as a run killed while these files' requests were in flight leaves it.
+  local function journal_in_flight(jpath, store_name, files)
+    local j = assert(journal.open(jpath, nil, { store = store_name }))
+    local list = {}
+    for i, f in ipairs(files) do
+      local a = assert(lfs.attributes(f.path))
+      list[i] = { entry = entry(f.path, a.size, a.modification, f.sop_instance_uid, f.study_uid), outcome = "sending" }
+    end
+    assert(j:record(list))
+    j:close()
+  end
+
+  it("asks the server: what it holds is journaled stored and not sent, the rest is sent", function()
+    local dir = H.tmpdir()
+    local held = H.gen_dicom({ count = 3, size = 300, dir = dir .. "/in", prefix = "held" })
+    local new = H.gen_dicom({ count = 2, size = 300, dir = dir .. "/in", prefix = "new" })
+    local orthanc = assert(healthcare.dicomweb(E.dicomweb))
+    for _, f in ipairs(held) do assert.equal(1, assert(orthanc:store(f.path)).counts.stored) end
+    local st = assert(healthcare.dicom_store(E.store, { endpoint = em.endpoint, access_token = E.token .. "-private" }))
+    local jpath = dir .. "/journal"
+    local all = {}
+    for _, f in ipairs(held) do all[#all + 1] = f end
+    for _, f in ipairs(new) do all[#all + 1] = f end
+    journal_in_flight(jpath, st.name, all)
+    local before = sent()
+    local r = assert(st:store(dir .. "/in", { journal = jpath }))
+    assert.same({ in_flight = 5, found = 3 }, r.journal.in_flight)
+    assert.same({ 5, 0, 0 }, { r.journal.earlier_in_flight, r.journal.earlier_stored, r.journal.earlier_failed })
+    -- one request, with the two the server did not hold; the three it held never sent
+    assert.same({ instances = 2, posts = 1 }, since(before))
+    assert.same({ 2, 3, 0, 1 }, { #r.stored, #r.already_stored, #r.failed, r.requests })
+    local stored_now = {}
+    for _, s in ipairs(r.stored) do stored_now[s.path] = true end
+    for _, f in ipairs(new) do assert.truthy(stored_now[f.path], f.path) end
+    local found = {}
+    for _, s in ipairs(r.already_stored) do found[s.path] = s.sop_instance_uid end
+    for _, f in ipairs(held) do assert.equal(f.sop_instance_uid, found[f.path]) end
+    -- the journal says stored for all five: the next run sends nothing and asks nothing
+    local j = assert(journal.open(jpath))
+    for _, f in ipairs(all) do
+      local a = lfs.attributes(f.path)
+      assert.is_true(j:is_stored({ path = f.path, size = a.size, mtime = a.modification }), f.path)
+    end
+    j:close()
+    before = em:count("store_requests_total")
+    local r2 = assert(st:store(dir .. "/in", { journal = jpath }))
+    assert.same({ 0, 5, 0 }, { #r2.stored, #r2.already_stored, r2.requests })
+    assert.same({ in_flight = 0, found = 0 }, r2.journal.in_flight)
+    assert.equal(0, em:count("store_requests_total") - before) -- neither a search nor a store
+    local held_sops, n = H.orthanc_sops(held[1].study_uid)
+    assert.equal(3, n)
+    for _, f in ipairs(held) do assert.equal(1, held_sops[f.sop_instance_uid]) end
+    st:close()
+    orthanc:close()
+  end)
+
+  it("sends them all when the server cannot be asked (nothing lost)", function()
+    local dir = H.tmpdir()
+    local files = H.gen_dicom({ count = 2, size = 300, dir = dir .. "/in" })
+    -- a port where nothing listens: the check fails, and so does the send, which is attempted
+    local st = assert(healthcare.dicomweb("http://127.0.0.1:9/dicom-web")) -- nothing listens there
+    local jpath = dir .. "/journal"
+    journal_in_flight(jpath, st.name, files)
+    local r = assert(st:store(dir .. "/in", { journal = jpath, retry = { max_attempts = 1 } }))
+    assert.equal(2, r.journal.in_flight.in_flight)
+    assert.equal(0, r.journal.in_flight.found)
+    assert.truthy(r.journal.in_flight.error)
+    assert.same({ 0, 0, 2, 1 }, { #r.stored, #r.already_stored, #r.failed, r.requests })
+    st:close()
+  end)
+
+  it("resumes a journal without 'sending' lines (as the previous version wrote it) as before", function()
+    local dir = H.tmpdir()
+    local files = H.gen_dicom({ count = 3, size = 300, dir = dir .. "/in" })
+    local st = assert(healthcare.dicom_store(E.store, { endpoint = em.endpoint, access_token = E.token .. "-private" }))
+    local jpath = dir .. "/journal"
+    local j = assert(journal.open(jpath, nil, { store = st.name }))
+    local a = assert(lfs.attributes(files[1].path))
+    assert(j:record({ { entry = entry(files[1].path, a.size, a.modification, files[1].sop_instance_uid,
+      files[1].study_uid), outcome = "stored" } }))
+    j:close()
+    assert.is_nil(H.file_bytes(jpath):find('"sending"', 1, true))
+    local before = sent()
+    local r = assert(st:store(dir .. "/in", { journal = jpath }))
+    assert.same({ in_flight = 0, found = 0 }, r.journal.in_flight)
+    assert.same({ 2, 1, 1 }, { #r.stored, #r.already_stored, r.requests })
+    assert.same({ instances = 2, posts = 1 }, since(before))
     st:close()
   end)
 end)

@@ -159,6 +159,12 @@ local function summary(report)
       report.counts.stored + report.counts.already_stored, report.counts.stored, report.counts.already_stored,
       j.earlier_runs,
       j.torn_bytes > 0 and string.format("; a torn last line (%d bytes) was dropped", j.torn_bytes) or ""))
+    local f = j.in_flight
+    if f and f.in_flight > 0 then
+      w:write(string.format("journal: %d instances were in flight when an earlier run stopped: %s\n", f.in_flight,
+        f.error and ("the server could not be asked (" .. printable(f.error) .. "), sent again")
+          or string.format("%d found at the server, %d sent again", f.found, f.in_flight - f.found)))
+    end
   end
   if report.interrupted then
     w:write(string.format("interrupted: %d instances in flight abandoned; run the same command again%s to resume\n",

@@ -149,6 +149,12 @@ function M.main(argv)
   if not a.json then
     io.stderr:write(string.format("watching %s (%s); sending to %s\n", printable(w.spool),
       w.inotify and "inotify" or "scanning every " .. w.opts.rescan .. " s", printable(store.name)))
+    local f = w.in_flight_at_start
+    if f and f.in_flight > 0 then
+      io.stderr:write(string.format("%d instances were in flight when the last run stopped: %s\n", f.in_flight,
+        f.error and ("the server could not be asked (" .. printable(f.error) .. "), sent again")
+          or string.format("%d found at the server, %d sent again", f.found, f.in_flight - f.found)))
+    end
   end
   local final, rerr = w:run(report, a.status_interval)
   local abandoned = w.abandoned or 0

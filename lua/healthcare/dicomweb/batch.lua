@@ -199,6 +199,45 @@ local function run_options(store, opts)
   return o
 end
 
+--- Instances an earlier run journaled as "sending" when it was killed (journal:in_flight): the
+--- server is asked, one instance search per study, which of them it holds; those are journaled as
+--- stored (and so not sent again), the others are sent as usual. Under overwrite none is asked:
+--- a listed UID may be the conflicting instance the run is to replace. Returns { in_flight = n,
+--- found = n, error = message or nil }: a failed check sends them all (a duplicate of the same
+--- bytes is harmless, a loss is not); or nil, err when the journal cannot be read or written.
+function M.settle_in_flight(store, journal, overwrite_run)
+  local list, err = journal:in_flight()
+  if not list then return nil, err end
+  local result = { in_flight = #list, found = 0 }
+  if #list == 0 or overwrite_run then return result end
+  local verify = require "healthcare.dicomweb.verify"
+  local by_study, studies = {}, {}
+  for _, e in ipairs(list) do
+    if names.valid_uid(e.study_uid) and names.valid_uid(e.sop_instance_uid) then
+      if not by_study[e.study_uid] then
+        by_study[e.study_uid] = {}
+        studies[#studies + 1] = e.study_uid
+      end
+      table.insert(by_study[e.study_uid], e)
+    end
+  end
+  for _, study in ipairs(studies) do
+    local listed, lerr = verify.listed_in(store, study, {})
+    if not listed then
+      result.error = lerr.message
+      return result
+    end
+    local held = {}
+    for _, e in ipairs(by_study[study]) do
+      if listed[e.sop_instance_uid] then held[#held + 1] = e end
+    end
+    local ok, jerr = journal:mark_stored(held)
+    if not ok then return nil, jerr end
+    result.found = result.found + #held
+  end
+  return result
+end
+
 -- A run of store(inputs, opts) on store, ready to go; or nil, err (a bad option value, a
 -- journal that cannot be used).
 function Batch.new(store, inputs, opts)
@@ -218,6 +257,12 @@ function Batch.new(store, inputs, opts)
     journal, jerr = require("healthcare.dicomweb.journal").open(o.journal, report,
       { store = store.name, shard = o.shard and tostring(o.shard) })
     if not journal then return nil, jerr end
+    local settled, serr = M.settle_in_flight(store, journal, o.overwrite)
+    if not settled then
+      journal:close()
+      return nil, serr
+    end
+    report.journal.in_flight = settled
   end
   return setmetatable({
     store = store, client = store.client, opts = o, report = report, journal = journal,
@@ -296,6 +341,14 @@ local function stop_on_usage(err)
 end
 
 function Batch:start(group)
+  if self.journal and not group.journaled then
+    -- before the request: a crash while it is in flight leaves these to be asked about on resume
+    local recs = {}
+    for i, e in ipairs(group.entries) do recs[i] = { entry = e, outcome = "sending" } end
+    local ok, jerr = self.journal:record(recs)
+    if not ok then error(jerr) end
+    group.journaled = true
+  end
   group.attempts = group.attempts + 1
   group.boundary = group.boundary or ("healthcare-" .. core.random_hex(16))
   group.first_started = group.first_started or core.now()
@@ -356,7 +409,7 @@ function Batch:record_answer(group, answer)
     if #unlisted > 0 then
       self:finish_group(group, function(e) return outcomes[e.sop_instance_uid] end, listed)
       for _, e in ipairs(unlisted) do
-        local alone = { entries = { e }, bytes = e.size, attempts = 0 }
+        local alone = { entries = { e }, bytes = e.size, attempts = 0, journaled = group.journaled }
         self.waiting[#self.waiting + 1] = { group = alone, due = core.now() }
       end
       self.report.sent_alone = self.report.sent_alone + #unlisted

@@ -6,6 +6,7 @@
 -- Lines, format 2 (README "Migrating an archive"):
 --   {"journal":"healthcare","version":2,"time":...,"store":...,"shard":...}   one per run
 --   {"time":...}                          before records, whenever the second has changed
+--   ["sending",path,size,mtime,sop_instance_uid,study_uid]  one per instance, before its request
 --   ["stored"|"failed",path,size,mtime,sop_instance_uid,study_uid(,reason)]  one per instance
 -- A record is an array in the order of M.FIELDS: no field name repeated on every line (format 1
 -- wrote each record as an object with its names and its own time; it is still read, and a
@@ -17,9 +18,11 @@
 -- The lines of one finished request are written in one write and fsynced (in C) before the
 -- request counts as done. A crash can leave at most a torn last line: it is cut off when the
 -- journal is opened again. The latest line of a path wins: a path recorded as stored with the
--- size and mtime it has now is skipped without being read; everything else is sent again
--- (storing the same bytes twice is harmless, so a crash between "stored by the server" and
--- "written here" costs a re-send, never a loss). One process at a time: the file is locked.
+-- size and mtime it has now is skipped without being read; everything else is sent again.
+-- The instances of a request are journaled as "sending" (one write) before it starts: a crash
+-- between "stored by the server" and "written here" leaves them so, and a resume asks the
+-- server which of them it holds (Journal:in_flight, mark_stored) instead of sending them twice.
+-- One process at a time: the file is locked.
 -- Since a "stored" line makes a file be skipped unread, only a journal that this user alone
 -- could have written is used, and it is read through the descriptor those checks were made on.
 local core = require "healthcare.core"
@@ -42,7 +45,10 @@ M.OUTCOMES = {
   failed = { code = 2, done = false, counted_as = "earlier_failed" },
   -- stored over a conflicting instance (store --overwrite: deleted, stored again, read back)
   replaced = { code = 3, done = true, counted_as = "earlier_stored" },
+  -- in a request whose answer a crash kept from being journaled: the server may hold it or not
+  sending = { code = 4, done = false, counted_as = "earlier_in_flight" },
 }
+local SENDING = M.OUTCOMES.sending.code
 local OUTCOME_OF_CODE = {}
 for name, o in pairs(M.OUTCOMES) do OUTCOME_OF_CODE[o.code] = name end
 -- Written once: the order of the fields of a record (people read journals with grep and jq).
@@ -139,7 +145,7 @@ local function load(j, w, path)
     return usage("'%s' is not a journal of this program (it does not start with a JSON line);"
       .. " name a new file, or remove this one if a crash left it empty of records", path)
   end
-  local index, outcomes = j.index, M.OUTCOMES
+  local index, outcomes, in_flight = j.index, M.OUTCOMES, j.in_flight_keys
   while true do
     -- l: a whole line and its offset; false at the end, with where the whole lines end and the
     -- bytes after them (torn: the crash came in the middle of that line)
@@ -151,6 +157,8 @@ local function load(j, w, path)
     if type(rec) == "table" then outcome, key, size, mtime = record_key(rec) end
     if outcome then
       index:put(key, size, mtime, offset, outcomes[outcome].code)
+      -- kept while latest: a few requests' worth, not one per file of the journal
+      if outcome == "sending" then in_flight[key] = true elseif in_flight[key] then in_flight[key] = nil end
     elseif type(rec) == "table" and rec.journal == M.MAGIC then
       if is_integer(rec.version) and rec.version > M.VERSION then
         return usage("journal '%s' was written by a newer version of this program (format %d; this one"
@@ -217,7 +225,7 @@ function M.open(path, report, opts)
   local w, err = core.appender(path)
   if not w then return nil, err end
   local j = setmetatable({ path = path, w = w, index = core.journal_index(), stores = {}, earlier_runs = 0,
-    ignored_lines = 0, cwd = lfs.currentdir() or "/" }, Journal)
+    ignored_lines = 0, cwd = lfs.currentdir() or "/", in_flight_keys = {} }, Journal)
   local good_end, torn = load(j, w, path)
   if not good_end then return abandon(j, torn) end
   if opts.store then
@@ -233,10 +241,12 @@ function M.open(path, report, opts)
     if not ok then return abandon(j, terr) end
   end
   j.last_time = now_utc()
-  local ok, aerr = w:append(object_line({ "journal", "version", "time", "store", "shard" }, {
+  local header = object_line({ "journal", "version", "time", "store", "shard" }, {
     journal = M.MAGIC, version = M.VERSION, time = j.last_time, store = opts.store,
-    shard = opts.shard and tostring(opts.shard) or nil }))
+    shard = opts.shard and tostring(opts.shard) or nil })
+  local ok, aerr = w:append(header)
   if not ok then return abandon(j, aerr) end
+  j.size = good_end + #header -- where the next line starts (mark_stored indexes its lines)
   j.summary = { path = path, earlier_runs = j.earlier_runs, ignored_lines = j.ignored_lines, torn_bytes = torn }
   for _, o in pairs(M.OUTCOMES) do j.summary[o.counted_as] = 0 end
   for code, n in pairs(j.index:counts()) do
@@ -310,9 +320,53 @@ function Journal:record(list)
     lines[#lines + 1] = record_line({ outcome = item.outcome, path = M.key(e.path, self.cwd), size = e.size,
       mtime = e.mtime, sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid, reason = item.reason })
   end
-  local ok, err = self.w:append(table.concat(lines))
-  if ok then self.last_time = t end
+  local text = table.concat(lines)
+  local ok, err = self.w:append(text)
+  if ok then self.last_time, self.size = t, self.size + #text end
   return ok, err
+end
+
+--- The files an earlier run journaled as "sending" and nothing after (a crash came while their
+--- request was in flight) that still have the size and mtime recorded: { { path, size, mtime,
+--- sop_instance_uid, study_uid }, ... } (read back from their lines), or nil, err.
+function Journal:in_flight()
+  if not self.w then error("attempt to use a closed journal", 2) end
+  local list = {}
+  for key in pairs(self.in_flight_keys) do
+    local code, size, mtime, offset = self.index:get(key)
+    local a = lfs.attributes(key)
+    if code == SENDING and a and a.mode == "file" and a.size == size and a.modification == mtime then
+      local l, err = self:line_at(offset)
+      if not l then return nil, err end
+      local r = record_of(cjson.decode(l) or {})
+      list[#list + 1] = { path = key, size = size, mtime = mtime, sop_instance_uid = r.sop_instance_uid,
+        study_uid = r.study_uid }
+    end
+  end
+  table.sort(list, function(a, b) return a.path < b.path end)
+  return list
+end
+
+--- Records entries (from in_flight) as "stored" (the server listed them) and makes this run
+--- see them so: is_stored and lookup find them. Returns true, or nil, err (kind "io").
+function Journal:mark_stored(entries)
+  local start = self.size
+  local list = {}
+  for i, e in ipairs(entries) do list[i] = { entry = e, outcome = "stored" } end
+  local ok, err = self:record(list)
+  if not ok then return nil, err end
+  -- the lines just written, after a time line or not: each one's offset from its length
+  local offset = self.size
+  for i = #entries, 1, -1 do
+    local e = entries[i]
+    local key = M.key(e.path, self.cwd)
+    offset = offset - #record_line({ outcome = "stored", path = key, size = e.size, mtime = e.mtime,
+      sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid })
+    self.index:put(key, e.size, e.mtime, offset, M.OUTCOMES.stored.code)
+    self.in_flight_keys[key] = nil
+  end
+  assert(offset >= start)
+  return true
 end
 
 --- Releases the file, its lock and the index. Safe to call twice.

@@ -54,9 +54,9 @@ local function entries_of(input)
   return out
 end
 
--- The SOP Instance UIDs the server lists in a study, as a set, or nil, err. A study the
--- server does not know (404 on a study-scoped search) lists nothing.
-local function listed_in(store, study, opts)
+--- The SOP Instance UIDs the server lists in a study, as a set, or nil, err. A study the
+--- server does not know (404 on a study-scoped search) lists nothing. opts: { page_size, params }.
+function M.listed_in(store, study, opts)
   local results, err = store:search_instances({ StudyInstanceUID = study, includefield = "SOPInstanceUID" },
     { page_size = opts.page_size or M.PAGE_SIZE, params = opts.params })
   if not results then return nil, err end
@@ -94,7 +94,7 @@ function M.verify(store, input, opts)
   end
   local result = { checked = 0, missing = {} }
   for _, study in ipairs(studies) do
-    local listed, lerr = listed_in(store, study, opts)
+    local listed, lerr = M.listed_in(store, study, opts)
     if not listed then return nil, lerr, result end
     for _, e in ipairs(by_study[study]) do
       if not listed[e.sop_instance_uid] then result.missing[#result.missing + 1] = e end

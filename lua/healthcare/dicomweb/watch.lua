@@ -12,7 +12,8 @@
 -- ".part" are never taken: a writer may use them for a file it renames when done.
 --
 -- Exactly once: the journal says what the server confirmed; at start, a file it records as stored
--- (same path, size and mtime) is removed or moved to done_dir without being sent, then the journal
+-- (same path, size and mtime), or as in flight when a SIGKILL came and the server lists it, is
+-- removed or moved to done_dir without being sent, then the journal
 -- starts afresh (the previous one is kept as FILE.1), so it only ever holds one run.
 local core = require "healthcare.core"
 local lfs = require "lfs"
@@ -85,13 +86,22 @@ local function check_call(store, spool, opts)
   return opts
 end
 
--- Files of the spool the journal of an earlier run records as stored: finished without being
--- sent. Then the journal is moved aside (FILE.1), so that the run's own starts empty.
+-- Files of the spool the journal of an earlier run records as stored, or that it records as in
+-- flight and the server holds: finished without being sent. Then the journal is moved aside
+-- (FILE.1), so that the run's own starts empty.
 function Watcher:settle_journal()
   local path = self.opts.journal
   if not path then return true end
   local j, err = journal_mod.open(path, nil, { store = self.store.name })
   if not j then return nil, err end
+  -- what a SIGKILL left in flight: the server says which it holds (journaled stored, then finished
+  -- below like any stored file); the rest is sent again
+  local settled, serr = batch_mod.settle_in_flight(self.store, j)
+  if not settled then
+    j:close()
+    return nil, serr
+  end
+  self.in_flight_at_start = settled -- { in_flight, found, error }: the CLI says it
   self:scan(self.spool, function(f)
     local done = j:lookup(f)
     if done then
