@@ -61,14 +61,15 @@ local function shards_of(rels, n)
   return ks
 end
 
--- A journal's runs: a list (one per run header) of lists of { outcome, path } lines.
+-- A journal's runs: a list (one per run header) of lists of { outcome, path } lines: the
+-- outcomes only (a "sending" line says a request was about to start, not how it ended).
 local function journal_runs(path)
   if not H.file_bytes(path) then return {} end
   local runs = {}
   for _, t in ipairs(H.journal_lines(path)) do
     if t.journal then
       runs[#runs + 1] = {}
-    else
+    elseif t.outcome ~= "sending" then
       assert(#runs > 0, "an instance line before any run header in " .. path)
       table.insert(runs[#runs], t)
     end
