@@ -26,26 +26,9 @@ teardown(function() em:stop() end)
 
 local dir = H.tmpdir()
 local LOG = dir .. "/captured.jsonl"
-local server_pid = tonumber(H.check_run(string.format("%s %s %s %s >%s 2>%s </dev/null & echo $!", H.q(PY),
-  H.q(E.support .. "/capture_server.py"), H.q(LOG), H.q(dir .. "/answers.json"), H.q(dir .. "/out"),
-  H.q(dir .. "/err"))):match("%d+"))
-local URL
-for _ = 1, 200 do
-  URL = (H.file_bytes(dir .. "/out") or ""):match("^(http://%S+)\n")
-  if URL then break end
-  os.execute("sleep 0.05")
-end
-local function stop_server()
-  if server_pid then
-    os.execute("kill " .. server_pid .. " 2>/dev/null")
-    server_pid = nil
-  end
-end
+local URL, stop_server = H.start_server("capture server", H.q(PY) .. " " .. H.q(E.support .. "/capture_server.py") .. " "
+  .. H.q(LOG) .. " " .. H.q(dir .. "/answers.json"), dir)
 teardown(stop_server)
-if not URL then
-  stop_server()
-  error("the capture server did not start: " .. (H.file_bytes(dir .. "/err") or ""))
-end
 
 local function captured()
   local list = {}

@@ -24,27 +24,8 @@ local MiB = 1024 * 1024
 -- ---- the raw server ----------------------------------------------------------------------
 
 local server_dir = H.tmpdir()
-local server_pid = tonumber(H.check_run(string.format("%s %s >%s 2>%s </dev/null & echo $!", H.q(PY),
-  H.q(E.support .. "/raw_server.py"), H.q(server_dir .. "/out"), H.q(server_dir .. "/err"))):match("%d+"))
-local URL
-for _ = 1, 200 do
-  URL = (H.file_bytes(server_dir .. "/out") or ""):match("^(http://%S+)\n")
-  if URL then break end
-  os.execute("sleep 0.05")
-end
--- Stopped after the last test, whatever happened (busted runs file-level teardown even when a
--- test failed), and at once here if it never came up.
-local function stop_server()
-  if server_pid then
-    os.execute("kill " .. server_pid .. " 2>/dev/null")
-    server_pid = nil
-  end
-end
+local URL, stop_server = H.start_server("raw server", H.q(PY) .. " " .. H.q(E.support .. "/raw_server.py"), server_dir)
 teardown(stop_server)
-if not URL then
-  stop_server()
-  error("the raw server did not start: " .. (H.file_bytes(server_dir .. "/err") or ""))
-end
 
 -- ---- helpers -------------------------------------------------------------------------------
 

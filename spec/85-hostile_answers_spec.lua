@@ -29,25 +29,8 @@ local dicom = H.gen_dicom { count = 3, study = STUDY, size = 2048 }
 local server_dir = H.tmpdir()
 local words = { H.q(PY), H.q(E.support .. "/hostile_server.py") }
 for _, f in ipairs(dicom) do words[#words + 1] = H.q(f.path) end
-local server_pid = tonumber(H.check_run(string.format("%s >%s 2>%s </dev/null & echo $!", table.concat(words, " "),
-  H.q(server_dir .. "/out"), H.q(server_dir .. "/err"))):match("%d+"))
-local URL
-for _ = 1, 200 do
-  URL = (H.file_bytes(server_dir .. "/out") or ""):match("^(http://%S+)\n")
-  if URL then break end
-  os.execute("sleep 0.05")
-end
-local function stop_server()
-  if server_pid then
-    os.execute("kill " .. server_pid .. " 2>/dev/null")
-    server_pid = nil
-  end
-end
+local URL, stop_server = H.start_server("hostile server", table.concat(words, " "), server_dir)
 teardown(stop_server)
-if not URL then
-  stop_server()
-  error("the hostile server did not start: " .. (H.file_bytes(server_dir .. "/err") or ""))
-end
 
 -- ---- helpers -------------------------------------------------------------------------------
 

@@ -39,25 +39,9 @@ local CLIENT_SECRET = "secret-" .. core.random_hex(12)
 
 -- ---- servers ---------------------------------------------------------------------------------
 
-local pids = {}
-teardown(function()
-  for _, pid in ipairs(pids) do os.execute("kill " .. pid .. " 2>/dev/null") end
-end)
-
--- Starts a program that prints its URL on its first line; returns the URL.
-local function start(cmd, dir)
-  local pid = tonumber(H.check_run(string.format("%s >%s 2>%s </dev/null & echo $!", cmd,
-    H.q(dir .. "/out"), H.q(dir .. "/err"))):match("%d+"))
-  pids[#pids + 1] = pid
-  for _ = 1, 200 do
-    local url = (H.file_bytes(dir .. "/out") or ""):match("^(http://%S+)\n")
-    if url then return url, pid end
-    os.execute("sleep 0.05")
-  end
-  error("did not start: " .. cmd .. "\n" .. (H.file_bytes(dir .. "/err") or ""))
-end
-
-local URL = start(H.q(PY) .. " " .. H.q(E.support .. "/hostile_text_server.py"), H.tmpdir())
+local URL, stop_server = H.start_server("hostile text server", H.q(PY) .. " " .. H.q(E.support .. "/hostile_text_server.py"),
+  H.tmpdir())
+teardown(stop_server)
 
 -- ---- checks ----------------------------------------------------------------------------------
 
@@ -291,36 +275,13 @@ end)
 -- ---- proxies ---------------------------------------------------------------------------------
 
 describe("a proxy over plain http", function()
-  local dir = H.tmpdir()
-  local log = dir .. "/tinyproxy.log"
-  local proxy
-  -- tinyproxy takes no port 0: a free port is picked, and another one if it was taken meanwhile.
-  for _ = 1, 5 do
-    local port = tonumber(H.check_run(PY .. [[ -c 'import socket; s = socket.socket(); ]]
-      .. [[s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])']]):match("%d+"))
-    H.write_file(dir .. "/tinyproxy.conf", table.concat({
-      "Port " .. port, "Listen 127.0.0.1", "Timeout 30", 'LogFile "' .. log .. '"', "LogLevel Info",
-      "MaxClients 20", "Allow 127.0.0.1", "DisableViaHeader Yes", "" }, "\n"))
-    H.check_run("chmod 0777 " .. H.q(dir))
-    os.remove(log)
-    local pid = tonumber(H.check_run("tinyproxy -d -c " .. H.q(dir .. "/tinyproxy.conf")
-      .. " >/dev/null 2>&1 </dev/null & echo $!"):match("%d+"))
-    pids[#pids + 1] = pid
-    for _ = 1, 100 do
-      if (H.file_bytes(log) or ""):find("Starting main loop", 1, true) then proxy = "http://127.0.0.1:" .. port end
-      if proxy or select(3, H.run("kill -0 " .. pid)) ~= 0 then break end
-      os.execute("sleep 0.05")
-    end
-    if proxy then break end
-    os.execute("kill " .. pid .. " 2>/dev/null")
-  end
-  assert(proxy, "tinyproxy did not start: " .. (H.file_bytes(log) or ""))
+  local tinyproxy = require("support.proxy").start()
+  teardown(function() tinyproxy:stop() end)
+  local proxy = tinyproxy.url
 
   -- The requests the proxy forwarded so far.
   local function forwarded()
-    local n = 0
-    for _ in (H.file_bytes(log) or ""):gmatch("Request %(file descriptor %d+%): ") do n = n + 1 end
-    return n
+    return tinyproxy:count()
   end
 
   local ok_url = URL .. "/ok/dicom-web"
@@ -366,7 +327,7 @@ describe("a proxy over plain http", function()
     local _, se, code = run({ "search", ok_url, "--access-token", TOKEN, "--insecure" }, { http_proxy = proxy })
     assert.are.equal(0, code, se)
     assert.are.equal(before + 1, forwarded())
-    assert.truthy(H.file_bytes(log):find("GET " .. ok_url .. "/studies", 1, true))
+    assert.truthy(H.file_bytes(tinyproxy.log):find("GET " .. ok_url .. "/studies", 1, true))
   end)
 
   it("sends what carries no credential through the proxy", function()

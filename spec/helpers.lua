@@ -260,6 +260,33 @@ function H.open_fds()
   return n
 end
 
+-- A test server of spec/support started for the spec file that calls this at its top level:
+-- `cmd` (shell words, quoted) runs in the background with its output in `dir` (out, err) and
+-- prints its URL as its first line. Returns the URL and a function that stops it, for the spec's
+-- teardown (busted's, which this module cannot see); it is stopped at once (an error naming
+-- `name` and its stderr) when no URL came within 10 s.
+function H.start_server(name, cmd, dir)
+  local pid = tonumber(H.check_run(string.format("%s >%s 2>%s </dev/null & echo $!", cmd,
+    H.q(dir .. "/out"), H.q(dir .. "/err"))):match("%d+"))
+  local url
+  for _ = 1, 200 do
+    url = (H.file_bytes(dir .. "/out") or ""):match("^(http://%S+)\n")
+    if url then break end
+    os.execute("sleep 0.05")
+  end
+  local function stop()
+    if pid then
+      os.execute("kill " .. pid .. " 2>/dev/null")
+      pid = nil
+    end
+  end
+  if not url then
+    stop()
+    error("the " .. name .. " did not start: " .. (H.file_bytes(dir .. "/err") or ""), 2)
+  end
+  return url, stop
+end
+
 -- Where text holds a JWT (three base64url pieces joined by dots, the first a JSON header: "eyJ"),
 -- or nil. Not "eyJ" alone: random folder names (mktemp's XXXXXX) can hold that.
 function H.find_jwt(text)
