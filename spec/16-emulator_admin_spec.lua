@@ -76,11 +76,7 @@ local function envelope(r, status, name, field)
   return r.json.error
 end
 
-local n_ids = 0
-local function fresh(prefix)
-  n_ids = n_ids + 1
-  return string.format("%s-%d-%d", prefix, n_ids, math.random(1, 1e6))
-end
+local fresh = H.fresh_id
 
 local function config(t) return em:control("config", t) end
 

@@ -34,27 +34,8 @@ end
 local function config(t) return em:control("config", t) end
 local function poll(op) return ok(em:api("GET", op)) end
 
-local n_ids = 0
-local function fresh(prefix)
-  n_ids = n_ids + 1
-  return string.format("%s-%d-%d", prefix, n_ids, math.random(1, 1e6))
-end
+local fresh = H.fresh_id
 
--- A dataset and a DICOM store of our own: dataset name, store name.
-local function new_store()
-  local id = fresh("ds")
-  ok(em:api("POST", LOCATION .. "/datasets", { datasetId = id }, {}))
-  local dataset = LOCATION .. "/datasets/" .. id
-  ok(em:api("POST", dataset .. "/dicomStores", { dicomStoreId = "s" }, {}))
-  return dataset, dataset .. "/dicomStores/s"
-end
-
--- A bucket of our own under the emulator's Cloud Storage directory: its name and path.
-local function new_bucket()
-  local name = "bkt-" .. math.random(1, 1e9)
-  H.check_run("mkdir -p " .. H.q(em.gcs .. "/" .. name))
-  return name, em.gcs .. "/" .. name
-end
 
 -- A name as a URL component (what urllib.parse.quote(name, safe="") makes of it).
 local function quote(s)
@@ -135,8 +116,8 @@ describe("emulator migrations: import from Cloud Storage", function()
 
   it("imports 100 matching files of which 3 are not DICOM: counters move with the polls, end 97/3 with an error, the 97 in Orthanc", function()
     config({ operation_polls = 3 })
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local study = H.fresh_uid()
     -- 97 instances across three levels (** crosses them), a DICOM file that the pattern
     -- does not match, three files that match and are no DICOM.
@@ -195,8 +176,8 @@ describe("emulator migrations: import from Cloud Storage", function()
 
   it("imports with * (one level) and ?, and a file already stored with the same bytes is a success", function()
     config({ operation_polls = 0 })
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local made = H.gen_many({ { count = 2, dir = dir .. "/x", size = 256 }, { count = 1, dir = dir .. "/x/deeper", size = 256 } })
     H.check_run("cp " .. H.q(made[1].path) .. " " .. H.q(dir .. "/x/c1.dcm") .. " && cp " .. H.q(made[1].path) .. " "
       .. H.q(dir .. "/x/c2.dcm"))
@@ -211,8 +192,8 @@ describe("emulator migrations: import from Cloud Storage", function()
 
   it("a file whose SOP Instance UID Orthanc holds with other bytes is a failure, named in the logs", function()
     config({ operation_polls = 0 })
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local f = H.gen_dicom({ count = 1, dir = dir, size = 300 })[1]
     H.orthanc_put_file(f.path)
     local other = H.gen_dicom({ count = 1, dir = H.tmpdir(), sop = f.sop_instance_uid, size = 600 })[1]
@@ -228,8 +209,8 @@ describe("emulator migrations: import from Cloud Storage", function()
 
   it("no matching file, or no such bucket: the operation ends with NOT_FOUND", function()
     config({ operation_polls = 1 })
-    local _, store = new_store()
-    local bucket = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket = em:new_bucket()
     for _, uri in ipairs({ "gs://" .. bucket .. "/nothing/**.dcm", "gs://no-such-bucket-" .. math.random(1, 1e9) .. "/x.dcm" }) do
       local o = wait(start(store .. ":import", { gcsSource = { uri = uri } }))
       assert.equal(5, o.error.code, uri)
@@ -238,7 +219,7 @@ describe("emulator migrations: import from Cloud Storage", function()
   end)
 
   it("refuses a gs:// URI without a bucket, traversal and bad names before anything is read, naming gcsSource.uri", function()
-    local _, store = new_store()
+    local _, store = em:new_dicom_store()
     local ops, reads = em:count("operations_created"), em:count("gcs_objects_read")
     for _, uri in ipairs({
       "gs://", "gs:///x.dcm", "gs://bkt", "gs://bkt/", "gs://bkt/../etc/passwd", "gs://bkt/a/../../x.dcm",
@@ -261,11 +242,11 @@ describe("emulator migrations: import from Cloud Storage", function()
 
   it("reaches nothing through a symbolic link: a linked bucket, a linked directory, a linked file", function()
     config({ operation_polls = 0 })
-    local _, store = new_store()
+    local _, store = em:new_dicom_store()
     local outside = H.tmpdir()
     local study = H.fresh_uid()
     H.gen_dicom({ count = 2, dir = outside, study = study, size = 256 })
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local linked = "linked-" .. math.random(1, 1e9)
     H.check_run(table.concat({ "ln -s", H.q(outside), H.q(em.gcs .. "/" .. linked), "&& mkdir", H.q(dir .. "/d"),
       "&& ln -s", H.q(outside), H.q(dir .. "/d/sub"), "&& for f in", H.q(outside) .. "/*.dcm",
@@ -284,8 +265,8 @@ describe("emulator migrations: import from Cloud Storage", function()
 
   it("cancel mid-import stops it: what was done stays, nothing more is imported", function()
     config({ operation_polls = 4 })
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local study = H.fresh_uid()
     H.gen_dicom({ count = 40, dir = dir, study = study, size = 256 })
     local op = start(store .. ":import", { gcsSource = { uri = "gs://" .. bucket .. "/*.dcm" } })
@@ -309,7 +290,7 @@ describe("emulator migrations: export", function()
   -- A store holding 3 instances (2 series of one study) stored through the emulator, and a file
   -- Orthanc holds that the store did not store: the store's name and the 3 entries.
   local function filled_store(opts)
-    local _, store = new_store()
+    local _, store = em:new_dicom_store()
     local study, s1, s2 = H.fresh_uid(), H.fresh_uid(), H.fresh_uid()
     local files = H.gen_many({
       { count = 2, study = study, series = s1, size = 700, ts = opts and opts.ts, accession_number = "ACC-1" },
@@ -322,7 +303,7 @@ describe("emulator migrations: export", function()
 
   it("writes each instance of the store as <prefix>/<study>/<series>/<instance>.dcm, the bytes Orthanc holds", function()
     local store, files = filled_store()
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local writes = em:count("gcs_objects_written")
     local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket .. "/out/run1" } }))
     assert.is_nil(o.error)
@@ -348,7 +329,7 @@ describe("emulator migrations: export", function()
 
   it("transcodes when mimeType names a transfer syntax; refuses other types clearly", function()
     local store, files = filled_store({ ts = "big" })
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket,
       mimeType = "application/dicom; transfer-syntax=1.2.840.10008.1.2.1" } }))
     assert.same({ success = "3" }, o.metadata.counter)
@@ -382,7 +363,7 @@ describe("emulator migrations: export", function()
       envelope(em:api("POST", store .. ":export", nil, { gcsDestination = { uriPrefix = prefix } }), 400,
         "INVALID_ARGUMENT", "gcsDestination.uriPrefix")
     end
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local outside = H.tmpdir()
     H.check_run("ln -s " .. H.q(outside) .. " " .. H.q(dir .. "/evil"))
     o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket .. "/evil" } }))
@@ -399,7 +380,7 @@ describe("emulator migrations: export", function()
     -- files[3] is alone in its series; files[1] and files[2] share one
     delete("studies/" .. files[3].study_uid .. "/series/" .. files[3].series_uid)
     delete("studies/" .. files[1].study_uid .. "/series/" .. files[1].series_uid .. "/instances/" .. files[1].sop_instance_uid)
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket } }))
     assert.is_nil(o.error)
     assert.same({ success = "1" }, o.metadata.counter)
@@ -408,12 +389,12 @@ describe("emulator migrations: export", function()
   end)
 
   it("names no object from an instance whose UIDs are not UIDs ('..' as its study): that instance fails, nothing lands outside", function()
-    local _, store = new_store()
+    local _, store = em:new_dicom_store()
     local escape = "escape-" .. math.random(1, 1e9)
     local good = H.gen_dicom({ count = 1, size = 256 })[1]
     local evil = H.gen_dicom({ count = 1, size = 256, study = "..", series = "../../" .. escape })[1]
     stow(store, { good, evil })   -- the emulator and Orthanc take it as it is
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket .. "/x" } }))
     assert.same({ success = "1", failure = "1" }, o.metadata.counter)
     assert.same({ "x/" .. good.study_uid .. "/" .. good.series_uid .. "/" .. good.sop_instance_uid .. ".dcm" },
@@ -509,7 +490,7 @@ describe("emulator migrations: de-identify", function()
 
   -- Exports a store to a fresh bucket and reads the tags of what it holds: path -> tags.
   local function held_tags(store, keywords)
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local o = wait(start(store .. ":export", { gcsDestination = { uriPrefix = "gs://" .. bucket } }))
     assert.is_nil(o.error)
     local paths = {}
@@ -518,7 +499,7 @@ describe("emulator migrations: de-identify", function()
   end
 
   it("copies each instance without the removeList's tags, under new UIDs; the source is untouched; a second time is 409", function()
-    local dataset, store = new_store()
+    local dataset, store = em:new_dicom_store()
     local files = H.gen_dicom({ count = 2, size = 400, accession_number = "ACC-9", study_description = "knee" })
     stow(store, files)
     local dest = dataset .. "/dicomStores/" .. fresh("deid")
@@ -557,7 +538,7 @@ describe("emulator migrations: de-identify", function()
   end)
 
   it("keepList keeps only those tags (and what valid DICOM needs); the profiles approximate Google's", function()
-    local dataset, store = new_store()
+    local dataset, store = em:new_dicom_store()
     stow(store, H.gen_dicom({ count = 1, size = 300, accession_number = "ACC-2", study_description = "hand" }))
     local keywords = { "PatientName", "PatientID", "AccessionNumber", "StudyDescription", "Modality", "Rows",
       "SOPClassUID", "StudyDate" }
@@ -594,7 +575,7 @@ describe("emulator migrations: de-identify", function()
   end)
 
   it("datasets.deidentify copies every DICOM store of the dataset into the new dataset's", function()
-    local dataset, store = new_store()
+    local dataset, store = em:new_dicom_store()
     ok(em:api("POST", dataset .. "/dicomStores", { dicomStoreId = "t" }, {}))
     stow(store, H.gen_dicom({ count = 2, size = 256 }))
     stow(dataset .. "/dicomStores/t", H.gen_dicom({ count = 1, size = 256 }))
@@ -612,9 +593,9 @@ describe("emulator migrations: de-identify", function()
   end)
 
   it("reads the config from gcsConfigUri; refuses a bad config naming the field, and what it does not serve with 501", function()
-    local dataset, store = new_store()
+    local dataset, store = em:new_dicom_store()
     stow(store, H.gen_dicom({ count = 1, size = 256 }))
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     H.write_file(dir .. "/deid.json", cjson.encode({ dicom = { removeList = { tags = { "PatientID" } } } }))
     local dest = dataset .. "/dicomStores/" .. fresh("g")
     local o = wait(start(store .. ":deidentify", { destinationStore = dest, gcsConfigUri = "gs://" .. bucket .. "/deid.json" }))

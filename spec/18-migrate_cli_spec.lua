@@ -23,27 +23,8 @@ end
 
 local function config(t) return em:control("config", t) end
 
-local n_ids = 0
-local function fresh(prefix)
-  n_ids = n_ids + 1
-  return string.format("%s-%d-%d", prefix, n_ids, math.random(1, 1e6))
-end
+local fresh = H.fresh_id
 
--- A dataset and a DICOM store of our own: dataset name, store name.
-local function new_store()
-  local id = fresh("ds")
-  ok(em:api("POST", LOCATION .. "/datasets", { datasetId = id }, {}))
-  local dataset = LOCATION .. "/datasets/" .. id
-  ok(em:api("POST", dataset .. "/dicomStores", { dicomStoreId = "s" }, {}))
-  return dataset, dataset .. "/dicomStores/s"
-end
-
--- A bucket of our own under the emulator's Cloud Storage directory: its name and path.
-local function new_bucket()
-  local name = "bkt-" .. math.random(1, 1e9)
-  H.check_run("mkdir -p " .. H.q(em.gcs .. "/" .. name))
-  return name, em.gcs .. "/" .. name
-end
 
 -- The command's words with the emulator's endpoint and token after `args`.
 local function words(args)
@@ -114,8 +95,8 @@ describe("healthcare import", function()
 
   it("imports 100 files of which 3 are not DICOM: progress lines, counters 97/3, the logs URL, exit 1", function()
     config({ operation_polls = 3 })
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local study = H.fresh_uid()
     H.gen_many({ { count = 60, dir = dir .. "/in", study = study, size = 400 },
       { count = 37, dir = dir .. "/in/deeper", study = study, size = 400 } })
@@ -145,8 +126,8 @@ describe("healthcare import", function()
   end)
 
   it("exit 0 when every file is imported; --no-wait prints the operation's name, and operations wait waits for it", function()
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local study = H.fresh_uid()
     H.gen_dicom({ count = 4, dir = dir, study = study, size = 300 })
     local so, se, code = hc({ "import", store, "gs://" .. bucket .. "/*.dcm", "--no-wait" })
@@ -173,8 +154,8 @@ describe("healthcare import", function()
   end)
 
   it("an operation that ends with an error: exit 1, Google's message shown printable", function()
-    local _, store = new_store()
-    local bucket = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket = em:new_bucket()
     config({ operation_error = { code = 13, message = "disk \27[31mfull\r\nreally" } })
     local _, se, code = hc({ "import", store, "gs://" .. bucket .. "/*.dcm" })
     assert.equal(1, code, se)
@@ -184,7 +165,7 @@ describe("healthcare import", function()
   end)
 
   it("refuses bad inputs before any request: gs:// without a bucket or object, no store name, a store that is none", function()
-    local dataset, store = new_store()
+    local dataset, store = em:new_dicom_store()
     local before, ops = admin_requests(), em:count("operations_created")
     for _, case in ipairs({
       { { "import", store, "gs://" }, "names no bucket" },
@@ -233,8 +214,8 @@ describe("healthcare import", function()
 
   it("Ctrl-C while waiting: exit 130, the operation's name, and it runs on to its end on the emulator", function()
     config({ operation_polls = 30 })
-    local _, store = new_store()
-    local bucket, dir = new_bucket()
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     local study = H.fresh_uid()
     H.gen_dicom({ count = 3, dir = dir, study = study, size = 256 })
     local errfile = H.tmpdir() .. "/err"
@@ -271,11 +252,11 @@ describe("healthcare export", function()
   before_each(function() config({ operation_polls = 1, operation_error = cjson.null }) end)
 
   it("to Cloud Storage: one file per instance, read back byte for byte; to BigQuery: one row each", function()
-    local _, store = new_store()
+    local _, store = em:new_dicom_store()
     local study = H.fresh_uid()
     local files = H.gen_dicom({ count = 3, study = study, size = 500 })
     stow(store, files)
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local _, se, code = hc({ "export", store, "gs://" .. bucket .. "/out/" })
     assert.equal(0, code, se)
     assert.matches("export done in %d+ s: success 3, failure 0\n", se)
@@ -290,7 +271,7 @@ describe("healthcare export", function()
       assert.equal(H.sha256(f.path), H.sha256(path))
     end
     -- in another transfer syntax: explicit VR little endian, the same instances
-    local bucket2, dir2 = new_bucket()
+    local bucket2, dir2 = em:new_bucket()
     _, se, code = hc({ "export", store, "gs://" .. bucket2, "--transfer-syntax", "1.2.840.10008.1.2.1" })
     assert.equal(0, code, se)
     local paths = {}
@@ -325,7 +306,7 @@ describe("healthcare deidentify", function()
   before_each(function() config({ operation_polls = 1, operation_error = cjson.null }) end)
 
   it("copies a store without the tags the config removes", function()
-    local dataset, store = new_store()
+    local dataset, store = em:new_dicom_store()
     local files = H.gen_dicom({ count = 2, size = 400, accession_number = "ACC-7", study_description = "knee" })
     stow(store, files)
     local cfg = H.write_file(H.tmpdir() .. "/deid.json",
@@ -334,7 +315,7 @@ describe("healthcare deidentify", function()
     local _, se, code = hc({ "deidentify", store, dest, "--config", cfg })
     assert.equal(0, code, se)
     assert.matches("deidentify done in %d+ s: success 2, failure 0\n", se)
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     _, se, code = hc({ "export", dest, "gs://" .. bucket })
     assert.equal(0, code, se)
     local paths = {}
@@ -358,8 +339,8 @@ describe("healthcare operations", function()
 
   it("list, get and cancel; waiting for a cancelled operation is exit 1", function()
     config({ operation_polls = 4 })
-    local dataset, store = new_store()
-    local bucket, dir = new_bucket()
+    local dataset, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
     H.gen_dicom({ count = 8, dir = dir, size = 256 })
     local _, so, se, code
     so, se, code = hc({ "import", store, "gs://" .. bucket .. "/*.dcm", "--no-wait" })
@@ -420,9 +401,9 @@ describe("the Lua API: healthcare.migrate and the store's import, export, deiden
   teardown(function() if client then client:close() end end)
 
   it("store:import waits and returns the response and the Operation; wait = false returns the Operation", function()
-    local _, name = new_store()
+    local _, name = em:new_dicom_store()
     local store = assert(client:dicom_store(name))
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     local study = H.fresh_uid()
     H.gen_dicom({ count = 3, dir = dir, study = study, size = 256 })
     local seen = {}
@@ -440,9 +421,9 @@ describe("the Lua API: healthcare.migrate and the store's import, export, deiden
   end)
 
   it("an import with failures: nil, err of kind operation, with the metadata's counters", function()
-    local _, name = new_store()
+    local _, name = em:new_dicom_store()
     local store = assert(client:dicom_store(name))
-    local bucket, dir = new_bucket()
+    local bucket, dir = em:new_bucket()
     H.gen_dicom({ count = 2, dir = dir, size = 256 })
     H.write_file(dir .. "/bad.dcm", "no")
     local res, err = store:import("gs://" .. bucket .. "/*.dcm", { poll_interval = 0.05 })
@@ -453,7 +434,7 @@ describe("the Lua API: healthcare.migrate and the store's import, export, deiden
   end)
 
   it("export and deidentify, and bad inputs as nil, err before any request; misuse raises", function()
-    local dataset, name = new_store()
+    local dataset, name = em:new_dicom_store()
     local store = assert(client:dicom_store(name))
     local files = H.gen_dicom({ count = 1, size = 256 })
     stow(name, files)

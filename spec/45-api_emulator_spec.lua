@@ -28,11 +28,7 @@ local function faults(rules) return em:control("faults", { rules = rules, replac
 -- API requests that reached the emulator (every status, faults included).
 local function requests() return em:count("store_requests_total") end
 
-local n_ids = 0
-local function fresh(prefix)
-  n_ids = n_ids + 1
-  return string.format("%s-%d-%d", prefix, n_ids, math.random(1, 1e6))
-end
+local fresh = H.fresh_id
 
 -- A dataset of our own, waited for; its name.
 local function new_dataset()

@@ -279,11 +279,7 @@ local LOCATION = "projects/test-project/locations/us-central1"
 local function config(t) return em:control("config", t) end
 local function requests() return em:count("store_requests_total") end
 
-local n_ids = 0
-local function fresh(prefix)
-  n_ids = n_ids + 1
-  return string.format("%s-%d-%d", prefix, n_ids, math.random(1, 1e6))
-end
+local fresh = H.fresh_id
 
 -- `healthcare projects <method> <args...>` against the emulator: stdout, stderr, exit code.
 local function projects(method, ...)

@@ -367,6 +367,14 @@ function H.gen_many(list)
     table.concat(lines, "\n") .. "\n"))
 end
 
+-- An id of our own for a dataset, store or bucket: prefix, a counter and random digits (the
+-- random part keeps the ids of spec files run against one emulator apart).
+local n_ids = 0
+function H.fresh_id(prefix)
+  n_ids = n_ids + 1
+  return string.format("%s-%d-%d", prefix, n_ids, math.random(1, 1e6))
+end
+
 -- A UID of our own that nothing holds (2.25 and random digits), for "not found" cases.
 function H.fresh_uid()
   return "2.25." .. math.random(1, 1e9) .. math.random(1, 1e9)

@@ -9,6 +9,7 @@
 --   local em = emulator.start({ gcs = true })   -- with a Cloud Storage directory of its own: em.gcs
 --   em:control("keys", {...}); em:stats(); em:count("token_requests", grant); em:stop()
 --   em:service_account(); em:authorized_user()   -- credentials it knows
+--   em:new_dicom_store(); em:new_bucket()          -- a dataset and store, a bucket, of our own
 local H = require "helpers"
 
 local M = {}
@@ -126,6 +127,32 @@ function Instance:authorized_user()
     client_id = u.client_id, client_secret = u.client_secret, refresh_token = u.refresh_token,
     token_uri = self.token_uri }))
   return u
+end
+
+--- The test bed's location at this emulator.
+Instance.LOCATION = "projects/test-project/locations/us-central1"
+
+-- An /v1 answer that must be 200: its JSON.
+local function ok(r)
+  assert(r.status == 200, "expected 200, got " .. tostring(r.status) .. ": " .. r.body)
+  return r.json
+end
+
+--- A dataset and a DICOM store ("s") of our own, made through the API: their names.
+function Instance:new_dicom_store()
+  local id = H.fresh_id("ds")
+  ok(self:api("POST", Instance.LOCATION .. "/datasets", { datasetId = id }, {}))
+  local dataset = Instance.LOCATION .. "/datasets/" .. id
+  ok(self:api("POST", dataset .. "/dicomStores", { dicomStoreId = "s" }, {}))
+  return dataset, dataset .. "/dicomStores/s"
+end
+
+--- A bucket of our own under this emulator's Cloud Storage directory (start{ gcs = true }): its
+--- name and path.
+function Instance:new_bucket()
+  local name = "bkt-" .. math.random(1, 1e9)
+  H.check_run("mkdir -p " .. H.q(self.gcs .. "/" .. name))
+  return name, self.gcs .. "/" .. name
 end
 
 function Instance:stop()
