@@ -8,10 +8,8 @@ local dicomjson = require "healthcare.dicomweb.dicomjson"
 local E = H.env
 -- This file counts the emulator's requests ("nothing was sent"): a private emulator keeps other
 -- spec files, run in parallel by ctest, out of the count.
-local em = require("support.emulator_instance").start()
+local em = require("support.emulator_instance").use_privately()
 teardown(function() em:stop() end)
-E.emulator, E.endpoint, E.store_url = em.url, em.endpoint, em.store_url
-E.token, E.api_key = E.token .. "-private", E.api_key .. "-private"
 
 local function stored_uids(res)
   local out = {}

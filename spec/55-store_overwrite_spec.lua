@@ -6,6 +6,10 @@
 -- "replaced". An unchanged instance is left alone, and without the option a 409 stays a failure.
 local H = require "helpers"
 if not H.need_testbed() then return end
+-- This file counts the emulator's deletes: a private emulator keeps other spec files, run in
+-- parallel by ctest, from seeing (or consuming) them.
+local em = require("support.emulator_instance").use_privately()
+teardown(function() em:stop() end)
 local cjson = H.json
 local healthcare = require "healthcare"
 local E = H.env

@@ -8,6 +8,10 @@
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/63-interrupt_spec.lua
 local H = require "helpers"
 if not H.need_testbed() then return end
+-- This file sets the emulator's fault rules: a private emulator keeps other spec files, run in
+-- parallel by ctest, from seeing (or consuming) them.
+local em = require("support.emulator_instance").use_privately()
+teardown(function() em:stop() end)
 
 local cjson = require "cjson"
 local core = require "healthcare.core"

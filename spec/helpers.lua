@@ -463,7 +463,8 @@ function H.emulator_reset()
   return H.emulator_control("reset", {})
 end
 
--- Replaces the shared emulator's pending fault rules with rules ({} clears them).
+-- Replaces the pending fault rules of H.env's emulator with rules ({} clears them). A file that
+-- sets them first takes an emulator of its own: emulator_instance.use_privately().
 function H.emulator_faults(rules)
   return H.emulator_control("faults", { replace = true, rules = rules })
 end

@@ -55,6 +55,20 @@ function M.start(opts)
   return self
 end
 
+--- Starts a private emulator and points H.env (and so every helper: emulator_faults,
+--- emulator_stats, service_account, ...) at it for the rest of this spec file, which stops it
+--- with teardown(function() em:stop() end). For files that count the emulator's requests or
+--- set its fault rules and config: on the shared one, other files run in parallel by ctest
+--- would see and consume them.
+function M.use_privately(opts)
+  local em = M.start(opts)
+  local E = H.env
+  E.emulator, E.endpoint, E.store_url, E.token_uri = em.url, em.endpoint, em.store_url, em.token_uri
+  E.metadata_host, E.aws_metadata = em.metadata_host, em.aws_metadata
+  E.token, E.api_key = em.token, E.api_key .. "-private"
+  return em
+end
+
 --- One API call at /v1/<path> with the curl command: verb, path, query (a map, sent sorted),
 --- body (a table sent as JSON, or a string as it is), opts.token (false: no credential) ->
 --- H.curl's result.
