@@ -33,6 +33,30 @@ static void hold_signals(sigset_t *saved)
     sigprocmask(SIG_BLOCK, &set, saved);
 }
 
+#if defined(__GNUC__)
+#  define THREAD_LOCAL __thread
+#else
+#  define THREAD_LOCAL
+#endif
+
+/* Random bytes for names, taken from RAND_bytes a batch at a time: one call per name cost the
+ * DRBG and its fork check (a getpid) per file, and a retrieve makes a file per instance. fresh:
+ * refill first (after a clash: a forked child shares the parent's batch until then). */
+static THREAD_LOCAL unsigned char name_pool[512];
+static THREAD_LOCAL size_t name_pool_left;
+
+static int name_random(unsigned char *out, size_t n, int fresh)
+{
+    if (fresh || name_pool_left < n) {
+        if (RAND_bytes(name_pool, (int)sizeof name_pool) != 1)
+            return -1;
+        name_pool_left = sizeof name_pool;
+    }
+    memcpy(out, name_pool + (sizeof name_pool - name_pool_left), n);
+    name_pool_left -= n;
+    return 0;
+}
+
 int hc_file_create_temp(const char *prefix, mode_t mode, char **path)
 {
     enum { RANDOM_BYTES = 8 };
@@ -49,7 +73,7 @@ int hc_file_create_temp(const char *prefix, mode_t mode, char **path)
     name[plen + 2 * RANDOM_BYTES] = '\0';
     /* Another file of the same name is a 2^-64 chance: a few tries cover a clash, not an attacker. */
     for (tries = 0; tries < 4 && fd < 0; tries++) {
-        if (RAND_bytes(rnd, sizeof rnd) != 1) {
+        if (name_random(rnd, sizeof rnd, tries > 0) != 0) {
             errno = EIO;
             break;
         }

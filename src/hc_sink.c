@@ -50,6 +50,8 @@ struct hc_sink {
     size_t prefix_len;             /* NULL when it could not be had */
     size_t probe_at;               /* prefix_len at which to probe it next while it streams */
     int probed;                    /* the part's UIDs are known (info): keep no more of it */
+    int deferred;                  /* the part so far is all in prefix: its file is not made yet
+                                    * (a small part is then written in one go as it ends) */
     hc_dicom_info info;
     uint32_t *uid_slots;           /* owned: the named parts by UID (index + 1), open addressing */
     size_t uid_nslots, uid_n;      /* a power of two, at least twice uid_n */
@@ -145,10 +147,38 @@ static void keep_prefix(hc_sink *k, const char *p, size_t n)
     keep = n < keep ? n : keep;
     memcpy(k->prefix + k->prefix_len, p, keep);
     k->prefix_len += keep;
-    if (k->prefix_len >= k->probe_at) {
+    if (!k->probed && k->prefix_len >= k->probe_at) {
         k->probed = probe_prefix(k, 0);
         k->probe_at *= 4;
     }
+}
+
+/* Writes n bytes to the current file. Returns 0 or -1. */
+static int write_fd(hc_sink *k, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(k->fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return io_error(k, "cannot write", k->tmp);
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int open_part(hc_sink *k);
+
+/* Makes the deferred part's file and writes what prefix holds of it. Returns 0 or -1. */
+static int spill(hc_sink *k)
+{
+    k->deferred = 0;
+    if (open_part(k) != 0)
+        return -1;
+    k->cur_size = (int64_t)k->prefix_len;
+    return write_fd(k, (const char *)k->prefix, k->prefix_len);
 }
 
 /* Writes n bytes to the current file, within the cap on one part. Returns 0 or -1. */
@@ -162,20 +192,21 @@ static int write_all(hc_sink *k, const char *p, size_t n)
         return cap_error(k, "part_too_large", "the answer is larger than %lld bytes",
                          (long long)k->max_part_bytes);
     }
+    if (k->deferred) {
+        if (n <= HC_SINK_PROBE_BYTES - k->prefix_len) {
+            keep_prefix(k, p, n);
+            k->cur_size += (int64_t)n;
+            return 0;
+        }
+        if (spill(k) != 0)
+            return -1;
+    }
     if (k->prefix != NULL && !k->probed && k->mode == HC_SINK_TO_PARTS
         && k->prefix_len < HC_SINK_PROBE_BYTES)
         keep_prefix(k, p, n);
-    while (n > 0) {
-        ssize_t w = write(k->fd, p, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return io_error(k, "cannot write", k->tmp);
-        }
-        p += w;
-        n -= (size_t)w;
-        k->cur_size += w;
-    }
+    if (write_fd(k, p, n) != 0)
+        return -1;
+    k->cur_size += (int64_t)n;
     return 0;
 }
 
@@ -183,6 +214,7 @@ static int write_all(hc_sink *k, const char *p, size_t n)
 static int close_current(hc_sink *k, int keep)
 {
     int rc = 0;
+    k->deferred = 0;
     if (k->fd >= 0) {
         if (close(k->fd) != 0 && keep)
             rc = io_error(k, "cannot write", k->tmp);
@@ -335,6 +367,10 @@ void hc_sink_name_by_uid(hc_sink *k)
 static int finish_part(hc_sink *k)
 {
     hc_part *part;
+    if (k->deferred && spill(k) != 0) {
+        close_current(k, 0);
+        return -1;
+    }
     if (close_current(k, 1) != 0)
         return -1;
     if (k->nparts == k->parts_size) {
@@ -412,6 +448,13 @@ static int on_part_begin(void *ud, const char *headers, size_t len)
     k->prefix_len = 0;
     k->probe_at = 4096;
     k->probed = 0;
+    k->cur_size = 0;
+    /* A part named by its UID starts in memory: most instances fit in the prefix, and are then
+     * written with one write as they end. */
+    if (k->name_by_uid && k->prefix != NULL) {
+        k->deferred = 1;
+        return 0;
+    }
     return open_part(k);
 }
 

@@ -38,6 +38,8 @@ end
 local function scalar(v)
   local text = cjson.encode(v)
   if text == nil then error("cannot write a " .. type(v) .. " as JSON", 3) end
+  -- (a plain find first: gsub would copy every long string even with nothing to replace)
+  if not text:find("\\/", 1, true) then return text end
   return (text:gsub("\\/", "/"))
 end
 
@@ -56,7 +58,20 @@ end
 
 local function by_text(a, b) return tostring(a) < tostring(b) end
 
+-- The keys of the last object sorted, and as a set: the objects of a list nearly always have the
+-- same keys (a report's thousands of file records), sorted once for all of them.
+local last_keys, last_set = {}, {}
+
 local function sorted_keys(t)
+  local n, same = 0, true
+  for k in pairs(t) do
+    n = n + 1
+    if not last_set[k] then
+      same = false
+      break
+    end
+  end
+  if same and n == #last_keys then return last_keys end
   local keys, all_strings = {}, true
   for k in pairs(t) do
     keys[#keys + 1] = k
@@ -64,36 +79,89 @@ local function sorted_keys(t)
   end
   -- string keys (nearly always) sort by <, the same order, with no function call per comparison
   if all_strings then table.sort(keys) else table.sort(keys, by_text) end
+  local set = {}
+  for _, k in ipairs(keys) do set[k] = true end
+  last_keys, last_set = keys, set
   return keys
 end
 
--- v as JSON; indent nil: compact, else the indentation of the line v starts on.
-local function write(v, indent)
-  if type(v) ~= "table" then return scalar(v) end
+-- The JSON of a key and the colon after it ("\"path\":"), by colon: made once per key.
+local member_cache = { [":"] = {}, [": "] = {} }
+local function member_text(k, colon)
+  local cache = member_cache[colon]
+  local text = cache[k]
+  if not text then
+    text = key_text(k) .. colon
+    if key_cache[k] then cache[k] = text end   -- kept when the key is (bounded the same way)
+  end
+  return text
+end
+
+-- Puts the pieces of v's JSON in out[n + 1], out[n + 2], ... and returns the new n (one
+-- table.concat at the end: no string is built per object or member); indent nil: compact, else
+-- the indentation of the line v starts on.
+local function write(out, n, v, indent)
+  if type(v) ~= "table" then
+    out[n + 1] = scalar(v)
+    return n + 1
+  end
   local inner = indent and (indent .. "  ")
   local open, close, sep, colon = "", "", ",", ":"
   if indent then open, close, sep, colon = "\n" .. inner, "\n" .. indent, ",\n" .. inner, ": " end
-  local parts = {}
   if is_array(v) then
-    if #v == 0 then return "[]" end
-    for i = 1, #v do parts[i] = write(v[i], inner) end
-    return "[" .. open .. table.concat(parts, sep) .. close .. "]"
+    if #v == 0 then
+      out[n + 1] = "[]"
+      return n + 1
+    end
+    n = n + 1
+    out[n] = "[" .. open
+    for i = 1, #v do
+      if i > 1 then
+        n = n + 1
+        out[n] = sep
+      end
+      n = write(out, n, v[i], inner)
+    end
+    out[n + 1] = close .. "]"
+    return n + 1
   end
-  if next(v) == nil then return "{}" end
+  if next(v) == nil then
+    out[n + 1] = "{}"
+    return n + 1
+  end
+  n = n + 1
+  out[n] = "{" .. open
   for i, k in ipairs(sorted_keys(v)) do
-    parts[i] = key_text(k) .. colon .. write(v[k], inner)
+    if i > 1 then
+      n = n + 1
+      out[n] = sep
+    end
+    local x = v[k]
+    n = n + 1
+    out[n] = member_text(k, colon)
+    if type(x) == "table" then
+      n = write(out, n, x, inner)
+    else   -- (a scalar member without a call of write: a report has tens of thousands)
+      n = n + 1
+      out[n] = scalar(x)
+    end
   end
-  return "{" .. open .. table.concat(parts, sep) .. close .. "}"
+  out[n + 1] = close .. "}"
+  return n + 1
 end
 
 --- v as compact JSON (no spaces, no newline).
 function M.encode(v)
-  return write(v, nil)
+  local out = {}
+  write(out, 0, v, nil)
+  return table.concat(out)
 end
 
 --- v as JSON for people: one member per line, two-space indentation, no final newline.
 function M.pretty(v)
-  return write(v, "")
+  local out = {}
+  write(out, 0, v, "")
+  return table.concat(out)
 end
 
 --- The value of a JSON text, or nil and why not.
