@@ -343,19 +343,24 @@ describe("a store resumed from a journal whose last records are 'sending' (a cra
     return { instances = now.instances - before.instances, posts = now.posts - before.posts }
   end
 
-  -- A journal as a run killed while these files' requests were in flight leaves it.
-  local function journal_in_flight(jpath, store_name, files)
+  -- A journal as a run killed while these files' requests were in flight leaves it: "sending"
+  -- lines with path, size and mtime (as this version writes them), or with the UIDs as well
+  -- (with_uids: as the version before wrote them).
+  local function journal_in_flight(jpath, store_name, files, with_uids)
     local j = assert(journal.open(jpath, nil, { store = store_name }))
     local list = {}
     for i, f in ipairs(files) do
       local a = assert(lfs.attributes(f.path))
-      list[i] = { entry = entry(f.path, a.size, a.modification, f.sop_instance_uid, f.study_uid), outcome = "sending" }
+      list[i] = { entry = entry(f.path, a.size, a.modification, with_uids and f.sop_instance_uid or nil,
+        with_uids and f.study_uid or nil), outcome = "sending" }
     end
     assert(j:record(list))
     j:close()
   end
 
-  it("asks the server: what it holds is journaled stored and not sent, the rest is sent", function()
+  for _, with_uids in ipairs({ false, true }) do
+  it("asks the server: what it holds is journaled stored and not sent, the rest is sent (sending lines "
+    .. (with_uids and "with UIDs, as written before" or "without UIDs: read from the files") .. ")", function()
     local dir = H.tmpdir()
     local held = H.gen_dicom({ count = 3, size = 300, dir = dir .. "/in", prefix = "held" })
     local new = H.gen_dicom({ count = 2, size = 300, dir = dir .. "/in", prefix = "new" })
@@ -366,7 +371,10 @@ describe("a store resumed from a journal whose last records are 'sending' (a cra
     local all = {}
     for _, f in ipairs(held) do all[#all + 1] = f end
     for _, f in ipairs(new) do all[#all + 1] = f end
-    journal_in_flight(jpath, st.name, all)
+    journal_in_flight(jpath, st.name, all, with_uids)
+    for _, t in ipairs(H.journal_lines(jpath)) do
+      if t.outcome then assert.equal(with_uids, t.sop_instance_uid ~= nil) end
+    end
     local before = sent()
     local r = assert(st:store(dir .. "/in", { journal = jpath }))
     assert.same({ in_flight = 5, found = 3 }, r.journal.in_flight)
@@ -398,6 +406,7 @@ describe("a store resumed from a journal whose last records are 'sending' (a cra
     st:close()
     orthanc:close()
   end)
+  end
 
   it("sends them all when the server cannot be asked (nothing lost)", function()
     local dir = H.tmpdir()

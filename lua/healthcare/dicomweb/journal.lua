@@ -6,7 +6,8 @@
 -- Lines, format 2 (README "Migrating an archive"):
 --   {"journal":"healthcare","version":2,"time":...,"store":...,"shard":...}   one per run
 --   {"time":...}                          before records, whenever the second has changed
---   ["sending",path,size,mtime,sop_instance_uid,study_uid]  one per instance, before its request
+--   ["sending",path,size,mtime]          one per instance, before its request (before 2026-12-03
+--                                        with the two UIDs as well: still read)
 --   ["stored"|"failed",path,size,mtime,sop_instance_uid,study_uid(,reason)]  one per instance
 -- A record is an array in the order of M.FIELDS: no field name repeated on every line (format 1
 -- wrote each record as an object with its names and its own time; it is still read, and a
@@ -328,7 +329,9 @@ end
 
 --- The files an earlier run journaled as "sending" and nothing after (a crash came while their
 --- request was in flight) that still have the size and mtime recorded: { { path, size, mtime,
---- sop_instance_uid, study_uid }, ... } (read back from their lines), or nil, err.
+--- sop_instance_uid, study_uid }, ... } (the UIDs read back from the file, the same as it was
+--- sent; from the line when it has them), or nil, err. A file whose UIDs cannot be read has
+--- none: it is sent again.
 function Journal:in_flight()
   if not self.w then error("attempt to use a closed journal", 2) end
   local list = {}
@@ -339,6 +342,13 @@ function Journal:in_flight()
       local l, err = self:line_at(offset)
       if not l then return nil, err end
       local r = record_of(cjson.decode(l) or {})
+      if not (r.sop_instance_uid and r.study_uid) then
+        local info = core.dicom_probe(key)
+        if info then
+          r.sop_instance_uid = info.sop_instance_uid or info.media_sop_instance_uid
+          r.study_uid = info.study_uid
+        end
+      end
       list[#list + 1] = { path = key, size = size, mtime = mtime, sop_instance_uid = r.sop_instance_uid,
         study_uid = r.study_uid }
     end
