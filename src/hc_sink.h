@@ -49,7 +49,9 @@ hc_sink *hc_sink_new(int kind, const char *path, int64_t max_bytes, int64_t max_
                      int64_t max_part_bytes);
 /* A directory sink that names each part of a multipart answer by its SOP Instance UID as the
  * part ends, while the answer streams: the part's first bytes (up to HC_SINK_PROBE_BYTES) are
- * kept as they are written and probed in memory (hc_dicom_probe_mem); when the probe succeeds
+ * kept in memory and probed there (hc_dicom_probe_mem); a part no larger than that makes its
+ * temporary file only as it ends, with one write, a larger one when it outgrows the prefix (a
+ * part cut off by an error has made no file then). When the probe succeeds
  * within them, the UID (the data set's, else the File Meta's) is a valid UID (digits and dots,
  * 1 to 64 characters, no empty component) and no earlier part of this answer had it, the
  * part's temporary file is renamed to <dir>/<UID>.dcm (replacing a file of that name, never
