@@ -103,7 +103,8 @@ local HANDLERS = [[
                 local cjson = require "cjson.safe"
                 local a = ngx.req.get_uri_args()
                 local client = assert(require("healthcare").new { credentials = false, transport = a.transport,
-                  idle_timeout = tonumber(a.idle), insecure = a.insecure == "1" })
+                  idle_timeout = tonumber(a.idle), insecure = a.insecure == "1", proxy = a.proxy,
+                  no_proxy = a.no_proxy, ca_file = a.ca_file })
                 local req = { url = a.url, max_response_bytes = tonumber(a.max) }
                 if a.dir then req.sink = { dir = a.dir, max_parts = tonumber(a.max_parts) } end
                 if a.file then req.sink = { file = a.file } end
@@ -483,6 +484,99 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
         local out = send("&insecure=1")
         assert.equal(401, out.status)    -- no credentials sent: the emulator's answer, through TLS
       end
+    end)
+  end)
+
+  describe("through a proxy (Debian's tinyproxy), as the libcurl transport goes", function()
+    local proxy = require "support.proxy"
+    local tls, gw4, p, ca_file
+    local function esc(v)
+      return (v:gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+    end
+    setup(function()
+      tls = require("support.tls_server").start { upstream = emu.url }
+      p = proxy.start()
+      -- libcurl reads its CA file in the worker, which runs as nobody: a copy it can read
+      ca_file = "/tmp/hc-spec71-ca-" .. math.random(1, 1e9) .. ".pem"
+      H.write_file(ca_file, H.file_bytes(tls.ca_file))
+      H.check_run("chmod 0644 " .. H.q(ca_file))
+      gw4 = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "        location / {", HANDLERS },
+          { "lua_ssl_trusted_certificate /etc/ssl/certs/ca-certificates.crt;",
+            "lua_ssl_trusted_certificate " .. tls.ca_file .. ";" } } })
+    end)
+    teardown(function()
+      for _, x in ipairs({ gw4, p, tls }) do x:stop() end
+      if ca_file then os.remove(ca_file) end
+    end)
+
+    -- /t/send of url through proxy_url (extra: more query) under one transport: its JSON.
+    local function send(transport, url, proxy_url, extra)
+      local r = H.curl({ "-m", "30", gw4.url .. "/t/send?message=1&transport=" .. transport .. "&ca_file="
+        .. esc(ca_file) .. "&proxy=" .. esc(proxy_url) .. "&url=" .. esc(url) .. (extra or "") })
+      assert.equal(200, r.status, r.body .. gw4:log())
+      return assert(r.json, r.body)
+    end
+    -- The same under both transports, with the message left out of the comparison.
+    local function both(url, proxy_url, extra)
+      local outs = {}
+      for _, transport in ipairs({ "ngx", "curl" }) do
+        outs[transport] = send(transport, url, proxy_url, extra)
+      end
+      local messages = { ngx = outs.ngx.message, curl = outs.curl.message }
+      outs.ngx.message, outs.curl.message = nil, nil
+      assert.same(outs.curl, outs.ngx)
+      return outs.ngx, messages
+    end
+
+    it("https through a CONNECT tunnel, the server's certificate verified for its name (the proxy resolves it)", function()
+      local target = "localhost:" .. tls.port
+      local before = p:count("CONNECT")
+      local out = both("https://" .. target .. "/v1/" .. N.STORE .. "/dicomWeb/studies", p.url)
+      assert.equal(401, out.status) -- the emulator's answer, through the tunnel (no credentials sent)
+      assert.equal(before + 2, p:count("CONNECT"))
+      local seen = 0
+      for _, q in ipairs(p:requests()) do if q.method == "CONNECT" and q.target == target then seen = seen + 1 end end
+      assert.equal(2, seen)
+    end)
+
+    it("plain http as an absolute-form request to the proxy; NO_PROXY goes around it", function()
+      local url = emu.url .. "/v1/" .. N.STORE .. "/dicomWeb/studies"
+      local before = p:count()
+      local out = both(url, p.url)
+      assert.equal(401, out.status)
+      assert.equal(before + 2, p:count())
+      local last = p:requests()[p:count()]
+      assert.equal("GET", last.method)
+      assert.equal(url, last.target)
+      out = both(url, p.url, "&no_proxy=127.0.0.1")
+      assert.equal(401, out.status)
+      assert.equal(before + 2, p:count()) -- direct: the proxy saw nothing more
+    end)
+
+    it("a proxy that refuses the tunnel, or a password: status 'proxy' under both, no secret shown", function()
+      local q = proxy.start { connect_ports = { 443 } }
+      local password = "pw-" .. math.random(1, 1e6)
+      local a = proxy.start { user = "alice", password = password }
+      finally(function() q:stop() a:stop() end)
+      local url = "https://localhost:" .. tls.port .. "/v1/" .. N.STORE .. "/dicomWeb/studies"
+      local out, messages = both(url, q.url)
+      assert.same({ "transport", "proxy" }, { out.kind, out.status })
+      assert.truthy(messages.ngx:find("CONNECT", 1, true), messages.ngx)
+      -- the right password passes, a wrong one is refused (407); the password is never shown
+      out = both(url, "http://alice:" .. password .. "@" .. a.url:match("//(.*)$"))
+      assert.equal(401, out.status)
+      out, messages = both(url, "http://alice:wrong-" .. password .. "@" .. a.url:match("//(.*)$"))
+      assert.same({ "transport", "proxy" }, { out.kind, out.status })
+      -- (tinyproxy answers a wrong password with 401, not 407)
+      assert.truthy(messages.ngx:find("answered CONNECT localhost:%d+ with 40[17]"), messages.ngx)
+      for _, m in pairs(messages) do assert.is_nil(m:find(password, 1, true), m) end
+    end)
+
+    it("an https:// proxy is refused by name inside nginx (usage), before anything is sent", function()
+      local out = send("ngx", "https://localhost:" .. tls.port .. "/", "https://127.0.0.1:9")
+      assert.same({ "usage", "proxy" }, { out.kind, out.status })
+      assert.truthy(out.message:find("http:// only", 1, true), out.message)
     end)
   end)
 end)

@@ -544,6 +544,10 @@ static void curl_failure(hc_transfer *t, hc_failure *f)
         snprintf(f->message, sizeof f->message, "Operation timed out: not done within the timeout "
                  "of %.3g s", (double)t->timeout_ms / 1000.0);
     } else {
+        long connect_code = 0;
+        curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &connect_code);
+        if (connect_code >= 300) /* a proxy that answered CONNECT with a refusal */
+            f->status = "proxy";
         snprintf(f->message, sizeof f->message, "%s", why);
     }
 }

@@ -14,13 +14,17 @@
 -- result, progress, close) and its answers and errors are the same values, so Client, the store,
 -- client:call and everything above them do not know which one runs. HTTP/1.1 only, connections
 -- kept in nginx's cosocket pool; TLS verified against lua_ssl_trusted_certificate; hostnames
--- resolved by nginx's `resolver`; no proxies (HTTPS_PROXY is libcurl's). Compression is not
--- asked for (Accept-Encoding: identity).
+-- resolved by nginx's `resolver`. Proxies as the libcurl transport takes them (the proxy and
+-- no_proxy options, else the environment's variables by libcurl's rules, util.proxy_for), over
+-- http:// only: https goes through a CONNECT tunnel (the proxy resolves the name), plain http as
+-- an absolute-form request; a user:password in the proxy's URL is sent as Basic authentication.
+-- Compression is not asked for (Accept-Encoding: identity).
 --
 -- A phase that cannot yield (init, init_worker, set, header_filter, body_filter, log, balancer)
 -- gets nil, err (kind "usage", status "phase") at once: never a silent block of the worker.
 local core = require "healthcare.core"
 local errors = require "healthcare.errors"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -110,7 +114,13 @@ Exchange.__index = Exchange
 -- The request head: request line, Host, User-Agent, the caller's headers, framing.
 function Exchange:head(length)
   local r = self.r
-  local lines = { string.format("%s %s HTTP/1.1", r.method or "GET", self.target), "Host: " .. self.authority }
+  local target = self.target
+  -- through a proxy, plain http names the whole URL (RFC 9112 3.2.2) and carries the proxy's
+  -- credential; https went through a tunnel and speaks to the server itself
+  local via = self.proxy and self.scheme == "http" and self.proxy or nil
+  if via then target = "http://" .. self.authority .. target end
+  local lines = { string.format("%s %s HTTP/1.1", r.method or "GET", target), "Host: " .. self.authority }
+  if via and via.authorization then lines[#lines + 1] = "Proxy-Authorization: " .. via.authorization end
   local have = {}
   for _, h in ipairs(r.headers or {}) do
     if h:find("[\r\n%z]") then return nil end
@@ -164,14 +174,60 @@ function Exchange:socket_fail(step, why)
   return fail("transport", socket_status(step, why), self.r, "%s failed: %s", step, tostring(why))
 end
 
+-- Opens a tunnel to the server through the proxy: CONNECT, and its answer read (bounded: a
+-- hostile proxy's endless header is cut). Returns true, or nil, err.
+function Exchange:tunnel()
+  local p, sock = self.proxy, self.sock
+  local to = self.host:find(":", 1, true) and ("[" .. self.host .. "]:" .. self.port) or (self.host .. ":" .. self.port)
+  local head = { "CONNECT " .. to .. " HTTP/1.1", "Host: " .. to }
+  if p.authorization then head[#head + 1] = "Proxy-Authorization: " .. p.authorization end
+  head[#head + 1] = "\r\n"
+  local ok, why = sock:send(table.concat(head, "\r\n"))
+  if not ok then return self:socket_fail("connect", why) end
+  local line, rerr = sock:receive("*l")
+  if not line then return self:socket_fail("connect", rerr) end
+  local code, reason = line:match("^HTTP/1%.%d (%d%d%d) ?(.*)$")
+  local bytes = #line
+  while true do -- the rest of the answer's head, up to its empty line
+    local h, herr = sock:receive("*l")
+    if not h then return self:socket_fail("connect", herr) end
+    bytes = bytes + #h + 2
+    if h == "" then break end
+    if bytes > M.MAX_HEADER_BYTES then
+      sock:close()
+      return fail("transport", "proxy", self.r, "the proxy %s answered CONNECT with a header past %d bytes",
+        p.shown, M.MAX_HEADER_BYTES)
+    end
+  end
+  if not code then
+    sock:close()
+    return fail("transport", "proxy", self.r, "the proxy %s did not answer CONNECT in HTTP (%s)", p.shown,
+      util.printable(line:sub(1, 80)))
+  end
+  code = tonumber(code)
+  if code < 200 or code > 299 then
+    sock:close()
+    return fail("transport", "proxy", self.r, "the proxy %s answered CONNECT %s with %d %s", p.shown, to, code,
+      util.printable(reason:sub(1, 200)))
+  end
+  return true
+end
+
 function Exchange:connect()
-  local s = self.session
+  local s, p = self.session, self.proxy
   local sock = ngx.socket.tcp()
   self.sock = sock
   sock:settimeouts(s.connect_ms, s.idle_ms, s.idle_ms)
-  local pool = string.format("healthcare:%s:%s:%d:%s", self.scheme, self.host, self.port, s.insecure and "i" or "v")
-  local ok, why = sock:connect(self.host, self.port, { pool = pool, pool_size = M.POOL_SIZE })
+  -- One pool per server, verification, and proxy (a tunnel is a connection to its server)
+  local pool = string.format("healthcare:%s:%s:%d:%s%s", self.scheme, self.host, self.port, s.insecure and "i" or "v",
+    p and (":via:" .. p.host .. ":" .. p.port .. ":" .. p.key) or "")
+  local ok, why = sock:connect(p and p.host or self.host, p and p.port or self.port,
+    { pool = pool, pool_size = M.POOL_SIZE })
   if not ok then return self:socket_fail("connect", why) end
+  if p and self.scheme == "https" and sock:getreusedtimes() == 0 then
+    local opened, terr = self:tunnel()
+    if not opened then return nil, terr end
+  end
   if self.scheme == "https" and sock:getreusedtimes() == 0 then
     -- lua-resty-core 0.1.25 (Debian 12) raises "assertion failed!" instead of returning the
     -- error when a verification fails during a handshake that completed at once: that is a
@@ -443,8 +499,38 @@ function M.session(opts, cred)
     idle_ms = math.floor((opts.idle_timeout and opts.idle_timeout > 0 and opts.idle_timeout or 300) * 1000),
     timeout = opts.timeout,
     insecure = opts.insecure == true,
+    proxy_settings = { proxy = opts.proxy, no_proxy = opts.no_proxy },
     running = {},
   }, Session)
+end
+
+-- The proxy r.url goes through ({ host, port, authorization, key (of the pool), shown }), or
+-- nil; or false, err for a proxy this transport cannot use.
+local function proxy_for(self, r)
+  local url, variable = util.proxy_for(r.url, nil, self.proxy_settings)
+  if not url then return nil end
+  local shown = util.redact_proxy(url) .. " (from " .. variable .. ")"
+  local scheme, rest = url:match("^(%a[%w+.-]*)://(.*)$")
+  if not scheme then scheme, rest = "http", url end -- a bare host:port is an http proxy, as for curl
+  if scheme:lower() ~= "http" then
+    return false, select(2, fail("usage", "proxy", r, "the proxy %s: inside nginx, proxies are reached over "
+      .. "http:// only", shown))
+  end
+  local authority = rest:match("^[^/?#]*")
+  local userinfo, hostport = authority:match("^(.*)@(.*)$")
+  hostport = hostport or authority
+  local host, port = hostport:match("^%[([%x:.]+)%]:?(%d*)$")
+  if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
+  if not host then
+    return false, select(2, fail("usage", "proxy", r, "the proxy %s is not a host[:port]", shown))
+  end
+  local p = { host = host, port = tonumber(port) or 1080, shown = shown, key = "" }
+  if userinfo then
+    local user, password = userinfo:match("^([^:]*):?(.*)$")
+    p.authorization = "Basic " .. ngx.encode_base64(ngx.unescape_uri(user) .. ":" .. ngx.unescape_uri(password))
+    p.key = ngx.md5(p.authorization) -- connections of one proxy user are not another's
+  end
+  return p
 end
 
 local function new_exchange(self, r)
@@ -458,20 +544,24 @@ local function new_exchange(self, r)
   return x
 end
 
--- nil, err when this request cannot go (closed session, a phase that cannot yield, a URL that is not http(s)).
+-- nil, err when this request cannot go (closed session, a phase that cannot yield, a URL that is
+-- not http(s), a proxy it cannot use); else the proxy to go through (false: none).
 local function refuse(self, r)
   if self.closed then return fail("transport", "abandoned", r, "the session is closed") end
   if not M.can_yield() then return M.phase_error((r.method or "GET") .. " " .. r.url) end
   if not split_url(r.url) then return fail("usage", "url", r, "not an http(s) URL this transport can reach") end
-  return nil
+  local p, perr = proxy_for(self, r)
+  if p == false then return nil, perr end
+  return p or false
 end
 
 --- One request, waited for (the running coroutine yields to nginx meanwhile). r as core's.
 function Session:request(r)
-  local _, err = refuse(self, r)
+  local proxy, err = refuse(self, r)
   if err then return nil, err end
   ngx.update_time()
   local x = new_exchange(self, r)
+  x.proxy = proxy or nil
   x.on_progress = r.on_progress
   return x:run()
 end
@@ -482,10 +572,11 @@ Transfer.__name = "healthcare.NgxTransfer"
 
 --- Starts a request in a light thread (ngx.thread): poll it with wait().
 function Session:start(r)
-  local _, err = refuse(self, r)
+  local proxy, err = refuse(self, r)
   if err then return nil, err end
   ngx.update_time()
   local t = setmetatable({ session = self, x = new_exchange(self, r) }, Transfer)
+  t.x.proxy = proxy or nil
   self.running[t] = true
   self.sema = self.sema or require("ngx.semaphore").new()
   t.thread = ngx.thread.spawn(function()
