@@ -272,5 +272,18 @@ describe("the healthcare command", function()
       "--endpoint", url("good", "/v1") })
     assert.equal(1, code, se)
     assert.truthy(se:find(REASON.unknown_ca, 1, true), se)
+    -- --ca-file and --insecure as the friendly commands have them: through TLS to the server
+    -- (Orthanc, which knows no /v1 path: its 404 shows the request reached it)
+    for _, extra in ipairs({ { "--ca-file", CA, url("good", "/v1") }, { "--insecure", url("expired", "/v1") } }) do
+      local args = { "projects", "locations-datasets-dicom-stores-studies-store-instances", E.store, "studies", "-r",
+        ".", "content-type=application/dicom", "data=@" .. f.path, "-p", "access-token=t", extra[1] }
+      if #extra == 3 then args[#args + 1] = extra[2] end
+      args[#args + 1] = "--endpoint"
+      args[#args + 1] = extra[#extra]
+      _, se, code = run(args)
+      assert.equal(2, code, se) -- a store the server does not know: exit 2
+      assert.is_nil(se:find("certificate", 1, true), se)
+      assert.truthy(se:find("404", 1, true), se)
+    end
   end)
 end)

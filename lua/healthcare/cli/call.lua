@@ -26,7 +26,7 @@ M.MAX_STDOUT_BYTES = 1024 * 1024 * 1024
 local function client_options(cmd)
   return { endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
     token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
-    impersonate = cmd.impersonate, proxy = cmd.proxy }
+    impersonate = cmd.impersonate, proxy = cmd.proxy, ca_file = cmd.ca_file, insecure = cmd.insecure }
 end
 
 -- The store of the call's <parent> (a store of its own, which store:close() closes with its client),

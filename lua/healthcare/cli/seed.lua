@@ -512,6 +512,11 @@ seed.global_options = {
     help = "Act as this service account, with a token asked of IAM Credentials with the credential given." },
   { long = "--proxy", arg = "<url>", key = "proxy",
     help = "HTTP(S) proxy for every request, instead of the *_proxy variables ('' for none)." },
+  { long = "--ca-file", arg = "<file>", key = "ca_file",
+    help = "CA certificates (PEM) to verify the server with." },
+  { long = "--insecure", key = "insecure",
+    help = "Allow insecure transport: do not verify TLS certificates, and let a credential go to a "
+      .. "plain-http server through a proxy (testing only)." },
   { long = "--no-token-cache", key = "no_token_cache",
     help = "Neither read nor write cached access tokens." },
   { long = "--timeout", arg = "<seconds>", key = "timeout",
@@ -777,13 +782,14 @@ local function apply_option(cmd, rv, state, key, value)
       state.seen_scope[value] = true
       cmd.scopes[#cmd.scopes + 1] = value
     end
-  elseif key == "endpoint" or key == "credentials" or key == "output" or key == "impersonate" or key == "proxy" then
+  elseif key == "endpoint" or key == "credentials" or key == "output" or key == "impersonate" or key == "proxy"
+      or key == "ca_file" then
     cmd[key] = value
   elseif key == "timeout" then
     local n, msg = timeout_value(value)
     if not n then return nil, msg end
     cmd.timeout = n
-  elseif key == "debug" or key == "wait" or key == "all" then
+  elseif key == "debug" or key == "wait" or key == "all" or key == "insecure" then
     cmd[key] = true
   elseif key == "no_token_cache" then
     cmd.token_cache = false
