@@ -154,46 +154,44 @@ local function run_import(client, name, uri, opts)
   return start(client, DS .. kind .. ".import", name, body, opts)
 end
 
--- The body of a DICOM store's export to `destination`, or nil, err.
-local function dicom_export_body(destination, opts)
+-- The destination of an export, checked: { bigqueryDestination = ... } for bq:// (a DICOM store
+-- exports to a table, a FHIR store to a dataset: `fhir`), else { gcsDestination = ... }; or nil,
+-- err. extra: fields of the destination's table (the DICOM MIME type, the FHIR schema).
+local function export_destination(destination, opts, fhir, bq_extra, gcs_extra)
   if destination:sub(1, 5) == "bq://" then
-    if opts.mime_type then return usage("export: a MIME type applies to a Cloud Storage destination") end
-    local ok, err = M.check_bq(destination)
+    local ok, err = M.check_bq(destination, fhir)
     if not ok then return nil, err end
     if opts.write_disposition then
       ok, err = one_of(opts.write_disposition, M.WRITE_DISPOSITIONS, "write disposition")
       if not ok then return nil, err end
     end
-    return { bigqueryDestination = { tableUri = destination, force = opts.force,
-      writeDisposition = opts.write_disposition } }
+    local bq = { force = opts.force, writeDisposition = opts.write_disposition }
+    bq[fhir and "datasetUri" or "tableUri"] = destination
+    for k, v in pairs(bq_extra or {}) do bq[k] = v end
+    return { bigqueryDestination = bq }
   end
   if opts.force ~= nil or opts.write_disposition then
     return usage("export: force and write_disposition apply to a BigQuery destination (bq://...)")
   end
   local ok, err = M.check_gs(destination, false)
   if not ok then return nil, err end
-  return { gcsDestination = { uriPrefix = destination, mimeType = opts.mime_type } }
+  local gcs = { uriPrefix = destination }
+  for k, v in pairs(gcs_extra or {}) do gcs[k] = v end
+  return { gcsDestination = gcs }
+end
+
+-- The body of a DICOM store's export to `destination`, or nil, err.
+local function dicom_export_body(destination, opts)
+  if opts.mime_type and destination:sub(1, 5) == "bq://" then
+    return usage("export: a MIME type applies to a Cloud Storage destination")
+  end
+  return export_destination(destination, opts, false, nil, { mimeType = opts.mime_type })
 end
 
 -- The body of a FHIR store's export to `destination`, or nil, err.
 local function fhir_export_body(destination, opts)
   if opts.mime_type then return usage("export: a MIME type applies to a DICOM store") end
-  if destination:sub(1, 5) == "bq://" then
-    local ok, err = M.check_bq(destination, true)
-    if not ok then return nil, err end
-    if opts.write_disposition then
-      ok, err = one_of(opts.write_disposition, M.WRITE_DISPOSITIONS, "write disposition")
-      if not ok then return nil, err end
-    end
-    return { bigqueryDestination = { datasetUri = destination, force = opts.force,
-      writeDisposition = opts.write_disposition, schemaConfig = { schemaType = "ANALYTICS_V2" } } }
-  end
-  if opts.force ~= nil or opts.write_disposition then
-    return usage("export: force and write_disposition apply to a BigQuery destination (bq://...)")
-  end
-  local ok, err = M.check_gs(destination, false)
-  if not ok then return nil, err end
-  return { gcsDestination = { uriPrefix = destination } }
+  return export_destination(destination, opts, true, { schemaConfig = { schemaType = "ANALYTICS_V2" } })
 end
 
 -- Export a DICOM or FHIR store to Cloud Storage (gs://BUCKET/prefix) or BigQuery (bq://...):
