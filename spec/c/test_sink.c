@@ -371,6 +371,81 @@ static void test_name_by_uid(tstate *t)
     hc_sink_free(k);
 }
 
+/* A named part no larger than HC_SINK_PROBE_BYTES is held in memory and makes its file only as
+ * it ends (one write); a larger one makes it once it outgrows them; one cut off while in memory
+ * leaves no file at all. */
+static void test_deferred(tstate *t)
+{
+    static unsigned char file[200 * 1024], back[200 * 1024];
+    static char body[400 * 1024];
+    char dir[600], path[800];
+    size_t len = 0, n_small, n_big, i, cut;
+    const hc_part *p;
+    struct stat st;
+    hc_sink *k;
+    FILE *f;
+    fresh_dir(t, "deferred", dir, sizeof dir);
+    n_small = dicom_file(file, sizeof file, "1.2.3.4.5.21", 3000);
+    add_part(body, &len, file, n_small);
+    k = hc_sink_new(HC_SINK_DIR, dir, 0, 0, 0);
+    hc_sink_name_by_uid(k);
+    hc_sink_decide(k, 200, MULTIPART);
+    for (i = 0; i + 500 < len; i += 500)
+        hc_sink_write(k, body + i, 500);
+    check(t, entries(dir) == 0, "a small part in flight has no file yet: %d", entries(dir));
+    hc_sink_write(k, body + i, len - i);
+    hc_sink_write(k, "--b0--\r\n", 8);
+    check(t, hc_sink_end(k, 1) == 0 && hc_sink_nparts(k) == 1, "one part");
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.21.dcm", dir);
+    p = hc_sink_part(k, 0);
+    check(t, p != NULL && strcmp(p->path, path) == 0 && p->size == (int64_t)n_small, "named whole");
+    check(t, stat(path, &st) == 0 && st.st_size == (off_t)n_small && entries(dir) == 1, "its file alone");
+    hc_sink_free(k);
+
+    /* a part past the 64 KiB: its file appears once it outgrows them, whole in the end */
+    len = 0;
+    n_big = dicom_file(file, sizeof file, "1.2.3.4.5.22", 0);
+    /* then Pixel Data, 150,000 bytes: the UIDs in the first bytes, the part past 64 KiB */
+    memcpy(file + n_big, "\xe0\x7f\x10\x00OB\0\0\xf0\x49\x02\x00", 12);
+    for (i = 0; i < 150000; i++)
+        file[n_big + 12 + i] = (unsigned char)(i * 7);
+    n_big += 12 + 150000;
+    add_part(body, &len, file, n_big);
+    memcpy(body + len, "--b0--\r\n", 8);
+    len += 8;
+    k = hc_sink_new(HC_SINK_DIR, dir, 0, 0, 0);
+    hc_sink_name_by_uid(k);
+    hc_sink_decide(k, 200, MULTIPART);
+    hc_sink_write(k, body, 60000);
+    check(t, entries(dir) == 0, "under 64 KiB: no file yet");
+    hc_sink_write(k, body + 60000, 40000);
+    check(t, entries(dir) == 1, "past 64 KiB: its temporary file");
+    hc_sink_write(k, body + 100000, len - 100000);
+    check(t, hc_sink_end(k, 1) == 0 && hc_sink_nparts(k) == 1, "one big part");
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.22.dcm", dir);
+    f = fopen(path, "rb");
+    check(t, f != NULL && fread(back, 1, sizeof back, f) == n_big && memcmp(back, file, n_big) == 0,
+          "the big part's file holds its bytes");
+    if (f != NULL)
+        fclose(f);
+    hc_sink_free(k);
+    check(t, entries(dir) == 0, "removed with the sink");
+
+    /* cut off while in memory, and a part over the cap on one part: no file either way */
+    for (cut = 0; cut < 2; cut++) {
+        len = 0;
+        add_part(body, &len, file, n_small);
+        k = hc_sink_new(HC_SINK_DIR, dir, 0, 0, cut ? 1000 : 0);
+        hc_sink_name_by_uid(k);
+        hc_sink_decide(k, 200, MULTIPART);
+        hc_sink_write(k, body, cut ? len : 2000);
+        check(t, hc_sink_end(k, 1) != 0, "%s: an error", cut ? "over the cap" : "cut off");
+        check(t, hc_sink_nparts(k) == 0 && entries(dir) == 0, "%s: no part, no file (%d)",
+              cut ? "over the cap" : "cut off", entries(dir));
+        hc_sink_free(k);
+    }
+}
+
 int main(void)
 {
     tstate t;
@@ -387,6 +462,7 @@ int main(void)
     test_caps(&t);
     test_errors(&t);
     test_name_by_uid(&t);
+    test_deferred(&t);
     {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", t.dir);
