@@ -22,6 +22,8 @@ describe("healthcare.cli.json", function()
       '{\n  "1": "x",\n  "3": "z"\n}' },
     { "escapes kept, but '/'", { path = "a/b\n\"c\"\\/" }, '{"path":"a/b\\n\\"c\\"\\\\/"}',
       '{\n  "path": "a/b\\n\\"c\\"\\\\/"\n}' },
+    { "a raw text as it is", { b = json.raw('{"x":1}'), a = json.array({ json.raw("[2]") }) },
+      '{"a":[[2]],"b":{"x":1}}', '{\n  "a": [\n    [2]\n  ],\n  "b": {"x":1}\n}' },
   }
   for _, c in ipairs(cases) do
     it("writes " .. c[1], function()
@@ -32,6 +34,12 @@ describe("healthcare.cli.json", function()
       if type(c[2]) ~= "table" then assert.equal(c[2], back) end
     end)
   end
+
+  it("writes a string alone as it writes it inside a value (json.string)", function()
+    for _, v in ipairs({ "a/b", "x\n\"y\"\\/z", "é/\1", "" }) do
+      assert.equal(json.encode({ v }), "[" .. json.string(v) .. "]")
+    end
+  end)
 
   it("marks a list without changing a table that has a metatable of its own", function()
     local mt = {}

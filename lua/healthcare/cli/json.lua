@@ -23,6 +23,22 @@ function M.array(t)
   return setmetatable(t, ARRAY_MT)
 end
 
+-- The mark of a text that is JSON already (json.raw): written as it is.
+local RAW_MT = { __name = "healthcare.cli.json.raw" }
+
+--- A JSON text (the caller's: it is not checked) to be written as it is where a value goes, for
+--- records a caller can write faster than the general writer (a report's thousands of files).
+function M.raw(text)
+  return setmetatable({ text = text }, RAW_MT)
+end
+
+--- A string's JSON text, as the writer makes it ("/" not escaped).
+function M.string(s)
+  local text = cjson.encode(s)
+  if not text:find("\\/", 1, true) then return text end
+  return (text:gsub("\\/", "/"))
+end
+
 local function is_array(t)
   local mt = getmetatable(t)
   if mt == ARRAY_MT or (mt ~= nil and mt == cjson.empty_array_mt) then return true end
@@ -103,6 +119,10 @@ end
 local function write(out, n, v, indent)
   if type(v) ~= "table" then
     out[n + 1] = scalar(v)
+    return n + 1
+  end
+  if getmetatable(v) == RAW_MT then
+    out[n + 1] = v.text
     return n + 1
   end
   local inner = indent and (indent .. "  ")

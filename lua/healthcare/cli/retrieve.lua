@@ -155,11 +155,21 @@ local function missing_instances(store, t, files, kept)
   return missing
 end
 
+-- A file's record as json.encode writes it (keys sorted), made here with one format: a
+-- retrieve may list a hundred thousand. A SOP Instance UID is digits and dots (checked when the
+-- file was named), so it needs no escaping; a record with a warning goes the general way.
+local function file_record(f)
+  if f.warning == nil and math.type(f.size) == "integer" and type(f.sop_instance_uid) == "string"
+      and not f.sop_instance_uid:find("[^%d.]") then
+    return json.raw(string.format('{"path":%s,"size":%d,"sop_instance_uid":"%s"}', json.string(f.path), f.size,
+      f.sop_instance_uid))
+  end
+  return { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
+end
+
 local function report_json(r)
   local list, rlist = {}, {}
-  for i, f in ipairs(r.files) do
-    list[i] = { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
-  end
+  for i, f in ipairs(r.files) do list[i] = file_record(f) end
   for i, x in ipairs(r.rejected) do rlist[i] = { part = x.part, reason = x.reason, size = x.size, path = x.path } end
   return json.encode({
     files = json.array(list), kept = json.array(r.kept), rejected = json.array(rlist), bytes = r.bytes,
