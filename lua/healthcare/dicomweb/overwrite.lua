@@ -22,8 +22,9 @@ function M.is_conflict(oc)
     and oc.detail:lower():find(M.CONFLICT_DETAIL, 1, true) ~= nil
 end
 
--- Whether the files at a and b hold the same bytes (read a chunk at a time), or nil and why.
-local function same_bytes(a, b)
+--- Whether the files at a and b hold the same bytes (read a chunk at a time), or nil and why
+--- (one cannot be opened or read: not a difference).
+function M.same_bytes(a, b)
   local fa, ea = io.open(a, "rb")
   if not fa then return nil, ea end
   local fb, eb = io.open(b, "rb")
@@ -31,15 +32,18 @@ local function same_bytes(a, b)
     fa:close()
     return nil, eb
   end
-  local same = true
+  local same, why = true, nil
   while same do
-    local x, y = fa:read(CHUNK), fb:read(CHUNK)
+    local x, xerr = fa:read(CHUNK)
+    local y, yerr = fb:read(CHUNK)
+    why = xerr or yerr -- a read that failed is not a difference (nil alone: the end of the file)
+    if why then same = nil break end
     if x ~= y then same = false end
     if not x then break end
   end
   fa:close()
   fb:close()
-  return same
+  return same, why
 end
 
 -- Stores the one file of entry e again; true, or nil and why not.
@@ -66,7 +70,7 @@ local function read_back(store, e)
     os.remove(tmp)
     return nil, err.message
   end
-  local same, why = same_bytes(e.path, tmp)
+  local same, why = M.same_bytes(e.path, tmp)
   os.remove(tmp)
   if same == nil then return nil, why end
   if not same then return nil, "the store gives back other bytes than the file's" end
