@@ -95,13 +95,7 @@ local function read_tags(paths, keywords)
   return cjson.decode((H.check_run("/usr/bin/python3 -c " .. H.q(READ_TAGS), cjson.encode({ paths, keywords }))))
 end
 
--- Regular files under dir (relative names, sorted).
-local function files_under(dir)
-  local so = H.check_run("cd " .. H.q(dir) .. " && find . -type f | sed 's|^\\./||' | sort")
-  local out = {}
-  for line in so:gmatch("[^\n]+") do out[#out + 1] = line end
-  return out
-end
+local files_under = H.files_under
 
 local function table_rows(tbl)
   local text = H.file_bytes(em.gcs .. "/_bigquery/" .. tbl .. ".jsonl")

@@ -64,13 +64,7 @@ local function stow(store, files)
   assert(code == 0, se)
 end
 
--- Regular files under dir (relative names, sorted).
-local function files_under(dir)
-  local so = H.check_run("cd " .. H.q(dir) .. " && find . -type f | sed 's|^\\./||' | sort")
-  local out = {}
-  for line in so:gmatch("[^\n]+") do out[#out + 1] = line end
-  return out
-end
+local files_under = H.files_under
 
 -- Tags of DICOM files, read with pydicom in one run: path -> { keyword -> text }.
 local READ_TAGS = [[

@@ -15,19 +15,12 @@ local core = require "healthcare.core"
 local emulator = require "support.emulator_instance"
 
 local E = H.env
-local PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-local HEALTHCARE = "https://www.googleapis.com/auth/cloud-healthcare"
-local EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-local ACCESS = "urn:ietf:params:oauth:token-type:access_token"
-local JWT = "urn:ietf:params:oauth:token-type:jwt"
-local SAML = "urn:ietf:params:oauth:token-type:saml2"
-local AWS4 = "urn:ietf:params:aws:token-type:aws4_request"
-local POOL = "projects/123456789/locations/global/workloadIdentityPools/pool-" .. core.random_hex(3)
-local OIDC_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/oidc"
-local AWS_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/aws"
-local CLIENT_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/with-client"
-local WF_POOL = "locations/global/workforcePools/staff-" .. core.random_hex(3)
-local WF_AUD = "//iam.googleapis.com/" .. WF_POOL .. "/providers/idp"
+local federation = require "support.federation"
+local PLATFORM, HEALTHCARE, EXCHANGE, ACCESS = federation.PLATFORM, federation.HEALTHCARE, federation.EXCHANGE, federation.ACCESS
+local JWT, SAML, AWS4 = federation.JWT, federation.SAML, federation.AWS4
+local P = federation.pools("pool-", "staff-")
+local POOL, OIDC_AUD, AWS_AUD, CLIENT_AUD, WF_POOL, WF_AUD = P.pool, P.oidc_aud, P.aws_aud, P.client_aud,
+  P.wf_pool, P.wf_aud
 
 -- Google's words (emulator_federation.py has them from Google's answers).
 local MSG_AUDIENCE = 'Invalid value for "audience". This value should be the full resource name of the Identity '
@@ -35,7 +28,7 @@ local MSG_AUDIENCE = 'Invalid value for "audience". This value should be the ful
   .. "possible formats."
 local MSG_TARGET = 'The target service indicated by the "audience" parameters is invalid. This might either be '
   .. "because the pool or provider is disabled or deleted or because it doesn't exist."
-local MSG_DENIED = "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist)."
+local MSG_DENIED = federation.MSG_DENIED
 local MSG_SIGNATURE = "Received invalid AWS response of type SignatureDoesNotMatch with error message: The request "
   .. "signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and "
   .. "signing method. Consult the service documentation for details."

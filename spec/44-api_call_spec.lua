@@ -45,9 +45,7 @@ local function answers(list)
   H.write_file(ANSWERS, cjson.encode(list))
 end
 
-local function unhex(s)
-  return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
-end
+local unhex = H.unhex
 
 local function new_client(opts)
   opts = opts or {}

@@ -36,9 +36,7 @@ local function captured()
   return list
 end
 
-local function unhex(s)
-  return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
-end
+local unhex = H.unhex
 
 -- ---- a fixture call as a command line ------------------------------------------------------
 

@@ -19,18 +19,11 @@ local external = require "healthcare.auth.external"
 local impersonate = require "healthcare.auth.impersonate"
 
 local E = H.env
-local PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
-local JWT = "urn:ietf:params:oauth:token-type:jwt"
-local SAML = "urn:ietf:params:oauth:token-type:saml2"
-local AWS4 = "urn:ietf:params:aws:token-type:aws4_request"
-local EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-local POOL = "projects/123456789/locations/global/workloadIdentityPools/pool-" .. core.random_hex(3)
-local OIDC_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/oidc"
-local AWS_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/aws"
-local CLIENT_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/with-client"
-local WF_POOL = "locations/global/workforcePools/staff-" .. core.random_hex(3)
-local WF_AUD = "//iam.googleapis.com/" .. WF_POOL .. "/providers/idp"
-local MSG_DENIED = "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist)."
+local federation = require "support.federation"
+local PLATFORM, JWT, SAML, AWS4, EXCHANGE = federation.PLATFORM, federation.JWT, federation.SAML, federation.AWS4, federation.EXCHANGE
+local P = federation.pools("pool-", "staff-")
+local POOL, OIDC_AUD, AWS_AUD, CLIENT_AUD, WF_AUD = P.pool, P.oidc_aud, P.aws_aud, P.client_aud, P.wf_aud
+local MSG_DENIED = federation.MSG_DENIED
 local MSG_TARGET = 'The target service indicated by the "audience" parameters is invalid.'
 
 local em = require("support.emulator_instance").start()

@@ -16,14 +16,11 @@ local core = require "healthcare.core"
 local E = H.env
 -- The command runs Lua 5.4 whatever runs this file (its launcher loads the Lua 5.4 build).
 local LUA = "lua5.4"
-local JWT = "urn:ietf:params:oauth:token-type:jwt"
-local AWS4 = "urn:ietf:params:aws:token-type:aws4_request"
-local EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-local POOL = "projects/123456789/locations/global/workloadIdentityPools/cli-" .. core.random_hex(3)
-local OIDC_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/oidc"
-local AWS_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/aws"
-local WF_AUD = "//iam.googleapis.com/locations/global/workforcePools/cli-" .. core.random_hex(3) .. "/providers/idp"
-local MSG_DENIED = "Permission 'iam.serviceAccounts.getAccessToken' denied on resource (or it may not exist)."
+local federation = require "support.federation"
+local JWT, AWS4, EXCHANGE = federation.JWT, federation.AWS4, federation.EXCHANGE
+local P = federation.pools("cli-", "cli-")
+local POOL, OIDC_AUD, AWS_AUD, WF_AUD = P.pool, P.oidc_aud, P.aws_aud, P.wf_aud
+local MSG_DENIED = federation.MSG_DENIED
 
 local em = require("support.emulator_instance").start()
 teardown(function() em:stop() end)

@@ -11,9 +11,10 @@ if not H.need_testbed() then return end
 local N = require "support.nginx"
 local core = require "healthcare.core"
 
-local JWT = "urn:ietf:params:oauth:token-type:jwt"
-local POOL = "projects/123456789/locations/global/workloadIdentityPools/gw-" .. core.random_hex(3)
-local OIDC_AUD = "//iam.googleapis.com/" .. POOL .. "/providers/oidc"
+local federation = require "support.federation"
+local JWT = federation.JWT
+local P = federation.pools("gw-", "gw-")
+local POOL, OIDC_AUD = P.pool, P.oidc_aud
 local METADATA_SA = "default@test-project.iam.gserviceaccount.com"
 
 local em = require("support.emulator_instance").start()

@@ -293,6 +293,19 @@ function H.find_jwt(text)
   return text:find("eyJ[%w_-]*%.[%w_-]+%.")
 end
 
+-- Regular files under dir (relative names, sorted).
+function H.files_under(dir)
+  local so = H.check_run("cd " .. H.q(dir) .. " && find . -type f | sed 's|^\\./||' | sort")
+  local out = {}
+  for line in so:gmatch("[^\n]+") do out[#out + 1] = line end
+  return out
+end
+
+-- The bytes of a hex text (capture_server.py's body_hex).
+function H.unhex(s)
+  return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+end
+
 function H.tmpdir()
   local so = H.check_run("mktemp -d " .. H.q((E.tmp or "/tmp") .. "/spec.XXXXXX"))
   return (so:gsub("%s+$", ""))

@@ -32,13 +32,6 @@ function M.raw(text)
   return setmetatable({ text = text }, RAW_MT)
 end
 
---- A string's JSON text, as the writer makes it ("/" not escaped).
-function M.string(s)
-  local text = cjson.encode(s)
-  if not text:find("\\/", 1, true) then return text end
-  return (text:gsub("\\/", "/"))
-end
-
 local function is_array(t)
   local mt = getmetatable(t)
   if mt == ARRAY_MT or (mt ~= nil and mt == cjson.empty_array_mt) then return true end
@@ -57,6 +50,11 @@ local function scalar(v)
   -- (a plain find first: gsub would copy every long string even with nothing to replace)
   if not text:find("\\/", 1, true) then return text end
   return (text:gsub("\\/", "/"))
+end
+
+--- A string's JSON text, as the writer makes it ("/" not escaped).
+function M.string(s)
+  return scalar(s)
 end
 
 -- The JSON of an object's keys, kept: a report repeats the same few keys thousands of times

@@ -10,6 +10,7 @@ local argparse = require "argparse"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
+local names = require "healthcare.dicomweb.names"
 
 local M = {}
 
@@ -156,11 +157,10 @@ local function missing_instances(store, t, files, kept)
 end
 
 -- A file's record as json.encode writes it (keys sorted), made here with one format: a
--- retrieve may list a hundred thousand. A SOP Instance UID is digits and dots (checked when the
--- file was named), so it needs no escaping; a record with a warning goes the general way.
+-- retrieve may list a hundred thousand. A valid UID is digits and dots, so it needs no
+-- escaping; a record with a warning goes the general way.
 local function file_record(f)
-  if f.warning == nil and math.type(f.size) == "integer" and type(f.sop_instance_uid) == "string"
-      and not f.sop_instance_uid:find("[^%d.]") then
+  if f.warning == nil and math.type(f.size) == "integer" and names.valid_uid(f.sop_instance_uid) then
     return json.raw(string.format('{"path":%s,"size":%d,"sop_instance_uid":"%s"}', json.string(f.path), f.size,
       f.sop_instance_uid))
   end

@@ -519,12 +519,12 @@ local function proxy_for(self, r)
   local authority = rest:match("^[^/?#]*")
   local userinfo, hostport = authority:match("^(.*)@(.*)$")
   hostport = hostport or authority
-  local host, port = hostport:match("^%[([%x:.]+)%]:?(%d*)$")
-  if not host then host, port = hostport:match("^([^:]+):?(%d*)$") end
+  local _, host, port = split_url("http://" .. hostport)
   if not host then
     return false, select(2, fail("usage", "proxy", r, "the proxy %s is not a host[:port]", shown))
   end
-  local p = { host = host, port = tonumber(port) or 1080, shown = shown, key = "" }
+  if not hostport:find(":%d+$") then port = 1080 end -- curl's default for a proxy, not http's 80
+  local p = { host = host, port = port, shown = shown, key = "" }
   if userinfo then
     local user, password = userinfo:match("^([^:]*):?(.*)$")
     p.authorization = "Basic " .. ngx.encode_base64(ngx.unescape_uri(user) .. ":" .. ngx.unescape_uri(password))
