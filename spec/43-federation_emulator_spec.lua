@@ -119,9 +119,7 @@ local function impersonate(email, body, token, project)
   return H.curl(args)
 end
 
-local function fresh_email(what)
-  return what .. "-" .. core.random_hex(4) .. "@test-project.iam.gserviceaccount.com"
-end
+local fresh_email = federation.fresh_email
 
 -- Seconds since the epoch of an RFC 3339 time "YYYY-MM-DDTHH:MM:SSZ" (UTC).
 local function epoch(stamp)

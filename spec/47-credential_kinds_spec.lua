@@ -90,13 +90,9 @@ local function last_impersonation()
   return log[#log]
 end
 
-local function write_json(t)
-  return H.write_file(H.tmpdir() .. "/adc.json", cjson.encode(t))
-end
+local write_json = federation.write_adc
 
-local function fresh_email(what)
-  return what .. "-" .. core.random_hex(4) .. "@test-project.iam.gserviceaccount.com"
-end
+local fresh_email = federation.fresh_email
 
 -- A failed credential: nil, err of kind "auth" whose message holds want (plain text).
 local function auth_error(want, ok, err)

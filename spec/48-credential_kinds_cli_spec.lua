@@ -69,13 +69,9 @@ local function store(env, extra, want)
   return so, se
 end
 
-local function write_json(t)
-  return H.write_file(H.tmpdir() .. "/adc.json", cjson.encode(t))
-end
+local write_json = federation.write_adc
 
-local function fresh_email(what)
-  return what .. "-" .. core.random_hex(4) .. "@test-project.iam.gserviceaccount.com"
-end
+local fresh_email = federation.fresh_email
 
 em:control("audiences", { { audience = OIDC_AUD, kind = "oidc" }, { audience = AWS_AUD, kind = "aws" } })
 local AWS_KEY, AWS_SECRET = "AKIDCLI" .. core.random_hex(4), secret("aws/secret+" .. core.random_hex(8))

@@ -9,7 +9,6 @@
 local H = require "helpers"
 if not H.need_testbed() then return end
 local N = require "support.nginx"
-local core = require "healthcare.core"
 
 local federation = require "support.federation"
 local JWT = federation.JWT
@@ -107,9 +106,7 @@ local function last_impersonation()
   return log[#log] or {}
 end
 
-local function fresh_email(what)
-  return what .. "-" .. core.random_hex(4) .. "@test-project.iam.gserviceaccount.com"
-end
+local fresh_email = federation.fresh_email
 
 local function external_file(cs, more)
   local t = { type = "external_account", audience = OIDC_AUD, subject_token_type = JWT,

@@ -1,9 +1,11 @@
 -- SPDX-License-Identifier: MIT
 -- Workload identity federation as the specs name it (43, 47, 48, 73), written once: OAuth
 -- scopes, the STS grant and token types (RFC 8693, Google's STS), Google's error texts (as
--- emulator_federation.py has them from Google's answers), and pools of a spec file's own.
+-- emulator_federation.py has them from Google's answers), pools of a spec file's own, fresh
+-- service-account emails and credential files.
 --   local federation = require "support.federation"
 --   local P = federation.pools("pool-", "staff-")   -- P.pool, P.oidc_aud, P.aws_aud, P.client_aud, P.wf_pool, P.wf_aud
+local H = require "helpers"
 local core = require "healthcare.core"
 
 local M = {
@@ -27,6 +29,16 @@ function M.pools(pool_prefix, workforce_prefix)
     aws_aud = "//iam.googleapis.com/" .. pool .. "/providers/aws",
     client_aud = "//iam.googleapis.com/" .. pool .. "/providers/with-client",
     wf_pool = wf_pool, wf_aud = "//iam.googleapis.com/" .. wf_pool .. "/providers/idp" }
+end
+
+--- A service account's email in the emulator's test project, new each time: what-<hex>@....
+function M.fresh_email(what)
+  return what .. "-" .. core.random_hex(4) .. "@test-project.iam.gserviceaccount.com"
+end
+
+--- t written as JSON to adc.json in a new directory (a credential file): its path.
+function M.write_adc(t)
+  return H.write_file(H.tmpdir() .. "/adc.json", H.json.encode(t))
 end
 
 return M
