@@ -573,10 +573,27 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
       for _, m in pairs(messages) do assert.is_nil(m:find(password, 1, true), m) end
     end)
 
-    it("an https:// proxy is refused by name inside nginx (usage), before anything is sent", function()
+    it("an https:// proxy, or one that is no host[:port], is refused by name inside nginx (usage)", function()
       local out = send("ngx", "https://localhost:" .. tls.port .. "/", "https://127.0.0.1:9")
       assert.same({ "usage", "proxy" }, { out.kind, out.status })
       assert.truthy(out.message:find("http:// only", 1, true), out.message)
+      out = send("ngx", "https://localhost:" .. tls.port .. "/", "http://u:p@:8080")
+      assert.same({ "usage", "proxy" }, { out.kind, out.status })
+      assert.truthy(out.message:find("is not a host[:port]", 1, true), out.message)
+      assert.is_nil(out.message:find("u:p", 1, true), out.message)
+    end)
+
+    it("a hostile proxy: an answer that is not HTTP, or a header without end, is cut (status 'proxy')", function()
+      for _, c in ipairs({ { "garbage", "did not answer CONNECT in HTTP" }, { "endless", "header past 65536 bytes" } }) do
+        local dir = H.tmpdir()
+        local url, stop = H.start_server("hostile proxy", "/usr/bin/python3 "
+          .. H.q(E.support .. "/hostile_proxy.py") .. " " .. c[1], dir)
+        finally(stop)
+        local out = send("ngx", "https://localhost:" .. tls.port .. "/", url)
+        assert.same({ "transport", "proxy" }, { out.kind, out.status }, c[1])
+        assert.truthy(out.message:find(c[2], 1, true), out.message)
+        stop()
+      end
     end)
   end)
 end)
