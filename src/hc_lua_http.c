@@ -44,6 +44,11 @@ typedef struct ltransfer {
     hc_body *building;             /* owned while the body is being built, then adopted by t */
     char *url, *method;            /* owned copies kept for error messages */
     char *sink_path;               /* owned copy of sink.file or sink.dir */
+    /* session:request's on_parts: the registry ref of the list of parts handed out while the
+     * transfer runs (LUA_NOREF before the first), and how many it holds; the result's parts
+     * are that list, completed. */
+    int parts_ref;
+    size_t parts_pushed;
 } ltransfer;
 
 /* ---- options: fields of the table at tbl, argument arg of the function (for messages) ------- */
@@ -519,6 +524,7 @@ static int transfer_new(lua_State *L, lsession *ls, int arg)
     lt = lua_newuserdata(L, sizeof *lt);
     memset(lt, 0, sizeof *lt);
     lt->ref = LUA_NOREF;
+    lt->parts_ref = LUA_NOREF;
     luaL_setmetatable(L, TRANSFER_MT);
     top = lua_gettop(L);
     read_options(L, arg, lt, &o);
@@ -552,6 +558,10 @@ static void transfer_release(lua_State *L, ltransfer *lt)
 {
     if (lt->ref != LUA_NOREF)
         transfer_unref(L, lt);
+    if (lt->parts_ref != LUA_NOREF) {
+        luaL_unref(L, LUA_REGISTRYINDEX, lt->parts_ref);
+        lt->parts_ref = LUA_NOREF;
+    }
     hc_transfer_free(lt->t);
     lt->t = NULL;
     hc_body_free(lt->building);
@@ -570,6 +580,7 @@ static int l_transfer_close(lua_State *L)
 }
 
 static int l_transfer_result(lua_State *L);
+static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from);
 
 /* ---- running transfers -------------------------------------------------------------------- */
 
@@ -633,22 +644,53 @@ static int call_progress(lua_State *L, int cb, ltransfer *lt)
     return lua_pcall(L, 3, 1, 0);
 }
 
+/* Calls on_parts (at cb) with the list of the sink's parts so far and the index of the first
+ * new one, when parts were completed since the last call; the list is kept (lt->parts_ref) and
+ * becomes the result's. Returns LUA_OK or lua_pcall's error code with the error on top. */
+static int call_parts(lua_State *L, int cb, ltransfer *lt)
+{
+    hc_sink *sink = hc_transfer_sink(lt->t);
+    size_t n = sink != NULL ? hc_sink_nparts(sink) : 0;
+    if (n <= lt->parts_pushed)
+        return LUA_OK;
+    if (lt->parts_ref == LUA_NOREF) {
+        lua_createtable(L, (int)n, 0);
+        lt->parts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pushvalue(L, cb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lt->parts_ref);
+    add_parts(L, sink, lua_gettop(L), lt->parts_pushed);
+    lua_pushinteger(L, (lua_Integer)lt->parts_pushed + 1);
+    lt->parts_pushed = n;
+    return lua_pcall(L, 2, 0, 0);
+}
+
 /* session:request(req) -> response | nil, err: start, then run the loop until this one ends.
  * req.on_progress(received, sent, to_send), when given, is called about five times a second
- * between turns of the loop (never from inside libcurl); returning false stops the transfer,
- * which then ends as kind "transport", status "aborted", its temporary files removed. An error
- * it raises stops and closes the transfer the same way, then goes on up to the caller. */
+ * (ten with on_parts) between turns of the loop (never from inside libcurl); returning false
+ * stops the transfer, which then ends as kind "transport", status "aborted", its temporary files
+ * removed. An error it raises stops and closes the transfer the same way, then goes on up to the
+ * caller. req.on_parts(parts, first), for a directory sink, is called between the same turns
+ * when parts were completed since the last call: parts is the list of them so far (the table
+ * the result's or the error's parts will be, completed), first the index of the first new one;
+ * they stay the transfer's (removed if it is stopped) until it returns. An error it raises
+ * stops the transfer as on_progress's does. */
 static int l_session_request(lua_State *L)
 {
     lsession *ls = session_check(L, 1);
     ltransfer *lt;
-    int tidx, cb = 0;
+    int tidx, cb = 0, pcb = 0;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "on_progress");
     if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
         return hc_lua_argerror(L, 2, "option 'on_progress' must be a function, got %s",
                                luaL_typename(L, -1));
     cb = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    lua_getfield(L, 2, "on_parts");
+    if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
+        return hc_lua_argerror(L, 2, "option 'on_parts' must be a function, got %s",
+                               luaL_typename(L, -1));
+    pcb = lua_isnil(L, -1) ? 0 : lua_gettop(L);
     if (transfer_new(L, ls, 2) != 1)
         return 2;
     tidx = lua_gettop(L);
@@ -656,11 +698,19 @@ static int l_session_request(lua_State *L)
     if (hc_session_start(ls->s, lt->t) != 0)
         return hc_lua_fail(L, "transport", "start", "%s", hc_transfer_errmsg(lt->t));
     while (!hc_transfer_done(lt->t)) {
-        if (hc_session_poll(ls->s, cb ? 200 : 1000) < 0) {
+        /* With on_parts, turns are shorter: the parts of the last turn are the caller's work
+         * left once the answer has ended. */
+        if (hc_session_poll(ls->s, pcb ? 100 : cb ? 200 : 1000) < 0) {
             transfer_release(L, lt);
             return luaL_error(L, "libcurl multi loop failed");
         }
-        if (!cb || hc_transfer_done(lt->t))
+        if (hc_transfer_done(lt->t))
+            continue;
+        if (pcb && call_parts(L, pcb, lt) != LUA_OK) {
+            transfer_release(L, lt); /* detached, its files removed */
+            return lua_error(L);
+        }
+        if (!cb || ls->s == NULL || hc_transfer_done(lt->t))
             continue;
         /* on_progress may close the session: its transfers, this one too, are then abandoned
          * (done), and the loop ends. */
@@ -745,19 +795,18 @@ static void set_nonempty(lua_State *L, const char *name, const char *s)
     }
 }
 
-/* Pushes the sink's completed parts { { path, size, headers = { name = value } } | { path, size,
- * named = true, sop_instance_uid, study_uid, series_uid } ... } (named: the sink named it by its
- * UID, hc_sink_name_by_uid); from now on their files are the caller's. */
-static void push_parts(lua_State *L, hc_sink *sink)
+/* Sets list[i + 1] for the sink's completed parts i = from, from + 1, ... as { path, size,
+ * headers = { name = value } } or { path, size, named = true, sop_instance_uid, study_uid,
+ * series_uid } (named: the sink named it by its UID, hc_sink_name_by_uid). */
+static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from)
 {
     size_t i, n = hc_sink_nparts(sink);
-    const char *study = NULL, *series = NULL; /* the last ones pushed, kept at list - 2, - 1 */
-    int list;
+    const char *study = NULL, *series = NULL; /* the last ones pushed, kept at slot, slot + 1 */
+    int slot;
     lua_pushnil(L);
     lua_pushnil(L);
-    lua_createtable(L, (int)n, 0);
-    list = lua_gettop(L);
-    for (i = 0; i < n; i++) {
+    slot = lua_gettop(L) - 1;
+    for (i = from; i < n; i++) {
         const hc_part *part = hc_sink_part(sink, i);
         lua_createtable(L, 0, 3);
         if (part->sop_instance_uid != NULL) {
@@ -768,19 +817,19 @@ static void push_parts(lua_State *L, hc_sink *sink)
             if (part->study_uid != study) {
                 study = part->study_uid;
                 lua_pushstring(L, study);
-                lua_replace(L, list - 2);
+                lua_replace(L, slot);
             }
             if (part->series_uid != series) {
                 series = part->series_uid;
                 lua_pushstring(L, series);
-                lua_replace(L, list - 1);
+                lua_replace(L, slot + 1);
             }
             if (study != NULL && study[0] != '\0') {
-                lua_pushvalue(L, list - 2);
+                lua_pushvalue(L, slot);
                 lua_setfield(L, -2, "study_uid");
             }
             if (series != NULL && series[0] != '\0') {
-                lua_pushvalue(L, list - 1);
+                lua_pushvalue(L, slot + 1);
                 lua_setfield(L, -2, "series_uid");
             }
         }
@@ -794,11 +843,34 @@ static void push_parts(lua_State *L, hc_sink *sink)
                         0, hc_multipart_next_header);
             lua_setfield(L, -2, "headers");
         }
-        lua_rawseti(L, -2, (int)i + 1);
+        lua_rawseti(L, list, (int)i + 1);
     }
-    lua_replace(L, list - 2); /* the list where the study was, then the series slot gone */
-    lua_pop(L, 1);
+    lua_pop(L, 2);
+}
+
+/* Pushes the list of the sink's completed parts (add_parts); from now on their files are the
+ * caller's. */
+static void push_parts(lua_State *L, hc_sink *sink)
+{
+    lua_createtable(L, (int)hc_sink_nparts(sink), 0);
+    add_parts(L, sink, lua_gettop(L), 0);
     hc_sink_take_parts(sink);
+}
+
+/* push_parts for a transfer: the list on_parts saw, completed, when it saw one. */
+static void push_transfer_parts(lua_State *L, ltransfer *lt)
+{
+    hc_sink *sink = hc_transfer_sink(lt->t);
+    if (lt->parts_ref == LUA_NOREF) {
+        push_parts(L, sink);
+        return;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lt->parts_ref);
+    add_parts(L, sink, lua_gettop(L), lt->parts_pushed);
+    hc_sink_take_parts(sink);
+    luaL_unref(L, LUA_REGISTRYINDEX, lt->parts_ref);
+    lt->parts_ref = LUA_NOREF;
+    lt->parts_pushed = 0;
 }
 
 /* nil, err for a failed transfer: err.status says why (hc_transfer_failure lists the reasons),
@@ -809,7 +881,7 @@ static int push_failure(lua_State *L, ltransfer *lt, const hc_failure *f)
     long status = hc_transfer_http_status(lt->t);
     hc_lua_fail(L, f->kind, f->status, "%s %s: %s", lt->method, lt->url, f->message);
     if (lt->sink_kind == HC_SINK_DIR) {
-        push_parts(L, hc_transfer_sink(lt->t));
+        push_transfer_parts(L, lt);
         lua_setfield(L, -2, "parts");
     }
     if (status > 0) {
@@ -843,7 +915,7 @@ static int l_transfer_result(lua_State *L)
         lua_pushstring(L, hc_sink_path(sink));
         lua_setfield(L, -2, "file");
     } else if (mode == HC_SINK_TO_PARTS || mode == HC_SINK_TO_PART) {
-        push_parts(L, sink);
+        push_transfer_parts(L, lt);
         lua_setfield(L, -2, "parts");
     }
     if (mode != HC_SINK_TO_MEMORY && mode != HC_SINK_UNDECIDED) {
@@ -904,6 +976,7 @@ static int l_body_reader_new(lua_State *L)
     lt = lua_newuserdata(L, sizeof *lt);
     memset(lt, 0, sizeof *lt);
     lt->ref = LUA_NOREF;
+    lt->parts_ref = LUA_NOREF;
     luaL_setmetatable(L, BODY_READER_MT);
     if (build_body(L, 1, lt, 1) != 0)
         return 2;

@@ -23,6 +23,7 @@ chosen byte, dripped out a few bytes at a time, sent chunked, or left hanging.
     hang=1          with cut: keep the connection open (silent) instead of closing it
     chunked=1       Transfer-Encoding: chunked (chunks of 1 to 4099 bytes), else Content-Length
     drip=N          send in pieces of N bytes, flushed one by one (small bodies only)
+    pause=S         wait S seconds after each part's content (a stream that comes in steps)
   /dicom?size=N       200 application/dicom, content(1, N); also cut=, chunked=, drip=
   /status?code=404    that status with a small JSON error body
   /empty?code=204     that status, no body
@@ -115,12 +116,15 @@ def multipart(q):
     return ct, items
 
 
-def chunks(items):
+def chunks(items, pause=0.0):
+    """The body's pieces; with pause, a None after each part's content (the time to wait)."""
     for it in items:
         if isinstance(it, bytes):
             yield it
         else:
             yield from content(it[1], it[2], it[3])
+            if pause > 0:
+                yield None
 
 
 def respond(conn, status, headers, items, q):
@@ -128,6 +132,7 @@ def respond(conn, status, headers, items, q):
     chunked = q.get("chunked") == "1"
     cut = int(q["cut"]) if "cut" in q else None
     drip = int(q.get("drip", "0"))
+    pause = float(q.get("pause", "0"))
     if chunked:
         headers = headers + [("Transfer-Encoding", "chunked")]
     else:
@@ -139,7 +144,10 @@ def respond(conn, status, headers, items, q):
     sent = 0
     sizes = [1, 7, 2, 4099, 3, 64, 1000]
     k = 0
-    for c in chunks(items):
+    for c in chunks(items, pause):
+        if c is None:
+            time.sleep(pause)
+            continue
         if cut is not None and sent + len(c) >= cut:
             c = c[: cut - sent]
         pos = 0
