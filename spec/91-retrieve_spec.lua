@@ -552,7 +552,7 @@ describe("retrieve errors", function()
     ok, err = pcall(store.retrieve_study, store, study.uid, { to = "x", transfer = "*" })
     assert.is_false(ok)
     assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: compressed, idle_timeout, "
-      .. "keep_rejected, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_progress, "
+      .. "keep_rejected, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, on_progress, "
       .. "params, skip_existing, timeout, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
@@ -724,6 +724,66 @@ describe("a cut or malformed stream", function()
     assert.equal(tonumber(cut), seen[#seen])
     for i = 2, #seen do assert.is_true(seen[i] >= seen[i - 1]) end
     assert.same({}, listing(dir))
+  end)
+
+  it("hands each instance to on_file as it lands, while the answer still streams", function()
+    local dir = H.tmpdir()
+    -- the server waits 0.3 s after each part: the parts come in steps
+    local received, calls = 0, {}
+    local res = assert(raw_store(4, { "pause=0.3" }):retrieve_study(study.uid, {
+      to = dir,
+      on_progress = function(p) received = p.bytes_received end,
+      on_file = function(f)
+        calls[#calls + 1] = { file = f, received = received, size = lfs.attributes(f.path, "size") }
+      end,
+    }))
+    assert_kept(res.files, dir, 3)
+    assert.equal(1, #res.rejected) -- the text part: no on_file
+    -- once each, the tables of res.files, each file in place when told
+    assert.equal(3, #calls)
+    for i, f in ipairs(res.files) do
+      assert.equal(f, calls[i].file)
+      assert.equal(f.size, calls[i].size)
+    end
+    -- the first two while the rest was still to come
+    local all = parts[1].size + parts[2].size + parts[3].size
+    assert.is_true(calls[1].received < all, tostring(calls[1].received))
+    assert.is_true(calls[2].received < all, tostring(calls[2].received))
+  end)
+
+  it("stops the transfer when on_file raises, and keeps nothing of it", function()
+    local dir = H.tmpdir()
+    local store = raw_store(3, { "pause=0.3" })
+    local ok, err = pcall(store.retrieve_study, store, study.uid, { to = dir, on_file = function(f)
+      error("no room for " .. f.sop_instance_uid)
+    end })
+    assert.is_false(ok)
+    assert.matches("no room for " .. parts[1].sop_instance_uid, err, 1, true)
+    assert.same({}, listing(dir))
+  end)
+
+  it("client:send hands a directory sink's parts to on_parts as they complete, in the result's list", function()
+    local dir = H.tmpdir()
+    local store = raw_store(3)
+    local url = server.url .. "/multipart/sizes=" .. string.format("%d,%d,%d", parts[1].size, parts[2].size,
+      parts[3].size) .. "/pause=0.3/x"
+    local lists, firsts, counts = {}, {}, {}
+    local res = assert(store.client:send { url = url, sink = { dir = dir }, on_parts = function(list, first)
+      lists[#lists + 1], firsts[#firsts + 1], counts[#counts + 1] = list, first, #list
+      for i = first, #list do assert.equal(parts[i].size, lfs.attributes(list[i].path, "size")) end
+    end })
+    assert.equal(3, #res.parts)
+    assert.is_true(#lists >= 1)
+    -- one list, grown: each call starts where the last one ended, and the result completes it
+    local next_first = 1
+    for i, list in ipairs(lists) do
+      assert.equal(res.parts, list)
+      assert.equal(next_first, firsts[i])
+      assert.is_true(counts[i] >= firsts[i])
+      next_first = counts[i] + 1
+    end
+    assert.is_true(next_first <= 3)
+    for i = 1, 3 do assert.equal(parts[i].sha256, H.sha256(res.parts[i].path)) end
   end)
 
   it("healthcare retrieve: Ctrl-C abandons the transfer, exits 130 and leaves no file", function()

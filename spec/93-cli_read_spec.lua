@@ -7,6 +7,7 @@ local H = require "helpers"
 if not H.need_testbed() then return end
 local cjson = require "cjson.safe"
 local lfs = require "lfs"
+local json = require "healthcare.cli.json"
 
 local E = H.env
 
@@ -185,6 +186,26 @@ describe("healthcare retrieve", function()
     assert.equal(0, code, err)
     report = assert(cjson.decode(out), out)
     assert.same({ 3, 0 }, { #report.files, #report.kept })
+  end)
+
+  it("--json writes each file's path as JSON, whatever the directory's name", function()
+    -- a quote, a backslash, a tab, a slash at the end, and UTF-8: the writer's escapes, not ours
+    for _, name in ipairs({ 'say "hi"\\now', "tab\there", "caf\195\169/" }) do
+      local dir = H.tmpdir() .. "/" .. name
+      local out, err, code = hc { "retrieve", E.dicomweb, study[1].study_uid, "-o", dir, "--json" }
+      assert.equal(0, code, err)
+      local report = assert(cjson.decode(out), out)
+      assert.equal(3, #report.files)
+      local prefix = dir:sub(-1) == "/" and dir or dir .. "/"
+      for _, f in ipairs(report.files) do
+        assert.equal(prefix .. f.sop_instance_uid .. ".dcm", f.path)
+        assert.equal(lfs.attributes(f.path, "size"), f.size)
+      end
+      -- a record as the general writer makes it, byte for byte
+      local first = report.files[1]
+      assert.truthy(out:find(json.encode({ path = first.path, size = first.size,
+        sop_instance_uid = first.sop_instance_uid }), 1, true), out)
+    end
   end)
 
   it("retrieves one instance, and a series with --json, through the emulator", function()

@@ -78,9 +78,13 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       "bad option 'url' to 'send' (string expected, got number)")
     raises_at_call(function() local _ = client:send { url = URL, bogus = 1 } end, "unknown option 'bogus' to 'send'; "
       .. "valid options: body, compressed, headers, idle_timeout, max_compression_ratio, max_response_bytes, method, "
-      .. "min_speed, on_progress, query, sink, timeout, url")
+      .. "min_speed, on_parts, on_progress, query, sink, timeout, url")
     raises_at_call(function() local _ = client:start { url = URL, on_progress = print } end,
       "bad option 'on_progress' to 'start' (not taken: call request:progress() between waits)")
+    raises_at_call(function() local _ = client:start { url = URL, on_parts = print } end,
+      "bad option 'on_parts' to 'start' (not taken: the parts come with finish()'s result)")
+    raises_at_call(function() local _ = client:send { url = URL, on_parts = true } end,
+      "bad option 'on_parts' to 'send' (function expected, got boolean)")
     raises_at_call(function() local _ = client:poll("1") end, "bad argument #1 to 'poll' (number expected, got string)")
     raises_at_call(function() local _ = client:wait(1) end, "bad argument #1 to 'wait' (operation or operation name "
       .. "expected, got number; the requests in flight are poll(seconds)'s)")
@@ -123,9 +127,11 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       { function() local _ = store:retrieve_study(42, to) end, "bad argument #1 to 'retrieve_study' (string expected, got number)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, bogus = 1 }) end, "unknown option 'bogus' to "
         .. "'retrieve_study'; valid options: compressed, idle_timeout, keep_rejected, max_bytes, max_compression_ratio, "
-        .. "max_part_bytes, max_parts, min_speed, on_progress, params, skip_existing, timeout, to, transfer_syntax" },
+        .. "max_part_bytes, max_parts, min_speed, on_file, on_progress, params, skip_existing, timeout, to, transfer_syntax" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, on_progress = true }) end,
         "bad option 'on_progress' to 'retrieve_study' (function expected, got boolean)" },
+      { function() local _ = store:retrieve_study("1.2", { to = dir, on_file = 1 }) end,
+        "bad option 'on_file' to 'retrieve_study' (function expected, got number)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, max_bytes = -1 }) end,
         "bad option 'max_bytes' to 'retrieve_study' (a whole number >= 0 expected, got -1)" },
       { function() local _ = store:retrieve_series("1.2", 3, to) end,

@@ -114,8 +114,8 @@ local function progress(show)
   end
 end
 
-local function call(store, t, dir, ts, on_progress, refetch, a)
-  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress, max_bytes = a.max_bytes,
+local function call(store, t, dir, ts, on_progress, refetch, a, on_file)
+  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress, on_file = on_file, max_bytes = a.max_bytes,
     max_parts = a.max_parts, max_part_bytes = a.max_part_bytes, timeout = a.timeout,
     idle_timeout = a.idle_timeout, min_speed = a.min_speed, compressed = a.compressed or nil,
     keep_rejected = a.keep_rejected or nil }
@@ -156,26 +156,52 @@ local function missing_instances(store, t, files, kept)
   return missing
 end
 
--- A file's record as json.encode writes it (keys sorted), made here with one format: a
--- retrieve may list a hundred thousand. A valid UID is digits and dots, so it needs no
--- escaping; a record with a warning goes the general way.
-local function file_record(f)
-  if f.warning == nil and math.type(f.size) == "integer" and names.valid_uid(f.sop_instance_uid) then
-    return json.raw(string.format('{"path":%s,"size":%d,"sop_instance_uid":"%s"}', json.string(f.path), f.size,
-      f.sop_instance_uid))
-  end
-  return { path = f.path, sop_instance_uid = f.sop_instance_uid, size = f.size, warning = f.warning }
+-- A size the fast record writes as it is: an integer (one that prints as digits, under LuaJIT).
+local digits_only = math.type and function(n) return math.type(n) == "integer" end
+  or function(n) return type(n) == "number" and n >= 0 and n < 1e14 and n == math.floor(n) end
+-- The directory files land in, as the start of their paths: the text and its JSON (escaped once,
+-- no closing quote) for file_record.
+local function path_prefix(dir)
+  local prefix = dir:sub(-1) == "/" and dir or dir .. "/"
+  return { text = prefix, json = json.string(prefix):sub(1, -2) }
 end
 
-local function report_json(r)
-  local list, rlist = {}, {}
-  for i, f in ipairs(r.files) do list[i] = file_record(f) end
+-- A file's record as json.encode writes it (keys sorted), made with one concatenation: a
+-- retrieve may list a hundred thousand, and the command writes each as its instance lands
+-- (on_file), while the rest of the answer streams. A valid UID is digits and dots and needs no
+-- escaping, and a path that is <prefix><UID>.dcm takes the prefix's JSON, escaped once; a
+-- record with a warning goes the general way.
+local function file_record(f, prefix)
+  local path, size, uid = f.path, f.size, f.sop_instance_uid
+  if f.warning == nil and digits_only(size) and names.valid_uid(uid) then
+    return '{"path":' .. (path == prefix.text .. uid .. ".dcm" and prefix.json .. uid .. '.dcm"' or json.string(path))
+      .. ',"size":' .. size .. ',"sop_instance_uid":"' .. uid .. '"}'
+  end
+  return json.encode({ path = path, sop_instance_uid = uid, size = size, warning = f.warning })
+end
+
+-- Writes the JSON report to out: the files' records (r.records: file -> text, made by on_file;
+-- the others made now, r.prefix as file_record's) go out a thousand at a time, where the writer put a mark ("\0", which
+-- no JSON text it writes holds), rather than as one more copy of them all.
+local function write_report_json(out, r)
+  local rlist = {}
   for i, x in ipairs(r.rejected) do rlist[i] = { part = x.part, reason = x.reason, size = x.size, path = x.path } end
-  return json.encode({
-    files = json.array(list), kept = json.array(r.kept), rejected = json.array(rlist), bytes = r.bytes,
+  local text = json.encode({
+    files = json.raw("\0"), kept = json.array(r.kept), rejected = json.array(rlist), bytes = r.bytes,
     seconds = r.seconds, missing = r.missing and json.array(r.missing),
     error = r.err and (r.err.message or tostring(r.err)),
   })
+  local at = text:find("\0", 1, true)
+  out:write(text:sub(1, at - 1), "[")
+  local records, files, batch = r.records or {}, r.files, {}
+  for i = 1, #files, 1000 do
+    for j = i, math.min(i + 999, #files) do
+      local f = files[j]
+      batch[j - i + 1] = records[f] or file_record(f, r.prefix)
+    end
+    out:write(i > 1 and "," or "", table.concat(batch, ",", 1, math.min(1000, #files - i + 1)))
+  end
+  out:write("]", text:sub(at + 1), "\n")
 end
 
 -- The retrieve, Ctrl-C or SIGTERM abandoning it. Returns the outcome { res, err, files, rejected,
@@ -184,7 +210,10 @@ local function run(store, t, a)
   local show = not a.no_progress and not a.json and core.isatty(2)
   core.trap_interrupts()
   local t0 = core.now()
-  local res, err, partial = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a)
+  -- --json: each file's record is written as the file lands, while the answer still streams
+  local records, prefix = a.json and {} or nil, path_prefix(a.output)
+  local on_file = records and function(f) records[f] = file_record(f, prefix) end
+  local res, err, partial = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a, on_file)
   local seconds = core.now() - t0
   if show then io.stderr:write("\r\27[K") end
   local signal = core.interrupted()
@@ -194,7 +223,7 @@ local function run(store, t, a)
   -- rejected: parts of the answer that are not DICOM instances (not counted among the files);
   -- kept: the instances <dir> already held (see --refetch)
   local r = { res = res, err = err, files = got.files or {}, rejected = got.rejected or {}, kept = {},
-    kept_files = got.kept or {}, bytes = 0, seconds = seconds }
+    kept_files = got.kept or {}, bytes = 0, seconds = seconds, records = records, prefix = prefix }
   for i, f in ipairs(got.kept or {}) do r.kept[i] = f.path end
   for _, f in ipairs(r.files) do r.bytes = r.bytes + (f.size or 0) end
   return r
@@ -227,7 +256,7 @@ end
 local function report(t, r, a)
   local files, rejected, err = r.files, r.rejected, r.err
   if a.json then
-    io.stdout:write(report_json(r), "\n")
+    write_report_json(io.stdout, r)
   else
     for _, f in ipairs(files) do io.stdout:write(common.printable(f.path), "\n") end
   end

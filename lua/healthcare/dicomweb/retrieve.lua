@@ -58,7 +58,8 @@ local function with(list, ...)
   return out
 end
 
-local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected")
+local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected",
+  "on_file")
 local COLLECTION_OPTIONS = with(INSTANCE_OPTIONS, "skip_existing")
 local METADATA_OPTIONS = { "params", "max_bytes", "timeout" }
 -- (one image to one file: no parts to count)
@@ -78,6 +79,7 @@ local function check_call(store, fname, uids, n, opts, valid)
   opts = util.check_options(opts, valid, fname, 3)
   util.check_option(opts.params, "params", fname, "table", 3)
   util.check_option(opts.on_progress, "on_progress", fname, "function", 3)
+  util.check_option(opts.on_file, "on_file", fname, "function", 3)
   util.check_option(opts.skip_existing, "skip_existing", fname, "boolean", 3)
   util.check_option(opts.transfer_syntax, "transfer_syntax", fname, "string", 3)
   util.check_option(opts.accept, "accept", fname, "string", 3)
@@ -244,8 +246,9 @@ local function name_option(err, what, bounds, compressed)
 end
 
 -- One GET of the retrieve. how = { what = the method's name for messages, sink = the transport's
--- sink (files) or nil (an answer in memory of at most max_bytes), compressed = whether gzip is
--- asked for (else opts.compressed), bounds = bounds_of's (what is left of them is updated) }.
+-- sink (files) or nil (an answer in memory of at most max_bytes), on_parts = the transport's
+-- (the sink's parts as they complete), compressed = whether gzip is asked for (else
+-- opts.compressed), bounds = bounds_of's (what is left of them is updated) }.
 local function send(store, method_path, headers, opts, how)
   local query, qerr = params.query(opts.params)
   if not query then return nil, qerr end
@@ -291,6 +294,7 @@ local function send(store, method_path, headers, opts, how)
     -- on_progress{ bytes_received, ... } about five times a second; false stops the transfer
     -- (and removes what it wrote).
     on_progress = opts.on_progress,
+    on_parts = how.on_parts,
   }
   if bounds and res then
     bounds.bytes = bounds.bytes - (res.bytes or 0)
@@ -351,68 +355,79 @@ local function instance_of(part, used)
   return nil, uid, info
 end
 
--- Names the received DICOM parts in dir after their SOP Instance UIDs. scope = { study =,
--- series =, instance = } the UIDs asked for, checked against what came (a mismatch is a
--- warning). A part that is not an instance of its own (not DICOM, no valid SOP Instance UID,
--- a UID already received) is rejected: { part = i, reason, size, path = dir/part-<i>.rejected
--- when keep_rejected, else removed }. Returns files, rejected; or nil, err with err.files and
--- err.rejected (what was done) when a rename fails. Every temporary file is gone either way.
-local function name_instances(parts, dir, scope, fixed_path, keep_rejected)
-  local files, rejected, used = {}, {}, {}
-  -- Parts the sink already named by their UID as they arrived (sink.name_by_uid) hold their UID
-  -- first, whatever their place: another part with it is the second copy.
+-- Why an instance is not of the scope asked for (scope = { study =, series =, instance = }), or
+-- nil. info: its study_uid and series_uid.
+local function scope_warning(scope, uid, info)
+  if scope.instance and uid ~= scope.instance then
+    return string.format("SOP Instance UID %s is not the instance asked for (%s)", uid, scope.instance)
+  elseif scope.series and info.series_uid ~= scope.series then
+    return string.format("instance %s belongs to series %s, not %s", uid, tostring(info.series_uid), scope.series)
+  elseif scope.study and info.study_uid ~= scope.study then
+    return string.format("instance %s belongs to study %s, not %s", uid, tostring(info.study_uid), scope.study)
+  end
+end
+
+-- The file of a part the sink named by its UID as it arrived (sink.name_by_uid): it is at
+-- dir/<uid>.dcm already (the sink joins them as join does), and an instance of its own, since
+-- the sink names no two parts alike.
+local function named_file(part, scope)
+  local uid = part.sop_instance_uid
+  return { path = part.path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, part) }
+end
+
+-- Names the received DICOM parts in dir after their SOP Instance UIDs. scope: the UIDs asked
+-- for, checked against what came (a mismatch is a warning). A part that is not an instance of
+-- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
+-- i, reason, size, path = dir/part-<i>.rejected when keep_rejected, else removed }. early: the
+-- files of named parts already listed while the answer streamed, by part; on_file(file) is
+-- called for each of the others once all are named. Returns files, rejected; or nil, err with
+-- err.files and err.rejected (what was done) when a rename fails. Every temporary file is gone
+-- either way.
+local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
+  local files, rejected, used, told = {}, {}, {}, {}
+  -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
+  -- their place: another part with it is the second copy.
   for i, part in ipairs(parts) do
     if part.named then used[part.sop_instance_uid] = i end
   end
+  local function add(i, f)
+    files[#files + 1] = f
+    if not early[i] then told[#told + 1] = f end
+  end
   for i, part in ipairs(parts) do
-    local reason, uid, info
     if part.named then
-      uid, info = part.sop_instance_uid, part
+      add(i, early[i] or named_file(part, scope))
     else
-      reason, uid, info = instance_of(part, used)
-    end
-    local warning, path
-    if reason then
-      local entry = { part = i, reason = reason, size = part.size }
-      rejected[#rejected + 1] = entry
-      if keep_rejected then path = join(dir, string.format("part-%d.rejected", i)) end
-      if not path then os.remove(part.path) end
-    else
-      used[uid] = i
-      if scope.instance and uid ~= scope.instance then
-        warning = string.format("SOP Instance UID %s is not the instance asked for (%s)", uid, scope.instance)
-      elseif scope.series and info.series_uid ~= scope.series then
-        warning = string.format("instance %s belongs to series %s, not %s", uid, tostring(info.series_uid),
-          scope.series)
-      elseif scope.study and info.study_uid ~= scope.study then
-        warning = string.format("instance %s belongs to study %s, not %s", uid, tostring(info.study_uid),
-          scope.study)
+      local reason, uid, info = instance_of(part, used)
+      local path
+      if reason then
+        rejected[#rejected + 1] = { part = i, reason = reason, size = part.size }
+        if keep_rejected then path = join(dir, string.format("part-%d.rejected", i)) end
+        if not path then os.remove(part.path) end
+      else
+        used[uid] = i
+        path = fixed_path or join(dir, uid .. ".dcm")
       end
-      -- a named part is at dir/<uid>.dcm already (the sink joins them as join does)
-      path = fixed_path or (part.named and part.path) or join(dir, uid .. ".dcm")
-    end
-    local ok, err = true, nil
-    if path and not part.named then ok, err = place(part.path, path) end
-    if not ok then
-      -- the later parts: those the sink named are in place and listed, the others removed
-      for j = i + 1, #parts do
-        local p = parts[j]
-        if p.named then
-          files[#files + 1] = { path = join(dir, p.sop_instance_uid .. ".dcm"), sop_instance_uid = p.sop_instance_uid,
-            size = p.size }
-        else
-          os.remove(p.path)
+      local ok, err = true, nil
+      if path then ok, err = place(part.path, path) end
+      if not ok then
+        -- the later parts: those the sink named are in place and listed, the others removed
+        for j = i + 1, #parts do
+          local p = parts[j]
+          if p.named then add(j, early[j] or named_file(p, scope)) else os.remove(p.path) end
         end
+        err.files, err.rejected = files, rejected
+        if on_file then for _, f in ipairs(told) do on_file(f) end end
+        return nil, err
       end
-      err.files, err.rejected = files, rejected
-      return nil, err
-    end
-    if reason then
-      if path then rejected[#rejected].path = path end
-    else
-      files[#files + 1] = { path = path, sop_instance_uid = uid, size = part.size, warning = warning }
+      if reason then
+        if path then rejected[#rejected].path = path end
+      else
+        add(i, { path = path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, info) })
+      end
     end
   end
+  if on_file then for _, f in ipairs(told) do on_file(f) end end
   return files, rejected
 end
 
@@ -459,20 +474,35 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   if not ok then return nil, derr end
 
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
+  local on_file = opts.on_file
+  -- The files of the parts the sink named, listed (and on_file told) while the answer streams,
+  -- by part: what is left once it has ended is then only the last moment's parts.
+  local early = {}
+  local function on_parts(parts, first)
+    for i = first, #parts do
+      local part = parts[i]
+      if part.named then
+        local f = named_file(part, scope)
+        early[i] = f
+        if on_file then on_file(f) end
+      end
+    end
+  end
   local function name(parts)
     if fixed_path and #parts ~= 1 then
       remove_parts(parts)
       return nil, errors.new("dicom", string.format("%s: expected one instance, the server sent %d parts",
         what, #parts), { files = {}, rejected = {} })
     end
-    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected)
+    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, early, on_file)
   end
   local res, err = send(store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
     -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
     -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
     -- is named below as before.
-    { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds })
+    { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds,
+      on_parts = fixed_path == nil and on_parts or nil })
   if not res then
     return nil, keep_completed(err, name)
   end
@@ -511,8 +541,8 @@ local function already_in(dir)
 end
 
 -- The options of a retrieve that its sub-retrieves (skip_existing) pass on, with `to`.
-local SUB_OPTIONS = { "transfer_syntax", "params", "on_progress", "keep_rejected", "idle_timeout", "min_speed",
-  "compressed", "max_compression_ratio" }
+local SUB_OPTIONS = { "transfer_syntax", "params", "on_progress", "on_file", "keep_rejected", "idle_timeout",
+  "min_speed", "compressed", "max_compression_ratio" }
 
 local function sub_options(opts, to)
   local sub = { to = to }
