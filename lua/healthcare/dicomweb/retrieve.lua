@@ -384,11 +384,19 @@ end
 -- err.files and err.rejected (what was done) when a rename fails. Every temporary file is gone
 -- either way.
 local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
-  local files, rejected, used, told = {}, {}, {}, {}
+  local files, rejected, used, told = {}, {}, nil, {}
   -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
-  -- their place: another part with it is the second copy.
-  for i, part in ipairs(parts) do
-    if part.named then used[part.sop_instance_uid] = i end
+  -- their place: another part with it is the second copy (when there are parts to name here).
+  for _, part in ipairs(parts) do
+    if not part.named then
+      used = {}
+      break
+    end
+  end
+  if used then
+    for i, part in ipairs(parts) do
+      if part.named then used[part.sop_instance_uid] = i end
+    end
   end
   local function add(i, f)
     files[#files + 1] = f
@@ -396,7 +404,12 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
   end
   for i, part in ipairs(parts) do
     if part.named then
-      add(i, early[i] or named_file(part, scope))
+      local f = early[i]
+      if not f then
+        f = named_file(part, scope)
+        told[#told + 1] = f
+      end
+      files[#files + 1] = f
     else
       local reason, uid, info = instance_of(part, used)
       local path
