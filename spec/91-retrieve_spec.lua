@@ -751,6 +751,20 @@ describe("a cut or malformed stream", function()
     assert.is_true(calls[2].received < all, tostring(calls[2].received))
   end)
 
+  it("tells on_file of each instance kept from a stream cut after it began, once, early or late", function()
+    local dir = H.tmpdir()
+    local cut = string.format("%d", parts[1].size + parts[2].size + 2000 + math.floor(parts[3].size / 2))
+    local told = {}
+    local res, err, partial = raw_store(3, { "pause=0.3", "cut=" .. cut }):retrieve_study(study.uid, {
+      to = dir, on_file = function(f) told[#told + 1] = f end })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert_kept(partial.files, dir, 2)
+    assert.same(partial.files, told)
+    assert.equal(partial.files[1], told[1])
+    assert.equal(partial.files[2], told[2])
+  end)
+
   it("stops the transfer when on_file raises, and keeps nothing of it", function()
     local dir = H.tmpdir()
     local store = raw_store(3, { "pause=0.3" })
