@@ -325,6 +325,7 @@ local function media_type(headers)
   return media.of(headers and headers["content-type"])
 end
 
+-- (parts: a list with no part on_parts took, which only a named instance's answer has)
 local function remove_parts(parts, from)
   for i = from or 1, #(parts or {}) do os.remove(parts[i].path) end
 end
@@ -379,8 +380,8 @@ end
 -- for, checked against what came (a mismatch is a warning). A part that is not an instance of
 -- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
 -- i, reason, size, path = dir/part-<i>.rejected when keep_rejected, else removed }. early: the
--- files of named parts already listed while the answer streamed, by part; on_file(file) is
--- called for each of the others once all are named. Returns files, rejected; or nil, err with
+-- files of named parts already listed while the answer streamed, by part (their parts are false
+-- in the list); on_file(file) is called for each of the others once all are named. Returns files, rejected; or nil, err with
 -- err.files and err.rejected (what was done) when a rename fails. Every temporary file is gone
 -- either way.
 local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
@@ -388,14 +389,18 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
   -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
   -- their place: another part with it is the second copy (when there are parts to name here).
   for _, part in ipairs(parts) do
-    if not part.named then
+    if part and not part.named then
       used = {}
       break
     end
   end
   if used then
     for i, part in ipairs(parts) do
-      if part.named then used[part.sop_instance_uid] = i end
+      if not part then
+        used[early[i].sop_instance_uid] = i
+      elseif part.named then
+        used[part.sop_instance_uid] = i
+      end
     end
   end
   local function add(i, f)
@@ -403,7 +408,7 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
     if not early[i] then told[#told + 1] = f end
   end
   for i, part in ipairs(parts) do
-    if part.named then
+    if not part or part.named then
       local f = early[i]
       if not f then
         f = named_file(part, scope)
@@ -427,7 +432,7 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
         -- the later parts: those the sink named are in place and listed, the others removed
         for j = i + 1, #parts do
           local p = parts[j]
-          if p.named then add(j, early[j] or named_file(p, scope)) else os.remove(p.path) end
+          if not p or p.named then add(j, early[j] or named_file(p, scope)) else os.remove(p.path) end
         end
         err.files, err.rejected = files, rejected
         if on_file then for _, f in ipairs(told) do on_file(f) end end
@@ -489,14 +494,15 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
   local on_file = opts.on_file
   -- The files of the parts the sink named, listed (and on_file told) while the answer streams,
-  -- by part: what is left once it has ended is then only the last moment's parts.
+  -- by part: what is left once it has ended is then only the last moment's parts. A part so
+  -- listed leaves the transport's list (false): its file's entry says all it did.
   local early = {}
   local function on_parts(parts, first)
     for i = first, #parts do
       local part = parts[i]
       if part.named then
         local f = named_file(part, scope)
-        early[i] = f
+        early[i], parts[i] = f, false
         if on_file then on_file(f) end
       end
     end
