@@ -381,9 +381,9 @@ end
 -- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
 -- i, reason, size, path = dir/part-<i>.rejected when keep_rejected, else removed }. early: the
 -- files of named parts already listed while the answer streamed, by part (their parts are false
--- in the list); on_file(file) is called for each of the others once all are named. Returns files, rejected; or nil, err with
--- err.files and err.rejected (what was done) when a rename fails. Every temporary file is gone
--- either way.
+-- in the list); on_file(file) is called for each of the others once all are named. Returns
+-- files, rejected; or nil, err with err.files and err.rejected (what was done) when a rename
+-- fails. Every temporary file is gone either way.
 local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
   local files, rejected, used, told = {}, {}, nil, {}
   -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
