@@ -22,6 +22,13 @@
 #  define PRINTF_LIKE(f, a)
 #endif
 
+/* A named part's UID, known by its key (uid_key) rather than its text. */
+typedef struct uid_slot {
+    uint64_t h;
+    uint32_t h2;
+    uint32_t index1;               /* the part's index + 1; 0: an empty slot */
+} uid_slot;
+
 struct hc_sink {
     int kind;                      /* HC_SINK_FILE or HC_SINK_DIR */
     char *path;                    /* owned: the file, or the directory */
@@ -36,8 +43,10 @@ struct hc_sink {
     int64_t max_parts;             /* parts (a directory sink), */
     int64_t max_part_bytes;        /* bytes of one part or file */
     size_t headers_total;          /* bytes of the retained part header blocks */
-    hc_part *parts;                /* owned: completed parts, in stream order */
-    size_t nparts, parts_size;
+    hc_part *parts;                /* owned: completed parts not released, in stream order */
+    size_t nparts, parts_size;     /* parts completed in all; room in parts */
+    size_t released;               /* parts handed over (hc_sink_release_parts): parts[0] is
+                                    * the part of this index */
     int parts_taken;               /* the caller has been given the parts: they are its files */
     hc_multipart mp;
     int mp_live;                   /* mp is initialised */
@@ -53,7 +62,7 @@ struct hc_sink {
     int deferred;                  /* the part so far is all in prefix: its file is not made yet
                                     * (a small part is then written in one go as it ends) */
     hc_dicom_info info;
-    uint32_t *uid_slots;           /* owned: the named parts by UID (index + 1), open addressing */
+    uid_slot *uid_slots;           /* owned: the named parts by UID key, open addressing */
     size_t uid_nslots, uid_n;      /* a power of two, at least twice uid_n */
     char **shared;                 /* owned: the study and series UIDs of named parts, each */
     size_t nshared, shared_size;   /* kept once while parts in a row repeat it (they do) */
@@ -247,24 +256,31 @@ static int valid_uid(const char *u)
     return 1;
 }
 
-static uint64_t uid_hash(const char *s)
+/* The 96 bits a UID is known by (uid_key): FNV-1a from two offset bases, each mixed down
+ * (FNV's low bits, the ones the table uses, depend on few input bits). Two UIDs of one answer
+ * share them with a chance of about n^2 / 2^97: 10^-17 for a million parts. */
+static uint64_t uid_hash(const char *s, uint64_t h)
 {
-    uint64_t h = 1469598103934665603ULL; /* FNV-1a, */
     for (; *s; s++) {
         h ^= (unsigned char)*s;
         h *= 1099511628211ULL;
     }
-    /* then mixed down: FNV's low bits, the ones the table uses, depend on few input bits */
     h ^= h >> 31;
     h *= 0xbf58476d1ce4e5b9ULL;
     return h ^ (h >> 29);
 }
 
-/* The slot of the named part with this UID, or the empty slot where it would go. */
-static size_t uid_find(const hc_sink *k, const uint32_t *slots, size_t nslots, const char *uid)
+static void uid_key(const char *uid, uint64_t *h, uint32_t *h2)
 {
-    size_t i = (size_t)(uid_hash(uid) & (nslots - 1));
-    while (slots[i] != 0 && strcmp(k->parts[slots[i] - 1].sop_instance_uid, uid) != 0)
+    *h = uid_hash(uid, 1469598103934665603ULL);
+    *h2 = (uint32_t)uid_hash(uid, 0x9e3779b97f4a7c15ULL);
+}
+
+/* The slot of the named part with this key, or the empty slot where it would go. */
+static size_t uid_find(const uid_slot *slots, size_t nslots, uint64_t h, uint32_t h2)
+{
+    size_t i = (size_t)(h & (nslots - 1));
+    while (slots[i].index1 != 0 && (slots[i].h != h || slots[i].h2 != h2))
         i = (i + 1) & (nslots - 1);
     return i;
 }
@@ -273,7 +289,7 @@ static size_t uid_find(const hc_sink *k, const uint32_t *slots, size_t nslots, c
 static int uid_reserve(hc_sink *k)
 {
     size_t i, nslots;
-    uint32_t *slots;
+    uid_slot *slots;
     if (2 * (k->uid_n + 1) <= k->uid_nslots)
         return 0;
     nslots = k->uid_nslots ? 2 * k->uid_nslots : 64;
@@ -281,9 +297,9 @@ static int uid_reserve(hc_sink *k)
     if (slots == NULL)
         return -1;
     for (i = 0; i < k->uid_nslots; i++) {
-        uint32_t s = k->uid_slots[i];
-        if (s != 0)
-            slots[uid_find(k, slots, nslots, k->parts[s - 1].sop_instance_uid)] = s;
+        const uid_slot *s = &k->uid_slots[i];
+        if (s->index1 != 0)
+            slots[uid_find(slots, nslots, s->h, s->h2)] = *s;
     }
     free(k->uid_slots);
     k->uid_slots = slots;
@@ -315,23 +331,33 @@ static const char *shared_uid(hc_sink *k, const char *uid)
     return copy;
 }
 
-/* Names part i (just completed) <dir>/<UID>.dcm when its kept prefix says which instance it is
- * (hc_sink_name_by_uid); otherwise leaves it as it is. */
+/* Names part i (just completed, the last in parts) <dir>/<UID>.dcm when its kept prefix, or
+ * else its whole file, says which instance it is (hc_sink_name_by_uid); a second copy of a UID
+ * is marked (duplicate_of); any other part is left as it is. */
 static void name_part(hc_sink *k, size_t i)
 {
-    hc_part *part = &k->parts[i];
+    hc_part *part = &k->parts[i - k->released];
     const hc_dicom_info *info = &k->info;
     const char *uid, *study, *series;
     char *copy, *path;
-    size_t ul, dl = strlen(k->path);
+    size_t ul, slot, dl = strlen(k->path);
+    uint64_t h;
+    uint32_t h2;
     /* Probed while it streamed, or now on what was kept; a deflated data set cut by the prefix
-     * may fall back to the meta UIDs where the whole file would not: left to the caller. */
-    if (k->prefix == NULL || (!k->probed && !probe_prefix(k, part->size <= (int64_t)k->prefix_len)))
+     * may fall back to the meta UIDs where the whole file would not: then, and for a header
+     * past the prefix, the whole file is probed, as the caller would. */
+    if ((k->prefix == NULL || (!k->probed && !probe_prefix(k, part->size <= (int64_t)k->prefix_len)))
+        && hc_dicom_probe_file(part->path, &k->info, NULL, 0) != HC_DICOM_OK)
         return;
     uid = info->sop_instance_uid[0] ? info->sop_instance_uid : info->media_sop_instance_uid;
-    if (!valid_uid(uid) || i > 0xfffffffeu || uid_reserve(k) != 0
-        || k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] != 0)
+    if (!valid_uid(uid) || i > 0xfffffffeu || uid_reserve(k) != 0)
         return;
+    uid_key(uid, &h, &h2);
+    slot = uid_find(k->uid_slots, k->uid_nslots, h, h2);
+    if (k->uid_slots[slot].index1 != 0) {
+        part->duplicate_of = k->uid_slots[slot].index1;
+        return;
+    }
     ul = strlen(uid);
     study = shared_uid(k, info->study_uid);
     series = shared_uid(k, info->series_uid);
@@ -354,7 +380,9 @@ static void name_part(hc_sink *k, size_t i)
     part->sop_instance_uid = copy;
     part->study_uid = study;
     part->series_uid = series;
-    k->uid_slots[uid_find(k, k->uid_slots, k->uid_nslots, uid)] = (uint32_t)(i + 1);
+    k->uid_slots[slot].h = h;
+    k->uid_slots[slot].h2 = h2;
+    k->uid_slots[slot].index1 = (uint32_t)(i + 1);
     k->uid_n++;
 }
 
@@ -373,7 +401,7 @@ static int finish_part(hc_sink *k)
     }
     if (close_current(k, 1) != 0)
         return -1;
-    if (k->nparts == k->parts_size) {
+    if (k->nparts - k->released == k->parts_size) {
         size_t want = k->parts_size ? 2 * k->parts_size : 16;
         hc_part *grown = realloc(k->parts, want * sizeof *grown);
         if (grown == NULL) {
@@ -385,13 +413,14 @@ static int finish_part(hc_sink *k)
         k->parts = grown;
         k->parts_size = want;
     }
-    part = &k->parts[k->nparts++];
+    part = &k->parts[k->nparts++ - k->released];
     part->path = k->tmp;
     part->headers = k->cur_headers;
     part->headers_len = k->cur_headers_len;
     part->size = k->cur_size;
     part->sop_instance_uid = NULL;
     part->study_uid = part->series_uid = NULL;
+    part->duplicate_of = 0;
     k->tmp = NULL;
     k->cur_headers = NULL;
     k->cur_headers_len = 0;
@@ -609,7 +638,7 @@ void hc_sink_reset(hc_sink *k)
 {
     size_t i;
     close_current(k, 0);
-    for (i = 0; i < k->nparts; i++) {
+    for (i = 0; i < k->nparts - k->released; i++) {
         if (!k->parts_taken)
             unlink(k->parts[i].path);
         free(k->parts[i].path);
@@ -627,7 +656,7 @@ void hc_sink_reset(hc_sink *k)
     k->prefix_len = 0;
     free(k->parts);
     k->parts = NULL;
-    k->nparts = k->parts_size = 0;
+    k->nparts = k->parts_size = k->released = 0;
     k->parts_taken = 0;
     if (k->mp_live)
         hc_multipart_free(&k->mp);
@@ -674,7 +703,29 @@ size_t hc_sink_nparts(const hc_sink *k)
 
 const hc_part *hc_sink_part(const hc_sink *k, size_t i)
 {
-    return i < k->nparts ? &k->parts[i] : NULL;
+    return i >= k->released && i < k->nparts ? &k->parts[i - k->released] : NULL;
+}
+
+void hc_sink_release_parts(hc_sink *k, size_t upto)
+{
+    size_t i, n;
+    if (upto > k->nparts)
+        upto = k->nparts;
+    if (upto <= k->released)
+        return;
+    n = upto - k->released;
+    for (i = 0; i < n; i++) {
+        free(k->parts[i].path);
+        free(k->parts[i].headers);
+        free(k->parts[i].sop_instance_uid);
+    }
+    memmove(k->parts, k->parts + n, (k->nparts - upto) * sizeof *k->parts);
+    k->released = upto;
+}
+
+size_t hc_sink_released(const hc_sink *k)
+{
+    return k->released;
 }
 
 void hc_sink_take_parts(hc_sink *k)

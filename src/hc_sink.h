@@ -40,6 +40,9 @@ typedef struct hc_part {
     char *sop_instance_uid;
     const char *study_uid;
     const char *series_uid;
+    /* Not named because an earlier part of this answer (1 + its index) had its SOP Instance UID;
+     * 0 otherwise. */
+    uint32_t duplicate_of;
 } hc_part;
 
 /* Returns a new sink (owned by the caller: hc_sink_free) of kind HC_SINK_FILE or HC_SINK_DIR for
@@ -55,9 +58,12 @@ hc_sink *hc_sink_new(int kind, const char *path, int64_t max_bytes, int64_t max_
  * within them, the UID (the data set's, else the File Meta's) is a valid UID (digits and dots,
  * 1 to 64 characters, no empty component) and no earlier part of this answer had it, the
  * part's temporary file is renamed to <dir>/<UID>.dcm (replacing a file of that name, never
- * writing through a link: rename replaces the entry itself). Any other part keeps its temporary
- * file for the caller to judge (not DICOM, a header past the prefix, a second copy, a rename
- * refused). Saves the caller a reopen, a read and a rename per instance after the transfer. */
+ * writing through a link: rename replaces the entry itself). A part the prefix does not tell
+ * (a deflated data set, a header past the prefix) is probed whole from its file as it ends.
+ * Any other part keeps its temporary file for the caller to judge (not DICOM, no valid UID, a
+ * second copy: duplicate_of, a rename refused). The UIDs seen are kept as 96-bit hashes (16
+ * bytes a slot), not as strings, so that the parts handed over (hc_sink_release_parts) cost
+ * nothing more. Saves the caller a reopen, a read and a rename per instance. */
 #define HC_SINK_PROBE_BYTES (64 * 1024)
 void hc_sink_name_by_uid(hc_sink *k);
 
@@ -87,9 +93,17 @@ int hc_sink_error(const hc_sink *k, const char **message, const char **code);
 int64_t hc_sink_bytes(const hc_sink *k);
 /* The file or the directory asked for. */
 const char *hc_sink_path(const hc_sink *k);
-/* Complete parts, in stream order; hc_sink_part(k, i) for i < hc_sink_nparts(k). */
+/* Complete parts, in stream order; hc_sink_part(k, i) for hc_sink_released(k) <= i <
+ * hc_sink_nparts(k) (NULL for the others). */
 size_t hc_sink_nparts(const hc_sink *k);
 const hc_part *hc_sink_part(const hc_sink *k, size_t i);
+/* Hands the parts before index `upto` over to the caller as they are: their files are the
+ * caller's (nothing removes them, even when the transfer fails later) and their records are
+ * freed, so that an answer of a million parts keeps no memory for the parts already handed
+ * out. Their count still counts (hc_sink_nparts, max_parts). */
+void hc_sink_release_parts(hc_sink *k, size_t upto);
+/* The parts released so far: the index of the first part hc_sink_part still has. */
+size_t hc_sink_released(const hc_sink *k);
 /* The caller now owns the files of the parts (not their hc_part records): nothing removes them. */
 void hc_sink_take_parts(hc_sink *k);
 

@@ -338,11 +338,22 @@ static void test_name_by_uid(tstate *t)
           "part 1 named %s with its UIDs", p != NULL ? p->path : "(none)");
     check(t, p != NULL && p->headers == NULL, "and no headers kept");
     check(t, stat(path, &st) == 0 && st.st_size == p->size, "its file is whole under its name");
-    for (i = 1; i <= 4; i++) {
+    for (i = 1; i <= 4; i += 3) {
         p = hc_sink_part(k, i);
-        check(t, p != NULL && p->sop_instance_uid == NULL && strstr(p->path, "/.hc-part-") != NULL,
+        check(t, p != NULL && p->sop_instance_uid == NULL && strstr(p->path, "/.hc-part-") != NULL
+                     && p->duplicate_of == 0,
               "part %zu left to the caller: %s", i + 1, p != NULL ? p->path : "(none)");
     }
+    p = hc_sink_part(k, 2);
+    check(t, p != NULL && p->sop_instance_uid == NULL && strstr(p->path, "/.hc-part-") != NULL
+                 && p->duplicate_of == 1,
+          "part 3, a second copy of part 1's UID, left to the caller as one: %u",
+          p != NULL ? p->duplicate_of : 0);
+    p = hc_sink_part(k, 3);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.4.dcm", dir);
+    check(t, p != NULL && p->sop_instance_uid != NULL && strcmp(p->path, path) == 0,
+          "part 4, its UIDs past the prefix, named from its whole file: %s", p != NULL ? p->path : "(none)");
+    check(t, stat(path, &st) == 0 && st.st_size == p->size, "its file is whole under its name");
     p = hc_sink_part(k, 5);
     snprintf(path, sizeof path, "%s/1.2.3.4.5.6.dcm", dir);
     check(t, p != NULL && p->sop_instance_uid != NULL && strcmp(p->path, path) == 0,
@@ -446,6 +457,56 @@ static void test_deferred(tstate *t)
     }
 }
 
+/* Parts handed over (hc_sink_release_parts) are the caller's: their records gone, their files
+ * kept when the answer then fails, their UIDs still known as taken. */
+static void test_release(tstate *t)
+{
+    static unsigned char file[8 * 1024];
+    static char body[64 * 1024];
+    char dir[600], path[800];
+    size_t len = 0, n, cut;
+    const hc_part *p;
+    hc_sink *k;
+    fresh_dir(t, "released", dir, sizeof dir);
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.31", 0);
+    add_part(body, &len, file, n);
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.32", 0);
+    add_part(body, &len, file, n);
+    k = hc_sink_new(HC_SINK_DIR, dir, 0, 3, 0);
+    hc_sink_name_by_uid(k);
+    hc_sink_decide(k, 200, MULTIPART);
+    hc_sink_write(k, body, len);
+    hc_sink_write(k, "--b0\r\n", 6); /* the delimiter that ends the second part */
+    check(t, hc_sink_nparts(k) == 2, "two parts: %zu", hc_sink_nparts(k));
+    hc_sink_release_parts(k, 1);
+    check(t, hc_sink_released(k) == 1 && hc_sink_part(k, 0) == NULL && hc_sink_part(k, 1) != NULL,
+          "the first released, the second still listed");
+    hc_sink_release_parts(k, 5); /* past the end: all there are */
+    check(t, hc_sink_released(k) == 2 && hc_sink_part(k, 1) == NULL && hc_sink_nparts(k) == 2,
+          "both released, still counted");
+    /* a second copy of the first (released) part, then a third UID: one part past max_parts */
+    len = 0;
+    n = dicom_file(file, sizeof file, "1.2.3.4.5.31", 0);
+    memcpy(body, "Content-Type: application/dicom\r\n\r\n", 35);
+    len = 35;
+    memcpy(body + len, file, n);
+    len += n;
+    memcpy(body + len, "\r\n--b0\r\n", 8);
+    len += 8;
+    hc_sink_write(k, body, len);
+    p = hc_sink_part(k, 2);
+    check(t, hc_sink_nparts(k) == 3 && p != NULL && p->sop_instance_uid == NULL && p->duplicate_of == 1,
+          "a released part's UID is still known: part 3 a second copy of part %u",
+          p != NULL ? p->duplicate_of : 0);
+    cut = (size_t)hc_sink_write(k, "Content-Type: application/dicom\r\n\r\nDICM", 39);
+    check(t, cut != 0 && hc_sink_end(k, 0) == 0, "past max_parts: the answer fails");
+    hc_sink_free(k);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.31.dcm", dir);
+    check(t, access(path, F_OK) == 0, "the released parts' files are kept: %s", path);
+    snprintf(path, sizeof path, "%s/1.2.3.4.5.32.dcm", dir);
+    check(t, access(path, F_OK) == 0 && entries(dir) == 2, "and only they: %d files", entries(dir));
+}
+
 int main(void)
 {
     tstate t;
@@ -462,6 +523,7 @@ int main(void)
     test_caps(&t);
     test_errors(&t);
     test_name_by_uid(&t);
+    test_release(&t);
     test_deferred(&t);
     {
         char cmd[600];
