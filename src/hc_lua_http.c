@@ -49,6 +49,9 @@ typedef struct ltransfer {
      * are that list, completed. */
     int parts_ref;
     size_t parts_pushed;
+    /* req.take_parts: each call of on_parts gets a list of the new parts only, and they are the
+     * caller's from then on (hc_sink_release_parts); the result lists the others. */
+    int take_parts;
 } ltransfer;
 
 /* ---- options: fields of the table at tbl, argument arg of the function (for messages) ------- */
@@ -580,7 +583,7 @@ static int l_transfer_close(lua_State *L)
 }
 
 static int l_transfer_result(lua_State *L);
-static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from);
+static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from, size_t base);
 
 /* ---- running transfers -------------------------------------------------------------------- */
 
@@ -646,21 +649,30 @@ static int call_progress(lua_State *L, int cb, ltransfer *lt)
 
 /* Calls on_parts (at cb) with the list of the sink's parts so far and the index of the first
  * new one, when parts were completed since the last call; the list is kept (lt->parts_ref) and
- * becomes the result's. Returns LUA_OK or lua_pcall's error code with the error on top. */
+ * becomes the result's. With take_parts the list holds the new parts only (the first is 1),
+ * and they are handed over before the call. Returns LUA_OK or lua_pcall's error code with the
+ * error on top. */
 static int call_parts(lua_State *L, int cb, ltransfer *lt)
 {
     hc_sink *sink = hc_transfer_sink(lt->t);
     size_t n = sink != NULL ? hc_sink_nparts(sink) : 0;
     if (n <= lt->parts_pushed)
         return LUA_OK;
-    if (lt->parts_ref == LUA_NOREF) {
-        lua_createtable(L, (int)n, 0);
-        lt->parts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    }
     lua_pushvalue(L, cb);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lt->parts_ref);
-    add_parts(L, sink, lua_gettop(L), lt->parts_pushed);
-    lua_pushinteger(L, (lua_Integer)lt->parts_pushed + 1);
+    if (lt->take_parts) {
+        lua_createtable(L, (int)(n - lt->parts_pushed), 0);
+        add_parts(L, sink, lua_gettop(L), lt->parts_pushed, lt->parts_pushed);
+        hc_sink_release_parts(sink, n);
+        lua_pushinteger(L, 1);
+    } else {
+        if (lt->parts_ref == LUA_NOREF) {
+            lua_createtable(L, (int)n, 0);
+            lt->parts_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lt->parts_ref);
+        add_parts(L, sink, lua_gettop(L), lt->parts_pushed, 0);
+        lua_pushinteger(L, (lua_Integer)lt->parts_pushed + 1);
+    }
     lt->parts_pushed = n;
     return lua_pcall(L, 2, 0, 0);
 }
@@ -673,13 +685,16 @@ static int call_parts(lua_State *L, int cb, ltransfer *lt)
  * caller. req.on_parts(parts, first), for a directory sink, is called between the same turns
  * when parts were completed since the last call: parts is the list of them so far (the table
  * the result's or the error's parts will be, completed), first the index of the first new one;
- * they stay the transfer's (removed if it is stopped) until it returns. An error it raises
- * stops the transfer as on_progress's does. */
+ * they stay the transfer's (removed if it is stopped) until it returns. With req.take_parts,
+ * parts holds the new ones only (first is 1), they are the caller's as they are given (kept
+ * when the transfer is stopped later), and the result's or the error's parts are the ones not
+ * given; the transfer then keeps no memory for a part given. An error on_parts raises stops
+ * the transfer as on_progress's does. */
 static int l_session_request(lua_State *L)
 {
     lsession *ls = session_check(L, 1);
     ltransfer *lt;
-    int tidx, cb = 0, pcb = 0;
+    int tidx, cb = 0, pcb = 0, take;
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_getfield(L, 2, "on_progress");
     if (!lua_isnil(L, -1) && !lua_isfunction(L, -1))
@@ -691,10 +706,18 @@ static int l_session_request(lua_State *L)
         return hc_lua_argerror(L, 2, "option 'on_parts' must be a function, got %s",
                                luaL_typename(L, -1));
     pcb = lua_isnil(L, -1) ? 0 : lua_gettop(L);
+    lua_getfield(L, 2, "take_parts");
+    if (!lua_isnil(L, -1) && !lua_isboolean(L, -1))
+        return hc_lua_argerror(L, 2, "option 'take_parts' must be a boolean, got %s",
+                               luaL_typename(L, -1));
+    take = lua_toboolean(L, -1);
+    if (take && !pcb)
+        return hc_lua_argerror(L, 2, "option 'take_parts' needs on_parts");
     if (transfer_new(L, ls, 2) != 1)
         return 2;
     tidx = lua_gettop(L);
     lt = lua_touserdata(L, tidx); /* anchored on this stack frame, not in the registry */
+    lt->take_parts = take;
     if (hc_session_start(ls->s, lt->t) != 0)
         return hc_lua_fail(L, "transport", "start", "%s", hc_transfer_errmsg(lt->t));
     while (!hc_transfer_done(lt->t)) {
@@ -795,10 +818,11 @@ static void set_nonempty(lua_State *L, const char *name, const char *s)
     }
 }
 
-/* Sets list[i + 1] for the sink's completed parts i = from, from + 1, ... as { path, size,
- * headers = { name = value } } or { path, size, named = true, sop_instance_uid, study_uid,
- * series_uid } (named: the sink named it by its UID, hc_sink_name_by_uid). */
-static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from)
+/* Sets list[i - base + 1] for the sink's completed parts i = from, from + 1, ... as { path,
+ * size, headers = { name = value } [, duplicate_of] } or { path, size, named = true,
+ * sop_instance_uid, study_uid, series_uid } (named: the sink named it by its UID,
+ * hc_sink_name_by_uid; duplicate_of: the index of the part that had its UID). */
+static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from, size_t base)
 {
     size_t i, n = hc_sink_nparts(sink);
     const char *study = NULL, *series = NULL; /* the last ones pushed, kept at slot, slot + 1 */
@@ -842,8 +866,12 @@ static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from)
             push_fields(L, part->headers, part->headers ? part->headers + part->headers_len : NULL,
                         0, hc_multipart_next_header);
             lua_setfield(L, -2, "headers");
+            if (part->duplicate_of != 0) {
+                lua_pushinteger(L, (lua_Integer)part->duplicate_of);
+                lua_setfield(L, -2, "duplicate_of");
+            }
         }
-        lua_rawseti(L, list, (int)i + 1);
+        lua_rawseti(L, list, (int)(i - base + 1));
     }
     lua_pop(L, 2);
 }
@@ -853,7 +881,7 @@ static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from)
 static void push_parts(lua_State *L, hc_sink *sink)
 {
     lua_createtable(L, (int)hc_sink_nparts(sink), 0);
-    add_parts(L, sink, lua_gettop(L), 0);
+    add_parts(L, sink, lua_gettop(L), 0, 0);
     hc_sink_take_parts(sink);
 }
 
@@ -861,12 +889,19 @@ static void push_parts(lua_State *L, hc_sink *sink)
 static void push_transfer_parts(lua_State *L, ltransfer *lt)
 {
     hc_sink *sink = hc_transfer_sink(lt->t);
+    if (lt->take_parts) {
+        lua_createtable(L, (int)(hc_sink_nparts(sink) - lt->parts_pushed), 0);
+        add_parts(L, sink, lua_gettop(L), lt->parts_pushed, lt->parts_pushed);
+        hc_sink_take_parts(sink);
+        lt->parts_pushed = 0;
+        return;
+    }
     if (lt->parts_ref == LUA_NOREF) {
         push_parts(L, sink);
         return;
     }
     lua_rawgeti(L, LUA_REGISTRYINDEX, lt->parts_ref);
-    add_parts(L, sink, lua_gettop(L), lt->parts_pushed);
+    add_parts(L, sink, lua_gettop(L), lt->parts_pushed, 0);
     hc_sink_take_parts(sink);
     luaL_unref(L, LUA_REGISTRYINDEX, lt->parts_ref);
     lt->parts_ref = LUA_NOREF;
@@ -917,6 +952,11 @@ static int l_transfer_result(lua_State *L)
     } else if (mode == HC_SINK_TO_PARTS || mode == HC_SINK_TO_PART) {
         push_transfer_parts(L, lt);
         lua_setfield(L, -2, "parts");
+    }
+    if (mode == HC_SINK_TO_PARTS || mode == HC_SINK_TO_PART) {
+        /* with take_parts, parts lists only those on_parts was not given */
+        lua_pushinteger(L, (lua_Integer)hc_sink_nparts(sink));
+        lua_setfield(L, -2, "part_count");
     }
     if (mode != HC_SINK_TO_MEMORY && mode != HC_SINK_UNDECIDED) {
         lua_pushinteger(L, (lua_Integer)hc_sink_bytes(sink));

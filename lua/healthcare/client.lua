@@ -385,7 +385,7 @@ local REQUEST_FIELDS = {
   method = "string", url = "string", headers = "table", query = "table", body = "string|table",
   timeout = "number", idle_timeout = "number", min_speed = "number", max_response_bytes = "number",
   compressed = "boolean", max_compression_ratio = "number", sink = "table", on_progress = "function",
-  on_parts = "function",
+  on_parts = "function", take_parts = "boolean",
 }
 local REQUEST_NAMES = {}
 for k in pairs(REQUEST_FIELDS) do REQUEST_NAMES[#REQUEST_NAMES + 1] = k end
@@ -492,7 +492,7 @@ end
 
 --- Sends one request and waits for its answer. req = { method, url, headers, query, body,
 --- timeout, idle_timeout, min_speed, max_response_bytes, compressed, max_compression_ratio, sink,
---- on_progress, on_parts }. Returns the raw response { status, headers, body, ... } (any HTTP status), or
+--- on_progress, on_parts, take_parts }. Returns the raw response { status, headers, body, ... } (any HTTP status), or
 --- nil, err for a failure of the transport.
 function Client:send(req)
   util.check_self(self, "healthcare.Client", "send")
@@ -502,7 +502,7 @@ function Client:send(req)
     local r, err = build(self, request)
     if not r then return nil, err end
     r.on_progress = progress_of(req.on_progress)
-    r.on_parts = req.on_parts
+    r.on_parts, r.take_parts = req.on_parts, req.take_parts
     local res, again
     res, err = self._session:request(r)
     res, err, again = conclude(self, request, res, err)
@@ -534,8 +534,10 @@ function Client:start(req)
   if req.on_progress ~= nil then
     error("bad option 'on_progress' to 'start' (not taken: call request:progress() between waits)", 2)
   end
-  if req.on_parts ~= nil then
-    error("bad option 'on_parts' to 'start' (not taken: the parts come with finish()'s result)", 2)
+  for _, name in ipairs({ "on_parts", "take_parts" }) do
+    if req[name] ~= nil then
+      error("bad option '" .. name .. "' to 'start' (not taken: the parts come with finish()'s result)", 2)
+    end
   end
   local request = setmetatable({ request = req, client = self }, Request)
   local ok, err = launch(self, request)

@@ -78,7 +78,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       "bad option 'url' to 'send' (string expected, got number)")
     raises_at_call(function() local _ = client:send { url = URL, bogus = 1 } end, "unknown option 'bogus' to 'send'; "
       .. "valid options: body, compressed, headers, idle_timeout, max_compression_ratio, max_response_bytes, method, "
-      .. "min_speed, on_parts, on_progress, query, sink, timeout, url")
+      .. "min_speed, on_parts, on_progress, query, sink, take_parts, timeout, url")
     raises_at_call(function() local _ = client:start { url = URL, on_progress = print } end,
       "bad option 'on_progress' to 'start' (not taken: call request:progress() between waits)")
     raises_at_call(function() local _ = client:start { url = URL, on_parts = print } end,
