@@ -374,6 +374,34 @@ describe("parts that are not DICOM instances", function()
       res.rejected[4].reason)
   end)
 
+  it("are rejected alike with list_files = false: the instances told to on_file and counted, none listed",
+    function()
+    local dir = H.tmpdir()
+    local told = {}
+    -- a pause after each part: the parts are handed over as they come, the first copy long before the repeat
+    local res = assert(store_at("mixed/pattern=" .. PATTERN .. "/pause=0.25"):retrieve_study(STUDY, { to = dir,
+      list_files = false, on_file = function(f) told[#told + 1] = f end }))
+    assert.same({}, res.files)
+    assert.equal(3, res.count)
+    assert.equal(3, #told)
+    local bytes, want = 0, {}
+    for i, f in ipairs(dicom) do
+      assert.equal(dir .. "/" .. f.sop_instance_uid .. ".dcm", told[i].path)
+      assert.equal(H.sha256(f.path), H.sha256(told[i].path))
+      bytes = bytes + told[i].size
+      want[i] = f.sop_instance_uid .. ".dcm"
+    end
+    assert.equal(bytes, res.bytes)
+    table.sort(want)
+    assert.same(want, listing(dir))
+    local reasons = {}
+    for _, r in ipairs(res.rejected) do reasons[#reasons + 1] = r.part end
+    assert.same({ 2, 4, 5, 6 }, reasons)
+    -- the sink knows the UIDs of the parts it handed over: the repeat is still a second copy
+    assert.equal("a second copy of SOP Instance UID " .. dicom[2].sop_instance_uid .. " (part 3)",
+      res.rejected[4].reason)
+  end)
+
   it("are written as part-<n>.rejected with keep_rejected", function()
     local dir = H.tmpdir()
     local res = assert(store_at("mixed/pattern=" .. PATTERN):retrieve_study(STUDY, { to = dir, keep_rejected = true }))

@@ -552,8 +552,8 @@ describe("retrieve errors", function()
     ok, err = pcall(store.retrieve_study, store, study.uid, { to = "x", transfer = "*" })
     assert.is_false(ok)
     assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: compressed, idle_timeout, "
-      .. "keep_rejected, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, on_progress, "
-      .. "params, skip_existing, timeout, to, transfer_syntax", err)
+      .. "keep_rejected, list_files, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, "
+      .. "on_progress, params, skip_existing, timeout, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
     assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)
@@ -800,7 +800,86 @@ describe("a cut or malformed stream", function()
     for i = 1, 3 do assert.equal(parts[i].sha256, H.sha256(res.parts[i].path)) end
   end)
 
-  it("healthcare retrieve: Ctrl-C abandons the transfer, exits 130 and leaves no file", function()
+  it("client:send with take_parts hands each part over once, in a list of its own, kept when the transfer stops",
+    function()
+    local store = raw_store(3)
+    local sizes = string.format("%d,%d,%d", parts[1].size, parts[2].size, parts[3].size)
+    -- a whole answer: the parts given, then the result's, each once and in order
+    local dir = H.tmpdir()
+    local given, firsts = {}, {}
+    local res = assert(store.client:send { url = server.url .. "/multipart/sizes=" .. sizes .. "/pause=0.3/x",
+      sink = { dir = dir }, take_parts = true, on_parts = function(list, first)
+        firsts[#firsts + 1] = first
+        for _, part in ipairs(list) do given[#given + 1] = part end
+      end })
+    assert.is_true(#firsts >= 1)
+    for _, first in ipairs(firsts) do assert.equal(1, first) end
+    assert.equal(3, res.part_count)
+    local all = {}
+    for _, part in ipairs(given) do all[#all + 1] = part end
+    for _, part in ipairs(res.parts) do all[#all + 1] = part end
+    assert.equal(3, #all)
+    assert.is_true(#given >= 1 and #given < 3, tostring(#given))
+    for i = 1, 3 do assert.equal(parts[i].sha256, H.sha256(all[i].path)) end
+    -- stopped after two parts: those given are the caller's and stay, nothing else does
+    dir = H.tmpdir()
+    local cut = parts[1].size + parts[2].size + 2000
+    given = {}
+    local ok, err = store.client:send { url = server.url .. "/multipart/sizes=" .. sizes .. "/pause=0.3/cut="
+      .. string.format("%d", cut) .. "/hang=1/x", sink = { dir = dir }, take_parts = true,
+      on_parts = function(list) for _, part in ipairs(list) do given[#given + 1] = part end end,
+      on_progress = function(p) if p.bytes_received >= cut and #given == 2 then return false end end }
+    assert.is_nil(ok)
+    assert.equal("aborted", err.status)
+    assert.is_nil(err.parts) -- the parts not given are removed with the stopped transfer
+    assert.equal(2, #given)
+    local names = {}
+    for i, part in ipairs(given) do
+      assert.equal(parts[i].sha256, H.sha256(part.path))
+      names[i] = part.path:match("[^/]+$")
+    end
+    table.sort(names)
+    assert.same(names, listing(dir))
+    -- misuse
+    assert.has_error(function() store.client:send { url = server.url, take_parts = true } end,
+      "bad argument #1 to 'request' (option 'take_parts' needs on_parts)")
+  end)
+
+  it("with list_files = false tells on_file of each instance and keeps no list: count and bytes say it all",
+    function()
+    local dir = H.tmpdir()
+    local told = {}
+    local res = assert(raw_store(4, { "pause=0.3" }):retrieve_study(study.uid, { to = dir, list_files = false,
+      on_file = function(f) told[#told + 1] = f end }))
+    assert.same({}, res.files)
+    assert.equal(3, res.count)
+    assert.equal(parts[1].size + parts[2].size + parts[3].size, res.bytes)
+    assert_kept(told, dir, 3)
+    assert.equal(4, res.rejected[1].part)
+    -- a stream cut in the third instance: the partial result counts the two whole ones
+    dir = H.tmpdir()
+    told = {}
+    local cut = string.format("%d", parts[1].size + parts[2].size + 2000 + math.floor(parts[3].size / 2))
+    local none, err, partial = raw_store(3, { "pause=0.3", "cut=" .. cut }):retrieve_study(study.uid, {
+      to = dir, list_files = false, on_file = function(f) told[#told + 1] = f end })
+    assert.is_nil(none)
+    assert.equal("transport", err.kind)
+    assert.same({}, partial.files)
+    assert.equal(2, partial.count)
+    assert.equal(parts[1].size + parts[2].size, partial.bytes)
+    assert_kept(told, dir, 2)
+    -- on_file raising: the file it was told of stays (it is the caller's), the transfer stops
+    dir = H.tmpdir()
+    local store = raw_store(3, { "pause=0.3" })
+    local ok, raised = pcall(store.retrieve_study, store, study.uid, { to = dir, list_files = false,
+      on_file = function(f) error("no room for " .. f.sop_instance_uid) end })
+    assert.is_false(ok)
+    assert.matches("no room for " .. parts[1].sop_instance_uid, raised, 1, true)
+    assert.same({ parts[1].sop_instance_uid .. ".dcm" }, listing(dir))
+  end)
+
+  it("healthcare retrieve: Ctrl-C abandons the transfer, exits 130, keeps the instances it printed and no partial "
+    .. "file", function()
     local dir = H.tmpdir() .. "/out"
     local cut = string.format("%d", parts[1].size + parts[2].size + 2000)
     local base = server.url .. "/multipart/sizes=" .. string.format("%d,%d,%d", parts[1].size, parts[2].size,
@@ -810,10 +889,18 @@ describe("a cut or malformed stream", function()
     local script = table.concat({ H.q(H.BIN), "retrieve", H.q(base), H.q(study.uid), "-o", H.q(dir), "&",
       "pid=$!; n=0; while [ ! -d", H.q(dir), "] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done;",
       "sleep 0.5; kill -INT $pid; wait $pid" }, " ")
-    local _, stderr, code = H.run(script)
+    local stdout, stderr, code = H.run(script)
     assert.equal(130, code, stderr)
-    assert.matches("interrupted", stderr)
-    assert.same({}, listing(dir))
+    assert.matches("interrupted: the transfer was abandoned; 2 instances that arrived whole are kept, nothing "
+      .. "partial", stderr, 1, true)
+    local want = { parts[1].sop_instance_uid .. ".dcm", parts[2].sop_instance_uid .. ".dcm" }
+    table.sort(want)
+    assert.same(want, listing(dir))
+    for i = 1, 2 do
+      local path = dir .. "/" .. parts[i].sop_instance_uid .. ".dcm"
+      assert.equal(parts[i].sha256, H.sha256(path))
+      assert.truthy(stdout:find(path .. "\n", 1, true), stdout)
+    end
   end)
 
   it("leaves no file at the target of an instance whose stream is cut", function()

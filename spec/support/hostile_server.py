@@ -28,7 +28,8 @@ answer to every request made through it.
   /parts/n=100000/size=1    200 multipart/related: n parts of `size` bytes ("X"); n=0: no end
   /mixed/pattern=DXDEXR     200 multipart/related, one part per letter: D the next DICOM file of
                             the command line, X text that is not DICOM, E an empty part, H an
-                            HTML page, R the last DICOM file again (a repeated SOP Instance UID)
+                            HTML page, R the last DICOM file again (a repeated SOP Instance UID);
+                            pause=0.2: that many seconds after each part's closing delimiter
   /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
 
 Except under gzip-json, a path ending in /instances (a QIDO-RS search for instances) is answered
@@ -189,7 +190,22 @@ def answer(conn, scenario, q, path):
                 parts.append((b"application/dicom", b""))
             elif c == "H":
                 parts.append((b"text/html", b"<html><body>\x1b[31mError\x1b[0m</body></html>\n"))
-        send_whole(conn, MULTIPART, multipart_of(parts))
+        body = multipart_of(parts)
+        pause = float(q.get("pause", "0"))
+        if pause <= 0:
+            send_whole(conn, MULTIPART, body)
+        else:
+            # each part's delimiter, then a pause: the client sees the parts complete one by one
+            send_head(conn, "200 OK", [("Content-Type", MULTIPART)], len(body))
+            at = 0
+            while True:
+                end = body.find(b"\r\n--" + BOUNDARY, at + 1)
+                if end < 0:
+                    conn.sendall(body[at:])
+                    break
+                conn.sendall(body[at:end + 4 + len(BOUNDARY)])
+                at = end + 4 + len(BOUNDARY)
+                time.sleep(pause)
     else:
         body = b"unknown scenario " + scenario.encode()
         send_head(conn, "400 Bad Request", [("Content-Type", "text/plain")], len(body))

@@ -1,15 +1,17 @@
 -- SPDX-License-Identifier: MIT
 -- `healthcare retrieve <store> <study>[/<series>[/<instance>]] -o <dir>`: WADO-RS through
 -- store:retrieve_*, every instance streamed to <dir>/<SOPInstanceUID>.dcm. Prints each file
--- written on standard output and a summary on standard error (or a JSON report with --json).
--- When the transfer breaks, the instances that arrived whole are kept and the command says
--- which instances of the request are missing (found by a search), then exits 1. Parts of the
+-- on standard output as it lands and a summary on standard error (or a JSON report with --json),
+-- in memory that does not grow with the instances (list_files = false: the --json records wait
+-- in a temporary file). When the transfer breaks, the instances that arrived whole are kept and
+-- the command says which instances of the request are missing (found by a search), then exits 1. Parts of the
 -- answer that are not DICOM instances are reported one by one (exit 1), and written only with
 -- --keep-rejected. Every bound of the Lua API (healthcare.dicomweb.retrieve.BOUNDS) is an option here.
 local argparse = require "argparse"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
+local lfs = require "lfs"
 local names = require "healthcare.dicomweb.names"
 
 local M = {}
@@ -115,7 +117,8 @@ local function progress(show)
 end
 
 local function call(store, t, dir, ts, on_progress, refetch, a, on_file)
-  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress, on_file = on_file, max_bytes = a.max_bytes,
+  local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress, on_file = on_file, list_files = false,
+    max_bytes = a.max_bytes,
     max_parts = a.max_parts, max_part_bytes = a.max_part_bytes, timeout = a.timeout,
     idle_timeout = a.idle_timeout, min_speed = a.min_speed, compressed = a.compressed or nil,
     keep_rejected = a.keep_rejected or nil }
@@ -131,25 +134,28 @@ local function call(store, t, dir, ts, on_progress, refetch, a, on_file)
   return store:retrieve_study(t.study, opts)
 end
 
--- The SOP Instance UIDs of the target that are not among `files`, from a search; nil when the
--- search itself fails (the caller then says so instead).
-local function missing_instances(store, t, files, kept)
-  local have = {}
-  for _, list in ipairs({ files, kept }) do
-    for _, f in ipairs(list) do
-      local uid = f.sop_instance_uid or f.path:match("([^/]+)%.dcm$")
-      if uid then have[uid] = true end
-    end
+-- The directory files land in, as the start of their paths: the text and its JSON (escaped once,
+-- no closing quote) for file_record.
+local function path_prefix(dir)
+  local prefix = dir:sub(-1) == "/" and dir or dir .. "/"
+  return { text = prefix, json = json.string(prefix):sub(1, -2) }
+end
+
+-- The SOP Instance UIDs of the target that <dir> does not hold as <uid>.dcm (what arrived and
+-- what was kept), from a search; nil when the search itself fails (the caller then says so).
+local function missing_instances(store, t, dir)
+  local function held(uid)
+    return names.valid_uid(uid) and lfs.attributes(path_prefix(dir).text .. uid .. ".dcm", "mode") == "file"
   end
   if t.instance then
-    return have[t.instance] and {} or { t.instance }
+    return held(t.instance) and {} or { t.instance }
   end
   local results = store:search_instances({ StudyInstanceUID = t.study, SeriesInstanceUID = t.series })
   if not results then return nil end
   local missing = {}
   for item in results:each() do
     local uid = item.SOPInstanceUID
-    if type(uid) == "string" and not have[uid] then missing[#missing + 1] = uid end
+    if type(uid) == "string" and not held(uid) then missing[#missing + 1] = uid end
   end
   if results.error then return nil end
   table.sort(missing)
@@ -159,12 +165,6 @@ end
 -- A size the fast record writes as it is: an integer (one that prints as digits, under LuaJIT).
 local digits_only = math.type and function(n) return math.type(n) == "integer" end
   or function(n) return type(n) == "number" and n >= 0 and n < 1e14 and n == math.floor(n) end
--- The directory files land in, as the start of their paths: the text and its JSON (escaped once,
--- no closing quote) for file_record.
-local function path_prefix(dir)
-  local prefix = dir:sub(-1) == "/" and dir or dir .. "/"
-  return { text = prefix, json = json.string(prefix):sub(1, -2) }
-end
 
 -- A file's record as json.encode writes it (keys sorted), made with one concatenation: a
 -- retrieve may list a hundred thousand, and the command writes each as its instance lands
@@ -180,9 +180,9 @@ local function file_record(f, prefix)
   return json.encode({ path = path, sop_instance_uid = uid, size = size, warning = f.warning })
 end
 
--- Writes the JSON report to out: the files' records (r.records: file -> text, made by on_file;
--- the others made now, r.prefix as file_record's) go out a thousand at a time, where the writer put a mark ("\0", which
--- no JSON text it writes holds), rather than as one more copy of them all.
+-- Writes the JSON report to out: the files' records are in r.spool (a temporary file, joined
+-- by ",", written by on_file as the files landed), copied where the writer put a mark ("\0",
+-- which no JSON text it writes holds).
 local function write_report_json(out, r)
   local rlist = {}
   for i, x in ipairs(r.rejected) do rlist[i] = { part = x.part, reason = x.reason, size = x.size, path = x.path } end
@@ -193,39 +193,51 @@ local function write_report_json(out, r)
   })
   local at = text:find("\0", 1, true)
   out:write(text:sub(1, at - 1), "[")
-  local records, files, batch = r.records or {}, r.files, {}
-  for i = 1, #files, 1000 do
-    for j = i, math.min(i + 999, #files) do
-      local f = files[j]
-      batch[j - i + 1] = records[f] or file_record(f, r.prefix)
-    end
-    out:write(i > 1 and "," or "", table.concat(batch, ",", 1, math.min(1000, #files - i + 1)))
+  r.spool:seek("set")
+  while true do
+    local chunk = r.spool:read(65536)
+    if not chunk then break end
+    out:write(chunk)
   end
   out:write("]", text:sub(at + 1), "\n")
 end
 
--- The retrieve, Ctrl-C or SIGTERM abandoning it. Returns the outcome { res, err, files, rejected,
--- kept (paths), kept_files, bytes, seconds }, or nil and the signal.
+-- The retrieve, Ctrl-C or SIGTERM abandoning it. Each file is told as it lands (on_file): its
+-- path on standard output (its JSON record to the spool with --json), its warning on standard
+-- error. Returns the outcome { res, err, count, rejected, kept (paths), bytes, seconds, spool },
+-- or nil, the signal and the count of instances kept.
 local function run(store, t, a)
   local show = not a.no_progress and not a.json and core.isatty(2)
   core.trap_interrupts()
   local t0 = core.now()
-  -- --json: each file's record is written as the file lands, while the answer still streams
-  local records, prefix = a.json and {} or nil, path_prefix(a.output)
-  local on_file = records and function(f) records[f] = file_record(f, prefix) end
+  local prefix = path_prefix(a.output)
+  local spool, told = nil, 0
+  if a.json then
+    local why
+    spool, why = io.tmpfile()
+    if not spool then error("cannot make a temporary file for the report: " .. tostring(why), 0) end
+  end
+  local function on_file(f)
+    if spool then
+      spool:write(told > 0 and "," or "", file_record(f, prefix))
+    else
+      io.stdout:write(common.printable(f.path), "\n")
+    end
+    told = told + 1
+    if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
+  end
   local res, err, partial = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a, on_file)
   local seconds = core.now() - t0
   if show then io.stderr:write("\r\27[K") end
   local signal = core.interrupted()
   core.trap_interrupts(false)
-  if signal then return nil, signal end
+  if signal then return nil, signal, told end
   local got = res or partial
   -- rejected: parts of the answer that are not DICOM instances (not counted among the files);
   -- kept: the instances <dir> already held (see --refetch)
-  local r = { res = res, err = err, files = got.files or {}, rejected = got.rejected or {}, kept = {},
-    kept_files = got.kept or {}, bytes = 0, seconds = seconds, records = records, prefix = prefix }
+  local r = { res = res, err = err, count = got.count or 0, rejected = got.rejected or {}, kept = {},
+    bytes = got.bytes or 0, seconds = seconds, spool = spool }
   for i, f in ipairs(got.kept or {}) do r.kept[i] = f.path end
-  for _, f in ipairs(r.files) do r.bytes = r.bytes + (f.size or 0) end
   return r
 end
 
@@ -236,12 +248,12 @@ local function account(store, t, r)
     local exit = common.exit_code_for_uid(store, err)
     -- Only a transfer that broke after it began leaves something to name (err.files: it began).
     if err.kind == "transport" or err.kind == "dicom" or (err.kind == "io" and err.files) then
-      r.missing = missing_instances(store, t, r.files, r.kept_files)
+      r.missing = missing_instances(store, t, r.dir)
       exit = math.max(exit, common.EXIT_FAILED)
     end
     return exit
   elseif #r.rejected > 0 then
-    r.missing = missing_instances(store, t, r.files, r.kept_files)
+    r.missing = missing_instances(store, t, r.dir)
     return common.EXIT_FAILED
   end
   return common.EXIT_OK
@@ -254,23 +266,16 @@ end
 
 -- What the outcome says: the files (or the JSON report) on standard output, the rest on stderr.
 local function report(t, r, a)
-  local files, rejected, err = r.files, r.rejected, r.err
-  if a.json then
-    write_report_json(io.stdout, r)
-  else
-    for _, f in ipairs(files) do io.stdout:write(common.printable(f.path), "\n") end
-  end
-  for _, f in ipairs(files) do
-    if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
-  end
+  local count, rejected, err = r.count, r.rejected, r.err
+  if a.json then write_report_json(io.stdout, r) end
   for _, x in ipairs(rejected) do
     say("part %d of the answer is not kept as an instance: %s%s", x.part, common.printable(x.reason),
       x.path and (" (written to " .. common.printable(x.path) .. ")") or "")
   end
   -- After an error with nothing kept, the error alone says it all.
-  if not a.json and (#files > 0 or #rejected > 0 or not err) then
-    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s\n", #files,
-      #files == 1 and "" or "s", common.human_bytes(r.bytes), r.seconds, common.printable(a.output),
+  if not a.json and (count > 0 or #rejected > 0 or not err) then
+    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s\n", count,
+      count == 1 and "" or "s", common.human_bytes(r.bytes), r.seconds, common.printable(a.output),
       #r.kept > 0 and string.format(" (kept %d already there)", #r.kept) or "",
       #rejected > 0 and string.format("; %d part%s rejected", #rejected, #rejected == 1 and "" or "s") or ""))
   end
@@ -283,7 +288,7 @@ local function report(t, r, a)
   if err.option and HINTS[err.option] then say("%s", HINTS[err.option]) end
   if missing and #missing > 0 then
     say_missing(t, missing)
-  elseif #files > 0 then
+  elseif count > 0 then
     say("the rest of %s is missing", common.describe_target(t))
   end
 end
@@ -304,13 +309,14 @@ function M.main(argv)
   local store
   store, code = common.open_store_or_say(a, say)
   if not store then return code end
-  local r, signal = run(store, t, a)
+  local r, signal, told = run(store, t, a)
   if not r then
     store:close()
-    say("interrupted: the transfer was abandoned and nothing partial was kept; run the same command "
-      .. "again to fetch the rest")
+    say("interrupted: the transfer was abandoned; %d instance%s that arrived whole %s kept, nothing partial; "
+      .. "run the same command again to fetch the rest", told, told == 1 and "" or "s", told == 1 and "is" or "are")
     return 128 + signal
   end
+  r.dir = a.output
   code = account(store, t, r)
   store:close()
   report(t, r, a)

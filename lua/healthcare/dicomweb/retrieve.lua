@@ -59,7 +59,7 @@ local function with(list, ...)
 end
 
 local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected",
-  "on_file")
+  "on_file", "list_files")
 local COLLECTION_OPTIONS = with(INSTANCE_OPTIONS, "skip_existing")
 local METADATA_OPTIONS = { "params", "max_bytes", "timeout" }
 -- (one image to one file: no parts to count)
@@ -81,19 +81,29 @@ local function check_call(store, fname, uids, n, opts, valid)
   util.check_option(opts.on_progress, "on_progress", fname, "function", 3)
   util.check_option(opts.on_file, "on_file", fname, "function", 3)
   util.check_option(opts.skip_existing, "skip_existing", fname, "boolean", 3)
+  util.check_option(opts.list_files, "list_files", fname, "boolean", 3)
   util.check_option(opts.transfer_syntax, "transfer_syntax", fname, "string", 3)
   util.check_option(opts.accept, "accept", fname, "string", 3)
   return opts
 end
 
+local function total_bytes(files)
+  local n = 0
+  for _, f in ipairs(files) do n = n + (f.size or 0) end
+  return n
+end
+
 -- What a failed retrieve returns: nil, err and the partial result, in the shape of a result
--- (files, rejected, kept, bytes): the instances that arrived whole before the failure, and those
--- `to` already held (skip_existing). err.files, err.rejected and err.kept, where a failure after
--- the transfer began sets them, say the same (the form before the partial result; kept for one
--- release, README "Lua API").
+-- (files, count, rejected, kept, bytes): the instances that arrived whole before the failure,
+-- and those `to` already held (skip_existing). err.files, err.rejected and err.kept, where a
+-- failure after the transfer began sets them, say the same (the form before the partial result;
+-- kept for one release, README "Lua API"). With list_files = false, files is empty and
+-- err.count, err.files_bytes say how many arrived.
 local function failed(err)
-  local partial = { files = err.files or {}, rejected = err.rejected or {}, kept = err.kept, bytes = 0 }
-  for _, f in ipairs(partial.files) do partial.bytes = partial.bytes + (f.size or 0) end
+  local files = err.files or {}
+  local partial = { files = files, rejected = err.rejected or {}, kept = err.kept,
+    count = err.count or #files, bytes = err.files_bytes or total_bytes(files) }
+  err.count, err.files_bytes = nil, nil
   return nil, err, partial
 end
 
@@ -295,10 +305,11 @@ local function send(store, method_path, headers, opts, how)
     -- (and removes what it wrote).
     on_progress = opts.on_progress,
     on_parts = how.on_parts,
+    take_parts = how.take_parts,
   }
   if bounds and res then
     bounds.bytes = bounds.bytes - (res.bytes or 0)
-    bounds.parts = bounds.parts - #(res.parts or {})
+    bounds.parts = bounds.parts - (res.part_count or #(res.parts or {}))
   end
   if not res then return nil, name_option(err, what, bounds, compressed) end
   return res
@@ -325,7 +336,7 @@ local function media_type(headers)
   return media.of(headers and headers["content-type"])
 end
 
--- (parts: a list with no part on_parts took, which only a named instance's answer has)
+-- (parts: a list with no part on_parts listed early, which only a named instance's answer has)
 local function remove_parts(parts, from)
   for i = from or 1, #(parts or {}) do os.remove(parts[i].path) end
 end
@@ -339,6 +350,7 @@ local function place(tmp, path)
 end
 
 -- Why a part cannot be kept as a DICOM instance, or nil with its SOP Instance UID and the probe.
+-- used: UID -> the part that had it; part.duplicate_of: the sink found one.
 local function instance_of(part, used)
   local info, perr = core.dicom_probe(part.path)
   local uid = info and (info.sop_instance_uid or info.media_sop_instance_uid)
@@ -350,8 +362,8 @@ local function instance_of(part, used)
     return "a DICOM file without a SOP Instance UID"
   elseif not names.valid_uid(uid) then
     return "a DICOM file with an invalid SOP Instance UID '" .. shown(uid) .. "'"
-  elseif used[uid] then
-    return string.format("a second copy of SOP Instance UID %s (part %d)", uid, used[uid])
+  elseif used[uid] or part.duplicate_of then
+    return string.format("a second copy of SOP Instance UID %s (part %d)", uid, used[uid] or part.duplicate_of)
   end
   return nil, uid, info
 end
@@ -381,9 +393,10 @@ end
 -- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
 -- i, reason, size, path = dir/part-<i>.rejected when keep_rejected, else removed }. early: the
 -- files of named parts already listed while the answer streamed, by part (their parts are false
--- in the list); on_file(file) is called for each of the others once all are named. Returns
--- files, rejected; or nil, err with err.files and err.rejected (what was done) when a rename
--- fails. Every temporary file is gone either way.
+-- in the list); on_file(file) is called for each of the others once all are named. A part's
+-- number (in messages, rejected, part-<i>.rejected) is part.index, else its place in parts.
+-- Returns files, rejected; or nil, err with err.files and err.rejected (what was done) when a
+-- rename fails. Every temporary file is gone either way.
 local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
   local files, rejected, used, told = {}, {}, nil, {}
   -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
@@ -399,7 +412,7 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
       if not part then
         used[early[i].sop_instance_uid] = i
       elseif part.named then
-        used[part.sop_instance_uid] = i
+        used[part.sop_instance_uid] = part.index or i
       end
     end
   end
@@ -417,13 +430,13 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
       files[#files + 1] = f
     else
       local reason, uid, info = instance_of(part, used)
-      local path
+      local path, number = nil, part.index or i
       if reason then
-        rejected[#rejected + 1] = { part = i, reason = reason, size = part.size }
-        if keep_rejected then path = join(dir, string.format("part-%d.rejected", i)) end
+        rejected[#rejected + 1] = { part = number, reason = reason, size = part.size }
+        if keep_rejected then path = join(dir, string.format("part-%d.rejected", number)) end
         if not path then os.remove(part.path) end
       else
-        used[uid] = i
+        used[uid] = number
         path = fixed_path or join(dir, uid .. ".dcm")
       end
       local ok, err = true, nil
@@ -449,19 +462,13 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
   return files, rejected
 end
 
-local function total_bytes(files)
-  local n = 0
-  for _, f in ipairs(files) do n = n + (f.size or 0) end
-  return n
-end
-
 -- A failed streaming transfer: the parts that completed are kept, named, in err.files (and
--- err.rejected).
-local function keep_completed(err, name)
-  local parts = err.parts
+-- err.rejected). force: name holds parts of its own to judge, even when the transfer has none.
+local function keep_completed(err, name, force)
+  local parts = err.parts or {}
   err.parts = nil
   err.files, err.rejected = {}, {}
-  if parts and #parts > 0 then
+  if #parts > 0 or force then
     local files, rejected_or_err = name(parts)
     if not files then
       local nerr = rejected_or_err
@@ -472,6 +479,70 @@ local function keep_completed(err, name)
     end
   end
   return err
+end
+
+-- How the parts of a retrieve's answer reach its result and on_file. list_files (the default):
+-- the files of the parts the sink named, listed (and on_file told) while the answer streams, by
+-- part: what is left once it has ended is then only the last moment's parts. A part so listed
+-- leaves the transport's list (false): its file's entry says all it did. Returns { early,
+-- on_parts, gather(parts) -> the parts to name at the end, pending() -> whether some wait,
+-- settle(files) -> the files to list, their count and bytes }.
+local function lister(scope, on_file)
+  local early = {}
+  local function on_parts(parts, first)
+    for i = first, #parts do
+      local part = parts[i]
+      if part.named then
+        local f = named_file(part, scope)
+        early[i], parts[i] = f, false
+        if on_file then on_file(f) end
+      end
+    end
+  end
+  return { early = early, on_parts = on_parts, gather = function(parts) return parts end,
+    pending = function() return false end, settle = function(files) return files, #files, total_bytes(files) end }
+end
+
+-- list_files = false: the transport hands each batch of parts over (take_parts) and forgets
+-- them, and so does this: a named part's file goes to on_file and is counted, the others (rare:
+-- not DICOM, a second copy) wait in `rest` to be judged at the end, numbered by their place in
+-- the answer (part.index). Memory then does not grow with the instances. A file on_file was told
+-- of is the caller's, kept whatever comes next; when on_file raises, the batch's files it was
+-- not told of go. The shape of lister's, take_parts set.
+local function handover(scope, on_file)
+  local given, rest, told = 0, {}, { count = 0, bytes = 0 }
+  local function take(parts)
+    local named = {}
+    for j, part in ipairs(parts) do
+      part.index = given + j
+      if part.named then named[#named + 1] = part else rest[#rest + 1] = part end
+    end
+    given = given + #parts
+    for j, part in ipairs(named) do
+      local f = named_file(part, scope)
+      told.count, told.bytes = told.count + 1, told.bytes + (f.size or 0)
+      if on_file then
+        local fine, e = pcall(on_file, f)
+        if not fine then
+          remove_parts(named, j + 1)
+          remove_parts(rest)
+          rest = {}
+          error(e, 0)
+        end
+      end
+    end
+  end
+  local function gather(parts)
+    for j, part in ipairs(parts) do
+      part.index = given + j
+      rest[#rest + 1] = part
+    end
+    local all = rest
+    rest = {}
+    return all
+  end
+  return { early = {}, on_parts = take, take_parts = true, gather = gather, pending = function() return #rest > 0 end,
+    settle = function(files) return {}, told.count + #files, told.bytes + total_bytes(files) end }
 end
 
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
@@ -492,46 +563,46 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   if not ok then return nil, derr end
 
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
-  local on_file = opts.on_file
-  -- The files of the parts the sink named, listed (and on_file told) while the answer streams,
-  -- by part: what is left once it has ended is then only the last moment's parts. A part so
-  -- listed leaves the transport's list (false): its file's entry says all it did.
-  local early = {}
-  local function on_parts(parts, first)
-    for i = first, #parts do
-      local part = parts[i]
-      if part.named then
-        local f = named_file(part, scope)
-        early[i], parts[i] = f, false
-        if on_file then on_file(f) end
-      end
-    end
+  local list_files = opts.list_files ~= false
+  local recv = (list_files or fixed_path) and lister(scope, opts.on_file) or handover(scope, opts.on_file)
+  if not list_files and fixed_path then
+    recv.settle = function(files) return {}, #files, total_bytes(files) end
   end
   local function name(parts)
+    parts = recv.gather(parts)
     if fixed_path and #parts ~= 1 then
       remove_parts(parts)
       return nil, errors.new("dicom", string.format("%s: expected one instance, the server sent %d parts",
         what, #parts), { files = {}, rejected = {} })
     end
-    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, early, on_file)
+    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, opts.on_file)
   end
+  local settle = recv.settle
   local res, err = send(store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
     -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
     -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
     -- is named below as before.
     { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds,
-      on_parts = fixed_path == nil and on_parts or nil })
+      on_parts = fixed_path == nil and recv.on_parts or nil,
+      take_parts = fixed_path == nil and recv.take_parts or nil })
   if not res then
-    return nil, keep_completed(err, name)
+    err = keep_completed(err, name, recv.pending())
+    err.files, err.count, err.files_bytes = settle(err.files)
+    return nil, err
   end
   if res.status < 200 or res.status > 299 then
     remove_parts(res.parts)
     return nil, not_found_or(store, res, what, uids, opts)
   end
   local files, rejected = name(res.parts or {})
-  if not files then return nil, rejected end
-  return { files = files, rejected = rejected, bytes = total_bytes(files), status = res.status }
+  if not files then
+    rejected.files, rejected.count, rejected.files_bytes = settle(rejected.files or {})
+    return nil, rejected
+  end
+  local count, bytes
+  files, count, bytes = settle(files)
+  return { files = files, count = count, rejected = rejected, bytes = bytes, status = res.status }
 end
 
 local function check_to(opts, fname)
@@ -561,7 +632,7 @@ end
 
 -- The options of a retrieve that its sub-retrieves (skip_existing) pass on, with `to`.
 local SUB_OPTIONS = { "transfer_syntax", "params", "on_progress", "on_file", "keep_rejected", "idle_timeout",
-  "min_speed", "compressed", "max_compression_ratio" }
+  "min_speed", "compressed", "max_compression_ratio", "list_files" }
 
 local function sub_options(opts, to)
   local sub = { to = to }
@@ -574,17 +645,20 @@ end
 -- bounds. Returns the result of a retrieve with `kept` (the files dir already held) added, or
 -- nil, err (err.files, err.rejected: what did arrive).
 local function retrieve_missing(store, study, series, opts, what, have, bounds)
-  local out = { files = {}, rejected = {}, kept = {}, bytes = 0, status = 200 }
+  local out = { files = {}, count = 0, rejected = {}, kept = {}, bytes = 0, status = 200 }
   for _, f in pairs(have) do out.kept[#out.kept + 1] = f end
   table.sort(out.kept, function(a, b) return a.path < b.path end)
   local function add(res)
     for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
     for _, r in ipairs(res.rejected or {}) do out.rejected[#out.rejected + 1] = r end
-    out.bytes = out.bytes + res.bytes
+    out.count, out.bytes = out.count + res.count, out.bytes + res.bytes
   end
   local function fail_with(err)
-    add({ files = err.files or {}, rejected = err.rejected, bytes = 0 })
+    local files = err.files or {}
+    add({ files = files, rejected = err.rejected, count = err.count or #files,
+      bytes = err.files_bytes or total_bytes(files) })
     err.files, err.rejected, err.kept = out.files, out.rejected, out.kept
+    err.count, err.files_bytes = out.count, out.bytes
     return nil, err
   end
   local query = { StudyInstanceUID = study, SeriesInstanceUID = series,
