@@ -903,6 +903,51 @@ describe("a cut or malformed stream", function()
     end
   end)
 
+  it("healthcare retrieve --json: a report it cannot spool is an io error (exit 2), the instances listed kept",
+    function()
+    -- the command with io.tmpfile replaced: none to be had, or one whose second write fails
+    local function with_tmpfile(stub)
+      local interp, flags = H.file_bytes(H.BIN):match("^#!(%S+)([^\n]*)\n")
+      local path = H.tmpdir() .. "/healthcare-stubbed"
+      H.write_file(path, table.concat({ "#!" .. interp .. flags, stub,
+        string.format("arg[0] = %q; dofile(%q)", H.BIN, H.BIN), "" }, "\n"))
+      H.check_run("chmod 755 " .. H.q(path))
+      return path
+    end
+    local none = with_tmpfile('io.tmpfile = function() return nil, "No space left on device" end')
+    local second = with_tmpfile(table.concat({
+      "local real = io.tmpfile",
+      "io.tmpfile = function()",
+      "  local f, n = real(), 0",
+      "  return setmetatable({}, { __index = function(_, k)",
+      "    if k == 'write' then return function(self, ...) n = n + 1",
+      "      if n > 1 then return nil, 'No space left on device' end f:write(...) return self end end",
+      "    return function(_, ...) return f[k](f, ...) end",
+      "  end })",
+      "end" }, "\n"))
+    local sizes = string.format("%d,%d,%d", parts[1].size, parts[2].size, parts[3].size)
+    -- exit 2 either way, as for every local io error (an -o it cannot write in, a full disk)
+    for _, case in ipairs({ { bin = none, kept = 0 }, { bin = second, kept = 2 } }) do
+      local dir = H.tmpdir() .. "/out"
+      local stdout, stderr, code = H.run(table.concat({ H.q(case.bin), "retrieve",
+        H.q(server.url .. "/multipart/sizes=" .. sizes .. "/pause=0.3"), H.q(study.uid), "-o", H.q(dir), "--json",
+        "--no-progress" }, " "))
+      assert.equal(2, code, stderr)
+      assert.truthy(stderr:find("cannot write the --json report to a temporary file: No space left on device", 1,
+        true), stderr)
+      assert.is_nil(stderr:find("internal error", 1, true), stderr)
+      local report = assert(require("cjson").decode(stdout))
+      assert.same({}, report.files)
+      assert.matches("No space left on device", report.error)
+      -- none: nothing was asked for; a failed second record: the first two instances were told
+      -- (the second's record is what failed) and stay, the transfer stopped there
+      local names = {}
+      for i = 1, case.kept do names[i] = parts[i].sop_instance_uid .. ".dcm" end
+      table.sort(names)
+      assert.same(names, listing(dir))
+    end
+  end)
+
   it("leaves no file at the target of an instance whose stream is cut", function()
     local dir = H.tmpdir()
     local f = parts[1]

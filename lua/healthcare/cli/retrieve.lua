@@ -11,6 +11,7 @@ local argparse = require "argparse"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
+local errors = require "healthcare.errors"
 local lfs = require "lfs"
 local names = require "healthcare.dicomweb.names"
 
@@ -181,7 +182,7 @@ local function file_record(f, prefix)
 end
 
 -- Writes the JSON report to out: the files' records are in r.spool (a temporary file, joined
--- by ",", written by on_file as the files landed), copied where the writer put a mark ("\0",
+-- by ",", written by on_file as the files landed; none when it failed), copied where the writer put a mark ("\0",
 -- which no JSON text it writes holds).
 local function write_report_json(out, r)
   local rlist = {}
@@ -193,9 +194,10 @@ local function write_report_json(out, r)
   })
   local at = text:find("\0", 1, true)
   out:write(text:sub(1, at - 1), "[")
-  r.spool:seek("set")
-  while true do
-    local chunk = r.spool:read(65536)
+  local spool = r.spool
+  spool = spool and spool:seek("set") and spool
+  while spool do
+    local chunk = spool:read(65536)
     if not chunk then break end
     out:write(chunk)
   end
@@ -211,22 +213,37 @@ local function run(store, t, a)
   core.trap_interrupts()
   local t0 = core.now()
   local prefix = path_prefix(a.output)
-  local spool, told = nil, 0
+  local spool, told, spool_error = nil, 0, nil
   if a.json then
     local why
     spool, why = io.tmpfile()
-    if not spool then error("cannot make a temporary file for the report: " .. tostring(why), 0) end
+    if not spool then spool_error = tostring(why) end
   end
   local function on_file(f)
     if spool then
-      spool:write(told > 0 and "," or "", file_record(f, prefix))
+      local fine, why = spool:write(told > 0 and "," or "", file_record(f, prefix))
+      -- stops the retrieve (the files told so far stay); said as the outcome's error below
+      if not fine then
+        spool_error = tostring(why)
+        error(spool_error, 0)
+      end
     else
       io.stdout:write(common.printable(f.path), "\n")
     end
     told = told + 1
     if f.warning then say("warning %s: %s", common.printable(f.path), common.printable(f.warning)) end
   end
-  local res, err, partial = call(store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a, on_file)
+  local fine, res, err, partial = true, nil, nil, nil
+  if not spool_error then
+    fine, res, err, partial = pcall(call, store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a, on_file)
+  end
+  if spool_error then
+    -- (err.files: the transfer began, and what it kept is accounted for as after any break)
+    res, err, partial = nil, errors.new("io", "cannot write the --json report to a temporary file: " .. spool_error,
+      told > 0 and { files = {} } or nil), { count = told }
+  elseif not fine then
+    error(res, 0)
+  end
   local seconds = core.now() - t0
   if show then io.stderr:write("\r\27[K") end
   local signal = core.interrupted()
@@ -236,7 +253,7 @@ local function run(store, t, a)
   -- rejected: parts of the answer that are not DICOM instances (not counted among the files);
   -- kept: the instances <dir> already held (see --refetch)
   local r = { res = res, err = err, count = got.count or 0, rejected = got.rejected or {}, kept = {},
-    bytes = got.bytes or 0, seconds = seconds, spool = spool }
+    bytes = got.bytes or 0, seconds = seconds, spool = not spool_error and spool or nil }
   for i, f in ipairs(got.kept or {}) do r.kept[i] = f.path end
   return r
 end
