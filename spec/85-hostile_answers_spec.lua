@@ -312,13 +312,39 @@ describe("retrieve bounds", function()
     assert.equal(500, #rerr.rejected)
   end)
 
+  it("skip_existing asks no more than the series when each is as complete as the server counts", function()
+    local dir = H.tmpdir()
+    for _, f in ipairs(dicom) do
+      H.check_run("cp " .. H.q(f.path) .. " " .. H.q(dir .. "/" .. f.sop_instance_uid .. ".dcm"))
+    end
+    -- the paths the server was asked for by a retrieve_study of scenario
+    local function asked(scenario)
+      local before = #(H.curl { URL .. "/_requests" }.json or {})
+      local res = assert(store_at(scenario):retrieve_study(STUDY, { to = dir, skip_existing = true }))
+      assert.same({ 0, #dicom }, { res.count, #res.kept })
+      local paths = {}
+      for i, q in ipairs(H.curl { URL .. "/_requests" }.json or {}) do
+        if i > before then paths[#paths + 1] = q.path:match("/studies/.*$") end
+      end
+      return paths
+    end
+    -- with NumberOfSeriesRelatedInstances: the search of the series, and that is all
+    assert.same({ "/studies/" .. STUDY .. "/series" }, asked("parts/n=3"))
+    -- without it: the series' instances are searched, and none is missing
+    local paths = asked("parts/n=3/nocount=1")
+    assert.equal(2, #paths, table.concat(paths, "\n"))
+    assert.equal("/studies/" .. STUDY .. "/series", paths[1])
+    assert.matches("^/studies/" .. STUDY:gsub("%p", "%%%0") .. "/series/[%d.]+/instances$", paths[2])
+  end)
+
   it("bounds are shared by the requests of a skip_existing retrieve", function()
-    -- The first instance is there: the two others are fetched one request each, and each answer
-    -- has 3 (tiny) parts. max_parts = 4 lets the first through and leaves 1 for the second.
+    -- The first instance is there: the two others are fetched one request each (request_cost =
+    -- 0: never the series again), and each answer has 3 (tiny) parts. max_parts = 4 lets the
+    -- first through and leaves 1 for the second.
     local dir = H.tmpdir()
     H.check_run("cp " .. H.q(dicom[1].path) .. " " .. H.q(dir .. "/" .. dicom[1].sop_instance_uid .. ".dcm"))
     local store = store_at("parts/n=3")
-    local res, err = store:retrieve_study(STUDY, { to = dir, skip_existing = true, max_parts = 4 })
+    local res, err = store:retrieve_study(STUDY, { to = dir, skip_existing = true, max_parts = 4, request_cost = 0 })
     assert.is_nil(res)
     assert.equal("too_many_parts", err.status)
     assert.equal("max_parts", err.option)
@@ -326,7 +352,7 @@ describe("retrieve bounds", function()
     assert.equal(4, #err.rejected)  -- 3 of the first answer, 1 of the second
     assert.same({ dicom[1].sop_instance_uid .. ".dcm" }, listing(dir))
     -- with room for both, both answers are taken (and their parts rejected: not DICOM)
-    res = assert(store:retrieve_study(STUDY, { to = dir, skip_existing = true, max_parts = 6 }))
+    res = assert(store:retrieve_study(STUDY, { to = dir, skip_existing = true, max_parts = 6, request_cost = 0 }))
     assert.equal(6, #res.rejected)
     assert.equal(1, #res.kept)
   end)

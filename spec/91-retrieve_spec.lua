@@ -148,6 +148,9 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     return store, lines
   end
 
+  -- The instances of this study are small: with a request reckoned at 8 MiB (the default), a
+  -- series with one missing is fetched whole again; at 0 bytes (request_cost = 0), each missing
+  -- instance alone.
   it("keeps the instances already there and fetches the rest: a whole series at once, others alone", function()
     local dir = H.tmpdir() .. "/study"
     assert(orthanc_store():retrieve_study(study.uid, { to = dir }))
@@ -158,7 +161,7 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     assert(os.remove(dir .. "/" .. a1.sop_instance_uid .. ".dcm"))
     H.write_file(dir .. "/" .. a2.sop_instance_uid .. ".dcm", H.file_bytes(study.multiframe.path))
     local store, lines = logging_store()
-    local res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true }))
+    local res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true, request_cost = 0 }))
     local fetched, kept = {}, {}
     for _, f in ipairs(res.files) do fetched[#fetched + 1] = f.sop_instance_uid end
     for _, f in ipairs(res.kept) do kept[#kept + 1] = f.path:match("([^/]+)%.dcm$") end
@@ -168,12 +171,15 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     table.sort(want)
     assert.same(want, fetched)
     assert.equal(#study.files - #want, #kept)
-    -- one search, series 2 in one request, the two instances of series 1 alone
-    assert.equal(4, #lines, table.concat(lines, "\n"))
-    assert.matches("^GET /studies/" .. study.uid:gsub("%p", "%%%0") .. "/instances%?", lines[1])
-    local rest = { lines[2], lines[3], lines[4] }
+    -- a search of the series (with their instance counts), series 2 in one request, a search of
+    -- series 1's instances, then its two missing instances alone
+    assert.equal(5, #lines, table.concat(lines, "\n"))
+    assert.matches("^GET /studies/" .. study.uid:gsub("%p", "%%%0") .. "/series%?includefield=00201209", lines[1])
+    local rest = {}
+    for i = 2, 5 do rest[#rest + 1] = lines[i]:gsub("%?.*$", "") end
     table.sort(rest)
     local expect = {
+      "GET /studies/" .. study.uid .. "/series/" .. s1 .. "/instances",
       "GET /studies/" .. study.uid .. "/series/" .. s1 .. "/instances/" .. a1.sop_instance_uid,
       "GET /studies/" .. study.uid .. "/series/" .. s1 .. "/instances/" .. a2.sop_instance_uid,
       "GET /studies/" .. study.uid .. "/series/" .. s2,
@@ -181,6 +187,31 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     table.sort(expect)
     assert.same(expect, rest)
     -- the directory is the whole study again, byte for byte
+    for _, f in ipairs(study.files) do
+      assert.equal(f.sha256, H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"), f.sop_instance_uid)
+    end
+    assert.equal(#study.files, #listing(dir))
+  end)
+
+  it("fetches a series whole again when what is there of it costs less than a request per missing instance",
+    function()
+    local dir = H.tmpdir() .. "/study"
+    assert(orthanc_store():retrieve_study(study.uid, { to = dir }))
+    local s1 = study.series[1]
+    local gone = study.in_series[s1][1]
+    assert(os.remove(dir .. "/" .. gone.sop_instance_uid .. ".dcm"))
+    local store, lines = logging_store()
+    local res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true }))
+    -- one search, then series 1 in one request (a few KB again rather than a request per instance)
+    assert.same({ "GET /studies/" .. study.uid .. "/series/" .. s1 }, { lines[2] })
+    assert.equal(2, #lines, table.concat(lines, "\n"))
+    assert.equal(#study.in_series[s1], #res.files)
+    -- kept: the other series, the instances of series 1 there were fetched again
+    assert.equal(#study.files - #study.in_series[s1], #res.kept)
+    for _, f in ipairs(res.kept) do
+      local uid = f.path:match("([^/]+)%.dcm$")
+      for _, g in ipairs(study.in_series[s1]) do assert.not_equal(g.sop_instance_uid, uid) end
+    end
     for _, f in ipairs(study.files) do
       assert.equal(f.sha256, H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"), f.sop_instance_uid)
     end
@@ -196,8 +227,9 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     res = assert(store:retrieve_study(study.uid, { to = dir, skip_existing = true }))
     assert.same({}, res.files)
     assert.equal(#study.files, #res.kept)
+    -- one search of the series: each as complete as the server counts, nothing more asked
     assert.equal(2, #lines)
-    assert.matches("/instances%?", lines[2])
+    assert.matches("/series%?includefield=00201209", lines[2])
   end)
 
   it("applies to a series too", function()
@@ -206,7 +238,8 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     assert(orthanc_store():retrieve_series(study.uid, s1, { to = dir }))
     local gone = study.in_series[s1][3]
     assert(os.remove(dir .. "/" .. gone.sop_instance_uid .. ".dcm"))
-    local res = assert(orthanc_store():retrieve_series(study.uid, s1, { to = dir, skip_existing = true }))
+    local res = assert(orthanc_store():retrieve_series(study.uid, s1, { to = dir, skip_existing = true,
+      request_cost = 0 }))
     assert.equal(1, #res.files)
     assert.equal(gone.sop_instance_uid, res.files[1].sop_instance_uid)
     assert.equal(#study.in_series[s1] - 1, #res.kept)
@@ -553,7 +586,7 @@ describe("retrieve errors", function()
     assert.is_false(ok)
     assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: compressed, idle_timeout, "
       .. "keep_rejected, list_files, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, "
-      .. "on_progress, params, skip_existing, timeout, to, transfer_syntax", err)
+      .. "on_progress, params, request_cost, skip_existing, timeout, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
     assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)

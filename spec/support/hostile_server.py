@@ -33,8 +33,10 @@ answer to every request made through it.
   /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
 
 Except under gzip-json, a path ending in /instances (a QIDO-RS search for instances) is answered
-with a DICOM JSON list of the command line's files (study, series and SOP Instance UIDs), so
-that a retrieve with skip_existing finds what it has to fetch.
+with a DICOM JSON list of the command line's files (study, series and SOP Instance UIDs), and
+one ending in /series with their series (and NumberOfSeriesRelatedInstances, unless the
+scenario's segments hold nocount=1), so that a
+retrieve with skip_existing finds what it has to fetch.
 """
 import json
 import socket
@@ -129,9 +131,31 @@ def instances_json():
     return json.dumps(INSTANCES).encode()
 
 
+def series_json(with_counts=True):
+    """The series of the command line's files as QIDO-RS results, with their instance counts
+    (NumberOfSeriesRelatedInstances) unless with_counts is false."""
+    instances_json()
+    counts, order = {}, []
+    for item in INSTANCES:
+        key = (item["0020000D"]["Value"][0], item["0020000E"]["Value"][0])
+        if key not in counts:
+            order.append(key)
+            counts[key] = 0
+        counts[key] += 1
+    items = []
+    for st, se in order:
+        item = {"0020000D": {"vr": "UI", "Value": [st]}, "0020000E": {"vr": "UI", "Value": [se]}}
+        if with_counts:
+            item["00201209"] = {"vr": "IS", "Value": [counts[(st, se)]]}
+        items.append(item)
+    return json.dumps(items).encode()
+
+
 def answer(conn, scenario, q, path):
     if scenario != "gzip-json" and path.endswith("/instances"):
         send_whole(conn, "application/dicom+json", instances_json())
+    elif scenario != "gzip-json" and path.endswith("/series"):
+        send_whole(conn, "application/dicom+json", series_json(q.get("nocount") != "1"))
     elif scenario == "gzip-json":
         body = gzip_bomb(b"[", b" ", int(q.get("mib", "1024")), b"]")
         send_whole(conn, "application/dicom+json", body, [("Content-Encoding", "gzip")])

@@ -127,7 +127,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       { function() local _ = store:retrieve_study(42, to) end, "bad argument #1 to 'retrieve_study' (string expected, got number)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, bogus = 1 }) end, "unknown option 'bogus' to "
         .. "'retrieve_study'; valid options: compressed, idle_timeout, keep_rejected, list_files, max_bytes, "
-        .. "max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, on_progress, params, skip_existing, timeout, to, transfer_syntax" },
+        .. "max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, on_progress, params, request_cost, skip_existing, timeout, to, transfer_syntax" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, on_progress = true }) end,
         "bad option 'on_progress' to 'retrieve_study' (function expected, got boolean)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, on_file = 1 }) end,

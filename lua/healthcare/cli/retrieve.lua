@@ -78,7 +78,8 @@ local function parser()
     .. "rejected (part, reason, size, path), bytes, seconds, missing.")
   p:flag("--no-progress", "No progress line, even on a terminal.")
   p:flag("--refetch", "Fetch every instance again. By default the <SOPInstanceUID>.dcm files <dir> "
-    .. "already holds (a run that was interrupted) are kept and only the others fetched.")
+    .. "already holds (a run that was interrupted) are kept and only the others fetched (a series whole "
+    .. "again when what is there of it is smaller than 8 MiB per missing instance: one request, not many).")
   local b = retrieve.BOUNDS
   p:option("--max-bytes", "Stop when the answers pass this size in all (decoded), default "
     .. human_size(b.max_bytes) .. ".", nil, bytes_arg):argname("<size>")
