@@ -13,7 +13,7 @@ local N = require "support.nginx"
 local federation = require "support.federation"
 local JWT = federation.JWT
 local P = federation.pools("gw-", "gw-")
-local POOL, OIDC_AUD = P.pool, P.oidc_aud
+local POOL, OIDC_AUD, AWS_AUD = P.pool, P.oidc_aud, P.aws_aud
 local METADATA_SA = "default@test-project.iam.gserviceaccount.com"
 
 local em = require("support.emulator_instance").start()
@@ -24,13 +24,18 @@ teardown(function()
   em:stop()
   for _, d in ipairs(token_dirs) do H.run("rm -rf " .. H.q(d)) end
 end)
-em:control("audiences", { { audience = OIDC_AUD, kind = "oidc" } })
+em:control("audiences", { { audience = OIDC_AUD, kind = "oidc" }, { audience = AWS_AUD, kind = "aws" } })
 
 local secrets = {}
 local function secret(s)
   secrets[#secrets + 1] = s
   return s
 end
+local core = require "healthcare.core"
+local AWS_KEY, AWS_SECRET = "AKIDGW" .. core.random_hex(4), secret("aws/gw-secret+" .. core.random_hex(8))
+local AWS_SESSION = secret("IQoJgw" .. core.random_hex(16))
+em:control("aws_credentials", { access_key_id = AWS_KEY, secret_access_key = AWS_SECRET, session_token = AWS_SESSION,
+  role = "gateway-role" })
 
 -- The internal locations of healthcare.ngx.token_sources, pointed at the emulator, and a location
 -- standing for an identity provider's token URL (it wants a Metadata: True header).
@@ -59,6 +64,15 @@ local function locations(subject)
     "            proxy_pass_request_headers off;",
     "            proxy_set_header Authorization $healthcare_authorization;",
     "            proxy_set_header Content-Type application/json;",
+    "        }",
+    "        location /_healthcare/aws/ {",
+    "            internal;",
+    "            set_by_lua_block $healthcare_aws_token { return ngx.ctx.healthcare_aws_token or '' }",
+    "            set_by_lua_block $healthcare_aws_token_ttl { return ngx.ctx.healthcare_aws_token_ttl or '' }",
+    "            proxy_pass " .. em.aws_metadata .. "/;",
+    "            proxy_pass_request_headers off;",
+    "            proxy_set_header X-aws-ec2-metadata-token $healthcare_aws_token;",
+    "            proxy_set_header X-aws-ec2-metadata-token-ttl-seconds $healthcare_aws_token_ttl;",
     "        }",
     "        location = /_healthcare/subject {",
     "            internal;",
@@ -207,12 +221,49 @@ describe("the gateway without a key file", function()
     gw:stop()
   end)
 
+  -- An aws source as on EC2: the file names the metadata service at 169.254.169.254; the gateway
+  -- asks it through its aws location (here pointed at the emulator's), the IMDSv2 session token
+  -- through ngx.ctx.
+  local function aws_external()
+    local imds = "http://169.254.169.254"
+    return external_file({ environment_id = "aws1", region_url = imds .. "/latest/meta-data/placement/availability-zone",
+      url = imds .. "/latest/meta-data/iam/security-credentials",
+      regional_cred_verification_url = "https://sts.{region}.amazonaws.com?Action=GetCallerIdentity&Version=2011-06-15",
+      imdsv2_session_token_url = imds .. "/latest/api/token" },
+      { audience = AWS_AUD, subject_token_type = "urn:ietf:params:aws:token-type:aws4_request" })
+  end
+
+  it("with an external_account file (aws source): the role's keys from the metadata, GetCallerIdentity signed",
+    function()
+    local tokens, roles = em:count("aws_metadata_requests", "token"), em:count("aws_caller_identity", "ok")
+    local gw = gateway(aws_external())
+    stored(gw)
+    stored(gw)
+    -- one refresh: one IMDSv2 session token, one signed request the emulator checked (botocore)
+    assert.are.equal(tokens + 1, em:count("aws_metadata_requests", "token"))
+    assert.are.equal(roles + 1, em:count("aws_caller_identity", "ok"))
+    no_secret_in_log(gw)
+    gw:stop()
+  end)
+
+  it("an aws source whose metadata refuses the session token: 503, the metadata's answer in the log, no secret",
+    function()
+    em:control("config", { aws_imdsv2 = "down" })
+    local gw = gateway(aws_external())
+    local r = stow(gw)
+    em:control("config", { aws_imdsv2 = "required" })
+    assert.are.equal(503, r.status, r.body)
+    assert.truthy(gw:log():find("an IMDSv2 session token failed: HTTP 401", 1, true), gw:log())
+    no_secret_in_log(gw)
+    gw:stop()
+  end)
+
   it("an external_account the gateway cannot use (executable source): 503 from the start, said once", function()
     local gw = gateway(external_file({ executable = { command = "/bin/true" } }))
     local r = stow(gw)
     assert.are.equal(503, r.status, r.body)
-    assert.truthy(gw:log():find("the gateway takes external_account files with a file or url source, not executable",
-      1, true), gw:log())
+    assert.truthy(gw:log():find("the gateway takes external_account files with a file, url or aws source, not "
+      .. "executable", 1, true), gw:log())
     gw:stop()
   end)
 

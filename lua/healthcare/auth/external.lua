@@ -269,11 +269,17 @@ local function executable_token(self)
 end
 
 -- ---- the aws source -----------------------------------------------------------------------
+-- The requests go through self.fetch_source when set (the OpenResty gateway's internal
+-- location, healthcare.ngx.token_sources), else through source_request.
+
+local function aws_request(self, req, what)
+  return (self.fetch_source or source_request)(self, req, what)
+end
 
 -- The IMDSv2 session token, when the source names its URL and the metadata is needed.
 local function imds_headers(self)
   if not self.aws.imdsv2_session_token_url then return {} end
-  local token, err = source_request(self, { method = "PUT", url = self.aws.imdsv2_session_token_url,
+  local token, err = aws_request(self, { method = "PUT", url = self.aws.imdsv2_session_token_url,
     headers = { "X-aws-ec2-metadata-token-ttl-seconds: " .. M.IMDSV2_TTL } }, "an IMDSv2 session token")
   if not token then return nil, err end
   hold(self, token)
@@ -284,7 +290,7 @@ local function aws_region(self, headers)
   local region = getenv("AWS_REGION") or getenv("AWS_DEFAULT_REGION")
   if region then return region end
   if not self.aws.region_url then return fail(self.label .. ": no AWS region: set AWS_REGION or region_url") end
-  local zone, err = source_request(self, { method = "GET", url = self.aws.region_url, headers = headers },
+  local zone, err = aws_request(self, { method = "GET", url = self.aws.region_url, headers = headers },
     "the AWS region")
   if not zone then return nil, err end
   zone = zone:gsub("%s+$", "")
@@ -300,12 +306,12 @@ local function aws_keys(self, headers)
     return { id = id, secret = hold(self, secret), token = hold(self, getenv("AWS_SESSION_TOKEN")) }
   end
   if not self.aws.url then return fail(self.label .. ": no AWS credentials: no url in credential_source") end
-  local role, err = source_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
+  local role, err = aws_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
   if not role then return nil, err end
   role = role:gsub("%s+$", "")
   if role == "" or role:find("[/%s?#]") then return fail(self.label .. ": the AWS metadata named no usable role") end
   local body
-  body, err = source_request(self, { method = "GET", url = self.aws.url:gsub("/$", "") .. "/" .. role,
+  body, err = aws_request(self, { method = "GET", url = self.aws.url:gsub("/$", "") .. "/" .. role,
     headers = headers }, "the AWS role's credentials")
   if not body then return nil, err end
   local doc = cjson.decode(body)
@@ -347,6 +353,11 @@ local function aws_token(self)
 end
 
 M.SOURCES = { file = file_token, url = url_token, executable = executable_token, aws = aws_token }
+
+--- The aws source's subject token for another transport: self = { aws (from_info's), label,
+--- audience, held = {} (the secrets met are added), fetch_source(self, req, what) -> the body of
+--- a 200, or nil, err }. Returns the token, or nil, err.
+M.aws_subject_token = aws_token
 
 -- ---- the STS exchange ---------------------------------------------------------------------
 

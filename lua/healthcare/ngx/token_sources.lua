@@ -2,8 +2,8 @@
 -- The gateway's credentials without key files (healthcare.ngx): the metadata server of the
 -- machine or pod (GCE, GKE), service account impersonation (IAM Credentials generateAccessToken,
 -- over a key, the metadata server or an external account), and workload identity federation
--- (`external_account` files with a `file` or `url` source, exchanged at Google's STS, then
--- optionally impersonating). Every request goes through an internal location of nginx.conf
+-- (`external_account` files with a `file`, `url` or `aws` source, exchanged at Google's STS,
+-- then optionally impersonating). Every request goes through an internal location of nginx.conf
 -- (`ngx.location.capture`), so no worker blocks on the network; a refresh is one at a time, as for
 -- keys (healthcare.ngx's lock). A bearer or client credential reaches its location through
 -- ngx.ctx (`set_by_lua_block $healthcare_authorization { ... }` in the location, see the README),
@@ -27,9 +27,10 @@ M.DEFAULTS = {
   sts_location = "/_healthcare/sts",             -- proxy_pass to the file's token_url
   iam_location = "/_healthcare/iam/",            -- proxy_pass .../v1/projects/-/serviceAccounts/
   subject_location = "/_healthcare/subject",     -- proxy_pass to a url source's URL, with its headers
+  aws_location = "/_healthcare/aws",             -- proxy_pass to the AWS metadata (its URLs' paths)
 }
 M.OPTIONS = { "impersonate", "delegates", "metadata_location", "sts_location", "iam_location",
-  "subject_location" }
+  "subject_location", "aws_location" }
 M.MAX_SUBJECT_TOKEN = external.MAX_SUBJECT_TOKEN
 
 -- A JSON file's decoded table, or nil when path is not one (the classic path then says why).
@@ -64,10 +65,12 @@ local function failed(what, res, secrets)
   return credentials.scrub(msg, secrets)
 end
 
--- One subrequest; ctx.healthcare_authorization reaches the location's $healthcare_authorization.
+-- One subrequest; ctx.healthcare_authorization reaches the location's $healthcare_authorization
+-- (and ctx's other fields, given in o.ctx, their variables: the aws location's).
 local function capture(uri, o, authorization)
-  return ngx.location.capture(uri, { method = o.method, body = o.body, args = o.args,
-    ctx = { healthcare_authorization = authorization or "" } })
+  local ctx = { healthcare_authorization = authorization or "" }
+  for k, v in pairs(o.ctx or {}) do ctx[k] = v end
+  return ngx.location.capture(uri, { method = o.method, body = o.body, args = o.args, ctx = ctx })
 end
 
 -- ---- the sources ----------------------------------------------------------------------------
@@ -95,9 +98,43 @@ local function key_token(g, scopes)
   return credentials.parse_token_reply(res.body)
 end
 
+-- The AWS metadata requests of an aws source (healthcare.auth.external's fetch_source), through
+-- the aws location: the URL's path below it, the IMDSv2 headers through ngx.ctx
+-- ($healthcare_aws_token, $healthcare_aws_token_ttl), nothing of the client's request.
+local function aws_fetch(g)
+  return function(self, req, what)
+    local path = req.url:match("^https?://[^/?#]+(/[^#]*)$")
+    if not path then return nil, self.label .. ": " .. what .. ": the URL has no path for the aws location" end
+    local ctx = { healthcare_aws_token = "", healthcare_aws_token_ttl = "" }
+    for _, h in ipairs(req.headers or {}) do
+      local name, value = h:match("^([^:]+):%s*(.*)$")
+      if name and name:lower() == "x-aws-ec2-metadata-token" then ctx.healthcare_aws_token = value end
+      if name and name:lower() == "x-aws-ec2-metadata-token-ttl-seconds" then
+        ctx.healthcare_aws_token_ttl = value
+      end
+    end
+    -- body "": a PUT subrequest would otherwise take the client's request body
+    local res = capture(g.aws_location .. path, { method = ngx["HTTP_" .. req.method], body = "", ctx = ctx })
+    if res.status ~= 200 then return nil, failed(self.label .. ": " .. what, res, self.held) end
+    return res.body or ""
+  end
+end
+
+-- An aws source's subject token: a GetCallerIdentity request signed with the role's keys
+-- (healthcare.auth.external's, the metadata asked through the aws location). Returns the token
+-- and the secrets met, or nil, err.
+local function aws_subject_token(g, x)
+  local src = { aws = x.aws, label = x.label, audience = x.audience, held = {}, fetch_source = aws_fetch(g) }
+  local token, err = external.aws_subject_token(src)
+  if not token then return nil, credentials.scrub(tostring(err), src.held) end
+  return token, src.held
+end
+
 local function subject_token(g, x)
   local text
-  if x.source_file then
+  if x.aws then
+    return aws_subject_token(g, x)
+  elseif x.source_file then
     local f, oerr = io.open(x.source_file, "rb")
     if not f then return nil, "cannot read the subject token file: " .. tostring(oerr) end
     text = f:read(M.MAX_SUBJECT_TOKEN) or ""
@@ -120,6 +157,7 @@ local function sts_token(g, scopes)
   local x = g.external
   local subject, err = subject_token(g, x)
   if not subject then return nil, err end
+  local held = type(err) == "table" and err or {}
   local form = { grant_type = external.TOKEN_EXCHANGE, requested_token_type = external.ACCESS_TOKEN_TYPE,
     audience = x.audience, scope = table.concat(scopes, " "), subject_token_type = x.subject_token_type,
     subject_token = subject }
@@ -127,7 +165,9 @@ local function sts_token(g, scopes)
   local basic = x.client_id and ("Basic " .. ngx.encode_base64(core.escape(x.client_id) .. ":"
     .. core.escape(x.client_secret))) or nil
   local res = capture(g.sts_location, { method = ngx.HTTP_POST, body = util.query_string(form) }, basic)
-  local secrets = { subject, x.client_secret }
+  local secrets = { subject }
+  for _, v in ipairs(held) do secrets[#secrets + 1] = v end
+  secrets[#secrets + 1] = x.client_secret
   if res.status ~= 200 then return nil, failed("the STS token exchange for " .. x.label, res, secrets) end
   return credentials.parse_token_reply(res.body)
 end
@@ -166,14 +206,15 @@ local function read_external(info, where)
   local cred, err = external.from_info(info, {}, where)
   if not cred then return nil, err end
   local x = cred.source or cred  -- behind an impersonation: the STS credential
-  if x.source_kind ~= "file" and x.source_kind ~= "url" then
+  if x.source_kind ~= "file" and x.source_kind ~= "url" and x.source_kind ~= "aws" then
     if cred.close then cred:close() end
-    return nil, where .. ": the gateway takes external_account files with a file or url source, not "
+    return nil, where .. ": the gateway takes external_account files with a file, url or aws source, not "
       .. tostring(x.source_kind)
   end
   local out = { audience = x.audience, subject_token_type = x.subject_token_type, client_id = x.client_id,
     client_secret = x.client_secret, user_project = x.user_project, source_file = x.source_file,
-    format = x.format, field_name = x.field_name, label = x.label, quota_project = x.quota_project }
+    format = x.format, field_name = x.field_name, label = x.label, quota_project = x.quota_project,
+    aws = x.source_kind == "aws" and x.aws or nil }
   local imp = cred.target and { target = cred.target, lifetime = cred.lifetime, delegates = cred.delegates }
   cred:close()
   return out, imp
