@@ -1,7 +1,7 @@
 -- SPDX-License-Identifier: MIT
 -- The OpenResty gateway (examples/openresty/nginx.conf, healthcare.ngx) with credentials without
 -- key files (healthcare.ngx.token_sources): the metadata server, impersonation over it and over a
--- key, and external_account files with a file and a url source (then impersonating), every token
+-- key, and external_account files with a file, a url and an aws source (then impersonating), every token
 -- request through an internal location of nginx. Clients send plain STOW-RS without credentials;
 -- the file lands in Orthanc through this file's own emulator. Failures (impersonation denied, STS
 -- refusing the audience) are 503 in Google's envelope, and no secret reaches the error log.
