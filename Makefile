@@ -56,14 +56,16 @@ demo: build
 bench: build
 	FULL=$(FULL) bench/run
 
-# healthcare retrieve vs curl, WADO-RS from Orthanc (quick sizes, about 3 minutes; FULL=1 for the
-# full corpora); rewrites bench/RESULTS-retrieve.md.
+# healthcare retrieve vs curl, WADO-RS from Orthanc, and its resume (quick sizes, about a minute,
+# the report in bench/out/; FULL=1 for the full corpora, about 8 minutes: rewrites
+# bench/RESULTS-retrieve.md).
 bench-retrieve: build
 	FULL=$(FULL) bench/run --retrieve
 
 # A migration's cost against its size: healthcare store of 1,000 to 100,000 files of 2 KB
 # (1,000,000 with FULL=1) into the sink, with a journal, resumed, and by shards; about a minute
-# (FULL=1: about 7); rewrites bench/RESULTS-scale.md and bench/results-scale.png.
+# (FULL=1: about 7, rewrites bench/RESULTS-scale.md and bench/results-scale.png; a quick run's go
+# to bench/out/).
 bench-scale: build
 	FULL=$(FULL) bench/run --scale
 
