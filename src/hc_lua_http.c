@@ -890,7 +890,8 @@ static void push_transfer_parts(lua_State *L, ltransfer *lt)
 {
     hc_sink *sink = hc_transfer_sink(lt->t);
     if (lt->take_parts) {
-        lua_createtable(L, (int)(hc_sink_nparts(sink) - lt->parts_pushed), 0);
+        size_t n = hc_sink_nparts(sink);
+        lua_createtable(L, n > lt->parts_pushed ? (int)(n - lt->parts_pushed) : 0, 0);
         add_parts(L, sink, lua_gettop(L), lt->parts_pushed, lt->parts_pushed);
         hc_sink_take_parts(sink);
         lt->parts_pushed = 0;
