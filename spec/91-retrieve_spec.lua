@@ -386,6 +386,7 @@ describe("store:retrieve_rendered and store:retrieve_frames", function()
     assert.equal("image/jpeg", res.content_type)
     assert.equal("\255\216\255", H.file_bytes(dir .. "/r.jpg"):sub(1, 3))
     assert.equal(res.bytes, #H.file_bytes(dir .. "/r.jpg"))
+    assert.equal(1, res.count)
     res = assert(store:retrieve_rendered(study.uid, mf.series_uid, mf.sop_instance_uid,
       { to = dir, accept = "image/png", frame = 2 }))
     local png = dir .. "/" .. mf.sop_instance_uid .. "-frame-2.png"
@@ -400,6 +401,7 @@ describe("store:retrieve_rendered and store:retrieve_frames", function()
     local res = assert(orthanc_store():retrieve_frames(study.uid, mf.series_uid, mf.sop_instance_uid,
       { 3, 1 }, { to = dir }))
     assert.same({ "frame-1.raw", "frame-3.raw" }, listing(dir))
+    assert.equal(2, res.count)
     assert.equal(3, res.files[1].frame)
     assert.equal(dir .. "/frame-3.raw", res.files[1].path)
     -- 8-bit pixels, frames one after the other at the end of the file (no odd-length padding:

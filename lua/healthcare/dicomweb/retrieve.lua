@@ -892,7 +892,7 @@ local function rendered(store, study, series, instance, opts, bounds)
     return nil, not_found_or(store, res, "RetrieveRendered", uids, opts)
   end
   local ctype = media_type(res.headers)
-  return { files = { { path = res.file or to, size = res.bytes, content_type = ctype } }, bytes = res.bytes,
+  return { files = { { path = res.file or to, size = res.bytes, content_type = ctype } }, count = 1, bytes = res.bytes,
     status = res.status, content_type = ctype }
 end
 
@@ -967,7 +967,7 @@ local function frames_to(store, study, series, instance, frames, opts, bounds)
   end
   local files, nerr = name(parts)
   if not files then return nil, nerr end
-  return { files = files, bytes = total_bytes(files), status = res.status }
+  return { files = files, count = #files, bytes = total_bytes(files), status = res.status }
 end
 
 --- store:retrieve_frames(study, series, instance, frames, opts): frames (a number or a list)
