@@ -585,6 +585,14 @@ static int l_transfer_close(lua_State *L)
 static int l_transfer_result(lua_State *L);
 static void add_parts(lua_State *L, hc_sink *sink, int list, size_t from, size_t base);
 
+/* Pushes a new list of the sink's parts from index `from` on, the first at 1 (take_parts). */
+static void push_new_parts(lua_State *L, hc_sink *sink, size_t from)
+{
+    size_t n = hc_sink_nparts(sink);
+    lua_createtable(L, n > from ? (int)(n - from) : 0, 0);
+    add_parts(L, sink, lua_gettop(L), from, from);
+}
+
 /* ---- running transfers -------------------------------------------------------------------- */
 
 /* session:start(req) -> transfer | nil, err */
@@ -660,8 +668,7 @@ static int call_parts(lua_State *L, int cb, ltransfer *lt)
         return LUA_OK;
     lua_pushvalue(L, cb);
     if (lt->take_parts) {
-        lua_createtable(L, (int)(n - lt->parts_pushed), 0);
-        add_parts(L, sink, lua_gettop(L), lt->parts_pushed, lt->parts_pushed);
+        push_new_parts(L, sink, lt->parts_pushed);
         hc_sink_release_parts(sink, n);
         lua_pushinteger(L, 1);
     } else {
@@ -890,9 +897,7 @@ static void push_transfer_parts(lua_State *L, ltransfer *lt)
 {
     hc_sink *sink = hc_transfer_sink(lt->t);
     if (lt->take_parts) {
-        size_t n = hc_sink_nparts(sink);
-        lua_createtable(L, n > lt->parts_pushed ? (int)(n - lt->parts_pushed) : 0, 0);
-        add_parts(L, sink, lua_gettop(L), lt->parts_pushed, lt->parts_pushed);
+        push_new_parts(L, sink, lt->parts_pushed);
         hc_sink_take_parts(sink);
         lt->parts_pushed = 0;
         return;

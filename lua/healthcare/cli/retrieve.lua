@@ -146,8 +146,9 @@ end
 -- The SOP Instance UIDs of the target that <dir> does not hold as <uid>.dcm (what arrived and
 -- what was kept), from a search; nil when the search itself fails (the caller then says so).
 local function missing_instances(store, t, dir)
+  local prefix = path_prefix(dir).text
   local function held(uid)
-    return names.valid_uid(uid) and lfs.attributes(path_prefix(dir).text .. uid .. ".dcm", "mode") == "file"
+    return names.valid_uid(uid) and lfs.attributes(prefix .. uid .. ".dcm", "mode") == "file"
   end
   if t.instance then
     return held(t.instance) and {} or { t.instance }

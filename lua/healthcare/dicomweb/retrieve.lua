@@ -486,7 +486,7 @@ end
 -- part: what is left once it has ended is then only the last moment's parts. A part so listed
 -- leaves the transport's list (false): its file's entry says all it did. Returns { early,
 -- on_parts, gather(parts) -> the parts to name at the end, pending() -> whether some wait,
--- settle(files) -> the files to list, their count and bytes }.
+-- told = { count, bytes } of the files told and not listed (none here) }.
 local function lister(scope, on_file)
   local early = {}
   local function on_parts(parts, first)
@@ -500,7 +500,7 @@ local function lister(scope, on_file)
     end
   end
   return { early = early, on_parts = on_parts, gather = function(parts) return parts end,
-    pending = function() return false end, settle = function(files) return files, #files, total_bytes(files) end }
+    pending = function() return false end, told = { count = 0, bytes = 0 } }
 end
 
 -- list_files = false: the transport hands each batch of parts over (take_parts) and forgets
@@ -542,7 +542,7 @@ local function handover(scope, on_file)
     return all
   end
   return { early = {}, on_parts = take, take_parts = true, gather = gather, pending = function() return #rest > 0 end,
-    settle = function(files) return {}, told.count + #files, told.bytes + total_bytes(files) end }
+    told = told }
 end
 
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
@@ -565,8 +565,10 @@ local function retrieve_instances(store, uids, opts, what, bounds)
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
   local list_files = opts.list_files ~= false
   local recv = (list_files or fixed_path) and lister(scope, opts.on_file) or handover(scope, opts.on_file)
-  if not list_files and fixed_path then
-    recv.settle = function(files) return {}, #files, total_bytes(files) end
+  -- The files to list, their count and bytes (list_files = false: none listed, all counted).
+  local function settle(files)
+    local told = recv.told
+    return list_files and files or {}, told.count + #files, told.bytes + total_bytes(files)
   end
   local function name(parts)
     parts = recv.gather(parts)
@@ -577,7 +579,6 @@ local function retrieve_instances(store, uids, opts, what, bounds)
     end
     return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, opts.on_file)
   end
-  local settle = recv.settle
   local res, err = send(store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
     -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
@@ -661,10 +662,14 @@ M.REQUEST_COST_BYTES = 8 * 1024 * 1024
 -- many of its instances as the server counts: nothing asked) }, in the server's order; the
 -- count is the series' NumberOfSeriesRelatedInstances, and a series listed without it is
 -- searched. Returns the list, or nil, err.
+-- The seconds left before a retrieve's deadline, for a search's timeout (nil: no deadline).
+local function seconds_left(deadline)
+  return deadline < math.huge and math.max(deadline - core.now(), 0.001) or nil
+end
+
 local function plan_series(store, study, series, opts, held, deadline)
-  local left = deadline < math.huge and math.max(deadline - core.now(), 0.001) or nil
   local results, serr = store:search_series({ StudyInstanceUID = study, SeriesInstanceUID = series,
-    includefield = { "NumberOfSeriesRelatedInstances" } }, { params = opts.params, timeout = left })
+    includefield = { "NumberOfSeriesRelatedInstances" } }, { params = opts.params, timeout = seconds_left(deadline) })
   if not results then return nil, serr end
   local cost = opts.request_cost or M.REQUEST_COST_BYTES
   local plan = {}
@@ -690,9 +695,8 @@ end
 -- The instances of a series the server lists (a search) that are not in `have`. Returns the
 -- list of their UIDs, or nil, err.
 local function missing_of(store, study, se, opts, have, deadline)
-  local left = deadline < math.huge and math.max(deadline - core.now(), 0.001) or nil
   local results, serr = store:search_instances({ StudyInstanceUID = study, SeriesInstanceUID = se,
-    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = 1000, timeout = left })
+    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = 1000, timeout = seconds_left(deadline) })
   if not results then return nil, serr end
   local missing = {}
   for item in results:each() do
@@ -712,14 +716,6 @@ end
 -- (err.files, err.rejected: what did arrive).
 local function retrieve_missing(store, study, series, opts, have, held, bounds)
   local out = { files = {}, count = 0, rejected = {}, kept = {}, bytes = 0, status = 200 }
-  local function keep(skip)
-    out.kept = {}
-    for uid, f in pairs(have) do
-      if not skip[uid] then out.kept[#out.kept + 1] = f end
-    end
-    table.sort(out.kept, function(a, b) return a.path < b.path end)
-  end
-  keep({})
   local function add(res)
     for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
     for _, r in ipairs(res.rejected or {}) do out.rejected[#out.rejected + 1] = r end
@@ -734,12 +730,16 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds)
     return nil, err
   end
   local plan, perr = plan_series(store, study, series, opts, held, bounds.deadline)
-  if not plan then return fail_with(perr) end
+  -- kept: what dir holds, less the files of the series fetched whole again
   local again = {}
-  for _, entry in ipairs(plan) do
+  for _, entry in ipairs(plan or {}) do
     if entry.how == "whole" then for _, uid in ipairs(entry.there.uids) do again[uid] = true end end
   end
-  if next(again) then keep(again) end
+  for uid, f in pairs(have) do
+    if not again[uid] then out.kept[#out.kept + 1] = f end
+  end
+  table.sort(out.kept, function(a, b) return a.path < b.path end)
+  if not plan then return fail_with(perr) end
   for _, entry in ipairs(plan) do
     local se = entry.uid
     if entry.how == "whole" then
