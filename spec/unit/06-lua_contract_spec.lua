@@ -85,6 +85,10 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       "bad option 'on_parts' to 'start' (not taken: the parts come with finish()'s result)")
     raises_at_call(function() local _ = client:send { url = URL, on_parts = true } end,
       "bad option 'on_parts' to 'send' (function expected, got boolean)")
+    raises_at_call(function() local _ = client:send { url = URL, take_parts = 1 } end,
+      "bad option 'take_parts' to 'send' (boolean expected, got number)")
+    raises_at_call(function() local _ = client:start { url = URL, take_parts = true } end,
+      "bad option 'take_parts' to 'start' (not taken: the parts come with finish()'s result)")
     raises_at_call(function() local _ = client:poll("1") end, "bad argument #1 to 'poll' (number expected, got string)")
     raises_at_call(function() local _ = client:wait(1) end, "bad argument #1 to 'wait' (operation or operation name "
       .. "expected, got number; the requests in flight are poll(seconds)'s)")
@@ -134,6 +138,14 @@ describe("a misuse raises at the caller's line, naming the public function", fun
         "bad option 'on_file' to 'retrieve_study' (function expected, got number)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, max_bytes = -1 }) end,
         "bad option 'max_bytes' to 'retrieve_study' (a whole number >= 0 expected, got -1)" },
+      { function() local _ = store:retrieve_study("1.2", { to = dir, list_files = "no" }) end,
+        "bad option 'list_files' to 'retrieve_study' (boolean expected, got string)" },
+      { function() local _ = store:retrieve_study("1.2", { to = dir, request_cost = 1.5 }) end,
+        "bad option 'request_cost' to 'retrieve_study' (a whole number >= 0 expected, got 1.5)" },
+      { function() local _ = store:retrieve_instance("1.2", "1.3", "1.4", { to = dir, request_cost = 0 }) end,
+        "unknown option 'request_cost' to 'retrieve_instance'; valid options: compressed, idle_timeout, "
+        .. "keep_rejected, list_files, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, "
+        .. "on_progress, params, timeout, to, transfer_syntax" },
       { function() local _ = store:retrieve_series("1.2", 3, to) end,
         "bad argument #2 to 'retrieve_series' (string expected, got number)" },
       { function() local _ = store:retrieve_instance("1.2", "1.3", "1.4") end, "bad option 'to' to 'retrieve_instance' "
