@@ -28,7 +28,12 @@ static int l_os_now(lua_State *L)
     return 1;
 }
 
-/* sleep(seconds): for back-off between retries outside an event loop */
+/* The one piece of state outside an object: a signal handler can only tell the program
+ * something through a static volatile sig_atomic_t. */
+static volatile sig_atomic_t caught_signal = 0;
+
+/* sleep(seconds): for back-off between retries outside an event loop. A signal trapped by
+ * trap_interrupts ends it early: a program told to stop should not first wait out a back-off. */
 static int l_os_sleep(lua_State *L)
 {
     double secs = luaL_checknumber(L, 1);
@@ -39,7 +44,7 @@ static int l_os_sleep(lua_State *L)
         secs = 1e9;
     ts.tv_sec = (time_t)secs;
     ts.tv_nsec = (long)((secs - (double)ts.tv_sec) * 1e9);
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && caught_signal == 0)
         ;
     return 0;
 }
@@ -52,10 +57,6 @@ static int l_os_isatty(lua_State *L)
 }
 
 /* ---- interrupts --------------------------------------------------------------------------- */
-
-/* The one piece of state outside an object: a signal handler can only tell the program
- * something through a static volatile sig_atomic_t. */
-static volatile sig_atomic_t caught_signal = 0;
 
 static void on_signal(int sig)
 {

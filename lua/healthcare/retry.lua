@@ -102,7 +102,8 @@ end
 --- Runs attempt(n) (n = 1, 2, ...) until its outcome is final, sleeping between attempts.
 --- retry_of(...) gets attempt's results and returns whether they are worth another attempt and
 --- the seconds the server asked to wait (or nil). Returns the last attempt's results as they
---- are. stop_at: see next_wait.
+--- are. stop_at: see next_wait. A program that trapped Ctrl-C (core.trap_interrupts) and got it
+--- makes no further attempt: the last one's results are returned at once.
 function Policy:run(attempt, retry_of, stop_at)
   local started = core.now()
   local n = 0
@@ -110,10 +111,11 @@ function Policy:run(attempt, retry_of, stop_at)
     n = n + 1
     local a, b, c = attempt(n)
     local again, asked = retry_of(a, b, c)
-    if not again then return a, b, c end
+    if not again or core.interrupted() then return a, b, c end
     local wait = self:next_wait(n, started, asked, nil, stop_at)
     if not wait then return a, b, c end
     util.sleep(wait)
+    if core.interrupted() then return a, b, c end
   end
 end
 
