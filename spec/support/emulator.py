@@ -163,15 +163,19 @@ class State:
             self.stats["tokens_issued"] += 1
             return token, expires_in
 
-    def take_fault(self, kind, parent=None, method=None, makes_operation=False):
+    def take_fault(self, kind, parent=None, method=None, makes_operation=False, http_method=None, path=None):
         """The first pending rule for kind (and this dicomStore, when the rule names one in
         "parent"; this admin method, when it names one in "method"; a method that makes an
-        operation, when it sets "operation_error"), with one use consumed, or None."""
+        operation, when it sets "operation_error"; this HTTP method, when it names one in
+        "http_method"; a path below dicomWeb/ that the regex "path" finds), with one use
+        consumed, or None."""
         with self.lock:
             for rule in self.faults:
                 if rule.get("match", "store") == kind and rule.get("times", 1) > 0 \
                         and rule.get("parent") in (None, parent) \
                         and rule.get("method") in (None, method) \
+                        and rule.get("http_method") in (None, http_method) \
+                        and (rule.get("path") is None or re.search(rule["path"], path or "")) \
                         and (makes_operation or not rule.get("operation_error")):
                     rule["times"] = rule.get("times", 1) - 1
                     self.stats["faults_fired"] += 1
@@ -955,7 +959,13 @@ class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, Base
         if not known:
             self.record(404)
             return self.send_envelope(404, "DICOM store not found: %s" % parent)
-        status = self.apply_fault("store", parent)
+        rule = st.take_fault("store", parent, http_method=self.command, path=rest)
+        if rule is not None and "cut_after_bytes" in rule and self.command == "GET":
+            # a read whose answer starts and is cut: what a dropped connection looks like
+            if rule.get("delay"):
+                time.sleep(float(rule["delay"]))
+            return self.record(self.forward_get(parent, rest, cut=int(rule["cut_after_bytes"])))
+        status = rule is not None and self.answer_fault("store", rule)
         if status:
             return self.record(status)
         m = re.match(r"^studies(?:/([^/]+))?/?$", rest)
@@ -1163,10 +1173,11 @@ class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, Base
         else:
             self.send(status, to_xml(result), "application/dicom+xml")
 
-    def forward_get(self, parent, rest):
+    def forward_get(self, parent, rest, cut=None):
         """QIDO/WADO reads pass through to Orthanc (handy to check what was stored). DICOM JSON
         is rewritten (RetrieveURLs); anything else is copied in CHUNK pieces as it arrives, so a
-        large study goes through with flat memory."""
+        large study goes through with flat memory. cut: the connection is closed once that many
+        bytes of the answer's body went out (a fault rule's cut_after_bytes)."""
         conn, root = self.orthanc()
         try:
             headers = self.orthanc_headers()
@@ -1189,14 +1200,14 @@ class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, Base
                     pass
                 self.send(r.status, body, ctype)
             else:
-                self.send_stream(r, ctype)
+                self.send_stream(r, ctype, cut)
         finally:
             conn.close()
         return r.status
 
-    def send_stream(self, r, ctype):
+    def send_stream(self, r, ctype, cut=None):
         """Answers with Orthanc's response r, its body copied CHUNK by CHUNK: with its
-        Content-Length when it gave one, else chunked."""
+        Content-Length when it gave one, else chunked; cut: closed after that many bytes."""
         if not self._body_done and self.has_body():
             self.drain()
         length = r.getheader("Content-Length")
@@ -1218,6 +1229,8 @@ class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, Base
                 data = r.read(CHUNK)
                 if not data:
                     break
+                if cut is not None and self._sent + len(data) >= cut:
+                    data = data[:cut - self._sent]
                 if length is None:
                     self.wfile.write(b"%x\r\n" % len(data))
                     self.wfile.write(data)
@@ -1225,6 +1238,15 @@ class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, Base
                 else:
                     self.wfile.write(data)
                 self._sent += len(data)
+                if cut is not None and self._sent >= cut:
+                    self.wfile.flush()
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+                    self.record("cut")
+                    raise Dropped("fault: answer cut after %d bytes" % cut)
         except (http.client.HTTPException, OSError) as e:
             # Orthanc cut the answer: cut ours too, so the client sees a transport error and
             # not a shorter body that looks complete.
