@@ -48,9 +48,11 @@ if patient == "" or patient:find("[%c\\*?]") then
     status = "INVALID_ARGUMENT" } })
 end
 
--- The API's origin and version as the gateway knows them (the emulator's in the specs).
+-- The API's origin and version as the gateway knows them (the emulator's in the specs). Someone
+-- waits for this answer: a few quick retries of a 429, 5xx or dropped connection, not the
+-- library's default of up to a minute between attempts.
 local client = assert(healthcare.new { endpoint = gateway.api_origin:gsub("/$", "") .. gateway.api_path,
-  timeout = 60 })
+  timeout = 60, retry = { max_attempts = 3, initial = 0.25, max_delay = 1 } })
 local store = assert(client:dicom_store(gateway.parent))
 
 local results, err = store:search_studies({ PatientID = patient }, { page_size = 50 })

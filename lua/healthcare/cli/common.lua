@@ -5,6 +5,7 @@
 local lfs = require "lfs"
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
+local retry = require "healthcare.retry"
 local dicomweb = require "healthcare.dicomweb"
 local util = require "healthcare.util"
 
@@ -50,6 +51,18 @@ function M.add_client_options(p)
   return p
 end
 
+--- Adds --retry-max-attempts to a command whose requests are reads (search, retrieve): the
+--- client's retry.max_attempts (client_options), so every request of the command has it.
+function M.add_retry_option(p)
+  return p:option("--retry-max-attempts", string.format("Attempts before giving up after 408, 429, 5xx or a "
+    .. "dropped connection, with a growing wait between them (a retrieve goes on from what arrived), default %d.",
+    retry.DEFAULTS.max_attempts), nil, function(s)
+      local n = s:match("^%d+$") and tonumber(s)
+      if not n or n < 1 or n > 1000 then return nil, "expected a whole number from 1 to 1000, got '" .. s .. "'" end
+      return n
+    end):argname("<n>")
+end
+
 --- p:option(name, ...) (argparse), also taking the older spellings of the flag that `deprecated`
 --- lists ({ old, current } pairs): hidden from --help's list of options, named in its epilog
 --- (deprecated_epilog). Returns the option.
@@ -93,6 +106,7 @@ function M.client_options(a)
     scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
     token_cache = not a.no_token_cache, debug = a.debug or nil,
     impersonate = a.impersonate_service_account, proxy = a.proxy,
+    retry = a.retry_max_attempts and { max_attempts = a.retry_max_attempts } or nil,
   }
 end
 

@@ -3,7 +3,8 @@
 -- store:retrieve_*, every instance streamed to <dir>/<SOPInstanceUID>.dcm. Prints each file
 -- on standard output as it lands and a summary on standard error (or a JSON report with --json),
 -- in memory that does not grow with the instances (list_files = false: the --json records wait
--- in a temporary file). When the transfer breaks, the instances that arrived whole are kept and
+-- in a temporary file). When the transfer breaks, the retrieve goes on from what arrived (up to
+-- --retry-max-attempts attempts); when they are spent, the instances that arrived whole are kept and
 -- the command says which instances of the request are missing (found by a search), then exits 1. Parts of the
 -- answer that are not DICOM instances are reported one by one (exit 1), and written only with
 -- --keep-rejected. Every bound of the Lua API (healthcare.dicomweb.retrieve.BOUNDS) is an option here.
@@ -97,6 +98,7 @@ local function parser()
     .. "and an encoded answer is refused.")
   p:flag("--keep-rejected", "Write parts of the answer that are not DICOM instances as <dir>/part-<n>.rejected "
     .. "(by default they are reported and not written).")
+  common.add_retry_option(p)
   return p
 end
 M.parser = parser -- the bash completion reads its options
@@ -191,7 +193,7 @@ local function write_report_json(out, r)
   for i, x in ipairs(r.rejected) do rlist[i] = { part = x.part, reason = x.reason, size = x.size, path = x.path } end
   local text = json.encode({
     files = json.raw("\0"), kept = json.array(r.kept), rejected = json.array(rlist), bytes = r.bytes,
-    seconds = r.seconds, missing = r.missing and json.array(r.missing),
+    seconds = r.seconds, retries = r.retries, missing = r.missing and json.array(r.missing),
     error = r.err and (r.err.message or tostring(r.err)),
   })
   local at = text:find("\0", 1, true)
@@ -255,7 +257,7 @@ local function run(store, t, a)
   -- rejected: parts of the answer that are not DICOM instances (not counted among the files);
   -- kept: the instances <dir> already held (see --refetch)
   local r = { res = res, err = err, count = got.count or 0, rejected = got.rejected or {}, kept = {},
-    bytes = got.bytes or 0, seconds = seconds, spool = not spool_error and spool or nil }
+    bytes = got.bytes or 0, seconds = seconds, spool = not spool_error and spool or nil, retries = got.retries or 0 }
   for i, f in ipairs(got.kept or {}) do r.kept[i] = f.path end
   return r
 end
@@ -293,10 +295,11 @@ local function report(t, r, a)
   end
   -- After an error with nothing kept, the error alone says it all.
   if not a.json and (count > 0 or #rejected > 0 or not err) then
-    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s\n", count,
+    io.stderr:write(string.format("retrieved %d instance%s, %s in %.1f s, to %s%s%s%s\n", count,
       count == 1 and "" or "s", common.human_bytes(r.bytes), r.seconds, common.printable(a.output),
       #r.kept > 0 and string.format(" (kept %d already there)", #r.kept) or "",
-      #rejected > 0 and string.format("; %d part%s rejected", #rejected, #rejected == 1 and "" or "s") or ""))
+      #rejected > 0 and string.format("; %d part%s rejected", #rejected, #rejected == 1 and "" or "s") or "",
+      r.retries > 0 and string.format("; %d retr%s", r.retries, r.retries == 1 and "y" or "ies") or ""))
   end
   local missing = r.missing
   if not err then

@@ -53,6 +53,7 @@ local function parser()
     .. "and shown as a column.", nil, nil, 1, "*"):count("*"):argname("<field>")
   p:flag("--fuzzy", "Fuzzy matching of person names (where the server offers it).")
   p:flag("--json", "Print the DICOM JSON array of the results on standard output.")
+  common.add_retry_option(p)
   return p
 end
 M.parser = parser -- the bash completion reads its options

@@ -205,7 +205,8 @@ end
 --- a listed UID may be the conflicting instance the run is to replace. Returns { in_flight = n,
 --- found = n, error = message or nil }: a failed check sends them all (a duplicate of the same
 --- bytes is harmless, a loss is not); or nil, err when the journal cannot be read or written.
-function M.settle_in_flight(store, journal, overwrite_run)
+--- retry_opts: the run's `retry` (the searches' attempts).
+function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
   local list, err = journal:in_flight()
   if not list then return nil, err end
   local result = { in_flight = #list, found = 0 }
@@ -222,7 +223,7 @@ function M.settle_in_flight(store, journal, overwrite_run)
     end
   end
   for _, study in ipairs(studies) do
-    local listed, lerr = verify.listed_in(store, study, {})
+    local listed, lerr = verify.listed_in(store, study, { retry = retry_opts })
     if not listed then
       result.error = lerr.message
       return result
@@ -257,7 +258,7 @@ function Batch.new(store, inputs, opts)
     journal, jerr = require("healthcare.dicomweb.journal").open(o.journal, report,
       { store = store.name, shard = o.shard and tostring(o.shard) })
     if not journal then return nil, jerr end
-    local settled, serr = M.settle_in_flight(store, journal, o.overwrite)
+    local settled, serr = M.settle_in_flight(store, journal, o.overwrite, o.retry)
     if not settled then
       journal:close()
       return nil, serr

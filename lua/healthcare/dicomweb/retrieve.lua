@@ -14,6 +14,7 @@ local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 local search = require "healthcare.dicomweb.search"
@@ -59,13 +60,13 @@ local function with(list, ...)
 end
 
 local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected",
-  "on_file", "list_files")
+  "on_file", "list_files", "retry")
 local COLLECTION_OPTIONS = with(INSTANCE_OPTIONS, "skip_existing", "request_cost")
-local METADATA_OPTIONS = { "params", "max_bytes", "timeout" }
+local METADATA_OPTIONS = { "params", "max_bytes", "timeout", "retry" }
 -- (one image to one file: no parts to count)
 local RENDERED_OPTIONS = with({ "timeout", "idle_timeout", "min_speed", "max_bytes", "max_part_bytes", "compressed",
-  "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress")
-local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress")
+  "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress", "retry")
+local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress", "retry")
 
 -- Values quoted in messages go in as they are: tostring(err) makes a message printable, and the
 -- command prints a file's warning through common.printable.
@@ -84,7 +85,29 @@ local function check_call(store, fname, uids, n, opts, valid)
   util.check_option(opts.list_files, "list_files", fname, "boolean", 3)
   util.check_option(opts.transfer_syntax, "transfer_syntax", fname, "string", 3)
   util.check_option(opts.accept, "accept", fname, "string", 3)
+  retry.check(opts.retry, fname, 3)
   return opts
+end
+
+-- The retry policy of one retrieve: its `retry`, else the client's, else the module's.
+local function policy_of(store, opts)
+  return retry.new(nil, opts.retry, store.client.retry)
+end
+
+-- Whether a failed attempt of a read is worth another (for retry.Policy:run), and the seconds
+-- the server asked to wait: a failure errors calls retryable (408, 429, 5xx, a dropped, refused
+-- or stalled transfer), but not a bound passing that the caller set (err.option), except
+-- min_speed: a stalled connection is the network's, and the next may be fine.
+local function worth_again(res, err)
+  if res or not err or not err.retryable then return false end
+  if err.option and err.option ~= "min_speed" then return false end
+  return true, err.retry_after
+end
+
+-- Says in err's message how many attempts were made, when more than one.
+local function attempts_told(err, n)
+  if err and n > 1 then err.message = string.format("%s (after %d attempts)", err.message, n) end
+  return err
 end
 
 local function total_bytes(files)
@@ -102,7 +125,7 @@ end
 local function failed(err)
   local files = err.files or {}
   local partial = { files = files, rejected = err.rejected or {}, kept = err.kept,
-    count = err.count or #files, bytes = err.files_bytes or total_bytes(files) }
+    count = err.count or #files, bytes = err.files_bytes or total_bytes(files), retries = err.retries }
   err.count, err.files_bytes = nil, nil
   return nil, err, partial
 end
@@ -508,8 +531,9 @@ end
 -- not DICOM, a second copy) wait in `rest` to be judged at the end, numbered by their place in
 -- the answer (part.index). Memory then does not grow with the instances. A file on_file was told
 -- of is the caller's, kept whatever comes next; when on_file raises, the batch's files it was
--- not told of go. The shape of lister's, take_parts set.
-local function handover(scope, on_file)
+-- not told of go. A file whose UID is in skip (retrieve_instances') is not counted. The shape
+-- of lister's, take_parts set.
+local function handover(scope, on_file, skip)
   local given, rest, told = 0, {}, { count = 0, bytes = 0 }
   local function take(parts)
     local named = {}
@@ -520,8 +544,9 @@ local function handover(scope, on_file)
     given = given + #parts
     for j, part in ipairs(named) do
       local f = named_file(part, scope)
-      told.count, told.bytes = told.count + 1, told.bytes + (f.size or 0)
-      if on_file then
+      local fresh = not (skip and skip[f.sop_instance_uid])
+      if fresh then told.count, told.bytes = told.count + 1, told.bytes + (f.size or 0) end
+      if fresh and on_file then
         local fine, e = pcall(on_file, f)
         if not fine then
           remove_parts(named, j + 1)
@@ -547,7 +572,10 @@ end
 
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
 --- method's name for messages (a RetrieveInstance's `to` may be a file path); bounds: bounds_of's.
-local function retrieve_instances(store, uids, opts, what, bounds)
+--- skip: nil, or the UIDs of files an earlier attempt of the same retrieve wrote and told of: a
+--- part with one of them lands again on its file (the series came whole again) but is neither
+--- listed, counted nor told of twice.
+local function retrieve_instances(store, uids, opts, what, bounds, skip)
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
   local ts, terr = transfer_syntax_of(opts)
@@ -564,9 +592,22 @@ local function retrieve_instances(store, uids, opts, what, bounds)
 
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
   local list_files = opts.list_files ~= false
-  local recv = (list_files or fixed_path) and lister(scope, opts.on_file) or handover(scope, opts.on_file)
+  local on_file = opts.on_file
+  if skip and on_file then
+    on_file = function(f)
+      if not skip[f.sop_instance_uid] then return opts.on_file(f) end
+    end
+  end
+  local recv = (list_files or fixed_path) and lister(scope, on_file) or handover(scope, on_file, skip)
   -- The files to list, their count and bytes (list_files = false: none listed, all counted).
   local function settle(files)
+    if skip then
+      local fresh = {}
+      for _, f in ipairs(files) do
+        if not skip[f.sop_instance_uid] then fresh[#fresh + 1] = f end
+      end
+      files = fresh
+    end
     local told = recv.told
     return list_files and files or {}, told.count + #files, told.bytes + total_bytes(files)
   end
@@ -577,7 +618,7 @@ local function retrieve_instances(store, uids, opts, what, bounds)
       return nil, errors.new("dicom", string.format("%s: expected one instance, the server sent %d parts",
         what, #parts), { files = {}, rejected = {} })
     end
-    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, opts.on_file)
+    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, on_file)
   end
   local res, err = send(store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
@@ -615,8 +656,9 @@ end
 
 -- The instances already in dir, by SOP Instance UID: <uid>.dcm files whose content carries that
 -- UID (a file only gets that name once it arrived whole). Returns uid -> { path, size }, and
--- what dir holds of each series of `study`: series UID -> { count, bytes, uids }.
-local function already_in(dir, study)
+-- what dir holds of each series of `study`: series UID -> { count, bytes, uids }. keep: nil, or
+-- keep(uid, path) -> whether to count that file at all.
+local function already_in(dir, study, keep)
   local have, held = {}, {}
   if not is_dir(dir) then return have, held end
   for name in lfs.dir(dir) do
@@ -624,7 +666,7 @@ local function already_in(dir, study)
     if uid and names.valid_uid(uid) then
       local path = join(dir, name)
       local info = core.dicom_probe(path)
-      if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid then
+      if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid and (not keep or keep(uid, path)) then
         local size = info.size or lfs.attributes(path, "size")
         have[uid] = { path = path, size = size }
         if info.study_uid == study and info.series_uid then
@@ -637,6 +679,19 @@ local function already_in(dir, study)
     end
   end
   return have, held
+end
+
+-- The files named <uid>.dcm in dir: uid -> inode. A file a retrieve writes is renamed into
+-- place, a new inode, so a later attempt tells what this retrieve wrote (and said so) from what
+-- was there before, whatever their content.
+local function inodes_in(dir)
+  local ino = {}
+  if not is_dir(dir) then return ino end
+  for name in lfs.dir(dir) do
+    local uid = name:match("^(.+)%.dcm$")
+    if uid and names.valid_uid(uid) then ino[uid] = lfs.attributes(join(dir, name), "ino") end
+  end
+  return ino
 end
 
 -- The options of a retrieve that its sub-retrieves (skip_existing) pass on, with `to`.
@@ -663,13 +718,18 @@ M.REQUEST_COST_BYTES = 8 * 1024 * 1024
 -- count is the series' NumberOfSeriesRelatedInstances, and a series listed without it is
 -- searched. Returns the list, or nil, err.
 -- The seconds left before a retrieve's deadline, for a search's timeout (nil: no deadline).
+-- The searches of a retrieve try once: a failed one fails the retrieve's attempt, and the next
+-- attempt starts over from what the directory holds.
+local ONCE = { max_attempts = 1 }
+
 local function seconds_left(deadline)
   return deadline < math.huge and math.max(deadline - core.now(), 0.001) or nil
 end
 
 local function plan_series(store, study, series, opts, held, deadline)
   local results, serr = store:search_series({ StudyInstanceUID = study, SeriesInstanceUID = series,
-    includefield = { "NumberOfSeriesRelatedInstances" } }, { params = opts.params, timeout = seconds_left(deadline) })
+    includefield = { "NumberOfSeriesRelatedInstances" } }, { params = opts.params, timeout = seconds_left(deadline),
+    retry = ONCE })
   if not results then return nil, serr end
   local cost = opts.request_cost or M.REQUEST_COST_BYTES
   local plan = {}
@@ -696,7 +756,8 @@ end
 -- list of their UIDs, or nil, err.
 local function missing_of(store, study, se, opts, have, deadline)
   local results, serr = store:search_instances({ StudyInstanceUID = study, SeriesInstanceUID = se,
-    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = 1000, timeout = seconds_left(deadline) })
+    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = 1000, timeout = seconds_left(deadline),
+    retry = ONCE })
   if not results then return nil, serr end
   local missing = {}
   for item in results:each() do
@@ -713,8 +774,11 @@ end
 -- request (those files then not among `kept`), a series as complete as the server counts not at
 -- all, and of the others each missing instance alone; all within one set of bounds. Returns the
 -- result of a retrieve with `kept` (the files dir already held and kept) added, or nil, err
--- (err.files, err.rejected: what did arrive).
-local function retrieve_missing(store, study, series, opts, have, held, bounds)
+-- (err.files, err.rejected: what did arrive). told: nil, or the UIDs of the files in `have`
+-- that an earlier attempt of this retrieve wrote and told of (retrieve_instances' skip): not
+-- among `kept`, and not told of again. before: nil, or the inodes of files there before this
+-- retrieve (uid -> inode; retrieve_collection's): those of a series fetched whole are added.
+local function retrieve_missing(store, study, series, opts, have, held, bounds, told, before)
   local out = { files = {}, count = 0, rejected = {}, kept = {}, bytes = 0, status = 200 }
   local function add(res)
     for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
@@ -736,15 +800,18 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds)
     if entry.how == "whole" then for _, uid in ipairs(entry.there.uids) do again[uid] = true end end
   end
   for uid, f in pairs(have) do
-    if not again[uid] then out.kept[#out.kept + 1] = f end
+    if not again[uid] and not (told and told[uid]) then out.kept[#out.kept + 1] = f end
   end
   table.sort(out.kept, function(a, b) return a.path < b.path end)
   if not plan then return fail_with(perr) end
   for _, entry in ipairs(plan) do
     local se = entry.uid
     if entry.how == "whole" then
+      for _, uid in ipairs(before and entry.there.uids or {}) do
+        if before[uid] == nil then before[uid] = lfs.attributes(have[uid].path, "ino") end
+      end
       local res, err = retrieve_instances(store, { { "study", study }, { "series", se } },
-        sub_options(opts, opts.to), "RetrieveSeries", bounds)
+        sub_options(opts, opts.to), "RetrieveSeries", bounds, told)
       if not res then return fail_with(err) end
       add(res)
     elseif entry.how == "listed" then
@@ -761,17 +828,109 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds)
   return out
 end
 
--- retrieve_study and retrieve_series: uids = { { "study", uid } [, { "series", uid }] }.
-local function retrieve_collection(store, uids, opts, what, bounds)
-  if opts.skip_existing then
-    local _, perr = resource_path(uids)
-    if perr then return nil, perr end
-    local have, held = already_in(opts.to, uids[1][2])
-    if next(have) then
-      return retrieve_missing(store, uids[1][2], uids[2] and uids[2][2], opts, have, held, bounds)
-    end
+-- What the attempts of one retrieve brought, added up: the files of each (those of a failed one
+-- too: they arrived whole, and stay), their count, bytes and rejected parts; `kept` is the last
+-- attempt's (what dir held before and is kept).
+local function tally()
+  local t = { files = {}, rejected = {}, count = 0, bytes = 0 }
+  function t.add(r, failed_attempt)
+    -- a failure before any transfer began (a directory that cannot be written) has no files
+    t.began = t.began or r.files ~= nil
+    local files = r.files or {}
+    for _, f in ipairs(files) do t.files[#t.files + 1] = f end
+    for _, x in ipairs(r.rejected or {}) do t.rejected[#t.rejected + 1] = x end
+    t.count = t.count + (r.count or #files)
+    local bytes
+    if failed_attempt then bytes = r.files_bytes else bytes = r.bytes end
+    t.bytes = t.bytes + (bytes or total_bytes(files))
+    t.kept = r.kept
   end
-  return retrieve_instances(store, uids, opts, what, bounds)
+  function t.into(r, failed_attempt, attempts)
+    r.retries = attempts - 1
+    if not t.began then return r end
+    r.files, r.rejected, r.kept = t.files, t.rejected, t.kept
+    if failed_attempt then
+      r.count, r.files_bytes = t.count, t.bytes
+    else
+      r.count, r.bytes = t.count, t.bytes
+    end
+    return r
+  end
+  return t
+end
+
+-- retrieve_study and retrieve_series: uids = { { "study", uid } [, { "series", uid }] }. A failed
+-- attempt that is worth another (worth_again) is followed, after the policy's wait, by one that
+-- asks only for what the directory does not hold yet of what this retrieve wrote (and, with
+-- skip_existing, of what it held before): the series and instances a search of the server names,
+-- as skip_existing does. A series that comes whole again is written again, but its files this
+-- retrieve already had are not listed, counted or told of twice.
+local function retrieve_collection(store, uids, opts, what, bounds)
+  local _, perr = resource_path(uids)
+  if perr then return nil, perr end
+  local study, series, dir = uids[1][2], uids[2] and uids[2][2], opts.to
+  local policy = policy_of(store, opts)
+  -- What a later attempt needs to tell this retrieve's files from the others: the UIDs of the
+  -- <uid>.dcm files there at the start (`there`), and the inodes of those this retrieve may
+  -- write over (`before`). Without skip_existing that is any of them (one stat each, and none in
+  -- a new directory); with it, only the files of a series fetched whole (retrieve_missing adds
+  -- them), so that running again on a complete study stats nothing more.
+  local there, before
+  if policy.max_attempts > 1 then
+    before, there = opts.skip_existing and {} or inodes_in(dir), {}
+    for uid in pairs(before) do there[uid] = true end
+  end
+  local sum, attempts = tally(), 0
+  local function attempt(n)
+    attempts = n
+    local have, held, told = {}, {}, nil
+    if n == 1 and opts.skip_existing then
+      have, held = already_in(dir, study)
+      if there then there = have end
+    elseif n > 1 then
+      -- what this retrieve wrote (not there, or a new inode), and with skip_existing the others
+      told = {}
+      have, held = already_in(dir, study, function(uid, path)
+        local ino = before[uid]
+        if not there[uid] or (ino ~= nil and ino ~= lfs.attributes(path, "ino")) then
+          told[uid] = true
+          return true
+        end
+        return opts.skip_existing == true
+      end)
+    end
+    local res, err
+    if next(have) then
+      res, err = retrieve_missing(store, study, series, opts, have, held, bounds, told, before)
+    else
+      res, err = retrieve_instances(store, uids, opts, what, bounds)
+    end
+    sum.add(res or err, not res)
+    -- without skip_existing nothing is kept: what a later attempt found there is this retrieve's
+    if not opts.skip_existing then sum.kept = nil end
+    return res, err
+  end
+  local res, err = policy:run(attempt, worth_again, bounds.deadline)
+  if not res then return nil, attempts_told(sum.into(err, true, attempts), attempts) end
+  return sum.into(res, false, attempts)
+end
+
+-- Runs attempt() under the retrieve's policy (stop_at: the time past which none starts) until
+-- its outcome is final: res, or nil, err (its message saying how many attempts were made);
+-- either with `retries`, the attempts past the first, unless bare. again: as worth_again (the
+-- default).
+local function until_final(store, opts, stop_at, attempt, again, bare)
+  local n = 0
+  local res, err = policy_of(store, opts):run(function(i)
+    n = i
+    return attempt()
+  end, again or worth_again, stop_at)
+  if not res then
+    if not bare then err.retries = n - 1 end
+    return nil, attempts_told(err, n)
+  end
+  if not bare then res.retries = n - 1 end
+  return res
 end
 
 --- store:retrieve_study(study, opts): every instance of the study into the directory opts.to.
@@ -799,8 +958,14 @@ function M.retrieve_instance(store, study, series, instance, opts)
   opts = check_call(store, "retrieve_instance", { study, series, instance }, 3, opts, INSTANCE_OPTIONS)
   check_to(opts, "retrieve_instance")
   local bounds = bounds_of(store, opts, "retrieve_instance")
-  return outcome(retrieve_instances(store, { { "study", study }, { "series", series }, { "instance", instance } },
-    opts, "RetrieveInstance", bounds))
+  local uids = { { "study", study }, { "series", series }, { "instance", instance } }
+  return outcome(until_final(store, opts, bounds.deadline, function()
+    return retrieve_instances(store, uids, opts, "RetrieveInstance", bounds)
+  end, function(res, err)
+    -- an instance that arrived whole (told of, kept) before the answer failed is not asked again
+    if err and (err.count or 0) > 0 then return false end
+    return worth_again(res, err)
+  end))
 end
 
 --- store:retrieve_metadata(study[, series[, instance]][, opts]) -> list of datasets.
@@ -822,8 +987,15 @@ function M.retrieve_metadata(store, study, series, instance, opts)
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
   local max_bytes = opts.max_bytes or M.MAX_METADATA_BYTES
-  local res, err = send(store, path .. "/metadata", { "Accept: " .. M.METADATA_ACCEPT }, opts,
-    { what = "RetrieveMetadata", max_bytes = max_bytes, compressed = true })
+  local timeout = opts.timeout or store.client.timeout
+  local res, err = until_final(store, opts, timeout and timeout > 0 and core.now() + timeout or nil, function()
+    local r, e = send(store, path .. "/metadata", { "Accept: " .. M.METADATA_ACCEPT }, opts,
+      { what = "RetrieveMetadata", max_bytes = max_bytes, compressed = true })
+    if r and (r.status < 200 or r.status > 299) then
+      return nil, not_found_or(store, r, "RetrieveMetadata", uids, opts)
+    end
+    return r, e
+  end, nil, true)
   if not res then
     if err.status == "response_too_large" then
       err.option = "max_bytes"
@@ -831,9 +1003,6 @@ function M.retrieve_metadata(store, study, series, instance, opts)
         .. "max_bytes)", describe(uids), max_bytes)
     end
     return nil, err
-  end
-  if res.status < 200 or res.status > 299 then
-    return nil, not_found_or(store, res, "RetrieveMetadata", uids, opts)
   end
   local list = require("cjson.safe").decode(res.body)
   if type(list) ~= "table" or (next(list) ~= nil and list[1] == nil) then
@@ -904,7 +1073,9 @@ function M.retrieve_rendered(store, study, series, instance, opts)
   util.check_option(opts.frame, "frame", "retrieve_rendered", "number")
   check_to(opts, "retrieve_rendered")
   local bounds = bounds_of(store, opts, "retrieve_rendered")
-  return outcome(rendered(store, study, series, instance, opts, bounds))
+  return outcome(until_final(store, opts, bounds.deadline, function()
+    return rendered(store, study, series, instance, opts, bounds)
+  end))
 end
 
 -- Names received frame parts frame-<n>.<ext> in dir, in the order the frames were asked for.
@@ -978,7 +1149,22 @@ function M.retrieve_frames(store, study, series, instance, frames, opts)
   util.check_arg(frames, 4, "retrieve_frames", "number|table", nil, "frame number or list")
   check_to(opts, "retrieve_frames")
   local bounds = bounds_of(store, opts, "retrieve_frames")
-  return outcome(frames_to(store, study, series, instance, frames, opts, bounds))
+  -- the frames a failed attempt kept, by path: a later attempt asks for them all again and
+  -- writes over them; if none succeeds, each is listed once
+  local kept, order = {}, {}
+  local res, err = until_final(store, opts, bounds.deadline, function()
+    local r, e = frames_to(store, study, series, instance, frames, opts, bounds)
+    for _, f in ipairs(e and e.files or {}) do
+      if not kept[f.path] then order[#order + 1] = f.path end
+      kept[f.path] = f
+    end
+    return r, e
+  end)
+  if err and err.files then
+    err.files = {}
+    for i, path in ipairs(order) do err.files[i] = kept[path] end
+  end
+  return outcome(res, err)
 end
 
 return M

@@ -7,6 +7,7 @@ local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 local cjson = require "cjson.safe"
@@ -17,7 +18,7 @@ M.DEFAULT_PAGE_SIZE = 100
 -- A page of results is held in memory, then decoded into tables: its JSON (counted decoded, as it
 -- arrives; pages are asked for gzip-compressed) is capped.
 M.DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
-M.OPTIONS = { "page_size", "params", "timeout", "max_page_bytes" }
+M.OPTIONS = { "page_size", "params", "timeout", "max_page_bytes", "retry" }
 
 local STUDY_UID, SERIES_UID = "0020000D", "0020000E"
 local MODALITIES_IN_STUDY = "00080061"
@@ -179,8 +180,9 @@ Results.__index = Results
 Results.__name = "healthcare.Results"
 M.Results = Results
 
--- One page: the list of raw data sets, or nil, err. Sets self.warning from a Warning header.
-local function fetch(self, limit, offset)
+-- One attempt at a page: the list of raw data sets, or nil, err. Sets self.warning from a
+-- Warning header.
+local function fetch_once(self, limit, offset)
   local qs = query_text(self.q, limit, offset)
   local res, err = self.store.client:send {
     method = "GET",
@@ -217,6 +219,26 @@ local function fetch(self, limit, offset)
     end
   end
   return list, res
+end
+
+-- A failed page that is worth another attempt (408, 429, 5xx, a dropped or refused connection;
+-- not a page over max_page_bytes), and the seconds the server asked to wait.
+local function page_again(list, err)
+  if list or not err.retryable or err.option then return false end
+  return true, err.retry_after
+end
+
+-- One page, tried again under the search's retry policy: as fetch_once.
+local function fetch(self, limit, offset)
+  local n = 0
+  local list, res_or_err = self.policy:run(function(i)
+    n = i
+    return fetch_once(self, limit, offset)
+  end, page_again)
+  if not list and n > 1 then
+    res_or_err.message = string.format("%s (after %d attempts)", res_or_err.message, n)
+  end
+  return list, res_or_err
 end
 
 --- Iterates over every result, fetching pages as needed. A failed page ends the loop and
@@ -299,6 +321,7 @@ local function check_call(store, query, opts, fname)
   util.check_option(opts.params, "params", fname, "table", 3)
   util.check_number(opts.timeout, "timeout", fname, ">= 0", 3)
   util.check_number(opts.max_page_bytes, "max_page_bytes", fname, "whole >= 1", 3)
+  retry.check(opts.retry, fname, 3)
   -- a count, as a number or its digits
   local page_size = opts.page_size
   if page_size ~= nil and (count_of(page_size) or 0) < 1 then
@@ -321,6 +344,7 @@ local function search(store, level, query, opts)
   return setmetatable({
     store = store, what = what, q = q, page_size = page_size, params = query_params,
     timeout = opts.timeout, max_page_bytes = max_page_bytes, url = url, requests = 0,
+    policy = retry.new(nil, opts.retry, store.client.retry),
   }, Results)
 end
 
@@ -348,7 +372,8 @@ end
 --- result: a 404 there too means no such store; any other answer, or a failure, counts as a
 --- store that is there.
 function M.store_missing(store, query_params)
-  local results, err = M.search_studies(store, { limit = 1 }, { page_size = 1, params = query_params })
+  local results, err = M.search_studies(store, { limit = 1 }, { page_size = 1, params = query_params,
+    retry = { max_attempts = 1 } })
   if results then
     local _
     _, err = results:all()

@@ -5,11 +5,12 @@
 -- per study (search_instances scoped to the study), so the cost grows with studies, not files.
 local errors = require "healthcare.errors"
 local names = require "healthcare.dicomweb.names"
+local retry = require "healthcare.retry"
 local util = require "healthcare.util"
 
 local M = {}
 
-M.OPTIONS = { "page_size", "params" }
+M.OPTIONS = { "page_size", "params", "retry" }
 -- Large pages: a study of 10,000 instances is 10 requests. Below the smallest cap a server is
 -- known to put on `limit` (Google: 50,000 for instances), so a short page really is the last.
 M.PAGE_SIZE = 1000
@@ -58,7 +59,7 @@ end
 --- server does not know (404 on a study-scoped search) lists nothing. opts: { page_size, params }.
 function M.listed_in(store, study, opts)
   local results, err = store:search_instances({ StudyInstanceUID = study, includefield = "SOPInstanceUID" },
-    { page_size = opts.page_size or M.PAGE_SIZE, params = opts.params })
+    { page_size = opts.page_size or M.PAGE_SIZE, params = opts.params, retry = opts.retry })
   if not results then return nil, err end
   local set = {}
   for item in results:each() do
@@ -81,6 +82,7 @@ function M.verify(store, input, opts)
   opts = util.check_options(opts, M.OPTIONS, "verify")
   util.check_number(opts.page_size, "page_size", "verify", "whole >= 1")
   util.check_option(opts.params, "params", "verify", "table")
+  retry.check(opts.retry, "verify")
   local entries, err = entries_of(input)
   if not entries then return nil, err end
   local by_study, studies = {}, {}

@@ -1,0 +1,427 @@
+-- SPDX-License-Identifier: MIT
+-- Retries of the reads (search pages, retrieve_*, metadata, verify) against the emulator's fault
+-- rules, in front of the test bed's real Orthanc: a study's answer cut in its middle (the
+-- connection closed after N bytes, as a network drops it), 503s and 429s, the attempt limit, a
+-- bound that must not be retried, and what a retrieve that goes on from what arrived must hold
+-- to: every instance in place byte for byte, listed, counted and told of exactly once, nothing
+-- fetched again that the directory holds of this retrieve, and nothing kept that was there
+-- before unless skip_existing says so.
+-- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/96-read_retry_spec.lua
+local H = require "helpers"
+if not H.need_testbed() then return end
+-- Fault rules are consumed by whoever asks first: a private emulator keeps other spec files out.
+local em = require("support.emulator_instance").use_privately()
+teardown(function() em:stop() end)
+
+local core = require "healthcare.core"
+local healthcare = require "healthcare"
+local lfs = require "lfs"
+local E = H.env
+
+-- Short waits: backoff starts at 10 ms, so a wait of a second can only come from the server.
+local FAST = { initial = 0.01, multiplier = 2, max_delay = 0.1, max_attempts = 5 }
+local STUDY_GET = "^studies/[^/]+$"
+
+local function client_store(opts)
+  local o = { endpoint = E.endpoint, access_token = E.token, retry = FAST }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  local c = assert(healthcare.new(o))
+  return assert(c:dicom_store(E.store))
+end
+
+local function faults(rules) H.emulator_faults(rules) end
+
+-- The emulator's requests from `from` (a store_requests_total count) on: { method, path, status }.
+local function requests_since(from)
+  local st = H.emulator_stats()
+  local n = st.store_requests_total - from
+  assert(n <= #st.requests, "more requests than the emulator keeps")
+  local out = {}
+  for i = #st.requests - n + 1, #st.requests do out[#out + 1] = st.requests[i] end
+  return out
+end
+
+local function total() return H.emulator_stats().store_requests_total end
+
+-- The GETs among requests whose path below dicomWeb/ the Lua pattern finds.
+local function gets(list, pattern)
+  local n = 0
+  for _, r in ipairs(list) do
+    local below = r.path:match("/dicomWeb/(.*)$") or ""
+    if r.method == "GET" and below:find(pattern) then n = n + 1 end
+  end
+  return n
+end
+
+-- A study of two series (6 and 4 instances of about 20 KB), stored in Orthanc; made once.
+local study
+local function the_study()
+  if not study then
+    study = H.make_study { patient_id = H.fresh_id("RR"), size = 20000,
+      series = { { modality = "CT", count = 6 }, { modality = "MR", count = 4 } } }
+    study.by_uid = {}
+    for _, f in ipairs(study.files) do study.by_uid[f.sop_instance_uid] = f end
+  end
+  return study
+end
+
+-- A cut inside the third part of the study's answer: two instances arrive whole.
+local function cut_in_third()
+  local s = the_study()
+  return s.files[1].size + s.files[2].size + 2000 + math.floor(s.files[3].size / 2)
+end
+
+-- Every instance of the study exactly once among res.files and res.kept, each file in place with
+-- the stored bytes, and nothing else in dir (no temporary file).
+local function assert_whole(res, dir, listed)
+  local s = the_study()
+  local seen = {}
+  for _, f in ipairs(listed or res.files) do
+    assert.is_nil(seen[f.sop_instance_uid], "listed twice: " .. tostring(f.sop_instance_uid))
+    seen[f.sop_instance_uid] = "files"
+  end
+  for _, f in ipairs(res.kept or {}) do
+    local uid = f.path:match("([^/]+)%.dcm$")
+    assert.is_nil(seen[uid], "both listed and kept: " .. uid)
+    seen[uid] = "kept"
+  end
+  local names = {}
+  for name in lfs.dir(dir) do
+    if name ~= "." and name ~= ".." then names[#names + 1] = name end
+  end
+  assert.equal(#s.files, #names, "files in the directory: " .. table.concat(names, " "))
+  for _, f in ipairs(s.files) do
+    assert.truthy(seen[f.sop_instance_uid], "not accounted for: " .. f.sop_instance_uid)
+    assert.equal(H.sha256(f.path), H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"))
+  end
+end
+
+local function counter()
+  local told, n = {}, 0
+  return function(f)
+    assert.is_nil(told[f.sop_instance_uid], "told twice: " .. f.sop_instance_uid)
+    told[f.sop_instance_uid] = true
+    n = n + 1
+  end, function() return n end
+end
+
+describe("a retrieve whose answer is cut", function()
+  after_each(function() faults({}) end)
+
+  it("goes on from what arrived: each instance once in files, count and on_file, the rest asked for", function()
+    local s = the_study()
+    local dir = H.tmpdir() .. "/out"
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    local from = total()
+    local on_file, told = counter()
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, on_file = on_file }))
+    local sent = requests_since(from)
+    assert.equal(10, res.count)
+    assert.equal(10, #res.files)
+    assert.equal(10, told())
+    assert.equal(1, res.retries)
+    local bytes = 0
+    for _, f in ipairs(s.files) do bytes = bytes + f.size end
+    assert.equal(bytes, res.bytes)
+    assert_whole(res, dir)
+    -- the study once (cut), then a search of its series and each series (the 6 instances' series,
+    -- 2 there, came whole again: cheaper than 4 requests)
+    assert.equal(1, gets(sent, STUDY_GET))
+    assert.equal(1, gets(sent, "^series$") + gets(sent, "^studies/[^/]+/series$"))
+    assert.equal(2, gets(sent, "^studies/[^/]+/series/[^/]+$"))
+    assert.equal(0, gets(sent, "/instances/"))
+    assert.equal(4, #sent)
+  end)
+
+  it("asks only for the missing instances, one by one, with request_cost = 0 (list_files = false)", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    local from = total()
+    local on_file, told = counter()
+    local listed = {}
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, list_files = false, request_cost = 0,
+      on_file = function(f)
+        on_file(f)
+        listed[#listed + 1] = f
+      end }))
+    local sent = requests_since(from)
+    assert.equal(10, res.count)
+    assert.equal(0, #res.files)
+    assert.equal(10, told())
+    assert_whole(res, dir, listed)
+    -- a series of which none arrived comes whole; of the other(s), each missing instance alone
+    local there, whole, alone = {}, 0, 0
+    for i = 1, 2 do
+      local se = s.by_uid[listed[i].sop_instance_uid].series_uid
+      there[se] = (there[se] or 0) + 1
+    end
+    for _, se in ipairs(s.series) do
+      if there[se.series_uid] then alone = alone + #se.instances - there[se.series_uid] else whole = whole + 1 end
+    end
+    assert.equal(alone, gets(sent, "^studies/[^/]+/series/[^/]+/instances/[^/]+$"))
+    assert.equal(whole, gets(sent, "^studies/[^/]+/series/[^/]+$"))
+  end)
+
+  it("fetches again what the directory held before (without skip_existing): a stale copy is replaced", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- a copy of every instance with bytes appended: the same UID, not what the server holds
+    for _, f in ipairs(s.files) do
+      H.write_file(dir .. "/" .. f.sop_instance_uid .. ".dcm", H.file_bytes(f.path) .. "stale")
+    end
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    local on_file, told = counter()
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, on_file = on_file }))
+    assert.equal(10, res.count)
+    assert.equal(10, told())
+    assert.is_nil(res.kept)
+    assert_whole(res, dir)
+  end)
+
+  it("with skip_existing keeps what was there, lists what came, each once", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- two of the MR series' four there; the CT series' answer is cut after its first instance. With
+    -- request_cost = 1 the next attempt asks for each missing instance alone: 5 of CT, 2 of MR.
+    local mr = s.series[2].instances
+    for i = 1, 2 do
+      local f = s.by_uid[mr[i]]
+      H.write_file(dir .. "/" .. mr[i] .. ".dcm", H.file_bytes(f.path))
+    end
+    local ct = s.series[1].series_uid
+    faults({ { http_method = "GET", path = "^studies/[^/]+/series/" .. ct:gsub("%.", "\\.") .. "$",
+      cut_after_bytes = s.files[1].size + 1000 } })
+    local on_file, told = counter()
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, on_file = on_file, skip_existing = true,
+      request_cost = 1 }))
+    assert.equal(1, res.retries)
+    assert.equal(#res.files, res.count)
+    assert.equal(res.count, told())
+    assert.equal(8, res.count)
+    assert.equal(2, #res.kept)
+    assert_whole(res, dir)
+  end)
+
+  it("gives up after max_attempts: the partial result has each instance that arrived once", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- every read of the study or a series is cut after its first instance
+    faults({ { http_method = "GET", path = "^studies/[^/]+/?[^/]*/?[^/]*$", cut_after_bytes = s.files[1].size + 1000,
+      times = 20 } })
+    local on_file, told = counter()
+    local res, err, partial = client_store():retrieve_study(s.study_uid, { to = dir, on_file = on_file,
+      retry = { max_attempts = 3, initial = 0.01 } })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+    assert.matches("%(after 3 attempts%)", err.message)
+    assert.equal(2, partial.retries)
+    assert.equal(told(), partial.count)
+    assert.equal(#partial.files, partial.count)
+    assert.is_true(partial.count >= 1)
+    local seen = {}
+    for _, f in ipairs(partial.files) do
+      assert.is_nil(seen[f.path])
+      seen[f.path] = true
+      assert.equal(H.sha256(s.by_uid[f.sop_instance_uid].path), H.sha256(f.path))
+    end
+    local names = 0
+    for name in lfs.dir(dir) do
+      if name ~= "." and name ~= ".." then
+        names = names + 1
+        assert.truthy(seen[dir .. "/" .. name], "a file not in the partial result: " .. name)
+      end
+    end
+    assert.equal(partial.count, names)
+  end)
+
+  it("does not try again with retry.max_attempts = 1", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    local from = total()
+    local res, err, partial = client_store():retrieve_study(s.study_uid, { to = dir, retry = { max_attempts = 1 } })
+    assert.is_nil(res)
+    assert.is_true(err.retryable)
+    assert.not_matches("attempts", err.message)
+    assert.equal(2, partial.count)
+    assert.equal(0, partial.retries)
+    assert.equal(1, #requests_since(from))
+  end)
+
+  it("takes the client's retry policy when the call gives none", function()
+    local s = the_study()
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    local res, err = client_store({ retry = { max_attempts = 1 } }):retrieve_study(s.study_uid, { to = H.tmpdir() })
+    assert.is_nil(res)
+    assert.equal("transport", err.kind)
+  end)
+end)
+
+describe("read retries", function()
+  after_each(function() faults({}) end)
+
+  it("retrieves a study after 503 twice, and waits as a 429's Retry-After asks", function()
+    local s = the_study()
+    faults({ { http_method = "GET", path = STUDY_GET, status = 503, times = 2 } })
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = H.tmpdir() }))
+    assert.equal(10, res.count)
+    assert.equal(2, res.retries)
+    faults({ { http_method = "GET", path = STUDY_GET, status = 429, retry_after = 1 } })
+    local t0 = core.now()
+    res = assert(client_store():retrieve_study(s.study_uid, { to = H.tmpdir() }))
+    local elapsed = core.now() - t0
+    assert.equal(1, res.retries)
+    assert.is_true(elapsed >= 1.0, string.format("retried after %.3f s", elapsed))
+  end)
+
+  it("does not retry a 404, a bound passed, or on_progress stopping", function()
+    local s = the_study()
+    local store = client_store()
+    local from = total()
+    local res, err = store:retrieve_study(H.fresh_uid(), { to = H.tmpdir() })
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+    assert.equal(1, gets(requests_since(from), STUDY_GET))
+    -- a transfer the client stops is not among the emulator's records: count what the client sends
+    local sent = 0
+    store = client_store({ debug = function(line)
+      if line:match("^> GET ") then sent = sent + 1 end
+    end })
+    res, err = store:retrieve_study(s.study_uid, { to = H.tmpdir(), max_bytes = 30000 })
+    assert.is_nil(res)
+    assert.equal("max_bytes", err.option)
+    assert.equal(1, sent)
+    -- (the answer waits a second: on_progress is called about five times a second)
+    faults({ { http_method = "GET", path = STUDY_GET, delay = 1 } })
+    res, err = store:retrieve_study(s.study_uid, { to = H.tmpdir(), on_progress = function() return false end })
+    assert.is_nil(res)
+    assert.equal("aborted", err.status)
+    assert.equal(2, sent)
+  end)
+
+  it("retrieves an instance cut in its middle again, whole", function()
+    local s = the_study()
+    local f = s.files[1]
+    local dir = H.tmpdir()
+    faults({ { http_method = "GET", path = "/instances/[^/]+$", cut_after_bytes = math.floor(f.size / 2) } })
+    local res = assert(client_store():retrieve_instance(s.study_uid, f.series_uid, f.sop_instance_uid,
+      { to = dir .. "/one.dcm" }))
+    assert.equal(1, res.retries)
+    assert.equal(1, res.count)
+    assert.equal(H.sha256(f.path), H.sha256(dir .. "/one.dcm"))
+  end)
+
+  it("retries metadata, frames and rendered images after a 503", function()
+    local s = the_study()
+    local f = s.files[1]
+    local store = client_store()
+    faults({ { http_method = "GET", path = "/metadata$", status = 503 } })
+    local md = assert(store:retrieve_metadata(s.study_uid))
+    assert.equal(10, #md)
+    faults({ { http_method = "GET", path = "/frames/1$", status = 503 } })
+    local res = assert(store:retrieve_frames(s.study_uid, f.series_uid, f.sop_instance_uid, 1, { to = H.tmpdir() }))
+    assert.equal(1, res.retries)
+    assert.equal(1, res.count)
+    faults({ { http_method = "GET", path = "/rendered$", status = 503 } })
+    res = assert(store:retrieve_rendered(s.study_uid, f.series_uid, f.sop_instance_uid, { to = H.tmpdir() }))
+    assert.equal(1, res.retries)
+    assert.equal("image/jpeg", res.content_type)
+  end)
+
+  it("searches on after a page failed twice (each page its own attempts), and verify does too", function()
+    local s = the_study()
+    local store = client_store()
+    faults({ { http_method = "GET", path = "/instances$", status = 503, times = 2 } })
+    local results = assert(store:search_instances({ StudyInstanceUID = s.study_uid }, { page_size = 4 }))
+    local list = assert(results:all())
+    assert.equal(10, #list)
+    assert.equal(3 + 2, results.requests) -- 3 pages (4, 4, 2), the first one twice more
+    faults({ { http_method = "GET", path = "instances$", status = 502 } })
+    local report = { stored = {} }
+    for _, f in ipairs(s.files) do
+      report.stored[#report.stored + 1] = { study_uid = s.study_uid, sop_instance_uid = f.sop_instance_uid }
+    end
+    local v = assert(store:verify(report))
+    assert.equal(10, v.checked)
+    assert.equal(0, #v.missing)
+  end)
+
+  it("ends a search after its attempts, and says how many", function()
+    local s = the_study()
+    faults({ { http_method = "GET", path = "instances$", status = 500, times = 5 } })
+    local results = assert(client_store():search_instances({ StudyInstanceUID = s.study_uid },
+      { retry = { max_attempts = 2, initial = 0.01 } }))
+    local list, err = results:all()
+    assert.is_nil(list)
+    assert.equal(500, err.http_status)
+    assert.matches("%(after 2 attempts%)", err.message)
+    assert.equal(2, results.requests)
+  end)
+end)
+
+describe("healthcare retrieve and search", function()
+  after_each(function() faults({}) end)
+
+  local function command(args)
+    local argv = { args[1], E.store, "--endpoint", E.endpoint, "--access-token", E.token, "--no-token-cache" }
+    for i = 2, #args do argv[#argv + 1] = args[i] end
+    local out, err, code = H.healthcare(argv)
+    return { stdout = out, stderr = err, code = code }
+  end
+
+  it("goes on after a cut, prints each file once, and says it retried; --retry-max-attempts 1 does not", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    local r = command({ "retrieve", s.study_uid, "-o", dir, "--no-progress" })
+    assert.equal(0, r.code, r.stderr)
+    local printed = {}
+    for line in r.stdout:gmatch("[^\n]+") do
+      assert.is_nil(printed[line], "printed twice: " .. line)
+      printed[line] = true
+    end
+    local lines = 0
+    for _ in pairs(printed) do lines = lines + 1 end
+    assert.equal(10, lines)
+    assert.matches("retrieved 10 instances, .*; 1 retry\n", r.stderr)
+    for _, f in ipairs(s.files) do
+      assert.equal(H.sha256(f.path), H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"))
+    end
+    dir = H.tmpdir()
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() } })
+    r = command({ "retrieve", s.study_uid, "-o", dir, "--no-progress", "--retry-max-attempts", "1" })
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("missing 8 instances", r.stderr)
+    r = command({ "retrieve", s.study_uid, "-o", dir, "--retry-max-attempts", "0" })
+    assert.equal(2, r.code)
+    assert.matches("expected a whole number from 1 to 1000, got '0'", r.stderr)
+  end)
+
+  it("Ctrl-C during a wait the server asked for (Retry-After: 30) exits 130 at once", function()
+    local s = the_study()
+    local dir = H.tmpdir() .. "/out"
+    faults({ { http_method = "GET", path = STUDY_GET, status = 503, retry_after = 30 } })
+    local words = { H.q(H.BIN), "retrieve", H.q(E.store), H.q(s.study_uid), "-o", H.q(dir), "--endpoint",
+      H.q(E.endpoint), "--access-token", H.q(E.token), "--no-token-cache", "&",
+      "pid=$!; n=0; while [ ! -d", H.q(dir), "] && [ $n -lt 200 ]; do sleep 0.05; n=$((n+1)); done;",
+      "sleep 1; kill -INT $pid; wait $pid" }
+    local t0 = core.now()
+    local _, stderr, code = H.run(table.concat(words, " "))
+    local elapsed = core.now() - t0
+    assert.equal(130, code, stderr)
+    assert.matches("interrupted", stderr)
+    assert.is_true(elapsed < 15, string.format("waited %.1f s", elapsed))
+  end)
+
+  it("search retries a page (--retry-max-attempts)", function()
+    local s = the_study()
+    faults({ { http_method = "GET", path = "/series$", status = 503 } })
+    local r = command({ "search", "series", "--study", s.study_uid, "--json" })
+    assert.equal(0, r.code, r.stderr)
+    faults({ { http_method = "GET", path = "/series$", status = 503 } })
+    r = command({ "search", "series", "--study", s.study_uid, "--retry-max-attempts", "1" })
+    assert.equal(1, r.code)
+    assert.matches("503", r.stderr)
+  end)
+end)
