@@ -398,6 +398,24 @@ describe("healthcare retrieve and search", function()
     assert.matches("expected a whole number from 1 to 1000, got '0'", r.stderr)
   end)
 
+  it("names at most 20 missing instances on standard error; --json lists them all", function()
+    local big = H.make_study { patient_id = H.fresh_id("RM"), size = 500, series = { { count = 30 } } }
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = big.files[1].size + 1500 } })
+    local r = command({ "retrieve", big.study_uid, "-o", H.tmpdir(), "--no-progress", "--retry-max-attempts", "1" })
+    assert.equal(1, r.code, r.stderr)
+    local line = r.stderr:match("missing 29 instances of study [%d.]+: ([^\n]*)")
+    assert.truthy(line, r.stderr)
+    local uids = {}
+    for uid in line:gmatch("[%d.]+%d") do uids[#uids + 1] = uid end
+    assert.equal(20, #uids)
+    assert.matches(" and 9 more %(%-%-json lists them all%)$", line)
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = big.files[1].size + 1500 } })
+    r = command({ "retrieve", big.study_uid, "-o", H.tmpdir(), "--json", "--retry-max-attempts", "1" })
+    assert.equal(1, r.code, r.stderr)
+    assert.equal(29, #require("cjson").decode(r.stdout).missing)
+    assert.matches("and 9 more\n", r.stderr)
+  end)
+
   it("Ctrl-C during a wait the server asked for (Retry-After: 30) exits 130 at once", function()
     local s = the_study()
     local dir = H.tmpdir() .. "/out"
