@@ -5,17 +5,19 @@
 -- seed form writes it as received): the path is checked against DICOMweb's resource shapes
 -- (healthcare.dicomweb.names), the Accept value and the content coding follow from what the path
 -- names (healthcare.dicomweb.media), and the request goes the client's one way (client:send).
+local api_send = require "healthcare.api.send"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
 
 local M = {}
 
 M.OPTIONS = { "method", "query", "params", "to", "max_bytes", "timeout", "idle_timeout", "min_speed",
-  "compressed", "max_compression_ratio", "on_progress" }
+  "compressed", "max_compression_ratio", "on_progress", "retry" }
 local METHODS = { GET = true, DELETE = true }
 
 --- What a request names, by its method and path (checked): "delete", "search" (studies, series
@@ -46,6 +48,7 @@ local function check_call(store, path, opts)
   for _, name in ipairs({ "timeout", "idle_timeout", "min_speed", "max_compression_ratio" }) do
     util.check_number(opts[name], name, "fetch", ">= 0", 3)
   end
+  retry.check(opts.retry, "fetch", 3)
   return opts
 end
 
@@ -71,8 +74,10 @@ end
 --- [?opts.query, sent as typed], asking for what the path names as stored (media.ACCEPT): JSON
 --- compressed (gzip, decoded as it comes), bytes as they are. opts.to: a file the answer is
 --- streamed to (a temporary file beside it, renamed once whole); else the answer is held in
---- memory, capped at opts.max_bytes (default the client's 64 MiB). Returns the raw response
---- { status, headers, body or file, bytes } of any HTTP status, or nil, err.
+--- memory, capped at opts.max_bytes (default the client's 64 MiB). Sent again as client:call
+--- sends a GET or a DELETE (opts.retry, else the client's: healthcare.api.send.retry_of). Returns
+--- the last attempt's raw response { status, headers, body or file, bytes } of any HTTP status, or
+--- nil, err.
 function M.fetch(store, dicom_web_path, opts)
   opts = check_call(store, dicom_web_path, opts)
   local ok, perr = check_path(dicom_web_path, opts.query)
@@ -90,20 +95,23 @@ function M.fetch(store, dicom_web_path, opts)
   end
   local url, uerr = route.url(store, method, dicom_web_path)
   if not url then return nil, uerr end
-  return store.client:send {
-    method = method,
-    url = url .. q,
-    headers = { "Accept: " .. media.ACCEPT[kind] },
-    query = query,
-    sink = opts.to and { file = opts.to, max_bytes = opts.max_bytes } or nil,
-    max_response_bytes = not opts.to and opts.max_bytes or nil,
-    timeout = opts.timeout,
-    idle_timeout = opts.idle_timeout,
-    min_speed = opts.min_speed,
-    compressed = compressed,
-    max_compression_ratio = opts.max_compression_ratio,
-    on_progress = opts.on_progress,
-  }
+  local again = api_send.retry_of(method)
+  return retry.new(nil, opts.retry, store.client.retry):run(function()
+    return store.client:send {
+      method = method,
+      url = url .. q,
+      headers = { "Accept: " .. media.ACCEPT[kind] },
+      query = query,
+      sink = opts.to and { file = opts.to, max_bytes = opts.max_bytes } or nil,
+      max_response_bytes = not opts.to and opts.max_bytes or nil,
+      timeout = opts.timeout,
+      idle_timeout = opts.idle_timeout,
+      min_speed = opts.min_speed,
+      compressed = compressed,
+      max_compression_ratio = opts.max_compression_ratio,
+      on_progress = opts.on_progress,
+    }
+  end, again)
 end
 
 return M
