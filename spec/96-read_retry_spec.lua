@@ -203,12 +203,12 @@ describe("a retrieve whose answer is cut", function()
     assert_whole(res, dir)
   end)
 
-  it("gives up after max_attempts: the partial result has each instance that arrived once", function()
+  it("gives up after max_attempts in a row that bring nothing: the partial result has each arrival once", function()
     local s = the_study()
     local dir = H.tmpdir()
-    -- every read of the study or a series is cut after its first instance
-    faults({ { http_method = "GET", path = "^studies/[^/]+/?[^/]*/?[^/]*$", cut_after_bytes = s.files[1].size + 1000,
-      times = 20 } })
+    -- the study's answer is cut after its first instance, and every series' before any
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = s.files[1].size + 1000 },
+      { http_method = "GET", path = "^studies/[^/]+/series/[^/]+$", cut_after_bytes = 100, times = 20 } })
     local on_file, told = counter()
     local res, err, partial = client_store():retrieve_study(s.study_uid, { to = dir, on_file = on_file,
       retry = { max_attempts = 3, initial = 0.01 } })
@@ -233,6 +233,23 @@ describe("a retrieve whose answer is cut", function()
       end
     end
     assert.equal(partial.count, names)
+  end)
+
+  it("counts attempts afresh after one that brought instances: a retrieve cut again and again goes on", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- attempt 1: two instances, then the cut; the next ask for each missing instance alone
+    -- (request_cost = 0), and the second of them is cut, twice: each attempt brings some
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() },
+      { http_method = "GET", path = "/instances/[^/]+$", skip = 1, cut_after_bytes = 1000 },
+      { http_method = "GET", path = "/instances/[^/]+$", skip = 1, cut_after_bytes = 1000 } })
+    local on_file, told = counter()
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, request_cost = 0, on_file = on_file,
+      retry = { max_attempts = 2, initial = 0.01 } }))
+    assert.equal(10, res.count)
+    assert.equal(10, told())
+    assert.is_true(res.retries >= 2, "retries: " .. res.retries)
+    assert_whole(res, dir)
   end)
 
   it("does not try again with retry.max_attempts = 1", function()

@@ -104,15 +104,24 @@ end
 --- the seconds the server asked to wait (or nil). Returns the last attempt's results as they
 --- are. stop_at: see next_wait. A program that trapped Ctrl-C (core.trap_interrupts) and got it
 --- makes no further attempt: the last one's results are returned at once.
-function Policy:run(attempt, retry_of, stop_at)
+--- progress: nil, or a function returning a number that grows with what the attempts achieved
+--- (a resumable transfer's instances): a failed attempt that moved it on counts as the first of
+--- a new run of failures, max_attempts and deadline counted from its end, as gsutil resets its
+--- retries when a resumable transfer progressed. A long transfer cut now and then goes on.
+function Policy:run(attempt, retry_of, stop_at, progress)
   local started = core.now()
-  local n = 0
+  local n, failures = 0, 0
+  local mark = progress and progress()
   while true do
     n = n + 1
     local a, b, c = attempt(n)
     local again, asked = retry_of(a, b, c)
     if not again or core.interrupted() then return a, b, c end
-    local wait = self:next_wait(n, started, asked, nil, stop_at)
+    failures = failures + 1
+    if progress and progress() > mark then
+      mark, failures, started = progress(), 1, core.now()
+    end
+    local wait = self:next_wait(failures, started, asked, nil, stop_at)
     if not wait then return a, b, c end
     util.sleep(wait)
     if core.interrupted() then return a, b, c end

@@ -177,6 +177,10 @@ class State:
                         and rule.get("http_method") in (None, http_method) \
                         and (rule.get("path") is None or re.search(rule["path"], path or "")) \
                         and (makes_operation or not rule.get("operation_error")):
+                    if rule.get("skip", 0) > 0:
+                        # this many matching requests pass first (no later rule sees them)
+                        rule["skip"] -= 1
+                        return None
                     rule["times"] = rule.get("times", 1) - 1
                     self.stats["faults_fired"] += 1
                     if rule["times"] <= 0:

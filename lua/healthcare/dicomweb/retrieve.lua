@@ -910,7 +910,9 @@ local function retrieve_collection(store, uids, opts, what, bounds)
     if not opts.skip_existing then sum.kept = nil end
     return res, err
   end
-  local res, err = policy:run(attempt, worth_again, bounds.deadline)
+  -- an attempt that brought instances starts the count of attempts (and the policy's deadline)
+  -- again: a long retrieve cut now and then goes on
+  local res, err = policy:run(attempt, worth_again, bounds.deadline, function() return sum.count end)
   if not res then return nil, attempts_told(sum.into(err, true, attempts), attempts) end
   return sum.into(res, false, attempts)
 end
