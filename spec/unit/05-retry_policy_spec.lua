@@ -124,6 +124,24 @@ describe("Policy:run", function()
     assert.equal(1, n)
   end)
 
+  it("counts attempts afresh after one that made progress, and not after one that did not", function()
+    local p = fixed({ max_attempts = 2, initial = 0 }, { 0 })
+    -- attempts 1 to 4 each move progress on, each the first failure of a new run; 5 does not,
+    -- and is the run's second: max_attempts
+    local done, n = 0, 0
+    local _, err = p:run(function()
+      n = n + 1
+      if n <= 4 then done = done + 1 end
+      return nil, { retryable = true, n = n }
+    end, function(_, e) return e.retryable end, nil, function() return done end)
+    assert.equal(5, n)
+    assert.equal(5, err.n)
+    -- without a progress measure: max_attempts in all
+    n = 0
+    p:run(function() n = n + 1 return nil, { retryable = true } end, function(_, e) return e.retryable end)
+    assert.equal(2, n)
+  end)
+
   it("does not sleep for an attempt the deadline forbids", function()
     local p = fixed({ max_attempts = 5, initial = 1, deadline = 2 }, { 0 })
     local t0, n = core.now(), 0
