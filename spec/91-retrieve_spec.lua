@@ -588,7 +588,7 @@ describe("retrieve errors", function()
     assert.is_false(ok)
     assert.matches("unknown option 'transfer' to 'retrieve_study'; valid options: compressed, idle_timeout, "
       .. "keep_rejected, list_files, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, "
-      .. "on_progress, params, request_cost, retry, skip_existing, timeout, to, transfer_syntax", err)
+      .. "on_progress, on_retry, params, request_cost, retry, skip_existing, timeout, to, transfer_syntax", err)
     ok, err = pcall(store.retrieve_series, store, study.uid, study.series[1], {})
     assert.is_false(ok)
     assert.matches("bad option 'to' to 'retrieve_series' %(path expected, got nil%)", err)

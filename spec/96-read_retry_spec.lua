@@ -281,9 +281,12 @@ describe("read retries", function()
   it("retrieves a study after 503 twice, and waits as a 429's Retry-After asks", function()
     local s = the_study()
     faults({ { http_method = "GET", path = STUDY_GET, status = 503, times = 2 } })
-    local res = assert(client_store():retrieve_study(s.study_uid, { to = H.tmpdir() }))
+    local told = {}
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = H.tmpdir(),
+      on_retry = function(err, seconds, attempt) told[#told + 1] = { err.http_status, seconds >= 0, attempt } end }))
     assert.equal(10, res.count)
     assert.equal(2, res.retries)
+    assert.same({ { 503, true, 2 }, { 503, true, 3 } }, told)
     faults({ { http_method = "GET", path = STUDY_GET, status = 429, retry_after = 1 } })
     local t0 = core.now()
     res = assert(client_store():retrieve_study(s.study_uid, { to = H.tmpdir() }))
@@ -367,9 +370,12 @@ describe("read retries", function()
     local s = the_study()
     local store = client_store()
     faults({ { http_method = "GET", path = "/instances$", status = 503, times = 2 } })
-    local results = assert(store:search_instances({ StudyInstanceUID = s.study_uid }, { page_size = 4 }))
+    local attempts = {}
+    local results = assert(store:search_instances({ StudyInstanceUID = s.study_uid }, { page_size = 4,
+      on_retry = function(err, _, attempt) attempts[#attempts + 1] = err.http_status .. "/" .. attempt end }))
     local list = assert(results:all())
     assert.equal(10, #list)
+    assert.same({ "503/2", "503/3" }, attempts)
     assert.equal(3 + 2, results.requests) -- 3 pages (4, 4, 2), the first one twice more
     faults({ { http_method = "GET", path = "instances$", status = 502 } })
     local report = { stored = {} }
@@ -419,6 +425,8 @@ describe("healthcare retrieve and search", function()
     for _ in pairs(printed) do lines = lines + 1 end
     assert.equal(10, lines)
     assert.matches("retrieved 10 instances, .*; 1 retry\n", r.stderr)
+    assert.matches("healthcare retrieve: GET [^\n]*: transfer closed[^\n]*; trying again in [%d.]+ s %(attempt 2%)\n",
+      r.stderr)
     for _, f in ipairs(s.files) do
       assert.equal(H.sha256(f.path), H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"))
     end
@@ -471,6 +479,7 @@ describe("healthcare retrieve and search", function()
     faults({ { http_method = "GET", path = "/series$", status = 503 } })
     local r = command({ "search", "series", "--study", s.study_uid, "--json" })
     assert.equal(0, r.code, r.stderr)
+    assert.matches("HTTP 503.*; trying again in [%d.]+ s %(attempt 2%)", r.stderr)
     faults({ { http_method = "GET", path = "/series$", status = 503 } })
     r = command({ "search", "series", "--study", s.study_uid, "--retry-max-attempts", "1" })
     assert.equal(1, r.code)

@@ -108,7 +108,9 @@ end
 --- (a resumable transfer's instances): a failed attempt that moved it on counts as the first of
 --- a new run of failures, max_attempts and deadline counted from its end, as gsutil resets its
 --- retries when a resumable transfer progressed. A long transfer cut now and then goes on.
-function Policy:run(attempt, retry_of, stop_at, progress)
+--- on_wait: nil, or on_wait(seconds, n, ...) called before each wait, n the attempt that failed
+--- and ... its results (a caller's "trying again in 2.3 s").
+function Policy:run(attempt, retry_of, stop_at, progress, on_wait)
   local started = core.now()
   local n, failures = 0, 0
   local mark = progress and progress()
@@ -123,6 +125,7 @@ function Policy:run(attempt, retry_of, stop_at, progress)
     end
     local wait = self:next_wait(failures, started, asked, nil, stop_at)
     if not wait then return a, b, c end
+    if on_wait then on_wait(wait, n, a, b, c) end
     util.sleep(wait)
     if core.interrupted() then return a, b, c end
   end

@@ -125,13 +125,13 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       { function() local _ = store:search_studies(42) end,
         "bad argument #1 to 'search_studies' (query table expected, got number)" },
       { function() local _ = store:search_series({}, { pagesize = 1 }) end, "unknown option 'pagesize' to 'search_series'; "
-        .. "valid options: max_page_bytes, page_size, params, retry, timeout" },
+        .. "valid options: max_page_bytes, on_retry, page_size, params, retry, timeout" },
       { function() local _ = store:search_instances({}, { timeout = "1" }) end,
         "bad option 'timeout' to 'search_instances' (number expected, got string)" },
       { function() local _ = store:retrieve_study(42, to) end, "bad argument #1 to 'retrieve_study' (string expected, got number)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, bogus = 1 }) end, "unknown option 'bogus' to "
         .. "'retrieve_study'; valid options: compressed, idle_timeout, keep_rejected, list_files, max_bytes, "
-        .. "max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, on_progress, params, request_cost, retry, skip_existing, timeout, to, transfer_syntax" },
+        .. "max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, on_progress, on_retry, params, request_cost, retry, skip_existing, timeout, to, transfer_syntax" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, on_progress = true }) end,
         "bad option 'on_progress' to 'retrieve_study' (function expected, got boolean)" },
       { function() local _ = store:retrieve_study("1.2", { to = dir, on_file = 1 }) end,
@@ -145,7 +145,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       { function() local _ = store:retrieve_instance("1.2", "1.3", "1.4", { to = dir, request_cost = 0 }) end,
         "unknown option 'request_cost' to 'retrieve_instance'; valid options: compressed, idle_timeout, "
         .. "keep_rejected, list_files, max_bytes, max_compression_ratio, max_part_bytes, max_parts, min_speed, on_file, "
-        .. "on_progress, params, retry, timeout, to, transfer_syntax" },
+        .. "on_progress, on_retry, params, retry, timeout, to, transfer_syntax" },
       { function() local _ = store:retrieve_series("1.2", 3, to) end,
         "bad argument #2 to 'retrieve_series' (string expected, got number)" },
       { function() local _ = store:retrieve_instance("1.2", "1.3", "1.4") end, "bad option 'to' to 'retrieve_instance' "

@@ -55,12 +55,22 @@ end
 --- client's retry.max_attempts (client_options), so every request of the command has it.
 function M.add_retry_option(p)
   return p:option("--retry-max-attempts", string.format("Attempts before giving up after 408, 429, 5xx or a "
-    .. "dropped connection, with a growing wait between them (a retrieve goes on from what arrived), default %d.",
+    .. "dropped connection, with a growing wait between them (a retrieve goes on from what arrived, and counts "
+    .. "the attempts in a row that bring nothing), default %d.",
     retry.DEFAULTS.max_attempts), nil, function(s)
       local n = s:match("^%d+$") and tonumber(s)
       if not n or n < 1 or n > 1000 then return nil, "expected a whole number from 1 to 1000, got '" .. s .. "'" end
       return n
     end):argname("<n>")
+end
+
+--- on_retry(err, seconds, attempt) for a read's options: says on standard error why the
+--- command waits and what comes next, after clearing the progress line when one is shown.
+function M.retry_teller(say, progress_shown)
+  return function(err, seconds, attempt)
+    if progress_shown then io.stderr:write("\r\27[K") end
+    say("%s; trying again in %.1f s (attempt %d)", tostring(err), seconds, attempt)
+  end
 end
 
 --- p:option(name, ...) (argparse), also taking the older spellings of the flag that `deprecated`

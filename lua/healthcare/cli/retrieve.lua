@@ -120,8 +120,9 @@ local function progress(show)
   end
 end
 
-local function call(store, t, dir, ts, on_progress, refetch, a, on_file)
+local function call(store, t, dir, ts, on_progress, refetch, a, on_file, on_retry)
   local opts = { to = dir, transfer_syntax = ts, on_progress = on_progress, on_file = on_file, list_files = false,
+    on_retry = on_retry,
     max_bytes = a.max_bytes,
     max_parts = a.max_parts, max_part_bytes = a.max_part_bytes, timeout = a.timeout,
     idle_timeout = a.idle_timeout, min_speed = a.min_speed, compressed = a.compressed or nil,
@@ -239,7 +240,8 @@ local function run(store, t, a)
   end
   local fine, res, err, partial = true, nil, nil, nil
   if not spool_error then
-    fine, res, err, partial = pcall(call, store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a, on_file)
+    fine, res, err, partial = pcall(call, store, t, a.output, a.transfer_syntax, progress(show), a.refetch, a, on_file,
+      common.retry_teller(say, show))
   end
   if spool_error then
     -- (err.files: the transfer began, and what it kept is accounted for as after any break)

@@ -158,7 +158,7 @@ function M.main(argv)
   store, code = common.open_store_or_say(a, say)
   if not store then return code end
   local results
-  results, err = store[FUNCTION[a.level]](store, query)
+  results, err = store[FUNCTION[a.level]](store, query, { on_retry = common.retry_teller(say) })
   if not results then
     store:close()
     say("%s", tostring(err))

@@ -60,13 +60,14 @@ local function with(list, ...)
 end
 
 local INSTANCE_OPTIONS = with(BOUND_OPTIONS, "to", "transfer_syntax", "params", "on_progress", "keep_rejected",
-  "on_file", "list_files", "retry")
+  "on_file", "list_files", "retry", "on_retry")
 local COLLECTION_OPTIONS = with(INSTANCE_OPTIONS, "skip_existing", "request_cost")
-local METADATA_OPTIONS = { "params", "max_bytes", "timeout", "retry" }
+local METADATA_OPTIONS = { "params", "max_bytes", "timeout", "retry", "on_retry" }
 -- (one image to one file: no parts to count)
 local RENDERED_OPTIONS = with({ "timeout", "idle_timeout", "min_speed", "max_bytes", "max_part_bytes", "compressed",
-  "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress", "retry")
-local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress", "retry")
+  "max_compression_ratio" }, "to", "accept", "frame", "params", "on_progress", "retry", "on_retry")
+local FRAMES_OPTIONS = with(BOUND_OPTIONS, "to", "accept", "transfer_syntax", "params", "on_progress", "retry",
+  "on_retry")
 
 -- Values quoted in messages go in as they are: tostring(err) makes a message printable, and the
 -- command prints a file's warning through common.printable.
@@ -81,6 +82,7 @@ local function check_call(store, fname, uids, n, opts, valid)
   util.check_option(opts.params, "params", fname, "table", 3)
   util.check_option(opts.on_progress, "on_progress", fname, "function", 3)
   util.check_option(opts.on_file, "on_file", fname, "function", 3)
+  util.check_option(opts.on_retry, "on_retry", fname, "function", 3)
   util.check_option(opts.skip_existing, "skip_existing", fname, "boolean", 3)
   util.check_option(opts.list_files, "list_files", fname, "boolean", 3)
   util.check_option(opts.transfer_syntax, "transfer_syntax", fname, "string", 3)
@@ -102,6 +104,13 @@ local function worth_again(res, err)
   if res or not err or not err.retryable then return false end
   if err.option and err.option ~= "min_speed" then return false end
   return true, err.retry_after
+end
+
+-- Policy:run's on_wait for opts.on_retry(err, seconds, attempt): the failure, the wait before
+-- the next attempt, and that attempt's number. nil without on_retry.
+local function waiter(opts)
+  local on_retry = opts.on_retry
+  return on_retry and function(wait, n, _, err) on_retry(err, wait, n + 1) end
 end
 
 -- Says in err's message how many attempts were made, when more than one.
@@ -912,7 +921,7 @@ local function retrieve_collection(store, uids, opts, what, bounds)
   end
   -- an attempt that brought instances starts the count of attempts (and the policy's deadline)
   -- again: a long retrieve cut now and then goes on
-  local res, err = policy:run(attempt, worth_again, bounds.deadline, function() return sum.count end)
+  local res, err = policy:run(attempt, worth_again, bounds.deadline, function() return sum.count end, waiter(opts))
   if not res then return nil, attempts_told(sum.into(err, true, attempts), attempts) end
   return sum.into(res, false, attempts)
 end
@@ -926,7 +935,7 @@ local function until_final(store, opts, stop_at, attempt, again, bare)
   local res, err = policy_of(store, opts):run(function(i)
     n = i
     return attempt()
-  end, again or worth_again, stop_at)
+  end, again or worth_again, stop_at, nil, waiter(opts))
   if not res then
     if not bare then err.retries = n - 1 end
     return nil, attempts_told(err, n)

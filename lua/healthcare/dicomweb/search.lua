@@ -18,7 +18,7 @@ M.DEFAULT_PAGE_SIZE = 100
 -- A page of results is held in memory, then decoded into tables: its JSON (counted decoded, as it
 -- arrives; pages are asked for gzip-compressed) is capped.
 M.DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
-M.OPTIONS = { "page_size", "params", "timeout", "max_page_bytes", "retry" }
+M.OPTIONS = { "page_size", "params", "timeout", "max_page_bytes", "retry", "on_retry" }
 
 local STUDY_UID, SERIES_UID = "0020000D", "0020000E"
 local MODALITIES_IN_STUDY = "00080061"
@@ -234,7 +234,7 @@ local function fetch(self, limit, offset)
   local list, res_or_err = self.policy:run(function(i)
     n = i
     return fetch_once(self, limit, offset)
-  end, page_again)
+  end, page_again, nil, nil, self.on_retry and function(wait, i, _, err) self.on_retry(err, wait, i + 1) end)
   if not list and n > 1 then
     res_or_err.message = string.format("%s (after %d attempts)", res_or_err.message, n)
   end
@@ -322,6 +322,7 @@ local function check_call(store, query, opts, fname)
   util.check_number(opts.timeout, "timeout", fname, ">= 0", 3)
   util.check_number(opts.max_page_bytes, "max_page_bytes", fname, "whole >= 1", 3)
   retry.check(opts.retry, fname, 3)
+  util.check_option(opts.on_retry, "on_retry", fname, "function", 3)
   -- a count, as a number or its digits
   local page_size = opts.page_size
   if page_size ~= nil and (count_of(page_size) or 0) < 1 then
@@ -344,7 +345,7 @@ local function search(store, level, query, opts)
   return setmetatable({
     store = store, what = what, q = q, page_size = page_size, params = query_params,
     timeout = opts.timeout, max_page_bytes = max_page_bytes, url = url, requests = 0,
-    policy = retry.new(nil, opts.retry, store.client.retry),
+    policy = retry.new(nil, opts.retry, store.client.retry), on_retry = opts.on_retry,
   }, Results)
 end
 
