@@ -99,6 +99,12 @@ function Policy:next_wait(attempts, started, asked, now, stop_at)
   return wait
 end
 
+--- Says in err's message how many attempts were made, when more than one; returns err.
+function M.attempts_told(err, n)
+  if err and n > 1 then err.message = string.format("%s (after %d attempts)", err.message, n) end
+  return err
+end
+
 --- Runs attempt(n) (n = 1, 2, ...) until its outcome is final, sleeping between attempts.
 --- retry_of(...) gets attempt's results and returns whether they are worth another attempt and
 --- the seconds the server asked to wait (or nil). Returns the last attempt's results as they

@@ -113,11 +113,7 @@ local function waiter(opts)
   return on_retry and function(wait, n, _, err) on_retry(err, wait, n + 1) end
 end
 
--- Says in err's message how many attempts were made, when more than one.
-local function attempts_told(err, n)
-  if err and n > 1 then err.message = string.format("%s (after %d attempts)", err.message, n) end
-  return err
-end
+local attempts_told = retry.attempts_told
 
 local function total_bytes(files)
   local n = 0

@@ -235,9 +235,7 @@ local function fetch(self, limit, offset)
     n = i
     return fetch_once(self, limit, offset)
   end, page_again, nil, nil, self.on_retry and function(wait, i, _, err) self.on_retry(err, wait, i + 1) end)
-  if not list and n > 1 then
-    res_or_err.message = string.format("%s (after %d attempts)", res_or_err.message, n)
-  end
+  if not list then retry.attempts_told(res_or_err, n) end
   return list, res_or_err
 end
 
