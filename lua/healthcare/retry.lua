@@ -99,6 +99,23 @@ function Policy:next_wait(attempts, started, asked, now, stop_at)
   return wait
 end
 
+--- Whether a failed read (a search page, a retrieve: the result, or nil and err) is worth another
+--- attempt, and the seconds the server asked to wait, for Policy:run: a failure errors calls
+--- retryable (408, 429, 5xx, a dropped, refused or stalled transfer), but not a bound the caller
+--- set passing (err.option), except min_speed: a stalled connection is the network's, and the
+--- next may be fine.
+function M.read_again(res, err)
+  if res or not err or not err.retryable then return false end
+  if err.option and err.option ~= "min_speed" then return false end
+  return true, err.retry_after
+end
+
+--- Policy:run's on_wait for a read's on_retry(err, seconds, attempt): the failure (the second
+--- result of the attempt), the wait, and the number of the attempt to come. nil without on_retry.
+function M.on_wait_of(on_retry)
+  return on_retry and function(seconds, n, _, err) on_retry(err, seconds, n + 1) end
+end
+
 --- Says in err's message how many attempts were made, when more than one; returns err.
 function M.attempts_told(err, n)
   if err and n > 1 then err.message = string.format("%s (after %d attempts)", err.message, n) end

@@ -96,22 +96,7 @@ local function policy_of(store, opts)
   return retry.new(nil, opts.retry, store.client.retry)
 end
 
--- Whether a failed attempt of a read is worth another (for retry.Policy:run), and the seconds
--- the server asked to wait: a failure errors calls retryable (408, 429, 5xx, a dropped, refused
--- or stalled transfer), but not a bound passing that the caller set (err.option), except
--- min_speed: a stalled connection is the network's, and the next may be fine.
-local function worth_again(res, err)
-  if res or not err or not err.retryable then return false end
-  if err.option and err.option ~= "min_speed" then return false end
-  return true, err.retry_after
-end
-
--- Policy:run's on_wait for opts.on_retry(err, seconds, attempt): the failure, the wait before
--- the next attempt, and that attempt's number. nil without on_retry.
-local function waiter(opts)
-  local on_retry = opts.on_retry
-  return on_retry and function(wait, n, _, err) on_retry(err, wait, n + 1) end
-end
+local worth_again = retry.read_again
 
 local attempts_told = retry.attempts_told
 
@@ -882,8 +867,8 @@ local function retrieve_collection(store, uids, opts, what, bounds)
   -- them), so that running again on a complete study stats nothing more.
   local there, before
   if policy.max_attempts > 1 then
-    before, there = opts.skip_existing and {} or inodes_in(dir), {}
-    for uid in pairs(before) do there[uid] = true end
+    before = opts.skip_existing and {} or inodes_in(dir)
+    there = before -- with skip_existing, the first attempt's `have`
   end
   local sum, attempts = tally(), 0
   local function attempt(n)
@@ -906,7 +891,9 @@ local function retrieve_collection(store, uids, opts, what, bounds)
     end
     local res, err
     if next(have) then
-      res, err = retrieve_missing(store, study, series, opts, have, held, bounds, told, before)
+      -- (without skip_existing every inode is known from the start)
+      res, err = retrieve_missing(store, study, series, opts, have, held, bounds, told,
+        opts.skip_existing and before or nil)
     else
       res, err = retrieve_instances(store, uids, opts, what, bounds)
     end
@@ -917,7 +904,8 @@ local function retrieve_collection(store, uids, opts, what, bounds)
   end
   -- an attempt that brought instances starts the count of attempts (and the policy's deadline)
   -- again: a long retrieve cut now and then goes on
-  local res, err = policy:run(attempt, worth_again, bounds.deadline, function() return sum.count end, waiter(opts))
+  local res, err = policy:run(attempt, worth_again, bounds.deadline, function() return sum.count end,
+    retry.on_wait_of(opts.on_retry))
   if not res then return nil, attempts_told(sum.into(err, true, attempts), attempts) end
   return sum.into(res, false, attempts)
 end
@@ -931,7 +919,7 @@ local function until_final(store, opts, stop_at, attempt, again, bare)
   local res, err = policy_of(store, opts):run(function(i)
     n = i
     return attempt()
-  end, again or worth_again, stop_at, nil, waiter(opts))
+  end, again or worth_again, stop_at, nil, retry.on_wait_of(opts.on_retry))
   if not res then
     if not bare then err.retries = n - 1 end
     return nil, attempts_told(err, n)

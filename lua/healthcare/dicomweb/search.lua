@@ -221,20 +221,13 @@ local function fetch_once(self, limit, offset)
   return list, res
 end
 
--- A failed page that is worth another attempt (408, 429, 5xx, a dropped or refused connection;
--- not a page over max_page_bytes), and the seconds the server asked to wait.
-local function page_again(list, err)
-  if list or not err.retryable or err.option then return false end
-  return true, err.retry_after
-end
-
 -- One page, tried again under the search's retry policy: as fetch_once.
 local function fetch(self, limit, offset)
   local n = 0
   local list, res_or_err = self.policy:run(function(i)
     n = i
     return fetch_once(self, limit, offset)
-  end, page_again, nil, nil, self.on_retry and function(wait, i, _, err) self.on_retry(err, wait, i + 1) end)
+  end, retry.read_again, nil, nil, retry.on_wait_of(self.on_retry))
   if not list then retry.attempts_told(res_or_err, n) end
   return list, res_or_err
 end
