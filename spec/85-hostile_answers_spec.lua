@@ -441,6 +441,35 @@ describe("parts that are not DICOM instances", function()
     assert.equal(7, #listing(dir))
   end)
 
+  it("never replace a part kept before: a second run, and instances asked one by one, take the next name",
+    function()
+    local dir = H.tmpdir()
+    local first = assert(store_at("mixed/pattern=DXD"):retrieve_study(STUDY, { to = dir, keep_rejected = true }))
+    assert.equal(dir .. "/part-2.rejected", first.rejected[1].path)
+    H.write_file(dir .. "/part-2.rejected", "kept by the first run\n")
+    local second = assert(store_at("mixed/pattern=DXD"):retrieve_study(STUDY, { to = dir, keep_rejected = true }))
+    assert.equal(1, #second.rejected)
+    assert.equal(2, second.rejected[1].part)
+    assert.equal(dir .. "/part-2.1.rejected", second.rejected[1].path)
+    assert.equal("kept by the first run\n", H.file_bytes(dir .. "/part-2.rejected"))
+    assert.equal(string.rep("not DICOM\n", 30), H.file_bytes(dir .. "/part-2.1.rejected"))
+
+    -- skip_existing asks each missing instance alone (request_cost = 0): each answer's part 1
+    dir = H.tmpdir()
+    H.write_file(dir .. "/" .. dicom[1].sop_instance_uid .. ".dcm", H.file_bytes(dicom[1].path))
+    local res = assert(store_at("mixed/pattern=X"):retrieve_study(STUDY, { to = dir, keep_rejected = true,
+      skip_existing = true, request_cost = 0 }))
+    assert.equal(0, res.count)
+    assert.equal(1, #res.kept)
+    assert.equal(2, #res.rejected)
+    assert.same({ dir .. "/part-1.rejected", dir .. "/part-1.1.rejected" }, { res.rejected[1].path, res.rejected[2].path })
+    for _, r in ipairs(res.rejected) do
+      assert.equal(1, r.part)
+      assert.equal(string.rep("not DICOM\n", 30), H.file_bytes(r.path))
+    end
+    assert.same({ dicom[1].sop_instance_uid .. ".dcm", "part-1.1.rejected", "part-1.rejected" }, listing(dir))
+  end)
+
   it("healthcare retrieve: each is reported with its reason, exit 1; --json lists them", function()
     local dir = H.tmpdir() .. "/out"
     local out, err, code = H.healthcare { "retrieve", URL .. "/mixed/pattern=XDXXXXXXXXX", STUDY, "-o", dir,

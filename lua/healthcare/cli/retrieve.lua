@@ -96,8 +96,8 @@ local function parser()
     count_arg):argname("<bytes>")
   p:flag("--compressed", "Ask for a gzip-compressed answer and decode it. By default none is asked for "
     .. "and an encoded answer is refused.")
-  p:flag("--keep-rejected", "Write parts of the answer that are not DICOM instances as <dir>/part-<n>.rejected "
-    .. "(by default they are reported and not written).")
+  p:flag("--keep-rejected", "Write parts of the answer that are not DICOM instances as <dir>/part-<n>.rejected, "
+    .. "part-<n>.1.rejected if that is taken, ... (by default they are reported and not written).")
   common.add_retry_option(p)
   return p
 end

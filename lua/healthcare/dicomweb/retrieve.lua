@@ -362,6 +362,37 @@ local function place(tmp, path)
   return nil, errors.new("io", string.format("cannot rename a received file to %s: %s", path, tostring(why)))
 end
 
+-- A rejected part kept (keep_rejected) at dir/part-<n>.rejected, or part-<n>.<k>.rejected (k = 1,
+-- 2, ...) when that name is taken: each request of a retrieve numbers its parts from 1 (an instance
+-- asked alone is part 1, as is a series asked again), and a second run into the same directory
+-- numbers them alike; none may replace a part kept before. A hard link never replaces a name;
+-- where the file system has none, a name nothing holds is taken by a rename. Returns the path,
+-- or nil, err (the temporary file removed).
+M.MAX_REJECTED_NAMES = 1000
+
+local function place_rejected(tmp, dir, number)
+  local last
+  for k = 0, M.MAX_REJECTED_NAMES - 1 do
+    local path = join(dir, k == 0 and string.format("part-%d.rejected", number)
+      or string.format("part-%d.%d.rejected", number, k))
+    local ok, why, code = lfs.link(tmp, path)
+    if ok then
+      os.remove(tmp)
+      return path
+    elseif code ~= 17 then -- not EEXIST: no hard links here
+      if not lfs.symlinkattributes(path, "mode") then
+        local placed, perr = place(tmp, path)
+        if placed then return path end
+        return nil, perr
+      end
+    end
+    last = why
+  end
+  os.remove(tmp)
+  return nil, errors.new("io", string.format("cannot keep rejected part %d in %s: %d names taken (%s)", number, dir,
+    M.MAX_REJECTED_NAMES, tostring(last)))
+end
+
 -- Why a part cannot be kept as a DICOM instance, or nil with its SOP Instance UID and the probe.
 -- used: UID -> the part that had it; part.duplicate_of: the sink found one.
 local function instance_of(part, used)
@@ -404,10 +435,10 @@ end
 -- Names the received DICOM parts in dir after their SOP Instance UIDs. scope: the UIDs asked
 -- for, checked against what came (a mismatch is a warning). A part that is not an instance of
 -- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
--- i, reason, size, path = dir/part-<i>.rejected when keep_rejected, else removed }. early: the
+-- i, reason, size, path = place_rejected's when keep_rejected, else removed }. early: the
 -- files of named parts already listed while the answer streamed, by part (their parts are false
 -- in the list); on_file(file) is called for each of the others once all are named. A part's
--- number (in messages, rejected, part-<i>.rejected) is part.index, else its place in parts.
+-- number (in messages, rejected, its file's name) is part.index, else its place in parts.
 -- Returns files, rejected; or nil, err with err.files and err.rejected (what was done) when a
 -- rename fails. Every temporary file is gone either way.
 local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
@@ -444,16 +475,20 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
     else
       local reason, uid, info = instance_of(part, used)
       local path, number = nil, part.index or i
+      local ok, err = true, nil
       if reason then
         rejected[#rejected + 1] = { part = number, reason = reason, size = part.size }
-        if keep_rejected then path = join(dir, string.format("part-%d.rejected", number)) end
-        if not path then os.remove(part.path) end
+        if keep_rejected then
+          path, err = place_rejected(part.path, dir, number)
+          ok = path ~= nil
+        else
+          os.remove(part.path)
+        end
       else
         used[uid] = number
         path = fixed_path or join(dir, uid .. ".dcm")
+        ok, err = place(part.path, path)
       end
-      local ok, err = true, nil
-      if path then ok, err = place(part.path, path) end
       if not ok then
         -- the later parts: those the sink named are in place and listed, the others removed
         for j = i + 1, #parts do
