@@ -458,6 +458,21 @@ describe("healthcare retrieve and search", function()
     assert.matches("and 9 more\n", r.stderr)
   end)
 
+  it("after giving up, searches once for what is missing: no second round of retries", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = 3000, times = 2 },
+      { http_method = "GET", path = "instances$", status = 503, times = 5 } })
+    local from = total()
+    local r = command({ "retrieve", s.study_uid, "-o", dir, "--no-progress", "--retry-max-attempts", "2" })
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("transfer closed[^\n]*%(after 2 attempts%)", r.stderr)
+    local list = requests_since(from)
+    assert.equal(2, gets(list, STUDY_GET), r.stderr)
+    assert.equal(1, gets(list, "instances$"), r.stderr)
+    assert.not_matches("missing %d+ instance", r.stderr)
+  end)
+
   it("Ctrl-C during a wait the server asked for (Retry-After: 30) exits 130 at once", function()
     local s = the_study()
     local dir = H.tmpdir() .. "/out"

@@ -156,7 +156,10 @@ local function missing_instances(store, t, dir)
   if t.instance then
     return held(t.instance) and {} or { t.instance }
   end
-  local results = store:search_instances({ StudyInstanceUID = t.study, SeriesInstanceUID = t.series })
+  -- one attempt: after a retrieve that gave up, the user should not wait through the retries of
+  -- a search that only names what is missing (the server is often what failed)
+  local results = store:search_instances({ StudyInstanceUID = t.study, SeriesInstanceUID = t.series },
+    { retry = { max_attempts = 1 } })
   if not results then return nil end
   local missing = {}
   for item in results:each() do
