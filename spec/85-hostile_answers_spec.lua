@@ -499,6 +499,71 @@ describe("parts that are not DICOM instances", function()
   end)
 end)
 
+-- ---- answers that end oddly ------------------------------------------------------------------
+
+describe("an answer that ends oddly", function()
+  local function assert_instances(files, dir)
+    assert.equal(#dicom, #files)
+    local want = {}
+    for _, f in ipairs(dicom) do want[#want + 1] = f.sop_instance_uid .. ".dcm" end
+    table.sort(want)
+    assert.same(want, listing(dir))
+    for _, f in ipairs(dicom) do
+      assert.equal(H.sha256(f.path), H.sha256(dir .. "/" .. f.sop_instance_uid .. ".dcm"))
+    end
+  end
+
+  it("with a chunked trailer line that looks like a status line is no new answer: every instance stays", function()
+    -- libcurl hands a trailer to the header callback; taken for a new response, it reset the
+    -- sink and removed the instances it had named
+    for _, list_files in ipairs({ true, false }) do
+      local dir = H.tmpdir()
+      local n = 0
+      local res = assert(store_at("trailer"):retrieve_study(STUDY, { to = dir, list_files = list_files,
+        on_file = function() n = n + 1 end }))
+      assert.equal(#dicom, res.count)
+      assert.equal(#dicom, n)
+      assert_instances(list_files and res.files or dicom, dir)
+    end
+  end)
+
+  it("with a trailer past the headers' cap fails naming it, and keeps the instances that came whole", function()
+    local dir = H.tmpdir()
+    local res, err, partial = store_at("trailer/lines=1000"):retrieve_study(STUDY, { to = dir })
+    assert.is_nil(res)
+    assert.equal("response_too_large", err.status)
+    assert.matches("header %(or trailer%) lines are larger than 262144 bytes", tostring(err))
+    assert_instances(partial.files, dir)
+  end)
+
+  it("with more parts than frames asked for, broken: the frame asked for is named, the others removed", function()
+    local dir = H.tmpdir()
+    local res, err, partial = store_at("trailer/lines=1000"):retrieve_frames(STUDY, "1.2.3", "1.2.3.4", 1,
+      { to = dir })
+    assert.is_nil(res)
+    assert.equal("response_too_large", err.status)
+    assert.equal(1, #partial.files)
+    assert.equal(1, partial.files[1].frame)
+    assert.equal(dir .. "/frame-1.dcm", partial.files[1].path)
+    assert.same({ "frame-1.dcm" }, listing(dir))
+  end)
+
+  it("stopped by on_progress raising (list_files = false) leaves no temporary file of a part not judged yet",
+    function()
+    local dir = H.tmpdir()
+    local told = {}
+    local store = store_at("mixed/pattern=XDD/pause=0.3")
+    local ok, raised = pcall(store.retrieve_study, store, STUDY, { to = dir, list_files = false,
+      on_file = function(f) told[#told + 1] = f end,
+        on_progress = function() if #told >= 1 then error("enough") end end })
+    assert.is_false(ok)
+    assert.matches("enough", tostring(raised))
+    -- the instance on_file was told of is the caller's; the text part waiting to be judged is gone
+    assert.equal(1, #told)
+    assert.same({ dicom[1].sop_instance_uid .. ".dcm" }, listing(dir))
+  end)
+end)
+
 -- ---- honest compressed JSON (Orthanc) --------------------------------------------------------
 
 describe("gzip-compressed JSON from Orthanc", function()

@@ -762,6 +762,34 @@ describe("a cut or malformed stream", function()
     assert.same({}, listing(dir))
   end)
 
+  it("leaves as it was an instance the directory held before, when the transfer is stopped", function()
+    -- the sink names each instance as it ends: over a file already there, a stopped transfer
+    -- removing what it wrote took that file with it
+    for _, list_files in ipairs({ true, false }) do
+      local dir = H.tmpdir()
+      local before = dir .. "/" .. parts[1].sop_instance_uid .. ".dcm"
+      H.write_file(before, H.file_bytes(parts[1].path))
+      local ino = lfs.attributes(before, "ino")
+      local cut = string.format("%d", parts[1].size + parts[2].size + 2000 + math.floor(parts[3].size / 2))
+      local res, err = raw_store(3, { "cut=" .. cut, "hang=1" }):retrieve_study(study.uid, {
+        to = dir, list_files = list_files,
+        on_progress = function(p) if p.bytes_received >= tonumber(cut) then return false end end,
+      })
+      assert.is_nil(res)
+      assert.equal("aborted", err.status)
+      assert.equal(parts[1].sha256, H.sha256(before))
+      local names = listing(dir)
+      if list_files then
+        assert.equal(ino, lfs.attributes(before, "ino"))
+        assert.equal(1, #names)
+      else
+        -- the parts handed over are the caller's: both whole, both kept (the first one landing
+        -- on the file there, with the same bytes)
+        assert.equal(2, #names)
+      end
+    end
+  end)
+
   it("hands each instance to on_file as it lands, while the answer still streams", function()
     local dir = H.tmpdir()
     -- the server waits 0.3 s after each part: the parts come in steps

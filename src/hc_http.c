@@ -43,6 +43,7 @@ struct hc_transfer {
     char body_error[512];          /* why the request body could not be read */
     int state;                     /* T_* */
     int response_too_large;
+    int headers_too_large;         /* the header lines (or the trailer) passed their cap */
     int abandoned;                 /* removed from its session before it ended */
     /* Why the transport itself stopped the answer (a content coding it will not decode): a
      * fixed short reason ("encoding", "compression_ratio"), NULL when none. */
@@ -54,6 +55,7 @@ struct hc_transfer {
     int compressed;                /* gzip/deflate asked for (Accept-Encoding): decoded */
     double max_compression_ratio;
     int body_started;
+    size_t trailer_bytes;          /* of the chunked answer's trailer, received after its body */
     int inflating;
     hc_inflate inflater;           /* owned while inflating */
     long timeout_ms, min_speed, idle_timeout_ms;  /* copies, for messages */
@@ -117,6 +119,7 @@ static void coding_reset(hc_transfer *t)
         hc_inflate_free(&t->inflater);
     t->inflating = 0;
     t->body_started = 0;
+    t->trailer_bytes = 0;
     t->content_encoding[0] = '\0';
 }
 
@@ -280,6 +283,17 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
 {
     hc_transfer *t = ud;
     size_t n = size * nitems;
+    /* After the body began, libcurl hands over the trailer of a chunked answer: none of it is a
+     * header of the answer, nor a new response (a trailer line "HTTP/1.1 200 OK" reset the sink,
+     * removing the instances it had named), so it is only counted against the headers' cap. */
+    if (t->body_started) {
+        t->trailer_bytes += n;
+        if (t->trailer_bytes > t->response_headers.cap) {
+            t->headers_too_large = 1;
+            return 0;
+        }
+        return n;
+    }
     /* A new status line starts a new response (after 100 Continue, a redirect or auth):
      * only the final one is kept. */
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
@@ -293,7 +307,7 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
     if (check_transfer_encoding(t, p, n) != 0)
         return 0;
     if (hc_buf_append(&t->response_headers, p, n) != 0) {
-        t->response_too_large = 1;
+        t->headers_too_large = 1;
         return 0;
     }
     return n;
@@ -577,6 +591,12 @@ static int find_failure(hc_transfer *t, hc_failure *f)
     if (sink_error == HC_SINKERR_MULTIPART) {
         f->status = "multipart";
         snprintf(f->message, sizeof f->message, "%s", sink_message);
+        return 1;
+    }
+    if (t->headers_too_large) {
+        f->status = "response_too_large";
+        snprintf(f->message, sizeof f->message, "the answer's header (or trailer) lines are larger "
+                 "than %lu bytes", (unsigned long)t->response_headers.cap);
         return 1;
     }
     if (t->response_too_large) {

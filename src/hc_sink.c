@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* The on-disk sink of a transfer (hc_sink.h): temporary files, multipart routing through the
  * push parser, caps, and the rename into place. */
-#define _POSIX_C_SOURCE 200809L
+#define _GNU_SOURCE /* renameat2's RENAME_NOREPLACE (glibc 2.28) */
 #include "hc_sink.h"
 
 #include <errno.h>
@@ -331,6 +331,30 @@ static const char *shared_uid(hc_sink *k, const char *uid)
     return copy;
 }
 
+/* Moves a part's file from its temporary name to `to` unless a file has that name already: the
+ * file there may be a whole instance from before this transfer, and a transfer that is stopped
+ * removes the files it named (hc_sink_reset). A part not named here is named by the caller once
+ * the answer has ended, when replacing is what it asks for. Returns 0, or -1 (errno set). */
+static int rename_new(const char *from, const char *to)
+{
+#ifdef RENAME_NOREPLACE
+    if (renameat2(AT_FDCWD, from, AT_FDCWD, to, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return -1;
+#endif
+    /* a file system without renameat2's flag: a hard link never replaces a name either */
+    if (link(from, to) != 0)
+        return -1;
+    if (unlink(from) != 0) {
+        int e = errno;
+        unlink(to);
+        errno = e;
+        return -1;
+    }
+    return 0;
+}
+
 /* Names part i (just completed, the last in parts) <dir>/<UID>.dcm when its kept prefix, or
  * else its whole file, says which instance it is (hc_sink_name_by_uid); a second copy of a UID
  * is marked (duplicate_of); any other part is left as it is. */
@@ -367,7 +391,7 @@ static void name_part(hc_sink *k, size_t i)
         snprintf(path, dl + ul + sizeof "/.dcm", "%s%s%s.dcm", k->path,
                  dl > 0 && k->path[dl - 1] == '/' ? "" : "/", uid);
     if (study == NULL || series == NULL || copy == NULL || path == NULL
-        || rename(part->path, path) != 0) {
+        || rename_new(part->path, path) != 0) {
         free(copy);
         free(path);
         return;

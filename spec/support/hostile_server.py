@@ -30,6 +30,8 @@ answer to every request made through it.
                             the command line, X text that is not DICOM, E an empty part, H an
                             HTML page, R the last DICOM file again (a repeated SOP Instance UID);
                             pause=0.2: that many seconds after each part's closing delimiter
+  /trailer/lines=0          200 multipart/related, chunked: every file whole, then after the last
+                            chunk a trailer line "HTTP/1.1: 200 OK" and `lines` lines of 1 KB
   /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
 
 Except under gzip-json, a path ending in /instances (a QIDO-RS search for instances) is answered
@@ -230,6 +232,23 @@ def answer(conn, scenario, q, path):
                 conn.sendall(body[at:end + 4 + len(BOUNDARY)])
                 at = end + 4 + len(BOUNDARY)
                 time.sleep(pause)
+    elif scenario == "trailer":
+        # every file whole, chunked, then trailer lines after the last chunk: one that starts as
+        # a status line does, and `lines` more (a flood)
+        send_head(conn, "200 OK", [("Content-Type", MULTIPART), ("Transfer-Encoding", "chunked"),
+                                   ("Trailer", "X-Pad")])
+        body = multipart_of([(b"application/dicom", read_file(i)) for i in range(len(FILES))])
+        for i in range(0, len(body), 8192):
+            chunk = body[i:i + 8192]
+            conn.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+        trailer = b"0\r\nHTTP/1.1: 200 OK\r\n"
+        pad = b"X-Pad: " + b"x" * 1000 + b"\r\n"
+        for _ in range(int(q.get("lines", "0"))):
+            trailer += pad
+            if len(trailer) > 65536:
+                conn.sendall(trailer)
+                trailer = b""
+        conn.sendall(trailer + b"\r\n")
     else:
         body = b"unknown scenario " + scenario.encode()
         send_head(conn, "400 Bad Request", [("Content-Type", "text/plain")], len(body))

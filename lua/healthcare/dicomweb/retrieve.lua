@@ -645,14 +645,20 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
     end
     return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, on_file)
   end
-  local res, err = send(store, path,
+  -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
+  -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
+  -- is named below as before. on_progress or on_file raising stops the transfer (the transport
+  -- removes its files) and goes up to the caller: the parts handed over and waiting to be
+  -- judged (list_files = false) are removed first.
+  local sent, res, err = pcall(send, store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
-    -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
-    -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
-    -- is named below as before.
     { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds,
       on_parts = fixed_path == nil and recv.on_parts or nil,
       take_parts = fixed_path == nil and recv.take_parts or nil })
+  if not sent then
+    remove_parts(recv.gather({}))
+    error(res, 0)
+  end
   if not res then
     err = keep_completed(err, name, recv.pending())
     err.files, err.count, err.files_bytes = settle(err.files)
@@ -1111,7 +1117,10 @@ end
 -- Names received frame parts frame-<n>.<ext> in dir, in the order the frames were asked for.
 local function name_frames(parts, dir, numbers)
   local files = {}
-  for i, part in ipairs(parts) do
+  -- a broken answer with more parts than frames asked for: the extra ones are no frame of ours
+  remove_parts(parts, #numbers + 1)
+  for i = 1, math.min(#parts, #numbers) do
+    local part = parts[i]
     local ctype = media_type(part.headers)
     local path = join(dir, string.format("frame-%s.%s", numbers[i], media.extension(ctype)))
     local ok, err = place(part.path, path)
