@@ -331,3 +331,44 @@ describe("deprecated option names (README 'Lua API') still work", function()
       "bad option 'operation_timeout' to 'delete_study' (a number >= 0 expected, got -1)")
   end)
 end)
+
+describe("the store's methods", function()
+  -- A new Lua process (this one has loaded everything): what `require "healthcare"` loads, then
+  -- what a first call of a method does. pre: Lua run first ("ngx = {}": as under OpenResty).
+  local function loaded_after(pre, code)
+    local lua = os.getenv("HC_LUA") or "lua5.4"
+    local script = pre .. [[
+      local healthcare = require "healthcare"
+      local store = healthcare.dicomweb("http://127.0.0.1:9/dicom-web")
+      ]] .. code .. [[
+      local names = {}
+      for name in pairs(package.loaded) do
+        if name:find("^healthcare%.dicomweb%.") or name == "healthcare.migrate" then names[#names + 1] = name end
+      end
+      table.sort(names)
+      io.write(table.concat(names, " "))]]
+    local out, err, code_ = H.run(H.q(lua) .. " -e " .. H.q(script))
+    assert.equal(0, code_, err)
+    return out
+  end
+
+  it("are loaded at their first use, and are then the module's function itself", function()
+    local METHOD_MODULES = { "batch", "delete", "fetch", "retrieve", "search", "verify", "watch" }
+    local function has(list, name)
+      return (" " .. list .. " "):find(" " .. name .. " ", 1, true) ~= nil
+    end
+    local bare = loaded_after("", "")
+    for _, m in ipairs(METHOD_MODULES) do assert.is_false(has(bare, "healthcare.dicomweb." .. m), bare) end
+    assert.is_false(has(bare, "healthcare.migrate"), bare)
+    local used = loaded_after("", [[
+      assert(store.retrieve_study == require("healthcare.dicomweb.retrieve").retrieve_study)
+      assert(store.retrieve_study == store.retrieve_study)
+      assert(store.no_such_method == nil)]])
+    assert.is_true(has(used, "healthcare.dicomweb.retrieve"), used)
+    assert.is_false(has(used, "healthcare.dicomweb.watch"), used)
+    -- under OpenResty, all at once: `require "healthcare"` in init_by_lua leaves handlers nothing to load
+    local ngx = loaded_after("ngx = {} ", "")
+    for _, m in ipairs(METHOD_MODULES) do assert.is_true(has(ngx, "healthcare.dicomweb." .. m), ngx) end
+    assert.is_true(has(ngx, "healthcare.migrate"), ngx)
+  end)
+end)

@@ -7,10 +7,11 @@
 -- --version, a suggestion for a mistyped command, and `__complete` for the bash completion
 -- (healthcare.cli.complete). The commands are listed once, in healthcare.cli.commands.
 -- Exit codes (healthcare.cli.common): 0 all done, 1 something failed, 2 usage or configuration error.
-local seed = require "healthcare.cli.seed"
-local help = require "healthcare.cli.help"
 local common = require "healthcare.cli.common"
 local commands = require "healthcare.cli.commands"
+-- The seed form's parser and the help are loaded when that form runs: a friendly command
+-- loads its own module only (start-up is paid on every run).
+local function seed() return require "healthcare.cli.seed" end
 
 local M = {}
 
@@ -27,14 +28,14 @@ local say = common.sayer("healthcare")
 
 -- The seed form: a usage error, its --help, or a call (healthcare.cli.call).
 local function run_seed(args)
-  local cmd, err = seed.parse(args)
+  local cmd, err = seed().parse(args)
   if not cmd then
     say("%s", common.printable(err))
     io.stderr:write("Try 'healthcare --help'.\n")
     return M.EXIT_USAGE
   end
   if cmd.action == "help" then
-    io.stdout:write(help.text(cmd.help_topic), "\n")
+    io.stdout:write(require("healthcare.cli.help").text(cmd.help_topic), "\n")
     return M.EXIT_OK
   end
   local call = require "healthcare.cli.call"
@@ -78,7 +79,7 @@ end
 -- options may stand before `projects`), or nil.
 local function first_word(args)
   local takes_value = {}
-  for _, o in ipairs(seed.global_options) do
+  for _, o in ipairs(seed().global_options) do
     if o.arg then takes_value[o.long] = true end
   end
   local i = 1
@@ -113,7 +114,7 @@ local function dispatch(args)
     return require("healthcare.cli." .. args[1]).main(args)
   end
   local word = first_word(args)
-  if word and word ~= seed.COMMAND then return unknown_command(word) end
+  if word and word ~= seed().COMMAND then return unknown_command(word) end
   return run_seed(args)
 end
 

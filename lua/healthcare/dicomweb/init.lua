@@ -4,20 +4,14 @@
 -- concern (stow: StoreInstances; batch: store; search; retrieve; delete; verify; fetch: one raw
 -- request; healthcare.migrate: import, export, deidentify) and are put in the class as they
 -- are: a method IS the module's function, with no wrapper between the user's call and the
--- checks that blame the user's line for a misuse.
+-- checks that blame the user's line for a misuse. A module is loaded at the first use of one of
+-- its methods (LAZY): the command runs one method, and loading them all was a third of its
+-- start-up.
 -- Ownership: a store made by healthcare.dicomweb or healthcare.dicom_store owns the client it
 -- made, and store:close() closes it; a store from client:dicom_store uses the caller's client,
 -- which store:close() leaves open.
-local batch = require "healthcare.dicomweb.batch"
-local delete = require "healthcare.dicomweb.delete"
-local fetch = require "healthcare.dicomweb.fetch"
-local migrate = require "healthcare.migrate"
 local names = require "healthcare.dicomweb.names"
-local retrieve = require "healthcare.dicomweb.retrieve"
-local search = require "healthcare.dicomweb.search"
 local stow = require "healthcare.dicomweb.stow"
-local verify = require "healthcare.dicomweb.verify"
-local watch = require "healthcare.dicomweb.watch"
 
 local M = {}
 
@@ -66,24 +60,43 @@ function Store:__tostring()
 end
 
 Store.store_instances = stow.store_instances
-Store.store = batch.store
-Store.search_studies = search.search_studies
-Store.search_series = search.search_series
-Store.search_instances = search.search_instances
-Store.retrieve_study = retrieve.retrieve_study
-Store.retrieve_series = retrieve.retrieve_series
-Store.retrieve_instance = retrieve.retrieve_instance
-Store.retrieve_metadata = retrieve.retrieve_metadata
-Store.retrieve_rendered = retrieve.retrieve_rendered
-Store.retrieve_frames = retrieve.retrieve_frames
-Store.delete_study = delete.delete_study
-Store.delete_series = delete.delete_series
-Store.delete_instance = delete.delete_instance
-Store.fetch = fetch.fetch
-Store.verify = verify.verify
-Store.import = migrate.store_import
-Store.export = migrate.store_export
-Store.deidentify = migrate.store_deidentify
-Store.watch = watch.new
+
+-- method -> { module, its function's name }
+local LAZY = {
+  store = { "healthcare.dicomweb.batch", "store" },
+  search_studies = { "healthcare.dicomweb.search", "search_studies" },
+  search_series = { "healthcare.dicomweb.search", "search_series" },
+  search_instances = { "healthcare.dicomweb.search", "search_instances" },
+  retrieve_study = { "healthcare.dicomweb.retrieve", "retrieve_study" },
+  retrieve_series = { "healthcare.dicomweb.retrieve", "retrieve_series" },
+  retrieve_instance = { "healthcare.dicomweb.retrieve", "retrieve_instance" },
+  retrieve_metadata = { "healthcare.dicomweb.retrieve", "retrieve_metadata" },
+  retrieve_rendered = { "healthcare.dicomweb.retrieve", "retrieve_rendered" },
+  retrieve_frames = { "healthcare.dicomweb.retrieve", "retrieve_frames" },
+  delete_study = { "healthcare.dicomweb.delete", "delete_study" },
+  delete_series = { "healthcare.dicomweb.delete", "delete_series" },
+  delete_instance = { "healthcare.dicomweb.delete", "delete_instance" },
+  fetch = { "healthcare.dicomweb.fetch", "fetch" },
+  verify = { "healthcare.dicomweb.verify", "verify" },
+  import = { "healthcare.migrate", "store_import" },
+  export = { "healthcare.migrate", "store_export" },
+  deidentify = { "healthcare.migrate", "store_deidentify" },
+  watch = { "healthcare.dicomweb.watch", "new" },
+}
+
+setmetatable(Store, { __index = function(_, name)
+  local where = LAZY[name]
+  if not where then return nil end
+  local fn = require(where[1])[where[2]]
+  rawset(Store, name, fn)
+  return fn
+end })
+
+-- Under OpenResty all of them are loaded now: `require "healthcare"` in init_by_lua_block then
+-- leaves a handler nothing to load (a module first loaded there would read files in the worker,
+-- and LuaFileSystem would set a global there; README, "nginx configuration").
+if rawget(_G, "ngx") ~= nil then
+  for name in pairs(LAZY) do local _ = Store[name] end
+end
 
 return M
