@@ -283,6 +283,11 @@ local function imds_headers(self)
     headers = { "X-aws-ec2-metadata-token-ttl-seconds: " .. M.IMDSV2_TTL } }, "an IMDSv2 session token")
   if not token then return nil, err end
   hold(self, token)
+  -- It goes into a header: a CR, LF or NUL there would be refused by the transport (raised).
+  if token == "" or core.has_ctl(token) then
+    return fail(self.label .. ": the AWS metadata answered an IMDSv2 session token that is not one (empty or "
+      .. "with control characters)")
+  end
   return { "X-aws-ec2-metadata-token: " .. token }
 end
 
@@ -309,7 +314,10 @@ local function aws_keys(self, headers)
   local role, err = aws_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
   if not role then return nil, err end
   role = role:gsub("%s+$", "")
-  if role == "" or role:find("[/%s?#]") then return fail(self.label .. ": the AWS metadata named no usable role") end
+  -- The role goes into the next URL: a NUL (which %s misses) would be refused there (raised).
+  if role == "" or role:find("[/%s?#]") or core.has_ctl(role) then
+    return fail(self.label .. ": the AWS metadata named no usable role")
+  end
   local body
   body, err = aws_request(self, { method = "GET", url = self.aws.url:gsub("/$", "") .. "/" .. role,
     headers = headers }, "the AWS role's credentials")
