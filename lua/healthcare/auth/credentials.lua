@@ -234,6 +234,9 @@ function Credential:secrets()
   for _, k in ipairs({ "refresh_token", "client_secret", "pending_assertion" }) do
     if type(self[k]) == "string" then list[#list + 1] = self[k] end
   end
+  -- What every request of the credential carries (a Basic client authentication, the headers
+  -- of a url source): kept for its whole life, unlike `held`, which keeps the latest few.
+  for _, v in ipairs(self.sent_secrets or {}) do list[#list + 1] = v end
   -- The kinds of healthcare.auth.impersonate and healthcare.auth.external: the secrets they
   -- hold (subject tokens, AWS keys, ...) and those of the credential they stand on.
   for _, v in pairs(self.held or {}) do
@@ -333,11 +336,27 @@ local function token_attempt(self, req, secrets)
       reason = "HTTP " .. res.status })
 end
 
+--- Adds to the list `into` the value of every header of the list that carries a credential
+--- (Authorization and the others util.redact_header hides), and the credential part of a
+--- "Scheme credential" value: a server may echo either. Returns into.
+function M.header_secrets(headers, into)
+  for _, h in ipairs(headers or {}) do
+    -- util.redact_header without secrets changes only the lines it always hides: the one list
+    -- of those header names stays there.
+    if util.redact_header(h) ~= h then
+      local value = h:match("^[^:]*:%s*(.-)%s*$") or ""
+      into[#into + 1] = value
+      into[#into + 1] = value:match("^%S+%s+(%S+)$")
+    end
+  end
+  return into
+end
+
 -- Sends one token request (req: a transport request table) with a few tries for failures worth
 -- another try; when probing, a transport failure ends it at once (nobody is there). Returns the
 -- 200 reply, or nil, err (kind "auth", err.reason a short cause) and the last reply if any.
 function Credential:request_token(req, secrets, probing)
-  local all = self:secrets()
+  local all = M.header_secrets(req.headers, self:secrets())
   for _, v in ipairs(secrets) do all[#all + 1] = v end
   secrets = all
   -- The answer carries a token, and the request an assertion, refresh token or client secret:

@@ -35,6 +35,9 @@ M.EXECUTABLE_TIMEOUT_MS, M.EXECUTABLE_MIN_MS, M.EXECUTABLE_MAX_MS = 30000, 5000,
 M.MAX_SUBJECT_TOKEN = 1024 * 1024
 M.IMDSV2_TTL = 300
 M.WORKFORCE_AUDIENCE = "^//iam%.googleapis%.com/locations/[^/]+/workforcePools/"
+-- Headers of a url source whose values are no secret (see read_url_source).
+M.PLAIN_HEADERS = { accept = true, ["content-type"] = true, metadata = true, ["metadata-flavor"] = true,
+  ["user-agent"] = true }
 M.EXECUTABLE_TOKEN_TYPES = { ["urn:ietf:params:oauth:token-type:jwt"] = "id_token",
   ["urn:ietf:params:oauth:token-type:id_token"] = "id_token",
   ["urn:ietf:params:oauth:token-type:saml2"] = "saml_response" }
@@ -72,7 +75,7 @@ end
 -- err (kind "auth") naming what was asked.
 local function source_request(self, req, what)
   req.timeout = req.timeout or self.timeout
-  local secrets = self:secrets()
+  local secrets = creds().header_secrets(req.headers, self:secrets())
   local shown = util.redact_url(req.url, secrets)
   local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
   if proxy and not self.insecure and req.url:lower():match("^http://") then
@@ -89,7 +92,7 @@ local function source_request(self, req, what)
   end
   self:log(string.format("< HTTP %d", res.status))
   if res.status ~= 200 then
-    local body = util.redact(res.body or "", self:secrets()):sub(1, 200)
+    local body = util.redact(res.body or "", secrets):sub(1, 200)
     return fail(string.format("%s: cannot get %s: %s answered HTTP %d%s", self.label, what, shown, res.status,
       body ~= "" and (": " .. body) or ""), { http_status = res.status })
   end
@@ -369,11 +372,16 @@ M.aws_subject_token = aws_token
 
 -- ---- the STS exchange ---------------------------------------------------------------------
 
+-- The Basic client authentication of client_id and client_secret (RFC 6749 2.3.1: each
+-- form-encoded first), or nil. It is a secret of its own: an echo of it does not hold the
+-- client secret as text.
+local function basic_auth(client_id, client_secret)
+  if not (client_id and client_secret) then return nil end
+  return base64(core.escape(client_id) .. ":" .. core.escape(client_secret))
+end
+
 local function client_auth(self, headers)
-  if self.client_id and self.client_secret then
-    headers[#headers + 1] = "Authorization: Basic " .. base64(core.escape(self.client_id) .. ":"
-      .. core.escape(self.client_secret))
-  end
+  if self.basic_auth then headers[#headers + 1] = "Authorization: Basic " .. self.basic_auth end
   return headers
 end
 
@@ -451,6 +459,10 @@ local function read_url_source(self, cs, where)
       return fail(where .. ": credential_source.headers must map header names to strings without CR, LF or NUL")
     end
     self.source_headers[#self.source_headers + 1] = k .. ": " .. v
+    -- Which header carries a credential is the identity provider's choice (X-Vault-Token,
+    -- Authorization, a CI system's own): every value is a secret but those of the headers known
+    -- to carry none, which would otherwise garble messages (Accept: application/json).
+    if not M.PLAIN_HEADERS[k:lower()] then self.sent_secrets[#self.sent_secrets + 1] = v end
   end
   return read_format(self, cs, where)
 end
@@ -559,10 +571,12 @@ local function external_account(info, opts, where)
   local fields = { label = "external account " .. C.internal.shown(provider), audience = f.audience,
     subject_token_type = f.subject_token_type, token_uri = token_url, token_url_shown = util.redact_url(token_url),
     client_id = f.client_id, client_secret = f.client_secret, user_project = f.workforce_pool_user_project,
+    basic_auth = basic_auth(f.client_id, f.client_secret), sent_secrets = {},
     quota_project = qp, fetch = fetch_sts, scoped = true, held = {}, source = nil,
     impersonated_email = impersonation and require("healthcare.auth.impersonate").target_of(impersonation) }
   local rok, rerr = read_source(fields, info.credential_source, where)
   if not rok then return nil, rerr end
+  fields.sent_secrets[#fields.sent_secrets + 1] = fields.basic_auth
   fields.identity = table.concat({ "external_account", f.audience, token_url, f.subject_token_type,
     core.sha256_hex(cjson.encode(info.credential_source) or ""), f.client_id or "" }, "\n")
   -- Behind an impersonation the STS token is an intermediate: not cached on disk.
@@ -598,9 +612,11 @@ local function authorized_user(info, opts, where)
   if not ok then return nil, uerr end
   local qp, qerr = C.internal.quota_project(opts, info, where)
   if qp == false then return nil, qerr end
+  local basic = basic_auth(f.client_id, f.client_secret)
   return C.internal.new_credential("external_account_authorized_user", opts, {
     label = "workforce user of client " .. C.internal.shown(f.client_id), audience = f.audience,
     client_id = f.client_id, client_secret = f.client_secret, refresh_token = f.refresh_token,
+    basic_auth = basic, sent_secrets = { basic },
     token_uri = f.token_url, token_url_shown = util.redact_url(f.token_url), quota_project = qp, held = {},
     -- As authorized_user: the sign-in fixed the scopes.
     fetch = fetch_refresh, scoped = false,
