@@ -117,17 +117,11 @@ local function from_format(self, text, where)
 end
 
 local function file_token(self)
-  local f, oerr = io.open(self.source_file, "rb")
-  if not f then
-    return fail(string.format("%s: cannot read the subject token file: %s", self.label,
-      tostring(oerr):gsub("^.-: ", "")), { path = self.source_file })
-  end
-  local text = f:read(M.MAX_SUBJECT_TOKEN + 1) or ""
-  f:close()
-  if #text > M.MAX_SUBJECT_TOKEN then
-    return fail(self.label .. ": the subject token file is larger than 1 MiB")
-  end
-  return from_format(self, text, "the subject token file '" .. self.source_file .. "'")
+  local where = "the subject token file '" .. self.source_file .. "'"
+  -- Another user's token would make this user act as that user's identity.
+  local text, err = creds().read_trusted(self.source_file, where, M.MAX_SUBJECT_TOKEN, self.label)
+  if not text then return nil, err end
+  return from_format(self, text, where)
 end
 
 local function url_token(self)
@@ -241,10 +235,11 @@ local function executable_token(self)
       .. " to '1') to run", { status = "EXECUTABLE_NOT_ALLOWED" })
   end
   if self.output_file then
-    local f = io.open(self.output_file, "rb")
-    if f then
-      local text = f:read(M.MAX_SUBJECT_TOKEN) or ""
-      f:close()
+    -- A planted answer would be used as this user's subject token: not another user's file.
+    local text, rerr = creds().read_trusted(self.output_file, "the executable's output_file '" .. self.output_file
+      .. "'", M.MAX_SUBJECT_TOKEN, self.label)
+    if not text and rerr.status == "UNSAFE_FILE" then return nil, rerr end
+    if text then
       local token = executable_answer(self, cjson.decode(text), "the output_file", true)
       -- An expired or unusable cached answer: run the executable again, as Google's libraries do.
       if type(token) == "string" then
