@@ -590,6 +590,31 @@ describe("external_account with an aws source", function()
     auth_error("environment_id must be 'aws1'", healthcare.new({ endpoint = em.endpoint,
       credentials = aws_file({ environment_id = "aws2" }) }))
   end)
+
+  -- The session token goes into a header and the role into a URL: the transport raises on a
+  -- CR, LF or NUL there, which used to end the command with "internal error".
+  it("an IMDSv2 token or a role name with CR, LF or NUL is a credential error, not a raised one", function()
+    local injected = "AQAEAinjected" .. core.random_hex(6)
+    local cases = {
+      { env = {}, skip = 0, body = injected .. "\r\nX-Injected: yes", want = "IMDSv2 session token that is not one" },
+      { env = {}, skip = 0, body = injected .. "\0tail", want = "IMDSv2 session token that is not one" },
+      -- With the region given, the metadata's answers are the token (let through), then the role.
+      { env = { AWS_REGION = "us-east-1" }, skip = 1, body = "migration-role\0" .. injected,
+        want = "the AWS metadata named no usable role" },
+    }
+    for _, c in ipairs(cases) do
+      em:control("faults", { replace = true, rules = { { match = "aws_metadata", status = 200, skip = c.skip,
+        message = c.body } } })
+      local ok, err = pcall(with_env, c.env, function()
+        local client = assert(client_for(aws_file()))
+        local e = auth_error(c.want, nil, first_error(client))
+        assert.is_nil(tostring(e):find(injected, 1, true), "the answer is not echoed")
+        client:close()
+      end)
+      em:control("faults", { replace = true, rules = {} })
+      assert(ok, err)
+    end
+  end)
 end)
 
 -- ---- external_account_authorized_user -----------------------------------------------------------

@@ -340,6 +340,112 @@ describe("healthcare store: files named on the command line", function()
   end)
 end)
 
+describe("credential files another user could have written", function()
+  local credentials = require "healthcare.auth.credentials"
+  local sa
+  lazy_setup(function() sa = em:service_account() end)
+
+  -- A copy of the emulator's service account key at path, with mode and owner (root's unless given).
+  local function key_at(path, mode, owner)
+    H.check_run(string.format("cp %s %s && chmod %s %s", H.q(sa.key_file), H.q(path), mode, H.q(path))
+      .. (owner and (" && chown " .. owner .. " " .. H.q(path)) or ""))
+    return path
+  end
+
+  -- A credential error that names the file and why, quoting nothing of it.
+  local function refused(err, path, why)
+    assert.are.equal("auth", err.kind, tostring(err))
+    assert.are.equal("UNSAFE_FILE", err.status, tostring(err))
+    assert.truthy(tostring(err):find("'" .. path .. "': " .. why, 1, true), tostring(err))
+    assert.is_nil(tostring(err):find("PRIVATE KEY", 1, true))
+  end
+
+  it("refuses a key file another user owns or may write to, or reached through another user's link", function()
+    local d = shared_dir("1777")   -- as /tmp: anyone may plant files and links there
+    local target = key_at(d .. "/good.json", "600")
+    H.check_run("runuser -u nobody -- ln -s " .. H.q(target) .. " " .. H.q(d .. "/nobodys-link.json"))
+    local cases = {
+      { key_at(d .. "/nobodys.json", "600", "nobody"), "another user owns it" },
+      { key_at(d .. "/world.json", "666"), "group or others may write to it" },
+      { key_at(d .. "/other-group.json", "660", "root:nogroup"), "group or others may write to it" },
+      { d .. "/nobodys-link.json", "it is reached through a symbolic link that another user owns" },
+    }
+    for _, c in ipairs(cases) do
+      local cred, err = credentials.from_file(c[1], {})
+      assert.is_nil(cred)
+      refused(err, c[1], c[2])
+    end
+    local before = em:count("token_requests")
+    local out, err, code = hc({ "search", E.store, "--endpoint", em.endpoint, "--credentials", cases[1][1],
+      "--no-token-cache" })
+    assert.are.equal(2, code, err)
+    assert.are.equal("", out)
+    assert.truthy(err:find("refusing credentials file '" .. cases[1][1] .. "': another user owns it", 1, true), err)
+    assert.are.equal(before, em:count("token_requests"), "a token was asked for")
+  end)
+
+  it("uses the user's own key, through the user's own links and in the user's private group", function()
+    local d = shared_dir("1777")
+    local own = key_at(d .. "/own.json", "600")
+    local private_group = key_at(d .. "/upg.json", "660", "root:root")   -- root's group: root alone
+    H.check_run("ln -s " .. H.q(own) .. " " .. H.q(d .. "/link1.json") .. " && ln -s link1.json "
+      .. H.q(d .. "/link2.json"))
+    for _, path in ipairs({ own, private_group, d .. "/link2.json" }) do
+      local cred = assert(credentials.from_file(path, {}))
+      assert(cred:token())
+      cred:close()
+    end
+    -- nobody's own key, run as nobody.
+    local mine = key_at(d .. "/nobody-own.json", "600", "nobody")
+    local _, err, code = hc({ "search", E.store, "--endpoint", em.endpoint, "--credentials", mine, "--no-token-cache" },
+      { nobody = true })
+    assert.are.equal(0, code, err)
+  end)
+
+  it("refuses gcloud's well-known file of another user instead of looking further", function()
+    local home = shared_dir("755")
+    H.check_run("mkdir -p " .. H.q(home .. "/.config/gcloud"))
+    local wk = key_at(home .. "/.config/gcloud/application_default_credentials.json", "644", "nobody")
+    local saved = credentials.getenv
+    credentials.getenv = function(k) return ({ HOME = home, GCE_METADATA_HOST = "127.0.0.1:1" })[k] end
+    local cred, err = credentials.default({})
+    credentials.getenv = saved
+    assert.is_nil(cred)
+    refused(err, wk, "another user owns it")
+  end)
+
+  it("refuses an executable's output_file or a subject token file another user wrote", function()
+    local d = shared_dir("1777")
+    local planted = d .. "/planted.json"
+    H.write_file(planted, cjson.encode({ version = 1, success = true, token_type = "urn:ietf:params:oauth:token-type:jwt",
+      id_token = "planted-subject-token", expiration_time = os.time() + 3600 }))
+    H.check_run("chown nobody " .. H.q(planted) .. " && chmod 666 " .. H.q(planted))
+    local function ext(cs)
+      return { type = "external_account", subject_token_type = "urn:ietf:params:oauth:token-type:jwt",
+        audience = "//iam.googleapis.com/projects/1/locations/global/workloadIdentityPools/p/providers/oidc",
+        token_url = em.url .. "/v1/token", credential_source = cs }
+    end
+    local saved = credentials.getenv
+    credentials.getenv = function(k) return ({ GOOGLE_EXTERNAL_ACCOUNT_ALLOW_EXECUTABLES = "1" })[k] end
+    local ok, perr = pcall(function()
+      for _, c in ipairs({
+        { { executable = { command = "/bin/false", output_file = planted } }, "the executable's output_file" },
+        { { file = planted }, "the subject token file" },
+      }) do
+        local cred = assert(credentials.from_info(ext(c[1]), {}, "f"))
+        local token, err = cred:token()
+        cred:close()
+        assert.is_nil(token)
+        refused(err, planted, "another user owns it")
+        assert.truthy(tostring(err):find("refusing " .. c[2], 1, true), tostring(err))
+        assert.is_nil(tostring(err):find("planted-subject-token", 1, true))
+      end
+    end)
+    credentials.getenv = saved
+    assert(ok, perr)
+  end)
+end)
+
 describe("-o of the seed form", function()
   local P = "projects"
   local function seed(method, path, args, opts)

@@ -36,6 +36,9 @@ local TOKEN = "tok-" .. core.random_hex(20)
 local API_KEY = "key-" .. core.random_hex(20)
 local REFRESH = "1//0g-" .. core.random_hex(16) .. "/refresh+x"
 local CLIENT_SECRET = "secret-" .. core.random_hex(12)
+-- Header values of an external_account's url source (a CI system's bearer token, a vault token).
+local SOURCE_BEARER = "ci-bearer-" .. core.random_hex(12)
+local VAULT_TOKEN = "hvs." .. core.random_hex(16)
 
 -- ---- servers ---------------------------------------------------------------------------------
 
@@ -57,7 +60,10 @@ local function assert_printable(text, where)
   end
 end
 
-local SECRETS = { TOKEN, API_KEY, REFRESH, CLIENT_SECRET, core.escape(REFRESH), core.escape(CLIENT_SECRET) }
+local SECRETS = { TOKEN, API_KEY, REFRESH, CLIENT_SECRET, core.escape(REFRESH), core.escape(CLIENT_SECRET),
+  SOURCE_BEARER, VAULT_TOKEN,
+  -- The Basic client authentication of "client-1" and CLIENT_SECRET, as sent.
+  (core.base64url("client-1:" .. CLIENT_SECRET):gsub("-", "+"):gsub("_", "/")) }
 local function assert_no_secret(text, where)
   for _, s in ipairs(SECRETS) do
     assert.is_nil(text:find(s, 1, true), where .. " holds a secret: " .. s:sub(1, 8) .. "...")
@@ -269,6 +275,32 @@ describe("secrets echoed by a server", function()
       check_clean(so, se, "search --credentials " .. key)
       assert.truthy(se:find("invalid_grant", 1, true), se)
     end
+  end)
+
+  -- Secrets in headers: the Basic client authentication of a workforce refresh, and whatever
+  -- credential_source.headers hold (the debug lines used to show X-Vault-Token's value).
+  it("never reach stderr from the headers of a token or subject token request", function()
+    local dir = H.tmpdir()
+    local wf = H.write_file(dir .. "/wf.json", cjson.encode {
+      type = "external_account_authorized_user", audience = "//iam.googleapis.com/locations/global/workforcePools/"
+        .. "p/providers/x", refresh_token = REFRESH, token_url = URL .. "/echo/token", client_id = "client-1",
+      client_secret = CLIENT_SECRET })
+    local ext = H.write_file(dir .. "/ext.json", cjson.encode {
+      type = "external_account", audience = "//iam.googleapis.com/projects/1/locations/global/"
+        .. "workloadIdentityPools/p/providers/oidc", subject_token_type = "urn:ietf:params:oauth:token-type:jwt",
+      token_url = URL .. "/echo/token", credential_source = { url = URL .. "/echo/idtoken",
+        headers = { Authorization = "Bearer " .. SOURCE_BEARER, ["X-Vault-Token"] = VAULT_TOKEN,
+          Accept = "text/plain" } } })
+    for _, key in ipairs({ wf, ext }) do
+      local so, se, code = run({ "search", PARENT, "--endpoint", URL .. "/ok/v1", "--credentials", key,
+        "--no-token-cache", "--debug" })
+      assert.are.equal(2, code, se)
+      check_clean(so, se, "search --credentials " .. key)
+    end
+    local _, se = run({ "search", PARENT, "--endpoint", URL .. "/ok/v1", "--credentials", ext, "--no-token-cache",
+      "--debug" })
+    assert.truthy(se:find("> X-Vault-Token: REDACTED", 1, true), se)
+    assert.truthy(se:find("> Accept: text/plain", 1, true), "a header known to carry no secret is shown: " .. se)
   end)
 end)
 

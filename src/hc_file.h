@@ -45,4 +45,21 @@ int hc_file_private_mkdir(const char *path, size_t *failed);
  * Returns 0, HC_FILE_UNSAFE, EFBIG (larger than cap), or an errno value (ENOENT: no file). */
 int hc_file_private_read(const char *path, char *buf, size_t cap, size_t *len);
 
+/* Why a file that hc_file_trusted_open refuses (HC_FILE_UNSAFE) cannot be trusted. */
+enum hc_file_distrust {
+    HC_FILE_LINK_OWNER = 1, /* a symbolic link on the way is another user's */
+    HC_FILE_OWNER,          /* the file is another user's */
+    HC_FILE_WRITABLE,       /* others, or a group with other members, may write to it */
+    HC_FILE_NOT_REGULAR     /* a directory, FIFO, device, ... */
+};
+
+/* Opens for reading a file that holds credentials (a key file, an executable's output_file), as
+ * trusted as the user who named it: a regular file of the effective user or of root that neither
+ * others nor a group with members other than its owner may write (a user private group may), and
+ * when path is a symbolic link (or a chain of them: users keep keys behind links) every link is
+ * the effective user's or root's. The final file is opened with O_NOFOLLOW and checked on its
+ * descriptor. Returns 0 with *fd open (the caller's to close); HC_FILE_UNSAFE with *why set; or
+ * an errno value (ENOENT: no file). path is only read. */
+int hc_file_trusted_open(const char *path, int *fd, enum hc_file_distrust *why);
+
 #endif

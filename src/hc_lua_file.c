@@ -2,12 +2,15 @@
 /* Lua binding of hc_file.c: files at paths a user named. `core.write_file` and
  * `core.dir_writable` serve the command's -o; `core.private_mkdir`, `core.private_write` and
  * `core.private_read` the token cache (a 0700 directory, 0600 files written atomically, files
- * read only when no other user can read or own them), which plain Lua cannot do. Failures come
+ * read only when no other user can read or own them), `core.trusted_read` the files that hold
+ * credentials (key files, an executable's output_file: only when no other user could have
+ * written them), which plain Lua cannot do. Failures come
  * back as nil, err (kind "io", status "write", "mkdir", "read", "absent" or "unsafe"); a path
  * that is not a non-empty string without NUL raises. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "hc_file.h"
 #include "hc_lua.h"
@@ -112,16 +115,83 @@ static int l_file_private_read(lua_State *L)
     return 1;
 }
 
+/* What hc_file_trusted_open found wrong, as the end of "refusing to read PATH: ...". */
+static const char *distrust_text(enum hc_file_distrust why)
+{
+    switch (why) {
+    case HC_FILE_LINK_OWNER:
+        return "it is reached through a symbolic link that another user owns";
+    case HC_FILE_OWNER:
+        return "another user owns it";
+    case HC_FILE_WRITABLE:
+        return "group or others may write to it";
+    case HC_FILE_NOT_REGULAR:
+        return "it is not a regular file";
+    }
+    return "it cannot be trusted";
+}
+
+/* trusted_read(path, cap) -> data | nil, err: the whole file at path, when it may be trusted with
+ * credentials (hc_file_trusted_open: this user's or root's, written by no one else, every link on
+ * the way this user's or root's) and holds at most cap bytes. err.status: "absent" (no file),
+ * "unsafe" (err.reason says why, without the path), "large" (more than cap bytes), "read". */
+static int l_file_trusted_read(lua_State *L)
+{
+    const char *path = check_path(L, 1);
+    lua_Integer cap = luaL_checkinteger(L, 2);
+    enum hc_file_distrust why = HC_FILE_NOT_REGULAR;
+    luaL_Buffer b;
+    char chunk[8192];
+    size_t total = 0;
+    int fd, err;
+    luaL_argcheck(L, cap >= 0, 2, "must be >= 0");
+    err = hc_file_trusted_open(path, &fd, &why);
+    if (err == HC_FILE_UNSAFE) {
+        hc_lua_fail(L, "io", "unsafe", "refusing to read %s: %s", path, distrust_text(why));
+        lua_pushstring(L, distrust_text(why));
+        lua_setfield(L, -2, "reason");
+        return 2;
+    }
+    if (err != 0)
+        return file_fail(L, err == ENOENT ? "absent" : "read", "cannot read", path, err);
+    luaL_buffinit(L, &b);
+    for (;;) {
+        ssize_t r = read(fd, chunk, sizeof chunk);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            err = r < 0 ? errno : 0;
+            break;
+        }
+        total += (size_t)r;
+        if (total > (size_t)cap) {
+            err = EFBIG;
+            break;
+        }
+        luaL_addlstring(&b, chunk, (size_t)r);
+    }
+    close(fd);
+    if (err == EFBIG)
+        return hc_lua_fail(L, "io", "large", "refusing to read %s: larger than %lld bytes", path,
+                           (long long)cap);
+    if (err != 0)
+        return file_fail(L, "read", "cannot read", path, err);
+    luaL_pushresult(&b);
+    return 1;
+}
+
 static const luaL_Reg file_functions[] = {
     {"write_file", l_file_write_file},
     {"dir_writable", l_file_dir_writable},
     {"private_mkdir", l_file_private_mkdir},
     {"private_write", l_file_private_write},
     {"private_read", l_file_private_read},
+    {"trusted_read", l_file_trusted_read},
     {NULL, NULL}
 };
 
-/* Adds write_file, dir_writable and the private_* functions to the module table on top. */
+/* Adds write_file, dir_writable, trusted_read and the private_* functions to the module table
+ * on top. */
 void hc_lua_file_register(lua_State *L)
 {
     luaL_setfuncs(L, file_functions, 0);

@@ -6,7 +6,8 @@
  * directory at the path, a missing directory) returns the errno value, keeps what was at the
  * path and leaves no temporary file; dir_writable tells a writable directory from others; the
  * token cache's private directory is made with its parents and refused when others may write to
- * it, a private file is read only when it is this user's and nobody else may read it.
+ * it, a private file is read only when it is this user's and nobody else may read it; a file
+ * holding credentials is opened only when no other user could have written it or its links.
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  */
 #define _DEFAULT_SOURCE
@@ -136,6 +137,46 @@ static void test_private(tstate *t)
           (unsigned long)strlen(below));
 }
 
+/* hc_file_trusted_open: the user's own file, through the user's own links (absolute, relative,
+ * chained); refused when others may write to it, when it is not a regular file, and (run as root,
+ * where another owner can be set) when another user owns it or a link on the way. */
+static void test_trusted(tstate *t)
+{
+    char file[700], link1[700], link2[700], loop[700], sub[700];
+    enum hc_file_distrust why = 0;
+    int fd = -1, err;
+    path_in(t, file, sizeof file, "key.json");
+    path_in(t, link1, sizeof link1, "key-link1");
+    path_in(t, link2, sizeof link2, "key-link2");
+    path_in(t, loop, sizeof loop, "loop");
+    path_in(t, sub, sizeof sub, "subdir");
+    check(t, hc_file_trusted_open(file, &fd, &why) == ENOENT && fd == -1, "absent: ENOENT");
+    write_plain(file, "{}");
+    check(t, chmod(file, 0600) == 0 && hc_file_trusted_open(file, &fd, &why) == 0 && fd >= 0,
+          "the user's own file opens");
+    if (fd >= 0)
+        close(fd);
+    check(t, symlink(file, link1) == 0 && symlink("key-link1", link2) == 0, "links made");
+    fd = -1;
+    check(t, hc_file_trusted_open(link2, &fd, &why) == 0 && fd >= 0,
+          "through the user's own links, relative then absolute");
+    if (fd >= 0)
+        close(fd);
+    err = chmod(file, 0602) == 0 ? hc_file_trusted_open(link2, &fd, &why) : -2;
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_WRITABLE, "others may write: refused (%d)", err);
+    chmod(file, 0600);
+    check(t, mkdir(sub, 0700) == 0 && hc_file_trusted_open(sub, &fd, &why) == HC_FILE_UNSAFE
+                 && why == HC_FILE_NOT_REGULAR, "a directory: refused");
+    check(t, symlink("loop", loop) == 0 && hc_file_trusted_open(loop, &fd, &why) == ELOOP,
+          "a link to itself: ELOOP");
+    if (geteuid() != 0)
+        return;
+    check(t, lchown(link1, 65534, (gid_t)-1) == 0 && hc_file_trusted_open(link2, &fd, &why)
+                 == HC_FILE_UNSAFE && why == HC_FILE_LINK_OWNER, "another user's link on the way: refused");
+    check(t, chown(file, 65534, (gid_t)-1) == 0 && hc_file_trusted_open(file, &fd, &why)
+                 == HC_FILE_UNSAFE && why == HC_FILE_OWNER, "another user's file: refused");
+}
+
 /* hc_file_create_temp: <prefix><16 hex digits>, new each time, the mode asked for less the umask;
  * a prefix in a missing directory fails with its errno and no name. */
 static void test_create_temp(tstate *t)
@@ -190,6 +231,7 @@ int main(void)
     test_replace(&t);
     test_failures(&t);
     test_private(&t);
+    test_trusted(&t);
     test_create_temp(&t);
     {
         char cmd[600];

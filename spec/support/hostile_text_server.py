@@ -10,10 +10,11 @@ DICOMweb base URL or an API endpoint can be put under it):
               controls: OSC (retitles), CSI (recolours), CR, LF, a C1 CSI in UTF-8 and a byte
               that is not UTF-8 (HOSTILE below; the spec builds the same bytes)
   /echo/...   every method: 400 with Google's envelope whose message quotes what the client
-              sent: the Authorization header, the query string as received (percent-encoded),
-              and each query value decoded; a POST to .../token answers OAuth's
-              {"error": "invalid_grant", "error_description": ...} quoting the form body as
-              received and each field decoded (assertion, refresh_token, client_secret)
+              sent: the Authorization header, every X-* header, the query string as received
+              (percent-encoded), and each query value decoded; a POST to .../token answers
+              OAuth's {"error": "invalid_grant", "error_description": ...} quoting the form body
+              as received, each field decoded (assertion, refresh_token, client_secret) and the
+              Authorization header (a Basic client authentication)
   /cells/...  GET: 200 application/dicom+json, one study whose PatientName carries HOSTILE,
               PatientID the bearer token it was sent, StudyDescription a name with a newline
   /ok/...     GET: 200 application/dicom+json "[]"
@@ -69,12 +70,15 @@ class Handler(BaseHTTPRequestHandler):
                 raw = body.decode("latin-1")
                 fields = " ".join("%s=%s" % kv for kv in parse_qsl(raw))
                 doc = {"error": "invalid_grant",
-                       "error_description": "you sent " + raw + " that is " + fields}
+                       "error_description": "you sent " + raw + " that is " + fields
+                       + " with Authorization: " + (self.headers.get("Authorization") or "")}
                 return self.send(400, "application/json", json.dumps(doc).encode())
             auth = self.headers.get("Authorization") or ""
             values = " ".join("%s=%s" % kv for kv in parse_qsl(url.query))
-            return self.envelope(400, "you sent Authorization: %s, query %s, that is %s"
-                                 % (auth, url.query, values))
+            extra = ", ".join("%s: %s" % kv for kv in self.headers.items()
+                              if kv[0].lower().startswith("x-"))
+            return self.envelope(400, "you sent Authorization: %s, %s, query %s, that is %s"
+                                 % (auth, extra, url.query, values))
         if mode == "cells" and self.command == "GET":
             auth = self.headers.get("Authorization") or ""
             token = auth.split(" ", 1)[1] if " " in auth else auth

@@ -114,6 +114,34 @@ describe("credential files without key files", function()
     cred:close()
   end)
 
+  -- A client takes out of its errors what credential:secrets() lists: the headers a url
+  -- source sends and the Basic client authentication must be there, not only the client secret.
+  it("counts the headers of a url source and the Basic client authentication among its secrets", function()
+    local function has(list, v)
+      for _, s in ipairs(list) do if s == v then return true end end
+      return false
+    end
+    local cred = assert(credentials.from_info(ext({ client_id = "client-1", client_secret = "client-secret-1",
+      credential_source = { url = "https://idp.invalid/token", headers = { ["X-Vault-Token"] = "hvs.vault-1234",
+        Authorization = "Bearer ci-token-1234", Accept = "application/json" } } }), {}, "f"))
+    local secrets = cred:secrets()
+    assert.is_true(has(secrets, "hvs.vault-1234"))
+    assert.is_true(has(secrets, "Bearer ci-token-1234"))
+    assert.is_true(has(secrets, "client-secret-1"))
+    assert.is_true(has(secrets, "Y2xpZW50LTE6Y2xpZW50LXNlY3JldC0x"))   -- base64 of client-1:client-secret-1
+    assert.is_false(has(secrets, "application/json"))
+    cred:close()
+    cred = assert(credentials.from_info({ type = "external_account_authorized_user", client_id = "client-1",
+      client_secret = "client-secret-1", refresh_token = "refresh-1234", token_url = "https://sts.invalid/v1/oauthtoken" },
+      {}, "f"))
+    assert.is_true(has(cred:secrets(), "Y2xpZW50LTE6Y2xpZW50LXNlY3JldC0x"))
+    cred:close()
+    -- A request's own credential-bearing headers, whole and without their scheme.
+    local list = credentials.header_secrets({ "Authorization: Basic abcdefgh1234", "Accept: text/plain",
+      "X-Goog-Api-Key: key-123456789" }, {})
+    assert.are.same({ "Basic abcdefgh1234", "abcdefgh1234", "key-123456789" }, list)
+  end)
+
   it("completes delegates given as emails", function()
     assert.are.equal("projects/-/serviceAccounts/a@b", impersonate.delegate_name("a@b"))
     assert.are.equal("projects/-/serviceAccounts/a@b", impersonate.delegate_name("projects/-/serviceAccounts/a@b"))

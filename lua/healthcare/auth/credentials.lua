@@ -234,6 +234,9 @@ function Credential:secrets()
   for _, k in ipairs({ "refresh_token", "client_secret", "pending_assertion" }) do
     if type(self[k]) == "string" then list[#list + 1] = self[k] end
   end
+  -- What every request of the credential carries (a Basic client authentication, the headers
+  -- of a url source): kept for its whole life, unlike `held`, which keeps the latest few.
+  for _, v in ipairs(self.sent_secrets or {}) do list[#list + 1] = v end
   -- The kinds of healthcare.auth.impersonate and healthcare.auth.external: the secrets they
   -- hold (subject tokens, AWS keys, ...) and those of the credential they stand on.
   for _, v in pairs(self.held or {}) do
@@ -333,11 +336,27 @@ local function token_attempt(self, req, secrets)
       reason = "HTTP " .. res.status })
 end
 
+--- Adds to the list `into` the value of every header of the list that carries a credential
+--- (Authorization and the others util.redact_header hides), and the credential part of a
+--- "Scheme credential" value: a server may echo either. Returns into.
+function M.header_secrets(headers, into)
+  for _, h in ipairs(headers or {}) do
+    -- util.redact_header without secrets changes only the lines it always hides: the one list
+    -- of those header names stays there.
+    if util.redact_header(h) ~= h then
+      local value = h:match("^[^:]*:%s*(.-)%s*$") or ""
+      into[#into + 1] = value
+      into[#into + 1] = value:match("^%S+%s+(%S+)$")
+    end
+  end
+  return into
+end
+
 -- Sends one token request (req: a transport request table) with a few tries for failures worth
 -- another try; when probing, a transport failure ends it at once (nobody is there). Returns the
 -- 200 reply, or nil, err (kind "auth", err.reason a short cause) and the last reply if any.
 function Credential:request_token(req, secrets, probing)
-  local all = self:secrets()
+  local all = M.header_secrets(req.headers, self:secrets())
   for _, v in ipairs(secrets) do all[#all + 1] = v end
   secrets = all
   -- The answer carries a token, and the request an assertion, refresh token or client secret:
@@ -580,19 +599,33 @@ function M.from_info(info, opts, source)
   return fail(string.format("%s has type '%s', which is not supported; expected %s", source, shown(t), expected))
 end
 
+--- The text of a file that holds credentials (what ends up used as a key or a token), read
+--- only when no other user could have written it (core.trusted_read: this user's or root's,
+--- not writable by others, links on the way this user's or root's), at most max bytes. what
+--- names the file in errors, after `label: ` when label is given. Returns text, or nil, err
+--- (kind "auth"; err.absent when there is no file, status "UNSAFE_FILE" when it is refused).
+function M.read_trusted(path, what, max, label)
+  local text, err = core.trusted_read(path, max)
+  if text then return text end
+  local head = label and (label .. ": ") or ""
+  if err.status == "unsafe" then
+    return fail(string.format("%srefusing %s: %s; it must be yours (or root's) and writable by you alone",
+      head, what, err.reason), { path = path, status = "UNSAFE_FILE" })
+  end
+  if err.status == "large" then
+    return fail(string.format("%s%s is larger than %d bytes", head, what, max), { path = path })
+  end
+  local prefix = "cannot read " .. path .. ": "
+  local reason = err.message:sub(1, #prefix) == prefix and err.message:sub(#prefix + 1) or err.message
+  return fail(string.format("%scannot read %s: %s", head, what, reason),
+    { path = path, absent = err.status == "absent" or nil })
+end
+
 --- A credential from a key file, or nil, err. label says where the path came from.
 function M.from_file(path, opts, label)
   local source = string.format("%s '%s'", label or "credentials file", path)
-  local f, oerr = io.open(path, "rb")
-  if not f then
-    local reason = tostring(oerr):gsub("^.-: ", "")
-    return fail(string.format("cannot read %s: %s", source, reason), { path = path })
-  end
-  local text = f:read(M.MAX_KEY_FILE + 1) or ""
-  f:close()
-  if #text > M.MAX_KEY_FILE then
-    return fail(source .. " is larger than 1 MiB; it is not a key file")
-  end
+  local text, rerr = M.read_trusted(path, source, M.MAX_KEY_FILE)
+  if not text then return nil, rerr end
   local info, jerr = cjson.decode(text)
   if info == nil then
     -- cjson's messages name a token kind and a position, never the text itself.
@@ -692,14 +725,9 @@ find_default = function(opts)
   looked[#looked + 1] = "GOOGLE_APPLICATION_CREDENTIALS (not set)"
   local wk = M.well_known_file()
   if wk then
-    local f, oerr, code = io.open(wk, "rb")
-    if f then
-      f:close()
-      return M.from_file(wk, opts, "gcloud credentials file")
-    end
-    if code ~= 2 then -- ENOENT: not there; anything else is worth saying
-      return fail(string.format("cannot read gcloud credentials file: %s", tostring(oerr)))
-    end
+    local cred, err = M.from_file(wk, opts, "gcloud credentials file")
+    -- Not there: look further. Anything else (refused, broken) is worth saying.
+    if cred or not err.absent then return cred, err end
     looked[#looked + 1] = wk .. " (no such file)"
   else
     looked[#looked + 1] = "gcloud's " .. M.WELL_KNOWN_FILE .. " (neither CLOUDSDK_CONFIG nor HOME is set)"

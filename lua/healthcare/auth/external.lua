@@ -35,6 +35,9 @@ M.EXECUTABLE_TIMEOUT_MS, M.EXECUTABLE_MIN_MS, M.EXECUTABLE_MAX_MS = 30000, 5000,
 M.MAX_SUBJECT_TOKEN = 1024 * 1024
 M.IMDSV2_TTL = 300
 M.WORKFORCE_AUDIENCE = "^//iam%.googleapis%.com/locations/[^/]+/workforcePools/"
+-- Headers of a url source whose values are no secret (see read_url_source).
+M.PLAIN_HEADERS = { accept = true, ["content-type"] = true, metadata = true, ["metadata-flavor"] = true,
+  ["user-agent"] = true }
 M.EXECUTABLE_TOKEN_TYPES = { ["urn:ietf:params:oauth:token-type:jwt"] = "id_token",
   ["urn:ietf:params:oauth:token-type:id_token"] = "id_token",
   ["urn:ietf:params:oauth:token-type:saml2"] = "saml_response" }
@@ -72,7 +75,7 @@ end
 -- err (kind "auth") naming what was asked.
 local function source_request(self, req, what)
   req.timeout = req.timeout or self.timeout
-  local secrets = self:secrets()
+  local secrets = creds().header_secrets(req.headers, self:secrets())
   local shown = util.redact_url(req.url, secrets)
   local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
   if proxy and not self.insecure and req.url:lower():match("^http://") then
@@ -89,7 +92,7 @@ local function source_request(self, req, what)
   end
   self:log(string.format("< HTTP %d", res.status))
   if res.status ~= 200 then
-    local body = util.redact(res.body or "", self:secrets()):sub(1, 200)
+    local body = util.redact(res.body or "", secrets):sub(1, 200)
     return fail(string.format("%s: cannot get %s: %s answered HTTP %d%s", self.label, what, shown, res.status,
       body ~= "" and (": " .. body) or ""), { http_status = res.status })
   end
@@ -114,17 +117,11 @@ local function from_format(self, text, where)
 end
 
 local function file_token(self)
-  local f, oerr = io.open(self.source_file, "rb")
-  if not f then
-    return fail(string.format("%s: cannot read the subject token file: %s", self.label,
-      tostring(oerr):gsub("^.-: ", "")), { path = self.source_file })
-  end
-  local text = f:read(M.MAX_SUBJECT_TOKEN + 1) or ""
-  f:close()
-  if #text > M.MAX_SUBJECT_TOKEN then
-    return fail(self.label .. ": the subject token file is larger than 1 MiB")
-  end
-  return from_format(self, text, "the subject token file '" .. self.source_file .. "'")
+  local where = "the subject token file '" .. self.source_file .. "'"
+  -- Another user's token would make this user act as that user's identity.
+  local text, err = creds().read_trusted(self.source_file, where, M.MAX_SUBJECT_TOKEN, self.label)
+  if not text then return nil, err end
+  return from_format(self, text, where)
 end
 
 local function url_token(self)
@@ -238,10 +235,11 @@ local function executable_token(self)
       .. " to '1') to run", { status = "EXECUTABLE_NOT_ALLOWED" })
   end
   if self.output_file then
-    local f = io.open(self.output_file, "rb")
-    if f then
-      local text = f:read(M.MAX_SUBJECT_TOKEN) or ""
-      f:close()
+    -- A planted answer would be used as this user's subject token: not another user's file.
+    local text, rerr = creds().read_trusted(self.output_file, "the executable's output_file '" .. self.output_file
+      .. "'", M.MAX_SUBJECT_TOKEN, self.label)
+    if not text and rerr.status == "UNSAFE_FILE" then return nil, rerr end
+    if text then
       local token = executable_answer(self, cjson.decode(text), "the output_file", true)
       -- An expired or unusable cached answer: run the executable again, as Google's libraries do.
       if type(token) == "string" then
@@ -283,6 +281,11 @@ local function imds_headers(self)
     headers = { "X-aws-ec2-metadata-token-ttl-seconds: " .. M.IMDSV2_TTL } }, "an IMDSv2 session token")
   if not token then return nil, err end
   hold(self, token)
+  -- It goes into a header: a CR, LF or NUL there would be refused by the transport (raised).
+  if token == "" or core.has_ctl(token) then
+    return fail(self.label .. ": the AWS metadata answered an IMDSv2 session token that is not one (empty or "
+      .. "with control characters)")
+  end
   return { "X-aws-ec2-metadata-token: " .. token }
 end
 
@@ -309,7 +312,10 @@ local function aws_keys(self, headers)
   local role, err = aws_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
   if not role then return nil, err end
   role = role:gsub("%s+$", "")
-  if role == "" or role:find("[/%s?#]") then return fail(self.label .. ": the AWS metadata named no usable role") end
+  -- The role goes into the next URL: a NUL (which %s misses) would be refused there (raised).
+  if role == "" or role:find("[/%s?#]") or core.has_ctl(role) then
+    return fail(self.label .. ": the AWS metadata named no usable role")
+  end
   local body
   body, err = aws_request(self, { method = "GET", url = self.aws.url:gsub("/$", "") .. "/" .. role,
     headers = headers }, "the AWS role's credentials")
@@ -361,11 +367,16 @@ M.aws_subject_token = aws_token
 
 -- ---- the STS exchange ---------------------------------------------------------------------
 
+-- The Basic client authentication of client_id and client_secret (RFC 6749 2.3.1: each
+-- form-encoded first), or nil. It is a secret of its own: an echo of it does not hold the
+-- client secret as text.
+local function basic_auth(client_id, client_secret)
+  if not (client_id and client_secret) then return nil end
+  return base64(core.escape(client_id) .. ":" .. core.escape(client_secret))
+end
+
 local function client_auth(self, headers)
-  if self.client_id and self.client_secret then
-    headers[#headers + 1] = "Authorization: Basic " .. base64(core.escape(self.client_id) .. ":"
-      .. core.escape(self.client_secret))
-  end
+  if self.basic_auth then headers[#headers + 1] = "Authorization: Basic " .. self.basic_auth end
   return headers
 end
 
@@ -443,6 +454,10 @@ local function read_url_source(self, cs, where)
       return fail(where .. ": credential_source.headers must map header names to strings without CR, LF or NUL")
     end
     self.source_headers[#self.source_headers + 1] = k .. ": " .. v
+    -- Which header carries a credential is the identity provider's choice (X-Vault-Token,
+    -- Authorization, a CI system's own): every value is a secret but those of the headers known
+    -- to carry none, which would otherwise garble messages (Accept: application/json).
+    if not M.PLAIN_HEADERS[k:lower()] then self.sent_secrets[#self.sent_secrets + 1] = v end
   end
   return read_format(self, cs, where)
 end
@@ -551,10 +566,12 @@ local function external_account(info, opts, where)
   local fields = { label = "external account " .. C.internal.shown(provider), audience = f.audience,
     subject_token_type = f.subject_token_type, token_uri = token_url, token_url_shown = util.redact_url(token_url),
     client_id = f.client_id, client_secret = f.client_secret, user_project = f.workforce_pool_user_project,
+    basic_auth = basic_auth(f.client_id, f.client_secret), sent_secrets = {},
     quota_project = qp, fetch = fetch_sts, scoped = true, held = {}, source = nil,
     impersonated_email = impersonation and require("healthcare.auth.impersonate").target_of(impersonation) }
   local rok, rerr = read_source(fields, info.credential_source, where)
   if not rok then return nil, rerr end
+  fields.sent_secrets[#fields.sent_secrets + 1] = fields.basic_auth
   fields.identity = table.concat({ "external_account", f.audience, token_url, f.subject_token_type,
     core.sha256_hex(cjson.encode(info.credential_source) or ""), f.client_id or "" }, "\n")
   -- Behind an impersonation the STS token is an intermediate: not cached on disk.
@@ -590,9 +607,11 @@ local function authorized_user(info, opts, where)
   if not ok then return nil, uerr end
   local qp, qerr = C.internal.quota_project(opts, info, where)
   if qp == false then return nil, qerr end
+  local basic = basic_auth(f.client_id, f.client_secret)
   return C.internal.new_credential("external_account_authorized_user", opts, {
     label = "workforce user of client " .. C.internal.shown(f.client_id), audience = f.audience,
     client_id = f.client_id, client_secret = f.client_secret, refresh_token = f.refresh_token,
+    basic_auth = basic, sent_secrets = { basic },
     token_uri = f.token_url, token_url_shown = util.redact_url(f.token_url), quota_project = qp, held = {},
     -- As authorized_user: the sign-in fixed the scopes.
     fetch = fetch_refresh, scoped = false,
