@@ -542,6 +542,10 @@ seed.method_options = {
 }
 
 local OPTIONS, OPTION_NAMES = {}, {}
+-- What to say of an option the other commands take and this form spells another way.
+local HINTS = {
+  ["--access-token"] = " (this form takes a token as -p access-token=<token>)",
+}
 for _, list in ipairs({ seed.global_options, seed.method_options }) do
   for _, o in ipairs(list) do
     for _, spelling in ipairs({ o.short or false, o.long or false }) do
@@ -621,8 +625,18 @@ local function tokenize(argv)
       end
       local o = OPTIONS[name]
       if not o or (value and not long and not o.arg) then
-        fail(format("unknown option '%s'%s; valid options: %s", t,
-          commands.suggestion(long and name or t, OPTION_NAMES), concat(OPTION_NAMES, ", ")))
+        -- The name alone: what follows '=' may be a token, and so may what follows a short
+        -- option's letter, unless it reads as a long option typed with one dash (`-scope`).
+        local shown = t:match("^[^=]*")
+        if not long and not shown:match("^%-[%l%-]+$") then shown = name end
+        fail(format("unknown option '%s'%s%s; valid options: %s", shown, commands.suggestion(shown, OPTION_NAMES),
+          HINTS[shown] or "", concat(OPTION_NAMES, ", ")))
+        -- The word after an unknown option may be its value (`--access-token ya29...`): never
+        -- taken for the command or the method, whose messages would quote it.
+        if not value and argv[i] and argv[i]:sub(1, 1) ~= "-" then
+          items[#items + 1] = { word = argv[i], after_unknown = true }
+          i = i + 1
+        end
       elseif o.arg then
         if not value then
           value = argv[i]
@@ -813,7 +827,10 @@ end
 local function positional_words(items)
   local words, has_r = {}, false
   for _, item in ipairs(items) do
-    if item.word and not (has_r and item.word:find("=", 1, true)) then
+    -- A word that may be an unknown option's value is no positional one (tokenize's error names
+    -- the option), unless it names the command or a method.
+    local maybe_value = item.after_unknown and item.word ~= seed.COMMAND and not seed.find_method(item.word)
+    if item.word and not maybe_value and not (has_r and item.word:find("=", 1, true)) then
       words[#words + 1] = item.word
     elseif item.opt and item.opt.key == "request" then
       has_r = true
@@ -984,7 +1001,8 @@ function seed.parse(argv)
   local words, cmd, rv, state, err = read_items(argv)
   if state.want_help then return help_command(words) end
   local method, merr = resolve(words)
-  if not method then return nil, merr end
+  -- No word at all: an unknown option may have taken it (as its value); it says more.
+  if not method then return nil, words[1] == nil and err or merr end
   if err then return nil, err end
   local ok, aerr = take_args(method, words, cmd)
   if not ok then return nil, aerr end
