@@ -295,3 +295,77 @@ describe("the Lua API", function()
     c:close()
   end)
 end)
+
+-- ---- a server that answers what it likes: the capture server ---------------------------------
+
+local cap_dir = H.tmpdir()
+local CAP_LOG, CAP_ANSWERS = cap_dir .. "/captured.jsonl", cap_dir .. "/answers.json"
+local CAP, stop_cap = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
+  .. " " .. H.q(CAP_LOG) .. " " .. H.q(CAP_ANSWERS), cap_dir)
+teardown(stop_cap)
+
+-- The next requests to the capture server get these answers ({ status, content_type, body }).
+local function answers(list) H.write_file(CAP_ANSWERS, cjson.encode(list)) end
+
+describe("a 2xx answer that is not text", function()
+  -- What the audit's server did: the Authorization header it got, echoed under a media type the
+  -- client keeps byte for byte (application/octet-stream).
+  local ECHO = "echo: Bearer " .. TOKEN
+  local DATASET = "projects/p/locations/l/datasets/d"
+  local log
+  before_each(function() log = {} end)
+  after_each(function() assert_clean(table.concat(log, "\n"), "the Lua API's output") end)
+  local function client()
+    return assert(healthcare.new { endpoint = CAP .. "/v1", access_token = TOKEN, retry = { max_attempts = 1 },
+      debug = function(line) log[#log + 1] = line end })
+  end
+  local function octets(body) return { status = 200, content_type = "application/octet-stream", body = body } end
+
+  it("quoted in client:call's error: the token redacted", function()
+    answers({ octets(ECHO) })
+    local c = client()
+    local res, err = c:call("projects.locations.datasets.get", { name = DATASET })
+    c:close()
+    assert.is_nil(res)
+    log[#log + 1] = err.message
+    assert.matches("the answer is not a JSON object %(application/octet%-stream%): echo: REDACTED$", err.message)
+  end)
+
+  it("read as JSON by client:call and client:pages: the token redacted in the answer", function()
+    answers({ octets(cjson.encode({ name = ECHO })), octets(cjson.encode({ datasets = { { name = ECHO } } })),
+      octets(ECHO) })
+    local c = client()
+    local doc = assert(c:call("projects.locations.datasets.get", { name = DATASET }))
+    assert.equal("echo: REDACTED", doc.name)
+    local pages = c:pages("projects.locations.datasets.list", { parent = "projects/p/locations/l" })
+    local items = assert(pages:all())
+    assert.equal("echo: REDACTED", items[1].name)
+    local _, err = c:pages("projects.locations.datasets.list", { parent = "projects/p/locations/l" }):all()
+    c:close()
+    log[#log + 1] = H.json.encode(doc) .. H.json.encode(items) .. tostring(err)
+    assert.truthy(tostring(err):find("echo: REDACTED", 1, true), tostring(err))
+  end)
+
+  it("quoted in a search's error, and an operation name of a delete: the token redacted", function()
+    answers({ octets(ECHO), octets(cjson.encode({ name = ECHO })) })
+    local c = client()
+    local ds = assert(c:dicom_store(DATASET .. "/dicomStores/s"))
+    local _, err = assert(ds:search_studies({})):all()
+    log[#log + 1] = tostring(err)
+    assert.truthy(tostring(err):find("not a DICOM JSON list: echo: REDACTED", 1, true), tostring(err))
+    local res
+    res, err = ds:delete_study("1.2.3", { retry = { max_attempts = 1 } })
+    c:close()
+    assert.is_nil(res)
+    log[#log + 1] = tostring(err)
+    assert.truthy(tostring(err):find("'echo: REDACTED'", 1, true), tostring(err))
+  end)
+
+  it("quoted by the seed form's error, with --debug: the token redacted", function()
+    answers({ octets(ECHO) })
+    local _, se, code = run({ "projects", "locations-datasets-get", DATASET, "--endpoint", CAP .. "/v1",
+      "-p", "access-token=" .. TOKEN, "--debug" })
+    assert.equal(1, code, se)
+    assert.truthy(se:find("echo: Bearer REDACTED", 1, true), se)
+  end)
+end)
