@@ -73,7 +73,10 @@ for line in sa.pem:gmatch("[^\n]+") do
   end
 end
 
-local SECRETS = { TOKEN, API_KEY, BAD_TOKEN, BAD_KEY, au.client_secret, au.refresh_token }
+-- A password in a URL (http://user:password@host/...), which is refused, never echoed.
+local PASSWORD = "url-password-" .. core.random_hex(8)
+
+local SECRETS = { TOKEN, API_KEY, BAD_TOKEN, BAD_KEY, au.client_secret, au.refresh_token, PASSWORD }
 
 -- Fails when text holds a secret; `where` names the text. issued_ok: the token cache.
 local function assert_clean(text, where, issued_ok)
@@ -367,5 +370,58 @@ describe("a 2xx answer that is not text", function()
       "-p", "access-token=" .. TOKEN, "--debug" })
     assert.equal(1, code, se)
     assert.truthy(se:find("echo: Bearer REDACTED", 1, true), se)
+  end)
+end)
+
+describe("a user:password in a URL", function()
+  -- How many requests the capture server (also the proxy below) has seen.
+  local function captured() return select(2, (H.file_bytes(CAP_LOG) or ""):gsub("\n", "")) end
+  local function url(path) return "http://admin:" .. PASSWORD .. "@" .. CAP:gsub("^http://", "") .. path end
+  local log
+  before_each(function() log = {} end)
+  after_each(function() assert_clean(table.concat(log, "\n"), "the Lua API's output") end)
+  local function sink(line) log[#log + 1] = line end
+
+  it("is refused as a base URL, an endpoint and a request's url, naming neither password nor user", function()
+    local before = captured()
+    local ds, err = healthcare.dicomweb(url("/dicom-web"), { debug = sink })
+    assert.is_nil(ds)
+    log[#log + 1] = tostring(err)
+    assert.equal("usage", err.kind)
+    assert.matches("^DICOMweb base URL must not hold a user name or password", err.message)
+    assert.is_nil(err.message:find("admin", 1, true))
+    local c
+    c, err = healthcare.new { endpoint = url("/v1"), access_token = TOKEN, debug = sink }
+    assert.is_nil(c)
+    log[#log + 1] = tostring(err)
+    assert.matches("^endpoint must not hold a user name or password", err.message)
+    c = assert(healthcare.new { endpoint = CAP .. "/v1", credentials = false, debug = sink })
+    local res
+    res, err = c:send { url = url("/dicom-web/studies") }
+    c:close()
+    assert.is_nil(res)
+    log[#log + 1] = tostring(err)
+    assert.equal("usage", err.kind)
+    assert.equal(before, captured(), "a request reached the server")
+  end)
+
+  it("is refused by the command, through a plain-http proxy too: nothing sent, exit 2", function()
+    local before = captured()
+    for _, args in ipairs({
+      { "search", url("/dicom-web"), "--debug", "--retry-max-attempts", "1" },
+      { "search", "http://pacs.example.org/dicom-web", "--endpoint", url("/v1"), "--debug" },
+      { "projects", "locations-datasets-get", "projects/p/locations/l/datasets/d", "--endpoint", url("/v1"), "--debug" },
+    }) do
+      for _, env in ipairs({ {}, { http_proxy = CAP } }) do
+        local _, se, code = run(args, env)
+        assert.equal(2, code, se)
+        assert.truthy(se:find("must not hold a user name or password", 1, true), se)
+        assert.is_nil(se:find("admin:", 1, true), se)
+      end
+    end
+    local _, se, code = run({ "search", "http://admin:" .. PASSWORD .. "@pacs.example.org/dicom-web" },
+      { http_proxy = CAP })
+    assert.equal(2, code, se)
+    assert.equal(before, captured(), "a request reached the server or the proxy")
   end)
 end)
