@@ -323,6 +323,7 @@ describe("a 2xx answer that is not text", function()
       debug = function(line) log[#log + 1] = line end })
   end
   local function octets(body) return { status = 200, content_type = "application/octet-stream", body = body } end
+  local function body_of(f) return { content_type = "application/dicom", data = { file = f.path } } end
 
   it("quoted in client:call's error: the token redacted", function()
     answers({ octets(ECHO) })
@@ -362,6 +363,21 @@ describe("a 2xx answer that is not text", function()
     assert.is_nil(res)
     log[#log + 1] = tostring(err)
     assert.truthy(tostring(err):find("'echo: REDACTED'", 1, true), tostring(err))
+  end)
+
+  it("quoted as a STOW-RS answer's error, of store_instances and of store: the token redacted", function()
+    answers({ octets(ECHO), octets(ECHO) })
+    local c = client()
+    local parent = DATASET .. "/dicomStores/s"
+    local res, err = c:store_instances(parent, "studies", body_of(new_file()))
+    assert.is_nil(res)
+    log[#log + 1] = tostring(err)
+    assert.truthy(tostring(err):find("StoreInstances: HTTP 200 HTTP_200: echo: REDACTED", 1, true), tostring(err))
+    local report = assert(c:dicom_store(parent)):store({ new_file().path }, { retry = { max_attempts = 1 } })
+    c:close()
+    log[#log + 1] = H.json.encode(report)
+    assert.equal(1, #report.failed)
+    assert.truthy(report.failed[1].reason:find("echo: REDACTED", 1, true), report.failed[1].reason)
   end)
 
   it("quoted by the seed form's error, with --debug: the token redacted", function()
