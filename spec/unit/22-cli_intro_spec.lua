@@ -125,6 +125,12 @@ describe("a mistyped command or option", function()
   -- the messages name the option, never quote its value as an option, a command or a method.
   local TOKEN = "ya29.not-a-real-token-" .. core.random_hex(8)
   local GET = { "locations-datasets-get", "projects/p/locations/l/datasets/d" }
+  -- argv as a test's name, the token shown as <token>.
+  local function named(argv)
+    local out = {}
+    for i, a in ipairs(argv) do out[i] = a == TOKEN and "<token>" or (a:gsub("=ya29%..*", "=<token>")) end
+    return table.concat(out, " ")
+  end
   for _, argv in ipairs({
     { "--access-token=" .. TOKEN, "projects", GET[1], GET[2] },
     { "--access-token", TOKEN, "projects", GET[1], GET[2] },
@@ -132,13 +138,27 @@ describe("a mistyped command or option", function()
     { "projects", GET[1], GET[2], "--access-token", TOKEN },
     { "projects", GET[1], "--access-token=" .. TOKEN, GET[2] },
   }) do
-    it("the seed form's unknown option names it without its value: " .. table.concat(argv, " "):sub(1, 60), function()
+    it("the seed form's unknown option names it without its value: " .. named(argv), function()
       local out, err, code = hc(argv)
       assert.equal(2, code)
       assert.equal("", out)
       assert.is_nil(err:find(TOKEN, 1, true), err)
       assert.matches("^healthcare: unknown option '%-%-access%-token' %(this form takes a token as "
         .. "%-p access%-token=<token>%); valid options: ", err)
+    end)
+  end
+
+  for _, argv in ipairs({
+    { "-p", "access-token", TOKEN, "projects", GET[1], GET[2] },
+    { "projects", "-p", "access-token", TOKEN, GET[1], GET[2] },
+    { "projects", GET[1], GET[2], "-p", TOKEN },
+  }) do
+    it("a -p without '=' is refused without quoting the word that may be its value: " .. named(argv), function()
+      local out, err, code = hc(argv)
+      assert.equal(2, code)
+      assert.equal("", out)
+      assert.is_nil(err:find(TOKEN, 1, true), err)
+      assert.matches("^healthcare: %-p needs <key>=<value>, got ", err)
     end)
   end
 

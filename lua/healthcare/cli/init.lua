@@ -75,9 +75,9 @@ local function version()
 end
 
 -- The first word of args that is not an option of the seed form nor its value (its options may
--- stand before `projects`), or nil. The word after an unknown option may be that option's value
--- (`--access-token ya29...`, a friendly command's option put first): it counts only when it
--- names a command, and is never quoted as an unknown one.
+-- stand before `projects`), or nil. The word after an unknown option, or after a -p value without
+-- '=', may be a value (`--access-token ya29...`, `-p access-token ya29...`): it counts only when
+-- it names a command, and is never quoted as an unknown one.
 local function first_word(args)
   local takes_value, known = {}, {}
   for _, list in ipairs({ seed.global_options, seed.method_options }) do
@@ -97,9 +97,11 @@ local function first_word(args)
     local a = args[i]
     if a == "--" then return args[i + 1] end
     if a == "-" or a:sub(1, 1) ~= "-" then return a end
-    local nxt = args[i + 1]
-    local maybe_value = nxt and nxt:sub(1, 1) ~= "-" and not is_command[nxt]
-    if takes_value[a] or not known[a] and not a:find("=", 1, true) and maybe_value then
+    local function maybe_value(w) return w ~= nil and w:sub(1, 1) ~= "-" and not is_command[w] end
+    if takes_value[a] then
+      local bare_p = a == "-p" and args[i + 1] and not args[i + 1]:find("=", 1, true)
+      i = i + ((bare_p and maybe_value(args[i + 2])) and 3 or 2)
+    elseif not known[a] and not a:find("=", 1, true) and maybe_value(args[i + 1]) then
       i = i + 2
     else
       i = i + 1
