@@ -135,8 +135,9 @@ end
 function M.userinfo_refusal(url, what)
   if not M.has_userinfo(url) then return nil end
   return string.format("%s must not hold a user name or password (user:password@ before the host), got "
-    .. "'%s': give credentials with the client's options instead (access_token, credentials; the "
-    .. "command's --access-token, --credentials)", what, M.redact_url(url))
+    .. "'%s': give credentials with the client's options instead (access_token, credentials; on the "
+    .. "command line --access-token or --credentials, -p access-token=... in the projects form)", what,
+    M.redact_url(url))
 end
 
 --- The `debug` option made callable: true writes lines to stderr (made printable: they hold
