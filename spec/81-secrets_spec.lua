@@ -73,7 +73,10 @@ for line in sa.pem:gmatch("[^\n]+") do
   end
 end
 
-local SECRETS = { TOKEN, API_KEY, BAD_TOKEN, BAD_KEY, au.client_secret, au.refresh_token }
+-- A password in a URL (http://user:password@host/...), which is refused, never echoed.
+local PASSWORD = "url-password-" .. core.random_hex(8)
+
+local SECRETS = { TOKEN, API_KEY, BAD_TOKEN, BAD_KEY, au.client_secret, au.refresh_token, PASSWORD }
 
 -- Fails when text holds a secret; `where` names the text. issued_ok: the token cache.
 local function assert_clean(text, where, issued_ok)
@@ -293,5 +296,148 @@ describe("the Lua API", function()
     local c = assert(healthcare.new { endpoint = em.endpoint, debug = sink, credentials = cjson.decode(H.file_bytes(sa.file)) })
     seen(c:store_instances(E.store, "studies", body()))
     c:close()
+  end)
+end)
+
+-- ---- a server that answers what it likes: the capture server ---------------------------------
+
+local cap_dir = H.tmpdir()
+local CAP_LOG, CAP_ANSWERS = cap_dir .. "/captured.jsonl", cap_dir .. "/answers.json"
+local CAP, stop_cap = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
+  .. " " .. H.q(CAP_LOG) .. " " .. H.q(CAP_ANSWERS), cap_dir)
+teardown(stop_cap)
+
+-- The next requests to the capture server get these answers ({ status, content_type, body }).
+local function answers(list) H.write_file(CAP_ANSWERS, cjson.encode(list)) end
+
+describe("a 2xx answer that is not text", function()
+  -- What the audit's server did: the Authorization header it got, echoed under a media type the
+  -- client keeps byte for byte (application/octet-stream).
+  local ECHO = "echo: Bearer " .. TOKEN
+  local DATASET = "projects/p/locations/l/datasets/d"
+  local log
+  before_each(function() log = {} end)
+  after_each(function() assert_clean(table.concat(log, "\n"), "the Lua API's output") end)
+  local function client()
+    return assert(healthcare.new { endpoint = CAP .. "/v1", access_token = TOKEN, retry = { max_attempts = 1 },
+      debug = function(line) log[#log + 1] = line end })
+  end
+  local function octets(body) return { status = 200, content_type = "application/octet-stream", body = body } end
+  local function body_of(f) return { content_type = "application/dicom", data = { file = f.path } } end
+
+  it("quoted in client:call's error: the token redacted", function()
+    answers({ octets(ECHO) })
+    local c = client()
+    local res, err = c:call("projects.locations.datasets.get", { name = DATASET })
+    c:close()
+    assert.is_nil(res)
+    log[#log + 1] = err.message
+    assert.matches("the answer is not a JSON object %(application/octet%-stream%): echo: REDACTED$", err.message)
+  end)
+
+  it("read as JSON by client:call and client:pages: the token redacted in the answer", function()
+    answers({ octets(cjson.encode({ name = ECHO })), octets(cjson.encode({ datasets = { { name = ECHO } } })),
+      octets(ECHO) })
+    local c = client()
+    local doc = assert(c:call("projects.locations.datasets.get", { name = DATASET }))
+    assert.equal("echo: REDACTED", doc.name)
+    local pages = c:pages("projects.locations.datasets.list", { parent = "projects/p/locations/l" })
+    local items = assert(pages:all())
+    assert.equal("echo: REDACTED", items[1].name)
+    local _, err = c:pages("projects.locations.datasets.list", { parent = "projects/p/locations/l" }):all()
+    c:close()
+    log[#log + 1] = H.json.encode(doc) .. H.json.encode(items) .. tostring(err)
+    assert.truthy(tostring(err):find("echo: REDACTED", 1, true), tostring(err))
+  end)
+
+  it("quoted in a search's error, and an operation name of a delete: the token redacted", function()
+    answers({ octets(ECHO), octets(cjson.encode({ name = ECHO })) })
+    local c = client()
+    local ds = assert(c:dicom_store(DATASET .. "/dicomStores/s"))
+    local _, err = assert(ds:search_studies({})):all()
+    log[#log + 1] = tostring(err)
+    assert.truthy(tostring(err):find("not a DICOM JSON list: echo: REDACTED", 1, true), tostring(err))
+    local res
+    res, err = ds:delete_study("1.2.3", { retry = { max_attempts = 1 } })
+    c:close()
+    assert.is_nil(res)
+    log[#log + 1] = tostring(err)
+    assert.truthy(tostring(err):find("'echo: REDACTED'", 1, true), tostring(err))
+  end)
+
+  it("quoted as a STOW-RS answer's error, of store_instances and of store: the token redacted", function()
+    answers({ octets(ECHO), octets(ECHO) })
+    local c = client()
+    local parent = DATASET .. "/dicomStores/s"
+    local res, err = c:store_instances(parent, "studies", body_of(new_file()))
+    assert.is_nil(res)
+    log[#log + 1] = tostring(err)
+    assert.truthy(tostring(err):find("StoreInstances: HTTP 200 HTTP_200: echo: REDACTED", 1, true), tostring(err))
+    local report = assert(c:dicom_store(parent)):store({ new_file().path }, { retry = { max_attempts = 1 } })
+    c:close()
+    log[#log + 1] = H.json.encode(report)
+    assert.equal(1, #report.failed)
+    assert.truthy(report.failed[1].reason:find("echo: REDACTED", 1, true), report.failed[1].reason)
+  end)
+
+  it("quoted by the seed form's error, with --debug: the token redacted", function()
+    answers({ octets(ECHO) })
+    local _, se, code = run({ "projects", "locations-datasets-get", DATASET, "--endpoint", CAP .. "/v1",
+      "-p", "access-token=" .. TOKEN, "--debug" })
+    assert.equal(1, code, se)
+    assert.truthy(se:find("echo: Bearer REDACTED", 1, true), se)
+  end)
+end)
+
+describe("a user:password in a URL", function()
+  -- How many requests the capture server (also the proxy below) has seen.
+  local function captured() return select(2, (H.file_bytes(CAP_LOG) or ""):gsub("\n", "")) end
+  local function url(path) return "http://admin:" .. PASSWORD .. "@" .. CAP:gsub("^http://", "") .. path end
+  local log
+  before_each(function() log = {} end)
+  after_each(function() assert_clean(table.concat(log, "\n"), "the Lua API's output") end)
+  local function sink(line) log[#log + 1] = line end
+
+  it("is refused as a base URL, an endpoint and a request's url, naming neither password nor user", function()
+    local before = captured()
+    local ds, err = healthcare.dicomweb(url("/dicom-web"), { debug = sink })
+    assert.is_nil(ds)
+    log[#log + 1] = tostring(err)
+    assert.equal("usage", err.kind)
+    assert.matches("^DICOMweb base URL must not hold a user name or password", err.message)
+    assert.is_nil(err.message:find("admin", 1, true))
+    local c
+    c, err = healthcare.new { endpoint = url("/v1"), access_token = TOKEN, debug = sink }
+    assert.is_nil(c)
+    log[#log + 1] = tostring(err)
+    assert.matches("^endpoint must not hold a user name or password", err.message)
+    c = assert(healthcare.new { endpoint = CAP .. "/v1", credentials = false, debug = sink })
+    local res
+    res, err = c:send { url = url("/dicom-web/studies") }
+    c:close()
+    assert.is_nil(res)
+    log[#log + 1] = tostring(err)
+    assert.equal("usage", err.kind)
+    assert.equal(before, captured(), "a request reached the server")
+  end)
+
+  it("is refused by the command, through a plain-http proxy too: nothing sent, exit 2", function()
+    local before = captured()
+    for _, args in ipairs({
+      { "search", url("/dicom-web"), "--debug", "--retry-max-attempts", "1" },
+      { "search", "http://pacs.example.org/dicom-web", "--endpoint", url("/v1"), "--debug" },
+      { "projects", "locations-datasets-get", "projects/p/locations/l/datasets/d", "--endpoint", url("/v1"), "--debug" },
+    }) do
+      for _, env in ipairs({ {}, { http_proxy = CAP } }) do
+        local _, se, code = run(args, env)
+        assert.equal(2, code, se)
+        assert.truthy(se:find("must not hold a user name or password", 1, true), se)
+        assert.is_nil(se:find("admin:", 1, true), se)
+      end
+    end
+    local _, se, code = run({ "search", "http://admin:" .. PASSWORD .. "@pacs.example.org/dicom-web" },
+      { http_proxy = CAP })
+    assert.equal(2, code, se)
+    assert.equal(before, captured(), "a request reached the server or the proxy")
   end)
 end)

@@ -158,9 +158,11 @@ function M.create(opts, fname, level)
   local std, perr = params.query(opts.params)
   if not std then return nil, perr end
   local endpoint = opts.endpoint or os.getenv("HEALTHCARE_ENDPOINT") or M.DEFAULT_ENDPOINT
+  local refused = util.userinfo_refusal(endpoint, "endpoint")
+  if refused then return nil, errors.new("usage", refused) end
   if not util.is_base_url(endpoint) then
     return nil, errors.new("usage", "endpoint must be an http(s) URL without spaces, control characters, "
-      .. "non-ASCII, '?' or '#', got '" .. endpoint .. "'")
+      .. "non-ASCII, '?' or '#', got '" .. util.redact_url(endpoint) .. "'")
   end
   -- Inside OpenResty the requests go over nginx's cosockets (README "OpenResty"), never libcurl.
   local ngx_transport, terr = require("healthcare.ngx.transport").wanted(opts.transport)
@@ -425,6 +427,8 @@ end
 -- parameters and the query string; logged. Returns it, or nil, err.
 local function build(self, request)
   local req = request.request
+  local refused = util.userinfo_refusal(req.url, "a request's url")
+  if refused then return nil, errors.new("usage", refused) end
   local query = {}
   for k, v in pairs(self.params) do query[k] = v end
   for k, v in pairs(req.query or {}) do query[k] = v end

@@ -82,8 +82,10 @@ function M.retry_after(headers)
 end
 
 --- Turns an HTTP response that is not a DICOM answer into an error: Google's JSON envelope
---- {"error":{"code","message","status","details"}}, an OAuth error, or plain text.
-function M.from_response(res, what)
+--- {"error":{"code","message","status","details"}}, an OAuth error, or plain text. `client`
+--- (optional): its secrets are taken out of the text quoted, for a 2xx answer, whose body the
+--- client leaves as it came unless its media type says text.
+function M.from_response(res, what, client)
   local status = res.status
   local ctype = (res.headers and res.headers["content-type"] or ""):lower()
   local err = {
@@ -128,6 +130,7 @@ function M.from_response(res, what)
     local text = (res.body or ""):gsub("%s+", " "):sub(1, 200)
     message = text ~= "" and text or "no details in the response"
   end
+  if client then message = client:redact(message) end
   -- Google answers a bad API key with 400 INVALID_ARGUMENT: a credential problem all the same.
   local kind = M.CREDENTIAL_REASONS[err.reason] and "auth" or "http"
   return M.new(kind, string.format("%s: HTTP %d %s: %s", what or "request", status, err.status, message), err)

@@ -25,9 +25,11 @@ M.new = client.new
 local function open_dicomweb(base_url, opts, fname, level)
   local o = {}
   for k, v in pairs(util.check_options(opts, client.OPTIONS, fname, level + 1)) do o[k] = v end
+  local refused = util.userinfo_refusal(base_url, "DICOMweb base URL")
+  if refused then return nil, errors.new("usage", refused) end
   if not util.is_base_url(base_url) then
     return nil, errors.new("usage", "DICOMweb base URL must be an http(s) URL without "
-      .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. base_url .. "'")
+      .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. util.redact_url(base_url) .. "'")
   end
   -- No Google discovery for a plain DICOMweb server unless credentials are asked for.
   if o.credentials == nil and o.access_token == nil and o.api_key == nil then

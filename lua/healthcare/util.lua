@@ -123,6 +123,23 @@ function M.is_base_url(s)
   return type(s) == "string" and s:match("^https?://[^/?#]+") ~= nil and not s:find("[%s%c?#\128-\255]")
 end
 
+--- Whether url carries a user name or password before its host (scheme://user:password@host).
+function M.has_userinfo(url)
+  local authority = type(url) == "string" and url:match("^%a[%w+.-]*://([^/?#]*)")
+  return authority ~= nil and authority:find("@", 1, true) ~= nil
+end
+
+--- The message refusing a URL given as `what` (an endpoint, a base URL, a request's url) that
+--- carries user:password@, or nil. libcurl would send them as Basic authentication, past the
+--- proxy policy and into every message that names the URL: refused, and never echoed.
+function M.userinfo_refusal(url, what)
+  if not M.has_userinfo(url) then return nil end
+  return string.format("%s must not hold a user name or password (user:password@ before the host), got "
+    .. "'%s': give credentials with the client's options instead (access_token, credentials; on the "
+    .. "command line --access-token or --credentials, -p access-token=... in the projects form)", what,
+    M.redact_url(url))
+end
+
 --- The `debug` option made callable: true writes lines to stderr (made printable: they hold
 --- server text), a function gets them as they are (secrets redacted), else nil.
 function M.debug_sink(d)
@@ -263,7 +280,9 @@ end
 --- The URL with the values of secret query parameters replaced by "REDACTED", and any of the
 --- secrets (a list, optional) wherever else they appear (see M.redact).
 -- Values in our URLs are percent-encoded, so a raw ":" or space ends one (as in error messages).
+-- A user:password@ before a host goes whole (the last "@" of the authority ends it).
 function M.redact_url(url, secrets)
+  url = url:gsub("(%a[%w+.-]*://)[^/?#%s]*@", "%1REDACTED@")
   url = url:gsub("([?&])([^=&#%s?]+)=([^&#%s:]*)", function(sep, k, v)
     if SECRET_PARAMS[k] then v = "REDACTED" end
     return sep .. k .. "=" .. v

@@ -135,6 +135,13 @@ describe("util.redact_url", function()
     { "https://h/x?monkey=1&keys=2", "https://h/x?monkey=1&keys=2" },
     { "https://h/x?key=", "https://h/x?key=REDACTED" },
     { "https://h/path/key=notaquery", "https://h/path/key=notaquery" },
+    -- a user:password@ before the host, whole, in a URL or in a message naming one
+    { "http://admin:S3cret@127.0.0.1:9/dicom-web", "http://REDACTED@127.0.0.1:9/dicom-web" },
+    { "GET http://u:p@ss:w@h/x?key=k: Failed to connect", "GET http://REDACTED@h/x?key=REDACTED: Failed to connect" },
+    { "https://token-only@h", "https://REDACTED@h" },
+    { "https://h/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken",
+      "https://h/v1/projects/-/serviceAccounts/sa@p.iam.gserviceaccount.com:generateAccessToken" },
+    { "https://h/x?user=a@b", "https://h/x?user=a@b" },
   }
   for _, c in ipairs(cases) do
     it("redacts " .. c[1], function() assert.equal(c[2], util.redact_url(c[1])) end)
@@ -143,6 +150,27 @@ describe("util.redact_url", function()
   it("redacts the secrets it is given wherever they stand", function()
     assert.equal("https://h/REDACTED/x?q=REDACTED",
       util.redact_url("https://h/secret-token-1/x?q=secret-token-1", { "secret-token-1" }))
+  end)
+end)
+
+describe("util.has_userinfo and util.userinfo_refusal", function()
+  for _, c in ipairs({
+    { "http://admin:S3cret@h/dicom-web", true }, { "https://user@h:8042/", true }, { "http://:@h", true },
+    { "http://h/dicom-web", false }, { "https://h/a@b", false }, { "http://h?x=@", false }, { "h@x", false },
+  }) do
+    it((c[2] and "finds one in " or "finds none in ") .. c[1], function()
+      assert.equal(c[2], util.has_userinfo(c[1]))
+      assert.equal(c[2], util.userinfo_refusal(c[1], "endpoint") ~= nil)
+    end)
+  end
+
+  it("names what was refused and how to give credentials, never the password", function()
+    local m = util.userinfo_refusal("http://admin:S3cretPassw0rd@h/v1", "endpoint")
+    assert.is_nil(m:find("S3cret", 1, true), m)
+    assert.is_nil(m:find("admin", 1, true), m)
+    assert.matches("^endpoint must not hold a user name or password", m)
+    assert.truthy(m:find("'http://REDACTED@h/v1'", 1, true), m)
+    assert.truthy(m:find("access_token", 1, true), m)
   end)
 end)
 

@@ -121,6 +121,70 @@ describe("a mistyped command or option", function()
     assert.matches("^healthcare: unknown option '%-%-endpont' %(did you mean '%-%-endpoint'%?%); valid options: ", err)
   end)
 
+  -- An option the seed form does not know may carry a token, after '=' or as the next word:
+  -- the messages name the option, never quote its value as an option, a command or a method.
+  local TOKEN = "ya29.not-a-real-token-" .. core.random_hex(8)
+  local GET = { "locations-datasets-get", "projects/p/locations/l/datasets/d" }
+  -- argv as a test's name, the token shown as <token>.
+  local function named(argv)
+    local out = {}
+    for i, a in ipairs(argv) do out[i] = a == TOKEN and "<token>" or (a:gsub("=ya29%..*", "=<token>")) end
+    return table.concat(out, " ")
+  end
+  for _, argv in ipairs({
+    { "--access-token=" .. TOKEN, "projects", GET[1], GET[2] },
+    { "--access-token", TOKEN, "projects", GET[1], GET[2] },
+    { "projects", "--access-token", TOKEN, GET[1], GET[2] },
+    { "projects", GET[1], GET[2], "--access-token", TOKEN },
+    { "projects", GET[1], "--access-token=" .. TOKEN, GET[2] },
+  }) do
+    it("the seed form's unknown option names it without its value: " .. named(argv), function()
+      local out, err, code = hc(argv)
+      assert.equal(2, code)
+      assert.equal("", out)
+      assert.is_nil(err:find(TOKEN, 1, true), err)
+      assert.matches("^healthcare: unknown option '%-%-access%-token' %(this form takes a token as "
+        .. "%-p access%-token=<token>%); valid options: ", err)
+    end)
+  end
+
+  for _, argv in ipairs({
+    { "-p", "access-token", TOKEN, "projects", GET[1], GET[2] },
+    { "projects", "-p", "access-token", TOKEN, GET[1], GET[2] },
+    { "projects", GET[1], GET[2], "-p", TOKEN },
+  }) do
+    it("a -p without '=' is refused without quoting the word that may be its value: " .. named(argv), function()
+      local out, err, code = hc(argv)
+      assert.equal(2, code)
+      assert.equal("", out)
+      assert.is_nil(err:find(TOKEN, 1, true), err)
+      assert.matches("^healthcare: %-p needs <key>=<value>, got ", err)
+    end)
+  end
+
+  it("a short unknown option is named by its letter, not its attached value", function()
+    local _, err, code = hc { "-X" .. TOKEN, "projects", GET[1], GET[2] }
+    assert.equal(2, code)
+    assert.is_nil(err:find(TOKEN, 1, true), err)
+    assert.matches("^healthcare: unknown option '%-X'; valid options: ", err)
+  end)
+
+  it("--help still works after an unknown option and the word after it", function()
+    local out, err, code = hc { "--access-token", TOKEN, "projects", GET[1], "--help" }
+    assert.equal(0, code, err)
+    assert.matches("^healthcare projects locations%-datasets%-get\n", out)
+    assert.is_nil((out .. err):find(TOKEN, 1, true))
+  end)
+
+  it("a word after an unknown option is not taken for a mistyped command", function()
+    local _, err, code = hc { "--bogus", "serach" }
+    assert.equal(2, code)
+    assert.matches("^healthcare: unknown option '%-%-bogus'; valid options: ", err)
+    _, err, code = hc { "--json", "search", "x" }
+    assert.equal(2, code)
+    assert.matches("^healthcare: the options of search go after it", err)
+  end)
+
   for _, c in ipairs({ { "-x", {} }, { "stor", { "store" } }, { "sotre", { "store" } },
     { "deletee", { "delete" } }, { "s", {} }, { "retrieve", { "retrieve" } } }) do
     it("commands.suggestion(" .. c[1] .. ") names " .. (#c[2] > 0 and c[2][1] or "nothing"), function()

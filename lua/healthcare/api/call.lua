@@ -105,7 +105,7 @@ function M.call(client, method, params, body, opts)
   if not res then return nil, err end
   if res.status < 200 or res.status > 299 then return nil, errors.from_response(res, m.id) end
   local answer
-  answer, err = send.answer(m, res, opts.to)
+  answer, err = send.answer(m, res, opts.to, client)
   if not answer then return nil, err end
   if not opts.wait then return answer, res end
   -- The name to poll comes from the server: one that is not an operation's is its fault (kind

@@ -103,7 +103,7 @@ local function poll(client, req, name, opts, policy, deadline, what)
     return nil, err
   end
   local op
-  op, err = send.json_object(res, doing)
+  op, err = send.json_object(res, doing, client)
   if not op then
     err.operation = name
     return nil, err

@@ -120,7 +120,7 @@ local function fetch(self, token)
   end
   if res.status < 200 or res.status > 299 then return nil, errors.from_response(res, self.method) end
   local doc
-  doc, err = send.json_object(res, self.method)
+  doc, err = send.json_object(res, self.method, self.client)
   if not doc then return nil, err end
   local items, nxt = doc[self.field], doc.nextPageToken
   if items == nil then items = {} end -- Google leaves an empty list out ({})

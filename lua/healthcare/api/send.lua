@@ -144,9 +144,11 @@ local function media_type(headers)
 end
 
 --- An answer that must be a JSON object (the method's response schema), decoded; {} for an
---- empty body. Or nil, err.
-function M.json_object(res, what)
-  local body = res.body or ""
+--- empty body. Or nil, err. The client's secrets are taken out of the body first.
+function M.json_object(res, what, client)
+  -- Read as text whatever its media type says: the client leaves a 2xx body it does not take
+  -- for text as it came, and an echo of the token must not reach the error or the answer.
+  local body = client:redact(res.body or "")
   if body:match("^%s*$") then return {} end
   local doc = cjson.decode(body)
   if type(doc) ~= "table" then
@@ -160,7 +162,7 @@ end
 --- The answer of a successful call of method m: the file it went to ({ content_type, file,
 --- bytes }), an HttpBody ({ content_type, data, json = decoded when the media type says JSON
 --- and it decodes }), or the decoded JSON object. Or nil, err.
-function M.answer(m, res, to)
+function M.answer(m, res, to, client)
   local ct = media_type(res.headers)
   if to then
     return { content_type = ct, file = res.file or to, bytes = res.bytes or 0 }
@@ -173,7 +175,7 @@ function M.answer(m, res, to)
     end
     return out
   end
-  return M.json_object(res, m.id)
+  return M.json_object(res, m.id, client)
 end
 
 return M

@@ -75,19 +75,38 @@ local function version()
   return M.EXIT_OK
 end
 
--- The first word of args that is not a global option of the seed form nor its value (global
--- options may stand before `projects`), or nil.
+-- The first word of args that is not an option of the seed form nor its value (its options may
+-- stand before `projects`), or nil. The word after an unknown option, or after a -p value without
+-- '=', may be a value (`--access-token ya29...`, `-p access-token ya29...`): it counts only when
+-- it names a command, and is never quoted as an unknown one.
 local function first_word(args)
-  local takes_value = {}
-  for _, o in ipairs(seed().global_options) do
-    if o.arg then takes_value[o.long] = true end
+  local takes_value, known = {}, {}
+  for _, list in ipairs({ seed().global_options, seed().method_options }) do
+    for _, o in ipairs(list) do
+      for _, spelling in ipairs({ o.long or false, o.short or false }) do
+        if spelling then
+          known[spelling] = true
+          takes_value[spelling] = o.arg ~= nil
+        end
+      end
+    end
   end
+  local is_command = {}
+  for _, name in ipairs(commands.names()) do is_command[name] = true end
   local i = 1
   while args[i] do
     local a = args[i]
     if a == "--" then return args[i + 1] end
     if a == "-" or a:sub(1, 1) ~= "-" then return a end
-    i = i + (takes_value[a] and 2 or 1)
+    local function maybe_value(w) return w ~= nil and w:sub(1, 1) ~= "-" and not is_command[w] end
+    if takes_value[a] then
+      local bare_p = a == "-p" and args[i + 1] and not args[i + 1]:find("=", 1, true)
+      i = i + ((bare_p and maybe_value(args[i + 2])) and 3 or 2)
+    elseif not known[a] and not a:find("=", 1, true) and maybe_value(args[i + 1]) then
+      i = i + 2
+    else
+      i = i + 1
+    end
   end
   return nil
 end

@@ -542,6 +542,10 @@ seed.method_options = {
 }
 
 local OPTIONS, OPTION_NAMES = {}, {}
+-- What to say of an option the other commands take and this form spells another way.
+local HINTS = {
+  ["--access-token"] = " (this form takes a token as -p access-token=<token>)",
+}
 for _, list in ipairs({ seed.global_options, seed.method_options }) do
   for _, o in ipairs(list) do
     for _, spelling in ipairs({ o.short or false, o.long or false }) do
@@ -593,6 +597,14 @@ end
 -- Parsing
 --------------------------------------------------------------------------------------
 
+-- The word at argv[i] when it may be the value of an option typed wrong: an item marked
+-- maybe_value (see positional_words). Returns the index after what it took.
+local function maybe_value(argv, i, items)
+  if argv[i] == nil or argv[i]:sub(1, 1) == "-" then return i end
+  items[#items + 1] = { word = argv[i], maybe_value = true }
+  return i + 1
+end
+
 -- Splits argv into { opt = option, value = ... } and { word = ... } items. Long options
 -- take `--name value` or `--name=value`, short ones `-o value` or `-ovalue`; a value is
 -- taken verbatim even when it starts with '-'. Everything after `--` is a word. Does
@@ -621,8 +633,15 @@ local function tokenize(argv)
       end
       local o = OPTIONS[name]
       if not o or (value and not long and not o.arg) then
-        fail(format("unknown option '%s'%s; valid options: %s", t,
-          commands.suggestion(long and name or t, OPTION_NAMES), concat(OPTION_NAMES, ", ")))
+        -- The name alone: what follows '=' may be a token, and so may what follows a short
+        -- option's letter, unless it reads as a long option typed with one dash (`-scope`).
+        local shown = t:match("^[^=]*")
+        if not long and not shown:match("^%-[%l%-]+$") then shown = name end
+        fail(format("unknown option '%s'%s%s; valid options: %s", shown, commands.suggestion(shown, OPTION_NAMES),
+          HINTS[shown] or "", concat(OPTION_NAMES, ", ")))
+        -- The word after an unknown option may be its value (`--access-token ya29...`): never
+        -- taken for the command or the method, whose messages would quote it.
+        if not value then i = maybe_value(argv, i, items) end
       elseif o.arg then
         if not value then
           value = argv[i]
@@ -634,6 +653,8 @@ local function tokenize(argv)
           fail(format("option %s needs a non-empty value %s", name, o.arg))
         else
           items[#items + 1] = { opt = o, value = value }
+          -- `-p access-token ya29...`: the word after a -p without '=' may be the value.
+          if o.key == "param" and not value:find("=", 1, true) then i = maybe_value(argv, i, items) end
         end
       elseif value then
         fail(format("option %s takes no value", name))
@@ -757,7 +778,13 @@ end
 -- takes every value). Returns true, or nil and a message.
 local function set_param(cmd, value, method)
   local name, v = value:match("^([^=]*)=(.*)$")
-  if not name then return nil, format("-p needs <key>=<value>, got '%s'", value) end
+  if not name then
+    -- Quoted only when it names a parameter: `-p ya29...` would print the token.
+    if params.find(value) or method_param(method, value) then
+      return nil, format("-p needs <key>=<value>, got '%s'", value)
+    end
+    return nil, "-p needs <key>=<value>, got a word without '=' (not shown: it may be a secret)"
+  end
   if name == "" then return nil, format("missing parameter name before '=' in '%s'", value) end
   local q = method_param(method, name)
   if q then
@@ -813,7 +840,10 @@ end
 local function positional_words(items)
   local words, has_r = {}, false
   for _, item in ipairs(items) do
-    if item.word and not (has_r and item.word:find("=", 1, true)) then
+    -- A word that may be the value of an option typed wrong is no positional one (tokenize's or
+    -- set_param's error names the option), unless it names the command or a method.
+    local skip = item.maybe_value and item.word ~= seed.COMMAND and not seed.find_method(item.word)
+    if item.word and not skip and not (has_r and item.word:find("=", 1, true)) then
       words[#words + 1] = item.word
     elseif item.opt and item.opt.key == "request" then
       has_r = true
@@ -984,7 +1014,8 @@ function seed.parse(argv)
   local words, cmd, rv, state, err = read_items(argv)
   if state.want_help then return help_command(words) end
   local method, merr = resolve(words)
-  if not method then return nil, merr end
+  -- No word at all: an unknown option may have taken it (as its value); it says more.
+  if not method then return nil, words[1] == nil and err or merr end
   if err then return nil, err end
   local ok, aerr = take_args(method, words, cmd)
   if not ok then return nil, aerr end

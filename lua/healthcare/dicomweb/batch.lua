@@ -437,7 +437,7 @@ function Batch:handle(request, group)
   end
   local answer
   if res then
-    answer, err = stow.read_store_response(res, "StoreInstances")
+    answer, err = stow.read_store_response(res, "StoreInstances", self.client)
   end
   if not answer then
     stop_on_usage(err)

@@ -119,7 +119,8 @@ local function delete(store, depth, uids, opts)
     res, err = delete_answer(store, res, level, level.noun .. " " .. table.concat(uids, "/", 1, depth), opts)
   end
   if not res then return nil, err end
-  local op = cjson.decode(res.body or "")
+  -- Read as text whatever its media type says: the operation's name is quoted in errors.
+  local op = cjson.decode(store.client:redact(res.body or ""))
   if type(op) ~= "table" or op.name == nil then
     return { status = res.status }
   end

@@ -207,10 +207,13 @@ local function fetch_once(self, limit, offset)
   -- Google says so when it returned fewer results than asked (its cap on limit).
   if res.headers.warning then self.warning = res.headers.warning end
   if (res.body or ""):match("^%s*$") then return {} end
-  local list = cjson.decode(res.body)
+  -- Text whatever its media type says (the client leaves a 2xx body it does not take for text as
+  -- it came): an echo of the token must reach neither the results nor the error.
+  local body = self.store.client:redact(res.body)
+  local list = cjson.decode(body)
   if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
     return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a DICOM JSON list: %s",
-      self.what, res.status, (res.body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
+      self.what, res.status, (body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
   end
   for _, item in ipairs(list) do
     if type(item) ~= "table" then

@@ -41,8 +41,9 @@ local function transport_body(body)
 end
 
 --- Reads a STOW-RS answer. A DICOM body (JSON or XML) is a result whatever the status, as
---- PS3.18 and Google use 202 and 409 with per-instance detail; anything else is an error.
-function M.read_store_response(res, what)
+--- PS3.18 and Google use 202 and 409 with per-instance detail; anything else is an error, which
+--- quotes the body with the secrets of `client` (optional) taken out.
+function M.read_store_response(res, what, client)
   local ct = (res.headers["content-type"] or ""):lower()
   local is_xml = ct:find(media.DICOM_XML, 1, true) ~= nil
   local doc
@@ -59,7 +60,7 @@ function M.read_store_response(res, what)
     end
   end
   if not doc and not is_xml then
-    return nil, errors.from_response(res, what)
+    return nil, errors.from_response(res, what, client)
   end
   local failed = doc and doc["00081198"] and doc["00081198"].Value
   return {
@@ -94,7 +95,7 @@ function M.store_instances(store, dicom_web_path, body, query_params)
     body = data,
   }
   if not res then return nil, err end
-  return M.read_store_response(res, "StoreInstances")
+  return M.read_store_response(res, "StoreInstances", store.client)
 end
 
 return M
