@@ -651,3 +651,38 @@ describe("store:watch and a file never written in the spool", function()
     assert.is_nil(lfs.attributes(spool .. "/linked.dcm"))
   end)
 end)
+
+describe("store:watch restarted with a file in flight that the server lists", function()
+  -- After a SIGKILL a listed SOP Instance UID does not prove the file's bytes were stored: the
+  -- server (the emulator's Google-shaped 409, in front of Orthanc) may hold others under it.
+  it("sends it again and moves it to failed/ on the conflict, instead of removing it", function()
+    local healthcare = require "healthcare"
+    local journal = require "healthcare.dicomweb.journal"
+    local store = assert(healthcare.dicom_store(E.store, { endpoint = E.endpoint, access_token = E.token,
+      token_cache = false }))
+    finally(function() store:close() end)
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local old = H.gen_dicom({ count = 1, size = 600, dir = dir .. "/old" })[1]
+    assert.equal(1, assert(store:store(old.path)).counts.stored)
+    local f = H.gen_dicom({ count = 1, size = 900, dir = spool, study = old.study_uid, series = old.series_uid,
+      sop = old.sop_instance_uid })[1]
+    local jpath = dir .. "/journal.jsonl"
+    local j = assert(journal.open(jpath, nil, { store = store.name }))
+    local a = assert(lfs.attributes(f.path))
+    assert(j:record({ { entry = { path = f.path, size = a.size, mtime = a.modification }, outcome = "sending" } }))
+    j:close()
+    local seen = {}
+    local w = assert(store:watch(spool, { settle = 0, journal = jpath, on_file = function(ev) seen[#seen + 1] = ev end }))
+    finally(function() w:close() end)
+    local deadline = os.time() + 30
+    while #seen < 1 and os.time() < deadline do assert.is_true(w:step(0.1)) end
+    assert.equal(1, #seen)
+    assert.equal("failed", seen[1].outcome)
+    assert.matches("already exists with different content", seen[1].reason)
+    assert.equal(0, w:status().stored + w:status().already_stored)
+    assert.truthy(lfs.attributes(spool .. "/failed/" .. f.path:match("[^/]+$")))
+    assert.equal(H.sha256(old.path), H.sha256_string(H.orthanc_instance_file(old.sop_instance_uid)))
+  end)
+end)

@@ -200,12 +200,15 @@ local function run_options(store, opts)
 end
 
 --- Instances an earlier run journaled as "sending" when it was killed (journal:in_flight): the
---- server is asked, one instance search per study, which of them it holds; those are journaled as
---- stored (and so not sent again), the others are sent as usual. Under overwrite none is asked:
---- a listed UID may be the conflicting instance the run is to replace. Returns { in_flight = n,
---- found = n, error = message or nil }: a failed check sends them all (a duplicate of the same
---- bytes is harmless, a loss is not); or nil, err when the journal cannot be read or written.
---- retry_opts: the run's `retry` (the searches' attempts).
+--- server is asked, one instance search per study, which of them it lists, and each one listed is
+--- read back by its UIDs and compared with the file; those equal are journaled as stored (and so
+--- not sent again), the others are sent as usual. A listed UID alone proves nothing: the server
+--- may hold other bytes under it, and the request in flight may have been refused for that (409),
+--- so such a file is sent again and the answer decides. Under overwrite none is asked: a listed UID
+--- may be the conflicting instance the run is to replace. Returns { in_flight = n, found = n,
+--- error = message or nil }: a failed search sends them all (a duplicate of the same bytes is
+--- harmless, a loss is not); or nil, err when the journal cannot be read or written.
+--- retry_opts: the run's `retry` (the searches' and read-backs' attempts).
 function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
   local list, err = journal:in_flight()
   if not list then return nil, err end
@@ -230,7 +233,11 @@ function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
     end
     local held = {}
     for _, e in ipairs(by_study[study]) do
-      if listed[e.sop_instance_uid] then held[#held + 1] = e end
+      -- only the few listed are read back: what a crash left in flight, a few requests' worth
+      if listed[e.sop_instance_uid] and names.valid_uid(e.series_uid)
+          and overwrite.read_back(store, e, { retry = retry_opts }) then
+        held[#held + 1] = e
+      end
     end
     local ok, jerr = journal:mark_stored(held)
     if not ok then return nil, jerr end

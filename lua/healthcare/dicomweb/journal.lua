@@ -329,9 +329,9 @@ end
 
 --- The files an earlier run journaled as "sending" and nothing after (a crash came while their
 --- request was in flight) that still have the size and mtime recorded: { { path, size, mtime,
---- sop_instance_uid, study_uid }, ... } (the UIDs read back from the file, the same as it was
---- sent; from the line when it has them), or nil, err. A file whose UIDs cannot be read has
---- none: it is sent again.
+--- sop_instance_uid, study_uid, series_uid }, ... } (the UIDs read back from the file, the same
+--- as it was sent; the first two from the line when it has them), or nil, err. A file whose UIDs
+--- cannot be read has none: it is sent again.
 function Journal:in_flight()
   if not self.w then error("attempt to use a closed journal", 2) end
   local list = {}
@@ -342,15 +342,17 @@ function Journal:in_flight()
       local l, err = self:line_at(offset)
       if not l then return nil, err end
       local r = record_of(cjson.decode(l) or {})
-      if not (r.sop_instance_uid and r.study_uid) then
-        local info = core.dicom_probe(key)
-        if info then
+      -- the Series Instance UID is never journaled, and a resume reads the instance back by it
+      local info = core.dicom_probe(key)
+      if info then
+        if not (r.sop_instance_uid and r.study_uid) then
           r.sop_instance_uid = info.sop_instance_uid or info.media_sop_instance_uid
           r.study_uid = info.study_uid
         end
+        r.series_uid = info.series_uid
       end
       list[#list + 1] = { path = key, size = size, mtime = mtime, sop_instance_uid = r.sop_instance_uid,
-        study_uid = r.study_uid }
+        study_uid = r.study_uid, series_uid = r.series_uid }
     end
   end
   table.sort(list, function(a, b) return a.path < b.path end)

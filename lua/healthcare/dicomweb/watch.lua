@@ -12,7 +12,8 @@
 -- ".part" are never taken: a writer may use them for a file it renames when done.
 --
 -- Exactly once: the journal says what the server confirmed; at start, a file it records as stored
--- (same path, size and mtime), or as in flight when a SIGKILL came and the server lists it, is
+-- (same path, size and mtime), or as in flight when a SIGKILL came and the server gives back its
+-- bytes (listed, then read back equal: a listed UID may hold other bytes), is
 -- removed or moved to done_dir without being sent, then the journal
 -- starts afresh (the previous one is kept as FILE.1), so it only ever holds one run.
 local core = require "healthcare.core"
@@ -87,7 +88,7 @@ local function check_call(store, spool, opts)
 end
 
 -- Files of the spool the journal of an earlier run records as stored, or that it records as in
--- flight and the server holds: finished without being sent. Then the journal is moved aside
+-- flight and the server holds with the same bytes: finished without being sent. Then the journal is moved aside
 -- (FILE.1), so that the run's own starts empty.
 function Watcher:settle_journal()
   local path = self.opts.journal
