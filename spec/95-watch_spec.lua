@@ -686,3 +686,52 @@ describe("store:watch restarted with a file in flight that the server lists", fu
     assert.equal(H.sha256(old.path), H.sha256_string(H.orthanc_instance_file(old.sop_instance_uid)))
   end)
 end)
+
+describe("store:watch and a file put under the same name while its request is in flight", function()
+  after_each(function() H.emulator_faults({}) end)
+
+  -- storescp writes an instance sent again under the name it had; a writer may rename over it.
+  for _, how in ipairs({ "renamed over it", "written again in place" }) do
+    it("stores the first, then sends the second instead of removing it (" .. how .. ")", function()
+      local healthcare = require "healthcare"
+      local store = assert(healthcare.dicom_store(E.store, { endpoint = E.endpoint, access_token = E.token,
+        token_cache = false }))
+      finally(function() store:close() end)
+      local dir = H.tmpdir()
+      local spool = dir .. "/spool"
+      lfs.mkdir(spool)
+      local made = H.gen_dicom { dir = dir .. "/src", count = 2, size = 700 }
+      local first, second = made[1], made[2]
+      local path = spool .. "/inst.dcm"
+      -- the first answer held back, so that the request is in flight while the name is reused
+      H.emulator_faults({ { delay = 2, times = 1 } })
+      local seen = {}
+      local w = assert(store:watch(spool, { settle = 0, on_file = function(ev) seen[#seen + 1] = ev end }))
+      finally(function() w:close() end)
+      assert(os.rename(first.path, path))
+      local function body_sent()
+        for request in pairs(w.batch.inflight) do
+          local sent, to_send = request:progress()
+          if to_send > 0 and sent >= to_send then return true end
+        end
+      end
+      local deadline = os.time() + 20
+      while not body_sent() and os.time() < deadline do assert.is_true(w:step(0.05)) end
+      assert.is_true(body_sent())
+      if how == "renamed over it" then
+        H.write_file(spool .. "/inst.dcm.part", H.file_bytes(second.path))
+        assert(os.rename(spool .. "/inst.dcm.part", path))
+      else
+        H.write_file(path, H.file_bytes(second.path))
+      end
+      while w:status().stored < 2 and os.time() < deadline do assert.is_true(w:step(0.1)) end
+      assert.equal(2, #seen)
+      assert.same({ "stored", first.sop_instance_uid }, { seen[1].outcome, seen[1].sop_instance_uid })
+      assert.matches("another file was put under this name", seen[1].warning)
+      assert.same({ "stored", second.sop_instance_uid }, { seen[2].outcome, seen[2].sop_instance_uid })
+      assert.truthy(H.orthanc_find_instance(first.sop_instance_uid))
+      assert.truthy(H.orthanc_find_instance(second.sop_instance_uid))
+      assert.same({}, spool_files(spool))
+    end)
+  end
+end)
