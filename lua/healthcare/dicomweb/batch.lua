@@ -68,10 +68,11 @@ end
 local Source = {}
 Source.__index = Source
 
--- report: the run's (skipped and already stored files go there); journal: the run's, or nil.
-local function new_source(inputs, opts, report, journal)
+-- report: the run's (skipped and already stored files go there); journal: the run's, or nil;
+-- fail(e, reason): records a file that cannot be sent as failed (the Batch's fail_group).
+local function new_source(inputs, opts, report, journal, fail)
   return setmetatable({
-    it = files.iterate(inputs), opts = opts, report = report, journal = journal,
+    it = files.iterate(inputs), opts = opts, report = report, journal = journal, fail = fail,
     pending = nil,        -- an entry that did not fit in the previous group
     exhausted = false,
     -- sizes of the regular files skipped or already stored, so that a progress display can
@@ -87,13 +88,16 @@ function Source:skip(e, reason)
   self.bytes_not_sent = self.bytes_not_sent + (e.size or 0)
 end
 
--- What becomes of one file: an entry to send, or nil (skipped, already stored, another shard's).
+-- What becomes of one file: an entry to send, or nil (skipped, failed, already stored, another
+-- shard's).
 function Source:take(f)
   local opts, report = self.opts, self.report
   if opts.shard and not opts.shard.includes(f.rel) then
     return nil -- another machine's share: not ours to report
   elseif f.skip then
     return self:skip(f, f.skip)
+  elseif f.fail then
+    return self.fail(f, f.fail)
   end
   if self.journal and self.journal:is_stored(f) then
     report.counts.already_stored = report.counts.already_stored + 1
@@ -106,7 +110,11 @@ function Source:take(f)
     return nil
   end
   local probe, perr = core.dicom_probe(f.path)
-  if not probe then return self:skip(f, perr.message) end
+  if not probe then
+    -- not DICOM: nothing to store; unreadable, cut short or malformed: an instance not stored
+    if files.not_dicom(perr) then return self:skip(f, perr.message) end
+    return self.fail(f, perr.message)
+  end
   local e = entry_of(f, probe)
   e.size = probe.size or f.size
   if opts.study_uid and e.study_uid ~= opts.study_uid then
@@ -272,11 +280,10 @@ function Batch.new(store, inputs, opts)
     end
     report.journal.in_flight = settled
   end
-  return setmetatable({
+  local b = setmetatable({
     store = store, client = store.client, opts = o, report = report, journal = journal,
     policy = retry.new(retry.DEFAULTS, o.retry, store.client.retry),
     url = url,
-    source = new_source(inputs, o, report, journal),
     t0 = core.now(),
     inflight = {},      -- client request -> group
     ninflight = 0,
@@ -285,6 +292,10 @@ function Batch.new(store, inputs, opts)
     stopping = nil,     -- core.now() when the run began to stop (interrupt, on_progress false)
     conflicts = {},     -- entries answered "already exists with other bytes", to replace (overwrite)
   }, Batch)
+  b.source = new_source(inputs, o, report, journal, function(e, reason)
+    b:fail_group({ entries = { e } }, reason)
+  end)
+  return b
 end
 
 -- Records the outcome of entries (all of the group's by default) in the report and journal.
@@ -297,7 +308,7 @@ function Batch:finish_group(group, outcome_of, entries)
       -- replaced once the run's requests are done (Batch:replace_conflicts), recorded then
       self.conflicts[#self.conflicts + 1] = e
     else
-      bytes = bytes + e.size
+      bytes = bytes + (e.size or 0)
       local r = self:count_outcome(e, oc)
       recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
       if o.on_instance then o.on_instance(r, oc.outcome) end
