@@ -237,20 +237,34 @@ describe("store with a journal", function()
     local files = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in" })
     local jpath = dir .. "/journal"
     local st = assert(healthcare.dicomweb(E.dicomweb))
+    local c = files[3].path
+    local c_sec = H.check_run("stat -c '%Y' " .. H.q(c)):match("%d+")
+    H.check_run("touch -d @" .. c_sec .. ".100000000 " .. H.q(c))
     local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_request_instances = 2 }))
     assert.same({ 6, 0, 0, 0 }, { #r1.stored, #r1.already_stored, #r1.failed, #r1.skipped })
     assert.equal(0, r1.journal.earlier_runs)
-    -- Same size and mtime, other bytes (not even DICOM): trusted, so not read, so not skipped.
+    -- Same size and mtime (to the nanosecond), other bytes (not even DICOM): trusted, so not read,
+    -- so not skipped.
     local a = files[1].path
-    local so = H.check_run("stat -c '%s %Y' " .. H.q(a))
-    local size, mtime = so:match("(%d+) (%d+)")
+    local so = H.check_run("stat -c '%s %.9Y' " .. H.q(a))
+    local size, mtime = so:match("(%d+) ([%d.]+)")
     H.write_file(a, string.rep("x", tonumber(size)))
     H.check_run("touch -d @" .. mtime .. " " .. H.q(a))
     -- A newer mtime: sent again.
-    H.check_run("touch -d @" .. (tonumber(mtime) + 5) .. " " .. H.q(files[2].path))
+    H.check_run("touch -d @" .. (tonumber(mtime:match("%d+")) + 5) .. " " .. H.q(files[2].path))
+    -- Rewritten with other bytes of the same size in the second it was stored: sent again (the
+    -- whole seconds alone would have it skipped for ever).
+    local bytes = H.file_bytes(c)
+    H.write_file(c, bytes:sub(1, -2) .. string.char((bytes:byte(-1) + 1) % 256))
+    H.check_run("touch -d @" .. c_sec .. ".200000000 " .. H.q(c))
     local r2 = assert(st:store(dir .. "/in", { journal = jpath }))
-    assert.same({ 1, 5, 0, 0 }, { #r2.stored, #r2.already_stored, #r2.failed, #r2.skipped })
-    assert.equal(files[2].path, r2.stored[1].path)
+    assert.same({ 4, 0, 0 }, { #r2.already_stored, #r2.failed, #r2.skipped })
+    local sent = {}
+    for _, r in ipairs(r2.stored) do sent[#sent + 1] = r.path end
+    table.sort(sent)
+    local expected = { files[2].path, c }
+    table.sort(expected)
+    assert.same(expected, sent)
     assert.same({ 1, 6, 0 }, { r2.journal.earlier_runs, r2.journal.earlier_stored, r2.journal.earlier_failed })
     local skipped = {}
     for _, r in ipairs(r2.already_stored) do

@@ -738,3 +738,34 @@ describe("store:watch and a file put under the same name while its request is in
     end)
   end
 end)
+
+describe("store:watch restarted with a file its journal records as stored", function()
+  -- The watcher was killed once the first instance was journaled stored, before it removed the
+  -- file; storescp then wrote another instance of the same size under that name, in that second.
+  it("sends a file of the same size and second but another mtime to the nanosecond", function()
+    local healthcare = require "healthcare"
+    local journal = require "healthcare.dicomweb.journal"
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    finally(function() store:close() end)
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local g = H.gen_dicom({ count = 1, dir = dir .. "/src" })[1]
+    local path = spool .. "/inst.dcm"
+    H.write_file(path, H.file_bytes(g.path))
+    local sec = H.check_run("stat -c '%Y' " .. H.q(path)):match("%d+")
+    H.check_run("touch -d @" .. sec .. ".200000000 " .. H.q(path))
+    local jpath = dir .. "/journal.jsonl"
+    local j = assert(journal.open(jpath, nil, { store = store.name }))
+    assert(j:record({ { outcome = "stored", entry = { path = path, size = lfs.attributes(path, "size"),
+      mtime = tonumber(sec), mtime_nsec = 100000000, sop_instance_uid = "1.2.3.4", study_uid = "1.2.3" } } }))
+    j:close()
+    local seen = {}
+    local w = assert(store:watch(spool, { settle = 0, journal = jpath, on_file = function(ev) seen[#seen + 1] = ev end }))
+    finally(function() w:close() end)
+    local deadline = os.time() + 20
+    while #seen < 1 and os.time() < deadline do assert.is_true(w:step(0.1)) end
+    assert.same({ "stored", g.sop_instance_uid }, { seen[1].outcome, seen[1].sop_instance_uid })
+    assert.truthy(H.orthanc_find_instance(g.sop_instance_uid))
+  end)
+end)

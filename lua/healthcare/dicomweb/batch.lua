@@ -52,7 +52,8 @@ local OPTION_TYPES = {
 local PART_HEADERS = "Content-Type: " .. media.DICOM .. "\r\n"
 
 local function entry_of(f, probe)
-  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, dev = f.dev, ino = f.ino,
+  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, mtime_nsec = f.mtime_nsec,
+    dev = f.dev, ino = f.ino,
     sop_instance_uid = probe and probe.sop_instance_uid, study_uid = probe and probe.study_uid,
     series_uid = probe and probe.series_uid, sop_class_uid = probe and probe.sop_class_uid }
 end

@@ -2,6 +2,7 @@
 -- Which files a store call sends: paths, lists of paths and directories walked recursively
 -- (sorted, following symbolic links, each directory entered once so link loops end), lazily so
 -- an archive of millions of files is never listed in memory at once.
+local core = require "healthcare.core"
 local lfs = require "lfs"
 
 local M = {}
@@ -11,9 +12,17 @@ local function join(dir, name)
   return dir .. "/" .. name
 end
 
+--- The nanoseconds of the mtime of what path names (lfs gives whole seconds), or nil.
+function M.mtime_nsec(path)
+  local sec, nsec = core.file_mtime(path)
+  if sec then return nsec end
+  return nil
+end
+
 --- Returns an iterator of entries, in order:
----   { path, rel, size, mtime, dev, ino }  a regular file (rel: its path below the input it came
----                                    from; dev, ino: its device and inode numbers, so that a file
+---   { path, rel, size, mtime, mtime_nsec, dev, ino }  a regular file (rel: its path below the
+---                                    input it came from; mtime_nsec: the nanoseconds of its mtime;
+---                                    dev, ino: its device and inode numbers, so that a file
 ---                                    replaced before it is sent can be told from the one checked)
 ---   { path, rel, skip = reason }    something that is not a file to send (a FIFO, a broken
 ---                                    symbolic link, a link loop), with the reason
@@ -40,7 +49,7 @@ function M.iterate(inputs)
       end
       if a.mode == "file" then
         coroutine.yield { path = path, rel = rel, size = a.size, mtime = a.modification,
-          dev = a.dev, ino = a.ino }
+          mtime_nsec = M.mtime_nsec(path), dev = a.dev, ino = a.ino }
       elseif a.mode == "directory" then
         local key = a.dev .. ":" .. a.ino
         if seen[key] then

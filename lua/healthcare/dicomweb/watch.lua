@@ -19,6 +19,7 @@
 local core = require "healthcare.core"
 local lfs = require "lfs"
 local batch_mod = require "healthcare.dicomweb.batch"
+local files = require "healthcare.dicomweb.files"
 local journal_mod = require "healthcare.dicomweb.journal"
 local retry = require "healthcare.retry"
 local util = require "healthcare.util"
@@ -318,8 +319,8 @@ function Watcher:scan(dir, fn)
       self:watch_dir(path)
       self:scan(path, fn)
     elseif a and a.mode == "file" then
-      fn { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification, dev = a.dev,
-        ino = a.ino }
+      fn { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
+        mtime_nsec = files.mtime_nsec(path), dev = a.dev, ino = a.ino }
     end
   end
 end
@@ -439,10 +440,11 @@ function Watcher:next_ready()
     elseif k then
       k.queued, k.state = nil, "sending"
       -- what is sent, so that finishing it never removes another file put under its name since
-      k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, change = a.change }
-      k.again = nil
       local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-        dev = a.dev, ino = a.ino }
+        mtime_nsec = files.mtime_nsec(path), dev = a.dev, ino = a.ino }
+      k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
+        change = a.change }
+      k.again = nil
       -- a file that replaced one in flight is new whatever its size and mtime (they may equal
       -- those of the one stored, in the same second)
       local done = not k.fresh and self.batch and self.batch.journal and self.batch.journal:lookup(f)
@@ -539,7 +541,7 @@ function Watcher:replaced(path)
   local a = lfs.symlinkattributes(path)
   if not a then return false end
   return a.mode ~= "file" or a.dev ~= s.dev or a.ino ~= s.ino or a.size ~= s.size or a.modification ~= s.mtime
-    or a.change ~= s.change
+    or a.change ~= s.change or files.mtime_nsec(path) ~= s.nsec
 end
 
 -- What became of the file f.path was is told (its outcome: "stored", "failed", or "requeued" for
