@@ -63,11 +63,12 @@ local function fresh_uid()
 end
 
 -- A folder of everything a real archive holds. Returns the folder, the instances that must be
--- stored ({ path, sop_instance_uid, study_uid, size }) and the reason pattern of every other
--- entry by path.
+-- stored ({ path, sop_instance_uid, study_uid, size }), the reason pattern of every entry to skip
+-- (not DICOM, not a file) by path, and that of every one that must fail (a DICOM file that cannot
+-- be read or is cut short: not stored, so not to be passed over).
 local function mixed_folder()
   local dir = H.tmpdir()
-  local valid, others = {}, {}
+  local valid, others, bad = {}, {}, {}
   -- pydicom's real files whose SOP Instance UID no other sample shares (several share one UID
   -- with different bytes, which a store rightly refuses)
   local samples, uses = H.sample_info(), {}
@@ -98,27 +99,37 @@ local function mixed_folder()
   local cut, bare = made[#made - 1], made[#made]
 
   local function other(name, pattern) others[dir .. "/" .. name] = pattern end
+  local function failing(name, pattern) bad[dir .. "/" .. name] = pattern end
   H.write_file(dir .. "/notes.txt", "not DICOM at all\n")
   other("notes.txt", "^not a DICOM file %(no DICM prefix%)$")
   H.write_file(dir .. "/empty.dcm", "")
   other("empty.dcm", "^not a DICOM file %(empty%)$")
   H.write_file(dir .. "/truncated.dcm", H.file_bytes(cut.path):sub(1, 300))
-  other("truncated.dcm", "^truncated at offset %d+$")
+  failing("truncated.dcm", "^truncated at offset %d+$")
   sh("mv " .. H.q(bare.path) .. " " .. H.q(dir .. "/no_meta.dcm"))
   other("no_meta.dcm", "^no File Meta Information$")
   -- unreadable although a regular file, even for root: reading /proc/self/mem fails with EIO
   sh("ln -s /proc/self/mem " .. H.q(dir .. "/unreadable.dcm"))
-  other("unreadable.dcm", "^cannot read .*/unreadable%.dcm: Input/output error$")
+  failing("unreadable.dcm", "^cannot read .*/unreadable%.dcm: Input/output error$")
   sh("ln -s " .. H.q(dir .. "/nowhere.dcm") .. " " .. H.q(dir .. "/dangling.dcm"))
   other("dangling.dcm", "^broken symbolic link$")
   sh("mkfifo " .. H.q(dir .. "/pipe.dcm"))
   other("pipe.dcm", "^not a regular file %(named pipe%)$")
   sh("ln -s .. " .. H.q(dir .. "/gen/loop"))
   other("gen/loop", "^directory already visited %(symbolic link loop%)$")
-  return dir, valid, others
+  return dir, valid, others, bad
 end
 
-local function assert_mixed_report(report, valid, others)
+local function assert_listed(list, patterns)
+  local by = by_path(list)
+  assert.equal(count(patterns), count(by))
+  for path, pattern in pairs(patterns) do
+    assert.is_table(by[path], "not reported: " .. path)
+    assert.matches(pattern, by[path].reason)
+  end
+end
+
+local function assert_mixed_report(report, valid, others, bad)
   local stored = by_path(report.stored)
   assert.equal(#valid, count(stored))
   local bytes = 0
@@ -129,14 +140,9 @@ local function assert_mixed_report(report, valid, others)
     assert.equal(v.study_uid, r.study_uid)
     bytes = bytes + v.size
   end
-  assert.same({}, report.failed)
+  assert_listed(report.failed, bad)
   assert.same({}, report.already_stored)
-  local skipped = by_path(report.skipped)
-  assert.equal(count(others), count(skipped))
-  for path, pattern in pairs(others) do
-    assert.is_table(skipped[path], "not reported: " .. path)
-    assert.matches(pattern, skipped[path].reason)
-  end
+  assert_listed(report.skipped, others)
   assert.equal(bytes, report.bytes)
   assert.is_true(report.seconds > 0)
   assert.equal(0, report.retries)
@@ -165,20 +171,26 @@ describe("store:store and a part the server cannot read", function()
 end)
 
 describe("store:store on a mixed folder", function()
-  local dir, valid, others
-  lazy_setup(function() dir, valid, others = mixed_folder() end)
+  local dir, valid, others, bad
+  lazy_setup(function() dir, valid, others, bad = mixed_folder() end)
 
   it("stores exactly the valid instances in Orthanc, byte for byte, and reports every other file", function()
-    local seen = 0
+    local seen, failed = 0, 0
     local report = assert(orthanc_store():store(dir, {
       on_instance = function(r, outcome)
+        if outcome == "failed" then
+          assert.is_string(bad[r.path], r.path)
+          failed = failed + 1
+          return
+        end
         assert.equal("stored", outcome)
         assert.is_string(r.sop_instance_uid)
         seen = seen + 1
       end,
     }))
-    assert_mixed_report(report, valid, others)
+    assert_mixed_report(report, valid, others, bad)
     assert.equal(#valid, seen)
+    assert.equal(count(bad), failed)
     assert.equal(1, report.requests)
     for _, v in ipairs(valid) do
       local held = H.orthanc_instance_file(v.sop_instance_uid)
@@ -190,7 +202,7 @@ describe("store:store on a mixed folder", function()
   it("stores the same again through the Google-shaped API: identical bytes are accepted", function()
     local before = #my_posts()
     local report = assert(google_store():store(dir))
-    assert_mixed_report(report, valid, others)
+    assert_mixed_report(report, valid, others, bad)
     local posts = my_posts()
     assert.equal(before + 1, #posts)
     local p = posts[#posts]
@@ -199,15 +211,43 @@ describe("store:store on a mixed folder", function()
     assert.matches('^multipart/related; type="application/dicom"; boundary=healthcare%-%x+$', p["content-type"])
   end)
 
-  it("takes a list of paths, a single file, and reports a path that does not exist", function()
+  it("takes a list of paths, a single file, and reports a path that does not exist as failed", function()
     local report = assert(orthanc_store():store({ valid[1].path, dir .. "/missing.dcm", dir .. "/notes.txt" }))
     assert.equal(1, #report.stored)
     assert.equal(valid[1].path, report.stored[1].path)
-    local skipped = by_path(report.skipped)
-    assert.equal("cannot read: No such file or directory", skipped[dir .. "/missing.dcm"].reason)
-    assert.is_table(skipped[dir .. "/notes.txt"])
+    assert.same({ { path = dir .. "/missing.dcm", reason = "cannot read: No such file or directory" } }, report.failed)
+    assert.same({ dir .. "/notes.txt" }, { report.skipped[1].path })
     report = assert(orthanc_store():store(valid[2].path))
     assert.equal(valid[2].sop_instance_uid, report.stored[1].sop_instance_uid)
+  end)
+end)
+
+describe("store:store and a DICOM file it cannot read", function()
+  it("fails it (journaled failed, read again by a rerun); a file that is not DICOM is skipped", function()
+    local dir = H.tmpdir()
+    local made = gen_many { { dir = dir, count = 2, prefix = "ok" } }
+    H.write_file(dir .. "/cut.dcm", H.file_bytes(made[1].path):sub(1, 300))
+    sh("ln -s /proc/self/mem " .. H.q(dir .. "/eio.dcm")) -- EIO, even for root
+    H.write_file(dir .. "/notes.txt", "not DICOM\n")
+    local journal = H.tmpdir() .. "/journal"
+    local seen = {}
+    local report = assert(orthanc_store():store(dir, { journal = journal, keep_stored = false,
+      on_instance = function(r, outcome) seen[r.path] = outcome end }))
+    assert.same({ stored = 2, already_stored = 0, failed = 2, skipped = 1 }, report.counts)
+    local bad = { [dir .. "/cut.dcm"] = "^truncated at offset %d+$",
+      [dir .. "/eio.dcm"] = "^cannot read .*/eio%.dcm: Input/output error$" }
+    assert_listed(report.failed, bad)
+    assert_listed(report.skipped, { [dir .. "/notes.txt"] = "^not a DICOM file %(no DICM prefix%)$" })
+    local outcomes = {}
+    for _, rec in ipairs(H.journal_lines(journal)) do
+      if rec.path and rec.outcome ~= "sending" then outcomes[rec.path] = rec.outcome end
+    end
+    for path in pairs(bad) do
+      assert.equal("failed", seen[path], path)
+      assert.equal("failed", outcomes[path], path)
+    end
+    report = assert(orthanc_store():store(dir, { journal = journal, keep_stored = false }))
+    assert.same({ stored = 0, already_stored = 2, failed = 2, skipped = 1 }, report.counts)
   end)
 end)
 

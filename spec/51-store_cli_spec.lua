@@ -78,8 +78,6 @@ local function folder()
   others[dir .. "/README.txt"] = "not a DICOM file %(no DICM prefix%)"
   H.write_file(dir .. "/empty.dcm", "")
   others[dir .. "/empty.dcm"] = "not a DICOM file %(empty%)"
-  H.write_file(dir .. "/cut.dcm", H.file_bytes(generated[1].path):sub(1, 200))
-  others[dir .. "/cut.dcm"] = "truncated at offset %d+"
   H.check_run("ln -s nowhere " .. H.q(dir .. "/dangling.dcm") .. " && mkfifo " .. H.q(dir .. "/pipe.dcm")
     .. " && ln -s .. " .. H.q(dir .. "/gen/up"))
   others[dir .. "/dangling.dcm"] = "broken symbolic link"
@@ -123,7 +121,7 @@ describe("healthcare store", function()
     local l = lines(err)
     local s, a, f, k, r, t = l[1]:match(SUMMARY)
     assert.is_string(s, l[1])
-    assert.same({ #valid, 0, 0, 6, 1, 0 }, { tonumber(s), tonumber(a), tonumber(f), tonumber(k), tonumber(r), tonumber(t) })
+    assert.same({ #valid, 0, 0, 5, 1, 0 }, { tonumber(s), tonumber(a), tonumber(f), tonumber(k), tonumber(r), tonumber(t) })
     for path, reason in pairs(others) do
       assert.is_truthy(err:find("\nskipped " .. path:gsub("%p", "%%%0") .. ": " .. reason .. "\n"), path)
     end
@@ -189,6 +187,32 @@ describe("healthcare store", function()
       reason = detail } }, cjson.decode(out).failed)
   end)
 
+  local function lit(text) return (text:gsub("%p", "%%%0")) end
+
+  it("exits 1 for a DICOM file met in a folder that it cannot read or that is cut short (failed, with the reason)",
+    function()
+    local d = H.tmpdir()
+    local g = H.gen_dicom { dir = d, count = 1, prefix = "ok" }[1]
+    H.write_file(d .. "/cut.dcm", H.file_bytes(g.path):sub(1, 200))
+    H.check_run("ln -s /proc/self/mem " .. H.q(d .. "/eio.dcm")) -- EIO, even for root
+    H.write_file(d .. "/notes.txt", "not DICOM\n")
+    local out, err, code = hc { E.dicomweb, d }
+    assert.equal(1, code, err)
+    assert.equal("", out)
+    assert.matches("^stored 1, already stored 0, failed 2, skipped 1;", err)
+    assert.matches("\nfailed  " .. lit(d .. "/cut.dcm") .. ": truncated at offset %d+\n", err)
+    assert.matches("\nfailed  " .. lit(d .. "/eio.dcm") .. ": cannot read [^\n]*: Input/output error\n", err)
+    assert.matches("\nskipped " .. lit(d .. "/notes.txt") .. ": not a DICOM file", err)
+    out, err, code = hc { E.dicomweb, d, "--json" }
+    assert.equal(1, code, err)
+    local report = cjson.decode(out)
+    local failed = by_path(report.failed)
+    assert.matches("^truncated at offset %d+$", failed[d .. "/cut.dcm"].reason)
+    assert.matches("Input/output error$", failed[d .. "/eio.dcm"].reason)
+    assert.equal(2, #report.failed)
+    assert.same({ d .. "/notes.txt" }, { report.skipped[1].path })
+  end)
+
   local usage = {
     { "no files", { E.dicomweb }, "^healthcare store: no files given\n" },
     { "a missing store", {}, "^healthcare store: missing argument 'store'\n" },
@@ -232,10 +256,10 @@ describe("healthcare store", function()
       local pct, done, total = bars[#bars]:match("^%[[#.]+%] +(%d+)%%  (%d+)/(%d+) files  [%d.]+ [KMGT]?B  [%d.]+ [KMGT]?B/s  ETA %d+s$")
       assert.is_string(pct, bars[#bars])
       -- every entry of the folder is counted, the skipped ones too
-      assert.equal(#valid + 6 + 1, tonumber(total))
+      assert.equal(#valid + 5 + 1, tonumber(total))
       assert.is_true(tonumber(done) <= tonumber(total))
       -- the bar is erased before the summary
-      assert.matches("\r\27%[Kstored " .. (#valid + 1) .. ", already stored 0, failed 0, skipped 6;", out)
+      assert.matches("\r\27%[Kstored " .. (#valid + 1) .. ", already stored 0, failed 0, skipped 5;", out)
     end)
 
     it("draws no bar with --json or --no-progress", function()

@@ -237,20 +237,34 @@ describe("store with a journal", function()
     local files = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in" })
     local jpath = dir .. "/journal"
     local st = assert(healthcare.dicomweb(E.dicomweb))
+    local c = files[3].path
+    local c_sec = H.check_run("stat -c '%Y' " .. H.q(c)):match("%d+")
+    H.check_run("touch -d @" .. c_sec .. ".100000000 " .. H.q(c))
     local r1 = assert(st:store(dir .. "/in", { journal = jpath, max_request_instances = 2 }))
     assert.same({ 6, 0, 0, 0 }, { #r1.stored, #r1.already_stored, #r1.failed, #r1.skipped })
     assert.equal(0, r1.journal.earlier_runs)
-    -- Same size and mtime, other bytes (not even DICOM): trusted, so not read, so not skipped.
+    -- Same size and mtime (to the nanosecond), other bytes (not even DICOM): trusted, so not read,
+    -- so not skipped.
     local a = files[1].path
-    local so = H.check_run("stat -c '%s %Y' " .. H.q(a))
-    local size, mtime = so:match("(%d+) (%d+)")
+    local so = H.check_run("stat -c '%s %.9Y' " .. H.q(a))
+    local size, mtime = so:match("(%d+) ([%d.]+)")
     H.write_file(a, string.rep("x", tonumber(size)))
     H.check_run("touch -d @" .. mtime .. " " .. H.q(a))
     -- A newer mtime: sent again.
-    H.check_run("touch -d @" .. (tonumber(mtime) + 5) .. " " .. H.q(files[2].path))
+    H.check_run("touch -d @" .. (tonumber(mtime:match("%d+")) + 5) .. " " .. H.q(files[2].path))
+    -- Rewritten with other bytes of the same size in the second it was stored: sent again (the
+    -- whole seconds alone would have it skipped for ever).
+    local bytes = H.file_bytes(c)
+    H.write_file(c, bytes:sub(1, -2) .. string.char((bytes:byte(-1) + 1) % 256))
+    H.check_run("touch -d @" .. c_sec .. ".200000000 " .. H.q(c))
     local r2 = assert(st:store(dir .. "/in", { journal = jpath }))
-    assert.same({ 1, 5, 0, 0 }, { #r2.stored, #r2.already_stored, #r2.failed, #r2.skipped })
-    assert.equal(files[2].path, r2.stored[1].path)
+    assert.same({ 4, 0, 0 }, { #r2.already_stored, #r2.failed, #r2.skipped })
+    local sent = {}
+    for _, r in ipairs(r2.stored) do sent[#sent + 1] = r.path end
+    table.sort(sent)
+    local expected = { files[2].path, c }
+    table.sort(expected)
+    assert.same(expected, sent)
     assert.same({ 1, 6, 0 }, { r2.journal.earlier_runs, r2.journal.earlier_stored, r2.journal.earlier_failed })
     local skipped = {}
     for _, r in ipairs(r2.already_stored) do
@@ -357,5 +371,46 @@ describe("store with a journal", function()
     report = H.json.decode(so)
     assert.same({ 0, 500, 4 }, { #report.stored, #report.already_stored, report.journal.earlier_runs })
     print(string.format("\n  journaled as stored after each SIGKILL: %s", table.concat(progress, ", ")))
+  end)
+end)
+
+describe("a store resumed with instances in flight that the server lists", function()
+  if not H.need_testbed() then return end
+  local healthcare = require "healthcare"
+
+  -- A listed SOP Instance UID does not prove these bytes were stored: the server (the emulator,
+  -- Google's 409 in front of Orthanc) may hold other bytes under it and have refused the request
+  -- a crash left in flight.
+  it("journals as stored only what the server gives back byte for byte; a conflict is sent and fails", function()
+    local dir = H.tmpdir()
+    local st = assert(healthcare.dicom_store(E.store, { endpoint = E.endpoint, access_token = E.token,
+      token_cache = false }))
+    finally(function() st:close() end)
+    local old = H.gen_dicom({ count = 1, size = 600, dir = dir .. "/old" })[1]
+    local same = H.gen_dicom({ count = 1, size = 500, dir = dir .. "/in", prefix = "same" })[1]
+    assert.equal(2, assert(st:store({ old.path, same.path })).counts.stored)
+    local changed = H.gen_dicom({ count = 1, size = 900, dir = dir .. "/in", prefix = "changed", study = old.study_uid,
+      series = old.series_uid, sop = old.sop_instance_uid })[1]
+    -- what a kill -9 with both in flight leaves
+    local jpath = dir .. "/journal"
+    local j = assert(journal.open(jpath, nil, { store = st.name }))
+    local list = {}
+    for i, f in ipairs({ same, changed }) do
+      local a = assert(lfs.attributes(f.path))
+      list[i] = { entry = { path = f.path, size = a.size, mtime = a.modification }, outcome = "sending" }
+    end
+    assert(j:record(list))
+    j:close()
+    local r = assert(st:store(dir .. "/in", { journal = jpath }))
+    assert.same({ in_flight = 2, found = 1 }, r.journal.in_flight)
+    assert.same({ 0, 1, 1 }, { #r.stored, #r.already_stored, #r.failed })
+    assert.equal(same.path, r.already_stored[1].path)
+    assert.equal(changed.path, r.failed[1].path)
+    assert.matches("already exists with different content", r.failed[1].reason)
+    -- the store keeps its bytes, and the journal says failed: the next run sends it again
+    assert.equal(H.sha256(old.path), H.sha256_string(H.orthanc_instance_file(old.sop_instance_uid)))
+    local outcome = {}
+    for _, rec in ipairs(records_of(jpath)) do outcome[rec.path] = rec.outcome end
+    assert.same({ [same.path] = "stored", [changed.path] = "failed" }, outcome)
   end)
 end)

@@ -46,7 +46,8 @@ describe("journal format 2", function()
   before_each(function() dir = H.tmpdir() end)
 
   it("writes records as arrays in the order of journal.FIELDS, after a run line of version 2", function()
-    assert.same({ "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason" }, journal.FIELDS)
+    assert.same({ "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason", "mtime_nsec" },
+      journal.FIELDS)
     local j = assert(journal.open(dir .. "/j", nil, { store = "http://h/dicom-web" }))
     assert(j:record({
       { entry = entry("/d/a.dcm", 10, 1700000000, "1.2.3.10", "1.2.9"), outcome = "stored" },
@@ -244,6 +245,17 @@ describe("journal format 2", function()
     assert.is_true(ix:put("/b", 4, 5, 6, 2))
     assert.is_true(ix:put("/a", 7, 8, 9, 2))
     assert.same({ 2, 7, 8, 9 }, { ix:get("/a") })
+    -- the mtime's nanoseconds, when given, come back (kept in the entry's 40 bytes with the seconds)
+    local nx = core.journal_index()
+    assert.is_true(nx:put("/n", 1, 1796211105, 3, 1, 999999999))
+    assert.same({ 1, 1, 1796211105, 3, 999999999 }, { nx:get("/n") })
+    assert.is_true(nx:put("/n", 1, -5, 3, 1, 0))
+    assert.same({ 1, 1, -5, 3, 0 }, { nx:get("/n") })
+    -- seconds out of the kept range (before 1697, after 2242): no mtime, so no file matches
+    assert.is_true(nx:put("/n", 1, 2 ^ 40, 3, 1))
+    assert.same({ 1, 1, nil, 3 }, { nx:get("/n") })
+    assert.error_matches(function() nx:put("/n", 1, 1, 0, 1, 1000000000) end, "must be 0 to 999999999")
+    nx:close()
     assert.same({ [2] = 2 }, ix:counts())
     assert.truthy(tostring(ix):match("2 paths"))
     assert.error_matches(function() ix:put("/c", 1, 1, -1, 1) end, "out of range")
@@ -296,9 +308,10 @@ describe("a store resumed from each format", function()
     assert.same({ 12, 0 }, { #r1.stored, #r1.already_stored })
     local v1 = to_v1(jpath)
     assert.truthy(H.file_bytes(v1):match('"version":1'))
-    -- Same size and mtime, other bytes: a file skipped unread keeps them; one read would fail.
-    local so = H.check_run("stat -c '%s %Y' " .. H.q(files[1].path))
-    local size, mtime = so:match("(%d+) (%d+)")
+    -- Same size and mtime (to the nanosecond), other bytes: a file skipped unread keeps them; one
+    -- read would fail.
+    local so = H.check_run("stat -c '%s %.9Y' " .. H.q(files[1].path))
+    local size, mtime = so:match("(%d+) ([%d.]+)")
     H.write_file(files[1].path, string.rep("x", tonumber(size)))
     H.check_run("touch -d @" .. mtime .. " " .. H.q(files[1].path))
     for _, jp in ipairs({ jpath, v1 }) do

@@ -324,18 +324,19 @@ describe("healthcare store: files named on the command line", function()
       .. "regular file %(named pipe%)\n", err)
   end)
 
-  it("skips what it meets in a folder and what --from-list names, with the reason, as before", function()
+  it("goes on past what it meets in a folder and what --from-list names: skipped, or failed if gone", function()
     local dir = shared_dir()
     local files = fresh_in(dir, 2)
     H.check_run("mkfifo " .. H.q(dir .. "/pipe.dcm"))
     local out, err, code = store({ dir, "--from-list", "-", "--json" },
       { stdin = dir .. "/gone.dcm\n" })
-    assert.equal(0, code, err)
+    -- a file named but gone is not stored: a failure, not a reason to stop the others
+    assert.equal(1, code, err)
     local report = cjson.decode(out)
     local skipped = {}
     for _, s in ipairs(report.skipped) do skipped[s.path] = s.reason end
-    assert.equal("not a regular file (named pipe)", skipped[dir .. "/pipe.dcm"])
-    assert.equal("cannot read: No such file or directory", skipped[dir .. "/gone.dcm"])
+    assert.same({ [dir .. "/pipe.dcm"] = "not a regular file (named pipe)" }, skipped)
+    assert.same({ { path = dir .. "/gone.dcm", reason = "cannot read: No such file or directory" } }, report.failed)
     for _, f in ipairs(files) do assert.truthy(H.orthanc_find_instance(f.sop_instance_uid)) end
   end)
 end)

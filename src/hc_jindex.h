@@ -19,7 +19,7 @@
 typedef struct hc_jindex_entry {
     unsigned char key[HC_JINDEX_KEY];
     int64_t size;
-    int64_t mtime;
+    int64_t mtime; /* as the caller encodes it (the Lua binding: seconds and nanoseconds) */
     uint64_t where; /* (offset of the latest line << 8) | outcome code */
 } hc_jindex_entry;
 

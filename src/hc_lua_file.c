@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include "hc_file.h"
 #include "hc_lua.h"
@@ -180,7 +181,22 @@ static int l_file_trusted_read(lua_State *L)
     return 1;
 }
 
+/* file_mtime(path) -> seconds, nanoseconds of the mtime of what path names (symbolic links
+ * followed, as lfs.attributes does) | nil, err (status "read"). lfs gives whole seconds: the
+ * journal tells apart two versions of a file written in the same second by the nanoseconds. */
+static int l_file_mtime(lua_State *L)
+{
+    const char *path = check_path(L, 1);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return file_fail(L, "read", "cannot stat", path, errno);
+    lua_pushinteger(L, (lua_Integer)st.st_mtim.tv_sec);
+    lua_pushinteger(L, (lua_Integer)st.st_mtim.tv_nsec);
+    return 2;
+}
+
 static const luaL_Reg file_functions[] = {
+    {"file_mtime", l_file_mtime},
     {"write_file", l_file_write_file},
     {"dir_writable", l_file_dir_writable},
     {"private_mkdir", l_file_private_mkdir},
@@ -190,8 +206,8 @@ static const luaL_Reg file_functions[] = {
     {NULL, NULL}
 };
 
-/* Adds write_file, dir_writable, trusted_read and the private_* functions to the module table
- * on top. */
+/* Adds write_file, dir_writable, file_mtime, trusted_read and the private_* functions to the
+ * module table on top. */
 void hc_lua_file_register(lua_State *L)
 {
     luaL_setfuncs(L, file_functions, 0);

@@ -365,9 +365,26 @@ static hc_jindex *index_check(lua_State *L)
     return ix;
 }
 
-/* ix:put(key, size, mtime, offset, code) -> true: key's entry is now these (the latest line
- * wins). size and mtime are integers, offset the line's (0 to 2^56), code 0 to 255. Raises
- * when memory is missing. */
+/* The mtime of an entry holds its seconds and nanoseconds in one int64, so that an entry stays
+ * 40 bytes: seconds * 2^30 + nanoseconds, or + STAMP_NO_NSEC when the line gave none (older
+ * lines: matched by whole seconds). Seconds outside +-2^33 (before 1697, after 2242) are kept as
+ * STAMP_NONE, which gives back no mtime, so that no file matches it (it is sent again). */
+#define STAMP_NSEC_BITS 30
+#define STAMP_NO_NSEC ((1 << STAMP_NSEC_BITS) - 1)
+#define STAMP_SECONDS ((int64_t)1 << 33)
+#define STAMP_NONE INT64_MIN
+
+static int64_t stamp_of(lua_Integer sec, lua_Integer nsec)
+{
+    if (sec <= -STAMP_SECONDS || sec >= STAMP_SECONDS)
+        return STAMP_NONE;
+    return (int64_t)sec * ((int64_t)1 << STAMP_NSEC_BITS) + (int64_t)nsec;
+}
+
+/* ix:put(key, size, mtime, offset, code[, nsec]) -> true: key's entry is now these (the latest
+ * line wins). size and mtime (seconds) are integers, offset the line's (0 to 2^56), code 0 to
+ * 255, nsec the mtime's nanoseconds (0 to 999999999) when known. Raises when memory is
+ * missing. */
 static int l_index_put(lua_State *L)
 {
     hc_jindex *ix = index_check(L);
@@ -377,16 +394,20 @@ static int l_index_put(lua_State *L)
     lua_Integer mtime = luaL_checkinteger(L, 4);
     lua_Integer offset = luaL_checkinteger(L, 5);
     lua_Integer code = luaL_checkinteger(L, 6);
+    lua_Integer nsec = luaL_optinteger(L, 7, STAMP_NO_NSEC);
     luaL_argcheck(L, offset >= 0 && (uint64_t)offset < ((uint64_t)1 << 56), 5, "out of range");
     luaL_argcheck(L, code >= 0 && code < HC_JINDEX_CODES, 6, "must be 0 to 255");
-    if (hc_jindex_put(ix, key, n, (int64_t)size, (int64_t)mtime, (uint64_t)offset,
+    luaL_argcheck(L, lua_isnoneornil(L, 7) || (nsec >= 0 && nsec <= 999999999), 7,
+                  "must be 0 to 999999999");
+    if (hc_jindex_put(ix, key, n, (int64_t)size, stamp_of(mtime, nsec), (uint64_t)offset,
                       (unsigned)code) != 0)
         return luaL_error(L, "not enough memory for the journal's index (%d paths)", (int)ix->n);
     lua_pushboolean(L, 1);
     return 1;
 }
 
-/* ix:get(key) -> code, size, mtime, offset of key's latest line; or nil. */
+/* ix:get(key) -> code, size, mtime (seconds), offset of key's latest line, and the mtime's
+ * nanoseconds when that line gave them; or nil. */
 static int l_index_get(lua_State *L)
 {
     hc_jindex *ix = index_check(L);
@@ -397,11 +418,18 @@ static int l_index_get(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
+    int64_t nsec = e->mtime & STAMP_NO_NSEC;
     lua_pushinteger(L, (lua_Integer)hc_jindex_code(e));
     lua_pushinteger(L, (lua_Integer)e->size);
-    lua_pushinteger(L, (lua_Integer)e->mtime);
+    if (e->mtime == STAMP_NONE)
+        lua_pushnil(L);
+    else /* an arithmetic shift: floor division, as the stamp was made by multiplying */
+        lua_pushinteger(L, (lua_Integer)((e->mtime - nsec) / ((int64_t)1 << STAMP_NSEC_BITS)));
     lua_pushinteger(L, (lua_Integer)hc_jindex_offset(e));
-    return 4;
+    if (e->mtime == STAMP_NONE || nsec == STAMP_NO_NSEC)
+        return 4;
+    lua_pushinteger(L, (lua_Integer)nsec);
+    return 5;
 }
 
 /* ix:counts() -> { [code] = number of distinct paths whose latest outcome has it }. */

@@ -24,7 +24,8 @@ local function parser()
     "Store DICOM files in a DICOM store (STOW-RS), many per request, streamed from disk.")
   common.add_store_options(p)
   p:argument("files", "DICOM files or directories (walked recursively); one that cannot be read is an error "
-    .. "(exit 2, nothing sent).", nil, nil, "*")
+    .. "(exit 2, nothing sent). In a directory or --from-list, a file that is not DICOM is skipped; one that "
+    .. "cannot be read, or a DICOM file cut short, fails (exit 1).", nil, nil, "*")
   common.option(p, M.DEPRECATED_FLAGS, "--study-uid",
     "Store under studies/UID; files of another study are skipped."):argname("<uid>")
   p:option("--concurrency", "Requests in flight at once.", tostring(batch.DEFAULTS.concurrency)):convert(tonumber)

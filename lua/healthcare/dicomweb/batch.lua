@@ -52,7 +52,8 @@ local OPTION_TYPES = {
 local PART_HEADERS = "Content-Type: " .. media.DICOM .. "\r\n"
 
 local function entry_of(f, probe)
-  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, dev = f.dev, ino = f.ino,
+  return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, mtime_nsec = f.mtime_nsec,
+    dev = f.dev, ino = f.ino,
     sop_instance_uid = probe and probe.sop_instance_uid, study_uid = probe and probe.study_uid,
     series_uid = probe and probe.series_uid, sop_class_uid = probe and probe.sop_class_uid }
 end
@@ -68,10 +69,11 @@ end
 local Source = {}
 Source.__index = Source
 
--- report: the run's (skipped and already stored files go there); journal: the run's, or nil.
-local function new_source(inputs, opts, report, journal)
+-- report: the run's (skipped and already stored files go there); journal: the run's, or nil;
+-- fail(e, reason): records a file that cannot be sent as failed (the Batch's fail_group).
+local function new_source(inputs, opts, report, journal, fail)
   return setmetatable({
-    it = files.iterate(inputs), opts = opts, report = report, journal = journal,
+    it = files.iterate(inputs), opts = opts, report = report, journal = journal, fail = fail,
     pending = nil,        -- an entry that did not fit in the previous group
     exhausted = false,
     -- sizes of the regular files skipped or already stored, so that a progress display can
@@ -87,13 +89,16 @@ function Source:skip(e, reason)
   self.bytes_not_sent = self.bytes_not_sent + (e.size or 0)
 end
 
--- What becomes of one file: an entry to send, or nil (skipped, already stored, another shard's).
+-- What becomes of one file: an entry to send, or nil (skipped, failed, already stored, another
+-- shard's).
 function Source:take(f)
   local opts, report = self.opts, self.report
   if opts.shard and not opts.shard.includes(f.rel) then
     return nil -- another machine's share: not ours to report
   elseif f.skip then
     return self:skip(f, f.skip)
+  elseif f.fail then
+    return self.fail(f, f.fail)
   end
   if self.journal and self.journal:is_stored(f) then
     report.counts.already_stored = report.counts.already_stored + 1
@@ -106,7 +111,11 @@ function Source:take(f)
     return nil
   end
   local probe, perr = core.dicom_probe(f.path)
-  if not probe then return self:skip(f, perr.message) end
+  if not probe then
+    -- not DICOM: nothing to store; unreadable, cut short or malformed: an instance not stored
+    if files.not_dicom(perr) then return self:skip(f, perr.message) end
+    return self.fail(f, perr.message)
+  end
   local e = entry_of(f, probe)
   e.size = probe.size or f.size
   if opts.study_uid and e.study_uid ~= opts.study_uid then
@@ -200,12 +209,15 @@ local function run_options(store, opts)
 end
 
 --- Instances an earlier run journaled as "sending" when it was killed (journal:in_flight): the
---- server is asked, one instance search per study, which of them it holds; those are journaled as
---- stored (and so not sent again), the others are sent as usual. Under overwrite none is asked:
---- a listed UID may be the conflicting instance the run is to replace. Returns { in_flight = n,
---- found = n, error = message or nil }: a failed check sends them all (a duplicate of the same
---- bytes is harmless, a loss is not); or nil, err when the journal cannot be read or written.
---- retry_opts: the run's `retry` (the searches' attempts).
+--- server is asked, one instance search per study, which of them it lists, and each one listed is
+--- read back by its UIDs and compared with the file; those equal are journaled as stored (and so
+--- not sent again), the others are sent as usual. A listed UID alone proves nothing: the server
+--- may hold other bytes under it, and the request in flight may have been refused for that (409),
+--- so such a file is sent again and the answer decides. Under overwrite none is asked: a listed UID
+--- may be the conflicting instance the run is to replace. Returns { in_flight = n, found = n,
+--- error = message or nil }: a failed search sends them all (a duplicate of the same bytes is
+--- harmless, a loss is not); or nil, err when the journal cannot be read or written.
+--- retry_opts: the run's `retry` (the searches' and read-backs' attempts).
 function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
   local list, err = journal:in_flight()
   if not list then return nil, err end
@@ -230,7 +242,11 @@ function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
     end
     local held = {}
     for _, e in ipairs(by_study[study]) do
-      if listed[e.sop_instance_uid] then held[#held + 1] = e end
+      -- only the few listed are read back: what a crash left in flight, a few requests' worth
+      if listed[e.sop_instance_uid] and names.valid_uid(e.series_uid)
+          and overwrite.read_back(store, e, { retry = retry_opts }) then
+        held[#held + 1] = e
+      end
     end
     local ok, jerr = journal:mark_stored(held)
     if not ok then return nil, jerr end
@@ -265,11 +281,10 @@ function Batch.new(store, inputs, opts)
     end
     report.journal.in_flight = settled
   end
-  return setmetatable({
+  local b = setmetatable({
     store = store, client = store.client, opts = o, report = report, journal = journal,
     policy = retry.new(retry.DEFAULTS, o.retry, store.client.retry),
     url = url,
-    source = new_source(inputs, o, report, journal),
     t0 = core.now(),
     inflight = {},      -- client request -> group
     ninflight = 0,
@@ -278,6 +293,10 @@ function Batch.new(store, inputs, opts)
     stopping = nil,     -- core.now() when the run began to stop (interrupt, on_progress false)
     conflicts = {},     -- entries answered "already exists with other bytes", to replace (overwrite)
   }, Batch)
+  b.source = new_source(inputs, o, report, journal, function(e, reason)
+    b:fail_group({ entries = { e } }, reason)
+  end)
+  return b
 end
 
 -- Records the outcome of entries (all of the group's by default) in the report and journal.
@@ -290,7 +309,7 @@ function Batch:finish_group(group, outcome_of, entries)
       -- replaced once the run's requests are done (Batch:replace_conflicts), recorded then
       self.conflicts[#self.conflicts + 1] = e
     else
-      bytes = bytes + e.size
+      bytes = bytes + (e.size or 0)
       local r = self:count_outcome(e, oc)
       recs[#recs + 1] = { entry = e, outcome = oc.outcome, reason = oc.reason }
       if o.on_instance then o.on_instance(r, oc.outcome) end

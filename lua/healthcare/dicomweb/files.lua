@@ -2,6 +2,7 @@
 -- Which files a store call sends: paths, lists of paths and directories walked recursively
 -- (sorted, following symbolic links, each directory entered once so link loops end), lazily so
 -- an archive of millions of files is never listed in memory at once.
+local core = require "healthcare.core"
 local lfs = require "lfs"
 
 local M = {}
@@ -11,11 +12,22 @@ local function join(dir, name)
   return dir .. "/" .. name
 end
 
+--- The nanoseconds of the mtime of what path names (lfs gives whole seconds), or nil.
+function M.mtime_nsec(path)
+  local sec, nsec = core.file_mtime(path)
+  if sec then return nsec end
+  return nil
+end
+
 --- Returns an iterator of entries, in order:
----   { path, rel, size, mtime, dev, ino }  a regular file (rel: its path below the input it came
----                                    from; dev, ino: its device and inode numbers, so that a file
+---   { path, rel, size, mtime, mtime_nsec, dev, ino }  a regular file (rel: its path below the
+---                                    input it came from; mtime_nsec: the nanoseconds of its mtime;
+---                                    dev, ino: its device and inode numbers, so that a file
 ---                                    replaced before it is sent can be told from the one checked)
----   { path, rel, skip = reason }    something that cannot be sent, with the reason
+---   { path, rel, skip = reason }    something that is not a file to send (a FIFO, a broken
+---                                    symbolic link, a link loop), with the reason
+---   { path, rel, fail = reason }    what cannot be read (a file, a folder): what it holds is
+---                                    not stored, a failure rather than something to pass over
 --- inputs: a path or a list of paths.
 function M.iterate(inputs)
   if type(inputs) == "string" then inputs = { inputs } end
@@ -28,13 +40,16 @@ function M.iterate(inputs)
         -- lfs says "cannot obtain information from file '<path>': <strerror>"; the path is
         -- in the record already
         err = tostring(err):match(": ([^:]+)$") or tostring(err)
-        coroutine.yield { path = path, rel = rel,
-          skip = l and "broken symbolic link" or ("cannot read: " .. err) }
+        if l then
+          coroutine.yield { path = path, rel = rel, skip = "broken symbolic link" }
+        else
+          coroutine.yield { path = path, rel = rel, fail = "cannot read: " .. err }
+        end
         return
       end
       if a.mode == "file" then
         coroutine.yield { path = path, rel = rel, size = a.size, mtime = a.modification,
-          dev = a.dev, ino = a.ino }
+          mtime_nsec = M.mtime_nsec(path), dev = a.dev, ino = a.ino }
       elseif a.mode == "directory" then
         local key = a.dev .. ":" .. a.ino
         if seen[key] then
@@ -45,7 +60,7 @@ function M.iterate(inputs)
         local names = {}
         local ok, iter, state = pcall(lfs.dir, path)
         if not ok then
-          coroutine.yield { path = path, rel = rel, skip = "cannot list directory: " .. tostring(iter) }
+          coroutine.yield { path = path, rel = rel, fail = "cannot list directory: " .. tostring(iter) }
           return
         end
         for name in iter, state do
@@ -77,7 +92,7 @@ end
 --- Why a path the user named (a command-line argument) cannot be stored from, or nil when it
 --- can: it must be a regular file this process may read or a directory it may list. A FIFO, a
 --- device or a socket is not opened (opening one may block or have effects). Entries met while
---- walking a directory are not judged here: iterate yields them with skip = reason.
+--- walking a directory are not judged here: iterate yields them with skip or fail = reason.
 function M.unreadable(path)
   local a, err = lfs.attributes(path)
   if not a then
@@ -95,6 +110,21 @@ function M.unreadable(path)
     return nil
   end
   return "not a regular file (" .. tostring(a.mode) .. ")"
+end
+
+-- What core.dicom_probe says of a file that is not DICOM at all (hc_dicom.h's reasons): skipped.
+-- Any other refusal is of a DICOM file cut short or malformed, or of one that cannot be read: not
+-- stored, so a failure.
+local NOT_DICOM = {
+  ["not a DICOM file (empty)"] = true,
+  ["not a DICOM file (no DICM prefix)"] = true,
+  ["no File Meta Information"] = true,
+}
+
+--- Whether err, from core.dicom_probe, says the file is not DICOM (to skip) rather than a DICOM
+--- file that cannot be read or used (to fail).
+function M.not_dicom(err)
+  return err.kind == "dicom" and NOT_DICOM[err.message] == true
 end
 
 return M

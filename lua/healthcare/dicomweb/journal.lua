@@ -8,7 +8,10 @@
 --   {"time":...}                          before records, whenever the second has changed
 --   ["sending",path,size,mtime]          one per instance, before its request (before 2026-12-03
 --                                        with the two UIDs as well: still read)
---   ["stored"|"failed",path,size,mtime,sop_instance_uid,study_uid(,reason)]  one per instance
+--   ["stored"|"failed",path,size,mtime,sop_instance_uid,study_uid(,reason,mtime_nsec)]  one per
+--                                        instance (mtime_nsec since 2026-12-03: older lines, and
+--                                        those of a file whose nanoseconds are not known, are
+--                                        matched by whole seconds)
 -- A record is an array in the order of M.FIELDS: no field name repeated on every line (format 1
 -- wrote each record as an object with its names and its own time; it is still read, and a
 -- journal begun by an older version goes on in format 2). A time line gives the time of the
@@ -30,6 +33,7 @@ local core = require "healthcare.core"
 local lfs = require "lfs"
 local cjson = require("cjson.safe").new()
 local errors = require "healthcare.errors"
+local files = require "healthcare.dicomweb.files"
 local util = require "healthcare.util"
 
 local M = {}
@@ -53,7 +57,8 @@ local SENDING = M.OUTCOMES.sending.code
 local OUTCOME_OF_CODE = {}
 for name, o in pairs(M.OUTCOMES) do OUTCOME_OF_CODE[o.code] = name end
 -- Written once: the order of the fields of a record (people read journals with grep and jq).
-M.FIELDS = { "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason" }
+-- mtime_nsec came last, after reason: versions that read seven fields read these lines as before.
+M.FIELDS = { "outcome", "path", "size", "mtime", "sop_instance_uid", "study_uid", "reason", "mtime_nsec" }
 
 local Journal = {}
 Journal.__index = Journal
@@ -101,19 +106,21 @@ local function is_integer(v)
   return type(v) == "number" and v == math.floor(v) and v > -2 ^ 53 and v < 2 ^ 53
 end
 
--- The outcome, path, size and mtime of a decoded record line of either format, or nil when it
--- is not a record (no known outcome or no path). A size or mtime that is not an integer is kept
--- as -1 and 0: the record counts, but no file (whose size is never -1) matches it.
+-- The outcome, path, size, mtime and mtime's nanoseconds (or nil) of a decoded record line of
+-- either format, or nil when it is not a record (no known outcome or no path). A size or mtime
+-- that is not an integer is kept as -1 and 0: the record counts, but no file (whose size is never
+-- -1) matches it.
 local function record_key(rec)
-  local outcome, path, size, mtime
+  local outcome, path, size, mtime, nsec
   if rec[1] ~= nil then   -- format 2: an array
-    outcome, path, size, mtime = rec[1], rec[2], rec[3], rec[4]
-  else                    -- format 1: an object
+    outcome, path, size, mtime, nsec = rec[1], rec[2], rec[3], rec[4], rec[8]
+  else                    -- format 1: an object (never with nanoseconds)
     outcome, path, size, mtime = rec.outcome, rec.path, rec.size, rec.mtime
   end
   if M.OUTCOMES[outcome] and type(path) == "string" then
     if not (is_integer(size) and is_integer(mtime)) then size, mtime = -1, 0 end
-    return outcome, path, size, mtime
+    if not (is_integer(nsec) and nsec >= 0 and nsec <= 999999999) then nsec = nil end
+    return outcome, path, size, mtime, nsec
   end
   return nil
 end
@@ -154,10 +161,10 @@ local function load(j, w, path)
     if l == nil then return nil, offset end
     if not l then return offset, torn end
     local rec = cjson.decode(l)
-    local outcome, key, size, mtime
-    if type(rec) == "table" then outcome, key, size, mtime = record_key(rec) end
+    local outcome, key, size, mtime, nsec
+    if type(rec) == "table" then outcome, key, size, mtime, nsec = record_key(rec) end
     if outcome then
-      index:put(key, size, mtime, offset, outcomes[outcome].code)
+      index:put(key, size, mtime, offset, outcomes[outcome].code, nsec)
       -- kept while latest: a few requests' worth, not one per file of the journal
       if outcome == "sending" then in_flight[key] = true elseif in_flight[key] then in_flight[key] = nil end
     elseif type(rec) == "table" and rec.journal == M.MAGIC then
@@ -258,19 +265,22 @@ function M.open(path, report, opts)
   return j
 end
 
--- The index's entry for entry = { path, size, mtime } when an earlier run's latest line for
--- its path has an outcome that is done, with the same size and mtime: its offset, or nil.
+-- The index's entry for entry = { path, size, mtime[, mtime_nsec] } when an earlier run's latest
+-- line for its path has an outcome that is done, with the same size and mtime: its offset, or
+-- nil. The nanoseconds are compared when both the line and the entry have them: a file rewritten
+-- with other bytes of the same size in the second it was stored is not taken for the one stored.
 local function done_at(self, entry)
   if not self.w then error("attempt to use a closed journal", 3) end
-  local code, size, mtime, offset = self.index:get(M.key(entry.path, self.cwd))
-  if code and M.OUTCOMES[OUTCOME_OF_CODE[code]].done and size == entry.size and mtime == entry.mtime then
+  local code, size, mtime, offset, nsec = self.index:get(M.key(entry.path, self.cwd))
+  if code and M.OUTCOMES[OUTCOME_OF_CODE[code]].done and size == entry.size and mtime == entry.mtime
+      and (nsec == nil or entry.mtime_nsec == nil or nsec == entry.mtime_nsec) then
     return offset
   end
   return nil
 end
 
---- entry = { path, size, mtime }. Whether an earlier run stored this path with the same size
---- and mtime (and it is to be skipped), without reading the journal again.
+--- entry = { path, size, mtime[, mtime_nsec] }. Whether an earlier run stored this path with the
+--- same size and mtime (and it is to be skipped), without reading the journal again.
 function Journal:is_stored(entry)
   return done_at(self, entry) ~= nil
 end
@@ -319,7 +329,8 @@ function Journal:record(list)
       error("bad outcome '" .. tostring(item.outcome) .. "' for the journal", 2)
     end
     lines[#lines + 1] = record_line({ outcome = item.outcome, path = M.key(e.path, self.cwd), size = e.size,
-      mtime = e.mtime, sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid, reason = item.reason })
+      mtime = e.mtime, sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid, reason = item.reason,
+      mtime_nsec = e.mtime_nsec })
   end
   local text = table.concat(lines)
   local ok, err = self.w:append(text)
@@ -329,9 +340,9 @@ end
 
 --- The files an earlier run journaled as "sending" and nothing after (a crash came while their
 --- request was in flight) that still have the size and mtime recorded: { { path, size, mtime,
---- sop_instance_uid, study_uid }, ... } (the UIDs read back from the file, the same as it was
---- sent; from the line when it has them), or nil, err. A file whose UIDs cannot be read has
---- none: it is sent again.
+--- sop_instance_uid, study_uid, series_uid }, ... } (the UIDs read back from the file, the same
+--- as it was sent; the first two from the line when it has them), or nil, err. A file whose UIDs
+--- cannot be read has none: it is sent again.
 function Journal:in_flight()
   if not self.w then error("attempt to use a closed journal", 2) end
   local list = {}
@@ -342,15 +353,17 @@ function Journal:in_flight()
       local l, err = self:line_at(offset)
       if not l then return nil, err end
       local r = record_of(cjson.decode(l) or {})
-      if not (r.sop_instance_uid and r.study_uid) then
-        local info = core.dicom_probe(key)
-        if info then
+      -- the Series Instance UID is never journaled, and a resume reads the instance back by it
+      local info = core.dicom_probe(key)
+      if info then
+        if not (r.sop_instance_uid and r.study_uid) then
           r.sop_instance_uid = info.sop_instance_uid or info.media_sop_instance_uid
           r.study_uid = info.study_uid
         end
+        r.series_uid = info.series_uid
       end
-      list[#list + 1] = { path = key, size = size, mtime = mtime, sop_instance_uid = r.sop_instance_uid,
-        study_uid = r.study_uid }
+      list[#list + 1] = { path = key, size = size, mtime = mtime, mtime_nsec = files.mtime_nsec(key),
+        sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid, series_uid = r.series_uid }
     end
   end
   table.sort(list, function(a, b) return a.path < b.path end)
@@ -371,8 +384,8 @@ function Journal:mark_stored(entries)
     local e = entries[i]
     local key = M.key(e.path, self.cwd)
     offset = offset - #record_line({ outcome = "stored", path = key, size = e.size, mtime = e.mtime,
-      sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid })
-    self.index:put(key, e.size, e.mtime, offset, M.OUTCOMES.stored.code)
+      sop_instance_uid = e.sop_instance_uid, study_uid = e.study_uid, mtime_nsec = e.mtime_nsec })
+    self.index:put(key, e.size, e.mtime, offset, M.OUTCOMES.stored.code, e.mtime_nsec)
     self.in_flight_keys[key] = nil
   end
   assert(offset >= start)

@@ -62,10 +62,12 @@ local function store_again(store, e)
   return true
 end
 
--- Reads the instance back by its UIDs and compares it with the file: true, or nil and why not.
-local function read_back(store, e)
+--- Reads the instance of entry e (path, study_uid, series_uid, sop_instance_uid) back by its UIDs
+--- and compares it with the file: true, or nil and why not. opts: { retry } of the retrieve.
+function M.read_back(store, e, opts)
   local tmp = os.tmpname()
-  local res, err = store:retrieve_instance(e.study_uid, e.series_uid, e.sop_instance_uid, { to = tmp })
+  local res, err = store:retrieve_instance(e.study_uid, e.series_uid, e.sop_instance_uid,
+    { to = tmp, retry = opts and opts.retry })
   if not res then
     os.remove(tmp)
     return nil, err.message
@@ -90,7 +92,7 @@ function M.replace(store, e)
   end
   local ok, why = store_again(store, e)
   if not ok then return nil, "deleted the stored instance, but storing the file again failed: " .. why end
-  ok, why = read_back(store, e)
+  ok, why = M.read_back(store, e)
   if not ok then return nil, "stored the file again, but reading it back failed: " .. why end
   return true
 end

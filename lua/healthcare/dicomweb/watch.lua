@@ -12,12 +12,14 @@
 -- ".part" are never taken: a writer may use them for a file it renames when done.
 --
 -- Exactly once: the journal says what the server confirmed; at start, a file it records as stored
--- (same path, size and mtime), or as in flight when a SIGKILL came and the server lists it, is
+-- (same path, size and mtime), or as in flight when a SIGKILL came and the server gives back its
+-- bytes (listed, then read back equal: a listed UID may hold other bytes), is
 -- removed or moved to done_dir without being sent, then the journal
 -- starts afresh (the previous one is kept as FILE.1), so it only ever holds one run.
 local core = require "healthcare.core"
 local lfs = require "lfs"
 local batch_mod = require "healthcare.dicomweb.batch"
+local files = require "healthcare.dicomweb.files"
 local journal_mod = require "healthcare.dicomweb.journal"
 local retry = require "healthcare.retry"
 local util = require "healthcare.util"
@@ -87,7 +89,7 @@ local function check_call(store, spool, opts)
 end
 
 -- Files of the spool the journal of an earlier run records as stored, or that it records as in
--- flight and the server holds: finished without being sent. Then the journal is moved aside
+-- flight and the server holds with the same bytes: finished without being sent. Then the journal is moved aside
 -- (FILE.1), so that the run's own starts empty.
 function Watcher:settle_journal()
   local path = self.opts.journal
@@ -275,9 +277,13 @@ function Watcher:on_event(ev)
   if ev.created then
     if not k then self.known[path] = { state = "writing", since = core.now() } end
   elseif ev.closed or ev.moved_in then
-    if not k or k.state == "writing" or k.state == "pending" then
+    if not k or k.state == "writing" or k.state == "pending" or k.state == "kept" then
       self.known[path] = { state = "pending" }
       self:enqueue(path)
+    elseif k.state == "sending" then
+      -- written again or renamed over (storescp reuses names) while its request is in flight:
+      -- the file there now is another, which act() queues instead of removing it
+      k.again = true
     end
   end
 end
@@ -313,8 +319,8 @@ function Watcher:scan(dir, fn)
       self:watch_dir(path)
       self:scan(path, fn)
     elseif a and a.mode == "file" then
-      fn { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification, dev = a.dev,
-        ino = a.ino }
+      fn { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
+        mtime_nsec = files.mtime_nsec(path), dev = a.dev, ino = a.ino }
     end
   end
 end
@@ -433,9 +439,15 @@ function Watcher:next_ready()
       self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
     elseif k then
       k.queued, k.state = nil, "sending"
+      -- what is sent, so that finishing it never removes another file put under its name since
       local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-        dev = a.dev, ino = a.ino }
-      local done = self.batch and self.batch.journal and self.batch.journal:lookup(f)
+        mtime_nsec = files.mtime_nsec(path), dev = a.dev, ino = a.ino }
+      k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
+        change = a.change }
+      k.again = nil
+      -- a file that replaced one in flight is new whatever its size and mtime (they may equal
+      -- those of the one stored, in the same second)
+      local done = not k.fresh and self.batch and self.batch.journal and self.batch.journal:lookup(f)
       if not done then return f end
       self:finish(path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
     end
@@ -518,13 +530,43 @@ function Watcher:defer(f)
   end
 end
 
+-- Whether the file at path is no longer the one its request sent: renamed over or written again
+-- (an event said so while in flight, or its device, inode, size, mtime or ctime differ). A file
+-- gone is not replaced (finish says it could not be removed).
+function Watcher:replaced(path)
+  local k = self.known[path]
+  local s = k and k.sent
+  if not s then return false end
+  if k.again then return true end
+  local a = lfs.symlinkattributes(path)
+  if not a then return false end
+  return a.mode ~= "file" or a.dev ~= s.dev or a.ino ~= s.ino or a.size ~= s.size or a.modification ~= s.mtime
+    or a.change ~= s.change or files.mtime_nsec(path) ~= s.nsec
+end
+
+-- What became of the file f.path was is told (its outcome: "stored", "failed", or "requeued" for
+-- a failure to send again), but the file there now, another, is left in place and queued as new.
+function Watcher:requeue_replaced(f)
+  local outcome = f.outcome == "stored" and "stored" or (f.scope and "requeued" or "failed")
+  self.known[f.path] = { state = "pending", fresh = true }
+  self:enqueue(f.path)
+  self.counters[outcome] = self.counters[outcome] + 1
+  if self.opts.on_file then
+    self.opts.on_file { outcome = outcome, path = f.path, reason = f.reason, sop_instance_uid = f.sop_instance_uid,
+      study_uid = f.study_uid, warning = "another file was put under this name while its request was in flight: "
+      .. "that one is left in place and sent" }
+  end
+end
+
 -- What the Batch's last turn finished: acted on once its journal lines are written.
 function Watcher:act()
   local list = self.finished
   if #list > 0 then
     self.finished = {}
     for _, f in ipairs(list) do
-      if f.outcome == "stored" then
+      if self:replaced(f.path) then
+        self:requeue_replaced(f)
+      elseif f.outcome == "stored" then
         self:finish(f.path, "stored", f)
       elseif f.scope then
         self:defer(f)
@@ -540,7 +582,11 @@ function Watcher:act()
   if #skipped > 0 then
     report.skipped = {}
     for _, s in ipairs(skipped) do
-      if self.known[s.path] then self:finish(s.path, "failed", s) end
+      if self:replaced(s.path) then
+        self:requeue_replaced(s)
+      elseif self.known[s.path] then
+        self:finish(s.path, "failed", s)
+      end
     end
   end
   report.failed, report.stored, report.already_stored = {}, {}, {}
