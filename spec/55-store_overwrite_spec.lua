@@ -92,6 +92,28 @@ describe("healthcare store --overwrite", function()
     assert.equal(deletes, instance_deletes())
   end)
 
+  it("puts the stored instance back when the store refuses the file after the deletion", function()
+    local old, new = stored_and_changed()
+    -- the first STOW (the conflict) passes; the one after the deletion is refused
+    H.emulator_faults({ { http_method = "POST", path = "^studies$", status = 400, skip = 1, times = 1 } })
+    local _, se, code = store_cli({ new.path, "--overwrite" })
+    H.emulator_faults({})
+    assert.equal(1, code, se)
+    assert.matches("deleted the stored instance, but storing the file again failed: [^\n]*; the stored instance "
+      .. "was put back %(read back equal%)", se)
+    assert.equal(H.sha256(old.path), H.sha256_string(H.orthanc_instance_file(old.sop_instance_uid)))
+
+    -- refused again when put back: the copy is kept, and named
+    H.emulator_faults({ { http_method = "POST", path = "^studies$", status = 400, skip = 1, times = 2 } })
+    _, se, code = store_cli({ new.path, "--overwrite" })
+    H.emulator_faults({})
+    assert.equal(1, code, se)
+    local kept = se:match("putting the stored instance back failed too %([^\n]*%): its copy is kept at (%S+)\n")
+    assert.truthy(kept, se)
+    assert.equal(H.sha256(old.path), H.sha256(kept))
+    os.remove(kept)
+  end)
+
   it("a conflict under another study's UIDs is not replaced: failed, with the step that failed", function()
     local old = stored_and_changed()
     local other = H.gen_dicom({ count = 1, dir = H.tmpdir(), size = 700, sop = old.sop_instance_uid })[1]

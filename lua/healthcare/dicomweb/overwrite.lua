@@ -3,9 +3,11 @@
 -- because it holds other bytes under the same SOP Instance UID (Google: 409, FailureReason 272
 -- with the detail "... already exists ...") is deleted, stored again, then read back by its UID
 -- and compared byte for byte with the file, so that "replaced" means the store now gives back
--- exactly the new file. Done one instance at a time after the run's other requests, on the
--- store's own synchronous calls (delete_instance, store_instances, retrieve_instance).
+-- exactly the new file; the stored instance is kept first and put back if the file is refused.
+-- Done one instance at a time after the run's other requests, on the store's own synchronous
+-- calls (retrieve_instance, delete_instance, store_instances).
 local core = require "healthcare.core"
+local lfs = require "lfs"
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local media = require "healthcare.dicomweb.media"
 
@@ -79,19 +81,61 @@ function M.read_back(store, e, opts)
   return true
 end
 
---- Replaces the instance of entry e (path, size, study_uid, series_uid, sop_instance_uid):
---- deleted (a 404 there: already gone, fine), stored again, read back and compared. Returns
---- true, or nil and the reason it failed, naming the step.
+-- The stored instance of entry e, retrieved into a new private file (os.tmpname's, 0600): an
+-- entry for store_again and read_back, or nil (the temporary file removed) and why not. A 404:
+-- { absent = true }, nothing to keep.
+local function keep_stored(store, e)
+  local path = os.tmpname()
+  local res, err = store:retrieve_instance(e.study_uid, e.series_uid, e.sop_instance_uid, { to = path })
+  if not res then
+    os.remove(path)
+    if err.kind == "http" and err.http_status == 404 then return { absent = true } end
+    return nil, err.message
+  end
+  local a = lfs.attributes(path)
+  if not a then
+    os.remove(path)
+    return nil, "the copy is gone"
+  end
+  return { path = path, size = a.size, dev = a.dev, ino = a.ino, mtime = a.modification, study_uid = e.study_uid,
+    series_uid = e.series_uid, sop_instance_uid = e.sop_instance_uid }
+end
+
+-- After the file was refused in place of the stored instance: that instance, kept before it was
+-- deleted, stored back and read back. Returns the reason for the failure, saying what the store
+-- holds now.
+local function put_back(store, copy, why)
+  local failed = "deleted the stored instance, but storing the file again failed: " .. why
+  if copy.absent then return failed end
+  local ok, back = store_again(store, copy)
+  if ok then ok, back = M.read_back(store, copy) end
+  if ok then
+    os.remove(copy.path)
+    return failed .. "; the stored instance was put back (read back equal)"
+  end
+  return failed .. "; putting the stored instance back failed too (" .. back .. "): its copy is kept at "
+    .. copy.path
+end
+
+--- Replaces the instance of entry e (path, size, study_uid, series_uid, sop_instance_uid): the
+--- stored one kept in a private temporary file, deleted (a 404 there: already gone, fine), the
+--- file stored again, read back and compared. When the store refuses the file, the stored
+--- instance is put back: a replacement that cannot be made never costs the instance the store
+--- held. Returns true, or nil and the reason it failed, naming the step.
 function M.replace(store, e)
   if not e.series_uid or e.series_uid == "" then
     return nil, "conflict not replaced: the file has no Series Instance UID to delete the stored instance by"
   end
+  local copy, cerr = keep_stored(store, e)
+  if not copy then return nil, "conflict not replaced: keeping a copy of the stored instance failed: " .. cerr end
   local res, err = store:delete_instance(e.study_uid, e.series_uid, e.sop_instance_uid)
   if not res and not (err.kind == "http" and err.http_status == 404) then
+    if copy.path then os.remove(copy.path) end
     return nil, "conflict not replaced: deleting the stored instance failed: " .. err.message
   end
   local ok, why = store_again(store, e)
-  if not ok then return nil, "deleted the stored instance, but storing the file again failed: " .. why end
+  if not ok then return nil, put_back(store, copy, why) end
+  if copy.path then os.remove(copy.path) end
   ok, why = M.read_back(store, e)
   if not ok then return nil, "stored the file again, but reading it back failed: " .. why end
   return true
