@@ -103,7 +103,7 @@ describe("healthcare.ngx.rewrite_urls", function()
   it("checks the options of rewriting", function()
     local parent = "projects/p/locations/l/datasets/d/dicomStores/s"
     for opt, v in pairs({ rewrite_urls = "yes", max_rewrite_size = -1, api_origin = "healthcare.googleapis.com",
-      public_url = "gateway/dicomWeb" }) do
+      public_url = "gateway/dicomWeb", retry_after = 0 }) do
       local ok, err = pcall(ngxmod.configure, { parent = parent, [opt] = v })
       assert.is_false(ok)
       assert.truthy(tostring(err):find("bad option '" .. opt .. "'", 1, true), tostring(err))
@@ -657,6 +657,13 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       assert.truthy(log:find("token request for service account", 1, true), log)
       assert.truthy(log:find("Connection refused", 1, true), log)
       assert.falsy(log:find(sa.private_key_pem:match("\n(%S+)\n"), 1, true))
+    end)
+
+    it("refuses to start with retry_after = 0 (a failure remembered for ever), saying why", function()
+      local sa = emu:service_account()
+      local ok, err = pcall(N.gateway, { emulator = emu, key_file = sa.key_file, configure_extra = "retry_after = 0," })
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("bad option 'retry_after' (a number > 0 expected)", 1, true), tostring(err))
     end)
 
     it("refuses to start with a malformed dicomStore name, saying why", function()

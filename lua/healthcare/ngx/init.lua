@@ -180,10 +180,13 @@ end
 
 -- ---- configuration --------------------------------------------------------------------------
 
-local function check_number(opts, k)
+-- positive: the value must be > 0 (retry_after: a shared dict entry set to expire in 0 s never
+-- expires, so one failed refresh would be a 503 until nginx restarts).
+local function check_number(opts, k, positive)
   local v = opts[k]
-  if v ~= nil and (type(v) ~= "number" or v < 0) then
-    error(string.format("healthcare.ngx.configure: bad option '%s' (a number >= 0 expected)", k), 3)
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or (positive and v <= 0)) then
+    error(string.format("healthcare.ngx.configure: bad option '%s' (a number %s 0 expected)", k,
+      positive and ">" or ">="), 3)
   end
 end
 
@@ -206,7 +209,7 @@ function M.configure(opts)
   opts = opts or {}
   check_parent(opts)
   for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
-    check_number(opts, k)
+    check_number(opts, k, k == "retry_after")
   end
   for _, k in ipairs({ "name", "shared_dict", "token_location", "prefix", "api_path", "api_origin",
     "public_url" }) do
