@@ -188,6 +188,11 @@ describe("the gateway without a key file", function()
     assert.are.equal(503, r.status, r.body)
     assert.are.equal("UNAVAILABLE", r.json.error.status)
     assert.truthy(gw:log():find("Permission 'iam.serviceAccounts.getAccessToken' denied", 1, true), gw:log())
+    -- The client is told no more than that there is no token: not whom the gateway impersonates,
+    -- nor IAM's words.
+    for _, s in ipairs({ target, "Permission", "generateAccessToken", METADATA_SA }) do
+      assert.falsy(r.body:find(s, 1, true), s .. " in " .. r.body)
+    end
     no_secret_in_log(gw)
     gw:stop()
   end)

@@ -417,16 +417,25 @@ function Gateway:token()
   end
 end
 
+-- "GET /dicomWeb/studies" of this request, as the client sent it but without its query.
+local function request_line()
+  return ngx.var.request_method .. " " .. (ngx.var.request_uri:gsub("%?.*", ""))
+end
+
 -- ---- the phases -----------------------------------------------------------------------------
+
+-- The answer to a client when there is no token: what went wrong names the gateway's credential
+-- (its email, token endpoint, the endpoint's words), which is the error log's, not a client's.
+local NO_TOKEN = "The gateway could not get an access token for the Cloud Healthcare API "
+  .. "(the gateway's error log says why)."
 
 --- access_by_lua: checks the method and path, sets Authorization (and x-goog-user-project) and
 --- the upstream path, or ends the request with an error in Google's JSON envelope.
 function Gateway:access()
   if self.unusable then
-    log(ngx.WARN, "503 for ", ngx.var.request_method, " ", ngx.var.uri, ": gateway '", self.name,
+    log(ngx.WARN, "503 for ", request_line(), ": gateway '", self.name,
       "' has no usable credentials (see the error at start-up)")
-    return answer(503, "The gateway cannot authenticate to the Cloud Healthcare API: its credentials "
-      .. "are not usable (see the gateway's error log).", self.retry_after)
+    return answer(503, NO_TOKEN, self.retry_after)
   end
   local method = ngx.req.get_method()
   local route, rest = routes.find(self.routes, ngx.var.uri)
@@ -446,9 +455,8 @@ function Gateway:access()
   if not path then return answer(status, message) end
   local token, err, retry_after = self:token()
   if not token then
-    log(ngx.WARN, "503 for ", method, " ", ngx.var.uri, ": ", err)
-    return answer(503, "The gateway could not get an access token for the Cloud Healthcare API: "
-      .. err, retry_after)
+    log(ngx.WARN, "503 for ", request_line(), ": ", err)
+    return answer(503, NO_TOKEN, retry_after)
   end
   ngx.req.set_header("Authorization", "Bearer " .. token)
   if self.cred.quota_project then ngx.req.set_header("x-goog-user-project", self.cred.quota_project) end
@@ -477,11 +485,6 @@ function Gateway:client_root()
     host = rewrite.host_with_port(host, ngx.var.scheme, ngx.var.server_port)
   end
   return ngx.var.scheme .. "://" .. host .. self.prefix
-end
-
--- "GET /dicomWeb/studies" of this request, as the client sent it but without its query.
-local function request_line()
-  return ngx.var.request_method .. " " .. (ngx.var.request_uri:gsub("%?.*", ""))
 end
 
 -- Decides whether this answer's body is rewritten (see rewrite_urls): sets ngx.ctx's plan and
