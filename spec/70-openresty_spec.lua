@@ -613,6 +613,96 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
     end)
   end)
 
+  describe("what of a client's request reaches the API", function()
+    -- The API is a capture server (every request's headers and target, recorded; answers {}); the
+    -- token comes from the emulator.
+    local emu, sa, gw, billed, log_file
+    setup(function()
+      emu = N.emulator()
+      sa = emu:service_account()
+      local dir = H.tmpdir()
+      log_file = dir .. "/captured.jsonl"
+      local url, stop = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
+        .. " " .. H.q(log_file), dir)
+      local port = tonumber(url:match(":(%d+)$"))
+      gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port, token_port = emu.port })
+      billed = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
+        token_port = emu.port, configure_extra = 'quota_project = "gateway-billed",' })
+      gw.stop_capture = stop
+    end)
+    teardown(function()
+      if gw then gw.stop_capture() end
+      N.stop_all()
+    end)
+
+    local function captured()
+      local list = {}
+      for line in (H.file_bytes(log_file) or ""):gmatch("[^\n]+") do list[#list + 1] = JSON.decode(line) end
+      return list
+    end
+
+    local function post(g, url, headers)
+      local args = { "-X", "POST", "-H", "Content-Type: application/dicom", "--data-binary", "x" }
+      for _, h in ipairs(headers or {}) do
+        args[#args + 1] = "-H"
+        args[#args + 1] = h
+      end
+      args[#args + 1] = g.url .. url
+      return H.curl(args)
+    end
+
+    it("refuses a method override or a Google system parameter in the query, before any token", function()
+      local before, tokens = #captured(), emu:token_requests()
+      -- A hundred other headers first: the check sees every header.
+      local many = {}
+      for i = 1, 120 do many[i] = "X-Filler-" .. i .. ": " .. i end
+      local cases = {
+        { headers = { "X-HTTP-Method-Override: DELETE" } }, { headers = { "x-http-method: DELETE" } },
+        { headers = { "X-Method-Override: PUT" } }, { headers = many, more = "X-HTTP-Method-Override: DELETE" },
+        { query = "?$httpMethod=DELETE" }, { query = "?%24httpMethod=DELETE" }, { query = "?a=1&HTTPMETHOD=DELETE" },
+        { query = "?userProject=someone-else" }, { query = "?%24userProject=x" }, { query = "?key=AIza" },
+        { query = "?access_token=ya29.x" }, { query = "?callback=steal" }, { query = "?$.xgafv=1" },
+        { query = "?_method=DELETE" }, { query = "?%24ct=text/plain" },
+      }
+      for _, c in ipairs(cases) do
+        local headers = { table.unpack(c.headers or {}) }
+        headers[#headers + 1] = c.more
+        local r = post(gw, "/dicomWeb/studies/1.2.3" .. (c.query or ""), headers)
+        assert_envelope(r, 400, "INVALID_ARGUMENT")
+      end
+      -- A query that only looks like one goes through.
+      assert.equal(200, post(gw, "/dicomWeb/studies?keyword=1&method=x").status)
+      assert.equal(before + 1, #captured())
+      assert.equal(tokens + 1, emu:token_requests())
+    end)
+
+    it("passes the client's media types and conditions, nothing else, with the gateway's credential", function()
+      local r = post(gw, "/dicomWeb/studies", { "Accept: application/dicom+json", "User-Agent: modality/1.0",
+        "If-Match: W/\"1\"", "Cookie: session=abc", "Proxy-Authorization: Basic cHJveHk6cHc=",
+        "X-Goog-User-Project: someone-elses-project", "X-Goog-Api-Key: AIza-client", "X-Forwarded-For: 10.9.9.9",
+        "Authorization: Bearer client-token", "Connection: keep-alive, X-Internal, Accept-Language",
+        "X-Internal: 1", "Accept-Language: fr" })
+      assert.equal(200, r.status, r.body)
+      local got = captured()
+      local h = got[#got].headers
+      assert.equal("application/dicom", h["content-type"])
+      assert.equal("application/dicom+json", h["accept"])
+      assert.equal("modality/1.0", h["user-agent"])
+      assert.equal('W/"1"', h["if-match"])
+      assert.truthy(h["authorization"]:match("^Bearer ") and h["authorization"] ~= "Bearer client-token",
+        h["authorization"])
+      for _, name in ipairs({ "cookie", "proxy-authorization", "x-goog-user-project", "x-goog-api-key",
+        "x-forwarded-for", "x-internal", "accept-language" }) do
+        assert.is_nil(h[name], name .. ": " .. tostring(h[name]))
+      end
+      -- The billed project is the gateway's choice when it has one.
+      r = post(billed, "/dicomWeb/studies", { "X-Goog-User-Project: someone-elses-project" })
+      assert.equal(200, r.status, r.body)
+      got = captured()
+      assert.equal("gateway-billed", got[#got].headers["x-goog-user-project"])
+    end)
+  end)
+
   describe("bad input", function()
     local emu
     setup(function() emu = N.emulator() end)
