@@ -703,6 +703,30 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
     end)
   end)
 
+  describe("the example's handler location (/patients/{id}/studies)", function()
+    it("reads the store for this machine only", function()
+      local emu = N.emulator()
+      local sa = emu:service_account()
+      local examples = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty"
+      local gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "content_by_lua_file /etc/healthcare/patient_studies.lua;",
+          "content_by_lua_file " .. examples .. "/patient_studies.lua;" } } })
+      finally(function()
+        gw:stop()
+        emu:stop()
+      end)
+      local url = gw.url .. "/patients/NGX-NOBODY/studies"
+      local r = H.curl({ url })
+      assert.equal(200, r.status, r.body .. gw:log())
+      local reads = emu:stats().store_requests_total
+      assert.truthy(reads > 0)
+      -- Another address of this host stands for another machine: nginx refuses it.
+      r = H.curl({ "--interface", "127.0.0.2", url })
+      assert.equal(403, r.status, r.body)
+      assert.equal(reads, emu:stats().store_requests_total)
+    end)
+  end)
+
   describe("bad input", function()
     local emu
     setup(function() emu = N.emulator() end)
