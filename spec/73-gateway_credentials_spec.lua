@@ -297,6 +297,30 @@ describe("the gateway without a key file", function()
     gw:stop()
   end)
 
+  it("an STS that echoes the client authentication: its Basic credential is not in the log", function()
+    local id, client_secret = "gw-client", secret("gw-client-secret-" .. core.random_hex(8))
+    -- The Basic credential as it goes on the wire (no_secret_in_log looks for it)
+    secret(H.check_run("printf %s " .. H.q(id .. ":" .. client_secret) .. " | base64 -w0"))
+    local echo = table.concat({
+      "        location = /_sts_echo {",
+      "            allow 127.0.0.1;",
+      "            deny all;",
+      "            default_type application/json;",
+      "            return 401 '{\"error\": \"invalid_client\", \"error_description\": \"no client $http_authorization\"}';",
+      "        }",
+      "        location = /_idp/token {" }, "\n")
+    local path = token_file(subject_token("gw-echo"))
+    local gw = N.gateway({ emulator = { port = EM_PORT },
+      key_file = external_file({ file = path }, { client_id = id, client_secret = client_secret }),
+      edits = { { "        location / {", locations() }, { "        location = /_idp/token {", echo },
+        { "proxy_pass http://127.0.0.1:" .. EM_PORT .. "/v1/token;", "proxy_pass http://127.0.0.1:$server_port/_sts_echo;" } } })
+    local r = stow(gw)
+    assert.are.equal(503, r.status, r.body)
+    assert.truthy(gw:log():find("invalid_client: no client REDACTED", 1, true), gw:log())
+    no_secret_in_log(gw)
+    gw:stop()
+  end)
+
   it("STS refusing the audience: 503, STS's words in the log", function()
     local path = token_file(subject_token("gw-bad"))
     local gw = gateway(external_file({ file = path }, { audience = "//iam.googleapis.com/" .. POOL .. "/providers/gone" }))

@@ -166,10 +166,11 @@ local function sts_token(g, scopes)
     audience = x.audience, scope = table.concat(scopes, " "), subject_token_type = x.subject_token_type,
     subject_token = subject }
   if x.user_project and not x.client_id then form.options = cjson.encode({ userProject = x.user_project }) end
-  local basic = x.client_id and ("Basic " .. ngx.encode_base64(core.escape(x.client_id) .. ":"
-    .. core.escape(x.client_secret))) or nil
+  -- The library's client authentication (healthcare.auth.external), and its secrets: an STS that
+  -- echoes the header must not put the encoded client secret in the error log.
+  local basic = x.basic_auth and ("Basic " .. x.basic_auth) or nil
   local res = capture(g.sts_location, { method = ngx.HTTP_POST, body = util.query_string(form) }, basic)
-  local secrets = { subject }
+  local secrets = credentials.header_secrets(basic and { "Authorization: " .. basic } or {}, { subject })
   for _, v in ipairs(held) do secrets[#secrets + 1] = v end
   secrets[#secrets + 1] = x.client_secret
   if res.status ~= 200 then return nil, failed("the STS token exchange for " .. x.label, res, secrets) end
@@ -216,7 +217,8 @@ local function read_external(info, where)
       .. tostring(x.source_kind)
   end
   local out = { audience = x.audience, subject_token_type = x.subject_token_type, client_id = x.client_id,
-    client_secret = x.client_secret, user_project = x.user_project, source_file = x.source_file,
+    client_secret = x.client_secret, basic_auth = x.basic_auth, user_project = x.user_project,
+    source_file = x.source_file,
     format = x.format, field_name = x.field_name, label = x.label, quota_project = x.quota_project,
     aws = x.source_kind == "aws" and x.aws or nil }
   local imp = cred.target and { target = cred.target, lifetime = cred.lifetime, delegates = cred.delegates }
