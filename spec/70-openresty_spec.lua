@@ -103,7 +103,7 @@ describe("healthcare.ngx.rewrite_urls", function()
   it("checks the options of rewriting", function()
     local parent = "projects/p/locations/l/datasets/d/dicomStores/s"
     for opt, v in pairs({ rewrite_urls = "yes", max_rewrite_size = -1, api_origin = "healthcare.googleapis.com",
-      public_url = "gateway/dicomWeb" }) do
+      public_url = "gateway/dicomWeb", retry_after = 0 }) do
       local ok, err = pcall(ngxmod.configure, { parent = parent, [opt] = v })
       assert.is_false(ok)
       assert.truthy(tostring(err):find("bad option '" .. opt .. "'", 1, true), tostring(err))
@@ -194,6 +194,16 @@ local function assert_envelope(r, code, status)
   assert.equal(code, r.json.error.code)
   assert.equal(status, r.json.error.status)
   assert.is_string(r.json.error.message)
+end
+
+-- A 503 for want of a token says only that: not the service account, its token endpoint or
+-- what the endpoint said (the error log has those).
+local function assert_untold(r, sa)
+  assert.equal("The gateway could not get an access token for the Cloud Healthcare API "
+    .. "(the gateway's error log says why).", r.json.error.message)
+  for _, s in ipairs({ sa.client_email, "token request", "HTTP 5", "temporarily_unavailable", "127.0.0.1" }) do
+    assert.falsy(r.body:find(s, 1, true), s .. " in " .. r.body)
+  end
 end
 
 describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
@@ -603,6 +613,120 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
     end)
   end)
 
+  describe("what of a client's request reaches the API", function()
+    -- The API is a capture server (every request's headers and target, recorded; answers {}); the
+    -- token comes from the emulator.
+    local emu, sa, gw, billed, log_file
+    setup(function()
+      emu = N.emulator()
+      sa = emu:service_account()
+      local dir = H.tmpdir()
+      log_file = dir .. "/captured.jsonl"
+      local url, stop = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
+        .. " " .. H.q(log_file), dir)
+      local port = tonumber(url:match(":(%d+)$"))
+      gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port, token_port = emu.port })
+      billed = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
+        token_port = emu.port, configure_extra = 'quota_project = "gateway-billed",' })
+      gw.stop_capture = stop
+    end)
+    teardown(function()
+      if gw then gw.stop_capture() end
+      N.stop_all()
+    end)
+
+    local function captured()
+      local list = {}
+      for line in (H.file_bytes(log_file) or ""):gmatch("[^\n]+") do list[#list + 1] = JSON.decode(line) end
+      return list
+    end
+
+    local function post(g, url, headers)
+      local args = { "-X", "POST", "-H", "Content-Type: application/dicom", "--data-binary", "x" }
+      for _, h in ipairs(headers or {}) do
+        args[#args + 1] = "-H"
+        args[#args + 1] = h
+      end
+      args[#args + 1] = g.url .. url
+      return H.curl(args)
+    end
+
+    it("refuses a method override or a Google system parameter in the query, before any token", function()
+      local before, tokens = #captured(), emu:token_requests()
+      -- A hundred other headers first: the check sees every header.
+      local many = {}
+      for i = 1, 120 do many[i] = "X-Filler-" .. i .. ": " .. i end
+      local cases = {
+        { headers = { "X-HTTP-Method-Override: DELETE" } }, { headers = { "x-http-method: DELETE" } },
+        { headers = { "X-Method-Override: PUT" } }, { headers = many, more = "X-HTTP-Method-Override: DELETE" },
+        { query = "?$httpMethod=DELETE" }, { query = "?%24httpMethod=DELETE" }, { query = "?a=1&HTTPMETHOD=DELETE" },
+        { query = "?userProject=someone-else" }, { query = "?%24userProject=x" }, { query = "?key=AIza" },
+        { query = "?access_token=ya29.x" }, { query = "?callback=steal" }, { query = "?$.xgafv=1" },
+        { query = "?_method=DELETE" }, { query = "?%24ct=text/plain" },
+      }
+      for _, c in ipairs(cases) do
+        local headers = { table.unpack(c.headers or {}) }
+        headers[#headers + 1] = c.more
+        local r = post(gw, "/dicomWeb/studies/1.2.3" .. (c.query or ""), headers)
+        assert_envelope(r, 400, "INVALID_ARGUMENT")
+      end
+      -- A query that only looks like one goes through.
+      assert.equal(200, post(gw, "/dicomWeb/studies?keyword=1&method=x").status)
+      assert.equal(before + 1, #captured())
+      assert.equal(tokens + 1, emu:token_requests())
+    end)
+
+    it("passes the client's media types and conditions, nothing else, with the gateway's credential", function()
+      local r = post(gw, "/dicomWeb/studies", { "Accept: application/dicom+json", "User-Agent: modality/1.0",
+        "If-Match: W/\"1\"", "Cookie: session=abc", "Proxy-Authorization: Basic cHJveHk6cHc=",
+        "X-Goog-User-Project: someone-elses-project", "X-Goog-Api-Key: AIza-client", "X-Forwarded-For: 10.9.9.9",
+        "Authorization: Bearer client-token", "Connection: keep-alive, X-Internal, Accept-Language",
+        "X-Internal: 1", "Accept-Language: fr" })
+      assert.equal(200, r.status, r.body)
+      local got = captured()
+      local h = got[#got].headers
+      assert.equal("application/dicom", h["content-type"])
+      assert.equal("application/dicom+json", h["accept"])
+      assert.equal("modality/1.0", h["user-agent"])
+      assert.equal('W/"1"', h["if-match"])
+      assert.truthy(h["authorization"]:match("^Bearer ") and h["authorization"] ~= "Bearer client-token",
+        h["authorization"])
+      for _, name in ipairs({ "cookie", "proxy-authorization", "x-goog-user-project", "x-goog-api-key",
+        "x-forwarded-for", "x-internal", "accept-language" }) do
+        assert.is_nil(h[name], name .. ": " .. tostring(h[name]))
+      end
+      -- The billed project is the gateway's choice when it has one.
+      r = post(billed, "/dicomWeb/studies", { "X-Goog-User-Project: someone-elses-project" })
+      assert.equal(200, r.status, r.body)
+      got = captured()
+      assert.equal("gateway-billed", got[#got].headers["x-goog-user-project"])
+    end)
+  end)
+
+  describe("the example's handler location (/patients/{id}/studies)", function()
+    it("reads the store for this machine only", function()
+      local emu = N.emulator()
+      local sa = emu:service_account()
+      local examples = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty"
+      local gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1,
+        edits = { { "content_by_lua_file /etc/healthcare/patient_studies.lua;",
+          "content_by_lua_file " .. examples .. "/patient_studies.lua;" } } })
+      finally(function()
+        gw:stop()
+        emu:stop()
+      end)
+      local url = gw.url .. "/patients/NGX-NOBODY/studies"
+      local r = H.curl({ url })
+      assert.equal(200, r.status, r.body .. gw:log())
+      local reads = emu:stats().store_requests_total
+      assert.truthy(reads > 0)
+      -- Another address of this host stands for another machine: nginx refuses it.
+      r = H.curl({ "--interface", "127.0.0.2", url })
+      assert.equal(403, r.status, r.body)
+      assert.equal(reads, emu:stats().store_requests_total)
+    end)
+  end)
+
   describe("bad input", function()
     local emu
     setup(function() emu = N.emulator() end)
@@ -647,7 +771,9 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       local r = stow(gw, "/dicomWeb/studies", body, ctype)
       assert_envelope(r, 503, "UNAVAILABLE")
       assert.truthy(r.json.error.message:find("could not get an access token", 1, true), r.body)
-      assert.truthy(r.json.error.message:find("HTTP 502", 1, true), r.body)
+      -- What failed is for the error log: a client learns nothing of the gateway's credential.
+      assert_untold(r, sa)
+      assert.truthy(gw:log():find("HTTP 502", 1, true), gw:log())
       assert.equal("2", r.headers["retry-after"])
       assert.truthy(os.time() - t0 <= 3)
       -- Within retry_after, clients get the remembered failure without another try.
@@ -657,6 +783,13 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       assert.truthy(log:find("token request for service account", 1, true), log)
       assert.truthy(log:find("Connection refused", 1, true), log)
       assert.falsy(log:find(sa.private_key_pem:match("\n(%S+)\n"), 1, true))
+    end)
+
+    it("refuses to start with retry_after = 0 (a failure remembered for ever), saying why", function()
+      local sa = emu:service_account()
+      local ok, err = pcall(N.gateway, { emulator = emu, key_file = sa.key_file, configure_extra = "retry_after = 0," })
+      assert.is_false(ok)
+      assert.truthy(tostring(err):find("bad option 'retry_after' (a number > 0 expected)", 1, true), tostring(err))
     end)
 
     it("refuses to start with a malformed dicomStore name, saying why", function()
@@ -689,7 +822,8 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       emu:control("faults", { match = "token", status = 503, message = "backend trouble" })
       local r = stow(gw, "/dicomWeb/studies", body, ctype)
       assert_envelope(r, 503, "UNAVAILABLE")
-      assert.truthy(r.json.error.message:find("HTTP 503 temporarily_unavailable: backend trouble", 1, true), r.body)
+      assert_untold(r, sa)
+      assert.truthy(gw:log():find("HTTP 503 temporarily_unavailable: backend trouble", 1, true), gw:log())
       -- A token endpoint that never answers: the token location's proxy_read_timeout (10 s) ends it.
       os.execute("sleep 2.2")   -- the remembered failure expires
       emu:control("faults", { match = "token", delay = 30 })
@@ -697,7 +831,8 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       r = stow(gw, "/dicomWeb/studies", body, ctype)
       local took = os.time() - t0
       assert_envelope(r, 503, "UNAVAILABLE")
-      assert.truthy(r.json.error.message:find("HTTP 504", 1, true), r.body)
+      assert_untold(r, sa)
+      assert.truthy(gw:log():find("HTTP 504", 1, true), gw:log())
       assert.truthy(took >= 9 and took <= 14, "took " .. took .. " s")
       -- And then it works again.
       os.execute("sleep 2.2")

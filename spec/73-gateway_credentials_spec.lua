@@ -188,6 +188,11 @@ describe("the gateway without a key file", function()
     assert.are.equal(503, r.status, r.body)
     assert.are.equal("UNAVAILABLE", r.json.error.status)
     assert.truthy(gw:log():find("Permission 'iam.serviceAccounts.getAccessToken' denied", 1, true), gw:log())
+    -- The client is told no more than that there is no token: not whom the gateway impersonates,
+    -- nor IAM's words.
+    for _, s in ipairs({ target, "Permission", "generateAccessToken", METADATA_SA }) do
+      assert.falsy(r.body:find(s, 1, true), s .. " in " .. r.body)
+    end
     no_secret_in_log(gw)
     gw:stop()
   end)
@@ -264,6 +269,55 @@ describe("the gateway without a key file", function()
     assert.are.equal(503, r.status, r.body)
     assert.truthy(gw:log():find("the gateway takes external_account files with a file, url or aws source, not "
       .. "executable", 1, true), gw:log())
+    gw:stop()
+  end)
+
+  -- A credential file is trusted only when no other user could have written it, as the library
+  -- reads its own (credentials.read_trusted): the workers read the subject token at each refresh.
+  it("an external_account file others may write: refused, 503 from the start", function()
+    local path = external_file({ file = token_file(subject_token("gw-unsafe")) })
+    H.check_run("chmod 666 " .. H.q(path))
+    local gw = gateway(path)
+    local r = stow(gw)
+    assert.are.equal(503, r.status, r.body)
+    assert.truthy(gw:log():find("refusing credentials file '" .. path .. "'", 1, true), gw:log())
+    gw:stop()
+  end)
+
+  it("a subject token file others may write: refused at the refresh, 503", function()
+    local before = em:count("token_requests", "urn:ietf:params:oauth:grant-type:token-exchange")
+    local path = token_file(subject_token("gw-unsafe-token"))
+    H.check_run("chmod 666 " .. H.q(path))
+    local gw = gateway(external_file({ file = path }))
+    local r = stow(gw)
+    assert.are.equal(503, r.status, r.body)
+    assert.truthy(gw:log():find("refusing the subject token file '" .. path .. "'", 1, true), gw:log())
+    assert.are.equal(before, em:count("token_requests", "urn:ietf:params:oauth:grant-type:token-exchange"))
+    no_secret_in_log(gw)
+    gw:stop()
+  end)
+
+  it("an STS that echoes the client authentication: its Basic credential is not in the log", function()
+    local id, client_secret = "gw-client", secret("gw-client-secret-" .. core.random_hex(8))
+    -- The Basic credential as it goes on the wire (no_secret_in_log looks for it)
+    secret(H.check_run("printf %s " .. H.q(id .. ":" .. client_secret) .. " | base64 -w0"))
+    local echo = table.concat({
+      "        location = /_sts_echo {",
+      "            allow 127.0.0.1;",
+      "            deny all;",
+      "            default_type application/json;",
+      "            return 401 '{\"error\": \"invalid_client\", \"error_description\": \"no client $http_authorization\"}';",
+      "        }",
+      "        location = /_idp/token {" }, "\n")
+    local path = token_file(subject_token("gw-echo"))
+    local gw = N.gateway({ emulator = { port = EM_PORT },
+      key_file = external_file({ file = path }, { client_id = id, client_secret = client_secret }),
+      edits = { { "        location / {", locations() }, { "        location = /_idp/token {", echo },
+        { "proxy_pass http://127.0.0.1:" .. EM_PORT .. "/v1/token;", "proxy_pass http://127.0.0.1:$server_port/_sts_echo;" } } })
+    local r = stow(gw)
+    assert.are.equal(503, r.status, r.body)
+    assert.truthy(gw:log():find("invalid_client: no client REDACTED", 1, true), gw:log())
+    no_secret_in_log(gw)
     gw:stop()
   end)
 

@@ -63,7 +63,34 @@ for _, k in ipairs(routes.OPTIONS) do M.OPTIONS[#M.OPTIONS + 1] = k end -- FHIR,
 M.LOCK_SLACK = 5
 
 -- Google's status names for the errors the gateway itself answers.
-local STATUS = { [404] = "NOT_FOUND", [405] = "METHOD_NOT_ALLOWED", [503] = "UNAVAILABLE" }
+local STATUS = { [400] = "INVALID_ARGUMENT", [404] = "NOT_FOUND", [405] = "METHOD_NOT_ALLOWED",
+  [503] = "UNAVAILABLE" }
+
+-- The request headers of a client that reach the API (lower case); every other one is taken out.
+-- The API's request carries the gateway's credential, so whatever else it carries is the gateway
+-- speaking: a cookie or proxy credential of the client's, X-Goog-* system parameters (the billed
+-- project of X-Goog-User-Project, an API key) or a method override would make Google do, or bill,
+-- what the gateway's configuration does not allow. What DICOMweb, FHIR and HL7v2 clients need:
+-- the media types asked and sent, a body's encoding, FHIR's conditional and Prefer headers.
+M.FORWARDED_HEADERS = { "accept", "accept-charset", "accept-encoding", "accept-language", "content-type",
+  "content-encoding", "user-agent", "if-match", "if-none-match", "if-none-exist", "if-modified-since",
+  "if-unmodified-since", "prefer", "range", "if-range" }
+-- Headers nginx itself writes, or drops, for the upstream (its proxy module's defaults), and that
+-- it needs as they came: the client's Host names the gateway in rewritten URLs.
+local NGINX_OWN = { host = true, connection = true, ["content-length"] = true, ["transfer-encoding"] = true,
+  expect = true }
+local forwarded = {}
+for _, h in ipairs(M.FORWARDED_HEADERS) do forwarded[h] = true end
+-- Headers that ask Google's front end for another method than the request's (Google honours
+-- X-HTTP-Method-Override on a POST): a POST-only gateway would otherwise delete.
+M.METHOD_OVERRIDE_HEADERS = { "x-http-method-override", "x-http-method", "x-method-override" }
+-- Query parameters that are Google system parameters a client must not choose through the
+-- gateway (https://cloud.google.com/apis/docs/system-parameters): every name starting with '$'
+-- (none is DICOMweb's, FHIR's or HL7v2's), and the unprefixed ones that change the method, the
+-- billed project, the credential or the answer's form (JSONP). Compared case-insensitively.
+M.REFUSED_PARAMS = { "httpmethod", "_method", "userproject", "key", "access_token", "oauth_token", "callback" }
+local refused_params = {}
+for _, k in ipairs(M.REFUSED_PARAMS) do refused_params[k] = true end
 
 local gateways = {}   -- name -> Gateway, made by configure (in the master, before workers fork)
 
@@ -180,10 +207,13 @@ end
 
 -- ---- configuration --------------------------------------------------------------------------
 
-local function check_number(opts, k)
+-- positive: the value must be > 0 (retry_after: a shared dict entry set to expire in 0 s never
+-- expires, so one failed refresh would be a 503 until nginx restarts).
+local function check_number(opts, k, positive)
   local v = opts[k]
-  if v ~= nil and (type(v) ~= "number" or v < 0) then
-    error(string.format("healthcare.ngx.configure: bad option '%s' (a number >= 0 expected)", k), 3)
+  if v ~= nil and (type(v) ~= "number" or v ~= v or v < 0 or (positive and v <= 0)) then
+    error(string.format("healthcare.ngx.configure: bad option '%s' (a number %s 0 expected)", k,
+      positive and ">" or ">="), 3)
   end
 end
 
@@ -206,7 +236,7 @@ function M.configure(opts)
   opts = opts or {}
   check_parent(opts)
   for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
-    check_number(opts, k)
+    check_number(opts, k, k == "retry_after")
   end
   for _, k in ipairs({ "name", "shared_dict", "token_location", "prefix", "api_path", "api_origin",
     "public_url" }) do
@@ -414,16 +444,73 @@ function Gateway:token()
   end
 end
 
+-- "GET /dicomWeb/studies" of this request, as the client sent it but without its query.
+local function request_line()
+  return ngx.var.request_method .. " " .. (ngx.var.request_uri:gsub("%?.*", ""))
+end
+
+-- ---- the client's headers and query ---------------------------------------------------------
+
+--- Whether a query string (as sent: $args) names a parameter of M.REFUSED_PARAMS or any '$'
+--- system parameter, in any case and percent-encoding; the name found, or nil.
+function M.refused_param(args)
+  for pair in (args or ""):gmatch("[^&;]+") do
+    local name = ngx.unescape_uri((pair:match("^[^=]*")))
+    local lower = name:lower()
+    if lower:sub(1, 1) == "$" or refused_params[lower] then return name end
+  end
+  return nil
+end
+
+-- Why the gateway refuses this request's headers or query (a method override or a system
+-- parameter), or nil. Every header is looked at (0: no limit), so a hundred others do not hide one.
+local function refusal()
+  local headers = ngx.req.get_headers(0)
+  for _, h in ipairs(M.METHOD_OVERRIDE_HEADERS) do
+    if headers[h] then
+      return "The gateway does not take method overrides (" .. h .. "): send the method itself."
+    end
+  end
+  if M.refused_param(ngx.var.args) then
+    return "The gateway does not take Google's system parameters (a '$' parameter, httpMethod, "
+      .. "userProject, key, access_token, callback) in the query."
+  end
+  return nil
+end
+
+-- Takes out of the request every header the API must not get from the client (see
+-- M.FORWARDED_HEADERS), and the allowed ones its Connection header names (hop-by-hop).
+local function keep_forwarded_headers()
+  local headers = ngx.req.get_headers(0, true)
+  local hop = {}
+  for name, v in pairs(headers) do
+    if name:lower() == "connection" then
+      for _, value in ipairs(type(v) == "table" and v or { v }) do
+        for token in value:gmatch("[^,%s]+") do hop[token:lower()] = true end
+      end
+    end
+  end
+  for name in pairs(headers) do
+    local lower = name:lower()
+    if not NGINX_OWN[lower] and (not forwarded[lower] or hop[lower]) then ngx.req.clear_header(name) end
+  end
+end
+
 -- ---- the phases -----------------------------------------------------------------------------
 
---- access_by_lua: checks the method and path, sets Authorization (and x-goog-user-project) and
---- the upstream path, or ends the request with an error in Google's JSON envelope.
+-- The answer to a client when there is no token: what went wrong names the gateway's credential
+-- (its email, token endpoint, the endpoint's words), which is the error log's, not a client's.
+local NO_TOKEN = "The gateway could not get an access token for the Cloud Healthcare API "
+  .. "(the gateway's error log says why)."
+
+--- access_by_lua: checks the method, headers, query and path, sets Authorization (and
+--- x-goog-user-project), takes out the client's other headers (M.FORWARDED_HEADERS) and sets the
+--- upstream path, or ends the request with an error in Google's JSON envelope.
 function Gateway:access()
   if self.unusable then
-    log(ngx.WARN, "503 for ", ngx.var.request_method, " ", ngx.var.uri, ": gateway '", self.name,
+    log(ngx.WARN, "503 for ", request_line(), ": gateway '", self.name,
       "' has no usable credentials (see the error at start-up)")
-    return answer(503, "The gateway cannot authenticate to the Cloud Healthcare API: its credentials "
-      .. "are not usable (see the gateway's error log).", self.retry_after)
+    return answer(503, NO_TOKEN, self.retry_after)
   end
   local method = ngx.req.get_method()
   local route, rest = routes.find(self.routes, ngx.var.uri)
@@ -431,6 +518,11 @@ function Gateway:access()
   if not (route or self).allowed[method] then
     ngx.header["Allow"] = table.concat(methods, ", ")
     return answer(405, "Method " .. method .. " is not allowed by this gateway.")
+  end
+  local refused = refusal()
+  if refused then
+    log(ngx.INFO, "400 for ", request_line(), ": ", refused)
+    return answer(400, refused)
   end
   local path, status, message
   if route then
@@ -443,10 +535,10 @@ function Gateway:access()
   if not path then return answer(status, message) end
   local token, err, retry_after = self:token()
   if not token then
-    log(ngx.WARN, "503 for ", method, " ", ngx.var.uri, ": ", err)
-    return answer(503, "The gateway could not get an access token for the Cloud Healthcare API: "
-      .. err, retry_after)
+    log(ngx.WARN, "503 for ", request_line(), ": ", err)
+    return answer(503, NO_TOKEN, retry_after)
   end
+  keep_forwarded_headers()
   ngx.req.set_header("Authorization", "Bearer " .. token)
   if self.cred.quota_project then ngx.req.set_header("x-goog-user-project", self.cred.quota_project) end
   -- A compressed JSON answer could not be rewritten: the API's answers come as they are.
@@ -474,11 +566,6 @@ function Gateway:client_root()
     host = rewrite.host_with_port(host, ngx.var.scheme, ngx.var.server_port)
   end
   return ngx.var.scheme .. "://" .. host .. self.prefix
-end
-
--- "GET /dicomWeb/studies" of this request, as the client sent it but without its query.
-local function request_line()
-  return ngx.var.request_method .. " " .. (ngx.var.request_uri:gsub("%?.*", ""))
 end
 
 -- Decides whether this answer's body is rewritten (see rewrite_urls): sets ngx.ctx's plan and

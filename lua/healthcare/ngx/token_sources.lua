@@ -33,20 +33,23 @@ M.OPTIONS = { "impersonate", "delegates", "metadata_location", "sts_location", "
   "subject_location", "aws_location" }
 M.MAX_SUBJECT_TOKEN = external.MAX_SUBJECT_TOKEN
 
--- A JSON file's decoded table, or nil when path is not one (the classic path then says why).
-local function read_json(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local text = f:read(credentials.MAX_KEY_FILE + 1) or ""
-  f:close()
-  return cjson.decode(text)
+-- A credentials file's decoded table, or nil, err. Read as the library reads every credential
+-- file (credentials.read_trusted): a file another user could have written would choose whose
+-- identity the gateway takes.
+local function read_json(path, where)
+  local text, err = credentials.read_trusted(path, where, credentials.MAX_KEY_FILE)
+  if not text then return nil, tostring(err) end
+  local info = cjson.decode(text)
+  if type(info) ~= "table" then return nil, "cannot read " .. where .. " as JSON" end
+  return info
 end
 
---- Whether healthcare.ngx.configure's options need this module (else a service account key).
+--- Whether healthcare.ngx.configure's options need this module (else a service account key;
+--- a file that cannot be read is left to credentials.from_file, which says why).
 function M.handles(opts)
   if opts.credentials == "metadata" or opts.impersonate then return true end
   local info = type(opts.credentials) == "table" and opts.credentials
-    or type(opts.credentials) == "string" and read_json(opts.credentials)
+    or type(opts.credentials) == "string" and read_json(opts.credentials, "credentials file")
   return type(info) == "table" and (info.type == "external_account" or info.type == "impersonated_service_account")
 end
 
@@ -135,10 +138,11 @@ local function subject_token(g, x)
   if x.aws then
     return aws_subject_token(g, x)
   elseif x.source_file then
-    local f, oerr = io.open(x.source_file, "rb")
-    if not f then return nil, "cannot read the subject token file: " .. tostring(oerr) end
-    text = f:read(M.MAX_SUBJECT_TOKEN) or ""
-    f:close()
+    -- As the library reads it: another user's token would make the gateway that user's identity.
+    local err
+    text, err = credentials.read_trusted(x.source_file, "the subject token file '" .. x.source_file .. "'",
+      M.MAX_SUBJECT_TOKEN, x.label)
+    if not text then return nil, tostring(err) end
   else
     local res = capture(g.subject_location, { method = ngx.HTTP_GET })
     if res.status ~= 200 then return nil, failed("the subject token request", res, {}) end
@@ -162,10 +166,11 @@ local function sts_token(g, scopes)
     audience = x.audience, scope = table.concat(scopes, " "), subject_token_type = x.subject_token_type,
     subject_token = subject }
   if x.user_project and not x.client_id then form.options = cjson.encode({ userProject = x.user_project }) end
-  local basic = x.client_id and ("Basic " .. ngx.encode_base64(core.escape(x.client_id) .. ":"
-    .. core.escape(x.client_secret))) or nil
+  -- The library's client authentication (healthcare.auth.external), and its secrets: an STS that
+  -- echoes the header must not put the encoded client secret in the error log.
+  local basic = x.basic_auth and ("Basic " .. x.basic_auth) or nil
   local res = capture(g.sts_location, { method = ngx.HTTP_POST, body = util.query_string(form) }, basic)
-  local secrets = { subject }
+  local secrets = credentials.header_secrets(basic and { "Authorization: " .. basic } or {}, { subject })
   for _, v in ipairs(held) do secrets[#secrets + 1] = v end
   secrets[#secrets + 1] = x.client_secret
   if res.status ~= 200 then return nil, failed("the STS token exchange for " .. x.label, res, secrets) end
@@ -212,7 +217,8 @@ local function read_external(info, where)
       .. tostring(x.source_kind)
   end
   local out = { audience = x.audience, subject_token_type = x.subject_token_type, client_id = x.client_id,
-    client_secret = x.client_secret, user_project = x.user_project, source_file = x.source_file,
+    client_secret = x.client_secret, basic_auth = x.basic_auth, user_project = x.user_project,
+    source_file = x.source_file,
     format = x.format, field_name = x.field_name, label = x.label, quota_project = x.quota_project,
     aws = x.source_kind == "aws" and x.aws or nil }
   local imp = cred.target and { target = cred.target, lifetime = cred.lifetime, delegates = cred.delegates }
@@ -234,8 +240,9 @@ function M.credential(g, opts)
   if opts.credentials == "metadata" then
     g.source_kind, label = "metadata", "the metadata server"
   else
-    local info = type(opts.credentials) == "table" and opts.credentials or read_json(opts.credentials or "")
-    if type(info) ~= "table" then return nil, "cannot read " .. where .. " as JSON" end
+    local info, rerr = opts.credentials, nil
+    if type(info) ~= "table" then info, rerr = read_json(opts.credentials or "", where) end
+    if type(info) ~= "table" then return nil, rerr or ("cannot read " .. where .. " as JSON") end
     if info.type == "external_account" then
       local x, imp = read_external(info, where)
       if not x then return nil, tostring(imp) end
