@@ -125,6 +125,22 @@ local HANDLERS = [[
                 ngx.print(c and "made" or (err.kind .. " " .. err.status .. " " .. err.message))
             }
         }
+        location = /t/hostile {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { credentials = false, transport = a.transport,
+                  timeout = tonumber(a.timeout), proxy = a.proxy })
+                ngx.update_time()
+                local t0 = ngx.now()
+                local called, res, err = pcall(client.send, client, { url = a.url, timeout = tonumber(a.rtimeout) })
+                client:close()
+                ngx.update_time()
+                ngx.print(cjson.encode { seconds = ngx.now() - t0, status = called and res and res.status or nil,
+                  raised = not called and tostring(res) or nil, kind = err and err.kind, estatus = err and err.status,
+                  message = err and err.message })
+            }
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -431,6 +447,49 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     assert.truthy(r.body:find("^usage phase "), r.body)
     assert.truthy(r.body:find("nginx's set phase cannot wait for the network", 1, true), r.body)
     assert.truthy(now() - t0 < 2)
+  end)
+
+  describe("against hostile answers (spec/support/hostile_lines.py)", function()
+    local hurl, stop
+    local function esc(v)
+      return (tostring(v):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+    end
+    -- /t/hostile's JSON for a request of url (its query args as a table) under one transport.
+    local function hostile(transport, url, args)
+      local q = { "transport=" .. transport, "url=" .. esc(url) }
+      for k, v in pairs(args or {}) do q[#q + 1] = k .. "=" .. esc(v) end
+      local r = H.curl({ "-m", "60", gw.url .. "/t/hostile?" .. table.concat(q, "&") })
+      assert.equal(200, r.status, r.body .. gw:log())
+      return assert(r.json, r.body)
+    end
+    setup(function()
+      hurl, stop = H.start_server("hostile lines server", "/usr/bin/python3 "
+        .. H.q(E.support .. "/hostile_lines.py"), H.tmpdir())
+    end)
+    teardown(function()
+      if stop then stop() end
+    end)
+
+    it("refuses a URL with CR, LF or NUL as libcurl does (raised), and a space or control character", function()
+      local injected = hurl .. "/x HTTP/1.1\r\nX-Injected: 1\r\nX-Pad:"
+      local raised = {}
+      for _, transport in ipairs({ "ngx", "curl" }) do
+        local out = hostile(transport, injected)
+        assert.truthy(out.raised, H.json.encode(out))
+        raised[transport] = out.raised:gsub("^[^:]*:%d+: ", "")
+        for _, bad in ipairs({ hurl .. "/a b", hurl .. "/a\tb", hurl .. "/a\127b" }) do
+          out = hostile(transport, bad)
+          assert.same({ "transport", "url" }, { out.kind, out.estatus }, transport .. " " .. H.json.encode(out))
+        end
+      end
+      assert.equal("bad argument #1 to 'request' (option 'url' contains CR, LF or NUL)", raised.ngx)
+      assert.equal(raised.curl, raised.ngx)
+      -- none of them reached the server
+      local seen = H.curl({ hurl .. "/seen" })
+      for _, head in ipairs(assert(seen.json, seen.body)) do
+        assert.falsy(head:find("X-Injected", 1, true) or head:find("^GET /a[%s\127]"), head)
+      end
+    end)
   end)
 
   describe("over TLS (nginx's lua_ssl_trusted_certificate)", function()

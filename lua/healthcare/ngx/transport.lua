@@ -72,6 +72,8 @@ end
 
 -- scheme, host (brackets off), port, authority (for Host), path+query of an http(s) URL.
 local function split_url(url)
+  -- written as it is into the request line: a space or control character would end it early
+  if url:find("[%z\1-\32\127]") then return nil end
   local scheme, authority, rest = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
   scheme = scheme and scheme:lower()
   if scheme ~= "http" and scheme ~= "https" then return nil end
@@ -545,10 +547,18 @@ local function new_exchange(self, r)
 end
 
 -- nil, err when this request cannot go (closed session, a phase that cannot yield, a URL that is
--- not http(s), a proxy it cannot use); else the proxy to go through (false: none).
-local function refuse(self, r)
+-- not http(s), a proxy it cannot use); else the proxy to go through (false: none). A URL with
+-- CR, LF or NUL raises, blaming the caller of `fname`, as the libcurl session does.
+local function refuse(self, r, fname)
+  if r.url:find("[\r\n%z]") then
+    error(string.format("bad argument #1 to '%s' (option 'url' contains CR, LF or NUL)", fname), 3)
+  end
   if self.closed then return fail("transport", "abandoned", r, "the session is closed") end
   if not M.can_yield() then return M.phase_error((r.method or "GET") .. " " .. r.url) end
+  if r.url:find("[%c \127]") then -- libcurl's status and words for them
+    return nil, setmetatable({ kind = "transport", status = "url", retryable = false, message = string.format(
+      "%s %s: URL using bad/illegal format or missing URL", r.method or "GET", util.printable(r.url)) }, errors.mt)
+  end
   if not split_url(r.url) then return fail("usage", "url", r, "not an http(s) URL this transport can reach") end
   local p, perr = proxy_for(self, r)
   if p == false then return nil, perr end
@@ -557,7 +567,7 @@ end
 
 --- One request, waited for (the running coroutine yields to nginx meanwhile). r as core's.
 function Session:request(r)
-  local proxy, err = refuse(self, r)
+  local proxy, err = refuse(self, r, "request")
   if err then return nil, err end
   ngx.update_time()
   local x = new_exchange(self, r)
@@ -572,7 +582,7 @@ Transfer.__name = "healthcare.NgxTransfer"
 
 --- Starts a request in a light thread (ngx.thread): poll it with wait().
 function Session:start(r)
-  local proxy, err = refuse(self, r)
+  local proxy, err = refuse(self, r, "start")
   if err then return nil, err end
   ngx.update_time()
   local t = setmetatable({ session = self, x = new_exchange(self, r) }, Transfer)
