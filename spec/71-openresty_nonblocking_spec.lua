@@ -141,6 +141,15 @@ local HANDLERS = [[
                   message = err and err.message })
             }
         }
+        location = /t/set_wait {
+            set_by_lua_block $outcome {
+                local client = assert(require("healthcare").new { access_token = "not-a-token",
+                  endpoint = "http://127.0.0.1:9/v1" })
+                local res, err = client:wait("projects/p/locations/l/datasets/d/operations/42", { poll_interval = 5 })
+                return res and "done" or (err.kind .. " " .. err.status .. " " .. err.message)
+            }
+            return 200 $outcome;
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -447,6 +456,17 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     assert.truthy(r.body:find("^usage phase "), r.body)
     assert.truthy(r.body:find("nginx's set phase cannot wait for the network", 1, true), r.body)
     assert.truthy(now() - t0 < 2)
+  end)
+
+  it("refuses client:wait from a phase that cannot yield at once, before its first sleep", function()
+    local t0 = now()
+    local r = H.curl({ gw.url .. "/t/set_wait" })
+    local took = now() - t0
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.truthy(r.body:find("^usage phase "), r.body)
+    assert.truthy(r.body:find("nginx's set phase cannot wait", 1, true), r.body)
+    -- poll_interval is 5 s: a sleep before the first poll would have held the worker that long
+    assert.truthy(took < 2.5, string.format("the worker was held %.1f s", took))
   end)
 
   describe("against hostile answers (spec/support/hostile_lines.py)", function()

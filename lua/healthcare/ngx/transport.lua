@@ -62,10 +62,12 @@ function M.phase_error(what)
     .. "or a timer (ngx.timer.at)", what, tostring(M.phase())), { status = "phase" })
 end
 
---- Sleeps without blocking the worker where nginx allows it, else with the C core.
+--- Sleeps without blocking the worker: true, or nil, err (M.phase_error) at once in a phase
+--- where nginx cannot sleep, since the C core's sleep would stop every connection of the worker.
 function M.sleep(seconds)
-  if M.can_yield() then return ngx.sleep(seconds) end
-  return core.sleep(seconds)
+  if not M.can_yield() then return M.phase_error(string.format("waiting %g s", seconds)) end
+  ngx.sleep(seconds)
+  return true
 end
 
 -- ---- URLs and errors ------------------------------------------------------------------------
