@@ -141,6 +141,29 @@ local HANDLERS = [[
                   message = err and err.message })
             }
         }
+        location = /t/startpoll {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { credentials = false, timeout = tonumber(a.timeout) })
+                assert(client:start { url = a.url })
+                ngx.update_time()
+                local t0, out = ngx.now(), { finished = false }
+                while ngx.now() - t0 < 8 do
+                  local done = client:poll(0.5)
+                  ngx.update_time()
+                  if #done > 0 then
+                    local res, err = client:finish(done[1])
+                    out = { finished = true, status = res and res.status, kind = err and err.kind,
+                      estatus = err and err.status, message = err and err.message }
+                    break
+                  end
+                end
+                out.seconds = ngx.now() - t0
+                client:close()
+                ngx.print(cjson.encode(out))
+            }
+        }
         location = /t/set_wait {
             set_by_lua_block $outcome {
                 local client = assert(require("healthcare").new { access_token = "not-a-token",
@@ -488,6 +511,59 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     end)
     teardown(function()
       if stop then stop() end
+    end)
+
+    it("cuts a line without end (status, header, trailer, chunk size, a proxy's CONNECT answer) at its cap", function()
+      local worker = gw:workers()[1]
+      local too_large = "the answer's header (or trailer) lines are larger than 262144 bytes"
+      for _, c in ipairs({
+        { "/long-status", "response_too_large", too_large },
+        { "/long-header", "response_too_large", too_large },
+        { "/long-trailer", "response_too_large", too_large },
+        { "/long-chunk", "recv", "a chunk-size line longer than 4096 bytes" },
+      }) do
+        local out = hostile("ngx", hurl .. c[1] .. "?mib=8")
+        assert.same({ "transport", c[2] }, { out.kind, out.estatus }, c[1] .. ": " .. H.json.encode(out))
+        assert.truthy(out.message:find(c[3], 1, true), out.message)
+      end
+      -- libcurl counts a trailer the same way (a giant header line it refuses on its own terms)
+      local curl = hostile("curl", hurl .. "/long-trailer?mib=8")
+      assert.same({ "transport", "response_too_large" }, { curl.kind, curl.estatus }, H.json.encode(curl))
+      local out = hostile("ngx", "https://localhost:9/", { proxy = hurl })
+      assert.same({ "transport", "proxy" }, { out.kind, out.estatus }, H.json.encode(out))
+      assert.truthy(out.message:find("header past 65536 bytes", 1, true), out.message)
+      -- the same worker, still serving
+      assert.same({ worker }, gw:workers())
+      assert.equal(200, H.curl({ gw.url .. "/t/ping" }).status)
+    end)
+
+    it("ends a call at its timeout even while bytes trickle in (body, trailer), as libcurl does", function()
+      for _, path in ipairs({ "/drip-trailer?n=20&every=0.5", "/drip?n=20&every=0.5" }) do
+        local outs = {}
+        for _, transport in ipairs({ "ngx", "curl" }) do
+          local out = hostile(transport, hurl .. path, { rtimeout = 2 })
+          assert.same({ "transport", "timeout" }, { out.kind, out.estatus }, path .. " " .. transport .. ": "
+            .. H.json.encode(out))
+          -- the server takes 10 s to send it all
+          assert.truthy(out.seconds < 6, string.format("%s over %s took %.1f s", path, transport, out.seconds))
+          outs[transport] = out
+        end
+        assert.truthy(outs.ngx.message:find("not done within the timeout of 2 s", 1, true), outs.ngx.message)
+      end
+    end)
+
+    it("takes healthcare.new's timeout, in send and in a started request (its light thread)", function()
+      for _, path in ipairs({ "/hang", "/drip?n=20&every=0.5", "/drip?n=20&every=0.5&close=1" }) do
+        local out = hostile("ngx", hurl .. path, { timeout = 2 })
+        assert.same({ "transport", "timeout" }, { out.kind, out.estatus }, path .. ": " .. H.json.encode(out))
+        assert.truthy(out.message:find("timeout of 2 s", 1, true), out.message)
+        assert.truthy(out.seconds < 6, string.format("%s took %.1f s", path, out.seconds))
+      end
+      -- a started request's failure comes back from poll() (the handler gives up after 8 s)
+      local r = H.curl({ "-m", "30", gw.url .. "/t/startpoll?timeout=1&url=" .. esc(hurl .. "/drip?n=20&every=0.5&close=1") })
+      assert.equal(200, r.status, r.body .. gw:log())
+      assert.is_true(r.json.finished, r.body)
+      assert.same({ "transport", "timeout" }, { r.json.kind, r.json.estatus }, r.body)
     end)
 
     it("refuses a URL with CR, LF or NUL as libcurl does (raised), and a space or control character", function()
