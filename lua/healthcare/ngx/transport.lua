@@ -542,7 +542,7 @@ function Exchange:release(keep)
 end
 
 -- The whole exchange; the answer or nil, err (with err.parts for a directory sink, as libcurl's).
-function Exchange:run()
+function Exchange:exchange()
   local ok, err = self:connect()
   if ok then ok, err = self:send_request() end
   if ok then ok, err = self:read_head() end
@@ -560,6 +560,16 @@ function Exchange:run()
   end
   if not res and self.status then err.http_status = self.status end
   return res, err
+end
+
+-- The exchange, whatever it raises turned into an error value with the socket and files freed:
+-- a light thread that died would never be marked done, and wait() would never return it.
+function Exchange:run()
+  local called, res, err = pcall(self.exchange, self)
+  if called then return res, err end
+  pcall(self.release, self, false)
+  if self.sink then pcall(self.sink.close, self.sink) end
+  return fail("transport", "internal", self.r, "the transport failed: %s", tostring(res))
 end
 
 -- ---- the session ----------------------------------------------------------------------------
