@@ -164,6 +164,21 @@ local HANDLERS = [[
                 ngx.print(cjson.encode(out))
             }
         }
+        location = /t/store_hostile {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local store = assert(require("healthcare").dicomweb(a.base, { credentials = false, timeout = 1,
+                  retry = { max_attempts = 1 } }))
+                ngx.update_time()
+                local t0 = ngx.now()
+                local report, err = store:store({ a.file }, { concurrency = 2 })
+                ngx.update_time()
+                store:close()
+                ngx.print(cjson.encode { seconds = ngx.now() - t0, error = err and tostring(err),
+                  stored = report and #report.stored, failed = report and #report.failed })
+            }
+        }
         location = /t/set_wait {
             set_by_lua_block $outcome {
                 local client = assert(require("healthcare").new { access_token = "not-a-token",
@@ -564,6 +579,17 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
       assert.equal(200, r.status, r.body .. gw:log())
       assert.is_true(r.json.finished, r.body)
       assert.same({ "transport", "timeout" }, { r.json.kind, r.json.estatus }, r.body)
+      -- store's requests in flight (light threads) fail and are reported, the store returns
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-hostile.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      local files = H.gen_dicom({ count = 1, dir = dir })
+      H.check_run("chmod -R a+rwX " .. H.q(dir))
+      r = H.curl({ "-m", "30", gw.url .. "/t/store_hostile?base=" .. esc(hurl .. "/drip-close") .. "&file="
+        .. esc(files[1].path) })
+      assert.equal(200, r.status, r.body .. gw:log())
+      assert.is_nil(r.json.error, r.body)
+      assert.same({ 0, 1 }, { r.json.stored, r.json.failed }, r.body)
+      assert.truthy(r.json.seconds < 6, r.body)
     end)
 
     it("refuses a URL with CR, LF or NUL as libcurl does (raised), and a space or control character", function()

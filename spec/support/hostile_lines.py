@@ -12,6 +12,7 @@ answered with a status line that does not end for `mib` MiB (default 8).
   /long-chunk?mib=8     a chunk-size line ("1;x=aaa...") of `mib` MiB
   /drip?n=20&every=0.5  Content-Length: n, one byte every `every` seconds (close=1: no length,
                         the body ends when the connection closes)
+  /drip-close/...       /drip?close=1 whatever follows (a base URL for DICOMweb requests)
   /drip-trailer?n=20&every=0.5   a chunked 2-byte body, then n trailer lines, one every `every` s
   /hang                 a head with Content-Length: 10, then silence for 30 s
   /ok                   204, no body
@@ -46,6 +47,8 @@ def endless(conn, head, filler, mib, tail):
 def answer(conn, target, query):
     path = urlsplit(target).path
     mib = arg(query, "mib", 8)
+    if path.startswith("/drip-close/"):  # a DICOMweb base URL: /drip-close/studies and the like
+        path, query = "/drip", dict(query, close=["1"])
     if path == "/long-status":
         endless(conn, b"HTTP/1.1 200 ", b"a" * 65536, mib, b"\r\nContent-Length: 2\r\n\r\n[]")
     elif path == "/long-header":
