@@ -125,6 +125,69 @@ local HANDLERS = [[
                 ngx.print(c and "made" or (err.kind .. " " .. err.status .. " " .. err.message))
             }
         }
+        location = /t/hostile {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { credentials = false, transport = a.transport,
+                  timeout = tonumber(a.timeout), proxy = a.proxy })
+                ngx.update_time()
+                local t0 = ngx.now()
+                local called, res, err = pcall(client.send, client, { url = a.url, timeout = tonumber(a.rtimeout) })
+                client:close()
+                ngx.update_time()
+                ngx.print(cjson.encode { seconds = ngx.now() - t0, status = called and res and res.status or nil,
+                  raised = not called and tostring(res) or nil, kind = err and err.kind, estatus = err and err.status,
+                  message = err and err.message })
+            }
+        }
+        location = /t/startpoll {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local client = assert(require("healthcare").new { credentials = false, timeout = tonumber(a.timeout) })
+                assert(client:start { url = a.url })
+                ngx.update_time()
+                local t0, out = ngx.now(), { finished = false }
+                while ngx.now() - t0 < 8 do
+                  local done = client:poll(0.5)
+                  ngx.update_time()
+                  if #done > 0 then
+                    local res, err = client:finish(done[1])
+                    out = { finished = true, status = res and res.status, kind = err and err.kind,
+                      estatus = err and err.status, message = err and err.message }
+                    break
+                  end
+                end
+                out.seconds = ngx.now() - t0
+                client:close()
+                ngx.print(cjson.encode(out))
+            }
+        }
+        location = /t/store_hostile {
+            content_by_lua_block {
+                local cjson = require "cjson.safe"
+                local a = ngx.req.get_uri_args()
+                local store = assert(require("healthcare").dicomweb(a.base, { credentials = false, timeout = 1,
+                  retry = { max_attempts = 1 } }))
+                ngx.update_time()
+                local t0 = ngx.now()
+                local report, err = store:store({ a.file }, { concurrency = 2 })
+                ngx.update_time()
+                store:close()
+                ngx.print(cjson.encode { seconds = ngx.now() - t0, error = err and tostring(err),
+                  stored = report and #report.stored, failed = report and #report.failed })
+            }
+        }
+        location = /t/set_wait {
+            set_by_lua_block $outcome {
+                local client = assert(require("healthcare").new { access_token = "not-a-token",
+                  endpoint = "http://127.0.0.1:9/v1" })
+                local res, err = client:wait("projects/p/locations/l/datasets/d/operations/42", { poll_interval = 5 })
+                return res and "done" or (err.kind .. " " .. err.status .. " " .. err.message)
+            }
+            return 200 $outcome;
+        }
         location = /t/set_phase {
             set_by_lua_block $outcome {
                 local g = require("healthcare.ngx").gateway()
@@ -431,6 +494,124 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     assert.truthy(r.body:find("^usage phase "), r.body)
     assert.truthy(r.body:find("nginx's set phase cannot wait for the network", 1, true), r.body)
     assert.truthy(now() - t0 < 2)
+  end)
+
+  it("refuses client:wait from a phase that cannot yield at once, before its first sleep", function()
+    local t0 = now()
+    local r = H.curl({ gw.url .. "/t/set_wait" })
+    local took = now() - t0
+    assert.equal(200, r.status, r.body .. gw:log())
+    assert.truthy(r.body:find("^usage phase "), r.body)
+    assert.truthy(r.body:find("nginx's set phase cannot wait", 1, true), r.body)
+    -- poll_interval is 5 s: a sleep before the first poll would have held the worker that long
+    assert.truthy(took < 2.5, string.format("the worker was held %.1f s", took))
+  end)
+
+  describe("against hostile answers (spec/support/hostile_lines.py)", function()
+    local hurl, stop
+    local function esc(v)
+      return (tostring(v):gsub("[^%w%-%._~]", function(c) return string.format("%%%02X", c:byte()) end))
+    end
+    -- /t/hostile's JSON for a request of url (its query args as a table) under one transport.
+    local function hostile(transport, url, args)
+      local q = { "transport=" .. transport, "url=" .. esc(url) }
+      for k, v in pairs(args or {}) do q[#q + 1] = k .. "=" .. esc(v) end
+      local r = H.curl({ "-m", "60", gw.url .. "/t/hostile?" .. table.concat(q, "&") })
+      assert.equal(200, r.status, r.body .. gw:log())
+      return assert(r.json, r.body)
+    end
+    setup(function()
+      hurl, stop = H.start_server("hostile lines server", "/usr/bin/python3 "
+        .. H.q(E.support .. "/hostile_lines.py"), H.tmpdir())
+    end)
+    teardown(function()
+      if stop then stop() end
+    end)
+
+    it("cuts a line without end (status, header, trailer, chunk size, a proxy's CONNECT answer) at its cap", function()
+      local worker = gw:workers()[1]
+      local too_large = "the answer's header (or trailer) lines are larger than 262144 bytes"
+      for _, c in ipairs({
+        { "/long-status", "response_too_large", too_large },
+        { "/long-header", "response_too_large", too_large },
+        { "/long-trailer", "response_too_large", too_large },
+        { "/long-chunk", "recv", "a chunk-size line longer than 4096 bytes" },
+      }) do
+        local out = hostile("ngx", hurl .. c[1] .. "?mib=8")
+        assert.same({ "transport", c[2] }, { out.kind, out.estatus }, c[1] .. ": " .. H.json.encode(out))
+        assert.truthy(out.message:find(c[3], 1, true), out.message)
+      end
+      -- libcurl counts a trailer the same way (a giant header line it refuses on its own terms)
+      local curl = hostile("curl", hurl .. "/long-trailer?mib=8")
+      assert.same({ "transport", "response_too_large" }, { curl.kind, curl.estatus }, H.json.encode(curl))
+      local out = hostile("ngx", "https://localhost:9/", { proxy = hurl })
+      assert.same({ "transport", "proxy" }, { out.kind, out.estatus }, H.json.encode(out))
+      assert.truthy(out.message:find("header past 65536 bytes", 1, true), out.message)
+      -- the same worker, still serving
+      assert.same({ worker }, gw:workers())
+      assert.equal(200, H.curl({ gw.url .. "/t/ping" }).status)
+    end)
+
+    it("ends a call at its timeout even while bytes trickle in (body, trailer), as libcurl does", function()
+      for _, path in ipairs({ "/drip-trailer?n=20&every=0.5", "/drip?n=20&every=0.5" }) do
+        local outs = {}
+        for _, transport in ipairs({ "ngx", "curl" }) do
+          local out = hostile(transport, hurl .. path, { rtimeout = 2 })
+          assert.same({ "transport", "timeout" }, { out.kind, out.estatus }, path .. " " .. transport .. ": "
+            .. H.json.encode(out))
+          -- the server takes 10 s to send it all
+          assert.truthy(out.seconds < 6, string.format("%s over %s took %.1f s", path, transport, out.seconds))
+          outs[transport] = out
+        end
+        assert.truthy(outs.ngx.message:find("not done within the timeout of 2 s", 1, true), outs.ngx.message)
+      end
+    end)
+
+    it("takes healthcare.new's timeout, in send and in a started request (its light thread)", function()
+      for _, path in ipairs({ "/hang", "/drip?n=20&every=0.5", "/drip?n=20&every=0.5&close=1" }) do
+        local out = hostile("ngx", hurl .. path, { timeout = 2 })
+        assert.same({ "transport", "timeout" }, { out.kind, out.estatus }, path .. ": " .. H.json.encode(out))
+        assert.truthy(out.message:find("timeout of 2 s", 1, true), out.message)
+        assert.truthy(out.seconds < 6, string.format("%s took %.1f s", path, out.seconds))
+      end
+      -- a started request's failure comes back from poll() (the handler gives up after 8 s)
+      local r = H.curl({ "-m", "30", gw.url .. "/t/startpoll?timeout=1&url=" .. esc(hurl .. "/drip?n=20&every=0.5&close=1") })
+      assert.equal(200, r.status, r.body .. gw:log())
+      assert.is_true(r.json.finished, r.body)
+      assert.same({ "transport", "timeout" }, { r.json.kind, r.json.estatus }, r.body)
+      -- store's requests in flight (light threads) fail and are reported, the store returns
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-hostile.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      local files = H.gen_dicom({ count = 1, dir = dir })
+      H.check_run("chmod -R a+rwX " .. H.q(dir))
+      r = H.curl({ "-m", "30", gw.url .. "/t/store_hostile?base=" .. esc(hurl .. "/drip-close") .. "&file="
+        .. esc(files[1].path) })
+      assert.equal(200, r.status, r.body .. gw:log())
+      assert.is_nil(r.json.error, r.body)
+      assert.same({ 0, 1 }, { r.json.stored, r.json.failed }, r.body)
+      assert.truthy(r.json.seconds < 6, r.body)
+    end)
+
+    it("refuses a URL with CR, LF or NUL as libcurl does (raised), and a space or control character", function()
+      local injected = hurl .. "/x HTTP/1.1\r\nX-Injected: 1\r\nX-Pad:"
+      local raised = {}
+      for _, transport in ipairs({ "ngx", "curl" }) do
+        local out = hostile(transport, injected)
+        assert.truthy(out.raised, H.json.encode(out))
+        raised[transport] = out.raised:gsub("^[^:]*:%d+: ", "")
+        for _, bad in ipairs({ hurl .. "/a b", hurl .. "/a\tb", hurl .. "/a\127b" }) do
+          out = hostile(transport, bad)
+          assert.same({ "transport", "url" }, { out.kind, out.estatus }, transport .. " " .. H.json.encode(out))
+        end
+      end
+      assert.equal("bad argument #1 to 'request' (option 'url' contains CR, LF or NUL)", raised.ngx)
+      assert.equal(raised.curl, raised.ngx)
+      -- none of them reached the server
+      local seen = H.curl({ hurl .. "/seen" })
+      for _, head in ipairs(assert(seen.json, seen.body)) do
+        assert.falsy(head:find("X-Injected", 1, true) or head:find("^GET /a[%s\127]"), head)
+      end
+    end)
   end)
 
   describe("over TLS (nginx's lua_ssl_trusted_certificate)", function()

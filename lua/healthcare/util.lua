@@ -7,15 +7,16 @@ local core = require "healthcare.core"
 
 local M = {}
 
---- Sleeps `seconds`: inside OpenResty without blocking the worker where nginx allows it
---- (healthcare.ngx.transport), else in the C core. Every wait of the module (retries, polling)
---- goes through here.
+--- Sleeps `seconds`: inside OpenResty without blocking the worker (healthcare.ngx.transport),
+--- else in the C core. Every wait of the module (retries, polling) goes through here. Returns
+--- true; or nil, err at once inside nginx in a phase that cannot sleep without blocking the worker.
 function M.sleep(seconds)
   local n = rawget(_G, "ngx")
   if type(n) == "table" and type(n.get_phase) == "function" then
     return require("healthcare.ngx.transport").sleep(seconds)
   end
-  return core.sleep(seconds)
+  core.sleep(seconds)
+  return true
 end
 
 -- ---- misuse: raised with the caller's position ------------------------------------------------

@@ -78,13 +78,15 @@ end
 local interrupted = core.interrupted or function() return false end
 M.INTERRUPT_CHECK = 0.1 -- seconds between two looks at the interrupt flag while sleeping
 
--- Sleeps `secs`, waking early when an interrupt was trapped: whether one was.
+-- Sleeps `secs`, waking early when an interrupt was trapped: whether one was; or nil, err when
+-- it cannot sleep without blocking (an nginx phase that cannot yield).
 local function sleep(secs)
   local wake = core.now() + secs
   while not interrupted() do
     local left = wake - core.now()
     if left <= 0 then return false end
-    util.sleep(math.min(left, M.INTERRUPT_CHECK)) -- ngx.sleep inside nginx
+    local slept, err = util.sleep(math.min(left, M.INTERRUPT_CHECK)) -- ngx.sleep inside nginx
+    if not slept then return nil, err end
   end
   return true
 end
@@ -146,7 +148,12 @@ function M.wait(client, operation, opts, what)
         "%s not done after %g s; it may still finish: check it with GET %s", named(what, name), timeout,
         request.url(client.endpoint, req.path)), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
     end
-    if sleep(math.min(interval, left)) then
+    local woke, serr = sleep(math.min(interval, left))
+    if serr then
+      serr.operation = name
+      return nil, serr
+    end
+    if woke then
       return nil, errors.new("timeout", string.format("%s: stopped waiting (interrupted); it goes on running on "
         .. "the server", named(what, name)), { status = "interrupted", operation = name, polls = polls })
     end

@@ -32,7 +32,11 @@ local M = {}
 M.YIELDABLE = { rewrite = true, access = true, content = true, timer = true, ssl_cert = true,
   ssl_session_fetch = true, ssl_client_hello = true }
 M.CHUNK = 64 * 1024
-M.MAX_HEADER_BYTES = 64 * 1024
+-- libcurl's cap on an answer's header lines (src/hc_http.c), and on its chunked trailer apart
+M.MAX_HEADER_BYTES = 256 * 1024
+M.MAX_CONNECT_BYTES = 64 * 1024
+-- A chunk-size line is hex digits and perhaps extensions nobody sends long
+M.MAX_CHUNK_LINE = 4096
 M.DEFAULT_MAX_RESPONSE = 64 * 1024 * 1024
 M.POOL_SIZE = 16
 M.PROGRESS_INTERVAL = 0.2
@@ -62,16 +66,20 @@ function M.phase_error(what)
     .. "or a timer (ngx.timer.at)", what, tostring(M.phase())), { status = "phase" })
 end
 
---- Sleeps without blocking the worker where nginx allows it, else with the C core.
+--- Sleeps without blocking the worker: true, or nil, err (M.phase_error) at once in a phase
+--- where nginx cannot sleep, since the C core's sleep would stop every connection of the worker.
 function M.sleep(seconds)
-  if M.can_yield() then return ngx.sleep(seconds) end
-  return core.sleep(seconds)
+  if not M.can_yield() then return M.phase_error(string.format("waiting %g s", seconds)) end
+  ngx.sleep(seconds)
+  return true
 end
 
 -- ---- URLs and errors ------------------------------------------------------------------------
 
 -- scheme, host (brackets off), port, authority (for Host), path+query of an http(s) URL.
 local function split_url(url)
+  -- written as it is into the request line: a space or control character would end it early
+  if url:find("[%z\1-\32\127]") then return nil end
   local scheme, authority, rest = url:match("^(%a[%w+.-]*)://([^/?#]*)(.*)$")
   scheme = scheme and scheme:lower()
   if scheme ~= "http" and scheme ~= "https" then return nil end
@@ -135,16 +143,63 @@ function Exchange:head(length)
   return table.concat(lines, "\r\n")
 end
 
--- The seconds left before the request's own timeout, or the idle timeout, in ms for a cosocket.
+-- Sets the socket's timeouts for its next operation: the idle timeout, or less when the request's
+-- own deadline comes first. nginx re-arms a timeout each time bytes move, so a server sending a
+-- byte now and then would hold one receive past any deadline: every receive here is one
+-- receiveany, and the time left is measured again before the next. nil once the deadline passed.
 function Exchange:arm()
-  local ms = self.session.idle_ms
+  local ms, connect_ms = self.session.idle_ms, self.session.connect_ms
   if self.deadline then
     local left = self.deadline - ngx.now()
     if left <= 0 then return nil end
-    ms = math.min(ms, math.max(1, math.floor(left * 1000)))
+    -- rounded up: when it fires, the deadline has passed and socket_fail says "timeout"
+    left = math.max(1, math.ceil(left * 1000))
+    ms, connect_ms = math.min(ms, left), math.min(connect_ms, left)
   end
-  self.sock:settimeouts(self.session.connect_ms, ms, ms)
+  -- receives come in pieces of lua_socket_buffer_size (4 KiB): set only what changed
+  if ms ~= self.armed_ms or connect_ms ~= self.armed_connect_ms then
+    self.sock:settimeouts(connect_ms, ms, ms)
+    self.armed_ms, self.armed_connect_ms = ms, connect_ms
+  end
   return true
+end
+
+-- Up to max bytes of the answer: those received but not yet taken first, else one receive.
+-- nil, why ("timeout", "closed", ...) when none came.
+function Exchange:take(max)
+  local buf, pos = self.buf, self.pos
+  if pos > #buf then
+    if not self:arm() then return nil, "timeout" end
+    local piece, why = self.sock:receiveany(M.CHUNK)
+    if not piece then return nil, why end
+    buf, pos, self.buf = piece, 1, piece
+  end
+  local stop = math.min(#buf, pos + max - 1)
+  self.pos = stop + 1
+  if pos == 1 and stop == #buf then return buf end
+  return buf:sub(pos, stop)
+end
+
+-- One line (up to LF, a CR before it dropped) and the bytes it took, LF included; nil, "long"
+-- as soon as more than `cap` bytes came without one (a hostile server's endless line holds no
+-- more than cap + one receive in memory); nil, why for the socket's failure.
+function Exchange:line(cap)
+  local parts, n = {}, 0
+  while true do
+    local piece, why = self:take(M.CHUNK)
+    if not piece then return nil, why end
+    local lf = piece:find("\n", 1, true)
+    if lf then
+      self.pos = self.pos - (#piece - lf) -- what follows the line is the next one's, or the body's
+      n = n + lf
+      if n > cap then return nil, "long" end
+      parts[#parts + 1] = piece:sub(1, lf - 1)
+      return (table.concat(parts):gsub("\r$", "")), n
+    end
+    n = n + #piece
+    if n > cap then return nil, "long" end
+    parts[#parts + 1] = piece
+  end
 end
 
 function Exchange:progress()
@@ -162,8 +217,10 @@ end
 
 -- A failure of the socket at `step` (the request's own timeout when it is past).
 function Exchange:socket_fail(step, why)
+  ngx.update_time()
   if self.deadline and ngx.now() >= self.deadline then
-    return fail("transport", "timeout", self.r, "the request took more than its timeout (%g s)", self.r.timeout)
+    return fail("transport", "timeout", self.r, "Operation timed out: not done within the timeout of %.3g s",
+      self.timeout)
   end
   if why == "closed" and step == "recv" and self.status then
     return fail("transport", "partial", self.r, "the connection closed before the end of the answer")
@@ -174,6 +231,12 @@ function Exchange:socket_fail(step, why)
   return fail("transport", socket_status(step, why), self.r, "%s failed: %s", step, tostring(why))
 end
 
+-- The error for header (or trailer) lines past libcurl's cap, in its words.
+function Exchange:head_too_long()
+  return fail("transport", "response_too_large", self.r, "the answer's header (or trailer) lines are larger than "
+    .. "%d bytes", M.MAX_HEADER_BYTES)
+end
+
 -- Opens a tunnel to the server through the proxy: CONNECT, and its answer read (bounded: a
 -- hostile proxy's endless header is cut). Returns true, or nil, err.
 function Exchange:tunnel()
@@ -182,21 +245,25 @@ function Exchange:tunnel()
   local head = { "CONNECT " .. to .. " HTTP/1.1", "Host: " .. to }
   if p.authorization then head[#head + 1] = "Proxy-Authorization: " .. p.authorization end
   head[#head + 1] = "\r\n"
+  if not self:arm() then return self:socket_fail("connect", "timeout") end
   local ok, why = sock:send(table.concat(head, "\r\n"))
   if not ok then return self:socket_fail("connect", why) end
-  local line, rerr = sock:receive("*l")
-  if not line then return self:socket_fail("connect", rerr) end
-  local code, reason = line:match("^HTTP/1%.%d (%d%d%d) ?(.*)$")
-  local bytes = #line
-  while true do -- the rest of the answer's head, up to its empty line
-    local h, herr = sock:receive("*l")
-    if not h then return self:socket_fail("connect", herr) end
-    bytes = bytes + #h + 2
-    if h == "" then break end
-    if bytes > M.MAX_HEADER_BYTES then
+  local line, code, reason
+  local left = M.MAX_CONNECT_BYTES
+  while true do -- the status line, then the rest of the answer's head up to its empty line
+    local h, n = self:line(left)
+    if not h and n == "long" then
       sock:close()
       return fail("transport", "proxy", self.r, "the proxy %s answered CONNECT with a header past %d bytes",
-        p.shown, M.MAX_HEADER_BYTES)
+        p.shown, M.MAX_CONNECT_BYTES)
+    end
+    if not h then return self:socket_fail("connect", n) end
+    left = left - n
+    if not line then
+      line = h
+      code, reason = line:match("^HTTP/1%.%d (%d%d%d) ?(.*)$")
+    elseif h == "" then
+      break
     end
   end
   if not code then
@@ -210,6 +277,10 @@ function Exchange:tunnel()
     return fail("transport", "proxy", self.r, "the proxy %s answered CONNECT %s with %d %s", p.shown, to, code,
       util.printable(reason:sub(1, 200)))
   end
+  if self.pos <= #self.buf then -- the TLS handshake would not see these bytes
+    sock:close()
+    return fail("transport", "proxy", self.r, "the proxy %s sent bytes after its answer to CONNECT", p.shown)
+  end
   return true
 end
 
@@ -217,7 +288,7 @@ function Exchange:connect()
   local s, p = self.session, self.proxy
   local sock = ngx.socket.tcp()
   self.sock = sock
-  sock:settimeouts(s.connect_ms, s.idle_ms, s.idle_ms)
+  if not self:arm() then return self:socket_fail("connect", "timeout") end
   -- One pool per server, verification, and proxy (a tunnel is a connection to its server)
   local pool = string.format("healthcare:%s:%s:%d:%s%s", self.scheme, self.host, self.port, s.insecure and "i" or "v",
     p and (":via:" .. p.host .. ":" .. p.port .. ":" .. p.key) or "")
@@ -229,6 +300,7 @@ function Exchange:connect()
     if not opened then return nil, terr end
   end
   if self.scheme == "https" and sock:getreusedtimes() == 0 then
+    if not self:arm() then return self:socket_fail("tls", "timeout") end
     -- lua-resty-core 0.1.25 (Debian 12) raises "assertion failed!" instead of returning the
     -- error when a verification fails during a handshake that completed at once: that is a
     -- refusal too (OpenSSL's reason is in nginx's error log).
@@ -292,24 +364,28 @@ function Exchange:send_request()
   return true
 end
 
--- Reads the status line and header block of the final response (1xx skipped).
+-- Reads the status line and header block of the final response (1xx skipped). As libcurl, the
+-- head's bytes (CRLFs included) count against MAX_HEADER_BYTES, again from 0 at each 1xx.
 function Exchange:read_head()
   while true do
-    if not self:arm() then return self:socket_fail("recv", "timeout") end
-    local line, why = self.sock:receive("*l")
+    local left = M.MAX_HEADER_BYTES
+    local line, why = self:line(left)
     if not line then
+      if why == "long" then return self:head_too_long() end
       return self:socket_fail("recv", why == "closed" and "the server closed the connection without an answer" or why)
     end
+    left = left - why
     local version, status = line:match("^HTTP/(%d%.?%d?) (%d%d%d)")
     if not status then return fail("transport", "recv", self.r, "not an HTTP answer: %q", line:sub(1, 80)) end
-    local headers, size = {}, 0
+    local headers = {}
     while true do
-      local h
-      h, why = self.sock:receive("*l")
-      if not h then return self:socket_fail("recv", why) end
+      local h, n = self:line(left)
+      if not h then
+        if n == "long" then return self:head_too_long() end
+        return self:socket_fail("recv", n)
+      end
       if h == "" then break end
-      size = size + #h
-      if size > M.MAX_HEADER_BYTES then return fail("transport", "recv", self.r, "the answer's header is too long") end
+      left = left - n
       local name, value = h:match("^([^:%s]+)%s*:%s*(.-)%s*$")
       if name then
         name = name:lower()
@@ -345,15 +421,13 @@ function Exchange:deliver(piece)
   return true
 end
 
--- Reads n bytes (a Content-Length body or a chunk) and delivers them.
+-- Reads n bytes (a Content-Length body or a chunk) and delivers them as they come.
 function Exchange:read_exactly(n)
   while n > 0 do
-    if not self:arm() then return self:socket_fail("recv", "timeout") end
-    local piece, why, partial = self.sock:receive(math.min(n, M.CHUNK))
+    local piece, why = self:take(math.min(n, M.CHUNK))
     if not piece then
-      if partial and partial ~= "" then self:deliver(partial) end
       if why == "closed" then
-        return fail("transport", "partial", self.r, "the answer ended %d bytes early", n - #(partial or ""))
+        return fail("transport", "partial", self.r, "the answer ended %d bytes early", n)
       end
       return self:socket_fail("recv", why)
     end
@@ -364,32 +438,45 @@ function Exchange:read_exactly(n)
   return true
 end
 
+-- The trailer after the last chunk: read and dropped, its bytes counted against the header cap
+-- apart from the head's, as libcurl counts them.
+function Exchange:read_trailer()
+  local left = M.MAX_HEADER_BYTES
+  while true do
+    local line, n = self:line(left)
+    if not line then
+      if n == "long" then return self:head_too_long() end
+      return self:socket_fail("recv", n)
+    end
+    if line == "" then return true end
+    left = left - n
+  end
+end
+
 function Exchange:read_chunked()
   while true do
-    if not self:arm() then return self:socket_fail("recv", "timeout") end
-    local line, why = self.sock:receive("*l")
-    if not line then return self:socket_fail("recv", why) end
+    local line, why = self:line(M.MAX_CHUNK_LINE)
+    if not line then
+      if why == "long" then
+        return fail("transport", "recv", self.r, "a chunk-size line longer than %d bytes", M.MAX_CHUNK_LINE)
+      end
+      return self:socket_fail("recv", why)
+    end
     local size = tonumber(line:match("^%s*(%x+)") or "", 16)
     if not size then return fail("transport", "recv", self.r, "a malformed chunk size: %q", line:sub(1, 40)) end
-    if size == 0 then
-      repeat
-        line, why = self.sock:receive("*l")
-        if not line then return self:socket_fail("recv", why) end
-      until line == ""
-      return true
-    end
+    if size == 0 then return self:read_trailer() end
     local ok, err = self:read_exactly(size)
     if not ok then return nil, err end
     local crlf
-    crlf, why = self.sock:receive(2)
-    if crlf ~= "\r\n" then return fail("transport", "recv", self.r, "a chunk without its CRLF (%s)", tostring(why)) end
+    crlf, why = self:line(2)
+    if not crlf and why ~= "long" then return self:socket_fail("recv", why) end
+    if crlf ~= "" then return fail("transport", "recv", self.r, "a chunk without its CRLF") end
   end
 end
 
 function Exchange:read_to_close()
   while true do
-    if not self:arm() then return self:socket_fail("recv", "timeout") end
-    local piece, why = self.sock:receiveany(M.CHUNK)
+    local piece, why = self:take(M.CHUNK)
     if not piece then
       if why == "closed" then return true end
       return self:socket_fail("recv", why)
@@ -446,6 +533,8 @@ end
 -- Frees the socket (kept in the pool when the answer was read whole) and the files not handed over.
 function Exchange:release(keep)
   if self.reader then self.reader:close() end
+  -- bytes past the answer's end would be read as the next request's answer
+  if self.pos <= #self.buf then keep = false end
   if self.sock then
     if keep then self.sock:setkeepalive(self.session.idle_ms, M.POOL_SIZE) else self.sock:close() end
     self.sock = nil
@@ -453,7 +542,7 @@ function Exchange:release(keep)
 end
 
 -- The whole exchange; the answer or nil, err (with err.parts for a directory sink, as libcurl's).
-function Exchange:run()
+function Exchange:exchange()
   local ok, err = self:connect()
   if ok then ok, err = self:send_request() end
   if ok then ok, err = self:read_head() end
@@ -471,6 +560,16 @@ function Exchange:run()
   end
   if not res and self.status then err.http_status = self.status end
   return res, err
+end
+
+-- The exchange, whatever it raises turned into an error value with the socket and files freed:
+-- a light thread that died would never be marked done, and wait() would never return it.
+function Exchange:run()
+  local called, res, err = pcall(self.exchange, self)
+  if called then return res, err end
+  pcall(self.release, self, false)
+  if self.sink then pcall(self.sink.close, self.sink) end
+  return fail("transport", "internal", self.r, "the transport failed: %s", tostring(res))
 end
 
 -- ---- the session ----------------------------------------------------------------------------
@@ -537,18 +636,26 @@ local function new_exchange(self, r)
   local scheme, host, port, authority, target = split_url(r.url)
   local x = setmetatable({ session = self, r = r, scheme = scheme, host = host, port = port,
     authority = authority, target = target, sent = 0, to_send = 0, received = 0, memory = {},
-    memory_bytes = 0, max_response = r.max_response_bytes or M.DEFAULT_MAX_RESPONSE }, Exchange)
+    memory_bytes = 0, max_response = r.max_response_bytes or M.DEFAULT_MAX_RESPONSE, buf = "", pos = 1 }, Exchange)
   local timeout = r.timeout or self.timeout
-  if timeout and timeout > 0 then x.deadline = ngx.now() + timeout end
+  if timeout and timeout > 0 then x.deadline, x.timeout = ngx.now() + timeout, timeout end
   if r.sink then x.sink = core.sink(r.sink) end
   return x
 end
 
 -- nil, err when this request cannot go (closed session, a phase that cannot yield, a URL that is
--- not http(s), a proxy it cannot use); else the proxy to go through (false: none).
-local function refuse(self, r)
+-- not http(s), a proxy it cannot use); else the proxy to go through (false: none). A URL with
+-- CR, LF or NUL raises, blaming the caller of `fname`, as the libcurl session does.
+local function refuse(self, r, fname)
+  if r.url:find("[\r\n%z]") then
+    error(string.format("bad argument #1 to '%s' (option 'url' contains CR, LF or NUL)", fname), 3)
+  end
   if self.closed then return fail("transport", "abandoned", r, "the session is closed") end
   if not M.can_yield() then return M.phase_error((r.method or "GET") .. " " .. r.url) end
+  if r.url:find("[%c \127]") then -- libcurl's status and words for them
+    return nil, setmetatable({ kind = "transport", status = "url", retryable = false, message = string.format(
+      "%s %s: URL using bad/illegal format or missing URL", r.method or "GET", util.printable(r.url)) }, errors.mt)
+  end
   if not split_url(r.url) then return fail("usage", "url", r, "not an http(s) URL this transport can reach") end
   local p, perr = proxy_for(self, r)
   if p == false then return nil, perr end
@@ -557,7 +664,7 @@ end
 
 --- One request, waited for (the running coroutine yields to nginx meanwhile). r as core's.
 function Session:request(r)
-  local proxy, err = refuse(self, r)
+  local proxy, err = refuse(self, r, "request")
   if err then return nil, err end
   ngx.update_time()
   local x = new_exchange(self, r)
@@ -572,7 +679,7 @@ Transfer.__name = "healthcare.NgxTransfer"
 
 --- Starts a request in a light thread (ngx.thread): poll it with wait().
 function Session:start(r)
-  local proxy, err = refuse(self, r)
+  local proxy, err = refuse(self, r, "start")
   if err then return nil, err end
   ngx.update_time()
   local t = setmetatable({ session = self, x = new_exchange(self, r) }, Transfer)
