@@ -318,6 +318,8 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
     emu:control("faults", { replace = true, rules = {} })
     assert.equal(503, r.status, r.body)
     assert.equal("UNAVAILABLE", r.json.error.status)
+    -- the API's words stay in the error log (they may name the gateway's account)
+    assert.equal("search failed (the server's error log says why)", r.json.error.message)
     -- The library was loaded in init_by_lua: no handler set a global.
     assert.falsy(gw:log():find("writing a global Lua variable", 1, true), gw:log())
   end)

@@ -37,8 +37,10 @@ end
 
 local function failed(what, err)
   local status = err.http_status and err.http_status >= 400 and err.http_status < 600 and err.http_status or 502
+  -- the API's text may name the gateway's service account or project: the log keeps it, the
+  -- client (who is not checked here) gets what failed and its status only
   ngx.log(ngx.ERR, what, ": ", tostring(err))
-  return reply(status, { error = { code = status, message = what .. ": " .. tostring(err),
+  return reply(status, { error = { code = status, message = what .. " failed (the server's error log says why)",
     status = err.status or "UNKNOWN" } })
 end
 
