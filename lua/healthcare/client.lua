@@ -41,7 +41,8 @@ local OPTION_TYPES = {
 }
 local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory",
   basic_auth = "table { user = ..., password = ... }" }
--- The options that each name a credential: at most one of them, basic_auth aside from all others.
+-- The options that name another credential: none may come with basic_auth (which would win is no
+-- choice to make silently).
 local OTHER_CREDENTIALS = { "credentials", "access_token", "api_key", "impersonate" }
 M.OPTIONS = {}
 for name in pairs(OPTION_TYPES) do M.OPTIONS[#M.OPTIONS + 1] = name end
