@@ -186,7 +186,7 @@ describe("the command", function()
     assert.equal(2, code, so .. se)
   end)
 
-  it("a wrong password: exit 2 (as every 401), a clear message without the password", function()
+  it("a wrong password: exit 2 (as every 401; store: 1, a failed file), a message without the password", function()
     for _, args in ipairs({ { "search", orthanc.dicomweb, "--debug", "--basic-auth-file",
       file_with(USER .. ":" .. WRONG) }, { "search", orthanc.dicomweb, "--debug" } }) do
       local so, se, code = cmd(args, { HEALTHCARE_BASIC_AUTH = USER .. ":" .. WRONG })
@@ -194,6 +194,12 @@ describe("the command", function()
       assert.truthy(se:find("401", 1, true), se)
       no_secrets(so .. se, "the command's output")
     end
+    -- store goes on past a file the server refuses: exit 1 (as with a wrong token), the reason the 401.
+    local so, se, code = cmd({ "store", orthanc.dicomweb, new_file().path, "--json", "--debug", "--basic-auth-file",
+      file_with(USER .. ":" .. WRONG) })
+    assert.equal(1, code, so .. se)
+    assert.truthy((so .. se):find("401", 1, true), so .. se)
+    no_secrets(so .. se, "the command's output")
   end)
 
   it("refuses a file others may write, a file without user:password, and another credential", function()
