@@ -37,9 +37,13 @@ local OPTION_TYPES = {
   subject = "string", token_cache = "boolean|string", refresh_margin = "number", quota_project = "string",
   min_speed = "number", max_compression_ratio = "number", impersonate = "string", delegates = "table",
   iam_endpoint = "string", transport = "string",
-  proxy = "string", no_proxy = "string",
+  proxy = "string", no_proxy = "string", basic_auth = "table",
 }
-local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory" }
+local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory",
+  basic_auth = "table { user = ..., password = ... }" }
+-- The options that name another credential: none may come with basic_auth (which would win is no
+-- choice to make silently).
+local OTHER_CREDENTIALS = { "credentials", "access_token", "api_key", "impersonate" }
 M.OPTIONS = {}
 for name in pairs(OPTION_TYPES) do M.OPTIONS[#M.OPTIONS + 1] = name end
 table.sort(M.OPTIONS)
@@ -92,6 +96,8 @@ local function credential_from(opts)
     local cred, err = credentials.from_options(opts)
     if not cred then return nil, err end
     return cred, true
+  elseif opts.basic_auth then
+    return auth.basic(opts.basic_auth.user, opts.basic_auth.password), true
   elseif opts.access_token then
     return auth.access_token(opts.access_token), true
   elseif opts.api_key then
@@ -136,7 +142,43 @@ local function check_new_options(opts, fname, level)
       fname, t), level)
   end
   if opts.retry then require("healthcare.retry").check(opts.retry, fname, level) end
+  if opts.basic_auth then
+    for k in pairs(opts.basic_auth) do
+      if k ~= "user" and k ~= "password" then
+        error(string.format("unknown field '%s' in option 'basic_auth' to '%s' (user and password expected)",
+          tostring(k), fname), level)
+      end
+    end
+    for _, k in ipairs({ "user", "password" }) do
+      -- The value is never shown: it may be the password.
+      if type(opts.basic_auth[k]) ~= "string" then
+        error(string.format("bad option 'basic_auth.%s' to '%s' (string expected, got %s)", k, fname,
+          type(opts.basic_auth[k])), level)
+      end
+    end
+  end
   return opts
+end
+
+-- nil, or a usage error when basic_auth is given with another credential or holds a user or
+-- password that cannot go in a Basic header (RFC 7617: a user-id has no ':'; nothing may break
+-- the header line). Values, not types: they come from files and the environment too.
+local function basic_auth_refusal(opts)
+  local b = opts.basic_auth
+  if not b then return nil end
+  for _, k in ipairs(OTHER_CREDENTIALS) do
+    if opts[k] ~= nil then
+      return errors.new("usage", string.format("options 'basic_auth' and '%s' cannot be used together: a "
+        .. "request carries one credential", k))
+    end
+  end
+  if b.user == "" or b.user:find(":", 1, true) or core.has_ctl(b.user) then
+    return errors.new("usage", "option 'basic_auth': the user must be non-empty, without ':' (RFC 7617), CR, LF or NUL")
+  end
+  if core.has_ctl(b.password) then
+    return errors.new("usage", "option 'basic_auth': the password contains CR, LF or NUL")
+  end
+  return nil
 end
 
 --- healthcare.new(opts): see README "Lua API". Returns the client, or nil, err.
@@ -155,6 +197,8 @@ function M.create(opts, fname, level)
       return nil, errors.new("usage", string.format("option '%s' contains CR, LF or NUL", k))
     end
   end
+  local refusal = basic_auth_refusal(opts)
+  if refusal then return nil, refusal end
   local std, perr = params.query(opts.params)
   if not std then return nil, perr end
   local endpoint = opts.endpoint or os.getenv("HEALTHCARE_ENDPOINT") or M.DEFAULT_ENDPOINT
@@ -256,7 +300,12 @@ local CREDENTIAL_HEADERS = { authorization = true, ["x-goog-api-key"] = true, ["
 local function credential_carried(headers, query)
   for _, h in ipairs(headers) do
     local name = (h:match("^([^:]+):") or ""):lower()
-    if name == "authorization" then return "the Authorization header (a bearer token)" end
+    if name == "authorization" then
+      if h:match("^[^:]+:%s*[Bb][Aa][Ss][Ii][Cc]%s") then
+        return "the Authorization header (Basic authentication: a user and password)"
+      end
+      return "the Authorization header (a bearer token)"
+    end
     if CREDENTIAL_HEADERS[name] then return "the " .. name .. " header" end
   end
   if query.key then return "an API key (key=)" end

@@ -32,7 +32,7 @@ local function open_dicomweb(base_url, opts, fname, level)
       .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. util.redact_url(base_url) .. "'")
   end
   -- No Google discovery for a plain DICOMweb server unless credentials are asked for.
-  if o.credentials == nil and o.access_token == nil and o.api_key == nil then
+  if o.credentials == nil and o.access_token == nil and o.api_key == nil and o.basic_auth == nil then
     o.credentials = false
   end
   o.endpoint = o.endpoint or base_url:match("^(https?://[^/?#]+)")

@@ -124,6 +124,12 @@ function M.is_base_url(s)
   return type(s) == "string" and s:match("^https?://[^/?#]+") ~= nil and not s:find("[%s%c?#\128-\255]")
 end
 
+--- RFC 4648 base64 (with padding) of s: the C core's base64url (OpenSSL), turned back.
+function M.base64(s)
+  local b = core.base64url(s):gsub("-", "+"):gsub("_", "/")
+  return b .. string.rep("=", (4 - #b % 4) % 4)
+end
+
 --- Whether url carries a user name or password before its host (scheme://user:password@host).
 function M.has_userinfo(url)
   local authority = type(url) == "string" and url:match("^%a[%w+.-]*://([^/?#]*)")
@@ -136,8 +142,9 @@ end
 function M.userinfo_refusal(url, what)
   if not M.has_userinfo(url) then return nil end
   return string.format("%s must not hold a user name or password (user:password@ before the host), got "
-    .. "'%s': give credentials with the client's options instead (access_token, credentials; on the "
-    .. "command line --access-token or --credentials, -p access-token=... in the projects form)", what,
+    .. "'%s': give credentials with the client's options instead (basic_auth = { user = ..., password = ... } "
+    .. "for HTTP Basic authentication, access_token, credentials; on the command line --basic-auth-file or "
+    .. "HEALTHCARE_BASIC_AUTH, --access-token or --credentials, -p access-token=... in the projects form)", what,
     M.redact_url(url))
 end
 

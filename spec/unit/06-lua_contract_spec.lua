@@ -46,7 +46,7 @@ describe("a misuse raises at the caller's line, naming the public function", fun
 
   it("in the constructors", function()
     raises_at_call(function() local _ = healthcare.new { bogus = 1 } end, "unknown option 'bogus' to 'healthcare.new'; "
-      .. "valid options: access_token, api_key, ca_file, concurrency, connect_timeout, credentials, debug, delegates, "
+      .. "valid options: access_token, api_key, basic_auth, ca_file, concurrency, connect_timeout, credentials, debug, delegates, "
       .. "endpoint, http2, iam_endpoint, idle_timeout, impersonate, insecure, max_compression_ratio, min_speed, "
       .. "no_proxy, params, proxy, quota_project, refresh_margin, "
       .. "retry, scopes, self_signed_jwt, subject, timeout, token_cache, transport, user_agent")

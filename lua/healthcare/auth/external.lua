@@ -55,11 +55,7 @@ local function shell_quote(s)
   return "'" .. s:gsub("'", "'\\''") .. "'"
 end
 
--- RFC 4648 base64 (with padding) of s, for a Basic Authorization header.
-local function base64(s)
-  local b = core.base64url(s):gsub("-", "+"):gsub("_", "/")
-  return b .. string.rep("=", (4 - #b % 4) % 4)
-end
+local base64 = util.base64
 
 -- Keeps a secret in cred.held, where redaction finds it; returns it.
 local function hold(self, value)

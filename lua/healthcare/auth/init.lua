@@ -7,6 +7,8 @@
 --                          -- server that echoes one gets it replaced by REDACTED (optional)
 -- Static tokens and API keys live here; Google's credential kinds plug in through the same
 -- interface (see healthcare.auth.credentials).
+local util = require "healthcare.util"
+
 local M = {}
 
 local Static = {}
@@ -41,6 +43,28 @@ function ApiKey.invalidate() end
 
 function ApiKey:secrets()
   return { self.key }
+end
+
+local Basic = {}
+Basic.__index = Basic
+
+--- HTTP Basic authentication (RFC 7617) for a DICOMweb server behind it (Orthanc's
+--- RegisteredUsers, a reverse proxy): user and password as checked by the client's options.
+function M.basic(user, password)
+  local header = "Basic " .. util.base64(user .. ":" .. password)
+  return setmetatable({ header = header, password = password, refreshable = false, kind = "basic_auth" }, Basic)
+end
+
+function Basic:authorize()
+  return { headers = { "Authorization: " .. self.header } }
+end
+
+function Basic.invalidate() end
+
+-- The header's value, its base64 alone and the password: a server may echo any of them (a
+-- password shorter than util.MIN_SECRET is not looked for: redacting it would mangle text).
+function Basic:secrets()
+  return { self.header, self.header:sub(7), self.password }
 end
 
 --- A credential that sends nothing (a DICOMweb server without authentication).

@@ -8,10 +8,15 @@ local healthcare = require "healthcare"
 local retry = require "healthcare.retry"
 local dicomweb = require "healthcare.dicomweb"
 local util = require "healthcare.util"
+local errors = require "healthcare.errors"
 
 local M = {}
 
 M.EXIT_OK, M.EXIT_FAILED, M.EXIT_USAGE = 0, 1, 2
+
+-- The environment variable that may hold user:password: never an option's value, which ps shows
+-- to every user (a process's environment is readable by its own user and root only).
+M.BASIC_AUTH_ENV = "HEALTHCARE_BASIC_AUTH"
 
 -- Answers that mean the command line or the configuration is wrong, not the data.
 local CONFIG_HTTP = { [401] = true, [403] = true, [404] = true }
@@ -42,6 +47,10 @@ function M.add_client_options(p)
   p:option("--proxy", "HTTP(S) proxy URL for every request (instead of the *_proxy variables; '' for none).")
     :argname("<url>")
   p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
+  p:option("--basic-auth-file", "HTTP Basic authentication for a DICOMweb server (e.g. Orthanc with "
+    .. "AuthenticationEnabled): a file of one line user:password, yours and writable by you alone. "
+    .. "Else $" .. M.BASIC_AUTH_ENV .. "=user:password when no other credential is given.")
+    :argname("<file>")
   p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
   p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
   p:flag("--insecure", "Allow insecure transport: do not verify TLS certificates, and let a credential "
@@ -106,12 +115,61 @@ end
 --- The store for parsed arguments `a` (from a parser given add_store_options), as
 --- dicom_store_or_say.
 function M.open_store_or_say(a, say)
-  return M.dicom_store_or_say(a.store, M.client_options(a), say)
+  local copts, err = M.client_options(a)
+  if not copts then
+    say("%s", tostring(err))
+    return nil, M.exit_code_for(err)
+  end
+  return M.dicom_store_or_say(a.store, copts, say)
 end
 
---- healthcare.new's options from parsed arguments `a` (a parser given add_client_options).
+-- The most bytes of a --basic-auth-file: one line.
+local MAX_BASIC_AUTH_FILE = 4096
+
+--- basic_auth = { user, password } from `text`, one line user:password (a final line break
+--- taken off), split at the first ':' (RFC 7617: a user-id has none); `where` names the source
+--- in the usage error, which never shows the text.
+function M.parse_basic_auth(text, where)
+  local line = text:gsub("\r?\n$", "")
+  local user, password = line:match("^([^:]*):(.*)$")
+  if not user or user == "" or core.has_ctl(line) then
+    return nil, errors.new("usage", where .. " must hold one line user:password, with a user")
+  end
+  return { user = user, password = password }
+end
+
+-- The basic_auth option for parsed arguments `a`: from --basic-auth-file, else from
+-- $HEALTHCARE_BASIC_AUTH when no other credential is given (an ambient variable must not turn
+-- a command given --credentials into a usage error). nil when neither; nil, err.
+local function basic_auth_option(a)
+  if a.basic_auth_file then
+    for _, o in ipairs({ { "access_token", "--access-token" }, { "credentials", "--credentials" },
+      { "impersonate_service_account", "--impersonate-service-account" } }) do
+      if a[o[1]] then
+        return nil, errors.new("usage", "--basic-auth-file and " .. o[2] .. " cannot be used together: a "
+          .. "request carries one credential")
+      end
+    end
+    local where = "--basic-auth-file '" .. a.basic_auth_file .. "'"
+    local text, err = require("healthcare.auth.credentials").read_trusted(a.basic_auth_file, where,
+      MAX_BASIC_AUTH_FILE)
+    if not text then return nil, err end
+    return M.parse_basic_auth(text, where)
+  end
+  local env = os.getenv(M.BASIC_AUTH_ENV)
+  if env and env ~= "" and not (a.access_token or a.credentials or a.impersonate_service_account) then
+    return M.parse_basic_auth(env, "$" .. M.BASIC_AUTH_ENV)
+  end
+  return nil
+end
+
+--- healthcare.new's options from parsed arguments `a` (a parser given add_client_options), or
+--- nil, err (a --basic-auth-file that cannot be read or is refused).
 function M.client_options(a)
+  local basic, berr = basic_auth_option(a)
+  if berr then return nil, berr end
   return {
+    basic_auth = basic,
     endpoint = a.endpoint, credentials = a.credentials, access_token = a.access_token,
     scopes = #a.scope > 0 and a.scope or nil, ca_file = a.ca_file, insecure = a.insecure or nil,
     token_cache = not a.no_token_cache, debug = a.debug or nil,

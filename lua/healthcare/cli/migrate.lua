@@ -23,7 +23,9 @@ end
 --- The client for parsed arguments `a` (common.add_client_options' options), or nil and the
 --- exit code after say(...) told why. Nothing is sent.
 function M.open_client(a, say)
-  local client, err = healthcare.new(common.client_options(a))
+  local copts, err = common.client_options(a)
+  local client
+  if copts then client, err = healthcare.new(copts) end
   if not client then
     say("%s", tostring(err))
     return nil, common.exit_code_for(err)

@@ -744,7 +744,7 @@ end
 -- ---- the client's side: which transport, which credential -----------------------------------
 
 -- Credential kinds that never fetch a token over the network (or do it without blocking).
-local NON_BLOCKING = { none = true, access_token = true, api_key = true, ngx_gateway = true }
+local NON_BLOCKING = { none = true, access_token = true, api_key = true, basic_auth = true, ngx_gateway = true }
 
 --- This module when healthcare.new's `transport` option (nil, "auto", "ngx", "curl"; checked by
 --- the client) picks it, else false; nil, err for "ngx" outside nginx.
@@ -761,7 +761,7 @@ end
 --- healthcare.new's options for this transport: with no credential named, the gateway's
 --- (require("healthcare.ngx").configure{...}) when there is one.
 function M.options(opts)
-  if opts.credentials ~= nil or opts.access_token or opts.api_key then return opts end
+  if opts.credentials ~= nil or opts.access_token or opts.api_key or opts.basic_auth then return opts end
   local ok, gw = pcall(require, "healthcare.ngx")
   if not ok or not gw.configured(nil) then return opts end
   local copy = {}
