@@ -61,6 +61,11 @@ describe("credential files without key files", function()
     { ext({ audience = false }), "missing 'audience' (required for type 'external_account')" },
     { ext({ subject_token_type = 7 }), "'subject_token_type' must be a string" },
     { ext({ token_url = "ftp://x" }), "'token_url' must be an http(s) URL" },
+    -- libcurl would send it as Basic authentication; the message never shows it
+    { ext({ token_url = "https://u:pw-secret-123@sts.invalid/v1/token" }),
+      "'token_url' must not hold a user name or password, got 'https://REDACTED@sts.invalid/v1/token'" },
+    { ext({ credential_source = { url = "https://u:pw-secret-123@md.invalid/token" } }),
+      "'credential_source.url' must not hold a user name or password" },
     { ext({ credential_source = false }), "'credential_source' must be an object" },
     { ext({ credential_source = {} }), "credential_source needs one of file, url, executable or environment_id" },
     { ext({ credential_source = { file = "/a", url = "https://b" } }), "has both 'file' and 'url'" },
@@ -93,6 +98,16 @@ describe("credential files without key files", function()
       assert.truthy(tostring(err):find(c[2], 1, true), tostring(err))
     end)
   end
+
+  it("an iam_endpoint with a user name or password is refused, never shown", function()
+    local healthcare = require "healthcare"
+    local c, err = healthcare.new { access_token = "tok-1234567890", impersonate = "sa@p.iam.gserviceaccount.com",
+      iam_endpoint = "https://u:pw-secret-123@iam.invalid/v1" }
+    assert.is_nil(c)
+    assert.truthy(tostring(err):find("without a user name or password, got 'https://REDACTED@iam.invalid/v1'", 1, true),
+      tostring(err))
+    assert.is_nil(tostring(err):find("pw-secret", 1, true))
+  end)
 
   it("subject and self_signed_jwt need a service account key", function()
     local cred, err = credentials.from_info(ext({}), { subject = "u@x" }, "f")

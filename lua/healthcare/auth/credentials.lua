@@ -473,7 +473,13 @@ end
 
 local function check_url(url, source, field)
   if not url:match("^https?://[^/?#]+") or core.has_ctl(url) then
-    return fail(string.format("%s: '%s' must be an http(s) URL, got '%s'", source, field, shown(url)))
+    return fail(string.format("%s: '%s' must be an http(s) URL, got '%s'", source, field,
+      shown(util.redact_url(url))))
+  end
+  -- libcurl would send a user:password@ as Basic authentication, and messages name the URL
+  if util.has_userinfo(url) then
+    return fail(string.format("%s: '%s' must not hold a user name or password, got '%s'", source, field,
+      util.redact_url(url)))
   end
   return true
 end

@@ -168,9 +168,9 @@ function M.over(source, opts, owns_source)
   end
   local endpoint = opts.iam_endpoint or C.getenv("HEALTHCARE_IAM_ENDPOINT") or M.IAM_ENDPOINT
   if endpoint == "" then endpoint = M.IAM_ENDPOINT end
-  if not util.is_base_url(endpoint) then
-    return give_up("iam_endpoint must be an http(s) URL (the IAM Credentials API's, with its /v1), got '"
-      .. C.internal.shown(endpoint) .. "'")
+  if not util.is_base_url(endpoint) or util.has_userinfo(endpoint) then
+    return give_up("iam_endpoint must be an http(s) URL (the IAM Credentials API's, with its /v1) without a "
+      .. "user name or password, got '" .. C.internal.shown(util.redact_url(endpoint)) .. "'")
   end
   local cred, err = M.wrap(source, endpoint:gsub("/+$", "") .. string.format(M.IAM_PATH, email), opts,
     { delegates = opts.delegates, owns_source = owns_source ~= false }, "impersonate")
