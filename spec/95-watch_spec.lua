@@ -27,16 +27,7 @@ local PY = "/usr/bin/python3"
 
 local function sleep(s) H.run("sleep " .. s) end
 
--- Polls fn() every 0.2 s until it returns a true value (returned) or `seconds` pass (nil).
-local function wait_for(seconds, fn)
-  local deadline = os.time() + seconds
-  repeat
-    local v = fn()
-    if v then return v end
-    sleep(0.2)
-  until os.time() > deadline
-  return nil
-end
+local wait_for = H.wait_for
 
 local function alive(pid) return select(3, H.run("kill -0 " .. pid)) == 0 end
 

@@ -28,17 +28,7 @@ local B64 = b64(USER .. ":" .. PASSWORD)
 local WRONG_B64 = b64(USER .. ":" .. WRONG)
 local SECRETS = { PASSWORD, B64, WRONG, WRONG_B64 }
 
-local function sleep(s) H.run("sleep " .. s) end
-
-local function wait_for(seconds, fn)
-  local deadline = os.time() + seconds
-  repeat
-    local v = fn()
-    if v then return v end
-    sleep(0.2)
-  until os.time() > deadline
-  return nil
-end
+local wait_for = H.wait_for
 
 -- ---- an Orthanc with authentication -------------------------------------------------------------
 

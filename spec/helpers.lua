@@ -118,6 +118,28 @@ function H.run(cmd, stdin)
   return so, se, code
 end
 
+-- Polls fn() every 0.2 s until it returns a true value (returned) or `seconds` pass (nil).
+function H.wait_for(seconds, fn)
+  local deadline = os.time() + seconds
+  repeat
+    local v = fn()
+    if v then return v end
+    H.run("sleep 0.2")
+  until os.time() > deadline
+  return nil
+end
+
+-- Calls f, which must raise `message` at the line where f is written in a spec file (its one
+-- call is on that line, and is not a tail call: `local _ = ...`).
+function H.raises_at_call(f, message)
+  local luassert = require "luassert" -- (the spec files' `assert`; this module sees Lua's own)
+  local info = debug.getinfo(f, "S")
+  local ok, err = pcall(f)
+  luassert.is_false(ok, "did not raise: " .. message)
+  luassert.equal(info.source:match("(spec/.*)$") .. ":" .. info.linedefined .. ": " .. message,
+    tostring(err):match("(spec/.*)$"))
+end
+
 -- run(cmd) that must succeed: stdout, or an error with stderr in it.
 function H.check_run(cmd, stdin)
   local so, se, code = H.run(cmd, stdin)

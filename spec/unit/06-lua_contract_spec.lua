@@ -11,7 +11,6 @@ local healthcare = require "healthcare"
 
 local URL = "http://127.0.0.1:9/dicom-web"
 local PARENT = "projects/p/locations/l/datasets/d/dicomStores/s"
-local THIS_FILE = "spec/unit/06-lua_contract_spec.lua"
 
 -- A new empty directory under os.tmpname()'s.
 local function tmpdir()
@@ -23,14 +22,7 @@ end
 
 local fds = H.open_fds
 
--- Calls f, which must raise `message` at the line where f is written (its one call is on that
--- line, and is not a tail call: `local _ = ...`).
-local function raises_at_call(f, message)
-  local line = debug.getinfo(f, "S").linedefined
-  local ok, err = pcall(f)
-  assert.is_false(ok, "did not raise: " .. message)
-  assert.equal(THIS_FILE .. ":" .. line .. ": " .. message, tostring(err):match("(spec/.*)$"))
-end
+local raises_at_call = H.raises_at_call
 
 describe("a misuse raises at the caller's line, naming the public function", function()
   local client, store, dir

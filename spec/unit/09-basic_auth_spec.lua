@@ -7,14 +7,9 @@ local healthcare = require "healthcare"
 local common = require "healthcare.cli.common"
 
 local URL = "http://127.0.0.1:9/dicom-web"
-local THIS_FILE = "spec/unit/09-basic_auth_spec.lua"
+local H = require "helpers"
 
-local function raises_at_call(f, message)
-  local line = debug.getinfo(f, "S").linedefined
-  local ok, err = pcall(f)
-  assert.is_false(ok, "did not raise: " .. message)
-  assert.equal(THIS_FILE .. ":" .. line .. ": " .. message, tostring(err):match("(spec/.*)$"))
-end
+local raises_at_call = H.raises_at_call
 
 describe("basic_auth", function()
   it("sends Authorization: Basic base64(user:password) (RFC 7617's example)", function()

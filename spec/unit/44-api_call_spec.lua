@@ -12,19 +12,13 @@ local pages = require "healthcare.api.pages"
 local route = require "healthcare.dicomweb.route"
 local send = require "healthcare.api.send"
 
-local THIS_FILE = "spec/unit/44-api_call_spec.lua"
+local H = require "helpers"
 local ENDPOINT = "http://127.0.0.1:9/v1"
 local DS = "projects.locations.datasets."
 local DATASET = "projects/p/locations/l/datasets/d"
 local STORE = DATASET .. "/dicomStores/s"
 
--- Calls f, which must raise `message` at the line where f is written (not a tail call).
-local function raises_at_call(f, message)
-  local line = debug.getinfo(f, "S").linedefined
-  local ok, err = pcall(f)
-  assert.is_false(ok, "did not raise: " .. message)
-  assert.equal(THIS_FILE .. ":" .. line .. ": " .. message, tostring(err):match("(spec/.*)$"))
-end
+local raises_at_call = H.raises_at_call
 
 -- The usage error of a call that must be refused: its message.
 local function refused(res, err)
