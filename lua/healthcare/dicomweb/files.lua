@@ -14,9 +14,8 @@ end
 
 --- The nanoseconds of the mtime of what path names (lfs gives whole seconds), or nil.
 function M.mtime_nsec(path)
-  local sec, nsec = core.file_mtime(path)
-  if sec then return nsec end
-  return nil
+  local a = core.file_stat(path)
+  return a and a.mtime_nsec
 end
 
 --- Returns an iterator of entries, in order:
@@ -34,11 +33,11 @@ function M.iterate(inputs)
   return coroutine.wrap(function()
     local seen = {}  -- "dev:ino" of directories entered
     local function walk(path, rel)
-      local a, err = lfs.attributes(path)
+      -- (one stat: lfs.attributes and the mtime's nanoseconds apart took two per file)
+      local a, err = core.file_stat(path)
       if not a then
         local l = lfs.symlinkattributes(path)
-        -- lfs says "cannot obtain information from file '<path>': <strerror>"; the path is
-        -- in the record already
+        -- "cannot stat <path>: <strerror>": the path is in the record already
         err = tostring(err):match(": ([^:]+)$") or tostring(err)
         if l then
           coroutine.yield { path = path, rel = rel, skip = "broken symbolic link" }
@@ -49,7 +48,7 @@ function M.iterate(inputs)
       end
       if a.mode == "file" then
         coroutine.yield { path = path, rel = rel, size = a.size, mtime = a.modification,
-          mtime_nsec = M.mtime_nsec(path), dev = a.dev, ino = a.ino }
+          mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
       elseif a.mode == "directory" then
         local key = a.dev .. ":" .. a.ino
         if seen[key] then

@@ -19,7 +19,6 @@
 local core = require "healthcare.core"
 local lfs = require "lfs"
 local batch_mod = require "healthcare.dicomweb.batch"
-local files = require "healthcare.dicomweb.files"
 local journal_mod = require "healthcare.dicomweb.journal"
 local retry = require "healthcare.retry"
 local util = require "healthcare.util"
@@ -311,7 +310,7 @@ function Watcher:scan(dir, fn)
   table.sort(names)
   for _, name in ipairs(names) do
     local path = join(dir, name)
-    local a = lfs.symlinkattributes(path)
+    local a = core.file_stat(path, false)
     if self:excluded(a) then
       a = nil -- the watcher's own folder or journal
     end
@@ -320,7 +319,7 @@ function Watcher:scan(dir, fn)
       self:scan(path, fn)
     elseif a and a.mode == "file" then
       fn { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-        mtime_nsec = files.mtime_nsec(path), dev = a.dev, ino = a.ino }
+        mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
     end
   end
 end
@@ -434,14 +433,14 @@ function Watcher:next_ready()
     self.queue[self.qhead] = nil
     self.qhead = self.qhead + 1
     local k = self.known[path]
-    local a = lfs.symlinkattributes(path)
+    local a = core.file_stat(path, false)
     if not a or a.mode ~= "file" or self:excluded(a) then
       self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
     elseif k then
       k.queued, k.state = nil, "sending"
       -- what is sent, so that finishing it never removes another file put under its name since
       local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-        mtime_nsec = files.mtime_nsec(path), dev = a.dev, ino = a.ino }
+        mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
       k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
         change = a.change }
       k.again = nil
@@ -538,10 +537,10 @@ function Watcher:replaced(path)
   local s = k and k.sent
   if not s then return false end
   if k.again then return true end
-  local a = lfs.symlinkattributes(path)
+  local a = core.file_stat(path, false)
   if not a then return false end
   return a.mode ~= "file" or a.dev ~= s.dev or a.ino ~= s.ino or a.size ~= s.size or a.modification ~= s.mtime
-    or a.change ~= s.change or files.mtime_nsec(path) ~= s.nsec
+    or a.change ~= s.change or a.mtime_nsec ~= s.nsec
 end
 
 -- What became of the file f.path was is told (its outcome: "stored", "failed", or "requeued" for
