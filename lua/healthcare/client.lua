@@ -208,8 +208,12 @@ function M.create(opts, fname, level)
     return nil, errors.new("usage", "endpoint must be an http(s) URL without spaces, control characters, "
       .. "non-ASCII, '?' or '#', got '" .. util.redact_url(endpoint) .. "'")
   end
-  -- Inside OpenResty the requests go over nginx's cosockets (README "OpenResty"), never libcurl.
-  local ngx_transport, terr = require("healthcare.ngx.transport").wanted(opts.transport)
+  -- Inside OpenResty the requests go over nginx's cosockets (README "OpenResty"), never libcurl;
+  -- elsewhere the module is not loaded (a tenth of the command's Lua source).
+  local ngx_transport, terr = false, nil
+  if opts.transport == "ngx" or rawget(_G, "ngx") ~= nil then
+    ngx_transport, terr = require("healthcare.ngx.transport").wanted(opts.transport)
+  end
   if terr then return nil, terr end
   if ngx_transport then opts = ngx_transport.options(opts) end
   local cred, owned = credential_from(opts)

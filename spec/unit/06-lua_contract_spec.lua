@@ -358,6 +358,17 @@ describe("the store's methods", function()
       assert(store.no_such_method == nil)]])
     assert.is_true(has(used, "healthcare.dicomweb.retrieve"), used)
     assert.is_false(has(used, "healthcare.dicomweb.watch"), used)
+    -- outside OpenResty a client never loads the cosocket transport, unless asked for it by name
+    local client = loaded_after("", [[
+      local c = assert(healthcare.new { credentials = false, endpoint = "http://127.0.0.1:9/v1" })
+      c:close()
+      io.write(package.loaded["healthcare.ngx.transport"] and "ngx.transport " or "")]])
+    assert.is_nil(client:find("ngx.transport", 1, true), client)
+    local asked = loaded_after("", [[
+      local c, err = healthcare.new { credentials = false, transport = "ngx" }
+      assert(c == nil and err.kind == "usage", tostring(err))
+      io.write(package.loaded["healthcare.ngx.transport"] and "ngx.transport " or "")]])
+    assert.truthy(asked:find("ngx.transport", 1, true), asked)
     -- under OpenResty, all at once: `require "healthcare"` in init_by_lua leaves handlers nothing to load
     local ngx = loaded_after("ngx = {} ", "")
     for _, m in ipairs(METHOD_MODULES) do assert.is_true(has(ngx, "healthcare.dicomweb." .. m), ngx) end
