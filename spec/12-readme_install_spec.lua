@@ -153,6 +153,10 @@ describe("the README", function()
         .. " --json --no-progress")
     end
     add("shebangs", T .. "/work", "head -n 2 /usr/local/bin/healthcare /usr/local/bin/healthcare-luajit")
+    -- each installed module and its compiled twin (bin/compiled-modules.lua.in): "<mtime> <path>"
+    add("compiled", T .. "/work", "cd /usr/local/share/lua/5.4 && find healthcare -name '*.lua' | sort | "
+      .. "while read -r f; do c=/usr/local/lib/lua/5.4/healthcare/luac/${f%.lua}.luac; "
+      .. "m=$(stat -c %.9Y \"$c\"); echo \"$(stat -c %.9Y \"$f\") $m $f\"; done")
     add("launchers", T .. "/work", "cat " .. H.q(T .. "/home/lua-rocks/lib/luarocks/rocks-5.4/healthcare/scm-1/bin/healthcare")
       .. " " .. H.q(T .. "/home/binary-rock/lib/luarocks/rocks-5.4/healthcare/scm-1/bin/healthcare"))
     add("completion", T .. "/work", "set -e; ls /usr/local/share/bash-completion/completions; "
@@ -259,6 +263,17 @@ describe("the README", function()
       assert.equal(f.sop_instance_uid, report.stored[1].sop_instance_uid)
       assert.is_string(H.orthanc_find_instance(f.sop_instance_uid), c)
     end
+  end)
+
+  it("installs Lua 5.4's command with its modules compiled, each with its source's mtime", function()
+    local r = result.compiled
+    assert.equal(0, r.rc, r.err)
+    local n = 0
+    for src_mtime, compiled_mtime, file in r.out:gmatch("(%S+) (%S+) (%S+)\n") do
+      n = n + 1
+      assert.equal(src_mtime, compiled_mtime, file)
+    end
+    assert.is_true(n > 40, r.out)
   end)
 
   it("keeps the Lua 5.4 command when the LuaJIT build is installed after it", function()
