@@ -3,7 +3,8 @@
 -- `proxy` and `no_proxy` options on top), a proxy URL as shown, and the checks of credential
 -- files without key files (impersonated_service_account, external_account,
 -- external_account_authorized_user): every bad field a clear credential error, nothing sent
--- (no file here names a reachable host).
+-- (no file here names a reachable host); a key file in a directory others may write to (or below
+-- one, or reached through a link in one) refused, the directory named in printable form.
 local util = require "healthcare.util"
 local credentials = require "healthcare.auth.credentials"
 local external = require "healthcare.auth.external"
@@ -165,5 +166,60 @@ describe("credential files without key files", function()
   it("splits an executable's command line as a shell splits words, expanding nothing", function()
     assert.are.same({ "/bin/t", "a b", "$X", "c'd", "" }, external.split_command([[/bin/t "a b" '$X' c\'d '']]))
     assert.is_nil(external.split_command("   "))
+  end)
+end)
+
+describe("a credential file in a directory another user may write to", function()
+  local H = require "helpers"
+  local printable = util.printable
+  local base
+  setup(function() base = H.tmpdir() end)
+  teardown(function() if base then H.run("rm -rf " .. H.q(base)) end end)
+
+  -- A directory under base named `name` with `mode`, holding a key file of mode 0600.
+  local function key_in(name, mode)
+    local dir = base .. "/" .. name
+    H.check_run(string.format("mkdir -p %s && chmod %s %s", H.q(dir), mode, H.q(dir)))
+    local path = dir .. "/key.json"
+    H.write_file(path, "{}")
+    H.check_run("chmod 600 " .. H.q(path))
+    return path, (H.check_run("realpath " .. H.q(dir)):gsub("\n$", ""))
+  end
+
+  it("is refused, naming the directory in printable form; sticky (as /tmp) is fine", function()
+    local path, dir = key_in("shared\27[31m\nX", "777")
+    local cred, err = credentials.from_file(path, {})
+    assert.is_nil(cred)
+    assert.are.equal("auth", err.kind)
+    assert.are.equal("UNSAFE_FILE", err.status)
+    assert.are.equal(dir, err.directory)
+    local text = tostring(err)
+    assert.truthy(text:find("group or others may write to the directory '" .. printable(dir) .. "' on its way (not "
+      .. "sticky), and could replace it; every directory on its way must be yours (or root's) and writable by you "
+      .. "alone, or sticky as /tmp", 1, true), text)
+    assert.is_nil(text:find("\27", 1, true), text)
+    assert.is_nil(text:find("\n", 1, true), text)
+    -- Once sticky, the file is read (and found to be no key).
+    H.check_run("chmod 1777 " .. H.q(dir))
+    cred, err = credentials.from_file(path, {})
+    assert.is_nil(cred)
+    assert.is_nil(err.status, tostring(err))
+    assert.truthy(tostring(err):find("has no 'type'", 1, true), tostring(err))
+  end)
+
+  it("is refused below such a directory, and through the user's own link in one", function()
+    local path = key_in("open/private", "700")
+    H.check_run("chmod 777 " .. H.q(base .. "/open"))
+    local _, err = credentials.from_file(path, {})
+    assert.are.equal("UNSAFE_FILE", err.status, tostring(err))
+    assert.truthy(err.directory:find("/open$"), err.directory)
+    local own = key_in("mine", "700")
+    local _, loose = key_in("loose", "777")
+    H.check_run("ln -s " .. H.q(own) .. " " .. H.q(loose .. "/link.json"))
+    _, err = credentials.from_file(loose .. "/link.json", {})
+    assert.are.equal("UNSAFE_FILE", err.status, tostring(err))
+    assert.are.equal(loose, err.directory)
+    _, err = credentials.from_file(own, {})
+    assert.is_nil(err.status, tostring(err))
   end)
 end)
