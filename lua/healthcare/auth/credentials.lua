@@ -755,9 +755,12 @@ end
 
 --- The credential the client options ask for (healthcare.new's credentials, access_token,
 --- api_key, self_signed_jwt, subject, scopes, refresh_margin, quota_project, token_cache).
---- Returns a credential, or nil, err (kind "auth"). Wrong option types raise.
+--- Returns a credential, or nil, err (kind "auth"; "usage" for two credential options, as
+--- healthcare.new). Wrong option types raise.
 function M.from_options(opts)
   opts = opts or {}
+  local conflict = auth.conflict(opts)
+  if conflict then return nil, conflict end
   if opts.refresh_margin ~= nil and (type(opts.refresh_margin) ~= "number" or opts.refresh_margin < 0) then
     error("bad option 'refresh_margin' (a number of seconds >= 0 expected)", 3)
   end
