@@ -3,7 +3,8 @@
 -- environment against the test bed's emulator: --credentials FILE, Application Default
 -- Credentials from the environment, --scope, the token cache between runs (0600 files under
 -- $XDG_CACHE_HOME/healthcare, --no-token-cache), a cached token the API refuses, exit codes of
--- bad credentials, and a grep of everything the command prints (with --debug) for secrets.
+-- bad credentials and of two credential flags (a flag over a variable of the shell), and a grep
+-- of everything the command prints (with --debug) for secrets.
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/41-credentials_cli_spec.lua
 local H = require "helpers"
 if not H.need_testbed() then return end
@@ -113,6 +114,30 @@ describe("healthcare --credentials FILE", function()
       .. ": HTTP 400 invalid_grant: Bad Request; the refresh token was revoked or has expired: run "
       .. "'gcloud auth application-default login' again\n", se3)
     assert_no_secrets(se3, { "refresh-revoked-42", u.client_secret })
+  end)
+end)
+
+describe("healthcare with two credentials", function()
+  it("refuses two credential flags, naming both, before anything is sent", function()
+    local sa = em:service_account()
+    local env = { HOME = H.tmpdir(), GCE_METADATA_HOST = CLOSED }
+    local before = em:count("token_requests", JWT_GRANT)
+    local so, se, code = healthcare(env, { "search", E.store, "--endpoint", em.endpoint, "--credentials", sa.key_file,
+      "--access-token", em.token, "--no-token-cache" })
+    assert.equal(2, code, se)
+    assert.equal("", so)
+    assert.equal("healthcare search: --credentials and --access-token cannot be used together: a request carries one "
+      .. "credential\n", se)
+    assert.equal(before, em:count("token_requests", JWT_GRANT))
+  end)
+
+  it("takes the flag over GOOGLE_APPLICATION_CREDENTIALS and $HEALTHCARE_BASIC_AUTH set in the shell", function()
+    local home = H.tmpdir()
+    local env = { HOME = home, GCE_METADATA_HOST = CLOSED, GOOGLE_APPLICATION_CREDENTIALS = home .. "/none.json",
+      HEALTHCARE_BASIC_AUTH = "alice:secret-basic-1" }
+    local so, se, code = healthcare(env, { "search", E.store, "--endpoint", em.endpoint, "--access-token", em.token })
+    assert.equal(0, code, se)
+    assert.is_nil((so .. se):find("secret-basic-1", 1, true))
   end)
 end)
 

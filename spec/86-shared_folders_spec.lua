@@ -385,6 +385,40 @@ describe("credential files another user could have written", function()
     assert.are.equal(before, em:count("token_requests"), "a token was asked for")
   end)
 
+  it("refuses a key in a directory another user owns or may write to, naming it; sticky ones are fine", function()
+    local nobodys = shared_dir("755", "nobody")   -- nobody may put another key there between runs
+    local open = shared_dir("777")
+    local cases = {
+      { key_at(nobodys .. "/key.json", "600"), nobodys, "another user owns the directory '" .. nobodys
+        .. "' on its way, and could replace it" },
+      { key_at(open .. "/key.json", "600"), open, "group or others may write to the directory '" .. open
+        .. "' on its way (not sticky), and could replace it" },
+    }
+    for _, c in ipairs(cases) do
+      local cred, err = credentials.from_file(c[1], {})
+      assert.is_nil(cred)
+      refused(err, c[1], c[3])
+      assert.are.equal(c[2], err.directory)
+    end
+    local before = em:count("token_requests")
+    local out, err, code = hc({ "search", E.store, "--endpoint", em.endpoint, "--credentials", cases[2][1],
+      "--no-token-cache" })
+    assert.are.equal(2, code, err)
+    assert.are.equal("", out)
+    assert.truthy(err:find(cases[2][3] .. "; every directory on its way must be yours (or root's) and writable by "
+      .. "you alone, or sticky as /tmp", 1, true), err)
+    assert.are.equal(before, em:count("token_requests"), "a token was asked for")
+    -- Run as nobody: root's directory (mode 0755) and a sticky one are fine.
+    local roots = shared_dir("755")
+    local sticky = shared_dir("1777")
+    for _, path in ipairs({ key_at(roots .. "/key.json", "600", "nobody"), key_at(sticky .. "/key.json", "600",
+      "nobody") }) do
+      local _, serr, scode = hc({ "search", E.store, "--endpoint", em.endpoint, "--credentials", path,
+        "--no-token-cache" }, { nobody = true })
+      assert.are.equal(0, scode, serr)
+    end
+  end)
+
   it("uses the user's own key, through the user's own links and in the user's private group", function()
     local d = shared_dir("1777")
     local own = key_at(d .. "/own.json", "600")

@@ -259,18 +259,86 @@ static int follow_link(char *cur)
     return 0;
 }
 
-int hc_file_trusted_open(const char *path, int *fdp, enum hc_file_distrust *why)
+/* Whether someone other than the owner may write to what st describes: others, or a group with
+ * other members (private_group). */
+static int others_may_write(const struct stat *st)
+{
+    return (st->st_mode & 002) != 0 || ((st->st_mode & 020) != 0 && !private_group(st));
+}
+
+/* The effective user's home directory, canonical, into home (PATH_MAX bytes); "" when the
+ * password database has none or it does not resolve (then the walk goes up to "/"). */
+static void user_home(char *home)
+{
+    struct passwd pw, *found = NULL;
+    char buf[4096];
+    home[0] = '\0';
+    if (getpwuid_r(geteuid(), &pw, buf, sizeof buf, &found) != 0 || found == NULL
+        || pw.pw_dir == NULL || realpath(pw.pw_dir, home) == NULL)
+        home[0] = '\0';
+}
+
+/* OpenSSH's safe_path for the directories holding entry (a path whose last component is the
+ * file or a link): from the canonical directory of entry up to "/", or to home once it is
+ * checked, each must be the effective user's or root's and, unless sticky, not writable by
+ * others. Returns 0, HC_FILE_UNSAFE with *why and dir set (as hc_file_trusted_open), or an errno
+ * value. */
+static int check_dirs(const char *entry, const char *home, enum hc_file_distrust *why, char *dir,
+                      size_t dir_size)
+{
+    char named[PATH_MAX], canon[PATH_MAX];
+    const char *slash = strrchr(entry, '/');
+    struct stat st;
+    if (slash == NULL)
+        memcpy(named, ".", 2);
+    else if (slash == entry)
+        memcpy(named, "/", 2);
+    else {
+        memcpy(named, entry, (size_t)(slash - entry)); /* entry is shorter than PATH_MAX */
+        named[slash - entry] = '\0';
+    }
+    if (realpath(named, canon) == NULL)
+        return errno;
+    for (;;) {
+        char *last;
+        if (stat(canon, &st) != 0)
+            return errno;
+        if (!trusted_owner(st.st_uid) || ((st.st_mode & S_ISVTX) == 0 && others_may_write(&st))) {
+            *why = trusted_owner(st.st_uid) ? HC_FILE_DIR_WRITABLE : HC_FILE_DIR_OWNER;
+            if (dir_size > 0)
+                snprintf(dir, dir_size, "%s", canon);
+            return HC_FILE_UNSAFE;
+        }
+        if (strcmp(canon, "/") == 0 || (home[0] != '\0' && strcmp(canon, home) == 0))
+            return 0;
+        last = strrchr(canon, '/'); /* canonical: absolute, no trailing slash */
+        if (last == canon)
+            last[1] = '\0';
+        else
+            *last = '\0';
+    }
+}
+
+int hc_file_trusted_open(const char *path, const char *home, int *fdp, enum hc_file_distrust *why,
+                         char *dir, size_t dir_size)
 {
     enum { MAX_LINKS = 40 }; /* the kernel's own limit */
-    char cur[PATH_MAX];
+    char cur[PATH_MAX], own_home[PATH_MAX];
     struct stat st;
     int hops, fd, err;
     *fdp = -1;
+    if (dir_size > 0)
+        dir[0] = '\0';
     if (strlen(path) >= sizeof cur)
         return ENAMETOOLONG;
+    if (home == NULL) {
+        user_home(own_home);
+        home = own_home;
+    }
     memcpy(cur, path, strlen(path) + 1);
     /* The links are walked here, not by open(): each one's owner is checked (another user's link
-     * could point anywhere, and a link in a sticky directory can be swapped by its owner). */
+     * could point anywhere, and a link in a sticky directory can be swapped by its owner), and
+     * the directories holding it (where others may write, they could swap the link). */
     for (hops = 0;; hops++) {
         if (lstat(cur, &st) != 0)
             return errno;
@@ -280,6 +348,8 @@ int hc_file_trusted_open(const char *path, int *fdp, enum hc_file_distrust *why)
             *why = HC_FILE_LINK_OWNER;
             return HC_FILE_UNSAFE;
         }
+        if ((err = check_dirs(cur, home, why, dir, dir_size)) != 0)
+            return err;
         if (hops == MAX_LINKS)
             return ELOOP;
         if ((err = follow_link(cur)) != 0)
@@ -294,16 +364,17 @@ int hc_file_trusted_open(const char *path, int *fdp, enum hc_file_distrust *why)
         close(fd);
         return err;
     }
+    err = HC_FILE_UNSAFE;
     if (!S_ISREG(st.st_mode))
         *why = HC_FILE_NOT_REGULAR;
     else if (!trusted_owner(st.st_uid))
         *why = HC_FILE_OWNER;
-    else if ((st.st_mode & 002) != 0 || ((st.st_mode & 020) != 0 && !private_group(&st)))
+    else if (others_may_write(&st))
         *why = HC_FILE_WRITABLE;
-    else {
+    else if ((err = check_dirs(cur, home, why, dir, dir_size)) == 0) {
         *fdp = fd;
         return 0;
     }
     close(fd);
-    return HC_FILE_UNSAFE;
+    return err;
 }

@@ -50,16 +50,25 @@ enum hc_file_distrust {
     HC_FILE_LINK_OWNER = 1, /* a symbolic link on the way is another user's */
     HC_FILE_OWNER,          /* the file is another user's */
     HC_FILE_WRITABLE,       /* others, or a group with other members, may write to it */
-    HC_FILE_NOT_REGULAR     /* a directory, FIFO, device, ... */
+    HC_FILE_NOT_REGULAR,    /* a directory, FIFO, device, ... */
+    HC_FILE_DIR_OWNER,      /* a directory holding it or a link on the way is another user's */
+    HC_FILE_DIR_WRITABLE    /* ... or others may write to it, and it is not sticky */
 };
 
 /* Opens for reading a file that holds credentials (a key file, an executable's output_file), as
  * trusted as the user who named it: a regular file of the effective user or of root that neither
  * others nor a group with members other than its owner may write (a user private group may), and
  * when path is a symbolic link (or a chain of them: users keep keys behind links) every link is
- * the effective user's or root's. The final file is opened with O_NOFOLLOW and checked on its
- * descriptor. Returns 0 with *fd open (the caller's to close); HC_FILE_UNSAFE with *why set; or
- * an errno value (ENOENT: no file). path is only read. */
-int hc_file_trusted_open(const char *path, int *fd, enum hc_file_distrust *why);
+ * the effective user's or root's. The directories that hold the file and each link, walked up
+ * from their canonical path as OpenSSH's safe_path does, must be the effective user's or root's
+ * and, unless sticky (as /tmp, where others cannot rename or remove what is not theirs), not
+ * writable by others (the same group rule): a directory others may write to lets them swap the
+ * file between runs. The walk stops after checking `home` (canonical; NULL: the effective user's
+ * home directory from the password database, as ssh) or at "/". The final file is opened with
+ * O_NOFOLLOW and checked on its descriptor. Returns 0 with *fd open (the caller's to close);
+ * HC_FILE_UNSAFE with *why set, and for HC_FILE_DIR_* the canonical directory in dir (dir_size
+ * bytes, NUL-terminated, cut if longer); or an errno value (ENOENT: no file). path is only read. */
+int hc_file_trusted_open(const char *path, const char *home, int *fd, enum hc_file_distrust *why,
+                         char *dir, size_t dir_size);
 
 #endif

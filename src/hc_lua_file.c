@@ -9,6 +9,7 @@
  * that is not a non-empty string without NUL raises. */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <limits.h>
 #include <string.h>
 #include <unistd.h>
 #include <sys/stat.h>
@@ -116,41 +117,60 @@ static int l_file_private_read(lua_State *L)
     return 1;
 }
 
-/* What hc_file_trusted_open found wrong, as the end of "refusing to read PATH: ...". */
-static const char *distrust_text(enum hc_file_distrust why)
+/* What hc_file_trusted_open found wrong, as the end of "refusing to read PATH: ..."; for a
+ * directory, with the directory (dir) named. Pushed on the Lua stack. */
+static void push_distrust(lua_State *L, enum hc_file_distrust why, const char *dir)
 {
     switch (why) {
     case HC_FILE_LINK_OWNER:
-        return "it is reached through a symbolic link that another user owns";
+        lua_pushstring(L, "it is reached through a symbolic link that another user owns");
+        return;
     case HC_FILE_OWNER:
-        return "another user owns it";
+        lua_pushstring(L, "another user owns it");
+        return;
     case HC_FILE_WRITABLE:
-        return "group or others may write to it";
+        lua_pushstring(L, "group or others may write to it");
+        return;
     case HC_FILE_NOT_REGULAR:
-        return "it is not a regular file";
+        lua_pushstring(L, "it is not a regular file");
+        return;
+    case HC_FILE_DIR_OWNER:
+        lua_pushfstring(L, "another user owns the directory '%s' on its way, and could replace it", dir);
+        return;
+    case HC_FILE_DIR_WRITABLE:
+        lua_pushfstring(L, "group or others may write to the directory '%s' on its way (not "
+                        "sticky), and could replace it", dir);
+        return;
     }
-    return "it cannot be trusted";
+    lua_pushstring(L, "it cannot be trusted");
 }
 
 /* trusted_read(path, cap) -> data | nil, err: the whole file at path, when it may be trusted with
  * credentials (hc_file_trusted_open: this user's or root's, written by no one else, every link on
- * the way this user's or root's) and holds at most cap bytes. err.status: "absent" (no file),
- * "unsafe" (err.reason says why, without the path), "large" (more than cap bytes), "read". */
+ * the way this user's or root's, and so every directory holding them, up to the user's home
+ * directory) and holds at most cap bytes. err.status: "absent" (no file), "unsafe" (err.reason
+ * says why, without the path; err.directory names a directory at fault), "large" (more than cap
+ * bytes), "read". */
 static int l_file_trusted_read(lua_State *L)
 {
     const char *path = check_path(L, 1);
     lua_Integer cap = luaL_checkinteger(L, 2);
     enum hc_file_distrust why = HC_FILE_NOT_REGULAR;
     luaL_Buffer b;
-    char chunk[8192];
+    char chunk[8192], dir[PATH_MAX];
     size_t total = 0;
     int fd, err;
     luaL_argcheck(L, cap >= 0, 2, "must be >= 0");
-    err = hc_file_trusted_open(path, &fd, &why);
+    err = hc_file_trusted_open(path, NULL, &fd, &why, dir, sizeof dir);
     if (err == HC_FILE_UNSAFE) {
-        hc_lua_fail(L, "io", "unsafe", "refusing to read %s: %s", path, distrust_text(why));
-        lua_pushstring(L, distrust_text(why));
+        push_distrust(L, why, dir);
+        hc_lua_fail(L, "io", "unsafe", "refusing to read %s: %s", path, lua_tostring(L, -1));
+        lua_pushvalue(L, -3);
         lua_setfield(L, -2, "reason");
+        if (why == HC_FILE_DIR_OWNER || why == HC_FILE_DIR_WRITABLE) {
+            lua_pushstring(L, dir);
+            lua_setfield(L, -2, "directory");
+        }
         return 2;
     }
     if (err != 0)

@@ -41,9 +41,6 @@ local OPTION_TYPES = {
 }
 local SHOWN_TYPES = { credentials = "path, table or false", token_cache = "boolean or directory",
   basic_auth = "table { user = ..., password = ... }" }
--- The options that name another credential: none may come with basic_auth (which would win is no
--- choice to make silently).
-local OTHER_CREDENTIALS = { "credentials", "access_token", "api_key", "impersonate" }
 M.OPTIONS = {}
 for name in pairs(OPTION_TYPES) do M.OPTIONS[#M.OPTIONS + 1] = name end
 table.sort(M.OPTIONS)
@@ -160,18 +157,15 @@ local function check_new_options(opts, fname, level)
   return opts
 end
 
--- nil, or a usage error when basic_auth is given with another credential or holds a user or
+-- nil, or a usage error when two options name a credential (auth.conflict: credentials,
+-- access_token, api_key, basic_auth; basic_auth with impersonate), or basic_auth holds a user or
 -- password that cannot go in a Basic header (RFC 7617: a user-id has no ':'; nothing may break
 -- the header line). Values, not types: they come from files and the environment too.
-local function basic_auth_refusal(opts)
+local function credential_refusal(opts)
+  local conflict = auth.conflict(opts)
+  if conflict then return conflict end
   local b = opts.basic_auth
   if not b then return nil end
-  for _, k in ipairs(OTHER_CREDENTIALS) do
-    if opts[k] ~= nil then
-      return errors.new("usage", string.format("options 'basic_auth' and '%s' cannot be used together: a "
-        .. "request carries one credential", k))
-    end
-  end
   if b.user == "" or b.user:find(":", 1, true) or core.has_ctl(b.user) then
     return errors.new("usage", "option 'basic_auth': the user must be non-empty, without ':' (RFC 7617), CR, LF or NUL")
   end
@@ -197,7 +191,7 @@ function M.create(opts, fname, level)
       return nil, errors.new("usage", string.format("option '%s' contains CR, LF or NUL", k))
     end
   end
-  local refusal = basic_auth_refusal(opts)
+  local refusal = credential_refusal(opts)
   if refusal then return nil, refusal end
   local std, perr = params.query(opts.params)
   if not std then return nil, perr end

@@ -7,12 +7,14 @@
  * path and leaves no temporary file; dir_writable tells a writable directory from others; the
  * token cache's private directory is made with its parents and refused when others may write to
  * it, a private file is read only when it is this user's and nobody else may read it; a file
- * holding credentials is opened only when no other user could have written it or its links.
+ * holding credentials is opened only when no other user could have written it or its links, nor
+ * the directories holding them (sticky ones aside) up to the home directory.
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  */
 #define _DEFAULT_SOURCE
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,7 +144,7 @@ static void test_private(tstate *t)
  * where another owner can be set) when another user owns it or a link on the way. */
 static void test_trusted(tstate *t)
 {
-    char file[700], link1[700], link2[700], loop[700], sub[700];
+    char file[700], link1[700], link2[700], loop[700], sub[700], where[PATH_MAX];
     enum hc_file_distrust why = 0;
     int fd = -1, err;
     path_in(t, file, sizeof file, "key.json");
@@ -150,31 +152,124 @@ static void test_trusted(tstate *t)
     path_in(t, link2, sizeof link2, "key-link2");
     path_in(t, loop, sizeof loop, "loop");
     path_in(t, sub, sizeof sub, "subdir");
-    check(t, hc_file_trusted_open(file, &fd, &why) == ENOENT && fd == -1, "absent: ENOENT");
+    check(t, hc_file_trusted_open(file, NULL, &fd, &why, where, sizeof where) == ENOENT && fd == -1, "absent: ENOENT");
     write_plain(file, "{}");
-    check(t, chmod(file, 0600) == 0 && hc_file_trusted_open(file, &fd, &why) == 0 && fd >= 0,
+    check(t, chmod(file, 0600) == 0 && hc_file_trusted_open(file, NULL, &fd, &why, where, sizeof where) == 0 && fd >= 0,
           "the user's own file opens");
     if (fd >= 0)
         close(fd);
     check(t, symlink(file, link1) == 0 && symlink("key-link1", link2) == 0, "links made");
     fd = -1;
-    check(t, hc_file_trusted_open(link2, &fd, &why) == 0 && fd >= 0,
+    check(t, hc_file_trusted_open(link2, NULL, &fd, &why, where, sizeof where) == 0 && fd >= 0,
           "through the user's own links, relative then absolute");
     if (fd >= 0)
         close(fd);
-    err = chmod(file, 0602) == 0 ? hc_file_trusted_open(link2, &fd, &why) : -2;
+    err = chmod(file, 0602) == 0 ? hc_file_trusted_open(link2, NULL, &fd, &why, where, sizeof where) : -2;
     check(t, err == HC_FILE_UNSAFE && why == HC_FILE_WRITABLE, "others may write: refused (%d)", err);
     chmod(file, 0600);
-    check(t, mkdir(sub, 0700) == 0 && hc_file_trusted_open(sub, &fd, &why) == HC_FILE_UNSAFE
+    check(t, mkdir(sub, 0700) == 0 && hc_file_trusted_open(sub, NULL, &fd, &why, where, sizeof where) == HC_FILE_UNSAFE
                  && why == HC_FILE_NOT_REGULAR, "a directory: refused");
-    check(t, symlink("loop", loop) == 0 && hc_file_trusted_open(loop, &fd, &why) == ELOOP,
+    check(t, symlink("loop", loop) == 0 && hc_file_trusted_open(loop, NULL, &fd, &why, where, sizeof where) == ELOOP,
           "a link to itself: ELOOP");
     if (geteuid() != 0)
         return;
-    check(t, lchown(link1, 65534, (gid_t)-1) == 0 && hc_file_trusted_open(link2, &fd, &why)
+    check(t, lchown(link1, 65534, (gid_t)-1) == 0 && hc_file_trusted_open(link2, NULL, &fd, &why, where, sizeof where)
                  == HC_FILE_UNSAFE && why == HC_FILE_LINK_OWNER, "another user's link on the way: refused");
-    check(t, chown(file, 65534, (gid_t)-1) == 0 && hc_file_trusted_open(file, &fd, &why)
+    check(t, chown(file, 65534, (gid_t)-1) == 0 && hc_file_trusted_open(file, NULL, &fd, &why, where, sizeof where)
                  == HC_FILE_UNSAFE && why == HC_FILE_OWNER, "another user's file: refused");
+}
+
+/* A key at dir/name (mode 0600, holding "{}"); its path goes to out. */
+static void key_in(const char *dir, const char *name, char *out, size_t size)
+{
+    snprintf(out, size, "%s/%s", dir, name);
+    write_plain(out, "{}");
+    chmod(out, 0600);
+}
+
+/* hc_file_trusted_open(path, home): 0 (the descriptor closed), or what it returned, with *why and
+ * the directory named in where. */
+static int trusted(const char *path, const char *home, enum hc_file_distrust *why, char *where,
+                   size_t size)
+{
+    int fd = -1;
+    int err = hc_file_trusted_open(path, home, &fd, why, where, size);
+    if (fd >= 0)
+        close(fd);
+    return err;
+}
+
+/* The directories on the way, as OpenSSH's safe_path: one that others may write to (or, as root,
+ * another user owns) and that is not sticky refuses the file, its link or a file below it, and
+ * is named (canonical); a sticky one does not; the walk stops after the home directory given. */
+static void test_trusted_dirs(tstate *t)
+{
+    char open_dir[600], outer[600], inner[700], safe[600], loose[600], key[800], link[800];
+    char canon[PATH_MAX], where[PATH_MAX], cwd[PATH_MAX];
+    enum hc_file_distrust why = 0;
+    int err;
+    path_in(t, open_dir, sizeof open_dir, "open");
+    check(t, mkdir(open_dir, 0700) == 0 && chmod(open_dir, 0777) == 0, "mkdir open (0777)");
+    key_in(open_dir, "key.json", key, sizeof key);
+    err = trusted(key, NULL, &why, where, sizeof where);
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_DIR_WRITABLE,
+          "in a directory others may write: refused (%d)", err);
+    check(t, realpath(open_dir, canon) != NULL && strcmp(where, canon) == 0, "naming it: '%s'", where);
+    check(t, getcwd(cwd, sizeof cwd) != NULL && chdir(open_dir) == 0, "chdir open");
+    err = trusted("key.json", NULL, &why, where, sizeof where);
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_DIR_WRITABLE && strcmp(where, canon) == 0,
+          "a relative path: the working directory checked (%d, '%s')", err, where);
+    check(t, chdir(cwd) == 0, "chdir back");
+    check(t, chmod(open_dir, 01777) == 0 && trusted(key, NULL, &why, where, sizeof where) == 0,
+          "sticky (as /tmp): taken");
+    check(t, chmod(open_dir, 0770) == 0, "chmod 0770");
+    err = trusted(key, NULL, &why, where, sizeof where);
+    check(t, err == 0, "group-writable, the group the user's private one: taken (%d)", err);
+
+    path_in(t, outer, sizeof outer, "outer");
+    snprintf(inner, sizeof inner, "%s/inner", outer);
+    check(t, mkdir(outer, 0700) == 0 && chmod(outer, 0777) == 0 && mkdir(inner, 0700) == 0,
+          "mkdir outer (0777)/inner (0700)");
+    key_in(inner, "key.json", key, sizeof key);
+    err = trusted(key, NULL, &why, where, sizeof where);
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_DIR_WRITABLE && realpath(outer, canon) != NULL
+                 && strcmp(where, canon) == 0,
+          "a writable directory higher up: refused, named (%d, '%s')", err, where);
+    check(t, realpath(inner, canon) != NULL && trusted(key, canon, &why, where, sizeof where) == 0,
+          "the walk stops after the home directory: what is above it is not looked at");
+    check(t, realpath(outer, canon) != NULL
+                 && trusted(key, canon, &why, where, sizeof where) == HC_FILE_UNSAFE
+                 && why == HC_FILE_DIR_WRITABLE, "but the home directory itself is checked");
+
+    path_in(t, safe, sizeof safe, "safe");
+    path_in(t, loose, sizeof loose, "loose");
+    check(t, mkdir(safe, 0700) == 0 && mkdir(loose, 0700) == 0 && chmod(loose, 0777) == 0,
+          "mkdir safe (0700), loose (0777)");
+    key_in(safe, "key.json", key, sizeof key);
+    snprintf(link, sizeof link, "%s/link.json", loose);
+    check(t, symlink(key, link) == 0, "link in loose to safe/key.json");
+    err = trusted(link, NULL, &why, where, sizeof where);
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_DIR_WRITABLE && realpath(loose, canon) != NULL
+                 && strcmp(where, canon) == 0,
+          "the user's link in a directory others may write: refused (%d, '%s')", err, where);
+    check(t, trusted(key, NULL, &why, where, sizeof where) == 0, "the file itself: taken");
+    if (geteuid() != 0)
+        return;
+    check(t, chmod(open_dir, 0770) == 0 && chown(open_dir, (uid_t)-1, 65534) == 0,
+          "open: 0770, group 65534");
+    key_in(open_dir, "key.json", key, sizeof key);
+    err = trusted(key, NULL, &why, where, sizeof where);
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_DIR_WRITABLE,
+          "group-writable, another group: refused (%d)", err);
+    check(t, chmod(open_dir, 0755) == 0 && chown(open_dir, 65534, (gid_t)-1) == 0,
+          "open: 0755, owner 65534");
+    err = trusted(key, NULL, &why, where, sizeof where);
+    check(t, err == HC_FILE_UNSAFE && why == HC_FILE_DIR_OWNER && realpath(open_dir, canon) != NULL
+                 && strcmp(where, canon) == 0, "another user's directory: refused, named (%d)", err);
+    check(t, chmod(open_dir, 01777) == 0
+                 && trusted(key, NULL, &why, where, sizeof where) == HC_FILE_UNSAFE
+                 && why == HC_FILE_DIR_OWNER,
+          "sticky, but another user's (who may remove anything in it): refused");
 }
 
 /* hc_file_create_temp: <prefix><16 hex digits>, new each time, the mode asked for less the umask;
@@ -232,6 +327,7 @@ int main(void)
     test_failures(&t);
     test_private(&t);
     test_trusted(&t);
+    test_trusted_dirs(&t);
     test_create_temp(&t);
     {
         char cmd[600];

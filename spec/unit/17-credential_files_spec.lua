@@ -3,7 +3,9 @@
 -- `proxy` and `no_proxy` options on top), a proxy URL as shown, and the checks of credential
 -- files without key files (impersonated_service_account, external_account,
 -- external_account_authorized_user): every bad field a clear credential error, nothing sent
--- (no file here names a reachable host).
+-- (no file here names a reachable host); a key file in a directory others may write to (or below
+-- one, or reached through a link in one) refused, the directory named in printable form; two
+-- credential options (or the command's flags) a usage error naming both.
 local util = require "healthcare.util"
 local credentials = require "healthcare.auth.credentials"
 local external = require "healthcare.auth.external"
@@ -165,5 +167,131 @@ describe("credential files without key files", function()
   it("splits an executable's command line as a shell splits words, expanding nothing", function()
     assert.are.same({ "/bin/t", "a b", "$X", "c'd", "" }, external.split_command([[/bin/t "a b" '$X' c\'d '']]))
     assert.is_nil(external.split_command("   "))
+  end)
+end)
+
+describe("a credential file in a directory another user may write to", function()
+  local H = require "helpers"
+  local printable = util.printable
+  local base
+  setup(function() base = H.tmpdir() end)
+  teardown(function() if base then H.run("rm -rf " .. H.q(base)) end end)
+
+  -- A directory under base named `name` with `mode`, holding a key file of mode 0600.
+  local function key_in(name, mode)
+    local dir = base .. "/" .. name
+    H.check_run(string.format("mkdir -p %s && chmod %s %s", H.q(dir), mode, H.q(dir)))
+    local path = dir .. "/key.json"
+    H.write_file(path, "{}")
+    H.check_run("chmod 600 " .. H.q(path))
+    return path, (H.check_run("realpath " .. H.q(dir)):gsub("\n$", ""))
+  end
+
+  it("is refused, naming the directory in printable form; sticky (as /tmp) is fine", function()
+    local path, dir = key_in("shared\27[31m\nX", "777")
+    local cred, err = credentials.from_file(path, {})
+    assert.is_nil(cred)
+    assert.are.equal("auth", err.kind)
+    assert.are.equal("UNSAFE_FILE", err.status)
+    assert.are.equal(dir, err.directory)
+    local text = tostring(err)
+    assert.truthy(text:find("group or others may write to the directory '" .. printable(dir) .. "' on its way (not "
+      .. "sticky), and could replace it; every directory on its way must be yours (or root's) and writable by you "
+      .. "alone, or sticky as /tmp", 1, true), text)
+    assert.is_nil(text:find("\27", 1, true), text)
+    assert.is_nil(text:find("\n", 1, true), text)
+    -- Once sticky, the file is read (and found to be no key).
+    H.check_run("chmod 1777 " .. H.q(dir))
+    cred, err = credentials.from_file(path, {})
+    assert.is_nil(cred)
+    assert.is_nil(err.status, tostring(err))
+    assert.truthy(tostring(err):find("has no 'type'", 1, true), tostring(err))
+  end)
+
+  it("is refused below such a directory, and through the user's own link in one", function()
+    local path = key_in("open/private", "700")
+    H.check_run("chmod 777 " .. H.q(base .. "/open"))
+    local _, err = credentials.from_file(path, {})
+    assert.are.equal("UNSAFE_FILE", err.status, tostring(err))
+    assert.truthy(err.directory:find("/open$"), err.directory)
+    local own = key_in("mine", "700")
+    local _, loose = key_in("loose", "777")
+    H.check_run("ln -s " .. H.q(own) .. " " .. H.q(loose .. "/link.json"))
+    _, err = credentials.from_file(loose .. "/link.json", {})
+    assert.are.equal("UNSAFE_FILE", err.status, tostring(err))
+    assert.are.equal(loose, err.directory)
+    _, err = credentials.from_file(own, {})
+    assert.is_nil(err.status, tostring(err))
+  end)
+end)
+
+describe("two credential options", function()
+  local healthcare = require "healthcare"
+  local common = require "healthcare.cli.common"
+  -- A value of each: a secret (never shown) or false for credentials (no authentication).
+  local values = {
+    basic_auth = { user = "u", password = "secret-basic-1" }, credentials = { false, "/nonexistent/key.json",
+      { type = "service_account" } }, access_token = "secret-token-1", api_key = "secret-key-1" }
+  local order = { "basic_auth", "credentials", "access_token", "api_key" }
+
+  local function refused(err, a, b, what)
+    assert.are.equal("usage", err.kind, what)
+    assert.are.equal("options '" .. a .. "' and '" .. b .. "' cannot be used together: a request carries one "
+      .. "credential", err.message, what)
+    assert.is_nil(tostring(err):find("secret", 1, true), what)
+  end
+
+  it("are a usage error naming both, never their values, whichever two (healthcare.new, from_options)", function()
+    for i = 1, #order do
+      for j = i + 1, #order do
+        local a, b = order[i], order[j]
+        for _, va in ipairs(a == "credentials" and values.credentials or { values[a] }) do
+          local opts = { [a] = va, [b] = values[b] }
+          local what = a .. " (" .. tostring(va) .. ") with " .. b
+          local c, err = healthcare.new(opts)
+          assert.is_nil(c, what)
+          refused(err, a, b, what)
+          c, err = credentials.from_options(opts)
+          assert.is_nil(c, what)
+          refused(err, a, b, what)
+        end
+      end
+    end
+    -- The option tables keep the order a refusal names them in whatever order they are written.
+    local _, err = healthcare.new({ api_key = "secret-key-1", access_token = "secret-token-1" })
+    refused(err, "access_token", "api_key", "access_token and api_key")
+    _, err = healthcare.new({ impersonate = "sa@p.iam.gserviceaccount.com", basic_auth = values.basic_auth })
+    refused(err, "basic_auth", "impersonate", "basic_auth and impersonate")
+  end)
+
+  it("impersonate goes over one credential option; one alone is taken", function()
+    local c = assert(healthcare.new({ access_token = "secret-token-1", impersonate = "sa@p.iam.gserviceaccount.com" }))
+    assert.are.equal("impersonated_service_account", c:credential().kind)
+    c:close()
+    for _, k in ipairs({ "access_token", "api_key" }) do
+      c = assert(healthcare.new({ [k] = values[k] }))
+      assert.are.equal(k, c:credential().kind)
+      c:close()
+    end
+  end)
+
+  it("on the command line: two credential flags are a usage error naming both flags", function()
+    local function args(t)
+      t.scope = t.scope or {}
+      return t
+    end
+    for _, c in ipairs({
+      { { credentials = "k.json", access_token = "secret-token-1" }, "--credentials and --access-token" },
+      { { basic_auth_file = "/nonexistent/f", credentials = "k.json" }, "--basic-auth-file and --credentials" },
+      { { basic_auth_file = "/nonexistent/f", access_token = "secret-token-1" }, "--basic-auth-file and --access-token" },
+      { { basic_auth_file = "/nonexistent/f", impersonate_service_account = "sa@p.iam.gserviceaccount.com" },
+        "--basic-auth-file and --impersonate-service-account" },
+    }) do
+      local copts, err = common.client_options(args(c[1]))
+      assert.is_nil(copts, c[2])
+      assert.are.equal("usage", err.kind, c[2])
+      assert.are.equal(c[2] .. " cannot be used together: a request carries one credential", err.message)
+      assert.is_nil(tostring(err):find("secret", 1, true), c[2])
+    end
   end)
 end)

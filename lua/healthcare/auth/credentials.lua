@@ -607,16 +607,20 @@ end
 
 --- The text of a file that holds credentials (what ends up used as a key or a token), read
 --- only when no other user could have written it (core.trusted_read: this user's or root's,
---- not writable by others, links on the way this user's or root's), at most max bytes. what
---- names the file in errors, after `label: ` when label is given. Returns text, or nil, err
---- (kind "auth"; err.absent when there is no file, status "UNSAFE_FILE" when it is refused).
+--- not writable by others, links on the way this user's or root's, and so every directory
+--- holding them up to the home directory, unless sticky), at most max bytes. what names the
+--- file in errors, after `label: ` when label is given. Returns text, or nil, err (kind "auth";
+--- err.absent when there is no file, status "UNSAFE_FILE" when it is refused, with err.directory
+--- when a directory is at fault).
 function M.read_trusted(path, what, max, label)
   local text, err = core.trusted_read(path, max)
   if text then return text end
   local head = label and (label .. ": ") or ""
   if err.status == "unsafe" then
-    return fail(string.format("%srefusing %s: %s; it must be yours (or root's) and writable by you alone",
-      head, what, err.reason), { path = path, status = "UNSAFE_FILE" })
+    local rule = err.directory and "every directory on its way must be yours (or root's) and writable by you "
+      .. "alone, or sticky as /tmp" or "it must be yours (or root's) and writable by you alone"
+    return fail(string.format("%srefusing %s: %s; %s", head, what, err.reason, rule),
+      { path = path, status = "UNSAFE_FILE", directory = err.directory })
   end
   if err.status == "large" then
     return fail(string.format("%s%s is larger than %d bytes", head, what, max), { path = path })
@@ -751,9 +755,12 @@ end
 
 --- The credential the client options ask for (healthcare.new's credentials, access_token,
 --- api_key, self_signed_jwt, subject, scopes, refresh_margin, quota_project, token_cache).
---- Returns a credential, or nil, err (kind "auth"). Wrong option types raise.
+--- Returns a credential, or nil, err (kind "auth"; "usage" for two credential options, as
+--- healthcare.new). Wrong option types raise.
 function M.from_options(opts)
   opts = opts or {}
+  local conflict = auth.conflict(opts)
+  if conflict then return nil, conflict end
   if opts.refresh_margin ~= nil and (type(opts.refresh_margin) ~= "number" or opts.refresh_margin < 0) then
     error("bad option 'refresh_margin' (a number of seconds >= 0 expected)", 3)
   end

@@ -8,8 +8,37 @@
 -- Static tokens and API keys live here; Google's credential kinds plug in through the same
 -- interface (see healthcare.auth.credentials).
 local util = require "healthcare.util"
+local errors = require "healthcare.errors"
 
 local M = {}
+
+-- The options of healthcare.new that each name the credential requests carry. Given two, which
+-- one wins would be a silent choice (the other is then never used, and nothing says so), so two
+-- are a usage error, as Google's client libraries refuse an API key with credentials. basic_auth
+-- first: its refusals named it first before the rule covered every pair. `impersonate` is not
+-- one: it acts as a service account with the credential given (but a Basic user and password
+-- cannot ask IAM for a token).
+M.CREDENTIAL_OPTIONS = { "basic_auth", "credentials", "access_token", "api_key" }
+
+--- nil, or a usage error naming the first two credential options opts gives (never their
+--- values): `credentials = false` (no authentication) counts, a nil option does not.
+function M.conflict(opts)
+  local first
+  for _, k in ipairs(M.CREDENTIAL_OPTIONS) do
+    if opts[k] ~= nil then
+      if first then
+        return errors.new("usage", string.format("options '%s' and '%s' cannot be used together: a request "
+          .. "carries one credential", first, k))
+      end
+      first = k
+    end
+  end
+  if opts.basic_auth ~= nil and opts.impersonate ~= nil then
+    return errors.new("usage", "options 'basic_auth' and 'impersonate' cannot be used together: a request "
+      .. "carries one credential")
+  end
+  return nil
+end
 
 local Static = {}
 Static.__index = Static

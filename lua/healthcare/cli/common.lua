@@ -138,18 +138,37 @@ function M.parse_basic_auth(text, where)
   return { user = user, password = password }
 end
 
+-- The flags that each name the credential (healthcare.auth.CREDENTIAL_OPTIONS'), as parsed
+-- argument and flag, in the order a refusal names them.
+local CREDENTIAL_FLAGS = { { "basic_auth_file", "--basic-auth-file" }, { "credentials", "--credentials" },
+  { "access_token", "--access-token" } }
+
+-- nil, or a usage error naming two credential flags of parsed arguments `a` given together
+-- (healthcare.new would name its options, which the command's user never typed).
+local function credential_flags_refusal(a)
+  local first
+  for _, f in ipairs(CREDENTIAL_FLAGS) do
+    if a[f[1]] then
+      if first then
+        return errors.new("usage", first .. " and " .. f[2] .. " cannot be used together: a request carries one "
+          .. "credential")
+      end
+      first = f[2]
+    end
+  end
+  if a.basic_auth_file and a.impersonate_service_account then
+    return errors.new("usage", "--basic-auth-file and --impersonate-service-account cannot be used together: a "
+      .. "request carries one credential")
+  end
+  return nil
+end
+
 -- The basic_auth option for parsed arguments `a`: from --basic-auth-file, else from
--- $HEALTHCARE_BASIC_AUTH when no other credential is given (an ambient variable must not turn
--- a command given --credentials into a usage error). nil when neither; nil, err.
+-- $HEALTHCARE_BASIC_AUTH when no credential flag is given: a flag wins over the environment, as
+-- gcloud's flags over its properties and curl's -u over .netrc (a variable set in the shell must
+-- not turn a command given --credentials into a usage error). nil when neither; nil, err.
 local function basic_auth_option(a)
   if a.basic_auth_file then
-    for _, o in ipairs({ { "access_token", "--access-token" }, { "credentials", "--credentials" },
-      { "impersonate_service_account", "--impersonate-service-account" } }) do
-      if a[o[1]] then
-        return nil, errors.new("usage", "--basic-auth-file and " .. o[2] .. " cannot be used together: a "
-          .. "request carries one credential")
-      end
-    end
     local where = "--basic-auth-file '" .. a.basic_auth_file .. "'"
     local text, err = require("healthcare.auth.credentials").read_trusted(a.basic_auth_file, where,
       MAX_BASIC_AUTH_FILE)
@@ -164,8 +183,10 @@ local function basic_auth_option(a)
 end
 
 --- healthcare.new's options from parsed arguments `a` (a parser given add_client_options), or
---- nil, err (a --basic-auth-file that cannot be read or is refused).
+--- nil, err (two credential flags, a --basic-auth-file that cannot be read or is refused).
 function M.client_options(a)
+  local refusal = credential_flags_refusal(a)
+  if refusal then return nil, refusal end
   local basic, berr = basic_auth_option(a)
   if berr then return nil, berr end
   return {
