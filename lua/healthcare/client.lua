@@ -85,7 +85,10 @@ end
 --- client made it (and so owns it), or nil, err.
 local function credential_from(opts)
   local c = opts.credentials
-  if c == false then
+  if c == false and opts.impersonate then
+    return nil, errors.new("usage", "option 'impersonate' needs a credential to impersonate with, and "
+      .. "credentials = false sends none")
+  elseif c == false then
     return auth.none(), true
   elseif opts.impersonate and c ~= nil or opts.impersonate and (opts.access_token or opts.api_key) then
     -- impersonation over the credential named: healthcare.auth.credentials makes both

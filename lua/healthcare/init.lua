@@ -31,8 +31,10 @@ local function open_dicomweb(base_url, opts, fname, level)
     return nil, errors.new("usage", "DICOMweb base URL must be an http(s) URL without "
       .. "spaces, control characters, non-ASCII, '?' or '#', got '" .. util.redact_url(base_url) .. "'")
   end
-  -- No Google discovery for a plain DICOMweb server unless credentials are asked for.
-  if o.credentials == nil and o.access_token == nil and o.api_key == nil and o.basic_auth == nil then
+  -- No Google discovery for a plain DICOMweb server unless credentials are asked for (impersonation
+  -- asks for Google's: the found credential is the one impersonating).
+  if o.credentials == nil and o.access_token == nil and o.api_key == nil and o.basic_auth == nil
+      and o.impersonate == nil then
     o.credentials = false
   end
   o.endpoint = o.endpoint or base_url:match("^(https?://[^/?#]+)")

@@ -275,6 +275,22 @@ describe("two credential options", function()
     end
   end)
 
+  it("impersonate on a DICOMweb server's store finds Google's credential to impersonate with; with none it is refused",
+      function()
+    local SA = "sa@p.iam.gserviceaccount.com"
+    local store = assert(healthcare.dicomweb("http://127.0.0.1:9/dicom-web", { impersonate = SA }))
+    assert.are_not.equal("none", store.client:credential().kind)
+    store:close()
+    store = assert(healthcare.dicomweb("http://127.0.0.1:9/dicom-web"))
+    assert.are.equal("none", store.client:credential().kind)
+    store:close()
+    local c, err = healthcare.new({ credentials = false, impersonate = SA })
+    assert.is_nil(c)
+    assert.are.equal("usage", err.kind)
+    assert.are.equal("option 'impersonate' needs a credential to impersonate with, and credentials = false sends none",
+      err.message)
+  end)
+
   it("on the command line: two credential flags are a usage error naming both flags", function()
     local function args(t)
       t.scope = t.scope or {}
