@@ -133,7 +133,18 @@ local HANDLERS = [[
                   timeout = tonumber(a.timeout), proxy = a.proxy })
                 ngx.update_time()
                 local t0 = ngx.now()
-                local called, res, err = pcall(client.send, client, { url = a.url, timeout = tonumber(a.rtimeout) })
+                local req = { url = a.url, timeout = tonumber(a.rtimeout) }
+                if a.body_mib then -- a body of that many MiB, one string or read from a file
+                  req.method = "POST"
+                  req.body = string.rep("x", tonumber(a.body_mib) * 1048576)
+                  if a.body_file then
+                    local f = assert(io.open(a.body_file, "wb"))
+                    f:write(req.body)
+                    f:close()
+                    req.body = { { file = a.body_file } }
+                  end
+                end
+                local called, res, err = pcall(client.send, client, req)
                 client:close()
                 ngx.update_time()
                 ngx.print(cjson.encode { seconds = ngx.now() - t0, status = called and res and res.status or nil,
@@ -566,6 +577,26 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
           outs[transport] = out
         end
         assert.truthy(outs.ngx.message:find("not done within the timeout of 2 s", 1, true), outs.ngx.message)
+      end
+    end)
+
+    it("ends a call at its timeout while the server does not read the body, or reads it slowly (string, file)", function()
+      -- nginx's worker writes the file there
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-body.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      H.check_run("chmod a+rwx " .. H.q(dir))
+      local file = dir .. "/body"
+      -- /hang reads the head, then nothing more for 30 s; /slow-read takes 64 MiB in about 13 s,
+      -- and nginx's send timeout starts again each time bytes move
+      for _, path in ipairs({ "/hang", "/slow-read?kib=256&every=0.05" }) do
+        for _, extra in ipairs({ { body_mib = 64 }, { body_mib = 64, body_file = file } }) do
+          extra.rtimeout = 2
+          local what = path .. (extra.body_file and " (a file)" or " (a string)")
+          local out = hostile("ngx", hurl .. path, extra)
+          assert.same({ "transport", "timeout" }, { out.kind, out.estatus }, what .. ": " .. H.json.encode(out))
+          assert.truthy(out.message:find("not done within the timeout of 2 s", 1, true), out.message)
+          assert.truthy(out.seconds < 4, string.format("%s: the send took %.1f s", what, out.seconds))
+        end
       end
     end)
 
