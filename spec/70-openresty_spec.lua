@@ -681,7 +681,7 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
         "If-Match: W/\"1\"", "Cookie: session=abc", "Proxy-Authorization: Basic cHJveHk6cHc=",
         "X-Goog-User-Project: someone-elses-project", "X-Goog-Api-Key: AIza-client", "X-Forwarded-For: 10.9.9.9",
         "Authorization: Bearer client-token", "Connection: keep-alive, X-Internal, Accept-Language",
-        "X-Internal: 1", "Accept-Language: fr" })
+        "X-Internal: 1", "Accept-Language: fr", "COOKIE: second=1", "x-goog-api-key: AIza-lower" })
       assert.equal(200, r.status, r.body)
       local got = captured()
       local h = got[#got].headers

@@ -463,9 +463,8 @@ function M.refused_param(args)
 end
 
 -- Why the gateway refuses this request's headers or query (a method override or a system
--- parameter), or nil. Every header is looked at (0: no limit), so a hundred others do not hide one.
-local function refusal()
-  local headers = ngx.req.get_headers(0)
+-- parameter), or nil. headers: ngx.req.get_headers(0), names in lower case.
+local function refusal(headers)
   for _, h in ipairs(M.METHOD_OVERRIDE_HEADERS) do
     if headers[h] then
       return "The gateway does not take method overrides (" .. h .. "): send the method itself."
@@ -479,20 +478,16 @@ local function refusal()
 end
 
 -- Takes out of the request every header the API must not get from the client (see
--- M.FORWARDED_HEADERS), and the allowed ones its Connection header names (hop-by-hop).
-local function keep_forwarded_headers()
-  local headers = ngx.req.get_headers(0, true)
+-- M.FORWARDED_HEADERS), and the allowed ones its Connection header names (hop-by-hop). headers
+-- as refusal's: nginx clears a name whatever its case, every header of that name.
+local function keep_forwarded_headers(headers)
   local hop = {}
-  for name, v in pairs(headers) do
-    if name:lower() == "connection" then
-      for _, value in ipairs(type(v) == "table" and v or { v }) do
-        for token in value:gmatch("[^,%s]+") do hop[token:lower()] = true end
-      end
-    end
+  local connection = headers["connection"]
+  for _, value in ipairs(type(connection) == "table" and connection or { connection }) do
+    for token in value:gmatch("[^,%s]+") do hop[token:lower()] = true end
   end
   for name in pairs(headers) do
-    local lower = name:lower()
-    if not NGINX_OWN[lower] and (not forwarded[lower] or hop[lower]) then ngx.req.clear_header(name) end
+    if not NGINX_OWN[name] and (not forwarded[name] or hop[name]) then ngx.req.clear_header(name) end
   end
 end
 
@@ -519,7 +514,9 @@ function Gateway:access()
     ngx.header["Allow"] = table.concat(methods, ", ")
     return answer(405, "Method " .. method .. " is not allowed by this gateway.")
   end
-  local refused = refusal()
+  -- Every header is looked at (0: no limit), so a hundred others do not hide one.
+  local headers = ngx.req.get_headers(0)
+  local refused = refusal(headers)
   if refused then
     log(ngx.INFO, "400 for ", request_line(), ": ", refused)
     return answer(400, refused)
@@ -538,7 +535,7 @@ function Gateway:access()
     log(ngx.WARN, "503 for ", request_line(), ": ", err)
     return answer(503, NO_TOKEN, retry_after)
   end
-  keep_forwarded_headers()
+  keep_forwarded_headers(headers)
   ngx.req.set_header("Authorization", "Bearer " .. token)
   if self.cred.quota_project then ngx.req.set_header("x-goog-user-project", self.cred.quota_project) end
   -- A compressed JSON answer could not be rewritten: the API's answers come as they are.
