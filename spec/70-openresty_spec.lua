@@ -103,7 +103,7 @@ describe("healthcare.ngx.rewrite_urls", function()
   it("checks the options of rewriting", function()
     local parent = "projects/p/locations/l/datasets/d/dicomStores/s"
     for opt, v in pairs({ rewrite_urls = "yes", max_rewrite_size = -1, api_origin = "healthcare.googleapis.com",
-      public_url = "gateway/dicomWeb", retry_after = 0 }) do
+      public_url = "gateway/dicomWeb", retry_after = 0, max_form_size = "1m" }) do
       local ok, err = pcall(ngxmod.configure, { parent = parent, [opt] = v })
       assert.is_false(ok)
       assert.truthy(tostring(err):find("bad option '" .. opt .. "'", 1, true), tostring(err))
@@ -616,7 +616,7 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
   describe("what of a client's request reaches the API", function()
     -- The API is a capture server (every request's headers and target, recorded; answers {}); the
     -- token comes from the emulator.
-    local emu, sa, gw, billed, log_file
+    local emu, sa, gw, billed, fhir, log_file
     setup(function()
       emu = N.emulator()
       sa = emu:service_account()
@@ -628,6 +628,12 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port, token_port = emu.port })
       billed = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
         token_port = emu.port, configure_extra = 'quota_project = "gateway-billed",' })
+      -- FHIR as examples/openresty/fhir.conf serves it; a small client_body_buffer_size puts a
+      -- form body of more than 4 KiB in nginx's temporary file
+      fhir = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
+        token_port = emu.port, example = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty/fhir.conf",
+        configure_extra = "max_form_size = 64 * 1024,",
+        edits = { { "client_body_buffer_size 1m;", "client_body_buffer_size 4k;" } } })
       gw.stop_capture = stop
     end)
     teardown(function()
@@ -676,12 +682,62 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       assert.equal(tokens + 1, emu:token_requests())
     end)
 
+    it("refuses a Google system parameter in a form body (FHIR's POST _search) as in the query", function()
+      local before, tokens = #captured(), emu:token_requests()
+      local function search(body, headers, path)
+        local args = { "-X", "POST", "--data-binary", body }
+        for _, h in ipairs(headers or { "Content-Type: application/x-www-form-urlencoded" }) do
+          args[#args + 1] = "-H"
+          args[#args + 1] = h
+        end
+        args[#args + 1] = fhir.url .. (path or "/fhir/Patient/_search")
+        return H.curl(args)
+      end
+      local pad = "&name=" .. string.rep("a", 8000) -- past client_body_buffer_size: in a file
+      for _, c in ipairs({
+        { "name=Smith&$httpMethod=DELETE" }, { "%24httpMethod=DELETE" }, { "name=x&access_token=ya29.x" },
+        { "KEY=AIza" }, { "_method=DELETE&name=x" }, { "userProject=someone-else" }, { "callback=steal" },
+        { "name=x&%0D%0Akey=AIza" }, { "name=x" .. pad .. "&$.xgafv=1" },
+        { "name=x;oauth_token=ya29.x", { "Content-Type: Application/X-WWW-Form-Urlencoded; charset=UTF-8" } },
+        -- HL7v2's and DICOMweb's paths too, whatever the method
+        { "key=AIza", nil, "/hl7v2/messages" }, { "key=AIza", nil, "/dicomWeb/studies" },
+      }) do
+        local r = search(c[1], c[2], c[3])
+        assert_envelope(r, 400, "INVALID_ARGUMENT")
+        assert.truthy(r.json.error.message:find("in a form body", 1, true), r.body)
+      end
+      -- a form body that cannot be checked: compressed, without a length, over max_form_size
+      local r = search("name=x", { "Content-Type: application/x-www-form-urlencoded", "Content-Encoding: gzip" })
+      assert_envelope(r, 400, "INVALID_ARGUMENT")
+      r = search("name=x", { "Content-Type: application/x-www-form-urlencoded", "Transfer-Encoding: chunked" })
+      assert_envelope(r, 411, "INVALID_ARGUMENT")
+      r = search("name=" .. string.rep("a", 64 * 1024))
+      assert_envelope(r, 413, "INVALID_ARGUMENT")
+      assert.truthy(r.json.error.message:find("max_form_size", 1, true), r.body)
+      assert.equal(before, #captured())
+      assert.equal(tokens, emu:token_requests())
+      -- a form that only looks like one goes through, its body byte for byte, from memory or the file
+      for _, body in ipairs({ "name=Smith&keyword=1&method=x", "name=Smith" .. pad }) do
+        r = search(body)
+        assert.equal(200, r.status, r.body .. fhir:log())
+        local got = captured()
+        assert.equal("POST", got[#got].verb)
+        assert.equal("/v1/projects/PROJECT/locations/LOCATION/datasets/DATASET/fhirStores/FHIR/fhir/Patient/_search",
+          got[#got].target)
+        assert.equal(body, H.unhex(got[#got].body_hex))
+      end
+      assert.truthy(fhir:log():find("request body is buffered to a temporary file", 1, true), fhir:log())
+      -- other bodies are not read: a STOW-RS body that reads as a form streams through
+      r = search("key=AIza&$httpMethod=DELETE", { "Content-Type: application/dicom" }, "/dicomWeb/studies")
+      assert.equal(200, r.status, r.body)
+    end)
+
     it("passes the client's media types and conditions, nothing else, with the gateway's credential", function()
       local r = post(gw, "/dicomWeb/studies", { "Accept: application/dicom+json", "User-Agent: modality/1.0",
         "If-Match: W/\"1\"", "Cookie: session=abc", "Proxy-Authorization: Basic cHJveHk6cHc=",
         "X-Goog-User-Project: someone-elses-project", "X-Goog-Api-Key: AIza-client", "X-Forwarded-For: 10.9.9.9",
         "Authorization: Bearer client-token", "Connection: keep-alive, X-Internal, Accept-Language",
-        "X-Internal: 1", "Accept-Language: fr" })
+        "X-Internal: 1", "Accept-Language: fr", "COOKIE: second=1", "x-goog-api-key: AIza-lower" })
       assert.equal(200, r.status, r.body)
       local got = captured()
       local h = got[#got].headers

@@ -133,7 +133,18 @@ local HANDLERS = [[
                   timeout = tonumber(a.timeout), proxy = a.proxy })
                 ngx.update_time()
                 local t0 = ngx.now()
-                local called, res, err = pcall(client.send, client, { url = a.url, timeout = tonumber(a.rtimeout) })
+                local req = { url = a.url, timeout = tonumber(a.rtimeout) }
+                if a.body_mib then -- a body of that many MiB, one string or read from a file
+                  req.method = "POST"
+                  req.body = string.rep("x", tonumber(a.body_mib) * 1048576)
+                  if a.body_file then
+                    local f = assert(io.open(a.body_file, "wb"))
+                    f:write(req.body)
+                    f:close()
+                    req.body = { { file = a.body_file } }
+                  end
+                end
+                local called, res, err = pcall(client.send, client, req)
                 client:close()
                 ngx.update_time()
                 ngx.print(cjson.encode { seconds = ngx.now() - t0, status = called and res and res.status or nil,
@@ -177,6 +188,34 @@ local HANDLERS = [[
                 store:close()
                 ngx.print(cjson.encode { seconds = ngx.now() - t0, error = err and tostring(err),
                   stored = report and #report.stored, failed = report and #report.failed })
+            }
+        }
+        location = /t/basic {
+            content_by_lua_block {
+                -- user and password come in headers: nginx writes the request line, not those,
+                -- into its logs
+                local cjson = require "cjson.safe"
+                local h = ngx.req.get_headers()
+                local store = assert(require("healthcare").dicomweb(ngx.var.arg_base, {
+                  basic_auth = { user = h["x-user"], password = h["x-password"] }, retry = { max_attempts = 1 },
+                  debug = function(line) ngx.log(ngx.NOTICE, "spec71 debug: ", line) end }))
+                local out = { session = tostring(store.client._session):match("^[%w.]+") }
+                if ngx.var.arg_file then
+                  local report, err = store:store({ ngx.var.arg_file })
+                  out.stored = report and #report.stored
+                  err = err or (report and report.failed[1] and report.failed[1].reason)
+                  out.store_error = err and tostring(err)
+                end
+                local results, err = store:search_studies({ StudyInstanceUID = ngx.var.arg_study })
+                local list = results and results:all()
+                err = err or (results and results.error)
+                store:close()
+                out.count = list and #list
+                if err then
+                  out.kind, out.status, out.http_status, out.error = err.kind, err.status, err.http_status, tostring(err)
+                  out.message = err.message
+                end
+                ngx.print(cjson.encode(out))
             }
         }
         location = /t/set_wait {
@@ -569,6 +608,26 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
       end
     end)
 
+    it("ends a call at its timeout while the server does not read the body, or reads it slowly (string, file)", function()
+      -- nginx's worker writes the file there
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-body.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      H.check_run("chmod a+rwx " .. H.q(dir))
+      local file = dir .. "/body"
+      -- /hang reads the head, then nothing more for 30 s; /slow-read takes 64 MiB in about 13 s,
+      -- and nginx's send timeout starts again each time bytes move
+      for _, path in ipairs({ "/hang", "/slow-read?kib=256&every=0.05" }) do
+        for _, extra in ipairs({ { body_mib = 64 }, { body_mib = 64, body_file = file } }) do
+          extra.rtimeout = 2
+          local what = path .. (extra.body_file and " (a file)" or " (a string)")
+          local out = hostile("ngx", hurl .. path, extra)
+          assert.same({ "transport", "timeout" }, { out.kind, out.estatus }, what .. ": " .. H.json.encode(out))
+          assert.truthy(out.message:find("not done within the timeout of 2 s", 1, true), out.message)
+          assert.truthy(out.seconds < 4, string.format("%s: the send took %.1f s", what, out.seconds))
+        end
+      end
+    end)
+
     it("takes healthcare.new's timeout, in send and in a started request (its light thread)", function()
       for _, path in ipairs({ "/hang", "/drip?n=20&every=0.5", "/drip?n=20&every=0.5&close=1" }) do
         local out = hostile("ngx", hurl .. path, { timeout = 2 })
@@ -612,6 +671,59 @@ describe("the library in OpenResty handlers (healthcare.ngx.transport)", functio
       local seen = H.curl({ hurl .. "/seen" })
       for _, head in ipairs(assert(seen.json, seen.body)) do
         assert.falsy(head:find("X-Injected", 1, true) or head:find("^GET /a[%s\127]"), head)
+      end
+    end)
+  end)
+
+  describe("against a DICOMweb server with Basic authentication (Orthanc, as spec 97 runs it)", function()
+    local core = require "healthcare.core"
+    local USER, PASSWORD, WRONG = "alice", "pw-" .. core.random_hex(8), "wrong-" .. core.random_hex(8)
+    local orthanc = {}
+    setup(function()
+      local dir = H.tmpdir()
+      local out, pidfile = dir .. "/orthanc.out", dir .. "/orthanc.pid"
+      H.check_run("( /usr/bin/python3 " .. H.q(E.support .. "/orthanc.py") .. " --workdir "
+        .. H.q(dir .. "/orthanc") .. " --auth " .. H.q(USER .. ":" .. PASSWORD) .. " >" .. H.q(out) .. " 2>"
+        .. H.q(dir .. "/orthanc.err") .. " & echo $! >" .. H.q(pidfile) .. " ) >/dev/null 2>&1")
+      orthanc.pid = assert(H.wait_for(10, function() return tonumber((H.file_bytes(pidfile) or ""):match("%d+")) end))
+      orthanc.url = H.wait_for(60, function() return (H.file_bytes(out) or ""):match("^(http://[^\n]+)\n{") end)
+      assert(orthanc.url, "Orthanc did not start: " .. tostring(H.file_bytes(dir .. "/orthanc.err")))
+    end)
+    teardown(function()
+      if orthanc.pid then H.run("kill -TERM " .. orthanc.pid) end
+    end)
+
+    local function basic(password, query)
+      local r = H.curl({ "-m", "60", "-H", "X-User: " .. USER, "-H", "X-Password: " .. password,
+        gw.url .. "/t/basic?base=" .. orthanc.url .. "/dicom-web" .. (query or "") })
+      assert.equal(200, r.status, r.body .. gw:log())
+      return assert(r.json, r.body)
+    end
+
+    it("stores and searches with basic_auth over cosockets; a refused password is never shown", function()
+      local dir = H.check_run("mktemp -d /tmp/hc-ngx-basic.XXXXXX"):match("[^\n]+")
+      finally(function() H.run("rm -rf " .. H.q(dir)) end)
+      local f = H.gen_dicom({ count = 1, dir = dir })[1]
+      H.check_run("chmod -R a+rwX " .. H.q(dir))
+      local out = basic(PASSWORD, "&file=" .. f.path .. "&study=" .. f.study_uid)
+      assert.same({ session = "healthcare.NgxSession", stored = 1, count = 1 }, out)
+      -- the server refuses a wrong password: 401, as under libcurl
+      out = basic(WRONG, "&file=" .. f.path .. "&study=" .. f.study_uid)
+      assert.equal(401, out.http_status, H.json.encode(out))
+      assert.equal(0, out.stored, H.json.encode(out))
+      assert.truthy(out.store_error:find("401", 1, true), out.store_error)
+      -- the debug lines went to the error log: the header is there, its value is not
+      local log = gw:log()
+      assert.truthy(log:find("spec71 debug: > Authorization: ", 1, true), log)
+      local secrets = { PASSWORD, WRONG }
+      for _, pw in ipairs({ PASSWORD, WRONG }) do
+        secrets[#secrets + 1] = H.check_run("printf %s " .. H.q(USER .. ":" .. pw) .. " | base64 -w0")
+      end
+      for _, secret in ipairs(secrets) do
+        assert.is_nil(log:find(secret, 1, true), "the error log shows a secret")
+        assert.is_nil(out.error:find(secret, 1, true), out.error)
+        assert.is_nil(out.message:find(secret, 1, true), out.message)
+        assert.is_nil(out.store_error:find(secret, 1, true), out.store_error)
       end
     end)
   end)

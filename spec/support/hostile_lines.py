@@ -14,7 +14,10 @@ answered with a status line that does not end for `mib` MiB (default 8).
                         the body ends when the connection closes)
   /drip-close/...       /drip?close=1 whatever follows (a base URL for DICOMweb requests)
   /drip-trailer?n=20&every=0.5   a chunked 2-byte body, then n trailer lines, one every `every` s
-  /hang                 a head with Content-Length: 10, then silence for 30 s
+  /hang                 a head with Content-Length: 10, then silence for 30 s (the request's
+                        body not read)
+  /slow-read?kib=256&every=0.05   the request's body read `kib` KiB every `every` seconds (a
+                        small receive buffer: the client's sends move, slowly), then 204
   /ok                   204, no body
   /seen                 the request lines received so far, as JSON (this one excluded)
 
@@ -22,6 +25,7 @@ Whatever is big is sent until it is all out or the client hangs up: a client tha
 closes the connection early, and the server stops there.
 """
 import json
+import re
 import socket
 import sys
 import threading
@@ -42,6 +46,21 @@ def endless(conn, head, filler, mib, tail):
         conn.sendall(filler)
         left -= len(filler)
     conn.sendall(tail)
+
+
+def slow_read(conn, query, head):
+    conn.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    top, _, got = head.partition(b"\r\n\r\n")
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", top)
+    length, got = int(length.group(1)) if length else 0, len(got)
+    size = arg(query, "kib", 256) * 1024
+    while got < length:
+        time.sleep(arg(query, "every", 0.05))
+        data = conn.recv(size)
+        if not data:
+            return
+        got += len(data)
+    conn.sendall(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
 
 
 def answer(conn, target, query):
@@ -101,7 +120,10 @@ def serve(conn):
         if parts[0] == "CONNECT":
             endless(conn, b"HTTP/1.1 200 ", b"a" * 65536, 8, b"\r\n\r\n")
             return
-        answer(conn, target, parse_qs(urlsplit(target).query))
+        if urlsplit(target).path == "/slow-read":
+            slow_read(conn, parse_qs(urlsplit(target).query), head)
+        else:
+            answer(conn, target, parse_qs(urlsplit(target).query))
     except OSError:
         pass
     finally:

@@ -3,7 +3,9 @@
 -- DICOMweb requests. Modalities and PACS send plain STOW-RS to the gateway; for each request
 -- `access()` puts a service account's access token in `Authorization` and rewrites the path
 -- to the dicomStore's, and nginx's own proxy_pass streams the body to the Cloud Healthcare API.
--- Lua never reads a request body. See examples/openresty/nginx.conf and the README.
+-- Lua never reads a request body but a form-encoded one (FHIR's POST _search), whose parameters
+-- are checked as a query's, up to max_form_size bytes. See examples/openresty/nginx.conf and the
+-- README.
 --
 --   init_by_lua_block   { require("healthcare.ngx").configure { credentials = ..., parent = ... } }
 --   access_by_lua_block { require("healthcare.ngx").access() }
@@ -47,6 +49,7 @@ M.DEFAULTS = {
   api_origin = "https://healthcare.googleapis.com", -- scheme://host[:port] of the API's own URLs
   rewrite_urls = true,                   -- the API's URLs in JSON answers -> the gateway's
   max_rewrite_size = 64 * 1024 * 1024,   -- bytes of a JSON answer held for that, at most
+  max_form_size = 1024 * 1024,           -- bytes of a form-encoded request body read, at most
   methods = { "POST" },                  -- what clients may do: STOW-RS only
   refresh_margin = credentials.DEFAULT_REFRESH_MARGIN,
   token_wait = 15,                       -- seconds a request waits for another one's refresh
@@ -54,7 +57,7 @@ M.DEFAULTS = {
 }
 M.OPTIONS = { "name", "credentials", "parent", "scopes", "subject", "quota_project", "self_signed_jwt",
   "shared_dict", "token_location", "prefix", "api_path", "methods", "refresh_margin", "token_wait",
-  "retry_after", "api_origin", "rewrite_urls", "max_rewrite_size", "public_url" }
+  "retry_after", "api_origin", "rewrite_urls", "max_rewrite_size", "max_form_size", "public_url" }
 -- Credentials without key files (metadata server, impersonation, external_account): their module.
 local token_sources = require "healthcare.ngx.token_sources"
 for _, k in ipairs(token_sources.OPTIONS) do M.OPTIONS[#M.OPTIONS + 1] = k end
@@ -64,7 +67,7 @@ M.LOCK_SLACK = 5
 
 -- Google's status names for the errors the gateway itself answers.
 local STATUS = { [400] = "INVALID_ARGUMENT", [404] = "NOT_FOUND", [405] = "METHOD_NOT_ALLOWED",
-  [503] = "UNAVAILABLE" }
+  [411] = "INVALID_ARGUMENT", [413] = "INVALID_ARGUMENT", [503] = "UNAVAILABLE" }
 
 -- The request headers of a client that reach the API (lower case); every other one is taken out.
 -- The API's request carries the gateway's credential, so whatever else it carries is the gateway
@@ -235,7 +238,7 @@ function M.configure(opts)
   util.check_options(opts, M.OPTIONS, "healthcare.ngx.configure")
   opts = opts or {}
   check_parent(opts)
-  for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size" }) do
+  for _, k in ipairs({ "refresh_margin", "token_wait", "retry_after", "max_rewrite_size", "max_form_size" }) do
     check_number(opts, k, k == "retry_after")
   end
   for _, k in ipairs({ "name", "shared_dict", "token_location", "prefix", "api_path", "api_origin",
@@ -451,48 +454,99 @@ end
 
 -- ---- the client's headers and query ---------------------------------------------------------
 
---- Whether a query string (as sent: $args) names a parameter of M.REFUSED_PARAMS or any '$'
---- system parameter, in any case and percent-encoding; the name found, or nil.
+--- Whether a query string (as sent: $args) or a form body names a parameter of M.REFUSED_PARAMS
+--- or any '$' system parameter, in any case and percent-encoding, with spaces or line ends
+--- around it; the name found, or nil.
 function M.refused_param(args)
   for pair in (args or ""):gmatch("[^&;]+") do
     local name = ngx.unescape_uri((pair:match("^[^=]*")))
-    local lower = name:lower()
+    local lower = name:lower():match("^%s*(.-)%s*$")
     if lower:sub(1, 1) == "$" or refused_params[lower] then return name end
   end
   return nil
 end
 
+local SYSTEM_PARAMS = "Google's system parameters (a '$' parameter, httpMethod, userProject, key, "
+  .. "access_token, callback)"
+
 -- Why the gateway refuses this request's headers or query (a method override or a system
--- parameter), or nil. Every header is looked at (0: no limit), so a hundred others do not hide one.
-local function refusal()
-  local headers = ngx.req.get_headers(0)
+-- parameter), or nil. headers: ngx.req.get_headers(0), names in lower case.
+local function refusal(headers)
   for _, h in ipairs(M.METHOD_OVERRIDE_HEADERS) do
     if headers[h] then
       return "The gateway does not take method overrides (" .. h .. "): send the method itself."
     end
   end
   if M.refused_param(ngx.var.args) then
-    return "The gateway does not take Google's system parameters (a '$' parameter, httpMethod, "
-      .. "userProject, key, access_token, callback) in the query."
+    return "The gateway does not take " .. SYSTEM_PARAMS .. " in the query."
+  end
+  return nil
+end
+
+-- The body of this request as read by ngx.req.read_body: in memory, or in nginx's temporary file
+-- when it is larger than client_body_buffer_size.
+local function read_body()
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data()
+  if body then return body end
+  local path = ngx.req.get_body_file()
+  if not path then return "" end
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  body = f:read("*a")
+  f:close()
+  return body
+end
+
+-- Why the gateway refuses this request's form-encoded body, and the status; nil for any other
+-- body, which is not read. A form body carries parameters as a query does (FHIR's POST
+-- {type}/_search), so Google's front end may take system parameters from it too: it is read
+-- (at most max_form_size bytes, known from Content-Length before a byte is read) and checked as
+-- the query is. A compressed one could not be checked.
+function Gateway:form_refusal(headers)
+  local types = headers["content-type"]
+  local form = false
+  for _, v in ipairs(type(types) == "table" and types or { types }) do
+    if media_type(v) == "application/x-www-form-urlencoded" then form = true end
+  end
+  if not form then return nil end
+  local enc = headers["content-encoding"]
+  if type(enc) == "table" then enc = table.concat(enc, ", ") end
+  if enc and enc:lower() ~= "identity" then
+    return "The gateway reads form bodies to check them: send this one without Content-Encoding.", 400
+  end
+  local length = tonumber(ngx.var.content_length or "")
+  if not length then
+    -- HTTP/1.1 without Content-Length nor Transfer-Encoding has no body; HTTP/2 may have one
+    if not headers["transfer-encoding"] and (ngx.req.http_version() or 1) < 2 then return nil end
+    return "The gateway reads form bodies to check them: send this one with a Content-Length.", 411
+  end
+  if length > self.max_form_size then
+    return string.format("The gateway reads form bodies of at most %d bytes (max_form_size) to check them; "
+      .. "this one has %d.", self.max_form_size, length), 413
+  end
+  local body = ""
+  if length > 0 then body = read_body() end
+  if not body then
+    return "The gateway could not read the form body back (its temporary file is gone).", 400
+  end
+  if M.refused_param(body) then
+    return "The gateway does not take " .. SYSTEM_PARAMS .. " in a form body.", 400
   end
   return nil
 end
 
 -- Takes out of the request every header the API must not get from the client (see
--- M.FORWARDED_HEADERS), and the allowed ones its Connection header names (hop-by-hop).
-local function keep_forwarded_headers()
-  local headers = ngx.req.get_headers(0, true)
+-- M.FORWARDED_HEADERS), and the allowed ones its Connection header names (hop-by-hop). headers
+-- as refusal's: nginx clears a name whatever its case, every header of that name.
+local function keep_forwarded_headers(headers)
   local hop = {}
-  for name, v in pairs(headers) do
-    if name:lower() == "connection" then
-      for _, value in ipairs(type(v) == "table" and v or { v }) do
-        for token in value:gmatch("[^,%s]+") do hop[token:lower()] = true end
-      end
-    end
+  local connection = headers["connection"]
+  for _, value in ipairs(type(connection) == "table" and connection or { connection }) do
+    for token in value:gmatch("[^,%s]+") do hop[token:lower()] = true end
   end
   for name in pairs(headers) do
-    local lower = name:lower()
-    if not NGINX_OWN[lower] and (not forwarded[lower] or hop[lower]) then ngx.req.clear_header(name) end
+    if not NGINX_OWN[name] and (not forwarded[name] or hop[name]) then ngx.req.clear_header(name) end
   end
 end
 
@@ -519,7 +573,9 @@ function Gateway:access()
     ngx.header["Allow"] = table.concat(methods, ", ")
     return answer(405, "Method " .. method .. " is not allowed by this gateway.")
   end
-  local refused = refusal()
+  -- Every header is looked at (0: no limit), so a hundred others do not hide one.
+  local headers = ngx.req.get_headers(0)
+  local refused = refusal(headers)
   if refused then
     log(ngx.INFO, "400 for ", request_line(), ": ", refused)
     return answer(400, refused)
@@ -533,12 +589,17 @@ function Gateway:access()
     path, status, message = M.map_path(ngx.var.uri, method, self.prefix, self.api_path, self.parent)
   end
   if not path then return answer(status, message) end
+  refused, status = self:form_refusal(headers)
+  if refused then
+    log(ngx.INFO, status, " for ", request_line(), ": ", refused)
+    return answer(status, refused)
+  end
   local token, err, retry_after = self:token()
   if not token then
     log(ngx.WARN, "503 for ", request_line(), ": ", err)
     return answer(503, NO_TOKEN, retry_after)
   end
-  keep_forwarded_headers()
+  keep_forwarded_headers(headers)
   ngx.req.set_header("Authorization", "Bearer " .. token)
   if self.cred.quota_project then ngx.req.set_header("x-goog-user-project", self.cred.quota_project) end
   -- A compressed JSON answer could not be rewritten: the API's answers come as they are.

@@ -146,7 +146,8 @@ end
 -- Sets the socket's timeouts for its next operation: the idle timeout, or less when the request's
 -- own deadline comes first. nginx re-arms a timeout each time bytes move, so a server sending a
 -- byte now and then would hold one receive past any deadline: every receive here is one
--- receiveany, and the time left is measured again before the next. nil once the deadline passed.
+-- receiveany, every send one piece of at most CHUNK bytes, and the time left is measured again
+-- before the next. nil once the deadline passed.
 function Exchange:arm()
   local ms, connect_ms = self.session.idle_ms, self.session.connect_ms
   if self.deadline then
@@ -343,10 +344,15 @@ function Exchange:send_request()
   if not head then return fail("usage", "header", self.r, "a header holds CR, LF or NUL") end
   local ok, err = self:send_all(head)
   if not ok then return nil, err end
-  if type(body) == "string" and #body > 0 then
-    ok, err = self:send_all(body)
-    if not ok then return nil, err end
-    self.sent = #body
+  if type(body) == "string" then
+    -- in pieces, as a file's: nginx starts a send's timeout again each time bytes move, so a
+    -- server reading slowly would hold one send of the whole body past the deadline
+    for at = 1, #body, M.CHUNK do
+      ok, err = self:send_all(body:sub(at, at + M.CHUNK - 1))
+      if not ok then return nil, err end
+      self.sent = math.min(#body, at + M.CHUNK - 1)
+      if not self:progress() then return self:aborted() end
+    end
   elseif reader then
     while true do
       local piece, rerr = reader:read(M.CHUNK)
