@@ -156,13 +156,15 @@ function Source:next_group()
   return { entries = group, bytes = bytes, attempts = 0 }
 end
 
--- Each file goes with what it was when probed (size, device, inode, mtime): one replaced or
--- rewritten since fails its request rather than being sent under the UIDs the probe read. The
--- body is built again for every attempt, so a retry checks again.
+-- Each file goes with what it was when probed (size, device, inode, mtime to the nanosecond): one
+-- replaced or rewritten since, even within the same second, fails its request rather than being
+-- sent under the UIDs the probe read. The body is built again for every attempt, so a retry
+-- checks again.
 local function multipart_body(group, boundary)
   local parts = {}
   for i, e in ipairs(group.entries) do
-    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime }
+    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime,
+      mtime_nsec = e.mtime_nsec }
   end
   return { multipart = { boundary = boundary, parts = parts } }
 end
