@@ -648,7 +648,7 @@ end)
 describe("store:store when a file changes between probe and send", function()
   -- Pairs of files, each pair in a folder of its own: a big file (16 MiB for the canned server,
   -- 64 MiB for Orthanc) and a small one after it; and one pair of small files.
-  local N16, N64 = 8, 3
+  local N16, N64 = 10, 3
   local srv, pairs_, pairs64, small_pair = nil, {}, {}, nil
   lazy_setup(function()
     srv = start_canned()
@@ -683,9 +683,11 @@ describe("store:store when a file changes between probe and send", function()
   end
 
   -- A group of two: a 16 MiB file first, so that the body stalls on the unread socket long
-  -- before the second file is opened; `change` runs once the request is under way.
-  local function run(change)
+  -- before the second file is opened; `change` runs once the request is under way (`prepare`,
+  -- when given, before the files are probed).
+  local function run(change, prepare)
     local dir, big, small = next_pair()
+    if prepare then prepare(big, small) end
     srv.answer { gate = true, status = 200, content_type = "application/dicom+json",
       body = stow_json({ big.sop_instance_uid, small.sop_instance_uid }) }
     local changed = false
@@ -812,6 +814,27 @@ describe("store:store when a file changes between probe and send", function()
     end)
     assert.equal(string.format("file modified while it was being sent: %s (mtime %s, now 2001-09-09T01:46:40Z)",
       big.path, utc(mtime)), reason)
+  end)
+
+  -- The mtime set to the nanosecond before the probe, then to other nanoseconds of the same
+  -- second: whole seconds alone would take the rewritten file for the one checked.
+  it("fails the request when a file not yet sent was rewritten in place within the second it was checked", function()
+    local reason, _, small = run(function(_, s) rewrite_in_place(s, (same_size_other(s)), "1700000000.2") end,
+      function(_, s) sh("touch -d @1700000000.1 " .. H.q(s.path)) end)
+    assert.equal(string.format("file modified after it was checked: %s (mtime 2023-11-14T22:13:20.100000000Z, "
+      .. "now 2023-11-14T22:13:20.200000000Z)", small.path), reason)
+  end)
+
+  it("fails the request when the file being sent is rewritten in place within the second it was checked", function()
+    local reason, big = run(function(b)
+      local h = assert(io.open(b.path, "r+b"))
+      assert(h:seek("end", -1))
+      assert(h:write("y"))
+      assert(h:close())
+      sh("touch -d @1700000000.300000001 " .. H.q(b.path))
+    end, function(b) sh("touch -d @1700000000.1 " .. H.q(b.path)) end)
+    assert.equal(string.format("file modified while it was being sent: %s (mtime 2023-11-14T22:13:20.100000000Z, "
+      .. "now 2023-11-14T22:13:20.300000001Z)", big.path), reason)
   end)
 
   it("checks again on a retry: a file replaced between two attempts fails the second", function()

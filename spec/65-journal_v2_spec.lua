@@ -421,6 +421,115 @@ describe("a store resumed from a journal whose last records are 'sending' (a cra
   end)
   end
 
+  -- The GETs the emulator answered since `from` (an index into its requests): { kind, status },
+  -- kind "search", "series" (a series read back whole) or "instance" (one read back by its UIDs).
+  local function gets_since(from)
+    local out = {}
+    local reqs = em:stats().requests or {}
+    for i = from + 1, #reqs do
+      local q = reqs[i]
+      if q.method == "GET" then
+        local kind = q.path:find("/instances/[0-9.]+$") and "instance" or q.path:find("/series/[0-9.]+$") and "series"
+          or q.path:find("/instances$") and "search" or q.path
+        out[#out + 1] = { kind = kind, status = q.status }
+      end
+    end
+    return out
+  end
+  local function kinds(gets)
+    local n = {}
+    for _, g in ipairs(gets) do n[g.kind] = (n[g.kind] or 0) + 1 end
+    return n
+  end
+
+  it("reads a series back whole when its instances not in flight cost less than a request each: "
+    .. "one request, each instance still compared byte for byte", function()
+    em:control("reset")
+    local dir = H.tmpdir()
+    local series = H.gen_dicom({ count = 6, size = 300, dir = dir .. "/in", prefix = "held" })
+    local study, series_uid = series[1].study_uid, series[1].series_uid
+    local orthanc = assert(healthcare.dicomweb(E.dicomweb))
+    finally(function() orthanc:close() end)
+    local stored = {}
+    for i, f in ipairs(series) do stored[i] = f.path end
+    assert.equal(6, assert(orthanc:store(stored)).counts.stored)
+    -- the sixth instance's file is now other bytes under its UID (the server keeps its own), and
+    -- two files of the series the server never got
+    local sixth = series[6]
+    assert(os.rename(sixth.path, dir .. "/stored-sixth.dcm"))
+    local changed = H.gen_dicom({ count = 1, size = 900, dir = dir .. "/in", prefix = "changed", study = study,
+      series = series_uid, sop = sixth.sop_instance_uid })[1]
+    local new = H.gen_dicom({ count = 2, size = 300, dir = dir .. "/in", prefix = "new", study = study,
+      series = series_uid })
+    local st = assert(healthcare.dicom_store(E.store, { endpoint = em.endpoint, access_token = E.token .. "-private" }))
+    finally(function() st:close() end)
+    local jpath = dir .. "/journal"
+    local all = { series[1], series[2], series[3], series[4], series[5], changed, new[1], new[2] }
+    journal_in_flight(jpath, st.name, all)
+    -- the private directory the answers land in, seen as it is made
+    local made = {}
+    local private_mkdir = core.private_mkdir
+    core.private_mkdir = function(path)
+      made[#made + 1] = path
+      return private_mkdir(path)
+    end
+    local r = assert(st:store(dir .. "/in", { journal = jpath }))
+    core.private_mkdir = private_mkdir
+    assert.same({ in_flight = 8, found = 5 }, r.journal.in_flight)
+    -- one search, one retrieve of the series (not six of an instance); then the three others sent
+    assert.same({ search = 1, series = 1 }, kinds(gets_since(0)))
+    assert.same({ 2, 5, 1 }, { #r.stored, #r.already_stored, #r.failed })
+    assert.equal(changed.path, r.failed[1].path)
+    assert.matches("already exists with different content", r.failed[1].reason)
+    local found = {}
+    for _, s in ipairs(r.already_stored) do found[s.path] = true end
+    for i = 1, 5 do assert.truthy(found[series[i].path], series[i].path) end
+    -- the answers' files are gone with their directory
+    assert.equal(1, #made)
+    assert.is_nil(lfs.attributes(made[1]))
+  end)
+
+  it("reads the others back by their UIDs, `concurrency` at a time, a failed read tried again", function()
+    em:control("reset")
+    local dir = H.tmpdir()
+    -- ten instances stored by earlier requests, four by the request a crash cut; a request
+    -- reckoned to cost nothing beyond its bytes, so that the series is not fetched whole
+    local read_back = require "healthcare.dicomweb.read_back"
+    local cost = read_back.REQUEST_COST_BYTES
+    read_back.REQUEST_COST_BYTES = 0
+    finally(function() read_back.REQUEST_COST_BYTES = cost end)
+    local earlier = H.gen_dicom({ count = 10, size = 300, dir = dir .. "/earlier" })
+    local study, series_uid = earlier[1].study_uid, earlier[1].series_uid
+    local held = H.gen_dicom({ count = 4, size = 300, dir = dir .. "/in", prefix = "held", study = study,
+      series = series_uid })
+    local new = H.gen_dicom({ count = 1, size = 300, dir = dir .. "/in", prefix = "new", study = study,
+      series = series_uid })
+    local orthanc = assert(healthcare.dicomweb(E.dicomweb))
+    finally(function() orthanc:close() end)
+    assert.equal(14, assert(orthanc:store({ dir .. "/earlier", held[1].path, held[2].path, held[3].path,
+      held[4].path })).counts.stored)
+    local st = assert(healthcare.dicom_store(E.store, { endpoint = em.endpoint, access_token = E.token .. "-private" }))
+    finally(function() st:close() end)
+    local jpath = dir .. "/journal"
+    journal_in_flight(jpath, st.name, { held[1], held[2], held[3], held[4], new[1] })
+    -- the first read-back to arrive is answered 503 after 2 s: read one after another, it would be
+    -- the first answered; side by side, the others are answered while it waits
+    em:control("faults", { replace = true, rules = { { match = "store", http_method = "GET",
+      path = "instances/[0-9.]+$", delay = 2, status = 503, times = 1 } } })
+    local r = assert(st:store(dir .. "/in", { journal = jpath, concurrency = 4, retry = { initial = 0.1 } }))
+    assert.same({ in_flight = 5, found = 4 }, r.journal.in_flight)
+    assert.same({ 1, 4, 0 }, { #r.stored, #r.already_stored, #r.failed })
+    local gets = gets_since(0)
+    -- the one not held is not read back: four read-backs and the retry of the one answered 503
+    assert.same({ search = 1, instance = 5 }, kinds(gets))
+    local statuses = {}
+    for _, g in ipairs(gets) do if g.kind == "instance" then statuses[#statuses + 1] = g.status end end
+    assert.equal(200, statuses[1], "the read-backs went one after another: " .. table.concat(statuses, " "))
+    local n503 = 0
+    for _, s in ipairs(statuses) do if s == 503 then n503 = n503 + 1 end end
+    assert.equal(1, n503)
+  end)
+
   it("sends them all when the server cannot be asked (nothing lost)", function()
     local dir = H.tmpdir()
     local files = H.gen_dicom({ count = 2, size = 300, dir = dir .. "/in" })

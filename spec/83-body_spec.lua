@@ -2,7 +2,7 @@
 -- The streaming request body through the real transport (core.session, libcurl): files that
 -- vanish, grow or shrink between building the body and sending it, or while they are being sent,
 -- or that are replaced or rewritten in place when the segment carries their identity (dev, ino,
--- mtime),
+-- mtime, and its nanoseconds: rewritten within the second it was checked),
 -- end the request with err.kind "io", code "body" and a message naming the file, and nothing is
 -- stored from that request, in Orthanc, nor half of it; multipart boundaries and part headers are
 -- checked before anything is sent; byte counts that are not whole numbers are refused. A "slow
@@ -13,7 +13,6 @@ local H = require "helpers"
 if not H.need_testbed() then return end
 local core = require "healthcare.core"
 local healthcare = require "healthcare"
-local lfs = require "lfs"
 
 local E = H.env
 local CLOSED = "http://127.0.0.1:1/"
@@ -85,7 +84,8 @@ teardown(function() os.execute("kill " .. sink_pid .. " 2>/dev/null") end)
 local function multipart(boundary, files)
   local parts = {}
   for i, f in ipairs(files) do
-    parts[i] = { headers = PART, file = f.path, size = f.size, dev = f.dev, ino = f.ino, mtime = f.mtime }
+    parts[i] = { headers = PART, file = f.path, size = f.size, dev = f.dev, ino = f.ino, mtime = f.mtime,
+      mtime_nsec = f.mtime_nsec }
   end
   return { multipart = { boundary = boundary, parts = parts } }
 end
@@ -154,12 +154,30 @@ describe("a file changed between building the body and sending it", function()
       message = function(p)
         return "file modified after it was checked: " .. escaped(p) .. " %(mtime [-0-9T:]+Z, now 2001%-09%-09T01:46:40Z%)$"
       end },
+    -- With the mtime's nanoseconds (core.file_stat's, as store:store passes them since), a file
+    -- rewritten with the same size within the second it was checked fails too. The mtimes are
+    -- set: the same second, other nanoseconds.
+    { what = "is rewritten in place within the second it was checked", identity = "nsec",
+      prepare = function(p) sh("touch -d @1700000000.25 " .. H.q(p)) end,
+      change = function(p)
+        local h = assert(io.open(p, "r+b"))
+        assert(h:seek("end", -1))
+        assert(h:write("y"))
+        assert(h:close())
+        sh("touch -d @1700000000.5 " .. H.q(p))
+      end,
+      message = function(p)
+        return "file modified after it was checked: " .. escaped(p)
+          .. " %(mtime 2023%-11%-14T22:13:20%.250000000Z, now 2023%-11%-14T22:13:20%.500000000Z%)$"
+      end },
   }) do
     it("fails the request when the second file " .. case.what .. ", and Orthanc stores neither file", function()
       local files = H.gen_dicom({ count = 2, size = 300000 })
       for _, f in ipairs(case.identity and files or {}) do
-        local a = assert(lfs.attributes(f.path))
+        if case.prepare then case.prepare(f.path) end
+        local a = assert(core.file_stat(f.path))
         f.dev, f.ino, f.mtime = a.dev, a.ino, a.modification
+        if case.identity == "nsec" then f.mtime_nsec = a.mtime_nsec end
       end
       local t = assert(session:start(stow(files)))
       case.change(files[2].path)
@@ -347,6 +365,11 @@ describe("byte counts", function()
           s:request { method = "POST", url = CLOSED, body = { { file = f.path, [field] = v } } }
         end, "bad argument #1 to 'request' ('" .. field .. "' must be a whole number)", nil, true)
       end
+    end
+    for _, v in ipairs({ -1, 1e9, 0.5, 0 / 0, math.huge, "1", true }) do
+      assert.error_matches(function()
+        s:request { method = "POST", url = CLOSED, body = { { file = f.path, mtime = 1, mtime_nsec = v } } }
+      end, "bad argument #1 to 'request' ('mtime_nsec' must be a whole number from 0 to 999999999)", nil, true)
     end
     -- A size the file does not have is caught when it is opened (the sink reads whatever comes).
     H.write_file(GO, "")

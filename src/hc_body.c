@@ -223,27 +223,38 @@ static void close_current(hc_body *b)
     }
 }
 
-/* Seconds since the epoch as UTC ISO 8601 into out (at least 32 bytes), or the bare number
- * when it is out of gmtime's range. */
-static const char *utc(char *out, size_t n, int64_t t)
+/* Seconds since the epoch as UTC ISO 8601 into out (at least 48 bytes), with nsec as a fraction
+ * of the second when nsec >= 0, or the bare number when it is out of gmtime's range. */
+static const char *utc(char *out, size_t n, int64_t t, long nsec)
 {
     time_t tt = (time_t)t;
     struct tm tm;
+    char frac[24] = "";
+    if (nsec >= 0)
+        snprintf(frac, sizeof frac, ".%09ld", nsec);
     if ((int64_t)tt != t || gmtime_r(&tt, &tm) == NULL
-        || strftime(out, n, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(out, n, "%lld", (long long)t);
+        || strftime(out, n, "%Y-%m-%dT%H:%M:%S", &tm) == 0)
+        snprintf(out, n, "%lld%s", (long long)t, frac);
+    else
+        snprintf(out + strlen(out), n - strlen(out), "%sZ", frac);
     return out;
 }
 
-/* Whether st's mtime differs from what the segment expects; if so, sets the error ("after it was
- * checked" or "while it was being sent", per when). */
+/* Whether st's mtime differs from what the segment expects (to the nanosecond when it has them);
+ * if so, sets the error ("after it was checked" or "while it was being sent", per when). The
+ * nanoseconds are named only when the whole seconds are the same. */
 static int mtime_differs(hc_body *b, const hc_segment *s, const struct stat *st, const char *when)
 {
-    char was[32], now[32];
-    if (!(s->id.have & HC_FILE_MTIME) || (int64_t)st->st_mtime == s->id.mtime)
+    char was[48], now[48];
+    int64_t sec = (int64_t)st->st_mtim.tv_sec;
+    long nsec = (long)st->st_mtim.tv_nsec;
+    int same_sec = sec == s->id.mtime;
+    if (!(s->id.have & HC_FILE_MTIME)
+        || (same_sec && (!(s->id.have & HC_FILE_MTIME_NSEC) || nsec == s->id.mtime_nsec)))
         return 0;
     seterr(b, "file modified %s: %s (mtime %s, now %s)", when, s->bytes,
-           utc(was, sizeof was, s->id.mtime), utc(now, sizeof now, (int64_t)st->st_mtime));
+           utc(was, sizeof was, s->id.mtime, same_sec ? s->id.mtime_nsec : -1),
+           utc(now, sizeof now, sec, same_sec ? nsec : -1));
     return 1;
 }
 

@@ -23,14 +23,17 @@ int hc_body_add_mem(hc_body *b, const void *p, size_t n);
 int hc_body_add_file(hc_body *b, const char *path, int64_t size);
 
 /* What a file must still be when it is sent, besides its size: the device and inode numbers and
- * the modification time (whole seconds) that stat(2) gave when it was checked. Only the fields
- * whose bit is in `have` are compared, so that a file renamed over the checked one, or rewritten
- * in place with the same size, fails the read instead of being sent in its place. */
-enum { HC_FILE_DEV = 1, HC_FILE_INO = 2, HC_FILE_MTIME = 4 };
+ * the modification time that stat(2) gave when it was checked, in whole seconds and, with
+ * HC_FILE_MTIME_NSEC as well as HC_FILE_MTIME, to the nanosecond (a file rewritten within the
+ * second it was checked keeps its whole seconds). Only the fields whose bit is in `have` are
+ * compared, so that a file renamed over the checked one, or rewritten in place with the same
+ * size, fails the read instead of being sent in its place. */
+enum { HC_FILE_DEV = 1, HC_FILE_INO = 2, HC_FILE_MTIME = 4, HC_FILE_MTIME_NSEC = 8 };
 typedef struct hc_file_identity {
     unsigned have;   /* HC_FILE_* bits */
     uint64_t dev, ino;
     int64_t mtime;   /* seconds since the epoch */
+    long mtime_nsec; /* the mtime's nanoseconds, 0 to 999999999 (HC_FILE_MTIME_NSEC) */
 } hc_file_identity;
 /* hc_body_add_file, and the file must still be id (NULL: not checked) when it is opened to be
  * sent, and still have id's mtime when its last byte has been read. */

@@ -238,8 +238,26 @@ static int l_session_tostring(lua_State *L)
 
 /* ---- building a request body from its description ----------------------------------------- */
 
+/* The mtime's nanoseconds of a file segment (the table at idx): mtime_nsec, a whole number from 0
+ * to 999999999 as core.file_stat gives it, into id; absent, only whole seconds are compared. */
+static void read_mtime_nsec(lua_State *L, int arg, int idx, hc_file_identity *id)
+{
+    lua_Number x;
+    lua_getfield(L, idx, "mtime_nsec");
+    if (lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return;
+    }
+    x = lua_tonumber(L, -1);
+    if (lua_type(L, -1) != LUA_TNUMBER || !(x >= 0 && x <= 999999999) || x != (lua_Number)(long)x)
+        hc_lua_argerror(L, arg, "'mtime_nsec' must be a whole number from 0 to 999999999");
+    lua_pop(L, 1);
+    id->mtime_nsec = (long)x;
+    id->have |= HC_FILE_MTIME_NSEC;
+}
+
 /* A file segment's identity: the whole numbers dev, ino and mtime of the table at idx, as
- * lfs.attributes gives them; each absent one is not checked. */
+ * lfs.attributes gives them, and mtime_nsec (read_mtime_nsec); each absent one is not checked. */
 static void read_identity(lua_State *L, int arg, int idx, hc_file_identity *id)
 {
     static const char *const fields[] = { "dev", "ino", "mtime" };
@@ -280,11 +298,12 @@ static void read_identity(lua_State *L, int arg, int idx, hc_file_identity *id)
         else
             id->mtime = v;
     }
+    read_mtime_nsec(L, arg, idx, id);
 }
 
 /* Appends the segment described by the table at idx: { data = string } or { file = path,
- * size = n [, dev, ino, mtime] } (the file must still be that one, unmodified, when it is sent:
- * hc_body_add_file_checked). Returns 0, or -1 with hc_body_error set. */
+ * size = n [, dev, ino, mtime, mtime_nsec] } (the file must still be that one, unmodified, when
+ * it is sent: hc_body_add_file_checked). Returns 0, or -1 with hc_body_error set. */
 static int add_segment(lua_State *L, int arg, hc_body *b, int idx)
 {
     hc_file_identity id;

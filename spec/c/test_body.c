@@ -243,14 +243,20 @@ static void test_files(tstate *t)
     hc_body_free(b);
 }
 
-/* Sets path's mtime to t seconds. */
-static void set_mtime(const char *path, time_t t)
+/* Sets path's mtime to t seconds and nsec nanoseconds. */
+static void set_mtime_ns(const char *path, time_t t, long nsec)
 {
     struct timespec ts[2];
     ts[0].tv_sec = ts[1].tv_sec = t;
-    ts[0].tv_nsec = ts[1].tv_nsec = 0;
+    ts[0].tv_nsec = ts[1].tv_nsec = nsec;
     if (utimensat(AT_FDCWD, path, ts, 0) != 0)
         perror(path);
+}
+
+/* Sets path's mtime to t seconds. */
+static void set_mtime(const char *path, time_t t)
+{
+    set_mtime_ns(path, t, 0);
 }
 
 /* The identity stat gives path now. */
@@ -374,6 +380,81 @@ static void test_identity_rewritten(tstate *t)
     hc_body_free(b);
 }
 
+static void test_identity_same_second(tstate *t)
+{
+    char got[64], want[320], path[128];
+    struct stat st;
+    hc_file_identity id;
+    hc_body *b;
+
+    /* Rewritten in place with the same size within the second it was checked: the whole seconds
+     * are the same, the nanoseconds are not. */
+    snprintf(path, sizeof path, "%s", put_file(t, "same-second", "0123456789", 10));
+    set_mtime_ns(path, 1000000000, 100);
+    id = identity_of(path);
+    if (stat(path, &st) != 0 || st.st_mtim.tv_nsec != 100) {
+        check(t, 0, "the file system keeps no nanoseconds of an mtime: not tested");
+        return;
+    }
+    id.have |= HC_FILE_MTIME_NSEC;
+    id.mtime_nsec = 100;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    put_file(t, "same-second", "ABCDEFGHIJ", 10);
+    set_mtime_ns(path, 1000000000, 200);
+    snprintf(want, sizeof want,
+             "file modified after it was checked: %s (mtime 2001-09-09T01:46:40.000000100Z, now "
+             "2001-09-09T01:46:40.000000200Z)",
+             path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "rewritten within the second: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Modified within the same second while it was being read: caught at its last byte. */
+    id.mtime_nsec = 200;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, hc_body_read(b, got, 4) == 4, "first bytes of a file modified within the second");
+    set_mtime_ns(path, 1000000000, 999999999);
+    snprintf(want, sizeof want,
+             "file modified while it was being sent: %s (mtime 2001-09-09T01:46:40.000000200Z, now "
+             "2001-09-09T01:46:40.999999999Z)",
+             path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "modified within the second while read: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* Unchanged to the nanosecond: read whole. */
+    id.mtime_nsec = 999999999;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, read_all(b, got, sizeof got, 3) == 10 && memcmp(got, "ABCDEFGHIJ", 10) == 0,
+          "same nanoseconds: %s", hc_body_error(b));
+    hc_body_free(b);
+
+    /* A caller that gives whole seconds only (HC_FILE_MTIME alone, mtime_nsec left 0) compares
+     * them alone, as before. */
+    id.have &= ~(unsigned)HC_FILE_MTIME_NSEC;
+    id.mtime_nsec = 0;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    check(t, read_all(b, got, sizeof got, 64) == 10, "whole seconds only: %s", hc_body_error(b));
+    hc_body_free(b);
+    /* Another second is named without nanoseconds even when they are given. */
+    id.have |= HC_FILE_MTIME_NSEC;
+    id.mtime = 1000000001;
+    id.mtime_nsec = 5;
+    b = hc_body_new();
+    hc_body_add_file_checked(b, path, 10, &id);
+    snprintf(want, sizeof want,
+             "file modified after it was checked: %s (mtime 2001-09-09T01:46:41Z, now "
+             "2001-09-09T01:46:40Z)",
+             path);
+    check(t, hc_body_read(b, got, sizeof got) == -1 && strcmp(hc_body_error(b), want) == 0,
+          "another second: %s", hc_body_error(b));
+    hc_body_free(b);
+}
+
 static void test_identity_modified(tstate *t)
 {
     char got[64], want[320], path[128], other[128];
@@ -425,6 +506,7 @@ static void test_identity(tstate *t)
     test_identity_unchanged(t);
     test_identity_replaced(t);
     test_identity_rewritten(t);
+    test_identity_same_second(t);
     test_identity_modified(t);
 }
 

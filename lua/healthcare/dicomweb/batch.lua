@@ -156,13 +156,15 @@ function Source:next_group()
   return { entries = group, bytes = bytes, attempts = 0 }
 end
 
--- Each file goes with what it was when probed (size, device, inode, mtime): one replaced or
--- rewritten since fails its request rather than being sent under the UIDs the probe read. The
--- body is built again for every attempt, so a retry checks again.
+-- Each file goes with what it was when probed (size, device, inode, mtime to the nanosecond): one
+-- replaced or rewritten since, even within the same second, fails its request rather than being
+-- sent under the UIDs the probe read. The body is built again for every attempt, so a retry
+-- checks again.
 local function multipart_body(group, boundary)
   local parts = {}
   for i, e in ipairs(group.entries) do
-    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime }
+    parts[i] = { headers = PART_HEADERS, file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime,
+      mtime_nsec = e.mtime_nsec }
   end
   return { multipart = { boundary = boundary, parts = parts } }
 end
@@ -209,16 +211,20 @@ local function run_options(store, opts)
 end
 
 --- Instances an earlier run journaled as "sending" when it was killed (journal:in_flight): the
---- server is asked, one instance search per study, which of them it lists, and each one listed is
---- read back by its UIDs and compared with the file; those equal are journaled as stored (and so
---- not sent again), the others are sent as usual. A listed UID alone proves nothing: the server
---- may hold other bytes under it, and the request in flight may have been refused for that (409),
---- so such a file is sent again and the answer decides. Under overwrite none is asked: a listed UID
---- may be the conflicting instance the run is to replace. Returns { in_flight = n, found = n,
---- error = message or nil }: a failed search sends them all (a duplicate of the same bytes is
---- harmless, a loss is not); or nil, err when the journal cannot be read or written.
---- retry_opts: the run's `retry` (the searches' and read-backs' attempts).
-function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
+--- server is asked, one instance search per study, which of them it lists (those it does not list
+--- are sent again, not read back), and those listed are read back and compared with the files
+--- (read_back.read_back_all: a series whole where they are most of it, else by their UIDs,
+--- `concurrency` at a time); those equal are journaled as
+--- stored (and so not sent again), the others are sent as usual. A listed UID alone proves
+--- nothing: the server may hold other bytes under it, and the request in flight may have been
+--- refused for that (409), so such a file is sent again and the answer decides. Under overwrite
+--- none is asked: a listed UID may be the conflicting instance the run is to replace. Returns
+--- { in_flight = n, found = n, error = message or nil }: a failed search sends the studies not
+--- yet asked about (a duplicate of the same bytes is harmless, a loss is not); or nil, err when
+--- the journal cannot be read or written.
+--- retry_opts: the run's `retry` (the searches' and read-backs' attempts); concurrency: the
+--- run's (default: the client's, else DEFAULTS').
+function M.settle_in_flight(store, journal, overwrite_run, retry_opts, concurrency)
   local list, err = journal:in_flight()
   if not list then return nil, err end
   local result = { in_flight = #list, found = 0 }
@@ -234,24 +240,28 @@ function M.settle_in_flight(store, journal, overwrite_run, retry_opts)
       table.insert(by_study[e.study_uid], e)
     end
   end
+  -- first every search (a few requests), then the read-backs of all studies side by side
+  local listed_ones, series_counts = {}, {}
   for _, study in ipairs(studies) do
     local listed, lerr = verify.listed_in(store, study, { retry = retry_opts })
     if not listed then
       result.error = lerr.message
-      return result
+      break
     end
-    local held = {}
+    for _, series in pairs(listed) do
+      if series ~= true then series_counts[series] = (series_counts[series] or 0) + 1 end
+    end
     for _, e in ipairs(by_study[study]) do
-      -- only the few listed are read back: what a crash left in flight, a few requests' worth
-      if listed[e.sop_instance_uid] and names.valid_uid(e.series_uid)
-          and overwrite.read_back(store, e, { retry = retry_opts }) then
-        held[#held + 1] = e
-      end
+      if listed[e.sop_instance_uid] and names.valid_uid(e.series_uid) then listed_ones[#listed_ones + 1] = e end
     end
-    local ok, jerr = journal:mark_stored(held)
-    if not ok then return nil, jerr end
-    result.found = result.found + #held
   end
+  local held, rerr = require("healthcare.dicomweb.read_back").read_back_all(store, listed_ones,
+    { retry = retry_opts, concurrency = concurrency or store.client.concurrency or M.DEFAULTS.concurrency,
+      series_counts = series_counts })
+  result.error = result.error or rerr
+  local ok, jerr = journal:mark_stored(held)
+  if not ok then return nil, jerr end
+  result.found = #held
   return result
 end
 
@@ -274,7 +284,7 @@ function Batch.new(store, inputs, opts)
     journal, jerr = require("healthcare.dicomweb.journal").open(o.journal, report,
       { store = store.name, shard = o.shard and tostring(o.shard) })
     if not journal then return nil, jerr end
-    local settled, serr = M.settle_in_flight(store, journal, o.overwrite, o.retry)
+    local settled, serr = M.settle_in_flight(store, journal, o.overwrite, o.retry, o.concurrency)
     if not settled then
       journal:close()
       return nil, serr

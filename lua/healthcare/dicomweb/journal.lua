@@ -33,7 +33,6 @@ local core = require "healthcare.core"
 local lfs = require "lfs"
 local cjson = require("cjson.safe").new()
 local errors = require "healthcare.errors"
-local files = require "healthcare.dicomweb.files"
 local util = require "healthcare.util"
 
 local M = {}
@@ -348,7 +347,7 @@ function Journal:in_flight()
   local list = {}
   for key in pairs(self.in_flight_keys) do
     local code, size, mtime, offset = self.index:get(key)
-    local a = lfs.attributes(key)
+    local a = core.file_stat(key)
     if code == SENDING and a and a.mode == "file" and a.size == size and a.modification == mtime then
       local l, err = self:line_at(offset)
       if not l then return nil, err end
@@ -362,7 +361,7 @@ function Journal:in_flight()
         end
         r.series_uid = info.series_uid
       end
-      list[#list + 1] = { path = key, size = size, mtime = mtime, mtime_nsec = files.mtime_nsec(key),
+      list[#list + 1] = { path = key, size = size, mtime = mtime, mtime_nsec = a.mtime_nsec,
         sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid, series_uid = r.series_uid }
     end
   end

@@ -54,7 +54,7 @@ local function store_again(store, e)
   local res, err = store:store_instances("studies", {
     content_type = media.multipart(media.DICOM) .. "; boundary=" .. boundary,
     data = { multipart = { boundary = boundary, parts = { { headers = "Content-Type: " .. media.DICOM .. "\r\n",
-      file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime } } } },
+      file = e.path, size = e.size, dev = e.dev, ino = e.ino, mtime = e.mtime, mtime_nsec = e.mtime_nsec } } } },
   })
   if not res then return nil, err.message end
   local ds = res.json or dicomjson.from_xml(res.body)

@@ -55,8 +55,9 @@ local function entries_of(input)
   return out
 end
 
---- The SOP Instance UIDs the server lists in a study, as a set, or nil, err. A study the
---- server does not know (404 on a study-scoped search) lists nothing. opts: { page_size, params }.
+--- The SOP Instance UIDs the server lists in a study, as a set (each one's Series Instance UID
+--- when the answer gives it, else true), or nil, err. A study the server does not know (404 on a
+--- study-scoped search) lists nothing. opts: { page_size, params }.
 function M.listed_in(store, study, opts)
   local results, err = store:search_instances({ StudyInstanceUID = study, includefield = "SOPInstanceUID" },
     { page_size = opts.page_size or M.PAGE_SIZE, params = opts.params, retry = opts.retry })
@@ -64,7 +65,10 @@ function M.listed_in(store, study, opts)
   local set = {}
   for item in results:each() do
     local uid = item.SOPInstanceUID
-    if type(uid) == "string" then set[uid] = true end
+    if type(uid) == "string" then
+      local series = item.SeriesInstanceUID
+      set[uid] = type(series) == "string" and series or true
+    end
   end
   if results.error then
     if results.error.kind == "http" and results.error.http_status == 404 then return {} end

@@ -97,7 +97,7 @@ function Watcher:settle_journal()
   if not j then return nil, err end
   -- what a SIGKILL left in flight: the server says which it holds (journaled stored, then finished
   -- below like any stored file); the rest is sent again
-  local settled, serr = batch_mod.settle_in_flight(self.store, j, nil, self.opts.retry)
+  local settled, serr = batch_mod.settle_in_flight(self.store, j, nil, self.opts.retry, self.opts.concurrency)
   if not settled then
     j:close()
     return nil, serr
