@@ -130,6 +130,12 @@ describe("healthcare.cli.wait: the lines", function()
     -- done already: no poll, its outcome
     assert.equal(0, (wait.wait(client, { name = "x", done = true, response = {} }, { say = say })))
     assert.equal(1, (wait.wait(client, { name = "x", done = true, error = { code = 13, message = "m" } }, { say = say })))
+    -- any error but null is a failure: a text, a number, an empty object
+    for _, e in ipairs({ "INTERNAL: import aborted", 13, {} }) do
+      assert.equal(1, (wait.wait(client, { name = "x", done = true, error = e }, { say = say })))
+    end
+    assert.equal(0, (wait.wait(client, { name = "x", done = true, error = require("cjson").null, response = {} },
+      { say = say })))
     client:close()
   end)
 
@@ -140,5 +146,39 @@ describe("healthcare.cli.wait: the lines", function()
       { operation_timeout = 1, poll_interval = 0 / 0 }, { poll_interval = 1 } }) do
       assert.is_nil((wait.check_options(a)))
     end
+  end)
+end)
+
+describe("healthcare.api.operation: an operation's error", function()
+  local operation = require "healthcare.api.operation"
+  local errors = require "healthcare.errors"
+
+  it("is cut to 300 bytes of its message (errors.cut, never inside a UTF-8 character), with the length", function()
+    local err = operation.failed("op/1", { code = 3, message = "\27]0;x\7" .. string.rep("A", 5000000) })
+    assert.equal("operation", err.kind)
+    assert.equal("INVALID_ARGUMENT", err.status)
+    assert.equal("operation op/1 failed: \\x1b]0;x\\x07" .. string.rep("A", 294) .. "... (5000006 bytes in all) "
+      .. "(code 3 INVALID_ARGUMENT)", tostring(err))
+    assert.equal("ab", errors.cut("ab", 2))
+    assert.equal("a... (3 bytes in all)", errors.cut("abc", 1))
+    assert.equal("a... (4 bytes in all)", errors.cut("a\u{e9}b", 2))      -- not half of the é
+    assert.equal("a\u{e9}... (5 bytes in all)", errors.cut("a\u{e9}bc", 3))
+    assert.equal("... (6 bytes in all)", errors.cut("\u{20ac}\u{20ac}", 2))
+  end)
+
+  it("that is not a google.rpc.Status is a failure all the same: no code, UNKNOWN", function()
+    local err = operation.failed("op/1", "INTERNAL: import aborted")
+    assert.equal("UNKNOWN", err.status)
+    assert.equal("operation op/1 failed: INTERNAL: import aborted (no code)", tostring(err))
+    assert.equal("operation op/1 failed: no message (no code)", tostring(operation.failed("op/1", 42)))
+    err = operation.failed("op/1", { code = string.rep("9", 100), message = "m" })
+    assert.equal("operation op/1 failed: m (code " .. string.rep("9", 40) .. "... (100 bytes in all) CODE_"
+      .. string.rep("9", 40) .. "... (100 bytes in all))", tostring(err))
+    assert.is_true(operation.has_error({ error = "x" }))
+    assert.is_true(operation.has_error({ error = false }))
+    assert.is_false(operation.has_error({ error = require("cjson").null }))
+    assert.is_false(operation.has_error({}))
+    assert.is_true(operation.is_done({ error = "x" }))
+    assert.is_false(operation.is_done({ done = false }))
   end)
 end)
