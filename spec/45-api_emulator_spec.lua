@@ -291,6 +291,26 @@ describe("client:pages", function()
     -- an empty list is {} from Google: no item, no error
     local none = assert(client:pages(DS .. "dicomStores.list", { parent = new_dataset() }))
     assert.same({}, assert(none:all()))
+    -- max_pages: a loop reads that many pages, and says where the next one starts
+    local bounded = assert(client:pages(DS .. "dicomStores.list", { parent = dataset, pageSize = 3 }, { max_pages = 2 }))
+    local first = assert(bounded:all())
+    assert.equal(6, #first)
+    assert.is_string(bounded.next_page_token)
+    local rest = assert(client:pages(DS .. "dicomStores.list", { parent = dataset, pageSize = 3,
+      pageToken = bounded.next_page_token }, { max_pages = 2 }))
+    assert.equal(1, #assert(rest:all()))
+    assert.is_nil(rest.next_page_token)
+    local names2 = {}
+    for _, x in ipairs(first) do names2[x.name] = true end
+    names2[rest:all()[1].name] = true
+    assert.same(made, names2)
+    -- pages that never end (a new token each time, nothing in them) stop there too
+    faults({ { match = "admin", method = DS .. "dicomStores.list", body = { dicomStores = {} }, fresh_page_token = true,
+      times = 100 } })
+    local endless = assert(client:pages(DS .. "dicomStores.list", { parent = dataset }, { max_pages = 5 }))
+    assert.same({}, assert(endless:all()))
+    assert.equal(5, endless.requests)
+    assert.is_string(endless.next_page_token)
   end)
 
   it("a failed page ends the loop with pages.error; all() gives nil, err and the items before", function()
