@@ -114,6 +114,25 @@ describe("healthcare.cli.wait: the lines", function()
     assert.same({ "import failed in 0 s: no counters", "operation n" }, wait.summary_lines("import", "n", nil, 0, "failed"))
   end)
 
+  it("counters that are no int64 (past 2^63, fractions, numbers, junk) are shown as they came, never raise", function()
+    local m = { counter = { success = "99999999999999999999", failure = "2.5", pending = "007" } }
+    assert.equal("import: success 99999999999999999999, failure 2.5, pending 7; 3 s", wait.progress_line("import", m, 3))
+    local c, shown = wait.counters(m)
+    assert.same({ success = 1e20, failure = 2.5, pending = 7 }, c)
+    assert.same({ success = "99999999999999999999", failure = "2.5", pending = "7" }, shown)
+    -- a failure counter that is not a whole number still says something failed
+    assert.same({ "import done in 0 s: success 99999999999999999999, failure 2.5, pending 7", "operation n",
+      "logs L  (each failure, and why)" }, wait.summary_lines("import", "n", {
+      counter = m.counter, logsUrl = "L" }, 0, "done"))
+    assert.equal("success 5, failure 1e+20, pending 1.5",
+      wait.counters_text({ counter = { success = 5.0, failure = 1e20, pending = 1.5 } }))
+    assert.equal("success ?, failure abc, pending 0",
+      wait.counters_text({ counter = { success = {}, failure = "abc", pending = require("cjson").null } }))
+    assert.equal("success " .. string.rep("9", 24) .. "... (100 bytes in all), failure 0, pending 0",
+      wait.counters_text({ counter = { success = string.rep("9", 100) } }))
+    assert.is_nil(wait.counters_text({ counter = "x" }))
+  end)
+
   it("an answer that names no operation is the server's fault (exit 1), found before any poll", function()
     local client = assert(healthcare.new({ endpoint = ENDPOINT, credentials = false }))
     local said = {}
