@@ -422,6 +422,74 @@ describe("healthcare import and operations: hostile, slow or failing answers", f
     return H.file_bytes(errfile), tonumber(code), tonumber(t1) - tonumber(t0)
   end
 
+  it("counters past 2^63 or not whole are shown as they came, while waiting and in the list", function()
+    faults({ { match = "operation", body = { metadata = { counter = { success = "99999999999999999999",
+      pending = "1" } } } },
+      { match = "operation", body = { done = true, metadata = { counter = { success = "2.5", failure = "0" } },
+        response = {} } } })
+    local _, se, code = hc(import_words())
+    assert.equal(0, code, se)
+    assert.truthy(se:find("import: success 99999999999999999999, failure 0, pending 1; ", 1, true), se)
+    assert.matches("import done in %d+ s: success 2%.5, failure 0\n", se)
+    assert.is_nil(se:find("internal error", 1, true), se)
+    -- operations list: an item that is not an object is named, the others listed
+    local dataset = em:new_dicom_store()
+    faults({ { match = "admin", method = DS .. "operations.list", body = { operations = { 1, true,
+      { name = dataset .. "/operations/7", metadata = { counter = { failure = "1.5",
+        success = "99999999999999999999" } } } } } } })
+    local so
+    so, se, code = hc({ "operations", "list", dataset })
+    assert.equal(1, code, se)
+    assert.equal(dataset .. "/operations/7  ?  running  success 99999999999999999999, failure 1.5, pending 0\n", so)
+    assert.truthy(se:find("item 1 of the list is not an Operation (a number)", 1, true), se)
+    assert.truthy(se:find("item 2 of the list is not an Operation (a boolean)", 1, true), se)
+    assert.is_nil(se:find("internal error", 1, true), se)
+  end)
+
+  it("operations list prints each page as it arrives and stops at --limit, even when the pages never end", function()
+    local dataset = em:new_dicom_store()
+    local page = {}
+    for i = 1, 20 do page[i] = { name = dataset .. "/operations/" .. i, metadata = { apiMethodName = "x.Import" } } end
+    local list = DS .. "operations.list"
+    -- pages without end: 50 operations from the first three pages, and a word that there are more
+    faults({ { match = "admin", method = list, body = { operations = page }, fresh_page_token = true, times = 1000 } })
+    local polls = em:count("admin_requests", list)
+    local so, se, code = hc({ "operations", "list", dataset, "--limit", "50" })
+    assert.equal(0, code, se)
+    local _, lines = so:gsub("\n", "")
+    assert.equal(50, lines)
+    assert.equal("50 operations; stopped at --limit 50, there are more (a larger --limit, or --filter)\n", se)
+    assert.equal(3, em:count("admin_requests", list) - polls)
+    -- pages holding nothing: at most --limit pages are read
+    faults({ { match = "admin", method = list, body = { operations = {} }, fresh_page_token = true, times = 1000 } })
+    polls = em:count("admin_requests", list)
+    so, se, code = hc({ "operations", "list", dataset, "--limit", "7", "--json" })
+    assert.equal(0, code, se)
+    assert.same({}, cjson.decode(so).operations)
+    assert.matches("0 operations; stopped at %-%-limit 7", se)
+    assert.equal(7, em:count("admin_requests", list) - polls)
+    -- two pages, then a failure: what came before it is out, on stdout (--json: a whole document)
+    local rules = { { match = "admin", method = list, body = { operations = page }, fresh_page_token = true, times = 2 },
+      { match = "admin", method = list, status = 400, message = "page token expired" } }
+    faults(rules)
+    so, se, code = hc({ "operations", "list", dataset })
+    assert.equal(1, code, se)
+    _, lines = so:gsub("\n", "")
+    assert.equal(40, lines)
+    assert.matches("HTTP 400 INVALID_ARGUMENT: page token expired %(after 40 operations%)\n$", se)
+    faults(rules)
+    so, se, code = hc({ "operations", "list", dataset, "--json" })
+    assert.equal(1, code, se)
+    assert.equal(40, #cjson.decode(so).operations)
+    assert.equal(dataset .. "/operations/20", cjson.decode(so).operations[40].name)
+    -- --limit is a whole number of at least 1
+    for _, bad in ipairs({ "0", "1.5", "-3" }) do
+      _, se, code = hc({ "operations", "list", dataset, "--limit=" .. bad })
+      assert.equal(2, code, se)
+      assert.matches("%-%-limit must be a whole number of at least 1", se)
+    end
+  end)
+
   it("Ctrl-C while a poll is in flight: exit 130 at once, the name and how to wait again", function()
     faults({ { match = "operation", delay = 30 } })
     local se, code, seconds = interrupted(import_words(), 0.5)
