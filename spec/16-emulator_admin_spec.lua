@@ -614,6 +614,27 @@ describe("emulator admin: long-running operations", function()
     assert.equal(400, r2.status, r2.body)
   end)
 
+  it("an admin or operation rule with a body answers that JSON; fresh_page_token a new token each time", function()
+    local dataset = new_dataset()
+    local _, store = new_store(dataset, "dicomStores")
+    local op = ok(call("POST", store .. ":import", nil, { gcsSource = { uri = "gs://bkt/x.dcm" } }))
+    em:control("faults", { rules = { { match = "operation", body = { done = true, error = "not a Status" } },
+      { match = "admin", method = DS .. "operations.list", body = { operations = { 1 } }, fresh_page_token = true,
+        times = 2 },
+      { match = "admin", method = DS .. "dicomStores.get", body = { name = "x" }, status = 202 } }, replace = true })
+    assert.same({ done = true, error = "not a Status" }, ok(call("GET", op.name)))
+    local a, b = ok(call("GET", dataset .. "/operations")), ok(call("GET", dataset .. "/operations"))
+    assert.same({ 1 }, a.operations)
+    assert.is_string(a.nextPageToken)
+    assert.is_string(b.nextPageToken)
+    assert.not_equal(a.nextPageToken, b.nextPageToken)
+    local r = call("GET", store)
+    assert.equal(202, r.status)
+    assert.same({ name = "x" }, r.json)
+    -- used up: the emulator answers again
+    assert.is_nil(ok(call("GET", dataset .. "/operations")).nextPageToken)
+  end)
+
   it("import/export/deidentify/rollback check their request, naming the field", function()
     local dataset = new_dataset()
     local _, dicom = new_store(dataset, "dicomStores")

@@ -386,6 +386,181 @@ describe("healthcare operations", function()
   end)
 end)
 
+-- Answers a server could give that Google's documentation allows or that a broken server sends:
+-- the emulator's operation and admin fault rules answer a poll, a start or a list page with the
+-- spec's own JSON, late, or with an error.
+describe("healthcare import and operations: hostile, slow or failing answers", function()
+  local DS = "projects.locations.datasets."
+  local function faults(rules) return em:control("faults", { rules = rules, replace = true }) end
+  before_each(function()
+    config({ operation_polls = 1, operation_error = cjson.null })
+    faults({})
+  end)
+  after_each(function() faults({}) end)
+
+  -- A store with two DICOM files in a bucket, and the import's words.
+  local function import_words(extra)
+    local _, store = em:new_dicom_store()
+    local bucket, dir = em:new_bucket()
+    H.gen_dicom({ count = 2, dir = dir, size = 256 })
+    local args = { "import", store, "gs://" .. bucket .. "/*.dcm" }
+    for _, a in ipairs(extra or {}) do args[#args + 1] = a end
+    return args
+  end
+
+  -- Runs the command in the background and sends it SIGINT `after` seconds once its stderr names
+  -- the operation ("operation NAME started"): its stderr, exit code and the seconds it took to
+  -- end after the signal.
+  local function interrupted(args, after)
+    local errfile = H.tmpdir() .. "/err"
+    local so = H.run(table.concat({
+      H.healthcare_command(words(args)) .. " 2>" .. H.q(errfile) .. " & pid=$!",
+      "for i in $(seq 400); do grep -q ' started$' " .. H.q(errfile) .. " && break; sleep 0.02; done",
+      "sleep " .. after .. "; t0=$(date +%s.%N); kill -INT $pid; wait $pid; rc=$?",
+      "echo $rc $t0 $(date +%s.%N)" }, "\n"))
+    local code, t0, t1 = so:match("^(%d+) (%S+) (%S+)")
+    return H.file_bytes(errfile), tonumber(code), tonumber(t1) - tonumber(t0)
+  end
+
+  it("counters past 2^63 or not whole are shown as they came, while waiting and in the list", function()
+    faults({ { match = "operation", body = { metadata = { counter = { success = "99999999999999999999",
+      pending = "1" } } } },
+      { match = "operation", body = { done = true, metadata = { counter = { success = "2.5", failure = "0" } },
+        response = {} } } })
+    local _, se, code = hc(import_words())
+    assert.equal(0, code, se)
+    assert.truthy(se:find("import: success 99999999999999999999, failure 0, pending 1; ", 1, true), se)
+    assert.matches("import done in %d+ s: success 2%.5, failure 0\n", se)
+    assert.is_nil(se:find("internal error", 1, true), se)
+    -- operations list: an item that is not an object is named, the others listed
+    local dataset = em:new_dicom_store()
+    faults({ { match = "admin", method = DS .. "operations.list", body = { operations = { 1, true,
+      { name = dataset .. "/operations/7", metadata = { counter = { failure = "1.5",
+        success = "99999999999999999999" } } } } } } })
+    local so
+    so, se, code = hc({ "operations", "list", dataset })
+    assert.equal(1, code, se)
+    assert.equal(dataset .. "/operations/7  ?  running  success 99999999999999999999, failure 1.5, pending 0\n", so)
+    assert.truthy(se:find("item 1 of the list is not an Operation (a number)", 1, true), se)
+    assert.truthy(se:find("item 2 of the list is not an Operation (a boolean)", 1, true), se)
+    assert.is_nil(se:find("internal error", 1, true), se)
+  end)
+
+  it("operations list prints each page as it arrives and stops at --limit, even when the pages never end", function()
+    local dataset = em:new_dicom_store()
+    local page = {}
+    for i = 1, 20 do page[i] = { name = dataset .. "/operations/" .. i, metadata = { apiMethodName = "x.Import" } } end
+    local list = DS .. "operations.list"
+    -- pages without end: 50 operations from the first three pages, and a word that there are more
+    faults({ { match = "admin", method = list, body = { operations = page }, fresh_page_token = true, times = 1000 } })
+    local polls = em:count("admin_requests", list)
+    local so, se, code = hc({ "operations", "list", dataset, "--limit", "50" })
+    assert.equal(0, code, se)
+    local _, lines = so:gsub("\n", "")
+    assert.equal(50, lines)
+    assert.equal("50 operations; stopped at --limit 50, there are more (a larger --limit, or --filter)\n", se)
+    assert.equal(3, em:count("admin_requests", list) - polls)
+    -- pages holding nothing: at most --limit pages are read
+    faults({ { match = "admin", method = list, body = { operations = {} }, fresh_page_token = true, times = 1000 } })
+    polls = em:count("admin_requests", list)
+    so, se, code = hc({ "operations", "list", dataset, "--limit", "7", "--json" })
+    assert.equal(0, code, se)
+    assert.same({}, cjson.decode(so).operations)
+    assert.matches("0 operations; stopped at %-%-limit 7", se)
+    assert.equal(7, em:count("admin_requests", list) - polls)
+    -- two pages, then a failure: what came before it is out, on stdout (--json: a whole document)
+    local rules = { { match = "admin", method = list, body = { operations = page }, fresh_page_token = true, times = 2 },
+      { match = "admin", method = list, status = 400, message = "page token expired" } }
+    faults(rules)
+    so, se, code = hc({ "operations", "list", dataset })
+    assert.equal(1, code, se)
+    _, lines = so:gsub("\n", "")
+    assert.equal(40, lines)
+    assert.matches("HTTP 400 INVALID_ARGUMENT: page token expired %(after 40 operations%)\n$", se)
+    faults(rules)
+    so, se, code = hc({ "operations", "list", dataset, "--json" })
+    assert.equal(1, code, se)
+    assert.equal(40, #cjson.decode(so).operations)
+    assert.equal(dataset .. "/operations/20", cjson.decode(so).operations[40].name)
+    -- --limit is a whole number of at least 1
+    for _, bad in ipairs({ "0", "1.5", "-3" }) do
+      _, se, code = hc({ "operations", "list", dataset, "--limit=" .. bad })
+      assert.equal(2, code, se)
+      assert.matches("%-%-limit must be a whole number of at least 1", se)
+    end
+  end)
+
+  it("Ctrl-C while a poll is in flight: exit 130 at once, the name and how to wait again", function()
+    faults({ { match = "operation", delay = 30 } })
+    local se, code, seconds = interrupted(import_words(), 0.5)
+    assert.equal(130, code, se)
+    assert.is_true(seconds < 3, tostring(seconds) .. " s\n" .. se)
+    local op = se:match("^operation (projects/%S+/operations/%d+) started\n")
+    assert.truthy(op, se)
+    assert.truthy(se:find("stopped waiting for operation " .. op .. "; it goes on running on the server: "
+      .. "healthcare operations wait " .. op .. " waits for it again", 1, true), se)
+  end)
+
+  it("--operation-timeout bounds a poll in flight; a poll that fails says the operation may still run", function()
+    faults({ { match = "operation", delay = 30 } })
+    local t0 = os.time()
+    local _, se, code = hc(import_words({ "--operation-timeout", "1" }))
+    assert.equal(1, code, se)
+    assert.is_true(os.time() - t0 < 5, se)
+    local op = se:match("^operation (projects/%S+/operations/%d+) started\n")
+    assert.truthy(op, se)
+    assert.truthy(se:find("operation " .. op .. " not done after 1 s", 1, true), se)
+    assert.truthy(se:find("it may still be running on the server: healthcare operations wait " .. op, 1, true), se)
+    -- a poll answered with an error (not retried): the operation is not lost
+    faults({ { match = "operation", status = 400, message = "bad poll" } })
+    _, se, code = hc(import_words())
+    assert.equal(1, code, se)
+    op = se:match("^operation (projects/%S+/operations/%d+) started\n")
+    assert.truthy(se:find("HTTP 400 INVALID_ARGUMENT: bad poll\n", 1, true), se)
+    assert.truthy(se:find("stopped waiting for operation " .. op .. "; it may still be running on the server: "
+      .. "healthcare operations wait " .. op .. " waits for it again", 1, true), se)
+    _, se, code = hc({ "operations", "wait", op })
+    assert.equal(0, code, se)
+  end)
+
+  it("--no-wait checks the start answer as the waiting does: no operation's name, or over already", function()
+    local import = DS .. "dicomStores.import"
+    for _, name in ipairs({ "projects/p/locations/l/datasets/d/operations/../../../etc/x\r\nok", "../../x", 42 }) do
+      faults({ { match = "admin", method = import, body = { name = name } } })
+      local so, se, code = hc(import_words({ "--no-wait" }))
+      assert.equal(1, code, se)
+      assert.equal("", so)
+      assert.matches("the server answered no operation to wait for", se)
+      no_raw_control(se)
+    end
+    local op = "projects/test-project/locations/us-central1/datasets/d/operations/5"
+    faults({ { match = "admin", method = import, body = { name = op, done = true,
+      error = { code = 7, message = "the service agent cannot read gs://bucket" } } } })
+    local so, se, code = hc(import_words({ "--no-wait" }))
+    assert.equal(1, code, se)
+    assert.equal(op .. "\n", so)
+    assert.truthy(se:find("operation " .. op .. " failed: the service agent cannot read gs://bucket "
+      .. "(code 7 PERMISSION_DENIED)", 1, true), se)
+  end)
+
+  it("an error that is not an object is a failure; a huge message is cut as HTTP errors are", function()
+    faults({ { match = "operation", body = { done = true, error = "INTERNAL: import aborted" } } })
+    local _, se, code = hc(import_words())
+    assert.equal(1, code, se)
+    assert.matches("import failed in %d+ s", se)
+    assert.truthy(se:find("failed: INTERNAL: import aborted (no code)\n", 1, true), se)
+    faults({})
+    local args = import_words() -- (before the config: it makes a dataset, an operation)
+    config({ operation_error = { code = 3, message = "\27[2J" .. string.rep("A", 100000) } })
+    _, se, code = hc(args)
+    assert.equal(1, code, se)
+    assert.is_true(#se < 2000, #se .. " bytes on stderr")
+    assert.truthy(se:find("failed: \\x1b[2J" .. string.rep("A", 296) .. "... (100004 bytes in all) (code 3 "
+      .. "INVALID_ARGUMENT)\n", 1, true), se:sub(1, 2000))
+    no_raw_control(se)
+  end)
+end)
+
 describe("the Lua API: healthcare.migrate and the store's import, export, deidentify", function()
   before_each(function() config({ operation_polls = 1, operation_error = cjson.null }) end)
   local client

@@ -174,6 +174,33 @@ describe("client:call, client:wait", function()
       tostring(err))
   end)
 
+  it("operation_timeout bounds a poll in flight; an error that is not a Status, or huge, is a failure, cut", function()
+    config({ operation_polls = 100000 })
+    local op = assert(client:call(DS .. "create", { parent = LOCATION, datasetId = fresh("ds") }, {}))
+    faults({ { match = "operation", delay = 30 } })
+    local t0 = os.time()
+    local res, err = client:wait(op, { poll_interval = 0.01, operation_timeout = 1 })
+    assert.is_nil(res)
+    assert.is_true(os.time() - t0 < 4, tostring(os.time() - t0))
+    assert.equal("timeout", err.kind)
+    assert.equal("DEADLINE_EXCEEDED", err.status)
+    assert.equal(op.name, err.operation)
+    assert.equal(1, err.polls)
+    -- "error": a text; a Status whose message is megabytes (here 100 kB: what a control request carries)
+    faults({ { match = "operation", body = { done = true, error = "INTERNAL: aborted" } },
+      { match = "operation", body = { done = true, error = { code = 13, message = "x" .. string.rep("\u{e9}", 50000) } } } })
+    res, err = client:wait(op, { poll_interval = 0.01 })
+    assert.is_nil(res)
+    assert.equal("operation", err.kind)
+    assert.equal("UNKNOWN", err.status)
+    assert.equal("operation " .. op.name .. " failed: INTERNAL: aborted (no code)", tostring(err))
+    res, err = client:wait(op, { poll_interval = 0.01 })
+    assert.is_nil(res)
+    assert.equal("INTERNAL", err.status)
+    assert.equal("operation " .. op.name .. " failed: x" .. string.rep("\u{e9}", 149) .. "... (100001 bytes in all) "
+      .. "(code 13 INTERNAL)", err.message)
+  end)
+
   it("retries GET on 503 and 500, a create on 503 only: a create answered 500 may have been done", function()
     local dataset = new_dataset()
     local fired = em:count("faults_fired")
@@ -264,6 +291,26 @@ describe("client:pages", function()
     -- an empty list is {} from Google: no item, no error
     local none = assert(client:pages(DS .. "dicomStores.list", { parent = new_dataset() }))
     assert.same({}, assert(none:all()))
+    -- max_pages: a loop reads that many pages, and says where the next one starts
+    local bounded = assert(client:pages(DS .. "dicomStores.list", { parent = dataset, pageSize = 3 }, { max_pages = 2 }))
+    local first = assert(bounded:all())
+    assert.equal(6, #first)
+    assert.is_string(bounded.next_page_token)
+    local rest = assert(client:pages(DS .. "dicomStores.list", { parent = dataset, pageSize = 3,
+      pageToken = bounded.next_page_token }, { max_pages = 2 }))
+    assert.equal(1, #assert(rest:all()))
+    assert.is_nil(rest.next_page_token)
+    local names2 = {}
+    for _, x in ipairs(first) do names2[x.name] = true end
+    names2[rest:all()[1].name] = true
+    assert.same(made, names2)
+    -- pages that never end (a new token each time, nothing in them) stop there too
+    faults({ { match = "admin", method = DS .. "dicomStores.list", body = { dicomStores = {} }, fresh_page_token = true,
+      times = 100 } })
+    local endless = assert(client:pages(DS .. "dicomStores.list", { parent = dataset }, { max_pages = 5 }))
+    assert.same({}, assert(endless:all()))
+    assert.equal(5, endless.requests)
+    assert.is_string(endless.next_page_token)
   end)
 
   it("a failed page ends the loop with pages.error; all() gives nil, err and the items before", function()

@@ -380,8 +380,8 @@ describe("healthcare projects <method> against the emulator", function()
     local response = ok_json(out, err, code)
     assert.matches("DeidentifySummary", response["@type"])
     assert.equal(2, em:count("operation_polls") - polls)
-    -- healthcare.cli.wait's lines, as import and export show them: progress, then the summary
-    assert.matches("^deidentify: [^\n]*; %d+ s\n", err)
+    -- healthcare.cli.wait's lines, as import and export show them: the name, progress, then the summary
+    assert.matches("^operation " .. ds:gsub("%-", "%%-") .. "/operations/%d+ started\ndeidentify: [^\n]*; %d+ s\n", err)
     assert.matches("\ndeidentify done in %d+ s: [^\n]*\noperation " .. ds:gsub("%-", "%%-") .. "/operations/%d+\n", err)
     assert.falsy(err:find("\r", 1, true))
   end)

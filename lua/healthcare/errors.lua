@@ -48,6 +48,20 @@ M.mt.__tostring = function(err)
   return util.printable((t == "string" or t == "number") and message or "unknown error")
 end
 
+-- How much of a server's text a message quotes: an error's text can be megabytes.
+M.MAX_QUOTED = 300
+
+--- `text` cut to at most n bytes (default M.MAX_QUOTED), never inside a UTF-8 character, with
+--- "..." and the whole length after it when it was cut.
+function M.cut(text, n)
+  n = n or M.MAX_QUOTED
+  if #text <= n then return text end
+  local i = n
+  -- back off over UTF-8 continuation bytes (0x80-0xBF): the cut goes before their lead byte
+  while i > 0 and text:byte(i + 1) >= 0x80 and text:byte(i + 1) < 0xC0 do i = i - 1 end
+  return string.format("%s... (%d bytes in all)", text:sub(1, i), #text)
+end
+
 function M.new(kind, message, fields)
   local err = fields or {}
   err.kind, err.message = kind, message
@@ -121,7 +135,7 @@ function M.from_response(res, what, client)
     -- Orthanc's REST errors: {"Message": "Accessing an inexistent item", "Details": "..."}
     for _, k in ipairs({ "Details", "Message", "message" }) do
       if type(doc[k]) == "string" and doc[k] ~= "" then
-        message = doc[k]:gsub("%c", " "):sub(1, 300)
+        message = doc[k]:gsub("%c", " "):sub(1, M.MAX_QUOTED)
         break
       end
     end

@@ -646,6 +646,15 @@ class Handler(admin.AdminMixin, federation.FederationMixin, fhir.FhirMixin, Base
             if kind in ("store", "admin"):
                 self.record("dropped")
             raise Dropped("fault: dropped after %d bytes" % n)
+        if "body" in rule and kind in ("operation", "admin"):
+            # An answer of the spec's own (a hostile Operation, a list page), as JSON; with
+            # fresh_page_token a new nextPageToken each time: a list that never ends.
+            body = rule["body"]
+            if rule.get("fresh_page_token") and isinstance(body, dict):
+                body = dict(body, nextPageToken=secrets.token_urlsafe(24))
+            status = int(rule.get("status") or 200)
+            self.send_json(status, body)
+            return status
         status = rule.get("status")
         if not status:
             return False

@@ -71,8 +71,10 @@ describe("client:call, pages and wait: a misuse raises at the caller's line", fu
       raises_at_call(function() local _ = client:call(DS .. "get", get, nil, c[1]) end, c[2])
     end
     raises_at_call(function() local _ = client:pages(DS .. "list", {}, { page_size = 3 }) end,
-      "unknown option 'page_size' to 'pages'; valid options: headers, idle_timeout, max_page_bytes, min_speed, "
-      .. "query, retry, timeout")
+      "unknown option 'page_size' to 'pages'; valid options: headers, idle_timeout, max_page_bytes, max_pages, "
+      .. "min_speed, query, retry, timeout")
+    raises_at_call(function() local _ = client:pages(DS .. "list", {}, { max_pages = 0.5 }) end,
+      "bad option 'max_pages' to 'pages' (a whole number >= 1 expected, got 0.5)")
     raises_at_call(function() local _ = client:pages(DS .. "list", {}, { max_page_bytes = 0 }) end,
       "bad option 'max_page_bytes' to 'pages' (a whole number >= 1 expected, got 0)")
     raises_at_call(function() local _ = client:wait("x", { poll_interval = -1 }) end,

@@ -114,6 +114,25 @@ describe("healthcare.cli.wait: the lines", function()
     assert.same({ "import failed in 0 s: no counters", "operation n" }, wait.summary_lines("import", "n", nil, 0, "failed"))
   end)
 
+  it("counters that are no int64 (past 2^63, fractions, numbers, junk) are shown as they came, never raise", function()
+    local m = { counter = { success = "99999999999999999999", failure = "2.5", pending = "007" } }
+    assert.equal("import: success 99999999999999999999, failure 2.5, pending 7; 3 s", wait.progress_line("import", m, 3))
+    local c, shown = wait.counters(m)
+    assert.same({ success = 1e20, failure = 2.5, pending = 7 }, c)
+    assert.same({ success = "99999999999999999999", failure = "2.5", pending = "7" }, shown)
+    -- a failure counter that is not a whole number still says something failed
+    assert.same({ "import done in 0 s: success 99999999999999999999, failure 2.5, pending 7", "operation n",
+      "logs L  (each failure, and why)" }, wait.summary_lines("import", "n", {
+      counter = m.counter, logsUrl = "L" }, 0, "done"))
+    assert.equal("success 5, failure 1e+20, pending 1.5",
+      wait.counters_text({ counter = { success = 5.0, failure = 1e20, pending = 1.5 } }))
+    assert.equal("success ?, failure abc, pending 0",
+      wait.counters_text({ counter = { success = {}, failure = "abc", pending = require("cjson").null } }))
+    assert.equal("success " .. string.rep("9", 24) .. "... (100 bytes in all), failure 0, pending 0",
+      wait.counters_text({ counter = { success = string.rep("9", 100) } }))
+    assert.is_nil(wait.counters_text({ counter = "x" }))
+  end)
+
   it("an answer that names no operation is the server's fault (exit 1), found before any poll", function()
     local client = assert(healthcare.new({ endpoint = ENDPOINT, credentials = false }))
     local said = {}
@@ -130,6 +149,12 @@ describe("healthcare.cli.wait: the lines", function()
     -- done already: no poll, its outcome
     assert.equal(0, (wait.wait(client, { name = "x", done = true, response = {} }, { say = say })))
     assert.equal(1, (wait.wait(client, { name = "x", done = true, error = { code = 13, message = "m" } }, { say = say })))
+    -- any error but null is a failure: a text, a number, an empty object
+    for _, e in ipairs({ "INTERNAL: import aborted", 13, {} }) do
+      assert.equal(1, (wait.wait(client, { name = "x", done = true, error = e }, { say = say })))
+    end
+    assert.equal(0, (wait.wait(client, { name = "x", done = true, error = require("cjson").null, response = {} },
+      { say = say })))
     client:close()
   end)
 
@@ -140,5 +165,39 @@ describe("healthcare.cli.wait: the lines", function()
       { operation_timeout = 1, poll_interval = 0 / 0 }, { poll_interval = 1 } }) do
       assert.is_nil((wait.check_options(a)))
     end
+  end)
+end)
+
+describe("healthcare.api.operation: an operation's error", function()
+  local operation = require "healthcare.api.operation"
+  local errors = require "healthcare.errors"
+
+  it("is cut to 300 bytes of its message (errors.cut, never inside a UTF-8 character), with the length", function()
+    local err = operation.failed("op/1", { code = 3, message = "\27]0;x\7" .. string.rep("A", 5000000) })
+    assert.equal("operation", err.kind)
+    assert.equal("INVALID_ARGUMENT", err.status)
+    assert.equal("operation op/1 failed: \\x1b]0;x\\x07" .. string.rep("A", 294) .. "... (5000006 bytes in all) "
+      .. "(code 3 INVALID_ARGUMENT)", tostring(err))
+    assert.equal("ab", errors.cut("ab", 2))
+    assert.equal("a... (3 bytes in all)", errors.cut("abc", 1))
+    assert.equal("a... (4 bytes in all)", errors.cut("a\u{e9}b", 2))      -- not half of the é
+    assert.equal("a\u{e9}... (5 bytes in all)", errors.cut("a\u{e9}bc", 3))
+    assert.equal("... (6 bytes in all)", errors.cut("\u{20ac}\u{20ac}", 2))
+  end)
+
+  it("that is not a google.rpc.Status is a failure all the same: no code, UNKNOWN", function()
+    local err = operation.failed("op/1", "INTERNAL: import aborted")
+    assert.equal("UNKNOWN", err.status)
+    assert.equal("operation op/1 failed: INTERNAL: import aborted (no code)", tostring(err))
+    assert.equal("operation op/1 failed: no message (no code)", tostring(operation.failed("op/1", 42)))
+    err = operation.failed("op/1", { code = string.rep("9", 100), message = "m" })
+    assert.equal("operation op/1 failed: m (code " .. string.rep("9", 40) .. "... (100 bytes in all) CODE_"
+      .. string.rep("9", 40) .. "... (100 bytes in all))", tostring(err))
+    assert.is_true(operation.has_error({ error = "x" }))
+    assert.is_true(operation.has_error({ error = false }))
+    assert.is_false(operation.has_error({ error = require("cjson").null }))
+    assert.is_false(operation.has_error({}))
+    assert.is_true(operation.is_done({ error = "x" }))
+    assert.is_false(operation.is_done({ done = false }))
   end)
 end)

@@ -3,6 +3,7 @@
 -- operation is done, and returns its response, or its error as an error value (kind
 -- "operation"). The one poller of the module: client:call's `wait = true` and the DICOMweb
 -- deletes (healthcare.dicomweb.delete) wait through it.
+local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local errors = require "healthcare.errors"
 local params = require "healthcare.params"
@@ -48,16 +49,31 @@ local function named(what, name)
   return (what and (what .. ": ") or "") .. "operation " .. name
 end
 
---- The error value of an Operation's `error` (a google.rpc.Status: code, message, details):
---- kind "operation", status the code's canonical name, and the operation's name.
+--- Whether an Operation ended with an error: any `error` but none and JSON's null (a server
+--- that sends a text there, not a google.rpc.Status, still says the operation failed).
+function M.has_error(op)
+  return op.error ~= nil and op.error ~= cjson.null
+end
+
+--- Whether an Operation is over: done, or with an error.
+function M.is_done(op)
+  return op.done == true or M.has_error(op)
+end
+
+--- The error value of an Operation's `error` (a google.rpc.Status: code, message, details; or
+--- whatever else a server put there): kind "operation", status the code's canonical name, and
+--- the operation's name. The message is cut (errors.cut): one can be megabytes.
 function M.failed(name, e, what)
+  if type(e) ~= "table" then e = { message = type(e) == "string" and e or nil } end
   local code = tonumber(e.code)
-  if code and code == math.floor(code) then code = math.floor(code) end -- 13, not 13.0
-  local status = M.RPC_STATUS[code] or ("CODE_" .. tostring(e.code))
-  -- The message goes in as it is: tostring(err) makes it printable.
-  local message = type(e.message) == "string" and e.message or "no message"
-  return errors.new("operation", string.format("%s failed: %s (code %s %s)", named(what, name), message,
-    tostring(code or e.code), status), {
+  -- 13, not 13.0; anything else (2.5, "1e999", a long text) shown as it came, cut
+  code = code and code == math.floor(code) and math.abs(code) < 2 ^ 31 and math.floor(code) or nil
+  local code_text = code and tostring(code) or errors.cut(tostring(e.code), 40)
+  local status = M.RPC_STATUS[code] or (e.code == nil and "UNKNOWN" or ("CODE_" .. code_text))
+  -- The message goes in as it is (but cut): tostring(err) makes it printable.
+  local message = type(e.message) == "string" and errors.cut(e.message) or "no message"
+  return errors.new("operation", string.format("%s failed: %s (%s)", named(what, name), message,
+    e.code == nil and "no code" or ("code " .. code_text .. " " .. status)), {
       status = status, operation = name, details = type(e.details) == "table" and e.details or nil,
     })
 end
@@ -65,7 +81,7 @@ end
 -- The outcome of a done operation: its response ({} when it has none), or nil, err (with the
 -- operation's metadata: its counters say what was done before the error).
 local function outcome(op, name, what)
-  if type(op.error) == "table" then
+  if M.has_error(op) then
     local err = M.failed(name, op.error, what)
     err.metadata = type(op.metadata) == "table" and op.metadata or nil
     return nil, err
@@ -91,9 +107,19 @@ local function sleep(secs)
   return true
 end
 
--- One poll: the operation as the server has it now, or nil, err.
+-- The largest transport timeout (seconds) the C core takes.
+local MAX_TIMEOUT = 1e9
+
+-- One poll: the operation as the server has it now, or nil, err. It may take the time left
+-- before the deadline, no more (nor more than opts.timeout, else the client's timeout), and a
+-- trapped interrupt stops it at once: a slow answer must not hold the waiting past
+-- operation_timeout or Ctrl-C.
 local function poll(client, req, name, opts, policy, deadline, what)
-  local res, err = send.send(client, req, { timeout = opts.timeout }, policy, deadline, true)
+  local timeout = math.min(math.max(deadline - core.now(), 0.001), MAX_TIMEOUT) -- (0 would be no limit)
+  local bound = opts.timeout or client.timeout
+  if bound and bound > 0 then timeout = math.min(timeout, bound) end
+  local sent = { timeout = timeout, on_progress = function() return not interrupted() end }
+  local res, err = send.send(client, req, sent, policy, deadline, true)
   if not res then
     err.operation = name
     return nil, err
@@ -113,17 +139,28 @@ local function poll(client, req, name, opts, policy, deadline, what)
   return op
 end
 
+local function timed_out(client, req, name, timeout, polls, what)
+  return errors.new("timeout", string.format(
+    "%s not done after %g s; it may still finish: check it with GET %s", named(what, name), timeout,
+    request.url(client.endpoint, req.path)), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
+end
+
+local function stopped(name, polls, what)
+  return errors.new("timeout", string.format("%s: stopped waiting (interrupted); it goes on running on "
+    .. "the server", named(what, name)), { status = "interrupted", operation = name, polls = polls })
+end
+
 --- Waits for `operation` (an Operation table, or its name) to be done. opts are M.OPTIONS
 --- (checked by the caller). Returns the operation's response, the final Operation and the
 --- number of polls made; or nil, err: kind "operation" (Google's error, err.metadata the
 --- operation's), "timeout" (not done by operation_timeout, on_progress returned false, or a
 --- trapped interrupt (status "interrupted"): it may still finish), or the error of a
---- poll. `what` prefixes messages ("DeleteStudy").
+--- poll (err.operation its name). `what` prefixes messages ("DeleteStudy").
 function M.wait(client, operation, opts, what)
   local op = type(operation) == "table" and operation or { name = operation }
   local name = op.name
-  if op.done == true or type(op.error) == "table" then
-    local response, err = outcome(op, tostring(name), what)
+  if M.is_done(op) then
+    local response, err = outcome(op, errors.cut(tostring(name)), what)
     if not response then return nil, err end
     return response, op, 0
   end
@@ -143,30 +180,32 @@ function M.wait(client, operation, opts, what)
   local polls = 0
   while true do
     local left = deadline - core.now()
-    if left <= 0 then
-      return nil, errors.new("timeout", string.format(
-        "%s not done after %g s; it may still finish: check it with GET %s", named(what, name), timeout,
-        request.url(client.endpoint, req.path)), { status = "DEADLINE_EXCEEDED", operation = name, polls = polls })
-    end
+    if left <= 0 then return nil, timed_out(client, req, name, timeout, polls, what) end
     local woke, serr = sleep(math.min(interval, left))
     if serr then
       serr.operation = name
       return nil, serr
     end
-    if woke then
-      return nil, errors.new("timeout", string.format("%s: stopped waiting (interrupted); it goes on running on "
-        .. "the server", named(what, name)), { status = "interrupted", operation = name, polls = polls })
-    end
+    if woke then return nil, stopped(name, polls, what) end
+    -- No poll starts once the time is up (the sleep may have taken the last of it).
+    if deadline - core.now() <= 0 then return nil, timed_out(client, req, name, timeout, polls, what) end
     interval = math.min(max_interval, interval * M.POLL_GROWTH)
     polls = polls + 1
     local now, err = poll(client, req, name, opts, policy, deadline, what)
-    if not now then return nil, err end
+    if not now then
+      -- Whatever a poll cut short by an interrupt answered, the interrupt is what happened.
+      if interrupted() then return nil, stopped(name, polls, what) end
+      if err.kind == "transport" and err.status == "timeout" and core.now() >= deadline then
+        return nil, timed_out(client, req, name, timeout, polls, what)
+      end
+      return nil, err
+    end
     op = now
     if opts.on_progress and opts.on_progress(type(op.metadata) == "table" and op.metadata or {}) == false then
       return nil, errors.new("timeout", string.format("%s: stopped waiting (on_progress returned false); it may "
         .. "still finish", named(what, name)), { status = "aborted", operation = name, polls = polls })
     end
-    if op.done == true or type(op.error) == "table" then
+    if M.is_done(op) then
       local response, oerr = outcome(op, name, what)
       if not response then return nil, oerr end
       return response, op, polls

@@ -4,7 +4,9 @@
 -- the method table: the one array field of the method's response schema (datasets,
 -- dicomStores, operations, ...). Like a search's Results: pages:each() for a generic for (a
 -- failed page ends it and sets pages.error), pages:all() for a list or nil, err, partial.
+-- opts.max_pages bounds the pages a loop reads (a server whose pages never end).
 local api = require "healthcare.api"
+local core = require "healthcare.core"
 local errors = require "healthcare.errors"
 local request = require "healthcare.api.request"
 local retry = require "healthcare.retry"
@@ -13,7 +15,7 @@ local util = require "healthcare.util"
 
 local M = {}
 
-M.OPTIONS = { "query", "headers", "timeout", "idle_timeout", "min_speed", "max_page_bytes", "retry" }
+M.OPTIONS = { "query", "headers", "timeout", "idle_timeout", "min_speed", "max_page_bytes", "max_pages", "retry" }
 -- A page is held in memory, then decoded: capped as a search's page is.
 M.DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
 local SUGGESTIONS = 5
@@ -69,6 +71,7 @@ local function check_options(opts, level)
   util.check_number(opts.idle_timeout, "idle_timeout", "pages", ">= 0", level)
   util.check_number(opts.min_speed, "min_speed", "pages", "whole >= 0", level)
   util.check_number(opts.max_page_bytes, "max_page_bytes", "pages", "whole >= 1", level)
+  util.check_number(opts.max_pages, "max_pages", "pages", "whole >= 1", level)
   retry.check(opts.retry, "pages", level)
   return opts
 end
@@ -132,15 +135,23 @@ local function fetch(self, token)
   return items, nxt
 end
 
+-- What `seen` keeps of a page token: a long one (a server may send megabytes) as its hash.
+local function token_key(token)
+  return #token > 64 and ("sha256:" .. core.sha256_hex(token)) or token
+end
+
 --- Iterates over every item, fetching pages as needed (from params.pageToken when given). A
---- failed page ends the loop and sets pages.error (all() returns it). Each call starts over.
+--- failed page ends the loop and sets pages.error (all() returns it). With opts.max_pages, the
+--- loop ends after that many pages; pages.next_page_token is then the token of the next one
+--- (nil when there is none). Each call starts over.
 function Pages:each()
   util.check_self(self, "healthcare.Pages", "each")
-  self.error = nil
+  self.error, self.next_page_token = nil, nil
   local token = self.params.pageToken
   local seen = {}
-  if token then seen[token] = true end
-  local page, i, done, pending = {}, 0, false, nil
+  if token then seen[token_key(token)] = true end
+  local page, i, done, pending, fetched = {}, 0, false, nil, 0
+  local max_pages = self.opts.max_pages
   return function()
     while true do
       i = i + 1
@@ -150,6 +161,11 @@ function Pages:each()
         self.error = self.error or pending
         return nil
       end
+      if max_pages and fetched >= max_pages then
+        done, self.next_page_token = true, token
+        return nil
+      end
+      fetched = fetched + 1
       local items, nxt = fetch(self, token)
       if not items then
         self.error, done = nxt, true
@@ -159,12 +175,12 @@ function Pages:each()
       page, i, token = items, 0, nxt
       if not nxt then
         done = true
-      elseif seen[nxt] then
+      elseif seen[token_key(nxt)] then
         -- A server that hands out a token again would have the loop go round for ever.
         done, pending = true, errors.new("http", string.format("%s: the server answered the page token '%s' a "
           .. "second time; stopping", self.method, nxt:sub(1, 80)), { status = "repeated_page_token" })
       end
-      if nxt then seen[nxt] = true end
+      if nxt then seen[token_key(nxt)] = true end
     end
   end
 end

@@ -8,8 +8,10 @@
 -- without an error and its counters name no failure; 1 when something failed (Google may call
 -- an operation a success while instances failed: the counters say so); 2 for usage and
 -- credential errors (an operation that does not exist is a 404: 2).
+local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local api_operation = require "healthcare.api.operation"
+local errors = require "healthcare.errors"
 local request = require "healthcare.api.request"
 local common = require "healthcare.cli.common"
 
@@ -25,9 +27,11 @@ M.COUNTERS = { "success", "failure", "pending" }
 --- Adds --no-wait, --operation-timeout and --poll-interval to an argparse parser.
 function M.add_options(p)
   p:flag("--no-wait", "Start the operation, print its name on standard output and exit 0 without waiting "
-    .. "(healthcare operations wait NAME waits for it later).")
-  p:option("--operation-timeout", "Seconds to wait for the operation before giving up waiting (it goes on "
-    .. "running on the server).", tostring(M.DEFAULT_OPERATION_TIMEOUT)):argname("<seconds>"):convert(tonumber)
+    .. "(healthcare operations wait NAME waits for it later). An operation over at once is told as the waiting "
+    .. "tells it, with its exit code.")
+  p:option("--operation-timeout", "Seconds to wait for the operation, a poll in flight included, before giving "
+    .. "up waiting (it goes on running on the server).", tostring(M.DEFAULT_OPERATION_TIMEOUT))
+    :argname("<seconds>"):convert(tonumber)
   p:option("--poll-interval", "Seconds before the first poll of the operation; it doubles up to ten times this.",
     tostring(M.DEFAULT_POLL_INTERVAL)):argname("<seconds>"):convert(tonumber)
   return p
@@ -45,19 +49,45 @@ function M.check_options(a)
   return true
 end
 
--- An int64 counter of the metadata (Google sends them as strings) as a number, 0 when absent.
+-- Characters of a counter's text shown: an int64 has 19 digits.
+local COUNT_CHARS = 24
+
+-- An int64 counter of the metadata: a number for comparisons (0 when absent or not a number)
+-- and its text for the lines. Google sends them as strings of digits; a server may send a
+-- number, a fraction or a count past 2^63, which are shown as they came, never as an
+-- "integer representation" error that would lose the operation's name.
 local function count(counter, key)
-  return tonumber(type(counter) == "table" and counter[key]) or 0
+  local v = counter[key]
+  if v == nil or v == cjson.null then return 0, "0" end
+  if type(v) == "number" then
+    if v == math.floor(v) and math.abs(v) < 2 ^ 63 then return v, string.format("%.0f", v) end
+    return v, string.format("%.14g", v)
+  end
+  if type(v) ~= "string" then return 0, "?" end
+  local n = tonumber(v) or 0
+  if n ~= n then n = 0 end
+  if v:match("^%d+$") then v = v:match("^0*(%d.*)$") end -- "007": 7
+  return n, errors.cut(v, COUNT_CHARS)
 end
 
---- The counters of an operation's metadata: { success = n, failure = n, pending = n }, or nil
---- when the metadata has none.
+--- The counters of an operation's metadata: { success = n, failure = n, pending = n } and
+--- their texts as shown ({ success = "n", ... }), or nil when the metadata has none.
 function M.counters(metadata)
   local c = type(metadata) == "table" and metadata.counter
   if type(c) ~= "table" then return nil end
-  local out = {}
-  for _, k in ipairs(M.COUNTERS) do out[k] = count(c, k) end
-  return out
+  local out, shown = {}, {}
+  for _, k in ipairs(M.COUNTERS) do out[k], shown[k] = count(c, k) end
+  return out, shown
+end
+
+--- "success 25, failure 0, pending 75" of the counters of `metadata` (M.counters; pending left
+--- out when `left_out` and it is 0), or nil when it has none.
+function M.counters_text(metadata, left_out)
+  local c, shown = M.counters(metadata)
+  if not c then return nil end
+  local text = string.format("success %s, failure %s", shown.success, shown.failure)
+  if left_out and shown.pending == "0" then return text end
+  return text .. ", pending " .. shown.pending
 end
 
 local function elapsed(seconds)
@@ -66,14 +96,13 @@ local function elapsed(seconds)
   return string.format("%d h %02d min", math.floor(seconds / 3600), math.floor(seconds % 3600 / 60))
 end
 
-local function counters_text(c)
-  if not c then return "no counters yet" end
-  return string.format("success %d, failure %d, pending %d", c.success, c.failure, c.pending)
+local function counters_text(metadata)
+  return M.counters_text(metadata) or "no counters yet"
 end
 
 --- The progress line: "import: success 25, failure 0, pending 75; 12 s".
 function M.progress_line(what, metadata, seconds)
-  return string.format("%s: %s; %s", what, counters_text(M.counters(metadata)), elapsed(seconds))
+  return string.format("%s: %s; %s", what, counters_text(metadata), elapsed(seconds))
 end
 
 -- The progress display: a line rewritten in place on a terminal; elsewhere a line each time
@@ -82,7 +111,7 @@ local function progress(what, t0)
   local tty = core.isatty(2)
   local last_text, shown = nil, false
   local function on_metadata(metadata)
-    local text = counters_text(M.counters(metadata))
+    local text = counters_text(metadata)
     if tty then
       io.stderr:write("\r", common.printable(M.progress_line(what, metadata, core.now() - t0)), "\27[K")
       shown = true
@@ -103,8 +132,7 @@ function M.summary_lines(what, name, metadata, seconds, outcome)
   local lines = {}
   local c = M.counters(metadata)
   lines[1] = string.format("%s %s in %s: %s", what, outcome, elapsed(seconds),
-    c and string.format("success %d, failure %d%s", c.success, c.failure,
-      c.pending > 0 and string.format(", pending %d", c.pending) or "") or "no counters")
+    M.counters_text(metadata, true) or "no counters")
   lines[#lines + 1] = "operation " .. name
   local logs = type(metadata) == "table" and metadata.logsUrl
   if type(logs) == "string" and logs ~= "" then
@@ -117,27 +145,63 @@ local function write_lines(lines)
   for _, l in ipairs(lines) do io.stderr:write(common.printable(l), "\n") end
 end
 
--- What the person can do with an operation the command stopped waiting for.
-local function still_running(name)
-  return string.format("it goes on running on the server: healthcare operations wait %s waits for it again, "
-    .. "healthcare operations cancel %s stops it", name, name)
+-- What the person can do with an operation the command stopped waiting for (`sure`: whether
+-- it is known to be running still).
+local function still_running(name, sure)
+  return string.format("it %s on the server: healthcare operations wait %s waits for it again, "
+    .. "healthcare operations cancel %s stops it", sure and "goes on running" or "may still be running", name, name)
+end
+
+-- Characters of a name shown when it is no operation's (a server's answer may hold anything).
+local NAME_CHARS = 200
+
+-- The name of the operation a start call answered, when it is one to poll; else nil and the
+-- message saying why not.
+local function start_name(operation)
+  local name = operation.name
+  if type(name) == "string" and request.build(api_operation.GET, { name = name }) then return name end
+  return nil, string.format("the server answered no operation to wait for (name %s)",
+    common.printable(errors.cut(tostring(name), NAME_CHARS)))
+end
+
+-- Says why the waiting ended for `err` (client:wait's) and returns the exit code.
+local function waiting_failed(err, name, sig, say)
+  if err.status == "interrupted" then
+    say("interrupted: stopped waiting for operation %s; %s", common.printable(name),
+      common.printable(still_running(name, true)))
+    return 128 + (sig or 2)
+  end
+  say("%s", tostring(err))
+  -- Not done in time, or a poll that failed (the API unavailable past the retries, the network
+  -- gone): the operation itself may be fine; what matters is that it is not lost. Not for an
+  -- operation the server does not know, nor a name that is none.
+  if err.kind == "timeout" or (err.operation and err.kind ~= "usage" and err.http_status ~= 404) then
+    say("stopped waiting for operation %s; %s", common.printable(name), common.printable(still_running(name)))
+  end
+  if err.kind == "timeout" then return common.EXIT_FAILED end
+  return common.exit_code_for(err)
 end
 
 --- Waits for `operation` (the Operation a start call answered, or an operation's name) on
 --- `client`, showing the progress and then the summary. opts: what (the word the lines start
 --- with: "import"), say (the command's sayer), operation_timeout, poll_interval, and for each poll
---- params (standard parameters) and timeout. Returns the exit code, and the operation's
---- response when it ended without an error.
+--- params (standard parameters) and timeout. A start call's answer not done yet is named on
+--- standard error first ("operation NAME started"), so that nothing after loses it. Returns the
+--- exit code, and the operation's response when it ended without an error.
 function M.wait(client, operation, opts)
   local what, say = opts.what or "operation", opts.say or common.sayer("healthcare")
   local name = type(operation) == "table" and operation.name or operation
-  -- A start call's answer names what to poll: one that names no operation is the server's fault.
-  if type(operation) == "table" and operation.done ~= true and type(operation.error) ~= "table"
-    and not (type(name) == "string" and request.build(api_operation.GET, { name = name })) then
-    say("the server answered no operation to wait for (name %s)", common.printable(tostring(name):sub(1, 200)))
-    return common.EXIT_FAILED
+  if type(operation) == "table" and not api_operation.is_done(operation) then
+    -- A start call's answer names what to poll: one that names no operation is the server's fault.
+    local why
+    name, why = start_name(operation)
+    if not name then
+      say("%s", why)
+      return common.EXIT_FAILED
+    end
+    io.stderr:write("operation ", common.printable(name), " started\n")
   end
-  name = type(name) == "string" and name or "(no name)"
+  name = type(name) == "string" and errors.cut(name, 1024) or "(no name)"
   local t0 = core.now()
   local last = type(operation) == "table" and operation.metadata or nil
   local show, clear = progress(what, t0)
@@ -159,46 +223,40 @@ function M.wait(client, operation, opts)
     local op = op_or_err
     local metadata = type(op) == "table" and type(op.metadata) == "table" and op.metadata or last
     write_lines(M.summary_lines(what, name, metadata, seconds, "done"))
-    local c = M.counters(metadata)
+    local c, shown = M.counters(metadata)
     if c and c.failure > 0 then
-      say("%d failed: the logs name each one and why", c.failure)
+      say("%s failed: the logs name each one and why", shown.failure)
       return common.EXIT_FAILED, response, op
     end
     return common.EXIT_OK, response, op
   end
   local err = op_or_err
-  if err.status == "interrupted" then
-    say("interrupted: stopped waiting for operation %s; %s", common.printable(name),
-      common.printable(still_running(name)))
-    return 128 + (sig or 2)
-  end
   if err.kind == "operation" then
     write_lines(M.summary_lines(what, name, err.metadata or last, seconds, "failed"))
     say("%s", tostring(err))
     return common.EXIT_FAILED
   end
-  if err.kind == "timeout" then
-    say("%s", tostring(err))
-    return common.EXIT_FAILED
-  end
-  say("%s", tostring(err))
-  return common.exit_code_for(err)
+  return waiting_failed(err, name, sig, say)
 end
 
 --- For a start call's answer `operation` (an Operation): with `no_wait`, its name printed on
---- standard output (exit 0); else M.wait. Returns the exit code (and M.wait's response).
+--- standard output (exit 0); else M.wait. An answer that names no operation is exit 1 either
+--- way, and one that is over already (done, or failed) is told and ends as M.wait ends it (its
+--- name printed first all the same). Returns the exit code (and M.wait's response).
 function M.finish(client, operation, opts, no_wait)
-  if no_wait then
-    local name = type(operation) == "table" and operation.name
-    if type(name) ~= "string" then
-      local say = opts.say or common.sayer("healthcare")
-      say("the server answered no operation name")
-      return common.EXIT_FAILED
-    end
-    io.stdout:write(common.printable(name), "\n")
-    return common.EXIT_OK
+  if not no_wait then return M.wait(client, operation, opts) end
+  local name, why = start_name(operation)
+  if api_operation.is_done(operation) then
+    if name then io.stdout:write(common.printable(name), "\n") end
+    return M.wait(client, operation, opts)
   end
-  return M.wait(client, operation, opts)
+  if not name then
+    local say = opts.say or common.sayer("healthcare")
+    say("%s", why)
+    return common.EXIT_FAILED
+  end
+  io.stdout:write(common.printable(name), "\n")
+  return common.EXIT_OK
 end
 
 return M
