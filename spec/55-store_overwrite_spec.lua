@@ -111,7 +111,13 @@ describe("healthcare store --overwrite", function()
     local kept = se:match("putting the stored instance back failed too %([^\n]*%): its copy is kept at (%S+)\n")
     assert.truthy(kept, se)
     assert.equal(H.sha256(old.path), H.sha256(kept))
+    -- patient data another user may not read: in a directory of its own, 0700 (the sink makes
+    -- parts 0666 less the umask; straight in /tmp that copy was 0644)
+    local dir = kept:match("^(.*)/[^/]+$")
+    assert.equal("700", (H.check_run("stat -c %a " .. H.q(dir)):gsub("%s+$", "")))
+    assert.is_nil(dir:match("^/tmp$"), dir)
     os.remove(kept)
+    os.remove(dir)
   end)
 
   it("a conflict under another study's UIDs is not replaced: failed, with the step that failed", function()

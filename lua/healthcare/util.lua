@@ -447,6 +447,28 @@ function M.make_dirs(path)
   return true
 end
 
+--- A new private (0700) directory beside the files os.tmpname makes, named `prefix` and random
+--- hex, for instances fetched back to compare or keep: the sink writes a part with mode 0666 less
+--- the umask, so in /tmp itself another user could read it. Returns the path, or nil and why not.
+function M.private_tmpdir(prefix)
+  local probe = os.tmpname()
+  os.remove(probe)
+  local dir = (probe:match("^(.*)/[^/]*$") or "/tmp") .. "/" .. prefix .. core.random_hex(8)
+  if core.file_stat(dir, false) then return nil, "temporary directory " .. dir .. " exists" end
+  local ok, err = core.private_mkdir(dir)
+  if not ok then return nil, err.message end
+  return dir
+end
+
+--- Removes a directory private_tmpdir made, with the files in it.
+function M.remove_private_tmpdir(dir)
+  local lfs = require "lfs"
+  for name in lfs.dir(dir) do
+    if name ~= "." and name ~= ".." then os.remove(dir .. "/" .. name) end
+  end
+  lfs.rmdir(dir)
+end
+
 --- The directory part of a file path: "a/b" for "a/b/c", "." for "c", "/" for "/c".
 function M.parent_dir(path)
   local dir = path:match("^(.*)/[^/]*$")

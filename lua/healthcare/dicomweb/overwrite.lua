@@ -7,9 +7,9 @@
 -- Done one instance at a time after the run's other requests, on the store's own synchronous
 -- calls (retrieve_instance, delete_instance, store_instances).
 local core = require "healthcare.core"
-local lfs = require "lfs"
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local media = require "healthcare.dicomweb.media"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -67,38 +67,39 @@ end
 --- Reads the instance of entry e (path, study_uid, series_uid, sop_instance_uid) back by its UIDs
 --- and compares it with the file: true, or nil and why not. opts: { retry } of the retrieve.
 function M.read_back(store, e, opts)
-  local tmp = os.tmpname()
+  local dir, derr = util.private_tmpdir("hc-read-back-")
+  if not dir then return nil, derr end
+  local tmp = dir .. "/instance.dcm"
   local res, err = store:retrieve_instance(e.study_uid, e.series_uid, e.sop_instance_uid,
     { to = tmp, retry = opts and opts.retry })
   if not res then
-    os.remove(tmp)
+    util.remove_private_tmpdir(dir)
     return nil, err.message
   end
   local same, why = M.same_bytes(e.path, tmp)
-  os.remove(tmp)
+  util.remove_private_tmpdir(dir)
   if same == nil then return nil, why end
   if not same then return nil, "the store gives back other bytes than the file's" end
   return true
 end
 
--- The stored instance of entry e, retrieved into a new private file (os.tmpname's, 0600): an
--- entry for store_again and read_back, or nil (the temporary file removed) and why not. A 404:
--- { absent = true }, nothing to keep.
+-- The stored instance of entry e, retrieved into a new private directory (util.private_tmpdir):
+-- an entry for store_again and read_back (dir: the directory to remove with it), or nil (nothing
+-- left behind) and why not. A 404: { absent = true }, nothing to keep.
 local function keep_stored(store, e)
-  local path = os.tmpname()
+  local dir, derr = util.private_tmpdir("hc-kept-")
+  if not dir then return nil, derr end
+  local path = dir .. "/" .. e.sop_instance_uid .. ".dcm"
   local res, err = store:retrieve_instance(e.study_uid, e.series_uid, e.sop_instance_uid, { to = path })
-  if not res then
-    os.remove(path)
-    if err.kind == "http" and err.http_status == 404 then return { absent = true } end
-    return nil, err.message
-  end
-  local a = lfs.attributes(path)
+  local a = res and core.file_stat(path, false)
   if not a then
-    os.remove(path)
-    return nil, "the copy is gone"
+    util.remove_private_tmpdir(dir)
+    if not res and err.kind == "http" and err.http_status == 404 then return { absent = true } end
+    return nil, res and "the copy is gone" or err.message
   end
-  return { path = path, size = a.size, dev = a.dev, ino = a.ino, mtime = a.modification, study_uid = e.study_uid,
-    series_uid = e.series_uid, sop_instance_uid = e.sop_instance_uid }
+  return { path = path, dir = dir, size = a.size, dev = a.dev, ino = a.ino, mtime = a.modification,
+    mtime_nsec = a.mtime_nsec, study_uid = e.study_uid, series_uid = e.series_uid,
+    sop_instance_uid = e.sop_instance_uid }
 end
 
 -- After the file was refused in place of the stored instance: that instance, kept before it was
@@ -110,7 +111,7 @@ local function put_back(store, copy, why)
   local ok, back = store_again(store, copy)
   if ok then ok, back = M.read_back(store, copy) end
   if ok then
-    os.remove(copy.path)
+    util.remove_private_tmpdir(copy.dir)
     return failed .. "; the stored instance was put back (read back equal)"
   end
   return failed .. "; putting the stored instance back failed too (" .. back .. "): its copy is kept at "
@@ -118,7 +119,7 @@ local function put_back(store, copy, why)
 end
 
 --- Replaces the instance of entry e (path, size, study_uid, series_uid, sop_instance_uid): the
---- stored one kept in a private temporary file, deleted (a 404 there: already gone, fine), the
+--- stored one kept in a private temporary directory, deleted (a 404 there: already gone, fine), the
 --- file stored again, read back and compared. When the store refuses the file, the stored
 --- instance is put back: a replacement that cannot be made never costs the instance the store
 --- held. Returns true, or nil and the reason it failed, naming the step.
@@ -130,12 +131,12 @@ function M.replace(store, e)
   if not copy then return nil, "conflict not replaced: keeping a copy of the stored instance failed: " .. cerr end
   local res, err = store:delete_instance(e.study_uid, e.series_uid, e.sop_instance_uid)
   if not res and not (err.kind == "http" and err.http_status == 404) then
-    if copy.path then os.remove(copy.path) end
+    if copy.dir then util.remove_private_tmpdir(copy.dir) end
     return nil, "conflict not replaced: deleting the stored instance failed: " .. err.message
   end
   local ok, why = store_again(store, e)
   if not ok then return nil, put_back(store, copy, why) end
-  if copy.path then os.remove(copy.path) end
+  if copy.dir then util.remove_private_tmpdir(copy.dir) end
   ok, why = M.read_back(store, e)
   if not ok then return nil, "stored the file again, but reading it back failed: " .. why end
   return true

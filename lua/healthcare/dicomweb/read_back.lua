@@ -13,7 +13,6 @@
 -- equal", and the file is sent again.
 local core = require "healthcare.core"
 local errors = require "healthcare.errors"
-local lfs = require "lfs"
 local media = require "healthcare.dicomweb.media"
 local overwrite = require "healthcare.dicomweb.overwrite"
 local retry = require "healthcare.retry"
@@ -26,25 +25,6 @@ local M = {}
 M.ACCEPT = "Accept: " .. media.multipart(media.DICOM, "*")
 -- Longest wait for answers between checks of the retries due and of Ctrl-C.
 local POLL_SECONDS = 0.25
-
--- A new private (0700) directory beside the files os.tmpname makes, for the answers' parts; or
--- nil, err.
-local function private_dir()
-  local probe = os.tmpname()
-  os.remove(probe)
-  local dir = (probe:match("^(.*)/[^/]*$") or "/tmp") .. "/hc-read-back-" .. core.random_hex(8)
-  if lfs.attributes(dir) then return nil, "temporary directory " .. dir .. " exists" end
-  local ok, err = core.private_mkdir(dir)
-  if not ok then return nil, err.message end
-  return dir
-end
-
-local function remove_dir(dir)
-  for name in lfs.dir(dir) do
-    if name ~= "." and name ~= ".." then os.remove(dir .. "/" .. name) end
-  end
-  lfs.rmdir(dir)
-end
 
 local function remove_parts(parts)
   for _, p in ipairs(parts or {}) do if p.path then os.remove(p.path) end end
@@ -209,12 +189,12 @@ end
 function M.read_back_all(store, entries, opts)
   opts = opts or {}
   if #entries == 0 then return {} end
-  local dir, derr = private_dir()
+  local dir, derr = util.private_tmpdir("hc-read-back-")
   if not dir then return {}, derr end
   local equal = {}
   local fine, single = pcall(by_series, store, entries, opts.series_counts, opts, dir, equal)
   if not fine then
-    remove_dir(dir)
+    util.remove_private_tmpdir(dir)
     error(single, 0)
   end
   local run = setmetatable({
@@ -226,7 +206,7 @@ function M.read_back_all(store, entries, opts)
   local ok, perr = pcall(Run.go, run)
   -- after Ctrl-C (or an error raised): what is still in flight is abandoned, not counted equal
   for req in pairs(run.running) do req:close() end
-  remove_dir(dir)
+  util.remove_private_tmpdir(dir)
   if not ok then error(perr, 0) end
   local out = {}
   for _, e in ipairs(entries) do
