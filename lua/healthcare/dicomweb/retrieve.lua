@@ -432,17 +432,20 @@ local function named_file(part, scope)
   return { path = part.path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, part) }
 end
 
--- Names the received DICOM parts in dir after their SOP Instance UIDs. scope: the UIDs asked
--- for, checked against what came (a mismatch is a warning). A part that is not an instance of
--- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
--- i, reason, size, path = place_rejected's when keep_rejected, else removed }. early: the
--- files of named parts already listed while the answer streamed, by part (their parts are false
--- in the list); on_file(file) is called for each of the others once all are named. A part's
--- number (in messages, rejected, its file's name) is part.index, else its place in parts.
--- Returns files, rejected; or nil, err with err.files and err.rejected (what was done) when a
--- rename fails. Every temporary file is gone either way.
-local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
-  local files, rejected, used, told = {}, {}, nil, {}
+-- Names the received DICOM parts in dir after their SOP Instance UIDs. how = { scope (the UIDs
+-- asked for, checked against what came: a mismatch is a warning), fixed_path, keep_rejected,
+-- early, on_file }. A part that is not an instance of its own (not DICOM, no valid SOP
+-- Instance UID, a UID already received) is rejected: { part = i, reason, size, path =
+-- place_rejected's when keep_rejected, else removed }; so is, when an instance was asked for
+-- alone (scope.instance), an instance other than it, whose UID is then listed in `others`.
+-- early: the files of named parts already listed while the answer streamed, by part (their
+-- parts are false in the list); on_file(file) is called for each of the others once all are
+-- named. A part's number (in messages, rejected, its file's name) is part.index, else its place
+-- in parts. Returns files, rejected, others; or nil, err with err.files and err.rejected (what
+-- was done) when a rename fails. Every temporary file is gone either way.
+local function name_instances(parts, dir, how)
+  local scope, early, on_file = how.scope, how.early, how.on_file
+  local files, rejected, others, used, told = {}, {}, {}, nil, {}
   -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
   -- their place: another part with it is the second copy (when there are parts to name here).
   for _, part in ipairs(parts) do
@@ -474,11 +477,15 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
       files[#files + 1] = f
     else
       local reason, uid, info = instance_of(part, used)
+      if not reason and scope.instance and uid ~= scope.instance then
+        reason = scope_warning(scope, uid, info)
+        others[#others + 1] = uid
+      end
       local path, number = nil, part.index or i
       local ok, err = true, nil
       if reason then
         rejected[#rejected + 1] = { part = number, reason = reason, size = part.size }
-        if keep_rejected then
+        if how.keep_rejected then
           path, err = place_rejected(part.path, dir, number)
           ok = path ~= nil
         else
@@ -486,7 +493,7 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
         end
       else
         used[uid] = number
-        path = fixed_path or join(dir, uid .. ".dcm")
+        path = how.fixed_path or join(dir, uid .. ".dcm")
         ok, err = place(part.path, path)
       end
       if not ok then
@@ -507,7 +514,7 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
     end
   end
   if on_file then for _, f in ipairs(told) do on_file(f) end end
-  return files, rejected
+  return files, rejected, others
 end
 
 -- A failed streaming transfer: the parts that completed are kept, named, in err.files (and
@@ -595,6 +602,21 @@ local function handover(scope, on_file, skip)
     told = told }
 end
 
+-- The error of an answer to an instance asked for alone that holds other instances (others, their
+-- UIDs) but not it: a failure of that instance, whatever the server meant (a broken one, or one
+-- passing off an instance this retrieve already has as the one missing).
+local function not_the_instance(what, uids, others, rejected)
+  local more = #others > 1 and string.format(" (and %d more)", #others - 1) or ""
+  return errors.new("dicom", string.format("%s: asked for %s, the server sent instance %s%s instead", what,
+    describe(uids), shown(others[1]), more), { files = {}, rejected = rejected })
+end
+
+-- Where a retrieve writes: the directory, and the file when a RetrieveInstance's `to` is one.
+local function target_of(what, to)
+  if what == "RetrieveInstance" and not (to:sub(-1) == "/" or is_dir(to)) then return parent_of(to), to end
+  return to
+end
+
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
 --- method's name for messages (a RetrieveInstance's `to` may be a file path); bounds: bounds_of's.
 --- skip: nil, or the UIDs of files an earlier attempt of the same retrieve wrote and told of: a
@@ -605,17 +627,15 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
   if not path then return nil, perr end
   local ts, terr = transfer_syntax_of(opts)
   if not ts then return nil, terr end
-  local to = opts.to
-  local dir, fixed_path
-  if what == "RetrieveInstance" and not (to:sub(-1) == "/" or is_dir(to)) then
-    fixed_path, dir = to, parent_of(to)
-  else
-    dir = to
-  end
+  local dir, fixed_path = target_of(what, opts.to)
   local ok, derr = ready_dir(dir)
   if not ok then return nil, derr end
 
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
+  -- An instance asked for alone is named here once the answer has ended, not by the sink as it
+  -- streams: a part that is another instance is then judged before it lands anywhere, and can
+  -- neither take the place of a file there (one this retrieve wrote) nor count.
+  local alone = scope.instance ~= nil
   local list_files = opts.list_files ~= false
   local on_file = opts.on_file
   if skip and on_file then
@@ -623,7 +643,7 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
       if not skip[f.sop_instance_uid] then return opts.on_file(f) end
     end
   end
-  local recv = (list_files or fixed_path) and lister(scope, on_file) or handover(scope, on_file, skip)
+  local recv = (list_files or alone) and lister(scope, on_file) or handover(scope, on_file, skip)
   -- The files to list, their count and bytes (list_files = false: none listed, all counted).
   local function settle(files)
     if skip then
@@ -643,7 +663,12 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
       return nil, errors.new("dicom", string.format("%s: expected one instance, the server sent %d parts",
         what, #parts), { files = {}, rejected = {} })
     end
-    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, on_file)
+    local files, rejected, others = name_instances(parts, dir, { scope = scope, fixed_path = fixed_path,
+      keep_rejected = opts.keep_rejected, early = recv.early, on_file = on_file })
+    if files and alone and #files == 0 and #others > 0 then
+      return nil, not_the_instance(what, uids, others, rejected)
+    end
+    return files, rejected
   end
   -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
   -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
@@ -652,9 +677,8 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
   -- judged (list_files = false) are removed first.
   local sent, res, err = pcall(send, store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
-    { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds,
-      on_parts = fixed_path == nil and recv.on_parts or nil,
-      take_parts = fixed_path == nil and recv.take_parts or nil })
+    { what = what, sink = { dir = dir, name_by_uid = not alone }, bounds = bounds,
+      on_parts = not alone and recv.on_parts or nil, take_parts = not alone and recv.take_parts or nil })
   if not sent then
     remove_parts(recv.gather({}))
     error(res, 0)
