@@ -203,6 +203,52 @@ describe("a retrieve whose answer is cut", function()
     assert_whole(res, dir)
   end)
 
+  it("reports a file at the size it has on disk when its series comes again with other bytes", function()
+    -- a study of its own: between the attempts, the server's copy of the instance that arrived is
+    -- stored again, 10 KB larger (the same UIDs), and its series then comes whole again
+    local s = H.make_study { patient_id = H.fresh_id("RZ"), size = 20000, series = { { count = 4 } } }
+    local function restore(uid, size)
+      local id = assert(H.orthanc_find_instance(uid))
+      assert.equal(200, H.curl({ "-X", "DELETE", E.orthanc .. "/instances/" .. id }).status)
+      H.orthanc_put_file(H.gen_dicom({ study = s.study_uid, series = s.series[1].series_uid, sop = uid,
+        patient_id = s.patient_id, size = size })[1].path)
+    end
+    local function cut()
+      faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = s.files[1].size + 2000 } })
+    end
+    -- the Lua API (the files listed, and told to on_file)
+    local dir = H.tmpdir()
+    cut()
+    local told = {}
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir,
+      on_file = function(f) told[#told + 1] = { path = f.path, size = f.size } end,
+      on_retry = function() restore(told[1].path:match("([^/]+)%.dcm$"), 30000) end }))
+    assert.equal(1, res.retries)
+    assert.equal(4, res.count)
+    local bytes = 0
+    for _, f in ipairs(res.files) do
+      assert.equal(lfs.attributes(f.path, "size"), f.size, f.path)
+      bytes = bytes + f.size
+    end
+    assert.equal(bytes, res.bytes)
+    for _, f in ipairs(told) do assert.equal(lfs.attributes(f.path, "size"), f.size, f.path) end
+    -- list_files = false, as the command runs it: what on_file was told is all there is (the
+    -- command's --json records are made from it as each file lands)
+    dir, told = H.tmpdir(), {}
+    cut()
+    res = assert(client_store():retrieve_study(s.study_uid, { to = dir, list_files = false,
+      on_file = function(f) told[#told + 1] = { path = f.path, size = f.size } end,
+      on_retry = function() restore(told[1].path:match("([^/]+)%.dcm$"), 40000) end }))
+    assert.equal(1, res.retries)
+    assert.equal(4, #told)
+    bytes = 0
+    for _, f in ipairs(told) do
+      assert.equal(lfs.attributes(f.path, "size"), f.size, f.path)
+      bytes = bytes + f.size
+    end
+    assert.equal(bytes, res.bytes)
+  end)
+
   it("gives up after max_attempts in a row that bring nothing: the partial result has each arrival once", function()
     local s = the_study()
     local dir = H.tmpdir()

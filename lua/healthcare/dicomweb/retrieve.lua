@@ -432,17 +432,35 @@ local function named_file(part, scope)
   return { path = part.path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, part) }
 end
 
+-- Moves a received instance to path, unless skip (retrieve_instances') holds its UID and a file
+-- is there: this retrieve wrote it and told of it already, at its size, so that copy stays and
+-- the new one goes (its entry is not listed again; what was reported stays true). Returns the
+-- size of the file at path, or nil, err (the temporary file removed either way).
+local function land(part, path, uid, skip)
+  if skip and skip[uid] then
+    local size = lfs.attributes(path, "size")
+    if size and lfs.attributes(path, "mode") == "file" then
+      os.remove(part.path)
+      return size
+    end
+  end
+  local ok, err = place(part.path, path)
+  if not ok then return nil, err end
+  return part.size
+end
+
 -- Names the received DICOM parts in dir after their SOP Instance UIDs. how = { scope (the UIDs
 -- asked for, checked against what came: a mismatch is a warning), fixed_path, keep_rejected,
--- early, on_file }. A part that is not an instance of its own (not DICOM, no valid SOP
+-- early, on_file, skip }. A part that is not an instance of its own (not DICOM, no valid SOP
 -- Instance UID, a UID already received) is rejected: { part = i, reason, size, path =
 -- place_rejected's when keep_rejected, else removed }; so is, when an instance was asked for
 -- alone (scope.instance), an instance other than it, whose UID is then listed in `others`.
 -- early: the files of named parts already listed while the answer streamed, by part (their
 -- parts are false in the list); on_file(file) is called for each of the others once all are
--- named. A part's number (in messages, rejected, its file's name) is part.index, else its place
--- in parts. Returns files, rejected, others; or nil, err with err.files and err.rejected (what
--- was done) when a rename fails. Every temporary file is gone either way.
+-- named. skip: as land's. A part's number (in messages, rejected, its file's name) is
+-- part.index, else its place in parts. Returns files, rejected, others; or nil, err with
+-- err.files and err.rejected (what was done) when a rename fails. Every temporary file is gone
+-- either way.
 local function name_instances(parts, dir, how)
   local scope, early, on_file = how.scope, how.early, how.on_file
   local files, rejected, others, used, told = {}, {}, {}, nil, {}
@@ -481,7 +499,7 @@ local function name_instances(parts, dir, how)
         reason = scope_warning(scope, uid, info)
         others[#others + 1] = uid
       end
-      local path, number = nil, part.index or i
+      local path, number, size = nil, part.index or i, nil
       local ok, err = true, nil
       if reason then
         rejected[#rejected + 1] = { part = number, reason = reason, size = part.size }
@@ -494,7 +512,8 @@ local function name_instances(parts, dir, how)
       else
         used[uid] = number
         path = how.fixed_path or join(dir, uid .. ".dcm")
-        ok, err = place(part.path, path)
+        size, err = land(part, path, uid, how.skip)
+        ok = size ~= nil
       end
       if not ok then
         -- the later parts: those the sink named are in place and listed, the others removed
@@ -509,7 +528,7 @@ local function name_instances(parts, dir, how)
       if reason then
         if path then rejected[#rejected].path = path end
       else
-        add(i, { path = path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, info) })
+        add(i, { path = path, sop_instance_uid = uid, size = size, warning = scope_warning(scope, uid, info) })
       end
     end
   end
@@ -620,8 +639,8 @@ end
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
 --- method's name for messages (a RetrieveInstance's `to` may be a file path); bounds: bounds_of's.
 --- skip: nil, or the UIDs of files an earlier attempt of the same retrieve wrote and told of: a
---- part with one of them lands again on its file (the series came whole again) but is neither
---- listed, counted nor told of twice.
+--- part with one of them (the series came whole again) is not written over that file, nor listed,
+--- counted or told of twice.
 local function retrieve_instances(store, uids, opts, what, bounds, skip)
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
@@ -664,7 +683,7 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
         what, #parts), { files = {}, rejected = {} })
     end
     local files, rejected, others = name_instances(parts, dir, { scope = scope, fixed_path = fixed_path,
-      keep_rejected = opts.keep_rejected, early = recv.early, on_file = on_file })
+      keep_rejected = opts.keep_rejected, early = recv.early, on_file = on_file, skip = skip })
     if files and alone and #files == 0 and #others > 0 then
       return nil, not_the_instance(what, uids, others, rejected)
     end
