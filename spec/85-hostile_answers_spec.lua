@@ -551,6 +551,18 @@ describe("an instance asked for alone", function()
     assert.equal(H.sha256(dicom[1].path), H.sha256(dir .. "/" .. first))
   end)
 
+  it("is never asked for with a UID a search gave that is not one: a clear error, made printable", function()
+    local dir = H.tmpdir()
+    H.check_run("cp " .. H.q(dicom[1].path) .. " " .. H.q(dir .. "/" .. first))
+    local res, err = store_at("mixed/pattern=D/junkuid=1"):retrieve_study(STUDY, { to = dir, skip_existing = true,
+      request_cost = 0 })
+    assert.is_nil(res)
+    -- the server's failure, not the caller's (a usage error, exit 2 from the command)
+    assert.equal("dicom", err.kind)
+    assert.matches("^the server listed '1%.2%.3.*' as a SOP Instance UID in series [%d.]+ of study ", tostring(err))
+    assert.not_matches("%c", tostring(err))
+  end)
+
   it("by retrieve_instance or the command, answered with another: a failure, nothing written (keep_rejected: aside)",
     function()
     local series = dicom[2].series_uid

@@ -42,7 +42,8 @@ Except under gzip-json, a path ending in /instances (a QIDO-RS search for instan
 with a DICOM JSON list of the command line's files (study, series and SOP Instance UIDs), and
 one ending in /series with their series (and NumberOfSeriesRelatedInstances, unless the
 scenario's segments hold nocount=1), so that a
-retrieve with skip_existing finds what it has to fetch.
+retrieve with skip_existing finds what it has to fetch; junkuid=1 adds to the instances one whose
+SOP Instance UID is an escape sequence.
 """
 import json
 import socket
@@ -159,7 +160,12 @@ def series_json(with_counts=True):
 
 def answer(conn, scenario, q, path):
     if scenario != "gzip-json" and path.endswith("/instances"):
-        send_whole(conn, "application/dicom+json", instances_json())
+        body = instances_json()
+        if q.get("junkuid") == "1":
+            # one more instance, its SOP Instance UID an escape sequence a terminal would obey
+            junk = dict(INSTANCES[0], **{"00080018": {"vr": "UI", "Value": ["1.2.3\x1b]0;pwned\x07"]}})
+            body = json.dumps([junk] + INSTANCES).encode()
+        send_whole(conn, "application/dicom+json", body)
     elif scenario != "gzip-json" and path.endswith("/series"):
         send_whole(conn, "application/dicom+json", series_json(q.get("nocount") != "1"))
     elif scenario == "gzip-json":

@@ -800,6 +800,14 @@ local function seconds_left(deadline)
   return deadline < math.huge and math.max(deadline - core.now(), 0.001) or nil
 end
 
+-- A UID a search answered with, before a request carries it: junk there is the server's failure
+-- (kind "dicom", quoted as it came: tostring(err) makes it printable), not a usage error.
+local function listed_uid(uid, what, where)
+  if names.valid_uid(uid) then return uid end
+  return nil, errors.new("dicom", string.format("the server listed '%s' as a %s UID %s: expected digits and dots, "
+    .. "at most %d characters", shown(uid), what, where, names.MAX_UID))
+end
+
 local function plan_series(store, study, series, opts, held, deadline)
   local results, serr = store:search_series({ StudyInstanceUID = study, SeriesInstanceUID = series,
     includefield = { "NumberOfSeriesRelatedInstances" } }, { params = opts.params, timeout = seconds_left(deadline),
@@ -810,6 +818,8 @@ local function plan_series(store, study, series, opts, held, deadline)
   for item in results:each() do
     local se, n = item.SeriesInstanceUID, tonumber(item.NumberOfSeriesRelatedInstances)
     if type(se) == "string" then
+      local _, uerr = listed_uid(se, "series", "of study " .. study)
+      if uerr then return nil, uerr end
       local there = held[se] or { count = 0, bytes = 0, uids = {} }
       local how = "listed"
       if there.count == 0 then
@@ -836,7 +846,11 @@ local function missing_of(store, study, se, opts, have, deadline)
   local missing = {}
   for item in results:each() do
     local sop = item.SOPInstanceUID
-    if type(sop) == "string" and not have[sop] then missing[#missing + 1] = sop end
+    if type(sop) == "string" and not have[sop] then
+      local _, uerr = listed_uid(sop, "SOP Instance", "in series " .. se .. " of study " .. study)
+      if uerr then return nil, uerr end
+      missing[#missing + 1] = sop
+    end
   end
   if results.error then return nil, results.error end
   return missing
