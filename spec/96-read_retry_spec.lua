@@ -504,6 +504,38 @@ describe("healthcare retrieve and search", function()
     assert.matches("and 9 more\n", r.stderr)
   end)
 
+  it("after giving up, searches the instances of only the series it lacks some of", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- the CT series is there whole (kept); the MR series' answer is cut before its first instance
+    for _, uid in ipairs(s.series[1].instances) do
+      H.write_file(dir .. "/" .. uid .. ".dcm", H.file_bytes(s.by_uid[uid].path))
+    end
+    local mr = s.series[2]
+    for _, json in ipairs({ false, true }) do
+      faults({ { http_method = "GET", path = "^studies/[^/]+/series/" .. mr.series_uid:gsub("%.", "\\.") .. "$",
+        cut_after_bytes = 3000 } })
+      local from = total()
+      local r = command({ "retrieve", s.study_uid, "-o", dir, "--no-progress", "--retry-max-attempts", "1",
+        json and "--json" or "--no-progress" })
+      assert.equal(1, r.code, r.stderr)
+      local list = requests_since(from)
+      -- the series with their counts, then the MR series' instances: none of the study as a whole
+      assert.equal(0, gets(list, "^studies/[^/]+/instances$"))
+      assert.equal(1, gets(list, "^studies/[^/]+/series/[^/]+/instances$"))
+      assert.equal(1, gets(list, "^studies/[^/]+/series/" .. mr.series_uid:gsub("%p", "%%%0") .. "/instances$"))
+      local want = {}
+      for i, uid in ipairs(mr.instances) do want[i] = uid end
+      table.sort(want)
+      if json then
+        assert.same(want, require("cjson").decode(r.stdout).missing)
+      else
+        assert.matches("missing 4 instances of study [%d.]+: " .. table.concat(want, " "):gsub("%p", "%%%0") .. "\n",
+          r.stderr)
+      end
+    end
+  end)
+
   it("after giving up, searches once for what is missing: no second round of retries", function()
     local s = the_study()
     local dir = H.tmpdir()

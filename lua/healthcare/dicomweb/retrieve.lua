@@ -829,19 +829,23 @@ local function plan_series(store, study, series, opts, held, deadline)
       elseif n and there.bytes <= (n - there.count) * cost then
         how = "whole"
       end
-      plan[#plan + 1] = { uid = se, how = how, there = there }
+      plan[#plan + 1] = { uid = se, how = how, there = there, count = n }
     end
   end
   if results.error then return nil, results.error end
   return plan
 end
 
--- The instances of a series the server lists (a search) that are not in `have`. Returns the
--- list of their UIDs, or nil, err.
-local function missing_of(store, study, se, opts, have, deadline)
+-- The instances of a series the server lists (a search) that are not in `have`: all of them, or
+-- (want) the first `want` found, the search stopped there. Pages of 1000 (Orthanc finds every
+-- match again for each page: 200 pages of 100 made a search of 20,000 instances three times as
+-- long), or as many as `want` and the `there` instances of the series in `have` add up to when
+-- fewer. Returns the list of their UIDs, or nil, err.
+local function missing_of(store, study, se, opts, have, deadline, want, there)
+  local page_size = want and math.min(1000, want + (there or 0)) or 1000
   local results, serr = store:search_instances({ StudyInstanceUID = study, SeriesInstanceUID = se,
-    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = 1000, timeout = seconds_left(deadline),
-    retry = ONCE })
+    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = page_size,
+    timeout = seconds_left(deadline), retry = ONCE })
   if not results then return nil, serr end
   local missing = {}
   for item in results:each() do
@@ -850,6 +854,7 @@ local function missing_of(store, study, se, opts, have, deadline)
       local _, uerr = listed_uid(sop, "SOP Instance", "in series " .. se .. " of study " .. study)
       if uerr then return nil, uerr end
       missing[#missing + 1] = sop
+      if want and #missing >= want then break end
     end
   end
   if results.error then return nil, results.error end
@@ -913,6 +918,42 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds, 
       end
     end
   end
+  return out
+end
+
+--- retrieve.missing(store, study, series, dir, opts) -> { count, uids } or nil, err: the instances
+--- of the study (or of its series, series not nil) that dir does not hold as <uid>.dcm files of
+--- theirs, told as skip_existing tells them (the command names what a failed retrieve left
+--- missing): one search of the series with their instance counts, and no further one of a series
+--- dir holds as many instances of as the server counts. opts.names: nil, the other series are
+--- searched whole and each missing instance named (count = #uids); or a number, at most that many
+--- are named (the searches stop once they have them, and a series with a count is not searched
+--- when they are named already), count being the server's counts less what dir holds.
+--- opts.params, opts.timeout (seconds for it all). Each search is tried once.
+function M.missing(store, study, series, dir, opts)
+  opts = opts or {}
+  local want = opts.names
+  local deadline = opts.timeout and core.now() + opts.timeout or math.huge
+  local have, held = already_in(dir, study)
+  local plan, perr = plan_series(store, study, series, opts, held, deadline)
+  if not plan then return nil, perr end
+  local out = { count = 0, uids = {} }
+  for _, entry in ipairs(plan) do
+    if entry.how ~= "complete" then
+      -- the names still wanted; a series without a count is searched whole to count it
+      local left = want and math.max(want - #out.uids, 0)
+      local n, there = entry.count, entry.there.count
+      local found = {}
+      if not (n and left == 0) then
+        local merr
+        found, merr = missing_of(store, study, entry.uid, opts, have, deadline, n and left or nil, there)
+        if not found then return nil, merr end
+      end
+      for i = 1, left and math.min(left, #found) or #found do out.uids[#out.uids + 1] = found[i] end
+      out.count = out.count + ((want and n) and math.max(n - there, #found) or #found)
+    end
+  end
+  table.sort(out.uids)
   return out
 end
 
