@@ -499,6 +499,100 @@ describe("parts that are not DICOM instances", function()
   end)
 end)
 
+-- ---- an instance asked for alone --------------------------------------------------------------
+
+describe("an instance asked for alone", function()
+  -- every answer to an instance asked for alone is the first file, whichever was asked
+  local function ino(path) return require("lfs").attributes(path, "ino") end
+  local first = dicom[1].sop_instance_uid .. ".dcm"
+  local asked = "asked for instance " .. dicom[2].sop_instance_uid:gsub("%p", "%%%0")
+
+  it("answered with another is a failure of it: not counted, and the file there (kept, skip_existing) stays",
+    function()
+    for _, list_files in ipairs({ true, false }) do
+      local dir = H.tmpdir()
+      H.check_run("cp " .. H.q(dicom[1].path) .. " " .. H.q(dir .. "/" .. first))
+      local before = ino(dir .. "/" .. first)
+      local told = 0
+      -- request_cost = 0: the two missing instances are asked for one by one
+      local res, err, partial = store_at("mixed/pattern=DDD/alone=D"):retrieve_study(STUDY, { to = dir,
+        skip_existing = true, request_cost = 0, list_files = list_files, on_file = function() told = told + 1 end })
+      assert.is_nil(res)
+      assert.equal("dicom", err.kind)
+      assert.matches("^RetrieveInstance: " .. asked .. " of series [%d.]+ of study [%d.]+, the server sent instance "
+        .. dicom[1].sop_instance_uid:gsub("%p", "%%%0") .. " instead$", tostring(err))
+      assert.same({ 0, 0, 0 }, { partial.count, #partial.files, told })
+      assert.same({ dir .. "/" .. first }, { partial.kept[1].path })
+      assert.equal(1, #partial.rejected)
+      assert.matches("is not the instance asked for %(" .. dicom[2].sop_instance_uid:gsub("%p", "%%%0") .. "%)$",
+        partial.rejected[1].reason)
+      -- the file that was there, untouched: no other name, nothing left of the answer
+      assert.same({ first }, listing(dir))
+      assert.equal(before, ino(dir .. "/" .. first))
+    end
+  end)
+
+  it("after a broken answer, answered with another: a failure too; what came first stays, listed and told once",
+    function()
+    local dir = H.tmpdir()
+    local told = {}
+    -- the study's answer: the first file, then cut; the next attempt asks for the two others alone
+    local res, err, partial = store_at("mixed/pattern=D/cut=1/alone=D"):retrieve_study(STUDY, { to = dir,
+      request_cost = 0, retry = { max_attempts = 3, initial = 0.01 },
+      on_file = function(f) told[#told + 1] = f.path end })
+    assert.is_nil(res)
+    assert.equal("dicom", err.kind)
+    assert.matches("^RetrieveInstance: " .. asked .. " of series", err.message)
+    assert.equal(1, partial.retries)
+    assert.same({ 1, 1 }, { partial.count, #partial.files })
+    assert.same({ dir .. "/" .. first }, told)
+    assert.equal(dir .. "/" .. first, partial.files[1].path)
+    assert.same({ first }, listing(dir))
+    assert.equal(H.sha256(dicom[1].path), H.sha256(dir .. "/" .. first))
+  end)
+
+  it("is never asked for with a UID a search gave that is not one: a clear error, made printable", function()
+    local dir = H.tmpdir()
+    H.check_run("cp " .. H.q(dicom[1].path) .. " " .. H.q(dir .. "/" .. first))
+    local res, err = store_at("mixed/pattern=D/junkuid=1"):retrieve_study(STUDY, { to = dir, skip_existing = true,
+      request_cost = 0 })
+    assert.is_nil(res)
+    -- the server's failure, not the caller's (a usage error, exit 2 from the command)
+    assert.equal("dicom", err.kind)
+    assert.matches("^the server listed '1%.2%.3.*' as a SOP Instance UID in series [%d.]+ of study ", tostring(err))
+    assert.not_matches("%c", tostring(err))
+  end)
+
+  it("by retrieve_instance or the command, answered with another: a failure, nothing written (keep_rejected: aside)",
+    function()
+    local series = dicom[2].series_uid
+    local store = store_at("mixed/pattern=D/alone=D")
+    for _, to in ipairs({ "dir", "file" }) do
+      local dir = H.tmpdir()
+      H.check_run("cp " .. H.q(dicom[1].path) .. " " .. H.q(dir .. "/" .. first))
+      H.write_file(dir .. "/one.dcm", "there before\n")
+      local res, err = store:retrieve_instance(STUDY, series, dicom[2].sop_instance_uid,
+        { to = to == "dir" and dir or dir .. "/one.dcm" })
+      assert.is_nil(res)
+      assert.matches("^RetrieveInstance: " .. asked, err.message)
+      assert.same({ first, "one.dcm" }, listing(dir))
+      assert.equal("there before\n", H.file_bytes(dir .. "/one.dcm"))
+    end
+    local dir = H.tmpdir()
+    local res, err = store:retrieve_instance(STUDY, series, dicom[2].sop_instance_uid, { to = dir,
+      keep_rejected = true })
+    assert.is_nil(res)
+    assert.equal(dir .. "/part-1.rejected", err.rejected[1].path)
+    assert.equal(H.sha256(dicom[1].path), H.sha256(dir .. "/part-1.rejected"))
+    local out, stderr, code = H.healthcare { "retrieve", URL .. "/mixed/pattern=D/alone=D",
+      STUDY .. "/" .. series .. "/" .. dicom[2].sop_instance_uid, "-o", H.tmpdir() }
+    assert.equal(1, code, stderr)
+    assert.equal("", out)
+    assert.matches(asked, stderr)
+    assert.matches("missing 1 instance", stderr)
+  end)
+end)
+
 -- ---- answers that end oddly ------------------------------------------------------------------
 
 describe("an answer that ends oddly", function()

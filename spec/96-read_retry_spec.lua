@@ -203,6 +203,52 @@ describe("a retrieve whose answer is cut", function()
     assert_whole(res, dir)
   end)
 
+  it("reports a file at the size it has on disk when its series comes again with other bytes", function()
+    -- a study of its own: between the attempts, the server's copy of the instance that arrived is
+    -- stored again, 10 KB larger (the same UIDs), and its series then comes whole again
+    local s = H.make_study { patient_id = H.fresh_id("RZ"), size = 20000, series = { { count = 4 } } }
+    local function restore(uid, size)
+      local id = assert(H.orthanc_find_instance(uid))
+      assert.equal(200, H.curl({ "-X", "DELETE", E.orthanc .. "/instances/" .. id }).status)
+      H.orthanc_put_file(H.gen_dicom({ study = s.study_uid, series = s.series[1].series_uid, sop = uid,
+        patient_id = s.patient_id, size = size })[1].path)
+    end
+    local function cut()
+      faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = s.files[1].size + 2000 } })
+    end
+    -- the Lua API (the files listed, and told to on_file)
+    local dir = H.tmpdir()
+    cut()
+    local told = {}
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir,
+      on_file = function(f) told[#told + 1] = { path = f.path, size = f.size } end,
+      on_retry = function() restore(told[1].path:match("([^/]+)%.dcm$"), 30000) end }))
+    assert.equal(1, res.retries)
+    assert.equal(4, res.count)
+    local bytes = 0
+    for _, f in ipairs(res.files) do
+      assert.equal(lfs.attributes(f.path, "size"), f.size, f.path)
+      bytes = bytes + f.size
+    end
+    assert.equal(bytes, res.bytes)
+    for _, f in ipairs(told) do assert.equal(lfs.attributes(f.path, "size"), f.size, f.path) end
+    -- list_files = false, as the command runs it: what on_file was told is all there is (the
+    -- command's --json records are made from it as each file lands)
+    dir, told = H.tmpdir(), {}
+    cut()
+    res = assert(client_store():retrieve_study(s.study_uid, { to = dir, list_files = false,
+      on_file = function(f) told[#told + 1] = { path = f.path, size = f.size } end,
+      on_retry = function() restore(told[1].path:match("([^/]+)%.dcm$"), 40000) end }))
+    assert.equal(1, res.retries)
+    assert.equal(4, #told)
+    bytes = 0
+    for _, f in ipairs(told) do
+      assert.equal(lfs.attributes(f.path, "size"), f.size, f.path)
+      bytes = bytes + f.size
+    end
+    assert.equal(bytes, res.bytes)
+  end)
+
   it("gives up after max_attempts in a row that bring nothing: the partial result has each arrival once", function()
     local s = the_study()
     local dir = H.tmpdir()
@@ -456,6 +502,38 @@ describe("healthcare retrieve and search", function()
     assert.equal(1, r.code, r.stderr)
     assert.equal(29, #require("cjson").decode(r.stdout).missing)
     assert.matches("and 9 more\n", r.stderr)
+  end)
+
+  it("after giving up, searches the instances of only the series it lacks some of", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- the CT series is there whole (kept); the MR series' answer is cut before its first instance
+    for _, uid in ipairs(s.series[1].instances) do
+      H.write_file(dir .. "/" .. uid .. ".dcm", H.file_bytes(s.by_uid[uid].path))
+    end
+    local mr = s.series[2]
+    for _, json in ipairs({ false, true }) do
+      faults({ { http_method = "GET", path = "^studies/[^/]+/series/" .. mr.series_uid:gsub("%.", "\\.") .. "$",
+        cut_after_bytes = 3000 } })
+      local from = total()
+      local r = command({ "retrieve", s.study_uid, "-o", dir, "--no-progress", "--retry-max-attempts", "1",
+        json and "--json" or "--no-progress" })
+      assert.equal(1, r.code, r.stderr)
+      local list = requests_since(from)
+      -- the series with their counts, then the MR series' instances: none of the study as a whole
+      assert.equal(0, gets(list, "^studies/[^/]+/instances$"))
+      assert.equal(1, gets(list, "^studies/[^/]+/series/[^/]+/instances$"))
+      assert.equal(1, gets(list, "^studies/[^/]+/series/" .. mr.series_uid:gsub("%p", "%%%0") .. "/instances$"))
+      local want = {}
+      for i, uid in ipairs(mr.instances) do want[i] = uid end
+      table.sort(want)
+      if json then
+        assert.same(want, require("cjson").decode(r.stdout).missing)
+      else
+        assert.matches("missing 4 instances of study [%d.]+: " .. table.concat(want, " "):gsub("%p", "%%%0") .. "\n",
+          r.stderr)
+      end
+    end
   end)
 
   it("after giving up, searches once for what is missing: no second round of retries", function()

@@ -29,7 +29,11 @@ answer to every request made through it.
   /mixed/pattern=DXDEXR     200 multipart/related, one part per letter: D the next DICOM file of
                             the command line, X text that is not DICOM, E an empty part, H an
                             HTML page, R the last DICOM file again (a repeated SOP Instance UID);
-                            pause=0.2: that many seconds after each part's closing delimiter
+                            pause=0.2: that many seconds after each part's closing delimiter;
+                            alone=D: the pattern of an answer to an instance asked for alone
+                            (a path ending in /instances/<uid>), whichever was asked; cut=1: the
+                            answer (of the pattern) ends in the middle of a part, its connection
+                            closed short of the Content-Length it announced
   /trailer/lines=0          200 multipart/related, chunked: every file whole, then after the last
                             chunk a trailer line "HTTP/1.1: 200 OK" and `lines` lines of 1 KB
   /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
@@ -38,7 +42,8 @@ Except under gzip-json, a path ending in /instances (a QIDO-RS search for instan
 with a DICOM JSON list of the command line's files (study, series and SOP Instance UIDs), and
 one ending in /series with their series (and NumberOfSeriesRelatedInstances, unless the
 scenario's segments hold nocount=1), so that a
-retrieve with skip_existing finds what it has to fetch.
+retrieve with skip_existing finds what it has to fetch; junkuid=1 adds to the instances one whose
+SOP Instance UID is an escape sequence.
 """
 import json
 import socket
@@ -155,7 +160,12 @@ def series_json(with_counts=True):
 
 def answer(conn, scenario, q, path):
     if scenario != "gzip-json" and path.endswith("/instances"):
-        send_whole(conn, "application/dicom+json", instances_json())
+        body = instances_json()
+        if q.get("junkuid") == "1":
+            # one more instance, its SOP Instance UID an escape sequence a terminal would obey
+            junk = dict(INSTANCES[0], **{"00080018": {"vr": "UI", "Value": ["1.2.3\x1b]0;pwned\x07"]}})
+            body = json.dumps([junk] + INSTANCES).encode()
+        send_whole(conn, "application/dicom+json", body)
     elif scenario != "gzip-json" and path.endswith("/series"):
         send_whole(conn, "application/dicom+json", series_json(q.get("nocount") != "1"))
     elif scenario == "gzip-json":
@@ -203,7 +213,8 @@ def answer(conn, scenario, q, path):
         conn.sendall(b"--" + BOUNDARY + b"--\r\n")
     elif scenario == "mixed":
         parts, next_file, last = [], 0, None
-        for c in q.get("pattern", "DXD"):
+        alone = "alone" in q and "/instances/" in path
+        for c in q["alone"] if alone else q.get("pattern", "DXD"):
             if c == "D":
                 last = read_file(next_file)
                 next_file += 1
@@ -218,7 +229,12 @@ def answer(conn, scenario, q, path):
                 parts.append((b"text/html", b"<html><body>\x1b[31mError\x1b[0m</body></html>\n"))
         body = multipart_of(parts)
         pause = float(q.get("pause", "0"))
-        if pause <= 0:
+        if q.get("cut") == "1" and not alone:
+            # a part's head and a few bytes of it after the others, then the connection goes
+            cut = body[:-len(CLOSE)] + b"\r\n" + part_head() + b"\0" * 100
+            send_head(conn, "200 OK", [("Content-Type", MULTIPART)], len(cut) + 100000)
+            conn.sendall(cut)
+        elif pause <= 0:
             send_whole(conn, MULTIPART, body)
         else:
             # each part's delimiter, then a pause: the client sees the parts complete one by one

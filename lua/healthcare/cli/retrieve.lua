@@ -146,29 +146,22 @@ local function path_prefix(dir)
   return { text = prefix, json = json.string(prefix):sub(1, -2) }
 end
 
--- The SOP Instance UIDs of the target that <dir> does not hold as <uid>.dcm (what arrived and
--- what was kept), from a search; nil when the search itself fails (the caller then says so).
-local function missing_instances(store, t, dir)
-  local prefix = path_prefix(dir).text
-  local function held(uid)
-    return names.valid_uid(uid) and lfs.attributes(prefix .. uid .. ".dcm", "mode") == "file"
-  end
+-- The instances of the target that <dir> does not hold as <uid>.dcm (what arrived and what was
+-- kept): { count, uids }, at most `names_shown` of them named (nil: all, for --json); nil when a
+-- search fails (the caller then says nothing of them). The searches are retrieve.missing's: the
+-- series with their instance counts, then only the series <dir> lacks some of, and only as far
+-- as the names shown need. A study of 20,000 instances cut early (the test bed's Orthanc, through
+-- the emulator) took 61 s to name when every instance was searched, in 200 pages: 1.2 s now, and
+-- 20 s with --json (each missing one named). Each search is tried once: after a retrieve that
+-- gave up, the user should not wait through the retries of a search that only names what is
+-- missing (the server is often what failed).
+local function missing_instances(store, t, dir, names_shown)
   if t.instance then
-    return held(t.instance) and {} or { t.instance }
+    local path = path_prefix(dir).text .. t.instance .. ".dcm"
+    local held = names.valid_uid(t.instance) and lfs.attributes(path, "mode") == "file"
+    return held and { count = 0, uids = {} } or { count = 1, uids = { t.instance } }
   end
-  -- one attempt: after a retrieve that gave up, the user should not wait through the retries of
-  -- a search that only names what is missing (the server is often what failed)
-  local results = store:search_instances({ StudyInstanceUID = t.study, SeriesInstanceUID = t.series },
-    { retry = { max_attempts = 1 } })
-  if not results then return nil end
-  local missing = {}
-  for item in results:each() do
-    local uid = item.SOPInstanceUID
-    if type(uid) == "string" and not held(uid) then missing[#missing + 1] = uid end
-  end
-  if results.error then return nil end
-  table.sort(missing)
-  return missing
+  return retrieve.missing(store, t.study, t.series, dir, { names = names_shown })
 end
 
 -- A size the fast record writes as it is: an integer (one that prints as digits, under LuaJIT).
@@ -197,7 +190,7 @@ local function write_report_json(out, r)
   for i, x in ipairs(r.rejected) do rlist[i] = { part = x.part, reason = x.reason, size = x.size, path = x.path } end
   local text = json.encode({
     files = json.raw("\0"), kept = json.array(r.kept), rejected = json.array(rlist), bytes = r.bytes,
-    seconds = r.seconds, retries = r.retries, missing = r.missing and json.array(r.missing),
+    seconds = r.seconds, retries = r.retries, missing = r.missing and json.array(r.missing.uids),
     error = r.err and (r.err.message or tostring(r.err)),
   })
   local at = text:find("\0", 1, true)
@@ -274,12 +267,12 @@ local function account(store, t, r)
     local exit = common.exit_code_for_uid(store, err)
     -- Only a transfer that broke after it began leaves something to name (err.files: it began).
     if err.kind == "transport" or err.kind == "dicom" or (err.kind == "io" and err.files) then
-      r.missing = missing_instances(store, t, r.dir)
+      r.missing = missing_instances(store, t, r.dir, r.names_shown)
       exit = math.max(exit, common.EXIT_FAILED)
     end
     return exit
   elseif #r.rejected > 0 then
-    r.missing = missing_instances(store, t, r.dir)
+    r.missing = missing_instances(store, t, r.dir, r.names_shown)
     return common.EXIT_FAILED
   end
   return common.EXIT_OK
@@ -290,15 +283,14 @@ end
 M.MISSING_SHOWN = 20
 
 local function say_missing(t, missing, json_report)
-  local shown = missing
-  if #missing > M.MISSING_SHOWN then
-    shown = {}
-    for i = 1, M.MISSING_SHOWN do shown[i] = missing[i] end
-    shown[#shown + 1] = string.format("and %d more%s", #missing - M.MISSING_SHOWN,
-      json_report and "" or " (--json lists them all)")
+  local shown, n = {}, missing.count
+  for i = 1, math.min(#missing.uids, M.MISSING_SHOWN) do shown[i] = missing.uids[i] end
+  -- (none named: the server counts more than its search lists)
+  if n > #shown and #shown > 0 then
+    shown[#shown + 1] = string.format("and %d more%s", n - #shown, json_report and "" or " (--json lists them all)")
   end
-  say("missing %d instance%s of %s: %s", #missing, #missing == 1 and "" or "s", common.describe_target(t),
-    common.printable(table.concat(shown, " ")))
+  say("missing %d instance%s of %s%s", n, n == 1 and "" or "s", common.describe_target(t),
+    #shown > 0 and ": " .. common.printable(table.concat(shown, " ")) or "")
 end
 
 -- What the outcome says: the files (or the JSON report) on standard output, the rest on stderr.
@@ -319,12 +311,12 @@ local function report(t, r, a)
   end
   local missing = r.missing
   if not err then
-    if #rejected > 0 and missing and #missing > 0 then say_missing(t, missing, a.json) end
+    if #rejected > 0 and missing and missing.count > 0 then say_missing(t, missing, a.json) end
     return
   end
   say("%s", tostring(err))
   if err.option and HINTS[err.option] then say("%s", HINTS[err.option]) end
-  if missing and #missing > 0 then
+  if missing and missing.count > 0 then
     say_missing(t, missing, a.json)
   elseif count > 0 then
     say("the rest of %s is missing", common.describe_target(t))
@@ -355,6 +347,8 @@ function M.main(argv)
     return 128 + signal
   end
   r.dir = a.output
+  -- standard error names at most MISSING_SHOWN missing instances; --json lists them all
+  r.names_shown = not a.json and M.MISSING_SHOWN or nil
   code = account(store, t, r)
   store:close()
   report(t, r, a)

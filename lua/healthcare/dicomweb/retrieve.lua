@@ -432,17 +432,38 @@ local function named_file(part, scope)
   return { path = part.path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, part) }
 end
 
--- Names the received DICOM parts in dir after their SOP Instance UIDs. scope: the UIDs asked
--- for, checked against what came (a mismatch is a warning). A part that is not an instance of
--- its own (not DICOM, no valid SOP Instance UID, a UID already received) is rejected: { part =
--- i, reason, size, path = place_rejected's when keep_rejected, else removed }. early: the
--- files of named parts already listed while the answer streamed, by part (their parts are false
--- in the list); on_file(file) is called for each of the others once all are named. A part's
--- number (in messages, rejected, its file's name) is part.index, else its place in parts.
--- Returns files, rejected; or nil, err with err.files and err.rejected (what was done) when a
--- rename fails. Every temporary file is gone either way.
-local function name_instances(parts, dir, scope, fixed_path, keep_rejected, early, on_file)
-  local files, rejected, used, told = {}, {}, nil, {}
+-- Moves a received instance to path, unless skip (retrieve_instances') holds its UID and a file
+-- is there: this retrieve wrote it and told of it already, at its size, so that copy stays and
+-- the new one goes (its entry is not listed again; what was reported stays true). Returns the
+-- size of the file at path, or nil, err (the temporary file removed either way).
+local function land(part, path, uid, skip)
+  if skip and skip[uid] then
+    local size = lfs.attributes(path, "size")
+    if size and lfs.attributes(path, "mode") == "file" then
+      os.remove(part.path)
+      return size
+    end
+  end
+  local ok, err = place(part.path, path)
+  if not ok then return nil, err end
+  return part.size
+end
+
+-- Names the received DICOM parts in dir after their SOP Instance UIDs. how = { scope (the UIDs
+-- asked for, checked against what came: a mismatch is a warning), fixed_path, keep_rejected,
+-- early, on_file, skip }. A part that is not an instance of its own (not DICOM, no valid SOP
+-- Instance UID, a UID already received) is rejected: { part = i, reason, size, path =
+-- place_rejected's when keep_rejected, else removed }; so is, when an instance was asked for
+-- alone (scope.instance), an instance other than it, whose UID is then listed in `others`.
+-- early: the files of named parts already listed while the answer streamed, by part (their
+-- parts are false in the list); on_file(file) is called for each of the others once all are
+-- named. skip: as land's. A part's number (in messages, rejected, its file's name) is
+-- part.index, else its place in parts. Returns files, rejected, others; or nil, err with
+-- err.files and err.rejected (what was done) when a rename fails. Every temporary file is gone
+-- either way.
+local function name_instances(parts, dir, how)
+  local scope, early, on_file = how.scope, how.early, how.on_file
+  local files, rejected, others, used, told = {}, {}, {}, nil, {}
   -- Parts the sink already named by their UID as they arrived hold their UID first, whatever
   -- their place: another part with it is the second copy (when there are parts to name here).
   for _, part in ipairs(parts) do
@@ -474,11 +495,15 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
       files[#files + 1] = f
     else
       local reason, uid, info = instance_of(part, used)
-      local path, number = nil, part.index or i
+      if not reason and scope.instance and uid ~= scope.instance then
+        reason = scope_warning(scope, uid, info)
+        others[#others + 1] = uid
+      end
+      local path, number, size = nil, part.index or i, nil
       local ok, err = true, nil
       if reason then
         rejected[#rejected + 1] = { part = number, reason = reason, size = part.size }
-        if keep_rejected then
+        if how.keep_rejected then
           path, err = place_rejected(part.path, dir, number)
           ok = path ~= nil
         else
@@ -486,8 +511,9 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
         end
       else
         used[uid] = number
-        path = fixed_path or join(dir, uid .. ".dcm")
-        ok, err = place(part.path, path)
+        path = how.fixed_path or join(dir, uid .. ".dcm")
+        size, err = land(part, path, uid, how.skip)
+        ok = size ~= nil
       end
       if not ok then
         -- the later parts: those the sink named are in place and listed, the others removed
@@ -502,12 +528,12 @@ local function name_instances(parts, dir, scope, fixed_path, keep_rejected, earl
       if reason then
         if path then rejected[#rejected].path = path end
       else
-        add(i, { path = path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, info) })
+        add(i, { path = path, sop_instance_uid = uid, size = size, warning = scope_warning(scope, uid, info) })
       end
     end
   end
   if on_file then for _, f in ipairs(told) do on_file(f) end end
-  return files, rejected
+  return files, rejected, others
 end
 
 -- A failed streaming transfer: the parts that completed are kept, named, in err.files (and
@@ -595,27 +621,40 @@ local function handover(scope, on_file, skip)
     told = told }
 end
 
+-- The error of an answer to an instance asked for alone that holds other instances (others, their
+-- UIDs) but not it: a failure of that instance, whatever the server meant (a broken one, or one
+-- passing off an instance this retrieve already has as the one missing).
+local function not_the_instance(what, uids, others, rejected)
+  local more = #others > 1 and string.format(" (and %d more)", #others - 1) or ""
+  return errors.new("dicom", string.format("%s: asked for %s, the server sent instance %s%s instead", what,
+    describe(uids), shown(others[1]), more), { files = {}, rejected = rejected })
+end
+
+-- Where a retrieve writes: the directory, and the file when a RetrieveInstance's `to` is one.
+local function target_of(what, to)
+  if what == "RetrieveInstance" and not (to:sub(-1) == "/" or is_dir(to)) then return parent_of(to), to end
+  return to
+end
+
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
 --- method's name for messages (a RetrieveInstance's `to` may be a file path); bounds: bounds_of's.
 --- skip: nil, or the UIDs of files an earlier attempt of the same retrieve wrote and told of: a
---- part with one of them lands again on its file (the series came whole again) but is neither
---- listed, counted nor told of twice.
+--- part with one of them (the series came whole again) is not written over that file, nor listed,
+--- counted or told of twice.
 local function retrieve_instances(store, uids, opts, what, bounds, skip)
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
   local ts, terr = transfer_syntax_of(opts)
   if not ts then return nil, terr end
-  local to = opts.to
-  local dir, fixed_path
-  if what == "RetrieveInstance" and not (to:sub(-1) == "/" or is_dir(to)) then
-    fixed_path, dir = to, parent_of(to)
-  else
-    dir = to
-  end
+  local dir, fixed_path = target_of(what, opts.to)
   local ok, derr = ready_dir(dir)
   if not ok then return nil, derr end
 
   local scope = { study = uids[1][2], series = uids[2] and uids[2][2], instance = uids[3] and uids[3][2] }
+  -- An instance asked for alone is named here once the answer has ended, not by the sink as it
+  -- streams: a part that is another instance is then judged before it lands anywhere, and can
+  -- neither take the place of a file there (one this retrieve wrote) nor count.
+  local alone = scope.instance ~= nil
   local list_files = opts.list_files ~= false
   local on_file = opts.on_file
   if skip and on_file then
@@ -623,7 +662,7 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
       if not skip[f.sop_instance_uid] then return opts.on_file(f) end
     end
   end
-  local recv = (list_files or fixed_path) and lister(scope, on_file) or handover(scope, on_file, skip)
+  local recv = (list_files or alone) and lister(scope, on_file) or handover(scope, on_file, skip)
   -- The files to list, their count and bytes (list_files = false: none listed, all counted).
   local function settle(files)
     if skip then
@@ -643,7 +682,12 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
       return nil, errors.new("dicom", string.format("%s: expected one instance, the server sent %d parts",
         what, #parts), { files = {}, rejected = {} })
     end
-    return name_instances(parts, dir, scope, fixed_path, opts.keep_rejected, recv.early, on_file)
+    local files, rejected, others = name_instances(parts, dir, { scope = scope, fixed_path = fixed_path,
+      keep_rejected = opts.keep_rejected, early = recv.early, on_file = on_file, skip = skip })
+    if files and alone and #files == 0 and #others > 0 then
+      return nil, not_the_instance(what, uids, others, rejected)
+    end
+    return files, rejected
   end
   -- name_by_uid: each instance is probed as it streams and renamed into place as it ends
   -- (fewer system calls, and the work overlaps the transfer); what the sink could not name
@@ -652,9 +696,8 @@ local function retrieve_instances(store, uids, opts, what, bounds, skip)
   -- judged (list_files = false) are removed first.
   local sent, res, err = pcall(send, store, path,
     { "Accept: " .. media.multipart(media.DICOM, ts) }, opts,
-    { what = what, sink = { dir = dir, name_by_uid = fixed_path == nil }, bounds = bounds,
-      on_parts = fixed_path == nil and recv.on_parts or nil,
-      take_parts = fixed_path == nil and recv.take_parts or nil })
+    { what = what, sink = { dir = dir, name_by_uid = not alone }, bounds = bounds,
+      on_parts = not alone and recv.on_parts or nil, take_parts = not alone and recv.take_parts or nil })
   if not sent then
     remove_parts(recv.gather({}))
     error(res, 0)
@@ -757,6 +800,14 @@ local function seconds_left(deadline)
   return deadline < math.huge and math.max(deadline - core.now(), 0.001) or nil
 end
 
+-- A UID a search answered with, before a request carries it: junk there is the server's failure
+-- (kind "dicom", quoted as it came: tostring(err) makes it printable), not a usage error.
+local function listed_uid(uid, what, where)
+  if names.valid_uid(uid) then return uid end
+  return nil, errors.new("dicom", string.format("the server listed '%s' as a %s UID %s: expected digits and dots, "
+    .. "at most %d characters", shown(uid), what, where, names.MAX_UID))
+end
+
 local function plan_series(store, study, series, opts, held, deadline)
   local results, serr = store:search_series({ StudyInstanceUID = study, SeriesInstanceUID = series,
     includefield = { "NumberOfSeriesRelatedInstances" } }, { params = opts.params, timeout = seconds_left(deadline),
@@ -767,6 +818,8 @@ local function plan_series(store, study, series, opts, held, deadline)
   for item in results:each() do
     local se, n = item.SeriesInstanceUID, tonumber(item.NumberOfSeriesRelatedInstances)
     if type(se) == "string" then
+      local _, uerr = listed_uid(se, "series", "of study " .. study)
+      if uerr then return nil, uerr end
       local there = held[se] or { count = 0, bytes = 0, uids = {} }
       local how = "listed"
       if there.count == 0 then
@@ -776,24 +829,33 @@ local function plan_series(store, study, series, opts, held, deadline)
       elseif n and there.bytes <= (n - there.count) * cost then
         how = "whole"
       end
-      plan[#plan + 1] = { uid = se, how = how, there = there }
+      plan[#plan + 1] = { uid = se, how = how, there = there, count = n }
     end
   end
   if results.error then return nil, results.error end
   return plan
 end
 
--- The instances of a series the server lists (a search) that are not in `have`. Returns the
--- list of their UIDs, or nil, err.
-local function missing_of(store, study, se, opts, have, deadline)
+-- The instances of a series the server lists (a search) that are not in `have`: all of them, or
+-- (want) the first `want` found, the search stopped there. Pages of 1000 (Orthanc finds every
+-- match again for each page: 200 pages of 100 made a search of 20,000 instances three times as
+-- long), or as many as `want` and the `there` instances of the series in `have` add up to when
+-- fewer. Returns the list of their UIDs, or nil, err.
+local function missing_of(store, study, se, opts, have, deadline, want, there)
+  local page_size = want and math.min(1000, want + (there or 0)) or 1000
   local results, serr = store:search_instances({ StudyInstanceUID = study, SeriesInstanceUID = se,
-    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = 1000, timeout = seconds_left(deadline),
-    retry = ONCE })
+    includefield = { "SOPInstanceUID" } }, { params = opts.params, page_size = page_size,
+    timeout = seconds_left(deadline), retry = ONCE })
   if not results then return nil, serr end
   local missing = {}
   for item in results:each() do
     local sop = item.SOPInstanceUID
-    if type(sop) == "string" and not have[sop] then missing[#missing + 1] = sop end
+    if type(sop) == "string" and not have[sop] then
+      local _, uerr = listed_uid(sop, "SOP Instance", "in series " .. se .. " of study " .. study)
+      if uerr then return nil, uerr end
+      missing[#missing + 1] = sop
+      if want and #missing >= want then break end
+    end
   end
   if results.error then return nil, results.error end
   return missing
@@ -856,6 +918,42 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds, 
       end
     end
   end
+  return out
+end
+
+--- retrieve.missing(store, study, series, dir, opts) -> { count, uids } or nil, err: the instances
+--- of the study (or of its series, series not nil) that dir does not hold as <uid>.dcm files of
+--- theirs, told as skip_existing tells them (the command names what a failed retrieve left
+--- missing): one search of the series with their instance counts, and no further one of a series
+--- dir holds as many instances of as the server counts. opts.names: nil, the other series are
+--- searched whole and each missing instance named (count = #uids); or a number, at most that many
+--- are named (the searches stop once they have them, and a series with a count is not searched
+--- when they are named already), count being the server's counts less what dir holds.
+--- opts.params, opts.timeout (seconds for it all). Each search is tried once.
+function M.missing(store, study, series, dir, opts)
+  opts = opts or {}
+  local want = opts.names
+  local deadline = opts.timeout and core.now() + opts.timeout or math.huge
+  local have, held = already_in(dir, study)
+  local plan, perr = plan_series(store, study, series, opts, held, deadline)
+  if not plan then return nil, perr end
+  local out = { count = 0, uids = {} }
+  for _, entry in ipairs(plan) do
+    if entry.how ~= "complete" then
+      -- the names still wanted; a series without a count is searched whole to count it
+      local left = want and math.max(want - #out.uids, 0)
+      local n, there = entry.count, entry.there.count
+      local found = {}
+      if not (n and left == 0) then
+        local merr
+        found, merr = missing_of(store, study, entry.uid, opts, have, deadline, n and left or nil, there)
+        if not found then return nil, merr end
+      end
+      for i = 1, left and math.min(left, #found) or #found do out.uids[#out.uids + 1] = found[i] end
+      out.count = out.count + ((want and n) and math.max(n - there, #found) or #found)
+    end
+  end
+  table.sort(out.uids)
   return out
 end
 
