@@ -56,6 +56,7 @@ typedef struct hc_dicom_src {
     uint64_t pos;     /* offset of the next byte of this stream */
     uint64_t size;    /* length of the stream (SRC_MEM, SRC_FILE) */
     uint64_t fetched; /* bytes counted against HC_DICOM_READ_LIMIT */
+    uint64_t filled;  /* SRC_FILE: bytes read from the file (its bytes_read) */
     const unsigned char *mem;
     FILE *fp;
     unsigned char *buf; /* SRC_FILE: window [buf_off, buf_off + buf_len) */
@@ -144,21 +145,22 @@ static int dicom_file_fill(hc_dicom_src *s)
 
     if (want > HC_DICOM_BUF)
         want = HC_DICOM_BUF;
-    if (s->fetched + want > HC_DICOM_READ_LIMIT)
-        return dicom_over_limit(s->run);
     if (s->pos > (uint64_t)LONG_MAX || fseek(s->fp, (long)s->pos, SEEK_SET) != 0)
         return dicom_fail(s->run, HC_DICOM_ERR_IO, "cannot seek to offset %llu",
                           (unsigned long long)s->pos);
     got = fread(s->buf, 1, (size_t)want, s->fp);
     if (got < want && ferror(s->fp))
         return dicom_fail(s->run, HC_DICOM_ERR_IO, "read error: %s", strerror(errno));
-    s->fetched += got;
+    s->filled += got;
     s->buf_off = s->pos;
     s->buf_len = got;
     return (int)got;
 }
 
-/* A file source: from its window, refilled as needed. */
+/* A file source: from its window, refilled as needed. The bytes handed out count against the
+ * read limit, as a memory source's do (counting the window's fills instead refused a header of
+ * many small elements spread over more than 1 MiB, which the memory form reads): each fill serves
+ * a counted read, so the disk reads stay bounded too. */
 static int dicom_file_read(hc_dicom_src *s, unsigned char *dst, size_t n)
 {
     size_t done = 0;
@@ -169,9 +171,12 @@ static int dicom_file_read(hc_dicom_src *s, unsigned char *dst, size_t n)
             size_t k = s->buf_len - at;
             if (k > n - done)
                 k = n - done;
+            if (s->fetched + k > HC_DICOM_READ_LIMIT)
+                return dicom_over_limit(s->run);
             memcpy(dst + done, s->buf + at, k);
             done += k;
             s->pos += k;
+            s->fetched += k;
             continue;
         }
         if (s->pos >= s->size)
@@ -740,7 +745,7 @@ static int dicom_probe_src(hc_dicom_src *s, hc_dicom_info *info)
 static int dicom_finish(hc_dicom_run *run, hc_dicom_src *s,
                         hc_dicom_info *out, int r)
 {
-    out->bytes_read = s->fetched;
+    out->bytes_read = s->kind == SRC_FILE ? s->filled : s->fetched;
     if (r == 0) {
         if (run->errlen > 0)
             run->err[0] = '\0';
@@ -797,7 +802,7 @@ int hc_dicom_probe_file(const char *path, hc_dicom_info *out, char *err,
     setvbuf(s.fp, NULL, _IONBF, 0);
     /* read before sizing: a directory opens, but only a read says EISDIR */
     s.buf_len = fread(buf, 1, sizeof buf, s.fp);
-    s.fetched = s.buf_len;
+    s.filled = s.buf_len;
     if (ferror(s.fp)) {
         r = dicom_fail(&run, HC_DICOM_ERR_IO, "cannot read %s: %s", path,
                        strerror(errno));

@@ -67,7 +67,7 @@ typedef struct hc_dicom_info {
     int deflated_fallback; /* 1: deflated data set unreadable, SOP UIDs from meta */
     uint64_t size;           /* file size, or buffer length for the _mem form */
     uint64_t dataset_offset; /* first byte after the File Meta Information */
-    uint64_t bytes_read;     /* bytes fetched from the input (see READ_LIMIT) */
+    uint64_t bytes_read;     /* bytes fetched (memory; see READ_LIMIT) or read from the file */
 } hc_dicom_info;
 
 /*
