@@ -621,6 +621,18 @@ describe("an answer that ends oddly", function()
     end
   end)
 
+  it("with a trailer after an empty body: its fields are no headers of the answer", function()
+    -- no body byte came before the trailer, and its lines were taken for header lines
+    local session = core.session()
+    local r = assert(session:request({ method = "GET", url = URL .. "/trailer/empty=1/studies/" .. STUDY,
+      timeout = 10 }))
+    session:close()
+    assert.equal(200, r.status)
+    assert.equal("", r.body)
+    assert.is_nil(r.headers["x-from-trailer"])
+    assert.matches("^multipart/related", r.headers["content-type"])
+  end)
+
   it("with a trailer past the headers' cap fails naming it, and keeps the instances that came whole", function()
     local dir = H.tmpdir()
     local res, err, partial = store_at("trailer/lines=1000"):retrieve_study(STUDY, { to = dir })

@@ -55,6 +55,8 @@ struct hc_transfer {
     int compressed;                /* gzip/deflate asked for (Accept-Encoding): decoded */
     double max_compression_ratio;
     int body_started;
+    int final_block;               /* the header block being read is a final (not 1xx) answer's */
+    int headers_done;              /* the final answer's header block ended: what follows is trailer */
     size_t trailer_bytes;          /* of the chunked answer's trailer, received after its body */
     int inflating;
     hc_inflate inflater;           /* owned while inflating */
@@ -119,6 +121,8 @@ static void coding_reset(hc_transfer *t)
         hc_inflate_free(&t->inflater);
     t->inflating = 0;
     t->body_started = 0;
+    t->final_block = 0;
+    t->headers_done = 0;
     t->trailer_bytes = 0;
     t->content_encoding[0] = '\0';
 }
@@ -283,10 +287,11 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
 {
     hc_transfer *t = ud;
     size_t n = size * nitems;
-    /* After the body began, libcurl hands over the trailer of a chunked answer: none of it is a
-     * header of the answer, nor a new response (a trailer line "HTTP/1.1 200 OK" reset the sink,
-     * removing the instances it had named), so it is only counted against the headers' cap. */
-    if (t->body_started) {
+    /* After the final answer's header block, libcurl hands over the trailer of a chunked answer
+     * (also when no body byte came): none of it is a header of the answer, nor a new response (a
+     * trailer line "HTTP/1.1 200 OK" reset the sink, removing the instances it had named), so it
+     * is only counted against the headers' cap. */
+    if (t->body_started || t->headers_done) {
         t->trailer_bytes += n;
         if (t->trailer_bytes > t->response_headers.cap) {
             t->headers_too_large = 1;
@@ -302,6 +307,12 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
         if (t->sink != NULL)
             hc_sink_reset(t->sink);
         coding_reset(t);
+        {
+            const char *sp = memchr(p, ' ', n);
+            t->final_block = sp == NULL || (size_t)(sp - p) + 1 >= n || sp[1] != '1';
+        }
+    } else if ((n == 2 && p[0] == '\r' && p[1] == '\n') || (n == 1 && p[0] == '\n')) {
+        t->headers_done = t->final_block;
     }
     note_content_encoding(t, p, n);
     if (check_transfer_encoding(t, p, n) != 0)
@@ -384,6 +395,9 @@ static void set_options(hc_transfer *t, const hc_transfer_opts *o)
         curl_easy_setopt(e, CURLOPT_PROXY, o->proxy);
     if (o->no_proxy)
         curl_easy_setopt(e, CURLOPT_NOPROXY, o->no_proxy);
+    /* A proxy's answer to CONNECT is no header block of ours: once a final answer's block ends,
+     * on_header takes what follows for the trailer. */
+    curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     if (o->insecure) {
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);

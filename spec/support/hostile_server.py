@@ -35,7 +35,9 @@ answer to every request made through it.
                             answer (of the pattern) ends in the middle of a part, its connection
                             closed short of the Content-Length it announced
   /trailer/lines=0          200 multipart/related, chunked: every file whole, then after the last
-                            chunk a trailer line "HTTP/1.1: 200 OK" and `lines` lines of 1 KB
+                            chunk a trailer line "HTTP/1.1: 200 OK" and `lines` lines of 1 KB;
+                            empty=1: no chunk before the last, and a trailer "Content-Type:
+                            text/html" and "X-From-Trailer: yes" (fields that are no headers)
   /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
 
 Except under gzip-json, a path ending in /instances (a QIDO-RS search for instances) is answered
@@ -254,6 +256,9 @@ def answer(conn, scenario, q, path):
         send_head(conn, "200 OK", [("Content-Type", MULTIPART), ("Transfer-Encoding", "chunked"),
                                    ("Trailer", "X-Pad")])
         body = multipart_of([(b"application/dicom", read_file(i)) for i in range(len(FILES))])
+        if q.get("empty") == "1":
+            conn.sendall(b"0\r\nContent-Type: text/html\r\nX-From-Trailer: yes\r\n\r\n")
+            return
         for i in range(0, len(body), 8192):
             chunk = body[i:i + 8192]
             conn.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
