@@ -523,9 +523,12 @@ describe("an instance asked for alone", function()
         .. dicom[1].sop_instance_uid:gsub("%p", "%%%0") .. " instead$", tostring(err))
       assert.same({ 0, 0, 0 }, { partial.count, #partial.files, told })
       assert.same({ dir .. "/" .. first }, { partial.kept[1].path })
-      assert.equal(1, #partial.rejected)
+      -- each of the two is asked for (one's failure leaves no other unasked), and each rejected
+      assert.equal(2, #partial.rejected)
       assert.matches("is not the instance asked for %(" .. dicom[2].sop_instance_uid:gsub("%p", "%%%0") .. "%)$",
         partial.rejected[1].reason)
+      assert.matches("is not the instance asked for %(" .. dicom[3].sop_instance_uid:gsub("%p", "%%%0") .. "%)$",
+        partial.rejected[2].reason)
       -- the file that was there, untouched: no other name, nothing left of the answer
       assert.same({ first }, listing(dir))
       assert.equal(before, ino(dir .. "/" .. first))

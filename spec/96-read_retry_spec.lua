@@ -203,6 +203,39 @@ describe("a retrieve whose answer is cut", function()
     assert_whole(res, dir)
   end)
 
+  it("with skip_existing asks for every other missing instance when one asked alone is gone (404)", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- one of the CT series there: with request_cost = 0 each of the other five is asked alone;
+    -- the first one asked is gone (404), which used to leave the four after it unasked
+    local ct = s.series[1]
+    H.write_file(dir .. "/" .. ct.instances[1] .. ".dcm", H.file_bytes(s.by_uid[ct.instances[1]].path))
+    local store = client_store()
+    local listed = assert(store:search_instances({ StudyInstanceUID = s.study_uid,
+      SeriesInstanceUID = ct.series_uid }):all())
+    local gone
+    for _, item in ipairs(listed) do
+      local sop = item.SOPInstanceUID
+      if sop ~= ct.instances[1] then gone = sop break end
+    end
+    faults({ { http_method = "GET", path = "^studies/[^/]+/series/[^/]+/instances/" .. gone:gsub("%.", "\\.") .. "$",
+      status = 404, times = 100 } })
+    local res, err, partial = store:retrieve_study(s.study_uid, { to = dir, skip_existing = true, request_cost = 0 })
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+    assert.truthy(tostring(err):find(gone, 1, true), tostring(err))
+    partial = partial or err
+    assert.equal(#s.files - 2, partial.count)
+    for _, f in ipairs(s.files) do
+      local path = dir .. "/" .. f.sop_instance_uid .. ".dcm"
+      if f.sop_instance_uid == gone then
+        assert.is_nil(lfs.attributes(path), "the instance that is gone: " .. path)
+      else
+        assert.equal(H.sha256(f.path), H.sha256(path))
+      end
+    end
+  end)
+
   it("reports a file at the size it has on disk when its series comes again with other bytes", function()
     -- a study of its own: between the attempts, the server's copy of the instance that arrived is
     -- stored again, 10 KB larger (the same UIDs), and its series then comes whole again

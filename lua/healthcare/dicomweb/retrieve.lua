@@ -861,6 +861,13 @@ local function missing_of(store, study, se, opts, have, deadline, want, there)
   return missing
 end
 
+-- Whether err, of an instance asked for alone, is that instance's own: the server has it not
+-- (404, 410) or answered with something else than it (kind "dicom"); not the server's or the
+-- connection's state, nor a bound or a stop, which the next instance would meet too.
+local function instance_own(err)
+  return err.kind == "dicom" or err.kind == "http" and (err.http_status == 404 or err.http_status == 410)
+end
+
 -- skip_existing: the series the server lists (a search, with their instance counts) less what
 -- dir already holds of them (plan_series): a series none of which is there in one request, one
 -- whose files there are fewer bytes than request_cost per missing instance whole again in one
@@ -886,6 +893,10 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds, 
     err.count, err.files_bytes = out.count, out.bytes
     return nil, err
   end
+  -- An instance asked for alone that fails on its own (gone, or answered with something else) is
+  -- no reason to leave the others unasked: they are fetched, and the first such failure ends the
+  -- retrieve once they were (a retry then asks for that one alone again).
+  local own_failure
   local plan, perr = plan_series(store, study, series, opts, held, bounds.deadline)
   -- kept: what dir holds, less the files of the series fetched whole again
   local again = {}
@@ -913,10 +924,23 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds, 
       for _, sop in ipairs(missing) do
         local res, err = retrieve_instances(store, { { "study", study }, { "series", se }, { "instance", sop } },
           sub_options(opts, join(opts.to, "")), "RetrieveInstance", bounds)
-        if not res then return fail_with(err) end
-        add(res)
+        if res then
+          add(res)
+        elseif not instance_own(err) then
+          return fail_with(err)
+        else
+          local files = err.files or {}
+          add({ files = files, rejected = err.rejected, count = err.count or #files,
+            bytes = err.files_bytes or total_bytes(files) })
+          own_failure = own_failure or err
+        end
       end
     end
+  end
+  if own_failure then
+    own_failure.files, own_failure.rejected, own_failure.kept = out.files, out.rejected, out.kept
+    own_failure.count, own_failure.files_bytes = out.count, out.bytes
+    return nil, own_failure
   end
   return out
 end
