@@ -469,6 +469,35 @@ describe("healthcare projects <method> against the emulator", function()
   end)
 end)
 
+describe("healthcare projects <method>: exact answers", function()
+  before_each(function()
+    config({ operation_polls = 0, operation_error = cjson.null, operation_units = 10 })
+  end)
+
+  -- A FHIR store of a new dataset; its name.
+  local function new_fhir_store()
+    return ok_json(projects("locations-datasets-fhir-stores-create", new_dataset(), "-p", "fhir-store-id=f",
+      "-r", ".version=R4")).name
+  end
+
+  it("prints the numbers of a JSON answer exactly (cjson's 14 digits changed them)", function()
+    local store = new_fhir_store()
+    local resource = '{"resourceType":"Observation","valueQuantity":{"value":3.14159265358979,"unit":"mg"},'
+      .. '"component":[{"valueInteger":123456789012345},{"valueQuantity":{"value":0.976562500000001}},'
+      .. '{"valueQuantity":{"value":1e-7}}]}'
+    local out, err, code = projects("locations-datasets-fhir-stores-fhir-create", store, "Observation",
+      "-r", ".", "content-type=application/fhir+json", "data=" .. resource)
+    assert.equal(0, code, err)
+    local id = assert(cjson.decode(out), out).id
+    out, err, code = projects("locations-datasets-fhir-stores-fhir-read", store .. "/fhir/Observation/" .. id)
+    assert.equal(0, code, err)
+    for _, n in ipairs({ '"value": 3.14159265358979', '"valueInteger": 123456789012345', '"value": 0.976562500000001',
+      '"value": 1e-07' }) do
+      assert.truthy(out:find(n, 1, true), n .. " in " .. out)
+    end
+  end)
+end)
+
 describe("README's command example", function()
   it("runs word for word against the emulator", function()
     local text = assert(H.file_bytes("README.md"))
