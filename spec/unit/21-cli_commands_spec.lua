@@ -78,6 +78,9 @@ describe("healthcare.cli.json", function()
     assert.equal("[9007199254740992,1e+100]", json.encode({ 2 ^ 53, 1e100 }))
   end)
 
+  it("writes a value inside another at an indentation (json.pretty's second argument)", function()
+    assert.equal('{\n      "a": [\n        1\n      ]\n    }', json.pretty({ a = { 1 } }, "    "))
+  end)
 end)
 
 describe("healthcare search's table", function()

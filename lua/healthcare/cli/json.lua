@@ -201,10 +201,11 @@ function M.encode(v)
   return table.concat(out)
 end
 
---- v as JSON for people: one member per line, two-space indentation, no final newline.
-function M.pretty(v)
+--- v as JSON for people: one member per line, two-space indentation, no final newline. indent:
+--- the indentation of the line v starts on (default none), for a value written inside another.
+function M.pretty(v, indent)
   local out = {}
-  write(out, 0, v, "")
+  write(out, 0, v, indent or "")
   return table.concat(out)
 end
 
