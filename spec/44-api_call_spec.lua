@@ -236,7 +236,8 @@ describe("client:call's request path", function()
       "bad argument #2 to 'call' (params table expected, got string)")
     assert.has_error(function() client:call("projects.locations.list", {}, {}, { bogus = 1 }) end,
       "unknown option 'bogus' to 'call'; valid options: accept, compressed, headers, idle_timeout, max_bytes, "
-      .. "max_compression_ratio, min_speed, on_progress, operation_timeout, poll_interval, query, retry, timeout, to, wait")
+      .. "max_compression_ratio, min_speed, on_progress, on_retry, operation_timeout, poll_interval, query, retry, timeout, "
+      .. "to, wait")
     local _, after = last()
     assert.equal(before, after)
     client:close()

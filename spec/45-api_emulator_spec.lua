@@ -224,6 +224,27 @@ describe("client:call, client:wait", function()
     assert.equal(6, em:count("faults_fired") - fired)
   end)
 
+  it("tells on_retry of each wait, a Retry-After answer as the error it is", function()
+    local dataset = new_dataset()
+    faults({ { match = "admin", method = DS .. "get", status = 503, retry_after = "1", message = "busy", times = 1 } })
+    local told = {}
+    local t0 = os.time()
+    local got = assert(client:call(DS .. "get", { name = dataset }, nil, { on_retry = function(err, seconds, attempt)
+      told[#told + 1] = { tostring(err), seconds, attempt }
+    end }))
+    assert.equal(dataset, got.name)
+    assert.same({ { DS .. "get: HTTP 503 UNAVAILABLE: busy", 1, 2 } }, told)
+    assert.is_true(os.time() - t0 >= 1)
+    -- the pages of a list, the same
+    told = {}
+    faults({ { match = "admin", method = DS .. "dicomStores.list", status = 429, retry_after = "0", times = 1 } })
+    local list = assert(client:pages(DS .. "dicomStores.list", { parent = dataset }, { on_retry = function(err)
+      told[#told + 1] = err.http_status
+    end }))
+    assert.same({}, assert(list:all()))
+    assert.same({ 429 }, told)
+  end)
+
   it("refuses a bad call before any request: the count of requests does not move", function()
     local dataset = new_dataset()
     local before = requests()
@@ -311,6 +332,23 @@ describe("client:pages", function()
     assert.same({}, assert(endless:all()))
     assert.equal(5, endless.requests)
     assert.is_string(endless.next_page_token)
+  end)
+
+  it("asks for nextPageToken in a partial response (fields): the pages after the first are not lost", function()
+    local dataset = new_dataset()
+    for i = 1, 5 do assert(client:call(DS .. "dicomStores.create", { parent = dataset, dicomStoreId = "s" .. i }, {})) end
+    for _, fields in ipairs({ "dicomStores/name", "dicomStores(name)", "dicomStores,nextPageToken" }) do
+      local pages = assert(client:pages(DS .. "dicomStores.list", { parent = dataset, pageSize = 2, fields = fields }))
+      local names = {}
+      for store in pages:each() do names[#names + 1] = store.name:match("[^/]+$") end
+      assert.is_nil(pages.error)
+      assert.same({ "s1", "s2", "s3", "s4", "s5" }, names, fields)
+      assert.equal(3, pages.requests)
+    end
+    -- the emulator answers as Google does: one page alone leaves the token out unless it is named
+    local page = assert(client:call(DS .. "dicomStores.list", { parent = dataset, pageSize = 2, fields = "dicomStores" }))
+    assert.equal(2, #page.dicomStores)
+    assert.is_nil(page.nextPageToken)
   end)
 
   it("a failed page ends the loop with pages.error; all() gives nil, err and the items before", function()

@@ -244,7 +244,7 @@ describe("healthcare projects <method>'s answers", function()
       { content_type = "application/octet-stream", body = bytes } }))
     local out, err, code = against_capture("locations-datasets-fhir-stores-fhir-read", RESOURCE)
     assert.equal(0, code, err)
-    assert.equal(bytes .. "\n", out)
+    assert.equal(bytes, out) -- byte for byte: `> file` is the server's bytes, no newline added
     out, err, code = against_capture("locations-datasets-fhir-stores-fhir-read", RESOURCE)
     assert.equal(0, code, err)
     assert.equal('{\n  "id": "1",\n  "resourceType": "Patient"\n}\n', out)
@@ -254,6 +254,58 @@ describe("healthcare projects <method>'s answers", function()
     assert.equal("", out)
     assert.equal(bytes, H.file_bytes(file))
     assert.matches("wrote " .. #bytes .. " bytes %(application/octet%-stream%) to ", err)
+  end)
+
+  it("prints a binary HttpBody of more than 64 MiB whole, held as the seed's DICOMweb reads are (1 GiB)", function()
+    local size = 70 * 1024 * 1024
+    H.write_file(ANSWERS, cjson.encode({ { content_type = "application/pdf", body = string.rep("%PDF", size / 4) } }))
+    local file = dir .. "/big.pdf"
+    local _, err, code = H.run("XDG_CACHE_HOME=" .. H.q(CACHE) .. " " .. H.healthcare_command({ "projects",
+      "locations-datasets-fhir-stores-fhir--binary-read", "projects/p/locations/l/datasets/d/fhirStores/f/fhir/Binary/b",
+      "--endpoint", URL .. "/v1", "--credentials", sa.key_file }) .. " >" .. H.q(file))
+    assert.equal(0, code, err)
+    assert.equal("", err)
+    assert.equal(size, #H.file_bytes(file))
+    os.remove(file)
+  end)
+
+  it("past the cap for standard output, says to write to a file with -o FILE (not a Lua option)", function()
+    -- the command with a cap of 1000 bytes: the same code, a smaller number
+    local bin = dir .. "/healthcare-small-cap"
+    local text = assert(H.file_bytes(H.BIN))
+    local last = 'os.exit(require("healthcare.cli").main(arg))'
+    assert.truthy(text:find(last, 1, true), "the launcher's last line")
+    H.write_file(bin, (text:gsub(last:gsub("%p", "%%%0"), function()
+      return 'require("healthcare.cli.call").MAX_STDOUT_BYTES = 1000\n' .. last
+    end)))
+    assert(os.execute("chmod +x " .. H.q(bin)))
+    H.write_file(ANSWERS, cjson.encode({ { content_type = "application/pdf", body = string.rep("x", 1001) },
+      { content_type = "application/pdf", body = string.rep("x", 1000) },
+      { content_type = "multipart/related; type=\"application/dicom\"; boundary=b", body = string.rep("x", 1001) } }))
+    local function run(...)
+      local argv = { ... }
+      for _, w in ipairs({ "--endpoint", URL .. "/v1", "--credentials", sa.key_file }) do argv[#argv + 1] = w end
+      local cmd = H.healthcare_command(argv):gsub("^%S+", H.q(bin), 1)
+      return H.run("XDG_CACHE_HOME=" .. H.q(CACHE) .. " " .. cmd)
+    end
+    local binary = { "projects", "locations-datasets-fhir-stores-fhir--binary-read",
+      "projects/p/locations/l/datasets/d/fhirStores/f/fhir/Binary/b" }
+    local out, err, code = run(unpack(binary))
+    assert.equal(1, code, err)
+    assert.equal("", out)
+    assert.equal("healthcare: projects.locations.datasets.fhirStores.fhir.Binary-read: the answer is larger than 1000 "
+      .. "bytes, the most the command holds in memory for standard output; write it to a file with -o FILE, which "
+      .. "streams it\n", err)
+    out, err, code = run(unpack(binary))
+    assert.equal(0, code, err)
+    assert.equal(1000, #out)
+    -- the seed's DICOMweb reads: the same cap, the same advice
+    out, err, code = run("projects", "locations-datasets-dicom-stores-studies-retrieve-study",
+      "projects/p/locations/l/datasets/d/dicomStores/s", "studies/1.2")
+    assert.equal(1, code, err)
+    assert.equal("", out)
+    assert.matches("the answer is larger than 1000 bytes, the most the command holds in memory for standard output; "
+      .. "write it to a file with %-o FILE", err)
   end)
 
   it("a non-2xx answer is Google's envelope, exit 1; -o FILE left as it was", function()
@@ -466,6 +518,186 @@ describe("healthcare projects <method> against the emulator", function()
       assert.matches(c[2], err)
     end
     assert.equal(before, requests())
+  end)
+end)
+
+describe("healthcare projects <method>: exact answers, bounded lists, interrupts, waits told", function()
+  local DS_ = "projects.locations.datasets."
+  local function faults(rules) return em:control("faults", { rules = rules, replace = true }) end
+
+  before_each(function()
+    config({ operation_polls = 0, operation_error = cjson.null, operation_units = 10 })
+    faults({})
+  end)
+  teardown(function() faults({}) end)
+
+  -- A FHIR store of a new dataset; its name.
+  local function new_fhir_store()
+    return ok_json(projects("locations-datasets-fhir-stores-create", new_dataset(), "-p", "fhir-store-id=f",
+      "-r", ".version=R4")).name
+  end
+
+  -- `healthcare projects <method> <args...>` in the background, stdin from `input` (a file) when
+  -- given; SIGNAL sent once the shell test `ready` holds (or after 1.5 s). stdout, stderr, exit code
+  -- and the milliseconds from the signal to the end.
+  -- (timeout --foreground: without it, timeout passes the signal on to its process group as well,
+  -- a second signal that ends the command before it can tidy up.)
+  local function signalled(signal, input, ready, method, ...)
+    local argv = { "projects", method, ... }
+    for _, w in ipairs({ "-p", "access-token=" .. em.token, "--endpoint", em.endpoint }) do argv[#argv + 1] = w end
+    local err = dir .. "/signalled-" .. math.random(1, 1e9)
+    local out = H.run(string.format("timeout --foreground 30 %s%s 2>%s & pid=$!; %s; kill -%s $pid; "
+      .. "t0=$(date +%%s%%N); wait $pid; rc=$?; echo \"exit=$rc ms=$(( ($(date +%%s%%N) - t0) / 1000000 ))\"",
+      H.healthcare_command(argv), input and (" <" .. H.q(input)) or "", H.q(err),
+      ready and ("for i in $(seq 100); do " .. ready:format(H.q(err)) .. " && break; sleep 0.1; done") or "sleep 1.5",
+      signal))
+    local text = H.file_bytes(err) or ""
+    os.remove(err)
+    local code, ms = out:match("exit=(%d+) ms=(%d+)\n$")
+    return out:gsub("exit=%d+ ms=%d+\n$", ""), text, tonumber(code), tonumber(ms)
+  end
+
+  -- The copies of standard input (os.tmpname's /tmp/lua_XXXXXX) that hold `marker`.
+  local function copies_of(marker)
+    return (H.run("grep -l " .. H.q(marker) .. " /tmp/lua_* 2>/dev/null"))
+  end
+
+  it("prints the numbers of a JSON answer exactly (cjson's 14 digits changed them)", function()
+    local store = new_fhir_store()
+    local resource = '{"resourceType":"Observation","valueQuantity":{"value":3.14159265358979,"unit":"mg"},'
+      .. '"component":[{"valueInteger":123456789012345},{"valueQuantity":{"value":0.976562500000001}},'
+      .. '{"valueQuantity":{"value":1e-7}}]}'
+    local out, err, code = projects("locations-datasets-fhir-stores-fhir-create", store, "Observation",
+      "-r", ".", "content-type=application/fhir+json", "data=" .. resource)
+    assert.equal(0, code, err)
+    local id = assert(cjson.decode(out), out).id
+    out, err, code = projects("locations-datasets-fhir-stores-fhir-read", store .. "/fhir/Observation/" .. id)
+    assert.equal(0, code, err)
+    for _, n in ipairs({ '"value": 3.14159265358979', '"valueInteger": 123456789012345', '"value": 0.976562500000001',
+      '"value": 1e-07' }) do
+      assert.truthy(out:find(n, 1, true), n .. " in " .. out)
+    end
+  end)
+
+  it("--all with -p fields that leaves out nextPageToken still reads every page", function()
+    local ds = new_dataset()
+    for i = 1, 5 do ok_json(projects("locations-datasets-dicom-stores-create", ds, "-p", "dicom-store-id=s" .. i)) end
+    local before = requests()
+    local doc = ok_json(projects("locations-datasets-dicom-stores-list", ds, "-p", "page-size=2", "-p",
+      "fields=dicomStores/name", "--all"))
+    assert.equal(5, #doc.dicomStores)
+    assert.equal(3, requests() - before)
+  end)
+
+  it("--all stops at --limit on a list that never ends, and says so; items print as their page arrives", function()
+    local ds = new_dataset()
+    -- a page of one item and a new token, for ever
+    faults({ { match = "admin", method = DS_ .. "dicomStores.list", body = { dicomStores = { { name = ds .. "/dicomStores/x" } } },
+      fresh_page_token = true, times = 1000 } })
+    local before = requests()
+    local out, err, code = projects("locations-datasets-dicom-stores-list", ds, "--all", "--limit", "7")
+    assert.equal(0, code, err)
+    assert.equal(7, #assert(cjson.decode(out), out).dicomStores)
+    assert.equal(7, requests() - before)
+    assert.equal("healthcare: 7 items; stopped at --limit 7, there are more (a larger --limit)\n", err)
+    -- empty pages for ever: as many pages as --limit, then the same note
+    faults({ { match = "admin", method = DS_ .. "dicomStores.list", body = {}, fresh_page_token = true, times = 1000 } })
+    before = requests()
+    out, err, code = projects("locations-datasets-dicom-stores-list", ds, "--all", "--limit", "5")
+    assert.equal(0, code, err)
+    assert.equal('{\n  "dicomStores": []\n}\n', out)
+    assert.equal(5, requests() - before)
+    assert.matches("0 items; stopped at %-%-limit 5", err)
+    -- a page that fails after one that came: its items are out (the JSON closed), then the error
+    faults({})
+    for i = 1, 3 do ok_json(projects("locations-datasets-dicom-stores-create", ds, "-p", "dicom-store-id=s" .. i)) end
+    faults({ { match = "admin", method = DS_ .. "dicomStores.list", status = 400, message = "page token expired", skip = 1,
+      times = 1 } })
+    out, err, code = projects("locations-datasets-dicom-stores-list", ds, "-p", "page-size=2", "--all")
+    assert.equal(1, code, err)
+    local doc = assert(cjson.decode(out), out)
+    assert.same({ ds .. "/dicomStores/s1", ds .. "/dicomStores/s2" }, { doc.dicomStores[1].name, doc.dicomStores[2].name })
+    assert.equal(2, #doc.dicomStores)
+    assert.matches("page token expired %(after 2 items%)", err)
+    -- the same text as one answer printed whole (json.pretty's)
+    local whole = ok_json(projects("locations-datasets-dicom-stores-list", ds, "-p", "page-size=2", "--all"))
+    out = projects("locations-datasets-dicom-stores-list", ds, "-p", "page-size=2", "--all")
+    assert.equal(require("healthcare.cli.json").pretty(whole) .. "\n", out)
+    -- -o FILE: written once whole; a failed page leaves it as it was
+    local file = H.write_file(dir .. "/stores.json", "old")
+    faults({ { match = "admin", method = DS_ .. "dicomStores.list", status = 400, skip = 1, times = 1 } })
+    out, err, code = projects("locations-datasets-dicom-stores-list", ds, "-p", "page-size=2", "--all", "-o", file)
+    assert.equal(1, code, err)
+    assert.equal("", out)
+    assert.matches("%(after 2 items; nothing written%)", err)
+    assert.equal("old", H.file_bytes(file))
+    out, err, code = projects("locations-datasets-dicom-stores-list", ds, "-p", "page-size=2", "--all", "-o", file)
+    assert.equal(0, code, err)
+    assert.equal("", out)
+    assert.same(whole, cjson.decode(H.file_bytes(file)))
+  end)
+
+  for _, case in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
+    it("SIG" .. case[1] .. " during a call with data=@- ends it (" .. case[2] .. "): no copy of standard input "
+      .. "left", function()
+      local store = new_fhir_store()
+      local marker = "HC46-PHI-" .. math.random(1, 1e9)
+      local input = H.write_file(dir .. "/patient.json",
+        '{"resourceType":"Patient","name":[{"family":"' .. marker .. '"}]}')
+      faults({ { match = "store", parent = store, delay = 5, times = 1 } })
+      local out, err, code, ms = signalled(case[1], input, nil, "locations-datasets-fhir-stores-fhir-create", store,
+        "Patient", "-r", ".", "content-type=application/fhir+json", "data=@-")
+      assert.equal(case[2], code, err)
+      assert.is_true(ms < 3000, "the answer was waited for (" .. ms .. " ms)") -- the server holds it 5 s
+      assert.equal("", out)
+      assert.equal("healthcare: interrupted; nothing written (the request may have reached the server)\n", err)
+      assert.equal("", copies_of(marker))
+      -- the seed's StoreInstances alike
+      faults({ { match = "store", parent = E.store, delay = 5, times = 1 } })
+      out, err, code, ms = signalled(case[1], input, nil, "locations-datasets-dicom-stores-studies-store-instances",
+        E.store, "studies", "-r", ".", "content-type=application/dicom", "data=@-")
+      assert.equal(case[2], code, err)
+      assert.is_true(ms < 3000, "the answer was waited for (" .. ms .. " ms)")
+      assert.equal("", out)
+      assert.matches("interrupted", err)
+      assert.equal("", copies_of(marker))
+      -- and a call that is not interrupted leaves none either
+      faults({})
+      out, err, code = H.healthcare({ "projects", "locations-datasets-fhir-stores-fhir-create", store, "Patient", "-r",
+        ".", "content-type=application/fhir+json", "data=@-", "-p", "access-token=" .. em.token, "--endpoint",
+        em.endpoint }, H.file_bytes(input))
+      assert.equal(0, code, err)
+      assert.equal(marker, assert(cjson.decode(out), out).name[1].family)
+      assert.equal("", copies_of(marker))
+    end)
+  end
+
+  it("SIGTERM during a read to -o FILE (143) leaves FILE as it was and no temporary file", function()
+    local store = new_fhir_store()
+    local created = ok_json(projects("locations-datasets-fhir-stores-fhir-create", store, "Patient", "-r", ".",
+      "content-type=application/fhir+json", "data=" .. '{"resourceType":"Patient"}'))
+    local out_dir = H.tmpdir()
+    local file = H.write_file(out_dir .. "/patient.json", "old")
+    faults({ { match = "store", parent = store, delay = 5, times = 1 } })
+    local out, err, code, ms = signalled("TERM", nil, nil, "locations-datasets-fhir-stores-fhir-read",
+      store .. "/fhir/Patient/" .. created.id, "-o", file)
+    assert.equal(143, code, err)
+    assert.is_true(ms < 3000, "the answer was waited for (" .. ms .. " ms)")
+    assert.equal("", out)
+    assert.equal("healthcare: interrupted; nothing written\n", err)
+    assert.equal("old", H.file_bytes(file))
+    assert.same({ "patient.json" }, H.files_under(out_dir))
+  end)
+
+  it("says when it waits for a Retry-After, and the first Ctrl-C ends the wait (130)", function()
+    local ds = new_dataset()
+    faults({ { match = "admin", method = DS_ .. "get", status = 503, retry_after = "30", message = "busy", times = 1 } })
+    local out, err, code, ms = signalled("INT", nil, "grep -q 'trying again' %s", "locations-datasets-get", ds)
+    assert.equal(130, code, err)
+    assert.is_true(ms < 3000, "it slept on (" .. ms .. " ms)")
+    assert.equal("", out)
+    assert.equal("healthcare: projects.locations.datasets.get: HTTP 503 UNAVAILABLE: busy; trying again in 30.0 s "
+      .. "(attempt 2)\nhealthcare: interrupted; nothing written\n", err)
   end)
 end)
 

@@ -254,6 +254,26 @@ def valid_rfc3339(s):
         r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)$", s) is not None
 
 
+
+def partial_response(body, fields):
+    """A success's body with the standard parameter `fields` applied, at the top level only
+    (`dicomStores/name` keeps all of dicomStores): Google leaves out every field not named, so a
+    list asked for without nextPageToken ends after its first page. `*` keeps everything."""
+    if not fields or not isinstance(body, dict):
+        return body
+    names, depth, start, text = set(), 0, 0, fields[-1]
+    for i, c in enumerate(text + ","):
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+        elif c == "," and depth == 0:
+            names.add(re.split(r"[/(]", text[start:i].strip(), maxsplit=1)[0])
+            start = i + 1
+    if "*" in names:
+        return body
+    return {k: v for k, v in body.items() if k in names}
+
 class AdminError(Exception):
     """An answer in Google's envelope: (HTTP status, message, field or None, status name)."""
 
@@ -496,7 +516,7 @@ class AdminMixin:
             self.send_envelope(e.status, e.message, details, status_name=e.status_name)
             return True
         self.record(status)
-        self.send_json(status, body)
+        self.send_json(status, partial_response(body, self.query.get("fields")) if status < 300 else body)
         return True
 
     @staticmethod

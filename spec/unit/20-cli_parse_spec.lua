@@ -344,7 +344,7 @@ describe("healthcare.cli.seed.parse", function()
   describe("usage errors", function()
     local MISSING_VALUE = " (e.g. -r . content-type=application/dicom data=@file.dcm)"
     local OPTIONS = "valid options: --scope, --endpoint, --credentials, --impersonate-service-account, --proxy, --ca-file, --insecure, --no-token-cache, "
-      .. "--timeout, --debug, -h, --help, -r, -p, -o, --wait, --all"
+      .. "--timeout, --debug, -h, --help, -r, -p, -o, --wait, --all, --limit"
     local names = {}
     for i, m in ipairs(seed.methods) do names[i] = m.name end
     assert.are.same({ STORE, STUDIES }, { names[1], names[2] })

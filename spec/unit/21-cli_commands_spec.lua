@@ -52,6 +52,62 @@ describe("healthcare.cli.json", function()
 
   it("raises for what JSON cannot hold", function()
     assert.has_error(function() json.encode({ f = print }) end)
+    assert.has_error(function() json.encode({ n = 0 / 0 }) end)
+    assert.has_error(function() json.encode({ n = math.huge }) end)
+  end)
+
+  it("writes numbers exactly: cjson's 14 digits changed the server's values", function()
+    -- as the command gets them: cjson decodes every number as a double
+    local cjson = require "cjson.safe"
+    for _, c in ipairs({
+      { "3.14159265358979", "3.14159265358979" }, { "123456789012345", "123456789012345" },
+      { "0.976562500000001", "0.976562500000001" }, { "9007199254740991", "9007199254740991" },
+      { "9007199254740993", "9007199254740992" }, -- (a double holds no more)
+      { "0.1", "0.1" }, { "1.5", "1.5" }, { "-2", "-2" }, { "100", "100" }, { "0.30000000000000004", "0.30000000000000004" },
+      { "1e300", "1e+300" }, { "1e21", "1e+21" }, { "1.2345678901234567e19", "1.2345678901234567e+19" },
+      { "5e-324", "4.9406564584125e-324" }, { "-1.5e-7", "-1.5e-07" },
+    }) do
+      local v = cjson.decode("[" .. c[1] .. "]")[1]
+      local text = json.encode(v)
+      assert.equal(c[2], text, c[1])
+      assert.equal(v, cjson.decode(text), c[1])
+      assert.equal('{\n  "x": ' .. c[2] .. "\n}", json.pretty({ x = v }))
+    end
+    -- Lua's own numbers: integers as they are, the others in the fewest digits that read back
+    assert.equal("[3,-7,0.3333333333333333,0.5]", json.encode({ 3, -7, 1 / 3, 0.5 }))
+    assert.equal("[9007199254740992,1e+100]", json.encode({ 2 ^ 53, 1e100 }))
+  end)
+
+  it("writes a value inside another at an indentation (json.pretty's second argument)", function()
+    assert.equal('{\n      "a": [\n        1\n      ]\n    }', json.pretty({ a = { 1 } }, "    "))
+  end)
+end)
+
+describe("healthcare search's table", function()
+  local search = require "healthcare.cli.search"
+
+  it("measures a cell in the columns a terminal gives it, not in bytes", function()
+    for _, c in ipairs({ { "Smith^John", 10 }, { "M\u{fc}ller^J\u{fc}rgen", 13 }, { "\u{5c71}\u{7530}^\u{592a}\u{90ce}", 9 },
+      { "\u{3084}\u{307e}\u{3060}", 6 }, { "\u{d64d}\u{ae38}\u{b3d9}", 6 }, { "e\u{301}", 1 }, { "\u{ff21}", 2 },
+      { "\\xff\\x1b", 8 }, { "", 0 } }) do
+      assert.equal(c[2], search.display_width(c[1]), c[1])
+    end
+  end)
+
+  it("aligns the columns after a name that is not ASCII", function()
+    local columns = { { "PatientName", "Patient name" }, { "PatientID", "ID" }, { "StudyInstanceUID", "Study UID" } }
+    local rows = { { "Smith^John", "P-1", "1.2.3" }, { "\u{5c71}\u{7530}^\u{592a}\u{90ce}", "P-2", "1.2.4" },
+      { "M\u{fc}ller^J\u{fc}rgen", "P-3", "1.2.5" } }
+    local lines = search.table_lines(columns, rows)
+    assert.equal(4, #lines)
+    assert.equal("Patient name   ID   Study UID", lines[1])
+    assert.equal("Smith^John     P-1  1.2.3", lines[2])
+    assert.equal("\u{5c71}\u{7530}^\u{592a}\u{90ce}      P-2  1.2.4", lines[3])
+    assert.equal("M\u{fc}ller^J\u{fc}rgen  P-3  1.2.5", lines[4])
+    for i = 2, 4 do
+      local before = lines[i]:match("^(.-)1%.2%.%d$")
+      assert.equal(20, search.display_width(before), lines[i])
+    end
   end)
 end)
 

@@ -53,8 +53,9 @@ describe("client:call, pages and wait: a misuse raises at the caller's line", fu
     local get = { name = DATASET }
     for _, c in ipairs({
       { { bogus = 1 }, "unknown option 'bogus' to 'call'; valid options: accept, compressed, headers, idle_timeout, "
-        .. "max_bytes, max_compression_ratio, min_speed, on_progress, operation_timeout, poll_interval, query, retry, "
-        .. "timeout, to, wait" },
+        .. "max_bytes, max_compression_ratio, min_speed, on_progress, on_retry, operation_timeout, poll_interval, query, "
+        .. "retry, timeout, to, wait" },
+      { { on_retry = true }, "bad option 'on_retry' to 'call' (function expected, got boolean)" },
       { { to = "" }, "bad option 'to' to 'call' (path expected, got an empty string)" },
       { { to = 1 }, "bad option 'to' to 'call' (string expected, got number)" },
       { { wait = "yes" }, "bad option 'wait' to 'call' (boolean expected, got string)" },
@@ -72,7 +73,9 @@ describe("client:call, pages and wait: a misuse raises at the caller's line", fu
     end
     raises_at_call(function() local _ = client:pages(DS .. "list", {}, { page_size = 3 }) end,
       "unknown option 'page_size' to 'pages'; valid options: headers, idle_timeout, max_page_bytes, max_pages, "
-      .. "min_speed, query, retry, timeout")
+      .. "min_speed, on_retry, query, retry, timeout")
+    raises_at_call(function() local _ = client:pages(DS .. "list", {}, { on_retry = 1 }) end,
+      "bad option 'on_retry' to 'pages' (function expected, got number)")
     raises_at_call(function() local _ = client:pages(DS .. "list", {}, { max_pages = 0.5 }) end,
       "bad option 'max_pages' to 'pages' (a whole number >= 1 expected, got 0.5)")
     raises_at_call(function() local _ = client:pages(DS .. "list", {}, { max_page_bytes = 0 }) end,
@@ -231,6 +234,25 @@ describe("list methods", function()
       [DS .. "operations.list"] = "operations",
       ["projects.locations.list"] = "locations",
     }, fields)
+  end)
+end)
+
+describe("pages.fields_with_token", function()
+  it("keeps nextPageToken in a partial response: Google leaves out what fields does not name", function()
+    for _, c in ipairs({
+      { "dicomStores/name", "dicomStores/name,nextPageToken" },
+      { "dicomStores.name", "dicomStores.name,nextPageToken" },
+      { "dicomStores(name,labels)", "dicomStores(name,labels),nextPageToken" },
+      { "dicomStores(nextPageToken)", "dicomStores(nextPageToken),nextPageToken" }, -- (not the top level's)
+      { "dicomStores,nextPageToken", "dicomStores,nextPageToken" },
+      { "nextPageToken,dicomStores(name)", "nextPageToken,dicomStores(name)" },
+      { " dicomStores , nextPageToken ", " dicomStores , nextPageToken " },
+      { "*", "*" },
+    }) do
+      assert.equal(c[2], pages.fields_with_token(c[1]), c[1])
+    end
+    assert.is_nil(pages.fields_with_token(nil))
+    assert.equal("", pages.fields_with_token(""))
   end)
 end)
 

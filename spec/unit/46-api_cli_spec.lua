@@ -109,6 +109,12 @@ describe("healthcare projects <method> of the table", function()
     assert.is_true(assert(parse("locations-datasets-dicom-stores-studies-delete", DS .. "/dicomStores/s",
       "studies/1.2", "--wait")).wait)
     assert.is_true(assert(parse("locations-datasets-list", "projects/p/locations/l", "--all")).all)
+    -- --all's bound: items, and pages (a server whose pages never end)
+    local cmd = assert(parse("locations-datasets-list", "projects/p/locations/l", "--all", "--limit", "25"))
+    assert.equal(25, cmd.limit)
+    assert.equal(7, assert(parse("locations-datasets-list", "projects/p/locations/l", "--all", "--limit=7")).limit)
+    assert.is_nil(assert(parse("locations-datasets-list", "projects/p/locations/l", "--all")).limit)
+    assert.equal(10000, seed.DEFAULT_LIMIT)
   end)
 
   it("passes a seed DICOMweb method's own parameters (viewport) in its query", function()
@@ -166,6 +172,17 @@ describe("healthcare projects <method> of the table", function()
       "--all is for list methods (pageToken in, nextPageToken out); locations-datasets-get is not one" },
     { { "locations-datasets-list", "projects/p/locations/l", "--all", "-p", "page-token=x" },
       "--all starts at the first page: not with -p page-token" },
+    { { "locations-datasets-list", "projects/p/locations/l", "--limit", "5" }, "--limit applies with --all" },
+    { { "locations-datasets-list", "projects/p/locations/l", "--all", "--limit", "0" },
+      "--limit must be a whole number of at least 1, got '0'" },
+    { { "locations-datasets-list", "projects/p/locations/l", "--all", "--limit", "2.5" },
+      "--limit must be a whole number of at least 1, got '2.5'" },
+    { { "locations-datasets-list", "projects/p/locations/l", "--all", "--limit", "inf" },
+      "--limit must be a whole number of at least 1, got 'inf'" },
+    { { "locations-datasets-list", "projects/p/locations/l", "--all", "--limit" }, "option --limit needs a value <n>" },
+    { { "locations-datasets-dicom-stores-search-for-studies", DS .. "/dicomStores/s", "studies", "--limit", "3" },
+      "--limit is for the methods answering an Operation (--wait) or a list (--all --limit); "
+      .. "locations-datasets-dicom-stores-search-for-studies prints its answer as it comes" },
     { { "locations-datasets-get", DS, "-r", ".name=x" },
       "locations-datasets-get takes no request value (-r): it is a GET of its arguments and -p parameters" },
     { { "locations-datasets-fhir-stores-fhir-create", DS .. "/fhirStores/f", "Patient", "-r", "data=x" },

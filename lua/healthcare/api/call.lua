@@ -16,7 +16,8 @@ local M = {}
 
 -- call's options (README "The whole API"): the request's, the answer's bounds, and waiting.
 M.OPTIONS = { "query", "headers", "accept", "to", "timeout", "idle_timeout", "min_speed", "max_bytes",
-  "compressed", "max_compression_ratio", "on_progress", "retry", "wait", "operation_timeout", "poll_interval" }
+  "compressed", "max_compression_ratio", "on_progress", "retry", "on_retry", "wait", "operation_timeout",
+  "poll_interval" }
 -- Options that mean something only while waiting for an operation.
 local WAIT_ONLY = { "operation_timeout", "poll_interval" }
 local SUGGESTIONS = 5
@@ -27,7 +28,7 @@ local function check_options(opts, level)
   local fname = "call"
   opts = util.check_options(opts, M.OPTIONS, fname, level)
   for _, check in ipairs({ { "query", "table" }, { "headers", "table" }, { "accept", "string" }, { "to", "string" },
-    { "wait", "boolean" }, { "compressed", "boolean" }, { "on_progress", "function" } }) do
+    { "wait", "boolean" }, { "compressed", "boolean" }, { "on_progress", "function" }, { "on_retry", "function" } }) do
     util.check_option(opts[check[1]], check[1], fname, check[2], level)
   end
   for i, h in ipairs(opts.headers or {}) do

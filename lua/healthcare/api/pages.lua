@@ -15,7 +15,8 @@ local util = require "healthcare.util"
 
 local M = {}
 
-M.OPTIONS = { "query", "headers", "timeout", "idle_timeout", "min_speed", "max_page_bytes", "max_pages", "retry" }
+M.OPTIONS = { "query", "headers", "timeout", "idle_timeout", "min_speed", "max_page_bytes", "max_pages", "retry",
+  "on_retry" }
 -- A page is held in memory, then decoded: capped as a search's page is.
 M.DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
 local SUGGESTIONS = 5
@@ -47,6 +48,29 @@ function M.items_field(m)
   return has_next and field or nil
 end
 
+--- A partial response's `fields` (the standard parameter) that keeps nextPageToken: Google leaves
+--- out every field not named, and a list whose answers lack nextPageToken ends after its first
+--- page. `fields` as given when it names nextPageToken (or *) at the top level, or is not a
+--- non-empty string; else with ",nextPageToken" added (dicomStores.name,nextPageToken;
+--- dicomStores(name),nextPageToken).
+function M.fields_with_token(fields)
+  if type(fields) ~= "string" or fields:match("^%s*$") then return fields end
+  local depth, start = 0, 1
+  for i = 1, #fields + 1 do
+    local c = fields:sub(i, i)
+    if c == "(" then
+      depth = depth + 1
+    elseif c == ")" then
+      depth = depth - 1
+    elseif depth == 0 and (c == "," or c == "") then
+      local name = fields:sub(start, i - 1):match("^%s*([^/(%s]*)")
+      if name == "nextPageToken" or name == "*" then return fields end
+      start = i + 1
+    end
+  end
+  return fields .. ",nextPageToken"
+end
+
 local function list_methods(id)
   local list = {}
   for _, other in ipairs(api.ids()) do
@@ -61,6 +85,7 @@ local function check_options(opts, level)
   opts = util.check_options(opts, M.OPTIONS, "pages", level)
   util.check_option(opts.query, "query", "pages", "table", level)
   util.check_option(opts.headers, "headers", "pages", "table", level)
+  util.check_option(opts.on_retry, "on_retry", "pages", "function", level)
   for i, h in ipairs(opts.headers or {}) do
     if type(h) ~= "string" then
       error(string.format("bad option 'headers' to 'pages' (a list of strings expected; item %d is a %s)", i,
@@ -94,6 +119,7 @@ function M.pages(client, method, params, opts)
   end
   local copy = {}
   for k, v in pairs(params or {}) do copy[k] = v end
+  copy.fields = M.fields_with_token(copy.fields)
   return setmetatable({
     client = client, method = m.id, field = field, params = copy, opts = opts, requests = 0,
     policy = retry.new(nil, opts.retry, client.retry),
@@ -110,8 +136,10 @@ local function fetch(self, token)
   local o = self.opts
   local max_page_bytes = o.max_page_bytes or M.DEFAULT_MAX_PAGE_BYTES
   local res
+  -- A trapped interrupt (core.trap_interrupts: the command's Ctrl-C) stops a page in flight.
   res, err = send.send(self.client, req, { headers = o.headers, timeout = o.timeout, idle_timeout = o.idle_timeout,
-    min_speed = o.min_speed, max_bytes = max_page_bytes }, self.policy, nil, true)
+    min_speed = o.min_speed, max_bytes = max_page_bytes, on_retry = o.on_retry,
+    on_progress = function() return not core.interrupted() end }, self.policy, nil, true)
   self.requests = self.requests + 1
   if not res then
     if err.option == "max_bytes" then

@@ -123,14 +123,24 @@ function M.transport_request(client, req, opts, json)
   return t
 end
 
+-- Policy:run's on_wait for opts.on_retry(err, seconds, attempt): the failure as an error value,
+-- an answer (a 503 with Retry-After) made one as the call would return it. nil without on_retry.
+local function on_wait_of(on_retry, client, what)
+  return on_retry and function(seconds, n, res, err)
+    on_retry(err or errors.from_response(res, what, client), seconds, n + 1)
+  end
+end
+
 --- Sends `req` (request.build's) through client:send, again as M.retry_of allows under `policy`
---- (never past stop_at, a core.now() time, when given). Returns the response (any status) or
---- nil, err; a passed bound names its option (err.option: max_bytes).
+--- (never past stop_at, a core.now() time, when given; opts.on_retry told before each wait).
+--- Returns the response (any status) or nil, err; a passed bound names its option (err.option:
+--- max_bytes).
 function M.send(client, req, opts, policy, stop_at, json)
   local t, err = M.transport_request(client, req, opts, json)
   if not t then return nil, err end
   local res
-  res, err = policy:run(function() return client:send(t) end, M.retry_of(req.method), stop_at)
+  res, err = policy:run(function() return client:send(t) end, M.retry_of(req.method), stop_at, nil,
+    on_wait_of(opts.on_retry, client, req.method_id))
   if not res and (err.status == "response_too_large" or err.status == "too_large") then
     err.option = "max_bytes"
     err.message = string.format("%s: the answer is larger than %.0f bytes (option max_bytes)", req.method_id,

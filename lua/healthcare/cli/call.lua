@@ -48,18 +48,58 @@ local function open_store(cmd, out)
   return common.dicom_store_or_say(cmd.parent, client_options(cmd), say)
 end
 
--- Copies standard input to a temporary file in chunks so it can be sent with a length (and
--- re-sent on a retry) without holding it in memory.
+-- on_progress of the calls: a trapped Ctrl-C or SIGTERM (core.trap_interrupts) stops the transfer.
+local function going_on()
+  return not core.interrupted()
+end
+
+-- Copies standard input to a private temporary file (os.tmpname: 0600) in chunks so it can be sent
+-- with a length (and re-sent on a retry) without holding it in memory. Returns its path, or nil and
+-- an error (the copy removed: it may hold patient data).
 local function stdin_to_file()
   local path = os.tmpname()
-  local f = assert(io.open(path, "wb"))
-  while true do
-    local chunk = io.stdin:read(1024 * 1024)
-    if not chunk then break end
-    f:write(chunk)
+  local f, why = io.open(path, "wb")
+  if not f then
+    os.remove(path)
+    return nil, errors.new("io", "cannot copy standard input: " .. tostring(why))
   end
-  f:close()
+  while not core.interrupted() do
+    local chunk, rerr = io.stdin:read(1024 * 1024)
+    if not chunk and not rerr then break end
+    local ok, werr
+    if chunk then ok, werr = f:write(chunk) end
+    if not ok then
+      f:close()
+      os.remove(path)
+      return nil, errors.new("io", string.format("cannot %s: %s", chunk and "copy standard input to " .. path
+        or "read standard input", tostring(werr or rerr)))
+    end
+  end
+  local closed, cerr = f:close()
+  if not closed or core.interrupted() then
+    os.remove(path)
+    return nil, errors.new("io", "cannot copy standard input: " .. tostring(cerr or "interrupted"))
+  end
   return path
+end
+
+-- send(body) with body, or with a data=@- body's copy of standard input (stdin_to_file), which is
+-- removed whatever happens: an answer, a failure, an interrupt, an error raised. Returns send's
+-- results, or nil and why standard input could not be copied.
+local function with_body(body, send)
+  if not (type(body) == "table" and type(body.data) == "table" and body.data.stdin) then return send(body) end
+  local tmp, err = stdin_to_file()
+  if not tmp then return nil, err end
+  local ok, a, b = pcall(send, { content_type = body.content_type, data = { file = tmp } })
+  os.remove(tmp)
+  if not ok then error(a, 0) end
+  return a, b
+end
+
+-- What the command says when Ctrl-C or SIGTERM ended a call (the caller returns 128 + sig).
+local function say_interrupted(http_method)
+  say("interrupted; nothing written%s", http_method ~= "GET"
+    and " (the request may have reached the server)" or "")
 end
 
 -- Writes text to -o (or standard output); the exit code.
@@ -77,14 +117,17 @@ end
 function M.store_instances(cmd)
   local store, code = open_store(cmd, cmd.output)
   if not store then return code end
-  local body, tmp = cmd.body, nil
-  if type(body.data) == "table" and body.data.stdin then
-    tmp = stdin_to_file()
-    body = { content_type = body.content_type, data = { file = tmp } }
-  end
-  local res, err = store:store_instances(cmd.dicom_web_path, body, cmd.params)
-  if tmp then os.remove(tmp) end
+  core.trap_interrupts()
+  local res, err = with_body(cmd.body, function(body)
+    return store:store_instances(cmd.dicom_web_path, body, cmd.params, { on_progress = going_on })
+  end)
+  local sig = core.interrupted()
+  core.trap_interrupts(false)
   store:close()
+  if sig then
+    say_interrupted("POST")
+    return 128 + sig
+  end
   if not res then
     say("%s", tostring(err))
     return common.exit_code_for(err)
@@ -157,8 +200,12 @@ local function fetch(store, m, cmd, out)
     method = m.http_method, query = cmd.query, params = cmd.params,
     to = binary and out or nil,
     max_bytes = binary and not out and M.MAX_STDOUT_BYTES or nil,
-    on_progress = function() return not core.interrupted() end,
+    on_progress = going_on,
   })
+  if not res and not out and (err.status == "response_too_large" or err.status == "too_large") then
+    err.message = string.format("%s: the answer is larger than %.0f bytes, the most the command holds in memory "
+      .. "for standard output; write it to a file with -o FILE, which streams it", m.what, M.MAX_STDOUT_BYTES)
+  end
   local sig = core.interrupted()
   core.trap_interrupts(false)
   return res, err, sig
@@ -210,13 +257,10 @@ end
 -- Every other method of the API
 --------------------------------------------------------------------------------------
 
--- The answer as people read it: JSON pretty-printed; an HttpBody's (http_body) bytes as they came,
--- its JSON pretty-printed.
+-- The answer as people read it: JSON pretty-printed, a line; an HttpBody's (http_body) other bytes
+-- exactly as they came (a PDF, an image: `> file` must be the server's bytes, no newline added).
 local function answer_text(answer, http_body)
-  if http_body and answer.json == nil then
-    local data = answer.data or ""
-    return (data == "" or data:sub(-1) == "\n") and data or (data .. "\n")
-  end
+  if http_body and answer.json == nil then return answer.data or "" end
   return json.pretty(http_body and answer.json or answer) .. "\n"
 end
 
@@ -251,33 +295,89 @@ local function new_client(cmd)
   return healthcare.new(client_options(cmd))
 end
 
--- --all: every item of every page, as one answer { <items field> = [...] }.
-local function all_pages(client, m, cmd)
-  local list, err = client:pages(m.id, cmd.params)
-  if not list then return nil, err end
-  local items
-  items, err = list:all()
-  if not items then return nil, err end
-  return { [require("healthcare.api.pages").items_field(m)] = json.array(items) }
+-- A bound of client:call or client:pages that passed, said as the command's user can act on it
+-- (the Lua option it names is not one of the command's). stdout_cap: the bound of an HttpBody
+-- answer for standard output.
+local function bound_said(err, m, stdout_cap)
+  if err.option == "max_bytes" and stdout_cap then
+    err.message = string.format("%s: the answer is larger than %.0f bytes, the most the command holds in memory "
+      .. "for standard output; write it to a file with -o FILE, which streams it", m.id, stdout_cap)
+  elseif err.option == "max_bytes" then
+    err.message = err.message:gsub(" %(option max_bytes%)$", "")
+  elseif err.option == "max_page_bytes" then
+    err.message = err.message:gsub(" %(option max_page_bytes; or a smaller pageSize%)$",
+      "; ask for smaller pages (-p page-size=N)")
+  end
+  return err
 end
 
--- One call, or its pages, or the operation it starts waited for. Returns the answer, or nil, err
--- and the signal that interrupted a wait.
+-- How a listing that stopped at --limit says so: "" when it did not.
+local function more_text(more, limit)
+  if not more then return "" end
+  return string.format("; stopped at --limit %.0f, there are more (a larger --limit)", limit)
+end
+
+-- --all: the items of every page, printed as their page arrives (standard output) as one
+-- { "<items field>": [...] }, the text json.pretty makes of the whole; at most cmd.limit items from
+-- at most as many pages (a server whose pages never end). To -o FILE the text is written once
+-- whole, as every answer: a failure or an interrupt leaves the file as it was. Returns the exit
+-- code.
+local function all_pages(client, m, cmd, out)
+  local limit = cmd.limit or seed.DEFAULT_LIMIT
+  local list, err = client:pages(m.id, cmd.params, { max_pages = limit, on_retry = common.retry_teller(say) })
+  if not list then
+    say("%s", tostring(err))
+    return common.exit_code_for(err)
+  end
+  local held = {}
+  local function put(text)
+    if out then held[#held + 1] = text else io.stdout:write(text) end
+  end
+  put("{\n  " .. json.string(require("healthcare.api.pages").items_field(m)) .. ": [")
+  local n, more = 0, false
+  for item in list:each() do
+    if n == limit then
+      more = true
+      break
+    end
+    n = n + 1
+    put((n > 1 and ",\n    " or "\n    ") .. json.pretty(item, "    "))
+  end
+  put(n > 0 and "\n  ]\n}\n" or "]\n}\n")
+  -- (list.next_page_token: max_pages ended the loop with a page still to read)
+  more = more or list.next_page_token ~= nil
+  local items = string.format("%d item%s", n, n == 1 and "" or "s")
+  local sig = core.interrupted()
+  if sig then
+    say("interrupted after %s%s", items, out and "; nothing written" or "")
+    return 128 + sig
+  end
+  if list.error then
+    say("%s (after %s%s)", tostring(bound_said(list.error, m)), items, out and "; nothing written" or "")
+    return common.exit_code_for(list.error)
+  end
+  if more then say("%s%s", items, more_text(more, limit)) end
+  return out and write_or_say(out, table.concat(held)) or common.EXIT_OK
+end
+
+-- One call, or the operation it starts (waited for by the caller). Returns the answer, or nil, err.
 local function run_api(client, entry, cmd)
   local m = entry.method
-  if cmd.all then return all_pages(client, m, cmd) end
-  local body, tmp = cmd.body, nil
-  if type(body) == "table" and type(body.data) == "table" and body.data.stdin then
-    tmp = stdin_to_file()
-    body = { content_type = body.content_type, data = { file = tmp } }
-  end
-  local answer, err = client:call(m.id, cmd.params, body, { to = stream_to(entry, cmd) })
-  if tmp then os.remove(tmp) end
-  return answer, err
+  local to = stream_to(entry, cmd)
+  -- An HttpBody for standard output is held in memory as the seed's DICOMweb reads are.
+  local stdout_cap = m.response == "HttpBody" and not to and M.MAX_STDOUT_BYTES or nil
+  local answer, err = with_body(cmd.body, function(body)
+    return client:call(m.id, cmd.params, body, { to = to, max_bytes = stdout_cap, on_progress = going_on,
+      on_retry = common.retry_teller(say) })
+  end)
+  if not answer then return nil, bound_said(err, m, stdout_cap) end
+  return answer
 end
 
 --- A method of the API's table (healthcare.cli.seed's kind "api"): the call, its answer printed
---- (or written to -o). Returns the exit code.
+--- (or written to -o). Ctrl-C or SIGTERM stops it (exit 130 or 143): no -o file, no copy of
+--- standard input left behind; a wait for a Retry-After is told on standard error. Returns the
+--- exit code.
 function M.api_method(cmd)
   local entry = seed.find_method(cmd.method)
   local out = cmd.output ~= "-" and cmd.output or nil
@@ -291,7 +391,21 @@ function M.api_method(cmd)
     say("%s", tostring(err))
     return common.exit_code_for(err)
   end
+  core.trap_interrupts()
+  if cmd.all then
+    local code = all_pages(client, entry.method, cmd, out)
+    core.trap_interrupts(false)
+    client:close()
+    return code
+  end
   local answer, aerr = run_api(client, entry, cmd)
+  local sig = core.interrupted()
+  core.trap_interrupts(false)
+  if sig then
+    client:close()
+    say_interrupted(entry.method.http_method)
+    return 128 + sig
+  end
   if answer and cmd.wait then
     local code, response = wait_for(client, answer, cmd, entry.method.id:match("[^.]+$"))
     client:close()

@@ -50,7 +50,7 @@ local function method_usage(m)
     for i, a in ipairs(m.args) do args[i] = a.name end
     local flags = {}
     if m.method.response == "Operation" then flags[#flags + 1] = "[--wait]" end
-    if pages.items_field(m.method) then flags[#flags + 1] = "[--all]" end
+    if pages.items_field(m.method) then flags[#flags + 1] = "[--all [--limit <n>]]" end
     return format("healthcare [global options] %s %s%s%s [-p <name>=<value>]... [-o <out>]%s [--scope <url>]...",
       seed.COMMAND, m.name, #args > 0 and (" " .. concat(args, " ")) or "",
       m.request == seed.HttpBody and (" " .. request_usage(m.request))
@@ -301,7 +301,8 @@ end
 api_output_text = function(m)
   local t = m.method
   local parts = { t.response == "HttpBody"
-    and "The server's answer is written as received to standard output by default (JSON pretty-printed)."
+    and ("The server's answer is written to standard output by default: JSON pretty-printed, other bytes exactly "
+      .. "as received, held in memory up to 1 GiB (-o <file> streams an answer of any size).")
     or format("The server's answer (%s, as JSON) is written pretty-printed to standard output by default.",
       t.response or "empty") }
   if t.response == "Operation" then
@@ -312,8 +313,10 @@ api_output_text = function(m)
   end
   local field = pages.items_field(t)
   if field then
-    parts[#parts + 1] = format("With --all, every page is fetched (nextPageToken) and all the items printed "
-      .. "at once as { \"%s\": [...] }.", field)
+    parts[#parts + 1] = format("With --all, every page is fetched (nextPageToken) and its items printed as it "
+      .. "arrives, into one { \"%s\": [...] } (with -o <file>, written once whole); at most --limit <n> items "
+      .. "(default %d) from at most <n> pages, and a note on standard error when there are more. A -p fields=... "
+      .. "gets nextPageToken added.", field, seed.DEFAULT_LIMIT)
   end
   return concat(parts, " ")
 end

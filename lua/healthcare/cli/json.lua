@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- The command's one JSON writer: the reports of --json (compact) and the answers people read
 -- (pretty: two-space indentation). Keys are sorted, so the same value always reads the same. cjson
--- encodes the scalars (its escaping included); the layout is ours, for two reasons: Debian's
+-- encodes strings and booleans (its escaping included); numbers and the layout are ours. Numbers,
+-- because cjson writes 14 significant digits (number_text). The layout, for two reasons: Debian's
 -- lua-cjson (2.1.0) writes an empty table as {} and has no empty_array_mt to say it is a list,
 -- and it escapes "/" as "\/" (valid JSON, but URLs and paths should read as they are).
 local cjson = require "cjson.safe"
@@ -44,7 +45,32 @@ local function is_array(t)
   return true
 end
 
+-- Whole numbers up to 2^53 are exact in a double: written without a fraction or an exponent.
+local EXACT = 2 ^ 53
+local math_type = math.type -- (nil under LuaJIT, whose numbers are all doubles)
+
+-- A number's JSON text, exact: cjson writes 14 significant digits (3.14159265358979 became
+-- 3.1415926535898, a 15-digit ID 1.2345678901234e+14), and its decoder gives every number as a
+-- double, so an ID of the server's reaches here as a whole float. A Lua integer as %d; a whole
+-- double within 2^53 as %.0f; another double in the fewest digits that read back as the same
+-- double. NaN and the infinities have no JSON: nil.
+local function number_text(v)
+  if math_type and math_type(v) == "integer" then return string.format("%d", v) end
+  if v ~= v or v == math.huge or v == -math.huge then return nil end
+  if v == math.floor(v) and v > -EXACT and v < EXACT then return string.format("%.0f", v) end
+  for digits = 14, 16 do
+    local text = string.format("%." .. digits .. "g", v)
+    if tonumber(text) == v then return text end
+  end
+  return string.format("%.17g", v)
+end
+
 local function scalar(v)
+  if type(v) == "number" then
+    local text = number_text(v)
+    if text == nil then error("cannot write a number as JSON (" .. tostring(v) .. ")", 3) end
+    return text
+  end
   local text = cjson.encode(v)
   if text == nil then error("cannot write a " .. type(v) .. " as JSON", 3) end
   -- (a plain find first: gsub would copy every long string even with nothing to replace)
@@ -175,10 +201,11 @@ function M.encode(v)
   return table.concat(out)
 end
 
---- v as JSON for people: one member per line, two-space indentation, no final newline.
-function M.pretty(v)
+--- v as JSON for people: one member per line, two-space indentation, no final newline. indent:
+--- the indentation of the line v starts on (default none), for a value written inside another.
+function M.pretty(v, indent)
   local out = {}
-  write(out, 0, v, "")
+  write(out, 0, v, indent or "")
   return table.concat(out)
 end
 

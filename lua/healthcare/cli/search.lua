@@ -110,23 +110,62 @@ local function cell(v)
   return common.printable(text(v))
 end
 
-local function print_table(columns, rows)
-  local widths = {}
-  for i, c in ipairs(columns) do widths[i] = #c[2] end
-  for _, r in ipairs(rows) do
-    for i, v in ipairs(r) do widths[i] = math.max(widths[i], #v) end
+-- Code points a terminal gives two columns (East Asian Wide and Fullwidth: Hangul, CJK, kana,
+-- fullwidth forms, emoji), and those it gives none (combining marks), as { first, last } ranges.
+local WIDE = { { 0x1100, 0x115F }, { 0x2E80, 0x303E }, { 0x3041, 0x33FF }, { 0x3400, 0x4DBF }, { 0x4E00, 0x9FFF },
+  { 0xA000, 0xA4CF }, { 0xAC00, 0xD7A3 }, { 0xF900, 0xFAFF }, { 0xFE30, 0xFE4F }, { 0xFF00, 0xFF60 },
+  { 0xFFE0, 0xFFE6 }, { 0x1F300, 0x1F64F }, { 0x1F900, 0x1F9FF }, { 0x20000, 0x2FFFD }, { 0x30000, 0x3FFFD } }
+local ZERO = { { 0x0300, 0x036F }, { 0x1AB0, 0x1AFF }, { 0x1DC0, 0x1DFF }, { 0x200B, 0x200D }, { 0x20D0, 0x20FF },
+  { 0xFE00, 0xFE0F }, { 0xFE20, 0xFE2F } }
+
+local function within(ranges, cp)
+  for _, r in ipairs(ranges) do
+    if cp >= r[1] and cp <= r[2] then return true end
   end
+  return false
+end
+
+--- The columns a cell takes on a terminal: its code points, two for a wide one, none for a
+--- combining mark (a name in UTF-8 is fewer columns than bytes: sized by #, a row with an accent
+--- or a CJK name pushed the columns after it). Cells are made printable first (common.printable:
+--- a byte that is not UTF-8 becomes \xNN), so the text is UTF-8.
+function M.display_width(s)
+  if not s:find("[\128-\255]") then return #s end
+  local w = 0
+  for lead, rest in s:gmatch("([%z\1-\127\192-\255])([\128-\191]*)") do
+    local b, n = lead:byte(), #rest
+    local cp = n == 0 and b or b % 2 ^ (6 - n) -- the lead byte's bits
+    for i = 1, n do cp = cp * 64 + rest:byte(i) % 64 end
+    w = w + ((b < 0x80 and 1) or (within(ZERO, cp) and 0) or (within(WIDE, cp) and 2) or 1)
+  end
+  return w
+end
+
+--- The table's lines: a heading line, then a line per row, each column as wide as its widest
+--- cell (display_width), two spaces between, no trailing blanks.
+function M.table_lines(columns, rows)
+  local widths = {}
+  for i, c in ipairs(columns) do widths[i] = M.display_width(c[2]) end
+  for _, r in ipairs(rows) do
+    for i, v in ipairs(r) do widths[i] = math.max(widths[i], M.display_width(v)) end
+  end
+  local lines = {}
   local function line(values)
     local parts = {}
     for i, v in ipairs(values) do
-      parts[i] = i < #values and (v .. string.rep(" ", widths[i] - #v)) or v
+      parts[i] = i < #values and (v .. string.rep(" ", widths[i] - M.display_width(v))) or v
     end
-    io.stdout:write((table.concat(parts, "  "):gsub("%s+$", "")), "\n")
+    lines[#lines + 1] = (table.concat(parts, "  "):gsub("%s+$", ""))
   end
   local heads = {}
   for i, c in ipairs(columns) do heads[i] = c[2] end
   line(heads)
   for _, r in ipairs(rows) do line(r) end
+  return lines
+end
+
+local function print_table(columns, rows)
+  for _, l in ipairs(M.table_lines(columns, rows)) do io.stdout:write(l, "\n") end
 end
 
 -- The level's columns, then one per --include that is not already shown.

@@ -527,6 +527,11 @@ seed.global_options = {
     help = "Show help for the command or method named before it." },
 }
 
+-- --all: at most this many items, read from at most as many pages, unless --limit says (as
+-- `healthcare operations list`): the items are printed as they arrive, so memory stays flat; the
+-- bound is for a server whose pages never end.
+seed.DEFAULT_LIMIT = 10000
+
 seed.method_options = {
   { short = "-r", arg = "<kv>", key = "request",
     help = "Move the field cursor (-r <field>) or set a field (-r <field>=<value>)." },
@@ -538,7 +543,11 @@ seed.method_options = {
     help = "For a method that answers a long-running Operation: wait for it to end (a progress line on "
       .. "a terminal) and print its response; its error is exit status 1." },
   { long = "--all", key = "all",
-    help = "For a list method: follow nextPageToken through every page and print all the items." },
+    help = "For a list method: follow nextPageToken through every page and print the items as the pages "
+      .. "arrive, at most --limit of them." },
+  { long = "--limit", arg = "<n>", key = "limit",
+    help = "With --all: at most N items in all, from at most N pages (default " .. seed.DEFAULT_LIMIT .. "); a "
+      .. "note on standard error says when there are more." },
 }
 
 local OPTIONS, OPTION_NAMES = {}, {}
@@ -818,6 +827,12 @@ local function apply_option(cmd, rv, state, key, value)
     cmd.timeout = n
   elseif key == "debug" or key == "wait" or key == "all" or key == "insecure" then
     cmd[key] = true
+  elseif key == "limit" then
+    local n = tonumber(value)
+    if not n or n < 1 or n ~= math.floor(n) or n == math.huge then
+      return nil, format("--limit must be a whole number of at least 1, got '%s'", value)
+    end
+    cmd.limit = n
   elseif key == "no_token_cache" then
     cmd.token_cache = false
   elseif key == "request" then
@@ -946,6 +961,9 @@ local function check_flags(method, cmd)
   if cmd.all and cmd.params.pageToken then
     return nil, "--all starts at the first page: not with -p page-token"
   end
+  if cmd.limit and not cmd.all then
+    return nil, "--limit applies with --all"
+  end
   return true
 end
 
@@ -1022,10 +1040,10 @@ function seed.parse(argv)
   cmd.method = method.id
   if #cmd.scopes == 0 then cmd.scopes[1] = params.DEFAULT_SCOPE end
   if method.kind == "api" then return api_command(method, cmd, rv, state.has_r) end
-  for _, flag in ipairs({ "wait", "all" }) do
+  for _, flag in ipairs({ "wait", "all", "limit" }) do
     if cmd[flag] and not (flag == "wait" and seed.table_entry(method).response == "Operation") then
-      return nil, format("--%s is for the methods answering an Operation (--wait) or a list (--all); %s "
-        .. "prints its answer as it comes", flag, method.name)
+      return nil, format("--%s is for the methods answering an Operation (--wait) or a list (--all%s); %s "
+        .. "prints its answer as it comes", flag, flag == "limit" and " --limit" or "", method.name)
     end
   end
   if not method.request then return read_command(method, cmd, state.has_r) end

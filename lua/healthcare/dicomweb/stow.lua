@@ -72,13 +72,16 @@ function M.read_store_response(res, what, client)
   }
 end
 
---- store:store_instances(dicom_web_path, body, params): STOW-RS with a body the caller built,
---- POST {base}/{dicom_web_path}. Returns { status, ok, headers, body, json } or nil, err.
-function M.store_instances(store, dicom_web_path, body, query_params)
+--- store:store_instances(dicom_web_path, body, params, opts): STOW-RS with a body the caller built,
+--- POST {base}/{dicom_web_path}; opts.on_progress as a client:send request's (false stops the
+--- transfer: the command's Ctrl-C). Returns { status, ok, headers, body, json } or nil, err.
+function M.store_instances(store, dicom_web_path, body, query_params, opts)
   util.check_self(store, "healthcare.Store", "store_instances")
   util.check_arg(dicom_web_path, 1, "store_instances", "string")
   util.check_arg(body, 2, "store_instances", "table")
   util.check_arg(query_params, 3, "store_instances", "table|nil")
+  opts = util.check_options(opts, { "on_progress" }, "store_instances")
+  util.check_option(opts.on_progress, "on_progress", "store_instances", "function")
   local _, perr = names.check_store_path(dicom_web_path)
   if perr then return nil, perr end
   local ct, data = transport_body(body)
@@ -93,6 +96,7 @@ function M.store_instances(store, dicom_web_path, body, query_params)
     headers = { "Content-Type: " .. ct, "Accept: " .. M.ACCEPT },
     query = query,
     body = data,
+    on_progress = opts.on_progress,
   }
   if not res then return nil, err end
   return M.read_store_response(res, "StoreInstances", store.client)
