@@ -3,14 +3,18 @@
  * libFuzzer target for request bodies (src/hc_body.c): multipart framing and
  * streaming reads. An input is a small program. Its first part builds a body
  * from memory segments, file segments (memfds, named by their
- * /proc/self/fd path, given their true size, a wrong one or none), part
- * delimiters with fuzzed header blocks and a fuzzed boundary, and the close
- * delimiter; a reference copy of the body is built beside it, byte by byte,
- * from RFC 2046 as read here, with its own boundary and header checks. Its
- * second part reads the body with fuzzed chunk sizes, seeks anywhere (also
- * outside), and changes files' sizes between reads. Every read must return
- * exactly the reference's bytes, fail only when it touches a file whose size
- * no longer matches, and fail whenever it reaches the end of such a file;
+ * /proc/self/fd path, given their true size, a wrong one or none, and for
+ * some the identity the store checks them against: hc_body_add_file_checked
+ * with any of device, inode, mtime and its nanoseconds, true or one of them
+ * wrong), part delimiters with fuzzed header blocks and a fuzzed boundary,
+ * and the close delimiter; a reference copy of the body is built beside it,
+ * byte by byte, from RFC 2046 as read here, with its own boundary and header
+ * checks. Its second part reads the body with fuzzed chunk sizes, seeks
+ * anywhere (also outside), and changes files' sizes between reads (each
+ * change gives the file a new mtime, set here: the clock's own may not have
+ * moved). Every read must return exactly the reference's bytes, fail only
+ * when it touches a file that no longer matches (its size, or the identity it
+ * was checked with), and fail whenever it reaches the end of such a file;
  * refused framing must leave the body as it was. Seeds: fuzz/corpus/body/.
  * Build: see scripts/fuzz, or
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc \
@@ -21,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "hc_body.h"
@@ -48,7 +54,12 @@ typedef struct hc_fuzz_file {
     int64_t recorded;         /* the size the body was told */
     int64_t size;             /* its size now */
     int64_t intact;           /* bytes from the start never changed since it was written */
+    hc_file_identity id;      /* what the body was told it must still be (have 0: nothing) */
+    uint64_t dev, ino;        /* what it is */
+    unsigned version;         /* its mtime: HC_FUZZ_MTIME + version s, version ns */
 } hc_fuzz_file;
+
+#define HC_FUZZ_MTIME 1700000000
 
 /* Everything one input builds; freed by hc_fuzz_done. */
 typedef struct hc_fuzz {
@@ -150,6 +161,33 @@ static int hc_fuzz_headers_ok(const char *h)
     return st == START;
 }
 
+/* Sets f's mtime to its version's: a deterministic change, where the clock's coarse ticks may
+ * leave a modified file with the mtime it had. */
+static void hc_fuzz_file_touch(hc_fuzz_file *f)
+{
+    struct timespec ts[2];
+    ts[0].tv_sec = 0;
+    ts[0].tv_nsec = UTIME_OMIT;
+    ts[1].tv_sec = HC_FUZZ_MTIME + (time_t)f->version;
+    ts[1].tv_nsec = (long)f->version;
+    if (futimens(f->fd, ts) != 0)
+        abort();
+}
+
+/* Whether f no longer matches the identity the body was told (hc_body.c's rules: the mtime's
+ * nanoseconds count only with its seconds). */
+static int hc_fuzz_file_replaced(const hc_fuzz_file *f)
+{
+    const hc_file_identity *id = &f->id;
+    if (((id->have & HC_FILE_DEV) && id->dev != f->dev)
+        || ((id->have & HC_FILE_INO) && id->ino != f->ino))
+        return 1;
+    if (!(id->have & HC_FILE_MTIME))
+        return 0;
+    return id->mtime != HC_FUZZ_MTIME + (int64_t)f->version
+           || ((id->have & HC_FILE_MTIME_NSEC) && id->mtime_nsec != (long)f->version);
+}
+
 /* A file of n bytes (a pattern picked by seed) as a memfd; returns its index or -1. */
 static int hc_fuzz_file_new(hc_fuzz *z, int64_t n, unsigned seed)
 {
@@ -173,8 +211,17 @@ static int hc_fuzz_file_new(hc_fuzz *z, int64_t n, unsigned seed)
         done += (int64_t)k;
     }
     f = &z->files[z->nfiles];
+    memset(f, 0, sizeof *f);
     f->fd = fd;
     f->size = f->intact = f->recorded = n;
+    {
+        struct stat st;
+        if (fstat(fd, &st) != 0)
+            abort();
+        f->dev = (uint64_t)st.st_dev;
+        f->ino = (uint64_t)st.st_ino;
+    }
+    hc_fuzz_file_touch(f);
     return z->nfiles++;
 }
 
@@ -199,24 +246,41 @@ static void hc_fuzz_done(hc_fuzz *z)
     free(z->ref);
 }
 
-/* Whether reading [from, to) may fail (it touches a file whose size is not the recorded one, or a
- * missing file), and whether it must (it reaches the end of such a file). */
-static void hc_fuzz_risk(const hc_fuzz *z, int64_t from, int64_t to, int *may, int *must)
+/* Whether reading [from, to) may fail (it touches a file whose size is not the recorded one, that
+ * no longer has the identity it was checked with, or a missing file), and whether it must (it
+ * reaches the end of such a file, or opens it: any but the segment open_seg, whose file the body
+ * opened before it changed). */
+static void hc_fuzz_risk(const hc_fuzz *z, int64_t from, int64_t to, int open_seg, int *may,
+                         int *must)
 {
     int i;
     *may = *must = 0;
-    for (i = 0; i < z->nsegs; i++) {
+    for (i = 0; i < z->nsegs && from < to; i++) {
         const hc_fuzz_seg *s = &z->segs[i];
         int bad;
         if (s->file == -1 || s->length == 0 || s->start >= to || s->start + s->length <= from)
             continue;
-        bad = s->file == -2 || z->files[s->file].size != s->length;
+        bad = s->file == -2 || z->files[s->file].size != s->length
+              || hc_fuzz_file_replaced(&z->files[s->file]);
         if (!bad)
             continue;
         *may = 1;
-        if (s->start + s->length <= to)
+        if (s->start + s->length <= to || i != open_seg)
             *must = 1;
     }
+}
+
+/* The segment whose file the body holds open once it has read up to pos (it stops inside it),
+ * or -1. */
+static int hc_fuzz_open_seg(const hc_fuzz *z, int64_t pos)
+{
+    int i;
+    for (i = 0; i < z->nsegs; i++) {
+        const hc_fuzz_seg *s = &z->segs[i];
+        if (s->file >= 0 && pos > s->start && pos < s->start + s->length)
+            return i;
+    }
+    return -1;
 }
 
 /* Whether the reference byte at off may differ from the file (it lies past a change). */
@@ -244,19 +308,42 @@ static void hc_fuzz_op_mem(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
     hc_fuzz_ref(z, bytes, n);
 }
 
-/* Adds a new file, given its size, no size, or a wrong one. */
+/* The identity a checked file is added with (how: bits 3-6 the fields given, bit 7 one of them
+ * wrong, the next input byte saying which). */
+static void hc_fuzz_identity(hc_fuzz_file *f, unsigned how, hc_fuzz_in *in)
+{
+    hc_file_identity *id = &f->id;
+    id->have = (how >> 3) & 15;
+    id->dev = f->dev;
+    id->ino = f->ino;
+    id->mtime = HC_FUZZ_MTIME + (int64_t)f->version;
+    id->mtime_nsec = (long)f->version;
+    if (how & 128) {
+        switch (hc_fuzz_u8(in) % 4) {
+        case 0: id->dev++; break;
+        case 1: id->ino++; break;
+        case 2: id->mtime++; break;
+        default: id->mtime_nsec++; break;
+        }
+    }
+}
+
+/* Adds a new file, given its size, no size, or a wrong one (how: bits 0-1), and with bit 2 the
+ * identity the body checks it against (hc_fuzz_identity). */
 static void hc_fuzz_op_file(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
 {
     char path[64];
     int64_t n = hc_fuzz_u16(in) % 5000, given;
-    unsigned how = hc_fuzz_u8(in) % 4;
+    unsigned how = hc_fuzz_u8(in);
     int k = hc_fuzz_file_new(z, n, hc_fuzz_u8(in));
     if (k < 0)
         return;
     snprintf(path, sizeof path, "/proc/self/fd/%d", z->files[k].fd);
-    given = how == 0 ? -1 : how == 1 ? n + 1 + hc_fuzz_u8(in) % 8 :
-            how == 2 && n > 0 ? n - 1 - (int64_t)(hc_fuzz_u8(in) % (unsigned)n) : n;
-    if (hc_body_add_file(b, path, given) != 0)
+    given = (how & 3) == 0 ? -1 : (how & 3) == 1 ? n + 1 + hc_fuzz_u8(in) % 8 :
+            (how & 3) == 2 && n > 0 ? n - 1 - (int64_t)(hc_fuzz_u8(in) % (unsigned)n) : n;
+    if (how & 4)
+        hc_fuzz_identity(&z->files[k], how, in);
+    if (hc_body_add_file_checked(b, path, given, (how & 4) ? &z->files[k].id : NULL) != 0)
         abort();
     z->files[k].recorded = given < 0 ? n : given;
     hc_fuzz_seg_add(z, z->len, z->files[k].recorded, k);
@@ -368,7 +455,7 @@ static void hc_fuzz_read(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
 {
     static unsigned char buf[MAX_READ];
     int64_t pos = 0;
-    int broken = 0, op;
+    int broken = 0, open_seg = -1, op;
     for (op = 0; op < 64 && in->n > 0; op++) {
         unsigned kind = hc_fuzz_u8(in) % 5;
         if (kind <= 1) {
@@ -376,7 +463,7 @@ static void hc_fuzz_read(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
             int64_t want = z->len - pos < (int64_t)n ? z->len - pos : (int64_t)n;
             int may, must;
             long r;
-            hc_fuzz_risk(z, pos, pos + want, &may, &must);
+            hc_fuzz_risk(z, pos, pos + want, open_seg, &may, &must);
             r = hc_body_read(b, (char *)buf, n);
             if (broken) {
                 if (r < -1 || r > (long)n)
@@ -394,6 +481,8 @@ static void hc_fuzz_read(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
             for (int64_t i = 0; i < want; i++)
                 if (buf[i] != z->ref[pos + i] && !hc_fuzz_unknown(z, pos + i))
                     abort();
+            if (want > 0)
+                open_seg = hc_fuzz_open_seg(z, pos + want);
             pos += want;
             if (hc_body_position(b) != pos)
                 abort();
@@ -405,6 +494,7 @@ static void hc_fuzz_read(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
             if (rc == 0) {
                 pos = off;
                 broken = 0;
+                open_seg = -1;
             }
         } else if (kind == 3 && z->nfiles > 0) {
             hc_fuzz_file *f = &z->files[hc_fuzz_u8(in) % (unsigned)z->nfiles];
@@ -413,6 +503,8 @@ static void hc_fuzz_read(hc_fuzz *z, hc_body *b, hc_fuzz_in *in)
                 size = 0;
             if (ftruncate(f->fd, (off_t)size) != 0)
                 abort();
+            f->version++;
+            hc_fuzz_file_touch(f);
             f->size = size;
             if (size < f->intact)
                 f->intact = size;
@@ -450,7 +542,8 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
 
     /* Whatever happened, a body whose files all still match reads whole from the start. */
     for (i = 0; i < (unsigned)z.nfiles; i++)
-        if (z.files[i].size != z.files[i].recorded || z.files[i].intact != z.files[i].size)
+        if (z.files[i].size != z.files[i].recorded || z.files[i].intact != z.files[i].size
+            || hc_fuzz_file_replaced(&z.files[i]))
             break;
     if (i == (unsigned)z.nfiles) {
         int64_t pos = 0, j;

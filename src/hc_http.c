@@ -142,6 +142,13 @@ static int sink_decide(hc_transfer *t)
 static int transfer_end(hc_transfer *t, int ok)
 {
     int rc = 0;
+    /* libcurl takes a connection closed inside the final answer's header block for the end of
+     * an answer without a body: a download cut there was an empty file, and a success. */
+    if (ok && !t->headers_done) {
+        stop(t, "partial", "the connection closed before the answer's header block ended");
+        ok = 0;
+        rc = -1;
+    }
     if (ok && t->inflating && hc_inflate_finish(&t->inflater) != HC_INFLATE_OK) {
         stop(t, "encoding", "the %s-encoded answer %s", t->content_encoding,
              hc_inflate_strerror(HC_INFLATE_ERR_TRUNCATED));

@@ -4,12 +4,18 @@
  * crafted here: every transfer syntax, no preamble, nested undefined-length
  * sequences, UN, deflated with and without fallback, every error, a cut at
  * every offset of valid headers, the read bound, and a replay of every file
- * in the directories named on the command line (fuzz findings and seeds).
- * Each buffer is probed both in memory and as a file; the two must agree.
+ * in the directories named on the command line (fuzz findings and seeds),
+ * also through fuzz/fuzz_dicom_diff.c's checks (compiled in): for every
+ * directory D/dicom named, D/dicom_diff is replayed as well, and each file of
+ * both goes through both. Each buffer is probed both in memory and as a file;
+ * the two must agree.
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
  * Build: see the comment at the end of this file.
  */
 #define _POSIX_C_SOURCE 200809L
+#define LLVMFuzzerTestOneInput hc_test_fuzz_dicom_diff
+#include "../../fuzz/fuzz_dicom_diff.c"
+#undef LLVMFuzzerTestOneInput
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -863,12 +869,15 @@ static void run_io(tstate *t)
           "directory: %d '%s'", rc, err);
 }
 
-/* Replays every file under dir; each must not crash and mem == file. */
+/* Replays every file under dir; each must not crash and mem == file, here and as the fuzz target
+ * checks it (with its "%FILL" expanded, and its prefixes). */
 static void replay_dicom(tstate *t, const char *path, const unsigned char *p, size_t n)
 {
     char err[256];
     hc_dicom_info info;
     probe_both(t, path, p, n, &info, err, sizeof err);
+    hc_test_fuzz_dicom_diff(p, n);
+    t->passed++;
 }
 
 int main(int argc, char **argv)
@@ -895,8 +904,15 @@ int main(int argc, char **argv)
     }
     run_bounds(&t);
     run_io(&t);
-    for (a = 1; a < argc; a++)
+    for (a = 1; a < argc; a++) {
+        char sibling[1024];
+        size_t n = strlen(argv[a]);
         hc_test_replay(&t, argv[a], replay_dicom);
+        if (n >= 5 && strcmp(argv[a] + n - 5, "dicom") == 0 && n + 5 < sizeof sibling) {
+            snprintf(sibling, sizeof sibling, "%s_diff", argv[a]);
+            hc_test_replay(&t, sibling, replay_dicom);
+        }
+    }
     remove(t.tmp);
     return hc_test_summary(&t);
 }

@@ -4,10 +4,15 @@
  * path winning (and the counts by outcome following it), paths that differ only in one byte,
  * hold NULs or are empty, growth through many rehashes with every entry still found, the
  * limits of offset and code, and free twice. Under ASan (scripts/test-sanitize) a read past an
- * entry or a leak fails the run.
+ * entry or a leak fails the run. Then a replay of the fuzz regressions and seeds, each file both
+ * a path and a program for fuzz/fuzz_jindex.c's checks (compiled in).
  * Prints one line per failure and "N passed, N failed"; exits 1 on failure.
- * Run from the repository root: test_jindex [DIR...]
+ * Run from the repository root: test_jindex spec/fixtures/fuzz/jindex fuzz/corpus/jindex
  */
+#define LLVMFuzzerTestOneInput hc_test_fuzz_jindex
+#include "../../fuzz/fuzz_jindex.c"
+#undef LLVMFuzzerTestOneInput
+
 #include <stdio.h>
 #include <string.h>
 
@@ -107,7 +112,7 @@ static void test_many(tstate *t)
 }
 
 /* Any bytes are a path: a replayed file (the directories ctest names, if they exist) put, then
- * found, and its first half not. */
+ * found, and its first half not; and a program of puts and gets for the fuzz target. */
 static void replay_path(tstate *t, const char *path, const unsigned char *data, size_t len)
 {
     hc_jindex ix;
@@ -118,6 +123,7 @@ static void replay_path(tstate *t, const char *path, const unsigned char *data, 
     check(t, e != NULL && e->size == (int64_t)len, "get %s", path);
     check(t, len == 0 || hc_jindex_get(&ix, (const char *)data, len / 2) == NULL, "half of %s", path);
     hc_jindex_free(&ix);
+    hc_test_fuzz_jindex(data, len);
 }
 
 int main(int argc, char **argv)

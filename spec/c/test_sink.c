@@ -8,9 +8,16 @@
  * directories are errors with a message; with hc_sink_name_by_uid, a DICOM part is renamed
  * <UID>.dcm as it ends (replacing a symbolic link at that name, never writing through it) and
  * the parts it cannot vouch for (not DICOM, a second copy, UIDs past the kept prefix, an
- * invalid UID) are left as they were. Prints one line per failure and "N passed, N failed".
+ * invalid UID) are left as they were. Then a replay of the fuzz regressions and seeds through the
+ * fuzz target's own checks (fuzz/fuzz_sink.c is compiled in). Prints one line per failure and
+ * "N passed, N failed". Run from the repository root: test_sink spec/fixtures/fuzz/sink
+ * fuzz/corpus/sink
  */
-#define _DEFAULT_SOURCE
+#define _GNU_SOURCE /* as fuzz/fuzz_sink.c has it */
+#define LLVMFuzzerTestOneInput hc_test_fuzz_sink
+#include "../../fuzz/fuzz_sink.c"
+#undef LLVMFuzzerTestOneInput
+
 #include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
@@ -511,11 +518,19 @@ static void test_release(tstate *t)
     check(t, access(path, F_OK) == 0 && entries(dir) == 2, "and only they: %d files", entries(dir));
 }
 
-int main(void)
+/* The fuzz target's own checks abort on a failure. */
+static void replay_sink(tstate *t, const char *path, const unsigned char *p, size_t n)
+{
+    (void)path;
+    hc_test_fuzz_sink(p, n);
+    t->passed++;
+}
+
+int main(int argc, char **argv)
 {
     tstate t;
     const char *base = getenv("TMPDIR");
-    (void)hc_test_replay; /* the shared harness's replay: no fuzz inputs for this area */
+    int a;
     memset(&t, 0, sizeof t);
     snprintf(t.dir, sizeof t.dir, "%s/hc-test-sink-XXXXXX", base != NULL && *base ? base : "/tmp");
     if (mkdtemp(t.dir) == NULL) {
@@ -529,6 +544,8 @@ int main(void)
     test_name_by_uid(&t);
     test_release(&t);
     test_deferred(&t);
+    for (a = 1; a < argc; a++)
+        hc_test_replay(&t, argv[a], replay_sink);
     {
         char cmd[600];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", t.dir);
