@@ -36,6 +36,7 @@
 
 #include <curl/curl.h>
 
+#include "hc_fuzz_leftovers.h"
 #include "hc_http.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -58,45 +59,12 @@ typedef struct hc_fuzz_http_srv {
     int fd;                   /* the accepted connection; closed once the transfer is over */
 } hc_fuzz_http_srv;
 
-/* Entries of the directory (without . and ..); rm: removes them too. */
-static int hc_fuzz_http_entries(int rm)
-{
-    DIR *d = opendir(hc_fuzz_http_dir);
-    struct dirent *e;
-    char path[1024];
-    int n = 0;
-    if (d == NULL)
-        abort();
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        n++;
-        snprintf(path, sizeof path, "%s/%s", hc_fuzz_http_dir, e->d_name);
-        if (rm)
-            unlink(path);
-    }
-    closedir(d);
-    return n;
-}
-
-static int hc_fuzz_http_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    int n = 0;
-    if (d == NULL)
-        abort();
-    while (readdir(d) != NULL)
-        n++;
-    closedir(d);
-    return n;
-}
-
 static void hc_fuzz_http_cleanup(void)
 {
     if (hc_fuzz_http_listen_fd >= 0)
         close(hc_fuzz_http_listen_fd);
     if (hc_fuzz_http_dir[0] != '\0') {
-        hc_fuzz_http_entries(1);
+        hc_fuzz_dir_entries(hc_fuzz_http_dir, 1);
         rmdir(hc_fuzz_http_dir);
     }
     curl_global_cleanup();
@@ -303,7 +271,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         return 0;
     hc_fuzz_http_init();
     flags = data[0];
-    fds = hc_fuzz_http_fds();
+    fds = hc_fuzz_open_fds();
     hc_fuzz_http_opts(flags, &o, target, sizeof target);
     if (flags & 128) {
         body = hc_body_new(); /* adopted by the transfer */
@@ -342,13 +310,14 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         fprintf(stderr, "the file sink's %s is missing\n", target);
         abort();
     }
-    if (hc_fuzz_http_entries(0) != kept) {
-        fprintf(stderr, "%d files left in %s\n", hc_fuzz_http_entries(1) - kept, hc_fuzz_http_dir);
+    if (hc_fuzz_dir_entries(hc_fuzz_http_dir, 0) != kept) {
+        fprintf(stderr, "%d files left in %s\n", hc_fuzz_dir_entries(hc_fuzz_http_dir, 1) - kept,
+                hc_fuzz_http_dir);
         abort();
     }
-    hc_fuzz_http_entries(1);
-    if (hc_fuzz_http_fds() != fds) {
-        fprintf(stderr, "fds: %d before, %d after\n", fds, hc_fuzz_http_fds());
+    hc_fuzz_dir_entries(hc_fuzz_http_dir, 1);
+    if (hc_fuzz_open_fds() != fds) {
+        fprintf(stderr, "fds: %d before, %d after\n", fds, hc_fuzz_open_fds());
         abort();
     }
     return 0;

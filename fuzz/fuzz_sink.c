@@ -43,6 +43,7 @@
 
 #include "hc_dicom.h"
 #include "hc_fuzz_fill.h"
+#include "hc_fuzz_leftovers.h"
 #include "hc_multipart.h"
 #include "hc_sink.h"
 
@@ -173,42 +174,9 @@ static int hc_fuzz_sink_reference(const hc_fuzz_sink_in *in, hc_fuzz_sink_ref *r
     return 1;
 }
 
-/* Entries of the directory (without . and ..); rm: removes them too. */
-static int hc_fuzz_sink_entries(int rm)
-{
-    DIR *d = opendir(hc_fuzz_sink_dir);
-    struct dirent *e;
-    char path[1024];
-    int n = 0;
-    if (d == NULL)
-        abort();
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-            continue;
-        n++;
-        snprintf(path, sizeof path, "%s/%s", hc_fuzz_sink_dir, e->d_name);
-        if (rm)
-            unlink(path);
-    }
-    closedir(d);
-    return n;
-}
-
-static int hc_fuzz_sink_fds(void)
-{
-    DIR *d = opendir("/proc/self/fd");
-    int n = 0;
-    if (d == NULL)
-        abort();
-    while (readdir(d) != NULL)
-        n++;
-    closedir(d);
-    return n;
-}
-
 static void hc_fuzz_sink_cleanup(void)
 {
-    hc_fuzz_sink_entries(1);
+    hc_fuzz_dir_entries(hc_fuzz_sink_dir, 1);
     rmdir(hc_fuzz_sink_dir);
     free(hc_fuzz_sink_r.bytes);
 }
@@ -426,7 +394,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     if (!hc_fuzz_sink_parse(data, size, &in))
         return 0;
     hc_fuzz_sink_init();
-    fds = hc_fuzz_sink_fds();
+    fds = hc_fuzz_open_fds();
     have_ref = in.mode == HC_SINK_TO_PARTS && hc_fuzz_sink_reference(&in, r);
     snprintf(target, sizeof target, "%s/out", hc_fuzz_sink_dir);
     k = hc_sink_new((in.flags & 1) ? HC_SINK_FILE : HC_SINK_DIR,
@@ -440,7 +408,7 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
         /* An answer cut halfway, then another: nothing of the first may stay. */
         hc_fuzz_sink_answer(k, &in, in.len / 2, 0, NULL);
         hc_sink_reset(k);
-        if (hc_fuzz_sink_entries(0) != 0 || hc_sink_nparts(k) != 0)
+        if (hc_fuzz_dir_entries(hc_fuzz_sink_dir, 0) != 0 || hc_sink_nparts(k) != 0)
             hc_fuzz_sink_fail(0, "left after a reset", hc_fuzz_sink_dir);
     }
     failed = hc_fuzz_sink_answer(k, &in, in.len, (in.seed & 128) != 0, have_ref ? r : NULL);
@@ -453,11 +421,11 @@ int LLVMFuzzerTestOneInput(const unsigned char *data, size_t size)
     if (in.flags & 128)
         hc_sink_take_parts(k);
     hc_sink_free(k);
-    if (hc_fuzz_sink_entries(0) != left)
+    if (hc_fuzz_dir_entries(hc_fuzz_sink_dir, 0) != left)
         hc_fuzz_sink_fail((size_t)left, "files left behind besides those taken", hc_fuzz_sink_dir);
-    hc_fuzz_sink_entries(1);
+    hc_fuzz_dir_entries(hc_fuzz_sink_dir, 1);
     free(in.body);
-    if (hc_fuzz_sink_fds() != fds)
+    if (hc_fuzz_open_fds() != fds)
         hc_fuzz_sink_fail(0, "an fd left open", "");
     return 0;
 }
