@@ -351,6 +351,25 @@ describe("client:pages", function()
     assert.is_nil(page.nextPageToken)
   end)
 
+  it("asks for nextPageToken when fields comes from healthcare.new's params too, a call's own fields first",
+    function()
+    local dataset = new_dataset()
+    for i = 1, 5 do assert(client:call(DS .. "dicomStores.create", { parent = dataset, dicomStoreId = "s" .. i }, {})) end
+    local narrow = assert(healthcare.new { endpoint = em.endpoint, access_token = em.token, retry = FAST_RETRY,
+      params = { fields = "dicomStores/name" } })
+    -- the client's fields, and a call's (which is sent instead of the client's)
+    for _, fields in ipairs({ false, "dicomStores" }) do
+      local pages = assert(narrow:pages(DS .. "dicomStores.list", { parent = dataset, pageSize = 2,
+        fields = fields or nil }))
+      local names = {}
+      for store in pages:each() do names[#names + 1] = store.name:match("[^/]+$") end
+      assert.is_nil(pages.error)
+      assert.same({ "s1", "s2", "s3", "s4", "s5" }, names, tostring(fields))
+      assert.equal(3, pages.requests)
+    end
+    narrow:close()
+  end)
+
   it("a failed page ends the loop with pages.error; all() gives nil, err and the items before", function()
     local dataset = new_dataset()
     for i = 1, 5 do assert(client:call(DS .. "dicomStores.create", { parent = dataset, dicomStoreId = "s" .. i }, {})) end

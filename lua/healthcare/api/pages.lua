@@ -119,7 +119,9 @@ function M.pages(client, method, params, opts)
   end
   local copy = {}
   for k, v in pairs(params or {}) do copy[k] = v end
-  copy.fields = M.fields_with_token(copy.fields)
+  -- The fields sent are the call's, else the client's (healthcare.new's params): either way
+  -- without nextPageToken the list would end after its first page.
+  copy.fields = M.fields_with_token(copy.fields or client.params.fields)
   return setmetatable({
     client = client, method = m.id, field = field, params = copy, opts = opts, requests = 0,
     policy = retry.new(nil, opts.retry, client.retry),
