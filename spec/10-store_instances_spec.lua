@@ -87,6 +87,33 @@ describe("client:store_instances", function()
     end
   end)
 
+  it("takes opts.on_progress as the store's store_instances does: told the bytes sent, false stops", function()
+    local f = H.gen_dicom { count = 1, size = 1024 * 1024 }[1]
+    local body = { content_type = "application/dicom", data = { file = f.path } }
+    -- the emulator sits on the request a while before answering: the transfer lasts past a progress turn
+    H.emulator_faults({ { match = "store", parent = E.store, delay = 0.6 } })
+    local seen = {}
+    local res = assert(client:store_instances(E.store, "studies", body, nil, { on_progress = function(p)
+      seen[#seen + 1] = p
+    end }))
+    assert.is_true(res.ok)
+    assert.is_true(#seen >= 1)
+    for _, p in ipairs(seen) do
+      assert.equal(#H.file_bytes(f.path), p.bytes_to_send)
+      assert.is_true(p.bytes_sent <= p.bytes_to_send)
+    end
+    H.emulator_faults({ { match = "store", parent = E.store, delay = 0.6 } })
+    local calls = 0
+    local stopped, err = client:store_instances(E.store, "studies", body, nil, { on_progress = function()
+      calls = calls + 1
+      return false
+    end })
+    assert.is_nil(stopped)
+    assert.equal(1, calls)
+    assert.equal("transport", err.kind)
+    assert.equal("aborted", err.status)
+  end)
+
   it("stores under studies/{uid} when the instances belong to that study", function()
     local f = H.gen_dicom { count = 1 }[1]
     local res = assert(client:store_instances(E.store, "studies/" .. f.study_uid,

@@ -669,17 +669,19 @@ function Client:dicom_store(parent)
   return dicomweb.store(self, self.endpoint .. "/" .. parent .. "/dicomWeb", parent, false)
 end
 
---- StoreInstances as the API states it: POST {endpoint}/{parent}/dicomWeb/{dicom_web_path}.
-function Client:store_instances(parent, dicom_web_path, body, query_params)
+--- StoreInstances as the API states it: POST {endpoint}/{parent}/dicomWeb/{dicom_web_path}; opts
+--- as the store's store_instances' (on_progress: a long upload's progress, false stops it).
+function Client:store_instances(parent, dicom_web_path, body, query_params, opts)
   util.check_self(self, "healthcare.Client", "store_instances")
   util.check_arg(parent, 1, "store_instances", "string")
   util.check_arg(dicom_web_path, 2, "store_instances", "string")
   util.check_arg(body, 3, "store_instances", "table")
   util.check_arg(query_params, 4, "store_instances", "table|nil")
+  opts = require("healthcare.dicomweb.stow").check_options(opts, 2)
   local store, err = self:dicom_store(parent)
   if not store then return nil, err end
   local res
-  res, err = store:store_instances(dicom_web_path, body, query_params)
+  res, err = store:store_instances(dicom_web_path, body, query_params, opts)
   return res, err
 end
 

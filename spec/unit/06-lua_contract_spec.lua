@@ -92,6 +92,11 @@ describe("a misuse raises at the caller's line, naming the public function", fun
       "bad argument #1 to 'store_instances' (string expected, got nil)")
     raises_at_call(function() local _ = client:store_instances(PARENT, "studies", 42) end,
       "bad argument #3 to 'store_instances' (table expected, got number)")
+    -- the store's store_instances' options, blamed on the caller of the client's
+    raises_at_call(function() local _ = client:store_instances(PARENT, "studies", {}, nil, { bogus = 1 }) end,
+      "unknown option 'bogus' to 'store_instances'; valid options: on_progress")
+    raises_at_call(function() local _ = client:store_instances(PARENT, "studies", {}, nil, { on_progress = 1 }) end,
+      "bad option 'on_progress' to 'store_instances' (function expected, got number)")
     raises_at_call(function() local _ = client.send(store, {}) end,
       "bad self to 'send' (healthcare.Client expected, got healthcare.Store)")
   end)

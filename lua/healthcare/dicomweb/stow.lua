@@ -72,6 +72,17 @@ function M.read_store_response(res, what, client)
   }
 end
 
+M.OPTIONS = { "on_progress" }
+
+--- Raises for a misuse of store_instances' options (level: as util.check_options'), for the
+--- store's method and the client's, each blaming its caller's line; returns them.
+function M.check_options(opts, level)
+  level = (level or 2) + 1
+  opts = util.check_options(opts, M.OPTIONS, "store_instances", level)
+  util.check_option(opts.on_progress, "on_progress", "store_instances", "function", level)
+  return opts
+end
+
 --- store:store_instances(dicom_web_path, body, params, opts): STOW-RS with a body the caller built,
 --- POST {base}/{dicom_web_path}; opts.on_progress as a client:send request's (false stops the
 --- transfer: the command's Ctrl-C). Returns { status, ok, headers, body, json } or nil, err.
@@ -80,8 +91,7 @@ function M.store_instances(store, dicom_web_path, body, query_params, opts)
   util.check_arg(dicom_web_path, 1, "store_instances", "string")
   util.check_arg(body, 2, "store_instances", "table")
   util.check_arg(query_params, 3, "store_instances", "table|nil")
-  opts = util.check_options(opts, { "on_progress" }, "store_instances")
-  util.check_option(opts.on_progress, "on_progress", "store_instances", "function")
+  opts = M.check_options(opts, 2)
   local _, perr = names.check_store_path(dicom_web_path)
   if perr then return nil, perr end
   local ct, data = transport_body(body)
