@@ -170,7 +170,9 @@ describe("a misuse raises at the caller's line, naming the public function", fun
         "bad option 'max_bytes' to 'fetch' (a whole number >= 1 expected, got 0)" },
       { function() local _ = store:fetch("studies", { accept = "image/png" }) end, "unknown option 'accept' to "
         .. "'fetch'; valid options: compressed, idle_timeout, max_bytes, max_compression_ratio, method, min_speed, "
-        .. "on_progress, params, query, retry, timeout, to" },
+        .. "on_progress, on_retry, params, query, retry, timeout, to" },
+      { function() local _ = store:fetch("studies", { on_retry = true }) end,
+        "bad option 'on_retry' to 'fetch' (function expected, got boolean)" },
       { function() local _ = store.retrieve_study(client, "1.2", to) end,
         "bad self to 'retrieve_study' (healthcare.Store expected, got healthcare.Client)" },
     }) do

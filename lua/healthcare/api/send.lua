@@ -123,9 +123,11 @@ function M.transport_request(client, req, opts, json)
   return t
 end
 
--- Policy:run's on_wait for opts.on_retry(err, seconds, attempt): the failure as an error value,
--- an answer (a 503 with Retry-After) made one as the call would return it. nil without on_retry.
-local function on_wait_of(on_retry, client, what)
+--- Policy:run's on_wait for opts.on_retry(err, seconds, attempt) of a request whose attempts give
+--- a response of any status or nil, err (client:send's): the failure as an error value, an answer
+--- (a 503 with Retry-After) made one as the call would return it, `what` leading its message.
+--- nil without on_retry. store:fetch's too.
+function M.on_wait_of(on_retry, client, what)
   return on_retry and function(seconds, n, res, err)
     on_retry(err or errors.from_response(res, what, client), seconds, n + 1)
   end
@@ -140,7 +142,7 @@ function M.send(client, req, opts, policy, stop_at, json)
   if not t then return nil, err end
   local res
   res, err = policy:run(function() return client:send(t) end, M.retry_of(req.method), stop_at, nil,
-    on_wait_of(opts.on_retry, client, req.method_id))
+    M.on_wait_of(opts.on_retry, client, req.method_id))
   if not res and (err.status == "response_too_large" or err.status == "too_large") then
     err.option = "max_bytes"
     err.message = string.format("%s: the answer is larger than %.0f bytes (option max_bytes)", req.method_id,

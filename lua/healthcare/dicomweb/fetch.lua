@@ -17,7 +17,7 @@ local util = require "healthcare.util"
 local M = {}
 
 M.OPTIONS = { "method", "query", "params", "to", "max_bytes", "timeout", "idle_timeout", "min_speed",
-  "compressed", "max_compression_ratio", "on_progress", "retry" }
+  "compressed", "max_compression_ratio", "on_progress", "retry", "on_retry" }
 local METHODS = { GET = true, DELETE = true }
 
 --- What a request names, by its method and path (checked): "delete", "search" (studies, series
@@ -41,7 +41,7 @@ local function check_call(store, path, opts)
       type(opts.method) == "string" and ("'" .. opts.method .. "'") or type(opts.method)), 3)
   end
   for name, types in pairs({ query = "string", params = "table", to = "string", compressed = "boolean",
-    on_progress = "function" }) do
+    on_progress = "function", on_retry = "function" }) do
     util.check_option(opts[name], name, "fetch", types, 3)
   end
   util.check_number(opts.max_bytes, "max_bytes", "fetch", "whole >= 1", 3)
@@ -75,9 +75,10 @@ end
 --- compressed (gzip, decoded as it comes), bytes as they are. opts.to: a file the answer is
 --- streamed to (a temporary file beside it, renamed once whole); else the answer is held in
 --- memory, capped at opts.max_bytes (default the client's 64 MiB). Sent again as client:call
---- sends a GET or a DELETE (opts.retry, else the client's: healthcare.api.send.retry_of). Returns
---- the last attempt's raw response { status, headers, body or file, bytes } of any HTTP status, or
---- nil, err.
+--- sends a GET or a DELETE (opts.retry, else the client's: healthcare.api.send.retry_of), with
+--- opts.on_retry(err, seconds, attempt) told before each wait, as a search's (the answer that
+--- failed as the error value it is: "GET studies: HTTP 503 ..."). Returns the last attempt's raw
+--- response { status, headers, body or file, bytes } of any HTTP status, or nil, err.
 function M.fetch(store, dicom_web_path, opts)
   opts = check_call(store, dicom_web_path, opts)
   local ok, perr = check_path(dicom_web_path, opts.query)
@@ -111,7 +112,7 @@ function M.fetch(store, dicom_web_path, opts)
       max_compression_ratio = opts.max_compression_ratio,
       on_progress = opts.on_progress,
     }
-  end, again)
+  end, again, nil, nil, api_send.on_wait_of(opts.on_retry, store.client, method .. " " .. dicom_web_path))
 end
 
 return M
