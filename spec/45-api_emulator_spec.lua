@@ -245,6 +245,31 @@ describe("client:call, client:wait", function()
     assert.same({ 429 }, told)
   end)
 
+  it("cuts Google's envelope of a 1 MB message to errors.cut's 300 bytes; its details stay whole", function()
+    local dataset = new_dataset()
+    local huge = "quota: " .. string.rep("x", 1e6)
+    local details = {
+      { ["@type"] = "type.googleapis.com/google.rpc.DebugInfo", detail = string.rep("d", 1000) },
+      { ["@type"] = "type.googleapis.com/google.rpc.Help", links = { { description = "logs",
+        url = "https://console.cloud.google.com/logs?q=" .. string.rep("q", 1000) } } },
+    }
+    -- more than a command line carries: the rules go to the emulator from a file
+    local rules = os.tmpname()
+    H.write_file(rules, cjson.encode({ replace = true, rules = { { match = "admin", method = DS .. "get", status = 400,
+      body = { error = { code = 400, status = "INVALID_ARGUMENT", message = huge, details = details } } } } }))
+    local r = H.curl({ "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@" .. rules,
+      em.url .. "/_control/faults" })
+    os.remove(rules)
+    assert.equal(200, r.status, r.body)
+    local res, err = client:call(DS .. "get", { name = dataset })
+    assert.is_nil(res)
+    assert.equal("INVALID_ARGUMENT", err.status)
+    assert.equal(DS .. "get: HTTP 400 INVALID_ARGUMENT: quota: " .. string.rep("x", 293) .. "... (1000007 bytes in all)",
+      err.message)
+    assert.equal(err.message, tostring(err))
+    assert.same(details, err.details)
+  end)
+
   it("refuses a bad call before any request: the count of requests does not move", function()
     local dataset = new_dataset()
     local before = requests()

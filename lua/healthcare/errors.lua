@@ -4,13 +4,14 @@
 --               ("timeout": a long-running operation was not done in time, or its waiter was told
 --               to stop; it may still finish. "operation": one ended with Google's error)
 --   message     what a person can act on; it may quote a server's text exactly as sent (our own
---               secrets in it replaced by REDACTED), control characters included
+--               secrets in it replaced by REDACTED), control characters included, each text cut
+--               to MAX_QUOTED bytes (M.cut: a server can send megabytes)
 --   http_status the HTTP status, when a response came back
 --   status      Google's status string (e.g. "UNAUTHENTICATED"), or the reason the C core gives
 --               (the transport's "connect", "timeout", ...; the files' "busy", "unsafe", ...)
 --   retryable   whether sending the same request again may succeed
 --   retry_after seconds the server asked us to wait (Retry-After or RetryInfo), when it did
---   details     Google's error details list, when present
+--   details     Google's error details list, when present, as sent (whole: the message quotes none)
 --   reason      the ErrorInfo reason among them (e.g. "API_KEY_INVALID"), when present
 --   operation   the long-running operation's name, for errors about one (client:wait, delete)
 -- tostring(err) gives the message made printable (util.printable): one line, safe for a terminal.
@@ -50,6 +51,8 @@ end
 
 -- How much of a server's text a message quotes: an error's text can be megabytes.
 M.MAX_QUOTED = 300
+-- How much of a status a server names (Google's are names such as FAILED_PRECONDITION).
+M.MAX_STATUS = 64
 
 --- `text` cut to at most n bytes (default M.MAX_QUOTED), never inside a UTF-8 character, with
 --- "..." and the whole length after it when it was cut.
@@ -98,7 +101,8 @@ end
 --- Turns an HTTP response that is not a DICOM answer into an error: Google's JSON envelope
 --- {"error":{"code","message","status","details"}}, an OAuth error, or plain text. `client`
 --- (optional): its secrets are taken out of the text quoted, for a 2xx answer, whose body the
---- client leaves as it came unless its media type says text.
+--- client leaves as it came unless its media type says text. The message quotes the server's
+--- message and status cut (M.cut); err.details keeps Google's details as they came.
 function M.from_response(res, what, client)
   local status = res.status
   local ctype = (res.headers and res.headers["content-type"] or ""):lower()
@@ -109,12 +113,16 @@ function M.from_response(res, what, client)
     retry_after = M.retry_after(res.headers),
   }
   local message
+  -- Every text quoted is cut, and a cut through a secret would leave its first bytes for anyone:
+  -- the secrets are taken out first, of the body as sent and of the message as decoded.
+  local body = res.body or ""
+  if client then body = client:redact(body) end
   -- Orthanc's DICOMweb plugin sends its JSON errors without a JSON Content-Type.
-  local doc = (ctype:find("json", 1, true) or (res.body or ""):match("^%s*{")) and cjson.decode(res.body or "")
+  local doc = (ctype:find("json", 1, true) or body:match("^%s*{")) and cjson.decode(body)
   if type(doc) == "table" and type(doc.error) == "table" then
     local e = doc.error
     message = type(e.message) == "string" and e.message or nil
-    if type(e.status) == "string" then err.status = e.status end
+    if type(e.status) == "string" then err.status = M.cut(e.status, M.MAX_STATUS) end
     if type(e.details) == "table" then
       err.details = e.details
       for _, d in ipairs(e.details) do
@@ -128,7 +136,7 @@ function M.from_response(res, what, client)
     end
   elseif type(doc) == "table" and type(doc.error) == "string" then
     -- OAuth token endpoint: {"error": "invalid_grant", "error_description": "..."}
-    err.status = doc.error -- already in the message's prefix
+    err.status = M.cut(doc.error, M.MAX_STATUS) -- in the message's prefix, so not quoted again
     message = type(doc.error_description) == "string" and doc.error_description or doc.error
   end
   if not message and type(doc) == "table" then
@@ -141,10 +149,11 @@ function M.from_response(res, what, client)
     end
   end
   if not message then
-    local text = (res.body or ""):gsub("%s+", " "):sub(1, 200)
+    local text = body:gsub("%s+", " "):sub(1, 200)
     message = text ~= "" and text or "no details in the response"
   end
   if client then message = client:redact(message) end
+  message = M.cut(message)
   -- Google answers a bad API key with 400 INVALID_ARGUMENT: a credential problem all the same.
   local kind = M.CREDENTIAL_REASONS[err.reason] and "auth" or "http"
   return M.new(kind, string.format("%s: HTTP %d %s: %s", what or "request", status, err.status, message), err)

@@ -114,6 +114,36 @@ describe("errors.from_response", function()
     assert.equal(2, err.retry_after)
     assert.equal("RATE_LIMIT_EXCEEDED", err.reason)
   end)
+
+  -- A hostile or broken server can send megabytes of error text: the message quotes at most
+  -- errors.MAX_QUOTED bytes of each of its texts; the details stay whole on the error.
+  it("cuts a huge envelope's message and status in the message (errors.cut), the details kept whole", function()
+    local huge = "m" .. string.rep("\u{e9}", 500000) -- 1 MB, cut between the two bytes of an e-acute
+    local details = { { ["@type"] = "type.googleapis.com/google.rpc.DebugInfo", detail = string.rep("d", 1e6) },
+      { ["@type"] = "type.googleapis.com/google.rpc.Help", links = { { url = "https://x/" .. string.rep("l", 1e5) } } },
+      error_info("SOME_REASON") }
+    local err = errors.from_response({ status = 400, headers = JSON,
+      body = envelope(400, string.rep("S", 1e5), huge, details) }, "X")
+    assert.equal("X: HTTP 400 " .. string.rep("S", 64) .. "... (100000 bytes in all): m"
+      .. string.rep("\u{e9}", 149) .. "... (1000001 bytes in all)", err.message)
+    assert.same(details, err.details)
+    assert.equal("SOME_REASON", err.reason)
+    -- an OAuth error's texts the same
+    err = errors.from_response({ status = 400, headers = JSON, body = cjson.encode({ error = string.rep("e", 1e5),
+      error_description = string.rep("x", 1e6) }) }, "token")
+    assert.equal("token: HTTP 400 " .. string.rep("e", 64) .. "... (100000 bytes in all): " .. string.rep("x", 300)
+      .. "... (1000000 bytes in all)", err.message)
+  end)
+
+  it("takes the client's secrets out before cutting: no piece of one is left at the cut", function()
+    local healthcare = require "healthcare"
+    local token = "ya29.a-secret-token-0123456789abcdef"
+    local client = assert(healthcare.new { access_token = token, endpoint = "http://127.0.0.1:9/v1" })
+    local err = errors.from_response({ status = 200, headers = JSON, body = envelope(200, "OK",
+      string.rep("a", 290) .. token .. string.rep("b", 1000)) }, "X", client)
+    client:close()
+    assert.equal("X: HTTP 200 OK: " .. string.rep("a", 290) .. "REDACTED" .. "bb... (1298 bytes in all)", err.message)
+  end)
 end)
 
 describe("errors.retry_after", function()
