@@ -311,3 +311,24 @@ describe("two credential options", function()
     end
   end)
 end)
+
+describe("credentials.token_error_text", function()
+  local cjson = require "cjson"
+
+  it("cuts a token endpoint's long error and description, never inside a UTF-8 character", function()
+    -- 299 ASCII bytes then "é" (2 bytes): a cut at byte 300 would split it
+    local desc = string.rep("d", 299) .. string.rep("é", 50000)
+    local code = string.rep("e", 100000)
+    local text, raw = credentials.token_error_text(cjson.encode({ error = code, error_description = desc }))
+    assert.is_true(#text < 500, #text)
+    assert.are.equal(code, raw)
+    assert.truthy(text:find("(100000 bytes in all)", 1, true))
+    -- the cut backs off before the two-byte character
+    assert.truthy(text:find(": " .. string.rep("d", 299) .. "... (100299 bytes in all)", 1, true))
+  end)
+
+  it("keeps a short answer whole", function()
+    assert.are.equal("invalid_grant: Bad Request",
+      (credentials.token_error_text('{"error":"invalid_grant","error_description":"Bad Request"}')))
+  end)
+end)

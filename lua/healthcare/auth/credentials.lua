@@ -275,14 +275,14 @@ function M.parse_token_reply(body)
 end
 
 --- OAuth's {error, error_description} of a failed token reply as text ("invalid_grant: ..."),
---- the description shortened; nil when the body is not one. The text is the server's, as it is:
+--- both cut (errors.cut); nil when the body is not one. The text is the server's, as it is:
 --- tostring(err) makes it printable.
 function M.token_error_text(body)
   local doc = cjson.decode(body or "")
   if type(doc) ~= "table" or type(doc.error) ~= "string" then return nil end
   local desc = type(doc.error_description) == "string" and doc.error_description or nil
-  desc = desc and (": " .. desc:sub(1, 300)) or ""
-  return shown(doc.error) .. desc, doc.error
+  desc = desc and (": " .. errors.cut(desc)) or ""
+  return errors.cut(doc.error, errors.MAX_STATUS) .. desc, doc.error
 end
 
 local function read_token(self, res, secrets)
