@@ -176,3 +176,81 @@ describe("healthcare projects " .. METHOD, function()
     assert.matches("quota%-user", out)
   end)
 end)
+
+describe("healthcare projects: the credential of a call", function()
+  local sa = em:service_account()
+
+  -- Every request the emulator saw so far (the private one: none of another file's).
+  local function seen()
+    return #(H.emulator_stats().requests or {})
+  end
+
+  local READ = { "locations-datasets-dicom-stores-search-for-studies", E.store, "studies" }
+  local API = { "locations-datasets-get", "projects/p/locations/l/datasets/d" }
+  local cases = {
+    { "--credentials and -p access-token", { "--credentials", sa.key_file, "-p", "access-token=" .. E.token } },
+    { "--credentials and -p access-token", { "-p", "access_token=" .. E.token, "--credentials", sa.key_file } },
+    { "--credentials and -p oauth-token", { "--credentials", sa.key_file, "-p", "oauth-token=" .. E.token } },
+    { "--credentials and -p key", { "--credentials", sa.key_file, "-p", "key=" .. E.api_key } },
+    { "-p access-token and -p key", { "-p", "key=" .. E.api_key, "-p", "access-token=" .. E.token } },
+    { "-p access-token and -p oauth-token", { "-p", "oauth-token=" .. E.token, "-p", "access-token=" .. E.token } },
+  }
+  for _, case in ipairs(cases) do
+    it("refuses " .. table.concat(case[2], " "):gsub("=%S+", "=...") .. " (exit 2, nothing sent, no token shown)",
+      function()
+        local f = H.gen_dicom { count = 1 }[1]
+        local calls = {
+          { METHOD, E.store, "studies", "-r", ".", "content-type=application/dicom", "data=@" .. f.path },
+          READ, API,
+        }
+        for _, words in ipairs(calls) do
+          local argv = { "projects" }
+          for _, w in ipairs(words) do argv[#argv + 1] = w end
+          for _, w in ipairs(case[2]) do argv[#argv + 1] = w end
+          argv[#argv + 1] = "--endpoint"
+          argv[#argv + 1] = E.endpoint
+          local before = seen()
+          local out, err, code = H.healthcare(argv)
+          assert.equal(2, code, err)
+          assert.equal("healthcare: " .. case[1] .. " cannot be used together: a request carries one credential\n",
+            err)
+          assert.equal("", out)
+          assert.equal(before, seen())
+          assert.is_nil((out .. err):find(E.token, 1, true))
+        end
+        assert.is_nil(H.orthanc_find_instance(f.sop_instance_uid))
+      end)
+  end
+
+  it("takes -p access-token alone, and over GOOGLE_APPLICATION_CREDENTIALS (a default, not a flag)", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    local _, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(E.token),
+      "--endpoint", q(E.endpoint) }, " "), nil, "GOOGLE_APPLICATION_CREDENTIALS=" .. q(sa.key_file))
+    assert.equal(0, code, err)
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+
+  it("impersonates over -p access-token with --impersonate-service-account, as over --access-token", function()
+    local federation = require "support.federation"
+    local source = "serviceAccount:" .. federation.fresh_email("seed-source")
+    local target = federation.fresh_email("seed-target")
+    em:control("service_accounts", { { email = target, impersonators = { source } } })
+    local token = em:control("tokens", { principal = source,
+      scopes = { "https://www.googleapis.com/auth/cloud-platform" } }).access_token
+    local f = H.gen_dicom { count = 1 }[1]
+    local impersonated = em:count("impersonations", "ok")
+    local out, err, code = healthcare(table.concat({ "--debug", "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(token),
+      "--impersonate-service-account", q(target), "--no-token-cache", "--endpoint", q(E.endpoint) }, " "),
+      nil, "HEALTHCARE_IAM_ENDPOINT=" .. q(em.url .. "/v1"))
+    assert.equal(0, code, err)
+    assert.equal(impersonated + 1, em:count("impersonations", "ok"))
+    assert.truthy(err:find("generateAccessToken (token for impersonated service account " .. target, 1, true), err)
+    -- the impersonated token went, in the Authorization header: not the one given, in the query
+    local requests = H.emulator_stats().requests
+    assert.same({}, requests[#requests].query)
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+    assert.is_nil((out .. err):find(token, 1, true))
+  end)
+end)

@@ -10,6 +10,7 @@ local core = require "healthcare.core"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
+local params = require "healthcare.params"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
 local seed = require "healthcare.cli.seed"
@@ -22,11 +23,35 @@ local say = common.sayer("healthcare")
 -- An answer written to standard output is held in memory first (-o FILE streams instead).
 M.MAX_STDOUT_BYTES = 1024 * 1024 * 1024
 
--- The client options of the seed form's command line (healthcare.cli.seed's cmd).
+-- The standard parameters that carry a credential, in the order a refusal names them: a request
+-- whose query holds one goes without the client's credential (healthcare.client authorizes only a
+-- request that carries none), so --credentials or --impersonate-service-account beside one would be
+-- dropped without a word.
+local CREDENTIAL_PARAMS = { "access_token", "oauth_token", "key" }
+
+-- The client options of the seed form's command line (healthcare.cli.seed's cmd), or nil and a usage
+-- error naming two credentials given together, as the friendly commands refuse two credential flags:
+-- --credentials with a -p access-token, oauth-token or key, or two of those. (An explicit credential
+-- wins over GOOGLE_APPLICATION_CREDENTIALS, a default, as everywhere.) With
+-- --impersonate-service-account, the -p token or key is the credential impersonation goes over (as
+-- the friendly commands' --access-token is): taken out of cmd.params, so that the requests carry
+-- the impersonated token instead.
 local function client_options(cmd)
-  return { endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
+  local given = {}
+  if cmd.credentials then given[1] = "--credentials" end
+  for _, wire in ipairs(CREDENTIAL_PARAMS) do
+    if cmd.params[wire] ~= nil then given[#given + 1] = "-p " .. params.to_cli(wire) end
+  end
+  if #given > 1 then return nil, common.credentials_together(given[1], given[2]) end
+  local copts = { endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
     token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
     impersonate = cmd.impersonate, proxy = cmd.proxy, ca_file = cmd.ca_file, insecure = cmd.insecure }
+  if cmd.impersonate then
+    copts.access_token = cmd.params.access_token or cmd.params.oauth_token
+    copts.api_key = cmd.params.key
+    for _, wire in ipairs(CREDENTIAL_PARAMS) do cmd.params[wire] = nil end
+  end
+  return copts
 end
 
 -- The store of the call's <parent> (a store of its own, which store:close() closes with its client),
@@ -45,7 +70,12 @@ local function open_store(cmd, out)
     say("cannot write the output: %s", why)
     return nil, common.EXIT_USAGE
   end
-  return common.dicom_store_or_say(cmd.parent, client_options(cmd), say)
+  local copts, cerr = client_options(cmd)
+  if not copts then
+    say("%s", tostring(cerr))
+    return nil, common.exit_code_for(cerr)
+  end
+  return common.dicom_store_or_say(cmd.parent, copts, say)
 end
 
 -- on_progress of the calls: a trapped Ctrl-C or SIGTERM (core.trap_interrupts) stops the transfer.
@@ -273,10 +303,10 @@ end
 
 -- The standard parameters of a call, sent on the polls too (a token given with -p is the
 -- credential of the polls as well).
-local function standard_params(params)
+local function standard_params(given)
   local out = {}
-  for _, p in ipairs(require("healthcare.params").list()) do
-    if params[p.wire] ~= nil then out[p.wire] = params[p.wire] end
+  for _, p in ipairs(params.list()) do
+    if given[p.wire] ~= nil then out[p.wire] = given[p.wire] end
   end
   return out
 end
@@ -289,10 +319,12 @@ function wait_for(client, op, cmd, what)
     timeout = cmd.timeout })
 end
 
--- The client of the seed form's options.
+-- The client of the seed form's options, or nil, err.
 local function new_client(cmd)
+  local copts, err = client_options(cmd)
+  if not copts then return nil, err end
   local healthcare = require "healthcare"
-  return healthcare.new(client_options(cmd))
+  return healthcare.new(copts)
 end
 
 -- A bound of client:call or client:pages that passed, said as the command's user can act on it
