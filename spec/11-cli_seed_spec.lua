@@ -254,3 +254,35 @@ describe("healthcare projects: the credential of a call", function()
     assert.is_nil((out .. err):find(token, 1, true))
   end)
 end)
+
+describe("healthcare projects " .. METHOD .. "'s answer", function()
+  local PY = "/usr/bin/python3"
+  local dir = H.tmpdir()
+  local ANSWERS = dir .. "/answers.json"
+  local URL, stop_server = H.start_server("capture server", H.q(PY) .. " "
+    .. H.q(E.support .. "/capture_server.py") .. " " .. H.q(dir .. "/captured.jsonl") .. " " .. H.q(ANSWERS), dir)
+  teardown(stop_server)
+
+  -- A STOW-RS answer in DICOM XML, as a server that answers no JSON sends it: no final line break.
+  local XML = '<?xml version="1.0" encoding="UTF-8"?>\n<NativeDicomModel xml:space="preserve">'
+    .. '<DicomAttribute tag="00081190" vr="UR" keyword="RetrieveURL"><Value number="1">'
+    .. 'http://example/studies/1.2.3</Value></DicomAttribute></NativeDicomModel>'
+
+  it("writes a DICOM XML answer byte for byte as received, to standard output and to -o", function()
+    local out_file = dir .. "/answer.xml"
+    for _, o in ipairs({ {}, { "-o", out_file } }) do
+      H.write_file(ANSWERS, H.json.encode({ { status = 200, content_type = "application/dicom+xml", body = XML } }))
+      local argv = { "projects", METHOD, E.store, "studies", "-r", ".", "content-type=application/dicom", "data=x",
+        "-p", "access-token=t", "--endpoint", URL .. "/v1" }
+      for _, w in ipairs(o) do argv[#argv + 1] = w end
+      local out, err, code = H.healthcare(argv)
+      assert.equal(0, code, err)
+      if o[1] then
+        assert.equal("", out)
+        assert.equal(XML, H.file_bytes(out_file))
+      else
+        assert.equal(XML, out)
+      end
+    end
+  end)
+end)

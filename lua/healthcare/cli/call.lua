@@ -143,7 +143,8 @@ local function write_or_say(out, text)
 end
 
 --- StoreInstances (the store-instances methods): the request value's body posted, the DICOM JSON
---- answer printed pretty (another answer as it came). Returns the exit code.
+--- answer printed pretty; another answer (DICOM XML from a server that answers no JSON) written
+--- byte for byte as received. Returns the exit code.
 function M.store_instances(cmd)
   local store, code = open_store(cmd, cmd.output)
   if not store then return code end
@@ -162,9 +163,7 @@ function M.store_instances(cmd)
     say("%s", tostring(err))
     return common.exit_code_for(err)
   end
-  local text = res.json and (json.pretty(res.json) .. "\n")
-    or (res.body:sub(-1) == "\n" and res.body or res.body .. "\n")
-  code = write_or_say(cmd.output, text)
+  code = write_or_say(cmd.output, res.json and (json.pretty(res.json) .. "\n") or res.body)
   if code ~= common.EXIT_OK then return code end
   if not res.ok then
     say("the server did not store every instance (HTTP %d)", res.status)
