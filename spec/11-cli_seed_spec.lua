@@ -286,3 +286,20 @@ describe("healthcare projects " .. METHOD .. "'s answer", function()
     end
   end)
 end)
+
+describe("healthcare projects " .. METHOD .. " and Retry-After", function()
+  after_each(function() H.emulator_faults({}) end)
+
+  it("waits as a 429's Retry-After asks, says so, and stores", function()
+    local f = H.gen_dicom { count = 1 }[1]
+    H.emulator_faults({ { http_method = "POST", status = 429, retry_after = 1, message = "slow down", times = 1 } })
+    local out, err, code = healthcare(table.concat({ "projects", METHOD, q(E.store), "studies",
+      "-r", ".", "content-type=application/dicom", "data=@" .. q(f.path), "-p", "access-token=" .. q(E.token),
+      "--endpoint", q(E.endpoint) }, " "))
+    assert.equal(0, code, err)
+    assert.matches("^healthcare: StoreInstances: HTTP 429 RESOURCE_EXHAUSTED: slow down; trying again in 1%.0 s "
+      .. "%(attempt 2%)\n$", err)
+    assert.equal(f.sop_instance_uid, assert(cjson.decode(out))["00081199"].Value[1]["00081155"].Value[1])
+    assert.equal(H.file_bytes(f.path), H.orthanc_instance_file(f.sop_instance_uid))
+  end)
+end)

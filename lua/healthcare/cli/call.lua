@@ -6,11 +6,13 @@
 -- as it was sent, to be printed (JSON answers, pretty) or written byte for byte (-o FILE streams
 -- it to a temporary file renamed over FILE once whole). Every other method of the API
 -- (api_method) goes through client:call, client:pages (--all) and client:wait (--wait).
+local api_send = require "healthcare.api.send"
 local core = require "healthcare.core"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
 local params = require "healthcare.params"
+local retry = require "healthcare.retry"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
 local seed = require "healthcare.cli.seed"
@@ -142,15 +144,39 @@ local function write_or_say(out, text)
   return common.EXIT_OK
 end
 
---- StoreInstances (the store-instances methods): the request value's body posted, the DICOM JSON
---- answer printed pretty; another answer (DICOM XML from a server that answers no JSON) written
---- byte for byte as received. Returns the exit code.
+-- Policy:run's on_wait for the seed's DICOMweb calls: common.retry_teller told the failure (an
+-- answer made the error value it stands for, `what`'s) and the wait, as client:call's callers tell it.
+local function wait_teller(store, what)
+  local tell = common.retry_teller(say)
+  return function(seconds, n, res, err)
+    tell(err or errors.from_response(res, what, store.client), seconds, n + 1)
+  end
+end
+
+-- Whether a StoreInstances attempt (store:store_instances' results) is worth another, and the wait
+-- the server asked for: a POST goes again as client:call sends one (healthcare.api.send.retry_of),
+-- after a 429 or 503, which say nothing was stored, or a failure before anything was sent.
+-- store_instances makes an answer that is no DICOM result an error value: its status decides.
+local post_again = api_send.retry_of("POST")
+local function store_again(res, err)
+  if not res and err.kind == "http" then
+    return (post_again({ status = err.http_status, headers = {} })), err.retry_after
+  end
+  return post_again(res, err)
+end
+
+--- StoreInstances (the store-instances methods): the request value's body posted (again after a
+--- 429 or 503, the wait said on standard error), the DICOM JSON answer printed pretty; another
+--- answer (DICOM XML from a server that answers no JSON) written byte for byte as received.
+--- Returns the exit code.
 function M.store_instances(cmd)
   local store, code = open_store(cmd, cmd.output)
   if not store then return code end
   core.trap_interrupts()
   local res, err = with_body(cmd.body, function(body)
-    return store:store_instances(cmd.dicom_web_path, body, cmd.params, { on_progress = going_on })
+    return retry.new(nil, store.client.retry):run(function()
+      return store:store_instances(cmd.dicom_web_path, body, cmd.params, { on_progress = going_on })
+    end, store_again, nil, nil, wait_teller(store, "StoreInstances"))
   end)
   local sig = core.interrupted()
   core.trap_interrupts(false)
@@ -220,17 +246,24 @@ local function write_answer(m, res, out)
   return code
 end
 
--- store:fetch of the method's path, Ctrl-C or SIGTERM abandoning the transfer (the sink removes
--- its temporary file, so an existing -o file stays as it was). Returns res, err and the signal.
+-- One attempt at a time: fetch's own attempts go on without a word; the command's say each wait.
+local ONE_ATTEMPT = { max_attempts = 1 }
+
+-- store:fetch of the method's path, sent again as fetch sends it (healthcare.api.send.retry_of of
+-- the verb, the client's retry policy), each wait said on standard error; Ctrl-C or SIGTERM
+-- abandoning the transfer (the sink removes its temporary file, so an existing -o file stays as it
+-- was) or the wait. Returns res, err and the signal.
 local function fetch(store, m, cmd, out)
   local binary = not media.JSON_KINDS[m.kind]
   core.trap_interrupts()
-  local res, err = store:fetch(cmd.dicom_web_path, {
-    method = m.http_method, query = cmd.query, params = cmd.params,
-    to = binary and out or nil,
-    max_bytes = binary and not out and M.MAX_STDOUT_BYTES or nil,
-    on_progress = going_on,
-  })
+  local res, err = retry.new(nil, store.client.retry):run(function()
+    return store:fetch(cmd.dicom_web_path, {
+      method = m.http_method, query = cmd.query, params = cmd.params,
+      to = binary and out or nil,
+      max_bytes = binary and not out and M.MAX_STDOUT_BYTES or nil,
+      on_progress = going_on, retry = ONE_ATTEMPT,
+    })
+  end, api_send.retry_of(m.http_method), nil, nil, wait_teller(store, m.what))
   if not res and not out and (err.status == "response_too_large" or err.status == "too_large") then
     err.message = string.format("%s: the answer is larger than %.0f bytes, the most the command holds in memory "
       .. "for standard output; write it to a file with -o FILE, which streams it", m.what, M.MAX_STDOUT_BYTES)
