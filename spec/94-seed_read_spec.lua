@@ -259,6 +259,21 @@ describe("healthcare projects read and delete methods, bad input", function()
   end)
 end)
 
+describe("healthcare projects read methods and Retry-After", function()
+  after_each(function() em:control("faults", { rules = {}, replace = true }) end)
+
+  it("waits as a 503's Retry-After asks, says so on standard error, and prints the answer", function()
+    em:control("faults", { replace = true, rules = { { http_method = "GET", path = "^studies$", status = 503,
+      retry_after = 1, message = "busy", times = 1 } } })
+    local out, err, code = call("search-for-studies", "studies?PatientID=" .. patient)
+    assert.equal(0, code, err)
+    assert.equal("healthcare: SearchForStudies: HTTP 503 UNAVAILABLE: busy; trying again in 1.0 s (attempt 2)\n", err)
+    local list = assert(cjson.decode(out), out)
+    assert.equal(1, #list)
+    assert.equal(f.study_uid, tag(list[1], "0020000D"))
+  end)
+end)
+
 describe("store:fetch, the store's raw request the seed form uses", function()
   local healthcare = require "healthcare"
   local media = require "healthcare.dicomweb.media"

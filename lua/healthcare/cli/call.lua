@@ -6,10 +6,13 @@
 -- as it was sent, to be printed (JSON answers, pretty) or written byte for byte (-o FILE streams
 -- it to a temporary file renamed over FILE once whole). Every other method of the API
 -- (api_method) goes through client:call, client:pages (--all) and client:wait (--wait).
+local api_send = require "healthcare.api.send"
 local core = require "healthcare.core"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
+local params = require "healthcare.params"
+local retry = require "healthcare.retry"
 local common = require "healthcare.cli.common"
 local json = require "healthcare.cli.json"
 local seed = require "healthcare.cli.seed"
@@ -22,11 +25,35 @@ local say = common.sayer("healthcare")
 -- An answer written to standard output is held in memory first (-o FILE streams instead).
 M.MAX_STDOUT_BYTES = 1024 * 1024 * 1024
 
--- The client options of the seed form's command line (healthcare.cli.seed's cmd).
+-- The standard parameters that carry a credential, in the order a refusal names them: a request
+-- whose query holds one goes without the client's credential (healthcare.client authorizes only a
+-- request that carries none), so --credentials or --impersonate-service-account beside one would be
+-- dropped without a word.
+local CREDENTIAL_PARAMS = { "access_token", "oauth_token", "key" }
+
+-- The client options of the seed form's command line (healthcare.cli.seed's cmd), or nil and a usage
+-- error naming two credentials given together, as the friendly commands refuse two credential flags:
+-- --credentials with a -p access-token, oauth-token or key, or two of those. (An explicit credential
+-- wins over GOOGLE_APPLICATION_CREDENTIALS, a default, as everywhere.) With
+-- --impersonate-service-account, the -p token or key is the credential impersonation goes over (as
+-- the friendly commands' --access-token is): taken out of cmd.params, so that the requests carry
+-- the impersonated token instead.
 local function client_options(cmd)
-  return { endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
+  local given = {}
+  if cmd.credentials then given[1] = "--credentials" end
+  for _, wire in ipairs(CREDENTIAL_PARAMS) do
+    if cmd.params[wire] ~= nil then given[#given + 1] = "-p " .. params.to_cli(wire) end
+  end
+  if #given > 1 then return nil, common.credentials_together(given[1], given[2]) end
+  local copts = { endpoint = cmd.endpoint, scopes = cmd.scopes, credentials = cmd.credentials,
     token_cache = cmd.token_cache, debug = cmd.debug or nil, timeout = cmd.timeout,
     impersonate = cmd.impersonate, proxy = cmd.proxy, ca_file = cmd.ca_file, insecure = cmd.insecure }
+  if cmd.impersonate then
+    copts.access_token = cmd.params.access_token or cmd.params.oauth_token
+    copts.api_key = cmd.params.key
+    for _, wire in ipairs(CREDENTIAL_PARAMS) do cmd.params[wire] = nil end
+  end
+  return copts
 end
 
 -- The store of the call's <parent> (a store of its own, which store:close() closes with its client),
@@ -45,7 +72,12 @@ local function open_store(cmd, out)
     say("cannot write the output: %s", why)
     return nil, common.EXIT_USAGE
   end
-  return common.dicom_store_or_say(cmd.parent, client_options(cmd), say)
+  local copts, cerr = client_options(cmd)
+  if not copts then
+    say("%s", tostring(cerr))
+    return nil, common.exit_code_for(cerr)
+  end
+  return common.dicom_store_or_say(cmd.parent, copts, say)
 end
 
 -- on_progress of the calls: a trapped Ctrl-C or SIGTERM (core.trap_interrupts) stops the transfer.
@@ -112,14 +144,39 @@ local function write_or_say(out, text)
   return common.EXIT_OK
 end
 
---- StoreInstances (the store-instances methods): the request value's body posted, the DICOM JSON
---- answer printed pretty (another answer as it came). Returns the exit code.
+-- Policy:run's on_wait for the seed's DICOMweb calls: common.retry_teller told the failure (an
+-- answer made the error value it stands for, `what`'s) and the wait, as client:call's callers tell it.
+local function wait_teller(store, what)
+  local tell = common.retry_teller(say)
+  return function(seconds, n, res, err)
+    tell(err or errors.from_response(res, what, store.client), seconds, n + 1)
+  end
+end
+
+-- Whether a StoreInstances attempt (store:store_instances' results) is worth another, and the wait
+-- the server asked for: a POST goes again as client:call sends one (healthcare.api.send.retry_of),
+-- after a 429 or 503, which say nothing was stored, or a failure before anything was sent.
+-- store_instances makes an answer that is no DICOM result an error value: its status decides.
+local post_again = api_send.retry_of("POST")
+local function store_again(res, err)
+  if not res and err.kind == "http" then
+    return (post_again({ status = err.http_status, headers = {} })), err.retry_after
+  end
+  return post_again(res, err)
+end
+
+--- StoreInstances (the store-instances methods): the request value's body posted (again after a
+--- 429 or 503, the wait said on standard error), the DICOM JSON answer printed pretty; another
+--- answer (DICOM XML from a server that answers no JSON) written byte for byte as received.
+--- Returns the exit code.
 function M.store_instances(cmd)
   local store, code = open_store(cmd, cmd.output)
   if not store then return code end
   core.trap_interrupts()
   local res, err = with_body(cmd.body, function(body)
-    return store:store_instances(cmd.dicom_web_path, body, cmd.params, { on_progress = going_on })
+    return retry.new(nil, store.client.retry):run(function()
+      return store:store_instances(cmd.dicom_web_path, body, cmd.params, { on_progress = going_on })
+    end, store_again, nil, nil, wait_teller(store, "StoreInstances"))
   end)
   local sig = core.interrupted()
   core.trap_interrupts(false)
@@ -132,9 +189,7 @@ function M.store_instances(cmd)
     say("%s", tostring(err))
     return common.exit_code_for(err)
   end
-  local text = res.json and (json.pretty(res.json) .. "\n")
-    or (res.body:sub(-1) == "\n" and res.body or res.body .. "\n")
-  code = write_or_say(cmd.output, text)
+  code = write_or_say(cmd.output, res.json and (json.pretty(res.json) .. "\n") or res.body)
   if code ~= common.EXIT_OK then return code end
   if not res.ok then
     say("the server did not store every instance (HTTP %d)", res.status)
@@ -191,17 +246,24 @@ local function write_answer(m, res, out)
   return code
 end
 
--- store:fetch of the method's path, Ctrl-C or SIGTERM abandoning the transfer (the sink removes
--- its temporary file, so an existing -o file stays as it was). Returns res, err and the signal.
+-- One attempt at a time: fetch's own attempts go on without a word; the command's say each wait.
+local ONE_ATTEMPT = { max_attempts = 1 }
+
+-- store:fetch of the method's path, sent again as fetch sends it (healthcare.api.send.retry_of of
+-- the verb, the client's retry policy), each wait said on standard error; Ctrl-C or SIGTERM
+-- abandoning the transfer (the sink removes its temporary file, so an existing -o file stays as it
+-- was) or the wait. Returns res, err and the signal.
 local function fetch(store, m, cmd, out)
   local binary = not media.JSON_KINDS[m.kind]
   core.trap_interrupts()
-  local res, err = store:fetch(cmd.dicom_web_path, {
-    method = m.http_method, query = cmd.query, params = cmd.params,
-    to = binary and out or nil,
-    max_bytes = binary and not out and M.MAX_STDOUT_BYTES or nil,
-    on_progress = going_on,
-  })
+  local res, err = retry.new(nil, store.client.retry):run(function()
+    return store:fetch(cmd.dicom_web_path, {
+      method = m.http_method, query = cmd.query, params = cmd.params,
+      to = binary and out or nil,
+      max_bytes = binary and not out and M.MAX_STDOUT_BYTES or nil,
+      on_progress = going_on, retry = ONE_ATTEMPT,
+    })
+  end, api_send.retry_of(m.http_method), nil, nil, wait_teller(store, m.what))
   if not res and not out and (err.status == "response_too_large" or err.status == "too_large") then
     err.message = string.format("%s: the answer is larger than %.0f bytes, the most the command holds in memory "
       .. "for standard output; write it to a file with -o FILE, which streams it", m.what, M.MAX_STDOUT_BYTES)
@@ -273,10 +335,10 @@ end
 
 -- The standard parameters of a call, sent on the polls too (a token given with -p is the
 -- credential of the polls as well).
-local function standard_params(params)
+local function standard_params(given)
   local out = {}
-  for _, p in ipairs(require("healthcare.params").list()) do
-    if params[p.wire] ~= nil then out[p.wire] = params[p.wire] end
+  for _, p in ipairs(params.list()) do
+    if given[p.wire] ~= nil then out[p.wire] = given[p.wire] end
   end
   return out
 end
@@ -289,10 +351,12 @@ function wait_for(client, op, cmd, what)
     timeout = cmd.timeout })
 end
 
--- The client of the seed form's options.
+-- The client of the seed form's options, or nil, err.
 local function new_client(cmd)
+  local copts, err = client_options(cmd)
+  if not copts then return nil, err end
   local healthcare = require "healthcare"
-  return healthcare.new(client_options(cmd))
+  return healthcare.new(copts)
 end
 
 -- A bound of client:call or client:pages that passed, said as the command's user can act on it

@@ -143,22 +143,26 @@ end
 local CREDENTIAL_FLAGS = { { "basic_auth_file", "--basic-auth-file" }, { "credentials", "--credentials" },
   { "access_token", "--access-token" } }
 
+--- The usage error for two credentials given together, named as the user typed them (never
+--- their values): "--credentials and --access-token cannot be used together: ...". The seed form's
+--- (healthcare.cli.call) and the friendly commands' refusals, in one wording.
+function M.credentials_together(first, second)
+  return errors.new("usage", first .. " and " .. second .. " cannot be used together: a request carries one "
+    .. "credential")
+end
+
 -- nil, or a usage error naming two credential flags of parsed arguments `a` given together
 -- (healthcare.new would name its options, which the command's user never typed).
 local function credential_flags_refusal(a)
   local first
   for _, f in ipairs(CREDENTIAL_FLAGS) do
     if a[f[1]] then
-      if first then
-        return errors.new("usage", first .. " and " .. f[2] .. " cannot be used together: a request carries one "
-          .. "credential")
-      end
+      if first then return M.credentials_together(first, f[2]) end
       first = f[2]
     end
   end
   if a.basic_auth_file and a.impersonate_service_account then
-    return errors.new("usage", "--basic-auth-file and --impersonate-service-account cannot be used together: a "
-      .. "request carries one credential")
+    return M.credentials_together("--basic-auth-file", "--impersonate-service-account")
   end
   return nil
 end

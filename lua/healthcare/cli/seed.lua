@@ -507,9 +507,10 @@ seed.global_options = {
       .. "https://healthcare.googleapis.com/v1." },
   { long = "--credentials", arg = "<file>", key = "credentials",
     help = "A service_account or authorized_user JSON key file. Default: Application "
-      .. "Default Credentials." },
+      .. "Default Credentials. Not with -p access-token, oauth-token or key: a request carries one credential." },
   { long = "--impersonate-service-account", arg = "<email>", key = "impersonate",
-    help = "Act as this service account, with a token asked of IAM Credentials with the credential given." },
+    help = "Act as this service account, with a token asked of IAM Credentials with the credential given "
+      .. "(--credentials, -p access-token) or found." },
   { long = "--proxy", arg = "<url>", key = "proxy",
     help = "HTTP(S) proxy for every request, instead of the *_proxy variables ('' for none)." },
   { long = "--ca-file", arg = "<file>", key = "ca_file",
