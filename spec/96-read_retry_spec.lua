@@ -354,6 +354,125 @@ describe("a retrieve whose answer is cut", function()
   end)
 end)
 
+-- A cut inside the fourth part of the study's answer: three instances arrive whole.
+local function cut_in_fourth()
+  local s = the_study()
+  return s.files[1].size + s.files[2].size + s.files[3].size + 3000 + math.floor(s.files[4].size / 2)
+end
+
+-- What another process may do to a file between two attempts: remove it, cut it short (its
+-- header whole: it still reads as its instance), or write something else over it.
+local DAMAGE = {
+  function(path) assert(os.remove(path)) end,
+  function(path)
+    local bytes = H.file_bytes(path)
+    H.write_file(path, bytes:sub(1, math.floor(#bytes / 2)))
+  end,
+  function(path) H.write_file(path, "not DICOM any more") end,
+}
+
+-- The files of res (or told, with list_files = false) against the directory: each at its size
+-- on disk, and their bytes what res says.
+local function assert_sizes(res, listed)
+  local bytes = 0
+  for _, f in ipairs(listed) do
+    assert.equal(lfs.attributes(f.path, "size"), f.size, f.path)
+    bytes = bytes + f.size
+  end
+  assert.equal(bytes, res.bytes)
+end
+
+describe("a retrieve whose files are removed or damaged between its attempts", function()
+  after_each(function() faults({}) end)
+
+  for _, case in ipairs({
+    { name = "files listed, series whole again", list_files = true },
+    { name = "files listed, each missing instance alone", list_files = true, request_cost = 0 },
+    { name = "list_files = false, series whole again", list_files = false },
+    { name = "list_files = false, each missing instance alone", list_files = false, request_cost = 0 },
+  }) do
+    it("writes them again, each listed, counted and told of once at its size on disk (" .. case.name .. ")",
+      function()
+        local s = the_study()
+        local dir = H.tmpdir()
+        faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_fourth() } })
+        local on_file, told_count = counter()
+        local told = {}
+        local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, list_files = case.list_files,
+          request_cost = case.request_cost,
+          on_file = function(f)
+            on_file(f)
+            told[#told + 1] = { path = f.path, size = f.size, sop_instance_uid = f.sop_instance_uid }
+          end,
+          on_retry = function()
+            assert.equal(3, #told)
+            for i, damage in ipairs(DAMAGE) do damage(told[i].path) end
+          end }))
+        assert.equal(1, res.retries)
+        assert.equal(10, res.count)
+        assert.equal(10, told_count())
+        assert_sizes(res, told)
+        if case.list_files then
+          assert.equal(10, #res.files)
+          assert_sizes(res, res.files)
+        end
+        assert_whole(res, dir, told)
+      end)
+  end
+
+  it("writes again a file it wrote that is cut short while its series comes whole again", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- the series' answers of the next attempt start after half a second: on_progress runs then
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_third() },
+      { http_method = "GET", path = "^studies/[^/]+/series/[^/]+$", delay = 0.5, times = 2 } })
+    local on_file, told_count = counter()
+    local told, retried, cut_short = {}, false, false
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir,
+      on_file = function(f)
+        on_file(f)
+        told[#told + 1] = { path = f.path, size = f.size, sop_instance_uid = f.sop_instance_uid }
+      end,
+      on_retry = function() retried = true end,
+      -- the next attempt found it whole; its series' answer is under way
+      on_progress = function()
+        if retried and not cut_short then
+          cut_short = true
+          DAMAGE[2](told[1].path)
+        end
+      end }))
+    assert.is_true(cut_short)
+    assert.equal(1, res.retries)
+    assert.equal(10, res.count)
+    assert.equal(10, told_count())
+    assert.equal(10, #res.files)
+    assert_sizes(res, res.files)
+    assert_whole(res, dir)
+  end)
+
+  it("with skip_existing fetches a file that was there before and is gone at the next attempt", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    -- the MR series there whole (kept); the CT series' answer is cut after its first instance, and
+    -- one MR file is removed before the next attempt (request_cost = 1: each missing one alone)
+    local mr = s.series[2].instances
+    for _, uid in ipairs(mr) do H.write_file(dir .. "/" .. uid .. ".dcm", H.file_bytes(s.by_uid[uid].path)) end
+    local ct = s.series[1].series_uid
+    faults({ { http_method = "GET", path = "^studies/[^/]+/series/" .. ct:gsub("%.", "\\.") .. "$",
+      cut_after_bytes = s.files[1].size + 1000 } })
+    local on_file, told = counter()
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, on_file = on_file, skip_existing = true,
+      request_cost = 1, on_retry = function() assert(os.remove(dir .. "/" .. mr[1] .. ".dcm")) end }))
+    assert.equal(1, res.retries)
+    assert.equal(7, res.count)
+    assert.equal(7, told())
+    assert.equal(3, #res.kept)
+    assert_sizes(res, res.files)
+    assert_whole(res, dir)
+  end)
+
+end)
+
 describe("read retries", function()
   after_each(function() faults({}) end)
 
@@ -517,6 +636,35 @@ describe("healthcare retrieve and search", function()
     r = command({ "retrieve", s.study_uid, "-o", dir, "--retry-max-attempts", "0" })
     assert.equal(2, r.code)
     assert.matches("expected a whole number from 1 to 1000, got '0'", r.stderr)
+  end)
+
+  it("writes again a file removed before its next attempt, and lists it once in --json", function()
+    local s = the_study()
+    local dir = H.tmpdir() .. "/out"
+    -- the study's answer cut after three instances; the next attempt's search answered 503 with
+    -- Retry-After: 1, while a shell removes the first file that landed
+    faults({ { http_method = "GET", path = STUDY_GET, cut_after_bytes = cut_in_fourth() },
+      { http_method = "GET", path = "^studies/[^/]+/series$", status = 503, retry_after = 1 } })
+    local words = { H.q(H.BIN), "retrieve", H.q(E.store), H.q(s.study_uid), "-o", H.q(dir), "--json", "--endpoint",
+      H.q(E.endpoint), "--access-token", H.q(E.token), "--no-token-cache", "&",
+      "pid=$!; n=0; while [ $(ls", H.q(dir), "2>/dev/null | grep -c '\\.dcm$') -lt 3 ] && [ $n -lt 200 ]; do",
+      "sleep 0.02; n=$((n+1)); done; gone=$(ls", H.q(dir), "| grep '\\.dcm$' | head -1); rm", H.q(dir) .. '/"$gone"',
+      "; echo \"removed $gone\" >&2; wait $pid" }
+    local stdout, stderr, code = H.run(table.concat(words, " "))
+    assert.equal(0, code, stderr)
+    assert.matches("removed [%d.]+%.dcm\n", stderr)
+    local report = require("cjson").decode(stdout)
+    assert.equal(2, report.retries)
+    assert.equal(10, #report.files)
+    local seen, bytes = {}, 0
+    for _, f in ipairs(report.files) do
+      assert.is_nil(seen[f.sop_instance_uid], "listed twice: " .. f.sop_instance_uid)
+      seen[f.sop_instance_uid] = true
+      assert.equal(lfs.attributes(f.path, "size"), f.size, f.path)
+      bytes = bytes + f.size
+    end
+    assert.equal(bytes, report.bytes)
+    assert_whole({ files = report.files }, dir)
   end)
 
   it("names at most 20 missing instances on standard error; --json lists them all", function()

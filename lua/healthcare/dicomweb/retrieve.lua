@@ -432,14 +432,15 @@ local function named_file(part, scope)
   return { path = part.path, sop_instance_uid = uid, size = part.size, warning = scope_warning(scope, uid, part) }
 end
 
--- Moves a received instance to path, unless skip (retrieve_instances') holds its UID and a file
--- is there: this retrieve wrote it and told of it already, at its size, so that copy stays and
--- the new one goes (its entry is not listed again; what was reported stays true). Returns the
--- size of the file at path, or nil, err (the temporary file removed either way).
+-- Moves a received instance to path, unless skip (retrieve_instances') holds its UID and the file
+-- there has the size skip says: this retrieve wrote it and told of it already, at that size, so
+-- that copy stays and the new one goes (its entry is not listed again; what was reported stays
+-- true). A file of another size there was cut short or written over since: the new copy takes its
+-- place. Returns the size of the file at path, or nil, err (the temporary file removed either way).
 local function land(part, path, uid, skip)
   if skip and skip[uid] then
     local size = lfs.attributes(path, "size")
-    if size and lfs.attributes(path, "mode") == "file" then
+    if size == skip[uid] and lfs.attributes(path, "mode") == "file" then
       os.remove(part.path)
       return size
     end
@@ -638,9 +639,9 @@ end
 
 --- WADO-RS of a study, series or instance into files. uids as in resource_path; what: the
 --- method's name for messages (a RetrieveInstance's `to` may be a file path); bounds: bounds_of's.
---- skip: nil, or the UIDs of files an earlier attempt of the same retrieve wrote and told of: a
---- part with one of them (the series came whole again) is not written over that file, nor listed,
---- counted or told of twice.
+--- skip: nil, or the UIDs of files an earlier attempt of the same retrieve wrote and told of, each
+--- with the size it was told of at: a part with one of them (the series came whole again) is not
+--- written over that file (unless its size changed since), nor listed, counted or told of twice.
 local function retrieve_instances(store, uids, opts, what, bounds, skip)
   local path, perr = resource_path(uids)
   if not path then return nil, perr end
@@ -731,7 +732,7 @@ end
 -- The instances already in dir, by SOP Instance UID: <uid>.dcm files whose content carries that
 -- UID (a file only gets that name once it arrived whole). Returns uid -> { path, size }, and
 -- what dir holds of each series of `study`: series UID -> { count, bytes, uids }. keep: nil, or
--- keep(uid, path) -> whether to count that file at all.
+-- keep(uid, path, size) -> whether to count that file at all.
 local function already_in(dir, study, keep)
   local have, held = {}, {}
   if not is_dir(dir) then return have, held end
@@ -740,8 +741,9 @@ local function already_in(dir, study, keep)
     if uid and names.valid_uid(uid) then
       local path = join(dir, name)
       local info = core.dicom_probe(path)
-      if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid and (not keep or keep(uid, path)) then
-        local size = info.size or lfs.attributes(path, "size")
+      local size = info and (info.size or lfs.attributes(path, "size"))
+      if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid
+        and (not keep or keep(uid, path, size)) then
         have[uid] = { path = path, size = size }
         if info.study_uid == study and info.series_uid then
           local h = held[info.series_uid] or { count = 0, bytes = 0, uids = {} }
@@ -753,19 +755,6 @@ local function already_in(dir, study, keep)
     end
   end
   return have, held
-end
-
--- The files named <uid>.dcm in dir: uid -> inode. A file a retrieve writes is renamed into
--- place, a new inode, so a later attempt tells what this retrieve wrote (and said so) from what
--- was there before, whatever their content.
-local function inodes_in(dir)
-  local ino = {}
-  if not is_dir(dir) then return ino end
-  for name in lfs.dir(dir) do
-    local uid = name:match("^(.+)%.dcm$")
-    if uid and names.valid_uid(uid) then ino[uid] = lfs.attributes(join(dir, name), "ino") end
-  end
-  return ino
 end
 
 -- The options of a retrieve that its sub-retrieves (skip_existing) pass on, with `to`.
@@ -875,10 +864,9 @@ end
 -- all, and of the others each missing instance alone; all within one set of bounds. Returns the
 -- result of a retrieve with `kept` (the files dir already held and kept) added, or nil, err
 -- (err.files, err.rejected: what did arrive). told: nil, or the UIDs of the files in `have`
--- that an earlier attempt of this retrieve wrote and told of (retrieve_instances' skip): not
--- among `kept`, and not told of again. before: nil, or the inodes of files there before this
--- retrieve (uid -> inode; retrieve_collection's): those of a series fetched whole are added.
-local function retrieve_missing(store, study, series, opts, have, held, bounds, told, before)
+-- that an earlier attempt of this retrieve wrote and told of, with their sizes
+-- (retrieve_instances' skip): not among `kept`, and not told of again.
+local function retrieve_missing(store, study, series, opts, have, held, bounds, told)
   local out = { files = {}, count = 0, rejected = {}, kept = {}, bytes = 0, status = 200 }
   local function add(res)
     for _, f in ipairs(res.files) do out.files[#out.files + 1] = f end
@@ -911,9 +899,6 @@ local function retrieve_missing(store, study, series, opts, have, held, bounds, 
   for _, entry in ipairs(plan) do
     local se = entry.uid
     if entry.how == "whole" then
-      for _, uid in ipairs(before and entry.there.uids or {}) do
-        if before[uid] == nil then before[uid] = lfs.attributes(have[uid].path, "ino") end
-      end
       local res, err = retrieve_instances(store, { { "study", study }, { "series", se } },
         sub_options(opts, opts.to), "RetrieveSeries", bounds, told)
       if not res then return fail_with(err) end
@@ -981,6 +966,59 @@ function M.missing(store, study, series, dir, opts)
   return out
 end
 
+-- A UID's key in the record of the files a retrieve told of (record_of): 53 bits (exact in
+-- LuaJIT's numbers) of two 32-bit hashes of the core, rather than the UID itself, so that the
+-- record costs about 32 bytes an instance (a UID string kept alive would add about 90). Two UIDs
+-- of a retrieve share a key with a chance of about n^2 / 2^54 (10^-4 for a million instances).
+local function told_key(uid)
+  return core.hash32(uid) * 2097152 + core.hash32(uid .. "/") % 2097152
+end
+
+-- The record a retrieve that may try again keeps of the files it told of (listed, counted,
+-- on_file): key (told_key) -> the size told, or false once the file was found removed or damaged
+-- (it is then no longer listed nor counted). Returns the record and the on_file to pass down in
+-- place of the caller's: it notes each file, and tells the caller of it unless the caller was
+-- told of it already (a file written again after it was lost).
+local function record_of(on_file)
+  local sizes = {}
+  return sizes, function(f)
+    local k = told_key(f.sop_instance_uid)
+    local was = sizes[k]
+    sizes[k] = f.size or 0
+    if was ~= false and on_file then return on_file(f) end
+  end
+end
+
+-- At a later attempt: which of the <uid>.dcm files of dir are this retrieve's (sizes: record_of's)
+-- and whole, as already_in's keep. Returns keep, told (uid -> size: the whole ones, as
+-- retrieve_instances' skip) and lost() -> lost, n, bytes (tally's forget) once already_in has
+-- run: the files told of that are not there whole, marked false in sizes. A file of the record at
+-- another size (cut short, or written over) is not this retrieve's: fetched again. A file not of
+-- the record was there before (or put there by another process) and counts only with
+-- skip_existing.
+local function sort_told(sizes, skip_existing)
+  local told, whole = {}, {}
+  local function keep(uid, _, size)
+    local k = told_key(uid)
+    local s = sizes[k]
+    if s == nil then return skip_existing end
+    if s ~= size then return false end
+    told[uid], whole[k] = s, true
+    return true
+  end
+  local function lost()
+    local keys, n, bytes = {}, 0, 0
+    for k, s in pairs(sizes) do
+      if s and not whole[k] then
+        -- (a value changed during the traversal: allowed, no key is added)
+        keys[k], sizes[k], n, bytes = true, false, n + 1, bytes + s
+      end
+    end
+    return keys, n, bytes
+  end
+  return keep, told, lost
+end
+
 -- What the attempts of one retrieve brought, added up: the files of each (those of a failed one
 -- too: they arrived whole, and stay), their count, bytes and rejected parts; `kept` is the last
 -- attempt's (what dir held before and is kept).
@@ -997,6 +1035,16 @@ local function tally()
     if failed_attempt then bytes = r.files_bytes else bytes = r.bytes end
     t.bytes = t.bytes + (bytes or total_bytes(files))
     t.kept = r.kept
+  end
+  -- Files told of and since removed or damaged (lost: key -> true, told_key's; n of them, bytes):
+  -- no longer listed nor counted; each is listed and counted again when it comes again.
+  function t.forget(lost, n, bytes)
+    t.count, t.bytes = t.count - n, t.bytes - bytes
+    local files = {}
+    for _, f in ipairs(t.files) do
+      if not lost[told_key(f.sop_instance_uid)] then files[#files + 1] = f end
+    end
+    t.files = files
   end
   function t.into(r, failed_attempt, attempts)
     r.retries = attempts - 1
@@ -1023,15 +1071,15 @@ local function retrieve_collection(store, uids, opts, what, bounds)
   if perr then return nil, perr end
   local study, series, dir = uids[1][2], uids[2] and uids[2][2], opts.to
   local policy = policy_of(store, opts)
-  -- What a later attempt needs to tell this retrieve's files from the others: the UIDs of the
-  -- <uid>.dcm files there at the start (`there`), and the inodes of those this retrieve may
-  -- write over (`before`). Without skip_existing that is any of them (one stat each, and none in
-  -- a new directory); with it, only the files of a series fetched whole (retrieve_missing adds
-  -- them), so that running again on a complete study stats nothing more.
-  local there, before
+  -- What a later attempt needs to tell this retrieve's files from the others, and the files it
+  -- told of that were removed or damaged since (they are fetched again, and listed once): the
+  -- record of the files it told of, kept through on_file (record_of).
+  local sizes
   if policy.max_attempts > 1 then
-    before = opts.skip_existing and {} or inodes_in(dir)
-    there = before -- with skip_existing, the first attempt's `have`
+    local mine = {}
+    for k, v in pairs(opts) do mine[k] = v end
+    opts = mine
+    sizes, opts.on_file = record_of(opts.on_file)
   end
   local sum, attempts = tally(), 0
   local function attempt(n)
@@ -1039,24 +1087,16 @@ local function retrieve_collection(store, uids, opts, what, bounds)
     local have, held, told = {}, {}, nil
     if n == 1 and opts.skip_existing then
       have, held = already_in(dir, study)
-      if there then there = have end
     elseif n > 1 then
-      -- what this retrieve wrote (not there, or a new inode), and with skip_existing the others
-      told = {}
-      have, held = already_in(dir, study, function(uid, path)
-        local ino = before[uid]
-        if not there[uid] or (ino ~= nil and ino ~= lfs.attributes(path, "ino")) then
-          told[uid] = true
-          return true
-        end
-        return opts.skip_existing == true
-      end)
+      local keep, lost
+      keep, told, lost = sort_told(sizes, opts.skip_existing == true)
+      have, held = already_in(dir, study, keep)
+      local keys, count, bytes = lost()
+      if count > 0 then sum.forget(keys, count, bytes) end
     end
     local res, err
     if next(have) then
-      -- (without skip_existing every inode is known from the start)
-      res, err = retrieve_missing(store, study, series, opts, have, held, bounds, told,
-        opts.skip_existing and before or nil)
+      res, err = retrieve_missing(store, study, series, opts, have, held, bounds, told)
     else
       res, err = retrieve_instances(store, uids, opts, what, bounds)
     end
