@@ -24,7 +24,6 @@
  */
 #define _GNU_SOURCE /* accept4, mkdtemp */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
