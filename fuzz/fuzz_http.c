@@ -12,10 +12,10 @@
  *              bit 7 a POST with a body
  *   the rest   the answer, byte for byte; the server then closes its side
  * Checked: no crash, leak or hang; a failure has a kind, a reason and a NUL-terminated message;
- * a success keeps the final answer's header block alone: it starts with the status line libcurl
- * read (the same code) and ends at its first empty line (no trailer, no earlier answer), and a
- * sink's parts are files that exist; once the transfer is freed no file is left in the
- * directory but a file sink's file after a 2xx success, and no fd is left open.
+ * a success keeps the final answer's header block alone: it starts with a status line of HTTP's
+ * grammar whose code libcurl read and ends at its first empty line (no trailer, no earlier
+ * answer), and a sink's parts are files that exist; once the transfer is freed no file is left
+ * in the directory but a file sink's file after a 2xx success, and no fd is left open.
  * Seeds: fuzz/corpus/http/.
  * Build: see scripts/fuzz, or
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -Isrc fuzz/fuzz_http.c src/hc_http.c \
@@ -24,7 +24,6 @@
  */
 #define _GNU_SOURCE /* accept4, mkdtemp */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -206,16 +205,23 @@ static void hc_fuzz_http_opts(unsigned flags, hc_transfer_opts *o, char *target,
     }
 }
 
-/* The code of a status line "HTTP/1.x NNN ..." at the start of h; -1 for any other start:
- * libcurl reads those its own way, and takes many a line it cannot read for "HTTP/1.0 200". */
+/* The code of the status line at the start of h, as RFC 9112 writes one (or libcurl one of HTTP/2,
+ * "HTTP/2 200 "): HTTP/ DIGIT [ "." DIGIT ] SP 3DIGIT, then SP, CR or LF; -1 for any other start
+ * (libcurl took many such a line for "HTTP/1.0 200"). */
 static long hc_fuzz_http_status_line(const hc_buf *h)
 {
     const char *p = h->data;
-    if (h->len < 12 || memcmp(p, "HTTP/1.", 7) != 0 || p[7] < '0' || p[7] > '9' || p[8] != ' ')
+    size_t i = 6;
+    if (h->len < 11 || memcmp(p, "HTTP/", 5) != 0 || p[5] < '0' || p[5] > '9')
         return -1;
-    if (p[9] < '0' || p[9] > '9' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9')
+    if (p[6] == '.' && p[7] >= '0' && p[7] <= '9')
+        i = 8;
+    if (h->len < i + 5 || p[i] != ' ' || (p[i + 4] != ' ' && p[i + 4] != '\r' && p[i + 4] != '\n'))
         return -1;
-    return (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    if (p[i + 1] < '0' || p[i + 1] > '9' || p[i + 2] < '0' || p[i + 2] > '9' || p[i + 3] < '0'
+        || p[i + 3] > '9')
+        return -1;
+    return (p[i + 1] - '0') * 100 + (p[i + 2] - '0') * 10 + (p[i + 3] - '0');
 }
 
 /* Where the first empty line (CRLF or a bare LF, as libcurl takes them) of h ends; 0: none. */
@@ -240,9 +246,9 @@ static void hc_fuzz_http_check_ok(hc_transfer *t)
     hc_sink *k = hc_transfer_sink(t);
     size_t i;
     long code = hc_fuzz_http_status_line(h);
-    if ((code >= 0 && code != hc_transfer_http_status(t)) || h->len < 5
-        || memcmp(h->data, "HTTP/", 5) != 0 || hc_fuzz_http_block_end(h) != h->len) {
-        fprintf(stderr, "status %ld; not the final answer's header block alone: %.*s\n",
+    if (code < 0 || code != hc_transfer_http_status(t) || hc_fuzz_http_block_end(h) != h->len) {
+        fprintf(stderr, "status %ld; not an HTTP status line and the final answer's header block "
+                "alone: %.*s\n",
                 hc_transfer_http_status(t), (int)h->len, h->data != NULL ? h->data : "");
         abort();
     }

@@ -34,7 +34,6 @@
  *     src/hc_multipart.c src/hc_dicom.c src/hc_file.c src/hc_buf.c -lcrypto -lz -o /tmp/fuzz_sink
  */
 #define _GNU_SOURCE /* mkdtemp */
-#include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -673,6 +673,81 @@ describe("an answer that ends oddly", function()
   end)
 end)
 
+-- ---- status lines that are no HTTP ----------------------------------------------------------
+
+describe("an answer whose status line is no HTTP status line, all else a good answer", function()
+  -- libcurl takes many a line it cannot read that starts with "HTTP/" for "HTTP/1.0 200", and
+  -- refuses others as if the URL were at fault (status "url"). Either is a recv failure, as the
+  -- cosocket transport's "not an HTTP answer", retried like one. QUOTED: lines libcurl lets
+  -- through, stopped and quoted by the transport; REFUSED: lines libcurl refuses itself.
+  local QUOTED = { "HTTP/1.1  200", "HTTP/1.1 200x", "HTTP/1.1 200\tOK", "HTTP/\27[31m\r\27]0;pwned\7",
+    "HTTP/1.1  200 " .. ("x"):rep(500) }
+  local REFUSED = { "HTTP/1.1 abc", "HTTP/9 2000 X", "HTTP/1.1 20", "HTTP/", "HTTP/1.1 2" .. ("0"):rep(500),
+    "garbage 200 OK" }
+  local function scenario(line, extra)
+    return "status/line=" .. line:gsub("[^%w.]", function(c) return string.format("%%%02X", c:byte()) end)
+      .. (extra or "")
+  end
+
+  it("fails a retrieve (kind transport, status recv, retryable), quoting the line printable and cut; "
+    .. "writes nothing", function()
+    local lines = {}
+    for _, line in ipairs(QUOTED) do lines[#lines + 1] = line end
+    for _, line in ipairs(REFUSED) do lines[#lines + 1] = line end
+    for i, line in ipairs(lines) do
+      local dir = H.tmpdir()
+      local res, err = store_at(scenario(line)):retrieve_study(STUDY, { to = dir })
+      assert.is_nil(res, line)
+      assert.same({ "transport", "recv", true }, { err.kind, err.status, err.retryable }, line)
+      assert.matches("not an HTTP answer", err.message, 1, true)
+      if i <= #QUOTED then
+        assert.matches("its status line is 'HTTP/", err.message, 1, true)
+        assert.is_nil(err.message:find("[%c\127-\255]"), err.message)
+        assert.is_true(#err.message:match("not an HTTP answer.*$") <= 130, err.message)
+      end
+      assert.same({}, listing(dir), line)
+    end
+  end)
+
+  it("is quoted with its control bytes as '?', and a long one cut with '...'", function()
+    local _, err = store_at(scenario(QUOTED[4])):retrieve_study(STUDY, { to = H.tmpdir() })
+    assert.matches("its status line is 'HTTP/?[31m??]0;pwned?'", err.message, 1, true)
+    _, err = store_at(scenario(QUOTED[5])):retrieve_study(STUDY, { to = H.tmpdir() })
+    assert.matches("its status line is 'HTTP/1.1  200 " .. ("x"):rep(60), err.message, 1, true)
+    assert.matches("x...'", err.message, 1, true)
+  end)
+
+  it("fails a store: no instance counted stored, every one failed with the reason", function()
+    local paths = {}
+    for _, f in ipairs(dicom) do paths[#paths + 1] = f.path end
+    for _, line in ipairs({ "HTTP/\27[31mjunk", "HTTP/1.1  200" }) do
+      local report = assert(store_at(scenario(line, "/stored=1")):store(paths))
+      assert.same({}, report.stored, line)
+      assert.same({}, report.already_stored, line)
+      assert.equal(#dicom, #report.failed, line)
+      for _, f in ipairs(report.failed) do assert.matches("not an HTTP answer", f.reason, 1, true) end
+    end
+  end)
+
+  it("healthcare retrieve: exit 1, nothing written, no escape byte on the terminal", function()
+    local dir = H.tmpdir()
+    local out, err, code = H.healthcare { "retrieve", URL .. "/" .. scenario(QUOTED[4]), STUDY, "-o", dir }
+    assert.equal(1, code, out .. err)
+    assert.matches("not an HTTP answer", err, 1, true)
+    assert.is_nil((out .. err):find("\27", 1, true), err)
+    assert.same({}, H.files_under(dir))
+  end)
+
+  it("good status lines still work: with a reason, without one, HTTP/1.0", function()
+    for _, line in ipairs({ "HTTP/1.1 200 OK", "HTTP/1.1 200", "HTTP/1.0 200 OK" }) do
+      local dir = H.tmpdir()
+      local res = assert(store_at(scenario(line)):retrieve_study(STUDY, { to = dir }))
+      assert.equal(#dicom, res.count, line)
+      assert.equal(#dicom, #listing(dir), line)
+    end
+  end)
+end)
+
 -- ---- honest compressed JSON (Orthanc) --------------------------------------------------------
 
 describe("gzip-compressed JSON from Orthanc", function()

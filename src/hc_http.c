@@ -257,6 +257,40 @@ static void note_content_encoding(hc_transfer *t, const char *p, size_t n)
             t->content_encoding[len] = '?';
 }
 
+/* At most out_size - 1 bytes of p[0..n) into out, each byte that is no printable ASCII as '?' (the
+ * text is a server's and may reach a terminal), "..." at the end when it was cut. */
+static void printable_cut(char *out, size_t out_size, const char *p, size_t n)
+{
+    size_t k, room = out_size - 1;
+    if (n > room && room > 3)
+        room -= 3;
+    for (k = 0; k < n && k < room; k++)
+        out[k] = p[k] >= 0x20 && p[k] <= 0x7e ? p[k] : '?';
+    if (k < n && k + 3 < out_size) {
+        memcpy(out + k, "...", 3);
+        k += 3;
+    }
+    out[k] = '\0';
+}
+
+/* Whether p[0..n) starts with a status line as RFC 9112 writes it, or as libcurl hands over one
+ * of HTTP/2 or 3 ("HTTP/2 200 "): HTTP/ DIGIT [ "." DIGIT ] SP 3DIGIT, then SP, CR or LF. libcurl
+ * takes a line it cannot read that starts with "HTTP/" for "HTTP/1.0 200": garbage a success. */
+static int is_status_line(const char *p, size_t n)
+{
+    size_t i = 5;
+    if (n <= i || memcmp(p, "HTTP/", i) != 0 || !isdigit((unsigned char)p[i]))
+        return 0;
+    i++;
+    if (i + 1 < n && p[i] == '.' && isdigit((unsigned char)p[i + 1]))
+        i += 2;
+    if (i + 5 > n || p[i] != ' ' || !isdigit((unsigned char)p[i + 1])
+        || !isdigit((unsigned char)p[i + 2]) || !isdigit((unsigned char)p[i + 3]))
+        return 0;
+    i += 4;
+    return p[i] == ' ' || p[i] == '\r' || p[i] == '\n';
+}
+
 /* A Transfer-Encoding other than chunked (gzip, deflate, ...): libcurl would decode it whatever
  * was asked, before on_write counts a byte, so it is refused. Returns 0, or -1 with the reason. */
 static int check_transfer_encoding(hc_transfer *t, const char *p, size_t n)
@@ -277,10 +311,7 @@ static int check_transfer_encoding(hc_transfer *t, const char *p, size_t n)
             end--;
         if (end > start && !(end - start == 7 && strncasecmp(p + start, "chunked", 7) == 0)) {
             char shown[64];
-            size_t k, len = end - start < sizeof shown - 1 ? end - start : sizeof shown - 1;
-            for (k = 0; k < len; k++)
-                shown[k] = p[start + k] >= 0x20 && p[start + k] <= 0x7e ? p[start + k] : '?';
-            shown[len] = '\0';
+            printable_cut(shown, sizeof shown, p + start, end - start);
             return stop(t, "encoding", "the answer has Transfer-Encoding '%s'; only chunked is "
                         "accepted", shown);
         }
@@ -309,6 +340,15 @@ static size_t on_header(char *p, size_t size, size_t nitems, void *ud)
     /* A new status line starts a new response (after 100 Continue, a redirect or auth):
      * only the final one is kept. */
     if (n >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        if (!is_status_line(p, n)) {
+            char shown[84];
+            size_t len = n;
+            while (len > 0 && (p[len - 1] == '\r' || p[len - 1] == '\n'))
+                len--;
+            printable_cut(shown, sizeof shown, p, len);
+            stop(t, "recv", "not an HTTP answer: its status line is '%s'", shown);
+            return 0;
+        }
         hc_buf_free(&t->response_headers);
         hc_buf_free(&t->response);
         if (t->sink != NULL)
@@ -563,7 +603,16 @@ static const char *curl_reason(CURLcode c)
     }
 }
 
-/* libcurl's own reason, made precise for its two kinds of timeout. */
+/* Whether t's request went out (libcurl refuses a URL's scheme before it sends anything). */
+static int request_sent(hc_transfer *t)
+{
+    long size = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &size);
+    return size > 0;
+}
+
+/* libcurl's own reason, made precise for its two kinds of timeout and for an answer that is no
+ * HTTP. */
 static void curl_failure(hc_transfer *t, hc_failure *f)
 {
     const char *why = t->errbuf[0] ? t->errbuf : curl_easy_strerror(t->result);
@@ -578,6 +627,11 @@ static void curl_failure(hc_transfer *t, hc_failure *f)
         /* The whole request's deadline (CURLOPT_TIMEOUT), not a connect or resolve timeout. */
         snprintf(f->message, sizeof f->message, "Operation timed out: not done within the timeout "
                  "of %.3g s", (double)t->timeout_ms / 1000.0);
+    } else if (t->result == CURLE_UNSUPPORTED_PROTOCOL && request_sent(t)) {
+        /* A status line libcurl refuses itself ("HTTP/1.1 abc", no "HTTP/" at all): the
+         * server's answer is at fault, not the URL. */
+        f->status = "recv";
+        snprintf(f->message, sizeof f->message, "not an HTTP answer (%s)", why);
     } else {
         long connect_code = 0;
         curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &connect_code);

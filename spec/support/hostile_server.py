@@ -38,6 +38,10 @@ answer to every request made through it.
                             chunk a trailer line "HTTP/1.1: 200 OK" and `lines` lines of 1 KB;
                             empty=1: no chunk before the last, and a trailer "Content-Type:
                             text/html" and "X-From-Trailer: yes" (fields that are no headers)
+  /status/line=HTTP%2F%1B   the status line given (percent-encoded: any bytes), then a good answer:
+                            200's header fields and the DICOM files given on the command line as
+                            multipart/related; stored=1: instead, the STOW-RS answer that lists
+                            them all as stored (a POST's body is read first, whatever the scenario)
   /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
 
 Except under gzip-json, a path ending in /instances (a QIDO-RS search for instances) is answered
@@ -54,7 +58,7 @@ import sys
 import threading
 import time
 import zlib
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 BOUNDARY = b"hostile-boundary-7"
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=' + BOUNDARY.decode()
@@ -270,6 +274,18 @@ def answer(conn, scenario, q, path):
                 conn.sendall(trailer)
                 trailer = b""
         conn.sendall(trailer + b"\r\n")
+    elif scenario == "status":
+        # a status line no HTTP parser should read as a success, and all else a good answer
+        if q.get("stored") == "1":
+            instances_json()
+            ctype = "application/dicom+json"
+            stored = [{"00081155": {"vr": "UI", "Value": i["00080018"]["Value"]}} for i in INSTANCES]
+            body = json.dumps({"00081199": {"vr": "SQ", "Value": stored}}).encode()
+        else:
+            ctype = MULTIPART
+            body = multipart_of([(b"application/dicom", read_file(i)) for i in range(len(FILES))])
+        head = "\r\n".join(["Content-Type: " + ctype, "Content-Length: %d" % len(body), "Connection: close"])
+        conn.sendall(unquote_to_bytes(q.get("line", "")) + b"\r\n" + head.encode() + b"\r\n\r\n" + body)
     else:
         body = b"unknown scenario " + scenario.encode()
         send_head(conn, "400 Bad Request", [("Content-Type", "text/plain")], len(body))
@@ -290,13 +306,25 @@ def handle(conn):
             if not chunk:
                 return
             data += chunk
-        head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
+        raw_head, body = data.split(b"\r\n\r\n", 1)
+        head = raw_head.decode("latin-1").split("\r\n")
         target = head[0].split(" ")[1]
         accept_encoding = None
+        length = 0
         for line in head[1:]:
             name, _, value = line.partition(":")
             if name.strip().lower() == "accept-encoding":
                 accept_encoding = value.strip()
+            elif name.strip().lower() == "content-length":
+                length = int(value.strip())
+        # the request's body read whole: closing on unread bytes resets the connection, and the
+        # client may see the reset before the answer
+        got = len(body)
+        while got < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return
+            got += len(chunk)
         path = urlsplit(target).path
         segments = [s for s in path.split("/") if s]
         if segments == ["_requests"]:
