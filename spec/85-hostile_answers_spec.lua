@@ -681,9 +681,9 @@ describe("an answer whose status line is no HTTP status line, all else a good an
   -- cosocket transport's "not an HTTP answer", retried like one. QUOTED: lines libcurl lets
   -- through, stopped and quoted by the transport; REFUSED: lines libcurl refuses itself.
   local QUOTED = { "HTTP/1.1  200", "HTTP/1.1 200x", "HTTP/1.1 200\tOK", "HTTP/\27[31m\r\27]0;pwned\7",
-    "HTTP/1.1  200 " .. ("x"):rep(500) }
+    "HTTP/1.1  200 " .. ("x"):rep(500), "HTTP/1.1 999 OK", "HTTP/2 600 " }
   local REFUSED = { "HTTP/1.1 abc", "HTTP/9 2000 X", "HTTP/1.1 20", "HTTP/", "HTTP/1.1 2" .. ("0"):rep(500),
-    "garbage 200 OK" }
+    "garbage 200 OK", "HTTP/1.1 099 OK" }
   local function scenario(line, extra)
     return "status/line=" .. line:gsub("[^%w.]", function(c) return string.format("%%%02X", c:byte()) end)
       .. (extra or "")

@@ -274,7 +274,8 @@ static void printable_cut(char *out, size_t out_size, const char *p, size_t n)
 }
 
 /* Whether p[0..n) starts with a status line as RFC 9112 writes it, or as libcurl hands over one
- * of HTTP/2 or 3 ("HTTP/2 200 "): HTTP/ DIGIT [ "." DIGIT ] SP 3DIGIT, then SP, CR or LF. libcurl
+ * of HTTP/2 or 3 ("HTTP/2 200 "): HTTP/ DIGIT [ "." DIGIT ] SP 3DIGIT, then SP, CR or LF, the code
+ * from 100 to 599 (RFC 9110 15: others are invalid; a 999 is no answer to act on). libcurl
  * takes a line it cannot read that starts with "HTTP/" for "HTTP/1.0 200": garbage a success. */
 static int is_status_line(const char *p, size_t n)
 {
@@ -284,7 +285,7 @@ static int is_status_line(const char *p, size_t n)
     i++;
     if (i + 1 < n && p[i] == '.' && isdigit((unsigned char)p[i + 1]))
         i += 2;
-    if (i + 5 > n || p[i] != ' ' || !isdigit((unsigned char)p[i + 1])
+    if (i + 5 > n || p[i] != ' ' || p[i + 1] < '1' || p[i + 1] > '5'
         || !isdigit((unsigned char)p[i + 2]) || !isdigit((unsigned char)p[i + 3]))
         return 0;
     i += 4;
