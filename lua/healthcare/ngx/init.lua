@@ -497,8 +497,9 @@ local function body_bytes()
   return body
 end
 
--- Seconds between two looks at how much of a body of unknown length came, at most.
-local BODY_POLL = 0.005
+-- Seconds between two looks at how much of a body of unknown length came, at most: what comes
+-- meanwhile is read past the cap (up to a socket buffer's worth, a few MiB, a look).
+local BODY_POLL = 0.002
 
 -- Reads this request's body (ngx.req.read_body) unless more than `cap` bytes of it come first.
 -- nginx would read a body without Content-Length (HTTP/1.1 chunked, HTTP/2) whole, however long,
