@@ -629,11 +629,16 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       billed = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
         token_port = emu.port, configure_extra = 'quota_project = "gateway-billed",' })
       -- FHIR as examples/openresty/fhir.conf serves it; a small client_body_buffer_size puts a
-      -- form body of more than 4 KiB in nginx's temporary file
+      -- form body of more than 4 KiB in nginx's temporary file; it also speaks HTTP/2 (h2c) on h2_url
+      local fhir_port, h2_port = N.free_port(), N.free_port()
+      while h2_port == fhir_port do h2_port = N.free_port() end
       fhir = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
         token_port = emu.port, example = (os.getenv("HC_SOURCE_DIR") or ".") .. "/examples/openresty/fhir.conf",
-        configure_extra = "max_form_size = 64 * 1024,",
-        edits = { { "client_body_buffer_size 1m;", "client_body_buffer_size 4k;" } } })
+        configure_extra = "max_form_size = 64 * 1024,", port = fhir_port,
+        edits = { { "client_body_buffer_size 1m;", "client_body_buffer_size 4k;" },
+          { "listen 127.0.0.1:" .. fhir_port .. ";",
+            "listen 127.0.0.1:" .. fhir_port .. "; listen 127.0.0.1:" .. h2_port .. " http2;" } } })
+      fhir.h2_url = "http://127.0.0.1:" .. h2_port
       gw.stop_capture = stop
     end)
     teardown(function()
@@ -709,8 +714,6 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       -- a form body that cannot be checked: compressed, without a length, over max_form_size
       local r = search("name=x", { "Content-Type: application/x-www-form-urlencoded", "Content-Encoding: gzip" })
       assert_envelope(r, 400, "INVALID_ARGUMENT")
-      r = search("name=x", { "Content-Type: application/x-www-form-urlencoded", "Transfer-Encoding: chunked" })
-      assert_envelope(r, 411, "INVALID_ARGUMENT")
       r = search("name=" .. string.rep("a", 64 * 1024))
       assert_envelope(r, 413, "INVALID_ARGUMENT")
       assert.truthy(r.json.error.message:find("max_form_size", 1, true), r.body)
@@ -730,6 +733,59 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       -- other bodies are not read: a STOW-RS body that reads as a form streams through
       r = search("key=AIza&$httpMethod=DELETE", { "Content-Type: application/dicom" }, "/dicomWeb/studies")
       assert.equal(200, r.status, r.body)
+      -- nor is multipart/form-data: Google takes system parameters from the query and headers only
+      r = search('--b\r\nContent-Disposition: form-data; name="key"\r\n\r\nAIza\r\n--b--\r\n',
+        { "Content-Type: multipart/form-data; boundary=b" })
+      assert.equal(200, r.status, r.body)
+    end)
+
+    it("reads a form body without a length (HTTP/1.1 chunked, HTTP/2) up to max_form_size, checked the same", function()
+      local before, tokens = #captured(), emu:token_requests()
+      local dir = H.tmpdir()
+      -- curl sends a body chunked over HTTP/1.1, without a length over HTTP/2, told Transfer-Encoding
+      local function search(url, body, h2)
+        local file = dir .. "/form"
+        H.write_file(file, body)
+        local args = { "-X", "POST", "-H", "Content-Type: application/x-www-form-urlencoded",
+          "-H", "Transfer-Encoding: chunked", "--data-binary", "@" .. file, url .. "/fhir/Patient/_search" }
+        if h2 then table.insert(args, 1, "--http2-prior-knowledge") end
+        return H.curl(args)
+      end
+      local pad = "&name=" .. string.rep("a", 8000) -- past client_body_buffer_size: in a file
+      for _, h2 in ipairs({ false, true }) do
+        local url = h2 and fhir.h2_url or fhir.url
+        for _, body in ipairs({ "name=Smith&$httpMethod=DELETE", "name=x" .. pad .. "&key=AIza" }) do
+          local r = search(url, body, h2)
+          assert_envelope(r, 400, "INVALID_ARGUMENT")
+          assert.truthy(r.json.error.message:find("in a form body", 1, true), r.body)
+        end
+        -- a little over max_form_size: read whole, refused with its length
+        local r = search(url, "name=" .. string.rep("a", 64 * 1024), h2)
+        assert_envelope(r, 413, "INVALID_ARGUMENT")
+        assert.truthy(r.json.error.message:find("this one has 65541", 1, true), r.body)
+        assert.equal(before, #captured())
+        assert.equal(tokens, emu:token_requests())
+        for _, body in ipairs({ "name=Smith&keyword=1", "name=Smith" .. pad }) do
+          r = search(url, body, h2)
+          assert.equal(200, r.status, r.body .. fhir:log())
+          local got = captured()
+          assert.equal("/v1/projects/PROJECT/locations/LOCATION/datasets/DATASET/fhirStores/FHIR/fhir/Patient/_search",
+            got[#got].target)
+          assert.equal(body, H.unhex(got[#got].body_hex))
+        end
+        before = #captured()
+      end
+      -- far over it: nginx stops reading it (it would else put it all in its temporary file), give or
+      -- take what a client on the same machine sends between two looks of the gateway's
+      local big = "name=" .. string.rep("a", 64 * 1024 * 1024)
+      local r = search(fhir.url, big)
+      assert_envelope(r, 413, "INVALID_ARGUMENT")
+      assert.truthy(r.json.error.message:find("more than 131072", 1, true), r.body)
+      assert.equal(before, #captured())
+      local lines = fhir:access_lines()
+      local read = tonumber(lines[#lines]:match('"POST /fhir/Patient/_search HTTP/1.1" 413 (%d+)'))
+      assert.truthy(read and read < 16 * 1024 * 1024, lines[#lines])
+      print(string.format("\n64 MiB chunked form body: %d bytes read before the 413", read))
     end)
 
     it("passes the client's media types and conditions, nothing else, with the gateway's credential", function()

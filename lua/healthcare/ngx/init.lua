@@ -483,10 +483,9 @@ local function refusal(headers)
   return nil
 end
 
--- The body of this request as read by ngx.req.read_body: in memory, or in nginx's temporary file
--- when it is larger than client_body_buffer_size.
-local function read_body()
-  ngx.req.read_body()
+-- The body of this request once ngx.req.read_body read it: in memory, or in nginx's temporary file
+-- when it is larger than client_body_buffer_size. nil when that file cannot be read back.
+local function body_bytes()
   local body = ngx.req.get_body_data()
   if body then return body end
   local path = ngx.req.get_body_file()
@@ -498,11 +497,49 @@ local function read_body()
   return body
 end
 
+-- Seconds between two looks at how much of a body of unknown length came, at most: what comes
+-- meanwhile is read past the cap (up to a socket buffer's worth, a few MiB, a look).
+local BODY_POLL = 0.002
+
+-- Reads this request's body (ngx.req.read_body) unless more than `cap` bytes of it come first.
+-- nginx would read a body without Content-Length (HTTP/1.1 chunked, HTTP/2) whole, however long,
+-- into its temporary file: it reads here in a light thread while this one watches $request_length,
+-- which grows with every byte read, and stops it past the cap (nginx closes the connection after
+-- the answer). true once the body is read; false past the cap; nil, why when nginx would not read
+-- it (ngx_lua builds that read no HTTP/2 body without a length).
+local function read_body_within(cap)
+  local start = tonumber(ngx.var.request_length) or 0
+  local done, err = false, nil
+  local reader = ngx.thread.spawn(function()
+    local ok, why = pcall(ngx.req.read_body)
+    done, err = true, not ok and tostring(why) or nil
+  end)
+  local delay = 0.001
+  while not done do
+    if (tonumber(ngx.var.request_length) or 0) - start > cap then
+      ngx.thread.kill(reader)
+      return false
+    end
+    ngx.sleep(delay)
+    delay = math.min(delay * 2, BODY_POLL)
+  end
+  if err then return nil, err end
+  return true
+end
+
+local function too_large(cap, what)
+  return string.format("The gateway reads form bodies of at most %d bytes (max_form_size) to check them; "
+    .. "this one has %s.", cap, what), 413
+end
+
 -- Why the gateway refuses this request's form-encoded body, and the status; nil for any other
 -- body, which is not read. A form body carries parameters as a query does (FHIR's POST
 -- {type}/_search), so Google's front end may take system parameters from it too: it is read
--- (at most max_form_size bytes, known from Content-Length before a byte is read) and checked as
--- the query is. A compressed one could not be checked.
+-- (at most max_form_size bytes: known from Content-Length before a byte is read, else counted as
+-- it comes) and checked as the query is. A compressed one could not be checked. multipart/form-data
+-- is not read: Google takes system parameters from the query and headers only (cloud.google.com/
+-- apis/docs/system-parameters), FHIR's search takes a url-encoded form only, and no API of the
+-- gateway's takes multipart/form-data.
 function Gateway:form_refusal(headers)
   local types = headers["content-type"]
   local form = false
@@ -515,21 +552,28 @@ function Gateway:form_refusal(headers)
   if enc and enc:lower() ~= "identity" then
     return "The gateway reads form bodies to check them: send this one without Content-Encoding.", 400
   end
+  local cap = self.max_form_size
   local length = tonumber(ngx.var.content_length or "")
+  if length and length > cap then return too_large(cap, tostring(length)) end
+  if length == 0 then return nil end
   if not length then
-    -- HTTP/1.1 without Content-Length nor Transfer-Encoding has no body; HTTP/2 may have one
+    -- HTTP/1.1 without Content-Length nor Transfer-Encoding has no body; HTTP/2 may have one.
     if not headers["transfer-encoding"] and (ngx.req.http_version() or 1) < 2 then return nil end
-    return "The gateway reads form bodies to check them: send this one with a Content-Length.", 411
+    -- What comes counts the chunks' framing too (a few bytes a chunk): room for it.
+    local whole, err = read_body_within(2 * cap + 64 * 1024)
+    if whole == false then return too_large(cap, string.format("more than %d", 2 * cap)) end
+    if not whole then
+      log(ngx.WARN, "cannot read a form body without Content-Length: ", err)
+      return "The gateway reads form bodies to check them: send this one with a Content-Length.", 411
+    end
+  else
+    ngx.req.read_body()
   end
-  if length > self.max_form_size then
-    return string.format("The gateway reads form bodies of at most %d bytes (max_form_size) to check them; "
-      .. "this one has %d.", self.max_form_size, length), 413
-  end
-  local body = ""
-  if length > 0 then body = read_body() end
+  local body = body_bytes()
   if not body then
     return "The gateway could not read the form body back (its temporary file is gone).", 400
   end
+  if #body > cap then return too_large(cap, tostring(#body)) end
   if M.refused_param(body) then
     return "The gateway does not take " .. SYSTEM_PARAMS .. " in a form body.", 400
   end
