@@ -738,6 +738,15 @@ describe("an answer whose status line is no HTTP status line, all else a good an
     assert.same({}, H.files_under(dir))
   end)
 
+  it("a header line libcurl cannot read (no colon) is a recv failure too, not another kind", function()
+    local dir = H.tmpdir()
+    local res, err = store_at(scenario("HTTP/1.1 200 OK\r\nno colon here")):retrieve_study(STUDY, { to = dir })
+    assert.is_nil(res)
+    assert.same({ "transport", "recv", true }, { err.kind, err.status, err.retryable }, err.message)
+    assert.matches("Header without colon", err.message, 1, true)
+    assert.same({}, listing(dir))
+  end)
+
   it("good status lines still work: with a reason, without one, HTTP/1.0", function()
     for _, line in ipairs({ "HTTP/1.1 200 OK", "HTTP/1.1 200", "HTTP/1.0 200 OK" }) do
       local dir = H.tmpdir()

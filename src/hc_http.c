@@ -590,7 +590,7 @@ static const char *curl_reason(CURLcode c)
     case CURLE_COULDNT_CONNECT: return "connect";
     case CURLE_OPERATION_TIMEDOUT: return "timeout";
     case CURLE_SEND_ERROR: return "send";
-    case CURLE_RECV_ERROR: return "recv";
+    case CURLE_RECV_ERROR: case CURLE_WEIRD_SERVER_REPLY: return "recv";
     case CURLE_GOT_NOTHING: return "empty_reply";
     case CURLE_PARTIAL_FILE: return "partial";
     case CURLE_HTTP2: case CURLE_HTTP2_STREAM: return "http2";
@@ -628,9 +628,11 @@ static void curl_failure(hc_transfer *t, hc_failure *f)
         /* The whole request's deadline (CURLOPT_TIMEOUT), not a connect or resolve timeout. */
         snprintf(f->message, sizeof f->message, "Operation timed out: not done within the timeout "
                  "of %.3g s", (double)t->timeout_ms / 1000.0);
-    } else if (t->result == CURLE_UNSUPPORTED_PROTOCOL && request_sent(t)) {
+    } else if ((t->result == CURLE_UNSUPPORTED_PROTOCOL && request_sent(t))
+               || t->result == CURLE_WEIRD_SERVER_REPLY) {
         /* A status line libcurl refuses itself ("HTTP/1.1 abc", no "HTTP/" at all): the
-         * server's answer is at fault, not the URL. */
+         * server's answer is at fault, not the URL; or a header block it cannot read ("Header
+         * without colon"). */
         f->status = "recv";
         snprintf(f->message, sizeof f->message, "not an HTTP answer (%s)", why);
     } else {
