@@ -99,8 +99,7 @@ void hc_transfer_progress(hc_transfer *t, int64_t *sent, int64_t *to_send, int64
  * ("resolve", "connect", "timeout", "send", "recv", "empty_reply", "partial", "http2", "tls",
  * "tls_verify", "tls_ca_file", "url", "other"; "recv" also for an answer whose status line is
  * no HTTP one, whether libcurl or the transport refused it, or a header block libcurl cannot
- * read), "abandoned" (removed before it
- * ended), the caps ("too_large", "too_many_parts", "part_too_large" of the sink,
+ * read), "abandoned" (removed before it ended), the caps ("too_large", "too_many_parts", "part_too_large" of the sink,
  * "response_too_large" of max_response_bytes, "too_slow": min_speed over idle_timeout),
  * "encoding" (a content coding not asked for, unknown or broken), "compression_ratio", "multipart" (a malformed multipart
  * answer), and kind "io": "body" (the request body could not be read), "sink" (its files). A
