@@ -80,7 +80,8 @@ function M.main(argv)
     if res then
       deleted = deleted + 1
       io.stdout:write("deleted ", names[i],
-        res.operation and (" (operation " .. common.printable(res.operation) .. ")") or "", "\n")
+        res.operation and (" (operation " .. common.printable(res.operation) .. ")") or "",
+        res.already_gone and " (already gone: an earlier attempt may have deleted it)" or "", "\n")
     else
       say("%s", tostring(derr))
       local c = common.exit_code_for_uid(store, derr)
