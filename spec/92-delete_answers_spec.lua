@@ -58,6 +58,23 @@ describe("delete's answers", function()
     assert.equal(410, err.http_status)
   end)
 
+  it("says an answer whose name is not a string is not an Operation", function()
+    for _, case in ipairs({ { "null", "null" }, { "42", "a number" }, { "{}", "an object" } }) do
+      answers({ { status = 200, content_type = "application/json", body = '{"name": ' .. case[1] .. "}" } })
+      local res, err = store:delete_study("1.2.3")
+      assert.is_nil(res)
+      assert.equal("http", err.kind)
+      assert.equal(200, err.http_status)
+      assert.equal("DeleteStudy: the server's answer (HTTP 200) is not an Operation: its name is "
+        .. case[2] .. ", not a string; the study 1.2.3 may or may not be deleted", tostring(err))
+    end
+    -- no name at all: a delete that answers at once (an instance's, at Google)
+    answers({ { status = 200, content_type = "application/json", body = "{}" } })
+    local res, err = store:delete_instance("1.2.3", "1.2.3.4", "1.2.3.4.5")
+    assert.is_nil(err)
+    assert.same({ status = 200 }, res)
+  end)
+
   it("healthcare delete says a 404 after a 503 is gone already and exits 0; a 404 at once exits 1", function()
     answers({ envelope(503, "deleted, but the gateway timed out"), envelope(404, "not found") })
     local out, err, code = H.healthcare({ "delete", URL .. "/dicomweb", "1.2.3", "--yes" })

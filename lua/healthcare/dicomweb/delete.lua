@@ -33,6 +33,10 @@ local LEVELS = {
   { what = "DeleteInstance", fn = "delete_instance", noun = "instance", keyword = "SOPInstanceUID" },
 }
 
+-- What a JSON value that should be an Operation's name is, when it is no string (cjson's null
+-- is a light userdata).
+local NOT_A_NAME = { userdata = "null", number = "a number", boolean = "a boolean", table = "an object" }
+
 -- Values quoted in error messages go in as they are: tostring(err) makes the message printable.
 local shown = tostring
 
@@ -138,6 +142,11 @@ local function delete(store, depth, uids, opts)
   local op = cjson.decode(store.client:redact(res.body or ""))
   if type(op) ~= "table" or op.name == nil then
     return { status = res.status }
+  end
+  if type(op.name) ~= "string" then
+    return nil, errors.new("http", string.format("%s: the server's answer (HTTP %d) is not an Operation: its "
+      .. "name is %s, not a string; the %s may or may not be deleted", level.what, res.status,
+      NOT_A_NAME[type(op.name)] or type(op.name), named), { http_status = res.status })
   end
   if not M.valid_operation_name(op.name) then
     return nil, errors.new("http", string.format(
