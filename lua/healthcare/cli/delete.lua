@@ -22,7 +22,8 @@ local function parser()
     .. "  healthcare delete projects/P/locations/L/datasets/D/dicomStores/S 1.2.3 1.2.4/1.2.4.5 --yes\n\n"
     .. common.deprecated_epilog(M.DEPRECATED_FLAGS))
   common.add_store_options(p)
-  p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete.", nil, nil, "+")
+  p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete (one given twice, or "
+    .. "inside another one given, is deleted once).", nil, nil, "+")
   p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal, and "
     .. "elsewhere refuses (exit 2), saying what would be deleted.")
   common.option(p, M.DEPRECATED_FLAGS, "--operation-timeout", "Seconds to wait for each deletion to finish.",
@@ -37,6 +38,47 @@ local function confirm(targets)
   io.stderr:flush()
   local answer = io.stdin:read("l")
   return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
+end
+
+-- The UIDs of t, from the study down.
+local function uids_of(t)
+  return { t.study, t.series, t.instance }
+end
+
+-- Whether outer names t or something t is in (the same UIDs as far as outer goes).
+local function covers(outer, t)
+  local o, u = uids_of(outer), uids_of(t)
+  if #o > #u then return false end
+  for i = 1, #o do
+    if o[i] ~= u[i] then return false end
+  end
+  return true
+end
+
+-- targets less those given twice or inside another target (deleted with it), in the order
+-- given, each dropped one said on stderr: the second DELETE would find nothing and fail.
+local function distinct(targets)
+  local kept = {}
+  for i, t in ipairs(targets) do
+    local outer, twice -- the outermost other target t is in; whether t came before
+    for j, other in ipairs(targets) do
+      if covers(other, t) then
+        if covers(t, other) then
+          twice = twice or j < i
+        elseif not outer or #uids_of(other) < #uids_of(outer) then
+          outer = other
+        end
+      end
+    end
+    if outer then
+      say("%s is in %s, also given: deleted with it", common.describe_target(t), common.describe_target(outer))
+    elseif twice then
+      say("%s is given twice: deleting it once", common.describe_target(t))
+    else
+      kept[#kept + 1] = t
+    end
+  end
+  return kept
 end
 
 local function delete(store, t, operation_timeout)
@@ -58,8 +100,9 @@ function M.main(argv)
       return common.EXIT_USAGE
     end
     targets[#targets + 1] = t
-    names[#names + 1] = common.describe_target(t)
   end
+  targets = distinct(targets)
+  for i, t in ipairs(targets) do names[i] = common.describe_target(t) end
   if not a.operation_timeout or a.operation_timeout < 0 then
     say("--operation-timeout must be a number of seconds >= 0")
     return common.EXIT_USAGE
