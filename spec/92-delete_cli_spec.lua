@@ -64,4 +64,27 @@ describe("healthcare delete", function()
     assert.is_string(H.orthanc_find_instance(s.files[3].sop_instance_uid))
     assert.is_nil(H.orthanc_find_instance(s.files[4].sop_instance_uid))
   end)
+
+  it("asks on a terminal naming the store; a 'n' deletes nothing, says so and exits 1", function()
+    local s = make_studies()
+    local before = #deletes()
+    -- script(1) gives the command a terminal; what it types there is `answer`
+    local function on_terminal(answer, target)
+      return H.run("script -qec " .. H.q(H.healthcare_command(google { "delete", target })) .. " /dev/null", answer)
+    end
+    local out, _, code = on_terminal("n\n", s.a)
+    assert.equal(1, code, out)
+    assert.truthy(out:find("Delete study " .. s.a .. " from " .. E.store .. "? This cannot be undone. [y/N] ", 1, true),
+      out)
+    assert.matches("healthcare delete: not deleted\r?\n", out)
+    assert.not_matches("without %-%-yes", out)
+    assert.equal(before, #deletes())
+    assert.is_string(H.orthanc_find_instance(s.files[1].sop_instance_uid))
+
+    out, _, code = on_terminal("y\n", s.a)
+    assert.equal(0, code, out)
+    assert.matches("deleted study " .. p(s.a), out)
+    assert.is_nil(H.orthanc_find_instance(s.files[1].sop_instance_uid))
+    assert.is_string(H.orthanc_find_instance(s.files[4].sop_instance_uid))
+  end)
 end)

@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- `healthcare delete <store> <study>[/<series>[/<instance>]]... --yes`: deletes through
 -- store:delete_* (Google's long-running operations are waited for). Nothing is deleted without
--- --yes: on a terminal the command asks, elsewhere it says what it would delete and exits 2.
+-- --yes: on a terminal the command asks (any answer but y or yes: "not deleted", exit 1),
+-- elsewhere it says what it would delete and exits 2.
 local argparse = require "argparse"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
@@ -24,17 +25,18 @@ local function parser()
   common.add_store_options(p)
   p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete (one given twice, or "
     .. "inside another one given, is deleted once).", nil, nil, "+")
-  p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal, and "
-    .. "elsewhere refuses (exit 2), saying what would be deleted.")
+  p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal (any answer "
+    .. "but y or yes deletes nothing: exit 1), and elsewhere refuses (exit 2), saying what would be deleted.")
   common.option(p, M.DEPRECATED_FLAGS, "--operation-timeout", "Seconds to wait for each deletion to finish.",
     tostring(delete_module.DEFAULT_OPERATION_TIMEOUT)):argname("<seconds>"):convert(tonumber)
   return p
 end
 M.parser = parser -- the bash completion reads its options
 
-local function confirm(targets)
-  if not (core.isatty(0) and core.isatty(2)) then return false end
-  io.stderr:write("Delete ", targets, "? This cannot be undone. [y/N] ")
+-- Whether the user said yes on a terminal; nil when there is none to ask on.
+local function confirm(targets, store_name)
+  if not (core.isatty(0) and core.isatty(2)) then return nil end
+  io.stderr:write("Delete ", targets, " from ", store_name, "? This cannot be undone. [y/N] ")
   io.stderr:flush()
   local answer = io.stdin:read("l")
   return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
@@ -111,8 +113,14 @@ function M.main(argv)
   store, code = common.open_store_or_say(a, say)
   if not store then return code end
   local listed = table.concat(names, ", ")
-  if not a.yes and not confirm(listed) then
+  local yes = a.yes or confirm(listed, common.printable(store.name))
+  if not yes then
     store:close()
+    if yes == false then
+      -- the user's own answer: nothing was done that was asked for, as when a delete fails
+      say("not deleted")
+      return common.EXIT_FAILED
+    end
     say("not deleting without --yes; this would delete %s from %s", listed, common.printable(store.name))
     return common.EXIT_USAGE
   end
