@@ -371,6 +371,31 @@ describe("delete", function()
     assert.same({}, in_orthanc(s))
   end)
 
+  it("counts a 404 after a 503 as deleted (already_gone): the first attempt may have deleted it", function()
+    local s = studies[5]
+    local store = google_store()
+    -- what a delete that took effect behind a 503 (a gateway's timeout) leaves: the study gone
+    -- from the store, then a 503 for that DELETE; the retry finds nothing
+    local r = H.curl({ "-X", "POST", "--data-binary", s.uid, E.orthanc .. "/tools/lookup" })
+    assert.equal("Study", r.json[1].Type)
+    assert.equal(200, H.curl({ "-X", "DELETE", E.orthanc .. "/studies/" .. r.json[1].ID }).status)
+    faults({ { match = "store", status = 503, times = 1, parent = E.store, http_method = "DELETE" } })
+    local res, err = store:delete_study(s.uid)
+    assert.is_nil(err)
+    assert.same({ status = 404, already_gone = true }, res)
+    assert.same({}, in_orthanc(s))
+    -- a 404 with no earlier attempt in doubt stays "not found"
+    res, err = store:delete_study(s.uid)
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+    assert.equal("study", err.not_found)
+    -- a 429 is an answer that nothing was done: a 404 after it is "not found" too
+    faults({ { match = "store", status = 429, times = 1, parent = E.store, http_method = "DELETE", retry_after = "0" } })
+    res, err = store:delete_study(s.uid)
+    assert.is_nil(res)
+    assert.equal(404, err.http_status)
+  end)
+
   it("says a plain DICOMweb server does not support deleting, and nothing is deleted", function()
     local s = studies[2]
     local store = assert(healthcare.dicomweb(E.dicomweb))

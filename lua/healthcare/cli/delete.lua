@@ -1,7 +1,8 @@
 -- SPDX-License-Identifier: MIT
 -- `healthcare delete <store> <study>[/<series>[/<instance>]]... --yes`: deletes through
 -- store:delete_* (Google's long-running operations are waited for). Nothing is deleted without
--- --yes: on a terminal the command asks, elsewhere it says what it would delete and exits 2.
+-- --yes: on a terminal the command asks (any answer but y or yes: "not deleted", exit 1),
+-- elsewhere it says what it would delete and exits 2.
 local argparse = require "argparse"
 local core = require "healthcare.core"
 local common = require "healthcare.cli.common"
@@ -22,21 +23,64 @@ local function parser()
     .. "  healthcare delete projects/P/locations/L/datasets/D/dicomStores/S 1.2.3 1.2.4/1.2.4.5 --yes\n\n"
     .. common.deprecated_epilog(M.DEPRECATED_FLAGS))
   common.add_store_options(p)
-  p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete.", nil, nil, "+")
-  p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal, and "
-    .. "elsewhere refuses (exit 2), saying what would be deleted.")
+  p:argument("targets", "<study>[/<series>[/<instance>]]: the UIDs of what to delete (one given twice, or "
+    .. "inside another one given, is deleted once).", nil, nil, "+")
+  p:flag("-y --yes", "Delete without asking. Without it the command asks on a terminal (any answer "
+    .. "but y or yes deletes nothing: exit 1), and elsewhere refuses (exit 2), saying what would be deleted.")
   common.option(p, M.DEPRECATED_FLAGS, "--operation-timeout", "Seconds to wait for each deletion to finish.",
     tostring(delete_module.DEFAULT_OPERATION_TIMEOUT)):argname("<seconds>"):convert(tonumber)
   return p
 end
 M.parser = parser -- the bash completion reads its options
 
-local function confirm(targets)
-  if not (core.isatty(0) and core.isatty(2)) then return false end
-  io.stderr:write("Delete ", targets, "? This cannot be undone. [y/N] ")
+-- Whether the user said yes on a terminal; nil when there is none to ask on.
+local function confirm(targets, store_name)
+  if not (core.isatty(0) and core.isatty(2)) then return nil end
+  io.stderr:write("Delete ", targets, " from ", store_name, "? This cannot be undone. [y/N] ")
   io.stderr:flush()
   local answer = io.stdin:read("l")
   return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
+end
+
+-- The UIDs of t, from the study down.
+local function uids_of(t)
+  return { t.study, t.series, t.instance }
+end
+
+-- Whether outer names t or something t is in (the same UIDs as far as outer goes).
+local function covers(outer, t)
+  local o, u = uids_of(outer), uids_of(t)
+  if #o > #u then return false end
+  for i = 1, #o do
+    if o[i] ~= u[i] then return false end
+  end
+  return true
+end
+
+-- targets less those given twice or inside another target (deleted with it), in the order
+-- given, each dropped one said on stderr: the second DELETE would find nothing and fail.
+local function distinct(targets)
+  local kept = {}
+  for i, t in ipairs(targets) do
+    local outer, twice -- the outermost other target t is in; whether t came before
+    for j, other in ipairs(targets) do
+      if covers(other, t) then
+        if covers(t, other) then
+          twice = twice or j < i
+        elseif not outer or #uids_of(other) < #uids_of(outer) then
+          outer = other
+        end
+      end
+    end
+    if outer then
+      say("%s is in %s, also given: deleted with it", common.describe_target(t), common.describe_target(outer))
+    elseif twice then
+      say("%s is given twice: deleting it once", common.describe_target(t))
+    else
+      kept[#kept + 1] = t
+    end
+  end
+  return kept
 end
 
 local function delete(store, t, operation_timeout)
@@ -58,8 +102,9 @@ function M.main(argv)
       return common.EXIT_USAGE
     end
     targets[#targets + 1] = t
-    names[#names + 1] = common.describe_target(t)
   end
+  targets = distinct(targets)
+  for i, t in ipairs(targets) do names[i] = common.describe_target(t) end
   if not a.operation_timeout or a.operation_timeout < 0 then
     say("--operation-timeout must be a number of seconds >= 0")
     return common.EXIT_USAGE
@@ -68,8 +113,14 @@ function M.main(argv)
   store, code = common.open_store_or_say(a, say)
   if not store then return code end
   local listed = table.concat(names, ", ")
-  if not a.yes and not confirm(listed) then
+  local yes = a.yes or confirm(listed, common.printable(store.name))
+  if not yes then
     store:close()
+    if yes == false then
+      -- the user's own answer: nothing was done that was asked for, as when a delete fails
+      say("not deleted")
+      return common.EXIT_FAILED
+    end
     say("not deleting without --yes; this would delete %s from %s", listed, common.printable(store.name))
     return common.EXIT_USAGE
   end
@@ -80,7 +131,8 @@ function M.main(argv)
     if res then
       deleted = deleted + 1
       io.stdout:write("deleted ", names[i],
-        res.operation and (" (operation " .. common.printable(res.operation) .. ")") or "", "\n")
+        res.operation and (" (operation " .. common.printable(res.operation) .. ")") or "",
+        res.already_gone and " (already gone: an earlier attempt may have deleted it)" or "", "\n")
     else
       say("%s", tostring(derr))
       local c = common.exit_code_for_uid(store, derr)

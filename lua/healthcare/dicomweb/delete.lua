@@ -33,6 +33,10 @@ local LEVELS = {
   { what = "DeleteInstance", fn = "delete_instance", noun = "instance", keyword = "SOPInstanceUID" },
 }
 
+-- What a JSON value that should be an Operation's name is, when it is no string (cjson's null
+-- is a light userdata).
+local NOT_A_NAME = { userdata = "null", number = "a number", boolean = "a boolean", table = "an object" }
+
 -- Values quoted in error messages go in as they are: tostring(err) makes the message printable.
 local shown = tostring
 
@@ -46,23 +50,36 @@ end
 
 -- Sends req, again after a wait (the module's retry policy) while the answer is a retryable
 -- HTTP status, or a transport failure that `resend_transport(err)` allows, never past stop_at
--- (a core.now() time, or nil). Returns the response (any status) or nil, err.
+-- (a core.now() time, or nil). Returns the response (any status) or nil, err; and whether an
+-- attempt before the last may have deleted: a 5xx (a gateway's timeout in front of a server that
+-- went on) or a failure after sending says nothing of what the server did, where a 408 or 429
+-- says it did nothing.
 local function send_with_retry(store, req, policy, stop_at, resend_transport)
-  return policy:run(function()
+  local in_doubt, last_in_doubt = false, false
+  local res, err = policy:run(function()
+    in_doubt = in_doubt or last_in_doubt
     return store.client:send(req)
-  end, function(res, err)
-    if res then
-      return errors.RETRYABLE_HTTP[res.status] == true, errors.retry_after(res.headers)
+  end, function(r, e)
+    if r then
+      last_in_doubt = r.status >= 500
+      return errors.RETRYABLE_HTTP[r.status] == true, errors.retry_after(r.headers)
     end
-    return err.retryable and resend_transport(err), err.retry_after
+    last_in_doubt = not NOT_SENT[e.status]
+    return e.retryable and resend_transport(e), e.retry_after
   end, stop_at)
+  return res, err, in_doubt
 end
 
--- What a DELETE's answer means: the response of a delete that took, or nil, err.
-local function delete_answer(store, res, level, named, opts)
+-- What a DELETE's answer means: the response of a delete that took, or nil, err. in_doubt: an
+-- earlier attempt may have deleted (send_with_retry), so a 404 or 410 now is that deletion's.
+local function delete_answer(store, res, level, named, opts, in_doubt)
+  local gone = res.status == 404 or res.status == 410
+  -- what was not found: the store itself, or what was asked for (err.not_found)
+  local missing = (res.status == 404 or gone and in_doubt) and search.store_missing(store, opts.params)
+  if gone and in_doubt and not missing then
+    return { status = res.status, already_gone = true }
+  end
   if res.status == 404 then
-    -- what was not found: the store itself, or what was asked for (err.not_found)
-    local missing = search.store_missing(store, opts.params)
     local err = errors.from_response(res, level.what .. ": "
       .. (missing and ("store " .. store.name) or named) .. " not found")
     err.not_found = missing and "store" or level.noun
@@ -112,17 +129,24 @@ local function delete(store, depth, uids, opts)
   -- series and instance paths, and answers an Accept it cannot produce with 400 instead of
   -- 405: a plain DICOMweb server gets "*/*" so that it can say it has no DELETE.
   local accept = store.parent and media.ACCEPT.delete or "*/*"
-  local res, err = send_with_retry(store, {
+  local res, err, in_doubt = send_with_retry(store, {
     method = "DELETE", url = url, headers = { "Accept: " .. accept }, query = query,
   }, policy, nil, function(e) return NOT_SENT[e.status] end)
+  local named = level.noun .. " " .. table.concat(uids, "/", 1, depth)
   if res then
-    res, err = delete_answer(store, res, level, level.noun .. " " .. table.concat(uids, "/", 1, depth), opts)
+    res, err = delete_answer(store, res, level, named, opts, in_doubt)
   end
   if not res then return nil, err end
+  if res.already_gone then return res end
   -- Read as text whatever its media type says: the operation's name is quoted in errors.
   local op = cjson.decode(store.client:redact(res.body or ""))
   if type(op) ~= "table" or op.name == nil then
     return { status = res.status }
+  end
+  if type(op.name) ~= "string" then
+    return nil, errors.new("http", string.format("%s: the server's answer (HTTP %d) is not an Operation: its "
+      .. "name is %s, not a string; the %s may or may not be deleted", level.what, res.status,
+      NOT_A_NAME[type(op.name)] or type(op.name), named), { http_status = res.status })
   end
   if not M.valid_operation_name(op.name) then
     return nil, errors.new("http", string.format(
@@ -151,7 +175,8 @@ local function check_call(store, fname, uids, depth, opts)
 end
 
 --- store:delete_study(study, opts): deletes a study; returns { status, operation = name or nil,
---- polls } or nil, err.
+--- polls }, { status = 404 or 410, already_gone = true } when an attempt in doubt came first
+--- (delete_answer), or nil, err.
 function M.delete_study(store, study, opts)
   opts = check_call(store, "delete_study", { study }, 1, opts)
   local res, err = delete(store, 1, { study }, opts)
