@@ -66,6 +66,17 @@ local function strip_slash(p)
   return p
 end
 
+-- p from the root, without "." components nor repeated slashes (links and ".." left as they are).
+local function absolute(p)
+  if p:sub(1, 1) ~= "/" then p = (lfs.currentdir() or "") .. "/" .. p end
+  p = ("/" .. p .. "/"):gsub("/+", "/")
+  local n
+  repeat p, n = p:gsub("/%./", "/") until n == 0
+  return strip_slash(p)
+end
+
+local function file_id(a) return a.dev .. ":" .. a.ino end
+
 -- ---- construction -----------------------------------------------------------------------------
 
 local function check_call(store, spool, opts)
@@ -179,9 +190,16 @@ function M.new(store, spool, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.failed_dir = strip_slash(o.failed_dir or join(spool, "failed"))
   if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
+  local spool_id, roots = file_id(lfs.attributes(spool)), {}
   for _, d in ipairs({ o.failed_dir, o.done_dir }) do
     local ok, why = util.make_dirs(d)
     if not ok then return nil, errors.new("io", why) end
+    roots[d] = file_id(lfs.attributes(d))
+    -- every file moved there would be taken again, and again
+    if roots[d] == spool_id then
+      return nil, errors.new("usage", "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
+        .. " is the spool")
+    end
   end
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
@@ -191,10 +209,13 @@ function M.new(store, spool, opts)
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
     wds = {}, watched = {}, -- inotify watch number -> folder, folder -> watch number
     own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
+    own_rel = {},        -- the same by their paths below the spool (one made again has a new inode)
+    roots = roots,       -- failed and done folder -> "dev:ino" it has now
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
   self:mark_own()
+  self:mark_own_paths()
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
@@ -240,9 +261,23 @@ function Watcher:mark_own()
   end
 end
 
--- Whether the file or folder with attributes a (lfs) is the watcher's own.
-function Watcher:excluded(a)
-  return a ~= nil and self.own[a.dev .. ":" .. a.ino] == true
+-- The watcher's own by their paths below the spool, if they are in it.
+function Watcher:mark_own_paths()
+  local o, spool = self.opts, absolute(self.spool) .. "/"
+  local list = { o.failed_dir, o.done_dir or false, o.journal or false, o.journal and o.journal .. ".1" or false }
+  for _, p in ipairs(list) do
+    if p then
+      p = absolute(p)
+      if p:sub(1, #spool) == spool then self.own_rel[p:sub(#spool + 1)] = true end
+    end
+  end
+end
+
+-- Whether the file or folder at path (below the spool) with attributes a (lfs) is the watcher's
+-- own.
+function Watcher:excluded(a, path)
+  return (a ~= nil and self.own[file_id(a)] == true)
+    or (path ~= nil and self.own_rel[path:sub(#self.spool + 2)] == true)
 end
 
 -- What one event says: a file complete, a folder to watch, events lost.
@@ -266,7 +301,7 @@ function Watcher:on_event(ev)
   if not ev.name or ignored_name(ev.name) then return end
   local path = join(dir, ev.name)
   if ev.dir then
-    if (ev.created or ev.moved_in) and not self:excluded(lfs.symlinkattributes(path)) then
+    if (ev.created or ev.moved_in) and not self:excluded(lfs.symlinkattributes(path), path) then
       self:watch_dir(path)
       self:scan(path, function(f) self:found(f) end)
     end
@@ -311,7 +346,7 @@ function Watcher:scan(dir, fn)
   for _, name in ipairs(names) do
     local path = join(dir, name)
     local a = core.file_stat(path, false)
-    if self:excluded(a) then
+    if self:excluded(a, path) then
       a = nil -- the watcher's own folder or journal
     end
     if a and a.mode == "directory" then
@@ -434,7 +469,7 @@ function Watcher:next_ready()
     self.qhead = self.qhead + 1
     local k = self.known[path]
     local a = core.file_stat(path, false)
-    if not a or a.mode ~= "file" or self:excluded(a) then
+    if not a or a.mode ~= "file" or self:excluded(a, path) then
       self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
     elseif k then
       k.queued, k.state = nil, "sending"
@@ -462,11 +497,44 @@ function Watcher:on_instance(r, outcome)
     sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
 end
 
--- path under dir, keeping its folders below the spool; an existing name gets .1, .2, ...
-local function destination(self, path, dir)
+-- The folder below root (the failed or done folder) for the folders of rel (a path below the
+-- spool), made where missing; or nil and why not. Whoever may write the spool may put links in
+-- a failed or done folder inside it, or one in its place: none is followed, else a file named by
+-- that writer would go where the link points. root made again (removed while running) is the
+-- watcher's own before anything is moved into it: never taken as spool.
+function Watcher:destination_dir(root, rel)
+  local a = lfs.attributes(root) -- followed: root may be a link the caller gave
+  if not (a and a.mode == "directory" and self.roots[root] == file_id(a)) then
+    a = core.file_stat(root, false)
+    if not a then
+      local ok, why = util.make_dirs(root)
+      if not ok then return nil, why end
+      a = core.file_stat(root, false)
+    end
+    if not a or a.mode ~= "directory" then return nil, root .. " is not a folder: not followed" end
+    self.roots[root] = file_id(a)
+    self.own[file_id(a)] = true
+  end
+  local dir = root
+  for name in (rel:match("^(.*)/[^/]*$") or ""):gmatch("[^/]+") do
+    dir = join(dir, name)
+    a = core.file_stat(dir, false)
+    if not a then
+      lfs.mkdir(dir)
+      a = core.file_stat(dir, false)
+    end
+    if not a or a.mode ~= "directory" then return nil, dir .. " is not a folder: not followed" end
+  end
+  return dir
+end
+
+-- path under root, keeping its folders below the spool; an existing name gets .1, .2, ...; or
+-- nil and why not.
+local function destination(self, path, root)
   local rel = path:sub(#self.spool + 2)
-  local dest = join(dir, rel)
-  util.make_dirs(util.parent_dir(dest))
+  local dir, why = self:destination_dir(root, rel)
+  if not dir then return nil, why end
+  local dest = join(dir, rel:match("[^/]+$"))
   local n, try = 0, dest
   while lfs.symlinkattributes(try) or lfs.symlinkattributes(try .. ".reason") do
     n = n + 1
@@ -483,16 +551,16 @@ function Watcher:finish(path, outcome, info)
     study_uid = info.study_uid }
   local ok, err
   if outcome == "failed" then
-    ev.moved_to = destination(self, path, o.failed_dir)
-    ok, err = os.rename(path, ev.moved_to)
+    ev.moved_to, err = destination(self, path, o.failed_dir)
+    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
     if ok then
       local wrote, werr = core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n",
         os.date("!%Y-%m-%dT%H:%M:%SZ"), tostring(info.reason)))
       if not wrote then ev.warning = "cannot write the reason file: " .. tostring(werr) end
     end
   elseif o.done_dir then
-    ev.moved_to = destination(self, path, o.done_dir)
-    ok, err = os.rename(path, ev.moved_to)
+    ev.moved_to, err = destination(self, path, o.done_dir)
+    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
   else
     ok, err = os.remove(path)
   end
