@@ -211,11 +211,13 @@ function M.new(store, spool, opts)
     own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
     own_rel = {},        -- the same by their paths below the spool (one made again has a new inode)
     roots = roots,       -- failed and done folder -> "dev:ino" it has now
+    pins = {},           -- those folders held open: removed, their inode is never another's while we run
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
   self:mark_own()
   self:mark_own_paths()
+  for d in pairs(roots) do self:pin(d) end
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
@@ -259,6 +261,13 @@ function Watcher:mark_own()
   for _, p in ipairs(list) do
     if p then self:exclude(p) end
   end
+end
+
+-- Holds the folder at path open: the watcher's own by its inode, which a file or folder made
+-- after it was removed could otherwise get (and never be taken).
+function Watcher:pin(path)
+  local fh = io.open(path, "r")
+  if fh then self.pins[#self.pins + 1] = fh end
 end
 
 -- The watcher's own by their paths below the spool, if they are in it.
@@ -514,6 +523,7 @@ function Watcher:destination_dir(root, rel)
     if not a or a.mode ~= "directory" then return nil, root .. " is not a folder: not followed" end
     self.roots[root] = file_id(a)
     self.own[file_id(a)] = true
+    self:pin(root)
   end
   local dir = root
   for name in (rel:match("^(.*)/[^/]*$") or ""):gmatch("[^/]+") do
@@ -750,6 +760,8 @@ function Watcher:close()
     if self.batch.journal then self.batch.journal:close() end
   end
   if self.inotify then self.inotify:close() end
+  for _, fh in ipairs(self.pins) do fh:close() end
+  self.pins = {}
 end
 
 Watcher.__close = Watcher.close
