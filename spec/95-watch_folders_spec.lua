@@ -2,9 +2,15 @@
 -- store:watch and its done and failed folders: a done or failed folder that is the spool is
 -- refused; one removed while the watcher runs is made again and stays the watcher's own (never
 -- watched nor taken as spool); a symbolic link put in or in place of one is never followed.
+-- And whole requests refused: the files go again one per request before any counts as failed;
+-- a 401, 403 or 404 (the credential or the store's address) never sends a file to failed/.
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/95-watch_folders_spec.lua
 local H = require "helpers"
 if not H.need_testbed() then return end
+-- This file sets the emulator's fault rules: a private emulator keeps other spec files, run in
+-- parallel by ctest, from seeing (or consuming) them.
+local em = require("support.emulator_instance").use_privately()
+teardown(function() em:stop() end)
 
 local lfs = require "lfs"
 
@@ -142,5 +148,82 @@ describe("store:watch's done and failed folders", function()
     assert.truthy(lfs.attributes(spool .. "/evil/authorized_keys"))
     assert.truthy(lfs.attributes(spool .. "/study/" .. f.path:match("[^/]+$")))
     assert.truthy(lfs.attributes(spool .. "/junk.dcm"))
+  end)
+end)
+
+describe("store:watch and requests refused as a whole", function()
+  local healthcare = require "healthcare"
+  local store, dir, spool, seen
+  before_each(function()
+    store = assert(healthcare.dicom_store(E.store, { endpoint = E.endpoint, access_token = E.token,
+      token_cache = false }))
+    dir = H.tmpdir()
+    spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    seen = {}
+  end)
+  after_each(function()
+    H.emulator_faults({})
+    store:close()
+  end)
+
+  -- n files made beside the spool, then renamed into it at once (so that they go in one request).
+  local function arrive(w, n)
+    local made = H.gen_dicom({ dir = dir .. "/src", count = n, size = 2000 })
+    for _, f in ipairs(made) do assert(os.rename(f.path, spool .. "/" .. f.path:match("[^/]+$"))) end
+    assert.is_true(w:step(0.1))
+    return made
+  end
+
+  local function open(opts)
+    opts.settle, opts.requeue_delay, opts.journal = 0, 0.2, dir .. "/journal.jsonl"
+    opts.on_file = function(ev) seen[#seen + 1] = ev end
+    local w = assert(store:watch(spool, opts))
+    finally(function() w:close() end)
+    return w
+  end
+
+  local function wait_stored(w, n)
+    local deadline = os.time() + 30
+    while w:status().stored + w:status().failed < n and os.time() < deadline do assert.is_true(w:step(0.1)) end
+  end
+
+  it("sends the files of a request refused as a whole (413) again one per request: none fails for it", function()
+    local w = open({})
+    H.emulator_faults({ { match = "store", http_method = "POST", status = 413, times = 3 } })
+    local made = arrive(w, 5)
+    wait_stored(w, 5)
+    assert.same({ stored = 5, failed = 0 }, { stored = w:status().stored, failed = w:status().failed })
+    for _, f in ipairs(made) do assert.truthy(H.orthanc_find_instance(f.sop_instance_uid)) end
+    assert.same({}, H.files_under(spool .. "/failed"))
+  end)
+
+  for _, status in ipairs({ 403, 404 }) do
+    it("never moves a file to failed/ for an HTTP " .. status .. ": it waits, saying why", function()
+      local w = open({})
+      H.emulator_faults({ { match = "store", http_method = "POST", status = status, times = 6 } })
+      local made = arrive(w, 2)
+      wait_stored(w, 2)
+      assert.same({ stored = 2, failed = 0 }, { stored = w:status().stored, failed = w:status().failed })
+      for _, f in ipairs(made) do assert.truthy(H.orthanc_find_instance(f.sop_instance_uid)) end
+      local requeued = 0
+      for _, ev in ipairs(seen) do
+        if ev.outcome == "requeued" then
+          requeued = requeued + 1
+          assert.matches("HTTP " .. status, ev.reason)
+        end
+      end
+      assert.is_true(requeued >= 6)
+    end)
+  end
+
+  it("sends alone the files of a request that failed three times for a while (a 503), so one cannot hold back the others", function()
+    local w = open({ retry = { max_attempts = 1 } })
+    H.emulator_faults({ { match = "store", http_method = "POST", status = 503, times = 3 } })
+    arrive(w, 3)
+    wait_stored(w, 3)
+    assert.equal(3, w:status().stored)
+    -- three refused with the three files in them, then one request per file
+    assert.equal(6, w:status().requests)
   end)
 end)

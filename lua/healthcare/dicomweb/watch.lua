@@ -171,6 +171,19 @@ function Watcher:start_batch()
   })
   if not b then return nil, err end
   b.source.it = function() return self:next_ready() end
+  -- A file one of whose requests was refused as a whole goes alone: one bad file (or one that
+  -- fits a proxy's limit alone, not with others) then costs only itself, and strikes count only
+  -- against a file refused alone.
+  local next_group = b.source.next_group
+  b.source.next_group = function(src)
+    if src.pending or self.solo_head > self.solo_tail then return next_group(src) end
+    local limit = src.opts.max_request_instances
+    src.opts.max_request_instances, self.solo_turn = 1, true
+    local ok, g = pcall(next_group, src)
+    src.opts.max_request_instances, self.solo_turn = limit, nil
+    if not ok then error(g, 0) end
+    return g
+  end
   self.batch = b
   return true
 end
@@ -204,6 +217,7 @@ function M.new(store, spool, opts)
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
     queue = {}, qhead = 1, qtail = 0,
+    solo = {}, solo_head = 1, solo_tail = 0, -- files to send alone (a request of theirs refused)
     deferred = {},       -- path -> when it is sent again
     settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
@@ -467,35 +481,62 @@ function Watcher:enqueue(path)
 end
 
 function Watcher:queued()
-  return self.qtail - self.qhead + 1
+  return self.qtail - self.qhead + 1 + self.solo_tail - self.solo_head + 1
 end
 
--- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready.
+-- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready:
+-- one of those to send alone while the Batch makes a group of one (solo_turn), else one of the
+-- others.
 function Watcher:next_ready()
+  if self.solo_turn then
+    while self.solo_head <= self.solo_tail do
+      local path = self.solo[self.solo_head]
+      self.solo[self.solo_head] = nil
+      self.solo_head = self.solo_head + 1
+      local f = self:ready(path, true)
+      if f then return f end
+    end
+    self.solo_head, self.solo_tail = 1, 0
+    return nil
+  end
   while self.qhead <= self.qtail do
     local path = self.queue[self.qhead]
     self.queue[self.qhead] = nil
     self.qhead = self.qhead + 1
     local k = self.known[path]
-    local a = core.file_stat(path, false)
-    if not a or a.mode ~= "file" or self:excluded(a, path) then
-      self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
-    elseif k then
-      k.queued, k.state = nil, "sending"
-      -- what is sent, so that finishing it never removes another file put under its name since
-      local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-        mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
-      k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
-        change = a.change }
-      k.again = nil
-      -- a file that replaced one in flight is new whatever its size and mtime (they may equal
-      -- those of the one stored, in the same second)
-      local done = not k.fresh and self.batch and self.batch.journal and self.batch.journal:lookup(f)
-      if not done then return f end
-      self:finish(path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+    if k and k.solo then
+      self.solo_tail = self.solo_tail + 1
+      self.solo[self.solo_tail] = path
+    else
+      local f = self:ready(path, false)
+      if f then return f end
     end
   end
   self.qhead, self.qtail = 1, 0
+  return nil
+end
+
+-- The file at path for the Batch ({ path, rel, size, mtime, dev, ino }), or nil (gone, the
+-- watcher's own, or already stored). alone: whether it goes in a request of its own.
+function Watcher:ready(path, alone)
+  local k = self.known[path]
+  local a = core.file_stat(path, false)
+  if not a or a.mode ~= "file" or self:excluded(a, path) then
+    self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
+  elseif k then
+    k.queued, k.state, k.alone = nil, "sending", alone
+    -- what is sent, so that finishing it never removes another file put under its name since
+    local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
+      mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
+    k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
+      change = a.change }
+    k.again = nil
+    -- a file that replaced one in flight is new whatever its size and mtime (they may equal
+    -- those of the one stored, in the same second)
+    local done = not k.fresh and self.batch and self.batch.journal and self.batch.journal:lookup(f)
+    if not done then return f end
+    self:finish(path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+  end
   return nil
 end
 
@@ -588,13 +629,22 @@ function Watcher:finish(path, outcome, info)
   if o.on_file then o.on_file(ev) end
 end
 
--- A failed request: the file waits opts.requeue_delay and is sent again; after
--- max_request_strikes refusals of whole requests it counts as failed. A transient failure (the
--- server or the network away) never strikes: the file waits for them.
+-- A failed request: the file waits opts.requeue_delay and is sent again. A request of several
+-- files refused as a whole says nothing of each: they are sent again one per request, and a file
+-- counts as failed once refused alone max_request_strikes times. A transient failure (the server
+-- or the network away) never strikes: the file waits for them, and goes alone after
+-- max_request_strikes of them with others (one file the server always fails on, with a 500, would
+-- hold back the others). Nor does a refusal that says the credential or the store's address is
+-- wrong (HTTP 401, 403, 404: scope "store"): every file waits until that is put right.
 function Watcher:defer(f)
   local k = self.known[f.path] or {}
   self.known[f.path] = k
-  if f.scope == "request" then k.strikes = (k.strikes or 0) + 1 end
+  if f.scope == "request" then
+    if k.alone then k.strikes = (k.strikes or 0) + 1 else k.solo = true end
+  elseif f.scope == "transient" and not k.alone then
+    k.transient = (k.transient or 0) + 1
+    if k.transient >= self.opts.max_request_strikes then k.solo = true end
+  end
   if (k.strikes or 0) >= self.opts.max_request_strikes then
     return self:finish(f.path, "failed", f)
   end
