@@ -227,3 +227,47 @@ describe("store:watch and requests refused as a whole", function()
     assert.equal(6, w:status().requests)
   end)
 end)
+
+describe("store:watch and a stored file it cannot move", function()
+  local healthcare = require "healthcare"
+
+  it("refuses a done or failed folder on another file system than the spool", function()
+    local dir = H.tmpdir()
+    local other = "/dev/shm"
+    if lfs.attributes(other, "dev") == lfs.attributes(dir, "dev") then
+      return pending("no other file system than the spool's at " .. other)
+    end
+    local done = other .. "/hc-watch-done-" .. require("healthcare.core").random_hex(6)
+    finally(function() lfs.rmdir(done) end)
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    finally(function() store:close() end)
+    for _, opts in ipairs({ { done_dir = done }, { failed_dir = done } }) do
+      local w, err = store:watch(dir, opts)
+      if w then w:close() end
+      assert.is_nil(w)
+      assert.equal("usage", err.kind)
+      assert.matches("on another file system than the spool", err.message)
+    end
+  end)
+
+  -- Kept in the spool (here: a link below the done folder), it must never be sent again however
+  -- many times the watcher starts, though each start moves the journal aside.
+  it("keeps its journal record across restarts: never sent again", function()
+    local store = assert(healthcare.dicomweb(E.dicomweb))
+    finally(function() store:close() end)
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    H.check_run("mkdir -p " .. H.q(spool .. "/done") .. " " .. H.q(dir .. "/elsewhere") .. " " .. H.q(spool .. "/study"))
+    H.check_run("ln -s " .. H.q(dir .. "/elsewhere") .. " " .. H.q(spool .. "/done/study"))
+    local f = H.gen_dicom({ dir = spool .. "/study", count = 1 })[1]
+    local outcomes = {}
+    for run = 1, 4 do
+      local w = assert(store:watch(spool, { settle = 0, done_dir = spool .. "/done", journal = dir .. "/journal.jsonl",
+        on_file = function(ev) outcomes[#outcomes + 1] = run .. " " .. ev.outcome end }))
+      run_for(w, run == 1 and 20 or 3, function() return run == 1 and #outcomes >= 1 end)
+      w:close()
+    end
+    assert.same({ "1 stored", "2 already_stored", "3 already_stored", "4 already_stored" }, outcomes)
+    assert.truthy(lfs.attributes(f.path))
+  end)
+end)

@@ -114,10 +114,18 @@ function Watcher:settle_journal()
     return nil, serr
   end
   self.in_flight_at_start = settled -- { in_flight, found, error }: the CLI says it
+  -- stored files that cannot be removed or moved (kept): their records go on into the new
+  -- journal (start_batch), else the next start would send them again
+  self.kept_stored = {}
   self:scan(self.spool, function(f)
     local done = j:lookup(f)
     if done then
       self:finish(f.path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+      local k = self.known[f.path]
+      if k and k.state == "kept" then
+        self.kept_stored[#self.kept_stored + 1] = { path = f.path, size = f.size, mtime = f.mtime,
+          mtime_nsec = f.mtime_nsec, sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid }
+      end
     end
   end)
   j:close()
@@ -170,6 +178,14 @@ function Watcher:start_batch()
     on_instance = function(r, outcome) self:on_instance(r, outcome) end,
   })
   if not b then return nil, err end
+  if b.journal and self.kept_stored and #self.kept_stored > 0 then
+    local ok, jerr = b.journal:mark_stored(self.kept_stored)
+    if not ok then
+      b.journal:close()
+      return nil, jerr
+    end
+  end
+  self.kept_stored = nil
   b.source.it = function() return self:next_ready() end
   -- A file one of whose requests was refused as a whole goes alone: one bad file (or one that
   -- fits a proxy's limit alone, not with others) then costs only itself, and strikes count only
@@ -203,15 +219,19 @@ function M.new(store, spool, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.failed_dir = strip_slash(o.failed_dir or join(spool, "failed"))
   if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
-  local spool_id, roots = file_id(lfs.attributes(spool)), {}
+  local spool_attr, roots = lfs.attributes(spool), {}
+  local spool_id = file_id(spool_attr)
   for _, d in ipairs({ o.failed_dir, o.done_dir }) do
     local ok, why = util.make_dirs(d)
     if not ok then return nil, errors.new("io", why) end
-    roots[d] = file_id(lfs.attributes(d))
+    local a = lfs.attributes(d)
+    roots[d] = file_id(a)
+    local what = "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
     -- every file moved there would be taken again, and again
-    if roots[d] == spool_id then
-      return nil, errors.new("usage", "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
-        .. " is the spool")
+    if roots[d] == spool_id then return nil, errors.new("usage", what .. " is the spool") end
+    -- files are renamed into it: on another, none could be moved, each kept in the spool
+    if a.dev ~= spool_attr.dev then
+      return nil, errors.new("usage", what .. " is on another file system than the spool")
     end
   end
   local self = setmetatable({ store = store, spool = spool, opts = o,
