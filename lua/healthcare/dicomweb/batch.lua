@@ -357,7 +357,8 @@ end
 
 -- scope says why the whole request failed, for a caller that sends again later (healthcare
 -- watch): "transient" (a retryable failure outlived its attempts: the server or network may come
--- back) or "request" (the request as a whole was refused or could not be sent; the instance may be
+-- back), "store" (HTTP 401, 403 or 404: the credential or the store's address, not the instance)
+-- or "request" (the request as a whole was refused or could not be sent; the instance may be
 -- innocent). A failure the server's answer gives per instance has no scope.
 function Batch:fail_group(group, reason, scope)
   self:finish_group(group, function() return { outcome = "failed", reason = reason, scope = scope } end)
@@ -457,6 +458,8 @@ function Batch:record_answer(group, answer)
   end)
 end
 
+local STORE_REFUSALS = { [401] = true, [403] = true, [404] = true }
+
 -- A request poll() returned: its answer read and recorded, or a retry scheduled.
 function Batch:handle(request, group)
   local res, err = self.client:finish(request)
@@ -471,7 +474,7 @@ function Batch:handle(request, group)
   if not answer then
     stop_on_usage(err)
     if err.retryable then return self:schedule_retry(group, err) end
-    return self:fail_group(group, err.message, "request")
+    return self:fail_group(group, err.message, STORE_REFUSALS[err.http_status] and "store" or "request")
   end
   self:record_answer(group, answer)
 end

@@ -66,6 +66,17 @@ local function strip_slash(p)
   return p
 end
 
+-- p from the root, without "." components nor repeated slashes (links and ".." left as they are).
+local function absolute(p)
+  if p:sub(1, 1) ~= "/" then p = (lfs.currentdir() or "") .. "/" .. p end
+  p = ("/" .. p .. "/"):gsub("/+", "/")
+  local n
+  repeat p, n = p:gsub("/%./", "/") until n == 0
+  return strip_slash(p)
+end
+
+local function file_id(a) return a.dev .. ":" .. a.ino end
+
 -- ---- construction -----------------------------------------------------------------------------
 
 local function check_call(store, spool, opts)
@@ -103,10 +114,18 @@ function Watcher:settle_journal()
     return nil, serr
   end
   self.in_flight_at_start = settled -- { in_flight, found, error }: the CLI says it
+  -- stored files that cannot be removed or moved (kept): their records go on into the new
+  -- journal (start_batch), else the next start would send them again
+  self.kept_stored = {}
   self:scan(self.spool, function(f)
     local done = j:lookup(f)
     if done then
       self:finish(f.path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+      local k = self.known[f.path]
+      if k and k.state == "kept" then
+        self.kept_stored[#self.kept_stored + 1] = { path = f.path, size = f.size, mtime = f.mtime,
+          mtime_nsec = f.mtime_nsec, sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid }
+      end
     end
   end)
   j:close()
@@ -159,7 +178,28 @@ function Watcher:start_batch()
     on_instance = function(r, outcome) self:on_instance(r, outcome) end,
   })
   if not b then return nil, err end
+  if b.journal and self.kept_stored and #self.kept_stored > 0 then
+    local ok, jerr = b.journal:mark_stored(self.kept_stored)
+    if not ok then
+      b.journal:close()
+      return nil, jerr
+    end
+  end
+  self.kept_stored = nil
   b.source.it = function() return self:next_ready() end
+  -- A file one of whose requests was refused as a whole goes alone: one bad file (or one that
+  -- fits a proxy's limit alone, not with others) then costs only itself, and strikes count only
+  -- against a file refused alone.
+  local next_group = b.source.next_group
+  b.source.next_group = function(src)
+    if src.pending or self.solo_head > self.solo_tail then return next_group(src) end
+    local limit = src.opts.max_request_instances
+    src.opts.max_request_instances, self.solo_turn = 1, true
+    local ok, g = pcall(next_group, src)
+    src.opts.max_request_instances, self.solo_turn = limit, nil
+    if not ok then error(g, 0) end
+    return g
+  end
   self.batch = b
   return true
 end
@@ -179,22 +219,39 @@ function M.new(store, spool, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.failed_dir = strip_slash(o.failed_dir or join(spool, "failed"))
   if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
+  local spool_attr, roots = lfs.attributes(spool), {}
+  local spool_id = file_id(spool_attr)
   for _, d in ipairs({ o.failed_dir, o.done_dir }) do
     local ok, why = util.make_dirs(d)
     if not ok then return nil, errors.new("io", why) end
+    local a = lfs.attributes(d)
+    roots[d] = file_id(a)
+    local what = "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
+    -- every file moved there would be taken again, and again
+    if roots[d] == spool_id then return nil, errors.new("usage", what .. " is the spool") end
+    -- files are renamed into it: on another, none could be moved, each kept in the spool
+    if a.dev ~= spool_attr.dev then
+      return nil, errors.new("usage", what .. " is on another file system than the spool")
+    end
   end
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
     queue = {}, qhead = 1, qtail = 0,
+    solo = {}, solo_head = 1, solo_tail = 0, -- files to send alone (a request of theirs refused)
     deferred = {},       -- path -> when it is sent again
     settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
     wds = {}, watched = {}, -- inotify watch number -> folder, folder -> watch number
     own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
+    own_rel = {},        -- the same by their paths below the spool (one made again has a new inode)
+    roots = roots,       -- failed and done folder -> "dev:ino" it has now
+    pins = {},           -- those folders held open: removed, their inode is never another's while we run
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
   self:mark_own()
+  self:mark_own_paths()
+  for d in pairs(roots) do self:pin(d) end
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
@@ -240,9 +297,30 @@ function Watcher:mark_own()
   end
 end
 
--- Whether the file or folder with attributes a (lfs) is the watcher's own.
-function Watcher:excluded(a)
-  return a ~= nil and self.own[a.dev .. ":" .. a.ino] == true
+-- Holds the folder at path open: the watcher's own by its inode, which a file or folder made
+-- after it was removed could otherwise get (and never be taken).
+function Watcher:pin(path)
+  local fh = io.open(path, "r")
+  if fh then self.pins[#self.pins + 1] = fh end
+end
+
+-- The watcher's own by their paths below the spool, if they are in it.
+function Watcher:mark_own_paths()
+  local o, spool = self.opts, absolute(self.spool) .. "/"
+  local list = { o.failed_dir, o.done_dir or false, o.journal or false, o.journal and o.journal .. ".1" or false }
+  for _, p in ipairs(list) do
+    if p then
+      p = absolute(p)
+      if p:sub(1, #spool) == spool then self.own_rel[p:sub(#spool + 1)] = true end
+    end
+  end
+end
+
+-- Whether the file or folder at path (below the spool) with attributes a (lfs) is the watcher's
+-- own.
+function Watcher:excluded(a, path)
+  return (a ~= nil and self.own[file_id(a)] == true)
+    or (path ~= nil and self.own_rel[path:sub(#self.spool + 2)] == true)
 end
 
 -- What one event says: a file complete, a folder to watch, events lost.
@@ -266,7 +344,7 @@ function Watcher:on_event(ev)
   if not ev.name or ignored_name(ev.name) then return end
   local path = join(dir, ev.name)
   if ev.dir then
-    if (ev.created or ev.moved_in) and not self:excluded(lfs.symlinkattributes(path)) then
+    if (ev.created or ev.moved_in) and not self:excluded(lfs.symlinkattributes(path), path) then
       self:watch_dir(path)
       self:scan(path, function(f) self:found(f) end)
     end
@@ -311,7 +389,7 @@ function Watcher:scan(dir, fn)
   for _, name in ipairs(names) do
     local path = join(dir, name)
     local a = core.file_stat(path, false)
-    if self:excluded(a) then
+    if self:excluded(a, path) then
       a = nil -- the watcher's own folder or journal
     end
     if a and a.mode == "directory" then
@@ -423,35 +501,62 @@ function Watcher:enqueue(path)
 end
 
 function Watcher:queued()
-  return self.qtail - self.qhead + 1
+  return self.qtail - self.qhead + 1 + self.solo_tail - self.solo_head + 1
 end
 
--- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready.
+-- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready:
+-- one of those to send alone while the Batch makes a group of one (solo_turn), else one of the
+-- others.
 function Watcher:next_ready()
+  if self.solo_turn then
+    while self.solo_head <= self.solo_tail do
+      local path = self.solo[self.solo_head]
+      self.solo[self.solo_head] = nil
+      self.solo_head = self.solo_head + 1
+      local f = self:ready(path, true)
+      if f then return f end
+    end
+    self.solo_head, self.solo_tail = 1, 0
+    return nil
+  end
   while self.qhead <= self.qtail do
     local path = self.queue[self.qhead]
     self.queue[self.qhead] = nil
     self.qhead = self.qhead + 1
     local k = self.known[path]
-    local a = core.file_stat(path, false)
-    if not a or a.mode ~= "file" or self:excluded(a) then
-      self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
-    elseif k then
-      k.queued, k.state = nil, "sending"
-      -- what is sent, so that finishing it never removes another file put under its name since
-      local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-        mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
-      k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
-        change = a.change }
-      k.again = nil
-      -- a file that replaced one in flight is new whatever its size and mtime (they may equal
-      -- those of the one stored, in the same second)
-      local done = not k.fresh and self.batch and self.batch.journal and self.batch.journal:lookup(f)
-      if not done then return f end
-      self:finish(path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+    if k and k.solo then
+      self.solo_tail = self.solo_tail + 1
+      self.solo[self.solo_tail] = path
+    else
+      local f = self:ready(path, false)
+      if f then return f end
     end
   end
   self.qhead, self.qtail = 1, 0
+  return nil
+end
+
+-- The file at path for the Batch ({ path, rel, size, mtime, dev, ino }), or nil (gone, the
+-- watcher's own, or already stored). alone: whether it goes in a request of its own.
+function Watcher:ready(path, alone)
+  local k = self.known[path]
+  local a = core.file_stat(path, false)
+  if not a or a.mode ~= "file" or self:excluded(a, path) then
+    self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
+  elseif k then
+    k.queued, k.state, k.alone = nil, "sending", alone
+    -- what is sent, so that finishing it never removes another file put under its name since
+    local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
+      mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
+    k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
+      change = a.change }
+    k.again = nil
+    -- a file that replaced one in flight is new whatever its size and mtime (they may equal
+    -- those of the one stored, in the same second)
+    local done = not k.fresh and self.batch and self.batch.journal and self.batch.journal:lookup(f)
+    if not done then return f end
+    self:finish(path, "already_stored", { sop_instance_uid = done.sop_instance_uid, study_uid = done.study_uid })
+  end
   return nil
 end
 
@@ -462,11 +567,45 @@ function Watcher:on_instance(r, outcome)
     sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
 end
 
--- path under dir, keeping its folders below the spool; an existing name gets .1, .2, ...
-local function destination(self, path, dir)
+-- The folder below root (the failed or done folder) for the folders of rel (a path below the
+-- spool), made where missing; or nil and why not. Whoever may write the spool may put links in
+-- a failed or done folder inside it, or one in its place: none is followed, else a file named by
+-- that writer would go where the link points. root made again (removed while running) is the
+-- watcher's own before anything is moved into it: never taken as spool.
+function Watcher:destination_dir(root, rel)
+  local a = lfs.attributes(root) -- followed: root may be a link the caller gave
+  if not (a and a.mode == "directory" and self.roots[root] == file_id(a)) then
+    a = core.file_stat(root, false)
+    if not a then
+      local ok, why = util.make_dirs(root)
+      if not ok then return nil, why end
+      a = core.file_stat(root, false)
+    end
+    if not a or a.mode ~= "directory" then return nil, root .. " is not a folder: not followed" end
+    self.roots[root] = file_id(a)
+    self.own[file_id(a)] = true
+    self:pin(root)
+  end
+  local dir = root
+  for name in (rel:match("^(.*)/[^/]*$") or ""):gmatch("[^/]+") do
+    dir = join(dir, name)
+    a = core.file_stat(dir, false)
+    if not a then
+      lfs.mkdir(dir)
+      a = core.file_stat(dir, false)
+    end
+    if not a or a.mode ~= "directory" then return nil, dir .. " is not a folder: not followed" end
+  end
+  return dir
+end
+
+-- path under root, keeping its folders below the spool; an existing name gets .1, .2, ...; or
+-- nil and why not.
+local function destination(self, path, root)
   local rel = path:sub(#self.spool + 2)
-  local dest = join(dir, rel)
-  util.make_dirs(util.parent_dir(dest))
+  local dir, why = self:destination_dir(root, rel)
+  if not dir then return nil, why end
+  local dest = join(dir, rel:match("[^/]+$"))
   local n, try = 0, dest
   while lfs.symlinkattributes(try) or lfs.symlinkattributes(try .. ".reason") do
     n = n + 1
@@ -483,16 +622,16 @@ function Watcher:finish(path, outcome, info)
     study_uid = info.study_uid }
   local ok, err
   if outcome == "failed" then
-    ev.moved_to = destination(self, path, o.failed_dir)
-    ok, err = os.rename(path, ev.moved_to)
+    ev.moved_to, err = destination(self, path, o.failed_dir)
+    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
     if ok then
       local wrote, werr = core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n",
         os.date("!%Y-%m-%dT%H:%M:%SZ"), tostring(info.reason)))
       if not wrote then ev.warning = "cannot write the reason file: " .. tostring(werr) end
     end
   elseif o.done_dir then
-    ev.moved_to = destination(self, path, o.done_dir)
-    ok, err = os.rename(path, ev.moved_to)
+    ev.moved_to, err = destination(self, path, o.done_dir)
+    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
   else
     ok, err = os.remove(path)
   end
@@ -510,13 +649,22 @@ function Watcher:finish(path, outcome, info)
   if o.on_file then o.on_file(ev) end
 end
 
--- A failed request: the file waits opts.requeue_delay and is sent again; after
--- max_request_strikes refusals of whole requests it counts as failed. A transient failure (the
--- server or the network away) never strikes: the file waits for them.
+-- A failed request: the file waits opts.requeue_delay and is sent again. A request of several
+-- files refused as a whole says nothing of each: they are sent again one per request, and a file
+-- counts as failed once refused alone max_request_strikes times. A transient failure (the server
+-- or the network away) never strikes: the file waits for them, and goes alone after
+-- max_request_strikes of them with others (one file the server always fails on, with a 500, would
+-- hold back the others). Nor does a refusal that says the credential or the store's address is
+-- wrong (HTTP 401, 403, 404: scope "store"): every file waits until that is put right.
 function Watcher:defer(f)
   local k = self.known[f.path] or {}
   self.known[f.path] = k
-  if f.scope == "request" then k.strikes = (k.strikes or 0) + 1 end
+  if f.scope == "request" then
+    if k.alone then k.strikes = (k.strikes or 0) + 1 else k.solo = true end
+  elseif f.scope == "transient" and not k.alone then
+    k.transient = (k.transient or 0) + 1
+    if k.transient >= self.opts.max_request_strikes then k.solo = true end
+  end
   if (k.strikes or 0) >= self.opts.max_request_strikes then
     return self:finish(f.path, "failed", f)
   end
@@ -682,6 +830,8 @@ function Watcher:close()
     if self.batch.journal then self.batch.journal:close() end
   end
   if self.inotify then self.inotify:close() end
+  for _, fh in ipairs(self.pins) do fh:close() end
+  self.pins = {}
 end
 
 Watcher.__close = Watcher.close
