@@ -567,6 +567,26 @@ class H(BaseHTTPRequestHandler):
             return self.send(200, json.dumps([item(i) for i in range(5)]).encode())
         if kind == "notlist":
             return self.send(200, b'{"0020000D": {"vr": "UI"}}')
+        if kind in ("nan", "hex", "inf"):   # numbers lua-cjson takes and JSON has not (1e400: JSON, but infinite)
+            n = {"nan": "NaN", "hex": "0x10", "inf": "1e400"}[kind]
+            return self.send(200, ('[{"0020000D": {"vr": "UI", "Value": ["1.2.3.1"]}, '
+                                   '"00201208": {"vr": "IS", "Value": [%s]}}]' % n).encode())
+        if kind == "sqbad":   # an SQ whose items are not objects
+            it = item(1)
+            it["00080020"] = {"vr": "SQ", "Value": [1, "x"]}
+            return self.send(200, json.dumps([it]).encode())
+        if kind == "emptyobject":
+            return self.send(200, b"{}")
+        if kind == "many":   # ten times as many as asked, and one
+            return self.send(200, json.dumps([{}] * (limit * 10 + 1)).encode())
+        if kind == "noseek":   # honours limit, ignores offset: the same page for ever
+            return self.send(200, json.dumps([item(i) for i in range(limit)]).encode())
+        if kind == "values":   # an empty Value, a null among values
+            it = item(1)
+            it["00081030"] = {"vr": "LO", "Value": []}
+            it["00080061"] = {"vr": "CS", "Value": ["CT", None, "MR"]}
+            it["00081115"] = {"vr": "SQ", "Value": [{"00081030": {"vr": "LO", "Value": []}}, {}]}
+            return self.send(200, json.dumps([it]).encode())
         if kind == "html":
             return self.send(502, b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html")
         self.send(404, b"no such path", "text/plain")
@@ -639,6 +659,85 @@ describe("search: answers only Google (or a broken server) gives", function()
     assert.equal("http", err.kind)
     assert.equal(200, err.http_status)
     assert.matches("^SearchForStudies: HTTP 200: the answer is not a DICOM JSON list", err.message)
+  end)
+
+  it("refuses numbers JSON has not (NaN, hex), and writes 1e400 (an infinity) as null with --json", function()
+    for _, path in ipairs({ "nan", "hex" }) do
+      local items, err = assert(store_at(path):search_studies({})):all()
+      assert.is_nil(items)
+      assert.equal("http", err.kind)
+      assert.matches("^SearchForStudies: HTTP 200: the answer is not a DICOM JSON list %(Expected value", err.message)
+    end
+    local items = all(assert(store_at("inf"):search_studies({})))
+    assert.equal(math.huge, items[1].NumberOfStudyRelatedInstances)
+    local out, err, code = H.healthcare { "search", url .. "/inf", "--json" }
+    assert.equal(0, code, err)
+    assert.matches('"00201208":{"Value":[null],"vr":"IS"}', out, 1, true)
+  end)
+
+  it("reads a sequence whose items are not objects without raising, in the API and the table", function()
+    local items = all(assert(store_at("sqbad"):search_studies({})))
+    local ok, date = pcall(function() return items[1].StudyDate end)
+    assert(ok, date)
+    assert.is_nil(date)
+    local out, err, code = H.healthcare { "search", url .. "/sqbad" }
+    assert.equal(0, code, err)
+    assert.matches("1.2.3.1\n$", out)
+  end)
+
+  it("takes only a JSON array for a list: {} is an error, not 'no results'", function()
+    local items, err = assert(store_at("emptyobject"):search_studies({})):all()
+    assert.is_nil(items)
+    assert.equal("http", err.kind)
+    assert.matches("^SearchForStudies: HTTP 200: the answer is not a DICOM JSON list %(not a JSON array%): {}$",
+      err.message)
+  end)
+
+  it("refuses a page of far more results than asked, before making them", function()
+    local items, err = assert(store_at("many"):search_studies({}, { page_size = 2 })):all()
+    assert.is_nil(items)
+    assert.equal("http", err.kind)
+    assert.equal("SearchForStudies: HTTP 200: the server answered 21 results to a request for at most 2; refused "
+      .. "above 20 (it ignores limit?)", err.message)
+    -- the larger of limit and page_size sets the bound
+    items, err = assert(store_at("many"):search_studies({ limit = 3 }, { page_size = 1 })):all()
+    assert.is_nil(items)
+    assert.matches("answered 11 results to a request for at most 1; refused above 10", err.message, 1, true)
+  end)
+
+  it("stops when the server answers the same page again (it ignores offset)", function()
+    local r = assert(store_at("noseek"):search_studies({}, { page_size = 2 }))
+    local n = 0
+    for _ in r:each() do
+      n = n + 1
+      if n > 10 then break end -- (paging for ever: no error to read)
+    end
+    assert.equal(2, n)
+    local err = r.error
+    assert.equal("http", err.kind)
+    assert.equal("SearchForStudies: HTTP 200: the server answered the same results again at offset 2 (it ignores "
+      .. "offset?)", err.message)
+    assert.equal(2, r.requests)
+  end)
+
+  it("refuses an offset from a server that ignores limit (its answer starts at the first result)", function()
+    local items, err = assert(store_at("nolimit"):search_instances({ offset = 1 }, { page_size = 2 })):all()
+    assert.is_nil(items)
+    assert.equal("http", err.kind)
+    assert.equal("SearchForInstances: HTTP 200: the server answered 5 results to a request for 2 at offset 1: it "
+      .. "ignores limit, and the results after an offset cannot be told", err.message)
+  end)
+
+  it("keeps an empty Value an array with --json, and shows a null among values as empty in the table", function()
+    local out, err, code = H.healthcare { "search", url .. "/values", "--json" }
+    assert.equal(0, code, err)
+    assert.matches('"00081030":{"Value":[],"vr":"LO"}', out, 1, true)
+    assert.matches('"00081115":{"Value":[{"00081030":{"Value":[],"vr":"LO"}},{}],"vr":"SQ"}', out, 1, true)
+    assert.matches('"00080061":{"Value":["CT",null,"MR"],"vr":"CS"}', out, 1, true)
+    out, err, code = H.healthcare { "search", url .. "/values" }
+    assert.equal(0, code, err)
+    assert.matches(" CT,,MR ", out, 1, true)
+    assert.is_nil(out:find("userdata", 1, true))
   end)
 
   it("reports an HTML error page with its text", function()

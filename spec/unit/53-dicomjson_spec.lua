@@ -294,6 +294,16 @@ describe("dicomjson.dataset", function()
     assert.equal(CLASS, one[1]["00081150"])
   end)
 
+  it("leaves out sequence items that are not objects (a broken answer): reading never raises", function()
+    local broken = dicomjson.dataset(cjson.decode('{"00080020":{"vr":"SQ","Value":[1,"x",{"00100020":'
+      .. '{"vr":"LO","Value":["P"]}},null]},"00081115":{"vr":"SQ","Value":[true]}}'))
+    local ok, items = pcall(function() return broken.StudyDate end)
+    assert(ok, items)
+    assert.equal(1, #items)
+    assert.equal("P", items[1].PatientID)
+    assert.is_nil(broken.ReferencedSeriesSequence)
+  end)
+
   it("gives bulk data as the element, unfetched", function()
     assert.same({ vr = "OW", BulkDataURI = "http://h/bulk/1" }, ds.PixelData)
   end)

@@ -53,10 +53,10 @@ local math_type = math.type -- (nil under LuaJIT, whose numbers are all doubles)
 -- 3.1415926535898, a 15-digit ID 1.2345678901234e+14), and its decoder gives every number as a
 -- double, so an ID of the server's reaches here as a whole float. A Lua integer as %d; a whole
 -- double within 2^53 as %.0f; another double in the fewest digits that read back as the same
--- double. NaN and the infinities have no JSON: nil.
+-- double. NaN and the infinities have no JSON: null (a server's 1e400 decodes as an infinity).
 local function number_text(v)
   if math_type and math_type(v) == "integer" then return string.format("%d", v) end
-  if v ~= v or v == math.huge or v == -math.huge then return nil end
+  if v ~= v or v == math.huge or v == -math.huge then return "null" end
   if v == math.floor(v) and v > -EXACT and v < EXACT then return string.format("%.0f", v) end
   for digits = 14, 16 do
     local text = string.format("%." .. digits .. "g", v)
@@ -67,9 +67,7 @@ end
 
 local function scalar(v)
   if type(v) == "number" then
-    local text = number_text(v)
-    if text == nil then error("cannot write a number as JSON (" .. tostring(v) .. ")", 3) end
-    return text
+    return number_text(v)
   end
   local text = cjson.encode(v)
   if text == nil then error("cannot write a " .. type(v) .. " as JSON", 3) end

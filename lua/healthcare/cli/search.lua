@@ -95,8 +95,27 @@ end
 -- Numbers as DICOM writes them: JSON decoding gives floats, and 3 should not read "3.0".
 local function text(x)
   if type(x) == "number" then return string.format("%.14g", x) end
+  if type(x) == "userdata" then return "" end        -- a JSON null among the values
   if type(x) == "table" then return "(item)" end   -- a sequence item
   return tostring(x)
+end
+
+-- A DICOM JSON data set made ready for json.encode: every Value is a JSON array (PS3.18 F.2.2),
+-- which decoded empty is a table like {} (this cjson has no decode_array_with_array_mt); sequence
+-- items too. Marked in place (the CLI owns the results).
+local function mark_value_arrays(raw)
+  for _, e in pairs(raw) do
+    local v = type(e) == "table" and e.Value
+    if type(v) == "table" and getmetatable(v) == nil and (next(v) == nil or #v > 0) then
+      json.array(v)
+      if e.vr == "SQ" then
+        for _, item in ipairs(v) do
+          if type(item) == "table" then mark_value_arrays(item) end
+        end
+      end
+    end
+  end
+  return raw
 end
 
 -- A cell: lists joined with ',', control characters hidden.
@@ -211,7 +230,7 @@ function M.main(argv)
   for item in results:each() do
     n = n + 1
     if a.json then
-      io.stdout:write(n > 1 and ",\n" or "\n", json.encode(item:raw()))
+      io.stdout:write(n > 1 and ",\n" or "\n", json.encode(mark_value_arrays(item:raw())))
     else
       local r = {}
       for i, c in ipairs(columns) do r[i] = cell(item[c[1]]) end

@@ -235,7 +235,7 @@ local NONE = {} -- cache marker for an absent value
 ---  * one value -> that value (string or number; an integer for IS, SL, SS, UL, US, SV, UV under
 ---    Lua 5.4); several -> a list (a copy)
 ---  * PN -> the Alphabetic form of each name ("" when a name has none)
----  * SQ -> always a list of wrapped data sets, even for one item
+---  * SQ -> always a list of wrapped data sets, even for one item (items that are not objects left out)
 ---  * BulkDataURI / InlineBinary elements -> the element table as it came ({ vr =, BulkDataURI = }
 ---    or { vr =, InlineBinary = base64 }): the bytes are not fetched nor decoded here
 --- A JSON null inside a multi-valued element stays cjson's null (a hole would cut the list).
@@ -251,8 +251,12 @@ local function element_value(e)
   local v = e.Value
   if type(v) ~= "table" or #v == 0 then return nil end
   if e.vr == "SQ" then
+    -- An item that is not an object (a broken answer) is left out: reading a keyword never raises.
     local items = {}
-    for i, item in ipairs(v) do items[i] = M.dataset(item) end
+    for _, item in ipairs(v) do
+      if type(item) == "table" then items[#items + 1] = M.dataset(item) end
+    end
+    if #items == 0 then return nil end
     return items
   end
   local out = {}

@@ -10,7 +10,10 @@ local params = require "healthcare.params"
 local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
-local cjson = require "cjson.safe"
+-- Our own decoder, strict: the shared one takes NaN, Infinity and hex numbers (0x10), which no
+-- JSON writer of ours can write back (a server's answer reaches --json as it came).
+local cjson = require("cjson.safe").new()
+cjson.decode_invalid_numbers(false)
 
 local M = {}
 
@@ -18,9 +21,14 @@ M.DEFAULT_PAGE_SIZE = 100
 -- A page of results is held in memory, then decoded into tables: its JSON (counted decoded, as it
 -- arrives; pages are asked for gzip-compressed) is capped.
 M.DEFAULT_MAX_PAGE_BYTES = 64 * 1024 * 1024
+-- A page of more results than max(limit asked, page_size) times this is refused before its
+-- results are made (each takes several tables: 15 MB of "{}" items took 3.3 GB).
+M.MAX_PAGE_ITEMS_FACTOR = 10
 M.OPTIONS = { "page_size", "params", "timeout", "max_page_bytes", "retry", "on_retry" }
 
 local STUDY_UID, SERIES_UID = "0020000D", "0020000E"
+-- The UID that names a result, per level.
+local RESULT_UID = { studies = STUDY_UID, series = SERIES_UID, instances = "00080018" }
 local MODALITIES_IN_STUDY = "00080061"
 
 -- Characters sent as they are in attribute values. Orthanc (1.10, DICOMweb plugin 1.7) does
@@ -210,10 +218,19 @@ local function fetch_once(self, limit, offset)
   -- Text whatever its media type says (the client leaves a 2xx body it does not take for text as
   -- it came): an echo of the token must reach neither the results nor the error.
   local body = self.store.client:redact(res.body)
-  local list = cjson.decode(body)
+  -- A JSON array only: decoded, "{}" and "[]" are the same empty table.
+  local list, why = nil, "not a JSON array"
+  if body:find("^%s*%[") then list, why = cjson.decode(body) end
   if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
-    return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a DICOM JSON list: %s",
-      self.what, res.status, (body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
+    return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a DICOM JSON list (%s): %s",
+      self.what, res.status, why or "not a list", (body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
+  end
+  local most = self.page_size * M.MAX_PAGE_ITEMS_FACTOR
+  if limit and limit * M.MAX_PAGE_ITEMS_FACTOR > most then most = limit * M.MAX_PAGE_ITEMS_FACTOR end
+  if limit and #list > most then
+    return nil, errors.new("http", string.format("%s: HTTP %d: the server answered %d results to a request for at "
+      .. "most %s; refused above %d (it ignores limit?)", self.what, res.status, #list, int_string(limit), most),
+      { http_status = res.status })
   end
   for _, item in ipairs(list) do
     if type(item) ~= "table" then
@@ -222,6 +239,39 @@ local function fetch_once(self, limit, offset)
     end
   end
   return list, res
+end
+
+-- A page's first and last results' UIDs ("uid uid"), to tell a page seen already; nil when
+-- either has none.
+local function page_ends(list, tag)
+  local ends = {}
+  for i, item in ipairs({ list[1], list[#list] }) do
+    local e = item and item[tag]
+    local v = type(e) == "table" and type(e.Value) == "table" and e.Value[1]
+    if type(v) ~= "string" then return nil end
+    ends[i] = v
+  end
+  return table.concat(ends, " ")
+end
+
+-- Why a page cannot be taken after the one before (its ends, as page_ends), or nil. A server
+-- that ignores offset answers the same page for ever; one that ignores limit as well answers
+-- from the first result whatever offset says.
+local function page_refusal(self, list, res, ask, at, before)
+  if #list == 0 then return nil end
+  local tell = function(fmt, ...)
+    return errors.new("http", self.what .. ": HTTP " .. res.status .. ": " .. string.format(fmt, ...),
+      { http_status = res.status })
+  end
+  if ask and at > 0 and #list > ask then
+    return tell("the server answered %d results to a request for %d at offset %s: it ignores limit, and the "
+      .. "results after an offset cannot be told", #list, ask, int_string(at))
+  end
+  local ends = page_ends(list, RESULT_UID[self.level])
+  if ends and ends == before then
+    return tell("the server answered the same results again at offset %s (it ignores offset?)", int_string(at))
+  end
+  return nil, ends
 end
 
 -- One page, tried again under the search's retry policy: as fetch_once.
@@ -254,6 +304,7 @@ function Results:each()
   if whole then skip, at = at, 0 end
   local page, i = {}, 0
   local done = false
+  local ends -- the last page's first and last UIDs
   return function()
     while true do
       if want and got >= want then return nil end
@@ -276,6 +327,13 @@ function Results:each()
         local list, res = fetch(self, ask, at)
         if not list then
           self.error, done = res, true
+          page, i = {}, 0
+          return nil
+        end
+        local refusal
+        refusal, ends = page_refusal(self, list, res, ask, at, ends)
+        if refusal then
+          self.error, done = refusal, true
           page, i = {}, 0
           return nil
         end
@@ -337,7 +395,7 @@ local function search(store, level, query, opts)
   local url, uerr = route.url(store, "GET", path_of(q, level))
   if not url then return nil, uerr end
   return setmetatable({
-    store = store, what = what, q = q, page_size = page_size, params = query_params,
+    store = store, what = what, level = level, q = q, page_size = page_size, params = query_params,
     timeout = opts.timeout, max_page_bytes = max_page_bytes, url = url, requests = 0,
     policy = retry.new(nil, opts.retry, store.client.retry), on_retry = opts.on_retry,
   }, Results)
