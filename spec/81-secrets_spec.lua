@@ -356,7 +356,7 @@ describe("a 2xx answer that is not text", function()
     local ds = assert(c:dicom_store(DATASET .. "/dicomStores/s"))
     local _, err = assert(ds:search_studies({})):all()
     log[#log + 1] = tostring(err)
-    assert.truthy(tostring(err):find("not a DICOM JSON list: echo: REDACTED", 1, true), tostring(err))
+    assert.truthy(tostring(err):find("not a DICOM JSON list (not a JSON array): echo: REDACTED", 1, true), tostring(err))
     local res
     res, err = ds:delete_study("1.2.3", { retry = { max_attempts = 1 } })
     c:close()
