@@ -112,6 +112,17 @@ describe("dicomjson.outcomes", function()
     assert.equal("0x0110 processing failure: invalid DICOM", out[SOP1].reason)
   end)
 
+  it("cuts a server's FailureDetail to MAX_DETAIL bytes: it goes to the report, the journal and stderr", function()
+    local huge = string.rep("x", 1024 * 1024)
+    local out = dicomjson.outcomes({
+      ["00081198"] = sq({ item(SOP1, { ["00081197"] = us(272), ["00090097"] = lt(huge) }) }),
+    })
+    assert.is_true(#out[SOP1].detail <= dicomjson.MAX_DETAIL + 40, #out[SOP1].detail)
+    assert.matches("^x+%.%.%. %(1048576 bytes in all%)$", out[SOP1].detail)
+    assert.equal("0x0110 processing failure: " .. out[SOP1].detail, out[SOP1].reason)
+    assert.equal(1024, dicomjson.MAX_DETAIL)
+  end)
+
   it("says 'failed' for a failure item without a reason, and ignores items without a UID", function()
     local out = dicomjson.outcomes({
       ["00081198"] = sq({ { ["00081150"] = ui(CLASS) }, { ["00081155"] = ui(SOP1) } }),

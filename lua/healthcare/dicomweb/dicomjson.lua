@@ -3,6 +3,8 @@
 -- (search results, metadata). An XML answer (NativeDicomModel, PS3.19 A.1, which Google sends
 -- to STOW-RS without an Accept header) is turned into the same shape with lua-expat, so one
 -- code path reads both.
+local errors = require "healthcare.errors"
+
 local M = {}
 
 M.RETRIEVE_URL = "00081190"
@@ -140,6 +142,10 @@ function M.from_xml(xml)
   return root
 end
 
+-- A server's FailureDetail goes to the report, a journal line and stderr for each failed file:
+-- cut, or a server's megabyte per instance would make each of them that large.
+M.MAX_DETAIL = 1024
+
 --- Maps an answer to per-instance outcomes: a table keyed by SOP Instance UID of
 --- { outcome = "stored" | "failed", reason = ..., warning = ... }.
 function M.outcomes(ds)
@@ -156,6 +162,7 @@ function M.outcomes(ds)
     if uid then
       local code = M.value(item, M.FAILURE_REASON)
       local detail = M.private_text(item, "0009", "GOOGLE", "97")
+      if detail then detail = errors.cut(detail, M.MAX_DETAIL) end
       local reason = M.reason_text(code) or "failed"
       if detail then reason = reason .. ": " .. detail end
       out[uid] = { outcome = "failed", reason = reason, failure_reason = code, detail = detail }
