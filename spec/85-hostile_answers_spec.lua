@@ -747,6 +747,21 @@ describe("an answer whose status line is no HTTP status line, all else a good an
     assert.same({}, listing(dir))
   end)
 
+  it("--concurrency holds over plain http against a server that closes every connection", function()
+    -- libcurl's PIPEWAIT made each request wait for the connection before it to say whether it
+    -- could multiplex: with no HTTP/2 and no keep-alive, one request at a time
+    local paths = {}
+    for _, f in ipairs(dicom) do paths[#paths + 1] = f.path end
+    local base = scenario("HTTP/1.1 200 OK", "/stored=1/delay=1")
+    local report = assert(store_at(base):store(paths, { concurrency = #paths, max_request_instances = 1 }))
+    assert.equal(#paths, #report.stored)
+    local most = 0
+    for _, q in ipairs(H.curl({ URL .. "/_requests" }).json) do
+      if q.path:find(base, 1, true) then most = math.max(most, q.in_flight) end
+    end
+    assert.equal(#paths, most)
+  end)
+
   it("good status lines still work: with a reason, without one, HTTP/1.0", function()
     for _, line in ipairs({ "HTTP/1.1 200 OK", "HTTP/1.1 200", "HTTP/1.0 200 OK" }) do
       local dir = H.tmpdir()

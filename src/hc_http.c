@@ -452,7 +452,11 @@ static void set_options(hc_transfer *t, const hc_transfer_opts *o)
     }
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION,
                      o->http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
+    /* Waiting for a connection being made, to multiplex on it, pays only where HTTP/2 can be had
+     * (over TLS): over plain http each request would wait for the one before it to connect, and
+     * against a server that closes every connection they would go one at a time. */
+    if (o->http2 && strncasecmp(o->url, "https://", 8) == 0)
+        curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
     if (o->verbose)
         curl_easy_setopt(e, CURLOPT_VERBOSE, 1L);
     /* Fewer, larger writes to disk. */

@@ -41,8 +41,11 @@ answer to every request made through it.
   /status/line=HTTP%2F%1B   the status line given (percent-encoded: any bytes), then a good answer:
                             200's header fields and the DICOM files given on the command line as
                             multipart/related; stored=1: instead, the STOW-RS answer that lists
-                            them all as stored (a POST's body is read first, whatever the scenario)
-  /_requests                the requests seen so far as JSON: [{"path", "accept_encoding"}...]
+                            them all as stored (a POST's body is read first, whatever the scenario);
+                            delay=1: that many seconds before the answer
+  /_requests                the requests seen so far as JSON: [{"path", "accept_encoding",
+                            "in_flight"}...], in_flight: the requests being answered when it
+                            came, itself included
 
 Except under gzip-json, a path ending in /instances (a QIDO-RS search for instances) is answered
 with a DICOM JSON list of the command line's files (study, series and SOP Instance UIDs), and
@@ -64,6 +67,7 @@ BOUNDARY = b"hostile-boundary-7"
 MULTIPART = 'multipart/related; type="application/dicom"; boundary=' + BOUNDARY.decode()
 FILES = sys.argv[1:]
 SEEN = []
+IN_FLIGHT = 0
 SEEN_LOCK = threading.Lock()
 MIB = 1 << 20
 
@@ -285,6 +289,7 @@ def answer(conn, scenario, q, path):
             ctype = MULTIPART
             body = multipart_of([(b"application/dicom", read_file(i)) for i in range(len(FILES))])
         head = "\r\n".join(["Content-Type: " + ctype, "Content-Length: %d" % len(body), "Connection: close"])
+        time.sleep(float(q.get("delay", "0")))
         conn.sendall(unquote_to_bytes(q.get("line", "")) + b"\r\n" + head.encode() + b"\r\n\r\n" + body)
     else:
         body = b"unknown scenario " + scenario.encode()
@@ -298,6 +303,8 @@ def gzip_of(data):
 
 
 def handle(conn):
+    global IN_FLIGHT
+    counted = False
     try:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         data = b""
@@ -333,12 +340,17 @@ def handle(conn):
             send_whole(conn, "application/json", body)
             return
         with SEEN_LOCK:
-            SEEN.append({"path": path, "accept_encoding": accept_encoding})
+            IN_FLIGHT += 1
+            counted = True
+            SEEN.append({"path": path, "accept_encoding": accept_encoding, "in_flight": IN_FLIGHT})
         q = dict(s.split("=", 1) for s in segments[1:] if "=" in s)
         answer(conn, segments[0] if segments else "", q, path)
     except OSError:
         pass
     finally:
+        if counted:
+            with SEEN_LOCK:
+                IN_FLIGHT -= 1
         try:
             conn.shutdown(socket.SHUT_RDWR)
         except OSError:
