@@ -88,6 +88,33 @@ end
 describe("healthcare store", function()
   lazy_setup(folder)
 
+  it("a journal that cannot be written mid-run: the partial report, the error, how to resume; exit 2", function()
+    local files = H.tmpdir()
+    H.gen_dicom { dir = files, count = 40, size = 256 }
+    -- a file size limit (ulimit -f, 1 KiB blocks) makes the journal's writes fail with EFBIG after
+    -- a few lines; SIGXFSZ ignored, so that the command sees the error instead of dying
+    local LIMIT = "trap '' XFSZ; ulimit -f 4; exec "
+    for _, json in ipairs({ false, true }) do
+      local journal = H.tmpdir() .. "/j.jsonl"
+      local args = { E.dicomweb, files, "--journal", journal, "--max-request-instances", "4", "--concurrency", "1" }
+      if json then args[#args + 1] = "--json" end
+      local out, err, code = H.run(LIMIT .. cmdline(args))
+      assert.equal(2, code, out .. err)
+      assert.matches("File too large", err, 1, true)
+      assert.matches("run the same command again to resume", err, 1, true)
+      local stored
+      if json then
+        local report = assert(cjson.decode(out))
+        assert.matches("File too large", report.error, 1, true)
+        stored = #report.stored
+      else
+        assert.equal("", out)
+        stored = tonumber(err:match("stored (%d+),"))
+      end
+      assert.truthy(stored and stored > 0 and stored < 40, out .. err)
+    end
+  end)
+
   it("stores a folder in Orthanc and prints the report with --json, exit 0", function()
     local out, err, code = hc { E.dicomweb, dir, "--json" }
     assert.equal(0, code, err)

@@ -224,6 +224,16 @@ end
 -- The settings that must be whole numbers of at least 1 (argparse converts, not checks).
 local COUNTS = { "concurrency", "max_request_bytes", "max_request_instances", "retry_max_attempts" }
 
+-- A run stopped by err: its partial report, as --json or the summary.
+local function told_partial(report, err, a)
+  if a.json then
+    report.error = tostring(err)
+    io.stdout:write(report_json(report), "\n")
+  else
+    summary(report)
+  end
+end
+
 -- Stores the inputs with a progress bar on a terminal. Returns the report and verify's error, if
 -- any; or nil, nil and the exit code after saying why.
 local function run(store, inputs, a)
@@ -232,7 +242,7 @@ local function run(store, inputs, a)
   local show = not a.json and not a.no_progress and core.isatty(2)
   local on_progress
   if show then on_progress = progress_bar(count(inputs, a.shard)) end
-  local report, err = store:store(inputs, {
+  local report, err, partial = store:store(inputs, {
     study_uid = a.study_uid, concurrency = a.concurrency, max_request_bytes = a.max_request_bytes,
     max_request_instances = a.max_request_instances, retry = { max_attempts = a.retry_max_attempts },
     journal = a.journal, shard = a.shard, on_progress = on_progress, overwrite = a.overwrite or nil,
@@ -241,7 +251,13 @@ local function run(store, inputs, a)
   })
   if show then io.stderr:write("\r\27[K") end
   if not report then
+    -- Stopped mid-run (the journal could not be written): what was done is still told, and the
+    -- journal holds what it had recorded by then.
+    if partial then told_partial(partial, err, a) end
     say("%s", tostring(err))
+    if partial and a.journal then
+      say("what was stored before is in the journal: run the same command again to resume")
+    end
     return nil, nil, common.EXIT_USAGE
   end
   local verr
