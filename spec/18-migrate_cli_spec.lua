@@ -187,6 +187,7 @@ describe("healthcare import", function()
       { { "import", store, "gs://bkt/x.dcm", "--poll-interval", "0" }, "--poll-interval must be" },
       { { "operations", "list", dataset, "--operation-timeout=-1" }, "--operation-timeout must be" },
       { { "operations", "get", dataset .. "/operations/1", "--filter", "done=true" }, "--filter applies to list" },
+      { { "operations", "wait", dataset .. "/operations/1", "--no-wait" }, "unknown option '--no-wait'" },
     }) do
       local so, se, code = hc(case[1])
       assert.equal(2, code, table.concat(case[1], " ") .. "\n" .. se)

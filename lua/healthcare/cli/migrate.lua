@@ -11,11 +11,11 @@ local M = {}
 
 --- A parser for `healthcare <name>`: description, epilog, then add(p) for the arguments and
 --- options of the command, then the waiting and client options.
-function M.parser(name, description, epilog, add)
+function M.parser(name, description, epilog, add, wait_opts)
   local p = argparse("healthcare " .. name, description)
   p:epilog(epilog)
   add(p)
-  wait.add_options(p)
+  wait.add_options(p, wait_opts)
   common.add_client_options(p)
   return p
 end

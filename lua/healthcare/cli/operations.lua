@@ -38,7 +38,9 @@ local function parser()
       p:option("--limit", "list: at most N operations in all, from at most N pages.",
         tostring(M.DEFAULT_LIMIT)):argname("<n>"):convert(tonumber)
       p:flag("--json", "list and get: the answer as JSON (get always prints JSON).")
-    end)
+    end,
+    -- it starts nothing: wait waits, and the others do not
+    { no_wait = false })
 end
 M.parser = parser -- the bash completion reads its options
 

@@ -24,11 +24,14 @@ M.DEFAULT_POLL_INTERVAL = 1
 -- The counters of OperationMetadata.counter (ProgressCounter), in the order lines show them.
 M.COUNTERS = { "success", "failure", "pending" }
 
---- Adds --no-wait, --operation-timeout and --poll-interval to an argparse parser.
-function M.add_options(p)
-  p:flag("--no-wait", "Start the operation, print its name on standard output and exit 0 without waiting "
-    .. "(healthcare operations wait NAME waits for it later). An operation over at once is told as the waiting "
-    .. "tells it, with its exit code.")
+--- Adds --no-wait, --operation-timeout and --poll-interval to an argparse parser; opts.no_wait =
+--- false: not --no-wait (a command that starts nothing).
+function M.add_options(p, opts)
+  if not (opts and opts.no_wait == false) then
+    p:flag("--no-wait", "Start the operation, print its name on standard output and exit 0 without waiting "
+      .. "(healthcare operations wait NAME waits for it later). An operation over at once is told as the waiting "
+      .. "tells it, with its exit code.")
+  end
   p:option("--operation-timeout", "Seconds to wait for the operation, a poll in flight included, before giving "
     .. "up waiting (it goes on running on the server).", tostring(M.DEFAULT_OPERATION_TIMEOUT))
     :argname("<seconds>"):convert(tonumber)
