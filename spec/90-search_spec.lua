@@ -575,6 +575,8 @@ class H(BaseHTTPRequestHandler):
             it = item(1)
             it["00080020"] = {"vr": "SQ", "Value": [1, "x"]}
             return self.send(200, json.dumps([it]).encode())
+        if kind == "notobject":   # a list, its second item a number
+            return self.send(200, json.dumps([item(1), 2]).encode())
         if kind == "emptyobject":
             return self.send(200, b"{}")
         if kind == "many":   # ten times as many as asked, and one
@@ -691,6 +693,14 @@ describe("search: answers only Google (or a broken server) gives", function()
     assert.equal("http", err.kind)
     assert.matches("^SearchForStudies: HTTP 200: the answer is not a DICOM JSON list %(not a JSON array%): {}$",
       err.message)
+  end)
+
+  it("refuses a list with an item that is not an object, worded as every refused answer", function()
+    local items, err = assert(store_at("notobject"):search_studies({})):all()
+    assert.is_nil(items)
+    assert.equal("http", err.kind)
+    assert.equal(200, err.http_status)
+    assert.equal("SearchForStudies: HTTP 200: result 2 is not a DICOM JSON object", err.message)
   end)
 
   it("refuses a page of far more results than asked, before making them", function()

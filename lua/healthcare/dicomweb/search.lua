@@ -188,6 +188,13 @@ Results.__index = Results
 Results.__name = "healthcare.Results"
 M.Results = Results
 
+-- The error of a 2xx answer the search cannot take, every such refusal worded alike:
+-- "<what>: HTTP <status>: <why>" (why: string.format(fmt, ...)).
+local function refused(self, status, fmt, ...)
+  return errors.new("http", string.format("%s: HTTP %d: ", self.what, status) .. string.format(fmt, ...),
+    { http_status = status })
+end
+
 -- One attempt at a page: the list of raw data sets, or nil, err. Sets self.warning from a
 -- Warning header.
 local function fetch_once(self, limit, offset)
@@ -222,20 +229,18 @@ local function fetch_once(self, limit, offset)
   local list, why = nil, "not a JSON array"
   if body:find("^%s*%[") then list, why = cjson.decode(body) end
   if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
-    return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a DICOM JSON list (%s): %s",
-      self.what, res.status, why or "not a list", (body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
+    return nil, refused(self, res.status, "the answer is not a DICOM JSON list (%s): %s", why or "not a list",
+      (body:gsub("%s+", " "):sub(1, 200)))
   end
   local most = self.page_size * M.MAX_PAGE_ITEMS_FACTOR
   if limit and limit * M.MAX_PAGE_ITEMS_FACTOR > most then most = limit * M.MAX_PAGE_ITEMS_FACTOR end
   if limit and #list > most then
-    return nil, errors.new("http", string.format("%s: HTTP %d: the server answered %d results to a request for at "
-      .. "most %s; refused above %d (it ignores limit?)", self.what, res.status, #list, int_string(limit), most),
-      { http_status = res.status })
+    return nil, refused(self, res.status, "the server answered %d results to a request for at most %s; refused "
+      .. "above %d (it ignores limit?)", #list, int_string(limit), most)
   end
-  for _, item in ipairs(list) do
+  for i, item in ipairs(list) do
     if type(item) ~= "table" then
-      return nil, errors.new("http", self.what .. ": a result is not a DICOM JSON object",
-        { http_status = res.status })
+      return nil, refused(self, res.status, "result %d is not a DICOM JSON object", i)
     end
   end
   return list, res
@@ -259,17 +264,14 @@ end
 -- from the first result whatever offset says.
 local function page_refusal(self, list, res, ask, at, before)
   if #list == 0 then return nil end
-  local tell = function(fmt, ...)
-    return errors.new("http", self.what .. ": HTTP " .. res.status .. ": " .. string.format(fmt, ...),
-      { http_status = res.status })
-  end
   if ask and at > 0 and #list > ask then
-    return tell("the server answered %d results to a request for %d at offset %s: it ignores limit, and the "
-      .. "results after an offset cannot be told", #list, ask, int_string(at))
+    return refused(self, res.status, "the server answered %d results to a request for %d at offset %s: it ignores "
+      .. "limit, and the results after an offset cannot be told", #list, ask, int_string(at))
   end
   local ends = page_ends(list, RESULT_UID[self.level])
   if ends and ends == before then
-    return tell("the server answered the same results again at offset %s (it ignores offset?)", int_string(at))
+    return refused(self, res.status, "the server answered the same results again at offset %s (it ignores offset?)",
+      int_string(at))
   end
   return nil, ends
 end
