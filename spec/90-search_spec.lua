@@ -583,6 +583,8 @@ class H(BaseHTTPRequestHandler):
             return self.send(200, json.dumps([{}] * (limit * 10 + 1)).encode())
         if kind == "noseek":   # honours limit, ignores offset: the same page for ever
             return self.send(200, json.dumps([item(i) for i in range(limit)]).encode())
+        if kind == "noseek-nouid":   # the same, its results without UIDs
+            return self.send(200, json.dumps([{"00100020": {"vr": "LO", "Value": ["P"]}}] * limit).encode())
         if kind == "values":   # an empty Value, a null among values
             it = item(1)
             it["00081030"] = {"vr": "LO", "Value": []}
@@ -728,6 +730,21 @@ describe("search: answers only Google (or a broken server) gives", function()
     assert.equal("SearchForStudies: HTTP 200: the server answered the same results again at offset 2 (it ignores "
       .. "offset?)", err.message)
     assert.equal(2, r.requests)
+  end)
+
+  it("stops when the server answers the same page again, its results without UIDs (the same bytes)", function()
+    for _, page_size in ipairs({ 1, 3 }) do
+      local r = assert(store_at("noseek-nouid"):search_series({}, { page_size = page_size }))
+      local n = 0
+      for _ in r:each() do
+        n = n + 1
+        if n > 10 then break end -- (paging for ever: no error to read)
+      end
+      assert.equal(page_size, n)
+      assert.equal("SearchForSeries: HTTP 200: the server answered the same results again at offset "
+        .. page_size .. " (it ignores offset?)", r.error.message)
+      assert.equal(2, r.requests)
+    end
   end)
 
   it("refuses an offset from a server that ignores limit (its answer starts at the first result)", function()

@@ -2,6 +2,7 @@
 -- Search (QIDO-RS, PS3.18 10.6): SearchForStudies, SearchForSeries, SearchForInstances.
 -- The query is checked whole before anything is sent; results come page by page (limit and
 -- offset) as the caller iterates, each item a DICOM JSON data set wrapped for keyword access.
+local core = require "healthcare.core"
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
@@ -259,21 +260,23 @@ local function page_ends(list, tag)
   return table.concat(ends, " ")
 end
 
--- Why a page cannot be taken after the one before (its ends, as page_ends), or nil. A server
--- that ignores offset answers the same page for ever; one that ignores limit as well answers
--- from the first result whatever offset says.
+-- Why a page cannot be taken after the one before, or nil and what tells this page from the
+-- next: { ends = page_ends' (nil without UIDs), digest = its body's SHA-256 }. A server that
+-- ignores offset answers the same page for ever: the same UIDs at its ends or, where its
+-- results have none, the same bytes (two pages in a row cannot both be the same results).
+-- One that ignores limit as well answers from the first result whatever offset says.
 local function page_refusal(self, list, res, ask, at, before)
   if #list == 0 then return nil end
   if ask and at > 0 and #list > ask then
     return refused(self, res.status, "the server answered %d results to a request for %d at offset %s: it ignores "
       .. "limit, and the results after an offset cannot be told", #list, ask, int_string(at))
   end
-  local ends = page_ends(list, RESULT_UID[self.level])
-  if ends and ends == before then
+  local seen = { ends = page_ends(list, RESULT_UID[self.level]), digest = core.sha256_hex(res.body) }
+  if before and ((seen.ends and seen.ends == before.ends) or seen.digest == before.digest) then
     return refused(self, res.status, "the server answered the same results again at offset %s (it ignores offset?)",
       int_string(at))
   end
-  return nil, ends
+  return nil, seen
 end
 
 -- One page, tried again under the search's retry policy: as fetch_once.
@@ -306,7 +309,7 @@ function Results:each()
   if whole then skip, at = at, 0 end
   local page, i = {}, 0
   local done = false
-  local ends -- the last page's first and last UIDs
+  local last -- what tells the last page (page_refusal's)
   return function()
     while true do
       if want and got >= want then return nil end
@@ -333,7 +336,7 @@ function Results:each()
           return nil
         end
         local refusal
-        refusal, ends = page_refusal(self, list, res, ask, at, ends)
+        refusal, last = page_refusal(self, list, res, ask, at, last)
         if refusal then
           self.error, done = refusal, true
           page, i = {}, 0
