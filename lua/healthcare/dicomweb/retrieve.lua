@@ -729,11 +729,14 @@ local function check_to(opts, fname)
   end
 end
 
--- The instances already in dir, by SOP Instance UID: <uid>.dcm files whose content carries that
--- UID (a file only gets that name once it arrived whole). Returns uid -> { path, size }, and
+-- The instances of `study` (of its `series`, when not nil) already in dir, by SOP Instance UID:
+-- <uid>.dcm files whose content carries that UID and says it is of the study (and series) asked
+-- for (a file only gets that name once it arrived whole; one of another study, or a copy of the
+-- instance that says so, is no instance of this retrieve's). Returns uid -> { path, size }, and
 -- what dir holds of each series of `study`: series UID -> { count, bytes, uids }. keep: nil, or
--- keep(uid, path, size) -> whether to count that file at all.
-local function already_in(dir, study, keep)
+-- keep(uid, path, size, asked) -> whether to count that file at all (asked: it is of the study
+-- and series asked for; without keep, only those count).
+local function already_in(dir, study, series, keep)
   local have, held = {}, {}
   if not is_dir(dir) then return have, held end
   for name in lfs.dir(dir) do
@@ -742,8 +745,9 @@ local function already_in(dir, study, keep)
       local path = join(dir, name)
       local info = core.dicom_probe(path)
       local size = info and (info.size or lfs.attributes(path, "size"))
+      local asked = info and info.study_uid == study and (series == nil or info.series_uid == series)
       if info and (info.sop_instance_uid or info.media_sop_instance_uid) == uid
-        and (not keep or keep(uid, path, size)) then
+        and (keep and keep(uid, path, size, asked) or (not keep and asked)) then
         have[uid] = { path = path, size = size }
         if info.study_uid == study and info.series_uid then
           local h = held[info.series_uid] or { count = 0, bytes = 0, uids = {} }
@@ -943,7 +947,7 @@ function M.missing(store, study, series, dir, opts)
   opts = opts or {}
   local want = opts.names
   local deadline = opts.timeout and core.now() + opts.timeout or math.huge
-  local have, held = already_in(dir, study)
+  local have, held = already_in(dir, study, series)
   local plan, perr = plan_series(store, study, series, opts, held, deadline)
   if not plan then return nil, perr end
   local out = { count = 0, uids = {} }
@@ -1008,13 +1012,14 @@ end
 -- run: the files told of that are not there whole, marked false in sizes. A file of the record at
 -- another size (cut short, or written over) is not this retrieve's: fetched again. A file not of
 -- the record was there before (or put there by another process) and counts only with
--- skip_existing.
+-- skip_existing, and when it is of the study and series asked for (one of the record counts
+-- whatever its data set says: it was listed so, its warning telling).
 local function sort_told(sizes, skip_existing)
   local told, whole = {}, {}
-  local function keep(uid, _, size)
+  local function keep(uid, _, size, asked)
     local k = told_key(uid)
     local s = sizes[k]
-    if s == nil then return skip_existing end
+    if s == nil then return skip_existing and asked end
     if s ~= size then return false end
     told[uid], whole[k] = s, true
     return true
@@ -1146,11 +1151,11 @@ local function retrieve_collection(store, uids, opts, what, bounds)
     attempts = n
     local have, held, told = {}, {}, nil
     if n == 1 and opts.skip_existing then
-      have, held = already_in(dir, study)
+      have, held = already_in(dir, study, series)
     elseif n > 1 then
       local keep, lost
       keep, told, lost = sort_told(sizes, opts.skip_existing == true)
-      have, held = already_in(dir, study, keep)
+      have, held = already_in(dir, study, series, keep)
       local keys, count, bytes = lost()
       if count > 0 then sum.forget(keys, count, bytes) end
     end
