@@ -725,6 +725,20 @@ describe("healthcare retrieve and search", function()
     assert.matches("expected a whole number from 1 to 1000, got '0'", r.stderr)
   end)
 
+  it("names an instance whose retrieve failed missing when the file there by its name is not it", function()
+    local s = the_study()
+    local f = s.files[1]
+    local dir = H.tmpdir()
+    local target = s.study_uid .. "/" .. f.series_uid .. "/" .. f.sop_instance_uid
+    for _, there in ipairs({ "not DICOM any more", H.file_bytes(s.files[2].path) }) do
+      H.write_file(dir .. "/" .. f.sop_instance_uid .. ".dcm", there)
+      faults({ { http_method = "GET", path = "/instances/[^/]+$", cut_after_bytes = math.floor(f.size / 2) } })
+      local r = command({ "retrieve", target, "-o", dir, "--no-progress", "--retry-max-attempts", "1" })
+      assert.equal(1, r.code, r.stderr)
+      assert.matches("missing 1 instance of [^\n]*: " .. f.sop_instance_uid:gsub("%.", "%%.") .. "\n", r.stderr)
+    end
+  end)
+
   it("writes again a file removed before its next attempt, and lists it once in --json", function()
     local s = the_study()
     local dir = H.tmpdir() .. "/out"
