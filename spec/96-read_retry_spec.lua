@@ -474,13 +474,23 @@ describe("a retrieve whose files are removed or damaged between its attempts", f
 end)
 
 describe("a retrieve whose files are removed or damaged during its last attempt", function()
-  -- The first three files told of are damaged (DAMAGE) once the fifth is told of: the transfer
+  -- DAMAGE, and another instance of the same size put in the file's place (its SOP Instance UID
+  -- one digit off): a file of that name at that size is not the instance told of.
+  local damages = { DAMAGE[1], DAMAGE[2], DAMAGE[3], function(path)
+    local uid = path:match("([^/]+)%.dcm$")
+    local other = uid:sub(1, -2) .. tostring((tonumber(uid:sub(-1)) + 1) % 10)
+    local bytes, n = H.file_bytes(path):gsub(uid:gsub("%p", "%%%0"), other)
+    assert(n > 0)
+    H.write_file(path, bytes)
+  end }
+
+  -- The first four files told of are damaged (damages) once the fifth is told of: the transfer
   -- goes on, and these files are not written again by it.
   local function damaging(told)
     return function(f)
       told[#told + 1] = { path = f.path, size = f.size, sop_instance_uid = f.sop_instance_uid }
       if #told == 5 then
-        for i, damage in ipairs(DAMAGE) do damage(told[i].path) end
+        for i, damage in ipairs(damages) do damage(told[i].path) end
       end
     end
   end
@@ -495,16 +505,16 @@ describe("a retrieve whose files are removed or damaged during its last attempt"
           on_file = damaging(told), retry = { max_attempts = 1 } })
         assert.is_nil(res)
         assert.equal("io", err.kind)
-        assert.equal("RetrieveStudy: 3 files it wrote were removed or changed before the retrieve ended", err.message)
+        assert.equal("RetrieveStudy: 4 files it wrote were removed or changed before the retrieve ended", err.message)
         assert.equal(10, #told)
-        assert.equal(7, partial.count)
+        assert.equal(6, partial.count)
         local whole = {}
-        for i = 4, #told do whole[#whole + 1] = told[i] end
+        for i = 5, #told do whole[#whole + 1] = told[i] end
         assert_sizes(partial, list_files and partial.files or whole)
         if list_files then
-          assert.equal(7, #partial.files)
+          assert.equal(6, #partial.files)
           for _, f in ipairs(partial.files) do
-            for i = 1, 3 do assert.not_equal(told[i].path, f.path) end
+            for i = 1, 4 do assert.not_equal(told[i].path, f.path) end
           end
         end
       end)

@@ -1027,18 +1027,20 @@ local function sort_told(sizes, skip_existing)
   return keep, told, function() return mark_lost(sizes, whole) end
 end
 
-local function at_size(path, size)
-  local a = lfs.attributes(path)
-  return a ~= nil and a.mode == "file" and a.size == size
+-- Whether the file at path holds instance uid at that size, its header read as already_in reads
+-- it (the probe: a prefix of the file).
+local function holds(path, uid, size)
+  local info = core.dicom_probe(path)
+  return info ~= nil and info.size == size and (info.sop_instance_uid or info.media_sop_instance_uid) == uid
 end
 
 -- After an attempt (the transfer went on while the files it had told of lay in dir, open to
 -- other processes): what it says is in dir must be there. The files of the record (sizes) that
--- dir no longer holds at the size told (removed, cut short or written over), marked lost as
--- sort_told's lost() marks them, and the files kept from before (kept: nil or a list of { path,
--- size }) no longer there at their size, taken out of kept. A stat of each <uid>.dcm file, no
--- read: 20,000 took about 0.1 s. Returns lost, n, bytes (as mark_lost's) and the number of kept
--- files gone.
+-- dir no longer holds as their instance at the size told (removed, cut short, written over,
+-- another instance put in their place), marked lost as sort_told's lost() marks them, and the
+-- files kept from before (kept: nil or a list of { path, size }) no longer so, taken out of kept.
+-- A probe of each <uid>.dcm file (holds): 20,000 small ones took 0.3 s, as already_in.
+-- Returns lost, n, bytes (as mark_lost's) and the number of kept files gone.
 local function gone_after(dir, sizes, kept)
   local whole = {}
   if next(sizes) ~= nil and is_dir(dir) then
@@ -1047,14 +1049,14 @@ local function gone_after(dir, sizes, kept)
       if uid and names.valid_uid(uid) then
         local k = told_key(uid)
         local s = sizes[k]
-        if s and at_size(join(dir, name), s) then whole[k] = true end
+        if s and holds(join(dir, name), uid, s) then whole[k] = true end
       end
     end
   end
   local lost, n, bytes = mark_lost(sizes, whole)
   local gone, there = 0, {}
   for _, f in ipairs(kept or {}) do
-    if at_size(f.path, f.size) then there[#there + 1] = f else gone = gone + 1 end
+    if holds(f.path, f.path:match("([^/]+)%.dcm$"), f.size) then there[#there + 1] = f else gone = gone + 1 end
   end
   if gone > 0 then
     for i = 1, #kept do kept[i] = there[i] end
@@ -1063,7 +1065,8 @@ local function gone_after(dir, sizes, kept)
 end
 
 -- The failure of an attempt after which files it told of (lost of them) or kept from before
--- (gone of them) were no longer in dir at their size: worth another attempt, which fetches them.
+-- (gone of them) were no longer in dir as their instances at their sizes: worth another attempt,
+-- which fetches them.
 -- err: the attempt's own failure, its message then telling of them too.
 local function files_gone(what, lost, gone, err)
   local parts = {}
@@ -1129,9 +1132,9 @@ end
 -- skip_existing, of what it held before): the series and instances a search of the server names,
 -- as skip_existing does. A series that comes whole again is written again, but its files this
 -- retrieve already had are not listed, counted or told of twice. After each attempt the files
--- it told of, and those it kept, are looked for at their sizes (gone_after): one that is gone
--- makes the attempt a failure worth another, which fetches it; after the last, the retrieve
--- fails saying so, and the file is neither listed nor counted.
+-- it told of, and those it kept, are looked for as their instances at their sizes (gone_after):
+-- one that is gone makes the attempt a failure worth another, which fetches it; after the last,
+-- the retrieve fails saying so, and the file is neither listed nor counted.
 local function retrieve_collection(store, uids, opts, what, bounds)
   local _, perr = resource_path(uids)
   if perr then return nil, perr end
@@ -1169,7 +1172,7 @@ local function retrieve_collection(store, uids, opts, what, bounds)
     -- without skip_existing nothing is kept: what a later attempt found there is this retrieve's
     if not opts.skip_existing then sum.kept = nil end
     -- (an attempt that fetched nothing only searched, moments after it read the kept files: they
-    -- are not looked at again, which would add a tenth to a re-run that finds all there)
+    -- are not read again, which would add 0.3 s for 20,000 to a re-run that finds all there)
     local fetched = not res or res.count > 0 or #res.rejected > 0
     local lost, count, bytes, gone = gone_after(dir, sizes, fetched and sum.kept or nil)
     if count > 0 then sum.forget(lost, count, bytes) end
