@@ -575,12 +575,16 @@ class H(BaseHTTPRequestHandler):
             it = item(1)
             it["00080020"] = {"vr": "SQ", "Value": [1, "x"]}
             return self.send(200, json.dumps([it]).encode())
+        if kind == "notobject":   # a list, its second item a number
+            return self.send(200, json.dumps([item(1), 2]).encode())
         if kind == "emptyobject":
             return self.send(200, b"{}")
         if kind == "many":   # ten times as many as asked, and one
             return self.send(200, json.dumps([{}] * (limit * 10 + 1)).encode())
         if kind == "noseek":   # honours limit, ignores offset: the same page for ever
             return self.send(200, json.dumps([item(i) for i in range(limit)]).encode())
+        if kind == "noseek-nouid":   # the same, its results without UIDs
+            return self.send(200, json.dumps([{"00100020": {"vr": "LO", "Value": ["P"]}}] * limit).encode())
         if kind == "values":   # an empty Value, a null among values
             it = item(1)
             it["00081030"] = {"vr": "LO", "Value": []}
@@ -693,6 +697,14 @@ describe("search: answers only Google (or a broken server) gives", function()
       err.message)
   end)
 
+  it("refuses a list with an item that is not an object, worded as every refused answer", function()
+    local items, err = assert(store_at("notobject"):search_studies({})):all()
+    assert.is_nil(items)
+    assert.equal("http", err.kind)
+    assert.equal(200, err.http_status)
+    assert.equal("SearchForStudies: HTTP 200: result 2 is not a DICOM JSON object", err.message)
+  end)
+
   it("refuses a page of far more results than asked, before making them", function()
     local items, err = assert(store_at("many"):search_studies({}, { page_size = 2 })):all()
     assert.is_nil(items)
@@ -718,6 +730,21 @@ describe("search: answers only Google (or a broken server) gives", function()
     assert.equal("SearchForStudies: HTTP 200: the server answered the same results again at offset 2 (it ignores "
       .. "offset?)", err.message)
     assert.equal(2, r.requests)
+  end)
+
+  it("stops when the server answers the same page again, its results without UIDs (the same bytes)", function()
+    for _, page_size in ipairs({ 1, 3 }) do
+      local r = assert(store_at("noseek-nouid"):search_series({}, { page_size = page_size }))
+      local n = 0
+      for _ in r:each() do
+        n = n + 1
+        if n > 10 then break end -- (paging for ever: no error to read)
+      end
+      assert.equal(page_size, n)
+      assert.equal("SearchForSeries: HTTP 200: the server answered the same results again at offset "
+        .. page_size .. " (it ignores offset?)", r.error.message)
+      assert.equal(2, r.requests)
+    end
   end)
 
   it("refuses an offset from a server that ignores limit (its answer starts at the first result)", function()

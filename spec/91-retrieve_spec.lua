@@ -218,6 +218,60 @@ describe("skip_existing: a retrieve that was interrupted, run again", function()
     assert.equal(#study.files, #listing(dir))
   end)
 
+  -- A UID of the same length, its last digit another.
+  local function one_off(uid)
+    assert(uid:match("%d%d$"), uid)
+    return uid:sub(1, -2) .. tostring((tonumber(uid:sub(-1)) + 1) % 10)
+  end
+
+  -- bytes, each UID of the pairs (old, new) written as the other (same length: same size)
+  local function with_uids(bytes, pairs_)
+    for i = 1, #pairs_, 2 do
+      local n
+      bytes, n = bytes:gsub(pairs_[i]:gsub("%p", "%%%0"), pairs_[i + 1])
+      assert(n > 0, pairs_[i])
+    end
+    return bytes
+  end
+
+  it("keeps only files that hold the instance of the study their name says, at any size", function()
+    local dir = H.tmpdir() .. "/study"
+    assert(orthanc_store():retrieve_study(study.uid, { to = dir }))
+    local s1 = study.series[1]
+    local a1, a2, a3 = study.in_series[s1][1], study.in_series[s1][2], study.in_series[s1][3]
+    local function file_of(f) return dir .. "/" .. f.sop_instance_uid .. ".dcm" end
+    local other_study = one_off(study.uid)
+    -- in a1's place another instance of the same size (its SOP Instance UID one digit off), in
+    -- a2's a2 of another study (the same size, the same SOP Instance UID), and beside them an
+    -- instance of that other study under its own name
+    H.write_file(file_of(a1), with_uids(H.file_bytes(a1.path), { a1.sop_instance_uid, one_off(a1.sop_instance_uid) }))
+    H.write_file(file_of(a2), with_uids(H.file_bytes(a2.path), { study.uid, other_study }))
+    local stranger = dir .. "/" .. one_off(a3.sop_instance_uid) .. ".dcm"
+    local stranger_bytes = with_uids(H.file_bytes(a3.path), { study.uid, other_study, a3.sop_instance_uid,
+      one_off(a3.sop_instance_uid) })
+    H.write_file(stranger, stranger_bytes)
+    -- each missing instance alone (request_cost = 0), then, the same done again, series 1 whole
+    -- again (a3 with them: what is there of it costs less than a request)
+    for _, case in ipairs({ { request_cost = 0, want = { a1, a2 } }, { want = { a1, a2, a3 } } }) do
+      local res = assert(orthanc_store():retrieve_study(study.uid, { to = dir, skip_existing = true,
+        request_cost = case.request_cost }))
+      local fetched, want = {}, {}
+      for _, f in ipairs(res.files) do fetched[#fetched + 1] = f.sop_instance_uid end
+      for _, f in ipairs(case.want) do want[#want + 1] = f.sop_instance_uid end
+      table.sort(fetched)
+      table.sort(want)
+      assert.same(want, fetched)
+      assert.equal(#study.files - #want, #res.kept)
+      for _, f in ipairs(res.kept) do assert.not_equal(stranger, f.path) end
+      for _, f in ipairs(study.files) do
+        assert.equal(f.sha256, H.sha256(file_of(f)), f.sop_instance_uid)
+      end
+      assert.equal(stranger_bytes, H.file_bytes(stranger))
+      H.write_file(file_of(a1), with_uids(H.file_bytes(a1.path), { a1.sop_instance_uid, one_off(a1.sop_instance_uid) }))
+      H.write_file(file_of(a2), with_uids(H.file_bytes(a2.path), { study.uid, other_study }))
+    end
+  end)
+
   it("only searches when everything is there, and retrieves as usual into an empty directory", function()
     local dir = H.tmpdir() .. "/study"
     local store, lines = logging_store()

@@ -473,6 +473,103 @@ describe("a retrieve whose files are removed or damaged between its attempts", f
 
 end)
 
+describe("a retrieve whose files are removed or damaged during its last attempt", function()
+  -- DAMAGE, and another instance of the same size put in the file's place (its SOP Instance UID
+  -- one digit off): a file of that name at that size is not the instance told of.
+  local damages = { DAMAGE[1], DAMAGE[2], DAMAGE[3], function(path)
+    local uid = path:match("([^/]+)%.dcm$")
+    local other = uid:sub(1, -2) .. tostring((tonumber(uid:sub(-1)) + 1) % 10)
+    local bytes, n = H.file_bytes(path):gsub(uid:gsub("%p", "%%%0"), other)
+    assert(n > 0)
+    H.write_file(path, bytes)
+  end }
+
+  -- The first four files told of are damaged (damages) once the fifth is told of: the transfer
+  -- goes on, and these files are not written again by it.
+  local function damaging(told)
+    return function(f)
+      told[#told + 1] = { path = f.path, size = f.size, sop_instance_uid = f.sop_instance_uid }
+      if #told == 5 then
+        for i, damage in ipairs(damages) do damage(told[i].path) end
+      end
+    end
+  end
+
+  for _, list_files in ipairs({ true, false }) do
+    it("fails saying so, the damaged files neither listed nor counted (list_files = " .. tostring(list_files) .. ")",
+      function()
+        local s = the_study()
+        local dir = H.tmpdir()
+        local told = {}
+        local res, err, partial = client_store():retrieve_study(s.study_uid, { to = dir, list_files = list_files,
+          on_file = damaging(told), retry = { max_attempts = 1 } })
+        assert.is_nil(res)
+        assert.equal("io", err.kind)
+        assert.equal("RetrieveStudy: 4 files it wrote were removed or changed before the retrieve ended", err.message)
+        assert.equal(10, #told)
+        assert.equal(6, partial.count)
+        local whole = {}
+        for i = 5, #told do whole[#whole + 1] = told[i] end
+        assert_sizes(partial, list_files and partial.files or whole)
+        if list_files then
+          assert.equal(6, #partial.files)
+          for _, f in ipairs(partial.files) do
+            for i = 1, 4 do assert.not_equal(told[i].path, f.path) end
+          end
+        end
+      end)
+  end
+
+  it("with attempts left, writes them again, each listed, counted and told of once", function()
+    local s = the_study()
+    local dir = H.tmpdir()
+    local told = {}
+    local on_file, told_count = counter()
+    local damage = damaging(told)
+    local res = assert(client_store():retrieve_study(s.study_uid, { to = dir, on_file = function(f)
+      on_file(f)
+      damage(f)
+    end }))
+    assert.equal(1, res.retries)
+    assert.equal(10, res.count)
+    assert.equal(10, told_count())
+    assert.equal(10, #res.files)
+    assert_sizes(res, res.files)
+    assert_whole(res, dir)
+  end)
+
+  it("with skip_existing, a file kept from before and removed meanwhile is not kept: fetched again, or the "
+    .. "retrieve fails", function()
+    local s = the_study()
+    local mr = s.series[2].instances
+    for _, retry in ipairs({ { max_attempts = 1 }, FAST }) do
+      local dir = H.tmpdir()
+      for _, uid in ipairs(mr) do H.write_file(dir .. "/" .. uid .. ".dcm", H.file_bytes(s.by_uid[uid].path)) end
+      local n = 0
+      -- (request_cost = 1: the missing one alone, not its series whole again)
+      local res, err, partial = client_store():retrieve_study(s.study_uid, { to = dir, skip_existing = true,
+        request_cost = 1, retry = retry, on_file = function()
+          n = n + 1
+          if n == 2 then assert(os.remove(dir .. "/" .. mr[1] .. ".dcm")) end
+        end })
+      if retry.max_attempts == 1 then
+        assert.is_nil(res)
+        assert.equal("RetrieveStudy: 1 file it kept from before was removed or changed before the retrieve ended",
+          err.message)
+        assert.equal(3, #partial.kept)
+        assert.equal(6, partial.count)
+        for _, f in ipairs(partial.kept) do assert.not_equal(dir .. "/" .. mr[1] .. ".dcm", f.path) end
+      else
+        assert(res, err)
+        assert.equal(1, res.retries)
+        assert.equal(3, #res.kept)
+        assert.equal(7, res.count)
+        assert_whole(res, dir)
+      end
+    end
+  end)
+end)
+
 describe("read retries", function()
   after_each(function() faults({}) end)
 
@@ -636,6 +733,20 @@ describe("healthcare retrieve and search", function()
     r = command({ "retrieve", s.study_uid, "-o", dir, "--retry-max-attempts", "0" })
     assert.equal(2, r.code)
     assert.matches("expected a whole number from 1 to 1000, got '0'", r.stderr)
+  end)
+
+  it("names an instance whose retrieve failed missing when the file there by its name is not it", function()
+    local s = the_study()
+    local f = s.files[1]
+    local dir = H.tmpdir()
+    local target = s.study_uid .. "/" .. f.series_uid .. "/" .. f.sop_instance_uid
+    for _, there in ipairs({ "not DICOM any more", H.file_bytes(s.files[2].path) }) do
+      H.write_file(dir .. "/" .. f.sop_instance_uid .. ".dcm", there)
+      faults({ { http_method = "GET", path = "/instances/[^/]+$", cut_after_bytes = math.floor(f.size / 2) } })
+      local r = command({ "retrieve", target, "-o", dir, "--no-progress", "--retry-max-attempts", "1" })
+      assert.equal(1, r.code, r.stderr)
+      assert.matches("missing 1 instance of [^\n]*: " .. f.sop_instance_uid:gsub("%.", "%%.") .. "\n", r.stderr)
+    end
   end)
 
   it("writes again a file removed before its next attempt, and lists it once in --json", function()

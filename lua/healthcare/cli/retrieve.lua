@@ -157,8 +157,11 @@ end
 -- missing (the server is often what failed).
 local function missing_instances(store, t, dir, names_shown)
   if t.instance then
+    -- held: a file there that says it is the instance asked for, as retrieve.missing counts one
     local path = path_prefix(dir).text .. t.instance .. ".dcm"
-    local held = names.valid_uid(t.instance) and lfs.attributes(path, "mode") == "file"
+    local info = names.valid_uid(t.instance) and lfs.attributes(path, "mode") == "file" and core.dicom_probe(path)
+    local held = info and (info.sop_instance_uid or info.media_sop_instance_uid) == t.instance
+      and info.study_uid == t.study and info.series_uid == t.series
     return held and { count = 0, uids = {} } or { count = 1, uids = { t.instance } }
   end
   return retrieve.missing(store, t.study, t.series, dir, { names = names_shown })

@@ -2,6 +2,7 @@
 -- Search (QIDO-RS, PS3.18 10.6): SearchForStudies, SearchForSeries, SearchForInstances.
 -- The query is checked whole before anything is sent; results come page by page (limit and
 -- offset) as the caller iterates, each item a DICOM JSON data set wrapped for keyword access.
+local core = require "healthcare.core"
 local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
@@ -188,6 +189,13 @@ Results.__index = Results
 Results.__name = "healthcare.Results"
 M.Results = Results
 
+-- The error of a 2xx answer the search cannot take, every such refusal worded alike:
+-- "<what>: HTTP <status>: <why>" (why: string.format(fmt, ...)).
+local function refused(self, status, fmt, ...)
+  return errors.new("http", string.format("%s: HTTP %d: ", self.what, status) .. string.format(fmt, ...),
+    { http_status = status })
+end
+
 -- One attempt at a page: the list of raw data sets, or nil, err. Sets self.warning from a
 -- Warning header.
 local function fetch_once(self, limit, offset)
@@ -222,20 +230,18 @@ local function fetch_once(self, limit, offset)
   local list, why = nil, "not a JSON array"
   if body:find("^%s*%[") then list, why = cjson.decode(body) end
   if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
-    return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a DICOM JSON list (%s): %s",
-      self.what, res.status, why or "not a list", (body:gsub("%s+", " "):sub(1, 200))), { http_status = res.status })
+    return nil, refused(self, res.status, "the answer is not a DICOM JSON list (%s): %s", why or "not a list",
+      (body:gsub("%s+", " "):sub(1, 200)))
   end
   local most = self.page_size * M.MAX_PAGE_ITEMS_FACTOR
   if limit and limit * M.MAX_PAGE_ITEMS_FACTOR > most then most = limit * M.MAX_PAGE_ITEMS_FACTOR end
   if limit and #list > most then
-    return nil, errors.new("http", string.format("%s: HTTP %d: the server answered %d results to a request for at "
-      .. "most %s; refused above %d (it ignores limit?)", self.what, res.status, #list, int_string(limit), most),
-      { http_status = res.status })
+    return nil, refused(self, res.status, "the server answered %d results to a request for at most %s; refused "
+      .. "above %d (it ignores limit?)", #list, int_string(limit), most)
   end
-  for _, item in ipairs(list) do
+  for i, item in ipairs(list) do
     if type(item) ~= "table" then
-      return nil, errors.new("http", self.what .. ": a result is not a DICOM JSON object",
-        { http_status = res.status })
+      return nil, refused(self, res.status, "result %d is not a DICOM JSON object", i)
     end
   end
   return list, res
@@ -254,24 +260,23 @@ local function page_ends(list, tag)
   return table.concat(ends, " ")
 end
 
--- Why a page cannot be taken after the one before (its ends, as page_ends), or nil. A server
--- that ignores offset answers the same page for ever; one that ignores limit as well answers
--- from the first result whatever offset says.
+-- Why a page cannot be taken after the one before, or nil and what tells this page from the
+-- next: { ends = page_ends' (nil without UIDs), digest = its body's SHA-256 }. A server that
+-- ignores offset answers the same page for ever: the same UIDs at its ends or, where its
+-- results have none, the same bytes (two pages in a row cannot both be the same results).
+-- One that ignores limit as well answers from the first result whatever offset says.
 local function page_refusal(self, list, res, ask, at, before)
   if #list == 0 then return nil end
-  local tell = function(fmt, ...)
-    return errors.new("http", self.what .. ": HTTP " .. res.status .. ": " .. string.format(fmt, ...),
-      { http_status = res.status })
-  end
   if ask and at > 0 and #list > ask then
-    return tell("the server answered %d results to a request for %d at offset %s: it ignores limit, and the "
-      .. "results after an offset cannot be told", #list, ask, int_string(at))
+    return refused(self, res.status, "the server answered %d results to a request for %d at offset %s: it ignores "
+      .. "limit, and the results after an offset cannot be told", #list, ask, int_string(at))
   end
-  local ends = page_ends(list, RESULT_UID[self.level])
-  if ends and ends == before then
-    return tell("the server answered the same results again at offset %s (it ignores offset?)", int_string(at))
+  local seen = { ends = page_ends(list, RESULT_UID[self.level]), digest = core.sha256_hex(res.body) }
+  if before and ((seen.ends and seen.ends == before.ends) or seen.digest == before.digest) then
+    return refused(self, res.status, "the server answered the same results again at offset %s (it ignores offset?)",
+      int_string(at))
   end
-  return nil, ends
+  return nil, seen
 end
 
 -- One page, tried again under the search's retry policy: as fetch_once.
@@ -304,7 +309,7 @@ function Results:each()
   if whole then skip, at = at, 0 end
   local page, i = {}, 0
   local done = false
-  local ends -- the last page's first and last UIDs
+  local last -- what tells the last page (page_refusal's)
   return function()
     while true do
       if want and got >= want then return nil end
@@ -331,7 +336,7 @@ function Results:each()
           return nil
         end
         local refusal
-        refusal, ends = page_refusal(self, list, res, ask, at, ends)
+        refusal, last = page_refusal(self, list, res, ask, at, last)
         if refusal then
           self.error, done = refusal, true
           page, i = {}, 0
