@@ -17,7 +17,6 @@
 -- tostring(err) gives the message made printable (util.printable): one line, safe for a terminal.
 -- Raised errors are kept for programming mistakes.
 local core = require "healthcare.core"
-local cjson = require "cjson.safe"
 local util = require "healthcare.util"
 
 local M = {}
@@ -121,7 +120,7 @@ function M.from_response(res, what, client)
   local body = res.body or ""
   if client then body = client:redact(body) end
   -- Orthanc's DICOMweb plugin sends its JSON errors without a JSON Content-Type.
-  local doc = (ctype:find("json", 1, true) or body:match("^%s*{")) and cjson.decode(body)
+  local doc = (ctype:find("json", 1, true) or body:match("^%s*{")) and util.decode_json(body)
   if type(doc) == "table" and type(doc.error) == "table" then
     local e = doc.error
     message = type(e.message) == "string" and e.message or nil

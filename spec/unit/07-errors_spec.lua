@@ -37,6 +37,10 @@ describe("errors.from_response", function()
     { "a proxy's 413 page as no Google status", { status = 413, headers = { ["content-type"] = "text/html" },
       body = "<html><h1>413 Request Entity Too Large</h1></html>" }, { status = "HTTP_413", retryable = false,
       message = "RetrieveStudy: HTTP 413 HTTP_413: <html><h1>413 Request Entity Too Large</h1></html>" } },
+    { "an envelope with a number JSON has not (NaN) as text, not as Google's", { status = 400, headers = JSON,
+      body = '{"error": {"code": NaN, "status": "INVALID_ARGUMENT", "message": "m"}}' },
+      { status = "HTTP_400", message = 'RetrieveStudy: HTTP 400 HTTP_400: {"error": {"code": NaN, "status": '
+        .. '"INVALID_ARGUMENT", "message": "m"}}' } },
     { "the envelope's status over the HTTP status's", { status = 400, headers = JSON,
       body = envelope(400, "FAILED_PRECONDITION", "not ready") },
       { kind = "http", status = "FAILED_PRECONDITION", message = "RetrieveStudy: HTTP 400 FAILED_PRECONDITION: not ready" } },
