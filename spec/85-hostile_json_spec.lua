@@ -131,6 +131,32 @@ describe("an Operation's answer", function()
   end)
 end)
 
+describe("other JSON from outside", function()
+  it("retrieve_metadata refuses NaN in a data set (it was taken as a number)", function()
+    local store = assert(healthcare.dicomweb(URL .. "/dicomweb", { retry = NO_RETRY }))
+    answers({ { status = 200, content_type = "application/dicom+json",
+      body = '[{"00280010": {"vr": "US", "Value": [NaN]}}]' } })
+    local res, err = store:retrieve_metadata("1.2.3")
+    store:close()
+    assert.is_nil(res)
+    assert.equal("dicom", err.kind)
+    assert.matches("^RetrieveMetadata: the answer is not a DICOM JSON list", err.message)
+  end)
+
+  it("deidentify --config with a hex number is no JSON (it was read as the number 16)", function()
+    local config = dir .. "/deid.json"
+    H.write_file(config, '{"dicom": {"filterProfile": 0x10}}')
+    local ds = "projects/p/locations/l/datasets/d"
+    local out, err, code = H.run("HEALTHCARE_ENDPOINT=" .. H.q(URL .. "/v1") .. " " .. H.healthcare_command({
+      "deidentify", ds .. "/dicomStores/s", ds .. "/dicomStores/s-deid", "--config", config,
+      "--access-token", TOKEN }))
+    assert.equal(2, code, err)
+    assert.equal("", out)
+    assert.matches("is not a JSON object %(a DeidentifyConfig%): Expected value but found invalid number", err)
+    assert.same({}, requests())
+  end)
+end)
+
 describe("a STOW-RS answer", function()
   local file = H.fresh_files(2)
 
