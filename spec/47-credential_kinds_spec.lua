@@ -496,6 +496,15 @@ describe("external_account with an executable source", function()
       c3:close()
       _, runs = ex.runs():gsub("%-%-%-%-", "")
       assert.are.equal(2, runs)
+      -- An expiration_time of 1e400 (JSON, an infinity) is no time: it runs again (it was an answer
+      -- good for ever).
+      H.write_file(out, (cjson.encode({ version = 1, success = true, token_type = JWT, id_token = subject,
+        expiration_time = 1 }):gsub('"expiration_time":1', '"expiration_time":1e400')))
+      local c4 = assert(client_for(file))
+      store_and_search(c4)
+      c4:close()
+      _, runs = ex.runs():gsub("%-%-%-%-", "")
+      assert.are.equal(3, runs)
     end)
   end)
 

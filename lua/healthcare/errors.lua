@@ -17,7 +17,6 @@
 -- tostring(err) gives the message made printable (util.printable): one line, safe for a terminal.
 -- Raised errors are kept for programming mistakes.
 local core = require "healthcare.core"
-local cjson = require "cjson.safe"
 local util = require "healthcare.util"
 
 local M = {}
@@ -30,13 +29,16 @@ M.RETRYABLE_TRANSPORT = {
 }
 -- google.rpc.ErrorInfo reasons that say the credential is wrong, whatever the HTTP status.
 M.CREDENTIAL_REASONS = { API_KEY_INVALID = true, API_KEY_EXPIRED = true, API_KEY_SERVICE_BLOCKED = true }
--- Google's canonical status for an HTTP status, used when a reply has no envelope.
+-- The status of a reply without Google's envelope (a proxy's, a load balancer's, Orthanc's, plain
+-- text): Google's canonical name only where its mapping (google/rpc/code.proto) gives the HTTP
+-- status one code, and 502 (a gateway that says its upstream failed: UNAVAILABLE, as gRPC's
+-- mapping for intermediaries has it); else "HTTP_<n>". 400 is INVALID_ARGUMENT, FAILED_PRECONDITION
+-- or OUT_OF_RANGE, 409 ALREADY_EXISTS or ABORTED (a proxy's 409 says neither), 500 INTERNAL,
+-- UNKNOWN or DATA_LOSS; 408, 413 (a proxy's body limit) and 415 have no code at all.
 local STATUS_NAME = {
-  [400] = "INVALID_ARGUMENT", [401] = "UNAUTHENTICATED", [403] = "PERMISSION_DENIED",
-  [404] = "NOT_FOUND", [408] = "DEADLINE_EXCEEDED", [409] = "ALREADY_EXISTS",
-  [413] = "INVALID_ARGUMENT", [415] = "INVALID_ARGUMENT", [429] = "RESOURCE_EXHAUSTED",
-  [499] = "CANCELLED", [500] = "INTERNAL", [501] = "NOT_IMPLEMENTED", [502] = "UNAVAILABLE",
-  [503] = "UNAVAILABLE", [504] = "DEADLINE_EXCEEDED",
+  [401] = "UNAUTHENTICATED", [403] = "PERMISSION_DENIED", [404] = "NOT_FOUND", [429] = "RESOURCE_EXHAUSTED",
+  [499] = "CANCELLED", [501] = "UNIMPLEMENTED", [502] = "UNAVAILABLE", [503] = "UNAVAILABLE",
+  [504] = "DEADLINE_EXCEEDED",
 }
 
 M.mt = core.Error
@@ -118,7 +120,7 @@ function M.from_response(res, what, client)
   local body = res.body or ""
   if client then body = client:redact(body) end
   -- Orthanc's DICOMweb plugin sends its JSON errors without a JSON Content-Type.
-  local doc = (ctype:find("json", 1, true) or body:match("^%s*{")) and cjson.decode(body)
+  local doc = (ctype:find("json", 1, true) or body:match("^%s*{")) and util.decode_json(body)
   if type(doc) == "table" and type(doc.error) == "table" then
     local e = doc.error
     message = type(e.message) == "string" and e.message or nil

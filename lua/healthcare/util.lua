@@ -19,6 +19,32 @@ function M.sleep(seconds)
   return true
 end
 
+-- ---- JSON from outside ------------------------------------------------------------------------
+-- lua-cjson by default takes numbers JSON has not: NaN, Infinity, hex (0x10), a leading "+" or
+-- "0". A server's answer, a credential file or a program's output holding them is no JSON, and
+-- the values they make (NaN above all: it compares false with everything) would pass every
+-- "seconds <= 0" or "count > 0" check of the code. One decoder of our own (new(): the module's
+-- shared cjson, and OpenResty's, keep their settings), strict, decodes every such text.
+local strict_json = require("cjson.safe").new()
+strict_json.decode_invalid_numbers(false)
+
+--- The value of a JSON text that came from outside (a server, a file, a program), or nil and
+--- cjson's reason, which names a position and never quotes the text. A number too large for a
+--- double (1e400) is JSON and decodes as an infinity: what the code computes with goes through
+--- M.finite_number.
+function M.decode_json(text)
+  if type(text) ~= "string" then return nil, "no text" end
+  return strict_json.decode(text)
+end
+
+--- v when it is a finite number (not NaN, not an infinity) within [min, max] (each optional),
+--- else nil: for numbers a server sends and the code relies on (seconds, counts, codes).
+function M.finite_number(v, min, max)
+  if type(v) ~= "number" or v ~= v or v == math.huge or v == -math.huge then return nil end
+  if (min and v < min) or (max and v > max) then return nil end
+  return v
+end
+
 -- ---- misuse: raised with the caller's position ------------------------------------------------
 -- Every public entry point checks its arguments and options with these two, first thing, so a
 -- programming mistake raises "bad argument #1 to 'retrieve_study' (string expected, got number)"

@@ -29,6 +29,18 @@ describe("errors.from_response", function()
     { "Google's envelope", { status = 404, headers = JSON, body = envelope(404, "NOT_FOUND", "no such study") },
       { kind = "http", http_status = 404, status = "NOT_FOUND", retryable = false,
         message = "RetrieveStudy: HTTP 404 NOT_FOUND: no such study" } },
+    { "a 409 envelope's ALREADY_EXISTS", { status = 409, headers = JSON,
+      body = envelope(409, "ALREADY_EXISTS", "dataset exists") },
+      { status = "ALREADY_EXISTS", message = "RetrieveStudy: HTTP 409 ALREADY_EXISTS: dataset exists" } },
+    { "a proxy's 409 in plain text as no Google status", { status = 409, headers = { ["content-type"] = "text/plain" },
+      body = "Conflict" }, { kind = "http", status = "HTTP_409", message = "RetrieveStudy: HTTP 409 HTTP_409: Conflict" } },
+    { "a proxy's 413 page as no Google status", { status = 413, headers = { ["content-type"] = "text/html" },
+      body = "<html><h1>413 Request Entity Too Large</h1></html>" }, { status = "HTTP_413", retryable = false,
+      message = "RetrieveStudy: HTTP 413 HTTP_413: <html><h1>413 Request Entity Too Large</h1></html>" } },
+    { "an envelope with a number JSON has not (NaN) as text, not as Google's", { status = 400, headers = JSON,
+      body = '{"error": {"code": NaN, "status": "INVALID_ARGUMENT", "message": "m"}}' },
+      { status = "HTTP_400", message = 'RetrieveStudy: HTTP 400 HTTP_400: {"error": {"code": NaN, "status": '
+        .. '"INVALID_ARGUMENT", "message": "m"}}' } },
     { "the envelope's status over the HTTP status's", { status = 400, headers = JSON,
       body = envelope(400, "FAILED_PRECONDITION", "not ready") },
       { kind = "http", status = "FAILED_PRECONDITION", message = "RetrieveStudy: HTTP 400 FAILED_PRECONDITION: not ready" } },
@@ -64,17 +76,17 @@ describe("errors.from_response", function()
         message = "RetrieveStudy: HTTP 404 NOT_FOUND: No such study" } },
     { "Orthanc's Message when Details is empty", { status = 400, headers = {},
       body = '{"Message":"Bad\\nrequest","Details":""}' },
-      { status = "INVALID_ARGUMENT", message = "RetrieveStudy: HTTP 400 INVALID_ARGUMENT: Bad request" } },
+      { status = "HTTP_400", message = "RetrieveStudy: HTTP 400 HTTP_400: Bad request" } },
     { "plain text, white space folded", { status = 502, headers = { ["content-type"] = "text/html" },
       body = "<html>\n  Bad   Gateway\n</html>" },
       { kind = "http", status = "UNAVAILABLE", retryable = true,
         message = "RetrieveStudy: HTTP 502 UNAVAILABLE: <html> Bad Gateway </html>" } },
     { "plain text cut at 200 bytes", { status = 500, headers = {}, body = string.rep("x", 500) },
-      { status = "INTERNAL", retryable = true, message = "RetrieveStudy: HTTP 500 INTERNAL: " .. string.rep("x", 200) } },
+      { status = "HTTP_500", retryable = true, message = "RetrieveStudy: HTTP 500 HTTP_500: " .. string.rep("x", 200) } },
     { "JSON that is not an error", { status = 409, headers = JSON, body = "[1,2]" },
-      { status = "ALREADY_EXISTS", retryable = false, message = "RetrieveStudy: HTTP 409 ALREADY_EXISTS: [1,2]" } },
+      { status = "HTTP_409", retryable = false, message = "RetrieveStudy: HTTP 409 HTTP_409: [1,2]" } },
     { "broken JSON", { status = 500, headers = JSON, body = '{"error":' },
-      { status = "INTERNAL", message = 'RetrieveStudy: HTTP 500 INTERNAL: {"error":' } },
+      { status = "HTTP_500", message = 'RetrieveStudy: HTTP 500 HTTP_500: {"error":' } },
     { "no body, a status without a name", { status = 418, headers = {} },
       { kind = "http", status = "HTTP_418", retryable = false,
         message = "RetrieveStudy: HTTP 418 HTTP_418: no details in the response" } },
@@ -89,13 +101,16 @@ describe("errors.from_response", function()
     end)
   end
 
-  -- Statuses without an envelope: the canonical name and whether to retry.
+  -- Statuses without an envelope (a proxy's, plain text): Google's canonical name only where its
+  -- mapping gives the HTTP status one code (and 502: UNAVAILABLE), else HTTP_<n>: a proxy's 409
+  -- is no ALREADY_EXISTS, its 413 no INVALID_ARGUMENT. And whether to retry.
   local statuses = {
-    { 400, "INVALID_ARGUMENT", false }, { 401, "UNAUTHENTICATED", false }, { 403, "PERMISSION_DENIED", false },
-    { 404, "NOT_FOUND", false }, { 408, "DEADLINE_EXCEEDED", true }, { 409, "ALREADY_EXISTS", false },
-    { 413, "INVALID_ARGUMENT", false }, { 429, "RESOURCE_EXHAUSTED", true }, { 500, "INTERNAL", true },
-    { 501, "NOT_IMPLEMENTED", false }, { 502, "UNAVAILABLE", true }, { 503, "UNAVAILABLE", true },
-    { 504, "DEADLINE_EXCEEDED", true }, { 505, "HTTP_505", false },
+    { 400, "HTTP_400", false }, { 401, "UNAUTHENTICATED", false }, { 403, "PERMISSION_DENIED", false },
+    { 404, "NOT_FOUND", false }, { 408, "HTTP_408", true }, { 409, "HTTP_409", false },
+    { 413, "HTTP_413", false }, { 415, "HTTP_415", false }, { 429, "RESOURCE_EXHAUSTED", true },
+    { 499, "CANCELLED", false }, { 500, "HTTP_500", true }, { 501, "UNIMPLEMENTED", false },
+    { 502, "UNAVAILABLE", true }, { 503, "UNAVAILABLE", true }, { 504, "DEADLINE_EXCEEDED", true },
+    { 505, "HTTP_505", false },
   }
   for _, s in ipairs(statuses) do
     it("names HTTP " .. s[1] .. " without an envelope " .. s[2], function()

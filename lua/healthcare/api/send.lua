@@ -4,11 +4,11 @@
 -- (Client:send: credentials, the standard parameters, redaction, the 401 refresh), is sent again
 -- after a wait (healthcare.retry) when the answer says that is safe and worth it, and its answer
 -- is read: JSON decoded, an HttpBody as its bytes and media type, or a file.
-local cjson = require "cjson.safe"
 local core = require "healthcare.core"
 local api = require "healthcare.api"
 local errors = require "healthcare.errors"
 local request = require "healthcare.api.request"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -162,7 +162,7 @@ function M.json_object(res, what, client)
   -- for text as it came, and an echo of the token must not reach the error or the answer.
   local body = client:redact(res.body or "")
   if body:match("^%s*$") then return {} end
-  local doc = cjson.decode(body)
+  local doc = util.decode_json(body)
   if type(doc) ~= "table" then
     return nil, errors.new("http", string.format("%s: HTTP %d: the answer is not a JSON object (%s): %s", what,
       res.status, media_type(res.headers) ~= "" and media_type(res.headers) or "no Content-Type",
@@ -182,7 +182,7 @@ function M.answer(m, res, to, client)
   if m.response == "HttpBody" then
     local out = { content_type = ct, data = res.body or "" }
     if ct:lower():find("json", 1, true) then
-      local doc = cjson.decode(out.data)
+      local doc = util.decode_json(out.data)
       if type(doc) == "table" then out.json = doc end
     end
     return out

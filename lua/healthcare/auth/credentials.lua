@@ -43,6 +43,10 @@ M.TOKEN_TIMEOUT = 30
 -- within two minutes, about 0.5 s then 1 s apart.
 M.TOKEN_RETRY = { max_attempts = 3, initial = 1, multiplier = 2, max_delay = 2, deadline = 120 }
 M.JWT_LIFETIME = 3600
+-- The longest a token is used before it is fetched again, whatever its endpoint says. Google's
+-- last an hour (12 h at most, impersonated); an expires_in of a year or 1e300 would keep one
+-- in the caches (memory, the command's token cache, the gateway's dict) past any real expiry.
+M.MAX_TOKEN_LIFETIME = 24 * 3600
 M.MAX_KEY_FILE = 1024 * 1024
 M.WELL_KNOWN_FILE = "application_default_credentials.json"
 M.JWT_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
@@ -202,6 +206,8 @@ function Credential:token(scopes)
     return nil, seconds
   end
   self.refreshes = self.refreshes + 1
+  -- Whatever the kind (an expires_in, impersonation's expireTime in the year 9999), one ceiling.
+  seconds = math.min(seconds, M.MAX_TOKEN_LIFETIME)
   e = self:remember(key, token, seconds, seconds)
   if self.disk then self.disk:put(self.identity, key, token, os.time() + seconds, seconds) end
   return e.token, seconds
@@ -258,10 +264,33 @@ end
 
 -- ---- token requests -------------------------------------------------------------------------
 
+-- What an expires_in that is no number of seconds is, for the message (never its text: a server
+-- may put anything there).
+local function not_seconds(v)
+  if type(v) ~= "number" then return "a " .. type(v) end
+  return v ~= v and "NaN" or "an infinity"
+end
+
+--- The seconds a token lives by a token endpoint's expires_in (a number, or digits in a string as
+--- some servers send it): JWT_LIFETIME when absent, at least 1, at most MAX_TOKEN_LIFETIME. Or
+--- nil and what it is when it is no number of seconds (an infinity, NaN, "0x10", true).
+function M.token_lifetime(v)
+  if v == nil or v == cjson.null then return M.JWT_LIFETIME end
+  local n = type(v) == "string" and v:match("^%s*%d+%.?%d*%s*$") and tonumber(v) or v
+  n = util.finite_number(n)
+  if not n then return nil, type(v) == "string" and "a string that is no number" or not_seconds(v) end
+  if n <= 0 then return 1 end
+  return math.min(n, M.MAX_TOKEN_LIFETIME)
+end
+
 --- Reads {access_token, expires_in} from a token endpoint's reply body: token, seconds, or nil
 --- and the reason. Shared with healthcare.ngx, which fetches tokens through nginx.
 function M.parse_token_reply(body)
-  local doc = cjson.decode(body or "")
+  local doc, why = util.decode_json(body or "")
+  if doc == nil then
+    -- cjson's reason names a position, never the text (which holds the token).
+    return nil, "with an answer that is not JSON (" .. tostring(why) .. ")"
+  end
   local token = type(doc) == "table" and doc.access_token
   if type(token) ~= "string" or token == "" then
     return nil, "without an access_token"
@@ -269,8 +298,10 @@ function M.parse_token_reply(body)
   if core.has_ctl(token) then
     return nil, "with a token containing control characters"
   end
-  local seconds = tonumber(doc.expires_in) or M.JWT_LIFETIME
-  if seconds <= 0 then seconds = 1 end
+  local seconds, what = M.token_lifetime(doc.expires_in)
+  if not seconds then
+    return nil, "with an expires_in that is not a number of seconds (" .. what .. ")"
+  end
   return token, seconds
 end
 
@@ -278,7 +309,7 @@ end
 --- both cut (errors.cut); nil when the body is not one. The text is the server's, as it is:
 --- tostring(err) makes it printable.
 function M.token_error_text(body)
-  local doc = cjson.decode(body or "")
+  local doc = util.decode_json(body or "")
   if type(doc) ~= "table" or type(doc.error) ~= "string" then return nil end
   local desc = type(doc.error_description) == "string" and doc.error_description or nil
   desc = desc and (": " .. errors.cut(desc)) or ""
@@ -636,7 +667,7 @@ function M.from_file(path, opts, label)
   local source = string.format("%s '%s'", label or "credentials file", path)
   local text, rerr = M.read_trusted(path, source, M.MAX_KEY_FILE)
   if not text then return nil, rerr end
-  local info, jerr = cjson.decode(text)
+  local info, jerr = util.decode_json(text)
   if info == nil then
     -- cjson's messages name a token kind and a position, never the text itself.
     return fail(string.format("%s is not valid JSON (%s); expected a service account key or another "

@@ -100,7 +100,7 @@ end
 -- The subject token in text (a file's or a URL's), by the source's format.
 local function from_format(self, text, where)
   if self.format == "json" then
-    local doc = cjson.decode(text)
+    local doc = util.decode_json(text)
     local v = type(doc) == "table" and doc[self.field_name]
     if type(v) ~= "string" or v == "" then
       return fail(string.format("%s: %s is not JSON with a string field '%s' (subject_token_field_name)",
@@ -176,7 +176,8 @@ local function executable_answer(self, doc, where, need_expiry)
       self.label, where, tostring(doc.token_type)))
   end
   local exp = doc.expiration_time
-  if exp ~= nil and type(exp) ~= "number" then
+  -- An infinity (1e400 is JSON) would make a cached answer good for ever.
+  if exp ~= nil and not util.finite_number(exp) then
     return fail(string.format("%s: %s has a non-numeric expiration_time", self.label, where))
   end
   if exp == nil and need_expiry then
@@ -236,7 +237,7 @@ local function executable_token(self)
       .. "'", M.MAX_SUBJECT_TOKEN, self.label)
     if not text and rerr.status == "UNSAFE_FILE" then return nil, rerr end
     if text then
-      local token = executable_answer(self, cjson.decode(text), "the output_file", true)
+      local token = executable_answer(self, util.decode_json(text), "the output_file", true)
       -- An expired or unusable cached answer: run the executable again, as Google's libraries do.
       if type(token) == "string" then
         self:log("using the executable's answer cached in its output_file for " .. self.label)
@@ -253,7 +254,7 @@ local function executable_token(self)
     return fail(string.format("%s: the executable failed (exit status %s)", self.label, tostring(status)),
       { status = "EXECUTABLE_FAILED" })
   end
-  local doc = cjson.decode(out or "")
+  local doc = util.decode_json(out or "")
   if out and not doc then hold(self, (out:gsub("%s+$", ""))) end
   local token, err = executable_answer(self, doc, "the executable's answer", self.output_file ~= nil)
   if token == nil and err == "expired" then
@@ -316,7 +317,7 @@ local function aws_keys(self, headers)
   body, err = aws_request(self, { method = "GET", url = self.aws.url:gsub("/$", "") .. "/" .. role,
     headers = headers }, "the AWS role's credentials")
   if not body then return nil, err end
-  local doc = cjson.decode(body)
+  local doc = util.decode_json(body)
   if type(doc) ~= "table" or type(doc.AccessKeyId) ~= "string" or type(doc.SecretAccessKey) ~= "string" then
     return fail(self.label .. ": the AWS role's credentials are not JSON with AccessKeyId and SecretAccessKey")
   end
@@ -400,7 +401,7 @@ local function fetch_refresh(self, scopes)
     headers = client_auth(self, { "Content-Type: application/x-www-form-urlencoded", "Accept: application/json" }),
     body = util.query_string(form) }, {})
   if not res then return nil, err end
-  local doc = cjson.decode(res.body or "")
+  local doc = util.decode_json(res.body or "")
   -- A rotated refresh token replaces the old one (kept for redaction: an answer may echo it).
   if type(doc) == "table" and type(doc.refresh_token) == "string" and doc.refresh_token ~= "" then
     hold(self, self.refresh_token)
@@ -467,7 +468,7 @@ local function read_executable(self, cs, where)
   if not words then return fail(where .. ": credential_source.executable.command: " .. why) end
   self.command = words
   local t = ex.timeout_millis or M.EXECUTABLE_TIMEOUT_MS
-  if type(t) ~= "number" or t < M.EXECUTABLE_MIN_MS or t > M.EXECUTABLE_MAX_MS then
+  if not util.finite_number(t, M.EXECUTABLE_MIN_MS, M.EXECUTABLE_MAX_MS) then -- (NaN passes < and >)
     return fail(string.format("%s: credential_source.executable.timeout_millis must be %d to %d", where,
       M.EXECUTABLE_MIN_MS, M.EXECUTABLE_MAX_MS))
   end

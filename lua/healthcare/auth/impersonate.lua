@@ -95,7 +95,7 @@ local function fetch(self, scopes)
     if rerr.http_status == 401 and self.source.invalidate then self.source:invalidate() end
     return nil, rerr
   end
-  local doc = cjson.decode(res.body or "")
+  local doc = util.decode_json(res.body or "")
   local access = type(doc) == "table" and doc.accessToken
   local expires = type(doc) == "table" and M.epoch(doc.expireTime)
   if type(access) ~= "string" or access == "" or core.has_ctl(access) or not expires then
@@ -137,7 +137,7 @@ function M.wrap(source, url, opts, o, where)
   local delegates, derr = check_delegates(o.delegates, where)
   if not delegates then return nil, derr end
   local lifetime = o.lifetime or M.LIFETIME
-  if type(lifetime) ~= "number" or lifetime < 1 or lifetime > M.MAX_LIFETIME then
+  if not util.finite_number(lifetime, 1, M.MAX_LIFETIME) then -- (NaN passes < and >)
     return C.internal.fail(string.format("%s: the token lifetime must be 1 to %d seconds", where, M.MAX_LIFETIME))
   end
   local identity = source.identity and table.concat({ "impersonated", url, table.concat(delegates, ","),

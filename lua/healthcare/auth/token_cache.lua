@@ -9,6 +9,7 @@
 -- more. healthcare.new uses it only when asked (`token_cache = true`, as the CLI does).
 local core = require "healthcare.core"
 local cjson = require "cjson.safe"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -55,14 +56,17 @@ function Cache:get(identity, scope_key)
     if err.status ~= "absent" then self:log(err.message) end
     return nil
   end
-  local doc = cjson.decode(text)
-  if type(doc) ~= "table" or type(doc.access_token) ~= "string" or type(doc.expires_at) ~= "number"
-    or doc.access_token == "" or core.has_ctl(doc.access_token) then
+  local doc = util.decode_json(text)
+  -- An expiry of 1e400 (an infinity) or a lifetime of 0 would keep a token for ever, or refresh it
+  -- on every use: such an entry is malformed too.
+  if type(doc) ~= "table" or type(doc.access_token) ~= "string" or not util.finite_number(doc.expires_at)
+    or doc.access_token == "" or core.has_ctl(doc.access_token)
+    or (doc.lifetime ~= nil and not util.finite_number(doc.lifetime, 1)) then
     self:log("ignoring a malformed entry")
     return nil
   end
   if doc.expires_at <= os.time() then return nil end
-  local lifetime = type(doc.lifetime) == "number" and doc.lifetime or (doc.expires_at - os.time())
+  local lifetime = doc.lifetime or (doc.expires_at - os.time())
   return doc.access_token, doc.expires_at, lifetime
 end
 

@@ -4,10 +4,10 @@
 -- operation that the command waits for (healthcare.cli.wait). Google may call the operation a
 -- success while some instances failed: the summary gives the counters, and the exit code is 1
 -- when the failure counter is not zero.
-local cjson = require "cjson.safe"
 local common = require "healthcare.cli.common"
 local migrate = require "healthcare.migrate"
 local cli_migrate = require "healthcare.cli.migrate"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -45,7 +45,7 @@ local function read_config(path)
   if text and #text > M.MAX_CONFIG_BYTES then
     return nil, string.format("--config %s is larger than %d bytes", common.printable(path), M.MAX_CONFIG_BYTES)
   end
-  local config, jerr = cjson.decode(text or "")
+  local config, jerr = util.decode_json(text or "")
   if type(config) ~= "table" or (text or ""):match("^%s*%[") then
     return nil, string.format("--config %s is not a JSON object (a DeidentifyConfig)%s", common.printable(path),
       jerr and (": " .. common.printable(jerr)) or "")

@@ -14,6 +14,7 @@ local api_operation = require "healthcare.api.operation"
 local errors = require "healthcare.errors"
 local request = require "healthcare.api.request"
 local common = require "healthcare.cli.common"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -55,26 +56,34 @@ end
 -- Characters of a counter's text shown: an int64 has 19 digits.
 local COUNT_CHARS = 24
 
--- An int64 counter of the metadata: a number for comparisons (0 when absent or not a number)
--- and its text for the lines. Google sends them as strings of digits; a server may send a
--- number, a fraction or a count past 2^63, which are shown as they came, never as an
--- "integer representation" error that would lose the operation's name.
+-- An int64 counter of the metadata: a number for comparisons (0 when absent; nil when it is no
+-- count: negative, an infinity, NaN, "0x10", junk) and its text for the lines. Google sends them
+-- as strings of digits; a server may send a number, a fraction or a count past 2^63, which are
+-- shown as they came, never as an "integer representation" error that would lose the
+-- operation's name.
 local function count(counter, key)
   local v = counter[key]
   if v == nil or v == cjson.null then return 0, "0" end
   if type(v) == "number" then
-    if v == math.floor(v) and math.abs(v) < 2 ^ 63 then return v, string.format("%.0f", v) end
-    return v, string.format("%.14g", v)
+    local n = util.finite_number(v, 0)
+    if n and n == math.floor(n) and n < 2 ^ 63 then return n, string.format("%.0f", n) end
+    return n, v ~= v and "NaN" or string.format("%.14g", v)
   end
-  if type(v) ~= "string" then return 0, "?" end
-  local n = tonumber(v) or 0
-  if n ~= n then n = 0 end
+  if type(v) ~= "string" then return nil, "?" end
+  local n = v:match("^%d+%.?%d*$") and util.finite_number(tonumber(v)) or nil
   if v:match("^%d+$") then v = v:match("^0*(%d.*)$") end -- "007": 7
   return n, errors.cut(v, COUNT_CHARS)
 end
 
---- The counters of an operation's metadata: { success = n, failure = n, pending = n } and
---- their texts as shown ({ success = "n", ... }), or nil when the metadata has none.
+--- Whether the failure counter of counters `c` (M.counters) says something failed, or cannot
+--- say nothing did (a value that is no count: exit 1 all the same, the logs tell).
+local function some_failed(c)
+  return c ~= nil and (c.failure == nil or c.failure > 0)
+end
+
+--- The counters of an operation's metadata: { success = n, failure = n, pending = n } (n nil
+--- for a value that is no count) and their texts as shown ({ success = "n", ... }), or nil when
+--- the metadata has none.
 function M.counters(metadata)
   local c = type(metadata) == "table" and metadata.counter
   if type(c) ~= "table" then return nil end
@@ -139,7 +148,7 @@ function M.summary_lines(what, name, metadata, seconds, outcome)
   lines[#lines + 1] = "operation " .. name
   local logs = type(metadata) == "table" and metadata.logsUrl
   if type(logs) == "string" and logs ~= "" then
-    lines[#lines + 1] = "logs " .. logs .. (c and c.failure > 0 and "  (each failure, and why)" or "")
+    lines[#lines + 1] = "logs " .. logs .. (some_failed(c) and "  (each failure, and why)" or "")
   end
   return lines
 end
@@ -227,8 +236,13 @@ function M.wait(client, operation, opts)
     local metadata = type(op) == "table" and type(op.metadata) == "table" and op.metadata or last
     write_lines(M.summary_lines(what, name, metadata, seconds, "done"))
     local c, shown = M.counters(metadata)
-    if c and c.failure > 0 then
-      say("%s failed: the logs name each one and why", shown.failure)
+    if some_failed(c) then
+      if c.failure == nil then
+        say("the operation's failure counter (%s) is not a count: whether any item failed is unknown; the logs "
+          .. "name each failure", common.printable(shown.failure))
+      else
+        say("%s failed: the logs name each one and why", shown.failure)
+      end
       return common.EXIT_FAILED, response, op
     end
     return common.EXIT_OK, response, op

@@ -3,7 +3,6 @@
 -- Google answers a study or series delete with a long-running Operation, which is waited for
 -- through the module's one poller (healthcare.api.operation, client:wait's); an instance delete
 -- (and other servers' deletes) answers at once.
-local cjson = require "cjson.safe"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
@@ -139,7 +138,13 @@ local function delete(store, depth, uids, opts)
   if not res then return nil, err end
   if res.already_gone then return res end
   -- Read as text whatever its media type says: the operation's name is quoted in errors.
-  local op = cjson.decode(store.client:redact(res.body or ""))
+  local body = store.client:redact(res.body or "")
+  local op, why = util.decode_json(body)
+  if op == nil and body:match("^%s*{") then
+    -- An object that is no JSON (NaN, 0x10 in it) may be the Operation to wait for: not "done".
+    return nil, errors.new("http", string.format("%s: the server's answer (HTTP %d) is not JSON (%s); the %s may "
+      .. "or may not be deleted", level.what, res.status, tostring(why), named), { http_status = res.status })
+  end
   if type(op) ~= "table" or op.name == nil then
     return { status = res.status }
   end

@@ -1269,7 +1269,7 @@ function M.retrieve_metadata(store, study, series, instance, opts)
     end
     return nil, err
   end
-  local list = require("cjson.safe").decode(res.body)
+  local list = require("healthcare.util").decode_json(res.body)
   if type(list) ~= "table" or (next(list) ~= nil and list[1] == nil) then
     return nil, errors.new("dicom", string.format("RetrieveMetadata: the answer is not a DICOM JSON list "
       .. "(HTTP %d, %s)", res.status, res.headers["content-type"] or "no Content-Type"))

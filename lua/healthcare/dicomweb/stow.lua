@@ -2,7 +2,7 @@
 -- STOW-RS: store:store_instances (a body the caller built, as the API states StoreInstances) and
 -- the reading of a STOW-RS answer, which store:store (healthcare.dicomweb.batch) shares.
 local core = require "healthcare.core"
-local cjson = require "cjson.safe"
+local dicomjson = require "healthcare.dicomweb.dicomjson"
 local errors = require "healthcare.errors"
 local media = require "healthcare.dicomweb.media"
 local names = require "healthcare.dicomweb.names"
@@ -40,6 +40,29 @@ local function transport_body(body)
   return nil, errors.new("usage", "body.data must be a string or { file = path }")
 end
 
+-- The reason codes of a STOW-RS answer, each a US value (a whole number, 0 to 65535): the
+-- FailureReason of each instance it lists as failed, the WarningReason of each stored one.
+local REASON_CODES = {
+  { dicomjson.FAILED_SOP_SEQUENCE, dicomjson.FAILURE_REASON, "FailureReason", "failed" },
+  { dicomjson.REFERENCED_SOP_SEQUENCE, dicomjson.WARNING_REASON, "WarningReason", "stored" },
+}
+
+-- What is wrong with the first reason code of doc that is a number but no US value, or nil. An
+-- infinity (1e400 is JSON) or 2.5 would end the reading of the answer with "number has no
+-- integer representation" (Lua 5.4), or be shown as 0x8000000000000000 (LuaJIT).
+local function bad_reason_code(doc)
+  for _, r in ipairs(REASON_CODES) do
+    for i, item in ipairs(dicomjson.items(doc, r[1])) do
+      local code = dicomjson.value(item, r[2])
+      if type(code) == "number" and not (util.finite_number(code, 0, 65535) and code == math.floor(code)) then
+        return string.format("the %s of %s instance %d is not a DICOM US value (%s)", r[3], r[4], i,
+          code ~= code and "NaN" or string.format("%.17g", code))
+      end
+    end
+  end
+  return nil
+end
+
 --- Reads a STOW-RS answer. A DICOM body (JSON or XML) is a result whatever the status, as
 --- PS3.18 and Google use 202 and 409 with per-instance detail; anything else is an error, which
 --- quotes the body with the secrets of `client` (optional) taken out.
@@ -50,7 +73,7 @@ function M.read_store_response(res, what, client)
   -- DICOM JSON is also recognised by its shape: Orthanc answers a request with an unreadable
   -- part with 400, DICOM JSON and no Content-Type, and what it lists there IS stored.
   if not is_xml and (ct == "" or ct:find("json", 1, true)) then
-    doc = cjson.decode(res.body)
+    doc = util.decode_json(res.body)
     if type(doc) ~= "table" or doc.error ~= nil then
       doc = nil
     elseif not ct:find(media.DICOM_JSON, 1, true) then
@@ -62,10 +85,15 @@ function M.read_store_response(res, what, client)
   if not doc and not is_xml then
     return nil, errors.from_response(res, what, client)
   end
-  local failed = doc and doc["00081198"] and doc["00081198"].Value
+  local bad = doc and bad_reason_code(doc)
+  if bad then
+    -- The instances it names may or may not be stored: no outcome is read from it.
+    return nil, errors.new("http", string.format("%s: HTTP %d: the STOW-RS answer cannot be read: %s", what,
+      res.status, bad), { http_status = res.status })
+  end
   return {
     status = res.status,
-    ok = res.status == 200 and (failed == nil or #failed == 0),
+    ok = res.status == 200 and (not doc or #dicomjson.items(doc, dicomjson.FAILED_SOP_SEQUENCE) == 0),
     headers = res.headers,
     body = res.body,
     json = doc,
