@@ -423,6 +423,25 @@ describe("healthcare import and operations: hostile, slow or failing answers", f
     return H.file_bytes(errfile), tonumber(code), tonumber(t1) - tonumber(t0)
   end
 
+  it("failures a poll counted are not forgotten by a final answer without counters, or one that counts none",
+    function()
+      -- a poll with failures, then a done Operation without metadata: exit 1 (it was 0)
+      faults({ { match = "operation", body = { metadata = { counter = { success = "7", failure = "3",
+        pending = "5" } } } },
+        { match = "operation", body = { done = true, response = {} } } })
+      local _, se, code = hc(import_words({ "--poll-interval", "0.1" }))
+      assert.equal(1, code, se)
+      assert.matches("import done in %d+ s: success 7, failure 3", se)
+      assert.matches("3 failed: the logs name each one", se)
+      -- then one whose counters say none failed
+      faults({ { match = "operation", body = { metadata = { counter = { success = "7", failure = "3",
+        pending = "5" } } } },
+        { match = "operation", body = { done = true, metadata = { counter = { success = "10" } }, response = {} } } })
+      _, se, code = hc(import_words({ "--poll-interval", "0.1" }))
+      assert.equal(1, code, se)
+      assert.matches("3 failed as an earlier poll counted them", se)
+    end)
+
   it("counters past 2^63 or not whole are shown as they came, while waiting and in the list", function()
     faults({ { match = "operation", body = { metadata = { counter = { success = "99999999999999999999",
       pending = "1" } } } },

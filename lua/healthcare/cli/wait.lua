@@ -215,7 +215,16 @@ function M.wait(client, operation, opts)
   end
   name = type(name) == "string" and errors.cut(name, 1024) or "(no name)"
   local t0 = core.now()
-  local last = type(operation) == "table" and operation.metadata or nil
+  -- the last metadata with counters (a poll without them, or a final answer without them, does
+  -- not wipe them out), and the most failures any poll counted
+  local last, worst = nil, 0
+  local function note(metadata)
+    local c = M.counters(metadata)
+    if not c then return end
+    last = metadata
+    if c.failure and c.failure > worst then worst = c.failure end
+  end
+  note(type(operation) == "table" and operation.metadata or nil)
   local show, clear = progress(what, t0)
   core.trap_interrupts()
   local response, op_or_err = client:wait(operation, {
@@ -223,7 +232,7 @@ function M.wait(client, operation, opts)
     poll_interval = opts.poll_interval or M.DEFAULT_POLL_INTERVAL,
     params = opts.params, timeout = opts.timeout,
     on_progress = function(metadata)
-      last = metadata
+      note(metadata)
       show(metadata)
     end,
   })
@@ -233,9 +242,14 @@ function M.wait(client, operation, opts)
   local seconds = core.now() - t0
   if response then
     local op = op_or_err
-    local metadata = type(op) == "table" and type(op.metadata) == "table" and op.metadata or last
+    local metadata = type(op) == "table" and M.counters(op.metadata) and op.metadata or last
     write_lines(M.summary_lines(what, name, metadata, seconds, "done"))
     local c, shown = M.counters(metadata)
+    if c and not some_failed(c) and worst > 0 then
+      say("%d failed as an earlier poll counted them (the last counters say none): the logs name each one and why",
+        worst)
+      return common.EXIT_FAILED, response, op
+    end
     if some_failed(c) then
       if c.failure == nil then
         say("the operation's failure counter (%s) is not a count: whether any item failed is unknown; the logs "
@@ -249,7 +263,7 @@ function M.wait(client, operation, opts)
   end
   local err = op_or_err
   if err.kind == "operation" then
-    write_lines(M.summary_lines(what, name, err.metadata or last, seconds, "failed"))
+    write_lines(M.summary_lines(what, name, M.counters(err.metadata) and err.metadata or last, seconds, "failed"))
     say("%s", tostring(err))
     return common.EXIT_FAILED
   end
