@@ -568,6 +568,22 @@ describe("store:store reading answers", function()
     assert.equal("application/dicom+json", reqs[1].accept)
   end)
 
+  it("retries a 5xx (or 429) whose DICOM JSON lists no instance, as the server error it is", function()
+    for _, status in ipairs({ 503, 500, 429 }) do
+      for _, ct in ipairs({ "application/dicom+json", "application/json" }) do
+        srv.answer { status = status, content_type = ct, body = "{}" }
+        local report = store({ retry = { initial = 0.01, multiplier = 2, max_delay = 0.05, max_attempts = 2 } })
+        assert.equal(0, #report.stored)
+        assert.equal(2, #report.failed)
+        assert.equal(1, report.retries, status .. " " .. ct)
+        for _, f in ipairs(report.failed) do
+          assert.is_nil(f.reason:find("not in response", 1, true), f.reason)
+          assert.matches("HTTP " .. status, f.reason, 1, true)
+        end
+      end
+    end
+  end)
+
   it("reports every instance as 'not in response' after a 200 that lists nothing", function()
     srv.answer { status = 200, content_type = "application/dicom+json", body = "{}" }
     local report = store()

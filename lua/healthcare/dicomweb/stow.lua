@@ -82,6 +82,13 @@ function M.read_store_response(res, what, client)
       end
     end
   end
+  -- A server error (or 408, 429) whose DICOM JSON lists no instance, such as `{}`, is that error,
+  -- to retry, not an answer in which every instance went unmentioned.
+  if doc and (res.status >= 500 or res.status == 408 or res.status == 429)
+    and #dicomjson.items(doc, dicomjson.FAILED_SOP_SEQUENCE) == 0
+    and #dicomjson.items(doc, dicomjson.REFERENCED_SOP_SEQUENCE) == 0 then
+    doc = nil
+  end
   if not doc and not is_xml then
     return nil, errors.from_response(res, what, client)
   end
