@@ -161,6 +161,23 @@ describe("dicomjson.from_xml", function()
 </NativeDicomModel>
 ]]
 
+  it("keeps a number XML gives in a form DICOM has not (hex, an infinity, NaN) as text; outcomes name no code "
+    .. "for it", function()
+    for _, odd in ipairs({ "0x110", "1e999", "-1e999", "nan", "inf", "2.5", "70000", "-1" }) do
+      local ds = assert(dicomjson.from_xml((XML:gsub(">272<", ">" .. odd .. "<"))))
+      local failed = dicomjson.items(ds, "00081198")
+      local code = dicomjson.value(failed[1], "00081197")
+      if odd == "2.5" or odd == "70000" or odd == "-1" then
+        assert.equal(tonumber(odd), code)
+      else
+        assert.equal(odd, code)
+      end
+      assert.equal("failed: checksum & UID mismatch", dicomjson.outcomes(ds)[SOP2].reason, odd)
+    end
+    assert.is_nil(dicomjson.reason_text(0 / 0))
+    assert.is_nil(dicomjson.reason_text(math.huge))
+  end)
+
   it("turns NativeDicomModel into the DICOM JSON shape, numbers as numbers", function()
     local ds = assert(dicomjson.from_xml(XML))
     assert.equal("http://x/studies/1.2", dicomjson.value(ds, "00081190"))

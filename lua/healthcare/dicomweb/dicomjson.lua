@@ -56,7 +56,9 @@ function M.private_text(ds, group, creator, element)
 end
 
 function M.reason_text(code)
-  if type(code) ~= "number" then return nil end
+  -- a US value: a whole number from 0 to 65535 (string.format's %X would raise on 2.5 or an
+  -- infinity under Lua 5.4)
+  if type(code) ~= "number" or code ~= math.floor(code) or code < 0 or code > 0xFFFF then return nil end
   local name = M.REASONS[code]
   return string.format("0x%04X%s", code, name and (" " .. name) or "")
 end
@@ -82,6 +84,15 @@ local function private_key(ds, tag, creator)
   local ctag = group .. "00" .. block
   if ds[ctag] == nil then ds[ctag] = { vr = "LO", Value = { creator } } end
   return group .. block .. element
+end
+
+-- The number of a numeric Value in XML, written as DICOM writes numbers (decimal, an exponent):
+-- nil for what tonumber alone would take too (hex, "inf", "nan", or 1e999 as an infinity).
+local function xml_number(s)
+  if not s:match("^%s*[-+]?%d*%.?%d+[eE]?[-+]?%d*%s*$") and not s:match("^%s*[-+]?%d+%.%s*$") then return nil end
+  local n = tonumber(s)
+  if not n or n ~= n or n == math.huge or n == -math.huge then return nil end
+  return n
 end
 
 --- Parses NativeDicomModel XML into the DICOM JSON shape. Returns the data set or nil, message.
@@ -125,7 +136,7 @@ function M.from_xml(xml)
           local vr = a.vr
           if vr == "US" or vr == "UL" or vr == "SS" or vr == "SL" or vr == "IS" or vr == "DS"
             or vr == "FL" or vr == "FD" then
-            a.Value[#a.Value + 1] = tonumber(s) or s
+            a.Value[#a.Value + 1] = xml_number(s) or s
           else
             a.Value[#a.Value + 1] = s
           end
