@@ -10,6 +10,13 @@ local json = require "healthcare.cli.json"
 local STORE = "http://127.0.0.1:9/dicom-web"
 
 describe("healthcare.cli.json", function()
+  it("decodes JSON only: NaN, Infinity and hex numbers (which cjson takes unless told not to) are refused", function()
+    for _, odd in ipairs({ "[NaN]", '{"a": Infinity}', "[0x10]", "[-inf]" }) do
+      assert.is_nil((json.decode(odd)), odd)
+    end
+    assert.same({ a = { 1, 2.5 } }, json.decode('{"a": [1, 2.5]}'))
+  end)
+
   local cases = {
     { "a scalar", "x/y", '"x/y"', '"x/y"' },
     { "a number", 3, "3", "3" },

@@ -83,6 +83,11 @@ describe("healthcare projects <method> of the table", function()
     assert.same({ policy = { bindings = {}, etag = "x" } }, body)
     assert.truthy(refused("locations-datasets-set-iam-policy", DS, "-r", ".policy.bindings:=[")
       :find("'.policy.bindings:=' needs a JSON value, got '[' (", 1, true))
+    -- what JSON has not (cjson takes it unless told not to) is no JSON value either
+    for _, odd in ipairs({ "NaN", "0x10", "Infinity" }) do
+      assert.truthy(refused("locations-datasets-set-iam-policy", DS, "-r", ".policy.version:=" .. odd)
+        :find("'.policy.version:=' needs a JSON value, got '" .. odd .. "' (", 1, true), odd)
+    end
     -- the schema still applies: what JSON gives is checked as client:call checks a Lua body
     assert.matches("body.policy.version must be a number, got string",
       refused("locations-datasets-set-iam-policy", DS, "-r", ".policy.version:=\"3\""))

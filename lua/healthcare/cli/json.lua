@@ -6,6 +6,7 @@
 -- lua-cjson (2.1.0) writes an empty table as {} and has no empty_array_mt to say it is a list,
 -- and it escapes "/" as "\/" (valid JSON, but URLs and paths should read as they are).
 local cjson = require "cjson.safe"
+local util = require "healthcare.util"
 
 local M = {}
 
@@ -209,7 +210,7 @@ end
 
 --- The value of a JSON text, or nil and why not.
 function M.decode(text)
-  return cjson.decode(text)
+  return util.decode_json(text)
 end
 
 return M

@@ -12,12 +12,12 @@ request value's schema are written once here; healthcare.cli.help renders them.
 ]]
 
 local api = require("healthcare.api")
-local cjson = require("cjson.safe")
 local commands = require("healthcare.cli.commands")
 local dicomweb_names = require("healthcare.dicomweb.names")
 local params = require("healthcare.params")
 local pages = require("healthcare.api.pages")
 local request = require("healthcare.api.request")
+local util = require("healthcare.util")
 
 local seed = {}
 
@@ -272,7 +272,7 @@ end
 
 -- A value given as JSON text (-r f:=<json>), or nil and a message.
 local function json_value(key, text)
-  local v, err = cjson.decode(text)
+  local v, err = util.decode_json(text)
   if v == nil then return nil, format("'%s:=' needs a JSON value, got '%s' (%s)", key, text, tostring(err)) end
   if type(v) == "table" and next(v) == nil and text:match("^%s*%[") then setmetatable(v, request.array_mt) end
   return v
