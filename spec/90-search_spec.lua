@@ -583,6 +583,11 @@ class H(BaseHTTPRequestHandler):
             return self.send(200, json.dumps([{}] * (limit * 10 + 1)).encode())
         if kind == "noseek":   # honours limit, ignores offset: the same page for ever
             return self.send(200, json.dumps([item(i) for i in range(limit)]).encode())
+        if kind in ("cycle", "cycle-nouid"):   # ignores offset past 2 pages: pages 1, 2, 1, 2, ...
+            page = (offset // limit) % 2
+            if kind == "cycle":
+                return self.send(200, json.dumps([item(page * limit + i) for i in range(limit)]).encode())
+            return self.send(200, json.dumps([{"00100020": {"vr": "LO", "Value": ["P%d" % page]}}] * limit).encode())
         if kind == "noseek-nouid":   # the same, its results without UIDs
             return self.send(200, json.dumps([{"00100020": {"vr": "LO", "Value": ["P"]}}] * limit).encode())
         if kind == "values":   # an empty Value, a null among values
@@ -744,6 +749,21 @@ describe("search: answers only Google (or a broken server) gives", function()
       assert.equal("SearchForSeries: HTTP 200: the server answered the same results again at offset "
         .. page_size .. " (it ignores offset?)", r.error.message)
       assert.equal(2, r.requests)
+    end
+  end)
+
+  it("stops when the server goes round pages it answered before (with UIDs or without)", function()
+    for _, path in ipairs({ "cycle", "cycle-nouid" }) do
+      local r = assert(store_at(path):search_series({}, { page_size = 2 }))
+      local n = 0
+      for _ in r:each() do
+        n = n + 1
+        if n > 20 then break end -- (paging for ever: no error to read)
+      end
+      assert.equal(4, n, path)
+      assert.equal("SearchForSeries: HTTP 200: the server answered the same results again at offset 4 (it ignores "
+        .. "offset?)", r.error and r.error.message, path)
+      assert.equal(3, r.requests)
     end
   end)
 
