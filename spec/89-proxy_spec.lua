@@ -107,6 +107,27 @@ describe("the proxy option", function()
     assert.are.equal(before, #p:requests())
   end)
 
+  it("what the proxy check decided is what libcurl does: 127.1 in NO_PROXY for a 127.1 endpoint goes direct "
+    .. "(libcurl alone would rewrite the host as 127.0.0.1, miss the entry, and send the token to the proxy)",
+    function()
+      local before = #p:requests()
+      local endpoint = em.endpoint:gsub("//127%.0%.0%.1:", "//127.1:")
+      assert.are_not.equal(em.endpoint, endpoint)
+      local client = assert(healthcare.new({ endpoint = endpoint, access_token = TOKEN, proxy = p.url,
+        no_proxy = "127.1" }))
+      assert(store_one(client))
+      client:close()
+      -- a token request too: a credential file whose token_uri is written so
+      local u = em:authorized_user()
+      local key = assert(require("cjson").decode(H.file_bytes(u.key_file)))
+      key.token_uri = key.token_uri:gsub("//127%.0%.0%.1:", "//127.1:")
+      local key_file = H.write_file(H.tmpdir() .. "/authorized_user.json", require("cjson").encode(key))
+      client = assert(healthcare.new({ endpoint = endpoint, credentials = key_file, proxy = p.url, no_proxy = "127.1" }))
+      assert(store_one(client))
+      client:close()
+      assert.are.same({}, { table.unpack(p:requests(), before + 1) })
+    end)
+
   it("token requests follow the same rule: refused over plain http through the proxy, unless insecure", function()
     local sa = em:service_account()
     local client = assert(healthcare.new({ endpoint = em.endpoint, credentials = sa.key_file, proxy = p.url }))

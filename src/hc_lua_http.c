@@ -497,6 +497,20 @@ static void read_options(lua_State *L, int arg, ltransfer *lt, hc_transfer_opts 
     if (!lua_isnil(L, -1))
         o->max_response_bytes = (size_t)opt_size(L, arg, -1, "max_response_bytes");
     lua_pop(L, 1);
+    /* The proxy the caller decided on for this URL ("" none): libcurl then applies no rules of
+     * its own (no NO_PROXY matching of its own, which may differ from the caller's and send a
+     * credential through a proxy the caller checked was not in the way). The string stays in
+     * the request table, on the stack until the transfer is made; libcurl copies it. */
+    lua_getfield(L, arg, "proxy");
+    if (!lua_isnil(L, -1)) {
+        size_t n;
+        const char *p = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+        if (p == NULL || memchr(p, '\0', n) != NULL)
+            hc_lua_argerror(L, arg, "option 'proxy' must be a string without NUL");
+        o->proxy = p;
+        o->no_proxy = "";
+    }
+    lua_pop(L, 1);
 }
 
 /* Pushes the request's header lines ("Name: value") as a userdata array of n + 1 pointers into

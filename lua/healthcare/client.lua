@@ -503,6 +503,8 @@ local function build(self, request)
     -- A URL may already carry a query (QIDO-RS builds its own: servers differ in what they decode).
     url = qs ~= "" and (req.url .. (req.url:find("?", 1, true) and "&" or "?") .. qs) or req.url,
     headers = headers,
+    -- the proxy check_proxy decided on, given to the transport as final (util.transport_proxy)
+    proxy = util.transport_proxy(req.url, self.proxy_settings),
   }
   for _, k in ipairs({ "body", "timeout", "idle_timeout", "min_speed", "max_response_bytes", "compressed",
     "max_compression_ratio", "sink" }) do

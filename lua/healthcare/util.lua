@@ -407,6 +407,15 @@ local function no_proxy_entry(host, entry)
   return #entry < #host and host:sub(-#entry - 1) == "." .. entry
 end
 
+--- The proxy for url as the transport is to take it: proxy_for's, or "" for none. Given to
+--- libcurl per request (CURLOPT_PROXY, and an empty CURLOPT_NOPROXY), it is what is used: libcurl
+--- matches NO_PROXY by rules of its own that differ in corners (it rewrites 127.1 as 127.0.0.1
+--- before matching; it never matches a bracketed IPv6 entry), and the proxy check, which keeps a
+--- credential off a proxy over plain http, must hold for the proxy really used.
+function M.transport_proxy(url, settings)
+  return (M.proxy_for(url, nil, settings)) or ""
+end
+
 --- Whether the NO_PROXY list (libcurl's syntax: "*" alone, or entries separated by commas,
 --- blanks around them) covers host. libcurl 7.88 also splits entries at blanks, later versions
 --- stop at an entry with a blank inside: the later rule is taken, as it covers less (a proxy

@@ -348,6 +348,7 @@ local function token_attempt(self, req, secrets)
   if proxy then self:log("* through the proxy " .. util.redact_proxy(proxy) .. " (from " .. variable .. ")") end
   for _, h in ipairs(req.headers) do self:log("> " .. util.redact_header(h, secrets)) end
   local t0 = core.now()
+  req.proxy = proxy or ""
   local res, err = self:http():request(req)
   if not res then
     err = errors.from_transport(err)

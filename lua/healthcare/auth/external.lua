@@ -80,6 +80,7 @@ local function source_request(self, req, what)
   end
   self:log("> " .. req.method .. " " .. shown .. " (" .. what .. " for " .. self.label .. ")")
   for _, h in ipairs(req.headers or {}) do self:log("> " .. util.redact_header(h, secrets)) end
+  req.proxy = proxy or "" -- as decided, for libcurl too (util.transport_proxy)
   local res, err = self:http():request(req)
   if not res then
     err = errors.from_transport(err)
