@@ -147,9 +147,11 @@ end
 -- own deadline comes first. nginx re-arms a timeout each time bytes move, so a server sending a
 -- byte now and then would hold one receive past any deadline: every receive here is one
 -- receiveany, every send one piece of at most CHUNK bytes, and the time left is measured again
--- before the next. What is left over: a piece that a slow reader keeps draining may end as long
--- past the deadline as that reader takes to drain it (0.02 to 0.24 s past a 2 or 5 s timeout with
--- a reader taking 64 KiB every 0.1 s; no more with a longer timeout). nil once the deadline passed.
+-- before the next. What is left over: nginx re-arms a send's timer whenever bytes of it move, so a
+-- piece that a reader drains in small steps could end as long past the deadline as the reader takes
+-- to drain it. Timed from the send itself (spec 71), none did here: the kernel takes a 64 KiB piece
+-- whole once its send buffer has room (the 0.02 to 0.24 s once measured were the spec's own setup,
+-- before the deadline started). nil once the deadline passed.
 function Exchange:arm()
   local ms, connect_ms = self.session.idle_ms, self.session.connect_ms
   if self.deadline then
