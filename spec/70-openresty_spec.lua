@@ -971,6 +971,21 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       assert.equal(before + 1, emu:token_requests())
     end)
 
+    it("writes a token endpoint's words into its error log printable only", function()
+      local sa = emu:service_account()
+      local gw = N.gateway({ emulator = emu, key_file = sa.key_file })
+      finally(function() gw:stop() end)
+      local forged = "\n2026/01/01 00:00:00 [emerg] 1#1: forged line"
+      emu:control("faults", { match = "token", status = 400, error = "invalid_grant\27[2J",
+        message = "denied\r" .. forged .. "\27]0;title\7" })
+      local body, ctype = multipart({ H.gen_dicom({ count = 1 })[1].path })
+      assert_envelope(stow(gw, "/dicomWeb/studies", body, ctype), 503, "UNAVAILABLE")
+      local log = gw:log()
+      assert.truthy(log:find("HTTP 400 invalid_grant\\x1b[2J: denied\\r\\n2026/01/01", 1, true), log)
+      assert.falsy(log:find(forged, 1, true), log)
+      assert.falsy(log:find("[\27\7\r]"), log)
+    end)
+
     it("answers 503 when the token endpoint fails or hangs, never waits longer than its timeout", function()
       local sa = emu:service_account()
       local gw = N.gateway({ emulator = emu, key_file = sa.key_file })

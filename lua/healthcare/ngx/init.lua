@@ -405,6 +405,9 @@ function Gateway:refresh()
     dict:delete(self.fail_key)
     log(ngx.INFO, "new access token for ", self.cred.label, ", valid ", lifetime, " s")
   else
+    -- the endpoint's own words (OAuth's error_description, an envelope's message) as they came:
+    -- an ESC sequence or a CR LF would reach the error log, and whoever reads it, raw
+    lifetime_or_err = util.printable(lifetime_or_err)
     log(ngx.ERR, lifetime_or_err)
     dict:set(self.fail_key, lifetime_or_err, self.retry_after)
   end
