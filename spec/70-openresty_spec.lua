@@ -616,14 +616,15 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
   describe("what of a client's request reaches the API", function()
     -- The API is a capture server (every request's headers and target, recorded; answers {}); the
     -- token comes from the emulator.
-    local emu, sa, gw, billed, fhir, log_file
+    local emu, sa, gw, billed, fhir, log_file, answers_file
     setup(function()
       emu = N.emulator()
       sa = emu:service_account()
       local dir = H.tmpdir()
       log_file = dir .. "/captured.jsonl"
+      answers_file = dir .. "/answers.json"
       local url, stop = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
-        .. " " .. H.q(log_file), dir)
+        .. " " .. H.q(log_file) .. " " .. H.q(answers_file), dir)
       local port = tonumber(url:match(":(%d+)$"))
       gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port, token_port = emu.port })
       billed = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
@@ -832,6 +833,16 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       -- framing for its own sake (100-byte chunk extensions: past 8 times the cap on the wire) too
       assert.equal("413", (run("h1 " .. port .. " /fhir/Patient/_search 10000 1 0 100")))
       assert.equal(before + 2, #captured())
+    end)
+
+    it("writes an answer's Content-Encoding into its error log printable only", function()
+      H.write_file(answers_file, JSON.encode({ { status = 200, content_type = "application/dicom+json", body = "[]",
+        headers = { ["Content-Encoding"] = "br\27[2J\27]0;title\7" } } }))
+      local r = post(gw, "/dicomWeb/studies")
+      assert.equal(200, r.status, r.body)
+      local log = gw:log()
+      assert.truthy(log:find("a br\\x1b[2J\\x1b]0;title\\x07 JSON answer", 1, true), log)
+      assert.falsy(log:find("[\27\7]"), log)
     end)
 
     it("passes the client's media types and conditions, nothing else, with the gateway's credential", function()

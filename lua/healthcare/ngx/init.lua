@@ -723,7 +723,7 @@ function Gateway:plan_rewrite()
   local enc = h["Content-Encoding"]
   if type(enc) == "table" then enc = table.concat(enc, ", ") end
   if enc and enc:lower() ~= "identity" then
-    log(ngx.WARN, "a ", enc, " JSON answer to ", request_line(),
+    log(ngx.WARN, "a ", util.printable(enc), " JSON answer to ", request_line(),
       " goes out with the API's URLs (a compressed body is not rewritten)")
     return
   end
