@@ -616,14 +616,15 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
   describe("what of a client's request reaches the API", function()
     -- The API is a capture server (every request's headers and target, recorded; answers {}); the
     -- token comes from the emulator.
-    local emu, sa, gw, billed, fhir, log_file
+    local emu, sa, gw, billed, fhir, log_file, answers_file
     setup(function()
       emu = N.emulator()
       sa = emu:service_account()
       local dir = H.tmpdir()
       log_file = dir .. "/captured.jsonl"
+      answers_file = dir .. "/answers.json"
       local url, stop = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
-        .. " " .. H.q(log_file), dir)
+        .. " " .. H.q(log_file) .. " " .. H.q(answers_file), dir)
       local port = tonumber(url:match(":(%d+)$"))
       gw = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port, token_port = emu.port })
       billed = N.gateway({ emulator = emu, key_file = sa.key_file, workers = 1, api_port = port,
@@ -759,10 +760,11 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
           assert_envelope(r, 400, "INVALID_ARGUMENT")
           assert.truthy(r.json.error.message:find("in a form body", 1, true), r.body)
         end
-        -- a little over max_form_size: read whole, refused with its length
+        -- a little over max_form_size: refused with its length, or as soon as nginx's file has more
         local r = search(url, "name=" .. string.rep("a", 64 * 1024), h2)
         assert_envelope(r, 413, "INVALID_ARGUMENT")
-        assert.truthy(r.json.error.message:find("this one has 65541", 1, true), r.body)
+        assert.truthy(r.json.error.message:find("this one has 65541", 1, true)
+          or r.json.error.message:find("this one has more than 65536.", 1, true), r.body)
         assert.equal(before, #captured())
         assert.equal(tokens, emu:token_requests())
         for _, body in ipairs({ "name=Smith&keyword=1", "name=Smith" .. pad }) do
@@ -780,12 +782,67 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       local big = "name=" .. string.rep("a", 64 * 1024 * 1024)
       local r = search(fhir.url, big)
       assert_envelope(r, 413, "INVALID_ARGUMENT")
-      assert.truthy(r.json.error.message:find("more than 131072", 1, true), r.body)
+      assert.truthy(r.json.error.message:find("more than 65536", 1, true), r.body)
       assert.equal(before, #captured())
       local lines = fhir:access_lines()
       local read = tonumber(lines[#lines]:match('"POST /fhir/Patient/_search HTTP/1.1" 413 (%d+)'))
       assert.truthy(read and read < 16 * 1024 * 1024, lines[#lines])
       print(string.format("\n64 MiB chunked form body: %d bytes read before the 413", read))
+    end)
+
+    -- spec/support/form_body_client.py: its status (or "none", "closed") and seconds
+    local function form_client(args)
+      local status, seconds = H.check_run("/usr/bin/python3 " .. H.q(E.support .. "/form_body_client.py") .. " "
+        .. args):match("^(%S+) ([%d.]+)")
+      return status, tonumber(seconds)
+    end
+
+    it("refuses a length-less form body once past max_form_size, not at its end", function()
+      local port, run = tonumber(fhir.url:match(":(%d+)$")), form_client
+      local before = #captured()
+      -- 80000 bytes, the body then left open: the 413 comes while the client waits, not at its end.
+      -- What nginx may hold past the cap before the gateway looks: its buffer (4 KiB here) and one
+      -- read from the socket; 80000 is past 64 KiB by more than that buffer. (curl, over HTTP/2, sees
+      -- the stream reset after the answer and drops the answer: the log says it was the 413.)
+      local logged = #fhir:log()
+      for _, c in ipairs({ "h1 " .. port .. " /fhir/Patient/_search 80000 16384 5",
+        "h2 " .. fhir.h2_url .. "/fhir/Patient/_search 80000 5" }) do
+        local got_status, seconds = run(c)
+        assert.truthy(got_status == "413" or (got_status == "closed" and c:find("^h2")),
+          c .. ": " .. got_status .. " after " .. tostring(seconds) .. " s\n" .. fhir:log())
+        assert.truthy(seconds < 2, string.format("%s: the 413 came %.3f s after the last byte", c, seconds))
+      end
+      assert.truthy(fhir:log():sub(logged + 1):find('413 for POST /fhir/Patient/_search: The gateway reads form '
+        .. 'bodies of at most 65536 bytes (max_form_size) to check them; this one has more than 65536., client: '
+        .. '127.0.0.1, server: , request: "POST /fhir/Patient/_search HTTP/2.0"', 1, true), fhir:log())
+      assert.equal(before, #captured())
+    end)
+
+    it("counts a length-less form body's bytes without its chunked framing", function()
+      local port, run = tonumber(fhir.url:match(":(%d+)$")), form_client
+      local before = #captured()
+      -- max_form_size is 64 KiB: 60000 bytes in chunks of one byte are 360 kB on the wire, and pass
+      local status = run("h1 " .. port .. " /fhir/Patient/_search 60000 1 0")
+      assert.equal("200", status, fhir:log())
+      assert.equal(before + 1, #captured())
+      local got = captured()
+      assert.equal("name=" .. string.rep("a", 59995), H.unhex(got[#got].body_hex))
+      -- so do 65536 bytes in chunks of 7 (the cap exactly); one more byte is refused
+      assert.equal("200", (run("h1 " .. port .. " /fhir/Patient/_search 65536 7 0")))
+      assert.equal("413", (run("h1 " .. port .. " /fhir/Patient/_search 65537 7 0")))
+      -- framing for its own sake (100-byte chunk extensions: past 8 times the cap on the wire) too
+      assert.equal("413", (run("h1 " .. port .. " /fhir/Patient/_search 10000 1 0 100")))
+      assert.equal(before + 2, #captured())
+    end)
+
+    it("writes an answer's Content-Encoding into its error log printable only", function()
+      H.write_file(answers_file, JSON.encode({ { status = 200, content_type = "application/dicom+json", body = "[]",
+        headers = { ["Content-Encoding"] = "br\27[2J\27]0;title\7" } } }))
+      local r = post(gw, "/dicomWeb/studies")
+      assert.equal(200, r.status, r.body)
+      local log = gw:log()
+      assert.truthy(log:find("a br\\x1b[2J\\x1b]0;title\\x07 JSON answer", 1, true), log)
+      assert.falsy(log:find("[\27\7]"), log)
     end)
 
     it("passes the client's media types and conditions, nothing else, with the gateway's credential", function()
@@ -923,6 +980,21 @@ describe("the OpenResty gateway (examples/openresty/nginx.conf)", function()
       assert_envelope(r, 503, "UNAVAILABLE")
       assert.truthy(r.json.error.message:find("cannot reach the Cloud Healthcare API", 1, true), r.body)
       assert.equal(before + 1, emu:token_requests())
+    end)
+
+    it("writes a token endpoint's words into its error log printable only", function()
+      local sa = emu:service_account()
+      local gw = N.gateway({ emulator = emu, key_file = sa.key_file })
+      finally(function() gw:stop() end)
+      local forged = "\n2026/01/01 00:00:00 [emerg] 1#1: forged line"
+      emu:control("faults", { match = "token", status = 400, error = "invalid_grant\27[2J",
+        message = "denied\r" .. forged .. "\27]0;title\7" })
+      local body, ctype = multipart({ H.gen_dicom({ count = 1 })[1].path })
+      assert_envelope(stow(gw, "/dicomWeb/studies", body, ctype), 503, "UNAVAILABLE")
+      local log = gw:log()
+      assert.truthy(log:find("HTTP 400 invalid_grant\\x1b[2J: denied\\r\\n2026/01/01", 1, true), log)
+      assert.falsy(log:find(forged, 1, true), log)
+      assert.falsy(log:find("[\27\7\r]"), log)
     end)
 
     it("answers 503 when the token endpoint fails or hangs, never waits longer than its timeout", function()

@@ -16,7 +16,8 @@ then answered 200, Content-Type: application/json, body {} (the oracle's capture
 scripts/api-oracle answers the same). HTTP/1.1 with keep-alive; runs until killed.
 
 ANSWERS, when given, is a file the spec writes: a JSON list of answers, {"status": 200,
-"content_type": "application/json", "body": "..."}, each given once, to the next requests in
+"content_type": "application/json", "body": "...", "headers": {"Name": "value"}} (headers
+optional), each given once, to the next requests in
 order (the list rewritten without it); when it is absent or empty, {} again. This is how a spec
 plays a hostile or failing server: bodies that are not JSON, lists that are not lists, page
 tokens that come back, 503 then 200.
@@ -76,15 +77,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with LOCK:
             with open(sys.argv[1], "a", encoding="utf-8") as log:
                 log.write(line + "\n")
-        status, content_type, answer = 200, "application/json", b"{}"
+        status, content_type, answer, extra = 200, "application/json", b"{}", {}
         with LOCK:
             canned = next_answer()
         if canned is not None:
             status = canned.get("status", 200)
             content_type = canned.get("content_type", "application/json")
             answer = canned.get("body", "").encode("utf-8")
+            extra = canned.get("headers", {})
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in extra.items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(answer)))
         self.end_headers()
         self.wfile.write(answer)

@@ -405,6 +405,9 @@ function Gateway:refresh()
     dict:delete(self.fail_key)
     log(ngx.INFO, "new access token for ", self.cred.label, ", valid ", lifetime, " s")
   else
+    -- the endpoint's own words (OAuth's error_description, an envelope's message) as they came:
+    -- an ESC sequence or a CR LF would reach the error log, and whoever reads it, raw
+    lifetime_or_err = util.printable(lifetime_or_err)
     log(ngx.ERR, lifetime_or_err)
     dict:set(self.fail_key, lifetime_or_err, self.retry_after)
   end
@@ -483,30 +486,55 @@ local function refusal(headers)
   return nil
 end
 
--- The body of this request once ngx.req.read_body read it: in memory, or in nginx's temporary file
--- when it is larger than client_body_buffer_size. nil when that file cannot be read back.
-local function body_bytes()
+-- The body of this request once ngx.req.read_body read it, `cap` bytes at most: in memory (nginx's
+-- buffer, client_body_buffer_size at most), or from nginx's temporary file when it is larger, which
+-- is read only when it holds no more than `cap` bytes. nil when that file cannot be read back;
+-- false and its size when it holds more.
+local function body_bytes(cap)
   local body = ngx.req.get_body_data()
   if body then return body end
   local path = ngx.req.get_body_file()
   if not path then return "" end
   local f = io.open(path, "rb")
   if not f then return nil end
-  body = f:read("*a")
+  local size = f:seek("end")
+  if not size or size > cap then
+    f:close()
+    return size and false, size
+  end
+  f:seek("set")
+  body = f:read(cap + 1) or ""
   f:close()
   return body
 end
 
--- Seconds between two looks at how much of a body of unknown length came, at most: what comes
--- meanwhile is read past the cap (up to a socket buffer's worth, a few MiB, a look).
-local BODY_POLL = 0.002
+-- Bytes of this request's body that nginx has decoded (its chunked framing taken off) into its
+-- temporary file so far; 0 before it has one. Up to client_body_buffer_size more may wait in its
+-- buffer.
+local function body_file_size()
+  local path = ngx.req.get_body_file()
+  local f = path and io.open(path, "rb")
+  if not f then return 0 end
+  local size = f:seek("end")
+  f:close()
+  return size or 0
+end
 
--- Reads this request's body (ngx.req.read_body) unless more than `cap` bytes of it come first.
--- nginx would read a body without Content-Length (HTTP/1.1 chunked, HTTP/2) whole, however long,
--- into its temporary file: it reads here in a light thread while this one watches $request_length,
--- which grows with every byte read, and stops it past the cap (nginx closes the connection after
--- the answer). true once the body is read; false past the cap; nil, why when nginx would not read
--- it (ngx_lua builds that read no HTTP/2 body without a length).
+-- Seconds between two looks at how much of a body of unknown length came, at most.
+local BODY_POLL = 0.002
+-- A chunked body's framing (chunk sizes and extensions) is not body: nginx drops it as it reads.
+-- Bytes of framing and body together that a length-less form body may take, per byte of the cap:
+-- one-byte chunks take 6 ("1\r\na\r\n"); more is framing for its own sake.
+local FRAMING_FACTOR = 8
+
+-- Reads this request's body (ngx.req.read_body) unless more than `cap` decoded bytes of it come
+-- first. nginx would read a body without Content-Length (HTTP/1.1 chunked, HTTP/2) whole, however
+-- long, into its temporary file: it reads here in a light thread while this one watches that file,
+-- which grows by the decoded bytes, and stops it once the file holds more than `cap` (nginx closes
+-- the connection after the answer). What nginx reads past the cap before that look: what waits in
+-- its buffer (client_body_buffer_size) and what one read event takes off the socket (its receive
+-- buffer), never in Lua's memory. true once the body is read; false, why past the cap; nil, why
+-- when nginx would not read it (ngx_lua builds that read no HTTP/2 body without a length).
 local function read_body_within(cap)
   local start = tonumber(ngx.var.request_length) or 0
   local done, err = false, nil
@@ -514,16 +542,27 @@ local function read_body_within(cap)
     local ok, why = pcall(ngx.req.read_body)
     done, err = true, not ok and tostring(why) or nil
   end)
+  local framing = FRAMING_FACTOR * cap + 64 * 1024
+  local function over()
+    if body_file_size() > cap then return string.format("more than %d", cap) end
+    if (tonumber(ngx.var.request_length) or 0) - start > framing then
+      return string.format("more than %d bytes with its chunked framing", framing)
+    end
+  end
   local delay = 0.001
   while not done do
-    if (tonumber(ngx.var.request_length) or 0) - start > cap then
+    local why = over()
+    if why then
       ngx.thread.kill(reader)
-      return false
+      return false, why
     end
     ngx.sleep(delay)
     delay = math.min(delay * 2, BODY_POLL)
   end
   if err then return nil, err end
+  -- read whole between two looks: refused the same (the body itself is looked at by the caller)
+  local why = over()
+  if why and why:find("framing", 1, true) then return false, why end
   return true
 end
 
@@ -559,9 +598,8 @@ function Gateway:form_refusal(headers)
   if not length then
     -- HTTP/1.1 without Content-Length nor Transfer-Encoding has no body; HTTP/2 may have one.
     if not headers["transfer-encoding"] and (ngx.req.http_version() or 1) < 2 then return nil end
-    -- What comes counts the chunks' framing too (a few bytes a chunk): room for it.
-    local whole, err = read_body_within(2 * cap + 64 * 1024)
-    if whole == false then return too_large(cap, string.format("more than %d", 2 * cap)) end
+    local whole, err = read_body_within(cap)
+    if whole == false then return too_large(cap, err) end
     if not whole then
       log(ngx.WARN, "cannot read a form body without Content-Length: ", err)
       return "The gateway reads form bodies to check them: send this one with a Content-Length.", 411
@@ -569,7 +607,8 @@ function Gateway:form_refusal(headers)
   else
     ngx.req.read_body()
   end
-  local body = body_bytes()
+  local body, size = body_bytes(cap)
+  if body == false then return too_large(cap, tostring(size)) end
   if not body then
     return "The gateway could not read the form body back (its temporary file is gone).", 400
   end
@@ -684,7 +723,7 @@ function Gateway:plan_rewrite()
   local enc = h["Content-Encoding"]
   if type(enc) == "table" then enc = table.concat(enc, ", ") end
   if enc and enc:lower() ~= "identity" then
-    log(ngx.WARN, "a ", enc, " JSON answer to ", request_line(),
+    log(ngx.WARN, "a ", util.printable(enc), " JSON answer to ", request_line(),
       " goes out with the API's URLs (a compressed body is not rewritten)")
     return
   end
