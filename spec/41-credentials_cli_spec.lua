@@ -142,6 +142,19 @@ describe("healthcare with two credentials", function()
 end)
 
 describe("healthcare without --credentials", function()
+  it("$HEALTHCARE_BASIC_AUTH (a PACS's password) never goes to Google: a dicomStore name takes Google's "
+    .. "credentials", function()
+    local sa = em:service_account()
+    local env = { HOME = H.tmpdir(), GCE_METADATA_HOST = CLOSED, GOOGLE_APPLICATION_CREDENTIALS = sa.key_file,
+      HEALTHCARE_BASIC_AUTH = "alice:secret-basic-2" }
+    local before = em:count("token_requests", JWT_GRANT)
+    local so, se, code = healthcare(env, { "search", E.store, "--endpoint", em.endpoint, "--no-token-cache",
+      "--debug" })
+    assert.equal(0, code, se)
+    assert.equal(1, em:count("token_requests", JWT_GRANT) - before)
+    assert.is_nil((so .. se):find("Basic", 1, true), se)
+  end)
+
   it("finds GOOGLE_APPLICATION_CREDENTIALS, then the gcloud file, then the metadata server", function()
     local sa, u = em:service_account(), em:authorized_user()
     local home = H.tmpdir()

@@ -49,7 +49,7 @@ function M.add_client_options(p)
   p:option("--access-token", "Bearer token to send (prefer --credentials: tokens expire).")
   p:option("--basic-auth-file", "HTTP Basic authentication for a DICOMweb server (e.g. Orthanc with "
     .. "AuthenticationEnabled): a file of one line user:password, yours and writable by you alone. "
-    .. "Else $" .. M.BASIC_AUTH_ENV .. "=user:password when no other credential is given.")
+    .. "Else $" .. M.BASIC_AUTH_ENV .. "=user:password when no other credential is given and the store is a URL.")
     :argname("<file>")
   p:option("--scope", "OAuth scope (repeatable).", nil, nil, 1, "*"):count("*")
   p:option("--ca-file", "CA certificates (PEM) to verify the server with.")
@@ -179,8 +179,11 @@ local function basic_auth_option(a)
     if not text then return nil, err end
     return M.parse_basic_auth(text, where)
   end
+  -- The variable is a DICOMweb server's password: for a store given by URL only, never for a
+  -- Google name (nor a command that has none), whose requests go to Google's endpoint.
   local env = os.getenv(M.BASIC_AUTH_ENV)
-  if env and env ~= "" and not (a.access_token or a.credentials or a.impersonate_service_account) then
+  local by_url = type(a.store) == "string" and a.store:lower():match("^https?://") ~= nil
+  if env and env ~= "" and by_url and not (a.access_token or a.credentials or a.impersonate_service_account) then
     return M.parse_basic_auth(env, "$" .. M.BASIC_AUTH_ENV)
   end
   return nil
