@@ -395,7 +395,8 @@ describe("healthcare.cli.seed.parse", function()
         .. "alt, callback, fields, key, oauth-token, pretty-print, quota-user, upload-type, "
         .. "upload-protocol" },
       { full("-p", "alt"), "-p needs <key>=<value>, got 'alt'" },
-      { full("-p", "=json"), "missing parameter name before '=' in '=json'" },
+      { full("-p", "=ya29.secret"), "missing parameter name before '=' in -p =<value> (the value not shown: it may "
+        .. "be a secret)" },
       { full("-p", "pretty-print=yes"), "parameter pretty-print must be true or false, got 'yes'" },
       { full("-p"), "option -p needs a value <key>=<value>" },
       { full("-o"), "option -o needs a value <out>" },

@@ -795,7 +795,9 @@ local function set_param(cmd, value, method)
     end
     return nil, "-p needs <key>=<value>, got a word without '=' (not shown: it may be a secret)"
   end
-  if name == "" then return nil, format("missing parameter name before '=' in '%s'", value) end
+  if name == "" then
+    return nil, "missing parameter name before '=' in -p =<value> (the value not shown: it may be a secret)"
+  end
   local q = method_param(method, name)
   if q then
     if method.kind ~= "api" then cmd.method_query = cmd.method_query or {} end
