@@ -400,16 +400,25 @@ describe("healthcare watch: restarts and mistakes", function()
     assert.matches("symbolic link", se)
   end)
 
-  it("two watchers of one spool: the second is refused (the journal is locked)", function()
+  -- Locked by the spool itself, not the journal: two watchers with journals of their own would
+  -- take the same files.
+  it("two watchers of one spool: the second is refused, whatever journal it names", function()
     local dir = H.tmpdir()
     local spool = dir .. "/spool"
     lfs.mkdir(spool)
     local first = spawn("exec " .. H.healthcare_command({ "watch", E.dicomweb, spool }), dir .. "/w1.out", dir .. "/w1.err")
     finally(function() stop(first) end)
     assert.truthy(wait_for(10, function() return (H.file_bytes(dir .. "/w1.err") or ""):find("watching") end))
-    local _, se, code = H.healthcare({ "watch", E.dicomweb, spool })
-    assert.equal(2, code, se)
-    assert.matches("in use by another process", se)
+    for _, extra in ipairs({ {}, { "--journal", dir .. "/other.jsonl" }, { "--journal", dir .. "/other.jsonl",
+      "--done", dir .. "/done", "--failed", dir .. "/failed" } }) do
+      local words = { "watch", E.dicomweb, spool .. "/" }
+      for _, w in ipairs(extra) do words[#words + 1] = w end
+      local _, se, code = H.healthcare(words)
+      assert.equal(2, code, se)
+      assert.matches("another healthcare watch is watching " .. spool:gsub("%p", "%%%0") .. "\n", se)
+    end
+    assert.is_nil(lfs.attributes(dir .. "/other.jsonl"), "the second touched nothing")
+    assert.is_nil(lfs.attributes(dir .. "/done"))
   end)
 end)
 
@@ -418,6 +427,17 @@ describe("store:watch (Lua API)", function()
   local store
   before_each(function() store = assert(healthcare.dicomweb(E.dicomweb)) end)
   after_each(function() store:close() end)
+
+  it("refuses a second watcher of a spool, even with a journal of its own, until the first is closed", function()
+    local dir = H.tmpdir()
+    local first = assert(store:watch(dir, { journal = dir .. "/one.jsonl" }))
+    local second, err = store:watch(dir .. "//", { journal = dir .. "/two.jsonl" })
+    assert.is_nil(second)
+    assert.same({ "io", "busy", "another healthcare watch is watching " .. dir }, { err.kind, err.status, err.message })
+    first:close()
+    second = assert(store:watch(dir, { journal = dir .. "/two.jsonl" }))
+    second:close()
+  end)
 
   it("raises for misuse at the caller's line", function()
     local dir = H.tmpdir()

@@ -204,6 +204,22 @@ function Watcher:start_batch()
   return true
 end
 
+-- The spool held open and locked for the watcher's life (an flock on the folder itself: no lock
+-- file another user could make or link first), or nil, err: a second watcher of one spool, even
+-- with a journal of its own, would take the same files. A file system without such locks (NFS
+-- refuses them on a folder) leaves the journal's lock alone to guard.
+local function lock_spool(spool)
+  local errors = require "healthcare.errors"
+  local h, err = core.dir_open(spool)
+  if not h then return nil, errors.new("io", err.message) end
+  local ok, lerr = h:lock()
+  if not ok and lerr.status == "busy" then
+    h:close()
+    return nil, errors.new("io", "another healthcare watch is watching " .. spool, { status = "busy" })
+  end
+  return h
+end
+
 --- healthcare.dicomweb.watch.new(store, spool, opts) (also store:watch(spool, opts)): a watcher,
 --- or nil, err (a spool that is not a folder, a failed or done folder that cannot be made, a
 --- journal that cannot be used). Run it with watcher:run() or call watcher:step() from a loop.
@@ -219,20 +235,24 @@ function M.new(store, spool, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.failed_dir = strip_slash(o.failed_dir or join(spool, "failed"))
   if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
+  local spool_dir, lerr = lock_spool(spool)
+  if not spool_dir then return nil, lerr end
   local spool_attr, roots = lfs.attributes(spool), {}
   local spool_id = file_id(spool_attr)
   for _, d in ipairs({ o.failed_dir, o.done_dir }) do
     local ok, why = util.make_dirs(d)
-    if not ok then return nil, errors.new("io", why) end
-    local a = lfs.attributes(d)
-    roots[d] = file_id(a)
+    local a = ok and lfs.attributes(d)
     local what = "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
-    -- every file moved there would be taken again, and again
-    if roots[d] == spool_id then return nil, errors.new("usage", what .. " is the spool") end
-    -- files are renamed into it: on another, none could be moved, each kept in the spool
-    if a.dev ~= spool_attr.dev then
-      return nil, errors.new("usage", what .. " is on another file system than the spool")
+    -- every file moved there would be taken again, and again; files are renamed into it: on
+    -- another file system, none could be moved, each kept in the spool
+    local refused = a and ((file_id(a) == spool_id and " is the spool")
+      or (a.dev ~= spool_attr.dev and " is on another file system than the spool"))
+    if not a or refused then
+      spool_dir:close()
+      if not a then return nil, errors.new("io", why or ("cannot use " .. d)) end
+      return nil, errors.new("usage", what .. refused)
     end
+    roots[d] = file_id(a)
   end
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
@@ -246,6 +266,7 @@ function M.new(store, spool, opts)
     own_rel = {},        -- the same by their paths below the spool (one made again has a new inode)
     roots = roots,       -- failed and done folder -> "dev:ino" it has now
     pins = {},           -- those folders held open: removed, their inode is never another's while we run
+    spool_dir = spool_dir, -- the spool's handle, locked for the watcher's life
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
@@ -832,6 +853,7 @@ function Watcher:close()
   if self.inotify then self.inotify:close() end
   for _, fh in ipairs(self.pins) do fh:close() end
   self.pins = {}
+  self.spool_dir:close()
 end
 
 Watcher.__close = Watcher.close
