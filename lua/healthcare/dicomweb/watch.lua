@@ -237,22 +237,28 @@ function M.new(store, spool, opts)
   if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
   local spool_dir, lerr = lock_spool(spool)
   if not spool_dir then return nil, lerr end
-  local spool_attr, roots = lfs.attributes(spool), {}
+  local spool_attr, roots, root_dirs = lfs.attributes(spool), {}, {}
   local spool_id = file_id(spool_attr)
   for _, d in ipairs({ o.failed_dir, o.done_dir }) do
     local ok, why = util.make_dirs(d)
-    local a = ok and lfs.attributes(d)
+    local h = ok and core.dir_open(d)
+    local a = h and h:stat()
+    if not a then
+      for _, rh in pairs(root_dirs) do rh:close() end
+      spool_dir:close()
+      return nil, errors.new("io", why or ("cannot open " .. d))
+    end
+    roots[d], root_dirs[d] = file_id(a), h
     local what = "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
     -- every file moved there would be taken again, and again; files are renamed into it: on
     -- another file system, none could be moved, each kept in the spool
-    local refused = a and ((file_id(a) == spool_id and " is the spool")
-      or (a.dev ~= spool_attr.dev and " is on another file system than the spool"))
-    if not a or refused then
+    local refused = (roots[d] == spool_id and " is the spool")
+      or (a.dev ~= spool_attr.dev and " is on another file system than the spool")
+    if refused then
+      for _, rh in pairs(root_dirs) do rh:close() end
       spool_dir:close()
-      if not a then return nil, errors.new("io", why or ("cannot use " .. d)) end
       return nil, errors.new("usage", what .. refused)
     end
-    roots[d] = file_id(a)
   end
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
@@ -265,14 +271,15 @@ function M.new(store, spool, opts)
     own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
     own_rel = {},        -- the same by their paths below the spool (one made again has a new inode)
     roots = roots,       -- failed and done folder -> "dev:ino" it has now
-    pins = {},           -- those folders held open: removed, their inode is never another's while we run
-    spool_dir = spool_dir, -- the spool's handle, locked for the watcher's life
+    root_dirs = root_dirs, -- failed and done folder -> its handle (core.dir_open) files are moved into
+    spool_dir = spool_dir, -- the spool's handle, locked: files are moved and removed relative to it
+    pins = {},           -- folders held open: removed, their inode is never another's while we run
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
   self:mark_own()
   self:mark_own_paths()
-  for d in pairs(roots) do self:pin(d) end
+  for _, h in pairs(root_dirs) do self.pins[#self.pins + 1] = h end
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
@@ -316,13 +323,6 @@ function Watcher:mark_own()
   for _, p in ipairs(list) do
     if p then self:exclude(p) end
   end
-end
-
--- Holds the folder at path open: the watcher's own by its inode, which a file or folder made
--- after it was removed could otherwise get (and never be taken).
-function Watcher:pin(path)
-  local fh = io.open(path, "r")
-  if fh then self.pins[#self.pins + 1] = fh end
 end
 
 -- The watcher's own by their paths below the spool, if they are in it.
@@ -588,51 +588,46 @@ function Watcher:on_instance(r, outcome)
     sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
 end
 
--- The folder below root (the failed or done folder) for the folders of rel (a path below the
--- spool), made where missing; or nil and why not. Whoever may write the spool may put links in
--- a failed or done folder inside it, or one in its place: none is followed, else a file named by
--- that writer would go where the link points. root made again (removed while running) is the
--- watcher's own before anything is moved into it: never taken as spool.
-function Watcher:destination_dir(root, rel)
+-- The handle of root (the failed or done folder) files are moved into, or nil and why not. One
+-- removed or replaced while running is made again, and is the watcher's own before anything is
+-- moved into it: never taken as spool. Whoever may write the spool may put a link in its place:
+-- not followed, else a file named by that writer would go where the link points.
+function Watcher:root_dir(root)
+  local h = self.root_dirs[root]
   local a = lfs.attributes(root) -- followed: root may be a link the caller gave
-  if not (a and a.mode == "directory" and self.roots[root] == file_id(a)) then
-    a = core.file_stat(root, false)
-    if not a then
-      local ok, why = util.make_dirs(root)
-      if not ok then return nil, why end
-      a = core.file_stat(root, false)
-    end
-    if not a or a.mode ~= "directory" then return nil, root .. " is not a folder: not followed" end
-    self.roots[root] = file_id(a)
-    self.own[file_id(a)] = true
-    self:pin(root)
+  if a and a.mode == "directory" and self.roots[root] == file_id(a) then return h end
+  if not core.file_stat(root, false) then
+    local ok, why = util.make_dirs(root)
+    if not ok then return nil, why end
   end
-  local dir = root
-  for name in (rel:match("^(.*)/[^/]*$") or ""):gmatch("[^/]+") do
-    dir = join(dir, name)
-    a = core.file_stat(dir, false)
-    if not a then
-      lfs.mkdir(dir)
-      a = core.file_stat(dir, false)
-    end
-    if not a or a.mode ~= "directory" then return nil, dir .. " is not a folder: not followed" end
-  end
-  return dir
+  local err
+  h, err = core.dir_open(root, false)
+  if not h then return nil, err.message end
+  local id = file_id(h:stat())
+  self.roots[root], self.root_dirs[root] = id, h
+  self.own[id] = true
+  self.pins[#self.pins + 1] = h -- the one before stays open too: its inode is never another's
+  return h
 end
 
--- path under root, keeping its folders below the spool; an existing name gets .1, .2, ...; or
--- nil and why not.
-local function destination(self, path, root)
+-- Moves the file at path below root, keeping its folders below the spool (made where missing;
+-- an existing name gets .1, .2, ...), with FILE.reason beside it when reason is given. Returns
+-- where it went, or nil and why not; and a warning. Every folder on both ways is opened without
+-- following links, relative to folders held open (core.dir_open): none put in or in place of
+-- one, even between a check and the move, can send the file elsewhere.
+function Watcher:move(path, root, reason)
+  local h, why = self:root_dir(root)
+  if not h then return nil, why end
   local rel = path:sub(#self.spool + 2)
-  local dir, why = self:destination_dir(root, rel)
-  if not dir then return nil, why end
-  local dest = join(dir, rel:match("[^/]+$"))
-  local n, try = 0, dest
-  while lfs.symlinkattributes(try) or lfs.symlinkattributes(try .. ".reason") do
-    n = n + 1
-    try = dest .. "." .. n
+  local to_rel, err = self.spool_dir:move(rel, h, rel)
+  if not to_rel then return nil, err.message end
+  local moved_to, warning = join(root, to_rel), nil
+  if reason then
+    local ok, werr = h:create(to_rel .. ".reason", string.format("%s\n%s\n", os.date("!%Y-%m-%dT%H:%M:%SZ"),
+      tostring(reason)))
+    if not ok then warning = "cannot write the reason file: " .. werr.message end
   end
-  return try
+  return moved_to, nil, warning
 end
 
 -- The end of a file: removed or moved to done_dir (stored), or moved to failed_dir with
@@ -643,23 +638,18 @@ function Watcher:finish(path, outcome, info)
     study_uid = info.study_uid }
   local ok, err
   if outcome == "failed" then
-    ev.moved_to, err = destination(self, path, o.failed_dir)
-    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
-    if ok then
-      local wrote, werr = core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n",
-        os.date("!%Y-%m-%dT%H:%M:%SZ"), tostring(info.reason)))
-      if not wrote then ev.warning = "cannot write the reason file: " .. tostring(werr) end
-    end
+    ev.moved_to, err, ev.warning = self:move(path, o.failed_dir, info.reason)
+    ok = ev.moved_to ~= nil
   elseif o.done_dir then
-    ev.moved_to, err = destination(self, path, o.done_dir)
-    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
+    ev.moved_to, err = self:move(path, o.done_dir)
+    ok = ev.moved_to ~= nil
   else
-    ok, err = os.remove(path)
+    local rerr
+    ok, rerr = self.spool_dir:remove(path:sub(#self.spool + 2))
+    if not ok then err = rerr.message end
   end
   if not ok then
-    ev.moved_to = nil
-    ev.warning = "cannot " .. (ev.outcome == "failed" and "move" or (o.done_dir and "move" or "remove")) .. ": "
-      .. tostring(err)
+    ev.warning = "cannot " .. ((outcome == "failed" or o.done_dir) and "move" or "remove") .. ": " .. tostring(err)
     -- Kept as it is, not sent again this run; a restart acts on it again (a stored one is in the
     -- journal: removed or moved then, not sent).
     self.known[path] = { state = "kept" }
@@ -851,7 +841,7 @@ function Watcher:close()
     if self.batch.journal then self.batch.journal:close() end
   end
   if self.inotify then self.inotify:close() end
-  for _, fh in ipairs(self.pins) do fh:close() end
+  for _, h in ipairs(self.pins) do h:close() end
   self.pins = {}
   self.spool_dir:close()
 end
