@@ -4,6 +4,7 @@
 -- watched nor taken as spool); a symbolic link put in or in place of one is never followed.
 -- And whole requests refused: the files go again one per request before any counts as failed;
 -- a 401, 403 or 404 (the credential or the store's address) never sends a file to failed/.
+-- Folders emptied of their files are removed once quiet.
 -- Run: spec/support/testbed lua5.4 /usr/bin/busted spec/95-watch_folders_spec.lua
 local H = require "helpers"
 if not H.need_testbed() then return end
@@ -214,6 +215,85 @@ describe("store:watch and a link swapped in while it moves files", function()
     assert.equal(moved + 1, #in_done)
     assert.equal(kept, #tree(spool .. "/study"))
     assert.equal("", H.file_bytes(dir .. "/swapper.err"))
+  end)
+end)
+
+describe("store:watch and the folders files were taken from", function()
+  local healthcare = require "healthcare"
+  local store, dir, spool
+  before_each(function()
+    store = assert(healthcare.dicomweb(E.dicomweb))
+    dir = H.tmpdir()
+    spool = dir .. "/spool"
+    lfs.mkdir(spool)
+  end)
+  after_each(function() store:close() end)
+
+  -- Folders below dir (relative paths, sorted), links not followed.
+  local function folders(d)
+    local out = {}
+    local function walk(p, rel)
+      for name in lfs.dir(p) do
+        if name ~= "." and name ~= ".." and lfs.symlinkattributes(p .. "/" .. name, "mode") == "directory" then
+          out[#out + 1] = rel .. name
+          walk(p .. "/" .. name, rel .. name .. "/")
+        end
+      end
+    end
+    walk(d, "")
+    table.sort(out)
+    return out
+  end
+
+  local function start(settle, opts)
+    local seen = {}
+    opts = opts or {}
+    opts.settle, opts.rescan, opts.journal = settle, 0.5, dir .. "/journal.jsonl"
+    opts.on_file = function(ev) seen[#seen + 1] = ev end
+    local w = assert(store:watch(spool, opts))
+    finally(function() w:close() end)
+    return w, seen
+  end
+
+  -- storescp --sort-on-study-uid makes a folder per study: emptied, each would stay, watched.
+  it("removes a folder it emptied once quiet, and its parents, never the spool nor one not empty", function()
+    local w, seen = start(0, { done_dir = spool .. "/done" })
+    H.check_run("mkdir -p " .. H.q(spool .. "/a/b") .. " " .. H.q(spool .. "/c") .. " " .. H.q(spool .. "/keep")
+      .. " " .. H.q(dir .. "/elsewhere"))
+    run_for(w, 1)
+    H.gen_dicom({ dir = spool .. "/a/b", count = 2 })
+    H.gen_dicom({ dir = spool .. "/c", count = 1 })
+    H.gen_dicom({ dir = spool .. "/keep", count = 1 })
+    H.write_file(spool .. "/keep/next.dcm.part", "a writer's file, not yet renamed")
+    -- a link to an empty folder elsewhere: never followed
+    H.check_run("ln -s " .. H.q(dir .. "/elsewhere") .. " " .. H.q(spool .. "/link"))
+    run_for(w, 20, function() return #seen >= 4 end)
+    assert.is_truthy(w.watched[spool .. "/a/b"])
+    run_for(w, 5, function() return lfs.attributes(spool .. "/a") == nil end)
+    run_for(w, 1)
+    assert.equal(4, w:status().stored)
+    assert.same({ "done", "done/a", "done/a/b", "done/c", "done/keep", "failed", "keep" }, folders(spool))
+    assert.truthy(lfs.attributes(dir .. "/elsewhere"))
+    -- and their watches gone: a folder made again at the name is watched afresh
+    assert.is_nil(w.watched[spool .. "/a/b"])
+    assert.is_nil(w.watched[spool .. "/a"])
+    assert.is_nil(w.watched[spool .. "/c"])
+    assert.is_truthy(w.watched[spool .. "/keep"])
+    H.check_run("mkdir -p " .. H.q(spool .. "/a/b"))
+    H.gen_dicom({ dir = spool .. "/a/b", count = 1 })
+    run_for(w, 20, function() return #seen >= 5 end)
+    assert.equal(5, w:status().stored)
+  end)
+
+  it("keeps a folder it emptied while it is younger than --settle: a writer may be about to use it", function()
+    local w, seen = start(30)
+    lfs.mkdir(spool .. "/study")
+    run_for(w, 1) -- watched before its file is written: taken when closed, not after --settle
+    H.gen_dicom({ dir = spool .. "/study", count = 1 })
+    run_for(w, 20, function() return #seen >= 1 end)
+    run_for(w, 3)
+    assert.equal(1, w:status().stored)
+    assert.same({ "failed", "study" }, folders(spool))
   end)
 end)
 

@@ -266,6 +266,7 @@ function M.new(store, spool, opts)
     solo = {}, solo_head = 1, solo_tail = 0, -- files to send alone (a request of theirs refused)
     deferred = {},       -- path -> when it is sent again
     settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
+    emptying = {},       -- folder -> true: files were taken from it; removed once empty and quiet
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
     wds = {}, watched = {}, -- inotify watch number -> folder, folder -> watch number
     own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
@@ -496,6 +497,7 @@ function Watcher:maybe_scan()
     end
   end
   self:check_settling()
+  self:remove_emptied()
   if now - self.last_scan < self.opts.rescan then return end
   self.last_scan = now
   local seen = {}
@@ -627,7 +629,45 @@ function Watcher:move(path, root, reason)
       tostring(reason)))
     if not ok then warning = "cannot write the reason file: " .. werr.message end
   end
+  self:emptied(path)
   return moved_to, nil, warning
+end
+
+-- The folder of path (a file just moved or removed) is looked at once quiet (remove_emptied),
+-- unless it is the spool itself.
+function Watcher:emptied(path)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir and #dir > #self.spool then self.emptying[dir] = true end
+end
+
+-- Folders below the spool that files were taken from, removed once empty (storescp
+-- --sort-on-study-uid makes one per study: else they, and their inotify watches, pile up), then
+-- their parents in turn. Only once unchanged for opts.settle seconds, as a file found by a scan:
+-- a writer that made a folder, or wrote its last file there, may be about to write into it (one
+-- that still does then finds it gone). Never the spool, never a folder that is not empty (rmdir),
+-- never through a link (core.dir_open's remove).
+function Watcher:remove_emptied()
+  local now = core.now()
+  if now - (self.last_empty_check or 0) < SETTLE_CHECK or next(self.emptying) == nil then return end
+  self.last_empty_check = now
+  local dirs = {}
+  for dir in pairs(self.emptying) do dirs[#dirs + 1] = dir end
+  for _, dir in ipairs(dirs) do
+    local a = core.file_stat(dir, false)
+    if not a or a.mode ~= "directory" or self:excluded(a, dir) then
+      self.emptying[dir] = nil
+    elseif os.time() - a.modification > self.opts.settle then
+      self.emptying[dir] = nil
+      if self.spool_dir:remove(dir:sub(#self.spool + 2), true) then
+        local wd = self.watched[dir]
+        if wd then
+          self.inotify:remove(wd)
+          self.wds[wd], self.watched[dir] = nil, nil
+        end
+        self:emptied(dir)
+      end
+    end
+  end
 end
 
 -- The end of a file: removed or moved to done_dir (stored), or moved to failed_dir with
@@ -646,7 +686,7 @@ function Watcher:finish(path, outcome, info)
   else
     local rerr
     ok, rerr = self.spool_dir:remove(path:sub(#self.spool + 2))
-    if not ok then err = rerr.message end
+    if ok then self:emptied(path) else err = rerr.message end
   end
   if not ok then
     ev.warning = "cannot " .. ((outcome == "failed" or o.done_dir) and "move" or "remove") .. ": " .. tostring(err)
