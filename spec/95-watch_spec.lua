@@ -376,6 +376,38 @@ describe("healthcare watch: restarts and mistakes", function()
     assert.truthy(lfs.attributes(spool .. "/.healthcare-watch.jsonl.1"))
   end)
 
+  local function base64_decode(s) return (H.check_run("base64 -d", s)) end
+
+  -- A file name is bytes; JSON is UTF-8 (a strict reader, Python's, refuses anything else).
+  it("--json stays valid JSON for file names that are not UTF-8, their bytes in base64 beside", function()
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local f = H.gen_dicom({ dir = dir .. "/src", count = 1 })[1]
+    local good, bad = spool .. "/caf\233-\255.dcm", spool .. "/bad-\200.dcm"
+    H.check_run("cp -p " .. H.q(f.path) .. " " .. H.q(good))
+    H.write_file(bad, "not dicom")
+    local w = start_watch({ dicomweb = E.dicomweb }, spool, dir, { "--settle", "0" }, "names")
+    finally(function() stop(w) end)
+    assert.truthy(wait_for(30, function() return #events(dir .. "/watch-names.jsonl") >= 2 end))
+    stop(w)
+    local so, se, code = H.run(PY .. " -c " .. H.q("import json, sys; [print(json.dumps(json.loads(l), "
+      .. "sort_keys=True)) for l in open(sys.argv[1], 'rb').read().decode('utf-8').splitlines()]") .. " "
+      .. H.q(dir .. "/watch-names.jsonl"))
+    assert.equal(0, code, se)
+    assert.truthy(so:find('"event": "status"', 1, true))
+    local by_outcome = {}
+    for _, ev in ipairs(events(dir .. "/watch-names.jsonl")) do by_outcome[ev.outcome] = ev end
+    local stored, failed = by_outcome.stored, by_outcome.failed
+    assert.equal(spool .. "/caf\239\191\189-\239\191\189.dcm", stored.path)
+    assert.equal(good, base64_decode(stored.path_base64))
+    assert.equal(spool .. "/bad-\239\191\189.dcm", failed.path)
+    assert.equal(bad, base64_decode(failed.path_base64))
+    assert.equal(spool .. "/failed/bad-\200.dcm", base64_decode(failed.moved_to_base64))
+    assert.truthy(lfs.attributes(spool .. "/failed/bad-\200.dcm"))
+    assert.is_nil(lfs.attributes(good))
+  end)
+
   it("exits 2 on bad arguments, saying why", function()
     local dir = H.tmpdir()
     local cases = {
