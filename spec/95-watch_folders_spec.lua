@@ -334,6 +334,33 @@ describe("store:watch and requests refused as a whole", function()
     while w:status().stored + w:status().failed < n and os.time() < deadline do assert.is_true(w:step(0.1)) end
   end
 
+  -- How a watcher has its files sent alone: the Batch makes a request of its own of a file its
+  -- iterator marks alone, and goes on grouping the others.
+  it("a Batch sends a file marked alone in a request of its own", function()
+    local made = H.gen_dicom({ dir = dir .. "/src", count = 6 })
+    local alone = { false, true, false, false, true, true }
+    local b = assert(require("healthcare.dicomweb.batch").Batch.new(store, {}, {}))
+    finally(function() b:abandon() end)
+    local i = 0
+    b.source.it = function()
+      i = i + 1
+      local f = made[i]
+      if not f then return nil end
+      local a = assert(lfs.attributes(f.path))
+      return { path = f.path, rel = f.path:match("[^/]+$"), size = a.size, mtime = a.modification, dev = a.dev,
+        ino = a.ino, alone = alone[i] }
+    end
+    local sizes = {}
+    for g in function() return b.source:next_group() end do
+      sizes[#sizes + 1] = #g.entries
+      if #g.entries > 1 then
+        for _, e in ipairs(g.entries) do assert.is_falsy(e.alone) end
+      end
+    end
+    assert.same({ 1, 1, 2, 1, 1 }, sizes)
+    assert.equal(500, b.opts.max_request_instances)
+  end)
+
   it("sends the files of a request refused as a whole (413) again one per request: none fails for it", function()
     local w = open({})
     H.emulator_faults({ { match = "store", http_method = "POST", status = 413, times = 3 } })

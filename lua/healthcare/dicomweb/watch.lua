@@ -187,19 +187,6 @@ function Watcher:start_batch()
   end
   self.kept_stored = nil
   b.source.it = function() return self:next_ready() end
-  -- A file one of whose requests was refused as a whole goes alone: one bad file (or one that
-  -- fits a proxy's limit alone, not with others) then costs only itself, and strikes count only
-  -- against a file refused alone.
-  local next_group = b.source.next_group
-  b.source.next_group = function(src)
-    if src.pending or self.solo_head > self.solo_tail then return next_group(src) end
-    local limit = src.opts.max_request_instances
-    src.opts.max_request_instances, self.solo_turn = 1, true
-    local ok, g = pcall(next_group, src)
-    src.opts.max_request_instances, self.solo_turn = limit, nil
-    if not ok then error(g, 0) end
-    return g
-  end
   self.batch = b
   return true
 end
@@ -263,7 +250,6 @@ function M.new(store, spool, opts)
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
     queue = {}, qhead = 1, qtail = 0,
-    solo = {}, solo_head = 1, solo_tail = 0, -- files to send alone (a request of theirs refused)
     deferred = {},       -- path -> when it is sent again
     settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
     emptying = {},       -- folder -> true: files were taken from it; removed once empty and quiet
@@ -524,43 +510,28 @@ function Watcher:enqueue(path)
 end
 
 function Watcher:queued()
-  return self.qtail - self.qhead + 1 + self.solo_tail - self.solo_head + 1
+  return self.qtail - self.qhead + 1
 end
 
--- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready:
--- one of those to send alone while the Batch makes a group of one (solo_turn), else one of the
--- others.
+-- The next file for the Batch ({ path, rel, size, mtime, dev, ino, alone }), or nil when none is
+-- ready. A file one of whose requests was refused as a whole goes alone (the Batch makes it a
+-- request of its own): one bad file (or one that fits a proxy's limit alone, not with others)
+-- then costs only itself, and strikes count only against a file refused alone.
 function Watcher:next_ready()
-  if self.solo_turn then
-    while self.solo_head <= self.solo_tail do
-      local path = self.solo[self.solo_head]
-      self.solo[self.solo_head] = nil
-      self.solo_head = self.solo_head + 1
-      local f = self:ready(path, true)
-      if f then return f end
-    end
-    self.solo_head, self.solo_tail = 1, 0
-    return nil
-  end
   while self.qhead <= self.qtail do
     local path = self.queue[self.qhead]
     self.queue[self.qhead] = nil
     self.qhead = self.qhead + 1
     local k = self.known[path]
-    if k and k.solo then
-      self.solo_tail = self.solo_tail + 1
-      self.solo[self.solo_tail] = path
-    else
-      local f = self:ready(path, false)
-      if f then return f end
-    end
+    local f = self:ready(path, k ~= nil and k.solo == true)
+    if f then return f end
   end
   self.qhead, self.qtail = 1, 0
   return nil
 end
 
--- The file at path for the Batch ({ path, rel, size, mtime, dev, ino }), or nil (gone, the
--- watcher's own, or already stored). alone: whether it goes in a request of its own.
+-- The file at path for the Batch ({ path, rel, size, mtime, dev, ino, alone }), or nil (gone,
+-- the watcher's own, or already stored). alone: whether it goes in a request of its own.
 function Watcher:ready(path, alone)
   local k = self.known[path]
   local a = core.file_stat(path, false)
@@ -570,7 +541,7 @@ function Watcher:ready(path, alone)
     k.queued, k.state, k.alone = nil, "sending", alone
     -- what is sent, so that finishing it never removes another file put under its name since
     local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-      mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
+      mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino, alone = alone }
     k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
       change = a.change }
     k.again = nil
