@@ -390,14 +390,45 @@ describe("store:watch and requests refused as a whole", function()
     end)
   end
 
-  it("sends alone the files of a request that failed three times for a while (a 503), so one cannot hold back the others", function()
+  -- An outage: every request fails, nothing is stored. The backlog it leaves must not go one
+  -- file per request once the server is back.
+  it("sends the files of a request that failed during an outage (a 503 to all) together again once it ends", function()
     local w = open({ retry = { max_attempts = 1 } })
-    H.emulator_faults({ { match = "store", http_method = "POST", status = 503, times = 3 } })
+    H.emulator_faults({ { match = "store", http_method = "POST", status = 503, times = 5 } })
     arrive(w, 3)
     wait_stored(w, 3)
     assert.equal(3, w:status().stored)
-    -- three refused with the three files in them, then one request per file
+    -- five refused with the three files in them, then one request of the three
     assert.equal(6, w:status().requests)
+  end)
+
+  it("sends alone the files of a request that failed three times (a 503) while others were stored, so one cannot hold back the others", function()
+    local w = open({ retry = { max_attempts = 1 } })
+    w.opts.requeue_delay = 1.5 -- the file of each round goes, and is stored, first
+    local function requeued()
+      local n = 0
+      for _, ev in ipairs(seen) do if ev.outcome == "requeued" then n = n + 1 end end
+      return n
+    end
+    local function wait(cond)
+      local deadline = os.time() + 20
+      while not cond() and os.time() < deadline do assert.is_true(w:step(0.05)) end
+      assert.is_true(cond())
+    end
+    local fault = { { match = "store", http_method = "POST", status = 503, times = 1 } }
+    H.emulator_faults(fault)
+    arrive(w, 2)
+    wait(function() return requeued() == 2 end)
+    for round = 1, 3 do
+      arrive(w, 1)
+      wait(function() return w:status().stored == round end)
+      H.emulator_faults(fault)
+      wait(function() return requeued() == 2 + 2 * round end)
+    end
+    wait_stored(w, 5)
+    assert.equal(5, w:status().stored)
+    -- the two refused together four times, the three others, then the two one per request
+    assert.equal(4 + 3 + 2, w:status().requests)
   end)
 end)
 

@@ -539,6 +539,7 @@ function Watcher:ready(path, alone)
     self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
   elseif k then
     k.queued, k.state, k.alone = nil, "sending", alone
+    k.stored_at_send = self.counters.stored -- (defer: whether the server stored others since)
     -- what is sent, so that finishing it never removes another file put under its name since
     local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
       mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino, alone = alone }
@@ -675,17 +676,24 @@ end
 -- files refused as a whole says nothing of each: they are sent again one per request, and a file
 -- counts as failed once refused alone max_request_strikes times. A transient failure (the server
 -- or the network away) never strikes: the file waits for them, and goes alone after
--- max_request_strikes of them with others (one file the server always fails on, with a 500, would
--- hold back the others). Nor does a refusal that says the credential or the store's address is
--- wrong (HTTP 401, 403, 404: scope "store"): every file waits until that is put right.
+-- max_request_strikes of them with others while other files were stored (one file the server
+-- always fails on, with a 500, would hold back the others). An outage fails every request alike
+-- and stores nothing: those are not counted, so that the backlog it leaves goes on in full
+-- requests once the server is back, not one file per request. Nor does a refusal that says the
+-- credential or the store's address is wrong (HTTP 401, 403, 404: scope "store"): every file
+-- waits until that is put right.
 function Watcher:defer(f)
   local k = self.known[f.path] or {}
   self.known[f.path] = k
   if f.scope == "request" then
     if k.alone then k.strikes = (k.strikes or 0) + 1 else k.solo = true end
   elseif f.scope == "transient" and not k.alone then
-    k.transient = (k.transient or 0) + 1
-    if k.transient >= self.opts.max_request_strikes then k.solo = true end
+    local stored = self.counters.stored
+    if stored > (k.stored_at_failure or k.stored_at_send or stored) then
+      k.transient = (k.transient or 0) + 1
+      if k.transient >= self.opts.max_request_strikes then k.solo = true end
+    end
+    k.stored_at_failure = stored
   end
   if (k.strikes or 0) >= self.opts.max_request_strikes then
     return self:finish(f.path, "failed", f)
