@@ -384,7 +384,7 @@ int hc_file_trusted_open(const char *path, const char *home, int *fdp, enum hc_f
 int hc_file_open_dir_below(int dirfd, const char *rel, int create, int *fd, size_t *failed)
 {
     const char *p = rel;
-    int cur = dup(dirfd);
+    int cur = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
     *fd = -1;
     *failed = 0;
     if (cur < 0)
@@ -448,14 +448,16 @@ static int rename_noreplace_at(int from_dir, const char *from_name, int to_dir, 
     return 0;
 }
 
-/* Whether name (with suffix, if any) is taken in dir, as a file of any kind or as name.reason. */
+/* Whether name (with suffix, if any) is taken in dir, as a file of any kind or as name.reason
+ * (which cannot exist when longer than a name may be). */
 static int name_taken(int dir, const char *name)
 {
-    char reason[NAME_MAX + 8];
+    char reason[NAME_MAX + 1];
     struct stat st;
     if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
         return 1;
-    snprintf(reason, sizeof reason, "%s.reason", name);
+    if ((size_t)snprintf(reason, sizeof reason, "%s.reason", name) >= sizeof reason)
+        return 0;
     return fstatat(dir, reason, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT;
 }
 
@@ -464,14 +466,14 @@ int hc_file_move_new(int from_dir, const char *from_name, int to_dir, const char
 {
     char try[NAME_MAX + 1];
     unsigned long n;
-    if (strlen(name) > NAME_MAX - 21)
-        return ENAMETOOLONG;
     for (n = 0; n < HC_FILE_MOVE_TRIES; n++) {
-        int err;
+        int err, len;
         if (n == 0)
-            snprintf(try, sizeof try, "%s", name);
+            len = snprintf(try, sizeof try, "%s", name);
         else
-            snprintf(try, sizeof try, "%s.%lu", name, n);
+            len = snprintf(try, sizeof try, "%s.%lu", name, n);
+        if (len < 0 || (size_t)len >= sizeof try)
+            return ENAMETOOLONG;
         if (name_taken(to_dir, try))
             continue;
         err = rename_noreplace_at(from_dir, from_name, to_dir, try);

@@ -295,23 +295,28 @@ static int walk_fail(lua_State *L, const dir_handle *h, const char *rel, size_t 
                        strerror(err));
 }
 
-/* Opens the folder of argument arg, rel (all but its last name), below h: 0 with *fd, or pushes the failure
- * (nil, err) and returns 2. *name is set to rel's last name. */
+/* Opens the folder of rel (argument arg: all but its last name) below h: 0 with *fd, or pushes
+ * the failure (nil, err) and returns 2 with *fd -1. *name is set to rel's last name. */
 static int open_parent(lua_State *L, const dir_handle *h, int arg, int create, int *fd,
                        const char **name, const char *status)
 {
-    const char *rel = lua_tostring(L, arg);
+    const char *rel = check_rel(L, arg);
     const char *slash = strrchr(rel, '/');
-    size_t failed, n = slash ? (size_t)(slash - rel) : 0;
+    size_t failed = 0, n = slash ? (size_t)(slash - rel) : 0;
     int err;
+    *fd = -1;
     *name = slash ? slash + 1 : rel;
-    if (**name == '\0')
-        return hc_lua_argerror(L, arg, "must end with a name");
+    if (**name == '\0') {
+        hc_lua_argerror(L, arg, "must end with a name");
+        return 2; /* (not reached: raises) */
+    }
     lua_pushlstring(L, rel, n); /* the folder part, NUL-terminated */
     err = hc_file_open_dir_below(h->fd, lua_tostring(L, -1), create, fd, &failed);
     lua_pop(L, 1);
-    if (err != 0)
-        return walk_fail(L, h, rel, failed, err, status);
+    if (err != 0 || *fd < 0) {
+        walk_fail(L, h, rel, failed, err != 0 ? err : EBADF, status);
+        return 2;
+    }
     return 0;
 }
 
@@ -444,6 +449,8 @@ static int l_dir_create(lua_State *L)
         ssize_t w = write(fd, data + off, n - off);
         if (w < 0 && errno != EINTR)
             err = errno;
+        else if (w == 0)
+            err = EIO;
         else if (w > 0)
             off += (size_t)w;
     }

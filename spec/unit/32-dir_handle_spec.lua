@@ -128,6 +128,26 @@ describe("core.dir_open", function()
     d:close()
   end)
 
+  it("moves a file of a name as long as names go, and one beside it only while a suffix fits", function()
+    local s, d = assert(core.dir_open(spool)), assert(core.dir_open(done))
+    for _, len in ipairs({ 250, 255 }) do
+      local name = string.rep("n", len)
+      write(spool .. "/" .. name, "1")
+      assert.equal(name, s:move(name, d, name))
+      write(spool .. "/" .. name, "2")
+      local to, err = s:move(name, d, name)
+      if len == 250 then
+        assert.equal(name .. ".1", to)
+      else
+        assert.is_nil(to)
+        assert.matches("File name too long", err.message)
+        assert.equal("2", read(spool .. "/" .. name))
+      end
+    end
+    s:close()
+    d:close()
+  end)
+
   it("raises for a closed handle and for a path without a name", function()
     local s = assert(core.dir_open(spool))
     assert.error_matches(function() s:move("", s, "x") end, "must end with a name")
