@@ -376,6 +376,38 @@ describe("healthcare watch: restarts and mistakes", function()
     assert.truthy(lfs.attributes(spool .. "/.healthcare-watch.jsonl.1"))
   end)
 
+  local function base64_decode(s) return (H.check_run("base64 -d", s)) end
+
+  -- A file name is bytes; JSON is UTF-8 (a strict reader, Python's, refuses anything else).
+  it("--json stays valid JSON for file names that are not UTF-8, their bytes in base64 beside", function()
+    local dir = H.tmpdir()
+    local spool = dir .. "/spool"
+    lfs.mkdir(spool)
+    local f = H.gen_dicom({ dir = dir .. "/src", count = 1 })[1]
+    local good, bad = spool .. "/caf\233-\255.dcm", spool .. "/bad-\200.dcm"
+    H.check_run("cp -p " .. H.q(f.path) .. " " .. H.q(good))
+    H.write_file(bad, "not dicom")
+    local w = start_watch({ dicomweb = E.dicomweb }, spool, dir, { "--settle", "0" }, "names")
+    finally(function() stop(w) end)
+    assert.truthy(wait_for(30, function() return #events(dir .. "/watch-names.jsonl") >= 2 end))
+    stop(w)
+    local so, se, code = H.run(PY .. " -c " .. H.q("import json, sys; [print(json.dumps(json.loads(l), "
+      .. "sort_keys=True)) for l in open(sys.argv[1], 'rb').read().decode('utf-8').splitlines()]") .. " "
+      .. H.q(dir .. "/watch-names.jsonl"))
+    assert.equal(0, code, se)
+    assert.truthy(so:find('"event": "status"', 1, true))
+    local by_outcome = {}
+    for _, ev in ipairs(events(dir .. "/watch-names.jsonl")) do by_outcome[ev.outcome] = ev end
+    local stored, failed = by_outcome.stored, by_outcome.failed
+    assert.equal(spool .. "/caf\239\191\189-\239\191\189.dcm", stored.path)
+    assert.equal(good, base64_decode(stored.path_base64))
+    assert.equal(spool .. "/bad-\239\191\189.dcm", failed.path)
+    assert.equal(bad, base64_decode(failed.path_base64))
+    assert.equal(spool .. "/failed/bad-\200.dcm", base64_decode(failed.moved_to_base64))
+    assert.truthy(lfs.attributes(spool .. "/failed/bad-\200.dcm"))
+    assert.is_nil(lfs.attributes(good))
+  end)
+
   it("exits 2 on bad arguments, saying why", function()
     local dir = H.tmpdir()
     local cases = {
@@ -400,16 +432,25 @@ describe("healthcare watch: restarts and mistakes", function()
     assert.matches("symbolic link", se)
   end)
 
-  it("two watchers of one spool: the second is refused (the journal is locked)", function()
+  -- Locked by the spool itself, not the journal: two watchers with journals of their own would
+  -- take the same files.
+  it("two watchers of one spool: the second is refused, whatever journal it names", function()
     local dir = H.tmpdir()
     local spool = dir .. "/spool"
     lfs.mkdir(spool)
     local first = spawn("exec " .. H.healthcare_command({ "watch", E.dicomweb, spool }), dir .. "/w1.out", dir .. "/w1.err")
     finally(function() stop(first) end)
     assert.truthy(wait_for(10, function() return (H.file_bytes(dir .. "/w1.err") or ""):find("watching") end))
-    local _, se, code = H.healthcare({ "watch", E.dicomweb, spool })
-    assert.equal(2, code, se)
-    assert.matches("in use by another process", se)
+    for _, extra in ipairs({ {}, { "--journal", dir .. "/other.jsonl" }, { "--journal", dir .. "/other.jsonl",
+      "--done", dir .. "/done", "--failed", dir .. "/failed" } }) do
+      local words = { "watch", E.dicomweb, spool .. "/" }
+      for _, w in ipairs(extra) do words[#words + 1] = w end
+      local _, se, code = H.healthcare(words)
+      assert.equal(2, code, se)
+      assert.matches("another healthcare watch is watching " .. spool:gsub("%p", "%%%0") .. "\n", se)
+    end
+    assert.is_nil(lfs.attributes(dir .. "/other.jsonl"), "the second touched nothing")
+    assert.is_nil(lfs.attributes(dir .. "/done"))
   end)
 end)
 
@@ -418,6 +459,17 @@ describe("store:watch (Lua API)", function()
   local store
   before_each(function() store = assert(healthcare.dicomweb(E.dicomweb)) end)
   after_each(function() store:close() end)
+
+  it("refuses a second watcher of a spool, even with a journal of its own, until the first is closed", function()
+    local dir = H.tmpdir()
+    local first = assert(store:watch(dir, { journal = dir .. "/one.jsonl" }))
+    local second, err = store:watch(dir .. "//", { journal = dir .. "/two.jsonl" })
+    assert.is_nil(second)
+    assert.same({ "io", "busy", "another healthcare watch is watching " .. dir }, { err.kind, err.status, err.message })
+    first:close()
+    second = assert(store:watch(dir, { journal = dir .. "/two.jsonl" }))
+    second:close()
+  end)
 
   it("raises for misuse at the caller's line", function()
     local dir = H.tmpdir()

@@ -4,7 +4,7 @@
  * (core.write_file) and the token cache (core.private_*, hc_lua_file.c). The name of the temporary
  * file is random (OpenSSL's CSPRNG, as every other random name of the module), so another user
  * cannot guess it; O_EXCL makes it safe anyway. */
-#define _DEFAULT_SOURCE /* faccessat's AT_EACCESS */
+#define _GNU_SOURCE /* faccessat's AT_EACCESS, renameat2's RENAME_NOREPLACE (glibc 2.28) */
 #include "hc_file.h"
 
 #include <errno.h>
@@ -377,4 +377,111 @@ int hc_file_trusted_open(const char *path, const char *home, int *fdp, enum hc_f
     }
     close(fd);
     return err;
+}
+
+/* ---- below a directory held open ------------------------------------------------------------ */
+
+int hc_file_open_dir_below(int dirfd, const char *rel, int create, int *fd, size_t *failed)
+{
+    const char *p = rel;
+    int cur = fcntl(dirfd, F_DUPFD_CLOEXEC, 0);
+    *fd = -1;
+    *failed = 0;
+    if (cur < 0)
+        return errno;
+    while (*p != '\0') {
+        char name[NAME_MAX + 1];
+        size_t n = strcspn(p, "/");
+        int next, err;
+        if (n == 0) {
+            p++;
+            continue;
+        }
+        if (n > NAME_MAX || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.')) {
+            close(cur);
+            *failed = (size_t)(p - rel) + n;
+            return n > NAME_MAX ? ENAMETOOLONG : EINVAL;
+        }
+        memcpy(name, p, n);
+        name[n] = '\0';
+        next = openat(cur, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (next < 0 && errno == ENOENT && create) {
+            if (mkdirat(cur, name, 0777) != 0 && errno != EEXIST) {
+                err = errno;
+                close(cur);
+                *failed = (size_t)(p - rel) + n;
+                return err;
+            }
+            next = openat(cur, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        }
+        err = errno;
+        close(cur);
+        if (next < 0) {
+            *failed = (size_t)(p - rel) + n;
+            return err;
+        }
+        cur = next;
+        p += n;
+    }
+    *fd = cur;
+    return 0;
+}
+
+/* Names from_name (in from_dir) to_name (in to_dir) unless to_name exists: renameat2's
+ * RENAME_NOREPLACE, or on a file system without it a hard link, which never replaces either.
+ * Returns 0 or an errno value (EEXIST: the name is taken). */
+static int rename_noreplace_at(int from_dir, const char *from_name, int to_dir, const char *to_name)
+{
+#ifdef RENAME_NOREPLACE
+    if (renameat2(from_dir, from_name, to_dir, to_name, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+        return errno;
+#endif
+    if (linkat(from_dir, from_name, to_dir, to_name, 0) != 0)
+        return errno;
+    if (unlinkat(from_dir, from_name, 0) != 0) {
+        int e = errno;
+        (void)unlinkat(to_dir, to_name, 0);
+        return e;
+    }
+    return 0;
+}
+
+/* Whether name (with suffix, if any) is taken in dir, as a file of any kind or as name.reason
+ * (which cannot exist when longer than a name may be). */
+static int name_taken(int dir, const char *name)
+{
+    char reason[NAME_MAX + 1];
+    struct stat st;
+    if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT)
+        return 1;
+    if ((size_t)snprintf(reason, sizeof reason, "%s.reason", name) >= sizeof reason)
+        return 0;
+    return fstatat(dir, reason, &st, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT;
+}
+
+int hc_file_move_new(int from_dir, const char *from_name, int to_dir, const char *name,
+                     unsigned long *suffix)
+{
+    char try[NAME_MAX + 1];
+    unsigned long n;
+    for (n = 0; n < HC_FILE_MOVE_TRIES; n++) {
+        int err, len;
+        if (n == 0)
+            len = snprintf(try, sizeof try, "%s", name);
+        else
+            len = snprintf(try, sizeof try, "%s.%lu", name, n);
+        if (len < 0 || (size_t)len >= sizeof try)
+            return ENAMETOOLONG;
+        if (name_taken(to_dir, try))
+            continue;
+        err = rename_noreplace_at(from_dir, from_name, to_dir, try);
+        if (err == EEXIST)
+            continue;
+        if (err == 0)
+            *suffix = n;
+        return err;
+    }
+    return EEXIST;
 }

@@ -71,4 +71,23 @@ enum hc_file_distrust {
 int hc_file_trusted_open(const char *path, const char *home, int *fd, enum hc_file_distrust *why,
                          char *dir, size_t dir_size);
 
+/* Opens the directory rel below the directory dirfd (a path of names split by "/", "" for dirfd
+ * itself; "." and ".." refused with EINVAL), each component with O_NOFOLLOW and O_DIRECTORY: a
+ * symbolic link on the way is never followed (ELOOP or ENOTDIR), whatever is swapped in while
+ * this walks. With create, a missing component is made (mode 0777 less the umask). Returns 0 with
+ * *fd open (the caller's to close), or an errno value with *failed the length of the prefix of
+ * rel that failed. rel is only read. */
+int hc_file_open_dir_below(int dirfd, const char *rel, int create, int *fd, size_t *failed);
+
+/* How many names hc_file_move_new tries (name, name.1, ...) before giving up with EEXIST. */
+#define HC_FILE_MOVE_TRIES 100000UL
+
+/* Moves from_name (a name in the directory from_dir) into the directory to_dir as name, or
+ * name.1, name.2, ... the first such that neither it nor it + ".reason" exists there, never
+ * replacing a file (renameat2 RENAME_NOREPLACE, else link and unlink). Both sides are named
+ * relative to directories held open, so no symbolic link swapped into a path can redirect it.
+ * Returns 0 with *suffix the number added (0: none), or an errno value. */
+int hc_file_move_new(int from_dir, const char *from_name, int to_dir, const char *name,
+                     unsigned long *suffix);
+
 #endif

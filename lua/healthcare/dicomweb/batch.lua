@@ -53,7 +53,7 @@ local PART_HEADERS = "Content-Type: " .. media.DICOM .. "\r\n"
 
 local function entry_of(f, probe)
   return { path = f.path, rel = f.rel, size = f.size, mtime = f.mtime, mtime_nsec = f.mtime_nsec,
-    dev = f.dev, ino = f.ino,
+    dev = f.dev, ino = f.ino, alone = f.alone,
     sop_instance_uid = probe and probe.sop_instance_uid, study_uid = probe and probe.study_uid,
     series_uid = probe and probe.series_uid, sop_class_uid = probe and probe.sop_class_uid }
 end
@@ -135,7 +135,9 @@ function Source:next_entry()
   end
 end
 
---- The next group of entries for one request, or nil.
+--- The next group of entries for one request, or nil. A file marked alone (f.alone, from the
+--- iterator: healthcare watch's files one of whose requests was refused as a whole) goes in a
+--- request of its own.
 function Source:next_group()
   local opts = self.opts
   local group, bytes, uids = {}, 0, {}
@@ -144,13 +146,14 @@ function Source:next_group()
     self.pending = nil
     if not e then self.exhausted = true break end
     -- Two files with one SOP Instance UID in one request cannot be told apart in the answer.
-    if uids[e.sop_instance_uid] or (#group > 0 and bytes + e.size > opts.max_request_bytes) then
+    if uids[e.sop_instance_uid] or (#group > 0 and (e.alone or bytes + e.size > opts.max_request_bytes)) then
       self.pending = e
       break
     end
     uids[e.sop_instance_uid] = true
     group[#group + 1] = e
     bytes = bytes + e.size
+    if e.alone then break end
   end
   if #group == 0 then return nil end
   return { entries = group, bytes = bytes, attempts = 0 }

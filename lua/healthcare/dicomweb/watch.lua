@@ -187,21 +187,24 @@ function Watcher:start_batch()
   end
   self.kept_stored = nil
   b.source.it = function() return self:next_ready() end
-  -- A file one of whose requests was refused as a whole goes alone: one bad file (or one that
-  -- fits a proxy's limit alone, not with others) then costs only itself, and strikes count only
-  -- against a file refused alone.
-  local next_group = b.source.next_group
-  b.source.next_group = function(src)
-    if src.pending or self.solo_head > self.solo_tail then return next_group(src) end
-    local limit = src.opts.max_request_instances
-    src.opts.max_request_instances, self.solo_turn = 1, true
-    local ok, g = pcall(next_group, src)
-    src.opts.max_request_instances, self.solo_turn = limit, nil
-    if not ok then error(g, 0) end
-    return g
-  end
   self.batch = b
   return true
+end
+
+-- The spool held open and locked for the watcher's life (an flock on the folder itself: no lock
+-- file another user could make or link first), or nil, err: a second watcher of one spool, even
+-- with a journal of its own, would take the same files. A file system without such locks (NFS
+-- refuses them on a folder) leaves the journal's lock alone to guard.
+local function lock_spool(spool)
+  local errors = require "healthcare.errors"
+  local h, err = core.dir_open(spool)
+  if not h then return nil, errors.new("io", err.message) end
+  local ok, lerr = h:lock()
+  if not ok and lerr.status == "busy" then
+    h:close()
+    return nil, errors.new("io", "another healthcare watch is watching " .. spool, { status = "busy" })
+  end
+  return h
 end
 
 --- healthcare.dicomweb.watch.new(store, spool, opts) (also store:watch(spool, opts)): a watcher,
@@ -219,39 +222,51 @@ function M.new(store, spool, opts)
   for k, v in pairs(opts) do o[k] = v end
   o.failed_dir = strip_slash(o.failed_dir or join(spool, "failed"))
   if o.done_dir then o.done_dir = strip_slash(o.done_dir) end
-  local spool_attr, roots = lfs.attributes(spool), {}
+  local spool_dir, lerr = lock_spool(spool)
+  if not spool_dir then return nil, lerr end
+  local spool_attr, roots, root_dirs = lfs.attributes(spool), {}, {}
   local spool_id = file_id(spool_attr)
   for _, d in ipairs({ o.failed_dir, o.done_dir }) do
     local ok, why = util.make_dirs(d)
-    if not ok then return nil, errors.new("io", why) end
-    local a = lfs.attributes(d)
-    roots[d] = file_id(a)
+    local h = ok and core.dir_open(d)
+    local a = h and h:stat()
+    if not a then
+      for _, rh in pairs(root_dirs) do rh:close() end
+      spool_dir:close()
+      return nil, errors.new("io", why or ("cannot open " .. d))
+    end
+    roots[d], root_dirs[d] = file_id(a), h
     local what = "the " .. (d == o.failed_dir and "failed" or "done") .. " folder " .. d
-    -- every file moved there would be taken again, and again
-    if roots[d] == spool_id then return nil, errors.new("usage", what .. " is the spool") end
-    -- files are renamed into it: on another, none could be moved, each kept in the spool
-    if a.dev ~= spool_attr.dev then
-      return nil, errors.new("usage", what .. " is on another file system than the spool")
+    -- every file moved there would be taken again, and again; files are renamed into it: on
+    -- another file system, none could be moved, each kept in the spool
+    local refused = (roots[d] == spool_id and " is the spool")
+      or (a.dev ~= spool_attr.dev and " is on another file system than the spool")
+    if refused then
+      for _, rh in pairs(root_dirs) do rh:close() end
+      spool_dir:close()
+      return nil, errors.new("usage", what .. refused)
     end
   end
   local self = setmetatable({ store = store, spool = spool, opts = o,
     known = {},          -- path -> { state, size, mtime, since, due, strikes, rel }
     queue = {}, qhead = 1, qtail = 0,
-    solo = {}, solo_head = 1, solo_tail = 0, -- files to send alone (a request of theirs refused)
     deferred = {},       -- path -> when it is sent again
     settling = {},       -- path -> true: found by a scan, waiting to stay unchanged
+    emptying = {},       -- folder -> true: files were taken from it; removed once empty and quiet
     finished = {},       -- outcomes to act on after the batch's turn (the journal is written then)
     wds = {}, watched = {}, -- inotify watch number -> folder, folder -> watch number
     own = {},            -- "dev:ino" of what is never taken: the failed and done folders, the journal
     own_rel = {},        -- the same by their paths below the spool (one made again has a new inode)
     roots = roots,       -- failed and done folder -> "dev:ino" it has now
-    pins = {},           -- those folders held open: removed, their inode is never another's while we run
+    root_dirs = root_dirs, -- failed and done folder -> its handle (core.dir_open) files are moved into
+    spool_dir = spool_dir, -- the spool's handle, locked: files are moved and removed relative to it
+    pins = {},           -- folders held open: removed, their inode is never another's while we run
     counters = { stored = 0, already_stored = 0, failed = 0, requeued = 0, bytes = 0 },
     t0 = core.now(), last_scan = -math.huge,
   }, Watcher)
   self:mark_own()
   self:mark_own_paths()
-  for d in pairs(roots) do self:pin(d) end
+  for _, h in pairs(root_dirs) do self.pins[#self.pins + 1] = h end
   if o.inotify ~= false then self:start_inotify() end
   if not self.inotify then o.rescan = math.min(o.rescan, 2) end
   local ok, err = self:settle_journal()
@@ -295,13 +310,6 @@ function Watcher:mark_own()
   for _, p in ipairs(list) do
     if p then self:exclude(p) end
   end
-end
-
--- Holds the folder at path open: the watcher's own by its inode, which a file or folder made
--- after it was removed could otherwise get (and never be taken).
-function Watcher:pin(path)
-  local fh = io.open(path, "r")
-  if fh then self.pins[#self.pins + 1] = fh end
 end
 
 -- The watcher's own by their paths below the spool, if they are in it.
@@ -475,6 +483,7 @@ function Watcher:maybe_scan()
     end
   end
   self:check_settling()
+  self:remove_emptied()
   if now - self.last_scan < self.opts.rescan then return end
   self.last_scan = now
   local seen = {}
@@ -501,43 +510,28 @@ function Watcher:enqueue(path)
 end
 
 function Watcher:queued()
-  return self.qtail - self.qhead + 1 + self.solo_tail - self.solo_head + 1
+  return self.qtail - self.qhead + 1
 end
 
--- The next file for the Batch ({ path, rel, size, mtime, dev, ino }), or nil when none is ready:
--- one of those to send alone while the Batch makes a group of one (solo_turn), else one of the
--- others.
+-- The next file for the Batch ({ path, rel, size, mtime, dev, ino, alone }), or nil when none is
+-- ready. A file one of whose requests was refused as a whole goes alone (the Batch makes it a
+-- request of its own): one bad file (or one that fits a proxy's limit alone, not with others)
+-- then costs only itself, and strikes count only against a file refused alone.
 function Watcher:next_ready()
-  if self.solo_turn then
-    while self.solo_head <= self.solo_tail do
-      local path = self.solo[self.solo_head]
-      self.solo[self.solo_head] = nil
-      self.solo_head = self.solo_head + 1
-      local f = self:ready(path, true)
-      if f then return f end
-    end
-    self.solo_head, self.solo_tail = 1, 0
-    return nil
-  end
   while self.qhead <= self.qtail do
     local path = self.queue[self.qhead]
     self.queue[self.qhead] = nil
     self.qhead = self.qhead + 1
     local k = self.known[path]
-    if k and k.solo then
-      self.solo_tail = self.solo_tail + 1
-      self.solo[self.solo_tail] = path
-    else
-      local f = self:ready(path, false)
-      if f then return f end
-    end
+    local f = self:ready(path, k ~= nil and k.solo == true)
+    if f then return f end
   end
   self.qhead, self.qtail = 1, 0
   return nil
 end
 
--- The file at path for the Batch ({ path, rel, size, mtime, dev, ino }), or nil (gone, the
--- watcher's own, or already stored). alone: whether it goes in a request of its own.
+-- The file at path for the Batch ({ path, rel, size, mtime, dev, ino, alone }), or nil (gone,
+-- the watcher's own, or already stored). alone: whether it goes in a request of its own.
 function Watcher:ready(path, alone)
   local k = self.known[path]
   local a = core.file_stat(path, false)
@@ -545,9 +539,10 @@ function Watcher:ready(path, alone)
     self.known[path] = nil -- gone (or replaced by something else) before its turn, or ours
   elseif k then
     k.queued, k.state, k.alone = nil, "sending", alone
+    k.stored_at_send = self.counters.stored -- (defer: whether the server stored others since)
     -- what is sent, so that finishing it never removes another file put under its name since
     local f = { path = path, rel = path:sub(#self.spool + 2), size = a.size, mtime = a.modification,
-      mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino }
+      mtime_nsec = a.mtime_nsec, dev = a.dev, ino = a.ino, alone = alone }
     k.sent = { dev = a.dev, ino = a.ino, size = a.size, mtime = a.modification, nsec = f.mtime_nsec,
       change = a.change }
     k.again = nil
@@ -567,51 +562,84 @@ function Watcher:on_instance(r, outcome)
     sop_instance_uid = r.sop_instance_uid, study_uid = r.study_uid }
 end
 
--- The folder below root (the failed or done folder) for the folders of rel (a path below the
--- spool), made where missing; or nil and why not. Whoever may write the spool may put links in
--- a failed or done folder inside it, or one in its place: none is followed, else a file named by
--- that writer would go where the link points. root made again (removed while running) is the
--- watcher's own before anything is moved into it: never taken as spool.
-function Watcher:destination_dir(root, rel)
+-- The handle of root (the failed or done folder) files are moved into, or nil and why not. One
+-- removed or replaced while running is made again, and is the watcher's own before anything is
+-- moved into it: never taken as spool. Whoever may write the spool may put a link in its place:
+-- not followed, else a file named by that writer would go where the link points.
+function Watcher:root_dir(root)
+  local h = self.root_dirs[root]
   local a = lfs.attributes(root) -- followed: root may be a link the caller gave
-  if not (a and a.mode == "directory" and self.roots[root] == file_id(a)) then
-    a = core.file_stat(root, false)
-    if not a then
-      local ok, why = util.make_dirs(root)
-      if not ok then return nil, why end
-      a = core.file_stat(root, false)
-    end
-    if not a or a.mode ~= "directory" then return nil, root .. " is not a folder: not followed" end
-    self.roots[root] = file_id(a)
-    self.own[file_id(a)] = true
-    self:pin(root)
+  if a and a.mode == "directory" and self.roots[root] == file_id(a) then return h end
+  if not core.file_stat(root, false) then
+    local ok, why = util.make_dirs(root)
+    if not ok then return nil, why end
   end
-  local dir = root
-  for name in (rel:match("^(.*)/[^/]*$") or ""):gmatch("[^/]+") do
-    dir = join(dir, name)
-    a = core.file_stat(dir, false)
-    if not a then
-      lfs.mkdir(dir)
-      a = core.file_stat(dir, false)
-    end
-    if not a or a.mode ~= "directory" then return nil, dir .. " is not a folder: not followed" end
-  end
-  return dir
+  local err
+  h, err = core.dir_open(root, false)
+  if not h then return nil, err.message end
+  local id = file_id(h:stat())
+  self.roots[root], self.root_dirs[root] = id, h
+  self.own[id] = true
+  self.pins[#self.pins + 1] = h -- the one before stays open too: its inode is never another's
+  return h
 end
 
--- path under root, keeping its folders below the spool; an existing name gets .1, .2, ...; or
--- nil and why not.
-local function destination(self, path, root)
+-- Moves the file at path below root, keeping its folders below the spool (made where missing;
+-- an existing name gets .1, .2, ...), with FILE.reason beside it when reason is given. Returns
+-- where it went, or nil and why not; and a warning. Every folder on both ways is opened without
+-- following links, relative to folders held open (core.dir_open): none put in or in place of
+-- one, even between a check and the move, can send the file elsewhere.
+function Watcher:move(path, root, reason)
+  local h, why = self:root_dir(root)
+  if not h then return nil, why end
   local rel = path:sub(#self.spool + 2)
-  local dir, why = self:destination_dir(root, rel)
-  if not dir then return nil, why end
-  local dest = join(dir, rel:match("[^/]+$"))
-  local n, try = 0, dest
-  while lfs.symlinkattributes(try) or lfs.symlinkattributes(try .. ".reason") do
-    n = n + 1
-    try = dest .. "." .. n
+  local to_rel, err = self.spool_dir:move(rel, h, rel)
+  if not to_rel then return nil, err.message end
+  local moved_to, warning = join(root, to_rel), nil
+  if reason then
+    local ok, werr = h:create(to_rel .. ".reason", string.format("%s\n%s\n", os.date("!%Y-%m-%dT%H:%M:%SZ"),
+      tostring(reason)))
+    if not ok then warning = "cannot write the reason file: " .. werr.message end
   end
-  return try
+  self:emptied(path)
+  return moved_to, nil, warning
+end
+
+-- The folder of path (a file just moved or removed) is looked at once quiet (remove_emptied),
+-- unless it is the spool itself.
+function Watcher:emptied(path)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir and #dir > #self.spool then self.emptying[dir] = true end
+end
+
+-- Folders below the spool that files were taken from, removed once empty (storescp
+-- --sort-on-study-uid makes one per study: else they, and their inotify watches, pile up), then
+-- their parents in turn. Only once unchanged for opts.settle seconds, as a file found by a scan:
+-- a writer that made a folder, or wrote its last file there, may be about to write into it (one
+-- that still does then finds it gone). Never the spool, never a folder that is not empty (rmdir),
+-- never through a link (core.dir_open's remove).
+function Watcher:remove_emptied()
+  local now = core.now()
+  if now - (self.last_empty_check or 0) < SETTLE_CHECK or next(self.emptying) == nil then return end
+  self.last_empty_check = now
+  local dirs = {}
+  for dir in pairs(self.emptying) do dirs[#dirs + 1] = dir end
+  for _, dir in ipairs(dirs) do
+    local a = core.file_stat(dir, false)
+    if not a or a.mode ~= "directory" or self:excluded(a, dir) then
+      self.emptying[dir] = nil
+    elseif os.time() - a.modification > self.opts.settle then
+      self.emptying[dir] = nil
+      if self.spool_dir:remove(dir:sub(#self.spool + 2), true) then
+        local wd = self.watched[dir]
+        if wd then
+          self.inotify:remove(wd)
+          self.wds[wd], self.watched[dir] = nil, nil
+        end
+        self:emptied(dir)
+      end
+    end
+  end
 end
 
 -- The end of a file: removed or moved to done_dir (stored), or moved to failed_dir with
@@ -622,23 +650,18 @@ function Watcher:finish(path, outcome, info)
     study_uid = info.study_uid }
   local ok, err
   if outcome == "failed" then
-    ev.moved_to, err = destination(self, path, o.failed_dir)
-    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
-    if ok then
-      local wrote, werr = core.write_file(ev.moved_to .. ".reason", string.format("%s\n%s\n",
-        os.date("!%Y-%m-%dT%H:%M:%SZ"), tostring(info.reason)))
-      if not wrote then ev.warning = "cannot write the reason file: " .. tostring(werr) end
-    end
+    ev.moved_to, err, ev.warning = self:move(path, o.failed_dir, info.reason)
+    ok = ev.moved_to ~= nil
   elseif o.done_dir then
-    ev.moved_to, err = destination(self, path, o.done_dir)
-    if ev.moved_to then ok, err = os.rename(path, ev.moved_to) end
+    ev.moved_to, err = self:move(path, o.done_dir)
+    ok = ev.moved_to ~= nil
   else
-    ok, err = os.remove(path)
+    local rerr
+    ok, rerr = self.spool_dir:remove(path:sub(#self.spool + 2))
+    if ok then self:emptied(path) else err = rerr.message end
   end
   if not ok then
-    ev.moved_to = nil
-    ev.warning = "cannot " .. (ev.outcome == "failed" and "move" or (o.done_dir and "move" or "remove")) .. ": "
-      .. tostring(err)
+    ev.warning = "cannot " .. ((outcome == "failed" or o.done_dir) and "move" or "remove") .. ": " .. tostring(err)
     -- Kept as it is, not sent again this run; a restart acts on it again (a stored one is in the
     -- journal: removed or moved then, not sent).
     self.known[path] = { state = "kept" }
@@ -653,17 +676,24 @@ end
 -- files refused as a whole says nothing of each: they are sent again one per request, and a file
 -- counts as failed once refused alone max_request_strikes times. A transient failure (the server
 -- or the network away) never strikes: the file waits for them, and goes alone after
--- max_request_strikes of them with others (one file the server always fails on, with a 500, would
--- hold back the others). Nor does a refusal that says the credential or the store's address is
--- wrong (HTTP 401, 403, 404: scope "store"): every file waits until that is put right.
+-- max_request_strikes of them with others while other files were stored (one file the server
+-- always fails on, with a 500, would hold back the others). An outage fails every request alike
+-- and stores nothing: those are not counted, so that the backlog it leaves goes on in full
+-- requests once the server is back, not one file per request. Nor does a refusal that says the
+-- credential or the store's address is wrong (HTTP 401, 403, 404: scope "store"): every file
+-- waits until that is put right.
 function Watcher:defer(f)
   local k = self.known[f.path] or {}
   self.known[f.path] = k
   if f.scope == "request" then
     if k.alone then k.strikes = (k.strikes or 0) + 1 else k.solo = true end
   elseif f.scope == "transient" and not k.alone then
-    k.transient = (k.transient or 0) + 1
-    if k.transient >= self.opts.max_request_strikes then k.solo = true end
+    local stored = self.counters.stored
+    if stored > (k.stored_at_failure or k.stored_at_send or stored) then
+      k.transient = (k.transient or 0) + 1
+      if k.transient >= self.opts.max_request_strikes then k.solo = true end
+    end
+    k.stored_at_failure = stored
   end
   if (k.strikes or 0) >= self.opts.max_request_strikes then
     return self:finish(f.path, "failed", f)
@@ -830,8 +860,9 @@ function Watcher:close()
     if self.batch.journal then self.batch.journal:close() end
   end
   if self.inotify then self.inotify:close() end
-  for _, fh in ipairs(self.pins) do fh:close() end
+  for _, h in ipairs(self.pins) do h:close() end
   self.pins = {}
+  self.spool_dir:close()
 end
 
 Watcher.__close = Watcher.close
