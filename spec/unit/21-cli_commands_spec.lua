@@ -10,6 +10,17 @@ local json = require "healthcare.cli.json"
 local STORE = "http://127.0.0.1:9/dicom-web"
 
 describe("healthcare.cli.json", function()
+  it("writes valid JSON for strings that are not UTF-8 (file names are bytes): U+FFFD for each byte that is not", function()
+    local FFFD = "\239\191\189"
+    assert.equal('["a' .. FFFD .. 'b"]', json.encode({ "a\233b" }))
+    assert.equal('{"k' .. FFFD .. '":"' .. FFFD .. FFFD .. '"}', json.encode({ ["k\255"] = "\192\128" }))
+    -- valid UTF-8 (2, 3 and 4 bytes) is kept as it is
+    local ok = "\195\169 \226\130\172 \240\159\152\128"
+    assert.equal('"' .. ok .. '"', json.encode(ok))
+    -- a surrogate (ED A0 80) and a cut sequence are not UTF-8
+    assert.equal('"' .. FFFD .. FFFD .. FFFD .. 'x' .. FFFD .. FFFD .. '"', json.encode("\237\160\128x\226\130"))
+  end)
+
   it("decodes JSON only: NaN, Infinity and hex numbers (which cjson takes unless told not to) are refused", function()
     for _, odd in ipairs({ "[NaN]", '{"a": Infinity}', "[0x10]", "[-inf]" }) do
       assert.is_nil((json.decode(odd)), odd)

@@ -66,10 +66,49 @@ local function number_text(v)
   return string.format("%.17g", v)
 end
 
+-- The length of the valid UTF-8 sequence (not ASCII) at byte i of s, or nil.
+local function utf8_length(s, i)
+  local c = s:byte(i)
+  local len, cp, min
+  if c >= 0xC2 and c <= 0xDF then len, cp, min = 2, c - 0xC0, 0x80
+  elseif c >= 0xE0 and c <= 0xEF then len, cp, min = 3, c - 0xE0, 0x800
+  elseif c >= 0xF0 and c <= 0xF4 then len, cp, min = 4, c - 0xF0, 0x10000
+  else return nil end
+  if i + len - 1 > #s then return nil end
+  for k = i + 1, i + len - 1 do
+    local b = s:byte(k)
+    if b < 0x80 or b > 0xBF then return nil end
+    cp = cp * 64 + (b - 0x80)
+  end
+  if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return nil end
+  return len
+end
+
+--- s with each byte that is not part of valid UTF-8 replaced by U+FFFD, and whether one was.
+function M.utf8_replaced(s)
+  if not s:find("[\128-\255]") then return s, false end
+  local out, i, n, changed = {}, 1, #s, false
+  while i <= n do
+    local c = s:byte(i)
+    local len = c < 0x80 and 1 or utf8_length(s, i)
+    if len then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = "\239\191\189" -- U+FFFD
+      changed, i = true, i + 1
+    end
+  end
+  return table.concat(out), changed
+end
+
 local function scalar(v)
   if type(v) == "number" then
     return number_text(v)
   end
+  -- JSON text is UTF-8: bytes that are not (a file name is any bytes) become U+FFFD, or the
+  -- output would be no JSON at all for a strict reader
+  if type(v) == "string" then v = M.utf8_replaced(v) end
   local text = cjson.encode(v)
   if text == nil then error("cannot write a " .. type(v) .. " as JSON", 3) end
   -- (a plain find first: gsub would copy every long string even with nothing to replace)
