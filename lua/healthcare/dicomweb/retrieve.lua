@@ -1027,50 +1027,32 @@ local function sort_told(sizes, skip_existing)
   return keep, told, function() return mark_lost(sizes, whole) end
 end
 
--- After an attempt (the transfer went on while the files it had told of lay in dir, open to
--- other processes): what it says is in dir must still be there. One listing of dir, no stat and
--- no read (a probe of each file cost 0.3 s for 20,000 small ones, a tenth of such a retrieve):
--- the files of the record (sizes) whose names dir no longer holds (removed, renamed away), marked
--- lost as sort_told's lost() marks them, and the files kept from before (kept: nil or a list of
--- { path, size }) no longer there, taken out of kept. A file damaged in place is found by the
--- probes of a later attempt and of a run again with skip_existing, not here. Returns lost, n,
--- bytes (as mark_lost's) and the number of kept files gone.
-local function gone_after(dir, sizes, kept)
-  local whole, there = {}, {}
-  if (next(sizes) ~= nil or (kept and #kept > 0)) and is_dir(dir) then
-    for name in lfs.dir(dir) do
-      local uid = name:match("^(.+)%.dcm$")
-      if uid then
-        there[name] = true
-        local k = told_key(uid)
-        if sizes[k] then whole[k] = true end
-      end
-    end
-  end
-  local lost, n, bytes = mark_lost(sizes, whole)
+-- After an attempt that fetched anything (the transfer went on while the files kept from before
+-- lay in dir, open to other processes): the files kept (a list of { path, size }, changed in
+-- place) that dir no longer holds (removed, renamed away) are taken out of the list; returns how
+-- many. One listing of dir, and none without kept files. The files this retrieve wrote are not
+-- looked for: once told of (on_file) they are the caller's, who may move them away (a store's
+-- read-back compares each and removes it).
+local function kept_gone(dir, kept)
+  if not kept or #kept == 0 or not is_dir(dir) then return 0 end
+  local there = {}
+  for name in lfs.dir(dir) do there[name] = true end
   local gone, still = 0, {}
-  for _, f in ipairs(kept or {}) do
+  for _, f in ipairs(kept) do
     if there[f.path:match("[^/]+$")] then still[#still + 1] = f else gone = gone + 1 end
   end
   if gone > 0 then
     for i = 1, #kept do kept[i] = still[i] end
   end
-  return lost, n, bytes, gone
+  return gone
 end
 
--- The failure of an attempt after which files it told of (lost of them) or kept from before
--- (gone of them) were no longer in dir: worth another attempt, which fetches them.
--- err: the attempt's own failure, its message then telling of them too.
-local function files_gone(what, lost, gone, err)
-  local parts = {}
-  if lost > 0 then
-    parts[#parts + 1] = string.format("%d file%s it wrote", lost, lost == 1 and "" or "s")
-  end
-  if gone > 0 then
-    parts[#parts + 1] = string.format("%d file%s it kept from before", gone, gone == 1 and "" or "s")
-  end
-  local why = string.format("%s %s removed before the retrieve ended", table.concat(parts, " and "),
-    lost + gone == 1 and "was" or "were")
+-- The failure of an attempt after which `gone` files kept from before were no longer in dir:
+-- worth another attempt, which fetches them. err: the attempt's own failure, its message then
+-- telling of them too.
+local function files_gone(what, gone, err)
+  local why = string.format("%d file%s it kept from before %s removed before the retrieve ended", gone,
+    gone == 1 and "" or "s", gone == 1 and "was" or "were")
   if err then
     err.message = err.message .. "; " .. why
     return err
@@ -1124,24 +1106,25 @@ end
 -- asks only for what the directory does not hold yet of what this retrieve wrote (and, with
 -- skip_existing, of what it held before): the series and instances a search of the server names,
 -- as skip_existing does. A series that comes whole again is written again, but its files this
--- retrieve already had are not listed, counted or told of twice. After each attempt the files
--- it told of, and those it kept, are looked for as their instances at their sizes (gone_after):
--- one that is gone makes the attempt a failure worth another, which fetches it; after the last,
--- the retrieve fails saying so, and the file is neither listed nor counted.
+-- retrieve already had are not listed, counted or told of twice. After an attempt that fetched
+-- anything the files it kept from before are looked for (kept_gone): one that is gone makes the
+-- attempt a failure worth another, which fetches it; after the last, the retrieve fails saying
+-- so, and the file is not among those kept.
 local function retrieve_collection(store, uids, opts, what, bounds)
   local _, perr = resource_path(uids)
   if perr then return nil, perr end
   local study, series, dir = uids[1][2], uids[2] and uids[2][2], opts.to
   local policy = policy_of(store, opts)
   -- What a later attempt needs to tell this retrieve's files from the others, and the files it
-  -- told of that were removed or damaged since (they are fetched again, and listed once; after
-  -- the last attempt, no longer listed nor counted): the record of the files it told of, kept
-  -- through on_file (record_of).
-  local mine = {}
-  for k, v in pairs(opts) do mine[k] = v end
-  opts = mine
+  -- told of that were removed or damaged since (they are fetched again, and listed once): the
+  -- record of the files it told of, kept through on_file (record_of).
   local sizes
-  sizes, opts.on_file = record_of(opts.on_file)
+  if policy.max_attempts > 1 then
+    local mine = {}
+    for k, v in pairs(opts) do mine[k] = v end
+    opts = mine
+    sizes, opts.on_file = record_of(opts.on_file)
+  end
   local sum, attempts = tally(), 0
   local function attempt(n)
     attempts = n
@@ -1164,12 +1147,10 @@ local function retrieve_collection(store, uids, opts, what, bounds)
     sum.add(res or err, not res)
     -- without skip_existing nothing is kept: what a later attempt found there is this retrieve's
     if not opts.skip_existing then sum.kept = nil end
-    -- (an attempt that fetched nothing only searched, moments after it read the kept files: they
-    -- are not read again, which would add 0.3 s for 20,000 to a re-run that finds all there)
+    -- (an attempt that fetched nothing only searched, moments after it read the kept files)
     local fetched = not res or res.count > 0 or #res.rejected > 0
-    local lost, count, bytes, gone = gone_after(dir, sizes, fetched and sum.kept or nil)
-    if count > 0 then sum.forget(lost, count, bytes) end
-    if count + gone > 0 then res, err = nil, files_gone(what, count, gone, err) end
+    local gone = fetched and kept_gone(dir, sum.kept) or 0
+    if gone > 0 then res, err = nil, files_gone(what, gone, err) end
     return res, err
   end
   -- an attempt that brought instances starts the count of attempts (and the policy's deadline)
