@@ -624,6 +624,30 @@ describe("external_account with an aws source", function()
       assert(ok, err)
     end
   end)
+
+  -- SigV4 signing raises on a key that is not a string: it used to end the command with
+  -- "internal error" (a Lua traceback).
+  it("role credentials whose Token or AccessKeyId is not a string are a credential error naming the field", function()
+    local role_secret = secret("role/secret+" .. core.random_hex(8))
+    local cases = {
+      { doc = { AccessKeyId = "AKIDX", SecretAccessKey = role_secret, Token = 5 }, want = "'Token'" },
+      { doc = { AccessKeyId = "AKIDX", SecretAccessKey = role_secret, Token = { a = 1 } }, want = "'Token'" },
+      { doc = { AccessKeyId = 12, SecretAccessKey = role_secret }, want = "'AccessKeyId'" },
+      { doc = { AccessKeyId = "AKIDX", SecretAccessKey = role_secret .. "\r\nX: y" }, want = "'SecretAccessKey'" },
+    }
+    for _, c in ipairs(cases) do
+      -- With the region given, the metadata's answers are the IMDSv2 token, the role, then its keys.
+      em:control("faults", { replace = true, rules = { { match = "aws_metadata", status = 200, skip = 2,
+        message = cjson.encode(c.doc) } } })
+      local ok, err = pcall(with_env, { AWS_REGION = "us-east-1" }, function()
+        local client = assert(client_for(aws_file()))
+        auth_error("the AWS role's credentials: " .. c.want .. " is not a non-empty string", nil, first_error(client))
+        client:close()
+      end)
+      em:control("faults", { replace = true, rules = {} })
+      assert(ok, err)
+    end
+  end)
 end)
 
 -- ---- external_account_authorized_user -----------------------------------------------------------

@@ -504,6 +504,11 @@ local function check_string(info, field, source)
 end
 
 local function check_url(url, source, field)
+  -- A number or an object from a JSON file: said so, not a Lua error from url:match.
+  if type(url) ~= "string" then
+    return fail(string.format("%s: '%s' must be an http(s) URL, got a JSON %s", source, field,
+      type(url) == "table" and "object or array" or type(url) == "boolean" and "boolean" or type(url)))
+  end
   if not url:match("^https?://[^/?#]+") or core.has_ctl(url) then
     return fail(string.format("%s: '%s' must be an http(s) URL, got '%s'", source, field,
       shown(util.redact_url(url))))

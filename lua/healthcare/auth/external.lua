@@ -301,10 +301,28 @@ local function aws_region(self, headers)
   return zone:sub(1, -2)
 end
 
+-- The AWS keys as SigV4 signing takes them (it raises on anything else): the key id and secret
+-- strings, the session token a string or absent, none with a control character (they go into
+-- headers). names: the field of each, as its origin (where) calls it; no value is quoted.
+local ROLE_FIELDS = { id = "AccessKeyId", secret = "SecretAccessKey", token = "Token" }
+local ENV_FIELDS = { id = "AWS_ACCESS_KEY_ID", secret = "AWS_SECRET_ACCESS_KEY", token = "AWS_SESSION_TOKEN" }
+local function check_keys(self, keys, names, where)
+  if keys.token == "" then keys.token = nil end
+  for _, k in ipairs({ "id", "secret", "token" }) do
+    local v = keys[k]
+    if not (v == nil and k == "token") and (type(v) ~= "string" or v == "" or core.has_ctl(v)) then
+      return fail(string.format("%s: %s: '%s' is not a non-empty string without control characters", self.label,
+        where, names[k]))
+    end
+  end
+  return keys
+end
+
 local function aws_keys(self, headers)
   local id, secret = getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
   if id and secret then
-    return { id = id, secret = hold(self, secret), token = hold(self, getenv("AWS_SESSION_TOKEN")) }
+    return check_keys(self, { id = id, secret = hold(self, secret), token = hold(self, getenv("AWS_SESSION_TOKEN")) },
+      ENV_FIELDS, "the AWS variables")
   end
   if not self.aws.url then return fail(self.label .. ": no AWS credentials: no url in credential_source") end
   local role, err = aws_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
@@ -319,10 +337,13 @@ local function aws_keys(self, headers)
     headers = headers }, "the AWS role's credentials")
   if not body then return nil, err end
   local doc = util.decode_json(body)
-  if type(doc) ~= "table" or type(doc.AccessKeyId) ~= "string" or type(doc.SecretAccessKey) ~= "string" then
+  if type(doc) ~= "table" then
     return fail(self.label .. ": the AWS role's credentials are not JSON with AccessKeyId and SecretAccessKey")
   end
-  return { id = doc.AccessKeyId, secret = hold(self, doc.SecretAccessKey), token = hold(self, doc.Token) }
+  hold(self, doc.SecretAccessKey)
+  hold(self, doc.Token)
+  return check_keys(self, { id = doc.AccessKeyId, secret = doc.SecretAccessKey, token = doc.Token }, ROLE_FIELDS,
+    "the AWS role's credentials")
 end
 
 local function aws_token(self)
