@@ -379,6 +379,26 @@ describe("external_account", function()
     assert(ok, err)
   end)
 
+  -- The file source's cap (1 MiB) for the url source too; the error is the credential's, not
+  -- taken by the API call for its answer passing max_bytes.
+  it("a url source answering more than 1 MiB is a credential error naming the source", function()
+    local server = token_url_server(string.rep("x", external.MAX_SUBJECT_TOKEN + 1), "Metadata: True")
+    local ok, err = pcall(function()
+      local client = assert(client_for(external_file(OIDC_AUD, JWT, { url = server.url,
+        headers = { Metadata = "True" } }), { token_cache = false }))
+      local e = auth_error("cannot get the subject token from " .. server.url .. ": the answer is larger than "
+        .. external.MAX_SUBJECT_TOKEN .. " bytes", nil, first_error(client))
+      assert.are.equal("source_answer_too_large", e.status)
+      local _, cerr = client:call("projects.locations.datasets.get", { name = "projects/p/locations/l/datasets/d" })
+      e = auth_error("cannot get the subject token from " .. server.url, nil, cerr)
+      assert.is_nil(tostring(e):find("max_bytes", 1, true), tostring(e))
+      assert.is_nil(e.option)
+      client:close()
+    end)
+    server.stop()
+    assert(ok, err)
+  end)
+
   it("STS refusing the audience is a credential error quoting STS", function()
     local bad = "//iam.googleapis.com/" .. POOL .. "/providers/unknown"
     local path = H.write_file(H.tmpdir() .. "/t", subject_token({}))

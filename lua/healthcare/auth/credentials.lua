@@ -340,6 +340,18 @@ local function token_error(res, url)
   }
 end
 
+--- errors.from_transport(err) for a request of a credential: an answer too large gets the
+--- status too_large_status (the transport's "response_too_large" is taken by callers for the API
+--- answer passing its max_bytes) and a message without the transport's option name.
+function M.auth_transport_error(err, too_large_status)
+  err = errors.from_transport(err)
+  if err.status == "response_too_large" then
+    err.status = too_large_status
+    err.message = err.message:gsub("max_response_bytes %((%d+) bytes%)", "%1 bytes")
+  end
+  return err
+end
+
 -- One token request: the 200 reply, or the reply (if any) and an error value (kind "auth",
 -- err.reason a short cause, err.retryable, err.retry_after).
 local function token_attempt(self, req, secrets)
@@ -351,10 +363,11 @@ local function token_attempt(self, req, secrets)
   req.proxy = proxy or ""
   local res, err = self:http():request(req)
   if not res then
-    err = errors.from_transport(err)
+    err = M.auth_transport_error(err, "token_answer_too_large")
     local reason = scrub(err.message, secrets):gsub("^%u+ %S+: ", "")
     self:log("< error: " .. reason)
-    return nil, errors.new("auth", string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown,
+    local what = err.status == "token_answer_too_large" and "the answer of the token endpoint" or "cannot reach"
+    return nil, errors.new("auth", string.format("%s: %s %s: %s", self.label, what, self.token_url_shown,
       reason), { status = err.status, retryable = err.retryable, reason = reason })
   end
   self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))

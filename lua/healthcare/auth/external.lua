@@ -71,6 +71,9 @@ end
 -- err (kind "auth") naming what was asked.
 local function source_request(self, req, what)
   req.timeout = req.timeout or self.timeout
+  -- A subject token (or an AWS metadata answer) is small; a bigger answer would be held as a
+  -- secret and searched for in every later message.
+  req.max_response_bytes = req.max_response_bytes or M.MAX_SUBJECT_TOKEN
   local secrets = creds().header_secrets(req.headers, self:secrets())
   local shown = util.redact_url(req.url, secrets)
   local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
@@ -83,9 +86,9 @@ local function source_request(self, req, what)
   req.proxy = proxy or "" -- as decided, for libcurl too (util.transport_proxy)
   local res, err = self:http():request(req)
   if not res then
-    err = errors.from_transport(err)
+    err = creds().auth_transport_error(err, "source_answer_too_large")
     return fail(string.format("%s: cannot get %s from %s: %s", self.label, what, shown,
-      util.redact(err.message, secrets)), { status = err.status })
+      (util.redact(err.message, secrets):gsub("^%u+ %S+: ", ""))), { status = err.status })
   end
   self:log(string.format("< HTTP %d", res.status))
   if res.status ~= 200 then
