@@ -181,6 +181,24 @@ describe("credential files without key files", function()
     assert.are.same({ "/bin/t", "a b", "$X", "c'd", "" }, external.split_command([[/bin/t "a b" '$X' c\'d '']]))
     assert.is_nil(external.split_command("   "))
   end)
+
+  -- The token cache's key: the same file read in another run (another table hash order) must
+  -- find the same entry.
+  it("an external_account's identity does not depend on the order of its credential_source's keys", function()
+    local names = {}
+    for i = 1, 24 do names[i] = "X-Header-" .. i end
+    local function source(from, to, step)
+      local cs = { url = "https://md.invalid/token", format = { type = "json", subject_token_field_name = "t" } }
+      cs.headers = {}
+      for i = from, to, step do cs.headers[names[i]] = "v" .. i end
+      return cs
+    end
+    local a = assert(credentials.from_info(ext({ credential_source = source(1, #names, 1) }), {}, "a"))
+    local b = assert(credentials.from_info(ext({ credential_source = source(#names, 1, -1) }), {}, "b"))
+    assert.are.equal(a.identity, b.identity)
+    a:close()
+    b:close()
+  end)
 end)
 
 describe("a credential file in a directory another user may write to", function()

@@ -595,7 +595,9 @@ local function external_account(info, opts, where)
   if not rok then return nil, rerr end
   fields.sent_secrets[#fields.sent_secrets + 1] = fields.basic_auth
   fields.identity = table.concat({ "external_account", f.audience, token_url, f.subject_token_type,
-    core.sha256_hex(cjson.encode(info.credential_source) or ""), f.client_id or "" }, "\n")
+    -- Sorted keys (cjson's order follows the table's hash, which changes from run to run): the
+    -- same file, the same token cache entry.
+    core.sha256_hex(require("healthcare.cli.json").encode(info.credential_source)), f.client_id or "" }, "\n")
   -- Behind an impersonation the STS token is an intermediate: not cached on disk.
   local sopts = opts
   if impersonation then
