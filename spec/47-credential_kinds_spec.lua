@@ -555,6 +555,46 @@ describe("external_account with an executable source", function()
       credentials = external_file(OIDC_AUD, JWT, { executable = { command = "x", timeout_millis = 10 } }) }))
   end)
 
+  -- A shell script of body as the executable's command.
+  local function script(body)
+    local path = H.tmpdir() .. "/helper.sh"
+    H.write_file(path, "#!/bin/sh\n" .. body .. "\n")
+    H.check_run("chmod 700 " .. H.q(path))
+    return path
+  end
+
+  it("an executable's output is capped, its timeout kept, its own exit 124 no timeout, its message cut", function()
+    local subject = subject_token({ audience = OIDC_AUD, subject_token_type = JWT })
+    local good = H.write_file(H.tmpdir() .. "/good.json", cjson.encode({ version = 1, success = true,
+      token_type = JWT, id_token = subject }))
+    local cases = {
+      -- 3 MB: was read whole (without end, for a program that never stops)
+      { script("head -c 3000000 /dev/zero | tr '\\0' x"), "the executable's answer is larger than "
+        .. external.MAX_SUBJECT_TOKEN .. " bytes", "EXECUTABLE_FAILED" },
+      -- a child that leaves the process group keeps the output open: was waited for (20 s)
+      { script("setsid sleep 20 &\ncat " .. H.q(good)), "the executable timed out after 5000 ms",
+        "EXECUTABLE_TIMEOUT", 5 },
+      { script("exit 124"), "the executable failed (exit status 124)", "EXECUTABLE_FAILED" },
+      { script("echo '" .. cjson.encode({ version = 1, success = false, code = "E1",
+        message = string.rep("m", 3000) }) .. "'"), "says it failed: E1: " .. string.rep("m", 100),
+        "EXECUTABLE_FAILED" },
+    }
+    with_env(ALLOW, function()
+      for _, c in ipairs(cases) do
+        local client = assert(client_for(external_file(OIDC_AUD, JWT,
+          { executable = { command = c[1], timeout_millis = 5000 } })))
+        local t0 = core.now()
+        local err = auth_error(c[2], nil, first_error(client))
+        local took = core.now() - t0
+        assert.are.equal(c[3], err.status, tostring(err))
+        assert.is_true(took < (c[4] or 0) + 3, "took " .. took .. " s")
+        if c[4] then assert.is_true(took >= c[4], "took " .. took .. " s") end
+        assert.is_true(#tostring(err) < 1000, "the message is cut: " .. #tostring(err) .. " bytes")
+        client:close()
+      end
+    end)
+  end)
+
   it("splits the command as a shell splits words, expanding nothing", function()
     assert.are.same({ "/bin/helper", "a b", "$HOME", "c'd" }, external.split_command([[/bin/helper "a b" '$HOME' c\'d]]))
     assert.is_nil(external.split_command("helper 'open"))

@@ -170,14 +170,15 @@ local function executable_answer(self, doc, where, need_expiry)
       type(doc.version) == "number" and string.format("%g", doc.version) or tostring(doc.version)))
   end
   if doc.success == false then
-    return fail(string.format("%s: %s says it failed: %s: %s", self.label, where, tostring(doc.code),
-      tostring(doc.message)), { status = "EXECUTABLE_FAILED" })
+    return fail(string.format("%s: %s says it failed: %s: %s", self.label, where,
+      errors.cut(tostring(doc.code), errors.MAX_STATUS), errors.cut(tostring(doc.message))),
+      { status = "EXECUTABLE_FAILED" })
   end
   if doc.success ~= true then return fail(string.format("%s: %s has no 'success'", self.label, where)) end
   local field = M.EXECUTABLE_TOKEN_TYPES[doc.token_type]
   if not field then
     return fail(string.format("%s: %s has token_type '%s'; expected a jwt, id_token or saml2 token type",
-      self.label, where, tostring(doc.token_type)))
+      self.label, where, errors.cut(tostring(doc.token_type), errors.MAX_STATUS)))
   end
   local exp = doc.expiration_time
   -- An infinity (1e400 is JSON) would make a cached answer good for ever.
@@ -212,22 +213,34 @@ local function executable_env(self)
   return table.concat(parts, " ")
 end
 
--- Runs the executable with its timeout (coreutils' timeout, then KILL a second later); returns
--- its standard output and exit status.
+-- The shell script the executable runs in, under coreutils' timeout (TERM at timeout_millis,
+-- KILL a second later, to the whole process group): its output through head, so no more than
+-- the cap is ever read, then its exit status. A child it detaches (setsid) may keep the pipe to
+-- head open; head is then killed at the timeout, which is kept. Arguments: the command's words.
+local RUN_SCRIPT = [[{ "$@" </dev/null 2>/dev/null; s=$?; echo; echo "#exit $s"; } | head -c %d]]
+
+-- Runs the executable with its timeout. Returns its standard output (no more than
+-- MAX_SUBJECT_TOKEN + 1 bytes and a marker's), its exit status (nil when unknown), and whether
+-- it timed out.
 local function run_executable(self)
   local words = {}
   for i, w in ipairs(self.command) do words[i] = shell_quote(w) end
   local seconds = self.timeout_ms / 1000
-  local line = string.format("env %s timeout -k 1 %.3f %s </dev/null 2>/dev/null; s=$?; echo; echo \"#exit $s\"",
-    executable_env(self), seconds, table.concat(words, " "))
+  local script = string.format(RUN_SCRIPT, M.MAX_SUBJECT_TOKEN + 32)
+  local line = string.format('env %s timeout -k 1 %.3f /bin/sh -c %s sh %s 2>/dev/null; t=$?; echo; echo "#timeout $t"',
+    executable_env(self), seconds, shell_quote(script), table.concat(words, " "))
   self:log(string.format("running the executable %s (timeout %.3f s) for %s", util.printable(self.command[1]),
     seconds, self.label))
+  local t0 = core.now()
   local p = io.popen(line, "r")
-  if not p then return nil, nil end
+  if not p then return nil, nil, false end
   local out = p:read("*a") or ""
   p:close()
-  local body, status = out:match("^(.-)\n#exit (%d+)\n?$")
-  return body, tonumber(status)
+  local inner, t = out:match("^(.*)\n#timeout (%d+)\n$")
+  -- timeout's own statuses when the time ran out; the command's 124 is its own (in #exit).
+  local timed_out = (t == "124" or t == "137") and core.now() - t0 >= seconds - 0.01
+  local body, status = (inner or ""):match("^(.-)\n#exit (%d+)\n$")
+  return body or inner or "", tonumber(status), timed_out
 end
 
 local function executable_token(self)
@@ -249,10 +262,14 @@ local function executable_token(self)
       end
     end
   end
-  local out, status = run_executable(self)
-  if status == 124 or status == 137 then
+  local out, status, timed_out = run_executable(self)
+  if timed_out then
     return fail(string.format("%s: the executable timed out after %d ms", self.label, self.timeout_ms),
       { status = "EXECUTABLE_TIMEOUT" })
+  end
+  if #out > M.MAX_SUBJECT_TOKEN then
+    return fail(string.format("%s: the executable's answer is larger than %d bytes", self.label, M.MAX_SUBJECT_TOKEN),
+      { status = "EXECUTABLE_FAILED" })
   end
   if status ~= 0 then
     return fail(string.format("%s: the executable failed (exit status %s)", self.label, tostring(status)),
