@@ -42,6 +42,10 @@ M.TOKEN_TIMEOUT = 30
 -- retry policy (healthcare.retry: full jitter, the server's Retry-After honoured): three attempts
 -- within two minutes, about 0.5 s then 1 s apart.
 M.TOKEN_RETRY = { max_attempts = 3, initial = 1, multiplier = 2, max_delay = 2, deadline = 120 }
+-- A failure those attempts outlived is answered again, without asking, for this many seconds:
+-- the call that needed the token has retries of its own (a GET five), which would otherwise each
+-- run three token requests. Still retryable: a batch counts the file's failure as transient.
+M.TOKEN_FAILURE_HOLD = 30
 M.JWT_LIFETIME = 3600
 -- The longest a token is used before it is fetched again, whatever its endpoint says. Google's
 -- last an hour (12 h at most, impersonated); an expires_in of a year or 1e300 would keep one
@@ -129,6 +133,7 @@ local function new_credential(kind, opts, fields)
   self.margin = opts.refresh_margin or M.DEFAULT_REFRESH_MARGIN
   self.cache = {}        -- scope key -> { token, expires_at, refresh_at } on core.now()'s clock
   self.refreshing = {}   -- scope key -> true while a refresh runs
+  self.failed = {}       -- scope key -> { err, until_at }: a retryable failure, held (TOKEN_FAILURE_HOLD)
   self.refreshes = 0     -- token requests made (or JWTs signed), for tests and --debug
   self.debug = util.debug_sink(opts.debug)
   self.insecure = opts.insecure == true
@@ -170,6 +175,13 @@ function Credential:remember(key, token, seconds_left, lifetime)
   return e
 end
 
+-- A copy of err (a caller may add to the message of the one it gets).
+local function copy_error(err)
+  local c = {}
+  for k, v in pairs(err) do c[k] = v end
+  return setmetatable(c, getmetatable(err))
+end
+
 --- Returns a valid access token for scopes and the seconds it has left, or nil, err.
 function Credential:token(scopes)
   if self.closed then error("attempt to use a closed credential", 2) end
@@ -193,10 +205,20 @@ function Credential:token(scopes)
       end
     end
   end
+  local held = self.failed[key]
+  if held and now < held.until_at then
+    if e and now < e.expires_at then return e.token, e.expires_at - now end
+    self:log(string.format("token: the failure of %.1f s ago answered again, not asked", now - held.at))
+    return nil, copy_error(held.err)
+  end
   self.refreshing[key] = true
   local ok, token, seconds = pcall(self.fetch, self, list)
   self.refreshing[key] = nil
   if not ok then error(token, 0) end
+  self.failed[key] = nil
+  if not token and seconds.retryable then
+    self.failed[key] = { err = copy_error(seconds), at = core.now(), until_at = core.now() + M.TOKEN_FAILURE_HOLD }
+  end
   if not token then
     -- A refresh inside the margin failed: the old token still works until it expires.
     if e and core.now() < e.expires_at then
@@ -228,6 +250,7 @@ function Credential:invalidate()
     for key in pairs(self.cache) do self.disk:remove(self.identity, key) end
   end
   self.cache = {}
+  self.failed = {}
   self.disk_stale = true
 end
 
