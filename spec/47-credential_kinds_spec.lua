@@ -283,7 +283,7 @@ local function external_file(audience, token_type, cs, more)
 end
 
 -- A small HTTP server standing for an identity provider's token URL (Azure's IMDS, a CI
--- system): GET /token answers body only when the request carries header `want`.
+-- system): GET (or POST) /token answers body only when the request carries header `want`.
 local function token_url_server(body, want)
   local dir = H.tmpdir()
   H.write_file(dir .. "/body", body)
@@ -293,12 +293,14 @@ body = open(sys.argv[1] + "/body", "rb").read()
 name, value = sys.argv[2].split(": ", 1)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         ok = self.path == "/token" and self.headers.get(name) == value
         with open(sys.argv[1] + "/hits", "a") as f:
             f.write("ok\n" if ok else "refused\n")
         self.send_response(200 if ok else 403)
         self.end_headers()
         self.wfile.write(body if ok else b"no")
+    do_POST = do_GET
     def log_message(self, *a):
         pass
 s = http.server.HTTPServer(("127.0.0.1", 0), H)
@@ -392,6 +394,23 @@ describe("external_account", function()
       local _, cerr = client:call("projects.locations.datasets.get", { name = "projects/p/locations/l/datasets/d" })
       e = auth_error("cannot get the subject token from " .. server.url, nil, cerr)
       assert.is_nil(tostring(e):find("max_bytes", 1, true), tostring(e))
+      assert.is_nil(e.option)
+      client:close()
+    end)
+    server.stop()
+    assert(ok, err)
+  end)
+
+  it("a token endpoint answering more than 1 MiB is a credential error naming it, not the API answer's", function()
+    local server = token_url_server(string.rep("x", credentials.MAX_TOKEN_ANSWER + 1), "Accept: application/json")
+    local ok, err = pcall(function()
+      local path = H.write_file(H.tmpdir() .. "/t", subject_token({}))
+      local client = assert(client_for(external_file(OIDC_AUD, JWT, { file = path }, { token_url = server.url }),
+        { token_cache = false }))
+      local _, cerr = client:call("projects.locations.datasets.get", { name = "projects/p/locations/l/datasets/d" })
+      local e = auth_error("the answer of the token endpoint " .. server.url .. " is larger than "
+        .. credentials.MAX_TOKEN_ANSWER .. " bytes", nil, cerr)
+      assert.are.equal("token_answer_too_large", e.status)
       assert.is_nil(e.option)
       client:close()
     end)

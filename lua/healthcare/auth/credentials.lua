@@ -46,6 +46,8 @@ M.TOKEN_RETRY = { max_attempts = 3, initial = 1, multiplier = 2, max_delay = 2, 
 -- the call that needed the token has retries of its own (a GET five), which would otherwise each
 -- run three token requests. Still retryable: a batch counts the file's failure as transient.
 M.TOKEN_FAILURE_HOLD = 30
+-- A token endpoint's answer is a few kilobytes: more is no token (and would be held in memory).
+M.MAX_TOKEN_ANSWER = 1024 * 1024
 M.JWT_LIFETIME = 3600
 -- The longest a token is used before it is fetched again, whatever its endpoint says. Google's
 -- last an hour (12 h at most, impersonated); an expires_in of a year or 1e300 would keep one
@@ -389,9 +391,12 @@ local function token_attempt(self, req, secrets)
     err = M.auth_transport_error(err, "token_answer_too_large")
     local reason = scrub(err.message, secrets):gsub("^%u+ %S+: ", "")
     self:log("< error: " .. reason)
-    local what = err.status == "token_answer_too_large" and "the answer of the token endpoint" or "cannot reach"
-    return nil, errors.new("auth", string.format("%s: %s %s: %s", self.label, what, self.token_url_shown,
-      reason), { status = err.status, retryable = err.retryable, reason = reason })
+    local message = string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown, reason)
+    if err.status == "token_answer_too_large" then
+      message = string.format("%s: the answer of the token endpoint %s is larger than %d bytes", self.label,
+        self.token_url_shown, req.max_response_bytes)
+    end
+    return nil, errors.new("auth", message, { status = err.status, retryable = err.retryable, reason = reason })
   end
   self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))
   if res.status == 200 then return res end
@@ -438,6 +443,7 @@ function Credential:request_token(req, secrets, probing)
     return fail(self.label .. ": " .. message, { status = "CLEARTEXT_PROXY", absent = probing or nil,
       reason = probing and ("not asked: " .. variable .. " names a proxy; add the host to NO_PROXY") or nil })
   end
+  req.max_response_bytes = req.max_response_bytes or M.MAX_TOKEN_ANSWER
   local res, err
   local policy = require("healthcare.retry").new(M.TOKEN_RETRY)
   policy:run(function()

@@ -289,6 +289,7 @@ end
 -- location, healthcare.ngx.token_sources), else through source_request.
 
 local function aws_request(self, req, what)
+  req.max_response_bytes = req.max_response_bytes or M.MAX_SUBJECT_TOKEN
   return (self.fetch_source or source_request)(self, req, what)
 end
 
