@@ -650,6 +650,42 @@ describe("token lifetime", function()
     assert.equal("service account " .. sa.client_email .. ": token endpoint " .. em.token_uri .. ": HTTP 400 "
       .. "invalid_scope: Invalid OAuth scope or ID token audience provided.; check the scopes asked for", err.message)
   end)
+
+  -- README: "three attempts within two minutes". Each of a GET's five attempts used to run three
+  -- token requests of its own: fifteen for one call.
+  it("a call's own retries do not each ask the token endpoint again: three token requests in all", function()
+    local sa = service_account("pkcs8")
+    em:control("faults", { match = "token", status = 503, message = "backend trouble", times = 50 })
+    local saved_hold = credentials.TOKEN_FAILURE_HOLD
+    local ok, perr = pcall(function()
+      local before = token_requests(JWT_GRANT)
+      local client = assert(new_client({ credentials = sa.key_file, retry = { initial = 0.05, max_delay = 0.1 } }))
+      local retries = 0
+      local res, err = client:call("projects.locations.datasets.get", { name = "projects/p/locations/l/datasets/d" },
+        nil, { on_retry = function() retries = retries + 1 end })
+      assert.is_nil(res)
+      assert.equal("auth", err.kind, tostring(err))
+      assert.truthy(tostring(err):find("HTTP 503", 1, true), tostring(err))
+      assert.is_true(err.retryable, "still a transient failure (a batch fails the file, not the run)")
+      assert.equal(4, retries, "the call tried again")
+      assert.equal(3, token_requests(JWT_GRANT) - before)
+      client:close()
+      -- Once the hold is over, the token endpoint is asked again.
+      em:control("faults", { replace = true, rules = { { match = "token", status = 503, times = 3 } } })
+      credentials.TOKEN_FAILURE_HOLD = 0.5
+      client = assert(new_client({ credentials = sa.key_file }))
+      assert.is_nil(client:credential():token())
+      assert.is_nil(client:credential():token())
+      assert.equal(6, token_requests(JWT_GRANT) - before, "held")
+      core.sleep(0.6)
+      assert(client:credential():token())
+      assert.equal(7, token_requests(JWT_GRANT) - before)
+      client:close()
+    end)
+    credentials.TOKEN_FAILURE_HOLD = saved_hold
+    em:control("faults", { replace = true, rules = {} })
+    assert(ok, perr)
+  end)
 end)
 
 -- ---- the token cache ------------------------------------------------------------------------

@@ -283,7 +283,7 @@ local function external_file(audience, token_type, cs, more)
 end
 
 -- A small HTTP server standing for an identity provider's token URL (Azure's IMDS, a CI
--- system): GET /token answers body only when the request carries header `want`.
+-- system): GET (or POST) /token answers body only when the request carries header `want`.
 local function token_url_server(body, want)
   local dir = H.tmpdir()
   H.write_file(dir .. "/body", body)
@@ -293,12 +293,14 @@ body = open(sys.argv[1] + "/body", "rb").read()
 name, value = sys.argv[2].split(": ", 1)
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
         ok = self.path == "/token" and self.headers.get(name) == value
         with open(sys.argv[1] + "/hits", "a") as f:
             f.write("ok\n" if ok else "refused\n")
         self.send_response(200 if ok else 403)
         self.end_headers()
         self.wfile.write(body if ok else b"no")
+    do_POST = do_GET
     def log_message(self, *a):
         pass
 s = http.server.HTTPServer(("127.0.0.1", 0), H)
@@ -376,6 +378,43 @@ describe("external_account", function()
     end)
     text_server.stop()
     json_server.stop()
+    assert(ok, err)
+  end)
+
+  -- The file source's cap (1 MiB) for the url source too; the error is the credential's, not
+  -- taken by the API call for its answer passing max_bytes.
+  it("a url source answering more than 1 MiB is a credential error naming the source", function()
+    local server = token_url_server(string.rep("x", external.MAX_SUBJECT_TOKEN + 1), "Metadata: True")
+    local ok, err = pcall(function()
+      local client = assert(client_for(external_file(OIDC_AUD, JWT, { url = server.url,
+        headers = { Metadata = "True" } }), { token_cache = false }))
+      local e = auth_error("cannot get the subject token from " .. server.url .. ": the answer is larger than "
+        .. external.MAX_SUBJECT_TOKEN .. " bytes", nil, first_error(client))
+      assert.are.equal("source_answer_too_large", e.status)
+      local _, cerr = client:call("projects.locations.datasets.get", { name = "projects/p/locations/l/datasets/d" })
+      e = auth_error("cannot get the subject token from " .. server.url, nil, cerr)
+      assert.is_nil(tostring(e):find("max_bytes", 1, true), tostring(e))
+      assert.is_nil(e.option)
+      client:close()
+    end)
+    server.stop()
+    assert(ok, err)
+  end)
+
+  it("a token endpoint answering more than 1 MiB is a credential error naming it, not the API answer's", function()
+    local server = token_url_server(string.rep("x", credentials.MAX_TOKEN_ANSWER + 1), "Accept: application/json")
+    local ok, err = pcall(function()
+      local path = H.write_file(H.tmpdir() .. "/t", subject_token({}))
+      local client = assert(client_for(external_file(OIDC_AUD, JWT, { file = path }, { token_url = server.url }),
+        { token_cache = false }))
+      local _, cerr = client:call("projects.locations.datasets.get", { name = "projects/p/locations/l/datasets/d" })
+      local e = auth_error("the answer of the token endpoint " .. server.url .. " is larger than "
+        .. credentials.MAX_TOKEN_ANSWER .. " bytes", nil, cerr)
+      assert.are.equal("token_answer_too_large", e.status)
+      assert.is_nil(e.option)
+      client:close()
+    end)
+    server.stop()
     assert(ok, err)
   end)
 
@@ -535,6 +574,46 @@ describe("external_account with an executable source", function()
       credentials = external_file(OIDC_AUD, JWT, { executable = { command = "x", timeout_millis = 10 } }) }))
   end)
 
+  -- A shell script of body as the executable's command.
+  local function script(body)
+    local path = H.tmpdir() .. "/helper.sh"
+    H.write_file(path, "#!/bin/sh\n" .. body .. "\n")
+    H.check_run("chmod 700 " .. H.q(path))
+    return path
+  end
+
+  it("an executable's output is capped, its timeout kept, its own exit 124 no timeout, its message cut", function()
+    local subject = subject_token({ audience = OIDC_AUD, subject_token_type = JWT })
+    local good = H.write_file(H.tmpdir() .. "/good.json", cjson.encode({ version = 1, success = true,
+      token_type = JWT, id_token = subject }))
+    local cases = {
+      -- 3 MB: was read whole (without end, for a program that never stops)
+      { script("head -c 3000000 /dev/zero | tr '\\0' x"), "the executable's answer is larger than "
+        .. external.MAX_SUBJECT_TOKEN .. " bytes", "EXECUTABLE_FAILED" },
+      -- a child that leaves the process group keeps the output open: was waited for (20 s)
+      { script("setsid sleep 20 &\ncat " .. H.q(good)), "the executable timed out after 5000 ms",
+        "EXECUTABLE_TIMEOUT", 5 },
+      { script("exit 124"), "the executable failed (exit status 124)", "EXECUTABLE_FAILED" },
+      { script("echo '" .. cjson.encode({ version = 1, success = false, code = "E1",
+        message = string.rep("m", 3000) }) .. "'"), "says it failed: E1: " .. string.rep("m", 100),
+        "EXECUTABLE_FAILED" },
+    }
+    with_env(ALLOW, function()
+      for _, c in ipairs(cases) do
+        local client = assert(client_for(external_file(OIDC_AUD, JWT,
+          { executable = { command = c[1], timeout_millis = 5000 } })))
+        local t0 = core.now()
+        local err = auth_error(c[2], nil, first_error(client))
+        local took = core.now() - t0
+        assert.are.equal(c[3], err.status, tostring(err))
+        assert.is_true(took < (c[4] or 0) + 3, "took " .. took .. " s")
+        if c[4] then assert.is_true(took >= c[4], "took " .. took .. " s") end
+        assert.is_true(#tostring(err) < 1000, "the message is cut: " .. #tostring(err) .. " bytes")
+        client:close()
+      end
+    end)
+  end)
+
   it("splits the command as a shell splits words, expanding nothing", function()
     assert.are.same({ "/bin/helper", "a b", "$HOME", "c'd" }, external.split_command([[/bin/helper "a b" '$HOME' c\'d]]))
     assert.is_nil(external.split_command("helper 'open"))
@@ -618,6 +697,30 @@ describe("external_account with an aws source", function()
         local client = assert(client_for(aws_file()))
         local e = auth_error(c.want, nil, first_error(client))
         assert.is_nil(tostring(e):find(injected, 1, true), "the answer is not echoed")
+        client:close()
+      end)
+      em:control("faults", { replace = true, rules = {} })
+      assert(ok, err)
+    end
+  end)
+
+  -- SigV4 signing raises on a key that is not a string: it used to end the command with
+  -- "internal error" (a Lua traceback).
+  it("role credentials whose Token or AccessKeyId is not a string are a credential error naming the field", function()
+    local role_secret = secret("role/secret+" .. core.random_hex(8))
+    local cases = {
+      { doc = { AccessKeyId = "AKIDX", SecretAccessKey = role_secret, Token = 5 }, want = "'Token'" },
+      { doc = { AccessKeyId = "AKIDX", SecretAccessKey = role_secret, Token = { a = 1 } }, want = "'Token'" },
+      { doc = { AccessKeyId = 12, SecretAccessKey = role_secret }, want = "'AccessKeyId'" },
+      { doc = { AccessKeyId = "AKIDX", SecretAccessKey = role_secret .. "\r\nX: y" }, want = "'SecretAccessKey'" },
+    }
+    for _, c in ipairs(cases) do
+      -- With the region given, the metadata's answers are the IMDSv2 token, the role, then its keys.
+      em:control("faults", { replace = true, rules = { { match = "aws_metadata", status = 200, skip = 2,
+        message = cjson.encode(c.doc) } } })
+      local ok, err = pcall(with_env, { AWS_REGION = "us-east-1" }, function()
+        local client = assert(client_for(aws_file()))
+        auth_error("the AWS role's credentials: " .. c.want .. " is not a non-empty string", nil, first_error(client))
         client:close()
       end)
       em:control("faults", { replace = true, rules = {} })

@@ -68,6 +68,19 @@ describe("credential files without key files", function()
       "'token_url' must not hold a user name or password, got 'https://REDACTED@sts.invalid/v1/token'" },
     { ext({ credential_source = { url = "https://u:pw-secret-123@md.invalid/token" } }),
       "'credential_source.url' must not hold a user name or password" },
+    -- A number or an object where a URL belongs: a credential error, not a Lua error.
+    { ext({ token_url = 443 }), "'token_url' must be a string" },
+    { ext({ credential_source = { url = 8080 } }), "'credential_source.url' must be an http(s) URL, got a JSON number" },
+    { ext({ credential_source = { url = { "https://b" } } }),
+      "'credential_source.url' must be an http(s) URL, got a JSON object or array" },
+    { ext({ credential_source = { environment_id = "aws1", region_url = 169 } }),
+      "'credential_source.region_url' must be an http(s) URL, got a JSON number" },
+    { ext({ credential_source = { environment_id = "aws1", url = true } }),
+      "'credential_source.url' must be an http(s) URL, got a JSON boolean" },
+    { ext({ credential_source = { environment_id = "aws1", imdsv2_session_token_url = 1 } }),
+      "'credential_source.imdsv2_session_token_url' must be an http(s) URL, got a JSON number" },
+    { { type = "impersonated_service_account", service_account_impersonation_url = 5,
+      source_credentials = { type = "authorized_user" } }, "service_account_impersonation_url" },
     { ext({ credential_source = false }), "'credential_source' must be an object" },
     { ext({ credential_source = {} }), "credential_source needs one of file, url, executable or environment_id" },
     { ext({ credential_source = { file = "/a", url = "https://b" } }), "has both 'file' and 'url'" },
@@ -167,6 +180,24 @@ describe("credential files without key files", function()
   it("splits an executable's command line as a shell splits words, expanding nothing", function()
     assert.are.same({ "/bin/t", "a b", "$X", "c'd", "" }, external.split_command([[/bin/t "a b" '$X' c\'d '']]))
     assert.is_nil(external.split_command("   "))
+  end)
+
+  -- The token cache's key: the same file read in another run (another table hash order) must
+  -- find the same entry.
+  it("an external_account's identity does not depend on the order of its credential_source's keys", function()
+    local names = {}
+    for i = 1, 24 do names[i] = "X-Header-" .. i end
+    local function source(from, to, step)
+      local cs = { url = "https://md.invalid/token", format = { type = "json", subject_token_field_name = "t" } }
+      cs.headers = {}
+      for i = from, to, step do cs.headers[names[i]] = "v" .. i end
+      return cs
+    end
+    local a = assert(credentials.from_info(ext({ credential_source = source(1, #names, 1) }), {}, "a"))
+    local b = assert(credentials.from_info(ext({ credential_source = source(#names, 1, -1) }), {}, "b"))
+    assert.are.equal(a.identity, b.identity)
+    a:close()
+    b:close()
   end)
 end)
 

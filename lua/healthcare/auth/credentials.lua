@@ -42,6 +42,12 @@ M.TOKEN_TIMEOUT = 30
 -- retry policy (healthcare.retry: full jitter, the server's Retry-After honoured): three attempts
 -- within two minutes, about 0.5 s then 1 s apart.
 M.TOKEN_RETRY = { max_attempts = 3, initial = 1, multiplier = 2, max_delay = 2, deadline = 120 }
+-- A failure those attempts outlived is answered again, without asking, for this many seconds:
+-- the call that needed the token has retries of its own (a GET five), which would otherwise each
+-- run three token requests. Still retryable: a batch counts the file's failure as transient.
+M.TOKEN_FAILURE_HOLD = 30
+-- A token endpoint's answer is a few kilobytes: more is no token (and would be held in memory).
+M.MAX_TOKEN_ANSWER = 1024 * 1024
 M.JWT_LIFETIME = 3600
 -- The longest a token is used before it is fetched again, whatever its endpoint says. Google's
 -- last an hour (12 h at most, impersonated); an expires_in of a year or 1e300 would keep one
@@ -129,6 +135,7 @@ local function new_credential(kind, opts, fields)
   self.margin = opts.refresh_margin or M.DEFAULT_REFRESH_MARGIN
   self.cache = {}        -- scope key -> { token, expires_at, refresh_at } on core.now()'s clock
   self.refreshing = {}   -- scope key -> true while a refresh runs
+  self.failed = {}       -- scope key -> { err, until_at }: a retryable failure, held (TOKEN_FAILURE_HOLD)
   self.refreshes = 0     -- token requests made (or JWTs signed), for tests and --debug
   self.debug = util.debug_sink(opts.debug)
   self.insecure = opts.insecure == true
@@ -170,6 +177,13 @@ function Credential:remember(key, token, seconds_left, lifetime)
   return e
 end
 
+-- A copy of err (a caller may add to the message of the one it gets).
+local function copy_error(err)
+  local c = {}
+  for k, v in pairs(err) do c[k] = v end
+  return setmetatable(c, getmetatable(err))
+end
+
 --- Returns a valid access token for scopes and the seconds it has left, or nil, err.
 function Credential:token(scopes)
   if self.closed then error("attempt to use a closed credential", 2) end
@@ -193,10 +207,20 @@ function Credential:token(scopes)
       end
     end
   end
+  local held = self.failed[key]
+  if held and now < held.until_at then
+    if e and now < e.expires_at then return e.token, e.expires_at - now end
+    self:log(string.format("token: the failure of %.1f s ago answered again, not asked", now - held.at))
+    return nil, copy_error(held.err)
+  end
   self.refreshing[key] = true
   local ok, token, seconds = pcall(self.fetch, self, list)
   self.refreshing[key] = nil
   if not ok then error(token, 0) end
+  self.failed[key] = nil
+  if not token and seconds.retryable then
+    self.failed[key] = { err = copy_error(seconds), at = core.now(), until_at = core.now() + M.TOKEN_FAILURE_HOLD }
+  end
   if not token then
     -- A refresh inside the margin failed: the old token still works until it expires.
     if e and core.now() < e.expires_at then
@@ -228,6 +252,7 @@ function Credential:invalidate()
     for key in pairs(self.cache) do self.disk:remove(self.identity, key) end
   end
   self.cache = {}
+  self.failed = {}
   self.disk_stale = true
 end
 
@@ -340,6 +365,18 @@ local function token_error(res, url)
   }
 end
 
+--- errors.from_transport(err) for a request of a credential: an answer too large gets the
+--- status too_large_status (the transport's "response_too_large" is taken by callers for the API
+--- answer passing its max_bytes) and a message without the transport's option name.
+function M.auth_transport_error(err, too_large_status)
+  err = errors.from_transport(err)
+  if err.status == "response_too_large" then
+    err.status = too_large_status
+    err.message = err.message:gsub("max_response_bytes %((%d+) bytes%)", "%1 bytes")
+  end
+  return err
+end
+
 -- One token request: the 200 reply, or the reply (if any) and an error value (kind "auth",
 -- err.reason a short cause, err.retryable, err.retry_after).
 local function token_attempt(self, req, secrets)
@@ -351,11 +388,15 @@ local function token_attempt(self, req, secrets)
   req.proxy = proxy or ""
   local res, err = self:http():request(req)
   if not res then
-    err = errors.from_transport(err)
+    err = M.auth_transport_error(err, "token_answer_too_large")
     local reason = scrub(err.message, secrets):gsub("^%u+ %S+: ", "")
     self:log("< error: " .. reason)
-    return nil, errors.new("auth", string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown,
-      reason), { status = err.status, retryable = err.retryable, reason = reason })
+    local message = string.format("%s: cannot reach %s: %s", self.label, self.token_url_shown, reason)
+    if err.status == "token_answer_too_large" then
+      message = string.format("%s: the answer of the token endpoint %s is larger than %d bytes", self.label,
+        self.token_url_shown, req.max_response_bytes)
+    end
+    return nil, errors.new("auth", message, { status = err.status, retryable = err.retryable, reason = reason })
   end
   self:log(string.format("< HTTP %d (%.3f s)", res.status, core.now() - t0))
   if res.status == 200 then return res end
@@ -402,6 +443,7 @@ function Credential:request_token(req, secrets, probing)
     return fail(self.label .. ": " .. message, { status = "CLEARTEXT_PROXY", absent = probing or nil,
       reason = probing and ("not asked: " .. variable .. " names a proxy; add the host to NO_PROXY") or nil })
   end
+  req.max_response_bytes = req.max_response_bytes or M.MAX_TOKEN_ANSWER
   local res, err
   local policy = require("healthcare.retry").new(M.TOKEN_RETRY)
   policy:run(function()
@@ -504,6 +546,11 @@ local function check_string(info, field, source)
 end
 
 local function check_url(url, source, field)
+  -- A number or an object from a JSON file: said so, not a Lua error from url:match.
+  if type(url) ~= "string" then
+    return fail(string.format("%s: '%s' must be an http(s) URL, got a JSON %s", source, field,
+      type(url) == "table" and "object or array" or type(url) == "boolean" and "boolean" or type(url)))
+  end
   if not url:match("^https?://[^/?#]+") or core.has_ctl(url) then
     return fail(string.format("%s: '%s' must be an http(s) URL, got '%s'", source, field,
       shown(util.redact_url(url))))

@@ -71,6 +71,9 @@ end
 -- err (kind "auth") naming what was asked.
 local function source_request(self, req, what)
   req.timeout = req.timeout or self.timeout
+  -- A subject token (or an AWS metadata answer) is small; a bigger answer would be held as a
+  -- secret and searched for in every later message.
+  req.max_response_bytes = req.max_response_bytes or M.MAX_SUBJECT_TOKEN
   local secrets = creds().header_secrets(req.headers, self:secrets())
   local shown = util.redact_url(req.url, secrets)
   local proxy, variable = util.proxy_for(req.url, nil, self.proxy_settings)
@@ -83,9 +86,9 @@ local function source_request(self, req, what)
   req.proxy = proxy or "" -- as decided, for libcurl too (util.transport_proxy)
   local res, err = self:http():request(req)
   if not res then
-    err = errors.from_transport(err)
+    err = creds().auth_transport_error(err, "source_answer_too_large")
     return fail(string.format("%s: cannot get %s from %s: %s", self.label, what, shown,
-      util.redact(err.message, secrets)), { status = err.status })
+      (util.redact(err.message, secrets):gsub("^%u+ %S+: ", ""))), { status = err.status })
   end
   self:log(string.format("< HTTP %d", res.status))
   if res.status ~= 200 then
@@ -167,14 +170,15 @@ local function executable_answer(self, doc, where, need_expiry)
       type(doc.version) == "number" and string.format("%g", doc.version) or tostring(doc.version)))
   end
   if doc.success == false then
-    return fail(string.format("%s: %s says it failed: %s: %s", self.label, where, tostring(doc.code),
-      tostring(doc.message)), { status = "EXECUTABLE_FAILED" })
+    return fail(string.format("%s: %s says it failed: %s: %s", self.label, where,
+      errors.cut(tostring(doc.code), errors.MAX_STATUS), errors.cut(tostring(doc.message))),
+      { status = "EXECUTABLE_FAILED" })
   end
   if doc.success ~= true then return fail(string.format("%s: %s has no 'success'", self.label, where)) end
   local field = M.EXECUTABLE_TOKEN_TYPES[doc.token_type]
   if not field then
     return fail(string.format("%s: %s has token_type '%s'; expected a jwt, id_token or saml2 token type",
-      self.label, where, tostring(doc.token_type)))
+      self.label, where, errors.cut(tostring(doc.token_type), errors.MAX_STATUS)))
   end
   local exp = doc.expiration_time
   -- An infinity (1e400 is JSON) would make a cached answer good for ever.
@@ -209,22 +213,34 @@ local function executable_env(self)
   return table.concat(parts, " ")
 end
 
--- Runs the executable with its timeout (coreutils' timeout, then KILL a second later); returns
--- its standard output and exit status.
+-- The shell script the executable runs in, under coreutils' timeout (TERM at timeout_millis,
+-- KILL a second later, to the whole process group): its output through head, so no more than
+-- the cap is ever read, then its exit status. A child it detaches (setsid) may keep the pipe to
+-- head open; head is then killed at the timeout, which is kept. Arguments: the command's words.
+local RUN_SCRIPT = [[{ "$@" </dev/null 2>/dev/null; s=$?; echo; echo "#exit $s"; } | head -c %d]]
+
+-- Runs the executable with its timeout. Returns its standard output (no more than
+-- MAX_SUBJECT_TOKEN + 1 bytes and a marker's), its exit status (nil when unknown), and whether
+-- it timed out.
 local function run_executable(self)
   local words = {}
   for i, w in ipairs(self.command) do words[i] = shell_quote(w) end
   local seconds = self.timeout_ms / 1000
-  local line = string.format("env %s timeout -k 1 %.3f %s </dev/null 2>/dev/null; s=$?; echo; echo \"#exit $s\"",
-    executable_env(self), seconds, table.concat(words, " "))
+  local script = string.format(RUN_SCRIPT, M.MAX_SUBJECT_TOKEN + 32)
+  local line = string.format('env %s timeout -k 1 %.3f /bin/sh -c %s sh %s 2>/dev/null; t=$?; echo; echo "#timeout $t"',
+    executable_env(self), seconds, shell_quote(script), table.concat(words, " "))
   self:log(string.format("running the executable %s (timeout %.3f s) for %s", util.printable(self.command[1]),
     seconds, self.label))
+  local t0 = core.now()
   local p = io.popen(line, "r")
-  if not p then return nil, nil end
+  if not p then return nil, nil, false end
   local out = p:read("*a") or ""
   p:close()
-  local body, status = out:match("^(.-)\n#exit (%d+)\n?$")
-  return body, tonumber(status)
+  local inner, t = out:match("^(.*)\n#timeout (%d+)\n$")
+  -- timeout's own statuses when the time ran out; the command's 124 is its own (in #exit).
+  local timed_out = (t == "124" or t == "137") and core.now() - t0 >= seconds - 0.01
+  local body, status = (inner or ""):match("^(.-)\n#exit (%d+)\n$")
+  return body or inner or "", tonumber(status), timed_out
 end
 
 local function executable_token(self)
@@ -246,10 +262,14 @@ local function executable_token(self)
       end
     end
   end
-  local out, status = run_executable(self)
-  if status == 124 or status == 137 then
+  local out, status, timed_out = run_executable(self)
+  if timed_out then
     return fail(string.format("%s: the executable timed out after %d ms", self.label, self.timeout_ms),
       { status = "EXECUTABLE_TIMEOUT" })
+  end
+  if #out > M.MAX_SUBJECT_TOKEN then
+    return fail(string.format("%s: the executable's answer is larger than %d bytes", self.label, M.MAX_SUBJECT_TOKEN),
+      { status = "EXECUTABLE_FAILED" })
   end
   if status ~= 0 then
     return fail(string.format("%s: the executable failed (exit status %s)", self.label, tostring(status)),
@@ -269,6 +289,7 @@ end
 -- location, healthcare.ngx.token_sources), else through source_request.
 
 local function aws_request(self, req, what)
+  req.max_response_bytes = req.max_response_bytes or M.MAX_SUBJECT_TOKEN
   return (self.fetch_source or source_request)(self, req, what)
 end
 
@@ -301,10 +322,28 @@ local function aws_region(self, headers)
   return zone:sub(1, -2)
 end
 
+-- The AWS keys as SigV4 signing takes them (it raises on anything else): the key id and secret
+-- strings, the session token a string or absent, none with a control character (they go into
+-- headers). names: the field of each, as its origin (where) calls it; no value is quoted.
+local ROLE_FIELDS = { id = "AccessKeyId", secret = "SecretAccessKey", token = "Token" }
+local ENV_FIELDS = { id = "AWS_ACCESS_KEY_ID", secret = "AWS_SECRET_ACCESS_KEY", token = "AWS_SESSION_TOKEN" }
+local function check_keys(self, keys, names, where)
+  if keys.token == "" then keys.token = nil end
+  for _, k in ipairs({ "id", "secret", "token" }) do
+    local v = keys[k]
+    if not (v == nil and k == "token") and (type(v) ~= "string" or v == "" or core.has_ctl(v)) then
+      return fail(string.format("%s: %s: '%s' is not a non-empty string without control characters", self.label,
+        where, names[k]))
+    end
+  end
+  return keys
+end
+
 local function aws_keys(self, headers)
   local id, secret = getenv("AWS_ACCESS_KEY_ID"), getenv("AWS_SECRET_ACCESS_KEY")
   if id and secret then
-    return { id = id, secret = hold(self, secret), token = hold(self, getenv("AWS_SESSION_TOKEN")) }
+    return check_keys(self, { id = id, secret = hold(self, secret), token = hold(self, getenv("AWS_SESSION_TOKEN")) },
+      ENV_FIELDS, "the AWS variables")
   end
   if not self.aws.url then return fail(self.label .. ": no AWS credentials: no url in credential_source") end
   local role, err = aws_request(self, { method = "GET", url = self.aws.url, headers = headers }, "the AWS role")
@@ -319,10 +358,13 @@ local function aws_keys(self, headers)
     headers = headers }, "the AWS role's credentials")
   if not body then return nil, err end
   local doc = util.decode_json(body)
-  if type(doc) ~= "table" or type(doc.AccessKeyId) ~= "string" or type(doc.SecretAccessKey) ~= "string" then
+  if type(doc) ~= "table" then
     return fail(self.label .. ": the AWS role's credentials are not JSON with AccessKeyId and SecretAccessKey")
   end
-  return { id = doc.AccessKeyId, secret = hold(self, doc.SecretAccessKey), token = hold(self, doc.Token) }
+  hold(self, doc.SecretAccessKey)
+  hold(self, doc.Token)
+  return check_keys(self, { id = doc.AccessKeyId, secret = doc.SecretAccessKey, token = doc.Token }, ROLE_FIELDS,
+    "the AWS role's credentials")
 end
 
 local function aws_token(self)
@@ -571,7 +613,9 @@ local function external_account(info, opts, where)
   if not rok then return nil, rerr end
   fields.sent_secrets[#fields.sent_secrets + 1] = fields.basic_auth
   fields.identity = table.concat({ "external_account", f.audience, token_url, f.subject_token_type,
-    core.sha256_hex(cjson.encode(info.credential_source) or ""), f.client_id or "" }, "\n")
+    -- Sorted keys (cjson's order follows the table's hash, which changes from run to run): the
+    -- same file, the same token cache entry.
+    core.sha256_hex(require("healthcare.cli.json").encode(info.credential_source)), f.client_id or "" }, "\n")
   -- Behind an impersonation the STS token is an intermediate: not cached on disk.
   local sopts = opts
   if impersonation then

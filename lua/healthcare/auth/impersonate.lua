@@ -81,7 +81,9 @@ local function fetch(self, scopes)
   local token, err = source_token(self.source, M.SOURCE_SCOPE)
   if not token then
     return C.internal.fail(self.label .. ": the source credential has no token: " .. tostring(err.message),
-      { status = err.status, retryable = err.retryable })
+      -- (a caller's source object may pass on its transport's status: not the API answer's)
+      { status = err.status == "response_too_large" and "token_answer_too_large" or err.status,
+        retryable = err.retryable })
   end
   local body = { scope = scopes, lifetime = string.format("%ds", self.lifetime) }
   if #self.delegates > 0 then body.delegates = self.delegates end
