@@ -209,27 +209,33 @@ local function unsafe_code_point(cp)
     or (cp >= 0x2028 and cp <= 0x202E) or (cp >= 0x2066 and cp <= 0x2069)
 end
 
+--- The UTF-8 sequence of more than one byte at byte i of s: its length and code point, or nil
+--- (an ASCII byte, a stray continuation byte, an overlong form, a surrogate, a cut sequence).
+function M.utf8_sequence(s, i)
+  local c = s:byte(i)
+  local len, cp, min
+  if c >= 0xC2 and c <= 0xDF then len, cp, min = 2, c - 0xC0, 0x80
+  elseif c >= 0xE0 and c <= 0xEF then len, cp, min = 3, c - 0xE0, 0x800
+  elseif c >= 0xF0 and c <= 0xF4 then len, cp, min = 4, c - 0xF0, 0x10000
+  else return nil end
+  if i + len - 1 > #s then return nil end
+  for k = i + 1, i + len - 1 do
+    local b = s:byte(k)
+    if b < 0x80 or b > 0xBF then return nil end
+    cp = cp * 64 + (b - 0x80)
+  end
+  if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return nil end
+  return len, cp
+end
+
 -- A run of bytes >= 0x80: valid UTF-8 sequences kept (unless unsafe_code_point: \uXXXX), every
 -- other byte shown as \xNN (overlong forms, surrogates, stray continuation bytes, cut sequences).
 local function non_ascii(run)
   local out, i, n = {}, 1, #run
   while i <= n do
     local c = run:byte(i)
-    local len, cp, min
-    if c >= 0xC2 and c <= 0xDF then len, cp, min = 2, c - 0xC0, 0x80
-    elseif c >= 0xE0 and c <= 0xEF then len, cp, min = 3, c - 0xE0, 0x800
-    elseif c >= 0xF0 and c <= 0xF4 then len, cp, min = 4, c - 0xF0, 0x10000
-    end
-    local ok = len ~= nil and i + len - 1 <= n
-    if ok then
-      for k = i + 1, i + len - 1 do
-        local b = run:byte(k)
-        if b > 0xBF then ok = false break end -- every byte of the run is >= 0x80
-        cp = cp * 64 + (b - 0x80)
-      end
-      ok = ok and cp >= min and cp <= 0x10FFFF and not (cp >= 0xD800 and cp <= 0xDFFF)
-    end
-    if not ok then
+    local len, cp = M.utf8_sequence(run, i)
+    if not len then
       out[#out + 1] = string.format("\\x%02x", c)
       i = i + 1
     else

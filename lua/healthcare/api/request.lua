@@ -140,23 +140,8 @@ local function valid_utf8(s)
     if c < 0x80 then
       i = i + 1
     else
-      local len, cp, min
-      if c >= 0xC2 and c <= 0xDF then
-        len, cp, min = 2, c - 0xC0, 0x80
-      elseif c >= 0xE0 and c <= 0xEF then
-        len, cp, min = 3, c - 0xE0, 0x800
-      elseif c >= 0xF0 and c <= 0xF4 then
-        len, cp, min = 4, c - 0xF0, 0x10000
-      else
-        return false
-      end
-      if i + len - 1 > n then return false end
-      for k = i + 1, i + len - 1 do
-        local cc = s:byte(k)
-        if cc < 0x80 or cc > 0xBF then return false end
-        cp = cp * 64 + (cc - 0x80)
-      end
-      if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return false end
+      local len = util.utf8_sequence(s, i)
+      if not len then return false end
       i = i + len
     end
   end

@@ -66,31 +66,13 @@ local function number_text(v)
   return string.format("%.17g", v)
 end
 
--- The length of the valid UTF-8 sequence (not ASCII) at byte i of s, or nil.
-local function utf8_length(s, i)
-  local c = s:byte(i)
-  local len, cp, min
-  if c >= 0xC2 and c <= 0xDF then len, cp, min = 2, c - 0xC0, 0x80
-  elseif c >= 0xE0 and c <= 0xEF then len, cp, min = 3, c - 0xE0, 0x800
-  elseif c >= 0xF0 and c <= 0xF4 then len, cp, min = 4, c - 0xF0, 0x10000
-  else return nil end
-  if i + len - 1 > #s then return nil end
-  for k = i + 1, i + len - 1 do
-    local b = s:byte(k)
-    if b < 0x80 or b > 0xBF then return nil end
-    cp = cp * 64 + (b - 0x80)
-  end
-  if cp < min or cp > 0x10FFFF or (cp >= 0xD800 and cp <= 0xDFFF) then return nil end
-  return len
-end
-
 --- s with each byte that is not part of valid UTF-8 replaced by U+FFFD, and whether one was.
 function M.utf8_replaced(s)
   if not s:find("[\128-\255]") then return s, false end
   local out, i, n, changed = {}, 1, #s, false
   while i <= n do
     local c = s:byte(i)
-    local len = c < 0x80 and 1 or utf8_length(s, i)
+    local len = c < 0x80 and 1 or util.utf8_sequence(s, i)
     if len then
       out[#out + 1] = s:sub(i, i + len - 1)
       i = i + len
