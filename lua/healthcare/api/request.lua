@@ -402,6 +402,12 @@ function encode_value(v, t, where, depth)
   return "{" .. concat(out, ",") .. "}"
 end
 
+--- The JSON text of any value, objects' keys sorted (the same text every run), or nil and a
+--- message.
+function M.encode_any(value)
+  return encode_any(value, "value", 0)
+end
+
 --- The JSON text of `value` as a `schema_name`, or nil and a message.
 function M.encode(value, schema_name)
   return encode_value(value, { type = "object", ref = schema_name }, "body", 0)

@@ -612,10 +612,12 @@ local function external_account(info, opts, where)
   local rok, rerr = read_source(fields, info.credential_source, where)
   if not rok then return nil, rerr end
   fields.sent_secrets[#fields.sent_secrets + 1] = fields.basic_auth
+  -- Sorted keys (cjson's order follows the table's hash, which changes from run to run): the same
+  -- file, the same token cache entry (cjson's text for one encode_any refuses: not UTF-8).
+  local source_text = require("healthcare.api.request").encode_any(info.credential_source)
+    or cjson.encode(info.credential_source) or ""
   fields.identity = table.concat({ "external_account", f.audience, token_url, f.subject_token_type,
-    -- Sorted keys (cjson's order follows the table's hash, which changes from run to run): the
-    -- same file, the same token cache entry.
-    core.sha256_hex(require("healthcare.cli.json").encode(info.credential_source)), f.client_id or "" }, "\n")
+    core.sha256_hex(source_text), f.client_id or "" }, "\n")
   -- Behind an impersonation the STS token is an intermediate: not cached on disk.
   local sopts = opts
   if impersonation then
