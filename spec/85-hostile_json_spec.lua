@@ -9,31 +9,17 @@ local H = require "helpers"
 if not H.need_testbed() then return end
 local healthcare = require "healthcare"
 local credentials = require "healthcare.auth.credentials"
-local cjson = H.json
 
-local E = H.env
-local PY = "/usr/bin/python3"
 local NO_RETRY = { max_attempts = 1 }
 
-local dir = H.tmpdir()
-local LOG = dir .. "/captured.jsonl"
-local ANSWERS = dir .. "/answers.json"
-local URL, stop_server = H.start_server("capture server", H.q(PY) .. " " .. H.q(E.support .. "/capture_server.py")
-  .. " " .. H.q(LOG) .. " " .. H.q(ANSWERS), dir)
-teardown(stop_server)
-
--- The next requests get these answers ({ status, content_type, body }), in order; then {} again.
-local function answers(list)
-  H.write_file(ANSWERS, cjson.encode(list))
-end
+local cap = H.capture_server()
+teardown(cap.stop)
+local URL, answers = cap.url, cap.answers
 
 -- The request targets captured so far ("POST /token", "GET /v1/...").
 local function requests()
   local list = {}
-  for line in (H.file_bytes(LOG) or ""):gmatch("[^\n]+") do
-    local r = assert(cjson.decode(line))
-    list[#list + 1] = r.verb .. " " .. r.target
-  end
+  for i, r in ipairs(cap.captured()) do list[i] = r.verb .. " " .. r.target end
   return list
 end
 
@@ -43,7 +29,7 @@ end
 
 before_each(function()
   answers({})
-  H.write_file(LOG, "")
+  cap.forget()
 end)
 
 local TOKEN = "ya29.hostile-json-token-0123456789"
@@ -93,7 +79,7 @@ describe("a token endpoint's expires_in", function()
   end)
 
   it("the command with its token cache says what is wrong (it raised on an infinity)", function()
-    local cache = dir .. "/cache"
+    local cache = H.tmpdir() .. "/cache"
     answers({ token_reply("1e400") })
     local out, err, code = H.run("XDG_CACHE_HOME=" .. H.q(cache) .. " HEALTHCARE_ENDPOINT=" .. H.q(URL .. "/v1") .. " "
       .. H.healthcare_command({ "projects", "locations-datasets-get", GET.name, "--credentials", sa.key_file }))
@@ -144,7 +130,7 @@ describe("other JSON from outside", function()
   end)
 
   it("deidentify --config with a hex number is no JSON (it was read as the number 16)", function()
-    local config = dir .. "/deid.json"
+    local config = H.tmpdir() .. "/deid.json"
     H.write_file(config, '{"dicom": {"filterProfile": 0x10}}')
     local ds = "projects/p/locations/l/datasets/d"
     local out, err, code = H.run("HEALTHCARE_ENDPOINT=" .. H.q(URL .. "/v1") .. " " .. H.healthcare_command({

@@ -7,26 +7,16 @@ if not H.need_testbed() then return end
 local healthcare = require "healthcare"
 local cjson = H.json
 
-local E = H.env
-local PY = "/usr/bin/python3"
 local FAST_RETRY = { max_attempts = 4, initial = 0.01, multiplier = 2, max_delay = 0.05 }
 
-local dir = H.tmpdir()
-local LOG = dir .. "/captured.jsonl"
-local ANSWERS = dir .. "/answers.json"
-local URL, stop_server = H.start_server("capture server", H.q(PY) .. " " .. H.q(E.support .. "/capture_server.py")
-  .. " " .. H.q(LOG) .. " " .. H.q(ANSWERS), dir)
-teardown(stop_server)
-
--- The next requests get these answers ({ status, content_type, body }), in order; then {} again.
-local function answers(list)
-  H.write_file(ANSWERS, cjson.encode(list))
-end
+local cap = H.capture_server()
+teardown(cap.stop)
+local URL, answers = cap.url, cap.answers
 
 -- The verbs of the requests captured so far.
 local function verbs()
   local list = {}
-  for line in (H.file_bytes(LOG) or ""):gmatch("[^\n]+") do list[#list + 1] = assert(cjson.decode(line)).verb end
+  for i, r in ipairs(cap.captured()) do list[i] = r.verb end
   return list
 end
 
@@ -41,7 +31,7 @@ teardown(function() store:close() end)
 describe("delete's answers", function()
   before_each(function()
     answers({})
-    H.write_file(LOG, "")
+    cap.forget()
   end)
 
   it("counts a 410 after a 502 as deleted (already_gone), a 410 at once as an error", function()

@@ -309,6 +309,26 @@ function H.start_server(name, cmd, dir)
   return url, stop
 end
 
+--- The capture server (spec/support/capture_server.py) started in a directory of its own, with
+--- answers the spec scripts: { url, stop (for teardown), answers(list) (the next requests get
+--- these { status, content_type, body }, in order; then {} again), captured() (the requests
+--- recorded so far, decoded), forget() (none recorded from now) }.
+function H.capture_server()
+  local dir = H.tmpdir()
+  local log, answers = dir .. "/captured.jsonl", dir .. "/answers.json"
+  local url, stop = H.start_server("capture server", "/usr/bin/python3 " .. H.q(E.support .. "/capture_server.py")
+    .. " " .. H.q(log) .. " " .. H.q(answers), dir)
+  local cap = { url = url, stop = stop }
+  function cap.answers(list) H.write_file(answers, cjson.encode(list)) end
+  function cap.captured()
+    local list = {}
+    for line in (H.file_bytes(log) or ""):gmatch("[^\n]+") do list[#list + 1] = assert(cjson.decode(line)) end
+    return list
+  end
+  function cap.forget() H.write_file(log, "") end
+  return cap
+end
+
 -- Where text holds a JWT (three base64url pieces joined by dots, the first a JSON header: "eyJ"),
 -- or nil. Not "eyJ" alone: random folder names (mktemp's XXXXXX) can hold that.
 function H.find_jwt(text)

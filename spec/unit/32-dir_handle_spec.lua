@@ -5,37 +5,17 @@
 -- the folder held even once another was put at its name.
 local core = require "healthcare.core"
 local lfs = require "lfs"
-
-local function tmpdir()
-  local base = os.getenv("TMPDIR") or "/tmp"
-  local d = string.format("%s/dirhandle-%d-%d", base, os.time(), math.random(1, 1e9))
-  assert(lfs.mkdir(d))
-  return d
-end
+local H = require "helpers"
 
 local function sh(cmd) assert(os.execute(cmd)) end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
 
 describe("core.dir_open", function()
   local dir, spool, done, victim
   before_each(function()
-    dir = tmpdir()
+    dir = H.tmpdir()
     spool, done, victim = dir .. "/spool", dir .. "/done", dir .. "/victim"
     sh(string.format("mkdir -p '%s/study' '%s' '%s'", spool, done, victim))
-    write(spool .. "/study/a.dcm", "A")
+    H.write_file(spool .. "/study/a.dcm", "A")
   end)
   after_each(function() sh(string.format("rm -rf '%s'", dir)) end)
 
@@ -54,14 +34,14 @@ describe("core.dir_open", function()
   it("moves a file keeping its folders, making missing ones, never over a file there", function()
     local s, d = assert(core.dir_open(spool)), assert(core.dir_open(done))
     assert.equal("study/a.dcm", s:move("study/a.dcm", d, "study/a.dcm"))
-    write(spool .. "/study/a.dcm", "A2")
-    write(done .. "/study/a.dcm.1.reason", "")
+    H.write_file(spool .. "/study/a.dcm", "A2")
+    H.write_file(done .. "/study/a.dcm.1.reason", "")
     -- a.dcm taken, and a.dcm.1 by its .reason: a.dcm.2
     assert.equal("study/a.dcm.2", s:move("study/a.dcm", d, "study/a.dcm"))
-    assert.equal("A", read(done .. "/study/a.dcm"))
-    assert.equal("A2", read(done .. "/study/a.dcm.2"))
+    assert.equal("A", H.file_bytes(done .. "/study/a.dcm"))
+    assert.equal("A2", H.file_bytes(done .. "/study/a.dcm.2"))
     assert.is_true(d:create("study/a.dcm.2.reason", "why\n"))
-    assert.equal("why\n", read(done .. "/study/a.dcm.2.reason"))
+    assert.equal("why\n", H.file_bytes(done .. "/study/a.dcm.2.reason"))
     local ok, err = d:create("study/a.dcm.2.reason", "again")
     assert.is_nil(ok)
     assert.equal("write", err.status)
@@ -77,7 +57,7 @@ describe("core.dir_open", function()
     assert.is_nil(to)
     assert.same({ "link", done .. "/study is not a folder: not followed" }, { err.status, err.message })
     -- in the spool: another's file of the same name is neither moved nor removed
-    write(victim .. "/b.dcm", "theirs")
+    H.write_file(victim .. "/b.dcm", "theirs")
     sh(string.format("ln -s '%s' '%s/other'", victim, spool))
     sh(string.format("rm '%s/study'", done))
     to, err = s:move("other/b.dcm", d, "other/b.dcm")
@@ -94,8 +74,8 @@ describe("core.dir_open", function()
     ok, err = s:create("other/c.reason", "x")
     assert.is_nil(ok)
     assert.equal("link", err.status)
-    assert.equal("theirs", read(victim .. "/b.dcm"))
-    assert.is_nil(read(victim .. "/c.reason"))
+    assert.equal("theirs", H.file_bytes(victim .. "/b.dcm"))
+    assert.is_nil(H.file_bytes(victim .. "/c.reason"))
     assert.same({ ".", "..", "b.dcm" }, (function()
       local t = {}
       for n in lfs.dir(victim) do t[#t + 1] = n end
@@ -118,8 +98,8 @@ describe("core.dir_open", function()
     assert(os.rename(done, dir .. "/done.old"))
     sh(string.format("ln -s '%s' '%s'", victim, done))
     assert.equal("study/a.dcm", s:move("study/a.dcm", d, "study/a.dcm"))
-    assert.equal("A", read(dir .. "/done.old/study/a.dcm"))
-    assert.is_nil(read(victim .. "/study/a.dcm"))
+    assert.equal("A", H.file_bytes(dir .. "/done.old/study/a.dcm"))
+    assert.is_nil(H.file_bytes(victim .. "/study/a.dcm"))
     -- opened again without following: refused
     local h, err = core.dir_open(done, false)
     assert.is_nil(h)
@@ -132,16 +112,16 @@ describe("core.dir_open", function()
     local s, d = assert(core.dir_open(spool)), assert(core.dir_open(done))
     for _, len in ipairs({ 250, 255 }) do
       local name = string.rep("n", len)
-      write(spool .. "/" .. name, "1")
+      H.write_file(spool .. "/" .. name, "1")
       assert.equal(name, s:move(name, d, name))
-      write(spool .. "/" .. name, "2")
+      H.write_file(spool .. "/" .. name, "2")
       local to, err = s:move(name, d, name)
       if len == 250 then
         assert.equal(name .. ".1", to)
       else
         assert.is_nil(to)
         assert.matches("File name too long", err.message)
-        assert.equal("2", read(spool .. "/" .. name))
+        assert.equal("2", H.file_bytes(spool .. "/" .. name))
       end
     end
     s:close()
