@@ -55,10 +55,14 @@ function M.private_text(ds, group, creator, element)
   return v ~= nil and tostring(v) or nil
 end
 
+--- Whether v is a US value: a whole number from 0 to 65535 (a reason code; string.format's %X
+--- raises on 2.5 or an infinity under Lua 5.4, and NaN fails every comparison).
+function M.is_us(v)
+  return type(v) == "number" and v >= 0 and v <= 0xFFFF and v == math.floor(v)
+end
+
 function M.reason_text(code)
-  -- a US value: a whole number from 0 to 65535 (string.format's %X would raise on 2.5 or an
-  -- infinity under Lua 5.4)
-  if type(code) ~= "number" or code ~= math.floor(code) or code < 0 or code > 0xFFFF then return nil end
+  if not M.is_us(code) then return nil end
   local name = M.REASONS[code]
   return string.format("0x%04X%s", code, name and (" " .. name) or "")
 end

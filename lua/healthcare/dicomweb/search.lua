@@ -11,10 +11,6 @@ local params = require "healthcare.params"
 local retry = require "healthcare.retry"
 local route = require "healthcare.dicomweb.route"
 local util = require "healthcare.util"
--- Our own decoder, strict: the shared one takes NaN, Infinity and hex numbers (0x10), which no
--- JSON writer of ours can write back (a server's answer reaches --json as it came).
-local cjson = require("cjson.safe").new()
-cjson.decode_invalid_numbers(false)
 
 local M = {}
 
@@ -228,7 +224,7 @@ local function fetch_once(self, limit, offset)
   local body = self.store.client:redact(res.body)
   -- A JSON array only: decoded, "{}" and "[]" are the same empty table.
   local list, why = nil, "not a JSON array"
-  if body:find("^%s*%[") then list, why = cjson.decode(body) end
+  if body:find("^%s*%[") then list, why = util.decode_json(body) end
   if type(list) ~= "table" or (next(list) ~= nil and #list == 0) then
     return nil, refused(self, res.status, "the answer is not a DICOM JSON list (%s): %s", why or "not a list",
       (body:gsub("%s+", " "):sub(1, 200)))

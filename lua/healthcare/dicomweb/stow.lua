@@ -54,7 +54,7 @@ local function bad_reason_code(doc)
   for _, r in ipairs(REASON_CODES) do
     for i, item in ipairs(dicomjson.items(doc, r[1])) do
       local code = dicomjson.value(item, r[2])
-      if type(code) == "number" and not (util.finite_number(code, 0, 65535) and code == math.floor(code)) then
+      if type(code) == "number" and not dicomjson.is_us(code) then
         return string.format("the %s of %s instance %d is not a DICOM US value (%s)", r[3], r[4], i,
           code ~= code and "NaN" or string.format("%.17g", code))
       end
